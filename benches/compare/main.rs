@@ -1,0 +1,16 @@
+//! `cargo bench --bench compare`: every scenario the issues name, each side by
+//! side with its anchor in the same run.
+//!
+//! Prints one line per scenario:
+//! `scenario=<name> ours=<items/s> anchor=<items/s> ratio=<ours/anchor>`.
+//! A positional argument (or `BENCH_FILTER`) keeps only the scenarios whose
+//! name contains it; `BENCH_REPS` sets the repetitions (default 5, median).
+
+mod harness;
+
+fn main() {
+    let mut h = harness::Harness::from_env();
+    h.header();
+    // Each area registers its scenarios here.
+    h.footer();
+}

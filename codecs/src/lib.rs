@@ -1,0 +1,31 @@
+//! Sans-IO codecs for every read and write type of Perl's AnyEvent::Handle.
+//!
+//! Each codec is a [`tokio_util::codec::Decoder`] and, where the format has
+//! one, an [`Encoder`](tokio_util::codec::Encoder), so it drops into a plain
+//! `Framed`, `FramedRead` or `FramedWrite`. The `anyframe` crate builds on them
+//! to switch decoders per read request on one connection.
+//!
+//! The contract every decoder here keeps:
+//!
+//! * **Fragmentation invariance**: the same frames, the same errors at the
+//!   same frame index and the same end-of-input outcome however the input is
+//!   split. The regex-decided codecs are the documented exception.
+//! * **Linear time**: a decoder remembers how far it has scanned and never
+//!   looks at a byte twice.
+//! * **Bounded memory**: every codec has a limit, and a declared length is
+//!   checked against it before anything is reserved.
+//! * **Zero-copy**: frames are [`bytes::Bytes`] split off the read buffer.
+//! * **Nothing lost**: incomplete input is `Ok(None)` and stays in the
+//!   buffer; after an error the codec documents what it consumed.
+//!
+//! Errors are one type, [`Error`], with an errno-like [`ErrorKind`].
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![doc(test(attr(deny(warnings))))]
+
+mod error;
+pub use error::{Error, ErrorKind, SNIPPET_LEN};
