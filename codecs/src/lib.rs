@@ -29,3 +29,5 @@
 
 mod error;
 pub use error::{Error, ErrorKind, SNIPPET_LEN};
+mod tls_detect;
+pub use tls_detect::{TlsDetect, TlsDetectCodec};
