@@ -135,7 +135,11 @@ impl Error {
     /// A frame (or declared length) over the codec's `limit`; `seen` is how
     /// large it was known to be when the codec gave up. `ENOSPC`, fatal.
     pub(crate) fn too_large(codec: &'static str, limit: usize, seen: u64) -> Error {
-        let mut e = Error::new(ErrorKind::NoSpace, codec, "frame exceeds the configured limit");
+        let mut e = Error::new(
+            ErrorKind::NoSpace,
+            codec,
+            "frame exceeds the configured limit",
+        );
         e.inner.detail = Detail::Limit;
         e.inner.limit = Some(limit as u64);
         e.inner.seen = Some(seen);
@@ -159,11 +163,7 @@ impl Error {
 
     /// The input ended inside a frame; `buffered` bytes are left in the buffer.
     pub(crate) fn incomplete_at_eof(codec: &'static str, buffered: usize) -> Error {
-        let mut e = Error::new(
-            ErrorKind::BrokenPipe,
-            codec,
-            "end of input inside a frame",
-        );
+        let mut e = Error::new(ErrorKind::BrokenPipe, codec, "end of input inside a frame");
         e.inner.seen = Some(buffered as u64);
         e
     }

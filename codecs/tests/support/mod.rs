@@ -52,7 +52,11 @@ where
                 Ok(None) => break,
                 Err(e) => {
                     let error = Some((frames.len(), e.kind(), e.is_fatal()));
-                    return Outcome { frames, error, eof: None };
+                    return Outcome {
+                        frames,
+                        error,
+                        eof: None,
+                    };
                 }
             }
         }
@@ -68,12 +72,21 @@ where
                 return Outcome {
                     frames,
                     error: None,
-                    eof: Some(Eof::Clean { leftover: buf.to_vec() }),
+                    eof: Some(Eof::Clean {
+                        leftover: buf.to_vec(),
+                    }),
                 };
             }
             Err(e) => {
-                let eof = Some(Eof::Error { kind: e.kind(), leftover: buf.len() });
-                return Outcome { frames, error: None, eof };
+                let eof = Some(Eof::Error {
+                    kind: e.kind(),
+                    leftover: buf.len(),
+                });
+                return Outcome {
+                    frames,
+                    error: None,
+                    eof,
+                };
             }
         }
     }
@@ -89,7 +102,11 @@ where
     let mut rest = input;
     let mut i = 0;
     while !rest.is_empty() {
-        let n = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1).max(1);
+        let n = sizes
+            .get(i % sizes.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .max(1);
         let (a, b) = rest.split_at(n.min(rest.len()));
         chunks.push(a);
         rest = b;
@@ -113,11 +130,17 @@ where
     for at in 0..=input.len() {
         let (a, b) = input.split_at(at);
         let split = run_chunks(make(), &[a, b]);
-        assert_eq!(split, whole, "two-way split at {at} differs from the whole input");
+        assert_eq!(
+            split, whole,
+            "two-way split at {at} differs from the whole input"
+        );
     }
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
     let one = run_chunks(make(), &bytes);
-    assert_eq!(one, whole, "one byte at a time differs from the whole input");
+    assert_eq!(
+        one, whole,
+        "one byte at a time differs from the whole input"
+    );
     whole
 }
 
@@ -131,5 +154,8 @@ where
 {
     let whole = run_chunks(make(), &[input]);
     let sized = run_sized(make(), input, sizes);
-    assert_eq!(sized, whole, "chunking {sizes:?} differs from the whole input");
+    assert_eq!(
+        sized, whole,
+        "chunking {sizes:?} differs from the whole input"
+    );
 }

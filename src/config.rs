@@ -1,0 +1,126 @@
+//! Handle options and their builder.
+
+use std::time::Duration;
+
+/// First read size. hyper starts its adaptive reads at 8 KiB too: one page
+/// pair, enough for a typical request, small for an idle connection.
+pub const DEFAULT_READ_SIZE: usize = 8 * 1024;
+
+/// Largest read size the adaptive sizing grows to (OPT-10; AnyEvent's
+/// default too). Large reads amortise syscalls on bulk transfers.
+pub const DEFAULT_MAX_READ_SIZE: usize = 128 * 1024;
+
+/// Default cap on unconsumed input (`rbuf_max`). AnyEvent has none; we want
+/// every buffer bounded by default. 64 MiB holds any frame the codecs accept
+/// by default (16 MiB) several times over; lower it for exposed servers.
+pub const DEFAULT_RBUF_MAX: usize = 64 * 1024 * 1024;
+
+/// Default cap on queued output (`wbuf_max`), for the same reason.
+pub const DEFAULT_WBUF_MAX: usize = 64 * 1024 * 1024;
+
+/// Default `linger` (LC-3): how long a dropped handle keeps flushing
+/// unsent output in the background. AnyEvent's default, one hour.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) read_size: usize,
+    pub(crate) max_read_size: usize,
+    pub(crate) rbuf_max: Option<usize>,
+    pub(crate) wbuf_max: Option<usize>,
+    pub(crate) linger: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            read_size: DEFAULT_READ_SIZE,
+            max_read_size: DEFAULT_MAX_READ_SIZE,
+            rbuf_max: Some(DEFAULT_RBUF_MAX),
+            wbuf_max: Some(DEFAULT_WBUF_MAX),
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+/// Options for a [`QueuedFramed`](crate::QueuedFramed).
+///
+/// Setters take and return `&mut Self`, as tokio-util's
+/// `length_delimited::Builder` does.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe::QueuedFramed;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (io, _peer) = tokio::io::duplex(64);
+/// let framed = QueuedFramed::builder()
+///     .read_size(4096)
+///     .rbuf_max(Some(1 << 20))
+///     .wbuf_max(Some(1 << 20))
+///     .build(io);
+/// assert!(framed.read_buffer().is_empty());
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    pub(crate) cfg: Config,
+}
+
+impl Builder {
+    /// A builder with the defaults.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// The first read size (default [`DEFAULT_READ_SIZE`]). A read that fills
+    /// it doubles it, up to [`max_read_size`](Self::max_read_size). A start
+    /// larger than the maximum raises the maximum (OPT-10).
+    pub fn read_size(&mut self, n: usize) -> &mut Self {
+        self.cfg.read_size = n.max(1);
+        if self.cfg.read_size > self.cfg.max_read_size {
+            self.cfg.max_read_size = self.cfg.read_size;
+        }
+        self
+    }
+
+    /// The largest adaptive read size (default [`DEFAULT_MAX_READ_SIZE`]).
+    pub fn max_read_size(&mut self, n: usize) -> &mut Self {
+        self.cfg.max_read_size = n.max(self.cfg.read_size);
+        self
+    }
+
+    /// Cap on unconsumed input; over it the handle fails with fatal `ENOSPC`
+    /// (default [`DEFAULT_RBUF_MAX`]; `None` = unbounded, which a hostile
+    /// peer can exploit).
+    pub fn rbuf_max(&mut self, max: Option<usize>) -> &mut Self {
+        self.cfg.rbuf_max = max;
+        self
+    }
+
+    /// Cap on queued output, checked on every push; over it the push fails
+    /// and the handle dies with fatal `ENOSPC` (default [`DEFAULT_WBUF_MAX`]).
+    pub fn wbuf_max(&mut self, max: Option<usize>) -> &mut Self {
+        self.cfg.wbuf_max = max;
+        self
+    }
+
+    /// How long a spawned connection whose handles are all dropped (or that
+    /// was destroyed) keeps writing its queued output in the background
+    /// (LC-3; default [`DEFAULT_LINGER`]; zero discards it at once).
+    pub fn linger(&mut self, linger: Duration) -> &mut Self {
+        self.cfg.linger = linger;
+        self
+    }
+
+    /// Builds a handle over `io` with no default codec.
+    pub fn build<IO>(&self, io: IO) -> crate::QueuedFramed<IO> {
+        crate::QueuedFramed::from_config(io, (), self.cfg.clone())
+    }
+
+    /// Builds a handle over `io` whose `Stream`/`Sink` use `codec`.
+    pub fn build_with_codec<IO, C>(&self, io: IO, codec: C) -> crate::QueuedFramed<IO, C> {
+        crate::QueuedFramed::from_config(io, codec, self.cfg.clone())
+    }
+}

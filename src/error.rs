@@ -1,0 +1,361 @@
+//! The crate's one error type.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use anyframe_codecs as codecs;
+
+/// The errno-like class of an [`Error`], as AnyEvent::Handle reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `EPIPE`: the peer closed while a read request could not complete
+    /// (the partial frame stays in the read buffer), or a write hit a
+    /// closed connection.
+    BrokenPipe,
+    /// `ETIMEDOUT`: an idle, read or write timeout expired. Non-fatal.
+    TimedOut,
+    /// `EBADMSG`: the peer sent bytes that are not a valid frame for the
+    /// request's decoder. Non-fatal unless the decoder says the stream is out
+    /// of step.
+    BadMessage,
+    /// `ENOSPC`: a buffer limit (`rbuf_max`, `wbuf_max`) or a frame limit of a
+    /// decoder was crossed.
+    NoSpace,
+    /// `EPROTO`: TLS handshake or protocol failure. Always fatal: the handle
+    /// never continues unencrypted.
+    Protocol,
+    /// An I/O error from the transport (connection reset, refused, ...).
+    Io,
+    /// The handle was destroyed (explicitly, by a fatal error elsewhere, or
+    /// because its driver task ended) before the operation could run.
+    Closed,
+    /// The caller asked for something that cannot be done (an encoder
+    /// refused the item, STARTTLS while TLS is active, ...). Nothing was
+    /// queued.
+    InvalidInput,
+}
+
+impl ErrorKind {
+    /// The errno name this kind stands for (`"EPIPE"`, `"ETIMEDOUT"`, ...).
+    pub fn errno_name(self) -> &'static str {
+        match self {
+            ErrorKind::BrokenPipe => "EPIPE",
+            ErrorKind::TimedOut => "ETIMEDOUT",
+            ErrorKind::BadMessage => "EBADMSG",
+            ErrorKind::NoSpace => "ENOSPC",
+            ErrorKind::Protocol => "EPROTO",
+            ErrorKind::Io => "EIO",
+            ErrorKind::Closed => "EBADF",
+            ErrorKind::InvalidInput => "EINVAL",
+        }
+    }
+}
+
+/// The error type of `anyframe`.
+///
+/// Cheap to clone (one `Arc`): a fatal error is handed to every pending
+/// request of the handle, and to every later call, as the same value.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe::{Error, ErrorKind};
+///
+/// let e = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+/// assert_eq!(e.kind(), ErrorKind::Io);
+/// assert!(e.is_fatal());
+/// let io: std::io::Error = e.into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    fatal: bool,
+    message: &'static str,
+    source: Option<Source>,
+}
+
+enum Source {
+    Codec(codecs::Error),
+    Io(io::Error),
+    Other(Box<dyn StdError + Send + Sync>),
+}
+
+impl Source {
+    fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        match self {
+            Source::Codec(e) => e,
+            Source::Io(e) => e,
+            Source::Other(e) => &**e,
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, fatal: bool, message: &'static str) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                fatal,
+                message,
+                source: None,
+            }),
+        }
+    }
+
+    fn with(kind: ErrorKind, fatal: bool, message: &'static str, source: Source) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                fatal,
+                message,
+                source: Some(source),
+            }),
+        }
+    }
+
+    /// EOF while a read request was waiting: `EPIPE`, fatal (RQ-6).
+    pub(crate) fn eof_in_request() -> Error {
+        Error::new(
+            ErrorKind::BrokenPipe,
+            true,
+            "end of input while a read request was waiting",
+        )
+    }
+
+    /// The handle is gone.
+    pub(crate) fn closed() -> Error {
+        Error::new(ErrorKind::Closed, true, "the handle was destroyed")
+    }
+
+    /// A transport error: always fatal.
+    pub(crate) fn transport(e: io::Error) -> Error {
+        let kind = match e.kind() {
+            io::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
+            io::ErrorKind::TimedOut => ErrorKind::TimedOut,
+            _ => ErrorKind::Io,
+        };
+        Error::with(kind, true, "transport error", Source::Io(e))
+    }
+
+    /// A buffer cap was crossed: `ENOSPC`, fatal.
+    pub(crate) fn no_space(message: &'static str) -> Error {
+        Error::new(ErrorKind::NoSpace, true, message)
+    }
+
+    /// A timeout expired: `ETIMEDOUT`, non-fatal (TO-3).
+    pub(crate) fn timed_out(message: &'static str) -> Error {
+        Error::new(ErrorKind::TimedOut, false, message)
+    }
+
+    /// TLS failure: `EPROTO`, fatal.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn protocol(
+        message: &'static str,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Error {
+        Error::with(
+            ErrorKind::Protocol,
+            true,
+            message,
+            Source::Other(Box::new(source)),
+        )
+    }
+
+    /// The caller misused the API; nothing was done.
+    pub(crate) fn invalid_input(message: &'static str) -> Error {
+        Error::new(ErrorKind::InvalidInput, false, message)
+    }
+
+    /// Wraps any error of a user's codec or service with an explicit kind.
+    ///
+    /// Use it in a `From<YourError> for anyframe::Error` impl so your own
+    /// decoder can be used with [`QueuedFramed`](crate::QueuedFramed).
+    pub fn custom(
+        kind: ErrorKind,
+        fatal: bool,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Error {
+        Error::with(kind, fatal, "codec error", Source::Other(source.into()))
+    }
+
+    /// The errno-like class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Whether the handle was destroyed by this error (ERR-2). A fatal error
+    /// fails every pending request and every later call with the same error.
+    pub fn is_fatal(&self) -> bool {
+        self.inner.fatal
+    }
+
+    /// True for `ETIMEDOUT`.
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == ErrorKind::TimedOut
+    }
+
+    /// True for `EPIPE` caused by end of input.
+    pub fn is_eof(&self) -> bool {
+        self.inner.kind == ErrorKind::BrokenPipe
+    }
+
+    /// The codec error behind this error, if a decoder or encoder failed.
+    pub fn codec_error(&self) -> Option<&codecs::Error> {
+        match &self.inner.source {
+            Some(Source::Codec(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The I/O error behind this error, if the transport failed.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match &self.inner.source {
+            Some(Source::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("fatal", &self.inner.fatal)
+            .field("message", &self.inner.message);
+        if let Some(s) = &self.inner.source {
+            d.field("source", &s.as_error());
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({})",
+            self.inner.message,
+            self.inner.kind.errno_name()
+        )?;
+        if let Some(s) = &self.inner.source {
+            write!(f, ": {}", s.as_error())?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| s.as_error() as &(dyn StdError + 'static))
+    }
+}
+
+impl From<codecs::Error> for Error {
+    fn from(e: codecs::Error) -> Error {
+        let kind = match e.kind() {
+            codecs::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
+            codecs::ErrorKind::BadMessage => ErrorKind::BadMessage,
+            codecs::ErrorKind::NoSpace => ErrorKind::NoSpace,
+            codecs::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+            _ => ErrorKind::Io,
+        };
+        let fatal = e.is_fatal();
+        Error::with(kind, fatal, "codec error", Source::Codec(e))
+    }
+}
+
+impl From<io::Error> for Error {
+    /// An `io::Error` that comes out of a *codec* (tokio-util codecs use
+    /// `io::Error`): `InvalidData` is a non-fatal bad message,
+    /// `UnexpectedEof` is `EPIPE`, anything else a fatal I/O error.
+    fn from(e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::InvalidData => {
+                Error::with(ErrorKind::BadMessage, false, "codec error", Source::Io(e))
+            }
+            io::ErrorKind::UnexpectedEof => {
+                Error::with(ErrorKind::BrokenPipe, true, "codec error", Source::Io(e))
+            }
+            _ => Error::transport(e),
+        }
+    }
+}
+
+impl From<tokio_util::codec::LinesCodecError> for Error {
+    fn from(e: tokio_util::codec::LinesCodecError) -> Error {
+        match e {
+            tokio_util::codec::LinesCodecError::Io(io) => io.into(),
+            other => Error::custom(ErrorKind::NoSpace, true, other),
+        }
+    }
+}
+
+impl From<tokio_util::codec::AnyDelimiterCodecError> for Error {
+    fn from(e: tokio_util::codec::AnyDelimiterCodecError) -> Error {
+        match e {
+            tokio_util::codec::AnyDelimiterCodecError::Io(io) => io.into(),
+            other => Error::custom(ErrorKind::NoSpace, true, other),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    /// A transport error comes back as the original kind; everything else
+    /// maps to the nearest [`io::ErrorKind`] and keeps this error inside.
+    fn from(e: Error) -> io::Error {
+        let kind = match e.kind() {
+            ErrorKind::BrokenPipe => match &e.inner.source {
+                Some(Source::Io(io)) => io.kind(),
+                _ => io::ErrorKind::UnexpectedEof,
+            },
+            ErrorKind::TimedOut => io::ErrorKind::TimedOut,
+            ErrorKind::BadMessage | ErrorKind::NoSpace | ErrorKind::Protocol => {
+                io::ErrorKind::InvalidData
+            }
+            ErrorKind::Io => match &e.inner.source {
+                Some(Source::Io(io)) => io.kind(),
+                _ => io::ErrorKind::Other,
+            },
+            ErrorKind::Closed => io::ErrorKind::NotConnected,
+            ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_errors_keep_kind_and_fatality() {
+        let mut buf = bytes::BytesMut::from(&b"x"[..]);
+        let ce = tokio_util::codec::Decoder::decode_eof(&mut codecs::ChunkCodec::new(4), &mut buf)
+            .unwrap_err();
+        let e = Error::from(ce);
+        assert_eq!(e.kind(), ErrorKind::BrokenPipe);
+        assert!(e.is_fatal());
+        assert!(e.codec_error().is_some());
+    }
+
+    #[test]
+    fn display_names_errno() {
+        let e = Error::timed_out("read timeout");
+        assert_eq!(e.to_string(), "read timeout (ETIMEDOUT)");
+        assert!(!e.is_fatal());
+    }
+}

@@ -1,0 +1,509 @@
+//! The one poll engine behind [`QueuedFramed`](crate::QueuedFramed) and
+//! [`Handle`](crate::Handle).
+//!
+//! `Core` holds everything except the transport: read buffer, request queue,
+//! write queue, flags, limits. The transport is passed into each `poll_*`
+//! call, so the same core runs inline (`QueuedFramed`, `&mut self`) or behind
+//! a mutex in a spawned driver task (`Handle`). See ARCHITECTURE.md for the
+//! state diagram.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::queued::request::{DecodeRequest, OnDrop, Request, Requests, Ticket, decode_step};
+use crate::queued::write::WriteQueue;
+
+/// The write side's shutdown progress (WQ-7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    /// Writing is open.
+    Open,
+    /// `push_shutdown` was called: flush what is queued, then half-close.
+    Requested,
+    /// The write side is closed.
+    Done,
+}
+
+/// What a read of the transport produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// This many new bytes are in `rbuf`.
+    Bytes(usize),
+    /// End of input (now or earlier).
+    Eof,
+}
+
+/// The engine state, minus the transport.
+pub(crate) struct Core {
+    pub(crate) rbuf: BytesMut,
+    pub(crate) queue: VecDeque<Box<dyn Request>>,
+    pub(crate) wq: WriteQueue,
+    pub(crate) eof: bool,
+    /// The fatal error that destroyed the handle, if any (sticky).
+    pub(crate) dead: Option<Error>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) cfg: Config,
+    /// The current adaptive read size (OPT-10): doubles after a full read,
+    /// up to `cfg.max_read_size`, never shrinks.
+    read_size: usize,
+    /// Wakes the driver task when a user handle queues work.
+    driver: Option<Waker>,
+    /// Resolved when the write queue is empty and flushed.
+    flush_waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// Whether the transport needs a `poll_flush` after writes.
+    unflushed: bool,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("buffered", &self.rbuf.len())
+            .field("queued_reads", &self.queue.len())
+            .field("queued_write_bytes", &self.wq.len())
+            .field("eof", &self.eof)
+            .field("dead", &self.dead)
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub(crate) fn new(cfg: Config) -> Core {
+        Core {
+            rbuf: BytesMut::new(),
+            queue: VecDeque::new(),
+            wq: WriteQueue::default(),
+            eof: false,
+            dead: None,
+            shutdown: Shutdown::Open,
+            read_size: cfg.read_size,
+            cfg,
+            driver: None,
+            flush_waiters: Vec::new(),
+            unflushed: false,
+        }
+    }
+
+    // ----- destruction ------------------------------------------------------
+
+    /// Destroys the handle with a fatal error (ERR-2, LC-5): every queued
+    /// request and flush waiter fails with it; buffers stay for `into_parts`.
+    pub(crate) fn die(&mut self, err: Error) {
+        if self.dead.is_some() {
+            return;
+        }
+        tracing::debug!(error = %err, buffered = self.rbuf.len(), unwritten = self.wq.len(), "handle destroyed");
+        self.dead = Some(err.clone());
+        for req in self.queue.drain(..) {
+            req.fail(err.clone());
+        }
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(Err(err.clone()));
+        }
+        self.wake_driver();
+    }
+
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        match &self.dead {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    // ----- the driver's waker -------------------------------------------------
+
+    pub(crate) fn register_driver(&mut self, waker: &Waker) {
+        match &self.driver {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.driver = Some(waker.clone()),
+        }
+    }
+
+    pub(crate) fn wake_driver(&mut self) {
+        if let Some(w) = &self.driver {
+            w.wake_by_ref();
+        }
+    }
+
+    // ----- the read queue ---------------------------------------------------
+
+    /// Queues a decoder with a completion function, at the back or (unshift)
+    /// at the front. A dead handle resolves the ticket with its error at once.
+    pub(crate) fn enqueue<D, F, R>(
+        &mut self,
+        decoder: D,
+        then: F,
+        on_drop: OnDrop,
+        front: bool,
+    ) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        if let Some(e) = &self.dead {
+            return Ticket::ready(Err(e.clone()));
+        }
+        let (req, ticket) = DecodeRequest::new(decoder, then, on_drop);
+        let req: Box<dyn Request> = Box::new(req);
+        if front {
+            self.queue.push_front(req);
+        } else {
+            self.queue.push_back(req);
+        }
+        self.wake_driver();
+        ticket
+    }
+
+    /// Runs queued requests on the buffered bytes until the head needs more
+    /// input or the queue is empty (AE's "drain", RQ-3). Requests unshifted
+    /// by a completion run next, on the same bytes, before any new read.
+    pub(crate) fn dispatch(&mut self) {
+        while self.dead.is_none() {
+            let Some(head) = self.queue.front_mut() else {
+                break;
+            };
+            if head.is_abandoned() {
+                // Cancelled before completing: it consumed nothing.
+                self.queue.pop_front();
+                continue;
+            }
+            match head.poll_decode(&mut self.rbuf, self.eof) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(())) => {
+                    let Some(req) = self.queue.pop_front() else {
+                        break;
+                    };
+                    tracing::trace!(buffered = self.rbuf.len(), "read request complete");
+                    req.complete(&mut Requests { core: self });
+                }
+                Poll::Ready(Err(e)) => {
+                    let Some(req) = self.queue.pop_front() else {
+                        break;
+                    };
+                    if e.is_fatal() {
+                        req.fail(e.clone());
+                        self.die(e);
+                    } else {
+                        tracing::debug!(error = %e, "read request failed");
+                        req.fail(e);
+                    }
+                }
+            }
+        }
+        self.check_rbuf_max();
+    }
+
+    /// OPT-8: unconsumed input over `rbuf_max` is fatal `ENOSPC`. Partial
+    /// JSON, CBOR and regex state stays in `rbuf`, so it counts.
+    fn check_rbuf_max(&mut self) {
+        if let Some(max) = self.cfg.rbuf_max
+            && self.rbuf.len() > max
+            && self.dead.is_none()
+        {
+            self.die(Error::no_space("unconsumed input exceeds rbuf_max"));
+        }
+    }
+
+    // ----- reading ----------------------------------------------------------
+
+    /// Reads once from the transport into `rbuf`, after pushing out pending
+    /// writes (the handle never waits for input with output pending).
+    pub(crate) fn poll_fill<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Filled>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.check_alive()?;
+        if self.eof {
+            return Poll::Ready(Ok(Filled::Eof));
+        }
+        if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
+            return Poll::Ready(Err(e));
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size {
+            self.rbuf.reserve(self.read_size);
+        }
+        let want = self.read_size;
+        let n = match ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *io),
+            cx,
+            &mut self.rbuf
+        )) {
+            Ok(n) => n,
+            Err(e) => {
+                let e = Error::transport(e);
+                self.die(e.clone());
+                return Poll::Ready(Err(e));
+            }
+        };
+        if n == 0 {
+            tracing::debug!(
+                buffered = self.rbuf.len(),
+                queued = self.queue.len(),
+                "end of input"
+            );
+            self.eof = true;
+            return Poll::Ready(Ok(Filled::Eof));
+        }
+        if n >= want && self.read_size < self.cfg.max_read_size {
+            self.read_size = (self.read_size * 2).min(self.cfg.max_read_size);
+        }
+        Poll::Ready(Ok(Filled::Bytes(n)))
+    }
+
+    /// Drives the queue until it is empty (`Ready`) or waits for input.
+    pub(crate) fn poll_queue<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            self.dispatch();
+            self.check_alive()?;
+            if self.queue.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_fill(io, cx))?;
+        }
+    }
+
+    /// Decodes one frame with `decoder` directly on the buffer (the queue
+    /// must be empty), reading as needed. `at_eof_clean`: whether end of
+    /// input with no frame is `Ok(None)` (a stream's end) instead of `EPIPE`.
+    pub(crate) fn poll_decode_direct<IO, D>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        decoder: &mut D,
+        at_eof_clean: bool,
+    ) -> Poll<Result<Option<D::Item>>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
+        ready!(self.poll_queue(io, cx))?;
+        loop {
+            self.check_alive()?;
+            match decode_step(decoder, &mut self.rbuf, self.eof) {
+                Ok(Some(frame)) => {
+                    tracing::trace!(buffered = self.rbuf.len(), "read complete");
+                    return Poll::Ready(Ok(Some(frame)));
+                }
+                Ok(None) => {}
+                Err(e)
+                    if at_eof_clean
+                        && self.eof
+                        && e.kind() == crate::ErrorKind::BrokenPipe
+                        && self.rbuf.is_empty() =>
+                {
+                    return Poll::Ready(Ok(None));
+                }
+                Err(e) => {
+                    if e.is_fatal() {
+                        self.die(e.clone());
+                    }
+                    return Poll::Ready(Err(e));
+                }
+            }
+            self.check_rbuf_max();
+            ready!(self.poll_fill(io, cx))?;
+        }
+    }
+
+    // ----- writing ----------------------------------------------------------
+
+    /// Encodes `item` onto the write queue. On an encoder error nothing is
+    /// queued; over `wbuf_max` the item is not queued and the handle dies
+    /// with `ENOSPC` (what was queued before stays reachable).
+    pub(crate) fn push_encoded<E, I>(&mut self, mut encoder: E, item: I) -> Result<()>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        self.check_writable()?;
+        let before = self.wq.tail_len();
+        if let Err(e) = encoder.encode(item, self.wq.tail_mut()) {
+            self.wq.rollback(before);
+            return Err(e.into());
+        }
+        let added = self.wq.tail_len() - before;
+        if self.over_wbuf_max(added) {
+            self.wq.rollback(before);
+            let e = Error::no_space("queued output exceeds wbuf_max");
+            self.die(e.clone());
+            return Err(e);
+        }
+        self.wq.commit(before);
+        self.wake_driver();
+        Ok(())
+    }
+
+    /// Queues raw bytes (zero-copy for large ones).
+    pub(crate) fn push_bytes(&mut self, bytes: Bytes) -> Result<()> {
+        self.check_writable()?;
+        if self.over_wbuf_max(bytes.len()) {
+            let e = Error::no_space("queued output exceeds wbuf_max");
+            self.die(e.clone());
+            return Err(e);
+        }
+        self.wq.push_bytes(bytes);
+        self.wake_driver();
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.check_alive()?;
+        if self.shutdown != Shutdown::Open {
+            return Err(Error::invalid_input("write after push_shutdown"));
+        }
+        Ok(())
+    }
+
+    fn over_wbuf_max(&self, adding: usize) -> bool {
+        self.cfg
+            .wbuf_max
+            .is_some_and(|max| self.wq.len() + adding > max)
+    }
+
+    /// WQ-7: flush what is queued, then half-close the write side.
+    pub(crate) fn push_shutdown(&mut self) -> Result<()> {
+        self.check_alive()?;
+        if self.shutdown == Shutdown::Open {
+            self.shutdown = Shutdown::Requested;
+            self.wake_driver();
+        }
+        Ok(())
+    }
+
+    /// Writes until the queue is empty and flushed (and the write side shut
+    /// down, if requested), or the transport pushes back.
+    pub(crate) fn poll_write_out<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>>
+    where
+        IO: AsyncWrite + Unpin,
+    {
+        self.check_alive()?;
+        while !self.wq.is_empty() {
+            match ready!(self.wq.poll_write(io, cx)) {
+                Ok(0) => {
+                    let e = Error::transport(std::io::ErrorKind::WriteZero.into());
+                    self.die(e.clone());
+                    return Poll::Ready(Err(e));
+                }
+                Ok(_) => self.unflushed = true,
+                Err(e) => {
+                    let e = Error::transport(e);
+                    self.die(e.clone());
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        if self.unflushed {
+            if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+                let e = Error::transport(e);
+                self.die(e.clone());
+                return Poll::Ready(Err(e));
+            }
+            self.unflushed = false;
+        }
+        if self.shutdown == Shutdown::Requested {
+            if let Err(e) = ready!(Pin::new(&mut *io).poll_shutdown(cx)) {
+                let e = Error::transport(e);
+                self.die(e.clone());
+                return Poll::Ready(Err(e));
+            }
+            tracing::debug!("write side shut down");
+            self.shutdown = Shutdown::Done;
+        }
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A future-friendly flush for handles: resolved when the queue drains.
+    pub(crate) fn flush_ticket(&mut self) -> oneshot::Receiver<Result<()>> {
+        let (tx, rx) = oneshot::channel();
+        match &self.dead {
+            Some(e) => {
+                let _ = tx.send(Err(e.clone()));
+            }
+            None => {
+                self.flush_waiters.push(tx);
+                self.wake_driver();
+            }
+        }
+        rx
+    }
+
+    // ----- the background driver ---------------------------------------------
+
+    /// One turn of the spawned driver: dispatch, write, read while a request
+    /// waits. Returns `Ready` only once the handle is dead.
+    pub(crate) fn poll_drive<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.register_driver(cx.waker());
+        loop {
+            self.dispatch();
+            if self.dead.is_some() {
+                return Poll::Ready(());
+            }
+            // Writes first: bytes pushed by completions go out with the
+            // bytes pushed by users, in one write where possible.
+            let _ = self.poll_write_out(io, cx);
+            if self.dead.is_some() {
+                return Poll::Ready(());
+            }
+            // RQ-5: plaintext is read only while a request waits.
+            if self.queue.is_empty() {
+                return Poll::Pending;
+            }
+            match self.poll_fill(io, cx) {
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// LC-3: after the handle ended, keep writing what is queued (the
+    /// caller bounds this by `linger`). Stops at the first transport error.
+    pub(crate) fn poll_linger<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<()>
+    where
+        IO: AsyncWrite + Unpin,
+    {
+        while !self.wq.is_empty() {
+            match ready!(self.wq.poll_write(io, cx)) {
+                Ok(n) if n > 0 => {}
+                _ => return Poll::Ready(()),
+            }
+        }
+        let _ = ready!(Pin::new(&mut *io).poll_flush(cx));
+        let _ = ready!(Pin::new(&mut *io).poll_shutdown(cx));
+        Poll::Ready(())
+    }
+
+    /// Everything not yet consumed or written, for `into_parts`.
+    pub(crate) fn take_buffers(&mut self) -> (BytesMut, BytesMut) {
+        (std::mem::take(&mut self.rbuf), self.wq.take_all())
+    }
+}

@@ -1,0 +1,328 @@
+//! The shared handle: the connection lives in a spawned driver task (the
+//! AnyEvent model, where the handle lives in the event loop) and any number
+//! of cloneable [`Handle`]s queue reads and writes to it.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::{Error, Result};
+use crate::queued::Parts;
+use crate::queued::core::Core;
+use crate::queued::request::{OnDrop, Requests, Ticket};
+
+struct Shared {
+    core: Mutex<Core>,
+    /// Live user handles; the driver winds down when it reaches zero.
+    users: AtomicUsize,
+    /// `detach` was called: hand the parts back.
+    detach: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic inside a user's completion function poisons the lock; the
+        // core itself is still consistent (requests are popped before they
+        // run), so keep going.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A cloneable, `Send` handle to a connection driven by a spawned task.
+///
+/// Made by [`QueuedFramed::spawn`](crate::QueuedFramed::spawn). Every method
+/// queues work and returns at once; tickets and futures resolve as the
+/// driver runs. Dropping the last handle closes the connection after the
+/// queued output is written (linger, LC-3).
+///
+/// # Examples
+///
+/// ```
+/// use anyframe::QueuedFramed;
+/// use anyframe::codecs::{ChunkCodec, LineCodec};
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, mut peer) = tokio::io::duplex(1024);
+/// let (handle, _driver) = QueuedFramed::new(io).spawn();
+///
+/// // Queue two different reads before any byte has arrived.
+/// let line = handle.push_read(LineCodec::new());
+/// let chunk = handle.push_read(ChunkCodec::new(3));
+/// peer.write_all(b"hi\nxyz").await?;
+/// assert_eq!(&line.await?.line[..], b"hi");
+/// assert_eq!(&chunk.await?[..], b"xyz");
+/// # Ok(()) }
+/// ```
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+/// The driver task of a spawned connection. Await it to get the [`Parts`]
+/// back when the connection ends (fatal error, [`Handle::destroy`], every
+/// handle dropped) or is detached ([`Handle::detach`]).
+pub struct Driver<IO> {
+    join: JoinHandle<Parts<IO>>,
+}
+
+pub(crate) fn spawn<IO>(core: Core, io: IO) -> (Handle, Driver<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        users: AtomicUsize::new(1),
+        detach: AtomicBool::new(false),
+    });
+    let join = tokio::spawn(drive(shared.clone(), io));
+    (Handle { shared }, Driver { join })
+}
+
+async fn drive<IO>(shared: Arc<Shared>, mut io: IO) -> Parts<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::debug!("driver started");
+    poll_fn(|cx| {
+        let mut core = shared.lock();
+        if shared.detach.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if core.poll_drive(&mut io, cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if shared.users.load(Ordering::Acquire) == 0 {
+            // Nobody can queue reads any more; fail what is queued.
+            core.die(Error::closed());
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
+
+    // LC-3 linger: a destroyed or dropped handle keeps writing what was
+    // queued for up to `linger` (not after a transport error, and not when
+    // the user detaches to take the bytes back).
+    let detached = shared.detach.load(Ordering::Acquire);
+    let linger = shared.lock().cfg.linger;
+    if !detached && !linger.is_zero() {
+        let flushed =
+            tokio::time::timeout(linger, poll_fn(|cx| shared.lock().poll_linger(&mut io, cx)))
+                .await;
+        if flushed.is_err() {
+            tracing::debug!(?linger, "linger expired with output unsent");
+        }
+    }
+    let mut core = shared.lock();
+    for req in core.queue.drain(..) {
+        req.fail(Error::closed());
+    }
+    let (read_buf, write_buf) = core.take_buffers();
+    tracing::debug!(
+        detached,
+        unread = read_buf.len(),
+        unwritten = write_buf.len(),
+        "driver finished"
+    );
+    Parts {
+        io,
+        codec: (),
+        read_buf,
+        write_buf,
+    }
+}
+
+impl Handle {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.shared.lock()
+    }
+
+    /// Queues a read with `decoder` at the back of the queue.
+    pub fn push_read<D>(&self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.lock()
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
+    }
+
+    /// Queues a read at the front of the queue.
+    pub fn unshift_read<D>(&self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.lock()
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
+    }
+
+    /// Queues a read whose completion runs inside the driver before the next
+    /// request sees the buffer (see
+    /// [`QueuedFramed::push_read_with`](crate::QueuedFramed::push_read_with)).
+    /// Do not call this handle from inside `then`: use its [`Requests`].
+    pub fn push_read_with<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.lock().enqueue(decoder, then, OnDrop::Cancel, false)
+    }
+
+    /// [`push_read_with`](Self::push_read_with) at the front of the queue.
+    pub fn unshift_read_with<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.lock().enqueue(decoder, then, OnDrop::Cancel, true)
+    }
+
+    /// Queues a read whose frame is read (and discarded) even if the ticket
+    /// is dropped, so a request/response stream stays in step.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn push_read_keep_in_step<D>(&self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.lock()
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Consume, false)
+    }
+
+    /// Reads one frame with `decoder` after every queued request.
+    ///
+    /// # Errors
+    ///
+    /// See [`Ticket`].
+    pub async fn read<D>(&self, decoder: D) -> Result<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.push_read(decoder).await
+    }
+
+    /// Encodes `item` onto the write queue; the driver writes it.
+    ///
+    /// # Errors
+    ///
+    /// As [`QueuedFramed::push_write`](crate::QueuedFramed::push_write).
+    pub fn push_write<E, I>(&self, encoder: E, item: I) -> Result<()>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        self.lock().push_encoded(encoder, item)
+    }
+
+    /// Queues raw bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`QueuedFramed::push_write`](crate::QueuedFramed::push_write).
+    pub fn push_bytes(&self, bytes: impl Into<Bytes>) -> Result<()> {
+        self.lock().push_bytes(bytes.into())
+    }
+
+    /// Resolves once everything queued so far is written and flushed.
+    ///
+    /// # Errors
+    ///
+    /// The fatal error that ended the handle.
+    pub async fn flush(&self) -> Result<()> {
+        let rx = self.lock().flush_ticket();
+        rx.await.unwrap_or_else(|_| Err(Error::closed()))
+    }
+
+    /// Half-closes the write side after the queued output (WQ-7).
+    ///
+    /// # Errors
+    ///
+    /// The fatal error that ended the handle.
+    pub fn push_shutdown(&self) -> Result<()> {
+        self.lock().push_shutdown()
+    }
+
+    /// Ends the connection (LC-1): pending requests fail with
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed); queued output is
+    /// still written for up to `linger`.
+    pub fn destroy(&self) {
+        self.lock().die(Error::closed());
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_destroyed(&self) -> bool {
+        self.lock().dead.is_some()
+    }
+
+    /// Stops the driver and hands the [`Parts`] (transport, unread and
+    /// unwritten bytes) to the [`Driver`] future; pending requests fail with
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    pub fn detach(&self) {
+        self.shared.detach.store(true, Ordering::Release);
+        self.lock().wake_driver();
+    }
+
+    /// Calls `f` with the unread input (AE's `rbuf`).
+    pub fn with_read_buffer<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.lock().rbuf)
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Handle {
+        self.shared.users.fetch_add(1, Ordering::AcqRel);
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.shared.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.lock().wake_driver();
+        }
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Handle").field(&*self.lock()).finish()
+    }
+}
+
+impl<IO> Future for Driver<IO> {
+    type Output = Result<Parts<IO>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.join)
+            .poll(cx)
+            .map(|r| r.map_err(|_| Error::closed()))
+    }
+}
+
+impl<IO> fmt::Debug for Driver<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,549 @@
+//! [`QueuedFramed`]: one connection, one read buffer, a queue of read
+//! requests each with its own decoder, and a write queue.
+
+pub(crate) mod core;
+mod handle;
+pub(crate) mod request;
+mod write;
+
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Decoder, Encoder};
+
+use self::core::Core;
+use self::request::OnDrop;
+use crate::config::{Builder, Config};
+use crate::error::{Error, Result};
+
+pub use self::handle::{Driver, Handle};
+pub use self::request::{FnDecoder, Requests, Ticket};
+
+/// A connection that reads with a different decoder for each request.
+///
+/// `QueuedFramed` is AnyEvent::Handle for tokio: one read buffer shared by a
+/// FIFO of read requests, **each with its own decoder** — read a line, then
+/// 64 bytes, then one JSON value, on one connection. Bytes one request does
+/// not consume are the next request's input, whatever its decoder; switching
+/// costs nothing (no copy, no rebuild). Writes go through a write queue.
+///
+/// Three ways to use it:
+///
+/// 1. **Sequentially** (`&mut self`): [`read`](Self::read) a frame with any
+///    decoder, [`push_write`](Self::push_write) and [`flush`](Self::flush).
+/// 2. **Queued**: [`push_read`](Self::push_read) /
+///    [`unshift_read`](Self::unshift_read) return [`Ticket`]s that resolve in
+///    queue order; [`wait`](Self::wait) drives the connection until one is
+///    ready. [`push_read_with`](Self::push_read_with) runs a completion
+///    inside the engine that may unshift follow-up requests (RQ-4).
+/// 3. **Shared**: [`spawn`](Self::spawn) moves the connection into a task
+///    and returns a cloneable, `Send` [`Handle`] (the AnyEvent model).
+///
+/// With a default codec `C` (see [`with_codec`](Self::with_codec)) it is
+/// also a `Stream` of `C`'s frames (AE's `on_read`, used when no request is
+/// queued) and a `Sink` of items `C` encodes.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe::QueuedFramed;
+/// use anyframe::codecs::{ChunkCodec, LineCodec};
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, mut peer) = tokio::io::duplex(1024);
+/// // A line, then exactly 4 bytes, then another line, in one packet.
+/// peer.write_all(b"HELLO\r\nabcdbye\n").await?;
+///
+/// let mut conn = QueuedFramed::new(io);
+/// let hello = conn.read(LineCodec::new()).await?;
+/// assert_eq!(&hello.line[..], b"HELLO");
+/// let four = conn.read(ChunkCodec::new(4)).await?;
+/// assert_eq!(&four[..], b"abcd");
+/// let bye = conn.read(LineCodec::new()).await?;
+/// assert_eq!(&bye.line[..], b"bye");
+///
+/// conn.push_write(LineCodec::new(), "OK")?;
+/// conn.flush().await?;
+/// # Ok(()) }
+/// ```
+pub struct QueuedFramed<IO, C = ()> {
+    core: Core,
+    io: IO,
+    codec: C,
+    /// The `Stream` has yielded a fatal error and now ends.
+    stream_done: bool,
+}
+
+/// What [`QueuedFramed::into_parts`] gives back: nothing is lost.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Parts<IO, C = ()> {
+    /// The transport.
+    pub io: IO,
+    /// The default codec.
+    pub codec: C,
+    /// Bytes read but not consumed by any request.
+    pub read_buf: BytesMut,
+    /// Bytes queued but not yet written, in order.
+    pub write_buf: BytesMut,
+}
+
+impl<IO, C> Parts<IO, C> {
+    /// Parts for a fresh handle over `io`.
+    pub fn new(io: IO, codec: C) -> Parts<IO, C> {
+        Parts {
+            io,
+            codec,
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+        }
+    }
+}
+
+impl<IO> QueuedFramed<IO> {
+    /// A handle over `io` with the default options and no default codec.
+    pub fn new(io: IO) -> QueuedFramed<IO> {
+        QueuedFramed::from_config(io, (), Config::default())
+    }
+
+    /// Options for a new handle.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
+impl<IO, C> QueuedFramed<IO, C> {
+    /// A handle whose `Stream` yields `codec`'s frames whenever no request is
+    /// queued (AE's `on_read`) and whose `Sink` encodes with `codec`.
+    pub fn with_codec(io: IO, codec: C) -> QueuedFramed<IO, C> {
+        QueuedFramed::from_config(io, codec, Config::default())
+    }
+
+    pub(crate) fn from_config(io: IO, codec: C, cfg: Config) -> QueuedFramed<IO, C> {
+        QueuedFramed {
+            core: Core::new(cfg),
+            io,
+            codec,
+            stream_done: false,
+        }
+    }
+
+    /// Rebuilds a handle from [`Parts`]: unread bytes are read first, unwritten
+    /// bytes are written first.
+    pub fn from_parts(parts: Parts<IO, C>) -> QueuedFramed<IO, C> {
+        let mut this = QueuedFramed::with_codec(parts.io, parts.codec);
+        this.core.rbuf = parts.read_buf;
+        this.core.wq.restore(parts.write_buf);
+        this
+    }
+
+    /// Takes the handle apart without losing a byte: the transport, unread
+    /// input and unwritten output. Requests still queued fail with
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    pub fn into_parts(mut self) -> Parts<IO, C> {
+        for req in self.core.queue.drain(..) {
+            req.fail(Error::closed());
+        }
+        let (read_buf, write_buf) = self.core.take_buffers();
+        Parts {
+            io: self.io,
+            codec: self.codec,
+            read_buf,
+            write_buf,
+        }
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// The transport, mutably. Reading or writing it directly bypasses the
+    /// buffers.
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+
+    /// The default codec.
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    /// The default codec, mutably.
+    pub fn codec_mut(&mut self) -> &mut C {
+        &mut self.codec
+    }
+
+    /// The unread input (AE's `rbuf`).
+    pub fn read_buffer(&self) -> &[u8] {
+        &self.core.rbuf
+    }
+
+    /// The unread input, mutably; remove only from the front if requests are
+    /// queued.
+    pub fn read_buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.core.rbuf
+    }
+
+    /// Drops the first `n` unread bytes (all of them if fewer are buffered).
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.core.rbuf.len());
+        let _ = self.core.rbuf.split_to(n);
+    }
+
+    /// Bytes queued for writing and not yet accepted by the transport.
+    pub fn write_buffered(&self) -> usize {
+        self.core.wq.len()
+    }
+
+    /// Read requests waiting in the queue.
+    pub fn queued_reads(&self) -> usize {
+        self.core.queue.len()
+    }
+
+    /// Whether end of input has been seen.
+    pub fn is_eof(&self) -> bool {
+        self.core.eof
+    }
+
+    /// Whether a fatal error (or [`destroy`](Self::destroy)) ended the handle.
+    pub fn is_destroyed(&self) -> bool {
+        self.core.dead.is_some()
+    }
+
+    /// The fatal error that ended the handle, if any.
+    pub fn error(&self) -> Option<&Error> {
+        self.core.dead.as_ref()
+    }
+
+    /// Ends the handle (LC-1): pending requests fail with
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed), later calls fail
+    /// fast. Buffers stay reachable through [`into_parts`](Self::into_parts).
+    pub fn destroy(&mut self) {
+        self.core.die(Error::closed());
+    }
+
+    // ----- queued reads -----------------------------------------------------
+
+    /// Queues a read with `decoder` at the back of the queue.
+    ///
+    /// The ticket resolves once every request before it has completed;
+    /// drive the connection with [`wait`](Self::wait) (or
+    /// [`spawn`](Self::spawn) it). Queuing does no I/O.
+    pub fn push_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
+    }
+
+    /// Queues a read at the front: it runs before every queued request.
+    pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
+    }
+
+    /// Queues a read whose completion `then` runs inside the engine as soon
+    /// as the frame is decoded, before the next request sees the buffer. It
+    /// may queue follow-ups through [`Requests`] (e.g. unshift one more line
+    /// read when the frame says so). The ticket resolves to what `then`
+    /// returns.
+    pub fn push_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, false)
+    }
+
+    /// [`push_read_with`](Self::push_read_with) at the front of the queue.
+    pub fn unshift_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, true)
+    }
+
+    // ----- writes (no I/O) --------------------------------------------------
+
+    /// Encodes `item` with `encoder` onto the write queue. No I/O happens
+    /// here: queued bytes go out, coalesced, the next time the handle runs
+    /// (a read, [`flush`](Self::flush), or the driver of a spawned handle).
+    ///
+    /// # Errors
+    ///
+    /// The encoder's error (nothing is queued); `ENOSPC`, fatal, if the
+    /// queue would exceed `wbuf_max`; the handle's fatal error if it is
+    /// destroyed; `EINVAL` after [`push_shutdown`](Self::push_shutdown).
+    pub fn push_write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        self.core.push_encoded(encoder, item)
+    }
+
+    /// Queues raw bytes; large ones are queued without copying.
+    ///
+    /// # Errors
+    ///
+    /// As [`push_write`](Self::push_write).
+    pub fn push_bytes(&mut self, bytes: impl Into<Bytes>) -> Result<()> {
+        self.core.push_bytes(bytes.into())
+    }
+
+    /// Half-closes the write side once everything queued is written (AE's
+    /// `push_shutdown`, WQ-7). The read side stays open.
+    ///
+    /// # Errors
+    ///
+    /// The handle's fatal error if it is destroyed.
+    pub fn push_shutdown(&mut self) -> Result<()> {
+        self.core.push_shutdown()
+    }
+}
+
+impl<IO, C> QueuedFramed<IO, C>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Reads one frame with `decoder`, after every queued request.
+    ///
+    /// Bytes the decoder does not consume stay buffered for the next read.
+    /// Pending writes are flushed before waiting for input. Cancel-safe:
+    /// dropping the future loses no bytes (only `decoder`'s scan state).
+    ///
+    /// # Errors
+    ///
+    /// * `EPIPE` (fatal) if the input ends before a frame is complete (RQ-6);
+    ///   the partial frame stays in [`read_buffer`](Self::read_buffer).
+    /// * The decoder's error: non-fatal ones (`EBADMSG`) leave the handle
+    ///   usable; fatal ones destroy it.
+    /// * A transport error (fatal), or the error that destroyed the handle.
+    pub async fn read<D>(&mut self, mut decoder: D) -> Result<D::Item>
+    where
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
+        self.read_with(&mut decoder).await
+    }
+
+    /// [`read`](Self::read) with a decoder you keep (its state survives
+    /// between calls).
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub async fn read_with<D>(&mut self, decoder: &mut D) -> Result<D::Item>
+    where
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
+        let frame = poll_fn(|cx| {
+            self.core
+                .poll_decode_direct(&mut self.io, cx, decoder, false)
+        })
+        .await?;
+        frame.ok_or_else(Error::eof_in_request)
+    }
+
+    /// Reads with a closure over the read buffer (AE's untyped request): it
+    /// is called with all unread bytes whenever more arrive, removes what it
+    /// uses from the front, and returns `Some` when done.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read), plus whatever the closure returns.
+    pub async fn read_fn<T, F>(&mut self, f: F) -> Result<T>
+    where
+        F: FnMut(&mut BytesMut) -> Result<Option<T>>,
+    {
+        self.read(FnDecoder::new(f)).await
+    }
+
+    /// Drives the connection until `ticket` resolves, and returns its result.
+    ///
+    /// # Errors
+    ///
+    /// The request's error (see [`Ticket`]).
+    pub async fn wait<T>(&mut self, mut ticket: Ticket<T>) -> Result<T> {
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = ticket.poll_result(cx) {
+                return Poll::Ready(r);
+            }
+            // The queue holds the ticket's request: drive it. Whatever the
+            // outcome, the ticket has its own result if its request ran.
+            // (A fatal error fails the ticket's request too.)
+            let _ = self.core.poll_queue(&mut self.io, cx);
+            ticket.poll_result(cx)
+        })
+        .await
+    }
+
+    /// Writes everything queued and flushes the transport (and half-closes
+    /// it if [`push_shutdown`](Self::push_shutdown) was called).
+    ///
+    /// # Errors
+    ///
+    /// A transport error (fatal), or the error that destroyed the handle.
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.core.poll_write_out(&mut self.io, cx)).await
+    }
+
+    /// [`push_write`](Self::push_write) then [`flush`](Self::flush).
+    ///
+    /// # Errors
+    ///
+    /// As both.
+    pub async fn write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        self.push_write(encoder, item)?;
+        self.flush().await
+    }
+
+    /// [`push_shutdown`](Self::push_shutdown) then [`flush`](Self::flush).
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush).
+    pub async fn shutdown_write(&mut self) -> Result<()> {
+        self.push_shutdown()?;
+        self.flush().await
+    }
+
+    /// Moves the connection into a spawned driver task and returns a
+    /// cloneable, `Send` [`Handle`] to it plus the [`Driver`] (the task's
+    /// join handle, which gives the [`Parts`] back when the connection ends
+    /// or is detached). The default codec is dropped.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub fn spawn(self) -> (Handle, Driver<IO>)
+    where
+        IO: Send + 'static,
+    {
+        handle::spawn(self.core, self.io)
+    }
+}
+
+impl<IO, C> Stream for QueuedFramed<IO, C>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    C: Decoder + Unpin,
+    C::Error: Into<Error>,
+{
+    type Item = Result<C::Item>;
+
+    /// Yields frames of the default codec once no request is queued. Ends at
+    /// a clean end of input; yields a fatal error once, then ends.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.stream_done {
+            return Poll::Ready(None);
+        }
+        match ready!(
+            this.core
+                .poll_decode_direct(&mut this.io, cx, &mut this.codec, true)
+        ) {
+            Ok(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+            Ok(None) => {
+                this.stream_done = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                if e.is_fatal() {
+                    this.stream_done = true;
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl<IO, C, I> Sink<I> for QueuedFramed<IO, C>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    C: Encoder<I> + Unpin,
+    C::Error: Into<Error>,
+{
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        // Backpressure: above the write boundary, write before accepting more.
+        if this.core.wq.len() >= BACKPRESSURE_BOUNDARY {
+            ready!(this.core.poll_write_out(&mut this.io, cx))?;
+        }
+        Poll::Ready(this.core.check_alive())
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: I) -> Result<()> {
+        let this = self.get_mut();
+        this.core.push_encoded(EncoderRef(&mut this.codec), item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        this.core.poll_write_out(&mut this.io, cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        if this.core.shutdown == self::core::Shutdown::Open {
+            this.core.push_shutdown()?;
+        }
+        this.core.poll_write_out(&mut this.io, cx)
+    }
+}
+
+/// The `Sink` writes once this much output is queued, like tokio-util's
+/// `FramedWrite` backpressure boundary (8 KiB there; we coalesce more since
+/// the write queue is cheap to grow).
+const BACKPRESSURE_BOUNDARY: usize = 64 * 1024;
+
+/// Lets the `Sink` encode with the stored codec without moving it.
+struct EncoderRef<'a, C>(&'a mut C);
+
+impl<C, I> Encoder<I> for EncoderRef<'_, C>
+where
+    C: Encoder<I>,
+{
+    type Error = C::Error;
+
+    fn encode(&mut self, item: I, dst: &mut BytesMut) -> std::result::Result<(), C::Error> {
+        self.0.encode(item, dst)
+    }
+}
+
+impl<IO: fmt::Debug, C: fmt::Debug> fmt::Debug for QueuedFramed<IO, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuedFramed")
+            .field("io", &self.io)
+            .field("codec", &self.codec)
+            .field("core", &self.core)
+            .finish()
+    }
+}

@@ -1,0 +1,318 @@
+//! Read requests: a decoder plus what to do with its frame, type-erased so one
+//! queue can hold a line request, then a chunk request, then a JSON request.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::sync::oneshot;
+use tokio_util::codec::Decoder;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::queued::core::Core;
+
+/// One queued read request, with its decoder and its completion.
+pub(crate) trait Request: Send {
+    /// Tries to decode one frame from the front of `rbuf`. `Ready(Ok(()))`
+    /// means a frame is stored and [`complete`](Self::complete) must follow.
+    fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<()>>;
+
+    /// Delivers the stored frame; may queue follow-up requests through `q`.
+    fn complete(self: Box<Self>, q: &mut Requests<'_>);
+
+    /// Delivers an error instead.
+    fn fail(self: Box<Self>, err: Error);
+
+    /// True when nobody waits for the result and the request may be dropped
+    /// unrun (its bytes stay in the buffer for the next request).
+    fn is_abandoned(&self) -> bool;
+}
+
+/// What happens to a request whose [`Ticket`] is dropped before it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDrop {
+    /// Remove it unrun: nothing is consumed (the default for user reads).
+    Cancel,
+    /// Still read (and discard) its frame, to keep a request/response stream
+    /// in step (pipelined clients).
+    Consume,
+}
+
+/// A request built from a [`Decoder`] and a completion function.
+pub(crate) struct DecodeRequest<D: Decoder, F, R> {
+    decoder: D,
+    frame: Option<D::Item>,
+    then: F,
+    tx: oneshot::Sender<Result<R>>,
+    on_drop: OnDrop,
+}
+
+impl<D, F, R> DecodeRequest<D, F, R>
+where
+    D: Decoder,
+{
+    pub(crate) fn new(decoder: D, then: F, on_drop: OnDrop) -> (Self, Ticket<R>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            DecodeRequest {
+                decoder,
+                frame: None,
+                then,
+                tx,
+                on_drop,
+            },
+            Ticket { rx },
+        )
+    }
+}
+
+/// Runs one decode step with AnyEvent's EOF rule (RQ-6): at end of input a
+/// request that cannot complete is `EPIPE`, fatal, and its bytes stay put.
+pub(crate) fn decode_step<D>(
+    decoder: &mut D,
+    rbuf: &mut BytesMut,
+    eof: bool,
+) -> Result<Option<D::Item>>
+where
+    D: Decoder,
+    D::Error: Into<Error>,
+{
+    if !eof {
+        return decoder.decode(rbuf).map_err(Into::into);
+    }
+    match decoder.decode_eof(rbuf) {
+        Ok(Some(frame)) => Ok(Some(frame)),
+        Ok(None) => Err(Error::eof_in_request()),
+        Err(e) => {
+            let e: Error = e.into();
+            // A decoder does no I/O: an "I/O" error at EOF is tokio-util's
+            // default `decode_eof` saying "bytes remaining on stream".
+            if e.kind() == ErrorKind::Io {
+                Err(Error::eof_in_request())
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<D, F, R> Request for DecodeRequest<D, F, R>
+where
+    D: Decoder + Send,
+    D::Item: Send,
+    D::Error: Into<Error>,
+    F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send,
+    R: Send,
+{
+    fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<()>> {
+        match decode_step(&mut self.decoder, rbuf, eof) {
+            Ok(Some(frame)) => {
+                self.frame = Some(frame);
+                Poll::Ready(Ok(()))
+            }
+            Ok(None) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn complete(self: Box<Self>, q: &mut Requests<'_>) {
+        let this = *self;
+        let result = match this.frame {
+            Some(frame) => (this.then)(frame, q),
+            None => Err(Error::invalid_input("request completed without a frame")),
+        };
+        // The receiver may be gone (OnDrop::Consume): the frame is discarded.
+        let _ = this.tx.send(result);
+    }
+
+    fn fail(self: Box<Self>, err: Error) {
+        let _ = self.tx.send(Err(err));
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.on_drop == OnDrop::Cancel && self.tx.is_closed()
+    }
+}
+
+/// The future of a queued read request: resolves with its frame (or the
+/// result of its completion function) once every request queued before it
+/// has completed.
+///
+/// With a spawned [`Handle`](crate::Handle) a ticket resolves on its own.
+/// With a [`QueuedFramed`](crate::QueuedFramed) that you drive yourself,
+/// pass it to [`QueuedFramed::wait`](crate::QueuedFramed::wait), which runs
+/// the connection until the ticket is ready.
+///
+/// Dropping a ticket before its request completes cancels the request and
+/// loses no bytes: the next request sees them.
+///
+/// # Errors
+///
+/// The request's error: a non-fatal one (`EBADMSG`) fails only this request;
+/// a fatal one fails every pending ticket with the same error. If the handle
+/// is destroyed first, [`ErrorKind::Closed`].
+#[must_use = "a ticket does nothing unless awaited (dropping it cancels the read)"]
+pub struct Ticket<T> {
+    rx: oneshot::Receiver<Result<T>>,
+}
+
+impl<T> Ticket<T> {
+    /// A ticket that is already resolved.
+    pub(crate) fn ready(result: Result<T>) -> Ticket<T> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(result);
+        Ticket { rx }
+    }
+
+    /// Non-blocking check: the result if the request has completed.
+    pub(crate) fn poll_result(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(Error::closed())))
+    }
+}
+
+impl<T> Future for Ticket<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        self.poll_result(cx)
+    }
+}
+
+impl<T> fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket").finish_non_exhaustive()
+    }
+}
+
+/// Access to the request queue from inside a completion function (AE's
+/// "unshift inside a callback", RQ-4).
+///
+/// A completion function passed to `push_read_with` runs inside the engine,
+/// right after its frame was decoded and *before* any later request looks at
+/// the buffer, so a request it unshifts runs next, on bytes already
+/// buffered. Use this, not the [`Handle`](crate::Handle), from inside a
+/// completion (the handle's lock is held there).
+pub struct Requests<'a> {
+    pub(crate) core: &'a mut Core,
+}
+
+impl Requests<'_> {
+    /// Queues a read at the front: it runs before every request already
+    /// queued. Several unshifts in one completion run in reverse order, as in
+    /// AnyEvent.
+    pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
+    }
+
+    /// Queues a read at the back.
+    pub fn push_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
+    }
+
+    /// [`unshift_read`](Self::unshift_read) with a completion function.
+    pub fn unshift_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, true)
+    }
+
+    /// [`push_read`](Self::push_read) with a completion function.
+    pub fn push_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, false)
+    }
+
+    /// Encodes `item` onto the write queue (see
+    /// [`QueuedFramed::push_write`](crate::QueuedFramed::push_write)).
+    ///
+    /// # Errors
+    ///
+    /// The encoder's error (nothing queued), or `ENOSPC` over `wbuf_max`.
+    pub fn push_write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
+    where
+        E: tokio_util::codec::Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        self.core.push_encoded(encoder, item)
+    }
+
+    /// The unconsumed input.
+    pub fn read_buffer(&self) -> &[u8] {
+        &self.core.rbuf
+    }
+}
+
+impl fmt::Debug for Requests<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Requests")
+            .field("queued", &self.core.queue.len())
+            .finish()
+    }
+}
+
+/// A decoder made of a closure, for [`QueuedFramed::read_fn`]-style
+/// requests: `FnMut(&mut BytesMut) -> Result<Option<T>>`, AE's untyped
+/// callback request. It may consume any prefix of the buffer.
+pub struct FnDecoder<F> {
+    f: F,
+}
+
+impl<F> FnDecoder<F> {
+    /// Wraps `f`. It is called with the whole unconsumed input whenever
+    /// something arrives; return `Ok(Some(_))` when done (after removing
+    /// what you used from the front), `Ok(None)` for more input.
+    pub fn new(f: F) -> FnDecoder<F> {
+        FnDecoder { f }
+    }
+}
+
+impl<F> fmt::Debug for FnDecoder<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnDecoder").finish_non_exhaustive()
+    }
+}
+
+impl<F, T> Decoder for FnDecoder<F>
+where
+    F: FnMut(&mut BytesMut) -> Result<Option<T>>,
+{
+    type Item = T;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>> {
+        (self.f)(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<T>> {
+        // The closure sees the same buffer at EOF; if it still wants more,
+        // the engine reports EPIPE (RQ-6).
+        (self.f)(src)
+    }
+}

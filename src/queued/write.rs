@@ -1,0 +1,178 @@
+//! The write queue: small encoded items are copied into one tail buffer,
+//! large `Bytes` are queued as they are for vectored writes.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+/// A `Bytes` pushed with at least this many bytes is queued by reference
+/// instead of being copied into the tail buffer. Below it a copy is cheaper
+/// than another iovec entry (the same trade-off as h2's `CHAIN_THRESHOLD`).
+const CHAIN_THRESHOLD: usize = 1024;
+
+/// At most this many buffers go into one vectored write. Linux takes up to
+/// 1024 (IOV_MAX); 64 already amortises the syscall and keeps the slice
+/// array on the stack.
+const MAX_IOVS: usize = 64;
+
+/// Pending output in push order.
+#[derive(Debug, Default)]
+pub(crate) struct WriteQueue {
+    /// Frozen buffers, written before `tail`.
+    chain: VecDeque<Bytes>,
+    /// Where encoders write; copied small items accumulate here.
+    tail: BytesMut,
+    /// Total bytes queued (`chain` + `tail`).
+    len: usize,
+}
+
+impl WriteQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer encoders write into. Call [`commit`](Self::commit) with the
+    /// previous tail length afterwards.
+    pub(crate) fn tail_mut(&mut self) -> &mut BytesMut {
+        &mut self.tail
+    }
+
+    pub(crate) fn tail_len(&self) -> usize {
+        self.tail.len()
+    }
+
+    /// Accounts for what an encoder appended since the tail was `before` long.
+    pub(crate) fn commit(&mut self, before: usize) {
+        self.len += self.tail.len() - before;
+    }
+
+    /// Drops what an encoder appended since the tail was `before` long.
+    pub(crate) fn rollback(&mut self, before: usize) {
+        self.tail.truncate(before);
+    }
+
+    /// Queues `bytes` after everything already queued.
+    pub(crate) fn push_bytes(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        if bytes.len() < CHAIN_THRESHOLD {
+            self.tail.extend_from_slice(&bytes);
+            return;
+        }
+        if !self.tail.is_empty() {
+            self.chain.push_back(self.tail.split().freeze());
+        }
+        self.chain.push_back(bytes);
+    }
+
+    /// Writes as much as the transport takes in one call; returns how many
+    /// bytes left the queue.
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let n = if self.chain.is_empty() {
+            std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.tail))?
+        } else if io.is_write_vectored() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVS];
+            let mut k = 0;
+            for b in self.chain.iter().take(MAX_IOVS - 1) {
+                slices[k] = IoSlice::new(b);
+                k += 1;
+            }
+            if k < MAX_IOVS && !self.tail.is_empty() {
+                slices[k] = IoSlice::new(&self.tail);
+                k += 1;
+            }
+            std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))?
+        } else {
+            let front = &self.chain[0];
+            std::task::ready!(Pin::new(&mut *io).poll_write(cx, front))?
+        };
+        self.advance(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            match self.chain.front_mut() {
+                Some(front) if front.len() <= n => {
+                    n -= front.len();
+                    self.chain.pop_front();
+                }
+                Some(front) => {
+                    front.advance(n);
+                    return;
+                }
+                None => {
+                    self.tail.advance(n);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Everything still queued, in order, as one buffer (for `into_parts`).
+    pub(crate) fn take_all(&mut self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(self.len);
+        for b in self.chain.drain(..) {
+            out.extend_from_slice(&b);
+        }
+        out.extend_from_slice(&self.tail);
+        self.tail.clear();
+        self.len = 0;
+        out
+    }
+
+    /// Queues `bytes` in front of nothing: used by `from_parts`.
+    pub(crate) fn restore(&mut self, bytes: BytesMut) {
+        debug_assert!(self.is_empty());
+        self.len = bytes.len();
+        self.tail = bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_push_order_across_copy_and_chain() {
+        let mut q = WriteQueue::default();
+        q.push_bytes(Bytes::from_static(b"ab"));
+        q.push_bytes(Bytes::from(vec![b'x'; CHAIN_THRESHOLD]));
+        let before = q.tail_len();
+        q.tail_mut().extend_from_slice(b"cd");
+        q.commit(before);
+        assert_eq!(q.len(), 4 + CHAIN_THRESHOLD);
+        let all = q.take_all();
+        assert_eq!(&all[..2], b"ab");
+        assert_eq!(&all[all.len() - 2..], b"cd");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn advance_crosses_buffers() {
+        let mut q = WriteQueue::default();
+        q.push_bytes(Bytes::from(vec![1; CHAIN_THRESHOLD]));
+        q.push_bytes(Bytes::from(vec![2; CHAIN_THRESHOLD]));
+        q.push_bytes(Bytes::from_static(b"end"));
+        q.advance(CHAIN_THRESHOLD + 10);
+        assert_eq!(q.len(), CHAIN_THRESHOLD - 10 + 3);
+        let rest = q.take_all();
+        assert!(rest[..CHAIN_THRESHOLD - 10].iter().all(|&b| b == 2));
+        assert_eq!(&rest[CHAIN_THRESHOLD - 10..], b"end");
+    }
+}
