@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use crate::layer::watermark::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
+
 /// First read size. hyper starts its adaptive reads at 8 KiB too: one page
 /// pair, enough for a typical request, small for an idle connection.
 pub const DEFAULT_READ_SIZE: usize = 8 * 1024;
@@ -29,6 +31,16 @@ pub(crate) struct Config {
     pub(crate) rbuf_max: Option<usize>,
     pub(crate) wbuf_max: Option<usize>,
     pub(crate) linger: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) rtimeout: Duration,
+    pub(crate) wtimeout: Duration,
+    pub(crate) high_water: usize,
+    pub(crate) low_water: usize,
+    pub(crate) autocork: bool,
+    pub(crate) no_delay: bool,
+    pub(crate) keepalive: bool,
+    pub(crate) oobinline: bool,
+    pub(crate) connect_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -39,6 +51,16 @@ impl Default for Config {
             rbuf_max: Some(DEFAULT_RBUF_MAX),
             wbuf_max: Some(DEFAULT_WBUF_MAX),
             linger: DEFAULT_LINGER,
+            timeout: Duration::ZERO,
+            rtimeout: Duration::ZERO,
+            wtimeout: Duration::ZERO,
+            high_water: DEFAULT_HIGH_WATER,
+            low_water: DEFAULT_LOW_WATER,
+            autocork: false,
+            no_delay: false,
+            keepalive: false,
+            oobinline: true,
+            connect_timeout: None,
         }
     }
 }
@@ -66,6 +88,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     pub(crate) cfg: Config,
+    pub(crate) retry: Option<crate::connect::RetryHook>,
 }
 
 impl Builder {
@@ -111,6 +134,74 @@ impl Builder {
     /// (LC-3; default [`DEFAULT_LINGER`]; zero discards it at once).
     pub fn linger(&mut self, linger: Duration) -> &mut Self {
         self.cfg.linger = linger;
+        self
+    }
+
+    /// Idle timeout (`timeout`, TO-1): no read and no write for this long
+    /// gives a non-fatal `ETIMEDOUT` (or runs the `on_timeout` hook), again
+    /// every period while idle. Zero (the default) turns it off.
+    pub fn timeout(&mut self, period: Duration) -> &mut Self {
+        self.cfg.timeout = period;
+        self
+    }
+
+    /// Read timeout (`rtimeout`): no read of more than 0 bytes for this long.
+    pub fn rtimeout(&mut self, period: Duration) -> &mut Self {
+        self.cfg.rtimeout = period;
+        self
+    }
+
+    /// Write timeout (`wtimeout`): no write for this long (fires even with
+    /// nothing to write, as in AnyEvent).
+    pub fn wtimeout(&mut self, period: Duration) -> &mut Self {
+        self.cfg.wtimeout = period;
+        self
+    }
+
+    /// Write watermarks (OPT-5, OPT-11): above `high` queued bytes, producers
+    /// (`Sink::poll_ready`, `ready_to_write`) wait until the queue falls to
+    /// `low`, which is also when the drain notification fires. Defaults
+    /// [`DEFAULT_HIGH_WATER`] and [`DEFAULT_LOW_WATER`].
+    pub fn watermarks(&mut self, high: usize, low: usize) -> &mut Self {
+        self.cfg.high_water = high;
+        self.cfg.low_water = low.min(high);
+        self
+    }
+
+    /// Autocork (OPT-12; default off). Off: queued output is written as soon
+    /// as the handle runs. On: held until the handle would otherwise wait
+    /// (or 64 KiB are queued), then written in one (vectored) write: fewer
+    /// syscalls and packets for many small writes, a little more latency.
+    pub fn autocork(&mut self, on: bool) -> &mut Self {
+        self.cfg.autocork = on;
+        self
+    }
+
+    /// `TCP_NODELAY` (OPT-13) for TCP transports built with
+    /// [`build_tcp`](Self::build_tcp) or [`connect`](Self::connect); no-op
+    /// for other transports. Default off (the OS default).
+    pub fn no_delay(&mut self, on: bool) -> &mut Self {
+        self.cfg.no_delay = on;
+        self
+    }
+
+    /// `SO_KEEPALIVE` (OPT-14), as [`no_delay`](Self::no_delay).
+    pub fn keepalive(&mut self, on: bool) -> &mut Self {
+        self.cfg.keepalive = on;
+        self
+    }
+
+    /// `SO_OOBINLINE` (OPT-15): urgent data arrives in line. On by default,
+    /// as in AnyEvent.
+    pub fn oobinline(&mut self, on: bool) -> &mut Self {
+        self.cfg.oobinline = on;
+        self
+    }
+
+    /// Per-address connect timeout for [`connect`](Self::connect)
+    /// (default: the OS's).
+    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.cfg.connect_timeout = Some(timeout);
         self
     }
 

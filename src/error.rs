@@ -145,6 +145,11 @@ impl Error {
         Error::with(kind, true, "transport error", Source::Io(e))
     }
 
+    /// Every address failed to connect; `last` is the last cause.
+    pub(crate) fn connect(last: io::Error) -> Error {
+        Error::with(ErrorKind::Io, true, "connect failed", Source::Io(last))
+    }
+
     /// A buffer cap was crossed: `ENOSPC`, fatal.
     pub(crate) fn no_space(message: &'static str) -> Error {
         Error::new(ErrorKind::NoSpace, true, message)

@@ -10,12 +10,16 @@
 pub use anyframe_codecs as codecs;
 
 mod config;
+mod connect;
 mod error;
+mod layer;
 mod queued;
 
 pub use config::{
-    Builder, DEFAULT_LINGER, DEFAULT_MAX_READ_SIZE, DEFAULT_RBUF_MAX, DEFAULT_READ_SIZE,
-    DEFAULT_WBUF_MAX,
+    Builder, DEFAULT_HIGH_WATER, DEFAULT_LINGER, DEFAULT_LOW_WATER, DEFAULT_MAX_READ_SIZE,
+    DEFAULT_RBUF_MAX, DEFAULT_READ_SIZE, DEFAULT_WBUF_MAX,
 };
+pub use connect::RetryHook;
 pub use error::{Error, ErrorKind, Result};
+pub use layer::timeout::Timeout;
 pub use queued::{Driver, FnDecoder, Handle, Parts, QueuedFramed, Requests, Ticket};

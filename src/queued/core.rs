@@ -18,6 +18,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::layer::timeout::{Timeout, Timers};
+use crate::layer::watermark::Watermarks;
 use crate::queued::request::{DecodeRequest, OnDrop, Request, Requests, Ticket, decode_step};
 use crate::queued::write::WriteQueue;
 
@@ -41,6 +43,16 @@ pub(crate) enum Filled {
     Eof,
 }
 
+/// A user hook run inside the engine when a timer expires.
+pub(crate) type TimeoutHook = Box<dyn FnMut(Timeout, &mut Requests<'_>) + Send>;
+/// A user hook run inside the engine on the drain edge (OPT-5).
+pub(crate) type DrainHook = Box<dyn FnMut(&mut Requests<'_>) + Send>;
+
+/// With autocork on, output is written anyway once this much is queued, so
+/// a long burst of input cannot grow the write queue without bound before
+/// the task would wait. 64 KiB fills a loopback socket buffer's worth.
+const CORK_BOUNDARY: usize = 64 * 1024;
+
 /// The engine state, minus the transport.
 pub(crate) struct Core {
     pub(crate) rbuf: BytesMut,
@@ -60,6 +72,10 @@ pub(crate) struct Core {
     flush_waiters: Vec<oneshot::Sender<Result<()>>>,
     /// Whether the transport needs a `poll_flush` after writes.
     unflushed: bool,
+    pub(crate) timers: Timers,
+    pub(crate) marks: Watermarks,
+    pub(crate) on_timeout: Option<TimeoutHook>,
+    pub(crate) on_drain: Option<DrainHook>,
 }
 
 impl std::fmt::Debug for Core {
@@ -85,10 +101,14 @@ impl Core {
             dead: None,
             shutdown: Shutdown::Open,
             read_size: cfg.read_size,
-            cfg,
             driver: None,
             flush_waiters: Vec::new(),
             unflushed: false,
+            timers: Timers::new(cfg.timeout, cfg.rtimeout, cfg.wtimeout),
+            marks: Watermarks::new(cfg.high_water, cfg.low_water),
+            on_timeout: None,
+            on_drain: None,
+            cfg,
         }
     }
 
@@ -108,6 +128,7 @@ impl Core {
         for w in self.flush_waiters.drain(..) {
             let _ = w.send(Err(err.clone()));
         }
+        self.marks.wake_all();
         self.wake_driver();
     }
 
@@ -217,8 +238,10 @@ impl Core {
 
     // ----- reading ----------------------------------------------------------
 
-    /// Reads once from the transport into `rbuf`, after pushing out pending
-    /// writes (the handle never waits for input with output pending).
+    /// Reads once from the transport into `rbuf`. When no input is ready,
+    /// pending output is written first (the handle never waits for input
+    /// with output queued) and the timers are checked: an expired timer
+    /// with no hook is a non-fatal `ETIMEDOUT` for whoever waits to read.
     pub(crate) fn poll_fill<IO>(
         &mut self,
         io: &mut IO,
@@ -227,42 +250,99 @@ impl Core {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.check_alive()?;
-        if self.eof {
-            return Poll::Ready(Ok(Filled::Eof));
-        }
-        if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
-            return Poll::Ready(Err(e));
-        }
-        if self.rbuf.capacity() - self.rbuf.len() < self.read_size {
-            self.rbuf.reserve(self.read_size);
-        }
-        let want = self.read_size;
-        let n = match ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *io),
-            cx,
-            &mut self.rbuf
-        )) {
-            Ok(n) => n,
-            Err(e) => {
-                let e = Error::transport(e);
-                self.die(e.clone());
+        loop {
+            self.check_alive()?;
+            if self.eof {
+                return Poll::Ready(Ok(Filled::Eof));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_size {
+                self.rbuf.reserve(self.read_size);
+            }
+            let want = self.read_size;
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) => {
+                    tracing::debug!(
+                        buffered = self.rbuf.len(),
+                        queued = self.queue.len(),
+                        "end of input"
+                    );
+                    self.eof = true;
+                    return Poll::Ready(Ok(Filled::Eof));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.timers.on_read();
+                    if n >= want && self.read_size < self.cfg.max_read_size {
+                        self.read_size = (self.read_size * 2).min(self.cfg.max_read_size);
+                    }
+                    return Poll::Ready(Ok(Filled::Bytes(n)));
+                }
+                Poll::Ready(Err(e)) => {
+                    let e = Error::transport(e);
+                    self.die(e.clone());
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {}
+            }
+            if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
                 return Poll::Ready(Err(e));
             }
+            match self.poll_timers(cx) {
+                Poll::Ready(Some(e)) => return Poll::Ready(Err(e)),
+                // A hook handled it (and may have changed things): go again.
+                Poll::Ready(None) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Checks the timers (TO-3). `Ready(Some(err))`: one expired and there is
+    /// no hook, so the caller delivers the non-fatal `ETIMEDOUT` to the read
+    /// waiting now. `Ready(None)`: the hook ran. `Pending`: nothing expired
+    /// (the waker is registered for the next deadline).
+    pub(crate) fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<Option<Error>> {
+        let Poll::Ready(which) = self.timers.poll_expired(cx) else {
+            return Poll::Pending;
         };
-        if n == 0 {
-            tracing::debug!(
-                buffered = self.rbuf.len(),
-                queued = self.queue.len(),
-                "end of input"
-            );
-            self.eof = true;
-            return Poll::Ready(Ok(Filled::Eof));
+        tracing::debug!(timeout = %which, "timer expired");
+        if let Some(mut hook) = self.on_timeout.take() {
+            hook(which, &mut Requests { core: self });
+            if self.on_timeout.is_none() {
+                self.on_timeout = Some(hook);
+            }
+            return Poll::Ready(None);
         }
-        if n >= want && self.read_size < self.cfg.max_read_size {
-            self.read_size = (self.read_size * 2).min(self.cfg.max_read_size);
+        Poll::Ready(Some(Error::timed_out(match which {
+            Timeout::Idle => "idle timeout",
+            Timeout::Read => "read timeout",
+            Timeout::Write => "write timeout",
+        })))
+    }
+
+    /// TO-4: a setter checks the deadlines at once, without waiting for the
+    /// next poll.
+    pub(crate) fn set_timer(&mut self, which: Timeout, period: std::time::Duration) {
+        self.timers.set(which, period);
+        if let Some(t) = self.timers.expired() {
+            if let Some(mut hook) = self.on_timeout.take() {
+                hook(t, &mut Requests { core: self });
+                if self.on_timeout.is_none() {
+                    self.on_timeout = Some(hook);
+                }
+            } else {
+                self.fail_head(Error::timed_out("timeout expired when set"));
+            }
         }
-        Poll::Ready(Ok(Filled::Bytes(n)))
+        self.wake_driver();
+    }
+
+    /// Fails the head request with a non-fatal error (a timeout); its bytes
+    /// stay buffered.
+    fn fail_head(&mut self, e: Error) {
+        if let Some(req) = self.queue.pop_front() {
+            req.fail(e);
+        } else {
+            tracing::debug!(error = %e, "timeout with no read waiting");
+        }
     }
 
     /// Drives the queue until it is empty (`Ready`) or waits for input.
@@ -276,7 +356,11 @@ impl Core {
             if self.queue.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            ready!(self.poll_fill(io, cx))?;
+            match ready!(self.poll_fill(io, cx)) {
+                Ok(_) => {}
+                Err(e) if !e.is_fatal() => self.fail_head(e),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 
@@ -296,6 +380,12 @@ impl Core {
         D::Error: Into<Error>,
     {
         ready!(self.poll_queue(io, cx))?;
+        if !self.cfg.autocork && !self.wq.is_empty() {
+            // Autocork off: output goes out whenever the handle runs.
+            if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         loop {
             self.check_alive()?;
             match decode_step(decoder, &mut self.rbuf, self.eof) {
@@ -348,6 +438,7 @@ impl Core {
             return Err(e);
         }
         self.wq.commit(before);
+        self.marks.pushed(self.wq.len());
         self.wake_driver();
         Ok(())
     }
@@ -361,6 +452,7 @@ impl Core {
             return Err(e);
         }
         self.wq.push_bytes(bytes);
+        self.marks.pushed(self.wq.len());
         self.wake_driver();
         Ok(())
     }
@@ -407,7 +499,13 @@ impl Core {
                     self.die(e.clone());
                     return Poll::Ready(Err(e));
                 }
-                Ok(_) => self.unflushed = true,
+                Ok(_) => {
+                    self.unflushed = true;
+                    self.timers.on_write();
+                    if self.marks.written(self.wq.len()) {
+                        self.run_drain_hook();
+                    }
+                }
                 Err(e) => {
                     let e = Error::transport(e);
                     self.die(e.clone());
@@ -438,6 +536,16 @@ impl Core {
         Poll::Ready(Ok(()))
     }
 
+    /// The drain edge (OPT-5): run the user's hook, never re-entrantly.
+    fn run_drain_hook(&mut self) {
+        if let Some(mut hook) = self.on_drain.take() {
+            hook(&mut Requests { core: self });
+            if self.on_drain.is_none() {
+                self.on_drain = Some(hook);
+            }
+        }
+    }
+
     /// A future-friendly flush for handles: resolved when the queue drains.
     pub(crate) fn flush_ticket(&mut self) -> oneshot::Receiver<Result<()>> {
         let (tx, rx) = oneshot::channel();
@@ -456,7 +564,11 @@ impl Core {
     // ----- the background driver ---------------------------------------------
 
     /// One turn of the spawned driver: dispatch, write, read while a request
-    /// waits. Returns `Ready` only once the handle is dead.
+    /// waits, timers. Returns `Ready` only once the handle is dead.
+    ///
+    /// Autocork off: output is written at the top of every turn, as soon as
+    /// the driver runs after a push. On: it is held until the driver would
+    /// wait, or until [`CORK_BOUNDARY`] bytes are queued.
     pub(crate) fn poll_drive<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<()>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -467,18 +579,28 @@ impl Core {
             if self.dead.is_some() {
                 return Poll::Ready(());
             }
-            // Writes first: bytes pushed by completions go out with the
-            // bytes pushed by users, in one write where possible.
-            let _ = self.poll_write_out(io, cx);
-            if self.dead.is_some() {
-                return Poll::Ready(());
+            if !self.cfg.autocork || self.wq.len() >= CORK_BOUNDARY {
+                let _ = self.poll_write_out(io, cx);
+                if self.dead.is_some() {
+                    return Poll::Ready(());
+                }
             }
-            // RQ-5: plaintext is read only while a request waits.
             if self.queue.is_empty() {
-                return Poll::Pending;
+                // RQ-5: plaintext is read only while a request waits. About
+                // to wait: write what is queued, then the timers.
+                let _ = self.poll_write_out(io, cx);
+                if self.dead.is_some() {
+                    return Poll::Ready(());
+                }
+                match self.poll_timers(cx) {
+                    Poll::Ready(Some(e)) => self.fail_head(e),
+                    Poll::Ready(None) => {}
+                    Poll::Pending => return Poll::Pending,
+                }
             }
             match self.poll_fill(io, cx) {
                 Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) if !e.is_fatal() => self.fail_head(e),
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
             }

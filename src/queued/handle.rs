@@ -7,7 +7,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -70,19 +70,44 @@ pub struct Handle {
 /// back when the connection ends (fatal error, [`Handle::destroy`], every
 /// handle dropped) or is detached ([`Handle::detach`]).
 pub struct Driver<IO> {
-    join: JoinHandle<Parts<IO>>,
+    join: JoinHandle<Result<Parts<IO>>>,
 }
 
 pub(crate) fn spawn<IO>(core: Core, io: IO) -> (Handle, Driver<IO>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    spawn_connecting(core, async move { Ok(io) })
+}
+
+/// Spawns the driver around a transport that is still being set up (a
+/// connect in progress, OPT-2): reads and writes queued meanwhile run once
+/// it is up; the timers start then (TO-2). If setup fails, every queued
+/// request fails with its error.
+pub(crate) fn spawn_connecting<IO, F>(mut core: Core, setup: F) -> (Handle, Driver<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = Result<IO>> + Send + 'static,
+{
+    core.timers.pause();
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         users: AtomicUsize::new(1),
         detach: AtomicBool::new(false),
     });
-    let join = tokio::spawn(drive(shared.clone(), io));
+    let task_shared = shared.clone();
+    let join = tokio::spawn(async move {
+        match setup.await {
+            Ok(io) => {
+                task_shared.lock().timers.start();
+                Ok(drive(task_shared, io).await)
+            }
+            Err(e) => {
+                task_shared.lock().die(e.clone());
+                Err(e)
+            }
+        }
+    });
     (Handle { shared }, Driver { join })
 }
 
@@ -288,6 +313,46 @@ impl Handle {
     }
 }
 
+impl Handle {
+    fn core_mut(&self) -> MutexGuard<'_, Core> {
+        self.lock()
+    }
+
+    crate::queued::runtime_setters!(self, &);
+
+    /// Resolves when the write queue is below the high watermark (or, once
+    /// it went above, back down to the low one): the producer side of
+    /// backpressure.
+    ///
+    /// # Errors
+    ///
+    /// The error that destroyed the handle.
+    pub async fn ready_to_write(&self) -> Result<()> {
+        poll_fn(|cx| {
+            let mut core = self.lock();
+            ready!(core.marks.poll_ready(cx));
+            Poll::Ready(core.check_alive())
+        })
+        .await
+    }
+
+    /// Resolves when the write queue is at or below the low watermark.
+    ///
+    /// # Errors
+    ///
+    /// The error that destroyed the handle.
+    pub async fn drained(&self) -> Result<()> {
+        poll_fn(|cx| {
+            let mut core = self.lock();
+            core.check_alive()?;
+            let len = core.wq.len();
+            ready!(core.marks.poll_drained(len, cx));
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+}
+
 impl Clone for Handle {
     fn clone(&self) -> Handle {
         self.shared.users.fetch_add(1, Ordering::AcqRel);
@@ -317,7 +382,7 @@ impl<IO> Future for Driver<IO> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.join)
             .poll(cx)
-            .map(|r| r.map_err(|_| Error::closed()))
+            .map(|r| r.unwrap_or_else(|_| Err(Error::closed())))
     }
 }
 

@@ -21,6 +21,7 @@ use self::request::OnDrop;
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
 
+pub(crate) use self::handle::spawn_connecting;
 pub use self::handle::{Driver, Handle};
 pub use self::request::{FnDecoder, Requests, Ticket};
 
@@ -493,8 +494,9 @@ where
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
-        // Backpressure: above the write boundary, write before accepting more.
-        if this.core.wq.len() >= BACKPRESSURE_BOUNDARY {
+        // Backpressure: above the high watermark, write until the queue is
+        // back at the low one before accepting more.
+        while this.core.marks.is_blocked() {
             ready!(this.core.poll_write_out(&mut this.io, cx))?;
         }
         Poll::Ready(this.core.check_alive())
@@ -519,11 +521,6 @@ where
     }
 }
 
-/// The `Sink` writes once this much output is queued, like tokio-util's
-/// `FramedWrite` backpressure boundary (8 KiB there; we coalesce more since
-/// the write queue is cheap to grow).
-const BACKPRESSURE_BOUNDARY: usize = 64 * 1024;
-
 /// Lets the `Sink` encode with the stored codec without moving it.
 struct EncoderRef<'a, C>(&'a mut C);
 
@@ -545,5 +542,97 @@ impl<IO: fmt::Debug, C: fmt::Debug> fmt::Debug for QueuedFramed<IO, C> {
             .field("codec", &self.codec)
             .field("core", &self.core)
             .finish()
+    }
+}
+
+/// The runtime setters shared by [`QueuedFramed`] (`&mut self`) and
+/// [`Handle`] (`&self`, through its lock): one list, two receivers.
+macro_rules! runtime_setters {
+    ($self:ident, $($recv:tt)+) => {
+        /// Sets the idle timeout (`timeout`; zero = off). The deadline is
+        /// checked at once (TO-4).
+        pub fn set_timeout($($recv)+ $self, period: std::time::Duration) {
+            $self.core_mut().set_timer(crate::Timeout::Idle, period);
+        }
+
+        /// Sets the read timeout (`rtimeout`; zero = off), checked at once.
+        pub fn set_rtimeout($($recv)+ $self, period: std::time::Duration) {
+            $self.core_mut().set_timer(crate::Timeout::Read, period);
+        }
+
+        /// Sets the write timeout (`wtimeout`; zero = off), checked at once.
+        pub fn set_wtimeout($($recv)+ $self, period: std::time::Duration) {
+            $self.core_mut().set_timer(crate::Timeout::Write, period);
+        }
+
+        /// Marks activity now for `which` timer (AE's `*timeout_reset`).
+        pub fn timeout_reset($($recv)+ $self, which: crate::Timeout) {
+            $self.core_mut().timers.reset(which);
+        }
+
+        /// Runs `hook` inside the engine whenever a timer expires, instead of
+        /// failing the waiting read with `ETIMEDOUT` (AE's `on_timeout`). The
+        /// hook can queue reads and writes through [`Requests`].
+        pub fn on_timeout<F>($($recv)+ $self, hook: F)
+        where
+            F: FnMut(crate::Timeout, &mut Requests<'_>) + Send + 'static,
+        {
+            $self.core_mut().on_timeout = Some(Box::new(hook));
+        }
+
+        /// Runs `hook` inside the engine each time the write queue falls to
+        /// the low watermark after having been above it (AE's `on_drain`, as
+        /// an edge, OPT-5). Never re-entrant.
+        pub fn on_drain<F>($($recv)+ $self, hook: F)
+        where
+            F: FnMut(&mut Requests<'_>) + Send + 'static,
+        {
+            $self.core_mut().on_drain = Some(Box::new(hook));
+        }
+
+        /// Turns autocork on or off from the next write on (OPT-12).
+        pub fn set_autocork($($recv)+ $self, on: bool) {
+            $self.core_mut().cfg.autocork = on;
+        }
+
+        /// Changes the cap on unconsumed input (`None` = unbounded).
+        pub fn set_rbuf_max($($recv)+ $self, max: Option<usize>) {
+            $self.core_mut().cfg.rbuf_max = max;
+        }
+
+        /// Changes the cap on queued output (`None` = unbounded).
+        pub fn set_wbuf_max($($recv)+ $self, max: Option<usize>) {
+            $self.core_mut().cfg.wbuf_max = max;
+        }
+    };
+}
+pub(crate) use runtime_setters;
+
+impl<IO, C> QueuedFramed<IO, C> {
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    runtime_setters!(self, &mut);
+}
+
+impl<IO, C> QueuedFramed<IO, C>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Resolves when the write queue is below the high watermark (or, once
+    /// it went above, back down to the low one), writing meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// A transport error, or the error that destroyed the handle.
+    pub async fn ready_to_write(&mut self) -> Result<()> {
+        poll_fn(|cx| {
+            while self.core.marks.is_blocked() {
+                ready!(self.core.poll_write_out(&mut self.io, cx))?;
+            }
+            Poll::Ready(self.core.check_alive())
+        })
+        .await
     }
 }

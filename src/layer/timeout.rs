@@ -1,0 +1,175 @@
+//! AnyEvent's three activity timers (TO-1…TO-5) on tokio time.
+//!
+//! One `Sleep` is armed for the earliest deadline of the enabled timers.
+//! Activity only moves a stamp (no timer reset per read); the sleep is
+//! re-armed lazily when it fires early, so a busy connection pays one
+//! `Instant::now()` per read or write and nothing else.
+
+use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// Which timer expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// `timeout`: no read and no write for the period.
+    Idle,
+    /// `rtimeout`: no read of more than 0 bytes for the period.
+    Read,
+    /// `wtimeout`: no write for the period (fires even with nothing to write).
+    Write,
+}
+
+impl Timeout {
+    const ALL: [Timeout; 3] = [Timeout::Idle, Timeout::Read, Timeout::Write];
+
+    fn index(self) -> usize {
+        match self {
+            Timeout::Idle => 0,
+            Timeout::Read => 1,
+            Timeout::Write => 2,
+        }
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Timeout::Idle => "idle timeout",
+            Timeout::Read => "read timeout",
+            Timeout::Write => "write timeout",
+        })
+    }
+}
+
+/// The three timers: a period each (zero = off) and an activity stamp each.
+pub(crate) struct Timers {
+    period: [Duration; 3],
+    stamp: [Instant; 3],
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The timers only run once the connection is up (TO-2).
+    started: bool,
+}
+
+impl fmt::Debug for Timers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timers")
+            .field("period", &self.period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Timers {
+    pub(crate) fn new(idle: Duration, read: Duration, write: Duration) -> Timers {
+        let now = Instant::now();
+        Timers {
+            period: [idle, read, write],
+            stamp: [now; 3],
+            sleep: None,
+            started: true,
+        }
+    }
+
+    pub(crate) fn any_enabled(&self) -> bool {
+        self.period.iter().any(|p| !p.is_zero())
+    }
+
+    /// Stops the timers until [`start`](Self::start) (while connecting).
+    pub(crate) fn pause(&mut self) {
+        self.started = false;
+    }
+
+    /// Starts the timers with every stamp at "now" (TO-2).
+    pub(crate) fn start(&mut self) {
+        self.started = true;
+        self.stamp = [Instant::now(); 3];
+    }
+
+    pub(crate) fn set(&mut self, which: Timeout, period: Duration) {
+        self.period[which.index()] = period;
+    }
+
+    /// `*_timeout_reset`: marks activity for `which` now.
+    pub(crate) fn reset(&mut self, which: Timeout) {
+        self.stamp[which.index()] = Instant::now();
+    }
+
+    /// A read of more than 0 bytes happened.
+    pub(crate) fn on_read(&mut self) {
+        if self.any_enabled() {
+            let now = Instant::now();
+            self.stamp[Timeout::Idle.index()] = now;
+            self.stamp[Timeout::Read.index()] = now;
+        }
+    }
+
+    /// A write happened.
+    pub(crate) fn on_write(&mut self) {
+        if self.any_enabled() {
+            let now = Instant::now();
+            self.stamp[Timeout::Idle.index()] = now;
+            self.stamp[Timeout::Write.index()] = now;
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Timeout::ALL
+            .iter()
+            .filter(|t| !self.period[t.index()].is_zero())
+            .map(|t| self.stamp[t.index()] + self.period[t.index()])
+            .min()
+    }
+
+    /// The first timer that has expired by now, if any; its stamp moves to
+    /// now, so it fires again one full period later (TO-3).
+    pub(crate) fn expired(&mut self) -> Option<Timeout> {
+        if !self.started {
+            return None;
+        }
+        let now = Instant::now();
+        for t in Timeout::ALL {
+            let p = self.period[t.index()];
+            if !p.is_zero() && self.stamp[t.index()] + p <= now {
+                self.stamp[t.index()] = now;
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Polls the sleep for the earliest deadline. `Ready(t)` when a timer
+    /// expired; `Pending` with the waker registered otherwise (or when no
+    /// timer is enabled).
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Timeout> {
+        if !self.started {
+            return Poll::Pending;
+        }
+        loop {
+            if let Some(t) = self.expired() {
+                return Poll::Ready(t);
+            }
+            let Some(deadline) = self.deadline() else {
+                self.sleep = None;
+                return Poll::Pending;
+            };
+            match &mut self.sleep {
+                Some(s) if s.deadline() == deadline => {}
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            let Some(sleep) = self.sleep.as_mut() else {
+                return Poll::Pending;
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The sleep fired: loop to see which timer (activity may have
+            // pushed every deadline back, then we re-arm).
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Write watermarks (OPT-5, OPT-11): backpressure above the high mark,
+//! an edge-triggered drain notification when the queue falls to the low mark.
+
+use std::task::{Context, Poll, Waker};
+
+/// Default high-water mark: a `Sink` or `ready_to_write` waits above it.
+/// tokio-util's `FramedWrite` pushes back at 8 KiB; our write queue coalesces
+/// into fewer, larger writes, so allow more before making producers wait.
+pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// Default low-water mark: AnyEvent's 0, "everything is written".
+pub const DEFAULT_LOW_WATER: usize = 0;
+
+/// Tracks the write queue against the two marks.
+#[derive(Debug)]
+pub(crate) struct Watermarks {
+    pub(crate) high: usize,
+    pub(crate) low: usize,
+    /// Set when the queue went over `high`, cleared when it falls to `low`.
+    blocked: bool,
+    /// Set when the queue went over `low`; the drain edge clears it.
+    above_low: bool,
+    waiters: Vec<Waker>,
+}
+
+impl Watermarks {
+    pub(crate) fn new(high: usize, low: usize) -> Watermarks {
+        Watermarks {
+            high,
+            low: low.min(high),
+            blocked: false,
+            above_low: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Records the queue length after a push.
+    pub(crate) fn pushed(&mut self, len: usize) {
+        if len > self.low {
+            self.above_low = true;
+        }
+        if len > self.high {
+            self.blocked = true;
+        }
+    }
+
+    /// Records the queue length after a write; returns true on the drain edge
+    /// (the queue fell to or below `low` after having been above it).
+    pub(crate) fn written(&mut self, len: usize) -> bool {
+        if len > self.low {
+            return false;
+        }
+        self.blocked = false;
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+        if self.above_low {
+            self.above_low = false;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a producer should wait.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// `Ready` when producers may push; otherwise registers the waker.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.blocked {
+            return Poll::Ready(());
+        }
+        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            self.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// `Ready` when the queue (of length `len`) is at or below the low mark.
+    pub(crate) fn poll_drained(&mut self, len: usize, cx: &mut Context<'_>) -> Poll<()> {
+        if len <= self.low {
+            return Poll::Ready(());
+        }
+        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            self.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Wakes everybody (the handle died).
+    pub(crate) fn wake_all(&mut self) {
+        self.blocked = false;
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
