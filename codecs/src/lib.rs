@@ -29,5 +29,13 @@
 
 mod error;
 pub use error::{Error, ErrorKind, SNIPPET_LEN};
+mod scan;
+mod json;
+pub use json::{
+    DEFAULT_JSON_MAX_DEPTH, DEFAULT_JSON_MAX_SIZE, JsonCodec, JsonCodecBuilder, JsonSeparator,
+    RawJsonCodec,
+};
+mod cbor;
+pub use cbor::{CborCodec, DEFAULT_CBOR_MAX_DEPTH, DEFAULT_CBOR_MAX_SIZE, RawCborCodec};
 mod tls_detect;
 pub use tls_detect::{TlsDetect, TlsDetectCodec};

@@ -1,0 +1,635 @@
+//! JSON texts: AnyEvent::Handle's `json` read and write types, fixed.
+//!
+//! [`JsonCodec<T>`] decodes one JSON text per frame into any
+//! `serde::de::DeserializeOwned` type (by default [`serde_json::Value`]) and
+//! encodes any `Serialize` value as compact JSON. [`RawJsonCodec`] frames
+//! the same way but hands out the text's bytes, zero-copy, for callers that
+//! parse themselves or forward texts unchanged.
+//!
+//! # How a text is found
+//!
+//! A resumable scanner walks the bytes once, however they are split across
+//! reads, keeping its state (string, escape, number, nesting) in the codec.
+//! When it finds the end of a text, the text is parsed once. Total work is
+//! linear in the input, where re-running a parser from the start of the
+//! buffer on every read (what AnyEvent::Handle and a retried
+//! `serde_json::StreamDeserializer` do) is quadratic.
+//!
+//! * Whitespace between texts is skipped and consumed, so a `\n` separator
+//!   never becomes data, and a stream that ends in whitespace ends cleanly.
+//! * Every value is delivered, `0`, `false`, `null` and `""` included.
+//! * A top-level number has no closing byte: it ends at the first byte that
+//!   cannot continue it, or at end of input ([`Decoder::decode_eof`]). So
+//!   `4` followed later by `2` is the number 42, never 4 and 2.
+//! * The scanner is strict RFC 8259 with well-formed UTF-8 in strings, and
+//!   reports the first byte that cannot belong to a valid text at once.
+//! * Limits: a text may be at most [`DEFAULT_JSON_MAX_SIZE`] bytes and
+//!   [`DEFAULT_JSON_MAX_DEPTH`] arrays/objects deep, both configurable. A
+//!   partial text stays in the read buffer (so a connection's buffer cap
+//!   sees it too).
+//!
+//! # After an error
+//!
+//! Every decoding error is a non-fatal `EBADMSG` ([`ErrorKind::BadMessage`]),
+//! except `EPIPE` ([`ErrorKind::BrokenPipe`]) for a text cut off by the end
+//! of input.
+//!
+//! * **Malformed input, or over a limit**: nothing of the text is consumed
+//!   (only the whitespace before it) and the scanner starts over, so
+//!   decoding the same buffer again reports the same error. The offset
+//!   ([`Error::offset`]) is that of the offending byte from the start of the
+//!   buffer. The stream has no reliable resynchronisation point; the caller
+//!   decides: close, or skip bytes (say, up to the next newline for NDJSON)
+//!   and go on.
+//! * **A well-formed text that `T` rejects** (a missing field, a number out
+//!   of range, a lone surrogate escape): the text is consumed and the stream
+//!   stays in step, so decoding may simply go on.
+//!
+//! # Writing
+//!
+//! Texts are compact (no whitespace, no newline inside). Nothing follows a
+//! text by default, except that a top-level number is always followed by
+//! the separator (`\n` unless configured), so it cannot run into the next
+//! text. [`JsonCodecBuilder::separate_every_text`] writes the separator after
+//! every text (NDJSON).
+//!
+//! # Examples
+//!
+//! ```
+//! use anyframe_codecs::JsonCodec;
+//! use bytes::BytesMut;
+//! use serde_json::{Value, json};
+//! use tokio_util::codec::{Decoder, Encoder};
+//!
+//! let mut codec: JsonCodec = JsonCodec::new();
+//! let mut wire = BytesMut::new();
+//! codec.encode(json!({"op": "add", "args": [1, 2]}), &mut wire)?;
+//! codec.encode(json!(42), &mut wire)?;
+//! assert_eq!(&wire[..], b"{\"args\":[1,2],\"op\":\"add\"}42\n");
+//!
+//! assert_eq!(codec.decode(&mut wire)?, Some(json!({"op": "add", "args": [1, 2]})));
+//! assert_eq!(codec.decode(&mut wire)?, Some(json!(42)));
+//! assert_eq!(codec.decode(&mut wire)?, None);
+//! assert!(wire.is_empty());
+//! # Ok::<(), anyframe_codecs::Error>(())
+//! ```
+//!
+//! [`ErrorKind::BadMessage`]: crate::ErrorKind::BadMessage
+//! [`ErrorKind::BrokenPipe`]: crate::ErrorKind::BrokenPipe
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::Error;
+use crate::scan::Scan;
+use crate::scan::json::{JsonLimits, JsonScanner, is_whitespace, leading_whitespace};
+
+/// The codec name in errors.
+const CODEC: &str = "json";
+
+/// Default largest JSON text, in bytes: 16 MiB.
+///
+/// Far above any message a line protocol sends, small enough that a peer
+/// cannot make one connection hold more than that in a partial text (the
+/// value parsed from it takes a few times its size again). AnyEvent::Handle
+/// has no limit at all here (RT-json-4).
+pub const DEFAULT_JSON_MAX_SIZE: usize = 16 * 1024 * 1024;
+
+/// Default deepest nesting of arrays and objects: 128.
+///
+/// serde_json refuses 128 levels by itself and so bounds its recursion; the
+/// scanner's limit keeps a deep partial text from being buffered up to the
+/// size limit first. JSON::XS uses 512, no common protocol needs 100.
+pub const DEFAULT_JSON_MAX_DEPTH: usize = 128;
+
+/// The whitespace written after a JSON text.
+///
+/// Only JSON whitespace is offered, so a reader (ours, JSON::XS, any NDJSON
+/// reader) skips it between texts.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe_codecs::{JsonCodec, JsonSeparator};
+/// use bytes::BytesMut;
+/// use tokio_util::codec::Encoder;
+///
+/// let mut codec: JsonCodec<u32> = JsonCodec::builder().separator(JsonSeparator::CrLf).build();
+/// let mut wire = BytesMut::new();
+/// codec.encode(7, &mut wire)?;
+/// assert_eq!(&wire[..], b"7\r\n");
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum JsonSeparator {
+    /// `\n`, as in NDJSON / JSON Lines; the default.
+    #[default]
+    Newline,
+    /// `\r\n`.
+    CrLf,
+    /// A single space.
+    Space,
+    /// A tab.
+    Tab,
+}
+
+impl JsonSeparator {
+    /// The separator's bytes.
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            JsonSeparator::Newline => b"\n",
+            JsonSeparator::CrLf => b"\r\n",
+            JsonSeparator::Space => b" ",
+            JsonSeparator::Tab => b"\t",
+        }
+    }
+}
+
+/// Options for [`JsonCodec`] and [`RawJsonCodec`].
+///
+/// Setters take and return `&mut Self`; [`build`](Self::build) and
+/// [`build_raw`](Self::build_raw) may be called more than once.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe_codecs::JsonCodec;
+/// use serde_json::Value;
+///
+/// let codec: JsonCodec<Value> = JsonCodec::builder()
+///     .max_size(64 * 1024)
+///     .max_depth(16)
+///     .objects_only(true)
+///     .separate_every_text(true)
+///     .build();
+/// assert_eq!(codec.max_size(), 64 * 1024);
+/// assert!(codec.is_objects_only());
+/// ```
+#[derive(Debug, Clone)]
+pub struct JsonCodecBuilder {
+    limits: JsonLimits,
+    write: WriteOptions,
+}
+
+/// How texts are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WriteOptions {
+    separator: JsonSeparator,
+    every_text: bool,
+}
+
+impl Default for JsonCodecBuilder {
+    fn default() -> Self {
+        JsonCodecBuilder::new()
+    }
+}
+
+impl JsonCodecBuilder {
+    /// The defaults: [`DEFAULT_JSON_MAX_SIZE`], [`DEFAULT_JSON_MAX_DEPTH`],
+    /// any value at the top level, `\n` after top-level numbers only.
+    pub fn new() -> JsonCodecBuilder {
+        JsonCodecBuilder {
+            limits: JsonLimits {
+                max_size: DEFAULT_JSON_MAX_SIZE,
+                max_depth: DEFAULT_JSON_MAX_DEPTH,
+                objects_only: false,
+            },
+            write: WriteOptions {
+                separator: JsonSeparator::Newline,
+                every_text: false,
+            },
+        }
+    }
+
+    /// Largest text to read, in bytes, counted from its first byte to its
+    /// last (whitespace between texts does not count). A text that grows
+    /// past it is a bad-message error with [`Error::is_limit`].
+    pub fn max_size(&mut self, bytes: usize) -> &mut Self {
+        self.limits.max_size = bytes;
+        self
+    }
+
+    /// Most arrays/objects open at once. Deeper input is a bad-message error
+    /// with [`Error::is_limit`] at the bracket that crosses the limit.
+    ///
+    /// serde_json has its own fixed limit of 127 levels, so for
+    /// [`JsonCodec`] a value above that is rejected by the parser (a
+    /// non-limit bad message, the text consumed) whatever is set here;
+    /// a higher limit is useful with [`RawJsonCodec`].
+    pub fn max_depth(&mut self, levels: usize) -> &mut Self {
+        self.limits.max_depth = levels;
+        self
+    }
+
+    /// Accept only arrays and objects at the top level (the JSON of RFC 4627
+    /// and of AnyEvent::Handle's older docs). A scalar is a bad-message
+    /// error at its first byte. Writing is not affected.
+    pub fn objects_only(&mut self, yes: bool) -> &mut Self {
+        self.limits.objects_only = yes;
+        self
+    }
+
+    /// The whitespace written after a top-level number, and after every
+    /// text with [`separate_every_text`](Self::separate_every_text).
+    pub fn separator(&mut self, separator: JsonSeparator) -> &mut Self {
+        self.write.separator = separator;
+        self
+    }
+
+    /// Write the separator after every text, not only after numbers: one
+    /// text per line with the default separator (NDJSON).
+    pub fn separate_every_text(&mut self, yes: bool) -> &mut Self {
+        self.write.every_text = yes;
+        self
+    }
+
+    /// A [`JsonCodec`] for `T` with these options.
+    pub fn build<T>(&self) -> JsonCodec<T> {
+        JsonCodec {
+            scanner: JsonScanner::new(self.limits),
+            write: self.write,
+            _item: PhantomData,
+        }
+    }
+
+    /// A [`RawJsonCodec`] with these options.
+    pub fn build_raw(&self) -> RawJsonCodec {
+        RawJsonCodec {
+            scanner: JsonScanner::new(self.limits),
+            write: self.write,
+        }
+    }
+}
+
+/// Decodes JSON texts into `T` and encodes `T` as JSON.
+///
+/// `T` defaults to [`serde_json::Value`]. The decoder needs
+/// `T: DeserializeOwned`; the encoder takes `T` or `&T` for `T: Serialize`.
+/// See the [module docs](self) for framing, limits and what an error
+/// consumes.
+///
+/// # Errors
+///
+/// Decoding: `EBADMSG` for malformed JSON, invalid UTF-8 ([`Error::is_utf8`]),
+/// a text over a limit ([`Error::is_limit`]), or a text that `T` rejects;
+/// `EPIPE` from `decode_eof` when the input ends inside a text. Encoding:
+/// `EINVAL` when serde_json cannot write the value (a map with non-string
+/// keys, say); nothing is written then.
+///
+/// # Examples
+///
+/// Decoding a struct from a stream split anywhere:
+///
+/// ```
+/// use anyframe_codecs::JsonCodec;
+/// use bytes::BytesMut;
+/// use serde::Deserialize;
+/// use tokio_util::codec::Decoder;
+///
+/// #[derive(Debug, PartialEq, Deserialize)]
+/// struct Point {
+///     x: i32,
+///     y: i32,
+/// }
+///
+/// let mut codec = JsonCodec::<Point>::new();
+/// let mut buf = BytesMut::from(&b"{\"x\":1,\"y\""[..]);
+/// assert_eq!(codec.decode(&mut buf)?, None); // waits, remembers where it was
+/// buf.extend_from_slice(b":2}\n{\"x\":3,\"y\":4}");
+/// assert_eq!(codec.decode(&mut buf)?, Some(Point { x: 1, y: 2 }));
+/// assert_eq!(codec.decode(&mut buf)?, Some(Point { x: 3, y: 4 }));
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
+///
+/// A top-level number waits for a delimiter, or for the end of input:
+///
+/// ```
+/// use anyframe_codecs::JsonCodec;
+/// use bytes::BytesMut;
+/// use tokio_util::codec::Decoder;
+///
+/// let mut codec = JsonCodec::<u64>::new();
+/// let mut buf = BytesMut::from(&b"4"[..]);
+/// assert_eq!(codec.decode(&mut buf)?, None);
+/// buf.extend_from_slice(b"2");
+/// assert_eq!(codec.decode(&mut buf)?, None);
+/// assert_eq!(codec.decode_eof(&mut buf)?, Some(42));
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
+pub struct JsonCodec<T = serde_json::Value> {
+    scanner: JsonScanner,
+    write: WriteOptions,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T> JsonCodec<T> {
+    /// A codec with the default options (see [`JsonCodecBuilder::new`]).
+    pub fn new() -> JsonCodec<T> {
+        JsonCodecBuilder::new().build()
+    }
+
+    /// Options beyond the defaults.
+    pub fn builder() -> JsonCodecBuilder {
+        JsonCodecBuilder::new()
+    }
+
+    /// A codec that writes `\n` after every text (NDJSON); reading is the
+    /// same as [`new`](Self::new).
+    pub fn ndjson() -> JsonCodec<T> {
+        JsonCodecBuilder::new().separate_every_text(true).build()
+    }
+
+    /// The size limit for one text, in bytes.
+    pub fn max_size(&self) -> usize {
+        self.scanner.limits().max_size
+    }
+
+    /// The nesting limit.
+    pub fn max_depth(&self) -> usize {
+        self.scanner.limits().max_depth
+    }
+
+    /// Whether only arrays and objects are accepted at the top level.
+    pub fn is_objects_only(&self) -> bool {
+        self.scanner.limits().objects_only
+    }
+
+    /// The separator written after numbers (or every text).
+    pub fn separator(&self) -> JsonSeparator {
+        self.write.separator
+    }
+
+    /// Whether the separator follows every text.
+    pub fn is_separating_every_text(&self) -> bool {
+        self.write.every_text
+    }
+}
+
+impl<T> Default for JsonCodec<T> {
+    fn default() -> Self {
+        JsonCodec::new()
+    }
+}
+
+impl<T> Clone for JsonCodec<T> {
+    fn clone(&self) -> Self {
+        JsonCodec {
+            scanner: self.scanner.clone(),
+            write: self.write,
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for JsonCodec<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonCodec")
+            .field("item", &std::any::type_name::<T>())
+            .field("scanner", &self.scanner)
+            .field("write", &self.write)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
+    type Item = T;
+    type Error = Error;
+
+    /// Decodes the next text, if a whole one is buffered.
+    ///
+    /// # Errors
+    ///
+    /// See [`JsonCodec`]: malformed, over a limit, or rejected by `T`.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
+        match frame(&mut self.scanner, buf)? {
+            Some(n) => parse(buf, n).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// As [`decode`](Self::decode); then a top-level number at the end is
+    /// complete, and trailing whitespace is a clean end (`Ok(None)`).
+    ///
+    /// # Errors
+    ///
+    /// As `decode`, and `EPIPE` when the input ends inside a text, which is
+    /// left in `buf`.
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
+        match frame_eof(&mut self.scanner, buf)? {
+            Some(n) => parse(buf, n).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<T: Serialize> Encoder<T> for JsonCodec<T> {
+    type Error = Error;
+
+    /// Writes `item` as compact JSON, then the separator if configured or
+    /// if the text is a number.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if serde_json cannot write the value; `dst` is unchanged.
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), Error> {
+        write_text(self.write, &item, dst)
+    }
+}
+
+impl<T: Serialize> Encoder<&T> for JsonCodec<T> {
+    type Error = Error;
+
+    /// As the by-value encoder, without taking the value.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if serde_json cannot write the value; `dst` is unchanged.
+    fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
+        write_text(self.write, item, dst)
+    }
+}
+
+/// Frames JSON texts without parsing them: each frame is the [`Bytes`] of
+/// one complete text, split off the read buffer without copying.
+///
+/// The text is checked for well-formedness (RFC 8259 grammar, UTF-8 in
+/// strings) and the limits, exactly as [`JsonCodec`] frames it, but not
+/// interpreted: `\u` escapes are not decoded, numbers are not range-checked.
+/// Use it to forward texts, or to parse them with another library. Leading
+/// whitespace is consumed and not part of the frame.
+///
+/// The encoder writes a `Bytes` as it is (the caller vouches that it is one
+/// JSON text), then the separator under the same rule as [`JsonCodec`].
+///
+/// # Errors
+///
+/// As [`JsonCodec`], without the errors from parsing into a type.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe_codecs::RawJsonCodec;
+/// use bytes::BytesMut;
+/// use tokio_util::codec::Decoder;
+///
+/// let mut codec = RawJsonCodec::new();
+/// let mut buf = BytesMut::from(&b"  {\"a\": [1, 2]}\n\"x\"\n"[..]);
+/// assert_eq!(codec.decode(&mut buf)?.as_deref(), Some(&b"{\"a\": [1, 2]}"[..]));
+/// assert_eq!(codec.decode(&mut buf)?.as_deref(), Some(&b"\"x\""[..]));
+/// assert_eq!(codec.decode_eof(&mut buf)?, None);
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RawJsonCodec {
+    scanner: JsonScanner,
+    write: WriteOptions,
+}
+
+impl RawJsonCodec {
+    /// A codec with the default options (see [`JsonCodecBuilder::new`]).
+    pub fn new() -> RawJsonCodec {
+        JsonCodecBuilder::new().build_raw()
+    }
+
+    /// Options beyond the defaults; finish with
+    /// [`build_raw`](JsonCodecBuilder::build_raw).
+    pub fn builder() -> JsonCodecBuilder {
+        JsonCodecBuilder::new()
+    }
+
+    /// The size limit for one text, in bytes.
+    pub fn max_size(&self) -> usize {
+        self.scanner.limits().max_size
+    }
+
+    /// The nesting limit.
+    pub fn max_depth(&self) -> usize {
+        self.scanner.limits().max_depth
+    }
+
+    /// Whether only arrays and objects are accepted at the top level.
+    pub fn is_objects_only(&self) -> bool {
+        self.scanner.limits().objects_only
+    }
+}
+
+impl Default for RawJsonCodec {
+    fn default() -> Self {
+        RawJsonCodec::new()
+    }
+}
+
+impl Decoder for RawJsonCodec {
+    type Item = Bytes;
+    type Error = Error;
+
+    /// Splits off the next text, if a whole one is buffered. O(1) besides
+    /// scanning the new bytes.
+    ///
+    /// # Errors
+    ///
+    /// See [`RawJsonCodec`].
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        Ok(frame(&mut self.scanner, buf)?.map(|n| buf.split_to(n).freeze()))
+    }
+
+    /// As [`decode`](Self::decode), completing a top-level number at the
+    /// end; trailing whitespace is a clean end.
+    ///
+    /// # Errors
+    ///
+    /// As `decode`, and `EPIPE` when the input ends inside a text.
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        Ok(frame_eof(&mut self.scanner, buf)?.map(|n| buf.split_to(n).freeze()))
+    }
+}
+
+impl Encoder<Bytes> for RawJsonCodec {
+    type Error = Error;
+
+    /// Copies the text into `dst`, then the separator if configured or if
+    /// the text is a number.
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), Error> {
+        let sep = self.write.separator.as_bytes();
+        dst.reserve(item.len() + sep.len());
+        dst.extend_from_slice(&item);
+        let first = item.iter().copied().find(|&b| !is_whitespace(b));
+        if self.write.every_text || starts_number(first) {
+            dst.extend_from_slice(sep);
+        }
+        Ok(())
+    }
+}
+
+/// Finds the end of the text at the front of `buf`, consuming the
+/// whitespace before it. `Some(n)`: the text is `buf[..n]`.
+fn frame(scanner: &mut JsonScanner, buf: &mut BytesMut) -> Result<Option<usize>, Error> {
+    if scanner.is_at_start() {
+        let ws = leading_whitespace(buf);
+        buf.advance(ws);
+        if buf.is_empty() {
+            return Ok(None);
+        }
+    }
+    match scanner.scan(buf) {
+        Scan::Incomplete => Ok(None),
+        Scan::Complete(n) => Ok(Some(n)),
+        Scan::Invalid(e) => Err(e.into_error(CODEC, buf)),
+    }
+}
+
+/// [`frame`] at end of input: a top-level number ends here; anything else
+/// unfinished is `EPIPE`, left in `buf`.
+fn frame_eof(scanner: &mut JsonScanner, buf: &mut BytesMut) -> Result<Option<usize>, Error> {
+    if let Some(n) = frame(scanner, buf)? {
+        return Ok(Some(n));
+    }
+    if let Some(n) = scanner.end_at_eof() {
+        scanner.reset();
+        return Ok(Some(n));
+    }
+    if buf.is_empty() {
+        Ok(None)
+    } else {
+        Err(Error::incomplete_at_eof(CODEC, buf.len()).with_bytes(buf))
+    }
+}
+
+/// Parses the framed text `buf[..n]` once and consumes it, whether `T`
+/// accepts it or not.
+fn parse<T: DeserializeOwned>(buf: &mut BytesMut, n: usize) -> Result<T, Error> {
+    let result = serde_json::from_slice(&buf[..n]).map_err(|e| {
+        Error::bad_message(CODEC, "JSON text rejected by the deserializer")
+            .with_source(e)
+            .with_bytes(&buf[..n])
+    });
+    buf.advance(n);
+    result
+}
+
+fn starts_number(first: Option<u8>) -> bool {
+    matches!(first, Some(b'-' | b'0'..=b'9'))
+}
+
+/// Writes one compact text, then the separator if needed.
+fn write_text<S: Serialize + ?Sized>(
+    write: WriteOptions,
+    value: &S,
+    dst: &mut BytesMut,
+) -> Result<(), Error> {
+    let start = dst.len();
+    if let Err(e) = serde_json::to_writer(BufMut::writer(&mut *dst), value) {
+        dst.truncate(start);
+        return Err(Error::invalid_input(CODEC, "value cannot be written as JSON").with_source(e));
+    }
+    if write.every_text || starts_number(dst.get(start).copied()) {
+        dst.extend_from_slice(write.separator.as_bytes());
+    }
+    Ok(())
+}

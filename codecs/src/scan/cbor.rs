@@ -1,0 +1,515 @@
+//! Where does the CBOR data item at the front of the buffer end?
+//!
+//! [`CborScanner`] reads item heads (RFC 8949 §3) and skips string bodies
+//! without looking at them. Nesting is a stack of [`Frame`]s, each holding
+//! how many items its container still expects, so nothing recurses and a
+//! 1,000,000-deep `0x81 0x81 …` stops at the depth limit.
+//!
+//! ```text
+//!  Initial ──(initial byte, AI < 24)──────────────► head done
+//!     │  └──(AI 24..=27)──► Argument{need} ─(bytes)─► head done
+//!     │  └──(AI 31)──► indefinite item pushed, or break pops one
+//!  head done: string ⇒ Body{left} ─(left bytes skipped)─► item done
+//!             array/map/tag ⇒ Frame pushed; scalar ⇒ item done
+//!  item done: count down the innermost frame, pop finished frames;
+//!             stack empty ⇒ Complete(end)
+//! ```
+//!
+//! It checks well-formedness (RFC 8949 Appendix C), not validity: reserved
+//! additional information 28–30, an indefinite length on a type that has
+//! none, a break outside an indefinite item or between a map key and its
+//! value, a wrong chunk inside an indefinite string and a two-byte simple
+//! value below 32 are reported at the offending byte. UTF-8 inside text
+//! strings is left to the deserializer.
+//!
+//! Declared lengths are checked against the size limit as soon as the head
+//! is read: a string whose body would end past the limit, or a container
+//! whose items (one byte each at least) would, fails before any of its body
+//! is awaited. Nothing is reserved on a declared length.
+
+use super::{Invalid, Problem, Scan};
+
+/// The limits a scan enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CborLimits {
+    /// Largest item in bytes.
+    pub(crate) max_size: usize,
+    /// Most arrays, maps and tags open at once.
+    pub(crate) max_depth: usize,
+}
+
+/// One open container on the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    /// A definite-length array or map, or a tag: items still to come (a map
+    /// counts keys and values).
+    Items(u64),
+    /// An indefinite-length array.
+    IndefArray,
+    /// An indefinite-length map; `key_pending` after a key without its value.
+    IndefMap { key_pending: bool },
+    /// An indefinite-length byte (2) or text (3) string: definite chunks of
+    /// the same major type until a break.
+    IndefString { major: u8 },
+}
+
+/// Where inside an item the scan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The next byte is an item's initial byte.
+    Initial,
+    /// Reading the big-endian argument of the head whose initial byte
+    /// `initial` sits at offset `at`; `left` bytes still to come.
+    Argument {
+        initial: u8,
+        at: usize,
+        left: u8,
+        value: u64,
+    },
+    /// Skipping a string body; `left` bytes still to come.
+    Body { left: u64 },
+}
+
+/// A resumable scanner for one CBOR data item at a time.
+///
+/// Feed it the buffer starting at the item's first byte as often as bytes
+/// arrive; it looks only at bytes it has not seen, and string bodies not at
+/// all. After `Complete` or `Invalid` it is back at the start.
+#[derive(Debug, Clone)]
+pub(crate) struct CborScanner {
+    step: Step,
+    /// Bytes of the current item already scanned or skipped.
+    pos: usize,
+    frames: Vec<Frame>,
+    limits: CborLimits,
+}
+
+impl CborScanner {
+    pub(crate) fn new(limits: CborLimits) -> CborScanner {
+        CborScanner {
+            step: Step::Initial,
+            pos: 0,
+            frames: Vec::new(),
+            limits,
+        }
+    }
+
+    pub(crate) fn limits(&self) -> CborLimits {
+        self.limits
+    }
+
+    /// Forgets the current item.
+    pub(crate) fn reset(&mut self) {
+        self.step = Step::Initial;
+        self.pos = 0;
+        self.frames.clear();
+    }
+
+    /// Scans the bytes of `item` not seen before. `item` must start at the
+    /// same byte on every call until the scan completes or fails.
+    pub(crate) fn scan(&mut self, item: &[u8]) -> Scan {
+        let result = self.run(item);
+        if result != Scan::Incomplete {
+            self.reset();
+        }
+        result
+    }
+
+    fn run(&mut self, t: &[u8]) -> Scan {
+        let limit = self.limits.max_size;
+        // Every check below keeps the scan inside the limit, so bytes past
+        // it are never looked at.
+        let end = t.len().min(limit);
+        let mut i = self.pos;
+        loop {
+            let flow = match self.step {
+                Step::Initial => {
+                    if i >= end {
+                        if i >= limit && !t.is_empty() {
+                            // Another item is needed and it cannot fit.
+                            return too_large(i, limit, i as u64 + 1);
+                        }
+                        break;
+                    }
+                    let initial = t[i];
+                    let at = i;
+                    i += 1;
+                    self.initial(initial, at, i)
+                }
+                Step::Argument {
+                    initial,
+                    at,
+                    left,
+                    value,
+                } => {
+                    if i >= end {
+                        break;
+                    }
+                    let take = usize::from(left).min(end - i);
+                    let value = t[i..i + take]
+                        .iter()
+                        .fold(value, |v, &b| (v << 8) | u64::from(b));
+                    i += take;
+                    // `take <= left`, a u8.
+                    let left = left - take as u8;
+                    if left > 0 {
+                        self.step = Step::Argument {
+                            initial,
+                            at,
+                            left,
+                            value,
+                        };
+                        break;
+                    }
+                    self.step = Step::Initial;
+                    self.head(initial, at, value, i)
+                }
+                Step::Body { left } => {
+                    let avail = (end - i) as u64;
+                    if avail < left {
+                        i = end;
+                        self.step = Step::Body { left: left - avail };
+                        break;
+                    }
+                    // `left <= avail`, so it fits in usize.
+                    i += left as usize;
+                    self.step = Step::Initial;
+                    Ok(self.finish(i))
+                }
+            };
+            match flow {
+                Ok(Flow::More) => {}
+                Ok(Flow::Complete(n)) => return Scan::Complete(n),
+                Err(e) => return Scan::Invalid(e),
+            }
+        }
+        self.pos = i;
+        Scan::Incomplete
+    }
+
+    /// The initial byte of an item, at `at`; the head's argument bytes (if
+    /// any) start at `next`.
+    fn initial(&mut self, initial: u8, at: usize, next: usize) -> Result<Flow, Invalid> {
+        if let Some(Frame::IndefString { major }) = self.frames.last()
+            && initial != BREAK
+            && (initial >> 5 != *major || initial & 0x1f == 31)
+        {
+            return Err(Invalid::syntax(at, "bad chunk in indefinite-length string"));
+        }
+        match initial & 0x1f {
+            ai @ 0..=23 => self.head(initial, at, u64::from(ai), next),
+            ai @ 24..=27 => {
+                let need = 1u8 << (ai - 24);
+                let head_end = next + usize::from(need);
+                if head_end > self.limits.max_size {
+                    return Err(too_large_at(at, self.limits.max_size, head_end as u64));
+                }
+                self.step = Step::Argument {
+                    initial,
+                    at,
+                    left: need,
+                    value: 0,
+                };
+                Ok(Flow::More)
+            }
+            28..=30 => Err(Invalid::syntax(at, "reserved additional information")),
+            _ => self.indefinite(initial, at, next),
+        }
+    }
+
+    /// A complete head: initial byte at `at`, argument `arg`, head ends at
+    /// `end`. Pushes, skips or finishes as the major type says.
+    fn head(&mut self, initial: u8, at: usize, arg: u64, end: usize) -> Result<Flow, Invalid> {
+        let limit = self.limits.max_size;
+        match initial >> 5 {
+            // Unsigned and negative integers.
+            0 | 1 => Ok(self.finish(end)),
+            // Simple values and floats.
+            7 => {
+                if initial & 0x1f == 24 && arg < 32 {
+                    return Err(Invalid::syntax(at, "two-byte simple value below 32"));
+                }
+                Ok(self.finish(end))
+            }
+            // Byte and text strings.
+            2 | 3 => {
+                if arg == 0 {
+                    return Ok(self.finish(end));
+                }
+                let stop = (end as u64).saturating_add(arg);
+                if stop > limit as u64 {
+                    return Err(too_large_at(at, limit, stop));
+                }
+                self.step = Step::Body { left: arg };
+                Ok(Flow::More)
+            }
+            // Arrays and maps: every item is one byte at least.
+            4 | 5 => {
+                let items = if initial >> 5 == 5 {
+                    arg.saturating_mul(2)
+                } else {
+                    arg
+                };
+                if items == 0 {
+                    return Ok(self.finish(end));
+                }
+                let stop = (end as u64).saturating_add(items);
+                if stop > limit as u64 {
+                    return Err(too_large_at(at, limit, stop));
+                }
+                self.push(Frame::Items(items), at)
+            }
+            // A tag: exactly one item follows, one level deeper.
+            _ => self.push(Frame::Items(1), at),
+        }
+    }
+
+    /// An initial byte with additional information 31 at `at`.
+    fn indefinite(&mut self, initial: u8, at: usize, end: usize) -> Result<Flow, Invalid> {
+        match initial >> 5 {
+            major @ (2 | 3) => {
+                // Cannot nest (a chunk is definite), so not a level of depth.
+                self.frames.push(Frame::IndefString { major });
+                Ok(Flow::More)
+            }
+            4 => self.push(Frame::IndefArray, at),
+            5 => self.push(Frame::IndefMap { key_pending: false }, at),
+            7 => match self.frames.last() {
+                Some(Frame::IndefArray | Frame::IndefString { .. })
+                | Some(Frame::IndefMap { key_pending: false }) => {
+                    self.frames.pop();
+                    Ok(self.finish(end))
+                }
+                Some(Frame::IndefMap { key_pending: true }) => {
+                    Err(Invalid::syntax(at, "break after a map key without a value"))
+                }
+                Some(Frame::Items(_)) => {
+                    Err(Invalid::syntax(at, "break inside a definite-length item"))
+                }
+                None => Err(Invalid::syntax(
+                    at,
+                    "break outside an indefinite-length item",
+                )),
+            },
+            _ => Err(Invalid::syntax(
+                at,
+                "indefinite length not allowed for this major type",
+            )),
+        }
+    }
+
+    /// Opens a container (or tag) whose head starts at `at`.
+    fn push(&mut self, frame: Frame, at: usize) -> Result<Flow, Invalid> {
+        let limit = self.limits.max_depth;
+        // An indefinite string never holds a container, so every frame on
+        // the stack here is a level of nesting.
+        if self.frames.len() >= limit {
+            return Err(Invalid {
+                offset: at,
+                problem: Problem::TooDeep { limit },
+            });
+        }
+        self.frames.push(frame);
+        Ok(Flow::More)
+    }
+
+    /// An item ended at `end`: counts it against the open frames, closing
+    /// those it completes, up to the top-level item.
+    fn finish(&mut self, end: usize) -> Flow {
+        loop {
+            match self.frames.last_mut() {
+                None => return Flow::Complete(end),
+                Some(Frame::Items(n)) => {
+                    *n -= 1;
+                    if *n > 0 {
+                        return Flow::More;
+                    }
+                    self.frames.pop();
+                }
+                Some(Frame::IndefMap { key_pending }) => {
+                    *key_pending = !*key_pending;
+                    return Flow::More;
+                }
+                Some(Frame::IndefArray | Frame::IndefString { .. }) => return Flow::More,
+            }
+        }
+    }
+}
+
+/// The break byte: major type 7, additional information 31.
+const BREAK: u8 = 0xff;
+
+/// What a finished head or item means for the scan.
+enum Flow {
+    /// The top-level item goes on.
+    More,
+    /// The top-level item ends before this offset.
+    Complete(usize),
+}
+
+fn too_large_at(offset: usize, limit: usize, seen: u64) -> Invalid {
+    Invalid {
+        offset,
+        problem: Problem::TooLarge { limit, seen },
+    }
+}
+
+fn too_large(offset: usize, limit: usize, seen: u64) -> Scan {
+    Scan::Invalid(too_large_at(offset, limit, seen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: CborLimits = CborLimits {
+        max_size: 1 << 20,
+        max_depth: 128,
+    };
+
+    fn scan_split(bytes: &[u8], limits: CborLimits) -> Scan {
+        let whole = CborScanner::new(limits).scan(bytes);
+        let mut s = CborScanner::new(limits);
+        let mut bytewise = Scan::Incomplete;
+        for n in 1..=bytes.len() {
+            bytewise = s.scan(&bytes[..n]);
+            if bytewise != Scan::Incomplete {
+                break;
+            }
+        }
+        assert_eq!(whole, bytewise, "{bytes:02x?}");
+        whole
+    }
+
+    fn scan(bytes: &[u8]) -> Scan {
+        scan_split(bytes, LIMITS)
+    }
+
+    fn bad(offset: usize, reason: &'static str) -> Scan {
+        Scan::Invalid(Invalid::syntax(offset, reason))
+    }
+
+    #[test]
+    fn complete_items() {
+        assert_eq!(scan(&[0x00, 0x01]), Scan::Complete(1));
+        assert_eq!(scan(&[0x1b, 1, 2, 3, 4, 5, 6, 7, 8]), Scan::Complete(9));
+        assert_eq!(scan(&[0x43, b'a', b'b', b'c', 0xff]), Scan::Complete(4));
+        assert_eq!(scan(&[0x82, 0x01, 0x82, 0x02, 0x03]), Scan::Complete(5));
+        assert_eq!(scan(&[0xa1, 0x61, b'a', 0xf6]), Scan::Complete(4));
+        assert_eq!(scan(&[0x9f, 0x01, 0x9f, 0xff, 0xff]), Scan::Complete(5));
+        assert_eq!(scan(&[0xbf, 0x01, 0x02, 0xff]), Scan::Complete(4));
+        assert_eq!(scan(&[0x5f, 0x41, 0x00, 0x40, 0xff]), Scan::Complete(5));
+        assert_eq!(scan(&[0xc1, 0xc2, 0x40]), Scan::Complete(3));
+        assert_eq!(scan(&[0xf8, 0x20]), Scan::Complete(2));
+        assert_eq!(scan(&[0xfb, 0, 0, 0, 0, 0, 0, 0, 0]), Scan::Complete(9));
+    }
+
+    #[test]
+    fn malformed_at_the_offending_byte() {
+        assert_eq!(scan(&[0x1c]), bad(0, "reserved additional information"));
+        assert_eq!(
+            scan(&[0x81, 0xff]),
+            bad(1, "break inside a definite-length item")
+        );
+        assert_eq!(
+            scan(&[0xff]),
+            bad(0, "break outside an indefinite-length item")
+        );
+        assert_eq!(
+            scan(&[0xbf, 0x01, 0xff]),
+            bad(2, "break after a map key without a value")
+        );
+        assert_eq!(
+            scan(&[0x5f, 0x61, 0x00]),
+            bad(1, "bad chunk in indefinite-length string")
+        );
+        assert_eq!(
+            scan(&[0x5f, 0x5f]),
+            bad(1, "bad chunk in indefinite-length string")
+        );
+        assert_eq!(
+            scan(&[0xf8, 0x1f]),
+            bad(0, "two-byte simple value below 32")
+        );
+        let no_indef = "indefinite length not allowed for this major type";
+        assert_eq!(scan(&[0x1f]), bad(0, no_indef));
+        assert_eq!(scan(&[0xdf]), bad(0, no_indef));
+    }
+
+    #[test]
+    fn truncated_is_incomplete() {
+        for t in [
+            &[0x18][..],
+            &[0x81],
+            &[0x9f, 0x01],
+            &[0x5a, 0, 0, 0, 2, 0],
+            &[0xd8],
+        ] {
+            assert_eq!(scan(t), Scan::Incomplete, "{t:02x?}");
+        }
+    }
+
+    #[test]
+    fn declared_lengths_fail_at_the_head() {
+        let limits = CborLimits {
+            max_size: 100,
+            max_depth: 128,
+        };
+        let huge = [0x5b, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        let want = Scan::Invalid(Invalid {
+            offset: 0,
+            problem: Problem::TooLarge {
+                limit: 100,
+                seen: 9 + (1 << 63),
+            },
+        });
+        assert_eq!(scan_split(&huge, limits), want);
+        let array = [0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            scan_split(&array, limits),
+            Scan::Invalid(Invalid { offset: 0, .. })
+        ));
+        // 100 bytes exactly: fine; 101: refused at the head.
+        let mut ok = vec![0x58, 98];
+        ok.resize(100, 0);
+        assert_eq!(scan_split(&ok, limits), Scan::Complete(100));
+        assert!(matches!(scan_split(&[0x58, 99], limits), Scan::Invalid(_)));
+        // A head cut by the limit, and an item needing a byte past it.
+        let limits = CborLimits {
+            max_size: 2,
+            max_depth: 128,
+        };
+        assert!(matches!(scan_split(&[0x19], limits), Scan::Invalid(_)));
+        assert!(matches!(
+            scan_split(&[0x9f, 0x01], limits),
+            Scan::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn depth_is_a_stack_not_recursion() {
+        let deep = vec![0x81; 1_000_000];
+        let s = CborScanner::new(LIMITS).scan(&deep);
+        assert_eq!(
+            s,
+            Scan::Invalid(Invalid {
+                offset: 128,
+                problem: Problem::TooDeep { limit: 128 }
+            })
+        );
+        let tags = vec![0xc1; 1_000_000];
+        assert!(matches!(
+            CborScanner::new(LIMITS).scan(&tags),
+            Scan::Invalid(_)
+        ));
+        let limits = CborLimits {
+            max_size: 1 << 20,
+            max_depth: 2,
+        };
+        assert_eq!(scan_split(&[0x81, 0x81, 0x00], limits), Scan::Complete(3));
+        assert!(matches!(
+            scan_split(&[0x81, 0x81, 0x81, 0x00], limits),
+            Scan::Invalid(_)
+        ));
+    }
+}
