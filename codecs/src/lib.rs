@@ -29,13 +29,28 @@
 
 mod error;
 pub use error::{Error, ErrorKind, SNIPPET_LEN};
-mod scan;
 mod json;
+mod scan;
 pub use json::{
     DEFAULT_JSON_MAX_DEPTH, DEFAULT_JSON_MAX_SIZE, JsonCodec, JsonCodecBuilder, JsonSeparator,
     RawJsonCodec,
 };
 mod cbor;
 pub use cbor::{CborCodec, DEFAULT_CBOR_MAX_DEPTH, DEFAULT_CBOR_MAX_SIZE, RawCborCodec};
+mod line;
+pub use line::{
+    DEFAULT_LINE_MAX_LENGTH, Line, LineCodec, LineCodecBuilder, OverflowPolicy, Utf8Line,
+    Utf8LineCodec,
+};
+mod chunk;
+pub use chunk::ChunkCodec;
+mod regex;
+pub use self::regex::{DEFAULT_REGEX_MAX_LENGTH, RegexCodec, RegexCodecBuilder};
+mod packstring;
+pub use packstring::{DEFAULT_PACKSTRING_MAX_LENGTH, PackFormat, PackstringCodec};
+mod netstring;
+pub use netstring::{DEFAULT_NETSTRING_MAX_LENGTH, NetstringCodec};
+mod raw;
+pub use raw::RawCodec;
 mod tls_detect;
 pub use tls_detect::{TlsDetect, TlsDetectCodec};
