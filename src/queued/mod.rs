@@ -63,11 +63,11 @@ pub use self::request::{FnDecoder, Requests, Ticket};
 ///
 /// let mut conn = QueuedFramed::new(io);
 /// let hello = conn.read(LineCodec::new()).await?;
-/// assert_eq!(&hello.line[..], b"HELLO");
+/// assert_eq!(&hello.line()[..], b"HELLO");
 /// let four = conn.read(ChunkCodec::new(4)).await?;
 /// assert_eq!(&four[..], b"abcd");
 /// let bye = conn.read(LineCodec::new()).await?;
-/// assert_eq!(&bye.line[..], b"bye");
+/// assert_eq!(&bye.line()[..], b"bye");
 ///
 /// conn.push_write(LineCodec::new(), "OK")?;
 /// conn.flush().await?;
@@ -112,8 +112,10 @@ impl<IO> QueuedFramed<IO> {
     pub fn new(io: IO) -> QueuedFramed<IO> {
         QueuedFramed::from_config(io, (), Config::default())
     }
+}
 
-    /// Options for a new handle.
+impl QueuedFramed<()> {
+    /// Options for a new handle: see [`Builder`].
     pub fn builder() -> Builder {
         Builder::new()
     }

@@ -1,0 +1,161 @@
+//! Test support for the `anyframe` integration tests: a scripted mock
+//! transport that counts reads and writes and can return `Pending` at exact
+//! points, plus peer-availability helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// One scripted read result.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Deliver these bytes (possibly over several reads if the caller's
+    /// buffer is smaller).
+    Data(Vec<u8>),
+    /// Return `Pending` once (and wake at once, like a spurious wake-up).
+    Pending,
+    /// Return end of input.
+    Eof,
+    /// Fail with this kind.
+    Error(io::ErrorKind),
+}
+
+/// What the mock saw.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub read_calls: usize,
+    /// The buffer space offered at each read that returned data.
+    pub read_sizes: Vec<usize>,
+    pub write_calls: usize,
+    pub written: Vec<u8>,
+    pub shutdown: bool,
+}
+
+/// A transport driven by a script. When the script runs out, reads stay
+/// `Pending` forever (without waking), so a test can observe that nothing
+/// more was read. Writes are accepted whole (or up to `max_write`).
+pub struct MockIo {
+    script: VecDeque<Step>,
+    pub stats: Arc<Mutex<Stats>>,
+    max_write: usize,
+    /// Return `Pending` from every other write call.
+    pub write_pending_every_other: bool,
+    flip: bool,
+}
+
+impl MockIo {
+    pub fn new(script: impl IntoIterator<Item = Step>) -> (MockIo, Arc<Mutex<Stats>>) {
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let io = MockIo {
+            script: script.into_iter().collect(),
+            stats: stats.clone(),
+            max_write: usize::MAX,
+            write_pending_every_other: false,
+            flip: false,
+        };
+        (io, stats)
+    }
+
+    pub fn max_write(mut self, n: usize) -> MockIo {
+        self.max_write = n;
+        self
+    }
+}
+
+pub fn data(b: &[u8]) -> Step {
+    Step::Data(b.to_vec())
+}
+
+impl AsyncRead for MockIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stats.lock().unwrap().read_calls += 1;
+        match self.script.pop_front() {
+            None => Poll::Pending,
+            Some(Step::Pending) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Some(Step::Eof) => {
+                self.script.push_front(Step::Eof);
+                Poll::Ready(Ok(()))
+            }
+            Some(Step::Error(k)) => Poll::Ready(Err(io::Error::from(k))),
+            Some(Step::Data(mut d)) => {
+                self.stats.lock().unwrap().read_sizes.push(buf.remaining());
+                let n = d.len().min(buf.remaining());
+                buf.put_slice(&d[..n]);
+                if n < d.len() {
+                    let rest = d.split_off(n);
+                    self.script.push_front(Step::Data(rest));
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for MockIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.write_pending_every_other {
+            self.flip = !self.flip;
+            if self.flip {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        let n = buf.len().min(self.max_write);
+        let mut s = self.stats.lock().unwrap();
+        s.write_calls += 1;
+        s.written.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stats.lock().unwrap().shutdown = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether tests that need an external peer must fail instead of skipping.
+pub fn peers_required() -> bool {
+    std::env::var("ANYFRAME_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// Returns true if `program` runs (`program args…` exits 0). Otherwise
+/// prints why the test is skipped, or panics when peers are required.
+pub fn have_peer(program: &str, args: &[&str], what: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            !peers_required(),
+            "ANYFRAME_REQUIRE_PEERS=1 but {what} is not available ({program})"
+        );
+        eprintln!(
+            "SKIPPED: {what} is not available ({program} {}); install it to run this test",
+            args.join(" ")
+        );
+    }
+    ok
+}
