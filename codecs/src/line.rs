@@ -239,8 +239,12 @@ impl Eol {
                 }
             },
             Eol::Regex { re, hold_open } => match first_match(re, buf) {
-                Some((start, end)) if *hold_open && !eof && holds(start, end, buf.len(), max) => {
-                    buf.advance(start);
+                Some((start, end)) if *hold_open && !eof && end == buf.len() => {
+                    // Keep the held match (at most `max` bytes of it, and at
+                    // least one, so the regex still sees that a run of EOL
+                    // bytes goes on) and drop the rest.
+                    let keep = (end - start).min(max.max(1));
+                    buf.advance(end - keep);
                     false
                 }
                 Some((_, end)) => {
@@ -326,10 +330,8 @@ fn scan_regex(
         return Scan::NeedMore { scanned };
     }
     match first_match(re, buf) {
-        Some((start, _)) if start > max => Scan::Overflow { seen: len },
-        Some((start, end)) if hold_open && holds(start, end, len, max) => {
-            Scan::NeedMore { scanned: len }
-        }
+        Some((start, end)) if start > max || end - start > max => Scan::Overflow { seen: len },
+        Some((_, end)) if hold_open && end == len => Scan::NeedMore { scanned: len },
         Some((start, end)) => Scan::Found {
             line_len: start,
             eol_len: end - start,
@@ -337,13 +339,6 @@ fn scan_regex(
         None if len > max => Scan::Overflow { seen: len },
         None => Scan::NeedMore { scanned: len },
     }
-}
-
-/// Whether `hold_open_match` keeps waiting on a match: it touches the end of
-/// the buffer (more bytes could extend it) and is not longer than `max` (so
-/// an endless run of EOL bytes cannot grow the buffer without limit).
-fn holds(start: usize, end: usize, len: usize, max: usize) -> bool {
-    end == len && end - start <= max
 }
 
 /// The leftmost non-empty match. Empty matches are never an end of line:
@@ -677,8 +672,11 @@ impl LineCodecBuilder {
     /// **Cost**: each `decode` call that brings new bytes re-runs the regex
     /// over the buffered part of the current line (AE does the same), so a
     /// line arriving in `k` pieces costs `O(k × length)`; `max_length`
-    /// bounds it. Whether more than `max_length` bytes make a line too long
-    /// is decided on what has arrived, too.
+    /// bounds it.
+    ///
+    /// **Limit**: with a regex EOL, a line is over the limit when the line
+    /// *or the matched EOL* is longer than `max_length` (regex matches have
+    /// no length of their own), decided on what has arrived.
     pub fn eol_regex(&mut self, eol: Regex) -> &mut Self {
         self.eol = EolSpec::Regex(eol);
         self
@@ -688,8 +686,9 @@ impl LineCodecBuilder {
     /// buffered bytes until more bytes (or the end of input) show whether it
     /// goes on. This makes EOLs such as `[;,]+` and `\r\n|\n|\r` (whose
     /// matches are decided by the next byte) split-invariant; it cannot do
-    /// so for every regex. A held match longer than `max_length` is taken
-    /// as it is, so a flood of EOL bytes cannot grow the buffer without end.
+    /// so for every regex. (An EOL match longer than `max_length` is an
+    /// overflow, see [`eol_regex`](Self::eol_regex), so a flood of EOL bytes
+    /// cannot grow the buffer without end.)
     ///
     /// Off by default (AE's behaviour). No effect on default and literal
     /// EOLs, which are split-invariant anyway.
@@ -698,7 +697,8 @@ impl LineCodecBuilder {
         self
     }
 
-    /// The longest line accepted, EOL excluded (default
+    /// The longest line accepted, EOL excluded (and, for a regex EOL, the
+    /// longest EOL match) (default
     /// [`DEFAULT_LINE_MAX_LENGTH`]). `usize::MAX` means no limit: a peer
     /// that never sends an EOL then grows the buffer without bound.
     pub fn max_length(&mut self, max: usize) -> &mut Self {

@@ -1,0 +1,851 @@
+//! LineCodec and Utf8LineCodec: AE's verified examples, fragmentation
+//! invariance, limits and overflow policies, errors, and the encoders.
+
+mod support;
+
+use anyframe_codecs::{
+    Error, ErrorKind, Line, LineCodec, LineCodecBuilder, OverflowPolicy, Utf8Line, Utf8LineCodec,
+};
+use bytes::BytesMut;
+use proptest::prelude::*;
+use regex::bytes::Regex;
+use support::{Eof, assert_sized_matches_whole, assert_split_invariant, run_chunks};
+use tokio_util::codec::{Decoder, Encoder};
+
+fn line(l: &str, e: &str) -> Line {
+    Line::new(l.as_bytes().to_vec(), e.as_bytes().to_vec())
+}
+
+fn build(f: impl FnOnce(&mut LineCodecBuilder) -> &mut LineCodecBuilder) -> LineCodec {
+    f(&mut LineCodec::builder())
+        .build()
+        .expect("valid configuration")
+}
+
+/// One step of a run that goes on after non-fatal errors.
+#[derive(Debug, Clone, PartialEq)]
+enum Event<T> {
+    Frame(T),
+    Error(ErrorKind, bool),
+    /// `decode_eof` said `Ok(None)` with these bytes left.
+    Eof(Vec<u8>),
+    /// `decode_eof` failed with this many bytes left.
+    EofError(ErrorKind, usize),
+}
+
+/// Like `support::run_chunks`, but records non-fatal errors and keeps
+/// decoding (the way the anyframe engine goes on after them). Stops at a
+/// fatal error.
+fn run_continuing<D>(mut d: D, chunks: &[&[u8]]) -> Vec<Event<D::Item>>
+where
+    D: Decoder<Error = Error>,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match d.decode(&mut buf) {
+                Ok(Some(f)) => out.push(Event::Frame(f)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Event::Error(e.kind(), e.is_fatal()));
+                    if e.is_fatal() {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+    loop {
+        match d.decode_eof(&mut buf) {
+            Ok(Some(f)) => out.push(Event::Frame(f)),
+            Ok(None) => {
+                out.push(Event::Eof(buf.to_vec()));
+                return out;
+            }
+            Err(e) if e.is_fatal() => {
+                out.push(Event::EofError(e.kind(), buf.len()));
+                return out;
+            }
+            Err(e) => out.push(Event::Error(e.kind(), e.is_fatal())),
+        }
+    }
+}
+
+/// `run_continuing` over the whole input, every two-way split and one byte
+/// at a time must agree.
+fn assert_continuing_invariant<D, F>(make: F, input: &[u8]) -> Vec<Event<D::Item>>
+where
+    D: Decoder<Error = Error>,
+    D::Item: PartialEq + std::fmt::Debug,
+    F: Fn() -> D,
+{
+    let whole = run_continuing(make(), &[input]);
+    for at in 0..=input.len() {
+        let (a, b) = input.split_at(at);
+        assert_eq!(run_continuing(make(), &[a, b]), whole, "split at {at}");
+    }
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(run_continuing(make(), &bytes), whole, "byte by byte");
+    whole
+}
+
+fn chunked(input: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes[i % sizes.len()].max(1).min(rest.len());
+        out.push(rest[..n].to_vec());
+        rest = &rest[n..];
+        i += 1;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Default EOL
+
+#[test]
+fn default_eol_keeps_lone_cr_in_the_line_as_ae_does() {
+    let out = assert_split_invariant(LineCodec::new, b"a\rb\r\r\n\rd\n");
+    assert_eq!(out.frames, vec![line("a\rb\r", "\r\n"), line("\rd", "\n")]);
+    assert_eq!(out.error, None);
+    assert_eq!(out.eof, Some(Eof::Clean { leftover: vec![] }));
+}
+
+#[test]
+fn default_eol_gives_empty_lines_and_both_terminators() {
+    let out = assert_split_invariant(LineCodec::new, b"\n\r\nx\r\n\r\r\n");
+    assert_eq!(
+        out.frames,
+        vec![
+            line("", "\n"),
+            line("", "\r\n"),
+            line("x", "\r\n"),
+            line("\r", "\r\n")
+        ]
+    );
+}
+
+#[test]
+fn unterminated_line_at_eof_is_broken_pipe_and_stays_buffered() {
+    let out = assert_split_invariant(LineCodec::new, b"one\ntwo\r");
+    assert_eq!(out.frames, vec![line("one", "\n")]);
+    assert_eq!(
+        out.eof,
+        Some(Eof::Error {
+            kind: ErrorKind::BrokenPipe,
+            leftover: 4
+        })
+    );
+
+    let mut codec = LineCodec::new();
+    let mut buf = BytesMut::from("partial");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    let err = codec.decode_eof(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    assert!(err.is_fatal() && err.is_incomplete());
+    assert_eq!(err.seen(), Some(7));
+    assert_eq!(buf, "partial");
+}
+
+#[test]
+fn clean_eof_after_complete_lines() {
+    let mut codec = LineCodec::new();
+    let mut buf = BytesMut::from("x\n");
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), Some(line("x", "\n")));
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+}
+
+#[test]
+fn frames_share_the_read_buffer() {
+    let mut codec = LineCodec::new();
+    let mut buf = BytesMut::from("hello\nworld\n");
+    let base = buf.as_ptr() as usize;
+    let first = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(first.line().as_ptr() as usize, base);
+}
+
+// ---------------------------------------------------------------------------
+// Limits
+
+#[test]
+fn limit_counts_the_line_without_its_eol() {
+    let make = || build(|b| b.max_length(3));
+    let out = assert_split_invariant(make, b"abc\r\nabc\nab\r\n");
+    assert_eq!(
+        out.frames,
+        vec![line("abc", "\r\n"), line("abc", "\n"), line("ab", "\r\n")]
+    );
+    assert_eq!(out.error, None);
+}
+
+#[test]
+fn cr_at_the_limit_does_not_change_the_verdict_when_lf_comes_later() {
+    let make = || build(|b| b.max_length(3));
+    // "abc\r" alone fits only if a LF follows; "abc\rx" does not.
+    let out = assert_split_invariant(make, b"abc\rx\n");
+    assert_eq!(out.frames, vec![]);
+    assert_eq!(out.error, Some((0, ErrorKind::NoSpace, true)));
+    let out = assert_split_invariant(make, b"abc\r\n");
+    assert_eq!(out.frames, vec![line("abc", "\r\n")]);
+    // At EOF the lone trailing CR is an unfinished line, not an overflow.
+    let out = assert_split_invariant(make, b"abc\r");
+    assert_eq!(
+        out.eof,
+        Some(Eof::Error {
+            kind: ErrorKind::BrokenPipe,
+            leftover: 4
+        })
+    );
+}
+
+#[test]
+fn fatal_overflow_consumes_nothing_and_says_how_much_was_seen() {
+    let mut codec = build(|b| b.max_length(4));
+    let mut buf = BytesMut::from("ok\nmuch too long\n");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("ok", "\n")));
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace);
+    assert!(err.is_fatal() && err.is_limit());
+    assert_eq!(err.limit(), Some(4));
+    assert_eq!(err.codec(), "line");
+    assert_eq!(err.bytes(), b"much too long\n");
+    assert_eq!(buf, "much too long\n");
+}
+
+#[test]
+fn overflow_is_detected_without_waiting_for_the_eol() {
+    let mut codec = build(|b| b.max_length(4));
+    let mut buf = BytesMut::from("abcdef");
+    assert!(codec.decode(&mut buf).is_err());
+}
+
+#[test]
+fn discard_reports_once_then_resumes_after_the_eol() {
+    let make = || build(|b| b.max_length(4).overflow(OverflowPolicy::Discard));
+    let events = assert_continuing_invariant(make, b"ok\nmuch too long\r\nnext\n");
+    assert_eq!(
+        events,
+        vec![
+            Event::Frame(line("ok", "\n")),
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("next", "\n")),
+            Event::Eof(vec![]),
+        ]
+    );
+}
+
+#[test]
+fn discard_state_is_visible_and_ends_at_the_eol() {
+    let mut codec = build(|b| b.max_length(2).overflow(OverflowPolicy::Discard));
+    let mut buf = BytesMut::from("abcdef");
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(!err.is_fatal() && err.is_limit());
+    assert!(codec.is_discarding());
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(buf.is_empty(), "discarded bytes are dropped as they come");
+    buf.extend_from_slice(b"gh\nxy\n");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("xy", "\n")));
+    assert!(!codec.is_discarding());
+}
+
+#[test]
+fn discard_at_eof_ends_the_discarded_line_quietly() {
+    let make = || build(|b| b.max_length(2).overflow(OverflowPolicy::Discard));
+    let events = assert_continuing_invariant(make, b"a\nno end in sight");
+    assert_eq!(
+        events,
+        vec![
+            Event::Frame(line("a", "\n")),
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Eof(vec![]),
+        ]
+    );
+}
+
+#[test]
+fn discard_finds_a_literal_eol_split_across_reads() {
+    let make = || {
+        build(|b| {
+            b.eol("<END>")
+                .max_length(3)
+                .overflow(OverflowPolicy::Discard)
+        })
+    };
+    let events = assert_continuing_invariant(make, b"abcdefg<EN<END>ok<END>");
+    assert_eq!(
+        events,
+        vec![
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("ok", "<END>")),
+            Event::Eof(vec![]),
+        ]
+    );
+}
+
+#[test]
+fn several_overlong_lines_are_each_reported_once() {
+    let make = || build(|b| b.max_length(1).overflow(OverflowPolicy::Discard));
+    let events = assert_continuing_invariant(make, b"aaa\nb\ncc\r\n\n");
+    assert_eq!(
+        events,
+        vec![
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("b", "\n")),
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("", "\n")),
+            Event::Eof(vec![]),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Literal EOL
+
+#[test]
+fn literal_eol_takes_the_first_occurrence_as_ae_does() {
+    let make = || LineCodec::with_eol("\r\n").unwrap();
+    let out = assert_split_invariant(make, b"x\ny\r\nz\r\n");
+    assert_eq!(out.frames, vec![line("x\ny", "\r\n"), line("z", "\r\n")]);
+}
+
+#[test]
+fn literal_eol_has_no_regex_meaning() {
+    let make = || LineCodec::with_eol(".*").unwrap();
+    let out = assert_split_invariant(make, b"a.b.*c");
+    assert_eq!(out.frames, vec![line("a.b", ".*")]);
+    assert_eq!(
+        out.eof,
+        Some(Eof::Error {
+            kind: ErrorKind::BrokenPipe,
+            leftover: 1
+        })
+    );
+}
+
+#[test]
+fn multi_byte_eol_split_across_reads_is_found() {
+    let make = || LineCodec::with_eol("<END>").unwrap();
+    let out = assert_split_invariant(make, b"first<END>sec<EN<ENDond<END><END>");
+    assert_eq!(
+        out.frames,
+        vec![
+            line("first", "<END>"),
+            line("sec<EN<ENDond", "<END>"),
+            line("", "<END>")
+        ]
+    );
+}
+
+#[test]
+fn overlapping_literal_eol_ends_at_the_first_occurrence() {
+    let make = || LineCodec::with_eol("aab").unwrap();
+    let out = assert_split_invariant(make, b"xaaabyaab");
+    assert_eq!(out.frames, vec![line("xa", "aab"), line("y", "aab")]);
+}
+
+#[test]
+fn literal_eol_limit_is_split_invariant() {
+    let make = || build(|b| b.eol("--").max_length(3));
+    let out = assert_split_invariant(make, b"abc--abc-x--");
+    assert_eq!(out.frames, vec![line("abc", "--")]);
+    assert_eq!(out.error, Some((1, ErrorKind::NoSpace, true)));
+}
+
+// ---------------------------------------------------------------------------
+// Regex EOL
+
+fn regex_codec(re: &str, hold: bool) -> LineCodec {
+    build(|b| b.eol_regex(Regex::new(re).unwrap()).hold_open_match(hold))
+}
+
+#[test]
+fn regex_eol_gives_the_shortest_prefix_and_the_matched_text() {
+    let out = run_chunks(regex_codec("[;,]+", false), &[b"one;;two,"]);
+    assert_eq!(out.frames, vec![line("one", ";;"), line("two", ",")]);
+    assert_eq!(out.eof, Some(Eof::Clean { leftover: vec![] }));
+}
+
+#[test]
+fn regex_eol_is_split_dependent_like_ae() {
+    // Documented: a match cut by the read boundary ends early.
+    let out = run_chunks(regex_codec("[;,]+", false), &[b"one;", b";two,"]);
+    assert_eq!(
+        out.frames,
+        vec![line("one", ";"), line("", ";"), line("two", ",")]
+    );
+    let out = run_chunks(regex_codec(r"\r\n|\n|\r", false), &[b"a\r", b"\nb\n"]);
+    assert_eq!(
+        out.frames,
+        vec![line("a", "\r"), line("", "\n"), line("b", "\n")]
+    );
+}
+
+#[test]
+fn hold_open_match_waits_for_the_byte_after_a_match() {
+    let out = assert_split_invariant(|| regex_codec("[;,]+", true), b"one;;two,");
+    assert_eq!(out.frames, vec![line("one", ";;"), line("two", ",")]);
+    let out = assert_split_invariant(|| regex_codec(r"\r\n|\n|\r", true), b"a\r\nb\rc\n\r");
+    assert_eq!(
+        out.frames,
+        vec![
+            line("a", "\r\n"),
+            line("b", "\r"),
+            line("c", "\n"),
+            line("", "\r")
+        ]
+    );
+}
+
+#[test]
+fn regex_eol_skips_empty_matches() {
+    // `\b` matches only the empty string: it never ends a line.
+    let mut codec = regex_codec(r"\b", false);
+    let mut buf = BytesMut::from("ab cd");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+}
+
+#[test]
+fn regex_eol_limit_counts_the_prefix() {
+    let mut codec = build(|b| b.eol_regex(Regex::new("[;,]+").unwrap()).max_length(3));
+    let mut buf = BytesMut::from("abc;abcd;");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("abc", ";")));
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(err.is_limit() && err.is_fatal());
+    let mut buf = BytesMut::from("abcd");
+    let mut codec = build(|b| b.eol_regex(Regex::new("[;,]+").unwrap()).max_length(3));
+    assert!(codec.decode(&mut buf).is_err());
+}
+
+#[test]
+fn regex_eol_longer_than_the_limit_is_an_overflow() {
+    let make = || {
+        build(|b| {
+            b.eol_regex(Regex::new(";+").unwrap())
+                .hold_open_match(true)
+                .max_length(2)
+                .overflow(OverflowPolicy::Discard)
+        })
+    };
+    let mut codec = make();
+    let mut buf = BytesMut::from("a;;");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b";");
+    assert!(codec.decode(&mut buf).unwrap_err().is_limit());
+    // The whole run of EOL bytes is dropped with the line, however long.
+    let events = assert_continuing_invariant(make, b"a;;;;;;;b;");
+    assert_eq!(
+        events,
+        vec![
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("b", ";")),
+            Event::Eof(vec![]),
+        ]
+    );
+}
+
+#[test]
+fn hold_open_match_takes_the_held_match_at_eof() {
+    let out = assert_split_invariant(|| regex_codec("[;,]+", true), b"x;,");
+    assert_eq!(out.frames, vec![line("x", ";,")]);
+    assert_eq!(out.eof, Some(Eof::Clean { leftover: vec![] }));
+}
+
+fn hold_open_alphabet() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just(b'a'),
+            Just(b'b'),
+            Just(b';'),
+            Just(b','),
+            Just(b'\r'),
+            Just(b'\n')
+        ],
+        0..64,
+    )
+}
+
+proptest! {
+    #[test]
+    fn hold_open_semicolons_are_split_invariant(
+        input in hold_open_alphabet(),
+        sizes in proptest::collection::vec(1usize..8, 1..8),
+        max in 1usize..12,
+        discard in any::<bool>(),
+    ) {
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let make = || build(|b| b.eol_regex(Regex::new("[;,]+").unwrap())
+            .hold_open_match(true).max_length(max).overflow(policy));
+        assert_sized_matches_whole(make, &input, &sizes);
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        prop_assert_eq!(run_continuing(make(), &refs), run_continuing(make(), &[&input[..]]));
+    }
+
+    #[test]
+    fn hold_open_any_newline_is_split_invariant(
+        input in hold_open_alphabet(),
+        sizes in proptest::collection::vec(1usize..8, 1..8),
+        max in 1usize..12,
+        discard in any::<bool>(),
+    ) {
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let make = || build(|b| b.eol_regex(Regex::new(r"\r\n|\n|\r").unwrap())
+            .hold_open_match(true).max_length(max).overflow(policy));
+        assert_sized_matches_whole(make, &input, &sizes);
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        prop_assert_eq!(run_continuing(make(), &refs), run_continuing(make(), &[&input[..]]));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fragmentation properties against a model of the default EOL
+
+/// What the default-EOL decoder must produce for a whole input.
+fn model_default(input: &[u8], max: usize, policy: OverflowPolicy) -> Vec<Event<Line>> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    while let Some(lf) = rest.iter().position(|&b| b == b'\n') {
+        let cr = lf > 0 && rest[lf - 1] == b'\r';
+        let line_len = if cr { lf - 1 } else { lf };
+        if line_len > max {
+            out.push(Event::Error(
+                ErrorKind::NoSpace,
+                policy == OverflowPolicy::Fatal,
+            ));
+            if policy == OverflowPolicy::Fatal {
+                return out;
+            }
+        } else {
+            let eol: &[u8] = if cr { b"\r\n" } else { b"\n" };
+            out.push(Event::Frame(Line::new(rest[..line_len].to_vec(), eol)));
+        }
+        rest = &rest[lf + 1..];
+    }
+    // An unterminated tail overflows if no LF could still end it in time.
+    let n = rest.len();
+    let over = n > max && (n - max >= 2 || rest[max] != b'\r');
+    if over {
+        out.push(Event::Error(
+            ErrorKind::NoSpace,
+            policy == OverflowPolicy::Fatal,
+        ));
+        if policy == OverflowPolicy::Fatal {
+            return out;
+        }
+        out.push(Event::Eof(vec![]));
+    } else if n == 0 {
+        out.push(Event::Eof(vec![]));
+    } else {
+        out.push(Event::EofError(ErrorKind::BrokenPipe, n));
+    }
+    out
+}
+
+fn crlf_text() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        prop_oneof![4 => Just(b'x'), 1 => Just(b'\r'), 1 => Just(b'\n')],
+        0..80,
+    )
+}
+
+proptest! {
+    #[test]
+    fn default_eol_matches_the_model_under_any_chunking(
+        input in crlf_text(),
+        sizes in proptest::collection::vec(1usize..10, 1..6),
+        max in 0usize..10,
+        discard in any::<bool>(),
+    ) {
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let make = || build(|b| b.max_length(max).overflow(policy));
+        assert_sized_matches_whole(make, &input, &sizes);
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        prop_assert_eq!(run_continuing(make(), &refs), model_default(&input, max, policy));
+    }
+
+    #[test]
+    fn literal_eol_is_split_invariant(
+        input in proptest::collection::vec(
+            prop_oneof![Just(b'a'), Just(b'b'), Just(b'x')], 0..80),
+        sizes in proptest::collection::vec(1usize..10, 1..6),
+        max in 0usize..10,
+        discard in any::<bool>(),
+    ) {
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let make = || build(|b| b.eol("aab").max_length(max).overflow(policy));
+        assert_sized_matches_whole(make, &input, &sizes);
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        prop_assert_eq!(run_continuing(make(), &refs), run_continuing(make(), &[&input[..]]));
+    }
+
+    #[test]
+    fn utf8_lines_are_split_invariant(
+        text in "(?s)[a\u{e9}\u{1F600}\r\n]{0,40}",
+        bad in proptest::option::of(0usize..40),
+        sizes in proptest::collection::vec(1usize..6, 1..6),
+    ) {
+        let mut input = text.into_bytes();
+        if let Some(at) = bad {
+            let at = at.min(input.len());
+            input.insert(at, 0xff);
+        }
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        prop_assert_eq!(
+            run_continuing(Utf8LineCodec::new(), &refs),
+            run_continuing(Utf8LineCodec::new(), &[&input[..]])
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Construction
+
+#[test]
+fn empty_literal_eol_is_refused() {
+    let err = LineCodec::with_eol("").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
+fn regex_eol_matching_empty_is_refused() {
+    for re in ["x*", "", "a|", "$", "(?m)^"] {
+        let err = LineCodec::builder()
+            .eol_regex(Regex::new(re).unwrap())
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{re}");
+    }
+}
+
+#[test]
+fn write_terminator_must_be_an_eol_of_the_codec() {
+    assert!(LineCodec::builder().write_terminator("\r").build().is_err());
+    assert!(LineCodec::builder().write_terminator("").build().is_err());
+    assert!(
+        LineCodec::builder()
+            .write_terminator("\r\n")
+            .build()
+            .is_ok()
+    );
+    assert!(
+        LineCodec::builder()
+            .eol("--")
+            .write_terminator("-")
+            .build()
+            .is_err()
+    );
+}
+
+#[test]
+fn utf8_codec_refuses_non_utf8_literal_eol() {
+    let err = LineCodec::builder().eol(b"\xff").build_utf8().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+// ---------------------------------------------------------------------------
+// Encoder
+
+#[test]
+fn encoder_appends_lf_by_default_and_the_literal_as_given() {
+    let mut out = BytesMut::new();
+    LineCodec::new().encode("abc", &mut out).unwrap();
+    build(|b| b.write_terminator("\r\n"))
+        .encode(b"def".to_vec(), &mut out)
+        .unwrap();
+    LineCodec::with_eol("<END>")
+        .unwrap()
+        .encode(bytes::Bytes::from_static(b"ghi"), &mut out)
+        .unwrap();
+    assert_eq!(out, "abc\ndef\r\nghi<END>");
+}
+
+#[test]
+fn encoder_refuses_lines_that_would_not_read_back() {
+    let mut codec = LineCodec::new();
+    let mut out = BytesMut::from("kept");
+    for bad in [&b"a\nb"[..], b"trailing\r"] {
+        let err = codec.encode(bad, &mut out).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(!err.is_fatal());
+    }
+    let mut lit = LineCodec::with_eol("aba").unwrap();
+    assert!(lit.encode("xab", &mut out).is_err(), "xab + aba reads as x");
+    assert!(lit.encode("has aba", &mut out).is_err());
+    assert_eq!(out, "kept", "nothing written on error");
+}
+
+#[test]
+fn encoder_refuses_lines_over_the_limit() {
+    let mut codec = build(|b| b.max_length(3));
+    let mut out = BytesMut::new();
+    assert!(codec.encode("abc", &mut out).is_ok());
+    let err = codec.encode("abcd", &mut out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(out, "abc\n");
+}
+
+#[test]
+fn regex_encoder_needs_a_terminator_the_regex_accepts() {
+    let mut out = BytesMut::new();
+    // `\n` is accepted by this regex, so it is the default terminator.
+    regex_codec(r"\r\n|\n", false)
+        .encode("a", &mut out)
+        .unwrap();
+    // `[;,]+` does not accept `\n`: no default.
+    let err = regex_codec("[;,]+", false)
+        .encode("a", &mut out)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let mut codec = build(|b| {
+        b.eol_regex(Regex::new("[;,]+").unwrap())
+            .write_terminator(";")
+    });
+    codec.encode("b", &mut out).unwrap();
+    assert!(codec.encode("c,d", &mut out).is_err());
+    assert_eq!(out, "a\nb;");
+}
+
+proptest! {
+    #[test]
+    fn default_round_trip(lines in proptest::collection::vec("[^\n]{0,20}", 0..10)) {
+        let mut codec = LineCodec::new();
+        let mut buf = BytesMut::new();
+        let mut expect = Vec::new();
+        for l in &lines {
+            match codec.encode(l.as_str(), &mut buf) {
+                Ok(()) => expect.push(l.clone()),
+                Err(e) => {
+                    prop_assert!(l.ends_with('\r'));
+                    prop_assert_eq!(e.kind(), ErrorKind::InvalidInput);
+                }
+            }
+        }
+        let mut got = Vec::new();
+        while let Some(frame) = codec.decode_eof(&mut buf).unwrap() {
+            prop_assert_eq!(frame.eol().as_ref(), b"\n");
+            got.push(String::from_utf8(frame.into_line().to_vec()).unwrap());
+        }
+        prop_assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn literal_round_trip(
+        lines in proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'c')], 0..12),
+            0..10),
+    ) {
+        let mut codec = LineCodec::with_eol("ab").unwrap();
+        let mut buf = BytesMut::new();
+        let mut expect = Vec::new();
+        for l in &lines {
+            if codec.encode(l, &mut buf).is_ok() {
+                expect.push(l.clone());
+            }
+        }
+        let mut got = Vec::new();
+        while let Some(frame) = codec.decode_eof(&mut buf).unwrap() {
+            got.push(frame.into_line().to_vec());
+        }
+        prop_assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn utf8_round_trip(lines in proptest::collection::vec("[^\n\r]{0,20}", 0..10)) {
+        let mut codec = Utf8LineCodec::new();
+        let mut buf = BytesMut::new();
+        for l in &lines {
+            codec.encode(l, &mut buf).unwrap();
+        }
+        let mut got = Vec::new();
+        while let Some(frame) = codec.decode_eof(&mut buf).unwrap() {
+            got.push(frame.into_line());
+        }
+        prop_assert_eq!(got, lines);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// UTF-8 variant
+
+#[test]
+fn utf8_lines_carry_their_eol() {
+    let out = assert_split_invariant(Utf8LineCodec::new, "né\r\n😀\n".as_bytes());
+    assert_eq!(
+        out.frames,
+        vec![Utf8Line::new("né", "\r\n"), Utf8Line::new("😀", "\n")]
+    );
+}
+
+#[test]
+fn bad_utf8_is_a_non_fatal_error_and_the_line_is_consumed() {
+    let mut codec = Utf8LineCodec::new();
+    let mut buf = BytesMut::from(&b"ab\xc3(\nok\n"[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert!(err.is_utf8() && !err.is_fatal());
+    assert_eq!(err.offset(), Some(2));
+    assert_eq!(buf, "ok\n");
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Utf8Line::new("ok", "\n"))
+    );
+}
+
+#[test]
+fn bad_utf8_line_error_is_split_invariant() {
+    let make = Utf8LineCodec::new;
+    let events = assert_continuing_invariant(make, b"a\n\xe2\x82\n\xe2\x82\xac\n");
+    assert_eq!(
+        events,
+        vec![
+            Event::Frame(Utf8Line::new("a", "\n")),
+            Event::Error(ErrorKind::BadMessage, false),
+            Event::Frame(Utf8Line::new("€", "\n")),
+            Event::Eof(vec![]),
+        ]
+    );
+}
+
+#[test]
+fn utf8_regex_eol_splitting_a_character_is_an_error() {
+    // A regex EOL matching the continuation byte of "é" (c3 a9).
+    let mut codec = LineCodec::builder()
+        .eol_regex(Regex::new(r"(?-u:\xa9)").unwrap())
+        .write_terminator("\u{a9}".as_bytes())
+        .build_utf8();
+    // "\u{a9}" is c2 a9; as a terminator it is matched from its second
+    // byte, so it is no whole EOL.
+    assert!(codec.is_err());
+    codec = LineCodec::builder()
+        .eol_regex(Regex::new(r"(?-u:\xa9)").unwrap())
+        .build_utf8();
+    let mut codec = codec.unwrap();
+    let mut buf = BytesMut::from(&b"caf\xc3\xa9rest"[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(err.is_utf8() && !err.is_fatal());
+    assert_eq!(buf, "rest");
+}
+
+#[test]
+fn utf8_codec_shares_the_limits() {
+    let mut codec = Utf8LineCodec::builder()
+        .max_length(2)
+        .overflow(OverflowPolicy::Discard)
+        .build_utf8()
+        .unwrap();
+    let mut buf = BytesMut::from("abc\nde\n");
+    assert!(codec.decode(&mut buf).unwrap_err().is_limit());
+    assert!(codec.is_discarding());
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Utf8Line::new("de", "\n"))
+    );
+}
