@@ -14,6 +14,8 @@ mod connect;
 mod error;
 mod layer;
 mod queued;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use config::{
     Builder, DEFAULT_HIGH_WATER, DEFAULT_LINGER, DEFAULT_LOW_WATER, DEFAULT_MAX_READ_SIZE,

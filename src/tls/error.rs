@@ -1,0 +1,242 @@
+//! [`TlsError`]: what went wrong with TLS on a connection.
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+
+/// The class of a [`TlsError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsErrorKind {
+    /// Building a client or server context failed (an identity the TLS
+    /// library refused, say). No connection was involved.
+    Config,
+    /// The handshake failed: certificate verification, a host-name
+    /// mismatch, no common protocol version or cipher, a peer that does not
+    /// speak TLS, or the peer closing the connection half-way. Fatal: the
+    /// connection never goes on unencrypted.
+    Handshake,
+    /// A TLS protocol error after the handshake (a bad record MAC, an
+    /// unexpected message, a fatal alert from the peer). Fatal.
+    Protocol,
+    /// The connection ended (TCP EOF) without the peer's close_notify, so
+    /// an attacker could have cut the data short. Fatal.
+    Truncated,
+    /// `start_tls` was called while TLS is active or still shutting down.
+    /// The caller's mistake; the connection is unchanged.
+    AlreadyTls,
+    /// The underlying connection failed (reset, broken pipe, ...); the
+    /// original [`io::Error`] is the [`source`](StdError::source).
+    Io,
+}
+
+/// A TLS failure on a connection, or while building a TLS context.
+///
+/// Shaped like [`io::Error`]: a [`kind`](TlsError::kind), a message that
+/// carries the TLS library's own reason (for example
+/// `certificate verify failed ... (Hostname mismatch)`), and the underlying
+/// error as the [`source`](StdError::source).
+///
+/// # Examples
+///
+/// ```
+/// use anyframe::tls::{TlsError, TlsErrorKind};
+///
+/// fn report(e: &TlsError) -> String {
+///     match e.kind() {
+///         TlsErrorKind::Handshake => format!("no TLS session: {e}"),
+///         TlsErrorKind::Truncated => "the peer's data may be cut short".to_owned(),
+///         _ => e.to_string(),
+///     }
+/// }
+/// # let _ = report;
+/// ```
+pub struct TlsError {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: TlsErrorKind,
+    message: Cow<'static, str>,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl TlsError {
+    fn new(kind: TlsErrorKind, message: impl Into<Cow<'static, str>>) -> TlsError {
+        TlsError {
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                source: None,
+            }),
+        }
+    }
+
+    fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> TlsError {
+        self.inner.source = Some(Box::new(source));
+        self
+    }
+
+    /// A context could not be built from the given settings.
+    pub(crate) fn config(e: native_tls::Error) -> TlsError {
+        TlsError::new(TlsErrorKind::Config, "cannot build the TLS context").with_source(e)
+    }
+
+    /// The handshake failed with `e`. `peer_eof` says whether the peer had
+    /// closed the connection by then. An I/O failure underneath the TLS
+    /// library is reported as [`TlsErrorKind::Io`] with the original error.
+    pub(crate) fn handshake(e: native_tls::Error, peer_eof: bool) -> TlsError {
+        if let Some(io) = find_io_error(&e) {
+            let io = io::Error::new(io.kind(), io.to_string());
+            return TlsError::new(TlsErrorKind::Io, "I/O error during the TLS handshake")
+                .with_source(io);
+        }
+        let message = if peer_eof {
+            "TLS handshake failed: the peer closed the connection"
+        } else {
+            "TLS handshake failed"
+        };
+        TlsError::new(TlsErrorKind::Handshake, message).with_source(e)
+    }
+
+    /// Used for every call after a handshake failure.
+    pub(crate) fn failed_earlier() -> TlsError {
+        TlsError::new(
+            TlsErrorKind::Handshake,
+            "the TLS handshake failed earlier; the connection is unusable",
+        )
+    }
+
+    /// A TLS error after the handshake, as the TLS library reported it.
+    pub(crate) fn protocol(e: io::Error) -> TlsError {
+        TlsError::new(TlsErrorKind::Protocol, "TLS protocol error").with_source(e)
+    }
+
+    /// The IO itself failed; converting back to `io::Error` gives `e`.
+    pub(crate) fn io(e: io::Error) -> TlsError {
+        TlsError::new(TlsErrorKind::Io, "I/O error").with_source(e)
+    }
+
+    /// TCP EOF without close_notify.
+    pub(crate) fn truncated() -> TlsError {
+        TlsError::new(
+            TlsErrorKind::Truncated,
+            "TLS stream truncated: the connection ended without close_notify",
+        )
+    }
+
+    /// `start_tls` on a transport that is not plaintext.
+    pub(crate) fn already_tls() -> TlsError {
+        TlsError::new(TlsErrorKind::AlreadyTls, "TLS is already active")
+    }
+
+    /// The transport was left in an unusable state by a panic inside the
+    /// TLS library.
+    pub(crate) fn poisoned() -> TlsError {
+        TlsError::new(
+            TlsErrorKind::Protocol,
+            "the TLS state was lost (an earlier call panicked)",
+        )
+    }
+
+    /// The errno-like class of this error.
+    pub fn kind(&self) -> TlsErrorKind {
+        self.inner.kind
+    }
+
+    /// True when the handshake failed (including certificate and host-name
+    /// verification).
+    pub fn is_handshake(&self) -> bool {
+        self.inner.kind == TlsErrorKind::Handshake
+    }
+
+    /// True when the connection ended without the peer's close_notify.
+    pub fn is_truncated(&self) -> bool {
+        self.inner.kind == TlsErrorKind::Truncated
+    }
+
+    /// Whether the connection is unusable after this error. Everything but
+    /// [`TlsErrorKind::AlreadyTls`] (a misuse that changed nothing) and
+    /// [`TlsErrorKind::Config`] (no connection involved) is fatal.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(
+            self.inner.kind,
+            TlsErrorKind::AlreadyTls | TlsErrorKind::Config
+        )
+    }
+
+    /// The [`TlsError`] inside an [`io::Error`] returned by the transport's
+    /// `AsyncRead`/`AsyncWrite` methods, if there is one.
+    #[cfg_attr(not(test), allow(dead_code, reason = "for the QueuedFramed engine"))]
+    pub(crate) fn from_io_ref(e: &io::Error) -> Option<&TlsError> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<TlsError>())
+    }
+}
+
+/// The first [`io::Error`] in `e`'s source chain, if the TLS library failed
+/// because the connection did.
+fn find_io_error(e: &native_tls::Error) -> Option<&io::Error> {
+    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+impl fmt::Debug for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("TlsError");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(s) = &self.inner.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)?;
+        if let Some(s) = &self.inner.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for TlsError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| &**s as &(dyn StdError + 'static))
+    }
+}
+
+impl From<TlsError> for io::Error {
+    /// [`TlsErrorKind::Io`] gives back the original error; the others keep
+    /// the [`TlsError`] inside, with `InvalidData` (handshake, protocol),
+    /// `UnexpectedEof` (truncation) or `InvalidInput` (misuse, config).
+    fn from(e: TlsError) -> io::Error {
+        let kind = match e.inner.kind {
+            TlsErrorKind::Handshake | TlsErrorKind::Protocol => io::ErrorKind::InvalidData,
+            TlsErrorKind::Truncated => io::ErrorKind::UnexpectedEof,
+            TlsErrorKind::AlreadyTls | TlsErrorKind::Config => io::ErrorKind::InvalidInput,
+            TlsErrorKind::Io => {
+                let mut e = e;
+                return match e.inner.source.take().map(|s| s.downcast::<io::Error>()) {
+                    Some(Ok(io)) => *io,
+                    Some(Err(other)) => io::Error::other(other),
+                    None => io::Error::other("I/O error"),
+                };
+            }
+        };
+        io::Error::new(kind, e)
+    }
+}
