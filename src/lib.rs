@@ -14,6 +14,8 @@ mod connect;
 mod error;
 mod layer;
 mod queued;
+#[cfg(feature = "tower")]
+pub mod service;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -24,4 +26,4 @@ pub use config::{
 pub use connect::RetryHook;
 pub use error::{Error, ErrorKind, Result};
 pub use layer::timeout::Timeout;
-pub use queued::{Driver, FnDecoder, Handle, Parts, QueuedFramed, Requests, Ticket};
+pub use queued::{Driver, FnDecoder, Handle, OrEof, Parts, QueuedFramed, Requests, Ticket};

@@ -219,17 +219,39 @@ impl Handle {
         self.lock().enqueue(decoder, then, OnDrop::Cancel, true)
     }
 
-    /// Queues a read whose frame is read (and discarded) even if the ticket
-    /// is dropped, so a request/response stream stays in step.
+    /// Writes a request and queues the read of its response under one lock,
+    /// so concurrent callers cannot interleave between the two. The
+    /// response is read (and discarded) even if the ticket is dropped, which
+    /// keeps a request/response stream in step.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn push_read_keep_in_step<D>(&self, decoder: D) -> Ticket<D::Item>
+    pub(crate) fn write_then_read<E, I, D, F, R>(
+        &self,
+        encoder: E,
+        item: I,
+        decoder: D,
+        then: F,
+    ) -> Ticket<R>
     where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
         D: Decoder + Send + 'static,
         D::Item: Send + 'static,
         D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
     {
-        self.lock()
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Consume, false)
+        let mut core = self.lock();
+        if let Err(e) = core.push_encoded(encoder, item) {
+            return Ticket::ready(Err(e));
+        }
+        core.enqueue(decoder, then, OnDrop::Consume, false)
+    }
+
+    /// Backpressure for producers: `Ready` below the high watermark.
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut core = self.lock();
+        ready!(core.marks.poll_ready(cx));
+        Poll::Ready(core.check_alive())
     }
 
     /// Reads one frame with `decoder` after every queued request.
@@ -328,12 +350,7 @@ impl Handle {
     ///
     /// The error that destroyed the handle.
     pub async fn ready_to_write(&self) -> Result<()> {
-        poll_fn(|cx| {
-            let mut core = self.lock();
-            ready!(core.marks.poll_ready(cx));
-            Poll::Ready(core.check_alive())
-        })
-        .await
+        poll_fn(|cx| self.poll_write_ready(cx)).await
     }
 
     /// Resolves when the write queue is at or below the low watermark.

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 
 pub(crate) use self::handle::spawn_connecting;
 pub use self::handle::{Driver, Handle};
-pub use self::request::{FnDecoder, Requests, Ticket};
+pub use self::request::{FnDecoder, OrEof, Requests, Ticket};
 
 /// A connection that reads with a different decoder for each request.
 ///

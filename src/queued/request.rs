@@ -316,3 +316,66 @@ where
         (self.f)(src)
     }
 }
+
+/// A decoder adapter whose frame is `Some(frame)`, or `None` when the input
+/// ends cleanly *between* frames (nothing buffered).
+///
+/// A plain request at end of input is `EPIPE`, fatal (RQ-6), which is right
+/// when a response is owed. A server waiting for the *next* request wants a
+/// clean end instead, and to keep its write side for the answers still
+/// queued: that is this adapter (AE's "queue the request from `on_read`"
+/// pattern). End of input inside a frame is still `EPIPE`.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe::{OrEof, QueuedFramed};
+/// use anyframe::codecs::LineCodec;
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, mut peer) = tokio::io::duplex(64);
+/// peer.write_all(b"last\n").await?;
+/// peer.shutdown().await?;
+/// let mut conn = QueuedFramed::new(io);
+/// assert!(conn.read(OrEof::new(LineCodec::new())).await?.is_some());
+/// assert!(conn.read(OrEof::new(LineCodec::new())).await?.is_none());
+/// assert!(!conn.is_destroyed());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct OrEof<D> {
+    inner: D,
+}
+
+impl<D> OrEof<D> {
+    /// Wraps `inner`.
+    pub fn new(inner: D) -> OrEof<D> {
+        OrEof { inner }
+    }
+
+    /// The wrapped decoder.
+    pub fn into_inner(self) -> D {
+        self.inner
+    }
+}
+
+impl<D: Decoder> Decoder for OrEof<D> {
+    type Item = Option<D::Item>;
+    type Error = D::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> std::result::Result<Option<Self::Item>, D::Error> {
+        Ok(self.inner.decode(src)?.map(Some))
+    }
+
+    fn decode_eof(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> std::result::Result<Option<Self::Item>, D::Error> {
+        match self.inner.decode_eof(src)? {
+            Some(frame) => Ok(Some(Some(frame))),
+            None if src.is_empty() => Ok(Some(None)),
+            None => Ok(None),
+        }
+    }
+}

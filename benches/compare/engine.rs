@@ -1,0 +1,459 @@
+//! QueuedFramed over loopback TCP against tokio-util `Framed` (issues 4, 5):
+//! `queued-lines-loopback`, `switching-loopback`, `pipelined-rtt`,
+//! `autocork-small-writes`, plus the physical limit `limit-read`.
+//!
+//! Each side gets a fresh connection; the sender is a plain blocking thread
+//! writing a pre-encoded buffer, so only the receiving side differs.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use anyframe::QueuedFramed;
+use anyframe::codecs::{ChunkCodec, LineCodec, PackFormat, PackstringCodec};
+use bytes::{Buf, BufMut, BytesMut};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite, LinesCodec};
+
+use crate::harness::{Harness, Measured};
+
+const LINES: usize = 5_000_000;
+const LINE_LEN: usize = 40;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts a blocking sender thread that accepts one connection and writes
+/// `payload`, then closes. Returns the address to connect to.
+fn blast(payload: Arc<Vec<u8>>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let _ = s.write_all(&payload);
+    });
+    addr
+}
+
+fn lines_payload() -> Arc<Vec<u8>> {
+    let mut v = Vec::with_capacity(LINES * LINE_LEN);
+    for i in 0..LINES {
+        let line = format!("{i:0>width$}\n", width = LINE_LEN - 1);
+        v.extend_from_slice(line.as_bytes());
+    }
+    Arc::new(v)
+}
+
+/// Times one receive of `payload` through `recv`, on a fresh connection.
+fn time_receive<F, Fut>(h: &Harness, payload: &Arc<Vec<u8>>, items: u64, mut recv: F) -> Measured
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let rt = runtime();
+    h.time(items, || {
+        let addr = blast(payload.clone());
+        rt.block_on(async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            let n = recv(s).await;
+            assert_eq!(n, items, "every item received");
+        })
+    })
+}
+
+pub fn run(h: &Harness) {
+    if h.wants("limit-read") || h.wants("queued-lines-loopback") || h.wants("switching-loopback") {
+        let payload = lines_payload();
+        if h.wants("limit-read") {
+            let raw = time_receive(h, &payload, LINES as u64, |mut s| async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0usize;
+                loop {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                (total / LINE_LEN) as u64
+            });
+            h.note(
+                "limit-read",
+                &format!("items_per_s={:.0} mb_per_s={:.0} (tokio TcpStream::read 64 KiB, 40-byte line equivalents)", raw.rate(), raw.rate() * LINE_LEN as f64 / 1e6),
+            );
+            if h.wants("queued-lines-loopback") {
+                queued_lines(h, &payload, Some(raw));
+            }
+        } else if h.wants("queued-lines-loopback") {
+            queued_lines(h, &payload, None);
+        }
+    }
+    if h.wants("switching-loopback") {
+        switching(h);
+    }
+    if h.wants("pipelined-rtt") {
+        pipelined(h);
+    }
+    if h.wants("autocork-small-writes") {
+        autocork(h);
+    }
+}
+
+fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>, limit: Option<Measured>) {
+    let ours = time_receive(h, payload, LINES as u64, |s| async move {
+        let mut conn = QueuedFramed::new(s);
+        let mut codec = LineCodec::new();
+        let mut n = 0u64;
+        while let Ok(line) = conn.read_with(&mut codec).await {
+            std::hint::black_box(&line);
+            n += 1;
+        }
+        n
+    });
+    let anchor = time_receive(h, payload, LINES as u64, |s| async move {
+        let mut framed = FramedRead::new(s, LinesCodec::new());
+        let mut n = 0u64;
+        while let Some(line) = framed.next().await {
+            std::hint::black_box(line.unwrap());
+            n += 1;
+        }
+        n
+    });
+    let extra = limit
+        .map(|l| format!("share_of_limit_read={:.2}", ours.rate() / l.rate()))
+        .unwrap_or_default();
+    h.report_with("queued-lines-loopback", ours, anchor, &extra);
+}
+
+// ----- switching ------------------------------------------------------------
+
+const SWITCH_ROUNDS: usize = 1_000_000;
+
+/// One round: a 20-byte line, a 4-byte length + 12-byte frame, a 16-byte chunk.
+fn switching_payload() -> Arc<Vec<u8>> {
+    let mut v = BytesMut::with_capacity(SWITCH_ROUNDS * 56);
+    for i in 0..SWITCH_ROUNDS {
+        v.put_slice(format!("{:0>19}\n", i).as_bytes());
+        v.put_u32(12);
+        v.put_slice(b"twelve bytes");
+        v.put_slice(b"sixteen bytes!!!");
+    }
+    Arc::new(v.to_vec())
+}
+
+/// The anchor: one hand-written decoder that knows the fixed rotation.
+#[derive(Default)]
+struct Combined {
+    phase: u8,
+}
+
+impl Decoder for Combined {
+    type Item = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<bytes::Bytes>, std::io::Error> {
+        let frame = match self.phase {
+            0 => match memchr::memchr(b'\n', src) {
+                Some(i) => {
+                    let mut l = src.split_to(i + 1);
+                    l.truncate(i);
+                    l.freeze()
+                }
+                None => return Ok(None),
+            },
+            1 => {
+                if src.len() < 4 {
+                    return Ok(None);
+                }
+                let n = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+                if src.len() < 4 + n {
+                    return Ok(None);
+                }
+                src.advance(4);
+                src.split_to(n).freeze()
+            }
+            _ => {
+                if src.len() < 16 {
+                    return Ok(None);
+                }
+                src.split_to(16).freeze()
+            }
+        };
+        self.phase = (self.phase + 1) % 3;
+        Ok(Some(frame))
+    }
+}
+
+fn switching(h: &Harness) {
+    let payload = switching_payload();
+    let items = (SWITCH_ROUNDS * 3) as u64;
+    let ours = time_receive(h, &payload, items, |s| async move {
+        let mut conn = QueuedFramed::new(s);
+        let mut line = LineCodec::new();
+        let mut pack = PackstringCodec::new(PackFormat::U32Be);
+        let mut chunk = ChunkCodec::new(16);
+        let mut n = 0u64;
+        loop {
+            let Ok(l) = conn.read_with(&mut line).await else {
+                break;
+            };
+            std::hint::black_box(l);
+            std::hint::black_box(conn.read_with(&mut pack).await.unwrap());
+            std::hint::black_box(conn.read_with(&mut chunk).await.unwrap());
+            n += 3;
+        }
+        n
+    });
+    let anchor = time_receive(h, &payload, items, |s| async move {
+        let mut framed = FramedRead::new(s, Combined::default());
+        let mut n = 0u64;
+        while let Some(f) = framed.next().await {
+            std::hint::black_box(f.unwrap());
+            n += 1;
+        }
+        n
+    });
+    h.report("switching-loopback", ours, anchor);
+}
+
+// ----- pipelined round trips ------------------------------------------------
+
+const RT_REQUESTS: usize = 200_000;
+const IN_FLIGHT: usize = 100;
+
+/// Which echo server to run.
+#[derive(Clone, Copy)]
+enum Server {
+    Queued,
+    FramedForward,
+    FramedSendEach,
+}
+
+fn pipelined_once(rt: &tokio::runtime::Runtime, server: Server, client_queued: bool) {
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            match server {
+                Server::Queued => {
+                    let mut conn = QueuedFramed::builder().autocork(true).build(s);
+                    let mut codec = LineCodec::new();
+                    while let Ok(line) = conn.read_with(&mut codec).await {
+                        conn.push_write(LineCodec::new(), line.line()).unwrap();
+                    }
+                    let _ = conn.flush().await;
+                }
+                Server::FramedForward => {
+                    let (sink, stream) = Framed::new(s, LinesCodec::new()).split();
+                    let _ = stream.forward(sink).await;
+                }
+                Server::FramedSendEach => {
+                    let mut framed = Framed::new(s, LinesCodec::new());
+                    while let Some(Ok(line)) = framed.next().await {
+                        framed.send(line).await.unwrap();
+                    }
+                }
+            }
+        });
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let req = "0123456789012345678901234567890123456789";
+        if client_queued {
+            let (handle, _driver) = QueuedFramed::builder().autocork(true).build(s).spawn();
+            let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+            for _ in 0..RT_REQUESTS {
+                if window.len() == IN_FLIGHT {
+                    let t: anyframe::Ticket<_> = window.pop_front().unwrap();
+                    std::hint::black_box(t.await.unwrap());
+                }
+                handle.push_write(LineCodec::new(), req).unwrap();
+                window.push_back(handle.push_read(LineCodec::new()));
+            }
+            for t in window {
+                std::hint::black_box(t.await.unwrap());
+            }
+            handle.push_shutdown().unwrap();
+            handle.flush().await.unwrap();
+        } else {
+            // Best practice: a writer task that feeds while permits are
+            // free and flushes only when it would wait; a reader task that
+            // returns one permit per response.
+            let (mut sink, mut stream) = Framed::new(s, LinesCodec::new()).split();
+            let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+            let p = permits.clone();
+            let writer = tokio::spawn(async move {
+                for _ in 0..RT_REQUESTS {
+                    let permit = match p.try_acquire() {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            sink.flush().await.unwrap();
+                            p.acquire().await.unwrap()
+                        }
+                    };
+                    permit.forget();
+                    sink.feed(req.to_string()).await.unwrap();
+                }
+                sink.close().await.unwrap();
+            });
+            for _ in 0..RT_REQUESTS {
+                std::hint::black_box(stream.next().await.unwrap().unwrap());
+                permits.add_permits(1);
+            }
+            writer.await.unwrap();
+        }
+        srv.await.unwrap();
+    });
+}
+
+fn pipelined(h: &Harness) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let items = RT_REQUESTS as u64;
+    let ours = h.time(items, || pipelined_once(&rt, Server::Queued, true));
+    let best = h.time(items, || pipelined_once(&rt, Server::FramedForward, false));
+    let each = h.time(items, || pipelined_once(&rt, Server::FramedSendEach, false));
+    let vs_each = ours.rate() / each.rate();
+    h.report_with(
+        "pipelined-rtt",
+        ours,
+        best,
+        &format!("ratio_vs_flush_per_response={vs_each:.2}"),
+    );
+}
+
+// ----- autocork: many small writes ------------------------------------------
+
+const SMALL_MSGS: usize = 1_000_000;
+
+/// Counts write calls on the way to the socket.
+struct CountWrites<T> {
+    inner: T,
+    calls: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountWrites<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountWrites<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Sends SMALL_MSGS 16-byte messages to a draining reader; returns write calls.
+fn small_writes_once(rt: &tokio::runtime::Runtime, ours: bool) -> u64 {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return total;
+                }
+                total += n;
+            }
+        });
+        let s = TcpStream::connect(addr).await.unwrap();
+        let io = CountWrites { inner: s, calls: c };
+        let msg = &b"0123456789abcdef"[..];
+        if ours {
+            let (handle, driver) = QueuedFramed::builder().autocork(true).build(io).spawn();
+            for i in 0..SMALL_MSGS {
+                handle.push_bytes(msg).unwrap();
+                if i % 1024 == 1023 {
+                    // Let the driver run, as a real producer task would
+                    // between bursts; backpressure keeps memory bounded.
+                    handle.ready_to_write().await.unwrap();
+                }
+            }
+            handle.push_shutdown().unwrap();
+            handle.flush().await.unwrap();
+            drop(handle);
+            let _ = driver.await;
+        } else {
+            let mut w = FramedWrite::new(io, tokio_util::codec::BytesCodec::new());
+            for _ in 0..SMALL_MSGS {
+                w.send(bytes::Bytes::from_static(msg)).await.unwrap();
+            }
+            SinkExt::<bytes::Bytes>::close(&mut w).await.unwrap();
+        }
+        assert_eq!(reader.await.unwrap(), SMALL_MSGS * 16);
+    });
+    calls.load(Ordering::Relaxed)
+}
+
+fn autocork(h: &Harness) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let items = SMALL_MSGS as u64;
+    let mut ours_calls = 0;
+    let mut anchor_calls = 0;
+    let ours = h.time(items, || ours_calls = small_writes_once(&rt, true));
+    let anchor = h.time(items, || anchor_calls = small_writes_once(&rt, false));
+    h.report_with(
+        "autocork-small-writes",
+        ours,
+        anchor,
+        &format!(
+            "ours_writes_per_msg={:.4} anchor_writes_per_msg={:.4}",
+            ours_calls as f64 / items as f64,
+            anchor_calls as f64 / items as f64
+        ),
+    );
+}

@@ -1,0 +1,209 @@
+//! The pipelined client.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::PollSemaphore;
+
+use crate::error::{Error, Result};
+use crate::queued::{Handle, Ticket};
+
+/// Chooses the decoder for a request's response (`GET` answers a line,
+/// `FETCH` a length-prefixed blob, ...). Implemented for every
+/// `FnMut(&Req) -> D`.
+pub trait ResponseDecoder<Req> {
+    /// The decoder type (use an enum to mix response formats).
+    type Decoder: Decoder + Send + 'static;
+
+    /// The decoder that reads the response to `req`.
+    fn decoder_for(&mut self, req: &Req) -> Self::Decoder;
+}
+
+impl<Req, D, F> ResponseDecoder<Req> for F
+where
+    F: FnMut(&Req) -> D,
+    D: Decoder + Send + 'static,
+{
+    type Decoder = D;
+
+    fn decoder_for(&mut self, req: &Req) -> D {
+        self(req)
+    }
+}
+
+/// Default bound on requests in flight: deep enough to fill a loopback or
+/// LAN pipe (the anchor benchmark pipelines 100), small enough that a
+/// stalled server does not let callers queue without limit.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+
+/// A pipelined client: each `call` writes the request and queues the read
+/// of its response; responses are matched to requests in order.
+///
+/// `poll_ready` is ready while fewer than `max_in_flight` calls are pending
+/// and the connection's write queue is below its high watermark. A fatal
+/// connection error fails every pending call with it. Dropping a response
+/// future does not desynchronise the stream: the response is still read, and
+/// discarded.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe::QueuedFramed;
+/// use anyframe::codecs::LineCodec;
+/// use anyframe::service::Client;
+/// use tower::{Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, peer) = tokio::io::duplex(1024);
+/// // An echo server on the other end.
+/// tokio::spawn(async move {
+///     let mut peer = QueuedFramed::new(peer);
+///     while let Ok(line) = peer.read(LineCodec::new()).await {
+///         peer.write(LineCodec::new(), line.line()).await.unwrap();
+///     }
+/// });
+/// let (handle, _driver) = QueuedFramed::new(io).spawn();
+/// let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
+/// let answer = client.ready().await?.call("ping".to_string()).await?;
+/// assert_eq!(answer.line(), "ping");
+/// # Ok(()) }
+/// ```
+pub struct Client<E, R> {
+    handle: Handle,
+    encoder: E,
+    decoders: R,
+    permits: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Options for a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    max_in_flight: usize,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> ClientBuilder {
+        ClientBuilder {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// How many calls may wait for their response at once (default
+    /// [`DEFAULT_MAX_IN_FLIGHT`]).
+    pub fn max_in_flight(&mut self, n: usize) -> &mut Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Builds the client over a spawned connection.
+    pub fn build<E, R>(&self, handle: Handle, encoder: E, decoders: R) -> Client<E, R> {
+        Client {
+            handle,
+            encoder,
+            decoders,
+            permits: PollSemaphore::new(Arc::new(Semaphore::new(self.max_in_flight))),
+            permit: None,
+        }
+    }
+}
+
+impl Client<(), ()> {
+    /// Options for a client: see [`ClientBuilder`].
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+}
+
+impl<E, R> Client<E, R> {
+    /// A client with the default options: `encoder` writes requests,
+    /// `decoders` picks each response's decoder.
+    pub fn new(handle: Handle, encoder: E, decoders: R) -> Client<E, R> {
+        ClientBuilder::default().build(handle, encoder, decoders)
+    }
+
+    /// The connection.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl<E, R, Req> tower_service::Service<Req> for Client<E, R>
+where
+    E: Encoder<Req> + Clone,
+    E::Error: Into<Error>,
+    R: ResponseDecoder<Req>,
+    <R::Decoder as Decoder>::Item: Send + 'static,
+    <R::Decoder as Decoder>::Error: Into<Error>,
+{
+    type Response = <R::Decoder as Decoder>::Item;
+    type Error = Error;
+    type Future = ResponseFuture<Self::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.permit.is_none() {
+            match ready!(self.permits.poll_acquire(cx)) {
+                Some(p) => self.permit = Some(p),
+                None => return Poll::Ready(Err(Error::closed())),
+            }
+        }
+        ready!(self.handle.poll_write_ready(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let Some(permit) = self.permit.take() else {
+            return ResponseFuture {
+                ticket: Ticket::ready(Err(Error::invalid_input("call without poll_ready"))),
+            };
+        };
+        let decoder = self.decoders.decoder_for(&req);
+        // The slot is released when the response has been read, not when
+        // the future is dropped: a dropped call still occupies the wire.
+        let ticket =
+            self.handle
+                .write_then_read(self.encoder.clone(), req, decoder, move |item, _| {
+                    drop(permit);
+                    Ok(item)
+                });
+        ResponseFuture { ticket }
+    }
+}
+
+impl<E: fmt::Debug, R> fmt::Debug for Client<E, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("handle", &self.handle)
+            .field("encoder", &self.encoder)
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The response to one [`Client`] call. Its in-flight slot is released
+/// once the response has been read off the connection (even if this future
+/// was dropped).
+pub struct ResponseFuture<T> {
+    ticket: Ticket<T>,
+}
+
+impl<T> Future for ResponseFuture<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        Pin::new(&mut self.ticket).poll(cx)
+    }
+}
+
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
