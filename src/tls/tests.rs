@@ -626,14 +626,18 @@ async fn bulk_cost_vs_tokio_native_tls() {
         start.elapsed()
     }
 
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for _ in 0..ROUNDS {
-        let (a, b) = tcp_pair().await;
+    async fn ours<IO>(a: IO, b: IO) -> Duration
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (c, s) = tls_pair(a, b).await;
-        ours.push(pump(s, c).await);
+        pump(s, c).await
+    }
 
-        let (a, b) = tcp_pair().await;
+    async fn theirs<IO>(a: IO, b: IO) -> Duration
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let connector = tokio_native_tls::TlsConnector::from(
             native_tls::TlsConnector::builder()
                 .add_root_certificate(pki().ca.clone())
@@ -644,21 +648,44 @@ async fn bulk_cost_vs_tokio_native_tls() {
         let acceptor =
             tokio_native_tls::TlsAcceptor::from(TlsAcceptor::new(pki().server.clone()).unwrap());
         let (c, s) = tokio::join!(connector.connect("localhost", a), acceptor.accept(b));
-        theirs.push(pump(s.unwrap(), c.unwrap()).await);
+        pump(s.unwrap(), c.unwrap()).await
     }
-    let mib = (TOTAL >> 20) as f64;
+
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
-    let (o, t) = (median(&mut ours), median(&mut theirs));
-    println!(
-        "bulk {mib} MiB in {}-KiB chunks, median of {ROUNDS}: TlsTransport {:.0} MiB/s, \
-         tokio_native_tls {:.0} MiB/s, ratio {:.3}",
-        CHUNK >> 10,
-        mib / o.as_secs_f64(),
-        mib / t.as_secs_f64(),
-        t.as_secs_f64() / o.as_secs_f64(),
-    );
-    println!("all rounds: ours {ours:?}, tokio_native_tls {theirs:?}");
+    let mib = (TOTAL >> 20) as f64;
+    for over in ["127.0.0.1 TCP", "tokio duplex (256 KiB)"] {
+        let (mut o, mut t) = (Vec::new(), Vec::new());
+        // Alternate which goes first, so drift in machine load hits both.
+        for round in 0..2 * ROUNDS {
+            let mine = (round % 2 == 0) == (round / 2 % 2 == 0);
+            let d = if over.starts_with("127") {
+                let (a, b) = tcp_pair().await;
+                if mine {
+                    ours(a, b).await
+                } else {
+                    theirs(a, b).await
+                }
+            } else {
+                let (a, b) = tokio::io::duplex(256 << 10);
+                if mine {
+                    ours(a, b).await
+                } else {
+                    theirs(a, b).await
+                }
+            };
+            if mine { o.push(d) } else { t.push(d) }
+        }
+        let (om, tm) = (median(&mut o), median(&mut t));
+        println!(
+            "{over}: {mib} MiB in {}-KiB chunks, median of {ROUNDS}: TlsTransport {:.0} MiB/s, \
+             tokio_native_tls {:.0} MiB/s, ratio {:.3}",
+            CHUNK >> 10,
+            mib / om.as_secs_f64(),
+            mib / tm.as_secs_f64(),
+            tm.as_secs_f64() / om.as_secs_f64(),
+        );
+    }
 }

@@ -49,6 +49,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{TlsError, TlsMode};
 
+/// The most plaintext one TLS read asks for: a record carries at most
+/// 2^14 bytes (RFC 8446, 5.1) and the TLS library returns one record's
+/// worth per read, so zero-initialising more of a large caller buffer would
+/// be wasted work on every read.
+const MAX_TLS_READ: usize = 16 * 1024;
+
 /// What a [`Shim`] leaves behind when the TLS library drops it: a failed
 /// handshake consumes the stream, and with it our IO. The shim's `Drop`
 /// puts the IO (and the unread replay bytes) here, so a failed transport can
@@ -232,7 +238,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             return Poll::Ready(Ok(()));
         }
         self.stream.get_mut().enter(cx.waker());
-        match self.stream.read(buf.initialize_unfilled()) {
+        let want = buf.remaining().min(MAX_TLS_READ);
+        match self.stream.read(buf.initialize_unfilled_to(want)) {
             Ok(0) if self.stream.get_ref().peer_eof => {
                 // The library may call a bare TCP EOF a clean end; the IO
                 // knows better.
