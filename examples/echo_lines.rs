@@ -1,0 +1,90 @@
+//! A line echo server with sensible limits: `rbuf_max`, `wbuf_max`, an idle
+//! timeout and a line length limit, so a slow or hostile client cannot make
+//! it buffer without bound or hold a connection forever.
+//!
+//! ```sh
+//! cargo run --example echo_lines                          # server + client
+//! cargo run --example echo_lines -- --listen 127.0.0.1:7000
+//! # then e.g.: printf 'hello\r\nworld\n' | nc 127.0.0.1 7000
+//! ```
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use anyframe::codecs::LineCodec;
+use anyframe::{ErrorKind, QueuedFramed};
+
+async fn serve_one(sock: tokio::net::TcpStream) {
+    let peer = sock.peer_addr().ok();
+    let mut conn = QueuedFramed::builder()
+        .rbuf_max(Some(64 * 1024)) // unconsumed input
+        .wbuf_max(Some(256 * 1024)) // a client that does not read
+        .timeout(Duration::from_secs(30)) // idle: no read, no write
+        .no_delay(true)
+        .build_tcp(sock)
+        .expect("socket options");
+    let lines = LineCodec::builder()
+        .max_length(8 * 1024)
+        .build()
+        .expect("codec");
+    let mut lines = lines;
+    loop {
+        match conn.read_with(&mut lines).await {
+            Ok(line) => {
+                if conn.push_write(LineCodec::new(), line.line()).is_err() {
+                    break; // wbuf_max: the client stopped reading
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                println!("{peer:?}: idle, closing");
+                break;
+            }
+            Err(e) if e.is_eof() && conn.read_buffer().is_empty() => break, // clean close
+            Err(e) => {
+                println!("{peer:?}: {e}");
+                break;
+            }
+        }
+    }
+    let _ = conn.shutdown_write().await;
+}
+
+async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
+    let mut conn = QueuedFramed::builder().connect(addr).await?;
+    for word in ["hello", "line-by-line", "world"] {
+        conn.write(LineCodec::new(), word).await?;
+        let echo = conn.read(LineCodec::new()).await?;
+        println!(
+            "sent {word:?}, got back {:?}",
+            String::from_utf8_lossy(echo.line())
+        );
+    }
+    conn.shutdown_write().await
+}
+
+#[tokio::main]
+async fn main() -> anyframe::Result<()> {
+    let mode = support::mode();
+    if let support::Mode::Connect(addr) = mode {
+        return client(addr).await;
+    }
+    let listener = support::bind(&mode).await;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(serve_one(sock));
+        }
+    });
+    if let support::Mode::Both = mode {
+        client(addr).await?;
+        server.abort();
+    } else {
+        let _ = server.await;
+    }
+    Ok(())
+}

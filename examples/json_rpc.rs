@@ -1,0 +1,131 @@
+//! NDJSON request/response through the tower integration: a `serve` loop
+//! answering JSON requests, and a pipelined `Client` behind tower's
+//! `timeout` and `buffer` middleware.
+//!
+//! ```sh
+//! cargo run --example json_rpc
+//! cargo run --example json_rpc -- --listen 127.0.0.1:7001
+//! # then: echo '{"id":1,"method":"add","params":[2,3]}' | nc 127.0.0.1 7001
+//! ```
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use anyframe::QueuedFramed;
+use anyframe::codecs::JsonCodec;
+use anyframe::service::{Client, serve};
+use serde::{Deserialize, Serialize};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    id: u64,
+    method: String,
+    params: Vec<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Response {
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn handle(req: Request) -> Result<Response, Infallible> {
+    let result = match req.method.as_str() {
+        "add" => Some(req.params.iter().sum()),
+        "mul" => Some(req.params.iter().product()),
+        _ => None,
+    };
+    let error = result
+        .is_none()
+        .then(|| format!("unknown method {:?}", req.method));
+    Ok(Response {
+        id: req.id,
+        result,
+        error,
+    })
+}
+
+async fn server(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            return;
+        };
+        let svc = tower::service_fn(handle);
+        // Requests: any JSON text; responses: one per line (NDJSON).
+        tokio::spawn(
+            serve(
+                sock,
+                JsonCodec::<Request>::new(),
+                JsonCodec::<Response>::ndjson(),
+                svc,
+            )
+            .into_future(),
+        );
+    }
+}
+
+async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
+    let (handle, _driver) = QueuedFramed::builder()
+        .no_delay(true)
+        .connect(addr)
+        .await?
+        .spawn();
+    let client = Client::new(handle, JsonCodec::<Request>::ndjson(), |_: &Request| {
+        JsonCodec::<Response>::new()
+    });
+    let client = ServiceBuilder::new()
+        .buffer(32)
+        .timeout(Duration::from_secs(5))
+        .service(client);
+    let mut calls = Vec::new();
+    for (id, (method, params)) in [
+        ("add", vec![2.0, 3.0]),
+        ("mul", vec![4.0, 2.5]),
+        ("pow", vec![1.0]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = client.clone();
+        let req = Request {
+            id: id as u64,
+            method: method.into(),
+            params,
+        };
+        calls.push(tokio::spawn(
+            async move { c.ready().await?.call(req).await },
+        ));
+    }
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(resp) => println!("{}", serde_json::to_string(&resp).expect("json")),
+            Err(e) => println!("call failed: {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyframe::Result<()> {
+    let mode = support::mode();
+    if let support::Mode::Connect(addr) = mode {
+        return client(addr).await;
+    }
+    let listener = support::bind(&mode).await;
+    let addr = listener.local_addr()?;
+    let srv = tokio::spawn(server(listener));
+    if let support::Mode::Both = mode {
+        client(addr).await?;
+        srv.abort();
+    } else {
+        let _ = srv.await;
+    }
+    Ok(())
+}
