@@ -407,6 +407,13 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     ///
     /// See [`JsonCodec`]: malformed, over a limit, or rejected by `T`.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
+        if self.scanner.is_at_start() {
+            let ws = leading_whitespace(buf);
+            buf.advance(ws);
+            if let Some(item) = parse_first(&self.scanner, buf) {
+                return Ok(Some(item));
+            }
+        }
         match frame(&mut self.scanner, buf)? {
             Some(n) => parse(buf, n).map(Some),
             None => Ok(None),
@@ -599,6 +606,75 @@ fn frame_eof(scanner: &mut JsonScanner, buf: &mut BytesMut) -> Result<Option<usi
     } else {
         Err(Error::incomplete_at_eof(CODEC, buf.len()).with_bytes(buf))
     }
+}
+
+/// The fast path for a text that starts at the front of `buf`: let
+/// serde_json parse it straight away, and consume it if that worked.
+///
+/// Most small texts arrive whole, and then one parse is all the work. When
+/// the text is not complete (or anything else is off) this returns `None`
+/// and the scanner takes over from the same byte, so each text costs at most
+/// one wasted partial parse and the total stays linear.
+///
+/// It must accept exactly what the scanner path would, for the same bytes
+/// however they were split, or fragmentation invariance breaks. serde_json
+/// is as strict as the scanner in every respect but three, checked here:
+/// a top-level number must be followed by a delimiter (serde_json takes the
+/// end of the slice as one), invalid UTF-8 and nesting depth go unchecked in
+/// values that `T` ignores or takes as bytes, and the size limit is ours.
+fn parse_first<T: DeserializeOwned>(scanner: &JsonScanner, buf: &mut BytesMut) -> Option<T> {
+    let limits = scanner.limits();
+    let first = *buf.first()?;
+    if limits.objects_only && first != b'[' && first != b'{' {
+        return None;
+    }
+    let mut texts = serde_json::Deserializer::from_slice(buf).into_iter::<T>();
+    let item = texts.next()?.ok()?;
+    let n = texts.byte_offset();
+    let text = &buf[..n];
+    let verified = n <= limits.max_size
+        && (n < buf.len() || !starts_number(Some(first)))
+        && (text.is_ascii() || std::str::from_utf8(text).is_ok())
+        && depth_within(text, limits.max_depth);
+    if !verified {
+        return None;
+    }
+    buf.advance(n);
+    Some(item)
+}
+
+/// Whether a well-formed text (serde_json accepted it) nests at most
+/// `max_depth` deep. Counting brackets is enough for almost every text;
+/// only a text with more brackets than the limit gets walked.
+fn depth_within(text: &[u8], max_depth: usize) -> bool {
+    if text.len() <= max_depth || memchr::memchr2_iter(b'[', b'{', text).count() <= max_depth {
+        return true;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Parses the framed text `buf[..n]` once and consumes it, whether `T`

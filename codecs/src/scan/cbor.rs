@@ -80,8 +80,17 @@ pub(crate) struct CborScanner {
     step: Step,
     /// Bytes of the current item already scanned or skipped.
     pos: usize,
+    /// Open frames, innermost last.
     frames: Vec<Frame>,
     limits: CborLimits,
+}
+
+/// What a finished head means for the scan.
+enum Next {
+    /// Go on in this step.
+    Step(Step),
+    /// The top-level item ends before this offset.
+    Complete(usize),
 }
 
 impl CborScanner {
@@ -108,21 +117,27 @@ impl CborScanner {
     /// Scans the bytes of `item` not seen before. `item` must start at the
     /// same byte on every call until the scan completes or fails.
     pub(crate) fn scan(&mut self, item: &[u8]) -> Scan {
-        let result = self.run(item);
-        if result != Scan::Incomplete {
+        // The innermost frame lives in a local while scanning: it is read
+        // and counted down for almost every byte.
+        let mut top = self.frames.pop();
+        let result = self.run(item, &mut top);
+        if result == Scan::Incomplete {
+            self.frames.extend(top);
+        } else {
             self.reset();
         }
         result
     }
 
-    fn run(&mut self, t: &[u8]) -> Scan {
+    fn run(&mut self, t: &[u8], top: &mut Option<Frame>) -> Scan {
         let limit = self.limits.max_size;
         // Every check below keeps the scan inside the limit, so bytes past
         // it are never looked at.
         let end = t.len().min(limit);
         let mut i = self.pos;
+        let mut step = self.step;
         loop {
-            let flow = match self.step {
+            let next = match step {
                 Step::Initial => {
                     if i >= end {
                         if i >= limit && !t.is_empty() {
@@ -134,7 +149,38 @@ impl CborScanner {
                     let initial = t[i];
                     let at = i;
                     i += 1;
-                    self.initial(initial, at, i)
+                    let ai = initial & 0x1f;
+                    if let Some(Frame::IndefString { major }) = *top
+                        && initial != BREAK
+                        && (initial >> 5 != major || ai == 31)
+                    {
+                        return invalid(at, "bad chunk in indefinite-length string");
+                    }
+                    match ai {
+                        0..=23 => self.head(top, initial, at, u64::from(ai), i),
+                        24..=27 => {
+                            let need = 1usize << (ai - 24);
+                            if i + need <= end {
+                                // The whole argument is at hand.
+                                let arg = t[i..i + need]
+                                    .iter()
+                                    .fold(0, |v, &b| (v << 8) | u64::from(b));
+                                i += need;
+                                self.head(top, initial, at, arg, i)
+                            } else if i + need > limit {
+                                return too_large(at, limit, (i + need) as u64);
+                            } else {
+                                Ok(Next::Step(Step::Argument {
+                                    initial,
+                                    at,
+                                    left: need as u8,
+                                    value: 0,
+                                }))
+                            }
+                        }
+                        28..=30 => return invalid(at, "reserved additional information"),
+                        _ => self.indefinite(top, initial, at, i),
+                    }
                 }
                 Step::Argument {
                     initial,
@@ -153,7 +199,7 @@ impl CborScanner {
                     // `take <= left`, a u8.
                     let left = left - take as u8;
                     if left > 0 {
-                        self.step = Step::Argument {
+                        step = Step::Argument {
                             initial,
                             at,
                             left,
@@ -161,124 +207,115 @@ impl CborScanner {
                         };
                         break;
                     }
-                    self.step = Step::Initial;
-                    self.head(initial, at, value, i)
+                    self.head(top, initial, at, value, i)
                 }
                 Step::Body { left } => {
                     let avail = (end - i) as u64;
                     if avail < left {
                         i = end;
-                        self.step = Step::Body { left: left - avail };
+                        step = Step::Body { left: left - avail };
                         break;
                     }
                     // `left <= avail`, so it fits in usize.
                     i += left as usize;
-                    self.step = Step::Initial;
-                    Ok(self.finish(i))
+                    Ok(self.finish(top, i))
                 }
             };
-            match flow {
-                Ok(Flow::More) => {}
-                Ok(Flow::Complete(n)) => return Scan::Complete(n),
+            match next {
+                // A string body already at hand: skip it right away.
+                Ok(Next::Step(Step::Body { left })) if left <= (end - i) as u64 => {
+                    i += left as usize;
+                    match self.finish(top, i) {
+                        Next::Step(s) => step = s,
+                        Next::Complete(n) => return Scan::Complete(n),
+                    }
+                }
+                Ok(Next::Step(s)) => step = s,
+                Ok(Next::Complete(n)) => return Scan::Complete(n),
                 Err(e) => return Scan::Invalid(e),
             }
         }
         self.pos = i;
+        self.step = step;
         Scan::Incomplete
-    }
-
-    /// The initial byte of an item, at `at`; the head's argument bytes (if
-    /// any) start at `next`.
-    fn initial(&mut self, initial: u8, at: usize, next: usize) -> Result<Flow, Invalid> {
-        if let Some(Frame::IndefString { major }) = self.frames.last()
-            && initial != BREAK
-            && (initial >> 5 != *major || initial & 0x1f == 31)
-        {
-            return Err(Invalid::syntax(at, "bad chunk in indefinite-length string"));
-        }
-        match initial & 0x1f {
-            ai @ 0..=23 => self.head(initial, at, u64::from(ai), next),
-            ai @ 24..=27 => {
-                let need = 1u8 << (ai - 24);
-                let head_end = next + usize::from(need);
-                if head_end > self.limits.max_size {
-                    return Err(too_large_at(at, self.limits.max_size, head_end as u64));
-                }
-                self.step = Step::Argument {
-                    initial,
-                    at,
-                    left: need,
-                    value: 0,
-                };
-                Ok(Flow::More)
-            }
-            28..=30 => Err(Invalid::syntax(at, "reserved additional information")),
-            _ => self.indefinite(initial, at, next),
-        }
     }
 
     /// A complete head: initial byte at `at`, argument `arg`, head ends at
     /// `end`. Pushes, skips or finishes as the major type says.
-    fn head(&mut self, initial: u8, at: usize, arg: u64, end: usize) -> Result<Flow, Invalid> {
+    #[inline(always)]
+    fn head(
+        &mut self,
+        top: &mut Option<Frame>,
+        initial: u8,
+        at: usize,
+        arg: u64,
+        end: usize,
+    ) -> Result<Next, Invalid> {
         let limit = self.limits.max_size;
         match initial >> 5 {
             // Unsigned and negative integers.
-            0 | 1 => Ok(self.finish(end)),
-            // Simple values and floats.
-            7 => {
-                if initial & 0x1f == 24 && arg < 32 {
-                    return Err(Invalid::syntax(at, "two-byte simple value below 32"));
-                }
-                Ok(self.finish(end))
-            }
+            0 | 1 => Ok(self.finish(top, end)),
             // Byte and text strings.
             2 | 3 => {
                 if arg == 0 {
-                    return Ok(self.finish(end));
+                    return Ok(self.finish(top, end));
                 }
                 let stop = (end as u64).saturating_add(arg);
                 if stop > limit as u64 {
                     return Err(too_large_at(at, limit, stop));
                 }
-                self.step = Step::Body { left: arg };
-                Ok(Flow::More)
+                Ok(Next::Step(Step::Body { left: arg }))
             }
             // Arrays and maps: every item is one byte at least.
-            4 | 5 => {
-                let items = if initial >> 5 == 5 {
+            major @ (4 | 5) => {
+                let items = if major == 5 {
                     arg.saturating_mul(2)
                 } else {
                     arg
                 };
                 if items == 0 {
-                    return Ok(self.finish(end));
+                    return Ok(self.finish(top, end));
                 }
                 let stop = (end as u64).saturating_add(items);
                 if stop > limit as u64 {
                     return Err(too_large_at(at, limit, stop));
                 }
-                self.push(Frame::Items(items), at)
+                self.push(top, Frame::Items(items), at)
             }
             // A tag: exactly one item follows, one level deeper.
-            _ => self.push(Frame::Items(1), at),
+            6 => self.push(top, Frame::Items(1), at),
+            // Simple values and floats.
+            _ => {
+                if initial & 0x1f == 24 && arg < 32 {
+                    return Err(Invalid::syntax(at, "two-byte simple value below 32"));
+                }
+                Ok(self.finish(top, end))
+            }
         }
     }
 
     /// An initial byte with additional information 31 at `at`.
-    fn indefinite(&mut self, initial: u8, at: usize, end: usize) -> Result<Flow, Invalid> {
+    fn indefinite(
+        &mut self,
+        top: &mut Option<Frame>,
+        initial: u8,
+        at: usize,
+        end: usize,
+    ) -> Result<Next, Invalid> {
         match initial >> 5 {
             major @ (2 | 3) => {
                 // Cannot nest (a chunk is definite), so not a level of depth.
-                self.frames.push(Frame::IndefString { major });
-                Ok(Flow::More)
+                self.frames
+                    .extend(top.replace(Frame::IndefString { major }));
+                Ok(Next::Step(Step::Initial))
             }
-            4 => self.push(Frame::IndefArray, at),
-            5 => self.push(Frame::IndefMap { key_pending: false }, at),
-            7 => match self.frames.last() {
+            4 => self.push(top, Frame::IndefArray, at),
+            5 => self.push(top, Frame::IndefMap { key_pending: false }, at),
+            7 => match *top {
                 Some(Frame::IndefArray | Frame::IndefString { .. })
                 | Some(Frame::IndefMap { key_pending: false }) => {
-                    self.frames.pop();
-                    Ok(self.finish(end))
+                    *top = self.frames.pop();
+                    Ok(self.finish(top, end))
                 }
                 Some(Frame::IndefMap { key_pending: true }) => {
                     Err(Invalid::syntax(at, "break after a map key without a value"))
@@ -299,38 +336,43 @@ impl CborScanner {
     }
 
     /// Opens a container (or tag) whose head starts at `at`.
-    fn push(&mut self, frame: Frame, at: usize) -> Result<Flow, Invalid> {
+    #[inline(always)]
+    fn push(&mut self, top: &mut Option<Frame>, frame: Frame, at: usize) -> Result<Next, Invalid> {
         let limit = self.limits.max_depth;
-        // An indefinite string never holds a container, so every frame on
-        // the stack here is a level of nesting.
-        if self.frames.len() >= limit {
+        // An indefinite string never holds a container, so every frame here
+        // is a level of nesting.
+        let depth = self.frames.len() + usize::from(top.is_some());
+        if depth >= limit {
             return Err(Invalid {
                 offset: at,
                 problem: Problem::TooDeep { limit },
             });
         }
-        self.frames.push(frame);
-        Ok(Flow::More)
+        self.frames.extend(top.replace(frame));
+        Ok(Next::Step(Step::Initial))
     }
 
     /// An item ended at `end`: counts it against the open frames, closing
     /// those it completes, up to the top-level item.
-    fn finish(&mut self, end: usize) -> Flow {
+    #[inline(always)]
+    fn finish(&mut self, top: &mut Option<Frame>, end: usize) -> Next {
         loop {
-            match self.frames.last_mut() {
-                None => return Flow::Complete(end),
+            match top {
+                None => return Next::Complete(end),
                 Some(Frame::Items(n)) => {
                     *n -= 1;
                     if *n > 0 {
-                        return Flow::More;
+                        return Next::Step(Step::Initial);
                     }
-                    self.frames.pop();
+                    *top = self.frames.pop();
                 }
                 Some(Frame::IndefMap { key_pending }) => {
                     *key_pending = !*key_pending;
-                    return Flow::More;
+                    return Next::Step(Step::Initial);
                 }
-                Some(Frame::IndefArray | Frame::IndefString { .. }) => return Flow::More,
+                Some(Frame::IndefArray | Frame::IndefString { .. }) => {
+                    return Next::Step(Step::Initial);
+                }
             }
         }
     }
@@ -339,12 +381,8 @@ impl CborScanner {
 /// The break byte: major type 7, additional information 31.
 const BREAK: u8 = 0xff;
 
-/// What a finished head or item means for the scan.
-enum Flow {
-    /// The top-level item goes on.
-    More,
-    /// The top-level item ends before this offset.
-    Complete(usize),
+fn invalid(offset: usize, reason: &'static str) -> Scan {
+    Scan::Invalid(Invalid::syntax(offset, reason))
 }
 
 fn too_large_at(offset: usize, limit: usize, seen: u64) -> Invalid {

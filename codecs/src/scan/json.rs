@@ -122,8 +122,9 @@ enum Lex {
         hi: u8,
         have: u8,
     },
-    /// Inside `true`, `false` or `null`; `rest` is what must still come.
-    Literal { rest: &'static [u8] },
+    /// Inside `true`, `false` or `null`: the `left` bytes that must still
+    /// come, first byte lowest, in `rest`.
+    Literal { rest: u32, left: u8 },
     /// Inside a number.
     Number(Num),
 }
@@ -219,6 +220,10 @@ impl JsonScanner {
     }
 
     /// The state machine proper, over `text[self.pos..end]`.
+    ///
+    /// Hot transitions (a key's closing quote then `:`, a `,` then a key's
+    /// opening quote) are taken directly where the next byte is at hand,
+    /// which saves a trip through the dispatch for most bytes of an object.
     fn run(&mut self, t: &[u8], end: usize) -> Scan {
         let mut i = self.pos;
         let mut lex = self.lex;
@@ -235,7 +240,14 @@ impl JsonScanner {
                     }
                     i += 1;
                     lex = match b {
-                        b'"' if key => Lex::Colon,
+                        b'"' if key => {
+                            if i < end && t[i] == b':' {
+                                i += 1;
+                                Lex::Value
+                            } else {
+                                Lex::Colon
+                            }
+                        }
                         b'"' => match self.value_done(i) {
                             Done::Text(n) => return Scan::Complete(n),
                             Done::Inner => Lex::AfterValue,
@@ -252,6 +264,130 @@ impl JsonScanner {
                             },
                             None => return invalid_utf8(i - 1, i - 1),
                         },
+                    };
+                }
+                Lex::AfterValue => {
+                    i += 1;
+                    lex = match b {
+                        b',' if self.in_object() => {
+                            if i < end && t[i] == b'"' {
+                                i += 1;
+                                Lex::Str { key: true }
+                            } else {
+                                Lex::Key
+                            }
+                        }
+                        b',' => Lex::Value,
+                        b']' | b'}' => match self.close(b, i - 1) {
+                            Ok(Done::Text(n)) => return Scan::Complete(n),
+                            Ok(Done::Inner) => Lex::AfterValue,
+                            Err(e) => return Scan::Invalid(e),
+                        },
+                        b' ' | b'\n' | b'\r' | b'\t' => Lex::AfterValue,
+                        _ => return invalid(i - 1, "expected ',' or a closing bracket"),
+                    };
+                }
+                Lex::Number(n) => {
+                    let next = match (n, b) {
+                        (Num::Int | Num::Frac | Num::ExpDigits, b'0'..=b'9') => {
+                            i += 1;
+                            while i < end && t[i].is_ascii_digit() {
+                                i += 1;
+                            }
+                            continue;
+                        }
+                        (Num::Minus, b'0') => Num::Zero,
+                        (Num::Minus, b'1'..=b'9') => Num::Int,
+                        (Num::Minus, _) => return invalid(i, "expected a digit after '-'"),
+                        (Num::Zero, b'0'..=b'9') => return invalid(i, "leading zero in number"),
+                        (Num::Zero | Num::Int, b'.') => Num::Dot,
+                        (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::Exp,
+                        (Num::Dot, b'0'..=b'9') => Num::Frac,
+                        (Num::Dot, _) => return invalid(i, "expected a digit after '.'"),
+                        (Num::Exp, b'+' | b'-') => Num::ExpSign,
+                        (Num::Exp | Num::ExpSign, b'0'..=b'9') => Num::ExpDigits,
+                        (Num::Exp | Num::ExpSign, _) => {
+                            return invalid(i, "expected a digit in the exponent");
+                        }
+                        // Any other byte ends the number and is read again
+                        // in the state after the value.
+                        (Num::Zero | Num::Int | Num::Frac | Num::ExpDigits, _) => {
+                            match self.value_done(i) {
+                                Done::Text(n) => return Scan::Complete(n),
+                                Done::Inner => lex = Lex::AfterValue,
+                            }
+                            continue;
+                        }
+                    };
+                    lex = Lex::Number(next);
+                    i += 1;
+                }
+                Lex::Value | Lex::FirstItem | Lex::Start => {
+                    if is_whitespace(b) && lex != Lex::Start {
+                        i += 1;
+                        continue;
+                    }
+                    if lex == Lex::Start && self.limits.objects_only && b != b'[' && b != b'{' {
+                        return invalid(i, "top-level value is not an array or object");
+                    }
+                    i += 1;
+                    lex = if b == b']' && lex == Lex::FirstItem {
+                        match self.close(b, i - 1) {
+                            Ok(Done::Text(n)) => return Scan::Complete(n),
+                            Ok(Done::Inner) => Lex::AfterValue,
+                            Err(e) => return Scan::Invalid(e),
+                        }
+                    } else {
+                        match self.begin_value(b, i - 1) {
+                            Ok(l) => l,
+                            Err(e) => return Scan::Invalid(e),
+                        }
+                    };
+                }
+                Lex::FirstKey | Lex::Key => {
+                    i += 1;
+                    lex = match b {
+                        b'"' => Lex::Str { key: true },
+                        b'}' if lex == Lex::FirstKey => match self.close(b, i - 1) {
+                            Ok(Done::Text(n)) => return Scan::Complete(n),
+                            Ok(Done::Inner) => Lex::AfterValue,
+                            Err(e) => return Scan::Invalid(e),
+                        },
+                        b' ' | b'\n' | b'\r' | b'\t' => lex,
+                        _ => return invalid(i - 1, "expected a string key"),
+                    };
+                }
+                Lex::Colon => {
+                    i += 1;
+                    lex = match b {
+                        b':' => Lex::Value,
+                        b' ' | b'\n' | b'\r' | b'\t' => Lex::Colon,
+                        _ => return invalid(i - 1, "expected ':' after an object key"),
+                    };
+                }
+                Lex::Literal { rest, left } => {
+                    // The whole rest at once when it is there.
+                    let n = usize::from(left);
+                    if i + n <= end {
+                        let want = rest.to_le_bytes();
+                        if let Some(k) = (0..n).find(|&k| t[i + k] != want[k]) {
+                            return invalid(i + k, "invalid literal");
+                        }
+                        i += n;
+                    } else {
+                        if b != rest as u8 {
+                            return invalid(i, "invalid literal");
+                        }
+                        i += 1;
+                        lex = Lex::Literal {
+                            rest: rest >> 8,
+                            left: left - 1,
+                        };
+                        continue;
+                    }
+                    lex = match self.value_done(i) {
+                        Done::Text(n) => return Scan::Complete(n),
+                        Done::Inner => Lex::AfterValue,
                     };
                 }
                 Lex::Utf8 {
@@ -299,124 +435,6 @@ impl JsonScanner {
                         }
                     };
                 }
-                Lex::Number(n) => {
-                    let next = match (n, b) {
-                        (Num::Int | Num::Frac | Num::ExpDigits, b'0'..=b'9') => {
-                            i += 1;
-                            while i < end && t[i].is_ascii_digit() {
-                                i += 1;
-                            }
-                            continue;
-                        }
-                        (Num::Minus, b'0') => Num::Zero,
-                        (Num::Minus, b'1'..=b'9') => Num::Int,
-                        (Num::Minus, _) => return invalid(i, "expected a digit after '-'"),
-                        (Num::Zero, b'0'..=b'9') => return invalid(i, "leading zero in number"),
-                        (Num::Zero | Num::Int, b'.') => Num::Dot,
-                        (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::Exp,
-                        (Num::Dot, b'0'..=b'9') => Num::Frac,
-                        (Num::Dot, _) => return invalid(i, "expected a digit after '.'"),
-                        (Num::Exp, b'+' | b'-') => Num::ExpSign,
-                        (Num::Exp | Num::ExpSign, b'0'..=b'9') => Num::ExpDigits,
-                        (Num::Exp | Num::ExpSign, _) => {
-                            return invalid(i, "expected a digit in the exponent");
-                        }
-                        // Any other byte ends the number and is read again
-                        // in the state after the value.
-                        (Num::Zero | Num::Int | Num::Frac | Num::ExpDigits, _) => {
-                            match self.value_done(i) {
-                                Done::Text(n) => return Scan::Complete(n),
-                                Done::Inner => lex = Lex::AfterValue,
-                            }
-                            continue;
-                        }
-                    };
-                    lex = Lex::Number(next);
-                    i += 1;
-                }
-                Lex::Literal { rest } => {
-                    let (&want, more) = match rest.split_first() {
-                        Some(x) => x,
-                        None => return invalid(i, "invalid literal"),
-                    };
-                    if b != want {
-                        return invalid(i, "invalid literal");
-                    }
-                    i += 1;
-                    lex = if more.is_empty() {
-                        match self.value_done(i) {
-                            Done::Text(n) => return Scan::Complete(n),
-                            Done::Inner => Lex::AfterValue,
-                        }
-                    } else {
-                        Lex::Literal { rest: more }
-                    };
-                }
-                _ if is_whitespace(b) && lex != Lex::Start => i += 1,
-                Lex::Start => {
-                    if self.limits.objects_only && b != b'[' && b != b'{' {
-                        return invalid(i, "top-level value is not an array or object");
-                    }
-                    lex = match self.begin_value(b, i) {
-                        Ok(l) => l,
-                        Err(e) => return Scan::Invalid(e),
-                    };
-                    i += 1;
-                }
-                Lex::Value => {
-                    lex = match self.begin_value(b, i) {
-                        Ok(l) => l,
-                        Err(e) => return Scan::Invalid(e),
-                    };
-                    i += 1;
-                }
-                Lex::FirstItem if b == b']' => {
-                    i += 1;
-                    match self.close(b, i - 1) {
-                        Ok(Done::Text(n)) => return Scan::Complete(n),
-                        Ok(Done::Inner) => lex = Lex::AfterValue,
-                        Err(e) => return Scan::Invalid(e),
-                    }
-                }
-                Lex::FirstItem => {
-                    lex = match self.begin_value(b, i) {
-                        Ok(l) => l,
-                        Err(e) => return Scan::Invalid(e),
-                    };
-                    i += 1;
-                }
-                Lex::FirstKey | Lex::Key => {
-                    i += 1;
-                    lex = match b {
-                        b'"' => Lex::Str { key: true },
-                        b'}' if lex == Lex::FirstKey => match self.close(b, i - 1) {
-                            Ok(Done::Text(n)) => return Scan::Complete(n),
-                            Ok(Done::Inner) => Lex::AfterValue,
-                            Err(e) => return Scan::Invalid(e),
-                        },
-                        _ => return invalid(i - 1, "expected a string key"),
-                    };
-                }
-                Lex::Colon => {
-                    if b != b':' {
-                        return invalid(i, "expected ':' after an object key");
-                    }
-                    i += 1;
-                    lex = Lex::Value;
-                }
-                Lex::AfterValue => {
-                    i += 1;
-                    lex = match b {
-                        b',' if self.in_object() => Lex::Key,
-                        b',' => Lex::Value,
-                        b']' | b'}' => match self.close(b, i - 1) {
-                            Ok(Done::Text(n)) => return Scan::Complete(n),
-                            Ok(Done::Inner) => Lex::AfterValue,
-                            Err(e) => return Scan::Invalid(e),
-                        },
-                        _ => return invalid(i - 1, "expected ',' or a closing bracket"),
-                    };
-                }
             }
         }
         self.pos = i;
@@ -425,6 +443,7 @@ impl JsonScanner {
     }
 
     /// The first byte `b` (at offset `at`) of a value: the state after it.
+    #[inline]
     fn begin_value(&mut self, b: u8, at: usize) -> Result<Lex, Invalid> {
         Ok(match b {
             b'{' => {
@@ -439,9 +458,9 @@ impl JsonScanner {
             b'-' => Lex::Number(Num::Minus),
             b'0' => Lex::Number(Num::Zero),
             b'1'..=b'9' => Lex::Number(Num::Int),
-            b't' => Lex::Literal { rest: b"rue" },
-            b'f' => Lex::Literal { rest: b"alse" },
-            b'n' => Lex::Literal { rest: b"ull" },
+            b't' => literal(b"rue"),
+            b'f' => literal(b"alse"),
+            b'n' => literal(b"ull"),
             b']' | b'}' if self.depth == 0 => {
                 return Err(Invalid::syntax(at, "closing bracket without an open one"));
             }
@@ -459,6 +478,7 @@ impl JsonScanner {
         }
     }
 
+    #[inline]
     fn in_object(&self) -> bool {
         let d = self.depth.wrapping_sub(1);
         self.objects
@@ -467,6 +487,7 @@ impl JsonScanner {
     }
 
     /// Opens a container at offset `at`.
+    #[inline]
     fn open(&mut self, object: bool, at: usize) -> Result<(), Invalid> {
         let limit = self.limits.max_depth;
         if self.depth >= limit {
@@ -491,6 +512,7 @@ impl JsonScanner {
     }
 
     /// Closes the innermost container with `b` (`]` or `}`) at offset `at`.
+    #[inline]
     fn close(&mut self, b: u8, at: usize) -> Result<Done, Invalid> {
         if self.depth == 0 {
             return Err(Invalid::syntax(at, "closing bracket without an open one"));
@@ -500,6 +522,18 @@ impl JsonScanner {
         }
         self.depth -= 1;
         Ok(self.value_done(at + 1))
+    }
+}
+
+/// The state inside a literal with `rest` (at most 4 bytes) to come.
+#[inline]
+fn literal(rest: &[u8]) -> Lex {
+    let mut packed = [0u8; 4];
+    let n = rest.len().min(4);
+    packed[..n].copy_from_slice(&rest[..n]);
+    Lex::Literal {
+        rest: u32::from_le_bytes(packed),
+        left: n as u8,
     }
 }
 
