@@ -70,7 +70,69 @@ where
     })
 }
 
+/// Reads from a slice, discards writes.
+struct MemIo<'a>(&'a [u8]);
+
+impl AsyncRead for MemIo<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MemIo<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The same 5 M lines from memory (`&[u8]` is an `AsyncRead`): the engine's
+/// per-frame cost without the socket.
+fn queued_lines_memory(h: &Harness, payload: &Arc<Vec<u8>>) {
+    let rt = runtime();
+    let ours = h.time(LINES as u64, || {
+        rt.block_on(async {
+            let mut conn = QueuedFramed::new(MemIo(&payload[..]));
+            let mut codec = LineCodec::new();
+            let mut n = 0u64;
+            while let Ok(line) = conn.read_with(&mut codec).await {
+                std::hint::black_box(&line);
+                n += 1;
+            }
+            assert_eq!(n, LINES as u64);
+        })
+    });
+    let anchor = h.time(LINES as u64, || {
+        rt.block_on(async {
+            let mut framed = FramedRead::new(&payload[..], LinesCodec::new());
+            let mut n = 0u64;
+            while let Some(line) = framed.next().await {
+                std::hint::black_box(line.unwrap());
+                n += 1;
+            }
+            assert_eq!(n, LINES as u64);
+        })
+    });
+    h.report("queued-lines-memory", ours, anchor);
+}
+
 pub fn run(h: &Harness) {
+    if h.wants("queued-lines-memory") {
+        queued_lines_memory(h, &lines_payload());
+    }
     if h.wants("limit-read") || h.wants("queued-lines-loopback") || h.wants("switching-loopback") {
         let payload = lines_payload();
         if h.wants("limit-read") {

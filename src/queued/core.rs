@@ -379,7 +379,9 @@ impl Core {
         D: Decoder,
         D::Error: Into<Error>,
     {
-        ready!(self.poll_queue(io, cx))?;
+        if !self.queue.is_empty() {
+            ready!(self.poll_queue(io, cx))?;
+        }
         if !self.cfg.autocork && !self.wq.is_empty() {
             // Autocork off: output goes out whenever the handle runs.
             if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
@@ -387,12 +389,11 @@ impl Core {
             }
         }
         loop {
-            self.check_alive()?;
+            if let Some(e) = &self.dead {
+                return Poll::Ready(Err(e.clone()));
+            }
             match decode_step(decoder, &mut self.rbuf, self.eof) {
-                Ok(Some(frame)) => {
-                    tracing::trace!(buffered = self.rbuf.len(), "read complete");
-                    return Poll::Ready(Ok(Some(frame)));
-                }
+                Ok(Some(frame)) => return Poll::Ready(Ok(Some(frame))),
                 Ok(None) => {}
                 Err(e)
                     if at_eof_clean

@@ -7,7 +7,7 @@ pub(crate) mod request;
 mod write;
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -358,17 +358,20 @@ where
     /// # Errors
     ///
     /// As [`read`](Self::read).
-    pub async fn read_with<D>(&mut self, decoder: &mut D) -> Result<D::Item>
+    pub fn read_with<'a, D>(
+        &'a mut self,
+        decoder: &'a mut D,
+    ) -> impl Future<Output = Result<D::Item>> + 'a
     where
         D: Decoder,
         D::Error: Into<Error>,
     {
-        let frame = poll_fn(|cx| {
+        // A plain poll_fn, not an `async fn`: this is the per-frame hot path.
+        poll_fn(move |cx| {
             self.core
                 .poll_decode_direct(&mut self.io, cx, decoder, false)
+                .map(|r| r.and_then(|frame| frame.ok_or_else(Error::eof_in_request)))
         })
-        .await?;
-        frame.ok_or_else(Error::eof_in_request)
     }
 
     /// Reads with a closure over the read buffer (AE's untyped request): it

@@ -68,6 +68,7 @@ where
     }
 }
 
+#[inline]
 /// Runs one decode step with AnyEvent's EOF rule (RQ-6): at end of input a
 /// request that cannot complete is `EPIPE`, fatal, and its bytes stay put.
 pub(crate) fn decode_step<D>(
