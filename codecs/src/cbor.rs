@@ -5,81 +5,7 @@
 //! encodes any `Serialize` value. [`RawCborCodec`] frames the same way but
 //! hands out the item's bytes, zero-copy.
 //!
-//! # How an item is found
-//!
-//! A resumable scanner reads item heads, keeps a stack of how many items each
-//! open array, map or tag still expects, and skips string bodies without
-//! looking at them. It resumes where it stopped when more bytes arrive, so
-//! total work is linear however the input is split. When the item is
-//! complete it is split off and decoded once.
-//!
-//! * Any data item may be at the top level; every one is delivered
-//!   (`0`, `false` and `null` included).
-//! * Well-formedness (RFC 8949 Appendix C) is checked as the bytes arrive:
-//!   reserved additional information, a misplaced break, a wrong chunk in an
-//!   indefinite-length string and the like fail at the offending byte.
-//! * A declared length is checked against [`DEFAULT_CBOR_MAX_SIZE`] (or the
-//!   configured size) as soon as the head is read: an item that could not
-//!   fit fails before any byte of its body is awaited. Nothing is reserved
-//!   on the strength of a declared length.
-//! * Nesting of arrays, maps and tags is limited to
-//!   [`DEFAULT_CBOR_MAX_DEPTH`] (configurable), counted, never recursed.
-//!
-//! # After an error
-//!
-//! Decoding errors are non-fatal `EBADMSG` ([`ErrorKind::BadMessage`]), or
-//! `EPIPE` ([`ErrorKind::BrokenPipe`]) from `decode_eof` for an item cut off
-//! by the end of input (left in the buffer).
-//!
-//! * **Not well-formed, or over a limit**: nothing is consumed and the
-//!   scanner starts over, so decoding again reports the same error; the
-//!   offset is that of the offending head from the start of the buffer.
-//!   CBOR has no resynchronisation point: close the stream, or skip bytes
-//!   yourself. (AnyEvent::Handle leaves the bytes too, and reports the error
-//!   again on every read, RT-cbor-3.)
-//! * **Well-formed, but rejected by `T`** (a type mismatch, invalid UTF-8
-//!   in a text string, a simple value serde_cbor does not support): the item
-//!   is consumed and the stream stays in step.
-//!
-//! # Interoperability with CBOR::XS
-//!
-//! CBOR::XS writes ASCII Perl strings, hash keys included, as *byte*
-//! strings. serde structs accept byte-string field names, and a `String`
-//! (or a `HashMap<String, _>` key) accepts a byte string that is valid UTF-8,
-//! so such items decode into typed Rust values as they are; into
-//! [`serde_cbor::Value`] they come as `Value::Bytes`.
-//!
-//! # The backend
-//!
-//! serde_cbor is the default (and for now only) backend. It is unmaintained
-//! (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`); it is kept because
-//! it was asked for by name and works. It sits behind two private functions
-//! of this module, so a maintained crate can replace it behind a feature.
-//! serde_cbor ignores tags when decoding (the tagged item comes through
-//! untagged) and refuses simple values other than false, true, null and
-//! undefined.
-//!
-//! # Examples
-//!
-//! ```
-//! use anyframe_codecs::CborCodec;
-//! use bytes::BytesMut;
-//! use tokio_util::codec::{Decoder, Encoder};
-//!
-//! let mut codec = CborCodec::<Vec<u32>>::new();
-//! let mut wire = BytesMut::new();
-//! codec.encode(vec![1, 2, 3], &mut wire)?;
-//! assert_eq!(&wire[..], [0x83, 0x01, 0x02, 0x03]);
-//!
-//! let mut buf = wire.split_to(2);
-//! assert_eq!(codec.decode(&mut buf)?, None); // waits, remembers the head
-//! buf.unsplit(wire);
-//! assert_eq!(codec.decode(&mut buf)?, Some(vec![1, 2, 3]));
-//! # Ok::<(), anyframe_codecs::Error>(())
-//! ```
-//!
-//! [`ErrorKind::BadMessage`]: crate::ErrorKind::BadMessage
-//! [`ErrorKind::BrokenPipe`]: crate::ErrorKind::BrokenPipe
+//! The user-facing documentation is on the types.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -115,8 +41,61 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// `T` defaults to [`serde_cbor::Value`]. The decoder needs
 /// `T: DeserializeOwned`; the encoder takes `T` or `&T` for `T: Serialize`
 /// and writes plain CBOR: no self-describe tag, no packed encoding, the
-/// shortest head and float forms serde_cbor picks. See the
-/// [module docs](self) for framing, limits and what an error consumes.
+/// shortest head and float forms serde_cbor picks.
+///
+/// # How an item is found
+///
+/// A resumable scanner reads item heads, keeps a stack of how many items each
+/// open array, map or tag still expects, and skips string bodies without
+/// looking at them. It resumes where it stopped when more bytes arrive, so
+/// total work is linear however the input is split. When the item is
+/// complete it is split off and decoded once.
+///
+/// * Any data item may be at the top level; every one is delivered
+///   (`0`, `false` and `null` included).
+/// * Well-formedness (RFC 8949 Appendix C) is checked as the bytes arrive:
+///   reserved additional information, a misplaced break, a wrong chunk in an
+///   indefinite-length string and the like fail at the offending byte.
+/// * A declared length is checked against [`DEFAULT_CBOR_MAX_SIZE`] (or the
+///   configured size) as soon as the head is read: an item that could not
+///   fit fails before any byte of its body is awaited. Nothing is reserved
+///   on the strength of a declared length.
+/// * Nesting of arrays, maps and tags is limited to
+///   [`DEFAULT_CBOR_MAX_DEPTH`] (configurable), counted, never recursed.
+///
+/// # After an error
+///
+/// Decoding errors are non-fatal `EBADMSG` ([`ErrorKind::BadMessage`]), or
+/// `EPIPE` ([`ErrorKind::BrokenPipe`]) from `decode_eof` for an item cut off
+/// by the end of input (left in the buffer).
+///
+/// * **Not well-formed, or over a limit**: nothing is consumed and the
+///   scanner starts over, so decoding again reports the same error; the
+///   offset is that of the offending head from the start of the buffer.
+///   CBOR has no resynchronisation point: close the stream, or skip bytes
+///   yourself. (AnyEvent::Handle leaves the bytes too, and reports the error
+///   again on every read, RT-cbor-3.)
+/// * **Well-formed, but rejected by `T`** (a type mismatch, invalid UTF-8
+///   in a text string, a simple value serde_cbor does not support): the item
+///   is consumed and the stream stays in step.
+///
+/// # Interoperability with CBOR::XS
+///
+/// CBOR::XS writes ASCII Perl strings, hash keys included, as *byte*
+/// strings. serde structs accept byte-string field names, and a `String`
+/// (or a `HashMap<String, _>` key) accepts a byte string that is valid UTF-8,
+/// so such items decode into typed Rust values as they are; into
+/// [`serde_cbor::Value`] they come as `Value::Bytes`.
+///
+/// # The backend
+///
+/// serde_cbor is the default (and for now only) backend. It is unmaintained
+/// (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`); it is kept because
+/// it was asked for by name and works. It sits behind one small internal
+/// seam, so a maintained crate can replace it behind a feature.
+/// serde_cbor ignores tags when decoding (the tagged item comes through
+/// untagged) and refuses simple values other than false, true, null and
+/// undefined.
 ///
 /// # Errors
 ///
@@ -126,6 +105,23 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// write the value; nothing is written then.
 ///
 /// # Examples
+///
+/// ```
+/// use anyframe_codecs::CborCodec;
+/// use bytes::BytesMut;
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let mut codec = CborCodec::<Vec<u32>>::new();
+/// let mut wire = BytesMut::new();
+/// codec.encode(vec![1, 2, 3], &mut wire)?;
+/// assert_eq!(&wire[..], [0x83, 0x01, 0x02, 0x03]);
+///
+/// let mut buf = wire.split_to(2);
+/// assert_eq!(codec.decode(&mut buf)?, None); // waits, remembers the head
+/// buf.unsplit(wire);
+/// assert_eq!(codec.decode(&mut buf)?, Some(vec![1, 2, 3]));
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
 ///
 /// ```
 /// use anyframe_codecs::{CborCodec, ErrorKind};
@@ -140,6 +136,9 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// assert!(err.is_limit());
 /// assert_eq!(buf.len(), 9); // nothing consumed
 /// ```
+///
+/// [`ErrorKind::BadMessage`]: crate::ErrorKind::BadMessage
+/// [`ErrorKind::BrokenPipe`]: crate::ErrorKind::BrokenPipe
 pub struct CborCodec<T = serde_cbor::Value> {
     scanner: CborScanner,
     _item: PhantomData<fn() -> T>,

@@ -6,76 +6,7 @@
 //! the same way but hands out the text's bytes, zero-copy, for callers that
 //! parse themselves or forward texts unchanged.
 //!
-//! # How a text is found
-//!
-//! A resumable scanner walks the bytes once, however they are split across
-//! reads, keeping its state (string, escape, number, nesting) in the codec.
-//! When it finds the end of a text, the text is parsed once. Total work is
-//! linear in the input, where re-running a parser from the start of the
-//! buffer on every read (what AnyEvent::Handle and a retried
-//! `serde_json::StreamDeserializer` do) is quadratic.
-//!
-//! * Whitespace between texts is skipped and consumed, so a `\n` separator
-//!   never becomes data, and a stream that ends in whitespace ends cleanly.
-//! * Every value is delivered, `0`, `false`, `null` and `""` included.
-//! * A top-level number has no closing byte: it ends at the first byte that
-//!   cannot continue it, or at end of input ([`Decoder::decode_eof`]). So
-//!   `4` followed later by `2` is the number 42, never 4 and 2.
-//! * The scanner is strict RFC 8259 with well-formed UTF-8 in strings, and
-//!   reports the first byte that cannot belong to a valid text at once.
-//! * Limits: a text may be at most [`DEFAULT_JSON_MAX_SIZE`] bytes and
-//!   [`DEFAULT_JSON_MAX_DEPTH`] arrays/objects deep, both configurable. A
-//!   partial text stays in the read buffer (so a connection's buffer cap
-//!   sees it too).
-//!
-//! # After an error
-//!
-//! Every decoding error is a non-fatal `EBADMSG` ([`ErrorKind::BadMessage`]),
-//! except `EPIPE` ([`ErrorKind::BrokenPipe`]) for a text cut off by the end
-//! of input.
-//!
-//! * **Malformed input, or over a limit**: nothing of the text is consumed
-//!   (only the whitespace before it) and the scanner starts over, so
-//!   decoding the same buffer again reports the same error. The offset
-//!   ([`Error::offset`]) is that of the offending byte from the start of the
-//!   buffer. The stream has no reliable resynchronisation point; the caller
-//!   decides: close, or skip bytes (say, up to the next newline for NDJSON)
-//!   and go on.
-//! * **A well-formed text that `T` rejects** (a missing field, a number out
-//!   of range, a lone surrogate escape): the text is consumed and the stream
-//!   stays in step, so decoding may simply go on.
-//!
-//! # Writing
-//!
-//! Texts are compact (no whitespace, no newline inside). Nothing follows a
-//! text by default, except that a top-level number is always followed by
-//! the separator (`\n` unless configured), so it cannot run into the next
-//! text. [`JsonCodecBuilder::separate_every_text`] writes the separator after
-//! every text (NDJSON).
-//!
-//! # Examples
-//!
-//! ```
-//! use anyframe_codecs::JsonCodec;
-//! use bytes::BytesMut;
-//! use serde_json::{Value, json};
-//! use tokio_util::codec::{Decoder, Encoder};
-//!
-//! let mut codec: JsonCodec = JsonCodec::new();
-//! let mut wire = BytesMut::new();
-//! codec.encode(json!({"op": "add", "args": [1, 2]}), &mut wire)?;
-//! codec.encode(json!(42), &mut wire)?;
-//! assert_eq!(&wire[..], b"{\"args\":[1,2],\"op\":\"add\"}42\n");
-//!
-//! assert_eq!(codec.decode(&mut wire)?, Some(json!({"op": "add", "args": [1, 2]})));
-//! assert_eq!(codec.decode(&mut wire)?, Some(json!(42)));
-//! assert_eq!(codec.decode(&mut wire)?, None);
-//! assert!(wire.is_empty());
-//! # Ok::<(), anyframe_codecs::Error>(())
-//! ```
-//!
-//! [`ErrorKind::BadMessage`]: crate::ErrorKind::BadMessage
-//! [`ErrorKind::BrokenPipe`]: crate::ErrorKind::BrokenPipe
+//! The user-facing documentation is on the types.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -171,10 +102,29 @@ impl JsonSeparator {
 /// assert_eq!(codec.max_size(), 64 * 1024);
 /// assert!(codec.is_objects_only());
 /// ```
-#[derive(Debug, Clone)]
-pub struct JsonCodecBuilder {
+pub struct JsonCodecBuilder<T = serde_json::Value> {
     limits: JsonLimits,
     write: WriteOptions,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for JsonCodecBuilder<T> {
+    fn clone(&self) -> Self {
+        JsonCodecBuilder {
+            limits: self.limits,
+            write: self.write,
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for JsonCodecBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonCodecBuilder")
+            .field("limits", &self.limits)
+            .field("write", &self.write)
+            .finish()
+    }
 }
 
 /// How texts are written.
@@ -184,16 +134,16 @@ struct WriteOptions {
     every_text: bool,
 }
 
-impl Default for JsonCodecBuilder {
+impl<T> Default for JsonCodecBuilder<T> {
     fn default() -> Self {
         JsonCodecBuilder::new()
     }
 }
 
-impl JsonCodecBuilder {
+impl<T> JsonCodecBuilder<T> {
     /// The defaults: [`DEFAULT_JSON_MAX_SIZE`], [`DEFAULT_JSON_MAX_DEPTH`],
     /// any value at the top level, `\n` after top-level numbers only.
-    pub fn new() -> JsonCodecBuilder {
+    pub fn new() -> JsonCodecBuilder<T> {
         JsonCodecBuilder {
             limits: JsonLimits {
                 max_size: DEFAULT_JSON_MAX_SIZE,
@@ -204,6 +154,7 @@ impl JsonCodecBuilder {
                 separator: JsonSeparator::Newline,
                 every_text: false,
             },
+            _item: PhantomData,
         }
     }
 
@@ -250,7 +201,7 @@ impl JsonCodecBuilder {
     }
 
     /// A [`JsonCodec`] for `T` with these options.
-    pub fn build<T>(&self) -> JsonCodec<T> {
+    pub fn build(&self) -> JsonCodec<T> {
         JsonCodec {
             scanner: JsonScanner::new(self.limits),
             write: self.write,
@@ -271,8 +222,53 @@ impl JsonCodecBuilder {
 ///
 /// `T` defaults to [`serde_json::Value`]. The decoder needs
 /// `T: DeserializeOwned`; the encoder takes `T` or `&T` for `T: Serialize`.
-/// See the [module docs](self) for framing, limits and what an error
-/// consumes.
+///
+/// # How a text is found
+///
+/// A resumable scanner walks the bytes once, however they are split across
+/// reads, keeping its state (string, escape, number, nesting) in the codec.
+/// When it finds the end of a text, the text is parsed once. Total work is
+/// linear in the input, where re-running a parser from the start of the
+/// buffer on every read (what AnyEvent::Handle and a retried
+/// `serde_json::StreamDeserializer` do) is quadratic.
+///
+/// * Whitespace between texts is skipped and consumed, so a `\n` separator
+///   never becomes data, and a stream that ends in whitespace ends cleanly.
+/// * Every value is delivered, `0`, `false`, `null` and `""` included.
+/// * A top-level number has no closing byte: it ends at the first byte that
+///   cannot continue it, or at end of input ([`Decoder::decode_eof`]). So
+///   `4` followed later by `2` is the number 42, never 4 and 2.
+/// * The scanner is strict RFC 8259 with well-formed UTF-8 in strings, and
+///   reports the first byte that cannot belong to a valid text at once.
+/// * Limits: a text may be at most [`DEFAULT_JSON_MAX_SIZE`] bytes and
+///   [`DEFAULT_JSON_MAX_DEPTH`] arrays/objects deep, both configurable. A
+///   partial text stays in the read buffer (so a connection's buffer cap
+///   sees it too).
+///
+/// # After an error
+///
+/// Every decoding error is a non-fatal `EBADMSG` ([`ErrorKind::BadMessage`]),
+/// except `EPIPE` ([`ErrorKind::BrokenPipe`]) for a text cut off by the end
+/// of input.
+///
+/// * **Malformed input, or over a limit**: nothing of the text is consumed
+///   (only the whitespace before it) and the scanner starts over, so
+///   decoding the same buffer again reports the same error. The offset
+///   ([`Error::offset`]) is that of the offending byte from the start of the
+///   buffer. The stream has no reliable resynchronisation point; the caller
+///   decides: close, or skip bytes (say, up to the next newline for NDJSON)
+///   and go on.
+/// * **A well-formed text that `T` rejects** (a missing field, a number out
+///   of range, a lone surrogate escape): the text is consumed and the stream
+///   stays in step, so decoding may simply go on.
+///
+/// # Writing
+///
+/// Texts are compact (no whitespace, no newline inside). Nothing follows a
+/// text by default, except that a top-level number is always followed by
+/// the separator (`\n` unless configured), so it cannot run into the next
+/// text. [`JsonCodecBuilder::separate_every_text`] writes the separator after
+/// every text (NDJSON).
 ///
 /// # Errors
 ///
@@ -283,6 +279,25 @@ impl JsonCodecBuilder {
 /// keys, say); nothing is written then.
 ///
 /// # Examples
+///
+/// ```
+/// use anyframe_codecs::JsonCodec;
+/// use bytes::BytesMut;
+/// use serde_json::json;
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let mut codec: JsonCodec = JsonCodec::new();
+/// let mut wire = BytesMut::new();
+/// codec.encode(json!({"op": "add", "args": [1, 2]}), &mut wire)?;
+/// codec.encode(json!(42), &mut wire)?;
+/// assert_eq!(&wire[..], b"{\"args\":[1,2],\"op\":\"add\"}42\n");
+///
+/// assert_eq!(codec.decode(&mut wire)?, Some(json!({"op": "add", "args": [1, 2]})));
+/// assert_eq!(codec.decode(&mut wire)?, Some(json!(42)));
+/// assert_eq!(codec.decode(&mut wire)?, None);
+/// assert!(wire.is_empty());
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
 ///
 /// Decoding a struct from a stream split anywhere:
 ///
@@ -322,6 +337,9 @@ impl JsonCodecBuilder {
 /// assert_eq!(codec.decode_eof(&mut buf)?, Some(42));
 /// # Ok::<(), anyframe_codecs::Error>(())
 /// ```
+///
+/// [`ErrorKind::BadMessage`]: crate::ErrorKind::BadMessage
+/// [`ErrorKind::BrokenPipe`]: crate::ErrorKind::BrokenPipe
 pub struct JsonCodec<T = serde_json::Value> {
     scanner: JsonScanner,
     write: WriteOptions,
@@ -335,7 +353,7 @@ impl<T> JsonCodec<T> {
     }
 
     /// Options beyond the defaults.
-    pub fn builder() -> JsonCodecBuilder {
+    pub fn builder() -> JsonCodecBuilder<T> {
         JsonCodecBuilder::new()
     }
 
@@ -501,7 +519,7 @@ pub struct RawJsonCodec {
 impl RawJsonCodec {
     /// A codec with the default options (see [`JsonCodecBuilder::new`]).
     pub fn new() -> RawJsonCodec {
-        JsonCodecBuilder::new().build_raw()
+        JsonCodecBuilder::<serde_json::Value>::new().build_raw()
     }
 
     /// Options beyond the defaults; finish with

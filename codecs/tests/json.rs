@@ -1,0 +1,547 @@
+//! JsonCodec and RawJsonCodec: framing, every value delivered, top-level
+//! numbers, end of input, limits and attacks, what an error consumes, the
+//! encoder, and fragmentation invariance and round trips with random values.
+
+mod support;
+
+use anyframe_codecs::{
+    DEFAULT_JSON_MAX_DEPTH, DEFAULT_JSON_MAX_SIZE, ErrorKind, JsonCodec, JsonSeparator,
+    RawJsonCodec,
+};
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use support::{Eof, assert_sized_matches_whole, assert_split_invariant, run_chunks};
+use tokio_util::codec::{Decoder, Encoder};
+
+fn value_codec() -> JsonCodec<Value> {
+    JsonCodec::new()
+}
+
+fn clean() -> Option<Eof> {
+    Some(Eof::Clean { leftover: vec![] })
+}
+
+fn epipe(leftover: usize) -> Option<Eof> {
+    Some(Eof::Error {
+        kind: ErrorKind::BrokenPipe,
+        leftover,
+    })
+}
+
+#[test]
+fn every_value_is_delivered_falsy_ones_too() {
+    let input = b"0 false null \"\" \"0\" 0.0 [] {} [0] true\n";
+    let out = assert_split_invariant(value_codec, input);
+    let want = vec![
+        json!(0),
+        json!(false),
+        json!(null),
+        json!(""),
+        json!("0"),
+        json!(0.0),
+        json!([]),
+        json!({}),
+        json!([0]),
+        json!(true),
+    ];
+    assert_eq!(out.frames, want);
+    assert_eq!(out.error, None);
+    assert_eq!(out.eof, clean());
+}
+
+#[test]
+fn texts_back_to_back_without_separators() {
+    let input = r#"[1,"a\nb"]{"k":"☺"}"scalar"null[]"#.as_bytes();
+    let out = assert_split_invariant(value_codec, input);
+    let want = vec![
+        json!([1, "a\nb"]),
+        json!({"k": "☺"}),
+        json!("scalar"),
+        json!(null),
+        json!([]),
+    ];
+    assert_eq!(out.frames, want);
+    assert_eq!(out.eof, clean());
+}
+
+#[test]
+fn four_then_two_is_forty_two() {
+    let out = run_chunks(value_codec(), &[b"4", b"2"]);
+    assert_eq!(out.frames, vec![json!(42)]);
+    assert_eq!(out.eof, clean());
+    // With a delimiter the number ends there, however it is split.
+    let out = assert_split_invariant(value_codec, b"4 2\n-1.5e3,");
+    assert_eq!(out.frames, vec![json!(4), json!(2), json!(-1500.0)]);
+    assert_eq!(
+        out.error.map(|(at, kind, _)| (at, kind)),
+        Some((3, ErrorKind::BadMessage))
+    );
+}
+
+#[test]
+fn a_number_at_eof_is_complete_a_cut_one_is_not() {
+    let out = assert_split_invariant(value_codec, b"  12.5e1");
+    assert_eq!(out.frames, vec![json!(125.0)]);
+    assert_eq!(out.eof, clean());
+    let out = assert_split_invariant(value_codec, b"12.");
+    assert_eq!(out.frames, Vec::<Value>::new());
+    assert_eq!(out.eof, epipe(3));
+    let out = assert_split_invariant(value_codec, b"-");
+    assert_eq!(out.eof, epipe(1));
+}
+
+#[test]
+fn literals_split_anywhere_are_fine() {
+    // JSON::XS fails on `tr`|`ue` (SPEC §11); we must not.
+    let out = run_chunks(value_codec(), &[b"tr", b"ue", b"fa", b"lse", b"n", b"ull"]);
+    assert_eq!(out.frames, vec![json!(true), json!(false), json!(null)]);
+    assert_eq!(out.eof, clean());
+}
+
+#[test]
+fn whitespace_between_and_after_texts_is_consumed_and_eof_is_clean() {
+    let mut codec = value_codec();
+    let mut buf = BytesMut::from(&b"\n\n  {\"a\":1}\r\n\t \n"[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(json!({"a": 1})));
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(buf.is_empty(), "the trailing newline is consumed");
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    // Whitespace alone never becomes data or a false EPIPE (RT-json-6).
+    let out = assert_split_invariant(value_codec, b" \n\r\t\n");
+    assert!(out.frames.is_empty());
+    assert_eq!(out.eof, clean());
+}
+
+#[test]
+fn partial_text_at_eof_is_broken_pipe_with_the_bytes_kept() {
+    let mut codec = value_codec();
+    let mut buf = BytesMut::from(&b" [1, {\"a\": "[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    let err = codec.decode_eof(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    assert!(err.is_fatal() && err.is_incomplete());
+    assert_eq!(
+        &buf[..],
+        b"[1, {\"a\": ",
+        "only the leading space was consumed"
+    );
+    assert_eq!(err.seen(), Some(10));
+}
+
+#[test]
+fn objects_only_refuses_top_level_scalars() {
+    let make = || JsonCodec::<Value>::builder().objects_only(true).build();
+    let out = assert_split_invariant(make, b"[1] {} 2");
+    assert_eq!(out.frames, vec![json!([1]), json!({})]);
+    assert_eq!(out.error, Some((2, ErrorKind::BadMessage, false)));
+    let mut codec = make();
+    let mut buf = BytesMut::from(&b"\"x\""[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.reason(), "top-level value is not an array or object");
+    assert_eq!(err.offset(), Some(0));
+}
+
+#[test]
+fn malformed_input_fails_at_the_first_bad_byte_and_consumes_nothing() {
+    let mut codec = value_codec();
+    let mut buf = BytesMut::from(&b"  [1, 2}"[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert!(!err.is_fatal());
+    assert_eq!(err.codec(), "json");
+    assert_eq!(err.offset(), Some(5));
+    assert_eq!(err.bytes(), b"}");
+    assert_eq!(&buf[..], b"[1, 2}", "the bad text is left for the caller");
+    // Decoding again reports the same error: nothing loops inside the codec.
+    let again = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(
+        (again.offset(), again.reason()),
+        (err.offset(), err.reason())
+    );
+    // The caller may skip the bad bytes and go on.
+    let _ = buf.split_to(6);
+    buf.extend_from_slice(b" [3]");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(json!([3])));
+}
+
+#[test]
+fn errors_come_early_not_after_waiting_for_more() {
+    for bad in [
+        &b"}"[..],
+        b"]",
+        b"[1,]",
+        b"{\"a\" 1",
+        b"[tru ",
+        b"\"\\x",
+        b"[01",
+        b"nul!",
+    ] {
+        let mut buf = BytesMut::from(bad);
+        let err = value_codec().decode(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadMessage, "{bad:?}");
+    }
+}
+
+#[test]
+fn invalid_utf8_is_a_bad_message() {
+    let mut codec = value_codec();
+    let mut buf = BytesMut::from(&b"[\"ab\xc3(\"]"[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert!(err.is_utf8());
+    assert_eq!(err.offset(), Some(5));
+    // Overlong forms and surrogates, however split.
+    for bad in [
+        &b"\"\xc0\xaf\""[..],
+        b"\"\xed\xa0\x80\"",
+        b"\"\xf4\x90\x80\x80\"",
+        b"\xff",
+    ] {
+        let out = assert_split_invariant(value_codec, bad);
+        assert_eq!(
+            out.error.map(|(i, k, _)| (i, k)),
+            Some((0, ErrorKind::BadMessage)),
+            "{bad:?}"
+        );
+    }
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Point {
+    x: i32,
+    y: i32,
+}
+
+#[test]
+fn a_text_the_type_rejects_is_consumed_and_decoding_goes_on() {
+    let mut codec = JsonCodec::<Point>::new();
+    let mut buf = BytesMut::from(&b"{\"x\":1} {\"x\":2,\"y\":3}"[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert!(!err.is_fatal() && !err.is_limit());
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the serde error is kept"
+    );
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(Point { x: 2, y: 3 }));
+    // The same whether the text arrived whole or in pieces.
+    let out = assert_split_invariant(JsonCodec::<Point>::new, b"{\"x\":1}");
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((0, ErrorKind::BadMessage))
+    );
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+struct OnlyX {
+    x: i32,
+}
+
+#[test]
+fn ignored_fields_are_held_to_the_same_rules_however_split() {
+    // serde_json skips unknown fields without checking UTF-8 or depth; the
+    // codec must still give the scanner's verdict, whole or split.
+    let bad_utf8 = b"{\"x\":1,\"junk\":\"\xff\"}";
+    let out = assert_split_invariant(JsonCodec::<OnlyX>::new, bad_utf8);
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((0, ErrorKind::BadMessage))
+    );
+    let deep = format!(
+        "{{\"x\":1,\"junk\":{}{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let out = assert_split_invariant(JsonCodec::<OnlyX>::new, deep.as_bytes());
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((0, ErrorKind::BadMessage))
+    );
+    let mut buf = BytesMut::from(deep.as_bytes());
+    assert!(
+        JsonCodec::<OnlyX>::new()
+            .decode(&mut buf)
+            .unwrap_err()
+            .is_limit()
+    );
+    // Within the limits, ignored fields are fine.
+    let ok = format!(
+        "{{\"junk\":{}{},\"x\":7}}",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let out = assert_split_invariant(JsonCodec::<OnlyX>::new, ok.as_bytes());
+    assert_eq!(out.frames, vec![OnlyX { x: 7 }]);
+}
+
+#[test]
+fn size_limit_counts_the_text_not_the_whitespace() {
+    let make = || JsonCodec::<Value>::builder().max_size(8).build();
+    let out = assert_split_invariant(make, b"          [1,2,3] 12345678 [1,2,3,4]");
+    assert_eq!(out.frames, vec![json!([1, 2, 3]), json!(12345678)]);
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((2, ErrorKind::BadMessage))
+    );
+    let mut buf = BytesMut::from(&b"[1,2,3,4]"[..]);
+    let err = make().decode(&mut buf).unwrap_err();
+    assert!(err.is_limit());
+    assert_eq!((err.limit(), err.offset()), (Some(8), Some(8)));
+    // A number of exactly the limit, ended by end of input.
+    let out = assert_split_invariant(make, b"12345678");
+    assert_eq!(out.frames, vec![json!(12345678)]);
+}
+
+#[test]
+fn depth_limit() {
+    let make = || JsonCodec::<Value>::builder().max_depth(3).build();
+    let out = assert_split_invariant(make, b"[[[1]]] [{\"a\":[[2]]}]");
+    assert_eq!(out.frames, vec![json!([[[1]]])]);
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((1, ErrorKind::BadMessage))
+    );
+    let mut buf = BytesMut::from(&b"[{\"a\":[["[..]);
+    let err = make().decode(&mut buf).unwrap_err();
+    assert!(err.is_limit());
+    assert_eq!(err.offset(), Some(7));
+}
+
+#[test]
+fn a_million_open_brackets_fail_cleanly() {
+    let deep = vec![b'['; 1_000_000];
+    for mut buf in [BytesMut::from(&deep[..]), BytesMut::from(&deep[..])] {
+        let err = value_codec().decode(&mut buf).unwrap_err();
+        assert!(err.is_limit(), "{err}");
+        assert_eq!(err.offset(), Some(DEFAULT_JSON_MAX_DEPTH as u64));
+    }
+    let raw = RawJsonCodec::builder().max_depth(usize::MAX).build_raw();
+    let out = run_chunks(raw, &deep.chunks(4096).collect::<Vec<_>>());
+    assert_eq!(
+        out.eof,
+        epipe(1_000_000),
+        "no depth limit: a truncated text, no overflow"
+    );
+    let deep_objects = b"{\"a\":".repeat(200_000);
+    let mut buf = BytesMut::from(&deep_objects[..]);
+    assert!(value_codec().decode(&mut buf).unwrap_err().is_limit());
+}
+
+#[test]
+fn an_endless_string_stops_at_the_size_limit() {
+    let mut codec = JsonCodec::<Value>::builder().max_size(1 << 20).build();
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(b"\"");
+    let piece = vec![b'a'; 64 * 1024];
+    let mut fed = 1;
+    let err = loop {
+        buf.extend_from_slice(&piece);
+        fed += piece.len();
+        match codec.decode(&mut buf) {
+            Ok(None) => assert!(fed <= (1 << 20) + 1, "no error past the limit"),
+            Ok(Some(v)) => panic!("a value out of an unterminated string: {v}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_limit());
+    assert_eq!(err.limit(), Some(1 << 20));
+    assert_eq!(err.offset(), Some(1 << 20));
+}
+
+#[test]
+fn a_run_of_whitespace_never_grows_the_buffer() {
+    let mut codec = JsonCodec::<Value>::builder().max_size(1024).build();
+    let mut buf = BytesMut::new();
+    let piece = vec![b' '; 64 * 1024];
+    for _ in 0..512 {
+        // 32 MiB of whitespace in all: consumed as it comes, no error.
+        buf.extend_from_slice(&piece);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
+    }
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    // Whitespace inside a text counts towards the limit.
+    let mut buf = BytesMut::from(&b"["[..]);
+    buf.extend_from_slice(&[b' '; 2048]);
+    assert!(codec.decode(&mut buf).unwrap_err().is_limit());
+}
+
+#[test]
+fn default_limits_are_documented_values() {
+    let codec = value_codec();
+    assert_eq!(codec.max_size(), DEFAULT_JSON_MAX_SIZE);
+    assert_eq!(DEFAULT_JSON_MAX_SIZE, 16 * 1024 * 1024);
+    assert_eq!(codec.max_depth(), 128);
+    assert!(!codec.is_objects_only());
+    assert_eq!(codec.separator(), JsonSeparator::Newline);
+}
+
+#[test]
+fn encoder_is_compact_and_separates_numbers() {
+    let mut codec = value_codec();
+    let mut out = BytesMut::new();
+    codec
+        .encode(json!({"b": [1, "x y\n"], "a": null}), &mut out)
+        .unwrap();
+    codec.encode(json!(-3), &mut out).unwrap();
+    codec.encode(json!(4), &mut out).unwrap();
+    codec.encode(&json!("s"), &mut out).unwrap();
+    codec.encode(json!(1.5), &mut out).unwrap();
+    assert_eq!(
+        &out[..],
+        b"{\"a\":null,\"b\":[1,\"x y\\n\"]}-3\n4\n\"s\"1.5\n"
+    );
+    let back = run_chunks(value_codec(), &[&out[..]]);
+    assert_eq!(
+        back.frames,
+        vec![
+            json!({"b": [1, "x y\n"], "a": null}),
+            json!(-3),
+            json!(4),
+            json!("s"),
+            json!(1.5)
+        ]
+    );
+}
+
+#[test]
+fn ndjson_and_other_separators() {
+    let mut out = BytesMut::new();
+    let mut nd = JsonCodec::<Value>::ndjson();
+    nd.encode(json!([1]), &mut out).unwrap();
+    nd.encode(json!(2), &mut out).unwrap();
+    assert_eq!(&out[..], b"[1]\n2\n");
+    let mut tab = JsonCodec::<Value>::builder()
+        .separator(JsonSeparator::Tab)
+        .separate_every_text(true)
+        .build();
+    out.clear();
+    tab.encode(json!("a"), &mut out).unwrap();
+    assert_eq!(&out[..], b"\"a\"\t");
+    assert!(tab.is_separating_every_text());
+}
+
+#[test]
+fn encoding_error_writes_nothing() {
+    let mut codec = JsonCodec::<BTreeMap<Vec<u8>, u8>>::new();
+    let mut out = BytesMut::from(&b"before"[..]);
+    let mut bad = BTreeMap::new();
+    bad.insert(vec![1, 2], 3);
+    let err = codec.encode(bad, &mut out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(&out[..], b"before");
+}
+
+#[test]
+fn raw_codec_hands_out_the_text_bytes() {
+    let input = b" {\"a\" : [1, 2]}\n\"\\u00e9\" 17 ";
+    let out = assert_split_invariant(RawJsonCodec::new, input);
+    let want: Vec<Bytes> = vec![
+        Bytes::from_static(b"{\"a\" : [1, 2]}"),
+        Bytes::from_static(b"\"\\u00e9\""),
+        Bytes::from_static(b"17"),
+    ];
+    assert_eq!(out.frames, want);
+    assert_eq!(out.eof, clean());
+    // The raw encoder forwards texts, separating numbers.
+    let mut enc = RawJsonCodec::new();
+    let mut wire = BytesMut::new();
+    for text in want {
+        enc.encode(text, &mut wire).unwrap();
+    }
+    assert_eq!(&wire[..], b"{\"a\" : [1, 2]}\"\\u00e9\"17\n");
+}
+
+#[test]
+fn works_in_a_plain_framed_over_a_small_pipe() {
+    use futures::{SinkExt, StreamExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b) = tokio::io::duplex(5);
+        let mut tx = tokio_util::codec::FramedWrite::new(a, JsonCodec::<Point>::new());
+        let mut rx = tokio_util::codec::FramedRead::new(b, JsonCodec::<Point>::new());
+        let send = async {
+            for i in 0..20 {
+                tx.send(Point { x: i, y: -i }).await.unwrap();
+            }
+            drop(tx);
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            while let Some(p) = rx.next().await {
+                got.push(p.unwrap());
+            }
+            got
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert_eq!(
+            got,
+            (0..20).map(|i| Point { x: i, y: -i }).collect::<Vec<_>>()
+        );
+    });
+}
+
+/// Random JSON values whose numbers survive a text round trip exactly.
+fn arb_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        (-1_000_000i32..1_000_000).prop_map(|n| json!(f64::from(n) / 8.0)),
+        "\\PC{0,12}".prop_map(Value::String),
+        prop::collection::vec(any::<char>(), 0..6)
+            .prop_map(|c| Value::String(c.into_iter().collect())),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z\"\\\\ ]{0,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn round_trip_of_random_values(values in prop::collection::vec(arb_value(), 1..8), ndjson: bool) {
+        let mut codec = if ndjson { JsonCodec::<Value>::ndjson() } else { value_codec() };
+        let mut wire = BytesMut::new();
+        for v in &values {
+            codec.encode(v, &mut wire).unwrap();
+        }
+        let out = run_chunks(value_codec(), &[&wire[..]]);
+        prop_assert_eq!(out.frames, values);
+        prop_assert_eq!(out.eof, clean());
+    }
+
+    #[test]
+    fn random_chunkings_match_the_whole_input(
+        values in prop::collection::vec(arb_value(), 1..6),
+        sizes in prop::collection::vec(1usize..17, 1..8),
+        cut in 0usize..64,
+    ) {
+        let mut wire = Vec::new();
+        for v in &values {
+            serde_json::to_writer(&mut wire, v).unwrap();
+            wire.extend_from_slice(b" \n");
+        }
+        assert_sized_matches_whole(value_codec, &wire, &sizes);
+        assert_sized_matches_whole(RawJsonCodec::new, &wire, &sizes);
+        // A cut-off or damaged stream too: same frames, same error, same end.
+        let cut = cut.min(wire.len());
+        assert_sized_matches_whole(value_codec, &wire[..wire.len() - cut], &sizes);
+        if let Some(b) = wire.get_mut(cut) {
+            *b ^= 0x5a;
+        }
+        assert_sized_matches_whole(value_codec, &wire, &sizes);
+        assert_sized_matches_whole(JsonCodec::<Point>::new, &wire, &sizes);
+    }
+}
