@@ -89,6 +89,8 @@ impl Default for Config {
 pub struct Builder {
     pub(crate) cfg: Config,
     pub(crate) retry: Option<crate::connect::RetryHook>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsMode>,
 }
 
 impl Builder {
@@ -205,13 +207,39 @@ impl Builder {
         self
     }
 
+    /// Starts TLS as soon as the handle runs (AE's `tls => "connect"` /
+    /// `"accept"`, OPT-18): for a connect, before any queued read or write.
+    #[cfg(feature = "tls")]
+    pub fn tls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> &mut Self {
+        self.tls = Some(mode.into());
+        self
+    }
+
+    /// The engine state for a new handle, with TLS requested if configured.
+    pub(crate) fn new_core(&self) -> crate::queued::core::Core {
+        #[allow(unused_mut)]
+        let mut core = crate::queued::core::Core::new(self.cfg.clone());
+        #[cfg(feature = "tls")]
+        if let Some(mode) = &self.tls {
+            // A failed handshake destroys the handle; every request sees it.
+            drop(core.request_starttls(mode.clone()));
+        }
+        core
+    }
+
     /// Builds a handle over `io` with no default codec.
-    pub fn build<IO>(&self, io: IO) -> crate::QueuedFramed<IO> {
-        crate::QueuedFramed::from_config(io, (), self.cfg.clone())
+    pub fn build<IO>(&self, io: IO) -> crate::QueuedFramed<IO>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        crate::QueuedFramed::from_core(io, (), self.new_core())
     }
 
     /// Builds a handle over `io` whose `Stream`/`Sink` use `codec`.
-    pub fn build_with_codec<IO, C>(&self, io: IO, codec: C) -> crate::QueuedFramed<IO, C> {
-        crate::QueuedFramed::from_config(io, codec, self.cfg.clone())
+    pub fn build_with_codec<IO, C>(&self, io: IO, codec: C) -> crate::QueuedFramed<IO, C>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        crate::QueuedFramed::from_core(io, codec, self.new_core())
     }
 }

@@ -9,7 +9,6 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
-use crate::queued::core::Core;
 use crate::queued::{Driver, Handle, QueuedFramed, spawn_connecting};
 
 /// Decides, after a failed connect attempt, whether to try the next address
@@ -126,7 +125,12 @@ impl Builder {
     {
         let cfg = self.cfg.clone();
         let retry = self.retry.clone();
-        spawn_connecting(Core::new(self.cfg.clone()), connect_any(addr, cfg, retry))
+        let setup = async move {
+            connect_any(addr, cfg, retry)
+                .await
+                .map(crate::queued::stack::wrap)
+        };
+        spawn_connecting(self.new_core(), setup)
     }
 }
 

@@ -85,6 +85,8 @@ struct Inner {
 enum Source {
     Codec(codecs::Error),
     Io(io::Error),
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::TlsError),
     Other(Box<dyn StdError + Send + Sync>),
 }
 
@@ -93,6 +95,8 @@ impl Source {
         match self {
             Source::Codec(e) => e,
             Source::Io(e) => e,
+            #[cfg(feature = "tls")]
+            Source::Tls(e) => e,
             Source::Other(e) => &**e,
         }
     }
@@ -135,8 +139,20 @@ impl Error {
         Error::new(ErrorKind::Closed, true, "the handle was destroyed")
     }
 
-    /// A transport error: always fatal.
+    /// A transport error: always fatal. A TLS failure carried inside the
+    /// `io::Error` becomes the TLS error it is (`EPROTO`, or truncation).
     pub(crate) fn transport(e: io::Error) -> Error {
+        #[cfg(feature = "tls")]
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<crate::tls::TlsError>())
+        {
+            if let Some(inner) = e.into_inner()
+                && let Ok(tls) = inner.downcast::<crate::tls::TlsError>()
+            {
+                return Error::from(*tls);
+            }
+            return Error::new(ErrorKind::Protocol, true, "TLS failure");
+        }
         let kind = match e.kind() {
             io::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
             io::ErrorKind::TimedOut => ErrorKind::TimedOut,
@@ -158,20 +174,6 @@ impl Error {
     /// A timeout expired: `ETIMEDOUT`, non-fatal (TO-3).
     pub(crate) fn timed_out(message: &'static str) -> Error {
         Error::new(ErrorKind::TimedOut, false, message)
-    }
-
-    /// TLS failure: `EPROTO`, fatal.
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    pub(crate) fn protocol(
-        message: &'static str,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Error {
-        Error::with(
-            ErrorKind::Protocol,
-            true,
-            message,
-            Source::Other(Box::new(source)),
-        )
     }
 
     /// The caller misused the API; nothing was done.
@@ -216,6 +218,17 @@ impl Error {
     pub fn codec_error(&self) -> Option<&codecs::Error> {
         match &self.inner.source {
             Some(Source::Codec(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The TLS error behind this error: a failed handshake, a protocol
+    /// error, or a TCP end of input without close_notify
+    /// ([`TlsError::is_truncated`](crate::tls::TlsError::is_truncated)).
+    #[cfg(feature = "tls")]
+    pub fn tls_error(&self) -> Option<&crate::tls::TlsError> {
+        match &self.inner.source {
+            Some(Source::Tls(e)) => Some(e),
             _ => None,
         }
     }
@@ -277,6 +290,30 @@ impl From<codecs::Error> for Error {
         };
         let fatal = e.is_fatal();
         Error::with(kind, fatal, "codec error", Source::Codec(e))
+    }
+}
+
+#[cfg(feature = "tls")]
+impl From<crate::tls::TlsError> for Error {
+    /// Handshake, protocol and truncation failures are `EPROTO`, fatal (the
+    /// connection never goes on unencrypted); a TLS call on a connection in
+    /// the wrong state is `EINVAL`, non-fatal; a failure of the connection
+    /// underneath is an I/O error.
+    fn from(e: crate::tls::TlsError) -> Error {
+        use crate::tls::TlsErrorKind as K;
+        let (kind, fatal, message) = match e.kind() {
+            K::Handshake => (ErrorKind::Protocol, true, "TLS handshake failed"),
+            K::Truncated => (
+                ErrorKind::Protocol,
+                true,
+                "TLS stream truncated (end of input without close_notify)",
+            ),
+            K::AlreadyTls => (ErrorKind::InvalidInput, false, "TLS is already active"),
+            K::Config => (ErrorKind::InvalidInput, false, "bad TLS configuration"),
+            K::Io => (ErrorKind::Io, true, "transport error under TLS"),
+            _ => (ErrorKind::Protocol, true, "TLS protocol error"),
+        };
+        Error::with(kind, fatal, message, Source::Tls(e))
     }
 }
 

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::layer::timeout::{Timeout, Timers};
 use crate::layer::watermark::Watermarks;
 use crate::queued::request::{DecodeRequest, OnDrop, Request, Requests, Ticket, decode_step};
+use crate::queued::stack::Transport;
 use crate::queued::write::WriteQueue;
 
 /// The write side's shutdown progress (WQ-7).
@@ -76,6 +77,27 @@ pub(crate) struct Core {
     pub(crate) marks: Watermarks,
     pub(crate) on_timeout: Option<TimeoutHook>,
     pub(crate) on_drain: Option<DrainHook>,
+    /// A STARTTLS or stoptls in progress (TLS-1, TLS-2, TLS-6).
+    #[cfg(feature = "tls")]
+    tls_op: Option<TlsOp>,
+    /// TLS is established (and not stopped).
+    pub(crate) tls_active: bool,
+}
+
+/// A TLS switch in progress on a live connection.
+#[cfg(feature = "tls")]
+enum TlsOp {
+    /// Write `plain` (output queued before `starttls`) in plaintext, then hand
+    /// the read buffer to TLS as the start of the ciphertext.
+    Start {
+        mode: crate::tls::TlsMode,
+        plain: BytesMut,
+        done: oneshot::Sender<Result<()>>,
+    },
+    /// The handshake is running.
+    Handshake { done: oneshot::Sender<Result<()>> },
+    /// Write what is queued over TLS, then send close_notify.
+    Stop { done: oneshot::Sender<Result<()>> },
 }
 
 impl std::fmt::Debug for Core {
@@ -108,6 +130,9 @@ impl Core {
             marks: Watermarks::new(cfg.high_water, cfg.low_water),
             on_timeout: None,
             on_drain: None,
+            #[cfg(feature = "tls")]
+            tls_op: None,
+            tls_active: false,
             cfg,
         }
     }
@@ -129,6 +154,11 @@ impl Core {
             let _ = w.send(Err(err.clone()));
         }
         self.marks.wake_all();
+        #[cfg(feature = "tls")]
+        if let Some(op) = self.tls_op.take() {
+            let (TlsOp::Start { done, .. } | TlsOp::Handshake { done } | TlsOp::Stop { done }) = op;
+            let _ = done.send(Err(err.clone()));
+        }
         self.wake_driver();
     }
 
@@ -190,7 +220,12 @@ impl Core {
     /// input or the queue is empty (AE's "drain", RQ-3). Requests unshifted
     /// by a completion run next, on the same bytes, before any new read.
     pub(crate) fn dispatch(&mut self) {
-        while self.dead.is_none() {
+        if self.tls_switching() {
+            // The buffered bytes belong to the TLS handshake now (TLS-2):
+            // no request may take them as plaintext.
+            return;
+        }
+        while self.dead.is_none() && !self.tls_switching() {
             let Some(head) = self.queue.front_mut() else {
                 break;
             };
@@ -248,10 +283,11 @@ impl Core {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Filled>>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: Transport,
     {
         loop {
             self.check_alive()?;
+            ready!(self.poll_tls(io, cx))?;
             if self.eof {
                 return Poll::Ready(Ok(Filled::Eof));
             }
@@ -348,7 +384,7 @@ impl Core {
     /// Drives the queue until it is empty (`Ready`) or waits for input.
     pub(crate) fn poll_queue<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: Transport,
     {
         loop {
             self.dispatch();
@@ -375,7 +411,7 @@ impl Core {
         at_eof_clean: bool,
     ) -> Poll<Result<Option<D::Item>>>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: Transport,
         D: Decoder,
         D::Error: Into<Error>,
     {
@@ -490,9 +526,10 @@ impl Core {
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>>
     where
-        IO: AsyncWrite + Unpin,
+        IO: Transport,
     {
         self.check_alive()?;
+        ready!(self.poll_tls(io, cx))?;
         while !self.wq.is_empty() {
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(0) => {
@@ -562,6 +599,187 @@ impl Core {
         rx
     }
 
+    // ----- TLS on a live connection (TLS-1, TLS-2, TLS-6) ----------------------
+
+    /// Whether a TLS switch is pending or running (reads and requests wait).
+    fn tls_switching(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            self.tls_op.is_some()
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
+    }
+
+    /// Queues STARTTLS: the output queued so far is set aside to go out in
+    /// plaintext first; the handshake starts when the handle next runs.
+    #[cfg(feature = "tls")]
+    pub(crate) fn request_starttls(&mut self, mode: crate::tls::TlsMode) -> Ticket<()> {
+        let (done, ticket) = Ticket::channel();
+        if let Some(e) = &self.dead {
+            let _ = done.send(Err(e.clone()));
+        } else if self.tls_op.is_some() {
+            let _ = done.send(Err(Error::invalid_input(
+                "a TLS switch is already in progress",
+            )));
+        } else {
+            let plain = self.wq.take_all();
+            tracing::debug!(
+                plaintext_first = plain.len(),
+                buffered = self.rbuf.len(),
+                "starttls requested"
+            );
+            self.tls_op = Some(TlsOp::Start { mode, plain, done });
+            self.wake_driver();
+        }
+        ticket
+    }
+
+    /// Queues stoptls, after the output queued so far.
+    #[cfg(feature = "tls")]
+    pub(crate) fn request_stoptls(&mut self) -> Ticket<()> {
+        let (done, ticket) = Ticket::channel();
+        if let Some(e) = &self.dead {
+            let _ = done.send(Err(e.clone()));
+        } else if self.tls_op.is_some() {
+            let _ = done.send(Err(Error::invalid_input(
+                "a TLS switch is already in progress",
+            )));
+        } else {
+            self.tls_op = Some(TlsOp::Stop { done });
+            self.wake_driver();
+        }
+        ticket
+    }
+
+    /// Drives a pending TLS switch; `Ready(Ok)` when there is none. A failed
+    /// handshake is fatal `EPROTO`: the handle never goes on unencrypted.
+    #[cfg(feature = "tls")]
+    pub(crate) fn poll_tls<IO: Transport>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>> {
+        loop {
+            let Some(op) = self.tls_op.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            match op {
+                TlsOp::Start {
+                    mode,
+                    mut plain,
+                    done,
+                } => {
+                    // Plaintext pushed before STARTTLS leaves first (TLS-2).
+                    while !plain.is_empty() {
+                        match Pin::new(&mut *io).poll_write(cx, &plain) {
+                            Poll::Ready(Ok(n)) if n > 0 => bytes::Buf::advance(&mut plain, n),
+                            Poll::Ready(Ok(_)) => {
+                                return self.tls_failed(done, std::io::ErrorKind::WriteZero.into());
+                            }
+                            Poll::Ready(Err(e)) => return self.tls_failed(done, e),
+                            Poll::Pending => {
+                                self.tls_op = Some(TlsOp::Start { mode, plain, done });
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                    if let Poll::Pending = Pin::new(&mut *io).poll_flush(cx) {
+                        self.tls_op = Some(TlsOp::Start { mode, plain, done });
+                        return Poll::Pending;
+                    }
+                    // Everything already read is the peer's handshake.
+                    let replay = self.rbuf.split().freeze();
+                    match io.start_tls(mode, replay) {
+                        Ok(()) => self.tls_op = Some(TlsOp::Handshake { done }),
+                        Err(e) => {
+                            let _ = done.send(Err(e.clone()));
+                            if e.is_fatal() {
+                                self.die(e.clone());
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                TlsOp::Handshake { done } => match io.poll_handshake(cx) {
+                    Poll::Pending => {
+                        self.tls_op = Some(TlsOp::Handshake { done });
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(())) => {
+                        tracing::debug!("TLS established");
+                        self.tls_active = true;
+                        let _ = done.send(Ok(()));
+                        self.wake_driver();
+                    }
+                    Poll::Ready(Err(e)) => {
+                        let e: Error = e;
+                        let _ = done.send(Err(e.clone()));
+                        self.die(e.clone());
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                TlsOp::Stop { done } => {
+                    // Output queued before stoptls goes out over TLS first.
+                    while !self.wq.is_empty() {
+                        match self.wq.poll_write(io, cx) {
+                            Poll::Ready(Ok(n)) if n > 0 => self.timers.on_write(),
+                            Poll::Ready(Ok(_)) => {
+                                return self.tls_failed(done, std::io::ErrorKind::WriteZero.into());
+                            }
+                            Poll::Ready(Err(e)) => return self.tls_failed(done, e),
+                            Poll::Pending => {
+                                self.tls_op = Some(TlsOp::Stop { done });
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                    match io.poll_stop_tls(cx) {
+                        Poll::Pending => {
+                            self.tls_op = Some(TlsOp::Stop { done });
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Ok(())) => {
+                            tracing::debug!("close_notify sent; plaintext again");
+                            self.tls_active = false;
+                            let _ = done.send(Ok(()));
+                            self.wake_driver();
+                        }
+                        Poll::Ready(Err(e)) => {
+                            let e: Error = e;
+                            let _ = done.send(Err(e.clone()));
+                            self.die(e.clone());
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls_failed(
+        &mut self,
+        done: oneshot::Sender<Result<()>>,
+        e: std::io::Error,
+    ) -> Poll<Result<()>> {
+        let e = Error::transport(e);
+        let _ = done.send(Err(e.clone()));
+        self.die(e.clone());
+        Poll::Ready(Err(e))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    pub(crate) fn poll_tls<IO: Transport>(
+        &mut self,
+        _io: &mut IO,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
     // ----- the background driver ---------------------------------------------
 
     /// One turn of the spawned driver: dispatch, write, read while a request
@@ -572,10 +790,17 @@ impl Core {
     /// wait, or until [`CORK_BOUNDARY`] bytes are queued.
     pub(crate) fn poll_drive<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<()>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: Transport,
     {
         self.register_driver(cx.waker());
         loop {
+            if let Poll::Pending = self.poll_tls(io, cx) {
+                // A handshake in progress: nothing else moves until it is done.
+                if let Poll::Ready(Some(e)) = self.poll_timers(cx) {
+                    self.fail_head(e);
+                }
+                return Poll::Pending;
+            }
             self.dispatch();
             if self.dead.is_some() {
                 return Poll::Ready(());

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::queued::Parts;
 use crate::queued::core::Core;
 use crate::queued::request::{OnDrop, Requests, Ticket};
+use crate::queued::stack::Stack;
 
 struct Shared {
     core: Mutex<Core>,
@@ -73,7 +74,7 @@ pub struct Driver<IO> {
     join: JoinHandle<Result<Parts<IO>>>,
 }
 
-pub(crate) fn spawn<IO>(core: Core, io: IO) -> (Handle, Driver<IO>)
+pub(crate) fn spawn<IO>(core: Core, io: Stack<IO>) -> (Handle, Driver<IO>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -87,7 +88,7 @@ where
 pub(crate) fn spawn_connecting<IO, F>(mut core: Core, setup: F) -> (Handle, Driver<IO>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Future<Output = Result<IO>> + Send + 'static,
+    F: Future<Output = Result<Stack<IO>>> + Send + 'static,
 {
     core.timers.pause();
     let shared = Arc::new(Shared {
@@ -111,7 +112,7 @@ where
     (Handle { shared }, Driver { join })
 }
 
-async fn drive<IO>(shared: Arc<Shared>, mut io: IO) -> Parts<IO>
+async fn drive<IO>(shared: Arc<Shared>, mut io: Stack<IO>) -> Parts<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -150,7 +151,10 @@ where
     for req in core.queue.drain(..) {
         req.fail(Error::closed());
     }
-    let (read_buf, write_buf) = core.take_buffers();
+    let (mut read_buf, write_buf) = core.take_buffers();
+    drop(core);
+    let (io, unread) = crate::queued::stack::unwrap(io);
+    read_buf.extend_from_slice(&unread);
     tracing::debug!(
         detached,
         unread = read_buf.len(),
@@ -327,6 +331,44 @@ impl Handle {
     pub fn detach(&self) {
         self.shared.detach.store(true, Ordering::Release);
         self.lock().wake_driver();
+    }
+
+    /// Upgrades the connection to TLS (STARTTLS); see
+    /// [`QueuedFramed::starttls`](crate::QueuedFramed::starttls). Reads
+    /// and writes queued after this call run over TLS. The ticket resolves
+    /// when the handshake is done.
+    #[cfg(feature = "tls")]
+    pub fn starttls(&self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
+        self.lock().request_starttls(mode.into())
+    }
+
+    /// Ends TLS after the output queued so far; see
+    /// [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls).
+    #[cfg(feature = "tls")]
+    pub fn stoptls(&self) -> Ticket<()> {
+        self.lock().request_stoptls()
+    }
+
+    /// Queues `tls_autostart` (RT-tlsauto): detect a TLS ClientHello and,
+    /// if there is one, accept TLS before any later request runs. The ticket
+    /// resolves with the verdict.
+    #[cfg(feature = "tls")]
+    pub fn push_tls_autostart(
+        &self,
+        server: crate::tls::TlsServer,
+    ) -> Ticket<crate::codecs::TlsDetect> {
+        self.push_read_with(crate::codecs::TlsDetectCodec::new(), move |verdict, q| {
+            if verdict.is_tls() {
+                // Failure destroys the handle; later requests see it.
+                drop(q.starttls(server));
+            }
+            Ok(verdict)
+        })
+    }
+
+    /// Whether TLS is established on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.lock().tls_active
     }
 
     /// Calls `f` with the unread input (AE's `rbuf`).

@@ -4,6 +4,7 @@
 pub(crate) mod core;
 mod handle;
 pub(crate) mod request;
+pub(crate) mod stack;
 mod write;
 
 use std::fmt;
@@ -75,7 +76,7 @@ pub use self::request::{FnDecoder, OrEof, Requests, Ticket};
 /// ```
 pub struct QueuedFramed<IO, C = ()> {
     core: Core,
-    io: IO,
+    io: stack::Stack<IO>,
     codec: C,
     /// The `Stream` has yielded a fatal error and now ends.
     stream_done: bool,
@@ -107,7 +108,7 @@ impl<IO, C> Parts<IO, C> {
     }
 }
 
-impl<IO> QueuedFramed<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> QueuedFramed<IO> {
     /// A handle over `io` with the default options and no default codec.
     pub fn new(io: IO) -> QueuedFramed<IO> {
         QueuedFramed::from_config(io, (), Config::default())
@@ -121,7 +122,7 @@ impl QueuedFramed<()> {
     }
 }
 
-impl<IO, C> QueuedFramed<IO, C> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// A handle whose `Stream` yields `codec`'s frames whenever no request is
     /// queued (AE's `on_read`) and whose `Sink` encodes with `codec`.
     pub fn with_codec(io: IO, codec: C) -> QueuedFramed<IO, C> {
@@ -129,9 +130,13 @@ impl<IO, C> QueuedFramed<IO, C> {
     }
 
     pub(crate) fn from_config(io: IO, codec: C, cfg: Config) -> QueuedFramed<IO, C> {
+        QueuedFramed::from_core(io, codec, Core::new(cfg))
+    }
+
+    pub(crate) fn from_core(io: IO, codec: C, core: Core) -> QueuedFramed<IO, C> {
         QueuedFramed {
-            core: Core::new(cfg),
-            io,
+            core,
+            io: stack::wrap(io),
             codec,
             stream_done: false,
         }
@@ -149,28 +154,29 @@ impl<IO, C> QueuedFramed<IO, C> {
     /// Takes the handle apart without losing a byte: the transport, unread
     /// input and unwritten output. Requests still queued fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    ///
+    /// Over TLS, the TLS session is dropped on the spot (no close_notify;
+    /// like AE's `resettls`): call [`stoptls`](Self::stoptls) first to hand
+    /// over a clean plaintext stream.
     pub fn into_parts(mut self) -> Parts<IO, C> {
         for req in self.core.queue.drain(..) {
             req.fail(Error::closed());
         }
-        let (read_buf, write_buf) = self.core.take_buffers();
+        let (mut read_buf, write_buf) = self.core.take_buffers();
+        let (io, unread) = stack::unwrap(self.io);
+        read_buf.extend_from_slice(&unread);
         Parts {
-            io: self.io,
+            io,
             codec: self.codec,
             read_buf,
             write_buf,
         }
     }
 
-    /// The transport.
+    /// The transport (for socket options and addresses; reading or writing
+    /// it directly would bypass the buffers and any TLS session).
     pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
-    /// The transport, mutably. Reading or writing it directly bypasses the
-    /// buffers.
-    pub fn get_mut(&mut self) -> &mut IO {
-        &mut self.io
+        stack::get_ref(&self.io)
     }
 
     /// The default codec.
@@ -455,6 +461,84 @@ where
     }
 }
 
+/// TLS on a live connection (SPEC §7, TLS-1…TLS-11).
+///
+/// Over TLS the handle keeps AnyEvent's plaintext backpressure (RQ-5): it
+/// reads only while a request waits, where AnyEvent reads all the time in
+/// TLS mode (TLS-9). Alerts and close_notify are seen with the next read.
+#[cfg(feature = "tls")]
+impl<IO, C> QueuedFramed<IO, C>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Upgrades the connection to TLS now (STARTTLS), as client or server.
+    ///
+    /// Output queued before the call is written in plaintext first; every
+    /// byte already read is handed to the TLS engine as the start of the
+    /// ciphertext (so a ClientHello that arrived with `STARTTLS\r\n` is
+    /// used, never delivered as data). Reads and writes wait for the
+    /// handshake.
+    ///
+    /// # Errors
+    ///
+    /// `EPROTO`, fatal, if the handshake fails (certificate or host-name
+    /// verification, no common version, a peer that does not speak TLS):
+    /// the connection never goes on unencrypted. `EINVAL` if TLS is already
+    /// active.
+    pub async fn starttls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> Result<()> {
+        let ticket = self.core.request_starttls(mode.into());
+        self.wait_tls(ticket).await
+    }
+
+    /// Ends TLS (stoptls): writes what is queued, sends close_notify, and
+    /// goes on in plaintext; reads stay TLS until the peer's close_notify.
+    /// Both ends must agree to stop.
+    ///
+    /// # Errors
+    ///
+    /// A TLS or transport error (fatal).
+    pub async fn stoptls(&mut self) -> Result<()> {
+        let ticket = self.core.request_stoptls();
+        self.wait_tls(ticket).await
+    }
+
+    /// Detects whether the peer starts with a TLS handshake and, if so,
+    /// accepts TLS; otherwise the connection stays plaintext
+    /// (`tls_autostart`, RT-tlsauto). Consumes nothing in plaintext. One
+    /// port can serve TLS and plaintext clients this way.
+    ///
+    /// # Errors
+    ///
+    /// `EPIPE` if the input ends before the first bytes decide; the
+    /// handshake's errors as [`starttls`](Self::starttls).
+    pub async fn tls_autostart(
+        &mut self,
+        server: crate::tls::TlsServer,
+    ) -> Result<crate::codecs::TlsDetect> {
+        let verdict = self.read(crate::codecs::TlsDetectCodec::new()).await?;
+        if verdict.is_tls() {
+            self.starttls(server).await?;
+        }
+        Ok(verdict)
+    }
+
+    /// Whether TLS is established on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.core.tls_active
+    }
+
+    async fn wait_tls(&mut self, mut ticket: Ticket<()>) -> Result<()> {
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = ticket.poll_result(cx) {
+                return Poll::Ready(r);
+            }
+            let _ = self.core.poll_tls(&mut self.io, cx);
+            ticket.poll_result(cx)
+        })
+        .await
+    }
+}
+
 impl<IO, C> Stream for QueuedFramed<IO, C>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -613,7 +697,7 @@ macro_rules! runtime_setters {
 }
 pub(crate) use runtime_setters;
 
-impl<IO, C> QueuedFramed<IO, C> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     fn core_mut(&mut self) -> &mut Core {
         &mut self.core
     }

@@ -160,6 +160,13 @@ pub struct Ticket<T> {
 }
 
 impl<T> Ticket<T> {
+    /// A ticket and the sender that resolves it.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn channel() -> (oneshot::Sender<Result<T>>, Ticket<T>) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Ticket { rx })
+    }
+
     /// A ticket that is already resolved.
     pub(crate) fn ready(result: Result<T>) -> Ticket<T> {
         let (tx, rx) = oneshot::channel();
@@ -262,6 +269,23 @@ impl Requests<'_> {
         E::Error: Into<Error>,
     {
         self.core.push_encoded(encoder, item)
+    }
+
+    /// Starts TLS on this connection once the current completion returns
+    /// (the SMTP shape: read `STARTTLS`, queue `220 ready`, upgrade). Output
+    /// queued so far goes out in plaintext first; the bytes already read
+    /// become the start of the TLS stream. No request runs until the
+    /// handshake is done. The ticket resolves when it is.
+    #[cfg(feature = "tls")]
+    pub fn starttls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
+        self.core.request_starttls(mode.into())
+    }
+
+    /// Ends TLS after the output queued so far (see
+    /// [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls)).
+    #[cfg(feature = "tls")]
+    pub fn stoptls(&mut self) -> Ticket<()> {
+        self.core.request_stoptls()
     }
 
     /// The unconsumed input.

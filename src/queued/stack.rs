@@ -1,0 +1,136 @@
+//! The transport under the engine: the user's IO, wrapped (with the `tls`
+//! feature) in the switchable TLS transport, so any handle can STARTTLS.
+
+#[cfg(not(feature = "tls"))]
+use std::pin::Pin;
+#[cfg(feature = "tls")]
+use std::task::{Context, Poll};
+#[cfg(not(feature = "tls"))]
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+#[cfg(feature = "tls")]
+use crate::error::Result;
+
+/// What the core needs from its transport besides bytes in and out.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Begins a TLS handshake with `replay` as the first ciphertext.
+    #[cfg(feature = "tls")]
+    fn start_tls(&mut self, mode: crate::tls::TlsMode, replay: Bytes) -> Result<()>;
+
+    /// Drives a handshake in progress; `Ready(Ok)` when there is none.
+    #[cfg(feature = "tls")]
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
+
+    /// Sends close_notify and goes back to plaintext.
+    #[cfg(feature = "tls")]
+    fn poll_stop_tls(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
+}
+
+/// The engine's transport: TLS-capable with the `tls` feature.
+#[cfg(feature = "tls")]
+pub(crate) type Stack<IO> = crate::tls::TlsTransport<IO>;
+
+#[cfg(feature = "tls")]
+impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for crate::tls::TlsTransport<IO> {
+    fn start_tls(&mut self, mode: crate::tls::TlsMode, replay: Bytes) -> Result<()> {
+        crate::tls::TlsTransport::start_tls(self, mode, replay).map_err(crate::Error::from)
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        crate::tls::TlsTransport::poll_handshake(self, cx).map_err(crate::Error::from)
+    }
+
+    fn poll_stop_tls(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        crate::tls::TlsTransport::poll_stop_tls(self, cx).map_err(crate::Error::from)
+    }
+}
+
+/// Wraps `io` for the engine.
+pub(crate) fn wrap<IO: AsyncRead + AsyncWrite + Unpin>(io: IO) -> Stack<IO> {
+    Stack::new(io)
+}
+
+/// The user's IO back, with bytes the transport read but never delivered.
+pub(crate) fn unwrap<IO: AsyncRead + AsyncWrite + Unpin>(stack: Stack<IO>) -> (IO, Bytes) {
+    stack.into_inner()
+}
+
+/// The user's IO, for socket options and addresses.
+pub(crate) fn get_ref<IO: AsyncRead + AsyncWrite + Unpin>(stack: &Stack<IO>) -> &IO {
+    #[cfg(feature = "tls")]
+    {
+        // `None` only if the TLS library panicked inside a call and lost the
+        // IO; that panic already reached the caller then.
+        stack
+            .get_ref()
+            .expect("the TLS transport lost its IO in an earlier panic")
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        &stack.0
+    }
+}
+
+/// Without TLS the transport is the IO itself.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug)]
+pub(crate) struct Stack<IO>(IO);
+
+#[cfg(not(feature = "tls"))]
+impl<IO> Stack<IO> {
+    fn new(io: IO) -> Stack<IO> {
+        Stack(io)
+    }
+
+    fn into_inner(self) -> (IO, Bytes) {
+        (self.0, Bytes::new())
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for Stack<IO> {}
+
+#[cfg(not(feature = "tls"))]
+impl<IO: AsyncRead + Unpin> AsyncRead for Stack<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Stack<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
