@@ -1,0 +1,250 @@
+//! NetstringCodec: AE's verified examples, the strict header, limits,
+//! errors and what they consume, fragmentation invariance, the encoder.
+
+mod support;
+
+use anyframe_codecs::{Error, ErrorKind, NetstringCodec};
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use support::{Eof, assert_sized_matches_whole, assert_split_invariant};
+use tokio_util::codec::{Decoder, Encoder};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Frame(Bytes),
+    Error(ErrorKind, bool),
+    Eof(Vec<u8>),
+    EofError(ErrorKind, usize),
+}
+
+/// Decodes `chunks`, going on after a non-fatal error when it consumed
+/// something (a bad trailer); an error that consumed nothing (a bad header)
+/// ends the run, as it would come back unchanged.
+fn run_continuing<D: Decoder<Item = Bytes, Error = Error>>(
+    mut d: D,
+    chunks: &[&[u8]],
+) -> Vec<Event> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            let before = buf.len();
+            match d.decode(&mut buf) {
+                Ok(Some(f)) => out.push(Event::Frame(f)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Event::Error(e.kind(), e.is_fatal()));
+                    if e.is_fatal() || buf.len() == before {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+    match d.decode_eof(&mut buf) {
+        Ok(Some(_)) => unreachable!("decode already took every complete frame"),
+        Ok(None) => out.push(Event::Eof(buf.to_vec())),
+        Err(e) => out.push(Event::EofError(e.kind(), buf.len())),
+    }
+    out
+}
+
+fn assert_continuing_invariant(make: impl Fn() -> NetstringCodec, input: &[u8]) -> Vec<Event> {
+    let whole = run_continuing(make(), &[input]);
+    for at in 0..=input.len() {
+        let (a, b) = input.split_at(at);
+        assert_eq!(run_continuing(make(), &[a, b]), whole, "split at {at}");
+    }
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(run_continuing(make(), &bytes), whole, "byte by byte");
+    whole
+}
+
+#[test]
+fn netstrings_decode_however_split() {
+    let out = assert_split_invariant(NetstringCodec::new, b"5:hello,0:,6:0:xx,,,");
+    assert_eq!(out.frames, vec!["hello", "", "0:xx,,"]);
+    assert_eq!(out.eof, Some(Eof::Clean { leftover: vec![] }));
+}
+
+#[test]
+fn bad_headers_are_non_fatal_and_consume_nothing_as_in_ae() {
+    for (input, offset) in [
+        (&b"01:x,"[..], 1),
+        (b"x", 0),
+        (b"-1:", 0),
+        (b":x,", 0),
+        (b"12x", 2),
+        (b" 1:x,", 0),
+    ] {
+        let mut codec = NetstringCodec::new();
+        let mut buf = BytesMut::from(input);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadMessage, "{input:?}");
+        assert!(!err.is_fatal());
+        assert_eq!(err.offset(), Some(offset), "{input:?}");
+        assert_eq!(&buf[..], input, "nothing consumed");
+        // The same error comes back on the next call.
+        assert_eq!(
+            codec.decode(&mut buf).unwrap_err().kind(),
+            ErrorKind::BadMessage
+        );
+    }
+}
+
+#[test]
+fn a_bad_header_is_reported_at_the_same_frame_however_split() {
+    let out = assert_split_invariant(NetstringCodec::new, b"1:a,01:x,");
+    assert_eq!(out.frames, vec!["a"]);
+    assert_eq!(out.error, Some((1, ErrorKind::BadMessage, false)));
+}
+
+#[test]
+fn digits_only_header_waits() {
+    let mut codec = NetstringCodec::new();
+    let mut buf = BytesMut::from("12");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    let err = codec.decode_eof(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    assert_eq!(err.seen(), Some(2));
+    assert_eq!(buf, "12");
+}
+
+#[test]
+fn bad_trailer_drops_payload_and_odd_byte_then_goes_on() {
+    let events = assert_continuing_invariant(NetstringCodec::new, b"3:abcX3:def,");
+    assert_eq!(
+        events,
+        vec![
+            Event::Error(ErrorKind::BadMessage, false),
+            Event::Frame(Bytes::from_static(b"def")),
+            Event::Eof(vec![]),
+        ]
+    );
+    let mut codec = NetstringCodec::new();
+    let mut buf = BytesMut::from("3:abcX3:def,");
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.bytes(), b"X");
+    assert_eq!(buf, "3:def,");
+}
+
+#[test]
+fn length_over_the_limit_is_fatal_as_soon_as_the_digits_show_it() {
+    let make = || NetstringCodec::with_max_length(100);
+    // 101 > 100: known at the third digit, before any ':'.
+    let mut codec = make();
+    let mut buf = BytesMut::from("101");
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace);
+    assert!(err.is_fatal() && err.is_limit());
+    assert_eq!((err.limit(), err.seen()), (Some(100), Some(101)));
+    assert_eq!(buf, "101", "nothing consumed");
+    // More digits than the limit has.
+    let out = assert_split_invariant(make, b"100:");
+    assert_eq!(out.error, None);
+    let out = assert_split_invariant(make, b"1000");
+    assert_eq!(out.error, Some((0, ErrorKind::NoSpace, true)));
+    let out = assert_split_invariant(make, b"2:ab,999999999999999999999999");
+    assert_eq!(out.frames, vec!["ab"]);
+    assert_eq!(out.error, Some((1, ErrorKind::NoSpace, true)));
+}
+
+#[test]
+fn the_unbounded_limit_does_not_overflow() {
+    let mut codec = NetstringCodec::with_max_length(usize::MAX);
+    let mut buf = BytesMut::from("99999999999999999999999:");
+    assert_eq!(
+        codec.decode(&mut buf).unwrap_err().kind(),
+        ErrorKind::NoSpace
+    );
+}
+
+#[test]
+fn a_large_declared_length_reserves_only_a_capped_amount() {
+    let mut codec = NetstringCodec::new();
+    let mut buf = BytesMut::from("16000000:ab");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(buf.capacity() <= 128 * 1024, "{}", buf.capacity());
+}
+
+#[test]
+fn partial_netstring_at_eof_keeps_header_and_payload() {
+    let out = assert_split_invariant(NetstringCodec::new, b"1:a,5:hel");
+    assert_eq!(out.frames, vec!["a"]);
+    assert_eq!(
+        out.eof,
+        Some(Eof::Error {
+            kind: ErrorKind::BrokenPipe,
+            leftover: 5
+        })
+    );
+    let mut codec = NetstringCodec::new();
+    let mut buf = BytesMut::from("5:hello");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(codec.decode_eof(&mut buf).unwrap_err().is_incomplete());
+    assert_eq!(buf, "5:hello");
+}
+
+#[test]
+fn encoder_writes_length_colon_payload_comma() {
+    let mut codec = NetstringCodec::new();
+    let mut out = BytesMut::new();
+    codec.encode("", &mut out).unwrap();
+    codec.encode("0:xx,,", &mut out).unwrap();
+    codec.encode(vec![b'a'; 12], &mut out).unwrap();
+    assert_eq!(out, "0:,6:0:xx,,,12:aaaaaaaaaaaa,");
+}
+
+#[test]
+fn encoder_refuses_payloads_over_the_limit() {
+    let mut codec = NetstringCodec::with_max_length(3);
+    let mut out = BytesMut::new();
+    let err = codec.encode("abcd", &mut out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(out.is_empty());
+}
+
+proptest! {
+    #[test]
+    fn round_trip(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..8)) {
+        let mut codec = NetstringCodec::new();
+        let mut buf = BytesMut::new();
+        for p in &payloads {
+            codec.encode(p, &mut buf).unwrap();
+        }
+        let mut got = Vec::new();
+        while let Some(f) = codec.decode_eof(&mut buf).unwrap() {
+            got.push(f.to_vec());
+        }
+        prop_assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn random_chunkings_match_the_whole_input(
+        payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..30), 0..6),
+        tail in "[0-9:,x]{0,6}",
+        max in 0usize..40,
+        sizes in proptest::collection::vec(1usize..16, 1..8),
+    ) {
+        let mut input = Vec::new();
+        for p in &payloads {
+            input.extend(format!("{}:", p.len()).as_bytes());
+            input.extend(p);
+            input.push(b',');
+        }
+        input.extend(tail.as_bytes());
+        let make = || NetstringCodec::with_max_length(max);
+        assert_sized_matches_whole(make, &input, &sizes);
+        let chunks: Vec<&[u8]> = input.chunks(sizes[0]).collect();
+        prop_assert_eq!(run_continuing(make(), &chunks), run_continuing(make(), &[&input[..]]));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        input in proptest::collection::vec(any::<u8>(), 0..64),
+        sizes in proptest::collection::vec(1usize..16, 1..8),
+    ) {
+        assert_sized_matches_whole(|| NetstringCodec::with_max_length(20), &input, &sizes);
+    }
+}

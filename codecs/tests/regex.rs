@@ -1,0 +1,260 @@
+//! RegexCodec: AE's accept / reject / skip order, the documented
+//! split-dependence on fixed splits, the scan window, errors.
+
+mod support;
+
+use anyframe_codecs::{ErrorKind, RegexCodec};
+use bytes::BytesMut;
+use proptest::prelude::*;
+use regex::bytes::Regex;
+use support::{Eof, assert_sized_matches_whole, assert_split_invariant, run_chunks};
+use tokio_util::codec::Decoder;
+
+fn re(s: &str) -> Regex {
+    Regex::new(s).expect("valid regex")
+}
+
+fn accept(s: &str) -> RegexCodec {
+    RegexCodec::new(re(s)).expect("valid accept")
+}
+
+#[test]
+fn frame_is_everything_up_to_the_end_of_the_accept_match() {
+    let out = assert_split_invariant(|| accept("\n"), b"one\ntwo\n\nrest");
+    assert_eq!(out.frames, vec!["one\n", "two\n", "\n"]);
+    assert_eq!(
+        out.eof,
+        Some(Eof::Error {
+            kind: ErrorKind::BrokenPipe,
+            leftover: 4
+        })
+    );
+}
+
+#[test]
+fn accept_matches_anywhere_and_takes_the_leftmost_match() {
+    let mut codec = accept("[0-9]+;");
+    let mut buf = BytesMut::from("abc12;x34;");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "abc12;");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "x34;");
+}
+
+#[test]
+fn accept_is_split_dependent_as_in_ae() {
+    // Documented: what matches depends on what has arrived.
+    let whole = run_chunks(accept("ab|a"), &[b"ab"]);
+    assert_eq!(whole.frames, vec!["ab"]);
+    let split = run_chunks(accept("ab|a"), &[b"a", b"b"]);
+    assert_eq!(split.frames, vec!["a"]);
+    assert_eq!(
+        split.eof,
+        Some(Eof::Error {
+            kind: ErrorKind::BrokenPipe,
+            leftover: 1
+        })
+    );
+}
+
+#[test]
+fn accept_match_straddling_the_skip_boundary_is_missed_rt_regex_1() {
+    let make = || {
+        RegexCodec::builder(re("END"))
+            .skip(re("^.*"))
+            .build()
+            .unwrap()
+    };
+    // In one piece, the first END is found.
+    let out = run_chunks(make(), &[b"xxEND..END"]);
+    assert_eq!(out.frames, vec!["xxEND", "..END"]);
+    // "xxEN" is skipped whole, so the first END is never seen.
+    let out = run_chunks(make(), &[b"xxEN", b"D..END"]);
+    assert_eq!(out.frames, vec!["xxEND..END"]);
+}
+
+#[test]
+fn reject_is_only_tried_when_accept_fails_rt_regex_2() {
+    let make = || {
+        RegexCodec::builder(re("\n"))
+            .reject(re(r"\x00"))
+            .build()
+            .unwrap()
+    };
+    // A complete record containing NUL is accepted.
+    let out = run_chunks(make(), &[b"a\0b\n"]);
+    assert_eq!(out.frames, vec!["a\0b\n"]);
+    // The NUL arriving before the terminator is rejected.
+    let out = run_chunks(make(), &[b"a\0", b"b\n"]);
+    assert_eq!(out.frames, Vec::<bytes::Bytes>::new());
+    assert_eq!(out.error, Some((0, ErrorKind::BadMessage, false)));
+}
+
+#[test]
+fn reject_consumes_nothing_and_repeats_until_accept_rt_regex_3() {
+    let mut codec = RegexCodec::builder(re("\n"))
+        .reject(re("!"))
+        .build()
+        .unwrap();
+    let mut buf = BytesMut::from("ab!");
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert!(!err.is_fatal());
+    assert_eq!(err.offset(), Some(2));
+    assert_eq!(buf, "ab!");
+    // No new bytes: the same answer, without running the regexes again.
+    assert!(codec.decode(&mut buf).is_err());
+    // New bytes: scanned again; still rejected.
+    buf.extend_from_slice(b"c");
+    assert!(codec.decode(&mut buf).is_err());
+    // EOF: EPIPE, fatal, with everything still buffered... unless accept
+    // matches, which it now does.
+    buf.extend_from_slice(b"\n");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "ab!c\n");
+    let mut buf = BytesMut::from("x!");
+    let mut codec = RegexCodec::builder(re("\n"))
+        .reject(re("!"))
+        .build()
+        .unwrap();
+    assert!(codec.decode(&mut buf).is_err());
+    let err = codec.decode_eof(&mut buf);
+    assert_eq!(err.unwrap_err().kind(), ErrorKind::BadMessage);
+}
+
+#[test]
+fn skipped_bytes_stay_in_the_buffer_and_in_the_frame() {
+    let mut codec = RegexCodec::builder(re(";"))
+        .skip(re("^x+"))
+        .build()
+        .unwrap();
+    let mut buf = BytesMut::from("xxx");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert_eq!(codec.skipped(), 3);
+    assert_eq!(buf, "xxx", "skip does not consume");
+    // A cancelled request (the codec dropped) loses nothing.
+    drop(codec);
+    assert_eq!(buf, "xxx");
+
+    let mut codec = RegexCodec::builder(re(";"))
+        .skip(re("^x+"))
+        .build()
+        .unwrap();
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b"a;b");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "xxxa;");
+    assert_eq!(codec.skipped(), 0);
+    assert_eq!(buf, "b");
+}
+
+#[test]
+fn skip_runs_even_when_reject_matched() {
+    let mut codec = RegexCodec::builder(re(";"))
+        .reject(re("!"))
+        .skip(re("^[^;]*"))
+        .build()
+        .unwrap();
+    let mut buf = BytesMut::from("ab!");
+    assert!(codec.decode(&mut buf).is_err());
+    assert_eq!(codec.skipped(), 3);
+    // The window is past the bad byte now: no more rejection.
+    buf.extend_from_slice(b"c;");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "ab!c;");
+}
+
+#[test]
+fn partial_record_at_eof_is_broken_pipe_with_skipped_bytes_kept() {
+    let mut codec = RegexCodec::builder(re(";"))
+        .skip(re("^x+"))
+        .build()
+        .unwrap();
+    let mut buf = BytesMut::from("xxab");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    let err = codec.decode_eof(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    assert!(err.is_fatal());
+    assert_eq!(err.seen(), Some(4));
+    assert_eq!(buf, "xxab");
+}
+
+#[test]
+fn more_than_the_window_without_accept_is_fatal_no_space() {
+    let make = || RegexCodec::builder(re(";")).max_length(8).build().unwrap();
+    let mut codec = make();
+    let mut buf = BytesMut::from("0123456789");
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace);
+    assert!(err.is_fatal() && err.is_limit());
+    assert_eq!(buf.len(), 10, "nothing consumed");
+    // A match inside the window is still taken.
+    let out = assert_split_invariant(make, b"0123456;89abcdefgh;");
+    assert_eq!(out.frames, vec!["0123456;"]);
+    assert_eq!(out.error, Some((1, ErrorKind::NoSpace, true)));
+}
+
+#[test]
+fn accept_matching_empty_is_refused() {
+    for pattern in ["x*", "", "^", "a?"] {
+        let err = RegexCodec::new(re(pattern)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{pattern}");
+    }
+}
+
+#[test]
+fn frames_are_split_off_without_copying() {
+    let mut codec = accept(";");
+    let mut buf = BytesMut::from("ab;cd;");
+    let base = buf.as_ptr() as usize;
+    let f = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(f.as_ptr() as usize, base);
+}
+
+proptest! {
+    /// A one-byte accept with a skip that cannot swallow it is one of the
+    /// split-invariant configurations.
+    #[test]
+    fn single_byte_accept_with_safe_skip_is_split_invariant(
+        input in proptest::collection::vec(
+            prop_oneof![Just(b'a'), Just(b';'), Just(b'x')], 0..60),
+        max in 1usize..20,
+        with_skip in any::<bool>(),
+        sizes in proptest::collection::vec(1usize..10, 1..8),
+    ) {
+        let make = || {
+            let mut b = RegexCodec::builder(re(";"));
+            b.max_length(max);
+            if with_skip {
+                b.skip(re("^[^;]+"));
+            }
+            b.build().unwrap()
+        };
+        assert_sized_matches_whole(make, &input, &sizes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        input in proptest::collection::vec(any::<u8>(), 0..64),
+        sizes in proptest::collection::vec(1usize..10, 1..8),
+    ) {
+        let mut codec = RegexCodec::builder(re(r"\r\n\r\n"))
+            .reject(re(r"\x00"))
+            .skip(re(r"^(?:[^\r]|\r[^\n])*"))
+            .max_length(32)
+            .build()
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let mut rest = &input[..];
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = sizes[i % sizes.len()].min(rest.len());
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            i += 1;
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(f)) => prop_assert!(f.ends_with(b"\r\n\r\n")),
+                    Ok(None) => break,
+                    Err(e) if e.is_fatal() => return Ok(()),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
