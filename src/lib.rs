@@ -1,4 +1,77 @@
-//! anyframe: AnyEvent::Handle's queued framing for tokio.
+//! AnyEvent::Handle's queued framing for tokio.
+//!
+//! A [`QueuedFramed`] is one connection with one read buffer and a queue of
+//! read requests, **each with its own decoder**: read a line, then exactly
+//! 64 bytes, then one JSON value, then upgrade to TLS, on one connection.
+//! Bytes one request does not consume are the next request's input. Writes
+//! go through a write queue that coalesces them.
+//!
+//! # Reading with a different decoder each time
+//!
+//! ```
+//! use anyframe::QueuedFramed;
+//! use anyframe::codecs::{ChunkCodec, LineCodec, PackFormat, PackstringCodec};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+//! let (io, mut peer) = tokio::io::duplex(1024);
+//! peer.write_all(b"HELO\r\n\x00\x05hello12345678").await?;
+//!
+//! let mut conn = QueuedFramed::new(io);
+//! assert_eq!(conn.read(LineCodec::new()).await?.line(), "HELO");
+//! assert_eq!(&conn.read(PackstringCodec::new(PackFormat::U16Be)).await?[..], b"hello");
+//! assert_eq!(&conn.read(ChunkCodec::new(8)).await?[..], b"12345678");
+//! # Ok(()) }
+//! ```
+//!
+//! # Pipelining from several tasks
+//!
+//! [`QueuedFramed::spawn`] moves the connection into a driver task and
+//! returns a cloneable, `Send` [`Handle`]. Reads queued with
+//! [`Handle::push_read`] resolve strictly in queue order; a completion given
+//! to [`Handle::push_read_with`] runs inside the engine and may queue the
+//! next read at the front, before any later request sees the buffer.
+//!
+//! ```
+//! use anyframe::QueuedFramed;
+//! use anyframe::codecs::{ChunkCodec, LineCodec};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+//! let (io, mut peer) = tokio::io::duplex(1024);
+//! let (handle, _driver) = QueuedFramed::new(io).spawn();
+//! // "OK" is followed by one more line; the 64-byte answer comes after.
+//! let status = handle.push_read_with(LineCodec::new(), |status, q| {
+//!     Ok((status.line() == "OK").then(|| q.unshift_read(LineCodec::new())))
+//! });
+//! let body = handle.push_read(ChunkCodec::new(64));
+//! peer.write_all(b"OK\ndetail\n").await?;
+//! peer.write_all(&[b'x'; 64]).await?;
+//! assert_eq!(status.await?.unwrap().await?.line(), "detail");
+//! assert_eq!(body.await?.len(), 64);
+//! # Ok(()) }
+//! ```
+//!
+//! # The contract
+//!
+//! * **In order, nothing lost.** Requests complete in queue order; a request
+//!   cancelled before it completes consumed nothing. A fatal error keeps the
+//!   buffers: [`QueuedFramed::into_parts`] (or the [`Driver`]) returns the
+//!   transport, the unread and the unwritten bytes.
+//! * **EOF** (RQ-6): `EPIPE` (fatal) only when a waiting request cannot
+//!   complete; a clean end with nothing queued ends the `Stream`.
+//! * **Errors** are one type, [`Error`], with an errno-like [`ErrorKind`] and
+//!   [`Error::is_fatal`]. A bad message fails its request only.
+//! * **Bounded**: `rbuf_max`, `wbuf_max` and every codec limit have defaults.
+//! * **Timeouts** (idle, read, write) are AnyEvent's: non-fatal, repeating,
+//!   running while idle. **Autocork**, **watermarks** and **linger** too.
+//! * **TLS** (feature `tls`): [`QueuedFramed::starttls`] on a live connection,
+//!   `stoptls`, `tls_autostart`; verification on by default.
+//! * **Tower** (feature `tower`): [`service::Client`] and [`service::serve`].
+//!
+//! The codecs live in [`codecs`] (the `anyframe-codecs` crate), usable in a
+//! plain `tokio_util::codec::Framed` too. Coming from Perl? See
+//! [`coming_from_anyevent`].
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -19,6 +92,13 @@ pub mod service;
 #[cfg(feature = "tls")]
 pub mod tls;
 
+#[doc = include_str!("../docs/anyevent.md")]
+pub mod coming_from_anyevent {}
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use config::{
     Builder, DEFAULT_HIGH_WATER, DEFAULT_LINGER, DEFAULT_LOW_WATER, DEFAULT_MAX_READ_SIZE,
     DEFAULT_RBUF_MAX, DEFAULT_READ_SIZE, DEFAULT_WBUF_MAX,

@@ -302,7 +302,7 @@ impl fmt::Debug for Requests<'_> {
     }
 }
 
-/// A decoder made of a closure, for [`QueuedFramed::read_fn`]-style
+/// A decoder made of a closure, for [`QueuedFramed::read_fn`](crate::QueuedFramed::read_fn)-style
 /// requests: `FnMut(&mut BytesMut) -> Result<Option<T>>`, AE's untyped
 /// callback request. It may consume any prefix of the buffer.
 pub struct FnDecoder<F> {
