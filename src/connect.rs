@@ -15,7 +15,9 @@ use crate::queued::{Driver, Handle, QueuedFramed, spawn_connecting};
 /// (AE's `on_connect_error` / `retry`). Called with the address that failed
 /// and why; return `false` to give up.
 #[derive(Clone)]
-pub struct RetryHook(Arc<dyn Fn(SocketAddr, &io::Error) -> bool + Send + Sync>);
+pub struct RetryHook(Arc<RetryFn>);
+
+type RetryFn = dyn Fn(SocketAddr, &io::Error) -> bool + Send + Sync;
 
 impl RetryHook {
     /// Wraps `f`.

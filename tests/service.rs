@@ -183,7 +183,7 @@ async fn server_maps_service_errors_to_responses_or_closes() {
     // Mapped to a response.
     let (a, b) = tokio::io::duplex(4096);
     let server = tokio::spawn(
-        serve(b, Utf8LineCodec::new(), LineCodec::new(), failing.clone())
+        serve(b, Utf8LineCodec::new(), LineCodec::new(), failing)
             .map_errors(|e| Some(format!("ERR {e}")))
             .into_future(),
     );

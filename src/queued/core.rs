@@ -686,9 +686,13 @@ impl Core {
                             }
                         }
                     }
-                    if let Poll::Pending = Pin::new(&mut *io).poll_flush(cx) {
-                        self.tls_op = Some(TlsOp::Start { mode, plain, done });
-                        return Poll::Pending;
+                    match Pin::new(&mut *io).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return self.tls_failed(done, e),
+                        Poll::Pending => {
+                            self.tls_op = Some(TlsOp::Start { mode, plain, done });
+                            return Poll::Pending;
+                        }
                     }
                     // Everything already read is the peer's handshake.
                     let replay = self.rbuf.split().freeze();
@@ -794,7 +798,7 @@ impl Core {
     {
         self.register_driver(cx.waker());
         loop {
-            if let Poll::Pending = self.poll_tls(io, cx) {
+            if self.poll_tls(io, cx).is_pending() {
                 // A handshake in progress: nothing else moves until it is done.
                 if let Poll::Ready(Some(e)) = self.poll_timers(cx) {
                     self.fail_head(e);
