@@ -40,19 +40,28 @@ impl Harness {
             .and_then(|r| r.parse().ok())
             .unwrap_or(5usize)
             .max(1);
-        Harness { filter, reps, started: Instant::now() }
+        Harness {
+            filter,
+            reps,
+            started: Instant::now(),
+        }
     }
 
     pub fn header(&self) {
         println!(
             "# anyframe compare bench: {} reps (median), cores={}",
             self.reps,
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         );
     }
 
     pub fn footer(&self) {
-        println!("# total wall time {:.1} s", self.started.elapsed().as_secs_f64());
+        println!(
+            "# total wall time {:.1} s",
+            self.started.elapsed().as_secs_f64()
+        );
     }
 
     /// Whether a scenario is selected by the filter.
@@ -81,7 +90,10 @@ impl Harness {
             })
             .collect();
         samples.sort();
-        Measured { median: samples[samples.len() / 2], items }
+        Measured {
+            median: samples[samples.len() / 2],
+            items,
+        }
     }
 
     /// Prints the scenario line, and returns the ratio ours/anchor.
@@ -90,7 +102,13 @@ impl Harness {
     }
 
     /// As [`report`](Self::report) with extra `key=value` fields appended.
-    pub fn report_with(&self, scenario: &str, ours: Measured, anchor: Measured, extra: &str) -> f64 {
+    pub fn report_with(
+        &self,
+        scenario: &str,
+        ours: Measured,
+        anchor: Measured,
+        extra: &str,
+    ) -> f64 {
         let ratio = ours.rate() / anchor.rate();
         let sep = if extra.is_empty() { "" } else { " " };
         println!(
