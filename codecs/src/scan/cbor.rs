@@ -147,6 +147,21 @@ impl CborScanner {
                         break;
                     }
                     let initial = t[i];
+                    // Fast lane: a whole leaf item (integer, float, simple
+                    // value, short string) already at hand, outside an
+                    // indefinite string: skip it in one step.
+                    let leaf = usize::from(LEAF_LEN[usize::from(initial)]);
+                    if leaf != 0
+                        && leaf <= end - i
+                        && !matches!(top, Some(Frame::IndefString { .. }))
+                    {
+                        i += leaf;
+                        match self.finish(top, i) {
+                            Next::Complete(n) => return Scan::Complete(n),
+                            Next::Step(s) => step = s,
+                        }
+                        continue;
+                    }
                     let at = i;
                     i += 1;
                     let ai = initial & 0x1f;
@@ -377,6 +392,28 @@ impl CborScanner {
         }
     }
 }
+
+/// For each initial byte of a leaf item whose size the byte alone tells:
+/// that size (head and body); 0 for everything else. Integers with any
+/// argument size, strings shorter than 24 bytes, simple values below 24,
+/// floats. (`0xf8` is left out: its argument must be checked.)
+static LEAF_LEN: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let (major, ai) = (b >> 5, (b & 0x1f) as u8);
+        t[b] = match (major, ai) {
+            (0 | 1, 0..=23) => 1,
+            (0 | 1, 24..=27) => 1 + (1 << (ai - 24)),
+            (2 | 3, 0..=23) => 1 + ai,
+            (7, 0..=23) => 1,
+            (7, 25..=27) => 1 + (1 << (ai - 24)),
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
 
 /// The break byte: major type 7, additional information 31.
 const BREAK: u8 = 0xff;
