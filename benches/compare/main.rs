@@ -6,17 +6,13 @@
 //! A positional argument (or `BENCH_FILTER`) keeps only the scenarios whose
 //! name contains it; `BENCH_REPS` sets the repetitions (default 5, median).
 
-mod codecs_bytes;
 mod codecs_json;
-mod engine;
 mod harness;
 
 fn main() {
-    let h = harness::Harness::from_env();
+    let mut h = harness::Harness::from_env();
     h.header();
     // Each area registers its scenarios here.
-    codecs_bytes::run(&h);
     codecs_json::run(&h);
-    engine::run(&h);
     h.footer();
 }
