@@ -376,3 +376,25 @@ proptest! {
         assert_sized_matches_whole(|| RawCborCodec::with_limits(64, 4), &wire, &sizes);
     }
 }
+
+#[test]
+fn serde_cbor_refuses_128_levels_itself_and_the_item_is_consumed() {
+    let nest = |n: usize| {
+        let mut v = vec![0x81; n - 1];
+        v.push(0x80);
+        v
+    };
+    let ok = assert_split_invariant(value_codec, &nest(127));
+    assert_eq!(ok.frames.len(), 1);
+    let mut item = nest(128);
+    item.push(0x01);
+    let mut buf = BytesMut::from(&item[..]);
+    let err = value_codec().decode(&mut buf).unwrap_err();
+    assert!(!err.is_limit(), "serde_cbor's own limit, not the scanner's");
+    assert_eq!(
+        value_codec().decode(&mut buf).unwrap(),
+        Some(Value::Integer(1))
+    );
+    let raw = assert_split_invariant(RawCborCodec::new, &nest(128));
+    assert_eq!(raw.frames.len(), 1);
+}

@@ -545,3 +545,22 @@ proptest! {
         assert_sized_matches_whole(JsonCodec::<Point>::new, &wire, &sizes);
     }
 }
+
+#[test]
+fn serde_json_refuses_128_levels_itself_and_the_text_is_consumed() {
+    let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let ok = assert_split_invariant(value_codec, nest(127).as_bytes());
+    assert_eq!(ok.frames.len(), 1);
+    let mut buf = BytesMut::from(format!("{} 1", nest(128)).as_bytes());
+    let err = value_codec().decode(&mut buf).unwrap_err();
+    assert!(!err.is_limit(), "serde_json's own limit, not the scanner's");
+    assert_eq!(
+        value_codec().decode(&mut buf).unwrap(),
+        None,
+        "the text was consumed"
+    );
+    assert_eq!(value_codec().decode_eof(&mut buf).unwrap(), Some(json!(1)));
+    // The raw framer has no such limit of its own.
+    let raw = assert_split_invariant(RawJsonCodec::new, nest(128).as_bytes());
+    assert_eq!(raw.frames.len(), 1);
+}
