@@ -408,6 +408,12 @@ where
             // outcome, the ticket has its own result if its request ran.
             // (A fatal error fails the ticket's request too.)
             let _ = self.core.poll_queue(&mut self.io, cx);
+            // A `starttls`/`stoptls` ticket (say, from a completion's
+            // `Requests`) resolves only when the switch runs; with nothing
+            // queued, nothing above reads, so drive the switch here.
+            if self.core.queue.is_empty() {
+                let _ = self.core.poll_tls(&mut self.io, cx);
+            }
             ticket.poll_result(cx)
         })
         .await
