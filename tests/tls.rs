@@ -1,5 +1,9 @@
 //! TLS on a live QueuedFramed (issue 6): STARTTLS, stoptls, autostart,
 //! verification, against our own peer and the `openssl` command-line tool.
+//!
+//! Everything runs on 127.0.0.1 (or an in-memory pipe where TCP does not
+//! matter), and every wait is bounded by [`within`] so a broken handshake
+//! fails the test instead of hanging it.
 #![cfg(feature = "tls")]
 
 mod support;
@@ -7,11 +11,142 @@ mod support;
 #[path = "support/pki.rs"]
 mod pki;
 
-use anyframe::codecs::LineCodec;
-use anyframe::{ErrorKind, QueuedFramed};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
-/// The SMTP shape on both sides, sequential API: plaintext exchange,
-/// STARTTLS, then lines over TLS.
+use anyframe::codecs::{ChunkCodec, LineCodec, TlsDetectCodec};
+use anyframe::tls::TlsServer;
+use anyframe::{Error, ErrorKind, OrEof, QueuedFramed};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+/// The bound on every wait in this file.
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(LIMIT, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
+    }
+}
+
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+    (c.unwrap(), s.unwrap().0)
+}
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+/// A TLS client and a TLS server (`Builder::tls`) over loopback TCP, with
+/// the handshake done.
+async fn tls_pair() -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
+    let (c, s) = tcp_pair().await;
+    let mut client = QueuedFramed::builder()
+        .tls(pki::client())
+        .build_tcp(c)
+        .unwrap();
+    let mut server = QueuedFramed::builder()
+        .tls(pki::server())
+        .build_tcp(s)
+        .unwrap();
+    // A flush drives the handshake (it runs before any write).
+    let (a, b) = within("handshake", async {
+        tokio::join!(client.flush(), server.flush())
+    })
+    .await;
+    a.unwrap();
+    b.unwrap();
+    assert!(client.is_tls() && server.is_tls());
+    (client, server)
+}
+
+// ----- TLS from the start ----------------------------------------------------
+
+/// `Builder::tls` on both ends: the inline client (`connect`) and a spawned
+/// client (`spawn_connect`, with its requests queued before the connection
+/// and the handshake exist) talk to servers built with `build_tcp`.
+#[tokio::test]
+async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let mut sessions = Vec::new();
+        for _ in 0..2 {
+            let (sock, _) = l.accept().await.unwrap();
+            sessions.push(tokio::spawn(async move {
+                let mut conn = QueuedFramed::builder()
+                    .tls(pki::server())
+                    .build_tcp(sock)
+                    .unwrap();
+                let got = conn.read(LineCodec::new()).await.unwrap();
+                assert!(conn.is_tls());
+                conn.write(LineCodec::new(), [&b"tls echo: "[..], got.line()].concat())
+                    .await
+                    .unwrap();
+                // The client's close_notify is a clean end of input.
+                assert!(
+                    conn.read(OrEof::new(LineCodec::new()))
+                        .await
+                        .unwrap()
+                        .is_none()
+                );
+            }));
+        }
+        for s in sessions {
+            s.await.unwrap();
+        }
+    });
+
+    within("inline client", async {
+        let mut conn = QueuedFramed::builder()
+            .tls(pki::client())
+            .connect(addr)
+            .await
+            .unwrap();
+        conn.write(LineCodec::new(), "inline").await.unwrap();
+        assert!(conn.is_tls());
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "tls echo: inline"
+        );
+        conn.shutdown_write().await.unwrap();
+    })
+    .await;
+
+    within("spawned client", async {
+        let (h, driver) = QueuedFramed::builder()
+            .tls(pki::client())
+            .spawn_connect(addr);
+        // Queued before the socket or the TLS session exist.
+        h.push_write(LineCodec::new(), "spawned").unwrap();
+        let reply = h.push_read(LineCodec::new());
+        assert_eq!(reply.await.unwrap().line(), "tls echo: spawned");
+        assert!(h.is_tls());
+        h.push_shutdown().unwrap();
+        h.flush().await.unwrap();
+        drop(h);
+        driver.await.unwrap();
+    })
+    .await;
+    within("server", server).await.unwrap();
+}
+
+// ----- STARTTLS --------------------------------------------------------------
+
+/// The existing sequential SMTP shape over an in-memory pipe.
 #[tokio::test]
 async fn starttls_after_a_plaintext_exchange_then_lines_over_tls() {
     let (a, b) = tokio::io::duplex(16 * 1024);
@@ -29,38 +164,1027 @@ async fn starttls_after_a_plaintext_exchange_then_lines_over_tls() {
             .await
             .unwrap();
     });
-    let mut conn = QueuedFramed::new(a);
+    within("client", async {
+        let mut conn = QueuedFramed::new(a);
+        conn.write(LineCodec::new(), "STARTTLS").await.unwrap();
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "220 ready"
+        );
+        conn.starttls(pki::client()).await.unwrap();
+        conn.write(LineCodec::new(), "secret").await.unwrap();
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "got secret"
+        );
+    })
+    .await;
+    within("server", server).await.unwrap();
+}
+
+/// A client transport that pipelines STARTTLS: its first write (the
+/// ClientHello) goes out as `command` + ClientHello in ONE write call, and
+/// the first line it receives (the server's plaintext answer) is taken off
+/// the input, into `answer`, before the TLS library sees the stream.
+struct Pipelined<IO> {
+    io: IO,
+    command: Option<Vec<u8>>,
+    /// Bytes of the combined first write that `io` has not accepted yet.
+    unsent: Vec<u8>,
+    answer: Arc<Mutex<Vec<u8>>>,
+    answer_done: bool,
+    /// Input read past the answer's line end, served next.
+    carry: Vec<u8>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Pipelined<IO> {
+    fn new(io: IO, command: &[u8], answer: Arc<Mutex<Vec<u8>>>) -> Pipelined<IO> {
+        Pipelined {
+            io,
+            command: Some(command.to_vec()),
+            unsent: Vec::new(),
+            answer,
+            answer_done: false,
+            carry: Vec::new(),
+        }
+    }
+
+    fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.unsent.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.unsent))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.unsent.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Pipelined<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while !this.answer_done {
+            let mut tmp = [0u8; 1024];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut answer = this.answer.lock().unwrap();
+            answer.extend_from_slice(rb.filled());
+            if let Some(i) = answer.iter().position(|&b| b == b'\n') {
+                this.carry = answer.split_off(i + 1);
+                this.answer_done = true;
+            }
+        }
+        if !this.carry.is_empty() {
+            let n = this.carry.len().min(buf.remaining());
+            buf.put_slice(&this.carry[..n]);
+            this.carry.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Pipelined<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        if let Some(mut first) = this.command.take() {
+            first.extend_from_slice(buf);
+            this.unsent = first;
+            // One write call for both; whatever the socket does not take
+            // now goes out with the next write or flush.
+            if let Poll::Ready(Err(e)) = this.poll_unsent(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+/// `STARTTLS\r\n` and the ClientHello arrive in one TCP segment, so the
+/// server's first read holds both. The ClientHello must reach the TLS
+/// engine through the replay prefix (the handshake succeeds) and must
+/// never be delivered to a request as data.
+#[tokio::test]
+async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hello() {
+    let (c, s) = tcp_pair().await;
+    let server = tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(s);
+        let cmd = conn.read(LineCodec::new()).await.unwrap();
+        assert_eq!(cmd.line(), "STARTTLS");
+        // The ClientHello came in the same read, behind the command.
+        let buffered = conn.read_buffer().to_vec();
+        assert!(
+            buffered.len() > 40 && buffered[0] == 0x16 && buffered[1] == 0x03,
+            "expected a TLS record behind the command, got {:02x?}",
+            &buffered[..buffered.len().min(8)]
+        );
+        conn.push_write(LineCodec::new(), "220 ready").unwrap();
+        conn.starttls(pki::server()).await.unwrap();
+        assert!(conn.is_tls());
+        assert!(conn.read_buffer().is_empty(), "the hello was handed on");
+        // The only line after the command is the one sent over TLS.
+        let secret = conn.read(LineCodec::new()).await.unwrap();
+        assert_eq!(secret.line(), "secret over tls");
+        conn.write(LineCodec::new(), "ok").await.unwrap();
+        buffered.len()
+    });
+    let answer = Arc::new(Mutex::new(Vec::new()));
+    within("client", async {
+        let mut conn = QueuedFramed::new(Pipelined::new(c, b"STARTTLS\r\n", answer.clone()));
+        conn.starttls(pki::client()).await.unwrap();
+        conn.write(LineCodec::new(), "secret over tls")
+            .await
+            .unwrap();
+        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "ok");
+    })
+    .await;
+    let hello_len = within("server", server).await.unwrap();
+    assert_eq!(&answer.lock().unwrap()[..], b"220 ready\n");
+    eprintln!("the server's first read held STARTTLS and a {hello_len}-byte ClientHello");
+}
+
+/// The classic STARTTLS injection (CVE-2011-0411): plaintext sent behind
+/// `STARTTLS` in the same packet is taken as the start of the TLS stream,
+/// so the handshake fails (EPROTO, fatal) and the injected command is never
+/// read as a command.
+#[tokio::test]
+async fn plaintext_injected_behind_starttls_is_never_delivered() {
+    let (mut c, s) = tcp_pair().await;
+    c.write_all(b"STARTTLS\r\nRCPT TO:<injected@example.org>\r\n")
+        .await
+        .unwrap();
+    let mut conn = QueuedFramed::new(s);
+    within("server", async {
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "STARTTLS"
+        );
+        conn.push_write(LineCodec::new(), "220 ready").unwrap();
+        let e = conn.starttls(pki::server()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.is_fatal() && conn.is_destroyed(), "{e}");
+        assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
+        let again = conn.read(LineCodec::new()).await.unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::Protocol);
+    })
+    .await;
+    // The 220 still went out in plaintext, before the handshake began.
+    let mut got = [0u8; 10];
+    within("client", c.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"220 ready\n");
+}
+
+/// The client used by the SMTP-shape tests: greeting, STARTTLS, 220,
+/// handshake, one command over TLS.
+async fn smtp_shape_client(sock: TcpStream) {
+    let mut conn = QueuedFramed::new(sock);
+    assert_eq!(
+        conn.read(LineCodec::new()).await.unwrap().line(),
+        "220 smtp.test ESMTP"
+    );
     conn.write(LineCodec::new(), "STARTTLS").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
         "220 ready"
     );
     conn.starttls(pki::client()).await.unwrap();
-    conn.write(LineCodec::new(), "secret").await.unwrap();
+    conn.write(LineCodec::new(), "EHLO over tls").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
-        "got secret"
+        "250 hello over tls"
     );
-    server.await.unwrap();
+}
+
+/// The SMTP shape inside the engine, on a spawned `Handle`: a completion
+/// reads `STARTTLS`, queues `220 ready` and starts TLS. A request queued
+/// behind it before any byte arrived reads decrypted data.
+#[tokio::test]
+async fn smtp_shape_starttls_from_inside_a_completion_on_a_handle() {
+    let (c, s) = tcp_pair().await;
+    let server = tokio::spawn(async move {
+        let (h, driver) = QueuedFramed::new(s).spawn();
+        h.push_write(LineCodec::new(), "220 smtp.test ESMTP")
+            .unwrap();
+        let tls = pki::server();
+        let upgrade = h.push_read_with(LineCodec::new(), move |cmd, q| {
+            q.push_write(LineCodec::new(), "220 ready")?;
+            Ok((cmd.into_line(), q.starttls(tls)))
+        });
+        let ehlo = h.push_read(LineCodec::new());
+        let (cmd, handshake) = upgrade.await.unwrap();
+        assert_eq!(cmd, "STARTTLS");
+        handshake.await.unwrap();
+        assert!(h.is_tls());
+        assert_eq!(ehlo.await.unwrap().line(), "EHLO over tls");
+        h.push_write(LineCodec::new(), "250 hello over tls")
+            .unwrap();
+        h.flush().await.unwrap();
+        drop(h);
+        driver.await.unwrap();
+    });
+    within("client", smtp_shape_client(c)).await;
+    within("server", server).await.unwrap();
+}
+
+/// The same shape on an inline `QueuedFramed`, waiting for the handshake's
+/// ticket with `wait` while nothing else is queued.
+#[tokio::test]
+async fn smtp_shape_starttls_from_inside_a_completion_inline() {
+    let (c, s) = tcp_pair().await;
+    let server = tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(s);
+        conn.push_write(LineCodec::new(), "220 smtp.test ESMTP")
+            .unwrap();
+        let tls = pki::server();
+        let upgrade = conn.push_read_with(LineCodec::new(), move |cmd, q| {
+            q.push_write(LineCodec::new(), "220 ready")?;
+            Ok((cmd.into_line(), q.starttls(tls)))
+        });
+        let (cmd, handshake) = conn.wait(upgrade).await.unwrap();
+        assert_eq!(cmd, "STARTTLS");
+        conn.wait(handshake).await.unwrap();
+        assert!(conn.is_tls());
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "EHLO over tls"
+        );
+        conn.write(LineCodec::new(), "250 hello over tls")
+            .await
+            .unwrap();
+    });
+    within("client", smtp_shape_client(c)).await;
+    within("server", server).await.unwrap();
+}
+
+/// TLS-2: output queued before `starttls` (held back here by autocork)
+/// goes out in plaintext, ahead of the ClientHello; output queued after
+/// it goes out encrypted.
+#[tokio::test]
+async fn queued_plaintext_is_flushed_before_the_client_hello() {
+    let (c, s) = tcp_pair().await;
+    let server = tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(s);
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "PLAINTEXT-BEFORE"
+        );
+        // The next bytes on the wire are a TLS handshake record.
+        let verdict = conn.read(TlsDetectCodec::new()).await.unwrap();
+        assert!(verdict.is_tls(), "{verdict:?}");
+        conn.starttls(pki::server()).await.unwrap();
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "ENCRYPTED-AFTER"
+        );
+    });
+    within("client", async {
+        let (h, driver) = QueuedFramed::builder()
+            .autocork(true)
+            .build_tcp(c)
+            .unwrap()
+            .spawn();
+        h.push_write(LineCodec::new(), "PLAINTEXT-BEFORE").unwrap();
+        let handshake = h.starttls(pki::client());
+        h.push_write(LineCodec::new(), "ENCRYPTED-AFTER").unwrap();
+        handshake.await.unwrap();
+        h.flush().await.unwrap();
+        drop(h);
+        driver.await.unwrap();
+    })
+    .await;
+    within("server", server).await.unwrap();
+}
+
+#[tokio::test]
+async fn starttls_while_tls_is_active_is_einval_and_harmless() {
+    let (mut client, mut server) = tls_pair().await;
+    within("both", async {
+        let e = client.starttls(pki::client()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(!e.is_fatal() && !client.is_destroyed() && client.is_tls());
+        client.write(LineCodec::new(), "still fine").await.unwrap();
+        assert_eq!(
+            server.read(LineCodec::new()).await.unwrap().line(),
+            "still fine"
+        );
+    })
+    .await;
+}
+
+// ----- tls_autostart ---------------------------------------------------------
+
+/// Serves `n` connections on one listener: detect TLS, upgrade if the
+/// client starts with a handshake, then answer one line saying which it was.
+/// `spawned`: with `Handle::push_tls_autostart`, else with the inline
+/// `QueuedFramed::tls_autostart`.
+async fn autostart_server(l: TcpListener, n: usize, spawned: bool) {
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        let (sock, _) = l.accept().await.unwrap();
+        sessions.push(tokio::spawn(async move {
+            if spawned {
+                let (h, driver) = QueuedFramed::new(sock).spawn();
+                let verdict = h.push_tls_autostart(pki::server());
+                let hello = h.push_read(LineCodec::new());
+                let tls = verdict.await.unwrap().is_tls();
+                let hello = hello.await.unwrap();
+                assert_eq!(tls, h.is_tls());
+                let kind = if tls { "tls" } else { "plain" };
+                h.push_write(
+                    LineCodec::new(),
+                    [kind.as_bytes(), b" ", hello.line()].concat(),
+                )
+                .unwrap();
+                h.flush().await.unwrap();
+                drop(h);
+                driver.await.unwrap();
+            } else {
+                let mut conn = QueuedFramed::new(sock);
+                let tls = conn.tls_autostart(pki::server()).await.unwrap().is_tls();
+                assert_eq!(tls, conn.is_tls());
+                let hello = conn.read(LineCodec::new()).await.unwrap();
+                let kind = if tls { "tls" } else { "plain" };
+                conn.write(
+                    LineCodec::new(),
+                    [kind.as_bytes(), b" ", hello.line()].concat(),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for s in sessions {
+        s.await.unwrap();
+    }
+}
+
+async fn autostart_clients(addr: SocketAddr) {
+    let tls_client = async {
+        let mut conn = QueuedFramed::builder()
+            .tls(pki::client())
+            .connect(addr)
+            .await
+            .unwrap();
+        conn.write(LineCodec::new(), "hello").await.unwrap();
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "tls hello"
+        );
+    };
+    let plain_client = async {
+        let mut conn = QueuedFramed::builder().connect(addr).await.unwrap();
+        conn.write(LineCodec::new(), "hello").await.unwrap();
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "plain hello"
+        );
+    };
+    tokio::join!(tls_client, plain_client);
+}
+
+#[tokio::test]
+async fn autostart_serves_tls_and_plaintext_clients_on_one_listener_with_a_handle() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(autostart_server(l, 2, true));
+    within("clients", autostart_clients(addr)).await;
+    within("server", server).await.unwrap();
+}
+
+#[tokio::test]
+async fn autostart_serves_tls_and_plaintext_clients_on_one_listener_inline() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(autostart_server(l, 2, false));
+    within("clients", autostart_clients(addr)).await;
+    within("server", server).await.unwrap();
+}
+
+// ----- stoptls and the end of a TLS stream -----------------------------------
+
+/// Both ends stop TLS; plaintext goes on over the same socket and nothing
+/// sent before, between or after the close_notify alerts is lost. At the
+/// end both hand the bare socket back and talk over it directly.
+#[tokio::test]
+async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
+    let (mut client, mut server) = tls_pair().await;
+    let server = tokio::spawn(async move {
+        let conn = &mut server;
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "client: over tls, then stop"
+        );
+        conn.push_write(LineCodec::new(), "server: over tls, then stop")
+            .unwrap();
+        conn.stoptls().await.unwrap();
+        assert!(!conn.is_tls());
+        conn.write(LineCodec::new(), "server: plaintext")
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            "client: plaintext"
+        );
+        // Both directions are plaintext: take the socket back.
+        let parts = server.into_parts();
+        let mut raw = parts.io;
+        let mut got = parts.read_buf.to_vec();
+        while !got.ends_with(b"\n") {
+            let mut buf = [0u8; 64];
+            let n = raw.read(&mut buf).await.unwrap();
+            assert!(n > 0, "EOF after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"client: raw\n");
+        raw.write_all(b"server: raw\n").await.unwrap();
+    });
+    within("client", async {
+        client
+            .push_write(LineCodec::new(), "client: over tls, then stop")
+            .unwrap();
+        client.stoptls().await.unwrap();
+        assert!(!client.is_tls());
+        // Sent after our close_notify, before the server's has arrived.
+        client
+            .write(LineCodec::new(), "client: plaintext")
+            .await
+            .unwrap();
+        // Still TLS until the server's close_notify, then plaintext.
+        assert_eq!(
+            client.read(LineCodec::new()).await.unwrap().line(),
+            "server: over tls, then stop"
+        );
+        assert_eq!(
+            client.read(LineCodec::new()).await.unwrap().line(),
+            "server: plaintext"
+        );
+        let parts = client.into_parts();
+        assert!(parts.read_buf.is_empty() && parts.write_buf.is_empty());
+        let mut raw = parts.io;
+        raw.write_all(b"client: raw\n").await.unwrap();
+        let mut got = [0u8; 12];
+        raw.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"server: raw\n");
+    })
+    .await;
+    within("server", server).await.unwrap();
+}
+
+/// The peer's close_notify (sent by `shutdown_write` over TLS) is a clean
+/// end of input: `OrEof` gives `None`, a later read is plain `EPIPE` with
+/// no TLS error behind it.
+#[tokio::test]
+async fn peer_close_notify_is_a_clean_eof() {
+    let (mut client, mut server) = tls_pair().await;
+    within("both", async {
+        server.push_write(LineCodec::new(), "last words").unwrap();
+        server.shutdown_write().await.unwrap();
+        assert_eq!(
+            client.read(LineCodec::new()).await.unwrap().line(),
+            "last words"
+        );
+        assert!(
+            client
+                .read(OrEof::new(LineCodec::new()))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(client.is_eof() && !client.is_destroyed());
+        let e = client.read(LineCodec::new()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BrokenPipe, "{e}");
+        assert!(e.tls_error().is_none(), "{e:?}");
+    })
+    .await;
+}
+
+/// A TCP end of input without close_notify is truncation: EPROTO, fatal,
+/// `tls_error().is_truncated()`, even where a clean end would be fine.
+#[tokio::test]
+async fn tcp_eof_without_close_notify_is_eproto_truncated() {
+    let (mut client, mut server) = tls_pair().await;
+    within("both", async {
+        server
+            .write(LineCodec::new(), "complete line")
+            .await
+            .unwrap();
+        // Drop the TLS session without close_notify, then send a FIN.
+        let mut raw = server.into_parts().io;
+        raw.shutdown().await.unwrap();
+        assert_eq!(
+            client.read(LineCodec::new()).await.unwrap().line(),
+            "complete line"
+        );
+        let e = client.read(OrEof::new(LineCodec::new())).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.is_fatal() && client.is_destroyed());
+        assert!(e.tls_error().unwrap().is_truncated(), "{e:?}");
+        assert!(e.to_string().contains("close_notify"), "{e}");
+    })
+    .await;
+}
+
+// ----- verification ----------------------------------------------------------
+
+/// Runs a handshake of a verifying client against a server presenting
+/// `server_cert` and returns the client's error, after checking it is a
+/// fatal EPROTO that leaves nothing usable behind.
+async fn refused(server_cert: &pki::Pem) -> Error {
+    let (c, s) = tcp_pair().await;
+    let tls = pki::server_with(server_cert);
+    let server = tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(s);
+        conn.starttls(tls).await.unwrap_err()
+    });
+    let mut conn = QueuedFramed::new(c);
+    let e = within("client handshake", conn.starttls(pki::client()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(e.is_fatal() && conn.is_destroyed(), "{e}");
+    assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
+    // Never continues unencrypted.
+    let w = conn
+        .write(LineCodec::new(), "plaintext?")
+        .await
+        .unwrap_err();
+    assert_eq!(w.kind(), ErrorKind::Protocol);
+    // The server sees the client's alert as a failed handshake too.
+    let se = within("server handshake", server).await.unwrap();
+    assert_eq!(se.kind(), ErrorKind::Protocol, "{se}");
+    eprintln!("client: {e}\nserver: {se}");
+    e
+}
+
+fn assert_reason(e: &Error, reason: &str) {
+    let msg = e.to_string().to_lowercase();
+    assert!(msg.contains("certificate verify failed"), "{e}");
+    assert!(msg.contains(reason), "expected {reason:?} in {e}");
 }
 
 #[tokio::test]
 async fn a_wrong_host_certificate_is_fatal_eproto() {
-    let (a, b) = tokio::io::duplex(16 * 1024);
-    tokio::spawn(async move {
-        let mut conn = QueuedFramed::new(b);
-        let _ = conn
-            .starttls(pki::server_with(&pki::pki().wrong_host))
-            .await;
+    let e = refused(&pki::pki().wrong_host).await;
+    assert_reason(&e, "hostname mismatch");
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_fatal_eproto() {
+    let e = refused(&pki::pki().unknown_ca).await;
+    assert_reason(&e, "unable to get local issuer certificate");
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_fatal_eproto() {
+    let e = refused(&pki::pki().expired).await;
+    assert_reason(&e, "certificate has expired");
+}
+
+// ----- timeouts, EOF and watermarks over TLS ---------------------------------
+
+/// A read timeout over TLS is the same non-fatal ETIMEDOUT as in plaintext;
+/// the connection goes on.
+#[tokio::test]
+async fn read_timeout_over_tls_is_non_fatal() {
+    let (mut client, mut server) = tls_pair().await;
+    let server = tokio::spawn(async move {
+        assert_eq!(server.read(LineCodec::new()).await.unwrap().line(), "ping");
+        server.write(LineCodec::new(), "pong").await.unwrap();
     });
-    let mut conn = QueuedFramed::new(a);
-    let e = conn.starttls(pki::client()).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Protocol);
-    assert!(e.is_fatal() && conn.is_destroyed());
-    assert!(
-        e.to_string().to_lowercase().contains("hostname mismatch"),
-        "{e}"
+    within("client", async {
+        client.set_rtimeout(Duration::from_millis(150));
+        let started = Instant::now();
+        let e = client.read(LineCodec::new()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(!e.is_fatal() && !client.is_destroyed() && client.is_tls());
+        client.write(LineCodec::new(), "ping").await.unwrap();
+        assert_eq!(client.read(LineCodec::new()).await.unwrap().line(), "pong");
+    })
+    .await;
+    within("server", server).await.unwrap();
+}
+
+/// RQ-6 over TLS: a clean TLS end of input while a request waits is fatal
+/// EPIPE (not a TLS error), and the partial frame stays in the read buffer
+/// that the driver hands back.
+#[tokio::test]
+async fn eof_with_a_queued_request_over_tls_is_epipe() {
+    let (c, s) = tcp_pair().await;
+    let server = tokio::spawn(async move {
+        let mut conn = QueuedFramed::builder()
+            .tls(pki::server())
+            .build_tcp(s)
+            .unwrap();
+        conn.push_bytes(&b"0123456789"[..]).unwrap();
+        conn.shutdown_write().await.unwrap();
+        let _ = conn.read(OrEof::new(LineCodec::new())).await;
+    });
+    within("client", async {
+        let (h, driver) = QueuedFramed::builder()
+            .tls(pki::client())
+            .build_tcp(c)
+            .unwrap()
+            .spawn();
+        let e = h.push_read(ChunkCodec::new(100)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BrokenPipe, "{e}");
+        assert!(
+            e.is_fatal() && e.is_eof() && e.tls_error().is_none(),
+            "{e:?}"
+        );
+        let later = h.push_read(LineCodec::new()).await.unwrap_err();
+        assert_eq!(later.kind(), ErrorKind::BrokenPipe);
+        drop(h);
+        let parts = driver.await.unwrap();
+        assert_eq!(&parts.read_buf[..], b"0123456789");
+    })
+    .await;
+    within("server", server).await.unwrap();
+}
+
+/// Watermarks over TLS: with the peer not reading, a producer waits above
+/// the high watermark; once the peer reads, the drain edge fires once and
+/// every byte arrives.
+#[tokio::test]
+async fn watermarks_hold_a_producer_back_over_tls() {
+    const BULK: usize = 1024 * 1024;
+    let payload: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
+    let (a, b) = tokio::io::duplex(8 * 1024);
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut conn = QueuedFramed::builder().tls(pki::server()).build(b);
+        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "start");
+        go_rx.await.unwrap();
+        conn.read(ChunkCodec::new(BULK)).await.unwrap()
+    });
+    let drains = Arc::new(AtomicUsize::new(0));
+    within("client", async {
+        let (h, driver) = QueuedFramed::builder()
+            .tls(pki::client())
+            .watermarks(64 * 1024, 16 * 1024)
+            .build(a)
+            .spawn();
+        let seen = drains.clone();
+        h.on_drain(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        h.push_write(LineCodec::new(), "start").unwrap();
+        h.push_bytes(payload.clone()).unwrap();
+        let blocked = tokio::time::timeout(Duration::from_millis(300), h.ready_to_write()).await;
+        assert!(blocked.is_err(), "a producer must wait above the high mark");
+        assert_eq!(drains.load(Ordering::SeqCst), 0);
+        go.send(()).unwrap();
+        h.drained().await.unwrap();
+        h.ready_to_write().await.unwrap();
+        h.flush().await.unwrap();
+        assert_eq!(drains.load(Ordering::SeqCst), 1);
+        drop(h);
+        driver.await.unwrap();
+    })
+    .await;
+    let got = within("server", server).await.unwrap();
+    assert!(got[..] == payload[..], "the bulk data arrived intact");
+}
+
+// ----- a real peer: the openssl command-line tool ----------------------------
+
+fn have_openssl() -> bool {
+    support::have_peer("openssl", &["version"], "the openssl command-line tool")
+}
+
+/// An `openssl` child process driven through its stdin and stdout; killed
+/// when dropped. Its stderr is collected for failure messages.
+struct OpenSsl {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: tokio::io::Lines<tokio::io::BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<String>>,
+    seen: Vec<String>,
+}
+
+impl OpenSsl {
+    fn spawn(args: &[&str]) -> OpenSsl {
+        let mut child = tokio::process::Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn openssl");
+        let stdin = child.stdin.take();
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = err.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        OpenSsl {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Reads stdout lines until one contains `pat`, and returns it.
+    async fn line_containing(&mut self, pat: &str) -> String {
+        let found = tokio::time::timeout(LIMIT, async {
+            loop {
+                match self.stdout.next_line().await {
+                    Ok(Some(l)) => {
+                        self.seen.push(l.clone());
+                        if l.contains(pat) {
+                            return Some(l);
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(l)) => l,
+            _ => panic!(
+                "openssl never printed {pat:?}\nstdout: {:#?}\nstderr: {}",
+                self.seen,
+                self.stderr()
+            ),
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    async fn exit(mut self) -> ExitStatus {
+        match tokio::time::timeout(LIMIT, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "openssl did not exit\nstdout: {:#?}\nstderr: {}",
+                self.seen,
+                self.stderr()
+            ),
+        }
+    }
+}
+
+fn pem_path(name: &str) -> String {
+    pki::pki().dir.join(name).to_str().unwrap().to_owned()
+}
+
+/// Our verifying client against `openssl s_server` with the test PKI's
+/// `localhost` certificate: lines both ways, then our close_notify and
+/// s_server's answer to it (a clean end of input for us).
+#[tokio::test]
+async fn our_client_talks_to_openssl_s_server() {
+    if !have_openssl() {
+        return;
+    }
+    let (cert, key) = (pem_path("server.pem"), pem_path("server.key"));
+    // Port 0: s_server picks a free port and prints it (no bind race).
+    let mut srv = OpenSsl::spawn(&[
+        "s_server",
+        "-accept",
+        "127.0.0.1:0",
+        "-naccept",
+        "1",
+        "-cert",
+        &cert,
+        "-key",
+        &key,
+    ]);
+    let accept = srv.line_containing("ACCEPT").await;
+    let addr: SocketAddr = accept.trim_start_matches("ACCEPT").trim().parse().unwrap();
+
+    let mut conn = within(
+        "connect",
+        QueuedFramed::builder().tls(pki::client()).connect(addr),
+    )
+    .await
+    .unwrap();
+    within("write", conn.write(LineCodec::new(), "hello from anyframe"))
+        .await
+        .unwrap();
+    assert!(conn.is_tls());
+    srv.line_containing("hello from anyframe").await;
+    srv.send("hello from openssl").await;
+    assert_eq!(
+        within("read", conn.read(LineCodec::new()))
+            .await
+            .unwrap()
+            .line(),
+        "hello from openssl"
     );
-    // Never continues unencrypted.
-    assert!(conn.write(LineCodec::new(), "plaintext?").await.is_err());
+    // Our close_notify; s_server answers with its own and closes.
+    within("shutdown", conn.shutdown_write()).await.unwrap();
+    let end = within("eof", conn.read(OrEof::new(LineCodec::new()))).await;
+    assert!(end.unwrap().is_none(), "a clean TLS end of input");
+    srv.close_stdin();
+    srv.exit().await;
+}
+
+/// `openssl s_client`, verifying against the test CA and the host name
+/// `localhost` (and refusing to go on if verification fails), talks to our
+/// TLS server; our close_notify ends its session cleanly.
+#[tokio::test]
+async fn openssl_s_client_verifies_and_talks_to_our_server() {
+    if !have_openssl() {
+        return;
+    }
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (sock, _) = l.accept().await.unwrap();
+        let mut conn = QueuedFramed::builder()
+            .tls(pki::server())
+            .build_tcp(sock)
+            .unwrap();
+        let hello = conn.read(LineCodec::new()).await.unwrap();
+        conn.write(
+            LineCodec::new(),
+            [&b"anyframe got: "[..], hello.line()].concat(),
+        )
+        .await
+        .unwrap();
+        conn.shutdown_write().await.unwrap();
+        // s_client answers our close_notify with its own.
+        conn.read(OrEof::new(LineCodec::new())).await
+    });
+    let ca = pem_path("ca.pem");
+    let addr = addr.to_string();
+    let mut cli = OpenSsl::spawn(&[
+        "s_client",
+        "-connect",
+        &addr,
+        "-servername",
+        "localhost",
+        "-CAfile",
+        &ca,
+        "-verify_hostname",
+        "localhost",
+        "-verify_return_error",
+        "-quiet",
+        "-nocommands",
+    ]);
+    cli.send("hello from openssl").await;
+    cli.line_containing("anyframe got: hello from openssl")
+        .await;
+    let end = within("server", server).await.unwrap();
+    assert!(
+        end.as_ref().is_ok_and(Option::is_none),
+        "s_client's close_notify should be a clean end: {end:?}"
+    );
+    let stderr = cli.stderr();
+    let status = cli.exit().await;
+    eprintln!("s_client stderr:\n{stderr}");
+    assert!(status.success(), "s_client failed: {status}\n{stderr}");
+    assert!(
+        stderr.contains("verify return:1") && !stderr.contains("verify error"),
+        "{stderr}"
+    );
+}
+
+/// One SMTP-like session, as in `examples/starttls_smtp.rs` (keep the two
+/// in step): `220` greeting, EHLO advertising STARTTLS, `220` and the
+/// upgrade on STARTTLS, mail commands only over TLS, `221` on QUIT.
+/// Returns each command received and whether it came over TLS.
+async fn smtp_session(sock: TcpStream, tls: TlsServer) -> anyframe::Result<Vec<(bool, String)>> {
+    let mut conn = QueuedFramed::builder()
+        .timeout(Duration::from_secs(60))
+        .build_tcp(sock)?;
+    let mut lines = OrEof::new(LineCodec::builder().max_length(1000).build()?);
+    let mut seen = Vec::new();
+    conn.push_write(LineCodec::new(), "220 localhost ESMTP anyframe")?;
+    while let Some(line) = conn.read_with(&mut lines).await? {
+        let cmd = String::from_utf8_lossy(line.line()).into_owned();
+        let verb = cmd
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        seen.push((conn.is_tls(), cmd.clone()));
+        let tls_on = conn.is_tls();
+        let replies: &[&str] = match verb.as_str() {
+            "EHLO" if tls_on => &["250-localhost", "250 8BITMIME"],
+            "EHLO" => &["250-localhost", "250-8BITMIME", "250 STARTTLS"],
+            "STARTTLS" if tls_on => &["503 5.5.1 TLS already active"],
+            "STARTTLS" => {
+                conn.push_write(LineCodec::new(), "220 2.0.0 Ready to start TLS")?;
+                conn.starttls(tls.clone()).await?;
+                continue;
+            }
+            "MAIL" | "RCPT" if !tls_on => &["530 5.7.0 Must issue a STARTTLS command first"],
+            "MAIL" | "RCPT" => &["250 2.1.0 OK"],
+            "NOOP" => &["250 2.0.0 OK"],
+            "QUIT" => {
+                conn.push_write(LineCodec::new(), "221 2.0.0 Bye")?;
+                conn.shutdown_write().await?;
+                break;
+            }
+            _ => &["502 5.5.2 Command not recognized"],
+        };
+        for r in replies {
+            conn.push_write(LineCodec::new(), r)?;
+        }
+    }
+    Ok(seen)
+}
+
+/// `openssl s_client -starttls smtp` against our SMTP-like server: it reads
+/// the greeting, sends EHLO, finds STARTTLS, upgrades and verifies; then
+/// commands go over TLS.
+#[tokio::test]
+async fn openssl_s_client_starttls_smtp_against_our_server() {
+    if !have_openssl() {
+        return;
+    }
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (sock, _) = l.accept().await.unwrap();
+        smtp_session(sock, pki::server()).await
+    });
+    let ca = pem_path("ca.pem");
+    let addr = addr.to_string();
+    let mut cli = OpenSsl::spawn(&[
+        "s_client",
+        "-starttls",
+        "smtp",
+        "-name",
+        "client.test",
+        "-connect",
+        &addr,
+        "-CAfile",
+        &ca,
+        "-verify_hostname",
+        "localhost",
+        "-verify_return_error",
+        "-quiet",
+        "-nocommands",
+        "-crlf",
+    ]);
+    cli.send("EHLO client.test").await;
+    cli.line_containing("250 8BITMIME").await;
+    cli.send("MAIL FROM:<me@client.test>").await;
+    cli.line_containing("250 2.1.0 OK").await;
+    cli.send("QUIT").await;
+    cli.line_containing("221 2.0.0 Bye").await;
+    let seen = within("server", server).await.unwrap().unwrap();
+    let stderr = cli.stderr();
+    let status = cli.exit().await;
+    assert!(status.success(), "s_client failed: {status}\n{stderr}");
+    assert!(!stderr.contains("Didn't find STARTTLS"), "{stderr}");
+    assert!(
+        stderr.contains("verify return:1") && !stderr.contains("verify error"),
+        "{stderr}"
+    );
+    let expected = [
+        (false, "EHLO client.test"),
+        (false, "STARTTLS"),
+        (true, "EHLO client.test"),
+        (true, "MAIL FROM:<me@client.test>"),
+        (true, "QUIT"),
+    ];
+    let seen: Vec<(bool, &str)> = seen.iter().map(|(t, s)| (*t, s.as_str())).collect();
+    assert_eq!(seen, expected);
 }
