@@ -250,7 +250,10 @@ impl JsonScanner {
                         }
                         b'"' => match self.value_done(i) {
                             Done::Text(n) => return Scan::Complete(n),
-                            Done::Inner => Lex::AfterValue,
+                            Done::Inner => match self.after_value(t, &mut i, end) {
+                                Ok(l) => l,
+                                Err(e) => return Scan::Invalid(e),
+                            },
                         },
                         b'\\' => Lex::Escape { key },
                         0..=0x1f => return invalid(i - 1, "control character in string"),
@@ -314,7 +317,10 @@ impl JsonScanner {
                         (Num::Zero | Num::Int | Num::Frac | Num::ExpDigits, _) => {
                             match self.value_done(i) {
                                 Done::Text(n) => return Scan::Complete(n),
-                                Done::Inner => lex = Lex::AfterValue,
+                                Done::Inner => match self.after_value(t, &mut i, end) {
+                                    Ok(l) => lex = l,
+                                    Err(e) => return Scan::Invalid(e),
+                                },
                             }
                             continue;
                         }
@@ -387,7 +393,10 @@ impl JsonScanner {
                     }
                     lex = match self.value_done(i) {
                         Done::Text(n) => return Scan::Complete(n),
-                        Done::Inner => Lex::AfterValue,
+                        Done::Inner => match self.after_value(t, &mut i, end) {
+                            Ok(l) => l,
+                            Err(e) => return Scan::Invalid(e),
+                        },
                     };
                 }
                 Lex::Utf8 {
@@ -466,6 +475,32 @@ impl JsonScanner {
             }
             _ => return Err(Invalid::syntax(at, "expected a JSON value")),
         })
+    }
+
+    /// A value inside a container has just ended before `*i`: takes the
+    /// common continuations (`,` then a key's quote, or `,` then the next
+    /// array item's first byte) directly, saving trips through the dispatch.
+    /// Anything else is left to the `AfterValue` state.
+    #[inline(always)]
+    fn after_value(&mut self, t: &[u8], i: &mut usize, end: usize) -> Result<Lex, Invalid> {
+        if *i + 1 >= end || t[*i] != b',' {
+            return Ok(Lex::AfterValue);
+        }
+        let next = t[*i + 1];
+        if self.in_object() {
+            if next == b'"' {
+                *i += 2;
+                return Ok(Lex::Str { key: true });
+            }
+            *i += 1;
+            return Ok(Lex::Key);
+        }
+        *i += 1;
+        if is_whitespace(next) {
+            return Ok(Lex::Value);
+        }
+        *i += 1;
+        self.begin_value(next, *i - 1)
     }
 
     /// A value ended just before offset `end`.
