@@ -238,6 +238,9 @@ impl<T> JsonCodecBuilder<T> {
 ///
 /// * Whitespace between texts is skipped and consumed, so a `\n` separator
 ///   never becomes data, and a stream that ends in whitespace ends cleanly.
+///   The separator that arrived with a text (whitespace up to the first
+///   `\n`) is consumed with it, so a line read after a JSON read does not
+///   see an empty line (AnyEvent's RT-json-6).
 /// * Every value is delivered, `0`, `false`, `null` and `""` included.
 /// * A top-level number has no closing byte: it ends at the first byte that
 ///   cannot continue it, or at end of input ([`Decoder::decode_eof`]). So
@@ -433,11 +436,15 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
             let ws = leading_whitespace(buf);
             buf.advance(ws);
             if let Some(item) = parse_first(&self.scanner, buf) {
+                eat_separator(buf);
                 return Ok(Some(item));
             }
         }
         match frame(&mut self.scanner, buf)? {
-            Some(n) => parse(buf, n).map(Some),
+            Some(n) => parse(buf, n).map(|v| {
+                eat_separator(buf);
+                Some(v)
+            }),
             None => Ok(None),
         }
     }
@@ -451,7 +458,10 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     /// left in `buf`.
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
         match frame_eof(&mut self.scanner, buf)? {
-            Some(n) => parse(buf, n).map(Some),
+            Some(n) => parse(buf, n).map(|v| {
+                eat_separator(buf);
+                Some(v)
+            }),
             None => Ok(None),
         }
     }
@@ -565,7 +575,7 @@ impl Decoder for RawJsonCodec {
     ///
     /// See [`RawJsonCodec`].
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        Ok(frame(&mut self.scanner, buf)?.map(|n| buf.split_to(n).freeze()))
+        Ok(frame(&mut self.scanner, buf)?.map(|n| take_text(buf, n)))
     }
 
     /// As [`decode`](Self::decode), completing a top-level number at the
@@ -575,7 +585,7 @@ impl Decoder for RawJsonCodec {
     ///
     /// As `decode`, and `EPIPE` when the input ends inside a text.
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        Ok(frame_eof(&mut self.scanner, buf)?.map(|n| buf.split_to(n).freeze()))
+        Ok(frame_eof(&mut self.scanner, buf)?.map(|n| take_text(buf, n)))
     }
 }
 
@@ -593,6 +603,26 @@ impl Encoder<Bytes> for RawJsonCodec {
             dst.extend_from_slice(sep);
         }
         Ok(())
+    }
+}
+
+/// Splits off a text of `n` bytes and the separator after it.
+fn take_text(buf: &mut BytesMut, n: usize) -> Bytes {
+    let text = buf.split_to(n).freeze();
+    eat_separator(buf);
+    text
+}
+
+/// Consumes the separator written after a text, if it has arrived with it:
+/// the whitespace up to and including the first `\n` (RT-json-6). So an
+/// NDJSON `\n` never becomes an empty line for a line read that follows a
+/// JSON read. Whitespace without a newline is left (the next JSON read skips
+/// it anyway); a separator that arrives later than its text is left for the
+/// next read, and a JSON read skips it too.
+fn eat_separator(buf: &mut BytesMut) {
+    let ws = leading_whitespace(buf);
+    if let Some(lf) = memchr::memchr(b'\n', &buf[..ws]) {
+        buf.advance(lf + 1);
     }
 }
 

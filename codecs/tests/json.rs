@@ -564,3 +564,25 @@ fn serde_json_refuses_128_levels_itself_and_the_text_is_consumed() {
     let raw = assert_split_invariant(RawJsonCodec::new, nest(128).as_bytes());
     assert_eq!(raw.frames.len(), 1);
 }
+
+/// RT-json-6: the `\n` written after a text is consumed with it when it has
+/// arrived, so a line read after a JSON read sees the next line, not an
+/// empty one.
+#[test]
+fn the_separator_that_arrived_with_a_text_is_consumed_with_it() {
+    use anyframe_codecs::LineCodec;
+    let mut buf = BytesMut::from(&b"{\"a\":1}\nnext line\n"[..]);
+    let v: serde_json::Value = JsonCodec::new().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(v["a"], 1);
+    assert_eq!(
+        LineCodec::new().decode(&mut buf).unwrap().unwrap().line(),
+        "next line"
+    );
+    // Raw mode and CRLF too; spaces without a newline are left alone.
+    let mut buf = BytesMut::from(&b"[1] \r\n2\n  x"[..]);
+    let mut raw = anyframe_codecs::RawJsonCodec::new();
+    assert_eq!(&raw.decode(&mut buf).unwrap().unwrap()[..], b"[1]");
+    assert_eq!(&buf[..], b"2\n  x");
+    assert_eq!(&raw.decode(&mut buf).unwrap().unwrap()[..], b"2");
+    assert_eq!(&buf[..], b"  x");
+}
