@@ -1085,17 +1085,27 @@ async fn openssl_s_client_verifies_and_talks_to_our_server() {
     );
 }
 
+/// SMTP lines: read `\r?\n` (at most 1000 bytes, RFC 5321), write `\r\n`.
+fn smtp_lines() -> LineCodec {
+    LineCodec::builder()
+        .max_length(1000)
+        .write_terminator("\r\n")
+        .build()
+        .expect("a valid line codec")
+}
+
 /// One SMTP-like session, as in `examples/starttls_smtp.rs` (keep the two
 /// in step): `220` greeting, EHLO advertising STARTTLS, `220` and the
 /// upgrade on STARTTLS, mail commands only over TLS, `221` on QUIT.
 /// Returns each command received and whether it came over TLS.
 async fn smtp_session(sock: TcpStream, tls: TlsServer) -> anyframe::Result<Vec<(bool, String)>> {
     let mut conn = QueuedFramed::builder()
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(300))
+        .rbuf_max(Some(64 * 1024))
         .build_tcp(sock)?;
-    let mut lines = OrEof::new(LineCodec::builder().max_length(1000).build()?);
+    let mut lines = OrEof::new(smtp_lines());
     let mut seen = Vec::new();
-    conn.push_write(LineCodec::new(), "220 localhost ESMTP anyframe")?;
+    conn.push_write(smtp_lines(), "220 localhost ESMTP anyframe")?;
     while let Some(line) = conn.read_with(&mut lines).await? {
         let cmd = String::from_utf8_lossy(line.line()).into_owned();
         let verb = cmd
@@ -1103,14 +1113,14 @@ async fn smtp_session(sock: TcpStream, tls: TlsServer) -> anyframe::Result<Vec<(
             .next()
             .unwrap_or_default()
             .to_ascii_uppercase();
-        seen.push((conn.is_tls(), cmd.clone()));
         let tls_on = conn.is_tls();
+        seen.push((tls_on, cmd.clone()));
         let replies: &[&str] = match verb.as_str() {
             "EHLO" if tls_on => &["250-localhost", "250 8BITMIME"],
             "EHLO" => &["250-localhost", "250-8BITMIME", "250 STARTTLS"],
             "STARTTLS" if tls_on => &["503 5.5.1 TLS already active"],
             "STARTTLS" => {
-                conn.push_write(LineCodec::new(), "220 2.0.0 Ready to start TLS")?;
+                conn.push_write(smtp_lines(), "220 2.0.0 Ready to start TLS")?;
                 conn.starttls(tls.clone()).await?;
                 continue;
             }
@@ -1118,14 +1128,14 @@ async fn smtp_session(sock: TcpStream, tls: TlsServer) -> anyframe::Result<Vec<(
             "MAIL" | "RCPT" => &["250 2.1.0 OK"],
             "NOOP" => &["250 2.0.0 OK"],
             "QUIT" => {
-                conn.push_write(LineCodec::new(), "221 2.0.0 Bye")?;
+                conn.push_write(smtp_lines(), "221 2.0.0 Bye")?;
                 conn.shutdown_write().await?;
                 break;
             }
             _ => &["502 5.5.2 Command not recognized"],
         };
         for r in replies {
-            conn.push_write(LineCodec::new(), r)?;
+            conn.push_write(smtp_lines(), r)?;
         }
     }
     Ok(seen)
