@@ -1,0 +1,192 @@
+//! One port, TLS and plaintext clients: `tls_autostart` looks at the first
+//! bytes a client sends. A TLS ClientHello starts TLS (the bytes it looked
+//! at are handed to the handshake, nothing is lost); anything else stays
+//! plaintext, with those bytes still unread for the first request. Then
+//! both kinds get the same line echo, tagged `[tls]` or `[plain]`.
+//!
+//! The server's certificate (for `localhost`) and its CA are generated at
+//! startup; the CA is written to a temporary file for real clients.
+//!
+//! ```sh
+//! cargo run --example autostart                             # server + two clients
+//! cargo run --example autostart -- --listen 127.0.0.1:7001
+//! # then, with the CA path the server prints:
+//! openssl s_client -connect 127.0.0.1:7001 -quiet -CAfile CA.pem \
+//!     -verify_hostname localhost -verify_return_error
+//! nc 127.0.0.1 7001
+//! ```
+//!
+//! The client has to speak first (TLS clients always do). Plaintext must
+//! not start with byte 0x16 or a byte of 0x80 or more (RT-tlsdetect-5): a
+//! line starting with a non-ASCII character could look like a TLS hello.
+
+#[cfg(feature = "tls")]
+#[path = "support/mod.rs"]
+mod support;
+
+#[cfg(not(feature = "tls"))]
+fn main() {
+    eprintln!("this example needs the `tls` feature");
+}
+
+#[cfg(feature = "tls")]
+#[tokio::main]
+async fn main() -> anyframe::Result<()> {
+    autostart::main().await
+}
+
+#[cfg(feature = "tls")]
+mod autostart {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use anyframe::codecs::LineCodec;
+    use anyframe::tls::native_tls::{Certificate, Identity};
+    use anyframe::tls::{TlsClient, TlsServer};
+    use anyframe::{OrEof, QueuedFramed};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use tokio::net::TcpStream;
+
+    use super::support;
+
+    /// One connection: detect, maybe upgrade, then echo lines.
+    async fn serve(sock: TcpStream, tls: TlsServer) -> anyframe::Result<()> {
+        let peer = sock.peer_addr()?;
+        let mut conn = QueuedFramed::builder()
+            .timeout(Duration::from_secs(60))
+            .rbuf_max(Some(64 * 1024))
+            .build_tcp(sock)?;
+        // Reads until the first bytes decide; consumes nothing.
+        let verdict = conn.tls_autostart(tls).await?;
+        let tag = if conn.is_tls() { "[tls]" } else { "[plain]" };
+        match verdict.version() {
+            Some((major, minor)) => {
+                println!("server: {peer} sent a TLS hello (record version {major}.{minor})");
+            }
+            None => println!("server: {peer} speaks plaintext"),
+        }
+        let mut lines = OrEof::new(LineCodec::builder().max_length(8 * 1024).build()?);
+        while let Some(line) = conn.read_with(&mut lines).await? {
+            println!(
+                "server: {peer} {tag} {:?}",
+                String::from_utf8_lossy(line.line())
+            );
+            conn.push_write(
+                LineCodec::new(),
+                [tag.as_bytes(), b" ", line.line()].concat(),
+            )?;
+        }
+        // The client closed (over TLS: its close_notify). Close our side.
+        conn.shutdown_write().await
+    }
+
+    /// A client over TLS (`tls` given) or plaintext: two lines, two echoes.
+    async fn client(addr: SocketAddr, tls: Option<TlsClient>) -> anyframe::Result<()> {
+        let name = if tls.is_some() {
+            "tls client"
+        } else {
+            "plain client"
+        };
+        let mut builder = QueuedFramed::builder();
+        if let Some(tls) = tls {
+            builder.tls(tls);
+        }
+        let mut conn = builder.connect(addr).await?;
+        for text in ["hello", "same port, same server"] {
+            conn.write(LineCodec::new(), text).await?;
+            let echo = conn.read(LineCodec::new()).await?;
+            println!(
+                "{name}: sent {text:?}, got {:?}",
+                String::from_utf8_lossy(echo.line())
+            );
+        }
+        conn.shutdown_write().await?;
+        // Wait for the server to close too (a clean end of input).
+        let end = conn.read(OrEof::new(LineCodec::new())).await?;
+        assert!(end.is_none());
+        Ok(())
+    }
+
+    /// A CA and a `localhost` certificate it signed. Returns the CA (PEM)
+    /// and the server's identity.
+    fn make_certificates() -> (String, Identity) {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name
+            .push(DnType::CommonName, "anyframe example CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_pem = ca.self_signed(&ca_key).expect("self-signed CA").pem();
+
+        let key = KeyPair::generate().expect("server key");
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.use_authority_key_identifier_extension = true;
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = leaf
+            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+            .expect("signed server certificate");
+        let identity = Identity::from_pkcs8(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .expect("server identity");
+        (ca_pem, identity)
+    }
+
+    pub(crate) async fn main() -> anyframe::Result<()> {
+        let mode = support::mode();
+        if let support::Mode::Connect(addr) = mode {
+            // Against someone else's server: plaintext only (a TLS client
+            // would need that server's CA and name).
+            return client(addr, None).await;
+        }
+        let (ca_pem, identity) = make_certificates();
+        let tls = TlsServer::new(identity)?;
+        let listener = support::bind(&mode).await;
+        let addr = listener.local_addr()?;
+        if let support::Mode::Listen(_) = mode {
+            let path = std::env::temp_dir().join("anyframe-autostart-ca.pem");
+            std::fs::write(&path, &ca_pem)?;
+            println!("CA certificate: {}", path.display());
+            println!(
+                "try: openssl s_client -connect {addr} -quiet -CAfile {} \
+                 -verify_hostname localhost -verify_return_error",
+                path.display()
+            );
+            println!(" or: nc {} {}", addr.ip(), addr.port());
+        }
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match serve(sock, tls).await {
+                        Ok(()) => {}
+                        // EPIPE: the input ended in the middle of something,
+                        // such as a client leaving before it said anything.
+                        Err(e) if e.is_eof() => println!("server: client left early"),
+                        Err(e) => println!("server: session ended: {e}"),
+                    }
+                });
+            }
+        });
+        if let support::Mode::Both = mode {
+            let ca = Certificate::from_pem(ca_pem.as_bytes()).expect("CA");
+            let tls = TlsClient::builder("localhost")
+                .add_root_certificate(ca)
+                .build()?;
+            let (a, b) = tokio::join!(client(addr, Some(tls)), client(addr, None));
+            a?;
+            b?;
+            server.abort();
+        } else {
+            let _ = server.await;
+        }
+        Ok(())
+    }
+}
