@@ -1198,3 +1198,34 @@ async fn openssl_s_client_starttls_smtp_against_our_server() {
     let seen: Vec<(bool, &str)> = seen.iter().map(|(t, s)| (*t, s.as_str())).collect();
     assert_eq!(seen, expected);
 }
+
+/// A client that connects and never sends its ClientHello: the server's
+/// idle timeout still fires for a read waiting behind the stalled
+/// handshake (non-fatal ETIMEDOUT, as for any read), inline and spawned.
+#[tokio::test]
+async fn a_timeout_fires_while_the_handshake_is_stalled() {
+    let (_silent, s) = tcp_pair().await;
+    let mut conn = QueuedFramed::builder()
+        .tls(pki::server())
+        .timeout(Duration::from_millis(150))
+        .build_tcp(s)
+        .unwrap();
+    let e = within("inline read", conn.read(LineCodec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(!e.is_fatal() && !conn.is_destroyed());
+
+    let (_silent, s) = tcp_pair().await;
+    let (h, _driver) = QueuedFramed::builder()
+        .tls(pki::server())
+        .timeout(Duration::from_millis(150))
+        .build_tcp(s)
+        .unwrap()
+        .spawn();
+    let e = within("spawned read", h.push_read(LineCodec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(!e.is_fatal() && !h.is_destroyed());
+}

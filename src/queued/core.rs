@@ -287,7 +287,16 @@ impl Core {
     {
         loop {
             self.check_alive()?;
-            ready!(self.poll_tls(io, cx))?;
+            if self.poll_tls(io, cx)?.is_pending() {
+                // A TLS switch is stalled on the peer: the timers still run
+                // (as in the driver), so a silent peer cannot hold a waiting
+                // read past its timeout.
+                match self.poll_timers(cx) {
+                    Poll::Ready(Some(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => continue,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             if self.eof {
                 return Poll::Ready(Ok(Filled::Eof));
             }
