@@ -96,8 +96,13 @@ enum TlsOp {
     },
     /// The handshake is running.
     Handshake { done: oneshot::Sender<Result<()>> },
-    /// Write what is queued over TLS, then send close_notify.
-    Stop { done: oneshot::Sender<Result<()>> },
+    /// Write the `over_tls` bytes at the front of the queue (those queued
+    /// before `stoptls`) over TLS, then send close_notify. Bytes queued
+    /// after the request stay queued and go out in plaintext.
+    Stop {
+        over_tls: usize,
+        done: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl std::fmt::Debug for Core {
@@ -156,7 +161,8 @@ impl Core {
         self.marks.wake_all();
         #[cfg(feature = "tls")]
         if let Some(op) = self.tls_op.take() {
-            let (TlsOp::Start { done, .. } | TlsOp::Handshake { done } | TlsOp::Stop { done }) = op;
+            let (TlsOp::Start { done, .. } | TlsOp::Handshake { done } | TlsOp::Stop { done, .. }) =
+                op;
             let _ = done.send(Err(err.clone()));
         }
         self.wake_driver();
@@ -657,7 +663,8 @@ impl Core {
                 "a TLS switch is already in progress",
             )));
         } else {
-            self.tls_op = Some(TlsOp::Stop { done });
+            let over_tls = self.wq.len();
+            self.tls_op = Some(TlsOp::Stop { over_tls, done });
             self.wake_driver();
         }
         ticket
@@ -734,24 +741,28 @@ impl Core {
                         return Poll::Ready(Err(e));
                     }
                 },
-                TlsOp::Stop { done } => {
-                    // Output queued before stoptls goes out over TLS first.
-                    while !self.wq.is_empty() {
-                        match self.wq.poll_write(io, cx) {
-                            Poll::Ready(Ok(n)) if n > 0 => self.timers.on_write(),
+                TlsOp::Stop { mut over_tls, done } => {
+                    // Output queued before stoptls goes out over TLS first;
+                    // what was queued after it waits for plaintext.
+                    while over_tls > 0 {
+                        match self.wq.poll_write_front(io, cx, over_tls) {
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                over_tls -= n;
+                                self.timers.on_write();
+                            }
                             Poll::Ready(Ok(_)) => {
                                 return self.tls_failed(done, std::io::ErrorKind::WriteZero.into());
                             }
                             Poll::Ready(Err(e)) => return self.tls_failed(done, e),
                             Poll::Pending => {
-                                self.tls_op = Some(TlsOp::Stop { done });
+                                self.tls_op = Some(TlsOp::Stop { over_tls, done });
                                 return Poll::Pending;
                             }
                         }
                     }
                     match io.poll_stop_tls(cx) {
                         Poll::Pending => {
-                            self.tls_op = Some(TlsOp::Stop { done });
+                            self.tls_op = Some(TlsOp::Stop { over_tls, done });
                             return Poll::Pending;
                         }
                         Poll::Ready(Ok(())) => {

@@ -104,6 +104,23 @@ impl WriteQueue {
         Poll::Ready(Ok(n))
     }
 
+    /// Writes at most `max` bytes from the front of the queue (one buffer,
+    /// no vectoring); returns how many left the queue. For a switch that
+    /// must happen after exactly the bytes queued before it (stoptls).
+    #[cfg(feature = "tls")]
+    pub(crate) fn poll_write_front<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        let front: &[u8] = self.chain.front().map_or(&self.tail[..], |b| &b[..]);
+        let k = front.len().min(max);
+        let n = std::task::ready!(Pin::new(&mut *io).poll_write(cx, &front[..k]))?;
+        self.advance(n);
+        Poll::Ready(Ok(n))
+    }
+
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
