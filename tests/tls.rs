@@ -883,6 +883,7 @@ struct OpenSsl {
     stdin: Option<ChildStdin>,
     stdout: tokio::io::Lines<tokio::io::BufReader<ChildStdout>>,
     stderr: Arc<Mutex<String>>,
+    stderr_done: tokio::task::JoinHandle<()>,
     seen: Vec<String>,
 }
 
@@ -901,7 +902,7 @@ impl OpenSsl {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = stderr.clone();
-        tokio::spawn(async move {
+        let stderr_done = tokio::spawn(async move {
             while let Ok(Some(l)) = err.next_line().await {
                 let mut s = sink.lock().unwrap();
                 s.push_str(&l);
@@ -913,6 +914,7 @@ impl OpenSsl {
             stdin,
             stdout,
             stderr,
+            stderr_done,
             seen: Vec::new(),
         }
     }
@@ -958,15 +960,20 @@ impl OpenSsl {
         self.stdin = None;
     }
 
-    async fn exit(mut self) -> ExitStatus {
-        match tokio::time::timeout(LIMIT, self.child.wait()).await {
+    /// Waits for the process to end; returns its status and all of its
+    /// stderr.
+    async fn exit(mut self) -> (ExitStatus, String) {
+        let status = match tokio::time::timeout(LIMIT, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
                 "openssl did not exit\nstdout: {:#?}\nstderr: {}",
                 self.seen,
                 self.stderr()
             ),
-        }
+        };
+        // The pipe is closed now: the reader ends once it has drained it.
+        let _ = tokio::time::timeout(LIMIT, &mut self.stderr_done).await;
+        (status, self.stderr())
     }
 }
 
@@ -1022,7 +1029,8 @@ async fn our_client_talks_to_openssl_s_server() {
     let end = within("eof", conn.read(OrEof::new(LineCodec::new()))).await;
     assert!(end.unwrap().is_none(), "a clean TLS end of input");
     srv.close_stdin();
-    srv.exit().await;
+    let (status, stderr) = srv.exit().await;
+    assert!(status.success(), "s_server failed: {status}\n{stderr}");
 }
 
 /// `openssl s_client`, verifying against the test CA and the host name
@@ -1075,8 +1083,7 @@ async fn openssl_s_client_verifies_and_talks_to_our_server() {
         end.as_ref().is_ok_and(Option::is_none),
         "s_client's close_notify should be a clean end: {end:?}"
     );
-    let stderr = cli.stderr();
-    let status = cli.exit().await;
+    let (status, stderr) = cli.exit().await;
     eprintln!("s_client stderr:\n{stderr}");
     assert!(status.success(), "s_client failed: {status}\n{stderr}");
     assert!(
@@ -1180,8 +1187,7 @@ async fn openssl_s_client_starttls_smtp_against_our_server() {
     cli.send("QUIT").await;
     cli.line_containing("221 2.0.0 Bye").await;
     let seen = within("server", server).await.unwrap().unwrap();
-    let stderr = cli.stderr();
-    let status = cli.exit().await;
+    let (status, stderr) = cli.exit().await;
     assert!(status.success(), "s_client failed: {status}\n{stderr}");
     assert!(!stderr.contains("Didn't find STARTTLS"), "{stderr}");
     assert!(
@@ -1228,4 +1234,111 @@ async fn a_timeout_fires_while_the_handshake_is_stalled() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
     assert!(!e.is_fatal() && !h.is_destroyed());
+}
+
+/// Records every byte written through it.
+struct Tap<IO> {
+    io: IO,
+    written: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tap<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+        self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// stoptls on spawned handles, from inside a completion on the server (the
+/// shape of a STOPTLS command): output queued before the call goes out over
+/// TLS, output queued after it goes out in plaintext after close_notify,
+/// on both ends, and the driver hands back the bare socket.
+#[tokio::test]
+async fn stoptls_on_handles_from_a_completion_then_plaintext() {
+    let (c, s) = tcp_pair().await;
+    let wire = Arc::new(Mutex::new(Vec::new()));
+    let tap = Tap {
+        io: c,
+        written: wire.clone(),
+    };
+    let client = QueuedFramed::builder().tls(pki::client()).build(tap);
+    let server = QueuedFramed::builder()
+        .tls(pki::server())
+        .build_tcp(s)
+        .unwrap();
+    let (hc, client_driver) = client.spawn();
+    let (hs, server_driver) = server.spawn();
+
+    let stop = hs.push_read_with(LineCodec::new(), |cmd, q| {
+        q.push_write(LineCodec::new(), "server: over tls")?;
+        let stopped = q.stoptls();
+        q.push_write(LineCodec::new(), "server: plaintext")?;
+        Ok((cmd.into_line(), stopped))
+    });
+    let client_plain = hs.push_read(LineCodec::new());
+
+    within("both", async {
+        // A flush resolves once the handshake is done; a stoptls asked for
+        // before that would be refused (one TLS switch at a time).
+        hc.flush().await.unwrap();
+        hc.push_write(LineCodec::new(), "STOPTLS").unwrap();
+        let stopped = hc.stoptls();
+        hc.push_write(LineCodec::new(), "client: plaintext")
+            .unwrap();
+        let first = hc.push_read(LineCodec::new());
+        let second = hc.push_read(LineCodec::new());
+        stopped.await.unwrap();
+        assert_eq!(first.await.unwrap().line(), "server: over tls");
+        assert_eq!(second.await.unwrap().line(), "server: plaintext");
+        let (cmd, server_stopped) = stop.await.unwrap();
+        assert_eq!(cmd, "STOPTLS");
+        server_stopped.await.unwrap();
+        assert_eq!(client_plain.await.unwrap().line(), "client: plaintext");
+        assert!(!hc.is_tls() && !hs.is_tls());
+    })
+    .await;
+    // The client wrote its last line in the clear, after its close_notify.
+    let wire = wire.lock().unwrap().clone();
+    assert!(
+        wire.ends_with(b"client: plaintext\n"),
+        "the line pushed after stoptls must go out in plaintext; the wire ends {:02x?}",
+        &wire[wire.len().saturating_sub(24)..]
+    );
+    let needle = b"STOPTLS";
+    assert!(
+        !wire.windows(needle.len()).any(|w| w == needle),
+        "the line pushed before stoptls must be encrypted"
+    );
+    hc.detach();
+    hs.detach();
+    let mut craw = within("client driver", client_driver).await.unwrap().io.io;
+    let sparts = within("server driver", server_driver).await.unwrap();
+    let mut sraw = sparts.io;
+    craw.write_all(b"raw\n").await.unwrap();
+    let mut got = [0u8; 4];
+    within("raw", sraw.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"raw\n");
 }
