@@ -174,54 +174,7 @@ impl Handle {
         self.shared.lock()
     }
 
-    /// Queues a read with `decoder` at the back of the queue.
-    pub fn push_read<D>(&self, decoder: D) -> Ticket<D::Item>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-    {
-        self.lock()
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
-    }
-
-    /// Queues a read at the front of the queue.
-    pub fn unshift_read<D>(&self, decoder: D) -> Ticket<D::Item>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-    {
-        self.lock()
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
-    }
-
-    /// Queues a read whose completion runs inside the driver before the next
-    /// request sees the buffer (see
-    /// [`QueuedFramed::push_read_with`](crate::QueuedFramed::push_read_with)).
-    /// Do not call this handle from inside `then`: use its [`Requests`].
-    pub fn push_read_with<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        self.lock().enqueue(decoder, then, OnDrop::Cancel, false)
-    }
-
-    /// [`push_read_with`](Self::push_read_with) at the front of the queue.
-    pub fn unshift_read_with<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        self.lock().enqueue(decoder, then, OnDrop::Cancel, true)
-    }
+    crate::queued::request::queue_methods!(self, &);
 
     /// Writes a request and queues the read of its response under one lock,
     /// so concurrent callers cannot interleave between the two. The

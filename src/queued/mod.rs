@@ -18,7 +18,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
 use self::core::Core;
-use self::request::OnDrop;
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
 
@@ -239,60 +238,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     }
 
     // ----- queued reads -----------------------------------------------------
-
-    /// Queues a read with `decoder` at the back of the queue.
-    ///
-    /// The ticket resolves once every request before it has completed;
-    /// drive the connection with [`wait`](Self::wait) (or
-    /// [`spawn`](Self::spawn) it). Queuing does no I/O.
-    pub fn push_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-    {
-        self.core
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
-    }
-
-    /// Queues a read at the front: it runs before every queued request.
-    pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-    {
-        self.core
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
-    }
-
-    /// Queues a read whose completion `then` runs inside the engine as soon
-    /// as the frame is decoded, before the next request sees the buffer. It
-    /// may queue follow-ups through [`Requests`] (e.g. unshift one more line
-    /// read when the frame says so). The ticket resolves to what `then`
-    /// returns.
-    pub fn push_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        self.core.enqueue(decoder, then, OnDrop::Cancel, false)
-    }
-
-    /// [`push_read_with`](Self::push_read_with) at the front of the queue.
-    pub fn unshift_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        self.core.enqueue(decoder, then, OnDrop::Cancel, true)
-    }
 
     // ----- writes (no I/O) --------------------------------------------------
 
@@ -709,6 +654,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     }
 
     runtime_setters!(self, &mut);
+    request::queue_methods!(self, &mut);
 }
 
 impl<IO, C> QueuedFramed<IO, C>

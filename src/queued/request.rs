@@ -196,6 +196,67 @@ impl<T> fmt::Debug for Ticket<T> {
     }
 }
 
+/// The four queueing methods shared by [`QueuedFramed`](crate::QueuedFramed)
+/// (`&mut self`), [`Handle`](crate::Handle) (`&self`, through its lock) and
+/// [`Requests`] (inside a completion): one list, three receivers.
+macro_rules! queue_methods {
+    ($self:ident, $($recv:tt)+) => {
+        /// Queues a read with `decoder` at the back of the queue. The
+        /// [`Ticket`](crate::Ticket) resolves once every request before it has
+        /// completed. Queuing does no I/O.
+        pub fn push_read<D>($($recv)+ $self, decoder: D) -> crate::Ticket<D::Item>
+        where
+            D: tokio_util::codec::Decoder + Send + 'static,
+            D::Item: Send + 'static,
+            D::Error: Into<crate::Error>,
+        {
+            $self.core_mut().enqueue(decoder, |f, _| Ok(f), crate::queued::request::OnDrop::Cancel, false)
+        }
+
+        /// Queues a read at the front: it runs before every request already
+        /// queued. Several unshifts in one completion run in reverse order,
+        /// as in AnyEvent.
+        pub fn unshift_read<D>($($recv)+ $self, decoder: D) -> crate::Ticket<D::Item>
+        where
+            D: tokio_util::codec::Decoder + Send + 'static,
+            D::Item: Send + 'static,
+            D::Error: Into<crate::Error>,
+        {
+            $self.core_mut().enqueue(decoder, |f, _| Ok(f), crate::queued::request::OnDrop::Cancel, true)
+        }
+
+        /// Queues a read whose completion `then` runs inside the engine as
+        /// soon as the frame is decoded, before the next request sees the
+        /// buffer. It may queue follow-ups through [`Requests`](crate::Requests)
+        /// (e.g. unshift one more line read when the frame says so); do not
+        /// call a [`Handle`](crate::Handle) from inside it. The ticket
+        /// resolves to what `then` returns.
+        pub fn push_read_with<D, F, R>($($recv)+ $self, decoder: D, then: F) -> crate::Ticket<R>
+        where
+            D: tokio_util::codec::Decoder + Send + 'static,
+            D::Item: Send + 'static,
+            D::Error: Into<crate::Error>,
+            F: FnOnce(D::Item, &mut crate::Requests<'_>) -> crate::Result<R> + Send + 'static,
+            R: Send + 'static,
+        {
+            $self.core_mut().enqueue(decoder, then, crate::queued::request::OnDrop::Cancel, false)
+        }
+
+        /// [`push_read_with`](Self::push_read_with) at the front of the queue.
+        pub fn unshift_read_with<D, F, R>($($recv)+ $self, decoder: D, then: F) -> crate::Ticket<R>
+        where
+            D: tokio_util::codec::Decoder + Send + 'static,
+            D::Item: Send + 'static,
+            D::Error: Into<crate::Error>,
+            F: FnOnce(D::Item, &mut crate::Requests<'_>) -> crate::Result<R> + Send + 'static,
+            R: Send + 'static,
+        {
+            $self.core_mut().enqueue(decoder, then, crate::queued::request::OnDrop::Cancel, true)
+        }
+    };
+}
+pub(crate) use queue_methods;
+
 /// Access to the request queue from inside a completion function (AE's
 /// "unshift inside a callback", RQ-4).
 ///
@@ -209,53 +270,11 @@ pub struct Requests<'a> {
 }
 
 impl Requests<'_> {
-    /// Queues a read at the front: it runs before every request already
-    /// queued. Several unshifts in one completion run in reverse order, as in
-    /// AnyEvent.
-    pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-    {
+    fn core_mut(&mut self) -> &mut Core {
         self.core
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
     }
 
-    /// Queues a read at the back.
-    pub fn push_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-    {
-        self.core
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
-    }
-
-    /// [`unshift_read`](Self::unshift_read) with a completion function.
-    pub fn unshift_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        self.core.enqueue(decoder, then, OnDrop::Cancel, true)
-    }
-
-    /// [`push_read`](Self::push_read) with a completion function.
-    pub fn push_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        self.core.enqueue(decoder, then, OnDrop::Cancel, false)
-    }
+    queue_methods!(self, &mut);
 
     /// Encodes `item` onto the write queue (see
     /// [`QueuedFramed::push_write`](crate::QueuedFramed::push_write)).
