@@ -43,7 +43,7 @@ mod autostart {
     use anyframe::codecs::LineCodec;
     use anyframe::tls::native_tls::{Certificate, Identity};
     use anyframe::tls::{TlsClient, TlsServer};
-    use anyframe::{OrEof, QueuedFramed};
+    use anyframe::{Error, ErrorKind, OrEof, QueuedFramed};
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -59,8 +59,12 @@ mod autostart {
             .timeout(Duration::from_secs(60))
             .rbuf_max(Some(64 * 1024))
             .build_tcp(sock)?;
-        // Reads until the first bytes decide; consumes nothing.
-        let verdict = conn.tls_autostart(tls).await?;
+        // Reads until the first bytes decide (consumes nothing), then runs
+        // the handshake if they were a ClientHello. The handle's timeouts
+        // reach reads, not a bare handshake: bound the whole step.
+        let verdict = tokio::time::timeout(Duration::from_secs(30), conn.tls_autostart(tls))
+            .await
+            .map_err(|_| Error::custom(ErrorKind::TimedOut, true, "TLS handshake timed out"))??;
         let tag = if conn.is_tls() { "[tls]" } else { "[plain]" };
         match verdict.version() {
             Some((major, minor)) => {

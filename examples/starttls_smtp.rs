@@ -44,7 +44,7 @@ mod smtp {
     use anyframe::codecs::LineCodec;
     use anyframe::tls::native_tls::{Certificate, Identity};
     use anyframe::tls::{TlsClient, TlsServer};
-    use anyframe::{OrEof, QueuedFramed};
+    use anyframe::{Error, ErrorKind, OrEof, QueuedFramed};
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -93,7 +93,13 @@ mod smtp {
                     // anything the client sent behind STARTTLS is taken as
                     // its TLS handshake, never as a command.
                     conn.push_write(smtp_lines(), "220 2.0.0 Ready to start TLS")?;
-                    conn.starttls(tls.clone()).await?;
+                    // The handle's timeouts reach reads, not a bare handshake: bound
+                    // it, or a client that goes quiet after STARTTLS holds this task.
+                    tokio::time::timeout(Duration::from_secs(30), conn.starttls(tls.clone()))
+                        .await
+                        .map_err(|_| {
+                            Error::custom(ErrorKind::TimedOut, true, "TLS handshake timed out")
+                        })??;
                     println!("server: {peer} TLS established");
                     continue;
                 }

@@ -1128,7 +1128,13 @@ async fn smtp_session(sock: TcpStream, tls: TlsServer) -> anyframe::Result<Vec<(
             "STARTTLS" if tls_on => &["503 5.5.1 TLS already active"],
             "STARTTLS" => {
                 conn.push_write(smtp_lines(), "220 2.0.0 Ready to start TLS")?;
-                conn.starttls(tls.clone()).await?;
+                // The handle's timeouts reach reads, not a bare handshake: bound
+                // it, or a client that goes quiet after STARTTLS holds this task.
+                tokio::time::timeout(Duration::from_secs(30), conn.starttls(tls.clone()))
+                    .await
+                    .map_err(|_| {
+                        Error::custom(ErrorKind::TimedOut, true, "TLS handshake timed out")
+                    })??;
                 continue;
             }
             "MAIL" | "RCPT" if !tls_on => &["530 5.7.0 Must issue a STARTTLS command first"],
