@@ -25,28 +25,22 @@ enum Reply {
     Number(i64),
 }
 
-async fn server(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else {
-            return;
+/// One connection: read calls until a clean end of input, answer each.
+async fn serve_one(sock: tokio::net::TcpStream) {
+    let mut conn = QueuedFramed::new(sock);
+    while let Ok(Some(call)) = conn
+        .read(anyframe::OrEof::new(CborCodec::<Call>::new()))
+        .await
+    {
+        let reply = match call {
+            Call::Upper(s) => Reply::Text(s.to_uppercase()),
+            Call::Sum(v) => Reply::Number(v.iter().sum()),
         };
-        tokio::spawn(async move {
-            let mut conn = QueuedFramed::new(sock);
-            while let Ok(Some(call)) = conn
-                .read(anyframe::OrEof::new(CborCodec::<Call>::new()))
-                .await
-            {
-                let reply = match call {
-                    Call::Upper(s) => Reply::Text(s.to_uppercase()),
-                    Call::Sum(v) => Reply::Number(v.iter().sum()),
-                };
-                if conn.push_write(CborCodec::<Reply>::new(), &reply).is_err() {
-                    break;
-                }
-            }
-            let _ = conn.shutdown_write().await;
-        });
+        if conn.push_write(CborCodec::<Reply>::new(), &reply).is_err() {
+            break;
+        }
     }
+    let _ = conn.shutdown_write().await;
 }
 
 async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
@@ -69,18 +63,5 @@ async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyframe::Result<()> {
-    let mode = support::mode();
-    if let support::Mode::Connect(addr) = mode {
-        return client(addr).await;
-    }
-    let listener = support::bind(&mode).await;
-    let addr = listener.local_addr()?;
-    let srv = tokio::spawn(server(listener));
-    if let support::Mode::Both = mode {
-        client(addr).await?;
-        srv.abort();
-    } else {
-        let _ = srv.await;
-    }
-    Ok(())
+    support::run(|l| support::accept_loop(l, serve_one), client).await
 }

@@ -66,25 +66,5 @@ async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyframe::Result<()> {
-    let mode = support::mode();
-    if let support::Mode::Connect(addr) = mode {
-        return client(addr).await;
-    }
-    let listener = support::bind(&mode).await;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(serve_one(sock));
-        }
-    });
-    if let support::Mode::Both = mode {
-        client(addr).await?;
-        server.abort();
-    } else {
-        let _ = server.await;
-    }
-    Ok(())
+    support::run(|l| support::accept_loop(l, serve_one), client).await
 }

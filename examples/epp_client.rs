@@ -68,18 +68,5 @@ async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyframe::Result<()> {
-    let mode = support::mode();
-    if let support::Mode::Connect(addr) = mode {
-        return client(addr).await;
-    }
-    let listener = support::bind(&mode).await;
-    let addr = listener.local_addr()?;
-    let srv = tokio::spawn(server(listener));
-    if let support::Mode::Both = mode {
-        client(addr).await?;
-        srv.abort();
-    } else {
-        let _ = srv.await;
-    }
-    Ok(())
+    support::run(server, client).await
 }

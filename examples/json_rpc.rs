@@ -52,23 +52,17 @@ async fn handle(req: Request) -> Result<Response, Infallible> {
     })
 }
 
-async fn server(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else {
-            return;
-        };
-        let svc = tower::service_fn(handle);
-        // Requests: any JSON text; responses: one per line (NDJSON).
-        tokio::spawn(
-            serve(
-                sock,
-                JsonCodec::<Request>::new(),
-                JsonCodec::<Response>::ndjson(),
-                svc,
-            )
-            .into_future(),
-        );
-    }
+/// One connection: requests are any JSON text, responses go one per line
+/// (NDJSON).
+async fn serve_one(sock: tokio::net::TcpStream) {
+    let svc = tower::service_fn(handle);
+    let _ = serve(
+        sock,
+        JsonCodec::<Request>::new(),
+        JsonCodec::<Response>::ndjson(),
+        svc,
+    )
+    .await;
 }
 
 async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
@@ -114,18 +108,5 @@ async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyframe::Result<()> {
-    let mode = support::mode();
-    if let support::Mode::Connect(addr) = mode {
-        return client(addr).await;
-    }
-    let listener = support::bind(&mode).await;
-    let addr = listener.local_addr()?;
-    let srv = tokio::spawn(server(listener));
-    if let support::Mode::Both = mode {
-        client(addr).await?;
-        srv.abort();
-    } else {
-        let _ = srv.await;
-    }
-    Ok(())
+    support::run(|l| support::accept_loop(l, serve_one), client).await
 }

@@ -5,6 +5,7 @@
 //! connect to), `--connect` only the client (against a real server).
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 /// What the command line asked for.
@@ -47,4 +48,42 @@ pub async fn bind(mode: &Mode) -> tokio::net::TcpListener {
         println!("listening on {}", l.local_addr().unwrap());
     }
     l
+}
+
+/// Runs an example the way the command line asks: with no flag, `server`
+/// on an ephemeral loopback port and `client` against it, then exits; with
+/// `--listen`, only the server (until interrupted); with `--connect`, only
+/// the client.
+pub async fn run<S, SF, C, CF>(server: S, client: C) -> anyframe::Result<()>
+where
+    S: FnOnce(tokio::net::TcpListener) -> SF,
+    SF: Future<Output = ()> + Send + 'static,
+    C: FnOnce(SocketAddr) -> CF,
+    CF: Future<Output = anyframe::Result<()>>,
+{
+    let mode = mode();
+    if let Mode::Connect(addr) = mode {
+        return client(addr).await;
+    }
+    let listener = bind(&mode).await;
+    let addr = listener.local_addr()?;
+    let srv = tokio::spawn(server(listener));
+    if let Mode::Both = mode {
+        client(addr).await?;
+        srv.abort();
+    } else {
+        let _ = srv.await;
+    }
+    Ok(())
+}
+
+/// Accepts connections forever, serving each with `serve` in its own task.
+pub async fn accept_loop<F, Fut>(listener: tokio::net::TcpListener, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    while let Ok((sock, _)) = listener.accept().await {
+        tokio::spawn(serve(sock));
+    }
 }
