@@ -1348,3 +1348,32 @@ async fn stoptls_on_handles_from_a_completion_then_plaintext() {
     within("raw", sraw.read_exact(&mut got)).await.unwrap();
     assert_eq!(&got, b"raw\n");
 }
+
+/// A bare `starttls` against a peer that never answers does not hang when a
+/// timeout is set: the switch's waiter gets a non-fatal ETIMEDOUT (inline
+/// and through a Handle), and the handle stays usable.
+#[tokio::test]
+async fn a_stalled_starttls_reports_the_timeout_to_its_waiter() {
+    let (_silent, s) = tcp_pair().await;
+    let mut conn = QueuedFramed::builder()
+        .timeout(Duration::from_millis(100))
+        .build_tcp(s)
+        .unwrap();
+    let e = within("inline starttls", conn.starttls(pki::client()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(!e.is_fatal() && !conn.is_destroyed());
+
+    let (_silent, s) = tcp_pair().await;
+    let (h, _driver) = QueuedFramed::builder()
+        .timeout(Duration::from_millis(100))
+        .build_tcp(s)
+        .unwrap()
+        .spawn();
+    let e = within("spawned starttls", h.starttls(pki::client()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(!h.is_destroyed());
+}

@@ -161,8 +161,19 @@ impl Core {
         self.marks.wake_all();
         #[cfg(feature = "tls")]
         if let Some(op) = self.tls_op.take() {
-            let (TlsOp::Start { done, .. } | TlsOp::Handshake { done } | TlsOp::Stop { done, .. }) =
-                op;
+            let done = match op {
+                TlsOp::Start {
+                    mut plain, done, ..
+                } => {
+                    // Plaintext set aside for before the handshake was never
+                    // (fully) written: it goes back in front of the queue, so
+                    // `into_parts` still returns every unwritten byte.
+                    plain.extend_from_slice(&self.wq.take_all());
+                    self.wq.restore(plain);
+                    done
+                }
+                TlsOp::Handshake { done } | TlsOp::Stop { done, .. } => done,
+            };
             let _ = done.send(Err(err.clone()));
         }
         self.wake_driver();
@@ -388,12 +399,23 @@ impl Core {
 
     /// Fails the head request with a non-fatal error (a timeout); its bytes
     /// stay buffered.
-    fn fail_head(&mut self, e: Error) {
+    pub(crate) fn fail_head(&mut self, e: Error) {
         if let Some(req) = self.queue.pop_front() {
             req.fail(e);
-        } else {
-            tracing::debug!(error = %e, "timeout with no read waiting");
+            return;
         }
+        // No read waits, but a TLS switch may: its waiter gets the timeout
+        // (non-fatal; the handshake goes on if the peer wakes up, and later
+        // reads wait for it), so a bare `starttls().await` cannot hang.
+        #[cfg(feature = "tls")]
+        if let Some(op) = &mut self.tls_op {
+            let (TlsOp::Start { done, .. } | TlsOp::Handshake { done } | TlsOp::Stop { done, .. }) =
+                op;
+            let (orphan, _) = oneshot::channel();
+            let _ = std::mem::replace(done, orphan).send(Err(e));
+            return;
+        }
+        tracing::debug!(error = %e, "timeout with no read waiting");
     }
 
     /// Drives the queue until it is empty (`Ready`) or waits for input.

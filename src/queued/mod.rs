@@ -483,7 +483,12 @@ where
             if let Poll::Ready(r) = ticket.poll_result(cx) {
                 return Poll::Ready(r);
             }
-            let _ = self.core.poll_tls(&mut self.io, cx);
+            if self.core.poll_tls(&mut self.io, cx).is_pending()
+                && let Poll::Ready(Some(e)) = self.core.poll_timers(cx)
+            {
+                // Nothing else is queued here: the switch's waiter gets it.
+                self.core.fail_head(e);
+            }
             ticket.poll_result(cx)
         })
         .await
