@@ -21,6 +21,10 @@
 
 mod support;
 
+#[cfg(feature = "tls")]
+#[path = "support/pki.rs"]
+mod pki;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -173,6 +177,31 @@ impl Peer {
             self.transcript()
         );
         event
+    }
+
+    /// Waits until every output command sent so far has run.
+    #[cfg(feature = "tls")]
+    async fn sync(&mut self) {
+        self.command(json!(["sync"]));
+        self.expect("sync").await;
+    }
+
+    /// The next `evs.len()` events, which must be these kinds in any order
+    /// (AE may run a read callback before `on_starttls`, TLS-3), by kind.
+    #[cfg(feature = "tls")]
+    async fn expect_any_order(&mut self, evs: &[&str]) -> Vec<Value> {
+        let mut got: Vec<Value> = Vec::new();
+        for _ in evs {
+            got.push(self.event().await);
+        }
+        evs.iter()
+            .map(|ev| {
+                let i = got.iter().position(|e| e["ev"] == *ev).unwrap_or_else(|| {
+                    panic!("expected {evs:?}, got {got:?}\n{}", self.transcript())
+                });
+                got.remove(i)
+            })
+            .collect()
     }
 
     /// The next event must be a completed read: what the callback got,
@@ -1435,4 +1464,378 @@ async fn packstring_payload_too_long_for_its_prefix() {
         .await
         .unwrap();
     assert_eq!(&rest[..], [&[b'y'; 65_536][..], b"after"].concat());
+}
+
+// ---- TLS -------------------------------------------------------------------------
+
+/// AnyEvent::Handle options for a Perl TLS server (`server`) or a client
+/// that verifies our certificate against the test CA, plus `extra`.
+#[cfg(feature = "tls")]
+fn perl_tls(server: bool, extra: Value) -> Value {
+    let file = |name: &str| pki::pki().dir.join(name).to_str().unwrap().to_owned();
+    let mut options = if server {
+        json!({"tls_ctx": {"cert_file": file("server.pem"), "key_file": file("server.key")}})
+    } else {
+        json!({
+            "tls_ctx": {"ca_file": file("ca.pem"), "verify": 1, "verify_peername": "https"},
+            "peername": "localhost",
+        })
+    };
+    options
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    options
+}
+
+/// Our TLS settings for `role`: client when Perl listens, else server.
+#[cfg(feature = "tls")]
+fn our_tls(role: Role) -> anyframe::tls::TlsMode {
+    match role {
+        Role::PerlListens => pki::client(),
+        Role::PerlConnects => pki::server().into(),
+    }
+}
+
+/// Lines both ways, a 3 MB packstring through AE and back, and a JSON text
+/// from Perl: over whatever the connection is now (TLS here).
+#[cfg(feature = "tls")]
+async fn exchange(peer: &mut Peer, conn: &mut Conn, rng: &mut Rng) {
+    peer.echo("line", &[]);
+    conn.write(LineCodec::new(), "over tls \u{263a}")
+        .await
+        .unwrap();
+    assert_eq!(
+        peer.got().await,
+        [d_bytes("over tls \u{263a}".as_bytes()), d_bytes(b"\n")]
+    );
+    let got = within("line", conn.read(LineCodec::new())).await.unwrap();
+    assert_eq!(got.line(), "over tls \u{263a}".as_bytes());
+
+    let blob = rng.bytes(LARGE);
+    peer.echo("packstring", &[json!("N")]);
+    let frame = encode_all(PackstringCodec::new(PackFormat::U32Be), [&blob]);
+    dribble(conn, &frame, 16 * 1024, rng).await;
+    assert_eq!(peer.got().await, [d_bytes(&blob)]);
+    let got = within(
+        "3 MB over tls",
+        conn.read(PackstringCodec::new(PackFormat::U32Be)),
+    )
+    .await;
+    assert!(got.unwrap() == blob, "the 3 MB payload came back intact");
+
+    peer.dribble(3, 0.0, "json", &["{tls => JSON::XS::true}"]);
+    let got: Value = within("json", conn.read(JsonCodec::new())).await.unwrap();
+    assert_eq!(got, json!({"tls": true}));
+}
+
+/// TLS-1 with AE's `tls => "connect"` constructor option: a Perl client
+/// that verifies our certificate, against our accept.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_perl_connect_against_our_accept() {
+    if !have_perl() {
+        return;
+    }
+    let options = perl_tls(false, json!({"tls": "connect"}));
+    let (mut peer, mut conn) = connect(Role::PerlConnects, options).await;
+    within("handshake", conn.starttls(pki::server()))
+        .await
+        .unwrap();
+    assert!(conn.is_tls());
+    assert_eq!(peer.expect("starttls").await["ok"], 1);
+    exchange(&mut peer, &mut conn, &mut Rng::new(9)).await;
+}
+
+/// Our client (verifying AE's certificate and host name) against AE's
+/// `tls => "accept"`.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_our_connect_against_perl_accept() {
+    if !have_perl() {
+        return;
+    }
+    let options = perl_tls(true, json!({"tls": "accept"}));
+    let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
+    within("handshake", conn.starttls(pki::client()))
+        .await
+        .unwrap();
+    assert_eq!(peer.expect("starttls").await["ok"], 1);
+    exchange(&mut peer, &mut conn, &mut Rng::new(10)).await;
+}
+
+both_roles! {
+    /// STARTTLS mid-stream, SMTP-shaped: the client waits for the server's
+    /// go-ahead before its ClientHello.
+    #[cfg(feature = "tls")]
+    starttls_after_a_go_ahead;
+    /// STARTTLS mid-stream, pipelined: the client's ClientHello follows its
+    /// STARTTLS line at once, so the server has it in its read buffer when
+    /// it switches (TLS-2: it must become ciphertext, not data).
+    #[cfg(feature = "tls")]
+    starttls_pipelined;
+}
+
+#[cfg(feature = "tls")]
+async fn starttls_after_a_go_ahead(role: Role) {
+    let server = role == Role::PerlListens;
+    let (mut peer, mut conn) = connect(role, perl_tls(server, json!({}))).await;
+    if server {
+        // Perl serves, we are the client.
+        peer.read("line", &[]);
+        conn.write(LineCodec::new(), "STARTTLS").await.unwrap();
+        assert_eq!(peer.got().await[0], d_bytes(b"STARTTLS"));
+        peer.write("raw", &["qq{220 go\\r\\n}"]);
+        peer.command(json!(["starttls", "accept"]));
+        let go = within("go", conn.read(LineCodec::new())).await.unwrap();
+        assert_eq!(go.line(), "220 go");
+        within("handshake", conn.starttls(our_tls(role)))
+            .await
+            .unwrap();
+        assert_eq!(peer.expect("starttls").await["ok"], 1);
+    } else {
+        peer.write("raw", &["qq{STARTTLS\\r\\n}"]);
+        peer.read("line", &[]);
+        let line = within("line", conn.read(LineCodec::new())).await.unwrap();
+        assert_eq!(line.line(), "STARTTLS");
+        conn.write(LineCodec::new(), "220 go").await.unwrap();
+        let perl_side = async {
+            assert_eq!(peer.got().await[0], d_bytes(b"220 go"));
+            peer.command(json!(["starttls", "connect"]));
+            assert_eq!(peer.expect("starttls").await["ok"], 1);
+        };
+        let (ours, ()) = tokio::join!(within("handshake", conn.starttls(our_tls(role))), perl_side);
+        ours.unwrap();
+    }
+    exchange(&mut peer, &mut conn, &mut Rng::new(11)).await;
+}
+
+#[cfg(feature = "tls")]
+async fn starttls_pipelined(role: Role) {
+    let server = role == Role::PerlListens;
+    let options = perl_tls(server, json!({"autocork": 1}));
+    let (mut peer, mut conn) = connect(role, options).await;
+    if server {
+        peer.read("line", &[]);
+        conn.push_write(LineCodec::new(), "STARTTLS").unwrap();
+        let perl_side = async {
+            assert_eq!(peer.got().await[0], d_bytes(b"STARTTLS"));
+            peer.command(json!(["starttls", "accept"]));
+            assert_eq!(peer.expect("starttls").await["ok"], 1);
+        };
+        let (ours, ()) = tokio::join!(within("handshake", conn.starttls(our_tls(role))), perl_side);
+        ours.unwrap();
+    } else {
+        // AE (with autocork) sends the line and its ClientHello in one
+        // write: our read of the line buffers the start of the handshake.
+        peer.command(json!(["starttls", "connect", "qq{STARTTLS\\r\\n}"]));
+        let line = within("line", conn.read(LineCodec::new())).await.unwrap();
+        assert_eq!(line.line(), "STARTTLS");
+        assert!(!conn.read_buffer().is_empty(), "the ClientHello came along");
+        within("handshake", conn.starttls(our_tls(role)))
+            .await
+            .unwrap();
+        assert_eq!(peer.expect("starttls").await["ok"], 1);
+    }
+    exchange(&mut peer, &mut conn, &mut Rng::new(12)).await;
+}
+
+/// RT-tlsauto on AE's side: one Perl server, `tls_detect` then
+/// `tls_autostart`, takes our TLS client and our plaintext client.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_autostart_on_perl_server() {
+    if !have_perl() {
+        return;
+    }
+    for tls in [true, false] {
+        let (mut peer, mut conn) = connect(Role::PerlListens, perl_tls(true, json!({}))).await;
+        peer.read("tls_detect", &[]);
+        peer.command(json!(["read", "tls_autostart", "accept"]));
+        peer.read("line", &[]);
+        if tls {
+            within("handshake", conn.starttls(pki::client()))
+                .await
+                .unwrap();
+        }
+        conn.write(LineCodec::new(), "hello").await.unwrap();
+        let detected = peer.got().await;
+        if tls {
+            // A TLS record header: handshake, version 3.1 (OpenSSL's
+            // ClientHello record), as AE reports it.
+            assert_eq!(detected, [d_bytes(b"accept"), d_int(3), d_int(1)]);
+            let [started, line] = &peer.expect_any_order(&["starttls", "read"]).await[..] else {
+                unreachable!()
+            };
+            assert_eq!(started["ok"], 1);
+            assert_eq!(line["v"][0], d_bytes(b"hello"));
+        } else {
+            assert_eq!(detected, [Value::Null]);
+            assert_eq!(peer.got().await[0], d_bytes(b"hello"));
+        }
+    }
+}
+
+/// RT-tlsauto on our side: our server's `tls_autostart` takes AE's TLS
+/// client (`tls => "connect"`) and AE's plaintext client.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_autostart_on_our_server() {
+    if !have_perl() {
+        return;
+    }
+    for tls in [true, false] {
+        let extra = if tls {
+            json!({"tls": "connect"})
+        } else {
+            json!({})
+        };
+        let (mut peer, mut conn) = connect(Role::PerlConnects, perl_tls(false, extra)).await;
+        peer.write("raw", &["qq{hello\\n}"]);
+        let verdict = within("detect", conn.tls_autostart(pki::server()))
+            .await
+            .unwrap();
+        assert_eq!(verdict.is_tls(), tls);
+        assert_eq!(conn.is_tls(), tls);
+        if tls {
+            assert_eq!(verdict.version(), Some((3, 1)));
+            assert_eq!(peer.expect("starttls").await["ok"], 1);
+        }
+        let line = within("line", conn.read(LineCodec::new())).await.unwrap();
+        assert_eq!(line.line(), "hello");
+    }
+}
+
+/// TLS-6 and SPEC §7: stoptls that both ends agree on, AE first. AE's
+/// `stoptls` sends close_notify and stays in TLS until ours arrives; ours
+/// answers, and reads TLS until AE's close_notify. Then both go on in
+/// plaintext. (AE has to go first: see `stoptls_by_us_first`.)
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn stoptls_agreed_by_both_ends() {
+    if !have_perl() {
+        return;
+    }
+    let options = perl_tls(true, json!({"tls": "accept"}));
+    let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
+    within("handshake", conn.starttls(pki::client()))
+        .await
+        .unwrap();
+    assert_eq!(peer.expect("starttls").await["ok"], 1);
+    peer.read("line", &[]);
+    conn.write(LineCodec::new(), "STOPTLS").await.unwrap();
+    assert_eq!(peer.got().await[0], d_bytes(b"STOPTLS"));
+    peer.command(json!(["stoptls"]));
+    peer.sync().await;
+    within("stoptls", conn.stoptls()).await.unwrap();
+    assert!(!conn.is_tls());
+    peer.expect("stoptls").await;
+
+    peer.write("raw", &["qq{plain from perl\\n}"]);
+    let got = within("line", conn.read(LineCodec::new())).await.unwrap();
+    assert_eq!(got.line(), "plain from perl");
+    peer.read("line", &[]);
+    conn.write(LineCodec::new(), "plain from rust")
+        .await
+        .unwrap();
+    assert_eq!(peer.got().await[0], d_bytes(b"plain from rust"));
+}
+
+/// TLS-6 and SPEC §7: we stop first. AE (with `on_stoptls`) takes our
+/// close_notify, drops its TLS state without answering and goes on in
+/// plaintext: our plaintext reaches it, but our read side keeps waiting for
+/// AE's close_notify, so AE's plaintext is a broken TLS record to us: EPROTO,
+/// fatal. Both ends must agree, with AE going first.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn stoptls_by_us_first() {
+    if !have_perl() {
+        return;
+    }
+    let options = perl_tls(true, json!({"tls": "accept"}));
+    let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
+    within("handshake", conn.starttls(pki::client()))
+        .await
+        .unwrap();
+    assert_eq!(peer.expect("starttls").await["ok"], 1);
+    within("stoptls", conn.stoptls()).await.unwrap();
+    peer.expect("stoptls").await;
+    peer.read("line", &[]);
+    conn.write(LineCodec::new(), "plain from rust")
+        .await
+        .unwrap();
+    assert_eq!(peer.got().await[0], d_bytes(b"plain from rust"));
+
+    peer.write("raw", &["qq{plain from perl\\n}"]);
+    let err = within("line", conn.read(LineCodec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(err.is_fatal() && conn.is_destroyed());
+}
+
+/// TLS-6: AE stops alone. Its close_notify is a clean end of the TLS
+/// stream to us, so a line read then fails with EPIPE (fatal, RQ-6). AE
+/// stays in TLS mode, and its next write fails there with EPROTO
+/// ("protocol is shutdown").
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn stoptls_by_ae_alone() {
+    if !have_perl() {
+        return;
+    }
+    let options = perl_tls(true, json!({"tls": "accept"}));
+    let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
+    within("handshake", conn.starttls(pki::client()))
+        .await
+        .unwrap();
+    assert_eq!(peer.expect("starttls").await["ok"], 1);
+    peer.command(json!(["stoptls"]));
+    let err = within("line", conn.read(LineCodec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    assert!(err.is_fatal() && conn.is_eof());
+    peer.write("raw", &["qq{from perl\\n}"]);
+    let err = peer.expect("error").await;
+    assert_eq!(
+        (err["fatal"].clone(), err["errno"].clone()),
+        (json!(1), json!(71)),
+        "EPROTO"
+    );
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("protocol is shutdown"),
+        "{err}"
+    );
+}
+
+/// TLS-4 and SPEC §7: a handshake that fails verification. AE's client
+/// (verifying against the test CA) refuses our certificate from another
+/// CA, reports it through `on_starttls` with a false status, sends no
+/// alert and leaves its handle open in plaintext: our handshake is left
+/// waiting, and the plaintext AE writes next is a broken record to it:
+/// EPROTO, fatal; we never go on unencrypted.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_handshake_refused_by_perl_verification() {
+    if !have_perl() {
+        return;
+    }
+    let options = perl_tls(false, json!({"tls": "connect"}));
+    let (mut peer, mut conn) = connect(Role::PerlConnects, options).await;
+    let server = pki::server_with(&pki::pki().unknown_ca);
+    let perl_side = async {
+        let started = peer.expect("starttls").await;
+        assert_eq!(started["ok"], 0);
+        let msg = started["msg"].as_str().unwrap().to_owned();
+        assert!(msg.contains("certificate verify failed"), "{msg}");
+        peer.write("raw", &["qq{in the clear\\n}"]);
+    };
+    let (ours, ()) = tokio::join!(within("handshake", conn.starttls(server)), perl_side);
+    let err = ours.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(err.is_fatal() && conn.is_destroyed());
 }

@@ -20,7 +20,9 @@
 #   ["dribble", MAX, DELAY, TYPE, EXPR...]
 #                             format as "write" would, then write it in random
 #                             pieces of 1..MAX bytes, DELAY seconds apart
-#   ["starttls", MODE]  ["stoptls"]  ["shutdown"]  ["sync"]  ["exit"]
+#   ["starttls", MODE [, EXPR]]  EXPR: plaintext to push_write first, in the
+#                             same turn (one packet with the autocork option)
+#   ["stoptls"]  ["sync"]
 #
 # Output commands run in order, one per event-loop turn, after the ones
 # before them ("sync" reports {"ev":"sync"} once they have all been handed
@@ -40,6 +42,7 @@ use JSON::XS ();
 use Types::Serialiser ();
 
 $| = 1;
+srand 8;    # the same random splits every run
 my ($role, $port, $options) = @ARGV;
 die "usage: $0 listen|connect PORT [OPTIONS_JSON]\n"
     unless defined $port && ($role // '') =~ /^(?:listen|connect)$/;
@@ -87,12 +90,12 @@ my @early;    # commands that arrived before the connection
 sub start {
     my ($fh) = @_;
     $h = AnyEvent::Handle->new(
-        fh         => $fh,
-        no_delay   => 1,
-        on_error   => sub { event(ev => 'error', fatal => $_[1] ? 1 : 0, msg => $_[2], errno => 0 + $!) },
-        on_eof     => sub { event(ev => 'eof') },
+        fh          => $fh,
+        no_delay    => 1,
+        on_error    => sub { event(ev => 'error', fatal => $_[1] ? 1 : 0, msg => $_[2], errno => 0 + $!) },
+        on_eof      => sub { event(ev => 'eof') },
         on_starttls => sub { event(ev => 'starttls', ok => $_[1] ? 1 : 0, msg => $_[2]) },
-        on_stoptls => sub { event(ev => 'stoptls') },
+        on_stoptls  => sub { event(ev => 'stoptls') },
         %opts,
     );
     event(ev => 'connected');
@@ -229,24 +232,30 @@ my %commands = (
             } @pieces;
         });
     },
-    starttls => sub { my @a = @_; later(guarded starttls => sub { $h->starttls(@a) }) },
-    stoptls  => sub { later(sub { $h->stoptls; return }) },
-    shutdown => sub { later(sub { $h->push_shutdown; return }) },
-    sync     => sub { later(sub { event(ev => 'sync'); return }) },
-    exit     => sub { later(sub { exit 0 }) },
+    starttls => sub {
+        my ($mode, $plaintext) = @_;
+        my ($first) = values_of(grep { defined } $plaintext);
+        later(guarded starttls => sub {
+            $h->push_write($first) if defined $first;    # same step: one flight with autocork
+            $h->starttls($mode);
+        });
+    },
+    stoptls => sub { later(sub { $h->stoptls; return }) },
+    sync    => sub { later(sub { event(ev => 'sync'); return }) },
 );
 
-my $control = AnyEvent::Handle->new(
-    fh       => \*STDIN,
-    on_error => sub { exit 0 },
-    on_eof   => sub { exit 0 },
-);
 sub command {
     my ($name, @args) = @_;
     my $command = $commands{$name} or die "unknown command $name\n";
     $command->(@args);
 }
 
+# The test closing our stdin (or dying) ends the script.
+my $control = AnyEvent::Handle->new(
+    fh       => \*STDIN,
+    on_error => sub { exit 0 },
+    on_eof   => sub { exit 0 },
+);
 $control->on_read(sub {
     $_[0]->push_read(line => sub {
         my $cmd = JSON::XS::decode_json($_[1]);
