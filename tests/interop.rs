@@ -338,6 +338,17 @@ async fn dribble(conn: &mut Conn, bytes: &[u8], max: usize, rng: &mut Rng) {
     }
 }
 
+/// `conn.write(encoder, item)`, bounded by [`STEP`].
+async fn send<E, I>(conn: &mut Conn, encoder: E, item: I)
+where
+    E: Encoder<I>,
+    E::Error: Into<anyframe::Error>,
+{
+    within("write", conn.write(encoder, item))
+        .await
+        .expect("write");
+}
+
 /// The largest piece [`dribble`] should cut `len` bytes into: a few bytes
 /// for small messages, larger pieces for large ones (one pause per piece).
 fn pieces_for(len: usize) -> usize {
@@ -910,12 +921,10 @@ async fn json_falsy_values_are_dropped_by_ae() {
     // One text per write, then a true one. (5e-324 too: JSON::XS reads the
     // smallest subnormal as 0.)
     for v in falsy.iter().chain([&json!(5e-324), &json!(["after"])]) {
-        conn.write(JsonCodec::<Value>::new(), v).await.unwrap();
+        send(&mut conn, JsonCodec::<Value>::new(), v).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    conn.write(JsonCodec::<Value>::new(), json!(["end"]))
-        .await
-        .unwrap();
+    send(&mut conn, JsonCodec::<Value>::new(), json!(["end"])).await;
     // Observed: the falsy texts vanish; "after" and "end" arrive.
     assert_eq!(undescribe(&peer.got().await[0]), json!(["after"]));
     assert_eq!(undescribe(&peer.got().await[0]), json!(["end"]));
@@ -966,20 +975,14 @@ async fn json_top_level_scalars_split_across_reads() {
     // AE reads "4", then (later) "2\n", as 4 and 2.
     peer.read("json", &[]);
     peer.read("json", &[]);
-    conn.write(anyframe::codecs::RawCodec::new(), &b"4"[..])
-        .await
-        .unwrap();
+    send(&mut conn, anyframe::codecs::RawCodec::new(), &b"4"[..]).await;
     assert_eq!(peer.got().await, [d_int(4)]);
-    conn.write(anyframe::codecs::RawCodec::new(), &b"2\n"[..])
-        .await
-        .unwrap();
+    send(&mut conn, anyframe::codecs::RawCodec::new(), &b"2\n"[..]).await;
     assert_eq!(peer.got().await, [d_int(2)]);
 
     // A literal split across reads: JSON::XS fails on the first half.
     peer.read("json", &[]);
-    conn.write(anyframe::codecs::RawCodec::new(), &b"tr"[..])
-        .await
-        .unwrap();
+    send(&mut conn, anyframe::codecs::RawCodec::new(), &b"tr"[..]).await;
     let err = peer.expect("error").await;
     assert_eq!(
         (err["fatal"].clone(), err["errno"].clone()),
@@ -988,18 +991,19 @@ async fn json_top_level_scalars_split_across_reads() {
     );
     // The rest, "ue", is one more EBADMSG; the [7] after it stays inside
     // JSON::XS until more bytes arrive ([8]), which brings [7] out.
-    conn.write(anyframe::codecs::RawCodec::new(), &b"ue\n[7]"[..])
-        .await
-        .unwrap();
+    send(
+        &mut conn,
+        anyframe::codecs::RawCodec::new(),
+        &b"ue\n[7]"[..],
+    )
+    .await;
     let err = peer.expect("error").await;
     assert_eq!(
         (err["fatal"].clone(), err["errno"].clone()),
         (json!(0), json!(74)),
         "EBADMSG"
     );
-    conn.write(anyframe::codecs::RawCodec::new(), &b"[8]"[..])
-        .await
-        .unwrap();
+    send(&mut conn, anyframe::codecs::RawCodec::new(), &b"[8]"[..]).await;
     assert_eq!(undescribe(&peer.got().await[0]), json!([7]));
 }
 
@@ -1051,9 +1055,12 @@ async fn json_numbers_between_json_xs_and_serde_json() {
     ];
     for (text, held, back) in cases {
         peer.echo("json", &[]);
-        conn.write(anyframe::codecs::RawCodec::new(), format!("{text}\n"))
-            .await
-            .unwrap();
+        send(
+            &mut conn,
+            anyframe::codecs::RawCodec::new(),
+            format!("{text}\n"),
+        )
+        .await;
         assert_eq!(peer.got().await, [held], "{text}");
         let got: Value = within("json", conn.read(JsonCodec::new())).await.unwrap();
         assert_eq!(got, back, "{text}");
@@ -1062,7 +1069,7 @@ async fn json_numbers_between_json_xs_and_serde_json() {
     // f64::MAX comes back as 1.79769313486232e+308, beyond f64: a
     // non-fatal EBADMSG for us (the text is consumed), and we read on.
     peer.echo("json", &[]);
-    conn.write(JsonCodec::<f64>::new(), f64::MAX).await.unwrap();
+    send(&mut conn, JsonCodec::<f64>::new(), f64::MAX).await;
     assert_eq!(
         peer.got().await,
         [json!({"float": "1.7976931348623157e+308"})]
@@ -1075,9 +1082,7 @@ async fn json_numbers_between_json_xs_and_serde_json() {
     // 1e400 is infinity to JSON::XS, which writes it as `inf`: not JSON, a
     // non-fatal EBADMSG that consumes nothing, so we skip it by hand.
     peer.echo("json", &[]);
-    conn.write(anyframe::codecs::RawCodec::new(), "1e400\n")
-        .await
-        .unwrap();
+    send(&mut conn, anyframe::codecs::RawCodec::new(), "1e400\n").await;
     assert_eq!(peer.got().await, [json!({"float": "Inf"})]);
     let err = within("json", conn.read(JsonCodec::<Value>::new()))
         .await
@@ -1374,9 +1379,7 @@ async fn cbor_where_cbor_xs_and_we_disagree() {
         ("3bffffffffffffffff", "0", "00", -(1i128 << 64)),
     ] {
         peer.echo("cbor", &[]);
-        conn.write(RawCborCodec::new(), Bytes::from(unhex(item)))
-            .await
-            .unwrap();
+        send(&mut conn, RawCborCodec::new(), Bytes::from(unhex(item))).await;
         assert_eq!(peer.got().await, [d_int(held)], "{item}");
         let raw = within("cbor", conn.read(RawCborCodec::new()))
             .await
@@ -1389,9 +1392,12 @@ async fn cbor_where_cbor_xs_and_we_disagree() {
     // string and writes the same bytes back; our framing passes the item,
     // our decoder refuses it (EBADMSG, non-fatal, item consumed).
     peer.echo("cbor", &[]);
-    conn.write(RawCborCodec::new(), Bytes::from(unhex("63fffefd")))
-        .await
-        .unwrap();
+    send(
+        &mut conn,
+        RawCborCodec::new(),
+        Bytes::from(unhex("63fffefd")),
+    )
+    .await;
     assert_eq!(peer.got().await, [json!({"malformed_text": "fffefd"})]);
     let err = within("cbor", conn.read(CborCodec::<Cbor>::new()))
         .await
@@ -1402,9 +1408,12 @@ async fn cbor_where_cbor_xs_and_we_disagree() {
     // A text chunk in an indefinite byte string: AE reads the bytes "a"; we
     // refuse at the chunk (EBADMSG, nothing consumed).
     peer.echo("cbor", &[]);
-    conn.write(RawCborCodec::new(), Bytes::from(unhex("5f6161ff")))
-        .await
-        .unwrap();
+    send(
+        &mut conn,
+        RawCborCodec::new(),
+        Bytes::from(unhex("5f6161ff")),
+    )
+    .await;
     assert_eq!(peer.got().await, [d_bytes(b"a")]);
     let raw = within("cbor", conn.read(RawCborCodec::new()))
         .await
@@ -1418,9 +1427,7 @@ async fn cbor_where_cbor_xs_and_we_disagree() {
 
     // Simple value 16 (unassigned): AE's EBADMSG; ours too.
     peer.read("cbor", &[]);
-    conn.write(RawCborCodec::new(), Bytes::from(unhex("f0")))
-        .await
-        .unwrap();
+    send(&mut conn, RawCborCodec::new(), Bytes::from(unhex("f0"))).await;
     let err = peer.expect("error").await;
     assert_eq!(
         (err["fatal"].clone(), err["errno"].clone()),
@@ -1502,9 +1509,7 @@ fn our_tls(role: Role) -> anyframe::tls::TlsMode {
 #[cfg(feature = "tls")]
 async fn exchange(peer: &mut Peer, conn: &mut Conn, rng: &mut Rng) {
     peer.echo("line", &[]);
-    conn.write(LineCodec::new(), "over tls \u{263a}")
-        .await
-        .unwrap();
+    send(conn, LineCodec::new(), "over tls \u{263a}").await;
     assert_eq!(
         peer.got().await,
         [d_bytes("over tls \u{263a}".as_bytes()), d_bytes(b"\n")]
@@ -1583,7 +1588,7 @@ async fn starttls_after_a_go_ahead(role: Role) {
     if server {
         // Perl serves, we are the client.
         peer.read("line", &[]);
-        conn.write(LineCodec::new(), "STARTTLS").await.unwrap();
+        send(&mut conn, LineCodec::new(), "STARTTLS").await;
         assert_eq!(peer.got().await[0], d_bytes(b"STARTTLS"));
         peer.write("raw", &["qq{220 go\\r\\n}"]);
         peer.command(json!(["starttls", "accept"]));
@@ -1598,7 +1603,7 @@ async fn starttls_after_a_go_ahead(role: Role) {
         peer.read("line", &[]);
         let line = within("line", conn.read(LineCodec::new())).await.unwrap();
         assert_eq!(line.line(), "STARTTLS");
-        conn.write(LineCodec::new(), "220 go").await.unwrap();
+        send(&mut conn, LineCodec::new(), "220 go").await;
         let perl_side = async {
             assert_eq!(peer.got().await[0], d_bytes(b"220 go"));
             peer.command(json!(["starttls", "connect"]));
@@ -1658,7 +1663,7 @@ async fn tls_autostart_on_perl_server() {
                 .await
                 .unwrap();
         }
-        conn.write(LineCodec::new(), "hello").await.unwrap();
+        send(&mut conn, LineCodec::new(), "hello").await;
         let detected = peer.got().await;
         if tls {
             // A TLS record header: handshake, version 3.1 (OpenSSL's
@@ -1723,7 +1728,7 @@ async fn stoptls_agreed_by_both_ends() {
         .unwrap();
     assert_eq!(peer.expect("starttls").await["ok"], 1);
     peer.read("line", &[]);
-    conn.write(LineCodec::new(), "STOPTLS").await.unwrap();
+    send(&mut conn, LineCodec::new(), "STOPTLS").await;
     assert_eq!(peer.got().await[0], d_bytes(b"STOPTLS"));
     peer.command(json!(["stoptls"]));
     peer.sync().await;
@@ -1735,9 +1740,7 @@ async fn stoptls_agreed_by_both_ends() {
     let got = within("line", conn.read(LineCodec::new())).await.unwrap();
     assert_eq!(got.line(), "plain from perl");
     peer.read("line", &[]);
-    conn.write(LineCodec::new(), "plain from rust")
-        .await
-        .unwrap();
+    send(&mut conn, LineCodec::new(), "plain from rust").await;
     assert_eq!(peer.got().await[0], d_bytes(b"plain from rust"));
 }
 
@@ -1761,9 +1764,7 @@ async fn stoptls_by_us_first() {
     within("stoptls", conn.stoptls()).await.unwrap();
     peer.expect("stoptls").await;
     peer.read("line", &[]);
-    conn.write(LineCodec::new(), "plain from rust")
-        .await
-        .unwrap();
+    send(&mut conn, LineCodec::new(), "plain from rust").await;
     assert_eq!(peer.got().await[0], d_bytes(b"plain from rust"));
 
     peer.write("raw", &["qq{plain from perl\\n}"]);
