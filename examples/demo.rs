@@ -12,46 +12,18 @@
 
 use anyframe::QueuedFramed;
 use anyframe::codecs::{CborCodec, ChunkCodec, JsonCodec, LineCodec, PackFormat, PackstringCodec};
-use anyframe::tls::native_tls::{Certificate, Identity};
 use anyframe::tls::{TlsClient, TlsServer};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
 
-/// A CA and a `localhost` certificate made on the spot (rcgen), so the demo
-/// needs no files and the client still verifies the server.
-fn certificates() -> (Certificate, Identity) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.distinguished_name
-        .push(DnType::CommonName, "anyframe demo CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).expect("CA");
-    let key = KeyPair::generate().expect("key");
-    let mut leaf = CertificateParams::new(vec!["localhost".into()]).expect("params");
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = leaf
-        .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
-        .expect("leaf");
-    (
-        Certificate::from_pem(ca_cert.pem().as_bytes()).expect("CA PEM"),
-        Identity::from_pkcs8(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-            .expect("identity"),
-    )
-}
+#[path = "support/certs.rs"]
+mod certs;
+use tokio::net::{TcpListener, TcpStream};
 
 fn show(who: &str, what: &str) {
     println!("{who:>6} | {what}");
 }
 
-async fn server(listener: TcpListener, identity: Identity) -> anyframe::Result<()> {
+async fn server(listener: TcpListener, tls: TlsServer) -> anyframe::Result<()> {
     let (sock, _) = listener.accept().await?;
     let mut conn = QueuedFramed::new(sock);
 
@@ -82,8 +54,7 @@ async fn server(listener: TcpListener, identity: Identity) -> anyframe::Result<(
         &format!("line      {:?}", String::from_utf8_lossy(cmd.line())),
     );
     conn.push_write(LineCodec::new(), "220 go ahead")?;
-    conn.starttls(TlsServer::new(identity).map_err(anyframe::Error::from)?)
-        .await?;
+    conn.starttls(tls).await?;
     show("server", "TLS established");
     let secret = conn.read(LineCodec::new()).await?;
     show(
@@ -95,7 +66,7 @@ async fn server(listener: TcpListener, identity: Identity) -> anyframe::Result<(
     conn.shutdown_write().await
 }
 
-async fn client(addr: std::net::SocketAddr, ca: Certificate) -> anyframe::Result<()> {
+async fn client(addr: std::net::SocketAddr, tls: TlsClient) -> anyframe::Result<()> {
     let mut conn = QueuedFramed::new(TcpStream::connect(addr).await?);
     // Five frames of five types, queued back to back and sent in one flush.
     conn.push_write(LineCodec::new(), "HELLO anyframe")?;
@@ -121,10 +92,8 @@ async fn client(addr: std::net::SocketAddr, ca: Certificate) -> anyframe::Result
         "client",
         &format!("line      {:?}", String::from_utf8_lossy(go.line())),
     );
-    let mut tls = TlsClient::builder("localhost");
-    tls.add_root_certificate(ca).disable_built_in_roots(true);
-    conn.starttls(tls.build().map_err(anyframe::Error::from)?)
-        .await?;
+
+    conn.starttls(tls).await?;
     show(
         "client",
         "TLS established (certificate and host name verified)",
@@ -140,12 +109,14 @@ async fn client(addr: std::net::SocketAddr, ca: Certificate) -> anyframe::Result
 
 #[tokio::main]
 async fn main() -> anyframe::Result<()> {
-    let (ca, identity) = certificates();
+    // A CA and a `localhost` certificate made on the spot, so the demo needs
+    // no files and the client still verifies the server.
+    let pki = certs::DemoPki::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     println!("anyframe demo on {addr}: one connection, decoders switched per read\n");
-    let srv = tokio::spawn(server(listener, identity));
-    client(addr, ca).await?;
+    let srv = tokio::spawn(server(listener, pki.server()));
+    client(addr, pki.client()).await?;
     srv.await.expect("server task")?;
     println!("\ndone: 7 read types on one connection, no byte lost or re-read");
     Ok(())

@@ -42,13 +42,8 @@ mod smtp {
     use std::time::Duration;
 
     use anyframe::codecs::LineCodec;
-    use anyframe::tls::native_tls::{Certificate, Identity};
     use anyframe::tls::{TlsClient, TlsServer};
     use anyframe::{Error, ErrorKind, OrEof, QueuedFramed};
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
     use tokio::net::TcpStream;
 
     use super::support;
@@ -139,11 +134,8 @@ mod smtp {
         reply(conn).await
     }
 
-    /// The whole dance, verifying the server against `ca`.
-    async fn client(addr: SocketAddr, ca: Certificate) -> anyframe::Result<()> {
-        let tls = TlsClient::builder("localhost")
-            .add_root_certificate(ca)
-            .build()?;
+    /// The whole dance; `tls` verifies the server.
+    async fn client(addr: SocketAddr, tls: TlsClient) -> anyframe::Result<()> {
         let mut conn = QueuedFramed::builder().connect(addr).await?;
         reply(&mut conn).await?;
         let ehlo = command(&mut conn, "EHLO client.example").await?;
@@ -159,45 +151,15 @@ mod smtp {
         Ok(())
     }
 
-    /// A CA and a `localhost` certificate it signed. Returns the CA (PEM)
-    /// and the server's identity.
-    fn make_certificates() -> (String, Identity) {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.distinguished_name
-            .push(DnType::CommonName, "anyframe example CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_pem = ca.self_signed(&ca_key).expect("self-signed CA").pem();
-
-        let key = KeyPair::generate().expect("server key");
-        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.use_authority_key_identifier_extension = true;
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = leaf
-            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
-            .expect("signed server certificate");
-        let identity = Identity::from_pkcs8(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-            .expect("server identity");
-        (ca_pem, identity)
-    }
-
     pub(crate) async fn main() -> anyframe::Result<()> {
         let mode = support::mode();
         if let support::Mode::Connect(_) = mode {
             eprintln!("--connect is not supported here: run the in-process demo or --listen");
             std::process::exit(2);
         }
-        let (ca_pem, identity) = make_certificates();
-        let tls = TlsServer::new(identity)?;
-        let listener = support::bind(&mode).await;
-        let addr = listener.local_addr()?;
-        if let support::Mode::Listen(_) = mode {
-            let path = std::env::temp_dir().join("anyframe-starttls-smtp-ca.pem");
-            std::fs::write(&path, &ca_pem)?;
+        let pki = support::certs::DemoPki::new();
+        if let support::Mode::Listen(addr) = mode {
+            let path = pki.write_ca("anyframe-starttls-smtp-ca.pem")?;
             println!("CA certificate: {}", path.display());
             println!(
                 "try: openssl s_client -starttls smtp -connect {addr} -crlf -quiet \
@@ -205,26 +167,17 @@ mod smtp {
                 path.display()
             );
         }
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let tls = tls.clone();
-                tokio::spawn(async move {
+        let tls = pki.server();
+        let server = move |listener| {
+            support::accept_loop(listener, move |sock| {
+                let tls: TlsServer = tls.clone();
+                async move {
                     if let Err(e) = serve(sock, tls).await {
                         println!("server: session ended: {e}");
                     }
-                });
-            }
-        });
-        if let support::Mode::Both = mode {
-            let ca = Certificate::from_pem(ca_pem.as_bytes()).expect("CA");
-            client(addr, ca).await?;
-            server.abort();
-        } else {
-            let _ = server.await;
-        }
-        Ok(())
+                }
+            })
+        };
+        support::run(server, |addr| client(addr, pki.client())).await
     }
 }

@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use anyframe::QueuedFramed;
 use anyframe::codecs::{ChunkCodec, JsonCodec, LineCodec};
-use anyframe::tls::TlsClient;
-use anyframe::tls::native_tls::{self, Certificate, Identity};
+use anyframe::tls::native_tls;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
 use crate::harness::Harness;
+
+#[path = "../../examples/support/certs.rs"]
+mod certs;
 
 pub fn run(h: &Harness) {
     if h.wants("limit-memchr") {
@@ -63,40 +65,14 @@ fn memchr_limit(h: &Harness) {
 const TLS_BYTES: usize = 256 * 1024 * 1024;
 const TLS_CHUNK: usize = 64 * 1024;
 
-fn certificates() -> (Certificate, Identity) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.distinguished_name.push(DnType::CommonName, "bench CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).expect("CA");
-    let key = KeyPair::generate().expect("key");
-    let mut leaf = CertificateParams::new(vec!["localhost".into()]).expect("params");
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = leaf
-        .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
-        .expect("leaf");
-    (
-        Certificate::from_pem(ca_cert.pem().as_bytes()).expect("CA"),
-        Identity::from_pkcs8(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-            .expect("identity"),
-    )
-}
-
 /// One TLS transfer of TLS_BYTES from a tokio-native-tls server; the client
 /// side is ours or the bare TlsStream.
-fn tls_once(rt: &tokio::runtime::Runtime, ca: &Certificate, identity: &Identity, ours: bool) {
+fn tls_once(rt: &tokio::runtime::Runtime, pki: &certs::DemoPki, ours: bool) {
     let acceptor = tokio_native_tls::TlsAcceptor::from(
-        native_tls::TlsAcceptor::new(identity.clone()).expect("acceptor"),
+        native_tls::TlsAcceptor::new(pki.identity.clone()).expect("acceptor"),
     );
-    let ca = ca.clone();
+    let ca = pki.ca();
+    let client = pki.client();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -111,9 +87,7 @@ fn tls_once(rt: &tokio::runtime::Runtime, ca: &Certificate, identity: &Identity,
         });
         let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
         if ours {
-            let mut b = TlsClient::builder("localhost");
-            b.add_root_certificate(ca).disable_built_in_roots(true);
-            let mut conn = QueuedFramed::builder().tls(b.build().unwrap()).build(sock);
+            let mut conn = QueuedFramed::builder().tls(client).build(sock);
             let mut chunk = ChunkCodec::new(TLS_CHUNK);
             for _ in 0..TLS_BYTES / TLS_CHUNK {
                 std::hint::black_box(conn.read_with(&mut chunk).await.unwrap());
@@ -134,7 +108,7 @@ fn tls_once(rt: &tokio::runtime::Runtime, ca: &Certificate, identity: &Identity,
 }
 
 fn tls_bulk(h: &Harness) {
-    let (ca, identity) = certificates();
+    let pki = certs::DemoPki::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -142,8 +116,8 @@ fn tls_bulk(h: &Harness) {
         .unwrap();
     // Items are MB (10^6 bytes) so the rates read as MB/s.
     let items = (TLS_BYTES / 1_000_000) as u64;
-    let ours = h.time(items, || tls_once(&rt, &ca, &identity, true));
-    let anchor = h.time(items, || tls_once(&rt, &ca, &identity, false));
+    let ours = h.time(items, || tls_once(&rt, &pki, true));
+    let anchor = h.time(items, || tls_once(&rt, &pki, false));
     h.report_with("tls-bulk-loopback", ours, anchor, "unit=MB/s");
 }
 

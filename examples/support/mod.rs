@@ -87,3 +87,7 @@ where
         tokio::spawn(serve(sock));
     }
 }
+
+#[cfg(feature = "tls")]
+#[path = "certs.rs"]
+pub mod certs;
