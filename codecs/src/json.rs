@@ -238,9 +238,11 @@ impl<T> JsonCodecBuilder<T> {
 ///
 /// * Whitespace between texts is skipped and consumed, so a `\n` separator
 ///   never becomes data, and a stream that ends in whitespace ends cleanly.
-///   The separator that arrived with a text (whitespace up to the first
-///   `\n`) is consumed with it, so a line read after a JSON read does not
-///   see an empty line (AnyEvent's RT-json-6).
+///   In NDJSON mode ([`JsonCodec::ndjson`]) the separator that arrived with
+///   a text (whitespace up to the first `\n`) is consumed with it, so a line
+///   read after a JSON read does not see an empty line (AnyEvent's
+///   RT-json-6). Otherwise the bytes after a text are left alone: they may
+///   belong to the next frame.
 /// * Every value is delivered, `0`, `false`, `null` and `""` included.
 /// * A top-level number has no closing byte: it ends at the first byte that
 ///   cannot continue it, or at end of input ([`Decoder::decode_eof`]). So
@@ -422,6 +424,15 @@ impl<T> fmt::Debug for JsonCodec<T> {
     }
 }
 
+impl<T> JsonCodec<T> {
+    /// See [`eat_separator`]: NDJSON mode only.
+    fn eat_separator(&self, buf: &mut BytesMut) {
+        if self.write.every_text {
+            eat_separator(buf);
+        }
+    }
+}
+
 impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     type Item = T;
     type Error = Error;
@@ -436,13 +447,13 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
             let ws = leading_whitespace(buf);
             buf.advance(ws);
             if let Some(item) = parse_first(&self.scanner, buf) {
-                eat_separator(buf);
+                self.eat_separator(buf);
                 return Ok(Some(item));
             }
         }
         match frame(&mut self.scanner, buf)? {
             Some(n) => parse(buf, n).map(|v| {
-                eat_separator(buf);
+                self.eat_separator(buf);
                 Some(v)
             }),
             None => Ok(None),
@@ -459,7 +470,7 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
         match frame_eof(&mut self.scanner, buf)? {
             Some(n) => parse(buf, n).map(|v| {
-                eat_separator(buf);
+                self.eat_separator(buf);
                 Some(v)
             }),
             None => Ok(None),
@@ -575,7 +586,7 @@ impl Decoder for RawJsonCodec {
     ///
     /// See [`RawJsonCodec`].
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        Ok(frame(&mut self.scanner, buf)?.map(|n| take_text(buf, n)))
+        Ok(frame(&mut self.scanner, buf)?.map(|n| take_text(buf, n, self.write.every_text)))
     }
 
     /// As [`decode`](Self::decode), completing a top-level number at the
@@ -585,7 +596,7 @@ impl Decoder for RawJsonCodec {
     ///
     /// As `decode`, and `EPIPE` when the input ends inside a text.
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        Ok(frame_eof(&mut self.scanner, buf)?.map(|n| take_text(buf, n)))
+        Ok(frame_eof(&mut self.scanner, buf)?.map(|n| take_text(buf, n, self.write.every_text)))
     }
 }
 
@@ -606,19 +617,23 @@ impl Encoder<Bytes> for RawJsonCodec {
     }
 }
 
-/// Splits off a text of `n` bytes and the separator after it.
-fn take_text(buf: &mut BytesMut, n: usize) -> Bytes {
+/// Splits off a text of `n` bytes, and in NDJSON mode the separator after it.
+fn take_text(buf: &mut BytesMut, n: usize, ndjson: bool) -> Bytes {
     let text = buf.split_to(n).freeze();
-    eat_separator(buf);
+    if ndjson {
+        eat_separator(buf);
+    }
     text
 }
 
-/// Consumes the separator written after a text, if it has arrived with it:
-/// the whitespace up to and including the first `\n` (RT-json-6). So an
-/// NDJSON `\n` never becomes an empty line for a line read that follows a
-/// JSON read. Whitespace without a newline is left (the next JSON read skips
-/// it anyway); a separator that arrives later than its text is left for the
-/// next read, and a JSON read skips it too.
+/// NDJSON mode: consumes the separator written after a text, if it has
+/// arrived with it: the whitespace up to and including the first `\n`
+/// (RT-json-6). So an NDJSON `\n` never becomes an empty line for a line
+/// read that follows a JSON read. Only in NDJSON mode, where the format
+/// promises that a newline follows every text: otherwise the bytes after a
+/// text may be the next frame's (a binary length prefix can start with
+/// `0x0a`), and they are left alone. A separator that arrives later than its
+/// text is left for the next read (a JSON read skips it).
 fn eat_separator(buf: &mut BytesMut) {
     let ws = leading_whitespace(buf);
     if let Some(lf) = memchr::memchr(b'\n', &buf[..ws]) {

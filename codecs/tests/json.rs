@@ -565,14 +565,15 @@ fn serde_json_refuses_128_levels_itself_and_the_text_is_consumed() {
     assert_eq!(raw.frames.len(), 1);
 }
 
-/// RT-json-6: the `\n` written after a text is consumed with it when it has
-/// arrived, so a line read after a JSON read sees the next line, not an
-/// empty one.
+/// RT-json-6: in NDJSON mode the `\n` written after a text is consumed with
+/// it when it has arrived, so a line read after a JSON read sees the next
+/// line, not an empty one. Without NDJSON mode the bytes after a text are
+/// left alone: they may be the next frame's (here a length prefix 0x0a).
 #[test]
-fn the_separator_that_arrived_with_a_text_is_consumed_with_it() {
+fn the_ndjson_separator_that_arrived_with_a_text_is_consumed_with_it() {
     use anyframe_codecs::LineCodec;
     let mut buf = BytesMut::from(&b"{\"a\":1}\nnext line\n"[..]);
-    let v: serde_json::Value = JsonCodec::new().decode(&mut buf).unwrap().unwrap();
+    let v: serde_json::Value = JsonCodec::ndjson().decode(&mut buf).unwrap().unwrap();
     assert_eq!(v["a"], 1);
     assert_eq!(
         LineCodec::new().decode(&mut buf).unwrap().unwrap().line(),
@@ -580,9 +581,15 @@ fn the_separator_that_arrived_with_a_text_is_consumed_with_it() {
     );
     // Raw mode and CRLF too; spaces without a newline are left alone.
     let mut buf = BytesMut::from(&b"[1] \r\n2\n  x"[..]);
-    let mut raw = anyframe_codecs::RawJsonCodec::new();
+    let mut raw = anyframe_codecs::RawJsonCodec::builder()
+        .separate_every_text(true)
+        .build_raw();
     assert_eq!(&raw.decode(&mut buf).unwrap().unwrap()[..], b"[1]");
     assert_eq!(&buf[..], b"2\n  x");
     assert_eq!(&raw.decode(&mut buf).unwrap().unwrap()[..], b"2");
     assert_eq!(&buf[..], b"  x");
+    // Not NDJSON: a following binary frame that starts with 0x0a is intact.
+    let mut buf = BytesMut::from(&b"{}\n\x00rest"[..]);
+    let _: serde_json::Value = JsonCodec::new().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(&buf[..], b"\n\x00rest");
 }
