@@ -6,6 +6,7 @@
 //! A positional argument (or `BENCH_FILTER`) keeps only the scenarios whose
 //! name contains it; `BENCH_REPS` sets the repetitions (default 5, median).
 
+mod codecs_bytes;
 mod codecs_json;
 mod harness;
 
@@ -13,6 +14,7 @@ fn main() {
     let mut h = harness::Harness::from_env();
     h.header();
     // Each area registers its scenarios here.
+    codecs_bytes::run(&h);
     codecs_json::run(&h);
     h.footer();
 }

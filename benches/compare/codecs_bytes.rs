@@ -1,0 +1,238 @@
+//! Byte framing (anyframe-codecs) against tokio-util's own codecs.
+//!
+//! * `line-40B`: 5,000,000 lines of 40 bytes in one buffer, through our
+//!   `LineCodec` (frames are `Bytes` split off the buffer) against
+//!   `LinesCodec` (frames are `String`s). Target ratio >= 3.0.
+//! * `line-40B-string`: the same through our `Utf8LineCodec` (one `String`
+//!   per line, like `LinesCodec`). Target ratio >= 1.3.
+//! * `packstring-N-100B`: 2,000,000 frames of 100 bytes behind a 32-bit
+//!   big-endian length (`N`), our `PackstringCodec` against
+//!   `LengthDelimitedCodec`. Target ratio >= 1.2.
+//! * `line-fragmented`: lines of 1, 4 and 16 MiB arriving in 1 KiB pieces,
+//!   decoding after every piece. Prints the time per line; the 16 MiB / 1 MiB
+//!   ratio must stay <= 20 (linear is 16; a decoder that rescans the
+//!   buffered line on every read is ~256).
+//!
+//! Items are lines or frames. Copying the input into a fresh buffer happens
+//! before the clock starts, and the two sides alternate every few
+//! milliseconds so both see the same machine load (see `time_pair`).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use anyframe_codecs::{LineCodec, PackFormat, PackstringCodec, Utf8LineCodec};
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec, LinesCodec};
+
+use crate::harness::{Harness, Measured};
+
+/// Lines in the `line-40B` scenarios (200 MB of input).
+const LINE_COUNT: usize = 5_000_000;
+/// Bytes per line, `\n` included.
+const LINE_LEN: usize = 40;
+/// Frames in `packstring-N-100B` (208 MB of input).
+const FRAME_COUNT: usize = 2_000_000;
+/// Payload bytes per packstring frame.
+const PAYLOAD_LEN: usize = 100;
+/// Slices per repetition in `time_pair` (10 MB each for the line input).
+const SLICES: usize = 20;
+/// Read size in `line-fragmented`.
+const PIECE: usize = 1024;
+/// Line sizes in `line-fragmented`, in MiB.
+const FRAGMENTED_MIB: [usize; 3] = [1, 4, 16];
+/// Bytes fed per repetition in `line-fragmented`, for every line size
+/// (64 x 1 MiB, 16 x 4 MiB, 4 x 16 MiB): larger than the caches, so no size
+/// gets to run from cache while another cannot.
+const FRAGMENTED_TOTAL: usize = 64 * 1024 * 1024;
+
+pub fn run(h: &Harness) {
+    let lines = (h.wants("line-40B") || h.wants("line-40B-string")).then(line_input);
+    if let Some(input) = &lines {
+        if h.wants("line-40B") {
+            line_bytes(h, input);
+        }
+        if h.wants("line-40B-string") {
+            line_string(h, input);
+        }
+    }
+    drop(lines);
+    if h.wants("packstring-N-100B") {
+        packstring(h);
+    }
+    if h.wants("line-fragmented") {
+        line_fragmented(h);
+    }
+}
+
+/// `LINE_COUNT` lines of `LINE_LEN` bytes: a right-aligned number padded
+/// with spaces, then `\n`.
+fn line_input() -> Vec<u8> {
+    let mut out = Vec::with_capacity(LINE_COUNT * LINE_LEN);
+    for i in 0..LINE_COUNT {
+        let line = format!("{i:>width$}\n", width = LINE_LEN - 1);
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
+}
+
+/// Times `ours` and `anchor` over the same input and returns their median
+/// times per repetition. Each returns its item count.
+///
+/// The machine is shared, so a repetition is cut into `SLICES` slices of
+/// whole records (`record` bytes each) and the two sides alternate slice by
+/// slice: both see the same load at a granularity of a few milliseconds.
+/// Each slice is copied into a fresh buffer before its clock starts.
+fn time_pair(
+    h: &Harness,
+    input: &[u8],
+    record: usize,
+    mut ours: impl FnMut(&mut BytesMut) -> u64,
+    mut anchor: impl FnMut(&mut BytesMut) -> u64,
+) -> (Measured, Measured) {
+    let slice_len = (input.len() / SLICES).div_ceil(record) * record;
+    let once = |f: &mut dyn FnMut(&mut BytesMut) -> u64, slice: &[u8]| {
+        let mut buf = BytesMut::from(slice);
+        let t = Instant::now();
+        let items = black_box(f(&mut buf));
+        (t.elapsed(), items)
+    };
+    let mut ours_t = Vec::with_capacity(h.reps());
+    let mut anchor_t = Vec::with_capacity(h.reps());
+    let (mut ours_n, mut anchor_n) = (0, 0);
+    for _ in 0..h.reps() {
+        let (mut ot, mut at) = (Duration::ZERO, Duration::ZERO);
+        (ours_n, anchor_n) = (0, 0);
+        for slice in input.chunks(slice_len) {
+            let (t, n) = once(&mut ours, slice);
+            ot += t;
+            ours_n += n;
+            let (t, n) = once(&mut anchor, slice);
+            at += t;
+            anchor_n += n;
+        }
+        ours_t.push(ot);
+        anchor_t.push(at);
+    }
+    (median(ours_t, ours_n), median(anchor_t, anchor_n))
+}
+
+fn median(mut samples: Vec<Duration>, items: u64) -> Measured {
+    samples.sort();
+    Measured {
+        median: samples[samples.len() / 2],
+        items,
+    }
+}
+
+/// Decodes every frame in `buf` and counts them.
+fn drain<D: Decoder>(codec: &mut D, buf: &mut BytesMut) -> u64
+where
+    D::Error: std::fmt::Debug,
+{
+    let mut n = 0;
+    while let Some(frame) = codec.decode(buf).expect("valid input") {
+        black_box(&frame);
+        n += 1;
+    }
+    n
+}
+
+fn line_bytes(h: &Harness, input: &[u8]) {
+    let (ours, anchor) = time_pair(
+        h,
+        input,
+        LINE_LEN,
+        |buf| drain(&mut LineCodec::new(), buf),
+        |buf| drain(&mut LinesCodec::new(), buf),
+    );
+    assert_eq!(ours.items, LINE_COUNT as u64);
+    assert_eq!(anchor.items, LINE_COUNT as u64);
+    h.report_with("line-40B", ours, anchor, "target=3.0");
+}
+
+fn line_string(h: &Harness, input: &[u8]) {
+    let (ours, anchor) = time_pair(
+        h,
+        input,
+        LINE_LEN,
+        |buf| drain(&mut Utf8LineCodec::new(), buf),
+        |buf| drain(&mut LinesCodec::new(), buf),
+    );
+    assert_eq!(ours.items, LINE_COUNT as u64);
+    assert_eq!(anchor.items, LINE_COUNT as u64);
+    h.report_with("line-40B-string", ours, anchor, "target=1.3");
+}
+
+fn packstring(h: &Harness) {
+    let mut input = Vec::with_capacity(FRAME_COUNT * (4 + PAYLOAD_LEN));
+    for i in 0..FRAME_COUNT {
+        input.extend_from_slice(&(PAYLOAD_LEN as u32).to_be_bytes());
+        input.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, PAYLOAD_LEN));
+    }
+    let (ours, anchor) = time_pair(
+        h,
+        &input,
+        4 + PAYLOAD_LEN,
+        |buf| drain(&mut PackstringCodec::new(PackFormat::U32Be), buf),
+        |buf| drain(&mut LengthDelimitedCodec::new(), buf),
+    );
+    assert_eq!(ours.items, FRAME_COUNT as u64);
+    assert_eq!(anchor.items, FRAME_COUNT as u64);
+    h.report_with("packstring-N-100B", ours, anchor, "target=1.2");
+}
+
+/// Feeds lines of `mib` MiB (each followed by `\n`) in `PIECE`-byte reads,
+/// decoding after each read, until `FRAGMENTED_TOTAL` bytes have gone
+/// through, and returns the median time per line.
+///
+/// Every size moves the same bytes through the same pre-allocated, already
+/// touched read buffer, so the figures compare the decoder's work per line
+/// rather than the allocator's growth and the caches' size (one 16 MiB
+/// buffer grown from scratch costs far more per byte than a 1 MiB one,
+/// whatever decodes it).
+fn fragmented_per_line(h: &Harness, mib: usize) -> Duration {
+    let line_len = mib * 1024 * 1024;
+    let lines = FRAGMENTED_TOTAL / line_len;
+    let piece = [b'x'; PIECE];
+    let mut samples = Vec::with_capacity(h.reps());
+    for _ in 0..h.reps() {
+        let mut buf = BytesMut::with_capacity(FRAGMENTED_TOTAL + lines);
+        buf.resize(FRAGMENTED_TOTAL + lines, 0);
+        buf.clear();
+        let mut codec = LineCodec::builder()
+            .max_length(usize::MAX)
+            .build()
+            .expect("valid configuration");
+        let t = Instant::now();
+        for _ in 0..lines {
+            for _ in 0..line_len / PIECE {
+                buf.extend_from_slice(&piece);
+                assert!(codec.decode(&mut buf).expect("no limit").is_none());
+            }
+            buf.extend_from_slice(b"\n");
+            let line = codec.decode(&mut buf).expect("no limit").expect("a line");
+            assert_eq!(black_box(line).line().len(), line_len);
+        }
+        samples.push(t.elapsed() / lines as u32);
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn line_fragmented(h: &Harness) {
+    let times: Vec<Duration> = FRAGMENTED_MIB
+        .iter()
+        .map(|&mib| fragmented_per_line(h, mib))
+        .collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = times[2].as_secs_f64() / times[0].as_secs_f64();
+    h.note(
+        "line-fragmented",
+        &format!(
+            "piece={PIECE}B 1MiB={:.2}ms 4MiB={:.2}ms 16MiB={:.2}ms ratio_16MiB_1MiB={ratio:.1} limit=20",
+            ms(times[0]),
+            ms(times[1]),
+            ms(times[2]),
+        ),
+    );
+}
