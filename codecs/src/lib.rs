@@ -18,6 +18,17 @@
 //! * **Nothing lost**: incomplete input is `Ok(None)` and stays in the
 //!   buffer; after an error the codec documents what it consumed.
 //!
+//! Byte-framing codecs (frames are `Bytes` unless said otherwise):
+//!
+//! | codec | frame | AE type |
+//! |---|---|---|
+//! | [`LineCodec`], [`Utf8LineCodec`] | [`Line`] / [`Utf8Line`]: the line and its end of line | `line` |
+//! | [`ChunkCodec`] | exactly `n` bytes | `chunk` |
+//! | [`RegexCodec`] | skipped bytes and everything up to the end of the accept match; decode only, split-dependent, re-runs its regexes over a bounded window | `regex` |
+//! | [`PackstringCodec`] | the payload behind a [`PackFormat`] length | `packstring` |
+//! | [`NetstringCodec`] | the payload of `<len>:<payload>,` | `netstring` |
+//! | [`RawCodec`] | whatever is buffered; writes bytes as they are | plain data |
+//!
 //! Errors are one type, [`Error`], with an errno-like [`ErrorKind`].
 #![warn(
     missing_docs,
