@@ -8,13 +8,17 @@
 
 mod codecs_bytes;
 mod codecs_json;
+mod engine;
 mod harness;
+mod limits;
 
 fn main() {
-    let mut h = harness::Harness::from_env();
+    let h = harness::Harness::from_env();
     h.header();
     // Each area registers its scenarios here.
     codecs_bytes::run(&h);
     codecs_json::run(&h);
+    engine::run(&h);
+    limits::run(&h);
     h.footer();
 }
