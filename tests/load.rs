@@ -1,0 +1,365 @@
+//! Load and memory (issue 9): many idle handles, and many pipelining
+//! connections through the tower server, all over loopback.
+//!
+//! The default `cargo test` run does small versions (a few seconds in
+//! debug). The full figures are `#[ignore]`d; run them with
+//!
+//! ```text
+//! cargo test --release --test load -- --ignored --nocapture --test-threads=1
+//! ```
+//!
+//! which prints `load: ...` lines: heap bytes per idle handle (beyond the
+//! socket's own, measured with a counting global allocator) and the
+//! pipelined JSON throughput.
+// One std mutex serialises the tests of this file, held across awaits on
+// purpose (each test has its own runtime and thread).
+#![allow(clippy::await_holding_lock)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyframe::QueuedFramed;
+use anyframe::codecs::{JsonCodec, LineCodec};
+use anyframe::service::{Client, serve};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Service, ServiceExt};
+
+// ----- the counting allocator -------------------------------------------------
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counter is a
+// plain atomic.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as `System.alloc`, same layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            CURRENT.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as `System.alloc_zeroed`, same layout.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            CURRENT.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from this allocator with `layout`.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            CURRENT.fetch_add(new_size, Ordering::Relaxed);
+            CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn heap() -> usize {
+    CURRENT.load(Ordering::Relaxed)
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Raises the open-file limit to at least `want` (root may raise the hard
+/// limit too). Returns why not, if it cannot.
+fn raise_fd_limit(want: u64) -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if lim.rlim_cur >= want {
+        return Ok(());
+    }
+    let new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: lim.rlim_max.max(want),
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+        return Ok(());
+    }
+    // Not allowed past the hard limit: take what there is.
+    let capped = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) };
+    Err(format!(
+        "RLIMIT_NOFILE is {} (hard {}), {want} needed: {}",
+        lim.rlim_cur,
+        lim.rlim_max,
+        std::io::Error::last_os_error()
+    ))
+}
+
+/// `n` connected loopback pairs: (ours, the peer's).
+async fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        out.push((s.unwrap().0, c.unwrap()));
+    }
+    out
+}
+
+/// Lets spawned drivers run until they are idle.
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Heap bytes per idle handle, beyond the socket's own (its tokio
+/// registration is allocated before the baseline), in three states.
+#[derive(Debug)]
+struct IdleFigures {
+    /// A `QueuedFramed` with nothing queued (inline use).
+    inline: f64,
+    /// A spawned handle (`Handle` + driver task) with nothing queued.
+    spawned: f64,
+    /// A spawned handle waiting for its next line (a server between
+    /// requests): this holds the read buffer.
+    waiting: f64,
+}
+
+async fn idle_handles(n: usize) -> IdleFigures {
+    let socks = pairs(n).await;
+    let (ours, peers): (Vec<_>, Vec<_>) = socks.into_iter().unzip();
+    settle().await;
+
+    let base = heap();
+    let inline: Vec<QueuedFramed<TcpStream>> = ours.into_iter().map(QueuedFramed::new).collect();
+    let inline_bytes = heap().saturating_sub(base);
+
+    let base = heap();
+    // A plain loop, not `collect`: in-place collection would keep the
+    // first vector's (larger) buffer and count it twice.
+    let mut spawned = Vec::with_capacity(n);
+    for q in inline {
+        spawned.push(q.spawn());
+    }
+    settle().await;
+    let spawned_bytes = heap().saturating_sub(base);
+
+    let base = heap();
+    let tickets: Vec<_> = spawned
+        .iter()
+        .map(|(h, _)| h.push_read(LineCodec::new()))
+        .collect();
+    settle().await;
+    let waiting_bytes = heap().saturating_sub(base);
+
+    // They all still work.
+    use tokio::io::AsyncWriteExt;
+    let mut peers = peers;
+    for p in peers.iter_mut().take(10) {
+        p.write_all(b"hi\n").await.unwrap();
+    }
+    for t in tickets.into_iter().take(10) {
+        assert_eq!(t.await.unwrap().line(), "hi");
+    }
+    for (h, _) in &spawned {
+        h.destroy();
+    }
+    drop(spawned);
+    drop(peers);
+
+    IdleFigures {
+        inline: inline_bytes as f64 / n as f64,
+        spawned: (inline_bytes + spawned_bytes) as f64 / n as f64,
+        waiting: (inline_bytes + spawned_bytes + waiting_bytes) as f64 / n as f64,
+    }
+}
+
+fn report_idle(n: usize, f: &IdleFigures) {
+    println!(
+        "load: idle handles n={n} bytes_per_handle inline={:.0} spawned={:.0} spawned_waiting_for_a_line={:.0}",
+        f.inline, f.spawned, f.waiting
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_idle_handles_cost_little_memory() {
+    let _g = serial();
+    let n = 1000;
+    if let Err(why) = raise_fd_limit(2 * n as u64 + 256) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let f = idle_handles(n).await;
+    report_idle(n, &f);
+    check_idle(&f);
+}
+
+/// The target: 2 KiB per idle handle beyond its socket. A handle with a
+/// read pending also holds that request (its box, decoder, ticket and
+/// queue slot, about 450 bytes), but no read buffer while nothing arrives.
+fn check_idle(f: &IdleFigures) {
+    assert!(f.inline <= 2048.0, "{f:?}");
+    assert!(f.spawned <= 2048.0, "{f:?}");
+    assert!(f.waiting <= 2048.0 + 512.0, "{f:?}");
+}
+
+#[tokio::test]
+#[ignore = "10,000 connections: run with --release --ignored --nocapture"]
+async fn ten_thousand_idle_handles_memory_per_handle() {
+    let _g = serial();
+    let n = 10_000;
+    if let Err(why) = raise_fd_limit(2 * n as u64 + 1024) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let f = idle_handles(n).await;
+    report_idle(n, &f);
+    check_idle(&f);
+}
+
+// ----- pipelined JSON through the tower server ---------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Req {
+    id: u64,
+    op: String,
+    args: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Resp {
+    id: u64,
+    sum: i64,
+}
+
+/// `conns` connections, each pipelining `per_conn` JSON requests through
+/// `serve` with a `Client`; every answer is checked, in order. Returns
+/// requests per second.
+async fn pipelined_json(conns: usize, per_conn: usize) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut served = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            let (s, _) = l.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let service = tower::service_fn(|r: Req| async move {
+                Ok::<_, Infallible>(Resp {
+                    id: r.id,
+                    sum: r.args.iter().sum(),
+                })
+            });
+            served.push(tokio::spawn(
+                serve(
+                    s,
+                    JsonCodec::<Req>::new(),
+                    JsonCodec::<Resp>::new(),
+                    service,
+                )
+                .into_future(),
+            ));
+        }
+        for s in served {
+            s.await.unwrap().unwrap();
+        }
+    });
+
+    let start = Instant::now();
+    let mut clients = Vec::with_capacity(conns);
+    for c in 0..conns {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        clients.push(tokio::spawn(async move {
+            let (handle, driver) = QueuedFramed::new(stream).spawn();
+            let mut client = Client::new(handle.clone(), JsonCodec::<Req>::new(), |_: &Req| {
+                JsonCodec::<Resp>::new()
+            });
+            let mut calls = Vec::with_capacity(per_conn);
+            for i in 0..per_conn as u64 {
+                let req = Req {
+                    id: i,
+                    op: "sum".into(),
+                    args: vec![i as i64, c as i64, -1],
+                };
+                calls.push(client.ready().await.unwrap().call(req));
+            }
+            for (i, call) in calls.into_iter().enumerate() {
+                let i = i as i64;
+                let resp = call.await.unwrap();
+                assert_eq!(
+                    resp,
+                    Resp {
+                        id: i as u64,
+                        sum: i + c as i64 - 1
+                    }
+                );
+            }
+            drop(client);
+            handle.push_shutdown().unwrap();
+            handle.flush().await.unwrap();
+            drop(handle);
+            let _ = driver.await;
+            per_conn
+        }));
+    }
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    server.await.unwrap();
+    assert_eq!(answered, conns * per_conn);
+    answered as f64 / elapsed.as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_json_requests_are_all_answered_in_order() {
+    let _g = serial();
+    let rate = pipelined_json(20, 200).await;
+    println!("load: pipelined json conns=20 requests_per_conn=200 throughput={rate:.0} req/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "1,000 x 1,000 requests: run with --release --ignored --nocapture"]
+async fn a_thousand_connections_pipelining_a_thousand_json_requests_each() {
+    let _g = serial();
+    if let Err(why) = raise_fd_limit(2 * 1000 + 256) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let rate = pipelined_json(1000, 1000).await;
+    println!("load: pipelined json conns=1000 requests_per_conn=1000 throughput={rate:.0} req/s");
+}
