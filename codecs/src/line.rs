@@ -609,14 +609,27 @@ impl LineCodec {
             line_len: line.len(),
             eol_len: term.len(),
         };
-        if self.eol.scan(&dst[start..], 0, usize::MAX, true) != expect {
-            dst.truncate(start);
-            return Err(
-                Error::invalid_input(CODEC, "line contains or runs into an end of line")
-                    .with_bytes(line),
-            );
+        // Scanned with our own limit: for a regex EOL the match counts
+        // against it too, and what we write must be what we would read.
+        match self.eol.scan(&dst[start..], 0, self.max_length, true) {
+            found if found == expect => Ok(()),
+            Scan::Overflow { .. } => {
+                dst.truncate(start);
+                Err(Error::invalid_input(
+                    CODEC,
+                    "terminator longer than max_length allows an end of line",
+                )
+                .with_limit(self.max_length)
+                .with_seen(term.len() as u64))
+            }
+            _ => {
+                dst.truncate(start);
+                Err(
+                    Error::invalid_input(CODEC, "line contains or runs into an end of line")
+                        .with_bytes(line),
+                )
+            }
         }
-        Ok(())
     }
 }
 

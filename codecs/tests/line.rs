@@ -713,6 +713,31 @@ fn regex_encoder_needs_a_terminator_the_regex_accepts() {
     assert_eq!(out, "a\nb;");
 }
 
+/// Found by the `line` fuzz target: with a regex EOL the decoder counts the
+/// EOL match against `max_length`, so a terminator longer than the limit
+/// was written and then refused by the same codec's decoder.
+#[test]
+fn regex_encoder_refuses_a_terminator_its_decoder_would_refuse() {
+    let make = || {
+        build(|b| {
+            b.eol_regex(Regex::new(r"\r\n|\n|\r").unwrap())
+                .hold_open_match(true)
+                .max_length(0)
+        })
+    };
+    let mut out = BytesMut::new();
+    let err = make().encode("", &mut out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(out.is_empty());
+    // What the decoder says about the bytes the encoder used to write.
+    let mut buf = BytesMut::from(&b"\n"[..]);
+    assert!(make().decode(&mut buf).unwrap_err().is_limit());
+    // With room for the terminator both sides agree again.
+    let mut codec = build(|b| b.eol_regex(Regex::new(r"\r\n|\n|\r").unwrap()).max_length(1));
+    codec.encode("", &mut out).unwrap();
+    assert_eq!(codec.decode_eof(&mut out).unwrap(), Some(line("", "\n")));
+}
+
 proptest! {
     #[test]
     fn default_round_trip(lines in proptest::collection::vec("[^\n]{0,20}", 0..10)) {
