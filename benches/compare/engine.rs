@@ -300,7 +300,18 @@ enum Server {
     FramedSendEach,
 }
 
-fn pipelined_once(rt: &tokio::runtime::Runtime, server: Server, client_queued: bool) {
+/// Which client to run.
+#[derive(Clone, Copy, PartialEq)]
+enum ClientKind {
+    /// QueuedFramed, sequential API.
+    Queued,
+    /// A spawned Handle with tickets (mutex + oneshot per request).
+    Handle,
+    /// tokio-util Framed, writer and reader tasks.
+    Framed,
+}
+
+fn pipelined_once(rt: &tokio::runtime::Runtime, server: Server, client: ClientKind) {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -331,7 +342,7 @@ fn pipelined_once(rt: &tokio::runtime::Runtime, server: Server, client_queued: b
         let s = TcpStream::connect(addr).await.unwrap();
         s.set_nodelay(true).unwrap();
         let req = "0123456789012345678901234567890123456789";
-        if client_queued {
+        if client == ClientKind::Handle {
             let (handle, _driver) = QueuedFramed::builder().autocork(true).build(s).spawn();
             let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
             for _ in 0..RT_REQUESTS {
@@ -347,6 +358,23 @@ fn pipelined_once(rt: &tokio::runtime::Runtime, server: Server, client_queued: b
             }
             handle.push_shutdown().unwrap();
             handle.flush().await.unwrap();
+        } else if client == ClientKind::Queued {
+            // The sequential API: top the window up with writes (queued,
+            // not written), then read one answer; autocork writes the batch
+            // when the read would wait.
+            let mut conn = QueuedFramed::builder().autocork(true).build(s);
+            let mut codec = LineCodec::new();
+            let (mut sent, mut in_flight) = (0usize, 0usize);
+            for _ in 0..RT_REQUESTS {
+                while in_flight < IN_FLIGHT && sent < RT_REQUESTS {
+                    conn.push_write(LineCodec::new(), req).unwrap();
+                    in_flight += 1;
+                    sent += 1;
+                }
+                std::hint::black_box(conn.read_with(&mut codec).await.unwrap());
+                in_flight -= 1;
+            }
+            conn.shutdown_write().await.unwrap();
         } else {
             // Best practice: a writer task that feeds while permits are
             // free and flushes only when it would wait; a reader task that
@@ -385,9 +413,15 @@ fn pipelined(h: &Harness) {
         .build()
         .unwrap();
     let items = RT_REQUESTS as u64;
-    let ours = h.time(items, || pipelined_once(&rt, Server::Queued, true));
-    let best = h.time(items, || pipelined_once(&rt, Server::FramedForward, false));
-    let each = h.time(items, || pipelined_once(&rt, Server::FramedSendEach, false));
+    let ours = h.time(items, || {
+        pipelined_once(&rt, Server::Queued, ClientKind::Queued)
+    });
+    let best = h.time(items, || {
+        pipelined_once(&rt, Server::FramedForward, ClientKind::Framed)
+    });
+    let each = h.time(items, || {
+        pipelined_once(&rt, Server::FramedSendEach, ClientKind::Framed)
+    });
     let vs_each = ours.rate() / each.rate();
     h.report_with(
         "pipelined-rtt",
@@ -395,6 +429,11 @@ fn pipelined(h: &Harness) {
         best,
         &format!("ratio_vs_flush_per_response={vs_each:.2}"),
     );
+    // The same through a spawned Handle (tickets across tasks).
+    let handle = h.time(items, || {
+        pipelined_once(&rt, Server::Queued, ClientKind::Handle)
+    });
+    h.report("pipelined-rtt-handle", handle, best);
 }
 
 // ----- autocork: many small writes ------------------------------------------
