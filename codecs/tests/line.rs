@@ -733,7 +733,10 @@ fn regex_encoder_refuses_a_terminator_its_decoder_would_refuse() {
     let mut buf = BytesMut::from(&b"\n"[..]);
     assert!(make().decode(&mut buf).unwrap_err().is_limit());
     // With room for the terminator both sides agree again.
-    let mut codec = build(|b| b.eol_regex(Regex::new(r"\r\n|\n|\r").unwrap()).max_length(1));
+    let mut codec = build(|b| {
+        b.eol_regex(Regex::new(r"\r\n|\n|\r").unwrap())
+            .max_length(1)
+    });
     codec.encode("", &mut out).unwrap();
     assert_eq!(codec.decode_eof(&mut out).unwrap(), Some(line("", "\n")));
 }
