@@ -153,24 +153,6 @@ fn make_frame(c: &mut Cursor<'_>) -> Option<Frame> {
     })
 }
 
-/// A JSON read consumes the whitespace up to the first `\n` after its
-/// text when it arrived with the text (commit 174892e, RT-json-6), so a
-/// frame of another type that starts that way loses those bytes, or not,
-/// depending on how the input was split: a `v` packstring of length 10
-/// (`0a 00`), a line of blanks, a chunk starting with `\n`. That is a
-/// known, reported hazard; this target leaves such pairs out so that it
-/// can look for other problems.
-fn swallowed_after_json(prev: Option<&Frame>, next: &Frame) -> bool {
-    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
-    matches!(
-        prev,
-        Some(Frame {
-            kind: Kind::Json,
-            ..
-        })
-    ) && next.wire.iter().take_while(|b| ws(b)).any(|&b| b == b'\n')
-}
-
 /// Where requests go: the inline handle, a spawned `Handle`, or the queue
 /// seen from inside a completion.
 trait Queue {
@@ -418,9 +400,6 @@ fuzz_target!(|raw: &[u8]| {
     let mut frames = Vec::new();
     for _ in 0..count {
         if let Some(f) = make_frame(&mut c) {
-            if swallowed_after_json(frames.last(), &f) {
-                continue;
-            }
             frames.push(f);
         }
     }
