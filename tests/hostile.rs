@@ -98,12 +98,15 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs `f` and returns its output and the peak heap growth during it.
-async fn peak_during<F: Future>(f: F) -> (F::Output, usize) {
+/// Runs `f` and returns its output and the peak heap growth during it
+/// (printed, for `--nocapture` runs).
+async fn peak_during<F: Future>(what: &str, f: F) -> (F::Output, usize) {
     let base = CURRENT.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let out = f.await;
-    (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    println!("hostile: {what}: peak heap growth {} KiB", peak / KIB);
+    (out, peak)
 }
 
 const KIB: usize = 1024;
@@ -198,18 +201,21 @@ fn duplex() -> (DuplexStream, DuplexStream) {
 async fn an_endless_line_is_enospc_at_the_limit_and_the_line_before_it_survives() {
     let _g = serial();
     let (ours, peer) = duplex();
-    let (res, peak) = peak_during(beside_healthy(async move {
-        let writer = flood(peer, b"ok\n".to_vec(), b"A".to_vec(), 64 * MIB);
-        let mut conn = QueuedFramed::new(ours);
-        let first = conn.read(LineCodec::new()).await.unwrap();
-        assert_eq!(first.line(), "ok");
-        let err = conn.read(LineCodec::new()).await.unwrap_err();
-        let buffered = conn.read_buffer().len();
-        assert!(conn.read_buffer().iter().all(|&b| b == b'A'));
-        drop(conn);
-        let sent = writer.await.unwrap();
-        (err, buffered, sent)
-    }))
+    let (res, peak) = peak_during(
+        "endless line",
+        beside_healthy(async move {
+            let writer = flood(peer, b"ok\n".to_vec(), b"A".to_vec(), 64 * MIB);
+            let mut conn = QueuedFramed::new(ours);
+            let first = conn.read(LineCodec::new()).await.unwrap();
+            assert_eq!(first.line(), "ok");
+            let err = conn.read(LineCodec::new()).await.unwrap_err();
+            let buffered = conn.read_buffer().len();
+            assert!(conn.read_buffer().iter().all(|&b| b == b'A'));
+            drop(conn);
+            let sent = writer.await.unwrap();
+            (err, buffered, sent)
+        }),
+    )
     .await;
     let (err, buffered, sent) = res;
     assert_eq!(err.kind(), ErrorKind::NoSpace);
@@ -230,15 +236,18 @@ async fn an_endless_line_is_enospc_at_the_limit_and_the_line_before_it_survives(
 async fn a_huge_chunk_request_is_capped_by_rbuf_max_not_by_the_chunk_size() {
     let _g = serial();
     let (ours, peer) = duplex();
-    let (res, peak) = peak_during(beside_healthy(async move {
-        let writer = flood(peer, Vec::new(), b"x".to_vec(), 64 * MIB);
-        let mut conn = QueuedFramed::builder().rbuf_max(Some(MIB)).build(ours);
-        // A chunk of 1 TiB: the codec reserves at most 64 KiB ahead.
-        let err = conn.read(ChunkCodec::new(1 << 40)).await.unwrap_err();
-        let buffered = conn.read_buffer().len();
-        drop(conn);
-        (err, buffered, writer.await.unwrap())
-    }))
+    let (res, peak) = peak_during(
+        "1 TiB chunk, rbuf_max 1 MiB",
+        beside_healthy(async move {
+            let writer = flood(peer, Vec::new(), b"x".to_vec(), 64 * MIB);
+            let mut conn = QueuedFramed::builder().rbuf_max(Some(MIB)).build(ours);
+            // A chunk of 1 TiB: the codec reserves at most 64 KiB ahead.
+            let err = conn.read(ChunkCodec::new(1 << 40)).await.unwrap_err();
+            let buffered = conn.read_buffer().len();
+            drop(conn);
+            (err, buffered, writer.await.unwrap())
+        }),
+    )
     .await;
     let (err, buffered, sent) = res;
     assert_eq!(err.kind(), ErrorKind::NoSpace);
@@ -264,7 +273,7 @@ async fn packstring_lengths_over_the_limit_fail_at_the_prefix_for_every_format()
     ];
     for (fmt, prefix) in cases {
         let (ours, peer) = duplex();
-        let (res, peak) = peak_during(async move {
+        let (res, peak) = peak_during(&format!("packstring {fmt:?} huge length"), async move {
             // The body never comes: the verdict must not wait for it.
             let _writer = flood(peer, prefix.clone(), b"z".to_vec(), 256 * KIB);
             let mut conn = QueuedFramed::new(ours);
@@ -284,20 +293,23 @@ async fn packstring_lengths_over_the_limit_fail_at_the_prefix_for_every_format()
 async fn a_ber_prefix_of_endless_continuation_bytes_fails_within_eleven_bytes() {
     let _g = serial();
     let (ours, peer) = duplex();
-    let (res, peak) = peak_during(beside_healthy(async move {
-        let writer = flood(peer, Vec::new(), vec![0xff], 16 * MIB);
-        let mut conn = QueuedFramed::builder()
-            .read_size(16)
-            .max_read_size(16)
-            .build(ours);
-        let err = conn
-            .read(PackstringCodec::new(PackFormat::Ber))
-            .await
-            .unwrap_err();
-        let buffered = conn.read_buffer().len();
-        drop(conn);
-        (err, buffered, writer.await.unwrap())
-    }))
+    let (res, peak) = peak_during(
+        "endless BER prefix",
+        beside_healthy(async move {
+            let writer = flood(peer, Vec::new(), vec![0xff], 16 * MIB);
+            let mut conn = QueuedFramed::builder()
+                .read_size(16)
+                .max_read_size(16)
+                .build(ours);
+            let err = conn
+                .read(PackstringCodec::new(PackFormat::Ber))
+                .await
+                .unwrap_err();
+            let buffered = conn.read_buffer().len();
+            drop(conn);
+            (err, buffered, writer.await.unwrap())
+        }),
+    )
     .await;
     let (err, buffered, sent) = res;
     assert!(
@@ -318,7 +330,7 @@ async fn netstring_lengths_over_the_limit_fail_at_the_digits() {
     let _g = serial();
     for header in [&b"16777217:"[..], b"99999999999999999999999999999999"] {
         let (ours, peer) = duplex();
-        let (res, peak) = peak_during(async move {
+        let (res, peak) = peak_during("netstring huge length", async move {
             let _writer = flood(peer, header.to_vec(), b"9".to_vec(), 256 * KIB);
             let mut conn = QueuedFramed::new(ours);
             let err = conn.read(NetstringCodec::new()).await.unwrap_err();
@@ -338,16 +350,19 @@ async fn netstring_lengths_over_the_limit_fail_at_the_digits() {
 async fn an_endless_json_text_is_a_limit_error_at_max_size() {
     let _g = serial();
     let (ours, peer) = duplex();
-    let (res, peak) = peak_during(beside_healthy(async move {
-        let writer = flood(peer, b"[".to_vec(), b"\"aaaaaaa\",".to_vec(), 64 * MIB);
-        let mut conn = QueuedFramed::new(ours);
-        let codec: JsonCodec = JsonCodec::builder().max_size(MIB).build();
-        let err = conn.read(codec).await.unwrap_err();
-        let buffered = conn.read_buffer().len();
-        let starts = conn.read_buffer().starts_with(b"[\"aaaaaaa\",");
-        drop(conn);
-        (err, buffered, starts, writer.await.unwrap())
-    }))
+    let (res, peak) = peak_during(
+        "endless JSON text",
+        beside_healthy(async move {
+            let writer = flood(peer, b"[".to_vec(), b"\"aaaaaaa\",".to_vec(), 64 * MIB);
+            let mut conn = QueuedFramed::new(ours);
+            let codec: JsonCodec = JsonCodec::builder().max_size(MIB).build();
+            let err = conn.read(codec).await.unwrap_err();
+            let buffered = conn.read_buffer().len();
+            let starts = conn.read_buffer().starts_with(b"[\"aaaaaaa\",");
+            drop(conn);
+            (err, buffered, starts, writer.await.unwrap())
+        }),
+    )
     .await;
     let (err, buffered, starts, sent) = res;
     assert_eq!(err.kind(), ErrorKind::BadMessage);
@@ -362,18 +377,21 @@ async fn an_endless_json_text_is_a_limit_error_at_max_size() {
 async fn an_endless_cbor_array_is_a_limit_error_at_max_size() {
     let _g = serial();
     let (ours, peer) = duplex();
-    let (res, peak) = peak_during(beside_healthy(async move {
-        // An indefinite array of zeros that never ends.
-        let writer = flood(peer, vec![0x9f], vec![0x00], 64 * MIB);
-        let mut conn = QueuedFramed::new(ours);
-        let err = conn
-            .read(RawCborCodec::with_limits(MIB, 16))
-            .await
-            .unwrap_err();
-        let buffered = conn.read_buffer().len();
-        drop(conn);
-        (err, buffered, writer.await.unwrap())
-    }))
+    let (res, peak) = peak_during(
+        "endless CBOR array",
+        beside_healthy(async move {
+            // An indefinite array of zeros that never ends.
+            let writer = flood(peer, vec![0x9f], vec![0x00], 64 * MIB);
+            let mut conn = QueuedFramed::new(ours);
+            let err = conn
+                .read(RawCborCodec::with_limits(MIB, 16))
+                .await
+                .unwrap_err();
+            let buffered = conn.read_buffer().len();
+            drop(conn);
+            (err, buffered, writer.await.unwrap())
+        }),
+    )
     .await;
     let (err, buffered, sent) = res;
     assert_eq!(err.kind(), ErrorKind::BadMessage);
@@ -396,7 +414,7 @@ async fn cbor_heads_declaring_2_pow_63_bytes_or_items_fail_without_allocating() 
         [&[0x82, 0x01, 0x5b][..], &big].concat(),
     ];
     for head in heads {
-        let (res, peak) = peak_during(async {
+        let (res, peak) = peak_during(&format!("CBOR head {head:02x?}"), async {
             let (io, _) = MockIo::new([data(&head), Step::Pending, data(&[0u8; 4096]), Step::Eof]);
             let mut conn = QueuedFramed::new(io);
             let err = conn
@@ -431,7 +449,7 @@ async fn a_million_deep_json_text_is_a_depth_error_not_a_stack_overflow() {
     let _g = serial();
     // Default limits: the depth limit fails it at byte 129.
     let text = nested(1_000_000, b'[', Some(b']'));
-    let ((), peak) = peak_during(async {
+    let ((), peak) = peak_during("10^6-deep JSON, default limits", async {
         let (io, _) = MockIo::new([data(&text), Step::Eof]);
         let mut conn = QueuedFramed::new(io);
         let err = conn
@@ -449,7 +467,7 @@ async fn a_million_deep_json_text_is_a_depth_error_not_a_stack_overflow() {
     assert!(peak < 8 * MIB, "peak {peak}");
     // No depth limit of ours: the scanner counts (never recurses) and
     // serde_json's own recursion limit refuses it.
-    let ((), _) = peak_during(async {
+    let ((), _) = peak_during("10^6-deep JSON, no depth limit", async {
         let (io, _) = MockIo::new([data(&text), Step::Eof]);
         let mut conn = QueuedFramed::new(io);
         let codec: JsonCodec = JsonCodec::builder()
@@ -472,7 +490,7 @@ async fn a_million_deep_cbor_item_is_a_depth_error_not_a_stack_overflow() {
     // 1,000,000 one-element arrays around a zero.
     let mut item = nested(1_000_000, 0x81, None);
     item.push(0x00);
-    let ((), peak) = peak_during(async {
+    let ((), peak) = peak_during("10^6-deep CBOR, default limits", async {
         let (io, _) = MockIo::new([data(&item), Step::Eof]);
         let mut conn = QueuedFramed::new(io);
         let err = conn
@@ -489,7 +507,7 @@ async fn a_million_deep_cbor_item_is_a_depth_error_not_a_stack_overflow() {
     // Indefinite arrays too, and without a depth limit of ours.
     let mut indef = nested(1_000_000, 0x9f, Some(0xff));
     indef.insert(1_000_000, 0x00);
-    let ((), peak) = peak_during(async {
+    let ((), peak) = peak_during("10^6-deep indefinite CBOR, no depth limit", async {
         let (io, _) = MockIo::new([data(&indef), Step::Eof]);
         let mut conn = QueuedFramed::new(io);
         let err = conn
@@ -566,23 +584,27 @@ async fn a_regex_reject_is_a_non_fatal_bad_message_with_the_bytes_kept() {
 async fn a_peer_that_never_reads_hits_wbuf_max_as_enospc() {
     let _g = serial();
     let (ours, _peer) = tokio::io::duplex(16 * KIB); // the peer never reads
-    let (res, peak) = peak_during(beside_healthy(async move {
-        let (handle, _driver) = QueuedFramed::builder()
-            .wbuf_max(Some(MIB))
-            .build(ours)
-            .spawn();
-        let block = Bytes::from(vec![b'w'; 64 * KIB]);
-        let mut accepted = 0;
-        let err = loop {
-            match handle.push_bytes(block.clone()) {
-                Ok(()) => accepted += block.len(),
-                Err(e) => break e,
-            }
-            tokio::task::yield_now().await;
-            assert!(accepted <= 4 * MIB, "no cap");
-        };
-        (err, accepted, handle.is_destroyed())
-    }))
+    let (res, peak) = peak_during(
+        "peer never reads, wbuf_max 1 MiB",
+        beside_healthy(async move {
+            let (handle, _driver) = QueuedFramed::builder()
+                .wbuf_max(Some(MIB))
+                .build(ours)
+                .spawn();
+            let mut accepted = 0;
+            let err = loop {
+                // A fresh buffer each time, so the peak shows what is queued.
+                let block = Bytes::from(vec![b'w'; 64 * KIB]);
+                match handle.push_bytes(block) {
+                    Ok(()) => accepted += 64 * KIB,
+                    Err(e) => break e,
+                }
+                tokio::task::yield_now().await;
+                assert!(accepted <= 4 * MIB, "no cap");
+            };
+            (err, accepted, handle.is_destroyed())
+        }),
+    )
     .await;
     let (err, accepted, destroyed) = res;
     assert_eq!(err.kind(), ErrorKind::NoSpace);
