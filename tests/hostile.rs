@@ -712,6 +712,75 @@ async fn a_peer_that_resets_mid_frame_is_an_io_error_and_the_partial_frame_is_ke
     assert_eq!(kept, b"10:hello");
 }
 
+#[tokio::test]
+async fn writing_to_a_peer_that_has_gone_is_a_fatal_epipe_with_the_output_kept() {
+    let _g = serial();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+    drop(c.unwrap()); // the peer closes without reading anything
+    let mut conn = QueuedFramed::new(s.unwrap().0);
+    let block = vec![b'o'; 64 * KIB];
+    let res: anyframe::Result<()> = within("write", async {
+        loop {
+            conn.push_bytes(block.clone())?;
+            conn.flush().await?;
+        }
+    })
+    .await;
+    let err = res.unwrap_err();
+    // EPIPE for a write to a closed connection, or the reset as I/O.
+    assert!(
+        matches!(err.kind(), ErrorKind::BrokenPipe | ErrorKind::Io),
+        "{err:?}"
+    );
+    assert!(err.is_fatal() && conn.is_destroyed());
+    assert!(
+        matches!(
+            err.io_error().map(io::Error::kind),
+            Some(io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+        ),
+        "{err:?}"
+    );
+    // What was not written is still there.
+    let parts = conn.into_parts();
+    assert!(!parts.write_buf.is_empty());
+    assert!(parts.write_buf.iter().all(|&b| b == b'o'));
+}
+
+#[tokio::test]
+async fn a_regex_that_never_accepts_is_enospc_at_max_length() {
+    let _g = serial();
+    let (ours, peer) = duplex();
+    let (res, peak) = peak_during(
+        "regex without a match",
+        beside_healthy(async move {
+            let writer = flood(
+                peer,
+                Vec::new(),
+                b"no blank line here\r\n".to_vec(),
+                64 * MIB,
+            );
+            let mut conn = QueuedFramed::new(ours);
+            let codec = RegexCodec::builder(regex::bytes::Regex::new(r"\r\n\r\n").unwrap())
+                .max_length(64 * KIB)
+                .build()
+                .unwrap();
+            let err = conn.read(codec).await.unwrap_err();
+            let buffered = conn.read_buffer().len();
+            drop(conn);
+            (err, buffered, writer.await.unwrap())
+        }),
+    )
+    .await;
+    let (err, buffered, sent) = res;
+    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err:?}");
+    assert!(err.is_fatal());
+    assert!(buffered > 64 * KIB && buffered < MIB, "{buffered}");
+    assert!(sent < 4 * MIB, "{sent}");
+    assert!(peak < 2 * MIB, "peak {peak}");
+}
+
 // ----- TLS ------------------------------------------------------------------------
 
 #[cfg(feature = "tls")]
