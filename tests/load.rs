@@ -161,6 +161,8 @@ struct IdleFigures {
 /// The other ends of the idle connections: in this process, or (when the
 /// two ends together need more descriptors than one process may have) in a
 /// helper process.
+// One value per test run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Peers {
     Local(Vec<TcpStream>),
     Process {
