@@ -190,10 +190,41 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>, limit: Option<Measured>) {
         }
         n
     });
+    // The baseline's reference: a bare memchr + split_to decoder in a 64 KiB
+    // FramedRead (zero-copy, no UTF-8, no EOL split): what the socket allows.
+    let reference = time_receive(h, payload, LINES as u64, |s| async move {
+        let mut framed = FramedRead::with_capacity(s, BareLines, 64 * 1024);
+        let mut n = 0u64;
+        while let Some(line) = framed.next().await {
+            std::hint::black_box(line.unwrap());
+            n += 1;
+        }
+        n
+    });
+    h.note(
+        "reference-memchr-lines-loopback",
+        &format!(
+            "items_per_s={:.0} ours_share={:.2}",
+            reference.rate(),
+            ours.rate() / reference.rate()
+        ),
+    );
     let extra = limit
         .map(|l| format!("share_of_limit_read={:.2}", ours.rate() / l.rate()))
         .unwrap_or_default();
     h.report_with("queued-lines-loopback", ours, anchor, &extra);
+}
+
+/// The baseline's hand-rolled reference line decoder.
+struct BareLines;
+
+impl Decoder for BareLines {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        Ok(memchr::memchr(b'\n', src).map(|i| src.split_to(i + 1)))
+    }
 }
 
 // ----- switching ------------------------------------------------------------
