@@ -221,7 +221,7 @@ fn plot(points: &[(usize, f64, f64)], value_len: usize) -> String {
         .collect();
     let (x0, x1) = (xs[0], xs[xs.len() - 1]);
     let y0 = ys.iter().cloned().fold(f64::INFINITY, f64::min).floor();
-    let y1 = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max).ceil();
+    let y1 = (ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max) + 0.5).ceil(); // headroom for the legend
     let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| top + (y1 - y) / (y1 - y0) * (hgt - top - bottom);
     let mut s = format!(
