@@ -1377,3 +1377,48 @@ async fn a_stalled_starttls_reports_the_timeout_to_its_waiter() {
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
     assert!(!h.is_destroyed());
 }
+
+/// If the plaintext queued before STARTTLS cannot be written (the
+/// connection broke), it is not lost: the handle dies and `into_parts`
+/// returns it as unwritten output.
+#[tokio::test]
+async fn plaintext_queued_before_a_failed_starttls_stays_reachable() {
+    struct BrokenWrites;
+    impl tokio::io::AsyncRead for BrokenWrites {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+    impl tokio::io::AsyncWrite for BrokenWrites {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let mut conn = QueuedFramed::new(BrokenWrites);
+    conn.push_write(LineCodec::new(), "EHLO before tls")
+        .unwrap();
+    let e = conn.starttls(pki::client()).await.unwrap_err();
+    assert!(e.is_fatal() && conn.is_destroyed(), "{e}");
+    let parts = conn.into_parts();
+    assert_eq!(&parts.write_buf[..], b"EHLO before tls\n");
+}

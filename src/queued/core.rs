@@ -721,17 +721,24 @@ impl Core {
                 } => {
                     // Plaintext pushed before STARTTLS leaves first (TLS-2).
                     while !plain.is_empty() {
-                        match Pin::new(&mut *io).poll_write(cx, &plain) {
-                            Poll::Ready(Ok(n)) if n > 0 => bytes::Buf::advance(&mut plain, n),
-                            Poll::Ready(Ok(_)) => {
-                                return self.tls_failed(done, std::io::ErrorKind::WriteZero.into());
+                        let err = match Pin::new(&mut *io).poll_write(cx, &plain) {
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                bytes::Buf::advance(&mut plain, n);
+                                continue;
                             }
-                            Poll::Ready(Err(e)) => return self.tls_failed(done, e),
+                            Poll::Ready(Ok(_)) => std::io::ErrorKind::WriteZero.into(),
+                            Poll::Ready(Err(e)) => e,
                             Poll::Pending => {
                                 self.tls_op = Some(TlsOp::Start { mode, plain, done });
                                 return Poll::Pending;
                             }
-                        }
+                        };
+                        // Put the switch back so die() returns the unwritten
+                        // plaintext to the write queue (nothing lost).
+                        self.tls_op = Some(TlsOp::Start { mode, plain, done });
+                        let e = Error::transport(err);
+                        self.die(e.clone());
+                        return Poll::Ready(Err(e));
                     }
                     match Pin::new(&mut *io).poll_flush(cx) {
                         Poll::Ready(Ok(())) => {}
@@ -745,13 +752,7 @@ impl Core {
                     let replay = self.rbuf.split().freeze();
                     match io.start_tls(mode, replay) {
                         Ok(()) => self.tls_op = Some(TlsOp::Handshake { done }),
-                        Err(e) => {
-                            let _ = done.send(Err(e.clone()));
-                            if e.is_fatal() {
-                                self.die(e.clone());
-                            }
-                            return Poll::Ready(Err(e));
-                        }
+                        Err(e) => return Poll::Ready(self.finish_switch(done, Err(e), false)),
                     }
                 }
                 TlsOp::Handshake { done } => match io.poll_handshake(cx) {
@@ -761,15 +762,10 @@ impl Core {
                     }
                     Poll::Ready(Ok(())) => {
                         tracing::debug!("TLS established");
-                        self.tls_active = true;
-                        let _ = done.send(Ok(()));
-                        self.wake_driver();
+                        let _ = self.finish_switch(done, Ok(()), true);
                     }
                     Poll::Ready(Err(e)) => {
-                        let e: Error = e;
-                        let _ = done.send(Err(e.clone()));
-                        self.die(e.clone());
-                        return Poll::Ready(Err(e));
+                        return Poll::Ready(self.finish_switch(done, Err(e), false));
                     }
                 },
                 TlsOp::Stop { mut over_tls, done } => {
@@ -798,15 +794,10 @@ impl Core {
                         }
                         Poll::Ready(Ok(())) => {
                             tracing::debug!("close_notify sent; plaintext again");
-                            self.tls_active = false;
-                            let _ = done.send(Ok(()));
-                            self.wake_driver();
+                            let _ = self.finish_switch(done, Ok(()), false);
                         }
                         Poll::Ready(Err(e)) => {
-                            let e: Error = e;
-                            let _ = done.send(Err(e.clone()));
-                            self.die(e.clone());
-                            return Poll::Ready(Err(e));
+                            return Poll::Ready(self.finish_switch(done, Err(e), false));
                         }
                     }
                 }
@@ -814,16 +805,36 @@ impl Core {
         }
     }
 
+    /// Ends a TLS switch: records whether TLS is now on and tells the
+    /// waiter. A fatal error destroys the handle (a failed handshake never
+    /// goes on unencrypted); the error is returned for the caller to report.
+    #[cfg(feature = "tls")]
+    fn finish_switch(
+        &mut self,
+        done: oneshot::Sender<Result<()>>,
+        outcome: Result<()>,
+        tls_on: bool,
+    ) -> Result<()> {
+        match &outcome {
+            Ok(()) => {
+                self.tls_active = tls_on;
+                self.wake_driver();
+            }
+            Err(e) if e.is_fatal() => self.die(e.clone()),
+            Err(_) => {}
+        }
+        let _ = done.send(outcome.clone());
+        outcome
+    }
+
+    /// A switch failed on the transport underneath.
     #[cfg(feature = "tls")]
     fn tls_failed(
         &mut self,
         done: oneshot::Sender<Result<()>>,
         e: std::io::Error,
     ) -> Poll<Result<()>> {
-        let e = Error::transport(e);
-        let _ = done.send(Err(e.clone()));
-        self.die(e.clone());
-        Poll::Ready(Err(e))
+        Poll::Ready(self.finish_switch(done, Err(Error::transport(e)), false))
     }
 
     #[cfg(not(feature = "tls"))]
