@@ -743,3 +743,33 @@ mod property {
         assert!(!b.has_remaining());
     }
 }
+
+/// The same request/response shape against `tokio_test`'s scripted IO,
+/// which checks that every write is exactly the scripted one, in order, and
+/// that the reads are consumed as scripted (it panics on any deviation).
+#[tokio::test]
+async fn scripted_exchange_with_tokio_test_builder() {
+    let io = tokio_test::io::Builder::new()
+        .read(b"HELO client\r\n\x00\x03")
+        .wait(Duration::from_millis(5))
+        .read(b"abc")
+        .write(b"250 hello client\n3:abc,")
+        .read(b"QUIT\n")
+        .write(b"221 bye\n")
+        .build();
+    let mut conn = QueuedFramed::new(io);
+    let helo = conn.read(LineCodec::new()).await.unwrap();
+    let blob = conn
+        .read(PackstringCodec::new(PackFormat::U16Be))
+        .await
+        .unwrap();
+    conn.push_write(
+        LineCodec::new(),
+        [&b"250 hello "[..], &helo.line()[5..]].concat(),
+    )
+    .unwrap();
+    conn.push_write(NetstringCodec::new(), &blob[..]).unwrap();
+    // Both writes leave as one, before the next read waits.
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "QUIT");
+    conn.write(LineCodec::new(), "221 bye").await.unwrap();
+}

@@ -5,20 +5,53 @@
 //! `Framed`, `FramedRead` or `FramedWrite`. The `anyframe` crate builds on them
 //! to switch decoders per read request on one connection.
 //!
-//! The contract every decoder here keeps:
+//! # Encoding
+//!
+//! ```
+//! use anyframe_codecs::{JsonCodec, LineCodec, PackFormat, PackstringCodec};
+//! use bytes::BytesMut;
+//! use tokio_util::codec::Encoder;
+//!
+//! let mut out = BytesMut::new();
+//! LineCodec::new().encode("HELO example.org", &mut out)?;
+//! PackstringCodec::new(PackFormat::U16Be).encode(b"blob", &mut out)?;
+//! JsonCodec::ndjson().encode(serde_json::json!({"ok": true}), &mut out)?;
+//! assert_eq!(&out[..], &b"HELO example.org\n\x00\x04blob{\"ok\":true}\n"[..]);
+//! # Ok::<(), anyframe_codecs::Error>(())
+//! ```
+//!
+//! # Decoding, however the bytes arrive
+//!
+//! ```
+//! use anyframe_codecs::{LineCodec, NetstringCodec};
+//! use bytes::BytesMut;
+//! use tokio_util::codec::Decoder;
+//!
+//! let mut lines = LineCodec::new();
+//! let mut buf = BytesMut::from(&b"first\r\nsec"[..]);
+//! let line = lines.decode(&mut buf)?.unwrap();
+//! assert_eq!((line.line(), line.eol()), (&"first".into(), &"\r\n".into()));
+//! assert!(lines.decode(&mut buf)?.is_none()); // "sec" waits for its end of line
+//! buf.extend_from_slice(b"ond\n5:hello,");
+//! assert_eq!(lines.decode(&mut buf)?.unwrap().line(), "second");
+//! // The same buffer goes on with another codec.
+//! assert_eq!(&NetstringCodec::new().decode(&mut buf)?.unwrap()[..], b"hello");
+//! # Ok::<(), anyframe_codecs::Error>(())
+//! ```
+//!
+//! # The contract
 //!
 //! * **Fragmentation invariance**: the same frames, the same errors at the
 //!   same frame index and the same end-of-input outcome however the input is
 //!   split. The regex-decided codecs are the documented exception.
 //! * **Linear time**: a decoder remembers how far it has scanned and never
-//!   looks at a byte twice.
+//!   looks at a byte twice (JSON and CBOR find a value's end with an
+//!   incremental scanner, then parse once).
 //! * **Bounded memory**: every codec has a limit, and a declared length is
 //!   checked against it before anything is reserved.
 //! * **Zero-copy**: frames are [`bytes::Bytes`] split off the read buffer.
 //! * **Nothing lost**: incomplete input is `Ok(None)` and stays in the
 //!   buffer; after an error the codec documents what it consumed.
-//!
-//! Byte-framing codecs (frames are `Bytes` unless said otherwise):
 //!
 //! | codec | frame | AE type |
 //! |---|---|---|
@@ -27,6 +60,9 @@
 //! | [`RegexCodec`] | skipped bytes and everything up to the end of the accept match; decode only, split-dependent, re-runs its regexes over a bounded window | `regex` |
 //! | [`PackstringCodec`] | the payload behind a [`PackFormat`] length | `packstring` |
 //! | [`NetstringCodec`] | the payload of `<len>:<payload>,` | `netstring` |
+//! | [`JsonCodec`], [`RawJsonCodec`] | one serde value / the raw bytes of one JSON text | `json` |
+//! | [`CborCodec`], [`RawCborCodec`] | one serde value / the raw bytes of one CBOR item | `cbor` |
+//! | [`TlsDetectCodec`] | [`TlsDetect`]: TLS (with its version) or not; consumes nothing | `tls_detect` |
 //! | [`RawCodec`] | whatever is buffered; writes bytes as they are | plain data |
 //!
 //! Errors are one type, [`Error`], with an errno-like [`ErrorKind`].
