@@ -425,3 +425,19 @@ async fn mock_transport_sees_no_write_before_data_exists() {
     assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "x");
     assert_eq!(stats.lock().unwrap().write_calls, 0);
 }
+
+#[tokio::test]
+async fn watermarks_can_be_changed_at_runtime() {
+    let (io, _peer) = tokio::io::duplex(16);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    handle.set_watermarks(100, 0);
+    handle.push_bytes(vec![0u8; 1000]).unwrap();
+    let blocked = tokio::time::timeout(Duration::from_millis(20), handle.ready_to_write()).await;
+    assert!(blocked.is_err(), "above the high mark");
+    // Raising both marks above what is queued releases the producer at once.
+    handle.set_watermarks(1 << 20, 1 << 20);
+    tokio::time::timeout(Duration::from_millis(200), handle.ready_to_write())
+        .await
+        .expect("released")
+        .unwrap();
+}

@@ -620,6 +620,18 @@ impl Core {
         Poll::Ready(Ok(()))
     }
 
+    /// Changes the write watermarks at runtime and re-checks the queue
+    /// against them (a producer may be released, a drain edge may fire).
+    pub(crate) fn set_watermarks(&mut self, high: usize, low: usize) {
+        self.marks.high = high;
+        self.marks.low = low.min(high);
+        let len = self.wq.len();
+        self.marks.pushed(len);
+        if self.marks.written(len) {
+            self.run_drain_hook();
+        }
+    }
+
     /// The drain edge (OPT-5): run the user's hook, never re-entrantly.
     fn run_drain_hook(&mut self) {
         if let Some(mut hook) = self.on_drain.take() {

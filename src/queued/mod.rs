@@ -640,6 +640,13 @@ macro_rules! runtime_setters {
             $self.core_mut().cfg.autocork = on;
         }
 
+        /// Changes the write watermarks (see
+        /// [`Builder::watermarks`](crate::Builder::watermarks)); the queue is
+        /// checked against them at once.
+        pub fn set_watermarks($($recv)+ $self, high: usize, low: usize) {
+            $self.core_mut().set_watermarks(high, low);
+        }
+
         /// Changes the cap on unconsumed input (`None` = unbounded).
         pub fn set_rbuf_max($($recv)+ $self, max: Option<usize>) {
             $self.core_mut().cfg.rbuf_max = max;
