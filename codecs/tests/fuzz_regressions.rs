@@ -8,7 +8,8 @@
 mod support;
 
 use anyframe_codecs::{
-    CborCodec, Error, ErrorKind, JsonCodec, LineCodec, OverflowPolicy, RawCborCodec, RawJsonCodec,
+    CborCodec, Error, ErrorKind, JsonCodec, LineCodec, NetstringCodec, OverflowPolicy,
+    RawCborCodec, RawJsonCodec,
 };
 use bytes::BytesMut;
 use regex::bytes::Regex;
@@ -30,7 +31,8 @@ where
 {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
-    // The buffer length after the previous call, if that call failed.
+    // The buffer length after the previous call, if that call failed
+    // without consuming anything.
     let mut last_err: Option<(usize, ErrorKind)> = None;
     for chunk in chunks {
         buf.extend_from_slice(chunk);
@@ -51,7 +53,8 @@ where
                     if buf.len() == before && last_err == Some((before, e.kind())) {
                         return out;
                     }
-                    last_err = Some((buf.len(), e.kind()));
+                    // Only an error that consumed nothing can repeat as is.
+                    last_err = (buf.len() == before).then_some((before, e.kind()));
                     out.push(Event::Error(e.kind(), e.is_fatal()));
                     if e.is_fatal() {
                         return out;
@@ -209,4 +212,29 @@ fn line_regex_encoder_and_decoder_agree_on_a_zero_limit() {
         b"\n",
     );
     assert!(whole.error.is_some() || matches!(whole.eof, Some(Eof::Clean { .. })));
+}
+
+/// netstring: a bad trailing byte (consumed) directly followed by a bad
+/// header (not consumed) are two errors at the same offset of the buffer,
+/// at any split; the second repeats until the caller skips bytes.
+/// (Harness finding: the fuzz harness took the second for a repeat of the
+/// first.)
+#[test]
+fn netstring_bad_trailer_then_bad_header_are_two_errors_at_any_split() {
+    let input = b"0:233\xba\xd1,";
+    let out = assert_continuing_invariant(|| NetstringCodec::with_max_length(1000), input);
+    assert_eq!(
+        out,
+        vec![
+            Event::Error(ErrorKind::BadMessage, false),
+            Event::Error(ErrorKind::BadMessage, false),
+        ]
+    );
+    // The first consumed `0:2`; the second consumed nothing.
+    let mut codec = NetstringCodec::with_max_length(1000);
+    let mut buf = BytesMut::from(&input[..]);
+    let first = codec.decode(&mut buf).unwrap_err();
+    assert_eq!((first.offset(), buf.len()), (Some(2), input.len() - 3));
+    let second = codec.decode(&mut buf).unwrap_err();
+    assert_eq!((second.offset(), buf.len()), (Some(2), input.len() - 3));
 }

@@ -171,7 +171,8 @@ where
 {
     let mut buf = BytesMut::new();
     let mut events: Vec<Event<D::Item>> = Vec::new();
-    // The buffer length at the last error, while no frame came since.
+    // The buffer length after the previous call, if it failed without
+    // consuming anything.
     let mut last_err: Option<(usize, ErrorSig)> = None;
     for chunk in chunks {
         buf.extend_from_slice(chunk);
@@ -213,7 +214,8 @@ where
                             end: End::Stuck,
                         };
                     }
-                    last_err = Some((buf.len(), sig.clone()));
+                    // Only an error that consumed nothing can repeat as is.
+                    last_err = (!consumed).then(|| (buf.len(), sig.clone()));
                     events.push(Event::Error(sig));
                     if fatal {
                         return Outcome {
