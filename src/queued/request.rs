@@ -154,6 +154,27 @@ where
 /// The request's error: a non-fatal one (`EBADMSG`) fails only this request;
 /// a fatal one fails every pending ticket with the same error. If the handle
 /// is destroyed first, [`ErrorKind::Closed`].
+///
+/// # Examples
+///
+/// Pipelining on a connection you drive yourself: queue both reads, then
+/// wait for each.
+///
+/// ```
+/// use anyframe::QueuedFramed;
+/// use anyframe::codecs::{ChunkCodec, LineCodec};
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, mut peer) = tokio::io::duplex(64);
+/// let mut conn = QueuedFramed::new(io);
+/// let status = conn.push_read(LineCodec::new());
+/// let body = conn.push_read(ChunkCodec::new(4));
+/// peer.write_all(b"200\nbody").await?;
+/// assert_eq!(conn.wait(status).await?.line(), "200");
+/// assert_eq!(&conn.wait(body).await?[..], b"body");
+/// # Ok(()) }
+/// ```
 #[must_use = "a ticket does nothing unless awaited (dropping it cancels the read)"]
 pub struct Ticket<T> {
     rx: oneshot::Receiver<Result<T>>,
@@ -324,6 +345,31 @@ impl fmt::Debug for Requests<'_> {
 /// A decoder made of a closure, for [`QueuedFramed::read_fn`](crate::QueuedFramed::read_fn)-style
 /// requests: `FnMut(&mut BytesMut) -> Result<Option<T>>`, AE's untyped
 /// callback request. It may consume any prefix of the buffer.
+///
+/// # Examples
+///
+/// A request that wants everything up to a NUL byte, as a closure:
+///
+/// ```
+/// use anyframe::{FnDecoder, QueuedFramed};
+/// use bytes::BytesMut;
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, mut peer) = tokio::io::duplex(64);
+/// peer.write_all(b"name\0rest").await?;
+/// let mut conn = QueuedFramed::new(io);
+/// let upto_nul = FnDecoder::new(|buf: &mut BytesMut| {
+///     Ok(buf.iter().position(|&b| b == 0).map(|i| {
+///         let field = buf.split_to(i).freeze();
+///         let _ = buf.split_to(1); // the NUL
+///         field
+///     }))
+/// });
+/// assert_eq!(&conn.read(upto_nul).await?[..], b"name");
+/// assert_eq!(conn.read_buffer(), b"rest");
+/// # Ok(()) }
+/// ```
 pub struct FnDecoder<F> {
     f: F,
 }
