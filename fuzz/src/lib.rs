@@ -257,6 +257,26 @@ impl<T> Outcome<T> {
     }
 }
 
+impl<T> Outcome<T> {
+    /// The events with a run of one malformed-input error (one that has an
+    /// offset) repeated back to back counted once; errors without an offset
+    /// (a well-formed frame the target type rejects) are each kept, as
+    /// each stands for a frame.
+    pub fn squeezed(&self) -> Vec<&Event<T>> {
+        let mut out: Vec<&Event<T>> = Vec::new();
+        for e in &self.events {
+            let repeat = matches!(
+                (out.last(), e),
+                (Some(Event::Error(x)), Event::Error(y)) if x == y && x.offset.is_some()
+            );
+            if !repeat {
+                out.push(e);
+            }
+        }
+        out
+    }
+}
+
 impl<T: PartialEq> Outcome<T> {
     /// Whether two outcomes agree, counting a run of one error repeated
     /// back to back (no frame between) once: how often a codec reports an
