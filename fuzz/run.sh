@@ -40,6 +40,7 @@ seed_hex_json() {
     # seed_hex_json TARGET HEADER_HEX FILE.json : every "hex" entry.
     local t=$1 hdr=$2 file=$3
     [ -f "$file" ] || return 0
+    command -v python3 >/dev/null || { echo "no python3: $t not seeded from $file"; return 0; }
     mkdir -p "corpus/$t"
     python3 - "$file" "corpus/$t" "$hdr" <<'PY'
 import json, sys
@@ -50,8 +51,10 @@ PY
 }
 
 seed_hex_files() {
+    # seed_hex_files TARGET HEADER_HEX FILE.hex... : each file's hex dump.
     local t=$1 hdr=$2
     shift 2
+    command -v python3 >/dev/null || { echo "no python3: $t not seeded"; return 0; }
     mkdir -p "corpus/$t"
     for f in "$@"; do
         [ -f "$f" ] || continue
