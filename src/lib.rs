@@ -18,7 +18,7 @@
 //! peer.write_all(b"HELO\r\n\x00\x05hello12345678").await?;
 //!
 //! let mut conn = QueuedFramed::new(io);
-//! assert_eq!(conn.read(LineCodec::new()).await?.line(), "HELO");
+//! assert_eq!(conn.read(LineCodec::new()).await?.line(), b"HELO");
 //! assert_eq!(&conn.read(PackstringCodec::new(PackFormat::U16Be)).await?[..], b"hello");
 //! assert_eq!(&conn.read(ChunkCodec::new(8)).await?[..], b"12345678");
 //! # Ok(()) }
@@ -42,12 +42,12 @@
 //! let (handle, _driver) = QueuedFramed::new(io).spawn();
 //! // "OK" is followed by one more line; the 64-byte answer comes after.
 //! let status = handle.push_read_with(LineCodec::new(), |status, q| {
-//!     Ok((status.line() == "OK").then(|| q.unshift_read(LineCodec::new())))
+//!     Ok((status.line() == b"OK").then(|| q.unshift_read(LineCodec::new())))
 //! });
 //! let body = handle.push_read(ChunkCodec::new(64));
 //! peer.write_all(b"OK\ndetail\n").await?;
 //! peer.write_all(&[b'x'; 64]).await?;
-//! assert_eq!(status.await?.unwrap().await?.line(), "detail");
+//! assert_eq!(status.await?.unwrap().await?.line(), b"detail");
 //! assert_eq!(body.await?.len(), 64);
 //! # Ok(()) }
 //! ```

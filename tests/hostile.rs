@@ -207,7 +207,7 @@ async fn an_endless_line_is_enospc_at_the_limit_and_the_line_before_it_survives(
             let writer = flood(peer, b"ok\n".to_vec(), b"A".to_vec(), 64 * MIB);
             let mut conn = QueuedFramed::new(ours);
             let first = conn.read(LineCodec::new()).await.unwrap();
-            assert_eq!(first.line(), "ok");
+            assert_eq!(first.line(), b"ok");
             let err = conn.read(LineCodec::new()).await.unwrap_err();
             let buffered = conn.read_buffer().len();
             assert!(conn.read_buffer().iter().all(|&b| b == b'A'));
@@ -637,7 +637,7 @@ async fn a_stalled_peer_gets_a_non_fatal_timeout_and_the_partial_frame_is_kept()
     peer.write_all(b"ne\n").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
-        "half a line"
+        b"half a line"
     );
 }
 
@@ -793,7 +793,7 @@ async fn tls_garbage_after_starttls_is_a_fatal_eproto() {
         peer.write_all(b"STARTTLS\r\n").await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "STARTTLS"
+            b"STARTTLS"
         );
         let garbage = tokio::spawn(async move {
             // Garbage where a ClientHello should be, then silence.
@@ -973,7 +973,7 @@ async fn eof_between_frames_is_a_clean_end_for_or_eof_and_epipe_for_a_plain_read
             .unwrap()
             .unwrap()
             .line(),
-        "one"
+        b"one"
     );
     assert!(
         conn.read(OrEof::new(LineCodec::new()))
@@ -1002,7 +1002,7 @@ async fn eof_with_queued_requests_fails_every_one_of_them_and_keeps_the_writes()
     let t1 = conn.push_read(LineCodec::new());
     let t2 = conn.push_read(LineCodec::new());
     let t3 = conn.push_read(ChunkCodec::new(4));
-    assert_eq!(conn.wait(t1).await.unwrap().line(), "a");
+    assert_eq!(conn.wait(t1).await.unwrap().line(), b"a");
     let e2 = conn.wait(t2).await.unwrap_err();
     let e3 = conn.wait(t3).await.unwrap_err();
     assert_eq!(e2.kind(), ErrorKind::BrokenPipe);

@@ -1593,7 +1593,7 @@ async fn starttls_after_a_go_ahead(role: Role) {
         peer.write("raw", &["qq{220 go\\r\\n}"]);
         peer.command(json!(["starttls", "accept"]));
         let go = within("go", conn.read(LineCodec::new())).await.unwrap();
-        assert_eq!(go.line(), "220 go");
+        assert_eq!(go.line(), b"220 go");
         within("handshake", conn.starttls(our_tls(role)))
             .await
             .unwrap();
@@ -1602,7 +1602,7 @@ async fn starttls_after_a_go_ahead(role: Role) {
         peer.write("raw", &["qq{STARTTLS\\r\\n}"]);
         peer.read("line", &[]);
         let line = within("line", conn.read(LineCodec::new())).await.unwrap();
-        assert_eq!(line.line(), "STARTTLS");
+        assert_eq!(line.line(), b"STARTTLS");
         send(&mut conn, LineCodec::new(), "220 go").await;
         let perl_side = async {
             assert_eq!(peer.got().await[0], d_bytes(b"220 go"));
@@ -1635,7 +1635,7 @@ async fn starttls_pipelined(role: Role) {
         // write: our read of the line buffers the start of the handshake.
         peer.command(json!(["starttls", "connect", "qq{STARTTLS\\r\\n}"]));
         let line = within("line", conn.read(LineCodec::new())).await.unwrap();
-        assert_eq!(line.line(), "STARTTLS");
+        assert_eq!(line.line(), b"STARTTLS");
         assert!(!conn.read_buffer().is_empty(), "the ClientHello came along");
         within("handshake", conn.starttls(our_tls(role)))
             .await
@@ -1707,7 +1707,7 @@ async fn tls_autostart_on_our_server() {
             assert_eq!(peer.expect("starttls").await["ok"], 1);
         }
         let line = within("line", conn.read(LineCodec::new())).await.unwrap();
-        assert_eq!(line.line(), "hello");
+        assert_eq!(line.line(), b"hello");
     }
 }
 
@@ -1738,7 +1738,7 @@ async fn stoptls_agreed_by_both_ends() {
 
     peer.write("raw", &["qq{plain from perl\\n}"]);
     let got = within("line", conn.read(LineCodec::new())).await.unwrap();
-    assert_eq!(got.line(), "plain from perl");
+    assert_eq!(got.line(), b"plain from perl");
     peer.read("line", &[]);
     send(&mut conn, LineCodec::new(), "plain from rust").await;
     assert_eq!(peer.got().await[0], d_bytes(b"plain from rust"));

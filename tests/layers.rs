@@ -76,7 +76,7 @@ async fn a_timeout_without_hook_fails_the_waiting_read_and_keeps_its_bytes() {
     peer.write_all(b"ne\n").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
-        "half a line"
+        b"half a line"
     );
 }
 
@@ -398,7 +398,7 @@ async fn reads_and_writes_queued_before_the_connection_is_up_run_once_it_is() {
     sock.read_exact(&mut buf).await.unwrap();
     assert_eq!(buf, b"hello\n");
     sock.write_all(b"world\n").await.unwrap();
-    assert_eq!(reply.await.unwrap().line(), "world");
+    assert_eq!(reply.await.unwrap().line(), b"world");
 }
 
 #[tokio::test]
@@ -422,7 +422,7 @@ async fn mock_transport_sees_no_write_before_data_exists() {
     // Sanity check of the support mock used above: a Pending step wakes.
     let (io, stats) = MockIo::new([Step::Pending, data(b"x\n")]);
     let mut conn = QueuedFramed::new(io);
-    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "x");
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"x");
     assert_eq!(stats.lock().unwrap().write_calls, 0);
 }
 

@@ -304,7 +304,7 @@ async fn idle_handles(n: usize, separate_process: bool) -> IdleFigures {
     // They all still work.
     peers.say_hi().await;
     for t in tickets {
-        assert_eq!(t.await.unwrap().line(), "hi");
+        assert_eq!(t.await.unwrap().line(), b"hi");
     }
     for (h, _) in &spawned {
         h.destroy();

@@ -25,8 +25,8 @@ async fn one_packet_satisfies_three_different_requests_without_another_read() {
     let mut conn = QueuedFramed::new(io);
 
     let line = conn.read(LineCodec::new()).await.unwrap();
-    assert_eq!(line.line(), "HELLO");
-    assert_eq!(line.eol(), "\r\n");
+    assert_eq!(line.line(), b"HELLO");
+    assert_eq!(line.eol(), b"\r\n");
     let payload = conn
         .read(PackstringCodec::new(PackFormat::U32Be))
         .await
@@ -54,7 +54,7 @@ async fn queued_requests_of_different_types_resolve_in_order_when_bytes_arrive_l
         peer.write_all(&[*b]).await.unwrap();
         tokio::task::yield_now().await;
     }
-    assert_eq!(t1.await.unwrap().line(), "one");
+    assert_eq!(t1.await.unwrap().line(), b"one");
     assert_eq!(&t2.await.unwrap()[..], b"xyz");
     assert_eq!(&t3.await.unwrap()[..], b"hello");
     let v = t4.await.unwrap();
@@ -71,7 +71,7 @@ async fn unshift_runs_before_queued_requests() {
     let back = conn.push_read(ChunkCodec::new(2));
     let front = conn.unshift_read(LineCodec::new());
     peer.write_all(b"first\nzz").await.unwrap();
-    assert_eq!(conn.wait(front).await.unwrap().line(), "first");
+    assert_eq!(conn.wait(front).await.unwrap().line(), b"first");
     assert_eq!(&conn.wait(back).await.unwrap()[..], b"zz");
 }
 
@@ -121,7 +121,7 @@ async fn pipelined_ok_path_unshifts_a_line_ahead_of_the_queued_chunk() {
         let (handle, _driver) = QueuedFramed::new(io).spawn();
         handle.push_bytes(&b"request1\nrequest2\n"[..]).unwrap();
         let r1 = handle.push_read_with(LineCodec::new(), |status, q| {
-            Ok(if status.line() == "OK" {
+            Ok(if status.line() == b"OK" {
                 Some(q.unshift_read(LineCodec::new()))
             } else {
                 None
@@ -143,7 +143,7 @@ async fn pipelined_ok_path_unshifts_a_line_ahead_of_the_queued_chunk() {
         match r1.await.unwrap() {
             Some(extra) => {
                 assert!(ok);
-                assert_eq!(extra.await.unwrap().line(), "extra detail");
+                assert_eq!(extra.await.unwrap().line(), b"extra detail");
             }
             None => assert!(!ok),
         }
@@ -183,7 +183,7 @@ async fn eof_with_nothing_queued_ends_the_stream_cleanly_with_leftovers_reachabl
 async fn stream_ending_inside_a_frame_yields_epipe_once_then_ends() {
     let (io, _stats) = MockIo::new([data(b"a\nunterminated"), Step::Eof]);
     let mut conn = QueuedFramed::with_codec(io, LineCodec::new());
-    assert_eq!(conn.next().await.unwrap().unwrap().line(), "a");
+    assert_eq!(conn.next().await.unwrap().unwrap().line(), b"a");
     let err = conn.next().await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BrokenPipe);
     assert!(conn.next().await.is_none());
@@ -239,7 +239,7 @@ async fn a_bad_message_fails_only_its_request() {
     // The caller decides how to recover: here, skip the odd byte.
     conn.consume(1);
     assert_eq!(&conn.read(NetstringCodec::new()).await.unwrap()[..], b"abc");
-    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "line");
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"line");
 }
 
 #[tokio::test]
@@ -282,7 +282,7 @@ async fn a_peer_that_half_closes_can_still_be_written_to() {
     let mut conn = QueuedFramed::new(io);
     peer.write_all(b"bye\n").await.unwrap();
     peer.shutdown().await.unwrap();
-    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "bye");
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"bye");
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap_err().kind(),
         ErrorKind::BrokenPipe
@@ -301,7 +301,7 @@ async fn clean_eof_between_requests_leaves_the_write_side_usable() {
     let mut conn = QueuedFramed::with_codec(io, LineCodec::new());
     peer.write_all(b"q\n").await.unwrap();
     peer.shutdown().await.unwrap();
-    assert_eq!(conn.next().await.unwrap().unwrap().line(), "q");
+    assert_eq!(conn.next().await.unwrap().unwrap().line(), b"q");
     assert!(conn.next().await.is_none());
     conn.send("answer").await.unwrap();
     let mut buf = vec![0; 7];
@@ -337,7 +337,7 @@ async fn nothing_is_read_while_nothing_is_queued() {
     );
     assert_eq!(
         handle.read(LineCodec::new()).await.unwrap().line(),
-        "unsolicited"
+        b"unsolicited"
     );
     assert_eq!(stats.lock().unwrap().read_calls, 1);
 }
@@ -353,7 +353,7 @@ async fn dropping_a_pending_read_future_loses_no_bytes() {
     peer.write_all(b"\n").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
-        "no newline yet"
+        b"no newline yet"
     );
 }
 
@@ -365,7 +365,7 @@ async fn dropping_a_ticket_cancels_its_request_and_the_next_sees_the_bytes() {
     peer.write_all(b"abc\n").await.unwrap();
     tokio::task::yield_now().await;
     drop(dropped);
-    assert_eq!(handle.read(LineCodec::new()).await.unwrap().line(), "abc");
+    assert_eq!(handle.read(LineCodec::new()).await.unwrap().line(), b"abc");
 }
 
 #[tokio::test]
@@ -373,7 +373,7 @@ async fn into_parts_and_from_parts_lose_nothing() {
     let (io, mut peer) = tokio::io::duplex(64);
     let mut conn = QueuedFramed::new(io);
     peer.write_all(b"one\ntwo\nthree").await.unwrap();
-    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "one");
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"one");
     conn.push_write(LineCodec::new(), "unsent").unwrap();
     let parts = conn.into_parts();
     assert_eq!(&parts.read_buf[..], b"two\nthree");
@@ -383,7 +383,7 @@ async fn into_parts_and_from_parts_lose_nothing() {
     let mut buf = vec![0; 7];
     peer.read_exact(&mut buf).await.unwrap();
     assert_eq!(buf, b"unsent\n");
-    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "two");
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"two");
 }
 
 #[tokio::test]
@@ -456,7 +456,7 @@ async fn shutdown_write_flushes_then_half_closes() {
     );
     // Reading still works.
     peer.write_all(b"reply\n").await.unwrap();
-    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "reply");
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"reply");
 }
 
 #[tokio::test]
@@ -483,7 +483,10 @@ async fn detach_hands_back_the_transport_and_unread_bytes() {
     let (io, mut peer) = tokio::io::duplex(64);
     let (handle, driver) = QueuedFramed::new(io).spawn();
     peer.write_all(b"first\nrest").await.unwrap();
-    assert_eq!(handle.read(LineCodec::new()).await.unwrap().line(), "first");
+    assert_eq!(
+        handle.read(LineCodec::new()).await.unwrap().line(),
+        b"first"
+    );
     handle.push_bytes(&b"queued"[..]).unwrap();
     handle.flush().await.unwrap();
     handle.detach();
@@ -654,7 +657,7 @@ mod property {
     async fn read_back(conn: &mut QueuedFramed<MockIo>, f: &Frame) {
         match f {
             Frame::Line(b) => assert_eq!(
-                &conn.read(LineCodec::new()).await.unwrap().line()[..],
+                conn.read(LineCodec::new()).await.unwrap().line(),
                 &b[..]
             ),
             Frame::Chunk(b) => assert_eq!(
@@ -770,6 +773,6 @@ async fn scripted_exchange_with_tokio_test_builder() {
     .unwrap();
     conn.push_write(NetstringCodec::new(), &blob[..]).unwrap();
     // Both writes leave as one, before the next read waits.
-    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "QUIT");
+    assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"QUIT");
     conn.write(LineCodec::new(), "221 bye").await.unwrap();
 }

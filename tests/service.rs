@@ -208,7 +208,7 @@ async fn server_maps_service_errors_to_responses_or_closes() {
         client.push_write(LineCodec::new(), l).unwrap();
     }
     client.flush().await.unwrap();
-    assert_eq!(client.read(LineCodec::new()).await.unwrap().line(), "ok x");
+    assert_eq!(client.read(LineCodec::new()).await.unwrap().line(), b"ok x");
     assert!(
         client.read(LineCodec::new()).await.is_err(),
         "closed after the error"
@@ -232,7 +232,7 @@ async fn server_stops_cleanly_on_a_shutdown_signal() {
     client.write(LineCodec::new(), "before").await.unwrap();
     assert_eq!(
         client.read(LineCodec::new()).await.unwrap().line(),
-        "before"
+        b"before"
     );
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();

@@ -120,7 +120,7 @@ async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
         assert!(conn.is_tls());
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "tls echo: inline"
+            b"tls echo: inline"
         );
         conn.shutdown_write().await.unwrap();
     })
@@ -133,7 +133,7 @@ async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
         // Queued before the socket or the TLS session exist.
         h.push_write(LineCodec::new(), "spawned").unwrap();
         let reply = h.push_read(LineCodec::new());
-        assert_eq!(reply.await.unwrap().line(), "tls echo: spawned");
+        assert_eq!(reply.await.unwrap().line(), b"tls echo: spawned");
         assert!(h.is_tls());
         h.push_shutdown().unwrap();
         h.flush().await.unwrap();
@@ -154,7 +154,7 @@ async fn starttls_after_a_plaintext_exchange_then_lines_over_tls() {
         let mut conn = QueuedFramed::new(b);
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "STARTTLS"
+            b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
         conn.starttls(pki::server()).await.unwrap();
@@ -169,13 +169,13 @@ async fn starttls_after_a_plaintext_exchange_then_lines_over_tls() {
         conn.write(LineCodec::new(), "STARTTLS").await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "220 ready"
+            b"220 ready"
         );
         conn.starttls(pki::client()).await.unwrap();
         conn.write(LineCodec::new(), "secret").await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "got secret"
+            b"got secret"
         );
     })
     .await;
@@ -296,7 +296,7 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
         let cmd = conn.read(LineCodec::new()).await.unwrap();
-        assert_eq!(cmd.line(), "STARTTLS");
+        assert_eq!(cmd.line(), b"STARTTLS");
         // The ClientHello came in the same read, behind the command.
         let buffered = conn.read_buffer().to_vec();
         assert!(
@@ -310,7 +310,7 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
         assert!(conn.read_buffer().is_empty(), "the hello was handed on");
         // The only line after the command is the one sent over TLS.
         let secret = conn.read(LineCodec::new()).await.unwrap();
-        assert_eq!(secret.line(), "secret over tls");
+        assert_eq!(secret.line(), b"secret over tls");
         conn.write(LineCodec::new(), "ok").await.unwrap();
         buffered.len()
     });
@@ -321,7 +321,7 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
         conn.write(LineCodec::new(), "secret over tls")
             .await
             .unwrap();
-        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "ok");
+        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"ok");
     })
     .await;
     let hello_len = within("server", server).await.unwrap();
@@ -343,7 +343,7 @@ async fn plaintext_injected_behind_starttls_is_never_delivered() {
     within("server", async {
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "STARTTLS"
+            b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
         let e = conn.starttls(pki::server()).await.unwrap_err();
@@ -366,18 +366,18 @@ async fn smtp_shape_client(sock: TcpStream) {
     let mut conn = QueuedFramed::new(sock);
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
-        "220 smtp.test ESMTP"
+        b"220 smtp.test ESMTP"
     );
     conn.write(LineCodec::new(), "STARTTLS").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
-        "220 ready"
+        b"220 ready"
     );
     conn.starttls(pki::client()).await.unwrap();
     conn.write(LineCodec::new(), "EHLO over tls").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
-        "250 hello over tls"
+        b"250 hello over tls"
     );
 }
 
@@ -401,7 +401,7 @@ async fn smtp_shape_starttls_from_inside_a_completion_on_a_handle() {
         assert_eq!(cmd, "STARTTLS");
         handshake.await.unwrap();
         assert!(h.is_tls());
-        assert_eq!(ehlo.await.unwrap().line(), "EHLO over tls");
+        assert_eq!(ehlo.await.unwrap().line(), b"EHLO over tls");
         h.push_write(LineCodec::new(), "250 hello over tls")
             .unwrap();
         h.flush().await.unwrap();
@@ -432,7 +432,7 @@ async fn smtp_shape_starttls_from_inside_a_completion_inline() {
         assert!(conn.is_tls());
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "EHLO over tls"
+            b"EHLO over tls"
         );
         conn.write(LineCodec::new(), "250 hello over tls")
             .await
@@ -452,7 +452,7 @@ async fn queued_plaintext_is_flushed_before_the_client_hello() {
         let mut conn = QueuedFramed::new(s);
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "PLAINTEXT-BEFORE"
+            b"PLAINTEXT-BEFORE"
         );
         // The next bytes on the wire are a TLS handshake record.
         let verdict = conn.read(TlsDetectCodec::new()).await.unwrap();
@@ -460,7 +460,7 @@ async fn queued_plaintext_is_flushed_before_the_client_hello() {
         conn.starttls(pki::server()).await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "ENCRYPTED-AFTER"
+            b"ENCRYPTED-AFTER"
         );
     });
     within("client", async {
@@ -491,7 +491,7 @@ async fn starttls_while_tls_is_active_is_einval_and_harmless() {
         client.write(LineCodec::new(), "still fine").await.unwrap();
         assert_eq!(
             server.read(LineCodec::new()).await.unwrap().line(),
-            "still fine"
+            b"still fine"
         );
     })
     .await;
@@ -554,7 +554,7 @@ async fn autostart_clients(addr: SocketAddr) {
         conn.write(LineCodec::new(), "hello").await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "tls hello"
+            b"tls hello"
         );
     };
     let plain_client = async {
@@ -562,7 +562,7 @@ async fn autostart_clients(addr: SocketAddr) {
         conn.write(LineCodec::new(), "hello").await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "plain hello"
+            b"plain hello"
         );
     };
     tokio::join!(tls_client, plain_client);
@@ -596,7 +596,7 @@ async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
         let conn = &mut server;
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "client: over tls, then stop"
+            b"client: over tls, then stop"
         );
         conn.push_write(LineCodec::new(), "server: over tls, then stop")
             .unwrap();
@@ -607,7 +607,7 @@ async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
             .unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
-            "client: plaintext"
+            b"client: plaintext"
         );
         // Both directions are plaintext: take the socket back.
         let parts = server.into_parts();
@@ -636,11 +636,11 @@ async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
         // Still TLS until the server's close_notify, then plaintext.
         assert_eq!(
             client.read(LineCodec::new()).await.unwrap().line(),
-            "server: over tls, then stop"
+            b"server: over tls, then stop"
         );
         assert_eq!(
             client.read(LineCodec::new()).await.unwrap().line(),
-            "server: plaintext"
+            b"server: plaintext"
         );
         let parts = client.into_parts();
         assert!(parts.read_buf.is_empty() && parts.write_buf.is_empty());
@@ -665,7 +665,7 @@ async fn peer_close_notify_is_a_clean_eof() {
         server.shutdown_write().await.unwrap();
         assert_eq!(
             client.read(LineCodec::new()).await.unwrap().line(),
-            "last words"
+            b"last words"
         );
         assert!(
             client
@@ -697,7 +697,7 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated() {
         raw.shutdown().await.unwrap();
         assert_eq!(
             client.read(LineCodec::new()).await.unwrap().line(),
-            "complete line"
+            b"complete line"
         );
         let e = client.read(OrEof::new(LineCodec::new())).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
@@ -772,7 +772,7 @@ async fn an_expired_certificate_is_fatal_eproto() {
 async fn read_timeout_over_tls_is_non_fatal() {
     let (mut client, mut server) = tls_pair().await;
     let server = tokio::spawn(async move {
-        assert_eq!(server.read(LineCodec::new()).await.unwrap().line(), "ping");
+        assert_eq!(server.read(LineCodec::new()).await.unwrap().line(), b"ping");
         server.write(LineCodec::new(), "pong").await.unwrap();
     });
     within("client", async {
@@ -783,7 +783,7 @@ async fn read_timeout_over_tls_is_non_fatal() {
         assert!(started.elapsed() >= Duration::from_millis(100));
         assert!(!e.is_fatal() && !client.is_destroyed() && client.is_tls());
         client.write(LineCodec::new(), "ping").await.unwrap();
-        assert_eq!(client.read(LineCodec::new()).await.unwrap().line(), "pong");
+        assert_eq!(client.read(LineCodec::new()).await.unwrap().line(), b"pong");
     })
     .await;
     within("server", server).await.unwrap();
@@ -837,7 +837,7 @@ async fn watermarks_hold_a_producer_back_over_tls() {
     let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::builder().tls(pki::server()).build(b);
-        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), "start");
+        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"start");
         go_rx.await.unwrap();
         conn.read(ChunkCodec::new(BULK)).await.unwrap()
     });
@@ -1022,7 +1022,7 @@ async fn our_client_talks_to_openssl_s_server() {
             .await
             .unwrap()
             .line(),
-        "hello from openssl"
+        b"hello from openssl"
     );
     // Our close_notify; s_server answers with its own and closes.
     within("shutdown", conn.shutdown_write()).await.unwrap();
@@ -1317,12 +1317,12 @@ async fn stoptls_on_handles_from_a_completion_then_plaintext() {
         let first = hc.push_read(LineCodec::new());
         let second = hc.push_read(LineCodec::new());
         stopped.await.unwrap();
-        assert_eq!(first.await.unwrap().line(), "server: over tls");
-        assert_eq!(second.await.unwrap().line(), "server: plaintext");
+        assert_eq!(first.await.unwrap().line(), b"server: over tls");
+        assert_eq!(second.await.unwrap().line(), b"server: plaintext");
         let (cmd, server_stopped) = stop.await.unwrap();
         assert_eq!(cmd, "STOPTLS");
         server_stopped.await.unwrap();
-        assert_eq!(client_plain.await.unwrap().line(), "client: plaintext");
+        assert_eq!(client_plain.await.unwrap().line(), b"client: plaintext");
         assert!(!hc.is_tls() && !hs.is_tls());
     })
     .await;

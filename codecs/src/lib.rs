@@ -30,10 +30,10 @@
 //! let mut lines = LineCodec::new();
 //! let mut buf = BytesMut::from(&b"first\r\nsec"[..]);
 //! let line = lines.decode(&mut buf)?.unwrap();
-//! assert_eq!((line.line(), line.eol()), (&"first".into(), &"\r\n".into()));
+//! assert_eq!((line.line(), line.eol()), (&b"first"[..], &b"\r\n"[..]));
 //! assert!(lines.decode(&mut buf)?.is_none()); // "sec" waits for its end of line
 //! buf.extend_from_slice(b"ond\n5:hello,");
-//! assert_eq!(lines.decode(&mut buf)?.unwrap().line(), "second");
+//! assert_eq!(lines.decode(&mut buf)?.unwrap().line(), b"second");
 //! // The same buffer goes on with another codec.
 //! assert_eq!(&NetstringCodec::new().decode(&mut buf)?.unwrap()[..], b"hello");
 //! # Ok::<(), anyframe_codecs::Error>(())

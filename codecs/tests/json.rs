@@ -577,7 +577,7 @@ fn the_ndjson_separator_that_arrived_with_a_text_is_consumed_with_it() {
     assert_eq!(v["a"], 1);
     assert_eq!(
         LineCodec::new().decode(&mut buf).unwrap().unwrap().line(),
-        "next line"
+        b"next line"
     );
     // Raw mode and CRLF too; spaces without a newline are left alone.
     let mut buf = BytesMut::from(&b"[1] \r\n2\n  x"[..]);

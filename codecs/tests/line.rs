@@ -6,14 +6,14 @@ mod support;
 use anyframe_codecs::{
     Error, ErrorKind, Line, LineCodec, LineCodecBuilder, OverflowPolicy, Utf8Line, Utf8LineCodec,
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use regex::bytes::Regex;
 use support::{Eof, assert_sized_matches_whole, assert_split_invariant, run_chunks};
 use tokio_util::codec::{Decoder, Encoder};
 
 fn line(l: &str, e: &str) -> Line {
-    Line::new(l.as_bytes().to_vec(), e.as_bytes().to_vec())
+    Line::new(l.as_bytes().to_vec(), e.as_bytes())
 }
 
 fn build(f: impl FnOnce(&mut LineCodecBuilder) -> &mut LineCodecBuilder) -> LineCodec {
@@ -166,6 +166,39 @@ fn frames_share_the_read_buffer() {
     let base = buf.as_ptr() as usize;
     let first = codec.decode(&mut buf).unwrap().unwrap();
     assert_eq!(first.line().as_ptr() as usize, base);
+    // Line and EOL are one frame: the EOL follows the line in the buffer.
+    assert_eq!(first.eol().as_ptr() as usize, base + 5);
+    let second = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(second.as_bytes().as_ptr() as usize, base + 6);
+    let (l, e) = second.into_parts();
+    assert_eq!(
+        (l.as_ptr() as usize, &l[..], &e[..]),
+        (base + 6, &b"world"[..], &b"\n"[..])
+    );
+    assert_eq!(first.into_line().as_ptr() as usize, base);
+}
+
+#[test]
+fn line_accessors_agree() {
+    let l = Line::new("a\rb", "\r\n");
+    assert_eq!(
+        (l.line(), l.eol(), l.as_bytes()),
+        (&b"a\rb"[..], &b"\r\n"[..], &b"a\rb\r\n"[..])
+    );
+    assert_eq!(l.line_bytes(), "a\rb");
+    assert_eq!(format!("{l:?}"), r#"Line { line: b"a\rb", eol: b"\r\n" }"#);
+    assert_eq!(l, Line::from_frame(Bytes::from_static(b"a\rb\r\n"), 3));
+    // Same bytes, another split: not the same line.
+    assert_ne!(l, Line::from_frame(Bytes::from_static(b"a\rb\r\n"), 4));
+    assert_eq!(l.clone().into_frame(), "a\rb\r\n");
+    assert_eq!(Line::new("x", "").eol(), b"");
+    assert_eq!(Line::default().as_bytes(), b"");
+}
+
+#[test]
+#[should_panic(expected = "past the end")]
+fn line_from_frame_checks_the_split() {
+    let _ = Line::from_frame(Bytes::from_static(b"ab\n"), 4);
 }
 
 // ---------------------------------------------------------------------------
@@ -758,7 +791,7 @@ proptest! {
         }
         let mut got = Vec::new();
         while let Some(frame) = codec.decode_eof(&mut buf).unwrap() {
-            prop_assert_eq!(frame.eol().as_ref(), b"\n");
+            prop_assert_eq!(frame.eol(), b"\n");
             got.push(String::from_utf8(frame.into_line().to_vec()).unwrap());
         }
         prop_assert_eq!(got, expect);

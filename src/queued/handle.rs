@@ -59,7 +59,7 @@ impl Shared {
 /// let line = handle.push_read(LineCodec::new());
 /// let chunk = handle.push_read(ChunkCodec::new(3));
 /// peer.write_all(b"hi\nxyz").await?;
-/// assert_eq!(&line.await?.line()[..], b"hi");
+/// assert_eq!(line.await?.line(), b"hi");
 /// assert_eq!(&chunk.await?[..], b"xyz");
 /// # Ok(()) }
 /// ```

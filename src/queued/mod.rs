@@ -63,11 +63,11 @@ pub use self::request::{FnDecoder, OrEof, Requests, Ticket};
 ///
 /// let mut conn = QueuedFramed::new(io);
 /// let hello = conn.read(LineCodec::new()).await?;
-/// assert_eq!(&hello.line()[..], b"HELLO");
+/// assert_eq!(hello.line(), b"HELLO");
 /// let four = conn.read(ChunkCodec::new(4)).await?;
 /// assert_eq!(&four[..], b"abcd");
 /// let bye = conn.read(LineCodec::new()).await?;
-/// assert_eq!(&bye.line()[..], b"bye");
+/// assert_eq!(bye.line(), b"bye");
 ///
 /// conn.push_write(LineCodec::new(), "OK")?;
 /// conn.flush().await?;

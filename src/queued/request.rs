@@ -171,7 +171,7 @@ where
 /// let status = conn.push_read(LineCodec::new());
 /// let body = conn.push_read(ChunkCodec::new(4));
 /// peer.write_all(b"200\nbody").await?;
-/// assert_eq!(conn.wait(status).await?.line(), "200");
+/// assert_eq!(conn.wait(status).await?.line(), b"200");
 /// assert_eq!(&conn.wait(body).await?[..], b"body");
 /// # Ok(()) }
 /// ```

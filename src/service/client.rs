@@ -70,7 +70,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// let (handle, _driver) = QueuedFramed::new(io).spawn();
 /// let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
 /// let answer = client.ready().await?.call("ping".to_string()).await?;
-/// assert_eq!(answer.line(), "ping");
+/// assert_eq!(answer.line(), b"ping");
 /// # Ok(()) }
 /// ```
 pub struct Client<E, R> {

@@ -65,7 +65,7 @@ where
 ///
 /// let mut client = QueuedFramed::new(client_io);
 /// client.write(LineCodec::new(), "hello").await?;
-/// assert_eq!(client.read(LineCodec::new()).await?.line(), "HELLO");
+/// assert_eq!(client.read(LineCodec::new()).await?.line(), b"HELLO");
 /// client.shutdown_write().await?;
 /// server.await.unwrap()?;
 /// # Ok(()) }
