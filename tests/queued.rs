@@ -656,10 +656,7 @@ mod property {
 
     async fn read_back(conn: &mut QueuedFramed<MockIo>, f: &Frame) {
         match f {
-            Frame::Line(b) => assert_eq!(
-                conn.read(LineCodec::new()).await.unwrap().line(),
-                &b[..]
-            ),
+            Frame::Line(b) => assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), &b[..]),
             Frame::Chunk(b) => assert_eq!(
                 &conn.read(ChunkCodec::new(b.len())).await.unwrap()[..],
                 &b[..]
@@ -775,4 +772,97 @@ async fn scripted_exchange_with_tokio_test_builder() {
     // Both writes leave as one, before the next read waits.
     assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"QUIT");
     conn.write(LineCodec::new(), "221 bye").await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// read_many: the batch form of read_with
+
+#[tokio::test]
+async fn read_many_takes_what_one_read_brought_without_reading_again() {
+    let (io, stats) = MockIo::new([
+        data(b"a\nb\r\nc\npart"),
+        Step::Pending,
+        data(b"ial\n"),
+        Step::Eof,
+    ]);
+    let mut conn = QueuedFramed::new(io);
+    let (mut codec, mut lines) = (LineCodec::new(), Vec::new());
+    assert_eq!(
+        conn.read_many(&mut codec, &mut lines, 100).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        stats.lock().unwrap().read_calls,
+        1,
+        "no read past the batch"
+    );
+    assert_eq!(conn.read_buffer(), b"part");
+    // The limit holds, and the rest comes next time.
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 1).await.unwrap(), 1);
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 0).await.unwrap(), 0);
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 5).await.unwrap(), 0);
+    let got: Vec<_> = lines.iter().map(|l| (l.line(), l.eol())).collect();
+    assert_eq!(
+        got,
+        [
+            (&b"a"[..], &b"\n"[..]),
+            (b"b", b"\r\n"),
+            (b"c", b"\n"),
+            (b"partial", b"\n"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn read_many_keeps_the_frames_before_an_error_and_the_bytes_after_it() {
+    // A line over the limit after two good ones: the two are delivered in
+    // `frames`, the error is returned, and (non-fatal, Discard) the handle
+    // goes on with the next line.
+    let (io, _) = MockIo::new([data(b"ok\nfine\nmuch too long\nnext\n"), Step::Eof]);
+    let mut conn = QueuedFramed::new(io);
+    let mut codec = LineCodec::builder()
+        .max_length(4)
+        .overflow(anyframe::codecs::OverflowPolicy::Discard)
+        .build()
+        .unwrap();
+    let mut lines = Vec::new();
+    let err = conn
+        .read_many(&mut codec, &mut lines, 10)
+        .await
+        .unwrap_err();
+    assert_eq!((err.kind(), err.is_fatal()), (ErrorKind::NoSpace, false));
+    assert_eq!(
+        lines.iter().map(|l| l.line()).collect::<Vec<_>>(),
+        [&b"ok"[..], b"fine"]
+    );
+    lines.clear();
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 10).await.unwrap(), 1);
+    assert_eq!(lines[0].line(), b"next");
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 10).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn read_many_at_eof_inside_a_frame_is_epipe_with_the_bytes_kept() {
+    let (io, _) = MockIo::new([data(b"one\ntw"), Step::Eof]);
+    let mut conn = QueuedFramed::new(io);
+    let (mut codec, mut lines) = (LineCodec::new(), Vec::new());
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 10).await.unwrap(), 1);
+    let err = conn
+        .read_many(&mut codec, &mut lines, 10)
+        .await
+        .unwrap_err();
+    assert_eq!((err.kind(), err.is_fatal()), (ErrorKind::BrokenPipe, true));
+    assert_eq!(conn.read_buffer(), b"tw");
+    assert_eq!(lines.len(), 1);
+}
+
+#[tokio::test]
+async fn read_many_runs_after_the_queued_requests() {
+    let (io, _) = MockIo::new([data(b"first\nsecond\nthird\n"), Step::Eof]);
+    let mut conn = QueuedFramed::new(io);
+    let queued = conn.push_read(LineCodec::new());
+    let (mut codec, mut lines) = (LineCodec::new(), Vec::new());
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 10).await.unwrap(), 2);
+    assert_eq!(conn.wait(queued).await.unwrap().line(), b"first");
+    assert_eq!(lines[0].line(), b"second");
 }

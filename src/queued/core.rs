@@ -497,6 +497,58 @@ impl Core {
         }
     }
 
+    /// Waits for one frame as [`poll_decode_direct`](Self::poll_decode_direct)
+    /// (clean end of input = `Ok(0)`), then appends it and up to
+    /// `limit - 1` more frames decodable from the bytes already buffered,
+    /// without reading again. Frames appended before an error stay in `out`.
+    pub(crate) fn poll_decode_many<IO, D>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        decoder: &mut D,
+        out: &mut Vec<D::Item>,
+        limit: usize,
+    ) -> Poll<Result<usize>>
+    where
+        IO: Transport,
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
+        if limit == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        match ready!(self.poll_decode_direct(io, cx, decoder, true))? {
+            Some(frame) => out.push(frame),
+            None => return Poll::Ready(Ok(0)),
+        }
+        let mut n = 1;
+        while n < limit {
+            match decode_step(decoder, &mut self.rbuf, self.eof) {
+                Ok(Some(frame)) => {
+                    out.push(frame);
+                    n += 1;
+                }
+                Ok(None) => break,
+                // A clean end of input after the last whole frame: this
+                // call's frames now, `Ok(0)` next time.
+                Err(e)
+                    if self.eof
+                        && e.kind() == crate::ErrorKind::BrokenPipe
+                        && self.rbuf.is_empty() =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    if e.is_fatal() {
+                        self.die(e.clone());
+                    }
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
     // ----- writing ----------------------------------------------------------
 
     /// Encodes `item` onto the write queue. On an encoder error nothing is

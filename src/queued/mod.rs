@@ -325,6 +325,60 @@ where
         })
     }
 
+    /// Reads every frame `decoder` can take from the buffered input, up to
+    /// `limit`, into `frames`, and returns how many it appended.
+    ///
+    /// The batch form of [`read_with`](Self::read_with), shaped like tokio's
+    /// `mpsc::Receiver::recv_many`: it waits (after every queued request)
+    /// until one frame is complete, then decodes what else is already
+    /// buffered without reading again. One call per read from the socket
+    /// instead of one per frame is what a bulk consumer (AE's `on_read`
+    /// emptying `rbuf`) wants. `Ok(0)` means the input ended cleanly (or
+    /// `limit` is 0). Frames are appended; `frames` is not cleared.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe::QueuedFramed;
+    /// use anyframe::codecs::LineCodec;
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> anyframe::Result<()> {
+    /// let (ours, mut peer) = tokio::io::duplex(1024);
+    /// peer.write_all(b"a\nb\nc\n").await?;
+    /// drop(peer);
+    /// let mut conn = QueuedFramed::new(ours);
+    /// let (mut codec, mut lines) = (LineCodec::new(), Vec::new());
+    /// assert_eq!(conn.read_many(&mut codec, &mut lines, 2).await?, 2);
+    /// assert_eq!(conn.read_many(&mut codec, &mut lines, 2).await?, 1);
+    /// assert_eq!(conn.read_many(&mut codec, &mut lines, 2).await?, 0); // clean EOF
+    /// assert_eq!(lines.iter().map(|l| l.line()).collect::<Vec<_>>(), [b"a", b"b", b"c"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read). Frames decoded before the error are already
+    /// in `frames`: nothing is lost, and the error is the next thing after
+    /// them, as it would be for one read at a time.
+    pub fn read_many<'a, D>(
+        &'a mut self,
+        decoder: &'a mut D,
+        frames: &'a mut Vec<D::Item>,
+        limit: usize,
+    ) -> impl Future<Output = Result<usize>> + 'a
+    where
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
+        poll_fn(move |cx| {
+            self.core
+                .poll_decode_many(&mut self.io, cx, decoder, frames, limit)
+        })
+    }
+
     /// Reads with a closure over the read buffer (AE's untyped request): it
     /// is called with all unread bytes whenever more arrive, removes what it
     /// uses from the front, and returns `Some` when done.
