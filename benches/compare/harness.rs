@@ -119,6 +119,25 @@ impl Harness {
         ratio
     }
 
+    /// As [`report_with`](Self::report_with) with a ratio computed by the
+    /// caller (the median of per-round ratios, for interleaved rounds).
+    pub fn report_ratio(
+        &self,
+        scenario: &str,
+        ours: Measured,
+        anchor: Measured,
+        ratio: f64,
+        extra: &str,
+    ) -> f64 {
+        let sep = if extra.is_empty() { "" } else { " " };
+        println!(
+            "scenario={scenario} ours={:.0} anchor={:.0} ratio={ratio:.2}{sep}{extra}",
+            ours.rate(),
+            anchor.rate(),
+        );
+        ratio
+    }
+
     /// Prints a line for a figure that has no anchor (a physical limit, a
     /// scaling figure).
     pub fn note(&self, scenario: &str, fields: &str) {
