@@ -588,7 +588,10 @@ impl LineCodec {
         if let (State::Reading { scanned }, Eol::Default) = (self.state, &self.eol) {
             match scan_default(buf, scanned, self.max_length) {
                 Scan::Found { line_len, eol_len } => {
-                    self.state = State::Reading { scanned: 0 };
+                    // Usually already 0: a store less per line.
+                    if scanned != 0 {
+                        self.state = State::Reading { scanned: 0 };
+                    }
                     return Ok(Some((line_len, eol_len)));
                 }
                 Scan::NeedMore { scanned } => {
