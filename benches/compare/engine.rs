@@ -292,8 +292,9 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
     h.note(
         "limit-read",
         &format!(
-            "items_per_s={limit_rate:.0} mb_per_s={:.0} (tokio TcpStream::read 64 KiB, 40-byte line equivalents)",
-            limit_rate * LINE_LEN as f64 / 1e6
+            "items_per_s={limit_rate:.0} mb_per_s={:.0} ratio_vs_anchor={:.2} (tokio TcpStream::read 64 KiB, no decoding, 40-byte line equivalents)",
+            limit_rate * LINE_LEN as f64 / 1e6,
+            median_ratio(limit, anchor),
         ),
     );
     h.note(
