@@ -477,12 +477,7 @@ impl Core {
             match decode_step(decoder, &mut self.rbuf, self.eof) {
                 Ok(Some(frame)) => return Poll::Ready(Ok(Some(frame))),
                 Ok(None) => {}
-                Err(e)
-                    if at_eof_clean
-                        && self.eof
-                        && e.kind() == crate::ErrorKind::BrokenPipe
-                        && self.rbuf.is_empty() =>
-                {
+                Err(e) if at_eof_clean && self.is_clean_eof(&e) => {
                     return Poll::Ready(Ok(None));
                 }
                 Err(e) => {
@@ -495,6 +490,12 @@ impl Core {
             self.check_rbuf_max();
             ready!(self.poll_fill(io, cx))?;
         }
+    }
+
+    /// Whether `e`, from a decode step, only says the input ended between
+    /// frames (EOF, nothing buffered): a clean end, not an error.
+    fn is_clean_eof(&self, e: &Error) -> bool {
+        self.eof && e.kind() == crate::ErrorKind::BrokenPipe && self.rbuf.is_empty()
     }
 
     /// Waits for one frame as [`poll_decode_direct`](Self::poll_decode_direct)
@@ -531,11 +532,7 @@ impl Core {
                 Ok(None) => break,
                 // A clean end of input after the last whole frame: this
                 // call's frames now, `Ok(0)` next time.
-                Err(e)
-                    if self.eof
-                        && e.kind() == crate::ErrorKind::BrokenPipe
-                        && self.rbuf.is_empty() =>
-                {
+                Err(e) if self.is_clean_eof(&e) => {
                     break;
                 }
                 Err(e) => {
