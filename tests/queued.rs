@@ -866,3 +866,18 @@ async fn read_many_runs_after_the_queued_requests() {
     assert_eq!(conn.wait(queued).await.unwrap().line(), b"first");
     assert_eq!(lines[0].line(), b"second");
 }
+
+#[tokio::test]
+async fn read_many_with_a_decoder_that_consumes_nothing_ends_the_batch() {
+    let (io, _) = MockIo::new([data(b"abc"), Step::Eof]);
+    let mut conn = QueuedFramed::new(io);
+    let (mut chunk0, mut frames) = (ChunkCodec::new(0), Vec::new());
+    let n = conn
+        .read_many(&mut chunk0, &mut frames, usize::MAX)
+        .await
+        .unwrap();
+    assert!((1..=2).contains(&n), "{n} empty frames");
+    assert!(frames.iter().all(|f| f.is_empty()));
+    // Nothing was consumed: the bytes are the next request's.
+    assert_eq!(&conn.read(ChunkCodec::new(3)).await.unwrap()[..], b"abc");
+}

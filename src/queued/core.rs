@@ -524,10 +524,17 @@ impl Core {
         }
         let mut n = 1;
         while n < limit {
+            let before = self.rbuf.len();
             match decode_step(decoder, &mut self.rbuf, self.eof) {
                 Ok(Some(frame)) => {
                     out.push(frame);
                     n += 1;
+                    // A frame of no input (a zero-length chunk) ends the
+                    // batch: a decoder that never consumes cannot fill
+                    // `out` without end.
+                    if self.rbuf.len() == before {
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 // A clean end of input after the last whole frame: this

@@ -334,7 +334,9 @@ where
     /// buffered without reading again. One call per read from the socket
     /// instead of one per frame is what a bulk consumer (AE's `on_read`
     /// emptying `rbuf`) wants. `Ok(0)` means the input ended cleanly (or
-    /// `limit` is 0). Frames are appended; `frames` is not cleared.
+    /// `limit` is 0). Frames are appended; `frames` is not cleared. A frame
+    /// that consumed no input (a zero-length chunk) ends the batch, so a
+    /// decoder that never consumes cannot spin up to `limit`.
     ///
     /// # Examples
     ///
