@@ -699,6 +699,7 @@ mod property {
         fn random_requests_over_random_fragments_yield_the_encoded_frames(
             frames in prop::collection::vec(frame(), 1..12),
             sizes in prop::collection::vec(1usize..17, 1..8),
+            batch_lines in any::<bool>(),
         ) {
             let wire = encode(&frames);
             let mut script = Vec::new();
@@ -718,8 +719,34 @@ mod property {
             rt.block_on(async {
                 let (io, _stats) = MockIo::new(script);
                 let mut conn = QueuedFramed::new(io);
-                for f in &frames {
-                    read_back(&mut conn, f).await;
+                let mut i = 0;
+                while i < frames.len() {
+                    // A run of lines, optionally through read_many with the
+                    // run's length as the limit: the same lines, in order,
+                    // and nothing of the next frame taken.
+                    let run = frames[i..]
+                        .iter()
+                        .take_while(|f| matches!(f, Frame::Line(_)))
+                        .count();
+                    if batch_lines && run > 0 {
+                        let (mut codec, mut got) = (LineCodec::new(), Vec::new());
+                        while got.len() < run {
+                            let want = run - got.len();
+                            let n = conn
+                                .read_many(&mut codec, &mut got, want)
+                                .await
+                                .unwrap();
+                            assert!(n > 0, "lines still to come");
+                        }
+                        for (f, line) in frames[i..i + run].iter().zip(&got) {
+                            let Frame::Line(b) = f else { unreachable!() };
+                            assert_eq!(line.line(), &b[..]);
+                        }
+                        i += run;
+                    } else {
+                        read_back(&mut conn, &frames[i]).await;
+                        i += 1;
+                    }
                 }
                 assert!(conn.read_buffer().is_empty());
                 // And nothing is left: the next read is a clean EPIPE.
@@ -787,9 +814,12 @@ async fn read_many_takes_what_one_read_brought_without_reading_again() {
     ]);
     let mut conn = QueuedFramed::new(io);
     let (mut codec, mut lines) = (LineCodec::new(), Vec::new());
+    // The limit holds: two of the three lines, the third stays buffered.
+    assert_eq!(conn.read_many(&mut codec, &mut lines, 2).await.unwrap(), 2);
+    assert_eq!(conn.read_buffer(), b"c\npart");
     assert_eq!(
         conn.read_many(&mut codec, &mut lines, 100).await.unwrap(),
-        3
+        1
     );
     assert_eq!(
         stats.lock().unwrap().read_calls,
