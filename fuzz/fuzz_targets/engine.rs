@@ -397,6 +397,8 @@ enum Op {
         frames: std::ops::Range<usize>,
         direct: bool,
         chain: bool,
+        /// A run of lines through `read_many` (limit: what is left of it).
+        many: bool,
     },
     /// Queue these bytes for writing.
     Write(Vec<u8>),
@@ -471,6 +473,10 @@ fuzz_target!(|raw: &[u8]| {
             direct: batch == 1 && b & 4 != 0,
             // A failing request never runs its completion: no chain then.
             chain: batch >= 2 && b & 8 != 0 && !matches!(frames[next].kind, Kind::BadNetstring),
+            many: b & 16 != 0
+                && frames[next..next + batch]
+                    .iter()
+                    .all(|f| matches!(f.kind, Kind::Line)),
         });
         next += batch;
     }
@@ -616,6 +622,35 @@ async fn drive(mock: Mock, frames: &[Frame], ops: Vec<Op>, spawned: bool) -> Res
                 Op::Write(bytes) => {
                     if conn.push_bytes(bytes.clone()).is_ok() {
                         pushed.extend_from_slice(&bytes);
+                    }
+                }
+                Op::Read {
+                    frames: range,
+                    many: true,
+                    ..
+                } => {
+                    let mut codec = LineCodec::new();
+                    let mut i = range.start;
+                    while i < range.end {
+                        let mut lines = Vec::new();
+                        let r = conn.read_many(&mut codec, &mut lines, range.end - i).await;
+                        for l in lines {
+                            got[i] = Some(Ok(Got::Bytes(l.line().to_vec())));
+                            i += 1;
+                        }
+                        match r {
+                            // A clean end of input: where one read would
+                            // have failed with EPIPE.
+                            Ok(0) => {
+                                got[i] = Some(Err(ErrorKind::BrokenPipe));
+                                i += 1;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                got[i] = Some(outcome(Err(e)));
+                                i += 1;
+                            }
+                        }
                     }
                 }
                 Op::Read {
