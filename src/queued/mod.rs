@@ -336,7 +336,8 @@ where
     /// emptying `rbuf`) wants. `Ok(0)` means the input ended cleanly (or
     /// `limit` is 0). Frames are appended; `frames` is not cleared. A frame
     /// that consumed no input (a zero-length chunk) ends the batch, so a
-    /// decoder that never consumes cannot spin up to `limit`.
+    /// decoder that never consumes cannot spin up to `limit`. Cancel-safe
+    /// like `read_with`: frames are appended only in the poll that returns.
     ///
     /// # Examples
     ///
