@@ -113,15 +113,10 @@ fn time_pair(
         ours_t.push(ot);
         anchor_t.push(at);
     }
-    (median(ours_t, ours_n), median(anchor_t, anchor_n))
-}
-
-fn median(mut samples: Vec<Duration>, items: u64) -> Measured {
-    samples.sort();
-    Measured {
-        median: samples[samples.len() / 2],
-        items,
-    }
+    (
+        Measured::median_of(&ours_t, ours_n),
+        Measured::median_of(&anchor_t, anchor_n),
+    )
 }
 
 /// Decodes every frame in `buf` and counts them.

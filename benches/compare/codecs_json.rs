@@ -92,18 +92,9 @@ fn paired<A, B>(
         o.push(h.time_n(1, items, &mut ours).median);
         a.push(h.time_n(1, items, &mut anchor).median);
     }
-    o.sort();
-    a.sort();
-    let median = |v: &[std::time::Duration]| v[v.len() / 2];
     (
-        Measured {
-            median: median(&o),
-            items,
-        },
-        Measured {
-            median: median(&a),
-            items,
-        },
+        Measured::median_of(&o, items),
+        Measured::median_of(&a, items),
     )
 }
 

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite, LinesCodec};
 
-use crate::harness::{Harness, Measured};
+use crate::harness::{Harness, Measured, median_ratio};
 
 const LINES: usize = 5_000_000;
 const LINE_LEN: usize = 40;
@@ -119,28 +119,6 @@ fn interleaved(
         }
     }
     times
-}
-
-/// The median time of `samples` as a [`Measured`].
-fn median(samples: &[Duration], items: u64) -> Measured {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    Measured {
-        median: sorted[sorted.len() / 2],
-        items,
-    }
-}
-
-/// The median over rounds of the rate ratio `other / base`, each taken
-/// within one round.
-fn median_ratio(other: &[Duration], base: &[Duration]) -> f64 {
-    let mut r: Vec<f64> = other
-        .iter()
-        .zip(base)
-        .map(|(o, b)| b.as_secs_f64() / o.as_secs_f64())
-        .collect();
-    r.sort_by(f64::total_cmp);
-    r[r.len() / 2]
 }
 
 /// Reads from a slice, discards writes.
@@ -288,7 +266,7 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
     ];
     let t = interleaved(h, payload, items, &receivers);
     let (limit, ours, anchor, many, reference) = (&t[0], &t[1], &t[2], &t[3], &t[4]);
-    let limit_rate = median(limit, items).rate();
+    let limit_rate = Measured::median_of(limit, items).rate();
     h.note(
         "limit-read",
         &format!(
@@ -301,7 +279,7 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
         "reference-memchr-lines-loopback",
         &format!(
             "items_per_s={:.0} ratio_vs_anchor={:.2} ours_share={:.2}",
-            median(reference, items).rate(),
+            Measured::median_of(reference, items).rate(),
             median_ratio(reference, anchor),
             median_ratio(ours, reference),
         ),
@@ -311,8 +289,8 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
         // its batch read (one call per socket read).
         h.report_ratio(
             "queued-lines-loopback",
-            median(many, items),
-            median(anchor, items),
+            Measured::median_of(many, items),
+            Measured::median_of(anchor, items),
             median_ratio(many, anchor),
             &format!(
                 "api=read_many share_of_limit_read={:.2} target=2.5",
@@ -322,8 +300,8 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
         // One `read_with(..).await` per line.
         h.report_ratio(
             "queued-lines-loopback-read-with",
-            median(ours, items),
-            median(anchor, items),
+            Measured::median_of(ours, items),
+            Measured::median_of(anchor, items),
             median_ratio(ours, anchor),
             &format!(
                 "api=read_with share_of_limit_read={:.2}",
@@ -438,8 +416,8 @@ fn switching(h: &Harness) {
     let t = interleaved(h, &payload, items, &receivers);
     h.report_ratio(
         "switching-loopback",
-        median(&t[0], items),
-        median(&t[1], items),
+        Measured::median_of(&t[0], items),
+        Measured::median_of(&t[1], items),
         median_ratio(&t[0], &t[1]),
         "target=0.95",
     );
@@ -590,8 +568,8 @@ fn pipelined(h: &Harness) {
     let (ours, best, each, handle) = (&t[0], &t[1], &t[2], &t[3]);
     h.report_ratio(
         "pipelined-rtt",
-        median(ours, items),
-        median(best, items),
+        Measured::median_of(ours, items),
+        Measured::median_of(best, items),
         median_ratio(ours, best),
         &format!(
             "ratio_vs_flush_per_response={:.2} target=1.0",
@@ -601,8 +579,8 @@ fn pipelined(h: &Harness) {
     // The same through a spawned Handle (tickets across tasks).
     h.report_ratio(
         "pipelined-rtt-handle",
-        median(handle, items),
-        median(best, items),
+        Measured::median_of(handle, items),
+        Measured::median_of(best, items),
         median_ratio(handle, best),
         "",
     );

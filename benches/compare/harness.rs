@@ -21,6 +21,16 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// The median of `samples` (times of one repetition each).
+    pub fn median_of(samples: &[Duration], items: u64) -> Measured {
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        Measured {
+            median: sorted[sorted.len() / 2],
+            items,
+        }
+    }
+
     /// Items per second at the median.
     pub fn rate(&self) -> f64 {
         self.items as f64 / self.median.as_secs_f64()
@@ -82,18 +92,14 @@ impl Harness {
 
     /// As [`time`](Self::time) with an explicit repetition count.
     pub fn time_n<T>(&self, reps: usize, items: u64, mut f: impl FnMut() -> T) -> Measured {
-        let mut samples: Vec<Duration> = (0..reps.max(1))
+        let samples: Vec<Duration> = (0..reps.max(1))
             .map(|_| {
                 let t = Instant::now();
                 black_box(f());
                 t.elapsed()
             })
             .collect();
-        samples.sort();
-        Measured {
-            median: samples[samples.len() / 2],
-            items,
-        }
+        Measured::median_of(&samples, items)
     }
 
     /// Prints the scenario line, and returns the ratio ours/anchor.
@@ -143,4 +149,16 @@ impl Harness {
     pub fn note(&self, scenario: &str, fields: &str) {
         println!("scenario={scenario} {fields}");
     }
+}
+
+/// The median over rounds of the rate ratio `other / base`, each taken
+/// within one round (`other[i]` and `base[i]` are times of round `i`).
+pub fn median_ratio(other: &[Duration], base: &[Duration]) -> f64 {
+    let mut r: Vec<f64> = other
+        .iter()
+        .zip(base)
+        .map(|(o, b)| b.as_secs_f64() / o.as_secs_f64())
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
 }
