@@ -3,6 +3,9 @@
 //! * `line-40B`: 5,000,000 lines of 40 bytes in one buffer, through our
 //!   `LineCodec` (frames are `Bytes` split off the buffer) against
 //!   `LinesCodec` (frames are `String`s). Target ratio >= 3.0.
+//! * `line-40B-batch`: the same lines through `LineBatchCodec` (every
+//!   complete line buffered split off at once; each line is then borrowed
+//!   and looked at). No target of its own; context for `line-40B`.
 //! * `line-40B-string`: the same through our `Utf8LineCodec` (one `String`
 //!   per line, like `LinesCodec`). Target ratio >= 1.3.
 //! * `packstring-N-100B`: 2,000,000 frames of 100 bytes behind a 32-bit
@@ -20,7 +23,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use anyframe_codecs::{LineCodec, PackFormat, PackstringCodec, Utf8LineCodec};
+use anyframe_codecs::{LineBatchCodec, LineCodec, PackFormat, PackstringCodec, Utf8LineCodec};
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec, LinesCodec};
 
@@ -46,10 +49,14 @@ const FRAGMENTED_MIB: [usize; 3] = [1, 4, 16];
 const FRAGMENTED_TOTAL: usize = 64 * 1024 * 1024;
 
 pub fn run(h: &Harness) {
-    let lines = (h.wants("line-40B") || h.wants("line-40B-string")).then(line_input);
+    let lines = (h.wants("line-40B") || h.wants("line-40B-batch") || h.wants("line-40B-string"))
+        .then(line_input);
     if let Some(input) = &lines {
         if h.wants("line-40B") {
             line_bytes(h, input);
+        }
+        if h.wants("line-40B-batch") {
+            line_batch(h, input);
         }
         if h.wants("line-40B-string") {
             line_string(h, input);
@@ -143,6 +150,29 @@ fn line_bytes(h: &Harness, input: &[u8]) {
     assert_eq!(ours.items, LINE_COUNT as u64);
     assert_eq!(anchor.items, LINE_COUNT as u64);
     h.report_with("line-40B", ours, anchor, "target=3.0");
+}
+
+fn line_batch(h: &Harness, input: &[u8]) {
+    let (ours, anchor) = time_pair(
+        h,
+        input,
+        LINE_LEN,
+        |buf| {
+            let mut codec = LineBatchCodec::new();
+            let mut n = 0;
+            while let Some(batch) = codec.decode(buf).expect("valid input") {
+                for line in &batch {
+                    black_box(line.line());
+                }
+                n += batch.len() as u64;
+            }
+            n
+        },
+        |buf| drain(&mut LinesCodec::new(), buf),
+    );
+    assert_eq!(ours.items, LINE_COUNT as u64);
+    assert_eq!(anchor.items, LINE_COUNT as u64);
+    h.report_with("line-40B-batch", ours, anchor, "api=LineBatchCodec");
 }
 
 fn line_string(h: &Harness, input: &[u8]) {

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyframe::QueuedFramed;
-use anyframe::codecs::{ChunkCodec, LineCodec, PackFormat, PackstringCodec};
+use anyframe::codecs::{ChunkCodec, LineBatchCodec, LineCodec, PackFormat, PackstringCodec};
 use bytes::{Buf, BufMut, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -252,6 +252,26 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
             }
             n
         }),
+        // Every line a read brought, as one LineBatch per call; each line
+        // is borrowed and looked at.
+        receiver(|s| async move {
+            let mut conn = QueuedFramed::new(s);
+            let mut codec = LineBatchCodec::new();
+            let mut n = 0u64;
+            loop {
+                match conn.read_with(&mut codec).await {
+                    Ok(batch) => {
+                        for line in &batch {
+                            std::hint::black_box(line.line());
+                        }
+                        n += batch.len() as u64;
+                    }
+                    Err(e) if e.kind() == anyframe::ErrorKind::BrokenPipe => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            n
+        }),
         // The baseline's reference: a bare memchr + split_to decoder in a
         // 64 KiB FramedRead (zero-copy, no UTF-8, no EOL split).
         receiver(|s| async move {
@@ -265,7 +285,7 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
         }),
     ];
     let t = interleaved(h, payload, items, &receivers);
-    let (limit, ours, anchor, many, reference) = (&t[0], &t[1], &t[2], &t[3], &t[4]);
+    let (limit, ours, anchor, many, batch, reference) = (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
     let limit_rate = Measured::median_of(limit, items).rate();
     h.note(
         "limit-read",
@@ -295,6 +315,17 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
             &format!(
                 "api=read_many share_of_limit_read={:.2} target=2.5",
                 median_ratio(many, limit)
+            ),
+        );
+        // One LineBatch per call.
+        h.report_ratio(
+            "queued-lines-loopback-batch",
+            Measured::median_of(batch, items),
+            Measured::median_of(anchor, items),
+            median_ratio(batch, anchor),
+            &format!(
+                "api=read_with(LineBatchCodec) share_of_limit_read={:.2}",
+                median_ratio(batch, limit)
             ),
         );
         // One `read_with(..).await` per line.

@@ -56,6 +56,7 @@
 //! | codec | frame | AE type |
 //! |---|---|---|
 //! | [`LineCodec`], [`Utf8LineCodec`] | [`Line`] / [`Utf8Line`]: the line and its end of line | `line` |
+//! | [`LineBatchCodec`] | [`LineBatch`]: every complete line buffered (up to a cap), split off at once | `line`, many at a time |
 //! | [`ChunkCodec`] | exactly `n` bytes | `chunk` |
 //! | [`RegexCodec`] | skipped bytes and everything up to the end of the accept match; decode only, split-dependent, re-runs its regexes over a bounded window | `regex` |
 //! | [`PackstringCodec`] | the payload behind a [`PackFormat`] length | `packstring` |
@@ -89,6 +90,8 @@ pub use line::{
     DEFAULT_LINE_MAX_LENGTH, Line, LineCodec, LineCodecBuilder, OverflowPolicy, Utf8Line,
     Utf8LineCodec,
 };
+mod line_batch;
+pub use line_batch::{DEFAULT_BATCH_LINES, IntoLines, LineBatch, LineBatchCodec, LineRef, Lines};
 mod chunk;
 pub use chunk::ChunkCodec;
 mod regex;

@@ -647,6 +647,57 @@ impl LineCodec {
         }
     }
 
+    /// Finds up to `max_lines` complete lines at the front of `buf` without
+    /// consuming them, appends each one's `(line_end, frame_end)` offsets to
+    /// `bounds` and returns how many bytes they cover (0: none yet).
+    ///
+    /// The lines and errors come in the order `decode` would give them: an
+    /// error is returned only for the first line (after the discarding of an
+    /// over-long line, which happens at the front). A line that would
+    /// overflow later in the buffer ends the batch instead, so the next call
+    /// finds it at the front and reports it after the lines before it.
+    #[inline(always)]
+    pub(crate) fn scan_lines(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        max_lines: usize,
+        bounds: &mut Vec<(usize, usize)>,
+    ) -> Result<usize, Error> {
+        // The first line goes through `next_line`: every state and EOL kind,
+        // the discarding of an over-long line, its errors.
+        let Some((line_len, eol_len)) = self.next_line(buf, eof)? else {
+            return Ok(0);
+        };
+        let mut off = line_len + eol_len;
+        bounds.push((line_len, off));
+        // The state is now `Reading` from the start of the next line.
+        for _ in 1..max_lines {
+            let rest = &buf[off..];
+            let scan = match &self.eol {
+                Eol::Default => scan_default(rest, 0, self.max_length),
+                eol => eol.scan(rest, 0, self.max_length, eof),
+            };
+            match scan {
+                Scan::Found { line_len, eol_len } => {
+                    bounds.push((off + line_len, off + line_len + eol_len));
+                    off += line_len + eol_len;
+                }
+                Scan::NeedMore { scanned } => {
+                    // Relative to `rest`, which becomes the front once the
+                    // batch is split off: nothing is scanned twice.
+                    self.state = State::Reading { scanned };
+                    break;
+                }
+                // Reported at the front by the next call, after these lines
+                // (a rescan of at most `max_length` and an EOL, once, on the
+                // way to an error).
+                Scan::Overflow { .. } => break,
+            }
+        }
+        Ok(off)
+    }
+
     /// Splits the line found by `next_line` off the buffer.
     #[inline(always)]
     fn take(buf: &mut BytesMut, line_len: usize, eol_len: usize) -> Line {

@@ -1,10 +1,12 @@
-//! LineCodec and Utf8LineCodec: AE's verified examples, fragmentation
-//! invariance, limits and overflow policies, errors, and the encoders.
+//! LineCodec, Utf8LineCodec and LineBatchCodec: AE's verified examples,
+//! fragmentation invariance, limits and overflow policies, errors, and the
+//! encoders.
 
 mod support;
 
 use anyframe_codecs::{
-    Error, ErrorKind, Line, LineCodec, LineCodecBuilder, OverflowPolicy, Utf8Line, Utf8LineCodec,
+    DEFAULT_BATCH_LINES, Error, ErrorKind, Line, LineBatch, LineBatchCodec, LineCodec,
+    LineCodecBuilder, OverflowPolicy, Utf8Line, Utf8LineCodec,
 };
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -909,4 +911,243 @@ fn utf8_codec_shares_the_limits() {
         codec.decode(&mut buf).unwrap(),
         Some(Utf8Line::new("de", "\n"))
     );
+}
+
+// ---------------------------------------------------------------------------
+// LineBatchCodec: LineCodec's lines and errors, many lines per frame
+
+/// A batch run as the line-by-line events it stands for, checking each
+/// batch against the cap on the way.
+fn flatten(events: Vec<Event<LineBatch>>, max_lines: usize) -> Vec<Event<Line>> {
+    let mut out = Vec::new();
+    for event in events {
+        match event {
+            Event::Frame(batch) => {
+                assert!(!batch.is_empty() && batch.len() <= max_lines, "{batch:?}");
+                out.extend(batch.into_iter().map(Event::Frame));
+            }
+            Event::Error(kind, fatal) => out.push(Event::Error(kind, fatal)),
+            Event::Eof(rest) => out.push(Event::Eof(rest)),
+            Event::EofError(kind, left) => out.push(Event::EofError(kind, left)),
+        }
+    }
+    out
+}
+
+/// The batch codec over `make()`'s configuration, fed `chunks`, must give
+/// the lines and errors `make()` gives line by line, in the same order.
+fn assert_batches_match_lines(make: impl Fn() -> LineCodec, chunks: &[&[u8]], max_lines: usize) {
+    let batched = LineBatchCodec::from(make()).with_max_lines(max_lines);
+    assert_eq!(
+        flatten(run_continuing(batched, chunks), max_lines),
+        run_continuing(make(), chunks),
+        "chunks {chunks:?}, max_lines {max_lines}"
+    );
+}
+
+#[test]
+fn batch_takes_every_complete_line_and_leaves_the_partial_one() {
+    let mut codec = LineBatchCodec::new();
+    let mut buf = BytesMut::from(&b"a\r\nbb\n\nccc"[..]);
+    let batch = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(batch.len(), 3);
+    assert_eq!(batch.as_bytes(), b"a\r\nbb\n\n");
+    let parts: Vec<(&[u8], &[u8])> = batch.iter().map(|l| (l.line(), l.eol())).collect();
+    assert_eq!(
+        parts,
+        [(&b"a"[..], &b"\r\n"[..]), (b"bb", b"\n"), (b"", b"\n")]
+    );
+    assert_eq!(&buf[..], b"ccc");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b"c\n");
+    let batch = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(batch.get(0).unwrap(), Line::new("cccc", "\n"));
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+}
+
+#[test]
+fn batch_accessors_agree() {
+    let mut buf = BytesMut::from(&b"one\ntwo\r\nthree\n"[..]);
+    let batch = LineBatchCodec::new().decode(&mut buf).unwrap().unwrap();
+    let owned: Vec<Line> = (0..batch.len())
+        .map(|i| batch.to_line(i).unwrap())
+        .collect();
+    assert_eq!(
+        owned,
+        [line("one", "\n"), line("two", "\r\n"), line("three", "\n")]
+    );
+    assert!(batch.get(3).is_none() && batch.to_line(3).is_none());
+    // Borrowed, reversed, by value: the same lines.
+    let back: Vec<&[u8]> = batch.iter().rev().map(|l| l.as_bytes()).collect();
+    assert_eq!(back, [&b"three\n"[..], b"two\r\n", b"one\n"]);
+    assert_eq!(batch.iter().len(), 3);
+    let by_ref: Vec<Line> = (&batch)
+        .into_iter()
+        .map(|l| Line::new(l.line().to_vec(), l.eol()))
+        .collect();
+    assert_eq!(by_ref, owned);
+    assert_eq!(batch.clone().into_iter().collect::<Vec<_>>(), owned);
+    assert_eq!(batch.clone().into_bytes(), "one\ntwo\r\nthree\n");
+    assert_eq!(
+        format!("{:?}", batch.get(1).unwrap()),
+        r#"LineRef { line: b"two", eol: b"\r\n" }"#
+    );
+}
+
+#[test]
+fn batch_lines_share_the_read_buffer() {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.extend_from_slice(b"first\nsecond\n");
+    let base = buf.as_ptr() as usize;
+    let batch = LineBatchCodec::new().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(batch.as_bytes().as_ptr() as usize, base);
+    let second = batch.to_line(1).unwrap();
+    assert_eq!(second.as_bytes().as_ptr() as usize, base + 6);
+    let owned: Vec<Line> = batch.into_iter().collect();
+    assert_eq!(owned[1].line().as_ptr() as usize, base + 6);
+}
+
+#[test]
+fn batch_respects_its_cap() {
+    let mut codec = LineBatchCodec::new().with_max_lines(2);
+    assert_eq!(codec.max_lines(), 2);
+    assert_eq!(LineBatchCodec::new().max_lines(), DEFAULT_BATCH_LINES);
+    let mut buf = BytesMut::from(&b"1\n2\n3\n4\n5\n"[..]);
+    let sizes: Vec<usize> = std::iter::from_fn(|| codec.decode(&mut buf).unwrap())
+        .map(|b| b.len())
+        .collect();
+    assert_eq!(sizes, [2, 2, 1]);
+}
+
+#[test]
+#[should_panic(expected = "at least one line")]
+fn batch_cap_of_zero_is_refused() {
+    let _ = LineBatchCodec::new().with_max_lines(0);
+}
+
+#[test]
+fn overflow_after_lines_comes_after_them() {
+    let make = || build(|b| b.max_length(3));
+    let mut codec = LineBatchCodec::from(make());
+    let mut buf = BytesMut::from(&b"ab\ncd\ntoo long\nx\n"[..]);
+    let batch = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(batch.as_bytes(), b"ab\ncd\n");
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(err.is_limit() && err.is_fatal());
+    // Fatal: nothing of the long line was consumed.
+    assert_eq!(&buf[..], b"too long\nx\n");
+}
+
+#[test]
+fn discarded_overflow_goes_on_with_the_next_lines() {
+    let make = || build(|b| b.max_length(3).overflow(OverflowPolicy::Discard));
+    let input = b"ab\ntoo long\ncd\nef\n";
+    // The batches depend on the split, their lines do not.
+    for at in 0..=input.len() {
+        let (a, b) = input.split_at(at);
+        assert_batches_match_lines(make, &[a, b], DEFAULT_BATCH_LINES);
+    }
+    let events = run_continuing(LineBatchCodec::from(make()), &[input]);
+    assert_eq!(
+        flatten(events, DEFAULT_BATCH_LINES),
+        vec![
+            Event::Frame(line("ab", "\n")),
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("cd", "\n")),
+            Event::Frame(line("ef", "\n")),
+            Event::Eof(vec![]),
+        ]
+    );
+}
+
+#[test]
+fn input_ending_inside_a_line_fails_after_the_complete_ones() {
+    let mut codec = LineBatchCodec::new();
+    let mut buf = BytesMut::from(&b"done\npart"[..]);
+    let batch = codec.decode_eof(&mut buf).unwrap().unwrap();
+    assert_eq!(batch.as_bytes(), b"done\n");
+    let err = codec.decode_eof(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    assert_eq!((err.seen(), &buf[..]), (Some(4), &b"part"[..]));
+}
+
+#[test]
+fn batch_codec_hands_back_its_line_codec_mid_line() {
+    let mut codec = LineBatchCodec::new();
+    let mut buf = BytesMut::from(&b"a\nhal"[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), 1);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert_eq!(codec.line_codec().max_length(), 1024 * 1024);
+    let mut lines = codec.into_line_codec();
+    buf.extend_from_slice(b"f\n");
+    assert_eq!(lines.decode(&mut buf).unwrap(), Some(line("half", "\n")));
+}
+
+#[test]
+fn batch_encoder_writes_one_line() {
+    let mut out = BytesMut::new();
+    LineBatchCodec::new().encode("hi", &mut out).unwrap();
+    assert_eq!(out, "hi\n");
+    assert!(LineBatchCodec::new().encode("a\nb", &mut out).is_err());
+    assert_eq!(out, "hi\n");
+}
+
+proptest! {
+    #[test]
+    fn batches_are_the_default_eol_lines(
+        input in crlf_text(),
+        sizes in proptest::collection::vec(1usize..20, 1..6),
+        max in 0usize..10,
+        discard in any::<bool>(),
+        max_lines in 1usize..5,
+    ) {
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        assert_batches_match_lines(|| build(|b| b.max_length(max).overflow(policy)), &refs, max_lines);
+        // And, through the model, whatever the chunking.
+        let batched = LineBatchCodec::from(build(|b| b.max_length(max).overflow(policy)))
+            .with_max_lines(max_lines);
+        prop_assert_eq!(
+            flatten(run_continuing(batched, &refs), max_lines),
+            model_default(&input, max, policy)
+        );
+    }
+
+    #[test]
+    fn batches_are_the_literal_eol_lines(
+        input in proptest::collection::vec(
+            prop_oneof![Just(b'a'), Just(b'b'), Just(b'x')], 0..80),
+        sizes in proptest::collection::vec(1usize..20, 1..6),
+        max in 0usize..10,
+        discard in any::<bool>(),
+        max_lines in 1usize..5,
+    ) {
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        assert_batches_match_lines(
+            || build(|b| b.eol("aab").max_length(max).overflow(policy)), &refs, max_lines);
+    }
+
+    #[test]
+    fn batches_are_the_regex_eol_lines(
+        input in hold_open_alphabet(),
+        sizes in proptest::collection::vec(1usize..20, 1..6),
+        max in 1usize..12,
+        discard in any::<bool>(),
+        hold in any::<bool>(),
+        max_lines in 1usize..5,
+    ) {
+        // Split-dependent, but the same chunks give the same lines.
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        assert_batches_match_lines(
+            || build(|b| b.eol_regex(Regex::new(r"[;,]+|\r?\n").unwrap())
+                .hold_open_match(hold).max_length(max).overflow(policy)),
+            &refs,
+            max_lines,
+        );
+    }
 }

@@ -1,0 +1,413 @@
+//! Lines in batches: every complete line buffered, split off as one frame.
+//!
+//! [`LineCodec`] hands out one [`Line`] per line: one split of the read
+//! buffer, so one reference count taken and later dropped, per line. For
+//! short lines that is about half of the decoding cost. [`LineBatchCodec`]
+//! frames the same lines the same way (it *is* a `LineCodec` underneath) but
+//! splits all the complete lines it finds off the buffer at once, as a
+//! [`LineBatch`]: one `Bytes` and the offsets where each line and its end of
+//! line end. Lines are borrowed from the batch as [`LineRef`]s, or taken as
+//! owned [`Line`]s sharing its memory when a caller wants to keep one.
+
+use std::fmt;
+use std::iter::FusedIterator;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::Error;
+use crate::line::{Line, LineCodec};
+
+/// The default cap on lines per [`LineBatch`]: 1024.
+///
+/// Large enough that the per-batch work (one split, one offset vector) is
+/// spread thin, small enough that a batch of empty lines keeps its offsets
+/// within 16 KiB.
+pub const DEFAULT_BATCH_LINES: usize = 1024;
+
+/// A decoder and encoder for lines, decoding every complete line buffered
+/// (up to a cap) as one [`LineBatch`].
+///
+/// The framing is [`LineCodec`]'s, whichever way it is configured (end of
+/// line, `max_length`, overflow policy): the lines of the batches, in order,
+/// are exactly the lines `LineCodec` would decode from the same input split
+/// the same way, and its errors come at the same places. A line that
+/// overflows after other complete lines ends the batch; the next call
+/// reports it. The lines of a batch therefore never hide an error.
+///
+/// What a batch holds depends on how the input arrived (it is "what was
+/// buffered"); the line sequence does not, except with a regex end of line
+/// (see [`LineCodecBuilder::eol_regex`](crate::LineCodecBuilder::eol_regex)).
+///
+/// # Errors and state
+///
+/// As [`LineCodec`]: over-long lines (`ENOSPC`, fatal or discarded per the
+/// policy), input ending inside a line (`EPIPE` from `decode_eof`, the
+/// partial line left in the buffer), and the encoder's `EINVAL`.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe_codecs::{Line, LineBatchCodec};
+/// use bytes::BytesMut;
+/// use tokio_util::codec::Decoder;
+///
+/// let mut codec = LineBatchCodec::new();
+/// let mut buf = BytesMut::from(&b"one\r\ntwo\nthr"[..]);
+/// let batch = codec.decode(&mut buf)?.unwrap();
+/// assert_eq!(batch.len(), 2);
+/// let lines: Vec<&[u8]> = batch.iter().map(|l| l.line()).collect();
+/// assert_eq!(lines, [&b"one"[..], b"two"]);
+/// assert_eq!(batch.get(0).unwrap().eol(), b"\r\n");
+/// // Owned lines share the batch's memory.
+/// let first: Line = batch.to_line(0).unwrap();
+/// assert_eq!(first, Line::new("one", "\r\n"));
+/// // The partial line waits for its end of line.
+/// assert!(codec.decode(&mut buf)?.is_none());
+/// assert_eq!(&buf[..], b"thr");
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LineBatchCodec {
+    lines: LineCodec,
+    max_lines: usize,
+    /// The last batch's length: the next offset vector's capacity.
+    last_len: usize,
+}
+
+impl LineBatchCodec {
+    /// Batches of `\r?\n` lines as [`LineCodec::new`] frames them, at most
+    /// [`DEFAULT_BATCH_LINES`] per batch.
+    pub fn new() -> LineBatchCodec {
+        LineBatchCodec::from(LineCodec::new())
+    }
+
+    /// Caps the lines per batch (at least one).
+    ///
+    /// # Panics
+    ///
+    /// If `max_lines` is 0.
+    #[must_use]
+    pub fn with_max_lines(mut self, max_lines: usize) -> LineBatchCodec {
+        assert!(max_lines > 0, "a batch holds at least one line");
+        self.max_lines = max_lines;
+        self
+    }
+
+    /// The cap on lines per batch.
+    pub fn max_lines(&self) -> usize {
+        self.max_lines
+    }
+
+    /// The line codec that frames the lines.
+    pub fn line_codec(&self) -> &LineCodec {
+        &self.lines
+    }
+
+    /// The line codec, with its state (a scan position, or the discarding of
+    /// an over-long line), to go on decoding line by line.
+    pub fn into_line_codec(self) -> LineCodec {
+        self.lines
+    }
+
+    fn decode_with(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Option<LineBatch>, Error> {
+        let mut bounds = Vec::with_capacity(self.last_len.max(16).min(self.max_lines));
+        let len = self
+            .lines
+            .scan_lines(buf, eof, self.max_lines, &mut bounds)?;
+        if bounds.is_empty() {
+            return Ok(None);
+        }
+        self.last_len = bounds.len();
+        Ok(Some(LineBatch {
+            data: buf.split_to(len).freeze(),
+            bounds,
+        }))
+    }
+}
+
+impl Default for LineBatchCodec {
+    fn default() -> LineBatchCodec {
+        LineBatchCodec::new()
+    }
+}
+
+/// Batches of the lines `codec` frames, at most [`DEFAULT_BATCH_LINES`]
+/// each; `codec`'s state carries over.
+impl From<LineCodec> for LineBatchCodec {
+    fn from(codec: LineCodec) -> LineBatchCodec {
+        LineBatchCodec {
+            lines: codec,
+            max_lines: DEFAULT_BATCH_LINES,
+            last_len: 0,
+        }
+    }
+}
+
+impl Decoder for LineBatchCodec {
+    type Item = LineBatch;
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<LineBatch>, Error> {
+        self.decode_with(buf, false)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<LineBatch>, Error> {
+        match self.decode_with(buf, true)? {
+            Some(batch) => Ok(Some(batch)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(Error::incomplete_at_eof("line", buf.len())),
+        }
+    }
+}
+
+/// Writes one line and the terminator, as [`LineCodec`]'s encoder.
+///
+/// # Errors
+///
+/// As [`LineCodec`]'s encoder: `EINVAL`, with nothing written, for a line
+/// its decoder would not read back unchanged.
+impl<T: AsRef<[u8]>> Encoder<T> for LineBatchCodec {
+    type Error = Error;
+
+    fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), Error> {
+        self.lines.encode(item, dst)
+    }
+}
+
+/// Complete lines split off the read buffer at once: one `Bytes` holding
+/// each line followed by its end of line, as read, and where each ends.
+///
+/// Borrow lines with [`get`](LineBatch::get) and [`iter`](LineBatch::iter)
+/// (no reference counting at all), take one as an owned [`Line`] with
+/// [`to_line`](LineBatch::to_line), or all of them by iterating the batch by
+/// value. [`as_bytes`](LineBatch::as_bytes) is the input the batch consumed,
+/// byte for byte.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe_codecs::{Line, LineBatchCodec};
+/// use bytes::BytesMut;
+/// use tokio_util::codec::Decoder;
+///
+/// let mut buf = BytesMut::from(&b"a\nbb\r\n\n"[..]);
+/// let batch = LineBatchCodec::new().decode(&mut buf)?.unwrap();
+/// assert_eq!(batch.as_bytes(), b"a\nbb\r\n\n");
+/// for (line, want) in batch.iter().zip([&b"a"[..], b"bb", b""]) {
+///     assert_eq!(line.line(), want);
+/// }
+/// let owned: Vec<Line> = batch.into_iter().collect();
+/// assert_eq!(owned[1], Line::new("bb", "\r\n"));
+/// # Ok::<(), anyframe_codecs::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct LineBatch {
+    /// The lines with their ends of line, back to back.
+    data: Bytes,
+    /// Per line: where its end of line starts, where it ends (offsets into
+    /// `data`, increasing; the last one is `data.len()`).
+    bounds: Vec<(usize, usize)>,
+}
+
+impl LineBatch {
+    /// How many lines.
+    pub fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// True for a batch of no lines (the codec never yields one).
+    pub fn is_empty(&self) -> bool {
+        self.bounds.is_empty()
+    }
+
+    /// Line `i`, borrowed.
+    pub fn get(&self, i: usize) -> Option<LineRef<'_>> {
+        let &(line_end, end) = self.bounds.get(i)?;
+        Some(self.line_ref(i, line_end, end))
+    }
+
+    /// Line `i` as an owned [`Line`] sharing the batch's memory (one
+    /// reference count).
+    pub fn to_line(&self, i: usize) -> Option<Line> {
+        let &(line_end, end) = self.bounds.get(i)?;
+        let start = self.start(i);
+        Some(Line::from_frame(
+            self.data.slice(start..end),
+            line_end - start,
+        ))
+    }
+
+    /// The lines, borrowed, in order.
+    pub fn iter(&self) -> Lines<'_> {
+        Lines {
+            batch: self,
+            front: 0,
+            back: self.bounds.len(),
+        }
+    }
+
+    /// Every line followed by its end of line, as read: exactly the bytes the
+    /// batch consumed.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The bytes of [`as_bytes`](LineBatch::as_bytes), owned.
+    pub fn into_bytes(self) -> Bytes {
+        self.data
+    }
+
+    /// Where line `i` starts: where the one before it ends.
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.bounds[i - 1].1 }
+    }
+
+    fn line_ref(&self, i: usize, line_end: usize, end: usize) -> LineRef<'_> {
+        let start = self.start(i);
+        LineRef {
+            frame: &self.data[start..end],
+            line_len: line_end - start,
+        }
+    }
+}
+
+impl fmt::Debug for LineBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a LineBatch {
+    type Item = LineRef<'a>;
+    type IntoIter = Lines<'a>;
+
+    fn into_iter(self) -> Lines<'a> {
+        self.iter()
+    }
+}
+
+/// Owned lines, each sharing the batch's memory.
+impl IntoIterator for LineBatch {
+    type Item = Line;
+    type IntoIter = IntoLines;
+
+    fn into_iter(self) -> IntoLines {
+        IntoLines {
+            bounds: self.bounds.into_iter(),
+            data: self.data,
+            start: 0,
+        }
+    }
+}
+
+/// One line of a [`LineBatch`], borrowed: the line and the end of line that
+/// ended it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LineRef<'a> {
+    frame: &'a [u8],
+    line_len: usize,
+}
+
+impl<'a> LineRef<'a> {
+    /// The line, without its end of line.
+    pub fn line(&self) -> &'a [u8] {
+        &self.frame[..self.line_len]
+    }
+
+    /// The end of line that ended it.
+    pub fn eol(&self) -> &'a [u8] {
+        &self.frame[self.line_len..]
+    }
+
+    /// The line followed by its end of line, as read.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.frame
+    }
+}
+
+impl fmt::Debug for LineRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Byte strings with escapes, as `Line` shows them.
+        f.debug_struct("LineRef")
+            .field("line", &Bytes::copy_from_slice(self.line()))
+            .field("eol", &Bytes::copy_from_slice(self.eol()))
+            .finish()
+    }
+}
+
+impl PartialEq<Line> for LineRef<'_> {
+    fn eq(&self, other: &Line) -> bool {
+        self.line() == other.line() && self.eol() == other.eol()
+    }
+}
+
+/// The borrowed lines of a [`LineBatch`]; see [`LineBatch::iter`].
+#[derive(Debug, Clone)]
+pub struct Lines<'a> {
+    batch: &'a LineBatch,
+    front: usize,
+    back: usize,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = LineRef<'a>;
+
+    fn next(&mut self) -> Option<LineRef<'a>> {
+        if self.front == self.back {
+            return None;
+        }
+        let i = self.front;
+        self.front += 1;
+        let (line_end, end) = self.batch.bounds[i];
+        Some(self.batch.line_ref(i, line_end, end))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.back - self.front;
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for Lines<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.front == self.back {
+            return None;
+        }
+        self.back -= 1;
+        let i = self.back;
+        let (line_end, end) = self.batch.bounds[i];
+        Some(self.batch.line_ref(i, line_end, end))
+    }
+}
+
+impl ExactSizeIterator for Lines<'_> {}
+impl FusedIterator for Lines<'_> {}
+
+/// The owned lines of a [`LineBatch`], each sharing its memory.
+#[derive(Debug)]
+pub struct IntoLines {
+    data: Bytes,
+    bounds: std::vec::IntoIter<(usize, usize)>,
+    /// Where the next line starts.
+    start: usize,
+}
+
+impl Iterator for IntoLines {
+    type Item = Line;
+
+    fn next(&mut self) -> Option<Line> {
+        let (line_end, end) = self.bounds.next()?;
+        let frame = self.data.slice(self.start..end);
+        let line_len = line_end - self.start;
+        self.start = end;
+        Some(Line::from_frame(frame, line_len))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.bounds.size_hint()
+    }
+}
+
+impl ExactSizeIterator for IntoLines {}
+impl FusedIterator for IntoLines {}
