@@ -6,7 +6,8 @@ mod support;
 use std::time::Duration;
 
 use anyframe::codecs::{
-    CborCodec, ChunkCodec, JsonCodec, LineCodec, NetstringCodec, PackFormat, PackstringCodec,
+    CborCodec, ChunkCodec, JsonCodec, LineBatchCodec, LineCodec, NetstringCodec, PackFormat,
+    PackstringCodec,
 };
 use anyframe::{ErrorKind, QueuedFramed};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -910,4 +911,29 @@ async fn read_many_with_a_decoder_that_consumes_nothing_ends_the_batch() {
     assert!(frames.iter().all(|f| f.is_empty()));
     // Nothing was consumed: the bytes are the next request's.
     assert_eq!(&conn.read(ChunkCodec::new(3)).await.unwrap()[..], b"abc");
+}
+
+#[tokio::test]
+async fn line_batches_take_the_buffered_lines_and_leave_the_rest() {
+    let (io, stats) = MockIo::new([
+        data(b"a\nbb\r\nc"),
+        Step::Pending,
+        data(b"cc\n"),
+        data(b"tail"),
+        Step::Eof,
+    ]);
+    let mut conn = QueuedFramed::new(io);
+    let mut codec = LineBatchCodec::new();
+    let batch = conn.read_with(&mut codec).await.unwrap();
+    assert_eq!(batch.as_bytes(), b"a\nbb\r\n");
+    assert_eq!(stats.lock().unwrap().read_calls, 1);
+    // The partial line waits for the next read, scanned once.
+    assert_eq!(conn.read_buffer(), b"c");
+    let batch = conn.read_with(&mut codec).await.unwrap();
+    assert_eq!(batch.get(0).unwrap().line(), b"ccc");
+    assert_eq!(batch.len(), 1);
+    // Another decoder takes what no line ended, as with LineCodec.
+    assert_eq!(&conn.read(ChunkCodec::new(4)).await.unwrap()[..], b"tail");
+    let err = conn.read_with(&mut codec).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
 }

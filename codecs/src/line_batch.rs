@@ -35,6 +35,12 @@ pub const DEFAULT_BATCH_LINES: usize = 1024;
 /// overflows after other complete lines ends the batch; the next call
 /// reports it. The lines of a batch therefore never hide an error.
 ///
+/// A batch takes *every* complete line buffered: use it where the input is
+/// lines for as long as it is read with this codec (a log, a line protocol's
+/// bulk data). Where a line is followed by a frame of another kind (a
+/// length, a binary chunk), read that line with [`LineCodec`], which takes
+/// one line and nothing after it.
+///
 /// What a batch holds depends on how the input arrived (it is "what was
 /// buffered"); the line sequence does not, except with a regex end of line
 /// (see [`LineCodecBuilder::eol_regex`](crate::LineCodecBuilder::eol_regex)).
@@ -224,7 +230,11 @@ impl LineBatch {
     /// Line `i`, borrowed.
     pub fn get(&self, i: usize) -> Option<LineRef<'_>> {
         let &(line_end, end) = self.bounds.get(i)?;
-        Some(self.line_ref(i, line_end, end))
+        let start = self.start(i);
+        Some(LineRef {
+            frame: &self.data[start..end],
+            line_len: line_end - start,
+        })
     }
 
     /// Line `i` as an owned [`Line`] sharing the batch's memory (one
@@ -241,9 +251,9 @@ impl LineBatch {
     /// The lines, borrowed, in order.
     pub fn iter(&self) -> Lines<'_> {
         Lines {
-            batch: self,
-            front: 0,
-            back: self.bounds.len(),
+            data: &self.data,
+            bounds: self.bounds.iter(),
+            start: 0,
         }
     }
 
@@ -261,14 +271,6 @@ impl LineBatch {
     /// Where line `i` starts: where the one before it ends.
     fn start(&self, i: usize) -> usize {
         if i == 0 { 0 } else { self.bounds[i - 1].1 }
-    }
-
-    fn line_ref(&self, i: usize, line_end: usize, end: usize) -> LineRef<'_> {
-        let start = self.start(i);
-        LineRef {
-            frame: &self.data[start..end],
-            line_len: line_end - start,
-        }
     }
 }
 
@@ -345,39 +347,39 @@ impl PartialEq<Line> for LineRef<'_> {
 /// The borrowed lines of a [`LineBatch`]; see [`LineBatch::iter`].
 #[derive(Debug, Clone)]
 pub struct Lines<'a> {
-    batch: &'a LineBatch,
-    front: usize,
-    back: usize,
+    data: &'a [u8],
+    bounds: std::slice::Iter<'a, (usize, usize)>,
+    /// Where the next line from the front starts.
+    start: usize,
 }
 
 impl<'a> Iterator for Lines<'a> {
     type Item = LineRef<'a>;
 
     fn next(&mut self) -> Option<LineRef<'a>> {
-        if self.front == self.back {
-            return None;
-        }
-        let i = self.front;
-        self.front += 1;
-        let (line_end, end) = self.batch.bounds[i];
-        Some(self.batch.line_ref(i, line_end, end))
+        let &(line_end, end) = self.bounds.next()?;
+        let line = LineRef {
+            frame: &self.data[self.start..end],
+            line_len: line_end - self.start,
+        };
+        self.start = end;
+        Some(line)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.back - self.front;
-        (n, Some(n))
+        self.bounds.size_hint()
     }
 }
 
 impl DoubleEndedIterator for Lines<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        if self.front == self.back {
-            return None;
-        }
-        self.back -= 1;
-        let i = self.back;
-        let (line_end, end) = self.batch.bounds[i];
-        Some(self.batch.line_ref(i, line_end, end))
+        let &(line_end, end) = self.bounds.next_back()?;
+        // Where the line before it ends, or the front's start.
+        let start = self.bounds.as_slice().last().map_or(self.start, |b| b.1);
+        Some(LineRef {
+            frame: &self.data[start..end],
+            line_len: line_end - start,
+        })
     }
 }
 

@@ -981,6 +981,13 @@ fn batch_accessors_agree() {
     let back: Vec<&[u8]> = batch.iter().rev().map(|l| l.as_bytes()).collect();
     assert_eq!(back, [&b"three\n"[..], b"two\r\n", b"one\n"]);
     assert_eq!(batch.iter().len(), 3);
+    // From both ends at once: they meet in the middle.
+    let mut both = batch.iter();
+    assert_eq!(both.next().unwrap().line(), b"one");
+    assert_eq!(both.next_back().unwrap().line(), b"three");
+    assert_eq!(both.len(), 1);
+    assert_eq!(both.next_back().unwrap().as_bytes(), b"two\r\n");
+    assert!(both.next().is_none() && both.next_back().is_none());
     let by_ref: Vec<Line> = (&batch)
         .into_iter()
         .map(|l| Line::new(l.line().to_vec(), l.eol()))

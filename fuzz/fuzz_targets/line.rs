@@ -1,7 +1,9 @@
 //! Line codec: default `\r?\n`, literal EOLs, and the hold-open regex EOLs
 //! that SPEC §2a says are split-invariant. Checks no panic, fragmentation
 //! invariance (frames, errors, end of input), bounded buffering, and that
-//! whatever the encoder writes decodes back to the same line.
+//! whatever the encoder writes decodes back to the same line. For byte
+//! lines, `LineBatchCodec` over the same configuration and chunking must
+//! give the same lines and errors, in batches within its cap.
 //!
 //! config: bits 0-2 EOL, bits 3-5 max length, bit 6 discard on overflow,
 //! bit 7 UTF-8 lines.
@@ -9,8 +11,8 @@
 
 use std::sync::OnceLock;
 
-use anyframe_codecs::{LineCodec, LineCodecBuilder, OverflowPolicy, Utf8Line};
-use anyframe_fuzz::{Checks, Input, assert_invariant, assert_round_trip};
+use anyframe_codecs::{LineBatchCodec, LineCodec, LineCodecBuilder, OverflowPolicy, Utf8Line};
+use anyframe_fuzz::{Checks, Event, Input, Outcome, assert_invariant, assert_round_trip, run};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use regex::bytes::Regex;
@@ -92,6 +94,29 @@ fuzz_target!(|raw: &[u8]| {
     };
     if input.config & 0x80 == 0 {
         assert_invariant(|| b.build().unwrap(), &input, checks);
+        // Batches: the same lines and errors as line by line, same chunks.
+        let cap = 1 + input.data.len() % 4;
+        let lines = run(b.build().unwrap(), &input.chunks(), checks);
+        let batched = LineBatchCodec::from(b.build().unwrap()).with_max_lines(cap);
+        let batches = run(batched, &input.chunks(), checks);
+        let flat = Outcome {
+            events: batches
+                .events
+                .into_iter()
+                .flat_map(|e| match e {
+                    Event::Frame(batch) => {
+                        assert!(!batch.is_empty() && batch.len() <= cap, "{batch:?}");
+                        batch.into_iter().map(Event::Frame).collect()
+                    }
+                    Event::Error(sig) => vec![Event::Error(sig)],
+                })
+                .collect(),
+            end: batches.end,
+        };
+        assert!(
+            flat.same_as(&lines),
+            "batches differ from lines:\n{flat:?}\n{lines:?}"
+        );
         // Round trip: the data as one line, if the encoder takes it.
         let mut codec = b.build().unwrap();
         let mut wire = BytesMut::new();
