@@ -511,7 +511,7 @@ proptest! {
         max in 1usize..12,
         discard in any::<bool>(),
     ) {
-        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let policy = policy(discard);
         let make = || build(|b| b.eol_regex(Regex::new("[;,]+").unwrap())
             .hold_open_match(true).max_length(max).overflow(policy));
         assert_sized_matches_whole(make, &input, &sizes);
@@ -527,7 +527,7 @@ proptest! {
         max in 1usize..12,
         discard in any::<bool>(),
     ) {
-        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let policy = policy(discard);
         let make = || build(|b| b.eol_regex(Regex::new(r"\r\n|\n|\r").unwrap())
             .hold_open_match(true).max_length(max).overflow(policy));
         assert_sized_matches_whole(make, &input, &sizes);
@@ -596,7 +596,7 @@ proptest! {
         max in 0usize..10,
         discard in any::<bool>(),
     ) {
-        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let policy = policy(discard);
         let make = || build(|b| b.max_length(max).overflow(policy));
         assert_sized_matches_whole(make, &input, &sizes);
         let chunks = chunked(&input, &sizes);
@@ -612,7 +612,7 @@ proptest! {
         max in 0usize..10,
         discard in any::<bool>(),
     ) {
-        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let policy = policy(discard);
         let make = || build(|b| b.eol("aab").max_length(max).overflow(policy));
         assert_sized_matches_whole(make, &input, &sizes);
         let chunks = chunked(&input, &sizes);
@@ -936,13 +936,30 @@ fn flatten(events: Vec<Event<LineBatch>>, max_lines: usize) -> Vec<Event<Line>> 
 
 /// The batch codec over `make()`'s configuration, fed `chunks`, must give
 /// the lines and errors `make()` gives line by line, in the same order.
-fn assert_batches_match_lines(make: impl Fn() -> LineCodec, chunks: &[&[u8]], max_lines: usize) {
+/// Returns those events.
+fn assert_batches_match_lines<C: AsRef<[u8]>>(
+    make: impl Fn() -> LineCodec,
+    chunks: &[C],
+    max_lines: usize,
+) -> Vec<Event<Line>> {
+    let refs: Vec<&[u8]> = chunks.iter().map(AsRef::as_ref).collect();
+    let lines = run_continuing(make(), &refs);
     let batched = LineBatchCodec::from(make()).with_max_lines(max_lines);
     assert_eq!(
-        flatten(run_continuing(batched, chunks), max_lines),
-        run_continuing(make(), chunks),
-        "chunks {chunks:?}, max_lines {max_lines}"
+        flatten(run_continuing(batched, &refs), max_lines),
+        lines,
+        "chunks {refs:?}, max_lines {max_lines}"
     );
+    lines
+}
+
+/// The overflow policy a proptest's `discard` flag stands for.
+fn policy(discard: bool) -> OverflowPolicy {
+    if discard {
+        OverflowPolicy::Discard
+    } else {
+        OverflowPolicy::Fatal
+    }
 }
 
 #[test]
@@ -1108,17 +1125,14 @@ proptest! {
         discard in any::<bool>(),
         max_lines in 1usize..5,
     ) {
-        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
-        let chunks = chunked(&input, &sizes);
-        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
-        assert_batches_match_lines(|| build(|b| b.max_length(max).overflow(policy)), &refs, max_lines);
-        // And, through the model, whatever the chunking.
-        let batched = LineBatchCodec::from(build(|b| b.max_length(max).overflow(policy)))
-            .with_max_lines(max_lines);
-        prop_assert_eq!(
-            flatten(run_continuing(batched, &refs), max_lines),
-            model_default(&input, max, policy)
+        let policy = policy(discard);
+        let lines = assert_batches_match_lines(
+            || build(|b| b.max_length(max).overflow(policy)),
+            &chunked(&input, &sizes),
+            max_lines,
         );
+        // And, through the model, whatever the chunking.
+        prop_assert_eq!(lines, model_default(&input, max, policy));
     }
 
     #[test]
@@ -1130,11 +1144,11 @@ proptest! {
         discard in any::<bool>(),
         max_lines in 1usize..5,
     ) {
-        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
-        let chunks = chunked(&input, &sizes);
-        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
         assert_batches_match_lines(
-            || build(|b| b.eol("aab").max_length(max).overflow(policy)), &refs, max_lines);
+            || build(|b| b.eol("aab").max_length(max).overflow(policy(discard))),
+            &chunked(&input, &sizes),
+            max_lines,
+        );
     }
 
     #[test]
@@ -1147,13 +1161,10 @@ proptest! {
         max_lines in 1usize..5,
     ) {
         // Split-dependent, but the same chunks give the same lines.
-        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
-        let chunks = chunked(&input, &sizes);
-        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
         assert_batches_match_lines(
             || build(|b| b.eol_regex(Regex::new(r"[;,]+|\r?\n").unwrap())
-                .hold_open_match(hold).max_length(max).overflow(policy)),
-            &refs,
+                .hold_open_match(hold).max_length(max).overflow(policy(discard))),
+            &chunked(&input, &sizes),
             max_lines,
         );
     }
