@@ -338,12 +338,6 @@ impl fmt::Debug for LineRef<'_> {
     }
 }
 
-impl PartialEq<Line> for LineRef<'_> {
-    fn eq(&self, other: &Line) -> bool {
-        self.line() == other.line() && self.eol() == other.eol()
-    }
-}
-
 /// The borrowed lines of a [`LineBatch`]; see [`LineBatch::iter`].
 #[derive(Debug, Clone)]
 pub struct Lines<'a> {

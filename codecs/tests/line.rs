@@ -978,7 +978,7 @@ fn batch_takes_every_complete_line_and_leaves_the_partial_one() {
     assert_eq!(codec.decode(&mut buf).unwrap(), None);
     buf.extend_from_slice(b"c\n");
     let batch = codec.decode(&mut buf).unwrap().unwrap();
-    assert_eq!(batch.get(0).unwrap(), Line::new("cccc", "\n"));
+    assert_eq!(batch.to_line(0).unwrap(), Line::new("cccc", "\n"));
     assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
 }
 
