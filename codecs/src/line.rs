@@ -649,7 +649,9 @@ impl LineCodec {
 
     /// Finds up to `max_lines` complete lines at the front of `buf` without
     /// consuming them, appends each one's `(line_end, frame_end)` offsets to
-    /// `bounds` and returns how many bytes they cover (0: none yet).
+    /// `bounds` and returns how many bytes they cover (0: none yet). Room for
+    /// `expect` lines is reserved once a first line is found, so a call that
+    /// finds none allocates nothing.
     ///
     /// The lines and errors come in the order `decode` would give them: an
     /// error is returned only for the first line (after the discarding of an
@@ -662,6 +664,7 @@ impl LineCodec {
         buf: &mut BytesMut,
         eof: bool,
         max_lines: usize,
+        expect: usize,
         bounds: &mut Vec<(usize, usize)>,
     ) -> Result<usize, Error> {
         // The first line goes through `next_line`: every state and EOL kind,
@@ -670,6 +673,7 @@ impl LineCodec {
             return Ok(0);
         };
         let mut off = line_len + eol_len;
+        bounds.reserve(expect);
         bounds.push((line_len, off));
         // The state is now `Reading` from the start of the next line.
         for _ in 1..max_lines {

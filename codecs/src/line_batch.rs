@@ -117,10 +117,12 @@ impl LineBatchCodec {
     }
 
     fn decode_with(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Option<LineBatch>, Error> {
-        let mut bounds = Vec::with_capacity(self.last_len.max(16).min(self.max_lines));
+        let mut bounds = Vec::new();
+        // As many lines as last time: usually one allocation per batch.
+        let expect = self.last_len.max(16).min(self.max_lines);
         let len = self
             .lines
-            .scan_lines(buf, eof, self.max_lines, &mut bounds)?;
+            .scan_lines(buf, eof, self.max_lines, expect, &mut bounds)?;
         if bounds.is_empty() {
             return Ok(None);
         }
