@@ -5,13 +5,16 @@
 mod support;
 
 use anyframe_codecs::{
-    DEFAULT_BATCH_LINES, Error, ErrorKind, Line, LineBatch, LineBatchCodec, LineCodec,
-    LineCodecBuilder, OverflowPolicy, Utf8Line, Utf8LineCodec,
+    DEFAULT_BATCH_LINES, ErrorKind, Line, LineBatch, LineBatchCodec, LineCodec, LineCodecBuilder,
+    OverflowPolicy, Utf8Line, Utf8LineCodec,
 };
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use regex::bytes::Regex;
-use support::{Eof, assert_sized_matches_whole, assert_split_invariant, run_chunks};
+use support::{
+    Eof, Event, assert_continuing_invariant, assert_sized_matches_whole, assert_split_invariant,
+    run_chunks, run_continuing,
+};
 use tokio_util::codec::{Decoder, Encoder};
 
 fn line(l: &str, e: &str) -> Line {
@@ -22,75 +25,6 @@ fn build(f: impl FnOnce(&mut LineCodecBuilder) -> &mut LineCodecBuilder) -> Line
     f(&mut LineCodec::builder())
         .build()
         .expect("valid configuration")
-}
-
-/// One step of a run that goes on after non-fatal errors.
-#[derive(Debug, Clone, PartialEq)]
-enum Event<T> {
-    Frame(T),
-    Error(ErrorKind, bool),
-    /// `decode_eof` said `Ok(None)` with these bytes left.
-    Eof(Vec<u8>),
-    /// `decode_eof` failed with this many bytes left.
-    EofError(ErrorKind, usize),
-}
-
-/// Like `support::run_chunks`, but records non-fatal errors and keeps
-/// decoding (the way the anyframe engine goes on after them). Stops at a
-/// fatal error.
-fn run_continuing<D>(mut d: D, chunks: &[&[u8]]) -> Vec<Event<D::Item>>
-where
-    D: Decoder<Error = Error>,
-{
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            match d.decode(&mut buf) {
-                Ok(Some(f)) => out.push(Event::Frame(f)),
-                Ok(None) => break,
-                Err(e) => {
-                    out.push(Event::Error(e.kind(), e.is_fatal()));
-                    if e.is_fatal() {
-                        return out;
-                    }
-                }
-            }
-        }
-    }
-    loop {
-        match d.decode_eof(&mut buf) {
-            Ok(Some(f)) => out.push(Event::Frame(f)),
-            Ok(None) => {
-                out.push(Event::Eof(buf.to_vec()));
-                return out;
-            }
-            Err(e) if e.is_fatal() => {
-                out.push(Event::EofError(e.kind(), buf.len()));
-                return out;
-            }
-            Err(e) => out.push(Event::Error(e.kind(), e.is_fatal())),
-        }
-    }
-}
-
-/// `run_continuing` over the whole input, every two-way split and one byte
-/// at a time must agree.
-fn assert_continuing_invariant<D, F>(make: F, input: &[u8]) -> Vec<Event<D::Item>>
-where
-    D: Decoder<Error = Error>,
-    D::Item: PartialEq + std::fmt::Debug,
-    F: Fn() -> D,
-{
-    let whole = run_continuing(make(), &[input]);
-    for at in 0..=input.len() {
-        let (a, b) = input.split_at(at);
-        assert_eq!(run_continuing(make(), &[a, b]), whole, "split at {at}");
-    }
-    let bytes: Vec<&[u8]> = input.chunks(1).collect();
-    assert_eq!(run_continuing(make(), &bytes), whole, "byte by byte");
-    whole
 }
 
 fn chunked(input: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
@@ -268,7 +202,7 @@ fn discard_reports_once_then_resumes_after_the_eol() {
             Event::Frame(line("ok", "\n")),
             Event::Error(ErrorKind::NoSpace, false),
             Event::Frame(line("next", "\n")),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
 }
@@ -296,7 +230,7 @@ fn discard_at_eof_ends_the_discarded_line_quietly() {
         vec![
             Event::Frame(line("a", "\n")),
             Event::Error(ErrorKind::NoSpace, false),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
 }
@@ -316,7 +250,7 @@ fn discard_finds_a_literal_eol_split_across_reads() {
         vec![
             Event::Error(ErrorKind::NoSpace, false),
             Event::Frame(line("ok", "<END>")),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
 }
@@ -332,7 +266,7 @@ fn several_overlong_lines_are_each_reported_once() {
             Event::Frame(line("b", "\n")),
             Event::Error(ErrorKind::NoSpace, false),
             Event::Frame(line("", "\n")),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
 }
@@ -477,7 +411,7 @@ fn regex_eol_longer_than_the_limit_is_an_overflow() {
         vec![
             Event::Error(ErrorKind::NoSpace, false),
             Event::Frame(line("b", ";")),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
 }
@@ -572,11 +506,11 @@ fn model_default(input: &[u8], max: usize, policy: OverflowPolicy) -> Vec<Event<
         if policy == OverflowPolicy::Fatal {
             return out;
         }
-        out.push(Event::Eof(vec![]));
+        out.push(Event::End(Ok(vec![])));
     } else if n == 0 {
-        out.push(Event::Eof(vec![]));
+        out.push(Event::End(Ok(vec![])));
     } else {
-        out.push(Event::EofError(ErrorKind::BrokenPipe, n));
+        out.push(Event::End(Err((ErrorKind::BrokenPipe, n))));
     }
     out
 }
@@ -872,7 +806,7 @@ fn bad_utf8_line_error_is_split_invariant() {
             Event::Frame(Utf8Line::new("a", "\n")),
             Event::Error(ErrorKind::BadMessage, false),
             Event::Frame(Utf8Line::new("€", "\n")),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
 }
@@ -927,8 +861,7 @@ fn flatten(events: Vec<Event<LineBatch>>, max_lines: usize) -> Vec<Event<Line>> 
                 out.extend(batch.into_iter().map(Event::Frame));
             }
             Event::Error(kind, fatal) => out.push(Event::Error(kind, fatal)),
-            Event::Eof(rest) => out.push(Event::Eof(rest)),
-            Event::EofError(kind, left) => out.push(Event::EofError(kind, left)),
+            Event::End(end) => out.push(Event::End(end)),
         }
     }
     out
@@ -1079,7 +1012,7 @@ fn discarded_overflow_goes_on_with_the_next_lines() {
             Event::Error(ErrorKind::NoSpace, false),
             Event::Frame(line("cd", "\n")),
             Event::Frame(line("ef", "\n")),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
 }

@@ -3,63 +3,14 @@
 
 mod support;
 
-use anyframe_codecs::{Error, ErrorKind, NetstringCodec};
+use anyframe_codecs::{ErrorKind, NetstringCodec};
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use support::{Eof, assert_sized_matches_whole, assert_split_invariant};
+use support::{
+    Eof, Event, assert_continuing_invariant, assert_sized_matches_whole, assert_split_invariant,
+    run_continuing,
+};
 use tokio_util::codec::{Decoder, Encoder};
-
-#[derive(Debug, Clone, PartialEq)]
-enum Event {
-    Frame(Bytes),
-    Error(ErrorKind, bool),
-    Eof(Vec<u8>),
-    EofError(ErrorKind, usize),
-}
-
-/// Decodes `chunks`, going on after a non-fatal error when it consumed
-/// something (a bad trailer); an error that consumed nothing (a bad header)
-/// ends the run, as it would come back unchanged.
-fn run_continuing<D: Decoder<Item = Bytes, Error = Error>>(
-    mut d: D,
-    chunks: &[&[u8]],
-) -> Vec<Event> {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            let before = buf.len();
-            match d.decode(&mut buf) {
-                Ok(Some(f)) => out.push(Event::Frame(f)),
-                Ok(None) => break,
-                Err(e) => {
-                    out.push(Event::Error(e.kind(), e.is_fatal()));
-                    if e.is_fatal() || buf.len() == before {
-                        return out;
-                    }
-                }
-            }
-        }
-    }
-    match d.decode_eof(&mut buf) {
-        Ok(Some(_)) => unreachable!("decode already took every complete frame"),
-        Ok(None) => out.push(Event::Eof(buf.to_vec())),
-        Err(e) => out.push(Event::EofError(e.kind(), buf.len())),
-    }
-    out
-}
-
-fn assert_continuing_invariant(make: impl Fn() -> NetstringCodec, input: &[u8]) -> Vec<Event> {
-    let whole = run_continuing(make(), &[input]);
-    for at in 0..=input.len() {
-        let (a, b) = input.split_at(at);
-        assert_eq!(run_continuing(make(), &[a, b]), whole, "split at {at}");
-    }
-    let bytes: Vec<&[u8]> = input.chunks(1).collect();
-    assert_eq!(run_continuing(make(), &bytes), whole, "byte by byte");
-    whole
-}
 
 #[test]
 fn netstrings_decode_however_split() {
@@ -119,7 +70,7 @@ fn bad_trailer_drops_payload_and_odd_byte_then_goes_on() {
         vec![
             Event::Error(ErrorKind::BadMessage, false),
             Event::Frame(Bytes::from_static(b"def")),
-            Event::Eof(vec![]),
+            Event::End(Ok(vec![])),
         ]
     );
     let mut codec = NetstringCodec::new();

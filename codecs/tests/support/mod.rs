@@ -159,3 +159,89 @@ where
         "chunking {sizes:?} differs from the whole input"
     );
 }
+
+/// One step of a run that goes on after non-fatal errors, as the fuzz
+/// harness and the anyframe engine do. `End` is how `decode_eof` finished:
+/// `Ok` with the bytes left, or the error's kind and the bytes left.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<T> {
+    Frame(T),
+    Error(ErrorKind, bool),
+    End(Result<Vec<u8>, (ErrorKind, usize)>),
+}
+
+/// Feeds `chunks` one after another, decoding after each until the codec
+/// wants more; records non-fatal errors and goes on (stopping if the same
+/// error repeats on an unchanged buffer, or at a fatal one); then
+/// `decode_eof` until done.
+pub fn run_continuing<D>(mut d: D, chunks: &[&[u8]]) -> Vec<Event<D::Item>>
+where
+    D: Decoder<Error = Error>,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    // The buffer length after the previous call, if that call failed
+    // without consuming anything.
+    let mut last_err: Option<(usize, ErrorKind)> = None;
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            let before = buf.len();
+            match d.decode(&mut buf) {
+                Ok(Some(f)) => {
+                    out.push(Event::Frame(f));
+                    last_err = None;
+                }
+                Ok(None) => {
+                    last_err = None;
+                    break;
+                }
+                Err(e) => {
+                    // The same error again on an unchanged buffer: the
+                    // codec will not move on by itself. Stop there.
+                    if buf.len() == before && last_err == Some((before, e.kind())) {
+                        return out;
+                    }
+                    // Only an error that consumed nothing can repeat as is.
+                    last_err = (buf.len() == before).then_some((before, e.kind()));
+                    out.push(Event::Error(e.kind(), e.is_fatal()));
+                    if e.is_fatal() {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+    loop {
+        let before = buf.len();
+        match d.decode_eof(&mut buf) {
+            Ok(Some(f)) => out.push(Event::Frame(f)),
+            Ok(None) => {
+                out.push(Event::End(Ok(buf.to_vec())));
+                return out;
+            }
+            Err(e) if e.is_fatal() || buf.len() == before => {
+                out.push(Event::End(Err((e.kind(), buf.len()))));
+                return out;
+            }
+            Err(e) => out.push(Event::Error(e.kind(), e.is_fatal())),
+        }
+    }
+}
+
+/// The whole input, every two-way split and one byte at a time agree.
+pub fn assert_continuing_invariant<D, F>(make: F, input: &[u8]) -> Vec<Event<D::Item>>
+where
+    D: Decoder<Error = Error>,
+    D::Item: PartialEq + std::fmt::Debug,
+    F: Fn() -> D,
+{
+    let whole = run_continuing(make(), &[input]);
+    for at in 0..=input.len() {
+        let (a, b) = input.split_at(at);
+        assert_eq!(run_continuing(make(), &[a, b]), whole, "split at {at}");
+    }
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(run_continuing(make(), &bytes), whole, "byte by byte");
+    whole
+}
