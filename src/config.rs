@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-pub use crate::layer::watermark::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
+pub use crate::queued::watermark::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
 
 /// First read size. hyper starts its adaptive reads at 8 KiB too: one page
 /// pair, enough for a typical request, small for an idle connection.
@@ -20,9 +20,17 @@ pub const DEFAULT_RBUF_MAX: usize = 64 * 1024 * 1024;
 /// Default cap on queued output (`wbuf_max`), for the same reason.
 pub const DEFAULT_WBUF_MAX: usize = 64 * 1024 * 1024;
 
-/// Default `linger` (LC-3): how long a dropped handle keeps flushing
-/// unsent output in the background. AnyEvent's default, one hour.
-pub const DEFAULT_LINGER: Duration = Duration::from_secs(3600);
+/// Default `linger` (LC-3): how long a handle dropped (or destroyed) with
+/// output still queued keeps writing it in the background. AnyEvent waits
+/// an hour; a tokio program expects a dropped connection to be gone soon, and
+/// a peer that stops reading would otherwise hold the task and its buffers
+/// for that hour. Thirty seconds delivers the last answers to any peer that
+/// is still reading. After a fatal error there is no linger at all.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+
+/// The largest read size a handle uses, whatever it is configured to: one
+/// read never reserves more than this (16 MiB).
+pub const MAX_READ_SIZE_LIMIT: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -41,6 +49,18 @@ pub(crate) struct Config {
     pub(crate) keepalive: bool,
     pub(crate) oobinline: bool,
     pub(crate) connect_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// Brings absurd settings into range instead of failing later: read
+    /// sizes are at most [`MAX_READ_SIZE_LIMIT`] (a `read_size(usize::MAX)`
+    /// would otherwise try to allocate it).
+    pub(crate) fn clamp(&mut self) {
+        self.read_size = self.read_size.clamp(1, MAX_READ_SIZE_LIMIT);
+        self.max_read_size = self
+            .max_read_size
+            .clamp(self.read_size, MAX_READ_SIZE_LIMIT);
+    }
 }
 
 impl Default for Config {
@@ -222,7 +242,7 @@ impl Builder {
         #[cfg(feature = "tls")]
         if let Some(mode) = &self.tls {
             // A failed handshake destroys the handle; every request sees it.
-            drop(core.request_starttls(mode.clone()));
+            drop(core.request_starttls(mode.clone(), true));
         }
         core
     }

@@ -36,6 +36,13 @@ pub enum ErrorKind {
     /// refused the item, STARTTLS while TLS is active, ...). Nothing was
     /// queued.
     InvalidInput,
+    /// A user callback (a completion, a decoder, an encoder or a hook)
+    /// panicked while the engine ran it. Always fatal: the connection is
+    /// closed, every waiter gets this error, and the panic itself goes on to
+    /// the caller that was running the engine (or to whoever awaits the
+    /// [`Driver`](crate::Driver)). Reported as `ECANCELED`, the operation
+    /// having been abandoned.
+    Panicked,
 }
 
 impl ErrorKind {
@@ -50,6 +57,7 @@ impl ErrorKind {
             ErrorKind::Io => "EIO",
             ErrorKind::Closed => "EBADF",
             ErrorKind::InvalidInput => "EINVAL",
+            ErrorKind::Panicked => "ECANCELED",
         }
     }
 }
@@ -78,6 +86,8 @@ pub struct Error {
 struct Inner {
     kind: ErrorKind,
     fatal: bool,
+    /// The error says the input ended (not, say, a write to a closed socket).
+    eof: bool,
     message: &'static str,
     source: Option<Source>,
 }
@@ -108,6 +118,7 @@ impl Error {
             inner: Arc::new(Inner {
                 kind,
                 fatal,
+                eof: false,
                 message,
                 source: None,
             }),
@@ -119,10 +130,19 @@ impl Error {
             inner: Arc::new(Inner {
                 kind,
                 fatal,
+                eof: false,
                 message,
                 source: Some(source),
             }),
         }
+    }
+
+    /// Marks this error as caused by the end of input.
+    fn at_eof(mut self) -> Error {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.eof = true;
+        }
+        self
     }
 
     /// EOF while a read request was waiting: `EPIPE`, fatal (RQ-6).
@@ -131,6 +151,17 @@ impl Error {
             ErrorKind::BrokenPipe,
             true,
             "end of input while a read request was waiting",
+        )
+        .at_eof()
+    }
+
+    /// A user callback panicked while the engine ran it.
+    pub(crate) fn panicked(text: &str) -> Error {
+        Error::with(
+            ErrorKind::Panicked,
+            true,
+            "a user callback panicked",
+            Source::Other(text.to_owned().into()),
         )
     }
 
@@ -209,9 +240,16 @@ impl Error {
         self.inner.kind == ErrorKind::TimedOut
     }
 
-    /// True for `EPIPE` caused by end of input.
+    /// True when the input ended while a frame was expected (`EPIPE` from a
+    /// read request or a decoder at end of input). False for every other
+    /// error, including an `EPIPE` from writing to a closed connection.
     pub fn is_eof(&self) -> bool {
-        self.inner.kind == ErrorKind::BrokenPipe
+        self.inner.eof
+    }
+
+    /// True when a user callback panicked inside the engine.
+    pub fn is_panic(&self) -> bool {
+        self.inner.kind == ErrorKind::Panicked
     }
 
     /// The codec error behind this error, if a decoder or encoder failed.
@@ -289,7 +327,9 @@ impl From<codecs::Error> for Error {
             _ => ErrorKind::Io,
         };
         let fatal = e.is_fatal();
-        Error::with(kind, fatal, "codec error", Source::Codec(e))
+        let eof = kind == ErrorKind::BrokenPipe;
+        let e = Error::with(kind, fatal, "codec error", Source::Codec(e));
+        if eof { e.at_eof() } else { e }
     }
 }
 
@@ -327,7 +367,7 @@ impl From<io::Error> for Error {
                 Error::with(ErrorKind::BadMessage, false, "codec error", Source::Io(e))
             }
             io::ErrorKind::UnexpectedEof => {
-                Error::with(ErrorKind::BrokenPipe, true, "codec error", Source::Io(e))
+                Error::with(ErrorKind::BrokenPipe, true, "codec error", Source::Io(e)).at_eof()
             }
             _ => Error::transport(e),
         }
@@ -371,6 +411,7 @@ impl From<Error> for io::Error {
             },
             ErrorKind::Closed => io::ErrorKind::NotConnected,
             ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
+            ErrorKind::Panicked => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
     }

@@ -85,7 +85,6 @@ pub use anyframe_codecs as codecs;
 mod config;
 mod connect;
 mod error;
-mod layer;
 mod queued;
 #[cfg(feature = "tower")]
 pub mod service;
@@ -101,9 +100,9 @@ pub mod coming_from_anyevent {}
 struct ReadmeDoctests;
 pub use config::{
     Builder, DEFAULT_HIGH_WATER, DEFAULT_LINGER, DEFAULT_LOW_WATER, DEFAULT_MAX_READ_SIZE,
-    DEFAULT_RBUF_MAX, DEFAULT_READ_SIZE, DEFAULT_WBUF_MAX,
+    DEFAULT_RBUF_MAX, DEFAULT_READ_SIZE, DEFAULT_WBUF_MAX, MAX_READ_SIZE_LIMIT,
 };
 pub use connect::RetryHook;
 pub use error::{Error, ErrorKind, Result};
-pub use layer::timeout::Timeout;
+pub use queued::Timeout;
 pub use queued::{Driver, FnDecoder, Handle, OrEof, Parts, QueuedFramed, Requests, Ticket};

@@ -1,52 +1,131 @@
 //! The one poll engine behind [`QueuedFramed`](crate::QueuedFramed) and
 //! [`Handle`](crate::Handle).
 //!
-//! `Core` holds everything except the transport: read buffer, request queue,
-//! write queue, flags, limits. The transport is passed into each `poll_*`
-//! call, so the same core runs inline (`QueuedFramed`, `&mut self`) or behind
-//! a mutex in a spawned driver task (`Handle`). See ARCHITECTURE.md for the
-//! state diagram.
+//! `Core` holds everything except the transport: the read buffer, the queue
+//! of read requests and TLS switches, the write queue, the connection's
+//! state, limits, timers and hooks. The transport is passed into each
+//! `poll_*` call, so the same core runs inline (`QueuedFramed`, `&mut self`)
+//! or behind a mutex in a spawned driver task (`Handle`). Its fields are
+//! private: the front ends call methods.
+//!
+//! # States and transitions
+//!
+//! The connection is in one [`Life`] state and, while open, has an input
+//! side ([`Input`]) and an output side ([`Output`]). The head of the read
+//! queue is a read request or a TLS switch. Every transition happens in the
+//! method named in the last column, and every failure goes through
+//! [`Core::fail`].
+//!
+//! | state | event | action | next | where |
+//! |---|---|---|---|---|
+//! | Open | read request queued | queue it, wake the driver | Open | `enqueue` |
+//! | Open | head is a read, bytes buffered | decode; a frame completes it (its completion may unshift) | Open | `dispatch` |
+//! | Open | head is a read and needs input | read at most the room left under `rbuf_max` | Open | `poll_fill` |
+//! | Open | head needs input, no room left | `ENOSPC` (fatal) | Closed | `poll_fill` |
+//! | Open | no read waits | nothing is read; output is written; timers run | Open | `poll_drive` |
+//! | Open, Input::Open | read returns 0 | heads decode at end of input (`EPIPE` if they cannot complete) | Input::Eof | `poll_fill` |
+//! | Open | head is a switch, output before its marker written | start or stop TLS on the transport | Open | `poll_switch` |
+//! | Open | switch done | pop it; reads and writes go on | Open | `poll_switch` |
+//! | Open | timer expired, hook set | run the hook | Open | `poll_timers` |
+//! | Open | timer expired, no hook | non-fatal `ETIMEDOUT` to the first waiter | Open | `fail` |
+//! | Open | non-fatal error (`EBADMSG`, `ETIMEDOUT`, …) | to the head read, else the switch's waiter, else the write waiters | Open | `fail` |
+//! | Open | fatal error, panic in a user callback, `destroy` | fail every entry and waiter with it | Closed | `fail` → `close` |
+//! | Open, Output::Open | `push_shutdown` | flush, then half-close | Output::Shut | `poll_write_out` |
+//! | Closed | any call | fails fast with the stored error | Closed | `check_open` |
+//!
+//! A request whose ticket must still consume its response when it fails
+//! (`OnDrop::Consume`, the pipelined client) is *told* the non-fatal error
+//! and stays queued, so its late response is read and dropped instead of
+//! being handed to the next caller.
 
+use std::any::Any;
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::layer::timeout::{Timeout, Timers};
-use crate::layer::watermark::Watermarks;
 use crate::queued::request::{DecodeRequest, OnDrop, Request, Requests, Ticket, decode_step};
 use crate::queued::stack::Transport;
+use crate::queued::timer::{Timeout, Timers};
+use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
 
-/// The write side's shutdown progress (WQ-7).
+/// Whether the connection is usable.
+#[derive(Debug)]
+enum Life {
+    Open,
+    /// Closed for good; every call fails with this error.
+    Closed(Error),
+}
+
+/// The input side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Shutdown {
+enum Input {
+    Open,
+    /// The transport reported end of input.
+    Eof,
+}
+
+/// The output side's shutdown progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
     /// Writing is open.
     Open,
     /// `push_shutdown` was called: flush what is queued, then half-close.
-    Requested,
+    ShutdownRequested,
     /// The write side is closed.
-    Done,
+    Shut,
 }
 
 /// What a read of the transport produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Filled {
-    /// This many new bytes are in `rbuf`.
+    /// This many new bytes are in the read buffer.
     Bytes(usize),
     /// End of input (now or earlier).
     Eof,
 }
 
+/// One entry of the read queue.
+enum Entry {
+    /// A read request with its decoder and completion.
+    Read(Box<dyn Request>),
+    /// A TLS switch: the reads after it wait until the transport switched.
+    #[cfg(feature = "tls")]
+    Switch(Switch),
+}
+
+/// A STARTTLS or stoptls waiting in the read queue. The output queued
+/// before it was requested is `WriteQueue`'s marker: it is written (in
+/// plaintext for a start, over TLS for a stop) before the switch runs, and
+/// the output queued after it waits for the switch.
+#[cfg(feature = "tls")]
+struct Switch {
+    kind: SwitchKind,
+    /// `None` once the waiter was told (a timeout) or gave up.
+    done: Option<oneshot::Sender<Result<()>>>,
+}
+
+#[cfg(feature = "tls")]
+enum SwitchKind {
+    /// Hand the read buffer to TLS and handshake.
+    Start(Option<crate::tls::TlsMode>),
+    /// The handshake is running.
+    Handshaking,
+    /// Send close_notify and go back to plaintext.
+    Stop,
+}
+
 /// A user hook run inside the engine when a timer expires.
 pub(crate) type TimeoutHook = Box<dyn FnMut(Timeout, &mut Requests<'_>) + Send>;
-/// A user hook run inside the engine on the drain edge (OPT-5).
+/// A user hook run inside the engine on the drain edge.
 pub(crate) type DrainHook = Box<dyn FnMut(&mut Requests<'_>) + Send>;
 
 /// With autocork on, output is written anyway once this much is queued, so
@@ -56,137 +135,291 @@ const CORK_BOUNDARY: usize = 64 * 1024;
 
 /// The engine state, minus the transport.
 pub(crate) struct Core {
-    pub(crate) rbuf: BytesMut,
-    pub(crate) queue: VecDeque<Box<dyn Request>>,
-    pub(crate) wq: WriteQueue,
-    pub(crate) eof: bool,
-    /// The fatal error that destroyed the handle, if any (sticky).
-    pub(crate) dead: Option<Error>,
-    pub(crate) shutdown: Shutdown,
-    pub(crate) cfg: Config,
-    /// The current adaptive read size (OPT-10): doubles after a full read,
-    /// up to `cfg.max_read_size`, never shrinks.
+    life: Life,
+    input: Input,
+    output: Output,
+    rbuf: BytesMut,
+    queue: VecDeque<Entry>,
+    wq: WriteQueue,
+    cfg: Config,
+    /// The current adaptive read size: doubles after a full read, up to
+    /// `cfg.max_read_size`, never shrinks.
     read_size: usize,
     /// Wakes the driver task when a user handle queues work.
     driver: Option<Waker>,
     /// Resolved when the write queue is empty and flushed.
     flush_waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// Counts non-fatal errors handed to the write side's waiters
+    /// (`drained`, `ready_to_write`), with the last one, so a waiter that
+    /// registered before it can see it.
+    write_errors: u64,
+    last_write_error: Option<Error>,
     /// Whether the transport needs a `poll_flush` after writes.
     unflushed: bool,
-    pub(crate) timers: Timers,
-    pub(crate) marks: Watermarks,
-    pub(crate) on_timeout: Option<TimeoutHook>,
-    pub(crate) on_drain: Option<DrainHook>,
-    /// A STARTTLS or stoptls in progress (TLS-1, TLS-2, TLS-6).
-    #[cfg(feature = "tls")]
-    tls_op: Option<TlsOp>,
+    timers: Timers,
+    marks: Watermarks,
+    on_timeout: Option<TimeoutHook>,
+    on_drain: Option<DrainHook>,
     /// TLS is established (and not stopped).
-    pub(crate) tls_active: bool,
-}
-
-/// A TLS switch in progress on a live connection.
-#[cfg(feature = "tls")]
-enum TlsOp {
-    /// Write `plain` (output queued before `starttls`) in plaintext, then hand
-    /// the read buffer to TLS as the start of the ciphertext.
-    Start {
-        mode: crate::tls::TlsMode,
-        plain: BytesMut,
-        done: oneshot::Sender<Result<()>>,
-    },
-    /// The handshake is running.
-    Handshake { done: oneshot::Sender<Result<()>> },
-    /// Write the `over_tls` bytes at the front of the queue (those queued
-    /// before `stoptls`) over TLS, then send close_notify. Bytes queued
-    /// after the request stay queued and go out in plaintext.
-    Stop {
-        over_tls: usize,
-        done: oneshot::Sender<Result<()>>,
-    },
+    tls_active: bool,
+    /// A non-fatal error that came after a batch of frames: the next read
+    /// request gets it.
+    deferred: Option<Error>,
 }
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
+            .field("life", &self.life)
+            .field("input", &self.input)
+            .field("output", &self.output)
             .field("buffered", &self.rbuf.len())
             .field("queued_reads", &self.queue.len())
             .field("queued_write_bytes", &self.wq.len())
-            .field("eof", &self.eof)
-            .field("dead", &self.dead)
-            .field("shutdown", &self.shutdown)
             .finish_non_exhaustive()
     }
 }
 
+/// The text of a panic payload.
+pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a non-string panic payload)"
+    }
+}
+
 impl Core {
-    pub(crate) fn new(cfg: Config) -> Core {
+    pub(crate) fn new(mut cfg: Config) -> Core {
+        cfg.clamp();
         Core {
+            life: Life::Open,
+            input: Input::Open,
+            output: Output::Open,
             rbuf: BytesMut::new(),
             queue: VecDeque::new(),
             wq: WriteQueue::default(),
-            eof: false,
-            dead: None,
-            shutdown: Shutdown::Open,
             read_size: cfg.read_size,
             driver: None,
             flush_waiters: Vec::new(),
+            write_errors: 0,
+            last_write_error: None,
             unflushed: false,
             timers: Timers::new(cfg.timeout, cfg.rtimeout, cfg.wtimeout),
             marks: Watermarks::new(cfg.high_water, cfg.low_water),
             on_timeout: None,
             on_drain: None,
-            #[cfg(feature = "tls")]
-            tls_op: None,
             tls_active: false,
+            deferred: None,
             cfg,
         }
     }
 
-    // ----- destruction ------------------------------------------------------
+    // ----- state, for the front ends ------------------------------------------
 
-    /// Destroys the handle with a fatal error (ERR-2, LC-5): every queued
-    /// request and flush waiter fails with it; buffers stay for `into_parts`.
-    pub(crate) fn die(&mut self, err: Error) {
-        if self.dead.is_some() {
+    pub(crate) fn error(&self) -> Option<&Error> {
+        match &self.life {
+            Life::Closed(e) => Some(e),
+            Life::Open => None,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(self.life, Life::Closed(_))
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        match &self.life {
+            Life::Closed(e) => Err(e.clone()),
+            Life::Open => Ok(()),
+        }
+    }
+
+    pub(crate) fn is_eof(&self) -> bool {
+        self.input == Input::Eof
+    }
+
+    pub(crate) fn read_buffer(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    pub(crate) fn read_buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
+    pub(crate) fn write_buffered(&self) -> usize {
+        self.wq.len()
+    }
+
+    pub(crate) fn queued_reads(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls_active
+    }
+
+    pub(crate) fn output(&self) -> Output {
+        self.output
+    }
+
+    pub(crate) fn linger(&self) -> std::time::Duration {
+        self.cfg.linger
+    }
+
+    /// Whether the connection was closed by `destroy` or by its last handle
+    /// going away (not by an error): only then is queued output lingered on.
+    pub(crate) fn closed_cleanly(&self) -> bool {
+        matches!(&self.life, Life::Closed(e) if e.kind() == crate::ErrorKind::Closed)
+    }
+
+    /// Puts back the buffers of a handle taken apart earlier.
+    pub(crate) fn restore(&mut self, read_buf: BytesMut, write_buf: BytesMut) {
+        self.rbuf = read_buf;
+        self.wq.restore(write_buf);
+    }
+
+    // ----- the one failure path -------------------------------------------------
+
+    /// Every error ends here. A fatal one closes the connection; a non-fatal
+    /// one goes to the first waiter it concerns: the head read (or the head
+    /// switch's waiter), else the write side's waiters. `which` names the
+    /// timer for a timeout (a write timeout goes to the write side first).
+    pub(crate) fn fail(&mut self, err: Error, which: Option<Timeout>) -> bool {
+        if err.is_fatal() {
+            self.close(err);
+            return true;
+        }
+        let writes_first = which == Some(Timeout::Write);
+        if writes_first && self.fail_write_waiters(&err) {
+            return true;
+        }
+        if self.fail_first_reader(&err) {
+            return true;
+        }
+        if !writes_first && self.fail_write_waiters(&err) {
+            return true;
+        }
+        tracing::debug!(error = %err, "non-fatal error with nobody waiting");
+        false
+    }
+
+    /// Tells the first queued entry that still has a waiter. A request that
+    /// must consume its response stays queued (its answer is read and
+    /// dropped); any other request is removed, having consumed nothing.
+    fn fail_first_reader(&mut self, err: &Error) -> bool {
+        for i in 0..self.queue.len() {
+            let remove = match &mut self.queue[i] {
+                Entry::Read(req) if req.on_drop() == OnDrop::Consume => {
+                    if req.tell(err.clone()) {
+                        return true;
+                    }
+                    false
+                }
+                Entry::Read(_) => true,
+                #[cfg(feature = "tls")]
+                Entry::Switch(sw) => {
+                    if let Some(done) = sw.done.take()
+                        && done.send(Err(err.clone())).is_ok()
+                    {
+                        return true;
+                    }
+                    false
+                }
+            };
+            if remove {
+                if let Some(Entry::Read(req)) = self.queue.remove(i) {
+                    req.fail(err.clone());
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    fn fail_write_waiters(&mut self, err: &Error) -> bool {
+        let parked = self.marks.has_waiters();
+        if self.flush_waiters.is_empty() && !parked {
+            return false;
+        }
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(Err(err.clone()));
+        }
+        self.write_errors += 1;
+        self.last_write_error = Some(err.clone());
+        self.marks.wake_all();
+        true
+    }
+
+    /// The write-side error count, for a waiter to notice a later error.
+    pub(crate) fn write_error_epoch(&self) -> u64 {
+        self.write_errors
+    }
+
+    /// The error a write-side waiter that started at `epoch` must return.
+    pub(crate) fn write_error_since(&self, epoch: u64) -> Option<Error> {
+        if self.write_errors > epoch {
+            self.last_write_error.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Closes the connection: every queued request, switch and waiter fails
+    /// with `err`; the buffers stay for `into_parts`. Idempotent.
+    pub(crate) fn close(&mut self, err: Error) {
+        if self.is_closed() {
             return;
         }
-        tracing::debug!(error = %err, buffered = self.rbuf.len(), unwritten = self.wq.len(), "handle destroyed");
-        self.dead = Some(err.clone());
-        for req in self.queue.drain(..) {
-            req.fail(err.clone());
+        tracing::debug!(error = %err, buffered = self.rbuf.len(), unwritten = self.wq.len(), "connection closed");
+        self.life = Life::Closed(err.clone());
+        self.wq.clear_marker();
+        for entry in self.queue.drain(..) {
+            match entry {
+                Entry::Read(req) => req.fail(err.clone()),
+                #[cfg(feature = "tls")]
+                Entry::Switch(sw) => {
+                    if let Some(done) = sw.done {
+                        let _ = done.send(Err(err.clone()));
+                    }
+                }
+            }
         }
         for w in self.flush_waiters.drain(..) {
             let _ = w.send(Err(err.clone()));
         }
         self.marks.wake_all();
-        #[cfg(feature = "tls")]
-        if let Some(op) = self.tls_op.take() {
-            let done = match op {
-                TlsOp::Start {
-                    mut plain, done, ..
-                } => {
-                    // Plaintext set aside for before the handshake was never
-                    // (fully) written: it goes back in front of the queue, so
-                    // `into_parts` still returns every unwritten byte.
-                    plain.extend_from_slice(&self.wq.take_all());
-                    self.wq.restore(plain);
-                    done
-                }
-                TlsOp::Handshake { done } | TlsOp::Stop { done, .. } => done,
-            };
-            let _ = done.send(Err(err.clone()));
-        }
         self.wake_driver();
     }
 
-    pub(crate) fn check_alive(&self) -> Result<()> {
-        match &self.dead {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+    /// Runs `f`, closing the connection if it panics (a user callback ran
+    /// inside it), and returns the panic for the caller to resume once no
+    /// lock is held.
+    pub(crate) fn guard<R>(
+        &mut self,
+        f: impl FnOnce(&mut Core) -> R,
+    ) -> std::result::Result<R, Box<dyn Any + Send>> {
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(r) => Ok(r),
+            Err(payload) => {
+                self.close(Error::panicked(panic_text(&*payload)));
+                Err(payload)
+            }
         }
     }
 
-    // ----- the driver's waker -------------------------------------------------
+    /// [`guard`](Self::guard) for a caller that holds no lock: the panic
+    /// goes on at once.
+    pub(crate) fn run<R>(&mut self, f: impl FnOnce(&mut Core) -> R) -> R {
+        match self.guard(f) {
+            Ok(r) => r,
+            Err(payload) => resume_unwind(payload),
+        }
+    }
+
+    // ----- the driver's waker ---------------------------------------------------
 
     pub(crate) fn register_driver(&mut self, waker: &Waker) {
         match &self.driver {
@@ -201,10 +434,10 @@ impl Core {
         }
     }
 
-    // ----- the read queue ---------------------------------------------------
+    // ----- the read queue ---------------------------------------------------------
 
     /// Queues a decoder with a completion function, at the back or (unshift)
-    /// at the front. A dead handle resolves the ticket with its error at once.
+    /// at the front. A closed connection resolves the ticket at once.
     pub(crate) fn enqueue<D, F, R>(
         &mut self,
         decoder: D,
@@ -219,31 +452,34 @@ impl Core {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        if let Some(e) = &self.dead {
+        if let Life::Closed(e) = &self.life {
             return Ticket::ready(Err(e.clone()));
         }
         let (req, ticket) = DecodeRequest::new(decoder, then, on_drop);
-        let req: Box<dyn Request> = Box::new(req);
+        let entry = Entry::Read(Box::new(req));
         if front {
-            self.queue.push_front(req);
+            self.queue.push_front(entry);
         } else {
-            self.queue.push_back(req);
+            self.queue.push_back(entry);
         }
         self.wake_driver();
         ticket
     }
 
+    /// Whether the head of the queue is a read request (which wants input
+    /// once `dispatch` left it pending).
+    fn head_is_read(&self) -> bool {
+        matches!(self.queue.front(), Some(Entry::Read(_)))
+    }
+
     /// Runs queued requests on the buffered bytes until the head needs more
-    /// input or the queue is empty (AE's "drain", RQ-3). Requests unshifted
-    /// by a completion run next, on the same bytes, before any new read.
+    /// input, the head is a TLS switch, or the queue is empty. Requests
+    /// unshifted by a completion run next, on the same bytes, before any
+    /// new read.
     pub(crate) fn dispatch(&mut self) {
-        if self.tls_switching() {
-            // The buffered bytes belong to the TLS handshake now (TLS-2):
-            // no request may take them as plaintext.
-            return;
-        }
-        while self.dead.is_none() && !self.tls_switching() {
-            let Some(head) = self.queue.front_mut() else {
+        let eof = self.is_eof();
+        while let Life::Open = self.life {
+            let Some(Entry::Read(head)) = self.queue.front_mut() else {
                 break;
             };
             if head.is_abandoned() {
@@ -251,49 +487,69 @@ impl Core {
                 self.queue.pop_front();
                 continue;
             }
-            match head.poll_decode(&mut self.rbuf, self.eof) {
+            if let Some(e) = self.deferred.take() {
+                self.fail(e, None);
+                continue;
+            }
+            match head.poll_decode(&mut self.rbuf, eof) {
                 Poll::Pending => break,
-                Poll::Ready(Ok(())) => {
-                    let Some(req) = self.queue.pop_front() else {
+                Poll::Ready(outcome) => {
+                    let Some(Entry::Read(req)) = self.queue.pop_front() else {
                         break;
                     };
-                    tracing::trace!(buffered = self.rbuf.len(), "read request complete");
-                    req.complete(&mut Requests { core: self });
-                }
-                Poll::Ready(Err(e)) => {
-                    let Some(req) = self.queue.pop_front() else {
-                        break;
-                    };
-                    if e.is_fatal() {
-                        req.fail(e.clone());
-                        self.die(e);
-                    } else {
-                        tracing::debug!(error = %e, "read request failed");
-                        req.fail(e);
+                    match outcome {
+                        Ok(()) => {
+                            tracing::trace!(buffered = self.rbuf.len(), "read request complete");
+                            req.complete(&mut Requests { core: self });
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "read request failed");
+                            req.fail(e.clone());
+                            if e.is_fatal() {
+                                self.close(e);
+                            }
+                        }
                     }
                 }
             }
         }
-        self.check_rbuf_max();
     }
 
-    /// OPT-8: unconsumed input over `rbuf_max` is fatal `ENOSPC`. Partial
-    /// JSON, CBOR and regex state stays in `rbuf`, so it counts.
-    fn check_rbuf_max(&mut self) {
-        if let Some(max) = self.cfg.rbuf_max
-            && self.rbuf.len() > max
-            && self.dead.is_none()
-        {
-            self.die(Error::no_space("unconsumed input exceeds rbuf_max"));
+    /// Hands `err` to the next read request (see `dispatch`).
+    pub(crate) fn defer_error(&mut self, err: Error) {
+        self.deferred = Some(err);
+    }
+
+    // ----- reading ------------------------------------------------------------------
+
+    /// Room for the next read: the adaptive read size, bounded by what is
+    /// left under `rbuf_max`.
+    fn read_room(&self) -> usize {
+        match self.cfg.rbuf_max {
+            Some(max) => self.read_size.min(max.saturating_sub(self.rbuf.len())),
+            None => self.read_size,
         }
     }
 
-    // ----- reading ----------------------------------------------------------
+    /// Makes room for `want` more bytes without doubling the buffer: the
+    /// capacity grows by what this read needs, or by an eighth of what is
+    /// held, whichever is more (amortised growth, peak about 1.125 × held +
+    /// one read).
+    fn reserve_for_read(&mut self, want: usize) {
+        if self.rbuf.try_reclaim(want) {
+            return;
+        }
+        let extra = want.max(self.rbuf.len() / 8);
+        let mut v = Vec::from(std::mem::take(&mut self.rbuf));
+        v.reserve_exact(extra);
+        self.rbuf = BytesMut::from(Bytes::from(v));
+    }
 
-    /// Reads once from the transport into `rbuf`. When no input is ready,
-    /// pending output is written first (the handle never waits for input
-    /// with output queued) and the timers are checked: an expired timer
-    /// with no hook is a non-fatal `ETIMEDOUT` for whoever waits to read.
+    /// Reads once from the transport into the read buffer, for a reader that
+    /// needs more input. When no input is ready, pending output is written
+    /// first (the connection never waits for input with output queued) and
+    /// the timers run: an expired timer with no hook is a non-fatal
+    /// `ETIMEDOUT` returned to the reader (`Ready(Err)`).
     pub(crate) fn poll_fill<IO>(
         &mut self,
         io: &mut IO,
@@ -303,52 +559,52 @@ impl Core {
         IO: Transport,
     {
         loop {
-            self.check_alive()?;
-            if self.poll_tls(io, cx)?.is_pending() {
-                // A TLS switch is stalled on the peer: the timers still run
-                // (as in the driver), so a silent peer cannot hold a waiting
-                // read past its timeout.
-                match self.poll_timers(cx) {
-                    Poll::Ready(Some(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(None) => continue,
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            if self.eof {
+            self.check_open()?;
+            if self.is_eof() {
                 return Poll::Ready(Ok(Filled::Eof));
             }
-            if self.rbuf.capacity() - self.rbuf.len() < self.read_size {
-                self.rbuf.reserve(self.read_size);
+            let want = self.read_room();
+            if want == 0 {
+                // The reader has seen `rbuf_max` bytes and still wants more.
+                let e = Error::no_space("a read request needs more input than rbuf_max allows");
+                self.close(e.clone());
+                return Poll::Ready(Err(e));
             }
-            let want = self.read_size;
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.rbuf) {
+            self.reserve_for_read(want);
+            let filled = {
+                let mut limited = (&mut self.rbuf).limit(want);
+                tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut limited)
+            };
+            match filled {
                 Poll::Ready(Ok(0)) => {
                     tracing::debug!(
                         buffered = self.rbuf.len(),
                         queued = self.queue.len(),
                         "end of input"
                     );
-                    self.eof = true;
+                    self.input = Input::Eof;
                     return Poll::Ready(Ok(Filled::Eof));
                 }
                 Poll::Ready(Ok(n)) => {
                     self.timers.on_read();
-                    if n >= want && self.read_size < self.cfg.max_read_size {
+                    if n >= want
+                        && want == self.read_size
+                        && self.read_size < self.cfg.max_read_size
+                    {
                         self.read_size = (self.read_size * 2).min(self.cfg.max_read_size);
                     }
                     return Poll::Ready(Ok(Filled::Bytes(n)));
                 }
                 Poll::Ready(Err(e)) => {
                     let e = Error::transport(e);
-                    self.die(e.clone());
+                    self.close(e.clone());
                     return Poll::Ready(Err(e));
                 }
                 Poll::Pending => {
                     // An idle connection keeps no read buffer: give an empty
                     // one back while waiting (the next read allocates it
                     // again). A spawned server waiting for its next request
-                    // then costs under 2 KiB beside its socket instead of
-                    // `read_size` more (tests/load.rs measures it).
+                    // then costs under 2 KiB beside its socket.
                     if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                         self.rbuf = BytesMut::new();
                     }
@@ -358,7 +614,7 @@ impl Core {
                 return Poll::Ready(Err(e));
             }
             match self.poll_timers(cx) {
-                Poll::Ready(Some(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some((_, e))) => return Poll::Ready(Err(e)),
                 // A hook handled it (and may have changed things): go again.
                 Poll::Ready(None) => continue,
                 Poll::Pending => return Poll::Pending,
@@ -366,65 +622,79 @@ impl Core {
         }
     }
 
-    /// Checks the timers (TO-3). `Ready(Some(err))`: one expired and there is
-    /// no hook, so the caller delivers the non-fatal `ETIMEDOUT` to the read
-    /// waiting now. `Ready(None)`: the hook ran. `Pending`: nothing expired
-    /// (the waker is registered for the next deadline).
-    pub(crate) fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<Option<Error>> {
+    /// Checks the timers. `Ready(Some)`: one expired and there is no hook,
+    /// so the caller routes the non-fatal `ETIMEDOUT`. `Ready(None)`: the
+    /// hook ran. `Pending`: nothing expired (the waker is registered for
+    /// the next deadline).
+    pub(crate) fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Timeout, Error)>> {
         let Poll::Ready(which) = self.timers.poll_expired(cx) else {
             return Poll::Pending;
         };
         tracing::debug!(timeout = %which, "timer expired");
+        Poll::Ready(self.timer_expired(which))
+    }
+
+    /// Runs the hook for `which`, or returns the error to route.
+    fn timer_expired(&mut self, which: Timeout) -> Option<(Timeout, Error)> {
         if let Some(mut hook) = self.on_timeout.take() {
             hook(which, &mut Requests { core: self });
             if self.on_timeout.is_none() {
                 self.on_timeout = Some(hook);
             }
-            return Poll::Ready(None);
+            return None;
         }
-        Poll::Ready(Some(Error::timed_out(match which {
-            Timeout::Idle => "idle timeout",
-            Timeout::Read => "read timeout",
-            Timeout::Write => "write timeout",
-        })))
+        Some((
+            which,
+            Error::timed_out(match which {
+                Timeout::Idle => "idle timeout",
+                Timeout::Read => "read timeout",
+                Timeout::Write => "write timeout",
+            }),
+        ))
     }
 
-    /// TO-4: a setter checks the deadlines at once, without waiting for the
-    /// next poll.
+    /// A setter checks the deadlines at once, without waiting for the next
+    /// poll.
     pub(crate) fn set_timer(&mut self, which: Timeout, period: std::time::Duration) {
         self.timers.set(which, period);
-        if let Some(t) = self.timers.expired() {
-            if let Some(mut hook) = self.on_timeout.take() {
-                hook(t, &mut Requests { core: self });
-                if self.on_timeout.is_none() {
-                    self.on_timeout = Some(hook);
-                }
-            } else {
-                self.fail_head(Error::timed_out("timeout expired when set"));
-            }
+        if let Some(t) = self.timers.expired()
+            && let Some((t, e)) = self.timer_expired(t)
+        {
+            self.fail(e, Some(t));
         }
         self.wake_driver();
     }
 
-    /// Fails the head request with a non-fatal error (a timeout); its bytes
-    /// stay buffered.
-    pub(crate) fn fail_head(&mut self, e: Error) {
-        if let Some(req) = self.queue.pop_front() {
-            req.fail(e);
-            return;
-        }
-        // No read waits, but a TLS switch may: its waiter gets the timeout
-        // (non-fatal; the handshake goes on if the peer wakes up, and later
-        // reads wait for it), so a bare `starttls().await` cannot hang.
-        #[cfg(feature = "tls")]
-        if let Some(op) = &mut self.tls_op {
-            let (TlsOp::Start { done, .. } | TlsOp::Handshake { done } | TlsOp::Stop { done, .. }) =
-                op;
-            let (orphan, _) = oneshot::channel();
-            let _ = std::mem::replace(done, orphan).send(Err(e));
-            return;
-        }
-        tracing::debug!(error = %e, "timeout with no read waiting");
+    pub(crate) fn timeout_reset(&mut self, which: Timeout) {
+        self.timers.reset(which);
+    }
+
+    pub(crate) fn pause_timers(&mut self) {
+        self.timers.pause();
+    }
+
+    pub(crate) fn start_timers(&mut self) {
+        self.timers.start();
+    }
+
+    pub(crate) fn set_on_timeout(&mut self, hook: TimeoutHook) {
+        self.on_timeout = Some(hook);
+    }
+
+    pub(crate) fn set_on_drain(&mut self, hook: DrainHook) {
+        self.on_drain = Some(hook);
+    }
+
+    pub(crate) fn set_autocork(&mut self, on: bool) {
+        self.cfg.autocork = on;
+    }
+
+    pub(crate) fn set_rbuf_max(&mut self, max: Option<usize>) {
+        self.cfg.rbuf_max = max;
+    }
+
+    pub(crate) fn set_wbuf_max(&mut self, max: Option<usize>) {
+        self.cfg.wbuf_max = max;
     }
 
     /// Drives the queue until it is empty (`Ready`) or waits for input.
@@ -434,20 +704,36 @@ impl Core {
     {
         loop {
             self.dispatch();
-            self.check_alive()?;
+            self.check_open()?;
             if self.queue.is_empty() {
                 return Poll::Ready(Ok(()));
             }
+            if !self.head_is_read() {
+                // A TLS switch; its outcome went to its waiter (and a fatal
+                // one closed the connection, seen at the top). A silent peer
+                // cannot hold it past its timeout.
+                if self.poll_switch(io, cx).is_pending()
+                    && let Some((t, e)) = ready!(self.poll_timers(cx))
+                    && !self.fail(e.clone(), Some(t))
+                {
+                    // Nobody queued waits for it: the caller (an inline
+                    // read behind the switch) does.
+                    return Poll::Ready(Err(e));
+                }
+                continue;
+            }
             match ready!(self.poll_fill(io, cx)) {
                 Ok(_) => {}
-                Err(e) if !e.is_fatal() => self.fail_head(e),
+                Err(e) if !e.is_fatal() => {
+                    self.fail(e, None);
+                }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
 
-    /// Decodes one frame with `decoder` directly on the buffer (the queue
-    /// must be empty), reading as needed. `at_eof_clean`: whether end of
+    /// Decodes one frame with `decoder` directly on the buffer (after the
+    /// queue has emptied), reading as needed. `at_eof_clean`: whether end of
     /// input with no frame is `Ok(None)` (a stream's end) instead of `EPIPE`.
     pub(crate) fn poll_decode_direct<IO, D>(
         &mut self,
@@ -471,10 +757,8 @@ impl Core {
             }
         }
         loop {
-            if let Some(e) = &self.dead {
-                return Poll::Ready(Err(e.clone()));
-            }
-            match decode_step(decoder, &mut self.rbuf, self.eof) {
+            self.check_open()?;
+            match decode_step(decoder, &mut self.rbuf, self.input == Input::Eof) {
                 Ok(Some(frame)) => return Poll::Ready(Ok(Some(frame))),
                 Ok(None) => {}
                 Err(e) if at_eof_clean && self.is_clean_eof(&e) => {
@@ -482,12 +766,11 @@ impl Core {
                 }
                 Err(e) => {
                     if e.is_fatal() {
-                        self.die(e.clone());
+                        self.close(e.clone());
                     }
                     return Poll::Ready(Err(e));
                 }
             }
-            self.check_rbuf_max();
             ready!(self.poll_fill(io, cx))?;
         }
     }
@@ -495,7 +778,7 @@ impl Core {
     /// Whether `e`, from a decode step, only says the input ended between
     /// frames (EOF, nothing buffered): a clean end, not an error.
     fn is_clean_eof(&self, e: &Error) -> bool {
-        self.eof && e.kind() == crate::ErrorKind::BrokenPipe && self.rbuf.is_empty()
+        self.is_eof() && e.is_eof() && self.rbuf.is_empty()
     }
 
     /// Waits for one frame as [`poll_decode_direct`](Self::poll_decode_direct)
@@ -522,10 +805,26 @@ impl Core {
             Some(frame) => out.push(frame),
             None => return Poll::Ready(Ok(0)),
         }
+        Poll::Ready(self.decode_buffered(decoder, out, limit))
+    }
+
+    /// After one frame was taken: up to `limit - 1` more frames from the
+    /// bytes already buffered. Returns how many frames `out` got in all.
+    pub(crate) fn decode_buffered<D>(
+        &mut self,
+        decoder: &mut D,
+        out: &mut Vec<D::Item>,
+        limit: usize,
+    ) -> Result<usize>
+    where
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
         let mut n = 1;
+        let eof = self.is_eof();
         while n < limit {
             let before = self.rbuf.len();
-            match decode_step(decoder, &mut self.rbuf, self.eof) {
+            match decode_step(decoder, &mut self.rbuf, eof) {
                 Ok(Some(frame)) => {
                     out.push(frame);
                     n += 1;
@@ -539,25 +838,25 @@ impl Core {
                 Ok(None) => break,
                 // A clean end of input after the last whole frame: this
                 // call's frames now, `Ok(0)` next time.
-                Err(e) if self.is_clean_eof(&e) => {
-                    break;
-                }
+                Err(e) if self.is_clean_eof(&e) => break,
                 Err(e) => {
                     if e.is_fatal() {
-                        self.die(e.clone());
+                        self.close(e.clone());
                     }
-                    return Poll::Ready(Err(e));
+                    return Err(e);
                 }
             }
         }
-        Poll::Ready(Ok(n))
+        Ok(n)
     }
 
-    // ----- writing ----------------------------------------------------------
+    // ----- writing --------------------------------------------------------------------
 
     /// Encodes `item` onto the write queue. On an encoder error nothing is
-    /// queued; over `wbuf_max` the item is not queued and the handle dies
-    /// with `ENOSPC` (what was queued before stays reachable).
+    /// queued; over `wbuf_max` the item is not queued and the connection
+    /// closes with `ENOSPC` (what was queued before stays reachable). An
+    /// encoder that panics leaves nothing half-written and closes the
+    /// connection; the panic goes on to the caller.
     pub(crate) fn push_encoded<E, I>(&mut self, mut encoder: E, item: I) -> Result<()>
     where
         E: Encoder<I>,
@@ -565,20 +864,30 @@ impl Core {
     {
         self.check_writable()?;
         let before = self.wq.tail_len();
-        if let Err(e) = encoder.encode(item, self.wq.tail_mut()) {
-            self.wq.rollback(before);
-            return Err(e.into());
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            encoder.encode(item, self.wq.tail_mut())
+        }));
+        match encoded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.wq.rollback(before);
+                return Err(e.into());
+            }
+            Err(payload) => {
+                self.wq.rollback(before);
+                self.close(Error::panicked(panic_text(&*payload)));
+                resume_unwind(payload);
+            }
         }
         let added = self.wq.tail_len() - before;
         if self.over_wbuf_max(added) {
             self.wq.rollback(before);
             let e = Error::no_space("queued output exceeds wbuf_max");
-            self.die(e.clone());
+            self.close(e.clone());
             return Err(e);
         }
         self.wq.commit(before);
-        self.marks.pushed(self.wq.len());
-        self.wake_driver();
+        self.pushed();
         Ok(())
     }
 
@@ -587,41 +896,47 @@ impl Core {
         self.check_writable()?;
         if self.over_wbuf_max(bytes.len()) {
             let e = Error::no_space("queued output exceeds wbuf_max");
-            self.die(e.clone());
+            self.close(e.clone());
             return Err(e);
         }
         self.wq.push_bytes(bytes);
-        self.marks.pushed(self.wq.len());
-        self.wake_driver();
+        self.pushed();
         Ok(())
     }
 
+    fn pushed(&mut self) {
+        self.marks.pushed(self.wq.len());
+        self.wake_driver();
+    }
+
     fn check_writable(&self) -> Result<()> {
-        self.check_alive()?;
-        if self.shutdown != Shutdown::Open {
+        self.check_open()?;
+        if self.output != Output::Open {
             return Err(Error::invalid_input("write after push_shutdown"));
         }
         Ok(())
     }
 
+    /// Every byte queued counts, including output waiting for a TLS switch.
     fn over_wbuf_max(&self, adding: usize) -> bool {
         self.cfg
             .wbuf_max
             .is_some_and(|max| self.wq.len() + adding > max)
     }
 
-    /// WQ-7: flush what is queued, then half-close the write side.
+    /// Flush what is queued, then half-close the write side.
     pub(crate) fn push_shutdown(&mut self) -> Result<()> {
-        self.check_alive()?;
-        if self.shutdown == Shutdown::Open {
-            self.shutdown = Shutdown::Requested;
+        self.check_open()?;
+        if self.output == Output::Open {
+            self.output = Output::ShutdownRequested;
             self.wake_driver();
         }
         Ok(())
     }
 
     /// Writes until the queue is empty and flushed (and the write side shut
-    /// down, if requested), or the transport pushes back.
+    /// down, if requested), or the transport pushes back. Output queued
+    /// after a pending TLS switch waits for it: this then drives the switch.
     pub(crate) fn poll_write_out<IO>(
         &mut self,
         io: &mut IO,
@@ -630,14 +945,49 @@ impl Core {
     where
         IO: Transport,
     {
-        self.check_alive()?;
-        ready!(self.poll_tls(io, cx))?;
-        while !self.wq.is_empty() {
+        loop {
+            self.check_open()?;
+            ready!(self.poll_write_some(io, cx))?;
+            if !self.queue.is_empty() && !self.head_is_read() {
+                // A switch at the head runs before any later write.
+                let _ = ready!(self.poll_switch(io, cx));
+                continue;
+            }
+            if self.wq.is_empty() {
+                break;
+            }
+            // Stopped at the marker of a switch queued behind reads: those
+            // reads must complete first.
+            return Poll::Pending;
+        }
+        if self.unflushed {
+            if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+                return Poll::Ready(Err(self.io_failed(e)));
+            }
+            self.unflushed = false;
+        }
+        if self.output == Output::ShutdownRequested {
+            if let Err(e) = ready!(Pin::new(&mut *io).poll_shutdown(cx)) {
+                return Poll::Ready(Err(self.io_failed(e)));
+            }
+            tracing::debug!("write side shut down");
+            self.output = Output::Shut;
+        }
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes until the queue is empty or reaches a switch's marker.
+    fn poll_write_some<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
+    where
+        IO: Transport,
+    {
+        while self.wq.writable() > 0 {
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(0) => {
-                    let e = Error::transport(std::io::ErrorKind::WriteZero.into());
-                    self.die(e.clone());
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(Err(self.io_failed(std::io::ErrorKind::WriteZero.into())));
                 }
                 Ok(_) => {
                     self.unflushed = true;
@@ -646,41 +996,23 @@ impl Core {
                         self.run_drain_hook();
                     }
                 }
-                Err(e) => {
-                    let e = Error::transport(e);
-                    self.die(e.clone());
-                    return Poll::Ready(Err(e));
-                }
+                Err(e) => return Poll::Ready(Err(self.io_failed(e))),
             }
-        }
-        if self.unflushed {
-            if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
-                let e = Error::transport(e);
-                self.die(e.clone());
-                return Poll::Ready(Err(e));
-            }
-            self.unflushed = false;
-        }
-        if self.shutdown == Shutdown::Requested {
-            if let Err(e) = ready!(Pin::new(&mut *io).poll_shutdown(cx)) {
-                let e = Error::transport(e);
-                self.die(e.clone());
-                return Poll::Ready(Err(e));
-            }
-            tracing::debug!("write side shut down");
-            self.shutdown = Shutdown::Done;
-        }
-        for w in self.flush_waiters.drain(..) {
-            let _ = w.send(Ok(()));
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// A transport error: fatal.
+    fn io_failed(&mut self, e: std::io::Error) -> Error {
+        let e = Error::transport(e);
+        self.close(e.clone());
+        e
     }
 
     /// Changes the write watermarks at runtime and re-checks the queue
     /// against them (a producer may be released, a drain edge may fire).
     pub(crate) fn set_watermarks(&mut self, high: usize, low: usize) {
-        self.marks.high = high;
-        self.marks.low = low.min(high);
+        self.marks.set(high, low);
         let len = self.wq.len();
         self.marks.pushed(len);
         if self.marks.written(len) {
@@ -688,7 +1020,7 @@ impl Core {
         }
     }
 
-    /// The drain edge (OPT-5): run the user's hook, never re-entrantly.
+    /// The drain edge: run the user's hook, never re-entrantly.
     fn run_drain_hook(&mut self) {
         if let Some(mut hook) = self.on_drain.take() {
             hook(&mut Requests { core: self });
@@ -698,14 +1030,45 @@ impl Core {
         }
     }
 
-    /// A future-friendly flush for handles: resolved when the queue drains.
+    /// Whether a producer should wait (above the high watermark).
+    pub(crate) fn write_blocked(&self) -> bool {
+        self.marks.is_blocked()
+    }
+
+    /// `Ready` below the high watermark (or back at the low one); an error
+    /// handed to the write side since `epoch` (a write timeout) ends the wait.
+    pub(crate) fn poll_write_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        epoch: u64,
+    ) -> Poll<Result<()>> {
+        self.check_open()?;
+        if let Some(e) = self.write_error_since(epoch) {
+            return Poll::Ready(Err(e));
+        }
+        ready!(self.marks.poll_ready(cx));
+        Poll::Ready(self.check_open())
+    }
+
+    /// `Ready` at or below the low watermark; as `poll_write_ready` for errors.
+    pub(crate) fn poll_drained(&mut self, cx: &mut Context<'_>, epoch: u64) -> Poll<Result<()>> {
+        self.check_open()?;
+        if let Some(e) = self.write_error_since(epoch) {
+            return Poll::Ready(Err(e));
+        }
+        let len = self.wq.len();
+        ready!(self.marks.poll_drained(len, cx));
+        Poll::Ready(Ok(()))
+    }
+
+    /// A flush for handles: resolved when the queue drains.
     pub(crate) fn flush_ticket(&mut self) -> oneshot::Receiver<Result<()>> {
         let (tx, rx) = oneshot::channel();
-        match &self.dead {
-            Some(e) => {
+        match &self.life {
+            Life::Closed(e) => {
                 let _ = tx.send(Err(e.clone()));
             }
-            None => {
+            Life::Open => {
                 self.flush_waiters.push(tx);
                 self.wake_driver();
             }
@@ -713,200 +1076,153 @@ impl Core {
         rx
     }
 
-    // ----- TLS on a live connection (TLS-1, TLS-2, TLS-6) ----------------------
-
-    /// Whether a TLS switch is pending or running (reads and requests wait).
-    fn tls_switching(&self) -> bool {
-        #[cfg(feature = "tls")]
-        {
-            self.tls_op.is_some()
-        }
-        #[cfg(not(feature = "tls"))]
-        {
-            false
+    /// Writes out everything for an inline flush; a write timeout while the
+    /// transport pushes back is a non-fatal `ETIMEDOUT` for the caller.
+    pub(crate) fn poll_flush_inline<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>>
+    where
+        IO: Transport,
+    {
+        loop {
+            if self.poll_write_out(io, cx)?.is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.poll_timers(cx)) {
+                Some((_, e)) => return Poll::Ready(Err(e)),
+                None => continue,
+            }
         }
     }
 
-    /// Queues STARTTLS: the output queued so far is set aside to go out in
-    /// plaintext first; the handshake starts when the handle next runs.
+    // ----- TLS on a live connection -----------------------------------------------------
+
+    /// Queues a TLS switch. `front`: it runs before every queued read (a
+    /// completion switching now); otherwise after them. The output queued so
+    /// far goes out before it (in plaintext for a start, over TLS for a
+    /// stop); output queued later waits for it.
     #[cfg(feature = "tls")]
-    pub(crate) fn request_starttls(&mut self, mode: crate::tls::TlsMode) -> Ticket<()> {
+    fn push_switch(&mut self, kind: SwitchKind, front: bool) -> Ticket<()> {
         let (done, ticket) = Ticket::channel();
-        if let Some(e) = &self.dead {
+        if let Life::Closed(e) = &self.life {
             let _ = done.send(Err(e.clone()));
-        } else if self.tls_op.is_some() {
+            return ticket;
+        }
+        if self.queue.iter().any(|e| matches!(e, Entry::Switch(_))) {
             let _ = done.send(Err(Error::invalid_input(
                 "a TLS switch is already in progress",
             )));
-        } else {
-            let plain = self.wq.take_all();
-            tracing::debug!(
-                plaintext_first = plain.len(),
-                buffered = self.rbuf.len(),
-                "starttls requested"
-            );
-            self.tls_op = Some(TlsOp::Start { mode, plain, done });
-            self.wake_driver();
+            return ticket;
         }
+        tracing::debug!(
+            before = self.wq.len(),
+            buffered = self.rbuf.len(),
+            "TLS switch queued"
+        );
+        self.wq.set_marker();
+        let entry = Entry::Switch(Switch {
+            kind,
+            done: Some(done),
+        });
+        if front {
+            self.queue.push_front(entry);
+        } else {
+            self.queue.push_back(entry);
+        }
+        self.wake_driver();
         ticket
     }
 
-    /// Queues stoptls, after the output queued so far.
+    /// Queues STARTTLS (see [`push_switch`](Self::push_switch)).
     #[cfg(feature = "tls")]
-    pub(crate) fn request_stoptls(&mut self) -> Ticket<()> {
-        let (done, ticket) = Ticket::channel();
-        if let Some(e) = &self.dead {
-            let _ = done.send(Err(e.clone()));
-        } else if self.tls_op.is_some() {
-            let _ = done.send(Err(Error::invalid_input(
-                "a TLS switch is already in progress",
-            )));
-        } else {
-            let over_tls = self.wq.len();
-            self.tls_op = Some(TlsOp::Stop { over_tls, done });
-            self.wake_driver();
+    pub(crate) fn request_starttls(
+        &mut self,
+        mode: crate::tls::TlsMode,
+        front: bool,
+    ) -> Ticket<()> {
+        if self.tls_active {
+            return Ticket::ready(Err(Error::invalid_input("TLS is already active")));
         }
-        ticket
+        self.push_switch(SwitchKind::Start(Some(mode)), front)
     }
 
-    /// Drives a pending TLS switch; `Ready(Ok)` when there is none. A failed
-    /// handshake is fatal `EPROTO`: the handle never goes on unencrypted.
+    /// Queues stoptls (see [`push_switch`](Self::push_switch)).
     #[cfg(feature = "tls")]
-    pub(crate) fn poll_tls<IO: Transport>(
+    pub(crate) fn request_stoptls(&mut self, front: bool) -> Ticket<()> {
+        self.push_switch(SwitchKind::Stop, front)
+    }
+
+    /// Drives the switch at the head of the queue: writes the output queued
+    /// before it, then starts or stops TLS. `Ready(Ok)` once it is done (and
+    /// popped). A failed handshake is fatal `EPROTO`: the connection never
+    /// goes on unencrypted.
+    #[cfg(feature = "tls")]
+    fn poll_switch<IO: Transport>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
+        // The output queued before the switch leaves first.
+        ready!(self.poll_write_some(io, cx))?;
+        if self.unflushed {
+            if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+                return Poll::Ready(Err(self.io_failed(e)));
+            }
+            self.unflushed = false;
+        }
         loop {
-            let Some(op) = self.tls_op.take() else {
+            let Some(Entry::Switch(sw)) = self.queue.front_mut() else {
                 return Poll::Ready(Ok(()));
             };
-            match op {
-                TlsOp::Start {
-                    mode,
-                    mut plain,
-                    done,
-                } => {
-                    // Plaintext pushed before STARTTLS leaves first (TLS-2).
-                    while !plain.is_empty() {
-                        let err = match Pin::new(&mut *io).poll_write(cx, &plain) {
-                            Poll::Ready(Ok(n)) if n > 0 => {
-                                bytes::Buf::advance(&mut plain, n);
-                                continue;
-                            }
-                            Poll::Ready(Ok(_)) => std::io::ErrorKind::WriteZero.into(),
-                            Poll::Ready(Err(e)) => e,
-                            Poll::Pending => {
-                                self.tls_op = Some(TlsOp::Start { mode, plain, done });
-                                return Poll::Pending;
-                            }
-                        };
-                        // Put the switch back so die() returns the unwritten
-                        // plaintext to the write queue (nothing lost).
-                        self.tls_op = Some(TlsOp::Start { mode, plain, done });
-                        let e = Error::transport(err);
-                        self.die(e.clone());
-                        return Poll::Ready(Err(e));
-                    }
-                    match Pin::new(&mut *io).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(e)) => return self.tls_failed(done, e),
-                        Poll::Pending => {
-                            self.tls_op = Some(TlsOp::Start { mode, plain, done });
-                            return Poll::Pending;
-                        }
-                    }
+            let step = match &mut sw.kind {
+                SwitchKind::Start(mode) => {
                     // Everything already read is the peer's handshake.
                     let replay = self.rbuf.split().freeze();
+                    let mode = mode.take().expect("a STARTTLS starts once");
                     match io.start_tls(mode, replay) {
-                        Ok(()) => self.tls_op = Some(TlsOp::Handshake { done }),
-                        Err(e) => return Poll::Ready(self.finish_switch(done, Err(e), false)),
+                        Ok(()) => {
+                            sw.kind = SwitchKind::Handshaking;
+                            continue;
+                        }
+                        Err(e) => Err(e),
                     }
                 }
-                TlsOp::Handshake { done } => match io.poll_handshake(cx) {
-                    Poll::Pending => {
-                        self.tls_op = Some(TlsOp::Handshake { done });
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Ok(())) => {
+                SwitchKind::Handshaking => match ready!(io.poll_handshake(cx)) {
+                    Ok(()) => {
                         tracing::debug!("TLS established");
-                        let _ = self.finish_switch(done, Ok(()), true);
+                        self.tls_active = true;
+                        Ok(())
                     }
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(self.finish_switch(done, Err(e), false));
-                    }
+                    Err(e) => Err(e),
                 },
-                TlsOp::Stop { mut over_tls, done } => {
-                    // Output queued before stoptls goes out over TLS first;
-                    // what was queued after it waits for plaintext.
-                    while over_tls > 0 {
-                        match self.wq.poll_write_front(io, cx, over_tls) {
-                            Poll::Ready(Ok(n)) if n > 0 => {
-                                over_tls -= n;
-                                self.timers.on_write();
-                            }
-                            Poll::Ready(Ok(_)) => {
-                                return self.tls_failed(done, std::io::ErrorKind::WriteZero.into());
-                            }
-                            Poll::Ready(Err(e)) => return self.tls_failed(done, e),
-                            Poll::Pending => {
-                                self.tls_op = Some(TlsOp::Stop { over_tls, done });
-                                return Poll::Pending;
-                            }
-                        }
+                SwitchKind::Stop => match ready!(io.poll_stop_tls(cx)) {
+                    Ok(()) => {
+                        tracing::debug!("close_notify sent; plaintext again");
+                        self.tls_active = false;
+                        Ok(())
                     }
-                    match io.poll_stop_tls(cx) {
-                        Poll::Pending => {
-                            self.tls_op = Some(TlsOp::Stop { over_tls, done });
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Ok(())) => {
-                            tracing::debug!("close_notify sent; plaintext again");
-                            let _ = self.finish_switch(done, Ok(()), false);
-                        }
-                        Poll::Ready(Err(e)) => {
-                            return Poll::Ready(self.finish_switch(done, Err(e), false));
-                        }
-                    }
-                }
+                    Err(e) => Err(e),
+                },
+            };
+            let Some(Entry::Switch(sw)) = self.queue.pop_front() else {
+                unreachable!("the head was a switch");
+            };
+            self.wq.clear_marker();
+            if let Some(done) = sw.done {
+                let _ = done.send(step.clone());
             }
-        }
-    }
-
-    /// Ends a TLS switch: records whether TLS is now on and tells the
-    /// waiter. A fatal error destroys the handle (a failed handshake never
-    /// goes on unencrypted); the error is returned for the caller to report.
-    #[cfg(feature = "tls")]
-    fn finish_switch(
-        &mut self,
-        done: oneshot::Sender<Result<()>>,
-        outcome: Result<()>,
-        tls_on: bool,
-    ) -> Result<()> {
-        match &outcome {
-            Ok(()) => {
-                self.tls_active = tls_on;
-                self.wake_driver();
+            if let Err(e) = &step {
+                self.fail(e.clone(), None);
             }
-            Err(e) if e.is_fatal() => self.die(e.clone()),
-            Err(_) => {}
+            self.wake_driver();
+            return Poll::Ready(step);
         }
-        let _ = done.send(outcome.clone());
-        outcome
-    }
-
-    /// A switch failed on the transport underneath.
-    #[cfg(feature = "tls")]
-    fn tls_failed(
-        &mut self,
-        done: oneshot::Sender<Result<()>>,
-        e: std::io::Error,
-    ) -> Poll<Result<()>> {
-        Poll::Ready(self.finish_switch(done, Err(Error::transport(e)), false))
     }
 
     #[cfg(not(feature = "tls"))]
-    pub(crate) fn poll_tls<IO: Transport>(
+    fn poll_switch<IO: Transport>(
         &mut self,
         _io: &mut IO,
         _cx: &mut Context<'_>,
@@ -914,10 +1230,11 @@ impl Core {
         Poll::Ready(Ok(()))
     }
 
-    // ----- the background driver ---------------------------------------------
+    // ----- the background driver --------------------------------------------------------
 
-    /// One turn of the spawned driver: dispatch, write, read while a request
-    /// waits, timers. Returns `Ready` only once the handle is dead.
+    /// One turn of the spawned driver: dispatch, TLS switches, write, read
+    /// while a read request waits, timers. Returns `Ready` only once the
+    /// connection is closed.
     ///
     /// Autocork off: output is written at the top of every turn, as soon as
     /// the driver runs after a push. On: it is held until the driver would
@@ -928,46 +1245,54 @@ impl Core {
     {
         self.register_driver(cx.waker());
         loop {
-            if self.poll_tls(io, cx).is_pending() {
-                // A handshake in progress: nothing else moves until it is done.
-                if let Poll::Ready(Some(e)) = self.poll_timers(cx) {
-                    self.fail_head(e);
-                }
-                return Poll::Pending;
-            }
             self.dispatch();
-            if self.dead.is_some() {
+            if self.is_closed() {
                 return Poll::Ready(());
+            }
+            if !self.queue.is_empty() && !self.head_is_read() {
+                // A TLS switch: nothing else moves until it is done.
+                if self.poll_switch(io, cx).is_pending() {
+                    ready!(self.wait_for_timers(cx));
+                }
+                continue;
             }
             if !self.cfg.autocork || self.wq.len() >= CORK_BOUNDARY {
                 let _ = self.poll_write_out(io, cx);
-                if self.dead.is_some() {
+                if self.is_closed() {
                     return Poll::Ready(());
                 }
             }
-            if self.queue.is_empty() {
-                // RQ-5: plaintext is read only while a request waits. About
-                // to wait: write what is queued, then the timers.
+            if !self.head_is_read() {
+                // Nothing is read while no request waits. About to wait:
+                // write what is queued, then the timers.
                 let _ = self.poll_write_out(io, cx);
-                if self.dead.is_some() {
+                if self.is_closed() {
                     return Poll::Ready(());
                 }
-                match self.poll_timers(cx) {
-                    Poll::Ready(Some(e)) => self.fail_head(e),
-                    Poll::Ready(None) => {}
-                    Poll::Pending => return Poll::Pending,
-                }
+                ready!(self.wait_for_timers(cx));
+                continue;
             }
             match self.poll_fill(io, cx) {
                 Poll::Ready(Ok(_)) => continue,
-                Poll::Ready(Err(e)) if !e.is_fatal() => self.fail_head(e),
+                Poll::Ready(Err(e)) if !e.is_fatal() => {
+                    self.fail(e, None);
+                }
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
 
-    /// LC-3: after the handle ended, keep writing what is queued (the
+    /// The driver is about to wait: run expired timers. `Ready` when one
+    /// fired (the turn goes on), `Pending` otherwise.
+    fn wait_for_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some((t, e)) = ready!(self.poll_timers(cx)) {
+            self.fail(e, Some(t));
+        }
+        Poll::Ready(())
+    }
+
+    /// After the connection ended cleanly, keep writing what is queued (the
     /// caller bounds this by `linger`). Stops at the first transport error.
     pub(crate) fn poll_linger<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<()>
     where
@@ -984,8 +1309,10 @@ impl Core {
         Poll::Ready(())
     }
 
-    /// Everything not yet consumed or written, for `into_parts`.
+    /// Everything not yet consumed or written, for `into_parts`; queued
+    /// requests fail with `Closed`.
     pub(crate) fn take_buffers(&mut self) -> (BytesMut, BytesMut) {
+        self.close(Error::closed());
         (std::mem::take(&mut self.rbuf), self.wq.take_all())
     }
 }

@@ -2,12 +2,15 @@
 //! AnyEvent model, where the handle lives in the event loop) and any number
 //! of cloneable [`Handle`]s queue reads and writes to it.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,6 +22,7 @@ use crate::queued::Parts;
 use crate::queued::core::Core;
 use crate::queued::request::{OnDrop, Requests, Ticket};
 use crate::queued::stack::Stack;
+use crate::queued::timer::Timeout;
 
 struct Shared {
     core: Mutex<Core>,
@@ -28,12 +32,70 @@ struct Shared {
     detach: AtomicBool,
 }
 
+thread_local! {
+    /// The connections whose engine this thread is running right now (a
+    /// completion or hook may be on the stack), by address.
+    static RUNNING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The core, locked; while it is held, the thread is "inside the engine"
+/// of this connection.
+struct Locked<'a> {
+    guard: MutexGuard<'a, Core>,
+    key: usize,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        RUNNING.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some(i) = r.iter().rposition(|&k| k == self.key) {
+                r.swap_remove(i);
+            }
+        });
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.guard
+    }
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        // A panic inside a user's completion function poisons the lock; the
-        // core itself is still consistent (requests are popped before they
-        // run), so keep going.
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    fn key(&self) -> usize {
+        self as *const Shared as usize
+    }
+
+    /// Whether this thread is running this connection's engine now.
+    fn reentered(&self) -> bool {
+        let key = self.key();
+        RUNNING.with(|r| r.borrow().contains(&key))
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        let key = self.key();
+        if self.reentered() {
+            // Locking again would deadlock: the engine of this connection
+            // is running the caller (a completion or a hook).
+            panic!(
+                "anyframe: a Handle was used from inside a completion or hook of its own \
+                 connection; use the `Requests` argument the callback was given instead"
+            );
+        }
+        // A panic while the lock was held already closed the core (every
+        // user callback runs under `Core::guard`), so the state is
+        // consistent: ignore the poisoning.
+        let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        RUNNING.with(|r| r.borrow_mut().push(key));
+        Locked { guard, key }
     }
 }
 
@@ -90,7 +152,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = Result<Stack<IO>>> + Send + 'static,
 {
-    core.timers.pause();
+    core.pause_timers();
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         users: AtomicUsize::new(1),
@@ -100,11 +162,11 @@ where
     let join = tokio::spawn(async move {
         match setup.await {
             Ok(io) => {
-                task_shared.lock().timers.start();
+                task_shared.lock().start_timers();
                 Ok(drive(task_shared, io).await)
             }
             Err(e) => {
-                task_shared.lock().die(e.clone());
+                task_shared.lock().close(e.clone());
                 Err(e)
             }
         }
@@ -117,29 +179,44 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     tracing::debug!("driver started");
+    let mut panicked = None;
     poll_fn(|cx| {
         let mut core = shared.lock();
         if shared.detach.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        if core.poll_drive(&mut io, cx).is_ready() {
-            return Poll::Ready(());
+        match core.guard(|core| core.poll_drive(&mut io, cx)) {
+            Ok(Poll::Ready(())) => return Poll::Ready(()),
+            Ok(Poll::Pending) => {}
+            Err(payload) => {
+                // A user callback panicked: the core is closed (everyone
+                // waiting has the error); the panic goes to the `Driver`.
+                panicked = Some(payload);
+                return Poll::Ready(());
+            }
         }
         if shared.users.load(Ordering::Acquire) == 0 {
             // Nobody can queue reads any more; fail what is queued.
-            core.die(Error::closed());
+            core.close(Error::closed());
             return Poll::Ready(());
         }
         Poll::Pending
     })
     .await;
+    if let Some(payload) = panicked {
+        resume_unwind(payload);
+    }
 
-    // LC-3 linger: a destroyed or dropped handle keeps writing what was
-    // queued for up to `linger` (not after a transport error, and not when
-    // the user detaches to take the bytes back).
+    // Linger: a destroyed or dropped handle keeps writing what was queued
+    // for up to `linger` (LC-3). Not after an error (the peer is gone or
+    // misbehaving, and the output is dropped at once), and not when the
+    // user detaches to take the bytes back.
     let detached = shared.detach.load(Ordering::Acquire);
-    let linger = shared.lock().cfg.linger;
-    if !detached && !linger.is_zero() {
+    let (linger, clean) = {
+        let core = shared.lock();
+        (core.linger(), core.closed_cleanly())
+    };
+    if !detached && clean && !linger.is_zero() {
         let flushed =
             tokio::time::timeout(linger, poll_fn(|cx| shared.lock().poll_linger(&mut io, cx)))
                 .await;
@@ -147,12 +224,7 @@ where
             tracing::debug!(?linger, "linger expired with output unsent");
         }
     }
-    let mut core = shared.lock();
-    for req in core.queue.drain(..) {
-        req.fail(Error::closed());
-    }
-    let (mut read_buf, write_buf) = core.take_buffers();
-    drop(core);
+    let (mut read_buf, write_buf) = shared.lock().take_buffers();
     let (io, unread) = crate::queued::stack::unwrap(io);
     read_buf.extend_from_slice(&unread);
     tracing::debug!(
@@ -170,16 +242,121 @@ where
 }
 
 impl Handle {
-    fn lock(&self) -> MutexGuard<'_, Core> {
+    fn lock(&self) -> Locked<'_> {
         self.shared.lock()
     }
 
-    crate::queued::request::queue_methods!(self, &);
+    // ----- queued reads ---------------------------------------------------------
+
+    /// Queues a read with `decoder` at the back of the queue. The [`Ticket`]
+    /// resolves once every request before it has completed. Dropping the
+    /// ticket cancels the read (it consumes nothing).
+    pub fn push_read<D>(&self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.lock()
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
+    }
+
+    /// Queues a read at the front: it runs before every request already
+    /// queued.
+    pub fn unshift_read<D>(&self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.lock()
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
+    }
+
+    /// Queues a read whose completion `then` runs inside the engine as soon
+    /// as the frame is decoded, before the next request sees the buffer (see
+    /// [`QueuedFramed::push_read_with`](crate::QueuedFramed::push_read_with)).
+    /// Inside it, use the [`Requests`] argument: using this `Handle` there
+    /// panics (it would deadlock).
+    pub fn push_read_with<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.lock().enqueue(decoder, then, OnDrop::Cancel, false)
+    }
+
+    /// [`push_read_with`](Self::push_read_with) at the front of the queue.
+    pub fn unshift_read_with<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.lock().enqueue(decoder, then, OnDrop::Cancel, true)
+    }
+
+    /// Reads one frame with `decoder` after every queued request.
+    ///
+    /// # Errors
+    ///
+    /// See [`Ticket`].
+    pub async fn read<D>(&self, decoder: D) -> Result<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.push_read(decoder).await
+    }
+
+    /// Reads every frame `decoder` can take from the buffered input, up to
+    /// `limit`, after every queued request: waits for one frame, then takes
+    /// the frames already buffered without reading again (see
+    /// [`QueuedFramed::read_many`](crate::QueuedFramed::read_many)). The
+    /// decoder comes back with the frames, so its state carries over to the
+    /// next call. `Ok` with no frames: the input ended cleanly.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read). Frames decoded before an error are lost only
+    /// if the error is fatal; a non-fatal one is returned after them by the
+    /// next call.
+    pub async fn read_many<D>(&self, decoder: D, limit: usize) -> Result<(D, Vec<D::Item>)>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.push_read_many(decoder, limit).await
+    }
+
+    /// [`read_many`](Self::read_many) as a queued request.
+    pub(crate) fn push_read_many<D>(&self, decoder: D, limit: usize) -> Ticket<(D, Vec<D::Item>)>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        let batch = crate::queued::request::Batch::new(decoder, limit);
+        self.push_read_with(batch, |(decoder, frames, error), q| {
+            if let Some(e) = error {
+                // Frames came before it: they go now, the error next.
+                q.defer_error(e);
+            }
+            Ok((decoder, frames))
+        })
+    }
 
     /// Writes a request and queues the read of its response under one lock,
     /// so concurrent callers cannot interleave between the two. The
-    /// response is read (and discarded) even if the ticket is dropped, which
-    /// keeps a request/response stream in step.
+    /// response is read (and discarded) even if the ticket is dropped or
+    /// times out, which keeps a request/response stream in step.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn write_then_read<E, I, D, F, R>(
         &self,
@@ -204,32 +381,14 @@ impl Handle {
         core.enqueue(decoder, then, OnDrop::Consume, false)
     }
 
-    /// Backpressure for producers: `Ready` below the high watermark.
-    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut core = self.lock();
-        ready!(core.marks.poll_ready(cx));
-        Poll::Ready(core.check_alive())
-    }
-
-    /// Reads one frame with `decoder` after every queued request.
-    ///
-    /// # Errors
-    ///
-    /// See [`Ticket`].
-    pub async fn read<D>(&self, decoder: D) -> Result<D::Item>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-    {
-        self.push_read(decoder).await
-    }
+    // ----- writes -----------------------------------------------------------------
 
     /// Encodes `item` onto the write queue; the driver writes it.
     ///
     /// # Errors
     ///
-    /// As [`QueuedFramed::push_write`](crate::QueuedFramed::push_write).
+    /// As [`QueuedFramed::push_write`](crate::QueuedFramed::push_write). An
+    /// encoder that panics closes the connection and the panic goes on here.
     pub fn push_write<E, I>(&self, encoder: E, item: I) -> Result<()>
     where
         E: Encoder<I>,
@@ -251,7 +410,8 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// The fatal error that ended the handle.
+    /// The error that closed the connection; `ETIMEDOUT` (non-fatal) when a
+    /// write or idle timeout expires while the peer takes nothing.
     pub async fn flush(&self) -> Result<()> {
         let rx = self.lock().flush_ticket();
         rx.await.unwrap_or_else(|_| Err(Error::closed()))
@@ -261,21 +421,68 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// The fatal error that ended the handle.
+    /// The error that closed the connection.
     pub fn push_shutdown(&self) -> Result<()> {
         self.lock().push_shutdown()
     }
 
-    /// Ends the connection (LC-1): pending requests fail with
+    /// Backpressure for producers: `Ready` below the high watermark.
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut core = self.lock();
+        let epoch = core.write_error_epoch();
+        core.poll_write_ready(cx, epoch)
+    }
+
+    /// Resolves when the write queue is below the high watermark (or, once
+    /// it went above, back down to the low one): the producer side of
+    /// backpressure.
+    ///
+    /// # Errors
+    ///
+    /// The error that closed the connection, or a non-fatal `ETIMEDOUT`
+    /// when a write timeout expires meanwhile.
+    pub async fn ready_to_write(&self) -> Result<()> {
+        let epoch = self.lock().write_error_epoch();
+        poll_fn(|cx| self.lock().poll_write_ready(cx, epoch)).await
+    }
+
+    /// Resolves when the write queue is at or below the low watermark.
+    ///
+    /// # Errors
+    ///
+    /// As [`ready_to_write`](Self::ready_to_write).
+    pub async fn drained(&self) -> Result<()> {
+        let epoch = self.lock().write_error_epoch();
+        poll_fn(|cx| self.lock().poll_drained(cx, epoch)).await
+    }
+
+    /// Bytes queued for writing and not yet accepted by the transport.
+    pub fn write_buffered(&self) -> usize {
+        self.lock().write_buffered()
+    }
+
+    // ----- state --------------------------------------------------------------------
+
+    /// Closes the connection (LC-1): pending requests fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed); queued output is
     /// still written for up to `linger`.
     pub fn destroy(&self) {
-        self.lock().die(Error::closed());
+        self.lock().close(Error::closed());
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection is closed.
     pub fn is_destroyed(&self) -> bool {
-        self.lock().dead.is_some()
+        self.lock().is_closed()
+    }
+
+    /// The error that closed the connection, if any.
+    pub fn error(&self) -> Option<Error> {
+        self.lock().error().cloned()
+    }
+
+    /// Whether end of input has been seen.
+    pub fn is_eof(&self) -> bool {
+        self.lock().is_eof()
     }
 
     /// Stops the driver and hands the [`Parts`] (transport, unread and
@@ -286,20 +493,27 @@ impl Handle {
         self.lock().wake_driver();
     }
 
-    /// Upgrades the connection to TLS (STARTTLS); see
-    /// [`QueuedFramed::starttls`](crate::QueuedFramed::starttls). Reads
-    /// and writes queued after this call run over TLS. The ticket resolves
-    /// when the handshake is done.
+    /// Calls `f` with the unread input (AE's `rbuf`).
+    pub fn with_read_buffer<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.lock().read_buffer())
+    }
+
+    // ----- TLS ------------------------------------------------------------------------
+
+    /// Upgrades the connection to TLS (STARTTLS) after the reads already
+    /// queued; see [`QueuedFramed::starttls`](crate::QueuedFramed::starttls).
+    /// Reads and writes queued after this call run over TLS. The ticket
+    /// resolves when the handshake is done.
     #[cfg(feature = "tls")]
     pub fn starttls(&self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
-        self.lock().request_starttls(mode.into())
+        self.lock().request_starttls(mode.into(), false)
     }
 
     /// Ends TLS after the output queued so far; see
     /// [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls).
     #[cfg(feature = "tls")]
     pub fn stoptls(&self) -> Ticket<()> {
-        self.lock().request_stoptls()
+        self.lock().request_stoptls(false)
     }
 
     /// Queues `tls_autostart` (RT-tlsauto): detect a TLS ClientHello and,
@@ -312,7 +526,7 @@ impl Handle {
     ) -> Ticket<crate::codecs::TlsDetect> {
         self.push_read_with(crate::codecs::TlsDetectCodec::new(), move |verdict, q| {
             if verdict.is_tls() {
-                // Failure destroys the handle; later requests see it.
+                // Failure closes the connection; later requests see it.
                 drop(q.starttls(server));
             }
             Ok(verdict)
@@ -321,47 +535,79 @@ impl Handle {
 
     /// Whether TLS is established on this connection.
     pub fn is_tls(&self) -> bool {
-        self.lock().tls_active
+        self.lock().is_tls()
     }
 
-    /// Calls `f` with the unread input (AE's `rbuf`).
-    pub fn with_read_buffer<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        f(&self.lock().rbuf)
-    }
-}
+    // ----- runtime settings ---------------------------------------------------------
 
-impl Handle {
-    fn core_mut(&self) -> MutexGuard<'_, Core> {
-        self.lock()
+    /// Sets the idle timeout (`timeout`; zero = off), checked at once.
+    pub fn set_timeout(&self, period: Duration) {
+        self.run(|core| core.set_timer(Timeout::Idle, period));
     }
 
-    crate::queued::runtime_setters!(self, &);
-
-    /// Resolves when the write queue is below the high watermark (or, once
-    /// it went above, back down to the low one): the producer side of
-    /// backpressure.
-    ///
-    /// # Errors
-    ///
-    /// The error that destroyed the handle.
-    pub async fn ready_to_write(&self) -> Result<()> {
-        poll_fn(|cx| self.poll_write_ready(cx)).await
+    /// Sets the read timeout (`rtimeout`; zero = off), checked at once.
+    pub fn set_rtimeout(&self, period: Duration) {
+        self.run(|core| core.set_timer(Timeout::Read, period));
     }
 
-    /// Resolves when the write queue is at or below the low watermark.
-    ///
-    /// # Errors
-    ///
-    /// The error that destroyed the handle.
-    pub async fn drained(&self) -> Result<()> {
-        poll_fn(|cx| {
-            let mut core = self.lock();
-            core.check_alive()?;
-            let len = core.wq.len();
-            ready!(core.marks.poll_drained(len, cx));
-            Poll::Ready(Ok(()))
-        })
-        .await
+    /// Sets the write timeout (`wtimeout`; zero = off), checked at once.
+    pub fn set_wtimeout(&self, period: Duration) {
+        self.run(|core| core.set_timer(Timeout::Write, period));
+    }
+
+    /// Marks activity now for `which` timer (AE's `*timeout_reset`).
+    pub fn timeout_reset(&self, which: Timeout) {
+        self.lock().timeout_reset(which);
+    }
+
+    /// Runs `hook` inside the engine whenever a timer expires, instead of
+    /// failing the waiting read with `ETIMEDOUT` (AE's `on_timeout`). The
+    /// hook can queue reads and writes, or close the connection, through
+    /// [`Requests`].
+    pub fn on_timeout<F>(&self, hook: F)
+    where
+        F: FnMut(Timeout, &mut Requests<'_>) + Send + 'static,
+    {
+        self.lock().set_on_timeout(Box::new(hook));
+    }
+
+    /// Runs `hook` inside the engine on each drain edge (AE's `on_drain`).
+    pub fn on_drain<F>(&self, hook: F)
+    where
+        F: FnMut(&mut Requests<'_>) + Send + 'static,
+    {
+        self.lock().set_on_drain(Box::new(hook));
+    }
+
+    /// Turns autocork on or off from the next write on (OPT-12).
+    pub fn set_autocork(&self, on: bool) {
+        self.lock().set_autocork(on);
+    }
+
+    /// Changes the write watermarks; the queue is checked against them at
+    /// once.
+    pub fn set_watermarks(&self, high: usize, low: usize) {
+        self.run(|core| core.set_watermarks(high, low));
+    }
+
+    /// Changes the cap on unconsumed input (`None` = unbounded).
+    pub fn set_rbuf_max(&self, max: Option<usize>) {
+        self.lock().set_rbuf_max(max);
+    }
+
+    /// Changes the cap on queued output (`None` = unbounded).
+    pub fn set_wbuf_max(&self, max: Option<usize>) {
+        self.lock().set_wbuf_max(max);
+    }
+
+    /// Runs `f` on the core; a user hook panicking inside closes the
+    /// connection and the panic goes on here, after the lock is released.
+    fn run<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let outcome = self.lock().guard(f);
+        match outcome {
+            Ok(r) => r,
+            Err(payload) => resume_unwind(payload),
+        }
     }
 }
 
@@ -376,7 +622,9 @@ impl Clone for Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if self.shared.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // A handle dropped inside its own engine (captured by a completion)
+        // must not lock again; the driver checks `users` after every turn.
+        if self.shared.users.fetch_sub(1, Ordering::AcqRel) == 1 && !self.shared.reentered() {
             self.lock().wake_driver();
         }
     }
@@ -384,6 +632,9 @@ impl Drop for Handle {
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.shared.reentered() {
+            return f.debug_tuple("Handle").field(&"<running>").finish();
+        }
         f.debug_tuple("Handle").field(&*self.lock()).finish()
     }
 }
@@ -391,10 +642,14 @@ impl fmt::Debug for Handle {
 impl<IO> Future for Driver<IO> {
     type Output = Result<Parts<IO>>;
 
+    /// A panic in a user callback that the driver ran goes on here, like
+    /// a `JoinHandle`'s (after every ticket got an error saying so).
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.join)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(Error::closed())))
+        Pin::new(&mut self.join).poll(cx).map(|r| match r {
+            Ok(parts) => parts,
+            Err(e) if e.is_panic() => resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::closed()),
+        })
     }
 }
 

@@ -5,6 +5,8 @@ pub(crate) mod core;
 mod handle;
 pub(crate) mod request;
 pub(crate) mod stack;
+pub(crate) mod timer;
+pub(crate) mod watermark;
 mod write;
 
 use std::fmt;
@@ -18,12 +20,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
 use self::core::Core;
+use self::request::OnDrop;
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
 
 pub(crate) use self::handle::spawn_connecting;
 pub use self::handle::{Driver, Handle};
 pub use self::request::{FnDecoder, OrEof, Requests, Ticket};
+pub use self::timer::Timeout;
 
 /// A connection that reads with a different decoder for each request.
 ///
@@ -79,6 +83,8 @@ pub struct QueuedFramed<IO, C = ()> {
     codec: C,
     /// The `Stream` has yielded a fatal error and now ends.
     stream_done: bool,
+    /// The default codec was checked for completing on no input.
+    codec_checked: bool,
 }
 
 /// What [`QueuedFramed::into_parts`] gives back: nothing is lost.
@@ -138,6 +144,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
             io: stack::wrap(io),
             codec,
             stream_done: false,
+            codec_checked: false,
         }
     }
 
@@ -145,8 +152,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// bytes are written first.
     pub fn from_parts(parts: Parts<IO, C>) -> QueuedFramed<IO, C> {
         let mut this = QueuedFramed::with_codec(parts.io, parts.codec);
-        this.core.rbuf = parts.read_buf;
-        this.core.wq.restore(parts.write_buf);
+        this.core.restore(parts.read_buf, parts.write_buf);
         this
     }
 
@@ -158,9 +164,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// like AE's `resettls`): call [`stoptls`](Self::stoptls) first to hand
     /// over a clean plaintext stream.
     pub fn into_parts(mut self) -> Parts<IO, C> {
-        for req in self.core.queue.drain(..) {
-            req.fail(Error::closed());
-        }
         let (mut read_buf, write_buf) = self.core.take_buffers();
         let (io, unread) = stack::unwrap(self.io);
         read_buf.extend_from_slice(&unread);
@@ -190,51 +193,53 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
 
     /// The unread input (AE's `rbuf`).
     pub fn read_buffer(&self) -> &[u8] {
-        &self.core.rbuf
+        self.core.read_buffer()
     }
 
     /// The unread input, mutably; remove only from the front if requests are
     /// queued.
     pub fn read_buffer_mut(&mut self) -> &mut BytesMut {
-        &mut self.core.rbuf
+        self.core.read_buffer_mut()
     }
 
     /// Drops the first `n` unread bytes (all of them if fewer are buffered).
     pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.core.rbuf.len());
-        let _ = self.core.rbuf.split_to(n);
+        let rbuf = self.core.read_buffer_mut();
+        let n = n.min(rbuf.len());
+        let _ = rbuf.split_to(n);
     }
 
     /// Bytes queued for writing and not yet accepted by the transport.
     pub fn write_buffered(&self) -> usize {
-        self.core.wq.len()
+        self.core.write_buffered()
     }
 
-    /// Read requests waiting in the queue.
+    /// Read requests (and TLS switches) waiting in the queue.
     pub fn queued_reads(&self) -> usize {
-        self.core.queue.len()
+        self.core.queued_reads()
     }
 
     /// Whether end of input has been seen.
     pub fn is_eof(&self) -> bool {
-        self.core.eof
+        self.core.is_eof()
     }
 
-    /// Whether a fatal error (or [`destroy`](Self::destroy)) ended the handle.
+    /// Whether the connection is closed: a fatal error, a panic in a user
+    /// callback, or [`destroy`](Self::destroy).
     pub fn is_destroyed(&self) -> bool {
-        self.core.dead.is_some()
+        self.core.is_closed()
     }
 
-    /// The fatal error that ended the handle, if any.
+    /// The error that closed the connection, if any.
     pub fn error(&self) -> Option<&Error> {
-        self.core.dead.as_ref()
+        self.core.error()
     }
 
-    /// Ends the handle (LC-1): pending requests fail with
+    /// Closes the connection (LC-1): pending requests fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed), later calls fail
     /// fast. Buffers stay reachable through [`into_parts`](Self::into_parts).
     pub fn destroy(&mut self) {
-        self.core.die(Error::closed());
+        self.core.close(Error::closed());
     }
 
     // ----- queued reads -----------------------------------------------------
@@ -255,7 +260,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        self.core.push_encoded(encoder, item)
+        self.core.run(|core| core.push_encoded(encoder, item))
     }
 
     /// Queues raw bytes; large ones are queued without copying.
@@ -319,8 +324,9 @@ where
     {
         // A plain poll_fn, not an `async fn`: this is the per-frame hot path.
         poll_fn(move |cx| {
+            let io = &mut self.io;
             self.core
-                .poll_decode_direct(&mut self.io, cx, decoder, false)
+                .run(|core| core.poll_decode_direct(io, cx, decoder, false))
                 .map(|r| r.and_then(|frame| frame.ok_or_else(Error::eof_in_request)))
         })
     }
@@ -377,8 +383,9 @@ where
         D::Error: Into<Error>,
     {
         poll_fn(move |cx| {
+            let io = &mut self.io;
             self.core
-                .poll_decode_many(&mut self.io, cx, decoder, frames, limit)
+                .run(|core| core.poll_decode_many(io, cx, decoder, frames, limit))
         })
     }
 
@@ -406,16 +413,11 @@ where
             if let Poll::Ready(r) = ticket.poll_result(cx) {
                 return Poll::Ready(r);
             }
-            // The queue holds the ticket's request: drive it. Whatever the
-            // outcome, the ticket has its own result if its request ran.
-            // (A fatal error fails the ticket's request too.)
-            let _ = self.core.poll_queue(&mut self.io, cx);
-            // A `starttls`/`stoptls` ticket (say, from a completion's
-            // `Requests`) resolves only when the switch runs; with nothing
-            // queued, nothing above reads, so drive the switch here.
-            if self.core.queue.is_empty() {
-                let _ = self.core.poll_tls(&mut self.io, cx);
-            }
+            // The queue holds the ticket's request (or switch): drive it.
+            // Whatever the outcome, the ticket has its own result if its
+            // request ran. (A fatal error fails the ticket's request too.)
+            let io = &mut self.io;
+            let _ = self.core.run(|core| core.poll_queue(io, cx));
             ticket.poll_result(cx)
         })
         .await
@@ -426,9 +428,15 @@ where
     ///
     /// # Errors
     ///
-    /// A transport error (fatal), or the error that destroyed the handle.
+    /// A transport error (fatal), or the error that closed the connection;
+    /// `ETIMEDOUT` (non-fatal) when a write or idle timeout expires while the
+    /// peer does not take the output (the output stays queued).
     pub async fn flush(&mut self) -> Result<()> {
-        poll_fn(|cx| self.core.poll_write_out(&mut self.io, cx)).await
+        poll_fn(|cx| {
+            let io = &mut self.io;
+            self.core.run(|core| core.poll_flush_inline(io, cx))
+        })
+        .await
     }
 
     /// [`push_write`](Self::push_write) then [`flush`](Self::flush).
@@ -494,8 +502,22 @@ where
     /// the connection never goes on unencrypted. `EINVAL` if TLS is already
     /// active.
     pub async fn starttls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> Result<()> {
-        let ticket = self.core.request_starttls(mode.into());
-        self.wait_tls(ticket).await
+        let ticket = self.push_starttls(mode);
+        self.wait(ticket).await
+    }
+
+    /// Queues STARTTLS behind the reads already queued, without driving it:
+    /// those reads run on plaintext, the reads queued after it over TLS.
+    /// Output queued before the call goes out in plaintext; output queued
+    /// after it waits for the handshake. Drive it with [`wait`](Self::wait).
+    pub fn push_starttls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
+        self.core.request_starttls(mode.into(), false)
+    }
+
+    /// Queues stoptls behind the reads already queued (see
+    /// [`push_starttls`](Self::push_starttls)).
+    pub fn push_stoptls(&mut self) -> Ticket<()> {
+        self.core.request_stoptls(false)
     }
 
     /// Ends TLS (stoptls): writes what is queued, sends close_notify, and
@@ -506,8 +528,8 @@ where
     ///
     /// A TLS or transport error (fatal).
     pub async fn stoptls(&mut self) -> Result<()> {
-        let ticket = self.core.request_stoptls();
-        self.wait_tls(ticket).await
+        let ticket = self.push_stoptls();
+        self.wait(ticket).await
     }
 
     /// Detects whether the peer starts with a TLS handshake and, if so,
@@ -532,23 +554,7 @@ where
 
     /// Whether TLS is established on this connection.
     pub fn is_tls(&self) -> bool {
-        self.core.tls_active
-    }
-
-    async fn wait_tls(&mut self, mut ticket: Ticket<()>) -> Result<()> {
-        poll_fn(|cx| {
-            if let Poll::Ready(r) = ticket.poll_result(cx) {
-                return Poll::Ready(r);
-            }
-            if self.core.poll_tls(&mut self.io, cx).is_pending()
-                && let Poll::Ready(Some(e)) = self.core.poll_timers(cx)
-            {
-                // Nothing else is queued here: the switch's waiter gets it.
-                self.core.fail_head(e);
-            }
-            ticket.poll_result(cx)
-        })
-        .await
+        self.core.is_tls()
     }
 }
 
@@ -567,9 +573,21 @@ where
         if this.stream_done {
             return Poll::Ready(None);
         }
+        if !this.codec_checked {
+            this.codec_checked = true;
+            // A default decoder that completes on no input would yield
+            // frames forever without reading: refuse it.
+            if let Ok(Some(_)) = this.codec.decode(&mut BytesMut::new()) {
+                this.stream_done = true;
+                return Poll::Ready(Some(Err(Error::invalid_input(
+                    "the default codec completes on no input (it would yield frames forever)",
+                ))));
+            }
+        }
+        let (io, codec) = (&mut this.io, &mut this.codec);
         match ready!(
             this.core
-                .poll_decode_direct(&mut this.io, cx, &mut this.codec, true)
+                .run(|core| core.poll_decode_direct(io, cx, codec, true))
         ) {
             Ok(Some(frame)) => Poll::Ready(Some(Ok(frame))),
             Ok(None) => {
@@ -595,31 +613,29 @@ where
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let this = self.get_mut();
-        // Backpressure: above the high watermark, write until the queue is
-        // back at the low one before accepting more.
-        while this.core.marks.is_blocked() {
-            ready!(this.core.poll_write_out(&mut this.io, cx))?;
-        }
-        Poll::Ready(this.core.check_alive())
+        self.get_mut().poll_write_ready(cx)
     }
 
     fn start_send(self: Pin<&mut Self>, item: I) -> Result<()> {
         let this = self.get_mut();
-        this.core.push_encoded(EncoderRef(&mut this.codec), item)
+        let codec = &mut this.codec;
+        this.core
+            .run(|core| core.push_encoded(EncoderRef(codec), item))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
-        this.core.poll_write_out(&mut this.io, cx)
+        let io = &mut this.io;
+        this.core.run(|core| core.poll_flush_inline(io, cx))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
-        if this.core.shutdown == self::core::Shutdown::Open {
+        if this.core.output() == self::core::Output::Open {
             this.core.push_shutdown()?;
         }
-        this.core.poll_write_out(&mut this.io, cx)
+        let io = &mut this.io;
+        this.core.run(|core| core.poll_flush_inline(io, cx))
     }
 }
 
@@ -647,102 +663,161 @@ impl<IO: fmt::Debug, C: fmt::Debug> fmt::Debug for QueuedFramed<IO, C> {
     }
 }
 
-/// The runtime setters shared by [`QueuedFramed`] (`&mut self`) and
-/// [`Handle`] (`&self`, through its lock): one list, two receivers.
-macro_rules! runtime_setters {
-    ($self:ident, $($recv:tt)+) => {
-        /// Sets the idle timeout (`timeout`; zero = off). The deadline is
-        /// checked at once (TO-4).
-        pub fn set_timeout($($recv)+ $self, period: std::time::Duration) {
-            $self.core_mut().set_timer(crate::Timeout::Idle, period);
-        }
-
-        /// Sets the read timeout (`rtimeout`; zero = off), checked at once.
-        pub fn set_rtimeout($($recv)+ $self, period: std::time::Duration) {
-            $self.core_mut().set_timer(crate::Timeout::Read, period);
-        }
-
-        /// Sets the write timeout (`wtimeout`; zero = off), checked at once.
-        pub fn set_wtimeout($($recv)+ $self, period: std::time::Duration) {
-            $self.core_mut().set_timer(crate::Timeout::Write, period);
-        }
-
-        /// Marks activity now for `which` timer (AE's `*timeout_reset`).
-        pub fn timeout_reset($($recv)+ $self, which: crate::Timeout) {
-            $self.core_mut().timers.reset(which);
-        }
-
-        /// Runs `hook` inside the engine whenever a timer expires, instead of
-        /// failing the waiting read with `ETIMEDOUT` (AE's `on_timeout`). The
-        /// hook can queue reads and writes through [`Requests`].
-        pub fn on_timeout<F>($($recv)+ $self, hook: F)
-        where
-            F: FnMut(crate::Timeout, &mut Requests<'_>) + Send + 'static,
-        {
-            $self.core_mut().on_timeout = Some(Box::new(hook));
-        }
-
-        /// Runs `hook` inside the engine each time the write queue falls to
-        /// the low watermark after having been above it (AE's `on_drain`, as
-        /// an edge, OPT-5). Never re-entrant.
-        pub fn on_drain<F>($($recv)+ $self, hook: F)
-        where
-            F: FnMut(&mut Requests<'_>) + Send + 'static,
-        {
-            $self.core_mut().on_drain = Some(Box::new(hook));
-        }
-
-        /// Turns autocork on or off from the next write on (OPT-12).
-        pub fn set_autocork($($recv)+ $self, on: bool) {
-            $self.core_mut().cfg.autocork = on;
-        }
-
-        /// Changes the write watermarks (see
-        /// [`Builder::watermarks`](crate::Builder::watermarks)); the queue is
-        /// checked against them at once.
-        pub fn set_watermarks($($recv)+ $self, high: usize, low: usize) {
-            $self.core_mut().set_watermarks(high, low);
-        }
-
-        /// Changes the cap on unconsumed input (`None` = unbounded).
-        pub fn set_rbuf_max($($recv)+ $self, max: Option<usize>) {
-            $self.core_mut().cfg.rbuf_max = max;
-        }
-
-        /// Changes the cap on queued output (`None` = unbounded).
-        pub fn set_wbuf_max($($recv)+ $self, max: Option<usize>) {
-            $self.core_mut().cfg.wbuf_max = max;
-        }
-    };
-}
-pub(crate) use runtime_setters;
-
 impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
-    fn core_mut(&mut self) -> &mut Core {
-        &mut self.core
+    // ----- queued reads -------------------------------------------------------
+
+    /// Queues a read with `decoder` at the back of the queue. The [`Ticket`]
+    /// resolves once every request before it has completed; drive the
+    /// connection with [`wait`](Self::wait). Queuing does no I/O.
+    pub fn push_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
     }
 
-    runtime_setters!(self, &mut);
-    request::queue_methods!(self, &mut);
+    /// Queues a read at the front: it runs before every request already
+    /// queued.
+    pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
+    }
+
+    /// Queues a read whose completion `then` runs inside the engine as soon
+    /// as the frame is decoded, before the next request sees the buffer. It
+    /// may queue follow-ups through [`Requests`] (unshift one more read when
+    /// the frame says so, RQ-4). The ticket resolves to what `then` returns.
+    pub fn push_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, false)
+    }
+
+    /// [`push_read_with`](Self::push_read_with) at the front of the queue.
+    pub fn unshift_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, true)
+    }
+
+    // ----- runtime settings ------------------------------------------------------
+
+    /// Sets the idle timeout (`timeout`; zero = off). The deadline is
+    /// checked at once (TO-4).
+    pub fn set_timeout(&mut self, period: std::time::Duration) {
+        self.core.run(|core| core.set_timer(Timeout::Idle, period));
+    }
+
+    /// Sets the read timeout (`rtimeout`; zero = off), checked at once.
+    pub fn set_rtimeout(&mut self, period: std::time::Duration) {
+        self.core.run(|core| core.set_timer(Timeout::Read, period));
+    }
+
+    /// Sets the write timeout (`wtimeout`; zero = off), checked at once.
+    pub fn set_wtimeout(&mut self, period: std::time::Duration) {
+        self.core.run(|core| core.set_timer(Timeout::Write, period));
+    }
+
+    /// Marks activity now for `which` timer (AE's `*timeout_reset`).
+    pub fn timeout_reset(&mut self, which: Timeout) {
+        self.core.timeout_reset(which);
+    }
+
+    /// Runs `hook` inside the engine whenever a timer expires, instead of
+    /// failing the waiting read with `ETIMEDOUT` (AE's `on_timeout`). The
+    /// hook can queue reads and writes, or close the connection, through
+    /// [`Requests`].
+    pub fn on_timeout<F>(&mut self, hook: F)
+    where
+        F: FnMut(Timeout, &mut Requests<'_>) + Send + 'static,
+    {
+        self.core.set_on_timeout(Box::new(hook));
+    }
+
+    /// Runs `hook` inside the engine each time the write queue falls to the
+    /// low watermark after having been above it (AE's `on_drain`, as an
+    /// edge, OPT-5). Never re-entrant.
+    pub fn on_drain<F>(&mut self, hook: F)
+    where
+        F: FnMut(&mut Requests<'_>) + Send + 'static,
+    {
+        self.core.set_on_drain(Box::new(hook));
+    }
+
+    /// Turns autocork on or off from the next write on (OPT-12).
+    pub fn set_autocork(&mut self, on: bool) {
+        self.core.set_autocork(on);
+    }
+
+    /// Changes the write watermarks (see
+    /// [`Builder::watermarks`](crate::Builder::watermarks)); the queue is
+    /// checked against them at once.
+    pub fn set_watermarks(&mut self, high: usize, low: usize) {
+        self.core.run(|core| core.set_watermarks(high, low));
+    }
+
+    /// Changes the cap on unconsumed input (`None` = unbounded).
+    pub fn set_rbuf_max(&mut self, max: Option<usize>) {
+        self.core.set_rbuf_max(max);
+    }
+
+    /// Changes the cap on queued output (`None` = unbounded).
+    pub fn set_wbuf_max(&mut self, max: Option<usize>) {
+        self.core.set_wbuf_max(max);
+    }
 }
 
 impl<IO, C> QueuedFramed<IO, C>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // Backpressure: above the high watermark, write until the queue is
+        // back at the low one before accepting more.
+        while self.core.write_blocked() {
+            let io = &mut self.io;
+            ready!(self.core.run(|core| core.poll_flush_inline(io, cx)))?;
+        }
+        Poll::Ready(self.core.check_open())
+    }
+
     /// Resolves when the write queue is below the high watermark (or, once
     /// it went above, back down to the low one), writing meanwhile.
     ///
     /// # Errors
     ///
-    /// A transport error, or the error that destroyed the handle.
+    /// A transport error, the error that closed the connection, or a
+    /// non-fatal `ETIMEDOUT` when a timer expires while the peer takes
+    /// nothing.
     pub async fn ready_to_write(&mut self) -> Result<()> {
-        poll_fn(|cx| {
-            while self.core.marks.is_blocked() {
-                ready!(self.core.poll_write_out(&mut self.io, cx))?;
-            }
-            Poll::Ready(self.core.check_alive())
-        })
-        .await
+        poll_fn(|cx| self.poll_write_ready(cx)).await
+    }
+
+    /// Resolves when the write queue is at or below the low watermark,
+    /// writing meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// As [`ready_to_write`](Self::ready_to_write).
+    pub async fn drained(&mut self) -> Result<()> {
+        self.flush().await
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -25,6 +26,13 @@ pub(crate) trait Request: Send {
     /// Delivers an error instead.
     fn fail(self: Box<Self>, err: Error);
 
+    /// Tells the waiter a non-fatal error now but keeps the request, which
+    /// still reads (and drops) its frame. False if nobody waits any more.
+    fn tell(&mut self, err: Error) -> bool;
+
+    /// What happens when the ticket is dropped.
+    fn on_drop(&self) -> OnDrop;
+
     /// True when nobody waits for the result and the request may be dropped
     /// unrun (its bytes stay in the buffer for the next request).
     fn is_abandoned(&self) -> bool;
@@ -45,7 +53,9 @@ pub(crate) struct DecodeRequest<D: Decoder, F, R> {
     decoder: D,
     frame: Option<D::Item>,
     then: F,
-    tx: oneshot::Sender<Result<R>>,
+    /// `None` once the waiter was told an error and the request only
+    /// consumes its frame.
+    tx: Option<oneshot::Sender<Result<R>>>,
     on_drop: OnDrop,
 }
 
@@ -60,7 +70,7 @@ where
                 decoder,
                 frame: None,
                 then,
-                tx,
+                tx: Some(tx),
                 on_drop,
             },
             Ticket { rx },
@@ -134,20 +144,53 @@ where
 
     fn complete(self: Box<Self>, q: &mut Requests<'_>) {
         let this = *self;
-        let result = match this.frame {
-            Some(frame) => (this.then)(frame, q),
-            None => Err(Error::invalid_input("request completed without a frame")),
+        let Some(frame) = this.frame else {
+            if let Some(tx) = this.tx {
+                let _ = tx.send(Err(Error::invalid_input(
+                    "request completed without a frame",
+                )));
+            }
+            return;
+        };
+        let then = this.then;
+        // The completion is user code: if it panics, its own waiter learns
+        // it too before the panic closes the connection.
+        let result = match catch_unwind(AssertUnwindSafe(|| then(frame, q))) {
+            Ok(result) => result,
+            Err(payload) => {
+                if let Some(tx) = this.tx {
+                    let _ = tx.send(Err(Error::panicked(crate::queued::core::panic_text(
+                        &*payload,
+                    ))));
+                }
+                resume_unwind(payload);
+            }
         };
         // The receiver may be gone (OnDrop::Consume): the frame is discarded.
-        let _ = this.tx.send(result);
+        if let Some(tx) = this.tx {
+            let _ = tx.send(result);
+        }
     }
 
     fn fail(self: Box<Self>, err: Error) {
-        let _ = self.tx.send(Err(err));
+        if let Some(tx) = self.tx {
+            let _ = tx.send(Err(err));
+        }
+    }
+
+    fn tell(&mut self, err: Error) -> bool {
+        match self.tx.take() {
+            Some(tx) => tx.send(Err(err)).is_ok(),
+            None => false,
+        }
+    }
+
+    fn on_drop(&self) -> OnDrop {
+        self.on_drop
     }
 
     fn is_abandoned(&self) -> bool {
-        self.on_drop == OnDrop::Cancel && self.tx.is_closed()
+        self.on_drop == OnDrop::Cancel && self.tx.as_ref().is_none_or(|tx| tx.is_closed())
     }
 }
 
@@ -231,67 +274,6 @@ impl<T> fmt::Debug for Ticket<T> {
     }
 }
 
-/// The four queueing methods shared by [`QueuedFramed`](crate::QueuedFramed)
-/// (`&mut self`), [`Handle`](crate::Handle) (`&self`, through its lock) and
-/// [`Requests`] (inside a completion): one list, three receivers.
-macro_rules! queue_methods {
-    ($self:ident, $($recv:tt)+) => {
-        /// Queues a read with `decoder` at the back of the queue. The
-        /// [`Ticket`](crate::Ticket) resolves once every request before it has
-        /// completed. Queuing does no I/O.
-        pub fn push_read<D>($($recv)+ $self, decoder: D) -> crate::Ticket<D::Item>
-        where
-            D: tokio_util::codec::Decoder + Send + 'static,
-            D::Item: Send + 'static,
-            D::Error: Into<crate::Error>,
-        {
-            $self.core_mut().enqueue(decoder, |f, _| Ok(f), crate::queued::request::OnDrop::Cancel, false)
-        }
-
-        /// Queues a read at the front: it runs before every request already
-        /// queued. Several unshifts in one completion run in reverse order,
-        /// as in AnyEvent.
-        pub fn unshift_read<D>($($recv)+ $self, decoder: D) -> crate::Ticket<D::Item>
-        where
-            D: tokio_util::codec::Decoder + Send + 'static,
-            D::Item: Send + 'static,
-            D::Error: Into<crate::Error>,
-        {
-            $self.core_mut().enqueue(decoder, |f, _| Ok(f), crate::queued::request::OnDrop::Cancel, true)
-        }
-
-        /// Queues a read whose completion `then` runs inside the engine as
-        /// soon as the frame is decoded, before the next request sees the
-        /// buffer. It may queue follow-ups through [`Requests`](crate::Requests)
-        /// (e.g. unshift one more line read when the frame says so); do not
-        /// call a [`Handle`](crate::Handle) from inside it. The ticket
-        /// resolves to what `then` returns.
-        pub fn push_read_with<D, F, R>($($recv)+ $self, decoder: D, then: F) -> crate::Ticket<R>
-        where
-            D: tokio_util::codec::Decoder + Send + 'static,
-            D::Item: Send + 'static,
-            D::Error: Into<crate::Error>,
-            F: FnOnce(D::Item, &mut crate::Requests<'_>) -> crate::Result<R> + Send + 'static,
-            R: Send + 'static,
-        {
-            $self.core_mut().enqueue(decoder, then, crate::queued::request::OnDrop::Cancel, false)
-        }
-
-        /// [`push_read_with`](Self::push_read_with) at the front of the queue.
-        pub fn unshift_read_with<D, F, R>($($recv)+ $self, decoder: D, then: F) -> crate::Ticket<R>
-        where
-            D: tokio_util::codec::Decoder + Send + 'static,
-            D::Item: Send + 'static,
-            D::Error: Into<crate::Error>,
-            F: FnOnce(D::Item, &mut crate::Requests<'_>) -> crate::Result<R> + Send + 'static,
-            R: Send + 'static,
-        {
-            $self.core_mut().enqueue(decoder, then, crate::queued::request::OnDrop::Cancel, true)
-        }
-    };
-}
-pub(crate) use queue_methods;
-
 /// Access to the request queue from inside a completion function (AE's
 /// "unshift inside a callback", RQ-4).
 ///
@@ -305,11 +287,56 @@ pub struct Requests<'a> {
 }
 
 impl Requests<'_> {
-    fn core_mut(&mut self) -> &mut Core {
+    /// Queues a read with `decoder` behind every queued request (see
+    /// [`QueuedFramed::push_read`](crate::QueuedFramed::push_read)).
+    pub fn push_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
         self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
     }
 
-    queue_methods!(self, &mut);
+    /// Queues a read that runs next, before every queued request. Several
+    /// unshifts in one completion run in reverse order, as in AnyEvent.
+    pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.core
+            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
+    }
+
+    /// [`push_read`](Self::push_read) with a completion that runs inside
+    /// the engine (see
+    /// [`QueuedFramed::push_read_with`](crate::QueuedFramed::push_read_with)).
+    pub fn push_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, false)
+    }
+
+    /// [`unshift_read`](Self::unshift_read) with a completion that runs
+    /// inside the engine.
+    pub fn unshift_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Cancel, true)
+    }
 
     /// Encodes `item` onto the write queue (see
     /// [`QueuedFramed::push_write`](crate::QueuedFramed::push_write)).
@@ -325,6 +352,30 @@ impl Requests<'_> {
         self.core.push_encoded(encoder, item)
     }
 
+    /// Queues raw bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`push_write`](Self::push_write).
+    pub fn push_bytes(&mut self, bytes: impl Into<bytes::Bytes>) -> Result<()> {
+        self.core.push_bytes(bytes.into())
+    }
+
+    /// Half-closes the write side once the queued output is written.
+    ///
+    /// # Errors
+    ///
+    /// The error that closed the connection.
+    pub fn push_shutdown(&mut self) -> Result<()> {
+        self.core.push_shutdown()
+    }
+
+    /// Closes the connection (as [`QueuedFramed::destroy`](crate::QueuedFramed::destroy)):
+    /// an `on_timeout` hook can end an idle connection this way.
+    pub fn destroy(&mut self) {
+        self.core.close(Error::closed());
+    }
+
     /// Starts TLS on this connection once the current completion returns
     /// (the SMTP shape: read `STARTTLS`, queue `220 ready`, upgrade). Output
     /// queued so far goes out in plaintext first; the bytes already read
@@ -332,26 +383,36 @@ impl Requests<'_> {
     /// handshake is done. The ticket resolves when it is.
     #[cfg(feature = "tls")]
     pub fn starttls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
-        self.core.request_starttls(mode.into())
+        self.core.request_starttls(mode.into(), true)
     }
 
     /// Ends TLS after the output queued so far (see
     /// [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls)).
     #[cfg(feature = "tls")]
     pub fn stoptls(&mut self) -> Ticket<()> {
-        self.core.request_stoptls()
+        self.core.request_stoptls(true)
     }
 
     /// The unconsumed input.
     pub fn read_buffer(&self) -> &[u8] {
-        &self.core.rbuf
+        self.core.read_buffer()
+    }
+
+    /// Hands `err` to the next read request instead of decoding for it.
+    pub(crate) fn defer_error(&mut self, err: Error) {
+        self.core.defer_error(err);
+    }
+
+    /// Bytes queued for writing and not yet written.
+    pub fn write_buffered(&self) -> usize {
+        self.core.write_buffered()
     }
 }
 
 impl fmt::Debug for Requests<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Requests")
-            .field("queued", &self.core.queue.len())
+            .field("queued", &self.core.queued_reads())
             .finish()
     }
 }
@@ -481,5 +542,84 @@ impl<D: Decoder> Decoder for OrEof<D> {
             None if src.is_empty() => Ok(Some(None)),
             None => Ok(None),
         }
+    }
+}
+
+/// A batch's frame: the decoder, the frames, and an error after them.
+pub(crate) type BatchOf<D> = (D, Vec<<D as Decoder>::Item>, Option<Error>);
+
+/// The decoder behind [`Handle::read_many`](crate::Handle::read_many): one
+/// frame, then every further frame already buffered (up to `limit`). Its
+/// frame is the decoder itself (so its state carries over), the frames, and
+/// a non-fatal error that came after them. End of input between frames is an
+/// empty batch.
+pub(crate) struct Batch<D> {
+    decoder: Option<D>,
+    limit: usize,
+}
+
+impl<D> Batch<D> {
+    pub(crate) fn new(decoder: D, limit: usize) -> Batch<D> {
+        Batch {
+            decoder: Some(decoder),
+            limit: limit.max(1),
+        }
+    }
+
+    fn run(&mut self, src: &mut BytesMut, eof: bool) -> Result<Option<BatchOf<D>>>
+    where
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return Err(Error::invalid_input("a batch is decoded once"));
+        };
+        let first = match decode_step(decoder, src, eof) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(e) if eof && e.is_eof() && src.is_empty() => {
+                let d = self.decoder.take().expect("checked above");
+                return Ok(Some((d, Vec::new(), None)));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut frames = vec![first];
+        let mut error = None;
+        while frames.len() < self.limit {
+            let before = src.len();
+            match decode_step(decoder, src, eof) {
+                Ok(Some(frame)) => {
+                    frames.push(frame);
+                    if src.len() == before {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if eof && e.is_eof() && src.is_empty() => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let d = self.decoder.take().expect("checked above");
+        Ok(Some((d, frames, error)))
+    }
+}
+
+impl<D> Decoder for Batch<D>
+where
+    D: Decoder,
+    D::Error: Into<Error>,
+{
+    type Item = BatchOf<D>;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>> {
+        self.run(src, false)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>> {
+        self.run(src, true)
     }
 }

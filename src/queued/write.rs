@@ -28,6 +28,9 @@ pub(crate) struct WriteQueue {
     tail: BytesMut,
     /// Total bytes queued (`chain` + `tail`).
     len: usize,
+    /// A TLS switch's marker: how many bytes at the front were queued
+    /// before the switch and may be written before it runs. The rest waits.
+    marker: Option<usize>,
 }
 
 impl WriteQueue {
@@ -75,13 +78,31 @@ impl WriteQueue {
         self.chain.push_back(bytes);
     }
 
-    /// Writes as much as the transport takes in one call; returns how many
-    /// bytes left the queue.
+    /// Marks the switch boundary after everything queued now.
+    pub(crate) fn set_marker(&mut self) {
+        self.marker = Some(self.len);
+    }
+
+    /// The switch ran (or the connection closed): all output may go.
+    pub(crate) fn clear_marker(&mut self) {
+        self.marker = None;
+    }
+
+    /// Bytes that may be written now (those before a switch's marker).
+    pub(crate) fn writable(&self) -> usize {
+        self.marker.unwrap_or(self.len)
+    }
+
+    /// Writes as much as the transport takes in one call, never past a
+    /// switch's marker; returns how many bytes left the queue.
     pub(crate) fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(max) = self.marker {
+            return self.poll_write_front(io, cx, max);
+        }
         let n = if self.chain.is_empty() {
             std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.tail))?
         } else if io.is_write_vectored() {
@@ -106,9 +127,8 @@ impl WriteQueue {
 
     /// Writes at most `max` bytes from the front of the queue (one buffer,
     /// no vectoring); returns how many left the queue. For a switch that
-    /// must happen after exactly the bytes queued before it (stoptls).
-    #[cfg(feature = "tls")]
-    pub(crate) fn poll_write_front<W: AsyncWrite + Unpin + ?Sized>(
+    /// must happen after exactly the bytes queued before it.
+    fn poll_write_front<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
@@ -123,6 +143,9 @@ impl WriteQueue {
 
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
+        if let Some(m) = &mut self.marker {
+            *m -= n.min(*m);
+        }
         while n > 0 {
             match self.chain.front_mut() {
                 Some(front) if front.len() <= n => {
@@ -150,6 +173,7 @@ impl WriteQueue {
         out.extend_from_slice(&self.tail);
         self.tail.clear();
         self.len = 0;
+        self.marker = None;
         out
     }
 

@@ -10,4 +10,4 @@ mod client;
 mod server;
 
 pub use client::{Client, ClientBuilder, DEFAULT_MAX_IN_FLIGHT, ResponseDecoder, ResponseFuture};
-pub use server::{DEFAULT_SERVE_IN_FLIGHT, ServeOptions, serve};
+pub use server::{BadRequest, DEFAULT_SERVE_IN_FLIGHT, Serve, serve};

@@ -1,6 +1,7 @@
 //! The server loop: read requests, call the service with several in flight,
 //! write the responses in request order.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, IntoFuture, poll_fn};
 use std::pin::Pin;
@@ -14,7 +15,7 @@ use tower_service::Service;
 
 use crate::config::Builder;
 use crate::error::{Error, ErrorKind, Result};
-use crate::queued::OrEof;
+use crate::queued::Ticket;
 
 /// Default bound on requests being served at once per connection: enough to
 /// keep a pipelining client's window full, bounded so that one connection
@@ -23,8 +24,8 @@ pub const DEFAULT_SERVE_IN_FLIGHT: usize = 128;
 
 type ErrorMap<Resp, SErr> = Box<dyn FnMut(SErr) -> Option<Resp> + Send>;
 
-/// A server loop over one connection, made by [`serve`]; configure it, then
-/// `.await` it.
+/// A server loop over one connection, made by [`serve`]: configure it, then
+/// `.await` it (or call [`run`](Self::run)).
 ///
 /// It reads requests with the request decoder, calls the service with up to
 /// `max_in_flight` requests outstanding (respecting `poll_ready`), and writes
@@ -33,7 +34,7 @@ type ErrorMap<Resp, SErr> = Box<dyn FnMut(SErr) -> Option<Resp> + Send>;
 /// or when the shutdown future resolves, after answering every request it
 /// has read.
 #[must_use = "a server loop does nothing unless awaited"]
-pub struct ServeOptions<IO, D, E, S, Req>
+pub struct Serve<IO, D, E, S, Req>
 where
     S: Service<Req>,
 {
@@ -44,10 +45,30 @@ where
     max_in_flight: usize,
     shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     on_error: Option<ErrorMap<S::Response, S::Error>>,
+    on_bad_request: Option<BadRequestHook<S::Response>>,
     builder: Builder,
 }
 
-/// Serves `service` on `io`: see [`ServeOptions`].
+type BadRequestHook<Resp> = Box<dyn FnMut(&Error) -> BadRequest<Resp> + Send>;
+
+/// What [`Serve::on_bad_request`] does with a request the decoder rejected
+/// (a non-fatal decode error such as `EBADMSG`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadRequest<Resp> {
+    /// Answer it (in request order) and go on reading.
+    Reply(Resp),
+    /// Answer it, then close after the answers before it.
+    ReplyAndClose(Resp),
+    /// Close after the answers before it, without an answer (the default).
+    Close,
+}
+
+/// Serves `service` on `io`: see [`Serve`].
+///
+/// A pipelined server written by hand should do what this loop does: take
+/// every request already buffered at once (`read_many`), and keep autocork
+/// on so the answers to one batch leave in one write. Reading one request
+/// and flushing one answer at a time is several times slower.
 ///
 /// # Examples
 ///
@@ -75,13 +96,13 @@ pub fn serve<IO, D, E, S, Req>(
     decoder: D,
     encoder: E,
     service: S,
-) -> ServeOptions<IO, D, E, S, Req>
+) -> Serve<IO, D, E, S, Req>
 where
     S: Service<Req>,
 {
     let mut builder = Builder::new();
     builder.autocork(true);
-    ServeOptions {
+    Serve {
         io,
         decoder,
         encoder,
@@ -89,11 +110,12 @@ where
         max_in_flight: DEFAULT_SERVE_IN_FLIGHT,
         shutdown: None,
         on_error: None,
+        on_bad_request: None,
         builder,
     }
 }
 
-impl<IO, D, E, S, Req> ServeOptions<IO, D, E, S, Req>
+impl<IO, D, E, S, Req> Serve<IO, D, E, S, Req>
 where
     S: Service<Req>,
 {
@@ -121,6 +143,50 @@ where
         self
     }
 
+    /// Decides what to do with a request the decoder rejected without
+    /// losing the stream (a non-fatal error: `EBADMSG`, a discarded over-long
+    /// line): answer it and go on (a JSON-RPC server answers a `-32700`
+    /// parse error), answer and close, or close. Without a hook the loop
+    /// closes after the answers before it and returns the error. A fatal
+    /// decode error always closes.
+    ///
+    /// A decoder that cannot skip what it rejected would reject the same
+    /// bytes again: two rejected requests in a row, with no request decoded
+    /// between them, close the connection whatever the hook says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe::QueuedFramed;
+    /// use anyframe::codecs::{LineCodec, OverflowPolicy, Utf8Line};
+    /// use anyframe::service::{BadRequest, serve};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+    /// let (server_io, client_io) = tokio::io::duplex(1024);
+    /// let upper = tower::service_fn(|line: Utf8Line| async move {
+    ///     Ok::<_, std::convert::Infallible>(line.line().to_uppercase())
+    /// });
+    /// // Lines over 16 bytes are dropped (non-fatal ENOSPC) and answered.
+    /// let lines = LineCodec::builder().max_length(16).overflow(OverflowPolicy::Discard).build_utf8()?;
+    /// let server = serve(server_io, lines, LineCodec::new(), upper)
+    ///     .on_bad_request(|_| BadRequest::Reply("ERR line too long".to_string()));
+    /// tokio::spawn(server.into_future());
+    ///
+    /// let mut client = QueuedFramed::new(client_io);
+    /// client.write(LineCodec::new(), "this line is far too long").await?;
+    /// client.write(LineCodec::new(), "short").await?;
+    /// assert_eq!(client.read(LineCodec::new()).await?.line(), b"ERR line too long");
+    /// assert_eq!(client.read(LineCodec::new()).await?.line(), b"SHORT");
+    /// # Ok(()) }
+    /// ```
+    pub fn on_bad_request(
+        mut self,
+        hook: impl FnMut(&Error) -> BadRequest<S::Response> + Send + 'static,
+    ) -> Self {
+        self.on_bad_request = Some(Box::new(hook));
+        self
+    }
+
     /// Connection options (timeouts, caps, watermarks). Autocork is on by
     /// default for the server loop.
     pub fn connection(mut self, builder: Builder) -> Self {
@@ -130,9 +196,10 @@ where
 }
 
 /// What woke the loop.
-enum Event<Req, Resp, SErr> {
-    /// The next request, `None` at a clean end of input.
-    Request(Result<Option<Req>>),
+enum Event<D, Req, Resp, SErr> {
+    /// The next requests (with the decoder back); empty at a clean end of
+    /// input.
+    Requests(Result<(D, Vec<Req>)>),
     /// A request was handed to the service.
     Called,
     /// The service failed `poll_ready`.
@@ -141,7 +208,15 @@ enum Event<Req, Resp, SErr> {
     Shutdown,
 }
 
-impl<IO, D, E, S, Req> ServeOptions<IO, D, E, S, Req>
+/// A response being computed, or one already known (a bad request's).
+type Pending<S, Req> = futures::future::Either<
+    <S as Service<Req>>::Future,
+    futures::future::Ready<
+        std::result::Result<<S as Service<Req>>::Response, <S as Service<Req>>::Error>,
+    >,
+>;
+
+impl<IO, D, E, S, Req> Serve<IO, D, E, S, Req>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     D: Decoder<Item = Req> + Clone + Send + 'static,
@@ -155,13 +230,21 @@ where
     /// Runs the loop until the peer closes between requests or the shutdown
     /// signal fires.
     ///
+    /// Requests are read in batches: every request already buffered is
+    /// taken at once (one wake-up per read from the socket, not per
+    /// request), and answers are corked into few large writes. The loop
+    /// stops reading while its output is above the connection's high
+    /// watermark (a client that sends but does not read is not answered
+    /// into unbounded memory) and goes on at the low one.
+    ///
     /// # Errors
     ///
     /// A fatal connection error; a request the decoder rejects (after the
-    /// responses before it are written); a service error that
-    /// [`map_errors`](Self::map_errors) did not turn into a response.
+    /// responses before it are written), unless
+    /// [`on_bad_request`](Self::on_bad_request) answers it; a service error
+    /// that [`map_errors`](Self::map_errors) did not turn into a response.
     pub async fn run(self) -> Result<()> {
-        let ServeOptions {
+        let Serve {
             io,
             decoder,
             encoder,
@@ -169,18 +252,26 @@ where
             max_in_flight,
             mut shutdown,
             mut on_error,
+            mut on_bad_request,
             builder,
         } = self;
         let (handle, driver) = builder.build(io).spawn();
-        let mut in_flight = FuturesOrdered::new();
-        let mut next = Some(handle.push_read(OrEof::new(decoder.clone())));
-        // A request read but not yet accepted by `poll_ready`.
-        let mut waiting: Option<Req> = None;
+        let mut in_flight: FuturesOrdered<Pending<S, Req>> = FuturesOrdered::new();
+        // Requests read and not yet handed to the service, in order.
+        let mut waiting: VecDeque<Req> = VecDeque::new();
+        let mut reader = Some(decoder.clone());
+        let mut next: Option<Ticket<(D, Vec<Req>)>> = None;
+        let mut reading = true;
+        // A request was rejected and none decoded since.
+        let mut rejected_last = false;
         let mut outcome: Result<()> = Ok(());
         loop {
-            let reading = next.is_some() || waiting.is_some();
-            if !reading && in_flight.is_empty() {
+            if !reading && next.is_none() && waiting.is_empty() && in_flight.is_empty() {
                 break;
+            }
+            if reader.is_none() {
+                // The decoder was lost with a rejected request: a fresh one.
+                reader = Some(decoder.clone());
             }
             // Responses, readiness and requests are polled together, so a
             // service that is not ready (all its slots busy) still sees its
@@ -191,20 +282,35 @@ where
                 {
                     return Poll::Ready(Event::Response(r));
                 }
-                if let Some(req) = waiting.take() {
+                if !waiting.is_empty() && in_flight.len() < max_in_flight {
                     match service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => {
-                            in_flight.push_back(service.call(req));
+                            if let Some(req) = waiting.pop_front() {
+                                in_flight
+                                    .push_back(futures::future::Either::Left(service.call(req)));
+                            }
                             return Poll::Ready(Event::Called);
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Event::NotReady(e)),
-                        Poll::Pending => waiting = Some(req),
+                        Poll::Pending => {}
                     }
-                } else if let Some(t) = next.as_mut()
+                }
+                // Read more only when the requests read so far are handed
+                // out and the answers are not piling up (backpressure).
+                if next.is_none()
+                    && reading
+                    && waiting.is_empty()
                     && in_flight.len() < max_in_flight
+                    && handle.poll_write_ready(cx).is_ready()
+                    && let Some(d) = reader.take()
+                {
+                    next = Some(handle.push_read_many(d, max_in_flight - in_flight.len()));
+                }
+                if let Some(t) = next.as_mut()
                     && let Poll::Ready(r) = Pin::new(t).poll(cx)
                 {
-                    return Poll::Ready(Event::Request(r));
+                    next = None;
+                    return Poll::Ready(Event::Requests(r));
                 }
                 if reading
                     && let Some(s) = shutdown.as_mut()
@@ -229,8 +335,9 @@ where
                         Some(resp) => handle.push_write(encoder.clone(), resp)?,
                         None => {
                             // Close after the responses before this one.
+                            reading = false;
                             next = None;
-                            waiting = None;
+                            waiting.clear();
                             in_flight.clear();
                             if outcome.is_ok() {
                                 outcome = Err(why);
@@ -240,24 +347,62 @@ where
                 }
                 Event::Called => {}
                 Event::NotReady(e) => {
+                    reading = false;
                     next = None;
                     outcome = Err(Error::custom(ErrorKind::Io, true, e));
                 }
-                Event::Request(Ok(Some(req))) => {
-                    waiting = Some(req);
-                    // Pipelining: the next read is queued at once.
-                    next = Some(handle.push_read(OrEof::new(decoder.clone())));
+                Event::Requests(Ok((d, reqs))) => {
+                    rejected_last &= reqs.is_empty();
+                    if reqs.is_empty() {
+                        // A clean end of input between requests.
+                        reading = false;
+                    }
+                    reader = Some(d);
+                    waiting.extend(reqs);
                 }
-                Event::Request(Ok(None)) => next = None,
-                Event::Request(Err(e)) => {
-                    tracing::debug!(error = %e, "server loop stops reading");
-                    next = None;
-                    outcome = Err(e);
+                Event::Requests(Err(e)) => {
+                    let verdict = match on_bad_request.as_mut() {
+                        Some(hook) if !e.is_fatal() && !rejected_last => hook(&e),
+                        _ => BadRequest::Close,
+                    };
+                    rejected_last = true;
+                    tracing::debug!(error = %e, "server loop: bad request");
+                    let reply = match verdict {
+                        BadRequest::Reply(resp) => Some(resp),
+                        BadRequest::ReplyAndClose(resp) => {
+                            reading = false;
+                            Some(resp)
+                        }
+                        BadRequest::Close => {
+                            reading = false;
+                            outcome = Err(e);
+                            None
+                        }
+                    };
+                    if let Some(resp) = reply {
+                        // In request order: after the requests before it.
+                        let ready = futures::future::ready(Ok(resp));
+                        if waiting.is_empty() {
+                            in_flight.push_back(futures::future::Either::Right(ready));
+                        } else {
+                            // Rare: requests of the same batch wait for the
+                            // service. Answer them first, then this one.
+                            while let Some(req) = waiting.pop_front() {
+                                poll_fn(|cx| service.poll_ready(cx))
+                                    .await
+                                    .map_err(|e| Error::custom(ErrorKind::Io, true, e))?;
+                                in_flight
+                                    .push_back(futures::future::Either::Left(service.call(req)));
+                            }
+                            in_flight.push_back(futures::future::Either::Right(ready));
+                        }
+                    }
                 }
                 Event::Shutdown => {
                     tracing::debug!("server loop shutting down");
+                    reading = false;
                     next = None;
-                    waiting = None;
+                    waiting.clear();
                 }
             }
         }
@@ -274,7 +419,7 @@ where
     }
 }
 
-impl<IO, D, E, S, Req> IntoFuture for ServeOptions<IO, D, E, S, Req>
+impl<IO, D, E, S, Req> IntoFuture for Serve<IO, D, E, S, Req>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     D: Decoder<Item = Req> + Clone + Send + 'static,
@@ -295,12 +440,12 @@ where
     }
 }
 
-impl<IO, D, E, S, Req> fmt::Debug for ServeOptions<IO, D, E, S, Req>
+impl<IO, D, E, S, Req> fmt::Debug for Serve<IO, D, E, S, Req>
 where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServeOptions")
+        f.debug_struct("Serve")
             .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
     }

@@ -121,7 +121,7 @@ impl Timers {
         Timeout::ALL
             .iter()
             .filter(|t| !self.period[t.index()].is_zero())
-            .map(|t| self.stamp[t.index()] + self.period[t.index()])
+            .filter_map(|t| self.stamp[t.index()].checked_add(self.period[t.index()]))
             .min()
     }
 
@@ -134,7 +134,9 @@ impl Timers {
         let now = Instant::now();
         for t in Timeout::ALL {
             let p = self.period[t.index()];
-            if !p.is_zero() && self.stamp[t.index()] + p <= now {
+            // A period too long for an `Instant` never expires.
+            let due = self.stamp[t.index()].checked_add(p);
+            if !p.is_zero() && due.is_some_and(|due| due <= now) {
                 self.stamp[t.index()] = now;
                 return Some(t);
             }

@@ -14,8 +14,8 @@ pub const DEFAULT_LOW_WATER: usize = 0;
 /// Tracks the write queue against the two marks.
 #[derive(Debug)]
 pub(crate) struct Watermarks {
-    pub(crate) high: usize,
-    pub(crate) low: usize,
+    high: usize,
+    low: usize,
     /// Set when the queue went over `high`, cleared when it falls to `low`.
     blocked: bool,
     /// Set when the queue went over `low`; the drain edge clears it.
@@ -59,6 +59,17 @@ impl Watermarks {
             return true;
         }
         false
+    }
+
+    /// Changes the marks (`low` is at most `high`).
+    pub(crate) fn set(&mut self, high: usize, low: usize) {
+        self.high = high;
+        self.low = low.min(high);
+    }
+
+    /// Whether a producer waits in `poll_ready` or `poll_drained`.
+    pub(crate) fn has_waiters(&self) -> bool {
+        !self.waiters.is_empty()
     }
 
     /// Whether a producer should wait.

@@ -1,0 +1,517 @@
+//! The engine's failure paths: every test here pins one way a timeout, a
+//! cap, a panicking callback or a misconfiguration used to hang, desynchronise
+//! or kill a connection that should have survived.
+
+mod support;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyframe::codecs::{ChunkCodec, LineCodec, OverflowPolicy};
+use anyframe::service::{Client, serve};
+use anyframe::{ErrorKind, FnDecoder, QueuedFramed, Timeout};
+use bytes::BytesMut;
+use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::{Service, ServiceExt};
+
+/// Bounds an await so that a regression shows up as a failure, not a hang.
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(10), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: still pending after 10 s"),
+    }
+}
+
+fn panicked(e: &anyframe::Error) -> bool {
+    e.is_fatal() && e.kind() == ErrorKind::Panicked && e.to_string().contains("panicked")
+}
+
+// ----- 1. a timed-out pipelined call never hands its answer to the next ----------
+
+/// An in-order line server whose first answer is `delay` late.
+async fn late_first_answer_server(io: tokio::io::DuplexStream, delay: Duration) {
+    let mut conn = QueuedFramed::new(io);
+    let mut first = true;
+    while let Ok(line) = conn.read(LineCodec::new()).await {
+        if first {
+            tokio::time::sleep(delay).await;
+            first = false;
+        }
+        if conn.write(LineCodec::new(), line.line()).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn timed_out_call_then_next(build: impl FnOnce(&mut anyframe::Builder)) {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    tokio::spawn(late_first_answer_server(theirs, Duration::from_millis(600)));
+    let mut builder = QueuedFramed::builder();
+    build(&mut builder);
+    let (handle, _driver) = builder.build(ours).spawn();
+    let mut client = Client::new(handle, LineCodec::new(), |_: &&str| LineCodec::new());
+    let alice = client.ready().await.unwrap().call("alice").await;
+    assert!(alice.unwrap_err().is_timeout());
+    // The late "alice" must be consumed by the timed-out call, not handed on.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for name in ["bob", "carol", "dave"] {
+        let got = within("call", client.ready().await.unwrap().call(name))
+            .await
+            .unwrap();
+        assert_eq!(got.line(), name.as_bytes(), "answers are off by one");
+    }
+}
+
+#[tokio::test]
+async fn client_rtimeout_never_hands_the_next_caller_a_late_answer() {
+    timed_out_call_then_next(|b| {
+        b.rtimeout(Duration::from_millis(300));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn client_idle_timeout_never_hands_the_next_caller_a_late_answer() {
+    timed_out_call_then_next(|b| {
+        b.timeout(Duration::from_millis(300));
+    })
+    .await;
+}
+
+// ----- 2. a panicking user callback resolves everyone ----------------------------
+
+#[tokio::test]
+async fn a_panicking_completion_fails_every_ticket_and_reaches_the_driver() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, driver) = QueuedFramed::new(ours).spawn();
+    let boom = handle.push_read_with(LineCodec::new(), |_, _| -> anyframe::Result<()> {
+        panic!("completion exploded")
+    });
+    let later = handle.push_read(LineCodec::new());
+    let flushed = {
+        let h = handle.clone();
+        tokio::spawn(async move { h.flush().await })
+    };
+    peer.write_all(b"one\ntwo\n").await.unwrap();
+    assert!(panicked(&within("boom", boom).await.unwrap_err()));
+    assert!(panicked(&within("later", later).await.unwrap_err()));
+    let f = within("flush", flushed).await.unwrap();
+    assert!(f.is_ok() || panicked(&f.unwrap_err()));
+    let e = handle.read(LineCodec::new()).await.unwrap_err();
+    assert!(panicked(&e));
+    // Like a JoinHandle: the panic reaches whoever awaits the driver.
+    let outcome = AssertUnwindSafe(driver).catch_unwind().await;
+    let payload = outcome.expect_err("the driver must resume the panic");
+    assert_eq!(
+        payload.downcast_ref::<&str>().copied(),
+        Some("completion exploded")
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_decoder_fails_every_ticket() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let boom = handle.push_read(FnDecoder::new(
+        |_: &mut BytesMut| -> anyframe::Result<Option<()>> { panic!("decoder exploded") },
+    ));
+    let later = handle.push_read(LineCodec::new());
+    peer.write_all(b"x\n").await.unwrap();
+    assert!(panicked(&within("boom", boom).await.unwrap_err()));
+    assert!(panicked(&within("later", later).await.unwrap_err()));
+    assert!(handle.is_destroyed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_timeout_hook_fails_every_ticket() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::builder()
+        .timeout(Duration::from_secs(1))
+        .build(ours)
+        .spawn();
+    handle.on_timeout(|_, _| panic!("hook exploded"));
+    let waiting = handle.push_read(LineCodec::new());
+    assert!(panicked(&within("waiting", waiting).await.unwrap_err()));
+}
+
+#[tokio::test]
+async fn a_panicking_encoder_leaves_the_spawned_handle_closed_not_hung() {
+    struct Bad;
+    impl tokio_util::codec::Encoder<u8> for Bad {
+        type Error = anyframe::Error;
+        fn encode(&mut self, _: u8, dst: &mut BytesMut) -> anyframe::Result<()> {
+            dst.extend_from_slice(b"half");
+            panic!("encoder exploded")
+        }
+    }
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let waiting = handle.push_read(LineCodec::new());
+    let h = handle.clone();
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| h.push_write(Bad, 1)));
+    assert!(r.is_err(), "the encoder's panic reaches its caller");
+    assert!(panicked(&within("waiting", waiting).await.unwrap_err()));
+    assert_eq!(handle.write_buffered(), 0, "no half-encoded item is queued");
+}
+
+#[tokio::test]
+async fn the_inline_front_end_is_closed_after_a_callback_panics() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(ours);
+    peer.write_all(b"one\ntwo\n").await.unwrap();
+    let boom = conn.push_read_with(LineCodec::new(), |_, _| -> anyframe::Result<()> {
+        panic!("inline completion exploded")
+    });
+    let later = conn.push_read(LineCodec::new());
+    let r = AssertUnwindSafe(conn.wait(boom)).catch_unwind().await;
+    assert!(r.is_err(), "the panic reaches the caller of wait");
+    assert!(conn.is_destroyed());
+    assert!(panicked(conn.error().unwrap()));
+    assert!(panicked(&conn.wait(later).await.unwrap_err()));
+    assert!(panicked(&conn.read(LineCodec::new()).await.unwrap_err()));
+}
+
+// ----- 3. a Handle used from inside its own engine fails fast -------------------
+
+#[tokio::test]
+async fn a_handle_used_inside_its_own_completion_fails_fast_instead_of_deadlocking() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let inner = handle.clone();
+    let t = handle.push_read_with(LineCodec::new(), move |_, _| {
+        inner.push_bytes(&b"reentrant"[..])?;
+        Ok(())
+    });
+    peer.write_all(b"go\n").await.unwrap();
+    let e = within("reentrant completion", t).await.unwrap_err();
+    assert!(panicked(&e), "{e}");
+    assert!(
+        e.to_string().contains("Requests"),
+        "the message says what to use: {e}"
+    );
+}
+
+// ----- 4. nothing is read while no request waits --------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_firing_with_no_request_waiting_reads_nothing() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::builder()
+        .timeout(Duration::from_millis(100))
+        .build(ours)
+        .spawn();
+    let fired = Arc::new(AtomicUsize::new(0));
+    let f = fired.clone();
+    handle.on_timeout(move |_, _| {
+        f.fetch_add(1, Ordering::SeqCst);
+    });
+    peer.write_all(&[b'u'; 18]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert!(fired.load(Ordering::SeqCst) >= 3);
+    assert_eq!(handle.with_read_buffer(|b| b.len()), 0);
+}
+
+// ----- 5. rbuf_max never kills a well-behaved fast peer -----------------------------
+
+const LINES: usize = 10_000;
+
+fn hundred_byte_lines() -> Vec<u8> {
+    let mut out = Vec::with_capacity(LINES * 100);
+    for i in 0..LINES {
+        out.extend_from_slice(format!("{i:099}\n").as_bytes());
+    }
+    out
+}
+
+#[tokio::test]
+async fn rbuf_max_does_not_count_frames_nobody_asked_for_yet() {
+    let (ours, mut peer) = tokio::io::duplex(256 * 1024);
+    let (handle, _driver) = QueuedFramed::builder()
+        .rbuf_max(Some(16 * 1024))
+        .max_read_size(128 * 1024)
+        .build(ours)
+        .spawn();
+    tokio::spawn(async move {
+        peer.write_all(&hundred_byte_lines()).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = peer.read_to_end(&mut sink).await;
+    });
+    for i in 0..LINES {
+        let line = within("line", handle.read(LineCodec::new())).await;
+        assert_eq!(line.unwrap().line(), format!("{i:099}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn rbuf_max_lets_serve_echo_a_fast_pipelining_client() {
+    let (server_io, client_io) = tokio::io::duplex(256 * 1024);
+    let mut builder = QueuedFramed::builder();
+    builder.rbuf_max(Some(16 * 1024)).max_read_size(128 * 1024);
+    let echo = tower::service_fn(|line: anyframe::codecs::Line| async move {
+        Ok::<_, std::convert::Infallible>(line.into_line())
+    });
+    let server = tokio::spawn(
+        serve(server_io, LineCodec::new(), LineCodec::new(), echo)
+            .connection(builder)
+            .run(),
+    );
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    tokio::spawn(async move {
+        wr.write_all(&hundred_byte_lines()).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    within("echoes", rd.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got.len(), LINES * 100);
+    within("server", server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn rbuf_max_is_enospc_only_when_the_head_request_needs_more_than_the_cap() {
+    let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+    let mut conn = QueuedFramed::builder().rbuf_max(Some(1024)).build(ours);
+    peer.write_all(&[b'a'; 4096]).await.unwrap();
+    let first = conn.read(ChunkCodec::new(1000)).await.unwrap();
+    assert_eq!(first.len(), 1000);
+    let e = conn.read(ChunkCodec::new(2000)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace);
+    assert!(e.is_fatal());
+    assert!(conn.read_buffer().len() <= 1024);
+}
+
+// ----- 6. a stalled flush times out ------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_spawned_flush_resolves_with_etimedout_under_wtimeout() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::builder()
+        .wtimeout(Duration::from_secs(5))
+        .build(ours)
+        .spawn();
+    handle.push_bytes(vec![0u8; 64 * 1024]).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(3600), handle.flush())
+        .await
+        .expect("flush must not hang")
+        .unwrap_err();
+    assert!(e.is_timeout() && !e.is_fatal());
+    let e = tokio::time::timeout(Duration::from_secs(3600), handle.drained())
+        .await
+        .expect("drained must not hang")
+        .unwrap_err();
+    assert!(e.is_timeout());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_inline_flush_resolves_with_etimedout_under_wtimeout() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::builder()
+        .wtimeout(Duration::from_secs(5))
+        .build(ours);
+    conn.push_bytes(vec![0u8; 64 * 1024]).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(3600), conn.flush())
+        .await
+        .expect("flush must not hang")
+        .unwrap_err();
+    assert!(e.is_timeout() && !e.is_fatal());
+    assert!(!conn.is_destroyed());
+}
+
+// ----- 7. serve stops reading while its output is above the high watermark ------
+
+#[tokio::test]
+async fn serve_stops_reading_requests_while_output_is_above_the_high_watermark() {
+    const REQUESTS: usize = 5_000;
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let mut builder = QueuedFramed::builder();
+    builder.wbuf_max(Some(1024 * 1024));
+    // Each 2-byte request is answered by 1,000 bytes.
+    let amplify = tower::service_fn(|_: anyframe::codecs::Line| async move {
+        Ok::<_, std::convert::Infallible>(vec![b'r'; 999])
+    });
+    let server = tokio::spawn(
+        serve(server_io, LineCodec::new(), LineCodec::new(), amplify)
+            .connection(builder)
+            .run(),
+    );
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    tokio::spawn(async move {
+        wr.write_all(&b"x\n".repeat(REQUESTS)).await.unwrap();
+        // Let the server queue as much as it wants before anyone reads.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        wr.shutdown().await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut got = Vec::new();
+    within("answers", rd.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(
+        got.len(),
+        REQUESTS * 1000,
+        "every request answered, none lost"
+    );
+    within("server", server).await.unwrap().unwrap();
+}
+
+// ----- 8. after a fatal write-side error, output is not kept for the linger -----
+
+#[tokio::test]
+async fn a_fatal_write_error_drops_queued_output_instead_of_lingering() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (handle, driver) = QueuedFramed::builder()
+        .wbuf_max(Some(1024 * 1024))
+        .linger(Duration::from_secs(3600))
+        .build(ours)
+        .spawn();
+    let mut err = None;
+    for _ in 0..100 {
+        if let Err(e) = handle.push_bytes(vec![1u8; 64 * 1024]) {
+            err = Some(e);
+            break;
+        }
+    }
+    assert_eq!(err.unwrap().kind(), ErrorKind::NoSpace);
+    drop(handle);
+    let parts = within("driver after ENOSPC", driver).await.unwrap();
+    assert!(parts.write_buf.len() <= 1024 * 1024);
+}
+
+#[test]
+fn the_default_linger_is_documented_and_short() {
+    assert!(anyframe::DEFAULT_LINGER <= Duration::from_secs(60));
+}
+
+// ----- 9. wbuf_max counts output set aside for a STARTTLS -------------------------
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn wbuf_max_counts_output_queued_before_a_pending_starttls() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::builder()
+        .wbuf_max(Some(4 * 1024 * 1024))
+        .build(ours);
+    conn.push_bytes(vec![0u8; 3 * 1024 * 1024]).unwrap();
+    let client = anyframe::tls::TlsClient::new("localhost").unwrap();
+    // Queue the switch without driving it.
+    let _pending = conn.push_starttls(client);
+    let e = conn.push_bytes(vec![0u8; 2 * 1024 * 1024]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace);
+}
+
+// ----- 11. absurd configuration is clamped, never a panic or an abort -------------
+
+#[tokio::test]
+async fn absurd_configuration_is_clamped_not_a_panic() {
+    for read_size in [usize::MAX, 1 << 40] {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::builder()
+            .timeout(Duration::MAX)
+            .rtimeout(Duration::MAX)
+            .wtimeout(Duration::MAX)
+            .read_size(read_size)
+            .max_read_size(usize::MAX)
+            .build(ours);
+        peer.write_all(b"fine\n").await.unwrap();
+        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"fine");
+        conn.set_timeout(Duration::MAX);
+        peer.write_all(b"still\n").await.unwrap();
+        assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"still");
+    }
+}
+
+// ----- 12. OverflowPolicy::Discard makes progress with a decoder per request ------
+
+fn discarding() -> LineCodec {
+    LineCodec::builder()
+        .max_length(8)
+        .overflow(OverflowPolicy::Discard)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn discard_policy_makes_progress_through_read_by_value() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(ours);
+    tokio::spawn(async move {
+        for piece in [&b"aaaaaaaaaaaa"[..], b"aaaaaaaa", b"aa\nok\n"] {
+            peer.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut errors = 0;
+    let line = loop {
+        match within("read", conn.read(discarding())).await {
+            Ok(line) => break line,
+            Err(e) if e.kind() == ErrorKind::NoSpace && !e.is_fatal() => errors += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(errors < 10, "no progress");
+    };
+    assert_eq!(line.line(), b"ok");
+}
+
+#[tokio::test]
+async fn discard_policy_makes_progress_through_a_spawned_handle() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"aaaaaaaaaaaaaaaaaaaa\nok\n").await.unwrap();
+    let mut errors = 0;
+    let line = loop {
+        match within("read", handle.read(discarding())).await {
+            Ok(line) => break line,
+            Err(e) if e.kind() == ErrorKind::NoSpace && !e.is_fatal() => errors += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(errors < 10, "no progress");
+    };
+    assert_eq!(line.line(), b"ok");
+}
+
+// ----- 13. a default decoder that completes on no input is refused ----------------
+
+#[tokio::test]
+async fn a_default_codec_that_completes_on_no_input_is_refused() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::with_codec(ours, ChunkCodec::new(0));
+    let first = within("stream", conn.next()).await;
+    let e = first.expect("an error, not the end").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(within("stream end", conn.next()).await.is_none());
+}
+
+// ----- 14. is_eof means end of input, not any EPIPE -------------------------------
+
+#[test]
+fn is_eof_is_false_for_a_write_to_a_closed_socket() {
+    let e = anyframe::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+    assert_eq!(e.kind(), ErrorKind::BrokenPipe);
+    assert!(!e.is_eof());
+}
+
+#[tokio::test]
+async fn is_eof_is_true_for_end_of_input_inside_a_request() {
+    let (ours, peer) = tokio::io::duplex(1024);
+    drop(peer);
+    let mut conn = QueuedFramed::new(ours);
+    assert!(conn.read(LineCodec::new()).await.unwrap_err().is_eof());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_on_timeout_hook_can_close_an_idle_connection() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (handle, driver) = QueuedFramed::builder()
+        .timeout(Duration::from_secs(3))
+        .build(ours)
+        .spawn();
+    handle.on_timeout(|which, q| {
+        assert_eq!(which, Timeout::Idle);
+        q.destroy();
+    });
+    let waiting = handle.push_read(LineCodec::new());
+    let e = within("waiting", waiting).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed);
+    within("driver", driver).await.unwrap();
+}
