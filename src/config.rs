@@ -20,7 +20,7 @@ pub const DEFAULT_RBUF_MAX: usize = 64 * 1024 * 1024;
 /// Default cap on queued output (`wbuf_max`), for the same reason.
 pub const DEFAULT_WBUF_MAX: usize = 64 * 1024 * 1024;
 
-/// Default `linger` (LC-3): how long a handle dropped (or destroyed) with
+/// Default `linger` (LC-3): how long a connection closed cleanly with
 /// output still queued keeps writing it in the background. AnyEvent waits
 /// an hour; a tokio program expects a dropped connection to be gone soon, and
 /// a peer that stops reading would otherwise hold the task and its buffers
@@ -151,9 +151,10 @@ impl Builder {
         self
     }
 
-    /// How long a spawned connection whose handles are all dropped (or that
-    /// was destroyed) keeps writing its queued output in the background
-    /// (LC-3; default [`DEFAULT_LINGER`]; zero discards it at once).
+    /// How long a spawned connection closed cleanly (all its handles
+    /// dropped, or `destroy`) keeps writing its queued output in the
+    /// background (LC-3; default [`DEFAULT_LINGER`]; zero discards it at
+    /// once). A connection closed by an error does not linger.
     pub fn linger(&mut self, linger: Duration) -> &mut Self {
         self.cfg.linger = linger;
         self

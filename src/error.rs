@@ -29,8 +29,9 @@ pub enum ErrorKind {
     Protocol,
     /// An I/O error from the transport (connection reset, refused, ...).
     Io,
-    /// The handle was destroyed (explicitly, by a fatal error elsewhere, or
-    /// because its driver task ended) before the operation could run.
+    /// The connection is closed (by `destroy`, by a fatal error elsewhere,
+    /// or because its driver task ended) and the operation cannot run.
+    /// Reported as `EBADF`, as for a closed file descriptor.
     Closed,
     /// The caller asked for something that cannot be done (an encoder
     /// refused the item, STARTTLS while TLS is active, ...). Nothing was
@@ -167,7 +168,7 @@ impl Error {
 
     /// The handle is gone.
     pub(crate) fn closed() -> Error {
-        Error::new(ErrorKind::Closed, true, "the handle was destroyed")
+        Error::new(ErrorKind::Closed, true, "the connection is closed")
     }
 
     /// A transport error: always fatal. A TLS failure carried inside the
@@ -229,7 +230,7 @@ impl Error {
         self.inner.kind
     }
 
-    /// Whether the handle was destroyed by this error (ERR-2). A fatal error
+    /// Whether this error closed the connection (ERR-2). A fatal error
     /// fails every pending request and every later call with the same error.
     pub fn is_fatal(&self) -> bool {
         self.inner.fatal

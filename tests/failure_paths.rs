@@ -122,7 +122,7 @@ async fn a_panicking_decoder_fails_every_ticket() {
     peer.write_all(b"x\n").await.unwrap();
     assert!(panicked(&within("boom", boom).await.unwrap_err()));
     assert!(panicked(&within("later", later).await.unwrap_err()));
-    assert!(handle.is_destroyed());
+    assert!(handle.is_closed());
 }
 
 #[tokio::test(start_paused = true)]
@@ -168,7 +168,7 @@ async fn the_inline_front_end_is_closed_after_a_callback_panics() {
     let later = conn.push_read(LineCodec::new());
     let r = AssertUnwindSafe(conn.wait(boom)).catch_unwind().await;
     assert!(r.is_err(), "the panic reaches the caller of wait");
-    assert!(conn.is_destroyed());
+    assert!(conn.is_closed());
     assert!(panicked(conn.error().unwrap()));
     assert!(panicked(&conn.wait(later).await.unwrap_err()));
     assert!(panicked(&conn.read(LineCodec::new()).await.unwrap_err()));
@@ -316,7 +316,7 @@ async fn a_stalled_inline_flush_resolves_with_etimedout_under_wtimeout() {
         .expect("flush must not hang")
         .unwrap_err();
     assert!(e.is_timeout() && !e.is_fatal());
-    assert!(!conn.is_destroyed());
+    assert!(!conn.is_closed());
 }
 
 // ----- 7. serve stops reading while its output is above the high watermark ------
@@ -514,4 +514,34 @@ async fn an_on_timeout_hook_can_close_an_idle_connection() {
     let e = within("waiting", waiting).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Closed);
     within("driver", driver).await.unwrap();
+}
+
+#[tokio::test]
+async fn client_wtimeout_never_hands_the_next_caller_a_late_answer() {
+    // A server that reads nothing for 600 ms, then answers in order.
+    let (ours, theirs) = tokio::io::duplex(64);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut conn = QueuedFramed::new(theirs);
+        while let Ok(line) = conn.read(LineCodec::new()).await {
+            if conn.write(LineCodec::new(), line.line()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (handle, _driver) = QueuedFramed::builder()
+        .wtimeout(Duration::from_millis(300))
+        .build(ours)
+        .spawn();
+    let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
+    // More than the pipe holds, so the write stalls.
+    let alice = "a".repeat(200);
+    let first = client.ready().await.unwrap().call(alice).await;
+    assert!(first.unwrap_err().is_timeout());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut clone = client.clone();
+    let got = within("call", clone.ready().await.unwrap().call("bob".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(got.line(), b"bob", "answers are off by one");
 }

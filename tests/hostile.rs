@@ -539,7 +539,7 @@ async fn invalid_utf8_in_json_is_a_non_fatal_utf8_error_and_nothing_is_lost() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadMessage);
     assert!(err.codec_error().unwrap().is_utf8(), "{err:?}");
-    assert!(!err.is_fatal() && !conn.is_destroyed());
+    assert!(!err.is_fatal() && !conn.is_closed());
     // Nothing consumed: the caller decides, here skipping to the newline.
     assert_eq!(conn.read_buffer(), &wire[..]);
     conn.consume(bad.len());
@@ -570,7 +570,7 @@ async fn a_regex_reject_is_a_non_fatal_bad_message_with_the_bytes_kept() {
     let mut split = QueuedFramed::new(io2);
     let err = split.read(codec()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadMessage);
-    assert!(!err.is_fatal() && !split.is_destroyed());
+    assert!(!err.is_fatal() && !split.is_closed());
     assert_eq!(err.codec_error().unwrap().offset(), Some(19));
     assert_eq!(split.read_buffer(), &wire[..21]);
     // In one piece, accept matches first (AE's order, RT-regex-2).
@@ -602,7 +602,7 @@ async fn a_peer_that_never_reads_hits_wbuf_max_as_enospc() {
                 tokio::task::yield_now().await;
                 assert!(accepted <= 4 * MIB, "no cap");
             };
-            (err, accepted, handle.is_destroyed())
+            (err, accepted, handle.is_closed())
         }),
     )
     .await;
@@ -627,7 +627,7 @@ async fn a_stalled_peer_gets_a_non_fatal_timeout_and_the_partial_frame_is_kept()
     let start = tokio::time::Instant::now();
     let err = conn.read(LineCodec::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TimedOut);
-    assert!(!err.is_fatal() && !conn.is_destroyed());
+    assert!(!err.is_fatal() && !conn.is_closed());
     assert_eq!(start.elapsed(), Duration::from_secs(5));
     assert_eq!(conn.read_buffer(), b"half a li");
     // It repeats every period while the peer stays silent...
@@ -669,7 +669,7 @@ async fn a_slowloris_peer_is_cut_off_by_a_deadline_without_losing_its_bytes() {
     let got = conn.read_buffer().len();
     assert!((29..=31).contains(&got), "{got} bytes kept");
     assert!(conn.read_buffer().iter().all(|&b| b == b'a'));
-    assert!(!conn.is_destroyed());
+    assert!(!conn.is_closed());
     conn.destroy();
     dribble.abort();
 }
@@ -734,7 +734,7 @@ async fn writing_to_a_peer_that_has_gone_is_a_fatal_epipe_with_the_output_kept()
         matches!(err.kind(), ErrorKind::BrokenPipe | ErrorKind::Io),
         "{err:?}"
     );
-    assert!(err.is_fatal() && conn.is_destroyed());
+    assert!(err.is_fatal() && conn.is_closed());
     assert!(
         matches!(
             err.io_error().map(io::Error::kind),
@@ -807,7 +807,7 @@ async fn tls_garbage_after_starttls_is_a_fatal_eproto() {
         let err = within("handshake", conn.starttls(pki::server()))
             .await
             .unwrap_err();
-        let destroyed = conn.is_destroyed();
+        let destroyed = conn.is_closed();
         // Nothing more is read or written in plaintext.
         let again = conn.read(LineCodec::new()).await.unwrap_err();
         drop(conn);
@@ -893,7 +893,7 @@ where
     let err = res.expect_err(what);
     assert_eq!(err.kind(), ErrorKind::BrokenPipe, "{what}: {err:?}");
     assert!(err.is_fatal(), "{what}");
-    assert!(conn.is_destroyed(), "{what}");
+    assert!(conn.is_closed(), "{what}");
     assert_eq!(conn.read_buffer(), wire, "{what}: bytes lost");
 }
 
@@ -981,7 +981,7 @@ async fn eof_between_frames_is_a_clean_end_for_or_eof_and_epipe_for_a_plain_read
             .unwrap()
             .is_none()
     );
-    assert!(!conn.is_destroyed());
+    assert!(!conn.is_closed());
     let err = conn.read(LineCodec::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BrokenPipe);
     // Leading JSON whitespace before the end is not a text.

@@ -718,7 +718,7 @@ async fn regex_accept_reject_skip(role: Role) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadMessage);
-    assert!(!err.is_fatal() && !conn.is_destroyed());
+    assert!(!err.is_fatal() && !conn.is_closed());
     assert_eq!(conn.read_buffer(), b"12x", "nothing consumed");
 }
 
@@ -1772,7 +1772,7 @@ async fn stoptls_by_us_first() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
-    assert!(err.is_fatal() && conn.is_destroyed());
+    assert!(err.is_fatal() && conn.is_closed());
 }
 
 /// TLS-6: AE stops alone. Its close_notify is a clean end of the TLS
@@ -1838,5 +1838,5 @@ async fn tls_handshake_refused_by_perl_verification() {
     let (ours, ()) = tokio::join!(within("handshake", conn.starttls(server)), perl_side);
     let err = ours.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
-    assert!(err.is_fatal() && conn.is_destroyed());
+    assert!(err.is_fatal() && conn.is_closed());
 }

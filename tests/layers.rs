@@ -30,7 +30,7 @@ async fn idle_timeout_fires_three_times_in_350ms_with_period_100ms() {
     assert_eq!(fired.len(), 3, "{fired:?}");
     assert!(fired.iter().all(|(w, _)| *w == Timeout::Idle));
     // Nothing was queued: the timers run regardless (TO-2).
-    assert!(!handle.is_destroyed(), "ETIMEDOUT is not fatal");
+    assert!(!handle.is_closed(), "ETIMEDOUT is not fatal");
 }
 
 #[tokio::test(start_paused = true)]
@@ -70,7 +70,7 @@ async fn a_timeout_without_hook_fails_the_waiting_read_and_keeps_its_bytes() {
     peer.write_all(b"half a li").await.unwrap();
     let err = conn.read(LineCodec::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TimedOut);
-    assert!(!err.is_fatal() && !conn.is_destroyed());
+    assert!(!err.is_fatal() && !conn.is_closed());
     assert_eq!(conn.read_buffer(), b"half a li");
     // The handle stays usable.
     peer.write_all(b"ne\n").await.unwrap();
@@ -184,7 +184,7 @@ async fn wbuf_max_is_checked_on_every_push_and_keeps_what_was_queued() {
     conn.push_bytes(&b"0123456789"[..]).unwrap();
     let err = conn.push_bytes(&b"!"[..]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoSpace);
-    assert!(err.is_fatal() && conn.is_destroyed());
+    assert!(err.is_fatal() && conn.is_closed());
     let parts = conn.into_parts();
     assert_eq!(
         &parts.write_buf[..],
@@ -292,7 +292,7 @@ async fn a_client_that_never_reads_gets_enospc_while_others_are_served() {
         }
     }
     assert!(slow_failed_at.is_some(), "the slow client hit wbuf_max");
-    assert!(slow_h.is_destroyed());
+    assert!(slow_h.is_closed());
     fast_h.flush().await.unwrap();
     drop(fast_h);
     assert_eq!(

@@ -34,6 +34,12 @@ use tower::{Service, ServiceExt};
 struct Counting;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = CURRENT.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 // SAFETY: every call is forwarded to `System` unchanged; the counter is a
 // plain atomic.
@@ -42,7 +48,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: as `System.alloc`, same layout.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            CURRENT.fetch_add(layout.size(), Ordering::Relaxed);
+            grew(layout.size());
         }
         p
     }
@@ -51,7 +57,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: as `System.alloc_zeroed`, same layout.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            CURRENT.fetch_add(layout.size(), Ordering::Relaxed);
+            grew(layout.size());
         }
         p
     }
@@ -66,8 +72,13 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: `ptr` came from this allocator with `layout`.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            CURRENT.fetch_add(new_size, Ordering::Relaxed);
-            CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+            // Counted as growth in place: large blocks grow by remapping
+            // (glibc's mremap), without a second copy alive at once.
+            if new_size >= layout.size() {
+                grew(new_size - layout.size());
+            } else {
+                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
         }
         p
     }
@@ -78,6 +89,17 @@ static ALLOC: Counting = Counting;
 
 fn heap() -> usize {
     CURRENT.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak measurement from the current heap.
+fn reset_peak() -> usize {
+    let now = heap();
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+fn peak() -> usize {
+    PEAK.load(Ordering::Relaxed)
 }
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -477,4 +499,93 @@ async fn a_thousand_connections_pipelining_a_thousand_json_requests_each() {
     }
     let rate = pipelined_json(1000, 1000).await;
     println!("load: pipelined json conns=1000 requests_per_conn=1000 throughput={rate:.0} req/s");
+}
+
+// ----- memory held for partial frames ---------------------------------------------
+
+/// Sends `len` bytes of one JSON text that never ends (`["aaa…`) from a
+/// reused chunk (the sender allocates nothing per write), then waits.
+async fn send_partial_json(mut peer: tokio::io::DuplexStream, len: usize) {
+    use tokio::io::AsyncWriteExt;
+    let chunk = [b'a'; 16 * 1024];
+    peer.write_all(b"[\"").await.unwrap();
+    let mut left = len - 2;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        peer.write_all(&chunk[..n]).await.unwrap();
+        left -= n;
+    }
+    std::future::pending::<()>().await;
+}
+
+async fn buffered_reaches(handle: &anyframe::Handle, len: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handle.with_read_buffer(|b| b.len()) < len {
+        assert!(Instant::now() < deadline, "the partial frame never arrived");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Peak heap while one 8 MiB partial frame builds up in the read buffer:
+/// at most 1.3 × (held bytes + one read), not the doubling of a growing
+/// `Vec` (the capacity grows by what each read needs, or an eighth).
+#[tokio::test]
+async fn a_large_partial_frame_peaks_near_what_it_holds() {
+    let _serial = serial();
+    const LEN: usize = 8 * 1024 * 1024;
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (handle, _driver) = QueuedFramed::builder().rbuf_max(None).build(ours).spawn();
+    let codec = anyframe::codecs::RawJsonCodec::builder()
+        .max_size(2 * LEN)
+        .build_raw();
+    settle().await;
+    let base = reset_peak();
+    let pending = handle.push_read(codec);
+    let sender = tokio::spawn(send_partial_json(theirs, LEN));
+    buffered_reaches(&handle, LEN).await;
+    let held = peak() - base;
+    let bound = (1.3 * (LEN + anyframe::DEFAULT_MAX_READ_SIZE) as f64) as usize + 256 * 1024;
+    println!("load: 8 MiB partial frame peak_heap={held} bound={bound}");
+    assert!(held <= bound, "peak {held} over {bound}");
+    drop(pending);
+    sender.abort();
+}
+
+/// Many connections each holding a 60 KiB partial JSON text: heap per
+/// connection at most 1.3 × (60 KiB + one read).
+#[tokio::test]
+async fn connections_holding_a_60k_partial_frame_cost_little_more_than_it() {
+    let _serial = serial();
+    const N: usize = 200;
+    const LEN: usize = 60 * 1024;
+    settle().await;
+    let base = heap();
+    let mut handles = Vec::with_capacity(N);
+    let mut senders = Vec::with_capacity(N);
+    for _ in 0..N {
+        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+        let (handle, driver) = QueuedFramed::new(ours).spawn();
+        let t = handle.push_read(JsonCodec::<serde_json::Value>::new());
+        senders.push(tokio::spawn(send_partial_json(theirs, LEN)));
+        handles.push((handle, driver, t));
+    }
+    for (h, _, _) in &handles {
+        buffered_reaches(h, LEN).await;
+    }
+    settle().await;
+    let per_conn = (heap() - base) as f64 / N as f64;
+    // The largest read a 60 KiB frame grows the read size to.
+    let read = 64.0 * 1024.0;
+    let bound = 1.3 * (LEN as f64 + read);
+    println!(
+        "load: {N} connections x 60 KiB partial JSON bytes_per_connection={per_conn:.0} bound={bound:.0}"
+    );
+    assert!(
+        per_conn <= bound,
+        "{per_conn:.0} bytes per connection, over {bound:.0}"
+    );
+    for s in senders {
+        s.abort();
+    }
+    drop(handles);
 }

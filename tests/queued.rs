@@ -159,7 +159,7 @@ async fn eof_with_a_request_waiting_is_fatal_epipe_and_keeps_the_partial_frame()
     let err = conn.read(LineCodec::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BrokenPipe);
     assert!(err.is_fatal());
-    assert!(conn.is_destroyed());
+    assert!(conn.is_closed());
     assert_eq!(conn.read_buffer(), b"partial line");
     // The next call fails with the same error.
     let again = conn.read(ChunkCodec::new(1)).await.unwrap_err();
@@ -177,7 +177,7 @@ async fn eof_with_nothing_queued_ends_the_stream_cleanly_with_leftovers_reachabl
         lines.push(line.unwrap().into_line());
     }
     assert_eq!(lines, ["a", "b"]);
-    assert!(conn.is_eof() && !conn.is_destroyed());
+    assert!(conn.is_eof() && !conn.is_closed());
 }
 
 #[tokio::test]
@@ -202,7 +202,7 @@ async fn whitespace_after_json_texts_does_not_turn_clean_eof_into_an_error() {
         values.push(v.unwrap());
     }
     assert_eq!(values, [json!({"a": 1}), json!([2])]);
-    assert!(!conn.is_destroyed());
+    assert!(!conn.is_closed());
 }
 
 #[tokio::test]
@@ -236,7 +236,7 @@ async fn a_bad_message_fails_only_its_request() {
     let mut conn = QueuedFramed::new(io);
     let err = conn.read(NetstringCodec::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadMessage);
-    assert!(!err.is_fatal() && !conn.is_destroyed());
+    assert!(!err.is_fatal() && !conn.is_closed());
     // The caller decides how to recover: here, skip the odd byte.
     conn.consume(1);
     assert_eq!(&conn.read(NetstringCodec::new()).await.unwrap()[..], b"abc");
@@ -268,7 +268,7 @@ async fn a_fatal_error_fails_every_pending_ticket_with_the_same_kind() {
     // The next call fails fast with the same error; nothing hangs.
     let e = handle.read(LineCodec::new()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
-    assert!(handle.is_destroyed());
+    assert!(handle.is_closed());
     let parts = driver.await.unwrap();
     assert_eq!(
         &parts.read_buf[..],
@@ -467,7 +467,7 @@ async fn destroy_fails_pending_and_later_calls_fast() {
     let t = handle.push_read(LineCodec::new());
     handle.destroy();
     assert_eq!(t.await.unwrap_err().kind(), ErrorKind::Closed);
-    assert!(handle.is_destroyed());
+    assert!(handle.is_closed());
     assert_eq!(
         handle.push_write(LineCodec::new(), "x").unwrap_err().kind(),
         ErrorKind::Closed

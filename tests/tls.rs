@@ -348,7 +348,7 @@ async fn plaintext_injected_behind_starttls_is_never_delivered() {
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
         let e = conn.starttls(pki::server()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
-        assert!(e.is_fatal() && conn.is_destroyed(), "{e}");
+        assert!(e.is_fatal() && conn.is_closed(), "{e}");
         assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
         let again = conn.read(LineCodec::new()).await.unwrap_err();
         assert_eq!(again.kind(), ErrorKind::Protocol);
@@ -487,7 +487,7 @@ async fn starttls_while_tls_is_active_is_einval_and_harmless() {
     within("both", async {
         let e = client.starttls(pki::client()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-        assert!(!e.is_fatal() && !client.is_destroyed() && client.is_tls());
+        assert!(!e.is_fatal() && !client.is_closed() && client.is_tls());
         client.write(LineCodec::new(), "still fine").await.unwrap();
         assert_eq!(
             server.read(LineCodec::new()).await.unwrap().line(),
@@ -674,7 +674,7 @@ async fn peer_close_notify_is_a_clean_eof() {
                 .unwrap()
                 .is_none()
         );
-        assert!(client.is_eof() && !client.is_destroyed());
+        assert!(client.is_eof() && !client.is_closed());
         let e = client.read(LineCodec::new()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BrokenPipe, "{e}");
         assert!(e.tls_error().is_none(), "{e:?}");
@@ -701,7 +701,7 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated() {
         );
         let e = client.read(OrEof::new(LineCodec::new())).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
-        assert!(e.is_fatal() && client.is_destroyed());
+        assert!(e.is_fatal() && client.is_closed());
         assert!(e.tls_error().unwrap().is_truncated(), "{e:?}");
         assert!(e.to_string().contains("close_notify"), "{e}");
     })
@@ -725,7 +725,7 @@ async fn refused(server_cert: &pki::Pem) -> Error {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
-    assert!(e.is_fatal() && conn.is_destroyed(), "{e}");
+    assert!(e.is_fatal() && conn.is_closed(), "{e}");
     assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
     // Never continues unencrypted.
     let w = conn
@@ -781,7 +781,7 @@ async fn read_timeout_over_tls_is_non_fatal() {
         let e = client.read(LineCodec::new()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
         assert!(started.elapsed() >= Duration::from_millis(100));
-        assert!(!e.is_fatal() && !client.is_destroyed() && client.is_tls());
+        assert!(!e.is_fatal() && !client.is_closed() && client.is_tls());
         client.write(LineCodec::new(), "ping").await.unwrap();
         assert_eq!(client.read(LineCodec::new()).await.unwrap().line(), b"pong");
     })
@@ -1226,7 +1226,7 @@ async fn a_timeout_fires_while_the_handshake_is_stalled() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-    assert!(!e.is_fatal() && !conn.is_destroyed());
+    assert!(!e.is_fatal() && !conn.is_closed());
 
     let (_silent, s) = tcp_pair().await;
     let (h, _driver) = QueuedFramed::builder()
@@ -1239,7 +1239,7 @@ async fn a_timeout_fires_while_the_handshake_is_stalled() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-    assert!(!e.is_fatal() && !h.is_destroyed());
+    assert!(!e.is_fatal() && !h.is_closed());
 }
 
 /// Records every byte written through it.
@@ -1363,7 +1363,7 @@ async fn a_stalled_starttls_reports_the_timeout_to_its_waiter() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-    assert!(!e.is_fatal() && !conn.is_destroyed());
+    assert!(!e.is_fatal() && !conn.is_closed());
 
     let (_silent, s) = tcp_pair().await;
     let (h, _driver) = QueuedFramed::builder()
@@ -1375,7 +1375,7 @@ async fn a_stalled_starttls_reports_the_timeout_to_its_waiter() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-    assert!(!h.is_destroyed());
+    assert!(!h.is_closed());
 }
 
 /// If the plaintext queued before STARTTLS cannot be written (the
@@ -1418,7 +1418,7 @@ async fn plaintext_queued_before_a_failed_starttls_stays_reachable() {
     conn.push_write(LineCodec::new(), "EHLO before tls")
         .unwrap();
     let e = conn.starttls(pki::client()).await.unwrap_err();
-    assert!(e.is_fatal() && conn.is_destroyed(), "{e}");
+    assert!(e.is_fatal() && conn.is_closed(), "{e}");
     let parts = conn.into_parts();
     assert_eq!(&parts.write_buf[..], b"EHLO before tls\n");
 }

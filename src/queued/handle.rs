@@ -207,7 +207,8 @@ where
         resume_unwind(payload);
     }
 
-    // Linger: a destroyed or dropped handle keeps writing what was queued
+    // Linger: a connection closed by `destroy` or by its last handle
+    // going away keeps writing what was queued
     // for up to `linger` (LC-3). Not after an error (the peer is gone or
     // misbehaving, and the output is dropped at once), and not when the
     // user detaches to take the bytes back.
@@ -471,7 +472,7 @@ impl Handle {
     }
 
     /// Whether the connection is closed.
-    pub fn is_destroyed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.lock().is_closed()
     }
 

@@ -226,7 +226,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
 
     /// Whether the connection is closed: a fatal error, a panic in a user
     /// callback, or [`destroy`](Self::destroy).
-    pub fn is_destroyed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.core.is_closed()
     }
 
@@ -254,7 +254,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     ///
     /// The encoder's error (nothing is queued); `ENOSPC`, fatal, if the
     /// queue would exceed `wbuf_max`; the handle's fatal error if it is
-    /// destroyed; `EINVAL` after [`push_shutdown`](Self::push_shutdown).
+    /// closed; `EINVAL` after [`push_shutdown`](Self::push_shutdown).
     pub fn push_write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
     where
         E: Encoder<I>,
@@ -277,7 +277,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     ///
     /// # Errors
     ///
-    /// The handle's fatal error if it is destroyed.
+    /// The error that closed the connection.
     pub fn push_shutdown(&mut self) -> Result<()> {
         self.core.push_shutdown()
     }
@@ -299,7 +299,7 @@ where
     ///   the partial frame stays in [`read_buffer`](Self::read_buffer).
     /// * The decoder's error: non-fatal ones (`EBADMSG`) leave the handle
     ///   usable; fatal ones destroy it.
-    /// * A transport error (fatal), or the error that destroyed the handle.
+    /// * A transport error (fatal), or the error that closed the connection.
     pub async fn read<D>(&mut self, mut decoder: D) -> Result<D::Item>
     where
         D: Decoder,

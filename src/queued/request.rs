@@ -210,7 +210,8 @@ where
 ///
 /// The request's error: a non-fatal one (`EBADMSG`) fails only this request;
 /// a fatal one fails every pending ticket with the same error. If the handle
-/// is destroyed first, [`ErrorKind::Closed`].
+/// is closed first, the error that closed it ([`ErrorKind::Closed`] after
+/// `destroy`).
 ///
 /// # Examples
 ///
@@ -505,7 +506,7 @@ where
 /// let mut conn = QueuedFramed::new(io);
 /// assert!(conn.read(OrEof::new(LineCodec::new())).await?.is_some());
 /// assert!(conn.read(OrEof::new(LineCodec::new())).await?.is_none());
-/// assert!(!conn.is_destroyed());
+/// assert!(!conn.is_closed());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]

@@ -44,6 +44,26 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// A pipelined client: each `call` writes the request and queues the read
 /// of its response; responses are matched to requests in order.
 ///
+/// A call that fails with a non-fatal error (a read, idle or write timeout)
+/// still owns its response: when the answer arrives late it is read and
+/// dropped, so the next caller gets its own answer, never the timed-out
+/// one. `Client` is `Clone` when its encoder and decoder chooser are; a
+/// chooser written as a closure that captures nothing can be named as a
+/// function pointer, so the client can be returned from a function:
+///
+/// ```
+/// use anyframe::codecs::LineCodec;
+/// use anyframe::service::Client;
+/// use anyframe::Handle;
+///
+/// type LineClient = Client<LineCodec, fn(&String) -> LineCodec>;
+///
+/// fn line_client(handle: Handle) -> LineClient {
+///     Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new())
+/// }
+/// # let _ = line_client;
+/// ```
+///
 /// `poll_ready` is ready while fewer than `max_in_flight` calls are pending
 /// and the connection's write queue is below its high watermark. A fatal
 /// connection error fails every pending call with it. Dropping a response
@@ -174,6 +194,21 @@ where
                     Ok(item)
                 });
         ResponseFuture { ticket }
+    }
+}
+
+/// A clone shares the connection and the in-flight bound; it has its own
+/// `poll_ready` slot (like tower's `Buffer`), so clones can be moved into
+/// separate tasks.
+impl<E: Clone, R: Clone> Clone for Client<E, R> {
+    fn clone(&self) -> Client<E, R> {
+        Client {
+            handle: self.handle.clone(),
+            encoder: self.encoder.clone(),
+            decoders: self.decoders.clone(),
+            permits: self.permits.clone(),
+            permit: None,
+        }
     }
 }
 

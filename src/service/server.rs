@@ -408,7 +408,7 @@ where
         }
         drop(next);
         let flushed = handle.flush().await;
-        if !handle.is_destroyed() {
+        if !handle.is_closed() {
             let _ = handle.push_shutdown();
             let _ = handle.flush().await;
         }
