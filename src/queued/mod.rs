@@ -311,6 +311,14 @@ where
     /// [`read`](Self::read) with a decoder you keep (its state survives
     /// between calls).
     ///
+    /// **A pipelined server should not answer one `read_with` at a time
+    /// with autocork off**: every answer is then its own write system call.
+    /// Take every request already buffered with
+    /// [`read_many`](Self::read_many) (or turn autocork on, so the answers
+    /// leave together when the next read would wait): on a line echo that
+    /// is about 8x the throughput. [`service::serve`](crate::service::serve)
+    /// does both.
+    ///
     /// # Errors
     ///
     /// As [`read`](Self::read).
