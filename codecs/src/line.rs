@@ -19,6 +19,7 @@ use std::fmt;
 
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
+#[cfg(feature = "regex")]
 use regex::bytes::Regex;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -239,6 +240,7 @@ enum Eol {
         finder: Box<memmem::Finder<'static>>,
     },
     /// A regex (never matching the empty string).
+    #[cfg(feature = "regex")]
     Regex { re: Regex, hold_open: bool },
 }
 
@@ -261,10 +263,13 @@ impl Eol {
     /// The verdict depends only on a bounded prefix of `buf` (the line limit
     /// plus the longest EOL), so the default and literal EOLs decide the same
     /// way however the input was split.
+    // `eof` and `max` matter to the regex end of line only.
+    #[cfg_attr(not(feature = "regex"), allow(unused_variables))]
     fn scan(&self, buf: &[u8], scanned: usize, max: usize, eof: bool) -> Scan {
         match self {
             Eol::Default => scan_default(buf, scanned, max),
             Eol::Literal { eol, finder } => scan_literal(finder, eol.len(), buf, scanned, max),
+            #[cfg(feature = "regex")]
             Eol::Regex { re, hold_open } => {
                 scan_regex(re, *hold_open && !eof, buf, scanned, max, eof)
             }
@@ -274,6 +279,8 @@ impl Eol {
     /// Drops the front of an over-long line. Returns true when its EOL was
     /// found and dropped too; false when more input is needed (then only
     /// bytes that may start the EOL are kept, none at all at `eof`).
+    // `eof` and `max` matter to the regex end of line only.
+    #[cfg_attr(not(feature = "regex"), allow(unused_variables))]
     fn discard(&self, buf: &mut BytesMut, max: usize, eof: bool) -> bool {
         match self {
             Eol::Default => match memchr::memchr(b'\n', buf) {
@@ -299,6 +306,7 @@ impl Eol {
                     false
                 }
             },
+            #[cfg(feature = "regex")]
             Eol::Regex { re, hold_open } => match first_match(re, buf) {
                 Some((start, end)) if *hold_open && !eof && end == buf.len() => {
                     // Keep the held match (at most `max` bytes of it, and at
@@ -429,6 +437,7 @@ fn scan_literal(
     }
 }
 
+#[cfg(feature = "regex")]
 /// The regex EOL, re-run over the buffered line on each call that brings
 /// new bytes (as AE does); see `LineCodecBuilder::eol_regex` for the cost.
 fn scan_regex(
@@ -456,6 +465,7 @@ fn scan_regex(
     }
 }
 
+#[cfg(feature = "regex")]
 /// The leftmost non-empty match. Empty matches are never an end of line:
 /// they would end an empty line without consuming anything.
 fn first_match(re: &Regex, hay: &[u8]) -> Option<(usize, usize)> {
@@ -812,6 +822,7 @@ impl<T: AsRef<[u8]>> Encoder<T> for LineCodec {
 enum EolSpec {
     Default,
     Literal(Bytes),
+    #[cfg(feature = "regex")]
     Regex(Regex),
 }
 
@@ -836,6 +847,7 @@ enum EolSpec {
 #[derive(Debug, Clone)]
 pub struct LineCodecBuilder {
     eol: EolSpec,
+    #[cfg(feature = "regex")]
     hold_open: bool,
     max_length: usize,
     overflow: OverflowPolicy,
@@ -847,6 +859,7 @@ impl LineCodecBuilder {
     pub fn new() -> LineCodecBuilder {
         LineCodecBuilder {
             eol: EolSpec::Default,
+            #[cfg(feature = "regex")]
             hold_open: false,
             max_length: DEFAULT_LINE_MAX_LENGTH,
             overflow: OverflowPolicy::Fatal,
@@ -888,6 +901,7 @@ impl LineCodecBuilder {
     /// **Limit**: with a regex EOL, a line is over the limit when the line
     /// *or the matched EOL* is longer than `max_length` (regex matches have
     /// no length of their own), decided on what has arrived.
+    #[cfg(feature = "regex")]
     pub fn eol_regex(&mut self, eol: Regex) -> &mut Self {
         self.eol = EolSpec::Regex(eol);
         self
@@ -903,6 +917,7 @@ impl LineCodecBuilder {
     ///
     /// Off by default (AE's behaviour). No effect on default and literal
     /// EOLs, which are split-invariant anyway.
+    #[cfg(feature = "regex")]
     pub fn hold_open_match(&mut self, on: bool) -> &mut Self {
         self.hold_open = on;
         self
@@ -953,12 +968,14 @@ impl LineCodecBuilder {
                 finder: Box::new(memmem::Finder::new(eol.as_ref()).into_owned()),
                 eol: eol.clone(),
             },
+            #[cfg(feature = "regex")]
             EolSpec::Regex(re) if re.is_match(b"") => {
                 return Err(Error::invalid_input(
                     CODEC,
                     "end-of-line regex matches the empty string",
                 ));
             }
+            #[cfg(feature = "regex")]
             EolSpec::Regex(re) => Eol::Regex {
                 re: re.clone(),
                 hold_open: self.hold_open,
@@ -982,6 +999,7 @@ impl LineCodecBuilder {
             }
             (None, Eol::Default) => Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)),
             (None, Eol::Literal { eol, .. }) => Some(eol.clone()),
+            #[cfg(feature = "regex")]
             (None, Eol::Regex { .. }) => {
                 Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)).filter(|t| is_whole_eol(t))
             }
@@ -1247,6 +1265,7 @@ mod tests {
         assert_eq!(buf, "next");
     }
 
+    #[cfg(feature = "regex")]
     #[test]
     fn regex_scan_skips_empty_matches() {
         let re = Regex::new(r"\b").unwrap();
