@@ -114,7 +114,9 @@ pub use chunk::ChunkCodec;
 #[cfg(feature = "regex")]
 mod regex;
 #[cfg(feature = "regex")]
-pub use self::regex::{DEFAULT_REGEX_MAX_LENGTH, RegexCodec, RegexCodecBuilder};
+pub use self::regex::{
+    DEFAULT_REGEX_MAX_LENGTH, DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH, RegexCodec, RegexCodecBuilder,
+};
 mod packstring;
 pub use packstring::{DEFAULT_PACKSTRING_MAX_LENGTH, PackFormat, PackstringCodec};
 mod netstring;

@@ -21,6 +21,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 #[cfg(feature = "regex")]
 use regex::bytes::Regex;
+
+#[cfg(feature = "regex")]
+use crate::regex::Search;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
@@ -241,7 +244,7 @@ enum Eol {
     },
     /// A regex (never matching the empty string).
     #[cfg(feature = "regex")]
-    Regex { re: Regex, hold_open: bool },
+    Regex { search: Search, hold_open: bool },
 }
 
 /// The outcome of looking for the end of the first line in a buffer.
@@ -270,8 +273,8 @@ impl Eol {
             Eol::Default => scan_default(buf, scanned, max),
             Eol::Literal { eol, finder } => scan_literal(finder, eol.len(), buf, scanned, max),
             #[cfg(feature = "regex")]
-            Eol::Regex { re, hold_open } => {
-                scan_regex(re, *hold_open && !eof, buf, scanned, max, eof)
+            Eol::Regex { search, hold_open } => {
+                scan_regex(search, *hold_open && !eof, buf, scanned, max, eof)
             }
         }
     }
@@ -307,7 +310,7 @@ impl Eol {
                 }
             },
             #[cfg(feature = "regex")]
-            Eol::Regex { re, hold_open } => match first_match(re, buf) {
+            Eol::Regex { search, hold_open } => match search.first_non_empty(buf, 0) {
                 Some((start, end)) if *hold_open && !eof && end == buf.len() => {
                     // Keep the held match (at most `max` bytes of it, and at
                     // least one, so the regex still sees that a run of EOL
@@ -437,11 +440,12 @@ fn scan_literal(
     }
 }
 
+/// The regex EOL, searched again on each call that brings new bytes (as AE
+/// does), from where the last search stopped less the longest match the
+/// regex allows; see `LineCodecBuilder::eol_regex` for the cost.
 #[cfg(feature = "regex")]
-/// The regex EOL, re-run over the buffered line on each call that brings
-/// new bytes (as AE does); see `LineCodecBuilder::eol_regex` for the cost.
 fn scan_regex(
-    re: &Regex,
+    search: &Search,
     hold_open: bool,
     buf: &[u8],
     scanned: usize,
@@ -453,7 +457,10 @@ fn scan_regex(
         // Nothing new since the last fruitless search: same answer.
         return Scan::NeedMore { scanned };
     }
-    match first_match(re, buf) {
+    // The last search (over `scanned` bytes) found no end of line, or one
+    // held open that ends at `scanned` and so starts after the resume point.
+    let from = search.resume_at(scanned, scanned);
+    match search.first_non_empty(buf, from) {
         Some((start, end)) if start > max || end - start > max => Scan::Overflow { seen: len },
         Some((_, end)) if hold_open && end == len => Scan::NeedMore { scanned: len },
         Some((start, end)) => Scan::Found {
@@ -463,15 +470,6 @@ fn scan_regex(
         None if len > max => Scan::Overflow { seen: len },
         None => Scan::NeedMore { scanned: len },
     }
-}
-
-#[cfg(feature = "regex")]
-/// The leftmost non-empty match. Empty matches are never an end of line:
-/// they would end an empty line without consuming anything.
-fn first_match(re: &Regex, hay: &[u8]) -> Option<(usize, usize)> {
-    re.find_iter(hay)
-        .find(|m| !m.is_empty())
-        .map(|m| (m.start(), m.end()))
 }
 
 /// Decoder state: reading a line (with how far it was scanned), or dropping
@@ -823,7 +821,7 @@ enum EolSpec {
     Default,
     Literal(Bytes),
     #[cfg(feature = "regex")]
-    Regex(Regex),
+    Regex(Search),
 }
 
 /// Configures a [`LineCodec`] or [`Utf8LineCodec`].
@@ -893,17 +891,22 @@ impl LineCodecBuilder {
     /// gives `"a"` with `";;"`. [`hold_open_match`](Self::hold_open_match)
     /// fixes the common cases.
     ///
-    /// **Cost**: each `decode` call that brings new bytes re-runs the regex
-    /// over the buffered part of the current line (AE does the same), so a
+    /// **Cost**: each `decode` call that brings new bytes runs the regex
+    /// again (AE does the same). When its matches have a bounded length `L`
+    /// (`\r\n|\n|\r`: 2 bytes), the search resumes `L` (plus 4 bytes of
+    /// look-around) before where the last one stopped and finds what a
+    /// search of the whole line would: a line costs time linear in its
+    /// length however it is split. A regex with unbounded matches
+    /// (`[;,]+`, `\s+`) searches the whole buffered line each time, so a
     /// line arriving in `k` pieces costs `O(k × length)`; `max_length`
-    /// bounds it.
+    /// bounds it. Prefer `[;,]{1,16}` to `[;,]+` where a bound will do.
     ///
     /// **Limit**: with a regex EOL, a line is over the limit when the line
     /// *or the matched EOL* is longer than `max_length` (regex matches have
     /// no length of their own), decided on what has arrived.
     #[cfg(feature = "regex")]
     pub fn eol_regex(&mut self, eol: Regex) -> &mut Self {
-        self.eol = EolSpec::Regex(eol);
+        self.eol = EolSpec::Regex(Search::new(eol));
         self
     }
 
@@ -969,15 +972,15 @@ impl LineCodecBuilder {
                 eol: eol.clone(),
             },
             #[cfg(feature = "regex")]
-            EolSpec::Regex(re) if re.is_match(b"") => {
+            EolSpec::Regex(search) if search.regex().is_match(b"") => {
                 return Err(Error::invalid_input(
                     CODEC,
                     "end-of-line regex matches the empty string",
                 ));
             }
             #[cfg(feature = "regex")]
-            EolSpec::Regex(re) => Eol::Regex {
-                re: re.clone(),
+            EolSpec::Regex(search) => Eol::Regex {
+                search: search.clone(),
                 hold_open: self.hold_open,
             },
         };
@@ -1263,14 +1266,5 @@ mod tests {
         buf.extend_from_slice(b"\nnext");
         assert!(eol.discard(&mut buf, 10, false));
         assert_eq!(buf, "next");
-    }
-
-    #[cfg(feature = "regex")]
-    #[test]
-    fn regex_scan_skips_empty_matches() {
-        let re = Regex::new(r"\b").unwrap();
-        assert_eq!(first_match(&re, b"ab cd"), None);
-        let re = Regex::new(r"\b;").unwrap();
-        assert_eq!(first_match(&re, b"ab;"), Some((2, 3)));
     }
 }
