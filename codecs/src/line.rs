@@ -236,6 +236,8 @@ impl Utf8Line {
 enum Eol {
     /// `\r?\n`.
     Default,
+    /// The empty end of line of a single-use decoder: matches at once.
+    Empty,
     /// A literal byte string (never empty).
     Literal {
         eol: Bytes,
@@ -244,7 +246,12 @@ enum Eol {
     },
     /// A regex (never matching the empty string).
     #[cfg(feature = "regex")]
-    Regex { search: Search, hold_open: bool },
+    Regex {
+        search: Search,
+        hold_open: bool,
+        /// An empty match may end the line (single-use decoders only).
+        empty_ok: bool,
+    },
 }
 
 /// The outcome of looking for the end of the first line in a buffer.
@@ -271,11 +278,25 @@ impl Eol {
     fn scan(&self, buf: &[u8], scanned: usize, max: usize, eof: bool) -> Scan {
         match self {
             Eol::Default => scan_default(buf, scanned, max),
+            Eol::Empty => Scan::Found {
+                line_len: 0,
+                eol_len: 0,
+            },
             Eol::Literal { eol, finder } => scan_literal(finder, eol.len(), buf, scanned, max),
             #[cfg(feature = "regex")]
-            Eol::Regex { search, hold_open } => {
-                scan_regex(search, *hold_open && !eof, buf, scanned, max, eof)
-            }
+            Eol::Regex {
+                search,
+                hold_open,
+                empty_ok,
+            } => scan_regex(
+                search,
+                *hold_open && !eof,
+                *empty_ok,
+                buf,
+                scanned,
+                max,
+                eof,
+            ),
         }
     }
 
@@ -309,8 +330,12 @@ impl Eol {
                     false
                 }
             },
+            // An empty end of line never overflows.
+            Eol::Empty => true,
             #[cfg(feature = "regex")]
-            Eol::Regex { search, hold_open } => match search.first_non_empty(buf, 0) {
+            Eol::Regex {
+                search, hold_open, ..
+            } => match search.first_non_empty(buf, 0) {
                 Some((start, end)) if *hold_open && !eof && end == buf.len() => {
                     // Keep the held match (at most `max` bytes of it, and at
                     // least one, so the regex still sees that a run of EOL
@@ -447,20 +472,28 @@ fn scan_literal(
 fn scan_regex(
     search: &Search,
     hold_open: bool,
+    empty_ok: bool,
     buf: &[u8],
     scanned: usize,
     max: usize,
     eof: bool,
 ) -> Scan {
     let len = buf.len();
-    if !eof && scanned == len {
-        // Nothing new since the last fruitless search: same answer.
+    if !eof && scanned == len && !(empty_ok && len == 0) {
+        // Nothing new since the last fruitless search: same answer. (An
+        // empty buffer was never searched when an empty match may end the
+        // line.)
         return Scan::NeedMore { scanned };
     }
     // The last search (over `scanned` bytes) found no end of line, or one
     // held open that ends at `scanned` and so starts after the resume point.
     let from = search.resume_at(scanned, scanned);
-    match search.first_non_empty(buf, from) {
+    let found = if empty_ok {
+        search.first(buf, from)
+    } else {
+        search.first_non_empty(buf, from)
+    };
+    match found {
         Some((start, end)) if start > max || end - start > max => Scan::Overflow { seen: len },
         Some((_, end)) if hold_open && end == len => Scan::NeedMore { scanned: len },
         Some((start, end)) => Scan::Found {
@@ -473,11 +506,21 @@ fn scan_regex(
 }
 
 /// Decoder state: reading a line (with how far it was scanned), or dropping
-/// an over-long one up to its end of line.
+/// an over-long one up to its end of line; for a single-use decoder, reading
+/// its one line, or done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Reading { scanned: usize },
+    Reading {
+        scanned: usize,
+    },
     Discarding,
+    /// A single-use decoder reading its line: as `Reading`, kept apart so
+    /// the inlined fast path of stream decoders never sees it.
+    Once {
+        scanned: usize,
+    },
+    /// A single-use decoder that has produced its line.
+    Spent,
 }
 
 /// A decoder and encoder for lines, with frames of [`Bytes`] (no copy).
@@ -528,6 +571,8 @@ pub struct LineCodec {
     /// accept `\n` and was given no terminator.
     terminator: Option<Bytes>,
     state: State,
+    /// Built by `build_once`: one line, then `EINVAL`.
+    once: bool,
 }
 
 impl LineCodec {
@@ -540,6 +585,7 @@ impl LineCodec {
             overflow: OverflowPolicy::Fatal,
             terminator: Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)),
             state: State::Reading { scanned: 0 },
+            once: false,
         }
     }
 
@@ -625,22 +671,42 @@ impl LineCodec {
                     if !self.eol.discard(buf, self.max_length, eof) {
                         return Ok(None);
                     }
-                    self.state = State::Reading { scanned: 0 };
+                    self.state = self.reading(0);
                 }
-                State::Reading { scanned } => {
+                State::Reading { scanned } | State::Once { scanned } => {
                     return match self.eol.scan(buf, scanned, self.max_length, eof) {
                         Scan::Found { line_len, eol_len } => {
-                            self.state = State::Reading { scanned: 0 };
+                            self.state = if self.once {
+                                State::Spent
+                            } else {
+                                State::Reading { scanned: 0 }
+                            };
                             Ok(Some((line_len, eol_len)))
                         }
                         Scan::NeedMore { scanned } => {
-                            self.state = State::Reading { scanned };
+                            self.state = self.reading(scanned);
                             Ok(None)
                         }
                         Scan::Overflow { seen } => Err(self.overflowed(buf, seen)),
                     };
                 }
+                State::Spent => {
+                    return Err(Error::invalid_input(
+                        CODEC,
+                        "single-use decoder has already produced its line",
+                    )
+                    .fatal(true));
+                }
             }
+        }
+    }
+
+    /// The reading state, for a stream or a single-use decoder.
+    fn reading(&self, scanned: usize) -> State {
+        if self.once {
+            State::Once { scanned }
+        } else {
+            State::Reading { scanned }
         }
     }
 
@@ -956,11 +1022,54 @@ impl LineCodecBuilder {
     ///
     /// `EINVAL` when the EOL can match empty input (an empty literal, or a
     /// regex matching `""`): as a stream decoder it would yield empty lines
-    /// forever. `EINVAL` when the write terminator is not read back as one
+    /// forever ([`build_once`](Self::build_once) accepts it for one line). `EINVAL` when the write terminator is not read back as one
     /// whole end of line by this configuration.
     pub fn build(&self) -> Result<LineCodec, Error> {
+        self.build_with(false)
+    }
+
+    /// Builds a single-use [`LineCodec`]: it decodes one line, as one
+    /// AnyEvent `line` read request does, and then refuses to decode more.
+    ///
+    /// Unlike [`build`](Self::build) it accepts an end of line that matches
+    /// the empty string, as AnyEvent does: an empty literal EOL gives the
+    /// line `""` with the EOL `""` at once, consuming nothing; a regex EOL
+    /// that can match empty ends the line at its leftmost match, empty or
+    /// not, as Perl's `^(.*?)(EOL)` (with `x*`, `"xxab"` gives `""` and
+    /// `"xx"`, and an empty buffer gives `""` and `""`). Both complete on the
+    /// first `decode` call, even with nothing buffered. A stream decoder
+    /// would return that empty line forever, so only the single-use one
+    /// allows it.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` when the write terminator is not read back as one whole end
+    /// of line by this configuration (no terminator is configured by default
+    /// for an EOL that matches empty input; the encoder then refuses). The
+    /// decoder's second line is a fatal `EINVAL` with nothing consumed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe_codecs::{Line, LineCodec};
+    /// use bytes::BytesMut;
+    /// use tokio_util::codec::Decoder;
+    ///
+    /// let mut once = LineCodec::builder().eol("").build_once()?;
+    /// let mut buf = BytesMut::from("anything");
+    /// assert_eq!(once.decode(&mut buf)?, Some(Line::new("", "")));
+    /// assert_eq!(buf, "anything");
+    /// assert!(once.decode(&mut buf).is_err());
+    /// # Ok::<(), anyframe_codecs::Error>(())
+    /// ```
+    pub fn build_once(&self) -> Result<LineCodec, Error> {
+        self.build_with(true)
+    }
+
+    fn build_with(&self, once: bool) -> Result<LineCodec, Error> {
         let eol = match &self.eol {
             EolSpec::Default => Eol::Default,
+            EolSpec::Literal(eol) if eol.is_empty() && once => Eol::Empty,
             EolSpec::Literal(eol) if eol.is_empty() => {
                 return Err(Error::invalid_input(
                     CODEC,
@@ -972,7 +1081,7 @@ impl LineCodecBuilder {
                 eol: eol.clone(),
             },
             #[cfg(feature = "regex")]
-            EolSpec::Regex(search) if search.regex().is_match(b"") => {
+            EolSpec::Regex(search) if !once && search.regex().is_match(b"") => {
                 return Err(Error::invalid_input(
                     CODEC,
                     "end-of-line regex matches the empty string",
@@ -982,6 +1091,7 @@ impl LineCodecBuilder {
             EolSpec::Regex(search) => Eol::Regex {
                 search: search.clone(),
                 hold_open: self.hold_open,
+                empty_ok: once && search.regex().is_match(b""),
             },
         };
         let is_whole_eol = |t: &[u8]| {
@@ -1001,6 +1111,7 @@ impl LineCodecBuilder {
                 .with_bytes(t));
             }
             (None, Eol::Default) => Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)),
+            (None, Eol::Empty) => None,
             (None, Eol::Literal { eol, .. }) => Some(eol.clone()),
             #[cfg(feature = "regex")]
             (None, Eol::Regex { .. }) => {
@@ -1012,7 +1123,12 @@ impl LineCodecBuilder {
             max_length: self.max_length,
             overflow: self.overflow,
             terminator,
-            state: State::Reading { scanned: 0 },
+            state: if once {
+                State::Once { scanned: 0 }
+            } else {
+                State::Reading { scanned: 0 }
+            },
+            once,
         })
     }
 
@@ -1023,7 +1139,23 @@ impl LineCodecBuilder {
     /// As [`build`](Self::build), and `EINVAL` when the literal EOL or the
     /// write terminator is not valid UTF-8.
     pub fn build_utf8(&self) -> Result<Utf8LineCodec, Error> {
-        let inner = self.build()?;
+        Utf8LineCodec::checked(self.build()?)
+    }
+
+    /// Builds a single-use [`Utf8LineCodec`], as
+    /// [`build_once`](Self::build_once).
+    ///
+    /// # Errors
+    ///
+    /// As [`build_once`](Self::build_once) and [`build_utf8`](Self::build_utf8).
+    pub fn build_utf8_once(&self) -> Result<Utf8LineCodec, Error> {
+        Utf8LineCodec::checked(self.build_once()?)
+    }
+}
+
+impl Utf8LineCodec {
+    /// Wraps `inner` after checking that its EOL and terminator are UTF-8.
+    fn checked(inner: LineCodec) -> Result<Utf8LineCodec, Error> {
         if let Eol::Literal { eol, .. } = &inner.eol
             && std::str::from_utf8(eol).is_err()
         {

@@ -198,6 +198,37 @@ fn accept_matching_empty_is_refused() {
 }
 
 #[test]
+fn once_accept_matching_empty_completes_at_once() {
+    // AE completes a `regex` read whose accept matches "" at once.
+    let mut codec = RegexCodec::builder(re("x*")).build_once().unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
+    let mut codec = RegexCodec::builder(re("x*")).build_once().unwrap();
+    let mut buf = BytesMut::from("xxa");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "xx");
+    assert_eq!(buf, "a");
+    // A second frame is refused, nothing consumed.
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.is_fatal());
+    assert_eq!(buf, "a");
+}
+
+#[test]
+fn once_codec_frames_a_normal_record_then_refuses() {
+    let mut codec = RegexCodec::builder(re(";")).build_once().unwrap();
+    let mut buf = BytesMut::from("ab");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b";c;");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "ab;");
+    assert_eq!(
+        codec.decode(&mut buf).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(buf, "c;");
+}
+
+#[test]
 fn frames_are_split_off_without_copying() {
     let mut codec = accept(";");
     let mut buf = BytesMut::from("ab;cd;");

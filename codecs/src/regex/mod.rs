@@ -142,6 +142,8 @@ pub struct RegexCodec {
     skipped: usize,
     /// The last fruitless scan, if nothing was consumed since.
     scanned: Option<Scanned>,
+    /// Single-use (`build_once`): `Some(done)`.
+    once: Option<bool>,
 }
 
 impl RegexCodec {
@@ -188,6 +190,13 @@ impl Decoder for RegexCodec {
     type Error = Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        if self.once == Some(true) {
+            return Err(Error::invalid_input(
+                CODEC,
+                "single-use decoder has already produced its record",
+            )
+            .fatal(true));
+        }
         let len = buf.len();
         if self.skipped > len || self.scanned.is_some_and(|last| last.len > len) {
             // Someone else consumed from this buffer: start over.
@@ -218,7 +227,8 @@ impl Decoder for RegexCodec {
         //    (it would consume nothing, forever); the last search found no
         //    other.
         let accepted = match self.accept.first(window, resume(&self.accept, None)) {
-            Some((0, 0)) if from == 0 => (!window.is_empty())
+            // A single-use decoder takes it: AE completes such a request.
+            Some((0, 0)) if from == 0 && self.once.is_none() => (!window.is_empty())
                 .then(|| self.accept.first(window, 1))
                 .flatten(),
             found => found,
@@ -226,6 +236,9 @@ impl Decoder for RegexCodec {
         if let Some((_, end)) = accepted {
             self.skipped = 0;
             self.scanned = None;
+            if let Some(done) = &mut self.once {
+                *done = true;
+            }
             return Ok(Some(buf.split_to(from + end).freeze()));
         }
         if len > self.max_length {
@@ -327,8 +340,8 @@ impl RegexCodecBuilder {
     ///
     /// `EINVAL` when accept matches the empty string: AE completes such a
     /// request at once with an empty record (RT-regex-4), and as a stream
-    /// decoder it would do so forever. (A one-shot empty read is
-    /// `ChunkCodec::new(0)`.)
+    /// decoder it would do so forever; [`build_once`](Self::build_once)
+    /// accepts it for one record.
     pub fn build(&self) -> Result<RegexCodec, Error> {
         if self.accept.regex().is_match(b"") {
             return Err(Error::invalid_input(
@@ -336,14 +349,50 @@ impl RegexCodecBuilder {
                 "accept regex matches the empty string",
             ));
         }
-        Ok(RegexCodec {
+        Ok(self.build_with(None))
+    }
+
+    /// Builds a single-use codec: it decodes one record, as one AnyEvent
+    /// `regex` read request does, and then refuses to decode more.
+    ///
+    /// Unlike [`build`](Self::build) it accepts an accept regex that matches
+    /// the empty string, as AnyEvent does: the record then ends at the
+    /// leftmost accept match even when that is empty, so with `x*` an empty
+    /// buffer gives an empty record at once and `"xxa"` gives `"xx"`.
+    ///
+    /// # Errors
+    ///
+    /// None today; `Result` for symmetry with [`build`](Self::build). The
+    /// decoder's second record is a fatal `EINVAL` with nothing consumed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe_codecs::RegexCodec;
+    /// use bytes::BytesMut;
+    /// use regex::bytes::Regex;
+    /// use tokio_util::codec::Decoder;
+    ///
+    /// let mut once = RegexCodec::builder(Regex::new("x*").unwrap()).build_once()?;
+    /// let mut buf = BytesMut::new();
+    /// assert_eq!(once.decode(&mut buf)?.unwrap(), "");
+    /// assert!(once.decode(&mut buf).is_err());
+    /// # Ok::<(), anyframe_codecs::Error>(())
+    /// ```
+    pub fn build_once(&self) -> Result<RegexCodec, Error> {
+        Ok(self.build_with(Some(false)))
+    }
+
+    fn build_with(&self, once: Option<bool>) -> RegexCodec {
+        RegexCodec {
             accept: self.accept.clone(),
             reject: self.reject.clone(),
             skip: self.skip.clone(),
             max_length: self.max_length.unwrap_or_else(|| self.default_max_length()),
             skipped: 0,
             scanned: None,
-        })
+            once,
+        }
     }
 
     /// The default limit for the regexes configured.
