@@ -89,6 +89,23 @@
 
 mod error;
 pub use error::{Error, ErrorKind, SNIPPET_LEN};
+mod encoder_ref;
+pub use encoder_ref::EncoderRef;
+
+/// tokio-util's codec traits, which every codec here implements.
+pub use tokio_util::codec::{Decoder, Encoder};
+
+/// The regex crate, for [`LineCodecBuilder::eol_regex`] and [`RegexCodec`].
+#[cfg(feature = "regex")]
+pub use regex;
+/// The value type [`CborCodec`] decodes into when the shape of the data is
+/// not known in advance (`serde_cbor::Value`).
+#[cfg(feature = "cbor")]
+pub use serde_cbor::Value as CborValue;
+/// The value type [`JsonCodec`] decodes into when the shape of the data is
+/// not known in advance (`serde_json::Value`).
+#[cfg(feature = "json")]
+pub use serde_json::Value as JsonValue;
 #[cfg(feature = "json")]
 mod json;
 #[cfg(any(feature = "json", feature = "cbor"))]
@@ -112,9 +129,9 @@ pub use line_batch::{DEFAULT_BATCH_LINES, IntoLines, LineBatch, LineBatchCodec, 
 mod chunk;
 pub use chunk::ChunkCodec;
 #[cfg(feature = "regex")]
-mod regex;
+mod regex_codec;
 #[cfg(feature = "regex")]
-pub use self::regex::{
+pub use regex_codec::{
     DEFAULT_REGEX_MAX_LENGTH, DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH, RegexCodec, RegexCodecBuilder,
 };
 mod packstring;

@@ -23,7 +23,7 @@ use memchr::memmem;
 use regex::bytes::Regex;
 
 #[cfg(feature = "regex")]
-use crate::regex::Search;
+use crate::regex_codec::Search;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
@@ -570,6 +570,8 @@ pub struct LineCodec {
     /// What the encoder appends; `None` for a regex EOL that does not
     /// accept `\n` and was given no terminator.
     terminator: Option<Bytes>,
+    /// The encoder's limit on one line; `None`: no limit.
+    write_max_length: Option<usize>,
     state: State,
     /// Built by `build_once`: one line, then `EINVAL`.
     once: bool,
@@ -584,6 +586,7 @@ impl LineCodec {
             max_length: DEFAULT_LINE_MAX_LENGTH,
             overflow: OverflowPolicy::Fatal,
             terminator: Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)),
+            write_max_length: None,
             state: State::Reading { scanned: 0 },
             once: false,
         }
@@ -617,6 +620,12 @@ impl LineCodec {
     /// What the encoder appends to each line, if anything is configured.
     pub fn write_terminator(&self) -> Option<&[u8]> {
         self.terminator.as_deref()
+    }
+
+    /// The longest line the encoder writes, terminator excluded; `None`
+    /// (the default) for no limit.
+    pub fn write_max_length(&self) -> Option<usize> {
+        self.write_max_length
     }
 
     /// True while an over-long line is being dropped
@@ -803,10 +812,25 @@ impl LineCodec {
                 "no write terminator for this end-of-line regex",
             ));
         };
-        if line.len() > self.max_length {
-            return Err(Error::invalid_input(CODEC, "line longer than max_length")
-                .with_limit(self.max_length)
-                .with_seen(line.len() as u64));
+        if let Some(max) = self.write_max_length
+            && line.len() > max
+        {
+            return Err(
+                Error::invalid_input(CODEC, "line longer than write_max_length")
+                    .with_limit(max)
+                    .with_seen(line.len() as u64),
+            );
+        }
+        // A regex EOL match counts against the decoder's limit: a terminator
+        // longer than that would not be read back as an end of line.
+        #[cfg(feature = "regex")]
+        if matches!(self.eol, Eol::Regex { .. }) && term.len() > self.max_length {
+            return Err(Error::invalid_input(
+                CODEC,
+                "terminator longer than max_length allows an end of line",
+            )
+            .with_limit(self.max_length)
+            .with_seen(term.len() as u64));
         }
         let start = dst.len();
         dst.reserve(line.len() + term.len());
@@ -816,19 +840,10 @@ impl LineCodec {
             line_len: line.len(),
             eol_len: term.len(),
         };
-        // Scanned with our own limit: for a regex EOL the match counts
-        // against it too, and what we write must be what we would read.
-        match self.eol.scan(&dst[start..], 0, self.max_length, true) {
+        // What we write must frame as what we would read, whatever the
+        // length: the line's length is the reader's limit to enforce.
+        match self.eol.scan(&dst[start..], 0, usize::MAX, true) {
             found if found == expect => Ok(()),
-            Scan::Overflow { .. } => {
-                dst.truncate(start);
-                Err(Error::invalid_input(
-                    CODEC,
-                    "terminator longer than max_length allows an end of line",
-                )
-                .with_limit(self.max_length)
-                .with_seen(term.len() as u64))
-            }
             _ => {
                 dst.truncate(start);
                 Err(
@@ -870,7 +885,10 @@ impl Decoder for LineCodec {
 ///
 /// `EINVAL`, with nothing written, when no terminator is configured (regex
 /// EOL that does not accept `\n`), when `line` is longer than
-/// `max_length`, or when the decoder would not read `line` back unchanged:
+/// [`write_max_length`](LineCodecBuilder::write_max_length) (no limit by
+/// default; the decoder's `max_length` does not apply), when a regex EOL's
+/// terminator is longer than `max_length` (the decoder counts the EOL match
+/// against it), or when the decoder would not read `line` back unchanged:
 /// it contains the end of line, or its tail joins the terminator (a trailing
 /// CR before the default `\n`).
 impl<T: AsRef<[u8]>> Encoder<T> for LineCodec {
@@ -916,6 +934,7 @@ pub struct LineCodecBuilder {
     max_length: usize,
     overflow: OverflowPolicy,
     terminator: Option<Bytes>,
+    write_max_length: Option<usize>,
 }
 
 impl LineCodecBuilder {
@@ -928,6 +947,7 @@ impl LineCodecBuilder {
             max_length: DEFAULT_LINE_MAX_LENGTH,
             overflow: OverflowPolicy::Fatal,
             terminator: None,
+            write_max_length: None,
         }
     }
 
@@ -967,6 +987,11 @@ impl LineCodecBuilder {
     /// line arriving in `k` pieces costs `O(k × length)`; `max_length`
     /// bounds it. Prefer `[;,]{1,16}` to `[;,]+` where a bound will do.
     ///
+    /// **Bytes**: with Unicode on (the default), `.` and negated classes
+    /// match whole UTF-8 characters and never a byte that is not UTF-8;
+    /// write `(?-u)` for Perl's byte semantics. The regex type is
+    /// re-exported as [`crate::regex`].
+    ///
     /// **Limit**: with a regex EOL, a line is over the limit when the line
     /// *or the matched EOL* is longer than `max_length` (regex matches have
     /// no length of their own), decided on what has arrived.
@@ -1005,6 +1030,14 @@ impl LineCodecBuilder {
     /// [`OverflowPolicy::Fatal`]).
     pub fn overflow(&mut self, policy: OverflowPolicy) -> &mut Self {
         self.overflow = policy;
+        self
+    }
+
+    /// The longest line the encoder writes, terminator excluded (default
+    /// `None`: no limit). Independent of [`max_length`](Self::max_length),
+    /// which limits what is read: the peer reading the lines has its own.
+    pub fn write_max_length(&mut self, max: Option<usize>) -> &mut Self {
+        self.write_max_length = max;
         self
     }
 
@@ -1123,6 +1156,7 @@ impl LineCodecBuilder {
             max_length: self.max_length,
             overflow: self.overflow,
             terminator,
+            write_max_length: self.write_max_length,
             state: if once {
                 State::Once { scanned: 0 }
             } else {

@@ -734,13 +734,28 @@ fn encoder_refuses_lines_that_would_not_read_back() {
 }
 
 #[test]
-fn encoder_refuses_lines_over_the_limit() {
-    let mut codec = build(|b| b.max_length(3));
+fn encoder_refuses_lines_over_its_write_limit() {
+    let mut codec = build(|b| b.write_max_length(Some(3)));
     let mut out = BytesMut::new();
     assert!(codec.encode("abc", &mut out).is_ok());
     let err = codec.encode("abcd", &mut out).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert_eq!(out, "abc\n");
+    assert_eq!(codec.write_max_length(), Some(3));
+}
+
+#[test]
+fn encoder_is_not_bound_by_the_decoders_limit() {
+    // Writing is not reading: the peer has its own limit.
+    let mut codec = build(|b| b.max_length(3));
+    assert_eq!(codec.write_max_length(), None);
+    let mut out = BytesMut::new();
+    codec.encode("longer than three", &mut out).unwrap();
+    assert_eq!(out, "longer than three\n");
+    let big = vec![b'x'; anyframe_codecs::DEFAULT_LINE_MAX_LENGTH + 1];
+    LineCodec::new().encode(&big, &mut out).unwrap();
+    // Still refused: bytes the decoder would not read back as this line.
+    assert!(codec.encode("a\nb", &mut out).is_err());
 }
 
 #[test]

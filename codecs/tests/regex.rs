@@ -229,6 +229,26 @@ fn once_codec_frames_a_normal_record_then_refuses() {
 }
 
 #[test]
+fn unicode_classes_stop_at_bytes_that_are_not_utf8_and_u_off_reads_bytes() {
+    // With Unicode on (the default), `[^\n]` matches a character, so a skip
+    // stops at the first byte that is not UTF-8; `(?-u)` matches bytes, as
+    // Perl's byte strings do.
+    let mut buf = BytesMut::from(&b"ab\xffcd"[..]);
+    let mut unicode = RegexCodec::builder(re(";"))
+        .skip(re(r"^[^\n]*"))
+        .build()
+        .unwrap();
+    assert_eq!(unicode.decode(&mut buf).unwrap(), None);
+    assert_eq!(unicode.skipped(), 2);
+    let mut bytes = RegexCodec::builder(re(";"))
+        .skip(re(r"(?-u)^[^\n]*"))
+        .build()
+        .unwrap();
+    assert_eq!(bytes.decode(&mut buf).unwrap(), None);
+    assert_eq!(bytes.skipped(), 5);
+}
+
+#[test]
 fn frames_are_split_off_without_copying() {
     let mut codec = accept(";");
     let mut buf = BytesMut::from("ab;cd;");

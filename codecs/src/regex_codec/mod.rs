@@ -85,6 +85,15 @@ struct Scanned {
 ///
 /// Use a line or length-prefixed codec where split-invariance matters.
 ///
+/// # Bytes, not characters: `(?-u)`
+///
+/// The regexes are `regex::bytes::Regex`, with Unicode on by default: `.`,
+/// `[^\n]` and `\w` then match whole UTF-8 characters and never a byte
+/// that is not UTF-8, so a skip regex such as `^[^\n]*` stops at the first
+/// such byte. Perl's regexes on byte strings match bytes; write `(?-u)` at
+/// the start of the pattern (`(?-u)^[^\n]*`) or build the regex with
+/// `RegexBuilder::unicode(false)` for the same meaning.
+///
 /// # Cost
 ///
 /// Each call that brings new bytes runs accept (and reject and skip after
