@@ -1,7 +1,7 @@
 //! Sans-IO codecs for every read and write type of Perl's AnyEvent::Handle.
 //!
 //! Each codec is a [`tokio_util::codec::Decoder`] and, where the format has
-//! one, an [`Encoder`](tokio_util::codec::Encoder), so it drops into a plain
+//! one, an [`Encoder`], so it drops into a plain
 //! `Framed`, `FramedRead` or `FramedWrite`. The `anyframe` crate builds on them
 //! to switch decoders per read request on one connection.
 //!

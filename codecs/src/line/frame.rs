@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 /// One decoded line and the end of line that ended it.
 ///
 /// A `Line` is one [`Bytes`] holding the line followed by its end of line,
-/// and where the end of line starts. For [`LineCodec`] that `Bytes` is split
+/// and where the end of line starts. For [`LineCodec`](crate::LineCodec) that `Bytes` is split
 /// off the read buffer (no copy), and handing a line out costs one reference
 /// count, not two.
 ///

@@ -47,7 +47,7 @@ pub struct Utf8LineCodec {
 }
 
 impl Utf8LineCodec {
-    /// As [`LineCodec::new`]: `\r?\n`, [`DEFAULT_LINE_MAX_LENGTH`], fatal
+    /// As [`LineCodec::new`]: `\r?\n`, [`DEFAULT_LINE_MAX_LENGTH`](crate::DEFAULT_LINE_MAX_LENGTH), fatal
     /// overflow, writing `\n`.
     pub fn new() -> Utf8LineCodec {
         Utf8LineCodec {
