@@ -79,6 +79,7 @@
     rust_2018_idioms
 )]
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use anyframe_codecs as codecs;
 

@@ -15,6 +15,12 @@
 //!   decoding after every piece. Prints the time per line; the 16 MiB / 1 MiB
 //!   ratio must stay <= 20 (linear is 16; a decoder that rescans the
 //!   buffered line on every read is ~256).
+//! * `regex-eol-1byte`: one 1 MiB line with the regex end of line
+//!   `\r\n|\n|\r`, fed one byte per `decode` call, against the same line
+//!   fed whole (one call). Prints the cost ratio (1-byte / whole; a decoder
+//!   that rescans the buffered line is ~10^5) and, for scale, the same ratio
+//!   for the default `\r?\n` end of line, whose per-call cost is the floor
+//!   for any decoder fed one byte at a time.
 //!
 //! Items are lines or frames. Copying the input into a fresh buffer happens
 //! before the clock starts, and the two sides alternate every few
@@ -25,9 +31,10 @@ use std::time::{Duration, Instant};
 
 use anyframe_codecs::{LineBatchCodec, LineCodec, PackFormat, PackstringCodec, Utf8LineCodec};
 use bytes::BytesMut;
+use regex::bytes::Regex;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec, LinesCodec};
 
-use crate::harness::{Harness, Measured};
+use crate::harness::{Harness, Measured, median_ratio};
 
 /// Lines in the `line-40B` scenarios (200 MB of input).
 const LINE_COUNT: usize = 5_000_000;
@@ -68,6 +75,9 @@ pub fn run(h: &Harness) {
     }
     if h.wants("line-fragmented") {
         line_fragmented(h);
+    }
+    if h.wants("regex-eol-1byte") {
+        regex_eol_1byte(h);
     }
 }
 
@@ -258,6 +268,61 @@ fn line_fragmented(h: &Harness) {
             ms(times[0]),
             ms(times[1]),
             ms(times[2]),
+        ),
+    );
+}
+
+/// Bytes in the `regex-eol-1byte` line, end of line excluded.
+const REGEX_LINE: usize = 1024 * 1024;
+
+/// Decodes one `REGEX_LINE`-byte line (then `\n`) from a buffer with room
+/// for it, fed in `piece`-byte reads with a `decode` call after each, and
+/// returns the time taken.
+fn one_line_in_pieces(codec: &LineCodec, line: &[u8], piece: usize) -> Duration {
+    let mut codec = codec.clone();
+    let mut buf = BytesMut::with_capacity(line.len());
+    let t = Instant::now();
+    let mut frame = None;
+    for part in line.chunks(piece) {
+        buf.extend_from_slice(part);
+        frame = codec.decode(&mut buf).expect("within the limit");
+    }
+    let elapsed = t.elapsed();
+    let frame = frame.expect("a whole line");
+    assert_eq!(black_box(frame).line().len(), REGEX_LINE);
+    elapsed
+}
+
+fn regex_eol_1byte(h: &Harness) {
+    let mut line = vec![b'x'; REGEX_LINE];
+    line.push(b'\n');
+    let regex = LineCodec::builder()
+        .eol_regex(Regex::new(r"\r\n|\n|\r").expect("valid regex"))
+        .build()
+        .expect("valid configuration");
+    let default = LineCodec::new();
+    let (mut whole, mut bytes, mut default_whole, mut default_bytes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Interleaved: the four runs of a round see the same machine load.
+    for _ in 0..h.reps() {
+        whole.push(one_line_in_pieces(&regex, &line, line.len()));
+        bytes.push(one_line_in_pieces(&regex, &line, 1));
+        default_whole.push(one_line_in_pieces(&default, &line, line.len()));
+        default_bytes.push(one_line_in_pieces(&default, &line, 1));
+    }
+    // `median_ratio(a, b)` is the median of b/a per round: here the cost of
+    // one byte at a time over the cost of the whole line.
+    let cost = median_ratio(&whole, &bytes);
+    let default_cost = median_ratio(&default_whole, &default_bytes);
+    let vs_default = median_ratio(&default_bytes, &bytes);
+    let ms = |d: &[Duration]| Measured::median_of(d, 1).median.as_secs_f64() * 1e3;
+    h.note(
+        "regex-eol-1byte",
+        &format!(
+            "whole={:.3}ms 1byte={:.2}ms cost_1byte_over_whole={cost:.1} target=20 \
+             default_eol_cost_1byte_over_whole={default_cost:.1} regex_1byte_over_default_1byte={vs_default:.2}",
+            ms(&whole),
+            ms(&bytes),
         ),
     );
 }

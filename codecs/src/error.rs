@@ -148,6 +148,7 @@ impl Error {
 
     /// A size or depth limit of a self-delimiting format (JSON, CBOR), which
     /// SPEC.md reports as `EBADMSG`.
+    #[cfg(any(feature = "json", feature = "cbor"))]
     pub(crate) fn limit_bad_message(
         codec: &'static str,
         reason: &'static str,

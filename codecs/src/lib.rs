@@ -1,22 +1,22 @@
 //! Sans-IO codecs for every read and write type of Perl's AnyEvent::Handle.
 //!
 //! Each codec is a [`tokio_util::codec::Decoder`] and, where the format has
-//! one, an [`Encoder`](tokio_util::codec::Encoder), so it drops into a plain
+//! one, an [`Encoder`], so it drops into a plain
 //! `Framed`, `FramedRead` or `FramedWrite`. The `anyframe` crate builds on them
 //! to switch decoders per read request on one connection.
 //!
 //! # Encoding
 //!
 //! ```
-//! use anyframe_codecs::{JsonCodec, LineCodec, PackFormat, PackstringCodec};
+//! use anyframe_codecs::{LineCodec, NetstringCodec, PackFormat, PackstringCodec};
 //! use bytes::BytesMut;
 //! use tokio_util::codec::Encoder;
 //!
 //! let mut out = BytesMut::new();
 //! LineCodec::new().encode("HELO example.org", &mut out)?;
 //! PackstringCodec::new(PackFormat::U16Be).encode(b"blob", &mut out)?;
-//! JsonCodec::ndjson().encode(serde_json::json!({"ok": true}), &mut out)?;
-//! assert_eq!(&out[..], &b"HELO example.org\n\x00\x04blob{\"ok\":true}\n"[..]);
+//! NetstringCodec::new().encode(b"hi", &mut out)?;
+//! assert_eq!(&out[..], &b"HELO example.org\n\x00\x04blob2:hi,"[..]);
 //! # Ok::<(), anyframe_codecs::Error>(())
 //! ```
 //!
@@ -67,6 +67,17 @@
 //! | [`RawCodec`] | whatever is buffered; writes bytes as they are | plain data |
 //!
 //! Errors are one type, [`Error`], with an errno-like [`ErrorKind`].
+//!
+//! # Features
+//!
+//! All on by default. Without them the line, chunk, packstring, netstring,
+//! TLS-detection and raw codecs still build, with no serde or regex in the
+//! dependency tree.
+//!
+//! * `json`: [`JsonCodec`] and [`RawJsonCodec`] (serde, serde_json).
+//! * `cbor`: [`CborCodec`] and [`RawCborCodec`] (serde, serde_cbor).
+//! * `regex`: [`RegexCodec`] and the regex end of line,
+//!   [`LineCodecBuilder::eol_regex`] (regex).
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -74,16 +85,39 @@
     rust_2018_idioms
 )]
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 pub use error::{Error, ErrorKind, SNIPPET_LEN};
+mod encoder_ref;
+pub use encoder_ref::EncoderRef;
+
+/// tokio-util's codec traits, which every codec here implements.
+pub use tokio_util::codec::{Decoder, Encoder};
+
+/// The regex crate, for [`LineCodecBuilder::eol_regex`] and [`RegexCodec`].
+#[cfg(feature = "regex")]
+pub use regex;
+/// The value type [`CborCodec`] decodes into when the shape of the data is
+/// not known in advance (`serde_cbor::Value`).
+#[cfg(feature = "cbor")]
+pub use serde_cbor::Value as CborValue;
+/// The value type [`JsonCodec`] decodes into when the shape of the data is
+/// not known in advance (`serde_json::Value`).
+#[cfg(feature = "json")]
+pub use serde_json::Value as JsonValue;
+#[cfg(feature = "json")]
 mod json;
+#[cfg(any(feature = "json", feature = "cbor"))]
 mod scan;
+#[cfg(feature = "json")]
 pub use json::{
     DEFAULT_JSON_MAX_DEPTH, DEFAULT_JSON_MAX_SIZE, JsonCodec, JsonCodecBuilder, JsonSeparator,
     RawJsonCodec,
 };
+#[cfg(feature = "cbor")]
 mod cbor;
+#[cfg(feature = "cbor")]
 pub use cbor::{CborCodec, DEFAULT_CBOR_MAX_DEPTH, DEFAULT_CBOR_MAX_SIZE, RawCborCodec};
 mod line;
 pub use line::{
@@ -94,8 +128,12 @@ mod line_batch;
 pub use line_batch::{DEFAULT_BATCH_LINES, IntoLines, LineBatch, LineBatchCodec, LineRef, Lines};
 mod chunk;
 pub use chunk::ChunkCodec;
-mod regex;
-pub use self::regex::{DEFAULT_REGEX_MAX_LENGTH, RegexCodec, RegexCodecBuilder};
+#[cfg(feature = "regex")]
+mod regex_codec;
+#[cfg(feature = "regex")]
+pub use regex_codec::{
+    DEFAULT_REGEX_MAX_LENGTH, DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH, RegexCodec, RegexCodecBuilder,
+};
 mod packstring;
 pub use packstring::{DEFAULT_PACKSTRING_MAX_LENGTH, PackFormat, PackstringCodec};
 mod netstring;

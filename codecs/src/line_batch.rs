@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
+use crate::line::eol::{Eol, Scan, scan_default};
 use crate::line::{Line, LineCodec};
 
 /// The default cap on lines per [`LineBatch`]: 1024.
@@ -120,9 +121,7 @@ impl LineBatchCodec {
         let mut bounds = Vec::new();
         // As many lines as last time: usually one allocation per batch.
         let expect = self.last_len.max(16).min(self.max_lines);
-        let len = self
-            .lines
-            .scan_lines(buf, eof, self.max_lines, expect, &mut bounds)?;
+        let len = self.scan_lines(buf, eof, expect, &mut bounds)?;
         if bounds.is_empty() {
             return Ok(None);
         }
@@ -131,6 +130,64 @@ impl LineBatchCodec {
             data: buf.split_to(len).freeze(),
             bounds,
         }))
+    }
+
+    /// Finds up to `max_lines` complete lines at the front of `buf` without
+    /// consuming them, appends each one's `(line_end, frame_end)` offsets to
+    /// `bounds` and returns how many bytes they cover (0: none yet). Room for
+    /// `expect` lines is reserved once a first line is found, so a call that
+    /// finds none allocates nothing.
+    ///
+    /// The lines and errors come in the order `LineCodec::decode` would
+    /// give them: the first line goes through the line codec itself (every
+    /// state, the discarding of an over-long line, its errors); the rest
+    /// through its end-of-line scanner. A line that would overflow later in
+    /// the buffer ends the batch instead, so the next call finds it at the
+    /// front and reports it after the lines before it.
+    #[inline(always)]
+    fn scan_lines(
+        &mut self,
+        buf: &mut BytesMut,
+        eof: bool,
+        expect: usize,
+        bounds: &mut Vec<(usize, usize)>,
+    ) -> Result<usize, Error> {
+        let Some((line_len, eol_len)) = self.lines.next_line(buf, eof)? else {
+            return Ok(0);
+        };
+        let mut off = line_len + eol_len;
+        bounds.reserve(expect);
+        bounds.push((line_len, off));
+        if self.lines.is_single_use() {
+            return Ok(off);
+        }
+        // The line codec now reads from the start of the next line.
+        let max = self.lines.max_length();
+        let eol = self.lines.eol_scanner();
+        for _ in 1..self.max_lines {
+            let rest = &buf[off..];
+            let scan = match eol {
+                Eol::Default => scan_default(rest, 0, max),
+                eol => eol.scan(rest, 0, max, eof),
+            };
+            match scan {
+                Scan::Found { line_len, eol_len } => {
+                    bounds.push((off + line_len, off + line_len + eol_len));
+                    off += line_len + eol_len;
+                }
+                Scan::NeedMore { scanned } => {
+                    // Relative to `rest`, which becomes the front once the
+                    // batch is split off: nothing is scanned twice.
+                    self.lines.set_scanned(scanned);
+                    break;
+                }
+                // Reported at the front by the next call, after these lines
+                // (a rescan of at most `max_length` and an EOL, once, on the
+                // way to an error).
+                Scan::Overflow { .. } => break,
+            }
+        }
+        Ok(off)
     }
 }
 

@@ -594,6 +594,88 @@ fn regex_eol_matching_empty_is_refused() {
     }
 }
 
+// ---------------------------------------------------------------------------
+// One-shot decoders (`build_once`): AE's single `line` read request
+
+#[test]
+fn once_line_with_empty_eol_completes_at_once_with_empty_line_and_eol() {
+    let mut codec = LineCodec::builder().eol("").build_once().unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("", "")));
+    // With bytes buffered: still ("", ""), nothing consumed.
+    let mut codec = LineCodec::builder().eol("").build_once().unwrap();
+    let mut buf = BytesMut::from("abc\n");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("", "")));
+    assert_eq!(buf, "abc\n");
+}
+
+#[test]
+fn once_line_with_empty_matching_regex_takes_the_leftmost_match_as_perl() {
+    // AE: `s/^(.*?)(x*)//` on "xxab" gives ("", "xx").
+    let mut codec = LineCodec::builder()
+        .eol_regex(Regex::new("x*").unwrap())
+        .build_once()
+        .unwrap();
+    let mut buf = BytesMut::from("xxab");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("", "xx")));
+    assert_eq!(buf, "ab");
+    // On an empty buffer: at once, ("", "").
+    for re in ["x*", "", "a|", "$", "(?m)^"] {
+        let mut codec = LineCodec::builder()
+            .eol_regex(Regex::new(re).unwrap())
+            .build_once()
+            .unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("", "")), "{re}");
+    }
+    // `$` on "ab": the whole buffer is the line (the end of the buffer
+    // matches), as Perl's `^(.*?)($)`.
+    let mut codec = LineCodec::builder()
+        .eol_regex(Regex::new("$").unwrap())
+        .build_once()
+        .unwrap();
+    let mut buf = BytesMut::from("ab");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("ab", "")));
+}
+
+#[test]
+fn once_decoder_refuses_a_second_frame_and_consumes_nothing() {
+    let builders: [fn() -> LineCodec; 2] = [
+        || LineCodec::builder().build_once().unwrap(),
+        || LineCodec::builder().eol("").build_once().unwrap(),
+    ];
+    for make in builders {
+        let mut codec = make();
+        let mut buf = BytesMut::from("a\nb\n");
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        let left = buf.clone();
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.is_fatal());
+        assert_eq!(buf, left);
+        assert_eq!(
+            codec.decode_eof(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(buf, left);
+    }
+}
+
+#[test]
+fn once_decoder_frames_a_normal_line_as_the_stream_decoder_does() {
+    let mut once = LineCodec::builder().eol("\r\n").build_once().unwrap();
+    let mut buf = BytesMut::from("ab\r");
+    assert_eq!(once.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b"\ncd");
+    assert_eq!(once.decode(&mut buf).unwrap(), Some(line("ab", "\r\n")));
+    assert_eq!(buf, "cd");
+    let mut utf8 = LineCodec::builder().eol("").build_utf8_once().unwrap();
+    assert_eq!(
+        utf8.decode(&mut BytesMut::from("x")).unwrap(),
+        Some(Utf8Line::new("", ""))
+    );
+}
+
 #[test]
 fn write_terminator_must_be_an_eol_of_the_codec() {
     assert!(LineCodec::builder().write_terminator("\r").build().is_err());
@@ -652,13 +734,28 @@ fn encoder_refuses_lines_that_would_not_read_back() {
 }
 
 #[test]
-fn encoder_refuses_lines_over_the_limit() {
-    let mut codec = build(|b| b.max_length(3));
+fn encoder_refuses_lines_over_its_write_limit() {
+    let mut codec = build(|b| b.write_max_length(Some(3)));
     let mut out = BytesMut::new();
     assert!(codec.encode("abc", &mut out).is_ok());
     let err = codec.encode("abcd", &mut out).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert_eq!(out, "abc\n");
+    assert_eq!(codec.write_max_length(), Some(3));
+}
+
+#[test]
+fn encoder_is_not_bound_by_the_decoders_limit() {
+    // Writing is not reading: the peer has its own limit.
+    let mut codec = build(|b| b.max_length(3));
+    assert_eq!(codec.write_max_length(), None);
+    let mut out = BytesMut::new();
+    codec.encode("longer than three", &mut out).unwrap();
+    assert_eq!(out, "longer than three\n");
+    let big = vec![b'x'; anyframe_codecs::DEFAULT_LINE_MAX_LENGTH + 1];
+    LineCodec::new().encode(&big, &mut out).unwrap();
+    // Still refused: bytes the decoder would not read back as this line.
+    assert!(codec.encode("a\nb", &mut out).is_err());
 }
 
 #[test]

@@ -198,6 +198,57 @@ fn accept_matching_empty_is_refused() {
 }
 
 #[test]
+fn once_accept_matching_empty_completes_at_once() {
+    // AE completes a `regex` read whose accept matches "" at once.
+    let mut codec = RegexCodec::builder(re("x*")).build_once().unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
+    let mut codec = RegexCodec::builder(re("x*")).build_once().unwrap();
+    let mut buf = BytesMut::from("xxa");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "xx");
+    assert_eq!(buf, "a");
+    // A second frame is refused, nothing consumed.
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.is_fatal());
+    assert_eq!(buf, "a");
+}
+
+#[test]
+fn once_codec_frames_a_normal_record_then_refuses() {
+    let mut codec = RegexCodec::builder(re(";")).build_once().unwrap();
+    let mut buf = BytesMut::from("ab");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b";c;");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "ab;");
+    assert_eq!(
+        codec.decode(&mut buf).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(buf, "c;");
+}
+
+#[test]
+fn unicode_classes_stop_at_bytes_that_are_not_utf8_and_u_off_reads_bytes() {
+    // With Unicode on (the default), `[^\n]` matches a character, so a skip
+    // stops at the first byte that is not UTF-8; `(?-u)` matches bytes, as
+    // Perl's byte strings do.
+    let mut buf = BytesMut::from(&b"ab\xffcd"[..]);
+    let mut unicode = RegexCodec::builder(re(";"))
+        .skip(re(r"^[^\n]*"))
+        .build()
+        .unwrap();
+    assert_eq!(unicode.decode(&mut buf).unwrap(), None);
+    assert_eq!(unicode.skipped(), 2);
+    let mut bytes = RegexCodec::builder(re(";"))
+        .skip(re(r"(?-u)^[^\n]*"))
+        .build()
+        .unwrap();
+    assert_eq!(bytes.decode(&mut buf).unwrap(), None);
+    assert_eq!(bytes.skipped(), 5);
+}
+
+#[test]
 fn frames_are_split_off_without_copying() {
     let mut codec = accept(";");
     let mut buf = BytesMut::from("ab;cd;");
@@ -256,5 +307,158 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// The codec as it was before searches resumed: every regex over the
+/// whole window on every call with new bytes (AE's order). Resuming must
+/// not change a single frame, error or error offset.
+struct RescanModel {
+    accept: Regex,
+    reject: Option<Regex>,
+    skip: Option<Regex>,
+    max_length: usize,
+    skipped: usize,
+    scanned: Option<(usize, Option<usize>)>,
+}
+
+/// What one `decode` call gave: a frame, nothing yet, or an error with its
+/// kind and offset.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Frame(bytes::Bytes),
+    NeedMore,
+    Error(ErrorKind, Option<u64>),
+}
+
+impl RescanModel {
+    fn step(&mut self, buf: &mut BytesMut) -> Step {
+        let len = buf.len();
+        let rejected = |at: usize| Step::Error(ErrorKind::BadMessage, Some(at as u64));
+        if let Some((last, at)) = self.scanned
+            && last == len
+        {
+            return at.map_or(Step::NeedMore, rejected);
+        }
+        let end = len.min(self.max_length);
+        let from = self.skipped.min(end);
+        let window = &buf[from..end];
+        if let Some(end) = self
+            .accept
+            .find_iter(window)
+            .map(|m| from + m.end())
+            .find(|&e| e > 0)
+        {
+            self.skipped = 0;
+            self.scanned = None;
+            return Step::Frame(buf.split_to(end).freeze());
+        }
+        if len > self.max_length {
+            return Step::Error(ErrorKind::NoSpace, None);
+        }
+        let at = self
+            .reject
+            .as_ref()
+            .and_then(|r| r.find(window))
+            .map(|m| from + m.start());
+        if let Some(m) = self.skip.as_ref().and_then(|s| s.find(window)) {
+            self.skipped = from + m.end();
+        }
+        self.scanned = Some((len, at));
+        at.map_or(Step::NeedMore, rejected)
+    }
+}
+
+/// Feeds `chunks` to `step`, decoding after each until it asks for more or
+/// fails; a non-fatal error moves on to the next chunk, a fatal one (and
+/// only that: `NoSpace`) ends the run.
+fn steps(chunks: &[&[u8]], mut step: impl FnMut(&mut BytesMut) -> Step) -> Vec<Step> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            let s = step(&mut buf);
+            out.push(s.clone());
+            match s {
+                Step::Frame(_) => {}
+                Step::Error(ErrorKind::NoSpace, _) => return out,
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
+/// Patterns from a small grammar, bounded and unbounded, with look-around.
+fn pattern() -> impl Strategy<Value = String> {
+    let atom = prop::sample::select(vec![
+        "a", "b", ";", r"\n", "[ab]", "[^a]", ".", r"\b", "^", "$", "(?m:^)", "é", r"\w",
+    ])
+    .prop_map(str::to_owned);
+    atom.prop_recursive(3, 10, 3, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a}{b}")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(?:{a}|{b})")),
+            inner.clone().prop_map(|a| format!("(?:{a})?")),
+            inner.clone().prop_map(|a| format!("(?:{a}){{1,3}}")),
+            inner.prop_map(|a| format!("(?:{a})+")),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn resumed_searches_give_what_full_rescans_give(
+        accept in pattern(),
+        reject in proptest::option::of(pattern()),
+        skip in proptest::option::of(pattern()),
+        input in proptest::collection::vec(
+            prop::sample::select(vec![&b"a"[..], b"b", b";", b"\n", "é".as_bytes(), b" "]),
+            0..40,
+        ),
+        sizes in proptest::collection::vec(1usize..6, 1..12),
+        max_length in prop::sample::select(vec![8usize, 1 << 20]),
+    ) {
+        let accept = re(&accept);
+        prop_assume!(!accept.is_match(b""));
+        let input = input.concat();
+        let mut builder = RegexCodec::builder(accept.clone());
+        builder.max_length(max_length);
+        if let Some(r) = &reject {
+            builder.reject(re(r));
+        }
+        if let Some(s) = &skip {
+            builder.skip(re(s));
+        }
+        let mut codec = builder.build().unwrap();
+        let mut model = RescanModel {
+            accept,
+            reject: reject.as_deref().map(re),
+            skip: skip.as_deref().map(re),
+            max_length,
+            skipped: 0,
+            scanned: None,
+        };
+        let mut chunks = Vec::new();
+        let mut rest = &input[..];
+        for &n in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (head, tail) = rest.split_at(n.min(rest.len()));
+            chunks.push(head);
+            rest = tail;
+        }
+        let ours = steps(&chunks, |buf| match codec.decode(buf) {
+            Ok(Some(frame)) => Step::Frame(frame),
+            Ok(None) => Step::NeedMore,
+            Err(e) if e.kind() == ErrorKind::NoSpace => Step::Error(e.kind(), None),
+            Err(e) => Step::Error(e.kind(), e.offset()),
+        });
+        let theirs = steps(&chunks, |buf| model.step(buf));
+        prop_assert_eq!(ours, theirs);
     }
 }

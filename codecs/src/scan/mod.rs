@@ -12,7 +12,9 @@
 //! the offending byte arrives, so a broken peer is reported at once instead of
 //! filling the buffer up to the size limit.
 
+#[cfg(feature = "cbor")]
 pub(crate) mod cbor;
+#[cfg(feature = "json")]
 pub(crate) mod json;
 
 use crate::error::Error;
@@ -43,6 +45,7 @@ pub(crate) enum Problem {
     /// A byte that the grammar does not allow here.
     Syntax(&'static str),
     /// A malformed UTF-8 sequence that began at `start` (JSON strings).
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     Utf8 {
         /// Offset of the sequence's first byte.
         start: usize,

@@ -18,25 +18,45 @@ use tokio_util::codec::Decoder;
 
 use crate::error::Error;
 
+mod search;
+pub(crate) use search::Search;
+
 const CODEC: &str = "regex";
 
-/// The default limit on one record (skipped bytes included): 64 KiB.
+/// The default limit on one record (skipped bytes included) when every
+/// configured regex has matches of bounded length: 1 MiB, as
+/// [`DEFAULT_LINE_MAX_LENGTH`](crate::DEFAULT_LINE_MAX_LENGTH).
 ///
-/// The accept, reject and skip regexes are re-run over the buffered window
-/// on every arrival of data (AE's semantics), so this limit bounds the work
-/// per read as well as the memory. Regex-framed records are protocol heads
-/// (HTTP, SMTP replies, prompts); 64 KiB is the largest HTTP header block
-/// common servers accept.
-pub const DEFAULT_REGEX_MAX_LENGTH: usize = 64 * 1024;
+/// Such regexes are searched again only near the end of the last search
+/// (see [`RegexCodec`], *Cost*), so the limit bounds the memory, not the
+/// work. Peers of AnyEvent send regex-framed records of over 100 KB.
+pub const DEFAULT_REGEX_MAX_LENGTH: usize = 1024 * 1024;
 
-/// What the last fruitless scan saw, so a call without new bytes gives the
-/// same answer without running the regexes again.
+/// The default limit on one record (skipped bytes included) when some
+/// configured regex has matches of unbounded length (`a+`, `.*`): 64 KiB.
+///
+/// Such a regex is run again over the whole window on every arrival of data
+/// (AE does the same), so this limit bounds the work per read as well as
+/// the memory. 64 KiB is the largest HTTP header block common servers
+/// accept.
+pub const DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH: usize = 64 * 1024;
+
+/// What the last fruitless scan saw: a call without new bytes gives the
+/// same answer without running the regexes, and one with new bytes resumes
+/// each search near where it stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Scanned {
     /// The buffer length at that scan.
     len: usize,
-    /// Where the reject regex matched, if it did.
-    rejected_at: Option<usize>,
+    /// Where the window started (the skipped byte count).
+    from: usize,
+    /// The window's length.
+    window_len: usize,
+    /// Where the reject regex matched in the window, if it did.
+    reject_at: Option<usize>,
+    /// Where the skip regex matched in the window, if it did (without
+    /// moving the window: an empty match at its start).
+    skip_at: Option<usize>,
 }
 
 /// A decoder for records delimited by regular expressions (`regex::bytes`).
@@ -65,12 +85,28 @@ struct Scanned {
 ///
 /// Use a line or length-prefixed codec where split-invariance matters.
 ///
+/// # Bytes, not characters: `(?-u)`
+///
+/// The regexes are `regex::bytes::Regex`, with Unicode on by default: `.`,
+/// `[^\n]` and `\w` then match whole UTF-8 characters and never a byte
+/// that is not UTF-8, so a skip regex such as `^[^\n]*` stops at the first
+/// such byte. Perl's regexes on byte strings match bytes; write `(?-u)` at
+/// the start of the pattern (`(?-u)^[^\n]*`) or build the regex with
+/// `RegexBuilder::unicode(false)` for the same meaning.
+///
 /// # Cost
 ///
 /// Each call that brings new bytes runs accept (and reject and skip after
-/// a miss) over the window, as AE does: a record arriving in `k` pieces
-/// costs `O(k × window)`. The window never exceeds `max_length`, skip
-/// shrinks it, and a call without new bytes runs nothing.
+/// a miss) again, as AE does, but a regex whose matches have a bounded
+/// length `L` resumes `L` (plus 4 bytes of look-around) before where its
+/// last search stopped, with the same result as a search of the whole
+/// window: a record costs time linear in its length however it is split.
+/// A regex with unbounded matches (`a+`, `.*`) searches the whole window
+/// each time, so a record arriving in `k` pieces costs `O(k × window)`;
+/// the window never exceeds `max_length`, whose default is lower for such
+/// regexes ([`DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH`]). When skip moves the
+/// window's start, the next searches begin at the new start. A call
+/// without new bytes runs nothing.
 ///
 /// # Errors and state
 ///
@@ -107,14 +143,16 @@ struct Scanned {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RegexCodec {
-    accept: Regex,
-    reject: Option<Regex>,
-    skip: Option<Regex>,
+    accept: Search,
+    reject: Option<Search>,
+    skip: Option<Search>,
     max_length: usize,
     /// Bytes at the front of the buffer that skip moved out of the window.
     skipped: usize,
     /// The last fruitless scan, if nothing was consumed since.
     scanned: Option<Scanned>,
+    /// Single-use (`build_once`): `Some(done)`.
+    once: Option<bool>,
 }
 
 impl RegexCodec {
@@ -130,10 +168,10 @@ impl RegexCodec {
     /// A builder for a codec with the given accept regex.
     pub fn builder(accept: Regex) -> RegexCodecBuilder {
         RegexCodecBuilder {
-            accept,
+            accept: Search::new(accept),
             reject: None,
             skip: None,
-            max_length: DEFAULT_REGEX_MAX_LENGTH,
+            max_length: None,
         }
     }
 
@@ -161,8 +199,15 @@ impl Decoder for RegexCodec {
     type Error = Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        if self.once == Some(true) {
+            return Err(Error::invalid_input(
+                CODEC,
+                "single-use decoder has already produced its record",
+            )
+            .fatal(true));
+        }
         let len = buf.len();
-        if self.skipped > len {
+        if self.skipped > len || self.scanned.is_some_and(|last| last.len > len) {
             // Someone else consumed from this buffer: start over.
             self.skipped = 0;
             self.scanned = None;
@@ -170,42 +215,67 @@ impl Decoder for RegexCodec {
         if let Some(last) = self.scanned
             && last.len == len
         {
-            return match last.rejected_at {
-                Some(at) => Err(RegexCodec::reject_error(buf, at)),
+            return match last.reject_at {
+                Some(at) => Err(RegexCodec::reject_error(buf, last.from + at)),
                 None => Ok(None),
             };
         }
         let window_end = len.min(self.max_length);
         let from = self.skipped.min(window_end);
         let window = &buf[from..window_end];
+        // The last search over this same window, if any: each regex resumes
+        // where it can without changing its answer.
+        let last = self.scanned.filter(|last| last.from == from);
+        let resume = |search: &Search, found: Option<usize>| {
+            last.map_or(0, |last| {
+                search.resume_at(last.window_len, found.unwrap_or(last.window_len))
+            })
+        };
 
-        // 1. accept (a match giving an empty frame is ignored: it would
-        //    consume nothing, forever).
-        if let Some(end) = self
-            .accept
-            .find_iter(window)
-            .map(|m| from + m.end())
-            .find(|&end| end > 0)
-        {
+        // 1. accept. A match that would give an empty frame is passed over
+        //    (it would consume nothing, forever); the last search found no
+        //    other.
+        let accepted = match self.accept.first(window, resume(&self.accept, None)) {
+            // A single-use decoder takes it: AE completes such a request.
+            Some((0, 0)) if from == 0 && self.once.is_none() => (!window.is_empty())
+                .then(|| self.accept.first(window, 1))
+                .flatten(),
+            found => found,
+        };
+        if let Some((_, end)) = accepted {
             self.skipped = 0;
             self.scanned = None;
-            return Ok(Some(buf.split_to(end).freeze()));
+            if let Some(done) = &mut self.once {
+                *done = true;
+            }
+            return Ok(Some(buf.split_to(from + end).freeze()));
         }
         if len > self.max_length {
             return Err(Error::too_large(CODEC, self.max_length, len as u64).with_bytes(buf));
         }
         // 2. reject, 3. skip: both look at the same window.
-        let rejected_at = self
-            .reject
+        let reject_at = self.reject.as_ref().and_then(|r| {
+            r.first(window, resume(r, last.and_then(|l| l.reject_at)))
+                .map(|(start, _)| start)
+        });
+        let mut skip_at = None;
+        if let Some((start, end)) = self
+            .skip
             .as_ref()
-            .and_then(|r| r.find(window))
-            .map(|m| from + m.start());
-        if let Some(m) = self.skip.as_ref().and_then(|s| s.find(window)) {
-            self.skipped = from + m.end();
+            .and_then(|s| s.first(window, resume(s, last.and_then(|l| l.skip_at))))
+        {
+            self.skipped = from + end;
+            skip_at = Some(start);
         }
-        self.scanned = Some(Scanned { len, rejected_at });
-        match rejected_at {
-            Some(at) => Err(RegexCodec::reject_error(buf, at)),
+        self.scanned = Some(Scanned {
+            len,
+            from,
+            window_len: window.len(),
+            reject_at,
+            skip_at,
+        });
+        match reject_at {
+            Some(at) => Err(RegexCodec::reject_error(buf, from + at)),
             None => Ok(None),
         }
     }
@@ -243,30 +313,33 @@ impl Decoder for RegexCodec {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RegexCodecBuilder {
-    accept: Regex,
-    reject: Option<Regex>,
-    skip: Option<Regex>,
-    max_length: usize,
+    accept: Search,
+    reject: Option<Search>,
+    skip: Option<Search>,
+    /// `None`: the default for the regexes configured.
+    max_length: Option<usize>,
 }
 
 impl RegexCodecBuilder {
     /// The reject regex, tried when accept did not match.
     pub fn reject(&mut self, reject: Regex) -> &mut Self {
-        self.reject = Some(reject);
+        self.reject = Some(Search::new(reject));
         self
     }
 
     /// The skip regex, tried after a miss of accept: the window then starts
     /// after the end of its match.
     pub fn skip(&mut self, skip: Regex) -> &mut Self {
-        self.skip = Some(skip);
+        self.skip = Some(Search::new(skip));
         self
     }
 
     /// The longest record, skipped bytes included, and the largest window
-    /// the regexes see (default [`DEFAULT_REGEX_MAX_LENGTH`]).
+    /// the regexes see. The default is [`DEFAULT_REGEX_MAX_LENGTH`] when
+    /// every configured regex has matches of bounded length, else
+    /// [`DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH`] (see [`RegexCodec`], *Cost*).
     pub fn max_length(&mut self, max: usize) -> &mut Self {
-        self.max_length = max;
+        self.max_length = Some(max);
         self
     }
 
@@ -276,22 +349,71 @@ impl RegexCodecBuilder {
     ///
     /// `EINVAL` when accept matches the empty string: AE completes such a
     /// request at once with an empty record (RT-regex-4), and as a stream
-    /// decoder it would do so forever. (A one-shot empty read is
-    /// `ChunkCodec::new(0)`.)
+    /// decoder it would do so forever; [`build_once`](Self::build_once)
+    /// accepts it for one record.
     pub fn build(&self) -> Result<RegexCodec, Error> {
-        if self.accept.is_match(b"") {
+        if self.accept.regex().is_match(b"") {
             return Err(Error::invalid_input(
                 CODEC,
                 "accept regex matches the empty string",
             ));
         }
-        Ok(RegexCodec {
+        Ok(self.build_with(None))
+    }
+
+    /// Builds a single-use codec: it decodes one record, as one AnyEvent
+    /// `regex` read request does, and then refuses to decode more.
+    ///
+    /// Unlike [`build`](Self::build) it accepts an accept regex that matches
+    /// the empty string, as AnyEvent does: the record then ends at the
+    /// leftmost accept match even when that is empty, so with `x*` an empty
+    /// buffer gives an empty record at once and `"xxa"` gives `"xx"`.
+    ///
+    /// # Errors
+    ///
+    /// None today; `Result` for symmetry with [`build`](Self::build). The
+    /// decoder's second record is a fatal `EINVAL` with nothing consumed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe_codecs::RegexCodec;
+    /// use bytes::BytesMut;
+    /// use regex::bytes::Regex;
+    /// use tokio_util::codec::Decoder;
+    ///
+    /// let mut once = RegexCodec::builder(Regex::new("x*").unwrap()).build_once()?;
+    /// let mut buf = BytesMut::new();
+    /// assert_eq!(once.decode(&mut buf)?.unwrap(), "");
+    /// assert!(once.decode(&mut buf).is_err());
+    /// # Ok::<(), anyframe_codecs::Error>(())
+    /// ```
+    pub fn build_once(&self) -> Result<RegexCodec, Error> {
+        Ok(self.build_with(Some(false)))
+    }
+
+    fn build_with(&self, once: Option<bool>) -> RegexCodec {
+        RegexCodec {
             accept: self.accept.clone(),
             reject: self.reject.clone(),
             skip: self.skip.clone(),
-            max_length: self.max_length,
+            max_length: self.max_length.unwrap_or_else(|| self.default_max_length()),
             skipped: 0,
             scanned: None,
-        })
+            once,
+        }
+    }
+
+    /// The default limit for the regexes configured.
+    fn default_max_length(&self) -> usize {
+        let bounded = [Some(&self.accept), self.reject.as_ref(), self.skip.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|s| s.max_len().is_some());
+        if bounded {
+            DEFAULT_REGEX_MAX_LENGTH
+        } else {
+            DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH
+        }
     }
 }

@@ -1,0 +1,383 @@
+//! End-of-line scanners: where the first line of a buffer ends, for each
+//! kind of end of line (EOL), resuming where the last call stopped.
+//!
+//! Every scanner answers from a bounded prefix of the buffer (the line limit
+//! plus the longest EOL), so the default and literal EOLs decide the same
+//! way however the input was split, and none looks at a byte twice.
+
+use bytes::{Buf, Bytes, BytesMut};
+use memchr::memmem;
+
+#[cfg(feature = "regex")]
+use crate::regex_codec::Search;
+
+/// Where a line ends, as configured. Crate-private: the builder is the
+/// public face.
+#[derive(Debug, Clone)]
+pub(crate) enum Eol {
+    /// `\r?\n`.
+    Default,
+    /// The empty end of line of a single-use decoder: matches at once.
+    Empty,
+    /// A literal byte string (never empty).
+    Literal {
+        eol: Bytes,
+        /// Boxed: a `Finder` is a few hundred bytes, the other variants small.
+        finder: Box<memmem::Finder<'static>>,
+    },
+    /// A regex (matching the empty string only in a single-use decoder).
+    #[cfg(feature = "regex")]
+    Regex {
+        search: Search,
+        hold_open: bool,
+        /// An empty match may end the line (single-use decoders only).
+        empty_ok: bool,
+    },
+}
+
+/// The outcome of looking for the end of the first line in a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// The first line is `buf[..line_len]`, its EOL the next `eol_len` bytes.
+    Found { line_len: usize, eol_len: usize },
+    /// No verdict yet; `buf[..scanned]` need not be looked at again.
+    NeedMore { scanned: usize },
+    /// The first line is certainly longer than the limit; `seen` bytes of it
+    /// were examined.
+    Overflow { seen: usize },
+}
+
+impl Eol {
+    /// Looks for the end of the first line of `buf`, resuming after
+    /// `scanned` bytes examined by an earlier call on the same line.
+    ///
+    /// The verdict depends only on a bounded prefix of `buf` (the line limit
+    /// plus the longest EOL), so the default and literal EOLs decide the same
+    /// way however the input was split.
+    // `eof` and `max` matter to the regex end of line only.
+    #[cfg_attr(not(feature = "regex"), allow(unused_variables))]
+    pub(crate) fn scan(&self, buf: &[u8], scanned: usize, max: usize, eof: bool) -> Scan {
+        match self {
+            Eol::Default => scan_default(buf, scanned, max),
+            Eol::Empty => Scan::Found {
+                line_len: 0,
+                eol_len: 0,
+            },
+            Eol::Literal { eol, finder } => scan_literal(finder, eol.len(), buf, scanned, max),
+            #[cfg(feature = "regex")]
+            Eol::Regex {
+                search,
+                hold_open,
+                empty_ok,
+            } => scan_regex(
+                search,
+                *hold_open && !eof,
+                *empty_ok,
+                buf,
+                scanned,
+                max,
+                eof,
+            ),
+        }
+    }
+
+    /// Drops the front of an over-long line. Returns true when its EOL was
+    /// found and dropped too; false when more input is needed (then only
+    /// bytes that may start the EOL are kept, none at all at `eof`).
+    // `eof` and `max` matter to the regex end of line only.
+    #[cfg_attr(not(feature = "regex"), allow(unused_variables))]
+    pub(crate) fn discard(&self, buf: &mut BytesMut, max: usize, eof: bool) -> bool {
+        match self {
+            Eol::Default => match memchr::memchr(b'\n', buf) {
+                Some(lf) => {
+                    buf.advance(lf + 1);
+                    true
+                }
+                None => {
+                    // A CR at the end would belong to the EOL, but the EOL
+                    // is dropped with the line anyway.
+                    buf.clear();
+                    false
+                }
+            },
+            Eol::Literal { eol, finder } => match finder.find(buf) {
+                Some(at) => {
+                    buf.advance(at + eol.len());
+                    true
+                }
+                None => {
+                    let keep = if eof { 0 } else { eol.len() - 1 };
+                    buf.advance(buf.len().saturating_sub(keep));
+                    false
+                }
+            },
+            // An empty end of line never overflows.
+            Eol::Empty => true,
+            #[cfg(feature = "regex")]
+            Eol::Regex {
+                search, hold_open, ..
+            } => match search.first_non_empty(buf, 0) {
+                Some((start, end)) if *hold_open && !eof && end == buf.len() => {
+                    // Keep the held match (at most `max` bytes of it, and at
+                    // least one, so the regex still sees that a run of EOL
+                    // bytes goes on) and drop the rest.
+                    let keep = (end - start).min(max.max(1));
+                    buf.advance(end - keep);
+                    false
+                }
+                Some((_, end)) => {
+                    buf.advance(end);
+                    true
+                }
+                None => {
+                    buf.clear();
+                    false
+                }
+            },
+        }
+    }
+}
+
+/// `\r?\n`: the LF must lie within `max + 2` bytes (a line of `max` bytes,
+/// then CR LF).
+#[inline(always)]
+pub(crate) fn scan_default(buf: &[u8], scanned: usize, max: usize) -> Scan {
+    let window = buf.len().min(max.saturating_add(2));
+    let from = scanned.min(window);
+    if let Some(i) = find_lf(&buf[from..window]) {
+        let lf = from + i;
+        let line_len = if lf > 0 && buf[lf - 1] == b'\r' {
+            lf - 1
+        } else {
+            lf
+        };
+        return if line_len > max {
+            Scan::Overflow { seen: lf + 1 }
+        } else {
+            Scan::Found {
+                line_len,
+                eol_len: lf + 1 - line_len,
+            }
+        };
+    }
+    // No LF yet. More than `max` bytes are too many, unless the byte at
+    // `max` is a CR that the next byte (not here yet) may join to a CR LF.
+    let len = buf.len();
+    if len > max && (len - max >= 2 || buf[max] != b'\r') {
+        Scan::Overflow { seen: window }
+    } else {
+        Scan::NeedMore { scanned: window }
+    }
+}
+
+/// How many bytes `find_lf` examines inline before handing over to `memchr`.
+///
+/// Most lines are short; for them a word-at-a-time scan in the caller beats
+/// `memchr`'s call and CPU-feature dispatch (which cost more than scanning
+/// 40 bytes). Past 64 bytes, `memchr`'s vector loop wins.
+const INLINE_SCAN: usize = 64;
+
+/// The position of the first LF in `hay`.
+#[inline(always)]
+fn find_lf(hay: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    // Two words per step: one well-predicted branch per 16 bytes.
+    while at < INLINE_SCAN
+        && let Some(pair) = hay[at..].first_chunk::<16>()
+    {
+        let lo = lf_flags(pair[..8].try_into().expect("8 of 16 bytes"));
+        let hi = lf_flags(pair[8..].try_into().expect("8 of 16 bytes"));
+        if lo | hi != 0 {
+            let i = if lo != 0 {
+                lo.trailing_zeros()
+            } else {
+                64 + hi.trailing_zeros()
+            };
+            return Some(at + (i / 8) as usize);
+        }
+        at += 16;
+    }
+    // A short tail (the last line in the buffer) in one more word.
+    if at < INLINE_SCAN
+        && let Some(word) = hay[at..].first_chunk::<8>()
+    {
+        let flags = lf_flags(*word);
+        if flags != 0 {
+            return Some(at + (flags.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    memchr::memchr(b'\n', &hay[at..]).map(|i| at + i)
+}
+
+/// The high bit of each byte of the result is set where `word` (read
+/// little-endian) has its first LF, and possibly in bytes after it, never
+/// before: a byte of `x` is zero where the word has a LF, and only bytes
+/// above a zero byte can be flagged falsely, so the lowest flag is exact.
+#[inline(always)]
+fn lf_flags(word: [u8; 8]) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let x = u64::from_le_bytes(word) ^ LFS;
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// A literal EOL of `eol_len` bytes must start at or before `max`. The
+/// search resumes `eol_len - 1` bytes before the end of the last one, so an
+/// EOL split across reads is found and nothing else is looked at twice.
+fn scan_literal(
+    finder: &memmem::Finder<'static>,
+    eol_len: usize,
+    buf: &[u8],
+    scanned: usize,
+    max: usize,
+) -> Scan {
+    let reach = max.saturating_add(eol_len);
+    let window = buf.len().min(reach);
+    let from = scanned.min(window).saturating_sub(eol_len - 1);
+    match finder.find(&buf[from..window]) {
+        Some(i) => Scan::Found {
+            line_len: from + i,
+            eol_len,
+        },
+        None if buf.len() >= reach => Scan::Overflow { seen: window },
+        None => Scan::NeedMore { scanned: window },
+    }
+}
+
+/// The regex EOL, searched again on each call that brings new bytes (as AE
+/// does), from where the last search stopped less the longest match the
+/// regex allows; see `LineCodecBuilder::eol_regex` for the cost.
+#[cfg(feature = "regex")]
+fn scan_regex(
+    search: &Search,
+    hold_open: bool,
+    empty_ok: bool,
+    buf: &[u8],
+    scanned: usize,
+    max: usize,
+    eof: bool,
+) -> Scan {
+    let len = buf.len();
+    if !eof && scanned == len && !(empty_ok && len == 0) {
+        // Nothing new since the last fruitless search: same answer. (An
+        // empty buffer was never searched when an empty match may end the
+        // line.)
+        return Scan::NeedMore { scanned };
+    }
+    // The last search (over `scanned` bytes) found no end of line, or one
+    // held open that ends at `scanned` and so starts after the resume point.
+    let from = search.resume_at(scanned, scanned);
+    let found = if empty_ok {
+        search.first(buf, from)
+    } else {
+        search.first_non_empty(buf, from)
+    };
+    match found {
+        Some((start, end)) if start > max || end - start > max => Scan::Overflow { seen: len },
+        Some((_, end)) if hold_open && end == len => Scan::NeedMore { scanned: len },
+        Some((start, end)) => Scan::Found {
+            line_len: start,
+            eol_len: end - start,
+        },
+        None if len > max => Scan::Overflow { seen: len },
+        None => Scan::NeedMore { scanned: len },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lit(eol: &[u8]) -> Eol {
+        Eol::Literal {
+            eol: Bytes::copy_from_slice(eol),
+            finder: Box::new(memmem::Finder::new(eol).into_owned()),
+        }
+    }
+
+    #[test]
+    fn default_scan_waits_for_lf_after_cr_at_the_limit() {
+        // max 3: "abc\r" may still become "abc" + CRLF.
+        assert_eq!(scan_default(b"abc\r", 0, 3), Scan::NeedMore { scanned: 4 });
+        assert_eq!(
+            scan_default(b"abc\r\n", 4, 3),
+            Scan::Found {
+                line_len: 3,
+                eol_len: 2
+            }
+        );
+        assert_eq!(scan_default(b"abc\rx", 4, 3), Scan::Overflow { seen: 5 });
+        assert_eq!(scan_default(b"abcd", 0, 3), Scan::Overflow { seen: 4 });
+        assert_eq!(scan_default(b"abcd\n", 0, 3), Scan::Overflow { seen: 5 });
+    }
+
+    #[test]
+    fn find_lf_agrees_with_memchr() {
+        let mut hay = vec![b'x'; 200];
+        assert_eq!(find_lf(&hay), None);
+        for at in [0, 1, 7, 8, 9, 63, 64, 65, 150, 199] {
+            hay[at] = b'\n';
+            assert_eq!(find_lf(&hay), Some(at), "{at}");
+            // A later LF, and bytes that differ from LF in one bit, do not
+            // move the answer.
+            for b in hay.iter_mut().skip(at + 1) {
+                *b = [0x0b, 0x8a, 0x00, b'\n'][*b as usize % 4];
+            }
+            assert_eq!(find_lf(&hay), Some(at));
+            hay.fill(b'x');
+        }
+        for len in 0..20 {
+            let mut short = vec![0x0bu8; len];
+            assert_eq!(find_lf(&short), None);
+            if len > 0 {
+                short[len - 1] = b'\n';
+                assert_eq!(find_lf(&short), Some(len - 1));
+            }
+        }
+    }
+
+    #[test]
+    fn default_scan_handles_the_unbounded_limit() {
+        assert_eq!(
+            scan_default(b"ab\n", 0, usize::MAX),
+            Scan::Found {
+                line_len: 2,
+                eol_len: 1
+            }
+        );
+        assert_eq!(
+            scan_default(b"ab", 1, usize::MAX),
+            Scan::NeedMore { scanned: 2 }
+        );
+    }
+
+    #[test]
+    fn literal_scan_resumes_before_the_last_scan_end() {
+        let eol = lit(b"<END>");
+        let Eol::Literal { finder, .. } = &eol else {
+            unreachable!()
+        };
+        let s = scan_literal(finder, 5, b"abc<EN", 0, 100);
+        assert_eq!(s, Scan::NeedMore { scanned: 6 });
+        assert_eq!(
+            scan_literal(finder, 5, b"abc<END>", 6, 100),
+            Scan::Found {
+                line_len: 3,
+                eol_len: 5
+            }
+        );
+    }
+
+    #[test]
+    fn literal_discard_keeps_a_possible_eol_start() {
+        let eol = lit(b"\r\n");
+        let mut buf = BytesMut::from(&b"xxxx\r"[..]);
+        assert!(!eol.discard(&mut buf, 10, false));
+        assert_eq!(buf, "\r");
+        buf.extend_from_slice(b"\nnext");
+        assert!(eol.discard(&mut buf, 10, false));
+        assert_eq!(buf, "next");
+    }
+}
