@@ -208,17 +208,56 @@ fn discard_reports_once_then_resumes_after_the_eol() {
 }
 
 #[test]
-fn discard_state_is_visible_and_ends_at_the_eol() {
+fn discard_state_is_visible_and_the_error_comes_at_the_eol() {
     let mut codec = build(|b| b.max_length(2).overflow(OverflowPolicy::Discard));
     let mut buf = BytesMut::from("abcdef");
-    let err = codec.decode(&mut buf).unwrap_err();
-    assert!(!err.is_fatal() && err.is_limit());
-    assert!(codec.is_discarding());
     assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(codec.is_discarding());
     assert!(buf.is_empty(), "discarded bytes are dropped as they come");
     buf.extend_from_slice(b"gh\nxy\n");
-    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("xy", "\n")));
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(!err.is_fatal() && err.is_limit());
+    assert!(
+        err.seen().is_some_and(|n| n > 2),
+        "the line was over the limit"
+    );
     assert!(!codec.is_discarding());
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("xy", "\n")));
+}
+
+/// The error comes once the over-long line is gone, so a fresh decoder (a
+/// new one per read request) starts on the next line, not in the middle of
+/// the dropped one.
+#[test]
+fn discard_lets_a_fresh_decoder_per_line_make_progress() {
+    let make = || build(|b| b.max_length(4).overflow(OverflowPolicy::Discard));
+    let mut buf = BytesMut::from("much too");
+    assert_eq!(make().decode(&mut buf).unwrap(), None);
+    let mut second = make();
+    buf.extend_from_slice(b" long\nok\n");
+    // The first decoder was dropped mid-line: the bytes it dropped are
+    // gone, and a fresh one sees the rest of the line as over-long too, or
+    // as a line. With one decoder kept across calls, the error comes first.
+    let mut kept = make();
+    let mut whole = BytesMut::from("much too long\nok\n");
+    assert!(kept.decode(&mut whole).unwrap_err().is_limit());
+    assert_eq!(kept.decode(&mut whole).unwrap(), Some(line("ok", "\n")));
+    // A fresh decoder per call also gets there.
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        match second.decode(&mut buf) {
+            Ok(Some(l)) => {
+                events.push(l);
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                assert!(e.is_limit() && !e.is_fatal());
+                second = make();
+            }
+        }
+    }
+    assert_eq!(events.last(), Some(&line("ok", "\n")));
 }
 
 #[test]
@@ -229,8 +268,8 @@ fn discard_at_eof_ends_the_discarded_line_quietly() {
         events,
         vec![
             Event::Frame(line("a", "\n")),
-            Event::Error(ErrorKind::NoSpace, false),
-            Event::End(Ok(vec![])),
+            // Reported at the end of input, which ended the dropped line.
+            Event::End(Err((ErrorKind::NoSpace, 0))),
         ]
     );
 }
@@ -403,6 +442,10 @@ fn regex_eol_longer_than_the_limit_is_an_overflow() {
     let mut buf = BytesMut::from("a;;");
     assert_eq!(codec.decode(&mut buf).unwrap(), None);
     buf.extend_from_slice(b";");
+    // The held-open run of EOL bytes may go on: still dropping.
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(codec.is_discarding());
+    buf.extend_from_slice(b"b");
     assert!(codec.decode(&mut buf).unwrap_err().is_limit());
     // The whole run of EOL bytes is dropped with the line, however long.
     let events = assert_continuing_invariant(make, b"a;;;;;;;b;");
@@ -499,14 +542,12 @@ fn model_default(input: &[u8], max: usize, policy: OverflowPolicy) -> Vec<Event<
     let n = rest.len();
     let over = n > max && (n - max >= 2 || rest[max] != b'\r');
     if over {
-        out.push(Event::Error(
-            ErrorKind::NoSpace,
-            policy == OverflowPolicy::Fatal,
-        ));
         if policy == OverflowPolicy::Fatal {
+            out.push(Event::Error(ErrorKind::NoSpace, true));
             return out;
         }
-        out.push(Event::End(Ok(vec![])));
+        // Discarded up to the end of input, and reported there.
+        out.push(Event::End(Err((ErrorKind::NoSpace, 0))));
     } else if n == 0 {
         out.push(Event::End(Ok(vec![])));
     } else {
@@ -937,7 +978,10 @@ fn utf8_codec_shares_the_limits() {
         .unwrap();
     let mut buf = BytesMut::from("abc\nde\n");
     assert!(codec.decode(&mut buf).unwrap_err().is_limit());
-    assert!(codec.is_discarding());
+    assert!(
+        !codec.is_discarding(),
+        "the line and its EOL are already gone"
+    );
     assert_eq!(
         codec.decode(&mut buf).unwrap(),
         Some(Utf8Line::new("de", "\n"))

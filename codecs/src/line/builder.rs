@@ -279,6 +279,7 @@ impl LineCodecBuilder {
                 State::Reading { scanned: 0 }
             },
             once,
+            discarded: None,
         })
     }
 

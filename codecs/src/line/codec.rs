@@ -33,8 +33,12 @@ pub enum OverflowPolicy {
     /// a peer that overruns the limit is out of step with the protocol.
     #[default]
     Fatal,
-    /// Report `ENOSPC` **once**, as a non-fatal error, then drop the rest of
-    /// the line up to and including its EOL and go on with the next line.
+    /// Drop the over-long line up to and including its EOL, then report
+    /// `ENOSPC` **once**, as a non-fatal error, and go on with the next
+    /// line. The error comes when the line is gone, so the next decoder,
+    /// even a fresh one per request, starts on a line boundary. While the
+    /// line is dropped its bytes are consumed without a frame: a request
+    /// cancelled then does not get them back.
     Discard,
 }
 
@@ -68,11 +72,12 @@ pub(super) enum State {
 /// * A line longer than `max_length` (EOL excluded): `ENOSPC`
 ///   ([`Error::is_limit`]). With [`OverflowPolicy::Fatal`] (the default)
 ///   the error is fatal and nothing is consumed. With
-///   [`OverflowPolicy::Discard`] it is reported once, non-fatal, and the
-///   following `decode` calls drop the line through its EOL.
+///   [`OverflowPolicy::Discard`] the line is dropped through its EOL and
+///   then reported once, non-fatal.
 /// * Input ending inside a line (`decode_eof`): `EPIPE`, fatal; the partial
 ///   line stays in the buffer and [`Error::seen`] gives its length. While
-///   discarding, the end of input simply ends the discarded line.
+///   discarding, the end of input ends the discarded line (and its
+///   `ENOSPC` is reported).
 ///
 /// The codec keeps a scan position into the buffer between calls, so feed it
 /// one buffer and let only it consume from the front.
@@ -108,6 +113,9 @@ pub struct LineCodec {
     pub(super) state: State,
     /// Built by `build_once`: one line, then `EINVAL`.
     pub(super) once: bool,
+    /// While discarding: how long the over-long line was when it overflowed
+    /// and its first bytes, for the error reported once it is dropped.
+    pub(super) discarded: Option<(u64, [u8; crate::SNIPPET_LEN], usize)>,
 }
 
 impl LineCodec {
@@ -121,6 +129,7 @@ impl LineCodec {
             terminator: Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)),
             write_max_length: None,
             state: State::Reading { scanned: 0 },
+            discarded: None,
             once: false,
         }
     }
@@ -210,10 +219,16 @@ impl LineCodec {
         loop {
             match self.state {
                 State::Discarding => {
-                    if !self.eol.discard(buf, self.max_length, eof) {
+                    if !self.eol.discard(buf, self.max_length, eof) && !eof {
                         return Ok(None);
                     }
+                    // The whole line is gone: report it now, so that the
+                    // next decoder, even a fresh one, starts on a line.
                     self.state = self.reading(0);
+                    let (seen, snippet, n) = self.discarded.take().unwrap_or_default();
+                    return Err(Error::too_large(CODEC, self.max_length, seen)
+                        .with_bytes(&snippet[..n])
+                        .fatal(false));
                 }
                 State::Reading { scanned } | State::Once { scanned } => {
                     return match self.eol.scan(buf, scanned, self.max_length, eof) {
@@ -228,6 +243,10 @@ impl LineCodec {
                         Scan::NeedMore { scanned } => {
                             self.state = self.reading(scanned);
                             Ok(None)
+                        }
+                        Scan::Overflow { seen } if self.overflow == OverflowPolicy::Discard => {
+                            self.start_discarding(buf, seen);
+                            continue;
                         }
                         Scan::Overflow { seen } => Err(self.overflowed(buf, seen)),
                     };
@@ -252,15 +271,19 @@ impl LineCodec {
         }
     }
 
-    fn overflowed(&mut self, buf: &[u8], seen: usize) -> Error {
-        let err = Error::too_large(CODEC, self.max_length, seen as u64).with_bytes(buf);
-        match self.overflow {
-            OverflowPolicy::Fatal => err,
-            OverflowPolicy::Discard => {
-                self.state = State::Discarding;
-                err.fatal(false)
-            }
-        }
+    /// The fatal `ENOSPC` of `OverflowPolicy::Fatal`: nothing is consumed.
+    fn overflowed(&self, buf: &[u8], seen: usize) -> Error {
+        Error::too_large(CODEC, self.max_length, seen as u64).with_bytes(buf)
+    }
+
+    /// Starts dropping an over-long line (`OverflowPolicy::Discard`); the
+    /// error is reported once the line is gone.
+    fn start_discarding(&mut self, buf: &[u8], seen: usize) {
+        let mut snippet = [0u8; crate::SNIPPET_LEN];
+        let n = buf.len().min(snippet.len());
+        snippet[..n].copy_from_slice(&buf[..n]);
+        self.discarded = Some((seen as u64, snippet, n));
+        self.state = State::Discarding;
     }
 
     /// True for a decoder built by
