@@ -158,7 +158,6 @@ fn deep_corpus_files_stop_at_the_depth_limit() {
     }
 }
 
-
 /// A data item as RFC 8949's diagnostic notation (section 8) writes it, for
 /// the subset Appendix A uses.
 #[derive(Debug, Clone)]
@@ -266,7 +265,11 @@ impl DiagParser<'_> {
             };
         }
         if self.eat("h'") {
-            let end = self.at + self.s[self.at..].iter().position(|&b| b == b'\'').expect("'");
+            let end = self.at
+                + self.s[self.at..]
+                    .iter()
+                    .position(|&b| b == b'\'')
+                    .expect("'");
             let bytes = hex(std::str::from_utf8(&self.s[self.at..end]).expect("ASCII"));
             self.at = end + 1;
             return Diag::Bytes(bytes);
@@ -313,7 +316,11 @@ impl DiagParser<'_> {
     /// parses from the text).
     fn number(&mut self) -> i128 {
         let start = self.at;
-        while self.s.get(self.at).is_some_and(|b| b"-+.e0123456789".contains(b)) {
+        while self
+            .s
+            .get(self.at)
+            .is_some_and(|b| b"-+.e0123456789".contains(b))
+        {
             self.at += 1;
         }
         let text = std::str::from_utf8(&self.s[start..self.at]).expect("ASCII");
@@ -442,10 +449,12 @@ fn rfc8949_appendix_a_examples() {
         // not a non-preferred float (Infinity and NaN in 32 or 64 bits).
         let tagged = bytes[0] >> 5 == 6;
         let indefinite = diag.contains('_');
-        let long_special_float = matches!(bytes[0], 0xfa | 0xfb)
-            && matches!(parsed, Diag::Float(f) if !f.is_finite());
+        let long_special_float =
+            matches!(bytes[0], 0xfa | 0xfb) && matches!(parsed, Diag::Float(f) if !f.is_finite());
         let mut out = BytesMut::new();
-        CborCodec::<C>::new().encode(item, &mut out).expect("encode");
+        CborCodec::<C>::new()
+            .encode(item, &mut out)
+            .expect("encode");
         if tagged || indefinite || long_special_float || diag == "undefined" {
             assert_ne!(out[..], bytes[..], "{h} re-encodes to itself after all");
         } else {

@@ -53,7 +53,10 @@ fn vendored_appendix_a_has_the_test_vectors_bytes() {
     };
     let text = std::fs::read(dir.join("cbor/appendix_a.json")).expect("appendix_a.json");
     let vectors: Vec<serde_json::Value> = serde_json::from_slice(&text).expect("JSON");
-    let theirs: Vec<&str> = vectors.iter().map(|v| v["hex"].as_str().expect("hex")).collect();
+    let theirs: Vec<&str> = vectors
+        .iter()
+        .map(|v| v["hex"].as_str().expect("hex"))
+        .collect();
     let rows = tsv(&data("cbor/rfc8949-appendix-a.tsv"));
     let ours: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(ours, theirs);

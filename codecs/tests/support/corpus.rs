@@ -13,7 +13,9 @@ pub const ALL_SPLITS_UP_TO: usize = 4096;
 
 /// `tests/data/<rel>` of this crate.
 pub fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 /// Lines of a tab-separated file, without its `#` comment lines.
