@@ -79,6 +79,8 @@
     rust_2018_idioms
 )]
 #![doc(test(attr(deny(warnings))))]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use anyframe_codecs as codecs;
 
