@@ -147,7 +147,7 @@ impl Error {
     }
 
     /// A size or depth limit of a self-delimiting format (JSON, CBOR), which
-    /// SPEC.md reports as `EBADMSG`.
+    /// is reported as `EBADMSG` (docs/semantics.md §8).
     pub(crate) fn limit_bad_message(
         codec: &'static str,
         reason: &'static str,

@@ -14,7 +14,7 @@
 //!
 //! [`run`] feeds one split of the data to a fresh decoder and records what
 //! came out; the targets compare the whole input, one byte at a time and
-//! the fuzzer's chunking, which must all agree (SPEC §2a).
+//! the fuzzer's chunking, which must all agree (docs/semantics.md §2a).
 
 use std::fmt::Debug;
 
