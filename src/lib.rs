@@ -97,6 +97,9 @@ pub mod tls;
 #[doc = include_str!("../docs/anyevent.md")]
 pub mod coming_from_anyevent {}
 
+#[doc = include_str!("../docs/semantics.md")]
+pub mod semantics {}
+
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
