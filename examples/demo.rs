@@ -1,17 +1,23 @@
-//! The README's demo: one connection, seven read types.
+//! The README's demo: one connection, seven read types, then STARTTLS.
 //!
 //! A server and a client run in this process on 127.0.0.1. The client sends
-//! a line, 8 raw bytes, a length-prefixed blob, a JSON value and a CBOR
-//! value, then upgrades the same connection to TLS (STARTTLS) and sends a
-//! line over TLS. The server reads each with a *different decoder*, from one
-//! read buffer, and answers; the transcript shows what crossed the wire.
+//! a line, 8 raw bytes, a length-prefixed blob, a netstring, a JSON value
+//! and a CBOR value, then upgrades the same connection to TLS (STARTTLS)
+//! and sends a line over TLS. The server reads each with a *different
+//! decoder*, from one read buffer: line, chunk, packstring, netstring,
+//! json, cbor, and tls_detect, which looks at the client's first TLS bytes
+//! without consuming them before the handshake takes them. The transcript
+//! shows what crossed the wire.
 //!
 //! ```sh
 //! cargo run --example demo
 //! ```
 
 use anyframe::QueuedFramed;
-use anyframe::codecs::{CborCodec, ChunkCodec, JsonCodec, LineCodec, PackFormat, PackstringCodec};
+use anyframe::codecs::{
+    CborCodec, ChunkCodec, JsonCodec, LineCodec, NetstringCodec, PackFormat, PackstringCodec,
+    TlsDetect, TlsDetectCodec,
+};
 use anyframe::tls::{TlsClient, TlsServer};
 use serde_json::json;
 
@@ -39,13 +45,18 @@ async fn server(listener: TcpListener, tls: TlsServer) -> anyframe::Result<()> {
     );
     let blob = conn.read(PackstringCodec::new(PackFormat::U32Be)).await?;
     show("server", &format!("packstring N, {} bytes", blob.len()));
+    let net = conn.read(NetstringCodec::new()).await?;
+    show(
+        "server",
+        &format!("netstring {:?}", String::from_utf8_lossy(&net)),
+    );
     let value: serde_json::Value = conn.read(JsonCodec::new()).await?;
     show("server", &format!("json      {value}"));
     let item: serde_cbor::Value = conn.read(CborCodec::new()).await?;
     show("server", &format!("cbor      {item:?}"));
     conn.push_write(
         JsonCodec::<serde_json::Value>::new(),
-        json!({"received": 5, "next": "STARTTLS"}),
+        json!({"received": 6, "next": "STARTTLS"}),
     )?;
 
     let cmd = conn.read(LineCodec::new()).await?;
@@ -54,6 +65,16 @@ async fn server(listener: TcpListener, tls: TlsServer) -> anyframe::Result<()> {
         &format!("line      {:?}", String::from_utf8_lossy(cmd.line())),
     );
     conn.push_write(LineCodec::new(), "220 go ahead")?;
+    // The client's next bytes should be a TLS ClientHello: look, consume
+    // nothing, and let the handshake read them.
+    match conn.read(TlsDetectCodec::new()).await? {
+        TlsDetect::Tls { major, minor } => {
+            show("server", &format!("tls_detect TLS record {major}.{minor}"));
+        }
+        TlsDetect::NotTls => {
+            return Err(std::io::Error::other("the client did not start TLS").into());
+        }
+    }
     conn.starttls(tls).await?;
     show("server", "TLS established");
     let secret = conn.read(LineCodec::new()).await?;
@@ -68,10 +89,11 @@ async fn server(listener: TcpListener, tls: TlsServer) -> anyframe::Result<()> {
 
 async fn client(addr: std::net::SocketAddr, tls: TlsClient) -> anyframe::Result<()> {
     let mut conn = QueuedFramed::new(TcpStream::connect(addr).await?);
-    // Five frames of five types, queued back to back and sent in one flush.
+    // Six frames of six types, queued back to back and sent in one flush.
     conn.push_write(LineCodec::new(), "HELLO anyframe")?;
     conn.push_bytes(&b"RAW8BYTE"[..])?;
     conn.push_write(PackstringCodec::new(PackFormat::U32Be), vec![0xAB; 1000])?;
+    conn.push_write(NetstringCodec::new(), "a:netstring,")?;
     conn.push_write(
         JsonCodec::<serde_json::Value>::new(),
         json!({"op": "add", "args": [1, 2, 3], "ok": true}),
@@ -81,7 +103,7 @@ async fn client(addr: std::net::SocketAddr, tls: TlsClient) -> anyframe::Result<
     conn.flush().await?;
     show(
         "client",
-        "sent line, chunk, packstring, json, cbor in one write",
+        "sent line, chunk, packstring, netstring, json, cbor in one write",
     );
     let ack: serde_json::Value = conn.read(JsonCodec::new()).await?;
     show("client", &format!("json      {ack}"));
@@ -118,6 +140,6 @@ async fn main() -> anyframe::Result<()> {
     let srv = tokio::spawn(server(listener, pki.server()));
     client(addr, pki.client()).await?;
     srv.await.expect("server task")?;
-    println!("\ndone: 7 read types on one connection, no byte lost or re-read");
+    println!("\ndone: 7 read types and STARTTLS on one connection, no byte lost or re-read");
     Ok(())
 }

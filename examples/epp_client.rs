@@ -1,6 +1,7 @@
-//! The seed's Example 1: an EPP client (RFC 5734 framing: a 4-byte
-//! big-endian total length that counts itself, then an XML document),
-//! against an in-process EPP-like server.
+//! An EPP client, "Example 1" of AnyEvent::Handle's read queue
+//! documentation (RFC 5734 framing: a 4-byte big-endian total length that
+//! counts itself, then an XML document), against an in-process EPP-like
+//! server.
 //!
 //! The length read unshifts the payload read from inside its completion, so
 //! the payload read runs next on bytes already buffered (AnyEvent's

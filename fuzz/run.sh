@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (or the ones named after SECONDS) for SECONDS
-# each, one after another, seeding fuzz/corpus/<target>/ from
-# ../shared/corpora on the first run. Needs cargo-fuzz
+# each, one after another, seeding fuzz/corpus/<target>/ on the first run
+# from the test data in codecs/tests/data (and from the optional external
+# corpora, $ANYFRAME_CORPORA or shared/corpora beside the repository, when
+# present). Needs cargo-fuzz
 # (`cargo install cargo-fuzz --locked`); nightly features come from
 # RUSTC_BOOTSTRAP=1 on a stable toolchain.
 #
@@ -16,6 +18,7 @@ secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
+data=$repo/codecs/tests/data
 corpora=${ANYFRAME_CORPORA:-$repo/../shared/corpora}
 all=(json cbor line packstring netstring engine chunk tls_detect regex)
 targets=("${@:-${all[@]}}")
@@ -50,6 +53,21 @@ for i, e in enumerate(json.load(open(src))):
 PY
 }
 
+seed_hex_tsv() {
+    # seed_hex_tsv TARGET HEADER_HEX FILE.tsv : the hex in each line's first column.
+    local t=$1 hdr=$2 file=$3
+    [ -f "$file" ] || return 0
+    command -v python3 >/dev/null || { echo "no python3: $t not seeded from $file"; return 0; }
+    mkdir -p "corpus/$t"
+    python3 - "$file" "corpus/$t" "$hdr" <<'PY'
+import sys
+src, out, hdr = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
+rows = [l.split("\t")[0] for l in open(src) if l.strip() and not l.startswith("#")]
+for i, h in enumerate(rows):
+    open(f"{out}/seed-{src.rsplit('/', 1)[-1]}-{sys.argv[3]}-{i}", "wb").write(hdr + bytes.fromhex(h))
+PY
+}
+
 seed_hex_files() {
     # seed_hex_files TARGET HEADER_HEX FILE.hex... : each file's hex dump.
     local t=$1 hdr=$2
@@ -63,24 +81,23 @@ seed_hex_files() {
     done
 }
 
-if [ -d "$corpora" ]; then
-    [ -d corpus/json ] || {
-        seed json '\x3f\x00' "$corpora"/json/test_parsing/*.json
-        seed json '\x3f\x02\x00\x06' "$corpora"/json/test_parsing/y_*.json
-        seed json '\x1b\x00' "$corpora"/json/test_parsing/n_*.json
-    }
-    [ -d corpus/cbor ] || {
-        seed_hex_json cbor 3f00 "$corpora/cbor/appendix_a.json"
-        seed_hex_json cbor 3f00 "$corpora/cbor/fail.json"
-        seed_hex_json cbor 1a020006 "$corpora/cbor/appendix_a.json"
-    }
-    [ -d corpus/tls_detect ] || {
-        seed_hex_files tls_detect 0000 "$corpora"/tls/*.hex
-        seed_hex_files tls_detect 010203 "$corpora"/tls/*.hex
-    }
-    [ -d corpus/line ] || seed line '\x38\x00' "$corpora"/json/test_parsing/y_*.json
-    [ -d corpus/regex ] || seed regex '\x1b\x00' "$corpora"/json/test_parsing/y_*.json
-fi
+[ -d corpus/json ] || {
+    seed json '\x3f\x00' "$data"/json/test_parsing/*.json
+    seed json '\x3f\x02\x00\x06' "$data"/json/test_parsing/y_*.json
+    seed json '\x1b\x00' "$data"/json/test_parsing/n_*.json
+}
+[ -d corpus/cbor ] || {
+    seed_hex_tsv cbor 3f00 "$data/cbor/rfc8949-appendix-a.tsv"
+    seed_hex_tsv cbor 1a020006 "$data/cbor/rfc8949-appendix-a.tsv"
+    # Not redistributable, so only when the external corpora are present.
+    if [ -d "$corpora" ]; then seed_hex_json cbor 3f00 "$corpora/cbor/fail.json"; fi
+}
+[ -d corpus/tls_detect ] || {
+    seed_hex_files tls_detect 0000 "$data"/tls/*.hex
+    seed_hex_files tls_detect 010203 "$data"/tls/*.hex
+}
+[ -d corpus/line ] || seed line '\x38\x00' "$data"/json/test_parsing/y_*.json
+[ -d corpus/regex ] || seed regex '\x1b\x00' "$data"/json/test_parsing/y_*.json
 # Hand-made seeds for the byte-framing codecs and the engine.
 mkdir -p corpus/line corpus/netstring corpus/packstring corpus/chunk corpus/regex corpus/engine
 printf '\x38\x01\x02GET / HTTP/1.1\r\nHost: a\r\n\r\n' >corpus/line/hand-http

@@ -79,6 +79,7 @@
     rust_2018_idioms
 )]
 #![doc(test(attr(deny(warnings))))]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use anyframe_codecs as codecs;
@@ -94,6 +95,9 @@ pub mod tls;
 
 #[doc = include_str!("../docs/anyevent.md")]
 pub mod coming_from_anyevent {}
+
+#[doc = include_str!("../docs/semantics.md")]
+pub mod semantics {}
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

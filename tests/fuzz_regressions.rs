@@ -1,4 +1,4 @@
-//! Inputs the `engine` fuzz target (`fuzz/`, issue 9) flagged, kept as
+//! Inputs the `engine` fuzz target (`fuzz/`) flagged, kept as
 //! tests over the scripted mock transport.
 
 mod support;

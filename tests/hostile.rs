@@ -1,4 +1,4 @@
-//! The hostile-input catalogue (issue 9): what a broken or malicious peer
+//! The hostile-input catalogue: what a broken or malicious peer
 //! can send, and what it gets. Each case checks a clear typed error, that
 //! nothing already received is lost (the offending bytes stay in the read
 //! buffer unless the codec documents otherwise), that memory stays bounded

@@ -1,5 +1,5 @@
-//! Wire interoperability with the real Perl AnyEvent::Handle (issue 8,
-//! SPEC §10 and §11).
+//! Wire interoperability with the real Perl AnyEvent::Handle
+//! (docs/semantics.md §10 and §11).
 //!
 //! Each test runs `tests/peers/ae_peer.pl`, a remote-controlled
 //! AnyEvent::Handle: the test tells it on stdin what to `push_read` /
@@ -14,7 +14,7 @@
 //!   and writes the value back with the same type).
 //! * Senders split their output into random small writes (AE's side through
 //!   the peer's `dribble` command), except where a frame is decided by a
-//!   regex on what has arrived (SPEC §2a).
+//!   regex on what has arrived (docs/semantics.md §2a).
 //!
 //! Without perl and its modules the tests skip with a printed reason
 //! (they fail instead with `ANYFRAME_REQUIRE_PEERS=1`).
@@ -900,7 +900,7 @@ async fn json(role: Role) {
 /// complete top-level text Perl finds false (`0`, `0.0`, `""`, `"0"`,
 /// `false`, `null`) is consumed and silently dropped, and the text after it
 /// stays in JSON::XS's buffer until more bytes arrive. AE's writer has no
-/// such problem, and our reader delivers every value (SPEC §2).
+/// such problem, and our reader delivers every value (docs/semantics.md §2).
 #[tokio::test]
 async fn json_falsy_values_are_dropped_by_ae() {
     if !have_perl() {
@@ -949,7 +949,7 @@ async fn json_falsy_values_are_dropped_by_ae() {
     }
 }
 
-/// RT-json-5 and SPEC §11: top-level numbers and literals on a stream.
+/// RT-json-5 and docs/semantics.md §11: top-level numbers and literals on a stream.
 /// AE's writer puts nothing between texts and JSON::XS's incremental reader
 /// takes a number at the end of the bytes it has as complete, so `4`
 /// followed later by `2` is two numbers to AE, while to us (and to any
@@ -1007,7 +1007,7 @@ async fn json_top_level_scalars_split_across_reads() {
     assert_eq!(undescribe(&peer.got().await[0]), json!([7]));
 }
 
-/// SPEC §11: numbers between serde_json and JSON::XS. Each text goes to AE,
+/// docs/semantics.md §11: numbers between serde_json and JSON::XS. Each text goes to AE,
 /// which reads it (what Perl holds is checked) and writes it back; what we
 /// read back is checked too. JSON::XS writes doubles with 15 significant
 /// digits, whole-number doubles as integers, integers beyond 64 bits (and,
@@ -1107,7 +1107,7 @@ both_roles! {
 }
 
 /// (item we send, what CBOR::XS decodes it to, how CBOR::XS writes that
-/// back): the third column is what AE peers put on the wire (SPEC §11).
+/// back): the third column is what AE peers put on the wire (docs/semantics.md §11).
 const CBOR_ITEMS: &[(&str, &str, &str)] = &[
     // 0: unsigned integers, every head size.
     ("00", r#"{"int":"0"}"#, "00"),
@@ -1305,7 +1305,7 @@ async fn cbor(role: Role) {
     );
 }
 
-/// WT-cbor-1 and SPEC §11: what CBOR::XS (AE's default coder, no options)
+/// WT-cbor-1 and docs/semantics.md §11: what CBOR::XS (AE's default coder, no options)
 /// writes for Perl values, byte for byte, and that we read it. ASCII (and
 /// numeric-looking) Perl strings are byte strings, character strings are
 /// text; whole-number doubles up to 2^32-1 are integers, above that float32
@@ -1351,7 +1351,7 @@ async fn cbor_written_by_cbor_xs_from_perl_values() {
     }
 }
 
-/// SPEC §11: where CBOR::XS and we part. CBOR::XS decodes negative integers
+/// docs/semantics.md §11: where CBOR::XS and we part. CBOR::XS decodes negative integers
 /// below -2^63 wrongly (they wrap); it takes a text string that is not
 /// UTF-8 and a text chunk inside an indefinite byte string, which RFC 8949
 /// forbids and we refuse; both refuse an unassigned simple value.
@@ -1437,7 +1437,7 @@ async fn cbor_where_cbor_xs_and_we_disagree() {
     assert!(decode("f0").0.is_err());
 }
 
-/// WT-packstring-1 and SPEC §11: a payload too long for its length field.
+/// WT-packstring-1 and docs/semantics.md §11: a payload too long for its length field.
 /// AE's `C` throws from `push_write` and writes nothing; `n` wraps silently
 /// (65541 bytes go out with the prefix 0005, so the reader takes 5 bytes
 /// and the rest is out of step). Our encoder refuses both.
@@ -1711,7 +1711,7 @@ async fn tls_autostart_on_our_server() {
     }
 }
 
-/// TLS-6 and SPEC §7: stoptls that both ends agree on, AE first. AE's
+/// TLS-6 and docs/semantics.md §7: stoptls that both ends agree on, AE first. AE's
 /// `stoptls` sends close_notify and stays in TLS until ours arrives; ours
 /// answers, and reads TLS until AE's close_notify. Then both go on in
 /// plaintext. (AE has to go first: see `stoptls_by_us_first`.)
@@ -1744,7 +1744,7 @@ async fn stoptls_agreed_by_both_ends() {
     assert_eq!(peer.got().await[0], d_bytes(b"plain from rust"));
 }
 
-/// TLS-6 and SPEC §7: we stop first. AE (with `on_stoptls`) takes our
+/// TLS-6 and docs/semantics.md §7: we stop first. AE (with `on_stoptls`) takes our
 /// close_notify, drops its TLS state without answering and goes on in
 /// plaintext: our plaintext reaches it, but our read side keeps waiting for
 /// AE's close_notify, so AE's plaintext is a broken TLS record to us: EPROTO,
@@ -1813,7 +1813,7 @@ async fn stoptls_by_ae_alone() {
     );
 }
 
-/// TLS-4 and SPEC §7: a handshake that fails verification. AE's client
+/// TLS-4 and docs/semantics.md §7: a handshake that fails verification. AE's client
 /// (verifying against the test CA) refuses our certificate from another
 /// CA, reports it through `on_starttls` with a false status, sends no
 /// alert and leaves its handle open in plaintext: our handshake is left

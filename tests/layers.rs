@@ -1,4 +1,4 @@
-//! Buffers, watermarks, timeouts, autocork, linger, connect (issue 5).
+//! Buffers, watermarks, timeouts, autocork, linger, connect.
 
 mod support;
 

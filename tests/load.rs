@@ -1,4 +1,4 @@
-//! Load and memory (issue 9): many idle handles, and many pipelining
+//! Load and memory: many idle handles, and many pipelining
 //! connections through the tower server, all over loopback.
 //!
 //! The default `cargo test` run does small versions (a few seconds in

@@ -1,4 +1,4 @@
-//! QueuedFramed core behaviour (issue 4): per-request decoders, queue order,
+//! QueuedFramed core behaviour: per-request decoders, queue order,
 //! EOF and error semantics, nothing lost.
 
 mod support;
@@ -76,8 +76,9 @@ async fn unshift_runs_before_queued_requests() {
     assert_eq!(&conn.wait(back).await.unwrap()[..], b"zz");
 }
 
-/// The seed's Example 1: EPP frames, a 4-byte big-endian length that counts
-/// itself, then the XML payload; repeatedly. The length read unshifts the
+/// AnyEvent::Handle's documentation, "Example 1" of the read queue: EPP
+/// frames (RFC 5734), a 4-byte big-endian length that counts itself, then
+/// the XML payload; repeatedly. The length read unshifts the
 /// payload read from inside its completion (AE's `unshift_read` in a
 /// callback).
 #[tokio::test]
@@ -111,8 +112,9 @@ async fn epp_length_then_payload_repeatedly() {
     drop(writer.await.unwrap());
 }
 
-/// The seed's Example 2: request 1 answers `OK` plus one more line, or
-/// `ERROR`; request 2 answers 64 bytes. Both responses are queued up front
+/// AnyEvent::Handle's documentation, "Example 2" of the read queue: request
+/// 1 answers `OK` plus one more line, or `ERROR`; request 2 answers 64
+/// bytes. Both responses are queued up front
 /// (pipelined); on the OK path the extra line is unshifted ahead of the
 /// already queued 64-byte read.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Tower integration (issue 7): the pipelined client and the server loop,
+//! Tower integration: the pipelined client and the server loop,
 //! alone and composed with tower middleware.
 
 use std::convert::Infallible;

@@ -1,4 +1,4 @@
-//! TLS on a live QueuedFramed (issue 6): STARTTLS, stoptls, autostart,
+//! TLS on a live QueuedFramed: STARTTLS, stoptls, autostart,
 //! verification, against our own peer and the `openssl` command-line tool.
 //!
 //! Everything runs on 127.0.0.1 (or an in-memory pipe where TCP does not

@@ -1,4 +1,4 @@
-//! QueuedFramed over loopback TCP against tokio-util `Framed` (issues 4, 5):
+//! QueuedFramed over loopback TCP against tokio-util `Framed`:
 //! `queued-lines-loopback`, `switching-loopback`, `pipelined-rtt`,
 //! `autocork-small-writes`, plus the physical limit `limit-read`.
 //!

@@ -1,4 +1,4 @@
-//! `cargo bench --bench compare`: every scenario the issues name, each side by
+//! `cargo bench --bench compare`: every benchmark scenario, each side by
 //! side with its anchor in the same run.
 //!
 //! Prints one line per scenario:

@@ -90,8 +90,9 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// # The backend
 ///
 /// serde_cbor is the default (and for now only) backend. It is unmaintained
-/// (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`); it is kept because
-/// it was asked for by name and works. It sits behind one small internal
+/// (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`); it is the default
+/// for compatibility: it is the serde CBOR crate most code already uses, and
+/// it works. It sits behind one small internal
 /// seam, so a maintained crate can replace it behind a feature.
 /// serde_cbor ignores tags when decoding (the tagged item comes through
 /// untagged) and refuses simple values other than false, true, null and
@@ -396,8 +397,8 @@ fn write_item<S: Serialize + ?Sized>(value: &S, dst: &mut BytesMut) -> Result<()
 /// The one seam between this codec and its CBOR library.
 ///
 /// serde_cbor is unmaintained (RUSTSEC-2021-0127; the advisory is ignored,
-/// with this reason, in `deny.toml`). It stays the default because it was
-/// asked for and works; a maintained crate (cbor4ii, say) can take its place
+/// with this reason, in `deny.toml`). It stays the default for compatibility
+/// (most serde CBOR code uses it) and because it works; a maintained crate (cbor4ii, say) can take its place
 /// behind a feature by providing these two functions. The scanner already
 /// guarantees that `decode` sees exactly one well-formed item.
 mod backend {

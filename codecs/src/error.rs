@@ -147,7 +147,7 @@ impl Error {
     }
 
     /// A size or depth limit of a self-delimiting format (JSON, CBOR), which
-    /// SPEC.md reports as `EBADMSG`.
+    /// is reported as `EBADMSG` (docs/semantics.md §8).
     #[cfg(any(feature = "json", feature = "cbor"))]
     pub(crate) fn limit_bad_message(
         codec: &'static str,

@@ -85,7 +85,13 @@
     rust_2018_idioms
 )]
 #![doc(test(attr(deny(warnings))))]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod error;
 pub use error::{Error, ErrorKind, SNIPPET_LEN};

@@ -122,8 +122,9 @@ enum Rule {
 /// [`TlsDetectCodec::strict`] adds two checks to the TLS record rule: the
 /// minor version is at most 4 and byte 5 is handshake type 1 (ClientHello),
 /// so a record is decided from 6 bytes; an SSLv2-compatible hello must also
-/// have a minor version of at most 4. `../corpora/tls/manifest.json` lists
-/// the verdict of every sample under both rules.
+/// have a minor version of at most 4. The crate's tests check both rules
+/// against captured ClientHellos of OpenSSL, curl, Node.js and Python and
+/// against look-alikes (`tests/data/tls`).
 ///
 /// # One-shot: it repeats its verdict
 ///

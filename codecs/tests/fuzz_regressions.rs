@@ -1,4 +1,4 @@
-//! Inputs the fuzz targets (`fuzz/`, issue 9) flagged, kept as plain tests
+//! Inputs the fuzz targets (`fuzz/`) flagged, kept as plain tests
 //! with the bytes inline. Each states what the target saw and what must
 //! hold; the fix, where there was one, is named.
 //!

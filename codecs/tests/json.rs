@@ -95,7 +95,7 @@ fn a_number_at_eof_is_complete_a_cut_one_is_not() {
 
 #[test]
 fn literals_split_anywhere_are_fine() {
-    // JSON::XS fails on `tr`|`ue` (SPEC §11); we must not.
+    // JSON::XS fails on `tr`|`ue` (docs/semantics.md §11); we must not.
     let out = run_chunks(value_codec(), &[b"tr", b"ue", b"fa", b"lse", b"n", b"ull"]);
     assert_eq!(out.frames, vec![json!(true), json!(false), json!(null)]);
     assert_eq!(out.eof, clean());

@@ -46,14 +46,10 @@ impl Decoder for OneShot {
     }
 }
 
+/// The ClientHello samples vendored with the tests (`tests/data/tls`, see
+/// its README for how each was made).
 fn corpus_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/tls");
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "the TLS corpus is missing: expected {} (shared/corpora/tls beside the repo)",
-        dir.display()
-    );
-    dir
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls")
 }
 
 fn read_hex(path: &Path) -> Vec<u8> {
@@ -188,7 +184,7 @@ fn sslv2_detection_off_changes_only_the_sslv2_sample() {
 }
 
 /// The number of bytes after which each rule decides, worked out by hand
-/// from the first bytes of each sample (see the corpus README).
+/// from the first bytes of each sample (see `tests/data/tls/README.md`).
 fn decision_len(file: &str, strict: bool) -> usize {
     match (file, strict) {
         ("client_hello_sslv2_compat_synthetic.hex", _) => 6,

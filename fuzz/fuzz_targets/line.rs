@@ -1,5 +1,5 @@
 //! Line codec: default `\r?\n`, literal EOLs, and the hold-open regex EOLs
-//! that SPEC §2a says are split-invariant. Checks no panic, fragmentation
+//! that docs/semantics.md §2a says are split-invariant. Checks no panic, fragmentation
 //! invariance (frames, errors, end of input), bounded buffering, and that
 //! whatever the encoder writes decodes back to the same line. For byte
 //! lines, `LineBatchCodec` over the same configuration and chunking must

@@ -1,4 +1,4 @@
-//! Regex codec. Its frames depend on how the input was split (SPEC §2a,
+//! Regex codec. Its frames depend on how the input was split (docs/semantics.md §2a,
 //! RT-regex-1/2), so this target only checks, on the whole input and on the
 //! fuzzer's chunking: no panic, no hang, every frame consumes bytes and is
 //! at most `max_length` long, nothing waits with more than `max_length`

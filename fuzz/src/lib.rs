@@ -8,12 +8,13 @@
 //!
 //! `config` picks the codec's options (each target says how), the chunk
 //! sizes (each `size + 1` bytes, cycled) say how `data` is split into reads,
-//! and `data` is what the peer sent. A seed file from `../shared/corpora` is
-//! used as `data` behind a small header that `run.sh` prepends.
+//! and `data` is what the peer sent. A seed file from the codec tests' data
+//! (`codecs/tests/data`) is used as `data` behind a small header that
+//! `run.sh` prepends.
 //!
 //! [`run`] feeds one split of the data to a fresh decoder and records what
 //! came out; the targets compare the whole input, one byte at a time and
-//! the fuzzer's chunking, which must all agree (SPEC §2a).
+//! the fuzzer's chunking, which must all agree (docs/semantics.md §2a).
 
 use std::fmt::Debug;
 

@@ -485,7 +485,7 @@ where
     }
 }
 
-/// TLS on a live connection (SPEC §7, TLS-1…TLS-11).
+/// TLS on a live connection (docs/semantics.md §7, TLS-1…TLS-11).
 ///
 /// Over TLS the handle keeps AnyEvent's plaintext backpressure (RQ-5): it
 /// reads only while a request waits, where AnyEvent reads all the time in

@@ -6,7 +6,7 @@
 //! off through a transport of its own that, unlike
 //! `tokio_native_tls::TlsStream`, can give its IO back after TLS ends.
 //!
-//! The contract (SPEC §7, reference TLS-1…TLS-11):
+//! The contract (docs/semantics.md §7, reference TLS-1…TLS-11):
 //!
 //! * **Verified by default.** A [`TlsClient`] checks the server's
 //!   certificate chain and host name; turning either off is spelled

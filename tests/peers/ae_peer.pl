@@ -75,7 +75,7 @@ sub describe {
     my $kind = utf8::is_utf8($v) ? 'text' : 'bytes';
     my $octets = $v;
     Encode::_utf8_off($octets);    # the UTF-8 of text, as is
-    # CBOR::XS takes text strings that are not UTF-8 (SPEC 11): show them.
+    # CBOR::XS takes text strings that are not UTF-8 (docs/semantics.md §11): show them.
     return { malformed_text => unpack 'H*', $octets } if $kind eq 'text' && !utf8::valid($v);
     return { $kind => $kind eq 'text' ? $v : unpack 'H*', $v } if length $octets <= 4096;
     # Large payloads: length and byte sum (the echo checks every byte).

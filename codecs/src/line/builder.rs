@@ -87,7 +87,7 @@ impl LineCodecBuilder {
     /// matches the empty string is refused by [`build`](Self::build); empty
     /// matches of other regexes (`\b`) are skipped.
     ///
-    /// **Split-dependent** (SPEC §2a): the regex only sees what has arrived.
+    /// **Split-dependent** (docs/semantics.md §2a): the regex only sees what has arrived.
     /// With `[;,]+`, `"a;"` then `";b"` gives the line `"a"` with EOL `";"`
     /// and then an empty line with EOL `";"`, while `"a;;b"` in one read
     /// gives `"a"` with `";;"`. [`hold_open_match`](Self::hold_open_match)

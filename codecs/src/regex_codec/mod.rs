@@ -68,7 +68,7 @@ struct Scanned {
 /// complete; the codec only remembers how many there are, so dropping the
 /// codec mid-record (a cancelled read) loses nothing.
 ///
-/// # Split-dependence (SPEC §2a)
+/// # Split-dependence (docs/semantics.md §2a)
 ///
 /// As in AE, the regexes only see what has arrived, so frames can depend on
 /// how the input was split:

@@ -9,6 +9,8 @@
 //! sizes for random chunkings; both compare [`Outcome`]s.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod corpus;
+
 use anyframe_codecs::{Error, ErrorKind};
 use bytes::BytesMut;
 use std::fmt::Debug;
