@@ -545,3 +545,24 @@ async fn client_wtimeout_never_hands_the_next_caller_a_late_answer() {
         .unwrap();
     assert_eq!(got.line(), b"bob", "answers are off by one");
 }
+
+#[tokio::test]
+async fn replies_queued_before_an_input_side_error_are_still_written() {
+    let (ours, peer) = tokio::io::duplex(1024);
+    let (mut peer_rd, mut peer_wr) = tokio::io::split(peer);
+    let (handle, driver) = QueuedFramed::new(ours).spawn();
+    let reply = vec![b'r'; 100_000];
+    handle.push_bytes(reply.clone()).unwrap();
+    let waiting = handle.push_read(LineCodec::new());
+    // The peer half-closes inside a line: EPIPE, fatal, input side.
+    peer_wr.write_all(b"half a li").await.unwrap();
+    peer_wr.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within("reply", peer_rd.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, reply, "the reply queued before the error is delivered");
+    assert!(within("waiting", waiting).await.unwrap_err().is_eof());
+    drop(handle);
+    within("driver", driver).await.unwrap();
+}

@@ -165,6 +165,8 @@ pub(crate) struct Core {
     /// A non-fatal error that came after a batch of frames: the next read
     /// request gets it.
     deferred: Option<Error>,
+    /// The output side failed (`wbuf_max`): no linger.
+    output_failed: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -213,6 +215,7 @@ impl Core {
             on_drain: None,
             tls_active: false,
             deferred: None,
+            output_failed: false,
             cfg,
         }
     }
@@ -269,10 +272,23 @@ impl Core {
         self.cfg.linger
     }
 
-    /// Whether the connection was closed by `destroy` or by its last handle
-    /// going away (not by an error): only then is queued output lingered on.
-    pub(crate) fn closed_cleanly(&self) -> bool {
-        matches!(&self.life, Life::Closed(e) if e.kind() == crate::ErrorKind::Closed)
+    /// Whether the queued output may still be written after the connection
+    /// closed (linger): after `destroy`, the last handle going away, or an
+    /// error of the input side (end of input inside a request, a bad
+    /// message, `rbuf_max`), where the peer may still be reading. Not after
+    /// an error toward the peer (a transport or TLS error, `wbuf_max`) or a
+    /// panic: that output is dropped at once.
+    pub(crate) fn may_linger(&self) -> bool {
+        use crate::ErrorKind as K;
+        match &self.life {
+            Life::Open => true,
+            Life::Closed(e) => match e.kind() {
+                K::Closed | K::BadMessage => true,
+                K::NoSpace => !self.output_failed,
+                K::BrokenPipe => e.is_eof(),
+                _ => false,
+            },
+        }
     }
 
     /// Puts back the buffers of a handle taken apart earlier.
@@ -882,9 +898,7 @@ impl Core {
         let added = self.wq.tail_len() - before;
         if self.over_wbuf_max(added) {
             self.wq.rollback(before);
-            let e = Error::no_space("queued output exceeds wbuf_max");
-            self.close(e.clone());
-            return Err(e);
+            return Err(self.output_full());
         }
         self.wq.commit(before);
         self.pushed();
@@ -895,13 +909,19 @@ impl Core {
     pub(crate) fn push_bytes(&mut self, bytes: Bytes) -> Result<()> {
         self.check_writable()?;
         if self.over_wbuf_max(bytes.len()) {
-            let e = Error::no_space("queued output exceeds wbuf_max");
-            self.close(e.clone());
-            return Err(e);
+            return Err(self.output_full());
         }
         self.wq.push_bytes(bytes);
         self.pushed();
         Ok(())
+    }
+
+    /// `wbuf_max` crossed: fatal, and the queued output is not lingered on.
+    fn output_full(&mut self) -> Error {
+        let e = Error::no_space("queued output exceeds wbuf_max");
+        self.output_failed = true;
+        self.close(e.clone());
+        e
     }
 
     fn pushed(&mut self) {

@@ -207,15 +207,15 @@ where
         resume_unwind(payload);
     }
 
-    // Linger: a connection closed by `destroy` or by its last handle
-    // going away keeps writing what was queued
-    // for up to `linger` (LC-3). Not after an error (the peer is gone or
-    // misbehaving, and the output is dropped at once), and not when the
-    // user detaches to take the bytes back.
+    // Linger: a connection closed by `destroy`, by its last handle going
+    // away or by an input-side error keeps writing what was queued for up
+    // to `linger` (LC-3). Not after an error toward the peer (its output is
+    // dropped at once), and not when the user detaches to take the bytes
+    // back.
     let detached = shared.detach.load(Ordering::Acquire);
     let (linger, clean) = {
         let core = shared.lock();
-        (core.linger(), core.closed_cleanly())
+        (core.linger(), core.may_linger())
     };
     if !detached && clean && !linger.is_zero() {
         let flushed =
