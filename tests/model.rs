@@ -9,7 +9,7 @@
 //!
 //! One property per family of operations, so that a failure names what
 //! broke. `ANYFRAME_MODEL_CASES=N` sets the number of cases per property
-//! (default 400; there are 14 properties, 5,600 cases in all). A failing case is shrunk and
+//! (default 400; there are 18 properties, 7,200 cases in all). A failing case is shrunk and
 //! printed by proptest as the minimal operation sequence, with the step at
 //! which the engine and the model first differ.
 
