@@ -131,7 +131,14 @@ fn op(mix: Mix) -> BoxedStrategy<Op> {
                 .prop_map(Op::Write)
                 .boxed(),
         ));
+        options.push((
+            2,
+            prop::collection::vec(b'a'..=b'z', 0..12)
+                .prop_map(Op::WriteLine)
+                .boxed(),
+        ));
         options.push((2, (0usize..24).prop_map(Op::PeerReads).boxed()));
+        options.push((1, Just(Op::Flush).boxed()));
     }
     proptest::strategy::Union::new_weighted(options).boxed()
 }

@@ -100,6 +100,10 @@ pub enum Op {
     Advance(u64),
     /// `push_bytes` these bytes.
     Write(Vec<u8>),
+    /// `push_write` of this line (no `\n` in it) with `LineCodec`.
+    WriteLine(Vec<u8>),
+    /// `flush()`, polled until it would wait for the peer.
+    Flush,
     /// The peer reads this many more bytes.
     PeerReads(usize),
 }
@@ -853,13 +857,21 @@ impl Runner {
                 self.model.now += Duration::from_millis(*ms);
                 tokio::time::advance(Duration::from_millis(*ms)).await;
             }
-            Op::Write(bytes) => {
-                let r = match &mut self.front {
-                    Front::Inline(c) => c.push_bytes(bytes.clone()),
-                    Front::Spawned(h, _) => h.push_bytes(bytes.clone()),
+            Op::Write(_) | Op::WriteLine(_) => {
+                let (r, queued) = match (op, &mut self.front) {
+                    (Op::Write(b), Front::Inline(c)) => (c.push_bytes(b.clone()), b.clone()),
+                    (Op::Write(b), Front::Spawned(h, _)) => (h.push_bytes(b.clone()), b.clone()),
+                    (_, front) => {
+                        let Op::WriteLine(b) = op else { unreachable!() };
+                        let r = match front {
+                            Front::Inline(c) => c.push_write(LineCodec::new(), &b[..]),
+                            Front::Spawned(h, _) => h.push_write(LineCodec::new(), &b[..]),
+                        };
+                        (r, [&b[..], b"\n"].concat())
+                    }
                 };
                 match (&self.model.dead, r) {
-                    (None, Ok(())) => self.model.pushed.extend_from_slice(bytes),
+                    (None, Ok(())) => self.model.pushed.extend_from_slice(&queued),
                     (Some(want), Err(e)) => {
                         ensure!(
                             want.matches(&e),
@@ -874,6 +886,45 @@ impl Runner {
             Op::PeerReads(n) => {
                 self.model.budget += n;
                 self.peer.accept(*n);
+            }
+            Op::Flush => {
+                let got = match &mut self.front {
+                    Front::Inline(c) => poll_a_few(pin!(c.flush()), 3),
+                    Front::Spawned(h, _) => {
+                        let mut fut = pin!(h.flush());
+                        // Register the waiter, let the driver write, look again.
+                        let first = poll_a_few(fut.as_mut(), 1);
+                        settle_rounds().await;
+                        first.or_else(|| poll_a_few(fut.as_mut(), 1))
+                    }
+                };
+                let m = &self.model;
+                match (&m.dead, got) {
+                    (None, None) => ensure!(
+                        m.pushed.len() > m.budget,
+                        "flush waits with everything written"
+                    ),
+                    (None, Some(Ok(()))) => ensure!(
+                        m.pushed.len() <= m.budget,
+                        "flush done with {} of {} bytes written",
+                        m.budget,
+                        m.pushed.len()
+                    ),
+                    (Some(want), Some(Err(e))) => {
+                        ensure!(want.matches(&e), "flush: {e}, model {want:?}")
+                    }
+                    (want, got) => {
+                        return Err(format!("flush: {got:?}, model's fatal error {want:?}"));
+                    }
+                }
+                if let (Front::Inline(_), None) = (&self.front, &m.dead) {
+                    let written = self.peer.written().len();
+                    ensure!(
+                        written == m.written_now(),
+                        "after flush: {written} bytes written, the peer takes {}",
+                        m.written_now()
+                    );
+                }
             }
         }
         if let Front::Spawned(..) = self.front {
@@ -974,6 +1025,17 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Polls `fut` up to `n` times (no waker: the mock never wakes spuriously,
+/// so one poll does what there is to do); `None` if it is still pending.
+fn poll_a_few<F: Future>(mut fut: Pin<&mut F>, n: usize) -> Option<F::Output> {
+    (0..n).find_map(
+        |_| match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        },
+    )
 }
 
 enum Waited {
@@ -1159,7 +1221,11 @@ impl Case {
                     _ => Op::Advance(u64::from(c.u8())),
                 },
                 7 => Op::Advance(u64::from(b >> 4) * 20),
-                8 => Op::Write((0..usize::from(b >> 4) + 1).map(|i| i as u8).collect()),
+                8 => match b >> 4 {
+                    0 => Op::Flush,
+                    n if n & 1 == 0 => Op::WriteLine(vec![b'w'; usize::from(n)]),
+                    n => Op::Write((0..n).collect()),
+                },
                 _ => Op::PeerReads(usize::from(b >> 4)),
             });
         }
