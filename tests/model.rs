@@ -120,6 +120,10 @@ fn op(mix: Mix) -> BoxedStrategy<Op> {
     if mix.ends {
         options.push((1, Just(Op::Eof).boxed()));
         options.push((1, Just(Op::IoError).boxed()));
+        options.push((1, Just(Op::Rebuild).boxed()));
+    }
+    if mix.errors {
+        options.push((1, Just(Op::Destroy).boxed()));
     }
     if mix.timers {
         options.push((3, (1u64..250).prop_map(Op::Advance).boxed()));

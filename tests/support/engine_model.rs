@@ -104,6 +104,11 @@ pub enum Op {
     WriteLine(Vec<u8>),
     /// `flush()`, polled until it would wait for the peer.
     Flush,
+    /// `destroy()`: every pending request fails with `Closed`.
+    Destroy,
+    /// Inline: `into_parts` then `from_parts` (default options, no hook);
+    /// pending requests fail with `Closed`, no byte is lost. Spawned: none.
+    Rebuild,
     /// The peer reads this many more bytes.
     PeerReads(usize),
 }
@@ -887,6 +892,42 @@ impl Runner {
                 self.model.budget += n;
                 self.peer.accept(*n);
             }
+            Op::Destroy => {
+                match &mut self.front {
+                    Front::Inline(c) => c.destroy(),
+                    Front::Spawned(h, _) => h.destroy(),
+                }
+                self.model.die(MErr::new(ErrorKind::Closed, true));
+            }
+            Op::Rebuild => {
+                if let Front::Inline(_) = self.front {
+                    let placeholder = Front::Inline(Box::new(QueuedFramed::new(mock_io::pair().0)));
+                    let Front::Inline(conn) = std::mem::replace(&mut self.front, placeholder)
+                    else {
+                        unreachable!()
+                    };
+                    let parts = conn.into_parts();
+                    let m = &mut self.model;
+                    ensure!(
+                        parts.read_buf[..] == m.input[m.pos..m.pulled],
+                        "into_parts: unread bytes {:?}, model {:?}",
+                        String::from_utf8_lossy(&parts.read_buf),
+                        String::from_utf8_lossy(&m.input[m.pos..m.pulled])
+                    );
+                    let mut out = self.peer.written();
+                    out.extend_from_slice(&parts.write_buf);
+                    ensure!(
+                        out == m.pushed || (m.dead.is_some() && m.pushed.starts_with(&out)),
+                        "into_parts: written + unwritten {out:?}, pushed {:?}",
+                        m.pushed
+                    );
+                    m.pushed = out;
+                    m.die(MErr::new(ErrorKind::Closed, true));
+                    m.dead = None;
+                    m.hook = None;
+                    self.front = Front::Inline(Box::new(QueuedFramed::from_parts(parts)));
+                }
+            }
             Op::Flush => {
                 let got = match &mut self.front {
                     Front::Inline(c) => poll_a_few(pin!(c.flush()), 3),
@@ -1223,6 +1264,8 @@ impl Case {
                 7 => Op::Advance(u64::from(b >> 4) * 20),
                 8 => match b >> 4 {
                     0 => Op::Flush,
+                    1 => Op::Destroy,
+                    3 => Op::Rebuild,
                     n if n & 1 == 0 => Op::WriteLine(vec![b'w'; usize::from(n)]),
                     n => Op::Write((0..n).collect()),
                 },
