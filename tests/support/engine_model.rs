@@ -24,8 +24,17 @@
 //! * output leaves in push order, goes out as far as the peer reads
 //!   (spawned), and what is not written is handed back at the end.
 //!
+//! How each front end is driven, as the model sees it: a spawned driver
+//! runs after every step until it has nothing left to do (a fixed number of
+//! scheduler rounds; a ticket still unresolved after them counts as a
+//! hang); the inline handle runs only inside `wait`, which drives every
+//! request it can, not just the one waited for. The peer's chunks are
+//! smaller than any read size, so the engine takes one whole chunk per
+//! read, and only while the head request needs more input.
+//!
 //! Time is tokio's paused clock, moved only by [`Op::Advance`]; the read
-//! timeout (`rtimeout`) is the timer modelled.
+//! timeout (`rtimeout`) is the timer modelled. Not modelled: STARTTLS,
+//! `rbuf_max`/`wbuf_max`, the idle and write timeouts, watermarks.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::VecDeque;
@@ -656,7 +665,6 @@ struct Runner {
     live: Vec<(usize, AnyTicket)>,
     /// Follow-up tickets a completion will leave, by model id.
     slots: Vec<(usize, Slot)>,
-    step: usize,
 }
 
 /// How often the spawned driver gets to run after each step. A handful of
@@ -1148,13 +1156,11 @@ async fn run_in(case: &Case) -> Result<(), String> {
         front,
         live: Vec::new(),
         slots: Vec::new(),
-        step: 0,
     };
     if case.spawned {
         settle_rounds().await;
     }
     for (i, op) in case.ops.iter().enumerate() {
-        r.step = i;
         r.apply(op)
             .await
             .and_then(|()| r.check())
