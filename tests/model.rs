@@ -149,9 +149,15 @@ fn op(mix: Mix) -> BoxedStrategy<Op> {
 
 fn case(mix: Mix, spawned: bool) -> impl Strategy<Value = Case> {
     let hook = if mix.panics {
-        prop_oneof![Just(Hook::None), Just(Hook::Noop), Just(Hook::Panic)].boxed()
+        prop_oneof![
+            Just(Hook::None),
+            Just(Hook::Noop),
+            Just(Hook::Write),
+            Just(Hook::Panic)
+        ]
+        .boxed()
     } else {
-        prop_oneof![Just(Hook::None), Just(Hook::Noop)].boxed()
+        prop_oneof![Just(Hook::None), Just(Hook::Noop), Just(Hook::Write)].boxed()
     };
     let timer = if mix.timers || mix.panics {
         prop_oneof![Just(0u64), 50u64..200].boxed()

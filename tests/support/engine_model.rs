@@ -129,6 +129,8 @@ pub enum Hook {
     None,
     /// A hook that does nothing.
     Noop,
+    /// A hook that queues the line `t` for writing through `Requests`.
+    Write,
     /// A hook that panics.
     Panic,
 }
@@ -451,6 +453,7 @@ impl Model {
                 }
             }
             Hook::Noop => {}
+            Hook::Write => self.pushed.extend_from_slice(b"t\n"),
             Hook::Panic => self.die(MErr::panicked()),
         }
         true
@@ -1139,6 +1142,10 @@ async fn run_in(case: &Case) -> Result<(), String> {
     let mut conn = builder.build(io);
     match (case.rtimeout_ms > 0, case.hook) {
         (true, Hook::Noop) => conn.on_timeout(|_: Timeout, _: &mut Requests<'_>| {}),
+        (true, Hook::Write) => conn.on_timeout(|_: Timeout, q: &mut Requests<'_>| {
+            q.push_write(LineCodec::new(), "t")
+                .expect("a live handle takes a line");
+        }),
         (true, Hook::Panic) => {
             conn.on_timeout(|_: Timeout, _: &mut Requests<'_>| panic!("{PANIC_MARK} in a hook"))
         }
@@ -1285,7 +1292,7 @@ impl Case {
                 0 | 1 => Hook::None,
                 2 => Hook::Noop,
                 _ if panics => Hook::Panic,
-                _ => Hook::Noop,
+                _ => Hook::Write,
             },
             ops,
         }
