@@ -113,6 +113,9 @@ printf '\x00\x00GET / HTTP/1.0\r\n\r\nbody\x00' >corpus/regex/hand-http
 printf '\x02\x00xxEN''D1END' >corpus/regex/hand-skip
 printf '\x00\x05\x00\x05hello\x02\x05hello\x04\x03abc\x05\x03abc\x06\x02hi\x01\x02\x03\x04\x05' >corpus/engine/hand
 printf '\x0f\x08\x1c\x05hello\x0b\x03abc\x04\x04abcd\x0c\x03xyz\x03\x02\x41\x42\x81q\x02\x07\x05\x03' >corpus/engine/hand-cut
+# Engine model cases (first byte with the top bit set; see engine_model.rs).
+printf '\x80\x00\x00\x00\x00\x00\x04\x20\x00\x05\x01\x03\x06' >corpus/engine/model-inline
+printf '\x80\x05\x00\x00\x03\x00\x04\x20\x01\x02\x03\x08\x19\x17' >corpus/engine/model-spawned-timer
 
 mkdir -p artifacts/logs
 # Fork mode with one job keeps going after a crash (each one is saved in

@@ -12,6 +12,14 @@
 //! otherwise) and so does everything after it; no byte is lost or
 //! reordered: consumed + `read_buf` == delivered, and written + unwritten ==
 //! everything pushed.
+//!
+//! An input whose first byte has the top bit set is instead a case for the
+//! engine's reference model (`tests/support/engine_model.rs`, shared with
+//! `tests/model.rs`): queued reads pushed and unshifted, completions that
+//! unshift a follow-up, cancellations, waits, chunked input, end of input,
+//! I/O errors, read-timeout expiries on a paused clock, writes to a slow
+//! peer and (when panics unwind) panicking callbacks, on either front end,
+//! compared with the model after every step.
 #![no_main]
 
 use std::cell::RefCell;
@@ -411,6 +419,16 @@ thread_local! {
 }
 
 fuzz_target!(|raw: &[u8]| {
+    if let Some((&first, rest)) = raw.split_first()
+        && first & 0x80 != 0
+    {
+        use anyframe_fuzz::engine_model::{Case, run};
+        let case = Case::from_bytes(rest, cfg!(panic = "unwind"));
+        if let Err(e) = run(&case) {
+            panic!("the engine differs from its model: {e}\n{case:#?}");
+        }
+        return;
+    }
     let mut c = Cursor(raw);
     let flags = c.u8();
     let spawned = flags & 1 != 0;
@@ -484,7 +502,8 @@ fuzz_target!(|raw: &[u8]| {
     let mock = Mock {
         script,
         seen: seen.clone(),
-        max_write: usize::from(flags >> 4) + 1,
+        // Bit 7 selects the model cases above.
+        max_write: usize::from(flags >> 4 & 7) + 1,
         write_pending: flags & 8 != 0,
         flip: false,
     };

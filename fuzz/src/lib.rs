@@ -18,6 +18,19 @@
 
 use std::fmt::Debug;
 
+/// The scripted transport of the engine's model-based test
+/// (`tests/support/mock_io.rs`), shared so the `engine` target plays the
+/// same operations against the same model.
+#[path = "../../tests/support/mock_io.rs"]
+pub mod mock_io;
+
+/// The reference model of the engine and the runner that compares the two
+/// step by step (`tests/support/engine_model.rs`; `tests/model.rs` drives
+/// it with proptest, the `engine` target with fuzz bytes through
+/// [`engine_model::Case::from_bytes`]).
+#[path = "../../tests/support/engine_model.rs"]
+pub mod engine_model;
+
 use anyframe_codecs::{Error, ErrorKind};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
