@@ -474,12 +474,24 @@ impl Core {
         let (req, ticket) = DecodeRequest::new(decoder, then, on_drop);
         let entry = Entry::Read(Box::new(req));
         if front {
-            self.queue.push_front(entry);
+            self.push_front(entry);
         } else {
             self.queue.push_back(entry);
         }
         self.wake_driver();
         ticket
+    }
+
+    /// Puts `entry` first, except before a read that has already looked at
+    /// input without finishing its frame: its decoder may keep a scan
+    /// position into those bytes, so the entry goes right after it.
+    fn push_front(&mut self, entry: Entry) {
+        let started = matches!(self.queue.front(), Some(Entry::Read(r)) if r.has_started());
+        if started {
+            self.queue.insert(1, entry);
+        } else {
+            self.queue.push_front(entry);
+        }
     }
 
     /// Whether the head of the queue is a read request (which wants input
@@ -1111,7 +1123,14 @@ impl Core {
                 return Poll::Ready(Ok(()));
             }
             match ready!(self.poll_timers(cx)) {
-                Some((_, e)) => return Poll::Ready(Err(e)),
+                // A read timeout is a waiting read's; the flush gets a write
+                // or idle timeout, or a read timeout nobody reading took.
+                Some((which, e)) => {
+                    let taken = which != Timeout::Write && self.fail_first_reader(&e);
+                    if !taken && which != Timeout::Read {
+                        return Poll::Ready(Err(e));
+                    }
+                }
                 None => continue,
             }
         }
@@ -1147,7 +1166,7 @@ impl Core {
             done: Some(done),
         });
         if front {
-            self.queue.push_front(entry);
+            self.push_front(entry);
         } else {
             self.queue.push_back(entry);
         }
@@ -1298,7 +1317,16 @@ impl Core {
                     self.fail(e, None);
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // A head whose ticket is dropped wakes the driver, so
+                    // the next request runs on the bytes already here.
+                    if let Some(Entry::Read(head)) = self.queue.front_mut()
+                        && head.poll_abandoned(cx)
+                    {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

@@ -688,7 +688,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     }
 
     /// Queues a read at the front: it runs before every request already
-    /// queued.
+    /// queued, except a read that has already looked at part of its frame
+    /// (its decoder may keep a scan position into those bytes): then it
+    /// runs right after that one.
     pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
     where
         D: Decoder + Send + 'static,

@@ -36,6 +36,15 @@ pub(crate) trait Request: Send {
     /// True when nobody waits for the result and the request may be dropped
     /// unrun (its bytes stay in the buffer for the next request).
     fn is_abandoned(&self) -> bool;
+
+    /// Registers `cx` to be woken when the waiter gives up (its ticket is
+    /// dropped), so a cancelled head lets the next request run at once.
+    fn poll_abandoned(&mut self, cx: &mut Context<'_>) -> bool;
+
+    /// Whether the decoder has looked at input without finishing a frame:
+    /// it may keep state about those bytes (a scan position), so nothing
+    /// may consume them from under it.
+    fn has_started(&self) -> bool;
 }
 
 /// What happens to a request whose [`Ticket`] is dropped before it completes.
@@ -57,6 +66,8 @@ pub(crate) struct DecodeRequest<D: Decoder, F, R> {
     /// consumes its frame.
     tx: Option<oneshot::Sender<Result<R>>>,
     on_drop: OnDrop,
+    /// The decoder has seen input and asked for more.
+    started: bool,
 }
 
 impl<D, F, R> DecodeRequest<D, F, R>
@@ -72,6 +83,7 @@ where
                 then,
                 tx: Some(tx),
                 on_drop,
+                started: false,
             },
             Ticket { rx },
         )
@@ -137,7 +149,10 @@ where
                 self.frame = Some(frame);
                 Poll::Ready(Ok(()))
             }
-            Ok(None) => Poll::Pending,
+            Ok(None) => {
+                self.started |= !rbuf.is_empty();
+                Poll::Pending
+            }
             Err(e) => Poll::Ready(Err(e)),
         }
     }
@@ -191,6 +206,17 @@ where
 
     fn is_abandoned(&self) -> bool {
         self.on_drop == OnDrop::Cancel && self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    fn poll_abandoned(&mut self, cx: &mut Context<'_>) -> bool {
+        match (&mut self.tx, self.on_drop) {
+            (Some(tx), OnDrop::Cancel) => tx.poll_closed(cx).is_ready(),
+            _ => false,
+        }
+    }
+
+    fn has_started(&self) -> bool {
+        self.started
     }
 }
 
@@ -300,8 +326,10 @@ impl Requests<'_> {
             .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
     }
 
-    /// Queues a read that runs next, before every queued request. Several
-    /// unshifts in one completion run in reverse order, as in AnyEvent.
+    /// Queues a read that runs next, before every queued request (inside a
+    /// completion, the next request has not looked at any input yet; in a
+    /// hook, a read that has begun its frame stays first). Several unshifts
+    /// in one completion run in reverse order, as in AnyEvent.
     pub fn unshift_read<D>(&mut self, decoder: D) -> Ticket<D::Item>
     where
         D: Decoder + Send + 'static,

@@ -192,6 +192,10 @@ struct MReq {
     then: Then,
     /// The id reserved for the follow-up of `Then::Unshift`.
     follow: Option<usize>,
+    /// It has looked at input without finishing its frame: an unshift
+    /// goes right after it, not before (its decoder may hold a scan
+    /// position into those bytes).
+    started: bool,
 }
 
 /// What one decode step of the head request gives.
@@ -353,9 +357,14 @@ impl Model {
             req: req.clone(),
             then: then.clone(),
             follow,
+            started: false,
         };
         if front {
-            self.queue.push_front(r);
+            if self.queue.front().is_some_and(|h| h.started) {
+                self.queue.insert(1, r);
+            } else {
+                self.queue.push_front(r);
+            }
         } else {
             self.queue.push_back(r);
         }
@@ -384,8 +393,12 @@ impl Model {
             let Some(head) = self.queue.front() else {
                 return;
             };
+            let seen = self.pulled > self.pos;
             match decode(&head.req, &self.input[self.pos..self.pulled]) {
                 Step::More => {
+                    if seen && let Some(h) = self.queue.front_mut() {
+                        h.started = true;
+                    }
                     if let Some(n) = self.chunks.pop_front() {
                         self.pulled += n;
                         self.stamp = self.now;
@@ -416,6 +429,7 @@ impl Model {
                                 req: next,
                                 then: Then::Value,
                                 follow: None,
+                                started: false,
                             });
                         }
                         Then::Value | Then::Map => self.results[r.id] = Some(Ok(frame)),
@@ -690,10 +704,10 @@ macro_rules! ensure {
 }
 
 impl Runner {
-    fn is_destroyed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         match &self.front {
-            Front::Inline(c) => c.is_destroyed(),
-            Front::Spawned(h, _) => h.is_destroyed(),
+            Front::Inline(c) => c.is_closed(),
+            Front::Spawned(h, _) => h.is_closed(),
         }
     }
 
@@ -769,9 +783,9 @@ impl Runner {
             }
         }
         ensure!(
-            self.is_destroyed() == m.dead.is_some(),
-            "is_destroyed() {} but the model's fatal error is {:?}",
-            self.is_destroyed(),
+            self.is_closed() == m.dead.is_some(),
+            "is_closed() {} but the model's fatal error is {:?}",
+            self.is_closed(),
             m.dead
         );
         ensure!(
@@ -950,6 +964,14 @@ impl Runner {
                         first.or_else(|| poll_a_few(fut.as_mut(), 1))
                     }
                 };
+                // An inline flush the peer holds up runs the timers (a read
+                // timeout goes to the waiting read, or the hook runs).
+                if matches!(self.front, Front::Inline(_))
+                    && self.model.dead.is_none()
+                    && self.model.pushed.len() > self.model.budget
+                {
+                    self.model.fire_timer();
+                }
                 let m = &self.model;
                 match (&m.dead, got) {
                     (None, None) => ensure!(
