@@ -20,9 +20,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
+use anyframe::codecs::ChunkCodec;
 use anyframe::{Error, ErrorKind, Handle, Result, Ticket};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::PollSemaphore;
 
 /// One link of a reply read as a chain of read requests.
@@ -299,4 +301,35 @@ impl<P> fmt::Debug for Pipelined<P> {
 /// every outstanding request fails with it.
 pub fn protocol_error(what: &'static str) -> Error {
     Error::custom(ErrorKind::BadMessage, true, what)
+}
+
+/// Exactly `len` bytes followed by `\r\n`, as one [`ChunkCodec`] read of
+/// `len + 2` bytes; the frame is the `len` bytes, split off the read
+/// buffer without a copy. Anything but `\r\n` after them is a fatal
+/// `EBADMSG`. (A Redis bulk string, a memcached value, an HTTP chunk.)
+#[derive(Debug)]
+pub struct CrlfChunk {
+    chunk: ChunkCodec,
+}
+
+impl CrlfChunk {
+    /// A read of `len` bytes and the `\r\n` after them.
+    pub fn new(len: usize) -> CrlfChunk {
+        CrlfChunk {
+            chunk: ChunkCodec::new(len.saturating_add(2)),
+        }
+    }
+}
+
+impl Decoder for CrlfChunk {
+    type Item = Bytes;
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>> {
+        match self.chunk.decode(buf)? {
+            Some(chunk) if chunk.ends_with(b"\r\n") => Ok(Some(chunk.slice(..chunk.len() - 2))),
+            Some(_) => Err(protocol_error("data not followed by \\r\\n")),
+            None => Ok(None),
+        }
+    }
 }

@@ -18,14 +18,14 @@
 
 use std::net::SocketAddr;
 
-use anyframe::codecs::{ChunkCodec, Line, LineCodec};
+use anyframe::codecs::{Line, LineCodec};
 use anyframe::{Error, ErrorKind, Handle, QueuedFramed, Requests, Result, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
-use crate::pipeline::{Pipelined, Protocol, Reply, Slot, Step, protocol_error};
+use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Reply, Slot, Step, protocol_error};
 
 /// The longest bulk string accepted (Redis's own `proto-max-bulk-len`
 /// default): a longer length is refused before any byte of it is buffered.
@@ -297,34 +297,6 @@ fn parse_header(line: Line) -> Result<Header> {
     }
 }
 
-/// The bulk read: exactly `len` bytes and the `\r\n` after them, one
-/// [`ChunkCodec`] read; the frame is the `len` bytes (no copy).
-#[derive(Debug)]
-struct BulkBody {
-    chunk: ChunkCodec,
-}
-
-impl BulkBody {
-    fn new(len: usize) -> BulkBody {
-        BulkBody {
-            chunk: ChunkCodec::new(len + 2),
-        }
-    }
-}
-
-impl Decoder for BulkBody {
-    type Item = Bytes;
-    type Error = Error;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>> {
-        match self.chunk.decode(buf)? {
-            Some(chunk) if chunk.ends_with(b"\r\n") => Ok(Some(chunk.slice(..chunk.len() - 2))),
-            Some(_) => Err(protocol_error("RESP bulk string not followed by \\r\\n")),
-            None => Ok(None),
-        }
-    }
-}
-
 /// An aggregate being read: its elements so far.
 #[derive(Debug)]
 struct Partial {
@@ -372,7 +344,7 @@ impl ReplyRead {
         match header {
             Header::Value(v) => self.on_value(v, q),
             Header::Blob(kind, len) => Ok(Step::More(
-                q.unshift_read_with(BulkBody::new(len), move |data, q| {
+                q.unshift_read_with(CrlfChunk::new(len), move |data, q| {
                     self.on_value(blob_value(kind, data)?, q)
                 }),
             )),
