@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use anyframe::{Error, Handle, QueuedFramed, Result};
 use tokio::net::TcpStream;
 
+pub mod http;
 pub mod memcached;
 pub mod pipeline;
 pub mod redis;
