@@ -450,12 +450,17 @@ pub type Client = Pipelined<Http>;
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use anyframe_protocols::http::{self, Request};
+/// use anyframe_protocols::servers::{Kind, Server};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
-/// let client = http::connect("127.0.0.1:8080".parse().unwrap(), 32).await?;
-/// let page = client.send(Request::get("/")).await?;
-/// assert_eq!(page.status, 200);
+/// let Some(server) = Server::start(Kind::Nginx) else { return Ok(()) };
+/// std::fs::write(server.docroot().join("index.html"), "<p>hi</p>").unwrap();
+/// let client = http::connect(server.addr(), 32).await?;
+/// // Two GETs pipelined on one keep-alive connection.
+/// let (a, b) = (client.send(Request::get("/index.html")), client.send(Request::get("/nope")));
+/// assert_eq!(a.await?.body_bytes(), "<p>hi</p>");
+/// assert_eq!(b.await?.status, 404);
 /// # Ok(()) }
 /// ```
 pub async fn connect(addr: SocketAddr, max_in_flight: usize) -> Result<Client> {

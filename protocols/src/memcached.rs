@@ -360,10 +360,12 @@ pub type Client = Pipelined<Memcached>;
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use anyframe_protocols::memcached::{self, Command, Response};
+/// use anyframe_protocols::servers::{Kind, Server};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
-/// let client = memcached::connect("127.0.0.1:11211".parse().unwrap(), 128).await?;
+/// let Some(server) = Server::start(Kind::Memcached) else { return Ok(()) };
+/// let client = memcached::connect(server.addr(), 128).await?;
 /// assert_eq!(client.send(Command::set("k", "v")).await?, Response::Stored);
 /// let Response::Values(items) = client.send(Command::get("k")).await? else { panic!() };
 /// assert_eq!(items[0].data, "v");

@@ -24,7 +24,7 @@ use anyframe::codecs::ChunkCodec;
 use anyframe::{Error, ErrorKind, Handle, Result, Ticket};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::PollSemaphore;
 
 /// One link of a reply read as a chain of read requests.
@@ -233,12 +233,13 @@ impl<P: Protocol> Pipelined<P> {
 
     fn send_with(&self, req: P::Request, slot: Slot) -> Reply<P::Reply> {
         let shared = &*self.shared;
-        let mut wire = BytesMut::new();
-        if let Err(e) = shared.protocol.encode(&req, &mut wire) {
-            return Reply::failed(e);
-        }
         let _order = shared.order.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = shared.handle.push_bytes(wire.freeze()) {
+        // Encoded straight into the connection's write queue; a request the
+        // protocol refuses leaves nothing behind.
+        if let Err(e) = shared
+            .handle
+            .push_write(WireEncoder(&shared.protocol), &req)
+        {
             return Reply::failed(e);
         }
         Reply::new(shared.protocol.read_reply(&req, &shared.handle, slot))
@@ -294,6 +295,17 @@ impl<P> fmt::Debug for Pipelined<P> {
             .field("handle", &self.shared.handle)
             .field("available", &self.permits.available_permits())
             .finish_non_exhaustive()
+    }
+}
+
+/// A [`Protocol`]'s request writer as a tokio-util `Encoder`.
+struct WireEncoder<'a, P>(&'a P);
+
+impl<P: Protocol> Encoder<&P::Request> for WireEncoder<'_, P> {
+    type Error = Error;
+
+    fn encode(&mut self, req: &P::Request, dst: &mut BytesMut) -> Result<()> {
+        self.0.encode(req, dst)
     }
 }
 

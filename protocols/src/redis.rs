@@ -486,11 +486,13 @@ pub type Client = Pipelined<Resp>;
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use anyframe_protocols::redis::{self, Cmd, Value};
-/// use tower::ServiceExt;
+/// use anyframe_protocols::servers::{Kind, Server};
+/// use tower::{Service, ServiceExt};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
-/// let mut client = redis::connect("127.0.0.1:6379".parse().unwrap(), 128).await?;
+/// let Some(server) = Server::start(Kind::Redis) else { return Ok(()) };
+/// let mut client = redis::connect(server.addr(), 128).await?;
 /// client.ready().await?.call(Cmd::new("SET").arg("k").arg("v")).await?;
 /// let v = client.send(Cmd::new("GET").arg("k")).await?;
 /// assert_eq!(v, Value::Bulk("v".into()));

@@ -50,7 +50,7 @@ async fn content_length_head_404_and_keep_alive() {
             let r = call(&mut c, Request::get("/small")).await;
             assert_eq!((r.status, &r.reason[..]), (200, &b"OK"[..]));
             assert_eq!(r.header("content-length"), Some(&b"1024"[..]));
-            assert_eq!(r.body, [small.clone()], "one read, one piece");
+            assert_eq!(r.body, std::slice::from_ref(&small), "one read, one piece");
             let r = call(&mut c, Request::get("/large")).await;
             assert_eq!(r.body_bytes(), large);
             let r = call(&mut c, Request::new("HEAD", "/large")).await;
