@@ -503,6 +503,26 @@ pub async fn connect(addr: SocketAddr, max_in_flight: usize) -> Result<Client> {
     Ok(Pipelined::new(handle, Resp::new(), max_in_flight))
 }
 
+/// Connects like [`connect`], with RESP3 push messages that arrive ahead
+/// of a reply (client-side caching invalidations, say) sent to `pushes`
+/// instead of being taken for the reply.
+///
+/// # Errors
+///
+/// The connect error.
+pub async fn connect_with_pushes(
+    addr: SocketAddr,
+    max_in_flight: usize,
+    pushes: mpsc::UnboundedSender<Value>,
+) -> Result<Client> {
+    let handle = crate::connect_tcp(addr).await?;
+    Ok(Pipelined::new(
+        handle,
+        Resp::with_pushes(pushes),
+        max_in_flight,
+    ))
+}
+
 /// A pub/sub connection: `SUBSCRIBE` and friends are written, and every
 /// value the server sends (confirmations and messages, RESP2 arrays or
 /// RESP3 pushes) comes out of [`next`](Subscriber::next) in order.

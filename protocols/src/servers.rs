@@ -8,7 +8,6 @@
 //! panic (CI installs the servers and must not skip silently).
 
 use std::fmt::Write as _;
-use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,7 +63,7 @@ impl Server {
                 kind.binary(),
                 package(kind)
             );
-            if std::env::var_os("ANYFRAME_REQUIRE_PEERS").is_some_and(|v| v == "1") {
+            if require_peers() {
                 panic!("ANYFRAME_REQUIRE_PEERS=1 but {why}");
             }
             eprintln!("skipped: {why}");
@@ -287,13 +286,4 @@ fn version_of(kind: Kind, bin: &Path) -> String {
 /// Whether a server is needed but missing is a failure here.
 pub fn require_peers() -> bool {
     std::env::var_os("ANYFRAME_REQUIRE_PEERS").is_some_and(|v| v == "1")
-}
-
-/// Reads a file written by a test into a server's folder.
-///
-/// # Errors
-///
-/// The I/O error.
-pub fn read(path: &Path) -> io::Result<Vec<u8>> {
-    std::fs::read(path)
 }

@@ -374,3 +374,128 @@ async fn server_killed_mid_reply_fails_every_outstanding_request() {
         "a dead connection fails new requests at once"
     );
 }
+
+/// RESP3 client-side caching: the invalidation push arrives on the
+/// tracking connection ahead of its next reply, goes to the push channel,
+/// and the reply is still the command's.
+#[tokio::test]
+async fn resp3_push_ahead_of_a_reply_goes_to_the_push_channel() {
+    let server = server!();
+    tokio::time::timeout(LIMIT, async {
+        let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let mut c = redis::connect_with_pushes(server.addr(), 16, tx)
+            .await
+            .unwrap();
+        let mut other = redis::connect(server.addr(), 16).await.unwrap();
+        call(&mut c, Cmd::new("HELLO").arg("3")).await;
+        call(&mut c, Cmd::new("CLIENT").arg("TRACKING").arg("on")).await;
+        call(&mut other, Cmd::new("SET").arg("tracked").arg("1")).await;
+        assert_eq!(
+            call(&mut c, Cmd::new("GET").arg("tracked")).await,
+            bulk("1")
+        );
+        call(&mut other, Cmd::new("SET").arg("tracked").arg("2")).await;
+        // Give the invalidation time to be written before our next command.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            call(&mut c, Cmd::new("GET").arg("tracked")).await,
+            bulk("2")
+        );
+        let push = pushes.try_recv().expect("the invalidation was routed");
+        assert_eq!(
+            push,
+            Value::Push(vec![
+                bulk("invalidate"),
+                Value::Array(vec![bulk("tracked")])
+            ])
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// Every RESP3 type, from a scripted loopback peer writing one byte at a
+/// time (redis-server sends some of them only in rare cases: attributes,
+/// big numbers, blob errors): the reads come out the same however the
+/// bytes arrive.
+#[tokio::test]
+async fn every_resp3_type_from_a_byte_at_a_time_peer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script: &[u8] =
+        b"_\r\n#t\r\n,-1.5\r\n,inf\r\n(3492890328409238509324850943850943825024385\r\n\
+        !21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n\
+        |1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n\
+        %2\r\n+first\r\n*1\r\n~1\r\n$0\r\n\r\n+second\r\n*-1\r\n$-1\r\n*0\r\n";
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut tmp = [0u8; 4096];
+        let _ = sock.read(&mut tmp).await.unwrap();
+        for b in script {
+            sock.write_all(&[*b]).await.unwrap();
+        }
+        let _ = sock.read(&mut tmp).await;
+    });
+    let c = redis::connect(addr, 32).await.unwrap();
+    let replies: Vec<_> = (0..11).map(|_| c.send(Cmd::new("PING"))).collect();
+    let got: Vec<Value> = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            Value::Nil,
+            Value::Boolean(true),
+            Value::Double(-1.5),
+            Value::Double(f64::INFINITY),
+            Value::BigNumber("3492890328409238509324850943850943825024385".into()),
+            Value::Error("SYNTAX invalid syntax".into()),
+            Value::Verbatim {
+                format: "txt".into(),
+                text: "Some string".into()
+            },
+            // The attribute is skipped; the value it annotates is the reply.
+            Value::Array(vec![Value::Integer(1), Value::Integer(2)]),
+            Value::Map(vec![
+                (
+                    Value::Simple("first".into()),
+                    Value::Array(vec![Value::Set(vec![bulk("")])])
+                ),
+                (Value::Simple("second".into()), Value::Nil),
+            ]),
+            Value::Nil,
+            Value::Array(vec![]),
+        ]
+    );
+}
+
+/// A reply that is not RESP closes the connection with a fatal EBADMSG:
+/// the stream cannot be trusted after it, so every later request fails too.
+#[tokio::test]
+async fn a_reply_that_is_not_resp_is_fatal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut tmp = [0u8; 4096];
+        let _ = sock.read(&mut tmp).await.unwrap();
+        sock.write_all(b"+OK\r\n$3\r\nabcde\r\n+never\r\n")
+            .await
+            .unwrap();
+        let _ = sock.read(&mut tmp).await;
+    });
+    let c = redis::connect(addr, 32).await.unwrap();
+    let replies: Vec<_> = (0..3).map(|_| c.send(Cmd::new("PING"))).collect();
+    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+        .await
+        .unwrap();
+    assert_eq!(got[0].as_ref().unwrap(), &Value::Simple("OK".into()));
+    let e = got[1].as_ref().unwrap_err();
+    assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::BadMessage, true));
+    assert!(got[2].is_err());
+}
