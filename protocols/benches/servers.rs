@@ -19,7 +19,7 @@
 //! alternating), on connections opened before the clock starts; the ratio
 //! is the median of the per-round ratios (ours / anchor, in requests per
 //! second). A missing server binary skips its scenarios with a printed
-//! reason. `BENCH_REPS` sets the rounds (default 7); an argument filters
+//! reason. `BENCH_REPS` sets the rounds (default 11); an argument filters
 //! scenarios by name.
 
 use std::hint::black_box;
@@ -113,7 +113,7 @@ fn main() {
     let rounds = std::env::var("BENCH_REPS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(7usize)
+        .unwrap_or(11usize)
         .max(1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -160,7 +160,7 @@ fn redis_benches(b: &Bench, server: &Server) {
         if !b.wants(&name) {
             continue;
         }
-        let ops = 20_000 / conns * conns;
+        let ops = 100_000 / conns * conns;
         let ours: Vec<redis::Client> = b.rt.block_on(async {
             let mut v = Vec::new();
             for _ in 0..conns {
