@@ -9,7 +9,7 @@
 //!   split off the read buffer without a copy;
 //! * a `Transfer-Encoding: chunked` body: a hex **size line** (chunk
 //!   extensions after `;` ignored), then the chunk and its `\r\n` as one
-//!   [`CrlfChunk`](crate::pipeline::CrlfChunk) read, and so on until size
+//!   [`CrlfChunk`] read, and so on until size
 //!   `0`, then **trailer lines** until the empty line;
 //! * no length and not chunked: everything until the server closes.
 //!

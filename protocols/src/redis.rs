@@ -4,7 +4,7 @@
 //! * every value starts with a **type line** (`+OK`, `$5`, `*3`, `%2`,
 //!   ...): a [`LineCodec`] read, parsed into a header;
 //! * a **bulk string** (`$`, and RESP3's `!` blob error and `=` verbatim
-//!   string) is then one [`ChunkCodec`] read of its length plus the `\r\n`,
+//!   string) is then one [`ChunkCodec`](anyframe::codecs::ChunkCodec) read of its length plus the `\r\n`,
 //!   split off the read buffer without a copy;
 //! * an **aggregate** (`*` array, `%` map, `~` set, `>` push, `|`
 //!   attribute) of `n` elements queues the type line of its first element
