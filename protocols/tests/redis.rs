@@ -499,3 +499,25 @@ async fn a_reply_that_is_not_resp_is_fatal() {
     assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::BadMessage, true));
     assert!(got[2].is_err());
 }
+
+/// An in-flight slot is freed when the reply has been read off the
+/// connection, not when its future is polled: a caller holding unpolled
+/// replies still gets `poll_ready` back (otherwise it would wait forever).
+#[tokio::test]
+async fn unpolled_replies_free_their_slots_once_read() {
+    let server = server!();
+    tokio::time::timeout(LIMIT, async {
+        let mut c = redis::connect(server.addr(), 2).await.unwrap();
+        let mut held = Vec::new();
+        for i in 0..6 {
+            let ready = tokio::time::timeout(Duration::from_secs(5), c.ready()).await;
+            let ready = ready.expect("a slot comes back without polling the replies");
+            held.push(ready.unwrap().call(Cmd::new("ECHO").arg(format!("{i}"))));
+        }
+        for (i, reply) in held.into_iter().enumerate() {
+            assert_eq!(reply.await.unwrap(), bulk(&format!("{i}")));
+        }
+    })
+    .await
+    .unwrap();
+}
