@@ -46,6 +46,60 @@ impl<T> fmt::Debug for Step<T> {
 
 /// A request/reply protocol whose replies are read as chains of read
 /// requests on an anyframe connection.
+///
+/// # Examples
+///
+/// A protocol whose reply is a count line, then that many lines: the
+/// count's completion queues the first line read at the front, each line's
+/// completion the next.
+///
+/// ```
+/// use anyframe::codecs::LineCodec;
+/// use anyframe::{Handle, QueuedFramed, Requests, Result, Ticket};
+/// use anyframe_protocols::pipeline::{Pipelined, Protocol, Slot, Step};
+/// use bytes::{BufMut, Bytes, BytesMut};
+/// use tokio::io::AsyncWriteExt;
+///
+/// struct Lines;
+///
+/// fn next_line(mut got: Vec<Bytes>, left: usize, slot: Slot, q: &mut Requests<'_>) -> Result<Step<Vec<Bytes>>> {
+///     if left == 0 {
+///         return Ok(Step::Done(got));
+///     }
+///     Ok(Step::More(q.unshift_read_with(LineCodec::new(), move |line, q| {
+///         got.push(line.into_line());
+///         next_line(got, left - 1, slot, q)
+///     })))
+/// }
+///
+/// impl Protocol for Lines {
+///     type Request = &'static str;
+///     type Reply = Vec<Bytes>;
+///
+///     fn encode(&self, req: &&'static str, dst: &mut BytesMut) -> Result<()> {
+///         dst.put_slice(req.as_bytes());
+///         dst.put_slice(b"\n");
+///         Ok(())
+///     }
+///
+///     fn read_reply(&self, _: &&'static str, handle: &Handle, slot: Slot) -> Ticket<Step<Vec<Bytes>>> {
+///         handle.push_read_with(LineCodec::new(), move |count, q| {
+///             let n: usize = std::str::from_utf8(count.line()).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+///             next_line(Vec::new(), n, slot, q)
+///         })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, mut peer) = tokio::io::duplex(1024);
+/// let (handle, _driver) = QueuedFramed::new(io).spawn();
+/// let client = Pipelined::new(handle, Lines, 16);
+/// let (a, b) = (client.send("first"), client.send("second"));
+/// peer.write_all(b"2\nx\ny\n0\n").await?;
+/// assert_eq!(a.await?, ["x", "y"]);
+/// assert!(b.await?.is_empty());
+/// # Ok(()) }
+/// ```
 pub trait Protocol: Send + Sync + 'static {
     /// What the caller sends.
     type Request;
