@@ -52,6 +52,11 @@ impl Bench {
         self.filter.as_deref().is_none_or(|f| name.contains(f))
     }
 
+    /// Whether any of `names` is wanted (so its server is worth starting).
+    fn wants_any(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| self.wants(n))
+    }
+
     /// Runs `ours` and `anchor` (each doing `items` requests per call)
     /// alternately, and prints the scenario line.
     fn pair<A, B>(&self, name: &str, items: u64, extra: &str, mut ours: A, mut anchor: B)
@@ -124,19 +129,22 @@ fn main() {
         "# anyframe protocols bench: {rounds} interleaved rounds (median), client on one thread"
     );
     let started = Instant::now();
-    if bench.wants("redis")
-        && let Some(server) = Server::start(Kind::Redis)
+    if bench.wants_any(&[
+        "redis-100-inflight-1conn",
+        "redis-100-inflight-16conn",
+        "redis-1-inflight",
+    ]) && let Some(server) = Server::start(Kind::Redis)
     {
         println!("# {}", server.version());
         redis_benches(&bench, &server);
     }
-    if bench.wants("memcached")
+    if bench.wants_any(&["memcached-1-inflight", "memcached-100-inflight"])
         && let Some(server) = Server::start(Kind::Memcached)
     {
         println!("# {}", server.version());
         memcached_benches(&bench, &server);
     }
-    if bench.wants("http")
+    if bench.wants_any(&["http-1KiB", "http-1MiB"])
         && let Some(server) = Server::start(Kind::Nginx)
     {
         println!("# {}", server.version());
