@@ -242,3 +242,62 @@ async fn server_killed_mid_reply_fails_every_outstanding_request() {
     }
     assert!(c.send(Command::get("x")).await.is_err());
 }
+
+/// Every reply shape from a scripted loopback peer writing one byte at a
+/// time: the line and chunk reads come out the same however the bytes
+/// arrive, and a VALUE line that lies about its length is a fatal
+/// EBADMSG for it and every later request.
+#[tokio::test]
+async fn replies_from_a_byte_at_a_time_peer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script: &[u8] = b"STORED\r\nVALUE a 7 3 99\r\nx\r\n\r\nVALUE b 0 0 100\r\n\r\nEND\r\n\
+        END\r\nSERVER_ERROR out of memory storing object\r\nERROR\r\n18446744073709551615\r\n\
+        VALUE c 0 2\r\nabcd\r\nEND\r\n";
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut tmp = [0u8; 4096];
+        let _ = sock.read(&mut tmp).await.unwrap();
+        for b in script {
+            sock.write_all(&[*b]).await.unwrap();
+        }
+        let _ = sock.read(&mut tmp).await;
+    });
+    let c = memcached::connect(addr, 32).await.unwrap();
+    let replies: Vec<_> = (0..8).map(|_| c.send(Command::get("k"))).collect();
+    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+        .await
+        .unwrap();
+    let mut got = got.into_iter();
+    assert_eq!(got.next().unwrap().unwrap(), Response::Stored);
+    let two = Response::Values(vec![
+        Item {
+            key: "a".into(),
+            flags: 7,
+            cas: Some(99),
+            data: "x\r\n".into(),
+        },
+        Item {
+            key: "b".into(),
+            flags: 0,
+            cas: Some(100),
+            data: "".into(),
+        },
+    ]);
+    assert_eq!(
+        got.next().unwrap().unwrap(),
+        two,
+        "binary-safe values, CRLF inside included"
+    );
+    assert_eq!(got.next().unwrap().unwrap(), Response::Values(vec![]));
+    assert_eq!(
+        got.next().unwrap().unwrap(),
+        Response::ServerError("out of memory storing object".into())
+    );
+    assert_eq!(got.next().unwrap().unwrap(), Response::Error);
+    assert_eq!(got.next().unwrap().unwrap(), Response::Number(u64::MAX));
+    let e = got.next().unwrap().unwrap_err();
+    assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::BadMessage, true));
+    assert!(got.next().unwrap().is_err());
+}
