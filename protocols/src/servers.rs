@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How long a server may take to accept connections.
 const STARTUP: Duration = Duration::from_secs(10);
+/// Ports tried before giving up.
+const ATTEMPTS: usize = 3;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,13 +71,27 @@ impl Server {
             eprintln!("skipped: {why}");
             return None;
         };
+        // The port is free when picked but released for the server to take,
+        // so a parallel test may take it first: the server then exits, and
+        // a new port is tried.
+        let mut failures = String::new();
+        for _ in 0..ATTEMPTS {
+            match Server::spawn(kind, &bin) {
+                Ok(server) => return Some(server),
+                Err(why) => failures.push_str(&why),
+            }
+        }
+        panic!("{} did not start: {failures}", kind.binary());
+    }
+
+    fn spawn(kind: Kind, bin: &Path) -> Result<Server, String> {
         let dir = tempfile::tempdir().expect("temporary folder");
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cmd = match kind {
-            Kind::Redis => redis_command(&bin, dir.path(), port),
-            Kind::Memcached => memcached_command(&bin, port),
-            Kind::Nginx => nginx_command(&bin, dir.path(), port),
+            Kind::Redis => redis_command(bin, dir.path(), port),
+            Kind::Memcached => memcached_command(bin, port),
+            Kind::Nginx => nginx_command(bin, dir.path(), port),
         };
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let child = cmd
@@ -84,7 +100,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let version = version_of(kind, &bin);
+        let version = version_of(kind, bin);
         let mut server = Server {
             kind,
             child,
@@ -92,8 +108,8 @@ impl Server {
             dir,
             version,
         };
-        server.wait_until_up();
-        Some(server)
+        server.wait_until_up()?;
+        Ok(server)
     }
 
     /// Where it listens.
@@ -128,18 +144,19 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    fn wait_until_up(&mut self) {
+    fn wait_until_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP;
         loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
+            // Exited (the port was taken after all)? Checked before the
+            // connect, which could reach whoever took the port.
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before listening: {}",
-                    self.kind.binary(),
+                return Err(format!(
+                    "\nexited ({status}) before listening: {}",
                     self.log()
-                );
+                ));
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!(
