@@ -1,0 +1,473 @@
+//! An HTTP/1.1 client built from anyframe's read types: AnyEvent::Handle's
+//! documentation example 1 (an HTTP GET), done properly.
+//!
+//! * the **status line** and each **header line**: one [`LineCodec`] read
+//!   each, until the empty line; a `1xx` informational response is read
+//!   the same way and skipped (its status is kept in
+//!   [`Response::informational`]);
+//! * a `Content-Length` body: **one** [`ChunkCodec`] read of that length,
+//!   split off the read buffer without a copy;
+//! * a `Transfer-Encoding: chunked` body: a hex **size line** (chunk
+//!   extensions after `;` ignored), then the chunk and its `\r\n` as one
+//!   [`CrlfChunk`] read, and so on until size
+//!   `0`, then **trailer lines** until the empty line;
+//! * no length and not chunked: everything until the server closes.
+//!
+//! Each step's completion queues the next at the front of the queue, so
+//! pipelined requests on a keep-alive connection each read exactly their
+//! own response. [`Http`] is the [`Protocol`]; [`Client`] is the
+//! pipelined tower `Service<Request, Response = Response>`.
+
+use std::net::SocketAddr;
+
+use anyframe::codecs::{ChunkCodec, LineCodec};
+use anyframe::{Error, ErrorKind, Handle, Requests, Result, Ticket};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Slot, Step, protocol_error};
+use crate::redis::put_decimal;
+
+/// The longest status, header or chunk-size line accepted.
+pub const MAX_LINE: usize = 16 * 1024;
+/// The most header (or trailer) lines accepted per response.
+pub const MAX_HEADERS: usize = 128;
+/// The largest body accepted; a longer `Content-Length` or chunk is refused
+/// before any of it is buffered.
+pub const MAX_BODY: usize = 1024 * 1024 * 1024;
+/// The most `1xx` responses skipped before the final one.
+const MAX_INFORMATIONAL: usize = 16;
+
+/// A request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `GET`, `HEAD`, `POST`, ...
+    pub method: Bytes,
+    /// The request target, e.g. `/index.html`.
+    pub target: Bytes,
+    /// Extra header fields (`Host` is added by the client).
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// The body; sent with a `Content-Length` unless empty.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// `GET target`.
+    pub fn get(target: impl Into<Bytes>) -> Request {
+        Request::new("GET", target)
+    }
+
+    /// A request with no headers and no body.
+    pub fn new(method: impl Into<Bytes>, target: impl Into<Bytes>) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Adds a header field.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) -> Request {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    #[must_use]
+    pub fn body(mut self, body: impl Into<Bytes>) -> Request {
+        self.body = body.into();
+        self
+    }
+}
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase.
+    pub reason: Bytes,
+    /// The header fields in wire order (names as sent).
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// The body: one piece for a `Content-Length` body, one per chunk for
+    /// a chunked one (no copy either way).
+    pub body: Vec<Bytes>,
+    /// Trailer fields of a chunked body.
+    pub trailers: Vec<(Bytes, Bytes)>,
+    /// Status codes of the `1xx` responses that came first.
+    pub informational: Vec<u16>,
+}
+
+impl Response {
+    /// The first header field named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        find(&self.headers, name)
+    }
+
+    /// The first trailer field named `name` (case-insensitive).
+    pub fn trailer(&self, name: &str) -> Option<&[u8]> {
+        find(&self.trailers, name)
+    }
+
+    /// The whole body in one piece (copies only a chunked body of several
+    /// chunks).
+    pub fn body_bytes(&self) -> Bytes {
+        match self.body.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => many.concat().into(),
+        }
+    }
+
+    /// The body's length.
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+}
+
+fn find<'a>(fields: &'a [(Bytes, Bytes)], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| &v[..])
+}
+
+fn line_codec() -> LineCodec {
+    LineCodec::builder()
+        .max_length(MAX_LINE)
+        .build()
+        .expect("a valid line codec")
+}
+
+/// A line read whose frame is the line without its end (`\r\n`, or a bare
+/// `\n` as RFC 9112 lets a recipient accept).
+#[derive(Debug)]
+struct HttpLine(LineCodec);
+
+impl HttpLine {
+    fn new() -> HttpLine {
+        HttpLine(line_codec())
+    }
+}
+
+impl Decoder for HttpLine {
+    type Item = Bytes;
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>> {
+        Ok(self.0.decode(buf)?.map(|l| l.into_line()))
+    }
+}
+
+/// Everything until the server closes (a body with no length).
+#[derive(Debug, Default)]
+struct UntilClose;
+
+impl Decoder for UntilClose {
+    type Item = Bytes;
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>> {
+        if buf.len() > MAX_BODY {
+            return Err(Error::custom(
+                ErrorKind::NoSpace,
+                true,
+                "body over MAX_BODY",
+            ));
+        }
+        Ok(None)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>> {
+        Ok(Some(buf.split().freeze()))
+    }
+}
+
+/// One response being read.
+#[derive(Debug)]
+struct ResponseRead {
+    head: bool,
+    resp: Response,
+    _slot: Slot,
+}
+
+type Next = Result<Step<Response>>;
+
+fn too_long() -> Error {
+    Error::custom(ErrorKind::NoSpace, true, "HTTP body longer than MAX_BODY")
+}
+
+impl ResponseRead {
+    fn status_line(self, q: &mut Requests<'_>) -> Ticket<Step<Response>> {
+        q.unshift_read_with(HttpLine::new(), move |l, q| self.on_status(l, q))
+    }
+
+    fn on_status(mut self, line: Bytes, q: &mut Requests<'_>) -> Next {
+        // HTTP/1.1 200 OK
+        let bad = || protocol_error("malformed HTTP status line");
+        if line.len() < 12 || !line.starts_with(b"HTTP/1.") || line[8] != b' ' {
+            return Err(bad());
+        }
+        let code = &line[9..12];
+        if !code.iter().all(u8::is_ascii_digit) || line.get(12).is_some_and(|&b| b != b' ') {
+            return Err(bad());
+        }
+        self.resp.status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        self.resp.reason = line.slice(line.len().min(13)..);
+        self.resp.headers.clear();
+        Ok(Step::More(self.header_line(q, false)))
+    }
+
+    fn header_line(self, q: &mut Requests<'_>, trailer: bool) -> Ticket<Step<Response>> {
+        q.unshift_read_with(HttpLine::new(), move |l, q| self.on_field(l, q, trailer))
+    }
+
+    fn on_field(mut self, line: Bytes, q: &mut Requests<'_>, trailer: bool) -> Next {
+        if line.is_empty() {
+            return if trailer {
+                Ok(Step::Done(self.resp))
+            } else {
+                self.on_head_done(q)
+            };
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err(protocol_error("obsolete HTTP header line folding"));
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or_else(|| protocol_error("HTTP header line without a colon"))?;
+        let name = line.slice(..colon);
+        if name.is_empty() || name.iter().any(|&b| b <= b' ') {
+            return Err(protocol_error("bad HTTP header name"));
+        }
+        let value = line.slice(colon + 1..);
+        let value = value.slice_ref(value.trim_ascii());
+        let fields = if trailer {
+            &mut self.resp.trailers
+        } else {
+            &mut self.resp.headers
+        };
+        if fields.len() >= MAX_HEADERS {
+            return Err(Error::custom(
+                ErrorKind::NoSpace,
+                true,
+                "over MAX_HEADERS header lines",
+            ));
+        }
+        fields.push((name, value));
+        Ok(Step::More(self.header_line(q, trailer)))
+    }
+
+    fn on_head_done(mut self, q: &mut Requests<'_>) -> Next {
+        let status = self.resp.status;
+        if (100..200).contains(&status) && status != 101 {
+            if self.resp.informational.len() >= MAX_INFORMATIONAL {
+                return Err(protocol_error("too many 1xx responses"));
+            }
+            self.resp.informational.push(status);
+            return Ok(Step::More(self.status_line(q)));
+        }
+        if self.head || status == 101 || status == 204 || status == 304 {
+            return Ok(Step::Done(self.resp));
+        }
+        if let Some(te) = self.resp.header("transfer-encoding") {
+            let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
+            if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return self.until_close(q);
+            }
+            return Ok(Step::More(self.chunk_size(q)));
+        }
+        match self.content_length()? {
+            Some(0) => Ok(Step::Done(self.resp)),
+            Some(n) => Ok(Step::More(q.unshift_read_with(
+                ChunkCodec::new(n),
+                move |body, _| {
+                    self.resp.body.push(body);
+                    Ok(Step::Done(self.resp))
+                },
+            ))),
+            None => self.until_close(q),
+        }
+    }
+
+    /// The `Content-Length`, if any; several must agree (RFC 9112 §6.3).
+    fn content_length(&self) -> Result<Option<usize>> {
+        let mut found = None;
+        for (name, value) in &self.resp.headers {
+            if !name.eq_ignore_ascii_case(b"content-length") {
+                continue;
+            }
+            for part in value.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                    return Err(protocol_error("bad Content-Length"));
+                }
+                let n: u64 = part.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n <= MAX_BODY)
+                    .ok_or_else(too_long)?;
+                if found.is_some_and(|f| f != n) {
+                    return Err(protocol_error("conflicting Content-Length values"));
+                }
+                found = Some(n);
+            }
+        }
+        Ok(found)
+    }
+
+    fn until_close(mut self, q: &mut Requests<'_>) -> Next {
+        Ok(Step::More(q.unshift_read_with(
+            UntilClose,
+            move |body, _| {
+                self.resp.body.push(body);
+                Ok(Step::Done(self.resp))
+            },
+        )))
+    }
+
+    fn chunk_size(self, q: &mut Requests<'_>) -> Ticket<Step<Response>> {
+        q.unshift_read_with(HttpLine::new(), move |l, q| self.on_chunk_size(l, q))
+    }
+
+    fn on_chunk_size(mut self, line: Bytes, q: &mut Requests<'_>) -> Next {
+        // 1a;name=value  (chunk extensions are allowed, and ignored)
+        let size = line
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+            return Err(protocol_error("bad chunk size line"));
+        }
+        let n = usize::from_str_radix(std::str::from_utf8(size).expect("hex digits"), 16)
+            .map_err(|_| protocol_error("bad chunk size line"))?;
+        if n == 0 {
+            return Ok(Step::More(self.header_line(q, true)));
+        }
+        if self.resp.body_len().saturating_add(n) > MAX_BODY {
+            return Err(too_long());
+        }
+        Ok(Step::More(q.unshift_read_with(
+            CrlfChunk::new(n),
+            move |chunk, q| {
+                self.resp.body.push(chunk);
+                Ok(Step::More(self.chunk_size(q)))
+            },
+        )))
+    }
+}
+
+/// The HTTP/1.1 [`Protocol`] for one host.
+#[derive(Debug, Clone)]
+pub struct Http {
+    host: Bytes,
+}
+
+impl Http {
+    /// Requests to `host` (the `Host` header's value, e.g. `127.0.0.1:8080`).
+    pub fn new(host: impl Into<Bytes>) -> Http {
+        Http { host: host.into() }
+    }
+}
+
+fn check_token(s: &[u8], what: &'static str) -> Result<()> {
+    if s.is_empty() || s.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(Error::custom(ErrorKind::InvalidInput, false, what));
+    }
+    Ok(())
+}
+
+impl Protocol for Http {
+    type Request = Request;
+    type Reply = Response;
+
+    fn encode(&self, req: &Request, dst: &mut BytesMut) -> Result<()> {
+        check_token(&req.method, "bad HTTP method")?;
+        check_token(&req.target, "bad HTTP request target")?;
+        for (name, value) in &req.headers {
+            check_token(name, "bad HTTP header name")?;
+            if name.contains(&b':') || value.iter().any(|&b| b == b'\r' || b == b'\n') {
+                return Err(Error::custom(
+                    ErrorKind::InvalidInput,
+                    false,
+                    "bad HTTP header",
+                ));
+            }
+        }
+        dst.reserve(req.target.len() + req.body.len() + 64);
+        dst.put_slice(&req.method);
+        dst.put_u8(b' ');
+        dst.put_slice(&req.target);
+        dst.put_slice(b" HTTP/1.1\r\nHost: ");
+        dst.put_slice(&self.host);
+        dst.put_slice(b"\r\n");
+        for (name, value) in &req.headers {
+            dst.put_slice(name);
+            dst.put_slice(b": ");
+            dst.put_slice(value);
+            dst.put_slice(b"\r\n");
+        }
+        if !req.body.is_empty() {
+            dst.put_slice(b"Content-Length: ");
+            put_decimal(dst, req.body.len() as u64);
+            dst.put_slice(b"\r\n");
+        }
+        dst.put_slice(b"\r\n");
+        dst.put_slice(&req.body);
+        Ok(())
+    }
+
+    fn read_reply(&self, req: &Request, handle: &Handle, slot: Slot) -> Ticket<Step<Response>> {
+        let state = ResponseRead {
+            head: req.method.eq_ignore_ascii_case(b"HEAD"),
+            resp: Response {
+                status: 0,
+                reason: Bytes::new(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                trailers: Vec::new(),
+                informational: Vec::new(),
+            },
+            _slot: slot,
+        };
+        handle.push_read_with(HttpLine::new(), move |l, q| state.on_status(l, q))
+    }
+}
+
+/// The pipelined HTTP/1.1 client: a `tower::Service<Request, Response =
+/// Response>` on one keep-alive connection.
+pub type Client = Pipelined<Http>;
+
+/// Connects to an HTTP server and spawns the connection's driver.
+///
+/// # Errors
+///
+/// The connect error.
+///
+/// # Examples
+///
+/// ```
+/// use anyframe_protocols::http::{self, Request};
+/// use anyframe_protocols::servers::{Kind, Server};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let Some(server) = Server::start(Kind::Nginx) else { return Ok(()) };
+/// std::fs::write(server.docroot().join("index.html"), "<p>hi</p>").unwrap();
+/// let client = http::connect(server.addr(), 32).await?;
+/// // Two GETs pipelined on one keep-alive connection.
+/// let (a, b) = (client.send(Request::get("/index.html")), client.send(Request::get("/nope")));
+/// assert_eq!(a.await?.body_bytes(), "<p>hi</p>");
+/// assert_eq!(b.await?.status, 404);
+/// # Ok(()) }
+/// ```
+pub async fn connect(addr: SocketAddr, max_in_flight: usize) -> Result<Client> {
+    let handle = crate::connect_tcp(addr).await?;
+    Ok(Pipelined::new(
+        handle,
+        Http::new(addr.to_string()),
+        max_in_flight,
+    ))
+}

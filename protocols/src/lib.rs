@@ -1,0 +1,37 @@
+//! Three protocol clients assembled from anyframe's per-request reads, the
+//! way AnyEvent::Redis, AnyEvent::Memcached and AnyEvent::HTTP were built
+//! on AnyEvent::Handle, plus what their tests, examples and benchmarks
+//! share: starting real servers on loopback ports.
+//!
+//! * [`redis`]: RESP2/RESP3, a pipelined tower `Service`, pub/sub.
+//! * [`memcached`]: the text protocol, a pipelined tower `Service`.
+//! * [`http`]: an HTTP/1.1 client with keep-alive and pipelining.
+//! * [`pipeline`]: the reply-as-a-chain-of-reads machinery they share.
+//! * [`servers`]: `redis-server`, `memcached` and `nginx` started in a
+//!   throw-away folder on a free loopback port, killed on drop.
+//!
+//! This crate is not published; it shows and measures the engine.
+
+use std::net::SocketAddr;
+
+use anyframe::{Error, Handle, QueuedFramed, Result};
+use tokio::net::TcpStream;
+
+pub mod http;
+pub mod memcached;
+pub mod pipeline;
+pub mod redis;
+pub mod servers;
+pub mod workload;
+
+/// Connects over TCP (no Nagle delay) and spawns the connection's driver.
+///
+/// # Errors
+///
+/// The connect error.
+pub async fn connect_tcp(addr: SocketAddr) -> Result<Handle> {
+    let stream = TcpStream::connect(addr).await.map_err(Error::from)?;
+    stream.set_nodelay(true).map_err(Error::from)?;
+    let (handle, _driver) = QueuedFramed::new(stream).spawn();
+    Ok(handle)
+}

@@ -1,0 +1,401 @@
+//! What the three clients share: a reply read as a chain of read requests,
+//! and a pipelined tower [`Service`](tower_service::Service) over one
+//! connection.
+//!
+//! A reply that takes several reads (a header line, then a chunk whose
+//! length the line gave, then another line, ...) is a *chain*: the first
+//! read is queued at the back of the connection's queue when the request is
+//! written; each later read is queued at the *front* by the completion of
+//! the read before it (`Requests::unshift_read_with`), so it runs next, on
+//! bytes already buffered, before any other request's reads. The state of
+//! the half-read reply moves from one completion into the next; there is
+//! no lock and no shared parser.
+//!
+//! The caller's side of a chain is a [`Step`]: either the finished reply, or
+//! the ticket of the read that continues it. [`Reply`] follows the tickets.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use anyframe::codecs::ChunkCodec;
+use anyframe::{Error, ErrorKind, Handle, Result, Ticket};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::PollSemaphore;
+
+/// One link of a reply read as a chain of read requests.
+pub enum Step<T> {
+    /// The reply is complete.
+    Done(T),
+    /// The reply continues with this read (already queued at the front).
+    More(Ticket<Step<T>>),
+}
+
+impl<T> fmt::Debug for Step<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Done(_) => f.write_str("Step::Done(..)"),
+            Step::More(_) => f.write_str("Step::More(..)"),
+        }
+    }
+}
+
+/// A request/reply protocol whose replies are read as chains of read
+/// requests on an anyframe connection.
+///
+/// # Examples
+///
+/// A protocol whose reply is a count line, then that many lines: the
+/// count's completion queues the first line read at the front, each line's
+/// completion the next.
+///
+/// ```
+/// use anyframe::codecs::LineCodec;
+/// use anyframe::{Handle, QueuedFramed, Requests, Result, Ticket};
+/// use anyframe_protocols::pipeline::{Pipelined, Protocol, Slot, Step};
+/// use bytes::{BufMut, Bytes, BytesMut};
+/// use tokio::io::AsyncWriteExt;
+///
+/// struct Lines;
+///
+/// fn next_line(mut got: Vec<Bytes>, left: usize, slot: Slot, q: &mut Requests<'_>) -> Result<Step<Vec<Bytes>>> {
+///     if left == 0 {
+///         return Ok(Step::Done(got));
+///     }
+///     Ok(Step::More(q.unshift_read_with(LineCodec::new(), move |line, q| {
+///         got.push(line.into_line());
+///         next_line(got, left - 1, slot, q)
+///     })))
+/// }
+///
+/// impl Protocol for Lines {
+///     type Request = &'static str;
+///     type Reply = Vec<Bytes>;
+///
+///     fn encode(&self, req: &&'static str, dst: &mut BytesMut) -> Result<()> {
+///         dst.put_slice(req.as_bytes());
+///         dst.put_slice(b"\n");
+///         Ok(())
+///     }
+///
+///     fn read_reply(&self, _: &&'static str, handle: &Handle, slot: Slot) -> Ticket<Step<Vec<Bytes>>> {
+///         handle.push_read_with(LineCodec::new(), move |count, q| {
+///             let n: usize = std::str::from_utf8(count.line()).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+///             next_line(Vec::new(), n, slot, q)
+///         })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+/// let (io, mut peer) = tokio::io::duplex(1024);
+/// let (handle, _driver) = QueuedFramed::new(io).spawn();
+/// let client = Pipelined::new(handle, Lines, 16);
+/// let (a, b) = (client.send("first"), client.send("second"));
+/// peer.write_all(b"2\nx\ny\n0\n").await?;
+/// assert_eq!(a.await?, ["x", "y"]);
+/// assert!(b.await?.is_empty());
+/// # Ok(()) }
+/// ```
+pub trait Protocol: Send + Sync + 'static {
+    /// What the caller sends.
+    type Request;
+    /// What the caller gets back.
+    type Reply: Send + 'static;
+
+    /// Appends the wire form of `req` to `dst`.
+    ///
+    /// # Errors
+    ///
+    /// A request that cannot be written (`EINVAL`); nothing is queued then.
+    fn encode(&self, req: &Self::Request, dst: &mut BytesMut) -> Result<()>;
+
+    /// Queues, at the back of `handle`'s queue, the first read of the reply
+    /// to `req`; its completion queues the rest. `slot` travels with the
+    /// reply's state and is dropped when the last read completes (or fails).
+    fn read_reply(
+        &self,
+        req: &Self::Request,
+        handle: &Handle,
+        slot: Slot,
+    ) -> Ticket<Step<Self::Reply>>;
+}
+
+/// A [`Pipelined`] client's in-flight slot, held by a reply's read state:
+/// the slot is free again as soon as the reply has been read off the
+/// connection, whether or not anyone polls the [`Reply`] (a caller may
+/// hold many unpolled replies while it waits for `poll_ready`).
+#[derive(Debug, Default)]
+pub struct Slot(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Slot {
+    /// No slot (a caller that bounds its own concurrency).
+    pub fn none() -> Slot {
+        Slot(None)
+    }
+}
+
+/// The reply to one request: follows the chain of tickets to the end.
+///
+/// Dropping it before the reply is complete does not desynchronise the
+/// connection: the rest of the reply is still read (by a small task that
+/// holds the remaining tickets) and discarded.
+pub struct Reply<T: Send + 'static> {
+    state: ReplyState<T>,
+}
+
+enum ReplyState<T> {
+    Waiting(Ticket<Step<T>>),
+    Failed(Error),
+    Finished,
+}
+
+impl<T: Send + 'static> Reply<T> {
+    /// A reply that follows `ticket`.
+    pub fn new(ticket: Ticket<Step<T>>) -> Reply<T> {
+        Reply {
+            state: ReplyState::Waiting(ticket),
+        }
+    }
+
+    /// A reply that is already an error (the request was never written).
+    pub fn failed(err: Error) -> Reply<T> {
+        Reply {
+            state: ReplyState::Failed(err),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Reply<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        loop {
+            let ticket = match &mut self.state {
+                ReplyState::Waiting(ticket) => ticket,
+                ReplyState::Failed(_) => {
+                    let ReplyState::Failed(e) =
+                        std::mem::replace(&mut self.state, ReplyState::Finished)
+                    else {
+                        unreachable!()
+                    };
+                    return Poll::Ready(Err(e));
+                }
+                ReplyState::Finished => {
+                    return Poll::Ready(Err(Error::custom(
+                        ErrorKind::InvalidInput,
+                        false,
+                        "reply polled after completion",
+                    )));
+                }
+            };
+            let step = ready!(Pin::new(ticket).poll(cx));
+            let result = match step {
+                Ok(Step::More(next)) => {
+                    self.state = ReplyState::Waiting(next);
+                    continue;
+                }
+                Ok(Step::Done(value)) => Ok(value),
+                Err(e) => Err(e),
+            };
+            self.state = ReplyState::Finished;
+            return Poll::Ready(result);
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Reply<T> {
+    fn drop(&mut self) {
+        let ReplyState::Waiting(ticket) = std::mem::replace(&mut self.state, ReplyState::Finished)
+        else {
+            return;
+        };
+        // A dropped ticket cancels its read if it has not started, and the
+        // next request would then read this reply: keep following the chain.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = Reply::new(ticket).await;
+            });
+        }
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("complete", &matches!(self.state, ReplyState::Finished))
+            .finish()
+    }
+}
+
+/// Default bound on requests in flight per connection.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+
+/// A pipelined client over one spawned connection, for any [`Protocol`]:
+/// `call` writes the request and queues the first read of its reply under
+/// one lock, so clones used from many tasks keep requests and replies in
+/// the same order.
+///
+/// `poll_ready` waits while `max_in_flight` replies are outstanding.
+pub struct Pipelined<P> {
+    shared: Arc<Shared<P>>,
+    permits: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+struct Shared<P> {
+    handle: Handle,
+    protocol: P,
+    /// Held across "write the request, queue its reply's read" (two calls
+    /// on the handle), so no other clone can slip in between.
+    order: Mutex<()>,
+}
+
+impl<P: Protocol> Pipelined<P> {
+    /// A client speaking `protocol` on `handle`, with at most
+    /// `max_in_flight` replies outstanding.
+    pub fn new(handle: Handle, protocol: P, max_in_flight: usize) -> Pipelined<P> {
+        Pipelined {
+            shared: Arc::new(Shared {
+                handle,
+                protocol,
+                order: Mutex::new(()),
+            }),
+            permits: PollSemaphore::new(Arc::new(Semaphore::new(max_in_flight.max(1)))),
+            permit: None,
+        }
+    }
+
+    /// The connection.
+    pub fn handle(&self) -> &Handle {
+        &self.shared.handle
+    }
+
+    /// The protocol's settings.
+    pub fn protocol(&self) -> &P {
+        &self.shared.protocol
+    }
+
+    /// Writes `req` and queues its reply's reads, with no in-flight slot
+    /// (for callers that bound their own concurrency).
+    pub fn send(&self, req: P::Request) -> Reply<P::Reply> {
+        self.send_with(req, Slot::none())
+    }
+
+    fn send_with(&self, req: P::Request, slot: Slot) -> Reply<P::Reply> {
+        let shared = &*self.shared;
+        let _order = shared.order.lock().unwrap_or_else(PoisonError::into_inner);
+        // Encoded straight into the connection's write queue; a request the
+        // protocol refuses leaves nothing behind.
+        if let Err(e) = shared
+            .handle
+            .push_write(WireEncoder(&shared.protocol), &req)
+        {
+            return Reply::failed(e);
+        }
+        Reply::new(shared.protocol.read_reply(&req, &shared.handle, slot))
+    }
+}
+
+impl<P> Clone for Pipelined<P> {
+    fn clone(&self) -> Pipelined<P> {
+        Pipelined {
+            shared: self.shared.clone(),
+            permits: self.permits.clone(),
+            permit: None,
+        }
+    }
+}
+
+impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
+    type Response = P::Reply;
+    type Error = Error;
+    type Future = Reply<P::Reply>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.permit.is_none() {
+            match ready!(self.permits.poll_acquire(cx)) {
+                Some(p) => self.permit = Some(p),
+                None => {
+                    return Poll::Ready(Err(Error::custom(
+                        ErrorKind::Closed,
+                        true,
+                        "client closed",
+                    )));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: P::Request) -> Reply<P::Reply> {
+        match self.permit.take() {
+            Some(permit) => self.send_with(req, Slot(Some(permit))),
+            None => Reply::failed(Error::custom(
+                ErrorKind::InvalidInput,
+                false,
+                "call without poll_ready",
+            )),
+        }
+    }
+}
+
+impl<P> fmt::Debug for Pipelined<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipelined")
+            .field("handle", &self.shared.handle)
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Protocol`]'s request writer as a tokio-util `Encoder`.
+struct WireEncoder<'a, P>(&'a P);
+
+impl<P: Protocol> Encoder<&P::Request> for WireEncoder<'_, P> {
+    type Error = Error;
+
+    fn encode(&mut self, req: &P::Request, dst: &mut BytesMut) -> Result<()> {
+        self.0.encode(req, dst)
+    }
+}
+
+/// A fatal "the peer broke the protocol" error: the connection is closed,
+/// every outstanding request fails with it.
+pub fn protocol_error(what: &'static str) -> Error {
+    Error::custom(ErrorKind::BadMessage, true, what)
+}
+
+/// Exactly `len` bytes followed by `\r\n`, as one [`ChunkCodec`] read of
+/// `len + 2` bytes; the frame is the `len` bytes, split off the read
+/// buffer without a copy. Anything but `\r\n` after them is a fatal
+/// `EBADMSG`. (A Redis bulk string, a memcached value, an HTTP chunk.)
+#[derive(Debug)]
+pub struct CrlfChunk {
+    chunk: ChunkCodec,
+}
+
+impl CrlfChunk {
+    /// A read of `len` bytes and the `\r\n` after them.
+    pub fn new(len: usize) -> CrlfChunk {
+        CrlfChunk {
+            chunk: ChunkCodec::new(len.saturating_add(2)),
+        }
+    }
+}
+
+impl Decoder for CrlfChunk {
+    type Item = Bytes;
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>> {
+        match self.chunk.decode(buf)? {
+            Some(chunk) if chunk.ends_with(b"\r\n") => Ok(Some(chunk.slice(..chunk.len() - 2))),
+            Some(_) => Err(protocol_error("data not followed by \\r\\n")),
+            None => Ok(None),
+        }
+    }
+}
