@@ -356,18 +356,51 @@ impl Handle {
         })
     }
 
-    /// Writes a request and queues the read of its response under one lock,
-    /// so concurrent callers cannot interleave between the two. The
-    /// response is read (and discarded) even if the ticket is dropped or
-    /// times out, which keeps a request/response stream in step.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn write_then_read<E, I, D, F, R>(
-        &self,
-        encoder: E,
-        item: I,
-        decoder: D,
-        then: F,
-    ) -> Ticket<R>
+    /// Writes a request and queues the read of its response, under one lock,
+    /// so concurrent callers cannot come between the two: the building block
+    /// of a pipelined client. The response is read (and dropped) even if
+    /// the ticket is dropped or times out, so the next caller always gets
+    /// its own answer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe::QueuedFramed;
+    /// use anyframe::codecs::LineCodec;
+    /// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+    /// let (io, peer) = tokio::io::duplex(1024);
+    /// tokio::spawn(async move {
+    ///     // An echo server.
+    ///     let (rd, mut wr) = tokio::io::split(peer);
+    ///     let mut lines = BufReader::new(rd).lines();
+    ///     while let Ok(Some(l)) = lines.next_line().await {
+    ///         wr.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+    ///     }
+    /// });
+    /// let (handle, _driver) = QueuedFramed::new(io).spawn();
+    /// let first = handle.call(LineCodec::new(), "one", LineCodec::new());
+    /// drop(handle.call(LineCodec::new(), "dropped", LineCodec::new()));
+    /// let third = handle.call(LineCodec::new(), "three", LineCodec::new());
+    /// assert_eq!(first.await?.line(), b"one");
+    /// assert_eq!(third.await?.line(), b"three");
+    /// # Ok(()) }
+    /// ```
+    pub fn call<E, I, D>(&self, encoder: E, item: I, decoder: D) -> Ticket<D::Item>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.call_with(encoder, item, decoder, |frame, _| Ok(frame))
+    }
+
+    /// [`call`](Self::call) with a completion that runs inside the engine
+    /// on the response (see [`push_read_with`](Self::push_read_with)).
+    pub fn call_with<E, I, D, F, R>(&self, encoder: E, item: I, decoder: D, then: F) -> Ticket<R>
     where
         E: Encoder<I>,
         E::Error: Into<Error>,
@@ -429,8 +462,14 @@ impl Handle {
         self.lock().push_shutdown()
     }
 
-    /// Backpressure for producers: `Ready` below the high watermark.
-    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    /// The poll form of [`ready_to_write`](Self::ready_to_write), for a
+    /// `poll_ready` (a tower `Service`, a `Sink`): `Ready` below the high
+    /// watermark, or once the queue went back to the low one.
+    ///
+    /// # Errors
+    ///
+    /// The error that closed the connection.
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let mut core = self.lock();
         let epoch = core.write_error_epoch();
         core.poll_write_ready(cx, epoch)

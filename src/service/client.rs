@@ -187,12 +187,12 @@ where
         let decoder = self.decoders.decoder_for(&req);
         // The slot is released when the response has been read, not when
         // the future is dropped: a dropped call still occupies the wire.
-        let ticket =
-            self.handle
-                .write_then_read(self.encoder.clone(), req, decoder, move |item, _| {
-                    drop(permit);
-                    Ok(item)
-                });
+        let ticket = self
+            .handle
+            .call_with(self.encoder.clone(), req, decoder, move |item, _| {
+                drop(permit);
+                Ok(item)
+            });
         ResponseFuture { ticket }
     }
 }
