@@ -9,16 +9,16 @@
 //!
 //! One property per family of operations, so that a failure names what
 //! broke. `ANYFRAME_MODEL_CASES=N` sets the number of cases per property
-//! (default 400; there are 18 properties, 7,200 cases in all). A failing case is shrunk and
-//! printed by proptest as the minimal operation sequence, with the step at
-//! which the engine and the model first differ.
+//! (default 400; there are 18 properties, 7,200 cases in all). A failing
+//! case is shrunk and printed by proptest as the minimal operation
+//! sequence, with the step at which the engine and the model first differ.
 
 #[path = "support/engine_model.rs"]
 mod engine_model;
 #[path = "support/mock_io.rs"]
 mod mock_io;
 
-use engine_model::{Case, Hook, Op, Req, Then};
+use engine_model::{Case, Hook, JSON_TEXTS, Op, Req, Then};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -29,24 +29,19 @@ struct Mix {
     cancels: bool,
     /// Reads queued at the front from outside a completion.
     fronts: bool,
+    /// JSON reads; the input is then JSON texts cut anywhere and letters.
     json: bool,
+    /// Decoders that fail (non-fatal and fatal), and `destroy`.
     errors: bool,
+    /// Panics in a decoder, a completion or the timeout hook.
     panics: bool,
+    /// Read-timeout expiries (paused clock).
     timers: bool,
+    /// Writes, flushes and a peer that reads slowly.
     writes: bool,
+    /// End of input, I/O errors, `into_parts`/`from_parts`.
     ends: bool,
 }
-
-const JSON_TEXTS: [&str; 8] = [
-    "[]",
-    "{}",
-    "[true]",
-    "[\"ab\",null]",
-    "{\"a\":[false]}",
-    "\"xy\"",
-    "null",
-    "[[],{}]",
-];
 
 fn req(mix: Mix) -> BoxedStrategy<Req> {
     let mut options: Vec<(u32, BoxedStrategy<Req>)> = vec![
