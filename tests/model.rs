@@ -434,3 +434,32 @@ async fn dropping_the_head_ticket_lets_the_next_request_run_on_buffered_bytes() 
         .unwrap();
     assert_eq!(&got[..], b"a");
 }
+
+/// A JSON read that has only seen whitespace so far and is then cancelled
+/// consumed nothing: the whitespace is still there for the next request.
+#[tokio::test]
+async fn a_cancelled_json_read_leaves_the_whitespace_it_has_seen() {
+    use anyframe::QueuedFramed;
+    use anyframe::codecs::{ChunkCodec, LineCodec, RawJsonCodec};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let (io, mut peer) = tokio::io::duplex(64);
+    let mut conn = QueuedFramed::new(io);
+    let json = conn.push_read(RawJsonCodec::new());
+    peer.write_all(b"\n").await.unwrap();
+    // Drive the queue once: the JSON read sees "\n" and waits.
+    let probe = conn.push_read(ChunkCodec::new(1));
+    let _ = tokio::time::timeout(Duration::from_millis(20), conn.wait(probe)).await;
+    drop(json);
+    assert_eq!(
+        conn.read_buffer(),
+        b"\n",
+        "the cancelled read consumed nothing"
+    );
+    let line = tokio::time::timeout(Duration::from_secs(2), conn.read(LineCodec::new()))
+        .await
+        .expect("the empty line is there")
+        .unwrap();
+    assert_eq!(line.line(), b"");
+}
