@@ -9,16 +9,16 @@
 //!
 //! One property per family of operations, so that a failure names what
 //! broke. `ANYFRAME_MODEL_CASES=N` sets the number of cases per property
-//! (default 400; there are 18 properties, 7,200 cases in all). A failing case is shrunk and
-//! printed by proptest as the minimal operation sequence, with the step at
-//! which the engine and the model first differ.
+//! (default 400; there are 18 properties, 7,200 cases in all). A failing
+//! case is shrunk and printed by proptest as the minimal operation
+//! sequence, with the step at which the engine and the model first differ.
 
 #[path = "support/engine_model.rs"]
 mod engine_model;
 #[path = "support/mock_io.rs"]
 mod mock_io;
 
-use engine_model::{Case, Hook, Op, Req, Then};
+use engine_model::{Case, Hook, JSON_TEXTS, Op, Req, Then};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -29,24 +29,19 @@ struct Mix {
     cancels: bool,
     /// Reads queued at the front from outside a completion.
     fronts: bool,
+    /// JSON reads; the input is then JSON texts cut anywhere and letters.
     json: bool,
+    /// Decoders that fail (non-fatal and fatal), and `destroy`.
     errors: bool,
+    /// Panics in a decoder, a completion or the timeout hook.
     panics: bool,
+    /// Read-timeout expiries (paused clock).
     timers: bool,
+    /// Writes, flushes and a peer that reads slowly.
     writes: bool,
+    /// End of input, I/O errors, `into_parts`/`from_parts`.
     ends: bool,
 }
-
-const JSON_TEXTS: [&str; 8] = [
-    "[]",
-    "{}",
-    "[true]",
-    "[\"ab\",null]",
-    "{\"a\":[false]}",
-    "\"xy\"",
-    "null",
-    "[[],{}]",
-];
 
 fn req(mix: Mix) -> BoxedStrategy<Req> {
     let mut options: Vec<(u32, BoxedStrategy<Req>)> = vec![
@@ -439,4 +434,33 @@ async fn dropping_the_head_ticket_lets_the_next_request_run_on_buffered_bytes() 
         .expect("the next request runs once the head is cancelled")
         .unwrap();
     assert_eq!(&got[..], b"a");
+}
+
+/// A JSON read that has only seen whitespace so far and is then cancelled
+/// consumed nothing: the whitespace is still there for the next request.
+#[tokio::test]
+async fn a_cancelled_json_read_leaves_the_whitespace_it_has_seen() {
+    use anyframe::QueuedFramed;
+    use anyframe::codecs::{ChunkCodec, LineCodec, RawJsonCodec};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let (io, mut peer) = tokio::io::duplex(64);
+    let mut conn = QueuedFramed::new(io);
+    let json = conn.push_read(RawJsonCodec::new());
+    peer.write_all(b"\n").await.unwrap();
+    // Drive the queue once: the JSON read sees "\n" and waits.
+    let probe = conn.push_read(ChunkCodec::new(1));
+    let _ = tokio::time::timeout(Duration::from_millis(20), conn.wait(probe)).await;
+    drop(json);
+    assert_eq!(
+        conn.read_buffer(),
+        b"\n",
+        "the cancelled read consumed nothing"
+    );
+    let line = tokio::time::timeout(Duration::from_secs(2), conn.read(LineCodec::new()))
+        .await
+        .expect("the empty line is there")
+        .unwrap();
+    assert_eq!(line.line(), b"");
 }

@@ -1215,7 +1215,9 @@ impl Cursor<'_> {
     }
 }
 
-const JSON_TEXTS: [&str; 8] = [
+/// The JSON texts the peer sends (whole or cut): no numbers and no
+/// whitespace, so the model's JSON grammar stays a few lines.
+pub const JSON_TEXTS: [&str; 8] = [
     "[]",
     "{}",
     "[true]",
