@@ -326,6 +326,9 @@ impl Core {
     /// must consume its response stays queued (its answer is read and
     /// dropped); any other request is removed, having consumed nothing.
     fn fail_first_reader(&mut self, err: &Error) -> bool {
+        // Cancelled requests go first: nobody waits for them.
+        self.queue
+            .retain(|e| !matches!(e, Entry::Read(r) if r.is_abandoned()));
         for i in 0..self.queue.len() {
             let remove = match &mut self.queue[i] {
                 Entry::Read(req) if req.on_drop() == OnDrop::Consume => {

@@ -954,8 +954,20 @@ impl Runner {
                 }
             }
             Op::Flush => {
+                let mut hook_panicked = false;
                 let got = match &mut self.front {
-                    Front::Inline(c) => poll_a_few(pin!(c.flush()), 3),
+                    Front::Inline(c) => {
+                        // A flush the peer holds up runs the timers: a hook
+                        // that panics closes the connection and the panic
+                        // comes out of the flush.
+                        match catch_unwind(AssertUnwindSafe(|| poll_a_few(pin!(c.flush()), 3))) {
+                            Ok(got) => got,
+                            Err(_) => {
+                                hook_panicked = true;
+                                None
+                            }
+                        }
+                    }
                     Front::Spawned(h, _) => {
                         let mut fut = pin!(h.flush());
                         // Register the waiter, let the driver write, look again.
@@ -973,6 +985,23 @@ impl Runner {
                     self.model.fire_timer();
                 }
                 let m = &self.model;
+                let died_of_panic = m.dead.as_ref().is_some_and(|d| d.panicked);
+                ensure!(
+                    hook_panicked
+                        == (died_of_panic
+                            && matches!(self.front, Front::Inline(_))
+                            && got.is_none()),
+                    "flush: a hook's panic {} out of the flush, model {:?}",
+                    if hook_panicked {
+                        "came"
+                    } else {
+                        "did not come"
+                    },
+                    m.dead
+                );
+                if hook_panicked {
+                    return Ok(());
+                }
                 match (&m.dead, got) {
                     (None, None) => ensure!(
                         m.pushed.len() > m.budget,
