@@ -194,7 +194,9 @@ impl<T> JsonCodecBuilder<T> {
     }
 
     /// Write the separator after every text, not only after numbers: one
-    /// text per line with the default separator (NDJSON).
+    /// text per line with the default separator (NDJSON). Reading then
+    /// takes a text and the end of its line as one frame (see
+    /// [`JsonCodec`]).
     pub fn separate_every_text(&mut self, yes: bool) -> &mut Self {
         self.write.every_text = yes;
         self
@@ -203,7 +205,7 @@ impl<T> JsonCodecBuilder<T> {
     /// A [`JsonCodec`] for `T` with these options.
     pub fn build(&self) -> JsonCodec<T> {
         JsonCodec {
-            scanner: JsonScanner::new(self.limits),
+            framer: Framer::new(self.limits, self.write.every_text),
             write: self.write,
             _item: PhantomData,
         }
@@ -212,7 +214,7 @@ impl<T> JsonCodecBuilder<T> {
     /// A [`RawJsonCodec`] with these options.
     pub fn build_raw(&self) -> RawJsonCodec {
         RawJsonCodec {
-            scanner: JsonScanner::new(self.limits),
+            framer: Framer::new(self.limits, self.write.every_text),
             write: self.write,
         }
     }
@@ -236,13 +238,22 @@ impl<T> JsonCodecBuilder<T> {
 /// if it turns out incomplete: one parse per text, at most one wasted partial
 /// parse, and exactly the same results as scanning first.
 ///
-/// * Whitespace between texts is skipped and consumed, so a `\n` separator
-///   never becomes data, and a stream that ends in whitespace ends cleanly.
-///   In NDJSON mode ([`JsonCodec::ndjson`]) the separator that arrived with
-///   a text (whitespace up to the first `\n`) is consumed with it, so a line
-///   read after a JSON read does not see an empty line (AnyEvent's
-///   RT-json-6). Otherwise the bytes after a text are left alone: they may
-///   belong to the next frame.
+/// * Nothing is consumed until a frame is complete: a read that is given up
+///   before (a cancelled request) leaves the buffer exactly as it was.
+/// * Whitespace before a text belongs to the text's frame: it is consumed
+///   with the text, so a `\n` separator never becomes data. Whitespace
+///   at the end of input is consumed by [`Decoder::decode_eof`], a clean end.
+///   A run of whitespace longer than the size limit is a limit error, so
+///   a peer cannot make the decoder hold more than that.
+/// * In NDJSON mode ([`JsonCodec::ndjson`],
+///   [`JsonCodecBuilder::separate_every_text`]) a frame is a text *and* the
+///   end of its line: spaces, tabs and `\r` after the text, then `\n`
+///   (so `\r\n` too). The decoder waits for that `\n`, so a line read after
+///   a JSON read never sees the empty rest of the JSON text's line, whether
+///   the `\n` came in the same read or later (AnyEvent writes them apart;
+///   RT-json-6). Any other byte after the text ends the frame at the text,
+///   and at end of input a text needs no newline. Otherwise the bytes after
+///   a text are left alone: they may belong to the next frame.
 /// * Every value is delivered, `0`, `false`, `null` and `""` included.
 /// * A top-level number has no closing byte: it ends at the first byte that
 ///   cannot continue it, or at end of input ([`Decoder::decode_eof`]). So
@@ -260,11 +271,10 @@ impl<T> JsonCodecBuilder<T> {
 /// except `EPIPE` ([`ErrorKind::BrokenPipe`]) for a text cut off by the end
 /// of input.
 ///
-/// * **Malformed input, or over a limit**: nothing of the text is consumed
-///   (only the whitespace before it) and the scanner starts over, so
-///   decoding the same buffer again reports the same error. The offset
-///   ([`Error::offset`]) is that of the offending byte from the start of the
-///   buffer. The stream has no reliable resynchronisation point; the caller
+/// * **Malformed input, or over a limit**: nothing is consumed and the
+///   scanner starts over, so decoding the same buffer again reports the same
+///   error. The offset ([`Error::offset`]) is that of the offending byte
+///   from the start of the buffer (whitespace before the text included). The stream has no reliable resynchronisation point; the caller
 ///   decides: close, or skip bytes (say, up to the next newline for NDJSON)
 ///   and go on.
 /// * **A well-formed text that `T` rejects** (a missing field, a number out
@@ -350,7 +360,7 @@ impl<T> JsonCodecBuilder<T> {
 /// [`ErrorKind::BadMessage`]: crate::ErrorKind::BadMessage
 /// [`ErrorKind::BrokenPipe`]: crate::ErrorKind::BrokenPipe
 pub struct JsonCodec<T = serde_json::Value> {
-    scanner: JsonScanner,
+    framer: Framer,
     write: WriteOptions,
     _item: PhantomData<fn() -> T>,
 }
@@ -366,25 +376,25 @@ impl<T> JsonCodec<T> {
         JsonCodecBuilder::new()
     }
 
-    /// A codec that writes `\n` after every text (NDJSON); reading is the
-    /// same as [`new`](Self::new).
+    /// A codec for NDJSON: writes `\n` after every text, and reads a text
+    /// and the end of its line (`\n`, or `\r\n`) as one frame.
     pub fn ndjson() -> JsonCodec<T> {
         JsonCodecBuilder::new().separate_every_text(true).build()
     }
 
     /// The size limit for one text, in bytes.
     pub fn max_size(&self) -> usize {
-        self.scanner.limits().max_size
+        self.framer.scanner.limits().max_size
     }
 
     /// The nesting limit.
     pub fn max_depth(&self) -> usize {
-        self.scanner.limits().max_depth
+        self.framer.scanner.limits().max_depth
     }
 
     /// Whether only arrays and objects are accepted at the top level.
     pub fn is_objects_only(&self) -> bool {
-        self.scanner.limits().objects_only
+        self.framer.scanner.limits().objects_only
     }
 
     /// The separator written after numbers (or every text).
@@ -407,7 +417,7 @@ impl<T> Default for JsonCodec<T> {
 impl<T> Clone for JsonCodec<T> {
     fn clone(&self) -> Self {
         JsonCodec {
-            scanner: self.scanner.clone(),
+            framer: self.framer.clone(),
             write: self.write,
             _item: PhantomData,
         }
@@ -418,18 +428,9 @@ impl<T> fmt::Debug for JsonCodec<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JsonCodec")
             .field("item", &std::any::type_name::<T>())
-            .field("scanner", &self.scanner)
+            .field("framer", &self.framer)
             .field("write", &self.write)
             .finish()
-    }
-}
-
-impl<T> JsonCodec<T> {
-    /// See [`eat_separator`]: NDJSON mode only.
-    fn eat_separator(&self, buf: &mut BytesMut) {
-        if self.write.every_text {
-            eat_separator(buf);
-        }
     }
 }
 
@@ -437,42 +438,38 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     type Item = T;
     type Error = Error;
 
-    /// Decodes the next text, if a whole one is buffered.
+    /// Decodes the next text, if a whole one is buffered (in NDJSON mode:
+    /// with the end of its line). Consumes nothing otherwise.
     ///
     /// # Errors
     ///
     /// See [`JsonCodec`]: malformed, over a limit, or rejected by `T`.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
-        if self.scanner.is_at_start() {
-            let ws = leading_whitespace(buf);
-            buf.advance(ws);
-            if let Some(item) = parse_first(&self.scanner, buf) {
-                self.eat_separator(buf);
-                return Ok(Some(item));
+        if let Some(start) = self.framer.text_start(buf)? {
+            if let Some((item, n)) = parse_first(self.framer.scanner.limits(), &buf[start..]) {
+                return Ok(self.framer.text_done(buf, start, start + n)?.map(|found| {
+                    buf.advance(found.frame_end);
+                    item
+                }));
             }
         }
-        match frame(&mut self.scanner, buf)? {
-            Some(n) => parse(buf, n).map(|v| {
-                self.eat_separator(buf);
-                Some(v)
-            }),
+        match self.framer.find(buf)? {
+            Some(found) => parse(buf, found).map(Some),
             None => Ok(None),
         }
     }
 
     /// As [`decode`](Self::decode); then a top-level number at the end is
-    /// complete, and trailing whitespace is a clean end (`Ok(None)`).
+    /// complete, an NDJSON text needs no newline, and trailing whitespace
+    /// is consumed as a clean end (`Ok(None)`).
     ///
     /// # Errors
     ///
     /// As `decode`, and `EPIPE` when the input ends inside a text, which is
     /// left in `buf`.
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
-        match frame_eof(&mut self.scanner, buf)? {
-            Some(n) => parse(buf, n).map(|v| {
-                self.eat_separator(buf);
-                Some(v)
-            }),
+        match self.framer.find_eof(buf)? {
+            Some(found) => parse(buf, found).map(Some),
             None => Ok(None),
         }
     }
@@ -512,7 +509,8 @@ impl<T: Serialize> Encoder<&T> for JsonCodec<T> {
 /// strings) and the limits, exactly as [`JsonCodec`] frames it, but not
 /// interpreted: `\u` escapes are not decoded, numbers are not range-checked.
 /// Use it to forward texts, or to parse them with another library. Leading
-/// whitespace is consumed and not part of the frame.
+/// whitespace (and in NDJSON mode the end of the text's line) is consumed
+/// with the text but is not part of the returned bytes.
 ///
 /// The encoder writes a `Bytes` as it is (the caller vouches that it is one
 /// JSON text), then the separator under the same rule as [`JsonCodec`].
@@ -537,7 +535,7 @@ impl<T: Serialize> Encoder<&T> for JsonCodec<T> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RawJsonCodec {
-    scanner: JsonScanner,
+    framer: Framer,
     write: WriteOptions,
 }
 
@@ -555,17 +553,17 @@ impl RawJsonCodec {
 
     /// The size limit for one text, in bytes.
     pub fn max_size(&self) -> usize {
-        self.scanner.limits().max_size
+        self.framer.scanner.limits().max_size
     }
 
     /// The nesting limit.
     pub fn max_depth(&self) -> usize {
-        self.scanner.limits().max_depth
+        self.framer.scanner.limits().max_depth
     }
 
     /// Whether only arrays and objects are accepted at the top level.
     pub fn is_objects_only(&self) -> bool {
-        self.scanner.limits().objects_only
+        self.framer.scanner.limits().objects_only
     }
 }
 
@@ -586,17 +584,21 @@ impl Decoder for RawJsonCodec {
     ///
     /// See [`RawJsonCodec`].
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        Ok(frame(&mut self.scanner, buf)?.map(|n| take_text(buf, n, self.write.every_text)))
+        Ok(self.framer.find(buf)?.map(|found| take_text(buf, found)))
     }
 
-    /// As [`decode`](Self::decode), completing a top-level number at the
-    /// end; trailing whitespace is a clean end.
+    /// As [`decode`](Self::decode), completing a top-level number (or an
+    /// NDJSON line) at the end; trailing whitespace is consumed as a clean
+    /// end.
     ///
     /// # Errors
     ///
     /// As `decode`, and `EPIPE` when the input ends inside a text.
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        Ok(frame_eof(&mut self.scanner, buf)?.map(|n| take_text(buf, n, self.write.every_text)))
+        Ok(self
+            .framer
+            .find_eof(buf)?
+            .map(|found| take_text(buf, found)))
     }
 }
 
@@ -617,62 +619,208 @@ impl Encoder<Bytes> for RawJsonCodec {
     }
 }
 
-/// Splits off a text of `n` bytes, and in NDJSON mode the separator after it.
-fn take_text(buf: &mut BytesMut, n: usize, ndjson: bool) -> Bytes {
-    let text = buf.split_to(n).freeze();
-    if ndjson {
-        eat_separator(buf);
-    }
+/// Splits off the text of a frame and drops the rest of the frame.
+fn take_text(buf: &mut BytesMut, found: Found) -> Bytes {
+    buf.advance(found.start);
+    let text = buf.split_to(found.end - found.start).freeze();
+    buf.advance(found.frame_end - found.end);
     text
 }
 
-/// NDJSON mode: consumes the separator written after a text, if it has
-/// arrived with it: the whitespace up to and including the first `\n`
-/// (RT-json-6). So an NDJSON `\n` never becomes an empty line for a line
-/// read that follows a JSON read. Only in NDJSON mode, where the format
-/// promises that a newline follows every text: otherwise the bytes after a
-/// text may be the next frame's (a binary length prefix can start with
-/// `0x0a`), and they are left alone. A separator that arrives later than its
-/// text is left for the next read (a JSON read skips it).
-fn eat_separator(buf: &mut BytesMut) {
-    let ws = leading_whitespace(buf);
-    if let Some(lf) = memchr::memchr(b'\n', &buf[..ws]) {
-        buf.advance(lf + 1);
-    }
+/// Where the decoder is between calls. Nothing is consumed before a frame
+/// is complete, so every stage describes bytes still in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before a text: the first `seen` bytes are whitespace.
+    Lead { seen: usize },
+    /// Inside the text that starts at `start`; the scanner holds the state.
+    Text { start: usize },
+    /// NDJSON only: the text `start..end` is complete and the `seen` bytes
+    /// after it are spaces, tabs or carriage returns; its line's `\n` has
+    /// not arrived yet.
+    LineEnd {
+        start: usize,
+        end: usize,
+        seen: usize,
+    },
 }
 
-/// Finds the end of the text at the front of `buf`, consuming the
-/// whitespace before it. `Some(n)`: the text is `buf[..n]`.
-fn frame(scanner: &mut JsonScanner, buf: &mut BytesMut) -> Result<Option<usize>, Error> {
-    if scanner.is_at_start() {
-        let ws = leading_whitespace(buf);
-        buf.advance(ws);
-        if buf.is_empty() {
-            return Ok(None);
+/// A complete frame at the front of the buffer: the text is
+/// `buf[start..end]` (whitespace before it), and the frame, consumed with
+/// it, is `buf[..frame_end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Found {
+    start: usize,
+    end: usize,
+    frame_end: usize,
+}
+
+/// Finds frames: whitespace before a text, the text (through the scanner),
+/// and in NDJSON mode the end of the text's line. Resumes where it stopped,
+/// so each byte is looked at once however the input is split.
+#[derive(Debug, Clone)]
+struct Framer {
+    scanner: JsonScanner,
+    stage: Stage,
+    /// A frame ends with the `\n` that ends its text's line.
+    ndjson: bool,
+}
+
+impl Framer {
+    fn new(limits: JsonLimits, ndjson: bool) -> Framer {
+        Framer {
+            scanner: JsonScanner::new(limits),
+            stage: Stage::Lead { seen: 0 },
+            ndjson,
         }
     }
-    match scanner.scan(buf) {
-        Scan::Incomplete => Ok(None),
-        Scan::Complete(n) => Ok(Some(n)),
-        Scan::Invalid(e) => Err(e.into_error(CODEC, buf)),
+
+    /// Before a text: skips the whitespace not seen yet. `Some(start)` when
+    /// the text's first byte is at `start` and nothing of it has been
+    /// scanned (the stage is then `Text`), `None` otherwise.
+    fn text_start(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        let Stage::Lead { seen } = self.stage else {
+            return Ok(None);
+        };
+        let start = seen + leading_whitespace(&buf[seen..]);
+        let limit = self.scanner.limits().max_size;
+        if start > limit {
+            self.stage = Stage::Lead { seen: 0 };
+            return Err(whitespace_over_limit(buf, 0, limit));
+        }
+        if start == buf.len() {
+            self.stage = Stage::Lead { seen: start };
+            return Ok(None);
+        }
+        self.stage = Stage::Text { start };
+        Ok(Some(start))
+    }
+
+    /// The text that started at `start` ends at `end`: the frame, or in
+    /// NDJSON mode the wait for the end of its line.
+    fn text_done(&mut self, buf: &[u8], start: usize, end: usize) -> Result<Option<Found>, Error> {
+        if !self.ndjson {
+            self.stage = Stage::Lead { seen: 0 };
+            return Ok(Some(Found {
+                start,
+                end,
+                frame_end: end,
+            }));
+        }
+        self.stage = Stage::LineEnd {
+            start,
+            end,
+            seen: 0,
+        };
+        self.line_end(buf)
+    }
+
+    /// NDJSON: looks for the `\n` after a complete text, over spaces, tabs
+    /// and carriage returns. Any other byte first ends the frame at the
+    /// text, leaving that byte and the whitespace before it.
+    fn line_end(&mut self, buf: &[u8]) -> Result<Option<Found>, Error> {
+        let Stage::LineEnd { start, end, seen } = self.stage else {
+            return Ok(None);
+        };
+        let from = end + seen;
+        let rest = &buf[from..];
+        let run = rest
+            .iter()
+            .position(|&b| !matches!(b, b' ' | b'\t' | b'\r'))
+            .unwrap_or(rest.len());
+        let frame_end = match rest.get(run) {
+            Some(b'\n') => from + run + 1,
+            Some(_) => end,
+            None => {
+                let limit = self.scanner.limits().max_size;
+                if seen + run > limit {
+                    self.stage = Stage::Lead { seen: 0 };
+                    return Err(whitespace_over_limit(buf, end, limit));
+                }
+                self.stage = Stage::LineEnd {
+                    start,
+                    end,
+                    seen: seen + run,
+                };
+                return Ok(None);
+            }
+        };
+        self.stage = Stage::Lead { seen: 0 };
+        Ok(Some(Found {
+            start,
+            end,
+            frame_end,
+        }))
+    }
+
+    /// The next frame, if it is complete in `buf`.
+    fn find(&mut self, buf: &[u8]) -> Result<Option<Found>, Error> {
+        if matches!(self.stage, Stage::Lead { .. }) && self.text_start(buf)?.is_none() {
+            return Ok(None);
+        }
+        match self.stage {
+            Stage::Lead { .. } => Ok(None),
+            Stage::Text { start } => match self.scanner.scan(&buf[start..]) {
+                Scan::Incomplete => Ok(None),
+                Scan::Complete(n) => self.text_done(buf, start, start + n),
+                Scan::Invalid(e) => {
+                    self.stage = Stage::Lead { seen: 0 };
+                    Err(e.shifted(start).into_error(CODEC, buf))
+                }
+            },
+            Stage::LineEnd { .. } => self.line_end(buf),
+        }
+    }
+
+    /// [`find`](Self::find) at end of input: a top-level number ends here,
+    /// an NDJSON text needs no newline, trailing whitespace is consumed;
+    /// anything else unfinished is `EPIPE`, left in `buf`.
+    fn find_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Found>, Error> {
+        if let Some(found) = self.find(buf)? {
+            return Ok(Some(found));
+        }
+        match self.stage {
+            Stage::Lead { .. } => {
+                buf.clear();
+                self.stage = Stage::Lead { seen: 0 };
+                Ok(None)
+            }
+            Stage::Text { start } => match self.scanner.end_at_eof() {
+                Some(n) => {
+                    self.scanner.reset();
+                    self.stage = Stage::Lead { seen: 0 };
+                    Ok(Some(Found {
+                        start,
+                        end: start + n,
+                        frame_end: start + n,
+                    }))
+                }
+                None => Err(Error::incomplete_at_eof(CODEC, buf.len()).with_bytes(&buf[start..])),
+            },
+            Stage::LineEnd { start, end, .. } => {
+                self.stage = Stage::Lead { seen: 0 };
+                Ok(Some(Found {
+                    start,
+                    end,
+                    frame_end: buf.len(),
+                }))
+            }
+        }
     }
 }
 
-/// [`frame`] at end of input: a top-level number ends here; anything else
-/// unfinished is `EPIPE`, left in `buf`.
-fn frame_eof(scanner: &mut JsonScanner, buf: &mut BytesMut) -> Result<Option<usize>, Error> {
-    if let Some(n) = frame(scanner, buf)? {
-        return Ok(Some(n));
-    }
-    if let Some(n) = scanner.end_at_eof() {
-        scanner.reset();
-        return Ok(Some(n));
-    }
-    if buf.is_empty() {
-        Ok(None)
-    } else {
-        Err(Error::incomplete_at_eof(CODEC, buf.len()).with_bytes(buf))
-    }
+/// A run of whitespace from `from` longer than the size limit: a limit
+/// error at the first byte past it.
+fn whitespace_over_limit(buf: &[u8], from: usize, limit: usize) -> Error {
+    let at = from + limit;
+    Error::limit_bad_message(
+        CODEC,
+        "whitespace run longer than the size limit",
+        limit,
+        (limit as u64).saturating_add(1),
+    )
+    .at(at)
+    .with_bytes(&buf[at..])
 }
 
 /// The fast path for a text that starts at the front of `buf`: let
@@ -689,8 +837,7 @@ fn frame_eof(scanner: &mut JsonScanner, buf: &mut BytesMut) -> Result<Option<usi
 /// a top-level number must be followed by a delimiter (serde_json takes the
 /// end of the slice as one), invalid UTF-8 and nesting depth go unchecked in
 /// values that `T` ignores or takes as bytes, and the size limit is ours.
-fn parse_first<T: DeserializeOwned>(scanner: &JsonScanner, buf: &mut BytesMut) -> Option<T> {
-    let limits = scanner.limits();
+fn parse_first<T: DeserializeOwned>(limits: JsonLimits, buf: &[u8]) -> Option<(T, usize)> {
     let first = *buf.first()?;
     if limits.objects_only && first != b'[' && first != b'{' {
         return None;
@@ -703,11 +850,7 @@ fn parse_first<T: DeserializeOwned>(scanner: &JsonScanner, buf: &mut BytesMut) -
         && (n < buf.len() || !starts_number(Some(first)))
         && (text.is_ascii() || std::str::from_utf8(text).is_ok())
         && depth_within(text, limits.max_depth);
-    if !verified {
-        return None;
-    }
-    buf.advance(n);
-    Some(item)
+    verified.then_some((item, n))
 }
 
 /// Whether a well-formed text (serde_json accepted it) nests at most
@@ -744,15 +887,16 @@ fn depth_within(text: &[u8], max_depth: usize) -> bool {
     true
 }
 
-/// Parses the framed text `buf[..n]` once and consumes it, whether `T`
-/// accepts it or not.
-fn parse<T: DeserializeOwned>(buf: &mut BytesMut, n: usize) -> Result<T, Error> {
-    let result = serde_json::from_slice(&buf[..n]).map_err(|e| {
+/// Parses the text of a complete frame once and consumes the frame,
+/// whether `T` accepts the text or not.
+fn parse<T: DeserializeOwned>(buf: &mut BytesMut, found: Found) -> Result<T, Error> {
+    let text = &buf[found.start..found.end];
+    let result = serde_json::from_slice(text).map_err(|e| {
         Error::bad_message(CODEC, "JSON text rejected by the deserializer")
             .with_source(e)
-            .with_bytes(&buf[..n])
+            .with_bytes(text)
     });
-    buf.advance(n);
+    buf.advance(found.frame_end);
     result
 }
 

@@ -170,11 +170,6 @@ impl JsonScanner {
         self.limits
     }
 
-    /// True before the first byte of a text has been looked at.
-    pub(crate) fn is_at_start(&self) -> bool {
-        self.pos == 0
-    }
-
     /// Forgets the current text.
     pub(crate) fn reset(&mut self) {
         self.lex = Lex::Start;
