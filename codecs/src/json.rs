@@ -8,6 +8,8 @@
 //!
 //! The user-facing documentation is on the types.
 
+mod finite;
+
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -287,15 +289,17 @@ impl<T> JsonCodecBuilder<T> {
 /// text by default, except that a top-level number is always followed by
 /// the separator (`\n` unless configured), so it cannot run into the next
 /// text. [`JsonCodecBuilder::separate_every_text`] writes the separator after
-/// every text (NDJSON).
+/// every text (NDJSON). NaN and infinities are refused, never written as
+/// `null` (JSON::XS writes them as the non-JSON `nan` and `inf`).
 ///
 /// # Errors
 ///
 /// Decoding: `EBADMSG` for malformed JSON, invalid UTF-8 ([`Error::is_utf8`]),
 /// a text over a limit ([`Error::is_limit`]), or a text that `T` rejects;
 /// `EPIPE` from `decode_eof` when the input ends inside a text. Encoding:
-/// `EINVAL` when serde_json cannot write the value (a map with non-string
-/// keys, say); nothing is written then.
+/// `EINVAL` when the value has no exact JSON form: a NaN or infinite float
+/// anywhere in it (serde_json alone would write `null`), or what serde_json
+/// cannot write (a map with non-string keys, say); nothing is written then.
 ///
 /// # Examples
 ///
@@ -483,7 +487,8 @@ impl<T: Serialize> Encoder<T> for JsonCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` if serde_json cannot write the value; `dst` is unchanged.
+    /// `EINVAL` for a NaN or infinite float anywhere in the value, or if
+    /// serde_json cannot write it; `dst` is unchanged.
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), Error> {
         write_text(self.write, &item, dst)
     }
@@ -496,7 +501,8 @@ impl<T: Serialize> Encoder<&T> for JsonCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` if serde_json cannot write the value; `dst` is unchanged.
+    /// `EINVAL` for a NaN or infinite float anywhere in the value, or if
+    /// serde_json cannot write it; `dst` is unchanged.
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
         write_text(self.write, item, dst)
     }
@@ -911,7 +917,8 @@ fn write_text<S: Serialize + ?Sized>(
     dst: &mut BytesMut,
 ) -> Result<(), Error> {
     let start = dst.len();
-    if let Err(e) = serde_json::to_writer(BufMut::writer(&mut *dst), value) {
+    let mut ser = serde_json::Serializer::new(BufMut::writer(&mut *dst));
+    if let Err(e) = value.serialize(finite::Finite(&mut ser)) {
         dst.truncate(start);
         return Err(Error::invalid_input(CODEC, "value cannot be written as JSON").with_source(e));
     }

@@ -715,3 +715,48 @@ proptest! {
         prop_assert_eq!(line.as_deref(), Some(&b"next"[..]));
     }
 }
+
+/// NaN and the infinities have no JSON form. serde_json writes them as
+/// `null`; the encoder refuses them instead (EINVAL, nothing written),
+/// wherever they sit in the value.
+#[test]
+fn nan_and_infinities_are_refused_not_written_as_null() {
+    #[derive(Serialize)]
+    struct Reading {
+        name: &'static str,
+        values: Vec<f32>,
+        extra: BTreeMap<String, Option<f64>>,
+    }
+    let mut codec = JsonCodec::<f64>::new();
+    for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut wire = BytesMut::from(&b"before"[..]);
+        let err = codec.encode(x, &mut wire).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{x}");
+        assert_eq!(&wire[..], b"before", "nothing written for {x}");
+    }
+    let mut codec = JsonCodec::<Reading>::new();
+    let nested = Reading {
+        name: "r",
+        values: vec![1.0, f32::NAN],
+        extra: BTreeMap::new(),
+    };
+    assert!(codec.encode(&nested, &mut BytesMut::new()).is_err());
+    let in_map = Reading {
+        name: "r",
+        values: vec![],
+        extra: BTreeMap::from([("x".to_owned(), Some(f64::INFINITY))]),
+    };
+    assert!(codec.encode(&in_map, &mut BytesMut::new()).is_err());
+    // Finite values, including the extremes, are written as before.
+    let fine = Reading {
+        name: "r",
+        values: vec![f32::MAX, -0.0],
+        extra: BTreeMap::from([("x".to_owned(), None)]),
+    };
+    let mut wire = BytesMut::new();
+    codec.encode(&fine, &mut wire).unwrap();
+    assert_eq!(
+        &wire[..],
+        &b"{\"name\":\"r\",\"values\":[3.4028235e+38,-0.0],\"extra\":{\"x\":null}}"[..]
+    );
+}
