@@ -87,6 +87,17 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// so such items decode into typed Rust values as they are; into
 /// [`serde_cbor::Value`] they come as `Value::Bytes`.
 ///
+/// A Perl string that is not flagged as UTF-8 but holds characters from
+/// U+0080 to U+00FF (Latin-1, as `"caf\xe9"`) is written the same way: a
+/// byte string of its Latin-1 bytes, which is *not* UTF-8. As a hash key it
+/// fails to decode into a `String` key (a non-fatal `EBADMSG`, the item
+/// consumed), matches no struct field (a field named `café` stays missing)
+/// and comes as `Value::Bytes` into [`serde_cbor::Value`]. Decode such keys
+/// as bytes (`Value`, or a byte-buffer key type such as the serde_bytes
+/// crate's `ByteBuf`) and convert them from Latin-1 yourself, or have the
+/// Perl side call `utf8::upgrade` on them (CBOR::XS then writes text
+/// strings).
+///
 /// # The backend
 ///
 /// serde_cbor is the default (and for now only) backend. It is unmaintained

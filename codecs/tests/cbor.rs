@@ -286,6 +286,36 @@ fn cbor_xs_byte_string_keys_decode_into_structs_and_string_maps() {
     assert_eq!(out.frames[0].get("y"), Some(&2));
 }
 
+/// CBOR::XS writes a Latin-1 Perl key (not flagged UTF-8) as a byte string
+/// of its Latin-1 bytes: not UTF-8. It cannot become a `String` key, matches
+/// no struct field, and comes through as bytes into `Value`.
+#[test]
+fn cbor_xs_latin1_byte_string_keys_are_not_utf8() {
+    // {h'636166e9': 1}: "café" in Latin-1.
+    let wire = [0xa1, 0x44, b'c', b'a', b'f', 0xe9, 0x01];
+    let mut buf = BytesMut::from(&wire[..]);
+    let err = CborCodec::<HashMap<String, i32>>::new()
+        .decode(&mut buf)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert!(buf.is_empty(), "the item is consumed");
+    #[derive(Debug, Deserialize)]
+    struct Cafe {
+        #[serde(rename = "café")]
+        _cafe: Option<i32>,
+    }
+    let mut buf = BytesMut::from(&wire[..]);
+    let got = CborCodec::<Cafe>::new().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        got._cafe, None,
+        "the Latin-1 key is not the UTF-8 field name"
+    );
+    let mut buf = BytesMut::from(&wire[..]);
+    let got = value_codec().decode(&mut buf).unwrap().unwrap();
+    let key = Value::Bytes(b"caf\xe9".to_vec());
+    assert_eq!(got, Value::Map([(key, Value::Integer(1))].into()));
+}
+
 #[test]
 fn works_in_a_plain_framed_over_a_small_pipe() {
     use futures::{SinkExt, StreamExt};
