@@ -98,22 +98,38 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// Perl side call `utf8::upgrade` on them (CBOR::XS then writes text
 /// strings).
 ///
+/// # Tags, undefined, and what cannot be written exactly
+///
+/// Tags are kept both ways: a tagged item decodes into
+/// [`serde_cbor::Value`] as `Value::Tag(tag, item)` and `Value::Tag` is
+/// written with its tag; [`serde_cbor::tags::Tagged<T>`] does the same for a
+/// typed value (its `tag` is `None` for an untagged item). A tagged item
+/// decoded into a type that cannot hold the tag (a `u64`, a struct field
+/// without `Tagged`) is refused, a non-fatal `EBADMSG` with the item
+/// consumed, never silently stripped.
+///
+/// A value that CBOR cannot hold exactly is refused when written (`EINVAL`,
+/// nothing written): an integer outside -2^64 ..= 2^64-1, say. serde has no
+/// way to express `undefined` (simple value 23): write
+/// [`RawCborCodec::UNDEFINED`] through [`RawCborCodec`]. Reading it gives
+/// `Value::Null` (serde_cbor's value type has no undefined), and simple
+/// values other than false, true, null and undefined are refused.
+///
 /// # The backend
 ///
-/// serde_cbor is the default (and for now only) backend. It is unmaintained
-/// (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`); it is kept because
-/// it was asked for by name and works. It sits behind one small internal
-/// seam, so a maintained crate can replace it behind a feature.
-/// serde_cbor ignores tags when decoding (the tagged item comes through
-/// untagged) and refuses simple values other than false, true, null and
-/// undefined.
+/// serde_cbor is the CBOR library behind these codecs. It is unmaintained
+/// (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`) but complete and
+/// fast, and it is kept for compatibility: its `Value` is the type users
+/// name. It sits behind one small internal seam, so a maintained crate can
+/// take its place.
 ///
 /// # Errors
 ///
 /// Decoding: `EBADMSG` for an item that is not well-formed, over a limit
-/// ([`Error::is_limit`]), or rejected by `T`; `EPIPE` from `decode_eof` when
-/// the input ends inside an item. Encoding: `EINVAL` when serde_cbor cannot
-/// write the value; nothing is written then.
+/// ([`Error::is_limit`]), or rejected by `T` (a tag it cannot hold
+/// included); `EPIPE` from `decode_eof` when the input ends inside an item.
+/// Encoding: `EINVAL` when the value cannot be written exactly; nothing is
+/// written then.
 ///
 /// # Examples
 ///
@@ -307,6 +323,23 @@ pub struct RawCborCodec {
 }
 
 impl RawCborCodec {
+    /// The item `undefined` (simple value 23, the byte `f7`), which serde
+    /// has no way to express: write it with this codec.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe_codecs::RawCborCodec;
+    /// use bytes::BytesMut;
+    /// use tokio_util::codec::Encoder;
+    ///
+    /// let mut wire = BytesMut::new();
+    /// RawCborCodec::new().encode(RawCborCodec::UNDEFINED, &mut wire)?;
+    /// assert_eq!(&wire[..], [0xf7]);
+    /// # Ok::<(), anyframe_codecs::Error>(())
+    /// ```
+    pub const UNDEFINED: Bytes = Bytes::from_static(&[0xf7]);
+
     /// A codec with [`DEFAULT_CBOR_MAX_SIZE`] and [`DEFAULT_CBOR_MAX_DEPTH`].
     pub fn new() -> RawCborCodec {
         RawCborCodec::with_limits(DEFAULT_CBOR_MAX_SIZE, DEFAULT_CBOR_MAX_DEPTH)
@@ -407,10 +440,10 @@ fn write_item<S: Serialize + ?Sized>(value: &S, dst: &mut BytesMut) -> Result<()
 /// The one seam between this codec and its CBOR library.
 ///
 /// serde_cbor is unmaintained (RUSTSEC-2021-0127; the advisory is ignored,
-/// with this reason, in `deny.toml`). It stays the default because it was
-/// asked for and works; a maintained crate (cbor4ii, say) can take its place
-/// behind a feature by providing these two functions. The scanner already
-/// guarantees that `decode` sees exactly one well-formed item.
+/// with this reason, in `deny.toml`). It stays because its `Value` is the
+/// type users name; a maintained crate (cbor4ii, say) can take its place by
+/// providing these two functions. The scanner already guarantees that
+/// `decode` sees exactly one well-formed item.
 mod backend {
     use bytes::{BufMut, BytesMut};
     use serde::Serialize;
