@@ -267,6 +267,15 @@ impl<T> JsonCodecBuilder<T> {
 ///   partial text stays in the read buffer (so a connection's buffer cap
 ///   sees it too).
 ///
+/// # Floats
+///
+/// By default serde_json's fast float parser is used, which can be one unit
+/// in the last place off (`3.4028234663852886e+38` is not read as exactly
+/// `f32::MAX` widened to `f64`). The crate feature `float-roundtrip`
+/// (serde_json's `float_roundtrip`) reads every float correctly rounded, as
+/// JSON::XS does, so every `f64` written is read back bit for bit; it costs
+/// some speed on float-heavy input (see `BENCHMARKS.md` in the repository).
+///
 /// # After an error
 ///
 /// Every decoding error is a non-fatal `EBADMSG` ([`ErrorKind::BadMessage`]),

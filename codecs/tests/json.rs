@@ -760,3 +760,32 @@ fn nan_and_infinities_are_refused_not_written_as_null() {
         &b"{\"name\":\"r\",\"values\":[3.4028235e+38,-0.0],\"extra\":{\"x\":null}}"[..]
     );
 }
+
+/// With `float-roundtrip`, floats are read correctly rounded, as JSON::XS
+/// reads them: the shortest text of `f32::MAX` widened to `f64` comes back
+/// as exactly that `f64` (serde_json's default parser is one unit in the
+/// last place off here).
+#[cfg(feature = "float-roundtrip")]
+#[test]
+fn float_roundtrip_reads_floats_correctly_rounded() {
+    let want = f64::from(f32::MAX);
+    let out = assert_split_invariant(JsonCodec::<f64>::new, b"3.4028234663852886e+38\n");
+    assert_eq!(out.frames.len(), 1);
+    assert_eq!(out.frames[0].to_bits(), want.to_bits());
+    let out = assert_split_invariant(value_codec, b"[3.4028234663852886e+38]");
+    assert_eq!(out.frames, vec![json!([want])]);
+    // Every f64 written is read back bit for bit.
+    for x in [
+        0.1,
+        1.0 / 3.0,
+        2.2250738585072014e-308,
+        f64::MAX,
+        5e-324,
+        1.7976931348623157e308,
+    ] {
+        let mut wire = BytesMut::new();
+        JsonCodec::<f64>::new().encode(x, &mut wire).unwrap();
+        let back = JsonCodec::<f64>::new().decode(&mut wire).unwrap().unwrap();
+        assert_eq!(back.to_bits(), x.to_bits(), "{x}");
+    }
+}
