@@ -26,7 +26,10 @@ const CODEC: &str = "cbor";
 ///
 /// The same bound as JSON texts: far above a protocol message, small enough
 /// that a declared length cannot make a connection wait for (and buffer)
-/// gigabytes.
+/// gigabytes. The value decoded from an item can be much larger than the
+/// item: up to about 256 times for a [`serde_cbor::Value`] (see "Memory" on
+/// [`CborCodec`]), so a server that decodes untrusted input into `Value`
+/// should set a lower limit.
 pub const DEFAULT_CBOR_MAX_SIZE: usize = 16 * 1024 * 1024;
 
 /// Default deepest nesting of arrays, maps and tags: 128.
@@ -62,6 +65,25 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 ///   on the strength of a declared length.
 /// * Nesting of arrays, maps and tags is limited to
 ///   [`DEFAULT_CBOR_MAX_DEPTH`] (configurable), counted, never recursed.
+///
+/// # Memory
+///
+/// The size limit bounds the encoded item, not what `T` makes of it.
+/// Measured with a counting allocator (the repository's
+/// `codecs/tests/decoded_size.rs`), a [`serde_cbor::Value`] holds per byte
+/// of item: about 15 bytes for typical maps of short strings and numbers,
+/// 32 for arrays of small integers, empty strings or empty arrays (a
+/// one-byte item becomes a 32-byte `Value`), and up to about 256 for arrays
+/// of one-entry maps (`a1 00 00`: three bytes that become a map node of
+/// over 700 bytes). So at the default 16 MiB limit one item can become
+/// about 230 MiB of typical `Value`, and up to about 4 GiB of hostile
+/// `Value`.
+///
+/// For a server that decodes untrusted input into `Value`, pass a
+/// `max_size` to [`CborCodec::with_limits`] of the memory one message may
+/// take divided by 256: 256 KiB keeps every `Value` under 64 MiB. Typed
+/// structs are bounded by their shape and usually far smaller;
+/// [`RawCborCodec`] holds exactly the item.
 ///
 /// # After an error
 ///

@@ -28,9 +28,12 @@ const CODEC: &str = "json";
 /// Default largest JSON text, in bytes: 16 MiB.
 ///
 /// Far above any message a line protocol sends, small enough that a peer
-/// cannot make one connection hold more than that in a partial text (the
-/// value parsed from it takes a few times its size again). AnyEvent::Handle
-/// has no limit at all here (RT-json-4).
+/// cannot make one connection hold more than that in a partial text.
+/// The value parsed from a text can be much larger than the text: up to
+/// about 100 times for a [`serde_json::Value`] (see "Memory" on
+/// [`JsonCodec`]), so a server that decodes untrusted input into `Value`
+/// should set a lower limit. AnyEvent::Handle has no limit at all here
+/// (RT-json-4).
 pub const DEFAULT_JSON_MAX_SIZE: usize = 16 * 1024 * 1024;
 
 /// Default deepest nesting of arrays and objects: 128.
@@ -266,6 +269,23 @@ impl<T> JsonCodecBuilder<T> {
 ///   [`DEFAULT_JSON_MAX_DEPTH`] arrays/objects deep, both configurable. A
 ///   partial text stays in the read buffer (so a connection's buffer cap
 ///   sees it too).
+///
+/// # Memory
+///
+/// The size limit bounds the text, not what `T` makes of it. Measured with
+/// a counting allocator (the repository's `codecs/tests/decoded_size.rs`),
+/// a [`serde_json::Value`] holds per byte of text: about 9 bytes for
+/// typical objects (short strings, numbers, small arrays), 16 for arrays of
+/// numbers, empty strings or empty arrays, and up to about 100 for arrays
+/// of small objects (`[{"":0},…]`: each object is a map node of over 600
+/// bytes). So at the default 16 MiB limit one text can become 150 MiB of
+/// typical `Value`, and up to about 1.6 GiB of hostile `Value`.
+///
+/// For a server that decodes untrusted input into `Value`, set
+/// [`max_size`](JsonCodecBuilder::max_size) to the memory one message may
+/// take divided by 100: 640 KiB keeps every `Value` under 64 MiB. Typed
+/// structs are bounded by their shape and usually far smaller;
+/// [`RawJsonCodec`] holds exactly the text.
 ///
 /// # Floats
 ///
