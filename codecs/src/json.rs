@@ -268,7 +268,10 @@ impl<T> JsonCodecBuilder<T> {
 /// * Limits: a text may be at most [`DEFAULT_JSON_MAX_SIZE`] bytes and
 ///   [`DEFAULT_JSON_MAX_DEPTH`] arrays/objects deep, both configurable. A
 ///   partial text stays in the read buffer (so a connection's buffer cap
-///   sees it too).
+///   sees it too). Waiting for the rest of a frame, the buffer holds at most
+///   twice the size limit (a run of whitespace and a partial text), three
+///   times in NDJSON mode (and the whitespace after a text, before its
+///   newline).
 ///
 /// # Memory
 ///
