@@ -248,6 +248,36 @@ impl<T> fmt::Debug for CborCodec<T> {
     }
 }
 
+/// serde_cbor's own nesting limit: it refuses an item nested 128 deep.
+const BACKEND_MAX_DEPTH: usize = 127;
+
+impl<T: DeserializeOwned> CborCodec<T> {
+    /// The fast path for an item that starts at the front of `buf`: let the
+    /// backend decode it straight away. `Some((item, n))`: the item is
+    /// `buf[..n]`, nothing consumed yet.
+    ///
+    /// Most small items arrive whole, and then one decode is all the work,
+    /// without a scan first. When the item is incomplete, over a limit, not
+    /// well-formed or rejected by `T` this returns `None` and the scanner
+    /// takes over from the same byte, so each item costs at most one wasted
+    /// partial decode and the total stays linear.
+    ///
+    /// It must accept exactly what the scanner path would, or fragmentation
+    /// invariance breaks. An item the backend decodes is well-formed (it
+    /// checks every head, break and chunk the scanner checks, and reads
+    /// ignored values as strictly); CBOR is prefix-free, so the item ends
+    /// where the backend stopped; the backend sees at most `max_size` bytes,
+    /// so an item over the size limit never decodes here; and its nesting
+    /// limit is within ours unless ours is lower, when the fast path is off.
+    fn decode_first(&self, buf: &[u8]) -> Option<(T, usize)> {
+        let limits = self.scanner.limits();
+        if buf.is_empty() || !self.scanner.is_at_start() || limits.max_depth < BACKEND_MAX_DEPTH {
+            return None;
+        }
+        backend::decode_first(&buf[..buf.len().min(limits.max_size)])
+    }
+}
+
 impl<T: DeserializeOwned> Decoder for CborCodec<T> {
     type Item = T;
     type Error = Error;
@@ -258,6 +288,10 @@ impl<T: DeserializeOwned> Decoder for CborCodec<T> {
     ///
     /// See [`CborCodec`].
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
+        if let Some((item, n)) = self.decode_first(buf) {
+            buf.advance(n);
+            return Ok(Some(item));
+        }
         match frame(&mut self.scanner, buf)? {
             Some(n) => {
                 let result = backend::decode(&buf[..n]).map_err(|e| {
@@ -476,6 +510,14 @@ mod backend {
     /// Decodes exactly one item that fills `item`.
     pub(super) fn decode<T: DeserializeOwned>(item: &[u8]) -> Result<T, Error> {
         serde_cbor::from_slice(item)
+    }
+
+    /// Decodes the item at the front of `bytes`, if it is complete and `T`
+    /// takes it: the item and its length.
+    pub(super) fn decode_first<T: DeserializeOwned>(bytes: &[u8]) -> Option<(T, usize)> {
+        let mut de = serde_cbor::Deserializer::from_slice(bytes);
+        let item = T::deserialize(&mut de).ok()?;
+        Some((item, de.byte_offset()))
     }
 
     /// Appends one item to `dst`: plain serde_cbor defaults, no

@@ -880,15 +880,33 @@ fn parse_first<T: DeserializeOwned>(limits: JsonLimits, buf: &[u8]) -> Option<(T
     if limits.objects_only && first != b'[' && first != b'{' {
         return None;
     }
-    let mut texts = serde_json::Deserializer::from_slice(buf).into_iter::<T>();
+    // A text over the size limit never parses here: serde_json sees at most
+    // one byte more (the delimiter that may end a number of exactly the
+    // limit), so it cannot build a value from a text the scanner refuses.
+    let window = &buf[..buf.len().min(limits.max_size.saturating_add(1))];
+    let mut texts = serde_json::Deserializer::from_slice(window).into_iter::<T>();
     let item = texts.next()?.ok()?;
     let n = texts.byte_offset();
     let text = &buf[..n];
     let verified = n <= limits.max_size
-        && (n < buf.len() || !starts_number(Some(first)))
-        && (text.is_ascii() || std::str::from_utf8(text).is_ok())
+        && (n < window.len() || !starts_number(Some(first)))
+        && (all_ascii(text) || std::str::from_utf8(text).is_ok())
         && depth_within(text, limits.max_depth);
     verified.then_some((item, n))
+}
+
+/// Whether `bytes` is all ASCII, eight bytes at a time without a branch
+/// per word: several times cheaper than `<[u8]>::is_ascii` on the short
+/// texts of a typical stream, where this check is a visible part of the
+/// fast path's cost.
+#[inline]
+fn all_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let (words, tail) = bytes.as_chunks::<8>();
+    let acc = words
+        .iter()
+        .fold(0u64, |acc, w| acc | u64::from_ne_bytes(*w));
+    acc & HIGH == 0 && tail.is_ascii()
 }
 
 /// Whether a well-formed text (serde_json accepted it) nests at most
