@@ -481,13 +481,13 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     ///
     /// See [`JsonCodec`]: malformed, over a limit, or rejected by `T`.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
-        if let Some(start) = self.framer.text_start(buf)? {
-            if let Some((item, n)) = parse_first(self.framer.scanner.limits(), &buf[start..]) {
-                return Ok(self.framer.text_done(buf, start, start + n)?.map(|found| {
-                    buf.advance(found.frame_end);
-                    item
-                }));
-            }
+        if let Some(start) = self.framer.text_start(buf)?
+            && let Some((item, n)) = parse_first(self.framer.scanner.limits(), &buf[start..])
+        {
+            return Ok(self.framer.text_done(buf, start, start + n)?.map(|found| {
+                buf.advance(found.frame_end);
+                item
+            }));
         }
         match self.framer.find(buf)? {
             Some(found) => parse(buf, found).map(Some),
