@@ -350,6 +350,8 @@ impl<T> JsonCodecBuilder<T> {
 /// assert_eq!(codec.decode(&mut wire)?, Some(json!({"op": "add", "args": [1, 2]})));
 /// assert_eq!(codec.decode(&mut wire)?, Some(json!(42)));
 /// assert_eq!(codec.decode(&mut wire)?, None);
+/// assert_eq!(&wire[..], b"\n"); // kept for the next text's frame
+/// assert_eq!(codec.decode_eof(&mut wire)?, None); // a clean end
 /// assert!(wire.is_empty());
 /// # Ok::<(), anyframe_codecs::Error>(())
 /// ```
