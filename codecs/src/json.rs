@@ -718,6 +718,7 @@ impl Framer {
     /// Before a text: skips the whitespace not seen yet. `Some(start)` when
     /// the text's first byte is at `start` and nothing of it has been
     /// scanned (the stage is then `Text`), `None` otherwise.
+    #[inline]
     fn text_start(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
         let Stage::Lead { seen } = self.stage else {
             return Ok(None);
@@ -738,6 +739,7 @@ impl Framer {
 
     /// The text that started at `start` ends at `end`: the frame, or in
     /// NDJSON mode the wait for the end of its line.
+    #[inline]
     fn text_done(&mut self, buf: &[u8], start: usize, end: usize) -> Result<Option<Found>, Error> {
         if !self.ndjson {
             self.stage = Stage::Lead { seen: 0 };
