@@ -770,15 +770,17 @@ impl Framer {
             .iter()
             .position(|&b| !matches!(b, b' ' | b'\t' | b'\r'))
             .unwrap_or(rest.len());
+        // The limit holds whether or not the newline has arrived yet, so the
+        // outcome does not depend on the split.
+        let limit = self.scanner.limits().max_size;
+        if seen + run > limit {
+            self.stage = Stage::Lead { seen: 0 };
+            return Err(whitespace_over_limit(buf, end, limit));
+        }
         let frame_end = match rest.get(run) {
             Some(b'\n') => from + run + 1,
             Some(_) => end,
             None => {
-                let limit = self.scanner.limits().max_size;
-                if seen + run > limit {
-                    self.stage = Stage::Lead { seen: 0 };
-                    return Err(whitespace_over_limit(buf, end, limit));
-                }
                 self.stage = Stage::LineEnd {
                     start,
                     end,

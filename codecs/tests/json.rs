@@ -381,6 +381,32 @@ fn a_run_of_whitespace_is_bounded_by_the_size_limit() {
     assert!(codec.decode(&mut buf).unwrap_err().is_limit());
 }
 
+/// Whitespace runs around the size limit fail (or not) at the same frame
+/// however they are split, before a text and, in NDJSON mode, between a
+/// text and its newline.
+#[test]
+fn whitespace_limits_are_split_invariant() {
+    let make = || JsonCodec::<Value>::builder().max_size(4).build();
+    let out = assert_split_invariant(make, b"    [1]     [2]");
+    assert_eq!(out.frames, vec![json!([1])]);
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((1, ErrorKind::BadMessage))
+    );
+    let ndjson = || {
+        JsonCodec::<Value>::builder()
+            .max_size(4)
+            .separate_every_text(true)
+            .build()
+    };
+    let out = assert_split_invariant(ndjson, b"[1]    \n[2]     \n");
+    assert_eq!(out.frames, vec![json!([1])]);
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((1, ErrorKind::BadMessage))
+    );
+}
+
 #[test]
 fn default_limits_are_documented_values() {
     let codec = value_codec();
@@ -547,6 +573,9 @@ proptest! {
         }
         assert_sized_matches_whole(value_codec, &wire, &sizes);
         assert_sized_matches_whole(RawJsonCodec::new, &wire, &sizes);
+        assert_sized_matches_whole(JsonCodec::<Value>::ndjson, &wire, &sizes);
+        let raw_ndjson = || RawJsonCodec::builder().separate_every_text(true).build_raw();
+        assert_sized_matches_whole(raw_ndjson, &wire, &sizes);
         // A cut-off or damaged stream too: same frames, same error, same end.
         let cut = cut.min(wire.len());
         assert_sized_matches_whole(value_codec, &wire[..wire.len() - cut], &sizes);
@@ -554,6 +583,7 @@ proptest! {
             *b ^= 0x5a;
         }
         assert_sized_matches_whole(value_codec, &wire, &sizes);
+        assert_sized_matches_whole(JsonCodec::<Value>::ndjson, &wire, &sizes);
         assert_sized_matches_whole(JsonCodec::<Point>::new, &wire, &sizes);
     }
 }
