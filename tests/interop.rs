@@ -1088,8 +1088,10 @@ async fn json_numbers_between_json_xs_and_serde_json() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadMessage);
-    assert_eq!(conn.read_buffer(), b"inf\n");
-    conn.consume(4);
+    // The newline left after the previous text stays too: a failed read
+    // consumes nothing.
+    assert_eq!(conn.read_buffer(), b"\ninf\n");
+    conn.consume(5);
     // A Perl double that holds an integer, 2**53, is written with 15 digits.
     peer.write("json", &["[2**53]"]);
     let got: Value = within("json", conn.read(JsonCodec::new())).await.unwrap();

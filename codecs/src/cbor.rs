@@ -26,7 +26,10 @@ const CODEC: &str = "cbor";
 ///
 /// The same bound as JSON texts: far above a protocol message, small enough
 /// that a declared length cannot make a connection wait for (and buffer)
-/// gigabytes.
+/// gigabytes. The value decoded from an item can be much larger than the
+/// item: up to about 256 times for a [`serde_cbor::Value`] (see "Memory" on
+/// [`CborCodec`]), so a server that decodes untrusted input into `Value`
+/// should set a lower limit.
 pub const DEFAULT_CBOR_MAX_SIZE: usize = 16 * 1024 * 1024;
 
 /// Default deepest nesting of arrays, maps and tags: 128.
@@ -63,6 +66,25 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// * Nesting of arrays, maps and tags is limited to
 ///   [`DEFAULT_CBOR_MAX_DEPTH`] (configurable), counted, never recursed.
 ///
+/// # Memory
+///
+/// The size limit bounds the encoded item, not what `T` makes of it.
+/// Measured with a counting allocator (the repository's
+/// `codecs/tests/decoded_size.rs`), a [`serde_cbor::Value`] holds per byte
+/// of item: about 15 bytes for typical maps of short strings and numbers,
+/// 32 for arrays of small integers, empty strings or empty arrays (a
+/// one-byte item becomes a 32-byte `Value`), and up to about 256 for arrays
+/// of one-entry maps (`a1 00 00`: three bytes that become a map node of
+/// over 700 bytes). So at the default 16 MiB limit one item can become
+/// about 230 MiB of typical `Value`, and up to about 4 GiB of hostile
+/// `Value`.
+///
+/// For a server that decodes untrusted input into `Value`, pass a
+/// `max_size` to [`CborCodec::with_limits`] of the memory one message may
+/// take divided by 256: 256 KiB keeps every `Value` under 64 MiB. Typed
+/// structs are bounded by their shape and usually far smaller;
+/// [`RawCborCodec`] holds exactly the item.
+///
 /// # After an error
 ///
 /// Decoding errors are non-fatal `EBADMSG` ([`ErrorKind::BadMessage`]), or
@@ -87,23 +109,49 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// so such items decode into typed Rust values as they are; into
 /// [`serde_cbor::Value`] they come as `Value::Bytes`.
 ///
+/// A Perl string that is not flagged as UTF-8 but holds characters from
+/// U+0080 to U+00FF (Latin-1, as `"caf\xe9"`) is written the same way: a
+/// byte string of its Latin-1 bytes, which is *not* UTF-8. As a hash key it
+/// fails to decode into a `String` key (a non-fatal `EBADMSG`, the item
+/// consumed), matches no struct field (a field named `café` stays missing)
+/// and comes as `Value::Bytes` into [`serde_cbor::Value`]. Decode such keys
+/// as bytes (`Value`, or a byte-buffer key type such as the serde_bytes
+/// crate's `ByteBuf`) and convert them from Latin-1 yourself, or have the
+/// Perl side call `utf8::upgrade` on them (CBOR::XS then writes text
+/// strings).
+///
+/// # Tags, undefined, and what cannot be written exactly
+///
+/// Tags are kept both ways: a tagged item decodes into
+/// [`serde_cbor::Value`] as `Value::Tag(tag, item)` and `Value::Tag` is
+/// written with its tag; [`serde_cbor::tags::Tagged<T>`] does the same for a
+/// typed value (its `tag` is `None` for an untagged item). A tagged item
+/// decoded into a type that cannot hold the tag (a `u64`, a struct field
+/// without `Tagged`) is refused, a non-fatal `EBADMSG` with the item
+/// consumed, never silently stripped.
+///
+/// A value that CBOR cannot hold exactly is refused when written (`EINVAL`,
+/// nothing written): an integer outside -2^64 ..= 2^64-1, say. serde has no
+/// way to express `undefined` (simple value 23): write
+/// [`RawCborCodec::UNDEFINED`] through [`RawCborCodec`]. Reading it gives
+/// `Value::Null` (serde_cbor's value type has no undefined), and simple
+/// values other than false, true, null and undefined are refused.
+///
 /// # The backend
 ///
-/// serde_cbor is the default (and for now only) backend. It is unmaintained
-/// (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`); it is the default
-/// for compatibility: it is the serde CBOR crate most code already uses, and
-/// it works. It sits behind one small internal
-/// seam, so a maintained crate can replace it behind a feature.
-/// serde_cbor ignores tags when decoding (the tagged item comes through
-/// untagged) and refuses simple values other than false, true, null and
-/// undefined.
+/// serde_cbor is the CBOR library behind these codecs. It is unmaintained
+/// (RUSTSEC-2021-0127, ignored on purpose in `deny.toml`) but complete and
+/// fast, and it is kept for compatibility: its `Value` is the type users
+/// name. It sits behind one small internal seam, so a maintained crate can
+/// take its place.
 ///
 /// # Errors
 ///
 /// Decoding: `EBADMSG` for an item that is not well-formed, over a limit
-/// ([`Error::is_limit`]), or rejected by `T`; `EPIPE` from `decode_eof` when
-/// the input ends inside an item. Encoding: `EINVAL` when serde_cbor cannot
-/// write the value; nothing is written then.
+/// ([`Error::is_limit`]), or rejected by `T` (a tag it cannot hold
+/// included); `EPIPE` from `decode_eof` when the input ends inside an item.
+/// Encoding: `EINVAL` when the value cannot be written exactly; nothing is
+/// written then.
 ///
 /// # Examples
 ///
@@ -200,6 +248,36 @@ impl<T> fmt::Debug for CborCodec<T> {
     }
 }
 
+/// serde_cbor's own nesting limit: it refuses an item nested 128 deep.
+const BACKEND_MAX_DEPTH: usize = 127;
+
+impl<T: DeserializeOwned> CborCodec<T> {
+    /// The fast path for an item that starts at the front of `buf`: let the
+    /// backend decode it straight away. `Some((item, n))`: the item is
+    /// `buf[..n]`, nothing consumed yet.
+    ///
+    /// Most small items arrive whole, and then one decode is all the work,
+    /// without a scan first. When the item is incomplete, over a limit, not
+    /// well-formed or rejected by `T` this returns `None` and the scanner
+    /// takes over from the same byte, so each item costs at most one wasted
+    /// partial decode and the total stays linear.
+    ///
+    /// It must accept exactly what the scanner path would, or fragmentation
+    /// invariance breaks. An item the backend decodes is well-formed (it
+    /// checks every head, break and chunk the scanner checks, and reads
+    /// ignored values as strictly); CBOR is prefix-free, so the item ends
+    /// where the backend stopped; the backend sees at most `max_size` bytes,
+    /// so an item over the size limit never decodes here; and its nesting
+    /// limit is within ours unless ours is lower, when the fast path is off.
+    fn decode_first(&self, buf: &[u8]) -> Option<(T, usize)> {
+        let limits = self.scanner.limits();
+        if buf.is_empty() || !self.scanner.is_at_start() || limits.max_depth < BACKEND_MAX_DEPTH {
+            return None;
+        }
+        backend::decode_first(&buf[..buf.len().min(limits.max_size)])
+    }
+}
+
 impl<T: DeserializeOwned> Decoder for CborCodec<T> {
     type Item = T;
     type Error = Error;
@@ -210,6 +288,10 @@ impl<T: DeserializeOwned> Decoder for CborCodec<T> {
     ///
     /// See [`CborCodec`].
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
+        if let Some((item, n)) = self.decode_first(buf) {
+            buf.advance(n);
+            return Ok(Some(item));
+        }
         match frame(&mut self.scanner, buf)? {
             Some(n) => {
                 let result = backend::decode(&buf[..n]).map_err(|e| {
@@ -297,6 +379,23 @@ pub struct RawCborCodec {
 }
 
 impl RawCborCodec {
+    /// The item `undefined` (simple value 23, the byte `f7`), which serde
+    /// has no way to express: write it with this codec.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe_codecs::RawCborCodec;
+    /// use bytes::BytesMut;
+    /// use tokio_util::codec::Encoder;
+    ///
+    /// let mut wire = BytesMut::new();
+    /// RawCborCodec::new().encode(RawCborCodec::UNDEFINED, &mut wire)?;
+    /// assert_eq!(&wire[..], [0xf7]);
+    /// # Ok::<(), anyframe_codecs::Error>(())
+    /// ```
+    pub const UNDEFINED: Bytes = Bytes::from_static(&[0xf7]);
+
     /// A codec with [`DEFAULT_CBOR_MAX_SIZE`] and [`DEFAULT_CBOR_MAX_DEPTH`].
     pub fn new() -> RawCborCodec {
         RawCborCodec::with_limits(DEFAULT_CBOR_MAX_SIZE, DEFAULT_CBOR_MAX_DEPTH)
@@ -397,10 +496,10 @@ fn write_item<S: Serialize + ?Sized>(value: &S, dst: &mut BytesMut) -> Result<()
 /// The one seam between this codec and its CBOR library.
 ///
 /// serde_cbor is unmaintained (RUSTSEC-2021-0127; the advisory is ignored,
-/// with this reason, in `deny.toml`). It stays the default for compatibility
-/// (most serde CBOR code uses it) and because it works; a maintained crate (cbor4ii, say) can take its place
-/// behind a feature by providing these two functions. The scanner already
-/// guarantees that `decode` sees exactly one well-formed item.
+/// with this reason, in `deny.toml`). It stays because its `Value` is the
+/// type users name; a maintained crate (cbor4ii, say) can take its place by
+/// providing these two functions. The scanner already guarantees that
+/// `decode` sees exactly one well-formed item.
 mod backend {
     use bytes::{BufMut, BytesMut};
     use serde::Serialize;
@@ -411,6 +510,14 @@ mod backend {
     /// Decodes exactly one item that fills `item`.
     pub(super) fn decode<T: DeserializeOwned>(item: &[u8]) -> Result<T, Error> {
         serde_cbor::from_slice(item)
+    }
+
+    /// Decodes the item at the front of `bytes`, if it is complete and `T`
+    /// takes it: the item and its length.
+    pub(super) fn decode_first<T: DeserializeOwned>(bytes: &[u8]) -> Option<(T, usize)> {
+        let mut de = serde_cbor::Deserializer::from_slice(bytes);
+        let item = T::deserialize(&mut de).ok()?;
+        Some((item, de.byte_offset()))
     }
 
     /// Appends one item to `dst`: plain serde_cbor defaults, no

@@ -78,6 +78,11 @@ enum Detail {
 /// After an error, the decoder's documentation says what was consumed; bytes
 /// it did not consume are still in the caller's buffer.
 ///
+/// Its text (`Display`) is `<codec>: <reason>`, then what is known of the
+/// limit, the size seen, the offset, the offending bytes and the underlying
+/// error. The errno is not repeated in it: it is [`kind`](Error::kind), so
+/// an error that wraps this one and shows the kind says it once.
+///
 /// # Examples
 ///
 /// ```
@@ -328,7 +333,9 @@ impl fmt::Debug for Snippet<'_> {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
-        write!(f, "{} ({}): {}", i.codec, i.kind.errno_name(), i.reason)?;
+        // The kind is not in the text: it is `kind()`, and whoever wraps
+        // this error shows it once (the `anyframe` error prints `(EBADMSG)`).
+        write!(f, "{}: {}", i.codec, i.reason)?;
         if let Some(l) = i.limit {
             write!(f, ", limit {l}")?;
         }
@@ -393,10 +400,23 @@ mod tests {
     fn display_has_context() {
         let e = Error::too_large("line", 8, 9).with_bytes(b"GET / HTTP/1.1\r\n extra");
         let s = e.to_string();
-        assert!(s.starts_with("line (ENOSPC): frame exceeds"), "{s}");
+        assert!(s.starts_with("line: frame exceeds"), "{s}");
         assert!(s.contains("limit 8") && s.contains("seen 9"), "{s}");
         assert!(s.contains(r#"bytes "GET / HTTP/1.1\r\n""#), "{s}");
         assert!(e.is_fatal() && e.is_limit());
+    }
+
+    /// The text names the codec and the reason, not the errno: whoever
+    /// shows the kind (the `anyframe` error does, as `(EBADMSG)`) says it
+    /// once, and the codec error behind it does not repeat it.
+    #[test]
+    fn display_says_the_kind_once_when_wrapped() {
+        let e = Error::bad_message("json", "expected a JSON value").at(3);
+        assert_eq!(e.to_string(), "json: expected a JSON value, at offset 3");
+        let wrapped = format!("codec error ({}): {e}", e.kind().errno_name());
+        assert_eq!(wrapped.matches("EBADMSG").count(), 1, "{wrapped}");
+        let io: io::Error = e.into();
+        assert_eq!(io.to_string().matches("json").count(), 1, "{io}");
     }
 
     #[test]

@@ -56,8 +56,8 @@ fn indefinite_items_and_tags_frame_correctly() {
     let out = assert_split_invariant(value_codec, &input);
     assert_eq!(
         out.frames[1],
-        Value::Integer(1363896240),
-        "serde_cbor drops the tag"
+        Value::Tag(1, Box::new(Value::Integer(1363896240))),
+        "the tag is kept"
     );
     assert_eq!(out.frames[2], Value::Text("abc".into()));
 }
@@ -286,6 +286,36 @@ fn cbor_xs_byte_string_keys_decode_into_structs_and_string_maps() {
     assert_eq!(out.frames[0].get("y"), Some(&2));
 }
 
+/// CBOR::XS writes a Latin-1 Perl key (not flagged UTF-8) as a byte string
+/// of its Latin-1 bytes: not UTF-8. It cannot become a `String` key, matches
+/// no struct field, and comes through as bytes into `Value`.
+#[test]
+fn cbor_xs_latin1_byte_string_keys_are_not_utf8() {
+    // {h'636166e9': 1}: "café" in Latin-1.
+    let wire = [0xa1, 0x44, b'c', b'a', b'f', 0xe9, 0x01];
+    let mut buf = BytesMut::from(&wire[..]);
+    let err = CborCodec::<HashMap<String, i32>>::new()
+        .decode(&mut buf)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert!(buf.is_empty(), "the item is consumed");
+    #[derive(Debug, Deserialize)]
+    struct Cafe {
+        #[serde(rename = "café")]
+        _cafe: Option<i32>,
+    }
+    let mut buf = BytesMut::from(&wire[..]);
+    let got = CborCodec::<Cafe>::new().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        got._cafe, None,
+        "the Latin-1 key is not the UTF-8 field name"
+    );
+    let mut buf = BytesMut::from(&wire[..]);
+    let got = value_codec().decode(&mut buf).unwrap().unwrap();
+    let key = Value::Bytes(b"caf\xe9".to_vec());
+    assert_eq!(got, Value::Map([(key, Value::Integer(1))].into()));
+}
+
 #[test]
 fn works_in_a_plain_framed_over_a_small_pipe() {
     use futures::{SinkExt, StreamExt};
@@ -397,4 +427,97 @@ fn serde_cbor_refuses_128_levels_itself_and_the_item_is_consumed() {
     );
     let raw = assert_split_invariant(RawCborCodec::new, &nest(128));
     assert_eq!(raw.frames.len(), 1);
+}
+
+/// Tags round-trip through `serde_cbor::Value`: decoded as `Value::Tag`
+/// and written back byte for byte (tag 0 date string, tag 1 epoch time,
+/// tag 24 embedded CBOR, and an unassigned tag), never dropped.
+#[test]
+fn tags_round_trip_through_value() {
+    let cases: [(&[u8], Value); 4] = [
+        (
+            b"\xc0\x74\x32\x30\x31\x33\x2d\x30\x33\x2d\x32\x31\x54\x32\x30\x3a\x30\x34\x3a\x30\x30\x5a",
+            Value::Tag(0, Box::new(Value::Text("2013-03-21T20:04:00Z".into()))),
+        ),
+        (
+            b"\xc1\x1a\x51\x4b\x67\xb0",
+            Value::Tag(1, Box::new(Value::Integer(1_363_896_240))),
+        ),
+        (
+            b"\xd8\x18\x45\x64\x49\x45\x54\x46",
+            Value::Tag(24, Box::new(Value::Bytes(b"dIETF".to_vec()))),
+        ),
+        (
+            b"\xd9\x03\xe8\x82\x01\xc1\x00",
+            Value::Tag(
+                1000,
+                Box::new(Value::Array(vec![
+                    Value::Integer(1),
+                    Value::Tag(1, Box::new(Value::Integer(0))),
+                ])),
+            ),
+        ),
+    ];
+    for (wire, value) in cases {
+        let out = assert_split_invariant(value_codec, wire);
+        assert_eq!(out.frames, vec![value.clone()], "decoding {wire:02x?}");
+        let mut written = BytesMut::new();
+        value_codec().encode(&value, &mut written).unwrap();
+        assert_eq!(&written[..], wire, "encoding {value:?}");
+    }
+}
+
+/// A tagged item decoded into a type that cannot hold the tag is refused
+/// (non-fatal, consumed), not silently stripped; `Tagged` takes either.
+#[test]
+fn a_tag_the_type_cannot_hold_is_an_error_not_dropped() {
+    use serde_cbor::tags::Tagged;
+    let wire = [0xc1, 0x1a, 0x51, 0x4b, 0x67, 0xb0, 0x07];
+    let mut buf = BytesMut::from(&wire[..]);
+    let err = CborCodec::<u64>::new().decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert_eq!(CborCodec::<u64>::new().decode(&mut buf).unwrap(), Some(7));
+    let mut buf = BytesMut::from(&wire[..]);
+    let mut codec = CborCodec::<Tagged<u64>>::new();
+    let got = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!((got.tag, got.value), (Some(1), 1_363_896_240));
+    let got = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!((got.tag, got.value), (None, 7));
+    let mut written = BytesMut::new();
+    codec
+        .encode(Tagged::new(Some(1), 1_363_896_240), &mut written)
+        .unwrap();
+    assert_eq!(&written[..], &wire[..6]);
+}
+
+/// Integers beyond CBOR's range (-2^64 ..= 2^64-1) cannot be written
+/// exactly: an error, nothing written.
+#[test]
+fn an_integer_cbor_cannot_hold_is_refused() {
+    for n in [i128::from(u64::MAX) + 1, -i128::from(u64::MAX) - 2] {
+        let mut wire = BytesMut::new();
+        let err = value_codec()
+            .encode(Value::Integer(n), &mut wire)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(wire.is_empty());
+    }
+    let mut wire = BytesMut::new();
+    value_codec()
+        .encode(Value::Integer(-i128::from(u64::MAX) - 1), &mut wire)
+        .unwrap();
+    assert_eq!(&wire[..], b"\x3b\xff\xff\xff\xff\xff\xff\xff\xff");
+}
+
+/// `undefined` (simple value 23, `f7`) has no serde form; it is written as
+/// raw bytes through `RawCborCodec`, and read back as `Value::Null`
+/// (serde_cbor's value type has no undefined).
+#[test]
+fn undefined_is_written_through_the_raw_codec() {
+    let mut wire = BytesMut::new();
+    RawCborCodec::new()
+        .encode(RawCborCodec::UNDEFINED, &mut wire)
+        .unwrap();
+    assert_eq!(&wire[..], [0xf7]);
+    assert_eq!(value_codec().decode(&mut wire).unwrap(), Some(Value::Null));
 }

@@ -102,13 +102,14 @@ fn literals_split_anywhere_are_fine() {
 }
 
 #[test]
-fn whitespace_between_and_after_texts_is_consumed_and_eof_is_clean() {
+fn whitespace_goes_with_the_next_text_and_eof_is_clean() {
     let mut codec = value_codec();
     let mut buf = BytesMut::from(&b"\n\n  {\"a\":1}\r\n\t \n"[..]);
     assert_eq!(codec.decode(&mut buf).unwrap(), Some(json!({"a": 1})));
     assert_eq!(codec.decode(&mut buf).unwrap(), None);
-    assert!(buf.is_empty(), "the trailing newline is consumed");
+    assert_eq!(&buf[..], b"\r\n\t \n", "kept until a text completes");
     assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    assert!(buf.is_empty(), "consumed at end of input");
     // Whitespace alone never becomes data or a false EPIPE (RT-json-6).
     let out = assert_split_invariant(value_codec, b" \n\r\t\n");
     assert!(out.frames.is_empty());
@@ -123,12 +124,8 @@ fn partial_text_at_eof_is_broken_pipe_with_the_bytes_kept() {
     let err = codec.decode_eof(&mut buf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BrokenPipe);
     assert!(err.is_fatal() && err.is_incomplete());
-    assert_eq!(
-        &buf[..],
-        b"[1, {\"a\": ",
-        "only the leading space was consumed"
-    );
-    assert_eq!(err.seen(), Some(10));
+    assert_eq!(&buf[..], b" [1, {\"a\": ", "nothing was consumed");
+    assert_eq!(err.seen(), Some(11));
 }
 
 #[test]
@@ -152,9 +149,9 @@ fn malformed_input_fails_at_the_first_bad_byte_and_consumes_nothing() {
     assert_eq!(err.kind(), ErrorKind::BadMessage);
     assert!(!err.is_fatal());
     assert_eq!(err.codec(), "json");
-    assert_eq!(err.offset(), Some(5));
+    assert_eq!(err.offset(), Some(7), "from the start of the buffer");
     assert_eq!(err.bytes(), b"}");
-    assert_eq!(&buf[..], b"[1, 2}", "the bad text is left for the caller");
+    assert_eq!(&buf[..], b"  [1, 2}", "the bad text is left for the caller");
     // Decoding again reports the same error: nothing loops inside the codec.
     let again = codec.decode(&mut buf).unwrap_err();
     assert_eq!(
@@ -162,7 +159,7 @@ fn malformed_input_fails_at_the_first_bad_byte_and_consumes_nothing() {
         (err.offset(), err.reason())
     );
     // The caller may skip the bad bytes and go on.
-    let _ = buf.split_to(6);
+    let _ = buf.split_to(8);
     buf.extend_from_slice(b" [3]");
     assert_eq!(codec.decode(&mut buf).unwrap(), Some(json!([3])));
 }
@@ -280,7 +277,7 @@ fn ignored_fields_are_held_to_the_same_rules_however_split() {
 #[test]
 fn size_limit_counts_the_text_not_the_whitespace() {
     let make = || JsonCodec::<Value>::builder().max_size(8).build();
-    let out = assert_split_invariant(make, b"          [1,2,3] 12345678 [1,2,3,4]");
+    let out = assert_split_invariant(make, b"        [1,2,3] 12345678 [1,2,3,4]");
     assert_eq!(out.frames, vec![json!([1, 2, 3]), json!(12345678)]);
     assert_eq!(
         out.error.map(|(i, k, _)| (i, k)),
@@ -352,21 +349,62 @@ fn an_endless_string_stops_at_the_size_limit() {
 }
 
 #[test]
-fn a_run_of_whitespace_never_grows_the_buffer() {
+fn a_run_of_whitespace_is_bounded_by_the_size_limit() {
     let mut codec = JsonCodec::<Value>::builder().max_size(1024).build();
     let mut buf = BytesMut::new();
-    let piece = vec![b' '; 64 * 1024];
-    for _ in 0..512 {
-        // 32 MiB of whitespace in all: consumed as it comes, no error.
+    let piece = vec![b' '; 256];
+    for _ in 0..4 {
         buf.extend_from_slice(&piece);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
-        assert!(buf.is_empty());
     }
+    assert_eq!(buf.len(), 1024, "kept, as a cancelled read must keep it");
+    buf.extend_from_slice(b"\n");
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(err.is_limit(), "{err}");
+    assert_eq!((err.limit(), err.offset()), (Some(1024), Some(1024)));
+    assert_eq!(buf.len(), 1025, "nothing consumed by the error either");
+    buf.truncate(1024);
     assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    assert!(buf.is_empty());
+    // In NDJSON mode, the same for the wait for a text's newline.
+    let mut ndjson = JsonCodec::<Value>::builder()
+        .max_size(8)
+        .separate_every_text(true)
+        .build();
+    let mut buf = BytesMut::from(&b"[1]        "[..]);
+    assert_eq!(ndjson.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b" ");
+    assert!(ndjson.decode(&mut buf).unwrap_err().is_limit());
     // Whitespace inside a text counts towards the limit.
     let mut buf = BytesMut::from(&b"["[..]);
     buf.extend_from_slice(&[b' '; 2048]);
     assert!(codec.decode(&mut buf).unwrap_err().is_limit());
+}
+
+/// Whitespace runs around the size limit fail (or not) at the same frame
+/// however they are split, before a text and, in NDJSON mode, between a
+/// text and its newline.
+#[test]
+fn whitespace_limits_are_split_invariant() {
+    let make = || JsonCodec::<Value>::builder().max_size(4).build();
+    let out = assert_split_invariant(make, b"    [1]     [2]");
+    assert_eq!(out.frames, vec![json!([1])]);
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((1, ErrorKind::BadMessage))
+    );
+    let ndjson = || {
+        JsonCodec::<Value>::builder()
+            .max_size(4)
+            .separate_every_text(true)
+            .build()
+    };
+    let out = assert_split_invariant(ndjson, b"[1]    \n[2]     \n");
+    assert_eq!(out.frames, vec![json!([1])]);
+    assert_eq!(
+        out.error.map(|(i, k, _)| (i, k)),
+        Some((1, ErrorKind::BadMessage))
+    );
 }
 
 #[test]
@@ -535,6 +573,9 @@ proptest! {
         }
         assert_sized_matches_whole(value_codec, &wire, &sizes);
         assert_sized_matches_whole(RawJsonCodec::new, &wire, &sizes);
+        assert_sized_matches_whole(JsonCodec::<Value>::ndjson, &wire, &sizes);
+        let raw_ndjson = || RawJsonCodec::builder().separate_every_text(true).build_raw();
+        assert_sized_matches_whole(raw_ndjson, &wire, &sizes);
         // A cut-off or damaged stream too: same frames, same error, same end.
         let cut = cut.min(wire.len());
         assert_sized_matches_whole(value_codec, &wire[..wire.len() - cut], &sizes);
@@ -542,6 +583,7 @@ proptest! {
             *b ^= 0x5a;
         }
         assert_sized_matches_whole(value_codec, &wire, &sizes);
+        assert_sized_matches_whole(JsonCodec::<Value>::ndjson, &wire, &sizes);
         assert_sized_matches_whole(JsonCodec::<Point>::new, &wire, &sizes);
     }
 }
@@ -592,4 +634,188 @@ fn the_ndjson_separator_that_arrived_with_a_text_is_consumed_with_it() {
     let mut buf = BytesMut::from(&b"{}\n\x00rest"[..]);
     let _: serde_json::Value = JsonCodec::new().decode(&mut buf).unwrap().unwrap();
     assert_eq!(&buf[..], b"\n\x00rest");
+}
+
+/// In NDJSON mode a frame is a text and the `\n` that ends its line, so a
+/// line read that follows sees the next line whether the `\n` came with the
+/// text or in a later read (AnyEvent writes the text and the `\n` in two
+/// writes). The issue's minimal case, then every split of it.
+#[test]
+fn an_ndjson_newline_that_arrives_late_is_still_part_of_the_frame() {
+    use anyframe_codecs::LineCodec;
+    let mut codec = JsonCodec::<Value>::ndjson();
+    let mut buf = BytesMut::from(&b"{\"a\":1}"[..]);
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        None,
+        "waits for the newline"
+    );
+    buf.extend_from_slice(b"\nnext\n");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(json!({"a": 1})));
+    assert_eq!(
+        LineCodec::new().decode(&mut buf).unwrap().unwrap().line(),
+        b"next"
+    );
+    let out = assert_split_invariant(JsonCodec::<Value>::ndjson, b"{\"a\":1}\r\n 7\n\"x\" \t\n");
+    assert_eq!(out.frames, vec![json!({"a": 1}), json!(7), json!("x")]);
+    assert_eq!(out.eof, clean());
+}
+
+/// The accepted NDJSON line ends: `\n`, with spaces, tabs and `\r` allowed
+/// before it (so `\r\n` too). A text followed on its line by anything else
+/// is a frame by itself and the rest is left; at end of input a text needs
+/// no newline.
+#[test]
+fn ndjson_line_ends_and_what_is_left_without_one() {
+    let raw = || {
+        RawJsonCodec::builder()
+            .separate_every_text(true)
+            .build_raw()
+    };
+    for (input, text, left) in [
+        (&b"[1]\n"[..], &b"[1]"[..], &b""[..]),
+        (b"[1]\r\n", b"[1]", b""),
+        (b"[1] \t\r\n\n", b"[1]", b"\n"),
+        (b"[1] [2]\n", b"[1]", b" [2]\n"),
+        (b"[1]x", b"[1]", b"x"),
+        (b" 12,", b"12", b","),
+    ] {
+        let mut buf = BytesMut::from(input);
+        assert_eq!(
+            raw().decode(&mut buf).unwrap().as_deref(),
+            Some(text),
+            "{input:?}"
+        );
+        assert_eq!(&buf[..], left, "{input:?}");
+    }
+    let mut buf = BytesMut::from(&b"[1]  "[..]);
+    assert_eq!(raw().decode(&mut buf).unwrap(), None);
+    assert_eq!(
+        raw().decode_eof(&mut buf).unwrap().as_deref(),
+        Some(&b"[1]"[..])
+    );
+    assert!(
+        buf.is_empty(),
+        "trailing whitespace at end of input is consumed"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// NDJSON then a line read, over random splits: the line read always
+    /// gets `next`, never the empty rest of the JSON text's line.
+    #[test]
+    fn ndjson_then_a_line_read_is_split_invariant(
+        values in prop::collection::vec(arb_value(), 1..4),
+        crlf: bool,
+        sizes in prop::collection::vec(1usize..9, 1..6),
+    ) {
+        use anyframe_codecs::LineCodec;
+        let mut wire = BytesMut::new();
+        let mut codec = JsonCodec::<Value>::ndjson();
+        for v in &values {
+            codec.encode(v, &mut wire).unwrap();
+            if crlf {
+                let lf = wire.split_off(wire.len() - 1);
+                wire.extend_from_slice(b"\r");
+                wire.unsplit(lf);
+            }
+        }
+        wire.extend_from_slice(b"next\n");
+        let (mut json, mut lines) = (JsonCodec::<Value>::ndjson(), LineCodec::new());
+        let (mut buf, mut got, mut line) = (BytesMut::new(), Vec::new(), None);
+        let mut rest = &wire[..];
+        let mut i = 0;
+        while line.is_none() && !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(sizes[i % sizes.len()].min(rest.len()));
+            (rest, i) = (tail, i + 1);
+            buf.extend_from_slice(chunk);
+            while got.len() < values.len() {
+                match json.decode(&mut buf).unwrap() {
+                    Some(v) => got.push(v),
+                    None => break,
+                }
+            }
+            if got.len() == values.len() {
+                line = lines.decode(&mut buf).unwrap().map(|l| l.line().to_vec());
+            }
+        }
+        prop_assert_eq!(got, values);
+        prop_assert_eq!(line.as_deref(), Some(&b"next"[..]));
+    }
+}
+
+/// NaN and the infinities have no JSON form. serde_json writes them as
+/// `null`; the encoder refuses them instead (EINVAL, nothing written),
+/// wherever they sit in the value.
+#[test]
+fn nan_and_infinities_are_refused_not_written_as_null() {
+    #[derive(Serialize)]
+    struct Reading {
+        name: &'static str,
+        values: Vec<f32>,
+        extra: BTreeMap<String, Option<f64>>,
+    }
+    let mut codec = JsonCodec::<f64>::new();
+    for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut wire = BytesMut::from(&b"before"[..]);
+        let err = codec.encode(x, &mut wire).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{x}");
+        assert_eq!(&wire[..], b"before", "nothing written for {x}");
+    }
+    let mut codec = JsonCodec::<Reading>::new();
+    let nested = Reading {
+        name: "r",
+        values: vec![1.0, f32::NAN],
+        extra: BTreeMap::new(),
+    };
+    assert!(codec.encode(&nested, &mut BytesMut::new()).is_err());
+    let in_map = Reading {
+        name: "r",
+        values: vec![],
+        extra: BTreeMap::from([("x".to_owned(), Some(f64::INFINITY))]),
+    };
+    assert!(codec.encode(&in_map, &mut BytesMut::new()).is_err());
+    // Finite values, including the extremes, are written as before.
+    let fine = Reading {
+        name: "r",
+        values: vec![f32::MAX, -0.0],
+        extra: BTreeMap::from([("x".to_owned(), None)]),
+    };
+    let mut wire = BytesMut::new();
+    codec.encode(&fine, &mut wire).unwrap();
+    assert_eq!(
+        &wire[..],
+        &b"{\"name\":\"r\",\"values\":[3.4028235e+38,-0.0],\"extra\":{\"x\":null}}"[..]
+    );
+}
+
+/// With `float-roundtrip`, floats are read correctly rounded, as JSON::XS
+/// reads them: the shortest text of `f32::MAX` widened to `f64` comes back
+/// as exactly that `f64` (serde_json's default parser is one unit in the
+/// last place off here).
+#[cfg(feature = "float-roundtrip")]
+#[test]
+fn float_roundtrip_reads_floats_correctly_rounded() {
+    let want = f64::from(f32::MAX);
+    let out = assert_split_invariant(JsonCodec::<f64>::new, b"3.4028234663852886e+38\n");
+    assert_eq!(out.frames.len(), 1);
+    assert_eq!(out.frames[0].to_bits(), want.to_bits());
+    let out = assert_split_invariant(value_codec, b"[3.4028234663852886e+38]");
+    assert_eq!(out.frames, vec![json!([want])]);
+    // Every f64 written is read back bit for bit.
+    for x in [
+        0.1,
+        1.0 / 3.0,
+        2.2250738585072014e-308,
+        f64::MAX,
+        5e-324,
+        1.7976931348623157e308,
+    ] {
+        let mut wire = BytesMut::new();
+        JsonCodec::<f64>::new().encode(x, &mut wire).unwrap();
+        let back = JsonCodec::<f64>::new().decode(&mut wire).unwrap().unwrap();
+        assert_eq!(back.to_bits(), x.to_bits(), "{x}");
+    }
 }

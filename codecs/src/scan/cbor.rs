@@ -107,6 +107,11 @@ impl CborScanner {
         self.limits
     }
 
+    /// True before the first byte of an item has been looked at.
+    pub(crate) fn is_at_start(&self) -> bool {
+        self.pos == 0
+    }
+
     /// Forgets the current item.
     pub(crate) fn reset(&mut self) {
         self.step = Step::Initial;

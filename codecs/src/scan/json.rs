@@ -147,6 +147,10 @@ pub(crate) struct JsonScanner {
     limits: JsonLimits,
 }
 
+/// The outcome of one step: the next lexical state, or the end of the scan
+/// (`Complete` or `Invalid`) as `Err`.
+type Step = Result<Lex, Scan>;
+
 /// What a value's last byte means for the scan.
 enum Done {
     /// The value was the whole text, which ends before this offset.
@@ -168,11 +172,6 @@ impl JsonScanner {
 
     pub(crate) fn limits(&self) -> JsonLimits {
         self.limits
-    }
-
-    /// True before the first byte of a text has been looked at.
-    pub(crate) fn is_at_start(&self) -> bool {
-        self.pos == 0
     }
 
     /// Forgets the current text.
@@ -219,236 +218,212 @@ impl JsonScanner {
         }
     }
 
-    /// The state machine proper, over `text[self.pos..end]`.
-    ///
-    /// Hot transitions (a key's closing quote then `:`, a `,` then a key's
-    /// opening quote) are taken directly where the next byte is at hand,
-    /// which saves a trip through the dispatch for most bytes of an object.
+    /// The state machine proper, over `text[self.pos..end]`: one named step
+    /// per lexical state, each taking the byte at `i` (and any run of bytes
+    /// it can take at once) and giving the next state, or the end of the
+    /// scan.
     fn run(&mut self, t: &[u8], end: usize) -> Scan {
         let mut i = self.pos;
         let mut lex = self.lex;
         while i < end {
             let b = t[i];
-            match lex {
-                Lex::Str { key } => {
-                    if STR_PLAIN[b as usize] {
-                        i += 1;
-                        while i < end && STR_PLAIN[t[i] as usize] {
-                            i += 1;
-                        }
-                        continue;
-                    }
-                    i += 1;
-                    lex = match b {
-                        b'"' if key => {
-                            if i < end && t[i] == b':' {
-                                i += 1;
-                                Lex::Value
-                            } else {
-                                Lex::Colon
-                            }
-                        }
-                        b'"' => match self.value_done(i) {
-                            Done::Text(n) => return Scan::Complete(n),
-                            Done::Inner => match self.after_value(t, &mut i, end) {
-                                Ok(l) => l,
-                                Err(e) => return Scan::Invalid(e),
-                            },
-                        },
-                        b'\\' => Lex::Escape { key },
-                        0..=0x1f => return invalid(i - 1, "control character in string"),
-                        _ => match utf8_lead(b) {
-                            Some((left, lo, hi)) => Lex::Utf8 {
-                                key,
-                                left,
-                                lo,
-                                hi,
-                                have: 1,
-                            },
-                            None => return invalid_utf8(i - 1, i - 1),
-                        },
-                    };
-                }
-                Lex::AfterValue => {
-                    i += 1;
-                    lex = match b {
-                        b',' if self.in_object() => {
-                            if i < end && t[i] == b'"' {
-                                i += 1;
-                                Lex::Str { key: true }
-                            } else {
-                                Lex::Key
-                            }
-                        }
-                        b',' => Lex::Value,
-                        b']' | b'}' => match self.close(b, i - 1) {
-                            Ok(Done::Text(n)) => return Scan::Complete(n),
-                            Ok(Done::Inner) => Lex::AfterValue,
-                            Err(e) => return Scan::Invalid(e),
-                        },
-                        b' ' | b'\n' | b'\r' | b'\t' => Lex::AfterValue,
-                        _ => return invalid(i - 1, "expected ',' or a closing bracket"),
-                    };
-                }
-                Lex::Number(n) => {
-                    let next = match (n, b) {
-                        (Num::Int | Num::Frac | Num::ExpDigits, b'0'..=b'9') => {
-                            i += 1;
-                            while i < end && t[i].is_ascii_digit() {
-                                i += 1;
-                            }
-                            continue;
-                        }
-                        (Num::Minus, b'0') => Num::Zero,
-                        (Num::Minus, b'1'..=b'9') => Num::Int,
-                        (Num::Minus, _) => return invalid(i, "expected a digit after '-'"),
-                        (Num::Zero, b'0'..=b'9') => return invalid(i, "leading zero in number"),
-                        (Num::Zero | Num::Int, b'.') => Num::Dot,
-                        (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::Exp,
-                        (Num::Dot, b'0'..=b'9') => Num::Frac,
-                        (Num::Dot, _) => return invalid(i, "expected a digit after '.'"),
-                        (Num::Exp, b'+' | b'-') => Num::ExpSign,
-                        (Num::Exp | Num::ExpSign, b'0'..=b'9') => Num::ExpDigits,
-                        (Num::Exp | Num::ExpSign, _) => {
-                            return invalid(i, "expected a digit in the exponent");
-                        }
-                        // Any other byte ends the number and is read again
-                        // in the state after the value.
-                        (Num::Zero | Num::Int | Num::Frac | Num::ExpDigits, _) => {
-                            match self.value_done(i) {
-                                Done::Text(n) => return Scan::Complete(n),
-                                Done::Inner => match self.after_value(t, &mut i, end) {
-                                    Ok(l) => lex = l,
-                                    Err(e) => return Scan::Invalid(e),
-                                },
-                            }
-                            continue;
-                        }
-                    };
-                    lex = Lex::Number(next);
+            // The hottest path, a run of plain bytes in a string, without a
+            // trip through the dispatch.
+            if matches!(lex, Lex::Str { .. }) && STR_PLAIN[b as usize] {
+                i += 1;
+                while i < end && STR_PLAIN[t[i] as usize] {
                     i += 1;
                 }
-                Lex::Value | Lex::FirstItem | Lex::Start => {
-                    if is_whitespace(b) && lex != Lex::Start {
-                        i += 1;
-                        continue;
-                    }
-                    if lex == Lex::Start && self.limits.objects_only && b != b'[' && b != b'{' {
-                        return invalid(i, "top-level value is not an array or object");
-                    }
-                    i += 1;
-                    lex = if b == b']' && lex == Lex::FirstItem {
-                        match self.close(b, i - 1) {
-                            Ok(Done::Text(n)) => return Scan::Complete(n),
-                            Ok(Done::Inner) => Lex::AfterValue,
-                            Err(e) => return Scan::Invalid(e),
-                        }
-                    } else {
-                        match self.begin_value(b, i - 1) {
-                            Ok(l) => l,
-                            Err(e) => return Scan::Invalid(e),
-                        }
-                    };
-                }
-                Lex::FirstKey | Lex::Key => {
-                    i += 1;
-                    lex = match b {
-                        b'"' => Lex::Str { key: true },
-                        b'}' if lex == Lex::FirstKey => match self.close(b, i - 1) {
-                            Ok(Done::Text(n)) => return Scan::Complete(n),
-                            Ok(Done::Inner) => Lex::AfterValue,
-                            Err(e) => return Scan::Invalid(e),
-                        },
-                        b' ' | b'\n' | b'\r' | b'\t' => lex,
-                        _ => return invalid(i - 1, "expected a string key"),
-                    };
-                }
-                Lex::Colon => {
-                    i += 1;
-                    lex = match b {
-                        b':' => Lex::Value,
-                        b' ' | b'\n' | b'\r' | b'\t' => Lex::Colon,
-                        _ => return invalid(i - 1, "expected ':' after an object key"),
-                    };
-                }
-                Lex::Literal { rest, left } => {
-                    // The whole rest at once when it is there.
-                    let n = usize::from(left);
-                    if i + n <= end {
-                        let want = rest.to_le_bytes();
-                        if let Some(k) = (0..n).find(|&k| t[i + k] != want[k]) {
-                            return invalid(i + k, "invalid literal");
-                        }
-                        i += n;
-                    } else {
-                        if b != rest as u8 {
-                            return invalid(i, "invalid literal");
-                        }
-                        i += 1;
-                        lex = Lex::Literal {
-                            rest: rest >> 8,
-                            left: left - 1,
-                        };
-                        continue;
-                    }
-                    lex = match self.value_done(i) {
-                        Done::Text(n) => return Scan::Complete(n),
-                        Done::Inner => match self.after_value(t, &mut i, end) {
-                            Ok(l) => l,
-                            Err(e) => return Scan::Invalid(e),
-                        },
-                    };
-                }
+                continue;
+            }
+            let step = match lex {
+                Lex::Str { key } => self.string(t, &mut i, end, key),
+                Lex::AfterValue => self.after_value_byte(t, &mut i, end),
+                Lex::Number(n) => self.number(t, &mut i, end, n),
+                Lex::Value | Lex::FirstItem | Lex::Start => self.value(b, &mut i, lex),
+                Lex::FirstKey | Lex::Key => self.key(b, &mut i, lex),
+                Lex::Colon => colon(b, &mut i),
+                Lex::Literal { rest, left } => self.literal(t, &mut i, end, rest, left),
                 Lex::Utf8 {
                     key,
                     left,
                     lo,
                     hi,
                     have,
-                } => {
-                    if b < lo || b > hi {
-                        return invalid_utf8(i - usize::from(have), i);
-                    }
-                    i += 1;
-                    lex = if left == 1 {
-                        Lex::Str { key }
-                    } else {
-                        Lex::Utf8 {
-                            key,
-                            left: left - 1,
-                            lo: 0x80,
-                            hi: 0xbf,
-                            have: have + 1,
-                        }
-                    };
-                }
-                Lex::Escape { key } => {
-                    lex = match b {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Lex::Str { key },
-                        b'u' => Lex::Hex { key, left: 4 },
-                        _ => return invalid(i, "invalid escape in string"),
-                    };
-                    i += 1;
-                }
-                Lex::Hex { key, left } => {
-                    if !b.is_ascii_hexdigit() {
-                        return invalid(i, "invalid \\u escape in string");
-                    }
-                    i += 1;
-                    lex = if left == 1 {
-                        Lex::Str { key }
-                    } else {
-                        Lex::Hex {
-                            key,
-                            left: left - 1,
-                        }
-                    };
-                }
+                } => utf8_continuation(b, &mut i, key, left, lo, hi, have),
+                Lex::Escape { key } => escape(b, &mut i, key),
+                Lex::Hex { key, left } => hex_digit(b, &mut i, key, left),
+            };
+            match step {
+                Ok(next) => lex = next,
+                Err(done) => return done,
             }
         }
         self.pos = i;
         self.lex = lex;
         Scan::Incomplete
+    }
+
+    /// Inside a string, at a byte that is not plain (the run loop takes
+    /// those): a closing quote ends the string (a key then wants `:`, taken
+    /// directly when at hand), a backslash starts an escape.
+    #[inline(always)]
+    fn string(&mut self, t: &[u8], i: &mut usize, end: usize, key: bool) -> Step {
+        let b = t[*i];
+        *i += 1;
+        match b {
+            b'"' if key => {
+                if *i < end && t[*i] == b':' {
+                    *i += 1;
+                    Ok(Lex::Value)
+                } else {
+                    Ok(Lex::Colon)
+                }
+            }
+            b'"' => self.value_end(t, i, end),
+            b'\\' => Ok(Lex::Escape { key }),
+            0..=0x1f => Err(invalid(*i - 1, "control character in string")),
+            _ => match utf8_lead(b) {
+                Some((left, lo, hi)) => Ok(Lex::Utf8 {
+                    key,
+                    left,
+                    lo,
+                    hi,
+                    have: 1,
+                }),
+                None => Err(invalid_utf8(*i - 1, *i - 1)),
+            },
+        }
+    }
+
+    /// After a value inside a container: `,` (then a key's quote, taken
+    /// directly), a closing bracket, or whitespace.
+    #[inline(always)]
+    fn after_value_byte(&mut self, t: &[u8], i: &mut usize, end: usize) -> Step {
+        let b = t[*i];
+        *i += 1;
+        match b {
+            b',' if self.in_object() => {
+                if *i < end && t[*i] == b'"' {
+                    *i += 1;
+                    Ok(Lex::Str { key: true })
+                } else {
+                    Ok(Lex::Key)
+                }
+            }
+            b',' => Ok(Lex::Value),
+            b']' | b'}' => self.closing(b, *i - 1),
+            b' ' | b'\n' | b'\r' | b'\t' => Ok(Lex::AfterValue),
+            _ => Err(invalid(*i - 1, "expected ',' or a closing bracket")),
+        }
+    }
+
+    /// Inside a number: runs over digits; any byte that cannot continue a
+    /// complete number ends it and is read again in the state after it.
+    #[inline(always)]
+    fn number(&mut self, t: &[u8], i: &mut usize, end: usize, n: Num) -> Step {
+        let b = t[*i];
+        let next = match (n, b) {
+            (Num::Int | Num::Frac | Num::ExpDigits, b'0'..=b'9') => {
+                *i += 1;
+                while *i < end && t[*i].is_ascii_digit() {
+                    *i += 1;
+                }
+                return Ok(Lex::Number(n));
+            }
+            (Num::Minus, b'0') => Num::Zero,
+            (Num::Minus, b'1'..=b'9') => Num::Int,
+            (Num::Minus, _) => return Err(invalid(*i, "expected a digit after '-'")),
+            (Num::Zero, b'0'..=b'9') => return Err(invalid(*i, "leading zero in number")),
+            (Num::Zero | Num::Int, b'.') => Num::Dot,
+            (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::Exp,
+            (Num::Dot, b'0'..=b'9') => Num::Frac,
+            (Num::Dot, _) => return Err(invalid(*i, "expected a digit after '.'")),
+            (Num::Exp, b'+' | b'-') => Num::ExpSign,
+            (Num::Exp | Num::ExpSign, b'0'..=b'9') => Num::ExpDigits,
+            (Num::Exp | Num::ExpSign, _) => {
+                return Err(invalid(*i, "expected a digit in the exponent"));
+            }
+            (Num::Zero | Num::Int | Num::Frac | Num::ExpDigits, _) => {
+                return self.value_end(t, i, end);
+            }
+        };
+        *i += 1;
+        Ok(Lex::Number(next))
+    }
+
+    /// Where a value must (or, after `[`, may) start: skips whitespace
+    /// inside a container, closes an empty array, or begins the value.
+    #[inline(always)]
+    fn value(&mut self, b: u8, i: &mut usize, lex: Lex) -> Step {
+        if is_whitespace(b) && lex != Lex::Start {
+            *i += 1;
+            return Ok(lex);
+        }
+        if lex == Lex::Start && self.limits.objects_only && b != b'[' && b != b'{' {
+            return Err(invalid(*i, "top-level value is not an array or object"));
+        }
+        *i += 1;
+        if b == b']' && lex == Lex::FirstItem {
+            return self.closing(b, *i - 1);
+        }
+        self.begin_value(b, *i - 1).map_err(Scan::Invalid)
+    }
+
+    /// Where an object key must (or, after `{`, may) start.
+    #[inline(always)]
+    fn key(&mut self, b: u8, i: &mut usize, lex: Lex) -> Step {
+        *i += 1;
+        match b {
+            b'"' => Ok(Lex::Str { key: true }),
+            b'}' if lex == Lex::FirstKey => self.closing(b, *i - 1),
+            b' ' | b'\n' | b'\r' | b'\t' => Ok(lex),
+            _ => Err(invalid(*i - 1, "expected a string key")),
+        }
+    }
+
+    /// Inside `true`, `false` or `null`: the whole rest at once when it is
+    /// at hand, else one byte.
+    #[inline(always)]
+    fn literal(&mut self, t: &[u8], i: &mut usize, end: usize, rest: u32, left: u8) -> Step {
+        let n = usize::from(left);
+        if *i + n > end {
+            if t[*i] != rest as u8 {
+                return Err(invalid(*i, "invalid literal"));
+            }
+            *i += 1;
+            return Ok(Lex::Literal {
+                rest: rest >> 8,
+                left: left - 1,
+            });
+        }
+        let want = rest.to_le_bytes();
+        if let Some(k) = (0..n).find(|&k| t[*i + k] != want[k]) {
+            return Err(invalid(*i + k, "invalid literal"));
+        }
+        *i += n;
+        self.value_end(t, i, end)
+    }
+
+    /// A value has just ended before `*i`: the whole text if it was at the
+    /// top level, else the state after a value inside its container.
+    #[inline(always)]
+    fn value_end(&mut self, t: &[u8], i: &mut usize, end: usize) -> Step {
+        match self.value_done(*i) {
+            Done::Text(n) => Err(Scan::Complete(n)),
+            Done::Inner => self.after_value(t, i, end).map_err(Scan::Invalid),
+        }
+    }
+
+    /// A closing bracket `b` at offset `at`: the whole text if it closes the
+    /// top level, else the state after a value.
+    #[inline(always)]
+    fn closing(&mut self, b: u8, at: usize) -> Step {
+        match self.close(b, at) {
+            Ok(Done::Text(n)) => Err(Scan::Complete(n)),
+            Ok(Done::Inner) => Ok(Lex::AfterValue),
+            Err(e) => Err(Scan::Invalid(e)),
+        }
     }
 
     /// The first byte `b` (at offset `at`) of a value: the state after it.
@@ -560,6 +535,67 @@ impl JsonScanner {
     }
 }
 
+/// After an object key: `:` (whitespace allowed before it).
+#[inline(always)]
+fn colon(b: u8, i: &mut usize) -> Step {
+    *i += 1;
+    match b {
+        b':' => Ok(Lex::Value),
+        b' ' | b'\n' | b'\r' | b'\t' => Ok(Lex::Colon),
+        _ => Err(invalid(*i - 1, "expected ':' after an object key")),
+    }
+}
+
+/// A continuation byte of a multi-byte UTF-8 sequence in a string, which
+/// must lie in `lo..=hi`; `have` bytes of the sequence came before it.
+#[inline(always)]
+fn utf8_continuation(b: u8, i: &mut usize, key: bool, left: u8, lo: u8, hi: u8, have: u8) -> Step {
+    if b < lo || b > hi {
+        return Err(invalid_utf8(*i - usize::from(have), *i));
+    }
+    *i += 1;
+    Ok(if left == 1 {
+        Lex::Str { key }
+    } else {
+        Lex::Utf8 {
+            key,
+            left: left - 1,
+            lo: 0x80,
+            hi: 0xbf,
+            have: have + 1,
+        }
+    })
+}
+
+/// The byte after a backslash in a string.
+#[inline(always)]
+fn escape(b: u8, i: &mut usize, key: bool) -> Step {
+    let next = match b {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Lex::Str { key },
+        b'u' => Lex::Hex { key, left: 4 },
+        _ => return Err(invalid(*i, "invalid escape in string")),
+    };
+    *i += 1;
+    Ok(next)
+}
+
+/// One of the four hex digits of a `\u` escape.
+#[inline(always)]
+fn hex_digit(b: u8, i: &mut usize, key: bool, left: u8) -> Step {
+    if !b.is_ascii_hexdigit() {
+        return Err(invalid(*i, "invalid \\u escape in string"));
+    }
+    *i += 1;
+    Ok(if left == 1 {
+        Lex::Str { key }
+    } else {
+        Lex::Hex {
+            key,
+            left: left - 1,
+        }
+    })
+}
+
 /// The state inside a literal with `rest` (at most 4 bytes) to come.
 #[inline]
 fn literal(rest: &[u8]) -> Lex {
@@ -572,10 +608,12 @@ fn literal(rest: &[u8]) -> Lex {
     }
 }
 
+#[cold]
 fn invalid(offset: usize, reason: &'static str) -> Scan {
     Scan::Invalid(Invalid::syntax(offset, reason))
 }
 
+#[cold]
 fn invalid_utf8(start: usize, offset: usize) -> Scan {
     Scan::Invalid(Invalid {
         offset,

@@ -73,6 +73,16 @@ impl Invalid {
         }
     }
 
+    /// The same failure, for a value that starts `by` bytes into the
+    /// buffer: offsets count from the start of the buffer instead.
+    pub(crate) fn shifted(mut self, by: usize) -> Invalid {
+        self.offset += by;
+        if let Problem::Utf8 { start } = &mut self.problem {
+            *start += by;
+        }
+        self
+    }
+
     /// Turns the scan failure into the crate's error. `value` is the buffer
     /// starting at the value, used for the offending bytes and, for UTF-8, to
     /// recover the exact [`std::str::Utf8Error`].

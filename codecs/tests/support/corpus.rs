@@ -82,3 +82,21 @@ pub fn external_corpora() -> Option<PathBuf> {
     );
     None
 }
+
+/// `v` with every CBOR tag taken off (a tagged item becomes its content: a
+/// bignum its magnitude bytes), for comparing with a value written without
+/// tags (the JSON of a test vector, the value of its diagnostic notation).
+#[cfg(feature = "cbor")]
+pub fn untagged(v: &serde_cbor::Value) -> serde_cbor::Value {
+    use serde_cbor::Value as C;
+    match v {
+        C::Tag(_, inner) => untagged(inner),
+        C::Array(items) => C::Array(items.iter().map(untagged).collect()),
+        C::Map(map) => C::Map(
+            map.iter()
+                .map(|(k, v)| (untagged(k), untagged(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
