@@ -162,3 +162,64 @@ pub fn median_ratio(other: &[Duration], base: &[Duration]) -> f64 {
     r.sort_by(f64::total_cmp);
     r[r.len() / 2]
 }
+
+/// Heap allocations, counted only inside [`count_allocations`]: the timed
+/// runs pay one relaxed load per allocation and nothing else.
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+    pub(super) static COUNTING: AtomicBool = AtomicBool::new(false);
+    pub(super) static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    /// The system allocator, counting `alloc` and `realloc` calls while
+    /// `COUNTING` is set.
+    pub(super) struct Counting;
+
+    // SAFETY: every call is forwarded unchanged to `System`; the counter is
+    // a side effect that allocates nothing.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if COUNTING.load(Relaxed) {
+                ALLOCATIONS.fetch_add(1, Relaxed);
+            }
+            // SAFETY: the caller's contract for `alloc`, passed on.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if COUNTING.load(Relaxed) {
+                ALLOCATIONS.fetch_add(1, Relaxed);
+            }
+            // SAFETY: as above.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if COUNTING.load(Relaxed) {
+                ALLOCATIONS.fetch_add(1, Relaxed);
+            }
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+}
+
+/// Runs `f` and returns its result with the number of heap allocations
+/// (and reallocations) made on any thread while it ran. Not for timing.
+pub fn count_allocations<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    use std::sync::atomic::Ordering::SeqCst;
+    alloc_count::ALLOCATIONS.store(0, SeqCst);
+    alloc_count::COUNTING.store(true, SeqCst);
+    let out = black_box(f());
+    alloc_count::COUNTING.store(false, SeqCst);
+    (out, alloc_count::ALLOCATIONS.load(SeqCst))
+}
