@@ -24,10 +24,8 @@
 //!   for the default `\r?\n` end of line, whose per-call cost is the floor
 //!   for any decoder fed one byte at a time.
 //!
-//! The line, chunk and packstring scenarios also print `allocs_per_frame`:
-//! heap allocations per frame while one slice is decoded (counted apart from
-//! the timed runs; target <= 0.01, except `line-40B-string`, whose frames are
-//! `String`s).
+//! Heap allocations per frame for the same scenarios are counted by the
+//! `allocs` bench: a counting allocator here would change these timings.
 //!
 //! Items are lines or frames. Copying the input into a fresh buffer happens
 //! before the clock starts, and the two sides alternate every few
@@ -43,7 +41,7 @@ use bytes::BytesMut;
 use regex::bytes::Regex;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec, LinesCodec};
 
-use crate::harness::{Harness, Measured, count_allocations, median_ratio};
+use crate::harness::{Harness, Measured, median_ratio};
 
 /// Lines in the `line-40B` scenarios (200 MB of input).
 const LINE_COUNT: usize = 5_000_000;
@@ -148,24 +146,6 @@ fn time_pair(
     )
 }
 
-/// Heap allocations per frame when `decode` drains one `SLICES`-th of
-/// `input` (whole records of `record` bytes) from a buffer filled before
-/// counting starts: the amortised cost, growth of the frames' shared
-/// storage included.
-fn allocs_per_frame(
-    input: &[u8],
-    record: usize,
-    decode: impl FnOnce(&mut BytesMut) -> u64,
-) -> String {
-    let slice_len = (input.len() / SLICES).div_ceil(record) * record;
-    let mut buf = BytesMut::from(&input[..slice_len.min(input.len())]);
-    let (frames, allocs) = count_allocations(|| decode(&mut buf));
-    format!(
-        "allocs_per_frame={:.4}",
-        allocs as f64 / frames.max(1) as f64
-    )
-}
-
 /// Decodes every frame in `buf` and counts them.
 fn drain<D: Decoder>(codec: &mut D, buf: &mut BytesMut) -> u64
 where
@@ -189,8 +169,7 @@ fn line_bytes(h: &Harness, input: &[u8]) {
     );
     assert_eq!(ours.items, LINE_COUNT as u64);
     assert_eq!(anchor.items, LINE_COUNT as u64);
-    let allocs = allocs_per_frame(input, LINE_LEN, |buf| drain(&mut LineCodec::new(), buf));
-    h.report_with("line-40B", ours, anchor, &format!("target=3.2 {allocs}"));
+    h.report_with("line-40B", ours, anchor, "target=3.2");
 }
 
 fn line_batch(h: &Harness, input: &[u8]) {
@@ -213,20 +192,7 @@ fn line_batch(h: &Harness, input: &[u8]) {
     );
     assert_eq!(ours.items, LINE_COUNT as u64);
     assert_eq!(anchor.items, LINE_COUNT as u64);
-    let allocs = allocs_per_frame(input, LINE_LEN, |buf| {
-        let mut codec = LineBatchCodec::new();
-        let mut n = 0;
-        while let Some(batch) = codec.decode(buf).expect("valid input") {
-            n += batch.len() as u64;
-        }
-        n
-    });
-    h.report_with(
-        "line-40B-batch",
-        ours,
-        anchor,
-        &format!("api=LineBatchCodec {allocs}"),
-    );
+    h.report_with("line-40B-batch", ours, anchor, "api=LineBatchCodec");
 }
 
 fn line_string(h: &Harness, input: &[u8]) {
@@ -239,14 +205,7 @@ fn line_string(h: &Harness, input: &[u8]) {
     );
     assert_eq!(ours.items, LINE_COUNT as u64);
     assert_eq!(anchor.items, LINE_COUNT as u64);
-    // One `String` per line is the frame itself: 1 per frame by design.
-    let allocs = allocs_per_frame(input, LINE_LEN, |buf| drain(&mut Utf8LineCodec::new(), buf));
-    h.report_with(
-        "line-40B-string",
-        ours,
-        anchor,
-        &format!("target=1.5 {allocs}"),
-    );
+    h.report_with("line-40B-string", ours, anchor, "target=1.5");
 }
 
 fn packstring(h: &Harness) {
@@ -264,15 +223,7 @@ fn packstring(h: &Harness) {
     );
     assert_eq!(ours.items, FRAME_COUNT as u64);
     assert_eq!(anchor.items, FRAME_COUNT as u64);
-    let allocs = allocs_per_frame(&input, 4 + PAYLOAD_LEN, |buf| {
-        drain(&mut PackstringCodec::new(PackFormat::U32Be), buf)
-    });
-    h.report_with(
-        "packstring-N-100B",
-        ours,
-        anchor,
-        &format!("target=1.2 {allocs}"),
-    );
+    h.report_with("packstring-N-100B", ours, anchor, "target=1.2");
 }
 
 /// The least a chunk decoder can do: `split_to` and `freeze` of a length
@@ -302,15 +253,7 @@ fn chunk(h: &Harness) {
     );
     assert_eq!(ours.items, FRAME_COUNT as u64);
     assert_eq!(anchor.items, FRAME_COUNT as u64);
-    let allocs = allocs_per_frame(&input, PAYLOAD_LEN, |buf| {
-        drain(&mut ChunkCodec::new(PAYLOAD_LEN), buf)
-    });
-    h.report_with(
-        "chunk-100B",
-        ours,
-        anchor,
-        &format!("anchor=split_to {allocs}"),
-    );
+    h.report_with("chunk-100B", ours, anchor, "anchor=split_to");
 }
 
 /// Feeds lines of `mib` MiB (each followed by `\n`) in `PIECE`-byte reads,
