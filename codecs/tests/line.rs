@@ -1243,3 +1243,130 @@ proptest! {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The regex end of line resumes its search: same lines as a full rescan
+
+/// The regex end of line as it was before its search resumed: the regex
+/// over the whole buffered line on every call with new bytes.
+struct RescanEol {
+    re: Regex,
+    hold_open: bool,
+    max: usize,
+    scanned: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Line(Vec<u8>, Vec<u8>),
+    NeedMore,
+    Error(ErrorKind),
+}
+
+impl RescanEol {
+    fn step(&mut self, buf: &mut BytesMut, eof: bool) -> Step {
+        let len = buf.len();
+        if !eof && self.scanned == len {
+            return Step::NeedMore;
+        }
+        let found = self
+            .re
+            .find_iter(buf)
+            .find(|m| !m.is_empty())
+            .map(|m| (m.start(), m.end()));
+        match found {
+            Some((s, e)) if s > self.max || e - s > self.max => Step::Error(ErrorKind::NoSpace),
+            Some((_, e)) if self.hold_open && !eof && e == len => {
+                self.scanned = len;
+                Step::NeedMore
+            }
+            Some((s, e)) => {
+                self.scanned = 0;
+                let frame = buf.split_to(e);
+                Step::Line(frame[..s].to_vec(), frame[s..].to_vec())
+            }
+            None if len > self.max => Step::Error(ErrorKind::NoSpace),
+            None => {
+                self.scanned = len;
+                Step::NeedMore
+            }
+        }
+    }
+}
+
+/// Feeds `chunks`, decoding after each until more is needed, then at end
+/// of input; the first error ends the run.
+fn eol_steps(chunks: &[&[u8]], mut step: impl FnMut(&mut BytesMut, bool) -> Step) -> Vec<Step> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let ends = chunks.iter().map(|c| (*c, false)).chain([(&b""[..], true)]);
+    for (chunk, eof) in ends {
+        buf.extend_from_slice(chunk);
+        loop {
+            let s = step(&mut buf, eof);
+            out.push(s.clone());
+            match s {
+                Step::Line(..) => {}
+                Step::Error(_) => return out,
+                Step::NeedMore => break,
+            }
+        }
+    }
+    out
+}
+
+fn eol_pattern() -> impl Strategy<Value = String> {
+    let atom = prop::sample::select(vec![
+        ";", ",", r"\n", r"\r", "[;,]", ".", r"\b", "$", "(?m:^)", "é", r"\w", "a",
+    ])
+    .prop_map(str::to_owned);
+    atom.prop_recursive(3, 10, 3, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a}{b}")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(?:{a}|{b})")),
+            inner.clone().prop_map(|a| format!("(?:{a})?")),
+            inner.clone().prop_map(|a| format!("(?:{a}){{1,3}}")),
+            inner.prop_map(|a| format!("(?:{a})+")),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn regex_eol_resumed_gives_the_lines_of_a_full_rescan(
+        pattern in eol_pattern(),
+        input in proptest::collection::vec(
+            prop::sample::select(vec![&b"a"[..], b";", b",", b"\n", b"\r", "é".as_bytes(), b" "]),
+            0..40,
+        ),
+        sizes in proptest::collection::vec(1usize..6, 1..12),
+        hold_open in any::<bool>(),
+        max in prop::sample::select(vec![3usize, 1 << 20]),
+    ) {
+        let re = Regex::new(&pattern).unwrap();
+        prop_assume!(!re.is_match(b""));
+        let input = input.concat();
+        let chunks = chunked(&input, &sizes);
+        let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let mut codec = LineCodec::builder()
+            .eol_regex(re.clone())
+            .hold_open_match(hold_open)
+            .max_length(max)
+            .build()
+            .unwrap();
+        let ours = eol_steps(&chunks, |buf, eof| {
+            let r = if eof { codec.decode_eof(buf) } else { codec.decode(buf) };
+            match r {
+                Ok(Some(l)) => Step::Line(l.line().to_vec(), l.eol().to_vec()),
+                Ok(None) => Step::NeedMore,
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => Step::NeedMore,
+                Err(e) => Step::Error(e.kind()),
+            }
+        });
+        let mut model = RescanEol { re, hold_open, max, scanned: 0 };
+        let theirs = eol_steps(&chunks, |buf, eof| model.step(buf, eof));
+        prop_assert_eq!(ours, theirs);
+    }
+}

@@ -249,6 +249,51 @@ fn unicode_classes_stop_at_bytes_that_are_not_utf8_and_u_off_reads_bytes() {
 }
 
 #[test]
+fn default_limit_is_the_line_limit_when_every_regex_is_bounded() {
+    use anyframe_codecs::{
+        DEFAULT_LINE_MAX_LENGTH, DEFAULT_REGEX_MAX_LENGTH, DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH,
+    };
+    assert_eq!(DEFAULT_REGEX_MAX_LENGTH, DEFAULT_LINE_MAX_LENGTH);
+    assert_eq!(accept(r"\r\n\r\n").max_length(), DEFAULT_REGEX_MAX_LENGTH);
+    let bounded = RegexCodec::builder(re(";"))
+        .reject(re(r"\x00"))
+        .skip(re(r"^#.{0,80}\n"))
+        .build()
+        .unwrap();
+    assert_eq!(bounded.max_length(), DEFAULT_REGEX_MAX_LENGTH);
+    // One unbounded regex (here skip) keeps the smaller window, since it
+    // is searched again over the whole window on every arrival.
+    let unbounded = RegexCodec::builder(re(";"))
+        .skip(re(r"^(?:#[^\n]*\n)+"))
+        .build()
+        .unwrap();
+    assert_eq!(unbounded.max_length(), DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH);
+    assert_eq!(
+        accept("a+;").max_length(),
+        DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH
+    );
+    // An explicit limit wins.
+    let set = RegexCodec::builder(re("a+;"))
+        .max_length(10)
+        .build()
+        .unwrap();
+    assert_eq!(set.max_length(), 10);
+}
+
+#[test]
+fn a_record_over_64_kib_fits_the_default_window_of_a_bounded_accept() {
+    // AnyEvent peers send regex-framed records of over 100 KB.
+    let mut codec = accept("\r\n\r\n");
+    let mut buf = BytesMut::from(&vec![b'h'; 200 * 1024][..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(
+        codec.decode(&mut buf).unwrap().unwrap().len(),
+        200 * 1024 + 4
+    );
+}
+
+#[test]
 fn frames_are_split_off_without_copying() {
     let mut codec = accept(";");
     let mut buf = BytesMut::from("ab;cd;");
