@@ -79,6 +79,7 @@ impl WriteQueue {
     }
 
     /// Marks the switch boundary after everything queued now.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn set_marker(&mut self) {
         self.marker = Some(self.len);
     }
