@@ -25,7 +25,8 @@ pub const DEFAULT_WBUF_MAX: usize = 64 * 1024 * 1024;
 /// an hour; a tokio program expects a dropped connection to be gone soon, and
 /// a peer that stops reading would otherwise hold the task and its buffers
 /// for that hour. Thirty seconds delivers the last answers to any peer that
-/// is still reading. After a fatal error there is no linger at all.
+/// is still reading. After an error toward the peer (transport, TLS,
+/// `wbuf_max`) or a panicking callback there is no linger at all.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 
 /// The largest read size a handle uses, whatever it is configured to: one
@@ -154,7 +155,8 @@ impl Builder {
     /// How long a spawned connection closed cleanly (all its handles
     /// dropped, or `destroy`) keeps writing its queued output in the
     /// background (LC-3; default [`DEFAULT_LINGER`]; zero discards it at
-    /// once). A connection closed by an error does not linger.
+    /// once). A connection closed by an error toward the peer does not
+    /// linger.
     pub fn linger(&mut self, linger: Duration) -> &mut Self {
         self.cfg.linger = linger;
         self
