@@ -566,3 +566,43 @@ async fn replies_queued_before_an_input_side_error_are_still_written() {
     drop(handle);
     within("driver", driver).await.unwrap();
 }
+
+// ----- Handle::read_many ------------------------------------------------------------
+
+#[tokio::test]
+async fn handle_read_many_takes_every_buffered_frame_then_a_clean_end() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"a\nb\nc\n").await.unwrap();
+    let (codec, lines) = within("batch", handle.read_many(LineCodec::new(), 10))
+        .await
+        .unwrap();
+    let got: Vec<&[u8]> = lines.iter().map(|l| l.line()).collect();
+    assert_eq!(got, [&b"a"[..], b"b", b"c"]);
+    drop(peer);
+    let (_, rest) = within("end", handle.read_many(codec, 10)).await.unwrap();
+    assert!(rest.is_empty(), "a clean end of input is an empty batch");
+}
+
+#[tokio::test]
+async fn handle_read_many_gives_an_error_after_its_frames_to_the_next_read() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let codec = LineCodec::builder()
+        .max_length(3)
+        .overflow(OverflowPolicy::Discard)
+        .build()
+        .unwrap();
+    peer.write_all(b"ab\ncd\nmuch too long\nok\n")
+        .await
+        .unwrap();
+    let (codec, first) = within("batch", handle.read_many(codec, 10)).await.unwrap();
+    assert_eq!(first.len(), 2, "the frames before the error come first");
+    let e = within("error", handle.read(LineCodec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace);
+    assert!(!e.is_fatal());
+    let (_, last) = within("after", handle.read_many(codec, 10)).await.unwrap();
+    assert_eq!(last[0].line(), b"ok");
+}
