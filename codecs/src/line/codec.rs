@@ -115,7 +115,8 @@ pub struct LineCodec {
     pub(super) once: bool,
     /// While discarding: how long the over-long line was when it overflowed
     /// and its first bytes, for the error reported once it is dropped.
-    pub(super) discarded: Option<(u64, [u8; crate::SNIPPET_LEN], usize)>,
+    /// Boxed: it is rare, and a codec travels by value in every request.
+    pub(super) discarded: Option<Box<(u64, [u8; crate::SNIPPET_LEN], usize)>>,
 }
 
 impl LineCodec {
@@ -225,7 +226,7 @@ impl LineCodec {
                     // The whole line is gone: report it now, so that the
                     // next decoder, even a fresh one, starts on a line.
                     self.state = self.reading(0);
-                    let (seen, snippet, n) = self.discarded.take().unwrap_or_default();
+                    let (seen, snippet, n) = *self.discarded.take().unwrap_or_default();
                     return Err(Error::too_large(CODEC, self.max_length, seen)
                         .with_bytes(&snippet[..n])
                         .fatal(false));
@@ -282,7 +283,7 @@ impl LineCodec {
         let mut snippet = [0u8; crate::SNIPPET_LEN];
         let n = buf.len().min(snippet.len());
         snippet[..n].copy_from_slice(&buf[..n]);
-        self.discarded = Some((seen as u64, snippet, n));
+        self.discarded = Some(Box::new((seen as u64, snippet, n)));
         self.state = State::Discarding;
     }
 
