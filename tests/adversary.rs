@@ -89,3 +89,137 @@ async fn idle_timeout_hook_set_after_activity_does_not_run_at_once() {
         "a 10 s idle timeout fired right after a read"
     );
 }
+
+// ----- read_many's deferred error --------------------------------------------
+
+/// A line decoder that drops lines over 8 bytes (non-fatal `ENOSPC`).
+fn short_lines() -> LineCodec {
+    LineCodec::builder()
+        .max_length(8)
+        .overflow(OverflowPolicy::Discard)
+        .build()
+        .unwrap()
+}
+
+/// `Handle::read_many` keeps a non-fatal error that came after its frames
+/// "for the next call". It is handed to whatever read comes next, even a
+/// pipelined `call` of another task: that caller gets the line decoder's
+/// `ENOSPC`, and its own response is then read and dropped.
+#[tokio::test]
+async fn read_many_deferred_error_does_not_fail_an_unrelated_call() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"ok\nthis line is too long\n")
+        .await
+        .unwrap();
+    let (_d, frames) = within("read_many", h.read_many(short_lines(), 16))
+        .await
+        .unwrap();
+    assert_eq!(frames.len(), 1);
+    // Another user of the connection now makes a request.
+    let call = h.call(LineCodec::new(), "ping", LineCodec::new());
+    let mut req = [0u8; 5];
+    within("request", peer.read_exact(&mut req)).await.unwrap();
+    assert_eq!(&req, b"ping\n");
+    peer.write_all(b"pong\n").await.unwrap();
+    let got = within("call", call).await;
+    assert_eq!(
+        got.expect("the call got read_many's deferred line error")
+            .line(),
+        b"pong"
+    );
+}
+
+/// The same with a plain read of another type queued after `read_many`.
+#[tokio::test]
+async fn read_many_deferred_error_does_not_fail_a_chunk_read() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"ok\nthis line is too long\nabc")
+        .await
+        .unwrap();
+    let (_d, frames) = within("read_many", h.read_many(short_lines(), 16))
+        .await
+        .unwrap();
+    assert_eq!(frames.len(), 1);
+    let chunk = within("chunk", h.read(ChunkCodec::new(3))).await;
+    assert_eq!(&chunk.expect("the chunk read got a line error")[..], b"abc");
+}
+
+// ----- the read buffer under a started request --------------------------------
+
+/// OPT-21: bytes may be removed from the front of the read buffer while
+/// requests are queued. A line request that has already scanned part of
+/// its line keeps a scan position into those bytes, so after `consume` it
+/// misses the end of line and returns a wrong frame.
+#[tokio::test]
+async fn consume_under_a_started_line_request_keeps_the_frame_right() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(ours);
+    let line = conn.push_read(LineCodec::new());
+    let behind = conn.push_read(ChunkCodec::new(1));
+    peer.write_all(b"abcdef").await.unwrap();
+    // Drive until the line request has looked at "abcdef" and waits.
+    let _ = tokio::time::timeout(Duration::from_millis(50), conn.wait(behind)).await;
+    assert_eq!(conn.read_buffer(), b"abcdef");
+    conn.consume(3);
+    peer.write_all(b"\nnext\n").await.unwrap();
+    let got = within("line", conn.wait(line)).await.unwrap();
+    assert_eq!(got.line(), b"def");
+}
+
+// ----- the server loop ---------------------------------------------------------
+
+/// `BadRequest::Reply`: "answer it and go on reading". A decoder that does
+/// skip what it rejected (a line over the limit under the discard policy)
+/// is still closed on the second over-long line in a row, although every
+/// byte of the first was consumed.
+#[tokio::test]
+async fn serve_answers_two_overlong_lines_in_a_row_when_the_decoder_skips_them() {
+    use anyframe::codecs::Utf8Line;
+    use anyframe::service::{BadRequest, serve};
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let upper = tower::service_fn(|line: Utf8Line| async move {
+        Ok::<_, std::convert::Infallible>(line.line().to_uppercase())
+    });
+    let lines = LineCodec::builder()
+        .max_length(16)
+        .overflow(OverflowPolicy::Discard)
+        .build_utf8()
+        .unwrap();
+    let server = serve(server_io, lines, LineCodec::new(), upper)
+        .on_bad_request(|_| BadRequest::Reply("ERR line too long".to_string()));
+    let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    let mut client = QueuedFramed::new(client_io);
+    for l in [
+        "this line is far too long",
+        "and so is this one, again",
+        "short",
+    ] {
+        client.push_write(LineCodec::new(), l).unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        match within("answer", client.read(LineCodec::new())).await {
+            Ok(l) => answers.push(String::from_utf8_lossy(l.line()).into_owned()),
+            Err(e) => {
+                answers.push(format!("<{e}>"));
+                break;
+            }
+        }
+    }
+    drop(client);
+    let outcome = within("server", server).await.unwrap();
+    assert_eq!(
+        answers,
+        ["ERR line too long", "ERR line too long", "SHORT"],
+        "server ended with {outcome:?}"
+    );
+}
+
+/// The kinds above, for reference in failure messages.
+#[allow(dead_code)]
+fn kinds() -> [ErrorKind; 2] {
+    [ErrorKind::NoSpace, ErrorKind::TimedOut]
+}
