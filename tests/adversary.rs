@@ -223,3 +223,86 @@ async fn serve_answers_two_overlong_lines_in_a_row_when_the_decoder_skips_them()
 fn kinds() -> [ErrorKind; 2] {
     [ErrorKind::NoSpace, ErrorKind::TimedOut]
 }
+
+// ----- the pipelined client ----------------------------------------------------
+
+/// A pipelined tower `Client` whose first response is malformed JSON: the
+/// bad bytes are left in the buffer (JSON's `EBADMSG` consumes nothing), so
+/// the next caller's request decodes the first caller's response and fails
+/// with its error, and so does every later call, while `poll_ready` keeps
+/// saying the connection is fine. A response that cannot be decoded must
+/// not be handed to the next caller: consume it or close the connection.
+#[tokio::test]
+async fn client_never_hands_a_malformed_response_to_the_next_caller() {
+    use anyframe::codecs::JsonCodec;
+    use anyframe::service::Client;
+    use serde_json::{Value, json};
+    use tower::{Service, ServiceExt};
+    let (ours, theirs) = tokio::io::duplex(4096);
+    tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(theirs);
+        let mut n = 0;
+        while let Ok(_req) = conn.read(JsonCodec::<Value>::ndjson()).await {
+            n += 1;
+            let answer: &[u8] = if n == 1 { b"{bad}\n" } else { b"{\"ok\":2}\n" };
+            conn.push_bytes(answer.to_vec()).unwrap();
+            if conn.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut client = Client::new(handle, JsonCodec::<Value>::ndjson(), |_: &Value| {
+        JsonCodec::<Value>::ndjson()
+    });
+    let first = within("first", client.ready().await.unwrap().call(json!({"n": 1}))).await;
+    assert_eq!(first.unwrap_err().kind(), ErrorKind::BadMessage);
+    for n in 2..5 {
+        let Ok(svc) = client.ready().await else {
+            return; // closed: acceptable
+        };
+        match within("next", svc.call(json!({ "n": n }))).await {
+            Ok(v) => assert_eq!(v, json!({"ok": 2})),
+            Err(e) => assert!(
+                e.is_fatal(),
+                "call {n} failed with the first response's error and the client goes on: {e:?}"
+            ),
+        }
+    }
+}
+
+// ----- panics while closing -----------------------------------------------------
+
+/// Panics when dropped: stands for any user value captured by a completion.
+struct Bomb;
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("bomb dropped");
+        }
+    }
+}
+
+/// A completion that owns a value whose `Drop` panics is user code too.
+/// When `destroy` drops it, the panic leaves `close` half done: the
+/// connection is marked closed, so no later close finishes the job, and a
+/// stalled `flush()` waits forever.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_drop_while_closing_still_resolves_every_waiter() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    let bomb = Bomb;
+    let armed = h.push_read_with(LineCodec::new(), move |_, _| {
+        let _keep = &bomb;
+        Ok(())
+    });
+    h.push_bytes(vec![0u8; 4096]).unwrap();
+    let mut flush = Box::pin(h.flush());
+    assert!((&mut flush).now_or_never().is_none());
+    tokio::task::yield_now().await;
+    let destroyed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.destroy()));
+    assert!(destroyed.is_err(), "the drop panicked inside destroy");
+    let _ = within("armed ticket", armed).await;
+    let flushed = within("flush", flush).await;
+    assert!(flushed.unwrap_err().is_fatal());
+}
