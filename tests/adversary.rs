@@ -306,3 +306,57 @@ async fn a_panicking_drop_while_closing_still_resolves_every_waiter() {
     let flushed = within("flush", flush).await;
     assert!(flushed.unwrap_err().is_fatal());
 }
+
+// ----- cancellation of a discarding line read ----------------------------------
+
+/// "A request dropped or timed out before it produced a frame has consumed
+/// nothing." A line read under `OverflowPolicy::Discard` that has started
+/// dropping an over-long line clears the read buffer while it waits for the
+/// line's end; dropped (a caller's own timeout) before the end arrives, it
+/// has consumed the head of the line, and the next read, with a fresh
+/// decoder as in any retry loop, returns the line's tail as a line.
+#[tokio::test]
+async fn cancelled_discarding_line_read_does_not_turn_the_tail_into_a_line() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(100), h.read(short_lines())).await;
+    assert!(first.is_err(), "the line has not ended yet: {first:?}");
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match within("retry", h.read(short_lines())).await {
+            Ok(l) => got.push(String::from_utf8_lossy(l.line()).into_owned()),
+            Err(e) => got.push(format!("<{:?}>", e.kind())),
+        }
+    }
+    assert_ne!(
+        got[0], " TAIL",
+        "the tail of a dropped line came out as a line: {got:?}"
+    );
+}
+
+/// The same with the connection's read timeout instead of the caller's.
+#[tokio::test(start_paused = true)]
+async fn timed_out_discarding_line_read_does_not_turn_the_tail_into_a_line() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut b = QueuedFramed::builder();
+    b.rtimeout(Duration::from_secs(1));
+    let (h, _driver) = b.build(ours).spawn();
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let first = within("first", h.read(short_lines())).await;
+    assert!(first.unwrap_err().is_timeout());
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let got = within("retry", h.read(short_lines())).await;
+    if let Ok(l) = &got {
+        assert_ne!(
+            l.line(),
+            b" TAIL",
+            "the tail of a dropped line came out as a line"
+        );
+    }
+}
