@@ -360,3 +360,45 @@ async fn timed_out_discarding_line_read_does_not_turn_the_tail_into_a_line() {
         );
     }
 }
+
+// ----- one-shot decoders in a batch ---------------------------------------------
+
+/// `Handle::read_many` with a one-shot decoder (`build_once`): the batch asks
+/// the spent decoder for a second frame, gets its fatal `EINVAL` (ERR-5 says
+/// `InvalidInput` is never fatal), defers it, and the next read, with a
+/// fresh decoder, closes the connection with it. A batch must stop at a
+/// decoder that is done instead of turning that into the connection's end.
+#[tokio::test]
+async fn read_many_with_a_one_shot_decoder_does_not_kill_the_connection() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"a\nb\n").await.unwrap();
+    let once = LineCodec::builder().build_once().unwrap();
+    let (_d, frames) = within("read_many", h.read_many(once, 10)).await.unwrap();
+    assert_eq!(frames.len(), 1);
+    let next = within("next", h.read(LineCodec::new())).await;
+    assert_eq!(
+        next.expect("the spent one-shot decoder's error closed the connection")
+            .line(),
+        b"b"
+    );
+    assert!(!h.is_closed());
+}
+
+/// The same on a `QueuedFramed` you drive yourself.
+#[tokio::test]
+async fn inline_read_many_with_a_one_shot_decoder_does_not_kill_the_connection() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(ours);
+    peer.write_all(b"a\nb\n").await.unwrap();
+    let mut once = LineCodec::builder().build_once().unwrap();
+    let mut frames = Vec::new();
+    let n = within("read_many", conn.read_many(&mut once, &mut frames, 10)).await;
+    assert_eq!(frames.len(), 1, "{n:?}");
+    let next = within("next", conn.read(LineCodec::new())).await;
+    assert_eq!(
+        next.expect("the spent one-shot decoder's error closed the connection")
+            .line(),
+        b"b"
+    );
+}
