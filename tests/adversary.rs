@@ -402,3 +402,83 @@ async fn inline_read_many_with_a_one_shot_decoder_does_not_kill_the_connection()
         b"b"
     );
 }
+
+// ----- write order ---------------------------------------------------------------
+
+/// A transport that takes every write whole, vectored, and records it.
+struct Recorder {
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Recorder {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        _buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for Recorder {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.out.lock().unwrap().extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut out = self.out.lock().unwrap();
+        let mut n = 0;
+        for b in bufs {
+            out.extend_from_slice(b);
+            n += b.len();
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// WQ-4: "Bytes go out exactly in push order." With more large buffers
+/// queued than one vectored write takes (64), the write puts the small
+/// bytes pushed last (the copied tail) right after the 63rd buffer, ahead
+/// of the buffers still queued, and the queue then advances as if it had
+/// written them in order: the peer gets the stream out of order.
+#[tokio::test]
+async fn many_large_pushes_then_a_small_one_go_out_in_push_order() {
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut conn = QueuedFramed::new(Recorder { out: out.clone() });
+    let mut expected = Vec::new();
+    for i in 0..70u8 {
+        let chunk = vec![i; 1024];
+        expected.extend_from_slice(&chunk);
+        conn.push_bytes(chunk).unwrap();
+    }
+    conn.push_bytes(&b"END\n"[..]).unwrap();
+    expected.extend_from_slice(b"END\n");
+    within("flush", conn.flush()).await.unwrap();
+    let got = out.lock().unwrap().clone();
+    assert_eq!(got.len(), expected.len());
+    let first_diff = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "the output is out of push order");
+}
