@@ -482,3 +482,29 @@ async fn many_large_pushes_then_a_small_one_go_out_in_push_order() {
     let first_diff = got.iter().zip(&expected).position(|(a, b)| a != b);
     assert_eq!(first_diff, None, "the output is out of push order");
 }
+
+// ----- backpressure after a write timeout ----------------------------------------
+
+/// OPT-5: above the high watermark a producer waits until the queue is
+/// back at the low one. A write timeout hands its non-fatal `ETIMEDOUT` to
+/// the waiting producer (right), but it also clears the blocked state
+/// (`Watermarks::wake_all`), so the next `ready_to_write` says "go" with
+/// the queue still far above the high mark: backpressure is gone for a
+/// peer that stopped reading, and output grows until `wbuf_max`.
+#[tokio::test(start_paused = true)]
+async fn write_timeout_does_not_lift_backpressure() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let mut b = QueuedFramed::builder();
+    b.wtimeout(Duration::from_secs(1)).watermarks(1024, 0);
+    let (h, _driver) = b.build(ours).spawn();
+    h.push_bytes(vec![b'x'; 8192]).unwrap();
+    let first = within("ready_to_write", h.ready_to_write()).await;
+    assert!(first.unwrap_err().is_timeout());
+    assert!(h.write_buffered() > 1024);
+    let again = tokio::time::timeout(Duration::from_millis(100), h.ready_to_write()).await;
+    assert!(
+        !matches!(again, Ok(Ok(()))),
+        "ready_to_write said go with {} bytes queued over a 1024-byte high mark",
+        h.write_buffered()
+    );
+}
