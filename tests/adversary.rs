@@ -508,3 +508,41 @@ async fn write_timeout_does_not_lift_backpressure() {
         h.write_buffered()
     );
 }
+
+// ----- the server loop at a truncated last request ---------------------------------
+
+/// A client sends two whole requests and the start of a third, then closes
+/// its write side. The server must answer the two it read (its docs: it
+/// ends "after answering every request it has read"; LC-5: replies to
+/// requests before a fatal input-side error are still written). With a
+/// service that takes a moment, the loop reads on while both are in
+/// flight, the end of input inside the third closes the connection, and
+/// the two answers can no longer be queued: the client gets nothing.
+#[tokio::test]
+async fn serve_answers_the_whole_requests_before_a_truncated_one() {
+    use anyframe::codecs::Utf8Line;
+    use anyframe::service::serve;
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let slow_upper = tower::service_fn(|line: Utf8Line| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<_, std::convert::Infallible>(line.line().to_uppercase())
+    });
+    let lines = LineCodec::builder().build_utf8().unwrap();
+    let server = tokio::spawn(std::future::IntoFuture::into_future(serve(
+        server_io,
+        lines,
+        LineCodec::new(),
+        slow_upper,
+    )));
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    wr.write_all(b"one\ntwo\nthr").await.unwrap();
+    wr.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let _ = within("answers", rd.read_to_end(&mut got)).await;
+    let outcome = within("server", server).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "ONE\nTWO\n",
+        "server ended with {outcome:?}"
+    );
+}
