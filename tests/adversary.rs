@@ -546,3 +546,40 @@ async fn serve_answers_the_whole_requests_before_a_truncated_one() {
         "server ended with {outcome:?}"
     );
 }
+
+// ----- the pipelined client against a silent server ---------------------------------
+
+/// A timed-out call keeps its in-flight slot until its late answer is read
+/// (right: the slot is still on the wire). Against a server that never
+/// answers, with a read timeout set, once `max_in_flight` calls have timed
+/// out `ready()` waits forever: the read timeout keeps firing, but it has no
+/// waiter left to tell, and `poll_ready` waits on the slots, not on the
+/// connection. A tower user gets a hang instead of a timeout or an error.
+#[tokio::test(start_paused = true)]
+async fn client_ready_does_not_hang_when_every_slot_is_held_by_a_timed_out_call() {
+    use anyframe::service::ClientBuilder;
+    use tower::{Service, ServiceExt};
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    tokio::spawn(async move {
+        // Reads the requests, never answers.
+        let mut sink = vec![0u8; 4096];
+        while let Ok(n) = theirs.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let mut b = QueuedFramed::builder();
+    b.rtimeout(Duration::from_secs(1));
+    let (handle, _driver) = b.build(ours).spawn();
+    let mut client =
+        ClientBuilder::default()
+            .max_in_flight(2)
+            .build(handle, LineCodec::new(), |_: &&str| LineCodec::new());
+    for name in ["one", "two"] {
+        let r = within(name, client.ready().await.unwrap().call(name)).await;
+        assert!(r.unwrap_err().is_timeout());
+    }
+    let third = within("third ready", client.ready()).await.map(|_| ());
+    assert!(third.is_err(), "ready() said go with every slot held");
+}
