@@ -583,3 +583,37 @@ async fn client_ready_does_not_hang_when_every_slot_is_held_by_a_timed_out_call(
     let third = within("third ready", client.ready()).await.map(|_| ());
     assert!(third.is_err(), "ready() said go with every slot held");
 }
+
+// ----- cancelled requests behind a waiting head ---------------------------------------
+
+/// How many read requests the handle holds, from its `Debug` output.
+fn queued_reads(h: &anyframe::Handle) -> usize {
+    let text = format!("{h:?}");
+    let at = text
+        .find("queued_reads: ")
+        .expect("Debug shows queued_reads")
+        + 14;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Bounded memory: a read cancelled behind a head that waits (a heartbeat
+/// loop of `timeout(…, handle.read(…))` while a long transfer is queued)
+/// stays queued until it reaches the head, so each cancelled read leaks
+/// its request, decoder and channel for as long as the head waits.
+#[tokio::test]
+async fn cancelled_reads_behind_a_waiting_head_do_not_pile_up() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    let _transfer = h.push_read(ChunkCodec::new(1 << 20));
+    for _ in 0..1_000 {
+        let _ = tokio::time::timeout(Duration::from_micros(1), h.read(LineCodec::new())).await;
+    }
+    tokio::task::yield_now().await;
+    let n = queued_reads(&h);
+    assert!(n < 100, "{n} cancelled requests are still queued");
+}
