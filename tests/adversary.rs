@@ -617,3 +617,35 @@ async fn cancelled_reads_behind_a_waiting_head_do_not_pile_up() {
     let n = queued_reads(&h);
     assert!(n < 100, "{n} cancelled requests are still queued");
 }
+
+// ----- output queued behind a STARTTLS ------------------------------------------------
+
+/// TLS-2: output queued after a STARTTLS waits for the handshake and goes
+/// out encrypted; TLS-4: the connection never goes on unencrypted. When
+/// the connection is destroyed while the handshake is pending, `close`
+/// clears the switch's write marker and the linger writes what is queued:
+/// this pins that the transport, mid-handshake, still holds those bytes
+/// back (checked; passes).
+#[tokio::test]
+async fn output_queued_behind_a_pending_starttls_never_goes_out_in_plaintext() {
+    let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+    let (h, driver) = QueuedFramed::new(ours).spawn();
+    let tls = h.starttls(anyframe::tls::TlsClient::new("localhost").unwrap());
+    // The ClientHello is out: the handshake waits for the server.
+    let mut head = [0u8; 5];
+    within("client hello", peer.read_exact(&mut head))
+        .await
+        .unwrap();
+    h.push_bytes(&b"AUTH PLAIN c2VjcmV0\r\n"[..]).unwrap();
+    h.destroy();
+    drop(h);
+    drop(tls);
+    let mut wire = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer.read_to_end(&mut wire)).await;
+    drop(driver);
+    let leaked = wire.windows(10).any(|w| w == b"AUTH PLAIN");
+    assert!(
+        !leaked,
+        "output queued for the TLS session went out in plaintext"
+    );
+}
