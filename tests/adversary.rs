@@ -649,3 +649,33 @@ async fn output_queued_behind_a_pending_starttls_never_goes_out_in_plaintext() {
         "output queued for the TLS session went out in plaintext"
     );
 }
+
+// ----- hooks after destroy -------------------------------------------------------------
+
+/// LC-1: after `destroy()` "no hook runs". An `on_drain` hook that queues
+/// one more message and then destroys the connection (a last goodbye) is
+/// run again: the write loop goes on writing after the destroy, the
+/// goodbye drains the queue, and that drain edge runs the hook on the
+/// closed connection.
+#[tokio::test]
+async fn no_drain_hook_runs_after_destroy_from_inside_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut conn = QueuedFramed::new(Recorder { out: out.clone() });
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    conn.on_drain(move |q| {
+        if r.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = q.push_bytes(&b"goodbye\n"[..]);
+            q.destroy();
+        }
+    });
+    conn.push_bytes(vec![b'x'; 1000]).unwrap();
+    let _ = within("flush", conn.flush()).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the drain hook ran again after it destroyed the connection"
+    );
+}
