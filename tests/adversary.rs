@@ -679,3 +679,27 @@ async fn no_drain_hook_runs_after_destroy_from_inside_it() {
         "the drain hook ran again after it destroyed the connection"
     );
 }
+
+/// LC-1 again: a timer set on a destroyed connection runs the `on_timeout`
+/// hook (`set_timer` checks the deadline at once without looking at
+/// whether the connection is still open).
+#[tokio::test]
+async fn no_timeout_hook_runs_after_destroy() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    h.on_timeout(move |_, _| {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    h.destroy();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.set_timeout(Duration::from_millis(1));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the timeout hook ran on a destroyed connection"
+    );
+}
