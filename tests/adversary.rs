@@ -703,3 +703,33 @@ async fn no_timeout_hook_runs_after_destroy() {
         "the timeout hook ran on a destroyed connection"
     );
 }
+
+/// The same, with the STARTTLS still queued behind a read (the usual
+/// shape: read the server's "220 ready", then start TLS, with the login
+/// already queued behind it). The connection ends by an input-side error
+/// (the peer closes inside the awaited line), which lingers; `close` has
+/// cleared the switch's marker, TLS never started, and the linger writes
+/// the login, meant for the TLS session, in plaintext.
+#[tokio::test]
+async fn output_queued_behind_a_starttls_that_never_ran_is_not_lingered_in_plaintext() {
+    let (ours, peer) = tokio::io::duplex(64 * 1024);
+    let (mut peer_rd, mut peer_wr) = tokio::io::split(peer);
+    let (h, driver) = QueuedFramed::new(ours).spawn();
+    let ready = h.push_read(LineCodec::new());
+    let tls = h.starttls(anyframe::tls::TlsClient::new("localhost").unwrap());
+    h.push_bytes(&b"AUTH PLAIN c2VjcmV0\r\n"[..]).unwrap();
+    // The peer closes inside the line the client waits for.
+    peer_wr.write_all(b"220 rea").await.unwrap();
+    peer_wr.shutdown().await.unwrap();
+    assert!(within("ready", ready).await.unwrap_err().is_fatal());
+    assert!(within("starttls", tls).await.is_err());
+    drop(h);
+    let _ = within("driver", driver).await;
+    let mut wire = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer_rd.read_to_end(&mut wire)).await;
+    assert!(
+        !wire.windows(10).any(|w| w == b"AUTH PLAIN"),
+        "output queued for the TLS session went out in plaintext: {:?}",
+        String::from_utf8_lossy(&wire)
+    );
+}
