@@ -733,3 +733,32 @@ async fn output_queued_behind_a_starttls_that_never_ran_is_not_lingered_in_plain
         String::from_utf8_lossy(&wire)
     );
 }
+
+// ----- a fatal error returned by a completion ------------------------------------------
+
+/// ERR-2: a fatal error ends the connection; every queued request fails
+/// with it. A completion (`push_read_with`) that returns a fatal error
+/// (a frame that proves the peer cannot be trusted) only fails its own
+/// ticket: the ticket says `is_fatal()`, yet the connection stays open and
+/// the next request reads on as if nothing happened.
+#[tokio::test]
+async fn a_fatal_error_from_a_completion_closes_the_connection() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    let first = h.push_read_with(LineCodec::new(), |_, _| {
+        Err::<(), _>(anyframe::Error::custom(
+            ErrorKind::BadMessage,
+            true,
+            "unexpected greeting",
+        ))
+    });
+    let second = h.push_read(LineCodec::new());
+    peer.write_all(b"who are you\nnext\n").await.unwrap();
+    let e = within("first", first).await.unwrap_err();
+    assert!(e.is_fatal());
+    let next = within("second", second).await;
+    assert!(
+        next.is_err() && h.is_closed(),
+        "a fatal error left the connection open: next read gave {next:?}"
+    );
+}
