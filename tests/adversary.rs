@@ -762,3 +762,46 @@ async fn a_fatal_error_from_a_completion_closes_the_connection() {
         "a fatal error left the connection open: next read gave {next:?}"
     );
 }
+
+// ----- the server loop's graceful shutdown ------------------------------------------------
+
+/// `Serve` ends at its shutdown signal "after answering every request it
+/// has read". Requests read in one batch that wait for the service's
+/// `poll_ready` (a concurrency limit) when the signal fires are dropped
+/// unanswered (`Event::Shutdown` clears them), and the client waits for
+/// answers that never come.
+#[tokio::test]
+async fn serve_shutdown_answers_every_request_it_has_read() {
+    use anyframe::codecs::Utf8Line;
+    use anyframe::service::serve;
+    use tower::ServiceBuilder;
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let slow_upper =
+        ServiceBuilder::new()
+            .concurrency_limit(1)
+            .service_fn(|line: Utf8Line| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, std::convert::Infallible>(line.line().to_uppercase())
+            });
+    let lines = LineCodec::builder().build_utf8().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = serve(server_io, lines, LineCodec::new(), slow_upper)
+        .max_in_flight(4)
+        .with_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    wr.write_all(b"a\nb\nc\n").await.unwrap();
+    // All three are read in one batch; the first is with the service.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let _ = stop_tx.send(());
+    let outcome = within("server", server).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), rd.read_to_end(&mut got)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "A\nB\nC\n",
+        "server ended with {outcome:?}"
+    );
+}
