@@ -218,12 +218,6 @@ async fn serve_answers_two_overlong_lines_in_a_row_when_the_decoder_skips_them()
     );
 }
 
-/// The kinds above, for reference in failure messages.
-#[allow(dead_code)]
-fn kinds() -> [ErrorKind; 2] {
-    [ErrorKind::NoSpace, ErrorKind::TimedOut]
-}
-
 // ----- the pipelined client ----------------------------------------------------
 
 /// A pipelined tower `Client` whose first response is malformed JSON: the
