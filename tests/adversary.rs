@@ -799,3 +799,32 @@ async fn serve_shutdown_answers_every_request_it_has_read() {
         "server ended with {outcome:?}"
     );
 }
+
+/// "An unshift goes after a read that has begun its frame." A discarding
+/// line read that has dropped the whole buffer counts as not started (the
+/// engine looks at whether bytes are left), so a read unshifted then goes
+/// in front of it and reads the rest of the over-long line as its own line.
+#[tokio::test]
+async fn unshift_goes_after_a_discarding_line_read() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    let discarding = h.push_read(short_lines());
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let unshifted = h.unshift_read(LineCodec::new());
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let first = within("discarding", discarding).await;
+    let second = within("unshifted", unshifted).await;
+    assert_eq!(
+        first.map(|l| l.line().to_vec()).unwrap_err().kind(),
+        ErrorKind::NoSpace
+    );
+    assert_eq!(
+        second.unwrap().line(),
+        b"ok",
+        "the unshifted read ran first, got the long line's tail, and the \
+         discarding read then dropped the next line"
+    );
+}
