@@ -416,6 +416,7 @@ impl Core {
     /// Runs `f`, closing the connection if it panics (a user callback ran
     /// inside it), and returns the panic for the caller to resume once no
     /// lock is held.
+    #[inline]
     pub(crate) fn guard<R>(
         &mut self,
         f: impl FnOnce(&mut Core) -> R,
@@ -431,6 +432,7 @@ impl Core {
 
     /// [`guard`](Self::guard) for a caller that holds no lock: the panic
     /// goes on at once.
+    #[inline]
     pub(crate) fn run<R>(&mut self, f: impl FnOnce(&mut Core) -> R) -> R {
         match self.guard(f) {
             Ok(r) => r,
@@ -562,6 +564,16 @@ impl Core {
         }
     }
 
+    /// The most one read may add: the spare capacity, bounded by what is
+    /// left under `rbuf_max`.
+    fn read_limit(&self) -> usize {
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        match self.cfg.rbuf_max {
+            Some(max) => spare.min(max.saturating_sub(self.rbuf.len())),
+            None => spare,
+        }
+    }
+
     /// Makes room for `want` more bytes without doubling the buffer: the
     /// capacity grows by what this read needs, or by an eighth of what is
     /// held, whichever is more (amortised growth, peak about 1.125 × held +
@@ -602,8 +614,11 @@ impl Core {
                 return Poll::Ready(Err(e));
             }
             self.reserve_for_read(want);
+            // Read into all the room already allocated (fewer system calls
+            // on a buffer that has grown), never past `rbuf_max`.
+            let limit = self.read_limit().max(want);
             let filled = {
-                let mut limited = (&mut self.rbuf).limit(want);
+                let mut limited = (&mut self.rbuf).limit(limit);
                 tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut limited)
             };
             match filled {

@@ -260,7 +260,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        self.core.run(|core| core.push_encoded(encoder, item))
+        // The encoder runs guarded inside push_encoded.
+        self.core.push_encoded(encoder, item)
     }
 
     /// Queues raw bytes; large ones are queued without copying.

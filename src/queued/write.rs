@@ -113,7 +113,9 @@ impl WriteQueue {
                 slices[k] = IoSlice::new(b);
                 k += 1;
             }
-            if k < MAX_IOVS && !self.tail.is_empty() {
+            // The tail goes last, and only when every chained buffer is in
+            // this write: anything else would put it ahead of them.
+            if k == self.chain.len() && !self.tail.is_empty() {
                 slices[k] = IoSlice::new(&self.tail);
                 k += 1;
             }
