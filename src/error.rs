@@ -156,6 +156,17 @@ impl Error {
         .at_eof()
     }
 
+    /// A pipelined response that could not be decoded: the stream is out
+    /// of step, so the error closes the connection.
+    pub(crate) fn out_of_step(e: Error) -> Error {
+        Error::with(
+            e.kind(),
+            true,
+            "a pipelined response could not be decoded; the stream is out of step",
+            Source::Other(Box::new(e)),
+        )
+    }
+
     /// A user callback panicked while the engine ran it.
     pub(crate) fn panicked(text: &str) -> Error {
         Error::with(

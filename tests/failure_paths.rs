@@ -595,7 +595,7 @@ async fn handle_read_many_takes_every_buffered_frame_then_a_clean_end() {
 }
 
 #[tokio::test]
-async fn handle_read_many_gives_an_error_after_its_frames_to_the_next_read() {
+async fn handle_read_many_gives_an_error_after_its_frames_to_the_next_batch() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let (handle, _driver) = QueuedFramed::new(ours).spawn();
     let codec = LineCodec::builder()
@@ -608,7 +608,7 @@ async fn handle_read_many_gives_an_error_after_its_frames_to_the_next_read() {
         .unwrap();
     let (codec, first) = within("batch", handle.read_many(codec, 10)).await.unwrap();
     assert_eq!(first.len(), 2, "the frames before the error come first");
-    let e = within("error", handle.read(LineCodec::new()))
+    let e = within("error", handle.read_many(codec.clone(), 10))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSpace);

@@ -133,6 +133,10 @@ pub(crate) type DrainHook = Box<dyn FnMut(&mut Requests<'_>) + Send>;
 /// the task would wait. 64 KiB fills a loopback socket buffer's worth.
 const CORK_BOUNDARY: usize = 64 * 1024;
 
+/// Cancelled requests are swept out of the queue once it reaches twice
+/// its length after the last sweep, and never below this.
+const SWEEP_MIN: usize = 64;
+
 /// The engine state, minus the transport.
 pub(crate) struct Core {
     life: Life,
@@ -167,6 +171,10 @@ pub(crate) struct Core {
     deferred: Option<Error>,
     /// The output side failed (`wbuf_max`): no linger.
     output_failed: bool,
+    /// The timer behind the `ETIMEDOUT` `poll_fill` returned last.
+    fired: Option<Timeout>,
+    /// The queue length at which cancelled requests are swept out next.
+    sweep_at: usize,
 }
 
 impl std::fmt::Debug for Core {
@@ -216,6 +224,8 @@ impl Core {
             tls_active: false,
             deferred: None,
             output_failed: false,
+            fired: None,
+            sweep_at: SWEEP_MIN,
             cfg,
         }
     }
@@ -368,7 +378,8 @@ impl Core {
         }
         self.write_errors += 1;
         self.last_write_error = Some(err.clone());
-        self.marks.wake_all();
+        // Wake them to see the error; the backpressure itself stays.
+        self.marks.wake_waiters();
         true
     }
 
@@ -393,10 +404,14 @@ impl Core {
             return;
         }
         tracing::debug!(error = %err, buffered = self.rbuf.len(), unwritten = self.wq.len(), "connection closed");
+        // A switch's marker stays: output queued after a STARTTLS that never
+        // ran must not leave in plaintext (linger stops at the marker).
         self.life = Life::Closed(err.clone());
-        self.wq.clear_marker();
-        for entry in self.queue.drain(..) {
-            match entry {
+        // Dropping an entry runs user code (a completion's captures): one
+        // that panics must not keep the others from being told.
+        let mut panicked = None;
+        for entry in std::mem::take(&mut self.queue) {
+            let told = catch_unwind(AssertUnwindSafe(|| match entry {
                 Entry::Read(req) => req.fail(err.clone()),
                 #[cfg(feature = "tls")]
                 Entry::Switch(sw) => {
@@ -404,6 +419,9 @@ impl Core {
                         let _ = done.send(Err(err.clone()));
                     }
                 }
+            }));
+            if let Err(payload) = told {
+                panicked.get_or_insert(payload);
             }
         }
         for w in self.flush_waiters.drain(..) {
@@ -411,6 +429,9 @@ impl Core {
         }
         self.marks.wake_all();
         self.wake_driver();
+        if let Some(payload) = panicked {
+            resume_unwind(payload);
+        }
     }
 
     /// Runs `f`, closing the connection if it panics (a user callback ran
@@ -473,15 +494,52 @@ impl Core {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        let (req, ticket) = DecodeRequest::new(decoder, then, on_drop);
+        self.enqueue_request(req, front, ticket)
+    }
+
+    /// Queues a `read_many` batch: it also gets the error that came after
+    /// the previous batch's frames.
+    pub(crate) fn enqueue_batch<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (req, ticket) = DecodeRequest::new(decoder, then, OnDrop::Cancel);
+        self.enqueue_request(req.into_batch(), false, ticket)
+    }
+
+    fn enqueue_request<D, F, R>(
+        &mut self,
+        req: DecodeRequest<D, F, R>,
+        front: bool,
+        ticket: Ticket<R>,
+    ) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         if let Life::Closed(e) = &self.life {
             return Ticket::ready(Err(e.clone()));
         }
-        let (req, ticket) = DecodeRequest::new(decoder, then, on_drop);
         let entry = Entry::Read(Box::new(req));
         if front {
             self.push_front(entry);
         } else {
             self.queue.push_back(entry);
+        }
+        if self.queue.len() >= self.sweep_at {
+            // Requests cancelled behind a waiting head would otherwise stay
+            // until they reach it: sweep them out, amortised O(1).
+            self.queue
+                .retain(|e| !matches!(e, Entry::Read(r) if r.is_abandoned()));
+            self.sweep_at = (self.queue.len() * 2).max(SWEEP_MIN);
         }
         self.wake_driver();
         ticket
@@ -520,8 +578,13 @@ impl Core {
                 self.queue.pop_front();
                 continue;
             }
-            if let Some(e) = self.deferred.take() {
-                self.fail(e, None);
+            if head.is_batch()
+                && let Some(e) = self.deferred.take()
+            {
+                // The error that came after the previous batch's frames.
+                if let Some(Entry::Read(req)) = self.queue.pop_front() {
+                    req.fail(e);
+                }
                 continue;
             }
             match head.poll_decode(&mut self.rbuf, eof) {
@@ -536,6 +599,14 @@ impl Core {
                             req.complete(&mut Requests { core: self });
                         }
                         Err(e) => {
+                            // A pipelined response that cannot be decoded
+                            // leaves the stream out of step: every later
+                            // answer would go to the wrong caller.
+                            let e = if !e.is_fatal() && req.on_drop() == OnDrop::Consume {
+                                Error::out_of_step(e)
+                            } else {
+                                e
+                            };
                             tracing::debug!(error = %e, "read request failed");
                             req.fail(e.clone());
                             if e.is_fatal() {
@@ -548,7 +619,7 @@ impl Core {
         }
     }
 
-    /// Hands `err` to the next read request (see `dispatch`).
+    /// Hands `err` to the next batch read (`read_many`) (see `dispatch`).
     pub(crate) fn defer_error(&mut self, err: Error) {
         self.deferred = Some(err);
     }
@@ -660,7 +731,10 @@ impl Core {
                 return Poll::Ready(Err(e));
             }
             match self.poll_timers(cx) {
-                Poll::Ready(Some((_, e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some((which, e))) => {
+                    self.fired = Some(which);
+                    return Poll::Ready(Err(e));
+                }
                 // A hook handled it (and may have changed things): go again.
                 Poll::Ready(None) => continue,
                 Poll::Pending => return Poll::Pending,
@@ -703,6 +777,9 @@ impl Core {
     /// poll.
     pub(crate) fn set_timer(&mut self, which: Timeout, period: std::time::Duration) {
         self.timers.set(which, period);
+        if self.is_closed() {
+            return;
+        }
         if let Some(t) = self.timers.expired()
             && let Some((t, e)) = self.timer_expired(t)
         {
@@ -771,7 +848,8 @@ impl Core {
             match ready!(self.poll_fill(io, cx)) {
                 Ok(_) => {}
                 Err(e) if !e.is_fatal() => {
-                    self.fail(e, None);
+                    let which = self.fired.take();
+                    self.fail(e, which);
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -1035,6 +1113,7 @@ impl Core {
         IO: Transport,
     {
         while self.wq.writable() > 0 {
+            self.check_open()?;
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(0) => {
                     return Poll::Ready(Err(self.io_failed(std::io::ErrorKind::WriteZero.into())));
@@ -1072,6 +1151,9 @@ impl Core {
 
     /// The drain edge: run the user's hook, never re-entrantly.
     fn run_drain_hook(&mut self) {
+        if self.is_closed() {
+            return;
+        }
         if let Some(mut hook) = self.on_drain.take() {
             hook(&mut Requests { core: self });
             if self.on_drain.is_none() {
@@ -1332,7 +1414,8 @@ impl Core {
             match self.poll_fill(io, cx) {
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Ready(Err(e)) if !e.is_fatal() => {
-                    self.fail(e, None);
+                    let which = self.fired.take();
+                    self.fail(e, which);
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Pending => {
@@ -1364,7 +1447,9 @@ impl Core {
     where
         IO: AsyncWrite + Unpin,
     {
-        while !self.wq.is_empty() {
+        // Only up to a TLS switch's marker: what was queued for after the
+        // switch never goes out in plaintext.
+        while self.wq.writable() > 0 {
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(n) if n > 0 => {}
                 _ => return Poll::Ready(()),

@@ -347,13 +347,14 @@ impl Handle {
         D::Error: Into<Error>,
     {
         let batch = crate::queued::request::Batch::new(decoder, limit);
-        self.push_read_with(batch, |(decoder, frames, error), q| {
-            if let Some(e) = error {
-                // Frames came before it: they go now, the error next.
-                q.defer_error(e);
-            }
-            Ok((decoder, frames))
-        })
+        self.lock()
+            .enqueue_batch(batch, |(decoder, frames, error), q| {
+                if let Some(e) = error {
+                    // Frames came before it: they go now, the error next.
+                    q.defer_error(e);
+                }
+                Ok((decoder, frames))
+            })
     }
 
     /// Writes a request and queues the read of its response, under one lock,

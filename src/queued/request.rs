@@ -45,6 +45,10 @@ pub(crate) trait Request: Send {
     /// it may keep state about those bytes (a scan position), so nothing
     /// may consume them from under it.
     fn has_started(&self) -> bool;
+
+    /// Whether this is a batch read (`read_many`), the one that gets an
+    /// error deferred from the batch before it.
+    fn is_batch(&self) -> bool;
 }
 
 /// What happens to a request whose [`Ticket`] is dropped before it completes.
@@ -68,12 +72,20 @@ pub(crate) struct DecodeRequest<D: Decoder, F, R> {
     on_drop: OnDrop,
     /// The decoder has seen input and asked for more.
     started: bool,
+    /// A `read_many` batch.
+    batch: bool,
 }
 
 impl<D, F, R> DecodeRequest<D, F, R>
 where
     D: Decoder,
 {
+    /// Marks this request as a `read_many` batch.
+    pub(crate) fn into_batch(mut self) -> Self {
+        self.batch = true;
+        self
+    }
+
     pub(crate) fn new(decoder: D, then: F, on_drop: OnDrop) -> (Self, Ticket<R>) {
         let (tx, rx) = oneshot::channel();
         (
@@ -84,6 +96,7 @@ where
                 tx: Some(tx),
                 on_drop,
                 started: false,
+                batch: false,
             },
             Ticket { rx },
         )
@@ -144,13 +157,16 @@ where
     R: Send,
 {
     fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<()>> {
+        let before = rbuf.len();
         match decode_step(&mut self.decoder, rbuf, eof) {
             Ok(Some(frame)) => {
                 self.frame = Some(frame);
                 Poll::Ready(Ok(()))
             }
             Ok(None) => {
-                self.started |= !rbuf.is_empty();
+                // Bytes left, or bytes consumed without a frame (a line being
+                // discarded): the decoder keeps state about this input.
+                self.started |= !rbuf.is_empty() || rbuf.len() < before;
                 Poll::Pending
             }
             Err(e) => Poll::Ready(Err(e)),
@@ -181,6 +197,13 @@ where
                 resume_unwind(payload);
             }
         };
+        // A fatal error returned by the completion closes the connection,
+        // like any other fatal error (ERR-2).
+        if let Err(e) = &result
+            && e.is_fatal()
+        {
+            q.core.close(e.clone());
+        }
         // The receiver may be gone (OnDrop::Consume): the frame is discarded.
         if let Some(tx) = this.tx {
             let _ = tx.send(result);
@@ -217,6 +240,10 @@ where
 
     fn has_started(&self) -> bool {
         self.started
+    }
+
+    fn is_batch(&self) -> bool {
+        self.batch
     }
 }
 

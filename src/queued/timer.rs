@@ -75,10 +75,6 @@ impl Timers {
         }
     }
 
-    pub(crate) fn any_enabled(&self) -> bool {
-        self.period.iter().any(|p| !p.is_zero())
-    }
-
     /// Stops the timers until [`start`](Self::start) (while connecting).
     pub(crate) fn pause(&mut self) {
         self.started = false;
@@ -90,6 +86,8 @@ impl Timers {
         self.stamp = [Instant::now(); 3];
     }
 
+    /// Sets a period; it counts from the last activity (TO-4), which is
+    /// recorded whether or not a timer is on.
     pub(crate) fn set(&mut self, which: Timeout, period: Duration) {
         self.period[which.index()] = period;
     }
@@ -99,22 +97,19 @@ impl Timers {
         self.stamp[which.index()] = Instant::now();
     }
 
-    /// A read of more than 0 bytes happened.
+    /// A read of more than 0 bytes happened. Recorded even while every
+    /// timer is off, so a timer set later counts from the last activity.
     pub(crate) fn on_read(&mut self) {
-        if self.any_enabled() {
-            let now = Instant::now();
-            self.stamp[Timeout::Idle.index()] = now;
-            self.stamp[Timeout::Read.index()] = now;
-        }
+        let now = Instant::now();
+        self.stamp[Timeout::Idle.index()] = now;
+        self.stamp[Timeout::Read.index()] = now;
     }
 
-    /// A write happened.
+    /// A write happened (recorded as reads are).
     pub(crate) fn on_write(&mut self) {
-        if self.any_enabled() {
-            let now = Instant::now();
-            self.stamp[Timeout::Idle.index()] = now;
-            self.stamp[Timeout::Write.index()] = now;
-        }
+        let now = Instant::now();
+        self.stamp[Timeout::Idle.index()] = now;
+        self.stamp[Timeout::Write.index()] = now;
     }
 
     fn deadline(&self) -> Option<Instant> {

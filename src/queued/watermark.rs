@@ -99,6 +99,14 @@ impl Watermarks {
         Poll::Pending
     }
 
+    /// Wakes every waiter without changing the state (they look again and
+    /// see an error).
+    pub(crate) fn wake_waiters(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
     /// Wakes everybody (the handle died).
     pub(crate) fn wake_all(&mut self) {
         self.blocked = false;

@@ -399,10 +399,10 @@ where
                     }
                 }
                 Event::Shutdown => {
+                    // Requests already read are still answered.
                     tracing::debug!("server loop shutting down");
                     reading = false;
                     next = None;
-                    waiting.clear();
                 }
             }
         }
