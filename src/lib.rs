@@ -89,7 +89,7 @@ mod layer;
 mod queued;
 #[cfg(feature = "tower")]
 pub mod service;
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 pub mod tls;
 
 #[doc = include_str!("../docs/anyevent.md")]
