@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use anyframe::codecs::{ChunkCodec, LineCodec, TlsDetectCodec};
-use anyframe::tls::TlsServer;
+use anyframe::tls::{TlsBackend, TlsServer};
 use anyframe::{Error, ErrorKind, OrEof, QueuedFramed};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -292,6 +292,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Pipelined<IO> {
 /// never be delivered to a request as data.
 #[tokio::test]
 async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hello() {
+    for &b in pki::BACKENDS {
+        starttls_with_buffered_hello(b).await;
+    }
+}
+
+async fn starttls_with_buffered_hello(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
@@ -305,7 +311,9 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
             &buffered[..buffered.len().min(8)]
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        conn.starttls(pki::server()).await.unwrap();
+        conn.starttls(pki::server_on(b, &pki::pki().server))
+            .await
+            .unwrap();
         assert!(conn.is_tls());
         assert!(conn.read_buffer().is_empty(), "the hello was handed on");
         // The only line after the command is the one sent over TLS.
@@ -317,7 +325,7 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
     let answer = Arc::new(Mutex::new(Vec::new()));
     within("client", async {
         let mut conn = QueuedFramed::new(Pipelined::new(c, b"STARTTLS\r\n", answer.clone()));
-        conn.starttls(pki::client()).await.unwrap();
+        conn.starttls(pki::client_on(b)).await.unwrap();
         conn.write(LineCodec::new(), "secret over tls")
             .await
             .unwrap();
@@ -713,15 +721,15 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated() {
 /// Runs a handshake of a verifying client against a server presenting
 /// `server_cert` and returns the client's error, after checking it is a
 /// fatal EPROTO that leaves nothing usable behind.
-async fn refused(server_cert: &pki::Pem) -> Error {
+async fn refused(b: TlsBackend, server_cert: &pki::Pem) -> Error {
     let (c, s) = tcp_pair().await;
-    let tls = pki::server_with(server_cert);
+    let tls = pki::server_on(b, server_cert);
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
         conn.starttls(tls).await.unwrap_err()
     });
     let mut conn = QueuedFramed::new(c);
-    let e = within("client handshake", conn.starttls(pki::client()))
+    let e = within("client handshake", conn.starttls(pki::client_on(b)))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
@@ -740,28 +748,49 @@ async fn refused(server_cert: &pki::Pem) -> Error {
     e
 }
 
-fn assert_reason(e: &Error, reason: &str) {
+/// The refusal carries the TLS library's own words: OpenSSL's through
+/// native-tls, or rustls's.
+fn assert_reason(b: TlsBackend, e: &Error, native_tls: &str, rustls: &str) {
     let msg = e.to_string().to_lowercase();
-    assert!(msg.contains("certificate verify failed"), "{e}");
-    assert!(msg.contains(reason), "expected {reason:?} in {e}");
+    let (prefix, reason) = match b {
+        #[cfg(feature = "rustls")]
+        TlsBackend::Rustls => ("invalid peer certificate", rustls),
+        _ => ("certificate verify failed", native_tls),
+    };
+    assert!(msg.contains(prefix), "{e}");
+    assert!(
+        msg.contains(&reason.to_lowercase()),
+        "expected {reason:?} in {e}"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_host_certificate_is_fatal_eproto() {
-    let e = refused(&pki::pki().wrong_host).await;
-    assert_reason(&e, "hostname mismatch");
+    for &b in pki::BACKENDS {
+        let e = refused(b, &pki::pki().wrong_host).await;
+        assert_reason(b, &e, "hostname mismatch", "not valid for name");
+    }
 }
 
 #[tokio::test]
 async fn an_unknown_ca_is_fatal_eproto() {
-    let e = refused(&pki::pki().unknown_ca).await;
-    assert_reason(&e, "unable to get local issuer certificate");
+    for &b in pki::BACKENDS {
+        let e = refused(b, &pki::pki().unknown_ca).await;
+        assert_reason(
+            b,
+            &e,
+            "unable to get local issuer certificate",
+            "UnknownIssuer",
+        );
+    }
 }
 
 #[tokio::test]
 async fn an_expired_certificate_is_fatal_eproto() {
-    let e = refused(&pki::pki().expired).await;
-    assert_reason(&e, "certificate has expired");
+    for &b in pki::BACKENDS {
+        let e = refused(b, &pki::pki().expired).await;
+        assert_reason(b, &e, "certificate has expired", "certificate expired");
+    }
 }
 
 // ----- timeouts, EOF and watermarks over TLS ---------------------------------
