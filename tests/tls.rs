@@ -343,6 +343,12 @@ async fn starttls_with_buffered_hello(b: TlsBackend) {
 /// read as a command.
 #[tokio::test]
 async fn plaintext_injected_behind_starttls_is_never_delivered() {
+    for &b in pki::BACKENDS {
+        plaintext_injected_behind_starttls_is_never_delivered_on(b).await;
+    }
+}
+
+async fn plaintext_injected_behind_starttls_is_never_delivered_on(b: TlsBackend) {
     let (mut c, s) = tcp_pair().await;
     c.write_all(b"STARTTLS\r\nRCPT TO:<injected@example.org>\r\n")
         .await
@@ -354,7 +360,10 @@ async fn plaintext_injected_behind_starttls_is_never_delivered() {
             b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        let e = conn.starttls(pki::server()).await.unwrap_err();
+        let e = conn
+            .starttls(pki::server_on(b, &pki::pki().server))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         assert!(e.is_fatal() && conn.is_destroyed(), "{e}");
         assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
@@ -599,6 +608,12 @@ async fn autostart_serves_tls_and_plaintext_clients_on_one_listener_inline() {
 /// end both hand the bare socket back and talk over it directly.
 #[tokio::test]
 async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
+    for &b in pki::BACKENDS {
+        stoptls_round_trip_then_plaintext_on_the_same_socket_on(b).await;
+    }
+}
+
+async fn stoptls_round_trip_then_plaintext_on_the_same_socket_on(b: TlsBackend) {
     let (mut client, mut server) = tls_pair().await;
     let server = tokio::spawn(async move {
         let conn = &mut server;
@@ -694,6 +709,12 @@ async fn peer_close_notify_is_a_clean_eof() {
 /// `tls_error().is_truncated()`, even where a clean end would be fine.
 #[tokio::test]
 async fn tcp_eof_without_close_notify_is_eproto_truncated() {
+    for &b in pki::BACKENDS {
+        tcp_eof_without_close_notify_is_eproto_truncated_on(b).await;
+    }
+}
+
+async fn tcp_eof_without_close_notify_is_eproto_truncated_on(b: TlsBackend) {
     let (mut client, mut server) = tls_pair().await;
     within("both", async {
         server
@@ -1018,6 +1039,12 @@ async fn our_client_talks_to_openssl_s_server() {
     if !have_openssl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        our_client_talks_to_openssl_s_server_on(b).await;
+    }
+}
+
+async fn our_client_talks_to_openssl_s_server_on(b: TlsBackend) {
     let (cert, key) = (pem_path("server.pem"), pem_path("server.key"));
     // Port 0: s_server picks a free port and prints it (no bind race).
     let mut srv = OpenSsl::spawn(&[
@@ -1036,7 +1063,7 @@ async fn our_client_talks_to_openssl_s_server() {
 
     let mut conn = within(
         "connect",
-        QueuedFramed::builder().tls(pki::client()).connect(addr),
+        QueuedFramed::builder().tls(pki::client_on(b)).connect(addr),
     )
     .await
     .unwrap();
@@ -1070,11 +1097,17 @@ async fn openssl_s_client_verifies_and_talks_to_our_server() {
     if !have_openssl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        openssl_s_client_verifies_and_talks_to_our_server_on(b).await;
+    }
+}
+
+async fn openssl_s_client_verifies_and_talks_to_our_server_on(b: TlsBackend) {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
         let mut conn = QueuedFramed::builder()
-            .tls(pki::server())
+            .tls(pki::server_on(b, &pki::pki().server))
             .build_tcp(sock)
             .unwrap();
         let hello = conn.read(LineCodec::new()).await.unwrap();
@@ -1191,10 +1224,16 @@ async fn openssl_s_client_starttls_smtp_against_our_server() {
     if !have_openssl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        openssl_s_client_starttls_smtp_against_our_server_on(b).await;
+    }
+}
+
+async fn openssl_s_client_starttls_smtp_against_our_server_on(b: TlsBackend) {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
-        smtp_session(sock, pki::server()).await
+        smtp_session(sock, pki::server_on(b, &pki::pki().server)).await
     });
     let ca = pem_path("ca.pem");
     let addr = addr.to_string();
