@@ -54,13 +54,18 @@ async fn listener() -> (TcpListener, SocketAddr) {
 /// A TLS client and a TLS server (`Builder::tls`) over loopback TCP, with
 /// the handshake done.
 async fn tls_pair() -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
+    tls_pair_on(pki::BACKENDS[0]).await
+}
+
+/// [`tls_pair`] with backend `b` on both ends.
+async fn tls_pair_on(b: TlsBackend) -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
     let (c, s) = tcp_pair().await;
     let mut client = QueuedFramed::builder()
-        .tls(pki::client())
+        .tls(pki::client_on(b))
         .build_tcp(c)
         .unwrap();
     let mut server = QueuedFramed::builder()
-        .tls(pki::server())
+        .tls(pki::server_on(b, &pki::pki().server))
         .build_tcp(s)
         .unwrap();
     // A flush drives the handshake (it runs before any write).
@@ -614,7 +619,7 @@ async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
 }
 
 async fn stoptls_round_trip_then_plaintext_on_the_same_socket_on(b: TlsBackend) {
-    let (mut client, mut server) = tls_pair().await;
+    let (mut client, mut server) = tls_pair_on(b).await;
     let server = tokio::spawn(async move {
         let conn = &mut server;
         assert_eq!(
@@ -715,7 +720,7 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated() {
 }
 
 async fn tcp_eof_without_close_notify_is_eproto_truncated_on(b: TlsBackend) {
-    let (mut client, mut server) = tls_pair().await;
+    let (mut client, mut server) = tls_pair_on(b).await;
     within("both", async {
         server
             .write(LineCodec::new(), "complete line")
