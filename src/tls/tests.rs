@@ -4,7 +4,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rcgen::{
@@ -51,6 +50,10 @@ const BACKENDS: &[TlsBackend] = &[
 ];
 
 /// One certificate and its key, in the forms each backend reads.
+#[cfg_attr(
+    not(feature = "tls"),
+    allow(dead_code, reason = "native-tls reads PEM")
+)]
 struct Leaf {
     cert_pem: String,
     key_pem: String,
@@ -59,6 +62,10 @@ struct Leaf {
 }
 
 /// Certificates for every scenario, made once per test binary.
+#[cfg_attr(
+    not(feature = "tls"),
+    allow(dead_code, reason = "native-tls reads PEM")
+)]
 struct Pki {
     ca_pem: String,
     ca_der: Vec<u8>,
@@ -912,6 +919,8 @@ fn io_error_conversion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test"]
 async fn bulk_cost_vs_tokio_native_tls() {
+    use std::time::{Duration, Instant};
+
     const TOTAL: usize = 256 << 20;
     const CHUNK: usize = 64 << 10;
     const ROUNDS: usize = 5;
