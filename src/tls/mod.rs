@@ -9,7 +9,7 @@
 //!
 //! Two TLS libraries ([`TlsBackend`]) sit behind the same API, one per
 //! feature: `tls` for [native-tls](native_tls) (the platform's library:
-//! OpenSSL on Linux) and `rustls` for [rustls](::rustls) with the *ring*
+//! OpenSSL on Linux) and `rustls` for [`rustls`] with the *ring*
 //! cryptography provider. Each connection uses the library its
 //! [`TlsClient`] or [`TlsServer`] was built for, so with both features on
 //! one program can use both. The contract below, and every error, is the
