@@ -783,6 +783,7 @@ fn assert_reason(b: TlsBackend, e: &Error, native_tls: &str, rustls: &str) {
         TlsBackend::Rustls => ("invalid peer certificate", rustls),
         _ => ("certificate verify failed", native_tls),
     };
+    let _ = rustls;
     assert!(msg.contains(prefix), "{e}");
     assert!(
         msg.contains(&reason.to_lowercase()),
