@@ -110,7 +110,7 @@ impl Default for Config {
 pub struct Builder {
     pub(crate) cfg: Config,
     pub(crate) retry: Option<crate::connect::RetryHook>,
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub(crate) tls: Option<crate::tls::TlsMode>,
 }
 
@@ -232,7 +232,7 @@ impl Builder {
 
     /// Starts TLS as soon as the handle runs (AE's `tls => "connect"` /
     /// `"accept"`, OPT-18): for a connect, before any queued read or write.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn tls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> &mut Self {
         self.tls = Some(mode.into());
         self
@@ -242,7 +242,7 @@ impl Builder {
     pub(crate) fn new_core(&self) -> crate::queued::core::Core {
         #[allow(unused_mut)]
         let mut core = crate::queued::core::Core::new(self.cfg.clone());
-        #[cfg(feature = "tls")]
+        #[cfg(any(feature = "tls", feature = "rustls"))]
         if let Some(mode) = &self.tls {
             // A failed handshake destroys the handle; every request sees it.
             drop(core.request_starttls(mode.clone(), true));

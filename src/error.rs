@@ -96,7 +96,7 @@ struct Inner {
 enum Source {
     Codec(codecs::Error),
     Io(io::Error),
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     Tls(crate::tls::TlsError),
     Other(Box<dyn StdError + Send + Sync>),
 }
@@ -106,7 +106,7 @@ impl Source {
         match self {
             Source::Codec(e) => e,
             Source::Io(e) => e,
-            #[cfg(feature = "tls")]
+            #[cfg(any(feature = "tls", feature = "rustls"))]
             Source::Tls(e) => e,
             Source::Other(e) => &**e,
         }
@@ -185,7 +185,7 @@ impl Error {
     /// A transport error: always fatal. A TLS failure carried inside the
     /// `io::Error` becomes the TLS error it is (`EPROTO`, or truncation).
     pub(crate) fn transport(e: io::Error) -> Error {
-        #[cfg(feature = "tls")]
+        #[cfg(any(feature = "tls", feature = "rustls"))]
         if e.get_ref()
             .is_some_and(|inner| inner.is::<crate::tls::TlsError>())
         {
@@ -275,7 +275,7 @@ impl Error {
     /// The TLS error behind this error: a failed handshake, a protocol
     /// error, or a TCP end of input without close_notify
     /// ([`TlsError::is_truncated`](crate::tls::TlsError::is_truncated)).
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn tls_error(&self) -> Option<&crate::tls::TlsError> {
         match &self.inner.source {
             Some(Source::Tls(e)) => Some(e),
@@ -345,7 +345,7 @@ impl From<codecs::Error> for Error {
     }
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 impl From<crate::tls::TlsError> for Error {
     /// Handshake, protocol and truncation failures are `EPROTO`, fatal (the
     /// connection never goes on unencrypted); a TLS call on a connection in

@@ -90,7 +90,7 @@ mod error;
 mod queued;
 #[cfg(feature = "tower")]
 pub mod service;
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 pub mod tls;
 
 #[doc = include_str!("../docs/anyevent.md")]

@@ -1544,11 +1544,21 @@ async fn tls_perl_connect_against_our_accept() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        tls_perl_connect_against_our_accept_on(b).await;
+    }
+}
+
+#[cfg(feature = "tls")]
+async fn tls_perl_connect_against_our_accept_on(b: anyframe::tls::TlsBackend) {
     let options = perl_tls(false, json!({"tls": "connect"}));
     let (mut peer, mut conn) = connect(Role::PerlConnects, options).await;
-    within("handshake", conn.starttls(pki::server()))
-        .await
-        .unwrap();
+    within(
+        "handshake",
+        conn.starttls(pki::server_on(b, &pki::pki().server)),
+    )
+    .await
+    .unwrap();
     assert!(conn.is_tls());
     assert_eq!(peer.expect("starttls").await["ok"], 1);
     exchange(&mut peer, &mut conn, &mut Rng::new(9)).await;
@@ -1562,9 +1572,16 @@ async fn tls_our_connect_against_perl_accept() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        tls_our_connect_against_perl_accept_on(b).await;
+    }
+}
+
+#[cfg(feature = "tls")]
+async fn tls_our_connect_against_perl_accept_on(b: anyframe::tls::TlsBackend) {
     let options = perl_tls(true, json!({"tls": "accept"}));
     let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
-    within("handshake", conn.starttls(pki::client()))
+    within("handshake", conn.starttls(pki::client_on(b)))
         .await
         .unwrap();
     assert_eq!(peer.expect("starttls").await["ok"], 1);

@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use anyframe::codecs::{ChunkCodec, LineCodec, TlsDetectCodec};
-use anyframe::tls::TlsServer;
+use anyframe::tls::{TlsBackend, TlsServer};
 use anyframe::{Error, ErrorKind, OrEof, QueuedFramed};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,13 +54,18 @@ async fn listener() -> (TcpListener, SocketAddr) {
 /// A TLS client and a TLS server (`Builder::tls`) over loopback TCP, with
 /// the handshake done.
 async fn tls_pair() -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
+    tls_pair_on(pki::BACKENDS[0]).await
+}
+
+/// [`tls_pair`] with backend `b` on both ends.
+async fn tls_pair_on(b: TlsBackend) -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
     let (c, s) = tcp_pair().await;
     let mut client = QueuedFramed::builder()
-        .tls(pki::client())
+        .tls(pki::client_on(b))
         .build_tcp(c)
         .unwrap();
     let mut server = QueuedFramed::builder()
-        .tls(pki::server())
+        .tls(pki::server_on(b, &pki::pki().server))
         .build_tcp(s)
         .unwrap();
     // A flush drives the handshake (it runs before any write).
@@ -292,6 +297,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Pipelined<IO> {
 /// never be delivered to a request as data.
 #[tokio::test]
 async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hello() {
+    for &b in pki::BACKENDS {
+        starttls_with_buffered_hello(b).await;
+    }
+}
+
+async fn starttls_with_buffered_hello(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
@@ -305,7 +316,9 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
             &buffered[..buffered.len().min(8)]
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        conn.starttls(pki::server()).await.unwrap();
+        conn.starttls(pki::server_on(b, &pki::pki().server))
+            .await
+            .unwrap();
         assert!(conn.is_tls());
         assert!(conn.read_buffer().is_empty(), "the hello was handed on");
         // The only line after the command is the one sent over TLS.
@@ -317,7 +330,7 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
     let answer = Arc::new(Mutex::new(Vec::new()));
     within("client", async {
         let mut conn = QueuedFramed::new(Pipelined::new(c, b"STARTTLS\r\n", answer.clone()));
-        conn.starttls(pki::client()).await.unwrap();
+        conn.starttls(pki::client_on(b)).await.unwrap();
         conn.write(LineCodec::new(), "secret over tls")
             .await
             .unwrap();
@@ -335,6 +348,12 @@ async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hell
 /// read as a command.
 #[tokio::test]
 async fn plaintext_injected_behind_starttls_is_never_delivered() {
+    for &b in pki::BACKENDS {
+        plaintext_injected_behind_starttls_is_never_delivered_on(b).await;
+    }
+}
+
+async fn plaintext_injected_behind_starttls_is_never_delivered_on(b: TlsBackend) {
     let (mut c, s) = tcp_pair().await;
     c.write_all(b"STARTTLS\r\nRCPT TO:<injected@example.org>\r\n")
         .await
@@ -346,7 +365,10 @@ async fn plaintext_injected_behind_starttls_is_never_delivered() {
             b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        let e = conn.starttls(pki::server()).await.unwrap_err();
+        let e = conn
+            .starttls(pki::server_on(b, &pki::pki().server))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         assert!(e.is_fatal() && conn.is_closed(), "{e}");
         assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
@@ -591,7 +613,13 @@ async fn autostart_serves_tls_and_plaintext_clients_on_one_listener_inline() {
 /// end both hand the bare socket back and talk over it directly.
 #[tokio::test]
 async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
-    let (mut client, mut server) = tls_pair().await;
+    for &b in pki::BACKENDS {
+        stoptls_round_trip_then_plaintext_on_the_same_socket_on(b).await;
+    }
+}
+
+async fn stoptls_round_trip_then_plaintext_on_the_same_socket_on(b: TlsBackend) {
+    let (mut client, mut server) = tls_pair_on(b).await;
     let server = tokio::spawn(async move {
         let conn = &mut server;
         assert_eq!(
@@ -686,7 +714,13 @@ async fn peer_close_notify_is_a_clean_eof() {
 /// `tls_error().is_truncated()`, even where a clean end would be fine.
 #[tokio::test]
 async fn tcp_eof_without_close_notify_is_eproto_truncated() {
-    let (mut client, mut server) = tls_pair().await;
+    for &b in pki::BACKENDS {
+        tcp_eof_without_close_notify_is_eproto_truncated_on(b).await;
+    }
+}
+
+async fn tcp_eof_without_close_notify_is_eproto_truncated_on(b: TlsBackend) {
+    let (mut client, mut server) = tls_pair_on(b).await;
     within("both", async {
         server
             .write(LineCodec::new(), "complete line")
@@ -713,15 +747,15 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated() {
 /// Runs a handshake of a verifying client against a server presenting
 /// `server_cert` and returns the client's error, after checking it is a
 /// fatal EPROTO that leaves nothing usable behind.
-async fn refused(server_cert: &pki::Pem) -> Error {
+async fn refused(b: TlsBackend, server_cert: &pki::Pem) -> Error {
     let (c, s) = tcp_pair().await;
-    let tls = pki::server_with(server_cert);
+    let tls = pki::server_on(b, server_cert);
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
         conn.starttls(tls).await.unwrap_err()
     });
     let mut conn = QueuedFramed::new(c);
-    let e = within("client handshake", conn.starttls(pki::client()))
+    let e = within("client handshake", conn.starttls(pki::client_on(b)))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
@@ -740,28 +774,50 @@ async fn refused(server_cert: &pki::Pem) -> Error {
     e
 }
 
-fn assert_reason(e: &Error, reason: &str) {
+/// The refusal carries the TLS library's own words: OpenSSL's through
+/// native-tls, or rustls's.
+fn assert_reason(b: TlsBackend, e: &Error, native_tls: &str, rustls: &str) {
     let msg = e.to_string().to_lowercase();
-    assert!(msg.contains("certificate verify failed"), "{e}");
-    assert!(msg.contains(reason), "expected {reason:?} in {e}");
+    let (prefix, reason) = match b {
+        #[cfg(feature = "rustls")]
+        TlsBackend::Rustls => ("invalid peer certificate", rustls),
+        _ => ("certificate verify failed", native_tls),
+    };
+    let _ = rustls;
+    assert!(msg.contains(prefix), "{e}");
+    assert!(
+        msg.contains(&reason.to_lowercase()),
+        "expected {reason:?} in {e}"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_host_certificate_is_fatal_eproto() {
-    let e = refused(&pki::pki().wrong_host).await;
-    assert_reason(&e, "hostname mismatch");
+    for &b in pki::BACKENDS {
+        let e = refused(b, &pki::pki().wrong_host).await;
+        assert_reason(b, &e, "hostname mismatch", "not valid for name");
+    }
 }
 
 #[tokio::test]
 async fn an_unknown_ca_is_fatal_eproto() {
-    let e = refused(&pki::pki().unknown_ca).await;
-    assert_reason(&e, "unable to get local issuer certificate");
+    for &b in pki::BACKENDS {
+        let e = refused(b, &pki::pki().unknown_ca).await;
+        assert_reason(
+            b,
+            &e,
+            "unable to get local issuer certificate",
+            "UnknownIssuer",
+        );
+    }
 }
 
 #[tokio::test]
 async fn an_expired_certificate_is_fatal_eproto() {
-    let e = refused(&pki::pki().expired).await;
-    assert_reason(&e, "certificate has expired");
+    for &b in pki::BACKENDS {
+        let e = refused(b, &pki::pki().expired).await;
+        assert_reason(b, &e, "certificate has expired", "certificate expired");
+    }
 }
 
 // ----- timeouts, EOF and watermarks over TLS ---------------------------------
@@ -989,6 +1045,12 @@ async fn our_client_talks_to_openssl_s_server() {
     if !have_openssl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        our_client_talks_to_openssl_s_server_on(b).await;
+    }
+}
+
+async fn our_client_talks_to_openssl_s_server_on(b: TlsBackend) {
     let (cert, key) = (pem_path("server.pem"), pem_path("server.key"));
     // Port 0: s_server picks a free port and prints it (no bind race).
     let mut srv = OpenSsl::spawn(&[
@@ -1007,7 +1069,7 @@ async fn our_client_talks_to_openssl_s_server() {
 
     let mut conn = within(
         "connect",
-        QueuedFramed::builder().tls(pki::client()).connect(addr),
+        QueuedFramed::builder().tls(pki::client_on(b)).connect(addr),
     )
     .await
     .unwrap();
@@ -1041,11 +1103,17 @@ async fn openssl_s_client_verifies_and_talks_to_our_server() {
     if !have_openssl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        openssl_s_client_verifies_and_talks_to_our_server_on(b).await;
+    }
+}
+
+async fn openssl_s_client_verifies_and_talks_to_our_server_on(b: TlsBackend) {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
         let mut conn = QueuedFramed::builder()
-            .tls(pki::server())
+            .tls(pki::server_on(b, &pki::pki().server))
             .build_tcp(sock)
             .unwrap();
         let hello = conn.read(LineCodec::new()).await.unwrap();
@@ -1162,10 +1230,16 @@ async fn openssl_s_client_starttls_smtp_against_our_server() {
     if !have_openssl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        openssl_s_client_starttls_smtp_against_our_server_on(b).await;
+    }
+}
+
+async fn openssl_s_client_starttls_smtp_against_our_server_on(b: TlsBackend) {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
-        smtp_session(sock, pki::server()).await
+        smtp_session(sock, pki::server_on(b, &pki::pki().server)).await
     });
     let ca = pem_path("ca.pem");
     let addr = addr.to_string();

@@ -24,6 +24,10 @@ pub fn run(h: &Harness) {
     if h.wants("tls-bulk-loopback") {
         tls_bulk(h);
     }
+    #[cfg(feature = "rustls")]
+    if h.wants("tls-bulk-loopback-rustls") {
+        tls_bulk_rustls(h);
+    }
     if h.wants("json-fragments") {
         json_fragments(h);
     }
@@ -119,6 +123,102 @@ fn tls_bulk(h: &Harness) {
     let ours = h.time(items, || tls_once(&rt, &pki, true));
     let anchor = h.time(items, || tls_once(&rt, &pki, false));
     h.report_with("tls-bulk-loopback", ours, anchor, "unit=MB/s");
+}
+
+// ----- tls-bulk-loopback-rustls ----------------------------------------------
+
+/// rustls configurations for `localhost`, from a fresh rcgen certificate.
+#[cfg(feature = "rustls")]
+struct RustlsPki {
+    client: Arc<anyframe::tls::rustls::ClientConfig>,
+    server: Arc<anyframe::tls::rustls::ServerConfig>,
+}
+
+#[cfg(feature = "rustls")]
+impl RustlsPki {
+    fn new() -> RustlsPki {
+        use anyframe::tls::rustls::{self, pki_types};
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let key = pki_types::PrivateKeyDer::from(pki_types::PrivatePkcs8KeyDer::from(
+            key.serialize_der(),
+        ));
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server config");
+        RustlsPki {
+            client: Arc::new(client),
+            server: Arc::new(server),
+        }
+    }
+}
+
+/// One transfer of TLS_BYTES from a tokio-rustls server; the client side is
+/// ours (rustls backend) or the bare `tokio_rustls` stream.
+#[cfg(feature = "rustls")]
+fn tls_once_rustls(rt: &tokio::runtime::Runtime, pki: &RustlsPki, ours: bool) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server.clone());
+    let config = pki.client.clone();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(s).await.unwrap();
+            let block = vec![0x5a; TLS_CHUNK];
+            for _ in 0..TLS_BYTES / TLS_CHUNK {
+                tls.write_all(&block).await.unwrap();
+            }
+            tls.shutdown().await.unwrap();
+        });
+        let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if ours {
+            let client = anyframe::tls::TlsClient::rustls(config, "localhost").unwrap();
+            let mut conn = QueuedFramed::builder().tls(client).build(sock);
+            let mut chunk = ChunkCodec::new(TLS_CHUNK);
+            for _ in 0..TLS_BYTES / TLS_CHUNK {
+                std::hint::black_box(conn.read_with(&mut chunk).await.unwrap());
+            }
+        } else {
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, sock).await.unwrap();
+            let mut buf = vec![0u8; TLS_CHUNK];
+            for _ in 0..TLS_BYTES / TLS_CHUNK {
+                tls.read_exact(&mut buf).await.unwrap();
+                std::hint::black_box(&buf);
+            }
+        }
+        server.await.unwrap();
+    });
+}
+
+#[cfg(feature = "rustls")]
+fn tls_bulk_rustls(h: &Harness) {
+    let pki = RustlsPki::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let items = (TLS_BYTES / 1_000_000) as u64;
+    let ours = h.time(items, || tls_once_rustls(&rt, &pki, true));
+    let anchor = h.time(items, || tls_once_rustls(&rt, &pki, false));
+    h.report_with("tls-bulk-loopback-rustls", ours, anchor, "unit=MB/s");
 }
 
 // ----- json-fragments: the picture ---------------------------------------------

@@ -98,7 +98,7 @@ enum Entry {
     /// A read request with its decoder and completion.
     Read(Box<dyn Request>),
     /// A TLS switch: the reads after it wait until the transport switched.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     Switch(Switch),
 }
 
@@ -106,14 +106,14 @@ enum Entry {
 /// before it was requested is `WriteQueue`'s marker: it is written (in
 /// plaintext for a start, over TLS for a stop) before the switch runs, and
 /// the output queued after it waits for the switch.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 struct Switch {
     kind: SwitchKind,
     /// `None` once the waiter was told (a timeout) or gave up.
     done: Option<oneshot::Sender<Result<()>>>,
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 enum SwitchKind {
     /// Hand the read buffer to TLS and handshake.
     Start(Option<crate::tls::TlsMode>),
@@ -348,7 +348,7 @@ impl Core {
                     false
                 }
                 Entry::Read(_) => true,
-                #[cfg(feature = "tls")]
+                #[cfg(any(feature = "tls", feature = "rustls"))]
                 Entry::Switch(sw) => {
                     if let Some(done) = sw.done.take()
                         && done.send(Err(err.clone())).is_ok()
@@ -413,7 +413,7 @@ impl Core {
         for entry in std::mem::take(&mut self.queue) {
             let told = catch_unwind(AssertUnwindSafe(|| match entry {
                 Entry::Read(req) => req.fail(err.clone()),
-                #[cfg(feature = "tls")]
+                #[cfg(any(feature = "tls", feature = "rustls"))]
                 Entry::Switch(sw) => {
                     if let Some(done) = sw.done {
                         let _ = done.send(Err(err.clone()));
@@ -1242,7 +1242,7 @@ impl Core {
     /// completion switching now); otherwise after them. The output queued so
     /// far goes out before it (in plaintext for a start, over TLS for a
     /// stop); output queued later waits for it.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     fn push_switch(&mut self, kind: SwitchKind, front: bool) -> Ticket<()> {
         let (done, ticket) = Ticket::channel();
         if let Life::Closed(e) = &self.life {
@@ -1275,7 +1275,7 @@ impl Core {
     }
 
     /// Queues STARTTLS (see [`push_switch`](Self::push_switch)).
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub(crate) fn request_starttls(
         &mut self,
         mode: crate::tls::TlsMode,
@@ -1288,7 +1288,7 @@ impl Core {
     }
 
     /// Queues stoptls (see [`push_switch`](Self::push_switch)).
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub(crate) fn request_stoptls(&mut self, front: bool) -> Ticket<()> {
         self.push_switch(SwitchKind::Stop, front)
     }
@@ -1297,7 +1297,7 @@ impl Core {
     /// before it, then starts or stops TLS. `Ready(Ok)` once it is done (and
     /// popped). A failed handshake is fatal `EPROTO`: the connection never
     /// goes on unencrypted.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     fn poll_switch<IO: Transport>(
         &mut self,
         io: &mut IO,
@@ -1360,7 +1360,7 @@ impl Core {
         }
     }
 
-    #[cfg(not(feature = "tls"))]
+    #[cfg(not(any(feature = "tls", feature = "rustls")))]
     fn poll_switch<IO: Transport>(
         &mut self,
         _io: &mut IO,

@@ -547,14 +547,14 @@ impl Handle {
     /// queued; see [`QueuedFramed::starttls`](crate::QueuedFramed::starttls).
     /// Reads and writes queued after this call run over TLS. The ticket
     /// resolves when the handshake is done.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn starttls(&self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
         self.lock().request_starttls(mode.into(), false)
     }
 
     /// Ends TLS after the output queued so far; see
     /// [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls).
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn stoptls(&self) -> Ticket<()> {
         self.lock().request_stoptls(false)
     }
@@ -562,7 +562,7 @@ impl Handle {
     /// Queues `tls_autostart` (RT-tlsauto): detect a TLS ClientHello and,
     /// if there is one, accept TLS before any later request runs. The ticket
     /// resolves with the verdict.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn push_tls_autostart(
         &self,
         server: crate::tls::TlsServer,

@@ -491,7 +491,7 @@ where
 /// Over TLS the handle keeps AnyEvent's plaintext backpressure (RQ-5): it
 /// reads only while a request waits, where AnyEvent reads all the time in
 /// TLS mode (TLS-9). Alerts and close_notify are seen with the next read.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 impl<IO, C> QueuedFramed<IO, C>
 where
     IO: AsyncRead + AsyncWrite + Unpin,

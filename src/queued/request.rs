@@ -293,7 +293,7 @@ pub struct Ticket<T> {
 
 impl<T> Ticket<T> {
     /// A ticket and the sender that resolves it.
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tls", feature = "rustls")), allow(dead_code))]
     pub(crate) fn channel() -> (oneshot::Sender<Result<T>>, Ticket<T>) {
         let (tx, rx) = oneshot::channel();
         (tx, Ticket { rx })
@@ -437,14 +437,14 @@ impl Requests<'_> {
     /// queued so far goes out in plaintext first; the bytes already read
     /// become the start of the TLS stream. No request runs until the
     /// handshake is done. The ticket resolves when it is.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn starttls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
         self.core.request_starttls(mode.into(), true)
     }
 
     /// Ends TLS after the output queued so far (see
     /// [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls)).
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn stoptls(&mut self) -> Ticket<()> {
         self.core.request_stoptls(true)
     }

@@ -1,39 +1,40 @@
 //! The transport under the engine: the user's IO, wrapped (with the `tls`
-//! feature) in the switchable TLS transport, so any handle can STARTTLS.
+//! or `rustls` feature) in the switchable TLS transport, so any handle can
+//! STARTTLS.
 
-#[cfg(not(feature = "tls"))]
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
 use std::pin::Pin;
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 use std::task::{Context, Poll};
-#[cfg(not(feature = "tls"))]
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 use crate::error::Result;
 
 /// What the core needs from its transport besides bytes in and out.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin {
     /// Begins a TLS handshake with `replay` as the first ciphertext.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     fn start_tls(&mut self, mode: crate::tls::TlsMode, replay: Bytes) -> Result<()>;
 
     /// Drives a handshake in progress; `Ready(Ok)` when there is none.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
 
     /// Sends close_notify and goes back to plaintext.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     fn poll_stop_tls(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
 }
 
-/// The engine's transport: TLS-capable with the `tls` feature.
-#[cfg(feature = "tls")]
+/// The engine's transport: TLS-capable with the `tls` or `rustls` feature.
+#[cfg(any(feature = "tls", feature = "rustls"))]
 pub(crate) type Stack<IO> = crate::tls::TlsTransport<IO>;
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for crate::tls::TlsTransport<IO> {
     fn start_tls(&mut self, mode: crate::tls::TlsMode, replay: Bytes) -> Result<()> {
         crate::tls::TlsTransport::start_tls(self, mode, replay).map_err(crate::Error::from)
@@ -60,7 +61,7 @@ pub(crate) fn unwrap<IO: AsyncRead + AsyncWrite + Unpin>(stack: Stack<IO>) -> (I
 
 /// The user's IO, for socket options and addresses.
 pub(crate) fn get_ref<IO: AsyncRead + AsyncWrite + Unpin>(stack: &Stack<IO>) -> &IO {
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     {
         // `None` only if the TLS library panicked inside a call and lost the
         // IO; that panic already reached the caller then.
@@ -68,18 +69,18 @@ pub(crate) fn get_ref<IO: AsyncRead + AsyncWrite + Unpin>(stack: &Stack<IO>) -> 
             .get_ref()
             .expect("the TLS transport lost its IO in an earlier panic")
     }
-    #[cfg(not(feature = "tls"))]
+    #[cfg(not(any(feature = "tls", feature = "rustls")))]
     {
         &stack.0
     }
 }
 
 /// Without TLS the transport is the IO itself.
-#[cfg(not(feature = "tls"))]
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
 #[derive(Debug)]
 pub(crate) struct Stack<IO>(IO);
 
-#[cfg(not(feature = "tls"))]
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
 impl<IO> Stack<IO> {
     fn new(io: IO) -> Stack<IO> {
         Stack(io)
@@ -90,10 +91,10 @@ impl<IO> Stack<IO> {
     }
 }
 
-#[cfg(not(feature = "tls"))]
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
 impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for Stack<IO> {}
 
-#[cfg(not(feature = "tls"))]
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
 impl<IO: AsyncRead + Unpin> AsyncRead for Stack<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -104,7 +105,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Stack<IO> {
     }
 }
 
-#[cfg(not(feature = "tls"))]
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Stack<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -79,7 +79,7 @@ impl WriteQueue {
     }
 
     /// Marks the switch boundary after everything queued now.
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tls", feature = "rustls")), allow(dead_code))]
     pub(crate) fn set_marker(&mut self) {
         self.marker = Some(self.len);
     }

@@ -79,25 +79,48 @@ impl TlsError {
     }
 
     /// A context could not be built from the given settings.
-    pub(crate) fn config(e: native_tls::Error) -> TlsError {
+    pub(crate) fn config(e: impl StdError + Send + Sync + 'static) -> TlsError {
         TlsError::new(TlsErrorKind::Config, "cannot build the TLS context").with_source(e)
     }
 
     /// The handshake failed with `e`. `peer_eof` says whether the peer had
     /// closed the connection by then. An I/O failure underneath the TLS
     /// library is reported as [`TlsErrorKind::Io`] with the original error.
+    #[cfg(feature = "tls")]
     pub(crate) fn handshake(e: native_tls::Error, peer_eof: bool) -> TlsError {
         if let Some(io) = find_io_error(&e) {
             let io = io::Error::new(io.kind(), io.to_string());
-            return TlsError::new(TlsErrorKind::Io, "I/O error during the TLS handshake")
-                .with_source(io);
+            return TlsError::handshake_io(io);
         }
+        TlsError::handshake_failed(e, peer_eof)
+    }
+
+    /// The handshake was refused (by us or the peer) with `e`; `peer_eof`
+    /// as for [`TlsError::handshake`].
+    pub(crate) fn handshake_failed(
+        e: impl StdError + Send + Sync + 'static,
+        peer_eof: bool,
+    ) -> TlsError {
         let message = if peer_eof {
             "TLS handshake failed: the peer closed the connection"
         } else {
             "TLS handshake failed"
         };
         TlsError::new(TlsErrorKind::Handshake, message).with_source(e)
+    }
+
+    /// The peer closed the connection before the handshake was done.
+    #[cfg(feature = "rustls")]
+    pub(crate) fn handshake_eof() -> TlsError {
+        TlsError::new(
+            TlsErrorKind::Handshake,
+            "TLS handshake failed: the peer closed the connection",
+        )
+    }
+
+    /// The IO failed during the handshake.
+    pub(crate) fn handshake_io(e: io::Error) -> TlsError {
+        TlsError::new(TlsErrorKind::Io, "I/O error during the TLS handshake").with_source(e)
     }
 
     /// Used for every call after a handshake failure.
@@ -109,7 +132,7 @@ impl TlsError {
     }
 
     /// A TLS error after the handshake, as the TLS library reported it.
-    pub(crate) fn protocol(e: io::Error) -> TlsError {
+    pub(crate) fn protocol(e: impl StdError + Send + Sync + 'static) -> TlsError {
         TlsError::new(TlsErrorKind::Protocol, "TLS protocol error").with_source(e)
     }
 
@@ -177,6 +200,7 @@ impl TlsError {
 
 /// The first [`io::Error`] in `e`'s source chain, if the TLS library failed
 /// because the connection did.
+#[cfg(feature = "tls")]
 fn find_io_error(e: &native_tls::Error) -> Option<&io::Error> {
     let mut cur: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = cur {

@@ -1,10 +1,19 @@
-//! TLS with native-tls: STARTTLS and stoptls on a live connection.
+//! TLS with native-tls or rustls: STARTTLS and stoptls on a live connection.
 //!
 //! This module holds the settings a connection needs to start TLS —
 //! [`TlsMode`] with [`TlsClient`] or [`TlsServer`] — and the error type
 //! [`TlsError`]. The connection handle (`QueuedFramed`) switches TLS on and
 //! off through a transport of its own that, unlike
-//! `tokio_native_tls::TlsStream`, can give its IO back after TLS ends.
+//! `tokio_native_tls::TlsStream` or `tokio_rustls`'s streams, can give its
+//! IO back after TLS ends.
+//!
+//! Two TLS libraries ([`TlsBackend`]) sit behind the same API, one per
+//! feature: `tls` for [native-tls](native_tls) (the platform's library:
+//! OpenSSL on Linux) and `rustls` for [`rustls`] with the *ring*
+//! cryptography provider. Each connection uses the library its
+//! [`TlsClient`] or [`TlsServer`] was built for, so with both features on
+//! one program can use both. The contract below, and every error, is the
+//! same for both.
 //!
 //! The contract (docs/semantics.md §7, reference TLS-1…TLS-11):
 //!
@@ -24,6 +33,7 @@
 //! # Examples
 //!
 //! ```
+//! # #[cfg(feature = "tls")] {
 //! use anyframe::tls::{TlsClient, TlsMode, TlsServer, native_tls::Identity};
 //!
 //! // Client: verify `mail.example.org`'s certificate against system roots.
@@ -37,23 +47,50 @@
 //! let identity = Identity::from_pkcs8(cert_pem.as_bytes(), key_pem.as_bytes())?;
 //! let server: TlsMode = TlsServer::new(identity)?.into();
 //! # let _ = (client, server);
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The same with rustls (Mozilla's roots, compiled in):
+//!
+//! ```
+//! # #[cfg(feature = "rustls")] {
+//! use anyframe::tls::{TlsClient, TlsMode};
+//!
+//! let client: TlsMode = TlsClient::rustls_webpki_roots("mail.example.org")?.into();
+//! # let _ = client;
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod config;
 mod error;
+#[cfg(feature = "tls")]
+mod native;
 #[cfg_attr(
     not(test),
     allow(dead_code, reason = "the QueuedFramed engine uses it")
 )]
 mod transport;
+#[cfg(feature = "rustls")]
+#[path = "rustls.rs"]
+mod with_rustls;
 
-pub use config::{TlsClient, TlsClientBuilder, TlsMode, TlsServer};
+#[cfg(feature = "tls")]
+pub use config::TlsClientBuilder;
+pub use config::{TlsBackend, TlsClient, TlsMode, TlsServer};
 pub use error::{TlsError, TlsErrorKind};
-/// The TLS library underneath, for [`Identity`](native_tls::Identity),
+/// The native-tls library, for [`Identity`](native_tls::Identity),
 /// [`Certificate`](native_tls::Certificate),
 /// [`Protocol`](native_tls::Protocol) and hand-built connectors.
+#[cfg(feature = "tls")]
 pub use native_tls;
+/// The rustls library, for [`ClientConfig`](rustls::ClientConfig),
+/// [`ServerConfig`](rustls::ServerConfig),
+/// [`RootCertStore`](rustls::RootCertStore) and the certificate types in
+/// [`pki_types`](rustls::pki_types).
+#[cfg(feature = "rustls")]
+pub use rustls;
 #[cfg_attr(
     not(test),
     allow(unused_imports, reason = "the QueuedFramed engine uses it")

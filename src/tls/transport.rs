@@ -1,26 +1,24 @@
 //! [`TlsTransport`]: a connection that can switch between plaintext and TLS
 //! while it is live, and give its IO back afterwards.
 //!
-//! `tokio_native_tls::TlsStream` owns its IO for good (it has no
-//! `into_inner`), which rules out stoptls and `into_parts` over TLS. This is
-//! a small async adapter of our own over the synchronous
-//! [`native_tls::TlsStream`], whose `S` is a [`Shim`]: a blocking-style
-//! `Read + Write` view of the async IO that
+//! The state machine here is shared; the TLS session itself is a backend:
+//! native-tls ([`super::native`], feature `tls`) or rustls
+//! ([`super::rustls`](super::with_rustls), feature `rustls`). [`TlsMode`]'s
+//! settings say which one a handshake uses. Each backend offers the same
+//! few operations (drive the handshake; read, write, flush; send
+//! close_notify; give the IO back), and [`Handshake`] and [`Conn`] pick the
+//! backend with one `match` per call.
 //!
-//! * owns the IO in an `Option`, so the IO can be taken back out of a live
-//!   session (`get_mut().io.take()`) and the session dropped;
-//! * keeps the [`Waker`] of the poll in progress (a clone, refreshed on each
-//!   poll and cloned only when it changes), builds a [`Context`] from it for
-//!   each read or write, and maps `Poll::Pending` to `WouldBlock`, which the
-//!   TLS library passes back up as "want read/write". No `unsafe`: a stable
-//!   `Context` carries nothing but its waker, so a stored waker is all the
-//!   IO needs (tokio's coop budget is thread-local, not in the `Context`);
-//! * serves a **replay** prefix first: bytes the caller had already read
+//! Both backends
+//!
+//! * serve a **replay** prefix first: bytes the caller had already read
 //!   from the socket before `start_tls` (the ClientHello of a STARTTLS
 //!   client, or everything `tls_autostart` inspected). They go to the TLS
 //!   library as ciphertext and are never delivered as plaintext;
-//! * records whether the IO reached EOF, which tells a truncated stream from
-//!   a clean close_notify.
+//! * record whether the IO reached EOF, which tells a truncated stream from
+//!   a clean close_notify;
+//! * leave the bytes that follow the peer's close_notify unread by the TLS
+//!   library, so stoptls goes on in plaintext without losing any.
 //!
 //! State diagram (`poll_*` move it along; `into_inner` works in every state):
 //!
@@ -37,152 +35,193 @@
 //! ```
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::mem;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use native_tls::{HandshakeError, MidHandshakeTlsStream, TlsStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{TlsError, TlsMode};
+use super::config::{ClientBackend, ServerBackend};
+#[cfg(feature = "tls")]
+use super::native;
+#[cfg(feature = "rustls")]
+use super::with_rustls;
+use super::{TlsBackend, TlsError, TlsMode};
 
-/// The most plaintext one TLS read asks for: a record carries at most
-/// 2^14 bytes (RFC 8446, 5.1) and the TLS library returns one record's
-/// worth per read, so zero-initialising more of a large caller buffer would
-/// be wasted work on every read.
-const MAX_TLS_READ: usize = 16 * 1024;
-
-/// What a [`Shim`] leaves behind when the TLS library drops it: a failed
-/// handshake consumes the stream, and with it our IO. The shim's `Drop`
-/// puts the IO (and the unread replay bytes) here, so a failed transport can
-/// still give its IO back.
-type Lifeboat<IO> = Arc<Mutex<Option<Rescued<IO>>>>;
-
-struct Rescued<IO> {
-    io: IO,
-    replay: Bytes,
-    peer_eof: bool,
+/// What one poll of a backend's handshake gives back: the handshake to poll
+/// again, the established session, or the error and the IO (with the bytes
+/// read but unused) if the backend still had it.
+pub(super) enum Step<H, C, IO> {
+    Pending(H),
+    Done(C),
+    Failed(TlsError, Option<(IO, Bytes)>),
 }
 
-/// The synchronous `Read + Write` face of the async IO that the TLS library
-/// drives. See the module docs.
-struct Shim<IO> {
-    /// `None` only once the IO has been taken back out (detach).
-    io: Option<IO>,
-    /// The waker of the poll in progress; every `poll_*` of the transport
-    /// refreshes it before it calls into the TLS library.
-    waker: Option<Waker>,
-    /// Ciphertext to serve before reading from `io`.
-    replay: Bytes,
-    /// The IO returned end-of-file.
-    peer_eof: bool,
-    /// The IO returned an error during the current TLS call, so the error
-    /// the TLS library passes up is that I/O error.
-    io_failed: bool,
-    /// Set during the handshake only.
-    lifeboat: Option<Lifeboat<IO>>,
+/// A handshake in progress, on one of the backends.
+enum Handshake<IO> {
+    #[cfg(feature = "tls")]
+    Native(native::Handshake<IO>),
+    #[cfg(feature = "rustls")]
+    Rustls(with_rustls::Handshake<IO>),
 }
 
-impl<IO> Shim<IO> {
-    fn new(io: IO, replay: Bytes, lifeboat: Lifeboat<IO>) -> Shim<IO> {
-        Shim {
-            io: Some(io),
-            waker: None,
-            replay,
-            peer_eof: false,
-            io_failed: false,
-            lifeboat: Some(lifeboat),
-        }
-    }
-
-    /// Called at the start of every poll that may reach the IO.
-    fn enter(&mut self, waker: &Waker) {
-        self.io_failed = false;
-        match &self.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => self.waker = Some(waker.clone()),
-        }
-    }
-
-    fn parts(&mut self) -> io::Result<(Pin<&mut IO>, Context<'_>)>
-    where
-        IO: Unpin,
-    {
-        match (self.io.as_mut(), self.waker.as_ref()) {
-            (Some(io), Some(waker)) => Ok((Pin::new(io), Context::from_waker(waker))),
-            (None, _) => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the IO was detached from the TLS session",
-            )),
-            // Unreachable by construction: every path into the TLS library
-            // goes through `enter` first.
-            (_, None) => Err(io::Error::other("TLS I/O outside of a poll")),
-        }
-    }
-
-    /// Maps a poll result to what `Read`/`Write` callers expect.
-    fn settle<T>(&mut self, p: Poll<io::Result<T>>) -> io::Result<T> {
-        match p {
-            Poll::Ready(Ok(v)) => Ok(v),
-            Poll::Ready(Err(e)) => {
-                self.io_failed = true;
-                Err(e)
-            }
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
+/// An established session, on one of the backends.
+enum Conn<IO> {
+    #[cfg(feature = "tls")]
+    Native(native::Conn<IO>),
+    #[cfg(feature = "rustls")]
+    Rustls(with_rustls::Conn<IO>),
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Read for Shim<IO> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.replay.is_empty() {
-            let n = buf.len().min(self.replay.len());
-            buf[..n].copy_from_slice(&self.replay[..n]);
-            self.replay.advance(n);
-            return Ok(n);
+/// Calls the same method on whichever backend `$conn` holds.
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $e:expr) => {
+        match $conn {
+            #[cfg(feature = "tls")]
+            Conn::Native($c) => $e,
+            #[cfg(feature = "rustls")]
+            Conn::Rustls($c) => $e,
         }
-        let want = buf.len();
-        let (io, mut cx) = self.parts()?;
-        let mut rb = ReadBuf::new(buf);
-        let p = io
-            .poll_read(&mut cx, &mut rb)
-            .map_ok(|()| rb.filled().len());
-        let n = self.settle(p)?;
-        if n == 0 && want > 0 {
-            self.peer_eof = true;
+    };
+}
+
+/// A backend ready to start, built from a [`TlsMode`] before the IO is
+/// taken, so that a refused configuration leaves the transport as it was.
+enum Starter {
+    #[cfg(feature = "tls")]
+    Native(native::Side),
+    #[cfg(feature = "rustls")]
+    Rustls(Box<::rustls::Connection>),
+}
+
+impl Starter {
+    fn new(mode: TlsMode) -> Result<Starter, TlsError> {
+        Ok(match mode {
+            TlsMode::Connect(c) => match c.backend_parts() {
+                #[cfg(feature = "tls")]
+                ClientBackend::Native(connector) => Starter::Native(native::Side::Connect(
+                    connector.clone(),
+                    c.domain().to_owned(),
+                )),
+                #[cfg(feature = "rustls")]
+                ClientBackend::Rustls { config, name } => {
+                    Starter::Rustls(with_rustls::client(config.clone(), name.clone())?)
+                }
+            },
+            TlsMode::Accept(s) => match s.backend_parts() {
+                #[cfg(feature = "tls")]
+                ServerBackend::Native(acceptor) => {
+                    Starter::Native(native::Side::Accept(acceptor.clone()))
+                }
+                #[cfg(feature = "rustls")]
+                ServerBackend::Rustls(config) => {
+                    Starter::Rustls(with_rustls::server(config.clone())?)
+                }
+            },
+        })
+    }
+
+    fn start<IO: AsyncRead + AsyncWrite + Unpin>(self, io: IO, replay: Bytes) -> Handshake<IO> {
+        match self {
+            #[cfg(feature = "tls")]
+            Starter::Native(side) => Handshake::Native(native::Handshake::new(side, io, replay)),
+            #[cfg(feature = "rustls")]
+            Starter::Rustls(tls) => Handshake::Rustls(with_rustls::Handshake::new(tls, io, replay)),
         }
-        Ok(n)
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Write for Shim<IO> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let (io, mut cx) = self.parts()?;
-        let p = io.poll_write(&mut cx, buf);
-        self.settle(p)
+impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
+    fn poll(self, cx: &mut Context<'_>) -> Step<Handshake<IO>, Conn<IO>, IO> {
+        match self {
+            #[cfg(feature = "tls")]
+            Handshake::Native(h) => match h.poll(cx) {
+                Step::Pending(h) => Step::Pending(Handshake::Native(h)),
+                Step::Done(c) => Step::Done(Conn::Native(c)),
+                Step::Failed(e, parts) => Step::Failed(e, parts),
+            },
+            #[cfg(feature = "rustls")]
+            Handshake::Rustls(h) => match h.poll(cx) {
+                Step::Pending(h) => Step::Pending(Handshake::Rustls(h)),
+                Step::Done(c) => Step::Done(Conn::Rustls(c)),
+                Step::Failed(e, parts) => Step::Failed(e, parts),
+            },
+        }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        let (io, mut cx) = self.parts()?;
-        let p = io.poll_flush(&mut cx);
-        self.settle(p)
+    fn backend(&self) -> TlsBackend {
+        match self {
+            #[cfg(feature = "tls")]
+            Handshake::Native(_) => TlsBackend::NativeTls,
+            #[cfg(feature = "rustls")]
+            Handshake::Rustls(_) => TlsBackend::Rustls,
+        }
+    }
+
+    fn io_ref(&self) -> Option<&IO> {
+        match self {
+            #[cfg(feature = "tls")]
+            Handshake::Native(h) => h.io_ref(),
+            #[cfg(feature = "rustls")]
+            Handshake::Rustls(h) => Some(h.io_ref()),
+        }
+    }
+
+    fn io_mut(&mut self) -> Option<&mut IO> {
+        match self {
+            #[cfg(feature = "tls")]
+            Handshake::Native(h) => h.io_mut(),
+            #[cfg(feature = "rustls")]
+            Handshake::Rustls(h) => Some(h.io_mut()),
+        }
+    }
+
+    fn into_parts(self) -> Option<(IO, Bytes)> {
+        match self {
+            #[cfg(feature = "tls")]
+            Handshake::Native(h) => h.into_parts(),
+            #[cfg(feature = "rustls")]
+            Handshake::Rustls(h) => Some(h.into_parts()),
+        }
     }
 }
 
-impl<IO> Drop for Shim<IO> {
-    fn drop(&mut self) {
-        if let Some(boat) = self.lifeboat.take()
-            && let Some(io) = self.io.take()
-        {
-            let mut slot = boat.lock().unwrap_or_else(PoisonError::into_inner);
-            *slot = Some(Rescued {
-                io,
-                replay: mem::take(&mut self.replay),
-                peer_eof: self.peer_eof,
-            });
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    fn io_ref(&self) -> Option<&IO> {
+        match self {
+            #[cfg(feature = "tls")]
+            Conn::Native(c) => c.io_ref(),
+            #[cfg(feature = "rustls")]
+            Conn::Rustls(c) => Some(c.io_ref()),
+        }
+    }
+
+    fn io_mut(&mut self) -> Option<&mut IO> {
+        match self {
+            #[cfg(feature = "tls")]
+            Conn::Native(c) => c.io_mut(),
+            #[cfg(feature = "rustls")]
+            Conn::Rustls(c) => Some(c.io_mut()),
+        }
+    }
+
+    fn into_parts(self) -> Option<(IO, Bytes)> {
+        match self {
+            #[cfg(feature = "tls")]
+            Conn::Native(c) => c.into_parts(),
+            #[cfg(feature = "rustls")]
+            Conn::Rustls(c) => Some(c.into_parts()),
+        }
+    }
+
+    fn backend(&self) -> TlsBackend {
+        match self {
+            #[cfg(feature = "tls")]
+            Conn::Native(_) => TlsBackend::NativeTls,
+            #[cfg(feature = "rustls")]
+            Conn::Rustls(_) => TlsBackend::Rustls,
         }
     }
 }
@@ -199,27 +238,20 @@ enum ReadEnd {
 
 /// An established TLS session.
 struct Session<IO> {
-    stream: TlsStream<Shim<IO>>,
+    conn: Conn<IO>,
     read_end: ReadEnd,
-    /// Our close_notify has been handed to the IO (flushing may be pending).
-    close_notify_sent: bool,
     /// After the peer's close_notify, go on in plaintext (stoptls) rather
     /// than report EOF (shutdown).
     then_plain: bool,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
-    /// Classifies an error the TLS library returned from a read or write.
-    fn error(&mut self, e: io::Error) -> TlsError {
-        let shim = self.stream.get_ref();
-        if shim.io_failed {
-            TlsError::io(e)
-        } else if shim.peer_eof {
+    fn note(&mut self, e: TlsError) -> TlsError {
+        if e.is_truncated() {
             self.read_end = ReadEnd::Truncated;
-            TlsError::truncated()
-        } else {
-            TlsError::protocol(e)
+            tracing::debug!("TLS stream truncated: TCP EOF without close_notify");
         }
+        e
     }
 
     /// Reads application data. Leaves `buf` unchanged on a clean TLS EOF.
@@ -237,27 +269,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             // A zero-length TLS read would look like EOF.
             return Poll::Ready(Ok(()));
         }
-        self.stream.get_mut().enter(cx.waker());
-        let want = buf.remaining().min(MAX_TLS_READ);
-        match self.stream.read(buf.initialize_unfilled_to(want)) {
-            Ok(0) if self.stream.get_ref().peer_eof => {
-                // The library may call a bare TCP EOF a clean end; the IO
-                // knows better.
-                self.read_end = ReadEnd::Truncated;
-                tracing::debug!("TLS stream truncated: TCP EOF without close_notify");
-                Poll::Ready(Err(TlsError::truncated()))
-            }
-            Ok(0) => {
+        let before = buf.filled().len();
+        match ready!(on_backend!(&mut self.conn, c => c.poll_read(cx, buf))) {
+            Ok(()) if buf.filled().len() == before => {
                 self.read_end = ReadEnd::CloseNotify;
                 tracing::debug!("received the peer's TLS close_notify");
                 Poll::Ready(Ok(()))
             }
-            Ok(n) => {
-                buf.advance(n);
-                Poll::Ready(Ok(()))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-            Err(e) => Poll::Ready(Err(self.error(e))),
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(self.note(e))),
         }
     }
 
@@ -265,57 +285,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.stream.get_mut().enter(cx.waker());
-        match self.stream.write(buf) {
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-            Err(e) => Poll::Ready(Err(self.error(e))),
-        }
+        let r = ready!(on_backend!(&mut self.conn, c => c.poll_write(cx, buf)));
+        Poll::Ready(r.map_err(|e| self.note(e)))
     }
 
-    /// Flushes the IO. The TLS library keeps no write buffer of its own:
-    /// every record is handed to the shim as soon as it is sealed.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
-        match self.stream.get_mut().io.as_mut() {
-            Some(io) => Pin::new(io).poll_flush(cx).map_err(TlsError::io),
-            None => Poll::Ready(Ok(())),
-        }
+        on_backend!(&mut self.conn, c => c.poll_flush(cx))
     }
 
     /// Sends our close_notify (once) and flushes it out.
     fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
-        if !self.close_notify_sent {
-            self.stream.get_mut().enter(cx.waker());
-            // Called again only while the alert is still being written; once
-            // it succeeds we never call it again, because a further call
-            // would start reading, waiting for the peer's close_notify.
-            match self.stream.shutdown() {
-                Ok(()) => {
-                    self.close_notify_sent = true;
-                    tracing::debug!("sent TLS close_notify");
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-                Err(e) => return Poll::Ready(Err(self.error(e))),
-            }
-        }
-        self.poll_flush(cx)
+        let r = ready!(on_backend!(&mut self.conn, c => c.poll_close_notify(cx)));
+        Poll::Ready(r.map_err(|e| self.note(e)))
     }
-
-    /// Takes the IO and the unread replay bytes out, ending the session
-    /// without a word to the peer.
-    fn detach(mut self) -> Option<(IO, Bytes)> {
-        let shim = self.stream.get_mut();
-        let io = shim.io.take()?;
-        Some((io, mem::take(&mut shim.replay)))
-    }
-}
-
-enum Handshake<IO> {
-    /// `start_tls` was called; the first poll starts the handshake (the TLS
-    /// library does I/O as soon as it is given the stream).
-    Start { mode: TlsMode, shim: Shim<IO> },
-    /// The handshake is waiting for the IO.
-    Mid(MidHandshakeTlsStream<Shim<IO>>),
 }
 
 enum State<IO> {
@@ -325,10 +307,7 @@ enum State<IO> {
         io: IO,
         prefix: Bytes,
     },
-    Handshaking {
-        hs: Handshake<IO>,
-        lifeboat: Lifeboat<IO>,
-    },
+    Handshaking(Handshake<IO>),
     Tls(Session<IO>),
     /// Our close_notify is being sent or has been sent.
     ShuttingDown(Session<IO>),
@@ -369,10 +348,13 @@ enum State<IO> {
 ///
 /// # Cost
 ///
-/// In plaintext, one `match` per call. Over TLS, each poll compares the
-/// task's waker with the stored one (cloning only when it changed) and
-/// makes one call into the TLS library, which reads or writes at most one
-/// record (16 KiB) per call.
+/// In plaintext, one `match` per call. Over TLS, one more `match` picks the
+/// backend. native-tls: each poll compares the task's waker with the stored
+/// one (cloning only when it changed) and makes one call into the TLS
+/// library, which reads or writes at most one record (16 KiB) per call.
+/// rustls: reads fill our buffer up to two records at a time and hand
+/// rustls one record per call; writes seal up to rustls's send-buffer limit
+/// (64 KiB by default) per call.
 ///
 /// [`start_tls`]: TlsTransport::start_tls
 /// [`poll_handshake`]: TlsTransport::poll_handshake
@@ -393,10 +375,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
         }
     }
 
-    /// Begins a TLS handshake as `mode` says. `replay` holds bytes already
-    /// read from the IO that belong to the TLS stream (everything in the
-    /// read buffer at this point): the TLS library reads them before it
-    /// reads the IO, and they are never returned as plaintext.
+    /// Begins a TLS handshake as `mode` says, with the backend its settings
+    /// were built for. `replay` holds bytes already read from the IO that
+    /// belong to the TLS stream (everything in the read buffer at this
+    /// point): the TLS library reads them before it reads the IO, and they
+    /// are never returned as plaintext.
     ///
     /// No I/O happens here; the handshake runs in [`poll_handshake`] (or in
     /// the next read or write). Flush pending plaintext before calling this:
@@ -406,8 +389,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     ///
     /// [`TlsErrorKind::AlreadyTls`](super::TlsErrorKind::AlreadyTls) unless
     /// the transport is plaintext (a handshake is running, TLS is active or
-    /// still shutting down); nothing changes then. After a failed handshake,
-    /// the error that failure reported.
+    /// still shutting down); [`TlsErrorKind::Config`](super::TlsErrorKind::Config)
+    /// if rustls refuses the settings. Nothing changes then. After a failed
+    /// handshake, the error that failure reported.
     ///
     /// [`poll_handshake`]: TlsTransport::poll_handshake
     pub(crate) fn start_tls(&mut self, mode: TlsMode, replay: Bytes) -> Result<(), TlsError> {
@@ -417,6 +401,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
             State::Poisoned => return Err(TlsError::poisoned()),
             _ => return Err(TlsError::already_tls()),
         }
+        let connect = mode.is_connect();
+        let starter = Starter::new(mode)?;
         let State::Plain { io, prefix } = mem::replace(&mut self.state, State::Poisoned) else {
             // Checked just above.
             return Err(TlsError::poisoned());
@@ -431,17 +417,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
             all.extend_from_slice(&prefix);
             all.freeze()
         };
-        tracing::debug!(
-            connect = mode.is_connect(),
-            replay = replay.len(),
-            "starting TLS"
-        );
-        let lifeboat: Lifeboat<IO> = Arc::new(Mutex::new(None));
-        let shim = Shim::new(io, replay, Arc::clone(&lifeboat));
-        self.state = State::Handshaking {
-            hs: Handshake::Start { mode, shim },
-            lifeboat,
-        };
+        tracing::debug!(connect, replay = replay.len(), "starting TLS");
+        self.state = State::Handshaking(starter.start(io, replay));
         Ok(())
     }
 
@@ -451,73 +428,43 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     /// # Errors
     ///
     /// A failed handshake ([`TlsError::is_handshake`]; the message carries
-    /// the TLS library's reason, such as `certificate verify failed` or
-    /// `Hostname mismatch`), or [`TlsErrorKind::Io`] when the IO failed
-    /// during it. Either is fatal: the transport stays failed (reads and
-    /// writes fail, nothing is sent in plaintext) and only
-    /// [`into_inner`](TlsTransport::into_inner) is useful afterwards.
+    /// the TLS library's reason, such as OpenSSL's `certificate verify
+    /// failed` or rustls's `invalid peer certificate: UnknownIssuer`), or
+    /// [`TlsErrorKind::Io`] when the IO failed during it. Either is fatal:
+    /// the transport stays failed (reads and writes fail, nothing is sent
+    /// in plaintext) and only [`into_inner`](TlsTransport::into_inner) is
+    /// useful afterwards.
     ///
     /// [`TlsErrorKind::Io`]: super::TlsErrorKind::Io
     pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
         match &self.state {
-            State::Handshaking { .. } => {}
+            State::Handshaking(_) => {}
             State::Plain { .. } | State::Tls(_) | State::ShuttingDown(_) => {
                 return Poll::Ready(Ok(()));
             }
             State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier())),
             State::Poisoned => return Poll::Ready(Err(TlsError::poisoned())),
         }
-        let State::Handshaking { hs, lifeboat } = mem::replace(&mut self.state, State::Poisoned)
-        else {
+        let State::Handshaking(hs) = mem::replace(&mut self.state, State::Poisoned) else {
             return Poll::Ready(Err(TlsError::poisoned()));
         };
-        let result = match hs {
-            Handshake::Start { mode, mut shim } => {
-                shim.enter(cx.waker());
-                match &mode {
-                    TlsMode::Connect(c) => c.connector().connect(c.domain(), shim),
-                    TlsMode::Accept(s) => s.acceptor().accept(shim),
-                }
+        match hs.poll(cx) {
+            Step::Pending(hs) => {
+                self.state = State::Handshaking(hs);
+                Poll::Pending
             }
-            Handshake::Mid(mut mid) => {
-                mid.get_mut().enter(cx.waker());
-                mid.handshake()
-            }
-        };
-        match result {
-            Ok(mut stream) => {
-                stream.get_mut().lifeboat = None;
-                tracing::debug!("TLS handshake complete");
+            Step::Done(conn) => {
+                tracing::debug!(backend = ?conn.backend(), "TLS handshake complete");
                 self.state = State::Tls(Session {
-                    stream,
+                    conn,
                     read_end: ReadEnd::Open,
-                    close_notify_sent: false,
                     then_plain: false,
                 });
                 Poll::Ready(Ok(()))
             }
-            Err(HandshakeError::WouldBlock(mid)) => {
-                if mid.get_ref().io_failed {
-                    // Defensive: an IO that reports WouldBlock as an error
-                    // would otherwise hang here; native-tls has already
-                    // seen it as "want I/O", so poll again.
-                    cx.waker().wake_by_ref();
-                }
-                self.state = State::Handshaking {
-                    hs: Handshake::Mid(mid),
-                    lifeboat,
-                };
-                Poll::Pending
-            }
-            Err(HandshakeError::Failure(e)) => {
-                let rescued = lifeboat
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                let peer_eof = rescued.as_ref().is_some_and(|r| r.peer_eof);
-                let err = TlsError::handshake(e, peer_eof);
+            Step::Failed(err, parts) => {
                 tracing::debug!(error = %err, "TLS handshake failed");
-                self.state = State::Failed(rescued.map(|r| (r.io, r.replay)));
+                self.state = State::Failed(parts);
                 Poll::Ready(Err(err))
             }
         }
@@ -549,7 +496,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
         loop {
             match &mut self.state {
                 State::Plain { .. } => return Poll::Ready(Ok(())),
-                State::Handshaking { .. } => ready!(self.poll_handshake(cx))?,
+                State::Handshaking(_) => ready!(self.poll_handshake(cx))?,
                 State::Tls(_) => self.begin_close(true),
                 State::ShuttingDown(s) => {
                     s.then_plain = true;
@@ -571,7 +518,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     pub(crate) fn is_tls(&self) -> bool {
         matches!(
             self.state,
-            State::Handshaking { .. } | State::Tls(_) | State::ShuttingDown(_)
+            State::Handshaking(_) | State::Tls(_) | State::ShuttingDown(_)
         )
     }
 
@@ -584,10 +531,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
         )
     }
 
-    /// The peer's certificate, once TLS is established and if it sent one.
-    pub(crate) fn peer_certificate(&self) -> Option<native_tls::Certificate> {
+    /// The peer's certificate (the end-entity one, DER-encoded), once TLS
+    /// is established and if the peer sent one.
+    pub(crate) fn peer_certificate(&self) -> Option<Vec<u8>> {
         match &self.state {
-            State::Tls(s) | State::ShuttingDown(s) => s.stream.peer_certificate().ok().flatten(),
+            State::Tls(s) | State::ShuttingDown(s) => {
+                on_backend!(&s.conn, c => c.peer_certificate())
+            }
+            _ => None,
+        }
+    }
+
+    /// The TLS library in use, from `start_tls` until TLS ends.
+    pub(crate) fn backend(&self) -> Option<TlsBackend> {
+        match &self.state {
+            State::Handshaking(hs) => Some(hs.backend()),
+            State::Tls(s) | State::ShuttingDown(s) => Some(s.conn.backend()),
             _ => None,
         }
     }
@@ -597,11 +556,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     pub(crate) fn get_ref(&self) -> Option<&IO> {
         match &self.state {
             State::Plain { io, .. } => Some(io),
-            State::Handshaking { hs, .. } => match hs {
-                Handshake::Start { shim, .. } => shim.io.as_ref(),
-                Handshake::Mid(mid) => mid.get_ref().io.as_ref(),
-            },
-            State::Tls(s) | State::ShuttingDown(s) => s.stream.get_ref().io.as_ref(),
+            State::Handshaking(hs) => hs.io_ref(),
+            State::Tls(s) | State::ShuttingDown(s) => s.conn.io_ref(),
             State::Failed(parts) => parts.as_ref().map(|(io, _)| io),
             State::Poisoned => None,
         }
@@ -630,16 +586,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     pub(crate) fn into_inner(mut self) -> (IO, Bytes) {
         let parts = match mem::replace(&mut self.state, State::Poisoned) {
             State::Plain { io, prefix } => Some((io, prefix)),
-            State::Handshaking { hs, .. } => match hs {
-                Handshake::Start { mut shim, .. } => {
-                    shim.io.take().map(|io| (io, mem::take(&mut shim.replay)))
-                }
-                Handshake::Mid(mut mid) => {
-                    let shim = mid.get_mut();
-                    shim.io.take().map(|io| (io, mem::take(&mut shim.replay)))
-                }
-            },
-            State::Tls(s) | State::ShuttingDown(s) => s.detach(),
+            State::Handshaking(hs) => hs.into_parts(),
+            State::Tls(s) | State::ShuttingDown(s) => s.conn.into_parts(),
             State::Failed(parts) => parts,
             State::Poisoned => None,
         };
@@ -662,7 +610,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     /// ShuttingDown (both close_notify alerts passed) → Plain.
     fn detach_to_plain(&mut self) -> Result<(), TlsError> {
         match mem::replace(&mut self.state, State::Poisoned) {
-            State::ShuttingDown(s) | State::Tls(s) => match s.detach() {
+            State::ShuttingDown(s) | State::Tls(s) => match s.conn.into_parts() {
                 Some((io, prefix)) => {
                     tracing::debug!(leftover = prefix.len(), "TLS stopped, back to plaintext");
                     self.state = State::Plain { io, prefix };
@@ -696,7 +644,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsTransport<IO> {
                     prefix.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                State::Handshaking { .. } => ready!(this.poll_handshake(cx))?,
+                State::Handshaking(_) => ready!(this.poll_handshake(cx))?,
                 State::Tls(s) => return s.poll_read(cx, buf).map_err(io::Error::from),
                 State::ShuttingDown(s) => {
                     let before = buf.filled().len();
@@ -727,7 +675,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
         loop {
             match &mut this.state {
                 State::Plain { io, .. } => return Pin::new(io).poll_write(cx, buf),
-                State::Handshaking { .. } => ready!(this.poll_handshake(cx))?,
+                State::Handshaking(_) => ready!(this.poll_handshake(cx))?,
                 State::Tls(s) => return s.poll_write(cx, buf).map_err(io::Error::from),
                 State::ShuttingDown(s) => {
                     ready!(s.poll_close_notify(cx))?;
@@ -738,7 +686,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
                         )));
                     }
                     // After our close_notify, plaintext.
-                    return match s.stream.get_mut().io.as_mut() {
+                    return match s.conn.io_mut() {
                         Some(io) => Pin::new(io).poll_write(cx, buf),
                         None => Poll::Ready(Err(TlsError::poisoned().into())),
                     };
@@ -777,10 +725,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
         let this = self.get_mut();
         let io = match &mut this.state {
             State::Plain { io, .. } => Some(io),
-            State::Handshaking { hs, .. } => match hs {
-                Handshake::Start { shim, .. } => shim.io.as_mut(),
-                Handshake::Mid(mid) => mid.get_mut().io.as_mut(),
-            },
+            State::Handshaking(hs) => hs.io_mut(),
             State::Tls(s) => return s.poll_flush(cx).map_err(io::Error::from),
             State::ShuttingDown(s) => return s.poll_close_notify(cx).map_err(io::Error::from),
             State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier().into())),
@@ -802,13 +747,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
         this.begin_close(false);
         let io = match &mut this.state {
             State::Plain { io, .. } => Some(io),
-            State::Handshaking { hs, .. } => match hs {
-                Handshake::Start { shim, .. } => shim.io.as_mut(),
-                Handshake::Mid(mid) => mid.get_mut().io.as_mut(),
-            },
+            State::Handshaking(hs) => hs.io_mut(),
             State::ShuttingDown(s) => {
                 ready!(s.poll_close_notify(cx))?;
-                s.stream.get_mut().io.as_mut()
+                s.conn.io_mut()
             }
             State::Tls(_) | State::Poisoned => None,
             State::Failed(parts) => parts.as_mut().map(|(io, _)| io),
@@ -824,7 +766,7 @@ impl<IO> fmt::Debug for TlsTransport<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Plain { .. } => "Plain",
-            State::Handshaking { .. } => "Handshaking",
+            State::Handshaking(_) => "Handshaking",
             State::Tls(_) => "Tls",
             State::ShuttingDown(_) => "ShuttingDown",
             State::Failed(_) => "Failed",

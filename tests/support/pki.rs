@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use anyframe::tls::native_tls::{Certificate, Identity};
-use anyframe::tls::{TlsClient, TlsMode, TlsServer};
+use anyframe::tls::{TlsBackend, TlsClient, TlsMode, TlsServer};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -17,6 +17,8 @@ use rcgen::{
 pub struct Pem {
     pub cert: String,
     pub key: String,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
 }
 
 impl Pem {
@@ -27,6 +29,7 @@ impl Pem {
 
 pub struct Pki {
     pub ca_pem: String,
+    pub ca_der: Vec<u8>,
     pub server: Pem,
     pub wrong_host: Pem,
     pub expired: Pem,
@@ -70,6 +73,8 @@ fn leaf(ca: &(CertificateParams, KeyPair), name: &str, expired: bool, client: bo
     Pem {
         cert: cert.pem(),
         key: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
     }
 }
 
@@ -78,7 +83,8 @@ pub fn pki() -> &'static Pki {
     PKI.get_or_init(|| {
         let ca = make_ca("anyframe test CA");
         let other = make_ca("someone else's CA");
-        let ca_pem = ca.0.self_signed(&ca.1).expect("self-sign CA").pem();
+        let ca_cert = ca.0.self_signed(&ca.1).expect("self-sign CA");
+        let (ca_pem, ca_der) = (ca_cert.pem(), ca_cert.der().to_vec());
         let pki = Pki {
             server: leaf(&ca, "localhost", false, false),
             wrong_host: leaf(&ca, "other.example", false, false),
@@ -87,6 +93,7 @@ pub fn pki() -> &'static Pki {
             client: leaf(&ca, "anyframe client", false, true),
             dir: std::env::temp_dir().join(format!("anyframe-pki-{}", std::process::id())),
             ca_pem,
+            ca_der,
         };
         std::fs::create_dir_all(&pki.dir).expect("pki dir");
         let w = |name: &str, s: &str| std::fs::write(pki.dir.join(name), s).expect("write pem");
@@ -117,4 +124,49 @@ pub fn server() -> TlsServer {
 
 pub fn server_with(pem: &Pem) -> TlsServer {
     TlsServer::new(pem.identity()).expect("server")
+}
+
+/// Every TLS backend compiled in.
+pub const BACKENDS: &[TlsBackend] = &[
+    #[cfg(feature = "tls")]
+    TlsBackend::NativeTls,
+    #[cfg(feature = "rustls")]
+    TlsBackend::Rustls,
+];
+
+/// A client of backend `b` for `localhost` that trusts only the test CA.
+pub fn client_on(b: TlsBackend) -> TlsMode {
+    match b {
+        #[cfg(feature = "rustls")]
+        TlsBackend::Rustls => {
+            let mut roots = anyframe::tls::rustls::RootCertStore::empty();
+            roots.add(pki().ca_der.clone().into()).expect("CA");
+            TlsClient::rustls_with_roots(roots, "localhost")
+                .expect("client")
+                .into()
+        }
+        _ => client(),
+    }
+}
+
+/// A server of backend `b` presenting `pem`.
+pub fn server_on(b: TlsBackend, pem: &Pem) -> TlsServer {
+    match b {
+        #[cfg(feature = "rustls")]
+        TlsBackend::Rustls => {
+            use anyframe::tls::rustls;
+            use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+            let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(pem.key_der.clone()));
+            let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![pem.cert_der.clone().into()], key)
+            .expect("server config");
+            TlsServer::rustls(std::sync::Arc::new(config))
+        }
+        _ => server_with(pem),
+    }
 }

@@ -1,0 +1,403 @@
+//! The rustls backend: rustls's sans-IO [`Connection`] driven over the
+//! async IO, with nothing in between but our own input buffer.
+//!
+//! rustls reads ciphertext from whatever it is given and keeps it, so a
+//! session that ends with the peer's close_notify would swallow the
+//! plaintext sent right after it (stoptls). Ciphertext is therefore read
+//! into our buffer, [`Conn::inbuf`], and handed to rustls **one whole
+//! record at a time** (the 5-byte header says how long a record is): once a
+//! record carries the close_notify, the bytes behind it are still ours and
+//! become the plaintext prefix. A header that cannot start a record (not a
+//! TLS content type, or a length past the protocol's limit) is handed over
+//! at once, so rustls rejects it without our waiting for a body that will
+//! never come. Bytes read before `start_tls` (the replay) start the buffer.
+//!
+//! The buffer holds at most one record plus one read's worth
+//! ([`READ_CHUNK`]), so memory per connection is bounded.
+
+use std::io::{self, BufRead, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use ::rustls::pki_types::ServerName;
+use ::rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::TlsError;
+use super::transport::Step;
+
+/// A TLS record header: type (1), version (2), length (2).
+const HEADER_LEN: usize = 5;
+
+/// The longest record body a peer may send: 2^14 bytes of plaintext plus
+/// 2048 of expansion (RFC 5246, 6.2.3; TLS 1.3 allows less).
+const MAX_BODY_LEN: usize = (1 << 14) + 2048;
+
+/// Spare room offered to each read from the IO: two full records, so bulk
+/// transfers take one read per two records.
+const READ_CHUNK: usize = 2 * (HEADER_LEN + MAX_BODY_LEN);
+
+/// A rustls connection for one side, before any I/O. Boxed: it is about a
+/// kilobyte, and the transport moves its state around by value.
+pub(super) fn client(
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<Box<Connection>, TlsError> {
+    ClientConnection::new(config, name)
+        .map(|c| Box::new(Connection::from(c)))
+        .map_err(TlsError::config)
+}
+
+/// See [`client`].
+pub(super) fn server(config: Arc<ServerConfig>) -> Result<Box<Connection>, TlsError> {
+    ServerConnection::new(config)
+        .map(|c| Box::new(Connection::from(c)))
+        .map_err(TlsError::config)
+}
+
+/// How many bytes at the front of `buf` to hand to rustls now: a whole
+/// record, or a header rustls will refuse; `None` until there is either.
+fn next_feed(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(..HEADER_LEN)?;
+    let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    // change_cipher_spec, alert, handshake, application_data, heartbeat.
+    if !(20..=24).contains(&header[0]) || body > MAX_BODY_LEN {
+        return Some(HEADER_LEN);
+    }
+    (buf.len() >= HEADER_LEN + body).then_some(HEADER_LEN + body)
+}
+
+/// The IO as the `io::Write` that [`Connection::write_tls`] wants, for the
+/// length of one poll: `Pending` becomes `WouldBlock`.
+struct SyncWriter<'a, 'b, IO> {
+    io: &'a mut IO,
+    cx: &'a mut Context<'b>,
+}
+
+impl<IO: AsyncWrite + Unpin> SyncWriter<'_, '_, IO> {
+    fn settle<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
+        match p {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Write for SyncWriter<'_, '_, IO> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Self::settle(Pin::new(&mut *self.io).poll_write(self.cx, buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        Self::settle(Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Self::settle(Pin::new(&mut *self.io).poll_flush(self.cx))
+    }
+}
+
+/// A rustls handshake in progress.
+pub(super) struct Handshake<IO>(Conn<IO>);
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
+    pub(super) fn new(tls: Box<Connection>, io: IO, replay: Bytes) -> Handshake<IO> {
+        Handshake(Conn {
+            tls,
+            io,
+            inbuf: BytesMut::from(replay),
+            peer_eof: false,
+            close_notify_sent: false,
+        })
+    }
+
+    pub(super) fn poll(mut self, cx: &mut Context<'_>) -> Step<Handshake<IO>, Conn<IO>, IO> {
+        match self.0.poll_handshake(cx) {
+            Poll::Pending => Step::Pending(self),
+            Poll::Ready(Ok(())) => Step::Done(self.0),
+            Poll::Ready(Err(e)) => Step::Failed(e, Some(self.0.into_parts())),
+        }
+    }
+
+    pub(super) fn io_ref(&self) -> &IO {
+        &self.0.io
+    }
+
+    pub(super) fn io_mut(&mut self) -> &mut IO {
+        &mut self.0.io
+    }
+
+    pub(super) fn into_parts(self) -> (IO, Bytes) {
+        self.0.into_parts()
+    }
+}
+
+/// A rustls session over `IO`.
+pub(super) struct Conn<IO> {
+    tls: Box<Connection>,
+    io: IO,
+    /// Ciphertext read from the IO (or replayed) and not yet handed to
+    /// rustls; see the module docs.
+    inbuf: BytesMut,
+    /// The IO returned end-of-file.
+    peer_eof: bool,
+    close_notify_sent: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    /// Hands rustls the next record, if a whole one is buffered, and lets
+    /// it process it. `Ok(false)`: more input is needed.
+    fn feed(&mut self) -> Result<bool, ::rustls::Error> {
+        let Some(n) = next_feed(&self.inbuf) else {
+            return Ok(false);
+        };
+        let mut record = &self.inbuf[..n];
+        while !record.is_empty() {
+            match self.tls.read_tls(&mut record) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(::rustls::Error::General(e.to_string())),
+            }
+        }
+        let fed = n - record.len();
+        self.inbuf.advance(fed);
+        self.tls.process_new_packets()?;
+        Ok(fed > 0)
+    }
+
+    /// Reads from the IO into `inbuf`. `Ok(false)` at end-of-file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.peer_eof {
+            return Poll::Ready(Ok(false));
+        }
+        self.inbuf.reserve(READ_CHUNK);
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.inbuf
+        ))?;
+        if n == 0 {
+            self.peer_eof = true;
+        }
+        Poll::Ready(Ok(n > 0))
+    }
+
+    /// Writes some of what rustls has sealed to the IO.
+    fn poll_write_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut w = SyncWriter {
+            io: &mut self.io,
+            cx,
+        };
+        match self.tls.write_tls(&mut w) {
+            Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Writes everything rustls has sealed, then flushes the IO.
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.tls.wants_write() {
+            ready!(self.poll_write_tls(cx))?;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Sends the alert rustls queued when it refused the peer, if the IO
+    /// takes it at once; the error that caused it is what matters.
+    fn send_alert(&mut self, cx: &mut Context<'_>) {
+        while self.tls.wants_write() {
+            if !matches!(self.poll_write_tls(cx), Poll::Ready(Ok(()))) {
+                break;
+            }
+        }
+    }
+
+    /// True once a TLS 1.3 server's handshake is over: anything left to
+    /// send follows the handshake.
+    fn only_tickets_left(&self) -> bool {
+        matches!(*self.tls, Connection::Server(_))
+            && !self.tls.is_handshaking()
+            && self.tls.protocol_version() == Some(::rustls::ProtocolVersion::TLSv1_3)
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
+        loop {
+            while self.tls.wants_write() {
+                match self.poll_write_tls(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::handshake_io(e))),
+                    // A TLS 1.3 server is done once it has the client's
+                    // Finished; what it still has to send are session
+                    // tickets, which a client that only writes would never
+                    // take. They go out with the next read, write or flush.
+                    Poll::Pending if self.only_tickets_left() => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.tls.is_handshaking() {
+                ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(TlsError::handshake_io)?;
+                return Poll::Ready(Ok(()));
+            }
+            match self.feed() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    self.send_alert(cx);
+                    return Poll::Ready(Err(TlsError::handshake_failed(e, self.peer_eof)));
+                }
+            }
+            if !ready!(self.poll_fill(cx)).map_err(TlsError::handshake_io)? {
+                return Poll::Ready(Err(TlsError::handshake_eof()));
+            }
+        }
+    }
+
+    /// Reads application data; leaves `buf` unchanged on a clean TLS EOF.
+    /// `buf` has room.
+    pub(super) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<Result<(), TlsError>> {
+        // Records rustls still owes the peer (the end of the handshake, a
+        // key update) go first, as far as the IO takes them now; the IO
+        // then wakes us when it can take more.
+        while self.tls.wants_write() {
+            match self.poll_write_tls(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::io(e))),
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            let mut reader = self.tls.reader();
+            match reader.fill_buf() {
+                Ok(chunk) => {
+                    // Empty only after the peer's close_notify.
+                    let n = chunk.len().min(buf.remaining());
+                    buf.put_slice(&chunk[..n]);
+                    reader.consume(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // We never tell rustls about EOF, so this is not expected;
+                // it means the same thing.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Poll::Ready(Err(TlsError::truncated()));
+                }
+                Err(e) => return Poll::Ready(Err(TlsError::protocol(e))),
+            }
+            match self.feed() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    self.send_alert(cx);
+                    return Poll::Ready(Err(TlsError::protocol(e)));
+                }
+            }
+            if !ready!(self.poll_fill(cx)).map_err(TlsError::io)? {
+                return Poll::Ready(Err(TlsError::truncated()));
+            }
+        }
+    }
+
+    /// Seals application data; `buf` is not empty. Records already sealed
+    /// go out first, and while rustls's send buffer is at its limit this
+    /// waits for the IO.
+    pub(super) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize, TlsError>> {
+        let mut blocked = false;
+        while self.tls.wants_write() {
+            match self.poll_write_tls(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::io(e))),
+                Poll::Pending => {
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        let n = self.tls.writer().write(buf).map_err(TlsError::io)?;
+        if n == 0 {
+            // The send buffer is full and the IO has our waker.
+            debug_assert!(blocked, "rustls refused a write with nothing to send");
+            return Poll::Pending;
+        }
+        if !blocked {
+            while self.tls.wants_write() {
+                match self.poll_write_tls(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::io(e))),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes out everything sealed and flushes the IO.
+    pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
+        self.poll_flush_tls(cx).map_err(TlsError::io)
+    }
+
+    /// Sends our close_notify (once) and flushes it out.
+    pub(super) fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
+        if !self.close_notify_sent {
+            self.tls.send_close_notify();
+            self.close_notify_sent = true;
+        }
+        self.poll_flush(cx)
+    }
+
+    /// The peer's end-entity certificate as DER, if it sent one.
+    pub(super) fn peer_certificate(&self) -> Option<Vec<u8>> {
+        self.tls
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+    }
+
+    pub(super) fn io_ref(&self) -> &IO {
+        &self.io
+    }
+
+    pub(super) fn io_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+
+    /// The IO and the ciphertext rustls was never handed (after the peer's
+    /// close_notify: the plaintext that follows it).
+    pub(super) fn into_parts(self) -> (IO, Bytes) {
+        (self.io, self.inbuf.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{HEADER_LEN, next_feed};
+
+    #[test]
+    fn next_feed_waits_for_a_whole_record() {
+        let record = [22, 3, 3, 0, 4, 1, 2, 3, 4, 23];
+        assert_eq!(next_feed(&record[..4]), None);
+        assert_eq!(next_feed(&record[..8]), None);
+        assert_eq!(next_feed(&record[..9]), Some(9));
+        assert_eq!(next_feed(&record), Some(9), "only one record at a time");
+    }
+
+    #[test]
+    fn next_feed_hands_over_a_header_that_cannot_start_a_record() {
+        // Plaintext where a record should be: rustls must see it now, not
+        // after 8,239 more bytes that will never come.
+        assert_eq!(next_feed(b"GET / HTTP/1.1\r\n"), Some(HEADER_LEN));
+        // A length no peer may send.
+        assert_eq!(next_feed(&[23, 3, 3, 0xff, 0xff]), Some(HEADER_LEN));
+    }
+}
