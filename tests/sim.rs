@@ -32,11 +32,11 @@ use anyframe::codecs::{ChunkCodec, JsonCodec, Line, LineCodec, RawJsonCodec};
 use anyframe::service::{Client, serve};
 use anyframe::{Builder, ErrorKind, OrEof, QueuedFramed};
 use bytes::Bytes;
-use sim::{Faults, Rng};
+use sim::{Faults, Mutation, Rng};
 use tower::{Service, ServiceExt};
 
 /// A run that has not ended after this much simulated time hangs.
-const SIM_LIMIT: Duration = Duration::from_secs(600);
+const SIM_LIMIT: Duration = Duration::from_secs(120);
 
 /// Default number of seeds in the normal test run.
 const DEFAULT_SEEDS: u64 = 1_000;
@@ -55,6 +55,8 @@ struct Stats {
     resets: u64,
     half_closes: u64,
     bytes: u64,
+    /// Runs whose network applied a deliberate defect (see `Mutation`).
+    mutated: u64,
 }
 
 impl Stats {
@@ -69,6 +71,7 @@ impl Stats {
         self.resets += o.resets;
         self.half_closes += o.half_closes;
         self.bytes += o.bytes;
+        self.mutated += o.mutated;
     }
 }
 
@@ -320,6 +323,7 @@ async fn service_run(rng: &mut Rng) -> Outcome {
         resets: u64::from(link.is_reset()),
         half_closes: u64::from(faults.half_close),
         bytes: w0 + w1,
+        mutated: u64::from(link.mutated()),
         ..Stats::default()
     })
 }
@@ -388,7 +392,7 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         .watermarks(rng.size(128 * 1024), 0);
     let (sh, sdrv) = scfg.build(s_io).spawn();
 
-    // Memory: sample the caps every simulated millisecond.
+    // Memory: sample the caps every 2 ms of simulated time.
     let violation = Arc::new(Mutex::new(None::<String>));
     let monitor = {
         let (ch, sh, violation) = (ch.clone(), sh.clone(), violation.clone());
@@ -410,7 +414,7 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
                     *violation.lock().unwrap() = msg;
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         })
     };
@@ -710,6 +714,7 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         resets: u64::from(reset),
         half_closes: u64::from(faults.half_close),
         bytes: w0 + w1,
+        mutated: u64::from(link.mutated()),
         ..Stats::default()
     })
 }
@@ -766,6 +771,34 @@ fn a_seed_replays_exactly() {
 fn a_million_seeds() {
     let start = env_u64("ANYFRAME_SIM_START").unwrap_or(1 << 32);
     sweep(start, env_u64("ANYFRAME_SIM_SEEDS").unwrap_or(1_000_000));
+}
+
+/// The checks can fail: over a network that loses one byte, or delivers
+/// two segments out of order, every run whose faults lose nothing (no
+/// reset, no half-close) must report a broken invariant.
+#[test]
+fn the_checks_catch_a_lost_byte_and_a_reordering() {
+    for mutation in [Mutation::LoseByte, Mutation::Reorder] {
+        let mut caught = 0;
+        for seed in 0..40 {
+            let sound = run_seed(seed).expect("the sound network passes");
+            if sound.resets + sound.half_closes > 0 || sound.bytes < 2 {
+                continue;
+            }
+            sim::set_mutation(Some(mutation));
+            let defective = run_seed(seed);
+            sim::set_mutation(None);
+            if let Ok(s) = defective {
+                assert_eq!(
+                    s.mutated, 0,
+                    "seed {seed}: {mutation:?} went unnoticed: {s:?}"
+                );
+                continue;
+            }
+            caught += 1;
+        }
+        assert!(caught >= 10, "{mutation:?}: only {caught} runs caught");
+    }
 }
 
 #[test]

@@ -76,6 +76,25 @@ impl Rng {
     }
 }
 
+/// A deliberate defect of the network, to show that the checks of the
+/// simulation catch what they claim to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// One byte of one write is dropped, silently.
+    LoseByte,
+    /// Two segments are delivered in the wrong order, once.
+    Reorder,
+}
+
+thread_local! {
+    static MUTATION: std::cell::Cell<Option<Mutation>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the connections created on this thread defective (`None`: sound).
+pub fn set_mutation(m: Option<Mutation>) {
+    MUTATION.with(|c| c.set(m));
+}
+
 /// The largest segment the network makes.
 pub const MAX_SEGMENT: usize = 64 * 1024;
 
@@ -142,6 +161,8 @@ struct Net {
     /// `dirs[s]` carries what side `s` writes.
     dirs: [Dir; 2],
     reset: bool,
+    /// A defect still to apply.
+    mutation: Option<Mutation>,
     /// A running hash of every delivery, to check that replays are exact.
     trace: u64,
 }
@@ -174,6 +195,7 @@ pub fn pair(rng: &mut Rng) -> (SimStream, SimStream, Link) {
         cfg: NetConfig::random(rng),
         dirs: [Dir::default(), Dir::default()],
         reset: false,
+        mutation: MUTATION.with(std::cell::Cell::get),
         trace: 0xcbf2_9ce4_8422_2325,
     }));
     let end = |side| SimStream {
@@ -231,6 +253,12 @@ impl Link {
         net.dirs[side].fin = true;
         net.dirs[side].wake();
         net.mix(0xf1 + side as u64);
+    }
+
+    /// Whether the connection's deliberate defect has been applied.
+    pub fn mutated(&self) -> bool {
+        let net = lock(&self.net);
+        MUTATION.with(std::cell::Cell::get).is_some() && net.mutation.is_none()
     }
 
     pub fn is_reset(&self) -> bool {
@@ -368,8 +396,30 @@ impl AsyncWrite for SimStream {
                 .push_back((at, Bytes::copy_from_slice(&buf[off..off + len])));
             off += len;
         }
+        let mut delivered = n;
+        if let Some(m) = net.mutation
+            && net.rng.chance(1, 4)
+        {
+            let d = &mut net.dirs[side];
+            let k = d.segs.len();
+            match m {
+                Mutation::LoseByte => {
+                    let (_, last) = d.segs.back_mut().expect("a segment");
+                    let _ = last.split_to(1);
+                    delivered -= 1;
+                    net.mutation = None;
+                }
+                Mutation::Reorder if k >= 2 && d.segs[k - 1].1 != d.segs[k - 2].1 => {
+                    let a = d.segs[k - 1].1.clone();
+                    d.segs[k - 1].1 = std::mem::replace(&mut d.segs[k - 2].1, a);
+                    net.mutation = None;
+                }
+                Mutation::Reorder => {}
+            }
+        }
         let d = &mut net.dirs[side];
-        d.in_flight += n;
+        d.segs.retain(|(_, s)| !s.is_empty());
+        d.in_flight += delivered;
         d.written += n as u64;
         if let Some(w) = d.rx_waker.take() {
             w.wake();
