@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use anyframe::codecs::{ChunkCodec, JsonCodec, Line, LineCodec, RawJsonCodec};
 use anyframe::service::{Client, serve};
-use anyframe::{Builder, ErrorKind, OrEof, QueuedFramed};
-use bytes::Bytes;
+use anyframe::{Builder, Driver, ErrorKind, Handle, OrEof, QueuedFramed};
+use bytes::{Bytes, BytesMut};
 use sim::{Faults, Mutation, Rng};
 use tower::{Service, ServiceExt};
 
@@ -191,7 +191,9 @@ async fn service_run(rng: &mut Rng) -> Outcome {
     );
 
     let mut cfg = Builder::new();
-    let wbuf_max = rng.range(1024, 1 << 20) as usize;
+    // Above what the in-flight bound can queue: going over `wbuf_max` is
+    // fatal, and is exercised by the pipeline scenario.
+    let wbuf_max = rng.range(16 * 1024, 1 << 20) as usize;
     cfg.wbuf_max(Some(wbuf_max));
     if let Some(t) = rtimeout {
         cfg.rtimeout(t);
@@ -278,7 +280,16 @@ async fn service_run(rng: &mut Rng) -> Outcome {
     // End: half-close, the server answers what it read and ends; then
     // nothing but end of input may arrive (late answers of timed-out calls
     // are read and dropped by the client).
-    let _ = handle.push_shutdown();
+    // A client closed by an error lets its transport go, so the server
+    // sees the connection end; one still open half-closes.
+    let mut driver = Some(driver);
+    let mut left = None;
+    if handle.is_closed() {
+        handle.detach();
+        left = Some(take_apart(driver.take().expect("driver")).await?);
+    } else {
+        let _ = handle.push_shutdown();
+    }
     let served = server.await.map_err(|e| format!("server task: {e}"))?;
     if faults.lossless() {
         check!(served.is_ok(), "server failed without a fault: {served:?}");
@@ -299,14 +310,20 @@ async fn service_run(rng: &mut Rng) -> Outcome {
         }
     }
     chaos.abort();
-    handle.detach();
-    let parts = driver.await.map_err(|e| format!("driver: {e}"))?;
+    let (unread, unwritten) = match (driver, left) {
+        (Some(drv), _) => {
+            handle.detach();
+            take_apart(drv).await?
+        }
+        (None, Some(left)) => left,
+        (None, None) => return Err("the connection was not taken apart".into()),
+    };
     if faults.lossless() {
         check!(
-            parts.read_buf.is_empty() && parts.write_buf.is_empty(),
+            unread.is_empty() && unwritten.is_empty(),
             "bytes left: {} unread, {} unwritten",
-            parts.read_buf.len(),
-            parts.write_buf.len()
+            unread.len(),
+            unwritten.len()
         );
     }
     trace = mix(trace, ok);
@@ -364,6 +381,30 @@ struct ServerEnd {
     ids: Vec<u64>,
     clean_end: bool,
     end: Option<anyframe::Error>,
+    /// The driver, while the connection is open.
+    driver: Option<Driver<sim::SimStream>>,
+    /// (unread, unwritten) once the connection is closed and taken apart.
+    left: Option<(BytesMut, BytesMut)>,
+}
+
+/// Takes a connection apart once `detach` has been called; its transport
+/// is dropped, so the peer sees the connection close, as it would when a
+/// program drops a socket after an error.
+async fn take_apart(drv: Driver<sim::SimStream>) -> Result<(BytesMut, BytesMut), String> {
+    let parts = drv.await.map_err(|e| format!("driver: {e}"))?;
+    Ok((parts.read_buf, parts.write_buf))
+}
+
+/// A server that failed closes its connection (its peer sees the end);
+/// one that ended cleanly keeps it for the final flush.
+async fn release_server(mut st: ServerEnd, sh: &Handle, drv: Driver<sim::SimStream>) -> ServerEnd {
+    if st.clean_end {
+        st.driver = Some(drv);
+    } else {
+        sh.detach();
+        st.left = Some(take_apart(drv).await.expect("server driver"));
+    }
+    st
 }
 
 async fn pipeline_run(rng: &mut Rng) -> Outcome {
@@ -425,64 +466,68 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
     let server = {
         let sh = sh.clone();
         tokio::spawn(async move {
-            let mut st = ServerEnd::default();
-            let fail = |mut st: ServerEnd, e| {
-                st.end = Some(e);
-                st
-            };
-            loop {
-                // End of input between requests is the clean end.
-                let hdr = match sh.read(OrEof::new(LineCodec::new())).await {
-                    Ok(Some(l)) => l.into_frame(),
-                    Ok(None) => {
-                        st.clean_end = true;
-                        return st;
-                    }
-                    Err(e) => return fail(st, e),
+            let st = async {
+                let mut st = ServerEnd::default();
+                let fail = |mut st: ServerEnd, e| {
+                    st.end = Some(e);
+                    st
                 };
-                let (id, kind, len) = parse_header(hdr.strip_suffix(b"\n").unwrap_or(&hdr))
-                    .unwrap_or_else(|| panic!("server: bad header {hdr:?}"));
-                st.consumed += hdr.len();
-                let body: Bytes = match kind {
-                    LINE => match sh.read(LineCodec::new()).await {
-                        Ok(l) => l.into_frame(),
-                        Err(e) => return fail(st, e),
-                    },
-                    CHUNK => match sh.read(ChunkCodec::new(len)).await {
-                        Ok(b) => b,
-                        Err(e) => return fail(st, e),
-                    },
-                    _ => match sh.read(JsonCodec::<serde_json::Value>::new()).await {
-                        Ok(v) => {
-                            assert_eq!(v["id"], id, "server: JSON body of request {id}");
-                            serde_json::to_vec(&v).expect("json").into()
+                loop {
+                    // End of input between requests is the clean end.
+                    let hdr = match sh.read(OrEof::new(LineCodec::new())).await {
+                        Ok(Some(l)) => l.into_frame(),
+                        Ok(None) => {
+                            st.clean_end = true;
+                            return st;
                         }
                         Err(e) => return fail(st, e),
-                    },
-                };
-                assert_eq!(body.len(), len, "server: body length of request {id}");
-                assert!(
-                    body.starts_with(format!("{id}:").as_bytes())
-                        || body.starts_with(format!("{{\"id\":{id},").as_bytes()),
-                    "server: body of request {id} carries another id"
-                );
-                st.consumed += body.len();
-                st.ids.push(id);
-                if srng.chance(1, 4) {
-                    tokio::time::sleep(srng.millis(0, 50)).await;
-                }
-                if srng.chance(1, 2)
-                    && let Err(e) = sh.ready_to_write().await
-                {
-                    return fail(st, e);
-                }
-                for part in [hdr, body] {
-                    if let Err(e) = sh.push_bytes(part.clone()) {
+                    };
+                    let (id, kind, len) = parse_header(hdr.strip_suffix(b"\n").unwrap_or(&hdr))
+                        .unwrap_or_else(|| panic!("server: bad header {hdr:?}"));
+                    st.consumed += hdr.len();
+                    let body: Bytes = match kind {
+                        LINE => match sh.read(LineCodec::new()).await {
+                            Ok(l) => l.into_frame(),
+                            Err(e) => return fail(st, e),
+                        },
+                        CHUNK => match sh.read(ChunkCodec::new(len)).await {
+                            Ok(b) => b,
+                            Err(e) => return fail(st, e),
+                        },
+                        _ => match sh.read(JsonCodec::<serde_json::Value>::new()).await {
+                            Ok(v) => {
+                                assert_eq!(v["id"], id, "server: JSON body of request {id}");
+                                serde_json::to_vec(&v).expect("json").into()
+                            }
+                            Err(e) => return fail(st, e),
+                        },
+                    };
+                    assert_eq!(body.len(), len, "server: body length of request {id}");
+                    assert!(
+                        body.starts_with(format!("{id}:").as_bytes())
+                            || body.starts_with(format!("{{\"id\":{id},").as_bytes()),
+                        "server: body of request {id} carries another id"
+                    );
+                    st.consumed += body.len();
+                    st.ids.push(id);
+                    if srng.chance(1, 4) {
+                        tokio::time::sleep(srng.millis(0, 50)).await;
+                    }
+                    if srng.chance(1, 2)
+                        && let Err(e) = sh.ready_to_write().await
+                    {
                         return fail(st, e);
                     }
-                    st.pushed.extend_from_slice(&part);
+                    for part in [hdr, body] {
+                        if let Err(e) = sh.push_bytes(part.clone()) {
+                            return fail(st, e);
+                        }
+                        st.pushed.extend_from_slice(&part);
+                    }
                 }
             }
+            .await;
+            release_server(st, &sh, sdrv).await
         })
     };
 
@@ -531,7 +576,9 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
                     ch.write_buffered() == before,
                     "a refused write changed the queue"
                 );
-                continue;
+                check!(e.is_fatal(), "going over wbuf_max is fatal: {e}");
+                client_err = Some(e);
+                break;
             }
             Err(e) => {
                 client_err = Some(e);
@@ -559,8 +606,21 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         };
         tickets.push((id, expect_hdr, expect_body, h, body_ticket));
     }
-    let _ = ch.push_shutdown();
+    // A client closed by an error lets its transport go (the server sees
+    // the connection end); one still open half-closes.
+    let mut client_left = None;
+    let mut cdrv = Some(cdrv);
+    if ch.is_closed() {
+        ch.detach();
+        client_left = Some(take_apart(cdrv.take().expect("driver")).await?);
+    } else {
+        let _ = ch.push_shutdown();
+    }
 
+    // Going over wbuf_max closed the client (fatal, by design).
+    let overflowed = client_err
+        .as_ref()
+        .is_some_and(|e| e.kind() == ErrorKind::NoSpace);
     let mut consumed = 0usize;
     let mut ok = 0u64;
     let issued = tickets.len() as u64;
@@ -587,7 +647,7 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
                 }
                 Err(e) => {
                     check!(
-                        !faults.lossless(),
+                        !faults.lossless() || overflowed,
                         "{what} of {id} failed without a fault: {e} (faults {faults:?})"
                     );
                     check!(e.is_fatal(), "{what} of {id}: non-fatal {e}");
@@ -607,14 +667,27 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         );
     }
 
-    stage("server task");
+    stage(format!(
+        "server task ({faults:?}, {:?}, reset {}, counts {:?} {:?}, client closed {:?} eof {}, server closed {:?} eof {} rbuf {} wq {}, client wq {} err {client_err:?}, {issued} issued)",
+        link.config(),
+        link.is_reset(),
+        link.counts(0),
+        link.counts(1),
+        ch.error(),
+        ch.is_eof(),
+        sh.error(),
+        sh.is_eof(),
+        sh.with_read_buffer(<[u8]>::len),
+        sh.write_buffered(),
+        ch.write_buffered(),
+    ));
     let st = server.await.map_err(|e| format!("server task: {e}"))?;
     check!(
         st.ids.windows(2).all(|w| w[0] < w[1]),
         "the server read requests out of order: {:?}",
         st.ids
     );
-    if faults.lossless() {
+    if faults.lossless() && !overflowed {
         check!(
             client_err.is_none(),
             "client failed without a fault: {client_err:?}"
@@ -647,27 +720,39 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
     // what it holds unread, then what is in flight, then what the sender
     // still holds unwritten.
     stage("drivers");
-    sh.detach();
-    ch.detach();
-    let sp = sdrv.await.map_err(|e| format!("server driver: {e}"))?;
-    let cp = cdrv.await.map_err(|e| format!("client driver: {e}"))?;
+    let (s_unread, s_unwritten) = match (st.driver, st.left) {
+        (Some(drv), _) => {
+            sh.detach();
+            take_apart(drv).await?
+        }
+        (None, Some(left)) => left,
+        (None, None) => return Err("the server's connection was not taken apart".into()),
+    };
+    let (c_unread, c_unwritten) = match (cdrv, client_left) {
+        (Some(drv), _) => {
+            ch.detach();
+            take_apart(drv).await?
+        }
+        (None, Some(left)) => left,
+        (None, None) => return Err("the client's connection was not taken apart".into()),
+    };
     let reset = link.is_reset();
     for (dir, stream, used, unread, flight, unwritten) in [
         (
             "client to server",
             &sent[..],
             st.consumed,
-            &sp.read_buf[..],
+            &s_unread[..],
             link.in_flight(0),
-            &cp.write_buf[..],
+            &c_unwritten[..],
         ),
         (
             "server to client",
             &st.pushed[..],
             consumed,
-            &cp.read_buf[..],
+            &c_unread[..],
             link.in_flight(1),
-            &sp.write_buf[..],
+            &s_unwritten[..],
         ),
     ] {
         let flight: &[u8] = if reset { &[] } else { &flight };
