@@ -10,6 +10,9 @@
 //! `ConnectionReset`, bytes in flight are lost) and half-closes (one
 //! direction ends: the reader sees end of input after the bytes already in
 //! flight, the writer gets `BrokenPipe`) are applied by a chaos task.
+//! Dropping an end closes it as a socket closes: the peer reads end of
+//! input, the bytes in flight toward the dropped end are lost and the
+//! peer's later writes fail with `ConnectionReset`.
 //!
 //! Every choice comes from one [`Rng`] seeded per run, and the test runs on
 //! a current-thread tokio runtime with paused time, so a run is a pure
@@ -139,8 +142,11 @@ struct Dir {
     tx_waker: Option<Waker>,
     written: u64,
     delivered: u64,
-    /// Bytes that were in flight when the connection was reset.
+    /// Bytes that were in flight when the connection was reset or the
+    /// reading end was dropped.
     lost: u64,
+    /// The reading end was dropped: writes fail, as on a closed socket.
+    reader_gone: bool,
 }
 
 impl Dir {
@@ -356,6 +362,9 @@ impl AsyncWrite for SimStream {
         if net.dirs[side].fin {
             return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
         }
+        if net.dirs[side].reader_gone {
+            return Poll::Ready(Err(reset_error()));
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -448,12 +457,20 @@ impl AsyncWrite for SimStream {
 }
 
 impl Drop for SimStream {
-    /// Dropping an end closes its write direction, like closing a socket.
+    /// Dropping an end closes it like closing a socket: its direction ends
+    /// (the peer reads end of input after what is in flight), and what was
+    /// in flight toward it is lost and the peer's later writes fail.
     fn drop(&mut self) {
         let side = self.side;
         let mut net = lock(&self.net);
         net.dirs[side].fin = true;
         net.dirs[side].wake();
+        let d = &mut net.dirs[1 - side];
+        d.reader_gone = true;
+        d.lost += d.in_flight as u64;
+        d.in_flight = 0;
+        d.segs.clear();
+        d.wake();
     }
 }
 
