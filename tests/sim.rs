@@ -103,7 +103,7 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-/// Runs one seed to completion: `Ok(trace)` or the first broken invariant.
+/// Runs one seed to completion: what it did, or the first broken invariant.
 fn run_seed(seed: u64) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -606,16 +606,8 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         };
         tickets.push((id, expect_hdr, expect_body, h, body_ticket));
     }
-    // A client closed by an error lets its transport go (the server sees
-    // the connection end); one still open half-closes.
-    let mut client_left = None;
-    let mut cdrv = Some(cdrv);
-    if ch.is_closed() {
-        ch.detach();
-        client_left = Some(take_apart(cdrv.take().expect("driver")).await?);
-    } else {
-        let _ = ch.push_shutdown();
-    }
+    // Done sending: half-close.
+    let _ = ch.push_shutdown();
 
     // Going over wbuf_max closed the client (fatal, by design).
     let overflowed = client_err
@@ -667,6 +659,14 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         );
     }
 
+    // A client closed by an error lets its transport go, so the server
+    // sees the connection end (as when a program drops its socket).
+    let mut client_left = None;
+    let mut cdrv = Some(cdrv);
+    if ch.is_closed() {
+        ch.detach();
+        client_left = Some(take_apart(cdrv.take().expect("driver")).await?);
+    }
     stage(format!(
         "server task ({faults:?}, {:?}, reset {}, counts {:?} {:?}, client closed {:?} eof {}, server closed {:?} eof {} rbuf {} wq {}, client wq {} err {client_err:?}, {issued} issued)",
         link.config(),
