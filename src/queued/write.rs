@@ -84,7 +84,8 @@ impl WriteQueue {
         self.marker = Some(self.len);
     }
 
-    /// The switch ran (or the connection closed): all output may go.
+    /// The switch ran: all output may go.
+    #[cfg_attr(not(any(feature = "tls", feature = "rustls")), allow(dead_code))]
     pub(crate) fn clear_marker(&mut self) {
         self.marker = None;
     }

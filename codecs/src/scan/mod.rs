@@ -75,6 +75,7 @@ impl Invalid {
 
     /// The same failure, for a value that starts `by` bytes into the
     /// buffer: offsets count from the start of the buffer instead.
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub(crate) fn shifted(mut self, by: usize) -> Invalid {
         self.offset += by;
         if let Problem::Utf8 { start } = &mut self.problem {
