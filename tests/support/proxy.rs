@@ -118,6 +118,7 @@ impl Faults {
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     pub connections: AtomicU64,
+    /// Planned resets carried out.
     pub resets: AtomicU64,
     pub stalls: AtomicU64,
     pub bytes: AtomicU64,
@@ -216,7 +217,7 @@ async fn connection(
         );
         tokio::pin!(a, b);
         let (mut a_done, mut b_done) = (false, false);
-        let cut = loop {
+        loop {
             tokio::select! {
                 s = &mut a, if !a_done => match s {
                     Stop::Eof => a_done = true,
@@ -228,11 +229,10 @@ async fn connection(
                 },
                 else => break false,
             }
-        };
-        cut
+        }
     };
+    // A planned reset, or a failure on one side (passed on as a reset).
     if cut {
-        stats.resets.fetch_add(1, Ordering::Relaxed);
         reset(dr.as_ref());
         reset(ur.as_ref());
     }
@@ -255,6 +255,7 @@ async fn pump(
     let mut sent = 0u64;
     loop {
         if reset_at == Some(sent) {
+            stats.resets.fetch_add(1, Ordering::Relaxed);
             return Stop::Reset;
         }
         let n = match from.read(&mut buf).await {
@@ -270,6 +271,7 @@ async fn pump(
             let mut len = rng.size(faults.max_segment).min(n - off);
             if let Some(at) = reset_at {
                 if sent == at {
+                    stats.resets.fetch_add(1, Ordering::Relaxed);
                     return Stop::Reset;
                 }
                 len = len.min((at - sent) as usize);
