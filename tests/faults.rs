@@ -539,12 +539,10 @@ async fn proxy_forwards_every_byte_in_order() {
 }
 
 /// Writes queued on a `Handle` reach a slow reader over real TCP intact,
-/// in order: many `push_bytes` of 0 to 64 KiB (so more buffers are queued
-/// by reference than one vectored write takes, with small items copied
-/// behind them), the reader taking small pieces with pauses so the writer
-/// meets backpressure and partial writes.
+/// in order: many `push_bytes` of 0 to 64 KiB, the reader taking small
+/// pieces with pauses so the writer meets backpressure and partial writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_writes_stay_in_order_with_more_than_63_large_buffers_queued() {
+async fn queued_writes_reach_a_slow_reader_intact_under_backpressure() {
     use tokio::io::AsyncReadExt;
     let seed = proxy::seed("backpressure");
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -585,6 +583,42 @@ async fn queued_writes_stay_in_order_with_more_than_63_large_buffers_queued() {
         "seed {seed}: {} bytes sent, {} received, first difference at {first_diff:?}",
         want.len(),
         got.len()
+    );
+    drop(h);
+    let _ = driver.await;
+}
+
+/// More buffers queued by reference (1 KiB and up) than one vectored write
+/// takes (63 and the tail), then a small item copied behind them: the
+/// small item still goes out last. All are queued before the driver first
+/// runs (one thread), and 200 KiB fits the loopback socket's buffer, so
+/// the first write takes everything it is offered.
+#[tokio::test]
+async fn queued_writes_stay_in_order_with_more_than_63_large_buffers_queued() {
+    use tokio::io::AsyncReadExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (h, driver) =
+        QueuedFramed::new(TcpStream::connect(l.local_addr().unwrap()).await.unwrap()).spawn();
+    let (mut s, _) = l.accept().await.unwrap();
+    let mut want = Vec::new();
+    for i in 0..200u8 {
+        let buf = vec![i; 1024];
+        want.extend_from_slice(&buf);
+        h.push_bytes(buf).unwrap();
+    }
+    want.extend_from_slice(b"the end\n");
+    h.push_bytes(&b"the end\n"[..]).unwrap();
+    h.push_shutdown().unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(HANG, s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let at = got.windows(8).position(|w| w == b"the end\n");
+    assert!(
+        got == want,
+        "the small item came out at byte {at:?}, not last ({} bytes sent)",
+        want.len()
     );
     drop(h);
     let _ = driver.await;
