@@ -255,6 +255,31 @@ impl Peers {
         }
     }
 
+    /// Every peer sends `len` bytes of one JSON text that never ends.
+    async fn send_partial_json(&mut self, len: usize) {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            Peers::Local(peers) => {
+                let text = partial_json(len);
+                for p in peers {
+                    p.write_all(&text).await.unwrap();
+                }
+            }
+            Peers::Process { stdin, stdout, .. } => {
+                stdin
+                    .write_all(format!("json {len}\n").as_bytes())
+                    .await
+                    .unwrap();
+                stdin.flush().await.unwrap();
+                while let Some(line) = stdout.next_line().await.unwrap() {
+                    if line.starts_with("load-peer: sent json") {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     async fn close(self) {
         if let Peers::Process {
             mut child, stdin, ..
@@ -269,12 +294,13 @@ impl Peers {
 /// The environment variable that makes `load_peer_helper` connect.
 const PEER_ENV: &str = "ANYFRAME_LOAD_PEER";
 
-/// The helper process of the 10,000-handle test: connects `n` sockets to
-/// `addr` (both from [`PEER_ENV`]), says so, sends `hi\n` on each when told
-/// to on stdin, and exits at the end of stdin. Does nothing when run
+/// The helper process of the 10,000-connection tests: connects `n` sockets
+/// to `addr` (both from [`PEER_ENV`]), says so, sends `hi\n` (stdin line
+/// `hi`) or a partial JSON text (`json LEN`) on each when told to, and
+/// exits at the end of stdin. Does nothing when run
 /// without the variable.
 #[test]
-#[ignore = "helper process for ten_thousand_idle_handles_memory_per_handle"]
+#[ignore = "helper process of the 10,000-connection tests"]
 fn load_peer_helper() {
     use std::io::{BufRead, Write};
     let Ok(spec) = std::env::var(PEER_ENV) else {
@@ -288,11 +314,18 @@ fn load_peer_helper() {
         .collect();
     println!("load-peer: connected {n}");
     for line in std::io::stdin().lock().lines() {
-        if line.unwrap() == "hi" {
+        let line = line.unwrap();
+        if line == "hi" {
             for s in &mut socks {
                 s.write_all(b"hi\n").unwrap();
             }
             println!("load-peer: said hi");
+        } else if let Some(len) = line.strip_prefix("json ") {
+            let text = partial_json(len.parse().unwrap());
+            for s in &mut socks {
+                s.write_all(&text).unwrap();
+            }
+            println!("load-peer: sent json");
         }
     }
 }
@@ -588,4 +621,222 @@ async fn connections_holding_a_60k_partial_frame_cost_little_more_than_it() {
         s.abort();
     }
     drop(handles);
+}
+
+/// `len` bytes of one JSON text that never ends: `["aaa…`.
+fn partial_json(len: usize) -> Vec<u8> {
+    let mut text = vec![b'a'; len];
+    text[..2].copy_from_slice(b"[\"");
+    text
+}
+
+// ----- real connections each mid-frame ---------------------------------------------
+
+/// `n` loopback TCP connections, each with a JSON read pending and 60 KiB
+/// of an unfinished JSON text received. Returns heap bytes per connection
+/// beyond its socket (the tokio registrations are made before the
+/// baseline); checks every connection still reads its frame when the peer
+/// finishes it.
+async fn mid_frame_connections(n: usize, separate_process: bool) -> f64 {
+    const LEN: usize = 60 * 1024;
+    let (ours, mut peers) = Peers::connect(n, separate_process).await;
+    settle().await;
+    let base = heap();
+    let mut handles = Vec::with_capacity(n);
+    for s in ours {
+        let (h, driver) = QueuedFramed::new(s).spawn();
+        let t = h.push_read(JsonCodec::<serde_json::Value>::new());
+        handles.push((h, driver, t));
+    }
+    peers.send_partial_json(LEN).await;
+    for (h, _, _) in &handles {
+        buffered_reaches(h, LEN).await;
+    }
+    settle().await;
+    let per_conn = heap().saturating_sub(base) as f64 / n as f64;
+    for (h, _, _) in &handles {
+        h.destroy();
+    }
+    for (_, driver, t) in handles {
+        let _ = driver.await;
+        assert_eq!(t.await.unwrap_err().kind(), anyframe::ErrorKind::Closed);
+    }
+    peers.close().await;
+    per_conn
+}
+
+/// The bound: 1.3 × (the 60 KiB held + one read buffer, the largest read a
+/// 60 KiB frame grows the read size to).
+fn check_mid_frame(n: usize, flavor: &str, per_conn: f64) {
+    let bound = 1.3 * (60.0 * 1024.0 + 64.0 * 1024.0);
+    println!(
+        "load: {n} tcp connections x 60 KiB partial JSON runtime={flavor} bytes_per_connection={per_conn:.0} bound={bound:.0}"
+    );
+    assert!(
+        per_conn <= bound,
+        "{per_conn:.0} bytes per connection, over {bound:.0}"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_tcp_connections_mid_frame_hold_little_more_than_their_bytes() {
+    let _g = serial();
+    let n = 1000;
+    if let Err(why) = raise_fd_limit(2 * n as u64 + 256) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let per_conn = mid_frame_connections(n, false).await;
+    check_mid_frame(n, "current_thread", per_conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_tcp_connections_mid_frame_multi_thread() {
+    let _g = serial();
+    let n = 1000;
+    if let Err(why) = raise_fd_limit(2 * n as u64 + 256) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let per_conn = mid_frame_connections(n, false).await;
+    check_mid_frame(n, "multi_thread", per_conn);
+}
+
+/// The full 10,000: the peers in a helper process when one process may not
+/// hold both ends.
+async fn ten_thousand_mid_frame(flavor: &str) {
+    let n = 10_000;
+    let separate = raise_fd_limit(2 * n as u64 + 1024).is_err();
+    if let Err(why) = raise_fd_limit(n as u64 + 1024) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let per_conn = mid_frame_connections(n, separate).await;
+    check_mid_frame(n, flavor, per_conn);
+}
+
+#[tokio::test]
+#[ignore = "10,000 connections: run with --release --ignored --nocapture"]
+async fn ten_thousand_tcp_connections_mid_frame_memory_per_connection() {
+    let _g = serial();
+    ten_thousand_mid_frame("current_thread").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "10,000 connections: run with --release --ignored --nocapture"]
+async fn ten_thousand_tcp_connections_mid_frame_multi_thread() {
+    let _g = serial();
+    ten_thousand_mid_frame("multi_thread").await;
+}
+
+// ----- a connection storm -----------------------------------------------------------
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `n` connections, at most 64 at once, each accepted into a spawned
+/// handle that reads a line, answers it and closes (the server closes
+/// first, so TIME_WAIT stays off the client's ephemeral ports).
+async fn storm(l: &TcpListener, n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = l.local_addr().unwrap();
+    let clients = tokio::spawn(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            if set.len() >= 64 {
+                set.join_next().await.unwrap().unwrap();
+            }
+            set.spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(format!("{i}\n").as_bytes()).await.unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                assert_eq!(got, format!("{i} ok\n").into_bytes());
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+    });
+    let mut served = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (s, _) = l.accept().await.unwrap();
+        served.spawn(async move {
+            let (h, driver) = QueuedFramed::new(s).spawn();
+            let line = h.read(LineCodec::new()).await.unwrap();
+            let mut answer = line.line().to_vec();
+            answer.extend_from_slice(b" ok\n");
+            h.push_bytes(answer).unwrap();
+            h.push_shutdown().unwrap();
+            h.flush().await.unwrap();
+            drop(h);
+            drop(driver.await.unwrap());
+        });
+        while served.try_join_next().is_some() {}
+    }
+    while let Some(r) = served.join_next().await {
+        r.unwrap();
+    }
+    clients.await.unwrap();
+}
+
+/// Accepts and closes `n` connections after a warm-up (which sizes
+/// tokio's registration slab and the allocator's pools): no descriptor and
+/// no heap left behind.
+async fn storm_leaves_nothing(n: usize, flavor: &str) {
+    if let Err(why) = raise_fd_limit(1024) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    storm(&l, 1000).await;
+    settle().await;
+    let fds = open_fds();
+    let base = heap();
+    let start = Instant::now();
+    storm(&l, n).await;
+    let elapsed = start.elapsed();
+    settle().await;
+    let fds_after = open_fds();
+    let grown = heap() as i64 - base as i64;
+    println!(
+        "load: connection storm n={n} runtime={flavor} conns_per_sec={:.0} fds_before={fds} fds_after={fds_after} heap_growth={grown}",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(fds_after, fds, "descriptors leaked");
+    // Independent of n: a leak of even 8 bytes per connection shows.
+    assert!(
+        grown < 64 * 1024,
+        "heap grew by {grown} bytes over {n} connections"
+    );
+}
+
+#[tokio::test]
+async fn a_storm_of_ten_thousand_connections_leaks_no_fd_or_memory() {
+    let _g = serial();
+    storm_leaves_nothing(10_000, "current_thread").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_ten_thousand_connections_multi_thread() {
+    let _g = serial();
+    storm_leaves_nothing(10_000, "multi_thread").await;
+}
+
+#[tokio::test]
+#[ignore = "100,000 connections: run with --release --ignored --nocapture"]
+async fn a_storm_of_a_hundred_thousand_connections_leaks_no_fd_or_memory() {
+    let _g = serial();
+    storm_leaves_nothing(100_000, "current_thread").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "100,000 connections: run with --release --ignored --nocapture"]
+async fn a_storm_of_a_hundred_thousand_connections_multi_thread() {
+    let _g = serial();
+    storm_leaves_nothing(100_000, "multi_thread").await;
 }
