@@ -130,7 +130,7 @@ impl Builder {
         let setup = async move {
             connect_any(addr, cfg, retry)
                 .await
-                .map(crate::queued::stack::wrap)
+                .map(crate::queued::transport::wrap)
         };
         spawn_connecting(self.new_core(), setup)
     }

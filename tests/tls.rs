@@ -1496,3 +1496,32 @@ async fn plaintext_queued_before_a_failed_starttls_stays_reachable() {
     let parts = conn.into_parts();
     assert_eq!(&parts.write_buf[..], b"EHLO before tls\n");
 }
+
+/// The peer's certificate is reachable on both front ends once TLS is up,
+/// and gone after stoptls; a server that asked for no client certificate
+/// has none.
+#[tokio::test]
+async fn the_peer_certificate_is_available_once_tls_is_up() {
+    for &b in pki::BACKENDS {
+        let (client, server) = tls_pair_on(b).await;
+        let cert = client
+            .peer_certificate()
+            .expect("the server's certificate")
+            .to_vec();
+        assert!(cert.len() > 100 && cert[0] == 0x30, "DER: a SEQUENCE");
+        assert!(server.peer_certificate().is_none(), "no client certificate");
+        let (handle, _driver) = client.spawn();
+        assert_eq!(
+            handle.peer_certificate().as_deref(),
+            Some(cert.as_slice()).map(|c| c.to_vec()).as_deref()
+        );
+        let (sh, _sd) = server.spawn();
+        let stop_server = tokio::spawn(async move {
+            sh.stoptls().await.unwrap();
+            sh
+        });
+        within("stoptls", handle.stoptls()).await.unwrap();
+        assert!(handle.peer_certificate().is_none(), "plaintext again");
+        drop(within("server", stop_server).await.unwrap());
+    }
+}

@@ -52,8 +52,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::queued::request::{DecodeRequest, OnDrop, Request, Requests, Ticket, decode_step};
-use crate::queued::stack::Transport;
 use crate::queued::timer::{Timeout, Timers};
+use crate::queued::transport::Transport;
 use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
 
@@ -171,6 +171,10 @@ pub(crate) struct Core {
     deferred: Option<Error>,
     /// The output side failed (`wbuf_max`): no linger.
     output_failed: bool,
+    /// The peer's certificate (DER), kept when the handshake completes so a
+    /// spawned connection's handles can read it.
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    peer_cert: Option<Vec<u8>>,
     /// The timer behind the `ETIMEDOUT` `poll_fill` returned last.
     fired: Option<Timeout>,
     /// The queue length at which cancelled requests are swept out next.
@@ -224,6 +228,8 @@ impl Core {
             tls_active: false,
             deferred: None,
             output_failed: false,
+            #[cfg(any(feature = "tls", feature = "rustls"))]
+            peer_cert: None,
             fired: None,
             sweep_at: SWEEP_MIN,
             cfg,
@@ -272,6 +278,11 @@ impl Core {
 
     pub(crate) fn is_tls(&self) -> bool {
         self.tls_active
+    }
+
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        self.peer_cert.as_deref()
     }
 
     pub(crate) fn output(&self) -> Output {
@@ -1332,6 +1343,7 @@ impl Core {
                     Ok(()) => {
                         tracing::debug!("TLS established");
                         self.tls_active = true;
+                        self.peer_cert = io.peer_certificate();
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -1340,6 +1352,7 @@ impl Core {
                     Ok(()) => {
                         tracing::debug!("close_notify sent; plaintext again");
                         self.tls_active = false;
+                        self.peer_cert = None;
                         Ok(())
                     }
                     Err(e) => Err(e),

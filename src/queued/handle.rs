@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::queued::Parts;
 use crate::queued::core::Core;
 use crate::queued::request::{OnDrop, Requests, Ticket};
-use crate::queued::stack::Stack;
 use crate::queued::timer::Timeout;
+use crate::queued::transport::TransportIo;
 
 struct Shared {
     core: Mutex<Core>,
@@ -136,7 +136,7 @@ pub struct Driver<IO> {
     join: JoinHandle<Result<Parts<IO>>>,
 }
 
-pub(crate) fn spawn<IO>(core: Core, io: Stack<IO>) -> (Handle, Driver<IO>)
+pub(crate) fn spawn<IO>(core: Core, io: TransportIo<IO>) -> (Handle, Driver<IO>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -150,7 +150,7 @@ where
 pub(crate) fn spawn_connecting<IO, F>(mut core: Core, setup: F) -> (Handle, Driver<IO>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Future<Output = Result<Stack<IO>>> + Send + 'static,
+    F: Future<Output = Result<TransportIo<IO>>> + Send + 'static,
 {
     core.pause_timers();
     let shared = Arc::new(Shared {
@@ -174,7 +174,7 @@ where
     (Handle { shared }, Driver { join })
 }
 
-async fn drive<IO>(shared: Arc<Shared>, mut io: Stack<IO>) -> Parts<IO>
+async fn drive<IO>(shared: Arc<Shared>, mut io: TransportIo<IO>) -> Parts<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -226,7 +226,7 @@ where
         }
     }
     let (mut read_buf, write_buf) = shared.lock().take_buffers();
-    let (io, unread) = crate::queued::stack::unwrap(io);
+    let (io, unread) = crate::queued::transport::unwrap(io);
     read_buf.extend_from_slice(&unread);
     tracing::debug!(
         detached,
@@ -579,6 +579,13 @@ impl Handle {
     /// Whether TLS is established on this connection.
     pub fn is_tls(&self) -> bool {
         self.lock().is_tls()
+    }
+
+    /// The peer's certificate, DER-encoded, once TLS is established; see
+    /// [`QueuedFramed::peer_certificate`](crate::QueuedFramed::peer_certificate).
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        self.lock().peer_certificate().map(<[u8]>::to_vec)
     }
 
     // ----- runtime settings ---------------------------------------------------------

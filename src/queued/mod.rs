@@ -4,8 +4,8 @@
 pub(crate) mod core;
 mod handle;
 pub(crate) mod request;
-pub(crate) mod stack;
 pub(crate) mod timer;
+pub(crate) mod transport;
 pub(crate) mod watermark;
 mod write;
 
@@ -79,7 +79,7 @@ pub use self::timer::Timeout;
 /// ```
 pub struct QueuedFramed<IO, C = ()> {
     core: Core,
-    io: stack::Stack<IO>,
+    io: transport::TransportIo<IO>,
     codec: C,
     /// The `Stream` has yielded a fatal error and now ends.
     stream_done: bool,
@@ -141,7 +141,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     pub(crate) fn from_core(io: IO, codec: C, core: Core) -> QueuedFramed<IO, C> {
         QueuedFramed {
             core,
-            io: stack::wrap(io),
+            io: transport::wrap(io),
             codec,
             stream_done: false,
             codec_checked: false,
@@ -165,7 +165,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// over a clean plaintext stream.
     pub fn into_parts(mut self) -> Parts<IO, C> {
         let (mut read_buf, write_buf) = self.core.take_buffers();
-        let (io, unread) = stack::unwrap(self.io);
+        let (io, unread) = transport::unwrap(self.io);
         read_buf.extend_from_slice(&unread);
         Parts {
             io,
@@ -178,7 +178,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// The transport (for socket options and addresses; reading or writing
     /// it directly would bypass the buffers and any TLS session).
     pub fn get_ref(&self) -> &IO {
-        stack::get_ref(&self.io)
+        transport::get_ref(&self.io)
     }
 
     /// The default codec.
@@ -564,6 +564,13 @@ where
     /// Whether TLS is established on this connection.
     pub fn is_tls(&self) -> bool {
         self.core.is_tls()
+    }
+
+    /// The peer's certificate, DER-encoded, once TLS is established (`None`
+    /// before, after stoptls, or when the peer sent none: a client that
+    /// was not asked for one).
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.core.peer_certificate()
     }
 }
 

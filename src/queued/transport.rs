@@ -28,11 +28,15 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin {
     /// Sends close_notify and goes back to plaintext.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     fn poll_stop_tls(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>>;
+
+    /// The peer's certificate (DER) once TLS is up, if it sent one.
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    fn peer_certificate(&self) -> Option<Vec<u8>>;
 }
 
 /// The engine's transport: TLS-capable with the `tls` or `rustls` feature.
 #[cfg(any(feature = "tls", feature = "rustls"))]
-pub(crate) type Stack<IO> = crate::tls::TlsTransport<IO>;
+pub(crate) type TransportIo<IO> = crate::tls::TlsTransport<IO>;
 
 #[cfg(any(feature = "tls", feature = "rustls"))]
 impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for crate::tls::TlsTransport<IO> {
@@ -47,43 +51,46 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for crate::tls::TlsTransport<
     fn poll_stop_tls(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         crate::tls::TlsTransport::poll_stop_tls(self, cx).map_err(crate::Error::from)
     }
+
+    fn peer_certificate(&self) -> Option<Vec<u8>> {
+        crate::tls::TlsTransport::peer_certificate(self)
+    }
 }
 
 /// Wraps `io` for the engine.
-pub(crate) fn wrap<IO: AsyncRead + AsyncWrite + Unpin>(io: IO) -> Stack<IO> {
-    Stack::new(io)
+pub(crate) fn wrap<IO: AsyncRead + AsyncWrite + Unpin>(io: IO) -> TransportIo<IO> {
+    TransportIo::new(io)
 }
 
 /// The user's IO back, with bytes the transport read but never delivered.
-pub(crate) fn unwrap<IO: AsyncRead + AsyncWrite + Unpin>(stack: Stack<IO>) -> (IO, Bytes) {
-    stack.into_inner()
+pub(crate) fn unwrap<IO: AsyncRead + AsyncWrite + Unpin>(io: TransportIo<IO>) -> (IO, Bytes) {
+    io.into_inner()
 }
 
 /// The user's IO, for socket options and addresses.
-pub(crate) fn get_ref<IO: AsyncRead + AsyncWrite + Unpin>(stack: &Stack<IO>) -> &IO {
+pub(crate) fn get_ref<IO: AsyncRead + AsyncWrite + Unpin>(io: &TransportIo<IO>) -> &IO {
     #[cfg(any(feature = "tls", feature = "rustls"))]
     {
         // `None` only if the TLS library panicked inside a call and lost the
         // IO; that panic already reached the caller then.
-        stack
-            .get_ref()
+        io.get_ref()
             .expect("the TLS transport lost its IO in an earlier panic")
     }
     #[cfg(not(any(feature = "tls", feature = "rustls")))]
     {
-        &stack.0
+        &io.0
     }
 }
 
 /// Without TLS the transport is the IO itself.
 #[cfg(not(any(feature = "tls", feature = "rustls")))]
 #[derive(Debug)]
-pub(crate) struct Stack<IO>(IO);
+pub(crate) struct TransportIo<IO>(IO);
 
 #[cfg(not(any(feature = "tls", feature = "rustls")))]
-impl<IO> Stack<IO> {
-    fn new(io: IO) -> Stack<IO> {
-        Stack(io)
+impl<IO> TransportIo<IO> {
+    fn new(io: IO) -> TransportIo<IO> {
+        TransportIo(io)
     }
 
     fn into_inner(self) -> (IO, Bytes) {
@@ -92,10 +99,10 @@ impl<IO> Stack<IO> {
 }
 
 #[cfg(not(any(feature = "tls", feature = "rustls")))]
-impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for Stack<IO> {}
+impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for TransportIo<IO> {}
 
 #[cfg(not(any(feature = "tls", feature = "rustls")))]
-impl<IO: AsyncRead + Unpin> AsyncRead for Stack<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for TransportIo<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -106,7 +113,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Stack<IO> {
 }
 
 #[cfg(not(any(feature = "tls", feature = "rustls")))]
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Stack<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for TransportIo<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
