@@ -84,15 +84,6 @@ pub(crate) enum Output {
     Shut,
 }
 
-/// What a read of the transport produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Filled {
-    /// This many new bytes are in the read buffer.
-    Bytes(usize),
-    /// End of input (now or earlier).
-    Eof,
-}
-
 /// One entry of the read queue.
 enum Entry {
     /// A read request with its decoder and completion.
@@ -348,8 +339,7 @@ impl Core {
     /// dropped); any other request is removed, having consumed nothing.
     fn fail_first_reader(&mut self, err: &Error) -> bool {
         // Cancelled requests go first: nobody waits for them.
-        self.queue
-            .retain(|e| !matches!(e, Entry::Read(r) if r.is_abandoned()));
+        self.sweep_cancelled();
         for i in 0..self.queue.len() {
             let remove = match &mut self.queue[i] {
                 Entry::Read(req) if req.on_drop() == OnDrop::Consume => {
@@ -548,8 +538,7 @@ impl Core {
         if self.queue.len() >= self.sweep_at {
             // Requests cancelled behind a waiting head would otherwise stay
             // until they reach it: sweep them out, amortised O(1).
-            self.queue
-                .retain(|e| !matches!(e, Entry::Read(r) if r.is_abandoned()));
+            self.sweep_cancelled();
             self.sweep_at = (self.queue.len() * 2).max(SWEEP_MIN);
         }
         self.wake_driver();
@@ -566,6 +555,18 @@ impl Core {
         } else {
             self.queue.push_front(entry);
         }
+    }
+
+    /// Drops every read request whose ticket was dropped (it consumed
+    /// nothing, so nothing is lost).
+    fn sweep_cancelled(&mut self) {
+        self.queue
+            .retain(|e| !matches!(e, Entry::Read(r) if r.is_abandoned()));
+    }
+
+    /// Whether the head of the queue is a TLS switch.
+    fn head_is_switch(&self) -> bool {
+        !self.queue.is_empty() && !self.head_is_read()
     }
 
     /// Whether the head of the queue is a read request (which wants input
@@ -675,18 +676,14 @@ impl Core {
     /// first (the connection never waits for input with output queued) and
     /// the timers run: an expired timer with no hook is a non-fatal
     /// `ETIMEDOUT` returned to the reader (`Ready(Err)`).
-    pub(crate) fn poll_fill<IO>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Filled>>
+    pub(crate) fn poll_fill<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
     where
         IO: Transport,
     {
         loop {
             self.check_open()?;
             if self.is_eof() {
-                return Poll::Ready(Ok(Filled::Eof));
+                return Poll::Ready(Ok(()));
             }
             let want = self.read_room();
             if want == 0 {
@@ -711,7 +708,7 @@ impl Core {
                         "end of input"
                     );
                     self.input = Input::Eof;
-                    return Poll::Ready(Ok(Filled::Eof));
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(n)) => {
                     self.timers.on_read();
@@ -721,7 +718,7 @@ impl Core {
                     {
                         self.read_size = (self.read_size * 2).min(self.cfg.max_read_size);
                     }
-                    return Poll::Ready(Ok(Filled::Bytes(n)));
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Err(e)) => {
                     let e = Error::transport(e);
@@ -1087,7 +1084,7 @@ impl Core {
         loop {
             self.check_open()?;
             ready!(self.poll_write_some(io, cx))?;
-            if !self.queue.is_empty() && !self.head_is_read() {
+            if self.head_is_switch() {
                 // A switch at the head runs before any later write.
                 let _ = ready!(self.poll_switch(io, cx));
                 continue;
@@ -1401,7 +1398,7 @@ impl Core {
             if self.is_closed() {
                 return Poll::Ready(());
             }
-            if !self.queue.is_empty() && !self.head_is_read() {
+            if self.head_is_switch() {
                 // A TLS switch: nothing else moves until it is done.
                 if self.poll_switch(io, cx).is_pending() {
                     ready!(self.wait_for_timers(cx));
