@@ -182,20 +182,8 @@ impl Error {
         Error::new(ErrorKind::Closed, true, "the connection is closed")
     }
 
-    /// A transport error: always fatal. A TLS failure carried inside the
-    /// `io::Error` becomes the TLS error it is (`EPROTO`, or truncation).
+    /// A failure of the IO underneath: always fatal.
     pub(crate) fn transport(e: io::Error) -> Error {
-        #[cfg(any(feature = "tls", feature = "rustls"))]
-        if e.get_ref()
-            .is_some_and(|inner| inner.is::<crate::tls::TlsError>())
-        {
-            if let Some(inner) = e.into_inner()
-                && let Ok(tls) = inner.downcast::<crate::tls::TlsError>()
-            {
-                return Error::from(*tls);
-            }
-            return Error::new(ErrorKind::Protocol, true, "TLS failure");
-        }
         let kind = match e.kind() {
             io::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
             io::ErrorKind::TimedOut => ErrorKind::TimedOut,

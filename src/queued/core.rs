@@ -41,11 +41,9 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -53,7 +51,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::queued::request::{DecodeRequest, OnDrop, Request, Requests, Ticket, decode_step};
 use crate::queued::timer::{Timeout, Timers};
-use crate::queued::transport::Transport;
+use crate::queued::transport::{self, Transport};
 use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
 
@@ -698,7 +696,7 @@ impl Core {
             let limit = self.read_limit().max(want);
             let filled = {
                 let mut limited = (&mut self.rbuf).limit(limit);
-                tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut limited)
+                transport::poll_read_buf(io, cx, &mut limited)
             };
             match filled {
                 Poll::Ready(Ok(0)) => {
@@ -721,7 +719,6 @@ impl Core {
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Err(e)) => {
-                    let e = Error::transport(e);
                     self.close(e.clone());
                     return Poll::Ready(Err(e));
                 }
@@ -1097,13 +1094,13 @@ impl Core {
             return Poll::Pending;
         }
         if self.unflushed {
-            if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+            if let Err(e) = ready!(io.poll_send_flush(cx)) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             self.unflushed = false;
         }
         if self.output == Output::ShutdownRequested {
-            if let Err(e) = ready!(Pin::new(&mut *io).poll_shutdown(cx)) {
+            if let Err(e) = ready!(io.poll_send_shutdown(cx)) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             tracing::debug!("write side shut down");
@@ -1124,7 +1121,8 @@ impl Core {
             self.check_open()?;
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(0) => {
-                    return Poll::Ready(Err(self.io_failed(std::io::ErrorKind::WriteZero.into())));
+                    let e = Error::transport(std::io::ErrorKind::WriteZero.into());
+                    return Poll::Ready(Err(self.io_failed(e)));
                 }
                 Ok(_) => {
                     self.unflushed = true;
@@ -1140,8 +1138,7 @@ impl Core {
     }
 
     /// A transport error: fatal.
-    fn io_failed(&mut self, e: std::io::Error) -> Error {
-        let e = Error::transport(e);
+    fn io_failed(&mut self, e: Error) -> Error {
         self.close(e.clone());
         e
     }
@@ -1314,7 +1311,7 @@ impl Core {
         // The output queued before the switch leaves first.
         ready!(self.poll_write_some(io, cx))?;
         if self.unflushed {
-            if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+            if let Err(e) = ready!(io.poll_send_flush(cx)) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             self.unflushed = false;
@@ -1455,7 +1452,7 @@ impl Core {
     /// caller bounds this by `linger`). Stops at the first transport error.
     pub(crate) fn poll_linger<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<()>
     where
-        IO: AsyncWrite + Unpin,
+        IO: Transport,
     {
         // Only up to a TLS switch's marker: what was queued for after the
         // switch never goes out in plaintext.
@@ -1465,8 +1462,8 @@ impl Core {
                 _ => return Poll::Ready(()),
             }
         }
-        let _ = ready!(Pin::new(&mut *io).poll_flush(cx));
-        let _ = ready!(Pin::new(&mut *io).poll_shutdown(cx));
+        let _ = ready!(io.poll_send_flush(cx));
+        let _ = ready!(io.poll_send_shutdown(cx));
         Poll::Ready(())
     }
 

@@ -3,11 +3,11 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::error::Result;
+use crate::queued::transport::Transport;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWrite;
 
 /// A `Bytes` pushed with at least this many bytes is queued by reference
 /// instead of being copied into the tail buffer. Below it a copy is cheaper
@@ -97,17 +97,17 @@ impl WriteQueue {
 
     /// Writes as much as the transport takes in one call, never past a
     /// switch's marker; returns how many bytes left the queue.
-    pub(crate) fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
+    pub(crate) fn poll_write<T: Transport>(
         &mut self,
-        io: &mut W,
+        io: &mut T,
         cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<usize>> {
+    ) -> Poll<Result<usize>> {
         if let Some(max) = self.marker {
             return self.poll_write_front(io, cx, max);
         }
         let n = if self.chain.is_empty() {
-            std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.tail))?
-        } else if io.is_write_vectored() {
+            std::task::ready!(io.poll_send(cx, &[IoSlice::new(&self.tail)]))?
+        } else if io.is_send_vectored() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVS];
             let mut k = 0;
             for b in self.chain.iter().take(MAX_IOVS - 1) {
@@ -120,10 +120,9 @@ impl WriteQueue {
                 slices[k] = IoSlice::new(&self.tail);
                 k += 1;
             }
-            std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))?
+            std::task::ready!(io.poll_send(cx, &slices[..k]))?
         } else {
-            let front = &self.chain[0];
-            std::task::ready!(Pin::new(&mut *io).poll_write(cx, front))?
+            std::task::ready!(io.poll_send(cx, &[IoSlice::new(&self.chain[0])]))?
         };
         self.advance(n);
         Poll::Ready(Ok(n))
@@ -132,15 +131,15 @@ impl WriteQueue {
     /// Writes at most `max` bytes from the front of the queue (one buffer,
     /// no vectoring); returns how many left the queue. For a switch that
     /// must happen after exactly the bytes queued before it.
-    fn poll_write_front<W: AsyncWrite + Unpin + ?Sized>(
+    fn poll_write_front<T: Transport>(
         &mut self,
-        io: &mut W,
+        io: &mut T,
         cx: &mut Context<'_>,
         max: usize,
-    ) -> Poll<std::io::Result<usize>> {
+    ) -> Poll<Result<usize>> {
         let front: &[u8] = self.chain.front().map_or(&self.tail[..], |b| &b[..]);
         let k = front.len().min(max);
-        let n = std::task::ready!(Pin::new(&mut *io).poll_write(cx, &front[..k]))?;
+        let n = std::task::ready!(io.poll_send(cx, &[IoSlice::new(&front[..k])]))?;
         self.advance(n);
         Poll::Ready(Ok(n))
     }

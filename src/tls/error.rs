@@ -189,6 +189,22 @@ impl TlsError {
         )
     }
 
+    /// The `io::Error` this wraps, when the IO underneath failed (kind
+    /// [`TlsErrorKind::Io`]); otherwise the error itself back.
+    pub(crate) fn into_io(mut self) -> Result<io::Error, TlsError> {
+        if self.inner.kind != TlsErrorKind::Io {
+            return Err(self);
+        }
+        match self.inner.source.take().map(|s| s.downcast::<io::Error>()) {
+            Some(Ok(io)) => Ok(*io),
+            Some(Err(other)) => {
+                self.inner.source = Some(other);
+                Err(self)
+            }
+            None => Err(self),
+        }
+    }
+
     /// The [`TlsError`] inside an [`io::Error`] returned by the transport's
     /// `AsyncRead`/`AsyncWrite` methods, if there is one.
     #[cfg_attr(not(test), allow(dead_code, reason = "for the QueuedFramed engine"))]
@@ -252,14 +268,7 @@ impl From<TlsError> for io::Error {
             TlsErrorKind::Handshake | TlsErrorKind::Protocol => io::ErrorKind::InvalidData,
             TlsErrorKind::Truncated => io::ErrorKind::UnexpectedEof,
             TlsErrorKind::AlreadyTls | TlsErrorKind::Config => io::ErrorKind::InvalidInput,
-            TlsErrorKind::Io => {
-                let mut e = e;
-                return match e.inner.source.take().map(|s| s.downcast::<io::Error>()) {
-                    Some(Ok(io)) => *io,
-                    Some(Err(other)) => io::Error::other(other),
-                    None => io::Error::other("I/O error"),
-                };
-            }
+            TlsErrorKind::Io => return e.into_io().unwrap_or_else(io::Error::other),
         };
         io::Error::new(kind, e)
     }

@@ -626,26 +626,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsTransport<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
+/// Reads and writes with typed errors: a TLS failure is the [`TlsError`] it
+/// is, a failure of the IO underneath is a [`TlsError`] of kind
+/// [`Io`](super::TlsErrorKind::Io) around the original `io::Error`. The
+/// engine calls these; the `AsyncRead`/`AsyncWrite` impls below wrap them.
+impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
+    /// Reads plaintext: the replayed prefix first in plaintext state, the
+    /// decrypted stream over TLS. `Ok` with nothing read is end of input.
+    pub(crate) fn poll_recv(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+    ) -> Poll<Result<(), TlsError>> {
         loop {
-            match &mut this.state {
+            match &mut self.state {
                 State::Plain { io, prefix } => {
                     if prefix.is_empty() {
-                        return Pin::new(io).poll_read(cx, buf);
+                        return Pin::new(io).poll_read(cx, buf).map_err(TlsError::io);
                     }
                     let n = buf.remaining().min(prefix.len());
                     buf.put_slice(&prefix[..n]);
                     prefix.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                State::Handshaking(_) => ready!(this.poll_handshake(cx))?,
-                State::Tls(s) => return s.poll_read(cx, buf).map_err(io::Error::from),
+                State::Handshaking(_) => ready!(self.poll_handshake(cx))?,
+                State::Tls(s) => return s.poll_read(cx, buf),
                 State::ShuttingDown(s) => {
                     let before = buf.filled().len();
                     ready!(s.poll_read(cx, buf))?;
@@ -656,84 +661,89 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsTransport<IO> {
                     // stoptls: the peer's close_notify ends TLS; finish ours
                     // if it is still on its way, then read on in plaintext.
                     ready!(s.poll_close_notify(cx))?;
-                    this.detach_to_plain()?;
+                    self.detach_to_plain()?;
                 }
-                State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier().into())),
-                State::Poisoned => return Poll::Ready(Err(TlsError::poisoned().into())),
+                State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier())),
+                State::Poisoned => return Poll::Ready(Err(TlsError::poisoned())),
             }
         }
     }
-}
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
+    /// Writes plaintext (sealed into records over TLS).
+    pub(crate) fn poll_send_buf(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+    ) -> Poll<Result<usize, TlsError>> {
         loop {
-            match &mut this.state {
-                State::Plain { io, .. } => return Pin::new(io).poll_write(cx, buf),
-                State::Handshaking(_) => ready!(this.poll_handshake(cx))?,
-                State::Tls(s) => return s.poll_write(cx, buf).map_err(io::Error::from),
+            match &mut self.state {
+                State::Plain { io, .. } => {
+                    return Pin::new(io).poll_write(cx, buf).map_err(TlsError::io);
+                }
+                State::Handshaking(_) => ready!(self.poll_handshake(cx))?,
+                State::Tls(s) => return s.poll_write(cx, buf),
                 State::ShuttingDown(s) => {
                     ready!(s.poll_close_notify(cx))?;
                     if !s.then_plain {
-                        return Poll::Ready(Err(io::Error::new(
+                        return Poll::Ready(Err(TlsError::io(io::Error::new(
                             io::ErrorKind::BrokenPipe,
                             "write after the TLS stream was shut down",
-                        )));
+                        ))));
                     }
                     // After our close_notify, plaintext.
                     return match s.conn.io_mut() {
-                        Some(io) => Pin::new(io).poll_write(cx, buf),
-                        None => Poll::Ready(Err(TlsError::poisoned().into())),
+                        Some(io) => Pin::new(io).poll_write(cx, buf).map_err(TlsError::io),
+                        None => Poll::Ready(Err(TlsError::poisoned())),
                     };
                 }
-                State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier().into())),
-                State::Poisoned => return Poll::Ready(Err(TlsError::poisoned().into())),
+                State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier())),
+                State::Poisoned => return Poll::Ready(Err(TlsError::poisoned())),
             }
         }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
+    /// Vectored writes in plaintext state; over TLS the first non-empty
+    /// buffer (TLS seals one buffer at a time; callers that care coalesce
+    /// first).
+    pub(crate) fn poll_send_vectored(
+        &mut self,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let State::Plain { io, .. } = &mut this.state {
-            return Pin::new(io).poll_write_vectored(cx, bufs);
+    ) -> Poll<Result<usize, TlsError>> {
+        if let State::Plain { io, .. } = &mut self.state {
+            return Pin::new(io)
+                .poll_write_vectored(cx, bufs)
+                .map_err(TlsError::io);
         }
-        // TLS seals one buffer at a time; callers that care coalesce first.
         let buf = bufs
             .iter()
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &**b);
-        Pin::new(this).poll_write(cx, buf)
+        self.poll_send_buf(cx, buf)
     }
 
-    fn is_write_vectored(&self) -> bool {
+    /// Whether [`poll_send_vectored`](Self::poll_send_vectored) writes more
+    /// than one buffer at a time.
+    pub(crate) fn is_send_vectored(&self) -> bool {
         match &self.state {
             State::Plain { io, .. } => io.is_write_vectored(),
             _ => false,
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let io = match &mut this.state {
+    /// Flushes the IO (and, over TLS, sealed records not yet written).
+    pub(crate) fn poll_send_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
+        let io = match &mut self.state {
             State::Plain { io, .. } => Some(io),
             State::Handshaking(hs) => hs.io_mut(),
-            State::Tls(s) => return s.poll_flush(cx).map_err(io::Error::from),
-            State::ShuttingDown(s) => return s.poll_close_notify(cx).map_err(io::Error::from),
-            State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier().into())),
+            State::Tls(s) => return s.poll_flush(cx),
+            State::ShuttingDown(s) => return s.poll_close_notify(cx),
+            State::Failed(_) => return Poll::Ready(Err(TlsError::failed_earlier())),
             State::Poisoned => None,
         };
         match io {
-            Some(io) => Pin::new(io).poll_flush(cx),
-            None => Poll::Ready(Err(TlsError::poisoned().into())),
+            Some(io) => Pin::new(io).poll_flush(cx).map_err(TlsError::io),
+            None => Poll::Ready(Err(TlsError::poisoned())),
         }
     }
 
@@ -742,10 +752,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
     /// on until the peer's close_notify, which reads as EOF. (AnyEvent's
     /// `push_shutdown` sends no close_notify, TLS-8; its peers then see a
     /// truncated stream.) During a handshake, it shuts down the IO only.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.begin_close(false);
-        let io = match &mut this.state {
+    pub(crate) fn poll_send_shutdown(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), TlsError>> {
+        self.begin_close(false);
+        let io = match &mut self.state {
             State::Plain { io, .. } => Some(io),
             State::Handshaking(hs) => hs.io_mut(),
             State::ShuttingDown(s) => {
@@ -756,9 +768,55 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
             State::Failed(parts) => parts.as_mut().map(|(io, _)| io),
         };
         match io {
-            Some(io) => Pin::new(io).poll_shutdown(cx),
-            None => Poll::Ready(Err(TlsError::poisoned().into())),
+            Some(io) => Pin::new(io).poll_shutdown(cx).map_err(TlsError::io),
+            None => Poll::Ready(Err(TlsError::poisoned())),
         }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsTransport<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().poll_recv(cx, buf).map_err(io::Error::from)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsTransport<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_send_buf(cx, buf)
+            .map_err(io::Error::from)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_send_vectored(cx, bufs)
+            .map_err(io::Error::from)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.is_send_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_send_flush(cx).map_err(io::Error::from)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut()
+            .poll_send_shutdown(cx)
+            .map_err(io::Error::from)
     }
 }
 
