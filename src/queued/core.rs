@@ -126,6 +126,31 @@ const CORK_BOUNDARY: usize = 64 * 1024;
 /// its length after the last sweep, and never below this.
 const SWEEP_MIN: usize = 64;
 
+/// Why [`Core::poll_fill`] stopped without input.
+pub(crate) enum FillStop {
+    /// A timer expired and no hook took it: the non-fatal `ETIMEDOUT`, with
+    /// the timer that fired (a write timeout goes to writers first).
+    Expired(Timeout, Error),
+    /// The connection is closed, with this error.
+    Closed(Error),
+}
+
+impl From<Error> for FillStop {
+    fn from(e: Error) -> FillStop {
+        FillStop::Closed(e)
+    }
+}
+
+impl From<FillStop> for Error {
+    /// For a caller that is itself the reader: the timeout's error is its
+    /// own.
+    fn from(stop: FillStop) -> Error {
+        match stop {
+            FillStop::Expired(_, e) | FillStop::Closed(e) => e,
+        }
+    }
+}
+
 /// The engine state, minus the transport.
 pub(crate) struct Core {
     life: Life,
@@ -164,8 +189,6 @@ pub(crate) struct Core {
     /// spawned connection's handles can read it.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     peer_cert: Option<Vec<u8>>,
-    /// The timer behind the `ETIMEDOUT` `poll_fill` returned last.
-    fired: Option<Timeout>,
     /// The queue length at which cancelled requests are swept out next.
     sweep_at: usize,
 }
@@ -219,7 +242,6 @@ impl Core {
             output_failed: false,
             #[cfg(any(feature = "tls", feature = "rustls"))]
             peer_cert: None,
-            fired: None,
             sweep_at: SWEEP_MIN,
             cfg,
         }
@@ -672,9 +694,13 @@ impl Core {
     /// Reads once from the transport into the read buffer, for a reader that
     /// needs more input. When no input is ready, pending output is written
     /// first (the connection never waits for input with output queued) and
-    /// the timers run: an expired timer with no hook is a non-fatal
-    /// `ETIMEDOUT` returned to the reader (`Ready(Err)`).
-    pub(crate) fn poll_fill<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
+    /// the timers run: an expired timer with no hook stops the fill with
+    /// [`FillStop::Expired`], for the caller to route.
+    pub(crate) fn poll_fill<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<(), FillStop>>
     where
         IO: Transport,
     {
@@ -688,7 +714,7 @@ impl Core {
                 // The reader has seen `rbuf_max` bytes and still wants more.
                 let e = Error::no_space("a read request needs more input than rbuf_max allows");
                 self.close(e.clone());
-                return Poll::Ready(Err(e));
+                return Poll::Ready(Err(FillStop::Closed(e)));
             }
             self.reserve_for_read(want);
             // Read into all the room already allocated (fewer system calls
@@ -720,7 +746,7 @@ impl Core {
                 }
                 Poll::Ready(Err(e)) => {
                     self.close(e.clone());
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(Err(FillStop::Closed(e)));
                 }
                 Poll::Pending => {
                     // An idle connection keeps no read buffer: give an empty
@@ -733,12 +759,11 @@ impl Core {
                 }
             }
             if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
-                return Poll::Ready(Err(e));
+                return Poll::Ready(Err(FillStop::Closed(e)));
             }
             match self.poll_timers(cx) {
                 Poll::Ready(Some((which, e))) => {
-                    self.fired = Some(which);
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(Err(FillStop::Expired(which, e)));
                 }
                 // A hook handled it (and may have changed things): go again.
                 Poll::Ready(None) => continue,
@@ -851,12 +876,11 @@ impl Core {
                 continue;
             }
             match ready!(self.poll_fill(io, cx)) {
-                Ok(_) => {}
-                Err(e) if !e.is_fatal() => {
-                    let which = self.fired.take();
-                    self.fail(e, which);
+                Ok(()) => {}
+                Err(FillStop::Expired(which, e)) => {
+                    self.fail(e, Some(which));
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(FillStop::Closed(e)) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -900,7 +924,7 @@ impl Core {
                     return Poll::Ready(Err(e));
                 }
             }
-            ready!(self.poll_fill(io, cx))?;
+            ready!(self.poll_fill(io, cx)).map_err(Error::from)?;
         }
     }
 
@@ -1419,12 +1443,11 @@ impl Core {
                 continue;
             }
             match self.poll_fill(io, cx) {
-                Poll::Ready(Ok(_)) => continue,
-                Poll::Ready(Err(e)) if !e.is_fatal() => {
-                    let which = self.fired.take();
-                    self.fail(e, which);
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(FillStop::Expired(which, e))) => {
+                    self.fail(e, Some(which));
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Err(FillStop::Closed(_))) => return Poll::Ready(()),
                 Poll::Pending => {
                     // A head whose ticket is dropped wakes the driver, so
                     // the next request runs on the bytes already here.
