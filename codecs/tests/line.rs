@@ -1370,3 +1370,45 @@ proptest! {
         prop_assert_eq!(ours, theirs);
     }
 }
+
+proptest! {
+    /// The encoder writes a line exactly when a decoder with the same end of
+    /// line reads that line back from what was written, and writes nothing
+    /// otherwise: for the default end of line with either terminator, and
+    /// for a literal one, over lines made of the bytes that matter.
+    #[test]
+    fn encoded_lines_read_back_or_are_refused(
+        line in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'\r'), Just(b'\n')], 0..8),
+        which in 0..3usize,
+    ) {
+        let mut codec = match which {
+            0 => LineCodec::new(),
+            1 => build(|b| b.write_terminator("\r\n")),
+            _ => build(|b| b.eol("\r\n")),
+        };
+        let term: &[u8] = if which == 0 { b"\n" } else { b"\r\n" };
+        let mut out = BytesMut::from(&b"x"[..]);
+        out.extend_from_slice(term);
+        let before = out.len();
+        let encoded = codec.encode(&line[..], &mut out);
+        let mut reader = codec.clone();
+        let mut back = out.clone();
+        let _ = reader.decode(&mut back).unwrap();
+        let read_back = reader.decode(&mut back).ok().flatten();
+        let expected_ok = read_back.as_ref().is_some_and(|l| l.line() == &line[..]) && back.is_empty();
+        match encoded {
+            Ok(()) => prop_assert!(expected_ok, "wrote {:?}, reads back as {:?}", out, read_back),
+            Err(_) => {
+                prop_assert_eq!(out.len(), before, "nothing written on error");
+                let mut probe = BytesMut::from(&line[..]);
+                probe.extend_from_slice(term);
+                let mut r = codec.clone();
+                let l = r.decode(&mut probe).ok().flatten();
+                prop_assert!(
+                    !(l.is_some_and(|l| l.line() == &line[..]) && probe.is_empty()),
+                    "refused {:?} although it reads back", line
+                );
+            }
+        }
+    }
+}

@@ -355,6 +355,12 @@ impl LineCodec {
             .with_limit(self.max_length)
             .with_seen(term.len() as u64));
         }
+        if matches!(self.eol, Eol::Default) && default_reads_back(line, term) {
+            dst.reserve(line.len() + term.len());
+            dst.extend_from_slice(line);
+            dst.extend_from_slice(term);
+            return Ok(());
+        }
         let start = dst.len();
         dst.reserve(line.len() + term.len());
         dst.extend_from_slice(line);
@@ -420,4 +426,18 @@ impl<T: AsRef<[u8]>> Encoder<T> for LineCodec {
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), Error> {
         self.encode_line(item.as_ref(), dst)
     }
+}
+
+/// Whether `line` then `term` reads back as `line` under the default end of
+/// line (`\r?\n`), without scanning what was written: no `\n` inside the
+/// line, and no `\r` at its end right before a bare `\n` (the reader would
+/// take it as part of the end of line). Anything else takes the general
+/// check, which also says what is wrong.
+fn default_reads_back(line: &[u8], term: &[u8]) -> bool {
+    let tail_ok = match term {
+        b"\r\n" => true,
+        b"\n" => line.last() != Some(&b'\r'),
+        _ => false,
+    };
+    tail_ok && memchr::memchr(b'\n', line).is_none()
 }
