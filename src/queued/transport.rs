@@ -19,7 +19,7 @@ pub(crate) trait Transport: Unpin {
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<Result<()>>;
 
     /// Writes from `bufs` (all of them when the transport writes vectored,
-    /// else the first non-empty one).
+    /// else the first non-empty one). One buffer is a plain write.
     fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<Result<usize>>;
 
     /// Whether [`poll_send`](Self::poll_send) takes more than one buffer.
@@ -192,9 +192,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for TransportIo<IO> {
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<Result<usize>> {
-        Pin::new(&mut self.0)
-            .poll_write_vectored(cx, bufs)
-            .map_err(Error::transport)
+        let io = Pin::new(&mut self.0);
+        match bufs {
+            [one] => io.poll_write(cx, one),
+            _ => io.poll_write_vectored(cx, bufs),
+        }
+        .map_err(Error::transport)
     }
 
     fn is_send_vectored(&self) -> bool {

@@ -710,7 +710,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<Result<usize, TlsError>> {
-        if let State::Plain { io, .. } = &mut self.state {
+        if let State::Plain { io, .. } = &mut self.state
+            && bufs.len() > 1
+        {
             return Pin::new(io)
                 .poll_write_vectored(cx, bufs)
                 .map_err(TlsError::io);
