@@ -622,7 +622,11 @@ impl Core {
                 self.queue.pop_front();
                 continue;
             }
-            if let Some(e) = self.carried.take() {
+            // (Checked before it is taken: no store per request on the
+            // per-frame path.)
+            if self.carried.is_some()
+                && let Some(e) = self.carried.take()
+            {
                 // The error of the frame a cancelled read was consuming:
                 // the next plain read's. A pipelined response is owed to
                 // its own request, never handed someone else's error.
@@ -942,7 +946,9 @@ impl Core {
         if !self.queue.is_empty() {
             ready!(self.poll_queue(io, cx))?;
         }
-        if let Some(e) = self.carried.take() {
+        if self.carried.is_some()
+            && let Some(e) = self.carried.take()
+        {
             // The error of the frame a cancelled read was consuming.
             return Poll::Ready(Err(e));
         }
