@@ -175,7 +175,6 @@ async fn consume_under_a_started_line_request_keeps_the_frame_right() {
 /// is still closed on the second over-long line in a row, although every
 /// byte of the first was consumed.
 #[tokio::test]
-#[ignore = "known defect: serve closes on a second rejected request in a row even when the decoder skipped it"]
 async fn serve_answers_two_overlong_lines_in_a_row_when_the_decoder_skips_them() {
     use anyframe::codecs::Utf8Line;
     use anyframe::service::{BadRequest, serve};
@@ -311,7 +310,6 @@ async fn a_panicking_drop_while_closing_still_resolves_every_waiter() {
 /// has consumed the head of the line, and the next read, with a fresh
 /// decoder as in any retry loop, returns the line's tail as a line.
 #[tokio::test]
-#[ignore = "known defect: a Discard line decoder drops bytes before its error; cancelled mid-line, the rest is read as a line"]
 async fn cancelled_discarding_line_read_does_not_turn_the_tail_into_a_line() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let (h, _driver) = QueuedFramed::new(ours).spawn();
@@ -336,7 +334,6 @@ async fn cancelled_discarding_line_read_does_not_turn_the_tail_into_a_line() {
 
 /// The same with the connection's read timeout instead of the caller's.
 #[tokio::test(start_paused = true)]
-#[ignore = "known defect: a Discard line decoder drops bytes before its error; timed out mid-line, the rest is read as a line"]
 async fn timed_out_discarding_line_read_does_not_turn_the_tail_into_a_line() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let mut b = QueuedFramed::builder();
@@ -384,7 +381,6 @@ async fn read_many_with_a_one_shot_decoder_does_not_kill_the_connection() {
 
 /// The same on a `QueuedFramed` you drive yourself.
 #[tokio::test]
-#[ignore = "known defect: read_many asks a spent single-use decoder again"]
 async fn inline_read_many_with_a_one_shot_decoder_does_not_kill_the_connection() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let mut conn = QueuedFramed::new(ours);
@@ -517,7 +513,6 @@ async fn write_timeout_does_not_lift_backpressure() {
 /// flight, the end of input inside the third closes the connection, and
 /// the two answers can no longer be queued: the client gets nothing.
 #[tokio::test]
-#[ignore = "known defect: end of input inside a request closes the connection before earlier answers are written"]
 async fn serve_answers_the_whole_requests_before_a_truncated_one() {
     use anyframe::codecs::Utf8Line;
     use anyframe::service::serve;
@@ -555,7 +550,6 @@ async fn serve_answers_the_whole_requests_before_a_truncated_one() {
 /// waiter left to tell, and `poll_ready` waits on the slots, not on the
 /// connection. A tower user gets a hang instead of a timeout or an error.
 #[tokio::test(start_paused = true)]
-#[ignore = "known defect: a timed-out call keeps its in-flight slot until its answer is read"]
 async fn client_ready_does_not_hang_when_every_slot_is_held_by_a_timed_out_call() {
     use anyframe::service::ClientBuilder;
     use tower::{Service, ServiceExt};
@@ -833,4 +827,233 @@ async fn unshift_goes_after_a_discarding_line_read() {
         "the unshifted read ran first, got the long line's tail, and the \
          discarding read then dropped the next line"
     );
+}
+
+// ----- siblings of the fixes above, on the other front ends -------------------------
+
+/// `BadRequest::Reply` with a decoder that consumes nothing of what it
+/// rejects (JSON's `EBADMSG`): reading on would reject the same bytes
+/// forever. The bad request is answered, the answers before it too, and
+/// the loop ends with the error instead of spinning.
+#[tokio::test]
+async fn serve_answers_then_closes_on_a_rejected_request_that_skipped_nothing() {
+    use anyframe::codecs::JsonCodec;
+    use anyframe::service::{BadRequest, serve};
+    use serde_json::Value;
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let echo = tower::service_fn(|v: Value| async move { Ok::<_, std::convert::Infallible>(v) });
+    let server = serve(
+        server_io,
+        JsonCodec::<Value>::ndjson(),
+        JsonCodec::<Value>::ndjson(),
+        echo,
+    )
+    .on_bad_request(|_| BadRequest::Reply(serde_json::json!({"error": -32700})));
+    let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    wr.write_all(b"{\"n\":1}\n{bad}\n{\"n\":2}\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = within("answers", rd.read_to_end(&mut got)).await;
+    let outcome = within("server", server).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "{\"n\":1}\n{\"error\":-32700}\n"
+    );
+    assert_eq!(outcome.unwrap_err().kind(), ErrorKind::BadMessage);
+}
+
+/// Input that ends inside a request, with no whole request before it: the
+/// loop ends with the end-of-input error (`EPIPE`), having written nothing.
+#[tokio::test]
+async fn serve_ends_with_the_eof_error_at_a_truncated_request() {
+    use anyframe::codecs::Utf8Line;
+    use anyframe::service::serve;
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let upper = tower::service_fn(|line: Utf8Line| async move {
+        Ok::<_, std::convert::Infallible>(line.line().to_uppercase())
+    });
+    let lines = LineCodec::builder().build_utf8().unwrap();
+    let server = tokio::spawn(std::future::IntoFuture::into_future(serve(
+        server_io,
+        lines,
+        LineCodec::new(),
+        upper,
+    )));
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    wr.write_all(b"one\nthr").await.unwrap();
+    wr.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let _ = within("answers", rd.read_to_end(&mut got)).await;
+    let outcome = within("server", server).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), "ONE\n");
+    let e = outcome.unwrap_err();
+    assert!(e.is_eof() && e.is_fatal(), "{e:?}");
+}
+
+/// The cancellation law on a `QueuedFramed` you drive yourself: a queued
+/// discarding line read whose ticket is dropped mid-line runs on to the
+/// line's end; the next read gets its `ENOSPC`, then the next line.
+#[tokio::test]
+async fn inline_cancelled_discarding_line_read_does_not_turn_the_tail_into_a_line() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(ours);
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let ticket = conn.push_read(short_lines());
+    let first = tokio::time::timeout(Duration::from_millis(100), conn.wait(ticket)).await;
+    assert!(first.is_err(), "the line has not ended yet: {first:?}");
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let retry = within("retry", conn.read(short_lines())).await;
+    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
+    let next = within("next", conn.read(short_lines())).await;
+    assert_eq!(next.unwrap().line(), b"ok");
+}
+
+/// The same with the connection's read timeout, inline.
+#[tokio::test(start_paused = true)]
+async fn inline_timed_out_discarding_line_read_does_not_turn_the_tail_into_a_line() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut b = QueuedFramed::builder();
+    b.rtimeout(Duration::from_secs(1));
+    let mut conn = b.build(ours);
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let ticket = conn.push_read(short_lines());
+    let first = within("first", conn.wait(ticket)).await;
+    assert!(first.unwrap_err().is_timeout());
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let retry = within("retry", conn.read(short_lines())).await;
+    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
+    let next = within("next", conn.read(short_lines())).await;
+    assert_eq!(next.unwrap().line(), b"ok");
+}
+
+/// A decoder you keep (`read_with`) carries its discarding state across a
+/// cancelled read, as a `FramedRead`'s does across a dropped `next()`.
+#[tokio::test]
+async fn inline_read_with_keeps_discarding_across_a_cancelled_read() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(ours);
+    let mut lines = short_lines();
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(100), conn.read_with(&mut lines)).await;
+    assert!(first.is_err(), "the line has not ended yet: {first:?}");
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let retry = within("retry", conn.read_with(&mut lines)).await;
+    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
+    let next = within("next", conn.read_with(&mut lines)).await;
+    assert_eq!(next.unwrap().line(), b"ok");
+}
+
+/// The error of a line dropped for a caller that gave up goes to the next
+/// plain read only: a pipelined call queued next gets its own answer.
+#[tokio::test]
+async fn a_cancelled_discarding_reads_error_never_reaches_a_pipelined_call() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(100), h.read(short_lines())).await;
+    assert!(first.is_err(), "the line has not ended yet: {first:?}");
+    let call = h.call(LineCodec::new(), "ping", LineCodec::new());
+    let mut req = [0u8; 5];
+    within("request", peer.read_exact(&mut req)).await.unwrap();
+    peer.write_all(b" TAIL\npong\n").await.unwrap();
+    assert_eq!(within("call", call).await.unwrap().line(), b"pong");
+    assert!(!h.is_closed());
+}
+
+/// Spawned `read_many` with a one-shot decoder, then another batch: the
+/// spent decoder's refusal is not kept for the next batch either.
+#[tokio::test]
+async fn a_batch_after_a_one_shot_batch_gets_the_next_frames() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"a\nb\nc\n").await.unwrap();
+    let once = LineCodec::builder().build_once().unwrap();
+    let (_d, frames) = within("read_many", h.read_many(once, 10)).await.unwrap();
+    assert_eq!(frames.len(), 1);
+    let (_d, frames) = within("read_many", h.read_many(LineCodec::new(), 10))
+        .await
+        .expect("the spent one-shot decoder's error went to the next batch");
+    let lines: Vec<&[u8]> = frames.iter().map(|l| l.line()).collect();
+    assert_eq!(lines, [&b"b"[..], b"c"]);
+}
+
+/// The idle timeout instead of the read timeout: a `Client` whose every
+/// slot is held by a timed-out call does not hang in `ready()`.
+#[tokio::test(start_paused = true)]
+async fn client_ready_does_not_hang_after_idle_timeouts() {
+    use anyframe::service::ClientBuilder;
+    use tower::{Service, ServiceExt};
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    tokio::spawn(async move {
+        let mut sink = vec![0u8; 4096];
+        while let Ok(n) = theirs.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let mut b = QueuedFramed::builder();
+    b.timeout(Duration::from_secs(1));
+    let (handle, _driver) = b.build(ours).spawn();
+    let mut client =
+        ClientBuilder::default()
+            .max_in_flight(1)
+            .build(handle, LineCodec::new(), |_: &&str| LineCodec::new());
+    let r = within("one", client.ready().await.unwrap().call("one")).await;
+    assert!(r.unwrap_err().is_timeout());
+    let next = within("next ready", client.ready()).await.map(|_| ());
+    let e = next.unwrap_err();
+    assert!(e.is_timeout() && e.is_fatal(), "{e:?}");
+}
+
+/// `Handle::call_with`: once the timed-out call's caller has its
+/// `ETIMEDOUT`, the next timeout finds nobody to tell and the answer still
+/// owed: the connection closes with a fatal `ETIMEDOUT` instead of waiting
+/// for ever.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_nobody_hears_with_a_response_owed_closes_the_connection() {
+    let (ours, _peer) = tokio::io::duplex(4096);
+    let mut b = QueuedFramed::builder();
+    b.rtimeout(Duration::from_secs(1));
+    let (h, _driver) = b.build(ours).spawn();
+    let call = h.call_with(LineCodec::new(), "ping", LineCodec::new(), |l, _| Ok(l));
+    assert!(within("call", call).await.unwrap_err().is_timeout());
+    assert!(!h.is_closed(), "the first timeout was the caller's");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let e = h.error().expect("the connection is closed");
+    assert!(e.is_timeout() && e.is_fatal(), "{e:?}");
+}
+
+/// Inline: a read queued behind a discarding read that already timed out
+/// (it runs on to its line's end, for nobody) gets the next timeout itself,
+/// being the one waiting, instead of hanging.
+#[tokio::test(start_paused = true)]
+async fn inline_read_behind_a_timed_out_discarding_read_gets_the_next_timeout() {
+    let (ours, mut peer) = tokio::io::duplex(4096);
+    let mut b = QueuedFramed::builder();
+    b.rtimeout(Duration::from_secs(1));
+    let mut conn = b.build(ours);
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let ticket = conn.push_read(short_lines());
+    assert!(
+        within("first", conn.wait(ticket))
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
+    let next = within("read", conn.read(LineCodec::new())).await;
+    assert!(next.unwrap_err().is_timeout());
+    assert!(!conn.is_closed());
 }

@@ -46,9 +46,12 @@ async fn late_first_answer_server(io: tokio::io::DuplexStream, delay: Duration) 
     }
 }
 
+/// The first answer comes 450 ms late under a 300 ms timeout: after the
+/// call's timeout, before the timer's next expiry (which, with nobody left
+/// waiting, would close the connection: docs/semantics.md TO-6).
 async fn timed_out_call_then_next(build: impl FnOnce(&mut anyframe::Builder)) {
     let (ours, theirs) = tokio::io::duplex(4096);
-    tokio::spawn(late_first_answer_server(theirs, Duration::from_millis(600)));
+    tokio::spawn(late_first_answer_server(theirs, Duration::from_millis(450)));
     let mut builder = QueuedFramed::builder();
     build(&mut builder);
     let (handle, _driver) = builder.build(ours).spawn();
@@ -71,6 +74,29 @@ async fn client_rtimeout_never_hands_the_next_caller_a_late_answer() {
         b.rtimeout(Duration::from_millis(300));
     })
     .await;
+}
+
+/// An answer later than the timer's next expiry: nobody waits any more and
+/// the answer is still owed, so the connection closes with a fatal
+/// `ETIMEDOUT` (TO-6); the next caller gets that error, never the late
+/// answer.
+#[tokio::test(start_paused = true)]
+async fn client_call_answered_after_the_next_timeout_closes_instead_of_desynchronising() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    tokio::spawn(late_first_answer_server(theirs, Duration::from_millis(750)));
+    let mut builder = QueuedFramed::builder();
+    builder.rtimeout(Duration::from_millis(300));
+    let (handle, _driver) = builder.build(ours).spawn();
+    let mut client = Client::new(handle, LineCodec::new(), |_: &&str| LineCodec::new());
+    let alice = client.ready().await.unwrap().call("alice").await;
+    assert!(alice.unwrap_err().is_timeout());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let next = match client.ready().await {
+        Ok(svc) => within("call", svc.call("bob")).await,
+        Err(e) => Err(e),
+    };
+    let e = next.expect_err("the late answer was handed on, or the connection hung on");
+    assert!(e.is_timeout() && e.is_fatal(), "{e:?}");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@
 //! | Open | switch done | pop it; reads and writes go on | Open | `poll_switch` |
 //! | Open | timer expired, hook set | run the hook | Open | `poll_timers` |
 //! | Open | timer expired, no hook | non-fatal `ETIMEDOUT` to the first waiter | Open | `fail` |
+//! | Open | idle or read timer expired, no hook, nobody waits, a read still owed (spawned) | fatal `ETIMEDOUT` | Closed | `fail_timer` → `close` |
 //! | Open | non-fatal error (`EBADMSG`, `ETIMEDOUT`, …) | to the head read, else the switch's waiter, else the write waiters | Open | `fail` |
 //! | Open | fatal error, panic in a user callback, `destroy` | fail every entry and waiter with it | Closed | `fail` → `close` |
 //! | Open, Output::Open | `push_shutdown` | flush, then half-close | Output::Shut | `poll_write_out` |
@@ -36,7 +37,10 @@
 //! A request whose ticket must still consume its response when it fails
 //! (`OnDrop::Consume`, the pipelined client) is *told* the non-fatal error
 //! and stays queued, so its late response is read and dropped instead of
-//! being handed to the next caller.
+//! being handed to the next caller. So is a request whose decoder has
+//! consumed part of its frame (a line being discarded): it also stays when
+//! its ticket is dropped, reads on to the end of its frame, and a non-fatal
+//! error it then finds goes to the next plain read (`carried`).
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -49,7 +53,9 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::queued::request::{DecodeRequest, OnDrop, Request, Requests, Ticket, decode_step};
+use crate::queued::request::{
+    BatchStep, DecodeRequest, OnDrop, Request, Requests, Ticket, batch_step, decode_step,
+};
 use crate::queued::timer::{Timeout, Timers};
 use crate::queued::transport::{self, Transport};
 use crate::queued::watermark::Watermarks;
@@ -180,9 +186,14 @@ pub(crate) struct Core {
     on_drain: Option<DrainHook>,
     /// TLS is established (and not stopped).
     tls_active: bool,
-    /// A non-fatal error that came after a batch of frames: the next read
-    /// request gets it.
+    /// A non-fatal error that came after a batch of frames: the next batch
+    /// read gets it.
     deferred: Option<Error>,
+    /// The non-fatal error of a read that nobody waited for any more when
+    /// it ended (its decoder had consumed part of its frame, so it ran on):
+    /// the next plain read gets it, as a decoder kept across the
+    /// cancellation would have returned it from its next call.
+    carried: Option<Error>,
     /// The output side failed (`wbuf_max`): no linger.
     output_failed: bool,
     /// The peer's certificate (DER), kept when the handshake completes so a
@@ -239,6 +250,7 @@ impl Core {
             on_drain: None,
             tls_active: false,
             deferred: None,
+            carried: None,
             output_failed: false,
             #[cfg(any(feature = "tls", feature = "rustls"))]
             peer_cert: None,
@@ -355,14 +367,15 @@ impl Core {
     }
 
     /// Tells the first queued entry that still has a waiter. A request that
-    /// must consume its response stays queued (its answer is read and
-    /// dropped); any other request is removed, having consumed nothing.
+    /// must consume its response, or whose decoder has consumed part of its
+    /// frame, stays queued (it reads to the end of its frame, for nobody);
+    /// any other request is removed, having consumed nothing.
     fn fail_first_reader(&mut self, err: &Error) -> bool {
         // Cancelled requests go first: nobody waits for them.
         self.sweep_cancelled();
         for i in 0..self.queue.len() {
             let remove = match &mut self.queue[i] {
-                Entry::Read(req) if req.on_drop() == OnDrop::Consume => {
+                Entry::Read(req) if req.keeps_reading() => {
                     if req.tell(err.clone()) {
                         return true;
                     }
@@ -387,6 +400,25 @@ impl Core {
             }
         }
         false
+    }
+
+    /// A timer expired with no hook, on the spawned driver. As
+    /// [`fail`](Self::fail); but when nobody at all waits and a read the
+    /// peer still owes is queued (a pipelined response, or a frame already
+    /// begun, whose caller was told an earlier timeout or gave up), the
+    /// peer is stuck and nobody would ever hear of it: the connection
+    /// closes with a fatal `ETIMEDOUT`, as a timeout with no handler does
+    /// in AnyEvent. A write timeout nobody hears stays quiet.
+    fn fail_timer(&mut self, err: Error, which: Option<Timeout>) {
+        if self.fail(err, which) || which == Some(Timeout::Write) || !self.head_is_read() {
+            return;
+        }
+        tracing::debug!(timeout = ?which, "timeout with every waiter gone and a read still owed");
+        self.close(Error::new(
+            crate::ErrorKind::TimedOut,
+            true,
+            "timed out with every waiter gone and a response still owed",
+        ));
     }
 
     fn fail_write_waiters(&mut self, err: &Error) -> bool {
@@ -610,6 +642,22 @@ impl Core {
                 self.queue.pop_front();
                 continue;
             }
+            // (Checked before it is taken: no store per request on the
+            // per-frame path.)
+            if self.carried.is_some()
+                && let Some(e) = self.carried.take()
+            {
+                // The error of the frame a cancelled read was consuming:
+                // the next plain read's. A pipelined response is owed to
+                // its own request, never handed someone else's error.
+                if head.on_drop() == OnDrop::Cancel {
+                    if let Some(Entry::Read(req)) = self.queue.pop_front() {
+                        req.fail(e);
+                    }
+                    continue;
+                }
+                tracing::debug!(error = %e, "an abandoned read's error dropped before a pipelined response");
+            }
             if head.is_batch()
                 && let Some(e) = self.deferred.take()
             {
@@ -640,6 +688,17 @@ impl Core {
                                 e
                             };
                             tracing::debug!(error = %e, "read request failed");
+                            if !e.is_fatal()
+                                && req.on_drop() == OnDrop::Cancel
+                                && req.has_consumed()
+                                && req.is_unheard()
+                            {
+                                // Its caller gave up (or timed out) after
+                                // its decoder had consumed part of this
+                                // frame: the next plain read gets the error.
+                                self.carried = Some(e);
+                                continue;
+                            }
                             req.fail(e.clone());
                             if e.is_fatal() {
                                 self.close(e);
@@ -878,7 +937,12 @@ impl Core {
             match ready!(self.poll_fill(io, cx)) {
                 Ok(()) => {}
                 Err(FillStop::Expired(which, e)) => {
-                    self.fail(e, Some(which));
+                    if !self.fail(e.clone(), Some(which)) {
+                        // Every queued read's caller has its answer or gave
+                        // up: the caller driving the queue (an inline read
+                        // behind it) is the one waiting.
+                        return Poll::Ready(Err(e));
+                    }
                 }
                 Err(FillStop::Closed(e)) => return Poll::Ready(Err(e)),
             }
@@ -902,6 +966,12 @@ impl Core {
     {
         if !self.queue.is_empty() {
             ready!(self.poll_queue(io, cx))?;
+        }
+        if self.carried.is_some()
+            && let Some(e) = self.carried.take()
+        {
+            // The error of the frame a cancelled read was consuming.
+            return Poll::Ready(Err(e));
         }
         if !self.cfg.autocork && !self.wq.is_empty() {
             // Autocork off: output goes out whenever the handle runs.
@@ -975,24 +1045,21 @@ impl Core {
     {
         let mut n = 1;
         let eof = self.is_eof();
+        // Where a batch stops is `batch_step`'s rule, shared with the
+        // spawned front end's batches.
         while n < limit {
-            let before = self.rbuf.len();
-            match decode_step(decoder, &mut self.rbuf, eof) {
-                Ok(Some(frame)) => {
+            match batch_step(decoder, &mut self.rbuf, eof) {
+                BatchStep::Frame(frame) => {
                     out.push(frame);
                     n += 1;
-                    // A frame of no input (a zero-length chunk) ends the
-                    // batch: a decoder that never consumes cannot fill
-                    // `out` without end.
-                    if self.rbuf.len() == before {
-                        break;
-                    }
                 }
-                Ok(None) => break,
-                // A clean end of input after the last whole frame: this
-                // call's frames now, `Ok(0)` next time.
-                Err(e) if self.is_clean_eof(&e) => break,
-                Err(e) => {
+                BatchStep::Last(frame) => {
+                    out.push(frame);
+                    n += 1;
+                    break;
+                }
+                BatchStep::End => break,
+                BatchStep::Error(e) => {
                     if e.is_fatal() {
                         self.close(e.clone());
                     }
@@ -1445,7 +1512,7 @@ impl Core {
             match self.poll_fill(io, cx) {
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(FillStop::Expired(which, e))) => {
-                    self.fail(e, Some(which));
+                    self.fail_timer(e, Some(which));
                 }
                 Poll::Ready(Err(FillStop::Closed(_))) => return Poll::Ready(()),
                 Poll::Pending => {
@@ -1466,7 +1533,7 @@ impl Core {
     /// fired (the turn goes on), `Pending` otherwise.
     fn wait_for_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Some((t, e)) = ready!(self.poll_timers(cx)) {
-            self.fail(e, Some(t));
+            self.fail_timer(e, Some(t));
         }
         Poll::Ready(())
     }

@@ -292,7 +292,15 @@ where
     ///
     /// Bytes the decoder does not consume stay buffered for the next read.
     /// Pending writes are flushed before waiting for input. Cancel-safe:
-    /// dropping the future loses no bytes (only `decoder`'s scan state).
+    /// dropping the future loses no bytes (only `decoder`'s scan state),
+    /// with one exception: a decoder that consumes part of a frame before
+    /// the frame is complete (a line being dropped under
+    /// [`OverflowPolicy::Discard`](crate::codecs::OverflowPolicy::Discard))
+    /// takes that progress with it when the future is dropped or fails
+    /// with a timeout, and a fresh decoder then starts mid-frame. For such a
+    /// decoder keep it across calls with [`read_with`](Self::read_with), or
+    /// queue the read with [`push_read`](Self::push_read): a queued request
+    /// that has consumed part of its frame runs on to the frame's end.
     ///
     /// # Errors
     ///
@@ -419,15 +427,21 @@ where
     /// The request's error (see [`Ticket`]).
     pub async fn wait<T>(&mut self, mut ticket: Ticket<T>) -> Result<T> {
         poll_fn(|cx| {
-            if let Poll::Ready(r) = ticket.poll_result(cx) {
-                return Poll::Ready(r);
+            loop {
+                if let Poll::Ready(r) = ticket.poll_result(cx) {
+                    return Poll::Ready(r);
+                }
+                // The queue holds the ticket's request (or switch): drive it.
+                // Whatever the outcome, the ticket has its own result if its
+                // request ran. (A fatal error fails the ticket's request
+                // too.) A timeout nobody queued heard is not this ticket's:
+                // drive on.
+                let io = &mut self.io;
+                match self.core.run(|core| core.poll_queue(io, cx)) {
+                    Poll::Ready(Err(e)) if !e.is_fatal() => continue,
+                    _ => return ticket.poll_result(cx),
+                }
             }
-            // The queue holds the ticket's request (or switch): drive it.
-            // Whatever the outcome, the ticket has its own result if its
-            // request ran. (A fatal error fails the ticket's request too.)
-            let io = &mut self.io;
-            let _ = self.core.run(|core| core.poll_queue(io, cx));
-            ticket.poll_result(cx)
         })
         .await
     }

@@ -33,6 +33,24 @@ pub(crate) trait Request: Send {
     /// What happens when the ticket is dropped.
     fn on_drop(&self) -> OnDrop;
 
+    /// Whether the request must go on reading when its waiter is told an
+    /// error or gives up: a pipelined response (`OnDrop::Consume`), or a
+    /// decoder that has already consumed part of its frame (see
+    /// [`has_consumed`](Self::has_consumed)).
+    fn keeps_reading(&self) -> bool {
+        self.on_drop() == OnDrop::Consume || self.has_consumed()
+    }
+
+    /// Whether the decoder has consumed input without producing its frame
+    /// (a line being discarded, a header parsed): those bytes are gone, so
+    /// the request cannot be dropped without leaving the stream mid-frame.
+    /// It runs to the end of its frame even if nobody waits for it.
+    fn has_consumed(&self) -> bool;
+
+    /// Whether nobody waits for the result any more (told an error, or the
+    /// ticket was dropped).
+    fn is_unheard(&self) -> bool;
+
     /// True when nobody waits for the result and the request may be dropped
     /// unrun (its bytes stay in the buffer for the next request).
     fn is_abandoned(&self) -> bool;
@@ -72,6 +90,8 @@ pub(crate) struct DecodeRequest<D: Decoder, F, R> {
     on_drop: OnDrop,
     /// The decoder has seen input and asked for more.
     started: bool,
+    /// The decoder consumed input without producing its frame.
+    consumed: bool,
     /// A `read_many` batch.
     batch: bool,
 }
@@ -96,6 +116,7 @@ where
                 tx: Some(tx),
                 on_drop,
                 started: false,
+                consumed: false,
                 batch: false,
             },
             Ticket { rx },
@@ -123,6 +144,46 @@ where
         return decoder.decode(rbuf).map_err(Into::into);
     }
     decode_at_eof(decoder, rbuf)
+}
+
+/// What a batch does after its first frame (see [`batch_step`]).
+pub(crate) enum BatchStep<T> {
+    /// A frame; the batch may go on.
+    Frame(T),
+    /// A frame of no input (a zero-length chunk): the last of the batch, so
+    /// a decoder that never consumes cannot fill it without end.
+    Last(T),
+    /// The batch ends here: more input is needed, the input ended cleanly
+    /// after the last whole frame, or the decoder is done (`EINVAL`: a
+    /// single-use decoder has produced its frame).
+    End,
+    /// An error after the batch's frames: it is the next thing the caller
+    /// sees, after them.
+    Error(Error),
+}
+
+/// One more frame for a batch (`read_many`, on both front ends) that has
+/// its first frame: the one rule for where a batch stops.
+///
+/// A decoder that refuses to be asked again (`EINVAL`) ends the batch
+/// without an error: the batch asked for "every frame already buffered",
+/// and a decoder that is done has none. Asked again by its owner, it says
+/// so again; nothing of the input is lost.
+#[inline(always)]
+pub(crate) fn batch_step<D>(decoder: &mut D, rbuf: &mut BytesMut, eof: bool) -> BatchStep<D::Item>
+where
+    D: Decoder,
+    D::Error: Into<Error>,
+{
+    let before = rbuf.len();
+    match decode_step(decoder, rbuf, eof) {
+        Ok(Some(frame)) if rbuf.len() == before => BatchStep::Last(frame),
+        Ok(Some(frame)) => BatchStep::Frame(frame),
+        Ok(None) => BatchStep::End,
+        Err(e) if eof && e.is_eof() && rbuf.is_empty() => BatchStep::End,
+        Err(e) if e.kind() == ErrorKind::InvalidInput => BatchStep::End,
+        Err(e) => BatchStep::Error(e),
+    }
 }
 
 /// `decode_step` once the input has ended.
@@ -167,6 +228,7 @@ where
                 // Bytes left, or bytes consumed without a frame (a line being
                 // discarded): the decoder keeps state about this input.
                 self.started |= !rbuf.is_empty() || rbuf.len() < before;
+                self.consumed |= rbuf.len() < before;
                 Poll::Pending
             }
             Err(e) => Poll::Ready(Err(e)),
@@ -227,13 +289,21 @@ where
         self.on_drop
     }
 
+    fn has_consumed(&self) -> bool {
+        self.consumed
+    }
+
+    fn is_unheard(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
     fn is_abandoned(&self) -> bool {
-        self.on_drop == OnDrop::Cancel && self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+        self.on_drop == OnDrop::Cancel && !self.consumed && self.is_unheard()
     }
 
     fn poll_abandoned(&mut self, cx: &mut Context<'_>) -> bool {
         match (&mut self.tx, self.on_drop) {
-            (Some(tx), OnDrop::Cancel) => tx.poll_closed(cx).is_ready(),
+            (Some(tx), OnDrop::Cancel) if !self.consumed => tx.poll_closed(cx).is_ready(),
             _ => false,
         }
     }
@@ -642,17 +712,14 @@ impl<D> Batch<D> {
         let mut frames = vec![first];
         let mut error = None;
         while frames.len() < self.limit {
-            let before = src.len();
-            match decode_step(decoder, src, eof) {
-                Ok(Some(frame)) => {
+            match batch_step(decoder, src, eof) {
+                BatchStep::Frame(frame) => frames.push(frame),
+                BatchStep::Last(frame) => {
                     frames.push(frame);
-                    if src.len() == before {
-                        break;
-                    }
+                    break;
                 }
-                Ok(None) => break,
-                Err(e) if eof && e.is_eof() && src.is_empty() => break,
-                Err(e) => {
+                BatchStep::End => break,
+                BatchStep::Error(e) => {
                     error = Some(e);
                     break;
                 }

@@ -150,9 +150,14 @@ where
     /// closes after the answers before it and returns the error. A fatal
     /// decode error always closes.
     ///
-    /// A decoder that cannot skip what it rejected would reject the same
-    /// bytes again: two rejected requests in a row, with no request decoded
-    /// between them, close the connection whatever the hook says.
+    /// A decoder that consumed nothing of what it rejected (JSON's
+    /// `EBADMSG`) would reject the same bytes again: that request is
+    /// answered as the hook says, then the connection closes after the
+    /// answers and the loop returns the error. A decoder that skipped the
+    /// bytes it rejected (a line over the limit under
+    /// [`OverflowPolicy::Discard`](crate::codecs::OverflowPolicy::Discard))
+    /// has made progress: the loop goes on, however many rejected requests
+    /// come in a row.
     ///
     /// # Examples
     ///
@@ -195,11 +200,109 @@ where
     }
 }
 
+/// What the loop's decoder found next in the input.
+enum Next<Req> {
+    /// A whole request.
+    Request(Req),
+    /// A request the decoder rejected with a non-fatal error; `skipped`:
+    /// whether it consumed input since the request before (it skipped the
+    /// bad bytes, so reading on makes progress).
+    Rejected { error: Error, skipped: bool },
+    /// The input ended cleanly between requests.
+    End,
+    /// The input ended inside a request (`EPIPE`): the requests before it
+    /// are still answered, then the loop returns this error.
+    Truncated(Error),
+}
+
+/// The loop's request decoder: the user's, with what it found turned into
+/// a [`Next`], so a batch of requests keeps its order around a rejected or
+/// truncated one, and the end of input inside a request does not close the
+/// connection before the answers to the requests already read are written.
+struct Framing<D> {
+    inner: D,
+    /// Input was consumed since the last request or rejection.
+    consumed: bool,
+}
+
+impl<D> Framing<D> {
+    fn new(inner: D) -> Framing<D> {
+        Framing {
+            inner,
+            consumed: false,
+        }
+    }
+
+    /// A decoder's answer as a [`Next`]; `None`: more input needed.
+    fn next<T, DErr: Into<Error>>(
+        &mut self,
+        src: &bytes::BytesMut,
+        before: usize,
+        decoded: std::result::Result<Option<T>, DErr>,
+        eof: bool,
+    ) -> Result<Option<Next<T>>> {
+        self.consumed |= src.len() < before;
+        let next = match decoded {
+            Ok(Some(req)) => Next::Request(req),
+            Ok(None) if !eof => return Ok(None),
+            Ok(None) => Self::ended(src, Error::eof_in_request()),
+            Err(e) => {
+                let e: Error = e.into();
+                if eof && (e.is_eof() || e.kind() == ErrorKind::Io) {
+                    // tokio-util's default `decode_eof` says "bytes remaining
+                    // on stream" with an I/O error.
+                    Self::ended(src, Error::eof_in_request())
+                } else if e.is_fatal() {
+                    return Err(e);
+                } else {
+                    Next::Rejected {
+                        error: e,
+                        skipped: self.consumed,
+                    }
+                }
+            }
+        };
+        self.consumed = false;
+        Ok(Some(next))
+    }
+
+    fn ended<T>(src: &bytes::BytesMut, e: Error) -> Next<T> {
+        if src.is_empty() {
+            Next::End
+        } else {
+            Next::Truncated(e)
+        }
+    }
+}
+
+impl<D> Decoder for Framing<D>
+where
+    D: Decoder,
+    D::Error: Into<Error>,
+{
+    type Item = Next<D::Item>;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Next<D::Item>>> {
+        let before = src.len();
+        let decoded = self.inner.decode(src);
+        self.next(src, before, decoded, false)
+    }
+
+    fn decode_eof(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Next<D::Item>>> {
+        let before = src.len();
+        let decoded = self.inner.decode_eof(src);
+        self.next(src, before, decoded, true)
+    }
+}
+
+/// A batch of what the loop's decoder found, with the decoder back.
+type Found<D, Req> = (Framing<D>, Vec<Next<Req>>);
+
 /// What woke the loop.
 enum Event<D, Req, Resp, SErr> {
-    /// The next requests (with the decoder back); empty at a clean end of
-    /// input.
-    Requests(Result<(D, Vec<Req>)>),
+    /// The next requests.
+    Requests(Result<Found<D, Req>>),
     /// A request was handed to the service.
     Called,
     /// The service failed `poll_ready`.
@@ -259,19 +362,17 @@ where
         let mut in_flight: FuturesOrdered<Pending<S, Req>> = FuturesOrdered::new();
         // Requests read and not yet handed to the service, in order.
         let mut waiting: VecDeque<Req> = VecDeque::new();
-        let mut reader = Some(decoder.clone());
-        let mut next: Option<Ticket<(D, Vec<Req>)>> = None;
+        let mut reader = Some(Framing::new(decoder.clone()));
+        let mut next: Option<Ticket<Found<D, Req>>> = None;
         let mut reading = true;
-        // A request was rejected and none decoded since.
-        let mut rejected_last = false;
         let mut outcome: Result<()> = Ok(());
         loop {
             if !reading && next.is_none() && waiting.is_empty() && in_flight.is_empty() {
                 break;
             }
             if reader.is_none() {
-                // The decoder was lost with a rejected request: a fresh one.
-                reader = Some(decoder.clone());
+                // The decoder was lost with a failed batch: a fresh one.
+                reader = Some(Framing::new(decoder.clone()));
             }
             // Responses, readiness and requests are polled together, so a
             // service that is not ready (all its slots busy) still sees its
@@ -351,51 +452,82 @@ where
                     next = None;
                     outcome = Err(Error::custom(ErrorKind::Io, true, e));
                 }
-                Event::Requests(Ok((d, reqs))) => {
-                    rejected_last &= reqs.is_empty();
-                    if reqs.is_empty() {
-                        // A clean end of input between requests.
-                        reading = false;
-                    }
+                Event::Requests(Ok((d, found))) => {
                     reader = Some(d);
-                    waiting.extend(reqs);
+                    for next in found {
+                        if !reading {
+                            // Closing: nothing after the request that
+                            // closed the loop is answered.
+                            break;
+                        }
+                        match next {
+                            Next::Request(req) => waiting.push_back(req),
+                            Next::End => reading = false,
+                            Next::Truncated(e) => {
+                                // Answer the requests before it, then end
+                                // with the error (LC-5).
+                                tracing::debug!(error = %e, "server loop: input ended inside a request");
+                                reading = false;
+                                if outcome.is_ok() {
+                                    outcome = Err(e);
+                                }
+                            }
+                            Next::Rejected { error, skipped } => {
+                                let verdict = match on_bad_request.as_mut() {
+                                    Some(hook) => hook(&error),
+                                    None => BadRequest::Close,
+                                };
+                                tracing::debug!(error = %error, skipped, "server loop: bad request");
+                                let reply = match verdict {
+                                    // Nothing skipped: the same bytes would
+                                    // be rejected again.
+                                    BadRequest::Reply(resp) if !skipped => {
+                                        reading = false;
+                                        if outcome.is_ok() {
+                                            outcome = Err(error);
+                                        }
+                                        Some(resp)
+                                    }
+                                    BadRequest::Reply(resp) => Some(resp),
+                                    BadRequest::ReplyAndClose(resp) => {
+                                        reading = false;
+                                        Some(resp)
+                                    }
+                                    BadRequest::Close => {
+                                        reading = false;
+                                        if outcome.is_ok() {
+                                            outcome = Err(error);
+                                        }
+                                        None
+                                    }
+                                };
+                                if let Some(resp) = reply {
+                                    // In request order: after the requests
+                                    // before it, which are handed to the
+                                    // service first (rare: requests of the
+                                    // same batch still waiting for it).
+                                    while let Some(req) = waiting.pop_front() {
+                                        poll_fn(|cx| service.poll_ready(cx))
+                                            .await
+                                            .map_err(|e| Error::custom(ErrorKind::Io, true, e))?;
+                                        in_flight.push_back(futures::future::Either::Left(
+                                            service.call(req),
+                                        ));
+                                    }
+                                    in_flight.push_back(futures::future::Either::Right(
+                                        futures::future::ready(Ok(resp)),
+                                    ));
+                                }
+                            }
+                        }
+                    }
                 }
                 Event::Requests(Err(e)) => {
-                    let verdict = match on_bad_request.as_mut() {
-                        Some(hook) if !e.is_fatal() && !rejected_last => hook(&e),
-                        _ => BadRequest::Close,
-                    };
-                    rejected_last = true;
-                    tracing::debug!(error = %e, "server loop: bad request");
-                    let reply = match verdict {
-                        BadRequest::Reply(resp) => Some(resp),
-                        BadRequest::ReplyAndClose(resp) => {
-                            reading = false;
-                            Some(resp)
-                        }
-                        BadRequest::Close => {
-                            reading = false;
-                            outcome = Err(e);
-                            None
-                        }
-                    };
-                    if let Some(resp) = reply {
-                        // In request order: after the requests before it.
-                        let ready = futures::future::ready(Ok(resp));
-                        if waiting.is_empty() {
-                            in_flight.push_back(futures::future::Either::Right(ready));
-                        } else {
-                            // Rare: requests of the same batch wait for the
-                            // service. Answer them first, then this one.
-                            while let Some(req) = waiting.pop_front() {
-                                poll_fn(|cx| service.poll_ready(cx))
-                                    .await
-                                    .map_err(|e| Error::custom(ErrorKind::Io, true, e))?;
-                                in_flight
-                                    .push_back(futures::future::Either::Left(service.call(req)));
-                            }
-                            in_flight.push_back(futures::future::Either::Right(ready));
-                        }
+                    // A fatal error: the connection is closed.
+                    tracing::debug!(error = %e, "server loop: reading failed");
+                    reading = false;
+                    if outcome.is_ok() {
+                        outcome = Err(e);
                     }
                 }
                 Event::Shutdown => {

@@ -10,7 +10,9 @@
 //!
 //! * requests complete strictly in queue order; a completion's unshifted
 //!   follow-up runs next;
-//! * a cancelled (dropped) request consumed nothing;
+//! * a cancelled (dropped) request consumed nothing (the modelled decoders
+//!   consume only with a frame; one that consumes part of a frame first runs
+//!   on to its end when cancelled, which tests/adversary.rs pins);
 //! * a non-fatal error (`EBADMSG`, `ETIMEDOUT`) fails only the head request;
 //! * a fatal error (end of input inside a request = `EPIPE`, an I/O error, a
 //!   decoder's fatal error) fails every pending ticket with that error, and
