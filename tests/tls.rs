@@ -735,6 +735,31 @@ async fn stoptls_round_trip_then_plaintext_on_the_same_socket_between(
     within("server", server).await.unwrap();
 }
 
+/// We stop TLS; the peer drops its TLS state without answering (no
+/// close_notify, as AnyEvent::Handle's `on_stoptls` does) and goes on in
+/// plaintext. Our read side still waits for the peer's close_notify, so the
+/// plaintext is a broken record: EPROTO, fatal, never delivered as data.
+#[tokio::test]
+async fn plaintext_after_our_close_notify_without_the_peers_is_eproto() {
+    for &b in pki::BACKENDS {
+        plaintext_after_our_close_notify_without_the_peers_is_eproto_on(b).await;
+    }
+}
+
+async fn plaintext_after_our_close_notify_without_the_peers_is_eproto_on(b: TlsBackend) {
+    let (mut client, server) = tls_pair_on(b).await;
+    within("both", async {
+        client.stoptls().await.unwrap();
+        let mut raw = server.into_parts().io;
+        raw.write_all(b"plain from the peer\n").await.unwrap();
+        let e = client.read(LineCodec::new()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{b:?}: {e}");
+        assert!(e.is_fatal() && client.is_closed(), "{e}");
+        assert!(e.tls_error().is_some(), "{e:?}");
+    })
+    .await;
+}
+
 /// The peer's close_notify (sent by `shutdown_write` over TLS) is a clean
 /// end of input: `OrEof` gives `None`, a later read is plain `EPIPE` with
 /// no TLS error behind it.
