@@ -14,6 +14,12 @@
 //! limit) fails then, not after a body the peer may never send. Bytes read
 //! before `start_tls` (the replay) start the buffer.
 //!
+//! Once our close_notify is out, rustls must not be shown a header it
+//! would refuse: it would go to send a fatal alert after the close_notify,
+//! which its debug assertions forbid (a panic in debug builds; rustls
+//! issue 959). A peer that stopped TLS without answering and went on in
+//! plaintext does exactly that, so we judge those headers ourselves.
+//!
 //! The buffer holds at most one record plus one read's worth
 //! ([`READ_CHUNK`]), so memory per connection is bounded.
 
@@ -73,6 +79,29 @@ fn next_feed(buf: &[u8], owed: usize) -> Option<(usize, usize)> {
     };
     let n = left.min(buf.len());
     (n > 0).then_some((n, left))
+}
+
+/// Why rustls would refuse `header` (a record header, 5 bytes) as it reads
+/// it: an unknown content type, a version that is not 3.x, an empty
+/// record that may not be empty, a length past the limit. Only used after
+/// our close_notify (see the module docs); before it rustls judges headers
+/// itself. Stricter than rustls in one way: the SSL 2 and DTLS version
+/// numbers, which it lets through to fail later, are refused here.
+fn refused_header(header: &[u8]) -> Option<::rustls::InvalidMessage> {
+    use ::rustls::InvalidMessage;
+    let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    // change_cipher_spec, alert, handshake, application_data, heartbeat.
+    if !(20..=24).contains(&header[0]) {
+        Some(InvalidMessage::InvalidContentType)
+    } else if header[1] != 3 {
+        Some(InvalidMessage::UnknownProtocolVersion)
+    } else if body == 0 && header[0] != 23 {
+        Some(InvalidMessage::InvalidEmptyPayload)
+    } else if body >= MAX_BODY_LEN {
+        Some(InvalidMessage::MessageTooLarge)
+    } else {
+        None
+    }
 }
 
 /// The IO as the `io::Write` that [`Connection::write_tls`] wants, for the
@@ -164,6 +193,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let Some((n, left)) = next_feed(&self.inbuf, self.owed) else {
             return Ok(false);
         };
+        if self.close_notify_sent
+            && self.owed == 0
+            && let Some(why) = refused_header(&self.inbuf[..HEADER_LEN])
+        {
+            return Err(why.into());
+        }
         let mut record = &self.inbuf[..n];
         while !record.is_empty() {
             match self.tls.read_tls(&mut record) {
@@ -393,7 +428,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
 #[cfg(test)]
 mod tests {
-    use super::{HEADER_LEN, next_feed};
+    use super::{HEADER_LEN, next_feed, refused_header};
+    use ::rustls::InvalidMessage;
 
     #[test]
     fn next_feed_never_goes_past_the_end_of_a_record() {
@@ -404,6 +440,28 @@ mod tests {
         // The rest of a record whose start rustls has.
         assert_eq!(next_feed(&record[7..], 2), Some((2, 2)));
         assert_eq!(next_feed(&[], 2), None);
+    }
+
+    #[test]
+    fn refused_header_knows_what_rustls_refuses() {
+        assert_eq!(refused_header(&[23, 3, 3, 0, 0]), None, "empty application data");
+        assert_eq!(refused_header(&[21, 3, 3, 0, 2]), None, "an alert");
+        assert_eq!(
+            refused_header(b"plain"),
+            Some(InvalidMessage::InvalidContentType)
+        );
+        assert_eq!(
+            refused_header(&[22, 0x99, 0x99, 0, 4]),
+            Some(InvalidMessage::UnknownProtocolVersion)
+        );
+        assert_eq!(
+            refused_header(&[21, 3, 3, 0, 0]),
+            Some(InvalidMessage::InvalidEmptyPayload)
+        );
+        assert_eq!(
+            refused_header(&[23, 3, 3, 0x48, 0x00]),
+            Some(InvalidMessage::MessageTooLarge)
+        );
     }
 
     #[test]
