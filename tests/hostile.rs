@@ -812,9 +812,12 @@ async fn tls_garbage_after_starttls_is_a_fatal_eproto_on(b: anyframe::tls::TlsBa
             let mut sink = Vec::new();
             let _ = peer.read_to_end(&mut sink).await;
         });
-        let err = within("handshake", conn.starttls(pki::server_on(b, &pki::pki().server)))
-            .await
-            .unwrap_err();
+        let err = within(
+            "handshake",
+            conn.starttls(pki::server_on(b, &pki::pki().server)),
+        )
+        .await
+        .unwrap_err();
         let destroyed = conn.is_closed();
         // Nothing more is read or written in plaintext.
         let again = conn.read(LineCodec::new()).await.unwrap_err();
@@ -938,7 +941,11 @@ async fn a_record_header_with_a_foreign_version_fails_the_handshake_at_once_on(
             Ok(res) => res.unwrap_err(),
             Err(_) => panic!("{b:?} server={server}: still waiting after {AT_ONCE:?}"),
         };
-        assert_eq!(err.kind(), ErrorKind::Protocol, "{b:?} server={server}: {err:?}");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Protocol,
+            "{b:?} server={server}: {err:?}"
+        );
         assert!(err.is_fatal() && conn.is_closed(), "{err:?}");
         assert!(err.tls_error().is_some_and(|t| t.is_handshake()), "{err:?}");
         drop(conn);

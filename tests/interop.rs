@@ -1638,7 +1638,10 @@ async fn starttls_after_a_go_ahead_on(role: Role, b: TlsBackend) {
             peer.command(json!(["starttls", "connect"]));
             assert_eq!(peer.expect("starttls").await["ok"], 1);
         };
-        let (ours, ()) = tokio::join!(within("handshake", conn.starttls(our_tls(role, b))), perl_side);
+        let (ours, ()) = tokio::join!(
+            within("handshake", conn.starttls(our_tls(role, b))),
+            perl_side
+        );
         ours.unwrap();
     }
     exchange(&mut peer, &mut conn, &mut Rng::new(11)).await;
@@ -1664,7 +1667,10 @@ async fn starttls_pipelined_on(role: Role, b: TlsBackend) {
             peer.command(json!(["starttls", "accept"]));
             assert_eq!(peer.expect("starttls").await["ok"], 1);
         };
-        let (ours, ()) = tokio::join!(within("handshake", conn.starttls(our_tls(role, b))), perl_side);
+        let (ours, ()) = tokio::join!(
+            within("handshake", conn.starttls(our_tls(role, b))),
+            perl_side
+        );
         ours.unwrap();
     } else {
         // AE (with autocork) sends the line and its ClientHello in one
@@ -1751,8 +1757,8 @@ async fn tls_autostart_on_our_server_on(b: TlsBackend) {
             "detect",
             conn.tls_autostart(pki::server_on(b, &pki::pki().server)),
         )
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(verdict.is_tls(), tls);
         assert_eq!(conn.is_tls(), tls);
         if tls {

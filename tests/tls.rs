@@ -386,10 +386,7 @@ async fn plaintext_injected_behind_starttls_is_never_delivered_on(b: TlsBackend)
             b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        let e = conn
-            .starttls(server_on(b))
-            .await
-            .unwrap_err();
+        let e = conn.starttls(server_on(b)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         assert!(e.is_fatal() && conn.is_closed(), "{e}");
         assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
@@ -845,12 +842,18 @@ async fn mixed_backends_handshake_and_talk_both_ways() {
     for (cb, sb) in MIXED {
         let (mut client, mut server) = mixed_pair(cb, sb).await;
         within("both", async {
-            client.write(LineCodec::new(), "from the client").await.unwrap();
+            client
+                .write(LineCodec::new(), "from the client")
+                .await
+                .unwrap();
             assert_eq!(
                 server.read(LineCodec::new()).await.unwrap().line(),
                 b"from the client"
             );
-            server.write(LineCodec::new(), "from the server").await.unwrap();
+            server
+                .write(LineCodec::new(), "from the server")
+                .await
+                .unwrap();
             assert_eq!(
                 client.read(LineCodec::new()).await.unwrap().line(),
                 b"from the server"
@@ -858,7 +861,11 @@ async fn mixed_backends_handshake_and_talk_both_ways() {
         })
         .await;
         let cert = client.peer_certificate().expect("the server's certificate");
-        assert_eq!(&cert[..], &pki::pki().server.cert_der[..], "{cb:?} -> {sb:?}");
+        assert_eq!(
+            &cert[..],
+            &pki::pki().server.cert_der[..],
+            "{cb:?} -> {sb:?}"
+        );
     }
 }
 

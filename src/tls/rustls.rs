@@ -444,7 +444,11 @@ mod tests {
 
     #[test]
     fn refused_header_knows_what_rustls_refuses() {
-        assert_eq!(refused_header(&[23, 3, 3, 0, 0]), None, "empty application data");
+        assert_eq!(
+            refused_header(&[23, 3, 3, 0, 0]),
+            None,
+            "empty application data"
+        );
         assert_eq!(refused_header(&[21, 3, 3, 0, 2]), None, "an alert");
         assert_eq!(
             refused_header(b"plain"),
