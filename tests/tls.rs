@@ -861,11 +861,7 @@ async fn mixed_backends_handshake_and_talk_both_ways() {
         })
         .await;
         let cert = client.peer_certificate().expect("the server's certificate");
-        assert_eq!(
-            &cert[..],
-            &pki::pki().server.cert_der[..],
-            "{cb:?} -> {sb:?}"
-        );
+        assert_eq!(cert, &pki::pki().server.cert_der[..], "{cb:?} -> {sb:?}");
     }
 }
 

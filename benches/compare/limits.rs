@@ -471,6 +471,10 @@ fn rustls_configs(
     (Arc::new(client), Arc::new(server))
 }
 
+/// One side of `tls-handshake-loopback`: makes the future that runs its
+/// `HANDSHAKES` sessions.
+type HandshakeSide<'a> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>> + 'a>;
+
 /// `tls-handshake-loopback`: STARTTLS handshakes per second, ours against
 /// the same library's bare async stream, for each backend compiled in. All
 /// sides run interleaved, round by round; each ratio is the median of the
@@ -502,7 +506,7 @@ fn tls_handshakes(h: &Harness) {
         native_tls::TlsAcceptor::new(identity).expect("acceptor"),
     );
     #[cfg_attr(not(feature = "rustls"), allow(unused_mut))]
-    let mut sides: Vec<Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>> = vec![
+    let mut sides: Vec<HandshakeSide<'_>> = vec![
         Box::new(|| {
             Box::pin(ours_handshakes(
                 native_client.clone(),
