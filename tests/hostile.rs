@@ -14,6 +14,7 @@
 
 mod support;
 
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -783,10 +784,17 @@ async fn a_regex_that_never_accepts_is_enospc_at_max_length() {
 
 // ----- TLS ------------------------------------------------------------------------
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn tls_garbage_after_starttls_is_a_fatal_eproto() {
     let _g = serial();
+    for &b in pki::BACKENDS {
+        tls_garbage_after_starttls_is_a_fatal_eproto_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn tls_garbage_after_starttls_is_a_fatal_eproto_on(b: anyframe::tls::TlsBackend) {
     let (ours, mut peer) = duplex();
     let res = beside_healthy(async move {
         let mut conn = QueuedFramed::new(ours);
@@ -804,9 +812,12 @@ async fn tls_garbage_after_starttls_is_a_fatal_eproto() {
             let mut sink = Vec::new();
             let _ = peer.read_to_end(&mut sink).await;
         });
-        let err = within("handshake", conn.starttls(pki::server()))
-            .await
-            .unwrap_err();
+        let err = within(
+            "handshake",
+            conn.starttls(pki::server_on(b, &pki::pki().server)),
+        )
+        .await
+        .unwrap_err();
         let destroyed = conn.is_closed();
         // Nothing more is read or written in plaintext.
         let again = conn.read(LineCodec::new()).await.unwrap_err();
@@ -821,13 +832,22 @@ async fn tls_garbage_after_starttls_is_a_fatal_eproto() {
     assert_eq!(again.kind(), ErrorKind::Protocol);
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn a_tls_server_spoken_to_in_plaintext_fails_with_eproto() {
     let _g = serial();
+    for &b in pki::BACKENDS {
+        a_tls_server_spoken_to_in_plaintext_fails_with_eproto_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn a_tls_server_spoken_to_in_plaintext_fails_with_eproto_on(b: anyframe::tls::TlsBackend) {
     let (ours, mut peer) = duplex();
     let res = beside_healthy(async move {
-        let mut conn = QueuedFramed::builder().tls(pki::server()).build(ours);
+        let mut conn = QueuedFramed::builder()
+            .tls(pki::server_on(b, &pki::pki().server))
+            .build(ours);
         let plain = tokio::spawn(async move {
             let _ = peer.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
             let mut back = Vec::new();
@@ -849,10 +869,17 @@ async fn a_tls_server_spoken_to_in_plaintext_fails_with_eproto() {
     assert!(!back.windows(4).any(|w| w == b"HTTP"), "{back:?}");
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn a_tls_client_answered_in_plaintext_fails_with_eproto() {
     let _g = serial();
+    for &b in pki::BACKENDS {
+        a_tls_client_answered_in_plaintext_fails_with_eproto_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn a_tls_client_answered_in_plaintext_fails_with_eproto_on(b: anyframe::tls::TlsBackend) {
     let (ours, mut peer) = duplex();
     let plain = tokio::spawn(async move {
         let mut hello = [0u8; 5];
@@ -861,7 +888,7 @@ async fn a_tls_client_answered_in_plaintext_fails_with_eproto() {
         let mut sink = Vec::new();
         let _ = peer.read_to_end(&mut sink).await;
     });
-    let mut conn = QueuedFramed::builder().tls(pki::client()).build(ours);
+    let mut conn = QueuedFramed::builder().tls(pki::client_on(b)).build(ours);
     let err = within("handshake", conn.read(LineCodec::new()))
         .await
         .unwrap_err();
@@ -869,6 +896,61 @@ async fn a_tls_client_answered_in_plaintext_fails_with_eproto() {
     assert!(err.is_fatal());
     drop(conn);
     plain.await.unwrap();
+}
+
+/// A record header whose version is not 3.x (here a handshake record
+/// declaring 4,096 bytes, in version 0x9999) cannot start a TLS stream: both
+/// ends refuse it when the header arrives, fatal EPROTO, without waiting
+/// for a body the peer may never send. The peer keeps the connection open,
+/// so only the header can end the handshake.
+#[cfg(any(feature = "tls", feature = "rustls"))]
+#[tokio::test]
+async fn a_record_header_with_a_foreign_version_fails_the_handshake_at_once() {
+    let _g = serial();
+    for &b in pki::BACKENDS {
+        a_record_header_with_a_foreign_version_fails_the_handshake_at_once_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn a_record_header_with_a_foreign_version_fails_the_handshake_at_once_on(
+    b: anyframe::tls::TlsBackend,
+) {
+    const HEADER: &[u8] = &[0x16, 0x99, 0x99, 0x10, 0x00];
+    /// Far less than any wait for a body, far more than a handshake takes.
+    const AT_ONCE: Duration = Duration::from_secs(5);
+    for server in [true, false] {
+        let (ours, mut peer) = duplex();
+        let hostile = tokio::spawn(async move {
+            if !server {
+                // Our ClientHello's record header first.
+                let mut hello = [0u8; 5];
+                let _ = peer.read_exact(&mut hello).await;
+            }
+            let _ = peer.write_all(HEADER).await;
+            let mut sink = Vec::new();
+            let _ = peer.read_to_end(&mut sink).await;
+        });
+        let mut conn = QueuedFramed::new(ours);
+        let mode: anyframe::tls::TlsMode = if server {
+            pki::server_on(b, &pki::pki().server).into()
+        } else {
+            pki::client_on(b)
+        };
+        let err = match tokio::time::timeout(AT_ONCE, conn.starttls(mode)).await {
+            Ok(res) => res.unwrap_err(),
+            Err(_) => panic!("{b:?} server={server}: still waiting after {AT_ONCE:?}"),
+        };
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Protocol,
+            "{b:?} server={server}: {err:?}"
+        );
+        assert!(err.is_fatal() && conn.is_closed(), "{err:?}");
+        assert!(err.tls_error().is_some_and(|t| t.is_handshake()), "{err:?}");
+        drop(conn);
+        hostile.await.unwrap();
+    }
 }
 
 // ----- end of input in every state ---------------------------------------------------
@@ -1015,17 +1097,24 @@ async fn eof_with_queued_requests_fails_every_one_of_them_and_keeps_the_writes()
     assert_eq!(out, b"queued output");
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn eof_during_a_tls_handshake_is_a_fatal_error() {
     let _g = serial();
+    for &b in pki::BACKENDS {
+        eof_during_a_tls_handshake_is_a_fatal_error_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn eof_during_a_tls_handshake_is_a_fatal_error_on(b: anyframe::tls::TlsBackend) {
     let (ours, mut peer) = duplex();
     let closer = tokio::spawn(async move {
         let mut hello = [0u8; 5];
         let _ = peer.read_exact(&mut hello).await;
         drop(peer);
     });
-    let mut conn = QueuedFramed::builder().tls(pki::client()).build(ours);
+    let mut conn = QueuedFramed::builder().tls(pki::client_on(b)).build(ours);
     let err = within("handshake", conn.read(LineCodec::new()))
         .await
         .unwrap_err();

@@ -21,7 +21,7 @@
 
 mod support;
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -36,6 +36,8 @@ use anyframe::codecs::{
     CborCodec, ChunkCodec, JsonCodec, LineCodec, NetstringCodec, PackFormat, PackstringCodec,
     RawCborCodec, RegexCodec,
 };
+#[cfg(any(feature = "tls", feature = "rustls"))]
+use anyframe::tls::TlsBackend;
 use anyframe::{ErrorKind, QueuedFramed};
 use bytes::{Bytes, BytesMut};
 use regex::bytes::Regex;
@@ -180,7 +182,7 @@ impl Peer {
     }
 
     /// Waits until every output command sent so far has run.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     async fn sync(&mut self) {
         self.command(json!(["sync"]));
         self.expect("sync").await;
@@ -188,7 +190,7 @@ impl Peer {
 
     /// The next `evs.len()` events, which must be these kinds in any order
     /// (AE may run a read callback before `on_starttls`, TLS-3), by kind.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     async fn expect_any_order(&mut self, evs: &[&str]) -> Vec<Value> {
         let mut got: Vec<Value> = Vec::new();
         for _ in evs {
@@ -1479,7 +1481,7 @@ async fn packstring_payload_too_long_for_its_prefix() {
 
 /// AnyEvent::Handle options for a Perl TLS server (`server`) or a client
 /// that verifies our certificate against the test CA, plus `extra`.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 fn perl_tls(server: bool, extra: Value) -> Value {
     let file = |name: &str| pki::pki().dir.join(name).to_str().unwrap().to_owned();
     let mut options = if server {
@@ -1497,18 +1499,19 @@ fn perl_tls(server: bool, extra: Value) -> Value {
     options
 }
 
-/// Our TLS settings for `role`: client when Perl listens, else server.
-#[cfg(feature = "tls")]
-fn our_tls(role: Role) -> anyframe::tls::TlsMode {
+/// Our TLS settings for `role` with backend `b`: client when Perl
+/// listens, else server.
+#[cfg(any(feature = "tls", feature = "rustls"))]
+fn our_tls(role: Role, b: TlsBackend) -> anyframe::tls::TlsMode {
     match role {
-        Role::PerlListens => pki::client(),
-        Role::PerlConnects => pki::server().into(),
+        Role::PerlListens => pki::client_on(b),
+        Role::PerlConnects => pki::server_on(b, &pki::pki().server).into(),
     }
 }
 
 /// Lines both ways, a 3 MB packstring through AE and back, and a JSON text
 /// from Perl: over whatever the connection is now (TLS here).
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 async fn exchange(peer: &mut Peer, conn: &mut Conn, rng: &mut Rng) {
     peer.echo("line", &[]);
     send(conn, LineCodec::new(), "over tls \u{263a}").await;
@@ -1538,7 +1541,7 @@ async fn exchange(peer: &mut Peer, conn: &mut Conn, rng: &mut Rng) {
 
 /// TLS-1 with AE's `tls => "connect"` constructor option: a Perl client
 /// that verifies our certificate, against our accept.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn tls_perl_connect_against_our_accept() {
     if !have_perl() {
@@ -1549,8 +1552,8 @@ async fn tls_perl_connect_against_our_accept() {
     }
 }
 
-#[cfg(feature = "tls")]
-async fn tls_perl_connect_against_our_accept_on(b: anyframe::tls::TlsBackend) {
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn tls_perl_connect_against_our_accept_on(b: TlsBackend) {
     let options = perl_tls(false, json!({"tls": "connect"}));
     let (mut peer, mut conn) = connect(Role::PerlConnects, options).await;
     within(
@@ -1566,7 +1569,7 @@ async fn tls_perl_connect_against_our_accept_on(b: anyframe::tls::TlsBackend) {
 
 /// Our client (verifying AE's certificate and host name) against AE's
 /// `tls => "accept"`.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn tls_our_connect_against_perl_accept() {
     if !have_perl() {
@@ -1577,8 +1580,8 @@ async fn tls_our_connect_against_perl_accept() {
     }
 }
 
-#[cfg(feature = "tls")]
-async fn tls_our_connect_against_perl_accept_on(b: anyframe::tls::TlsBackend) {
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn tls_our_connect_against_perl_accept_on(b: TlsBackend) {
     let options = perl_tls(true, json!({"tls": "accept"}));
     let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
     within("handshake", conn.starttls(pki::client_on(b)))
@@ -1591,17 +1594,24 @@ async fn tls_our_connect_against_perl_accept_on(b: anyframe::tls::TlsBackend) {
 both_roles! {
     /// STARTTLS mid-stream, SMTP-shaped: the client waits for the server's
     /// go-ahead before its ClientHello.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     starttls_after_a_go_ahead;
     /// STARTTLS mid-stream, pipelined: the client's ClientHello follows its
     /// STARTTLS line at once, so the server has it in its read buffer when
     /// it switches (TLS-2: it must become ciphertext, not data).
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "rustls"))]
     starttls_pipelined;
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 async fn starttls_after_a_go_ahead(role: Role) {
+    for &b in pki::BACKENDS {
+        starttls_after_a_go_ahead_on(role, b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn starttls_after_a_go_ahead_on(role: Role, b: TlsBackend) {
     let server = role == Role::PerlListens;
     let (mut peer, mut conn) = connect(role, perl_tls(server, json!({}))).await;
     if server {
@@ -1613,7 +1623,7 @@ async fn starttls_after_a_go_ahead(role: Role) {
         peer.command(json!(["starttls", "accept"]));
         let go = within("go", conn.read(LineCodec::new())).await.unwrap();
         assert_eq!(go.line(), b"220 go");
-        within("handshake", conn.starttls(our_tls(role)))
+        within("handshake", conn.starttls(our_tls(role, b)))
             .await
             .unwrap();
         assert_eq!(peer.expect("starttls").await["ok"], 1);
@@ -1628,14 +1638,24 @@ async fn starttls_after_a_go_ahead(role: Role) {
             peer.command(json!(["starttls", "connect"]));
             assert_eq!(peer.expect("starttls").await["ok"], 1);
         };
-        let (ours, ()) = tokio::join!(within("handshake", conn.starttls(our_tls(role))), perl_side);
+        let (ours, ()) = tokio::join!(
+            within("handshake", conn.starttls(our_tls(role, b))),
+            perl_side
+        );
         ours.unwrap();
     }
     exchange(&mut peer, &mut conn, &mut Rng::new(11)).await;
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 async fn starttls_pipelined(role: Role) {
+    for &b in pki::BACKENDS {
+        starttls_pipelined_on(role, b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn starttls_pipelined_on(role: Role, b: TlsBackend) {
     let server = role == Role::PerlListens;
     let options = perl_tls(server, json!({"autocork": 1}));
     let (mut peer, mut conn) = connect(role, options).await;
@@ -1647,7 +1667,10 @@ async fn starttls_pipelined(role: Role) {
             peer.command(json!(["starttls", "accept"]));
             assert_eq!(peer.expect("starttls").await["ok"], 1);
         };
-        let (ours, ()) = tokio::join!(within("handshake", conn.starttls(our_tls(role))), perl_side);
+        let (ours, ()) = tokio::join!(
+            within("handshake", conn.starttls(our_tls(role, b))),
+            perl_side
+        );
         ours.unwrap();
     } else {
         // AE (with autocork) sends the line and its ClientHello in one
@@ -1656,7 +1679,7 @@ async fn starttls_pipelined(role: Role) {
         let line = within("line", conn.read(LineCodec::new())).await.unwrap();
         assert_eq!(line.line(), b"STARTTLS");
         assert!(!conn.read_buffer().is_empty(), "the ClientHello came along");
-        within("handshake", conn.starttls(our_tls(role)))
+        within("handshake", conn.starttls(our_tls(role, b)))
             .await
             .unwrap();
         assert_eq!(peer.expect("starttls").await["ok"], 1);
@@ -1666,19 +1689,26 @@ async fn starttls_pipelined(role: Role) {
 
 /// RT-tlsauto on AE's side: one Perl server, `tls_detect` then
 /// `tls_autostart`, takes our TLS client and our plaintext client.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn tls_autostart_on_perl_server() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        tls_autostart_on_perl_server_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn tls_autostart_on_perl_server_on(b: TlsBackend) {
     for tls in [true, false] {
         let (mut peer, mut conn) = connect(Role::PerlListens, perl_tls(true, json!({}))).await;
         peer.read("tls_detect", &[]);
         peer.command(json!(["read", "tls_autostart", "accept"]));
         peer.read("line", &[]);
         if tls {
-            within("handshake", conn.starttls(pki::client()))
+            within("handshake", conn.starttls(pki::client_on(b)))
                 .await
                 .unwrap();
         }
@@ -1702,12 +1732,19 @@ async fn tls_autostart_on_perl_server() {
 
 /// RT-tlsauto on our side: our server's `tls_autostart` takes AE's TLS
 /// client (`tls => "connect"`) and AE's plaintext client.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn tls_autostart_on_our_server() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        tls_autostart_on_our_server_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn tls_autostart_on_our_server_on(b: TlsBackend) {
     for tls in [true, false] {
         let extra = if tls {
             json!({"tls": "connect"})
@@ -1716,9 +1753,12 @@ async fn tls_autostart_on_our_server() {
         };
         let (mut peer, mut conn) = connect(Role::PerlConnects, perl_tls(false, extra)).await;
         peer.write("raw", &["qq{hello\\n}"]);
-        let verdict = within("detect", conn.tls_autostart(pki::server()))
-            .await
-            .unwrap();
+        let verdict = within(
+            "detect",
+            conn.tls_autostart(pki::server_on(b, &pki::pki().server)),
+        )
+        .await
+        .unwrap();
         assert_eq!(verdict.is_tls(), tls);
         assert_eq!(conn.is_tls(), tls);
         if tls {
@@ -1734,15 +1774,22 @@ async fn tls_autostart_on_our_server() {
 /// `stoptls` sends close_notify and stays in TLS until ours arrives; ours
 /// answers, and reads TLS until AE's close_notify. Then both go on in
 /// plaintext. (AE has to go first: see `stoptls_by_us_first`.)
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn stoptls_agreed_by_both_ends() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        stoptls_agreed_by_both_ends_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn stoptls_agreed_by_both_ends_on(b: TlsBackend) {
     let options = perl_tls(true, json!({"tls": "accept"}));
     let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
-    within("handshake", conn.starttls(pki::client()))
+    within("handshake", conn.starttls(pki::client_on(b)))
         .await
         .unwrap();
     assert_eq!(peer.expect("starttls").await["ok"], 1);
@@ -1768,15 +1815,22 @@ async fn stoptls_agreed_by_both_ends() {
 /// plaintext: our plaintext reaches it, but our read side keeps waiting for
 /// AE's close_notify, so AE's plaintext is a broken TLS record to us: EPROTO,
 /// fatal. Both ends must agree, with AE going first.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn stoptls_by_us_first() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        stoptls_by_us_first_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn stoptls_by_us_first_on(b: TlsBackend) {
     let options = perl_tls(true, json!({"tls": "accept"}));
     let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
-    within("handshake", conn.starttls(pki::client()))
+    within("handshake", conn.starttls(pki::client_on(b)))
         .await
         .unwrap();
     assert_eq!(peer.expect("starttls").await["ok"], 1);
@@ -1798,15 +1852,22 @@ async fn stoptls_by_us_first() {
 /// stream to us, so a line read then fails with EPIPE (fatal, RQ-6). AE
 /// stays in TLS mode, and its next write fails there with EPROTO
 /// ("protocol is shutdown").
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn stoptls_by_ae_alone() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        stoptls_by_ae_alone_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn stoptls_by_ae_alone_on(b: TlsBackend) {
     let options = perl_tls(true, json!({"tls": "accept"}));
     let (mut peer, mut conn) = connect(Role::PerlListens, options).await;
-    within("handshake", conn.starttls(pki::client()))
+    within("handshake", conn.starttls(pki::client_on(b)))
         .await
         .unwrap();
     assert_eq!(peer.expect("starttls").await["ok"], 1);
@@ -1838,15 +1899,22 @@ async fn stoptls_by_ae_alone() {
 /// alert and leaves its handle open in plaintext: our handshake is left
 /// waiting, and the plaintext AE writes next is a broken record to it:
 /// EPROTO, fatal; we never go on unencrypted.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "rustls"))]
 #[tokio::test]
 async fn tls_handshake_refused_by_perl_verification() {
     if !have_perl() {
         return;
     }
+    for &b in pki::BACKENDS {
+        tls_handshake_refused_by_perl_verification_on(b).await;
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+async fn tls_handshake_refused_by_perl_verification_on(b: TlsBackend) {
     let options = perl_tls(false, json!({"tls": "connect"}));
     let (mut peer, mut conn) = connect(Role::PerlConnects, options).await;
-    let server = pki::server_with(&pki::pki().unknown_ca);
+    let server = pki::server_on(b, &pki::pki().unknown_ca);
     let perl_side = async {
         let started = peer.expect("starttls").await;
         assert_eq!(started["ok"], 0);

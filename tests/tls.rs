@@ -4,7 +4,7 @@
 //! Everything runs on 127.0.0.1 (or an in-memory pipe where TCP does not
 //! matter), and every wait is bounded by [`within`] so a broken handshake
 //! fails the test instead of hanging it.
-#![cfg(feature = "tls")]
+#![cfg(any(feature = "tls", feature = "rustls"))]
 
 mod support;
 
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyframe::codecs::{ChunkCodec, LineCodec, TlsDetectCodec};
 use anyframe::tls::{TlsBackend, TlsServer};
-use anyframe::{Error, ErrorKind, OrEof, QueuedFramed};
+use anyframe::{Error, ErrorKind, OrEof, QueuedFramed, Timeout};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -52,20 +52,24 @@ async fn listener() -> (TcpListener, SocketAddr) {
 }
 
 /// A TLS client and a TLS server (`Builder::tls`) over loopback TCP, with
-/// the handshake done.
-async fn tls_pair() -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
-    tls_pair_on(pki::BACKENDS[0]).await
+/// backend `b` on both ends and the handshake done.
+async fn tls_pair_on(b: TlsBackend) -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
+    mixed_pair(b, b).await
 }
 
-/// [`tls_pair`] with backend `b` on both ends.
-async fn tls_pair_on(b: TlsBackend) -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
+/// As [`tls_pair_on`], with backend `cb` on the client and `sb` on the
+/// server.
+async fn mixed_pair(
+    cb: TlsBackend,
+    sb: TlsBackend,
+) -> (QueuedFramed<TcpStream>, QueuedFramed<TcpStream>) {
     let (c, s) = tcp_pair().await;
     let mut client = QueuedFramed::builder()
-        .tls(pki::client_on(b))
+        .tls(pki::client_on(cb))
         .build_tcp(c)
         .unwrap();
     let mut server = QueuedFramed::builder()
-        .tls(pki::server_on(b, &pki::pki().server))
+        .tls(server_on(sb))
         .build_tcp(s)
         .unwrap();
     // A flush drives the handshake (it runs before any write).
@@ -79,6 +83,12 @@ async fn tls_pair_on(b: TlsBackend) -> (QueuedFramed<TcpStream>, QueuedFramed<Tc
     (client, server)
 }
 
+/// A server of backend `b` presenting the test PKI's `localhost`
+/// certificate.
+fn server_on(b: TlsBackend) -> TlsServer {
+    pki::server_on(b, &pki::pki().server)
+}
+
 // ----- TLS from the start ----------------------------------------------------
 
 /// `Builder::tls` on both ends: the inline client (`connect`) and a spawned
@@ -86,6 +96,12 @@ async fn tls_pair_on(b: TlsBackend) -> (QueuedFramed<TcpStream>, QueuedFramed<Tc
 /// and the handshake exist) talk to servers built with `build_tcp`.
 #[tokio::test]
 async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
+    for &b in pki::BACKENDS {
+        tls_from_the_start_with_builder_tls_connect_and_accept_on(b).await;
+    }
+}
+
+async fn tls_from_the_start_with_builder_tls_connect_and_accept_on(b: TlsBackend) {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let mut sessions = Vec::new();
@@ -93,7 +109,7 @@ async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
             let (sock, _) = l.accept().await.unwrap();
             sessions.push(tokio::spawn(async move {
                 let mut conn = QueuedFramed::builder()
-                    .tls(pki::server())
+                    .tls(server_on(b))
                     .build_tcp(sock)
                     .unwrap();
                 let got = conn.read(LineCodec::new()).await.unwrap();
@@ -117,7 +133,7 @@ async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
 
     within("inline client", async {
         let mut conn = QueuedFramed::builder()
-            .tls(pki::client())
+            .tls(pki::client_on(b))
             .connect(addr)
             .await
             .unwrap();
@@ -133,7 +149,7 @@ async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
 
     within("spawned client", async {
         let (h, driver) = QueuedFramed::builder()
-            .tls(pki::client())
+            .tls(pki::client_on(b))
             .spawn_connect(addr);
         // Queued before the socket or the TLS session exist.
         h.push_write(LineCodec::new(), "spawned").unwrap();
@@ -154,15 +170,21 @@ async fn tls_from_the_start_with_builder_tls_connect_and_accept() {
 /// The existing sequential SMTP shape over an in-memory pipe.
 #[tokio::test]
 async fn starttls_after_a_plaintext_exchange_then_lines_over_tls() {
-    let (a, b) = tokio::io::duplex(16 * 1024);
+    for &b in pki::BACKENDS {
+        starttls_after_a_plaintext_exchange_then_lines_over_tls_on(b).await;
+    }
+}
+
+async fn starttls_after_a_plaintext_exchange_then_lines_over_tls_on(b: TlsBackend) {
+    let (a, s) = tokio::io::duplex(16 * 1024);
     let server = tokio::spawn(async move {
-        let mut conn = QueuedFramed::new(b);
+        let mut conn = QueuedFramed::new(s);
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
             b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        conn.starttls(pki::server()).await.unwrap();
+        conn.starttls(server_on(b)).await.unwrap();
         assert!(conn.is_tls());
         let secret = conn.read(LineCodec::new()).await.unwrap();
         conn.write(LineCodec::new(), [&b"got "[..], secret.line()].concat())
@@ -176,7 +198,7 @@ async fn starttls_after_a_plaintext_exchange_then_lines_over_tls() {
             conn.read(LineCodec::new()).await.unwrap().line(),
             b"220 ready"
         );
-        conn.starttls(pki::client()).await.unwrap();
+        conn.starttls(pki::client_on(b)).await.unwrap();
         conn.write(LineCodec::new(), "secret").await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
@@ -298,11 +320,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Pipelined<IO> {
 #[tokio::test]
 async fn starttls_with_the_client_hello_in_the_same_write_uses_the_buffered_hello() {
     for &b in pki::BACKENDS {
-        starttls_with_buffered_hello(b).await;
+        starttls_with_buffered_hello(b, b).await;
     }
 }
 
-async fn starttls_with_buffered_hello(b: TlsBackend) {
+/// Client of backend `cb`, server of backend `sb`.
+async fn starttls_with_buffered_hello(cb: TlsBackend, sb: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
@@ -316,9 +339,7 @@ async fn starttls_with_buffered_hello(b: TlsBackend) {
             &buffered[..buffered.len().min(8)]
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        conn.starttls(pki::server_on(b, &pki::pki().server))
-            .await
-            .unwrap();
+        conn.starttls(server_on(sb)).await.unwrap();
         assert!(conn.is_tls());
         assert!(conn.read_buffer().is_empty(), "the hello was handed on");
         // The only line after the command is the one sent over TLS.
@@ -330,7 +351,7 @@ async fn starttls_with_buffered_hello(b: TlsBackend) {
     let answer = Arc::new(Mutex::new(Vec::new()));
     within("client", async {
         let mut conn = QueuedFramed::new(Pipelined::new(c, b"STARTTLS\r\n", answer.clone()));
-        conn.starttls(pki::client_on(b)).await.unwrap();
+        conn.starttls(pki::client_on(cb)).await.unwrap();
         conn.write(LineCodec::new(), "secret over tls")
             .await
             .unwrap();
@@ -365,10 +386,7 @@ async fn plaintext_injected_behind_starttls_is_never_delivered_on(b: TlsBackend)
             b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        let e = conn
-            .starttls(pki::server_on(b, &pki::pki().server))
-            .await
-            .unwrap_err();
+        let e = conn.starttls(server_on(b)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         assert!(e.is_fatal() && conn.is_closed(), "{e}");
         assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
@@ -384,7 +402,7 @@ async fn plaintext_injected_behind_starttls_is_never_delivered_on(b: TlsBackend)
 
 /// The client used by the SMTP-shape tests: greeting, STARTTLS, 220,
 /// handshake, one command over TLS.
-async fn smtp_shape_client(sock: TcpStream) {
+async fn smtp_shape_client(sock: TcpStream, b: TlsBackend) {
     let mut conn = QueuedFramed::new(sock);
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
@@ -395,7 +413,7 @@ async fn smtp_shape_client(sock: TcpStream) {
         conn.read(LineCodec::new()).await.unwrap().line(),
         b"220 ready"
     );
-    conn.starttls(pki::client()).await.unwrap();
+    conn.starttls(pki::client_on(b)).await.unwrap();
     conn.write(LineCodec::new(), "EHLO over tls").await.unwrap();
     assert_eq!(
         conn.read(LineCodec::new()).await.unwrap().line(),
@@ -408,12 +426,18 @@ async fn smtp_shape_client(sock: TcpStream) {
 /// behind it before any byte arrived reads decrypted data.
 #[tokio::test]
 async fn smtp_shape_starttls_from_inside_a_completion_on_a_handle() {
+    for &b in pki::BACKENDS {
+        smtp_shape_starttls_from_inside_a_completion_on_a_handle_on(b).await;
+    }
+}
+
+async fn smtp_shape_starttls_from_inside_a_completion_on_a_handle_on(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let (h, driver) = QueuedFramed::new(s).spawn();
         h.push_write(LineCodec::new(), "220 smtp.test ESMTP")
             .unwrap();
-        let tls = pki::server();
+        let tls = server_on(b);
         let upgrade = h.push_read_with(LineCodec::new(), move |cmd, q| {
             q.push_write(LineCodec::new(), "220 ready")?;
             Ok((cmd.into_line(), q.starttls(tls)))
@@ -430,7 +454,7 @@ async fn smtp_shape_starttls_from_inside_a_completion_on_a_handle() {
         drop(h);
         driver.await.unwrap();
     });
-    within("client", smtp_shape_client(c)).await;
+    within("client", smtp_shape_client(c, b)).await;
     within("server", server).await.unwrap();
 }
 
@@ -438,12 +462,18 @@ async fn smtp_shape_starttls_from_inside_a_completion_on_a_handle() {
 /// ticket with `wait` while nothing else is queued.
 #[tokio::test]
 async fn smtp_shape_starttls_from_inside_a_completion_inline() {
+    for &b in pki::BACKENDS {
+        smtp_shape_starttls_from_inside_a_completion_inline_on(b).await;
+    }
+}
+
+async fn smtp_shape_starttls_from_inside_a_completion_inline_on(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
         conn.push_write(LineCodec::new(), "220 smtp.test ESMTP")
             .unwrap();
-        let tls = pki::server();
+        let tls = server_on(b);
         let upgrade = conn.push_read_with(LineCodec::new(), move |cmd, q| {
             q.push_write(LineCodec::new(), "220 ready")?;
             Ok((cmd.into_line(), q.starttls(tls)))
@@ -460,7 +490,7 @@ async fn smtp_shape_starttls_from_inside_a_completion_inline() {
             .await
             .unwrap();
     });
-    within("client", smtp_shape_client(c)).await;
+    within("client", smtp_shape_client(c, b)).await;
     within("server", server).await.unwrap();
 }
 
@@ -469,6 +499,12 @@ async fn smtp_shape_starttls_from_inside_a_completion_inline() {
 /// it goes out encrypted.
 #[tokio::test]
 async fn queued_plaintext_is_flushed_before_the_client_hello() {
+    for &b in pki::BACKENDS {
+        queued_plaintext_is_flushed_before_the_client_hello_on(b).await;
+    }
+}
+
+async fn queued_plaintext_is_flushed_before_the_client_hello_on(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::new(s);
@@ -479,7 +515,7 @@ async fn queued_plaintext_is_flushed_before_the_client_hello() {
         // The next bytes on the wire are a TLS handshake record.
         let verdict = conn.read(TlsDetectCodec::new()).await.unwrap();
         assert!(verdict.is_tls(), "{verdict:?}");
-        conn.starttls(pki::server()).await.unwrap();
+        conn.starttls(server_on(b)).await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
             b"ENCRYPTED-AFTER"
@@ -492,7 +528,7 @@ async fn queued_plaintext_is_flushed_before_the_client_hello() {
             .unwrap()
             .spawn();
         h.push_write(LineCodec::new(), "PLAINTEXT-BEFORE").unwrap();
-        let handshake = h.starttls(pki::client());
+        let handshake = h.starttls(pki::client_on(b));
         h.push_write(LineCodec::new(), "ENCRYPTED-AFTER").unwrap();
         handshake.await.unwrap();
         h.flush().await.unwrap();
@@ -505,9 +541,15 @@ async fn queued_plaintext_is_flushed_before_the_client_hello() {
 
 #[tokio::test]
 async fn starttls_while_tls_is_active_is_einval_and_harmless() {
-    let (mut client, mut server) = tls_pair().await;
+    for &b in pki::BACKENDS {
+        starttls_while_tls_is_active_is_einval_and_harmless_on(b).await;
+    }
+}
+
+async fn starttls_while_tls_is_active_is_einval_and_harmless_on(b: TlsBackend) {
+    let (mut client, mut server) = tls_pair_on(b).await;
     within("both", async {
-        let e = client.starttls(pki::client()).await.unwrap_err();
+        let e = client.starttls(pki::client_on(b)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
         assert!(!e.is_fatal() && !client.is_closed() && client.is_tls());
         client.write(LineCodec::new(), "still fine").await.unwrap();
@@ -525,14 +567,14 @@ async fn starttls_while_tls_is_active_is_einval_and_harmless() {
 /// client starts with a handshake, then answer one line saying which it was.
 /// `spawned`: with `Handle::push_tls_autostart`, else with the inline
 /// `QueuedFramed::tls_autostart`.
-async fn autostart_server(l: TcpListener, n: usize, spawned: bool) {
+async fn autostart_server(l: TcpListener, n: usize, spawned: bool, b: TlsBackend) {
     let mut sessions = Vec::new();
     for _ in 0..n {
         let (sock, _) = l.accept().await.unwrap();
         sessions.push(tokio::spawn(async move {
             if spawned {
                 let (h, driver) = QueuedFramed::new(sock).spawn();
-                let verdict = h.push_tls_autostart(pki::server());
+                let verdict = h.push_tls_autostart(server_on(b));
                 let hello = h.push_read(LineCodec::new());
                 let tls = verdict.await.unwrap().is_tls();
                 let hello = hello.await.unwrap();
@@ -548,7 +590,7 @@ async fn autostart_server(l: TcpListener, n: usize, spawned: bool) {
                 driver.await.unwrap();
             } else {
                 let mut conn = QueuedFramed::new(sock);
-                let tls = conn.tls_autostart(pki::server()).await.unwrap().is_tls();
+                let tls = conn.tls_autostart(server_on(b)).await.unwrap().is_tls();
                 assert_eq!(tls, conn.is_tls());
                 let hello = conn.read(LineCodec::new()).await.unwrap();
                 let kind = if tls { "tls" } else { "plain" };
@@ -566,10 +608,10 @@ async fn autostart_server(l: TcpListener, n: usize, spawned: bool) {
     }
 }
 
-async fn autostart_clients(addr: SocketAddr) {
+async fn autostart_clients(addr: SocketAddr, b: TlsBackend) {
     let tls_client = async {
         let mut conn = QueuedFramed::builder()
-            .tls(pki::client())
+            .tls(pki::client_on(b))
             .connect(addr)
             .await
             .unwrap();
@@ -592,18 +634,22 @@ async fn autostart_clients(addr: SocketAddr) {
 
 #[tokio::test]
 async fn autostart_serves_tls_and_plaintext_clients_on_one_listener_with_a_handle() {
-    let (l, addr) = listener().await;
-    let server = tokio::spawn(autostart_server(l, 2, true));
-    within("clients", autostart_clients(addr)).await;
-    within("server", server).await.unwrap();
+    for &b in pki::BACKENDS {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(autostart_server(l, 2, true, b));
+        within("clients", autostart_clients(addr, b)).await;
+        within("server", server).await.unwrap();
+    }
 }
 
 #[tokio::test]
 async fn autostart_serves_tls_and_plaintext_clients_on_one_listener_inline() {
-    let (l, addr) = listener().await;
-    let server = tokio::spawn(autostart_server(l, 2, false));
-    within("clients", autostart_clients(addr)).await;
-    within("server", server).await.unwrap();
+    for &b in pki::BACKENDS {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(autostart_server(l, 2, false, b));
+        within("clients", autostart_clients(addr, b)).await;
+        within("server", server).await.unwrap();
+    }
 }
 
 // ----- stoptls and the end of a TLS stream -----------------------------------
@@ -614,12 +660,16 @@ async fn autostart_serves_tls_and_plaintext_clients_on_one_listener_inline() {
 #[tokio::test]
 async fn stoptls_round_trip_then_plaintext_on_the_same_socket() {
     for &b in pki::BACKENDS {
-        stoptls_round_trip_then_plaintext_on_the_same_socket_on(b).await;
+        stoptls_round_trip_then_plaintext_on_the_same_socket_between(b, b).await;
     }
 }
 
-async fn stoptls_round_trip_then_plaintext_on_the_same_socket_on(b: TlsBackend) {
-    let (mut client, mut server) = tls_pair_on(b).await;
+/// Client of backend `cb`, server of backend `sb`.
+async fn stoptls_round_trip_then_plaintext_on_the_same_socket_between(
+    cb: TlsBackend,
+    sb: TlsBackend,
+) {
+    let (mut client, mut server) = mixed_pair(cb, sb).await;
     let server = tokio::spawn(async move {
         let conn = &mut server;
         assert_eq!(
@@ -682,12 +732,44 @@ async fn stoptls_round_trip_then_plaintext_on_the_same_socket_on(b: TlsBackend) 
     within("server", server).await.unwrap();
 }
 
+/// We stop TLS; the peer drops its TLS state without answering (no
+/// close_notify, as AnyEvent::Handle's `on_stoptls` does) and goes on in
+/// plaintext. Our read side still waits for the peer's close_notify, so the
+/// plaintext is a broken record: EPROTO, fatal, never delivered as data.
+#[tokio::test]
+async fn plaintext_after_our_close_notify_without_the_peers_is_eproto() {
+    for &b in pki::BACKENDS {
+        plaintext_after_our_close_notify_without_the_peers_is_eproto_on(b).await;
+    }
+}
+
+async fn plaintext_after_our_close_notify_without_the_peers_is_eproto_on(b: TlsBackend) {
+    let (mut client, server) = tls_pair_on(b).await;
+    within("both", async {
+        client.stoptls().await.unwrap();
+        let mut raw = server.into_parts().io;
+        raw.write_all(b"plain from the peer\n").await.unwrap();
+        let e = client.read(LineCodec::new()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{b:?}: {e}");
+        assert!(e.is_fatal() && client.is_closed(), "{e}");
+        assert!(e.tls_error().is_some(), "{e:?}");
+    })
+    .await;
+}
+
 /// The peer's close_notify (sent by `shutdown_write` over TLS) is a clean
 /// end of input: `OrEof` gives `None`, a later read is plain `EPIPE` with
 /// no TLS error behind it.
 #[tokio::test]
 async fn peer_close_notify_is_a_clean_eof() {
-    let (mut client, mut server) = tls_pair().await;
+    for &b in pki::BACKENDS {
+        peer_close_notify_is_a_clean_eof_between(b, b).await;
+    }
+}
+
+/// Client of backend `cb`, server of backend `sb`.
+async fn peer_close_notify_is_a_clean_eof_between(cb: TlsBackend, sb: TlsBackend) {
+    let (mut client, mut server) = mixed_pair(cb, sb).await;
     within("both", async {
         server.push_write(LineCodec::new(), "last words").unwrap();
         server.shutdown_write().await.unwrap();
@@ -715,12 +797,13 @@ async fn peer_close_notify_is_a_clean_eof() {
 #[tokio::test]
 async fn tcp_eof_without_close_notify_is_eproto_truncated() {
     for &b in pki::BACKENDS {
-        tcp_eof_without_close_notify_is_eproto_truncated_on(b).await;
+        tcp_eof_without_close_notify_is_eproto_truncated_between(b, b).await;
     }
 }
 
-async fn tcp_eof_without_close_notify_is_eproto_truncated_on(b: TlsBackend) {
-    let (mut client, mut server) = tls_pair_on(b).await;
+/// Client of backend `cb`, server of backend `sb`.
+async fn tcp_eof_without_close_notify_is_eproto_truncated_between(cb: TlsBackend, sb: TlsBackend) {
+    let (mut client, mut server) = mixed_pair(cb, sb).await;
     within("both", async {
         server
             .write(LineCodec::new(), "complete line")
@@ -740,6 +823,77 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated_on(b: TlsBackend) {
         assert!(e.to_string().contains("close_notify"), "{e}");
     })
     .await;
+}
+
+// ----- mixed pairs: a rustls client with a native-tls server, and the reverse --
+
+/// The two pairs of different backends.
+#[cfg(all(feature = "tls", feature = "rustls"))]
+const MIXED: [(TlsBackend, TlsBackend); 2] = [
+    (TlsBackend::Rustls, TlsBackend::NativeTls),
+    (TlsBackend::NativeTls, TlsBackend::Rustls),
+];
+
+/// TLS from the start between different libraries: the handshake
+/// (verification included), lines both ways, the server's certificate.
+#[cfg(all(feature = "tls", feature = "rustls"))]
+#[tokio::test]
+async fn mixed_backends_handshake_and_talk_both_ways() {
+    for (cb, sb) in MIXED {
+        let (mut client, mut server) = mixed_pair(cb, sb).await;
+        within("both", async {
+            client
+                .write(LineCodec::new(), "from the client")
+                .await
+                .unwrap();
+            assert_eq!(
+                server.read(LineCodec::new()).await.unwrap().line(),
+                b"from the client"
+            );
+            server
+                .write(LineCodec::new(), "from the server")
+                .await
+                .unwrap();
+            assert_eq!(
+                client.read(LineCodec::new()).await.unwrap().line(),
+                b"from the server"
+            );
+        })
+        .await;
+        let cert = client.peer_certificate().expect("the server's certificate");
+        assert_eq!(cert, &pki::pki().server.cert_der[..], "{cb:?} -> {sb:?}");
+    }
+}
+
+/// STARTTLS with the ClientHello in the same segment as the command,
+/// between different libraries.
+#[cfg(all(feature = "tls", feature = "rustls"))]
+#[tokio::test]
+async fn mixed_backends_starttls_with_the_client_hello_in_the_same_write() {
+    for (cb, sb) in MIXED {
+        starttls_with_buffered_hello(cb, sb).await;
+    }
+}
+
+/// stoptls agreed by both ends, then plaintext and the bare socket, between
+/// different libraries.
+#[cfg(all(feature = "tls", feature = "rustls"))]
+#[tokio::test]
+async fn mixed_backends_stoptls_round_trip_then_plaintext() {
+    for (cb, sb) in MIXED {
+        stoptls_round_trip_then_plaintext_on_the_same_socket_between(cb, sb).await;
+    }
+}
+
+/// One library's close_notify is a clean end of input to the other, and a
+/// bare TCP end of input is truncation.
+#[cfg(all(feature = "tls", feature = "rustls"))]
+#[tokio::test]
+async fn mixed_backends_tell_close_notify_from_truncation() {
+    for (cb, sb) in MIXED {
+        peer_close_notify_is_a_clean_eof_between(cb, sb).await;
+        tcp_eof_without_close_notify_is_eproto_truncated_between(cb, sb).await;
+    }
 }
 
 // ----- verification ----------------------------------------------------------
@@ -826,13 +980,22 @@ async fn an_expired_certificate_is_fatal_eproto() {
 /// the connection goes on.
 #[tokio::test]
 async fn read_timeout_over_tls_is_non_fatal() {
-    let (mut client, mut server) = tls_pair().await;
+    for &b in pki::BACKENDS {
+        read_timeout_over_tls_is_non_fatal_on(b).await;
+    }
+}
+
+async fn read_timeout_over_tls_is_non_fatal_on(b: TlsBackend) {
+    let (mut client, mut server) = tls_pair_on(b).await;
     let server = tokio::spawn(async move {
         assert_eq!(server.read(LineCodec::new()).await.unwrap().line(), b"ping");
         server.write(LineCodec::new(), "pong").await.unwrap();
     });
     within("client", async {
         client.set_rtimeout(Duration::from_millis(150));
+        // The period runs from the last read (the handshake's, which a busy
+        // machine may have finished a while ago): start it now.
+        client.timeout_reset(Timeout::Read);
         let started = Instant::now();
         let e = client.read(LineCodec::new()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
@@ -850,10 +1013,16 @@ async fn read_timeout_over_tls_is_non_fatal() {
 /// that the driver hands back.
 #[tokio::test]
 async fn eof_with_a_queued_request_over_tls_is_epipe() {
+    for &b in pki::BACKENDS {
+        eof_with_a_queued_request_over_tls_is_epipe_on(b).await;
+    }
+}
+
+async fn eof_with_a_queued_request_over_tls_is_epipe_on(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::builder()
-            .tls(pki::server())
+            .tls(server_on(b))
             .build_tcp(s)
             .unwrap();
         conn.push_bytes(&b"0123456789"[..]).unwrap();
@@ -862,7 +1031,7 @@ async fn eof_with_a_queued_request_over_tls_is_epipe() {
     });
     within("client", async {
         let (h, driver) = QueuedFramed::builder()
-            .tls(pki::client())
+            .tls(pki::client_on(b))
             .build_tcp(c)
             .unwrap()
             .spawn();
@@ -887,12 +1056,18 @@ async fn eof_with_a_queued_request_over_tls_is_epipe() {
 /// every byte arrives.
 #[tokio::test]
 async fn watermarks_hold_a_producer_back_over_tls() {
+    for &b in pki::BACKENDS {
+        watermarks_hold_a_producer_back_over_tls_on(b).await;
+    }
+}
+
+async fn watermarks_hold_a_producer_back_over_tls_on(b: TlsBackend) {
     const BULK: usize = 1024 * 1024;
     let payload: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
-    let (a, b) = tokio::io::duplex(8 * 1024);
+    let (a, s) = tokio::io::duplex(8 * 1024);
     let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let mut conn = QueuedFramed::builder().tls(pki::server()).build(b);
+        let mut conn = QueuedFramed::builder().tls(server_on(b)).build(s);
         assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"start");
         go_rx.await.unwrap();
         conn.read(ChunkCodec::new(BULK)).await.unwrap()
@@ -900,7 +1075,7 @@ async fn watermarks_hold_a_producer_back_over_tls() {
     let drains = Arc::new(AtomicUsize::new(0));
     within("client", async {
         let (h, driver) = QueuedFramed::builder()
-            .tls(pki::client())
+            .tls(pki::client_on(b))
             .watermarks(64 * 1024, 16 * 1024)
             .build(a)
             .spawn();
@@ -1113,7 +1288,7 @@ async fn openssl_s_client_verifies_and_talks_to_our_server_on(b: TlsBackend) {
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
         let mut conn = QueuedFramed::builder()
-            .tls(pki::server_on(b, &pki::pki().server))
+            .tls(server_on(b))
             .build_tcp(sock)
             .unwrap();
         let hello = conn.read(LineCodec::new()).await.unwrap();
@@ -1239,7 +1414,7 @@ async fn openssl_s_client_starttls_smtp_against_our_server_on(b: TlsBackend) {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
-        smtp_session(sock, pki::server_on(b, &pki::pki().server)).await
+        smtp_session(sock, server_on(b)).await
     });
     let ca = pem_path("ca.pem");
     let addr = addr.to_string();
@@ -1290,9 +1465,15 @@ async fn openssl_s_client_starttls_smtp_against_our_server_on(b: TlsBackend) {
 /// handshake (non-fatal ETIMEDOUT, as for any read), inline and spawned.
 #[tokio::test]
 async fn a_timeout_fires_while_the_handshake_is_stalled() {
+    for &b in pki::BACKENDS {
+        a_timeout_fires_while_the_handshake_is_stalled_on(b).await;
+    }
+}
+
+async fn a_timeout_fires_while_the_handshake_is_stalled_on(b: TlsBackend) {
     let (_silent, s) = tcp_pair().await;
     let mut conn = QueuedFramed::builder()
-        .tls(pki::server())
+        .tls(server_on(b))
         .timeout(Duration::from_millis(150))
         .build_tcp(s)
         .unwrap();
@@ -1304,7 +1485,7 @@ async fn a_timeout_fires_while_the_handshake_is_stalled() {
 
     let (_silent, s) = tcp_pair().await;
     let (h, _driver) = QueuedFramed::builder()
-        .tls(pki::server())
+        .tls(server_on(b))
         .timeout(Duration::from_millis(150))
         .build_tcp(s)
         .unwrap()
@@ -1358,15 +1539,21 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
 /// on both ends, and the driver hands back the bare socket.
 #[tokio::test]
 async fn stoptls_on_handles_from_a_completion_then_plaintext() {
+    for &b in pki::BACKENDS {
+        stoptls_on_handles_from_a_completion_then_plaintext_on(b).await;
+    }
+}
+
+async fn stoptls_on_handles_from_a_completion_then_plaintext_on(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let wire = Arc::new(Mutex::new(Vec::new()));
     let tap = Tap {
         io: c,
         written: wire.clone(),
     };
-    let client = QueuedFramed::builder().tls(pki::client()).build(tap);
+    let client = QueuedFramed::builder().tls(pki::client_on(b)).build(tap);
     let server = QueuedFramed::builder()
-        .tls(pki::server())
+        .tls(server_on(b))
         .build_tcp(s)
         .unwrap();
     let (hc, client_driver) = client.spawn();
@@ -1428,12 +1615,18 @@ async fn stoptls_on_handles_from_a_completion_then_plaintext() {
 /// and through a Handle), and the handle stays usable.
 #[tokio::test]
 async fn a_stalled_starttls_reports_the_timeout_to_its_waiter() {
+    for &b in pki::BACKENDS {
+        a_stalled_starttls_reports_the_timeout_to_its_waiter_on(b).await;
+    }
+}
+
+async fn a_stalled_starttls_reports_the_timeout_to_its_waiter_on(b: TlsBackend) {
     let (_silent, s) = tcp_pair().await;
     let mut conn = QueuedFramed::builder()
         .timeout(Duration::from_millis(100))
         .build_tcp(s)
         .unwrap();
-    let e = within("inline starttls", conn.starttls(pki::client()))
+    let e = within("inline starttls", conn.starttls(pki::client_on(b)))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
@@ -1445,7 +1638,7 @@ async fn a_stalled_starttls_reports_the_timeout_to_its_waiter() {
         .build_tcp(s)
         .unwrap()
         .spawn();
-    let e = within("spawned starttls", h.starttls(pki::client()))
+    let e = within("spawned starttls", h.starttls(pki::client_on(b)))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
@@ -1457,6 +1650,12 @@ async fn a_stalled_starttls_reports_the_timeout_to_its_waiter() {
 /// returns it as unwritten output.
 #[tokio::test]
 async fn plaintext_queued_before_a_failed_starttls_stays_reachable() {
+    for &b in pki::BACKENDS {
+        plaintext_queued_before_a_failed_starttls_stays_reachable_on(b).await;
+    }
+}
+
+async fn plaintext_queued_before_a_failed_starttls_stays_reachable_on(b: TlsBackend) {
     struct BrokenWrites;
     impl tokio::io::AsyncRead for BrokenWrites {
         fn poll_read(
@@ -1491,7 +1690,7 @@ async fn plaintext_queued_before_a_failed_starttls_stays_reachable() {
     let mut conn = QueuedFramed::new(BrokenWrites);
     conn.push_write(LineCodec::new(), "EHLO before tls")
         .unwrap();
-    let e = conn.starttls(pki::client()).await.unwrap_err();
+    let e = conn.starttls(pki::client_on(b)).await.unwrap_err();
     assert!(e.is_fatal() && conn.is_closed(), "{e}");
     let parts = conn.into_parts();
     assert_eq!(&parts.write_buf[..], b"EHLO before tls\n");

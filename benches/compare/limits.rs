@@ -1,18 +1,22 @@
 //! Physical limits measured in the same run (`limit-memchr`), TLS bulk
-//! transfer (`tls-bulk-loopback`), and the picture: JSON throughput against
+//! transfer (`tls-bulk-loopback`), STARTTLS handshakes per second
+//! (`tls-handshake-loopback`), and the picture: JSON throughput against
 //! fragment size, ours against the retried parse (`json-fragments`, written
 //! as an SVG for BENCHMARKS.md).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
-use anyframe::QueuedFramed;
 use anyframe::codecs::{ChunkCodec, JsonCodec, LineCodec};
-use anyframe::tls::native_tls;
+use anyframe::tls::{TlsClient, TlsServer, native_tls};
+use anyframe::{OrEof, QueuedFramed};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-use crate::harness::Harness;
+use crate::harness::{Harness, Measured, median_ratio};
 
 #[path = "../../examples/support/certs.rs"]
 mod certs;
@@ -21,12 +25,13 @@ pub fn run(h: &Harness) {
     if h.wants("limit-memchr") {
         memchr_limit(h);
     }
-    if h.wants("tls-bulk-loopback") {
+    // Each TLS scenario measures every backend compiled in, interleaved,
+    // whichever backend's row the filter names.
+    if h.wants("tls-bulk-loopback") || h.wants("tls-bulk-loopback-rustls") {
         tls_bulk(h);
     }
-    #[cfg(feature = "rustls")]
-    if h.wants("tls-bulk-loopback-rustls") {
-        tls_bulk_rustls(h);
+    if h.wants("tls-handshake-loopback") || h.wants("tls-handshake-loopback-rustls") {
+        tls_handshakes(h);
     }
     if h.wants("json-fragments") {
         json_fragments(h);
@@ -111,18 +116,62 @@ fn tls_once(rt: &tokio::runtime::Runtime, pki: &certs::DemoPki, ours: bool) {
     });
 }
 
+/// `tls-bulk-loopback` for each backend compiled in, ours against the same
+/// library's bare stream. All sides run interleaved, round by round; each
+/// ratio is the median of the per-round ratios.
 fn tls_bulk(h: &Harness) {
     let pki = certs::DemoPki::new();
+    #[cfg(feature = "rustls")]
+    let rustls_pki = RustlsPki::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    #[cfg_attr(not(feature = "rustls"), allow(unused_mut))]
+    let mut sides: Vec<Box<dyn Fn()>> = vec![
+        Box::new(|| tls_once(&rt, &pki, true)),
+        Box::new(|| tls_once(&rt, &pki, false)),
+    ];
+    #[cfg(feature = "rustls")]
+    {
+        sides.push(Box::new(|| tls_once_rustls(&rt, &rustls_pki, true)));
+        sides.push(Box::new(|| tls_once_rustls(&rt, &rustls_pki, false)));
+    }
+    let mut t = vec![Vec::with_capacity(h.reps()); sides.len()];
+    for _ in 0..h.reps() {
+        for (side, times) in sides.iter().zip(&mut t) {
+            let start = Instant::now();
+            side();
+            times.push(start.elapsed());
+        }
+    }
     // Items are MB (10^6 bytes) so the rates read as MB/s.
     let items = (TLS_BYTES / 1_000_000) as u64;
-    let ours = h.time(items, || tls_once(&rt, &pki, true));
-    let anchor = h.time(items, || tls_once(&rt, &pki, false));
-    h.report_with("tls-bulk-loopback", ours, anchor, "unit=MB/s");
+    h.report_ratio(
+        "tls-bulk-loopback",
+        Measured::median_of(&t[0], items),
+        Measured::median_of(&t[1], items),
+        median_ratio(&t[0], &t[1]),
+        "unit=MB/s backend=native-tls",
+    );
+    if t.len() == 4 {
+        h.report_ratio(
+            "tls-bulk-loopback-rustls",
+            Measured::median_of(&t[2], items),
+            Measured::median_of(&t[3], items),
+            median_ratio(&t[2], &t[3]),
+            "unit=MB/s backend=rustls",
+        );
+        h.note(
+            "tls-bulk-rustls-vs-native-tls",
+            &format!(
+                "ours={:.2} bare={:.2} (rustls rate / native-tls rate, median of per-round ratios)",
+                median_ratio(&t[2], &t[0]),
+                median_ratio(&t[3], &t[1]),
+            ),
+        );
+    }
 }
 
 // ----- tls-bulk-loopback-rustls ----------------------------------------------
@@ -207,18 +256,317 @@ fn tls_once_rustls(rt: &tokio::runtime::Runtime, pki: &RustlsPki, ours: bool) {
     });
 }
 
+// ----- tls-handshake-loopback ------------------------------------------------
+
+/// Connections per timed repetition, one after another.
+const HANDSHAKES: usize = 200;
+
+/// One CA and a `localhost` certificate it signed, in the forms both
+/// libraries take, so both backends verify the same two-certificate chain.
+struct HandshakePki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    ca_der: Vec<u8>,
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    cert_der: Vec<u8>,
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    key_der: Vec<u8>,
+}
+
+impl HandshakePki {
+    fn new() -> HandshakePki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        // Distinct subject names: OpenSSL takes a leaf whose issuer is its
+        // own subject for a self-signed certificate.
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name
+            .push(DnType::CommonName, "anyframe bench CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("self-signed CA");
+        let key = KeyPair::generate().expect("server key");
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.use_authority_key_identifier_extension = true;
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = leaf
+            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+            .expect("server certificate");
+        HandshakePki {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_der: ca_cert.der().to_vec(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        }
+    }
+}
+
+/// The plaintext line each client sends, and the server's go-ahead.
+const STARTTLS: &[u8] = b"STARTTLS\n";
+const GO_AHEAD: &[u8] = b"220 go\n";
+/// The one line sent over TLS.
+const SECRET: &[u8] = b"one line over tls\n";
+
+/// Reads up to and including the first `\n` (the peer sends nothing after
+/// it until answered, so nothing is read past it).
+async fn read_line_raw<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 64];
+    while !line.ends_with(b"\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "end of input inside a line");
+        line.extend_from_slice(&buf[..n]);
+    }
+    line
+}
+
+/// The bare server's part after its handshake: the line, then the
+/// client's close_notify.
+async fn bare_tls_server_end<S: AsyncRead + Unpin>(mut tls: S) {
+    assert_eq!(read_line_raw(&mut tls).await, SECRET);
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+/// The bare client's part after its handshake: the line, then close_notify.
+async fn bare_tls_client_end<S: AsyncWrite + Unpin>(mut tls: S) {
+    tls.write_all(SECRET).await.unwrap();
+    tls.shutdown().await.unwrap();
+}
+
+/// A loopback listener and a connected client socket for it, Nagle off on
+/// both ends (handshake flights are small writes).
+async fn accept_pair(
+    listener: &tokio::net::TcpListener,
+    addr: std::net::SocketAddr,
+) -> (TcpStream, TcpStream) {
+    let (c, s) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (c, s) = (c.unwrap(), s.unwrap().0);
+    c.set_nodelay(true).unwrap();
+    s.set_nodelay(true).unwrap();
+    (c, s)
+}
+
+/// `HANDSHAKES` STARTTLS sessions through our `QueuedFramed` on both ends:
+/// `STARTTLS` / `220 go` in plaintext, `starttls` on both, one line over
+/// TLS, the client's close_notify read as the end of input.
+async fn ours_handshakes(client: TlsClient, server: TlsServer) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..HANDSHAKES {
+        let (c, s) = accept_pair(&listener, addr).await;
+        let server = server.clone();
+        let srv = tokio::spawn(async move {
+            let mut conn = QueuedFramed::new(s);
+            let cmd = conn.read(LineCodec::new()).await.unwrap();
+            assert_eq!(cmd.line(), &STARTTLS[..STARTTLS.len() - 1]);
+            conn.push_write(LineCodec::new(), &GO_AHEAD[..GO_AHEAD.len() - 1])
+                .unwrap();
+            conn.starttls(server).await.unwrap();
+            let line = conn.read(LineCodec::new()).await.unwrap();
+            assert_eq!(line.line(), &SECRET[..SECRET.len() - 1]);
+            let end = conn.read(OrEof::new(LineCodec::new())).await.unwrap();
+            assert!(end.is_none());
+        });
+        let mut conn = QueuedFramed::new(c);
+        conn.write(LineCodec::new(), &STARTTLS[..STARTTLS.len() - 1])
+            .await
+            .unwrap();
+        let go = conn.read(LineCodec::new()).await.unwrap();
+        assert_eq!(go.line(), &GO_AHEAD[..GO_AHEAD.len() - 1]);
+        conn.starttls(client.clone()).await.unwrap();
+        conn.write(LineCodec::new(), &SECRET[..SECRET.len() - 1])
+            .await
+            .unwrap();
+        conn.shutdown_write().await.unwrap();
+        srv.await.unwrap();
+    }
+}
+
+/// The same sessions over `tokio_native_tls` streams.
+async fn native_bare_handshakes(
+    connector: tokio_native_tls::TlsConnector,
+    acceptor: tokio_native_tls::TlsAcceptor,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..HANDSHAKES {
+        let (mut c, mut s) = accept_pair(&listener, addr).await;
+        let acceptor = acceptor.clone();
+        let srv = tokio::spawn(async move {
+            assert_eq!(read_line_raw(&mut s).await, STARTTLS);
+            s.write_all(GO_AHEAD).await.unwrap();
+            bare_tls_server_end(acceptor.accept(s).await.unwrap()).await;
+        });
+        c.write_all(STARTTLS).await.unwrap();
+        assert_eq!(read_line_raw(&mut c).await, GO_AHEAD);
+        bare_tls_client_end(connector.connect("localhost", c).await.unwrap()).await;
+        srv.await.unwrap();
+    }
+}
+
+/// The same sessions over `tokio_rustls` streams.
 #[cfg(feature = "rustls")]
-fn tls_bulk_rustls(h: &Harness) {
-    let pki = RustlsPki::new();
+async fn rustls_bare_handshakes(
+    connector: tokio_rustls::TlsConnector,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    for _ in 0..HANDSHAKES {
+        let (mut c, mut s) = accept_pair(&listener, addr).await;
+        let acceptor = acceptor.clone();
+        let srv = tokio::spawn(async move {
+            assert_eq!(read_line_raw(&mut s).await, STARTTLS);
+            s.write_all(GO_AHEAD).await.unwrap();
+            bare_tls_server_end(acceptor.accept(s).await.unwrap()).await;
+        });
+        c.write_all(STARTTLS).await.unwrap();
+        assert_eq!(read_line_raw(&mut c).await, GO_AHEAD);
+        bare_tls_client_end(connector.connect(name.clone(), c).await.unwrap()).await;
+        srv.await.unwrap();
+    }
+}
+
+/// rustls client and server configurations for [`HandshakePki`]: *ring*,
+/// TLS 1.2 and 1.3 offered, and client session resumption off, so every
+/// handshake is a full one as with native-tls (whose clients never resume).
+#[cfg(feature = "rustls")]
+fn rustls_configs(
+    pki: &HandshakePki,
+) -> (
+    Arc<anyframe::tls::rustls::ClientConfig>,
+    Arc<anyframe::tls::rustls::ServerConfig>,
+) {
+    use anyframe::tls::rustls::{self, client::Resumption, pki_types};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone().into()).expect("root");
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.resumption = Resumption::disabled();
+    let key =
+        pki_types::PrivateKeyDer::from(pki_types::PrivatePkcs8KeyDer::from(pki.key_der.clone()));
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert_der.clone().into()], key)
+        .expect("server config");
+    (Arc::new(client), Arc::new(server))
+}
+
+/// One side of `tls-handshake-loopback`: makes the future that runs its
+/// `HANDSHAKES` sessions.
+type HandshakeSide<'a> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>> + 'a>;
+
+/// `tls-handshake-loopback`: STARTTLS handshakes per second, ours against
+/// the same library's bare async stream, for each backend compiled in. All
+/// sides run interleaved, round by round; each ratio is the median of the
+/// per-round ratios.
+fn tls_handshakes(h: &Harness) {
+    let pki = HandshakePki::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let items = (TLS_BYTES / 1_000_000) as u64;
-    let ours = h.time(items, || tls_once_rustls(&rt, &pki, true));
-    let anchor = h.time(items, || tls_once_rustls(&rt, &pki, false));
-    h.report_with("tls-bulk-loopback-rustls", ours, anchor, "unit=MB/s");
+    let identity =
+        native_tls::Identity::from_pkcs8(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes())
+            .expect("identity");
+    let ca = native_tls::Certificate::from_pem(pki.ca_pem.as_bytes()).expect("CA");
+    let native_client = {
+        let mut b = TlsClient::builder("localhost");
+        b.add_root_certificate(ca.clone())
+            .disable_built_in_roots(true);
+        b.build().expect("client")
+    };
+    let native_server = TlsServer::new(identity.clone()).expect("server");
+    let native_connector = {
+        let mut b = native_tls::TlsConnector::builder();
+        b.add_root_certificate(ca).disable_built_in_roots(true);
+        tokio_native_tls::TlsConnector::from(b.build().expect("connector"))
+    };
+    let native_acceptor = tokio_native_tls::TlsAcceptor::from(
+        native_tls::TlsAcceptor::new(identity).expect("acceptor"),
+    );
+    #[cfg_attr(not(feature = "rustls"), allow(unused_mut))]
+    let mut sides: Vec<HandshakeSide<'_>> = vec![
+        Box::new(|| {
+            Box::pin(ours_handshakes(
+                native_client.clone(),
+                native_server.clone(),
+            ))
+        }),
+        Box::new(|| {
+            Box::pin(native_bare_handshakes(
+                native_connector.clone(),
+                native_acceptor.clone(),
+            ))
+        }),
+    ];
+    #[cfg(feature = "rustls")]
+    {
+        let (client, server) = rustls_configs(&pki);
+        let ours_client = TlsClient::rustls(client.clone(), "localhost").expect("client");
+        let ours_server = TlsServer::rustls(server.clone());
+        let connector = tokio_rustls::TlsConnector::from(client);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        sides.push(Box::new(move || {
+            Box::pin(ours_handshakes(ours_client.clone(), ours_server.clone()))
+        }));
+        sides.push(Box::new(move || {
+            Box::pin(rustls_bare_handshakes(connector.clone(), acceptor.clone()))
+        }));
+    }
+    let mut t = vec![Vec::with_capacity(h.reps()); sides.len()];
+    for _ in 0..h.reps() {
+        for (side, times) in sides.iter().zip(&mut t) {
+            let start = Instant::now();
+            rt.block_on(side());
+            times.push(start.elapsed());
+        }
+    }
+    let items = HANDSHAKES as u64;
+    h.report_ratio(
+        "tls-handshake-loopback",
+        Measured::median_of(&t[0], items),
+        Measured::median_of(&t[1], items),
+        median_ratio(&t[0], &t[1]),
+        "unit=handshakes/s backend=native-tls",
+    );
+    if t.len() == 4 {
+        h.report_ratio(
+            "tls-handshake-loopback-rustls",
+            Measured::median_of(&t[2], items),
+            Measured::median_of(&t[3], items),
+            median_ratio(&t[2], &t[3]),
+            "unit=handshakes/s backend=rustls",
+        );
+        h.note(
+            "tls-handshake-rustls-vs-native-tls",
+            &format!(
+                "ours={:.2} bare={:.2} (rustls rate / native-tls rate, median of per-round ratios)",
+                median_ratio(&t[2], &t[0]),
+                median_ratio(&t[3], &t[1]),
+            ),
+        );
+    }
 }
 
 // ----- json-fragments: the picture ---------------------------------------------

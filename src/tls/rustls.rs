@@ -4,13 +4,21 @@
 //! rustls reads ciphertext from whatever it is given and keeps it, so a
 //! session that ends with the peer's close_notify would swallow the
 //! plaintext sent right after it (stoptls). Ciphertext is therefore read
-//! into our buffer, [`Conn::inbuf`], and handed to rustls **one whole
-//! record at a time** (the 5-byte header says how long a record is): once a
-//! record carries the close_notify, the bytes behind it are still ours and
-//! become the plaintext prefix. A header that cannot start a record (not a
-//! TLS content type, or a length past the protocol's limit) is handed over
-//! at once, so rustls rejects it without our waiting for a body that will
-//! never come. Bytes read before `start_tls` (the replay) start the buffer.
+//! into our buffer, [`Conn::inbuf`], and handed to rustls **never past the
+//! end of the current record** (the 5-byte header says how long a record
+//! is): once a record carries the close_notify, the bytes behind it are
+//! still ours and become the plaintext prefix. Within a record, whatever
+//! has arrived is handed over at once, header first, so rustls judges a
+//! header as soon as it is whole: one that cannot start a record (an
+//! unknown content type, a version that is not TLS, a length past the
+//! limit) fails then, not after a body the peer may never send. Bytes read
+//! before `start_tls` (the replay) start the buffer.
+//!
+//! Once our close_notify is out, rustls must not be shown a header it
+//! would refuse: it would go to send a fatal alert after the close_notify,
+//! which its debug assertions forbid (a panic in debug builds; rustls
+//! issue 959). A peer that stopped TLS without answering and went on in
+//! plaintext does exactly that, so we judge those headers ourselves.
 //!
 //! The buffer holds at most one record plus one read's worth
 //! ([`READ_CHUNK`]), so memory per connection is bounded.
@@ -57,16 +65,43 @@ pub(super) fn server(config: Arc<ServerConfig>) -> Result<Box<Connection>, TlsEr
         .map_err(TlsError::config)
 }
 
-/// How many bytes at the front of `buf` to hand to rustls now: a whole
-/// record, or a header rustls will refuse; `None` until there is either.
-fn next_feed(buf: &[u8]) -> Option<usize> {
-    let header = buf.get(..HEADER_LEN)?;
+/// What to hand to rustls from the front of `buf`, when `owed` bytes of
+/// the current record are still to come (0: `buf` starts a record):
+/// `(n, left)`, hand over `n` bytes of the `left` that remain of the
+/// record. Everything there is, up to the record's end; `None` while there
+/// is nothing, or less than a header (which says where the record ends).
+fn next_feed(buf: &[u8], owed: usize) -> Option<(usize, usize)> {
+    let left = if owed > 0 {
+        owed
+    } else {
+        let header = buf.get(..HEADER_LEN)?;
+        HEADER_LEN + usize::from(u16::from_be_bytes([header[3], header[4]]))
+    };
+    let n = left.min(buf.len());
+    (n > 0).then_some((n, left))
+}
+
+/// Why rustls would refuse `header` (a record header, 5 bytes) as it reads
+/// it: an unknown content type, a version that is not 3.x, an empty
+/// record that may not be empty, a length past the limit. Only used after
+/// our close_notify (see the module docs); before it rustls judges headers
+/// itself. Stricter than rustls in one way: the SSL 2 and DTLS version
+/// numbers, which it lets through to fail later, are refused here.
+fn refused_header(header: &[u8]) -> Option<::rustls::InvalidMessage> {
+    use ::rustls::InvalidMessage;
     let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
     // change_cipher_spec, alert, handshake, application_data, heartbeat.
-    if !(20..=24).contains(&header[0]) || body > MAX_BODY_LEN {
-        return Some(HEADER_LEN);
+    if !(20..=24).contains(&header[0]) {
+        Some(InvalidMessage::InvalidContentType)
+    } else if header[1] != 3 {
+        Some(InvalidMessage::UnknownProtocolVersion)
+    } else if body == 0 && header[0] != 23 {
+        Some(InvalidMessage::InvalidEmptyPayload)
+    } else if body >= MAX_BODY_LEN {
+        Some(InvalidMessage::MessageTooLarge)
+    } else {
+        None
     }
-    (buf.len() >= HEADER_LEN + body).then_some(HEADER_LEN + body)
 }
 
 /// The IO as the `io::Write` that [`Connection::write_tls`] wants, for the
@@ -108,6 +143,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
             tls,
             io,
             inbuf: BytesMut::from(replay),
+            owed: 0,
             peer_eof: false,
             close_notify_sent: false,
         })
@@ -141,18 +177,28 @@ pub(super) struct Conn<IO> {
     /// Ciphertext read from the IO (or replayed) and not yet handed to
     /// rustls; see the module docs.
     inbuf: BytesMut,
+    /// Bytes of the record rustls has the start of that it has not been
+    /// given yet; 0 at a record boundary.
+    owed: usize,
     /// The IO returned end-of-file.
     peer_eof: bool,
     close_notify_sent: bool,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
-    /// Hands rustls the next record, if a whole one is buffered, and lets
-    /// it process it. `Ok(false)`: more input is needed.
+    /// Hands rustls what is buffered of the current record (see
+    /// [`next_feed`]) and lets it process that. `Ok(false)`: more input is
+    /// needed.
     fn feed(&mut self) -> Result<bool, ::rustls::Error> {
-        let Some(n) = next_feed(&self.inbuf) else {
+        let Some((n, left)) = next_feed(&self.inbuf, self.owed) else {
             return Ok(false);
         };
+        if self.close_notify_sent
+            && self.owed == 0
+            && let Some(why) = refused_header(&self.inbuf[..HEADER_LEN])
+        {
+            return Err(why.into());
+        }
         let mut record = &self.inbuf[..n];
         while !record.is_empty() {
             match self.tls.read_tls(&mut record) {
@@ -163,6 +209,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
         let fed = n - record.len();
         self.inbuf.advance(fed);
+        self.owed = left - fed;
         self.tls.process_new_packets()?;
         Ok(fed > 0)
     }
@@ -381,23 +428,58 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
 #[cfg(test)]
 mod tests {
-    use super::{HEADER_LEN, next_feed};
+    use super::{HEADER_LEN, next_feed, refused_header};
+    use ::rustls::InvalidMessage;
 
     #[test]
-    fn next_feed_waits_for_a_whole_record() {
+    fn next_feed_never_goes_past_the_end_of_a_record() {
         let record = [22, 3, 3, 0, 4, 1, 2, 3, 4, 23];
-        assert_eq!(next_feed(&record[..4]), None);
-        assert_eq!(next_feed(&record[..8]), None);
-        assert_eq!(next_feed(&record[..9]), Some(9));
-        assert_eq!(next_feed(&record), Some(9), "only one record at a time");
+        assert_eq!(next_feed(&record[..4], 0), None, "no header yet");
+        assert_eq!(next_feed(&record[..9], 0), Some((9, 9)));
+        assert_eq!(next_feed(&record, 0), Some((9, 9)), "one record at a time");
+        // The rest of a record whose start rustls has.
+        assert_eq!(next_feed(&record[7..], 2), Some((2, 2)));
+        assert_eq!(next_feed(&[], 2), None);
     }
 
     #[test]
-    fn next_feed_hands_over_a_header_that_cannot_start_a_record() {
-        // Plaintext where a record should be: rustls must see it now, not
-        // after 8,239 more bytes that will never come.
-        assert_eq!(next_feed(b"GET / HTTP/1.1\r\n"), Some(HEADER_LEN));
-        // A length no peer may send.
-        assert_eq!(next_feed(&[23, 3, 3, 0xff, 0xff]), Some(HEADER_LEN));
+    fn refused_header_knows_what_rustls_refuses() {
+        assert_eq!(
+            refused_header(&[23, 3, 3, 0, 0]),
+            None,
+            "empty application data"
+        );
+        assert_eq!(refused_header(&[21, 3, 3, 0, 2]), None, "an alert");
+        assert_eq!(
+            refused_header(b"plain"),
+            Some(InvalidMessage::InvalidContentType)
+        );
+        assert_eq!(
+            refused_header(&[22, 0x99, 0x99, 0, 4]),
+            Some(InvalidMessage::UnknownProtocolVersion)
+        );
+        assert_eq!(
+            refused_header(&[21, 3, 3, 0, 0]),
+            Some(InvalidMessage::InvalidEmptyPayload)
+        );
+        assert_eq!(
+            refused_header(&[23, 3, 3, 0x48, 0x00]),
+            Some(InvalidMessage::MessageTooLarge)
+        );
+    }
+
+    #[test]
+    fn next_feed_hands_over_a_header_before_its_body() {
+        // Plaintext where a record should be: rustls must see its header
+        // now, not after the 8,239 bytes it seems to announce.
+        assert_eq!(
+            next_feed(b"GET / HTTP/1.1\r\n", 0),
+            Some((16, HEADER_LEN + 0x202f))
+        );
+        // A version that is not TLS, declaring a body that never comes.
+        assert_eq!(
+            next_feed(&[22, 0x99, 0x99, 0x10, 0x00], 0),
+            Some((HEADER_LEN, HEADER_LEN + 4096))
+        );
     }
 }

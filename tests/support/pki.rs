@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+#[cfg(feature = "tls")]
 use anyframe::tls::native_tls::{Certificate, Identity};
 use anyframe::tls::{TlsBackend, TlsClient, TlsMode, TlsServer};
 use rcgen::{
@@ -21,6 +22,7 @@ pub struct Pem {
     pub key_der: Vec<u8>,
 }
 
+#[cfg(feature = "tls")]
 impl Pem {
     pub fn identity(&self) -> Identity {
         Identity::from_pkcs8(self.cert.as_bytes(), self.key.as_bytes()).expect("identity")
@@ -106,11 +108,14 @@ pub fn pki() -> &'static Pki {
     })
 }
 
-/// A client for `localhost` that trusts only the test CA.
+/// A native-tls client for `localhost` that trusts only the test CA.
+#[cfg(feature = "tls")]
 pub fn client() -> TlsMode {
     client_for("localhost")
 }
 
+/// A native-tls client for `domain` that trusts only the test CA.
+#[cfg(feature = "tls")]
 pub fn client_for(domain: &str) -> TlsMode {
     let mut b = TlsClient::builder(domain);
     b.add_root_certificate(Certificate::from_pem(pki().ca_pem.as_bytes()).expect("CA"))
@@ -118,10 +123,14 @@ pub fn client_for(domain: &str) -> TlsMode {
     b.build().expect("client").into()
 }
 
+/// A native-tls server presenting the `localhost` certificate.
+#[cfg(feature = "tls")]
 pub fn server() -> TlsServer {
     server_with(&pki().server)
 }
 
+/// A native-tls server presenting `pem`.
+#[cfg(feature = "tls")]
 pub fn server_with(pem: &Pem) -> TlsServer {
     TlsServer::new(pem.identity()).expect("server")
 }
@@ -137,6 +146,8 @@ pub const BACKENDS: &[TlsBackend] = &[
 /// A client of backend `b` for `localhost` that trusts only the test CA.
 pub fn client_on(b: TlsBackend) -> TlsMode {
     match b {
+        #[cfg(feature = "tls")]
+        TlsBackend::NativeTls => client(),
         #[cfg(feature = "rustls")]
         TlsBackend::Rustls => {
             let mut roots = anyframe::tls::rustls::RootCertStore::empty();
@@ -145,7 +156,7 @@ pub fn client_on(b: TlsBackend) -> TlsMode {
                 .expect("client")
                 .into()
         }
-        _ => client(),
+        _ => unreachable!("no test settings for {b:?}"),
     }
 }
 
@@ -167,6 +178,8 @@ pub fn server_on(b: TlsBackend, pem: &Pem) -> TlsServer {
             .expect("server config");
             TlsServer::rustls(std::sync::Arc::new(config))
         }
-        _ => server_with(pem),
+        #[cfg(feature = "tls")]
+        TlsBackend::NativeTls => server_with(pem),
+        _ => unreachable!("no test settings for {b:?}"),
     }
 }
