@@ -969,6 +969,57 @@ fn utf8_regex_eol_splitting_a_character_is_an_error() {
     assert_eq!(buf, "rest");
 }
 
+/// What `Utf8LineCodec` must give: `LineCodec`'s events with each frame
+/// checked alone.
+fn utf8_model(events: Vec<Event<Line>>) -> Vec<Event<Utf8Line>> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            Event::Frame(l) => {
+                match (std::str::from_utf8(l.line()), std::str::from_utf8(l.eol())) {
+                    (Ok(line), Ok(eol)) => Event::Frame(Utf8Line::new(line, eol)),
+                    _ => Event::Error(ErrorKind::BadMessage, false),
+                }
+            }
+            Event::Error(kind, fatal) => Event::Error(kind, fatal),
+            Event::End(end) => Event::End(end),
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Many lines, some not UTF-8, some over the limit: the frames and
+    /// errors of `LineCodec` with each frame checked alone.
+    #[test]
+    fn utf8_lines_are_line_codec_frames_checked_alone(
+        lines in proptest::collection::vec(
+            ("[a\u{e9}\u{20ac}\u{1F600} ]{0,60}", proptest::option::of(0usize..70), any::<bool>()),
+            0..300,
+        ),
+        discard in any::<bool>(),
+        sizes in proptest::collection::vec(1usize..2000, 1..4),
+    ) {
+        let mut input = Vec::new();
+        for (text, bad, crlf) in &lines {
+            let mut l = text.clone().into_bytes();
+            if let Some(at) = bad {
+                l.insert((*at).min(l.len()), 0xe2);
+            }
+            input.extend_from_slice(&l);
+            input.extend_from_slice(if *crlf { b"\r\n" } else { b"\n" });
+        }
+        let policy = if discard { OverflowPolicy::Discard } else { OverflowPolicy::Fatal };
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        let make = || LineCodec::builder().max_length(200).overflow(policy).clone();
+        let want = utf8_model(run_continuing(make().build().unwrap(), &refs));
+        prop_assert_eq!(run_continuing(make().build_utf8().unwrap(), &refs), want.clone());
+        prop_assert_eq!(run_continuing(make().build_utf8().unwrap(), &[&input[..]]), want);
+    }
+}
+
 #[test]
 fn utf8_codec_shares_the_limits() {
     let mut codec = Utf8LineCodec::builder()
