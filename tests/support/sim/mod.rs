@@ -19,6 +19,8 @@
 //! function of its seed.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tls;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -147,6 +149,8 @@ struct Dir {
     lost: u64,
     /// The reading end was dropped: writes fail, as on a closed socket.
     reader_gone: bool,
+    /// Every byte written, when the link is tapped.
+    wire: Option<Vec<u8>>,
 }
 
 impl Dir {
@@ -294,6 +298,20 @@ impl Link {
         lock(&self.net).trace
     }
 
+    /// Records every byte written from now on, in both directions.
+    pub fn tap(&self) {
+        let mut net = lock(&self.net);
+        for d in &mut net.dirs {
+            d.wire.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The bytes written by `side` since [`Link::tap`] (as written, before
+    /// any loss).
+    pub fn wire(&self, side: usize) -> Vec<u8> {
+        lock(&self.net).dirs[side].wire.clone().unwrap_or_default()
+    }
+
     pub fn config(&self) -> NetConfig {
         lock(&self.net).cfg.clone()
     }
@@ -385,6 +403,9 @@ impl AsyncWrite for SimStream {
             buf.len()
         };
         let n = take.min(room);
+        if let Some(w) = &mut net.dirs[side].wire {
+            w.extend_from_slice(&buf[..n]);
+        }
         let now = Instant::now();
         let mut off = 0;
         while off < n {
