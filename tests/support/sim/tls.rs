@@ -24,7 +24,7 @@ mod enabled {
     use std::sync::OnceLock;
 
     use anyframe::tls::{TlsBackend, TlsMode, TlsServer};
-    use anyframe::{Handle, Requests, Ticket};
+    use anyframe::{Builder, Handle, Requests, Ticket};
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SerialNumber,
@@ -245,6 +245,16 @@ mod enabled {
         }
     }
 
+    /// TLS from the first byte, as the client.
+    pub fn connect(b: &mut Builder, m: &Modes) {
+        b.tls(m.client.clone());
+    }
+
+    /// TLS from the first byte, as the server.
+    pub fn accept(b: &mut Builder, m: &Modes) {
+        b.tls(m.server.clone());
+    }
+
     /// The client's STARTTLS (`start`) or stoptls, after what is queued.
     pub fn client_switch(h: &Handle, m: &Modes, start: bool) -> Ticket<()> {
         if start {
@@ -276,6 +286,16 @@ pub struct Modes(());
 
 #[cfg(not(any(feature = "tls", feature = "rustls")))]
 pub fn modes(_rng: &mut Rng) -> Modes {
+    unreachable!("no TLS backend compiled in")
+}
+
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
+pub fn connect(_b: &mut anyframe::Builder, _m: &Modes) {
+    unreachable!("no TLS backend compiled in")
+}
+
+#[cfg(not(any(feature = "tls", feature = "rustls")))]
+pub fn accept(_b: &mut anyframe::Builder, _m: &Modes) {
     unreachable!("no TLS backend compiled in")
 }
 
