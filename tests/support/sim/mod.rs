@@ -366,6 +366,13 @@ impl AsyncRead for SimStream {
     }
 }
 
+/// Whether `b` then `a` differs from `a` then `b`.
+fn swap_changes(a: &[u8], b: &[u8]) -> bool {
+    let ab = a.iter().chain(b);
+    let ba = b.iter().chain(a);
+    ab.ne(ba)
+}
+
 impl AsyncWrite for SimStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -439,7 +446,10 @@ impl AsyncWrite for SimStream {
                     delivered -= 1;
                     net.mutation = None;
                 }
-                Mutation::Reorder if k >= 2 && d.segs[k - 1].1 != d.segs[k - 2].1 => {
+                // Only a swap that changes the byte stream: two runs of one
+                // repeated byte (a ClientHello's zero padding) swap into
+                // the same bytes.
+                Mutation::Reorder if k >= 2 && swap_changes(&d.segs[k - 2].1, &d.segs[k - 1].1) => {
                     let a = d.segs[k - 1].1.clone();
                     d.segs[k - 1].1 = std::mem::replace(&mut d.segs[k - 2].1, a);
                     net.mutation = None;
