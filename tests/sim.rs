@@ -18,7 +18,11 @@
 //! was consumed and what is still in flight, are exactly the bytes sent;
 //! `write_buffered()` never exceeds `wbuf_max` and the read buffer never
 //! exceeds `rbuf_max`; without faults that lose bytes and without
-//! timeouts, every request succeeds.
+//! timeouts, every request succeeds. In the runs that cross STARTTLS (and
+//! stoptls): every switch resolves once, with success, EPROTO or the error
+//! a fault explains; nothing sent while TLS is on crosses the network in
+//! plaintext; plaintext injected behind STARTTLS is never read as a
+//! request.
 
 #[path = "support/sim/mod.rs"]
 mod sim;
@@ -57,6 +61,15 @@ struct Stats {
     bytes: u64,
     /// Runs whose network applied a deliberate defect (see `Mutation`).
     mutated: u64,
+    /// Runs with TLS (from the first byte, or STARTTLS), and of those,
+    /// runs whose client injected plaintext behind its STARTTLS.
+    tls: u64,
+    injected: u64,
+    /// TLS switches (start or stop) that succeeded, on the client and on
+    /// the server, and the client's that failed.
+    switches: u64,
+    server_switches: u64,
+    tls_failures: u64,
 }
 
 impl Stats {
@@ -72,6 +85,11 @@ impl Stats {
         self.half_closes += o.half_closes;
         self.bytes += o.bytes;
         self.mutated += o.mutated;
+        self.tls += o.tls;
+        self.injected += o.injected;
+        self.switches += o.switches;
+        self.server_switches += o.server_switches;
+        self.tls_failures += o.tls_failures;
     }
 }
 
@@ -115,8 +133,8 @@ fn run_seed(seed: u64) -> Outcome {
             let mut rng = Rng::new(seed);
             let scenario = async move {
                 match seed % 2 {
-                    0 => service_run(&mut rng).await,
-                    _ => pipeline_run(&mut rng).await,
+                    0 => service_run(&mut rng, tls_service_seed(seed)).await,
+                    _ => pipeline_run(&mut rng, tls_seed(seed)).await,
                 }
             };
             match tokio::time::timeout(SIM_LIMIT, scenario).await {
@@ -156,8 +174,20 @@ fn mix(h: u64, v: u64) -> u64 {
 
 // ----- scenario 1: `serve` + pipelined `Client`, with timeouts --------------
 
-async fn service_run(rng: &mut Rng) -> Outcome {
+/// Whether `seed` is a `serve` + `Client` run over TLS from the first byte
+/// (one service run in four).
+fn tls_service_seed(seed: u64) -> bool {
+    sim::tls::ENABLED && seed % 8 == 2
+}
+
+async fn service_run(rng: &mut Rng, tls: bool) -> Outcome {
     let (c_io, s_io, link) = sim::pair(rng);
+    let modes = tls.then(|| sim::tls::modes(rng));
+    if tls {
+        link.tap();
+    }
+    // Sent only over TLS: must never be seen on the wire.
+    let mark = if tls { TLS_MARK } else { "" };
     let faults = Faults::random(rng);
     let chaos = tokio::spawn(sim::chaos(link.clone(), Rng::new(rng.next_u64()), faults));
     let n = rng.range(1, 40);
@@ -183,6 +213,9 @@ async fn service_run(rng: &mut Rng) -> Outcome {
     });
     let mut server_cfg = Builder::new();
     server_cfg.autocork(rng.chance(3, 4));
+    if let Some(m) = &modes {
+        sim::tls::accept(&mut server_cfg, m);
+    }
     let server = tokio::spawn(
         serve(s_io, LineCodec::new(), LineCodec::new(), service)
             .max_in_flight(server_in_flight)
@@ -201,6 +234,9 @@ async fn service_run(rng: &mut Rng) -> Outcome {
     if let Some(t) = wtimeout {
         cfg.wtimeout(t);
     }
+    if let Some(m) = &modes {
+        sim::tls::connect(&mut cfg, m);
+    }
     let (handle, driver) = cfg.build(c_io).spawn();
     let mut client = Client::builder().max_in_flight(client_in_flight).build(
         handle.clone(),
@@ -214,7 +250,7 @@ async fn service_run(rng: &mut Rng) -> Outcome {
         if rng.chance(1, 3) {
             tokio::time::sleep(rng.millis(0, 20)).await;
         }
-        let req = format!("{id} {}", payload(rng, 300));
+        let req = format!("{id} {mark}{}", payload(rng, 300));
         match client.ready().await {
             Ok(c) => {
                 let fut = c.call(req.clone());
@@ -334,6 +370,14 @@ async fn service_run(rng: &mut Rng) -> Outcome {
     }
     trace = mix(trace, ok);
     trace = mix(trace, timed_out);
+    if let Some(m) = &modes {
+        for side in 0..2 {
+            check!(
+                memchr::memmem::find(&link.wire(side), TLS_MARK.as_bytes()).is_none(),
+                "side {side} sent a request or answer in plaintext ({m:?})"
+            );
+        }
+    }
     let (w0, _, _) = link.counts(0);
     let (w1, _, _) = link.counts(1);
     Ok(Stats {
@@ -347,6 +391,7 @@ async fn service_run(rng: &mut Rng) -> Outcome {
         half_closes: u64::from(faults.half_close),
         bytes: w0 + w1,
         mutated: u64::from(link.mutated()),
+        tls: u64::from(tls),
         ..Stats::default()
     })
 }
@@ -358,16 +403,83 @@ const LINE: u64 = 0;
 const CHUNK: u64 = 1;
 const JSON: u64 = 2;
 
-fn body(rng: &mut Rng, kind: u64, id: u64) -> Vec<u8> {
+/// Control headers of the TLS runs (`"<id> 3 0"`, `"<id> 4 0"`): the
+/// server answers with the same header, then switches.
+const STARTTLS: u64 = 3;
+const STOPTLS: u64 = 4;
+
+/// Begins every body sent while TLS is on, so that the wire can be searched
+/// for it: it must never be seen in plaintext.
+const TLS_MARK: &str = "TLSONLY";
+
+/// Begins the body of the request a client injects in plaintext behind its
+/// STARTTLS.
+const INJECTED: &str = "INJECTED";
+
+/// One pipeline run in this many runs STARTTLS (when a TLS backend is
+/// compiled in): handshakes cost CPU.
+const TLS_EVERY: u64 = 2;
+
+/// Whether `seed` is a pipeline run with STARTTLS.
+fn tls_seed(seed: u64) -> bool {
+    sim::tls::ENABLED && seed % (2 * TLS_EVERY) == 1
+}
+
+fn body(rng: &mut Rng, kind: u64, id: u64, mark: &str) -> Vec<u8> {
     match kind {
-        LINE => format!("{id}:{}\n", payload(rng, 2000)).into_bytes(),
+        LINE => format!("{id}:{mark}{}\n", payload(rng, 2000)).into_bytes(),
         CHUNK => {
-            let mut b = format!("{id}:").into_bytes();
+            let mut b = format!("{id}:{mark}").into_bytes();
             b.extend_from_slice(payload(rng, 40_000).as_bytes());
             b
         }
-        _ => serde_json::to_vec(&serde_json::json!({"id": id, "p": payload(rng, 20_000)}))
-            .expect("json"),
+        _ => serde_json::to_vec(
+            &serde_json::json!({"id": id, "p": format!("{mark}{}", payload(rng, 20_000))}),
+        )
+        .expect("json"),
+    }
+}
+
+/// STARTTLS in a pipeline run.
+#[derive(Debug)]
+struct TlsPlan {
+    /// The request that upgrades (after at least one plaintext exchange).
+    start_at: u64,
+    /// The request after which TLS stops, if any.
+    stop_at: Option<u64>,
+    /// The client sends a plaintext request right behind its STARTTLS, in
+    /// the same write (the STARTTLS injection attack).
+    inject: bool,
+    modes: sim::tls::Modes,
+}
+
+impl TlsPlan {
+    fn random(rng: &mut Rng, n: u64) -> TlsPlan {
+        let start_at = rng.range(1, (n - 1).min(3));
+        let stop_at =
+            (start_at + 1 < n && rng.chance(1, 2)).then(|| rng.range(start_at + 1, n - 1));
+        TlsPlan {
+            start_at,
+            stop_at,
+            inject: rng.chance(1, 8),
+            modes: sim::tls::modes(rng),
+        }
+    }
+
+    /// The control request `id` is, if any.
+    fn control(&self, id: u64) -> Option<u64> {
+        if id == self.start_at {
+            Some(STARTTLS)
+        } else if Some(id) == self.stop_at {
+            Some(STOPTLS)
+        } else {
+            None
+        }
+    }
+
+    /// Whether request `id` is sent over TLS.
+    fn over_tls(&self, id: u64) -> bool {
+        id > self.start_at && self.stop_at.is_none_or(|s| id <= s)
     }
 }
 
@@ -387,6 +499,8 @@ struct ServerEnd {
     ids: Vec<u64>,
     clean_end: bool,
     end: Option<anyframe::Error>,
+    /// TLS switches (start, stop) done.
+    switched: u64,
     /// The driver, while the connection is open.
     driver: Option<Driver<sim::SimStream>>,
     /// (unread, unwritten) once the connection is closed and taken apart.
@@ -413,11 +527,20 @@ async fn release_server(mut st: ServerEnd, sh: &Handle, drv: Driver<sim::SimStre
     st
 }
 
-async fn pipeline_run(rng: &mut Rng) -> Outcome {
+async fn pipeline_run(rng: &mut Rng, tls: bool) -> Outcome {
     let (c_io, s_io, link) = sim::pair(rng);
     let faults = Faults::random(rng);
     let chaos = tokio::spawn(sim::chaos(link.clone(), Rng::new(rng.next_u64()), faults));
-    let n = rng.range(1, 30);
+    let n = if tls {
+        rng.range(2, 30)
+    } else {
+        rng.range(1, 30)
+    };
+    let plan = tls.then(|| TlsPlan::random(rng, n));
+    let injected = plan.as_ref().is_some_and(|p| p.inject);
+    if plan.is_some() {
+        link.tap();
+    }
 
     let mut ccfg = Builder::new();
     let high = rng.size(128 * 1024);
@@ -469,6 +592,7 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
     // The server: a header line, then the body with the decoder it names;
     // it answers with the same header and body.
     let mut srng = Rng::new(rng.next_u64());
+    let smodes = plan.as_ref().map(|p| p.modes.clone());
     let server = {
         let sh = sh.clone();
         tokio::spawn(async move {
@@ -480,17 +604,60 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
                 };
                 loop {
                     // End of input between requests is the clean end.
-                    let hdr = match sh.read(OrEof::new(LineCodec::new())).await {
-                        Ok(Some(l)) => l.into_frame(),
-                        Ok(None) => {
-                            st.clean_end = true;
-                            return st;
+                    let (hdr, switch) = match &smodes {
+                        None => match sh.read(OrEof::new(LineCodec::new())).await {
+                            Ok(Some(l)) => (l.into_frame(), None),
+                            Ok(None) => {
+                                st.clean_end = true;
+                                return st;
+                            }
+                            Err(e) => return fail(st, e),
+                        },
+                        // With TLS, a control header is answered and the
+                        // switch queued from inside the completion that read
+                        // it, so no read runs between.
+                        Some(m) => {
+                            let m = m.clone();
+                            let t = sh.push_read_with(
+                                OrEof::new(LineCodec::new()),
+                                move |l: Option<Line>, q| {
+                                    let Some(l) = l else { return Ok(None) };
+                                    let hdr = l.into_frame();
+                                    let kind =
+                                        parse_header(hdr.strip_suffix(b"\n").unwrap_or(&hdr))
+                                            .map(|h| h.1);
+                                    let switch = match kind {
+                                        Some(k @ (STARTTLS | STOPTLS)) => {
+                                            q.push_bytes(hdr.clone())?;
+                                            Some(sim::tls::server_switch(q, &m, k == STARTTLS))
+                                        }
+                                        _ => None,
+                                    };
+                                    Ok(Some((hdr, switch)))
+                                },
+                            );
+                            match t.await {
+                                Ok(Some(x)) => x,
+                                Ok(None) => {
+                                    st.clean_end = true;
+                                    return st;
+                                }
+                                Err(e) => return fail(st, e),
+                            }
                         }
-                        Err(e) => return fail(st, e),
                     };
                     let (id, kind, len) = parse_header(hdr.strip_suffix(b"\n").unwrap_or(&hdr))
                         .unwrap_or_else(|| panic!("server: bad header {hdr:?}"));
                     st.consumed += hdr.len();
+                    if let Some(switch) = switch {
+                        st.pushed.extend_from_slice(&hdr);
+                        st.ids.push(id);
+                        match switch.await {
+                            Ok(()) => st.switched += 1,
+                            Err(e) => return fail(st, e),
+                        }
+                        continue;
+                    }
                     let body: Bytes = match kind {
                         LINE => match sh.read(LineCodec::new()).await {
                             Ok(l) => l.into_frame(),
@@ -544,6 +711,11 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
     let mut tickets = Vec::new();
     let mut client_err = None;
     let mut refused = 0u64;
+    // The client's TLS switches: (which, ticket), awaited at the end, or
+    // the start before a stop (one switch at a time).
+    let mut switches = Vec::<(&str, anyframe::Ticket<()>)>::new();
+    let mut switched = Vec::<(&str, Result<(), anyframe::Error>)>::new();
+    let mut last_was_switch = false;
     for id in 0..n {
         if rng.chance(1, 3) {
             tokio::time::sleep(rng.millis(0, 30)).await;
@@ -559,11 +731,48 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
                 ch.write_buffered()
             );
         }
-        let kind = rng.below(3);
-        let b = body(rng, kind, id);
-        let mut frame = format!("{id} {kind} {}\n", b.len()).into_bytes();
-        let hlen = frame.len();
-        frame.extend_from_slice(&b);
+        let control = plan.as_ref().and_then(|p| p.control(id));
+        if control == Some(STOPTLS) {
+            // The handshake must be over before TLS can stop.
+            for (what, t) in switches.drain(..) {
+                let r = t.await;
+                let failed = r.clone().err();
+                switched.push((what, r));
+                if let Some(e) = failed {
+                    client_err = Some(e);
+                }
+            }
+            if client_err.is_some() {
+                break;
+            }
+        }
+        let (kind, frame, hlen) = match control {
+            Some(k) => {
+                let mut frame = format!("{id} {k} 0\n").into_bytes();
+                let hlen = frame.len();
+                if k == STARTTLS && injected {
+                    let evil = format!("{}:{INJECTED}\n", id + 1);
+                    frame.extend_from_slice(
+                        format!("{} {LINE} {}\n", id + 1, evil.len()).as_bytes(),
+                    );
+                    frame.extend_from_slice(evil.as_bytes());
+                }
+                (k, frame, hlen)
+            }
+            None => {
+                let kind = rng.below(3);
+                let mark = if plan.as_ref().is_some_and(|p| p.over_tls(id)) {
+                    TLS_MARK
+                } else {
+                    ""
+                };
+                let b = body(rng, kind, id, mark);
+                let mut frame = format!("{id} {kind} {}\n", b.len()).into_bytes();
+                let hlen = frame.len();
+                frame.extend_from_slice(&b);
+                (kind, frame, hlen)
+            }
+        };
         let before = ch.write_buffered();
         match ch.push_bytes(frame.clone()) {
             Ok(()) => check!(
@@ -599,6 +808,16 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
             log.lock().unwrap().push(id * 2);
             Ok(l.into_frame())
         });
+        if let (Some(k), Some(p)) = (control, &plan) {
+            // The answer to the control header is read before the switch.
+            let start = k == STARTTLS;
+            let t = sim::tls::client_switch(&ch, &p.modes, start);
+            switches.push((if start { "starttls" } else { "stoptls" }, t));
+            tickets.push((id, expect_hdr, None, h));
+            last_was_switch = true;
+            continue;
+        }
+        last_was_switch = false;
         let log = order.clone();
         let done = move |b: Bytes, _: &mut anyframe::Requests| {
             log.lock().unwrap().push(id * 2 + 1);
@@ -610,21 +829,39 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
             JSON => ch.push_read_with(RawJsonCodec::new(), done),
             _ => unreachable!("three formats"),
         };
-        tickets.push((id, expect_hdr, expect_body, h, body_ticket));
+        tickets.push((id, expect_hdr, Some((expect_body, body_ticket)), h));
     }
-    // Done sending: half-close.
+    // Done sending: half-close. A switch with no output queued behind it
+    // does not hold a shutdown back (the defect pinned by
+    // `push_shutdown_after_a_pending_starttls_waits_for_the_handshake`),
+    // so then the client waits for its switch first.
+    if last_was_switch {
+        for (what, t) in switches.drain(..) {
+            stage(format!(
+                "client awaits its last {what} ({faults:?}, {plan:?})"
+            ));
+            switched.push((what, t.await));
+        }
+    }
     let _ = ch.push_shutdown();
 
     // Going over wbuf_max closed the client (fatal, by design).
     let overflowed = client_err
         .as_ref()
         .is_some_and(|e| e.kind() == ErrorKind::NoSpace);
+    // What may make requests fail: a fault that cuts the byte stream, a
+    // write over `wbuf_max`, or plaintext injected behind STARTTLS.
+    let excused = !faults.lossless() || overflowed || injected;
     let mut consumed = 0usize;
     let mut ok = 0u64;
     let issued = tickets.len() as u64;
     let mut failed = false;
-    for (id, eh, eb, h, b) in tickets {
-        for (what, expect, t) in [("header", eh, h), ("body", eb, b)] {
+    for (id, eh, body, h) in tickets {
+        let mut reads = vec![("header", eh, h)];
+        if let Some((eb, b)) = body {
+            reads.push(("body", eb, b));
+        }
+        for (what, expect, t) in reads {
             stage(format!(
                 "client awaits the {what} of {id} ({faults:?}, {:?}, client wq {}, rbuf {}, server rbuf {})",
                 link.config(),
@@ -645,8 +882,8 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
                 }
                 Err(e) => {
                     check!(
-                        !faults.lossless() || overflowed,
-                        "{what} of {id} failed without a fault: {e} (faults {faults:?})"
+                        excused,
+                        "{what} of {id} failed without a fault: {e} (faults {faults:?}, {plan:?})"
                     );
                     check!(e.is_fatal(), "{what} of {id}: non-fatal {e}");
                     failed = true;
@@ -663,6 +900,39 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
             order.windows(2).all(|w| w[0] < w[1]),
             "completions out of order: {order:?}"
         );
+    }
+    // Every switch resolves, once: with success, or with EPROTO, or with
+    // the error a fault explains.
+    for (what, t) in switches {
+        stage(format!("client awaits its {what} ({faults:?}, {plan:?})"));
+        switched.push((what, t.await));
+    }
+    let typed = |e: &anyframe::Error| match e.kind() {
+        ErrorKind::Protocol => true,
+        ErrorKind::BrokenPipe | ErrorKind::Io | ErrorKind::Closed => excused,
+        ErrorKind::NoSpace => overflowed,
+        _ => false,
+    };
+    let mut tls_failures = 0;
+    for (what, r) in &switched {
+        match r {
+            Ok(()) => check!(
+                !injected,
+                "{what} succeeded although plaintext was injected behind STARTTLS"
+            ),
+            Err(e) => {
+                tls_failures += 1;
+                check!(
+                    excused,
+                    "{what} failed without a fault: {e} ({faults:?}, {plan:?})"
+                );
+                check!(
+                    e.is_fatal() && typed(e),
+                    "{what} failed with {:?}, neither EPROTO nor explained by the faults: {e} ({faults:?}, {plan:?})",
+                    e.kind()
+                );
+            }
+        }
     }
 
     // A client closed by an error lets its transport go, so the server
@@ -693,7 +963,40 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         "the server read requests out of order: {:?}",
         st.ids
     );
-    if faults.lossless() && !overflowed {
+    if let Some(p) = &plan {
+        if let Some(e) = &st.end {
+            check!(
+                typed(e),
+                "the server failed with {:?}, neither EPROTO nor explained by the faults: {e} ({faults:?}, {p:?})",
+                e.kind()
+            );
+        }
+        if p.inject {
+            check!(
+                st.ids.iter().all(|&id| id <= p.start_at),
+                "the server read plaintext injected behind STARTTLS as requests: {:?}",
+                st.ids
+            );
+            if st.ids.contains(&p.start_at) && faults.lossless() && !overflowed {
+                check!(
+                    st.end
+                        .as_ref()
+                        .is_some_and(|e| e.kind() == ErrorKind::Protocol),
+                    "the server's handshake over injected plaintext ended with {:?}, not EPROTO",
+                    st.end
+                );
+            }
+        } else {
+            // Nothing sent while TLS is on crosses the network in plaintext.
+            for side in 0..2 {
+                check!(
+                    memchr::memmem::find(&link.wire(side), TLS_MARK.as_bytes()).is_none(),
+                    "side {side} sent a body meant for TLS in plaintext ({p:?})"
+                );
+            }
+        }
+    }
+    if !excused {
         check!(
             client_err.is_none(),
             "client failed without a fault: {client_err:?}"
@@ -763,6 +1066,32 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
             &s_unwritten[..],
         ),
     ] {
+        if plan.is_some() {
+            // With TLS the network carries ciphertext, and a connection
+            // taken apart while TLS is on drops its session's buffers (and
+            // its unread bytes may be ciphertext): only whole exchanges
+            // and the unwritten queue compare with what was sent.
+            if excused {
+                check!(
+                    used <= stream.len(),
+                    "{dir}: {used} bytes consumed, {} sent",
+                    stream.len()
+                );
+                check!(
+                    stream.ends_with(unwritten),
+                    "{dir}: the unwritten bytes are not the last bytes sent"
+                );
+            } else {
+                check!(
+                    used == stream.len() && unread.is_empty() && unwritten.is_empty(),
+                    "{dir}: {used} consumed, {} unread, {} unwritten of {} sent",
+                    unread.len(),
+                    unwritten.len(),
+                    stream.len()
+                );
+            }
+            continue;
+        }
         // Bytes lost to a reset, or in flight toward an end that was
         // dropped, are not accounted for.
         let lossy = reset || link.counts(side).2 > 0;
@@ -811,6 +1140,11 @@ async fn pipeline_run(rng: &mut Rng) -> Outcome {
         half_closes: u64::from(faults.half_close),
         bytes: w0 + w1,
         mutated: u64::from(link.mutated()),
+        tls: u64::from(plan.is_some()),
+        injected: u64::from(injected),
+        switches: switched.iter().filter(|(_, r)| r.is_ok()).count() as u64,
+        server_switches: st.switched,
+        tls_failures,
         ..Stats::default()
     })
 }
@@ -850,10 +1184,13 @@ fn simulated_network_seeds() {
 }
 
 /// A run is a pure function of its seed: the same seed gives the same
-/// trace (every delivery, reset and half-close, and the outcomes).
+/// trace (every delivery, reset and half-close, and the outcomes). Seed 2
+/// runs over TLS from the first byte and seeds 1, 5, 13, 17 and 21 cross
+/// STARTTLS (native-tls and rustls clients): their bytes differ between
+/// runs, their lengths and schedule do not.
 #[test]
 fn a_seed_replays_exactly() {
-    for seed in [1, 2, 77, 1234, 99_999] {
+    for seed in [1, 2, 5, 13, 17, 21, 77, 1234, 99_999] {
         let a = run_seed(seed);
         let b = run_seed(seed);
         assert_eq!(a, b, "seed {seed} did not replay");
@@ -878,7 +1215,7 @@ fn the_checks_catch_a_lost_byte_and_a_reordering() {
         let mut caught = 0;
         for seed in 0..40 {
             let sound = run_seed(seed).expect("the sound network passes");
-            if sound.resets + sound.half_closes > 0 || sound.bytes < 2 {
+            if sound.resets + sound.half_closes + sound.injected > 0 || sound.bytes < 2 {
                 continue;
             }
             sim::set_mutation(Some(mutation));
@@ -919,5 +1256,46 @@ fn the_network_resegments_and_keeps_order() {
         let reader = async move { r.read(ChunkCodec::new(data.len())).await.unwrap() == data };
         let (_w, same) = tokio::join!(writer, reader);
         assert!(same);
+    });
+}
+
+/// Found by seed 97 (client on native-tls, server on rustls, STARTTLS as
+/// the last request): `push_shutdown` after a `starttls` still queued
+/// behind reads, with no output after the switch, shut the write side down
+/// at once, before the ClientHello, and the handshake failed with EPIPE.
+/// The shutdown must wait for the switch, as output queued after it does.
+#[cfg(any(feature = "tls", feature = "rustls"))]
+#[test]
+#[ignore = "known defect: push_shutdown does not wait for a pending STARTTLS with nothing queued behind it"]
+fn push_shutdown_after_a_pending_starttls_waits_for_the_handshake() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rng = Rng::new(97);
+        let (c_io, s_io, _link) = sim::pair(&mut rng);
+        let b = sim::tls::BACKENDS[0];
+        let server = tokio::spawn(async move {
+            let mut conn = QueuedFramed::new(s_io);
+            let cmd = conn.read(LineCodec::new()).await.unwrap();
+            assert_eq!(cmd.line(), b"STARTTLS");
+            conn.push_write(LineCodec::new(), "ready").unwrap();
+            conn.starttls(sim::tls::server(b)).await
+        });
+        let (ch, _driver) = QueuedFramed::new(c_io).spawn();
+        ch.push_write(LineCodec::new(), "STARTTLS").unwrap();
+        let answer = ch.push_read(LineCodec::new());
+        let handshake = ch.starttls(sim::tls::client(b));
+        // Done: nothing more to send over TLS.
+        ch.push_shutdown().unwrap();
+        assert_eq!(answer.await.unwrap().line(), b"ready");
+        let client = handshake.await;
+        let server = server.await.unwrap();
+        assert!(
+            client.is_ok() && server.is_ok(),
+            "client handshake {client:?}, server handshake {server:?}"
+        );
     });
 }

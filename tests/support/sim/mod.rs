@@ -19,6 +19,8 @@
 //! function of its seed.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tls;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -147,6 +149,8 @@ struct Dir {
     lost: u64,
     /// The reading end was dropped: writes fail, as on a closed socket.
     reader_gone: bool,
+    /// Every byte written, when the link is tapped.
+    wire: Option<Vec<u8>>,
 }
 
 impl Dir {
@@ -294,6 +298,20 @@ impl Link {
         lock(&self.net).trace
     }
 
+    /// Records every byte written from now on, in both directions.
+    pub fn tap(&self) {
+        let mut net = lock(&self.net);
+        for d in &mut net.dirs {
+            d.wire.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The bytes written by `side` since [`Link::tap`] (as written, before
+    /// any loss).
+    pub fn wire(&self, side: usize) -> Vec<u8> {
+        lock(&self.net).dirs[side].wire.clone().unwrap_or_default()
+    }
+
     pub fn config(&self) -> NetConfig {
         lock(&self.net).cfg.clone()
     }
@@ -348,6 +366,13 @@ impl AsyncRead for SimStream {
     }
 }
 
+/// Whether `b` then `a` differs from `a` then `b`.
+fn swap_changes(a: &[u8], b: &[u8]) -> bool {
+    let ab = a.iter().chain(b);
+    let ba = b.iter().chain(a);
+    ab.ne(ba)
+}
+
 impl AsyncWrite for SimStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -385,6 +410,9 @@ impl AsyncWrite for SimStream {
             buf.len()
         };
         let n = take.min(room);
+        if let Some(w) = &mut net.dirs[side].wire {
+            w.extend_from_slice(&buf[..n]);
+        }
         let now = Instant::now();
         let mut off = 0;
         while off < n {
@@ -418,7 +446,10 @@ impl AsyncWrite for SimStream {
                     delivered -= 1;
                     net.mutation = None;
                 }
-                Mutation::Reorder if k >= 2 && d.segs[k - 1].1 != d.segs[k - 2].1 => {
+                // Only a swap that changes the byte stream: two runs of one
+                // repeated byte (a ClientHello's zero padding) swap into
+                // the same bytes.
+                Mutation::Reorder if k >= 2 && swap_changes(&d.segs[k - 2].1, &d.segs[k - 1].1) => {
                     let a = d.segs[k - 1].1.clone();
                     d.segs[k - 1].1 = std::mem::replace(&mut d.segs[k - 2].1, a);
                     net.mutation = None;
