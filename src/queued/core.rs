@@ -1191,6 +1191,11 @@ impl Core {
             self.unflushed = false;
         }
         if self.output == Output::ShutdownRequested {
+            if self.wq.has_marker() {
+                // A TLS switch is still queued (behind reads): the write
+                // side closes after it, as output queued after it waits.
+                return Poll::Pending;
+            }
             if let Err(e) = ready!(io.poll_send_shutdown(cx)) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }

@@ -90,6 +90,11 @@ impl WriteQueue {
         self.marker = None;
     }
 
+    /// Whether a TLS switch is queued (its marker set).
+    pub(crate) fn has_marker(&self) -> bool {
+        self.marker.is_some()
+    }
+
     /// Bytes that may be written now (those before a switch's marker).
     pub(crate) fn writable(&self) -> usize {
         self.marker.unwrap_or(self.len)
