@@ -539,6 +539,45 @@ async fn queued_plaintext_is_flushed_before_the_client_hello_on(b: TlsBackend) {
     within("server", server).await.unwrap();
 }
 
+/// Inline: a STARTTLS queued behind a read, then `shutdown_write`. The
+/// write side closes after the handshake (a shutdown before the ClientHello
+/// would end the upgrade), and the flush that waits for it drives the read
+/// and the switch before it instead of waiting for a caller that is busy
+/// awaiting the flush.
+#[tokio::test]
+async fn inline_shutdown_after_a_queued_starttls_closes_after_the_handshake() {
+    for &b in pki::BACKENDS {
+        inline_shutdown_after_a_queued_starttls_closes_after_the_handshake_on(b).await;
+    }
+}
+
+async fn inline_shutdown_after_a_queued_starttls_closes_after_the_handshake_on(b: TlsBackend) {
+    let (c, s) = tcp_pair().await;
+    let server = tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(s);
+        assert_eq!(
+            conn.read(LineCodec::new()).await.unwrap().line(),
+            b"STARTTLS"
+        );
+        conn.write(LineCodec::new(), "GO").await.unwrap();
+        conn.starttls(server_on(b)).await.unwrap();
+        // Then a clean end: close_notify and EOF, nothing else.
+        let end = conn.read(LineCodec::new()).await.unwrap_err();
+        assert!(end.is_eof() && end.tls_error().is_none(), "{end:?}");
+    });
+    within("client", async {
+        let mut conn = QueuedFramed::new(c);
+        conn.push_write(LineCodec::new(), "STARTTLS").unwrap();
+        let go = conn.push_read(LineCodec::new());
+        let upgraded = conn.push_starttls(pki::client_on(b));
+        conn.shutdown_write().await.unwrap();
+        assert_eq!(conn.wait(go).await.unwrap().line(), b"GO");
+        conn.wait(upgraded).await.unwrap();
+    })
+    .await;
+    within("server", server).await.unwrap();
+}
+
 #[tokio::test]
 async fn starttls_while_tls_is_active_is_einval_and_harmless() {
     for &b in pki::BACKENDS {

@@ -1323,6 +1323,14 @@ impl Core {
             if self.poll_write_out(io, cx)?.is_ready() {
                 return Poll::Ready(Ok(()));
             }
+            if self.wq.has_marker() && !self.queue.is_empty() {
+                // Output (or the shutdown) waits for a TLS switch queued
+                // behind reads: nobody else runs the queue while the
+                // caller awaits this, so the flush does.
+                if self.poll_queue(io, cx)?.is_ready() {
+                    continue;
+                }
+            }
             match ready!(self.poll_timers(cx)) {
                 // A read timeout is a waiting read's; the flush gets a write
                 // or idle timeout, or a read timeout nobody reading took.

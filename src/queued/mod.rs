@@ -449,6 +449,11 @@ where
     /// Writes everything queued and flushes the transport (and half-closes
     /// it if [`push_shutdown`](Self::push_shutdown) was called).
     ///
+    /// Output queued after a TLS switch that waits behind queued reads
+    /// (`push_starttls`, `push_stoptls`) goes out after the switch, and so
+    /// does the half-close: the flush then runs those reads and the switch,
+    /// as [`wait`](Self::wait) would; their tickets keep their results.
+    ///
     /// # Errors
     ///
     /// A transport error (fatal), or the error that closed the connection;
