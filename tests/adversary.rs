@@ -932,6 +932,43 @@ async fn inline_timed_out_discarding_line_read_does_not_turn_the_tail_into_a_lin
     assert_eq!(next.unwrap().line(), b"ok");
 }
 
+/// `read(decoder)` by value, cancelled mid-line: its decoder dies with the
+/// future, so the read is a queued request that runs on to the line's end.
+#[tokio::test]
+async fn inline_read_by_value_cancelled_mid_line_does_not_turn_the_tail_into_a_line() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(ours);
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(100), conn.read(short_lines())).await;
+    assert!(first.is_err(), "the line has not ended yet: {first:?}");
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let retry = within("retry", conn.read(short_lines())).await;
+    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
+    let next = within("next", conn.read(short_lines())).await;
+    assert_eq!(next.unwrap().line(), b"ok");
+}
+
+/// The same with the connection's read timeout.
+#[tokio::test(start_paused = true)]
+async fn inline_read_by_value_timed_out_mid_line_does_not_turn_the_tail_into_a_line() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut b = QueuedFramed::builder();
+    b.rtimeout(Duration::from_secs(1));
+    let mut conn = b.build(ours);
+    peer.write_all(b"an over-long line that has not ended")
+        .await
+        .unwrap();
+    let first = within("first", conn.read(short_lines())).await;
+    assert!(first.unwrap_err().is_timeout());
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let retry = within("retry", conn.read(short_lines())).await;
+    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
+    let next = within("next", conn.read(short_lines())).await;
+    assert_eq!(next.unwrap().line(), b"ok");
+}
+
 /// A decoder you keep (`read_with`) carries its discarding state across a
 /// cancelled read, as a `FramedRead`'s does across a dropped `next()`.
 #[tokio::test]

@@ -11,7 +11,8 @@ use support::{MockIo, Step, data};
 /// delivered in `steps`; returns what the second read gave.
 async fn json_then<D>(steps: Vec<Step>, next: D) -> anyframe::Result<D::Item>
 where
-    D: tokio_util::codec::Decoder,
+    D: tokio_util::codec::Decoder + Send + 'static,
+    D::Item: Send + 'static,
     D::Error: Into<anyframe::Error>,
 {
     let (io, _) = MockIo::new(steps);

@@ -973,12 +973,7 @@ impl Core {
             // The error of the frame a cancelled read was consuming.
             return Poll::Ready(Err(e));
         }
-        if !self.cfg.autocork && !self.wq.is_empty() {
-            // Autocork off: output goes out whenever the handle runs.
-            if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
+        self.write_uncorked(io, cx)?;
         loop {
             self.check_open()?;
             match decode_step(decoder, &mut self.rbuf, self.input == Input::Eof) {
@@ -996,6 +991,21 @@ impl Core {
             }
             ready!(self.poll_fill(io, cx)).map_err(Error::from)?;
         }
+    }
+
+    /// Autocork off: output goes out whenever the inline handle runs, before
+    /// it returns a frame that was already buffered.
+    pub(crate) fn write_uncorked<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Result<()>
+    where
+        IO: Transport,
+    {
+        if !self.cfg.autocork
+            && !self.wq.is_empty()
+            && let Poll::Ready(Err(e)) = self.poll_write_out(io, cx)
+        {
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Whether `e`, from a decode step, only says the input ended between

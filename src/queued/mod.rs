@@ -292,15 +292,14 @@ where
     ///
     /// Bytes the decoder does not consume stay buffered for the next read.
     /// Pending writes are flushed before waiting for input. Cancel-safe:
-    /// dropping the future loses no bytes (only `decoder`'s scan state),
-    /// with one exception: a decoder that consumes part of a frame before
-    /// the frame is complete (a line being dropped under
+    /// the read is a queued request ([`push_read`](Self::push_read) then
+    /// [`wait`](Self::wait)), so dropping the future before the decoder has
+    /// taken anything consumes nothing, and a decoder that has consumed
+    /// part of its frame (a line being dropped under
     /// [`OverflowPolicy::Discard`](crate::codecs::OverflowPolicy::Discard))
-    /// takes that progress with it when the future is dropped or fails
-    /// with a timeout, and a fresh decoder then starts mid-frame. For such a
-    /// decoder keep it across calls with [`read_with`](Self::read_with), or
-    /// queue the read with [`push_read`](Self::push_read): a queued request
-    /// that has consumed part of its frame runs on to the frame's end.
+    /// runs on to the end of that frame for nobody: the next read starts at
+    /// the next frame. [`read_with`](Self::read_with) is the cheaper form
+    /// for a decoder you keep (no queue entry per frame).
     ///
     /// # Errors
     ///
@@ -309,12 +308,14 @@ where
     /// * The decoder's error: non-fatal ones (`EBADMSG`) leave the handle
     ///   usable; fatal ones destroy it.
     /// * A transport error (fatal), or the error that closed the connection.
-    pub async fn read<D>(&mut self, mut decoder: D) -> Result<D::Item>
+    pub async fn read<D>(&mut self, decoder: D) -> Result<D::Item>
     where
-        D: Decoder,
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
         D::Error: Into<Error>,
     {
-        self.read_with(&mut decoder).await
+        let ticket = self.push_read(decoder);
+        self.wait(ticket).await
     }
 
     /// [`read`](Self::read) with a decoder you keep (its state survives
@@ -417,7 +418,7 @@ where
     where
         F: FnMut(&mut BytesMut) -> Result<Option<T>>,
     {
-        self.read(FnDecoder::new(f)).await
+        self.read_with(&mut FnDecoder::new(f)).await
     }
 
     /// Drives the connection until `ticket` resolves, and returns its result.
@@ -437,7 +438,13 @@ where
                 // too.) A timeout nobody queued heard is not this ticket's:
                 // drive on.
                 let io = &mut self.io;
-                match self.core.run(|core| core.poll_queue(io, cx)) {
+                let driven = self.core.run(|core| {
+                    let driven = core.poll_queue(io, cx);
+                    // A write error closed the connection: the ticket has it.
+                    let _ = core.write_uncorked(io, cx);
+                    driven
+                });
+                match driven {
                     Poll::Ready(Err(e)) if !e.is_fatal() => continue,
                     _ => return ticket.poll_result(cx),
                 }
