@@ -30,7 +30,8 @@
 //! | Open | timer expired, no hook | non-fatal `ETIMEDOUT` to the first waiter | Open | `fail` |
 //! | Open | idle or read timer expired, no hook, nobody waits, a read still owed (spawned) | fatal `ETIMEDOUT` | Closed | `fail_timer` → `close` |
 //! | Open | non-fatal error (`EBADMSG`, `ETIMEDOUT`, …) | to the head read, else the switch's waiter, else the write waiters | Open | `fail` |
-//! | Open | fatal error, panic in a user callback, `destroy` | fail every entry and waiter with it | Closed | `fail` → `close` |
+//! | Open | fatal error, `destroy`, panic in a user callback on the driver | fail every entry and waiter with it | Closed | `fail` → `close`; `guard` |
+//! | Open | panic in a user callback on the inline front end (unwinding) | tell every waiter `Panicked`; drop the entries at the next call | Closed | `run` → `poison`, `settle_panic` |
 //! | Open, Output::Open | `push_shutdown` | flush, then half-close | Output::Shut | `poll_write_out` |
 //! | Closed | any call | fails fast with the stored error | Closed | `check_open` |
 //!
@@ -202,6 +203,10 @@ pub(crate) struct Core {
     peer_cert: Option<Vec<u8>>,
     /// The queue length at which cancelled requests are swept out next.
     sweep_at: usize,
+    /// A user callback panicked inside an inline call: the connection is
+    /// already `Closed`; telling the waiters (which drops user code) waits
+    /// for the next call into the core, outside the unwinding.
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -225,6 +230,30 @@ pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> &str {
         s
     } else {
         "(a non-string panic payload)"
+    }
+}
+
+/// Marks the core closed when dropped, which only happens while unwinding
+/// (on the normal path it is forgotten).
+struct ClosedOnUnwind<'a>(&'a mut Core);
+
+impl Drop for ClosedOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.poison();
+    }
+}
+
+/// Rolls back an encoder's partial output and marks the core closed, when
+/// dropped while unwinding out of the encoder (forgotten otherwise).
+struct EncodeUnwind<'a> {
+    core: &'a mut Core,
+    before: usize,
+}
+
+impl Drop for EncodeUnwind<'_> {
+    fn drop(&mut self) {
+        self.core.wq.rollback(self.before);
+        self.core.poison();
     }
 }
 
@@ -255,6 +284,7 @@ impl Core {
             #[cfg(any(feature = "tls", feature = "rustls"))]
             peer_cert: None,
             sweep_at: SWEEP_MIN,
+            poisoned: false,
             cfg,
         }
     }
@@ -489,12 +519,13 @@ impl Core {
 
     /// Runs `f`, closing the connection if it panics (a user callback ran
     /// inside it), and returns the panic for the caller to resume once no
-    /// lock is held.
+    /// lock is held. For the driver: one call per turn.
     #[inline]
     pub(crate) fn guard<R>(
         &mut self,
         f: impl FnOnce(&mut Core) -> R,
     ) -> std::result::Result<R, Box<dyn Any + Send>> {
+        self.settle_panic();
         match catch_unwind(AssertUnwindSafe(|| f(self))) {
             Ok(r) => Ok(r),
             Err(payload) => {
@@ -504,13 +535,62 @@ impl Core {
         }
     }
 
-    /// [`guard`](Self::guard) for a caller that holds no lock: the panic
-    /// goes on at once.
+    /// [`guard`](Self::guard) for a caller that holds no lock and lets the
+    /// panic go on: the inline front end, once per frame. No
+    /// `catch_unwind` here (it would cost a fifth of a small frame's
+    /// decode): a guard marks the connection closed if `f` unwinds, and the
+    /// waiters are told at the next call.
     #[inline]
     pub(crate) fn run<R>(&mut self, f: impl FnOnce(&mut Core) -> R) -> R {
-        match self.guard(f) {
-            Ok(r) => r,
-            Err(payload) => resume_unwind(payload),
+        self.settle_panic();
+        let armed = ClosedOnUnwind(self);
+        let r = f(&mut *armed.0);
+        std::mem::forget(armed);
+        r
+    }
+
+    /// A user callback panicked (we are unwinding): close at once and tell
+    /// every waiter, without running user code (only channels and wakers);
+    /// the entries, which hold user code, are dropped by
+    /// [`settle_panic`](Self::settle_panic) at the next call. The driver is
+    /// woken to do so.
+    fn poison(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        let err = Error::panicked("the panic went on to the caller");
+        self.life = Life::Closed(err.clone());
+        self.poisoned = true;
+        for entry in &mut self.queue {
+            match entry {
+                Entry::Read(req) => {
+                    let _ = req.tell(err.clone());
+                }
+                #[cfg(any(feature = "tls", feature = "rustls"))]
+                Entry::Switch(sw) => {
+                    if let Some(done) = sw.done.take() {
+                        let _ = done.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(Err(err.clone()));
+        }
+        self.marks.wake_all();
+        self.wake_driver();
+    }
+
+    /// After [`poison`](Self::poison): resolves every entry and waiter with
+    /// the panic's error.
+    #[inline]
+    fn settle_panic(&mut self) {
+        if !self.poisoned {
+            return;
+        }
+        self.poisoned = false;
+        if let Life::Closed(e) = std::mem::replace(&mut self.life, Life::Open) {
+            self.close(e);
         }
     }
 
@@ -1092,22 +1172,15 @@ impl Core {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
+        self.settle_panic();
         self.check_writable()?;
         let before = self.wq.tail_len();
-        let encoded = catch_unwind(AssertUnwindSafe(|| {
-            encoder.encode(item, self.wq.tail_mut())
-        }));
-        match encoded {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.wq.rollback(before);
-                return Err(e.into());
-            }
-            Err(payload) => {
-                self.wq.rollback(before);
-                self.close(Error::panicked(panic_text(&*payload)));
-                resume_unwind(payload);
-            }
+        let armed = EncodeUnwind { core: self, before };
+        let encoded = encoder.encode(item, armed.core.wq.tail_mut());
+        std::mem::forget(armed);
+        if let Err(e) = encoded {
+            self.wq.rollback(before);
+            return Err(e.into());
         }
         let added = self.wq.tail_len() - before;
         if self.over_wbuf_max(added) {
