@@ -80,6 +80,31 @@ fn leaf(ca: &(CertificateParams, KeyPair), name: &str, expired: bool, client: bo
     }
 }
 
+/// Where this test process writes the PEM files its external peers
+/// (openssl, Perl) read: under Cargo's scratch directory for integration
+/// tests (`target/tmp`, never the system's temporary directory), one
+/// directory per process (the keys are made per process). Directories
+/// left by processes that ended over an hour ago are removed first, so
+/// they do not pile up.
+fn pem_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let hour = std::time::Duration::from_secs(3600);
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with("pki-")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > hour);
+            if stale {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    root.join(format!("pki-{}", std::process::id()))
+}
+
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
@@ -93,7 +118,7 @@ pub fn pki() -> &'static Pki {
             expired: leaf(&ca, "localhost", true, false),
             unknown_ca: leaf(&other, "localhost", false, false),
             client: leaf(&ca, "anyframe client", false, true),
-            dir: std::env::temp_dir().join(format!("anyframe-pki-{}", std::process::id())),
+            dir: pem_dir(),
             ca_pem,
             ca_der,
         };
