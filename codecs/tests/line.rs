@@ -1367,19 +1367,9 @@ fn eol_steps(chunks: &[&[u8]], mut step: impl FnMut(&mut BytesMut, bool) -> Step
 }
 
 fn eol_pattern() -> impl Strategy<Value = String> {
-    let atom = prop::sample::select(vec![
+    support::regex_grammar(vec![
         ";", ",", r"\n", r"\r", "[;,]", ".", r"\b", "$", "(?m:^)", "é", r"\w", "a",
     ])
-    .prop_map(str::to_owned);
-    atom.prop_recursive(3, 10, 3, |inner| {
-        prop_oneof![
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a}{b}")),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(?:{a}|{b})")),
-            inner.clone().prop_map(|a| format!("(?:{a})?")),
-            inner.clone().prop_map(|a| format!("(?:{a}){{1,3}}")),
-            inner.prop_map(|a| format!("(?:{a})+")),
-        ]
-    })
 }
 
 proptest! {

@@ -437,19 +437,9 @@ fn steps(chunks: &[&[u8]], mut step: impl FnMut(&mut BytesMut) -> Step) -> Vec<S
 
 /// Patterns from a small grammar, bounded and unbounded, with look-around.
 fn pattern() -> impl Strategy<Value = String> {
-    let atom = prop::sample::select(vec![
+    support::regex_grammar(vec![
         "a", "b", ";", r"\n", "[ab]", "[^a]", ".", r"\b", "^", "$", "(?m:^)", "é", r"\w",
     ])
-    .prop_map(str::to_owned);
-    atom.prop_recursive(3, 10, 3, |inner| {
-        prop_oneof![
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a}{b}")),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(?:{a}|{b})")),
-            inner.clone().prop_map(|a| format!("(?:{a})?")),
-            inner.clone().prop_map(|a| format!("(?:{a}){{1,3}}")),
-            inner.prop_map(|a| format!("(?:{a})+")),
-        ]
-    })
 }
 
 proptest! {

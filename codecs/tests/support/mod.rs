@@ -247,3 +247,22 @@ where
     assert_eq!(run_continuing(make(), &bytes), whole, "byte by byte");
     whole
 }
+
+/// Regex patterns built from `atoms` by a small grammar (concatenation,
+/// alternation, `?`, `{1,3}`, `+`, nested three deep): bounded and
+/// unbounded matches, with whatever look-around the atoms bring.
+pub fn regex_grammar(
+    atoms: Vec<&'static str>,
+) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let atom = prop::sample::select(atoms).prop_map(str::to_owned);
+    atom.prop_recursive(3, 10, 3, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a}{b}")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(?:{a}|{b})")),
+            inner.clone().prop_map(|a| format!("(?:{a})?")),
+            inner.clone().prop_map(|a| format!("(?:{a}){{1,3}}")),
+            inner.prop_map(|a| format!("(?:{a})+")),
+        ]
+    })
+}
