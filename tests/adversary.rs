@@ -90,6 +90,34 @@ async fn idle_timeout_hook_set_after_activity_does_not_run_at_once() {
     );
 }
 
+/// The head of a line too long for [`short_lines`], its end not sent yet.
+const LONG_HEAD: &[u8] = b"an over-long line that has not ended";
+
+/// Sends the rest of the over-long line and then the line `ok`; the next
+/// two reads with `read` must give the dropped line's `ENOSPC`, then `ok`.
+async fn the_tail_gives_enospc_then_the_next_line(
+    peer: &mut tokio::io::DuplexStream,
+    mut read: impl AsyncFnMut() -> anyframe::Result<anyframe::codecs::Line>,
+) {
+    peer.write_all(b" TAIL\nok\n").await.unwrap();
+    let retry = within("retry", read()).await;
+    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
+    let next = within("next", read()).await;
+    assert_eq!(next.unwrap().line(), b"ok");
+}
+
+/// A peer that reads every request and never answers.
+fn never_answer(mut theirs: tokio::io::DuplexStream) {
+    tokio::spawn(async move {
+        let mut sink = vec![0u8; 4096];
+        while let Ok(n) = theirs.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+}
+
 // ----- read_many's deferred error --------------------------------------------
 
 /// A line decoder that drops lines over 8 bytes (non-fatal `ENOSPC`).
@@ -313,9 +341,7 @@ async fn a_panicking_drop_while_closing_still_resolves_every_waiter() {
 async fn cancelled_discarding_line_read_does_not_turn_the_tail_into_a_line() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let (h, _driver) = QueuedFramed::new(ours).spawn();
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let first = tokio::time::timeout(Duration::from_millis(100), h.read(short_lines())).await;
     assert!(first.is_err(), "the line has not ended yet: {first:?}");
     peer.write_all(b" TAIL\nok\n").await.unwrap();
@@ -339,9 +365,7 @@ async fn timed_out_discarding_line_read_does_not_turn_the_tail_into_a_line() {
     let mut b = QueuedFramed::builder();
     b.rtimeout(Duration::from_secs(1));
     let (h, _driver) = b.build(ours).spawn();
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let first = within("first", h.read(short_lines())).await;
     assert!(first.unwrap_err().is_timeout());
     peer.write_all(b" TAIL\nok\n").await.unwrap();
@@ -553,16 +577,8 @@ async fn serve_answers_the_whole_requests_before_a_truncated_one() {
 async fn client_ready_does_not_hang_when_every_slot_is_held_by_a_timed_out_call() {
     use anyframe::service::ClientBuilder;
     use tower::{Service, ServiceExt};
-    let (ours, mut theirs) = tokio::io::duplex(4096);
-    tokio::spawn(async move {
-        // Reads the requests, never answers.
-        let mut sink = vec![0u8; 4096];
-        while let Ok(n) = theirs.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    });
+    let (ours, theirs) = tokio::io::duplex(4096);
+    never_answer(theirs);
     let mut b = QueuedFramed::builder();
     b.rtimeout(Duration::from_secs(1));
     let (handle, _driver) = b.build(ours).spawn();
@@ -809,9 +825,7 @@ async fn unshift_goes_after_a_discarding_line_read() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let (h, _driver) = QueuedFramed::new(ours).spawn();
     let discarding = h.push_read(short_lines());
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let unshifted = h.unshift_read(LineCodec::new());
     peer.write_all(b" TAIL\nok\n").await.unwrap();
@@ -899,17 +913,12 @@ async fn serve_ends_with_the_eof_error_at_a_truncated_request() {
 async fn inline_cancelled_discarding_line_read_does_not_turn_the_tail_into_a_line() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let mut conn = QueuedFramed::new(ours);
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let ticket = conn.push_read(short_lines());
     let first = tokio::time::timeout(Duration::from_millis(100), conn.wait(ticket)).await;
     assert!(first.is_err(), "the line has not ended yet: {first:?}");
-    peer.write_all(b" TAIL\nok\n").await.unwrap();
-    let retry = within("retry", conn.read(short_lines())).await;
-    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
-    let next = within("next", conn.read(short_lines())).await;
-    assert_eq!(next.unwrap().line(), b"ok");
+    the_tail_gives_enospc_then_the_next_line(&mut peer, async || conn.read(short_lines()).await)
+        .await;
 }
 
 /// The same with the connection's read timeout, inline.
@@ -919,17 +928,12 @@ async fn inline_timed_out_discarding_line_read_does_not_turn_the_tail_into_a_lin
     let mut b = QueuedFramed::builder();
     b.rtimeout(Duration::from_secs(1));
     let mut conn = b.build(ours);
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let ticket = conn.push_read(short_lines());
     let first = within("first", conn.wait(ticket)).await;
     assert!(first.unwrap_err().is_timeout());
-    peer.write_all(b" TAIL\nok\n").await.unwrap();
-    let retry = within("retry", conn.read(short_lines())).await;
-    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
-    let next = within("next", conn.read(short_lines())).await;
-    assert_eq!(next.unwrap().line(), b"ok");
+    the_tail_gives_enospc_then_the_next_line(&mut peer, async || conn.read(short_lines()).await)
+        .await;
 }
 
 /// `read(decoder)` by value, cancelled mid-line: its decoder dies with the
@@ -938,16 +942,11 @@ async fn inline_timed_out_discarding_line_read_does_not_turn_the_tail_into_a_lin
 async fn inline_read_by_value_cancelled_mid_line_does_not_turn_the_tail_into_a_line() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let mut conn = QueuedFramed::new(ours);
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let first = tokio::time::timeout(Duration::from_millis(100), conn.read(short_lines())).await;
     assert!(first.is_err(), "the line has not ended yet: {first:?}");
-    peer.write_all(b" TAIL\nok\n").await.unwrap();
-    let retry = within("retry", conn.read(short_lines())).await;
-    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
-    let next = within("next", conn.read(short_lines())).await;
-    assert_eq!(next.unwrap().line(), b"ok");
+    the_tail_gives_enospc_then_the_next_line(&mut peer, async || conn.read(short_lines()).await)
+        .await;
 }
 
 /// The same with the connection's read timeout.
@@ -957,16 +956,11 @@ async fn inline_read_by_value_timed_out_mid_line_does_not_turn_the_tail_into_a_l
     let mut b = QueuedFramed::builder();
     b.rtimeout(Duration::from_secs(1));
     let mut conn = b.build(ours);
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let first = within("first", conn.read(short_lines())).await;
     assert!(first.unwrap_err().is_timeout());
-    peer.write_all(b" TAIL\nok\n").await.unwrap();
-    let retry = within("retry", conn.read(short_lines())).await;
-    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
-    let next = within("next", conn.read(short_lines())).await;
-    assert_eq!(next.unwrap().line(), b"ok");
+    the_tail_gives_enospc_then_the_next_line(&mut peer, async || conn.read(short_lines()).await)
+        .await;
 }
 
 /// A decoder you keep (`read_with`) carries its discarding state across a
@@ -976,16 +970,11 @@ async fn inline_read_with_keeps_discarding_across_a_cancelled_read() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let mut conn = QueuedFramed::new(ours);
     let mut lines = short_lines();
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let first = tokio::time::timeout(Duration::from_millis(100), conn.read_with(&mut lines)).await;
     assert!(first.is_err(), "the line has not ended yet: {first:?}");
-    peer.write_all(b" TAIL\nok\n").await.unwrap();
-    let retry = within("retry", conn.read_with(&mut lines)).await;
-    assert_eq!(retry.unwrap_err().kind(), ErrorKind::NoSpace);
-    let next = within("next", conn.read_with(&mut lines)).await;
-    assert_eq!(next.unwrap().line(), b"ok");
+    the_tail_gives_enospc_then_the_next_line(&mut peer, async || conn.read_with(&mut lines).await)
+        .await;
 }
 
 /// The error of a line dropped for a caller that gave up goes to the next
@@ -994,9 +983,7 @@ async fn inline_read_with_keeps_discarding_across_a_cancelled_read() {
 async fn a_cancelled_discarding_reads_error_never_reaches_a_pipelined_call() {
     let (ours, mut peer) = tokio::io::duplex(1024);
     let (h, _driver) = QueuedFramed::new(ours).spawn();
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let first = tokio::time::timeout(Duration::from_millis(100), h.read(short_lines())).await;
     assert!(first.is_err(), "the line has not ended yet: {first:?}");
     let call = h.call(LineCodec::new(), "ping", LineCodec::new());
@@ -1030,15 +1017,8 @@ async fn a_batch_after_a_one_shot_batch_gets_the_next_frames() {
 async fn client_ready_does_not_hang_after_idle_timeouts() {
     use anyframe::service::ClientBuilder;
     use tower::{Service, ServiceExt};
-    let (ours, mut theirs) = tokio::io::duplex(4096);
-    tokio::spawn(async move {
-        let mut sink = vec![0u8; 4096];
-        while let Ok(n) = theirs.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    });
+    let (ours, theirs) = tokio::io::duplex(4096);
+    never_answer(theirs);
     let mut b = QueuedFramed::builder();
     b.timeout(Duration::from_secs(1));
     let (handle, _driver) = b.build(ours).spawn();
@@ -1080,9 +1060,7 @@ async fn inline_read_behind_a_timed_out_discarding_read_gets_the_next_timeout() 
     let mut b = QueuedFramed::builder();
     b.rtimeout(Duration::from_secs(1));
     let mut conn = b.build(ours);
-    peer.write_all(b"an over-long line that has not ended")
-        .await
-        .unwrap();
+    peer.write_all(LONG_HEAD).await.unwrap();
     let ticket = conn.push_read(short_lines());
     assert!(
         within("first", conn.wait(ticket))
