@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyframe::codecs::{ChunkCodec, JsonCodec, LineCodec};
 use anyframe::tls::{TlsClient, TlsServer, native_tls};
@@ -122,7 +122,7 @@ fn tls_once(rt: &tokio::runtime::Runtime, pki: &certs::DemoPki, ours: bool) {
 fn tls_bulk(h: &Harness) {
     let pki = certs::DemoPki::new();
     #[cfg(feature = "rustls")]
-    let rustls_pki = RustlsPki::new();
+    let rustls_pki = rustls_configs(&pki);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -138,33 +138,46 @@ fn tls_bulk(h: &Harness) {
         sides.push(Box::new(|| tls_once_rustls(&rt, &rustls_pki, true)));
         sides.push(Box::new(|| tls_once_rustls(&rt, &rustls_pki, false)));
     }
-    let mut t = vec![Vec::with_capacity(h.reps()); sides.len()];
+    let t = time_rounds(h, sides.len(), |i| sides[i]());
+    // Items are MB (10^6 bytes) so the rates read as MB/s.
+    report_backends(h, "tls-bulk", "MB/s", (TLS_BYTES / 1_000_000) as u64, &t);
+}
+
+/// Runs side `i` of `n` through `run(i)` once per round, all sides in turn,
+/// `h.reps()` rounds; the times per side.
+fn time_rounds(h: &Harness, n: usize, mut run: impl FnMut(usize)) -> Vec<Vec<Duration>> {
+    let mut t = vec![Vec::with_capacity(h.reps()); n];
     for _ in 0..h.reps() {
-        for (side, times) in sides.iter().zip(&mut t) {
+        for (i, times) in t.iter_mut().enumerate() {
             let start = Instant::now();
-            side();
+            run(i);
             times.push(start.elapsed());
         }
     }
-    // Items are MB (10^6 bytes) so the rates read as MB/s.
-    let items = (TLS_BYTES / 1_000_000) as u64;
+    t
+}
+
+/// Reports `{base}-loopback` (native-tls: sides 0 and 1, ours then the bare
+/// stream), `{base}-loopback-rustls` (sides 2 and 3, when built) and the
+/// rustls-against-native-tls rate ratios.
+fn report_backends(h: &Harness, base: &str, unit: &str, items: u64, t: &[Vec<Duration>]) {
     h.report_ratio(
-        "tls-bulk-loopback",
+        &format!("{base}-loopback"),
         Measured::median_of(&t[0], items),
         Measured::median_of(&t[1], items),
         median_ratio(&t[0], &t[1]),
-        "unit=MB/s backend=native-tls",
+        &format!("unit={unit} backend=native-tls"),
     );
     if t.len() == 4 {
         h.report_ratio(
-            "tls-bulk-loopback-rustls",
+            &format!("{base}-loopback-rustls"),
             Measured::median_of(&t[2], items),
             Measured::median_of(&t[3], items),
             median_ratio(&t[2], &t[3]),
-            "unit=MB/s backend=rustls",
+            &format!("unit={unit} backend=rustls"),
         );
         h.note(
-            "tls-bulk-rustls-vs-native-tls",
+            &format!("{base}-rustls-vs-native-tls"),
             &format!(
                 "ours={:.2} bare={:.2} (rustls rate / native-tls rate, median of per-round ratios)",
                 median_ratio(&t[2], &t[0]),
@@ -176,52 +189,12 @@ fn tls_bulk(h: &Harness) {
 
 // ----- tls-bulk-loopback-rustls ----------------------------------------------
 
-/// rustls configurations for `localhost`, from a fresh rcgen certificate.
-#[cfg(feature = "rustls")]
-struct RustlsPki {
-    client: Arc<anyframe::tls::rustls::ClientConfig>,
-    server: Arc<anyframe::tls::rustls::ServerConfig>,
-}
-
-#[cfg(feature = "rustls")]
-impl RustlsPki {
-    fn new() -> RustlsPki {
-        use anyframe::tls::rustls::{self, pki_types};
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("self-signed");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let key = pki_types::PrivateKeyDer::from(pki_types::PrivatePkcs8KeyDer::from(
-            key.serialize_der(),
-        ));
-        let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key)
-            .expect("server config");
-        RustlsPki {
-            client: Arc::new(client),
-            server: Arc::new(server),
-        }
-    }
-}
-
 /// One transfer of TLS_BYTES from a tokio-rustls server; the client side is
 /// ours (rustls backend) or the bare `tokio_rustls` stream.
 #[cfg(feature = "rustls")]
-fn tls_once_rustls(rt: &tokio::runtime::Runtime, pki: &RustlsPki, ours: bool) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server.clone());
-    let config = pki.client.clone();
+fn tls_once_rustls(rt: &tokio::runtime::Runtime, configs: &RustlsConfigs, ours: bool) {
+    let (config, server) = configs.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -260,56 +233,6 @@ fn tls_once_rustls(rt: &tokio::runtime::Runtime, pki: &RustlsPki, ours: bool) {
 
 /// Connections per timed repetition, one after another.
 const HANDSHAKES: usize = 200;
-
-/// One CA and a `localhost` certificate it signed, in the forms both
-/// libraries take, so both backends verify the same two-certificate chain.
-struct HandshakePki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
-    ca_der: Vec<u8>,
-    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
-    cert_der: Vec<u8>,
-    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
-    key_der: Vec<u8>,
-}
-
-impl HandshakePki {
-    fn new() -> HandshakePki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        // Distinct subject names: OpenSSL takes a leaf whose issuer is its
-        // own subject for a self-signed certificate.
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.distinguished_name
-            .push(DnType::CommonName, "anyframe bench CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca.self_signed(&ca_key).expect("self-signed CA");
-        let key = KeyPair::generate().expect("server key");
-        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.use_authority_key_identifier_extension = true;
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = leaf
-            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
-            .expect("server certificate");
-        HandshakePki {
-            ca_pem: ca_cert.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            ca_der: ca_cert.der().to_vec(),
-            cert_der: cert.der().to_vec(),
-            key_der: key.serialize_der(),
-        }
-    }
-}
 
 /// The plaintext line each client sends, and the server's go-ahead.
 const STARTTLS: &[u8] = b"STARTTLS\n";
@@ -440,16 +363,18 @@ async fn rustls_bare_handshakes(
     }
 }
 
-/// rustls client and server configurations for [`HandshakePki`]: *ring*,
+/// A rustls client configuration and the server's.
+#[cfg(feature = "rustls")]
+type RustlsConfigs = (
+    Arc<anyframe::tls::rustls::ClientConfig>,
+    Arc<anyframe::tls::rustls::ServerConfig>,
+);
+
+/// rustls client and server configurations for a [`certs::DemoPki`]: *ring*,
 /// TLS 1.2 and 1.3 offered, and client session resumption off, so every
 /// handshake is a full one as with native-tls (whose clients never resume).
 #[cfg(feature = "rustls")]
-fn rustls_configs(
-    pki: &HandshakePki,
-) -> (
-    Arc<anyframe::tls::rustls::ClientConfig>,
-    Arc<anyframe::tls::rustls::ServerConfig>,
-) {
+fn rustls_configs(pki: &certs::DemoPki) -> RustlsConfigs {
     use anyframe::tls::rustls::{self, client::Resumption, pki_types};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -480,7 +405,7 @@ type HandshakeSide<'a> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>> + 'a>
 /// sides run interleaved, round by round; each ratio is the median of the
 /// per-round ratios.
 fn tls_handshakes(h: &Harness) {
-    let pki = HandshakePki::new();
+    let pki = certs::DemoPki::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -534,39 +459,8 @@ fn tls_handshakes(h: &Harness) {
             Box::pin(rustls_bare_handshakes(connector.clone(), acceptor.clone()))
         }));
     }
-    let mut t = vec![Vec::with_capacity(h.reps()); sides.len()];
-    for _ in 0..h.reps() {
-        for (side, times) in sides.iter().zip(&mut t) {
-            let start = Instant::now();
-            rt.block_on(side());
-            times.push(start.elapsed());
-        }
-    }
-    let items = HANDSHAKES as u64;
-    h.report_ratio(
-        "tls-handshake-loopback",
-        Measured::median_of(&t[0], items),
-        Measured::median_of(&t[1], items),
-        median_ratio(&t[0], &t[1]),
-        "unit=handshakes/s backend=native-tls",
-    );
-    if t.len() == 4 {
-        h.report_ratio(
-            "tls-handshake-loopback-rustls",
-            Measured::median_of(&t[2], items),
-            Measured::median_of(&t[3], items),
-            median_ratio(&t[2], &t[3]),
-            "unit=handshakes/s backend=rustls",
-        );
-        h.note(
-            "tls-handshake-rustls-vs-native-tls",
-            &format!(
-                "ours={:.2} bare={:.2} (rustls rate / native-tls rate, median of per-round ratios)",
-                median_ratio(&t[2], &t[0]),
-                median_ratio(&t[3], &t[1]),
-            ),
-        );
-    }
+    let t = time_rounds(h, sides.len(), |i| rt.block_on(sides[i]()));
+    report_backends(h, "tls-handshake", "handshakes/s", HANDSHAKES as u64, &t);
 }
 
 // ----- json-fragments: the picture ---------------------------------------------

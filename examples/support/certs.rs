@@ -12,11 +12,20 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-/// A throwaway CA and a `localhost` identity.
+/// A throwaway CA and a `localhost` identity, in the forms native-tls
+/// (PEM) and rustls (DER) take.
 pub struct DemoPki {
     /// The CA certificate, PEM.
     pub ca_pem: String,
-    /// The server's certificate chain and key.
+    /// The CA certificate, DER.
+    pub ca_der: Vec<u8>,
+    /// The server's certificate, PEM and DER.
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    /// The server's private key (PKCS #8), PEM and DER.
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+    /// The server's certificate chain and key, for native-tls.
     pub identity: Identity,
 }
 
@@ -29,7 +38,7 @@ impl DemoPki {
             .push(DnType::CommonName, "anyframe example CA");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_pem = ca.self_signed(&ca_key).expect("self-signed CA").pem();
+        let ca_cert = ca.self_signed(&ca_key).expect("self-signed CA");
 
         let key = KeyPair::generate().expect("server key");
         let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
@@ -41,9 +50,18 @@ impl DemoPki {
         let cert = leaf
             .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
             .expect("server certificate");
-        let identity = Identity::from_pkcs8(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-            .expect("server identity");
-        DemoPki { ca_pem, identity }
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let identity =
+            Identity::from_pkcs8(cert_pem.as_bytes(), key_pem.as_bytes()).expect("server identity");
+        DemoPki {
+            ca_pem: ca_cert.pem(),
+            ca_der: ca_cert.der().to_vec(),
+            cert_pem,
+            cert_der: cert.der().to_vec(),
+            key_pem,
+            key_der: key.serialize_der(),
+            identity,
+        }
     }
 
     /// The CA, for a client's trust store.
