@@ -796,6 +796,98 @@ async fn plaintext_after_our_close_notify_without_the_peers_is_eproto_on(b: TlsB
     .await;
 }
 
+/// Data decrypted ahead of a broken record is delivered first: the line
+/// the peer sent over TLS, then EPROTO for the plaintext it wrote behind
+/// it, though both arrive in one read.
+#[tokio::test]
+async fn data_ahead_of_a_broken_record_is_delivered_before_eproto() {
+    for &b in pki::BACKENDS {
+        data_ahead_of_a_broken_record_is_delivered_before_eproto_on(b).await;
+    }
+}
+
+async fn data_ahead_of_a_broken_record_is_delivered_before_eproto_on(b: TlsBackend) {
+    let (mut client, mut server) = tls_pair_on(b).await;
+    within("both", async {
+        server.write(LineCodec::new(), "over tls").await.unwrap();
+        let mut raw = server.into_parts().io;
+        raw.write_all(b"plain behind the record\n").await.unwrap();
+        let line = client
+            .read(LineCodec::new())
+            .await
+            .unwrap_or_else(|e| panic!("{b:?}: {e}"));
+        assert_eq!(line.line(), b"over tls", "{b:?}");
+        let e = client.read(LineCodec::new()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{b:?}: {e}");
+        assert!(e.is_fatal() && client.is_closed(), "{e}");
+    })
+    .await;
+}
+
+/// A client whose last handshake flight carries plaintext behind it, in
+/// one write: the server's handshake completes and its first read is a
+/// protocol error, not a failed handshake.
+#[cfg(feature = "rustls")]
+#[tokio::test]
+async fn plaintext_behind_the_clients_finished_fails_the_first_read() {
+    for &b in pki::BACKENDS {
+        plaintext_behind_the_clients_finished_fails_the_first_read_on(b).await;
+    }
+}
+
+#[cfg(feature = "rustls")]
+async fn plaintext_behind_the_clients_finished_fails_the_first_read_on(b: TlsBackend) {
+    use anyframe::tls::rustls;
+    let (c, s) = tcp_pair().await;
+    let mut server = QueuedFramed::builder()
+        .tls(server_on(b))
+        .build_tcp(s)
+        .unwrap();
+    let client = async move {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki::pki().ca_der.clone().into()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut sock = c;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let mut out = Vec::new();
+            while tls.wants_write() {
+                tls.write_tls(&mut out).unwrap();
+            }
+            if !tls.is_handshaking() {
+                out.extend_from_slice(b"plain behind the finished\n");
+                sock.write_all(&out).await.unwrap();
+                return sock;
+            }
+            sock.write_all(&out).await.unwrap();
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server hung up mid-handshake");
+            let mut got = &buf[..n];
+            while !got.is_empty() {
+                tls.read_tls(&mut got).unwrap();
+            }
+            tls.process_new_packets().unwrap();
+        }
+    };
+    within("both", async {
+        let (e, _sock) = tokio::join!(server.read(LineCodec::new()), client);
+        let e = e.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{b:?}: {e}");
+        assert!(e.is_fatal(), "{b:?}: {e}");
+        let tls = e.tls_error().expect("a TLS error");
+        assert!(!tls.is_handshake(), "{b:?}: {e:?}");
+    })
+    .await;
+}
+
 /// The peer's close_notify (sent by `shutdown_write` over TLS) is a clean
 /// end of input: `OrEof` gives `None`, a later read is plain `EPIPE` with
 /// no TLS error behind it.

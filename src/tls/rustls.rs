@@ -12,7 +12,11 @@
 //! header as soon as it is whole: one that cannot start a record (an
 //! unknown content type, a version that is not TLS, a length past the
 //! limit) fails then, not after a body the peer may never send. Bytes read
-//! before `start_tls` (the replay) start the buffer.
+//! before `start_tls` (the replay) start the buffer. The one exception to
+//! "never past the end": a record handed whole goes with the next record's
+//! header, which stays in our buffer as well until its record is handed
+//! (see [`Conn::feed`]); rustls drops what follows a close_notify, so those
+//! bytes are still ours.
 //!
 //! Once our close_notify is out, rustls must not be shown a header it
 //! would refuse: it would go to send a fatal alert after the close_notify,
@@ -144,6 +148,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
             io,
             inbuf: BytesMut::from(replay),
             owed: 0,
+            lent: 0,
+            record_len: 0,
+            deferred: None,
             peer_eof: false,
             close_notify_sent: false,
         })
@@ -178,8 +185,16 @@ pub(super) struct Conn<IO> {
     /// rustls; see the module docs.
     inbuf: BytesMut,
     /// Bytes of the record rustls has the start of that it has not been
-    /// given yet; 0 at a record boundary.
+    /// given yet, counted from `inbuf[lent..]`; 0 at a record boundary.
     owed: usize,
+    /// Bytes at the front of `inbuf` that rustls already has: the start of
+    /// the next record, handed early (see [`Conn::feed`]).
+    lent: usize,
+    /// The length of the record `owed` belongs to, header included.
+    record_len: usize,
+    /// An error rustls found in a header handed early, behind a record
+    /// whose plaintext is still to be read: it comes after that.
+    deferred: Option<::rustls::Error>,
     /// The IO returned end-of-file.
     peer_eof: bool,
     close_notify_sent: bool,
@@ -189,17 +204,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Hands rustls what is buffered of the current record (see
     /// [`next_feed`]) and lets it process that. `Ok(false)`: more input is
     /// needed.
+    ///
+    /// A record handed whole goes with the next record's header when that
+    /// is buffered (and our close_notify is not out): rustls then never
+    /// runs empty between records, which spares it a shrink and four
+    /// regrowths of its buffer per record. The header stays in `inbuf`
+    /// too ([`Conn::lent`]) until the record it starts is handed, so if
+    /// the record before it was the peer's close_notify (after which
+    /// rustls drops what it holds), those bytes are still ours.
     fn feed(&mut self) -> Result<bool, ::rustls::Error> {
-        let Some((n, left)) = next_feed(&self.inbuf, self.owed) else {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let lent = self.lent;
+        let Some((n, left)) = next_feed(&self.inbuf[lent..], self.owed) else {
             return Ok(false);
         };
-        if self.close_notify_sent
-            && self.owed == 0
-            && let Some(why) = refused_header(&self.inbuf[..HEADER_LEN])
-        {
-            return Err(why.into());
+        if self.owed == 0 {
+            if self.close_notify_sent
+                && let Some(why) = refused_header(&self.inbuf[..HEADER_LEN])
+            {
+                return Err(why.into());
+            }
+            self.record_len = left;
         }
-        let mut record = &self.inbuf[..n];
+        let mut record = &self.inbuf[lent..lent + n];
         while !record.is_empty() {
             match self.tls.read_tls(&mut record) {
                 Ok(0) => break,
@@ -208,10 +237,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
         }
         let fed = n - record.len();
-        self.inbuf.advance(fed);
+        let done = lent + fed;
         self.owed = left - fed;
+        self.lent = 0;
+        if self.owed == 0 && !self.close_notify_sent && self.record_len <= MAX_BODY_LEN {
+            self.lend_header(done);
+        }
+        self.inbuf.advance(done);
         self.tls.process_new_packets()?;
         Ok(fed > 0)
+    }
+
+    /// Hands rustls the header at `inbuf[at..]` ahead of its record, if it
+    /// is all there and announces a body (see [`Conn::feed`]). rustls has
+    /// room: it holds one record of at most [`MAX_BODY_LEN`] bytes.
+    fn lend_header(&mut self, at: usize) {
+        let Some(header) = self.inbuf.get(at..at + HEADER_LEN) else {
+            return;
+        };
+        let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if body == 0 {
+            return;
+        }
+        let mut rest = header;
+        if let Ok(k @ 1..) = self.tls.read_tls(&mut rest) {
+            self.lent = k;
+            self.record_len = HEADER_LEN + body;
+            self.owed = self.record_len - k;
+        }
     }
 
     /// Reads from the IO into `inbuf`. `Ok(false)` at end-of-file.
@@ -292,6 +345,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             match self.feed() {
                 Ok(true) => continue,
                 Ok(false) => {}
+                // The handshake is over; the header handed behind its last
+                // record is refused when the data is read.
+                Err(e) if !self.tls.is_handshaking() => {
+                    self.deferred = Some(e);
+                    continue;
+                }
                 Err(e) => {
                     self.send_alert(cx);
                     return Poll::Ready(Err(TlsError::handshake_failed(e, self.peer_eof)));
@@ -341,6 +400,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             match self.feed() {
                 Ok(true) => continue,
                 Ok(false) => {}
+                // The header after a record is handed with it: what that
+                // record decrypted to goes first.
+                Err(e) if self.tls.reader().fill_buf().is_ok_and(|c| !c.is_empty()) => {
+                    self.deferred = Some(e);
+                    continue;
+                }
                 Err(e) => {
                     self.send_alert(cx);
                     return Poll::Ready(Err(TlsError::protocol(e)));
