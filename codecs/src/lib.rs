@@ -85,7 +85,9 @@
     rust_2018_idioms
 )]
 #![doc(test(attr(deny(warnings))))]
-#![forbid(unsafe_code)]
+// One `unsafe` block in the crate: `str::from_utf8_unchecked` on bytes
+// just checked to be ASCII, in `line/utf8.rs`.
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The README's code blocks, compiled and run as doctests.

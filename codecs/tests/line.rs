@@ -892,6 +892,30 @@ proptest! {
         prop_assert_eq!(got, expect);
     }
 
+    /// Every line decodes to what `str::from_utf8` makes of its bytes,
+    /// around the edge of ASCII (0x7f, 0x80) and with broken sequences.
+    #[test]
+    fn utf8_lines_agree_with_std_from_utf8(
+        input in proptest::collection::vec(
+            proptest::sample::select(vec![b'a', b'\n', b'\r', 0x7f, 0x80, 0xc3, 0xa9, 0xff]),
+            0..60,
+        ),
+    ) {
+        let mut bytes = LineCodec::new();
+        let mut utf8 = Utf8LineCodec::new();
+        let (mut a, mut b) = (BytesMut::from(&input[..]), BytesMut::from(&input[..]));
+        while let Some(frame) = bytes.decode(&mut a).unwrap() {
+            let expect = std::str::from_utf8(frame.as_bytes())
+                .map(|s| s[..frame.line().len()].to_owned());
+            match (utf8.decode(&mut b), expect) {
+                (Ok(Some(got)), Ok(want)) => prop_assert_eq!(got.line(), want.as_str()),
+                (Err(e), Err(_)) => prop_assert_eq!(e.kind(), ErrorKind::BadMessage),
+                (got, want) => prop_assert!(false, "{:?} where std says {:?}", got, want),
+            }
+            prop_assert_eq!(a.len(), b.len());
+        }
+    }
+
     #[test]
     fn utf8_round_trip(lines in proptest::collection::vec("[^\n\r]{0,20}", 0..10)) {
         let mut codec = Utf8LineCodec::new();

@@ -84,13 +84,27 @@ impl Utf8LineCodec {
     }
 }
 
+/// `bytes` as text when they are all ASCII, the usual case for a line.
+///
+/// `is_ascii` is an inlined word-at-a-time check; `str::from_utf8` is an
+/// out-of-line call whose setup is a fifth of the cost of decoding a
+/// 40-byte line.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn ascii_str(bytes: &[u8]) -> Option<&str> {
+    // SAFETY: an ASCII byte string is valid UTF-8.
+    bytes
+        .is_ascii()
+        .then(|| unsafe { std::str::from_utf8_unchecked(bytes) })
+}
+
 /// Copies the line and its EOL into one `String` and consumes them, also
 /// when they are not UTF-8.
 #[inline]
 fn utf8_line(buf: &mut BytesMut, line_len: usize, eol_len: usize) -> Result<Utf8Line, Error> {
     let total = line_len + eol_len;
     let bytes = &buf[..total];
-    let result = match std::str::from_utf8(bytes) {
+    let result = match ascii_str(bytes).map_or_else(|| std::str::from_utf8(bytes), Ok) {
         Ok(text) if text.is_char_boundary(line_len) => Ok(Utf8Line {
             text: text.to_owned(),
             line_len,
