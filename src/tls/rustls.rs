@@ -237,13 +237,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
         }
         let fed = n - record.len();
-        let done = lent + fed;
-        self.owed = left - fed;
-        self.lent = 0;
-        if self.owed == 0 && !self.close_notify_sent && self.record_len <= MAX_BODY_LEN {
-            self.lend_header(done);
+        // Nothing taken (rustls takes nothing after the peer's close_notify,
+        // and has dropped what it held): what is lent is still ours.
+        if fed > 0 {
+            let done = lent + fed;
+            self.owed = left - fed;
+            self.lent = 0;
+            if self.owed == 0 && !self.close_notify_sent && self.record_len <= MAX_BODY_LEN {
+                self.lend_header(done);
+            }
+            self.inbuf.advance(done);
         }
-        self.inbuf.advance(done);
         self.tls.process_new_packets()?;
         Ok(fed > 0)
     }
@@ -493,8 +497,135 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
 #[cfg(test)]
 mod tests {
-    use super::{HEADER_LEN, next_feed, refused_header};
-    use ::rustls::InvalidMessage;
+    use std::io::{Read, Write};
+
+    use ::rustls::pki_types::ServerName;
+    use ::rustls::{ClientConnection, Connection, InvalidMessage, ServerConnection};
+    use bytes::BytesMut;
+
+    use super::{Conn, HEADER_LEN, next_feed, refused_header};
+
+    /// A client connection that has done its handshake with `server` in
+    /// memory; whatever the server sends after it is still with the server.
+    fn handshaken() -> (Connection, Connection) {
+        let (client_config, server_config) = crate::tls::tests::rustls_cfg::localhost_pair();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = Connection::from(ClientConnection::new(client_config, name).unwrap());
+        let mut server = Connection::from(ServerConnection::new(server_config).unwrap());
+        while client.is_handshaking() || server.is_handshaking() || server.wants_write() {
+            pass(&mut client, &mut server);
+            pass(&mut server, &mut client);
+        }
+        (client, server)
+    }
+
+    /// Hands everything `from` has sealed to `to`.
+    fn pass(from: &mut Connection, to: &mut Connection) {
+        let wire = sealed(from);
+        let mut wire = &wire[..];
+        while !wire.is_empty() {
+            to.read_tls(&mut wire).unwrap();
+        }
+        to.process_new_packets().unwrap();
+    }
+
+    /// What `server` has sealed, as bytes on the wire.
+    fn sealed(server: &mut Connection) -> Vec<u8> {
+        let mut wire = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        wire
+    }
+
+    fn conn(client: Connection, inbuf: &[u8]) -> Conn<tokio::io::DuplexStream> {
+        Conn {
+            tls: Box::new(client),
+            io: tokio::io::duplex(16).0,
+            inbuf: BytesMut::from(inbuf),
+            owed: 0,
+            lent: 0,
+            record_len: 0,
+            deferred: None,
+            peer_eof: false,
+            close_notify_sent: false,
+        }
+    }
+
+    fn record_len(wire: &[u8]) -> usize {
+        HEADER_LEN + usize::from(u16::from_be_bytes([wire[3], wire[4]]))
+    }
+
+    #[test]
+    fn a_whole_record_goes_with_the_next_header_which_stays_ours() {
+        let (client, mut server) = handshaken();
+        server.writer().write_all(b"first").unwrap();
+        server.writer().write_all(b"second").unwrap();
+        let wire = sealed(&mut server);
+        let first = record_len(&wire);
+        let mut conn = conn(client, &wire);
+
+        assert!(conn.feed().unwrap());
+        assert_eq!(
+            conn.lent, HEADER_LEN,
+            "the second record's header went along"
+        );
+        assert_eq!(
+            conn.inbuf.len(),
+            wire.len() - first,
+            "and is still in our buffer"
+        );
+        assert_eq!(conn.owed, wire.len() - first - HEADER_LEN);
+        let mut got = [0u8; 16];
+        let n = conn.tls.reader().read(&mut got).unwrap();
+        assert_eq!(&got[..n], b"first");
+
+        assert!(conn.feed().unwrap());
+        assert_eq!((conn.lent, conn.owed), (0, 0));
+        assert!(conn.inbuf.is_empty());
+        let n = conn.tls.reader().read(&mut got).unwrap();
+        assert_eq!(&got[..n], b"second");
+    }
+
+    /// After our close_notify rustls must not see a header it would refuse
+    /// (it would answer with an alert after the close_notify): nothing goes
+    /// along with a record any more, and we refuse the plaintext ourselves.
+    #[test]
+    fn after_our_close_notify_no_header_goes_along() {
+        let (mut client, mut server) = handshaken();
+        client.send_close_notify();
+        server.writer().write_all(b"late data").unwrap();
+        let mut wire = sealed(&mut server);
+        wire.extend_from_slice(b"plain from a peer that left TLS");
+        let mut conn = conn(client, &wire);
+        conn.close_notify_sent = true;
+        assert!(conn.feed().unwrap());
+        assert_eq!(conn.lent, 0);
+        let mut got = [0u8; 16];
+        let n = conn.tls.reader().read(&mut got).unwrap();
+        assert_eq!(&got[..n], b"late data");
+        let e = conn.feed().unwrap_err();
+        assert_eq!(
+            e,
+            ::rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType)
+        );
+    }
+
+    #[test]
+    fn plaintext_whose_start_went_along_with_a_close_notify_is_still_ours() {
+        let (client, mut server) = handshaken();
+        server.writer().write_all(b"data").unwrap();
+        server.send_close_notify();
+        let mut wire = sealed(&mut server);
+        wire.extend_from_slice(b"plain after stoptls");
+        let mut conn = conn(client, &wire);
+        while conn.feed().unwrap() {}
+        let mut got = Vec::new();
+        conn.tls.reader().read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"data", "then the clean end of TLS");
+        let (_, rest) = conn.into_parts();
+        assert_eq!(&rest[..], b"plain after stoptls");
+    }
 
     #[test]
     fn next_feed_never_goes_past_the_end_of_a_record() {

@@ -154,7 +154,7 @@ mod native_cfg {
 }
 
 #[cfg(feature = "rustls")]
-mod rustls_cfg {
+pub(super) mod rustls_cfg {
     use std::sync::Arc;
 
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -189,6 +189,14 @@ mod rustls_cfg {
             .expect("versions")
             .with_root_certificates(roots())
             .with_no_client_auth()
+    }
+
+    /// A client and a server for `localhost`, the default protocol versions.
+    pub(in crate::tls) fn localhost_pair() -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+        (
+            Arc::new(client_config(rustls::DEFAULT_VERSIONS)),
+            server_config(&pki().server, rustls::DEFAULT_VERSIONS),
+        )
     }
 
     pub(super) fn server_config(
