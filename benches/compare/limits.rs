@@ -1,5 +1,6 @@
 //! Physical limits measured in the same run (`limit-memchr`), TLS bulk
-//! transfer (`tls-bulk-loopback`), STARTTLS handshakes per second
+//! transfer (`tls-bulk-loopback`, and for rustls the same on one thread,
+//! `tls-bulk-rustls-one-thread`), STARTTLS handshakes per second
 //! (`tls-handshake-loopback`), and the picture: JSON throughput against
 //! fragment size, ours against the retried parse (`json-fragments`, written
 //! as an SVG for BENCHMARKS.md).
@@ -128,6 +129,15 @@ fn tls_bulk(h: &Harness) {
         .enable_all()
         .build()
         .unwrap();
+    // The rustls pair again with everything on one thread: what each side
+    // costs per byte, without the wake-ups between threads that decide the
+    // two-thread rate (a reader that keeps up with the server sleeps and is
+    // woken more often).
+    #[cfg(feature = "rustls")]
+    let rt1 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     #[cfg_attr(not(feature = "rustls"), allow(unused_mut))]
     let mut sides: Vec<Box<dyn Fn()>> = vec![
         Box::new(|| tls_once(&rt, &pki, true)),
@@ -137,10 +147,23 @@ fn tls_bulk(h: &Harness) {
     {
         sides.push(Box::new(|| tls_once_rustls(&rt, &rustls_pki, true)));
         sides.push(Box::new(|| tls_once_rustls(&rt, &rustls_pki, false)));
+        // Sides 4 and 5: see `rt1`.
+        sides.push(Box::new(|| tls_once_rustls(&rt1, &rustls_pki, true)));
+        sides.push(Box::new(|| tls_once_rustls(&rt1, &rustls_pki, false)));
     }
     let t = time_rounds(h, sides.len(), |i| sides[i]());
     // Items are MB (10^6 bytes) so the rates read as MB/s.
-    report_backends(h, "tls-bulk", "MB/s", (TLS_BYTES / 1_000_000) as u64, &t);
+    let mb = (TLS_BYTES / 1_000_000) as u64;
+    report_backends(h, "tls-bulk", "MB/s", mb, &t[..t.len().min(4)]);
+    if t.len() == 6 {
+        h.report_ratio(
+            "tls-bulk-rustls-one-thread",
+            Measured::median_of(&t[4], mb),
+            Measured::median_of(&t[5], mb),
+            median_ratio(&t[4], &t[5]),
+            "unit=MB/s backend=rustls runtime=current_thread (context: cost per byte)",
+        );
+    }
 }
 
 /// Runs side `i` of `n` through `run(i)` once per round, all sides in turn,
