@@ -264,6 +264,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             return;
         }
         let mut rest = header;
+        // rustls refusing (a full buffer) only means nothing goes along.
         if let Ok(k @ 1..) = self.tls.read_tls(&mut rest) {
             self.lent = k;
             self.record_len = HEADER_LEN + body;
