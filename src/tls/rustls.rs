@@ -628,6 +628,74 @@ mod tests {
         assert_eq!(&rest[..], b"plain after stoptls");
     }
 
+    /// What `Conn::poll_read` does with what has arrived: plaintext out
+    /// first, then a feed when rustls has none. Appends the plaintext to
+    /// `got`; true once the peer's close_notify has been read.
+    fn drain(conn: &mut Conn<tokio::io::DuplexStream>, got: &mut Vec<u8>) -> bool {
+        use std::io::BufRead;
+        loop {
+            let mut reader = conn.tls.reader();
+            match reader.fill_buf() {
+                Ok([]) => return true,
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    got.extend_from_slice(chunk);
+                    reader.consume(n);
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            if !conn.feed().unwrap() {
+                return false;
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Records of any size, then the peer's close_notify and plaintext
+        /// (a stoptls), arriving in pieces of any size: the data comes out
+        /// whole and in order, and the plaintext is left to us byte for
+        /// byte, whatever went along with the records before it.
+        #[test]
+        fn any_split_gives_the_data_then_leaves_the_plaintext_after_close_notify(
+            sizes in proptest::collection::vec(0usize..20_000, 0..5),
+            cuts in proptest::collection::vec(1usize..20_000, 1..12),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let (client, mut server) = handshaken();
+            let mut expect = Vec::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                let chunk = vec![b'a' + i as u8; n];
+                server.writer().write_all(&chunk).unwrap();
+                expect.extend_from_slice(&chunk);
+            }
+            server.send_close_notify();
+            let mut wire = sealed(&mut server);
+            wire.extend_from_slice(&tail);
+
+            let mut conn = conn(client, &[]);
+            let (mut got, mut closed, mut at) = (Vec::new(), false, 0);
+            for &cut in cuts.iter().cycle() {
+                if at == wire.len() {
+                    break;
+                }
+                let end = (at + cut).min(wire.len());
+                conn.inbuf.extend_from_slice(&wire[at..end]);
+                at = end;
+                if !closed {
+                    closed = drain(&mut conn, &mut got);
+                }
+            }
+            proptest::prop_assert!(closed, "the close_notify was read");
+            proptest::prop_assert_eq!(got, expect);
+            let (_, rest) = conn.into_parts();
+            proptest::prop_assert_eq!(&rest[..], &tail[..]);
+        }
+    }
+
     #[test]
     fn next_feed_never_goes_past_the_end_of_a_record() {
         let record = [22, 3, 3, 0, 4, 1, 2, 3, 4, 23];
