@@ -647,7 +647,7 @@ impl Core {
 
     fn enqueue_request<D, F, R>(
         &mut self,
-        req: DecodeRequest<D, F, R>,
+        req: Box<DecodeRequest<D, F, R>>,
         front: bool,
         ticket: Ticket<R>,
     ) -> Ticket<R>
@@ -661,7 +661,7 @@ impl Core {
         if let Life::Closed(e) = &self.life {
             return Ticket::ready(Err(e.clone()));
         }
-        let entry = Entry::Read(Box::new(req));
+        let entry = Entry::Read(req);
         if front {
             self.push_front(entry);
         } else {

@@ -101,15 +101,18 @@ where
     D: Decoder,
 {
     /// Marks this request as a `read_many` batch.
-    pub(crate) fn into_batch(mut self) -> Self {
+    pub(crate) fn into_batch(mut self: Box<Self>) -> Box<Self> {
         self.batch = true;
         self
     }
 
-    pub(crate) fn new(decoder: D, then: F, on_drop: OnDrop) -> (Self, Ticket<R>) {
+    /// A request and its ticket. Boxed where it is built: built on the
+    /// stack and then boxed, the whole request (decoder included) was
+    /// copied once more per request.
+    pub(crate) fn new(decoder: D, then: F, on_drop: OnDrop) -> (Box<Self>, Ticket<R>) {
         let (tx, rx) = oneshot::channel();
         (
-            DecodeRequest {
+            Box::new(DecodeRequest {
                 decoder,
                 frame: None,
                 then,
@@ -118,7 +121,7 @@ where
                 started: false,
                 consumed: false,
                 batch: false,
-            },
+            }),
             Ticket { rx },
         )
     }
@@ -236,7 +239,10 @@ where
     }
 
     fn complete(self: Box<Self>, q: &mut Requests<'_>) {
-        let this = *self;
+        // Fields move out of the box one by one: `*self` would copy the
+        // whole request (the decoder included) to the stack first, a
+        // `memcpy` per frame.
+        let this = self;
         let Some(frame) = this.frame else {
             if let Some(tx) = this.tx {
                 let _ = tx.send(Err(Error::invalid_input(
