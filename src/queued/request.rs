@@ -106,9 +106,9 @@ where
         self
     }
 
-    /// A request and its ticket. Boxed where it is built: built on the
-    /// stack and then boxed, the whole request (decoder included) was
-    /// copied once more per request.
+    /// A request and its ticket. Boxed where it is built, so the request
+    /// (its decoder included) is not built on the stack and copied into
+    /// the box.
     pub(crate) fn new(decoder: D, then: F, on_drop: OnDrop) -> (Box<Self>, Ticket<R>) {
         let (tx, rx) = oneshot::channel();
         (
