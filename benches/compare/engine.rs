@@ -1,6 +1,8 @@
 //! QueuedFramed over loopback TCP against tokio-util `Framed`:
-//! `queued-lines-loopback`, `switching-loopback`, `pipelined-rtt`,
-//! `autocork-small-writes`, plus the physical limit `limit-read`.
+//! `queued-lines-loopback`, `switching-loopback`, `pipelined-rtt` (with
+//! `pipelined-rtt-handle` and, clients on the workers,
+//! `pipelined-rtt-handle-on-workers`), `autocork-small-writes`, plus the
+//! physical limit `limit-read`.
 //!
 //! The bulk scenarios follow the baseline's method: each receive gets a
 //! fresh connection, set up before the clock starts; a plain blocking
@@ -478,7 +480,15 @@ enum ClientKind {
     Framed,
 }
 
-fn pipelined_once(rt: &tokio::runtime::Runtime, server: Server, client: ClientKind) {
+/// One pipelined run: `client` against `server` over loopback. With
+/// `on_workers` the client runs in a spawned task, on the runtime's
+/// workers, instead of in `block_on` on the calling thread.
+fn pipelined_once(
+    rt: &tokio::runtime::Runtime,
+    server: Server,
+    client: ClientKind,
+    on_workers: bool,
+) {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -508,69 +518,80 @@ fn pipelined_once(rt: &tokio::runtime::Runtime, server: Server, client: ClientKi
         });
         let s = TcpStream::connect(addr).await.unwrap();
         s.set_nodelay(true).unwrap();
-        let req = "0123456789012345678901234567890123456789";
-        if client == ClientKind::Handle {
-            let (handle, _driver) = QueuedFramed::builder().autocork(true).build(s).spawn();
-            let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
-            for _ in 0..RT_REQUESTS {
-                if window.len() == IN_FLIGHT {
-                    let t: anyframe::Ticket<_> = window.pop_front().unwrap();
-                    std::hint::black_box(t.await.unwrap());
-                }
-                handle.push_write(LineCodec::new(), req).unwrap();
-                window.push_back(handle.push_read(LineCodec::new()));
-            }
-            for t in window {
-                std::hint::black_box(t.await.unwrap());
-            }
-            handle.push_shutdown().unwrap();
-            handle.flush().await.unwrap();
-        } else if client == ClientKind::Queued {
-            // The sequential API: top the window up with writes (queued,
-            // not written), then read one answer; autocork writes the batch
-            // when the read would wait.
-            let mut conn = QueuedFramed::builder().autocork(true).build(s);
-            let mut codec = LineCodec::new();
-            let (mut sent, mut in_flight) = (0usize, 0usize);
-            for _ in 0..RT_REQUESTS {
-                while in_flight < IN_FLIGHT && sent < RT_REQUESTS {
-                    conn.push_write(LineCodec::new(), req).unwrap();
-                    in_flight += 1;
-                    sent += 1;
-                }
-                std::hint::black_box(conn.read_with(&mut codec).await.unwrap());
-                in_flight -= 1;
-            }
-            conn.shutdown_write().await.unwrap();
+        let run = pipelined_client(s, client);
+        if on_workers {
+            tokio::spawn(run).await.unwrap();
         } else {
-            // Best practice: a writer task that feeds while permits are
-            // free and flushes only when it would wait; a reader task that
-            // returns one permit per response.
-            let (mut sink, mut stream) = Framed::new(s, LinesCodec::new()).split();
-            let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-            let p = permits.clone();
-            let writer = tokio::spawn(async move {
-                for _ in 0..RT_REQUESTS {
-                    let permit = match p.try_acquire() {
-                        Ok(permit) => permit,
-                        Err(_) => {
-                            sink.flush().await.unwrap();
-                            p.acquire().await.unwrap()
-                        }
-                    };
-                    permit.forget();
-                    sink.feed(req.to_string()).await.unwrap();
-                }
-                sink.close().await.unwrap();
-            });
-            for _ in 0..RT_REQUESTS {
-                std::hint::black_box(stream.next().await.unwrap().unwrap());
-                permits.add_permits(1);
-            }
-            writer.await.unwrap();
+            run.await;
         }
         srv.await.unwrap();
     });
+}
+
+/// The client side of a pipelined run: `RT_REQUESTS` lines, at most
+/// `IN_FLIGHT` unanswered.
+async fn pipelined_client(s: TcpStream, client: ClientKind) {
+    let req = "0123456789012345678901234567890123456789";
+    if client == ClientKind::Handle {
+        let (handle, _driver) = QueuedFramed::builder().autocork(true).build(s).spawn();
+        let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+        for _ in 0..RT_REQUESTS {
+            if window.len() == IN_FLIGHT {
+                let t: anyframe::Ticket<_> = window.pop_front().unwrap();
+                std::hint::black_box(t.await.unwrap());
+            }
+            handle.push_write(LineCodec::new(), req).unwrap();
+            window.push_back(handle.push_read(LineCodec::new()));
+        }
+        for t in window {
+            std::hint::black_box(t.await.unwrap());
+        }
+        handle.push_shutdown().unwrap();
+        handle.flush().await.unwrap();
+    } else if client == ClientKind::Queued {
+        // The sequential API: top the window up with writes (queued,
+        // not written), then read one answer; autocork writes the batch
+        // when the read would wait.
+        let mut conn = QueuedFramed::builder().autocork(true).build(s);
+        let mut codec = LineCodec::new();
+        let (mut sent, mut in_flight) = (0usize, 0usize);
+        for _ in 0..RT_REQUESTS {
+            while in_flight < IN_FLIGHT && sent < RT_REQUESTS {
+                conn.push_write(LineCodec::new(), req).unwrap();
+                in_flight += 1;
+                sent += 1;
+            }
+            std::hint::black_box(conn.read_with(&mut codec).await.unwrap());
+            in_flight -= 1;
+        }
+        conn.shutdown_write().await.unwrap();
+    } else {
+        // Best practice: a writer task that feeds while permits are
+        // free and flushes only when it would wait; a reader task that
+        // returns one permit per response.
+        let (mut sink, mut stream) = Framed::new(s, LinesCodec::new()).split();
+        let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let p = permits.clone();
+        let writer = tokio::spawn(async move {
+            for _ in 0..RT_REQUESTS {
+                let permit = match p.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        sink.flush().await.unwrap();
+                        p.acquire().await.unwrap()
+                    }
+                };
+                permit.forget();
+                sink.feed(req.to_string()).await.unwrap();
+            }
+            sink.close().await.unwrap();
+        });
+        for _ in 0..RT_REQUESTS {
+            std::hint::black_box(stream.next().await.unwrap().unwrap());
+            permits.add_permits(1);
+        }
+        writer.await.unwrap();
+    }
 }
 
 fn pipelined(h: &Harness) {
@@ -582,17 +603,23 @@ fn pipelined(h: &Harness) {
     let items = RT_REQUESTS as u64;
     // Interleaved round by round, like the loopback rows: wake-up latency
     // (what a round trip here mostly is) moves with the machine's phases.
+    // The last two: the Handle client and the anchor's client again, each
+    // in a spawned task. On the calling thread every hand-over to the
+    // client is a wake across threads, which the main rows mostly measure;
+    // on the workers what remains is the cost per request.
     let sides = [
-        (Server::Queued, ClientKind::Queued),
-        (Server::FramedForward, ClientKind::Framed),
-        (Server::FramedSendEach, ClientKind::Framed),
-        (Server::Queued, ClientKind::Handle),
+        (Server::Queued, ClientKind::Queued, false),
+        (Server::FramedForward, ClientKind::Framed, false),
+        (Server::FramedSendEach, ClientKind::Framed, false),
+        (Server::Queued, ClientKind::Handle, false),
+        (Server::Queued, ClientKind::Handle, true),
+        (Server::FramedForward, ClientKind::Framed, true),
     ];
     let mut t = vec![Vec::with_capacity(h.reps()); sides.len()];
     for _ in 0..h.reps() {
-        for (&(server, client), times) in sides.iter().zip(&mut t) {
+        for (&(server, client, on_workers), times) in sides.iter().zip(&mut t) {
             let start = Instant::now();
-            pipelined_once(&rt, server, client);
+            pipelined_once(&rt, server, client, on_workers);
             times.push(start.elapsed());
         }
     }
@@ -614,6 +641,13 @@ fn pipelined(h: &Harness) {
         Measured::median_of(best, items),
         median_ratio(handle, best),
         "",
+    );
+    h.report_ratio(
+        "pipelined-rtt-handle-on-workers",
+        Measured::median_of(&t[4], items),
+        Measured::median_of(&t[5], items),
+        median_ratio(&t[4], &t[5]),
+        "context: both clients in spawned tasks",
     );
 }
 
