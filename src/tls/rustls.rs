@@ -69,6 +69,11 @@ pub(super) fn server(config: Arc<ServerConfig>) -> Result<Box<Connection>, TlsEr
         .map_err(TlsError::config)
 }
 
+/// The body length a record header (at least 5 bytes) announces.
+fn body_len(header: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([header[3], header[4]]))
+}
+
 /// What to hand to rustls from the front of `buf`, when `owed` bytes of
 /// the current record are still to come (0: `buf` starts a record):
 /// `(n, left)`, hand over `n` bytes of the `left` that remain of the
@@ -79,7 +84,7 @@ fn next_feed(buf: &[u8], owed: usize) -> Option<(usize, usize)> {
         owed
     } else {
         let header = buf.get(..HEADER_LEN)?;
-        HEADER_LEN + usize::from(u16::from_be_bytes([header[3], header[4]]))
+        HEADER_LEN + body_len(header)
     };
     let n = left.min(buf.len());
     (n > 0).then_some((n, left))
@@ -93,7 +98,7 @@ fn next_feed(buf: &[u8], owed: usize) -> Option<(usize, usize)> {
 /// numbers, which it lets through to fail later, are refused here.
 fn refused_header(header: &[u8]) -> Option<::rustls::InvalidMessage> {
     use ::rustls::InvalidMessage;
-    let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    let body = body_len(header);
     // change_cipher_spec, alert, handshake, application_data, heartbeat.
     if !(20..=24).contains(&header[0]) {
         Some(InvalidMessage::InvalidContentType)
@@ -143,17 +148,7 @@ pub(super) struct Handshake<IO>(Conn<IO>);
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
     pub(super) fn new(tls: Box<Connection>, io: IO, replay: Bytes) -> Handshake<IO> {
-        Handshake(Conn {
-            tls,
-            io,
-            inbuf: BytesMut::from(replay),
-            owed: 0,
-            lent: 0,
-            record_len: 0,
-            deferred: None,
-            peer_eof: false,
-            close_notify_sent: false,
-        })
+        Handshake(Conn::new(tls, io, BytesMut::from(replay)))
     }
 
     pub(super) fn poll(mut self, cx: &mut Context<'_>) -> Step<Handshake<IO>, Conn<IO>, IO> {
@@ -201,6 +196,21 @@ pub(super) struct Conn<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    /// A session over `io` whose first ciphertext is `inbuf`.
+    fn new(tls: Box<Connection>, io: IO, inbuf: BytesMut) -> Conn<IO> {
+        Conn {
+            tls,
+            io,
+            inbuf,
+            owed: 0,
+            lent: 0,
+            record_len: 0,
+            deferred: None,
+            peer_eof: false,
+            close_notify_sent: false,
+        }
+    }
+
     /// Hands rustls what is buffered of the current record (see
     /// [`next_feed`]) and lets it process that. `Ok(false)`: more input is
     /// needed.
@@ -259,7 +269,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let Some(header) = self.inbuf.get(at..at + HEADER_LEN) else {
             return;
         };
-        let body = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let body = body_len(header);
         if body == 0 {
             return;
         }
@@ -504,7 +514,7 @@ mod tests {
     use ::rustls::{ClientConnection, Connection, InvalidMessage, ServerConnection};
     use bytes::BytesMut;
 
-    use super::{Conn, HEADER_LEN, next_feed, refused_header};
+    use super::{Conn, HEADER_LEN, body_len, next_feed, refused_header};
 
     /// A client connection that has done its handshake with `server` in
     /// memory; whatever the server sends after it is still with the server.
@@ -540,21 +550,15 @@ mod tests {
     }
 
     fn conn(client: Connection, inbuf: &[u8]) -> Conn<tokio::io::DuplexStream> {
-        Conn {
-            tls: Box::new(client),
-            io: tokio::io::duplex(16).0,
-            inbuf: BytesMut::from(inbuf),
-            owed: 0,
-            lent: 0,
-            record_len: 0,
-            deferred: None,
-            peer_eof: false,
-            close_notify_sent: false,
-        }
+        Conn::new(
+            Box::new(client),
+            tokio::io::duplex(16).0,
+            BytesMut::from(inbuf),
+        )
     }
 
     fn record_len(wire: &[u8]) -> usize {
-        HEADER_LEN + usize::from(u16::from_be_bytes([wire[3], wire[4]]))
+        HEADER_LEN + body_len(wire)
     }
 
     #[test]
