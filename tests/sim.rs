@@ -121,13 +121,19 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-/// Runs one seed to completion: what it did, or the first broken invariant.
-fn run_seed(seed: u64) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A single-threaded runtime on paused time: timers fire in order, at
+/// once, and every run of a seed is the same.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+/// Runs one seed to completion: what it did, or the first broken invariant.
+fn run_seed(seed: u64) -> Outcome {
+    let rt = paused_runtime();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let mut rng = Rng::new(seed);
@@ -1225,11 +1231,7 @@ fn the_checks_catch_a_lost_byte_and_a_reordering() {
 #[test]
 fn the_network_resegments_and_keeps_order() {
     // The simulated transport itself: bytes arrive whole and in order.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let mut rng = Rng::new(5);
         let (a, b, _link) = sim::pair(&mut rng);
@@ -1255,11 +1257,7 @@ fn the_network_resegments_and_keeps_order() {
 #[cfg(any(feature = "tls", feature = "rustls"))]
 #[test]
 fn push_shutdown_after_a_pending_starttls_waits_for_the_handshake() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let mut rng = Rng::new(97);
         let (c_io, s_io, _link) = sim::pair(&mut rng);
