@@ -340,48 +340,31 @@ async fn ours_handshakes(client: TlsClient, server: TlsServer) {
     }
 }
 
-/// The same sessions over `tokio_native_tls` streams.
-async fn native_bare_handshakes(
-    connector: tokio_native_tls::TlsConnector,
-    acceptor: tokio_native_tls::TlsAcceptor,
-) {
+/// The same sessions over a TLS library's bare async streams: the
+/// plaintext lines on the `TcpStream`, then `connect` on the client's and
+/// `accept` on the server's.
+async fn bare_handshakes<C, CF, CS, A, AF, SS>(connect: C, accept: A)
+where
+    C: Fn(TcpStream) -> CF,
+    CF: Future<Output = CS>,
+    CS: AsyncWrite + Unpin,
+    A: Fn(TcpStream) -> AF + Clone + Send + 'static,
+    AF: Future<Output = SS> + Send,
+    SS: AsyncRead + Unpin + Send,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     for _ in 0..HANDSHAKES {
         let (mut c, mut s) = accept_pair(&listener, addr).await;
-        let acceptor = acceptor.clone();
+        let accept = accept.clone();
         let srv = tokio::spawn(async move {
             assert_eq!(read_line_raw(&mut s).await, STARTTLS);
             s.write_all(GO_AHEAD).await.unwrap();
-            bare_tls_server_end(acceptor.accept(s).await.unwrap()).await;
+            bare_tls_server_end(accept(s).await).await;
         });
         c.write_all(STARTTLS).await.unwrap();
         assert_eq!(read_line_raw(&mut c).await, GO_AHEAD);
-        bare_tls_client_end(connector.connect("localhost", c).await.unwrap()).await;
-        srv.await.unwrap();
-    }
-}
-
-/// The same sessions over `tokio_rustls` streams.
-#[cfg(feature = "rustls")]
-async fn rustls_bare_handshakes(
-    connector: tokio_rustls::TlsConnector,
-    acceptor: tokio_rustls::TlsAcceptor,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    for _ in 0..HANDSHAKES {
-        let (mut c, mut s) = accept_pair(&listener, addr).await;
-        let acceptor = acceptor.clone();
-        let srv = tokio::spawn(async move {
-            assert_eq!(read_line_raw(&mut s).await, STARTTLS);
-            s.write_all(GO_AHEAD).await.unwrap();
-            bare_tls_server_end(acceptor.accept(s).await.unwrap()).await;
-        });
-        c.write_all(STARTTLS).await.unwrap();
-        assert_eq!(read_line_raw(&mut c).await, GO_AHEAD);
-        bare_tls_client_end(connector.connect(name.clone(), c).await.unwrap()).await;
+        bare_tls_client_end(connect(c).await).await;
         srv.await.unwrap();
     }
 }
@@ -462,14 +445,23 @@ fn tls_handshakes(h: &Harness) {
             ))
         }),
         Box::new(|| {
-            Box::pin(native_bare_handshakes(
-                native_connector.clone(),
-                native_acceptor.clone(),
+            let connector = native_connector.clone();
+            let acceptor = native_acceptor.clone();
+            Box::pin(bare_handshakes(
+                move |c| {
+                    let connector = connector.clone();
+                    async move { connector.connect("localhost", c).await.unwrap() }
+                },
+                move |s| {
+                    let acceptor = acceptor.clone();
+                    async move { acceptor.accept(s).await.unwrap() }
+                },
             ))
         }),
     ];
     #[cfg(feature = "rustls")]
     {
+        use tokio_rustls::rustls::pki_types::ServerName;
         let (client, server) = rustls_configs(&pki);
         let ours_client = TlsClient::rustls(client.clone(), "localhost").expect("client");
         let ours_server = TlsServer::rustls(server.clone());
@@ -479,7 +471,19 @@ fn tls_handshakes(h: &Harness) {
             Box::pin(ours_handshakes(ours_client.clone(), ours_server.clone()))
         }));
         sides.push(Box::new(move || {
-            Box::pin(rustls_bare_handshakes(connector.clone(), acceptor.clone()))
+            let connector = connector.clone();
+            let acceptor = acceptor.clone();
+            Box::pin(bare_handshakes(
+                move |c| {
+                    let connector = connector.clone();
+                    let name = ServerName::try_from("localhost").unwrap();
+                    async move { connector.connect(name, c).await.unwrap() }
+                },
+                move |s| {
+                    let acceptor = acceptor.clone();
+                    async move { acceptor.accept(s).await.unwrap() }
+                },
+            ))
         }));
     }
     let t = time_rounds(h, sides.len(), |i| rt.block_on(sides[i]()));
