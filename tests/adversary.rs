@@ -538,11 +538,21 @@ async fn write_timeout_does_not_lift_backpressure() {
 /// the two answers can no longer be queued: the client gets nothing.
 #[tokio::test]
 async fn serve_answers_the_whole_requests_before_a_truncated_one() {
+    let (got, outcome) = serve_upper(b"one\ntwo\nthr", Duration::from_millis(50)).await;
+    assert_eq!(got, "ONE\nTWO\n", "server ended with {outcome:?}");
+}
+
+/// Runs `serve` over an in-memory pipe with a service that upper-cases
+/// each line after `delay`, sends it `input` and ends the input: what the
+/// client read back, and how the loop ended.
+async fn serve_upper(input: &[u8], delay: Duration) -> (String, anyframe::Result<()>) {
     use anyframe::codecs::Utf8Line;
     use anyframe::service::serve;
     let (server_io, client_io) = tokio::io::duplex(4096);
-    let slow_upper = tower::service_fn(|line: Utf8Line| async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let upper = tower::service_fn(move |line: Utf8Line| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Ok::<_, std::convert::Infallible>(line.line().to_uppercase())
     });
     let lines = LineCodec::builder().build_utf8().unwrap();
@@ -550,19 +560,15 @@ async fn serve_answers_the_whole_requests_before_a_truncated_one() {
         server_io,
         lines,
         LineCodec::new(),
-        slow_upper,
+        upper,
     )));
     let (mut rd, mut wr) = tokio::io::split(client_io);
-    wr.write_all(b"one\ntwo\nthr").await.unwrap();
+    wr.write_all(input).await.unwrap();
     wr.shutdown().await.unwrap();
     let mut got = Vec::new();
     let _ = within("answers", rd.read_to_end(&mut got)).await;
     let outcome = within("server", server).await.unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        "ONE\nTWO\n",
-        "server ended with {outcome:?}"
-    );
+    (String::from_utf8_lossy(&got).into_owned(), outcome)
 }
 
 // ----- the pipelined client against a silent server ---------------------------------
@@ -882,26 +888,8 @@ async fn serve_answers_then_closes_on_a_rejected_request_that_skipped_nothing() 
 /// loop ends with the end-of-input error (`EPIPE`), having written nothing.
 #[tokio::test]
 async fn serve_ends_with_the_eof_error_at_a_truncated_request() {
-    use anyframe::codecs::Utf8Line;
-    use anyframe::service::serve;
-    let (server_io, client_io) = tokio::io::duplex(4096);
-    let upper = tower::service_fn(|line: Utf8Line| async move {
-        Ok::<_, std::convert::Infallible>(line.line().to_uppercase())
-    });
-    let lines = LineCodec::builder().build_utf8().unwrap();
-    let server = tokio::spawn(std::future::IntoFuture::into_future(serve(
-        server_io,
-        lines,
-        LineCodec::new(),
-        upper,
-    )));
-    let (mut rd, mut wr) = tokio::io::split(client_io);
-    wr.write_all(b"one\nthr").await.unwrap();
-    wr.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    let _ = within("answers", rd.read_to_end(&mut got)).await;
-    let outcome = within("server", server).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), "ONE\n");
+    let (got, outcome) = serve_upper(b"one\nthr", Duration::ZERO).await;
+    assert_eq!(got, "ONE\n");
     let e = outcome.unwrap_err();
     assert!(e.is_eof() && e.is_fatal(), "{e:?}");
 }
