@@ -330,11 +330,11 @@ fn queued_lines(h: &Harness, payload: &Arc<Vec<u8>>) {
             ),
         ];
         for (scenario, times, api) in rows {
-            h.report_ratio(
+            h.report_rounds(
                 scenario,
-                Measured::median_of(times, items),
-                Measured::median_of(anchor, items),
-                median_ratio(times, anchor),
+                times,
+                anchor,
+                items,
                 &format!(
                     "api={api} share_of_limit_read={:.2}",
                     median_ratio(times, limit)
@@ -447,13 +447,7 @@ fn switching(h: &Harness) {
         }),
     ];
     let t = interleaved(h, &payload, items, &receivers);
-    h.report_ratio(
-        "switching-loopback",
-        Measured::median_of(&t[0], items),
-        Measured::median_of(&t[1], items),
-        median_ratio(&t[0], &t[1]),
-        "target=0.95",
-    );
+    h.report_rounds("switching-loopback", &t[0], &t[1], items, "target=0.95");
 }
 
 // ----- pipelined round trips ------------------------------------------------
@@ -624,29 +618,23 @@ fn pipelined(h: &Harness) {
         }
     }
     let (ours, best, each, handle) = (&t[0], &t[1], &t[2], &t[3]);
-    h.report_ratio(
+    h.report_rounds(
         "pipelined-rtt",
-        Measured::median_of(ours, items),
-        Measured::median_of(best, items),
-        median_ratio(ours, best),
+        ours,
+        best,
+        items,
         &format!(
             "ratio_vs_flush_per_response={:.2} target=1.0",
             median_ratio(ours, each)
         ),
     );
     // The same through a spawned Handle (tickets across tasks).
-    h.report_ratio(
-        "pipelined-rtt-handle",
-        Measured::median_of(handle, items),
-        Measured::median_of(best, items),
-        median_ratio(handle, best),
-        "",
-    );
-    h.report_ratio(
+    h.report_rounds("pipelined-rtt-handle", handle, best, items, "");
+    h.report_rounds(
         "pipelined-rtt-handle-on-workers",
-        Measured::median_of(&t[4], items),
-        Measured::median_of(&t[5], items),
-        median_ratio(&t[4], &t[5]),
+        &t[4],
+        &t[5],
+        items,
         "context: both clients in spawned tasks",
     );
 }

@@ -144,6 +144,26 @@ impl Harness {
         ratio
     }
 
+    /// Reports interleaved rounds: `ours[i]` and `anchor[i]` are the times
+    /// of round `i`, each for `items` items. The rates are the medians of
+    /// each side; the ratio is the median of the per-round ratios.
+    pub fn report_rounds(
+        &self,
+        scenario: &str,
+        ours: &[Duration],
+        anchor: &[Duration],
+        items: u64,
+        extra: &str,
+    ) -> f64 {
+        self.report_ratio(
+            scenario,
+            Measured::median_of(ours, items),
+            Measured::median_of(anchor, items),
+            median_ratio(ours, anchor),
+            extra,
+        )
+    }
+
     /// Prints a line for a figure that has no anchor (a physical limit, a
     /// scaling figure).
     pub fn note(&self, scenario: &str, fields: &str) {

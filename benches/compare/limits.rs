@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-use crate::harness::{Harness, Measured, median_ratio};
+use crate::harness::{Harness, median_ratio};
 
 #[path = "../../examples/support/certs.rs"]
 mod certs;
@@ -156,11 +156,11 @@ fn tls_bulk(h: &Harness) {
     let mb = (TLS_BYTES / 1_000_000) as u64;
     report_backends(h, "tls-bulk", "MB/s", mb, &t[..t.len().min(4)]);
     if t.len() == 6 {
-        h.report_ratio(
+        h.report_rounds(
             "tls-bulk-rustls-one-thread",
-            Measured::median_of(&t[4], mb),
-            Measured::median_of(&t[5], mb),
-            median_ratio(&t[4], &t[5]),
+            &t[4],
+            &t[5],
+            mb,
             "unit=MB/s backend=rustls runtime=current_thread (context: cost per byte)",
         );
     }
@@ -184,19 +184,19 @@ fn time_rounds(h: &Harness, n: usize, mut run: impl FnMut(usize)) -> Vec<Vec<Dur
 /// stream), `{base}-loopback-rustls` (sides 2 and 3, when built) and the
 /// rustls-against-native-tls rate ratios.
 fn report_backends(h: &Harness, base: &str, unit: &str, items: u64, t: &[Vec<Duration>]) {
-    h.report_ratio(
+    h.report_rounds(
         &format!("{base}-loopback"),
-        Measured::median_of(&t[0], items),
-        Measured::median_of(&t[1], items),
-        median_ratio(&t[0], &t[1]),
+        &t[0],
+        &t[1],
+        items,
         &format!("unit={unit} backend=native-tls"),
     );
     if t.len() == 4 {
-        h.report_ratio(
+        h.report_rounds(
             &format!("{base}-loopback-rustls"),
-            Measured::median_of(&t[2], items),
-            Measured::median_of(&t[3], items),
-            median_ratio(&t[2], &t[3]),
+            &t[2],
+            &t[3],
+            items,
             &format!("unit={unit} backend=rustls"),
         );
         h.note(
