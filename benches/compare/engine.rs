@@ -468,7 +468,8 @@ enum Server {
 enum ClientKind {
     /// QueuedFramed, sequential API.
     Queued,
-    /// A spawned Handle with tickets (mutex + oneshot per request).
+    /// A spawned Handle with tickets (`call`: a write and a read queued
+    /// together, a oneshot per request).
     Handle,
     /// tokio-util Framed, writer and reader tasks.
     Framed,
@@ -534,8 +535,9 @@ async fn pipelined_client(s: TcpStream, client: ClientKind) {
                 let t: anyframe::Ticket<_> = window.pop_front().unwrap();
                 std::hint::black_box(t.await.unwrap());
             }
-            handle.push_write(LineCodec::new(), req).unwrap();
-            window.push_back(handle.push_read(LineCodec::new()));
+            // `call`: the write and its read queued together, as a
+            // pipelined client that shares its handle must.
+            window.push_back(handle.call(LineCodec::new(), req, LineCodec::new()));
         }
         for t in window {
             std::hint::black_box(t.await.unwrap());

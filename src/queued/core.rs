@@ -667,14 +667,66 @@ impl Core {
         } else {
             self.queue.push_back(entry);
         }
+        self.sweep_if_due();
+        self.wake_driver();
+        ticket
+    }
+
+    /// Requests cancelled behind a waiting head would otherwise stay until
+    /// they reach it: sweep them out when the queue has doubled since the
+    /// last sweep, amortised O(1).
+    fn sweep_if_due(&mut self) {
         if self.queue.len() >= self.sweep_at {
-            // Requests cancelled behind a waiting head would otherwise stay
-            // until they reach it: sweep them out, amortised O(1).
             self.sweep_cancelled();
             self.sweep_at = (self.queue.len() * 2).max(SWEEP_MIN);
         }
+    }
+
+    /// Takes what spawned handles queued while the engine was busy: output
+    /// (already within `wbuf_max`, see [`write_room`](Self::write_room)),
+    /// then reads, each in the order they were queued. Output goes in even
+    /// if the connection closed meanwhile: those writes were accepted
+    /// before the close, so they linger or come back in the parts like any
+    /// other. Reads fail with the error that closed it.
+    pub(crate) fn accept_posted(&mut self, out: &mut BytesMut, reads: &mut Vec<Box<dyn Request>>) {
+        if !out.is_empty() {
+            let before = self.wq.tail_len();
+            self.wq.tail_mut().extend_from_slice(out);
+            self.wq.commit(before);
+            out.clear();
+            self.marks.pushed(self.wq.len());
+        }
+        for req in reads.drain(..) {
+            match &self.life {
+                Life::Closed(e) => req.fail(e.clone()),
+                Life::Open => self.queue.push_back(Entry::Read(req)),
+            }
+        }
+        self.sweep_if_due();
+    }
+
+    /// Queues a read request at the back; a closed connection fails it at
+    /// once.
+    pub(crate) fn enqueue_boxed(&mut self, req: Box<dyn Request>) {
+        if let Life::Closed(e) = &self.life {
+            return req.fail(e.clone());
+        }
+        self.queue.push_back(Entry::Read(req));
+        self.sweep_if_due();
         self.wake_driver();
-        ticket
+    }
+
+    /// Whether a write may be queued now (what `push_encoded` checks).
+    pub(crate) fn accepts_writes(&self) -> bool {
+        !self.is_closed() && self.output == Output::Open
+    }
+
+    /// Bytes that can still be queued under `wbuf_max` (`usize::MAX`
+    /// without a cap).
+    pub(crate) fn write_room(&self) -> usize {
+        self.cfg
+            .wbuf_max
+            .map_or(usize::MAX, |max| max.saturating_sub(self.wq.len()))
     }
 
     /// Puts `entry` first, except before a read that has already looked at

@@ -2,17 +2,17 @@
 //! AnyEvent model, where the handle lives in the event loop) and any number
 //! of cloneable [`Handle`]s queue reads and writes to it.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::panic::resume_unwind;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder};
@@ -20,39 +20,150 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::queued::Parts;
 use crate::queued::core::Core;
-use crate::queued::request::{OnDrop, Requests, Ticket};
+use crate::queued::core::panic_text;
+use crate::queued::request::{OnDrop, Request, Requests, Ticket, read_request};
 use crate::queued::timer::Timeout;
 use crate::queued::transport::TransportIo;
 
 struct Shared {
     core: Mutex<Core>,
+    /// Reads and writes queued while the engine was busy.
+    inbox: Mutex<Inbox>,
+    /// The inbox may hold something: lets a lock of the engine skip the
+    /// inbox's lock when it is empty (set and cleared under that lock).
+    posted: AtomicBool,
+    /// What handles may know of the engine without its lock.
+    published: Published,
+    /// The driver task, for handles that queue without the lock.
+    driver: AtomicWaker,
     /// Live user handles; the driver winds down when it reaches zero.
     users: AtomicUsize,
     /// `detach` was called: hand the parts back.
     detach: AtomicBool,
+    /// The thread holding the engine (0: none), see [`Inside`].
+    engine_owner: AtomicUsize,
+    /// The thread encoding into the inbox (0: none).
+    inbox_owner: AtomicUsize,
+    /// Tests: `try_lock` finds the engine busy, so work goes to the inbox.
+    #[cfg(test)]
+    busy: AtomicBool,
+}
+
+/// Reads and writes that handles queued while another thread held the
+/// engine (the driver in its turn, as a rule). A handle never waits for a
+/// turn to end just to queue work: it appends here under a lock that is
+/// only ever held to append or to take everything, and whoever takes the
+/// engine's lock next moves all of it into the engine first, so work
+/// queued either way keeps its order.
+#[derive(Default)]
+struct Inbox {
+    /// Encoded output, in push order.
+    out: BytesMut,
+    /// Read requests, in push order (always at the back of the queue).
+    reads: Vec<Box<dyn Request>>,
+}
+
+impl Inbox {
+    fn is_empty(&self) -> bool {
+        self.out.is_empty() && self.reads.is_empty()
+    }
+}
+
+/// The engine's state as of the last release of its lock: what a handle
+/// checks before queueing into the [`Inbox`]. Work queued on these facts
+/// is ordered before anything the engine did since (it moves in ahead of
+/// the next locked operation), so the answers are exactly those the locked
+/// path would have given at that release.
+struct Published {
+    /// Reads are accepted: the connection is open.
+    reads: AtomicBool,
+    /// Writes are accepted: open, and no shutdown requested.
+    writes: AtomicBool,
+    /// Bytes that fit under `wbuf_max` (`usize::MAX` without a cap).
+    room: AtomicUsize,
+}
+
+impl Published {
+    fn new() -> Published {
+        Published {
+            reads: AtomicBool::new(false),
+            writes: AtomicBool::new(false),
+            room: AtomicUsize::new(0),
+        }
+    }
+
+    fn publish(&self, core: &Core) {
+        self.reads.store(!core.is_closed(), Ordering::Release);
+        self.writes.store(core.accepts_writes(), Ordering::Release);
+        self.room.store(core.write_room(), Ordering::Release);
+    }
 }
 
 thread_local! {
-    /// The connections whose engine this thread is running right now (a
-    /// completion or hook may be on the stack), by address.
-    static RUNNING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// Its address identifies the current thread (for [`Inside`]).
+    static THREAD: u8 = const { 0 };
 }
 
-/// The core, locked; while it is held, the thread is "inside the engine"
-/// of this connection.
+/// This thread, as a nonzero token unique among live threads.
+fn this_thread() -> usize {
+    THREAD.with(|t| t as *const u8 as usize)
+}
+
+/// While alive, this thread counts as inside the engine of a connection
+/// (it holds the engine, or encodes into the inbox): user code it runs (a
+/// completion, a hook, an encoder) must not lock the engine again.
+struct Inside<'a>(&'a AtomicUsize);
+
+impl Inside<'_> {
+    fn enter(owner: &AtomicUsize) -> Inside<'_> {
+        owner.store(this_thread(), Ordering::Relaxed);
+        Inside(owner)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The engine, locked; while it is held, the thread is "inside the engine"
+/// of this connection. Releasing it publishes the engine's state.
 struct Locked<'a> {
+    // Dropped before the guard: the mark goes before the lock does, so it
+    // never erases the next holder's.
+    _inside: Inside<'a>,
     guard: MutexGuard<'a, Core>,
-    key: usize,
+    shared: &'a Shared,
+}
+
+impl Locked<'_> {
+    /// Moves what the inbox holds into the engine. True if there was
+    /// something.
+    fn take_posted(&mut self) -> bool {
+        // Work posted by this thread was flagged before it got here; work
+        // another thread is posting right now wakes the driver for it.
+        if !self.shared.posted.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut inbox = self
+            .shared
+            .inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.shared.posted.store(false, Ordering::Release);
+        if inbox.is_empty() {
+            return false;
+        }
+        let Inbox { out, reads } = &mut *inbox;
+        self.guard.accept_posted(out, reads);
+        true
+    }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        RUNNING.with(|r| {
-            let mut r = r.borrow_mut();
-            if let Some(i) = r.iter().rposition(|&k| k == self.key) {
-                r.swap_remove(i);
-            }
-        });
+        self.shared.published.publish(&self.guard);
     }
 }
 
@@ -70,33 +181,209 @@ impl std::ops::DerefMut for Locked<'_> {
 }
 
 impl Shared {
-    fn key(&self) -> usize {
-        self as *const Shared as usize
-    }
-
-    /// Whether this thread is running this connection's engine now.
+    /// Whether this thread is running this connection's engine now. Only
+    /// a thread itself stores its token, and clears it before letting go,
+    /// so a relaxed load that sees it is right.
     fn reentered(&self) -> bool {
-        let key = self.key();
-        RUNNING.with(|r| r.borrow().contains(&key))
+        let me = this_thread();
+        self.engine_owner.load(Ordering::Relaxed) == me
+            || self.inbox_owner.load(Ordering::Relaxed) == me
     }
 
-    fn lock(&self) -> Locked<'_> {
-        let key = self.key();
+    /// Locking again from inside the engine would deadlock: the engine of
+    /// this connection is running the caller (a completion or a hook).
+    fn refuse_reentry(&self) {
         if self.reentered() {
-            // Locking again would deadlock: the engine of this connection
-            // is running the caller (a completion or a hook).
             panic!(
                 "anyframe: a Handle was used from inside a completion or hook of its own \
                  connection; use the `Requests` argument the callback was given instead"
             );
         }
+    }
+
+    fn locked<'a>(&'a self, guard: MutexGuard<'a, Core>) -> Locked<'a> {
+        Locked {
+            guard,
+            shared: self,
+            _inside: Inside::enter(&self.engine_owner),
+        }
+    }
+
+    /// The engine, with what the inbox held moved in (the driver is woken
+    /// for it).
+    fn lock(&self) -> Locked<'_> {
+        self.refuse_reentry();
         // A panic while the lock was held already closed the core (every
         // user callback runs under `Core::guard`), so the state is
         // consistent: ignore the poisoning.
         let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        RUNNING.with(|r| r.borrow_mut().push(key));
-        Locked { guard, key }
+        let mut locked = self.locked(guard);
+        if locked.take_posted() {
+            locked.wake_driver();
+        }
+        locked
     }
+
+    /// [`lock`](Self::lock) for the driver's own turn, which goes on to
+    /// run what the inbox held (no wake-up needed).
+    fn lock_for_turn(&self) -> Locked<'_> {
+        let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut locked = self.locked(guard);
+        locked.take_posted();
+        locked
+    }
+
+    /// [`lock`](Self::lock), unless another thread holds the engine.
+    fn try_lock(&self) -> Option<Locked<'_>> {
+        self.refuse_reentry();
+        #[cfg(test)]
+        if self.busy.load(Ordering::Acquire) {
+            return None;
+        }
+        let guard = match self.core.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let mut locked = self.locked(guard);
+        if locked.take_posted() {
+            locked.wake_driver();
+        }
+        Some(locked)
+    }
+
+    /// The inbox, if the published state accepts reads (and, with
+    /// `write`, writes); `None`: take the locked path.
+    fn inbox(&self, write: bool) -> Option<MutexGuard<'_, Inbox>> {
+        let inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let published = &self.published;
+        let open = published.reads.load(Ordering::Acquire)
+            && (!write || published.writes.load(Ordering::Acquire));
+        open.then_some(inbox)
+    }
+
+    /// Releases the inbox after queueing into it, waking the driver if it
+    /// was empty (the driver takes everything at once: one wake a batch).
+    fn posted(&self, inbox: MutexGuard<'_, Inbox>, was_empty: bool) {
+        self.posted.store(true, Ordering::Release);
+        drop(inbox);
+        if was_empty {
+            self.driver.wake();
+        }
+    }
+
+    /// Encodes `item` at the end of the inbox's output, within the room
+    /// published under `wbuf_max`.
+    fn encode_posted<'a, E, I>(
+        &'a self,
+        mut inbox: MutexGuard<'a, Inbox>,
+        encoder: &mut E,
+        item: I,
+    ) -> Encoded<'a>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        let before = inbox.out.len();
+        // The encoder is user code run under the inbox's lock: a handle
+        // used inside it must fail fast, as on the locked path.
+        let inside = Inside::enter(&self.inbox_owner);
+        let encoded = catch_unwind(AssertUnwindSafe(|| encoder.encode(item, &mut inbox.out)));
+        drop(inside);
+        match encoded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                inbox.out.truncate(before);
+                return Encoded::Failed(e.into());
+            }
+            Err(payload) => {
+                inbox.out.truncate(before);
+                drop(inbox);
+                // As on the locked path: nothing half-written stays, the
+                // connection is closed and the panic goes on to the caller.
+                self.lock().close(Error::panicked(panic_text(&*payload)));
+                resume_unwind(payload);
+            }
+        }
+        if inbox.out.len() > self.published.room.load(Ordering::Acquire) {
+            // Maybe over the cap: the locked path checks against what is
+            // queued now.
+            return Encoded::Check(inbox.out.split_off(before).freeze());
+        }
+        Encoded::Queued(inbox)
+    }
+
+    /// [`Handle::push_write`] while the engine is busy.
+    fn post_write<E, I>(&self, mut encoder: E, item: I) -> Result<()>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        let Some(inbox) = self.inbox(true) else {
+            return self.lock().push_encoded(encoder, item);
+        };
+        let was_empty = inbox.is_empty();
+        match self.encode_posted(inbox, &mut encoder, item) {
+            Encoded::Queued(inbox) => {
+                self.posted(inbox, was_empty);
+                Ok(())
+            }
+            Encoded::Failed(e) => Err(e),
+            Encoded::Check(bytes) => self.lock().push_bytes(bytes),
+        }
+    }
+
+    /// Queues a read at the back while the engine is busy.
+    fn post_read(&self, read: Box<dyn Request>) {
+        let Some(mut inbox) = self.inbox(false) else {
+            return self.lock().enqueue_boxed(read);
+        };
+        let was_empty = inbox.is_empty();
+        inbox.reads.push(read);
+        self.posted(inbox, was_empty);
+    }
+
+    /// [`Handle::call_with`] while the engine is busy: the write and the
+    /// read go in together, so no other caller comes between them.
+    fn post_call<E, I>(&self, mut encoder: E, item: I, read: Box<dyn Request>)
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        let Some(inbox) = self.inbox(true) else {
+            let mut core = self.lock();
+            return match core.push_encoded(encoder, item) {
+                Ok(()) => core.enqueue_boxed(read),
+                Err(e) => read.fail(e),
+            };
+        };
+        let was_empty = inbox.is_empty();
+        match self.encode_posted(inbox, &mut encoder, item) {
+            Encoded::Queued(mut inbox) => {
+                inbox.reads.push(read);
+                self.posted(inbox, was_empty);
+            }
+            Encoded::Failed(e) => read.fail(e),
+            Encoded::Check(bytes) => {
+                let mut core = self.lock();
+                match core.push_bytes(bytes) {
+                    Ok(()) => core.enqueue_boxed(read),
+                    Err(e) => read.fail(e),
+                }
+            }
+        }
+    }
+}
+
+/// How [`Shared::encode_posted`] went.
+enum Encoded<'a> {
+    /// In the inbox, which is still held.
+    Queued(MutexGuard<'a, Inbox>),
+    /// The encoder's error; nothing was queued.
+    Failed(Error),
+    /// Encoded, but it may not fit under `wbuf_max`: the bytes, for the
+    /// locked path's exact check.
+    Check(Bytes),
 }
 
 /// A cloneable, `Send` handle to a connection driven by a spawned task.
@@ -155,8 +442,16 @@ where
     core.pause_timers();
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
+        inbox: Mutex::new(Inbox::default()),
+        posted: AtomicBool::new(false),
+        published: Published::new(),
+        driver: AtomicWaker::new(),
         users: AtomicUsize::new(1),
         detach: AtomicBool::new(false),
+        engine_owner: AtomicUsize::new(0),
+        inbox_owner: AtomicUsize::new(0),
+        #[cfg(test)]
+        busy: AtomicBool::new(false),
     });
     let task_shared = shared.clone();
     let join = tokio::spawn(async move {
@@ -181,7 +476,8 @@ where
     tracing::debug!("driver started");
     let mut panicked = None;
     poll_fn(|cx| {
-        let mut core = shared.lock();
+        shared.driver.register(cx.waker());
+        let mut core = shared.lock_for_turn();
         if shared.detach.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
@@ -247,6 +543,24 @@ impl Handle {
         self.shared.lock()
     }
 
+    /// Queues a read at the back: into the engine if it is free, else into
+    /// the inbox.
+    fn queue_read<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (read, ticket) = read_request(decoder, then, OnDrop::Cancel);
+        match self.shared.try_lock() {
+            Some(mut core) => core.enqueue_boxed(read),
+            None => self.shared.post_read(read),
+        }
+        ticket
+    }
+
     // ----- queued reads ---------------------------------------------------------
 
     /// Queues a read with `decoder` at the back of the queue. The [`Ticket`]
@@ -258,8 +572,7 @@ impl Handle {
         D::Item: Send + 'static,
         D::Error: Into<Error>,
     {
-        self.lock()
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, false)
+        self.queue_read(decoder, |f, _| Ok(f))
     }
 
     /// Queues a read at the front: it runs before every request already
@@ -289,7 +602,7 @@ impl Handle {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.lock().enqueue(decoder, then, OnDrop::Cancel, false)
+        self.queue_read(decoder, then)
     }
 
     /// [`push_read_with`](Self::push_read_with) at the front of the queue.
@@ -411,11 +724,15 @@ impl Handle {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let mut core = self.lock();
-        if let Err(e) = core.push_encoded(encoder, item) {
-            return Ticket::ready(Err(e));
+        let (read, ticket) = read_request(decoder, then, OnDrop::Consume);
+        match self.shared.try_lock() {
+            Some(mut core) => match core.push_encoded(encoder, item) {
+                Ok(()) => core.enqueue_boxed(read),
+                Err(e) => read.fail(e),
+            },
+            None => self.shared.post_call(encoder, item, read),
         }
-        core.enqueue(decoder, then, OnDrop::Consume, false)
+        ticket
     }
 
     // ----- writes -----------------------------------------------------------------
@@ -431,7 +748,10 @@ impl Handle {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        self.lock().push_encoded(encoder, item)
+        match self.shared.try_lock() {
+            Some(mut core) => core.push_encoded(encoder, item),
+            None => self.shared.post_write(encoder, item),
+        }
     }
 
     /// Queues raw bytes.
@@ -706,5 +1026,215 @@ impl<IO> Future for Driver<IO> {
 impl<IO> fmt::Debug for Driver<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The inbox: work queued while the engine is busy must behave exactly
+    //! as work queued through the lock. `busy` makes every queueing call
+    //! take the inbox path, deterministically.
+
+    use super::*;
+    use crate::ErrorKind;
+    use crate::QueuedFramed;
+    use crate::codecs::LineCodec;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+
+    fn spawned(builder: &crate::Builder) -> (Handle, DuplexStream) {
+        let (ours, peer) = tokio::io::duplex(1 << 16);
+        let (handle, driver) = builder.build(ours).spawn();
+        drop(driver);
+        // Any locked call publishes the engine's state for the inbox.
+        assert!(!handle.is_closed());
+        (handle, peer)
+    }
+
+    fn posted(handle: &Handle) -> (usize, usize) {
+        let inbox = handle.shared.inbox.lock().unwrap();
+        (inbox.out.len(), inbox.reads.len())
+    }
+
+    fn busy(handle: &Handle, on: bool) {
+        handle.shared.busy.store(on, Ordering::Release);
+    }
+
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("resolves")
+    }
+
+    #[tokio::test]
+    async fn work_queued_while_the_engine_is_busy_keeps_its_order() {
+        let (handle, peer) = spawned(&QueuedFramed::builder());
+        handle.push_write(LineCodec::new(), "one").unwrap();
+        busy(&handle, true);
+        handle.push_write(LineCodec::new(), "two").unwrap();
+        let first = handle.push_read(LineCodec::new());
+        let second = handle.call(LineCodec::new(), "three", LineCodec::new());
+        assert_eq!(posted(&handle), (10, 2), "the inbox took them");
+        busy(&handle, false);
+        handle.push_write(LineCodec::new(), "four").unwrap();
+        let third = handle.push_read(LineCodec::new());
+        within(handle.flush()).await.unwrap();
+
+        let (rd, mut wr) = tokio::io::split(peer);
+        let mut lines = BufReader::new(rd).lines();
+        for want in ["one", "two", "three", "four"] {
+            assert_eq!(lines.next_line().await.unwrap().unwrap(), want);
+        }
+        wr.write_all(b"a\nb\nc\n").await.unwrap();
+        assert_eq!(within(first).await.unwrap().line(), b"a");
+        assert_eq!(within(second).await.unwrap().line(), b"b");
+        assert_eq!(within(third).await.unwrap().line(), b"c");
+    }
+
+    #[tokio::test]
+    async fn work_posted_while_busy_goes_out_without_another_call() {
+        let (handle, peer) = spawned(&QueuedFramed::builder());
+        // Let the driver run once and wait: only the post can wake it now.
+        tokio::task::yield_now().await;
+        busy(&handle, true);
+        handle.push_write(LineCodec::new(), "posted").unwrap();
+        let (rd, _wr) = tokio::io::split(peer);
+        let mut lines = BufReader::new(rd).lines();
+        let line = within(lines.next_line()).await.unwrap().unwrap();
+        assert_eq!(line, "posted");
+        busy(&handle, false);
+    }
+
+    #[tokio::test]
+    async fn the_inbox_is_held_to_wbuf_max_exactly() {
+        let (handle, _peer) = spawned(QueuedFramed::builder().wbuf_max(Some(12)));
+        // Nothing is written while the peer does not read past the duplex
+        // buffer, so the cap counts everything queued.
+        busy(&handle, true);
+        handle.push_write(LineCodec::new(), "12345").unwrap(); // 6 bytes
+        handle.push_write(LineCodec::new(), "12345").unwrap(); // 12: at the cap
+        assert_eq!(posted(&handle), (12, 0));
+        let e = handle.push_write(LineCodec::new(), "x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
+        assert!(e.is_fatal());
+        busy(&handle, false);
+        assert!(handle.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_call_over_wbuf_max_in_the_inbox_fails_its_ticket_and_queues_no_read() {
+        let (handle, _peer) = spawned(QueuedFramed::builder().wbuf_max(Some(4)));
+        busy(&handle, true);
+        let t = handle.call(LineCodec::new(), "too long", LineCodec::new());
+        assert_eq!(within(t).await.unwrap_err().kind(), ErrorKind::NoSpace);
+        busy(&handle, false);
+        assert_eq!(handle.lock().queued_reads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_refuses_work_queued_while_busy() {
+        let (handle, _peer) = spawned(&QueuedFramed::builder());
+        handle.destroy();
+        busy(&handle, true);
+        let e = handle.push_write(LineCodec::new(), "late").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed);
+        let t = handle.push_read(LineCodec::new());
+        assert_eq!(within(t).await.unwrap_err().kind(), ErrorKind::Closed);
+        let c = handle.call(LineCodec::new(), "late", LineCodec::new());
+        assert_eq!(within(c).await.unwrap_err().kind(), ErrorKind::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_write_after_push_shutdown_is_refused_while_busy() {
+        let (handle, _peer) = spawned(&QueuedFramed::builder());
+        handle.push_shutdown().unwrap();
+        busy(&handle, true);
+        let e = handle.push_write(LineCodec::new(), "late").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        // Reads are still fine after a half-close.
+        let t = handle.push_read(LineCodec::new());
+        busy(&handle, false);
+        assert_eq!(handle.lock().queued_reads(), 1);
+        drop(t);
+    }
+
+    #[tokio::test]
+    async fn an_encoder_error_in_the_inbox_queues_nothing() {
+        struct Refuse;
+        impl Encoder<&str> for Refuse {
+            type Error = Error;
+            fn encode(&mut self, _: &str, dst: &mut BytesMut) -> Result<()> {
+                dst.extend_from_slice(b"half");
+                Err(Error::invalid_input("refused"))
+            }
+        }
+        let (handle, _peer) = spawned(&QueuedFramed::builder());
+        busy(&handle, true);
+        handle.push_write(LineCodec::new(), "kept").unwrap();
+        let e = handle.push_write(Refuse, "x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let c = handle.call(Refuse, "x", LineCodec::new());
+        assert_eq!(within(c).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+        busy(&handle, false);
+        assert!(!handle.is_closed());
+        assert_eq!(handle.lock().queued_reads(), 0);
+        let buffered = handle.write_buffered();
+        assert!(buffered == 0 || buffered == 5, "only `kept\\n`: {buffered}");
+    }
+
+    #[tokio::test]
+    async fn an_encoder_panic_in_the_inbox_closes_the_connection_and_reaches_the_caller() {
+        struct Explode;
+        impl Encoder<&str> for Explode {
+            type Error = Error;
+            fn encode(&mut self, _: &str, dst: &mut BytesMut) -> Result<()> {
+                dst.extend_from_slice(b"half");
+                panic!("encoder exploded")
+            }
+        }
+        let (handle, mut peer) = spawned(&QueuedFramed::builder());
+        let waiting = handle.push_read(LineCodec::new());
+        busy(&handle, true);
+        let r = catch_unwind(AssertUnwindSafe(|| handle.push_write(Explode, "x")));
+        assert!(r.is_err(), "the panic reaches the caller");
+        busy(&handle, false);
+        let e = within(waiting).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Panicked);
+        assert!(handle.is_closed());
+        let mut got = Vec::new();
+        within(peer.read_to_end(&mut got)).await.unwrap();
+        assert!(
+            !got.windows(4).any(|w| w == b"half"),
+            "nothing half-encoded"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handle_used_inside_an_encoder_in_the_inbox_fails_fast() {
+        struct Reenter(Handle);
+        impl Encoder<&str> for Reenter {
+            type Error = Error;
+            fn encode(&mut self, item: &str, dst: &mut BytesMut) -> Result<()> {
+                self.0.push_write(LineCodec::new(), item)?;
+                dst.extend_from_slice(item.as_bytes());
+                Ok(())
+            }
+        }
+        let (handle, _peer) = spawned(&QueuedFramed::builder());
+        busy(&handle, true);
+        let inner = Reenter(handle.clone());
+        let r = catch_unwind(AssertUnwindSafe(|| handle.push_write(inner, "x")));
+        let payload = r.expect_err("panics instead of deadlocking");
+        assert!(panic_text(&*payload).contains("from inside"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_read_from_the_inbox_consumes_nothing() {
+        let (handle, mut peer) = spawned(&QueuedFramed::builder());
+        busy(&handle, true);
+        drop(handle.push_read(LineCodec::new()));
+        let kept = handle.push_read(LineCodec::new());
+        busy(&handle, false);
+        peer.write_all(b"first\n").await.unwrap();
+        assert_eq!(within(kept).await.unwrap().line(), b"first");
     }
 }

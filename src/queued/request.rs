@@ -127,6 +127,23 @@ where
     }
 }
 
+/// A read request, type-erased for the queue, and its ticket.
+pub(crate) fn read_request<D, F, R>(
+    decoder: D,
+    then: F,
+    on_drop: OnDrop,
+) -> (Box<dyn Request>, Ticket<R>)
+where
+    D: Decoder + Send + 'static,
+    D::Item: Send + 'static,
+    D::Error: Into<Error>,
+    F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    let (req, ticket) = DecodeRequest::new(decoder, then, on_drop);
+    (req, ticket)
+}
+
 /// Runs one decode step with AnyEvent's EOF rule (RQ-6): at end of input a
 /// request that cannot complete is `EPIPE`, fatal, and its bytes stay put.
 ///
