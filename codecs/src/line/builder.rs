@@ -1,16 +1,14 @@
 //! [`LineCodecBuilder`]: every option of the line codecs, checked once.
 
 use bytes::Bytes;
-use memchr::memmem;
 #[cfg(feature = "regex")]
 use regex::bytes::Regex;
 
-use super::codec::State;
-use super::eol::{Eol, Scan};
-use super::{
-    CODEC, DEFAULT_LINE_MAX_LENGTH, DEFAULT_WRITE_TERMINATOR, LineCodec, OverflowPolicy,
-    Utf8LineCodec,
-};
+use super::codec::{State, Terminator};
+use super::eol::{Eol, LiteralEol, Scan};
+use super::{CODEC, DEFAULT_LINE_MAX_LENGTH, LineCodec, OverflowPolicy, Utf8LineCodec};
+#[cfg(feature = "regex")]
+use super::{DEFAULT_WRITE_TERMINATOR, eol::RegexEol};
 use crate::error::Error;
 #[cfg(feature = "regex")]
 use crate::regex_codec::Search;
@@ -225,10 +223,7 @@ impl LineCodecBuilder {
                     "empty end of line would match at once, forever",
                 ));
             }
-            EolSpec::Literal(eol) => Eol::Literal {
-                finder: Box::new(memmem::Finder::new(eol.as_ref()).into_owned()),
-                eol: eol.clone(),
-            },
+            EolSpec::Literal(eol) => Eol::Literal(Box::new(LiteralEol::new(eol.clone()))),
             #[cfg(feature = "regex")]
             EolSpec::Regex(search) if !once && search.regex().is_match(b"") => {
                 return Err(Error::invalid_input(
@@ -237,11 +232,11 @@ impl LineCodecBuilder {
                 ));
             }
             #[cfg(feature = "regex")]
-            EolSpec::Regex(search) => Eol::Regex {
+            EolSpec::Regex(search) => Eol::Regex(Box::new(RegexEol {
                 search: search.clone(),
                 hold_open: self.hold_open,
                 empty_ok: once && search.regex().is_match(b""),
-            },
+            })),
         };
         let is_whole_eol = |t: &[u8]| {
             eol.scan(t, 0, usize::MAX, true)
@@ -251,7 +246,7 @@ impl LineCodecBuilder {
                 }
         };
         let terminator = match (&self.terminator, &eol) {
-            (Some(t), _) if !t.is_empty() && is_whole_eol(t) => Some(t.clone()),
+            (Some(t), _) if !t.is_empty() && is_whole_eol(t) => Terminator::Custom(t.clone()),
             (Some(t), _) => {
                 return Err(Error::invalid_input(
                     CODEC,
@@ -259,13 +254,13 @@ impl LineCodecBuilder {
                 )
                 .with_bytes(t));
             }
-            (None, Eol::Default) => Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)),
-            (None, Eol::Empty) => None,
-            (None, Eol::Literal { eol, .. }) => Some(eol.clone()),
+            (None, Eol::Default) => Terminator::Lf,
+            (None, Eol::Empty) => Terminator::Absent,
+            (None, Eol::Literal(lit)) => Terminator::Custom(lit.eol.clone()),
             #[cfg(feature = "regex")]
-            (None, Eol::Regex { .. }) => {
-                Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)).filter(|t| is_whole_eol(t))
-            }
+            (None, Eol::Regex(_)) if is_whole_eol(DEFAULT_WRITE_TERMINATOR) => Terminator::Lf,
+            #[cfg(feature = "regex")]
+            (None, Eol::Regex(_)) => Terminator::Absent,
         };
         Ok(LineCodec {
             eol,

@@ -60,6 +60,28 @@ pub(super) enum State {
     Spent,
 }
 
+/// What the encoder appends after each line.
+#[derive(Debug, Clone)]
+pub(super) enum Terminator {
+    /// `\n`, the default: nothing to allocate or free.
+    Lf,
+    /// A configured terminator, or a literal end of line written back.
+    Custom(Bytes),
+    /// None: a regex end of line that does not accept `\n`, with no
+    /// terminator configured (the encoder refuses to write).
+    Absent,
+}
+
+impl Terminator {
+    pub(super) fn get(&self) -> Option<&[u8]> {
+        match self {
+            Terminator::Lf => Some(DEFAULT_WRITE_TERMINATOR),
+            Terminator::Custom(t) => Some(t),
+            Terminator::Absent => None,
+        }
+    }
+}
+
 /// A decoder and encoder for lines, with frames of [`Bytes`] (no copy).
 ///
 /// The default end of line is `\r?\n`; the builder sets a literal or regex
@@ -107,7 +129,7 @@ pub struct LineCodec {
     pub(super) overflow: OverflowPolicy,
     /// What the encoder appends; `None` for a regex EOL that does not
     /// accept `\n` and was given no terminator.
-    pub(super) terminator: Option<Bytes>,
+    pub(super) terminator: Terminator,
     /// The encoder's limit on one line; `None`: no limit.
     pub(super) write_max_length: Option<usize>,
     pub(super) state: State,
@@ -127,7 +149,7 @@ impl LineCodec {
             eol: Eol::Default,
             max_length: DEFAULT_LINE_MAX_LENGTH,
             overflow: OverflowPolicy::Fatal,
-            terminator: Some(Bytes::from_static(DEFAULT_WRITE_TERMINATOR)),
+            terminator: Terminator::Lf,
             write_max_length: None,
             state: State::Reading { scanned: 0 },
             discarded: None,
@@ -162,7 +184,7 @@ impl LineCodec {
 
     /// What the encoder appends to each line, if anything is configured.
     pub fn write_terminator(&self) -> Option<&[u8]> {
-        self.terminator.as_deref()
+        self.terminator.get()
     }
 
     /// The longest line the encoder writes, terminator excluded; `None`
@@ -329,7 +351,7 @@ impl LineCodec {
     /// Appends `line` and the terminator, after checking that a decoder
     /// with this configuration would read exactly `line` back.
     pub(super) fn encode_line(&self, line: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
-        let Some(term) = &self.terminator else {
+        let Some(term) = self.terminator.get() else {
             return Err(Error::invalid_input(
                 CODEC,
                 "no write terminator for this end-of-line regex",
@@ -347,7 +369,7 @@ impl LineCodec {
         // A regex EOL match counts against the decoder's limit: a terminator
         // longer than that would not be read back as an end of line.
         #[cfg(feature = "regex")]
-        if matches!(self.eol, Eol::Regex { .. }) && term.len() > self.max_length {
+        if matches!(self.eol, Eol::Regex(_)) && term.len() > self.max_length {
             return Err(Error::invalid_input(
                 CODEC,
                 "terminator longer than max_length allows an end of line",

@@ -13,6 +13,10 @@ use crate::regex_codec::Search;
 
 /// Where a line ends, as configured. Crate-private: the builder is the
 /// public face.
+///
+/// The configured variants are boxed: a codec travels by value in every
+/// queued request and is often built per message, so the common `\r?\n`
+/// codec stays small and cheap to build, move and drop.
 #[derive(Debug, Clone)]
 pub(crate) enum Eol {
     /// `\r?\n`.
@@ -20,19 +24,37 @@ pub(crate) enum Eol {
     /// The empty end of line of a single-use decoder: matches at once.
     Empty,
     /// A literal byte string (never empty).
-    Literal {
-        eol: Bytes,
-        /// Boxed: a `Finder` is a few hundred bytes, the other variants small.
-        finder: Box<memmem::Finder<'static>>,
-    },
+    Literal(Box<LiteralEol>),
     /// A regex (matching the empty string only in a single-use decoder).
     #[cfg(feature = "regex")]
-    Regex {
-        search: Search,
-        hold_open: bool,
-        /// An empty match may end the line (single-use decoders only).
-        empty_ok: bool,
-    },
+    Regex(Box<RegexEol>),
+}
+
+/// A literal end of line and its searcher.
+#[derive(Debug, Clone)]
+pub(crate) struct LiteralEol {
+    pub(crate) eol: Bytes,
+    pub(crate) finder: memmem::Finder<'static>,
+}
+
+impl LiteralEol {
+    /// The end of line `eol` (not empty).
+    pub(crate) fn new(eol: Bytes) -> LiteralEol {
+        LiteralEol {
+            finder: memmem::Finder::new(eol.as_ref()).into_owned(),
+            eol,
+        }
+    }
+}
+
+/// A regex end of line.
+#[cfg(feature = "regex")]
+#[derive(Debug, Clone)]
+pub(crate) struct RegexEol {
+    pub(crate) search: Search,
+    pub(crate) hold_open: bool,
+    /// An empty match may end the line (single-use decoders only).
+    pub(crate) empty_ok: bool,
 }
 
 /// The outcome of looking for the end of the first line in a buffer.
@@ -63,16 +85,12 @@ impl Eol {
                 line_len: 0,
                 eol_len: 0,
             },
-            Eol::Literal { eol, finder } => scan_literal(finder, eol.len(), buf, scanned, max),
+            Eol::Literal(lit) => scan_literal(&lit.finder, lit.eol.len(), buf, scanned, max),
             #[cfg(feature = "regex")]
-            Eol::Regex {
-                search,
-                hold_open,
-                empty_ok,
-            } => scan_regex(
-                search,
-                *hold_open && !eof,
-                *empty_ok,
+            Eol::Regex(re) => scan_regex(
+                &re.search,
+                re.hold_open && !eof,
+                re.empty_ok,
                 buf,
                 scanned,
                 max,
@@ -100,13 +118,13 @@ impl Eol {
                     false
                 }
             },
-            Eol::Literal { eol, finder } => match finder.find(buf) {
+            Eol::Literal(lit) => match lit.finder.find(buf) {
                 Some(at) => {
-                    buf.advance(at + eol.len());
+                    buf.advance(at + lit.eol.len());
                     true
                 }
                 None => {
-                    let keep = if eof { 0 } else { eol.len() - 1 };
+                    let keep = if eof { 0 } else { lit.eol.len() - 1 };
                     buf.advance(buf.len().saturating_sub(keep));
                     false
                 }
@@ -114,10 +132,8 @@ impl Eol {
             // An empty end of line never overflows.
             Eol::Empty => true,
             #[cfg(feature = "regex")]
-            Eol::Regex {
-                search, hold_open, ..
-            } => match search.first_non_empty(buf, 0) {
-                Some((start, end)) if *hold_open && !eof && end == buf.len() => {
+            Eol::Regex(re) => match re.search.first_non_empty(buf, 0) {
+                Some((start, end)) if re.hold_open && !eof && end == buf.len() => {
                     // Keep the held match (at most `max` bytes of it, and at
                     // least one, so the regex still sees that a run of EOL
                     // bytes goes on) and drop the rest.
@@ -291,10 +307,7 @@ mod tests {
     use super::*;
 
     fn lit(eol: &[u8]) -> Eol {
-        Eol::Literal {
-            eol: Bytes::copy_from_slice(eol),
-            finder: Box::new(memmem::Finder::new(eol).into_owned()),
-        }
+        Eol::Literal(Box::new(LiteralEol::new(Bytes::copy_from_slice(eol))))
     }
 
     #[test]
@@ -356,9 +369,10 @@ mod tests {
     #[test]
     fn literal_scan_resumes_before_the_last_scan_end() {
         let eol = lit(b"<END>");
-        let Eol::Literal { finder, .. } = &eol else {
+        let Eol::Literal(lit) = &eol else {
             unreachable!()
         };
+        let finder = &lit.finder;
         let s = scan_literal(finder, 5, b"abc<EN", 0, 100);
         assert_eq!(s, Scan::NeedMore { scanned: 6 });
         assert_eq!(

@@ -154,12 +154,14 @@ impl<T: AsRef<str>> Encoder<T> for Utf8LineCodec {
 impl Utf8LineCodec {
     /// Wraps `inner` after checking that its EOL and terminator are UTF-8.
     pub(super) fn checked(inner: LineCodec) -> Result<Utf8LineCodec, Error> {
-        if let Eol::Literal { eol, .. } = &inner.eol
-            && std::str::from_utf8(eol).is_err()
+        if let Eol::Literal(lit) = &inner.eol
+            && std::str::from_utf8(&lit.eol).is_err()
         {
-            return Err(Error::invalid_input(CODEC, "end of line is not UTF-8").with_bytes(eol));
+            return Err(
+                Error::invalid_input(CODEC, "end of line is not UTF-8").with_bytes(&lit.eol)
+            );
         }
-        if let Some(t) = &inner.terminator
+        if let Some(t) = inner.terminator.get()
             && std::str::from_utf8(t).is_err()
         {
             return Err(Error::invalid_input(CODEC, "write terminator is not UTF-8").with_bytes(t));
