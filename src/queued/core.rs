@@ -172,6 +172,9 @@ pub(crate) struct Core {
     read_size: usize,
     /// Wakes the driver task when a user handle queues work.
     driver: Option<Waker>,
+    /// The driver has been woken since its last turn began: it will run,
+    /// so a second wake-up (one per push of a batch) is skipped.
+    driver_woken: bool,
     /// Resolved when the write queue is empty and flushed.
     flush_waiters: Vec<oneshot::Sender<Result<()>>>,
     /// Counts non-fatal errors handed to the write side's waiters
@@ -269,6 +272,7 @@ impl Core {
             wq: WriteQueue::default(),
             read_size: cfg.read_size,
             driver: None,
+            driver_woken: false,
             flush_waiters: Vec::new(),
             write_errors: 0,
             last_write_error: None,
@@ -597,6 +601,7 @@ impl Core {
     // ----- the driver's waker ---------------------------------------------------
 
     pub(crate) fn register_driver(&mut self, waker: &Waker) {
+        self.driver_woken = false;
         match &self.driver {
             Some(w) if w.will_wake(waker) => {}
             _ => self.driver = Some(waker.clone()),
@@ -604,7 +609,11 @@ impl Core {
     }
 
     pub(crate) fn wake_driver(&mut self) {
+        if self.driver_woken {
+            return;
+        }
         if let Some(w) = &self.driver {
+            self.driver_woken = true;
             w.wake_by_ref();
         }
     }
