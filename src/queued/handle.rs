@@ -24,6 +24,7 @@ use crate::queued::core::panic_text;
 use crate::queued::request::{OnDrop, Request, Requests, Ticket, read_request};
 use crate::queued::timer::Timeout;
 use crate::queued::transport::TransportIo;
+use crate::queued::write::CHAIN_THRESHOLD;
 
 struct Shared {
     core: Mutex<Core>,
@@ -92,10 +93,21 @@ impl Published {
         }
     }
 
+    /// Stores only what changed: these are read far more often than they
+    /// change, and a store would pull the line away from other threads.
     fn publish(&self, core: &Core) {
-        self.reads.store(!core.is_closed(), Ordering::Release);
-        self.writes.store(core.accepts_writes(), Ordering::Release);
-        self.room.store(core.write_room(), Ordering::Release);
+        let reads = !core.is_closed();
+        if self.reads.load(Ordering::Relaxed) != reads {
+            self.reads.store(reads, Ordering::Release);
+        }
+        let writes = core.accepts_writes();
+        if self.writes.load(Ordering::Relaxed) != writes {
+            self.writes.store(writes, Ordering::Release);
+        }
+        let room = core.write_room();
+        if self.room.load(Ordering::Relaxed) != room {
+            self.room.store(room, Ordering::Release);
+        }
     }
 }
 
@@ -331,6 +343,26 @@ impl Shared {
             Encoded::Failed(e) => Err(e),
             Encoded::Check(bytes) => self.lock().push_bytes(bytes),
         }
+    }
+
+    /// [`Handle::push_bytes`] while the engine is busy. Small buffers are
+    /// copied in, as the engine itself would; a large one goes by
+    /// reference on the locked path, so it is never copied.
+    fn post_bytes(&self, bytes: Bytes) -> Result<()> {
+        if bytes.len() >= CHAIN_THRESHOLD {
+            return self.lock().push_bytes(bytes);
+        }
+        let Some(mut inbox) = self.inbox(true) else {
+            return self.lock().push_bytes(bytes);
+        };
+        if inbox.out.len() + bytes.len() > self.published.room.load(Ordering::Acquire) {
+            drop(inbox);
+            return self.lock().push_bytes(bytes);
+        }
+        let was_empty = inbox.is_empty();
+        inbox.out.extend_from_slice(&bytes);
+        self.posted(inbox, was_empty);
+        Ok(())
     }
 
     /// Queues a read at the back while the engine is busy.
@@ -760,7 +792,11 @@ impl Handle {
     ///
     /// As [`QueuedFramed::push_write`](crate::QueuedFramed::push_write).
     pub fn push_bytes(&self, bytes: impl Into<Bytes>) -> Result<()> {
-        self.lock().push_bytes(bytes.into())
+        let bytes = bytes.into();
+        match self.shared.try_lock() {
+            Some(mut core) => core.push_bytes(bytes),
+            None => self.shared.post_bytes(bytes),
+        }
     }
 
     /// Resolves once everything queued so far is written and flushed.
@@ -1105,6 +1141,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn small_raw_bytes_go_through_the_inbox_and_large_ones_by_reference() {
+        let (handle, peer) = spawned(&QueuedFramed::builder());
+        busy(&handle, true);
+        handle.push_bytes(&b"small\n"[..]).unwrap();
+        assert_eq!(posted(&handle), (6, 0));
+        let large = Bytes::from(vec![b'x'; CHAIN_THRESHOLD]);
+        handle.push_bytes(large.clone()).unwrap();
+        assert_eq!(
+            posted(&handle),
+            (0, 0),
+            "the locked path took both, in order"
+        );
+        busy(&handle, false);
+        within(handle.flush()).await.unwrap();
+        let mut got = vec![0u8; 6 + CHAIN_THRESHOLD];
+        let (mut rd, _wr) = tokio::io::split(peer);
+        within(rd.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got[..6], b"small\n");
+        assert_eq!(&got[6..], &large[..]);
+    }
+
+    #[tokio::test]
     async fn the_inbox_is_held_to_wbuf_max_exactly() {
         let (handle, _peer) = spawned(QueuedFramed::builder().wbuf_max(Some(12)));
         // Nothing is written while the peer does not read past the duplex
@@ -1116,6 +1174,17 @@ mod tests {
         let e = handle.push_write(LineCodec::new(), "x").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NoSpace);
         assert!(e.is_fatal());
+        busy(&handle, false);
+        assert!(handle.is_closed());
+    }
+
+    #[tokio::test]
+    async fn raw_bytes_in_the_inbox_are_held_to_wbuf_max_exactly() {
+        let (handle, _peer) = spawned(QueuedFramed::builder().wbuf_max(Some(8)));
+        busy(&handle, true);
+        handle.push_bytes(&b"12345678"[..]).unwrap();
+        let e = handle.push_bytes(&b"9"[..]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
         busy(&handle, false);
         assert!(handle.is_closed());
     }

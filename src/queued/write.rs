@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 /// A `Bytes` pushed with at least this many bytes is queued by reference
 /// instead of being copied into the tail buffer. Below it a copy is cheaper
 /// than another iovec entry (the same trade-off as h2's `CHAIN_THRESHOLD`).
-const CHAIN_THRESHOLD: usize = 1024;
+pub(crate) const CHAIN_THRESHOLD: usize = 1024;
 
 /// At most this many buffers go into one vectored write. Linux takes up to
 /// 1024 (IOV_MAX); 64 already amortises the syscall and keeps the slice
