@@ -1,7 +1,8 @@
 //! QueuedFramed over loopback TCP against tokio-util `Framed`:
 //! `queued-lines-loopback`, `switching-loopback`, `pipelined-rtt` (with
 //! `pipelined-rtt-handle` and, clients on the workers,
-//! `pipelined-rtt-handle-on-workers`), `autocork-small-writes`, plus the
+//! `pipelined-rtt-handle-on-workers` and `pipelined-rtt-on-workers`),
+//! `autocork-small-writes`, plus the
 //! physical limit `limit-read`.
 //!
 //! The bulk scenarios follow the baseline's method: each receive gets a
@@ -599,8 +600,8 @@ fn pipelined(h: &Harness) {
     let items = RT_REQUESTS as u64;
     // Interleaved round by round, like the loopback rows: wake-up latency
     // (what a round trip here mostly is) moves with the machine's phases.
-    // The last two: the Handle client and the anchor's client again, each
-    // in a spawned task. On the calling thread every hand-over to the
+    // The last three: the Handle client, the anchor's client and the
+    // sequential client again, each in a spawned task. On the calling thread every hand-over to the
     // client is a wake across threads, which the main rows mostly measure;
     // on the workers what remains is the cost per request.
     let sides = [
@@ -610,6 +611,7 @@ fn pipelined(h: &Harness) {
         (Server::Queued, ClientKind::Handle, false),
         (Server::Queued, ClientKind::Handle, true),
         (Server::FramedForward, ClientKind::Framed, true),
+        (Server::Queued, ClientKind::Queued, true),
     ];
     let mut t = vec![Vec::with_capacity(h.reps()); sides.len()];
     for _ in 0..h.reps() {
@@ -635,6 +637,13 @@ fn pipelined(h: &Harness) {
     h.report_rounds(
         "pipelined-rtt-handle-on-workers",
         &t[4],
+        &t[5],
+        items,
+        "context: both clients in spawned tasks",
+    );
+    h.report_rounds(
+        "pipelined-rtt-on-workers",
+        &t[6],
         &t[5],
         items,
         "context: both clients in spawned tasks",
