@@ -64,9 +64,24 @@ struct Inbox {
     reads: Vec<Box<dyn Request>>,
 }
 
+/// What the inbox keeps of its buffers' capacity once emptied (bytes of
+/// output; an eighth as many read slots). A burst beyond it is freed.
+const INBOX_KEEP: usize = 16 * 1024;
+
 impl Inbox {
     fn is_empty(&self) -> bool {
         self.out.is_empty() && self.reads.is_empty()
+    }
+
+    /// Once emptied: frees buffers a burst grew past [`INBOX_KEEP`], so an
+    /// idle connection holds no more than that.
+    fn release_burst(&mut self) {
+        if self.out.capacity() > INBOX_KEEP {
+            self.out = BytesMut::new();
+        }
+        if self.reads.capacity() > INBOX_KEEP / 8 {
+            self.reads = Vec::new();
+        }
     }
 }
 
@@ -169,6 +184,7 @@ impl Locked<'_> {
         }
         let Inbox { out, reads } = &mut *inbox;
         self.guard.accept_posted(out, reads);
+        inbox.release_burst();
         true
     }
 }
@@ -1160,6 +1176,31 @@ mod tests {
         within(rd.read_exact(&mut got)).await.unwrap();
         assert_eq!(&got[..6], b"small\n");
         assert_eq!(&got[6..], &large[..]);
+    }
+
+    #[tokio::test]
+    async fn a_burst_through_the_inbox_leaves_no_large_buffer_behind() {
+        // Bounded memory: once the engine has taken a burst in, the inbox
+        // does not keep the burst's capacity for the rest of the
+        // connection's life.
+        let (handle, _peer) = spawned(&QueuedFramed::builder());
+        busy(&handle, true);
+        let line = "x".repeat(1000);
+        for _ in 0..1_000 {
+            handle.push_write(LineCodec::new(), line.as_str()).unwrap();
+        }
+        let _reads: Vec<_> = (0..1_000)
+            .map(|_| handle.push_read(LineCodec::new()))
+            .collect();
+        busy(&handle, false);
+        assert!(handle.write_buffered() > 0, "the engine took the burst in");
+        let inbox = handle.shared.inbox.lock().unwrap();
+        assert!(
+            inbox.out.capacity() <= INBOX_KEEP,
+            "{} bytes kept",
+            inbox.out.capacity()
+        );
+        assert!(inbox.reads.capacity() <= INBOX_KEEP / 8);
     }
 
     #[tokio::test]
