@@ -56,6 +56,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::queued::request::{
     BatchStep, DecodeRequest, OnDrop, Request, Requests, Ticket, batch_step, decode_step,
+    read_request,
 };
 use crate::queued::timer::{Timeout, Timers};
 use crate::queued::transport::{self, Transport};
@@ -621,7 +622,7 @@ impl Core {
     // ----- the read queue ---------------------------------------------------------
 
     /// Queues a decoder with a completion function, at the back or (unshift)
-    /// at the front. A closed connection resolves the ticket at once.
+    /// at the front (see [`enqueue_boxed`](Self::enqueue_boxed)).
     pub(crate) fn enqueue<D, F, R>(
         &mut self,
         decoder: D,
@@ -636,8 +637,9 @@ impl Core {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (req, ticket) = DecodeRequest::new(decoder, then, on_drop);
-        self.enqueue_request(req, front, ticket)
+        let (req, ticket) = read_request(decoder, then, on_drop);
+        self.enqueue_boxed(req, front);
+        ticket
     }
 
     /// Queues a `read_many` batch: it also gets the error that came after
@@ -651,24 +653,15 @@ impl Core {
         R: Send + 'static,
     {
         let (req, ticket) = DecodeRequest::new(decoder, then, OnDrop::Cancel);
-        self.enqueue_request(req.into_batch(), false, ticket)
+        self.enqueue_boxed(req.into_batch(), false);
+        ticket
     }
 
-    fn enqueue_request<D, F, R>(
-        &mut self,
-        req: Box<DecodeRequest<D, F, R>>,
-        front: bool,
-        ticket: Ticket<R>,
-    ) -> Ticket<R>
-    where
-        D: Decoder + Send + 'static,
-        D::Item: Send + 'static,
-        D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
+    /// Queues a read request at the back or (unshift) at the front; a
+    /// closed connection fails it at once, with the error that closed it.
+    pub(crate) fn enqueue_boxed(&mut self, req: Box<dyn Request>, front: bool) {
         if let Life::Closed(e) = &self.life {
-            return Ticket::ready(Err(e.clone()));
+            return req.fail(e.clone());
         }
         let entry = Entry::Read(req);
         if front {
@@ -678,7 +671,6 @@ impl Core {
         }
         self.sweep_if_due();
         self.wake_driver();
-        ticket
     }
 
     /// Requests cancelled behind a waiting head would otherwise stay until
@@ -699,6 +691,8 @@ impl Core {
     /// other. Reads fail with the error that closed it.
     pub(crate) fn accept_posted(&mut self, out: &mut BytesMut, reads: &mut Vec<Box<dyn Request>>) {
         if !out.is_empty() {
+            // Copied, not traded: swapping buffers with an empty tail was
+            // measured slower (each side then regrows the other's buffer).
             let before = self.wq.tail_len();
             self.wq.tail_mut().extend_from_slice(out);
             self.wq.commit(before);
@@ -712,17 +706,6 @@ impl Core {
             }
         }
         self.sweep_if_due();
-    }
-
-    /// Queues a read request at the back; a closed connection fails it at
-    /// once.
-    pub(crate) fn enqueue_boxed(&mut self, req: Box<dyn Request>) {
-        if let Life::Closed(e) = &self.life {
-            return req.fail(e.clone());
-        }
-        self.queue.push_back(Entry::Read(req));
-        self.sweep_if_due();
-        self.wake_driver();
     }
 
     /// Whether a write may be queued now (what `push_encoded` checks).

@@ -229,12 +229,18 @@ impl Shared {
         }
     }
 
-    fn locked<'a>(&'a self, guard: MutexGuard<'a, Core>) -> Locked<'a> {
-        Locked {
+    /// The engine behind `guard`, with what the inbox held moved in; the
+    /// driver is woken for it unless it is the driver taking its turn.
+    fn locked<'a>(&'a self, guard: MutexGuard<'a, Core>, for_turn: bool) -> Locked<'a> {
+        let mut locked = Locked {
             guard,
             shared: self,
             _inside: Inside::enter(&self.engine_owner),
+        };
+        if locked.take_posted() && !for_turn {
+            locked.wake_driver();
         }
+        locked
     }
 
     /// The engine, with what the inbox held moved in (the driver is woken
@@ -245,20 +251,14 @@ impl Shared {
         // user callback runs under `Core::guard`), so the state is
         // consistent: ignore the poisoning.
         let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut locked = self.locked(guard);
-        if locked.take_posted() {
-            locked.wake_driver();
-        }
-        locked
+        self.locked(guard, false)
     }
 
     /// [`lock`](Self::lock) for the driver's own turn, which goes on to
     /// run what the inbox held (no wake-up needed).
     fn lock_for_turn(&self) -> Locked<'_> {
         let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut locked = self.locked(guard);
-        locked.take_posted();
-        locked
+        self.locked(guard, true)
     }
 
     /// [`lock`](Self::lock), unless another thread holds the engine.
@@ -273,11 +273,7 @@ impl Shared {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         };
-        let mut locked = self.locked(guard);
-        if locked.take_posted() {
-            locked.wake_driver();
-        }
-        Some(locked)
+        Some(self.locked(guard, false))
     }
 
     /// The inbox, if the published state accepts reads (and, with
@@ -384,7 +380,7 @@ impl Shared {
     /// Queues a read at the back while the engine is busy.
     fn post_read(&self, read: Box<dyn Request>) {
         let Some(mut inbox) = self.inbox(false) else {
-            return self.lock().enqueue_boxed(read);
+            return self.lock().enqueue_boxed(read, false);
         };
         let was_empty = inbox.is_empty();
         inbox.reads.push(read);
@@ -401,7 +397,7 @@ impl Shared {
         let Some(inbox) = self.inbox(true) else {
             let mut core = self.lock();
             return match core.push_encoded(encoder, item) {
-                Ok(()) => core.enqueue_boxed(read),
+                Ok(()) => core.enqueue_boxed(read, false),
                 Err(e) => read.fail(e),
             };
         };
@@ -415,7 +411,7 @@ impl Shared {
             Encoded::Check(bytes) => {
                 let mut core = self.lock();
                 match core.push_bytes(bytes) {
-                    Ok(()) => core.enqueue_boxed(read),
+                    Ok(()) => core.enqueue_boxed(read, false),
                     Err(e) => read.fail(e),
                 }
             }
@@ -603,7 +599,7 @@ impl Handle {
     {
         let (read, ticket) = read_request(decoder, then, OnDrop::Cancel);
         match self.shared.try_lock() {
-            Some(mut core) => core.enqueue_boxed(read),
+            Some(mut core) => core.enqueue_boxed(read, false),
             None => self.shared.post_read(read),
         }
         ticket
@@ -775,7 +771,7 @@ impl Handle {
         let (read, ticket) = read_request(decoder, then, OnDrop::Consume);
         match self.shared.try_lock() {
             Some(mut core) => match core.push_encoded(encoder, item) {
-                Ok(()) => core.enqueue_boxed(read),
+                Ok(()) => core.enqueue_boxed(read, false),
                 Err(e) => read.fail(e),
             },
             None => self.shared.post_call(encoder, item, read),
