@@ -262,6 +262,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Ok(fed > 0)
     }
 
+    /// [`feed`](Conn::feed) for as long as the handshake runs and records
+    /// are buffered: rustls takes the peer's whole flight before anything is
+    /// written, so its answer (a TLS 1.3 client's ChangeCipherSpec and
+    /// Finished) leaves in one write. Written record by record, the second
+    /// part went out as a small segment of its own, which Nagle's algorithm
+    /// holds until the peer acknowledges the first; a peer that delays its
+    /// ACKs (it has nothing to send until our Finished) held every handshake
+    /// over such a socket for its delayed-ACK timeout, about 40 ms on Linux.
+    fn feed_flight(&mut self) -> Result<bool, ::rustls::Error> {
+        let mut fed = false;
+        while self.tls.is_handshaking() && self.feed()? {
+            fed = true;
+        }
+        Ok(fed)
+    }
+
     /// Hands rustls the header at `inbuf[at..]` ahead of its record, if it
     /// is all there and announces a body (see [`Conn::feed`]). rustls has
     /// room: it holds one record of at most [`MAX_BODY_LEN`] bytes.
@@ -357,7 +373,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(TlsError::handshake_io)?;
                 return Poll::Ready(Ok(()));
             }
-            match self.feed() {
+            match self.feed_flight() {
                 Ok(true) => continue,
                 Ok(false) => {}
                 // The handshake is over; the header handed behind its last
@@ -753,5 +769,122 @@ mod tests {
             next_feed(&[22, 0x99, 0x99, 0x10, 0x00], 0),
             Some((HEADER_LEN, HEADER_LEN + 4096))
         );
+    }
+
+    /// An IO that serves `input` to reads (`Pending` when it is empty) and
+    /// keeps each write call's bytes apart, a vectored write as one.
+    #[derive(Default)]
+    struct Recorder {
+        input: Vec<u8>,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl tokio::io::AsyncRead for Recorder {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.input.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = self.input.len().min(buf.remaining());
+            buf.put_slice(&self.input[..n]);
+            self.input.drain(..n);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let write: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = write.len();
+            self.writes.push(write);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The record types in `wire`, one per record.
+    fn record_types(mut wire: &[u8]) -> Vec<u8> {
+        let mut types = Vec::new();
+        while !wire.is_empty() {
+            types.push(wire[0]);
+            wire = &wire[record_len(wire)..];
+        }
+        types
+    }
+
+    /// A client's answer to the server's whole flight (TLS 1.3: its
+    /// ChangeCipherSpec and Finished) leaves in one write. Two writes put the
+    /// Finished in a small segment of its own, which Nagle's algorithm holds
+    /// until the server's delayed ACK: tens of milliseconds per handshake.
+    #[test]
+    fn a_client_answers_the_servers_flight_in_one_write() {
+        use super::super::transport::Step;
+        let (client_config, server_config) = crate::tls::tests::rustls_cfg::localhost_pair();
+        let name = ServerName::try_from("localhost").unwrap();
+        let client = Box::new(Connection::from(
+            ClientConnection::new(client_config, name).unwrap(),
+        ));
+        let mut server = Connection::from(ServerConnection::new(server_config).unwrap());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+
+        let Step::Pending(mut hs) =
+            super::Handshake::new(client, Recorder::default(), bytes::Bytes::new()).poll(&mut cx)
+        else {
+            panic!("the handshake cannot be over before the server answers");
+        };
+        let hello = hs.io_mut().writes.concat();
+        let mut wire = &hello[..];
+        while !wire.is_empty() {
+            server.read_tls(&mut wire).unwrap();
+        }
+        server.process_new_packets().unwrap();
+        let flight = sealed(&mut server);
+        assert!(
+            record_types(&flight).len() > 1,
+            "the flight is several records"
+        );
+        hs.io_mut().writes.clear();
+        hs.io_mut().input = flight;
+
+        let Step::Done(conn) = hs.poll(&mut cx) else {
+            panic!("the server's flight completes the client's handshake");
+        };
+        let writes = &conn.io.writes;
+        assert_eq!(writes.len(), 1, "one write, not {writes:?}");
+        // change_cipher_spec (20), then the Finished sealed as application data (23).
+        assert_eq!(record_types(&writes[0]), [20, 23]);
     }
 }
