@@ -357,15 +357,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
         loop {
-            while self.tls.wants_write() {
+            // A TLS 1.3 server is done once it has the client's Finished;
+            // what it still has to send are session tickets. They are not
+            // written here (a client that only writes would never take
+            // them, and sent alone they are a small segment: a server that
+            // speaks first would put its first data in a second one, which
+            // Nagle's algorithm holds until the client's delayed ACK). They
+            // leave with the first write, read or flush.
+            while self.tls.wants_write() && !self.only_tickets_left() {
                 match self.poll_write_tls(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::handshake_io(e))),
-                    // A TLS 1.3 server is done once it has the client's
-                    // Finished; what it still has to send are session
-                    // tickets, which a client that only writes would never
-                    // take. They go out with the next read, write or flush.
-                    Poll::Pending if self.only_tickets_left() => return Poll::Ready(Ok(())),
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -456,33 +458,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<Result<usize, TlsError>> {
-        let mut blocked = false;
-        while self.tls.wants_write() {
-            match self.poll_write_tls(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::io(e))),
-                Poll::Pending => {
-                    blocked = true;
-                    break;
-                }
-            }
-        }
-        let n = self.tls.writer().write(buf).map_err(TlsError::io)?;
-        if n == 0 {
-            // The send buffer is full and the IO has our waker.
-            debug_assert!(blocked, "rustls refused a write with nothing to send");
-            return Poll::Pending;
-        }
-        if !blocked {
+        // Sealed first, so that records already waiting (a TLS 1.3 server's
+        // session tickets, see `poll_handshake`) leave in the same write as
+        // this data rather than in a small segment of their own.
+        let mut n = self.tls.writer().write(buf).map_err(TlsError::io)?;
+        loop {
             while self.tls.wants_write() {
                 match self.poll_write_tls(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::io(e))),
-                    Poll::Pending => break,
+                    // The IO has our waker. Whatever was sealed goes out
+                    // with the next write or flush.
+                    Poll::Pending if n > 0 => return Poll::Ready(Ok(n)),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            // rustls's send buffer was full and is now written out.
+            n = self.tls.writer().write(buf).map_err(TlsError::io)?;
+            if n == 0 {
+                return Poll::Ready(Err(TlsError::io(io::ErrorKind::WriteZero.into())));
+            }
         }
-        Poll::Ready(Ok(n))
     }
 
     /// Writes out everything sealed and flushes the IO.
@@ -886,5 +885,63 @@ mod tests {
         assert_eq!(writes.len(), 1, "one write, not {writes:?}");
         // change_cipher_spec (20), then the Finished sealed as application data (23).
         assert_eq!(record_types(&writes[0]), [20, 23]);
+    }
+
+    /// A TLS 1.3 server's session tickets wait for its first data and
+    /// leave in the same write. Written at the end of the handshake, they
+    /// were a segment of their own, and a server that speaks first then
+    /// waited for the client's delayed ACK before its first data left
+    /// (Nagle's algorithm): tens of milliseconds per connection.
+    #[test]
+    fn a_server_sends_its_tickets_with_its_first_data() {
+        use super::super::transport::Step;
+        let (client_config, server_config) = crate::tls::tests::rustls_cfg::localhost_pair();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = Connection::from(ClientConnection::new(client_config, name).unwrap());
+        let server = Box::new(Connection::from(
+            ServerConnection::new(server_config).unwrap(),
+        ));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+
+        let hello = Recorder {
+            input: sealed(&mut client),
+            writes: Vec::new(),
+        };
+        let Step::Pending(mut hs) =
+            super::Handshake::new(server, hello, bytes::Bytes::new()).poll(&mut cx)
+        else {
+            panic!("the server waits for the client's Finished");
+        };
+        let flight = hs.io_mut().writes.concat();
+        hs.io_mut().writes.clear();
+        let mut wire = &flight[..];
+        while !wire.is_empty() {
+            client.read_tls(&mut wire).unwrap();
+        }
+        client.process_new_packets().unwrap();
+        hs.io_mut().input = sealed(&mut client);
+
+        let Step::Done(mut conn) = hs.poll(&mut cx) else {
+            panic!("the client's Finished completes the server's handshake");
+        };
+        assert!(conn.io.writes.is_empty(), "nothing written at the end");
+        assert!(conn.tls.wants_write(), "the tickets are waiting");
+
+        let std::task::Poll::Ready(Ok(2)) = conn.poll_write(&mut cx, b"hi") else {
+            panic!("the IO takes the write at once");
+        };
+        let writes = &conn.io.writes;
+        assert_eq!(writes.len(), 1, "one write, not {}", writes.len());
+        let records = record_types(&writes[0]);
+        assert!(records.len() >= 2, "tickets and data: {records:?}");
+
+        let mut wire = &writes[0][..];
+        while !wire.is_empty() {
+            client.read_tls(&mut wire).unwrap();
+        }
+        client.process_new_packets().unwrap();
+        let mut got = [0u8; 2];
+        client.reader().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
     }
 }
