@@ -1569,6 +1569,11 @@ impl Core {
                         tracing::debug!("TLS established");
                         self.tls_active = true;
                         self.peer_cert = io.peer_certificate();
+                        // TLS may still owe the peer records (a TLS 1.3
+                        // server's session tickets): they leave with the
+                        // next write, or with the flush before the
+                        // connection waits for input.
+                        self.unflushed = true;
                         Ok(())
                     }
                     Err(e) => Err(e),

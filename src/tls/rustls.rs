@@ -193,6 +193,9 @@ pub(super) struct Conn<IO> {
     /// The IO returned end-of-file.
     peer_eof: bool,
     close_notify_sent: bool,
+    /// A TLS 1.3 server's session tickets wait in rustls for the first
+    /// write or flush (see [`Conn::poll_handshake`]); a read leaves them.
+    tickets_owed: bool,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
@@ -208,6 +211,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             deferred: None,
             peer_eof: false,
             close_notify_sent: false,
+            tickets_owed: false,
         }
     }
 
@@ -331,6 +335,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Writes everything rustls has sealed, then flushes the IO.
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tickets_owed = false;
         while self.tls.wants_write() {
             ready!(self.poll_write_tls(cx))?;
         }
@@ -360,10 +365,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             // A TLS 1.3 server is done once it has the client's Finished;
             // what it still has to send are session tickets. They are not
             // written here (a client that only writes would never take
-            // them, and sent alone they are a small segment: a server that
-            // speaks first would put its first data in a second one, which
-            // Nagle's algorithm holds until the client's delayed ACK). They
-            // leave with the first write, read or flush.
+            // them), nor by the reads that follow: sent alone they are a
+            // small segment, and a server that speaks first would put its
+            // first data in a second one, which Nagle's algorithm holds
+            // until the client's delayed ACK. They leave with the first
+            // write (in the same system call as its data) or flush; the
+            // engine flushes before it waits for input, so a client that
+            // speaks first gets them, and the ACK of its Finished, at once.
             while self.tls.wants_write() && !self.only_tickets_left() {
                 match self.poll_write_tls(cx) {
                     Poll::Ready(Ok(())) => {}
@@ -373,6 +381,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             if !self.tls.is_handshaking() {
                 ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(TlsError::handshake_io)?;
+                self.tickets_owed = self.tls.wants_write();
                 return Poll::Ready(Ok(()));
             }
             match self.feed_flight() {
@@ -405,7 +414,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         // Records rustls still owes the peer (the end of the handshake, a
         // key update) go first, as far as the IO takes them now; the IO
         // then wakes us when it can take more.
-        while self.tls.wants_write() {
+        while self.tls.wants_write() && !self.tickets_owed {
             match self.poll_write_tls(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::io(e))),
@@ -461,7 +470,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         // Sealed first, so that records already waiting (a TLS 1.3 server's
         // session tickets, see `poll_handshake`) leave in the same write as
         // this data rather than in a small segment of their own.
-        let mut n = self.tls.writer().write(buf).map_err(TlsError::io)?;
+        self.tickets_owed = false;
+        let mut n = match self.tls.writer().write(buf) {
+            Ok(n) => n,
+            // rustls has failed (a record it refused): the alert it queued
+            // goes out, behind what was waiting, before the error is told.
+            Err(e) => {
+                self.send_alert(cx);
+                return Poll::Ready(Err(TlsError::protocol(e)));
+            }
+        };
         loop {
             while self.tls.wants_write() {
                 match self.poll_write_tls(cx) {
@@ -477,7 +495,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 return Poll::Ready(Ok(n));
             }
             // rustls's send buffer was full and is now written out.
-            n = self.tls.writer().write(buf).map_err(TlsError::io)?;
+            n = self.tls.writer().write(buf).map_err(TlsError::protocol)?;
             if n == 0 {
                 return Poll::Ready(Err(TlsError::io(io::ErrorKind::WriteZero.into())));
             }
