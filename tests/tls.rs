@@ -1628,42 +1628,6 @@ async fn a_timeout_fires_while_the_handshake_is_stalled_on(b: TlsBackend) {
     assert!(!e.is_fatal() && !h.is_closed());
 }
 
-/// Records every byte written through it.
-struct Tap<IO> {
-    io: IO,
-    written: Arc<Mutex<Vec<u8>>>,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Tap<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
-        self.written.lock().unwrap().extend_from_slice(&buf[..n]);
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// stoptls on spawned handles, from inside a completion on the server (the
 /// shape of a STOPTLS command): output queued before the call goes out over
 /// TLS, output queued after it goes out in plaintext after close_notify,
@@ -1677,11 +1641,7 @@ async fn stoptls_on_handles_from_a_completion_then_plaintext() {
 
 async fn stoptls_on_handles_from_a_completion_then_plaintext_on(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
-    let wire = Arc::new(Mutex::new(Vec::new()));
-    let tap = Tap {
-        io: c,
-        written: wire.clone(),
-    };
+    let (tap, writes) = support::Tap::new(c);
     let client = QueuedFramed::builder().tls(pki::client_on(b)).build(tap);
     let server = QueuedFramed::builder()
         .tls(server_on(b))
@@ -1719,7 +1679,7 @@ async fn stoptls_on_handles_from_a_completion_then_plaintext_on(b: TlsBackend) {
     })
     .await;
     // The client wrote its last line in the clear, after its close_notify.
-    let wire = wire.lock().unwrap().clone();
+    let wire = support::written(&writes);
     assert!(
         wire.ends_with(b"client: plaintext\n"),
         "the line pushed after stoptls must go out in plaintext; the wire ends {:02x?}",
@@ -1732,7 +1692,11 @@ async fn stoptls_on_handles_from_a_completion_then_plaintext_on(b: TlsBackend) {
     );
     hc.detach();
     hs.detach();
-    let mut craw = within("client driver", client_driver).await.unwrap().io.io;
+    let mut craw = within("client driver", client_driver)
+        .await
+        .unwrap()
+        .io
+        .into_inner();
     let sparts = within("server driver", server_driver).await.unwrap();
     let mut sraw = sparts.io;
     craw.write_all(b"raw\n").await.unwrap();

@@ -5,20 +5,20 @@
 //! write calls on an in-memory pipe.
 #![cfg(feature = "rustls")]
 
+mod support;
+
 #[path = "support/pki.rs"]
 mod pki;
 
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyframe::QueuedFramed;
 use anyframe::codecs::LineCodec;
 use anyframe::tls::TlsBackend;
 use anyframe::tls::rustls;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use support::{Tap, Writes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -26,57 +26,6 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(LIMIT, f)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-/// An IO that records each write call's bytes.
-struct Rec<T> {
-    inner: T,
-    writes: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rec<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rec<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.writes.lock().unwrap().push(buf[..n].to_vec());
-        }
-        r
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-        let r = Pin::new(&mut self.inner).poll_write(cx, &all);
-        if let Poll::Ready(Ok(n)) = r {
-            self.writes.lock().unwrap().push(all[..n].to_vec());
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -105,73 +54,75 @@ fn record_types(mut wire: &[u8]) -> Vec<u8> {
     types
 }
 
+/// An in-memory pipe: the server's end records its writes.
+fn recorded_pipe() -> (
+    Tap<tokio::io::DuplexStream>,
+    tokio::io::DuplexStream,
+    Writes,
+) {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let (io, writes) = Tap::new(a);
+    (io, b, writes)
+}
+
+/// A builder for a rustls server.
+fn server() -> anyframe::Builder {
+    let mut builder = QueuedFramed::builder();
+    builder.tls(pki::server_on(TlsBackend::Rustls, &pki::pki().server));
+    builder
+}
+
+/// A rustls client over `io`.
+fn client(io: tokio::io::DuplexStream) -> QueuedFramed<tokio::io::DuplexStream> {
+    QueuedFramed::builder()
+        .tls(pki::client_on(TlsBackend::Rustls))
+        .build(io)
+}
+
+/// The client's side of a greeting exchange: reads `hello`, answers `bye`.
+async fn read_greeting_answer_bye(client: &mut QueuedFramed<tokio::io::DuplexStream>) {
+    within("client", async {
+        let got = client.read(LineCodec::new()).await.unwrap();
+        assert_eq!(got.line(), b"hello");
+        client.write(LineCodec::new(), "bye").await.unwrap();
+    })
+    .await;
+}
+
+/// Asserts the server wrote `n` times, showing the record types if not.
+fn assert_writes(writes: &Writes, n: usize, what: &str) {
+    let w = writes.lock().unwrap();
+    let shapes: Vec<_> = w.iter().map(|w| record_types(w)).collect();
+    assert_eq!(w.len(), n, "{what}: {shapes:?}");
+}
+
 /// A server that queues its greeting before the handshake has run and then
 /// reads (`push_write` + `read`): its TLS 1.3 session tickets and the
 /// greeting leave in one write, after the handshake flight.
 #[tokio::test]
 async fn inline_greeting_queued_before_handshake_then_read() {
-    let (a, b) = tokio::io::duplex(1 << 16);
-    let writes = Arc::new(Mutex::new(Vec::new()));
-    let io = Rec {
-        inner: a,
-        writes: writes.clone(),
-    };
+    let (io, b, writes) = recorded_pipe();
     let server = tokio::spawn(async move {
-        let mut conn = QueuedFramed::builder()
-            .tls(pki::server_on(TlsBackend::Rustls, &pki::pki().server))
-            .build(io);
+        let mut conn = server().build(io);
         conn.push_write(LineCodec::new(), "hello").unwrap();
         let got = conn.read(LineCodec::new()).await.unwrap();
         assert_eq!(got.line(), b"bye");
     });
-    let mut client = QueuedFramed::builder()
-        .tls(pki::client_on(TlsBackend::Rustls))
-        .build(b);
-    within("client", async {
-        let got = client.read(LineCodec::new()).await.unwrap();
-        assert_eq!(got.line(), b"hello");
-        client.write(LineCodec::new(), "bye").await.unwrap();
-    })
-    .await;
+    read_greeting_answer_bye(&mut client(b)).await;
     within("server", server).await.unwrap();
-    let w = writes.lock().unwrap();
-    let shapes: Vec<_> = w.iter().map(|w| record_types(w)).collect();
-    assert_eq!(
-        w.len(),
-        2,
-        "flight, then tickets and greeting in one write: {shapes:?}"
-    );
+    assert_writes(&writes, 2, "flight, then tickets and greeting in one write");
 }
 
 /// The same through a spawned handle with autocork on.
 #[tokio::test]
 async fn spawned_autocork_greeting_then_read() {
-    let (a, b) = tokio::io::duplex(1 << 16);
-    let writes = Arc::new(Mutex::new(Vec::new()));
-    let io = Rec {
-        inner: a,
-        writes: writes.clone(),
-    };
-    let conn = QueuedFramed::builder()
-        .tls(pki::server_on(TlsBackend::Rustls, &pki::pki().server))
-        .autocork(true)
-        .build(io);
-    let (h, _d) = conn.spawn();
+    let (io, b, writes) = recorded_pipe();
+    let (h, _driver) = server().autocork(true).build(io).spawn();
     h.push_write(LineCodec::new(), "hello").unwrap();
     let req = h.push_read(LineCodec::new());
-    let mut client = QueuedFramed::builder()
-        .tls(pki::client_on(TlsBackend::Rustls))
-        .build(b);
-    within("client", async {
-        let got = client.read(LineCodec::new()).await.unwrap();
-        assert_eq!(got.line(), b"hello");
-        client.write(LineCodec::new(), "bye").await.unwrap();
-    })
-    .await;
+    read_greeting_answer_bye(&mut client(b)).await;
     assert_eq!(within("server", req).await.unwrap().line(), b"bye");
-    let w = writes.lock().unwrap();
-    let shapes: Vec<_> = w.iter().map(|w| record_types(w)).collect();
-    assert_eq!(w.len(), 2, "{shapes:?}");
+    assert_writes(&writes, 2, "flight, then tickets and greeting in one write");
 }
 
 /// A raw rustls client over `b`: ClientHello, then the server's flight,
@@ -234,9 +185,7 @@ async fn garbage_after_the_clients_finished() {
     for server_writes in [true, false] {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(async move {
-            let mut conn = QueuedFramed::builder()
-                .tls(pki::server_on(TlsBackend::Rustls, &pki::pki().server))
-                .build(a);
+            let mut conn = server().build(a);
             let e = if server_writes {
                 conn.write(LineCodec::new(), "hello").await.unwrap_err()
             } else {
@@ -257,18 +206,9 @@ async fn garbage_after_the_clients_finished() {
 /// A server that only flushes after its handshake sends its tickets then.
 #[tokio::test]
 async fn engine_flush_after_handshake_sends_the_tickets() {
-    let (a, b) = tokio::io::duplex(1 << 16);
-    let writes = Arc::new(Mutex::new(Vec::new()));
-    let io = Rec {
-        inner: a,
-        writes: writes.clone(),
-    };
-    let mut server = QueuedFramed::builder()
-        .tls(pki::server_on(TlsBackend::Rustls, &pki::pki().server))
-        .build(io);
-    let mut client = QueuedFramed::builder()
-        .tls(pki::client_on(TlsBackend::Rustls))
-        .build(b);
+    let (io, b, writes) = recorded_pipe();
+    let mut server = server().build(io);
+    let mut client = client(b);
     let (x, y) = within("handshake", async {
         tokio::join!(client.flush(), server.flush())
     })
@@ -276,11 +216,7 @@ async fn engine_flush_after_handshake_sends_the_tickets() {
     x.unwrap();
     y.unwrap();
     within("flush", server.flush()).await.unwrap();
-    let n = writes.lock().unwrap().len();
-    assert!(
-        n >= 2,
-        "the flight, then the tickets on the flush; writes: {n}"
-    );
+    assert_writes(&writes, 2, "the flight, then the tickets on the flush");
 }
 
 /// A server that waits for the client's request (the client speaks first)
@@ -289,21 +225,12 @@ async fn engine_flush_after_handshake_sends_the_tickets() {
 /// waiting for before it sends a small request.
 #[tokio::test]
 async fn a_server_waiting_for_input_sends_its_tickets_first() {
-    let (a, b) = tokio::io::duplex(1 << 16);
-    let writes = Arc::new(Mutex::new(Vec::new()));
-    let io = Rec {
-        inner: a,
-        writes: writes.clone(),
-    };
+    let (io, b, writes) = recorded_pipe();
     let server = tokio::spawn(async move {
-        let mut conn = QueuedFramed::builder()
-            .tls(pki::server_on(TlsBackend::Rustls, &pki::pki().server))
-            .build(io);
+        let mut conn = server().build(io);
         conn.read(LineCodec::new()).await.unwrap()
     });
-    let mut client = QueuedFramed::builder()
-        .tls(pki::client_on(TlsBackend::Rustls))
-        .build(b);
+    let mut client = client(b);
     within("handshake", client.flush()).await.unwrap();
     within("tickets", async {
         while writes.lock().unwrap().len() < 2 {
@@ -311,11 +238,7 @@ async fn a_server_waiting_for_input_sends_its_tickets_first() {
         }
     })
     .await;
-    {
-        let w = writes.lock().unwrap();
-        let shapes: Vec<_> = w.iter().map(|w| record_types(w)).collect();
-        assert_eq!(w.len(), 2, "the flight, then the tickets: {shapes:?}");
-    }
+    assert_writes(&writes, 2, "the flight, then the tickets");
     client.write(LineCodec::new(), "request").await.unwrap();
     assert_eq!(within("server", server).await.unwrap().line(), b"request");
 }

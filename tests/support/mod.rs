@@ -159,3 +159,82 @@ pub fn have_peer(program: &str, args: &[&str], what: &str) -> bool {
     }
     ok
 }
+
+/// Each write call that went through a [`Tap`], in order.
+pub type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// An IO that records each write call's bytes apart (a vectored write as
+/// one), so a test can see how output was split into system calls.
+pub struct Tap<IO> {
+    io: IO,
+    writes: Writes,
+}
+
+impl<IO> Tap<IO> {
+    /// The IO underneath.
+    pub fn into_inner(self) -> IO {
+        self.io
+    }
+
+    /// `io`, tapped; the writes are recorded in what is returned with it.
+    pub fn new(io: IO) -> (Tap<IO>, Writes) {
+        let writes = Writes::default();
+        (
+            Tap {
+                io,
+                writes: writes.clone(),
+            },
+            writes,
+        )
+    }
+}
+
+/// Every byte written, in order.
+pub fn written(writes: &Writes) -> Vec<u8> {
+    writes.lock().unwrap().concat()
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tap<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.writes.lock().unwrap().push(buf[..n].to_vec());
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        self.poll_write(cx, &all)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
