@@ -789,11 +789,13 @@ mod tests {
     }
 
     /// An IO that serves `input` to reads (`Pending` when it is empty) and
-    /// keeps each write call's bytes apart, a vectored write as one.
+    /// keeps each write call's bytes apart, a vectored write as one; while
+    /// `blocked`, writes are `Pending`.
     #[derive(Default)]
     struct Recorder {
         input: Vec<u8>,
         writes: Vec<Vec<u8>>,
+        blocked: bool,
     }
 
     impl tokio::io::AsyncRead for Recorder {
@@ -818,6 +820,9 @@ mod tests {
             _: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.blocked {
+                return std::task::Poll::Pending;
+            }
             self.writes.push(buf.to_vec());
             std::task::Poll::Ready(Ok(buf.len()))
         }
@@ -827,6 +832,9 @@ mod tests {
             _: &mut std::task::Context<'_>,
             bufs: &[std::io::IoSlice<'_>],
         ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.blocked {
+                return std::task::Poll::Pending;
+            }
             let write: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
             let n = write.len();
             self.writes.push(write);
@@ -923,7 +931,7 @@ mod tests {
 
         let hello = Recorder {
             input: sealed(&mut client),
-            writes: Vec::new(),
+            ..Recorder::default()
         };
         let Step::Pending(mut hs) =
             super::Handshake::new(server, hello, bytes::Bytes::new()).poll(&mut cx)
@@ -961,5 +969,52 @@ mod tests {
         let mut got = [0u8; 2];
         client.reader().read_exact(&mut got).unwrap();
         assert_eq!(&got, b"hi");
+    }
+
+    /// Writes while the IO takes nothing are sealed until rustls's send
+    /// buffer is full, then wait. Once the IO takes bytes again, the next
+    /// write sends everything sealed before it, then seals its own data.
+    #[test]
+    fn a_write_into_a_full_send_buffer_waits_for_the_io_then_seals() {
+        let (client, mut server) = handshaken();
+        let io = Recorder {
+            blocked: true,
+            ..Recorder::default()
+        };
+        let mut conn = Conn::new(Box::new(client), io, BytesMut::new());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let data = vec![7u8; 16 * 1024];
+        let mut sealed_bytes = 0;
+        loop {
+            match conn.poll_write(&mut cx, &data) {
+                std::task::Poll::Ready(Ok(n)) => {
+                    assert!(n > 0, "a write that is told done took bytes");
+                    sealed_bytes += n;
+                }
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Err(e)) => panic!("{e}"),
+            }
+            assert!(sealed_bytes < 1 << 20, "rustls's send buffer is bounded");
+        }
+        assert!(sealed_bytes > 0 && conn.io.writes.is_empty());
+
+        conn.io.blocked = false;
+        let std::task::Poll::Ready(Ok(n)) = conn.poll_write(&mut cx, &data) else {
+            panic!("the IO takes everything now");
+        };
+        assert!(n > 0, "the write sealed its data once the buffer emptied");
+        let std::task::Poll::Ready(Ok(())) = conn.poll_flush(&mut cx) else {
+            panic!("the IO takes everything now");
+        };
+        let wire = conn.io.writes.concat();
+        let mut wire = &wire[..];
+        let mut got = Vec::new();
+        while !wire.is_empty() {
+            server.read_tls(&mut wire).unwrap();
+            server.process_new_packets().unwrap();
+            let _ = server.reader().read_to_end(&mut got);
+        }
+        assert_eq!(got.len(), sealed_bytes + n);
+        assert!(got.iter().all(|&b| b == 7));
     }
 }
