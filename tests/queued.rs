@@ -603,53 +603,6 @@ async fn sink_and_stream_with_a_default_codec_over_tcp() {
 /// on another: whether a call goes through the engine's lock or, while the
 /// driver holds it, through the inbox, every caller gets its own answer
 /// and the server sees each caller's requests in the order they were made.
-/// A decoder that records when it is dropped.
-struct DropFlag {
-    inner: LineCodec,
-    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl tokio_util::codec::Decoder for DropFlag {
-    type Item = <LineCodec as tokio_util::codec::Decoder>::Item;
-    type Error = <LineCodec as tokio_util::codec::Decoder>::Error;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        self.inner.decode(buf)
-    }
-}
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.dropped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// A completed request goes to its ticket whole and is dropped where the
-/// ticket is read: a spawned `Handle`'s requests are then freed by the
-/// thread that allocated them, not by the driver (see `Delivery`).
-#[tokio::test]
-async fn a_completed_request_is_dropped_where_its_ticket_is_read() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let (ours, mut theirs) = tokio::io::duplex(64);
-    let (handle, _driver) = QueuedFramed::new(ours).spawn();
-    let dropped = std::sync::Arc::new(AtomicBool::new(false));
-    let first = handle.push_read(DropFlag {
-        inner: LineCodec::new(),
-        dropped: dropped.clone(),
-    });
-    let second = handle.push_read(LineCodec::new());
-    theirs.write_all(b"one\ntwo\n").await.unwrap();
-    // The second answer implies the first request has completed.
-    assert_eq!(second.await.unwrap().line(), b"two");
-    assert!(
-        !dropped.load(Ordering::SeqCst),
-        "the completed request waits in its ticket"
-    );
-    assert_eq!(first.await.unwrap().line(), b"one");
-    assert!(dropped.load(Ordering::SeqCst), "dropped with the result");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_each_get_their_own_answers() {
     const CALLERS: usize = 4;

@@ -107,7 +107,7 @@ enum Entry {
 struct Switch {
     kind: SwitchKind,
     /// `None` once the waiter was told (a timeout) or gave up.
-    done: Option<crate::queued::request::Resolver<()>>,
+    done: Option<oneshot::Sender<Result<()>>>,
 }
 
 #[cfg(any(feature = "tls", feature = "rustls"))]

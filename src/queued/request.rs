@@ -83,11 +83,10 @@ pub(crate) enum OnDrop {
 pub(crate) struct DecodeRequest<D: Decoder, F, R> {
     decoder: D,
     frame: Option<D::Item>,
-    /// `None` once it has run.
-    then: Option<F>,
+    then: F,
     /// `None` once the waiter was told an error and the request only
     /// consumes its frame.
-    tx: Option<Resolver<R>>,
+    tx: Option<oneshot::Sender<Result<R>>>,
     on_drop: OnDrop,
     /// The decoder has seen input and asked for more.
     started: bool,
@@ -111,19 +110,19 @@ where
     /// (its decoder included) is not built on the stack and copied into
     /// the box.
     pub(crate) fn new(decoder: D, then: F, on_drop: OnDrop) -> (Box<Self>, Ticket<R>) {
-        let (tx, ticket) = Ticket::channel();
+        let (tx, rx) = oneshot::channel();
         (
             Box::new(DecodeRequest {
                 decoder,
                 frame: None,
-                then: Some(then),
+                then,
                 tx: Some(tx),
                 on_drop,
                 started: false,
                 consumed: false,
                 batch: false,
             }),
-            ticket,
+            Ticket { rx },
         )
     }
 }
@@ -232,11 +231,11 @@ where
 
 impl<D, F, R> Request for DecodeRequest<D, F, R>
 where
-    D: Decoder + Send + 'static,
-    D::Item: Send + 'static,
+    D: Decoder + Send,
+    D::Item: Send,
     D::Error: Into<Error>,
-    F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
-    R: Send + 'static,
+    F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send,
+    R: Send,
 {
     fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<()>> {
         let before = rbuf.len();
@@ -256,21 +255,26 @@ where
         }
     }
 
-    fn complete(mut self: Box<Self>, q: &mut Requests<'_>) {
-        let (Some(frame), Some(then)) = (self.frame.take(), self.then.take()) else {
-            if let Some(tx) = self.tx.take() {
+    fn complete(self: Box<Self>, q: &mut Requests<'_>) {
+        // Fields move out of the box one by one: `*self` would copy the
+        // whole request (the decoder included) to the stack first, a
+        // `memcpy` per frame.
+        let this = self;
+        let Some(frame) = this.frame else {
+            if let Some(tx) = this.tx {
                 let _ = tx.send(Err(Error::invalid_input(
                     "request completed without a frame",
                 )));
             }
             return;
         };
+        let then = this.then;
         // The completion is user code: if it panics, its own waiter learns
         // it too before the panic closes the connection.
         let result = match catch_unwind(AssertUnwindSafe(|| then(frame, q))) {
             Ok(result) => result,
             Err(payload) => {
-                if let Some(tx) = self.tx.take() {
+                if let Some(tx) = this.tx {
                     let _ = tx.send(Err(Error::panicked(crate::queued::core::panic_text(
                         &*payload,
                     ))));
@@ -286,8 +290,8 @@ where
             q.core.close(e.clone());
         }
         // The receiver may be gone (OnDrop::Consume): the frame is discarded.
-        if let Some(tx) = self.tx.take() {
-            tx.send_spent(result, self);
+        if let Some(tx) = this.tx {
+            let _ = tx.send(result);
         }
     }
 
@@ -298,7 +302,10 @@ where
     }
 
     fn tell(&mut self, err: Error) -> bool {
-        self.tx.take().is_some_and(|tx| tx.send(Err(err)).is_ok())
+        match self.tx.take() {
+            Some(tx) => tx.send(Err(err)).is_ok(),
+            None => false,
+        }
     }
 
     fn on_drop(&self) -> OnDrop {
@@ -374,82 +381,29 @@ where
 /// ```
 #[must_use = "a ticket does nothing unless awaited (dropping it cancels the read)"]
 pub struct Ticket<T> {
-    rx: oneshot::Receiver<Delivery<T>>,
-}
-
-/// What a [`Ticket`] receives: the result, and the spent request that
-/// produced it.
-///
-/// The request goes along so that its memory is freed where the ticket is
-/// read. With a spawned [`Handle`](crate::Handle) the caller allocates each
-/// request and the driver completes it, often a whole batch in one turn;
-/// freed by the driver, every allocation crossed threads, which defeats the
-/// allocator's per-thread caches (with glibc, most of a batch then takes
-/// the slow paths of both `free` and `malloc`). Dropped with the result,
-/// the request is freed by the thread that allocates the next one.
-struct Delivery<T> {
-    result: Result<T>,
-    _spent: Option<Box<dyn Send>>,
-}
-
-/// The resolving half of a [`Ticket`].
-pub(crate) struct Resolver<T>(oneshot::Sender<Delivery<T>>);
-
-impl<T> Resolver<T> {
-    /// Resolves the ticket. `Err` if nobody waits for it any more.
-    pub(crate) fn send(self, result: Result<T>) -> std::result::Result<(), ()> {
-        self.0
-            .send(Delivery {
-                result,
-                _spent: None,
-            })
-            .map_err(drop)
-    }
-
-    /// Resolves the ticket and hands it the spent request to drop (see
-    /// [`Delivery`]); dropped here if nobody waits.
-    fn send_spent(self, result: Result<T>, spent: Box<dyn Send>) {
-        let _ = self.0.send(Delivery {
-            result,
-            _spent: Some(spent),
-        });
-    }
-
-    /// Whether the ticket was dropped.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
-
-    /// Registers `cx` to be woken when the ticket is dropped.
-    pub(crate) fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.poll_closed(cx)
-    }
+    rx: oneshot::Receiver<Result<T>>,
 }
 
 impl<T> Ticket<T> {
-    /// A ticket and the resolver that resolves it.
-    pub(crate) fn channel() -> (Resolver<T>, Ticket<T>) {
+    /// A ticket and the sender that resolves it.
+    #[cfg_attr(not(any(feature = "tls", feature = "rustls")), allow(dead_code))]
+    pub(crate) fn channel() -> (oneshot::Sender<Result<T>>, Ticket<T>) {
         let (tx, rx) = oneshot::channel();
-        (Resolver(tx), Ticket { rx })
+        (tx, Ticket { rx })
     }
 
     /// A ticket that is already resolved.
-    #[cfg_attr(
-        not(any(feature = "tls", feature = "rustls", feature = "tower")),
-        allow(dead_code)
-    )]
     pub(crate) fn ready(result: Result<T>) -> Ticket<T> {
-        let (tx, ticket) = Ticket::channel();
+        let (tx, rx) = oneshot::channel();
         let _ = tx.send(result);
-        ticket
+        Ticket { rx }
     }
 
     /// Non-blocking check: the result if the request has completed.
     pub(crate) fn poll_result(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
-            Ok(delivery) => delivery.result,
-            Err(_) => Err(Error::closed()),
-        })
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(Error::closed())))
     }
 }
 
