@@ -270,10 +270,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// are buffered: rustls takes the peer's whole flight before anything is
     /// written, so its answer (a TLS 1.3 client's ChangeCipherSpec and
     /// Finished) leaves in one write. Written record by record, the second
-    /// part went out as a small segment of its own, which Nagle's algorithm
+    /// part would be a small segment of its own, which Nagle's algorithm
     /// holds until the peer acknowledges the first; a peer that delays its
-    /// ACKs (it has nothing to send until our Finished) held every handshake
-    /// over such a socket for its delayed-ACK timeout, about 40 ms on Linux.
+    /// ACKs (it has nothing to send until our Finished) would hold every
+    /// handshake over such a socket for its delayed-ACK timeout, about
+    /// 40 ms on Linux.
     fn feed_flight(&mut self) -> Result<bool, ::rustls::Error> {
         let mut fed = false;
         while self.tls.is_handshaking() && self.feed()? {
