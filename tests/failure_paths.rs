@@ -642,3 +642,78 @@ async fn handle_read_many_gives_an_error_after_its_frames_to_the_next_batch() {
     let (_, last) = within("after", handle.read_many(codec, 10)).await.unwrap();
     assert_eq!(last[0].line(), b"ok");
 }
+
+/// A frame with a 4-byte big-endian length header, as
+/// `LengthDelimitedCodec` reads it; that decoder consumes the header before
+/// its body has arrived, so a read of it has begun its frame.
+fn length_delimited(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A `read_many` that began a frame (header consumed) and is then given up
+/// by `abandon`, after which the rest of that frame and two more arrive:
+/// the next read must get the first of those two.
+async fn read_many_abandoned_mid_frame<F, Fut>(abandon: F)
+where
+    F: FnOnce(anyframe::Handle) -> Fut,
+    Fut: std::future::Future<Output = anyframe::Handle>,
+{
+    use tokio_util::codec::LengthDelimitedCodec;
+    let (ours, mut peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut first = length_delimited(b"AAAA");
+    let body = first.split_off(6);
+    peer.write_all(&first).await.unwrap();
+    let handle = abandon(handle).await;
+    let mut rest = body;
+    rest.extend(length_delimited(b"BBBB"));
+    rest.extend(length_delimited(b"CCCC"));
+    peer.write_all(&rest).await.unwrap();
+    let next = within("next", handle.read(LengthDelimitedCodec::new())).await;
+    assert_eq!(&next.unwrap()[..], b"BBBB");
+    let last = within("last", handle.read(LengthDelimitedCodec::new())).await;
+    assert_eq!(&last.unwrap()[..], b"CCCC");
+}
+
+#[tokio::test]
+async fn a_cancelled_read_many_finishes_its_begun_frame_and_no_more() {
+    read_many_abandoned_mid_frame(|handle| async move {
+        let batch = handle.read_many(tokio_util::codec::LengthDelimitedCodec::new(), 16);
+        let waited = tokio::time::timeout(Duration::from_millis(50), batch).await;
+        assert!(waited.is_err(), "the body has not arrived");
+        handle
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_read_many_finishes_its_begun_frame_and_no_more() {
+    read_many_abandoned_mid_frame(|handle| async move {
+        handle.set_rtimeout(Duration::from_secs(1));
+        let batch = handle.read_many(tokio_util::codec::LengthDelimitedCodec::new(), 16);
+        let e = within("timeout", batch).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        handle.set_rtimeout(Duration::ZERO);
+        handle
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_fatal_error_after_a_handle_batch_closes_the_connection() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    // Over the limit under the default policy: ENOSPC, fatal.
+    let codec = LineCodec::builder().max_length(4).build().unwrap();
+    peer.write_all(b"ok\nmuch too long\n").await.unwrap();
+    let (_, first) = within("batch", handle.read_many(codec, 10)).await.unwrap();
+    assert_eq!(first.len(), 1, "the frame before the error is delivered");
+    assert!(handle.is_closed(), "a fatal error ends the connection");
+    let e = within("after", handle.read(ChunkCodec::new(4)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace);
+    assert!(e.is_fatal());
+}

@@ -55,7 +55,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::queued::request::{
-    BatchStep, DecodeRequest, OnDrop, Request, Requests, Ticket, batch_step, decode_step,
+    Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Request, Requests, Ticket, batch_step, decode_step,
     read_request,
 };
 use crate::queued::timer::{Timeout, Timers};
@@ -644,16 +644,16 @@ impl Core {
 
     /// Queues a `read_many` batch: it also gets the error that came after
     /// the previous batch's frames.
-    pub(crate) fn enqueue_batch<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    pub(crate) fn enqueue_batch<D, F, R>(&mut self, batch: Batch<D>, then: F) -> Ticket<R>
     where
         D: Decoder + Send + 'static,
         D::Item: Send + 'static,
         D::Error: Into<Error>,
-        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        F: FnOnce(BatchOf<D>, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (req, ticket) = DecodeRequest::new(decoder, then, OnDrop::Cancel);
-        self.enqueue_boxed(req.into_batch(), false);
+        let (req, ticket) = DecodeRequest::new(batch, then, OnDrop::Cancel);
+        self.enqueue_boxed(req.into_batch(Batch::first_only), false);
         ticket
     }
 

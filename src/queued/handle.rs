@@ -684,9 +684,9 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// As [`read`](Self::read). Frames decoded before an error are lost only
-    /// if the error is fatal; a non-fatal one is returned after them by the
-    /// next call.
+    /// As [`read`](Self::read). Frames decoded before an error are never
+    /// lost: they come first, and the error is the next call's. A fatal one
+    /// has closed the connection by then, so every later call returns it.
     pub async fn read_many<D>(&self, decoder: D, limit: usize) -> Result<(D, Vec<D::Item>)>
     where
         D: Decoder + Send + 'static,
@@ -706,9 +706,13 @@ impl Handle {
         let batch = crate::queued::request::Batch::new(decoder, limit);
         self.lock()
             .enqueue_batch(batch, |(decoder, frames, error), q| {
-                if let Some(e) = error {
-                    // Frames came before it: they go now, the error next.
-                    q.defer_error(e);
+                // Frames came before the error: they go now, and the error
+                // is the next call's, as the batch's own (non-fatal) or as
+                // the one that closed the connection (fatal, ERR-2).
+                match error {
+                    Some(e) if e.is_fatal() => q.core.close(e),
+                    Some(e) => q.defer_error(e),
+                    None => {}
                 }
                 Ok((decoder, frames))
             })

@@ -92,17 +92,19 @@ pub(crate) struct DecodeRequest<D: Decoder, F, R> {
     started: bool,
     /// The decoder consumed input without producing its frame.
     consumed: bool,
-    /// A `read_many` batch.
-    batch: bool,
+    /// A `read_many` batch: how to make its decoder stop after the frame
+    /// it has begun, once nobody waits for the batch any more.
+    batch: Option<fn(&mut D)>,
 }
 
 impl<D, F, R> DecodeRequest<D, F, R>
 where
     D: Decoder,
 {
-    /// Marks this request as a `read_many` batch.
-    pub(crate) fn into_batch(mut self: Box<Self>) -> Box<Self> {
-        self.batch = true;
+    /// Marks this request as a `read_many` batch; `first_only` makes its
+    /// decoder stop after the frame it has begun.
+    pub(crate) fn into_batch(mut self: Box<Self>, first_only: fn(&mut D)) -> Box<Self> {
+        self.batch = Some(first_only);
         self
     }
 
@@ -120,7 +122,7 @@ where
                 on_drop,
                 started: false,
                 consumed: false,
-                batch: false,
+                batch: None,
             }),
             Ticket { rx },
         )
@@ -238,6 +240,14 @@ where
     R: Send,
 {
     fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<()>> {
+        // A batch nobody waits for any more (cancelled or timed out after
+        // it began a frame) finishes that frame for nobody, and leaves the
+        // frames behind it to the next request (§4).
+        if let Some(first_only) = self.batch
+            && self.is_unheard()
+        {
+            first_only(&mut self.decoder);
+        }
         let before = rbuf.len();
         match decode_step(&mut self.decoder, rbuf, eof) {
             Ok(Some(frame)) => {
@@ -336,7 +346,7 @@ where
     }
 
     fn is_batch(&self) -> bool {
-        self.batch
+        self.batch.is_some()
     }
 }
 
@@ -713,6 +723,11 @@ impl<D> Batch<D> {
             decoder: Some(decoder),
             limit: limit.max(1),
         }
+    }
+
+    /// From now on the batch ends with its first frame.
+    pub(crate) fn first_only(&mut self) {
+        self.limit = 1;
     }
 
     fn run(&mut self, src: &mut BytesMut, eof: bool) -> Result<Option<BatchOf<D>>>
