@@ -345,6 +345,75 @@ async fn a_stalled_inline_flush_resolves_with_etimedout_under_wtimeout() {
     assert!(!conn.is_closed());
 }
 
+/// The poll form has no state between polls: a write timeout that comes
+/// while it is parked must still reach it (TO-3), or a tower `poll_ready`
+/// built on it waits for ever against a peer that never reads.
+#[tokio::test(start_paused = true)]
+async fn poll_write_ready_gets_a_write_timeout_that_comes_while_it_waits() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::builder()
+        .wtimeout(Duration::from_secs(1))
+        .watermarks(1024, 0)
+        .build(ours)
+        .spawn();
+    handle.push_bytes(vec![b'x'; 8192]).unwrap();
+    let ready = std::future::poll_fn(|cx| handle.poll_write_ready(cx));
+    let e = within("poll_write_ready", ready).await.unwrap_err();
+    assert!(e.is_timeout() && !e.is_fatal(), "{e:?}");
+    // Told once: the next wait starts afresh and times out again.
+    let ready = std::future::poll_fn(|cx| handle.poll_write_ready(cx));
+    let e = within("again", ready).await.unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_is_not_ready_for_ever_against_a_peer_that_never_reads() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::builder()
+        .wtimeout(Duration::from_secs(1))
+        .watermarks(1024, 0)
+        .build(ours)
+        .spawn();
+    let mut client = anyframe::service::ClientBuilder::default()
+        .max_in_flight(16)
+        .build(handle, LineCodec::new(), |_: &String| LineCodec::new());
+    let _first = within("first ready", client.ready())
+        .await
+        .unwrap()
+        .call("x".repeat(8192));
+    let e = within("second ready", client.ready()).await.err();
+    assert!(e.is_some_and(|e| e.is_timeout()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
+    let (server_io, client_io) = tokio::io::duplex(256);
+    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
+        Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
+    });
+    let mut builder = QueuedFramed::builder();
+    builder
+        .autocork(true)
+        .wtimeout(Duration::from_secs(1))
+        .watermarks(4096, 0);
+    let server = tokio::spawn(
+        serve(
+            server_io,
+            anyframe::codecs::Utf8LineCodec::new(),
+            LineCodec::new(),
+            echo,
+        )
+        .connection(builder)
+        .run(),
+    );
+    // Requests, and never a read of the answers.
+    let (_rd, mut wr) = tokio::io::split(client_io);
+    let writer = tokio::spawn(async move { while wr.write_all(b"req\n").await.is_ok() {} });
+    let e = within("serve", server).await.unwrap().unwrap_err();
+    assert!(e.is_timeout() && e.is_fatal(), "{e:?}");
+    writer.abort();
+}
+
 // ----- 7. serve stops reading while its output is above the high watermark ------
 
 #[tokio::test]

@@ -55,8 +55,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::queued::request::{
-    Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Request, Requests, Ticket, batch_step, decode_step,
-    read_request,
+    Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Request, Requests, Ticket, batch_step,
+    decode_step, read_request,
 };
 use crate::queued::timer::{Timeout, Timers};
 use crate::queued::transport::{self, Transport};
@@ -160,6 +160,17 @@ impl From<FillStop> for Error {
 }
 
 /// The engine state, minus the transport.
+/// Since when a write-side waiter (`ready_to_write`, `drained`, their poll
+/// forms) waits, so that it returns the errors that come after that.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WaitingSince {
+    /// A future that started when the error count was this.
+    Epoch(u64),
+    /// A poll form, which keeps no state between polls: the errors that
+    /// came while it was parked.
+    Parked,
+}
+
 pub(crate) struct Core {
     life: Life,
     input: Input,
@@ -467,21 +478,30 @@ impl Core {
         self.write_errors += 1;
         self.last_write_error = Some(err.clone());
         // Wake them to see the error; the backpressure itself stays.
-        self.marks.wake_waiters();
+        self.marks.owe_waiters();
         true
     }
 
-    /// The write-side error count, for a waiter to notice a later error.
-    pub(crate) fn write_error_epoch(&self) -> u64 {
-        self.write_errors
+    /// Where a write-side waiter starts waiting, for it to notice an error
+    /// that comes later.
+    pub(crate) fn write_error_epoch(&self) -> WaitingSince {
+        WaitingSince::Epoch(self.write_errors)
     }
 
-    /// The error a write-side waiter that started at `epoch` must return.
-    pub(crate) fn write_error_since(&self, epoch: u64) -> Option<Error> {
-        if self.write_errors > epoch {
-            self.last_write_error.clone()
-        } else {
-            None
+    /// The write-side error a waiter must return: one that came after it
+    /// started waiting.
+    fn poll_write_error(&mut self, cx: &Context<'_>, since: WaitingSince) -> Result<()> {
+        let owed = match since {
+            WaitingSince::Epoch(epoch) if self.write_errors > epoch => {
+                self.marks.forget(cx);
+                true
+            }
+            WaitingSince::Epoch(_) => false,
+            WaitingSince::Parked => self.marks.take_owed(cx),
+        };
+        match &self.last_write_error {
+            Some(e) if owed => Err(e.clone()),
+            _ => Ok(()),
         }
     }
 
@@ -1400,22 +1420,22 @@ impl Core {
     pub(crate) fn poll_write_ready(
         &mut self,
         cx: &mut Context<'_>,
-        epoch: u64,
+        since: WaitingSince,
     ) -> Poll<Result<()>> {
         self.check_open()?;
-        if let Some(e) = self.write_error_since(epoch) {
-            return Poll::Ready(Err(e));
-        }
+        self.poll_write_error(cx, since)?;
         ready!(self.marks.poll_ready(cx));
         Poll::Ready(self.check_open())
     }
 
     /// `Ready` at or below the low watermark; as `poll_write_ready` for errors.
-    pub(crate) fn poll_drained(&mut self, cx: &mut Context<'_>, epoch: u64) -> Poll<Result<()>> {
+    pub(crate) fn poll_drained(
+        &mut self,
+        cx: &mut Context<'_>,
+        since: WaitingSince,
+    ) -> Poll<Result<()>> {
         self.check_open()?;
-        if let Some(e) = self.write_error_since(epoch) {
-            return Poll::Ready(Err(e));
-        }
+        self.poll_write_error(cx, since)?;
         let len = self.wq.len();
         ready!(self.marks.poll_drained(len, cx));
         Poll::Ready(Ok(()))

@@ -19,8 +19,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{Error, Result};
 use crate::queued::Parts;
-use crate::queued::core::Core;
 use crate::queued::core::panic_text;
+use crate::queued::core::{Core, WaitingSince};
 use crate::queued::request::{OnDrop, Request, Requests, Ticket, read_request};
 use crate::queued::timer::Timeout;
 use crate::queued::transport::TransportIo;
@@ -841,11 +841,10 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// The error that closed the connection.
+    /// The error that closed the connection, or a non-fatal `ETIMEDOUT`
+    /// when a write timeout expires while it waits (TO-3).
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut core = self.lock();
-        let epoch = core.write_error_epoch();
-        core.poll_write_ready(cx, epoch)
+        self.lock().poll_write_ready(cx, WaitingSince::Parked)
     }
 
     /// Resolves when the write queue is below the high watermark (or, once
@@ -877,6 +876,12 @@ impl Handle {
     }
 
     // ----- state --------------------------------------------------------------------
+
+    /// Closes the connection with `err`, as a fatal error found by the
+    /// engine does: queued output is dropped, not lingered.
+    pub(crate) fn close_with(&self, err: Error) {
+        self.lock().close(err);
+    }
 
     /// Closes the connection (LC-1): pending requests fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed); queued output is

@@ -20,7 +20,16 @@ pub(crate) struct Watermarks {
     blocked: bool,
     /// Set when the queue went over `low`; the drain edge clears it.
     above_low: bool,
-    waiters: Vec<Waker>,
+    waiters: Vec<Waiter>,
+}
+
+/// A producer parked in `poll_ready` or `poll_drained`.
+#[derive(Debug)]
+struct Waiter {
+    waker: Waker,
+    /// A write-side error came while it was parked, and it has not looked
+    /// since: its next poll returns that error.
+    owed: bool,
 }
 
 impl Watermarks {
@@ -51,9 +60,7 @@ impl Watermarks {
             return false;
         }
         self.blocked = false;
-        for w in self.waiters.drain(..) {
-            w.wake();
-        }
+        self.wake_all_waiters();
         if self.above_low {
             self.above_low = false;
             return true;
@@ -82,9 +89,7 @@ impl Watermarks {
         if !self.blocked {
             return Poll::Ready(());
         }
-        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            self.waiters.push(cx.waker().clone());
-        }
+        self.park(cx);
         Poll::Pending
     }
 
@@ -93,25 +98,54 @@ impl Watermarks {
         if len <= self.low {
             return Poll::Ready(());
         }
-        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            self.waiters.push(cx.waker().clone());
-        }
+        self.park(cx);
         Poll::Pending
     }
 
-    /// Wakes every waiter without changing the state (they look again and
-    /// see an error).
-    pub(crate) fn wake_waiters(&mut self) {
-        for w in self.waiters.drain(..) {
-            w.wake();
+    fn park(&mut self, cx: &mut Context<'_>) {
+        if !self.waiters.iter().any(|w| w.waker.will_wake(cx.waker())) {
+            self.waiters.push(Waiter {
+                waker: cx.waker().clone(),
+                owed: false,
+            });
         }
+    }
+
+    /// A write-side error for every parked waiter: each is woken and owed
+    /// the error until it takes it ([`take_owed`](Self::take_owed)) or
+    /// stops waiting ([`forget`](Self::forget)); the state is unchanged.
+    pub(crate) fn owe_waiters(&mut self) {
+        for w in &mut self.waiters {
+            w.owed = true;
+            w.waker.wake_by_ref();
+        }
+    }
+
+    /// Whether the waiter polling with `cx` is owed an error; it is then
+    /// no longer parked.
+    pub(crate) fn take_owed(&mut self, cx: &Context<'_>) -> bool {
+        let owed = self
+            .waiters
+            .iter()
+            .position(|w| w.owed && w.waker.will_wake(cx.waker()));
+        owed.map(|i| self.waiters.swap_remove(i)).is_some()
+    }
+
+    /// The waiter polling with `cx` stops waiting (it returns an error it
+    /// learnt another way).
+    pub(crate) fn forget(&mut self, cx: &Context<'_>) {
+        self.waiters.retain(|w| !w.waker.will_wake(cx.waker()));
     }
 
     /// Wakes everybody (the handle died).
     pub(crate) fn wake_all(&mut self) {
         self.blocked = false;
+        self.wake_all_waiters();
+    }
+
+    fn wake_all_waiters(&mut self) {
         for w in self.waiters.drain(..) {
-            w.wake();
+            w.waker.wake();
         }
     }
 }

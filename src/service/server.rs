@@ -307,6 +307,9 @@ enum Event<D, Req, Resp, SErr> {
     Called,
     /// The service failed `poll_ready`.
     NotReady(SErr),
+    /// The answers stopped leaving: the connection's error, or a write
+    /// timeout while the output was above the high watermark.
+    Stalled(Error),
     Response(std::result::Result<Resp, SErr>),
     Shutdown,
 }
@@ -338,11 +341,14 @@ where
     /// request), and answers are corked into few large writes. The loop
     /// stops reading while its output is above the connection's high
     /// watermark (a client that sends but does not read is not answered
-    /// into unbounded memory) and goes on at the low one.
+    /// into unbounded memory) and goes on at the low one. With a write
+    /// timeout set, a client that takes none of the answers for that long
+    /// ends the loop, and the unsent answers are dropped.
     ///
     /// # Errors
     ///
-    /// A fatal connection error; a request the decoder rejects (after the
+    /// A fatal connection error; a fatal `ETIMEDOUT` when the answers were
+    /// not taken for a write timeout; a request the decoder rejects (after the
     /// responses before it are written), unless
     /// [`on_bad_request`](Self::on_bad_request) answers it; a service error
     /// that [`map_errors`](Self::map_errors) did not turn into a response.
@@ -402,10 +408,17 @@ where
                     && reading
                     && waiting.is_empty()
                     && in_flight.len() < max_in_flight
-                    && handle.poll_write_ready(cx).is_ready()
-                    && let Some(d) = reader.take()
                 {
-                    next = Some(handle.push_read_many(d, max_in_flight - in_flight.len()));
+                    match handle.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            if let Some(d) = reader.take() {
+                                next =
+                                    Some(handle.push_read_many(d, max_in_flight - in_flight.len()));
+                            }
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::Stalled(e)),
+                        Poll::Pending => {}
+                    }
                 }
                 if let Some(t) = next.as_mut()
                     && let Poll::Ready(r) = Pin::new(t).poll(cx)
@@ -447,6 +460,31 @@ where
                     }
                 }
                 Event::Called => {}
+                Event::Stalled(e) => {
+                    // The peer has taken none of the answers for a whole
+                    // write timeout (or the connection failed): nothing
+                    // more is read, and what is queued is dropped with the
+                    // connection rather than lingered toward a peer that
+                    // does not read.
+                    tracing::debug!(error = %e, "server loop: answers not taken");
+                    let e = if e.is_fatal() {
+                        e
+                    } else {
+                        Error::new(
+                            ErrorKind::TimedOut,
+                            true,
+                            "write timeout: the peer took none of the answers",
+                        )
+                    };
+                    reading = false;
+                    next = None;
+                    waiting.clear();
+                    in_flight.clear();
+                    handle.close_with(e.clone());
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
                 Event::NotReady(e) => {
                     reading = false;
                     next = None;
