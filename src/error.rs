@@ -348,7 +348,7 @@ impl From<crate::tls::TlsError> for Error {
                 true,
                 "TLS stream truncated (end of input without close_notify)",
             ),
-            K::AlreadyTls => (ErrorKind::InvalidInput, false, "TLS is already active"),
+            K::AlreadyTls => (ErrorKind::InvalidInput, false, "TLS switch refused"),
             K::Config => (ErrorKind::InvalidInput, false, "bad TLS configuration"),
             K::Io => (ErrorKind::Io, true, "transport error under TLS"),
             _ => (ErrorKind::Protocol, true, "TLS protocol error"),

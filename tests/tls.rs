@@ -956,6 +956,97 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated_between(cb: TlsBackend
     .await;
 }
 
+/// A STARTTLS refused without a change (EINVAL: after our stoptls the
+/// peer's close_notify has not come yet, so TLS is still winding down)
+/// fails its own ticket only: the read queued behind it gets its line.
+#[tokio::test]
+async fn a_refused_starttls_fails_only_its_own_ticket() {
+    for &b in pki::BACKENDS {
+        let (mut client, mut server) = tls_pair_on(b).await;
+        within("stop", server.stoptls()).await.unwrap();
+        // The client has not stopped: its line goes over TLS.
+        within("write", client.write(LineCodec::new(), "hello"))
+            .await
+            .unwrap();
+        let start = server.push_starttls(server_on(b));
+        let read = server.push_read(LineCodec::new());
+        let e = within("start", server.wait(start)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{b:?}: {e}");
+        assert!(!e.is_fatal(), "{b:?}: {e}");
+        let line = within("read", server.wait(read)).await;
+        assert_eq!(line.unwrap().line(), b"hello", "{b:?}");
+    }
+}
+
+/// Output queued behind a STARTTLS that is refused would otherwise leave
+/// in plaintext: the connection closes (fatal) instead, and none of it is
+/// written (TLS-4).
+#[tokio::test]
+async fn output_behind_a_refused_starttls_never_leaves_in_plaintext() {
+    for &b in pki::BACKENDS {
+        let (c, s) = tcp_pair().await;
+        let mut client = QueuedFramed::builder()
+            .tls(pki::client_on(b))
+            .build_tcp(c)
+            .unwrap();
+        let (tap, writes) = support::Tap::new(s);
+        let mut server = QueuedFramed::builder().tls(server_on(b)).build(tap);
+        let (a, z) = within("handshake", async {
+            tokio::join!(client.flush(), server.flush())
+        })
+        .await;
+        a.unwrap();
+        z.unwrap();
+        within("stop", server.stoptls()).await.unwrap();
+        let start = server.push_starttls(server_on(b));
+        server.push_write(LineCodec::new(), "secret").unwrap();
+        let e = within("start", server.wait(start)).await.unwrap_err();
+        assert!(e.is_fatal(), "{b:?}: {e}");
+        assert!(server.is_closed(), "{b:?}");
+        let _ = within("flush", server.flush()).await;
+        drop(server);
+        let sent = support::written(&writes);
+        assert!(
+            !sent.windows(6).any(|w| w == b"secret"),
+            "{b:?}: the output behind the refused STARTTLS left in plaintext"
+        );
+    }
+}
+
+/// The same on a spawned connection, whose driver lingers over queued
+/// output once its handles are gone.
+#[tokio::test]
+async fn output_behind_a_refused_starttls_is_not_lingered_in_plaintext() {
+    for &b in pki::BACKENDS {
+        let (c, s) = tcp_pair().await;
+        let mut client = QueuedFramed::builder()
+            .tls(pki::client_on(b))
+            .build_tcp(c)
+            .unwrap();
+        let (tap, writes) = support::Tap::new(s);
+        let server = QueuedFramed::builder().tls(server_on(b)).build(tap);
+        let (handle, driver) = server.spawn();
+        let (a, z) = within("handshake", async {
+            tokio::join!(client.flush(), handle.flush())
+        })
+        .await;
+        a.unwrap();
+        z.unwrap();
+        within("stop", handle.stoptls()).await.unwrap();
+        let start = handle.starttls(server_on(b));
+        handle.push_write(LineCodec::new(), "secret").unwrap();
+        let e = within("start", start).await.unwrap_err();
+        assert!(e.is_fatal(), "{b:?}: {e}");
+        drop(handle);
+        let _ = within("driver", driver).await;
+        let sent = support::written(&writes);
+        assert!(
+            !sent.windows(6).any(|w| w == b"secret"),
+            "{b:?}: the output behind the refused STARTTLS left in plaintext"
+        );
+    }
+}
+
 // ----- mixed pairs: a rustls client with a native-tls server, and the reverse --
 
 /// The two pairs of different backends.

@@ -1612,11 +1612,35 @@ impl Core {
                 unreachable!("the head was a switch");
             };
             self.wq.clear_marker();
+            // A switch that failed without changing anything (refused at
+            // the start) is its own caller's error (ERR-3), unless output
+            // queued behind a STARTTLS would now leave in plaintext
+            // (TLS-4): that closes the connection before any of it does.
+            let refused_start = matches!(sw.kind, SwitchKind::Start(_));
+            let step = match step {
+                Err(e)
+                    if !e.is_fatal()
+                        && refused_start
+                        && !self.tls_active
+                        && !self.wq.is_empty() =>
+                {
+                    // Dropped here: a lingering close must not send it either.
+                    drop(self.wq.take_all());
+                    Err(Error::new(
+                        crate::ErrorKind::InvalidInput,
+                        true,
+                        "STARTTLS refused with output queued for TLS: closed so that it is not sent in plaintext",
+                    ))
+                }
+                step => step,
+            };
             if let Some(done) = sw.done {
                 let _ = done.send(step.clone());
             }
-            if let Err(e) = &step {
-                self.fail(e.clone(), None);
+            if let Err(e) = &step
+                && e.is_fatal()
+            {
+                self.close(e.clone());
             }
             self.wake_driver();
             return Poll::Ready(step);
