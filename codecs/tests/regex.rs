@@ -88,6 +88,41 @@ fn reject_is_only_tried_when_accept_fails_rt_regex_2() {
     assert_eq!(out.error, Some((0, ErrorKind::BadMessage, false)));
 }
 
+/// RT-regex-3's recovery: the caller skips the bytes reject matched and
+/// calls again. The codec keeps nothing from the rejected scan, so what
+/// arrives next is judged afresh, as a new codec would.
+#[test]
+fn after_a_reject_the_caller_may_skip_bytes_and_go_on() {
+    use bytes::Buf;
+    let codec = || {
+        RegexCodec::builder(re(";"))
+            .reject(re("X"))
+            .build()
+            .unwrap()
+    };
+    // Skipped, then as many bytes arrive as were skipped.
+    let mut c = codec();
+    let mut buf = BytesMut::from("X");
+    assert!(c.decode(&mut buf).is_err());
+    buf.advance(1);
+    buf.extend_from_slice(b"a");
+    assert_eq!(c.decode(&mut buf).unwrap(), None);
+    // Cleared, then more bytes than were skipped, holding a record.
+    let mut c = codec();
+    let mut buf = BytesMut::from("aaaaaaaaaaX");
+    assert!(c.decode(&mut buf).is_err());
+    buf.clear();
+    buf.extend_from_slice(b";bbbbbbbbbbbb");
+    assert_eq!(c.decode(&mut buf).unwrap().unwrap(), ";");
+    // The same after ENOSPC (more than max_length without a record).
+    let mut c = RegexCodec::builder(re(";")).max_length(4).build().unwrap();
+    let mut buf = BytesMut::from("aaaaa");
+    assert_eq!(c.decode(&mut buf).unwrap_err().kind(), ErrorKind::NoSpace);
+    buf.advance(3);
+    buf.extend_from_slice(b";");
+    assert_eq!(c.decode(&mut buf).unwrap().unwrap(), "aa;");
+}
+
 #[test]
 fn reject_consumes_nothing_and_repeats_until_accept_rt_regex_3() {
     let mut codec = RegexCodec::builder(re("\n"))
@@ -100,7 +135,7 @@ fn reject_consumes_nothing_and_repeats_until_accept_rt_regex_3() {
     assert!(!err.is_fatal());
     assert_eq!(err.offset(), Some(2));
     assert_eq!(buf, "ab!");
-    // No new bytes: the same answer, without running the regexes again.
+    // No new bytes: the same answer.
     assert!(codec.decode(&mut buf).is_err());
     // New bytes: scanned again; still rejected.
     buf.extend_from_slice(b"c");
@@ -144,8 +179,11 @@ fn skipped_bytes_stay_in_the_buffer_and_in_the_frame() {
     assert_eq!(buf, "b");
 }
 
+/// A reject ends the scan: skip does not move the window past the bad
+/// bytes (the caller may remove them itself), so they are rejected again
+/// until a record ends, as AE raises the error again on each arrival.
 #[test]
-fn skip_runs_even_when_reject_matched() {
+fn a_reject_leaves_no_skip_progress() {
     let mut codec = RegexCodec::builder(re(";"))
         .reject(re("!"))
         .skip(re("^[^;]*"))
@@ -153,9 +191,10 @@ fn skip_runs_even_when_reject_matched() {
         .unwrap();
     let mut buf = BytesMut::from("ab!");
     assert!(codec.decode(&mut buf).is_err());
-    assert_eq!(codec.skipped(), 3);
-    // The window is past the bad byte now: no more rejection.
-    buf.extend_from_slice(b"c;");
+    assert_eq!(codec.skipped(), 0);
+    buf.extend_from_slice(b"c");
+    assert!(codec.decode(&mut buf).is_err());
+    buf.extend_from_slice(b";");
     assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "ab!c;");
 }
 
@@ -401,16 +440,17 @@ impl RescanModel {
         if len > self.max_length {
             return Step::Error(ErrorKind::NoSpace, None);
         }
-        let at = self
-            .reject
-            .as_ref()
-            .and_then(|r| r.find(window))
-            .map(|m| from + m.start());
+        if let Some(m) = self.reject.as_ref().and_then(|r| r.find(window)) {
+            // A reject keeps nothing of the scan.
+            self.skipped = 0;
+            self.scanned = None;
+            return rejected(from + m.start());
+        }
         if let Some(m) = self.skip.as_ref().and_then(|s| s.find(window)) {
             self.skipped = from + m.end();
         }
-        self.scanned = Some((len, at));
-        at.map_or(Step::NeedMore, rejected)
+        self.scanned = Some((len, None));
+        Step::NeedMore
     }
 }
 

@@ -5,10 +5,11 @@
 //! 1. **accept**: if it matches anywhere in the unscanned window, the frame
 //!    is the skipped bytes followed by the window up to the end of the match;
 //! 2. else **reject**: if it matches the window, a non-fatal `EBADMSG`,
-//!    nothing consumed;
-//! 3. then (whether or not reject matched) **skip**: if it matches the
-//!    window, the window starts after the end of its match from now on. The
-//!    skipped bytes stay in the buffer and in the frame.
+//!    nothing consumed, and the codec keeps nothing of this scan: the
+//!    caller may skip or clear bytes and call again (RT-regex-3);
+//! 3. else **skip**: if it matches the window, the window starts after the
+//!    end of its match from now on. The skipped bytes stay in the buffer
+//!    and in the frame.
 //!
 //! There is no regex write type; write with [`RawCodec`](crate::RawCodec).
 
@@ -52,8 +53,6 @@ struct Scanned {
     from: usize,
     /// The window's length.
     window_len: usize,
-    /// Where the reject regex matched in the window, if it did.
-    reject_at: Option<usize>,
     /// Where the skip regex matched in the window, if it did (without
     /// moving the window: an empty match at its start).
     skip_at: Option<usize>,
@@ -111,8 +110,10 @@ struct Scanned {
 /// # Errors and state
 ///
 /// * reject matched: `EBADMSG`, **non-fatal**, nothing consumed; the same
-///   error comes back until new bytes arrive and are scanned again
+///   error comes back while the bytes reject matched are there
 ///   (RT-regex-3). [`Error::offset`] is where reject matched in the buffer.
+///   After any error the codec keeps no state about the buffer, so the
+///   caller may skip or clear bytes and call again.
 /// * More than `max_length` bytes buffered without an accept match within
 ///   the first `max_length`: `ENOSPC`, fatal, nothing consumed.
 /// * End of input without an accept match (`decode_eof`): `EPIPE`, fatal;
@@ -199,6 +200,29 @@ impl Decoder for RegexCodec {
     type Error = Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        let found = self.scan(buf);
+        if found.is_err() {
+            // The caller may now skip bytes (RT-regex-3): nothing scanned
+            // so far is known to be still in place.
+            self.skipped = 0;
+            self.scanned = None;
+        }
+        found
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(Error::incomplete_at_eof(CODEC, buf.len())),
+        }
+    }
+}
+
+impl RegexCodec {
+    /// One decode step: accept, then reject and skip, each resuming where
+    /// its last search over the same bytes left off.
+    fn scan(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
         if self.once == Some(true) {
             return Err(Error::invalid_input(
                 CODEC,
@@ -215,10 +239,9 @@ impl Decoder for RegexCodec {
         if let Some(last) = self.scanned
             && last.len == len
         {
-            return match last.reject_at {
-                Some(at) => Err(RegexCodec::reject_error(buf, last.from + at)),
-                None => Ok(None),
-            };
+            // Nothing new since a search that found no record (a reject
+            // is never cached: the state is dropped with the error).
+            return Ok(None);
         }
         let window_end = len.min(self.max_length);
         let from = self.skipped.min(window_end);
@@ -253,11 +276,15 @@ impl Decoder for RegexCodec {
         if len > self.max_length {
             return Err(Error::too_large(CODEC, self.max_length, len as u64).with_bytes(buf));
         }
-        // 2. reject, 3. skip: both look at the same window.
-        let reject_at = self.reject.as_ref().and_then(|r| {
-            r.first(window, resume(r, last.and_then(|l| l.reject_at)))
-                .map(|(start, _)| start)
-        });
+        // 2. reject: the error, and the state goes with it (see `decode`).
+        if let Some((at, _)) = self
+            .reject
+            .as_ref()
+            .and_then(|r| r.first(window, resume(r, None)))
+        {
+            return Err(RegexCodec::reject_error(buf, from + at));
+        }
+        // 3. skip.
         let mut skip_at = None;
         if let Some((start, end)) = self
             .skip
@@ -271,21 +298,9 @@ impl Decoder for RegexCodec {
             len,
             from,
             window_len: window.len(),
-            reject_at,
             skip_at,
         });
-        match reject_at {
-            Some(at) => Err(RegexCodec::reject_error(buf, from + at)),
-            None => Ok(None),
-        }
-    }
-
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        match self.decode(buf)? {
-            Some(frame) => Ok(Some(frame)),
-            None if buf.is_empty() => Ok(None),
-            None => Err(Error::incomplete_at_eof(CODEC, buf.len())),
-        }
+        Ok(None)
     }
 }
 
