@@ -294,6 +294,33 @@ fn discard_finds_a_literal_eol_split_across_reads() {
     );
 }
 
+/// A regex EOL whose matches have a bounded length keeps, while
+/// discarding, the bytes an EOL may have begun with, as a literal EOL does:
+/// a CR at the end of one read and its LF in the next still end the line.
+#[test]
+fn discard_finds_a_bounded_regex_eol_split_across_reads() {
+    for hold in [false, true] {
+        let make = || {
+            build(|b| {
+                b.eol_regex(Regex::new(r"\r\n").unwrap())
+                    .hold_open_match(hold)
+                    .max_length(4)
+                    .overflow(OverflowPolicy::Discard)
+            })
+        };
+        let events = assert_continuing_invariant(make, b"xxxxxxx\r\nnext\r\n");
+        assert_eq!(
+            events,
+            vec![
+                Event::Error(ErrorKind::NoSpace, false),
+                Event::Frame(line("next", "\r\n")),
+                Event::End(Ok(vec![])),
+            ],
+            "hold_open_match({hold})"
+        );
+    }
+}
+
 #[test]
 fn several_overlong_lines_are_each_reported_once() {
     let make = || build(|b| b.max_length(1).overflow(OverflowPolicy::Discard));
@@ -1360,12 +1387,27 @@ impl RescanEol {
                 let frame = buf.split_to(e);
                 Step::Line(frame[..s].to_vec(), frame[s..].to_vec())
             }
-            None if len > self.max => Step::Error(ErrorKind::NoSpace),
+            // A line of `max` bytes may be followed by the start of its
+            // EOL: one byte less than the longest EOL the regex matches.
+            None if len > self.max + if eof { 0 } else { self.open_reach() } => {
+                Step::Error(ErrorKind::NoSpace)
+            }
             None => {
                 self.scanned = len;
                 Step::NeedMore
             }
         }
+    }
+
+    fn open_reach(&self) -> usize {
+        let hir = regex_syntax::ParserBuilder::new()
+            .utf8(false)
+            .build()
+            .parse(self.re.as_str())
+            .expect("the pattern parses");
+        hir.properties()
+            .maximum_len()
+            .map_or(0, |max| max.saturating_sub(1))
     }
 }
 

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::eol::{Eol, Scan, scan_default};
+use super::eol::{Discard, Eol, Scan, scan_default};
 use super::{CODEC, DEFAULT_LINE_MAX_LENGTH, DEFAULT_WRITE_TERMINATOR, Line, LineCodecBuilder};
 use crate::error::Error;
 
@@ -50,7 +50,11 @@ pub(super) enum State {
     Reading {
         scanned: usize,
     },
-    Discarding,
+    /// Dropping an over-long line; the first `from` bytes in the buffer
+    /// are kept only as look-behind context for a regex end of line.
+    Discarding {
+        from: usize,
+    },
     /// A single-use decoder reading its line: as `Reading`, kept apart so
     /// the inlined fast path of stream decoders never sees it.
     Once {
@@ -196,7 +200,7 @@ impl LineCodec {
     /// True while an over-long line is being dropped
     /// ([`OverflowPolicy::Discard`]).
     pub fn is_discarding(&self) -> bool {
-        self.state == State::Discarding
+        matches!(self.state, State::Discarding { .. })
     }
 
     /// Finds the first complete line at the front of `buf` and returns
@@ -241,8 +245,12 @@ impl LineCodec {
     ) -> Result<Option<(usize, usize)>, Error> {
         loop {
             match self.state {
-                State::Discarding => {
-                    if !self.eol.discard(buf, self.max_length, eof) && !eof {
+                State::Discarding { from } => {
+                    if let Discard::NeedMore { from } =
+                        self.eol.discard(buf, self.max_length, eof, from)
+                        && !eof
+                    {
+                        self.state = State::Discarding { from };
                         return Ok(None);
                     }
                     // The whole line is gone: report it now, so that the
@@ -306,7 +314,7 @@ impl LineCodec {
         let n = buf.len().min(snippet.len());
         snippet[..n].copy_from_slice(&buf[..n]);
         self.discarded = Some(Box::new((seen as u64, snippet, n)));
-        self.state = State::Discarding;
+        self.state = State::Discarding { from: 0 };
     }
 
     /// True for a decoder built by

@@ -57,6 +57,16 @@ pub(crate) struct RegexEol {
     pub(crate) empty_ok: bool,
 }
 
+/// The outcome of dropping part of an over-long line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Discard {
+    /// The line's EOL was found and dropped with it.
+    Ended,
+    /// More input is needed; the next call starts its search after the
+    /// first `from` bytes, kept only as look-behind context.
+    NeedMore { from: usize },
+}
+
 /// The outcome of looking for the end of the first line in a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scan {
@@ -99,55 +109,73 @@ impl Eol {
         }
     }
 
-    /// Drops the front of an over-long line. Returns true when its EOL was
-    /// found and dropped too; false when more input is needed (then only
-    /// bytes that may start the EOL are kept, none at all at `eof`).
-    // `eof` and `max` matter to the regex end of line only.
+    /// Drops the front of an over-long line: [`Discard::Ended`] when its
+    /// EOL was found and dropped too; otherwise more input is needed, and
+    /// only the bytes that may start the EOL are kept (none at `eof`).
+    ///
+    /// `from`: how many bytes at the front were kept by the last call only
+    /// as look-behind context for a regex end of line (0 the first time).
+    // `eof`, `max` and `from` matter to the regex end of line only.
     #[cfg_attr(not(feature = "regex"), allow(unused_variables))]
-    pub(crate) fn discard(&self, buf: &mut BytesMut, max: usize, eof: bool) -> bool {
+    pub(crate) fn discard(
+        &self,
+        buf: &mut BytesMut,
+        max: usize,
+        eof: bool,
+        from: usize,
+    ) -> Discard {
+        let more = Discard::NeedMore { from: 0 };
         match self {
             Eol::Default => match memchr::memchr(b'\n', buf) {
                 Some(lf) => {
                     buf.advance(lf + 1);
-                    true
+                    Discard::Ended
                 }
                 None => {
                     // A CR at the end would belong to the EOL, but the EOL
                     // is dropped with the line anyway.
                     buf.clear();
-                    false
+                    more
                 }
             },
             Eol::Literal(lit) => match lit.finder.find(buf) {
                 Some(at) => {
                     buf.advance(at + lit.eol.len());
-                    true
+                    Discard::Ended
                 }
                 None => {
                     let keep = if eof { 0 } else { lit.eol.len() - 1 };
                     buf.advance(buf.len().saturating_sub(keep));
-                    false
+                    more
                 }
             },
             // An empty end of line never overflows.
-            Eol::Empty => true,
+            Eol::Empty => Discard::Ended,
             #[cfg(feature = "regex")]
-            Eol::Regex(re) => match re.search.first_non_empty(buf, 0) {
+            Eol::Regex(re) => match re.search.first_non_empty(buf, from.min(buf.len())) {
                 Some((start, end)) if re.hold_open && !eof && end == buf.len() => {
                     // Keep the held match (at most `max` bytes of it, and at
                     // least one, so the regex still sees that a run of EOL
                     // bytes goes on) and drop the rest.
                     let keep = (end - start).min(max.max(1));
                     buf.advance(end - keep);
-                    false
+                    more
                 }
                 Some((_, end)) => {
                     buf.advance(end);
-                    true
+                    Discard::Ended
+                }
+                None if eof => {
+                    buf.clear();
+                    more
                 }
                 None => {
-                    buf.clear();
-                    false
+                    // An EOL may have begun in the last bytes: keep those
+                    // (and the context before them), as the literal EOL
+                    // keeps all but one byte of itself.
+                    let (keep, context) = re.search.open_tail(buf.len(), max);
+                    buf.advance(buf.len() - keep);
+                    Discard::NeedMore { from: context }
                 }
             },
         }
@@ -297,7 +325,11 @@ fn scan_regex(
             line_len: start,
             eol_len: end - start,
         },
-        None if len > max => Scan::Overflow { seen: len },
+        // A line of `max` bytes may be followed by the start of its EOL,
+        // unless the input has ended.
+        None if len > max.saturating_add(if eof { 0 } else { search.open_reach() }) => {
+            Scan::Overflow { seen: len }
+        }
         None => Scan::NeedMore { scanned: len },
     }
 }
@@ -388,10 +420,57 @@ mod tests {
     fn literal_discard_keeps_a_possible_eol_start() {
         let eol = lit(b"\r\n");
         let mut buf = BytesMut::from(&b"xxxx\r"[..]);
-        assert!(!eol.discard(&mut buf, 10, false));
+        assert_eq!(
+            eol.discard(&mut buf, 10, false, 0),
+            Discard::NeedMore { from: 0 }
+        );
         assert_eq!(buf, "\r");
         buf.extend_from_slice(b"\nnext");
-        assert!(eol.discard(&mut buf, 10, false));
+        assert_eq!(eol.discard(&mut buf, 10, false, 0), Discard::Ended);
         assert_eq!(buf, "next");
+    }
+
+    #[cfg(feature = "regex")]
+    #[test]
+    fn regex_discard_keeps_a_possible_eol_start_and_its_context() {
+        let eol = |p: &str| {
+            Eol::Regex(Box::new(RegexEol {
+                search: Search::new(regex::bytes::Regex::new(p).unwrap()),
+                hold_open: false,
+                empty_ok: false,
+            }))
+        };
+        // `\r\n`: one byte of a possible match, four of context.
+        let crlf = eol(r"\r\n");
+        let mut buf = BytesMut::from(&b"xxxxxxxxx\r"[..]);
+        let from = match crlf.discard(&mut buf, 4, false, 0) {
+            Discard::NeedMore { from } => from,
+            Discard::Ended => panic!("no EOL yet"),
+        };
+        assert_eq!((&buf[..], from), (&b"xxxx\r"[..], 4));
+        buf.extend_from_slice(b"\nnext");
+        assert_eq!(crlf.discard(&mut buf, 4, false, from), Discard::Ended);
+        assert_eq!(buf, "next");
+        // The context keeps look-behind right: an `x` that goes on a word
+        // is no `\bx`, though it would be at the front of a buffer.
+        let word = eol(r"\bx");
+        let mut buf = BytesMut::from(&b"aaaaaaaaaa"[..]);
+        let Discard::NeedMore { from } = word.discard(&mut buf, 4, false, 0) else {
+            panic!("no EOL yet");
+        };
+        assert_eq!((&buf[..], from), (&b"aaaa"[..], 4));
+        buf.extend_from_slice(b"x");
+        let Discard::NeedMore { from } = word.discard(&mut buf, 4, false, from) else {
+            panic!("an x inside a word is no EOL");
+        };
+        buf.extend_from_slice(b" x");
+        assert_eq!(word.discard(&mut buf, 4, false, from), Discard::Ended);
+        // At the end of input nothing is kept.
+        let mut buf = BytesMut::from(&b"xxxxxxxx\r"[..]);
+        assert!(matches!(
+            crlf.discard(&mut buf, 4, true, 0),
+            Discard::NeedMore { .. }
+        ));
+        assert!(buf.is_empty());
     }
 }

@@ -61,6 +61,29 @@ impl Search {
         }
     }
 
+    /// What to keep of a haystack of `len` bytes in which no match starts,
+    /// when only its tail may stay: `(keep, context)`, the last `keep`
+    /// bytes, of which the first `context` serve only as look-behind
+    /// context (a later search starts after them). The rest can hold the
+    /// start of a match that ends in bytes still to come; without a
+    /// longest match, up to `window` bytes of it are kept.
+    pub(crate) fn open_tail(&self, len: usize, window: usize) -> (usize, usize) {
+        let reach = match self.max_len {
+            Some(_) => self.open_reach(),
+            None => window,
+        }
+        .min(len);
+        let context = LOOK_MARGIN.min(len - reach);
+        (reach + context, context)
+    }
+
+    /// How many bytes at the end of a haystack may be the start of a match
+    /// that has not ended yet: one less than the longest match (0 when the
+    /// length is unbounded, for which the caller's window is the bound).
+    pub(crate) fn open_reach(&self) -> usize {
+        self.max_len.map_or(0, |max| max.saturating_sub(1))
+    }
+
     /// The leftmost match starting at or after `from`, empty or not.
     pub(crate) fn first(&self, hay: &[u8], from: usize) -> Option<(usize, usize)> {
         self.re.find_at(hay, from).map(|m| (m.start(), m.end()))
