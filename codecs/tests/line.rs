@@ -299,10 +299,11 @@ fn discard_finds_a_literal_eol_split_across_reads() {
 /// a CR at the end of one read and its LF in the next still end the line.
 #[test]
 fn discard_finds_a_bounded_regex_eol_split_across_reads() {
+    let crlf = Regex::new(r"\r\n").unwrap();
     for hold in [false, true] {
         let make = || {
             build(|b| {
-                b.eol_regex(Regex::new(r"\r\n").unwrap())
+                b.eol_regex(crlf.clone())
                     .hold_open_match(hold)
                     .max_length(4)
                     .overflow(OverflowPolicy::Discard)
