@@ -130,8 +130,9 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// without `Tagged`) is refused, a non-fatal `EBADMSG` with the item
 /// consumed, never silently stripped.
 ///
-/// A value that CBOR cannot hold exactly is refused when written (`EINVAL`,
-/// nothing written): an integer outside -2^64 ..= 2^64-1, say. serde has no
+/// A value that would not be written exactly is refused (`EINVAL`, nothing
+/// written): an integer outside -2^64 ..= 2^64-1, say, or a NaN with a sign
+/// or payload (serde_cbor writes every NaN as the one plain NaN). serde has no
 /// way to express `undefined` (simple value 23): write
 /// [`RawCborCodec::UNDEFINED`] through [`RawCborCodec`]. Reading it gives
 /// `Value::Null` (serde_cbor's value type has no undefined), and simple
@@ -336,7 +337,8 @@ impl<T: Serialize> Encoder<T> for CborCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` if serde_cbor cannot write the value; `dst` is unchanged.
+    /// `EINVAL` if the value would not be written exactly (see
+    /// [`CborCodec`]); `dst` is unchanged.
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), Error> {
         write_item(&item, dst)
     }
@@ -349,7 +351,7 @@ impl<T: Serialize> Encoder<&T> for CborCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` if serde_cbor cannot write the value; `dst` is unchanged.
+    /// As the by-value encoder.
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
         write_item(item, dst)
     }
@@ -511,6 +513,8 @@ fn write_item<S: Serialize + ?Sized>(value: &S, dst: &mut BytesMut) -> Result<()
 /// `decode` sees exactly one well-formed item.
 mod backend {
     use bytes::{BufMut, BytesMut};
+
+    use crate::floats::{Floats, PlainNan};
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
@@ -541,6 +545,6 @@ mod backend {
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
         let mut ser = serde_cbor::Serializer::new(serde_cbor::ser::IoWrite::new(dst.writer()));
-        value.serialize(&mut ser)
+        value.serialize(Floats::<_, PlainNan>::new(&mut ser))
     }
 }

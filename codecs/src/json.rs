@@ -8,8 +8,6 @@
 //!
 //! The user-facing documentation is on the types.
 
-mod finite;
-
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -19,6 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
+use crate::floats::{Finite, Floats};
 use crate::scan::Scan;
 use crate::scan::json::{JsonLimits, JsonScanner, is_whitespace, leading_whitespace};
 
@@ -994,7 +993,7 @@ fn write_text<S: Serialize + ?Sized>(
 ) -> Result<(), Error> {
     let start = dst.len();
     let mut ser = serde_json::Serializer::new(BufMut::writer(&mut *dst));
-    if let Err(e) = value.serialize(finite::Finite(&mut ser)) {
+    if let Err(e) = value.serialize(Floats::<_, Finite>::new(&mut ser)) {
         dst.truncate(start);
         return Err(Error::invalid_input(CODEC, "value cannot be written as JSON").with_source(e));
     }

@@ -114,6 +114,8 @@ pub use serde_cbor::Value as CborValue;
 /// not known in advance (`serde_json::Value`).
 #[cfg(feature = "json")]
 pub use serde_json::Value as JsonValue;
+#[cfg(any(feature = "json", feature = "cbor"))]
+mod floats;
 #[cfg(feature = "json")]
 mod json;
 #[cfg(any(feature = "json", feature = "cbor"))]

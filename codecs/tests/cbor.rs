@@ -521,3 +521,42 @@ fn undefined_is_written_through_the_raw_codec() {
     assert_eq!(&wire[..], [0xf7]);
     assert_eq!(value_codec().decode(&mut wire).unwrap(), Some(Value::Null));
 }
+
+/// serde_cbor writes every NaN as the one canonical NaN (`f9 7e00`), which
+/// drops a NaN's sign and payload: such a NaN is refused (EINVAL, nothing
+/// written) instead of silently changed. The canonical NaN goes through.
+#[test]
+fn a_nan_that_would_lose_its_sign_or_payload_is_refused() {
+    for bits in [
+        0xfff8_0000_0000_0000u64,
+        0x7ff8_0000_0000_0001,
+        0x7ff0_0000_0000_0001,
+    ] {
+        let x = f64::from_bits(bits);
+        let mut dst = BytesMut::from(&b"kept"[..]);
+        let e = CborCodec::<f64>::new().encode(x, &mut dst).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bits:016x}");
+        assert_eq!(dst, "kept", "nothing written for {bits:016x}");
+        let e = value_codec()
+            .encode(Value::Array(vec![Value::Float(x)]), &mut dst)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+    let e = CborCodec::<f32>::new()
+        .encode(f32::from_bits(0xffc0_0000), &mut BytesMut::new())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    for (x, y) in [(f64::NAN, f64::NAN), (f64::from(f32::NAN), f64::NAN)] {
+        let mut c = CborCodec::<f64>::new();
+        let mut wire = BytesMut::new();
+        c.encode(x, &mut wire).unwrap();
+        assert_eq!(c.decode(&mut wire).unwrap().unwrap().to_bits(), y.to_bits());
+    }
+    let mut c = CborCodec::<f32>::new();
+    let mut wire = BytesMut::new();
+    c.encode(f32::NAN, &mut wire).unwrap();
+    assert_eq!(
+        c.decode(&mut wire).unwrap().unwrap().to_bits(),
+        f32::NAN.to_bits()
+    );
+}

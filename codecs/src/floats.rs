@@ -1,37 +1,85 @@
-//! A serializer adapter that refuses NaN and the infinities.
+//! A serializer adapter that refuses the floats a format cannot write
+//! exactly.
 //!
-//! JSON has no form for them, and serde_json writes them as `null`, which
-//! silently turns a number into something else. [`Finite`] wraps any
-//! serializer, passes every call through unchanged and fails on a
-//! non-finite `f32`/`f64` wherever it sits in the value: nested values are
+//! serde_json writes NaN and the infinities as `null`, and serde_cbor writes
+//! every NaN as the one canonical NaN, dropping its sign and payload: both
+//! silently turn a value into another. [`Floats`] wraps any serializer,
+//! passes every call through unchanged and fails on a float its
+//! [`FloatRule`] refuses, wherever it sits in the value: nested values are
 //! wrapped again on the way down, so the check costs one comparison per
 //! float and nothing else.
 
+use std::marker::PhantomData;
+
 use serde::ser::{self, Serialize, Serializer};
 
-/// The message of the error for a non-finite float.
-const NOT_FINITE: &str = "NaN and infinities have no JSON form";
+/// Which floats a format's writer keeps exactly.
+pub(crate) trait FloatRule {
+    /// Why a refused float is refused.
+    const REFUSED: &'static str;
+    fn keeps_f32(x: f32) -> bool;
+    fn keeps_f64(x: f64) -> bool;
+}
 
-/// A serializer (or one of its compound serializers) that refuses
-/// non-finite floats.
-pub(super) struct Finite<S>(pub(super) S);
+/// JSON: finite numbers only.
+#[cfg(feature = "json")]
+pub(crate) struct Finite;
 
-/// A value serialized through [`Finite`].
-struct Checked<'a, T: ?Sized>(&'a T);
-
-impl<T: Serialize + ?Sized> Serialize for Checked<'_, T> {
+#[cfg(feature = "json")]
+impl FloatRule for Finite {
+    const REFUSED: &'static str = "NaN and infinities have no JSON form";
     #[inline]
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(Finite(serializer))
+    fn keeps_f32(x: f32) -> bool {
+        x.is_finite()
+    }
+    #[inline]
+    fn keeps_f64(x: f64) -> bool {
+        x.is_finite()
     }
 }
 
-#[inline]
-fn check<E: ser::Error>(x: f64) -> Result<(), E> {
-    if x.is_finite() {
-        Ok(())
-    } else {
-        Err(E::custom(NOT_FINITE))
+/// CBOR through serde_cbor: any float but a NaN other than the canonical
+/// quiet one, which is the only NaN serde_cbor writes.
+#[cfg(feature = "cbor")]
+pub(crate) struct PlainNan;
+
+#[cfg(feature = "cbor")]
+impl FloatRule for PlainNan {
+    const REFUSED: &'static str = "a NaN with a sign or payload would be written as the plain NaN";
+    #[inline]
+    fn keeps_f32(x: f32) -> bool {
+        !x.is_nan() || x.to_bits() == f32::NAN.to_bits()
+    }
+    #[inline]
+    fn keeps_f64(x: f64) -> bool {
+        !x.is_nan() || x.to_bits() == f64::NAN.to_bits()
+    }
+}
+
+/// A serializer (or one of its compound serializers) that refuses the
+/// floats `R` refuses.
+pub(crate) struct Floats<S, R>(S, PhantomData<R>);
+
+impl<S, R> Floats<S, R> {
+    pub(crate) fn new(serializer: S) -> Floats<S, R> {
+        Floats(serializer, PhantomData)
+    }
+}
+
+/// A value serialized through [`Floats`].
+struct Checked<'a, T: ?Sized, R>(&'a T, PhantomData<R>);
+
+impl<'a, T: ?Sized, R> Checked<'a, T, R> {
+    #[inline]
+    fn new(value: &'a T) -> Self {
+        Checked(value, PhantomData)
+    }
+}
+
+impl<T: Serialize + ?Sized, R: FloatRule> Serialize for Checked<'_, T, R> {
+    #[inline]
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(Floats::<S, R>::new(serializer))
     }
 }
 
@@ -45,16 +93,16 @@ macro_rules! forward {
     )*};
 }
 
-impl<S: Serializer> Serializer for Finite<S> {
+impl<S: Serializer, R: FloatRule> Serializer for Floats<S, R> {
     type Ok = S::Ok;
     type Error = S::Error;
-    type SerializeSeq = Finite<S::SerializeSeq>;
-    type SerializeTuple = Finite<S::SerializeTuple>;
-    type SerializeTupleStruct = Finite<S::SerializeTupleStruct>;
-    type SerializeTupleVariant = Finite<S::SerializeTupleVariant>;
-    type SerializeMap = Finite<S::SerializeMap>;
-    type SerializeStruct = Finite<S::SerializeStruct>;
-    type SerializeStructVariant = Finite<S::SerializeStructVariant>;
+    type SerializeSeq = Floats<S::SerializeSeq, R>;
+    type SerializeTuple = Floats<S::SerializeTuple, R>;
+    type SerializeTupleStruct = Floats<S::SerializeTupleStruct, R>;
+    type SerializeTupleVariant = Floats<S::SerializeTupleVariant, R>;
+    type SerializeMap = Floats<S::SerializeMap, R>;
+    type SerializeStruct = Floats<S::SerializeStruct, R>;
+    type SerializeStructVariant = Floats<S::SerializeStructVariant, R>;
 
     forward! {
         serialize_bool(bool);
@@ -76,13 +124,17 @@ impl<S: Serializer> Serializer for Finite<S> {
 
     #[inline]
     fn serialize_f32(self, v: f32) -> Result<S::Ok, S::Error> {
-        check(f64::from(v))?;
+        if !R::keeps_f32(v) {
+            return Err(ser::Error::custom(R::REFUSED));
+        }
         self.0.serialize_f32(v)
     }
 
     #[inline]
     fn serialize_f64(self, v: f64) -> Result<S::Ok, S::Error> {
-        check(v)?;
+        if !R::keeps_f64(v) {
+            return Err(ser::Error::custom(R::REFUSED));
+        }
         self.0.serialize_f64(v)
     }
 
@@ -93,7 +145,7 @@ impl<S: Serializer> Serializer for Finite<S> {
 
     #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {
-        self.0.serialize_some(&Checked(value))
+        self.0.serialize_some(&Checked::<_, R>::new(value))
     }
 
     #[inline]
@@ -117,7 +169,8 @@ impl<S: Serializer> Serializer for Finite<S> {
         name: &'static str,
         value: &T,
     ) -> Result<S::Ok, S::Error> {
-        self.0.serialize_newtype_struct(name, &Checked(value))
+        self.0
+            .serialize_newtype_struct(name, &Checked::<_, R>::new(value))
     }
 
     #[inline]
@@ -129,17 +182,17 @@ impl<S: Serializer> Serializer for Finite<S> {
         value: &T,
     ) -> Result<S::Ok, S::Error> {
         self.0
-            .serialize_newtype_variant(name, index, variant, &Checked(value))
+            .serialize_newtype_variant(name, index, variant, &Checked::<_, R>::new(value))
     }
 
     #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
-        self.0.serialize_seq(len).map(Finite)
+        self.0.serialize_seq(len).map(Floats::new)
     }
 
     #[inline]
     fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
-        self.0.serialize_tuple(len).map(Finite)
+        self.0.serialize_tuple(len).map(Floats::new)
     }
 
     #[inline]
@@ -148,7 +201,7 @@ impl<S: Serializer> Serializer for Finite<S> {
         name: &'static str,
         len: usize,
     ) -> Result<Self::SerializeTupleStruct, S::Error> {
-        self.0.serialize_tuple_struct(name, len).map(Finite)
+        self.0.serialize_tuple_struct(name, len).map(Floats::new)
     }
 
     #[inline]
@@ -161,12 +214,12 @@ impl<S: Serializer> Serializer for Finite<S> {
     ) -> Result<Self::SerializeTupleVariant, S::Error> {
         self.0
             .serialize_tuple_variant(name, index, variant, len)
-            .map(Finite)
+            .map(Floats::new)
     }
 
     #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
-        self.0.serialize_map(len).map(Finite)
+        self.0.serialize_map(len).map(Floats::new)
     }
 
     #[inline]
@@ -175,7 +228,7 @@ impl<S: Serializer> Serializer for Finite<S> {
         name: &'static str,
         len: usize,
     ) -> Result<Self::SerializeStruct, S::Error> {
-        self.0.serialize_struct(name, len).map(Finite)
+        self.0.serialize_struct(name, len).map(Floats::new)
     }
 
     #[inline]
@@ -188,7 +241,7 @@ impl<S: Serializer> Serializer for Finite<S> {
     ) -> Result<Self::SerializeStructVariant, S::Error> {
         self.0
             .serialize_struct_variant(name, index, variant, len)
-            .map(Finite)
+            .map(Floats::new)
     }
 
     #[inline]
@@ -205,13 +258,13 @@ impl<S: Serializer> Serializer for Finite<S> {
 /// The compound serializers: elements are wrapped, the rest forwarded.
 macro_rules! compound {
     ($($trait:ident :: $method:ident;)*) => {$(
-        impl<S: ser::$trait> ser::$trait for Finite<S> {
+        impl<S: ser::$trait, R: FloatRule> ser::$trait for Floats<S, R> {
             type Ok = S::Ok;
             type Error = S::Error;
 
             #[inline]
             fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
-                self.0.$method(&Checked(value))
+                self.0.$method(&Checked::<_, R>::new(value))
             }
 
             #[inline]
@@ -229,18 +282,18 @@ compound! {
     SerializeTupleVariant::serialize_field;
 }
 
-impl<S: ser::SerializeMap> ser::SerializeMap for Finite<S> {
+impl<S: ser::SerializeMap, R: FloatRule> ser::SerializeMap for Floats<S, R> {
     type Ok = S::Ok;
     type Error = S::Error;
 
     #[inline]
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), S::Error> {
-        self.0.serialize_key(&Checked(key))
+        self.0.serialize_key(&Checked::<_, R>::new(key))
     }
 
     #[inline]
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
-        self.0.serialize_value(&Checked(value))
+        self.0.serialize_value(&Checked::<_, R>::new(value))
     }
 
     #[inline]
@@ -249,7 +302,8 @@ impl<S: ser::SerializeMap> ser::SerializeMap for Finite<S> {
         key: &K,
         value: &V,
     ) -> Result<(), S::Error> {
-        self.0.serialize_entry(&Checked(key), &Checked(value))
+        self.0
+            .serialize_entry(&Checked::<_, R>::new(key), &Checked::<_, R>::new(value))
     }
 
     #[inline]
@@ -261,7 +315,7 @@ impl<S: ser::SerializeMap> ser::SerializeMap for Finite<S> {
 /// The two struct serializers, which take a field name with each value.
 macro_rules! fields {
     ($($trait:ident;)*) => {$(
-        impl<S: ser::$trait> ser::$trait for Finite<S> {
+        impl<S: ser::$trait, R: FloatRule> ser::$trait for Floats<S, R> {
             type Ok = S::Ok;
             type Error = S::Error;
 
@@ -271,7 +325,7 @@ macro_rules! fields {
                 key: &'static str,
                 value: &T,
             ) -> Result<(), S::Error> {
-                self.0.serialize_field(key, &Checked(value))
+                self.0.serialize_field(key, &Checked::<_, R>::new(value))
             }
 
             #[inline]
