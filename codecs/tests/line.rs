@@ -802,6 +802,27 @@ fn encoder_refuses_lines_that_would_not_read_back() {
     assert_eq!(out, "kept", "nothing written on error");
 }
 
+/// With a regex EOL, a line must also read back after the terminator of
+/// the line before it: under `\n+` an empty line's terminator would join
+/// the previous one, and under `\n\r?` a line starting with CR would give
+/// its CR to the previous terminator.
+#[test]
+fn encoder_refuses_lines_that_would_run_into_the_previous_eol() {
+    let mut runs = build(|b| b.eol_regex(Regex::new(r"\n+").unwrap()));
+    let mut out = BytesMut::new();
+    runs.encode("a", &mut out).unwrap();
+    let err = runs.encode("", &mut out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    runs.encode("b", &mut out).unwrap();
+    assert_eq!(out, "a\nb\n");
+    let mut cr = build(|b| b.eol_regex(Regex::new(r"\n\r?").unwrap()));
+    assert!(cr.encode("\rxx", &mut out).is_err());
+    cr.encode("x\r", &mut out).unwrap();
+    let mut buf = BytesMut::from("a\nx\r\n");
+    assert_eq!(cr.decode(&mut buf).unwrap(), Some(line("a", "\n")));
+    assert_eq!(cr.decode(&mut buf).unwrap(), Some(line("x\r", "\n")));
+}
+
 #[test]
 fn encoder_refuses_lines_over_its_write_limit() {
     let mut codec = build(|b| b.write_max_length(Some(3)));

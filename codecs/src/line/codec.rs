@@ -105,6 +105,12 @@ impl Terminator {
 ///   discarding, the end of input ends the discarded line (and its
 ///   `ENOSPC` is reported).
 ///
+/// * Writing a line that a decoder of the same configuration would not read
+///   back exactly: `EINVAL`, nothing written. That is a line holding an end
+///   of line, one that runs into its terminator (a `\r` before `\n`), or,
+///   with a regex EOL, one that runs on from the terminator written before
+///   it (an empty line under `\n+`).
+///
 /// The codec keeps a scan position into the buffer between calls, so feed it
 /// one buffer and let only it consume from the front.
 ///
@@ -357,7 +363,8 @@ impl LineCodec {
     }
 
     /// Appends `line` and the terminator, after checking that a decoder
-    /// with this configuration would read exactly `line` back.
+    /// with this configuration would read exactly `line` back, after a line
+    /// or at the start.
     pub(super) fn encode_line(&self, line: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
         let Some(term) = self.terminator.get() else {
             return Err(Error::invalid_input(
@@ -390,6 +397,24 @@ impl LineCodec {
             dst.extend_from_slice(line);
             dst.extend_from_slice(term);
             return Ok(());
+        }
+        // A regex EOL may also run on from the terminator written before
+        // this line (`\n+` and an empty line, say): then the reader would
+        // take the two terminators as one and lose the line.
+        #[cfg(feature = "regex")]
+        if matches!(self.eol, Eol::Regex(_)) {
+            let after_a_line = [term, line, term].concat();
+            let alone = Scan::Found {
+                line_len: 0,
+                eol_len: term.len(),
+            };
+            if self.eol.scan(&after_a_line, 0, usize::MAX, true) != alone {
+                return Err(Error::invalid_input(
+                    CODEC,
+                    "line would run into the end of line before it",
+                )
+                .with_bytes(line));
+            }
         }
         let start = dst.len();
         dst.reserve(line.len() + term.len());
