@@ -77,8 +77,6 @@ const START: State = State::Header { pos: 0, value: 0 };
 #[derive(Debug, Clone)]
 pub struct NetstringCodec {
     max_length: usize,
-    /// The number of decimal digits in `max_length`.
-    max_digits: usize,
     state: State,
 }
 
@@ -93,7 +91,6 @@ impl NetstringCodec {
     pub fn with_max_length(max_length: usize) -> NetstringCodec {
         NetstringCodec {
             max_length,
-            max_digits: digits(max_length as u64),
             state: START,
         }
     }
@@ -118,10 +115,11 @@ impl NetstringCodec {
                     self.state = State::Body { header_len, len };
                     return self.decode_body(buf, header_len, len);
                 }
+                // No leading zeros, and the value stays within the limit
+                // at every digit: a header can have no more digits than
+                // `max_length` has, and the error reports the value it
+                // reached, past the limit.
                 b'0'..=b'9' if pos == 0 || value > 0 => {
-                    if pos >= self.max_digits {
-                        return Err(self.too_large(buf, pos, value));
-                    }
                     value = match value
                         .checked_mul(10)
                         .and_then(|v| v.checked_add(u64::from(b - b'0')))
@@ -184,6 +182,7 @@ impl NetstringCodec {
 }
 
 /// The number of decimal digits of `n`.
+/// The number of decimal digits in `n`.
 fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }

@@ -99,6 +99,12 @@ fn length_over_the_limit_is_fatal_as_soon_as_the_digits_show_it() {
     let out = assert_split_invariant(make, b"2:ab,999999999999999999999999");
     assert_eq!(out.frames, vec!["ab"]);
     assert_eq!(out.error, Some((1, ErrorKind::NoSpace, true)));
+    // The size reported is past the limit, not the value before the digit
+    // that took it there.
+    let err = NetstringCodec::with_max_length(99)
+        .decode(&mut BytesMut::from("100:"))
+        .unwrap_err();
+    assert_eq!((err.limit(), err.seen()), (Some(99), Some(100)));
 }
 
 #[test]
