@@ -138,6 +138,14 @@ struct WriteOptions {
     every_text: bool,
 }
 
+impl WriteOptions {
+    /// Whether every text is written on a line of its own, so the reader
+    /// takes a text and the end of its line as one frame (NDJSON).
+    fn reads_lines(self) -> bool {
+        self.every_text && matches!(self.separator, JsonSeparator::Newline | JsonSeparator::CrLf)
+    }
+}
+
 impl<T> Default for JsonCodecBuilder<T> {
     fn default() -> Self {
         JsonCodecBuilder::new()
@@ -198,9 +206,11 @@ impl<T> JsonCodecBuilder<T> {
     }
 
     /// Write the separator after every text, not only after numbers: one
-    /// text per line with the default separator (NDJSON). Reading then
-    /// takes a text and the end of its line as one frame (see
-    /// [`JsonCodec`]).
+    /// text per line with the default separator (NDJSON). With a newline
+    /// separator (`Newline`, `CrLf`), reading then takes a text and the end
+    /// of its line as one frame (see [`JsonCodec`]); with `Space` or `Tab`
+    /// a text is complete at its last byte, as without this option, so a
+    /// reader never waits for a newline its peer does not send.
     pub fn separate_every_text(&mut self, yes: bool) -> &mut Self {
         self.write.every_text = yes;
         self
@@ -209,7 +219,7 @@ impl<T> JsonCodecBuilder<T> {
     /// A [`JsonCodec`] for `T` with these options.
     pub fn build(&self) -> JsonCodec<T> {
         JsonCodec {
-            framer: Framer::new(self.limits, self.write.every_text),
+            framer: Framer::new(self.limits, self.write.reads_lines()),
             write: self.write,
             _item: PhantomData,
         }
@@ -218,7 +228,7 @@ impl<T> JsonCodecBuilder<T> {
     /// A [`RawJsonCodec`] with these options.
     pub fn build_raw(&self) -> RawJsonCodec {
         RawJsonCodec {
-            framer: Framer::new(self.limits, self.write.every_text),
+            framer: Framer::new(self.limits, self.write.reads_lines()),
             write: self.write,
         }
     }
@@ -249,8 +259,9 @@ impl<T> JsonCodecBuilder<T> {
 ///   at the end of input is consumed by [`Decoder::decode_eof`], a clean end.
 ///   A run of whitespace longer than the size limit is a limit error, so
 ///   a peer cannot make the decoder hold more than that.
-/// * In NDJSON mode ([`JsonCodec::ndjson`],
-///   [`JsonCodecBuilder::separate_every_text`]) a frame is a text *and* the
+/// * In NDJSON mode ([`JsonCodec::ndjson`], or
+///   [`JsonCodecBuilder::separate_every_text`] with a newline separator)
+///   a frame is a text *and* the
 ///   end of its line: spaces, tabs and `\r` after the text, then `\n`
 ///   (so `\r\n` too). The decoder waits for that `\n`, so a line read after
 ///   a JSON read never sees the empty rest of the JSON text's line, whether

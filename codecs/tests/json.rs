@@ -462,6 +462,39 @@ fn ndjson_and_other_separators() {
     assert!(tab.is_separating_every_text());
 }
 
+/// Two peers configured alike understand each other without more input:
+/// with a space or tab after every text, a text is complete at its last
+/// byte (a reader waiting for a newline its peer never sends would stall a
+/// request/response exchange); with a newline, the frame takes the line's
+/// end too.
+#[test]
+fn every_separator_reads_back_what_it_writes_at_once() {
+    for sep in [
+        JsonSeparator::Space,
+        JsonSeparator::Tab,
+        JsonSeparator::Newline,
+        JsonSeparator::CrLf,
+    ] {
+        for raw in [false, true] {
+            let mut builder = JsonCodec::<Value>::builder();
+            builder.separator(sep).separate_every_text(true);
+            let mut wire = BytesMut::new();
+            if raw {
+                let mut c = builder.build_raw();
+                c.encode(Bytes::from_static(b"{}"), &mut wire).unwrap();
+                let text = c.decode(&mut wire).unwrap();
+                assert_eq!(text.as_deref(), Some(&b"{}"[..]), "{sep:?} raw");
+            } else {
+                let mut c = builder.build();
+                c.encode(json!({}), &mut wire).unwrap();
+                assert_eq!(c.decode(&mut wire).unwrap(), Some(json!({})), "{sep:?}");
+            }
+            let newline = matches!(sep, JsonSeparator::Newline | JsonSeparator::CrLf);
+            assert_eq!(wire.is_empty(), newline, "{sep:?}: left {wire:?}");
+        }
+    }
+}
+
 #[test]
 fn encoding_error_writes_nothing() {
     let mut codec = JsonCodec::<BTreeMap<Vec<u8>, u8>>::new();
