@@ -80,7 +80,11 @@ struct Scanned {
 ///   that cannot swallow the start of an accept match;
 /// * reject is tried only when accept fails, so a complete record that
 ///   contains rejected bytes is accepted when it arrives in one piece and
-///   rejected when the bad bytes arrive before its end (RT-regex-2).
+///   rejected when the bad bytes arrive before its end (RT-regex-2);
+/// * the regexes never look past `max_length` bytes, as if the input were
+///   split there: `$` or `\b` can match at that point (`abc\b` with a
+///   limit of 3 takes `abc` from `abcd`), and a shorter alternative can
+///   win over a longer match that would end past it.
 ///
 /// Use a line or length-prefixed codec where split-invariance matters.
 ///
