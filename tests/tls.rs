@@ -973,6 +973,7 @@ async fn a_refused_starttls_fails_only_its_own_ticket() {
         let e = within("start", server.wait(start)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{b:?}: {e}");
         assert!(!e.is_fatal(), "{b:?}: {e}");
+        assert!(e.to_string().contains("still stopping"), "{b:?}: {e}");
         let line = within("read", server.wait(read)).await;
         assert_eq!(line.unwrap().line(), b"hello", "{b:?}");
     }

@@ -154,6 +154,15 @@ impl TlsError {
         TlsError::new(TlsErrorKind::AlreadyTls, "TLS is already active")
     }
 
+    /// `start_tls` after our close_notify, before the peer's has been read:
+    /// the old session still decrypts what the peer sends.
+    pub(crate) fn still_stopping() -> TlsError {
+        TlsError::new(
+            TlsErrorKind::AlreadyTls,
+            "TLS is still stopping: the peer's close_notify has not been read",
+        )
+    }
+
     /// The transport was left in an unusable state by a panic inside the
     /// TLS library.
     pub(crate) fn poisoned() -> TlsError {

@@ -399,6 +399,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
             State::Plain { .. } => {}
             State::Failed(_) => return Err(TlsError::failed_earlier()),
             State::Poisoned => return Err(TlsError::poisoned()),
+            State::ShuttingDown(_) => return Err(TlsError::still_stopping()),
             _ => return Err(TlsError::already_tls()),
         }
         let connect = mode.is_connect();
