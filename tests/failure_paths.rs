@@ -786,3 +786,76 @@ async fn a_fatal_error_after_a_handle_batch_closes_the_connection() {
     assert_eq!(e.kind(), ErrorKind::NoSpace);
     assert!(e.is_fatal());
 }
+
+// ----- the driver shares its thread ------------------------------------------------
+
+/// Accepts every write at once and never asks the runtime for a budget, as
+/// a user's own transport may not.
+struct Bottomless;
+
+impl tokio::io::AsyncRead for Bottomless {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for Bottomless {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A drain hook that always queues more (AnyEvent's way to stream a file),
+/// over a transport that takes everything at once: the driver must still
+/// give the other tasks on its thread their turn.
+#[test]
+fn a_drain_hook_that_never_stops_refilling_does_not_starve_the_thread() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut conn = QueuedFramed::new(Bottomless);
+            conn.on_drain(|q| {
+                let _ = q.push_write(LineCodec::new(), "more");
+            });
+            conn.push_write(LineCodec::new(), "first").unwrap();
+            let (_handle, _driver) = conn.spawn();
+            // The same, inline: a flush that can never end.
+            let mut inline = QueuedFramed::new(Bottomless);
+            inline.on_drain(|q| {
+                let _ = q.push_write(LineCodec::new(), "more");
+            });
+            inline.push_write(LineCodec::new(), "first").unwrap();
+            tokio::spawn(async move { inline.flush().await });
+            // Another task on the same thread.
+            tokio::spawn(async {}).await.unwrap();
+            let _ = done.send(());
+        });
+    });
+    finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the driver never yielded its thread");
+}

@@ -1362,12 +1362,17 @@ impl Core {
     {
         while self.wq.writable() > 0 {
             self.check_open()?;
+            // A unit of the task's budget per write: over a transport that
+            // takes everything at once, with a drain hook that always
+            // refills the queue, the other tasks on the thread still run.
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(0) => {
                     let e = Error::transport(std::io::ErrorKind::WriteZero.into());
                     return Poll::Ready(Err(self.io_failed(e)));
                 }
                 Ok(_) => {
+                    coop.made_progress();
                     self.unflushed = true;
                     self.timers.on_write();
                     if self.marks.written(self.wq.len()) {
