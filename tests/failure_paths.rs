@@ -345,17 +345,28 @@ async fn a_stalled_inline_flush_resolves_with_etimedout_under_wtimeout() {
     assert!(!conn.is_closed());
 }
 
+/// A spawned connection with a 1 s write timeout and a high watermark of
+/// 1 KiB over a 64-byte pipe whose other end (returned) never reads.
+fn one_second_wtimeout_over_a_full_pipe() -> (
+    anyframe::Handle,
+    anyframe::Driver<tokio::io::DuplexStream>,
+    tokio::io::DuplexStream,
+) {
+    let (ours, peer) = tokio::io::duplex(64);
+    let (handle, driver) = QueuedFramed::builder()
+        .wtimeout(Duration::from_secs(1))
+        .watermarks(1024, 0)
+        .build(ours)
+        .spawn();
+    (handle, driver, peer)
+}
+
 /// The poll form has no state between polls: a write timeout that comes
 /// while it is parked must still reach it (TO-3), or a tower `poll_ready`
 /// built on it waits for ever against a peer that never reads.
 #[tokio::test(start_paused = true)]
 async fn poll_write_ready_gets_a_write_timeout_that_comes_while_it_waits() {
-    let (ours, _peer) = tokio::io::duplex(64);
-    let (handle, _driver) = QueuedFramed::builder()
-        .wtimeout(Duration::from_secs(1))
-        .watermarks(1024, 0)
-        .build(ours)
-        .spawn();
+    let (handle, _driver, _peer) = one_second_wtimeout_over_a_full_pipe();
     handle.push_bytes(vec![b'x'; 8192]).unwrap();
     let ready = std::future::poll_fn(|cx| handle.poll_write_ready(cx));
     let e = within("poll_write_ready", ready).await.unwrap_err();
@@ -368,12 +379,7 @@ async fn poll_write_ready_gets_a_write_timeout_that_comes_while_it_waits() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_is_not_ready_for_ever_against_a_peer_that_never_reads() {
-    let (ours, _peer) = tokio::io::duplex(64);
-    let (handle, _driver) = QueuedFramed::builder()
-        .wtimeout(Duration::from_secs(1))
-        .watermarks(1024, 0)
-        .build(ours)
-        .spawn();
+    let (handle, _driver, _peer) = one_second_wtimeout_over_a_full_pipe();
     let mut client = anyframe::service::ClientBuilder::default()
         .max_in_flight(16)
         .build(handle, LineCodec::new(), |_: &String| LineCodec::new());
@@ -789,47 +795,13 @@ async fn a_fatal_error_after_a_handle_batch_closes_the_connection() {
 
 // ----- the driver shares its thread ------------------------------------------------
 
-/// Accepts every write at once and never asks the runtime for a budget, as
-/// a user's own transport may not.
-struct Bottomless;
-
-impl tokio::io::AsyncRead for Bottomless {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        _: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Pending
-    }
-}
-
-impl tokio::io::AsyncWrite for Bottomless {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 /// A drain hook that always queues more (AnyEvent's way to stream a file),
 /// over a transport that takes everything at once: the driver must still
 /// give the other tasks on its thread their turn.
 #[test]
 fn a_drain_hook_that_never_stops_refilling_does_not_starve_the_thread() {
+    // Takes every write at once.
+    let bottomless = || support::FixedWrites(|buf| Ok(buf.len()));
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -837,14 +809,14 @@ fn a_drain_hook_that_never_stops_refilling_does_not_starve_the_thread() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut conn = QueuedFramed::new(Bottomless);
+            let mut conn = QueuedFramed::new(bottomless());
             conn.on_drain(|q| {
                 let _ = q.push_write(LineCodec::new(), "more");
             });
             conn.push_write(LineCodec::new(), "first").unwrap();
             let (_handle, _driver) = conn.spawn();
             // The same, inline: a flush that can never end.
-            let mut inline = QueuedFramed::new(Bottomless);
+            let mut inline = QueuedFramed::new(bottomless());
             inline.on_drain(|q| {
                 let _ = q.push_write(LineCodec::new(), "more");
             });

@@ -979,25 +979,43 @@ async fn a_refused_starttls_fails_only_its_own_ticket() {
     }
 }
 
+/// A TLS pair of backend `b` with the handshake done and every write of the
+/// server recorded, for the two tests below.
+async fn tapped_server_pair(
+    b: TlsBackend,
+) -> (
+    QueuedFramed<TcpStream>,
+    QueuedFramed<support::Tap<TcpStream>>,
+    support::Writes,
+) {
+    let (c, s) = tcp_pair().await;
+    let mut client = QueuedFramed::builder()
+        .tls(pki::client_on(b))
+        .build_tcp(c)
+        .unwrap();
+    let (tap, writes) = support::Tap::new(s);
+    let mut server = QueuedFramed::builder().tls(server_on(b)).build(tap);
+    let (a, z) = within("handshake", async {
+        tokio::join!(client.flush(), server.flush())
+    })
+    .await;
+    a.unwrap();
+    z.unwrap();
+    (client, server, writes)
+}
+
+/// Whether `secret` appears in what was written.
+fn sent_in_plaintext(writes: &support::Writes) -> bool {
+    support::written(writes).windows(6).any(|w| w == b"secret")
+}
+
 /// Output queued behind a STARTTLS that is refused would otherwise leave
 /// in plaintext: the connection closes (fatal) instead, and none of it is
 /// written (TLS-4).
 #[tokio::test]
 async fn output_behind_a_refused_starttls_never_leaves_in_plaintext() {
     for &b in pki::BACKENDS {
-        let (c, s) = tcp_pair().await;
-        let mut client = QueuedFramed::builder()
-            .tls(pki::client_on(b))
-            .build_tcp(c)
-            .unwrap();
-        let (tap, writes) = support::Tap::new(s);
-        let mut server = QueuedFramed::builder().tls(server_on(b)).build(tap);
-        let (a, z) = within("handshake", async {
-            tokio::join!(client.flush(), server.flush())
-        })
-        .await;
-        a.unwrap();
-        z.unwrap();
+        let (_client, mut server, writes) = tapped_server_pair(b).await;
         within("stop", server.stoptls()).await.unwrap();
         let start = server.push_starttls(server_on(b));
         server.push_write(LineCodec::new(), "secret").unwrap();
@@ -1006,11 +1024,7 @@ async fn output_behind_a_refused_starttls_never_leaves_in_plaintext() {
         assert!(server.is_closed(), "{b:?}");
         let _ = within("flush", server.flush()).await;
         drop(server);
-        let sent = support::written(&writes);
-        assert!(
-            !sent.windows(6).any(|w| w == b"secret"),
-            "{b:?}: the output behind the refused STARTTLS left in plaintext"
-        );
+        assert!(!sent_in_plaintext(&writes), "{b:?}");
     }
 }
 
@@ -1019,20 +1033,8 @@ async fn output_behind_a_refused_starttls_never_leaves_in_plaintext() {
 #[tokio::test]
 async fn output_behind_a_refused_starttls_is_not_lingered_in_plaintext() {
     for &b in pki::BACKENDS {
-        let (c, s) = tcp_pair().await;
-        let mut client = QueuedFramed::builder()
-            .tls(pki::client_on(b))
-            .build_tcp(c)
-            .unwrap();
-        let (tap, writes) = support::Tap::new(s);
-        let server = QueuedFramed::builder().tls(server_on(b)).build(tap);
+        let (_client, server, writes) = tapped_server_pair(b).await;
         let (handle, driver) = server.spawn();
-        let (a, z) = within("handshake", async {
-            tokio::join!(client.flush(), handle.flush())
-        })
-        .await;
-        a.unwrap();
-        z.unwrap();
         within("stop", handle.stoptls()).await.unwrap();
         let start = handle.starttls(server_on(b));
         handle.push_write(LineCodec::new(), "secret").unwrap();
@@ -1040,11 +1042,7 @@ async fn output_behind_a_refused_starttls_is_not_lingered_in_plaintext() {
         assert!(e.is_fatal(), "{b:?}: {e}");
         drop(handle);
         let _ = within("driver", driver).await;
-        let sent = support::written(&writes);
-        assert!(
-            !sent.windows(6).any(|w| w == b"secret"),
-            "{b:?}: the output behind the refused STARTTLS left in plaintext"
-        );
+        assert!(!sent_in_plaintext(&writes), "{b:?}");
     }
 }
 
@@ -1843,38 +1841,8 @@ async fn plaintext_queued_before_a_failed_starttls_stays_reachable() {
 }
 
 async fn plaintext_queued_before_a_failed_starttls_stays_reachable_on(b: TlsBackend) {
-    struct BrokenWrites;
-    impl tokio::io::AsyncRead for BrokenWrites {
-        fn poll_read(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Pending
-        }
-    }
-    impl tokio::io::AsyncWrite for BrokenWrites {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-    let mut conn = QueuedFramed::new(BrokenWrites);
+    let broken = support::FixedWrites(|_| Err(std::io::ErrorKind::BrokenPipe.into()));
+    let mut conn = QueuedFramed::new(broken);
     conn.push_write(LineCodec::new(), "EHLO before tls")
         .unwrap();
     let e = conn.starttls(pki::client_on(b)).await.unwrap_err();
