@@ -222,6 +222,8 @@ pub(crate) struct Core {
     /// already `Closed`; telling the waiters (which drops user code) waits
     /// for the next call into the core, outside the unwinding.
     poisoned: bool,
+    /// The core runs on the spawned driver's own tokio task.
+    own_task: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -301,6 +303,7 @@ impl Core {
             peer_cert: None,
             sweep_at: SWEEP_MIN,
             poisoned: false,
+            own_task: false,
             cfg,
         }
     }
@@ -1025,6 +1028,11 @@ impl Core {
         self.timers.reset(which);
     }
 
+    /// From now on the core runs on the spawned driver's own tokio task.
+    pub(crate) fn on_own_task(&mut self) {
+        self.own_task = true;
+    }
+
     pub(crate) fn pause_timers(&mut self) {
         self.timers.pause();
     }
@@ -1362,17 +1370,24 @@ impl Core {
     {
         while self.wq.writable() > 0 {
             self.check_open()?;
-            // A unit of the task's budget per write: over a transport that
-            // takes everything at once, with a drain hook that always
-            // refills the queue, the other tasks on the thread still run.
-            let coop = ready!(tokio::task::coop::poll_proceed(cx));
+            // On the driver's task, a unit of its budget per write: over a
+            // transport that takes everything at once, with a drain hook
+            // that always refills the queue, the other tasks on the thread
+            // still run. (Not inline: the caller's task may be polled by
+            // another executor, where tokio's budget never refills.)
+            let coop = match self.own_task {
+                true => Some(ready!(tokio::task::coop::poll_proceed(cx))),
+                false => None,
+            };
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(0) => {
                     let e = Error::transport(std::io::ErrorKind::WriteZero.into());
                     return Poll::Ready(Err(self.io_failed(e)));
                 }
                 Ok(_) => {
-                    coop.made_progress();
+                    if let Some(coop) = coop {
+                        coop.made_progress();
+                    }
                     self.unflushed = true;
                     self.timers.on_write();
                     if self.marks.written(self.wq.len()) {
