@@ -420,6 +420,129 @@ async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
     writer.abort();
 }
 
+/// A spawned connection over a 64-byte pipe whose peer never reads, above
+/// its high watermark.
+fn blocked_with(
+    build: impl FnOnce(&mut anyframe::Builder),
+) -> (
+    anyframe::Handle,
+    anyframe::Driver<tokio::io::DuplexStream>,
+    tokio::io::DuplexStream,
+) {
+    let (ours, peer) = tokio::io::duplex(64);
+    let mut builder = QueuedFramed::builder();
+    builder.watermarks(1024, 0);
+    build(&mut builder);
+    let (handle, driver) = builder.build(ours).spawn();
+    handle.push_bytes(vec![b'x'; 8192]).unwrap();
+    (handle, driver, peer)
+}
+
+/// A task that gave up on `ready_to_write` (a `timeout` around it) and
+/// ended. TO-6: with nobody waiting at all and a pipelined answer still
+/// owed, a read timeout closes the connection (fatal `ETIMEDOUT`). The
+/// dead task's waker must not count as "somebody waiting" for ever.
+#[tokio::test(start_paused = true)]
+async fn a_dead_tasks_write_waiter_does_not_keep_to6_from_closing() {
+    let (handle, _driver, _peer) = blocked_with(|b| {
+        b.rtimeout(Duration::from_secs(1));
+    });
+    tokio::task::yield_now().await;
+    let h = handle.clone();
+    tokio::spawn(async move {
+        let r = tokio::time::timeout(Duration::from_millis(100), h.ready_to_write()).await;
+        assert!(r.is_err(), "still blocked");
+    })
+    .await
+    .unwrap();
+    // A pipelined call whose caller gave up: its answer is still owed.
+    drop(handle.call(LineCodec::new(), "q", LineCodec::new()));
+    // Many read-timeout periods with nobody waiting.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let e = handle.error();
+    assert!(
+        handle.is_closed(),
+        "TO-6: still open after 20 read-timeout periods with nobody waiting ({e:?})"
+    );
+}
+
+/// The same through the tower client: its slot is held by a dropped call;
+/// TO-6 promises `poll_ready` "reports the connection's error instead of
+/// waiting for ever". A task elsewhere once gave up on `ready_to_write`.
+#[tokio::test(start_paused = true)]
+async fn client_poll_ready_is_not_stuck_for_ever_by_a_dead_write_waiter() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::builder()
+        .watermarks(1024, 0)
+        .rtimeout(Duration::from_secs(1))
+        .build(ours)
+        .spawn();
+    let mut client = anyframe::service::ClientBuilder::default()
+        .max_in_flight(1)
+        .build(handle.clone(), LineCodec::new(), |_: &String| {
+            LineCodec::new()
+        });
+    // The only slot: a call whose caller gave up; the peer never answers.
+    let call = within("ready", client.ready())
+        .await
+        .unwrap()
+        .call("x".repeat(8192));
+    drop(call);
+    // Elsewhere, a task gave up on the write side and ended.
+    let h = handle.clone();
+    tokio::spawn(async move {
+        let r = tokio::time::timeout(Duration::from_millis(100), h.ready_to_write()).await;
+        assert!(r.is_err(), "still blocked");
+    })
+    .await
+    .unwrap();
+    let r = within("client ready", client.ready()).await.map(|_| ());
+    assert!(r.is_err(), "{r:?}");
+}
+
+/// A waker that counts how many clones of it are alive elsewhere.
+struct Counted(AtomicUsize);
+impl futures::task::ArcWake for Counted {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Many producers (each its own task, so its own waker) poll
+/// `poll_write_ready` once and go away; write timeouts then fire again and
+/// again while the peer never reads. Each is woken, and none of their
+/// wakers is kept past the next timeout.
+#[tokio::test(start_paused = true)]
+async fn gone_producers_wakers_are_released_after_a_write_timeout() {
+    const N: usize = 1000;
+    let (handle, _driver, _peer) = blocked_with(|b| {
+        b.wtimeout(Duration::from_secs(1));
+    });
+    tokio::task::yield_now().await;
+    let mut counters = Vec::new();
+    for _ in 0..N {
+        let c = Arc::new(Counted(AtomicUsize::new(0)));
+        let waker = futures::task::waker(c.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(handle.poll_write_ready(&mut cx).is_pending());
+        drop(waker);
+        counters.push(c);
+    }
+    // Several write timeouts.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!handle.is_closed());
+    let woken = counters
+        .iter()
+        .filter(|c| c.0.load(Ordering::Relaxed) > 0)
+        .count();
+    let kept = counters.iter().filter(|c| Arc::strong_count(c) > 1).count();
+    assert_eq!(woken, N, "each parked producer is woken by the timeout");
+    assert_eq!(
+        kept, 0,
+        "{kept} of {N} wakers of producers that are gone are still held"
+    );
+}
+
 // ----- 7. serve stops reading while its output is above the high watermark ------
 
 #[tokio::test]

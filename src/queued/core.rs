@@ -471,7 +471,9 @@ impl Core {
     }
 
     fn fail_write_waiters(&mut self, err: &Error) -> bool {
-        let parked = self.marks.has_waiters();
+        // Woken to see the error (the backpressure itself stays); they look
+        // once this turn lets go of the engine, after it is recorded below.
+        let parked = self.marks.owe_waiters();
         if self.flush_waiters.is_empty() && !parked {
             return false;
         }
@@ -480,8 +482,6 @@ impl Core {
         }
         self.write_errors += 1;
         self.last_write_error = Some(err.clone());
-        // Wake them to see the error; the backpressure itself stays.
-        self.marks.owe_waiters();
         true
     }
 

@@ -843,7 +843,12 @@ impl Handle {
     /// # Errors
     ///
     /// The error that closed the connection, or a non-fatal `ETIMEDOUT`
-    /// when a write timeout expires while it waits (TO-3).
+    /// when a write timeout expires while it waits (TO-3). A poll form
+    /// keeps no state of its own, so the waiter is known by its waker: one
+    /// that comes back with another waker, or a second poller sharing the
+    /// first one's, hears of the next expiry instead. A waiter that does
+    /// not come back within a timeout period after being woken is
+    /// forgotten.
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.lock().poll_write_ready(cx, WaitingSince::Parked)
     }

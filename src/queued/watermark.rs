@@ -74,11 +74,6 @@ impl Watermarks {
         self.low = low.min(high);
     }
 
-    /// Whether a producer waits in `poll_ready` or `poll_drained`.
-    pub(crate) fn has_waiters(&self) -> bool {
-        !self.waiters.is_empty()
-    }
-
     /// Whether a producer should wait.
     pub(crate) fn is_blocked(&self) -> bool {
         self.blocked
@@ -114,11 +109,19 @@ impl Watermarks {
     /// A write-side error for every parked waiter: each is woken and owed
     /// the error until it takes it ([`take_owed`](Self::take_owed)) or
     /// stops waiting ([`forget`](Self::forget)); the state is unchanged.
-    pub(crate) fn owe_waiters(&mut self) {
+    /// Returns whether anybody was told.
+    ///
+    /// A waiter still owed an earlier error was woken a whole timeout ago
+    /// and has not looked since: its task is gone (a dropped future, a
+    /// finished task). It is dropped here, so gone tasks neither pile up
+    /// nor count as somebody hearing the error.
+    pub(crate) fn owe_waiters(&mut self) -> bool {
+        self.waiters.retain(|w| !w.owed);
         for w in &mut self.waiters {
             w.owed = true;
             w.waker.wake_by_ref();
         }
+        !self.waiters.is_empty()
     }
 
     /// Whether the waiter polling with `cx` is owed an error; it is then
