@@ -89,6 +89,8 @@ struct Inner {
     fatal: bool,
     /// The error says the input ended (not, say, a write to a closed socket).
     eof: bool,
+    /// The timer whose expiry this is.
+    timer: Option<crate::Timeout>,
     message: &'static str,
     source: Option<Source>,
 }
@@ -120,6 +122,7 @@ impl Error {
                 kind,
                 fatal,
                 eof: false,
+                timer: None,
                 message,
                 source: None,
             }),
@@ -132,6 +135,7 @@ impl Error {
                 kind,
                 fatal,
                 eof: false,
+                timer: None,
                 message,
                 source: Some(source),
             }),
@@ -207,6 +211,19 @@ impl Error {
         Error::new(ErrorKind::TimedOut, false, message)
     }
 
+    /// The timer `which` expired: `ETIMEDOUT`, non-fatal (TO-3).
+    pub(crate) fn timer_expired(which: crate::Timeout) -> Error {
+        let mut e = Error::timed_out(match which {
+            crate::Timeout::Idle => "idle timeout",
+            crate::Timeout::Read => "read timeout",
+            crate::Timeout::Write => "write timeout",
+        });
+        if let Some(inner) = Arc::get_mut(&mut e.inner) {
+            inner.timer = Some(which);
+        }
+        e
+    }
+
     /// The caller misused the API; nothing was done.
     pub(crate) fn invalid_input(message: &'static str) -> Error {
         Error::new(ErrorKind::InvalidInput, false, message)
@@ -238,6 +255,30 @@ impl Error {
     /// True for `ETIMEDOUT`.
     pub fn is_timeout(&self) -> bool {
         self.inner.kind == ErrorKind::TimedOut
+    }
+
+    /// Which timer expired, for the `ETIMEDOUT` of a timeout (`None` for
+    /// every other error).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use anyframe::codecs::LineCodec;
+    /// use anyframe::{QueuedFramed, Timeout};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (io, _peer) = tokio::io::duplex(64);
+    /// let mut conn = QueuedFramed::builder()
+    ///     .rtimeout(Duration::from_secs(5))
+    ///     .build(io);
+    /// let e = conn.read(LineCodec::new()).await.unwrap_err();
+    /// assert_eq!(e.timeout(), Some(Timeout::Read));
+    /// # }
+    /// ```
+    pub fn timeout(&self) -> Option<crate::Timeout> {
+        self.inner.timer
     }
 
     /// True when the input ended while a frame was expected (`EPIPE` from a

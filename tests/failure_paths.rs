@@ -393,31 +393,34 @@ async fn a_client_is_not_ready_for_ever_against_a_peer_that_never_reads() {
 
 #[tokio::test(start_paused = true)]
 async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
-    let (server_io, client_io) = tokio::io::duplex(256);
-    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
-        Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
-    });
-    let mut builder = QueuedFramed::builder();
-    builder
-        .autocork(true)
-        .wtimeout(Duration::from_secs(1))
-        .watermarks(4096, 0);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            anyframe::codecs::Utf8LineCodec::new(),
-            LineCodec::new(),
-            echo,
-        )
-        .connection(builder)
-        .run(),
-    );
-    // Requests, and never a read of the answers.
-    let (_rd, mut wr) = tokio::io::split(client_io);
-    let writer = tokio::spawn(async move { while wr.write_all(b"req\n").await.is_ok() {} });
-    let e = within("serve", server).await.unwrap().unwrap_err();
-    assert!(e.is_timeout() && e.is_fatal(), "{e:?}");
-    writer.abort();
+    for which in [Timeout::Write, Timeout::Idle] {
+        let (server_io, client_io) = tokio::io::duplex(256);
+        let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
+            Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
+        });
+        let mut builder = QueuedFramed::builder();
+        builder.autocork(true).watermarks(4096, 0);
+        match which {
+            Timeout::Write => builder.wtimeout(Duration::from_secs(1)),
+            _ => builder.timeout(Duration::from_secs(1)),
+        };
+        let server = tokio::spawn(
+            serve(
+                server_io,
+                anyframe::codecs::Utf8LineCodec::new(),
+                LineCodec::new(),
+                echo,
+            )
+            .connection(builder)
+            .run(),
+        );
+        // Requests, and never a read of the answers.
+        let (_rd, mut wr) = tokio::io::split(client_io);
+        let writer = tokio::spawn(async move { while wr.write_all(b"req\n").await.is_ok() {} });
+        let e = within("serve", server).await.unwrap().unwrap_err();
+        assert!(e.is_timeout() && e.is_fatal(), "{which:?}: {e:?}");
+        writer.abort();
+    }
 }
 
 /// A spawned connection over a 64-byte pipe whose peer never reads, above
@@ -576,6 +579,102 @@ async fn serve_stops_reading_requests_while_output_is_above_the_high_watermark()
         "every request answered, none lost"
     );
     within("server", server).await.unwrap().unwrap();
+}
+
+/// A server with only a read timeout. The client pipelines 40 requests,
+/// then reads every answer slowly but steadily (512 bytes every 100 ms):
+/// the loop stops reading above the high watermark, so its read timer
+/// fires, but that is the loop's own doing, not a stuck peer.
+#[tokio::test(start_paused = true)]
+async fn a_read_timeout_while_serve_holds_back_does_not_end_it() {
+    const N: usize = 40;
+    let (server_io, client_io) = tokio::io::duplex(512);
+    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
+        Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
+    });
+    let mut builder = QueuedFramed::builder();
+    builder.rtimeout(Duration::from_secs(1)).watermarks(4096, 0);
+    let server = tokio::spawn(
+        serve(
+            server_io,
+            anyframe::codecs::Utf8LineCodec::new(),
+            LineCodec::new(),
+            echo,
+        )
+        .connection(builder)
+        .run(),
+    );
+    let mut reqs = Vec::new();
+    for i in 0..N {
+        reqs.extend_from_slice(format!("r{i}\n").as_bytes());
+    }
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    let writer = tokio::spawn(async move {
+        wr.write_all(&reqs).await.unwrap();
+        wr // keep the write side open
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let lines = within("answers", async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.iter().filter(|&&b| b == b'\n').count() == N {
+                break;
+            }
+        }
+        got.iter().filter(|&&b| b == b'\n').count()
+    })
+    .await;
+    let _wr = writer.await.unwrap();
+    let outcome = if server.is_finished() {
+        Some(server.await.unwrap())
+    } else {
+        None
+    };
+    assert_eq!(
+        lines, N,
+        "a client reading steadily got {lines} of {N} answers; serve ended with {outcome:?}"
+    );
+}
+
+/// Two requests and an over-long line (fatal ENOSPC under the default
+/// policy) that arrive in one read: serve answers both before it ends with
+/// the error (LC-5, LC-6), as it does when they arrive apart.
+async fn two_requests_then_a_fatal_line() -> (Vec<u8>, anyframe::Result<()>) {
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
+        Ok::<_, std::convert::Infallible>(format!("echo {}", line.line()))
+    });
+    let decoder = anyframe::codecs::Utf8LineCodec::builder()
+        .max_length(8)
+        .build_utf8()
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    let mut input = b"a\nb\n".to_vec();
+    input.extend_from_slice(&[b'x'; 100]);
+    // Written before the server starts: its first read gets all of it.
+    wr.write_all(&input).await.unwrap();
+    let server = tokio::spawn(serve(server_io, decoder, LineCodec::new(), echo).run());
+    let out = within("server", server).await.unwrap();
+    let mut got = Vec::new();
+    let _ = within("read", rd.read_to_end(&mut got)).await;
+    drop(wr);
+    (got, out)
+}
+
+#[tokio::test]
+async fn serve_answers_the_requests_read_with_a_fatal_line_before_it_ends() {
+    let (got, out) = two_requests_then_a_fatal_line().await;
+    assert!(out.is_err());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "echo a\necho b\n",
+        "serve ended with {out:?}"
+    );
 }
 
 // ----- 8. after a fatal write-side error, output is not kept for the linger -----

@@ -999,14 +999,7 @@ impl Core {
             }
             return None;
         }
-        Some((
-            which,
-            Error::timed_out(match which {
-                Timeout::Idle => "idle timeout",
-                Timeout::Read => "read timeout",
-                Timeout::Write => "write timeout",
-            }),
-        ))
+        Some((which, Error::timer_expired(which)))
     }
 
     /// A setter checks the deadlines at once, without waiting for the next

@@ -704,14 +704,45 @@ impl Handle {
         D::Item: Send + 'static,
         D::Error: Into<Error>,
     {
+        self.queue_batch(decoder, limit, true)
+    }
+
+    /// [`push_read_many`](Self::push_read_many) for the server loop, which
+    /// answers the frames before it ends: a fatal error after them is the
+    /// next batch's, as a non-fatal one is, and does not close the
+    /// connection under the answers (LC-5, LC-6). Nothing else reads.
+    pub(crate) fn push_read_many_deferring<D>(
+        &self,
+        decoder: D,
+        limit: usize,
+    ) -> Ticket<(D, Vec<D::Item>)>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
+        self.queue_batch(decoder, limit, false)
+    }
+
+    fn queue_batch<D>(
+        &self,
+        decoder: D,
+        limit: usize,
+        close_on_fatal: bool,
+    ) -> Ticket<(D, Vec<D::Item>)>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+    {
         let batch = crate::queued::request::Batch::new(decoder, limit);
         self.lock()
-            .enqueue_batch(batch, |(decoder, frames, error), q| {
+            .enqueue_batch(batch, move |(decoder, frames, error), q| {
                 // Frames came before the error: they go now, and the error
                 // is the next call's, as the batch's own (non-fatal) or as
                 // the one that closed the connection (fatal, ERR-2).
                 match error {
-                    Some(e) if e.is_fatal() => q.core.close(e),
+                    Some(e) if e.is_fatal() && close_on_fatal => q.core.close(e),
                     Some(e) => q.defer_error(e),
                     None => {}
                 }

@@ -16,6 +16,7 @@ use tower_service::Service;
 use crate::config::Builder;
 use crate::error::{Error, ErrorKind, Result};
 use crate::queued::Ticket;
+use crate::queued::Timeout;
 
 /// Default bound on requests being served at once per connection: enough to
 /// keep a pipelining client's window full, bounded so that one connection
@@ -341,14 +342,14 @@ where
     /// request), and answers are corked into few large writes. The loop
     /// stops reading while its output is above the connection's high
     /// watermark (a client that sends but does not read is not answered
-    /// into unbounded memory) and goes on at the low one. With a write
-    /// timeout set, a client that takes none of the answers for that long
-    /// ends the loop, and the unsent answers are dropped.
+    /// into unbounded memory) and goes on at the low one. With a write or
+    /// idle timeout set, a client that takes none of the answers for that
+    /// long ends the loop, and the unsent answers are dropped.
     ///
     /// # Errors
     ///
     /// A fatal connection error; a fatal `ETIMEDOUT` when the answers were
-    /// not taken for a write timeout; a request the decoder rejects (after the
+    /// not taken for a write or idle timeout; a request the decoder rejects (after the
     /// responses before it are written), unless
     /// [`on_bad_request`](Self::on_bad_request) answers it; a service error
     /// that [`map_errors`](Self::map_errors) did not turn into a response.
@@ -413,11 +414,23 @@ where
                         Poll::Ready(Ok(())) => {
                             if let Some(d) = reader.take() {
                                 next =
-                                    Some(handle.push_read_many(d, max_in_flight - in_flight.len()));
+                                    Some(handle.push_read_many_deferring(
+                                        d,
+                                        max_in_flight - in_flight.len(),
+                                    ));
                             }
                         }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Event::Stalled(e)),
-                        Poll::Pending => {}
+                        // The peer took none of the answers for a whole
+                        // write (or idle) period, or the connection failed.
+                        // A read timeout heard here only says the loop is
+                        // not reading, which is its own doing.
+                        Poll::Ready(Err(e))
+                            if e.is_fatal()
+                                || matches!(e.timeout(), Some(Timeout::Write | Timeout::Idle)) =>
+                        {
+                            return Poll::Ready(Event::Stalled(e));
+                        }
+                        Poll::Ready(Err(_)) | Poll::Pending => {}
                     }
                 }
                 if let Some(t) = next.as_mut()
@@ -461,11 +474,9 @@ where
                 }
                 Event::Called => {}
                 Event::Stalled(e) => {
-                    // The peer has taken none of the answers for a whole
-                    // write timeout (or the connection failed): nothing
-                    // more is read, and what is queued is dropped with the
-                    // connection rather than lingered toward a peer that
-                    // does not read.
+                    // Nothing more is read, and what is queued is dropped
+                    // with the connection rather than lingered toward a
+                    // peer that does not read.
                     tracing::debug!(error = %e, "server loop: answers not taken");
                     let e = if e.is_fatal() {
                         e
@@ -473,7 +484,7 @@ where
                         Error::new(
                             ErrorKind::TimedOut,
                             true,
-                            "write timeout: the peer took none of the answers",
+                            "timed out: the peer took none of the answers",
                         )
                     };
                     reading = false;
