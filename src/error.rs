@@ -163,12 +163,15 @@ impl Error {
     /// A pipelined response that could not be decoded: the stream is out
     /// of step, so the error closes the connection.
     pub(crate) fn out_of_step(e: Error) -> Error {
-        Error::with(
-            e.kind(),
-            true,
+        Error::fatal_because(
+            e,
             "a pipelined response could not be decoded; the stream is out of step",
-            Source::Other(Box::new(e)),
         )
+    }
+
+    /// `e` made fatal by what it means here: `message` says why.
+    pub(crate) fn fatal_because(e: Error, message: &'static str) -> Error {
+        Error::with(e.kind(), true, message, Source::Other(Box::new(e)))
     }
 
     /// A user callback panicked while the engine ran it.

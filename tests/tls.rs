@@ -956,26 +956,61 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated_between(cb: TlsBackend
     .await;
 }
 
-/// A STARTTLS refused without a change (EINVAL: after our stoptls the
-/// peer's close_notify has not come yet, so TLS is still winding down)
-/// fails its own ticket only: the read queued behind it gets its line.
+/// A STARTTLS refused while TLS is up (EINVAL) changes nothing: it fails
+/// its own ticket only, and the read queued behind it gets the bytes that
+/// were already buffered.
 #[tokio::test]
-async fn a_refused_starttls_fails_only_its_own_ticket() {
+async fn a_starttls_refused_while_tls_is_up_fails_only_its_own_ticket() {
     for &b in pki::BACKENDS {
         let (mut client, mut server) = tls_pair_on(b).await;
-        within("stop", server.stoptls()).await.unwrap();
-        // The client has not stopped: its line goes over TLS.
-        within("write", client.write(LineCodec::new(), "hello"))
-            .await
-            .unwrap();
+        client.push_write(LineCodec::new(), "hello").unwrap();
+        client.push_write(LineCodec::new(), "world").unwrap();
+        within("write", client.flush()).await.unwrap();
+        let first = within("first", server.read(LineCodec::new())).await;
+        assert_eq!(first.unwrap().line(), b"hello", "{b:?}");
+        // Both lines came in one record: the second is buffered.
+        assert_eq!(server.read_buffer(), b"world\n", "{b:?}");
         let start = server.push_starttls(server_on(b));
         let read = server.push_read(LineCodec::new());
         let e = within("start", server.wait(start)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{b:?}: {e}");
         assert!(!e.is_fatal(), "{b:?}: {e}");
-        assert!(e.to_string().contains("still stopping"), "{b:?}: {e}");
         let line = within("read", server.wait(read)).await;
-        assert_eq!(line.unwrap().line(), b"hello", "{b:?}");
+        assert_eq!(line.unwrap().line(), b"world", "{b:?}");
+        assert!(server.is_tls());
+    }
+}
+
+/// A STARTTLS refused on a connection that is not in TLS (here TLS is
+/// still winding down after our stoptls: the peer's close_notify has not
+/// been read) closes the connection: what was queued behind it was meant
+/// for TLS (TLS-1, TLS-4).
+#[tokio::test]
+async fn a_starttls_refused_while_tls_winds_down_closes_the_connection() {
+    for &b in pki::BACKENDS {
+        let (mut client, mut server) = tls_pair_on(b).await;
+        within("stop", server.stoptls()).await.unwrap();
+        // The client has not stopped: both lines go over TLS, in one record.
+        client.push_write(LineCodec::new(), "hello").unwrap();
+        client.push_write(LineCodec::new(), "world").unwrap();
+        within("write", client.flush()).await.unwrap();
+        let first = within("first", server.read(LineCodec::new())).await;
+        assert_eq!(first.unwrap().line(), b"hello", "{b:?}");
+        assert_eq!(server.read_buffer(), b"world\n", "{b:?}");
+        let start = server.push_starttls(server_on(b));
+        let read = server.push_read(LineCodec::new());
+        let e = within("start", server.wait(start)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{b:?}: {e}");
+        assert!(e.is_fatal(), "{b:?}: {e}");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(
+            source.is_some_and(|s| s.contains("still stopping")),
+            "{b:?}: {e}"
+        );
+        assert!(server.wait(read).await.unwrap_err().is_fatal());
+        assert!(server.is_closed());
+        // What was read before stays where it was, for `into_parts`.
+        assert_eq!(server.read_buffer(), b"world\n", "{b:?}");
     }
 }
 
@@ -1043,6 +1078,52 @@ async fn output_behind_a_refused_starttls_is_not_lingered_in_plaintext() {
         drop(handle);
         let _ = within("driver", driver).await;
         assert!(!sent_in_plaintext(&writes), "{b:?}");
+    }
+}
+
+/// Output pushed behind a STARTTLS from another thread while the driver is
+/// busy goes to the handle's inbox, not yet in the write queue when the
+/// STARTTLS is refused: it must not leave in plaintext either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_posted_behind_a_refused_starttls_never_leaves_in_plaintext() {
+    for &b in pki::BACKENDS {
+        let (mut client, server, writes) = tapped_server_pair(b).await;
+        let (handle, driver) = server.spawn();
+        within("stop", handle.stoptls()).await.unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        // A read whose completion holds the engine a moment (it runs inside
+        // the driver's turn).
+        let read = handle.push_read_with(LineCodec::new(), move |line, _q| {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv_timeout(Duration::from_secs(5));
+            Ok(line)
+        });
+        let start = handle.starttls(server_on(b));
+        let h2 = handle.clone();
+        let pusher = std::thread::spawn(move || {
+            entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            // The engine is busy: this goes into the inbox, behind the
+            // STARTTLS queued above.
+            h2.push_write(LineCodec::new(), "secret").unwrap();
+            let _ = release_tx.send(());
+        });
+        // The client is still in TLS: its line goes over the old session.
+        within("go", client.write(LineCodec::new(), "go"))
+            .await
+            .unwrap();
+        let line = within("read", read).await.unwrap();
+        assert_eq!(line.line(), b"go");
+        let st = within("start", start).await;
+        pusher.join().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = handle.flush().await;
+        drop(handle);
+        let _ = within("driver", driver).await;
+        assert!(
+            !sent_in_plaintext(&writes),
+            "{b:?}: 'secret', pushed after starttls(), went out in plaintext (start: {st:?})"
+        );
     }
 }
 

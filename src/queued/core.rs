@@ -1589,12 +1589,17 @@ impl Core {
                     // Everything already read is the peer's handshake.
                     let replay = self.rbuf.split().freeze();
                     let mode = mode.take().expect("a STARTTLS starts once");
-                    match io.start_tls(mode, replay) {
+                    match io.start_tls(mode, replay.clone()) {
                         Ok(()) => {
                             sw.kind = SwitchKind::Handshaking;
                             continue;
                         }
-                        Err(e) => Err(e),
+                        Err(e) => {
+                            // Refused, nothing changed: the bytes are still
+                            // the next read's.
+                            self.rbuf.extend_from_slice(&replay);
+                            Err(e)
+                        }
                     }
                 }
                 SwitchKind::Handshaking => match ready!(io.poll_handshake(cx)) {
@@ -1626,23 +1631,19 @@ impl Core {
             };
             self.wq.clear_marker();
             // A switch that failed without changing anything (refused at
-            // the start) is its own caller's error (ERR-3), unless output
-            // queued behind a STARTTLS would now leave in plaintext
-            // (TLS-4): that closes the connection before any of it does.
+            // the start) is its own caller's error (ERR-3), unless it was a
+            // STARTTLS on a connection not in TLS: whatever was queued
+            // behind it, now or by a handle about to hand it over, was meant
+            // for TLS and must not leave in plaintext (TLS-4), so the
+            // connection closes before any of it does.
             let refused_start = matches!(sw.kind, SwitchKind::Start(_));
             let step = match step {
-                Err(e)
-                    if !e.is_fatal()
-                        && refused_start
-                        && !self.tls_active
-                        && !self.wq.is_empty() =>
-                {
+                Err(e) if !e.is_fatal() && refused_start && !self.tls_active => {
                     // Dropped here: a lingering close must not send it either.
                     drop(self.wq.take_all());
-                    Err(Error::new(
-                        crate::ErrorKind::InvalidInput,
-                        true,
-                        "STARTTLS refused with output queued for TLS: closed so that it is not sent in plaintext",
+                    Err(Error::fatal_because(
+                        e,
+                        "STARTTLS refused on a connection not in TLS: closed so that nothing meant for TLS leaves in plaintext",
                     ))
                 }
                 step => step,
