@@ -917,6 +917,34 @@ async fn handle_read_many_takes_every_buffered_frame_then_a_clean_end() {
     assert!(rest.is_empty(), "a clean end of input is an empty batch");
 }
 
+/// The error after a batch's frames is for the batch that goes on with its
+/// decoder. A plain read next (another kind of request) does not get it,
+/// and then no later batch does either: it would not be theirs.
+#[tokio::test]
+async fn the_error_after_a_batch_is_never_handed_to_a_later_unrelated_batch() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let codec = || {
+        LineCodec::builder()
+            .max_length(4)
+            .overflow(OverflowPolicy::Discard)
+            .build()
+            .unwrap()
+    };
+    peer.write_all(b"ok\nmuch too long\nnext\n").await.unwrap();
+    let (_, first) = within("batch", handle.read_many(codec(), 10))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let next = within("plain", handle.read(codec())).await.unwrap();
+    assert_eq!(next.line(), b"next");
+    peer.write_all(b"fine\n").await.unwrap();
+    let (_, later) = within("later batch", handle.read_many(codec(), 10))
+        .await
+        .unwrap();
+    assert_eq!(later[0].line(), b"fine");
+}
+
 #[tokio::test]
 async fn handle_read_many_gives_an_error_after_its_frames_to_the_next_batch() {
     let (ours, mut peer) = tokio::io::duplex(1024);

@@ -202,8 +202,8 @@ pub(crate) struct Core {
     on_drain: Option<DrainHook>,
     /// TLS is established (and not stopped).
     tls_active: bool,
-    /// A non-fatal error that came after a batch of frames: the next batch
-    /// read gets it.
+    /// An error that came after a batch of frames: the next read gets it
+    /// if it is a batch, and it is dropped otherwise.
     deferred: Option<Error>,
     /// The non-fatal error of a read that nobody waited for any more when
     /// it ended (its decoder had consumed part of its frame, so it ran on):
@@ -805,14 +805,20 @@ impl Core {
                 }
                 tracing::debug!(error = %e, "an abandoned read's error dropped before a pipelined response");
             }
-            if head.is_batch()
+            if self.deferred.is_some()
                 && let Some(e) = self.deferred.take()
             {
-                // The error that came after the previous batch's frames.
-                if let Some(Entry::Read(req)) = self.queue.pop_front() {
-                    req.fail(e);
+                // The error that came after the previous batch's frames
+                // belongs to the batch that goes on with its decoder, the
+                // next one. Any other read comes after the batches: the
+                // error was not its business, and no later batch's either.
+                if head.is_batch() {
+                    if let Some(Entry::Read(req)) = self.queue.pop_front() {
+                        req.fail(e);
+                    }
+                    continue;
                 }
-                continue;
+                tracing::debug!(error = %e, "a batch's error dropped: the next read is not a batch");
             }
             match head.poll_decode(&mut self.rbuf, eof) {
                 Poll::Pending => break,

@@ -686,8 +686,9 @@ impl Handle {
     /// # Errors
     ///
     /// As [`read`](Self::read). Frames decoded before an error are never
-    /// lost: they come first, and the error is the next call's. A fatal one
-    /// has closed the connection by then, so every later call returns it.
+    /// lost: they come first. A fatal error has then closed the connection,
+    /// so every later call returns it; a non-fatal one is the error of the
+    /// next `read_many`, if that is the next read queued.
     pub async fn read_many<D>(&self, decoder: D, limit: usize) -> Result<(D, Vec<D::Item>)>
     where
         D: Decoder + Send + 'static,
