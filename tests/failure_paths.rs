@@ -345,6 +345,20 @@ async fn a_stalled_inline_flush_resolves_with_etimedout_under_wtimeout() {
     assert!(!conn.is_closed());
 }
 
+/// An idle and a write timeout of the same period expire in the same
+/// turn: the waiter told of the first must still be there to take the
+/// latest, not be forgotten as gone before it could look.
+#[tokio::test(start_paused = true)]
+async fn poll_write_ready_hears_two_timeouts_that_expire_together() {
+    let (handle, _driver, _peer) = blocked_with(|b| {
+        b.timeout(Duration::from_secs(1))
+            .wtimeout(Duration::from_secs(1));
+    });
+    let ready = std::future::poll_fn(|cx| handle.poll_write_ready(cx));
+    let e = within("poll_write_ready", ready).await.unwrap_err();
+    assert_eq!(e.timeout(), Some(Timeout::Write), "{e:?}");
+}
+
 /// A spawned connection with a 1 s write timeout and a high watermark of
 /// 1 KiB over a 64-byte pipe whose other end (returned) never reads.
 fn one_second_wtimeout_over_a_full_pipe() -> (
@@ -393,7 +407,14 @@ async fn a_client_is_not_ready_for_ever_against_a_peer_that_never_reads() {
 
 #[tokio::test(start_paused = true)]
 async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
-    for which in [Timeout::Write, Timeout::Idle] {
+    // Each alone, and each beside a read timeout of the same period,
+    // which expires in the same turn and must not hide it.
+    for (which, with_read) in [
+        (Timeout::Write, false),
+        (Timeout::Idle, false),
+        (Timeout::Write, true),
+        (Timeout::Idle, true),
+    ] {
         let (server_io, client_io) = tokio::io::duplex(256);
         let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
             Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
@@ -404,6 +425,9 @@ async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
             Timeout::Write => builder.wtimeout(Duration::from_secs(1)),
             _ => builder.timeout(Duration::from_secs(1)),
         };
+        if with_read {
+            builder.rtimeout(Duration::from_secs(1));
+        }
         let server = tokio::spawn(
             serve(
                 server_io,
@@ -418,7 +442,10 @@ async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
         let (_rd, mut wr) = tokio::io::split(client_io);
         let writer = tokio::spawn(async move { while wr.write_all(b"req\n").await.is_ok() {} });
         let e = within("serve", server).await.unwrap().unwrap_err();
-        assert!(e.is_timeout() && e.is_fatal(), "{which:?}: {e:?}");
+        assert!(
+            e.is_timeout() && e.is_fatal(),
+            "{which:?} {with_read}: {e:?}"
+        );
         writer.abort();
     }
 }
@@ -639,6 +666,52 @@ async fn a_read_timeout_while_serve_holds_back_does_not_end_it() {
         lines, N,
         "a client reading steadily got {lines} of {N} answers; serve ended with {outcome:?}"
     );
+}
+
+/// More requests wait unread than serve may have in flight, and its read
+/// timer fires again and again while it holds back: once the client takes
+/// the answers, serve reads and answers the rest (it stays parked on the
+/// write side after ignoring each read timeout).
+#[tokio::test(start_paused = true)]
+async fn serve_resumes_after_ignoring_read_timeouts_while_holding_back() {
+    const N: usize = 200;
+    let (server_io, client_io) = tokio::io::duplex(512);
+    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
+        Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
+    });
+    let mut builder = QueuedFramed::builder();
+    builder.watermarks(4096, 0).rtimeout(Duration::from_secs(1));
+    let server = tokio::spawn(
+        serve(
+            server_io,
+            anyframe::codecs::Utf8LineCodec::new(),
+            LineCodec::new(),
+            echo,
+        )
+        .max_in_flight(4)
+        .connection(builder)
+        .run(),
+    );
+    let requests: String = (0..N).map(|i| format!("r{i}\n")).collect();
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    let writer = tokio::spawn(async move {
+        wr.write_all(requests.as_bytes()).await.unwrap();
+        wr
+    });
+    // Several read-timeout periods while serve holds back.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut lines = 0;
+    let mut buf = [0u8; 4096];
+    while lines < N {
+        let n = within("answers", rd.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "serve ended after {lines} of {N} answers");
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    drop(writer.await.unwrap());
+    // Every answer taken, the client then sends nothing: serve ends on its
+    // read timeout, as a server with one does.
+    let e = within("serve", server).await.unwrap().unwrap_err();
+    assert_eq!(e.timeout(), Some(Timeout::Read), "{e:?}");
 }
 
 /// Two requests and an over-long line (fatal ENOSPC under the default
@@ -1061,6 +1134,47 @@ fn park_on<F: std::future::Future>(f: F) -> F::Output {
             return v;
         }
         std::thread::park();
+    }
+}
+
+/// AnyEvent's usual reader: each line's completion queues the read of the
+/// next one (the tickets are never awaited, as callbacks' results).
+fn read_every_line(q: &mut anyframe::Requests<'_>, echo: bool) {
+    std::mem::forget(q.push_read_with(LineCodec::new(), move |line, q| {
+        if echo {
+            let _ = q.push_write(LineCodec::new(), line.line().to_vec());
+        }
+        read_every_line(q, echo);
+        Ok(())
+    }));
+}
+
+/// Such a reader over a transport that always has input: the driver must
+/// still give the other tasks on its thread their turn, reading and
+/// answering alike.
+#[test]
+fn a_reader_over_endless_input_does_not_starve_the_thread() {
+    for echo in [false, true] {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (handle, _driver) = QueuedFramed::new(support::EndlessLines).spawn();
+                std::mem::forget(handle.push_read_with(LineCodec::new(), move |_, q| {
+                    read_every_line(q, echo);
+                    Ok(())
+                }));
+                tokio::task::yield_now().await;
+                tokio::spawn(async {}).await.unwrap();
+                let _ = done.send(());
+            });
+        });
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("echo {echo}: the driver never yielded its thread"));
     }
 }
 

@@ -130,6 +130,12 @@ pub(crate) type DrainHook = Box<dyn FnMut(&mut Requests<'_>) + Send>;
 /// the task would wait. 64 KiB fills a loopback socket buffer's worth.
 const CORK_BOUNDARY: usize = 64 * 1024;
 
+/// Completions one [`Core::dispatch`] runs before it returns to its caller:
+/// the driver spends a unit of its task's budget per round, so a stream of
+/// small frames that keeps queueing the next read still lets the other
+/// tasks on its thread run.
+const DISPATCH_ROUND: usize = 32;
+
 /// Cancelled requests are swept out of the queue once it reaches twice
 /// its length after the last sweep, and never below this.
 const SWEEP_MIN: usize = 64;
@@ -473,7 +479,7 @@ impl Core {
     fn fail_write_waiters(&mut self, err: &Error) -> bool {
         // Woken to see the error (the backpressure itself stays); they look
         // once this turn lets go of the engine, after it is recorded below.
-        let parked = self.marks.owe_waiters();
+        let parked = self.marks.owe_waiters(err);
         if self.flush_waiters.is_empty() && !parked {
             return false;
         }
@@ -497,15 +503,12 @@ impl Core {
         let owed = match since {
             WaitingSince::Epoch(epoch) if self.write_errors > epoch => {
                 self.marks.forget(cx);
-                true
+                self.last_write_error.clone()
             }
-            WaitingSince::Epoch(_) => false,
+            WaitingSince::Epoch(_) => None,
             WaitingSince::Parked => self.marks.take_owed(cx),
         };
-        match &self.last_write_error {
-            Some(e) if owed => Err(e.clone()),
-            _ => Ok(()),
-        }
+        owed.map_or(Ok(()), Err)
     }
 
     /// Closes the connection: every queued request, switch and waiter fails
@@ -778,9 +781,17 @@ impl Core {
     /// input, the head is a TLS switch, or the queue is empty. Requests
     /// unshifted by a completion run next, on the same bytes, before any
     /// new read.
-    pub(crate) fn dispatch(&mut self) {
+    ///
+    /// Returns true when it stopped after [`DISPATCH_ROUND`] completions
+    /// with more to run: the caller runs it again before it reads (the
+    /// driver spends a unit of its task's budget in between).
+    pub(crate) fn dispatch(&mut self) -> bool {
         let eof = self.is_eof();
+        let mut completed = 0;
         while let Life::Open = self.life {
+            if completed == DISPATCH_ROUND {
+                return true;
+            }
             let Some(Entry::Read(head)) = self.queue.front_mut() else {
                 break;
             };
@@ -830,6 +841,7 @@ impl Core {
                         Ok(()) => {
                             tracing::trace!(buffered = self.rbuf.len(), "read request complete");
                             req.complete(&mut Requests { core: self });
+                            completed += 1;
                         }
                         Err(e) => {
                             // A pipelined response that cannot be decoded
@@ -861,6 +873,7 @@ impl Core {
                 }
             }
         }
+        false
     }
 
     /// Hands `err` to the next batch read (`read_many`) (see `dispatch`).
@@ -1066,7 +1079,7 @@ impl Core {
         IO: Transport,
     {
         loop {
-            self.dispatch();
+            while self.dispatch() {}
             self.check_open()?;
             if self.queue.is_empty() {
                 return Poll::Ready(Ok(()));
@@ -1691,9 +1704,16 @@ impl Core {
     {
         self.register_driver(cx.waker());
         loop {
-            self.dispatch();
+            // A unit of the task's budget per round: over a transport
+            // that always has input (and takes every write), with requests
+            // that queue the next one, the driver still yields its thread.
+            ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+            let more = self.dispatch();
             if self.is_closed() {
                 return Poll::Ready(());
+            }
+            if more {
+                continue;
             }
             if self.head_is_switch() {
                 // A TLS switch: nothing else moves until it is done.

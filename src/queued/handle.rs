@@ -878,9 +878,9 @@ impl Handle {
     /// when a write timeout expires while it waits (TO-3). A poll form
     /// keeps no state of its own, so the waiter is known by its waker: one
     /// that comes back with another waker, or a second poller sharing the
-    /// first one's, hears of the next expiry instead. A waiter that does
-    /// not come back within a timeout period after being woken is
-    /// forgotten.
+    /// first one's, hears of the next expiry instead. A waiter that has
+    /// not come back 100 ms after being woken is taken for gone and
+    /// forgotten at the next expiry.
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.lock().poll_write_ready(cx, WaitingSince::Parked)
     }

@@ -2,6 +2,11 @@
 //! an edge-triggered drain notification when the queue falls to the low mark.
 
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
 
 /// Default high-water mark: a `Sink` or `ready_to_write` waits above it.
 /// tokio-util's `FramedWrite` pushes back at 8 KiB; our write queue coalesces
@@ -23,13 +28,18 @@ pub(crate) struct Watermarks {
     waiters: Vec<Waiter>,
 }
 
+/// How long a waiter told of a write-side error may take to come back for
+/// it before it is taken for gone. A live task polls within microseconds of
+/// its wake-up; the grace only has to outlast a busy scheduler.
+const COME_BACK: Duration = Duration::from_millis(100);
+
 /// A producer parked in `poll_ready` or `poll_drained`.
 #[derive(Debug)]
 struct Waiter {
     waker: Waker,
-    /// A write-side error came while it was parked, and it has not looked
-    /// since: its next poll returns that error.
-    owed: bool,
+    /// The write-side error it was told of and has not looked for since,
+    /// and when: its next poll returns it.
+    told: Option<(Instant, Error)>,
 }
 
 impl Watermarks {
@@ -101,37 +111,46 @@ impl Watermarks {
         if !self.waiters.iter().any(|w| w.waker.will_wake(cx.waker())) {
             self.waiters.push(Waiter {
                 waker: cx.waker().clone(),
-                owed: false,
+                told: None,
             });
         }
     }
 
     /// A write-side error for every parked waiter: each is woken and owed
-    /// the error until it takes it ([`take_owed`](Self::take_owed)) or
-    /// stops waiting ([`forget`](Self::forget)); the state is unchanged.
-    /// Returns whether anybody was told.
+    /// `err` until it takes it ([`take_owed`](Self::take_owed)) or stops
+    /// waiting ([`forget`](Self::forget)); the state is unchanged. Returns
+    /// whether anybody was told.
     ///
-    /// A waiter still owed an earlier error was woken a whole timeout ago
-    /// and has not looked since: its task is gone (a dropped future, a
-    /// finished task). It is dropped here, so gone tasks neither pile up
-    /// nor count as somebody hearing the error.
-    pub(crate) fn owe_waiters(&mut self) -> bool {
-        self.waiters.retain(|w| !w.owed);
+    /// A waiter still owed an earlier error keeps that one: timers that
+    /// expire in the same turn are routed write timeout first (TO-3), and
+    /// the first says most. But one told more than [`COME_BACK`] ago has
+    /// not looked since: its task is gone (a dropped future, a finished
+    /// task). It is dropped here, so gone tasks neither pile up nor count
+    /// as somebody hearing the error.
+    pub(crate) fn owe_waiters(&mut self, err: &Error) -> bool {
+        let now = Instant::now();
+        self.waiters.retain(|w| {
+            w.told
+                .as_ref()
+                .is_none_or(|(told, _)| now.duration_since(*told) < COME_BACK)
+        });
         for w in &mut self.waiters {
-            w.owed = true;
-            w.waker.wake_by_ref();
+            if w.told.is_none() {
+                w.told = Some((now, err.clone()));
+                w.waker.wake_by_ref();
+            }
         }
         !self.waiters.is_empty()
     }
 
-    /// Whether the waiter polling with `cx` is owed an error; it is then
+    /// The error owed to the waiter polling with `cx`, if any; it is then
     /// no longer parked.
-    pub(crate) fn take_owed(&mut self, cx: &Context<'_>) -> bool {
-        let owed = self
+    pub(crate) fn take_owed(&mut self, cx: &Context<'_>) -> Option<Error> {
+        let at = self
             .waiters
             .iter()
-            .position(|w| w.owed && w.waker.will_wake(cx.waker()));
-        owed.map(|i| self.waiters.swap_remove(i)).is_some()
+            .position(|w| w.told.is_some() && w.waker.will_wake(cx.waker()))?;
+        self.waiters.swap_remove(at).told.map(|(_, e)| e)
     }
 
     /// The waiter polling with `cx` stops waiting (it returns an error it

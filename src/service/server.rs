@@ -410,27 +410,36 @@ where
                     && waiting.is_empty()
                     && in_flight.len() < max_in_flight
                 {
-                    match handle.poll_write_ready(cx) {
-                        Poll::Ready(Ok(())) => {
-                            if let Some(d) = reader.take() {
-                                next =
-                                    Some(handle.push_read_many_deferring(
+                    // Until it parks (`Pending`) or may read: an error
+                    // it ignores was only taken, so it looks again.
+                    loop {
+                        match handle.poll_write_ready(cx) {
+                            Poll::Ready(Ok(())) => {
+                                if let Some(d) = reader.take() {
+                                    next = Some(handle.push_read_many_deferring(
                                         d,
                                         max_in_flight - in_flight.len(),
                                     ));
+                                }
                             }
+                            // The peer took none of the answers for a
+                            // whole write (or idle) period, or the
+                            // connection failed.
+                            Poll::Ready(Err(e))
+                                if e.is_fatal()
+                                    || matches!(
+                                        e.timeout(),
+                                        Some(Timeout::Write | Timeout::Idle)
+                                    ) =>
+                            {
+                                return Poll::Ready(Event::Stalled(e));
+                            }
+                            // A read timeout heard here only says the loop
+                            // is not reading, which is its own doing.
+                            Poll::Ready(Err(_)) => continue,
+                            Poll::Pending => {}
                         }
-                        // The peer took none of the answers for a whole
-                        // write (or idle) period, or the connection failed.
-                        // A read timeout heard here only says the loop is
-                        // not reading, which is its own doing.
-                        Poll::Ready(Err(e))
-                            if e.is_fatal()
-                                || matches!(e.timeout(), Some(Timeout::Write | Timeout::Idle)) =>
-                        {
-                            return Poll::Ready(Event::Stalled(e));
-                        }
-                        Poll::Ready(Err(_)) | Poll::Pending => {}
+                        break;
                     }
                 }
                 if let Some(t) = next.as_mut()

@@ -269,3 +269,37 @@ impl AsyncWrite for FixedWrites {
         Poll::Ready(Ok(()))
     }
 }
+
+/// An IO whose reads always return a full buffer of `x\n` lines at once and
+/// whose writes take everything at once, without taking part in tokio's
+/// task budget (as a user's own transport may not).
+pub struct EndlessLines;
+
+impl AsyncRead for EndlessLines {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while buf.remaining() >= 2 {
+            buf.put_slice(b"x\n");
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for EndlessLines {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
