@@ -538,6 +538,75 @@ impl futures::task::ArcWake for Counted {
     }
 }
 
+/// Two producers in their own tasks (so with their own wakers), parked in
+/// the poll form when a write timeout expires: each is told, and each
+/// gets its own error, whichever looks first; one that parks afterwards is
+/// not told.
+#[tokio::test(start_paused = true)]
+async fn every_parked_producer_gets_its_own_timeout() {
+    let (handle, _driver, _peer) = blocked_with(|b| {
+        b.wtimeout(Duration::from_secs(1));
+    });
+    tokio::task::yield_now().await;
+    let counters: Vec<_> = (0..2)
+        .map(|_| Arc::new(Counted(AtomicUsize::new(0))))
+        .collect();
+    let wakers: Vec<_> = counters
+        .iter()
+        .map(|c| futures::task::waker(c.clone()))
+        .collect();
+    for w in &wakers {
+        let mut cx = std::task::Context::from_waker(w);
+        assert!(handle.poll_write_ready(&mut cx).is_pending());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A third that was not waiting then is not told, even looking first.
+    let late = futures::task::waker(Arc::new(Counted(AtomicUsize::new(0))));
+    assert!(
+        handle
+            .poll_write_ready(&mut std::task::Context::from_waker(&late))
+            .is_pending()
+    );
+    // The second looks before the first.
+    for w in wakers.iter().rev() {
+        let mut cx = std::task::Context::from_waker(w);
+        match handle.poll_write_ready(&mut cx) {
+            std::task::Poll::Ready(Err(e)) => assert!(e.is_timeout(), "{e:?}"),
+            other => panic!("a parked producer was not told: {other:?}"),
+        }
+    }
+}
+
+/// A `ready_to_write` that returns the timeout lets go of its waker at
+/// once, without waiting for the next error to find it gone.
+#[tokio::test(start_paused = true)]
+async fn a_ready_to_write_that_returns_an_error_lets_go_of_its_waker() {
+    let (handle, _driver, _peer) = blocked_with(|b| {
+        b.wtimeout(Duration::from_secs(1));
+    });
+    tokio::task::yield_now().await;
+    let counter = Arc::new(Counted(AtomicUsize::new(0)));
+    let waker = futures::task::waker(counter.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut ready = std::pin::pin!(handle.ready_to_write());
+    assert!(ready.as_mut().poll(&mut cx).is_pending());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        counter.0.load(Ordering::Relaxed) > 0,
+        "woken by the timeout"
+    );
+    match ready.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Err(e)) => assert!(e.is_timeout(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    drop(waker);
+    assert_eq!(
+        Arc::strong_count(&counter),
+        1,
+        "the connection still holds the waker"
+    );
+}
+
 /// Many producers (each its own task, so its own waker) poll
 /// `poll_write_ready` once and go away; write timeouts then fire again and
 /// again while the peer never reads. Each is woken, and none of their
