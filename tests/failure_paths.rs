@@ -405,6 +405,30 @@ async fn a_client_is_not_ready_for_ever_against_a_peer_that_never_reads() {
     assert!(e.is_some_and(|e| e.is_timeout()));
 }
 
+/// A `serve` loop over `io` that answers each line with 1,000 bytes and
+/// the line, with at most `max_in_flight` requests at once: a client that
+/// does not read fills its output fast.
+fn spawn_big_answer_server(
+    io: tokio::io::DuplexStream,
+    builder: anyframe::Builder,
+    max_in_flight: usize,
+) -> tokio::task::JoinHandle<anyframe::Result<()>> {
+    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
+        Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
+    });
+    tokio::spawn(
+        serve(
+            io,
+            anyframe::codecs::Utf8LineCodec::new(),
+            LineCodec::new(),
+            echo,
+        )
+        .max_in_flight(max_in_flight)
+        .connection(builder)
+        .run(),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
     // Each alone, and each beside a read timeout of the same period,
@@ -416,9 +440,6 @@ async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
         (Timeout::Idle, true),
     ] {
         let (server_io, client_io) = tokio::io::duplex(256);
-        let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
-            Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
-        });
         let mut builder = QueuedFramed::builder();
         builder.autocork(true).watermarks(4096, 0);
         match which {
@@ -428,15 +449,10 @@ async fn serve_ends_when_its_answers_are_not_taken_for_a_write_timeout() {
         if with_read {
             builder.rtimeout(Duration::from_secs(1));
         }
-        let server = tokio::spawn(
-            serve(
-                server_io,
-                anyframe::codecs::Utf8LineCodec::new(),
-                LineCodec::new(),
-                echo,
-            )
-            .connection(builder)
-            .run(),
+        let server = spawn_big_answer_server(
+            server_io,
+            builder,
+            anyframe::service::DEFAULT_SERVE_IN_FLIGHT,
         );
         // Requests, and never a read of the answers.
         let (_rd, mut wr) = tokio::io::split(client_io);
@@ -468,6 +484,18 @@ fn blocked_with(
     (handle, driver, peer)
 }
 
+/// A task that waits for room on the write side, gives up after 100 ms
+/// (the peer takes nothing) and ends.
+async fn give_up_on_the_write_side(handle: &anyframe::Handle) {
+    let h = handle.clone();
+    tokio::spawn(async move {
+        let r = tokio::time::timeout(Duration::from_millis(100), h.ready_to_write()).await;
+        assert!(r.is_err(), "still blocked");
+    })
+    .await
+    .unwrap();
+}
+
 /// A task that gave up on `ready_to_write` (a `timeout` around it) and
 /// ended. TO-6: with nobody waiting at all and a pipelined answer still
 /// owed, a read timeout closes the connection (fatal `ETIMEDOUT`). The
@@ -478,13 +506,7 @@ async fn a_dead_tasks_write_waiter_does_not_keep_to6_from_closing() {
         b.rtimeout(Duration::from_secs(1));
     });
     tokio::task::yield_now().await;
-    let h = handle.clone();
-    tokio::spawn(async move {
-        let r = tokio::time::timeout(Duration::from_millis(100), h.ready_to_write()).await;
-        assert!(r.is_err(), "still blocked");
-    })
-    .await
-    .unwrap();
+    give_up_on_the_write_side(&handle).await;
     // A pipelined call whose caller gave up: its answer is still owed.
     drop(handle.call(LineCodec::new(), "q", LineCodec::new()));
     // Many read-timeout periods with nobody waiting.
@@ -519,13 +541,7 @@ async fn client_poll_ready_is_not_stuck_for_ever_by_a_dead_write_waiter() {
         .call("x".repeat(8192));
     drop(call);
     // Elsewhere, a task gave up on the write side and ended.
-    let h = handle.clone();
-    tokio::spawn(async move {
-        let r = tokio::time::timeout(Duration::from_millis(100), h.ready_to_write()).await;
-        assert!(r.is_err(), "still blocked");
-    })
-    .await
-    .unwrap();
+    give_up_on_the_write_side(&handle).await;
     let r = within("client ready", client.ready()).await.map(|_| ());
     assert!(r.is_err(), "{r:?}");
 }
@@ -685,20 +701,12 @@ async fn serve_stops_reading_requests_while_output_is_above_the_high_watermark()
 async fn a_read_timeout_while_serve_holds_back_does_not_end_it() {
     const N: usize = 40;
     let (server_io, client_io) = tokio::io::duplex(512);
-    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
-        Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
-    });
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(Duration::from_secs(1)).watermarks(4096, 0);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            anyframe::codecs::Utf8LineCodec::new(),
-            LineCodec::new(),
-            echo,
-        )
-        .connection(builder)
-        .run(),
+    let server = spawn_big_answer_server(
+        server_io,
+        builder,
+        anyframe::service::DEFAULT_SERVE_IN_FLIGHT,
     );
     let mut reqs = Vec::new();
     for i in 0..N {
@@ -745,22 +753,9 @@ async fn a_read_timeout_while_serve_holds_back_does_not_end_it() {
 async fn serve_resumes_after_ignoring_read_timeouts_while_holding_back() {
     const N: usize = 200;
     let (server_io, client_io) = tokio::io::duplex(512);
-    let echo = tower::service_fn(|line: anyframe::codecs::Utf8Line| async move {
-        Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
-    });
     let mut builder = QueuedFramed::builder();
     builder.watermarks(4096, 0).rtimeout(Duration::from_secs(1));
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            anyframe::codecs::Utf8LineCodec::new(),
-            LineCodec::new(),
-            echo,
-        )
-        .max_in_flight(4)
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_big_answer_server(server_io, builder, 4);
     let requests: String = (0..N).map(|i| format!("r{i}\n")).collect();
     let (mut rd, mut wr) = tokio::io::split(client_io);
     let writer = tokio::spawn(async move {
@@ -1224,26 +1219,14 @@ fn read_every_line(q: &mut anyframe::Requests<'_>, echo: bool) {
 #[test]
 fn a_reader_over_endless_input_does_not_starve_the_thread() {
     for echo in [false, true] {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (handle, _driver) = QueuedFramed::new(support::EndlessLines).spawn();
-                std::mem::forget(handle.push_read_with(LineCodec::new(), move |_, q| {
-                    read_every_line(q, echo);
-                    Ok(())
-                }));
-                tokio::task::yield_now().await;
-                tokio::spawn(async {}).await.unwrap();
-                let _ = done.send(());
-            });
+        other_tasks_still_run(move || {
+            let (handle, driver) = QueuedFramed::new(support::EndlessLines).spawn();
+            std::mem::forget(handle.push_read_with(LineCodec::new(), move |_, q| {
+                read_every_line(q, echo);
+                Ok(())
+            }));
+            (handle, driver)
         });
-        finished
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("echo {echo}: the driver never yielded its thread"));
     }
 }
 
@@ -1280,8 +1263,21 @@ fn an_inline_flush_under_another_executor_on_a_tokio_thread_finishes() {
 /// give the other tasks on its thread their turn.
 #[test]
 fn a_drain_hook_that_never_stops_refilling_does_not_starve_the_thread() {
-    // Takes every write at once.
-    let bottomless = || support::FixedWrites(|buf| Ok(buf.len()));
+    other_tasks_still_run(|| {
+        // Takes every write at once.
+        let mut conn = QueuedFramed::new(support::FixedWrites(|buf| Ok(buf.len())));
+        conn.on_drain(|q| {
+            let _ = q.push_write(LineCodec::new(), "more");
+        });
+        conn.push_write(LineCodec::new(), "first").unwrap();
+        conn.spawn()
+    });
+}
+
+/// Runs `start` (which spawns a driver) on a current-thread runtime of
+/// its own thread, then another task there: fails unless that task runs
+/// within 10 s, that is unless the driver yields its thread.
+fn other_tasks_still_run<G: 'static>(start: impl FnOnce() -> G + Send + 'static) {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1289,13 +1285,8 @@ fn a_drain_hook_that_never_stops_refilling_does_not_starve_the_thread() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut conn = QueuedFramed::new(bottomless());
-            conn.on_drain(|q| {
-                let _ = q.push_write(LineCodec::new(), "more");
-            });
-            conn.push_write(LineCodec::new(), "first").unwrap();
-            let (_handle, _driver) = conn.spawn();
-            // Another task on the same thread.
+            let _driver = start();
+            tokio::task::yield_now().await;
             tokio::spawn(async {}).await.unwrap();
             let _ = done.send(());
         });

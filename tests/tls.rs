@@ -956,6 +956,21 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated_between(cb: TlsBackend
     .await;
 }
 
+/// The client sends `hello` and `world` in one TLS record; the server reads
+/// the first line, so the second is left in its read buffer.
+async fn hello_read_world_buffered(
+    client: &mut QueuedFramed<TcpStream>,
+    server: &mut QueuedFramed<TcpStream>,
+    b: TlsBackend,
+) {
+    client.push_write(LineCodec::new(), "hello").unwrap();
+    client.push_write(LineCodec::new(), "world").unwrap();
+    within("write", client.flush()).await.unwrap();
+    let first = within("first", server.read(LineCodec::new())).await;
+    assert_eq!(first.unwrap().line(), b"hello", "{b:?}");
+    assert_eq!(server.read_buffer(), b"world\n", "{b:?}");
+}
+
 /// A STARTTLS refused while TLS is up (EINVAL) changes nothing: it fails
 /// its own ticket only, and the read queued behind it gets the bytes that
 /// were already buffered.
@@ -963,13 +978,7 @@ async fn tcp_eof_without_close_notify_is_eproto_truncated_between(cb: TlsBackend
 async fn a_starttls_refused_while_tls_is_up_fails_only_its_own_ticket() {
     for &b in pki::BACKENDS {
         let (mut client, mut server) = tls_pair_on(b).await;
-        client.push_write(LineCodec::new(), "hello").unwrap();
-        client.push_write(LineCodec::new(), "world").unwrap();
-        within("write", client.flush()).await.unwrap();
-        let first = within("first", server.read(LineCodec::new())).await;
-        assert_eq!(first.unwrap().line(), b"hello", "{b:?}");
-        // Both lines came in one record: the second is buffered.
-        assert_eq!(server.read_buffer(), b"world\n", "{b:?}");
+        hello_read_world_buffered(&mut client, &mut server, b).await;
         let start = server.push_starttls(server_on(b));
         let read = server.push_read(LineCodec::new());
         let e = within("start", server.wait(start)).await.unwrap_err();
@@ -990,13 +999,8 @@ async fn a_starttls_refused_while_tls_winds_down_closes_the_connection() {
     for &b in pki::BACKENDS {
         let (mut client, mut server) = tls_pair_on(b).await;
         within("stop", server.stoptls()).await.unwrap();
-        // The client has not stopped: both lines go over TLS, in one record.
-        client.push_write(LineCodec::new(), "hello").unwrap();
-        client.push_write(LineCodec::new(), "world").unwrap();
-        within("write", client.flush()).await.unwrap();
-        let first = within("first", server.read(LineCodec::new())).await;
-        assert_eq!(first.unwrap().line(), b"hello", "{b:?}");
-        assert_eq!(server.read_buffer(), b"world\n", "{b:?}");
+        // The client has not stopped: its lines go over TLS.
+        hello_read_world_buffered(&mut client, &mut server, b).await;
         let start = server.push_starttls(server_on(b));
         let read = server.push_read(LineCodec::new());
         let e = within("start", server.wait(start)).await.unwrap_err();
