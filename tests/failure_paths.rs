@@ -554,6 +554,40 @@ impl futures::task::ArcWake for Counted {
     }
 }
 
+/// Every write-side waiter, future or poll form, hears the write timeout
+/// when a read or idle timeout of the same period expires in the same
+/// turn; a read with nothing to write still hears its read timeout.
+#[tokio::test(start_paused = true)]
+async fn the_write_side_hears_the_write_timeout_beside_another() {
+    for other in [Timeout::Read, Timeout::Idle] {
+        let both = |b: &mut anyframe::Builder| {
+            b.wtimeout(Duration::from_secs(1));
+            match other {
+                Timeout::Read => b.rtimeout(Duration::from_secs(1)),
+                _ => b.timeout(Duration::from_secs(1)),
+            };
+        };
+        let (handle, _driver, _peer) = blocked_with(both);
+        let e = within("ready_to_write", handle.ready_to_write())
+            .await
+            .unwrap_err();
+        assert_eq!(e.timeout(), Some(Timeout::Write), "beside {other:?}: {e:?}");
+        let (handle, _driver, _peer) = blocked_with(both);
+        let e = within("drained", handle.drained()).await.unwrap_err();
+        assert_eq!(e.timeout(), Some(Timeout::Write), "beside {other:?}: {e:?}");
+    }
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::builder()
+        .rtimeout(Duration::from_secs(1))
+        .wtimeout(Duration::from_secs(1))
+        .build(ours)
+        .spawn();
+    let e = within("read", handle.read(LineCodec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.timeout(), Some(Timeout::Read), "{e:?}");
+}
+
 /// Two producers in their own tasks (so with their own wakers), parked in
 /// the poll form when a write timeout expires: each is told, and each
 /// gets its own error, whichever looks first; one that parks afterwards is

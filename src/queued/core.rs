@@ -502,8 +502,10 @@ impl Core {
     fn poll_write_error(&mut self, cx: &Context<'_>, since: WaitingSince) -> Result<()> {
         let owed = match since {
             WaitingSince::Epoch(epoch) if self.write_errors > epoch => {
+                // Its own, if it was parked when told; else the last one.
+                let own = self.marks.take_owed(cx);
                 self.marks.forget(cx);
-                self.last_write_error.clone()
+                own.or_else(|| self.last_write_error.clone())
             }
             WaitingSince::Epoch(_) => None,
             WaitingSince::Parked => self.marks.take_owed(cx),

@@ -26,10 +26,8 @@ pub enum Timeout {
 }
 
 impl Timeout {
-    /// In the order timers that expire together are handled: the write
-    /// timeout first, as it is the one a write-side waiter must hear
-    /// (TO-3), then idle, then read.
-    const ALL: [Timeout; 3] = [Timeout::Write, Timeout::Idle, Timeout::Read];
+    /// In the order timers that expire together are handled.
+    const ALL: [Timeout; 3] = [Timeout::Idle, Timeout::Read, Timeout::Write];
 
     fn index(self) -> usize {
         match self {

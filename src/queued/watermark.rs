@@ -121,12 +121,12 @@ impl Watermarks {
     /// waiting ([`forget`](Self::forget)); the state is unchanged. Returns
     /// whether anybody was told.
     ///
-    /// A waiter still owed an earlier error keeps that one: timers that
-    /// expire in the same turn are routed write timeout first (TO-3), and
-    /// the first says most. But one told more than [`COME_BACK`] ago has
-    /// not looked since: its task is gone (a dropped future, a finished
-    /// task). It is dropped here, so gone tasks neither pile up nor count
-    /// as somebody hearing the error.
+    /// A waiter still owed an earlier error (another timer that expired in
+    /// the same turn) keeps that one, unless this is a write timeout, the
+    /// one a write-side waiter is there to hear. But one told more than
+    /// [`COME_BACK`] ago has not looked since: its task is gone (a dropped
+    /// future, a finished task). It is dropped here, so gone tasks neither
+    /// pile up nor count as somebody hearing the error.
     pub(crate) fn owe_waiters(&mut self, err: &Error) -> bool {
         let now = Instant::now();
         self.waiters.retain(|w| {
@@ -134,10 +134,15 @@ impl Watermarks {
                 .as_ref()
                 .is_none_or(|(told, _)| now.duration_since(*told) < COME_BACK)
         });
+        let write_timeout = err.timeout() == Some(crate::Timeout::Write);
         for w in &mut self.waiters {
-            if w.told.is_none() {
-                w.told = Some((now, err.clone()));
-                w.waker.wake_by_ref();
+            match &mut w.told {
+                None => {
+                    w.told = Some((now, err.clone()));
+                    w.waker.wake_by_ref();
+                }
+                Some((_, owed)) if write_timeout => *owed = err.clone(),
+                Some(_) => {}
             }
         }
         !self.waiters.is_empty()
