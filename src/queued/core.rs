@@ -165,7 +165,6 @@ impl From<FillStop> for Error {
     }
 }
 
-/// The engine state, minus the transport.
 /// Since when a write-side waiter (`ready_to_write`, `drained`, their poll
 /// forms) waits, so that it returns the errors that come after that.
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +176,7 @@ pub(crate) enum WaitingSince {
     Parked,
 }
 
+/// The engine state, minus the transport.
 pub(crate) struct Core {
     life: Life,
     input: Input,
@@ -228,8 +228,6 @@ pub(crate) struct Core {
     /// already `Closed`; telling the waiters (which drops user code) waits
     /// for the next call into the core, outside the unwinding.
     poisoned: bool,
-    /// The core runs on the spawned driver's own tokio task.
-    own_task: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -309,7 +307,6 @@ impl Core {
             peer_cert: None,
             sweep_at: SWEEP_MIN,
             poisoned: false,
-            own_task: false,
             cfg,
         }
     }
@@ -501,12 +498,11 @@ impl Core {
     /// started waiting.
     fn poll_write_error(&mut self, cx: &Context<'_>, since: WaitingSince) -> Result<()> {
         let owed = match since {
-            WaitingSince::Epoch(epoch) if self.write_errors > epoch => {
-                // Its own, if it was parked when told; else the last one.
-                let own = self.marks.take_owed(cx);
-                self.marks.forget(cx);
-                own.or_else(|| self.last_write_error.clone())
-            }
+            // Its own, if it was parked when told; else the last one.
+            WaitingSince::Epoch(epoch) if self.write_errors > epoch => self
+                .marks
+                .forget(cx)
+                .or_else(|| self.last_write_error.clone()),
             WaitingSince::Epoch(_) => None,
             WaitingSince::Parked => self.marks.take_owed(cx),
         };
@@ -1042,9 +1038,10 @@ impl Core {
         self.timers.reset(which);
     }
 
-    /// From now on the core runs on the spawned driver's own tokio task.
-    pub(crate) fn on_own_task(&mut self) {
-        self.own_task = true;
+    /// Whether the core runs on the spawned driver's own tokio task (the
+    /// driver registers itself on its first turn, and only it writes).
+    fn on_driver_task(&self) -> bool {
+        self.driver.is_some()
     }
 
     pub(crate) fn pause_timers(&mut self) {
@@ -1389,7 +1386,7 @@ impl Core {
             // that always refills the queue, the other tasks on the thread
             // still run. (Not inline: the caller's task may be polled by
             // another executor, where tokio's budget never refills.)
-            let coop = match self.own_task {
+            let coop = match self.on_driver_task() {
                 true => Some(ready!(tokio::task::coop::poll_proceed(cx))),
                 false => None,
             };

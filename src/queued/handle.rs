@@ -484,7 +484,6 @@ where
     F: Future<Output = Result<TransportIo<IO>>> + Send + 'static,
 {
     core.pause_timers();
-    core.on_own_task();
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         inbox: Mutex::new(Inbox::default()),

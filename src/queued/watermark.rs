@@ -158,10 +158,14 @@ impl Watermarks {
         self.waiters.swap_remove(at).told.map(|(_, e)| e)
     }
 
-    /// The waiter polling with `cx` stops waiting (it returns an error it
-    /// learnt another way).
-    pub(crate) fn forget(&mut self, cx: &Context<'_>) {
-        self.waiters.retain(|w| !w.waker.will_wake(cx.waker()));
+    /// The waiter polling with `cx` stops waiting (it returns an error):
+    /// the error it was told while parked, if any.
+    pub(crate) fn forget(&mut self, cx: &Context<'_>) -> Option<Error> {
+        let at = self
+            .waiters
+            .iter()
+            .position(|w| w.waker.will_wake(cx.waker()))?;
+        self.waiters.swap_remove(at).told.map(|(_, e)| e)
     }
 
     /// Wakes everybody (the handle died).

@@ -490,11 +490,7 @@ where
                     let e = if e.is_fatal() {
                         e
                     } else {
-                        Error::new(
-                            ErrorKind::TimedOut,
-                            true,
-                            "timed out: the peer took none of the answers",
-                        )
+                        Error::fatal_because(e, "the peer took none of the answers")
                     };
                     reading = false;
                     next = None;
