@@ -21,8 +21,9 @@
 //!   `\r\n|\n|\r`, fed one byte per `decode` call, against the same line
 //!   fed whole (one call). Prints the cost ratio (1-byte / whole; a decoder
 //!   that rescans the buffered line is ~10^5) and, for scale, the same ratio
-//!   for the default `\r?\n` end of line, whose per-call cost is the floor
-//!   for any decoder fed one byte at a time.
+//!   for the default `\r?\n` end of line, and for the loop alone that
+//!   appends the line to the buffer a byte at a time without decoding: the
+//!   floor under any decoder fed one byte at a time.
 //!
 //! Heap allocations per frame for the same scenarios are counted by the
 //! `allocs` bench: a counting allocator here would change these timings.
@@ -333,6 +334,20 @@ fn one_line_in_pieces(codec: &LineCodec, line: &[u8], piece: usize) -> Duration 
     elapsed
 }
 
+/// The time `one_line_in_pieces` takes to append `line` a byte at a time
+/// without any decoding: the floor under every decoder's one-byte cost.
+fn append_bytes_only(line: &[u8]) -> Duration {
+    let mut buf = BytesMut::with_capacity(line.len());
+    let t = Instant::now();
+    for byte in line.chunks(1) {
+        buf.extend_from_slice(byte);
+        black_box(&mut buf);
+    }
+    let elapsed = t.elapsed();
+    assert_eq!(buf.len(), line.len());
+    elapsed
+}
+
 fn regex_eol_1byte(h: &Harness) {
     let mut line = vec![b'x'; REGEX_LINE];
     line.push(b'\n');
@@ -341,26 +356,29 @@ fn regex_eol_1byte(h: &Harness) {
         .build()
         .expect("valid configuration");
     let default = LineCodec::new();
-    let (mut whole, mut bytes, mut default_whole, mut default_bytes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // Interleaved: the four runs of a round see the same machine load.
+    let (mut whole, mut bytes, mut default_whole, mut default_bytes, mut append) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Interleaved: the five runs of a round see the same machine load.
     for _ in 0..h.reps() {
         whole.push(one_line_in_pieces(&regex, &line, line.len()));
         bytes.push(one_line_in_pieces(&regex, &line, 1));
         default_whole.push(one_line_in_pieces(&default, &line, line.len()));
         default_bytes.push(one_line_in_pieces(&default, &line, 1));
+        append.push(append_bytes_only(&line));
     }
     // `median_ratio(a, b)` is the median of b/a per round: here the cost of
     // one byte at a time over the cost of the whole line.
     let cost = median_ratio(&whole, &bytes);
     let default_cost = median_ratio(&default_whole, &default_bytes);
     let vs_default = median_ratio(&default_bytes, &bytes);
+    let append_cost = median_ratio(&whole, &append);
     let ms = |d: &[Duration]| Measured::median_of(d, 1).median.as_secs_f64() * 1e3;
     h.note(
         "regex-eol-1byte",
         &format!(
             "whole={:.3}ms 1byte={:.2}ms cost_1byte_over_whole={cost:.1} target=20 \
-             default_eol_cost_1byte_over_whole={default_cost:.1} regex_1byte_over_default_1byte={vs_default:.2}",
+             default_eol_cost_1byte_over_whole={default_cost:.1} regex_1byte_over_default_1byte={vs_default:.2} \
+             append_only_over_whole={append_cost:.1}",
             ms(&whole),
             ms(&bytes),
         ),

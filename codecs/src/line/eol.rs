@@ -251,7 +251,13 @@ fn find_lf(hay: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    memchr::memchr(b'\n', &hay[at..]).map(|i| at + i)
+    let rest = &hay[at..];
+    if rest.len() < 8 {
+        // A few new bytes (a line arriving in small pieces): fewer than
+        // `memchr`'s call costs.
+        return rest.iter().position(|&b| b == b'\n').map(|i| at + i);
+    }
+    memchr::memchr(b'\n', rest).map(|i| at + i)
 }
 
 /// The high bit of each byte of the result is set where `word` (read

@@ -21,8 +21,19 @@
 //!
 //! When the regex has no longest match (`a+`, `[;,]+`), the search starts
 //! at the beginning each time, and the caller's limit bounds the window.
+//!
+//! # Skipping the regex
+//!
+//! A non-empty match holds its first byte, so when none of the bytes from
+//! the search's start on can occur in any match of the pattern, there is no
+//! non-empty match to find and the regex need not run. Each pattern keeps
+//! the set of bytes its matches can hold ([`ByteSet`]); for an end of line
+//! such as `\r\n|\n|\r` that is two bytes, and a long line fed a byte at a
+//! time costs a table lookup per byte instead of a regex search. Longer
+//! haystacks go straight to the regex, whose prefilters are faster there.
 
 use regex::bytes::Regex;
+use regex_syntax::hir::{Class, Hir, HirKind};
 
 /// The widest look-around the regex crate has: a Unicode word boundary
 /// decodes one character, up to 4 bytes, on each side.
@@ -34,12 +45,17 @@ pub(crate) struct Search {
     re: Regex,
     /// `None`: matches of any length (or no match at all).
     max_len: Option<usize>,
+    /// The bytes a match can hold; `None` when that is (nearly) any byte,
+    /// or unknown, and the regex must always run.
+    bytes: Option<ByteSet>,
 }
 
 impl Search {
     pub(crate) fn new(re: Regex) -> Search {
-        let max_len = max_match_len(re.as_str());
-        Search { re, max_len }
+        let hir = generous_parse(re.as_str());
+        let max_len = hir.as_ref().and_then(|h| h.properties().maximum_len());
+        let bytes = hir.as_ref().and_then(ByteSet::of_matches);
+        Search { re, max_len, bytes }
     }
 
     pub(crate) fn regex(&self) -> &Regex {
@@ -92,9 +108,21 @@ impl Search {
     /// The leftmost non-empty match starting at or after `from`, found as
     /// `find_iter` would: an empty match is passed over and the search goes
     /// on one byte later.
-    pub(crate) fn first_non_empty(&self, hay: &[u8], mut from: usize) -> Option<(usize, usize)> {
+    pub(crate) fn first_non_empty(&self, hay: &[u8], from: usize) -> Option<(usize, usize)> {
+        if let Some(bytes) = &self.bytes
+            && let Some(rest) = hay.get(from..)
+            && rest.len() <= ByteSet::SHORT
+            && !bytes.any_in(rest)
+        {
+            return None;
+        }
+        Self::regex_non_empty(&self.re, hay, from)
+    }
+
+    /// [`first_non_empty`](Self::first_non_empty) by the regex alone.
+    fn regex_non_empty(re: &Regex, hay: &[u8], mut from: usize) -> Option<(usize, usize)> {
         while from <= hay.len() {
-            let m = self.re.find_at(hay, from)?;
+            let m = re.find_at(hay, from)?;
             if !m.is_empty() {
                 return Some((m.start(), m.end()));
             }
@@ -104,25 +132,120 @@ impl Search {
     }
 }
 
-/// The length in bytes of the longest text `pattern` can match, if bounded.
+/// `pattern` read with the settings that give the longest matches and the
+/// most bytes in them, for [`Hir::properties`]'s longest match and for
+/// [`ByteSet::of_matches`].
 ///
-/// A `Regex` does not tell how it was built, so the pattern is read with the
-/// settings that give the longest matches: Unicode on (a class or `.` may
-/// match a 4-byte character where byte mode matches one byte) and case
-/// folding on (`k` may match the 3-byte Kelvin sign). Flags written in the
-/// pattern, such as `(?-u)`, still apply. A pattern built with settings
-/// that make it read differently here (free spacing, octal escapes) and
-/// fails to parse is treated as unbounded: slower, never wrong.
-fn max_match_len(pattern: &str) -> Option<usize> {
+/// A `Regex` does not tell how it was built, so the pattern is read with
+/// Unicode on (a class or `.` may match a 4-byte character where byte mode
+/// matches one byte), case folding on (`k` may match the 3-byte Kelvin
+/// sign) and `.` matching every character. Flags written in the pattern,
+/// such as `(?-u)`, still apply. A pattern built with settings that make it
+/// read differently here (free spacing, octal escapes) either reads as a
+/// superset (free spacing only removes literal spaces) or fails to parse,
+/// and is then treated as unbounded and able to hold any byte: slower,
+/// never wrong.
+fn generous_parse(pattern: &str) -> Option<Hir> {
     regex_syntax::ParserBuilder::new()
         .utf8(false)
         .unicode(true)
         .case_insensitive(true)
+        .dot_matches_new_line(true)
         .build()
         .parse(pattern)
-        .ok()?
-        .properties()
-        .maximum_len()
+        .ok()
+}
+
+/// A set of bytes, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    /// Sets above this size are not worth a pass over the haystack before
+    /// the regex: the pass would seldom rule a search out. A set with every
+    /// non-ASCII byte (case folding gives `k` the Kelvin sign) and a few
+    /// ASCII ones still rules out most text.
+    const USEFUL: u32 = 160;
+
+    /// The longest haystack checked byte by byte before a search. The
+    /// regex's own prefilters (a vectorised `memchr` for `\r\n|\n|\r`) beat
+    /// a byte loop on anything longer; on a few new bytes, the regex's fixed
+    /// cost per search is what the check saves.
+    const SHORT: usize = 64;
+
+    /// The bytes that can occur in a match of `hir`, when that set is small
+    /// enough to be worth checking.
+    ///
+    /// A class that holds all ASCII bytes but one or two counts as every
+    /// byte: it is a `.` without `s`, and a builder option
+    /// (`line_terminator`) can move the byte it leaves out.
+    fn of_matches(hir: &Hir) -> Option<ByteSet> {
+        let mut set = ByteSet([0; 4]);
+        set.add_hir(hir);
+        let size: u32 = set.0.iter().map(|w| w.count_ones()).sum();
+        (size <= Self::USEFUL).then_some(set)
+    }
+
+    fn add_hir(&mut self, hir: &Hir) {
+        match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => {}
+            HirKind::Literal(lit) => lit.0.iter().for_each(|&b| self.add_range(b, b)),
+            HirKind::Class(class) => self.add_class(class),
+            HirKind::Repetition(rep) => self.add_hir(&rep.sub),
+            HirKind::Capture(cap) => self.add_hir(&cap.sub),
+            HirKind::Concat(subs) | HirKind::Alternation(subs) => {
+                subs.iter().for_each(|sub| self.add_hir(sub));
+            }
+        }
+    }
+
+    fn add_class(&mut self, class: &Class) {
+        let mut part = ByteSet([0; 4]);
+        match class {
+            Class::Bytes(bytes) => {
+                for r in bytes.ranges() {
+                    part.add_range(r.start(), r.end());
+                }
+            }
+            Class::Unicode(chars) => {
+                for r in chars.ranges() {
+                    // ASCII as itself; any other character as every byte
+                    // that can begin or continue its UTF-8 encoding.
+                    let (start, end) = (u32::from(r.start()), u32::from(r.end()));
+                    if start < 0x80 {
+                        part.add_range(start as u8, end.min(0x7f) as u8);
+                    }
+                    if end >= 0x80 {
+                        part.add_range(0x80, 0xff);
+                    }
+                }
+            }
+        }
+        let ascii = (part.0[0].count_ones()) + (part.0[1].count_ones());
+        if ascii >= 126 {
+            part = ByteSet([u64::MAX; 4]);
+        }
+        for (word, add) in self.0.iter_mut().zip(part.0) {
+            *word |= add;
+        }
+    }
+
+    fn add_range(&mut self, start: u8, end: u8) {
+        for b in start..=end {
+            self.0[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+    }
+
+    #[inline(always)]
+    fn contains(&self, b: u8) -> bool {
+        self.0[usize::from(b >> 6)] >> (b & 63) & 1 != 0
+    }
+
+    /// Whether any byte of `hay` is in the set.
+    #[inline]
+    fn any_in(&self, hay: &[u8]) -> bool {
+        hay.iter().any(|&b| self.contains(b))
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +283,59 @@ mod tests {
         let s = search(r"\b;|;");
         assert_eq!(s.first_non_empty(b"ab;", 0), Some((2, 3)));
         assert_eq!(s.first_non_empty(b"ab", 2), None);
+    }
+
+    #[test]
+    fn byte_set_holds_what_matches_can_hold() {
+        let set = |p: &str| search(p).bytes;
+        let crlf = set(r"\r\n|\n|\r").expect("two bytes");
+        assert!(crlf.contains(b'\r') && crlf.contains(b'\n') && !crlf.contains(b'x'));
+        assert!(set(r"(?-u:\xff);").unwrap().contains(0xff));
+        // Case folding: `k` may be the Kelvin sign, so any high byte.
+        let k = set("k").unwrap();
+        assert!(k.contains(b'K') && k.contains(0xe2) && k.contains(0x84));
+        // Nearly every byte: not worth a check.
+        assert_eq!(set("."), None);
+        assert_eq!(set("(?-s:.)"), None);
+        assert_eq!(set(r"[^\n]x"), None);
+        assert_eq!(set(r"\w"), None);
+        // Not parsed here (octal escapes are off): every byte.
+        let octal = regex::bytes::RegexBuilder::new(&format!("{}141", '\\'))
+            .octal(true)
+            .build();
+        assert_eq!(Search::new(octal.unwrap()).bytes, None);
+    }
+
+    #[test]
+    fn builder_options_do_not_fool_the_byte_check() {
+        use regex::bytes::RegexBuilder;
+        let cases = [
+            // `.` moved off `\n` by the line terminator: matches `\n`.
+            (
+                RegexBuilder::new("(?-s:.)").line_terminator(b'x').build(),
+                &b"ab\n"[..],
+            ),
+            (
+                RegexBuilder::new("a.").dot_matches_new_line(true).build(),
+                b"a\n",
+            ),
+            (RegexBuilder::new("(?-u:.)").unicode(false).build(), b"\xff"),
+            (RegexBuilder::new("K").case_insensitive(true).build(), b"k"),
+            (
+                RegexBuilder::new("a b").ignore_whitespace(true).build(),
+                b"ab",
+            ),
+        ];
+        for (re, hay) in cases {
+            let re = re.unwrap();
+            let s = Search::new(re.clone());
+            assert_eq!(
+                s.first_non_empty(hay, 0),
+                Search::regex_non_empty(&re, hay, 0),
+                "{re:?} on {hay:?}"
+            );
+            assert!(s.first_non_empty(hay, 0).is_some(), "{re:?} on {hay:?}");
+        }
     }
 
     use proptest::prelude::*;
@@ -252,6 +428,20 @@ mod tests {
             let search = Search::new(Regex::new(&pattern).unwrap());
             check_resumed(&search, &hay, &cuts, Search::first_non_empty)?;
             check_resumed(&search, &hay, &cuts, Search::first)?;
+        }
+
+        #[test]
+        fn skipping_the_regex_finds_what_the_regex_finds(
+            pattern in pattern(),
+            hay in haystack(),
+            from in any::<usize>(),
+        ) {
+            let re = Regex::new(&pattern).unwrap();
+            let from = from % (hay.len() + 1);
+            prop_assert_eq!(
+                Search::new(re.clone()).first_non_empty(&hay, from),
+                Search::regex_non_empty(&re, &hay, from)
+            );
         }
     }
 }
