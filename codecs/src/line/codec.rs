@@ -400,42 +400,48 @@ impl LineCodec {
         }
         // A regex EOL may also run on from the terminator written before
         // this line (`\n+` and an empty line, say): then the reader would
-        // take the two terminators as one and lose the line.
+        // take the two terminators as one and lose the line. Such an EOL is
+        // checked on the line between two terminators, written in place;
+        // the leading one is removed afterwards.
         #[cfg(feature = "regex")]
-        if matches!(self.eol, Eol::Regex(_)) {
-            let after_a_line = [term, line, term].concat();
-            let alone = Scan::Found {
-                line_len: 0,
-                eol_len: term.len(),
-            };
-            if self.eol.scan(&after_a_line, 0, usize::MAX, true) != alone {
-                return Err(Error::invalid_input(
-                    CODEC,
-                    "line would run into the end of line before it",
-                )
-                .with_bytes(line));
-            }
-        }
+        let lead = if matches!(self.eol, Eol::Regex(_)) {
+            term.len()
+        } else {
+            0
+        };
+        #[cfg(not(feature = "regex"))]
+        let lead = 0;
         let start = dst.len();
-        dst.reserve(line.len() + term.len());
+        dst.reserve(lead + line.len() + term.len());
+        dst.extend_from_slice(&term[..lead]);
         dst.extend_from_slice(line);
         dst.extend_from_slice(term);
-        let expect = Scan::Found {
-            line_len: line.len(),
+        let written = &dst[start..];
+        let alone = Scan::Found {
+            line_len: 0,
             eol_len: term.len(),
         };
-        // What we write must frame as what we would read, whatever the
-        // length: the line's length is the reader's limit to enforce.
-        match self.eol.scan(&dst[start..], 0, usize::MAX, true) {
-            found if found == expect => Ok(()),
-            _ => {
-                dst.truncate(start);
-                Err(
-                    Error::invalid_input(CODEC, "line contains or runs into an end of line")
-                        .with_bytes(line),
-                )
-            }
+        let refusal = if lead > 0 && self.eol.scan(written, 0, usize::MAX, true) != alone {
+            Some("line would run into the end of line before it")
+        } else {
+            // What we write must frame as what we would read, whatever the
+            // length: the line's length is the reader's limit to enforce.
+            let expect = Scan::Found {
+                line_len: line.len(),
+                eol_len: term.len(),
+            };
+            (self.eol.scan(&written[lead..], 0, usize::MAX, true) != expect)
+                .then_some("line contains or runs into an end of line")
+        };
+        if let Some(why) = refusal {
+            dst.truncate(start);
+            return Err(Error::invalid_input(CODEC, why).with_bytes(line));
         }
+        if lead > 0 {
+            dst.copy_within(start + lead.., start);
+            dst.truncate(dst.len() - lead);
+        }
+        Ok(())
     }
 }
 
