@@ -294,6 +294,8 @@ mod tests {
         // Case folding: `k` may be the Kelvin sign, so any high byte.
         let k = set("k").unwrap();
         assert!(k.contains(b'K') && k.contains(0xe2) && k.contains(0x84));
+        // Many ASCII bytes, far from all.
+        assert!(set("[0-9A-J]+;").is_some());
         // Nearly every byte: not worth a check.
         assert_eq!(set("."), None);
         assert_eq!(set("(?-s:.)"), None);
