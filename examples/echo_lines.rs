@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use anyframe::codecs::LineCodec;
-use anyframe::{ErrorKind, QueuedFramed};
+use anyframe::{ErrorKind, OrEof, QueuedFramed};
 
 async fn serve_one(sock: tokio::net::TcpStream) {
     let peer = sock.peer_addr().ok();
@@ -25,30 +25,36 @@ async fn serve_one(sock: tokio::net::TcpStream) {
         .no_delay(true)
         .build_tcp(sock)
         .expect("socket options");
-    let lines = LineCodec::builder()
-        .max_length(8 * 1024)
-        .build()
-        .expect("codec");
-    let mut lines = lines;
+    // `OrEof`: the client closing between lines is a clean end (`None`),
+    // which leaves the write side open for the answers still queued; a
+    // plain read would take it as a fatal `EPIPE` and close both sides.
+    let mut lines = OrEof::new(
+        LineCodec::builder()
+            .max_length(8 * 1024)
+            .build()
+            .expect("codec"),
+    );
     loop {
         match conn.read_with(&mut lines).await {
-            Ok(line) => {
+            Ok(Some(line)) => {
                 if conn.push_write(LineCodec::new(), line.line()).is_err() {
                     break; // wbuf_max: the client stopped reading
                 }
             }
+            Ok(None) => break, // clean close
             Err(e) if e.kind() == ErrorKind::TimedOut => {
                 println!("{peer:?}: idle, closing");
                 break;
             }
-            Err(e) if e.is_eof() && conn.read_buffer().is_empty() => break, // clean close
             Err(e) => {
                 println!("{peer:?}: {e}");
                 break;
             }
         }
     }
-    let _ = conn.shutdown_write().await;
+    if let Err(e) = conn.shutdown_write().await {
+        println!("{peer:?}: {e}");
+    }
 }
 
 async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {

@@ -46,8 +46,10 @@ pub(crate) struct Config {
     pub(crate) high_water: usize,
     pub(crate) low_water: usize,
     pub(crate) autocork: bool,
-    pub(crate) no_delay: bool,
-    pub(crate) keepalive: bool,
+    /// `None`: leave the OS setting.
+    pub(crate) no_delay: Option<bool>,
+    /// `None`: leave the OS setting.
+    pub(crate) keepalive: Option<bool>,
     pub(crate) oobinline: bool,
     pub(crate) connect_timeout: Option<Duration>,
 }
@@ -78,8 +80,8 @@ impl Default for Config {
             high_water: DEFAULT_HIGH_WATER,
             low_water: DEFAULT_LOW_WATER,
             autocork: false,
-            no_delay: false,
-            keepalive: false,
+            no_delay: None,
+            keepalive: None,
             oobinline: true,
             connect_timeout: None,
         }
@@ -109,6 +111,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     pub(crate) cfg: Config,
+    autocork_chosen: bool,
     pub(crate) retry: Option<crate::connect::RetryHook>,
     #[cfg(any(feature = "tls", feature = "rustls"))]
     pub(crate) tls: Option<crate::tls::TlsMode>,
@@ -199,20 +202,29 @@ impl Builder {
     /// syscalls and packets for many small writes, a little more latency.
     pub fn autocork(&mut self, on: bool) -> &mut Self {
         self.cfg.autocork = on;
+        self.autocork_chosen = true;
         self
+    }
+
+    /// Whether [`autocork`](Self::autocork) was called: a front end with a
+    /// different default (the server loop) keeps its own otherwise.
+    #[cfg(feature = "tower")]
+    pub(crate) fn autocork_chosen(&self) -> bool {
+        self.autocork_chosen
     }
 
     /// `TCP_NODELAY` (OPT-13) for TCP transports built with
     /// [`build_tcp`](Self::build_tcp) or [`connect`](Self::connect); no-op
-    /// for other transports. Default off (the OS default).
+    /// for other transports. Unset by default: the socket keeps the OS's
+    /// setting (off for a new socket); set, it is switched on or off.
     pub fn no_delay(&mut self, on: bool) -> &mut Self {
-        self.cfg.no_delay = on;
+        self.cfg.no_delay = Some(on);
         self
     }
 
     /// `SO_KEEPALIVE` (OPT-14), as [`no_delay`](Self::no_delay).
     pub fn keepalive(&mut self, on: bool) -> &mut Self {
-        self.cfg.keepalive = on;
+        self.cfg.keepalive = Some(on);
         self
     }
 

@@ -32,16 +32,15 @@ impl fmt::Debug for RetryHook {
     }
 }
 
-/// Applies `no_delay`, `keepalive` and `oobinline` as configured. Like
-/// AnyEvent, `no_delay` and `keepalive` are only switched on (off leaves the
-/// OS default); `oobinline` is set either way.
+/// Applies `no_delay`, `keepalive` and `oobinline` as configured; an
+/// option left unset keeps the socket's setting.
 pub(crate) fn apply_socket_options(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
-    if cfg.no_delay {
-        stream.set_nodelay(true)?;
+    if let Some(on) = cfg.no_delay {
+        stream.set_nodelay(on)?;
     }
     let sock = socket2::SockRef::from(stream);
-    if cfg.keepalive {
-        sock.set_keepalive(true)?;
+    if let Some(on) = cfg.keepalive {
+        sock.set_keepalive(on)?;
     }
     sock.set_out_of_band_inline(cfg.oobinline)?;
     Ok(())
@@ -163,6 +162,26 @@ mod tests {
             sock.out_of_band_inline().unwrap(),
             "oobinline is on by default"
         );
+    }
+
+    #[tokio::test]
+    async fn socket_options_set_off_are_switched_off_and_unset_ones_kept() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        socket2::SockRef::from(&stream).set_keepalive(true).unwrap();
+        // Unset: the socket keeps what it has.
+        apply_socket_options(&stream, &Builder::new().cfg).unwrap();
+        assert!(stream.nodelay().unwrap());
+        assert!(socket2::SockRef::from(&stream).keepalive().unwrap());
+        // Set off: switched off.
+        let mut off = Builder::new();
+        off.no_delay(false).keepalive(false);
+        apply_socket_options(&stream, &off.cfg).unwrap();
+        assert!(!stream.nodelay().unwrap());
+        assert!(!socket2::SockRef::from(&stream).keepalive().unwrap());
     }
 
     #[tokio::test]

@@ -15,7 +15,10 @@ pub enum ErrorKind {
     /// (the partial frame stays in the read buffer), or a write hit a
     /// closed connection.
     BrokenPipe,
-    /// `ETIMEDOUT`: an idle, read or write timeout expired. Non-fatal.
+    /// `ETIMEDOUT`: an idle, read or write timeout expired. Usually
+    /// non-fatal; fatal when the timer expires with nobody left to tell and
+    /// a response still owed to a pipelined caller, or in the server loop
+    /// when the peer stops taking answers. Check [`Error::is_fatal`].
     TimedOut,
     /// `EBADMSG`: the peer sent bytes that are not a valid frame for the
     /// request's decoder. Non-fatal unless the decoder says the stream is out
@@ -27,7 +30,10 @@ pub enum ErrorKind {
     /// `EPROTO`: TLS handshake or protocol failure. Always fatal: the handle
     /// never continues unencrypted.
     Protocol,
-    /// An I/O error from the transport (connection reset, refused, ...).
+    /// An I/O error from the transport (connection reset, refused, ...),
+    /// or the failure of a server loop's service. Reported as `EIO`; the
+    /// OS's own error is [`Error::io_error`], the service's the
+    /// [`source`](std::error::Error::source).
     Io,
     /// The connection is closed (by `destroy`, by a fatal error elsewhere,
     /// or because its driver task ended) and the operation cannot run.
@@ -101,6 +107,8 @@ enum Source {
     #[cfg(any(feature = "tls", feature = "rustls"))]
     Tls(crate::tls::TlsError),
     Other(Box<dyn StdError + Send + Sync>),
+    /// An error of ours that this one gives a new meaning to.
+    Cause(Error),
 }
 
 impl Source {
@@ -111,6 +119,7 @@ impl Source {
             #[cfg(any(feature = "tls", feature = "rustls"))]
             Source::Tls(e) => e,
             Source::Other(e) => &**e,
+            Source::Cause(e) => e,
         }
     }
 }
@@ -171,7 +180,17 @@ impl Error {
 
     /// `e` made fatal by what it means here: `message` says why.
     pub(crate) fn fatal_because(e: Error, message: &'static str) -> Error {
-        Error::with(e.kind(), true, message, Source::Other(Box::new(e)))
+        Error::with(e.kind(), true, message, Source::Cause(e))
+    }
+
+    /// The service of a server loop failed: the loop ends with its error.
+    pub(crate) fn service(e: impl Into<Box<dyn StdError + Send + Sync>>) -> Error {
+        Error::with(
+            ErrorKind::Io,
+            true,
+            "the service failed",
+            Source::Other(e.into()),
+        )
     }
 
     /// A user callback panicked while the engine ran it.
@@ -300,6 +319,7 @@ impl Error {
     pub fn codec_error(&self) -> Option<&codecs::Error> {
         match &self.inner.source {
             Some(Source::Codec(e)) => Some(e),
+            Some(Source::Cause(e)) => e.codec_error(),
             _ => None,
         }
     }
@@ -311,6 +331,7 @@ impl Error {
     pub fn tls_error(&self) -> Option<&crate::tls::TlsError> {
         match &self.inner.source {
             Some(Source::Tls(e)) => Some(e),
+            Some(Source::Cause(e)) => e.tls_error(),
             _ => None,
         }
     }
@@ -319,6 +340,7 @@ impl Error {
     pub fn io_error(&self) -> Option<&io::Error> {
         match &self.inner.source {
             Some(Source::Io(e)) => Some(e),
+            Some(Source::Cause(e)) => e.io_error(),
             _ => None,
         }
     }
@@ -339,16 +361,35 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({})",
-            self.inner.message,
-            self.inner.kind.errno_name()
-        )?;
-        if let Some(s) = &self.inner.source {
-            write!(f, ": {}", s.as_error())?;
+        self.write_chain(f, true)
+    }
+}
+
+impl Error {
+    /// The message, the kind unless the error this one wraps names the
+    /// same, and what is behind it.
+    fn write_chain(&self, f: &mut fmt::Formatter<'_>, name_kind: bool) -> fmt::Result {
+        f.write_str(self.inner.message)?;
+        if name_kind {
+            write!(f, " ({})", self.inner.kind.errno_name())?;
         }
-        Ok(())
+        match &self.inner.source {
+            Some(Source::Cause(e)) => {
+                f.write_str(": ")?;
+                e.write_chain(f, e.kind() != self.kind())
+            }
+            Some(s) => {
+                // A source that begins by saying what this error says
+                // ("TLS handshake failed: …") is shown from where it goes on.
+                let text = s.as_error().to_string();
+                match text.strip_prefix(self.inner.message) {
+                    Some("") => Ok(()),
+                    Some(rest) if rest.starts_with(": ") => f.write_str(rest),
+                    _ => write!(f, ": {text}"),
+                }
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -484,5 +525,35 @@ mod tests {
         let e = Error::timed_out("read timeout");
         assert_eq!(e.to_string(), "read timeout (ETIMEDOUT)");
         assert!(!e.is_fatal());
+    }
+
+    #[test]
+    fn display_says_each_thing_once() {
+        // A source that repeats the message is shown from where it goes on.
+        let e = Error::with(
+            ErrorKind::Protocol,
+            true,
+            "TLS handshake failed",
+            Source::Other("TLS handshake failed: bad certificate".into()),
+        );
+        assert_eq!(
+            e.to_string(),
+            "TLS handshake failed (EPROTO): bad certificate"
+        );
+        // A wrapped error of the same kind does not name the kind again.
+        let inner = Error::with(
+            ErrorKind::BadMessage,
+            false,
+            "codec error",
+            Source::Other("json: trailing comma".into()),
+        );
+        let outer = Error::fatal_because(inner, "the stream is out of step");
+        assert_eq!(
+            outer.to_string(),
+            "the stream is out of step (EBADMSG): codec error: json: trailing comma"
+        );
+        // Sources that say something else are shown whole.
+        let io = Error::connect(io::Error::other("refused"));
+        assert!(io.to_string().ends_with(": refused"), "{io}");
     }
 }

@@ -109,5 +109,7 @@ pub use config::{
 };
 pub use connect::RetryHook;
 pub use error::{Error, ErrorKind, Result};
+#[cfg(any(feature = "tls", feature = "rustls"))]
+pub use queued::AutostartTicket;
 pub use queued::Timeout;
 pub use queued::{Driver, FnDecoder, Handle, OrEof, Parts, QueuedFramed, Requests, Ticket};

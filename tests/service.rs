@@ -184,7 +184,7 @@ async fn server_maps_service_errors_to_responses_or_closes() {
     let (a, b) = tokio::io::duplex(4096);
     let server = tokio::spawn(
         serve(b, Utf8LineCodec::new(), LineCodec::new(), failing)
-            .map_errors(|e| Some(format!("ERR {e}")))
+            .map_errors(|e| Ok(format!("ERR {e}")))
             .into_future(),
     );
     let mut client = QueuedFramed::new(a);

@@ -1964,3 +1964,28 @@ async fn the_peer_certificate_is_available_once_tls_is_up() {
         drop(within("server", stop_server).await.unwrap());
     }
 }
+
+/// A `Handle`'s autostart resolves with the handshake's outcome, as the
+/// inline `tls_autostart` returns it: a ClientHello that is not one fails
+/// the ticket, not only the requests after it.
+#[tokio::test]
+async fn handle_autostart_ticket_fails_when_the_handshake_fails() {
+    const FAKE_HELLO: &[u8] = b"\x16\x03\x01\x00\x08notahello";
+    for &b in pki::BACKENDS {
+        let (io, mut peer) = tokio::io::duplex(4096);
+        let (handle, _driver) = QueuedFramed::new(io).spawn();
+        let verdict = handle.push_tls_autostart(server_on(b));
+        peer.write_all(FAKE_HELLO).await.unwrap();
+        let err = within("autostart", verdict).await.unwrap_err();
+        assert!(err.is_fatal(), "{b:?}: {err}");
+        assert!(!handle.is_tls());
+
+        let (io, mut peer) = tokio::io::duplex(4096);
+        let mut conn = QueuedFramed::new(io);
+        peer.write_all(FAKE_HELLO).await.unwrap();
+        let inline = within("inline", conn.tls_autostart(server_on(b)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), inline.kind(), "{b:?}");
+    }
+}

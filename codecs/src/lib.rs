@@ -53,6 +53,17 @@
 //! * **Nothing lost**: incomplete input is `Ok(None)` and stays in the
 //!   buffer; after an error the codec documents what it consumed.
 //!
+//! # References in these docs
+//!
+//! "AE" is Perl's AnyEvent::Handle, whose read and write types these codecs
+//! reproduce. Labels such as `RT-netstring-2` (the second rule for the
+//! `netstring` read type) and section marks such as `§2a` name rules of the
+//! behaviour reference shared with the `anyframe` crate: the
+//! [`semantics`](https://docs.rs/anyframe/latest/anyframe/semantics/index.html)
+//! page of its documentation (`docs/semantics.md` in the repository), where
+//! each label is an anchor. Each codec's docs say what the rule means for
+//! it; the reference gives AnyEvent's behaviour and the reasons.
+//!
 //! | codec | frame | AE type |
 //! |---|---|---|
 //! | [`LineCodec`], [`Utf8LineCodec`] | [`Line`] / [`Utf8Line`]: the line and its end of line | `line` |

@@ -55,8 +55,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::queued::request::{
-    Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Request, Requests, Ticket, batch_step,
-    decode_step, read_request,
+    Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Rejected, Request, Requests, Ticket,
+    batch_step, decode_step, read_request,
 };
 use crate::queued::timer::{Timeout, Timers};
 use crate::queued::transport::{self, Transport};
@@ -841,15 +841,18 @@ impl Core {
                             req.complete(&mut Requests { core: self });
                             completed += 1;
                         }
-                        Err(e) => {
-                            // A pipelined response that cannot be decoded
-                            // leaves the stream out of step: every later
-                            // answer would go to the wrong caller.
-                            let e = if !e.is_fatal() && req.on_drop() == OnDrop::Consume {
-                                Error::out_of_step(e)
-                            } else {
-                                e
-                            };
+                        Err(Rejected { error: e, consumed }) => {
+                            // A pipelined response whose decoder left the
+                            // bytes it rejected leaves the stream out of
+                            // step: every later answer would go to the
+                            // wrong caller. One it consumed fails its own
+                            // call only.
+                            let e =
+                                if !e.is_fatal() && !consumed && req.on_drop() == OnDrop::Consume {
+                                    Error::out_of_step(e)
+                                } else {
+                                    e
+                                };
                             tracing::debug!(error = %e, "read request failed");
                             if !e.is_fatal()
                                 && req.on_drop() == OnDrop::Cancel
@@ -1127,6 +1130,26 @@ impl Core {
         D: Decoder,
         D::Error: Into<Error>,
     {
+        self.poll_decode_observed(io, cx, decoder, at_eof_clean, &mut false)
+    }
+
+    /// [`poll_decode_direct`](Self::poll_decode_direct), also telling, when
+    /// it returns a decoder's error, whether the decode call that failed
+    /// consumed bytes (`took`): a decoder that did not would fail the same
+    /// way on the same bytes.
+    pub(crate) fn poll_decode_observed<IO, D>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        decoder: &mut D,
+        at_eof_clean: bool,
+        took: &mut bool,
+    ) -> Poll<Result<Option<D::Item>>>
+    where
+        IO: Transport,
+        D: Decoder,
+        D::Error: Into<Error>,
+    {
         if !self.queue.is_empty() {
             ready!(self.poll_queue(io, cx))?;
         }
@@ -1139,6 +1162,7 @@ impl Core {
         self.write_uncorked(io, cx)?;
         loop {
             self.check_open()?;
+            let before = self.rbuf.len();
             match decode_step(decoder, &mut self.rbuf, self.input == Input::Eof) {
                 Ok(Some(frame)) => return Poll::Ready(Ok(Some(frame))),
                 Ok(None) => {}
@@ -1146,6 +1170,7 @@ impl Core {
                     return Poll::Ready(Ok(None));
                 }
                 Err(e) => {
+                    *took = self.rbuf.len() != before;
                     if e.is_fatal() {
                         self.close(e.clone());
                     }
@@ -1457,6 +1482,11 @@ impl Core {
         self.poll_write_error(cx, since)?;
         ready!(self.marks.poll_ready(cx));
         Poll::Ready(self.check_open())
+    }
+
+    /// Whether the write queue is at or below the low watermark.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.marks.is_drained(self.wq.len())
     }
 
     /// `Ready` at or below the low watermark; as `poll_write_ready` for errors.

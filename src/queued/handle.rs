@@ -544,6 +544,9 @@ where
     })
     .await;
     if let Some(payload) = panicked {
+        // Work posted to the inbox during the turn meets the closed engine
+        // (and its error) when taken in; later posts see it closed.
+        drop(shared.lock());
         resume_unwind(payload);
     }
 
@@ -974,20 +977,26 @@ impl Handle {
     }
 
     /// Queues `tls_autostart` (RT-tlsauto): detect a TLS ClientHello and,
-    /// if there is one, accept TLS before any later request runs. The ticket
-    /// resolves with the verdict.
+    /// if there is one, accept TLS before any later request runs. The
+    /// returned future resolves with the verdict once the handshake, if
+    /// any, is done, as [`QueuedFramed::tls_autostart`] returns it; dropping
+    /// it before the verdict cancels the detection.
+    ///
+    /// # Errors
+    ///
+    /// As [`QueuedFramed::tls_autostart`]: a failed handshake also closes
+    /// the connection, so the requests queued behind it fail too.
     #[cfg(any(feature = "tls", feature = "rustls"))]
-    pub fn push_tls_autostart(
-        &self,
-        server: crate::tls::TlsServer,
-    ) -> Ticket<crate::codecs::TlsDetect> {
-        self.push_read_with(crate::codecs::TlsDetectCodec::new(), move |verdict, q| {
-            if verdict.is_tls() {
-                // Failure closes the connection; later requests see it.
-                drop(q.starttls(server));
-            }
-            Ok(verdict)
-        })
+    pub fn push_tls_autostart(&self, server: crate::tls::TlsServer) -> AutostartTicket {
+        let verdict =
+            self.push_read_with(crate::codecs::TlsDetectCodec::new(), move |verdict, q| {
+                let handshake = verdict.is_tls().then(|| q.starttls(server));
+                Ok((verdict, handshake))
+            });
+        AutostartTicket {
+            verdict,
+            handshake: None,
+        }
     }
 
     /// Whether TLS is established on this connection.
@@ -1120,6 +1129,43 @@ impl<IO> Future for Driver<IO> {
 impl<IO> fmt::Debug for Driver<IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+/// The outcome of [`Handle::push_tls_autostart`]: the detection's verdict,
+/// once the TLS handshake it started (if any) is done.
+#[cfg(any(feature = "tls", feature = "rustls"))]
+#[must_use = "dropping it before the verdict cancels the detection"]
+pub struct AutostartTicket {
+    verdict: Ticket<(crate::codecs::TlsDetect, Option<Ticket<()>>)>,
+    /// The verdict was TLS: the handshake's ticket.
+    handshake: Option<(crate::codecs::TlsDetect, Ticket<()>)>,
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+impl Future for AutostartTicket {
+    type Output = Result<crate::codecs::TlsDetect>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            if let Some((verdict, handshake)) = &mut self.handshake {
+                std::task::ready!(Pin::new(handshake).poll(cx))?;
+                return Poll::Ready(Ok(*verdict));
+            }
+            match std::task::ready!(Pin::new(&mut self.verdict).poll(cx))? {
+                (verdict, None) => return Poll::Ready(Ok(verdict)),
+                (verdict, Some(handshake)) => self.handshake = Some((verdict, handshake)),
+            }
+        }
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+impl fmt::Debug for AutostartTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AutostartTicket")
+            .field("handshaking", &self.handshake.is_some())
+            .finish_non_exhaustive()
     }
 }
 

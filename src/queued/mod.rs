@@ -24,6 +24,8 @@ use self::request::OnDrop;
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
 
+#[cfg(any(feature = "tls", feature = "rustls"))]
+pub use self::handle::AutostartTicket;
 pub(crate) use self::handle::spawn_connecting;
 pub use self::handle::{Driver, Handle};
 pub use self::request::{FnDecoder, OrEof, Requests, Ticket};
@@ -81,8 +83,8 @@ pub struct QueuedFramed<IO, C = ()> {
     core: Core,
     io: transport::TransportIo<IO>,
     codec: C,
-    /// The `Stream` has yielded a fatal error and now ends.
-    stream_done: bool,
+    /// Where the `Stream` stands.
+    stream: StreamState,
     /// The default codec was checked for completing on no input.
     codec_checked: bool,
 }
@@ -143,7 +145,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
             core,
             io: transport::wrap(io),
             codec,
-            stream_done: false,
+            stream: StreamState::Live,
             codec_checked: false,
         }
     }
@@ -610,39 +612,78 @@ where
 
     /// Yields frames of the default codec once no request is queued. Ends at
     /// a clean end of input; yields a fatal error once, then ends.
+    ///
+    /// After a non-fatal error the stream goes on if the decoder consumed
+    /// the bytes it rejected (a JSON text `T` refuses, a discarded
+    /// over-long line). If it left them in the buffer, decoding again would
+    /// only repeat the error (ERR-3), so the stream ends there; it goes on
+    /// if polled again after the caller changed the read buffer (say,
+    /// skipped the bad bytes with [`consume`](QueuedFramed::consume)).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.stream_done {
-            return Poll::Ready(None);
+        match this.stream {
+            StreamState::Live => {}
+            StreamState::Done => return Poll::Ready(None),
+            StreamState::Stuck(at) if at == BufferMark::of(this.core.read_buffer()) => {
+                return Poll::Ready(None);
+            }
+            StreamState::Stuck(_) => this.stream = StreamState::Live,
         }
         if !this.codec_checked {
             this.codec_checked = true;
             // A default decoder that completes on no input would yield
             // frames forever without reading: refuse it.
             if let Ok(Some(_)) = this.codec.decode(&mut BytesMut::new()) {
-                this.stream_done = true;
+                this.stream = StreamState::Done;
                 return Poll::Ready(Some(Err(Error::invalid_input(
                     "the default codec completes on no input (it would yield frames forever)",
                 ))));
             }
         }
         let (io, codec) = (&mut this.io, &mut this.codec);
+        let mut took = false;
         match ready!(
             this.core
-                .run(|core| core.poll_decode_direct(io, cx, codec, true))
+                .run(|core| core.poll_decode_observed(io, cx, codec, true, &mut took))
         ) {
             Ok(Some(frame)) => Poll::Ready(Some(Ok(frame))),
             Ok(None) => {
-                this.stream_done = true;
+                this.stream = StreamState::Done;
                 Poll::Ready(None)
             }
             Err(e) => {
                 if e.is_fatal() {
-                    this.stream_done = true;
+                    this.stream = StreamState::Done;
+                } else if !took {
+                    this.stream = StreamState::Stuck(BufferMark::of(this.core.read_buffer()));
                 }
                 Poll::Ready(Some(Err(e)))
             }
         }
+    }
+}
+
+/// Where a [`QueuedFramed`]'s `Stream` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamState {
+    /// Yielding frames.
+    Live,
+    /// It yielded a non-fatal error on bytes its decoder left in the
+    /// buffer, which held these bytes then: it ends while the buffer is
+    /// unchanged.
+    Stuck(BufferMark),
+    /// Ended: a clean end of input or a fatal error.
+    Done,
+}
+
+/// The start and length of the read buffer: moves when bytes are consumed
+/// from the front or more are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BufferMark(usize, usize);
+
+impl BufferMark {
+    fn of(buf: &[u8]) -> BufferMark {
+        BufferMark(buf.as_ptr().addr(), buf.len())
     }
 }
 
@@ -856,12 +897,25 @@ where
     }
 
     /// Resolves when the write queue is at or below the low watermark,
-    /// writing meanwhile.
+    /// writing meanwhile (as [`Handle::drained`]; [`flush`](Self::flush)
+    /// waits for all of it).
     ///
     /// # Errors
     ///
     /// As [`ready_to_write`](Self::ready_to_write).
     pub async fn drained(&mut self) -> Result<()> {
-        self.flush().await
+        poll_fn(|cx| {
+            while !self.core.is_drained() {
+                let io = &mut self.io;
+                match self.core.run(|core| core.poll_flush_inline(io, cx)) {
+                    Poll::Ready(result) => result?,
+                    // The write left the queue at the low mark, not empty.
+                    Poll::Pending if self.core.is_drained() => break,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(self.core.check_open())
+        })
+        .await
     }
 }

@@ -18,7 +18,7 @@ use crate::queued::core::Core;
 pub(crate) trait Request: Send {
     /// Tries to decode one frame from the front of `rbuf`. `Ready(Ok(()))`
     /// means a frame is stored and [`complete`](Self::complete) must follow.
-    fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<()>>;
+    fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<(), Rejected>>;
 
     /// Delivers the stored frame; may queue follow-up requests through `q`.
     fn complete(self: Box<Self>, q: &mut Requests<'_>);
@@ -77,6 +77,16 @@ pub(crate) enum OnDrop {
     /// Still read (and discard) its frame, to keep a request/response stream
     /// in step (pipelined clients).
     Consume,
+}
+
+/// A decoder's error, and whether the call that returned it consumed
+/// input. A non-fatal error whose decoder consumed the bytes it rejected
+/// leaves the stream in step (the codecs document what each error
+/// consumes); one that consumed nothing leaves those bytes for whoever
+/// reads next.
+pub(crate) struct Rejected {
+    pub(crate) error: Error,
+    pub(crate) consumed: bool,
 }
 
 /// A request built from a [`Decoder`] and a completion function.
@@ -239,7 +249,7 @@ where
     F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send,
     R: Send,
 {
-    fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<()>> {
+    fn poll_decode(&mut self, rbuf: &mut BytesMut, eof: bool) -> Poll<Result<(), Rejected>> {
         // A batch nobody waits for any more (cancelled or timed out after
         // it began a frame) finishes that frame for nobody, and leaves the
         // frames behind it to the next request (§4).
@@ -261,7 +271,10 @@ where
                 self.consumed |= rbuf.len() < before;
                 Poll::Pending
             }
-            Err(e) => Poll::Ready(Err(e)),
+            Err(error) => Poll::Ready(Err(Rejected {
+                error,
+                consumed: rbuf.len() < before,
+            })),
         }
     }
 

@@ -98,9 +98,14 @@ impl Watermarks {
         Poll::Pending
     }
 
+    /// Whether a queue of length `len` is at or below the low mark.
+    pub(crate) fn is_drained(&self, len: usize) -> bool {
+        len <= self.low
+    }
+
     /// `Ready` when the queue (of length `len`) is at or below the low mark.
     pub(crate) fn poll_drained(&mut self, len: usize, cx: &mut Context<'_>) -> Poll<()> {
-        if len <= self.low {
+        if self.is_drained(len) {
             return Poll::Ready(());
         }
         self.park(cx);

@@ -68,7 +68,16 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// and the connection's write queue is below its high watermark. A fatal
 /// connection error fails every pending call with it. Dropping a response
 /// future does not desynchronise the stream: the response is still read, and
-/// discarded.
+/// discarded. Nor does dropping the `Client`: calls already made keep the
+/// connection open until their responses are read.
+///
+/// A response its decoder rejects fails that call alone when the decoder
+/// consumed it (a JSON text the response type refuses, a netstring with a
+/// bad trailer, an over-long line under the discard policy: non-fatal
+/// errors that leave the stream in step). A response rejected with nothing
+/// consumed (malformed JSON) would be read by the next call's decoder, so
+/// it closes the connection instead, with a fatal error whose
+/// [`codec_error`](crate::Error::codec_error) is the decoder's.
 ///
 /// # Examples
 ///
@@ -182,6 +191,7 @@ where
         let Some(permit) = self.permit.take() else {
             return ResponseFuture {
                 ticket: Ticket::ready(Err(Error::invalid_input("call without poll_ready"))),
+                _connection: self.handle.clone(),
             };
         };
         let decoder = self.decoders.decoder_for(&req);
@@ -193,7 +203,10 @@ where
                 drop(permit);
                 Ok(item)
             });
-        ResponseFuture { ticket }
+        ResponseFuture {
+            ticket,
+            _connection: self.handle.clone(),
+        }
     }
 }
 
@@ -227,6 +240,9 @@ impl<E: fmt::Debug, R> fmt::Debug for Client<E, R> {
 /// was dropped).
 pub struct ResponseFuture<T> {
     ticket: Ticket<T>,
+    /// Keeps the connection open for the response when the `Client` is
+    /// dropped first (tower's `oneshot` does that).
+    _connection: Handle,
 }
 
 impl<T> Future for ResponseFuture<T> {

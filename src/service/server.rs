@@ -23,7 +23,7 @@ use crate::queued::Timeout;
 /// cannot queue unbounded work.
 pub const DEFAULT_SERVE_IN_FLIGHT: usize = 128;
 
-type ErrorMap<Resp, SErr> = Box<dyn FnMut(SErr) -> Option<Resp> + Send>;
+type ErrorMap<Resp, SErr> = Box<dyn FnMut(SErr) -> std::result::Result<Resp, SErr> + Send>;
 
 /// A server loop over one connection, made by [`serve`]: configure it, then
 /// `.await` it (or call [`run`](Self::run)).
@@ -134,11 +134,13 @@ where
         self
     }
 
-    /// Maps a service error to a response (`Some`) or closes the connection
-    /// after the responses before it (`None`, also the default).
+    /// Maps a service error to a response (`Ok`), or closes the connection
+    /// after the responses before it (`Err`, also what happens without a
+    /// map): the loop then ends with a fatal error whose source is the
+    /// error returned.
     pub fn map_errors(
         mut self,
-        f: impl FnMut(S::Error) -> Option<S::Response> + Send + 'static,
+        f: impl FnMut(S::Error) -> std::result::Result<S::Response, S::Error> + Send + 'static,
     ) -> Self {
         self.on_error = Some(Box::new(f));
         self
@@ -194,8 +196,12 @@ where
     }
 
     /// Connection options (timeouts, caps, watermarks). Autocork is on by
-    /// default for the server loop.
-    pub fn connection(mut self, builder: Builder) -> Self {
+    /// default for the server loop and stays on unless `builder` sets it
+    /// ([`Builder::autocork`]).
+    pub fn connection(mut self, mut builder: Builder) -> Self {
+        if !builder.autocork_chosen() {
+            builder.autocork(true);
+        }
         self.builder = builder;
         self
     }
@@ -300,6 +306,30 @@ where
 /// A batch of what the loop's decoder found, with the decoder back.
 type Found<D, Req> = (Framing<D>, Vec<Next<Req>>);
 
+/// What waits for its turn at the service, in request order.
+enum Waiting<Req, Resp> {
+    /// A request for the service.
+    Request(Req),
+    /// The answer to a rejected request ([`BadRequest`]).
+    Reply(Resp),
+}
+
+/// Queues `resp`. An encoder that refuses it leaves the peer one answer
+/// short, so its refusal is made fatal here.
+fn answer<E, Resp>(handle: &crate::Handle, encoder: &E, resp: Resp) -> Result<()>
+where
+    E: Encoder<Resp> + Clone,
+    E::Error: Into<Error>,
+{
+    handle.push_write(encoder.clone(), resp).map_err(|e| {
+        if e.is_fatal() {
+            e
+        } else {
+            Error::fatal_because(e, "an answer could not be encoded")
+        }
+    })
+}
+
 /// What woke the loop.
 enum Event<D, Req, Resp, SErr> {
     /// The next requests.
@@ -352,7 +382,11 @@ where
     /// not taken for a write or idle timeout; a request the decoder rejects (after the
     /// responses before it are written), unless
     /// [`on_bad_request`](Self::on_bad_request) answers it; a service error
-    /// that [`map_errors`](Self::map_errors) did not turn into a response.
+    /// (from a call or from `poll_ready`) that
+    /// [`map_errors`](Self::map_errors) did not turn into a response, with
+    /// the answers owed before it still written; an answer the encoder
+    /// refuses, made fatal (the peer would take the next answer for it),
+    /// after the answers before it.
     pub async fn run(self) -> Result<()> {
         let Serve {
             io,
@@ -367,8 +401,9 @@ where
         } = self;
         let (handle, driver) = builder.build(io).spawn();
         let mut in_flight: FuturesOrdered<Pending<S, Req>> = FuturesOrdered::new();
-        // Requests read and not yet handed to the service, in order.
-        let mut waiting: VecDeque<Req> = VecDeque::new();
+        // Requests read and not yet handed to the service, and the answers
+        // to rejected ones, in request order.
+        let mut waiting: VecDeque<Waiting<Req, S::Response>> = VecDeque::new();
         let mut reader = Some(Framing::new(decoder.clone()));
         let mut next: Option<Ticket<Found<D, Req>>> = None;
         let mut reading = true;
@@ -390,10 +425,20 @@ where
                 {
                     return Poll::Ready(Event::Response(r));
                 }
+                // An answer known already (a rejected request's) takes its
+                // place without the service; a request waits for it.
+                if let Some(Waiting::Reply(_)) = waiting.front()
+                    && let Some(Waiting::Reply(resp)) = waiting.pop_front()
+                {
+                    in_flight.push_back(futures::future::Either::Right(futures::future::ready(
+                        Ok(resp),
+                    )));
+                    return Poll::Ready(Event::Called);
+                }
                 if !waiting.is_empty() && in_flight.len() < max_in_flight {
                     match service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => {
-                            if let Some(req) = waiting.pop_front() {
+                            if let Some(Waiting::Request(req)) = waiting.pop_front() {
                                 in_flight
                                     .push_back(futures::future::Either::Left(service.call(req)));
                             }
@@ -457,26 +502,26 @@ where
                 Poll::Pending
             })
             .await;
+            // An answer that could not be queued: the peer would take the
+            // next one for it, so nothing more is answered.
+            let mut refused = None;
             match event {
-                Event::Response(Ok(resp)) => handle.push_write(encoder.clone(), resp)?,
+                Event::Response(Ok(resp)) => refused = answer(&handle, &encoder, resp).err(),
                 Event::Response(Err(e)) => {
-                    let (resp, why) = match on_error.as_mut() {
-                        Some(map) => (
-                            map(e),
-                            Error::custom(ErrorKind::Io, true, "service error: closing"),
-                        ),
-                        None => (None, Error::custom(ErrorKind::Io, true, e)),
+                    let resp = match on_error.as_mut() {
+                        Some(map) => map(e),
+                        None => Err(e),
                     };
                     match resp {
-                        Some(resp) => handle.push_write(encoder.clone(), resp)?,
-                        None => {
+                        Ok(resp) => refused = answer(&handle, &encoder, resp).err(),
+                        Err(e) => {
                             // Close after the responses before this one.
                             reading = false;
                             next = None;
                             waiting.clear();
                             in_flight.clear();
                             if outcome.is_ok() {
-                                outcome = Err(why);
+                                outcome = Err(Error::service(e));
                             }
                         }
                     }
@@ -502,9 +547,14 @@ where
                     }
                 }
                 Event::NotReady(e) => {
+                    // A failed service is not asked again: the requests it
+                    // did not take are dropped, the ones it took answered.
                     reading = false;
                     next = None;
-                    outcome = Err(Error::custom(ErrorKind::Io, true, e));
+                    waiting.clear();
+                    if outcome.is_ok() {
+                        outcome = Err(Error::service(e));
+                    }
                 }
                 Event::Requests(Ok((d, found))) => {
                     reader = Some(d);
@@ -515,7 +565,7 @@ where
                             break;
                         }
                         match next {
-                            Next::Request(req) => waiting.push_back(req),
+                            Next::Request(req) => waiting.push_back(Waiting::Request(req)),
                             Next::End => reading = false,
                             Next::Truncated(e) => {
                                 // Answer the requests before it, then end
@@ -557,20 +607,8 @@ where
                                 };
                                 if let Some(resp) = reply {
                                     // In request order: after the requests
-                                    // before it, which are handed to the
-                                    // service first (rare: requests of the
-                                    // same batch still waiting for it).
-                                    while let Some(req) = waiting.pop_front() {
-                                        poll_fn(|cx| service.poll_ready(cx))
-                                            .await
-                                            .map_err(|e| Error::custom(ErrorKind::Io, true, e))?;
-                                        in_flight.push_back(futures::future::Either::Left(
-                                            service.call(req),
-                                        ));
-                                    }
-                                    in_flight.push_back(futures::future::Either::Right(
-                                        futures::future::ready(Ok(resp)),
-                                    ));
+                                    // before it.
+                                    waiting.push_back(Waiting::Reply(resp));
                                 }
                             }
                         }
@@ -589,6 +627,17 @@ where
                     tracing::debug!("server loop shutting down");
                     reading = false;
                     next = None;
+                }
+            }
+            if let Some(e) = refused {
+                // The answers queued before it still go out.
+                tracing::debug!(error = %e, "server loop: an answer was refused");
+                reading = false;
+                next = None;
+                waiting.clear();
+                in_flight.clear();
+                if outcome.is_ok() {
+                    outcome = Err(e);
                 }
             }
         }
@@ -634,5 +683,36 @@ where
         f.debug_struct("Serve")
             .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codecs::LineCodec;
+
+    fn echo() -> impl Service<
+        crate::codecs::Line,
+        Response = bytes::Bytes,
+        Error = std::convert::Infallible,
+        Future = std::future::Ready<std::result::Result<bytes::Bytes, std::convert::Infallible>>,
+    > + Clone {
+        tower::service_fn(|l: crate::codecs::Line| {
+            std::future::ready(Ok(bytes::Bytes::copy_from_slice(l.line())))
+        })
+    }
+
+    #[test]
+    fn connection_options_keep_the_loops_autocork_unless_they_set_it() {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut timeouts = Builder::new();
+        timeouts.rtimeout(std::time::Duration::from_secs(5));
+        let s = serve(io, LineCodec::new(), LineCodec::new(), echo()).connection(timeouts);
+        assert!(s.builder.cfg.autocork);
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut off = Builder::new();
+        off.autocork(false);
+        let s = serve(io, LineCodec::new(), LineCodec::new(), echo()).connection(off);
+        assert!(!s.builder.cfg.autocork);
     }
 }

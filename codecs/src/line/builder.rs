@@ -193,7 +193,7 @@ impl LineCodecBuilder {
     /// `EINVAL` when the write terminator is not read back as one whole end
     /// of line by this configuration (no terminator is configured by default
     /// for an EOL that matches empty input; the encoder then refuses). The
-    /// decoder's second line is a fatal `EINVAL` with nothing consumed.
+    /// decoder's second line is a non-fatal `EINVAL` with nothing consumed.
     ///
     /// # Examples
     ///

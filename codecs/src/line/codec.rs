@@ -292,8 +292,7 @@ impl LineCodec {
                     return Err(Error::invalid_input(
                         CODEC,
                         "single-use decoder has already produced its line",
-                    )
-                    .fatal(true));
+                    ));
                 }
             }
         }

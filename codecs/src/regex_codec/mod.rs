@@ -231,8 +231,7 @@ impl RegexCodec {
             return Err(Error::invalid_input(
                 CODEC,
                 "single-use decoder has already produced its record",
-            )
-            .fatal(true));
+            ));
         }
         let len = buf.len();
         if self.skipped > len || self.scanned.is_some_and(|last| last.len > len) {
@@ -391,7 +390,7 @@ impl RegexCodecBuilder {
     /// # Errors
     ///
     /// None today; `Result` for symmetry with [`build`](Self::build). The
-    /// decoder's second record is a fatal `EINVAL` with nothing consumed.
+    /// decoder's second record is a non-fatal `EINVAL` with nothing consumed.
     ///
     /// # Examples
     ///

@@ -1,0 +1,514 @@
+//! Failure paths of the tower integration: the server loop when its
+//! service fails or is saturated, the pipelined client when a response is
+//! rejected or the client is dropped, and work queued while a user
+//! callback panics.
+
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyframe::codecs::{
+    JsonCodec, LineCodec, NetstringCodec, OverflowPolicy, PackFormat, PackstringCodec, Utf8Line,
+    Utf8LineCodec,
+};
+use anyframe::service::{BadRequest, Client, serve};
+use anyframe::{ErrorKind, FnDecoder, QueuedFramed};
+use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tower::{Service, ServiceExt};
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(10), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: still pending after 10 s"),
+    }
+}
+
+/// A service whose `poll_ready` fails once its first call has been made
+/// (a backend that went away), and keeps failing, as a failed tower
+/// service does. Counts `poll_ready` calls.
+#[derive(Clone)]
+struct FailsAfterFirst {
+    calls: Arc<AtomicUsize>,
+    polls: Arc<AtomicUsize>,
+}
+
+impl Service<Utf8Line> for FailsAfterFirst {
+    type Response = String;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<String, std::io::Error>>;
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        if self.calls.load(Ordering::SeqCst) >= 1 {
+            Poll::Ready(Err(std::io::Error::other("backend gone")))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+    fn call(&mut self, l: Utf8Line) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(l.line().to_uppercase()))
+    }
+}
+
+/// `serve` with a service whose `poll_ready` errs while requests of the same
+/// batch are still waiting: the loop should end with the error (documented:
+/// "Errors: ... a service error"), not spin calling `poll_ready` for ever.
+///
+/// The server runs on its own thread and runtime: a loop that never yields
+/// would otherwise starve the test's own timeout.
+#[test]
+fn serve_ends_when_poll_ready_fails_with_requests_waiting() {
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let svc = FailsAfterFirst {
+        calls: Arc::new(AtomicUsize::new(0)),
+        polls: Arc::new(AtomicUsize::new(0)),
+    };
+    let polls = svc.polls.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt
+            .block_on(serve(server_io, Utf8LineCodec::new(), LineCodec::new(), svc).into_future());
+        let _ = done_tx.send(r.map_err(|e| e.to_string()));
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut client = QueuedFramed::new(client_io);
+        // Three requests in one write: one batch, so two wait behind the first.
+        client.push_bytes(&b"a\nb\nc\n"[..]).unwrap();
+        client.flush().await.unwrap();
+        std::mem::forget(client);
+    });
+    match done_rx.recv_timeout(Duration::from_secs(3)) {
+        Ok(r) => assert!(
+            r.is_err(),
+            "poll_ready error must end the loop with an error"
+        ),
+        Err(_) => panic!(
+            "serve did not end 3 s after poll_ready failed; poll_ready was called {} times",
+            polls.load(Ordering::SeqCst)
+        ),
+    }
+}
+
+/// A service with one slot (tower's `ConcurrencyLimit`): it is ready again
+/// only once the previous response future has been driven to completion.
+/// A batch of two requests followed by a request the decoder rejects
+/// (answered through `on_bad_request`) must still be answered.
+#[tokio::test]
+async fn serve_bad_request_reply_with_a_concurrency_limited_service_does_not_hang() {
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let upper = tower::service_fn(|line: Utf8Line| async move {
+        Ok::<_, Infallible>(line.line().to_uppercase())
+    });
+    let limited = tower::limit::ConcurrencyLimit::new(upper, 1);
+    let lines = LineCodec::builder()
+        .max_length(16)
+        .overflow(OverflowPolicy::Discard)
+        .build_utf8()
+        .unwrap();
+    let server = serve(server_io, lines, LineCodec::new(), limited)
+        .on_bad_request(|_| BadRequest::Reply("ERR too long".to_string()));
+    let server = tokio::spawn(server.into_future());
+    let mut client = QueuedFramed::new(client_io);
+    client
+        .push_bytes(&b"one\ntwo\nthis line is far too long for it\nthree\n"[..])
+        .unwrap();
+    client.flush().await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        match tokio::time::timeout(Duration::from_secs(3), client.read(LineCodec::new())).await {
+            Ok(Ok(l)) => answers.push(String::from_utf8_lossy(l.line()).into_owned()),
+            Ok(Err(e)) => {
+                answers.push(format!("<{e}>"));
+                break;
+            }
+            Err(_) => {
+                answers.push("<hang>".into());
+                break;
+            }
+        }
+    }
+    assert_eq!(answers, ["ONE", "TWO", "ERR too long", "THREE"]);
+    client.shutdown_write().await.unwrap();
+    within("server", server).await.unwrap().unwrap();
+}
+
+/// An in-order line echo server.
+fn echo_server(io: tokio::io::DuplexStream, delay: Duration) {
+    tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(io);
+        while let Ok(line) = conn.read(LineCodec::new()).await {
+            tokio::time::sleep(delay).await;
+            if conn.write(LineCodec::new(), line.line()).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// tower's `ServiceExt::oneshot` consumes the service: it drops it right
+/// after `call`, before the response future is polled to completion. The
+/// call's response must still arrive (as with hyper's `SendRequest`,
+/// tower's `Buffer`, tokio-tower).
+#[tokio::test]
+async fn client_oneshot_gets_its_answer() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    echo_server(theirs, Duration::from_millis(10));
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let client = Client::new(handle, LineCodec::new(), |_: &&str| LineCodec::new());
+    let answer = within("oneshot", client.oneshot("ping")).await;
+    assert_eq!(
+        answer.map(|l| l.line().to_vec()).map_err(|e| e.to_string()),
+        Ok(b"ping".to_vec())
+    );
+}
+
+/// Same thing without `oneshot`: call, drop the client, await the response.
+#[tokio::test]
+async fn client_dropped_after_call_still_delivers_the_answer() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    echo_server(theirs, Duration::from_millis(10));
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut client = Client::new(handle, LineCodec::new(), |_: &&str| LineCodec::new());
+    let fut = client.ready().await.unwrap().call("ping");
+    drop(client);
+    let answer = within("answer", fut).await;
+    assert_eq!(
+        answer.map(|l| l.line().to_vec()).map_err(|e| e.to_string()),
+        Ok(b"ping".to_vec())
+    );
+}
+
+/// Control for the test above: the same service and requests without the
+/// rejected line are answered (the main loop drives in-flight futures
+/// while the service is not ready).
+#[tokio::test]
+async fn control_concurrency_limited_service_without_a_bad_request() {
+    let (server_io, client_io) = tokio::io::duplex(4096);
+    let upper = tower::service_fn(|line: Utf8Line| async move {
+        Ok::<_, Infallible>(line.line().to_uppercase())
+    });
+    let limited = tower::limit::ConcurrencyLimit::new(upper, 1);
+    let lines = LineCodec::builder()
+        .max_length(16)
+        .overflow(OverflowPolicy::Discard)
+        .build_utf8()
+        .unwrap();
+    let server = serve(server_io, lines, LineCodec::new(), limited)
+        .on_bad_request(|_| BadRequest::Reply("ERR too long".to_string()));
+    let server = tokio::spawn(server.into_future());
+    let mut client = QueuedFramed::new(client_io);
+    client.push_bytes(&b"one\ntwo\nthree\n"[..]).unwrap();
+    client.flush().await.unwrap();
+    for want in ["ONE", "TWO", "THREE"] {
+        let l = within("read", client.read(LineCodec::new())).await.unwrap();
+        assert_eq!(l.line(), want.as_bytes());
+    }
+    client.shutdown_write().await.unwrap();
+    within("server", server).await.unwrap().unwrap();
+}
+
+// ----- the pipelined client: a rejected response -----------------------------
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Answer {
+    result: u64,
+}
+
+/// A JSON server: answers request `n` with `{"result": n}`, except request 1,
+/// which gets a well-formed error object the client's type does not accept.
+fn json_server(io: tokio::io::DuplexStream) {
+    tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(io);
+        while let Ok(req) = conn.read(JsonCodec::<Value>::ndjson()).await {
+            let n = req["n"].as_u64().unwrap();
+            let answer = if n == 1 {
+                json!({"error": "no such thing"})
+            } else {
+                json!({ "result": n })
+            };
+            if conn
+                .write(JsonCodec::<Value>::ndjson(), answer)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+}
+
+/// RT-json-2: "A well-formed text that the target type rejects (a missing
+/// field) is consumed, so the stream stays in step." ERR-3: a non-fatal
+/// error fails "one request or call and leave[s] the connection usable".
+/// On a pipelined `Client`, one such answer closes the whole connection
+/// and fails every other caller's call, although nothing is out of step.
+#[tokio::test]
+async fn client_typed_json_rejection_fails_only_its_own_call() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    json_server(theirs);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut client = Client::new(handle, JsonCodec::<Value>::ndjson(), |_: &Value| {
+        JsonCodec::<Answer>::ndjson()
+    });
+    // Three callers pipelined at once.
+    let c0 = client.ready().await.unwrap().call(json!({"n": 0}));
+    let c1 = client.ready().await.unwrap().call(json!({"n": 1}));
+    let c2 = client.ready().await.unwrap().call(json!({"n": 2}));
+    let (r0, r1, r2) = within("calls", futures::future::join3(c0, c1, c2)).await;
+    assert_eq!(r0.unwrap(), Answer { result: 0 });
+    let e1 = r1.unwrap_err();
+    assert_eq!(e1.kind(), ErrorKind::BadMessage);
+    let r2 = r2.map_err(|e| format!("{e} (fatal: {})", e.is_fatal()));
+    assert_eq!(
+        r2,
+        Ok(Answer { result: 2 }),
+        "an innocent caller lost its answer; the error of call 1 was fatal: {}",
+        e1.is_fatal()
+    );
+    // And the connection stays usable.
+    let r3 = within("next", client.ready().await.unwrap().call(json!({"n": 3}))).await;
+    assert_eq!(r3.map_err(|e| e.to_string()), Ok(Answer { result: 3 }));
+}
+
+/// RT-netstring-3: a bad trailer is `EBADMSG` and the header, payload and odd
+/// byte are dropped, "so the next netstring is read after them". The
+/// stream is in step; the next pipelined caller must get its answer.
+#[tokio::test]
+async fn client_netstring_bad_trailer_fails_only_its_own_call() {
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Read both requests (two lines), then answer: a bad netstring, a good one.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.iter().filter(|&&b| b == b'\n').count() < 2 {
+            let n = theirs.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        theirs.write_all(b"3:abcX3:def,").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = theirs.read_to_end(&mut rest).await;
+    });
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut client = Client::new(handle, LineCodec::new(), |_: &&str| NetstringCodec::new());
+    let a = client.ready().await.unwrap().call("a");
+    let b = client.ready().await.unwrap().call("b");
+    let (ra, rb) = within("calls", futures::future::join(a, b)).await;
+    let ea = ra.unwrap_err();
+    assert_eq!(ea.kind(), ErrorKind::BadMessage);
+    assert_eq!(
+        rb.map(|p| p.to_vec()).map_err(|e| e.to_string()),
+        Ok(b"def".to_vec()),
+        "error of the first call fatal: {}",
+        ea.is_fatal()
+    );
+}
+
+/// RT-line-5 under the discard policy: the over-long line is dropped up to
+/// its EOL, then `ENOSPC` once, non-fatal, "so the next read ... starts on
+/// the next line". A pipelined caller whose answer is too long gets the
+/// error; the next caller must still get its own answer.
+#[tokio::test]
+async fn client_overlong_discarded_answer_fails_only_its_own_call() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    tokio::spawn(async move {
+        let mut conn = QueuedFramed::new(theirs);
+        while let Ok(l) = conn.read(LineCodec::new()).await {
+            let answer = if l.line() == b"big" {
+                "x".repeat(100)
+            } else {
+                String::from_utf8_lossy(l.line()).into_owned()
+            };
+            if conn.write(LineCodec::new(), answer).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut client = Client::new(handle, LineCodec::new(), |_: &&str| {
+        LineCodec::builder()
+            .max_length(16)
+            .overflow(OverflowPolicy::Discard)
+            .build()
+            .unwrap()
+    });
+    let a = client.ready().await.unwrap().call("big");
+    let b = client.ready().await.unwrap().call("small");
+    let (ra, rb) = within("calls", futures::future::join(a, b)).await;
+    let ea = ra.unwrap_err();
+    assert_eq!(ea.kind(), ErrorKind::NoSpace);
+    assert_eq!(
+        rb.map(|l| l.line().to_vec()).map_err(|e| e.to_string()),
+        Ok(b"small".to_vec()),
+        "error of the first call fatal: {}",
+        ea.is_fatal()
+    );
+}
+
+// ----- the server loop: an answer the encoder refuses --------------------------
+
+/// A response the encoder refuses (packstring `C` over 255 bytes is
+/// `EINVAL`): the peer cannot be answered in order any more, so the loop
+/// ends, and says so with a fatal error.
+#[tokio::test]
+async fn serve_with_an_encoder_that_refuses_one_answer() {
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    let svc = tower::service_fn(|l: Utf8Line| async move {
+        Ok::<_, Infallible>(if l.line() == "big" {
+            bytes::Bytes::from(vec![b'x'; 300])
+        } else {
+            bytes::Bytes::copy_from_slice(l.line().as_bytes())
+        })
+    });
+    let enc = PackstringCodec::new(PackFormat::U8);
+    let server = tokio::spawn(serve(server_io, Utf8LineCodec::new(), enc, svc).into_future());
+    let mut client = QueuedFramed::new(client_io);
+    client.push_bytes(&b"a\nbig\nc\n"[..]).unwrap();
+    client.flush().await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match within("read", client.read(PackstringCodec::new(PackFormat::U8))).await {
+            Ok(p) => got.push(String::from_utf8_lossy(&p).into_owned()),
+            Err(e) => {
+                got.push(format!("<{:?}>", e.kind()));
+                break;
+            }
+        }
+    }
+    let outcome = within("server", server).await.unwrap();
+    // The answers before it go out; the peer then sees the end, and the
+    // loop reports a fatal error: the connection is gone.
+    assert_eq!(got, ["a", "<BrokenPipe>"]);
+    let e = outcome.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.is_fatal(), "{e:?}");
+}
+
+/// A handler that panics on one request: the panic goes to the task running
+/// `serve`; the peer must see the connection end (not hang).
+#[tokio::test]
+async fn serve_with_a_panicking_handler_does_not_leave_the_peer_hanging() {
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    let svc = tower::service_fn(|l: Utf8Line| async move {
+        if l.line() == "boom" {
+            panic!("handler panicked");
+        }
+        Ok::<_, Infallible>(l.line().to_uppercase())
+    });
+    let server =
+        tokio::spawn(serve(server_io, Utf8LineCodec::new(), LineCodec::new(), svc).into_future());
+    let mut client = QueuedFramed::new(client_io);
+    client.push_bytes(&b"a\n"[..]).unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(
+        within("a", client.read(LineCodec::new()))
+            .await
+            .unwrap()
+            .line(),
+        b"A"
+    );
+    client.push_bytes(&b"boom\nc\n"[..]).unwrap();
+    client.flush().await.unwrap();
+    let r = within("after panic", client.read(LineCodec::new())).await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(within("server", server).await.unwrap_err().is_panic());
+}
+
+// ----- work queued while a user callback panics ------------------------------
+
+/// "A completion, hook, decoder or encoder that panics makes the
+/// connection fail (fatal); every other request and waiter resolves with
+/// that error" (docs/semantics.md §4, *User code is untrusted*).
+///
+/// A read queued from another thread while the driver is inside the
+/// panicking decoder goes to the inbox (the engine is busy). The driver
+/// then exits on the panic without ever moving the inbox in, so that
+/// read's ticket never resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_queued_while_a_decoder_panics_is_told_not_hung() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, driver) = QueuedFramed::new(ours).spawn();
+    let inside = Arc::new(AtomicBool::new(false));
+    let flag = inside.clone();
+    let boom = handle.push_read(FnDecoder::new(
+        move |buf: &mut BytesMut| -> anyframe::Result<Option<()>> {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            flag.store(true, Ordering::SeqCst);
+            // Holds the engine for a while (a slow decoder), then panics.
+            std::thread::sleep(Duration::from_millis(300));
+            panic!("decoder exploded");
+        },
+    ));
+    // The driver's panic goes to whoever awaits it: keep it out of the way.
+    let driver = tokio::spawn(driver);
+    peer.write_all(b"x\n").await.unwrap();
+    while !inside.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The driver is inside the decoder on the other worker: this read
+    // goes to the inbox.
+    let later = handle.push_read(LineCodec::new());
+    let boom = tokio::time::timeout(Duration::from_secs(5), boom).await;
+    assert!(
+        matches!(boom, Ok(Err(ref e)) if e.kind() == ErrorKind::Panicked),
+        "{boom:?}"
+    );
+    let later = tokio::time::timeout(Duration::from_secs(5), later).await;
+    assert!(driver.await.unwrap_err().is_panic());
+    match later {
+        Ok(Err(e)) => assert!(e.is_fatal(), "{e:?}"),
+        Ok(Ok(l)) => panic!("read a line after the panic: {l:?}"),
+        Err(_) => panic!(
+            "the read queued during the panicking turn never resolved (handle.is_closed() = {})",
+            handle.is_closed()
+        ),
+    }
+}
+
+/// The same with a pipelined call (write + read) queued during the turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_queued_while_a_decoder_panics_is_told_not_hung() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, driver) = QueuedFramed::new(ours).spawn();
+    let inside = Arc::new(AtomicBool::new(false));
+    let flag = inside.clone();
+    let _boom = handle.push_read(FnDecoder::new(
+        move |buf: &mut BytesMut| -> anyframe::Result<Option<()>> {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            flag.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            panic!("decoder exploded");
+        },
+    ));
+    let driver = tokio::spawn(driver);
+    peer.write_all(b"x\n").await.unwrap();
+    while !inside.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let call = handle.call(LineCodec::new(), "ping", LineCodec::new());
+    let call = tokio::time::timeout(Duration::from_secs(5), call).await;
+    let _ = driver.await;
+    match call {
+        Ok(Err(e)) => assert!(e.is_fatal(), "{e:?}"),
+        Ok(Ok(l)) => panic!("answered after the panic: {l:?}"),
+        Err(_) => panic!("the call queued during the panicking turn never resolved"),
+    }
+}
