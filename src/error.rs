@@ -300,14 +300,20 @@ impl Error {
     /// # }
     /// ```
     pub fn timeout(&self) -> Option<crate::Timeout> {
-        self.inner.timer
+        match &self.inner.source {
+            Some(Source::Cause(e)) if self.inner.timer.is_none() => e.timeout(),
+            _ => self.inner.timer,
+        }
     }
 
     /// True when the input ended while a frame was expected (`EPIPE` from a
     /// read request or a decoder at end of input). False for every other
     /// error, including an `EPIPE` from writing to a closed connection.
     pub fn is_eof(&self) -> bool {
-        self.inner.eof
+        match &self.inner.source {
+            Some(Source::Cause(e)) => self.inner.eof || e.is_eof(),
+            _ => self.inner.eof,
+        }
     }
 
     /// True when a user callback panicked inside the engine.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyframe::codecs::{JsonCodec, LineCodec};
+use anyframe::codecs::{JsonCodec, LineCodec, OverflowPolicy};
 use anyframe::{ErrorKind, QueuedFramed};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -156,4 +156,129 @@ async fn serve_ends_with_the_service_error_as_its_cause() {
         let source = std::error::Error::source(&e).expect("a source");
         assert_eq!(source.to_string(), "database unavailable");
     }
+}
+
+// ----- the Stream after errors that are not its decoder's ---------------------
+
+#[tokio::test]
+async fn stream_goes_on_after_a_carried_enospc() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, LineCodec::new());
+        let discard = LineCodec::builder()
+            .max_length(4)
+            .overflow(OverflowPolicy::Discard)
+            .build()
+            .unwrap();
+        peer.write_all(b"toolong").await.unwrap();
+        // The read begins dropping the over-long line, then is given up.
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), conn.read(discard)).await;
+        assert!(gave_up.is_err(), "the line has no end yet");
+        peer.write_all(b"line\nnext\n").await.unwrap();
+
+        let first = conn.next().await;
+        match &first {
+            Some(Err(e)) => assert_eq!(e.kind(), anyframe::ErrorKind::NoSpace, "{e}"),
+            other => panic!("expected the dropped line's ENOSPC, got {other:?}"),
+        }
+        // The bytes of the next line are buffered and the decoder is fine.
+        assert_eq!(conn.read_buffer(), b"next\n");
+        let second = conn.next().await;
+        assert!(
+            matches!(&second, Some(Ok(l)) if l.line() == b"next"),
+            "the stream ended (or failed) instead of yielding the next line: {second:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Rustdoc of `poll_next`: after a non-fatal error whose bytes were left,
+/// "it goes on if polled again after the caller changed the read buffer".
+/// Rewriting the rejected bytes through `read_buffer_mut` (same length)
+/// changes the buffer, but not its (address, length) mark.
+#[cfg(feature = "json")]
+#[tokio::test]
+async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
+    use anyframe::codecs::JsonCodec;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"[1,,]").await.unwrap();
+        let first = conn.next().await;
+        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        assert_eq!(conn.read_buffer(), b"[1,,]");
+        // The caller repairs the bad text (same length): the buffer changed.
+        {
+            let buf = conn.read_buffer_mut();
+            buf.clear();
+            buf.extend_from_slice(b"[1,2]");
+        }
+        assert_eq!(conn.read_buffer(), b"[1,2]");
+        let second = conn.next().await;
+        assert!(
+            matches!(&second, Some(Ok(v)) if *v == serde_json::json!([1, 2])),
+            "after the buffer was changed the stream must decode it, got {second:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// RQ-1: bytes go to the queued read requests first; the Stream yields the
+/// default codec's frames once no request is queued (`poll_next` docs), and
+/// polling it drives the queue. After a stuck error, a read queued to skip
+/// the bad bytes is never run: the stream ends at once, the skip's ticket
+/// stays pending, and the good frame behind it is never yielded.
+#[cfg(feature = "json")]
+#[tokio::test]
+async fn stuck_stream_ignores_a_read_queued_to_skip_the_bad_bytes() {
+    use anyframe::codecs::JsonCodec;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"[1,,]\n[2]\n").await.unwrap();
+        let first = conn.next().await;
+        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        // Skip the bad line with a queued read, then go on with the stream.
+        let mut skip = conn.push_read(LineCodec::new());
+        let second = conn.next().await;
+        let skipped = futures::FutureExt::now_or_never(&mut skip);
+        assert!(
+            matches!(&second, Some(Ok(v)) if *v == serde_json::json!([2])),
+            "expected [2] after the queued skip ran; got {second:?} (skip ticket: {:?})",
+            skipped.map(|r| r.map(|l| l.line().to_vec()))
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-3: an expired read timeout is a non-fatal ETIMEDOUT for the waiter
+/// (here the Stream), and fires again after every further period; RQ-6:
+/// `None` from the Stream is the end of input. A read timeout consumed no
+/// bytes, so the Stream now marks itself stuck and ends with `None` at the
+/// next poll: the line that arrives afterwards is never yielded, and the
+/// caller is told the input ended when it did not.
+#[tokio::test]
+async fn stream_goes_on_after_a_read_timeout() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_millis(200))
+            .build_with_codec(ours, LineCodec::new());
+        let first = conn.next().await;
+        assert!(
+            matches!(&first, Some(Err(e)) if e.is_timeout() && !e.is_fatal()),
+            "{first:?}"
+        );
+        peer.write_all(b"hello\n").await.unwrap();
+        let second = conn.next().await;
+        assert!(
+            matches!(&second, Some(Ok(l)) if l.line() == b"hello"),
+            "after a non-fatal read timeout the stream must go on; got {second:?}"
+        );
+    })
+    .await
+    .expect("test hung");
 }

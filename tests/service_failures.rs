@@ -15,7 +15,7 @@ use anyframe::codecs::{
     Utf8LineCodec,
 };
 use anyframe::service::{BadRequest, Client, serve};
-use anyframe::{ErrorKind, FnDecoder, QueuedFramed};
+use anyframe::{ErrorKind, FnDecoder, QueuedFramed, Timeout};
 use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -511,4 +511,129 @@ async fn a_call_queued_while_a_decoder_panics_is_told_not_hung() {
         Ok(Ok(l)) => panic!("answered after the panic: {l:?}"),
         Err(_) => panic!("the call queued during the panicking turn never resolved"),
     }
+}
+
+// ----- the client after its driver or runtime is gone -------------------------
+
+#[tokio::test]
+async fn driver_ends_when_client_and_unpolled_futures_are_dropped() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(1024);
+        let (handle, driver) = QueuedFramed::new(io).spawn();
+        let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
+        let f1 = client.ready().await.unwrap().call("a".to_string());
+        let f2 = client.ready().await.unwrap().call("b".to_string());
+        drop(client);
+        drop(f1);
+        drop(f2);
+        let r = tokio::time::timeout(Duration::from_secs(2), driver).await;
+        assert!(
+            r.is_ok(),
+            "driver still running with every handle and future gone"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+#[test]
+fn response_future_outliving_its_runtime_drops_quietly() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (fut, _peer) = rt.block_on(async {
+        let (io, peer) = tokio::io::duplex(1024);
+        let (handle, _driver) = QueuedFramed::new(io).spawn();
+        let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
+        let fut = client.ready().await.unwrap().call("a".to_string());
+        (fut, peer)
+    });
+    drop(rt);
+    drop(fut);
+}
+
+#[test]
+fn response_future_polled_after_its_runtime_is_gone_resolves() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (fut, _peer) = rt.block_on(async {
+        let (io, peer) = tokio::io::duplex(1024);
+        let (handle, _driver) = QueuedFramed::new(io).spawn();
+        let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
+        let fut = client.ready().await.unwrap().call("a".to_string());
+        (fut, peer)
+    });
+    drop(rt);
+    let rt2 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt2.block_on(async { tokio::time::timeout(Duration::from_secs(3), fut).await });
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "a future whose driver died must fail, got {:?}",
+        r.map(|r| r.map(|l| l.line().to_vec()))
+    );
+}
+
+/// Same with a plain Handle ticket: the handle kept, the runtime gone.
+#[test]
+fn ticket_polled_after_its_runtime_is_gone_resolves() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (handle, ticket, _peer) = rt.block_on(async {
+        let (io, peer) = tokio::io::duplex(1024);
+        let (handle, _driver) = QueuedFramed::new(io).spawn();
+        let ticket = handle.push_read(LineCodec::new());
+        tokio::task::yield_now().await;
+        (handle, ticket, peer)
+    });
+    drop(rt);
+    let rt2 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt2.block_on(async { tokio::time::timeout(Duration::from_secs(3), ticket).await });
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "a ticket whose driver died must fail, got {:?}",
+        r.map(|r| r.map(|l| l.line().to_vec()))
+    );
+    drop(handle);
+}
+
+// ----- which timer ended the server loop --------------------------------------
+
+#[tokio::test]
+async fn serve_stall_error_says_which_timer() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (server_io, client_io) = tokio::io::duplex(256);
+        let mut builder = QueuedFramed::builder();
+        builder
+            .autocork(true)
+            .watermarks(4096, 0)
+            .wtimeout(Duration::from_millis(300));
+        let big = tower::service_fn(|line: Utf8Line| async move {
+            Ok::<_, std::convert::Infallible>("y".repeat(1000) + line.line())
+        });
+        let server = tokio::spawn(
+            serve(server_io, Utf8LineCodec::new(), LineCodec::new(), big)
+                .connection(builder)
+                .run(),
+        );
+        // Requests, and never a read of the answers.
+        let (_rd, mut wr) = tokio::io::split(client_io);
+        let writer = tokio::spawn(async move { while wr.write_all(b"req\n").await.is_ok() {} });
+        let e = server.await.unwrap().unwrap_err();
+        writer.abort();
+        assert!(e.is_timeout() && e.is_fatal(), "{e:?}");
+        assert_eq!(e.timeout(), Some(Timeout::Write), "{e}");
+    })
+    .await
+    .expect("test hung");
 }

@@ -1130,20 +1130,20 @@ impl Core {
         D: Decoder,
         D::Error: Into<Error>,
     {
-        self.poll_decode_observed(io, cx, decoder, at_eof_clean, &mut false)
+        self.poll_decode_observed(io, cx, decoder, at_eof_clean, &mut None)
     }
 
     /// [`poll_decode_direct`](Self::poll_decode_direct), also telling, when
-    /// it returns a decoder's error, whether the decode call that failed
-    /// consumed bytes (`took`): a decoder that did not would fail the same
-    /// way on the same bytes.
+    /// it returns `decoder`'s own error, whether the decode call that failed
+    /// consumed bytes (`took`; left `None` for any other error): a decoder
+    /// that did not would fail the same way on the same bytes.
     pub(crate) fn poll_decode_observed<IO, D>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
         decoder: &mut D,
         at_eof_clean: bool,
-        took: &mut bool,
+        took: &mut Option<bool>,
     ) -> Poll<Result<Option<D::Item>>>
     where
         IO: Transport,
@@ -1170,7 +1170,7 @@ impl Core {
                     return Poll::Ready(Ok(None));
                 }
                 Err(e) => {
-                    *took = self.rbuf.len() != before;
+                    *took = Some(self.rbuf.len() != before);
                     if e.is_fatal() {
                         self.close(e.clone());
                     }

@@ -498,7 +498,12 @@ where
         busy: AtomicBool::new(false),
     });
     let task_shared = shared.clone();
+    // Dropped unfinished, even before its first poll (its runtime shut
+    // down, its task aborted), the driver still closes the engine, so no
+    // ticket is left waiting for it.
+    let closes = CloseOnDrop(shared.clone());
     let join = tokio::spawn(async move {
+        let _closes = closes;
         match setup.await {
             Ok(io) => {
                 task_shared.lock().start_timers();
@@ -582,6 +587,16 @@ where
         codec: (),
         read_buf,
         write_buf,
+    }
+}
+
+/// Closes the engine when dropped: whatever ends the driver, no ticket is
+/// left waiting for it. A no-op after a normal end (already closed).
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().close(Error::closed());
     }
 }
 

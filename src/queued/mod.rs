@@ -201,11 +201,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// The unread input, mutably; remove only from the front if requests are
     /// queued.
     pub fn read_buffer_mut(&mut self) -> &mut BytesMut {
+        self.unstick_stream();
         self.core.read_buffer_mut()
     }
 
     /// Drops the first `n` unread bytes (all of them if fewer are buffered).
     pub fn consume(&mut self, n: usize) {
+        self.unstick_stream();
         let rbuf = self.core.read_buffer_mut();
         let n = n.min(rbuf.len());
         let _ = rbuf.split_to(n);
@@ -613,18 +615,24 @@ where
     /// Yields frames of the default codec once no request is queued. Ends at
     /// a clean end of input; yields a fatal error once, then ends.
     ///
-    /// After a non-fatal error the stream goes on if the decoder consumed
-    /// the bytes it rejected (a JSON text `T` refuses, a discarded
-    /// over-long line). If it left them in the buffer, decoding again would
-    /// only repeat the error (ERR-3), so the stream ends there; it goes on
-    /// if polled again after the caller changed the read buffer (say,
-    /// skipped the bad bytes with [`consume`](QueuedFramed::consume)).
+    /// After a non-fatal error the stream goes on: a timeout, or an error
+    /// whose decoder consumed the bytes it rejected (a JSON text `T`
+    /// refuses, a discarded over-long line). If the decoder left them in the
+    /// buffer, decoding again would only repeat the error (ERR-3), so the
+    /// stream ends there; it goes on if polled again once the bytes may have
+    /// changed: after [`consume`](QueuedFramed::consume) or
+    /// [`read_buffer_mut`](QueuedFramed::read_buffer_mut), after more input
+    /// arrived, or with a read queued to take them.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         match this.stream {
             StreamState::Live => {}
             StreamState::Done => return Poll::Ready(None),
-            StreamState::Stuck(at) if at == BufferMark::of(this.core.read_buffer()) => {
+            // Queued reads run first, and may move the bytes on.
+            StreamState::Stuck(at)
+                if at == BufferMark::of(this.core.read_buffer())
+                    && this.core.queued_reads() == 0 =>
+            {
                 return Poll::Ready(None);
             }
             StreamState::Stuck(_) => this.stream = StreamState::Live,
@@ -641,7 +649,7 @@ where
             }
         }
         let (io, codec) = (&mut this.io, &mut this.codec);
-        let mut took = false;
+        let mut took = None;
         match ready!(
             this.core
                 .run(|core| core.poll_decode_observed(io, cx, codec, true, &mut took))
@@ -654,11 +662,21 @@ where
             Err(e) => {
                 if e.is_fatal() {
                     this.stream = StreamState::Done;
-                } else if !took {
+                } else if took == Some(false) {
                     this.stream = StreamState::Stuck(BufferMark::of(this.core.read_buffer()));
                 }
                 Poll::Ready(Some(Err(e)))
             }
+        }
+    }
+}
+
+impl<IO, C> QueuedFramed<IO, C> {
+    /// The caller changed the read buffer: a `Stream` that ended on bytes
+    /// its decoder rejected decodes again.
+    fn unstick_stream(&mut self) {
+        if let StreamState::Stuck(_) = self.stream {
+            self.stream = StreamState::Live;
         }
     }
 }
