@@ -1,13 +1,15 @@
 //! Behaviour the reference docs promise, checked where a reader of the docs
 //! would first rely on it: the `Stream` after a decoding error, `drained`,
-//! `tls_autostart` on a `Handle`, and the kinds of the errors users match.
+//! single-use decoders, and the errors users match on.
 
 use std::time::Duration;
 
-use anyframe::codecs::{JsonCodec, LineCodec, OverflowPolicy};
-use anyframe::{ErrorKind, QueuedFramed};
+use anyframe::codecs::{ChunkCodec, JsonCodec, LineCodec, OverflowPolicy};
+use anyframe::{Error, ErrorKind, QueuedFramed};
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
+use tokio_util::codec::Decoder;
 
 /// The bound on every wait in this file: a hang fails the test.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -38,6 +40,8 @@ async fn stream_ends_after_a_non_fatal_error_that_consumed_nothing() {
     assert_eq!(err.kind(), ErrorKind::BadMessage);
     assert!(!err.is_fatal());
     assert!(within("end", conn.next()).await.is_none());
+    // Not the end of input (RQ-6): `is_eof` tells the two apart.
+    assert!(!conn.is_eof());
     assert!(!conn.is_closed());
     assert_eq!(conn.read_buffer(), b"}{\"a\":1}");
 }
@@ -160,6 +164,9 @@ async fn serve_ends_with_the_service_error_as_its_cause() {
 
 // ----- the Stream after errors that are not its decoder's ---------------------
 
+/// A read given up mid-line hands the dropped line's `ENOSPC` to the next
+/// plain read, the Stream here (Cancellation): not the decoder's error on
+/// bytes it left, so the Stream goes on with the next line.
 #[tokio::test]
 async fn stream_goes_on_after_a_carried_enospc() {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -193,14 +200,10 @@ async fn stream_goes_on_after_a_carried_enospc() {
     .expect("test hung");
 }
 
-/// Rustdoc of `poll_next`: after a non-fatal error whose bytes were left,
-/// "it goes on if polled again after the caller changed the read buffer".
-/// Rewriting the rejected bytes through `read_buffer_mut` (same length)
-/// changes the buffer, but not its (address, length) mark.
-#[cfg(feature = "json")]
+/// A rewrite in place through `read_buffer_mut` (same address, same
+/// length) changes the bytes: the stuck stream decodes them.
 #[tokio::test]
 async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
-    use anyframe::codecs::JsonCodec;
     tokio::time::timeout(Duration::from_secs(10), async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
@@ -225,15 +228,11 @@ async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
     .expect("test hung");
 }
 
-/// RQ-1: bytes go to the queued read requests first; the Stream yields the
-/// default codec's frames once no request is queued (`poll_next` docs), and
-/// polling it drives the queue. After a stuck error, a read queued to skip
-/// the bad bytes is never run: the stream ends at once, the skip's ticket
-/// stays pending, and the good frame behind it is never yielded.
-#[cfg(feature = "json")]
+/// RQ-1: bytes go to the queued reads first, and polling the Stream drives
+/// them. A read queued after a stuck error to skip the bad bytes runs, and
+/// the good frame behind it comes out.
 #[tokio::test]
-async fn stuck_stream_ignores_a_read_queued_to_skip_the_bad_bytes() {
-    use anyframe::codecs::JsonCodec;
+async fn a_stuck_stream_runs_a_read_queued_to_skip_the_bad_bytes() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
@@ -254,12 +253,9 @@ async fn stuck_stream_ignores_a_read_queued_to_skip_the_bad_bytes() {
     .expect("test hung");
 }
 
-/// TO-3: an expired read timeout is a non-fatal ETIMEDOUT for the waiter
-/// (here the Stream), and fires again after every further period; RQ-6:
-/// `None` from the Stream is the end of input. A read timeout consumed no
-/// bytes, so the Stream now marks itself stuck and ends with `None` at the
-/// next poll: the line that arrives afterwards is never yielded, and the
-/// caller is told the input ended when it did not.
+/// TO-3: an expired read timeout is a non-fatal `ETIMEDOUT`; it consumed
+/// no bytes but is not the decoder's, so the Stream goes on and yields the
+/// line that arrives next.
 #[tokio::test]
 async fn stream_goes_on_after_a_read_timeout() {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -278,6 +274,172 @@ async fn stream_goes_on_after_a_read_timeout() {
             matches!(&second, Some(Ok(l)) if l.line() == b"hello"),
             "after a non-fatal read timeout the stream must go on; got {second:?}"
         );
+    })
+    .await
+    .expect("test hung");
+}
+
+// ----- a stuck Stream goes on once the bytes or the decoder may have changed ---
+
+struct Modal {
+    upper: bool,
+}
+
+impl Decoder for Modal {
+    type Item = Bytes;
+    type Error = Error;
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+            return Ok(None);
+        };
+        let is_upper = buf[..nl].iter().all(|b| b.is_ascii_uppercase());
+        if is_upper != self.upper {
+            return Err(Error::custom(
+                ErrorKind::BadMessage,
+                false,
+                "line does not fit the current mode",
+            ));
+        }
+        let line = buf.split_to(nl + 1).freeze();
+        Ok(Some(line.slice(..nl)))
+    }
+}
+
+/// Changing the decoder through `codec_mut` means decoding again may not
+/// repeat the error: the stuck stream decodes again.
+#[tokio::test]
+async fn stuck_stream_goes_on_after_codec_mut_changes_the_decoder() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, Modal { upper: false });
+        peer.write_all(b"hello\nUPGRADED\n").await.unwrap();
+        let first = conn.next().await;
+        assert!(
+            matches!(&first, Some(Ok(l)) if &l[..] == b"hello"),
+            "{first:?}"
+        );
+        let second = conn.next().await;
+        assert!(
+            matches!(&second, Some(Err(e)) if !e.is_fatal()),
+            "{second:?}"
+        );
+        // The application switches the decoder's mode and reads on.
+        conn.codec_mut().upper = true;
+        let third = conn.next().await;
+        assert!(
+            matches!(&third, Some(Ok(l)) if &l[..] == b"UPGRADED"),
+            "the decoder was changed, so the frame decodes now; got {third:?} \
+             (buffer still holds {:?})",
+            String::from_utf8_lossy(conn.read_buffer())
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same with the library's own codec: a single-use line decoder (its
+/// second frame is a non-fatal EINVAL with nothing consumed, CHANGELOG)
+/// replaced through `codec_mut()` by a fresh one.
+#[tokio::test]
+async fn stuck_stream_goes_on_after_codec_mut_replaces_a_spent_decoder() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let once = || LineCodec::builder().build_once().unwrap();
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, once());
+        peer.write_all(b"one\ntwo\n").await.unwrap();
+        let first = conn.next().await;
+        assert!(
+            matches!(&first, Some(Ok(l)) if l.line() == b"one"),
+            "{first:?}"
+        );
+        let second = conn.next().await;
+        assert!(
+            matches!(&second, Some(Err(e)) if e.kind() == ErrorKind::InvalidInput && !e.is_fatal()),
+            "{second:?}"
+        );
+        *conn.codec_mut() = once();
+        let third = conn.next().await;
+        assert!(
+            matches!(&third, Some(Ok(l)) if l.line() == b"two"),
+            "a fresh decoder would read the buffered line; got {third:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The bad bytes are skipped with an inline `read`, then a read that
+/// times out brings new bytes of the same length into the same allocation:
+/// the buffer changed, so the stuck stream decodes the valid text.
+#[tokio::test]
+async fn stuck_stream_mark_aliases_new_input_of_the_same_length() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_millis(300))
+            .build_with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"[1,,]\n").await.unwrap();
+        let first = conn.next().await;
+        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let stuck_at = (
+            conn.read_buffer().as_ptr() as usize,
+            conn.read_buffer().len(),
+        );
+
+        // Skip the bad line with an inline read.
+        let skipped = conn.read(LineCodec::new()).await.unwrap();
+        assert_eq!(skipped.line(), b"[1,,]");
+        drop(skipped);
+        // Six new bytes arrive; a read of a 7-byte chunk takes them into the
+        // buffer (which the read reclaims from its front: same allocation,
+        // same start), then times out (non-fatal, nothing consumed).
+        peer.write_all(b"[2,3]\n").await.unwrap();
+        let r = conn.read(ChunkCodec::new(7)).await;
+        assert!(
+            matches!(&r, Err(e) if e.is_timeout() && !e.is_fatal()),
+            "{r:?}"
+        );
+        assert_eq!(conn.read_buffer(), b"[2,3]\n");
+        assert_eq!(conn.queued_reads(), 0);
+        let now = (
+            conn.read_buffer().as_ptr() as usize,
+            conn.read_buffer().len(),
+        );
+        eprintln!("stuck at {stuck_at:x?}, buffer now at {now:x?}");
+
+        let next = conn.next().await;
+        assert!(
+            matches!(&next, Some(Ok(v)) if *v == serde_json::json!([2, 3])),
+            "a valid text is buffered; got {next:?} (mark then {stuck_at:x?}, now {now:x?})"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// ERR-3: a stuck Stream does not repeat its error. A read given up by
+/// its caller consumed nothing (Cancellation), so the bytes are the same
+/// and the Stream still ends.
+#[tokio::test]
+async fn a_stuck_stream_does_not_repeat_its_error_after_a_read_given_up() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"[1,,]\n").await.unwrap();
+        let first = conn.next().await;
+        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let before = conn.read_buffer().to_vec();
+        // The caller waits a moment for a 100-byte chunk, then gives up.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), conn.read(ChunkCodec::new(100))).await;
+        assert!(gave_up.is_err());
+        assert_eq!(conn.read_buffer(), &before[..], "nothing was consumed");
+        let second = conn.next().await;
+        assert!(
+            second.is_none(),
+            "the bytes are unchanged: the stream must not repeat its error; got {second:?}"
+        );
+        drop(peer);
     })
     .await
     .expect("test hung");

@@ -177,11 +177,21 @@ pub(crate) enum WaitingSince {
 }
 
 /// The engine state, minus the transport.
+/// A point in the read buffer's history ([`Core::input_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InputMark {
+    epoch: u64,
+    len: usize,
+}
+
 pub(crate) struct Core {
     life: Life,
     input: Input,
     output: Output,
     rbuf: BytesMut,
+    /// Counts the times input entered `rbuf` (a read, bytes put back): with
+    /// its length, tells whether the buffer changed (`input_mark`).
+    input_epoch: u64,
     queue: VecDeque<Entry>,
     wq: WriteQueue,
     cfg: Config,
@@ -286,6 +296,7 @@ impl Core {
             input: Input::Open,
             output: Output::Open,
             rbuf: BytesMut::new(),
+            input_epoch: 0,
             queue: VecDeque::new(),
             wq: WriteQueue::default(),
             read_size: cfg.read_size,
@@ -387,9 +398,19 @@ impl Core {
         }
     }
 
+    /// Where the read buffer stands: changes when input enters it or bytes
+    /// leave its front.
+    pub(crate) fn input_mark(&self) -> InputMark {
+        InputMark {
+            epoch: self.input_epoch,
+            len: self.rbuf.len(),
+        }
+    }
+
     /// Puts back the buffers of a handle taken apart earlier.
     pub(crate) fn restore(&mut self, read_buf: BytesMut, write_buf: BytesMut) {
         self.rbuf = read_buf;
+        self.input_epoch += 1;
         self.wq.restore(write_buf);
     }
 
@@ -961,6 +982,7 @@ impl Core {
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(n)) => {
+                    self.input_epoch += 1;
                     self.timers.on_read();
                     if n >= want
                         && want == self.read_size
@@ -1646,6 +1668,7 @@ impl Core {
                             // Refused, nothing changed: the bytes are still
                             // the next read's.
                             self.rbuf.extend_from_slice(&replay);
+                            self.input_epoch += 1;
                             Err(e)
                         }
                     }

@@ -190,6 +190,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
 
     /// The default codec, mutably.
     pub fn codec_mut(&mut self) -> &mut C {
+        self.unstick_stream();
         &mut self.codec
     }
 
@@ -619,23 +620,34 @@ where
     /// whose decoder consumed the bytes it rejected (a JSON text `T`
     /// refuses, a discarded over-long line). If the decoder left them in the
     /// buffer, decoding again would only repeat the error (ERR-3), so the
-    /// stream ends there; it goes on if polled again once the bytes may have
-    /// changed: after [`consume`](QueuedFramed::consume) or
-    /// [`read_buffer_mut`](QueuedFramed::read_buffer_mut), after more input
-    /// arrived, or with a read queued to take them.
+    /// stream ends there (`None` then means "nothing more can be decoded",
+    /// and [`is_eof`](QueuedFramed::is_eof) tells it from the end of
+    /// input, as after an error from tokio-util's `Framed`). It goes on if
+    /// polled again once the bytes or the decoder may have changed: after
+    /// [`consume`](QueuedFramed::consume),
+    /// [`read_buffer_mut`](QueuedFramed::read_buffer_mut) or
+    /// [`codec_mut`](QueuedFramed::codec_mut), after a read took bytes or
+    /// brought more, or with a read queued to take them.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         match this.stream {
             StreamState::Live => {}
             StreamState::Done => return Poll::Ready(None),
-            // Queued reads run first, and may move the bytes on.
-            StreamState::Stuck(at)
-                if at == BufferMark::of(this.core.read_buffer())
-                    && this.core.queued_reads() == 0 =>
-            {
-                return Poll::Ready(None);
+            StreamState::Stuck(at) => {
+                // Reads queued meanwhile run first: they may take the bytes
+                // (one given up is dropped, taking nothing).
+                if this.core.queued_reads() > 0 {
+                    let io = &mut this.io;
+                    if let Err(e) = ready!(this.core.run(|core| core.poll_queue(io, cx))) {
+                        this.stream = StreamState::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                if this.core.input_mark() == at {
+                    return Poll::Ready(None);
+                }
+                this.stream = StreamState::Live;
             }
-            StreamState::Stuck(_) => this.stream = StreamState::Live,
         }
         if !this.codec_checked {
             this.codec_checked = true;
@@ -663,7 +675,7 @@ where
                 if e.is_fatal() {
                     this.stream = StreamState::Done;
                 } else if took == Some(false) {
-                    this.stream = StreamState::Stuck(BufferMark::of(this.core.read_buffer()));
+                    this.stream = StreamState::Stuck(this.core.input_mark());
                 }
                 Poll::Ready(Some(Err(e)))
             }
@@ -672,8 +684,8 @@ where
 }
 
 impl<IO, C> QueuedFramed<IO, C> {
-    /// The caller changed the read buffer: a `Stream` that ended on bytes
-    /// its decoder rejected decodes again.
+    /// The caller may have changed the read buffer or the codec: a
+    /// `Stream` that ended on bytes its decoder rejected decodes again.
     fn unstick_stream(&mut self) {
         if let StreamState::Stuck(_) = self.stream {
             self.stream = StreamState::Live;
@@ -687,22 +699,11 @@ enum StreamState {
     /// Yielding frames.
     Live,
     /// It yielded a non-fatal error on bytes its decoder left in the
-    /// buffer, which held these bytes then: it ends while the buffer is
-    /// unchanged.
-    Stuck(BufferMark),
+    /// buffer, which stood here then: it ends while the buffer is unchanged
+    /// and the decoder untouched.
+    Stuck(crate::queued::core::InputMark),
     /// Ended: a clean end of input or a fatal error.
     Done,
-}
-
-/// The start and length of the read buffer: moves when bytes are consumed
-/// from the front or more are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BufferMark(usize, usize);
-
-impl BufferMark {
-    fn of(buf: &[u8]) -> BufferMark {
-        BufferMark(buf.as_ptr().addr(), buf.len())
-    }
 }
 
 impl<IO, C, I> Sink<I> for QueuedFramed<IO, C>
