@@ -184,6 +184,7 @@ impl Error {
     }
 
     /// The service of a server loop failed: the loop ends with its error.
+    #[cfg(feature = "tower")]
     pub(crate) fn service(e: impl Into<Box<dyn StdError + Send + Sync>>) -> Error {
         Error::with(
             ErrorKind::Io,

@@ -729,6 +729,7 @@ impl Handle {
     /// answers the frames before it ends: a fatal error after them is the
     /// next batch's, as a non-fatal one is, and does not close the
     /// connection under the answers (LC-5, LC-6). Nothing else reads.
+    #[cfg(feature = "tower")]
     pub(crate) fn push_read_many_deferring<D>(
         &self,
         decoder: D,
@@ -934,6 +935,7 @@ impl Handle {
 
     /// Closes the connection with `err`, as a fatal error found by the
     /// engine does: queued output is dropped, not lingered.
+    #[cfg(feature = "tower")]
     pub(crate) fn close_with(&self, err: Error) {
         self.lock().close(err);
     }
@@ -994,12 +996,12 @@ impl Handle {
     /// Queues `tls_autostart` (RT-tlsauto): detect a TLS ClientHello and,
     /// if there is one, accept TLS before any later request runs. The
     /// returned future resolves with the verdict once the handshake, if
-    /// any, is done, as [`QueuedFramed::tls_autostart`] returns it; dropping
+    /// any, is done, as [`QueuedFramed::tls_autostart`](crate::QueuedFramed::tls_autostart) returns it; dropping
     /// it before the verdict cancels the detection.
     ///
     /// # Errors
     ///
-    /// As [`QueuedFramed::tls_autostart`]: a failed handshake also closes
+    /// As [`QueuedFramed::tls_autostart`](crate::QueuedFramed::tls_autostart): a failed handshake also closes
     /// the connection, so the requests queued behind it fail too.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn push_tls_autostart(&self, server: crate::tls::TlsServer) -> AutostartTicket {

@@ -416,6 +416,7 @@ impl<T> Ticket<T> {
     }
 
     /// A ticket that is already resolved.
+    #[cfg(any(feature = "tower", feature = "tls", feature = "rustls"))]
     pub(crate) fn ready(result: Result<T>) -> Ticket<T> {
         let (tx, rx) = oneshot::channel();
         let _ = tx.send(result);
