@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use anyframe::codecs::{ChunkCodec, JsonCodec, LineCodec, OverflowPolicy};
-use anyframe::{Error, ErrorKind, QueuedFramed};
+use anyframe::{Error, ErrorKind, Parts, QueuedFramed};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
 
@@ -443,4 +443,257 @@ async fn a_stuck_stream_does_not_repeat_its_error_after_a_read_given_up() {
     })
     .await
     .expect("test hung");
+}
+
+// ----- a restored codec, a timeout while stuck, a ticket dropped elsewhere -----
+
+/// `into_parts` keeps the codec with its read buffer and `from_parts` puts
+/// them back: a codec in the middle of its input (state pointing into the
+/// buffer) is not probed with an empty buffer, and its Stream goes on.
+#[tokio::test]
+async fn from_parts_stream_with_a_json_codec_mid_scan_does_not_panic() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"{\"a\":1}\n").await.unwrap();
+        let first = conn.next().await;
+        assert!(matches!(&first, Some(Ok(v)) if v["a"] == 1), "{first:?}");
+        // Wait a moment for the next text: the codec looks at the "\n".
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), conn.next())
+                .await
+                .is_err()
+        );
+        let parts = conn.into_parts();
+        assert_eq!(&parts.read_buf[..], b"\n");
+        let mut conn = QueuedFramed::from_parts(parts);
+        peer.write_all(b"{\"a\":2}\n").await.unwrap();
+        let second = std::panic::AssertUnwindSafe(conn.next())
+            .catch_unwind()
+            .await;
+        match second {
+            Ok(Some(Ok(v))) => assert_eq!(v["a"], 2),
+            Ok(other) => panic!("expected {{\"a\":2}}, got {other:?}"),
+            Err(p) => panic!(
+                "the Stream panicked on a restored codec: {:?}",
+                p.downcast_ref::<String>()
+            ),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same with tokio-util's `LinesCodec` mid-line, handed over from a
+/// `FramedRead`.
+#[tokio::test]
+async fn from_parts_stream_with_a_tokio_lines_codec_mid_line_does_not_panic() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut framed =
+            tokio_util::codec::FramedRead::new(ours, tokio_util::codec::LinesCodec::new());
+        peer.write_all(b"hel").await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), framed.next())
+                .await
+                .is_err()
+        );
+        let fp = framed.into_parts();
+        let mut parts = Parts::new(fp.io, fp.codec);
+        parts.read_buf = fp.read_buf;
+        let mut conn = QueuedFramed::from_parts(parts);
+        peer.write_all(b"lo\n").await.unwrap();
+        let line = std::panic::AssertUnwindSafe(conn.next())
+            .catch_unwind()
+            .await;
+        match line {
+            Ok(Some(Ok(l))) => assert_eq!(l, "hello"),
+            Ok(other) => panic!("expected \"hello\", got {other:?}"),
+            Err(p) => panic!(
+                "the Stream panicked on a restored codec: {:?}",
+                p.downcast_ref::<String>()
+            ),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+// ----- D2: a non-fatal timeout while stuck ends the Stream for good ---------
+
+fn discard_line() -> LineCodec {
+    LineCodec::builder()
+        .max_length(2)
+        .overflow(OverflowPolicy::Discard)
+        .build()
+        .unwrap()
+}
+
+/// Stuck on `[1,,]`; a read given up while dropping the over-long bytes
+/// stays queued (Cancellation), and the read timeout expires while the
+/// Stream drives it: a non-fatal `ETIMEDOUT` is yielded and the Stream
+/// goes on.
+#[tokio::test]
+async fn a_timeout_while_stuck_does_not_end_the_stream_for_good() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_millis(300))
+            .build_with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"[1,,]").await.unwrap();
+        let first = conn.next().await;
+        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        // Skip the bad bytes with a line read; give up on it after a moment.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), conn.read(discard_line())).await;
+        assert!(gave_up.is_err());
+        assert_eq!(conn.read_buffer(), b"", "the read began dropping the line");
+
+        let second = conn.next().await;
+        assert!(
+            matches!(&second, Some(Err(e)) if e.is_timeout() && !e.is_fatal()),
+            "{second:?}"
+        );
+        // The line ends, and a good text follows.
+        peer.write_all(b"\n[2]\n").await.unwrap();
+        let mut rest = Vec::new();
+        for _ in 0..2 {
+            match tokio::time::timeout(Duration::from_secs(2), conn.next()).await {
+                Ok(item) => rest.push(item),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            rest.iter()
+                .any(|i| matches!(i, Some(Ok(v)) if *v == serde_json::json!([2]))),
+            "after a non-fatal timeout the stream must go on to [2]; got {rest:?} \
+             (buffer {:?}, closed {})",
+            String::from_utf8_lossy(conn.read_buffer()),
+            conn.is_closed()
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same steps with the Stream not stuck.
+#[tokio::test]
+async fn control_the_same_timeout_on_a_live_stream_goes_on() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_millis(300))
+            .build_with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"xxxxx").await.unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), conn.read(discard_line())).await;
+        assert!(gave_up.is_err());
+        let second = conn.next().await;
+        assert!(
+            matches!(&second, Some(Err(e)) if e.is_timeout() && !e.is_fatal()),
+            "{second:?}"
+        );
+        peer.write_all(b"\n[2]\n").await.unwrap();
+        let mut rest = Vec::new();
+        for _ in 0..2 {
+            match tokio::time::timeout(Duration::from_secs(2), conn.next()).await {
+                Ok(item) => rest.push(item),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            rest.iter()
+                .any(|i| matches!(i, Some(Ok(v)) if *v == serde_json::json!([2]))),
+            "{rest:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+// ----- D3: a queued read given up elsewhere does not wake the Stream --------
+
+/// `Err(())` if `fut` is not ready by `limit`. The deadline is checked
+/// before `fut` is polled, so the timer's own wake-up cannot complete it
+/// (unlike `tokio::time::timeout`, which polls the inner future first).
+async fn unless_woken_within<F: std::future::Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, ()> {
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep(limit) => Err(()),
+        out = fut => Ok(out),
+    }
+}
+
+/// Stuck; a read queued to look at the bytes is handed to another task,
+/// which gives up on it: the Stream is woken, the read consumed nothing, and
+/// the Stream ends.
+#[tokio::test]
+async fn a_stuck_stream_is_woken_when_its_queued_read_is_given_up() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"[1,,]\n").await.unwrap();
+        let first = conn.next().await;
+        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let ticket = conn.push_read(ChunkCodec::new(100));
+        let other = tokio::spawn(async move {
+            // Another task waits a moment for it, then gives up.
+            let _ = tokio::time::timeout(Duration::from_millis(100), ticket).await;
+        });
+        let t0 = std::time::Instant::now();
+        let second = unless_woken_within(Duration::from_secs(2), conn.next()).await;
+        eprintln!("stuck next took {:?}", t0.elapsed());
+        other.await.unwrap();
+        assert!(
+            matches!(&second, Ok(None)),
+            "the queued read was given up having consumed nothing: the stream must \
+             end, not hang; got {second:?} (queued {})",
+            conn.queued_reads()
+        );
+        drop(peer);
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same on a live Stream: a good frame buffered behind a queued read
+/// that another task gives up on comes out once the read is dropped.
+#[tokio::test]
+async fn a_live_stream_is_woken_when_the_queued_read_before_it_is_given_up() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
+        peer.write_all(b"[2]\n").await.unwrap();
+        let ticket = conn.push_read(ChunkCodec::new(100));
+        let other = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(100), ticket).await;
+        });
+        let t0 = std::time::Instant::now();
+        let next = unless_woken_within(Duration::from_secs(2), conn.next()).await;
+        eprintln!("live next took {:?}", t0.elapsed());
+        other.await.unwrap();
+        assert!(
+            matches!(&next, Ok(Some(Ok(v))) if *v == serde_json::json!([2])),
+            "the read before the stream's frame was given up: expected [2], got {next:?}"
+        );
+        drop(peer);
+    })
+    .await
+    .expect("test hung");
+}
+
+/// `drained` returns once a write brings the queue down to the low mark,
+/// though the transport then takes no more.
+#[tokio::test]
+async fn queued_framed_drained_resolves_when_a_write_reaches_the_low_watermark() {
+    let (io, _peer) = tokio::io::duplex(16); // takes 16 bytes, then never reads
+    let mut conn = QueuedFramed::builder().watermarks(1000, 500).build(io);
+    conn.push_bytes(vec![b'x'; 510]).unwrap();
+    within("drained after one 16-byte write", conn.drained())
+        .await
+        .unwrap();
+    assert_eq!(conn.write_buffered(), 494);
 }

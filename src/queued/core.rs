@@ -1122,9 +1122,9 @@ impl Core {
                 }
                 continue;
             }
-            match ready!(self.poll_fill(io, cx)) {
-                Ok(()) => {}
-                Err(FillStop::Expired(which, e)) => {
+            match self.poll_fill(io, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(FillStop::Expired(which, e))) => {
                     if !self.fail(e.clone(), Some(which)) {
                         // Every queued read's caller has its answer or gave
                         // up: the caller driving the queue (an inline read
@@ -1132,7 +1132,18 @@ impl Core {
                         return Poll::Ready(Err(e));
                     }
                 }
-                Err(FillStop::Closed(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(FillStop::Closed(e))) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // A head whose ticket is dropped (in any task) wakes
+                    // the caller, so what is behind it runs on the bytes
+                    // already here, as in the driver.
+                    if let Some(Entry::Read(head)) = self.queue.front_mut()
+                        && head.poll_abandoned(cx)
+                    {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

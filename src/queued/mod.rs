@@ -85,7 +85,8 @@ pub struct QueuedFramed<IO, C = ()> {
     codec: C,
     /// Where the `Stream` stands.
     stream: StreamState,
-    /// The default codec was checked for completing on no input.
+    /// The default codec was checked for completing on no input (a fresh
+    /// codec, at the first poll of the `Stream`).
     codec_checked: bool,
 }
 
@@ -155,6 +156,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     pub fn from_parts(parts: Parts<IO, C>) -> QueuedFramed<IO, C> {
         let mut this = QueuedFramed::with_codec(parts.io, parts.codec);
         this.core.restore(parts.read_buf, parts.write_buf);
+        // A codec handed back by `into_parts` (or taken from a `Framed`)
+        // may be in the middle of a frame, with state that points into
+        // these bytes: it is not probed with an empty buffer.
+        this.codec_checked = true;
         this
     }
 
@@ -639,7 +644,11 @@ where
                 if this.core.queued_reads() > 0 {
                     let io = &mut this.io;
                     if let Err(e) = ready!(this.core.run(|core| core.poll_queue(io, cx))) {
-                        this.stream = StreamState::Done;
+                        // As on the live path: a fatal error ends the
+                        // stream, a non-fatal one (a timeout) is yielded.
+                        if e.is_fatal() {
+                            this.stream = StreamState::Done;
+                        }
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
