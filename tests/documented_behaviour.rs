@@ -20,6 +20,24 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// A JSON `Stream` over a pipe whose peer sent `bad`, polled once: it has
+/// yielded a non-fatal error on bytes its decoder left in place, so it is
+/// stuck on them.
+async fn stuck_on(
+    builder: &anyframe::Builder,
+    bad: &[u8],
+) -> (
+    QueuedFramed<tokio::io::DuplexStream, JsonCodec<serde_json::Value>>,
+    tokio::io::DuplexStream,
+) {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = builder.build_with_codec(ours, JsonCodec::new());
+    peer.write_all(bad).await.unwrap();
+    let first = within("the error", conn.next()).await;
+    assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+    (conn, peer)
+}
+
 #[derive(Debug, serde::Deserialize, PartialEq)]
 struct Point {
     a: u32,
@@ -205,11 +223,7 @@ async fn stream_goes_on_after_a_carried_enospc() {
 #[tokio::test]
 async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let (ours, mut peer) = tokio::io::duplex(1024);
-        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
-        peer.write_all(b"[1,,]").await.unwrap();
-        let first = conn.next().await;
-        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let (mut conn, _peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]").await;
         assert_eq!(conn.read_buffer(), b"[1,,]");
         // The caller repairs the bad text (same length): the buffer changed.
         {
@@ -234,11 +248,7 @@ async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
 #[tokio::test]
 async fn a_stuck_stream_runs_a_read_queued_to_skip_the_bad_bytes() {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let (ours, mut peer) = tokio::io::duplex(1024);
-        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
-        peer.write_all(b"[1,,]\n[2]\n").await.unwrap();
-        let first = conn.next().await;
-        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let (mut conn, _peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]\n[2]\n").await;
         // Skip the bad line with a queued read, then go on with the stream.
         let mut skip = conn.push_read(LineCodec::new());
         let second = conn.next().await;
@@ -374,13 +384,9 @@ async fn stuck_stream_goes_on_after_codec_mut_replaces_a_spent_decoder() {
 #[tokio::test]
 async fn stuck_stream_mark_aliases_new_input_of_the_same_length() {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let (ours, mut peer) = tokio::io::duplex(1024);
-        let mut conn = QueuedFramed::builder()
-            .rtimeout(Duration::from_millis(300))
-            .build_with_codec(ours, JsonCodec::<serde_json::Value>::new());
-        peer.write_all(b"[1,,]\n").await.unwrap();
-        let first = conn.next().await;
-        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let mut builder = QueuedFramed::builder();
+        builder.rtimeout(Duration::from_millis(300));
+        let (mut conn, mut peer) = stuck_on(&builder, b"[1,,]\n").await;
         let stuck_at = (
             conn.read_buffer().as_ptr() as usize,
             conn.read_buffer().len(),
@@ -423,11 +429,7 @@ async fn stuck_stream_mark_aliases_new_input_of_the_same_length() {
 #[tokio::test]
 async fn a_stuck_stream_does_not_repeat_its_error_after_a_read_given_up() {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let (ours, mut peer) = tokio::io::duplex(1024);
-        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
-        peer.write_all(b"[1,,]\n").await.unwrap();
-        let first = conn.next().await;
-        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let (mut conn, peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]\n").await;
         let before = conn.read_buffer().to_vec();
         // The caller waits a moment for a 100-byte chunk, then gives up.
         let gave_up =
@@ -536,13 +538,9 @@ fn discard_line() -> LineCodec {
 #[tokio::test]
 async fn a_timeout_while_stuck_does_not_end_the_stream_for_good() {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let (ours, mut peer) = tokio::io::duplex(1024);
-        let mut conn = QueuedFramed::builder()
-            .rtimeout(Duration::from_millis(300))
-            .build_with_codec(ours, JsonCodec::<serde_json::Value>::new());
-        peer.write_all(b"[1,,]").await.unwrap();
-        let first = conn.next().await;
-        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let mut builder = QueuedFramed::builder();
+        builder.rtimeout(Duration::from_millis(300));
+        let (mut conn, mut peer) = stuck_on(&builder, b"[1,,]").await;
         // Skip the bad bytes with a line read; give up on it after a moment.
         let gave_up =
             tokio::time::timeout(Duration::from_millis(50), conn.read(discard_line())).await;
@@ -633,11 +631,7 @@ async fn unless_woken_within<F: std::future::Future>(
 #[tokio::test]
 async fn a_stuck_stream_is_woken_when_its_queued_read_is_given_up() {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let (ours, mut peer) = tokio::io::duplex(1024);
-        let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
-        peer.write_all(b"[1,,]\n").await.unwrap();
-        let first = conn.next().await;
-        assert!(matches!(&first, Some(Err(e)) if !e.is_fatal()), "{first:?}");
+        let (mut conn, peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]\n").await;
         let ticket = conn.push_read(ChunkCodec::new(100));
         let other = tokio::spawn(async move {
             // Another task waits a moment for it, then gives up.
