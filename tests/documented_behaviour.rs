@@ -187,7 +187,7 @@ async fn serve_ends_with_the_service_error_as_its_cause() {
 /// bytes it left, so the Stream goes on with the next line.
 #[tokio::test]
 async fn stream_goes_on_after_a_carried_enospc() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::with_codec(ours, LineCodec::new());
         let discard = LineCodec::builder()
@@ -214,15 +214,14 @@ async fn stream_goes_on_after_a_carried_enospc() {
             "the stream ended (or failed) instead of yielding the next line: {second:?}"
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// A rewrite in place through `read_buffer_mut` (same address, same
 /// length) changes the bytes: the stuck stream decodes them.
 #[tokio::test]
 async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (mut conn, _peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]").await;
         assert_eq!(conn.read_buffer(), b"[1,,]");
         // The caller repairs the bad text (same length): the buffer changed.
@@ -238,8 +237,7 @@ async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
             "after the buffer was changed the stream must decode it, got {second:?}"
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// RQ-1: bytes go to the queued reads first, and polling the Stream drives
@@ -247,7 +245,7 @@ async fn stream_goes_on_after_the_buffer_is_rewritten_in_place() {
 /// the good frame behind it comes out.
 #[tokio::test]
 async fn a_stuck_stream_runs_a_read_queued_to_skip_the_bad_bytes() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (mut conn, _peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]\n[2]\n").await;
         // Skip the bad line with a queued read, then go on with the stream.
         let mut skip = conn.push_read(LineCodec::new());
@@ -259,8 +257,7 @@ async fn a_stuck_stream_runs_a_read_queued_to_skip_the_bad_bytes() {
             skipped.map(|r| r.map(|l| l.line().to_vec()))
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// TO-3: an expired read timeout is a non-fatal `ETIMEDOUT`; it consumed
@@ -268,7 +265,7 @@ async fn a_stuck_stream_runs_a_read_queued_to_skip_the_bad_bytes() {
 /// line that arrives next.
 #[tokio::test]
 async fn stream_goes_on_after_a_read_timeout() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::builder()
             .rtimeout(Duration::from_millis(200))
@@ -285,8 +282,7 @@ async fn stream_goes_on_after_a_read_timeout() {
             "after a non-fatal read timeout the stream must go on; got {second:?}"
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 // ----- a stuck Stream goes on once the bytes or the decoder may have changed ---
@@ -319,7 +315,7 @@ impl Decoder for Modal {
 /// repeat the error: the stuck stream decodes again.
 #[tokio::test]
 async fn stuck_stream_goes_on_after_codec_mut_changes_the_decoder() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::with_codec(ours, Modal { upper: false });
         peer.write_all(b"hello\nUPGRADED\n").await.unwrap();
@@ -343,8 +339,7 @@ async fn stuck_stream_goes_on_after_codec_mut_changes_the_decoder() {
             String::from_utf8_lossy(conn.read_buffer())
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// The same with the library's own codec: a single-use line decoder (its
@@ -352,7 +347,7 @@ async fn stuck_stream_goes_on_after_codec_mut_changes_the_decoder() {
 /// replaced through `codec_mut()` by a fresh one.
 #[tokio::test]
 async fn stuck_stream_goes_on_after_codec_mut_replaces_a_spent_decoder() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let once = || LineCodec::builder().build_once().unwrap();
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::with_codec(ours, once());
@@ -374,8 +369,7 @@ async fn stuck_stream_goes_on_after_codec_mut_replaces_a_spent_decoder() {
             "a fresh decoder would read the buffered line; got {third:?}"
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// The bad bytes are skipped with an inline `read`, then a read that
@@ -383,7 +377,7 @@ async fn stuck_stream_goes_on_after_codec_mut_replaces_a_spent_decoder() {
 /// the buffer changed, so the stuck stream decodes the valid text.
 #[tokio::test]
 async fn stuck_stream_mark_aliases_new_input_of_the_same_length() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let mut builder = QueuedFramed::builder();
         builder.rtimeout(Duration::from_millis(300));
         let (mut conn, mut peer) = stuck_on(&builder, b"[1,,]\n").await;
@@ -419,8 +413,7 @@ async fn stuck_stream_mark_aliases_new_input_of_the_same_length() {
             "a valid text is buffered; got {next:?} (mark then {stuck_at:x?}, now {now:x?})"
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// ERR-3: a stuck Stream does not repeat its error. A read given up by
@@ -428,7 +421,7 @@ async fn stuck_stream_mark_aliases_new_input_of_the_same_length() {
 /// and the Stream still ends.
 #[tokio::test]
 async fn a_stuck_stream_does_not_repeat_its_error_after_a_read_given_up() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (mut conn, peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]\n").await;
         let before = conn.read_buffer().to_vec();
         // The caller waits a moment for a 100-byte chunk, then gives up.
@@ -443,8 +436,7 @@ async fn a_stuck_stream_does_not_repeat_its_error_after_a_read_given_up() {
         );
         drop(peer);
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 // ----- a restored codec, a timeout while stuck, a ticket dropped elsewhere -----
@@ -454,7 +446,7 @@ async fn a_stuck_stream_does_not_repeat_its_error_after_a_read_given_up() {
 /// buffer) is not probed with an empty buffer, and its Stream goes on.
 #[tokio::test]
 async fn from_parts_stream_with_a_json_codec_mid_scan_does_not_panic() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
         peer.write_all(b"{\"a\":1}\n").await.unwrap();
@@ -482,15 +474,14 @@ async fn from_parts_stream_with_a_json_codec_mid_scan_does_not_panic() {
             ),
         }
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// The same with tokio-util's `LinesCodec` mid-line, handed over from a
 /// `FramedRead`.
 #[tokio::test]
 async fn from_parts_stream_with_a_tokio_lines_codec_mid_line_does_not_panic() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut framed =
             tokio_util::codec::FramedRead::new(ours, tokio_util::codec::LinesCodec::new());
@@ -517,8 +508,7 @@ async fn from_parts_stream_with_a_tokio_lines_codec_mid_line_does_not_panic() {
             ),
         }
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 // ----- D2: a non-fatal timeout while stuck ends the Stream for good ---------
@@ -537,7 +527,7 @@ fn discard_line() -> LineCodec {
 /// goes on.
 #[tokio::test]
 async fn a_timeout_while_stuck_does_not_end_the_stream_for_good() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let mut builder = QueuedFramed::builder();
         builder.rtimeout(Duration::from_millis(300));
         let (mut conn, mut peer) = stuck_on(&builder, b"[1,,]").await;
@@ -570,14 +560,13 @@ async fn a_timeout_while_stuck_does_not_end_the_stream_for_good() {
             conn.is_closed()
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// The same steps with the Stream not stuck.
 #[tokio::test]
 async fn control_the_same_timeout_on_a_live_stream_goes_on() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::builder()
             .rtimeout(Duration::from_millis(300))
@@ -605,8 +594,7 @@ async fn control_the_same_timeout_on_a_live_stream_goes_on() {
             "{rest:?}"
         );
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 // ----- D3: a queued read given up elsewhere does not wake the Stream --------
@@ -630,7 +618,7 @@ async fn unless_woken_within<F: std::future::Future>(
 /// the Stream ends.
 #[tokio::test]
 async fn a_stuck_stream_is_woken_when_its_queued_read_is_given_up() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (mut conn, peer) = stuck_on(&QueuedFramed::builder(), b"[1,,]\n").await;
         let ticket = conn.push_read(ChunkCodec::new(100));
         let other = tokio::spawn(async move {
@@ -649,15 +637,14 @@ async fn a_stuck_stream_is_woken_when_its_queued_read_is_given_up() {
         );
         drop(peer);
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// The same on a live Stream: a good frame buffered behind a queued read
 /// that another task gives up on comes out once the read is dropped.
 #[tokio::test]
 async fn a_live_stream_is_woken_when_the_queued_read_before_it_is_given_up() {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    within("the test", async {
         let (ours, mut peer) = tokio::io::duplex(1024);
         let mut conn = QueuedFramed::with_codec(ours, JsonCodec::<serde_json::Value>::new());
         peer.write_all(b"[2]\n").await.unwrap();
@@ -675,8 +662,7 @@ async fn a_live_stream_is_woken_when_the_queued_read_before_it_is_given_up() {
         );
         drop(peer);
     })
-    .await
-    .expect("test hung");
+    .await;
 }
 
 /// `drained` returns once a write brings the queue down to the low mark,

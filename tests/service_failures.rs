@@ -103,12 +103,13 @@ fn serve_ends_when_poll_ready_fails_with_requests_waiting() {
     }
 }
 
-/// A service with one slot (tower's `ConcurrencyLimit`): it is ready again
-/// only once the previous response future has been driven to completion.
-/// A batch of two requests followed by a request the decoder rejects
-/// (answered through `on_bad_request`) must still be answered.
-#[tokio::test]
-async fn serve_bad_request_reply_with_a_concurrency_limited_service_does_not_hang() {
+/// A server loop that upper-cases lines through a one-slot service
+/// (tower's `ConcurrencyLimit`), answering lines over 16 bytes with
+/// `ERR too long`; and a client on the other end.
+fn limited_upper_server() -> (
+    tokio::task::JoinHandle<anyframe::Result<()>>,
+    QueuedFramed<tokio::io::DuplexStream>,
+) {
     let (server_io, client_io) = tokio::io::duplex(4096);
     let upper = tower::service_fn(|line: Utf8Line| async move {
         Ok::<_, Infallible>(line.line().to_uppercase())
@@ -121,8 +122,19 @@ async fn serve_bad_request_reply_with_a_concurrency_limited_service_does_not_han
         .unwrap();
     let server = serve(server_io, lines, LineCodec::new(), limited)
         .on_bad_request(|_| BadRequest::Reply("ERR too long".to_string()));
-    let server = tokio::spawn(server.into_future());
-    let mut client = QueuedFramed::new(client_io);
+    (
+        tokio::spawn(server.into_future()),
+        QueuedFramed::new(client_io),
+    )
+}
+
+/// A service with one slot (tower's `ConcurrencyLimit`): it is ready again
+/// only once the previous response future has been driven to completion.
+/// A batch of two requests followed by a request the decoder rejects
+/// (answered through `on_bad_request`) must still be answered.
+#[tokio::test]
+async fn serve_bad_request_reply_with_a_concurrency_limited_service_does_not_hang() {
+    let (server, mut client) = limited_upper_server();
     client
         .push_bytes(&b"one\ntwo\nthis line is far too long for it\nthree\n"[..])
         .unwrap();
@@ -196,20 +208,7 @@ async fn client_dropped_after_call_still_delivers_the_answer() {
 /// (the loop drives in-flight futures while the service is not ready).
 #[tokio::test]
 async fn control_concurrency_limited_service_without_a_bad_request() {
-    let (server_io, client_io) = tokio::io::duplex(4096);
-    let upper = tower::service_fn(|line: Utf8Line| async move {
-        Ok::<_, Infallible>(line.line().to_uppercase())
-    });
-    let limited = tower::limit::ConcurrencyLimit::new(upper, 1);
-    let lines = LineCodec::builder()
-        .max_length(16)
-        .overflow(OverflowPolicy::Discard)
-        .build_utf8()
-        .unwrap();
-    let server = serve(server_io, lines, LineCodec::new(), limited)
-        .on_bad_request(|_| BadRequest::Reply("ERR too long".to_string()));
-    let server = tokio::spawn(server.into_future());
-    let mut client = QueuedFramed::new(client_io);
+    let (server, mut client) = limited_upper_server();
     client.push_bytes(&b"one\ntwo\nthree\n"[..]).unwrap();
     client.flush().await.unwrap();
     for want in ["ONE", "TWO", "THREE"] {
