@@ -537,30 +537,38 @@ async fn a_timeout_while_stuck_does_not_end_the_stream_for_good() {
         assert!(gave_up.is_err());
         assert_eq!(conn.read_buffer(), b"", "the read began dropping the line");
 
-        let second = conn.next().await;
-        assert!(
-            matches!(&second, Some(Err(e)) if e.is_timeout() && !e.is_fatal()),
-            "{second:?}"
-        );
-        // The line ends, and a good text follows.
-        peer.write_all(b"\n[2]\n").await.unwrap();
-        let mut rest = Vec::new();
-        for _ in 0..2 {
-            match tokio::time::timeout(Duration::from_secs(2), conn.next()).await {
-                Ok(item) => rest.push(item),
-                Err(_) => break,
-            }
-        }
-        assert!(
-            rest.iter()
-                .any(|i| matches!(i, Some(Ok(v)) if *v == serde_json::json!([2]))),
-            "after a non-fatal timeout the stream must go on to [2]; got {rest:?} \
-             (buffer {:?}, closed {})",
-            String::from_utf8_lossy(conn.read_buffer()),
-            conn.is_closed()
-        );
+        timeout_then_the_next_text(&mut conn, &mut peer).await;
     })
     .await;
+}
+
+/// The Stream yields the read timeout, non-fatal; once the line being
+/// dropped ends, the text after it comes out.
+async fn timeout_then_the_next_text(
+    conn: &mut QueuedFramed<tokio::io::DuplexStream, JsonCodec<serde_json::Value>>,
+    peer: &mut tokio::io::DuplexStream,
+) {
+    let second = conn.next().await;
+    assert!(
+        matches!(&second, Some(Err(e)) if e.is_timeout() && !e.is_fatal()),
+        "{second:?}"
+    );
+    peer.write_all(b"\n[2]\n").await.unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(2), conn.next()).await {
+            Ok(item) => rest.push(item),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        rest.iter()
+            .any(|i| matches!(i, Some(Ok(v)) if *v == serde_json::json!([2]))),
+        "after a non-fatal timeout the stream goes on to [2]; got {rest:?} \
+         (buffer {:?}, closed {})",
+        String::from_utf8_lossy(conn.read_buffer()),
+        conn.is_closed()
+    );
 }
 
 /// The same steps with the Stream not stuck.
@@ -575,29 +583,12 @@ async fn control_the_same_timeout_on_a_live_stream_goes_on() {
         let gave_up =
             tokio::time::timeout(Duration::from_millis(50), conn.read(discard_line())).await;
         assert!(gave_up.is_err());
-        let second = conn.next().await;
-        assert!(
-            matches!(&second, Some(Err(e)) if e.is_timeout() && !e.is_fatal()),
-            "{second:?}"
-        );
-        peer.write_all(b"\n[2]\n").await.unwrap();
-        let mut rest = Vec::new();
-        for _ in 0..2 {
-            match tokio::time::timeout(Duration::from_secs(2), conn.next()).await {
-                Ok(item) => rest.push(item),
-                Err(_) => break,
-            }
-        }
-        assert!(
-            rest.iter()
-                .any(|i| matches!(i, Some(Ok(v)) if *v == serde_json::json!([2]))),
-            "{rest:?}"
-        );
+        timeout_then_the_next_text(&mut conn, &mut peer).await;
     })
     .await;
 }
 
-// ----- D3: a queued read given up elsewhere does not wake the Stream --------
+// ----- a queued read given up in another task wakes the Stream ----------------
 
 /// `Err(())` if `fut` is not ready by `limit`. The deadline is checked
 /// before `fut` is polled, so the timer's own wake-up cannot complete it

@@ -518,13 +518,17 @@ async fn driver_ends_when_client_and_unpolled_futures_are_dropped() {
     .expect("test hung");
 }
 
-#[test]
-fn response_future_outliving_its_runtime_drops_quietly() {
+/// A client call made on a runtime that has since shut down (its driver
+/// dropped unfinished), and the peer's end of the pipe.
+fn a_call_whose_runtime_is_gone() -> (
+    impl std::future::Future<Output = anyframe::Result<anyframe::codecs::Line>>,
+    tokio::io::DuplexStream,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (fut, _peer) = rt.block_on(async {
+    let (fut, peer) = rt.block_on(async {
         let (io, peer) = tokio::io::duplex(1024);
         let (handle, _driver) = QueuedFramed::new(io).spawn();
         let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
@@ -532,23 +536,18 @@ fn response_future_outliving_its_runtime_drops_quietly() {
         (fut, peer)
     });
     drop(rt);
+    (fut, peer)
+}
+
+#[test]
+fn response_future_outliving_its_runtime_drops_quietly() {
+    let (fut, _peer) = a_call_whose_runtime_is_gone();
     drop(fut);
 }
 
 #[test]
 fn response_future_polled_after_its_runtime_is_gone_resolves() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (fut, _peer) = rt.block_on(async {
-        let (io, peer) = tokio::io::duplex(1024);
-        let (handle, _driver) = QueuedFramed::new(io).spawn();
-        let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
-        let fut = client.ready().await.unwrap().call("a".to_string());
-        (fut, peer)
-    });
-    drop(rt);
+    let (fut, _peer) = a_call_whose_runtime_is_gone();
     let rt2 = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
