@@ -150,6 +150,8 @@ impl Builder {
 
     /// Cap on queued output, checked on every push; over it the push fails
     /// and the handle dies with fatal `ENOSPC` (default [`DEFAULT_WBUF_MAX`]).
+    /// The high watermark is held at most at half the cap (see
+    /// [`watermarks`](Self::watermarks)).
     pub fn wbuf_max(&mut self, max: Option<usize>) -> &mut Self {
         self.cfg.wbuf_max = max;
         self
@@ -189,7 +191,10 @@ impl Builder {
     /// Write watermarks (OPT-5, OPT-11): above `high` queued bytes, producers
     /// (`Sink::poll_ready`, `ready_to_write`) wait until the queue falls to
     /// `low`, which is also when the drain notification fires. Defaults
-    /// [`DEFAULT_HIGH_WATER`] and [`DEFAULT_LOW_WATER`].
+    /// [`DEFAULT_HIGH_WATER`] and [`DEFAULT_LOW_WATER`]. With a
+    /// [`wbuf_max`](Self::wbuf_max), `high` is at most half of it, so a
+    /// producer that waits for readiness is held back before an item of up
+    /// to that size could cross the cap.
     pub fn watermarks(&mut self, high: usize, low: usize) -> &mut Self {
         self.cfg.high_water = high;
         self.cfg.low_water = low.min(high);

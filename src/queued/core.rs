@@ -177,6 +177,14 @@ pub(crate) enum WaitingSince {
 }
 
 /// The engine state, minus the transport.
+/// The high watermark in force: the configured one, but at most half of
+/// `wbuf_max`, so a producer that waits for readiness (a `Sink`, `serve`,
+/// `ready_to_write`) is held back while an item of up to half the cap still
+/// fits, instead of crossing the cap, which is fatal (OPT-9).
+fn effective_high(high: usize, wbuf_max: Option<usize>) -> usize {
+    wbuf_max.map_or(high, |max| high.min(max / 2))
+}
+
 /// A point in the read buffer's history ([`Core::input_mark`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct InputMark {
@@ -307,7 +315,7 @@ impl Core {
             last_write_error: None,
             unflushed: false,
             timers: Timers::new(cfg.timeout, cfg.rtimeout, cfg.wtimeout),
-            marks: Watermarks::new(cfg.high_water, cfg.low_water),
+            marks: Watermarks::new(effective_high(cfg.high_water, cfg.wbuf_max), cfg.low_water),
             on_timeout: None,
             on_drain: None,
             tls_active: false,
@@ -1048,6 +1056,9 @@ impl Core {
     /// poll.
     pub(crate) fn set_timer(&mut self, which: Timeout, period: std::time::Duration) {
         self.timers.set(which, period);
+        // Whoever waits on the timers re-arms them for the new deadline
+        // (an inline caller has no driver to wake).
+        self.timers.wake_waiter();
         if self.is_closed() {
             return;
         }
@@ -1095,6 +1106,7 @@ impl Core {
 
     pub(crate) fn set_wbuf_max(&mut self, max: Option<usize>) {
         self.cfg.wbuf_max = max;
+        self.set_watermarks(self.cfg.high_water, self.cfg.low_water);
     }
 
     /// Drives the queue until it is empty (`Ready`) or waits for input.
@@ -1478,7 +1490,10 @@ impl Core {
     /// Changes the write watermarks at runtime and re-checks the queue
     /// against them (a producer may be released, a drain edge may fire).
     pub(crate) fn set_watermarks(&mut self, high: usize, low: usize) {
-        self.marks.set(high, low);
+        self.cfg.high_water = high;
+        self.cfg.low_water = low.min(high);
+        self.marks
+            .set(effective_high(high, self.cfg.wbuf_max), self.cfg.low_water);
         let len = self.wq.len();
         self.marks.pushed(len);
         if self.marks.written(len) {

@@ -907,7 +907,12 @@ where
         // back at the low one before accepting more.
         while self.core.write_blocked() {
             let io = &mut self.io;
-            ready!(self.core.run(|core| core.poll_flush_inline(io, cx)))?;
+            match self.core.run(|core| core.poll_flush_inline(io, cx)) {
+                Poll::Ready(result) => result?,
+                // The write brought the queue to the low mark, not empty.
+                Poll::Pending if !self.core.write_blocked() => break,
+                Poll::Pending => return Poll::Pending,
+            }
         }
         Poll::Ready(self.core.check_open())
     }

@@ -53,6 +53,9 @@ pub(crate) struct Timers {
     period: [Duration; 3],
     stamp: [Instant; 3],
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Who polled the timers last and is waiting on them: told when a timer
+    /// is set, so it re-arms for the new deadline.
+    waiter: Option<std::task::Waker>,
     /// The timers only run once the connection is up (TO-2).
     started: bool,
 }
@@ -72,6 +75,7 @@ impl Timers {
             period: [idle, read, write],
             stamp: [now; 3],
             sleep: None,
+            waiter: None,
             started: true,
         }
     }
@@ -91,6 +95,25 @@ impl Timers {
     /// recorded whether or not a timer is on.
     pub(crate) fn set(&mut self, which: Timeout, period: Duration) {
         self.period[which.index()] = period;
+    }
+
+    /// Keeps the waker of a poll about to wait on the timers.
+    fn remember(&mut self, cx: &Context<'_>) {
+        if !self
+            .waiter
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.waiter = Some(cx.waker().clone());
+        }
+    }
+
+    /// Wakes whoever last waited on the timers (a timer was set: its
+    /// deadline may now be earlier than the one armed, or the first).
+    pub(crate) fn wake_waiter(&mut self) {
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
     }
 
     /// `*_timeout_reset`: marks activity for `which` now.
@@ -153,6 +176,7 @@ impl Timers {
             }
             let Some(deadline) = self.deadline() else {
                 self.sleep = None;
+                self.remember(cx);
                 return Poll::Pending;
             };
             match &mut self.sleep {
@@ -164,6 +188,7 @@ impl Timers {
                 return Poll::Pending;
             };
             if sleep.as_mut().poll(cx).is_pending() {
+                self.remember(cx);
                 return Poll::Pending;
             }
             // The sleep fired: loop to see which timer (activity may have
