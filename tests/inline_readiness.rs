@@ -1,10 +1,12 @@
 //! The inline front end's readiness and timers: `ready_to_write` and the
-//! `Sink` at the low watermark and under `wbuf_max`, and a timer set while
-//! a poll waits.
+//! `Sink` at the low watermark and under `wbuf_max`, a timer set while a
+//! poll waits, and a read timeout heard by the `Sink` half of a split
+//! handle.
 
 use std::time::Duration;
 
-use anyframe::QueuedFramed;
+use anyframe::{ErrorKind, QueuedFramed};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::BytesCodec;
 
@@ -185,6 +187,112 @@ async fn shortening_an_armed_read_timeout_after_a_pending_poll_fires_on_time() {
             "rtimeout shortened to 200 ms; after {:?}: {r:?}",
             t0.elapsed()
         );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-3: an expired timer goes to a waiter it concerns. Split into its
+/// `Sink` and `Stream` halves in two tasks, the Sink half flushing to a peer
+/// that reads nothing hears the read timer first: it hands the timeout to
+/// the Stream half, which is waiting for input, and wakes it.
+#[tokio::test]
+async fn split_stream_gets_its_read_timeout_while_the_sink_half_is_blocked() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64); // the peer never reads nor writes
+        let conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_millis(200))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let writer = tokio::spawn(async move {
+            // While the Stream already waits: 1000 bytes into a 64-byte pipe
+            // nobody reads, so the flush waits (and polls the timers last).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = sink.send(Bytes::from(vec![b'x'; 1000])).await;
+        });
+        let r = within(Duration::from_secs(2), stream.next()).await;
+        writer.abort();
+        match r {
+            Ok(Some(Err(e))) => assert_eq!(e.kind(), ErrorKind::TimedOut),
+            other => panic!(
+                "no byte for 2 s with rtimeout 200 ms: expected the Stream to yield \
+                 ETIMEDOUT, got {other:?}"
+            ),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same with both halves in one task.
+#[tokio::test]
+async fn split_in_one_task_the_stream_half_gets_its_read_timeout() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_millis(200))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let send = sink.send(Bytes::from(vec![b'x'; 1000]));
+        tokio::pin!(send);
+        let r = within(Duration::from_secs(2), async {
+            tokio::select! {
+                biased;
+                sent = &mut send => Err(sent),
+                item = stream.next() => Ok(item),
+            }
+        })
+        .await;
+        match r {
+            Ok(Ok(Some(Err(e)))) => assert_eq!(e.kind(), ErrorKind::TimedOut),
+            Ok(Err(sent)) => assert!(
+                matches!(&sent, Err(e) if e.is_timeout()),
+                "the Sink half may hear it instead, but as a timeout: {sent:?}"
+            ),
+            other => panic!(
+                "no byte for 2 s with rtimeout 200 ms: nobody (Stream or Sink) was told \
+                 ETIMEDOUT: {other:?}"
+            ),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The Stream alone gets its read timeout.
+#[tokio::test]
+async fn control_stream_alone_gets_its_read_timeout() {
+    let (io, _peer) = tokio::io::duplex(64);
+    let mut conn = QueuedFramed::builder()
+        .rtimeout(Duration::from_millis(200))
+        .build_with_codec(io, BytesCodec::new());
+    let r = within(Duration::from_secs(2), conn.next()).await;
+    assert!(matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()), "{r:?}");
+}
+
+/// The mirror case: the Stream half, waiting for input, hears the write
+/// timer first; the Sink half, flushing to a peer that reads nothing, is
+/// the one it concerns, and gets it.
+#[tokio::test]
+async fn split_sink_gets_its_write_timeout_while_the_stream_half_waits() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64); // the peer never reads nor writes
+        let conn = QueuedFramed::builder()
+            .wtimeout(Duration::from_millis(200))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move { stream.next().await.map(|r| r.map(|_| ())) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = within(
+            Duration::from_secs(2),
+            sink.send(Bytes::from(vec![b'x'; 1000])),
+        )
+        .await;
+        reader.abort();
+        match sent {
+            Ok(Err(e)) => assert!(e.is_timeout(), "{e:?}"),
+            other => panic!("the blocked Sink half was not told ETIMEDOUT: {other:?}"),
+        }
     })
     .await
     .expect("test hung");

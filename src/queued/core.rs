@@ -170,7 +170,7 @@ impl From<FillStop> for Error {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum WaitingSince {
     /// A future that started when the error count was this.
-    Epoch(u64),
+    Epoch(u32),
     /// A poll form, which keeps no state between polls: the errors that
     /// came while it was parked.
     Parked,
@@ -188,7 +188,7 @@ fn effective_high(high: usize, wbuf_max: Option<usize>) -> usize {
 /// A point in the read buffer's history ([`Core::input_mark`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct InputMark {
-    epoch: u64,
+    epoch: u32,
     len: usize,
 }
 
@@ -199,7 +199,7 @@ pub(crate) struct Core {
     rbuf: BytesMut,
     /// Counts the times input entered `rbuf` (a read, bytes put back): with
     /// its length, tells whether the buffer changed (`input_mark`).
-    input_epoch: u64,
+    input_epoch: u32,
     queue: VecDeque<Entry>,
     wq: WriteQueue,
     cfg: Config,
@@ -216,7 +216,7 @@ pub(crate) struct Core {
     /// Counts non-fatal errors handed to the write side's waiters
     /// (`drained`, `ready_to_write`), with the last one, so a waiter that
     /// registered before it can see it.
-    write_errors: u64,
+    write_errors: u32,
     last_write_error: Option<Error>,
     /// Whether the transport needs a `poll_flush` after writes.
     unflushed: bool,
@@ -234,12 +234,16 @@ pub(crate) struct Core {
     /// the next plain read gets it, as a decoder kept across the
     /// cancellation would have returned it from its next call.
     carried: Option<Error>,
+    /// A direct read (the `Stream`, an inline `read`) waiting for input:
+    /// a read timeout that another caller on the same connection heard
+    /// first (the `Sink` half of a split handle, flushing) is handed to it.
+    direct_reader: Option<Waker>,
     /// The output side failed (`wbuf_max`): no linger.
     output_failed: bool,
     /// The peer's certificate (DER), kept when the handshake completes so a
     /// spawned connection's handles can read it.
     #[cfg(any(feature = "tls", feature = "rustls"))]
-    peer_cert: Option<Vec<u8>>,
+    peer_cert: Option<Box<[u8]>>,
     /// The queue length at which cancelled requests are swept out next.
     sweep_at: usize,
     /// A user callback panicked inside an inline call: the connection is
@@ -321,6 +325,7 @@ impl Core {
             tls_active: false,
             deferred: None,
             carried: None,
+            direct_reader: None,
             output_failed: false,
             #[cfg(any(feature = "tls", feature = "rustls"))]
             peer_cert: None,
@@ -418,7 +423,7 @@ impl Core {
     /// Puts back the buffers of a handle taken apart earlier.
     pub(crate) fn restore(&mut self, read_buf: BytesMut, write_buf: BytesMut) {
         self.rbuf = read_buf;
-        self.input_epoch += 1;
+        self.input_epoch = self.input_epoch.wrapping_add(1);
         self.wq.restore(write_buf);
     }
 
@@ -512,7 +517,7 @@ impl Core {
         for w in self.flush_waiters.drain(..) {
             let _ = w.send(Err(err.clone()));
         }
-        self.write_errors += 1;
+        self.write_errors = self.write_errors.wrapping_add(1);
         self.last_write_error = Some(err.clone());
         true
     }
@@ -528,7 +533,7 @@ impl Core {
     fn poll_write_error(&mut self, cx: &Context<'_>, since: WaitingSince) -> Result<()> {
         let owed = match since {
             // Its own, if it was parked when told; else the last one.
-            WaitingSince::Epoch(epoch) if self.write_errors > epoch => self
+            WaitingSince::Epoch(epoch) if self.write_errors != epoch => self
                 .marks
                 .forget(cx)
                 .or_else(|| self.last_write_error.clone()),
@@ -990,7 +995,7 @@ impl Core {
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.input_epoch += 1;
+                    self.input_epoch = self.input_epoch.wrapping_add(1);
                     self.timers.on_read();
                     if n >= want
                         && want == self.read_size
@@ -1195,13 +1200,16 @@ impl Core {
         D: Decoder,
         D::Error: Into<Error>,
     {
+        // Running now; registered again below if it waits for input.
+        self.direct_reader = None;
         if !self.queue.is_empty() {
             ready!(self.poll_queue(io, cx))?;
         }
         if self.carried.is_some()
             && let Some(e) = self.carried.take()
         {
-            // The error of the frame a cancelled read was consuming.
+            // The error of the frame a cancelled read was consuming, or a
+            // read timeout another caller heard for this read.
             return Poll::Ready(Err(e));
         }
         self.write_uncorked(io, cx)?;
@@ -1222,7 +1230,19 @@ impl Core {
                     return Poll::Ready(Err(e));
                 }
             }
-            ready!(self.poll_fill(io, cx)).map_err(Error::from)?;
+            match self.poll_fill(io, cx) {
+                Poll::Ready(filled) => filled.map_err(Error::from)?,
+                Poll::Pending => {
+                    if !self
+                        .direct_reader
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        self.direct_reader = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
     }
 
@@ -1592,6 +1612,16 @@ impl Core {
                 // or idle timeout, or a read timeout nobody reading took.
                 Some((which, e)) => {
                     let taken = which != Timeout::Write && self.fail_first_reader(&e);
+                    if !taken
+                        && which == Timeout::Read
+                        && let Some(reader) = self.direct_reader.take()
+                    {
+                        // A direct read waits for input (the Stream half of
+                        // a split handle): the read timeout is its.
+                        self.carried.get_or_insert(e);
+                        reader.wake();
+                        continue;
+                    }
                     if !taken && which != Timeout::Read {
                         return Poll::Ready(Err(e));
                     }
@@ -1694,7 +1724,7 @@ impl Core {
                             // Refused, nothing changed: the bytes are still
                             // the next read's.
                             self.rbuf.extend_from_slice(&replay);
-                            self.input_epoch += 1;
+                            self.input_epoch = self.input_epoch.wrapping_add(1);
                             Err(e)
                         }
                     }
@@ -1703,7 +1733,7 @@ impl Core {
                     Ok(()) => {
                         tracing::debug!("TLS established");
                         self.tls_active = true;
-                        self.peer_cert = io.peer_certificate();
+                        self.peer_cert = io.peer_certificate().map(Vec::into_boxed_slice);
                         // TLS may still owe the peer records (a TLS 1.3
                         // server's session tickets): they leave with the
                         // next write, or with the flush before the
