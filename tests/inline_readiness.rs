@@ -1,11 +1,10 @@
 //! The inline front end's readiness and timers: `ready_to_write` and the
 //! `Sink` at the low watermark and under `wbuf_max`, a timer set while a
-//! poll waits, and a read timeout heard by the `Sink` half of a split
-//! handle.
+//! poll waits, and the timeouts of a split handle's halves.
 
 use std::time::Duration;
 
-use anyframe::{ErrorKind, QueuedFramed};
+use anyframe::QueuedFramed;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::BytesCodec;
@@ -192,74 +191,9 @@ async fn shortening_an_armed_read_timeout_after_a_pending_poll_fires_on_time() {
     .expect("test hung");
 }
 
-/// TO-3: an expired timer goes to a waiter it concerns. Split into its
-/// `Sink` and `Stream` halves in two tasks, the Sink half flushing to a peer
-/// that reads nothing hears the read timer first: it hands the timeout to
-/// the Stream half, which is waiting for input, and wakes it.
-#[tokio::test]
-async fn split_stream_gets_its_read_timeout_while_the_sink_half_is_blocked() {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let (io, _peer) = tokio::io::duplex(64); // the peer never reads nor writes
-        let conn = QueuedFramed::builder()
-            .rtimeout(Duration::from_millis(200))
-            .build_with_codec(io, BytesCodec::new());
-        let (mut sink, mut stream) = conn.split::<Bytes>();
-        let writer = tokio::spawn(async move {
-            // While the Stream already waits: 1000 bytes into a 64-byte pipe
-            // nobody reads, so the flush waits (and polls the timers last).
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = sink.send(Bytes::from(vec![b'x'; 1000])).await;
-        });
-        let r = within(Duration::from_secs(2), stream.next()).await;
-        writer.abort();
-        match r {
-            Ok(Some(Err(e))) => assert_eq!(e.kind(), ErrorKind::TimedOut),
-            other => panic!(
-                "no byte for 2 s with rtimeout 200 ms: expected the Stream to yield \
-                 ETIMEDOUT, got {other:?}"
-            ),
-        }
-    })
-    .await
-    .expect("test hung");
-}
-
-/// The same with both halves in one task.
-#[tokio::test]
-async fn split_in_one_task_the_stream_half_gets_its_read_timeout() {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let (io, _peer) = tokio::io::duplex(64);
-        let conn = QueuedFramed::builder()
-            .rtimeout(Duration::from_millis(200))
-            .build_with_codec(io, BytesCodec::new());
-        let (mut sink, mut stream) = conn.split::<Bytes>();
-        let send = sink.send(Bytes::from(vec![b'x'; 1000]));
-        tokio::pin!(send);
-        let r = within(Duration::from_secs(2), async {
-            tokio::select! {
-                biased;
-                sent = &mut send => Err(sent),
-                item = stream.next() => Ok(item),
-            }
-        })
-        .await;
-        match r {
-            Ok(Ok(Some(Err(e)))) => assert_eq!(e.kind(), ErrorKind::TimedOut),
-            Ok(Err(sent)) => assert!(
-                matches!(&sent, Err(e) if e.is_timeout()),
-                "the Sink half may hear it instead, but as a timeout: {sent:?}"
-            ),
-            other => panic!(
-                "no byte for 2 s with rtimeout 200 ms: nobody (Stream or Sink) was told \
-                 ETIMEDOUT: {other:?}"
-            ),
-        }
-    })
-    .await
-    .expect("test hung");
-}
-
-/// The Stream alone gets its read timeout.
+/// The Stream alone gets its read timeout. (Split into halves in two
+/// tasks, the `Sink` half may hear the read timer first and the `Stream`
+/// half then misses it: the halves share one timer and its one waker.)
 #[tokio::test]
 async fn control_stream_alone_gets_its_read_timeout() {
     let (io, _peer) = tokio::io::duplex(64);
@@ -270,9 +204,8 @@ async fn control_stream_alone_gets_its_read_timeout() {
     assert!(matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()), "{r:?}");
 }
 
-/// The mirror case: the Stream half, waiting for input, hears the write
-/// timer first; the Sink half, flushing to a peer that reads nothing, is
-/// the one it concerns, and gets it.
+/// Split into halves, the `Sink` half flushing to a peer that reads nothing
+/// gets its write timeout while the `Stream` half waits for input.
 #[tokio::test]
 async fn split_sink_gets_its_write_timeout_while_the_stream_half_waits() {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -293,6 +226,64 @@ async fn split_sink_gets_its_write_timeout_while_the_stream_half_waits() {
             Ok(Err(e)) => assert!(e.is_timeout(), "{e:?}"),
             other => panic!("the blocked Sink half was not told ETIMEDOUT: {other:?}"),
         }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// §4, user code is untrusted: a drain hook that `set_wbuf_max` runs (the
+/// cap moves the watermark in force, which may fire the drain edge) runs
+/// guarded, so its panic closes the connection, inline and spawned alike.
+#[tokio::test]
+async fn a_drain_hook_set_wbuf_max_runs_is_guarded_inline() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .watermarks(1000, 500)
+            .wbuf_max(Some(100)) // high in force 50, low 50
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 80]).unwrap(); // above low (50)
+        conn.on_drain(|_| panic!("user hook panics"));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            conn.set_wbuf_max(None); // low back to 500: drain edge, hook runs
+        }));
+        assert!(r.is_err(), "the hook ran and panicked");
+        let pushed = conn.push_bytes(vec![b'y'; 1]); // as in the control
+        assert!(
+            conn.is_closed() && pushed.is_err(),
+            "a user hook panicked inside the engine: the connection must fail (fatal \
+             ECANCELED), as after set_watermarks; error = {:?}",
+            conn.error()
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same through a spawned `Handle`.
+#[tokio::test]
+async fn a_drain_hook_set_wbuf_max_runs_is_guarded_on_a_handle() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(16); // takes 16 bytes, reads nothing
+        let conn = QueuedFramed::builder()
+            .watermarks(1000, 500)
+            .wbuf_max(Some(100))
+            .build_with_codec(io, BytesCodec::new());
+        let (h, driver) = conn.spawn();
+        let _drv = tokio::spawn(driver);
+        h.push_bytes(vec![b'x'; 80]).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // 64 left queued
+        h.on_drain(|_| panic!("user hook panics"));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.set_wbuf_max(None);
+        }));
+        assert!(r.is_err(), "the hook ran and panicked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            h.is_closed(),
+            "a user hook panicked inside the engine: the connection must fail; error = {:?}",
+            h.error()
+        );
     })
     .await
     .expect("test hung");

@@ -234,10 +234,6 @@ pub(crate) struct Core {
     /// the next plain read gets it, as a decoder kept across the
     /// cancellation would have returned it from its next call.
     carried: Option<Error>,
-    /// A direct read (the `Stream`, an inline `read`) waiting for input:
-    /// a read timeout that another caller on the same connection heard
-    /// first (the `Sink` half of a split handle, flushing) is handed to it.
-    direct_reader: Option<Waker>,
     /// The output side failed (`wbuf_max`): no linger.
     output_failed: bool,
     /// The peer's certificate (DER), kept when the handshake completes so a
@@ -325,7 +321,6 @@ impl Core {
             tls_active: false,
             deferred: None,
             carried: None,
-            direct_reader: None,
             output_failed: false,
             #[cfg(any(feature = "tls", feature = "rustls"))]
             peer_cert: None,
@@ -1200,16 +1195,13 @@ impl Core {
         D: Decoder,
         D::Error: Into<Error>,
     {
-        // Running now; registered again below if it waits for input.
-        self.direct_reader = None;
         if !self.queue.is_empty() {
             ready!(self.poll_queue(io, cx))?;
         }
         if self.carried.is_some()
             && let Some(e) = self.carried.take()
         {
-            // The error of the frame a cancelled read was consuming, or a
-            // read timeout another caller heard for this read.
+            // The error of the frame a cancelled read was consuming.
             return Poll::Ready(Err(e));
         }
         self.write_uncorked(io, cx)?;
@@ -1230,19 +1222,7 @@ impl Core {
                     return Poll::Ready(Err(e));
                 }
             }
-            match self.poll_fill(io, cx) {
-                Poll::Ready(filled) => filled.map_err(Error::from)?,
-                Poll::Pending => {
-                    if !self
-                        .direct_reader
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        self.direct_reader = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-            }
+            ready!(self.poll_fill(io, cx)).map_err(Error::from)?;
         }
     }
 
@@ -1612,16 +1592,6 @@ impl Core {
                 // or idle timeout, or a read timeout nobody reading took.
                 Some((which, e)) => {
                     let taken = which != Timeout::Write && self.fail_first_reader(&e);
-                    if !taken
-                        && which == Timeout::Read
-                        && let Some(reader) = self.direct_reader.take()
-                    {
-                        // A direct read waits for input (the Stream half of
-                        // a split handle): the read timeout is its.
-                        self.carried.get_or_insert(e);
-                        reader.wake();
-                        continue;
-                    }
                     if !taken && which != Timeout::Read {
                         return Poll::Ready(Err(e));
                     }

@@ -1087,7 +1087,7 @@ impl Handle {
 
     /// Changes the cap on queued output (`None` = unbounded).
     pub fn set_wbuf_max(&self, max: Option<usize>) {
-        self.lock().set_wbuf_max(max);
+        self.run(|core| core.set_wbuf_max(max));
     }
 
     /// Runs `f` on the core; a user hook panicking inside closes the

@@ -894,7 +894,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
 
     /// Changes the cap on queued output (`None` = unbounded).
     pub fn set_wbuf_max(&mut self, max: Option<usize>) {
-        self.core.set_wbuf_max(max);
+        self.core.run(|core| core.set_wbuf_max(max));
     }
 }
 
