@@ -191,9 +191,7 @@ async fn shortening_an_armed_read_timeout_after_a_pending_poll_fires_on_time() {
     .expect("test hung");
 }
 
-/// The Stream alone gets its read timeout. (Split into halves in two
-/// tasks, the `Sink` half may hear the read timer first and the `Stream`
-/// half then misses it: the halves share one timer and its one waker.)
+/// The Stream alone gets its read timeout (the split halves' cases below).
 #[tokio::test]
 async fn control_stream_alone_gets_its_read_timeout() {
     let (io, _peer) = tokio::io::duplex(64);
@@ -202,6 +200,55 @@ async fn control_stream_alone_gets_its_read_timeout() {
         .build_with_codec(io, BytesCodec::new());
     let r = within(Duration::from_secs(2), conn.next()).await;
     assert!(matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()), "{r:?}");
+}
+
+/// TO-4: a read timeout set while a read waits, shorter than the time
+/// already spent without input, fires at once for that read (the setter
+/// finds it expired; nobody queued takes it, so the waiting read does),
+/// not one period later.
+#[tokio::test]
+async fn a_read_timeout_set_past_its_deadline_reaches_the_waiting_read_at_once() {
+    use std::task::Poll;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder().build_with_codec(io, BytesCodec::new());
+        let mut polled_at = None;
+        let r = within(
+            Duration::from_secs(2),
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(item) = conn.poll_next_unpin(cx) {
+                    return Poll::Ready(item.map(|r| (r.map(|_| ()), polled_at)));
+                }
+                if polled_at.is_none() {
+                    polled_at = Some(tokio::time::Instant::now());
+                    let waker = cx.waker().clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        waker.wake();
+                    });
+                } else if polled_at.is_some_and(|t| t.elapsed() >= Duration::from_millis(300)) {
+                    // 300 ms without input: a 100 ms timer is already due.
+                    conn.set_rtimeout(Duration::from_millis(100));
+                    polled_at = Some(tokio::time::Instant::now());
+                }
+                Poll::Pending
+            }),
+        )
+        .await;
+        match r {
+            Ok(Some((Err(e), Some(set_at)))) => {
+                assert!(e.is_timeout(), "{e:?}");
+                assert!(
+                    set_at.elapsed() < Duration::from_millis(60),
+                    "the timeout came {:?} after the setter found it due",
+                    set_at.elapsed()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .expect("test hung");
 }
 
 /// Split into halves, the `Sink` half flushing to a peer that reads nothing
@@ -226,6 +273,85 @@ async fn split_sink_gets_its_write_timeout_while_the_stream_half_waits() {
             Ok(Err(e)) => assert!(e.is_timeout(), "{e:?}"),
             other => panic!("the blocked Sink half was not told ETIMEDOUT: {other:?}"),
         }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-3 on split halves: the `Sink` half waited on the timers last (a flush
+/// the peer held up), then finished and went on to other work; the
+/// `Stream` half, still waiting for input, gets its read timeout.
+#[tokio::test]
+async fn split_stream_gets_its_read_timeout_after_the_sink_half_waited() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, mut peer) = tokio::io::duplex(64); // the peer never writes
+        let conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_millis(300))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move { stream.next().await.map(|r| r.map(|_| ())) });
+        tokio::time::sleep(Duration::from_millis(20)).await; // the Stream half waits
+        // The peer takes the output only after the flush had to wait.
+        let drain = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut peer, &mut sink).await;
+        });
+        sink.send(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+        // The Sink half's task now waits on something else entirely.
+        let r = within(Duration::from_secs(2), reader).await;
+        drain.abort();
+        match r {
+            Ok(Ok(Some(Err(e)))) => assert!(e.is_timeout(), "{e:?}"),
+            other => panic!("the waiting Stream half missed its read timeout: {other:?}"),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-3 on split halves: a write timeout goes to the `Sink` half blocked in
+/// a flush, though the `Stream` half waited on the timers after it; the
+/// `Stream` half goes on waiting for input.
+#[tokio::test]
+async fn split_sink_gets_its_write_timeout_when_the_stream_half_waited_last() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64); // the peer never reads nor writes
+        let conn = QueuedFramed::builder()
+            .wtimeout(Duration::from_millis(300))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let writer = tokio::spawn(async move { sink.send(Bytes::from(vec![b'x'; 1000])).await });
+        tokio::time::sleep(Duration::from_millis(20)).await; // the flush waits
+        // The write timer fires at 300 ms (and, the Sink half gone, again
+        // at 600 ms for whoever waits then: the Stream half, as a lone
+        // reader would).
+        let read = within(Duration::from_millis(450), stream.next()).await;
+        assert!(
+            read.is_err(),
+            "the Stream half took a timeout that was not its own: {read:?}"
+        );
+        match within(Duration::from_millis(10), writer).await {
+            Ok(Ok(Err(e))) => assert!(e.is_timeout(), "{e:?}"),
+            other => panic!("the blocked Sink half was not told ETIMEDOUT: {other:?}"),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Control: one task reading while its output is stuck, with nobody
+/// flushing, is the one told of the write timeout.
+#[tokio::test]
+async fn control_a_lone_reader_hears_the_write_timeout() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(Duration::from_millis(300))
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        let r = within(Duration::from_secs(2), conn.next()).await;
+        assert!(matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()), "{r:?}");
     })
     .await
     .expect("test hung");

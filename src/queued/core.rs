@@ -58,7 +58,7 @@ use crate::queued::request::{
     Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Rejected, Request, Requests, Ticket,
     batch_step, decode_step, read_request,
 };
-use crate::queued::timer::{Timeout, Timers};
+use crate::queued::timer::{Side, Timeout, Timers};
 use crate::queued::transport::{self, Transport};
 use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
@@ -951,7 +951,25 @@ impl Core {
     /// first (the connection never waits for input with output queued) and
     /// the timers run: an expired timer with no hook stops the fill with
     /// [`FillStop::Expired`], for the caller to route.
+    #[inline]
     pub(crate) fn poll_fill<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<(), FillStop>>
+    where
+        IO: Transport,
+    {
+        let filled = self.poll_fill_once(io, cx);
+        if filled.is_ready() {
+            self.timers.unpark(Side::Read);
+        }
+        filled
+    }
+
+    /// [`poll_fill`](Self::poll_fill), but for telling the timers the read
+    /// side stopped waiting.
+    fn poll_fill_once<IO>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
@@ -1017,7 +1035,7 @@ impl Core {
             if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
                 return Poll::Ready(Err(FillStop::Closed(e)));
             }
-            match self.poll_timers(cx) {
+            match self.poll_timers(cx, Side::Read) {
                 Poll::Ready(Some((which, e))) => {
                     return Poll::Ready(Err(FillStop::Expired(which, e)));
                 }
@@ -1032,8 +1050,23 @@ impl Core {
     /// so the caller routes the non-fatal `ETIMEDOUT`. `Ready(None)`: the
     /// hook ran. `Pending`: nothing expired (the waker is registered for
     /// the next deadline).
-    pub(crate) fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Timeout, Error)>> {
-        let Poll::Ready(which) = self.timers.poll_expired(cx) else {
+    pub(crate) fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+        side: Side,
+    ) -> Poll<Option<(Timeout, Error)>> {
+        // A hook runs on whichever side hears the timer; queued requests
+        // are told whichever side drives them (TO-3: the head read first).
+        let side = if self.on_driver_task()
+            || self.on_timeout.is_some()
+            || (side == Side::Write && !self.queue.is_empty())
+        {
+            Side::Any
+        } else {
+            side
+        };
+        let polled = self.timers.poll_expired(cx, side);
+        let Poll::Ready(which) = polled else {
             return Poll::Pending;
         };
         tracing::debug!(timeout = %which, "timer expired");
@@ -1064,8 +1097,11 @@ impl Core {
         }
         if let Some(t) = self.timers.expired()
             && let Some((t, e)) = self.timer_expired(t)
+            && !self.fail(e, Some(t))
         {
-            self.fail(e, Some(t));
+            // Nobody queued was told: a poll waiting on the timers (woken
+            // above), or the next one, hears it.
+            self.timers.owe(t);
         }
         self.wake_driver();
     }
@@ -1125,7 +1161,7 @@ impl Core {
                 // one closed the connection, seen at the top). A silent peer
                 // cannot hold it past its timeout.
                 if self.poll_switch(io, cx).is_pending()
-                    && let Some((t, e)) = ready!(self.poll_timers(cx))
+                    && let Some((t, e)) = ready!(self.poll_timers(cx, Side::Read))
                     && !self.fail(e.clone(), Some(t))
                 {
                     // Nobody queued waits for it: the caller (an inline
@@ -1575,6 +1611,23 @@ impl Core {
     where
         IO: Transport,
     {
+        let flushed = self.poll_flush_once(io, cx);
+        if flushed.is_ready() {
+            self.timers.unpark(Side::Write);
+        }
+        flushed
+    }
+
+    /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)
+    /// left pending ends early (the queue came down to the low watermark).
+    pub(crate) fn stop_waiting_to_write(&mut self) {
+        self.timers.unpark(Side::Write);
+    }
+
+    fn poll_flush_once<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
+    where
+        IO: Transport,
+    {
         loop {
             if self.poll_write_out(io, cx)?.is_ready() {
                 return Poll::Ready(Ok(()));
@@ -1587,7 +1640,7 @@ impl Core {
                     continue;
                 }
             }
-            match ready!(self.poll_timers(cx)) {
+            match ready!(self.poll_timers(cx, Side::Write)) {
                 // A read timeout is a waiting read's; the flush gets a write
                 // or idle timeout, or a read timeout nobody reading took.
                 Some((which, e)) => {
@@ -1839,7 +1892,7 @@ impl Core {
     /// The driver is about to wait: run expired timers. `Ready` when one
     /// fired (the turn goes on), `Pending` otherwise.
     fn wait_for_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some((t, e)) = ready!(self.poll_timers(cx)) {
+        if let Some((t, e)) = ready!(self.poll_timers(cx, Side::Any)) {
             self.fail_timer(e, Some(t));
         }
         Poll::Ready(())

@@ -8,8 +8,11 @@
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use futures::task::{ArcWake, AtomicWaker, waker_ref};
 
 use tokio::time::{Instant, Sleep};
 
@@ -36,6 +39,10 @@ impl Timeout {
             Timeout::Write => 2,
         }
     }
+
+    fn bit(self) -> u8 {
+        1 << self.index()
+    }
 }
 
 impl fmt::Display for Timeout {
@@ -48,14 +55,70 @@ impl fmt::Display for Timeout {
     }
 }
 
+/// Who polls the timers. A `QueuedFramed` split into its `Sink` and
+/// `Stream` halves (two tasks) waits on them from both sides at once, and
+/// each side hears its own timer; the spawned driver is one task and
+/// hears every timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// A read: the `Stream`, a direct read, the inline queue.
+    Read,
+    /// A flush or a wait for the write queue to drain.
+    Write,
+    /// Takes every expiry and routes it itself: the spawned driver, or a
+    /// poll that has a hook to run or queued requests to tell.
+    Any,
+}
+
+impl Side {
+    fn slot(self) -> usize {
+        match self {
+            Side::Read | Side::Any => 0,
+            Side::Write => 1,
+        }
+    }
+
+    fn other(self) -> Option<Side> {
+        match self {
+            Side::Read => Some(Side::Write),
+            Side::Write => Some(Side::Read),
+            Side::Any => None,
+        }
+    }
+}
+
+/// The wakers of both sides of a `QueuedFramed` waiting on the timers. The
+/// sleep is polled with a waker that wakes them all, so the side that
+/// polled it last does not keep the other from hearing its timer.
+#[derive(Default)]
+struct Waiters([AtomicWaker; 2]);
+
+impl ArcWake for Waiters {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        for w in &arc_self.0 {
+            w.wake();
+        }
+    }
+}
+
 /// The three timers: a period each (zero = off) and an activity stamp each.
 pub(crate) struct Timers {
     period: [Duration; 3],
     stamp: [Instant; 3],
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Who polled the timers last and is waiting on them: told when a timer
-    /// is set, so it re-arms for the new deadline.
-    waiter: Option<std::task::Waker>,
+    /// Who waits on the timers, told when a timer is set (its deadline may
+    /// then be earlier than the one armed): the driver, or a read.
+    waiter: Option<Waker>,
+    /// Both sides' wakers instead, once a flush waited or a read waited
+    /// with a timer armed (see [`Waiters`]); the driver never needs them.
+    fanned: Option<Arc<Waiters>>,
+    /// Each side has a poll waiting on the timers (set when it waits,
+    /// cleared when it returns).
+    parked: [bool; 2],
+    /// Expiries one side heard while the other side waits on them, by
+    /// [`Timeout::bit`]: the other side takes them, unless activity on the
+    /// timer came first (TO-3: the first waiter the timer concerns).
+    owed: u8,
     /// The timers only run once the connection is up (TO-2).
     started: bool,
 }
@@ -76,6 +139,9 @@ impl Timers {
             stamp: [now; 3],
             sleep: None,
             waiter: None,
+            fanned: None,
+            parked: [false; 2],
+            owed: 0,
             started: true,
         }
     }
@@ -89,6 +155,7 @@ impl Timers {
     pub(crate) fn start(&mut self) {
         self.started = true;
         self.stamp = [Instant::now(); 3];
+        self.owed = 0;
     }
 
     /// Sets a period; it counts from the last activity (TO-4), which is
@@ -97,28 +164,56 @@ impl Timers {
         self.period[which.index()] = period;
     }
 
-    /// Keeps the waker of a poll about to wait on the timers.
-    fn remember(&mut self, cx: &Context<'_>) {
-        if !self
-            .waiter
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            self.waiter = Some(cx.waker().clone());
+    /// Keeps the waker of a poll on `side` about to wait on the timers.
+    /// A flush, or a read with a timer armed, moves every waker to the
+    /// shared [`Waiters`], which the sleep wakes.
+    fn remember(&mut self, cx: &Context<'_>, side: Side) {
+        self.parked[side.slot()] = true;
+        let fan_out = side == Side::Write || (side == Side::Read && self.sleep.is_some());
+        if self.fanned.is_none() && fan_out {
+            let waiters = Arc::new(Waiters::default());
+            if let Some(w) = self.waiter.take() {
+                waiters.0[Side::Read.slot()].register(&w);
+            }
+            self.fanned = Some(waiters);
+        }
+        match &self.fanned {
+            Some(waiters) => waiters.0[side.slot()].register(cx.waker()),
+            None if self
+                .waiter
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker())) => {}
+            None => self.waiter = Some(cx.waker().clone()),
         }
     }
 
-    /// Wakes whoever last waited on the timers (a timer was set: its
-    /// deadline may now be earlier than the one armed, or the first).
+    /// The poll on `side` stopped waiting (it returned): an expiry heard on
+    /// the other side is no longer kept for it.
+    pub(crate) fn unpark(&mut self, side: Side) {
+        self.parked[side.slot()] = false;
+    }
+
+    /// Keeps an expiry of `which` that nobody took for the next poll that
+    /// takes it, while nothing happens on its timer.
+    pub(crate) fn owe(&mut self, which: Timeout) {
+        self.owed |= which.bit();
+    }
+
+    /// Wakes whoever waits on the timers (a timer was set: its deadline may
+    /// now be earlier than the one armed, or the first).
     pub(crate) fn wake_waiter(&mut self) {
         if let Some(w) = self.waiter.take() {
             w.wake();
+        }
+        if let Some(waiters) = &self.fanned {
+            ArcWake::wake_by_ref(waiters);
         }
     }
 
     /// `*_timeout_reset`: marks activity for `which` now.
     pub(crate) fn reset(&mut self, which: Timeout) {
         self.stamp[which.index()] = Instant::now();
+        self.owed &= !which.bit();
     }
 
     /// A read of more than 0 bytes happened. Recorded even while every
@@ -127,6 +222,7 @@ impl Timers {
         let now = Instant::now();
         self.stamp[Timeout::Idle.index()] = now;
         self.stamp[Timeout::Read.index()] = now;
+        self.owed &= !(Timeout::Idle.bit() | Timeout::Read.bit());
     }
 
     /// A write happened (recorded as reads are).
@@ -134,6 +230,7 @@ impl Timers {
         let now = Instant::now();
         self.stamp[Timeout::Idle.index()] = now;
         self.stamp[Timeout::Write.index()] = now;
+        self.owed &= !(Timeout::Idle.bit() | Timeout::Write.bit());
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -163,20 +260,59 @@ impl Timers {
         None
     }
 
-    /// Polls the sleep for the earliest deadline. `Ready(t)` when a timer
-    /// expired; `Pending` with the waker registered otherwise (or when no
-    /// timer is enabled).
-    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Timeout> {
+    /// Whether a poll on `side` takes an expiry of `which` (TO-3): the
+    /// driver takes all (see [`Side::Any`]); a read takes a write timeout only while no flush
+    /// waits for it, and a flush a read timeout only while no read waits.
+    fn takes(&self, side: Side, which: Timeout) -> bool {
+        let waits = |s: Side| self.parked[s.slot()];
+        match (side, which) {
+            (Side::Any, _) | (_, Timeout::Idle) => true,
+            (Side::Read, Timeout::Read) | (Side::Write, Timeout::Write) => true,
+            (Side::Read, Timeout::Write) => !waits(Side::Write),
+            (Side::Write, Timeout::Read) => !waits(Side::Read),
+        }
+    }
+
+    /// An expiry kept for `side` by the other side (activity on its timer
+    /// since it fired dropped it).
+    fn take_owed(&mut self, side: Side) -> Option<Timeout> {
+        if self.owed == 0 {
+            return None;
+        }
+        let t = Timeout::ALL
+            .into_iter()
+            .find(|&t| self.owed & t.bit() != 0 && self.takes(side, t))?;
+        self.owed &= !t.bit();
+        Some(t)
+    }
+
+    /// Polls the sleep for the earliest deadline, for a poll on `side`.
+    /// `Ready(t)` when a timer that `side` takes expired; `Pending` with the
+    /// waker registered otherwise (or when no timer is enabled). An expiry
+    /// for the other side's waiting poll is kept for it, and it is woken.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<Timeout> {
         if !self.started {
             return Poll::Pending;
         }
         loop {
-            if let Some(t) = self.expired() {
+            if let Some(t) = self.take_owed(side) {
+                self.unpark(side);
                 return Poll::Ready(t);
+            }
+            if let Some(t) = self.expired() {
+                if self.takes(side, t) {
+                    self.unpark(side);
+                    return Poll::Ready(t);
+                }
+                self.owe(t);
+                if let (Some(other), Some(waiters)) = (side.other(), &self.fanned) {
+                    waiters.0[other.slot()].wake();
+                }
+                continue;
             }
             let Some(deadline) = self.deadline() else {
                 self.sleep = None;
-                self.remember(cx);
+                self.remember(cx, side);
                 return Poll::Pending;
             };
             match &mut self.sleep {
@@ -184,15 +320,86 @@ impl Timers {
                 Some(s) => s.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
+            self.remember(cx, side);
             let Some(sleep) = self.sleep.as_mut() else {
                 return Poll::Pending;
             };
-            if sleep.as_mut().poll(cx).is_pending() {
-                self.remember(cx);
+            let pending = match &self.fanned {
+                Some(waiters) => {
+                    let fan = waker_ref(waiters);
+                    sleep
+                        .as_mut()
+                        .poll(&mut Context::from_waker(&fan))
+                        .is_pending()
+                }
+                None => sleep.as_mut().poll(cx).is_pending(),
+            };
+            if pending {
                 return Poll::Pending;
             }
             // The sleep fired: loop to see which timer (activity may have
             // pushed every deadline back, then we re-arm).
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::task::noop_waker_ref;
+
+    fn poll(timers: &mut Timers, side: Side) -> Poll<Timeout> {
+        timers.poll_expired(&mut Context::from_waker(noop_waker_ref()), side)
+    }
+
+    /// Both halves wait; the first to poll after the expiry takes only what
+    /// is its own and keeps the rest for the other.
+    #[tokio::test(start_paused = true)]
+    async fn each_side_takes_its_own_expiry_and_keeps_the_other_sides() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, period, period);
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        assert!(poll(&mut timers, Side::Write).is_pending());
+        tokio::time::advance(period).await;
+        // Both expired together: the read side takes the read timeout and
+        // keeps the write timeout for the waiting flush.
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        assert_eq!(poll(&mut timers, Side::Write), Poll::Ready(Timeout::Write));
+        assert!(poll(&mut timers, Side::Write).is_pending());
+    }
+
+    /// An expiry kept for the other side is dropped by activity on its
+    /// timer before that side looks.
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_expiry_is_dropped_by_activity_first() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        assert!(poll(&mut timers, Side::Write).is_pending());
+        tokio::time::advance(period).await;
+        assert!(
+            poll(&mut timers, Side::Write).is_pending(),
+            "kept for the read"
+        );
+        timers.on_read();
+        assert!(
+            poll(&mut timers, Side::Read).is_pending(),
+            "input came since"
+        );
+    }
+
+    /// With nobody on the other side waiting, a side takes any expiry (a
+    /// lone reader hears the write timeout), and once the other side
+    /// returned it is no longer kept for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_side_takes_the_others_expiry_when_the_other_does_not_wait() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, Duration::ZERO, period);
+        assert!(poll(&mut timers, Side::Write).is_pending());
+        timers.unpark(Side::Write); // the flush returned
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        tokio::time::advance(period).await;
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Write));
     }
 }
