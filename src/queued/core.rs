@@ -570,6 +570,9 @@ impl Core {
         }
         self.marks.wake_all();
         self.wake_driver();
+        // The halves of a split `QueuedFramed` waiting on the timers (or on
+        // the transport, having polled the timers too) learn of it.
+        self.timers.wake_waiter();
         if let Some(payload) = panicked {
             resume_unwind(payload);
         }
@@ -951,25 +954,7 @@ impl Core {
     /// first (the connection never waits for input with output queued) and
     /// the timers run: an expired timer with no hook stops the fill with
     /// [`FillStop::Expired`], for the caller to route.
-    #[inline]
     pub(crate) fn poll_fill<IO>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::result::Result<(), FillStop>>
-    where
-        IO: Transport,
-    {
-        let filled = self.poll_fill_once(io, cx);
-        if filled.is_ready() {
-            self.timers.unpark(Side::Read);
-        }
-        filled
-    }
-
-    /// [`poll_fill`](Self::poll_fill), but for telling the timers the read
-    /// side stopped waiting.
-    fn poll_fill_once<IO>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
@@ -1057,15 +1042,13 @@ impl Core {
     ) -> Poll<Option<(Timeout, Error)>> {
         // A hook runs on whichever side hears the timer; queued requests
         // are told whichever side drives them (TO-3: the head read first).
-        let side = if self.on_driver_task()
-            || self.on_timeout.is_some()
-            || (side == Side::Write && !self.queue.is_empty())
-        {
-            Side::Any
+        let (side, all) = if self.on_driver_task() {
+            (Side::Driver, true)
         } else {
-            side
+            let all = self.on_timeout.is_some() || (side == Side::Write && !self.queue.is_empty());
+            (side, all)
         };
-        let polled = self.timers.poll_expired(cx, side);
+        let polled = self.timers.poll_expired(cx, side, all);
         let Poll::Ready(which) = polled else {
             return Poll::Pending;
         };
@@ -1611,23 +1594,6 @@ impl Core {
     where
         IO: Transport,
     {
-        let flushed = self.poll_flush_once(io, cx);
-        if flushed.is_ready() {
-            self.timers.unpark(Side::Write);
-        }
-        flushed
-    }
-
-    /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)
-    /// left pending ends early (the queue came down to the low watermark).
-    pub(crate) fn stop_waiting_to_write(&mut self) {
-        self.timers.unpark(Side::Write);
-    }
-
-    fn poll_flush_once<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
-    where
-        IO: Transport,
-    {
         loop {
             if self.poll_write_out(io, cx)?.is_ready() {
                 return Poll::Ready(Ok(()));
@@ -1892,7 +1858,7 @@ impl Core {
     /// The driver is about to wait: run expired timers. `Ready` when one
     /// fired (the turn goes on), `Pending` otherwise.
     fn wait_for_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some((t, e)) = ready!(self.poll_timers(cx, Side::Any)) {
+        if let Some((t, e)) = ready!(self.poll_timers(cx, Side::Driver)) {
             self.fail_timer(e, Some(t));
         }
         Poll::Ready(())

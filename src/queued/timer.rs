@@ -65,24 +65,42 @@ pub(crate) enum Side {
     Read,
     /// A flush or a wait for the write queue to drain.
     Write,
-    /// Takes every expiry and routes it itself: the spawned driver, or a
-    /// poll that has a hook to run or queued requests to tell.
-    Any,
+    /// The spawned driver.
+    Driver,
 }
 
 impl Side {
     fn slot(self) -> usize {
         match self {
-            Side::Read | Side::Any => 0,
+            Side::Read | Side::Driver => 0,
             Side::Write => 1,
         }
     }
+}
 
-    fn other(self) -> Option<Side> {
-        match self {
-            Side::Read => Some(Side::Write),
-            Side::Write => Some(Side::Read),
-            Side::Any => None,
+/// What a poll does with an expiry (TO-3: the first waiter it concerns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Its own: it takes it.
+    Own,
+    /// The other side's: it takes it only if the other side, woken, did
+    /// not (a lone reader hears the write timeout).
+    Fallback,
+    /// The other side's: it drops it if the other side did not take it (a
+    /// flush leaves read timeouts to reads).
+    Never,
+}
+
+impl Claim {
+    /// `all`: the poll takes every expiry and routes it itself (the driver,
+    /// a hook to run, queued requests to tell).
+    fn of(side: Side, which: Timeout, all: bool) -> Claim {
+        match (side, which) {
+            _ if all => Claim::Own,
+            (Side::Driver, _) | (_, Timeout::Idle) => Claim::Own,
+            (Side::Read, Timeout::Read) | (Side::Write, Timeout::Write) => Claim::Own,
+            (Side::Read, Timeout::Write) => Claim::Fallback,
+            (Side::Write, Timeout::Read) => Claim::Never,
         }
     }
 }
@@ -112,13 +130,14 @@ pub(crate) struct Timers {
     /// Both sides' wakers instead, once a flush waited or a read waited
     /// with a timer armed (see [`Waiters`]); the driver never needs them.
     fanned: Option<Arc<Waiters>>,
-    /// Each side has a poll waiting on the timers (set when it waits,
-    /// cleared when it returns).
-    parked: [bool; 2],
-    /// Expiries one side heard while the other side waits on them, by
-    /// [`Timeout::bit`]: the other side takes them, unless activity on the
-    /// timer came first (TO-3: the first waiter the timer concerns).
+    /// Expiries not yet taken, by [`Timeout::bit`]: a poll that hears one
+    /// for the other side leaves it here and wakes that side. Activity on
+    /// the timer, or a new period, drops it.
     owed: u8,
+    /// By side: the owed expiries it left for the other side. On its next
+    /// poll, one still owed is taken (or dropped) after all: whoever it was
+    /// left for is not waiting.
+    offered: [u8; 2],
     /// The timers only run once the connection is up (TO-2).
     started: bool,
 }
@@ -140,8 +159,8 @@ impl Timers {
             sleep: None,
             waiter: None,
             fanned: None,
-            parked: [false; 2],
             owed: 0,
+            offered: [0; 2],
             started: true,
         }
     }
@@ -162,13 +181,13 @@ impl Timers {
     /// recorded whether or not a timer is on.
     pub(crate) fn set(&mut self, which: Timeout, period: Duration) {
         self.period[which.index()] = period;
+        self.owed &= !which.bit();
     }
 
     /// Keeps the waker of a poll on `side` about to wait on the timers.
     /// A flush, or a read with a timer armed, moves every waker to the
     /// shared [`Waiters`], which the sleep wakes.
     fn remember(&mut self, cx: &Context<'_>, side: Side) {
-        self.parked[side.slot()] = true;
         let fan_out = side == Side::Write || (side == Side::Read && self.sleep.is_some());
         if self.fanned.is_none() && fan_out {
             let waiters = Arc::new(Waiters::default());
@@ -185,12 +204,6 @@ impl Timers {
                 .is_some_and(|w| w.will_wake(cx.waker())) => {}
             None => self.waiter = Some(cx.waker().clone()),
         }
-    }
-
-    /// The poll on `side` stopped waiting (it returned): an expiry heard on
-    /// the other side is no longer kept for it.
-    pub(crate) fn unpark(&mut self, side: Side) {
-        self.parked[side.slot()] = false;
     }
 
     /// Keeps an expiry of `which` that nobody took for the next poll that
@@ -260,59 +273,70 @@ impl Timers {
         None
     }
 
-    /// Whether a poll on `side` takes an expiry of `which` (TO-3): the
-    /// driver takes all (see [`Side::Any`]); a read takes a write timeout only while no flush
-    /// waits for it, and a flush a read timeout only while no read waits.
-    fn takes(&self, side: Side, which: Timeout) -> bool {
-        let waits = |s: Side| self.parked[s.slot()];
-        match (side, which) {
-            (Side::Any, _) | (_, Timeout::Idle) => true,
-            (Side::Read, Timeout::Read) | (Side::Write, Timeout::Write) => true,
-            (Side::Read, Timeout::Write) => !waits(Side::Write),
-            (Side::Write, Timeout::Read) => !waits(Side::Read),
+    /// The first owed expiry a poll on `side` takes now. One left for the
+    /// other side is offered to it (woken) first, and taken or dropped by
+    /// this side's next poll if still owed then: whoever it was left for is
+    /// not waiting. `offered_now` collects what this poll offered (its
+    /// caller then wakes itself for that next poll).
+    fn take_owed(&mut self, side: Side, all: bool, offered_now: &mut u8) -> Option<Timeout> {
+        let slot = side.slot();
+        for t in Timeout::ALL {
+            let bit = t.bit();
+            if self.owed & bit == 0 || *offered_now & bit != 0 {
+                continue;
+            }
+            let claim = Claim::of(side, t, all);
+            if claim == Claim::Own || self.offered[slot] & bit != 0 {
+                self.owed &= !bit;
+                self.offered[0] &= !bit;
+                self.offered[1] &= !bit;
+                if claim == Claim::Never {
+                    continue;
+                }
+                // Taken late, it counts as firing now: the next expiry is a
+                // whole period away.
+                self.stamp[t.index()] = Instant::now();
+                return Some(t);
+            }
+            self.offered[slot] |= bit;
+            *offered_now |= bit;
+            if let Some(waiters) = &self.fanned {
+                waiters.0[1 - slot].wake();
+            }
         }
+        None
     }
 
-    /// An expiry kept for `side` by the other side (activity on its timer
-    /// since it fired dropped it).
-    fn take_owed(&mut self, side: Side) -> Option<Timeout> {
-        if self.owed == 0 {
-            return None;
-        }
-        let t = Timeout::ALL
-            .into_iter()
-            .find(|&t| self.owed & t.bit() != 0 && self.takes(side, t))?;
-        self.owed &= !t.bit();
-        Some(t)
-    }
-
-    /// Polls the sleep for the earliest deadline, for a poll on `side`.
-    /// `Ready(t)` when a timer that `side` takes expired; `Pending` with the
-    /// waker registered otherwise (or when no timer is enabled). An expiry
-    /// for the other side's waiting poll is kept for it, and it is woken.
-    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<Timeout> {
+    /// Polls the sleep for the earliest deadline, for a poll on `side`
+    /// (`all`: see [`Claim::of`]). `Ready(t)` when it takes an expiry;
+    /// `Pending` with the waker registered otherwise (or when no timer is
+    /// enabled).
+    pub(crate) fn poll_expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        side: Side,
+        all: bool,
+    ) -> Poll<Timeout> {
         if !self.started {
             return Poll::Pending;
         }
+        let mut offered_now = 0u8;
         loop {
-            if let Some(t) = self.take_owed(side) {
-                self.unpark(side);
+            if self.owed != 0
+                && let Some(t) = self.take_owed(side, all, &mut offered_now)
+            {
                 return Poll::Ready(t);
             }
             if let Some(t) = self.expired() {
-                if self.takes(side, t) {
-                    self.unpark(side);
-                    return Poll::Ready(t);
-                }
-                self.owe(t);
-                if let (Some(other), Some(waiters)) = (side.other(), &self.fanned) {
-                    waiters.0[other.slot()].wake();
-                }
+                self.owed |= t.bit();
                 continue;
             }
             let Some(deadline) = self.deadline() else {
                 self.sleep = None;
                 self.remember(cx, side);
+                if offered_now != 0 {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             };
             match &mut self.sleep {
@@ -322,6 +346,9 @@ impl Timers {
             }
             self.remember(cx, side);
             let Some(sleep) = self.sleep.as_mut() else {
+                if offered_now != 0 {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             };
             let pending = match &self.fanned {
@@ -335,6 +362,9 @@ impl Timers {
                 None => sleep.as_mut().poll(cx).is_pending(),
             };
             if pending {
+                if offered_now != 0 {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             }
             // The sleep fired: loop to see which timer (activity may have
@@ -349,39 +379,33 @@ mod tests {
     use futures::task::noop_waker_ref;
 
     fn poll(timers: &mut Timers, side: Side) -> Poll<Timeout> {
-        timers.poll_expired(&mut Context::from_waker(noop_waker_ref()), side)
+        timers.poll_expired(&mut Context::from_waker(noop_waker_ref()), side, false)
     }
 
-    /// Both halves wait; the first to poll after the expiry takes only what
-    /// is its own and keeps the rest for the other.
+    /// Both expire together: the read side takes the read timeout and
+    /// offers the write timeout to the flush, which takes it.
     #[tokio::test(start_paused = true)]
-    async fn each_side_takes_its_own_expiry_and_keeps_the_other_sides() {
+    async fn each_side_takes_its_own_expiry_and_offers_the_other_sides() {
         let period = Duration::from_secs(1);
         let mut timers = Timers::new(Duration::ZERO, period, period);
         assert!(poll(&mut timers, Side::Read).is_pending());
         assert!(poll(&mut timers, Side::Write).is_pending());
         tokio::time::advance(period).await;
-        // Both expired together: the read side takes the read timeout and
-        // keeps the write timeout for the waiting flush.
         assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
-        assert!(poll(&mut timers, Side::Read).is_pending());
+        assert!(poll(&mut timers, Side::Read).is_pending(), "offered");
         assert_eq!(poll(&mut timers, Side::Write), Poll::Ready(Timeout::Write));
+        assert!(poll(&mut timers, Side::Read).is_pending(), "taken");
         assert!(poll(&mut timers, Side::Write).is_pending());
     }
 
-    /// An expiry kept for the other side is dropped by activity on its
-    /// timer before that side looks.
+    /// An offered expiry is dropped by activity on its timer before the
+    /// side it was offered to looks.
     #[tokio::test(start_paused = true)]
-    async fn a_kept_expiry_is_dropped_by_activity_first() {
+    async fn an_offered_expiry_is_dropped_by_activity_first() {
         let period = Duration::from_secs(1);
         let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
-        assert!(poll(&mut timers, Side::Read).is_pending());
-        assert!(poll(&mut timers, Side::Write).is_pending());
         tokio::time::advance(period).await;
-        assert!(
-            poll(&mut timers, Side::Write).is_pending(),
-            "kept for the read"
-        );
+        assert!(poll(&mut timers, Side::Write).is_pending(), "offered");
         timers.on_read();
         assert!(
             poll(&mut timers, Side::Read).is_pending(),
@@ -389,17 +413,34 @@ mod tests {
         );
     }
 
-    /// With nobody on the other side waiting, a side takes any expiry (a
-    /// lone reader hears the write timeout), and once the other side
-    /// returned it is no longer kept for it.
+    /// Nobody took what a side offered: on its next poll a read takes the
+    /// write timeout (a lone reader), a flush drops the read timeout.
     #[tokio::test(start_paused = true)]
-    async fn a_side_takes_the_others_expiry_when_the_other_does_not_wait() {
+    async fn an_offer_nobody_took_is_taken_or_dropped_on_the_next_poll() {
         let period = Duration::from_secs(1);
-        let mut timers = Timers::new(Duration::ZERO, Duration::ZERO, period);
-        assert!(poll(&mut timers, Side::Write).is_pending());
-        timers.unpark(Side::Write); // the flush returned
-        assert!(poll(&mut timers, Side::Read).is_pending());
+        let mut timers = Timers::new(Duration::ZERO, period, period);
         tokio::time::advance(period).await;
+        // Its own, and the read timeout offered to a read that is not here.
+        assert_eq!(poll(&mut timers, Side::Write), Poll::Ready(Timeout::Write));
+        assert!(poll(&mut timers, Side::Write).is_pending(), "read dropped");
+        assert!(
+            poll(&mut timers, Side::Read).is_pending(),
+            "dropped for all"
+        );
+        tokio::time::advance(period).await;
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
+        assert!(poll(&mut timers, Side::Read).is_pending(), "write offered");
         assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Write));
+    }
+
+    /// An expiry kept while its timer is turned off or changed is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn setting_the_period_drops_a_kept_expiry() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        tokio::time::advance(period).await;
+        assert!(poll(&mut timers, Side::Write).is_pending(), "offered");
+        timers.set(Timeout::Read, Duration::ZERO);
+        assert!(poll(&mut timers, Side::Read).is_pending());
     }
 }

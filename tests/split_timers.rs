@@ -1,0 +1,529 @@
+//! Timers on the inline front end when waits are given up, hooks close the
+//! connection, or the `Sink` and `Stream` halves wait in two tasks: each
+//! half hears its own timeout, a lone waiter hears the other side's, and
+//! nothing hears a timeout twice or one period late (docs/semantics.md,
+//! TO-3 and TO-4).
+
+use std::time::Duration;
+
+use anyframe::QueuedFramed;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::time::Instant;
+use tokio_util::codec::BytesCodec;
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// `Err(())` if `fut` is not ready by `limit`; the deadline is checked
+/// first, so the timer's own wake-up cannot complete `fut`.
+async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, ()> {
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep(limit) => Err(()),
+        out = fut => Ok(out),
+    }
+}
+
+/// TO-3 "a lone reader hears the write timeout": a flush the caller gave
+/// up on (dropped while it waited) leaves no flush waiting; the lone
+/// reader must then hear the write timeout.
+#[tokio::test]
+async fn lone_reader_hears_write_timeout_after_an_abandoned_flush() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64); // never reads, never writes
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        // Give up on the flush after 50 ms (as `tokio::time::timeout` would).
+        assert!(within(MS(50), conn.flush()).await.is_err());
+        // Nobody flushes now: the lone reader is told of the write timeout.
+        let r = within(Duration::from_secs(2), conn.next()).await;
+        assert!(
+            matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()),
+            "lone reader never heard the write timeout: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same through the `Sink`: `send` abandoned in a `select!`, then the
+/// same task only reads.
+#[tokio::test]
+async fn lone_reader_hears_write_timeout_after_an_abandoned_sink_send() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        let _ = within(MS(50), conn.send(Bytes::from(vec![b'x'; 1000]))).await;
+        let r = within(Duration::from_secs(2), conn.next()).await;
+        assert!(
+            matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()),
+            "lone reader never heard the write timeout: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Split halves: the Sink half's task gives up on a send and goes away
+/// (drops its half); the Stream half, now a lone reader, hears the write
+/// timeout.
+#[tokio::test]
+async fn split_stream_hears_write_timeout_after_sink_half_gave_up() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .wtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let writer = tokio::spawn(async move {
+            let r = tokio::time::timeout(MS(50), sink.send(Bytes::from(vec![b'x'; 1000]))).await;
+            drop(sink);
+            r.is_err()
+        });
+        assert!(writer.await.unwrap(), "the send should have been abandoned");
+        let r = within(Duration::from_secs(2), stream.next()).await;
+        assert!(
+            matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()),
+            "lone Stream half never heard the write timeout: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-3 "fires again after every further period without activity": a read
+/// abandoned once (select!) then a flush that waits across the read
+/// deadline; the read timeouts the next reads hear must be one period
+/// apart, not two back to back.
+#[tokio::test]
+async fn no_back_to_back_read_timeouts_after_an_abandoned_read_and_a_flush() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, mut peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        let t0 = Instant::now();
+        // A read given up on at 30 ms.
+        assert!(within(MS(30), conn.next()).await.is_err());
+        // A flush the peer holds up from ~30 ms to ~300 ms: the read timer
+        // expires at 200 ms while it waits.
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        let drain = tokio::spawn(async move {
+            tokio::time::sleep_until(t0 + MS(300)).await;
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut peer, &mut sink).await;
+        });
+        within(Duration::from_secs(2), conn.flush())
+            .await
+            .expect("flush hung")
+            .unwrap();
+        // Read at 370 ms: the read timer last fired at 200, next at 400.
+        tokio::time::sleep_until(t0 + MS(370)).await;
+        let r1 = within(Duration::from_secs(2), conn.next()).await;
+        let at1 = t0.elapsed();
+        assert!(
+            matches!(r1, Ok(Some(Err(ref e))) if e.is_timeout()),
+            "{r1:?}"
+        );
+        let r2 = within(Duration::from_secs(2), conn.next()).await;
+        let at2 = t0.elapsed();
+        assert!(
+            matches!(r2, Ok(Some(Err(ref e))) if e.is_timeout()),
+            "{r2:?}"
+        );
+        drain.abort();
+        assert!(
+            at2 - at1 >= MS(120),
+            "two read timeouts {:?} apart (first at {at1:?}, second at {at2:?}); period 200 ms",
+            at2 - at1
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-1 "Zero turns a timer off": a read timeout kept (TO-4, set past its
+/// deadline with nobody waiting) must not reach a read after the timer
+/// was turned off.
+#[tokio::test]
+async fn owed_read_timeout_dropped_when_timer_turned_off() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder().build_with_codec(io, BytesCodec::new());
+        tokio::time::sleep(MS(150)).await;
+        conn.set_rtimeout(MS(100)); // already due: kept for the next read
+        conn.set_rtimeout(Duration::ZERO); // read timer off
+        let r = within(MS(500), conn.next()).await;
+        assert!(
+            r.is_err(),
+            "a read timeout reached the read after rtimeout was set to 0: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Control for the above: kept timeout with the timer still on reaches the
+/// next read at once (TO-4).
+#[tokio::test]
+async fn control_owed_read_timeout_reaches_next_read() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder().build_with_codec(io, BytesCodec::new());
+        tokio::time::sleep(MS(150)).await;
+        conn.set_rtimeout(MS(100));
+        let r = within(MS(50), conn.next()).await;
+        assert!(matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()), "{r:?}");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// §4 / TO-3: an `on_timeout` hook that destroys the connection runs on
+/// whichever half hears the timer; the other half, waiting, must learn the
+/// connection closed instead of waiting for ever.
+#[tokio::test]
+async fn split_hook_destroy_ends_both_halves() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64); // never reads nor writes
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        conn.on_timeout(|_, q| q.destroy());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move { stream.next().await.map(|r| r.map(|_| ())) });
+        tokio::time::sleep(MS(20)).await; // the Stream half waits
+        let writer = tokio::spawn(async move { sink.send(Bytes::from(vec![b'x'; 1000])).await });
+        let w = within(Duration::from_secs(2), writer).await;
+        let r = within(Duration::from_secs(2), reader).await;
+        assert!(matches!(w, Ok(Ok(Err(_)))), "writer: {w:?}");
+        assert!(
+            matches!(r, Ok(Ok(Some(Err(_)) | None))),
+            "the Stream half never learned the hook destroyed the connection: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Both halves waiting, read and write timers with the same period, both
+/// expire together: each half gets its own, over several periods.
+#[tokio::test]
+async fn split_both_expire_together_repeatedly() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(MS(200))
+            .wtimeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..3 {
+                match within(Duration::from_secs(1), stream.next()).await {
+                    Ok(Some(Err(e))) if e.is_timeout() => n += 1,
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+            Ok(n)
+        });
+        let writer = tokio::spawn(async move {
+            sink.feed(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+            let mut n = 0;
+            for _ in 0..3 {
+                match within(Duration::from_secs(1), sink.flush()).await {
+                    Ok(Err(e)) if e.is_timeout() => n += 1,
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+            Ok(n)
+        });
+        let r = reader.await.unwrap();
+        let w = writer.await.unwrap();
+        assert_eq!(r, Ok(3), "reader");
+        assert_eq!(w, Ok(3), "writer");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// A spawned handle still hears read and write timeouts (TO-3 via the
+/// driver).
+#[tokio::test]
+async fn spawned_handle_read_and_write_timeouts() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(MS(200))
+            .wtimeout(MS(300))
+            .build(io);
+        let (handle, _driver) = conn.spawn();
+        let r = within(
+            Duration::from_secs(2),
+            handle.read(anyframe::codecs::LineCodec::new()),
+        )
+        .await;
+        assert!(matches!(r, Ok(Err(ref e)) if e.is_timeout()), "{r:?}");
+        handle.push_bytes(vec![b'x'; 1000]).unwrap();
+        let f = within(Duration::from_secs(2), handle.flush()).await;
+        assert!(matches!(f, Ok(Err(ref e)) if e.is_timeout()), "{f:?}");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The hook case the other way round: the `Stream` half polls the timers
+/// last, a write timeout's hook destroys the connection; the `Sink` half,
+/// blocked in a flush, must end.
+#[tokio::test]
+async fn split_hook_destroy_ends_the_blocked_sink_half() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        conn.on_timeout(|_, q| q.destroy());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let writer = tokio::spawn(async move { sink.send(Bytes::from(vec![b'x'; 1000])).await });
+        tokio::time::sleep(MS(20)).await; // the flush waits
+        let reader = tokio::spawn(async move { stream.next().await.map(|r| r.map(|_| ())) });
+        let r = within(Duration::from_secs(2), reader).await;
+        let w = within(Duration::from_secs(2), writer).await;
+        assert!(matches!(r, Ok(Ok(Some(Err(_)) | None))), "reader: {r:?}");
+        assert!(
+            matches!(w, Ok(Ok(Err(_)))),
+            "the blocked Sink half never learned the hook destroyed the connection: {w:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-3 "or a TLS switch's waiter": a STARTTLS toward a silent peer is
+/// told of the read timeout (control).
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn control_starttls_to_a_silent_peer_times_out() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(1 << 16); // takes the hello, never answers
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        let tls = anyframe::tls::TlsClient::new("localhost").unwrap();
+        let r = within(Duration::from_secs(2), conn.starttls(tls)).await;
+        assert!(matches!(r, Ok(Err(ref e)) if e.is_timeout()), "{r:?}");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-3: a STARTTLS whose hello the peer never takes, with only a write
+/// timeout, after an abandoned flush: the switch's waiter must still be
+/// told of the write timeout.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn starttls_hears_write_timeout_after_an_abandoned_flush() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64); // never reads
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        assert!(within(MS(50), conn.flush()).await.is_err());
+        let tls = anyframe::tls::TlsClient::new("localhost").unwrap();
+        let r = within(Duration::from_secs(2), conn.starttls(tls)).await;
+        assert!(
+            matches!(r, Ok(Err(ref e)) if e.is_timeout()),
+            "STARTTLS never heard the write timeout: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Control for the above without the abandoned flush.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn control_starttls_hears_write_timeout() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        let tls = anyframe::tls::TlsClient::new("localhost").unwrap();
+        let r = within(Duration::from_secs(2), conn.starttls(tls)).await;
+        assert!(matches!(r, Ok(Err(ref e)) if e.is_timeout()), "{r:?}");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Control: a lone reader hears the write timeout with no flush ever
+/// abandoned, for several periods.
+#[tokio::test]
+async fn control_lone_reader_hears_repeated_write_timeouts() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        for i in 0..3 {
+            let r = within(Duration::from_secs(1), conn.next()).await;
+            assert!(
+                matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()),
+                "{i}: {r:?}"
+            );
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Split: the Stream half's read abandoned (select!) while the Sink half
+/// blocks in a flush; the Sink half must still get its write timeout and
+/// nothing hangs; the Stream half, polled again, hears its read timeout.
+#[tokio::test]
+async fn split_abandoned_stream_read_then_both_timeouts() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(MS(250))
+            .wtimeout(MS(300))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        assert!(within(MS(30), stream.next()).await.is_err()); // abandoned
+        let writer = tokio::spawn(async move { sink.send(Bytes::from(vec![b'x'; 1000])).await });
+        let w = within(Duration::from_secs(2), writer).await;
+        assert!(matches!(w, Ok(Ok(Err(ref e))) if e.is_timeout()), "{w:?}");
+        let r = within(Duration::from_secs(2), stream.next()).await;
+        assert!(matches!(r, Ok(Some(Err(ref e))) if e.is_timeout()), "{r:?}");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// A spawned handle: idle timeout reaches a queued read, and with nothing
+/// waiting, the connection stays open (TO-6: non-fatal).
+#[tokio::test]
+async fn spawned_idle_timeout_nonfatal_with_nobody() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder().timeout(MS(150)).build(io);
+        let (handle, _driver) = conn.spawn();
+        tokio::time::sleep(MS(400)).await; // two idle expiries heard by nobody
+        assert!(!handle.is_closed());
+        let r = within(
+            Duration::from_secs(2),
+            handle.read(anyframe::codecs::LineCodec::new()),
+        )
+        .await;
+        assert!(
+            matches!(r, Ok(Err(ref e)) if e.is_timeout() && !e.is_fatal()),
+            "{r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// TO-4: a write timeout set while a flush waits, already past its
+/// deadline, reaches that flush at once.
+#[tokio::test]
+async fn write_timeout_set_past_deadline_reaches_waiting_flush_at_once() {
+    use std::task::Poll;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder().build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        let mut polled_at: Option<Instant> = None;
+        let r = within(
+            Duration::from_secs(2),
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = SinkExt::<Bytes>::poll_flush_unpin(&mut conn, cx) {
+                    return Poll::Ready((r, polled_at));
+                }
+                match polled_at {
+                    None => {
+                        polled_at = Some(Instant::now());
+                        let waker = cx.waker().clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(MS(300)).await;
+                            waker.wake();
+                        });
+                    }
+                    Some(t) if t.elapsed() >= MS(300) => {
+                        conn.set_wtimeout(MS(100));
+                        polled_at = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+                Poll::Pending
+            }),
+        )
+        .await;
+        match r {
+            Ok((Err(e), Some(set_at))) => {
+                assert!(e.is_timeout(), "{e:?}");
+                assert!(
+                    set_at.elapsed() < MS(60),
+                    "came {:?} after",
+                    set_at.elapsed()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Split halves both waiting with only an idle timeout: each period one of
+/// them hears it, neither hangs, and the Sink half ends once the peer
+/// drains.
+#[tokio::test]
+async fn split_idle_timeout_goes_to_one_half_per_period() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .timeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c1 = count.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                match stream.next().await {
+                    Some(Err(e)) if e.is_timeout() => {
+                        c1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    other => return format!("{other:?}"),
+                }
+            }
+        });
+        let c2 = count.clone();
+        let writer = tokio::spawn(async move {
+            sink.feed(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+            loop {
+                match sink.flush().await {
+                    Err(e) if e.is_timeout() => {
+                        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    other => return format!("{other:?}"),
+                }
+            }
+        });
+        tokio::time::sleep(MS(1100)).await; // 5 idle expiries
+        let n = count.load(std::sync::atomic::Ordering::SeqCst);
+        reader.abort();
+        writer.abort();
+        assert!((4..=6).contains(&n), "{n} idle timeouts heard in 5 periods");
+    })
+    .await
+    .expect("test hung");
+}
