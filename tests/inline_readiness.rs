@@ -206,7 +206,7 @@ async fn control_stream_alone_gets_its_read_timeout() {
 /// already spent without input, fires at once for that read (the setter
 /// finds it expired; nobody queued takes it, so the waiting read does),
 /// not one period later.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_read_timeout_set_past_its_deadline_reaches_the_waiting_read_at_once() {
     use std::task::Poll;
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -281,7 +281,7 @@ async fn split_sink_gets_its_write_timeout_while_the_stream_half_waits() {
 /// TO-3 on split halves: the `Sink` half waited on the timers last (a flush
 /// the peer held up), then finished and went on to other work; the
 /// `Stream` half, still waiting for input, gets its read timeout.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_stream_gets_its_read_timeout_after_the_sink_half_waited() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, mut peer) = tokio::io::duplex(64); // the peer never writes
@@ -313,7 +313,7 @@ async fn split_stream_gets_its_read_timeout_after_the_sink_half_waited() {
 /// TO-3 on split halves: a write timeout goes to the `Sink` half blocked in
 /// a flush, though the `Stream` half waited on the timers after it; the
 /// `Stream` half goes on waiting for input.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_sink_gets_its_write_timeout_when_the_stream_half_waited_last() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64); // the peer never reads nor writes
@@ -342,7 +342,7 @@ async fn split_sink_gets_its_write_timeout_when_the_stream_half_waited_last() {
 
 /// Control: one task reading while its output is stuck, with nobody
 /// flushing, is the one told of the write timeout.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn control_a_lone_reader_hears_the_write_timeout() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);

@@ -27,7 +27,7 @@ async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Ou
 /// TO-3 "a lone reader hears the write timeout": a flush the caller gave
 /// up on (dropped while it waited) leaves no flush waiting; the lone
 /// reader must then hear the write timeout.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn lone_reader_hears_write_timeout_after_an_abandoned_flush() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64); // never reads, never writes
@@ -50,7 +50,7 @@ async fn lone_reader_hears_write_timeout_after_an_abandoned_flush() {
 
 /// The same through the `Sink`: `send` abandoned in a `select!`, then the
 /// same task only reads.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn lone_reader_hears_write_timeout_after_an_abandoned_sink_send() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -71,7 +71,7 @@ async fn lone_reader_hears_write_timeout_after_an_abandoned_sink_send() {
 /// Split halves: the Sink half's task gives up on a send and goes away
 /// (drops its half); the Stream half, now a lone reader, hears the write
 /// timeout.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_stream_hears_write_timeout_after_sink_half_gave_up() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -99,7 +99,7 @@ async fn split_stream_hears_write_timeout_after_sink_half_gave_up() {
 /// abandoned once (select!) then a flush that waits across the read
 /// deadline; the read timeouts the next reads hear must be one period
 /// apart, not two back to back.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn no_back_to_back_read_timeouts_after_an_abandoned_read_and_a_flush() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, mut peer) = tokio::io::duplex(64);
@@ -149,7 +149,7 @@ async fn no_back_to_back_read_timeouts_after_an_abandoned_read_and_a_flush() {
 /// TO-1 "Zero turns a timer off": a read timeout kept (TO-4, set past its
 /// deadline with nobody waiting) must not reach a read after the timer
 /// was turned off.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn owed_read_timeout_dropped_when_timer_turned_off() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -169,7 +169,7 @@ async fn owed_read_timeout_dropped_when_timer_turned_off() {
 
 /// Control for the above: kept timeout with the timer still on reaches the
 /// next read at once (TO-4).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn control_owed_read_timeout_reaches_next_read() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -186,7 +186,7 @@ async fn control_owed_read_timeout_reaches_next_read() {
 /// §4 / TO-3: an `on_timeout` hook that destroys the connection runs on
 /// whichever half hears the timer; the other half, waiting, must learn the
 /// connection closed instead of waiting for ever.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_hook_destroy_ends_both_halves() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64); // never reads nor writes
@@ -212,7 +212,7 @@ async fn split_hook_destroy_ends_both_halves() {
 
 /// Both halves waiting, read and write timers with the same period, both
 /// expire together: each half gets its own, over several periods.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_both_expire_together_repeatedly() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -253,7 +253,7 @@ async fn split_both_expire_together_repeatedly() {
 
 /// A spawned handle still hears read and write timeouts (TO-3 via the
 /// driver).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn spawned_handle_read_and_write_timeouts() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -279,7 +279,7 @@ async fn spawned_handle_read_and_write_timeouts() {
 /// The hook case the other way round: the `Stream` half polls the timers
 /// last, a write timeout's hook destroys the connection; the `Sink` half,
 /// blocked in a flush, must end.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_hook_destroy_ends_the_blocked_sink_half() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -306,7 +306,7 @@ async fn split_hook_destroy_ends_the_blocked_sink_half() {
 /// TO-3 "or a TLS switch's waiter": a STARTTLS toward a silent peer is
 /// told of the read timeout (control).
 #[cfg(feature = "tls")]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn control_starttls_to_a_silent_peer_times_out() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(1 << 16); // takes the hello, never answers
@@ -325,7 +325,7 @@ async fn control_starttls_to_a_silent_peer_times_out() {
 /// timeout, after an abandoned flush: the switch's waiter must still be
 /// told of the write timeout.
 #[cfg(feature = "tls")]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn starttls_hears_write_timeout_after_an_abandoned_flush() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64); // never reads
@@ -347,7 +347,7 @@ async fn starttls_hears_write_timeout_after_an_abandoned_flush() {
 
 /// Control for the above without the abandoned flush.
 #[cfg(feature = "tls")]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn control_starttls_hears_write_timeout() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -365,7 +365,7 @@ async fn control_starttls_hears_write_timeout() {
 
 /// Control: a lone reader hears the write timeout with no flush ever
 /// abandoned, for several periods.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn control_lone_reader_hears_repeated_write_timeouts() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -388,7 +388,7 @@ async fn control_lone_reader_hears_repeated_write_timeouts() {
 /// Split: the Stream half's read abandoned (select!) while the Sink half
 /// blocks in a flush; the Sink half must still get its write timeout and
 /// nothing hangs; the Stream half, polled again, hears its read timeout.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_abandoned_stream_read_then_both_timeouts() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -410,7 +410,7 @@ async fn split_abandoned_stream_read_then_both_timeouts() {
 
 /// A spawned handle: idle timeout reaches a queued read, and with nothing
 /// waiting, the connection stays open (TO-6: non-fatal).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn spawned_idle_timeout_nonfatal_with_nobody() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
@@ -434,7 +434,7 @@ async fn spawned_idle_timeout_nonfatal_with_nobody() {
 
 /// TO-4: a write timeout set while a flush waits, already past its
 /// deadline, reaches that flush at once.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_timeout_set_past_deadline_reaches_waiting_flush_at_once() {
     use std::task::Poll;
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -486,7 +486,7 @@ async fn write_timeout_set_past_deadline_reaches_waiting_flush_at_once() {
 /// Split halves both waiting with only an idle timeout: each period one of
 /// them hears it, neither hangs, and the Sink half ends once the peer
 /// drains.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn split_idle_timeout_goes_to_one_half_per_period() {
     tokio::time::timeout(Duration::from_secs(10), async {
         let (io, _peer) = tokio::io::duplex(64);
