@@ -2,15 +2,20 @@
 //! connection, or the `Sink` and `Stream` halves wait in two tasks: each
 //! half hears its own timeout, a lone waiter hears the other side's, and
 //! nothing hears a timeout twice or one period late (docs/semantics.md,
-//! TO-3 and TO-4).
+//! TO-3 and TO-4); a panic in one half's callback ends the other half
+//! (§4). The multi-thread cases run on real time with loose bounds.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
-use anyframe::QueuedFramed;
-use bytes::Bytes;
+use anyframe::{QueuedFramed, Timeout};
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_util::codec::BytesCodec;
+use tokio_util::codec::{BytesCodec, Decoder, Encoder};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -523,6 +528,429 @@ async fn split_idle_timeout_goes_to_one_half_per_period() {
         reader.abort();
         writer.abort();
         assert!((4..=6).contains(&n), "{n} idle timeouts heard in 5 periods");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Both halves in one task (`futures::join!`, the Sink side polled first):
+/// each half must hear its own timeout every period (TO-3).
+#[tokio::test(start_paused = true)]
+async fn join_sink_first_stream_hears_read_timeouts() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(MS(200))
+            .wtimeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (r2, w2) = (reads.clone(), writes.clone());
+        let writer = async move {
+            sink.feed(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+            loop {
+                match sink.flush().await {
+                    Err(e) if e.is_timeout() => w2.fetch_add(1, Ordering::SeqCst),
+                    other => panic!("writer: {other:?}"),
+                };
+            }
+        };
+        let reader = async move {
+            loop {
+                match stream.next().await {
+                    Some(Err(e)) if e.is_timeout() => r2.fetch_add(1, Ordering::SeqCst),
+                    other => panic!("reader: {other:?}"),
+                };
+            }
+        };
+        let _ = within(MS(1100), futures::future::join(writer, reader)).await;
+        let (r, w) = (reads.load(Ordering::SeqCst), writes.load(Ordering::SeqCst));
+        assert!(
+            (4..=6).contains(&r) && (4..=6).contains(&w),
+            "in 5 periods: Stream half heard {r} timeouts, Sink half {w}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Two tasks on a multi-thread runtime, only `rtimeout`, the Sink half
+/// blocked in a flush: the Stream half must hear a read timeout every
+/// period; the Sink half must not hear any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multithread_stream_hears_every_read_timeout() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(MS(100))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let t0 = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut at = Vec::new();
+            while t0.elapsed() < MS(1550) {
+                match within(MS(500), stream.next()).await {
+                    Ok(Some(Err(e))) if e.is_timeout() => at.push(t0.elapsed()),
+                    Err(()) => at.push(Duration::MAX),
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+            Ok(at)
+        });
+        let writer = tokio::spawn(async move {
+            sink.feed(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+            let r = within(MS(1600), sink.flush()).await;
+            format!("{r:?}")
+        });
+        let at = reader.await.unwrap().unwrap();
+        let w = writer.await.unwrap();
+        assert_eq!(w, "Err(())", "the flush heard something");
+        let gaps: Vec<_> = at.windows(2).map(|p| p[1].saturating_sub(p[0])).collect();
+        assert!(
+            at.len() >= 8 && gaps.iter().all(|g| *g < MS(350)),
+            "{} read timeouts in ~15 periods, at {at:?}",
+            at.len()
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Two tasks on a multi-thread runtime, only `wtimeout`, both halves
+/// waiting: the write timeout is the Sink half's (waiting in a flush), not
+/// the Stream half's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multithread_stream_does_not_steal_write_timeouts() {
+    stream_does_not_steal_write_timeouts().await
+}
+
+/// Control: the same on the current-thread runtime.
+#[tokio::test]
+async fn control_current_thread_stream_does_not_steal_write_timeouts() {
+    stream_does_not_steal_write_timeouts().await
+}
+
+async fn stream_does_not_steal_write_timeouts() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .wtimeout(MS(100))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let stolen = Arc::new(AtomicUsize::new(0));
+        let s2 = stolen.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                match stream.next().await {
+                    Some(Err(e)) if e.is_timeout() => s2.fetch_add(1, Ordering::SeqCst),
+                    other => panic!("{other:?}"),
+                };
+            }
+        });
+        tokio::time::sleep(MS(10)).await;
+        let writer = tokio::spawn(async move {
+            sink.feed(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+            let mut at = Vec::new();
+            let t0 = Instant::now();
+            while t0.elapsed() < MS(1500) {
+                match within(MS(500), sink.flush()).await {
+                    Ok(Err(e)) if e.is_timeout() => at.push(t0.elapsed().as_millis()),
+                    other => return Err(format!("{other:?} after timeouts at {at:?} ms")),
+                }
+            }
+            Ok(at)
+        });
+        let w = writer.await.unwrap();
+        reader.abort();
+        let s = stolen.load(Ordering::SeqCst);
+        assert!(
+            matches!(w, Ok(ref at) if at.len() >= 8) && s == 0,
+            "Sink half heard {w:?} write timeouts in 15 periods, the Stream half took {s}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// A read polled once after a write expiry and given up, then
+/// `timeout_reset(Write)`: nothing left from that expiry lets the `Stream`
+/// half take the next write timeout from the `Sink` half waiting in a
+/// flush.
+#[tokio::test(start_paused = true)]
+async fn a_given_up_read_leaves_nothing_that_takes_the_next_write_timeout() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .wtimeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        assert!(within(MS(50), conn.flush()).await.is_err());
+        tokio::time::sleep(MS(160)).await; // the write timer expired at 200
+        // One poll of a read, given up (a select! whose other branch won).
+        let mut once = false;
+        std::future::poll_fn(|cx| {
+            if !once {
+                once = true;
+                assert!(conn.poll_next_unpin(cx).is_pending());
+            }
+            Poll::Ready(())
+        })
+        .await;
+        conn.timeout_reset(Timeout::Write);
+        let t_reset = Instant::now();
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move {
+            let r = within(MS(1000), stream.next()).await;
+            (format!("{r:?}"), Instant::now())
+        });
+        let writer = tokio::spawn(async move {
+            let r = within(MS(1000), sink.flush()).await;
+            (format!("{r:?}"), Instant::now())
+        });
+        let (w, w_at) = writer.await.unwrap();
+        let (r, _) = reader.await.unwrap();
+        assert!(
+            w.contains("timed out") || w.contains("imeout"),
+            "the flush never heard its write timeout: {w}; the read got {r}"
+        );
+        assert!(
+            w_at - t_reset < MS(260),
+            "the flush heard it {:?} after the reset (period 200 ms); the read got {r}",
+            w_at - t_reset
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// A codec whose encoder panics.
+struct PanicEncoder;
+impl Decoder for PanicEncoder {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
+        if src.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(src.split()))
+        }
+    }
+}
+impl Encoder<Bytes> for PanicEncoder {
+    type Error = std::io::Error;
+    fn encode(&mut self, _: Bytes, _: &mut BytesMut) -> std::io::Result<()> {
+        panic!("encoder panics")
+    }
+}
+
+/// §4 "A ... encoder that panics makes the connection fail (fatal); every
+/// other request and waiter resolves with that error": the Stream half,
+/// waiting in a read, must end when the Sink half's encoder panics.
+#[tokio::test]
+async fn split_encoder_panic_ends_the_waiting_stream_half() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder().build_with_codec(io, PanicEncoder);
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move { format!("{:?}", stream.next().await) });
+        tokio::time::sleep(MS(20)).await; // the Stream half waits
+        let writer = tokio::spawn(async move { sink.send(Bytes::from_static(b"x")).await });
+        assert!(
+            writer.await.is_err(),
+            "the encoder's panic reaches the writer"
+        );
+        let r = within(Duration::from_secs(2), reader).await;
+        assert!(
+            matches!(r, Ok(Ok(ref s)) if s.contains("Err") || s == "None"),
+            "the waiting Stream half never learned of the panic: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The same with timers armed (the Stream half waits on the fanned sleep).
+#[tokio::test]
+async fn split_encoder_panic_ends_the_stream_half_waiting_on_timers() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(Duration::from_secs(5))
+            .build_with_codec(io, PanicEncoder);
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move { format!("{:?}", stream.next().await) });
+        tokio::time::sleep(MS(20)).await;
+        let writer = tokio::spawn(async move { sink.send(Bytes::from_static(b"x")).await });
+        assert!(writer.await.is_err());
+        let r = within(Duration::from_secs(2), reader).await;
+        assert!(
+            matches!(r, Ok(Ok(ref s)) if s.contains("Err") || s == "None"),
+            "the waiting Stream half never learned of the panic: {r:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// A decoder that panics on input.
+struct PanicDecoder;
+impl Decoder for PanicDecoder {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
+        if src.is_empty() {
+            Ok(None)
+        } else {
+            panic!("decoder panics")
+        }
+    }
+}
+impl Encoder<Bytes> for PanicDecoder {
+    type Error = std::io::Error;
+    fn encode(&mut self, b: Bytes, dst: &mut BytesMut) -> std::io::Result<()> {
+        dst.extend_from_slice(&b);
+        Ok(())
+    }
+}
+
+/// The Stream half's decoder panics while the Sink half waits in a flush
+/// (the peer takes nothing, a write timer armed): the flush must end with
+/// the fatal error at once, not hang (§4).
+#[tokio::test]
+async fn split_decoder_panic_ends_the_blocked_sink_half() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, mut peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .wtimeout(Duration::from_secs(5))
+            .build_with_codec(io, PanicDecoder);
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let writer = tokio::spawn(async move { sink.send(Bytes::from(vec![b'x'; 1000])).await });
+        tokio::time::sleep(MS(20)).await; // the flush waits
+        let reader = tokio::spawn(async move { format!("{:?}", stream.next().await) });
+        tokio::time::sleep(MS(20)).await;
+        peer.write_all(b"boom").await.unwrap();
+        assert!(
+            reader.await.is_err(),
+            "the decoder's panic reaches the reader"
+        );
+        let w = within(Duration::from_secs(2), writer).await;
+        assert!(
+            matches!(w, Ok(Ok(Err(ref e))) if e.is_fatal()),
+            "the blocked Sink half never learned of the panic: {w:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// §4 for a panicking `on_timeout` hook, run on the Stream half; the Sink
+/// half waits in a flush. Both are woken by the same expiry, so this should
+/// hold (control).
+#[tokio::test]
+async fn split_hook_panic_ends_the_blocked_sink_half() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(MS(200))
+            .build_with_codec(io, BytesCodec::new());
+        conn.on_timeout(|_, _| panic!("hook panics"));
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let reader = tokio::spawn(async move { format!("{:?}", stream.next().await) });
+        tokio::time::sleep(MS(20)).await;
+        let writer = tokio::spawn(async move { sink.send(Bytes::from(vec![b'x'; 1000])).await });
+        let r = within(Duration::from_secs(2), reader).await;
+        let w = within(Duration::from_secs(2), writer).await;
+        assert!(matches!(r, Ok(Err(_))), "reader: {r:?}");
+        assert!(
+            matches!(w, Ok(Ok(Err(ref e))) if e.is_fatal()),
+            "writer: {w:?}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+/// A lone reader with both timers off except `wtimeout`, output stuck: the
+/// read must not be polled hundreds of times while it waits.
+#[tokio::test(start_paused = true)]
+async fn lone_reader_is_not_busy_polled() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(MS(200))
+            .wtimeout(MS(150))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        sink.feed(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+        let _ = within(MS(30), sink.flush()).await; // given up
+        let polls = Arc::new(AtomicUsize::new(0));
+        let p2 = polls.clone();
+        let mut got = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < MS(1000) {
+            let r = within(
+                MS(1000),
+                std::future::poll_fn(|cx| {
+                    p2.fetch_add(1, Ordering::SeqCst);
+                    stream.poll_next_unpin(cx)
+                }),
+            )
+            .await;
+            match r {
+                Ok(Some(Err(e))) if e.is_timeout() => got += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        let n = polls.load(Ordering::SeqCst);
+        assert!(got >= 6, "{got} timeouts");
+        assert!(n <= 4 * got, "{n} polls for {got} timeouts");
+        drop(sink);
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Two tasks on a multi-thread runtime, `rtimeout` = `wtimeout`, the Sink
+/// half retrying its flush after each write timeout: the Stream half must
+/// still hear a read timeout every period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multithread_both_timers_stream_hears_every_read_timeout() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = QueuedFramed::builder()
+            .rtimeout(MS(100))
+            .wtimeout(MS(100))
+            .build_with_codec(io, BytesCodec::new());
+        let (mut sink, mut stream) = conn.split::<Bytes>();
+        let t0 = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut at = Vec::new();
+            while t0.elapsed() < MS(1550) {
+                match within(MS(500), stream.next()).await {
+                    Ok(Some(Err(e))) if e.is_timeout() => at.push(t0.elapsed().as_millis()),
+                    other => return Err(format!("{other:?} after {at:?}")),
+                }
+            }
+            Ok(at)
+        });
+        let writer = tokio::spawn(async move {
+            sink.feed(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+            let mut n = 0;
+            while t0.elapsed() < MS(1600) {
+                if let Ok(Err(e)) = within(MS(500), sink.flush()).await {
+                    assert!(e.is_timeout());
+                    n += 1;
+                }
+            }
+            n
+        });
+        let at = reader.await.unwrap();
+        let n = writer.await.unwrap();
+        assert!(
+            matches!(at, Ok(ref at) if at.len() >= 8),
+            "Stream half's read timeouts (ms) in ~15 periods: {at:?}; Sink half heard {n}"
+        );
     })
     .await
     .expect("test hung");

@@ -640,6 +640,8 @@ impl Core {
         }
         self.marks.wake_all();
         self.wake_driver();
+        // The other half of a split `QueuedFramed` may wait on the timers.
+        self.timers.wake_waiter();
     }
 
     /// After [`poison`](Self::poison): resolves every entry and waiter with
@@ -955,6 +957,23 @@ impl Core {
     /// the timers run: an expired timer with no hook stops the fill with
     /// [`FillStop::Expired`], for the caller to route.
     pub(crate) fn poll_fill<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<(), FillStop>>
+    where
+        IO: Transport,
+    {
+        let filled = self.poll_fill_once(io, cx);
+        if filled.is_ready() {
+            self.timers.unpark(Side::Read);
+        }
+        filled
+    }
+
+    /// [`poll_fill`](Self::poll_fill), which also tells the timers when the
+    /// read side stops waiting.
+    fn poll_fill_once<IO>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
@@ -1591,6 +1610,23 @@ impl Core {
         io: &mut IO,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>>
+    where
+        IO: Transport,
+    {
+        let flushed = self.poll_flush_once(io, cx);
+        if flushed.is_ready() {
+            self.timers.unpark(Side::Write);
+        }
+        flushed
+    }
+
+    /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)
+    /// left pending ends early (the queue came down to the low watermark).
+    pub(crate) fn stop_waiting_to_write(&mut self) {
+        self.timers.unpark(Side::Write);
+    }
+
+    fn poll_flush_once<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
     where
         IO: Transport,
     {

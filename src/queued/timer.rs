@@ -83,11 +83,11 @@ impl Side {
 enum Claim {
     /// Its own: it takes it.
     Own,
-    /// The other side's: it takes it only if the other side, woken, did
-    /// not (a lone reader hears the write timeout).
+    /// The other side's: it takes it only while the other side is not
+    /// waiting (a lone reader hears the write timeout).
     Fallback,
-    /// The other side's: it drops it if the other side did not take it (a
-    /// flush leaves read timeouts to reads).
+    /// The other side's: it drops it while the other side is not waiting
+    /// (a flush leaves read timeouts to reads).
     Never,
 }
 
@@ -130,14 +130,16 @@ pub(crate) struct Timers {
     /// Both sides' wakers instead, once a flush waited or a read waited
     /// with a timer armed (see [`Waiters`]); the driver never needs them.
     fanned: Option<Arc<Waiters>>,
-    /// Expiries not yet taken, by [`Timeout::bit`]: a poll that hears one
-    /// for the other side leaves it here and wakes that side. Activity on
-    /// the timer, or a new period, drops it.
+    /// By side: a poll of that side waits on the timers (set when it
+    /// waits, cleared when it returns). A poll given up (its future
+    /// dropped) leaves it set: see `owed`.
+    parked: [bool; 2],
+    /// Expiries heard by one side for the other side's waiting poll, by
+    /// [`Timeout::bit`]: left here for it, and it is woken. Activity on the
+    /// timer, or setting it, drops one. One still here when its timer
+    /// fires again was never taken in a whole period: the side it was left
+    /// for was not waiting after all (its poll was given up).
     owed: u8,
-    /// By side: the owed expiries it left for the other side. On its next
-    /// poll, one still owed is taken (or dropped) after all: whoever it was
-    /// left for is not waiting.
-    offered: [u8; 2],
     /// The timers only run once the connection is up (TO-2).
     started: bool,
 }
@@ -159,8 +161,8 @@ impl Timers {
             sleep: None,
             waiter: None,
             fanned: None,
+            parked: [false; 2],
             owed: 0,
-            offered: [0; 2],
             started: true,
         }
     }
@@ -188,6 +190,7 @@ impl Timers {
     /// A flush, or a read with a timer armed, moves every waker to the
     /// shared [`Waiters`], which the sleep wakes.
     fn remember(&mut self, cx: &Context<'_>, side: Side) {
+        self.parked[side.slot()] = true;
         let fan_out = side == Side::Write || (side == Side::Read && self.sleep.is_some());
         if self.fanned.is_none() && fan_out {
             let waiters = Arc::new(Waiters::default());
@@ -204,6 +207,11 @@ impl Timers {
                 .is_some_and(|w| w.will_wake(cx.waker())) => {}
             None => self.waiter = Some(cx.waker().clone()),
         }
+    }
+
+    /// The poll on `side` stopped waiting (it returned).
+    pub(crate) fn unpark(&mut self, side: Side) {
+        self.parked[side.slot()] = false;
     }
 
     /// Keeps an expiry of `which` that nobody took for the next poll that
@@ -273,38 +281,15 @@ impl Timers {
         None
     }
 
-    /// The first owed expiry a poll on `side` takes now. One left for the
-    /// other side is offered to it (woken) first, and taken or dropped by
-    /// this side's next poll if still owed then: whoever it was left for is
-    /// not waiting. `offered_now` collects what this poll offered (its
-    /// caller then wakes itself for that next poll).
-    fn take_owed(&mut self, side: Side, all: bool, offered_now: &mut u8) -> Option<Timeout> {
-        let slot = side.slot();
-        for t in Timeout::ALL {
-            let bit = t.bit();
-            if self.owed & bit == 0 || *offered_now & bit != 0 {
-                continue;
-            }
-            let claim = Claim::of(side, t, all);
-            if claim == Claim::Own || self.offered[slot] & bit != 0 {
-                self.owed &= !bit;
-                self.offered[0] &= !bit;
-                self.offered[1] &= !bit;
-                if claim == Claim::Never {
-                    continue;
-                }
-                // Taken late, it counts as firing now: the next expiry is a
-                // whole period away.
-                self.stamp[t.index()] = Instant::now();
-                return Some(t);
-            }
-            self.offered[slot] |= bit;
-            *offered_now |= bit;
-            if let Some(waiters) = &self.fanned {
-                waiters.0[1 - slot].wake();
-            }
-        }
-        None
+    /// The first owed expiry that is a poll on `side`'s own; taken late, it
+    /// counts as firing now, so the next one is a whole period away.
+    fn take_owed(&mut self, side: Side, all: bool) -> Option<Timeout> {
+        let t = Timeout::ALL
+            .into_iter()
+            .find(|&t| self.owed & t.bit() != 0 && Claim::of(side, t, all) == Claim::Own)?;
+        self.owed &= !t.bit();
+        self.stamp[t.index()] = Instant::now();
+        Some(t)
     }
 
     /// Polls the sleep for the earliest deadline, for a poll on `side`
@@ -320,23 +305,41 @@ impl Timers {
         if !self.started {
             return Poll::Pending;
         }
-        let mut offered_now = 0u8;
         loop {
             if self.owed != 0
-                && let Some(t) = self.take_owed(side, all, &mut offered_now)
+                && let Some(t) = self.take_owed(side, all)
             {
+                self.unpark(side);
                 return Poll::Ready(t);
             }
             if let Some(t) = self.expired() {
-                self.owed |= t.bit();
-                continue;
+                let bit = t.bit();
+                let claim = Claim::of(side, t, all);
+                if claim != Claim::Own {
+                    let other = 1 - side.slot();
+                    if self.owed & bit != 0 {
+                        // Left for the other side a whole period ago and
+                        // never taken: its poll was given up.
+                        self.parked[other] = false;
+                    }
+                    if self.parked[other] {
+                        self.owed |= bit;
+                        if let Some(waiters) = &self.fanned {
+                            waiters.0[other].wake();
+                        }
+                        continue;
+                    }
+                }
+                self.owed &= !bit;
+                if claim == Claim::Never {
+                    continue;
+                }
+                self.unpark(side);
+                return Poll::Ready(t);
             }
             let Some(deadline) = self.deadline() else {
                 self.sleep = None;
                 self.remember(cx, side);
-                if offered_now != 0 {
-                    cx.waker().wake_by_ref();
-                }
                 return Poll::Pending;
             };
             match &mut self.sleep {
@@ -346,9 +349,6 @@ impl Timers {
             }
             self.remember(cx, side);
             let Some(sleep) = self.sleep.as_mut() else {
-                if offered_now != 0 {
-                    cx.waker().wake_by_ref();
-                }
                 return Poll::Pending;
             };
             let pending = match &self.fanned {
@@ -362,9 +362,6 @@ impl Timers {
                 None => sleep.as_mut().poll(cx).is_pending(),
             };
             if pending {
-                if offered_now != 0 {
-                    cx.waker().wake_by_ref();
-                }
                 return Poll::Pending;
             }
             // The sleep fired: loop to see which timer (activity may have
@@ -382,65 +379,85 @@ mod tests {
         timers.poll_expired(&mut Context::from_waker(noop_waker_ref()), side, false)
     }
 
-    /// Both expire together: the read side takes the read timeout and
-    /// offers the write timeout to the flush, which takes it.
+    /// Both expire together while both sides wait: each takes its own, and
+    /// leaves the other's for it (a poll taking its own does not drop the
+    /// other's, however soon it polls again).
     #[tokio::test(start_paused = true)]
-    async fn each_side_takes_its_own_expiry_and_offers_the_other_sides() {
+    async fn each_side_takes_its_own_expiry_and_leaves_the_other_sides() {
         let period = Duration::from_secs(1);
         let mut timers = Timers::new(Duration::ZERO, period, period);
         assert!(poll(&mut timers, Side::Read).is_pending());
         assert!(poll(&mut timers, Side::Write).is_pending());
         tokio::time::advance(period).await;
-        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
-        assert!(poll(&mut timers, Side::Read).is_pending(), "offered");
         assert_eq!(poll(&mut timers, Side::Write), Poll::Ready(Timeout::Write));
-        assert!(poll(&mut timers, Side::Read).is_pending(), "taken");
-        assert!(poll(&mut timers, Side::Write).is_pending());
+        assert!(
+            poll(&mut timers, Side::Write).is_pending(),
+            "left for the read"
+        );
+        assert!(poll(&mut timers, Side::Write).is_pending(), "still left");
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
+        assert!(poll(&mut timers, Side::Read).is_pending(), "taken once");
     }
 
-    /// An offered expiry is dropped by activity on its timer before the
-    /// side it was offered to looks.
+    /// A read that polls again and again does not take the write timeout
+    /// left for a waiting flush.
     #[tokio::test(start_paused = true)]
-    async fn an_offered_expiry_is_dropped_by_activity_first() {
+    async fn a_read_polling_again_leaves_the_write_timeout_to_the_flush() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, Duration::ZERO, period);
+        assert!(poll(&mut timers, Side::Write).is_pending());
+        tokio::time::advance(period).await;
+        for _ in 0..3 {
+            assert!(poll(&mut timers, Side::Read).is_pending());
+        }
+        assert_eq!(poll(&mut timers, Side::Write), Poll::Ready(Timeout::Write));
+    }
+
+    /// A left expiry is dropped by activity on its timer, or by setting it,
+    /// before the side it was left for looks.
+    #[tokio::test(start_paused = true)]
+    async fn a_left_expiry_is_dropped_by_activity_or_by_setting_the_timer() {
         let period = Duration::from_secs(1);
         let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        assert!(poll(&mut timers, Side::Read).is_pending());
         tokio::time::advance(period).await;
-        assert!(poll(&mut timers, Side::Write).is_pending(), "offered");
+        assert!(poll(&mut timers, Side::Write).is_pending(), "left");
         timers.on_read();
         assert!(
             poll(&mut timers, Side::Read).is_pending(),
             "input came since"
         );
+        tokio::time::advance(period).await;
+        assert!(poll(&mut timers, Side::Write).is_pending(), "left");
+        timers.set(Timeout::Read, Duration::ZERO);
+        assert!(poll(&mut timers, Side::Read).is_pending(), "timer off");
     }
 
-    /// Nobody took what a side offered: on its next poll a read takes the
-    /// write timeout (a lone reader), a flush drops the read timeout.
+    /// A flush given up leaves the write side marked waiting: the write
+    /// timeout it was left is not taken in a whole period, so at the next
+    /// expiry the lone read takes it. With no flush waiting at all, the
+    /// read takes it at once, and a flush drops a read timeout.
     #[tokio::test(start_paused = true)]
-    async fn an_offer_nobody_took_is_taken_or_dropped_on_the_next_poll() {
+    async fn a_side_takes_the_others_expiry_once_the_other_is_not_waiting() {
         let period = Duration::from_secs(1);
-        let mut timers = Timers::new(Duration::ZERO, period, period);
+        let mut timers = Timers::new(Duration::ZERO, Duration::ZERO, period);
+        assert!(poll(&mut timers, Side::Write).is_pending()); // then given up
         tokio::time::advance(period).await;
-        // Its own, and the read timeout offered to a read that is not here.
-        assert_eq!(poll(&mut timers, Side::Write), Poll::Ready(Timeout::Write));
-        assert!(poll(&mut timers, Side::Write).is_pending(), "read dropped");
+        assert!(
+            poll(&mut timers, Side::Read).is_pending(),
+            "left for the flush"
+        );
+        tokio::time::advance(period).await;
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Write));
+        tokio::time::advance(period).await;
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Write));
+
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        tokio::time::advance(period).await;
+        assert!(poll(&mut timers, Side::Write).is_pending(), "dropped");
         assert!(
             poll(&mut timers, Side::Read).is_pending(),
             "dropped for all"
         );
-        tokio::time::advance(period).await;
-        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
-        assert!(poll(&mut timers, Side::Read).is_pending(), "write offered");
-        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Write));
-    }
-
-    /// An expiry kept while its timer is turned off or changed is dropped.
-    #[tokio::test(start_paused = true)]
-    async fn setting_the_period_drops_a_kept_expiry() {
-        let period = Duration::from_secs(1);
-        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
-        tokio::time::advance(period).await;
-        assert!(poll(&mut timers, Side::Write).is_pending(), "offered");
-        timers.set(Timeout::Read, Duration::ZERO);
-        assert!(poll(&mut timers, Side::Read).is_pending());
     }
 }
