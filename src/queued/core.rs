@@ -964,23 +964,6 @@ impl Core {
     where
         IO: Transport,
     {
-        let filled = self.poll_fill_once(io, cx);
-        if filled.is_ready() {
-            self.timers.unpark(Side::Read);
-        }
-        filled
-    }
-
-    /// [`poll_fill`](Self::poll_fill), which also tells the timers when the
-    /// read side stops waiting.
-    fn poll_fill_once<IO>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::result::Result<(), FillStop>>
-    where
-        IO: Transport,
-    {
         loop {
             self.check_open()?;
             if self.is_eof() {
@@ -1610,23 +1593,6 @@ impl Core {
         io: &mut IO,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>>
-    where
-        IO: Transport,
-    {
-        let flushed = self.poll_flush_once(io, cx);
-        if flushed.is_ready() {
-            self.timers.unpark(Side::Write);
-        }
-        flushed
-    }
-
-    /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)
-    /// left pending ends early (the queue came down to the low watermark).
-    pub(crate) fn stop_waiting_to_write(&mut self) {
-        self.timers.unpark(Side::Write);
-    }
-
-    fn poll_flush_once<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
     where
         IO: Transport,
     {

@@ -131,8 +131,8 @@ pub(crate) struct Timers {
     /// with a timer armed (see [`Waiters`]); the driver never needs them.
     fanned: Option<Arc<Waiters>>,
     /// By side: a poll of that side waits on the timers (set when it
-    /// waits, cleared when it returns). A poll given up (its future
-    /// dropped) leaves it set: see `owed`.
+    /// waits; cleared when that side reads or writes, or takes an expiry).
+    /// A poll given up (its future dropped) leaves it set: see `owed`.
     parked: [bool; 2],
     /// Expiries heard by one side for the other side's waiting poll, by
     /// [`Timeout::bit`]: left here for it, and it is woken. Activity on the
@@ -244,6 +244,9 @@ impl Timers {
         self.stamp[Timeout::Idle.index()] = now;
         self.stamp[Timeout::Read.index()] = now;
         self.owed &= !(Timeout::Idle.bit() | Timeout::Read.bit());
+        // The read side got what it waited for (it parks again if it needs
+        // more).
+        self.parked[Side::Read.slot()] = false;
     }
 
     /// A write happened (recorded as reads are).
@@ -252,6 +255,7 @@ impl Timers {
         self.stamp[Timeout::Idle.index()] = now;
         self.stamp[Timeout::Write.index()] = now;
         self.owed &= !(Timeout::Idle.bit() | Timeout::Write.bit());
+        self.parked[Side::Write.slot()] = false;
     }
 
     fn deadline(&self) -> Option<Instant> {
