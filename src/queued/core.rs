@@ -1596,6 +1596,25 @@ impl Core {
     where
         IO: Transport,
     {
+        let flushed = self.poll_flush_once(io, cx);
+        if flushed.is_ready() {
+            self.timers.unpark(Side::Write);
+        }
+        flushed
+    }
+
+    /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)
+    /// left pending ends early (the queue came down to the low watermark).
+    /// (Output written by the read side does not end it: the flush waits
+    /// on.)
+    pub(crate) fn stop_waiting_to_write(&mut self) {
+        self.timers.unpark(Side::Write);
+    }
+
+    fn poll_flush_once<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
+    where
+        IO: Transport,
+    {
         loop {
             if self.poll_write_out(io, cx)?.is_ready() {
                 return Poll::Ready(Ok(()));

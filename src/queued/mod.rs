@@ -910,7 +910,10 @@ where
             match self.core.run(|core| core.poll_flush_inline(io, cx)) {
                 Poll::Ready(result) => result?,
                 // The write brought the queue to the low mark, not empty.
-                Poll::Pending if !self.core.write_blocked() => break,
+                Poll::Pending if !self.core.write_blocked() => {
+                    self.core.stop_waiting_to_write();
+                    break;
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -943,7 +946,10 @@ where
                 match self.core.run(|core| core.poll_flush_inline(io, cx)) {
                     Poll::Ready(result) => result?,
                     // The write left the queue at the low mark, not empty.
-                    Poll::Pending if self.core.is_drained() => break,
+                    Poll::Pending if self.core.is_drained() => {
+                        self.core.stop_waiting_to_write();
+                        break;
+                    }
                     Poll::Pending => return Poll::Pending,
                 }
             }

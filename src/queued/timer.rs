@@ -131,8 +131,9 @@ pub(crate) struct Timers {
     /// with a timer armed (see [`Waiters`]); the driver never needs them.
     fanned: Option<Arc<Waiters>>,
     /// By side: a poll of that side waits on the timers (set when it
-    /// waits; cleared when that side reads or writes, or takes an expiry).
-    /// A poll given up (its future dropped) leaves it set: see `owed`.
+    /// waits; cleared when it takes an expiry, for the read side when input
+    /// comes, for the write side when its flush returns). A poll given up
+    /// (its future dropped) leaves it set: see `owed`.
     parked: [bool; 2],
     /// Expiries heard by one side for the other side's waiting poll, by
     /// [`Timeout::bit`]: left here for it, and it is woken. Activity on the
@@ -255,7 +256,6 @@ impl Timers {
         self.stamp[Timeout::Idle.index()] = now;
         self.stamp[Timeout::Write.index()] = now;
         self.owed &= !(Timeout::Idle.bit() | Timeout::Write.bit());
-        self.parked[Side::Write.slot()] = false;
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -285,15 +285,31 @@ impl Timers {
         None
     }
 
-    /// The first owed expiry that is a poll on `side`'s own; taken late, it
-    /// counts as firing now, so the next one is a whole period away.
+    /// The first owed expiry a poll on `side` takes: its own, or (as when
+    /// it hears one) the other side's while the other side is not waiting.
+    /// Taken late, it counts as firing now, so the next one is a whole
+    /// period away.
     fn take_owed(&mut self, side: Side, all: bool) -> Option<Timeout> {
-        let t = Timeout::ALL
-            .into_iter()
-            .find(|&t| self.owed & t.bit() != 0 && Claim::of(side, t, all) == Claim::Own)?;
-        self.owed &= !t.bit();
-        self.stamp[t.index()] = Instant::now();
-        Some(t)
+        let other_waits = side != Side::Driver && self.parked[1 - side.slot()];
+        for t in Timeout::ALL {
+            if self.owed & t.bit() == 0 {
+                continue;
+            }
+            match Claim::of(side, t, all) {
+                Claim::Own => {}
+                // Left for the other side, which still waits: its own.
+                _ if other_waits => continue,
+                Claim::Fallback => {}
+                Claim::Never => {
+                    self.owed &= !t.bit();
+                    continue;
+                }
+            }
+            self.owed &= !t.bit();
+            self.stamp[t.index()] = Instant::now();
+            return Some(t);
+        }
+        None
     }
 
     /// Polls the sleep for the earliest deadline, for a poll on `side`
