@@ -4,6 +4,12 @@
 //! Activity only moves a stamp (no timer reset per read); the sleep is
 //! re-armed lazily when it fires early, so a busy connection pays one
 //! `Instant::now()` per read or write and nothing else.
+//!
+//! A `QueuedFramed` split into `Sink` and `Stream` halves waits on the
+//! timers from two tasks. Each poll says which side it is ([`Side`]); the
+//! sleep then wakes both sides' wakers, and an expiry one side hears for
+//! the other is left for it while it waits ([`Claim`], docs/semantics.md
+//! TO-3).
 
 use std::fmt;
 use std::future::Future as _;
