@@ -1037,3 +1037,32 @@ async fn stream_writing_output_does_not_steal_the_waiting_flushs_write_timeout()
     })
     .await;
 }
+
+/// TO-3: "A write-side waiter told of several timeouts that expired
+/// together gets the write timeout if one of them is": a lone flush, idle
+/// and write timers of the same period. The idle timeout that expired with
+/// it is not told again a moment later.
+#[tokio::test(start_paused = true)]
+async fn lone_flush_gets_write_timeout_when_idle_expires_with_it() {
+    bounded(async {
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .timeout(MS(100))
+            .wtimeout(MS(100))
+            .build_with_codec(io, BytesCodec::new());
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        let t0 = Instant::now();
+        let e = match within(MS(1000), conn.flush()).await {
+            Ok(Err(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(t0.elapsed(), MS(100));
+        assert_eq!(e.timeout(), Some(Timeout::Write), "flush told {e:?}");
+        let e = match within(MS(1000), conn.flush()).await {
+            Ok(Err(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(t0.elapsed(), MS(200), "the next one a period later: {e:?}");
+    })
+    .await;
+}

@@ -272,23 +272,23 @@ impl Timers {
             .min()
     }
 
+    /// Whether `which` is on and its deadline has passed.
+    fn due(&self, which: Timeout) -> bool {
+        let p = self.period[which.index()];
+        let due = self.stamp[which.index()].checked_add(p);
+        !p.is_zero() && due.is_some_and(|due| due <= Instant::now())
+    }
+
     /// The first timer that has expired by now, if any; its stamp moves to
     /// now, so it fires again one full period later (TO-3).
     pub(crate) fn expired(&mut self) -> Option<Timeout> {
         if !self.started {
             return None;
         }
-        let now = Instant::now();
-        for t in Timeout::ALL {
-            let p = self.period[t.index()];
-            // A period too long for an `Instant` never expires.
-            let due = self.stamp[t.index()].checked_add(p);
-            if !p.is_zero() && due.is_some_and(|due| due <= now) {
-                self.stamp[t.index()] = now;
-                return Some(t);
-            }
-        }
-        None
+        // A period too long for an `Instant` never expires (`due`).
+        let t = Timeout::ALL.into_iter().find(|&t| self.due(t))?;
+        self.stamp[t.index()] = Instant::now();
+        Some(t)
     }
 
     /// The first owed expiry a poll on `side` takes: its own, or (as when
@@ -338,7 +338,13 @@ impl Timers {
                 self.unpark(side);
                 return Poll::Ready(t);
             }
-            if let Some(t) = self.expired() {
+            if let Some(mut t) = self.expired() {
+                if side == Side::Write && !all && t == Timeout::Idle && self.due(Timeout::Write) {
+                    // TO-3: a flush told of timeouts that expired together
+                    // gets the write timeout, which stands for both.
+                    self.stamp[Timeout::Write.index()] = Instant::now();
+                    t = Timeout::Write;
+                }
                 let bit = t.bit();
                 let claim = Claim::of(side, t, all);
                 if claim != Claim::Own {
