@@ -273,10 +273,10 @@ impl Timers {
     }
 
     /// Whether `which` is on and its deadline has passed.
-    fn due(&self, which: Timeout) -> bool {
+    fn due(&self, which: Timeout, now: Instant) -> bool {
         let p = self.period[which.index()];
         let due = self.stamp[which.index()].checked_add(p);
-        !p.is_zero() && due.is_some_and(|due| due <= Instant::now())
+        !p.is_zero() && due.is_some_and(|due| due <= now)
     }
 
     /// The first timer that has expired by now, if any; its stamp moves to
@@ -286,8 +286,9 @@ impl Timers {
             return None;
         }
         // A period too long for an `Instant` never expires (`due`).
-        let t = Timeout::ALL.into_iter().find(|&t| self.due(t))?;
-        self.stamp[t.index()] = Instant::now();
+        let now = Instant::now();
+        let t = Timeout::ALL.into_iter().find(|&t| self.due(t, now))?;
+        self.stamp[t.index()] = now;
         Some(t)
     }
 
@@ -339,10 +340,15 @@ impl Timers {
                 return Poll::Ready(t);
             }
             if let Some(mut t) = self.expired() {
-                if side == Side::Write && !all && t == Timeout::Idle && self.due(Timeout::Write) {
+                if side == Side::Write
+                    && !all
+                    && t == Timeout::Idle
+                    // (`expired` just moved the idle stamp to now.)
+                    && self.due(Timeout::Write, self.stamp[Timeout::Idle.index()])
+                {
                     // TO-3: a flush told of timeouts that expired together
                     // gets the write timeout, which stands for both.
-                    self.stamp[Timeout::Write.index()] = Instant::now();
+                    self.stamp[Timeout::Write.index()] = self.stamp[Timeout::Idle.index()];
                     t = Timeout::Write;
                 }
                 let bit = t.bit();
