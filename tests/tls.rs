@@ -1989,3 +1989,104 @@ async fn handle_autostart_ticket_fails_when_the_handshake_fails() {
         assert_eq!(err.kind(), inline.kind(), "{b:?}");
     }
 }
+
+// ----- Split halves --------------------------------------------------------------
+
+/// A connection split into `Sink` and `Stream` halves in two tasks, with a
+/// STARTTLS queued behind a read and output queued behind the STARTTLS:
+/// the `Sink` half's flush runs the read and the switch for the output it
+/// waits to write, reading the socket from its task. The `Stream` half,
+/// which waited for input from its own task, still hears the line the peer
+/// sends once TLS is up.
+#[tokio::test]
+async fn split_stream_hears_input_after_the_sink_half_ran_a_starttls() {
+    for &b in pki::BACKENDS {
+        split_stream_hears_input_after_the_sink_half_ran_a_starttls_on(b).await;
+    }
+}
+
+async fn split_stream_hears_input_after_the_sink_half_ran_a_starttls_on(b: TlsBackend) {
+    use futures::{SinkExt, StreamExt};
+    let (c, s) = tcp_pair().await;
+    let mut client = QueuedFramed::with_codec(c, LineCodec::new());
+    let go = client.push_read(LineCodec::new());
+    let upgraded = client.push_starttls(pki::client_on(b));
+    client.push_write(LineCodec::new(), "after").unwrap();
+    let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
+    let reader = tokio::spawn(async move {
+        let line = stream.next().await;
+        (line.map(|l| l.map(|l| l.line().to_vec())), stream)
+    });
+    // The reader runs the queued read and waits for input.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let flusher = tokio::spawn(async move {
+        SinkExt::<&'static str>::flush(&mut sink)
+            .await
+            .map(|()| sink)
+    });
+    let server = async {
+        let mut server = QueuedFramed::new(s);
+        // Both halves wait before the peer says anything.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.write(LineCodec::new(), "GO").await.unwrap();
+        server.starttls(server_on(b)).await.unwrap();
+        let after = server.read(LineCodec::new()).await.unwrap();
+        assert_eq!(after.line(), b"after");
+        server.write(LineCodec::new(), "hello").await.unwrap();
+        server
+    };
+    let _server = within("server", server).await;
+    assert_eq!(within("go", go).await.unwrap().line(), b"GO", "{b:?}");
+    within("upgraded", upgraded).await.unwrap();
+    let _sink = within("flush", flusher).await.unwrap().unwrap();
+    let (line, _stream) = within("the stream half hears the line", reader)
+        .await
+        .unwrap();
+    assert_eq!(line.map(|l| l.unwrap()), Some(b"hello".to_vec()), "{b:?}");
+}
+
+/// The same queue, with a peer that says nothing: the wake-ups the two
+/// halves hand each other when one of them does the other's I/O do not
+/// become a loop.
+#[tokio::test]
+async fn split_halves_waiting_on_a_starttls_behind_a_read_are_not_busy_polled() {
+    use futures::{SinkExt, StreamExt};
+    let b = pki::BACKENDS[0];
+    let (c, _s) = tcp_pair().await;
+    let mut client = QueuedFramed::with_codec(c, LineCodec::new());
+    let _go = client.push_read(LineCodec::new());
+    let _upgraded = client.push_starttls(pki::client_on(b));
+    client.push_write(LineCodec::new(), "after").unwrap();
+    let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
+    let polls = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let p = polls.clone();
+    let reader = tokio::spawn(async move {
+        std::future::poll_fn(|cx| {
+            p[0].fetch_add(1, Ordering::SeqCst);
+            stream.poll_next_unpin(cx)
+        })
+        .await
+        .is_some()
+    });
+    let p = polls.clone();
+    let flusher = tokio::spawn(async move {
+        std::future::poll_fn(|cx| {
+            p[1].fetch_add(1, Ordering::SeqCst);
+            SinkExt::<&'static str>::poll_flush_unpin(&mut sink, cx)
+        })
+        .await
+        .is_ok()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (r, f) = (
+        polls[0].load(Ordering::SeqCst),
+        polls[1].load(Ordering::SeqCst),
+    );
+    assert!(!reader.is_finished() && !flusher.is_finished());
+    assert!(
+        r <= 10 && f <= 10,
+        "{r} polls of the Stream half, {f} of the Sink half"
+    );
+    reader.abort();
+    flusher.abort();
+}

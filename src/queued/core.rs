@@ -221,6 +221,9 @@ pub(crate) struct Core {
     /// Whether the transport needs a `poll_flush` after writes.
     unflushed: bool,
     timers: Timers,
+    /// The side a read of the transport waits as: the read side, or a
+    /// flush running the queued reads ([`Side::ReadForFlush`]).
+    reads_for: Side,
     marks: Watermarks,
     on_timeout: Option<TimeoutHook>,
     on_drain: Option<DrainHook>,
@@ -315,6 +318,7 @@ impl Core {
             last_write_error: None,
             unflushed: false,
             timers: Timers::new(cfg.timeout, cfg.rtimeout, cfg.wtimeout),
+            reads_for: Side::Read,
             marks: Watermarks::new(effective_high(cfg.high_water, cfg.wbuf_max), cfg.low_water),
             on_timeout: None,
             on_drain: None,
@@ -996,7 +1000,7 @@ impl Core {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.input_epoch = self.input_epoch.wrapping_add(1);
-                    self.timers.on_read();
+                    self.timers.on_read(self.reads_for);
                     if n >= want
                         && want == self.read_size
                         && self.read_size < self.cfg.max_read_size
@@ -1019,10 +1023,10 @@ impl Core {
                     }
                 }
             }
-            if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
+            if let Poll::Ready(Err(e)) = self.poll_write_beside_read(io, cx) {
                 return Poll::Ready(Err(FillStop::Closed(e)));
             }
-            match self.poll_timers(cx, Side::Read) {
+            match self.poll_timers(cx, self.reads_for) {
                 Poll::Ready(Some((which, e))) => {
                     return Poll::Ready(Err(FillStop::Expired(which, e)));
                 }
@@ -1146,7 +1150,7 @@ impl Core {
                 // one closed the connection, seen at the top). A silent peer
                 // cannot hold it past its timeout.
                 if self.poll_switch(io, cx).is_pending()
-                    && let Some((t, e)) = ready!(self.poll_timers(cx, Side::Read))
+                    && let Some((t, e)) = ready!(self.poll_timers(cx, self.reads_for))
                     && !self.fail(e.clone(), Some(t))
                 {
                     // Nobody queued waits for it: the caller (an inline
@@ -1255,11 +1259,29 @@ impl Core {
     {
         if !self.cfg.autocork
             && !self.wq.is_empty()
-            && let Poll::Ready(Err(e)) = self.poll_write_out(io, cx)
+            && let Poll::Ready(Err(e)) = self.poll_write_beside_read(io, cx)
         {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Writes queued output from a read's poll (output goes out whenever
+    /// the connection runs), then wakes a write side waiting in another
+    /// task ([`Timers::wake_writer`]): the transport keeps one wake-up for
+    /// writing, and this write took it.
+    fn poll_write_beside_read<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
+    where
+        IO: Transport,
+    {
+        let writes =
+            !self.wq.is_empty() || self.unflushed || self.output == Output::ShutdownRequested;
+        let polled = self.poll_write_out(io, cx);
+        // (A flush running queued reads is the write side itself.)
+        if writes && self.reads_for != Side::ReadForFlush {
+            self.timers.wake_writer(cx);
+        }
+        polled
     }
 
     /// Whether `e`, from a decode step, only says the input ended between
@@ -1596,9 +1618,13 @@ impl Core {
     where
         IO: Transport,
     {
+        let before = (self.input_mark(), self.queue.len());
         let flushed = self.poll_flush_once(io, cx);
         if flushed.is_ready() {
             self.timers.unpark(Side::Write);
+        }
+        if (self.input_mark(), self.queue.len()) != before {
+            self.timers.wake_reader(cx);
         }
         flushed
     }
@@ -1623,7 +1649,10 @@ impl Core {
                 // Output (or the shutdown) waits for a TLS switch queued
                 // behind reads: nobody else runs the queue while the
                 // caller awaits this, so the flush does.
-                if self.poll_queue(io, cx)?.is_ready() {
+                self.reads_for = Side::ReadForFlush;
+                let ran = self.poll_queue(io, cx);
+                self.reads_for = Side::Read;
+                if ran?.is_ready() {
                     continue;
                 }
             }

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -71,6 +71,10 @@ pub(crate) enum Side {
     Read,
     /// A flush or a wait for the write queue to drain.
     Write,
+    /// A flush running the queued reads because its output waits behind
+    /// them (a TLS switch queued after them): it hears expiries as a read
+    /// does, and waits as the write side, whose task it runs on.
+    ReadForFlush,
     /// The spawned driver.
     Driver,
 }
@@ -79,7 +83,7 @@ impl Side {
     fn slot(self) -> usize {
         match self {
             Side::Read | Side::Driver => 0,
-            Side::Write => 1,
+            Side::Write | Side::ReadForFlush => 1,
         }
     }
 }
@@ -104,8 +108,10 @@ impl Claim {
         match (side, which) {
             _ if all => Claim::Own,
             (Side::Driver, _) | (_, Timeout::Idle) => Claim::Own,
-            (Side::Read, Timeout::Read) | (Side::Write, Timeout::Write) => Claim::Own,
-            (Side::Read, Timeout::Write) => Claim::Fallback,
+            (Side::Read | Side::ReadForFlush, Timeout::Read) | (Side::Write, Timeout::Write) => {
+                Claim::Own
+            }
+            (Side::Read | Side::ReadForFlush, Timeout::Write) => Claim::Fallback,
             (Side::Write, Timeout::Read) => Claim::Never,
         }
     }
@@ -115,11 +121,19 @@ impl Claim {
 /// sleep is polled with a waker that wakes them all, so the side that
 /// polled it last does not keep the other from hearing its timer.
 #[derive(Default)]
-struct Waiters([AtomicWaker; 2]);
+struct Waiters {
+    /// By [`Side::slot`].
+    slots: [AtomicWaker; 2],
+    /// The write side's waker again, kept (not taken by a wake) so the
+    /// read side can tell whether it is its own task
+    /// ([`Timers::wake_writer`]). Here, not in [`Timers`], so a connection
+    /// whose halves never wait apart pays nothing for it.
+    writer: Mutex<Option<Waker>>,
+}
 
 impl ArcWake for Waiters {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        for w in &arc_self.0 {
+        for w in &arc_self.slots {
             w.wake();
         }
     }
@@ -198,16 +212,25 @@ impl Timers {
     /// shared [`Waiters`], which the sleep wakes.
     fn remember(&mut self, cx: &Context<'_>, side: Side) {
         self.parked[side.slot()] = true;
-        let fan_out = side == Side::Write || (side == Side::Read && self.sleep.is_some());
+        let fan_out =
+            side.slot() == Side::Write.slot() || (side == Side::Read && self.sleep.is_some());
         if self.fanned.is_none() && fan_out {
             let waiters = Arc::new(Waiters::default());
             if let Some(w) = self.waiter.take() {
-                waiters.0[Side::Read.slot()].register(&w);
+                waiters.slots[Side::Read.slot()].register(&w);
             }
             self.fanned = Some(waiters);
         }
         match &self.fanned {
-            Some(waiters) => waiters.0[side.slot()].register(cx.waker()),
+            Some(waiters) => {
+                waiters.slots[side.slot()].register(cx.waker());
+                if side.slot() == Side::Write.slot() {
+                    let mut writer = waiters.writer.lock().unwrap_or_else(|e| e.into_inner());
+                    if !writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *writer = Some(cx.waker().clone());
+                    }
+                }
+            }
             None if self
                 .waiter
                 .as_ref()
@@ -219,6 +242,51 @@ impl Timers {
     /// The poll on `side` stopped waiting (it returned).
     pub(crate) fn unpark(&mut self, side: Side) {
         self.parked[side.slot()] = false;
+    }
+
+    /// The read side, polled with `cx`, wrote (or tried to write) queued
+    /// output: a write side waiting in another task is woken. The
+    /// transport keeps one wake-up for writing, for the last task that
+    /// tried to write, so the read side's attempt took it from the write
+    /// side, whose task would otherwise wait for ever (and the read side
+    /// may have emptied the queue that the write side waits to see
+    /// written). Woken, the write side writes again in its own task. One
+    /// task polling both sides (`join!`) is not woken by itself.
+    pub(crate) fn wake_writer(&self, cx: &Context<'_>) {
+        if !self.parked[Side::Write.slot()] {
+            return;
+        }
+        let Some(waiters) = &self.fanned else {
+            return;
+        };
+        let writer = waiters.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = writer.as_ref()
+            && !w.will_wake(cx.waker())
+        {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The write side, polled with `cx`, moved the read side's input
+    /// along (it read, or ran a queued read or a TLS switch, on its way to
+    /// writing what waits behind them): a read side waiting in another
+    /// task is woken. The transport keeps one wake-up for reading, for the
+    /// last task that read, so the input the read side waits for may
+    /// already be here, or would wake only the write side.
+    pub(crate) fn wake_reader(&self, cx: &Context<'_>) {
+        if !self.parked[Side::Read.slot()] {
+            return;
+        }
+        match &self.fanned {
+            Some(waiters) => waiters.slots[Side::Read.slot()].wake(),
+            None => {
+                if let Some(w) = &self.waiter
+                    && !w.will_wake(cx.waker())
+                {
+                    w.wake_by_ref();
+                }
+            }
+        }
     }
 
     /// Keeps an expiry of `which` that nobody took for the next poll that
@@ -244,16 +312,20 @@ impl Timers {
         self.owed &= !which.bit();
     }
 
-    /// A read of more than 0 bytes happened. Recorded even while every
-    /// timer is off, so a timer set later counts from the last activity.
-    pub(crate) fn on_read(&mut self) {
+    /// A read of more than 0 bytes happened, by a poll on `side`. Recorded
+    /// even while every timer is off, so a timer set later counts from the
+    /// last activity.
+    pub(crate) fn on_read(&mut self, side: Side) {
         let now = Instant::now();
         self.stamp[Timeout::Idle.index()] = now;
         self.stamp[Timeout::Read.index()] = now;
         self.owed &= !(Timeout::Idle.bit() | Timeout::Read.bit());
         // The read side got what it waited for (it parks again if it needs
-        // more).
-        self.parked[Side::Read.slot()] = false;
+        // more). A flush that read for queued reads leaves it waiting: it
+        // is told (`wake_reader`) and looks again.
+        if side != Side::ReadForFlush {
+            self.parked[Side::Read.slot()] = false;
+        }
     }
 
     /// A write happened (recorded as reads are).
@@ -363,7 +435,7 @@ impl Timers {
                     if self.parked[other] {
                         self.owed |= bit;
                         if let Some(waiters) = &self.fanned {
-                            waiters.0[other].wake();
+                            waiters.slots[other].wake();
                         }
                         continue;
                     }
@@ -460,7 +532,7 @@ mod tests {
         assert!(poll(&mut timers, Side::Read).is_pending());
         tokio::time::advance(period).await;
         assert!(poll(&mut timers, Side::Write).is_pending(), "left");
-        timers.on_read();
+        timers.on_read(Side::Read);
         assert!(
             poll(&mut timers, Side::Read).is_pending(),
             "input came since"
