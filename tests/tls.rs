@@ -2005,13 +2005,27 @@ async fn split_stream_hears_input_after_the_sink_half_ran_a_starttls() {
     }
 }
 
-async fn split_stream_hears_input_after_the_sink_half_ran_a_starttls_on(b: TlsBackend) {
-    use futures::{SinkExt, StreamExt};
-    let (c, s) = tcp_pair().await;
+/// A line client with a read queued, a STARTTLS (backend `b`) behind it,
+/// and the line `after` queued behind that.
+fn read_then_starttls_then_write(
+    c: TcpStream,
+    b: TlsBackend,
+) -> (
+    QueuedFramed<TcpStream, LineCodec>,
+    anyframe::Ticket<anyframe::codecs::Line>,
+    anyframe::Ticket<()>,
+) {
     let mut client = QueuedFramed::with_codec(c, LineCodec::new());
     let go = client.push_read(LineCodec::new());
     let upgraded = client.push_starttls(pki::client_on(b));
     client.push_write(LineCodec::new(), "after").unwrap();
+    (client, go, upgraded)
+}
+
+async fn split_stream_hears_input_after_the_sink_half_ran_a_starttls_on(b: TlsBackend) {
+    use futures::{SinkExt, StreamExt};
+    let (c, s) = tcp_pair().await;
+    let (client, go, upgraded) = read_then_starttls_then_write(c, b);
     let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
     let reader = tokio::spawn(async move {
         let line = stream.next().await;
@@ -2053,10 +2067,7 @@ async fn split_halves_waiting_on_a_starttls_behind_a_read_are_not_busy_polled() 
     use futures::{SinkExt, StreamExt};
     let b = pki::BACKENDS[0];
     let (c, _s) = tcp_pair().await;
-    let mut client = QueuedFramed::with_codec(c, LineCodec::new());
-    let _go = client.push_read(LineCodec::new());
-    let _upgraded = client.push_starttls(pki::client_on(b));
-    client.push_write(LineCodec::new(), "after").unwrap();
+    let (client, _go, _upgraded) = read_then_starttls_then_write(c, b);
     let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
     let polls = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let p = polls.clone();
