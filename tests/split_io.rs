@@ -1,10 +1,11 @@
 //! A `QueuedFramed` split into `Sink` and `Stream` halves polled by two
 //! tasks over one socket. The socket keeps one wake-up per direction, for
 //! the task that polled that direction last, and the `Stream` half writes
-//! queued output while it waits for input (docs/semantics.md, §4): its
+//! queued output while it waits for input (docs/semantics.md, WQ-1): its
 //! attempt moves the write wake-up away from a `Sink` half that waits to
 //! write. The `Sink` half must still finish once the peer reads, whether
-//! the `Stream` half goes on polling or not.
+//! the `Stream` half goes on polling or not, and no half may be woken
+//! over and over while nothing can move.
 
 use std::time::Duration;
 
@@ -151,9 +152,9 @@ fn counted<F: std::future::Future + Unpin>(
     })
 }
 
-/// The wake-up the `Stream` half hands to a blocked `Sink` half does not
-/// become a loop: with the peer neither reading nor writing, both halves
-/// wait quietly.
+/// The transport's wake-ups, which reach both halves, do not become a
+/// loop: with the peer neither reading nor writing, both halves wait
+/// quietly.
 #[tokio::test]
 async fn split_halves_blocked_on_a_silent_peer_are_not_busy_polled() {
     use std::sync::Arc;
@@ -189,8 +190,9 @@ async fn split_halves_blocked_on_a_silent_peer_are_not_busy_polled() {
     reader.abort();
 }
 
-/// One task polling both halves (`join!`) is not woken by itself when its
-/// read writes in its flush's place: with a silent peer, it waits quietly.
+/// One task polling both halves (`join!`) is not woken over and over when
+/// its read writes in its flush's place: with a silent peer, it waits
+/// quietly.
 #[tokio::test]
 async fn one_task_polling_both_halves_is_not_busy_polled() {
     use std::sync::Arc;

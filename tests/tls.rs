@@ -2059,9 +2059,8 @@ async fn split_stream_hears_input_after_the_sink_half_ran_a_starttls_on(b: TlsBa
     assert_eq!(line.map(|l| l.unwrap()), Some(b"hello".to_vec()), "{b:?}");
 }
 
-/// The same queue, with a peer that says nothing: the wake-ups the two
-/// halves hand each other when one of them does the other's I/O do not
-/// become a loop.
+/// The same queue, with a peer that says nothing: the transport's
+/// wake-ups, which reach both halves, do not become a loop.
 #[tokio::test]
 async fn split_halves_waiting_on_a_starttls_behind_a_read_are_not_busy_polled() {
     use futures::{SinkExt, StreamExt};

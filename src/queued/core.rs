@@ -59,6 +59,24 @@ use crate::queued::request::{
     batch_step, decode_step, read_request,
 };
 use crate::queued::timer::{Side, Timeout, Timers};
+
+/// Polls the transport: `$poll` runs with `c` bound to the caller's
+/// context, or, once the two sides of the connection may wait in two
+/// tasks, to one whose waker wakes both ([`Timers::io_waker`]).
+macro_rules! poll_io {
+    ($core:ident, $cx:ident, |$c:ident| $poll:expr) => {
+        match $core.timers.io_waker($cx, $core.side) {
+            Some(fan) => {
+                let $c = &mut Context::from_waker(&fan);
+                $poll
+            }
+            None => {
+                let $c = &mut *$cx;
+                $poll
+            }
+        }
+    };
+}
 use crate::queued::transport::{self, Transport};
 use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
@@ -221,9 +239,10 @@ pub(crate) struct Core {
     /// Whether the transport needs a `poll_flush` after writes.
     unflushed: bool,
     timers: Timers,
-    /// The side a read of the transport waits as: the read side, or a
-    /// flush running the queued reads ([`Side::ReadForFlush`]).
-    reads_for: Side,
+    /// The side of the inline poll in progress: the write side in an
+    /// inline flush, else the read side. It says which waker the timers
+    /// and the transport wake ([`Timers::io_waker`]).
+    side: Side,
     marks: Watermarks,
     on_timeout: Option<TimeoutHook>,
     on_drain: Option<DrainHook>,
@@ -318,7 +337,7 @@ impl Core {
             last_write_error: None,
             unflushed: false,
             timers: Timers::new(cfg.timeout, cfg.rtimeout, cfg.wtimeout),
-            reads_for: Side::Read,
+            side: Side::Read,
             marks: Watermarks::new(effective_high(cfg.high_water, cfg.wbuf_max), cfg.low_water),
             on_timeout: None,
             on_drain: None,
@@ -984,10 +1003,10 @@ impl Core {
             // Read into all the room already allocated (fewer system calls
             // on a buffer that has grown), never past `rbuf_max`.
             let limit = self.read_limit().max(want);
-            let filled = {
+            let filled = poll_io!(self, cx, |c| {
                 let mut limited = (&mut self.rbuf).limit(limit);
-                transport::poll_read_buf(io, cx, &mut limited)
-            };
+                transport::poll_read_buf(io, c, &mut limited)
+            });
             match filled {
                 Poll::Ready(Ok(0)) => {
                     tracing::debug!(
@@ -1000,7 +1019,7 @@ impl Core {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.input_epoch = self.input_epoch.wrapping_add(1);
-                    self.timers.on_read(self.reads_for);
+                    self.timers.on_read(self.read_side());
                     if n >= want
                         && want == self.read_size
                         && self.read_size < self.cfg.max_read_size
@@ -1023,10 +1042,10 @@ impl Core {
                     }
                 }
             }
-            if let Poll::Ready(Err(e)) = self.poll_write_beside_read(io, cx) {
+            if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
                 return Poll::Ready(Err(FillStop::Closed(e)));
             }
-            match self.poll_timers(cx, self.reads_for) {
+            match self.poll_timers(cx, self.read_side()) {
                 Poll::Ready(Some((which, e))) => {
                     return Poll::Ready(Err(FillStop::Expired(which, e)));
                 }
@@ -1150,7 +1169,7 @@ impl Core {
                 // one closed the connection, seen at the top). A silent peer
                 // cannot hold it past its timeout.
                 if self.poll_switch(io, cx).is_pending()
-                    && let Some((t, e)) = ready!(self.poll_timers(cx, self.reads_for))
+                    && let Some((t, e)) = ready!(self.poll_timers(cx, self.read_side()))
                     && !self.fail(e.clone(), Some(t))
                 {
                     // Nobody queued waits for it: the caller (an inline
@@ -1259,29 +1278,20 @@ impl Core {
     {
         if !self.cfg.autocork
             && !self.wq.is_empty()
-            && let Poll::Ready(Err(e)) = self.poll_write_beside_read(io, cx)
+            && let Poll::Ready(Err(e)) = self.poll_write_out(io, cx)
         {
             return Err(e);
         }
         Ok(())
     }
 
-    /// Writes queued output from a read's poll (output goes out whenever
-    /// the connection runs), then wakes a write side waiting in another
-    /// task ([`Timers::wake_writer`]): the transport keeps one wake-up for
-    /// writing, and this write took it.
-    fn poll_write_beside_read<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Poll<Result<()>>
-    where
-        IO: Transport,
-    {
-        let writes =
-            !self.wq.is_empty() || self.unflushed || self.output == Output::ShutdownRequested;
-        let polled = self.poll_write_out(io, cx);
-        // (A flush running queued reads is the write side itself.)
-        if writes && self.reads_for != Side::ReadForFlush {
-            self.timers.wake_writer(cx);
+    /// The side a read of the transport waits as: a read's, or, in an
+    /// inline flush running the queued reads, [`Side::ReadForFlush`].
+    fn read_side(&self) -> Side {
+        match self.side {
+            Side::Write => Side::ReadForFlush,
+            side => side,
         }
-        polled
     }
 
     /// Whether `e`, from a decode step, only says the input ended between
@@ -1464,7 +1474,7 @@ impl Core {
             return Poll::Pending;
         }
         if self.unflushed {
-            if let Err(e) = ready!(io.poll_send_flush(cx)) {
+            if let Err(e) = ready!(poll_io!(self, cx, |c| io.poll_send_flush(c))) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             self.unflushed = false;
@@ -1475,7 +1485,7 @@ impl Core {
                 // side closes after it, as output queued after it waits.
                 return Poll::Pending;
             }
-            if let Err(e) = ready!(io.poll_send_shutdown(cx)) {
+            if let Err(e) = ready!(poll_io!(self, cx, |c| io.poll_send_shutdown(c))) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             tracing::debug!("write side shut down");
@@ -1503,7 +1513,7 @@ impl Core {
                 true => Some(ready!(tokio::task::coop::poll_proceed(cx))),
                 false => None,
             };
-            match ready!(self.wq.poll_write(io, cx)) {
+            match ready!(poll_io!(self, cx, |c| self.wq.poll_write(io, c))) {
                 Ok(0) => {
                     let e = Error::transport(std::io::ErrorKind::WriteZero.into());
                     return Poll::Ready(Err(self.io_failed(e)));
@@ -1618,13 +1628,11 @@ impl Core {
     where
         IO: Transport,
     {
-        let before = (self.input_mark(), self.queue.len());
+        self.side = Side::Write;
         let flushed = self.poll_flush_once(io, cx);
+        self.side = Side::Read;
         if flushed.is_ready() {
             self.timers.unpark(Side::Write);
-        }
-        if (self.input_mark(), self.queue.len()) != before {
-            self.timers.wake_reader(cx);
         }
         flushed
     }
@@ -1649,10 +1657,7 @@ impl Core {
                 // Output (or the shutdown) waits for a TLS switch queued
                 // behind reads: nobody else runs the queue while the
                 // caller awaits this, so the flush does.
-                self.reads_for = Side::ReadForFlush;
-                let ran = self.poll_queue(io, cx);
-                self.reads_for = Side::Read;
-                if ran?.is_ready() {
+                if self.poll_queue(io, cx)?.is_ready() {
                     continue;
                 }
             }
@@ -1740,7 +1745,7 @@ impl Core {
         // The output queued before the switch leaves first.
         ready!(self.poll_write_some(io, cx))?;
         if self.unflushed {
-            if let Err(e) = ready!(io.poll_send_flush(cx)) {
+            if let Err(e) = ready!(poll_io!(self, cx, |c| io.poll_send_flush(c))) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             self.unflushed = false;
@@ -1768,21 +1773,23 @@ impl Core {
                         }
                     }
                 }
-                SwitchKind::Handshaking => match ready!(io.poll_handshake(cx)) {
-                    Ok(()) => {
-                        tracing::debug!("TLS established");
-                        self.tls_active = true;
-                        self.peer_cert = io.peer_certificate().map(Vec::into_boxed_slice);
-                        // TLS may still owe the peer records (a TLS 1.3
-                        // server's session tickets): they leave with the
-                        // next write, or with the flush before the
-                        // connection waits for input.
-                        self.unflushed = true;
-                        Ok(())
+                SwitchKind::Handshaking => {
+                    match ready!(poll_io!(self, cx, |c| io.poll_handshake(c))) {
+                        Ok(()) => {
+                            tracing::debug!("TLS established");
+                            self.tls_active = true;
+                            self.peer_cert = io.peer_certificate().map(Vec::into_boxed_slice);
+                            // TLS may still owe the peer records (a TLS 1.3
+                            // server's session tickets): they leave with the
+                            // next write, or with the flush before the
+                            // connection waits for input.
+                            self.unflushed = true;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
-                SwitchKind::Stop => match ready!(io.poll_stop_tls(cx)) {
+                }
+                SwitchKind::Stop => match ready!(poll_io!(self, cx, |c| io.poll_stop_tls(c))) {
                     Ok(()) => {
                         tracing::debug!("close_notify sent; plaintext again");
                         self.tls_active = false;

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -117,23 +117,17 @@ impl Claim {
     }
 }
 
-/// The wakers of both sides of a `QueuedFramed` waiting on the timers. The
-/// sleep is polled with a waker that wakes them all, so the side that
-/// polled it last does not keep the other from hearing its timer.
+/// The wakers of both sides of a `QueuedFramed` waiting on the timers and
+/// the transport. The sleep (and, once the write side has waited, the
+/// transport: [`Timers::io_waker`]) is polled with a waker that wakes them
+/// all, so the side that polled it last does not keep the other from
+/// hearing it.
 #[derive(Default)]
-struct Waiters {
-    /// By [`Side::slot`].
-    slots: [AtomicWaker; 2],
-    /// The write side's waker again, kept (not taken by a wake) so the
-    /// read side can tell whether it is its own task
-    /// ([`Timers::wake_writer`]). Here, not in [`Timers`], so a connection
-    /// whose halves never wait apart pays nothing for it.
-    writer: Mutex<Option<Waker>>,
-}
+struct Waiters([AtomicWaker; 2]);
 
 impl ArcWake for Waiters {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        for w in &arc_self.slots {
+        for w in &arc_self.0 {
             w.wake();
         }
     }
@@ -163,6 +157,9 @@ pub(crate) struct Timers {
     owed: u8,
     /// The timers only run once the connection is up (TO-2).
     started: bool,
+    /// The write side has waited: the transport is polled with the shared
+    /// waker from now on ([`io_waker`](Self::io_waker)).
+    io_fanned: bool,
 }
 
 impl fmt::Debug for Timers {
@@ -185,6 +182,7 @@ impl Timers {
             parked: [false; 2],
             owed: 0,
             started: true,
+            io_fanned: false,
         }
     }
 
@@ -212,25 +210,26 @@ impl Timers {
     /// shared [`Waiters`], which the sleep wakes.
     fn remember(&mut self, cx: &Context<'_>, side: Side) {
         self.parked[side.slot()] = true;
-        let fan_out =
-            side.slot() == Side::Write.slot() || (side == Side::Read && self.sleep.is_some());
+        let writes = side.slot() == Side::Write.slot();
+        let fan_out = writes || (side == Side::Read && self.sleep.is_some());
         if self.fanned.is_none() && fan_out {
             let waiters = Arc::new(Waiters::default());
             if let Some(w) = self.waiter.take() {
-                waiters.slots[Side::Read.slot()].register(&w);
+                waiters.0[Side::Read.slot()].register(&w);
             }
             self.fanned = Some(waiters);
         }
-        match &self.fanned {
-            Some(waiters) => {
-                waiters.slots[side.slot()].register(cx.waker());
-                if side.slot() == Side::Write.slot() {
-                    let mut writer = waiters.writer.lock().unwrap_or_else(|e| e.into_inner());
-                    if !writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        *writer = Some(cx.waker().clone());
-                    }
-                }
+        if writes && !self.io_fanned {
+            self.io_fanned = true;
+            // The read side may have polled the transport with its own
+            // waker, and this side since with its own: woken, it polls
+            // again with the shared one.
+            if let Some(waiters) = &self.fanned {
+                waiters.0[Side::Read.slot()].wake();
             }
+        }
+        match &self.fanned {
+            Some(waiters) => waiters.0[side.slot()].register(cx.waker()),
             None if self
                 .waiter
                 .as_ref()
@@ -244,49 +243,24 @@ impl Timers {
         self.parked[side.slot()] = false;
     }
 
-    /// The read side, polled with `cx`, wrote (or tried to write) queued
-    /// output: a write side waiting in another task is woken. The
-    /// transport keeps one wake-up for writing, for the last task that
-    /// tried to write, so the read side's attempt took it from the write
-    /// side, whose task would otherwise wait for ever (and the read side
-    /// may have emptied the queue that the write side waits to see
-    /// written). Woken, the write side writes again in its own task. One
-    /// task polling both sides (`join!`) is not woken by itself.
-    pub(crate) fn wake_writer(&self, cx: &Context<'_>) {
-        if !self.parked[Side::Write.slot()] {
-            return;
+    /// The waker to poll the transport with for a poll on `side` (whose
+    /// waker is registered first, so no wake-up falls between the two):
+    /// `None`, the caller's own, until the write side has waited once.
+    /// From then on the two sides may wait in two tasks (a split
+    /// `QueuedFramed`), and the transport, which keeps one wake-up per
+    /// direction for the last task that polled it, is polled with a waker
+    /// that wakes both sides. Each side does the other's I/O now and then
+    /// (a read writes queued output; a flush runs the reads queued in
+    /// front of a TLS switch); with the caller's own waker, the other
+    /// side's task would never hear of its input, or of room to write.
+    /// A side that is gone is woken once at most: a wake takes its waker.
+    pub(crate) fn io_waker(&self, cx: &Context<'_>, side: Side) -> Option<Waker> {
+        if !self.io_fanned {
+            return None;
         }
-        let Some(waiters) = &self.fanned else {
-            return;
-        };
-        let writer = waiters.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = writer.as_ref()
-            && !w.will_wake(cx.waker())
-        {
-            w.wake_by_ref();
-        }
-    }
-
-    /// The write side, polled with `cx`, moved the read side's input
-    /// along (it read, or ran a queued read or a TLS switch, on its way to
-    /// writing what waits behind them): a read side waiting in another
-    /// task is woken. The transport keeps one wake-up for reading, for the
-    /// last task that read, so the input the read side waits for may
-    /// already be here, or would wake only the write side.
-    pub(crate) fn wake_reader(&self, cx: &Context<'_>) {
-        if !self.parked[Side::Read.slot()] {
-            return;
-        }
-        match &self.fanned {
-            Some(waiters) => waiters.slots[Side::Read.slot()].wake(),
-            None => {
-                if let Some(w) = &self.waiter
-                    && !w.will_wake(cx.waker())
-                {
-                    w.wake_by_ref();
-                }
-            }
-        }
+        let waiters = self.fanned.as_ref()?;
+        waiters.0[side.slot()].register(cx.waker());
+        Some(futures::task::waker(waiters.clone()))
     }
 
     /// Keeps an expiry of `which` that nobody took for the next poll that
@@ -321,8 +295,8 @@ impl Timers {
         self.stamp[Timeout::Read.index()] = now;
         self.owed &= !(Timeout::Idle.bit() | Timeout::Read.bit());
         // The read side got what it waited for (it parks again if it needs
-        // more). A flush that read for queued reads leaves it waiting: it
-        // is told (`wake_reader`) and looks again.
+        // more). A flush that read for queued reads leaves it waiting (the
+        // transport wakes it too: `io_waker`).
         if side != Side::ReadForFlush {
             self.parked[Side::Read.slot()] = false;
         }
@@ -435,7 +409,7 @@ impl Timers {
                     if self.parked[other] {
                         self.owed |= bit;
                         if let Some(waiters) = &self.fanned {
-                            waiters.slots[other].wake();
+                            waiters.0[other].wake();
                         }
                         continue;
                     }
