@@ -1019,7 +1019,7 @@ impl Core {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.input_epoch = self.input_epoch.wrapping_add(1);
-                    self.timers.on_read(self.read_side());
+                    self.timers.on_read(self.side);
                     if n >= want
                         && want == self.read_size
                         && self.read_size < self.cfg.max_read_size
@@ -1045,7 +1045,12 @@ impl Core {
             if let Poll::Ready(Err(e)) = self.poll_write_out(io, cx) {
                 return Poll::Ready(Err(FillStop::Closed(e)));
             }
-            match self.poll_timers(cx, self.read_side()) {
+            if self.side == Side::Write {
+                // A flush running the queued reads: it waits on the timers
+                // itself, as the write side, once the queue waits (TO-3).
+                return Poll::Pending;
+            }
+            match self.poll_timers(cx, Side::Read) {
                 Poll::Ready(Some((which, e))) => {
                     return Poll::Ready(Err(FillStop::Expired(which, e)));
                 }
@@ -1067,13 +1072,13 @@ impl Core {
     ) -> Poll<Option<(Timeout, Error)>> {
         // A hook runs on whichever side hears the timer; queued requests
         // are told whichever side drives them (TO-3: the head read first).
-        let (side, all) = if self.on_driver_task() {
-            (Side::Driver, true)
+        let (side, all, reads) = if self.on_driver_task() {
+            (Side::Driver, true, false)
         } else {
-            let all = self.on_timeout.is_some() || (side == Side::Write && !self.queue.is_empty());
-            (side, all)
+            let reads = side == Side::Write && !self.queue.is_empty();
+            (side, self.on_timeout.is_some(), reads)
         };
-        let polled = self.timers.poll_expired(cx, side, all);
+        let polled = self.timers.poll_expired(cx, side, all, reads);
         let Poll::Ready(which) = polled else {
             return Poll::Pending;
         };
@@ -1168,13 +1173,19 @@ impl Core {
                 // A TLS switch; its outcome went to its waiter (and a fatal
                 // one closed the connection, seen at the top). A silent peer
                 // cannot hold it past its timeout.
-                if self.poll_switch(io, cx).is_pending()
-                    && let Some((t, e)) = ready!(self.poll_timers(cx, self.read_side()))
-                    && !self.fail(e.clone(), Some(t))
-                {
-                    // Nobody queued waits for it: the caller (an inline
-                    // read behind the switch) does.
-                    return Poll::Ready(Err(e));
+                if self.poll_switch(io, cx).is_pending() {
+                    if self.side == Side::Write {
+                        // A flush running the queue waits on the timers
+                        // itself, as the write side (TO-3).
+                        return Poll::Pending;
+                    }
+                    if let Some((t, e)) = ready!(self.poll_timers(cx, Side::Read))
+                        && !self.fail(e.clone(), Some(t))
+                    {
+                        // Nobody queued waits for it: the caller (an inline
+                        // read behind the switch) does.
+                        return Poll::Ready(Err(e));
+                    }
                 }
                 continue;
             }
@@ -1283,15 +1294,6 @@ impl Core {
             return Err(e);
         }
         Ok(())
-    }
-
-    /// The side a read of the transport waits as: a read's, or, in an
-    /// inline flush running the queued reads, [`Side::ReadForFlush`].
-    fn read_side(&self) -> Side {
-        match self.side {
-            Side::Write => Side::ReadForFlush,
-            side => side,
-        }
     }
 
     /// Whether `e`, from a decode step, only says the input ended between
@@ -1662,8 +1664,10 @@ impl Core {
                 }
             }
             match ready!(self.poll_timers(cx, Side::Write)) {
-                // A read timeout is a waiting read's; the flush gets a write
-                // or idle timeout, or a read timeout nobody reading took.
+                // A read timeout is a waiting read's: left for a read side
+                // that waits (the timers see to that), told to a queued
+                // read, else dropped. The flush gets a write timeout, or an
+                // idle timeout no queued read took.
                 Some((which, e)) => {
                     let taken = which != Timeout::Write && self.fail_first_reader(&e);
                     if !taken && which != Timeout::Read {

@@ -71,10 +71,6 @@ pub(crate) enum Side {
     Read,
     /// A flush or a wait for the write queue to drain.
     Write,
-    /// A flush running the queued reads because its output waits behind
-    /// them (a TLS switch queued after them): it hears expiries as a read
-    /// does, and waits as the write side, whose task it runs on.
-    ReadForFlush,
     /// The spawned driver.
     Driver,
 }
@@ -83,7 +79,7 @@ impl Side {
     fn slot(self) -> usize {
         match self {
             Side::Read | Side::Driver => 0,
-            Side::Write | Side::ReadForFlush => 1,
+            Side::Write => 1,
         }
     }
 }
@@ -103,15 +99,15 @@ enum Claim {
 
 impl Claim {
     /// `all`: the poll takes every expiry and routes it itself (the driver,
-    /// a hook to run, queued requests to tell).
-    fn of(side: Side, which: Timeout, all: bool) -> Claim {
+    /// a hook to run). `reads`: a flush with reads queued, which tells them
+    /// of a read timeout while no read waits to hear it itself.
+    fn of(side: Side, which: Timeout, all: bool, reads: bool) -> Claim {
         match (side, which) {
             _ if all => Claim::Own,
             (Side::Driver, _) | (_, Timeout::Idle) => Claim::Own,
-            (Side::Read | Side::ReadForFlush, Timeout::Read) | (Side::Write, Timeout::Write) => {
-                Claim::Own
-            }
-            (Side::Read | Side::ReadForFlush, Timeout::Write) => Claim::Fallback,
+            (Side::Read, Timeout::Read) | (Side::Write, Timeout::Write) => Claim::Own,
+            (Side::Read, Timeout::Write) => Claim::Fallback,
+            (Side::Write, Timeout::Read) if reads => Claim::Fallback,
             (Side::Write, Timeout::Read) => Claim::Never,
         }
     }
@@ -297,7 +293,7 @@ impl Timers {
         // The read side got what it waited for (it parks again if it needs
         // more). A flush that read for queued reads leaves it waiting (the
         // transport wakes it too: `io_waker`).
-        if side != Side::ReadForFlush {
+        if side != Side::Write {
             self.parked[Side::Read.slot()] = false;
         }
     }
@@ -342,13 +338,13 @@ impl Timers {
     /// it hears one) the other side's while the other side is not waiting.
     /// Taken late, it counts as firing now, so the next one is a whole
     /// period away.
-    fn take_owed(&mut self, side: Side, all: bool) -> Option<Timeout> {
+    fn take_owed(&mut self, side: Side, all: bool, reads: bool) -> Option<Timeout> {
         let other_waits = side != Side::Driver && self.parked[1 - side.slot()];
         for t in Timeout::ALL {
             if self.owed & t.bit() == 0 {
                 continue;
             }
-            match Claim::of(side, t, all) {
+            match Claim::of(side, t, all, reads) {
                 Claim::Own => {}
                 // Left for the other side, which still waits: its own.
                 _ if other_waits => continue,
@@ -366,7 +362,7 @@ impl Timers {
     }
 
     /// Polls the sleep for the earliest deadline, for a poll on `side`
-    /// (`all`: see [`Claim::of`]). `Ready(t)` when it takes an expiry;
+    /// (`all`, `reads`: see [`Claim::of`]). `Ready(t)` when it takes an expiry;
     /// `Pending` with the waker registered otherwise (or when no timer is
     /// enabled).
     pub(crate) fn poll_expired(
@@ -374,13 +370,14 @@ impl Timers {
         cx: &mut Context<'_>,
         side: Side,
         all: bool,
+        reads: bool,
     ) -> Poll<Timeout> {
         if !self.started {
             return Poll::Pending;
         }
         loop {
             if self.owed != 0
-                && let Some(t) = self.take_owed(side, all)
+                && let Some(t) = self.take_owed(side, all, reads)
             {
                 self.unpark(side);
                 return Poll::Ready(t);
@@ -398,7 +395,7 @@ impl Timers {
                     t = Timeout::Write;
                 }
                 let bit = t.bit();
-                let claim = Claim::of(side, t, all);
+                let claim = Claim::of(side, t, all, reads);
                 if claim != Claim::Own {
                     let other = 1 - side.slot();
                     if self.owed & bit != 0 {
@@ -460,7 +457,12 @@ mod tests {
     use futures::task::noop_waker_ref;
 
     fn poll(timers: &mut Timers, side: Side) -> Poll<Timeout> {
-        timers.poll_expired(&mut Context::from_waker(noop_waker_ref()), side, false)
+        timers.poll_expired(
+            &mut Context::from_waker(noop_waker_ref()),
+            side,
+            false,
+            false,
+        )
     }
 
     /// Both expire together while both sides wait: each takes its own, and
@@ -515,6 +517,33 @@ mod tests {
         assert!(poll(&mut timers, Side::Write).is_pending(), "left");
         timers.set(Timeout::Read, Duration::ZERO);
         assert!(poll(&mut timers, Side::Read).is_pending(), "timer off");
+    }
+
+    /// A flush with reads queued (it tells them of a read timeout) takes
+    /// a read timeout only while no read waits: a waiting read hears it.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_with_reads_queued_leaves_the_read_timeout_to_a_waiting_read() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        let flush = |timers: &mut Timers| {
+            timers.poll_expired(
+                &mut Context::from_waker(noop_waker_ref()),
+                Side::Write,
+                false,
+                true,
+            )
+        };
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        assert!(flush(&mut timers).is_pending());
+        tokio::time::advance(period).await;
+        assert!(flush(&mut timers).is_pending(), "left for the read");
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
+        tokio::time::advance(period).await;
+        assert_eq!(
+            flush(&mut timers),
+            Poll::Ready(Timeout::Read),
+            "no read waits: the flush tells the queued reads"
+        );
     }
 
     /// A flush given up leaves the write side marked waiting: the write
