@@ -1,7 +1,6 @@
 //! The transport fan-out (WQ-1) and the timers (TO-3) in orderings chosen
-//! to break them: a
-//! `QueuedFramed` whose write side once waited, used from one task, split
-//! across threads, spawned, taken apart, over TLS.
+//! to break them: a `QueuedFramed` whose write side once waited, used from
+//! one task, split across threads, spawned, taken apart, over TLS.
 #![cfg(any(feature = "tls", feature = "rustls"))]
 
 mod support;
