@@ -1066,3 +1066,24 @@ async fn lone_flush_gets_write_timeout_when_idle_expires_with_it() {
     })
     .await;
 }
+
+/// An `on_timeout` hook hears every timer, whichever side polls: a flush
+/// alone, with nothing read and no read waiting, runs it for the read
+/// timeout too (as AE's `on_rtimeout` fires while only writing).
+#[tokio::test(start_paused = true)]
+async fn a_flush_alone_runs_the_hook_for_each_read_timeout() {
+    bounded(async {
+        let (io, _peer) = tokio::io::duplex(64); // never reads, never writes
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(MS(100))
+            .build_with_codec(io, BytesCodec::new());
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        conn.on_timeout(move |t, _| h.lock().unwrap().push(t));
+        conn.push_bytes(vec![b'x'; 1000]).unwrap();
+        assert!(within(MS(550), conn.flush()).await.is_err(), "stuck");
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard, vec![Timeout::Read; 5]);
+    })
+    .await;
+}
