@@ -10,10 +10,12 @@ mod support;
 
 #[path = "support/pki.rs"]
 mod pki;
+#[path = "support/split.rs"]
+mod split;
 
+use split::{counted, counter, pair, within};
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyframe::codecs::LineCodec;
@@ -23,42 +25,12 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::BytesCodec;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-async fn pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-    (c.unwrap(), s.unwrap().0)
-}
-
-/// Panics with `what` if `f` takes longer than `limit`.
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {limit:?}: {what}"),
-    }
-}
-
 fn server_on(b: TlsBackend) -> TlsServer {
     pki::server_on(b, &pki::pki().server)
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-fn counted<F: Future + Unpin>(
-    mut fut: F,
-    polls: Arc<AtomicUsize>,
-) -> impl Future<Output = F::Output> {
-    std::future::poll_fn(move |cx| {
-        polls.fetch_add(1, Ordering::SeqCst);
-        std::pin::Pin::new(&mut fut).poll(cx)
-    })
 }
 
 // ======================================================================

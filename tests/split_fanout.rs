@@ -7,8 +7,10 @@ mod support;
 
 #[path = "support/pki.rs"]
 mod pki;
+#[path = "support/split.rs"]
+mod split;
 
-use std::future::Future;
+use split::{counted, counter, pair, within};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,45 +24,16 @@ use anyframe::{QueuedFramed, Timeout};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{BytesCodec, Decoder};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
-
-async fn pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-    (c.unwrap(), s.unwrap().0)
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {limit:?}: {what}"),
-    }
-}
 
 fn server_on(b: TlsBackend) -> TlsServer {
     pki::server_on(b, &pki::pki().server)
 }
 
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
 fn load(c: &Arc<AtomicUsize>) -> usize {
     c.load(Ordering::SeqCst)
-}
-
-fn counted<F: Future + Unpin>(
-    mut fut: F,
-    polls: Arc<AtomicUsize>,
-) -> impl Future<Output = F::Output> {
-    std::future::poll_fn(move |cx| {
-        polls.fetch_add(1, Ordering::SeqCst);
-        Pin::new(&mut fut).poll(cx)
-    })
 }
 
 /// A transport that counts its polls.

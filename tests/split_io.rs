@@ -7,27 +7,22 @@
 //! the `Stream` half goes on polling or not, and no half may be woken
 //! over and over while nothing can move.
 
+#[path = "support/split.rs"]
+mod split;
+
+use split::{counted, pair};
 use std::time::Duration;
 
 use anyframe::QueuedFramed;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::BytesCodec;
 
 /// Frames the `Sink` half sends, each far over the high watermark and,
 /// together, far over what the socket buffers hold.
 const FRAMES: usize = 32;
 const FRAME: usize = 256 * 1024;
-
-/// A connected pair on loopback: ours and the peer's end.
-async fn pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    (ours.expect("connect"), theirs.expect("accept").0)
-}
 
 /// How the `Sink` half sends: `send` (each frame flushed) or `feed`
 /// (backpressure only, at the high watermark) and one flush at the end.
@@ -139,17 +134,6 @@ async fn split_sink_feed_finishes_while_the_stream_half_keeps_polling() {
 #[tokio::test]
 async fn split_sink_feed_finishes_after_the_stream_half_gave_up_its_wait() {
     sink_finishes_while_the_stream_half_waits(Sending::Feed, Reading::GivesUp).await;
-}
-
-/// Counts the polls of a future.
-fn counted<F: std::future::Future + Unpin>(
-    mut fut: F,
-    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) -> impl std::future::Future<Output = F::Output> {
-    std::future::poll_fn(move |cx| {
-        polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::pin::Pin::new(&mut fut).poll(cx)
-    })
 }
 
 /// The transport's wake-ups, which reach both halves, do not become a
