@@ -464,3 +464,31 @@ async fn a_cancelled_json_read_leaves_the_whitespace_it_has_seen() {
         .unwrap();
     assert_eq!(line.line(), b"");
 }
+
+/// A case the model found: a wait given up (the read side stays marked
+/// waiting), then only a flush drives two more queued reads, with a read
+/// timer. The flush tells the head read of the read timeout at once
+/// (TO-3); it does not leave it for the read side that gave up.
+#[test]
+fn inline_flush_tells_the_head_read_after_a_given_up_wait() {
+    let chunk = || Op::Push {
+        req: Req::Chunk(1),
+        then: Then::Value,
+        front: false,
+    };
+    let case = Case {
+        spawned: false,
+        rtimeout_ms: 50,
+        hook: Hook::None,
+        ops: vec![
+            chunk(),
+            Op::Wait(0),
+            Op::Write(vec![0]),
+            Op::Advance(50),
+            chunk(),
+            chunk(),
+            Op::Flush,
+        ],
+    };
+    engine_model::run(&case).unwrap();
+}

@@ -1664,14 +1664,18 @@ impl Core {
                 }
             }
             match ready!(self.poll_timers(cx, Side::Write)) {
-                // A read timeout is a waiting read's: left for a read side
-                // that waits (the timers see to that), told to a queued
-                // read, else dropped. The flush gets a write timeout, or an
-                // idle timeout no queued read took.
+                // A read timeout is a read's: told to the first queued read
+                // with a waiter, else left for a read side that waits (a
+                // `Stream` half behind a read whose caller gave up), else
+                // dropped. The flush gets a write timeout, or an idle
+                // timeout no queued read took.
                 Some((which, e)) => {
                     let taken = which != Timeout::Write && self.fail_first_reader(&e);
                     if !taken && which != Timeout::Read {
                         return Poll::Ready(Err(e));
+                    }
+                    if !taken {
+                        self.timers.leave_for_read(which);
                     }
                 }
                 None => continue,

@@ -100,13 +100,15 @@ enum Claim {
 impl Claim {
     /// `all`: the poll takes every expiry and routes it itself (the driver,
     /// a hook to run). `reads`: a flush with reads queued, which tells them
-    /// of a read timeout while no read waits to hear it itself.
-    fn of(side: Side, which: Timeout, all: bool, reads: bool) -> Claim {
+    /// of a read timeout as it expires (`owed`: not one left for the read
+    /// side, which a flush takes only while no read waits).
+    fn of(side: Side, which: Timeout, all: bool, reads: bool, owed: bool) -> Claim {
         match (side, which) {
             _ if all => Claim::Own,
             (Side::Driver, _) | (_, Timeout::Idle) => Claim::Own,
             (Side::Read, Timeout::Read) | (Side::Write, Timeout::Write) => Claim::Own,
             (Side::Read, Timeout::Write) => Claim::Fallback,
+            (Side::Write, Timeout::Read) if reads && !owed => Claim::Own,
             (Side::Write, Timeout::Read) if reads => Claim::Fallback,
             (Side::Write, Timeout::Read) => Claim::Never,
         }
@@ -259,6 +261,23 @@ impl Timers {
         Some(futures::task::waker(waiters.clone()))
     }
 
+    /// A read timeout that a flush heard and no queued read took: left for
+    /// the read side while it waits (it is woken), else dropped.
+    pub(crate) fn leave_for_read(&mut self, which: Timeout) {
+        if !self.parked[Side::Read.slot()] {
+            return;
+        }
+        self.owed |= which.bit();
+        match &self.fanned {
+            Some(waiters) => waiters.0[Side::Read.slot()].wake(),
+            None => {
+                if let Some(w) = &self.waiter {
+                    w.wake_by_ref();
+                }
+            }
+        }
+    }
+
     /// Keeps an expiry of `which` that nobody took for the next poll that
     /// takes it, while nothing happens on its timer.
     pub(crate) fn owe(&mut self, which: Timeout) {
@@ -344,7 +363,7 @@ impl Timers {
             if self.owed & t.bit() == 0 {
                 continue;
             }
-            match Claim::of(side, t, all, reads) {
+            match Claim::of(side, t, all, reads, true) {
                 Claim::Own => {}
                 // Left for the other side, which still waits: its own.
                 _ if other_waits => continue,
@@ -395,7 +414,7 @@ impl Timers {
                     t = Timeout::Write;
                 }
                 let bit = t.bit();
-                let claim = Claim::of(side, t, all, reads);
+                let claim = Claim::of(side, t, all, reads, false);
                 if claim != Claim::Own {
                     let other = 1 - side.slot();
                     if self.owed & bit != 0 {
@@ -519,10 +538,11 @@ mod tests {
         assert!(poll(&mut timers, Side::Read).is_pending(), "timer off");
     }
 
-    /// A flush with reads queued (it tells them of a read timeout) takes
-    /// a read timeout only while no read waits: a waiting read hears it.
+    /// A flush with reads queued hears a read timeout as it expires (to
+    /// tell them); one it leaves for a waiting read is not taken back
+    /// while that read waits, and is taken once it does not.
     #[tokio::test(start_paused = true)]
-    async fn a_flush_with_reads_queued_leaves_the_read_timeout_to_a_waiting_read() {
+    async fn a_read_timeout_left_by_a_flush_stays_for_the_waiting_read() {
         let period = Duration::from_secs(1);
         let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
         let flush = |timers: &mut Timers| {
@@ -536,14 +556,20 @@ mod tests {
         assert!(poll(&mut timers, Side::Read).is_pending());
         assert!(flush(&mut timers).is_pending());
         tokio::time::advance(period).await;
-        assert!(flush(&mut timers).is_pending(), "left for the read");
-        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
-        tokio::time::advance(period).await;
         assert_eq!(
             flush(&mut timers),
             Poll::Ready(Timeout::Read),
-            "no read waits: the flush tells the queued reads"
+            "heard, for the queued reads"
         );
+        timers.leave_for_read(Timeout::Read); // none of them took it
+        assert!(flush(&mut timers).is_pending(), "left for the read");
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
+        tokio::time::advance(period).await;
+        assert_eq!(flush(&mut timers), Poll::Ready(Timeout::Read));
+        timers.unpark(Side::Read);
+        timers.leave_for_read(Timeout::Read);
+        assert!(flush(&mut timers).is_pending(), "no read waits: dropped");
+        assert!(poll(&mut timers, Side::Read).is_pending(), "dropped");
     }
 
     /// A flush given up leaves the write side marked waiting: the write
