@@ -263,10 +263,12 @@ async fn flush_driving_starttls_silent_peer_switch_waiter_hears_timeout() {
     }
 }
 
-/// Same, with wtimeout too: the flush must hear the write timeout (the
-/// "after" bytes cannot go out), and the switch waiter the read timeout.
+/// Same, with wtimeout too (later than two read periods): the switch's
+/// waiter hears the first read timeout; the next one nobody else hears,
+/// and the flush, whose output waits behind the switch, is the caller
+/// waiting (TO-6): it gets it, before its write timeout.
 #[tokio::test(start_paused = true)]
-async fn flush_driving_starttls_silent_peer_gets_write_timeout() {
+async fn flush_driving_starttls_silent_peer_hears_the_read_timeout_nobody_else_does() {
     for &b in pki::BACKENDS {
         bounded(async {
             let (io, mut peer) = tokio::io::duplex(1 << 16);
@@ -281,8 +283,8 @@ async fn flush_driving_starttls_silent_peer_gets_write_timeout() {
             let t0 = Instant::now();
             let f = within(MS(2000), conn.flush()).await.expect("flush hung");
             let at = t0.elapsed();
-            assert_eq!(kind(&f), Err(Some(Timeout::Write)), "{b:?} at {at:?}");
-            assert!(at <= MS(600), "{b:?}: {at:?}");
+            assert_eq!(kind(&f), Err(Some(Timeout::Read)), "{b:?} at {at:?}");
+            assert!(at <= MS(450), "{b:?}: {at:?}");
             let r1 = within(MS(1), conn.wait(t1)).await;
             assert!(matches!(r1, Ok(Ok(_))), "{b:?}");
             let rs = within(MS(1), conn.wait(ts)).await;
@@ -298,10 +300,8 @@ async fn flush_driving_starttls_silent_peer_gets_write_timeout() {
 }
 
 /// push_read with ticket alive, push_starttls, peer silent from the
-/// start. The flush drives; the read is told the first read timeout,
-/// and the STARTTLS must NOT start (its ClientHello must not leave)
-/// after the read in front of it failed? At least: the switch waiter
-/// hears a timeout later, and the flush never returns a read timeout.
+/// start. The flush drives; the read is told the first read timeout, the
+/// switch's waiter the next, and the flush (TO-6) the one after.
 #[tokio::test(start_paused = true)]
 async fn flush_read_in_front_of_starttls_times_out() {
     for &b in pki::BACKENDS {
@@ -315,8 +315,8 @@ async fn flush_read_in_front_of_starttls_times_out() {
             conn.push_bytes(&b"after\n"[..]).unwrap();
             let f = within(MS(1000), conn.flush()).await;
             assert!(
-                !matches!(&f, Ok(Err(e)) if e.timeout() == Some(Timeout::Read)),
-                "{b:?}: flush returned a read timeout"
+                matches!(&f, Ok(Err(e)) if e.timeout() == Some(Timeout::Read)),
+                "{b:?}: the flush did not hear the third read timeout"
             );
             let r1 = within(MS(1), conn.wait(t1)).await;
             assert!(
@@ -576,6 +576,36 @@ async fn control_silent_peer_head_read_hears_read_timeout_one_period_late() {
         let (r, el) = trickle_case(true, false).await;
         assert_eq!(r, Ok(Err(Some(Timeout::Read))), "after {el:?}");
         assert!(el <= MS(200), "{el:?}");
+    })
+    .await;
+}
+
+/// TO-6 with a flush: a read whose frame has begun (its caller gave up),
+/// a STARTTLS behind it whose ticket is dropped, output behind that, and a
+/// silent peer. Only the flush drives the queue, and its output cannot go
+/// out before the read ends: it is the caller waiting, and hears the read
+/// timeout (one period late, as after any wait given up) instead of
+/// waiting for ever.
+#[tokio::test(start_paused = true)]
+async fn a_flush_behind_a_switch_behind_a_begun_frame_hears_the_read_timeout() {
+    bounded(async {
+        let b = pki::BACKENDS[0];
+        let (io, mut peer) = tokio::io::duplex(1 << 16);
+        let mut conn = QueuedFramed::builder()
+            .rtimeout(MS(100))
+            .build_with_codec(io, LineCodec::new());
+        let begun = conn.push_read(Eater);
+        peer.write_all(b"partial").await.unwrap();
+        assert!(within(MS(20), conn.wait(begun)).await.is_err());
+        assert_eq!(conn.queued_reads(), 1, "it reads on for nobody");
+        drop(conn.push_starttls(pki::client_on(b)));
+        conn.push_bytes(&b"after\n"[..]).unwrap();
+        let t0 = Instant::now();
+        let f = within(MS(1000), conn.flush()).await;
+        let f = f.expect("the flush waited for ever");
+        assert_eq!(kind(&f), Err(Some(Timeout::Read)));
+        assert!(t0.elapsed() <= MS(200), "late: {:?}", t0.elapsed());
+        assert!(!conn.is_closed());
     })
     .await;
 }

@@ -494,8 +494,8 @@ async fn read_timeout_reaches_stream_half_behind_a_request_read_for_nobody() {
 
 /// TO-3 with a STARTTLS whose ticket was dropped: the switch has no
 /// waiter, the Stream half waits behind it, the Sink half flushes output
-/// queued after it (reading for it). The read timeout belongs to the
-/// Stream half; the flush must not hear it.
+/// queued after it (reading for it). The read timeouts belong to the
+/// Stream half while it waits; the flush must not hear them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_read_timeout_with_switch_ticket_dropped_not_heard_by_flush() {
     let b = pki::BACKENDS[0];
@@ -508,9 +508,16 @@ async fn tls_read_timeout_with_switch_ticket_dropped_not_heard_by_flush() {
     let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
     let t0 = tokio::time::Instant::now();
     let reader = tokio::spawn(async move {
-        let r = tokio::time::timeout(MS(1000), stream.next()).await;
-        let r = r.map(|o| o.map(|r| r.map(|l| l.line().to_vec()).map_err(|e| e.timeout())));
-        (r, t0.elapsed())
+        let mut heard = Vec::new();
+        while t0.elapsed() < MS(1100) {
+            let left = MS(1100).saturating_sub(t0.elapsed());
+            match tokio::time::timeout(left, stream.next()).await {
+                Ok(Some(Err(e))) if e.timeout() == Some(Timeout::Read) => heard.push(t0.elapsed()),
+                Ok(other) => panic!("{:?}", other.map(|r| r.map(|l| l.line().to_vec()))),
+                Err(_) => break,
+            }
+        }
+        heard
     });
     tokio::time::sleep(MS(20)).await;
     let flusher = tokio::spawn(async move {
@@ -521,9 +528,12 @@ async fn tls_read_timeout_with_switch_ticket_dropped_not_heard_by_flush() {
     let r = within(MS(3000), "reader", reader).await.unwrap();
     assert!(
         !matches!(f.0, Ok(Err(Some(Timeout::Read)))),
-        "the flush heard the read timeout: {f:?} (reader: {r:?})"
+        "the flush heard the read timeout: {f:?} (reader heard them at {r:?})"
     );
-    assert_eq!(r.0, Ok(Some(Err(Some(Timeout::Read)))), "flush: {f:?}");
+    assert!(
+        r.len() >= 2,
+        "the Stream half heard read timeouts at {r:?}; flush: {f:?}"
+    );
 }
 
 // ======================================================================

@@ -1019,7 +1019,7 @@ impl Core {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.input_epoch = self.input_epoch.wrapping_add(1);
-                    self.timers.on_read(self.side);
+                    self.timers.on_read();
                     if n >= want
                         && want == self.read_size
                         && self.read_size < self.cfg.max_read_size
@@ -1667,15 +1667,22 @@ impl Core {
                 // A read timeout is a read's: told to the first queued read
                 // with a waiter, else left for a read side that waits (a
                 // `Stream` half behind a read whose caller gave up), else
-                // dropped. The flush gets a write timeout, or an idle
+                // dropped, unless the flush's own output waits on those
+                // reads. The flush gets a write timeout, or an idle
                 // timeout no queued read took.
                 Some((which, e)) => {
                     let taken = which != Timeout::Write && self.fail_first_reader(&e);
                     if !taken && which != Timeout::Read {
                         return Poll::Ready(Err(e));
                     }
-                    if !taken {
-                        self.timers.leave_for_read(which);
+                    if !taken
+                        && !self.timers.leave_for_read(which)
+                        && self.wq.has_marker()
+                        && !self.queue.is_empty()
+                    {
+                        // TO-6: its output waits behind reads that nobody
+                        // else drives, so the flush is the caller waiting.
+                        return Poll::Ready(Err(e));
                     }
                 }
                 None => continue,

@@ -262,10 +262,14 @@ impl Timers {
     }
 
     /// A read timeout that a flush heard and no queued read took: left for
-    /// the read side while it waits (it is woken), else dropped.
-    pub(crate) fn leave_for_read(&mut self, which: Timeout) {
+    /// the read side while it waits (it is woken); `false` when it does not
+    /// wait. One still left at the next expiry was left for a wait given
+    /// up: the read side is then taken for gone ([`poll_expired`]).
+    ///
+    /// [`poll_expired`]: Self::poll_expired
+    pub(crate) fn leave_for_read(&mut self, which: Timeout) -> bool {
         if !self.parked[Side::Read.slot()] {
-            return;
+            return false;
         }
         self.owed |= which.bit();
         match &self.fanned {
@@ -276,6 +280,7 @@ impl Timers {
                 }
             }
         }
+        true
     }
 
     /// Keeps an expiry of `which` that nobody took for the next poll that
@@ -301,20 +306,17 @@ impl Timers {
         self.owed &= !which.bit();
     }
 
-    /// A read of more than 0 bytes happened, by a poll on `side`. Recorded
-    /// even while every timer is off, so a timer set later counts from the
-    /// last activity.
-    pub(crate) fn on_read(&mut self, side: Side) {
+    /// A read of more than 0 bytes happened. Recorded even while every
+    /// timer is off, so a timer set later counts from the last activity.
+    pub(crate) fn on_read(&mut self) {
         let now = Instant::now();
         self.stamp[Timeout::Idle.index()] = now;
         self.stamp[Timeout::Read.index()] = now;
         self.owed &= !(Timeout::Idle.bit() | Timeout::Read.bit());
         // The read side got what it waited for (it parks again if it needs
-        // more). A flush that read for queued reads leaves it waiting (the
-        // transport wakes it too: `io_waker`).
-        if side != Side::Write {
-            self.parked[Side::Read.slot()] = false;
-        }
+        // more; if the flush read for it, the transport woke it too:
+        // `io_waker`).
+        self.parked[Side::Read.slot()] = false;
     }
 
     /// A write happened (recorded as reads are).
@@ -415,20 +417,19 @@ impl Timers {
                 }
                 let bit = t.bit();
                 let claim = Claim::of(side, t, all, reads, false);
-                if claim != Claim::Own {
-                    let other = 1 - side.slot();
-                    if self.owed & bit != 0 {
-                        // Left for the other side a whole period ago and
-                        // never taken: its poll was given up.
-                        self.parked[other] = false;
+                let other = 1 - side.slot();
+                if self.owed & bit != 0 {
+                    // Left for the other side a whole period ago (this side
+                    // would have taken one of its own first) and never
+                    // taken: its poll was given up.
+                    self.parked[other] = false;
+                }
+                if claim != Claim::Own && self.parked[other] {
+                    self.owed |= bit;
+                    if let Some(waiters) = &self.fanned {
+                        waiters.0[other].wake();
                     }
-                    if self.parked[other] {
-                        self.owed |= bit;
-                        if let Some(waiters) = &self.fanned {
-                            waiters.0[other].wake();
-                        }
-                        continue;
-                    }
+                    continue;
                 }
                 self.owed &= !bit;
                 if claim == Claim::Never {
@@ -527,7 +528,7 @@ mod tests {
         assert!(poll(&mut timers, Side::Read).is_pending());
         tokio::time::advance(period).await;
         assert!(poll(&mut timers, Side::Write).is_pending(), "left");
-        timers.on_read(Side::Read);
+        timers.on_read();
         assert!(
             poll(&mut timers, Side::Read).is_pending(),
             "input came since"
@@ -561,13 +562,13 @@ mod tests {
             Poll::Ready(Timeout::Read),
             "heard, for the queued reads"
         );
-        timers.leave_for_read(Timeout::Read); // none of them took it
+        assert!(timers.leave_for_read(Timeout::Read)); // none of them took it
         assert!(flush(&mut timers).is_pending(), "left for the read");
         assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
         tokio::time::advance(period).await;
         assert_eq!(flush(&mut timers), Poll::Ready(Timeout::Read));
         timers.unpark(Side::Read);
-        timers.leave_for_read(Timeout::Read);
+        assert!(!timers.leave_for_read(Timeout::Read));
         assert!(flush(&mut timers).is_pending(), "no read waits: dropped");
         assert!(poll(&mut timers, Side::Read).is_pending(), "dropped");
     }
