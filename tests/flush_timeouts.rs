@@ -7,48 +7,24 @@
 #[path = "support/pki.rs"]
 mod pki;
 mod support;
+#[path = "support/timing.rs"]
+mod timing;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use timing::{Eater, bounded, within};
 
 use anyframe::codecs::LineCodec;
 use anyframe::{QueuedFramed, Timeout};
-use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
-
-async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, ()> {
-    tokio::select! {
-        biased;
-        _ = tokio::time::sleep(limit) => Err(()),
-        out = fut => Ok(out),
-    }
-}
-
-async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
-    tokio::time::timeout(Duration::from_secs(10), body)
-        .await
-        .expect("test hung");
-}
 
 fn kind<T: std::fmt::Debug>(r: &anyframe::Result<T>) -> Result<String, Option<Timeout>> {
     match r {
         Ok(v) => Ok(format!("{v:?}")),
         Err(e) => Err(e.timeout()),
-    }
-}
-
-/// A decoder that eats everything and never completes (a frame begun).
-struct Eater;
-impl Decoder for Eater {
-    type Item = ();
-    type Error = anyframe::Error;
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<()>, anyframe::Error> {
-        let _ = src.split();
-        Ok(None)
     }
 }
 

@@ -9,6 +9,8 @@ mod support;
 mod pki;
 #[path = "support/split.rs"]
 mod split;
+#[path = "support/timing.rs"]
+mod timing;
 
 use split::{counted, counter, pair, within};
 use std::io;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use timing::Eater;
 
 use anyframe::codecs::LineCodec;
 use anyframe::tls::{TlsBackend, TlsServer};
@@ -24,7 +27,7 @@ use anyframe::{QueuedFramed, Timeout};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_util::codec::{BytesCodec, Decoder};
+use tokio_util::codec::BytesCodec;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -439,18 +442,6 @@ async fn ticket_in_third_task_resolves_while_halves_run() {
 // ======================================================================
 // Idea 6: TO-3 with the write side hearing read timeouts (`all`).
 // ======================================================================
-
-/// A decoder that eats every byte it sees and never yields a frame: once
-/// it has eaten something, its request must read on for nobody.
-struct Eater;
-impl Decoder for Eater {
-    type Item = ();
-    type Error = anyframe::Error;
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<()>, anyframe::Error> {
-        let _ = src.split();
-        Ok(None)
-    }
-}
 
 /// TO-3: "each half hears its own: the Stream half the read timeout …
 /// a flush drops the read timeout" only while the Stream half is not

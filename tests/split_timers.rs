@@ -5,10 +5,14 @@
 //! TO-3 and TO-4); a panic in one half's callback ends the other half
 //! (§4). The multi-thread cases run on real time with loose bounds.
 
+#[path = "support/timing.rs"]
+mod timing;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
+use timing::{bounded, within};
 
 use anyframe::{QueuedFramed, Timeout};
 use bytes::{Bytes, BytesMut};
@@ -18,23 +22,6 @@ use tokio::time::Instant;
 use tokio_util::codec::{BytesCodec, Decoder, Encoder};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
-
-/// `Err(())` if `fut` is not ready by `limit`; the deadline is checked
-/// first, so the timer's own wake-up cannot complete `fut`.
-async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, ()> {
-    tokio::select! {
-        biased;
-        _ = tokio::time::sleep(limit) => Err(()),
-        out = fut => Ok(out),
-    }
-}
-
-/// Runs a test's body; a hang fails the test instead of stalling the run.
-async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
-    tokio::time::timeout(Duration::from_secs(10), body)
-        .await
-        .expect("test hung");
-}
 
 /// For the multi-thread cases (100 ms read timer): reads on the `Stream`
 /// half for about 15 periods, noting when each read timeout came. An error
