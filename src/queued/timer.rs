@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures::task::{ArcWake, AtomicWaker, waker_ref};
+use futures::task::{ArcWake, AtomicWaker, WakerRef, waker_ref};
 
 use tokio::time::{Instant, Sleep};
 
@@ -252,13 +252,13 @@ impl Timers {
     /// front of a TLS switch); with the caller's own waker, the other
     /// side's task would never hear of its input, or of room to write.
     /// A side that is gone is woken once at most: a wake takes its waker.
-    pub(crate) fn io_waker(&self, cx: &Context<'_>, side: Side) -> Option<Waker> {
+    pub(crate) fn io_waker(&self, cx: &Context<'_>, side: Side) -> Option<WakerRef<'_>> {
         if !self.io_fanned {
             return None;
         }
         let waiters = self.fanned.as_ref()?;
         waiters.0[side.slot()].register(cx.waker());
-        Some(futures::task::waker(waiters.clone()))
+        Some(waker_ref(waiters))
     }
 
     /// A read timeout that a flush heard and no queued read took: left for
