@@ -494,17 +494,21 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     /// See [`JsonCodec`]: malformed, over a limit, or rejected by `T`.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
         if let Some(start) = self.framer.text_start(buf)?
-            && let Some(window) = fast_window(self.framer.scanner.limits(), &buf[start..])
+            && let Some(window) = fast_window(
+                self.framer.scanner.limits(),
+                &buf[start..],
+                self.framer.last_text,
+            )
         {
             // The value goes from serde_json's `Option<Result<T>>` straight
             // into the one returned: through a tuple and an `Option` in
             // between, the compiler copied a `Value` piecewise through each
             // layout (tag apart, payload at odd offsets), and the loads that
             // then straddled two stores cost about 5% of the whole decode.
-            let mut texts = serde_json::Deserializer::from_slice(window).into_iter::<T>();
+            let mut texts = serde_json::Deserializer::from_str(window).into_iter::<T>();
             if let Some(Ok(item)) = texts.next() {
                 let n = texts.byte_offset();
-                if verified(self.framer.scanner.limits(), &buf[start..], window.len(), n) {
+                if verified(self.framer.scanner.limits(), window, n) {
                     return match self.framer.text_done(buf, start, start + n)? {
                         Some(found) => {
                             buf.advance(found.frame_end);
@@ -728,6 +732,8 @@ struct Framer {
     stage: Stage,
     /// A frame ends with the `\n` that ends its text's line.
     ndjson: bool,
+    /// The length of the last text, which sizes the fast path's window.
+    last_text: usize,
 }
 
 impl Framer {
@@ -736,6 +742,7 @@ impl Framer {
             scanner: JsonScanner::new(limits),
             stage: Stage::Lead { seen: 0 },
             ndjson,
+            last_text: 0,
         }
     }
 
@@ -765,6 +772,7 @@ impl Framer {
     /// NDJSON mode the wait for the end of its line.
     #[inline]
     fn text_done(&mut self, buf: &[u8], start: usize, end: usize) -> Result<Option<Found>, Error> {
+        self.last_text = end - start;
         if !self.ndjson {
             self.stage = Stage::Lead { seen: 0 };
             return Ok(Some(Found {
@@ -900,8 +908,18 @@ fn whitespace_over_limit(buf: &[u8], from: usize, limit: usize) -> Error {
 /// the text is not complete (or anything else is off) the scanner takes over
 /// from the same byte, so each text costs at most one wasted partial parse
 /// and the total stays linear.
+///
+/// The window is checked for UTF-8 once, and serde_json then reads it as a
+/// `str`, so it does not check each string of the text again: that one
+/// check costs a fraction of one `str::from_utf8` call per string. The
+/// window is sized from the last text (`last`, bytes): twice that, so a
+/// stream of similar texts checks about one text's worth of bytes ahead,
+/// and a text that does not fit falls to the scanner like one not yet
+/// complete. A window that ends inside a character, or at a byte that is
+/// not UTF-8, ends before it: the text then either ends earlier or is not
+/// taken here.
 #[inline]
-fn fast_window(limits: JsonLimits, buf: &[u8]) -> Option<&[u8]> {
+fn fast_window(limits: JsonLimits, buf: &[u8], last: usize) -> Option<&str> {
     let first = *buf.first()?;
     if limits.objects_only && first != b'[' && first != b'{' {
         return None;
@@ -909,40 +927,37 @@ fn fast_window(limits: JsonLimits, buf: &[u8]) -> Option<&[u8]> {
     // A text over the size limit never parses here: serde_json sees at most
     // one byte more (the delimiter that may end a number of exactly the
     // limit), so it cannot build a value from a text the scanner refuses.
-    Some(&buf[..buf.len().min(limits.max_size.saturating_add(1))])
+    let len = buf
+        .len()
+        .min(limits.max_size.saturating_add(1))
+        .min(last.saturating_mul(2).max(MIN_FAST_WINDOW));
+    let window = &buf[..len];
+    match std::str::from_utf8(window) {
+        Ok(text) => Some(text),
+        Err(e) => std::str::from_utf8(&window[..e.valid_up_to()]).ok(),
+    }
 }
 
+/// The smallest fast-path window, in bytes: enough for the first text of a
+/// stream of small ones, before there is a last text to go by.
+const MIN_FAST_WINDOW: usize = 256;
+
 /// Whether the text of `n` bytes that serde_json read from the front of
-/// `buf` (through a window of `window` bytes) is one the scanner accepts.
+/// `window` is one the scanner accepts.
 ///
 /// The fast path must accept exactly what the scanner path would, for the
 /// same bytes however they were split, or fragmentation invariance breaks.
-/// serde_json is as strict as the scanner in every respect but three,
-/// checked here: a top-level number must be followed by a delimiter
-/// (serde_json takes the end of the slice as one), invalid UTF-8 and nesting
-/// depth go unchecked in values that `T` ignores or takes as bytes, and the
-/// size limit is ours.
+/// serde_json is as strict as the scanner in every respect but two, checked
+/// here: a top-level number must be followed by a delimiter (serde_json
+/// takes the end of its input as one, and the window may end before the
+/// buffer does), and nesting depth goes unchecked in values that `T`
+/// ignores or takes as bytes; and the size limit is ours. UTF-8 is
+/// settled: the window is a `str`.
 #[inline]
-fn verified(limits: JsonLimits, buf: &[u8], window: usize, n: usize) -> bool {
-    let text = &buf[..n];
+fn verified(limits: JsonLimits, window: &str, n: usize) -> bool {
     n <= limits.max_size
-        && (n < window || !starts_number(buf.first().copied()))
-        && (all_ascii(text) || std::str::from_utf8(text).is_ok())
-        && depth_within(text, limits.max_depth)
-}
-
-/// Whether `bytes` is all ASCII, eight bytes at a time without a branch
-/// per word: several times cheaper than `<[u8]>::is_ascii` on the short
-/// texts of a typical stream, where this check is a visible part of the
-/// fast path's cost.
-#[inline]
-fn all_ascii(bytes: &[u8]) -> bool {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let (words, tail) = bytes.as_chunks::<8>();
-    let acc = words
-        .iter()
-        .fold(0u64, |acc, w| acc | u64::from_ne_bytes(*w));
-    acc & HIGH == 0 && tail.is_ascii()
+        && (n < window.len() || !starts_number(window.as_bytes().first().copied()))
+        && depth_within(&window.as_bytes()[..n], limits.max_depth)
 }
 
 /// Whether a well-formed text (serde_json accepted it) nests at most
@@ -981,9 +996,17 @@ fn depth_within(text: &[u8], max_depth: usize) -> bool {
 
 /// Parses the text of a complete frame once and consumes the frame,
 /// whether `T` accepts the text or not.
+///
+/// The scanner accepted the text, so it is UTF-8, and serde_json reads it
+/// as a `str` (see [`fast_window`]); the check here is one pass over the
+/// text, cheaper than serde_json's check of each string in it.
 fn parse<T: DeserializeOwned>(buf: &mut BytesMut, found: Found) -> Result<T, Error> {
     let text = &buf[found.start..found.end];
-    let result = serde_json::from_slice(text).map_err(|e| {
+    let result = match std::str::from_utf8(text) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(text),
+    };
+    let result = result.map_err(|e| {
         Error::bad_message(CODEC, "JSON text rejected by the deserializer")
             .with_source(e)
             .with_bytes(text)

@@ -93,6 +93,60 @@ fn a_number_at_eof_is_complete_a_cut_one_is_not() {
     assert_eq!(out.eof, epipe(1));
 }
 
+// The fast path parses a window sized from the last text (twice its
+// length, at least 256 bytes). These texts outgrow that window; each must
+// come out whole, however the input is split.
+
+#[test]
+fn a_long_number_after_a_short_text_is_not_cut_at_the_window() {
+    let mut input = b"[1] 0.".to_vec();
+    input.extend(std::iter::repeat_n(b'1', 600));
+    input.extend_from_slice(b" [2]");
+    let out = assert_split_invariant(value_codec, &input);
+    assert_eq!(
+        out.frames,
+        vec![json!([1]), json!(0.111_111_111_111_111_1), json!([2])]
+    );
+    assert_eq!(out.eof, clean());
+}
+
+#[test]
+fn texts_that_outgrow_the_last_one_come_out_whole() {
+    let long = "x".repeat(1000);
+    let input = format!(r#"{{"a":1}} ["{long}"] {{"b":2}} ["{long}{long}"]"#);
+    let out = assert_split_invariant(value_codec, input.as_bytes());
+    assert_eq!(
+        out.frames,
+        vec![
+            json!({"a": 1}),
+            json!([long]),
+            json!({"b": 2}),
+            json!([format!("{long}{long}")]),
+        ]
+    );
+}
+
+#[test]
+fn a_window_that_ends_inside_a_character_takes_the_whole_text() {
+    // After `[1]` the window is 256 bytes; from the quote on, its last byte
+    // is the first of a two-byte `é`.
+    let text = "é".repeat(300);
+    let input = format!(r#"[1]"{text}" [2]"#);
+    let out = assert_split_invariant(value_codec, input.as_bytes());
+    assert_eq!(out.frames, vec![json!([1]), json!(text), json!([2])]);
+    assert_eq!(out.eof, clean());
+}
+
+#[test]
+fn a_byte_that_is_not_utf8_after_a_text_does_not_spoil_the_text() {
+    let mut codec = value_codec();
+    let mut buf = BytesMut::from(&b"{\"a\":1}\xff"[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(json!({"a": 1})));
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadMessage);
+    assert_eq!(err.offset(), Some(0));
+}
+
 #[test]
 fn literals_split_anywhere_are_fine() {
     // JSON::XS fails on `tr`|`ue` (docs/semantics.md §11); we must not.
