@@ -1131,6 +1131,78 @@ async fn output_posted_behind_a_refused_starttls_never_leaves_in_plaintext() {
     }
 }
 
+/// A STARTTLS queued while a stoptls is still queued would be judged by
+/// the TLS that is on now, not the plaintext it will follow: refused as a
+/// harmless EINVAL, it let the output queued behind it leave in plaintext
+/// once the stoptls ran. One switch is queued at a time, and what follows
+/// a refused STARTTLS was meant for TLS, so the refusal closes the
+/// connection (TLS-1).
+#[tokio::test]
+async fn output_behind_a_starttls_queued_behind_a_stoptls_never_leaves_in_plaintext() {
+    for &b in pki::BACKENDS {
+        let (_client, mut server, writes) = tapped_server_pair(b).await;
+        let stop = server.push_stoptls();
+        let start = server.push_starttls(server_on(b));
+        let _ = server.push_write(LineCodec::new(), "secret");
+        let e = within("start", server.wait(start)).await.unwrap_err();
+        assert!(e.is_fatal(), "{b:?}: {e}");
+        assert!(server.is_closed(), "{b:?}");
+        let _ = within("stop", server.wait(stop)).await;
+        let _ = within("flush", server.flush()).await;
+        drop(server);
+        assert!(!sent_in_plaintext(&writes), "{b:?}");
+    }
+}
+
+/// The same behind a stoptls queued on a plaintext connection (a switch
+/// that changes nothing, but is still queued).
+#[tokio::test]
+async fn output_behind_a_starttls_queued_behind_a_plaintext_stoptls_never_leaves_in_plaintext() {
+    for &b in pki::BACKENDS {
+        let (c, _peer) = tokio::io::duplex(1 << 16);
+        let (tap, writes) = support::Tap::new(c);
+        let mut conn = QueuedFramed::new(tap);
+        let stop = conn.push_stoptls();
+        let start = conn.push_starttls(pki::client_on(b));
+        let _ = conn.push_write(LineCodec::new(), "secret");
+        let e = within("start", conn.wait(start)).await.unwrap_err();
+        assert!(e.is_fatal(), "{b:?}: {e}");
+        let _ = within("stop", conn.wait(stop)).await;
+        let _ = within("flush", conn.flush()).await;
+        drop(conn);
+        assert!(!sent_in_plaintext(&writes), "{b:?}");
+    }
+}
+
+/// A completion's STARTTLS goes to the front of the queue, but its output
+/// still waits behind the marker of a stoptls queued earlier: refused
+/// while that stoptls was queued, it let the completion's output follow
+/// the stoptls in plaintext.
+#[tokio::test]
+async fn output_behind_a_completions_starttls_ahead_of_a_stoptls_never_leaves_in_plaintext() {
+    for &b in pki::BACKENDS {
+        let (mut client, mut server, writes) = tapped_server_pair(b).await;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let read = server.push_read_with(LineCodec::new(), move |line, q| {
+            let _ = tx.send(q.starttls(server_on(b)));
+            let _ = q.push_write(LineCodec::new(), "secret");
+            Ok(line)
+        });
+        let stop = server.push_stoptls();
+        within("ask", client.write(LineCodec::new(), "go"))
+            .await
+            .unwrap();
+        let _ = within("read", server.wait(read)).await;
+        let start = rx.recv().expect("the completion ran");
+        let e = within("start", start).await.unwrap_err();
+        assert!(e.is_fatal(), "{b:?}: {e}");
+        let _ = within("stop", server.wait(stop)).await;
+        let _ = within("flush", server.flush()).await;
+        drop(server);
+        assert!(!sent_in_plaintext(&writes), "{b:?}");
+    }
+}
+
 // ----- mixed pairs: a rustls client with a native-tls server, and the reverse --
 
 /// The two pairs of different backends.

@@ -1735,10 +1735,31 @@ impl Core {
         mode: crate::tls::TlsMode,
         front: bool,
     ) -> Ticket<()> {
-        if self.tls_active {
-            return Ticket::ready(Err(Error::invalid_input("TLS is already active")));
+        // One switch is queued at a time. A refusal changes nothing only
+        // while the output queued behind this STARTTLS would go over TLS
+        // anyway; behind a queued stoptls it would leave in plaintext, so
+        // the connection closes instead (TLS-1). A completion's STARTTLS
+        // goes to the front, but its output still waits behind that
+        // stoptls's marker: the same holds.
+        let queued = self.queue.iter().find_map(|e| match e {
+            Entry::Switch(sw) => Some(matches!(sw.kind, SwitchKind::Stop)),
+            Entry::Read(_) => None,
+        });
+        match queued {
+            Some(true) => {
+                let e = Error::fatal_because(
+                    Error::invalid_input("a stoptls is still queued"),
+                    "STARTTLS refused behind a queued stoptls: closed so that nothing meant for TLS leaves in plaintext",
+                );
+                self.close(e.clone());
+                Ticket::ready(Err(e))
+            }
+            None if self.tls_active => {
+                Ticket::ready(Err(Error::invalid_input("TLS is already active")))
+            }
+            // Behind a queued STARTTLS: refused as in progress, harmlessly.
+            _ => self.push_switch(SwitchKind::Start(Some(mode)), front),
         }
-        self.push_switch(SwitchKind::Start(Some(mode)), front)
     }
 
     /// Queues stoptls (see [`push_switch`](Self::push_switch)).

@@ -545,7 +545,10 @@ where
     /// `EPROTO`, fatal, if the handshake fails (certificate or host-name
     /// verification, no common version, a peer that does not speak TLS):
     /// the connection never goes on unencrypted. `EINVAL` if TLS is already
-    /// active.
+    /// active or starting (nothing changes). `EINVAL`, fatal, if a stoptls
+    /// is still queued: one switch is queued at a time, and what follows a
+    /// refused STARTTLS was meant for TLS, so the connection closes rather
+    /// than let it leave in plaintext.
     pub async fn starttls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> Result<()> {
         let ticket = self.push_starttls(mode);
         self.wait(ticket).await
