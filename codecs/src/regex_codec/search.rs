@@ -52,9 +52,14 @@ pub(crate) struct Search {
 
 impl Search {
     pub(crate) fn new(re: Regex) -> Search {
-        let hir = generous_parse(re.as_str());
-        let max_len = hir.as_ref().and_then(|h| h.properties().maximum_len());
-        let bytes = hir.as_ref().and_then(ByteSet::of_matches);
+        let readings = generous_readings(re.as_str());
+        // The longest match of any reading; none when any is unbounded.
+        let max_len = readings
+            .iter()
+            .map(|h| h.properties().maximum_len())
+            .try_fold(None, |max: Option<usize>, len| Some(max.max(Some(len?))))
+            .flatten();
+        let bytes = ByteSet::of_matches(&readings);
         Search { re, max_len, bytes }
     }
 
@@ -91,6 +96,12 @@ impl Search {
         .min(len);
         let context = LOOK_MARGIN.min(len - reach);
         (reach + context, context)
+    }
+
+    /// How many of the bytes before `at` a later search needs as
+    /// look-behind context for a match starting at `at`.
+    pub(crate) fn context_before(&self, at: usize) -> usize {
+        at.min(LOOK_MARGIN)
     }
 
     /// How many bytes at the end of a haystack may be the start of a match
@@ -134,26 +145,32 @@ impl Search {
 
 /// `pattern` read with the settings that give the longest matches and the
 /// most bytes in them, for [`Hir::properties`]'s longest match and for
-/// [`ByteSet::of_matches`].
+/// [`ByteSet::of_matches`]: every reading that parses, of two.
 ///
 /// A `Regex` does not tell how it was built, so the pattern is read with
-/// Unicode on (a class or `.` may match a 4-byte character where byte mode
-/// matches one byte), case folding on (`k` may match the 3-byte Kelvin
-/// sign) and `.` matching every character. Flags written in the pattern,
-/// such as `(?-u)`, still apply. A pattern built with settings that make it
-/// read differently here (free spacing, octal escapes) either reads as a
-/// superset (free spacing only removes literal spaces) or fails to parse,
-/// and is then treated as unbounded and able to hold any byte: slower,
-/// never wrong.
-fn generous_parse(pattern: &str) -> Option<Hir> {
-    regex_syntax::ParserBuilder::new()
-        .utf8(false)
-        .unicode(true)
-        .case_insensitive(true)
-        .dot_matches_new_line(true)
-        .build()
-        .parse(pattern)
-        .ok()
+/// case folding on (`k` may match the 3-byte Kelvin sign) and `.` matching
+/// every character, once with Unicode on (a class or `.` may match a 4-byte
+/// character where byte mode matches one byte) and once with it off (where
+/// `\xd7` is the byte D7, not the character U+00D7, bytes C3 97). Flags
+/// written in the pattern, such as `(?-u)`, still apply. A pattern built
+/// with other settings that make it read differently here (free spacing,
+/// octal escapes) either reads as a superset (free spacing only removes
+/// literal spaces) or fails to parse; with no reading it is treated as
+/// unbounded and able to hold any byte: slower, never wrong.
+fn generous_readings(pattern: &str) -> Vec<Hir> {
+    [true, false]
+        .into_iter()
+        .filter_map(|unicode| {
+            regex_syntax::ParserBuilder::new()
+                .utf8(false)
+                .unicode(unicode)
+                .case_insensitive(true)
+                .dot_matches_new_line(true)
+                .build()
+                .parse(pattern)
+                .ok()
+        })
+        .collect()
 }
 
 /// A set of bytes, one bit each.
@@ -173,15 +190,18 @@ impl ByteSet {
     /// cost per search is what the check saves.
     const SHORT: usize = 64;
 
-    /// The bytes that can occur in a match of `hir`, when that set is small
-    /// enough to be worth checking.
+    /// The bytes that can occur in a match of any of `readings` (none:
+    /// unknown), when that set is small enough to be worth checking.
     ///
     /// A class that holds all ASCII bytes but one or two counts as every
     /// byte: it is a `.` without `s`, and a builder option
     /// (`line_terminator`) can move the byte it leaves out.
-    fn of_matches(hir: &Hir) -> Option<ByteSet> {
+    fn of_matches(readings: &[Hir]) -> Option<ByteSet> {
+        if readings.is_empty() {
+            return None;
+        }
         let mut set = ByteSet([0; 4]);
-        set.add_hir(hir);
+        readings.iter().for_each(|hir| set.add_hir(hir));
         let size: u32 = set.0.iter().map(|w| w.count_ones()).sum();
         (size <= Self::USEFUL).then_some(set)
     }
