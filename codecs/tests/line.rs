@@ -487,6 +487,59 @@ fn regex_eol_longer_than_the_limit_is_an_overflow() {
     );
 }
 
+/// A held run of EOL bytes longer than the limit, while discarding, must
+/// keep what the regex needs to see the run go on: cut to its last bytes,
+/// `;\n*` lost its `;`, and the discard ran on through the next line.
+#[test]
+fn discarding_a_held_eol_run_longer_than_the_limit_keeps_the_next_line() {
+    let make = || {
+        build(|b| {
+            b.eol_regex(Regex::new(";\n*").unwrap())
+                .hold_open_match(true)
+                .max_length(2)
+                .overflow(OverflowPolicy::Discard)
+        })
+    };
+    let events = assert_continuing_invariant(make, b"aaaa;\n\n\nbb;");
+    assert_eq!(
+        events,
+        vec![
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("bb", ";")),
+            Event::End(Ok(vec![])),
+        ]
+    );
+}
+
+/// With Unicode off, `\xd7` is the byte 0xD7, not the character U+00D7
+/// (bytes C3 97): the bytes that can end a line, taken from the pattern,
+/// must hold it, or a short read with the EOL in it is passed over.
+#[test]
+fn a_regex_eol_built_with_unicode_off_matches_its_high_bytes() {
+    for (pattern, eol) in [
+        (r"\xd7", b'\xd7'),
+        (r"[\xd7\xf7]", b'\xf7'),
+        (r"\xf7+", b'\xf7'),
+    ] {
+        let re = regex::bytes::RegexBuilder::new(pattern)
+            .unicode(false)
+            .build()
+            .unwrap();
+        let make = || build(|b| b.eol_regex(re.clone()));
+        let input = [&b"ab"[..], &[eol], b"cd", &[eol]].concat();
+        let out = assert_split_invariant(make, &input);
+        let lines: Vec<_> = out.frames.iter().map(|l| l.line().to_vec()).collect();
+        assert_eq!(lines, [b"ab", b"cd"], "{pattern}");
+        assert_eq!(out.eof, Some(Eof::Clean { leftover: vec![] }), "{pattern}");
+        // The encoder's check that its terminator is a whole EOL agrees.
+        let built = LineCodec::builder()
+            .eol_regex(re.clone())
+            .write_terminator([eol])
+            .build();
+        assert!(built.is_ok(), "{pattern}: {:?}", built.err());
+    }
+}
+
 #[test]
 fn hold_open_match_takes_the_held_match_at_eof() {
     let out = assert_split_invariant(|| regex_codec("[;,]+", true), b"x;,");

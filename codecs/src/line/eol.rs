@@ -154,12 +154,23 @@ impl Eol {
             #[cfg(feature = "regex")]
             Eol::Regex(re) => match re.search.first_non_empty(buf, from.min(buf.len())) {
                 Some((start, end)) if re.hold_open && !eof && end == buf.len() => {
-                    // Keep the held match (at most `max` bytes of it, and at
-                    // least one, so the regex still sees that a run of EOL
-                    // bytes goes on) and drop the rest.
-                    let keep = (end - start).min(max.max(1));
-                    buf.advance(end - keep);
-                    more
+                    // Keep the held match from its start, and the context
+                    // before it, so the regex sees the same match go on:
+                    // all of it when the regex's matches have a longest
+                    // length (exact, and bounded by it); else at most its
+                    // first `max` bytes (at least one), which decide for a
+                    // run of a repeated EOL (`;\n*`, `[;,]+`), the rest of
+                    // the run going with the line. Its last bytes alone
+                    // would not do: `\n\n` is no longer a match of `;\n*`.
+                    let len = end - start;
+                    let keep = match re.search.max_len() {
+                        Some(_) => len,
+                        None => len.min(max.max(1)),
+                    };
+                    let context = re.search.context_before(start);
+                    buf.truncate(start + keep);
+                    buf.advance(start - context);
+                    Discard::NeedMore { from: context }
                 }
                 Some((_, end)) => {
                     buf.advance(end);
