@@ -1,22 +1,29 @@
-//! A serializer adapter that refuses the floats a format cannot write
-//! exactly.
+//! A serializer adapter that refuses the floats (and tags) a format cannot
+//! write exactly.
 //!
 //! serde_json writes NaN and the infinities as `null`, and serde_cbor writes
 //! every NaN as the one canonical NaN, dropping its sign and payload: both
-//! silently turn a value into another. [`Floats`] wraps any serializer,
-//! passes every call through unchanged and fails on a float its
-//! [`FloatRule`] refuses, wherever it sits in the value: nested values are
-//! wrapped again on the way down, so the check costs one comparison per
-//! float and nothing else.
+//! silently turn a value into another, as serde_json does with a CBOR tag,
+//! which it writes as the bare value it tags. [`Floats`] wraps any
+//! serializer, passes every call through unchanged and fails on a float
+//! (or tag) its [`FloatRule`] refuses, wherever it sits in the value: nested
+//! values are wrapped again on the way down, so the check costs one
+//! comparison per float or newtype and nothing else.
 
 use std::marker::PhantomData;
 
 use serde::ser::{self, Serialize, Serializer};
 
-/// Which floats a format's writer keeps exactly.
+/// The newtype-struct name under which serde_cbor's values carry a tag.
+const CBOR_TAG: &str = "\0cbor_tag";
+
+/// Which floats (and whether tags) a format's writer keeps exactly.
 pub(crate) trait FloatRule {
     /// Why a refused float is refused.
     const REFUSED: &'static str;
+    /// Whether the format writes CBOR tags (serde_cbor's tagged values,
+    /// which other serializers write as their bare content).
+    const KEEPS_TAGS: bool;
     fn keeps_f32(x: f32) -> bool;
     fn keeps_f64(x: f64) -> bool;
 }
@@ -28,6 +35,7 @@ pub(crate) struct Finite;
 #[cfg(feature = "json")]
 impl FloatRule for Finite {
     const REFUSED: &'static str = "NaN and infinities have no JSON form";
+    const KEEPS_TAGS: bool = false;
     #[inline]
     fn keeps_f32(x: f32) -> bool {
         x.is_finite()
@@ -46,6 +54,7 @@ pub(crate) struct PlainNan;
 #[cfg(feature = "cbor")]
 impl FloatRule for PlainNan {
     const REFUSED: &'static str = "a NaN with a sign or payload would be written as the plain NaN";
+    const KEEPS_TAGS: bool = true;
     #[inline]
     fn keeps_f32(x: f32) -> bool {
         !x.is_nan() || x.to_bits() == f32::NAN.to_bits()
@@ -169,6 +178,9 @@ impl<S: Serializer, R: FloatRule> Serializer for Floats<S, R> {
         name: &'static str,
         value: &T,
     ) -> Result<S::Ok, S::Error> {
+        if !R::KEEPS_TAGS && name == CBOR_TAG {
+            return Err(ser::Error::custom("a CBOR tag has no form in this format"));
+        }
         self.0
             .serialize_newtype_struct(name, &Checked::<_, R>::new(value))
     }

@@ -549,8 +549,9 @@ impl<T: Serialize> Encoder<T> for JsonCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` for a NaN or infinite float anywhere in the value, or if
-    /// serde_json cannot write it; `dst` is unchanged.
+    /// `EINVAL` for a NaN or infinite float or a CBOR tag anywhere in the
+    /// value (JSON has no form for them), or if serde_json cannot write
+    /// it; `dst` is unchanged.
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), Error> {
         write_text(self.write, &item, dst)
     }
@@ -563,8 +564,9 @@ impl<T: Serialize> Encoder<&T> for JsonCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` for a NaN or infinite float anywhere in the value, or if
-    /// serde_json cannot write it; `dst` is unchanged.
+    /// `EINVAL` for a NaN or infinite float or a CBOR tag anywhere in the
+    /// value (JSON has no form for them), or if serde_json cannot write
+    /// it; `dst` is unchanged.
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
         write_text(self.write, item, dst)
     }

@@ -560,6 +560,26 @@ fn encoding_error_writes_nothing() {
     assert_eq!(&out[..], b"before");
 }
 
+/// JSON has no tags: a CBOR value with one cannot be written exactly, so
+/// it is refused rather than written as its bare content.
+#[cfg(feature = "cbor")]
+#[test]
+fn a_cbor_tag_is_refused_not_dropped() {
+    use anyframe_codecs::CborValue;
+    let mut codec = JsonCodec::<CborValue>::new();
+    let mut out = BytesMut::from(&b"before"[..]);
+    let tagged = CborValue::Array(vec![
+        CborValue::Integer(1),
+        CborValue::Tag(1, Box::new(CborValue::Integer(5))),
+    ]);
+    let err = codec.encode(tagged, &mut out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(&out[..], b"before");
+    // Untagged, the same value goes out.
+    codec.encode(CborValue::Integer(5), &mut out).unwrap();
+    assert_eq!(&out[..], b"before5\n");
+}
+
 #[test]
 fn raw_codec_hands_out_the_text_bytes() {
     let input = b" {\"a\" : [1, 2]}\n\"\\u00e9\" 17 ";
