@@ -659,6 +659,108 @@ async fn concurrent_callers_each_get_their_own_answers() {
     assert_eq!(seen, [CALLS; CALLERS]);
 }
 
+/// Runs `inside` in a completion on a spawned connection over `io` and,
+/// while that completion holds the engine, `outside` on another thread
+/// (where a handle queues into the inbox, checked against the state the
+/// engine published before the completion ran). Returns the handle, its
+/// driver, the other end, and what `outside` returned.
+async fn while_a_completion_holds_the_engine<T: Send + 'static>(
+    builder: anyframe::Builder,
+    inside: impl FnOnce(&mut anyframe::Requests<'_>) + Send + 'static,
+    outside: impl FnOnce(&anyframe::Handle) -> T + Send + 'static,
+) -> (
+    anyframe::Handle,
+    anyframe::Driver<tokio::io::DuplexStream>,
+    tokio::io::DuplexStream,
+    T,
+) {
+    let (io, mut peer) = tokio::io::duplex(1);
+    let (handle, driver) = builder.build(io).spawn();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let read = handle.push_read_with(LineCodec::new(), move |line, q| {
+        inside(q);
+        let _ = entered_tx.send(());
+        // Held until `outside` is done, or a moment if it waits for us.
+        let _ = release_rx.recv_timeout(Duration::from_millis(300));
+        Ok(line)
+    });
+    let h2 = handle.clone();
+    let other = std::thread::spawn(move || {
+        entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let out = outside(&h2);
+        let _ = release_tx.send(());
+        out
+    });
+    peer.write_all(b"go\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the read completes")
+        .unwrap();
+    let out = other.join().unwrap();
+    (handle, driver, peer, out)
+}
+
+/// A write queued from another thread while a completion holds the engine
+/// was checked against the room under `wbuf_max` published before the
+/// completion's own push: both were accepted, 160 bytes under a 100-byte
+/// cap. Every byte queued counts, whichever way it was queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wbuf_max_counts_a_completions_push_and_one_queued_meanwhile() {
+    let mut builder = QueuedFramed::builder();
+    builder.wbuf_max(Some(100));
+    let (handle, _driver, _peer, pushed) = while_a_completion_holds_the_engine(
+        builder,
+        |q| q.push_bytes(vec![b'a'; 80]).unwrap(),
+        |h| h.push_bytes(vec![b'b'; 80]),
+    )
+    .await;
+    let e = pushed.expect_err("over wbuf_max");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(
+        handle.write_buffered() <= 100,
+        "{}",
+        handle.write_buffered()
+    );
+}
+
+/// A write queued from another thread while a completion calls
+/// `push_shutdown` was accepted (`Ok`), then moved into the write queue
+/// after the half-close: it never reached the peer, and writing it closed
+/// the connection with a `BrokenPipe` nobody caused. Now it is either
+/// written before the half-close or refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_queued_while_a_completion_shuts_down_is_sent_or_refused() {
+    let (handle, driver, mut peer, pushed) = while_a_completion_holds_the_engine(
+        QueuedFramed::builder(),
+        |q| {
+            q.push_bytes(&b"bye\n"[..]).unwrap();
+            q.push_shutdown().unwrap();
+        },
+        |h| h.push_bytes(&b"late\n"[..]),
+    )
+    .await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got))
+        .await
+        .expect("the peer reads to the half-close")
+        .unwrap();
+    match pushed {
+        Ok(()) => assert_eq!(got, b"bye\nlate\n"),
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert_eq!(got, b"bye\n");
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), handle.flush())
+        .await
+        .expect("flush resolves")
+        .unwrap();
+    assert!(handle.error().is_none(), "{:?}", handle.error());
+    drop(handle);
+    let _ = tokio::time::timeout(Duration::from_secs(10), driver).await;
+}
+
 // ----- the property: random request sequences over random fragmentation ----
 
 mod property {

@@ -46,6 +46,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::Weak;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -77,6 +78,7 @@ macro_rules! poll_io {
         }
     };
 }
+use crate::queued::handle::Shared;
 use crate::queued::transport::{self, Transport};
 use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
@@ -268,6 +270,9 @@ pub(crate) struct Core {
     /// already `Closed`; telling the waiters (which drops user code) waits
     /// for the next call into the core, outside the unwinding.
     poisoned: bool,
+    /// Spawned: the handles, whose inbox holds writes queued while the
+    /// engine was busy (see [`seal_inbox`](Self::seal_inbox)).
+    handles: Option<Weak<Shared>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -349,6 +354,7 @@ impl Core {
             peer_cert: None,
             sweep_at: SWEEP_MIN,
             poisoned: false,
+            handles: None,
             cfg,
         }
     }
@@ -787,6 +793,26 @@ impl Core {
             }
         }
         self.sweep_if_due();
+    }
+
+    /// Spawned, before a change that could refuse writes the handles have
+    /// already queued into their inbox (checked against the state the
+    /// engine published when its lock was last released, before this
+    /// change): a shutdown, or a push under `wbuf_max`, which may use up
+    /// the room they were told of. Those writes come in first, and the
+    /// inbox takes no more until the lock is released and the state
+    /// published again; until then a handle queues through the lock. So a
+    /// write a handle was told is queued goes out before the shutdown, and
+    /// counts before the push.
+    pub(crate) fn seal_inbox(&mut self) {
+        if let Some(handles) = self.handles.as_ref().and_then(Weak::upgrade) {
+            handles.seal_writes(self);
+        }
+    }
+
+    /// The handles of a spawned connection (see [`seal_inbox`](Self::seal_inbox)).
+    pub(crate) fn set_handles(&mut self, handles: Weak<Shared>) {
+        self.handles = Some(handles);
     }
 
     /// Whether a write may be queued now (what `push_encoded` checks).
@@ -1382,6 +1408,9 @@ impl Core {
     {
         self.settle_panic();
         self.check_writable()?;
+        if self.cfg.wbuf_max.is_some() {
+            self.seal_inbox();
+        }
         let before = self.wq.tail_len();
         let armed = EncodeUnwind { core: self, before };
         let encoded = encoder.encode(item, armed.core.wq.tail_mut());
@@ -1403,6 +1432,9 @@ impl Core {
     /// Queues raw bytes (zero-copy for large ones).
     pub(crate) fn push_bytes(&mut self, bytes: Bytes) -> Result<()> {
         self.check_writable()?;
+        if self.cfg.wbuf_max.is_some() {
+            self.seal_inbox();
+        }
         if self.over_wbuf_max(bytes.len()) {
             return Err(self.output_full());
         }
@@ -1443,6 +1475,7 @@ impl Core {
     pub(crate) fn push_shutdown(&mut self) -> Result<()> {
         self.check_open()?;
         if self.output == Output::Open {
+            self.seal_inbox();
             self.output = Output::ShutdownRequested;
             self.wake_driver();
         }

@@ -26,7 +26,7 @@ use crate::queued::timer::Timeout;
 use crate::queued::transport::TransportIo;
 use crate::queued::write::CHAIN_THRESHOLD;
 
-struct Shared {
+pub(crate) struct Shared {
     core: Mutex<Core>,
     /// Reads and writes queued while the engine was busy.
     inbox: Mutex<Inbox>,
@@ -209,6 +209,22 @@ impl std::ops::DerefMut for Locked<'_> {
 }
 
 impl Shared {
+    /// For [`Core::seal_inbox`], which holds the engine: moves the writes
+    /// and reads in the inbox into `core`, and closes the inbox to writes
+    /// until the engine's lock is released (which publishes the state
+    /// again). Handles check that state under the inbox's lock, so each
+    /// write they queue lands in `core` here or takes the locked path.
+    pub(crate) fn seal_writes(&self, core: &mut Core) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        self.posted.store(false, Ordering::Release);
+        if !inbox.is_empty() {
+            let Inbox { out, reads } = &mut *inbox;
+            core.accept_posted(out, reads);
+            inbox.release_burst();
+        }
+        self.published.writes.store(false, Ordering::Release);
+    }
+
     /// Whether this thread is running this connection's engine now. Only
     /// a thread itself stores its token, and clears it before letting go,
     /// so a relaxed load that sees it is right.
@@ -484,18 +500,21 @@ where
     F: Future<Output = Result<TransportIo<IO>>> + Send + 'static,
 {
     core.pause_timers();
-    let shared = Arc::new(Shared {
-        core: Mutex::new(core),
-        inbox: Mutex::new(Inbox::default()),
-        posted: AtomicBool::new(false),
-        published: Published::new(),
-        driver: AtomicWaker::new(),
-        users: AtomicUsize::new(1),
-        detach: AtomicBool::new(false),
-        engine_owner: AtomicUsize::new(0),
-        inbox_owner: AtomicUsize::new(0),
-        #[cfg(test)]
-        busy: AtomicBool::new(false),
+    let shared = Arc::new_cyclic(|handles| {
+        core.set_handles(handles.clone());
+        Shared {
+            core: Mutex::new(core),
+            inbox: Mutex::new(Inbox::default()),
+            posted: AtomicBool::new(false),
+            published: Published::new(),
+            driver: AtomicWaker::new(),
+            users: AtomicUsize::new(1),
+            detach: AtomicBool::new(false),
+            engine_owner: AtomicUsize::new(0),
+            inbox_owner: AtomicUsize::new(0),
+            #[cfg(test)]
+            busy: AtomicBool::new(false),
+        }
     });
     let task_shared = shared.clone();
     // Dropped unfinished, even before its first poll (its runtime shut
