@@ -798,8 +798,9 @@ impl Core {
     /// Spawned, before a change that could refuse writes the handles have
     /// already queued into their inbox (checked against the state the
     /// engine published when its lock was last released, before this
-    /// change): a shutdown, or a push under `wbuf_max`, which may use up
-    /// the room they were told of. Those writes come in first, and the
+    /// change): a shutdown, or a push under `wbuf_max` past the half of it
+    /// that is the engine's own, which may use up the room they were told
+    /// of. Those writes come in first, and the
     /// inbox takes no more until the lock is released and the state
     /// published again; until then a handle queues through the lock. So a
     /// write a handle was told is queued goes out before the shutdown, and
@@ -820,12 +821,28 @@ impl Core {
         !self.is_closed() && self.output == Output::Open
     }
 
-    /// Bytes that can still be queued under `wbuf_max` (`usize::MAX`
-    /// without a cap).
+    /// Bytes that spawned handles may queue into their inbox under
+    /// `wbuf_max` (`usize::MAX` without a cap): the room left, but at most
+    /// half the cap. The engine's own pushes take the other half without
+    /// a look at the inbox; past it they seal the inbox first
+    /// ([`needs_seal`](Self::needs_seal)). Either way, what is queued and
+    /// what the inbox holds stay within the cap together.
     pub(crate) fn write_room(&self) -> usize {
-        self.cfg
-            .wbuf_max
-            .map_or(usize::MAX, |max| max.saturating_sub(self.wq.len()))
+        self.cfg.wbuf_max.map_or(usize::MAX, |max| {
+            max.saturating_sub(self.wq.len()).min(max / 2)
+        })
+    }
+
+    /// Whether queueing `adding` more bytes may use room promised to the
+    /// handles' inbox (see [`write_room`](Self::write_room)), so that the
+    /// inbox must be sealed first.
+    #[inline]
+    fn needs_seal(&self, adding: usize) -> bool {
+        self.handles.is_some()
+            && self
+                .cfg
+                .wbuf_max
+                .is_some_and(|max| self.wq.len() + adding > max / 2)
     }
 
     /// Puts `entry` first, except before a read that has already looked at
@@ -1408,9 +1425,6 @@ impl Core {
     {
         self.settle_panic();
         self.check_writable()?;
-        if self.cfg.wbuf_max.is_some() {
-            self.seal_inbox();
-        }
         let before = self.wq.tail_len();
         let armed = EncodeUnwind { core: self, before };
         let encoded = encoder.encode(item, armed.core.wq.tail_mut());
@@ -1420,6 +1434,11 @@ impl Core {
             return Err(e.into());
         }
         let added = self.wq.tail_len() - before;
+        if self.needs_seal(added) {
+            // The handles' writes go first: take this one out of their way.
+            let bytes = self.wq.tail_mut().split_off(before).freeze();
+            return self.push_bytes(bytes);
+        }
         if self.over_wbuf_max(added) {
             self.wq.rollback(before);
             return Err(self.output_full());
@@ -1432,7 +1451,7 @@ impl Core {
     /// Queues raw bytes (zero-copy for large ones).
     pub(crate) fn push_bytes(&mut self, bytes: Bytes) -> Result<()> {
         self.check_writable()?;
-        if self.cfg.wbuf_max.is_some() {
+        if self.needs_seal(bytes.len()) {
             self.seal_inbox();
         }
         if self.over_wbuf_max(bytes.len()) {
