@@ -1140,17 +1140,8 @@ async fn output_posted_behind_a_refused_starttls_never_leaves_in_plaintext() {
 #[tokio::test]
 async fn output_behind_a_starttls_queued_behind_a_stoptls_never_leaves_in_plaintext() {
     for &b in pki::BACKENDS {
-        let (_client, mut server, writes) = tapped_server_pair(b).await;
-        let stop = server.push_stoptls();
-        let start = server.push_starttls(server_on(b));
-        let _ = server.push_write(LineCodec::new(), "secret");
-        let e = within("start", server.wait(start)).await.unwrap_err();
-        assert!(e.is_fatal(), "{b:?}: {e}");
-        assert!(server.is_closed(), "{b:?}");
-        let _ = within("stop", server.wait(stop)).await;
-        let _ = within("flush", server.flush()).await;
-        drop(server);
-        assert!(!sent_in_plaintext(&writes), "{b:?}");
+        let (_client, server, writes) = tapped_server_pair(b).await;
+        starttls_behind_a_queued_stoptls(server, server_on(b), &writes, b).await;
     }
 }
 
@@ -1161,17 +1152,32 @@ async fn output_behind_a_starttls_queued_behind_a_plaintext_stoptls_never_leaves
     for &b in pki::BACKENDS {
         let (c, _peer) = tokio::io::duplex(1 << 16);
         let (tap, writes) = support::Tap::new(c);
-        let mut conn = QueuedFramed::new(tap);
-        let stop = conn.push_stoptls();
-        let start = conn.push_starttls(pki::client_on(b));
-        let _ = conn.push_write(LineCodec::new(), "secret");
-        let e = within("start", conn.wait(start)).await.unwrap_err();
-        assert!(e.is_fatal(), "{b:?}: {e}");
-        let _ = within("stop", conn.wait(stop)).await;
-        let _ = within("flush", conn.flush()).await;
-        drop(conn);
-        assert!(!sent_in_plaintext(&writes), "{b:?}");
+        let conn = QueuedFramed::new(tap);
+        starttls_behind_a_queued_stoptls(conn, pki::client_on(b), &writes, b).await;
     }
+}
+
+/// Queues a stoptls, a STARTTLS (`mode`) and then `secret` on `conn`,
+/// whose writes `writes` records: the STARTTLS is refused, fatally, and
+/// `secret` is never written.
+async fn starttls_behind_a_queued_stoptls<IO>(
+    mut conn: QueuedFramed<IO>,
+    mode: impl Into<anyframe::tls::TlsMode>,
+    writes: &support::Writes,
+    b: TlsBackend,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let stop = conn.push_stoptls();
+    let start = conn.push_starttls(mode);
+    let _ = conn.push_write(LineCodec::new(), "secret");
+    let e = within("start", conn.wait(start)).await.unwrap_err();
+    assert!(e.is_fatal(), "{b:?}: {e}");
+    assert!(conn.is_closed(), "{b:?}");
+    let _ = within("stop", conn.wait(stop)).await;
+    let _ = within("flush", conn.flush()).await;
+    drop(conn);
+    assert!(!sent_in_plaintext(writes), "{b:?}");
 }
 
 /// A completion's STARTTLS goes to the front of the queue, but its output
