@@ -55,6 +55,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::queued::handle::Shared;
 use crate::queued::request::{
     Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Rejected, Request, Requests, Ticket,
     batch_step, decode_step, read_request,
@@ -78,7 +79,6 @@ macro_rules! poll_io {
         }
     };
 }
-use crate::queued::handle::Shared;
 use crate::queued::transport::{self, Transport};
 use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
@@ -800,11 +800,10 @@ impl Core {
     /// engine published when its lock was last released, before this
     /// change): a shutdown, or a push under `wbuf_max` past the half of it
     /// that is the engine's own, which may use up the room they were told
-    /// of. Those writes come in first, and the
-    /// inbox takes no more until the lock is released and the state
-    /// published again; until then a handle queues through the lock. So a
-    /// write a handle was told is queued goes out before the shutdown, and
-    /// counts before the push.
+    /// of. Those writes come in first, and the inbox takes no more until
+    /// the lock is released and the state published again; until then a
+    /// handle queues through the lock. So a write a handle was told is
+    /// queued goes out before the shutdown, and counts before the push.
     pub(crate) fn seal_inbox(&mut self) {
         if let Some(handles) = self.handles.as_ref().and_then(Weak::upgrade) {
             handles.seal_writes(self);
