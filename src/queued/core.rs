@@ -106,6 +106,10 @@ pub(crate) enum Output {
     Open,
     /// `push_shutdown` was called: flush what is queued, then half-close.
     ShutdownRequested,
+    /// `push_shutdown` was called while spawned handles' writes, accepted
+    /// before it, waited in their inbox: they are taken in first
+    /// ([`accept_posted`](Core::accept_posted)), then as `ShutdownRequested`.
+    ShutdownAfterInbox,
     /// The write side is closed.
     Shut,
 }
@@ -792,21 +796,41 @@ impl Core {
                 Life::Open => self.queue.push_back(Entry::Read(req)),
             }
         }
+        if self.output == Output::ShutdownAfterInbox {
+            // What was accepted before the shutdown is in: now it may go.
+            self.output = Output::ShutdownRequested;
+            self.wake_driver();
+        }
         self.sweep_if_due();
     }
 
     /// Spawned, before a change that could refuse writes the handles have
     /// already queued into their inbox (checked against the state the
-    /// engine published when its lock was last released, before this
-    /// change): a shutdown, or a push under `wbuf_max` past the half of it
-    /// that is the engine's own, which may use up the room they were told
-    /// of. Those writes come in first, and the inbox takes no more until
-    /// the lock is released and the state published again; until then a
-    /// handle queues through the lock. So a write a handle was told is
-    /// queued goes out before the shutdown, and counts before the push.
-    pub(crate) fn seal_inbox(&mut self) {
-        if let Some(handles) = self.handles.as_ref().and_then(Weak::upgrade) {
-            handles.seal_writes(self);
+    /// engine published when its lock was last released): a shutdown, or
+    /// a push under `wbuf_max` past the half of it that is the engine's
+    /// own, which may use up the room they were told of. The inbox takes
+    /// no more writes until the lock is released and the state published
+    /// again (until then a handle queues through the lock, and hears the
+    /// change); what it holds stays there, to come in after what the
+    /// engine does meanwhile, as always. Returns how many bytes of output
+    /// it holds: they count against `wbuf_max` now, and a shutdown waits
+    /// for them.
+    pub(crate) fn seal_inbox(&self) -> usize {
+        self.handles
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map_or(0, |handles| handles.seal_writes())
+    }
+
+    /// The output waiting in the handles' inbox, sealed, when queueing
+    /// `adding` more bytes may use room promised to it (see
+    /// [`write_room`](Self::write_room)); else 0.
+    #[inline]
+    fn inbox_output(&self, adding: usize) -> usize {
+        if self.needs_seal(adding) {
+            self.seal_inbox()
+        } else {
+            0
         }
     }
 
@@ -821,11 +845,13 @@ impl Core {
     }
 
     /// Bytes that spawned handles may queue into their inbox under
-    /// `wbuf_max` (`usize::MAX` without a cap): the room left, but at most
-    /// half the cap. The engine's own pushes take the other half without
-    /// a look at the inbox; past it they seal the inbox first
-    /// ([`needs_seal`](Self::needs_seal)). Either way, what is queued and
-    /// what the inbox holds stay within the cap together.
+    /// `wbuf_max` (`usize::MAX` without a cap), published whenever the
+    /// inbox is emptied into the engine or the engine's lock released:
+    /// the room left, but at most half the cap. The engine's own pushes
+    /// take the other half without a look at the inbox; past it they seal
+    /// the inbox and count what it holds ([`needs_seal`](Self::needs_seal)).
+    /// Either way, what is queued and what the inbox holds stay within the
+    /// cap together.
     pub(crate) fn write_room(&self) -> usize {
         self.cfg.wbuf_max.map_or(usize::MAX, |max| {
             max.saturating_sub(self.wq.len()).min(max / 2)
@@ -834,7 +860,7 @@ impl Core {
 
     /// Whether queueing `adding` more bytes may use room promised to the
     /// handles' inbox (see [`write_room`](Self::write_room)), so that the
-    /// inbox must be sealed first.
+    /// inbox must be sealed and counted first.
     #[inline]
     fn needs_seal(&self, adding: usize) -> bool {
         self.handles.is_some()
@@ -1433,12 +1459,7 @@ impl Core {
             return Err(e.into());
         }
         let added = self.wq.tail_len() - before;
-        if self.needs_seal(added) {
-            // The handles' writes go first: take this one out of their way.
-            let bytes = self.wq.tail_mut().split_off(before).freeze();
-            return self.push_bytes(bytes);
-        }
-        if self.over_wbuf_max(added) {
+        if self.over_wbuf_max(added + self.inbox_output(added)) {
             self.wq.rollback(before);
             return Err(self.output_full());
         }
@@ -1450,10 +1471,7 @@ impl Core {
     /// Queues raw bytes (zero-copy for large ones).
     pub(crate) fn push_bytes(&mut self, bytes: Bytes) -> Result<()> {
         self.check_writable()?;
-        if self.needs_seal(bytes.len()) {
-            self.seal_inbox();
-        }
-        if self.over_wbuf_max(bytes.len()) {
+        if self.over_wbuf_max(bytes.len() + self.inbox_output(bytes.len())) {
             return Err(self.output_full());
         }
         self.wq.push_bytes(bytes);
@@ -1493,8 +1511,11 @@ impl Core {
     pub(crate) fn push_shutdown(&mut self) -> Result<()> {
         self.check_open()?;
         if self.output == Output::Open {
-            self.seal_inbox();
-            self.output = Output::ShutdownRequested;
+            self.output = if self.seal_inbox() > 0 {
+                Output::ShutdownAfterInbox
+            } else {
+                Output::ShutdownRequested
+            };
             self.wake_driver();
         }
         Ok(())
@@ -1531,6 +1552,11 @@ impl Core {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             self.unflushed = false;
+        }
+        if self.output == Output::ShutdownAfterInbox {
+            // Handles' writes accepted before the shutdown wait in their
+            // inbox; they woke the driver, whose next turn takes them in.
+            return Poll::Pending;
         }
         if self.output == Output::ShutdownRequested {
             if self.wq.has_marker() {

@@ -185,6 +185,9 @@ impl Locked<'_> {
         let Inbox { out, reads } = &mut *inbox;
         self.guard.accept_posted(out, reads);
         inbox.release_burst();
+        // The inbox is empty again: it may take only the room now left,
+        // not again the room it was told of at the last release.
+        self.shared.published.publish(&self.guard);
         true
     }
 }
@@ -209,19 +212,27 @@ impl std::ops::DerefMut for Locked<'_> {
 }
 
 impl Shared {
-    /// For [`Core::seal_inbox`], which holds the engine: moves the writes
-    /// and reads in the inbox into `core`, and closes the inbox to writes
-    /// until the engine's lock is released (which publishes the state
-    /// again). Handles check that state under the inbox's lock, so each
-    /// write they queue lands in `core` here or takes the locked path.
-    pub(crate) fn seal_writes(&self, core: &mut Core) {
+    /// For [`Core::seal_inbox`], which holds the engine: closes the inbox
+    /// to writes until the engine's lock is released (which publishes the
+    /// state again), and returns how many bytes of output it holds. Handles
+    /// check that state under the inbox's lock, so each write they queue
+    /// is either counted here or takes the locked path.
+    pub(crate) fn seal_writes(&self) -> usize {
+        let inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        self.published.writes.store(false, Ordering::Release);
+        inbox.out.len()
+    }
+
+    /// Before the engine closes for good and gives its buffers up: takes
+    /// in what the inbox holds and closes it, so a handle that queues
+    /// meanwhile takes the locked path and hears `Closed`, and what was
+    /// accepted comes back in the parts.
+    fn close_inbox(&self, core: &mut Core) {
         let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
         self.posted.store(false, Ordering::Release);
-        if !inbox.is_empty() {
-            let Inbox { out, reads } = &mut *inbox;
-            core.accept_posted(out, reads);
-            inbox.release_burst();
-        }
+        let Inbox { out, reads } = &mut *inbox;
+        core.accept_posted(out, reads);
+        self.published.reads.store(false, Ordering::Release);
         self.published.writes.store(false, Ordering::Release);
     }
 
@@ -592,7 +603,11 @@ where
             tracing::debug!(?linger, "linger expired with output unsent");
         }
     }
-    let (mut read_buf, write_buf) = shared.lock().take_buffers();
+    let (mut read_buf, write_buf) = {
+        let mut core = shared.lock();
+        shared.close_inbox(&mut core);
+        core.take_buffers()
+    };
     let (io, unread) = crate::queued::transport::unwrap(io);
     read_buf.extend_from_slice(&unread);
     tracing::debug!(
