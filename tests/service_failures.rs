@@ -618,3 +618,120 @@ async fn serve_stall_error_says_which_timer() {
     .await
     .expect("test hung");
 }
+
+// ----- requests already read, and the ways a loop ends ------------------------
+
+/// A line decoder that allows 8 bytes: longer, with no end of line in
+/// sight, is a fatal `ENOSPC`.
+fn short_lines() -> Utf8LineCodec {
+    Utf8LineCodec::builder().max_length(8).build_utf8().unwrap()
+}
+
+/// A request handed to a slow service, then, in a later read, a line the
+/// decoder rejects fatally: the request is still answered (LC-6), as when
+/// both arrive in one read. The fatal error used to close the connection
+/// at once, so the answer, ready later, could no longer be queued.
+#[tokio::test(start_paused = true)]
+async fn serve_answers_a_request_in_service_when_a_fatal_line_arrives_apart() {
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    let slow_echo = tower::service_fn(|line: Utf8Line| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, Infallible>(format!("echo {}", line.line()))
+    });
+    let server = tokio::spawn(serve(server_io, short_lines(), LineCodec::new(), slow_echo).run());
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    wr.write_all(b"a\n").await.unwrap();
+    // The server has read `a`; its answer is being computed.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    wr.write_all(&[b'x'; 100]).await.unwrap();
+    let out = within("server", server).await.unwrap();
+    let mut got = Vec::new();
+    let _ = within(
+        "answers",
+        tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut got),
+    )
+    .await;
+    assert_eq!(out.unwrap_err().kind(), ErrorKind::NoSpace);
+    assert_eq!(String::from_utf8_lossy(&got), "echo a\n");
+}
+
+/// A line decoder that says when it has handed a request over.
+#[derive(Clone)]
+struct Telling {
+    inner: Utf8LineCodec,
+    decoded: Arc<AtomicBool>,
+}
+
+impl tokio_util::codec::Decoder for Telling {
+    type Item = Utf8Line;
+    type Error = anyframe::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Utf8Line>, anyframe::Error> {
+        let r = tokio_util::codec::Decoder::decode(&mut self.inner, src).map_err(Into::into);
+        if let Ok(Some(_)) = &r {
+            self.decoded.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+/// `with_shutdown`: requests already read are still answered. On a
+/// multi-thread runtime the driver can complete the loop's read (the
+/// request decoded and consumed) after the loop looked at it and before
+/// it looks at the shutdown signal: that request is answered, not dropped
+/// with the read. The signal here resolves only once the request has been
+/// decoded (blocking its worker a moment to make the order certain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_shutdown_answers_a_request_its_read_already_took() {
+    use std::sync::Mutex;
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    let decoded = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(AtomicBool::new(false));
+    let waker: Arc<Mutex<Option<std::task::Waker>>> = Arc::default();
+    let signal = {
+        let (decoded, go, waker) = (decoded.clone(), go.clone(), waker.clone());
+        std::future::poll_fn(move |cx| {
+            if !go.load(Ordering::SeqCst) {
+                *waker.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            // The loop looked at its read (pending) just before this.
+            let start = std::time::Instant::now();
+            while !decoded.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Let the engine finish the read it is in.
+            std::thread::sleep(Duration::from_millis(100));
+            Poll::Ready(())
+        })
+    };
+    let echo =
+        tower::service_fn(
+            |line: Utf8Line| async move { Ok::<_, Infallible>(line.line().to_string()) },
+        );
+    let decoder = Telling {
+        inner: Utf8LineCodec::new(),
+        decoded: decoded.clone(),
+    };
+    let server = tokio::spawn(
+        serve(server_io, decoder, LineCodec::new(), echo)
+            .with_shutdown(signal)
+            .run(),
+    );
+    // Let the loop queue its first read.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    go.store(true, Ordering::SeqCst);
+    if let Some(w) = waker.lock().unwrap().take() {
+        w.wake();
+    }
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    wr.write_all(b"echo\n").await.unwrap();
+    within("server", server).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    let _ = within(
+        "answers",
+        tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut got),
+    )
+    .await;
+    assert!(decoded.load(Ordering::SeqCst), "the request was decoded");
+    assert_eq!(String::from_utf8_lossy(&got), "echo\n");
+}

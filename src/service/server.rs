@@ -134,10 +134,11 @@ where
         self
     }
 
-    /// Maps a service error to a response (`Ok`), or closes the connection
-    /// after the responses before it (`Err`, also what happens without a
-    /// map): the loop then ends with a fatal error whose source is the
-    /// error returned.
+    /// Maps the error of a service call to a response (`Ok`), or closes
+    /// the connection after the responses before it (`Err`, also what
+    /// happens without a map): the loop then ends with a fatal error whose
+    /// source is the error returned. An error from `poll_ready` is not
+    /// mapped: the service is gone (see [`run`](Self::run)).
     pub fn map_errors(
         mut self,
         f: impl FnMut(S::Error) -> std::result::Result<S::Response, S::Error> + Send + 'static,
@@ -220,6 +221,10 @@ enum Next<Req> {
     /// The input ended inside a request (`EPIPE`): the requests before it
     /// are still answered, then the loop returns this error.
     Truncated(Error),
+    /// The decoder failed fatally: the requests before it are still
+    /// answered (the connection stays open for them), then the loop
+    /// returns this error.
+    Failed(Error),
 }
 
 /// The loop's request decoder: the user's, with what it found turned into
@@ -230,6 +235,8 @@ struct Framing<D> {
     inner: D,
     /// Input was consumed since the last request or rejection.
     consumed: bool,
+    /// The decoder failed fatally: it finds nothing more.
+    failed: bool,
 }
 
 impl<D> Framing<D> {
@@ -237,6 +244,7 @@ impl<D> Framing<D> {
         Framing {
             inner,
             consumed: false,
+            failed: false,
         }
     }
 
@@ -260,7 +268,10 @@ impl<D> Framing<D> {
                     // on stream" with an I/O error.
                     Self::ended(src, Error::eof_in_request())
                 } else if e.is_fatal() {
-                    return Err(e);
+                    // Not the engine's to act on: it would close the
+                    // connection under the answers still owed.
+                    self.failed = true;
+                    Next::Failed(e)
                 } else {
                     Next::Rejected {
                         error: e,
@@ -291,12 +302,18 @@ where
     type Error = Error;
 
     fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Next<D::Item>>> {
+        if self.failed {
+            return Ok(None);
+        }
         let before = src.len();
         let decoded = self.inner.decode(src);
         self.next(src, before, decoded, false)
     }
 
     fn decode_eof(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Next<D::Item>>> {
+        if self.failed {
+            return Ok(None);
+        }
         let before = src.len();
         let decoded = self.inner.decode_eof(src);
         self.next(src, before, decoded, true)
@@ -376,17 +393,26 @@ where
     /// idle timeout set, a client that takes none of the answers for that
     /// long ends the loop, and the unsent answers are dropped.
     ///
+    /// The loop waits for every request it has handed to the service, as
+    /// hyper's connections do: the connection's timeouts bound the I/O, not
+    /// the service. Bound a service that may never answer with a timeout
+    /// layer (`tower::timeout::Timeout`), whose error
+    /// [`map_errors`](Self::map_errors) can turn into an answer.
+    ///
     /// # Errors
     ///
     /// A fatal connection error; a fatal `ETIMEDOUT` when the answers were
-    /// not taken for a write or idle timeout; a request the decoder rejects (after the
-    /// responses before it are written), unless
+    /// not taken for a write or idle timeout; a request the decoder rejects
+    /// (after the responses before it are written; a fatal rejection also
+    /// waits for the answers to the requests still in service), unless
     /// [`on_bad_request`](Self::on_bad_request) answers it; a service error
-    /// (from a call or from `poll_ready`) that
-    /// [`map_errors`](Self::map_errors) did not turn into a response, with
-    /// the answers owed before it still written; an answer the encoder
-    /// refuses, made fatal (the peer would take the next answer for it),
-    /// after the answers before it.
+    /// from a call that [`map_errors`](Self::map_errors) did not turn into
+    /// a response, with the answers owed before it still written; an error
+    /// from the service's `poll_ready` (a failed tower service is not asked
+    /// again: the requests it did not take are not answered, and
+    /// `map_errors` is not consulted); an answer the encoder refuses, made
+    /// fatal (the peer would take the next answer for it), after the
+    /// answers before it.
     pub async fn run(self) -> Result<()> {
         let Serve {
             io,
@@ -406,10 +432,18 @@ where
         let mut waiting: VecDeque<Waiting<Req, S::Response>> = VecDeque::new();
         let mut reader = Some(Framing::new(decoder.clone()));
         let mut next: Option<Ticket<Found<D, Req>>> = None;
+        // A read that completed as the shutdown signal came (see
+        // `Event::Shutdown`): its requests are answered.
+        let mut read_at_shutdown: Option<Result<Found<D, Req>>> = None;
         let mut reading = true;
         let mut outcome: Result<()> = Ok(());
         loop {
-            if !reading && next.is_none() && waiting.is_empty() && in_flight.is_empty() {
+            if !reading
+                && next.is_none()
+                && read_at_shutdown.is_none()
+                && waiting.is_empty()
+                && in_flight.is_empty()
+            {
                 break;
             }
             if reader.is_none() {
@@ -419,89 +453,95 @@ where
             // Responses, readiness and requests are polled together, so a
             // service that is not ready (all its slots busy) still sees its
             // in-flight futures driven.
-            let event = poll_fn(|cx| {
-                if !in_flight.is_empty()
-                    && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
-                {
-                    return Poll::Ready(Event::Response(r));
-                }
-                // An answer known already (a rejected request's) takes its
-                // place without the service; a request waits for it.
-                if let Some(Waiting::Reply(_)) = waiting.front()
-                    && let Some(Waiting::Reply(resp)) = waiting.pop_front()
-                {
-                    in_flight.push_back(futures::future::Either::Right(futures::future::ready(
-                        Ok(resp),
-                    )));
-                    return Poll::Ready(Event::Called);
-                }
-                if !waiting.is_empty() && in_flight.len() < max_in_flight {
-                    match service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => {
-                            if let Some(Waiting::Request(req)) = waiting.pop_front() {
-                                in_flight
-                                    .push_back(futures::future::Either::Left(service.call(req)));
-                            }
+            let event = match read_at_shutdown.take() {
+                Some(r) => Event::Requests(r),
+                None => {
+                    poll_fn(|cx| {
+                        if !in_flight.is_empty()
+                            && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
+                        {
+                            return Poll::Ready(Event::Response(r));
+                        }
+                        // An answer known already (a rejected request's) takes its
+                        // place without the service; a request waits for it.
+                        if let Some(Waiting::Reply(_)) = waiting.front()
+                            && let Some(Waiting::Reply(resp)) = waiting.pop_front()
+                        {
+                            in_flight.push_back(futures::future::Either::Right(
+                                futures::future::ready(Ok(resp)),
+                            ));
                             return Poll::Ready(Event::Called);
                         }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Event::NotReady(e)),
-                        Poll::Pending => {}
-                    }
-                }
-                // Read more only when the requests read so far are handed
-                // out and the answers are not piling up (backpressure).
-                if next.is_none()
-                    && reading
-                    && waiting.is_empty()
-                    && in_flight.len() < max_in_flight
-                {
-                    // Until it parks (`Pending`) or may read: an error
-                    // it ignores was only taken, so it looks again.
-                    loop {
-                        match handle.poll_write_ready(cx) {
-                            Poll::Ready(Ok(())) => {
-                                if let Some(d) = reader.take() {
-                                    next = Some(handle.push_read_many_deferring(
-                                        d,
-                                        max_in_flight - in_flight.len(),
-                                    ));
+                        if !waiting.is_empty() && in_flight.len() < max_in_flight {
+                            match service.poll_ready(cx) {
+                                Poll::Ready(Ok(())) => {
+                                    if let Some(Waiting::Request(req)) = waiting.pop_front() {
+                                        in_flight.push_back(futures::future::Either::Left(
+                                            service.call(req),
+                                        ));
+                                    }
+                                    return Poll::Ready(Event::Called);
                                 }
+                                Poll::Ready(Err(e)) => return Poll::Ready(Event::NotReady(e)),
+                                Poll::Pending => {}
                             }
-                            // The peer took none of the answers for a
-                            // whole write (or idle) period, or the
-                            // connection failed.
-                            Poll::Ready(Err(e))
-                                if e.is_fatal()
-                                    || matches!(
-                                        e.timeout(),
-                                        Some(Timeout::Write | Timeout::Idle)
-                                    ) =>
-                            {
-                                return Poll::Ready(Event::Stalled(e));
-                            }
-                            // A read timeout heard here only says the loop
-                            // is not reading, which is its own doing.
-                            Poll::Ready(Err(_)) => continue,
-                            Poll::Pending => {}
                         }
-                        break;
-                    }
+                        // Read more only when the requests read so far are handed
+                        // out and the answers are not piling up (backpressure).
+                        if next.is_none()
+                            && reading
+                            && waiting.is_empty()
+                            && in_flight.len() < max_in_flight
+                        {
+                            // Until it parks (`Pending`) or may read: an error
+                            // it ignores was only taken, so it looks again.
+                            loop {
+                                match handle.poll_write_ready(cx) {
+                                    Poll::Ready(Ok(())) => {
+                                        if let Some(d) = reader.take() {
+                                            next = Some(handle.push_read_many_deferring(
+                                                d,
+                                                max_in_flight - in_flight.len(),
+                                            ));
+                                        }
+                                    }
+                                    // The peer took none of the answers for a
+                                    // whole write (or idle) period, or the
+                                    // connection failed.
+                                    Poll::Ready(Err(e))
+                                        if e.is_fatal()
+                                            || matches!(
+                                                e.timeout(),
+                                                Some(Timeout::Write | Timeout::Idle)
+                                            ) =>
+                                    {
+                                        return Poll::Ready(Event::Stalled(e));
+                                    }
+                                    // A read timeout heard here only says the loop
+                                    // is not reading, which is its own doing.
+                                    Poll::Ready(Err(_)) => continue,
+                                    Poll::Pending => {}
+                                }
+                                break;
+                            }
+                        }
+                        if let Some(t) = next.as_mut()
+                            && let Poll::Ready(r) = Pin::new(t).poll(cx)
+                        {
+                            next = None;
+                            return Poll::Ready(Event::Requests(r));
+                        }
+                        if reading
+                            && let Some(s) = shutdown.as_mut()
+                            && s.as_mut().poll(cx).is_ready()
+                        {
+                            return Poll::Ready(Event::Shutdown);
+                        }
+                        Poll::Pending
+                    })
+                    .await
                 }
-                if let Some(t) = next.as_mut()
-                    && let Poll::Ready(r) = Pin::new(t).poll(cx)
-                {
-                    next = None;
-                    return Poll::Ready(Event::Requests(r));
-                }
-                if reading
-                    && let Some(s) = shutdown.as_mut()
-                    && s.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Event::Shutdown);
-                }
-                Poll::Pending
-            })
-            .await;
+            };
             // An answer that could not be queued: the peer would take the
             // next one for it, so nothing more is answered.
             let mut refused = None;
@@ -558,6 +598,10 @@ where
                 }
                 Event::Requests(Ok((d, found))) => {
                     reader = Some(d);
+                    // A read that completed as the loop shut down is
+                    // answered like any other; then reading stays off.
+                    let shut_down = !reading;
+                    reading = true;
                     for next in found {
                         if !reading {
                             // Closing: nothing after the request that
@@ -567,10 +611,10 @@ where
                         match next {
                             Next::Request(req) => waiting.push_back(Waiting::Request(req)),
                             Next::End => reading = false,
-                            Next::Truncated(e) => {
+                            Next::Truncated(e) | Next::Failed(e) => {
                                 // Answer the requests before it, then end
-                                // with the error (LC-5).
-                                tracing::debug!(error = %e, "server loop: input ended inside a request");
+                                // with the error (LC-5, LC-6).
+                                tracing::debug!(error = %e, "server loop: no more requests");
                                 reading = false;
                                 if outcome.is_ok() {
                                     outcome = Err(e);
@@ -613,6 +657,9 @@ where
                             }
                         }
                     }
+                    if shut_down {
+                        reading = false;
+                    }
                 }
                 Event::Requests(Err(e)) => {
                     // A fatal error: the connection is closed.
@@ -623,10 +670,17 @@ where
                     }
                 }
                 Event::Shutdown => {
-                    // Requests already read are still answered.
+                    // Requests already read are still answered, also those
+                    // of a read that completed since the loop looked at it:
+                    // under the engine's lock it has either taken its
+                    // requests (they are here) or taken nothing (dropped, it
+                    // leaves the input where it was).
                     tracing::debug!("server loop shutting down");
                     reading = false;
-                    next = None;
+                    if let Some(read) = next.take() {
+                        read_at_shutdown =
+                            handle.with_read_buffer(|_| futures::FutureExt::now_or_never(read));
+                    }
                 }
             }
             if let Some(e) = refused {
