@@ -3,15 +3,18 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::PollSemaphore;
 
-use crate::error::{Error, Result};
-use crate::queued::{Handle, Ticket};
+use crate::error::{Error, ErrorKind, Result};
+use crate::queued::{Handle, Requests, Ticket, Timeout};
 
 /// Chooses the decoder for a request's response (`GET` answers a line,
 /// `FETCH` a length-prefixed blob, ...). Implemented for every
@@ -64,6 +67,14 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// # let _ = line_client;
 /// ```
 ///
+/// The connection is the client's: input that arrives while no call waits
+/// for an answer (a peer that answers twice, or speaks unasked) closes it
+/// with a fatal `EPROTO`, since the next caller would take it for its own
+/// answer. A read timeout set on the connection (`rtimeout`, which counts
+/// from the last input) restarts when a call is made with no other call
+/// pending, so it bounds how long calls wait for their answers, and a
+/// pause between calls does not use it up.
+///
 /// `poll_ready` is ready while fewer than `max_in_flight` calls are pending
 /// and the connection's write queue is below its high watermark. A fatal
 /// connection error fails every pending call with it. Dropping a response
@@ -108,6 +119,127 @@ pub struct Client<E, R> {
     decoders: R,
     permits: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
+    idle: Arc<Idle>,
+}
+
+/// What the clones of a client know of their calls, to tell an answer
+/// from input nobody asked for.
+#[derive(Default)]
+struct Idle {
+    /// Calls made whose answer has not been read.
+    pending: AtomicUsize,
+    /// The guard queued now (0: none): while no call is pending, a read
+    /// that fails the connection if input arrives.
+    guard_id: AtomicU64,
+    /// Its ticket: dropped (which cancels the guard) by the next call, or
+    /// with the last clone of the client.
+    guard: Mutex<Option<Ticket<()>>>,
+}
+
+impl Idle {
+    /// A call's answer was read, inside the engine: the last one pending
+    /// leaves a guard on the connection.
+    fn answered(self: &Arc<Idle>, q: &mut Requests<'_>) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) != 1
+            || self.guard_id.load(Ordering::Acquire) != 0
+        {
+            return;
+        }
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        self.guard_id.store(id, Ordering::Release);
+        let unasked = Unasked {
+            idle: Arc::downgrade(self),
+            id,
+        };
+        // Not under the slot's lock: a guard refused at once (the
+        // connection closed) is dropped in here, and its drop looks at
+        // the slot's id.
+        let ticket = q.push_read(unasked);
+        *self.guard.lock().unwrap_or_else(PoisonError::into_inner) = Some(ticket);
+    }
+
+    /// A call is being made: the guard stands aside (cancelled, it has
+    /// consumed nothing). One that is queued meanwhile still leaves the
+    /// call's answer alone ([`Unasked`]). True if no other call was
+    /// pending.
+    fn calling(&self) -> bool {
+        let first = self.pending.fetch_add(1, Ordering::AcqRel) == 0;
+        if self.guard_id.swap(0, Ordering::AcqRel) != 0 {
+            drop(
+                self.guard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+        }
+        first
+    }
+}
+
+/// One call counted in [`Idle::pending`] until its answer is read, or
+/// until the call fails without one (its completion is then dropped).
+struct PendingCall(Option<Weak<Idle>>);
+
+impl PendingCall {
+    /// Counts a call; true if no other call was pending.
+    fn new(idle: &Arc<Idle>) -> (PendingCall, bool) {
+        let first = idle.calling();
+        (PendingCall(Some(Arc::downgrade(idle))), first)
+    }
+
+    fn answered(mut self, q: &mut Requests<'_>) {
+        if let Some(idle) = self.0.take().and_then(|idle| idle.upgrade()) {
+            idle.answered(q);
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if let Some(idle) = self.0.take().and_then(|idle| idle.upgrade()) {
+            idle.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The guard's decoder: input while no call is pending is nobody's
+/// answer; while one is (made as the guard was queued), the guard
+/// completes without consuming anything and leaves the input to it.
+struct Unasked {
+    idle: Weak<Idle>,
+    id: u64,
+}
+
+impl Drop for Unasked {
+    fn drop(&mut self) {
+        if let Some(idle) = self.idle.upgrade() {
+            // Gone (it stood aside, failed, or was cancelled): the next
+            // idle time gets a new one.
+            let _ = idle
+                .guard_id
+                .compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+}
+
+impl Decoder for Unasked {
+    type Item = ();
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<()>> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match self.idle.upgrade() {
+            Some(idle) if idle.pending.load(Ordering::Acquire) == 0 => Err(Error::new(
+                ErrorKind::Protocol,
+                true,
+                "the peer sent input while no call waited for an answer",
+            )),
+            _ => Ok(Some(())),
+        }
+    }
 }
 
 /// Options for a [`Client`].
@@ -140,6 +272,7 @@ impl ClientBuilder {
             decoders,
             permits: PollSemaphore::new(Arc::new(Semaphore::new(self.max_in_flight))),
             permit: None,
+            idle: Arc::default(),
         }
     }
 }
@@ -197,10 +330,18 @@ where
         let decoder = self.decoders.decoder_for(&req);
         // The slot is released when the response has been read, not when
         // the future is dropped: a dropped call still occupies the wire.
+        let (pending, first) = PendingCall::new(&self.idle);
+        if first {
+            // The read timeout counts from the last input; after a pause
+            // it would be used up before this call waited at all. It
+            // bounds the wait for an answer from here.
+            self.handle.timeout_reset(Timeout::Read);
+        }
         let ticket = self
             .handle
-            .call_with(self.encoder.clone(), req, decoder, move |item, _| {
+            .call_with(self.encoder.clone(), req, decoder, move |item, q| {
                 drop(permit);
+                pending.answered(q);
                 Ok(item)
             });
         ResponseFuture {
@@ -221,6 +362,7 @@ impl<E: Clone, R: Clone> Clone for Client<E, R> {
             decoders: self.decoders.clone(),
             permits: self.permits.clone(),
             permit: None,
+            idle: self.idle.clone(),
         }
     }
 }
