@@ -763,18 +763,19 @@ fn answers_the_first_twice(peer: tokio::io::DuplexStream, together: bool) {
 }
 
 /// A peer that answers a call twice: the second copy, arriving while no
-/// call waits, is nobody's answer. The next caller must not get it (it
-/// did); the connection closes with `EPROTO` instead, as a client that
-/// cannot tell which answer is whose must.
+/// call waits, is nobody's answer. With `close_on_unasked_input`, the next
+/// caller does not get it; the connection closes with `EPROTO` instead.
 #[tokio::test]
 async fn client_never_hands_an_unasked_answer_to_the_next_caller() {
     for together in [true, false] {
         let (io, peer) = tokio::io::duplex(1024);
         answers_the_first_twice(peer, together);
         let (handle, _driver) = QueuedFramed::new(io).spawn();
-        let mut client = Client::new(handle.clone(), LineCodec::new(), |_: &String| {
-            LineCodec::new()
-        });
+        let mut client = Client::builder().close_on_unasked_input(true).build(
+            handle.clone(),
+            LineCodec::new(),
+            |_: &String| LineCodec::new(),
+        );
         let one = within("one", client.ready().await.unwrap().call("one".to_string()))
             .await
             .unwrap();
@@ -792,7 +793,7 @@ async fn client_never_hands_an_unasked_answer_to_the_next_caller() {
 }
 
 /// Calls one at a time, each waiting a while before the next: the check
-/// for unasked data stands aside for every answer that was asked for.
+/// for unasked input stands aside for every answer that was asked for.
 #[tokio::test]
 async fn client_calls_one_at_a_time_with_pauses_all_get_their_answers() {
     let (io, peer) = tokio::io::duplex(1024);
@@ -823,6 +824,12 @@ async fn client_calls_one_at_a_time_with_pauses_all_get_their_answers() {
 /// queue while the client is idle, and its timeouts are nobody's error.
 #[tokio::test(start_paused = true)]
 async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
+    for watch in [false, true] {
+        client_idle_longer_than_its_read_timeout(watch).await;
+    }
+}
+
+async fn client_idle_longer_than_its_read_timeout(watch: bool) {
     let (io, peer) = tokio::io::duplex(1024);
     tokio::spawn(async move {
         let mut peer = QueuedFramed::new(peer);
@@ -833,9 +840,13 @@ async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(Duration::from_millis(100));
     let (handle, _driver) = builder.build(io).spawn();
-    let mut client = Client::new(handle.clone(), LineCodec::new(), |_: &String| {
-        LineCodec::new()
-    });
+    // With the check for unasked input on, its read waits while the client
+    // is idle, and hears the read timeouts then.
+    let mut client = Client::builder().close_on_unasked_input(watch).build(
+        handle.clone(),
+        LineCodec::new(),
+        |_: &String| LineCodec::new(),
+    );
     for i in 0..3 {
         let req = format!("call {i}");
         let got = within("call", client.ready().await.unwrap().call(req.clone()))
@@ -844,5 +855,5 @@ async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
         assert_eq!(got.line(), req.as_bytes());
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(!handle.is_closed(), "{:?}", handle.error());
+    assert!(!handle.is_closed(), "watch {watch}: {:?}", handle.error());
 }

@@ -67,10 +67,11 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// # let _ = line_client;
 /// ```
 ///
-/// The connection is the client's: input that arrives while no call waits
-/// for an answer (a peer that answers twice, or speaks unasked) closes it
-/// with a fatal `EPROTO`, since the next caller would take it for its own
-/// answer. A read timeout set on the connection (`rtimeout`, which counts
+/// Input that arrives while no call waits for an answer (a peer that
+/// answers a call twice, or speaks unasked) is taken by the next call as
+/// its answer, and every later caller gets the one before: use
+/// [`ClientBuilder::close_on_unasked_input`] where the protocol allows it.
+/// A read timeout set on the connection (`rtimeout`, which counts
 /// from the last input) restarts when a call is made with no other call
 /// pending, so it bounds how long calls wait for their answers, and a
 /// pause between calls does not use it up.
@@ -126,6 +127,9 @@ pub struct Client<E, R> {
 /// from input nobody asked for.
 #[derive(Default)]
 struct Idle {
+    /// Guard the connection while no call is pending
+    /// ([`ClientBuilder::close_on_unasked_input`]).
+    watch: bool,
     /// Calls made whose answer has not been read.
     pending: AtomicUsize,
     /// The guard queued now (0: none): while no call is pending, a read
@@ -141,6 +145,7 @@ impl Idle {
     /// leaves a guard on the connection.
     fn answered(self: &Arc<Idle>, q: &mut Requests<'_>) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) != 1
+            || !self.watch
             || self.guard_id.load(Ordering::Acquire) != 0
         {
             return;
@@ -246,12 +251,14 @@ impl Decoder for Unasked {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     max_in_flight: usize,
+    close_on_unasked_input: bool,
 }
 
 impl Default for ClientBuilder {
     fn default() -> ClientBuilder {
         ClientBuilder {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            close_on_unasked_input: false,
         }
     }
 }
@@ -264,6 +271,36 @@ impl ClientBuilder {
         self
     }
 
+    /// Closes the connection with a fatal `EPROTO` when input arrives while
+    /// no call waits for an answer (a peer that answers a call twice, or
+    /// speaks unasked), rather than let the next call take it for its
+    /// answer. While no call is pending a read then waits on the
+    /// connection, so an end of input is noticed at once too (the next
+    /// call fails with it). Off by default: it suits protocols whose
+    /// response decoders consume everything up to the next answer. One
+    /// that leaves a separator behind (a JSON decoder after an NDJSON
+    /// text's newline, a line decoder after a `\r\n` written as two
+    /// separators) would have that separator taken for unasked input.
+    ///
+    /// ```
+    /// use anyframe::QueuedFramed;
+    /// use anyframe::codecs::LineCodec;
+    /// use anyframe::service::Client;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (io, _peer) = tokio::io::duplex(1024);
+    /// let (handle, _driver) = QueuedFramed::new(io).spawn();
+    /// let client = Client::builder()
+    ///     .close_on_unasked_input(true)
+    ///     .build(handle, LineCodec::new(), |_: &String| LineCodec::new());
+    /// # let _ = client;
+    /// # }
+    /// ```
+    pub fn close_on_unasked_input(&mut self, on: bool) -> &mut Self {
+        self.close_on_unasked_input = on;
+        self
+    }
+
     /// Builds the client over a spawned connection.
     pub fn build<E, R>(&self, handle: Handle, encoder: E, decoders: R) -> Client<E, R> {
         Client {
@@ -272,7 +309,10 @@ impl ClientBuilder {
             decoders,
             permits: PollSemaphore::new(Arc::new(Semaphore::new(self.max_in_flight))),
             permit: None,
-            idle: Arc::default(),
+            idle: Arc::new(Idle {
+                watch: self.close_on_unasked_input,
+                ..Idle::default()
+            }),
         }
     }
 }
