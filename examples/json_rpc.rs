@@ -100,7 +100,10 @@ async fn client(addr: std::net::SocketAddr) -> anyframe::Result<()> {
     for call in calls {
         match call.await.expect("task") {
             Ok(resp) => println!("{}", serde_json::to_string(&resp).expect("json")),
-            Err(e) => println!("call failed: {e}"),
+            Err(e) => {
+                eprintln!("call failed: {e}");
+                std::process::exit(1);
+            }
         }
     }
     Ok(())
