@@ -3,18 +3,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
-
-use bytes::BytesMut;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::PollSemaphore;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::queued::{Handle, Requests, Ticket, Timeout};
+use crate::error::{Error, Result};
+use crate::queued::{Handle, Ticket, Timeout};
 
 /// Chooses the decoder for a request's response (`GET` answers a line,
 /// `FETCH` a length-prefixed blob, ...). Implemented for every
@@ -67,10 +65,14 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// # let _ = line_client;
 /// ```
 ///
-/// Input that arrives while no call waits for an answer (a peer that
-/// answers a call twice, or speaks unasked) is taken by the next call as
-/// its answer, and every later caller gets the one before: use
-/// [`ClientBuilder::close_on_unasked_input`] where the protocol allows it.
+/// Answers are matched to calls by their order alone, as in any
+/// pipelined client without request ids: input that arrives while no call
+/// waits (a peer that answers a call twice, or speaks unasked) is taken by
+/// the next call as its answer. A protocol that must detect that carries
+/// ids in its requests and answers, and checks them in the response
+/// decoder (a mismatch, returned as a fatal error, closes the
+/// connection).
+///
 /// A read timeout set on the connection (`rtimeout`, which counts
 /// from the last input) restarts when a call is made with no other call
 /// pending, so it bounds how long calls wait for their answers, and a
@@ -123,127 +125,28 @@ pub struct Client<E, R> {
     idle: Arc<Idle>,
 }
 
-/// What the clones of a client know of their calls, to tell an answer
-/// from input nobody asked for.
+/// The calls of a client and its clones whose answer has not been read,
+/// counted so that a call made with none pending restarts the read timeout.
 #[derive(Default)]
 struct Idle {
-    /// Guard the connection while no call is pending
-    /// ([`ClientBuilder::close_on_unasked_input`]).
-    watch: bool,
-    /// Calls made whose answer has not been read.
     pending: AtomicUsize,
-    /// The guard queued now (0: none): while no call is pending, a read
-    /// that fails the connection if input arrives.
-    guard_id: AtomicU64,
-    /// Its ticket: dropped (which cancels the guard) by the next call, or
-    /// with the last clone of the client.
-    guard: Mutex<Option<Ticket<()>>>,
-}
-
-impl Idle {
-    /// A call's answer was read, inside the engine: the last one pending
-    /// leaves a guard on the connection.
-    fn answered(self: &Arc<Idle>, q: &mut Requests<'_>) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) != 1
-            || !self.watch
-            || self.guard_id.load(Ordering::Acquire) != 0
-        {
-            return;
-        }
-        static IDS: AtomicU64 = AtomicU64::new(1);
-        let id = IDS.fetch_add(1, Ordering::Relaxed);
-        self.guard_id.store(id, Ordering::Release);
-        let unasked = Unasked {
-            idle: Arc::downgrade(self),
-            id,
-        };
-        // Not under the slot's lock: a guard refused at once (the
-        // connection closed) is dropped in here, and its drop looks at
-        // the slot's id.
-        let ticket = q.push_read(unasked);
-        *self.guard.lock().unwrap_or_else(PoisonError::into_inner) = Some(ticket);
-    }
-
-    /// A call is being made: the guard stands aside (cancelled, it has
-    /// consumed nothing). One that is queued meanwhile still leaves the
-    /// call's answer alone ([`Unasked`]). True if no other call was
-    /// pending.
-    fn calling(&self) -> bool {
-        let first = self.pending.fetch_add(1, Ordering::AcqRel) == 0;
-        if self.guard_id.swap(0, Ordering::AcqRel) != 0 {
-            drop(
-                self.guard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take(),
-            );
-        }
-        first
-    }
 }
 
 /// One call counted in [`Idle::pending`] until its answer is read, or
 /// until the call fails without one (its completion is then dropped).
-struct PendingCall(Option<Weak<Idle>>);
+struct PendingCall(Arc<Idle>);
 
 impl PendingCall {
     /// Counts a call; true if no other call was pending.
     fn new(idle: &Arc<Idle>) -> (PendingCall, bool) {
-        let first = idle.calling();
-        (PendingCall(Some(Arc::downgrade(idle))), first)
-    }
-
-    fn answered(mut self, q: &mut Requests<'_>) {
-        if let Some(idle) = self.0.take().and_then(|idle| idle.upgrade()) {
-            idle.answered(q);
-        }
+        let first = idle.pending.fetch_add(1, Ordering::AcqRel) == 0;
+        (PendingCall(idle.clone()), first)
     }
 }
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        if let Some(idle) = self.0.take().and_then(|idle| idle.upgrade()) {
-            idle.pending.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// The guard's decoder: input while no call is pending is nobody's
-/// answer; while one is (made as the guard was queued), the guard
-/// completes without consuming anything and leaves the input to it.
-struct Unasked {
-    idle: Weak<Idle>,
-    id: u64,
-}
-
-impl Drop for Unasked {
-    fn drop(&mut self) {
-        if let Some(idle) = self.idle.upgrade() {
-            // Gone (it stood aside, failed, or was cancelled): the next
-            // idle time gets a new one.
-            let _ = idle
-                .guard_id
-                .compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Acquire);
-        }
-    }
-}
-
-impl Decoder for Unasked {
-    type Item = ();
-    type Error = Error;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<()>> {
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        match self.idle.upgrade() {
-            Some(idle) if idle.pending.load(Ordering::Acquire) == 0 => Err(Error::new(
-                ErrorKind::Protocol,
-                true,
-                "the peer sent input while no call waited for an answer",
-            )),
-            _ => Ok(Some(())),
-        }
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -251,14 +154,12 @@ impl Decoder for Unasked {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     max_in_flight: usize,
-    close_on_unasked_input: bool,
 }
 
 impl Default for ClientBuilder {
     fn default() -> ClientBuilder {
         ClientBuilder {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            close_on_unasked_input: false,
         }
     }
 }
@@ -271,36 +172,6 @@ impl ClientBuilder {
         self
     }
 
-    /// Closes the connection with a fatal `EPROTO` when input arrives while
-    /// no call waits for an answer (a peer that answers a call twice, or
-    /// speaks unasked), rather than let the next call take it for its
-    /// answer. While no call is pending a read then waits on the
-    /// connection, so an end of input is noticed at once too (the next
-    /// call fails with it). Off by default: it suits protocols whose
-    /// response decoders consume everything up to the next answer. One
-    /// that leaves a separator behind (a JSON decoder after an NDJSON
-    /// text's newline, a line decoder after a `\r\n` written as two
-    /// separators) would have that separator taken for unasked input.
-    ///
-    /// ```
-    /// use anyframe::QueuedFramed;
-    /// use anyframe::codecs::LineCodec;
-    /// use anyframe::service::Client;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let (io, _peer) = tokio::io::duplex(1024);
-    /// let (handle, _driver) = QueuedFramed::new(io).spawn();
-    /// let client = Client::builder()
-    ///     .close_on_unasked_input(true)
-    ///     .build(handle, LineCodec::new(), |_: &String| LineCodec::new());
-    /// # let _ = client;
-    /// # }
-    /// ```
-    pub fn close_on_unasked_input(&mut self, on: bool) -> &mut Self {
-        self.close_on_unasked_input = on;
-        self
-    }
-
     /// Builds the client over a spawned connection.
     pub fn build<E, R>(&self, handle: Handle, encoder: E, decoders: R) -> Client<E, R> {
         Client {
@@ -309,10 +180,7 @@ impl ClientBuilder {
             decoders,
             permits: PollSemaphore::new(Arc::new(Semaphore::new(self.max_in_flight))),
             permit: None,
-            idle: Arc::new(Idle {
-                watch: self.close_on_unasked_input,
-                ..Idle::default()
-            }),
+            idle: Arc::default(),
         }
     }
 }
@@ -379,9 +247,8 @@ where
         }
         let ticket = self
             .handle
-            .call_with(self.encoder.clone(), req, decoder, move |item, q| {
-                drop(permit);
-                pending.answered(q);
+            .call_with(self.encoder.clone(), req, decoder, move |item, _| {
+                drop((permit, pending));
                 Ok(item)
             });
         ResponseFuture {
