@@ -17,6 +17,21 @@ use serde::ser::{self, Serialize, Serializer};
 /// The newtype-struct name under which serde_cbor's values carry a tag.
 const CBOR_TAG: &str = "\0cbor_tag";
 
+/// Whether serde_cbor's tag newtype being written carries a tag: serde_cbor
+/// also writes an untagged `Tagged` (what an untagged item reads into)
+/// through it, and says which while it does. Without the `cbor` feature
+/// that cannot be asked, and every such newtype counts as tagged.
+fn tagged() -> bool {
+    #[cfg(feature = "cbor")]
+    {
+        serde_cbor::tags::current_cbor_tag().is_some()
+    }
+    #[cfg(not(feature = "cbor"))]
+    {
+        true
+    }
+}
+
 /// Which floats (and whether tags) a format's writer keeps exactly.
 pub(crate) trait FloatRule {
     /// Why a refused float is refused.
@@ -178,7 +193,7 @@ impl<S: Serializer, R: FloatRule> Serializer for Floats<S, R> {
         name: &'static str,
         value: &T,
     ) -> Result<S::Ok, S::Error> {
-        if !R::KEEPS_TAGS && name == CBOR_TAG {
+        if !R::KEEPS_TAGS && name == CBOR_TAG && tagged() {
             return Err(ser::Error::custom("a CBOR tag has no form in this format"));
         }
         self.0

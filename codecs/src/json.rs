@@ -519,9 +519,10 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
                 }
             }
         }
-        match self.framer.find(buf)? {
-            Some(found) => parse(buf, found).map(Some),
-            None => Ok(None),
+        match self.framer.find(buf) {
+            Ok(Some(found)) => parse(buf, found).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.framer.failed(e)),
         }
     }
 
@@ -534,9 +535,10 @@ impl<T: DeserializeOwned> Decoder for JsonCodec<T> {
     /// As `decode`, and `EPIPE` when the input ends inside a text, which is
     /// left in `buf`.
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<T>, Error> {
-        match self.framer.find_eof(buf)? {
-            Some(found) => parse(buf, found).map(Some),
-            None => Ok(None),
+        match self.framer.find_eof(buf) {
+            Ok(Some(found)) => parse(buf, found).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.framer.failed(e)),
         }
     }
 }
@@ -770,6 +772,14 @@ impl Framer {
         Ok(Some(start))
     }
 
+    /// After an error the next text may start anywhere: its fast-path
+    /// window goes back to the smallest, so a run of malformed texts after
+    /// a large one does not each check a large window (quadratic).
+    fn failed(&mut self, e: Error) -> Error {
+        self.last_text = 0;
+        e
+    }
+
     /// The text that started at `start` ends at `end`: the frame, or in
     /// NDJSON mode the wait for the end of its line.
     #[inline]
@@ -949,17 +959,48 @@ const MIN_FAST_WINDOW: usize = 256;
 ///
 /// The fast path must accept exactly what the scanner path would, for the
 /// same bytes however they were split, or fragmentation invariance breaks.
-/// serde_json is as strict as the scanner in every respect but two, checked
-/// here: a top-level number must be followed by a delimiter (serde_json
-/// takes the end of its input as one, and the window may end before the
-/// buffer does), and nesting depth goes unchecked in values that `T`
-/// ignores or takes as bytes; and the size limit is ours. UTF-8 is
-/// settled: the window is a `str`.
+/// serde_json is as strict as the scanner in every respect but three,
+/// checked here: a top-level number must be followed by a delimiter
+/// (serde_json takes the end of its input as one, and the window may end
+/// before the buffer does); nesting depth goes unchecked in values that
+/// `T` ignores or takes as bytes; and so do control characters in a string
+/// `T` takes as bytes. The size limit is ours. UTF-8 is settled: the
+/// window is a `str`.
 #[inline]
 fn verified(limits: JsonLimits, window: &str, n: usize) -> bool {
+    let text = &window.as_bytes()[..n];
     n <= limits.max_size
-        && (n < window.len() || !starts_number(window.as_bytes().first().copied()))
-        && depth_within(&window.as_bytes()[..n], limits.max_depth)
+        && (n < window.len() || !starts_number(text.first().copied()))
+        && no_control_in_strings(text)
+        && depth_within(text, limits.max_depth)
+}
+
+/// Whether no string of a well-formed text (serde_json accepted it) holds
+/// a raw control character. Most texts hold no byte below 0x20 at all
+/// (compact JSON), which one pass without branches tells; a text with
+/// whitespace between its tokens is walked.
+fn no_control_in_strings(text: &[u8]) -> bool {
+    if text.iter().fold(0x20u8, |low, &b| low.min(b)) >= 0x20 {
+        return true;
+    }
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            if b < 0x20 {
+                return false;
+            }
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        }
+    }
+    true
 }
 
 /// Whether a well-formed text (serde_json accepted it) nests at most
@@ -1037,4 +1078,23 @@ fn write_text<S: Serialize + ?Sized>(
         dst.extend_from_slice(write.separator.as_bytes());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After an error the fast path's window is sized for a small text
+    /// again: each of a run of malformed texts after a large one would
+    /// otherwise check a window twice the large one's size (quadratic).
+    #[test]
+    fn an_error_resets_the_fast_path_window() {
+        let mut codec = JsonCodec::<serde::de::IgnoredAny>::ndjson();
+        let mut buf = BytesMut::from(format!("\"{}\"\n", "a".repeat(10_000)).as_bytes());
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert_eq!(codec.framer.last_text, 10_002);
+        buf.extend_from_slice("é\n".as_bytes());
+        assert!(codec.decode(&mut buf).is_err());
+        assert_eq!(codec.framer.last_text, 0);
+    }
 }

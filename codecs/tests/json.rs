@@ -560,6 +560,71 @@ fn encoding_error_writes_nothing() {
     assert_eq!(&out[..], b"before");
 }
 
+/// A byte string read through `deserialize_byte_buf`, as `serde_bytes`
+/// does (serde_json then reads the string without checking for control
+/// characters).
+#[derive(Debug, PartialEq)]
+struct ByteBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.as_bytes().to_vec()))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// A raw control character inside a string is malformed, also in a string
+/// the type takes as bytes: refused whole as it is split (the scanner's
+/// verdict), in plain and NDJSON mode.
+#[test]
+fn a_control_character_in_a_bytes_string_is_refused_however_split() {
+    for input in [&b"\"a\x01b\""[..], b"\"x\ny\"\n", b"[\"\t\"]"] {
+        for make in [JsonCodec::<ByteBuf>::new, JsonCodec::<ByteBuf>::ndjson] {
+            let out = assert_split_invariant(make, input);
+            assert_eq!(
+                out.error.map(|(i, k, _)| (i, k)),
+                Some((0, ErrorKind::BadMessage)),
+                "{input:?}"
+            );
+        }
+    }
+    // Whitespace between the tokens is not inside a string.
+    let out = assert_split_invariant(JsonCodec::<Vec<ByteBuf>>::new, b"[\n\t\"ab\",\r\n\"c\"\n]");
+    assert_eq!(
+        out.frames,
+        vec![vec![ByteBuf(b"ab".to_vec()), ByteBuf(b"c".to_vec())]]
+    );
+}
+
+/// An untagged `Tagged` (what an untagged CBOR item reads into) writes as
+/// its value: only a tag has no JSON form.
+#[cfg(feature = "cbor")]
+#[test]
+fn an_untagged_cbor_tagged_value_is_written() {
+    use serde_cbor::tags::Tagged;
+    let mut codec: JsonCodec<Tagged<u32>> = JsonCodec::new();
+    let mut wire = BytesMut::new();
+    codec.encode(Tagged::new(None, 5u32), &mut wire).unwrap();
+    assert_eq!(&wire[..], b"5\n");
+    let e = codec
+        .encode(Tagged::new(Some(1), 5u32), &mut wire)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(&wire[..], b"5\n");
+}
+
 /// JSON has no tags: a CBOR value with one cannot be written exactly, so
 /// it is refused rather than written as its bare content.
 #[cfg(feature = "cbor")]

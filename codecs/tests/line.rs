@@ -511,6 +511,30 @@ fn discarding_a_held_eol_run_longer_than_the_limit_keeps_the_next_line() {
     );
 }
 
+/// Discarding, a held match at the end of the buffer (`b` of `abc|b`)
+/// keeps the bytes that may begin a longer match still to end (`abc` at
+/// the `a` before it), as the reading path does.
+#[test]
+fn discarding_keeps_the_start_of_a_longer_eol_before_a_held_one() {
+    let make = || {
+        build(|b| {
+            b.eol_regex(Regex::new("abc|b").unwrap())
+                .hold_open_match(true)
+                .max_length(3)
+                .overflow(OverflowPolicy::Discard)
+        })
+    };
+    let events = assert_continuing_invariant(make, b"xxxxxxxxabcZZb");
+    assert_eq!(
+        events,
+        vec![
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("ZZ", "b")),
+            Event::End(Ok(vec![])),
+        ]
+    );
+}
+
 /// With Unicode off, `\xd7` is the byte 0xD7, not the character U+00D7
 /// (bytes C3 97): the bytes that can end a line, taken from the pattern,
 /// must hold it, or a short read with the EOL in it is passed over.

@@ -162,14 +162,19 @@ impl Eol {
                     // run of a repeated EOL (`;\n*`, `[;,]+`), the rest of
                     // the run going with the line. Its last bytes alone
                     // would not do: `\n\n` is no longer a match of `;\n*`.
+                    //
+                    // With a longest match, the bytes that may begin a
+                    // longer match still to end (one that starts before
+                    // this one: `abc` of `abc|b` at `ab` + `b`) stay too,
+                    // as the reading path keeps them.
                     let len = end - start;
-                    let keep = match re.search.max_len() {
-                        Some(_) => len,
-                        None => len.min(max.max(1)),
+                    let (from, keep) = match re.search.max_len() {
+                        Some(_) => (start.min(end.saturating_sub(re.search.open_reach())), len),
+                        None => (start, len.min(max.max(1))),
                     };
-                    let context = re.search.context_before(start);
+                    let context = re.search.context_before(from);
                     buf.truncate(start + keep);
-                    buf.advance(start - context);
+                    buf.advance(from - context);
                     Discard::NeedMore { from: context }
                 }
                 Some((_, end)) => {
