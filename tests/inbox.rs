@@ -124,6 +124,26 @@ async fn the_inbox_refilled_in_the_turn_that_took_it_in_goes_past_wbuf_max() {
     assert_eq!(b.unwrap_err().kind(), ErrorKind::NoSpace);
 }
 
+/// One end of a channel and the other.
+type Channel = (mpsc::Sender<()>, mpsc::Receiver<()>);
+
+/// A spawned connection over `io` with `wbuf_max` 100, and two channels for
+/// a completion to say it runs and to be told to go on.
+fn capped(
+    io: DuplexStream,
+) -> (
+    anyframe::Handle,
+    anyframe::Driver<DuplexStream>,
+    Channel,
+    Channel,
+) {
+    let (handle, driver) = QueuedFramed::builder()
+        .wbuf_max(Some(100))
+        .build(io)
+        .spawn();
+    (handle, driver, mpsc::channel(), mpsc::channel())
+}
+
 /// A peer that echoes every line it reads, until its input ends.
 fn echo(peer: DuplexStream) {
     tokio::spawn(async move {
@@ -151,12 +171,7 @@ fn echo(peer: DuplexStream) {
 async fn a_call_posted_while_a_completion_seals_gets_its_own_answer() {
     let (io, peer) = tokio::io::duplex(1 << 16);
     echo(peer);
-    let (handle, _driver) = QueuedFramed::builder()
-        .wbuf_max(Some(100))
-        .build(io)
-        .spawn();
-    let (entered_tx, entered_rx) = mpsc::channel::<()>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (handle, _driver, (entered_tx, entered_rx), (release_tx, release_rx)) = capped(io);
     let big = "x".repeat(60);
     let request = big.clone();
     // The completion's own exchange: its reply's read, then its request
@@ -276,12 +291,7 @@ async fn a_write_accepted_while_detach_takes_the_buffers_is_not_lost() {
 async fn a_write_posted_while_a_completion_pushes_never_lands_between_its_pushes() {
     use tokio::io::AsyncBufReadExt;
     let (io, peer) = tokio::io::duplex(1 << 16);
-    let (handle, _driver) = QueuedFramed::builder()
-        .wbuf_max(Some(100))
-        .build(io)
-        .spawn();
-    let (entered_tx, entered_rx) = mpsc::channel::<()>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (handle, _driver, (entered_tx, entered_rx), (release_tx, release_rx)) = capped(io);
     let body = "x".repeat(60);
     let pushed = body.clone();
     let read = handle.push_read_with(LineCodec::new(), move |line, q| {

@@ -971,48 +971,27 @@ fn verified(limits: JsonLimits, window: &str, n: usize) -> bool {
     let text = &window.as_bytes()[..n];
     n <= limits.max_size
         && (n < window.len() || !starts_number(text.first().copied()))
-        && no_control_in_strings(text)
-        && depth_within(text, limits.max_depth)
+        && strings_and_depth_within(text, limits.max_depth)
 }
 
-/// Whether no string of a well-formed text (serde_json accepted it) holds
-/// a raw control character. Most texts hold no byte below 0x20 at all
-/// (compact JSON), which one pass without branches tells; a text with
-/// whitespace between its tokens is walked.
-fn no_control_in_strings(text: &[u8]) -> bool {
-    if text.iter().fold(0x20u8, |low, &b| low.min(b)) >= 0x20 {
-        return true;
-    }
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in text {
-        if in_string {
-            if b < 0x20 {
-                return false;
-            }
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
-        }
-    }
-    true
-}
-
-/// Whether a well-formed text (serde_json accepted it) nests at most
-/// `max_depth` deep. Counting brackets is enough for almost every text;
-/// only a text with more brackets than the limit gets walked.
-fn depth_within(text: &[u8], max_depth: usize) -> bool {
-    if text.len() <= max_depth || memchr::memchr2_iter(b'[', b'{', text).count() <= max_depth {
+/// Whether a well-formed text (serde_json accepted it) holds no raw
+/// control character in a string and nests at most `max_depth` deep.
+/// Almost every text is settled without a walk: compact JSON holds no byte
+/// below 0x20 at all (one pass without branches), and a text with no more
+/// brackets than the limit cannot nest deeper. Others are walked once.
+fn strings_and_depth_within(text: &[u8], max_depth: usize) -> bool {
+    let plain = text.iter().fold(0x20u8, |low, &b| low.min(b)) >= 0x20;
+    let shallow =
+        text.len() <= max_depth || memchr::memchr2_iter(b'[', b'{', text).count() <= max_depth;
+    if plain && shallow {
         return true;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in text {
         if in_string {
+            if b < 0x20 {
+                return false;
+            }
             if escaped {
                 escaped = false;
             } else if b == b'\\' {
