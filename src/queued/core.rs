@@ -32,7 +32,12 @@
 //! | Open | non-fatal error (`EBADMSG`, `ETIMEDOUT`, …) | to the head read, else the switch's waiter, else the write waiters | Open | `fail` |
 //! | Open | fatal error, `destroy`, panic in a user callback on the driver | fail every entry and waiter with it | Closed | `fail` → `close`; `guard` |
 //! | Open | panic in a user callback on the inline front end (unwinding) | tell every waiter `Panicked`; drop the entries at the next call | Closed | `run` → `poison`, `settle_panic` |
-//! | Open, Output::Open | `push_shutdown` | flush, then half-close | Output::Shut | `poll_write_out` |
+//! | Open, Output::Open | `push_shutdown` | flush, then half-close | Output::ShutdownRequested | `push_shutdown` |
+//! | Open, Output::Open | `push_shutdown`, handles' output in the inbox | seal the inbox; no half-close yet | Output::ShutdownAfterInbox | `push_shutdown` |
+//! | Output::ShutdownAfterInbox | the inbox taken in | its output queued before the half-close | Output::ShutdownRequested | `accept_posted` |
+//! | Output::ShutdownRequested | queue written and flushed | half-close | Output::Shut | `poll_write_out` |
+//! | Open | push past half of `wbuf_max` (spawned) | seal the inbox, count its output against the cap | Open | `push_encoded`, `push_bytes` |
+//! | Open | STARTTLS while a stoptls is queued | fatal `EINVAL` (its output was meant for TLS) | Closed | `request_starttls` → `close` |
 //! | Closed | any call | fails fast with the stored error | Closed | `check_open` |
 //!
 //! A request whose ticket must still consume its response when it fails
