@@ -793,3 +793,36 @@ async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
     }
     assert!(!handle.is_closed(), "{:?}", handle.error());
 }
+
+/// A request handed to a slow service, then, in a later read, a request
+/// longer than `rbuf_max`: the first is still answered, as when the
+/// decoder itself refuses the long one (the engine's own cap used to close
+/// the connection at once, and the answer was lost).
+#[tokio::test(start_paused = true)]
+async fn serve_answers_a_request_in_service_when_a_later_one_overflows_rbuf_max() {
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    let slow = tower::service_fn(|line: Utf8Line| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, Infallible>(line.line().to_string())
+    });
+    let mut builder = QueuedFramed::builder();
+    builder.rbuf_max(Some(32));
+    let server = tokio::spawn(
+        serve(server_io, Utf8LineCodec::new(), LineCodec::new(), slow)
+            .connection(builder)
+            .run(),
+    );
+    let (mut rd, mut wr) = tokio::io::split(client_io);
+    wr.write_all(b"a\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    wr.write_all(&[b'x'; 64]).await.unwrap();
+    let out = within("server", server).await.unwrap();
+    let mut got = Vec::new();
+    let _ = within(
+        "answers",
+        tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut got),
+    )
+    .await;
+    assert_eq!(out.unwrap_err().kind(), ErrorKind::NoSpace);
+    assert_eq!(String::from_utf8_lossy(&got), "a\n");
+}

@@ -237,14 +237,19 @@ struct Framing<D> {
     consumed: bool,
     /// The decoder failed fatally: it finds nothing more.
     failed: bool,
+    /// The connection's `rbuf_max`: a request that needs more input than
+    /// that fails here, as a fatal rejection, before the engine's own cap
+    /// closes the connection under the answers still owed.
+    rbuf_max: Option<usize>,
 }
 
 impl<D> Framing<D> {
-    fn new(inner: D) -> Framing<D> {
+    fn new(inner: D, rbuf_max: Option<usize>) -> Framing<D> {
         Framing {
             inner,
             consumed: false,
             failed: false,
+            rbuf_max,
         }
     }
 
@@ -259,6 +264,12 @@ impl<D> Framing<D> {
         self.consumed |= src.len() < before;
         let next = match decoded {
             Ok(Some(req)) => Next::Request(req),
+            Ok(None) if !eof && self.rbuf_max.is_some_and(|max| src.len() >= max) => {
+                self.failed = true;
+                Next::Failed(Error::no_space(
+                    "a read request needs more input than rbuf_max allows",
+                ))
+            }
             Ok(None) if !eof => return Ok(None),
             Ok(None) => Self::ended(src, Error::eof_in_request()),
             Err(e) => {
@@ -430,7 +441,8 @@ where
         // Requests read and not yet handed to the service, and the answers
         // to rejected ones, in request order.
         let mut waiting: VecDeque<Waiting<Req, S::Response>> = VecDeque::new();
-        let mut reader = Some(Framing::new(decoder.clone()));
+        let rbuf_max = builder.cfg.rbuf_max;
+        let mut reader = Some(Framing::new(decoder.clone(), rbuf_max));
         let mut next: Option<Ticket<Found<D, Req>>> = None;
         // A read that completed as the shutdown signal came (see
         // `Event::Shutdown`): its requests are answered.
@@ -448,7 +460,7 @@ where
             }
             if reader.is_none() {
                 // The decoder was lost with a failed batch: a fresh one.
-                reader = Some(Framing::new(decoder.clone()));
+                reader = Some(Framing::new(decoder.clone(), rbuf_max));
             }
             // Responses, readiness and requests are polled together, so a
             // service that is not ready (all its slots busy) still sees its
