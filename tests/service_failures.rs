@@ -629,8 +629,8 @@ fn short_lines() -> Utf8LineCodec {
 
 /// A request handed to a slow service, then, in a later read, a line the
 /// decoder rejects fatally: the request is still answered (LC-6), as when
-/// both arrive in one read. The fatal error used to close the connection
-/// at once, so the answer, ready later, could no longer be queued.
+/// both arrive in one read; the fatal error must not close the connection
+/// before the answer, ready later, is queued.
 #[tokio::test(start_paused = true)]
 async fn serve_answers_a_request_in_service_when_a_fatal_line_arrives_apart() {
     let (server_io, client_io) = tokio::io::duplex(1 << 16);
@@ -767,7 +767,7 @@ async fn client_calls_one_at_a_time_with_pauses_all_get_their_answers() {
 /// With a read timeout, a client idle for longer than it between calls
 /// still gets its answers: the read timeout counts from the last input,
 /// and a call made with none pending restarts it (without that, the next
-/// call failed at once, before it waited).
+/// call would fail at once, before it waited).
 #[tokio::test(start_paused = true)]
 async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
     let (io, peer) = tokio::io::duplex(1024);
@@ -796,8 +796,8 @@ async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
 
 /// A request handed to a slow service, then, in a later read, a request
 /// longer than `rbuf_max`: the first is still answered, as when the
-/// decoder itself refuses the long one (the engine's own cap used to close
-/// the connection at once, and the answer was lost).
+/// decoder itself refuses the long one; the engine's own cap must not
+/// close the connection before the answer is queued.
 #[tokio::test(start_paused = true)]
 async fn serve_answers_a_request_in_service_when_a_later_one_overflows_rbuf_max() {
     let (server_io, client_io) = tokio::io::duplex(1 << 16);
