@@ -666,6 +666,7 @@ async fn concurrent_callers_each_get_their_own_answers() {
 /// driver, the other end, and what `outside` returned.
 async fn while_a_completion_holds_the_engine<T: Send + 'static>(
     builder: anyframe::Builder,
+    pipe: usize,
     inside: impl FnOnce(&mut anyframe::Requests<'_>) + Send + 'static,
     outside: impl FnOnce(&anyframe::Handle) -> T + Send + 'static,
 ) -> (
@@ -674,7 +675,7 @@ async fn while_a_completion_holds_the_engine<T: Send + 'static>(
     tokio::io::DuplexStream,
     T,
 ) {
-    let (io, mut peer) = tokio::io::duplex(1);
+    let (io, mut peer) = tokio::io::duplex(pipe);
     let (handle, driver) = builder.build(io).spawn();
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -702,17 +703,45 @@ async fn while_a_completion_holds_the_engine<T: Send + 'static>(
 }
 
 /// A write queued from another thread while a completion holds the engine
-/// was checked against the room under `wbuf_max` published before the
-/// completion's own push: both were accepted, 160 bytes under a 100-byte
-/// cap. Every byte queued counts, whichever way it was queued.
+/// is checked against the room under `wbuf_max` published before the
+/// completion's push: the completion's 60 bytes take more than its half of
+/// the cap, so the inbox is sealed and the 45 bytes queued meanwhile, within
+/// the room the inbox was promised, meet the cap through the lock. Every
+/// byte queued counts, whichever way it was queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wbuf_max_counts_a_completions_push_and_one_queued_meanwhile() {
     let mut builder = QueuedFramed::builder();
     builder.wbuf_max(Some(100));
+    // A one-byte pipe the peer does not read: almost nothing is written.
     let (handle, _driver, _peer, pushed) = while_a_completion_holds_the_engine(
         builder,
-        |q| q.push_bytes(vec![b'a'; 80]).unwrap(),
-        |h| h.push_bytes(vec![b'b'; 80]),
+        1,
+        |q| q.push_bytes(vec![b'a'; 60]).unwrap(),
+        |h| h.push_bytes(vec![b'b'; 45]),
+    )
+    .await;
+    let e = pushed.expect_err("over wbuf_max");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(
+        handle.write_buffered() <= 100,
+        "{}",
+        handle.write_buffered()
+    );
+}
+
+/// The inbox is promised at most half of `wbuf_max`: a completion's 40
+/// bytes stay within the engine's half (nothing is sealed), so 70 bytes
+/// queued meanwhile, within the room left but beyond the inbox's half,
+/// take the locked path and meet the cap there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_is_promised_half_of_wbuf_max() {
+    let mut builder = QueuedFramed::builder();
+    builder.wbuf_max(Some(100));
+    let (handle, _driver, _peer, pushed) = while_a_completion_holds_the_engine(
+        builder,
+        1,
+        |q| q.push_bytes(vec![b'a'; 40]).unwrap(),
+        |h| h.push_bytes(vec![b'b'; 70]),
     )
     .await;
     let e = pushed.expect_err("over wbuf_max");
@@ -731,8 +760,10 @@ async fn wbuf_max_counts_a_completions_push_and_one_queued_meanwhile() {
 /// written before the half-close or refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_queued_while_a_completion_shuts_down_is_sent_or_refused() {
+    // A pipe that takes everything: the half-close can follow at once.
     let (handle, driver, mut peer, pushed) = while_a_completion_holds_the_engine(
         QueuedFramed::builder(),
+        1 << 16,
         |q| {
             q.push_bytes(&b"bye\n"[..]).unwrap();
             q.push_shutdown().unwrap();
