@@ -704,53 +704,32 @@ async fn while_a_completion_holds_the_engine<T: Send + 'static>(
 
 /// A write queued from another thread while a completion holds the engine
 /// is checked against the room under `wbuf_max` published before the
-/// completion's push: the completion's 60 bytes take more than its half of
-/// the cap, so the inbox is sealed and the 45 bytes queued meanwhile, within
-/// the room the inbox was promised, meet the cap through the lock. Every
-/// byte queued counts, whichever way it was queued.
+/// completion's push; every byte queued counts, whichever way it was
+/// queued. Two ways to the cap (100 bytes):
+/// * the completion's 60 bytes take more than its half of the cap, so the
+///   inbox is sealed, and 45 bytes queued meanwhile, within the room the
+///   inbox was promised, meet the cap through the lock;
+/// * the completion's 40 bytes stay within its half (nothing is sealed),
+///   and 70 bytes queued meanwhile, within the room left but beyond the
+///   inbox's half, take the locked path and meet the cap there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wbuf_max_counts_a_completions_push_and_one_queued_meanwhile() {
-    let mut builder = QueuedFramed::builder();
-    builder.wbuf_max(Some(100));
-    // A one-byte pipe the peer does not read: almost nothing is written.
-    let (handle, _driver, _peer, pushed) = while_a_completion_holds_the_engine(
-        builder,
-        1,
-        |q| q.push_bytes(vec![b'a'; 60]).unwrap(),
-        |h| h.push_bytes(vec![b'b'; 45]),
-    )
-    .await;
-    let e = pushed.expect_err("over wbuf_max");
-    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
-    assert!(
-        handle.write_buffered() <= 100,
-        "{}",
-        handle.write_buffered()
-    );
-}
-
-/// The inbox is promised at most half of `wbuf_max`: a completion's 40
-/// bytes stay within the engine's half (nothing is sealed), so 70 bytes
-/// queued meanwhile, within the room left but beyond the inbox's half,
-/// take the locked path and meet the cap there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_inbox_is_promised_half_of_wbuf_max() {
-    let mut builder = QueuedFramed::builder();
-    builder.wbuf_max(Some(100));
-    let (handle, _driver, _peer, pushed) = while_a_completion_holds_the_engine(
-        builder,
-        1,
-        |q| q.push_bytes(vec![b'a'; 40]).unwrap(),
-        |h| h.push_bytes(vec![b'b'; 70]),
-    )
-    .await;
-    let e = pushed.expect_err("over wbuf_max");
-    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
-    assert!(
-        handle.write_buffered() <= 100,
-        "{}",
-        handle.write_buffered()
-    );
+    for (inside, outside) in [(60, 45), (40, 70)] {
+        let mut builder = QueuedFramed::builder();
+        builder.wbuf_max(Some(100));
+        // A one-byte pipe the peer does not read: almost nothing is written.
+        let (handle, _driver, _peer, pushed) = while_a_completion_holds_the_engine(
+            builder,
+            1,
+            move |q| q.push_bytes(vec![b'a'; inside]).unwrap(),
+            move |h| h.push_bytes(vec![b'b'; outside]),
+        )
+        .await;
+        let e = pushed.expect_err("over wbuf_max");
+        assert_eq!(e.kind(), ErrorKind::NoSpace, "{inside} + {outside}: {e}");
+        let queued = handle.write_buffered();
+        assert!(queued <= 100, "{inside} + {outside}: {queued}");
+    }
 }
 
 /// A write queued from another thread while a completion calls

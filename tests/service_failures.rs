@@ -627,32 +627,51 @@ fn short_lines() -> Utf8LineCodec {
     Utf8LineCodec::builder().max_length(8).build_utf8().unwrap()
 }
 
-/// A request handed to a slow service, then, in a later read, a line the
-/// decoder rejects fatally: the request is still answered (LC-6), as when
-/// both arrive in one read; the fatal error must not close the connection
-/// before the answer, ready later, is queued.
+/// A request handed to a slow service, then, in a later read, a request
+/// the loop cannot take: a line its decoder rejects fatally, or one longer
+/// than the connection's `rbuf_max`. The first request is still answered
+/// (LC-6), as when both arrive in one read: neither the fatal error nor the
+/// engine's own cap may close the connection before the answer, ready
+/// later, is queued.
 #[tokio::test(start_paused = true)]
-async fn serve_answers_a_request_in_service_when_a_fatal_line_arrives_apart() {
-    let (server_io, client_io) = tokio::io::duplex(1 << 16);
-    let slow_echo = tower::service_fn(|line: Utf8Line| async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok::<_, Infallible>(format!("echo {}", line.line()))
-    });
-    let server = tokio::spawn(serve(server_io, short_lines(), LineCodec::new(), slow_echo).run());
-    let (mut rd, mut wr) = tokio::io::split(client_io);
-    wr.write_all(b"a\n").await.unwrap();
-    // The server has read `a`; its answer is being computed.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    wr.write_all(&[b'x'; 100]).await.unwrap();
-    let out = within("server", server).await.unwrap();
-    let mut got = Vec::new();
-    let _ = within(
-        "answers",
-        tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut got),
-    )
-    .await;
-    assert_eq!(out.unwrap_err().kind(), ErrorKind::NoSpace);
-    assert_eq!(String::from_utf8_lossy(&got), "echo a\n");
+async fn serve_answers_a_request_in_service_when_a_later_one_cannot_be_read() {
+    for over_rbuf_max in [false, true] {
+        let (server_io, client_io) = tokio::io::duplex(1 << 16);
+        let slow_echo = tower::service_fn(|line: Utf8Line| async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<_, Infallible>(format!("echo {}", line.line()))
+        });
+        let mut builder = QueuedFramed::builder();
+        let decoder = if over_rbuf_max {
+            builder.rbuf_max(Some(32));
+            Utf8LineCodec::new()
+        } else {
+            short_lines()
+        };
+        let server = tokio::spawn(
+            serve(server_io, decoder, LineCodec::new(), slow_echo)
+                .connection(builder)
+                .run(),
+        );
+        let (mut rd, mut wr) = tokio::io::split(client_io);
+        wr.write_all(b"a\n").await.unwrap();
+        // The server has read `a`; its answer is being computed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        wr.write_all(&[b'x'; 100]).await.unwrap();
+        let out = within("server", server).await.unwrap();
+        let mut got = Vec::new();
+        let _ = within(
+            "answers",
+            tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut got),
+        )
+        .await;
+        assert_eq!(
+            out.unwrap_err().kind(),
+            ErrorKind::NoSpace,
+            "{over_rbuf_max}"
+        );
+        assert_eq!(String::from_utf8_lossy(&got), "echo a\n", "{over_rbuf_max}");
+    }
 }
 
 /// A line decoder that says when it has handed a request over.
@@ -792,37 +811,4 @@ async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(!handle.is_closed(), "{:?}", handle.error());
-}
-
-/// A request handed to a slow service, then, in a later read, a request
-/// longer than `rbuf_max`: the first is still answered, as when the
-/// decoder itself refuses the long one; the engine's own cap must not
-/// close the connection before the answer is queued.
-#[tokio::test(start_paused = true)]
-async fn serve_answers_a_request_in_service_when_a_later_one_overflows_rbuf_max() {
-    let (server_io, client_io) = tokio::io::duplex(1 << 16);
-    let slow = tower::service_fn(|line: Utf8Line| async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Ok::<_, Infallible>(line.line().to_string())
-    });
-    let mut builder = QueuedFramed::builder();
-    builder.rbuf_max(Some(32));
-    let server = tokio::spawn(
-        serve(server_io, Utf8LineCodec::new(), LineCodec::new(), slow)
-            .connection(builder)
-            .run(),
-    );
-    let (mut rd, mut wr) = tokio::io::split(client_io);
-    wr.write_all(b"a\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    wr.write_all(&[b'x'; 64]).await.unwrap();
-    let out = within("server", server).await.unwrap();
-    let mut got = Vec::new();
-    let _ = within(
-        "answers",
-        tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut got),
-    )
-    .await;
-    assert_eq!(out.unwrap_err().kind(), ErrorKind::NoSpace);
-    assert_eq!(String::from_utf8_lossy(&got), "a\n");
 }
