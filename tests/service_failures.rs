@@ -812,3 +812,54 @@ async fn client_idle_longer_than_its_read_timeout_still_gets_answers() {
     }
     assert!(!handle.is_closed(), "{:?}", handle.error());
 }
+
+/// Lines, with tokio-util's default `decode_eof` (an I/O error, "bytes
+/// remaining on stream", when input ends inside a line) and an I/O error
+/// of its own at a `!`.
+#[derive(Clone)]
+struct PlainLines;
+
+impl tokio_util::codec::Decoder for PlainLines {
+    type Item = String;
+    type Error = anyframe::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, anyframe::Error> {
+        if src.first() == Some(&b'!') {
+            return Err(std::io::Error::other("a bang").into());
+        }
+        Ok(src.iter().position(|&b| b == b'\n').map(|at| {
+            let line = src.split_to(at + 1);
+            String::from_utf8_lossy(&line[..at]).into_owned()
+        }))
+    }
+}
+
+/// The loop tells the end of input inside a request (`EPIPE`, `is_eof`,
+/// LC-6), which a decoder with tokio-util's default `decode_eof` reports as
+/// an I/O error, from a decoder's own I/O error before the end, which ends
+/// the loop with that error; either way the request before it is answered.
+#[tokio::test]
+async fn serve_tells_an_end_inside_a_request_from_a_decoders_io_error() {
+    for (input, eof) in [(&b"a\nb"[..], true), (b"a\n!", false)] {
+        let (server_io, mut client_io) = tokio::io::duplex(1 << 16);
+        let echo = tower::service_fn(|line: String| async move { Ok::<_, Infallible>(line) });
+        let server = tokio::spawn(serve(server_io, PlainLines, LineCodec::new(), echo).run());
+        client_io.write_all(input).await.unwrap();
+        client_io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let _ = within(
+            "answers",
+            tokio::io::AsyncReadExt::read_to_end(&mut client_io, &mut got),
+        )
+        .await;
+        let e = within("server", server).await.unwrap().unwrap_err();
+        assert_eq!(String::from_utf8_lossy(&got), "a\n", "{input:?}");
+        assert_eq!(e.is_eof(), eof, "{input:?}: {e}");
+        let kind = if eof {
+            ErrorKind::BrokenPipe
+        } else {
+            ErrorKind::Io
+        };
+        assert_eq!(e.kind(), kind, "{input:?}: {e}");
+    }
+}
