@@ -212,9 +212,7 @@ async fn flush_driving_starttls_silent_peer_switch_waiter_hears_timeout() {
             let mut conn = QueuedFramed::builder()
                 .rtimeout(MS(200))
                 .build_with_codec(io, LineCodec::new());
-            let t1 = conn.push_read(LineCodec::new());
-            let ts = conn.push_starttls(pki::client_on(b));
-            conn.push_bytes(&b"after\n"[..]).unwrap();
+            let (t1, ts) = support::read_then_starttls(&mut conn, pki::client_on(b));
             peer.write_all(b"go\n").await.unwrap();
             let t0 = Instant::now();
             let f = within(MS(1000), conn.flush()).await;
@@ -252,9 +250,7 @@ async fn flush_driving_starttls_silent_peer_hears_the_read_timeout_nobody_else_d
                 .rtimeout(MS(200))
                 .wtimeout(MS(500))
                 .build_with_codec(io, LineCodec::new());
-            let t1 = conn.push_read(LineCodec::new());
-            let ts = conn.push_starttls(pki::client_on(b));
-            conn.push_bytes(&b"after\n"[..]).unwrap();
+            let (t1, ts) = support::read_then_starttls(&mut conn, pki::client_on(b));
             peer.write_all(b"go\n").await.unwrap();
             let t0 = Instant::now();
             let f = within(MS(2000), conn.flush()).await.expect("flush hung");
@@ -286,9 +282,7 @@ async fn flush_read_in_front_of_starttls_times_out() {
             let mut conn = QueuedFramed::builder()
                 .rtimeout(MS(200))
                 .build_with_codec(io, LineCodec::new());
-            let t1 = conn.push_read(LineCodec::new());
-            let ts = conn.push_starttls(pki::client_on(b));
-            conn.push_bytes(&b"after\n"[..]).unwrap();
+            let (t1, ts) = support::read_then_starttls(&mut conn, pki::client_on(b));
             let f = within(MS(1000), conn.flush()).await;
             assert!(
                 matches!(&f, Ok(Err(e)) if e.timeout() == Some(Timeout::Read)),
@@ -331,9 +325,7 @@ async fn hook_runs_once_per_expiry_while_flush_drives_starttls() {
             let h = heard.clone();
             let t0 = Instant::now();
             conn.on_timeout(move |t, _| h.lock().unwrap().push((t, t0.elapsed())));
-            let _t1 = conn.push_read(LineCodec::new());
-            let _ts = conn.push_starttls(pki::client_on(b));
-            conn.push_bytes(&b"after\n"[..]).unwrap();
+            let (_t1, _ts) = support::read_then_starttls(&mut conn, pki::client_on(b));
             peer.write_all(b"go\n").await.unwrap();
             assert!(within(MS(550), conn.flush()).await.is_err(), "stuck");
             let heard = heard.lock().unwrap().clone();
@@ -357,9 +349,7 @@ async fn hook_destroy_ends_flush_driving_starttls() {
                 .rtimeout(MS(100))
                 .build_with_codec(io, LineCodec::new());
             conn.on_timeout(move |_, reqs| reqs.destroy());
-            let t1 = conn.push_read(LineCodec::new());
-            let ts = conn.push_starttls(pki::client_on(b));
-            conn.push_bytes(&b"after\n"[..]).unwrap();
+            let (t1, ts) = support::read_then_starttls(&mut conn, pki::client_on(b));
             let t0 = Instant::now();
             let f = within(MS(1000), conn.flush()).await.expect("flush hung");
             assert!(f.is_err(), "{b:?}");
@@ -478,9 +468,7 @@ async fn trickle_case(
         let ghost = conn.push_read(LineCodec::new());
         assert!(within(MS(20), conn.wait(ghost)).await.is_err());
     }
-    let t1 = conn.push_read(LineCodec::new());
-    let ts = conn.push_starttls(pki::client_on(b));
-    conn.push_bytes(&b"after\n"[..]).unwrap();
+    let (t1, ts) = support::read_then_starttls(&mut conn, pki::client_on(b));
     let trickler = tokio::spawn(async move {
         for _ in 0..20 {
             tokio::time::sleep(MS(150)).await;

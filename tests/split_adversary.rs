@@ -234,9 +234,7 @@ async fn tls_sink_flush_first_then_stream_multi_thread() {
 async fn sink_flush_alone_after_stream_gave_up_on(b: TlsBackend) {
     let (c, s) = pair().await;
     let mut client = QueuedFramed::with_codec(c, LineCodec::new());
-    let go = client.push_read(LineCodec::new());
-    let upgraded = client.push_starttls(pki::client_on(b));
-    client.push_write(LineCodec::new(), "after").unwrap();
+    let (go, upgraded) = support::read_then_starttls(&mut client, pki::client_on(b));
     let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
     let flusher = tokio::spawn(async move {
         SinkExt::<&'static str>::flush(&mut sink)
@@ -287,9 +285,7 @@ async fn tls_futures_unordered_halves_on_silent_peer_not_busy() {
     let b = pki::BACKENDS[0];
     let (c, _s) = pair().await;
     let mut client = QueuedFramed::with_codec(c, LineCodec::new());
-    let _go = client.push_read(LineCodec::new());
-    let _up = client.push_starttls(pki::client_on(b));
-    client.push_write(LineCodec::new(), "after").unwrap();
+    let (_go, _up) = support::read_then_starttls(&mut client, pki::client_on(b));
     let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
     let (sp, rp) = (counter(), counter());
     let (sp2, rp2) = (sp.clone(), rp.clone());
@@ -329,9 +325,7 @@ async fn tls_write_timeout_goes_to_the_flush_reading_for_queued_reads() {
     let mut client = QueuedFramed::builder()
         .wtimeout(MS(300))
         .build_with_codec(c, LineCodec::new());
-    let go = client.push_read(LineCodec::new());
-    let _up = client.push_starttls(pki::client_on(b));
-    client.push_write(LineCodec::new(), "after").unwrap();
+    let (go, _up) = support::read_then_starttls(&mut client, pki::client_on(b));
     let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
     let reader = tokio::spawn(async move {
         let r = tokio::time::timeout(MS(1000), stream.next()).await;
@@ -375,9 +369,7 @@ async fn tls_read_timeout_goes_to_the_head_read_not_the_flush() {
     let mut client = QueuedFramed::builder()
         .rtimeout(MS(300))
         .build_with_codec(c, LineCodec::new());
-    let go = client.push_read(LineCodec::new());
-    let _up = client.push_starttls(pki::client_on(b));
-    client.push_write(LineCodec::new(), "after").unwrap();
+    let (go, _up) = support::read_then_starttls(&mut client, pki::client_on(b));
     let (mut sink, mut stream) = StreamExt::split::<&'static str>(client);
     let flusher = tokio::spawn(async move {
         let r = tokio::time::timeout(MS(450), SinkExt::<&'static str>::flush(&mut sink)).await;

@@ -2094,9 +2094,7 @@ fn read_then_starttls_then_write(
     anyframe::Ticket<()>,
 ) {
     let mut client = QueuedFramed::with_codec(c, LineCodec::new());
-    let go = client.push_read(LineCodec::new());
-    let upgraded = client.push_starttls(pki::client_on(b));
-    client.push_write(LineCodec::new(), "after").unwrap();
+    let (go, upgraded) = support::read_then_starttls(&mut client, pki::client_on(b));
     (client, go, upgraded)
 }
 

@@ -303,3 +303,23 @@ impl AsyncWrite for EndlessLines {
         Poll::Ready(Ok(()))
     }
 }
+
+/// The shape of the switch tests: queues on `conn` a line read, a STARTTLS
+/// (`mode`), then `after\n` behind it; returns the read's and the switch's
+/// tickets.
+#[cfg(any(feature = "tls", feature = "rustls"))]
+pub fn read_then_starttls<IO>(
+    conn: &mut anyframe::QueuedFramed<IO, anyframe::codecs::LineCodec>,
+    mode: impl Into<anyframe::tls::TlsMode>,
+) -> (
+    anyframe::Ticket<anyframe::codecs::Line>,
+    anyframe::Ticket<()>,
+)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let read = conn.push_read(anyframe::codecs::LineCodec::new());
+    let switch = conn.push_starttls(mode);
+    conn.push_bytes(&b"after\n"[..]).unwrap();
+    (read, switch)
+}
