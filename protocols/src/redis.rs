@@ -160,7 +160,8 @@ pub(crate) fn put_decimal(dst: &mut BytesMut, mut n: u64) {
     dst.put_slice(&digits[i..]);
 }
 
-/// Parses a decimal integer (optionally signed) as Redis writes them.
+/// Parses a decimal integer (optionally signed) as Redis writes them: any
+/// `i64`, `i64::MIN` included.
 pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
@@ -170,14 +171,19 @@ pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
-    let mut n: i64 = 0;
+    // The magnitude, in `u64`: `i64::MIN`'s does not fit an `i64`.
+    let mut n: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
-    Some(if neg { -n } else { n })
+    if neg {
+        0i64.checked_sub_unsigned(n)
+    } else {
+        i64::try_from(n).ok()
+    }
 }
 
 /// What a type line announces.

@@ -57,6 +57,16 @@ async fn strings_counters_nil_and_errors() {
             call(&mut c, Cmd::new("INCRBY").arg("n").arg("-5")).await,
             Value::Integer(-4)
         );
+        // The ends of Redis's 64-bit counters.
+        call(
+            &mut c,
+            Cmd::new("SET").arg("min").arg("-9223372036854775808"),
+        )
+        .await;
+        assert_eq!(
+            call(&mut c, Cmd::new("INCRBY").arg("min").arg("0")).await,
+            Value::Integer(i64::MIN)
+        );
         assert_eq!(
             call(&mut c, Cmd::new("DEL").arg("k1").arg("k2").arg("nope")).await,
             Value::Integer(2)
@@ -471,6 +481,45 @@ async fn every_resp3_type_from_a_byte_at_a_time_peer() {
             Value::Array(vec![]),
         ]
     );
+}
+
+/// RESP integers span all of `i64`: `i64::MIN` has no positive
+/// counterpart, so it must not be parsed as a negated magnitude. One past
+/// either end is no integer (a fatal EBADMSG).
+#[tokio::test]
+async fn integers_at_both_ends_of_i64() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut tmp = [0u8; 4096];
+        let _ = sock.read(&mut tmp).await.unwrap();
+        sock.write_all(
+            b":-9223372036854775808\r\n:9223372036854775807\r\n:-0\r\n\
+            *1\r\n:-9223372036854775807\r\n:-9223372036854775809\r\n",
+        )
+        .await
+        .unwrap();
+        let _ = sock.read(&mut tmp).await;
+    });
+    let c = redis::connect(addr, 32).await.unwrap();
+    let replies: Vec<_> = (0..5).map(|_| c.send(Cmd::new("PING"))).collect();
+    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+        .await
+        .unwrap();
+    let ok: Vec<&Value> = got[..4].iter().map(|r| r.as_ref().unwrap()).collect();
+    assert_eq!(
+        ok,
+        [
+            &Value::Integer(i64::MIN),
+            &Value::Integer(i64::MAX),
+            &Value::Integer(0),
+            &Value::Array(vec![Value::Integer(i64::MIN + 1)]),
+        ]
+    );
+    let e = got[4].as_ref().unwrap_err();
+    assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::BadMessage, true));
 }
 
 /// A reply that is not RESP closes the connection with a fatal EBADMSG:
