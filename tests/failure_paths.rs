@@ -107,6 +107,64 @@ async fn client_idle_timeout_never_hands_the_next_caller_a_late_answer() {
     .await;
 }
 
+/// A response of two reads: a length line, then (unshifted by the line's
+/// completion) that many bytes.
+fn length_then_body(
+    len: anyframe::codecs::Line,
+    q: &mut anyframe::Requests<'_>,
+) -> anyframe::Result<anyframe::Ticket<bytes::Bytes>> {
+    let n = std::str::from_utf8(len.line()).unwrap().parse().unwrap();
+    Ok(q.unshift_read(ChunkCodec::new(n)))
+}
+
+/// The reads a response's completion unshifts are the rest of that
+/// response: told the read timeout half way through (the body late), the
+/// response is still read to its end, and the next call gets its own.
+#[tokio::test(start_paused = true)]
+async fn a_response_timed_out_between_its_reads_is_read_to_its_end() {
+    let (ours, mut peer) = tokio::io::duplex(4096);
+    let (handle, _driver) = QueuedFramed::builder()
+        .rtimeout(Duration::from_millis(300))
+        .build(ours)
+        .spawn();
+    let first = handle.call_with(LineCodec::new(), "a", LineCodec::new(), length_then_body);
+    peer.write_all(b"5\n").await.unwrap();
+    let body = within("first", first).await.unwrap();
+    assert!(within("body", body).await.unwrap_err().is_timeout());
+    let second = handle.call_with(LineCodec::new(), "b", LineCodec::new(), length_then_body);
+    peer.write_all(b"first3\ntwo").await.unwrap();
+    let body = within("second", second).await.unwrap();
+    assert_eq!(&within("body", body).await.unwrap()[..], b"two");
+}
+
+/// The same with the tickets dropped half way through.
+#[tokio::test]
+async fn a_response_dropped_between_its_reads_is_read_to_its_end() {
+    let (ours, mut peer) = tokio::io::duplex(4096);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let first = handle.push_response_with(LineCodec::new(), length_then_body);
+    peer.write_all(b"5\n").await.unwrap();
+    drop(within("first", first).await.unwrap());
+    let second = handle.push_response_with(LineCodec::new(), length_then_body);
+    peer.write_all(b"first3\ntwo").await.unwrap();
+    let body = within("second", second).await.unwrap();
+    assert_eq!(&within("body", body).await.unwrap()[..], b"two");
+}
+
+/// A plain read's follow-up stays a plain read: dropping its ticket
+/// cancels it, and the bytes are the next read's (RQ-2).
+#[tokio::test]
+async fn a_plain_reads_follow_up_is_cancelled_when_dropped() {
+    let (ours, mut peer) = tokio::io::duplex(4096);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let first = handle.push_read_with(LineCodec::new(), length_then_body);
+    peer.write_all(b"5\n").await.unwrap();
+    drop(within("first", first).await.unwrap());
+    let next = handle.push_read(LineCodec::new());
+    peer.write_all(b"first\n").await.unwrap();
+    assert_eq!(within("next", next).await.unwrap().line(), b"first");
+}
+
 // ----- 2. a panicking user callback resolves everyone ----------------------------
 
 #[tokio::test]

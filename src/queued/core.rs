@@ -41,9 +41,10 @@
 //! | Closed | any call | fails fast with the stored error | Closed | `check_open` |
 //!
 //! A request whose ticket must still consume its response when it fails
-//! (`OnDrop::Consume`, the pipelined client) is *told* the non-fatal error
-//! and stays queued, so its late response is read and dropped instead of
-//! being handed to the next caller. So is a request whose decoder has
+//! (`OnDrop::Consume`: `call`, `push_response_with`, and every read their
+//! completions unshift, the rest of the response) is *told* the non-fatal
+//! error and stays queued, so its late response is read and dropped instead
+//! of being handed to the next caller. So is a request whose decoder has
 //! consumed part of its frame (a line being discarded): it also stays when
 //! its ticket is dropped, reads on to the end of its frame, and a non-fatal
 //! error it then finds goes to the next plain read (`carried`).
@@ -968,7 +969,8 @@ impl Core {
                     match outcome {
                         Ok(()) => {
                             tracing::trace!(buffered = self.rbuf.len(), "read request complete");
-                            req.complete(&mut Requests { core: self });
+                            let on_drop = req.on_drop();
+                            req.complete(&mut Requests::continuing(self, on_drop));
                             completed += 1;
                         }
                         Err(Rejected { error: e, consumed }) => {
@@ -1162,7 +1164,7 @@ impl Core {
     /// Runs the hook for `which`, or returns the error to route.
     fn timer_expired(&mut self, which: Timeout) -> Option<(Timeout, Error)> {
         if let Some(mut hook) = self.on_timeout.take() {
-            hook(which, &mut Requests { core: self });
+            hook(which, &mut Requests::new(self));
             if self.on_timeout.is_none() {
                 self.on_timeout = Some(hook);
             }
@@ -1644,7 +1646,7 @@ impl Core {
             return;
         }
         if let Some(mut hook) = self.on_drain.take() {
-            hook(&mut Requests { core: self });
+            hook(&mut Requests::new(self));
             if self.on_drain.is_none() {
                 self.on_drain = Some(hook);
             }

@@ -641,7 +641,7 @@ impl Handle {
 
     /// Queues a read at the back: into the engine if it is free, else into
     /// the inbox.
-    fn queue_read<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
+    fn queue_read<D, F, R>(&self, decoder: D, then: F, on_drop: OnDrop) -> Ticket<R>
     where
         D: Decoder + Send + 'static,
         D::Item: Send + 'static,
@@ -649,7 +649,7 @@ impl Handle {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (read, ticket) = read_request(decoder, then, OnDrop::Cancel);
+        let (read, ticket) = read_request(decoder, then, on_drop);
         match self.shared.try_lock() {
             Some(mut core) => core.enqueue_boxed(read, false),
             None => self.shared.post_read(read),
@@ -668,7 +668,7 @@ impl Handle {
         D::Item: Send + 'static,
         D::Error: Into<Error>,
     {
-        self.queue_read(decoder, |f, _| Ok(f))
+        self.queue_read(decoder, |f, _| Ok(f), OnDrop::Cancel)
     }
 
     /// Queues a read at the front: it runs before every request already
@@ -698,7 +698,52 @@ impl Handle {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.queue_read(decoder, then)
+        self.queue_read(decoder, then, OnDrop::Cancel)
+    }
+
+    /// Queues the read of a response at the back of the queue, as
+    /// [`push_read_with`](Self::push_read_with) does, for a request written
+    /// separately: the response is read (and dropped) even if the ticket is
+    /// dropped or told a timeout, and so are the reads its completion
+    /// unshifts (the rest of the response), so the next caller always gets
+    /// its own answer. [`call_with`](Self::call_with) queues the write and
+    /// this read under one lock; use this when the write is queued apart
+    /// (several writes, or a client that keeps its own order lock).
+    ///
+    /// # Examples
+    ///
+    /// A response of a length line and that many bytes, whose first
+    /// caller gave up before it came: its bytes are still read and dropped.
+    ///
+    /// ```
+    /// use anyframe::QueuedFramed;
+    /// use anyframe::codecs::{ChunkCodec, LineCodec};
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+    /// let (io, mut peer) = tokio::io::duplex(1024);
+    /// let (handle, _driver) = QueuedFramed::new(io).spawn();
+    /// let response = |h: &anyframe::Handle| {
+    ///     h.push_response_with(LineCodec::new(), |len, q| {
+    ///         let n = std::str::from_utf8(len.line()).unwrap().parse().unwrap();
+    ///         Ok(q.unshift_read(ChunkCodec::new(n)))
+    ///     })
+    /// };
+    /// drop(response(&handle));
+    /// let second = response(&handle);
+    /// peer.write_all(b"5\nfirst3\ntwo").await?;
+    /// assert_eq!(&second.await?.await?[..], b"two");
+    /// # Ok(()) }
+    /// ```
+    pub fn push_response_with<D, F, R>(&self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.queue_read(decoder, then, OnDrop::Consume)
     }
 
     /// [`push_read_with`](Self::push_read_with) at the front of the queue.

@@ -834,6 +834,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         self.core.enqueue(decoder, then, OnDrop::Cancel, true)
     }
 
+    /// Queues the read of a response: as
+    /// [`push_read_with`](Self::push_read_with), but the response is read
+    /// (and dropped) even if the ticket is dropped or told a timeout, and
+    /// so are the reads its completion unshifts (see
+    /// [`Handle::push_response_with`](crate::Handle::push_response_with)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe::QueuedFramed;
+    /// use anyframe::codecs::LineCodec;
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+    /// let (io, mut peer) = tokio::io::duplex(64);
+    /// let mut conn = QueuedFramed::new(io);
+    /// drop(conn.push_response_with(LineCodec::new(), |l, _| Ok(l)));
+    /// let second = conn.push_response_with(LineCodec::new(), |l, _| Ok(l));
+    /// peer.write_all(b"one\ntwo\n").await?;
+    /// assert_eq!(conn.wait(second).await?.line(), b"two");
+    /// # Ok(()) }
+    /// ```
+    pub fn push_response_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Consume, false)
+    }
+
     // ----- runtime settings ------------------------------------------------------
 
     /// Sets the idle timeout (`timeout`; zero = off). The deadline is

@@ -453,8 +453,32 @@ impl<T> fmt::Debug for Ticket<T> {
 /// the buffer, so a request it unshifts runs next, on bytes already
 /// buffered. Use this, not the [`Handle`](crate::Handle), from inside a
 /// completion (the handle's lock is held there).
+///
+/// Reads that the completion of a response read (`Handle::call`,
+/// `push_response_with`) unshifts are the rest of that response: they too
+/// are read to the end of their frame when their ticket is dropped or told
+/// a timeout, so the next caller never gets a piece of this response
+/// (RQ-4).
 pub struct Requests<'a> {
     pub(crate) core: &'a mut Core,
+    /// What happens to a read this completion unshifts when its ticket is
+    /// dropped: what happens to the read that completed.
+    unshifted: OnDrop,
+}
+
+impl<'a> Requests<'a> {
+    /// The queue as seen from a hook.
+    pub(crate) fn new(core: &'a mut Core) -> Requests<'a> {
+        Requests::continuing(core, OnDrop::Cancel)
+    }
+
+    /// The queue as seen from the completion of a read with `on_drop`.
+    pub(crate) fn continuing(core: &'a mut Core, on_drop: OnDrop) -> Requests<'a> {
+        Requests {
+            core,
+            unshifted: on_drop,
+        }
+    }
 }
 
 impl Requests<'_> {
@@ -481,7 +505,7 @@ impl Requests<'_> {
         D::Error: Into<Error>,
     {
         self.core
-            .enqueue(decoder, |f, _| Ok(f), OnDrop::Cancel, true)
+            .enqueue(decoder, |f, _| Ok(f), self.unshifted, true)
     }
 
     /// [`push_read`](Self::push_read) with a completion that runs inside
@@ -508,7 +532,7 @@ impl Requests<'_> {
         F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.core.enqueue(decoder, then, OnDrop::Cancel, true)
+        self.core.enqueue(decoder, then, self.unshifted, true)
     }
 
     /// Encodes `item` onto the write queue (see
