@@ -434,7 +434,7 @@ impl Protocol for Http {
             },
             _slot: slot,
         };
-        handle.push_read_with(HttpLine::new(), move |l, q| state.on_status(l, q))
+        handle.push_response_with(HttpLine::new(), move |l, q| state.on_status(l, q))
     }
 }
 

@@ -344,7 +344,7 @@ impl Protocol for Memcached {
             items: Vec::new(),
             _slot: slot,
         };
-        handle.push_read_with(read_line(), move |l, q| state.on_line(l, q))
+        handle.push_response_with(read_line(), move |l, q| state.on_line(l, q))
     }
 }
 

@@ -13,6 +13,11 @@
 //!
 //! The caller's side of a chain is a [`Step`]: either the finished reply, or
 //! the ticket of the read that continues it. [`Reply`] follows the tickets.
+//!
+//! The first read is a *response read* (`Handle::push_response_with`), and
+//! so is every read its chain unshifts: a reply whose caller gave up (its
+//! [`Reply`] dropped, or told the connection's read timeout) is still read
+//! to its end and dropped, so a later request never reads a piece of it.
 
 use std::fmt;
 use std::future::Future;
@@ -83,7 +88,7 @@ impl<T> fmt::Debug for Step<T> {
 ///     }
 ///
 ///     fn read_reply(&self, _: &&'static str, handle: &Handle, slot: Slot) -> Ticket<Step<Vec<Bytes>>> {
-///         handle.push_read_with(LineCodec::new(), move |count, q| {
+///         handle.push_response_with(LineCodec::new(), move |count, q| {
 ///             let n: usize = std::str::from_utf8(count.line()).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
 ///             next_line(Vec::new(), n, slot, q)
 ///         })
@@ -114,7 +119,8 @@ pub trait Protocol: Send + Sync + 'static {
     fn encode(&self, req: &Self::Request, dst: &mut BytesMut) -> Result<()>;
 
     /// Queues, at the back of `handle`'s queue, the first read of the reply
-    /// to `req`; its completion queues the rest. `slot` travels with the
+    /// to `req` with `Handle::push_response_with`; its completion queues
+    /// the rest with `Requests::unshift_read_with`. `slot` travels with the
     /// reply's state and is dropped when the last read completes (or fails).
     fn read_reply(
         &self,
@@ -141,8 +147,8 @@ impl Slot {
 /// The reply to one request: follows the chain of tickets to the end.
 ///
 /// Dropping it before the reply is complete does not desynchronise the
-/// connection: the rest of the reply is still read (by a small task that
-/// holds the remaining tickets) and discarded.
+/// connection: its reads are response reads, so the rest of the reply is
+/// still read and dropped (with no task, and on any thread).
 pub struct Reply<T: Send + 'static> {
     state: ReplyState<T>,
 }
@@ -203,22 +209,6 @@ impl<T: Send + 'static> Future for Reply<T> {
             };
             self.state = ReplyState::Finished;
             return Poll::Ready(result);
-        }
-    }
-}
-
-impl<T: Send + 'static> Drop for Reply<T> {
-    fn drop(&mut self) {
-        let ReplyState::Waiting(ticket) = std::mem::replace(&mut self.state, ReplyState::Finished)
-        else {
-            return;
-        };
-        // A dropped ticket cancels its read if it has not started, and the
-        // next request would then read this reply: keep following the chain.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = Reply::new(ticket).await;
-            });
         }
     }
 }

@@ -443,7 +443,7 @@ fn read_value_routing(
         pushes,
         _slot: slot,
     };
-    handle.push_read_with(TypeLine::new(), move |h, q| state.on_header(h, q))
+    handle.push_response_with(TypeLine::new(), move |h, q| state.on_header(h, q))
 }
 
 /// The RESP [`Protocol`]: commands out, one value back per command.
