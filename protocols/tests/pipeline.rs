@@ -76,3 +76,33 @@ async fn a_reply_dropped_outside_a_runtime_keeps_the_stream_in_step() {
     let got = tokio::time::timeout(MS(5000), second).await.unwrap();
     assert_eq!(got.unwrap(), Value::Simple("bob".into()));
 }
+
+/// A bulk string longer than the connection's `rbuf_max`: the reply
+/// cannot be read, and skipping it would hand its bytes to the next
+/// request, so the connection closes (fatal) and both requests fail.
+#[tokio::test]
+async fn a_reply_over_rbuf_max_closes_instead_of_desynchronising() {
+    let (io, mut peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::builder()
+        .rbuf_max(Some(1024))
+        .build(io)
+        .spawn();
+    let c = Pipelined::new(handle, Resp::new(), 16);
+    let first = c.send(Cmd::new("GET").arg("big"));
+    let second = c.send(Cmd::new("GET").arg("small"));
+    take_commands(&mut peer).await;
+    let mut reply = b"$5000\r\n".to_vec();
+    reply.extend_from_slice(&[b'+'; 5000]);
+    reply.extend_from_slice(b"\r\n+small\r\n");
+    peer.write_all(&reply).await.unwrap();
+    let e = tokio::time::timeout(MS(5000), first)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_fatal(), "{e}");
+    let got = tokio::time::timeout(MS(5000), second).await.unwrap();
+    assert!(
+        got.is_err(),
+        "the next request read the big reply's bytes: {got:?}"
+    );
+}
