@@ -2176,3 +2176,174 @@ async fn split_halves_waiting_on_a_starttls_behind_a_read_are_not_busy_polled() 
     reader.abort();
     flusher.abort();
 }
+
+// ----- traffic the TLS library makes counts for the timers; stoptls after the peer's ----
+
+/// A longer bound than [`within`], for the slow links below (paused time).
+async fn within_long<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(60), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: still pending after 60 s"),
+    }
+}
+
+/// Copies `from` to `to`, `chunk` bytes at a time with `gap` between
+/// chunks: a slow link that keeps making progress.
+async fn trickle(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    chunk: usize,
+    gap: Duration,
+) {
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    let _ = to.shutdown().await;
+}
+
+/// `client` <-> `server` through a proxy that passes the server's bytes
+/// `chunk` at a time every `gap`, and the client's bytes at once.
+fn slow_downlink(
+    chunk: usize,
+    gap: Duration,
+) -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
+    let (client, proxy_c) = tokio::io::duplex(1 << 16);
+    let (server, proxy_s) = tokio::io::duplex(1 << 16);
+    let (cr, cw) = tokio::io::split(proxy_c);
+    let (sr, sw) = tokio::io::split(proxy_s);
+    tokio::spawn(trickle(cr, sw, 1 << 16, Duration::ZERO));
+    tokio::spawn(trickle(sr, cw, chunk, gap));
+    (client, server)
+}
+
+/// TO-1: `rtimeout` fires after "no read of at least one byte". A
+/// STARTTLS whose handshake keeps receiving bytes (the server's flight
+/// arrives 64 bytes every 250 ms over a slow link) never goes a whole
+/// second without a read: the bytes the TLS library reads count.
+#[tokio::test(start_paused = true)]
+async fn a_handshake_that_keeps_reading_is_not_told_a_read_timeout() {
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        for rtimeout in [Duration::ZERO, Duration::from_secs(1)] {
+            if let Err(e) = slow_handshake_under(b, rtimeout).await {
+                failed.push(e);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+async fn slow_handshake_under(b: TlsBackend, rtimeout: Duration) -> Result<(), String> {
+    {
+        let (c, s) = slow_downlink(64, Duration::from_millis(250));
+        let server = tokio::spawn(async move {
+            let mut server = QueuedFramed::new(s);
+            let _ = server.starttls(server_on(b)).await;
+            server
+        });
+        let mut client = QueuedFramed::builder().rtimeout(rtimeout).build(c);
+        let started = tokio::time::Instant::now();
+        let r = within_long("client starttls", client.starttls(pki::client_on(b))).await;
+        let took = started.elapsed();
+        if r.is_err() {
+            return Err(format!(
+                "{b:?}: a handshake still receiving bytes every 250 ms was told {:?} after {took:?} \
+             (rtimeout {rtimeout:?})",
+                r.err()
+            ));
+        }
+        assert!(
+            took > Duration::from_secs(1),
+            "{b:?}: the link was slow ({took:?})"
+        );
+        drop(server);
+    }
+    Ok(())
+}
+
+/// TLS-5 / TLS-6: the peer stops TLS first and goes on in plaintext. Our
+/// `Stream` sees its close_notify as the clean end of TLS input; we answer
+/// with `stoptls()`, which leaves both directions in plaintext, and the
+/// peer's plaintext that follows is read (the end of TLS input is not the
+/// end of the connection's input).
+#[tokio::test]
+async fn plaintext_after_the_peers_stoptls_is_read_once_we_answer_it() {
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        if let Err(e) = peer_stops_first(b).await {
+            failed.push(e);
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+async fn peer_stops_first(b: TlsBackend) -> Result<(), String> {
+    use futures::StreamExt;
+    let (c, s) = tokio::io::duplex(1 << 16);
+    let mut client = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
+    let mut server = QueuedFramed::builder()
+        .tls(server_on(b))
+        .build_with_codec(s, LineCodec::new());
+    let (x, y) = within_long("handshake", async {
+        tokio::join!(client.flush(), server.flush())
+    })
+    .await;
+    x.unwrap();
+    y.unwrap();
+    within_long("peer", async {
+        client.push_write(LineCodec::new(), "over tls").unwrap();
+        client.stoptls().await.unwrap();
+        client.write(LineCodec::new(), "plain").await.unwrap();
+    })
+    .await;
+    let first = within_long("first line", server.next()).await;
+    assert_eq!(first.unwrap().unwrap().line(), b"over tls");
+    // The peer's close_notify: the end of TLS input.
+    let end = within_long("tls end", server.next()).await;
+    assert!(end.is_none(), "{b:?}: {end:?}");
+    within_long("answer", server.stoptls()).await.unwrap();
+    assert!(!server.is_tls());
+    match within_long("plaintext", server.read(LineCodec::new())).await {
+        Ok(l) if l.line() == b"plain" => Ok(()),
+        other => Err(format!(
+            "{b:?}: the plaintext after both close_notify alerts gave {other:?} \
+             (is_eof {})",
+            server.is_eof()
+        )),
+    }
+}
+
+/// TO-1 over an established session: one TLS record of 15 KB arrives 512
+/// bytes every 250 ms (about 7.5 s, no plaintext until it is whole) under a
+/// 1 s `rtimeout`. The ciphertext is read all along, so the line arrives.
+#[tokio::test(start_paused = true)]
+async fn a_tls_record_that_keeps_arriving_is_not_told_a_read_timeout() {
+    for &b in pki::BACKENDS {
+        let (c, s) = slow_downlink(512, Duration::from_millis(250));
+        let server = tokio::spawn(async move {
+            let mut server = QueuedFramed::builder().tls(server_on(b)).build(s);
+            server.flush().await.unwrap();
+            let line = "x".repeat(15_000);
+            server.write(LineCodec::new(), &line).await.unwrap();
+            server
+        });
+        let mut client = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
+        within_long("handshake", client.flush()).await.unwrap();
+        client.set_rtimeout(Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let got = within_long("line", client.read(LineCodec::new())).await;
+        let took = started.elapsed();
+        let line = got.unwrap_or_else(|e| panic!("{b:?}: after {took:?}: {e}"));
+        assert_eq!(line.line().len(), 15_000, "{b:?}");
+        assert!(took > Duration::from_secs(2), "{b:?}: the link was slow ({took:?})");
+        drop(server);
+    }
+}

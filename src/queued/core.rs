@@ -24,6 +24,7 @@
 //! | Open | head needs input, no room left | `ENOSPC` (fatal) | Closed | `poll_fill` |
 //! | Open | no read waits | nothing is read; output is written; timers run | Open | `poll_drive` |
 //! | Open, Input::Open | read returns 0 | heads decode at end of input (`EPIPE` if they cannot complete) | Input::Eof | `poll_fill` |
+//! | Input::Eof (the peer's close_notify) | our stoptls done | plaintext may follow | Input::Open | `poll_switch` |
 //! | Open | head is a switch, output before its marker written | start or stop TLS on the transport | Open | `poll_switch` |
 //! | Open | switch done | pop it; reads and writes go on | Open | `poll_switch` |
 //! | Open | timer expired, hook set | run the hook | Open | `poll_timers` |
@@ -1049,6 +1050,16 @@ impl Core {
         self.rbuf = BytesMut::from(Bytes::from(v));
     }
 
+    /// Tells the timers of the traffic the transport made out of the
+    /// engine's sight since `before` (a TLS handshake, a close_notify, part
+    /// of a record): bytes read or written count as reads and writes do
+    /// (TO-1).
+    fn note_transport<IO: Transport>(&mut self, io: &IO, before: transport::Activity) {
+        let now = io.activity();
+        self.timers
+            .on_transport_activity(now.reads != before.reads, now.writes != before.writes);
+    }
+
     /// Reads once from the transport into the read buffer, for a reader that
     /// needs more input. When no input is ready, pending output is written
     /// first (the connection never waits for input with output queued) and
@@ -1078,6 +1089,7 @@ impl Core {
             // Read into all the room already allocated (fewer system calls
             // on a buffer that has grown), never past `rbuf_max`.
             let limit = self.read_limit().max(want);
+            let before = io.activity();
             let filled = poll_io!(self, cx, |c| {
                 let mut limited = (&mut self.rbuf).limit(limit);
                 transport::poll_read_buf(io, c, &mut limited)
@@ -1108,6 +1120,9 @@ impl Core {
                     return Poll::Ready(Err(FillStop::Closed(e)));
                 }
                 Poll::Pending => {
+                    // Part of a TLS record came (or the TLS library wrote):
+                    // traffic for the timers, if no plaintext yet.
+                    self.note_transport(io, before);
                     // An idle connection keeps no read buffer: give an empty
                     // one back while waiting (the next read allocates it
                     // again). A spawned server waiting for its next request
@@ -1894,7 +1909,10 @@ impl Core {
                     }
                 }
                 SwitchKind::Handshaking => {
-                    match ready!(poll_io!(self, cx, |c| io.poll_handshake(c))) {
+                    let before = io.activity();
+                    let polled = poll_io!(self, cx, |c| io.poll_handshake(c));
+                    self.note_transport(io, before);
+                    match ready!(polled) {
                         Ok(()) => {
                             tracing::debug!("TLS established");
                             self.tls_active = true;
@@ -1909,15 +1927,25 @@ impl Core {
                         Err(e) => Err(e),
                     }
                 }
-                SwitchKind::Stop => match ready!(poll_io!(self, cx, |c| io.poll_stop_tls(c))) {
-                    Ok(()) => {
-                        tracing::debug!("close_notify sent; plaintext again");
-                        self.tls_active = false;
-                        self.peer_cert = None;
-                        Ok(())
+                SwitchKind::Stop => {
+                    let before = io.activity();
+                    let polled = poll_io!(self, cx, |c| io.poll_stop_tls(c));
+                    self.note_transport(io, before);
+                    match ready!(polled) {
+                        Ok(()) => {
+                            tracing::debug!("close_notify sent; plaintext again");
+                            self.tls_active = false;
+                            self.peer_cert = None;
+                            // An end of input seen over TLS was the peer's
+                            // close_notify (a TCP end without one is an
+                            // error): the end of TLS input, not of the
+                            // connection's. Plaintext may follow (TLS-5).
+                            self.input = Input::Open;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
             };
             let Some(Entry::Switch(sw)) = self.queue.pop_front() else {
                 unreachable!("the head was a switch");

@@ -319,6 +319,27 @@ impl Timers {
         self.parked[Side::Read.slot()] = false;
     }
 
+    /// Bytes moved under the engine without passing through its reads and
+    /// writes (a TLS handshake's flights, a close_notify, ciphertext of a
+    /// record not yet whole): the timers count them as reads and writes
+    /// (TO-1), and nothing else changes.
+    pub(crate) fn on_transport_activity(&mut self, read: bool, wrote: bool) {
+        if !read && !wrote {
+            return;
+        }
+        let now = Instant::now();
+        self.stamp[Timeout::Idle.index()] = now;
+        self.owed &= !Timeout::Idle.bit();
+        if read {
+            self.stamp[Timeout::Read.index()] = now;
+            self.owed &= !Timeout::Read.bit();
+        }
+        if wrote {
+            self.stamp[Timeout::Write.index()] = now;
+            self.owed &= !Timeout::Write.bit();
+        }
+    }
+
     /// A write happened (recorded as reads are).
     pub(crate) fn on_write(&mut self) {
         let now = Instant::now();

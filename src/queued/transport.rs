@@ -46,6 +46,92 @@ pub(crate) trait Transport: Unpin {
     /// The peer's certificate (DER) once TLS is up, if it sent one.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     fn peer_certificate(&self) -> Option<Vec<u8>>;
+
+    /// How many reads and writes of the IO underneath moved bytes so far,
+    /// including those a TLS library made itself (without TLS, the engine
+    /// sees every one itself, and this stays zero).
+    fn activity(&self) -> Activity;
+}
+
+/// Counts of the IO's reads and writes that moved at least one byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Activity {
+    pub(crate) reads: u64,
+    pub(crate) writes: u64,
+}
+
+/// The user's IO, counting its reads and writes that move bytes: the TLS
+/// library reads and writes it directly during a handshake or a
+/// close_notify, out of the engine's sight, and the timers must still see
+/// that traffic (TO-1).
+#[cfg(any(feature = "tls", feature = "rustls"))]
+#[derive(Debug)]
+pub(crate) struct Counted<IO> {
+    io: IO,
+    moved: Activity,
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.moved.reads += 1;
+        }
+        polled
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.count_write(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.count_write(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+impl<IO> Counted<IO> {
+    fn count_write(&mut self, polled: &Poll<std::io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.moved.writes += 1;
+        }
+    }
 }
 
 /// Reads once into `buf`'s spare capacity (at most its `remaining_mut`),
@@ -90,7 +176,7 @@ pub(crate) fn poll_read_buf<T: Transport, B: BufMut>(
 
 /// The engine's transport: TLS-capable with the `tls` or `rustls` feature.
 #[cfg(any(feature = "tls", feature = "rustls"))]
-pub(crate) type TransportIo<IO> = crate::tls::TlsTransport<IO>;
+pub(crate) type TransportIo<IO> = crate::tls::TlsTransport<Counted<IO>>;
 
 /// A failure of a read or write over the TLS-capable transport: the IO's
 /// own errors are classified like any transport error (`EPIPE` stays
@@ -104,7 +190,7 @@ fn tls_io_failed(e: crate::tls::TlsError) -> Error {
 }
 
 #[cfg(any(feature = "tls", feature = "rustls"))]
-impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for crate::tls::TlsTransport<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for TransportIo<IO> {
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<Result<()>> {
         crate::tls::TlsTransport::poll_recv(self, cx, buf).map_err(tls_io_failed)
     }
@@ -140,16 +226,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for crate::tls::TlsTransport<
     fn peer_certificate(&self) -> Option<Vec<u8>> {
         crate::tls::TlsTransport::peer_certificate(self)
     }
+
+    fn activity(&self) -> Activity {
+        self.get_ref().map_or_else(Activity::default, |io| io.moved)
+    }
 }
 
 /// Wraps `io` for the engine.
 pub(crate) fn wrap<IO: AsyncRead + AsyncWrite + Unpin>(io: IO) -> TransportIo<IO> {
-    TransportIo::new(io)
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    {
+        TransportIo::new(Counted {
+            io,
+            moved: Activity::default(),
+        })
+    }
+    #[cfg(not(any(feature = "tls", feature = "rustls")))]
+    {
+        TransportIo::new(io)
+    }
 }
 
 /// The user's IO back, with bytes the transport read but never delivered.
 pub(crate) fn unwrap<IO: AsyncRead + AsyncWrite + Unpin>(io: TransportIo<IO>) -> (IO, Bytes) {
-    io.into_inner()
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    {
+        let (counted, unread) = io.into_inner();
+        (counted.io, unread)
+    }
+    #[cfg(not(any(feature = "tls", feature = "rustls")))]
+    {
+        io.into_inner()
+    }
 }
 
 /// The user's IO, for socket options and addresses.
@@ -158,8 +266,9 @@ pub(crate) fn get_ref<IO: AsyncRead + AsyncWrite + Unpin>(io: &TransportIo<IO>) 
     {
         // `None` only if the TLS library panicked inside a call and lost the
         // IO; that panic already reached the caller then.
-        io.get_ref()
+        &io.get_ref()
             .expect("the TLS transport lost its IO in an earlier panic")
+            .io
     }
     #[cfg(not(any(feature = "tls", feature = "rustls")))]
     {
@@ -215,6 +324,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for TransportIo<IO> {
             .poll_shutdown(cx)
             .map_err(Error::transport)
     }
+
+    fn activity(&self) -> Activity {
+        Activity::default()
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +373,9 @@ mod tests {
         #[cfg(any(feature = "tls", feature = "rustls"))]
         fn peer_certificate(&self) -> Option<Vec<u8>> {
             None
+        }
+        fn activity(&self) -> Activity {
+            Activity::default()
         }
     }
 
