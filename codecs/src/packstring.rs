@@ -166,7 +166,8 @@ impl PackFormat {
 
 /// A BER-compressed integer: `Ok(None)` while every byte so far has the
 /// "more" bit; an error for a leading zero group (over-long) or a value
-/// past `u64` (at most 11 bytes are looked at).
+/// that must pass `u64`, as soon as that is certain (at most
+/// `MAX_BER_LEN` bytes are looked at).
 fn read_ber(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
     let mut value: u64 = 0;
     for (i, &b) in buf.iter().enumerate() {
@@ -175,14 +176,16 @@ fn read_ber(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
                 .with_bytes(&buf[..1])
                 .fatal(true));
         }
+        value = value << 7 | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            return Ok(Some((i + 1, value)));
+        }
+        // Another group follows: shifting this value by 7 more bits would
+        // lose some.
         if value > u64::MAX >> 7 {
             return Err(Error::bad_message(CODEC, "BER length overflows u64")
                 .with_bytes(&buf[..=i])
                 .fatal(true));
-        }
-        value = value << 7 | u64::from(b & 0x7f);
-        if b & 0x80 == 0 {
-            return Ok(Some((i + 1, value)));
         }
     }
     Ok(None)
@@ -403,12 +406,12 @@ mod tests {
     }
 
     #[test]
-    fn ber_looks_at_no_more_than_eleven_bytes() {
+    fn ber_looks_at_no_more_than_max_ber_len_bytes() {
         let e = read_ber(&[0xff; 64]).unwrap_err();
-        assert_eq!(e.bytes().len(), 10);
+        assert_eq!(e.bytes().len(), 9);
         let mut worst = [0xff; 64];
         worst[0] = 0x81;
-        assert_eq!(read_ber(&worst).unwrap_err().bytes().len(), 11);
+        assert_eq!(read_ber(&worst).unwrap_err().bytes().len(), MAX_BER_LEN);
         // 0x81 then nine 0xff then a final group: exactly u64::MAX.
         let mut max = [0xffu8; 10];
         max[0] = 0x81;

@@ -95,9 +95,9 @@ fn ber_past_u64_is_a_fatal_bad_message() {
     input.push(0x7f); // 2 * 2^63 + ...: 65 bits
     let out = assert_split_invariant(|| PackstringCodec::new(PackFormat::Ber), &input);
     assert_eq!(out.error, Some((0, ErrorKind::BadMessage, true)));
-    // And a run of continuation bytes fails after eleven bytes at most
+    // And a run of continuation bytes fails after ten bytes at most
     // instead of waiting forever.
-    let out = assert_split_invariant(|| PackstringCodec::new(PackFormat::Ber), &[0x81; 11]);
+    let out = assert_split_invariant(|| PackstringCodec::new(PackFormat::Ber), &[0x81; 10]);
     assert_eq!(out.error, Some((0, ErrorKind::BadMessage, true)));
 }
 
@@ -278,5 +278,31 @@ proptest! {
         sizes in proptest::collection::vec(1usize..16, 1..8),
     ) {
         assert_sized_matches_whole(|| PackstringCodec::with_max_length(fmt, 64), &input, &sizes);
+    }
+}
+
+/// RT-packstring-1: an overflowing BER length is `EBADMSG`, fatal, as soon
+/// as the overflow is certain: after `82 80 .. 80` (the value is already
+/// 2^57 and another group must follow) no byte can make it fit in a `u64`,
+/// so the input need not go on, and its end there is no `EPIPE`.
+#[test]
+fn ber_overflow_is_a_bad_message_as_soon_as_it_is_certain() {
+    let prefix = [0x82, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80];
+    for decode_eof in [false, true] {
+        let mut buf = BytesMut::from(&prefix[..]);
+        let mut codec = PackstringCodec::new(PackFormat::Ber);
+        let r = if decode_eof {
+            codec.decode_eof(&mut buf)
+        } else {
+            codec.decode(&mut buf)
+        };
+        let e = r.expect_err("the overflow is certain");
+        assert_eq!(
+            (e.kind(), e.is_fatal()),
+            (ErrorKind::BadMessage, true),
+            "{e:?}"
+        );
+        assert_eq!(e.bytes(), &prefix[..], "the bytes that decided it");
+        assert_eq!(buf.len(), prefix.len(), "nothing consumed");
     }
 }
