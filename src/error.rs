@@ -451,9 +451,22 @@ impl From<crate::tls::TlsError> for Error {
 
 impl From<io::Error> for Error {
     /// An `io::Error` that comes out of a *codec* (tokio-util codecs use
-    /// `io::Error`): `InvalidData` is a non-fatal bad message,
-    /// `UnexpectedEof` is `EPIPE`, anything else a fatal I/O error.
+    /// `io::Error`): one that carries an error of this crate or of the
+    /// codecs crate (made by the conversion the other way) is that error
+    /// again, with its kind and fatality; otherwise `InvalidData` is a
+    /// non-fatal bad message, `UnexpectedEof` is `EPIPE`, anything else a
+    /// fatal I/O error.
     fn from(e: io::Error) -> Error {
+        if let Some(inner) = e.get_ref() {
+            if inner.is::<Error>() {
+                let inner = e.into_inner().expect("checked above");
+                return *inner.downcast::<Error>().expect("checked above");
+            }
+            if inner.is::<codecs::Error>() {
+                let inner = e.into_inner().expect("checked above");
+                return Error::from(*inner.downcast::<codecs::Error>().expect("checked above"));
+            }
+        }
         match e.kind() {
             io::ErrorKind::InvalidData => {
                 Error::with(ErrorKind::BadMessage, false, "codec error", Source::Io(e))
@@ -515,6 +528,43 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A codec whose `Error` is `io::Error` (as tokio-util's are) wrapping
+    /// one of ours: the typed error inside comes back as it was, not as a
+    /// non-fatal `EBADMSG` (from `InvalidData`) or a fatal `EIO`.
+    /// A line over its codec's limit: `ENOSPC`.
+    fn line_too_long() -> codecs::Error {
+        let mut codec = codecs::LineCodec::builder().max_length(4).build().unwrap();
+        let mut buf = bytes::BytesMut::from(&b"too long\n"[..]);
+        tokio_util::codec::Decoder::decode(&mut codec, &mut buf).unwrap_err()
+    }
+
+    #[test]
+    fn typed_errors_through_io_and_back_are_themselves() {
+        let ours = Error::from(line_too_long());
+        assert_eq!((ours.kind(), ours.is_fatal()), (ErrorKind::NoSpace, true));
+        let back = Error::from(io::Error::from(ours));
+        assert_eq!(
+            (back.kind(), back.is_fatal()),
+            (ErrorKind::NoSpace, true),
+            "{back:?}"
+        );
+        assert!(back.codec_error().is_some());
+
+        let codec = line_too_long();
+        let fatal = codec.is_fatal();
+        let back = Error::from(io::Error::from(codec));
+        assert_eq!(
+            (back.kind(), back.is_fatal()),
+            (ErrorKind::NoSpace, fatal),
+            "{back:?}"
+        );
+        assert_eq!(back.codec_error().map(codecs::Error::codec), Some("line"));
+
+        let timeout = Error::timed_out("read timeout");
+        let back = Error::from(io::Error::from(timeout));
+        assert_eq!((back.kind(), back.is_fatal()), (ErrorKind::TimedOut, false));
+    }
 
     #[test]
     fn codec_errors_keep_kind_and_fatality() {

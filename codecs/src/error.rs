@@ -365,7 +365,14 @@ impl StdError for Error {
 }
 
 impl From<io::Error> for Error {
+    /// An I/O error, as kind [`ErrorKind::Io`]; one that carries an
+    /// [`Error`] of this crate (made by the conversion the other way, in a
+    /// codec whose error type is `io::Error`) is that error again.
     fn from(e: io::Error) -> Error {
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let inner = e.into_inner().expect("checked above");
+            return *inner.downcast::<Error>().expect("checked above");
+        }
         Error::new(ErrorKind::Io, "io", "I/O error").with_source(e)
     }
 }
@@ -435,6 +442,19 @@ mod tests {
         assert_eq!(io.kind(), io::ErrorKind::InvalidData);
         let inner = io.into_inner().unwrap().downcast::<Error>().unwrap();
         assert_eq!(inner.codec(), "netstring");
+    }
+
+    #[test]
+    fn typed_error_through_io_and_back_is_itself() {
+        let e = Error::bad_message("netstring", "bad header");
+        assert!(!e.is_fatal());
+        let io: io::Error = e.into();
+        let back: Error = io.into();
+        assert_eq!(
+            (back.kind(), back.is_fatal(), back.codec()),
+            (ErrorKind::BadMessage, false, "netstring"),
+            "{back:?}"
+        );
     }
 
     #[test]
