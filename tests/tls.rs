@@ -2343,7 +2343,10 @@ async fn a_tls_record_that_keeps_arriving_is_not_told_a_read_timeout() {
         let took = started.elapsed();
         let line = got.unwrap_or_else(|e| panic!("{b:?}: after {took:?}: {e}"));
         assert_eq!(line.line().len(), 15_000, "{b:?}");
-        assert!(took > Duration::from_secs(2), "{b:?}: the link was slow ({took:?})");
+        assert!(
+            took > Duration::from_secs(2),
+            "{b:?}: the link was slow ({took:?})"
+        );
         drop(server);
     }
 }
