@@ -7,6 +7,7 @@
 //!
 //! The user-facing documentation is on the types.
 
+use std::any::TypeId;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -42,7 +43,7 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// Decodes CBOR data items into `T` and encodes `T` as CBOR.
 ///
 /// `T` defaults to [`serde_cbor::Value`]. The decoder needs
-/// `T: DeserializeOwned`; the encoder takes `T` or `&T` for `T: Serialize`
+/// `T: DeserializeOwned + 'static`; the encoder takes `T` or `&T` for `T: Serialize`
 /// and writes plain CBOR: no self-describe tag, no packed encoding, the
 /// shortest head and float forms serde_cbor picks.
 ///
@@ -52,7 +53,10 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// open array, map or tag still expects, and skips string bodies without
 /// looking at them. It resumes where it stopped when more bytes arrive, so
 /// total work is linear however the input is split. When the item is
-/// complete it is split off and decoded once.
+/// complete it is split off and decoded once. (Into [`serde_cbor::Value`],
+/// whose decoding reserves nothing on a declared length and checks every
+/// rule the scanner does, an item that arrived whole is decoded at once,
+/// without the scan.)
 ///
 /// * Any data item may be at the top level; every one is delivered
 ///   (`0`, `false` and `null` included).
@@ -128,7 +132,12 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// typed value (its `tag` is `None` for an untagged item). A tagged item
 /// decoded into a type that cannot hold the tag (a `u64`, a struct field
 /// without `Tagged`) is refused, a non-fatal `EBADMSG` with the item
-/// consumed, never silently stripped.
+/// consumed. One exception is serde's: an untagged or internally tagged
+/// enum, or a `#[serde(flatten)]` field, first buffers the item in serde's
+/// own generic form, which takes a tag for a newtype wrapper and drops it
+/// (a `Tagged` inside one sees no tag either). Where tags matter, decode
+/// them outside such types: into `Value`, or a `Tagged` that is not inside
+/// one.
 ///
 /// A value that would not be written exactly is refused (`EINVAL`, nothing
 /// written): an integer outside -2^64 ..= 2^64-1, say, or a NaN with a sign
@@ -252,10 +261,18 @@ impl<T> fmt::Debug for CborCodec<T> {
 /// serde_cbor's own nesting limit: it refuses an item nested 128 deep.
 const BACKEND_MAX_DEPTH: usize = 127;
 
-impl<T: DeserializeOwned> CborCodec<T> {
-    /// The fast path, for an item that starts at the front of `buf`: the
-    /// bytes the backend may decode straight away (`decode` consumes the
-    /// item if that worked), or `None` when only the scanner may take it.
+impl<T: DeserializeOwned + 'static> CborCodec<T> {
+    /// The fast path, for an item that starts at the front of `buf` and is
+    /// decoded into a [`serde_cbor::Value`]: the bytes the backend may
+    /// decode straight away (`decode` consumes the item if that worked), or
+    /// `None` when only the scanner may take it.
+    ///
+    /// Only `Value` may see bytes the scanner has not checked: serde's
+    /// visitors for a `Vec`, a map and the like reserve room from the
+    /// length a sequence announces (up to 1 MiB a level, every level of a
+    /// nested item at once), and the scanner is what checks an announced
+    /// length against the bytes there are. `Value`'s visitors reserve
+    /// nothing ahead.
     ///
     /// Most small items arrive whole, and then one decode is all the work,
     /// without a scan first. When the item is incomplete, over a limit, not
@@ -272,6 +289,9 @@ impl<T: DeserializeOwned> CborCodec<T> {
     /// limit is within ours unless ours is lower, when the fast path is off.
     #[inline]
     fn fast_window<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        if TypeId::of::<T>() != TypeId::of::<serde_cbor::Value>() {
+            return None;
+        }
         let limits = self.scanner.limits();
         if buf.is_empty() || !self.scanner.is_at_start() || limits.max_depth < BACKEND_MAX_DEPTH {
             return None;
@@ -280,7 +300,7 @@ impl<T: DeserializeOwned> CborCodec<T> {
     }
 }
 
-impl<T: DeserializeOwned> Decoder for CborCodec<T> {
+impl<T: DeserializeOwned + 'static> Decoder for CborCodec<T> {
     type Item = T;
     type Error = Error;
 

@@ -490,6 +490,39 @@ fn a_tag_the_type_cannot_hold_is_an_error_not_dropped() {
     assert_eq!(&written[..], &wire[..6]);
 }
 
+/// The documented exception: serde buffers an untagged enum's input in
+/// its own generic form, which takes a tag for a newtype wrapper and drops
+/// it, so a tag reaches a newtype inside one stripped, and `Tagged` inside
+/// one sees no tag either. (If serde ever keeps tags there, the
+/// `CborCodec` docs change.)
+#[test]
+fn an_untagged_enum_drops_a_tag() {
+    use serde_cbor::tags::Tagged;
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Wrapper(u64);
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Plain {
+        W(Wrapper),
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Holding {
+        T(Tagged<u64>),
+    }
+    let tagged = [0xc1, 0x01];
+    let mut buf = BytesMut::from(&tagged[..]);
+    assert!(CborCodec::<Wrapper>::new().decode(&mut buf).is_err());
+    let mut buf = BytesMut::from(&tagged[..]);
+    let got = CborCodec::<Plain>::new().decode(&mut buf).unwrap();
+    assert_eq!(got, Some(Plain::W(Wrapper(1))), "the tag is dropped");
+    let mut buf = BytesMut::from(&tagged[..]);
+    let Ok(Some(Holding::T(t))) = CborCodec::<Holding>::new().decode(&mut buf) else {
+        panic!("one item")
+    };
+    assert_eq!((t.tag, t.value), (None, 1), "Tagged inside sees no tag");
+}
+
 /// Integers beyond CBOR's range (-2^64 ..= 2^64-1) cannot be written
 /// exactly: an error, nothing written.
 #[test]
