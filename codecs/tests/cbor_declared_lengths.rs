@@ -90,7 +90,7 @@ fn nested_lying_heads_are_refused_before_anything_is_allocated() {
         let mut buf = BytesMut::from(&wire[..]);
         let mut codec = CborCodec::<Node>::with_limits(max_size, max_depth);
         let (r, peak) = alloc_probe::peak(|| codec.decode(&mut buf).map_err(|e| e.is_limit()));
-        assert_eq!(r.unwrap_err(), true, "refused as over the size limit");
+        assert!(r.unwrap_err(), "refused as over the size limit");
         assert_eq!(buf.len(), wire.len(), "nothing consumed");
         assert!(
             peak < 64 * 1024,
@@ -126,7 +126,7 @@ fn lying_heads_into_value_allocate_nothing_on_their_word() {
     let mut buf = BytesMut::from(&wire[..]);
     let mut codec = CborCodec::<serde_cbor::Value>::with_limits(1024, 128);
     let (r, peak) = alloc_probe::peak(|| codec.decode(&mut buf).map_err(|e| e.is_limit()));
-    assert_eq!(r.unwrap_err(), true);
+    assert!(r.unwrap_err());
     assert_eq!(buf.len(), wire.len());
     assert!(peak < 64 * 1024, "{peak} bytes allocated");
 }
