@@ -424,34 +424,46 @@ async fn resp3_push_ahead_of_a_reply_goes_to_the_push_channel() {
     .unwrap();
 }
 
+/// A client of a scripted loopback peer: once the first commands arrive,
+/// the peer writes `script` in pieces of `piece` bytes, then waits.
+async fn scripted(script: &'static [u8], piece: usize) -> redis::Client {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut tmp = [0u8; 4096];
+        let _ = sock.read(&mut tmp).await.unwrap();
+        for chunk in script.chunks(piece) {
+            sock.write_all(chunk).await.unwrap();
+        }
+        let _ = sock.read(&mut tmp).await;
+    });
+    redis::connect(addr, 32).await.unwrap()
+}
+
+/// `n` pipelined PINGs' replies.
+async fn pings(c: &redis::Client, n: usize) -> Vec<anyframe::Result<Value>> {
+    let replies: Vec<_> = (0..n).map(|_| c.send(Cmd::new("PING"))).collect();
+    tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+        .await
+        .unwrap()
+}
+
 /// Every RESP3 type, from a scripted loopback peer writing one byte at a
 /// time (redis-server sends some of them only in rare cases: attributes,
 /// big numbers, blob errors): the reads come out the same however the
 /// bytes arrive.
 #[tokio::test]
 async fn every_resp3_type_from_a_byte_at_a_time_peer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let script: &[u8] =
         b"_\r\n#t\r\n,-1.5\r\n,inf\r\n(3492890328409238509324850943850943825024385\r\n\
         !21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n\
         |1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n\
         %2\r\n+first\r\n*1\r\n~1\r\n$0\r\n\r\n+second\r\n*-1\r\n$-1\r\n*0\r\n";
-    tokio::spawn(async move {
-        let (mut sock, _) = listener.accept().await.unwrap();
-        let mut tmp = [0u8; 4096];
-        let _ = sock.read(&mut tmp).await.unwrap();
-        for b in script {
-            sock.write_all(&[*b]).await.unwrap();
-        }
-        let _ = sock.read(&mut tmp).await;
-    });
-    let c = redis::connect(addr, 32).await.unwrap();
-    let replies: Vec<_> = (0..11).map(|_| c.send(Cmd::new("PING"))).collect();
-    let got: Vec<Value> = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+    let c = scripted(script, 1).await;
+    let got: Vec<Value> = pings(&c, 11)
         .await
-        .unwrap()
         .into_iter()
         .map(Result::unwrap)
         .collect();
@@ -488,26 +500,13 @@ async fn every_resp3_type_from_a_byte_at_a_time_peer() {
 /// either end is no integer (a fatal EBADMSG).
 #[tokio::test]
 async fn integers_at_both_ends_of_i64() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut sock, _) = listener.accept().await.unwrap();
-        let mut tmp = [0u8; 4096];
-        let _ = sock.read(&mut tmp).await.unwrap();
-        sock.write_all(
-            b":-9223372036854775808\r\n:9223372036854775807\r\n:-0\r\n\
-            *1\r\n:-9223372036854775807\r\n:-9223372036854775809\r\n",
-        )
-        .await
-        .unwrap();
-        let _ = sock.read(&mut tmp).await;
-    });
-    let c = redis::connect(addr, 32).await.unwrap();
-    let replies: Vec<_> = (0..5).map(|_| c.send(Cmd::new("PING"))).collect();
-    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
-        .await
-        .unwrap();
+    let c = scripted(
+        b":-9223372036854775808\r\n:9223372036854775807\r\n:-0\r\n\
+        *1\r\n:-9223372036854775807\r\n:-9223372036854775809\r\n",
+        usize::MAX,
+    )
+    .await;
+    let got = pings(&c, 5).await;
     let ok: Vec<&Value> = got[..4].iter().map(|r| r.as_ref().unwrap()).collect();
     assert_eq!(
         ok,
@@ -526,23 +525,8 @@ async fn integers_at_both_ends_of_i64() {
 /// the stream cannot be trusted after it, so every later request fails too.
 #[tokio::test]
 async fn a_reply_that_is_not_resp_is_fatal() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut sock, _) = listener.accept().await.unwrap();
-        let mut tmp = [0u8; 4096];
-        let _ = sock.read(&mut tmp).await.unwrap();
-        sock.write_all(b"+OK\r\n$3\r\nabcde\r\n+never\r\n")
-            .await
-            .unwrap();
-        let _ = sock.read(&mut tmp).await;
-    });
-    let c = redis::connect(addr, 32).await.unwrap();
-    let replies: Vec<_> = (0..3).map(|_| c.send(Cmd::new("PING"))).collect();
-    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
-        .await
-        .unwrap();
+    let c = scripted(b"+OK\r\n$3\r\nabcde\r\n+never\r\n", usize::MAX).await;
+    let got = pings(&c, 3).await;
     assert_eq!(got[0].as_ref().unwrap(), &Value::Simple("OK".into()));
     let e = got[1].as_ref().unwrap_err();
     assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::BadMessage, true));
