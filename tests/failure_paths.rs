@@ -117,6 +117,18 @@ fn length_then_body(
     Ok(q.unshift_read(ChunkCodec::new(n)))
 }
 
+/// After a `5\n` response given up before its body: the body arrives
+/// with the next response, and the next call gets only its own.
+async fn the_rest_is_dropped_and_the_next_response_is_its_own(
+    handle: &anyframe::Handle,
+    peer: &mut tokio::io::DuplexStream,
+) {
+    let second = handle.call_with(LineCodec::new(), "b", LineCodec::new(), length_then_body);
+    peer.write_all(b"first3\ntwo").await.unwrap();
+    let body = within("second", second).await.unwrap();
+    assert_eq!(&within("body", body).await.unwrap()[..], b"two");
+}
+
 /// The reads a response's completion unshifts are the rest of that
 /// response: told the read timeout half way through (the body late), the
 /// response is still read to its end, and the next call gets its own.
@@ -131,10 +143,7 @@ async fn a_response_timed_out_between_its_reads_is_read_to_its_end() {
     peer.write_all(b"5\n").await.unwrap();
     let body = within("first", first).await.unwrap();
     assert!(within("body", body).await.unwrap_err().is_timeout());
-    let second = handle.call_with(LineCodec::new(), "b", LineCodec::new(), length_then_body);
-    peer.write_all(b"first3\ntwo").await.unwrap();
-    let body = within("second", second).await.unwrap();
-    assert_eq!(&within("body", body).await.unwrap()[..], b"two");
+    the_rest_is_dropped_and_the_next_response_is_its_own(&handle, &mut peer).await;
 }
 
 /// The same with the tickets dropped half way through.
@@ -145,10 +154,7 @@ async fn a_response_dropped_between_its_reads_is_read_to_its_end() {
     let first = handle.push_response_with(LineCodec::new(), length_then_body);
     peer.write_all(b"5\n").await.unwrap();
     drop(within("first", first).await.unwrap());
-    let second = handle.push_response_with(LineCodec::new(), length_then_body);
-    peer.write_all(b"first3\ntwo").await.unwrap();
-    let body = within("second", second).await.unwrap();
-    assert_eq!(&within("body", body).await.unwrap()[..], b"two");
+    the_rest_is_dropped_and_the_next_response_is_its_own(&handle, &mut peer).await;
 }
 
 /// A plain read's follow-up stays a plain read: dropping its ticket
