@@ -273,9 +273,8 @@ impl ResponseRead {
         if self.head || status == 101 || status == 204 || status == 304 {
             return Ok(Step::Done(self.resp));
         }
-        if let Some(te) = self.resp.header("transfer-encoding") {
-            let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
-            if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        if let Some(last) = self.final_coding() {
+            if !last.eq_ignore_ascii_case(b"chunked") {
                 return self.until_close(q);
             }
             return Ok(Step::More(self.chunk_size(q)));
@@ -291,6 +290,26 @@ impl ResponseRead {
             ))),
             None => self.until_close(q),
         }
+    }
+
+    /// The last transfer coding, if there is a `Transfer-Encoding`: its
+    /// field lines are one list (RFC 9110 §5.3), and the body is chunked
+    /// only if chunked is the final coding (RFC 9112 §6.3).
+    fn final_coding(&self) -> Option<&[u8]> {
+        let mut last = None;
+        for (name, value) in &self.resp.headers {
+            if !name.eq_ignore_ascii_case(b"transfer-encoding") {
+                continue;
+            }
+            // Empty list elements do not count (RFC 9110 §5.6.1).
+            let coding = value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|c| !c.is_empty())
+                .last();
+            last = coding.or(last).or(Some(&[][..]));
+        }
+        last
     }
 
     /// The `Content-Length`, if any; several must agree (RFC 9112 §6.3).
@@ -340,8 +359,17 @@ impl ResponseRead {
             .next()
             .unwrap_or_default()
             .trim_ascii();
-        if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+        if size.is_empty() || !size.iter().all(u8::is_ascii_hexdigit) {
             return Err(protocol_error("bad chunk size line"));
+        }
+        // Leading zeros are allowed in any number (RFC 9112 §7.1); what is
+        // left must fit in 60 bits.
+        let size = match size.iter().position(|&d| d != b'0') {
+            Some(first) => &size[first..],
+            None => &b"0"[..],
+        };
+        if size.len() > 15 {
+            return Err(too_long());
         }
         let n = usize::from_str_radix(std::str::from_utf8(size).expect("hex digits"), 16)
             .map_err(|_| protocol_error("bad chunk size line"))?;
@@ -423,7 +451,9 @@ impl Protocol for Http {
 
     fn read_reply(&self, req: &Request, handle: &Handle, slot: Slot) -> Ticket<Step<Response>> {
         let state = ResponseRead {
-            head: req.method.eq_ignore_ascii_case(b"HEAD"),
+            // Methods are case-sensitive (RFC 9110 §9.1): `head` is not
+            // `HEAD`, and its response has the body its headers announce.
+            head: &req.method[..] == b"HEAD",
             resp: Response {
                 status: 0,
                 reason: Bytes::new(),

@@ -354,6 +354,9 @@ impl ReplyRead {
                     self.on_value(blob_value(kind, data)?, q)
                 }),
             )),
+            // An empty attribute annotates the value after it with
+            // nothing: that value takes its place.
+            Header::Aggregate(AggKind::Attribute, 0) => Ok(Step::More(self.next(q))),
             Header::Aggregate(kind, 0) => self.on_value(
                 Partial {
                     kind,

@@ -1,15 +1,24 @@
-//! The pipelined client's failure paths on a scripted peer: a reply that
+//! The protocol clients on a scripted peer: failure paths (a reply that
 //! times out, or whose future is dropped where no runtime runs, must never
-//! let a later request read it.
+//! let a later request read it) and wire forms a real server seldom sends.
 
 use std::time::Duration;
 
-use anyframe::{ErrorKind, QueuedFramed};
+use anyframe::{ErrorKind, Handle, QueuedFramed};
+use anyframe_protocols::http::{Http, Request};
 use anyframe_protocols::pipeline::Pipelined;
-use anyframe_protocols::redis::{Cmd, Resp, Value};
+use anyframe_protocols::redis::{Cmd, Resp, Subscriber, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// A spawned connection on one end of a pipe, and the pipe's other end.
+fn pipe() -> (Handle, DuplexStream) {
+    let (io, peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    (handle, peer)
+}
 
 /// A Redis client on one end of a pipe whose driver has `rtimeout`, and
 /// the pipe's other end (the scripted server).
@@ -104,5 +113,177 @@ async fn a_reply_over_rbuf_max_closes_instead_of_desynchronising() {
     assert!(
         got.is_err(),
         "the next request read the big reply's bytes: {got:?}"
+    );
+}
+
+/// RESP3: an attribute (`|n`) describes the value after it, and that
+/// value takes its place. An empty attribute `|0`, at the top or inside an
+/// array, is skipped the same way: it is not a reply (an empty map), which
+/// would leave its value for the next request.
+#[tokio::test]
+async fn redis_empty_attribute_hands_its_value_to_the_next_request() {
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Resp::new(), 16);
+    let replies: Vec<_> = (0..3).map(|_| c.send(Cmd::new("GET").arg("k"))).collect();
+    take_commands(&mut peer).await;
+    peer.write_all(b"|0\r\n+a\r\n*2\r\n|0\r\n:1\r\n:2\r\n+b\r\n")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+        .await
+        .unwrap();
+    let got: Vec<Value> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        got,
+        [
+            Value::Simple("a".into()),
+            Value::Array(vec![Value::Integer(1), Value::Integer(2)]),
+            Value::Simple("b".into()),
+        ]
+    );
+}
+
+/// A Subscriber on a connection with a read timeout: the timeout is
+/// non-fatal (TO-3), yet the subscriber's task stops at it; `next()` then
+/// says `None` ("after the connection failed") although the connection is
+/// open, and the next message the server sends is read and dropped.
+#[tokio::test(start_paused = true)]
+async fn subscriber_survives_a_non_fatal_read_timeout() {
+    let (io, mut peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::builder().rtimeout(MS(300)).build(io).spawn();
+    let mut sub = Subscriber::new(handle.clone());
+    sub.command(&Cmd::new("SUBSCRIBE").arg("ch")).unwrap();
+    take_commands(&mut peer).await;
+    peer.write_all(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+        .await
+        .unwrap();
+    let confirm = tokio::time::timeout(LIMIT, sub.next()).await.unwrap();
+    assert!(matches!(confirm, Some(Ok(Value::Array(_)))), "{confirm:?}");
+    // The channel is quiet for longer than rtimeout.
+    let quiet = tokio::time::timeout(LIMIT, sub.next()).await.unwrap();
+    let e = quiet.expect("an item").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert!(!e.is_fatal(), "{e}");
+    assert!(!handle.is_closed(), "the connection is still open");
+    // A message comes: a subscriber whose connection is open delivers it.
+    peer.write_all(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n")
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(LIMIT, sub.next()).await.unwrap();
+    assert!(
+        matches!(msg, Some(Ok(Value::Array(_)))),
+        "after a non-fatal timeout the subscriber gave {msg:?} on an open connection"
+    );
+}
+
+/// RFC 9112 §6.3 (and RFC 9110 §5.3: field lines of one name are one
+/// list): `Transfer-Encoding: gzip` then `Transfer-Encoding: chunked` is
+/// the list `gzip, chunked`, whose final coding is chunked, so the body is
+/// chunked. The client looks at the first field line only, reads "until
+/// close" instead, and the complete response never resolves on a
+/// keep-alive connection.
+#[tokio::test]
+async fn http_transfer_encoding_on_two_field_lines_is_one_list() {
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Http::new("h"), 16);
+    let first = c.send(Request::get("/a"));
+    let second = c.send(Request::get("/b"));
+    take_commands(&mut peer).await;
+    peer.write_all(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye",
+    )
+    .await
+    .unwrap();
+    let a = tokio::time::timeout(LIMIT, first)
+        .await
+        .expect("a complete chunked response never resolved (read as 'until close')")
+        .unwrap();
+    assert_eq!(a.body_bytes(), "hello");
+    let b = tokio::time::timeout(LIMIT, second).await.unwrap().unwrap();
+    assert_eq!(b.body_bytes(), "bye");
+}
+
+/// The other order: `chunked` then `gzip` is the list `chunked, gzip`,
+/// whose final coding is not chunked: the body runs until the server
+/// closes (RFC 9112 §6.3 item 4). The client parses it as chunked, and
+/// the bytes after the zero chunk, part of this response's body, become
+/// the next request's response.
+#[tokio::test]
+async fn http_transfer_encoding_final_coding_is_the_last_field_lines() {
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Http::new("h"), 16);
+    let first = c.send(Request::get("/a"));
+    let second = c.send(Request::get("/b"));
+    take_commands(&mut peer).await;
+    peer.write_all(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+    )
+    .await
+    .unwrap();
+    drop(peer); // the server closes: the first body ends here
+    let a = tokio::time::timeout(LIMIT, first).await.unwrap();
+    let b = tokio::time::timeout(LIMIT, second).await.unwrap();
+    assert!(
+        b.is_err(),
+        "the second request got bytes of the first response's body: {b:?} (first: {a:?})"
+    );
+}
+
+/// HTTP methods are case-sensitive (RFC 9110 §9.1): `head` is not `HEAD`,
+/// and a response to it has the body its headers announce (here a 405
+/// with `Content-Length: 5`). The client takes `head` for `HEAD`, reads no
+/// body, and leaves the five bytes in front of the next response.
+#[tokio::test]
+async fn http_lowercase_head_is_not_head() {
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Http::new("h"), 16);
+    let first = c.send(Request::new("head", "/"));
+    let second = c.send(Request::get("/"));
+    take_commands(&mut peer).await;
+    peer.write_all(
+        b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 5\r\n\r\nnope!\
+          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await
+    .unwrap();
+    let a = tokio::time::timeout(LIMIT, first).await.unwrap();
+    let b = tokio::time::timeout(LIMIT, second).await.unwrap();
+    assert_eq!(
+        a.as_ref().map(|r| r.body_bytes()).ok(),
+        Some("nope!".into()),
+        "{a:?}"
+    );
+    assert_eq!(
+        b.as_ref().map(|r| r.body_bytes()).ok(),
+        Some("ok".into()),
+        "{b:?}"
+    );
+}
+
+/// RFC 9112 §7.1: `chunk-size = 1*HEXDIG`, and recipients "MUST anticipate
+/// potentially large hexadecimal numerals": leading zeros are valid. A
+/// valid chunk size written with 16 digits (`0000000000000005`) is refused
+/// as a fatal "bad chunk size line", and the connection closes.
+#[tokio::test]
+async fn http_chunk_size_with_leading_zeros_is_valid() {
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Http::new("h"), 16);
+    let first = c.send(Request::get("/"));
+    take_commands(&mut peer).await;
+    peer.write_all(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0000000000000005\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let a = tokio::time::timeout(LIMIT, first).await.unwrap();
+    assert_eq!(
+        a.as_ref().map(|r| r.body_bytes()).ok(),
+        Some("hello".into()),
+        "{a:?}"
     );
 }
