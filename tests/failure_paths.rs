@@ -171,6 +171,25 @@ async fn a_plain_reads_follow_up_is_cancelled_when_dropped() {
     assert_eq!(within("next", next).await.unwrap().line(), b"first");
 }
 
+/// `Requests::unshift_response_with` makes a response read from a plain
+/// read's completion: given up after the length line, the body is still
+/// read and dropped, and the next read starts after it.
+#[tokio::test]
+async fn a_plain_reads_response_follow_up_is_read_to_its_end_when_dropped() {
+    let (ours, mut peer) = tokio::io::duplex(4096);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let first = handle.push_read_with(LineCodec::new(), |len, q| {
+        let n = std::str::from_utf8(len.line()).unwrap().parse().unwrap();
+        Ok(q.unshift_response_with(ChunkCodec::new(n), |body, _| Ok(body)))
+    });
+    peer.write_all(b"5\n").await.unwrap();
+    drop(within("first", first).await.unwrap());
+    let next = handle.push_read(LineCodec::new());
+    peer.write_all(b"first").await.unwrap();
+    peer.write_all(b"next\n").await.unwrap();
+    assert_eq!(within("next", next).await.unwrap().line(), b"next");
+}
+
 // ----- 2. a panicking user callback resolves everyone ----------------------------
 
 #[tokio::test]

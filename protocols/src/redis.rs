@@ -22,7 +22,7 @@ use anyframe::codecs::{Line, LineCodec};
 use anyframe::{Error, ErrorKind, Handle, QueuedFramed, Requests, Result, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Decoder;
 
 use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Reply, Slot, Step, protocol_error};
@@ -336,21 +336,26 @@ struct ReplyRead {
     stack: Vec<Partial>,
     /// Where top-level push messages go (RESP3); `None`: a push is the reply.
     pushes: Option<mpsc::UnboundedSender<Value>>,
+    /// Where the whole value goes instead of the last ticket (a
+    /// [`Subscriber`]'s message, which must arrive even after a timeout
+    /// told a waiter of one of its reads); the ticket then gets `Nil`.
+    deliver: Option<oneshot::Sender<Value>>,
     /// Released when the reply is complete.
     _slot: Slot,
 }
 
 impl ReplyRead {
-    /// Reads the type line of the next value, at the front of the queue.
+    /// Reads the type line of the next value, at the front of the queue,
+    /// as part of this reply (a response read: read whoever still listens).
     fn next(self, q: &mut Requests<'_>) -> Ticket<Step<Value>> {
-        q.unshift_read_with(TypeLine::new(), move |h, q| self.on_header(h, q))
+        q.unshift_response_with(TypeLine::new(), move |h, q| self.on_header(h, q))
     }
 
     fn on_header(mut self, header: Header, q: &mut Requests<'_>) -> Result<Step<Value>> {
         match header {
             Header::Value(v) => self.on_value(v, q),
             Header::Blob(kind, len) => Ok(Step::More(
-                q.unshift_read_with(CrlfChunk::new(len), move |data, q| {
+                q.unshift_response_with(CrlfChunk::new(len), move |data, q| {
                     self.on_value(blob_value(kind, data)?, q)
                 }),
             )),
@@ -396,6 +401,11 @@ impl ReplyRead {
                         tracing::debug!("push message dropped: nobody listens");
                     }
                     return Ok(Step::More(self.next(q)));
+                }
+                if let Some(deliver) = self.deliver.take() {
+                    // The receiver is gone only with its subscriber.
+                    let _ = deliver.send(value);
+                    return Ok(Step::Done(Value::Nil));
                 }
                 return Ok(Step::Done(value));
             };
@@ -444,9 +454,24 @@ fn read_value_routing(
     let state = ReplyRead {
         stack: Vec::new(),
         pushes,
+        deliver: None,
         _slot: slot,
     };
     handle.push_response_with(TypeLine::new(), move |h, q| state.on_header(h, q))
+}
+
+/// Queues the reads of one pub/sub message; the message goes to
+/// `deliver`. Its first read is a plain one: a timeout told before the
+/// message begins removes it, and nothing is lost. Once the type line is
+/// read, the rest of the message is read whoever still listens.
+fn read_message(handle: &Handle, deliver: oneshot::Sender<Value>) -> Ticket<Step<Value>> {
+    let state = ReplyRead {
+        stack: Vec::new(),
+        pushes: None,
+        deliver: Some(deliver),
+        _slot: Slot::none(),
+    };
+    handle.push_read_with(TypeLine::new(), move |h, q| state.on_header(h, q))
 }
 
 /// The RESP [`Protocol`]: commands out, one value back per command.
@@ -539,6 +564,11 @@ pub async fn connect_with_pushes(
 /// A task keeps one reply read queued at all times, as AnyEvent's
 /// `on_read` callback is always armed; the channel to the caller is
 /// bounded, so a slow caller stops the reads and TCP pushes back.
+///
+/// A non-fatal error (a read timeout set on the connection: the channel
+/// was quiet) comes out of `next` as it happens, and the subscription goes
+/// on; a message the server had begun is still read whole and comes after
+/// it. A fatal error is the last item.
 #[derive(Debug)]
 pub struct Subscriber {
     handle: Handle,
@@ -553,7 +583,25 @@ impl Subscriber {
         let reader_handle = handle.clone();
         let reader = tokio::spawn(async move {
             loop {
-                let value = Reply::new(read_value(&reader_handle)).await;
+                let (deliver, message) = oneshot::channel();
+                let value = match Reply::new(read_message(&reader_handle, deliver)).await {
+                    Ok(_) => message.await.map_err(|_| closed(&reader_handle)),
+                    Err(e) if e.is_fatal() => Err(e),
+                    Err(e) => {
+                        // Non-fatal (a read timeout): said, and the
+                        // subscription goes on. A message begun before
+                        // it is still read and comes next; if none had
+                        // begun, its read was removed and `message` ends.
+                        if tx.send(Err(e)).await.is_err() {
+                            break;
+                        }
+                        match message.await {
+                            Ok(value) => Ok(value),
+                            Err(_) if reader_handle.is_closed() => Err(closed(&reader_handle)),
+                            Err(_) => continue,
+                        }
+                    }
+                };
                 let failed = value.is_err();
                 if tx.send(value).await.is_err() || failed {
                     break;
@@ -577,8 +625,9 @@ impl Subscriber {
         self.handle.push_bytes(cmd.to_bytes())
     }
 
-    /// The next value from the server; `None` after the connection failed
-    /// and its error was returned.
+    /// The next value from the server, or a non-fatal error (a read
+    /// timeout); `None` after the connection failed and its (fatal) error
+    /// was returned.
     pub async fn next(&mut self) -> Option<Result<Value>> {
         self.messages.recv().await
     }
@@ -588,6 +637,13 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         self.reader.abort();
     }
+}
+
+/// The error that closed `handle` (a message's reads were dropped with it).
+fn closed(handle: &Handle) -> Error {
+    handle
+        .error()
+        .unwrap_or_else(|| Error::custom(ErrorKind::Closed, true, "connection closed"))
 }
 
 /// Connects a [`Subscriber`].

@@ -287,3 +287,34 @@ async fn http_chunk_size_with_leading_zeros_is_valid() {
         "{a:?}"
     );
 }
+
+/// A message the server began before the read timeout: the subscriber
+/// says the timeout, then delivers the whole message (its rest is read by
+/// response reads, so no part of it is left for the next read).
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_message_begun_before_a_timeout_still_arrives_whole() {
+    let (io, mut peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::builder().rtimeout(MS(300)).build(io).spawn();
+    let mut sub = Subscriber::new(handle.clone());
+    peer.write_all(b"*3\r\n$7\r\nmessage\r\n").await.unwrap();
+    let e = tokio::time::timeout(LIMIT, sub.next())
+        .await
+        .unwrap()
+        .expect("an item")
+        .unwrap_err();
+    assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::TimedOut, false));
+    peer.write_all(b"$2\r\nch\r\n$5\r\nhello\r\n*1\r\n:7\r\n")
+        .await
+        .unwrap();
+    let whole = tokio::time::timeout(LIMIT, sub.next()).await.unwrap();
+    let Some(Ok(Value::Array(parts))) = whole else {
+        panic!("{whole:?}")
+    };
+    assert_eq!(parts.len(), 3);
+    assert_eq!(parts[2], Value::Bulk("hello".into()));
+    let next = tokio::time::timeout(LIMIT, sub.next()).await.unwrap();
+    assert_eq!(
+        next.unwrap().unwrap(),
+        Value::Array(vec![Value::Integer(7)])
+    );
+}

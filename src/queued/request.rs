@@ -535,6 +535,26 @@ impl Requests<'_> {
         self.core.enqueue(decoder, then, self.unshifted, true)
     }
 
+    /// Queues at the front the read of the rest of a response: as
+    /// [`unshift_read_with`](Self::unshift_read_with), but read to the end
+    /// of its frame even if its ticket is dropped or told a timeout (see
+    /// [`Handle::push_response_with`](crate::Handle::push_response_with)).
+    /// In the completion of a response read every unshifted read is one
+    /// already; this makes one from any completion: the rest of a message
+    /// whose first read was a plain one, so that giving up before the
+    /// message began loses nothing and giving up after cannot leave half
+    /// of it for the next read.
+    pub fn unshift_response_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
+    where
+        D: Decoder + Send + 'static,
+        D::Item: Send + 'static,
+        D::Error: Into<Error>,
+        F: FnOnce(D::Item, &mut Requests<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.enqueue(decoder, then, OnDrop::Consume, true)
+    }
+
     /// Encodes `item` onto the write queue (see
     /// [`QueuedFramed::push_write`](crate::QueuedFramed::push_write)).
     ///
