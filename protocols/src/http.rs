@@ -303,10 +303,9 @@ impl ResponseRead {
             }
             // Empty list elements do not count (RFC 9110 §5.6.1).
             let coding = value
-                .split(|&b| b == b',')
+                .rsplit(|&b| b == b',')
                 .map(<[u8]>::trim_ascii)
-                .filter(|c| !c.is_empty())
-                .last();
+                .find(|c| !c.is_empty());
             last = coding.or(last).or(Some(&[][..]));
         }
         last
