@@ -2350,3 +2350,73 @@ async fn a_tls_record_that_keeps_arriving_is_not_told_a_read_timeout() {
         drop(server);
     }
 }
+
+/// TLS-5 reopens the input only "if the peer stopped TLS first". A
+/// `stoptls()` on a connection that never used TLS is a no-op that
+/// succeeds, yet it reopens an input that ended with the TCP stream:
+/// `is_eof()` says false after the peer's FIN.
+#[tokio::test]
+async fn a_no_op_stoptls_after_a_plaintext_eof_does_not_reopen_the_input() {
+    let (io, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(io);
+    peer.write_all(b"last\n").await.unwrap();
+    peer.shutdown().await.unwrap();
+    let got = within_long("line", conn.read(OrEof::new(LineCodec::new())))
+        .await
+        .unwrap();
+    assert_eq!(got.unwrap().line(), b"last");
+    assert!(
+        within_long("end", conn.read(OrEof::new(LineCodec::new())))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(conn.is_eof());
+    assert!(!conn.is_tls());
+    within_long("stoptls", conn.stoptls()).await.unwrap();
+    assert!(
+        conn.is_eof(),
+        "the TCP input ended and TLS was never on, but is_eof() turned false after stoptls"
+    );
+}
+
+/// TLS-5: after the peer's close_notify and our stoptls, "what the peer
+/// sends next is read as plaintext". Through the `Stream` front end it
+/// never is: the stream latched its end at the close_notify.
+#[tokio::test]
+async fn the_stream_reads_the_plaintext_after_both_stoptls() {
+    use futures::StreamExt;
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        let (c, s) = tokio::io::duplex(1 << 16);
+        let mut client = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
+        let mut server = QueuedFramed::builder()
+            .tls(server_on(b))
+            .build_with_codec(s, LineCodec::new());
+        let (x, y) = within_long("handshake", async {
+            tokio::join!(client.flush(), server.flush())
+        })
+        .await;
+        x.unwrap();
+        y.unwrap();
+        within_long("peer", async {
+            client.push_write(LineCodec::new(), "over tls").unwrap();
+            client.stoptls().await.unwrap();
+            client.write(LineCodec::new(), "plain").await.unwrap();
+        })
+        .await;
+        let first = within_long("first", server.next()).await;
+        assert_eq!(first.unwrap().unwrap().line(), b"over tls");
+        assert!(within_long("tls end", server.next()).await.is_none());
+        within_long("answer", server.stoptls()).await.unwrap();
+        assert!(!server.is_eof(), "{b:?}: TLS-5 reopened the input");
+        match within_long("plaintext", server.next()).await {
+            Some(Ok(l)) if l.line() == b"plain" => {}
+            other => failed.push(format!(
+                "{b:?}: the Stream gave {other:?} (is_eof {})",
+                server.is_eof()
+            )),
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}

@@ -24,7 +24,7 @@
 //! | Open | head needs input, no room left | `ENOSPC` (fatal) | Closed | `poll_fill` |
 //! | Open | no read waits | nothing is read; output is written; timers run | Open | `poll_drive` |
 //! | Open, Input::Open | read returns 0 | heads decode at end of input (`EPIPE` if they cannot complete) | Input::Eof | `poll_fill` |
-//! | Input::Eof (the peer's close_notify) | our stoptls done | plaintext may follow | Input::Open | `poll_switch` |
+//! | Input::Eof (the peer's close_notify), TLS on | our stoptls done | plaintext may follow | Input::Open | `poll_switch` |
 //! | Open | head is a switch, output before its marker written | start or stop TLS on the transport | Open | `poll_switch` |
 //! | Open | switch done | pop it; reads and writes go on | Open | `poll_switch` |
 //! | Open | timer expired, hook set | run the hook | Open | `poll_timers` |
@@ -1934,13 +1934,16 @@ impl Core {
                     match ready!(polled) {
                         Ok(()) => {
                             tracing::debug!("close_notify sent; plaintext again");
-                            self.tls_active = false;
-                            self.peer_cert = None;
                             // An end of input seen over TLS was the peer's
                             // close_notify (a TCP end without one is an
                             // error): the end of TLS input, not of the
                             // connection's. Plaintext may follow (TLS-5).
-                            self.input = Input::Open;
+                            // A stop with no TLS on changes nothing.
+                            if self.tls_active {
+                                self.input = Input::Open;
+                            }
+                            self.tls_active = false;
+                            self.peer_cert = None;
                             Ok(())
                         }
                         Err(e) => Err(e),

@@ -641,6 +641,11 @@ where
         match this.stream {
             StreamState::Live => {}
             StreamState::Done => return Poll::Ready(None),
+            // The input may go on after the end of TLS input (TLS-5).
+            StreamState::Ended if this.core.is_eof() || this.core.is_closed() => {
+                return Poll::Ready(None);
+            }
+            StreamState::Ended => this.stream = StreamState::Live,
             StreamState::Stuck(at) => {
                 // Reads queued meanwhile run first: they may take the bytes
                 // (one given up is dropped, taking nothing).
@@ -680,7 +685,7 @@ where
         ) {
             Ok(Some(frame)) => Poll::Ready(Some(Ok(frame))),
             Ok(None) => {
-                this.stream = StreamState::Done;
+                this.stream = StreamState::Ended;
                 Poll::Ready(None)
             }
             Err(e) => {
@@ -714,7 +719,11 @@ enum StreamState {
     /// buffer, which stood here then: it ends while the buffer is unchanged
     /// and the decoder untouched.
     Stuck(crate::queued::core::InputMark),
-    /// Ended: a clean end of input or a fatal error.
+    /// Ended at a clean end of input: it stays ended while the input does
+    /// (the end of TLS input is reopened by our stoptls, TLS-5).
+    Ended,
+    /// Ended for good: a fatal error, or a default codec that would yield
+    /// frames forever.
     Done,
 }
 
