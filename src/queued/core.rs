@@ -460,6 +460,9 @@ impl Core {
         self.rbuf = read_buf;
         self.input_epoch = self.input_epoch.wrapping_add(1);
         self.wq.restore(write_buf);
+        // Output handed back is output queued: above the high mark it
+        // holds producers back, and its drain is an edge (OPT-5).
+        self.marks.pushed(self.wq.len());
     }
 
     // ----- the one failure path -------------------------------------------------
@@ -1632,6 +1635,10 @@ impl Core {
                 Err(e) => return Poll::Ready(Err(self.io_failed(e))),
             }
         }
+        // The drain hook may have closed the connection (`destroy`, a push
+        // over `wbuf_max`), emptying the queue: that is this write's end,
+        // not a flush done.
+        self.check_open()?;
         Poll::Ready(Ok(()))
     }
 

@@ -1,0 +1,211 @@
+//! The write side's failure paths: output handed back through `from_parts`
+//! and the watermarks, and a drain hook that closes the connection in the
+//! middle of an inline flush, write, shutdown or read. Every wait is
+//! bounded.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyframe::codecs::LineCodec;
+use anyframe::{ErrorKind, QueuedFramed};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: hung for {WAIT:?}"),
+    }
+}
+
+/// Resolves `f`, or panics if it is still pending after `limit`. The
+/// deadline wins a tie, so a future that only completes because the
+/// deadline's own timer happened to wake its task still fails.
+async fn promptly<F: std::future::Future>(what: &str, limit: Duration, f: F) -> F::Output {
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep(limit) => panic!("{what}: still pending after {limit:?} (lost wake-up)"),
+        v = f => v,
+    }
+}
+
+/// A peer that never reads (and never sends).
+struct Stuck;
+
+impl AsyncRead for Stuck {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Stuck {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Pending
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+// ----- A. output restored by from_parts bypasses the watermarks ---------------------
+
+/// OPT-5: "Above the high mark the Sink's poll_ready (and ready_to_write)
+/// waits." 200 KiB handed back through `Parts::write_buf` sit above the
+/// default 64 KiB high mark, the peer reads nothing, yet the producer is
+/// told to go on (`Core::restore` never tells the watermarks).
+#[tokio::test]
+async fn from_parts_restored_output_is_held_to_the_high_watermark() {
+    let mut parts = anyframe::Parts::new(Stuck, LineCodec::new());
+    parts.write_buf.extend_from_slice(&vec![b'x'; 200 * 1024]);
+    let mut conn = QueuedFramed::from_parts(parts);
+    assert_eq!(conn.write_buffered(), 200 * 1024);
+    let r = tokio::time::timeout(Duration::from_millis(200), conn.ready_to_write()).await;
+    assert!(
+        r.is_err(),
+        "ready_to_write resolved with 200 KiB queued over a 64 KiB high mark: {r:?}"
+    );
+}
+
+/// OPT-5: `on_drain` runs "when the queue falls to or below the low mark
+/// after having been above it". The restored output was above the low
+/// mark (0) and is written out, but the hook never runs.
+#[tokio::test]
+async fn from_parts_restored_output_runs_the_drain_hook_when_written() {
+    let (a, mut b) = tokio::io::duplex(1 << 20);
+    let mut parts = anyframe::Parts::new(a, LineCodec::new());
+    parts.write_buf.extend_from_slice(b"restored\n");
+    let mut conn = QueuedFramed::from_parts(parts);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    conn.on_drain(move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    within("flush", conn.flush()).await.unwrap();
+    let mut buf = [0u8; 9];
+    within("read", b.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"restored\n");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the drain hook did not run when the restored output drained"
+    );
+}
+
+// ----- B. inline writes report Ok on a connection the drain hook closed -------------
+
+/// LC-1: `destroy()` fails "every pending request and waiter ... with
+/// Closed". A drain hook destroys the connection in the middle of an
+/// inline `flush()`; the flush returns `Ok(())` (the spawned front end's
+/// flush returns `Closed` for the same hook).
+#[tokio::test]
+async fn inline_flush_after_the_drain_hook_destroys_is_closed() {
+    let (a, _b) = tokio::io::duplex(1 << 16);
+    let mut conn = QueuedFramed::new(a);
+    conn.on_drain(|q| q.destroy());
+    conn.push_bytes(&b"hello\n"[..]).unwrap();
+    let r = within("flush", conn.flush()).await;
+    assert!(conn.is_closed());
+    let e = r.expect_err("flush returned Ok on a connection its drain hook destroyed");
+    assert_eq!(e.kind(), ErrorKind::Closed);
+}
+
+/// OPT-9 / ERR-2: crossing `wbuf_max` is `ENOSPC`, fatal, and every waiter
+/// fails with it. The drain hook's push crosses the cap during an inline
+/// `flush()`; the connection is closed with `ENOSPC`, the flush says Ok.
+#[tokio::test]
+async fn inline_flush_after_the_drain_hook_crosses_wbuf_max_is_enospc() {
+    let (a, _b) = tokio::io::duplex(1 << 16);
+    let mut conn = QueuedFramed::builder().wbuf_max(Some(100)).build(a);
+    conn.on_drain(|q| {
+        let _ = q.push_bytes(vec![0u8; 101]);
+    });
+    conn.push_bytes(&b"hello\n"[..]).unwrap();
+    let r = within("flush", conn.flush()).await;
+    assert_eq!(conn.error().map(|e| e.kind()), Some(ErrorKind::NoSpace));
+    let e = r.expect_err("flush returned Ok on a connection closed by ENOSPC inside it");
+    assert_eq!(e.kind(), ErrorKind::NoSpace);
+}
+
+/// The same through the `Sink`: `send` (poll_ready, start_send,
+/// poll_flush) reports success on a connection destroyed inside it.
+#[tokio::test]
+async fn sink_send_after_the_drain_hook_destroys_is_closed() {
+    let (a, _b) = tokio::io::duplex(1 << 16);
+    let mut conn = QueuedFramed::with_codec(a, LineCodec::new());
+    conn.on_drain(|q| q.destroy());
+    let r = within("send", conn.send("hello")).await;
+    assert!(conn.is_closed());
+    let e = r.expect_err("Sink::send returned Ok on a connection its drain hook destroyed");
+    assert_eq!(e.kind(), ErrorKind::Closed);
+}
+
+/// And `shutdown_write`: it returns Ok, and the write side is half-closed
+/// (the peer sees a clean end of input) after the connection was
+/// destroyed.
+#[tokio::test]
+async fn inline_shutdown_write_after_the_drain_hook_destroys_is_closed() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let mut conn = QueuedFramed::new(a);
+    conn.on_drain(|q| q.destroy());
+    conn.push_bytes(&b"hello\n"[..]).unwrap();
+    let r = within("shutdown_write", conn.shutdown_write()).await;
+    assert!(conn.is_closed());
+    let mut buf = [0u8; 6];
+    within("read", b.read_exact(&mut buf)).await.unwrap();
+    let mut rest = [0u8; 1];
+    let fin = tokio::time::timeout(Duration::from_millis(200), b.read(&mut rest)).await;
+    assert!(
+        r.is_err(),
+        "shutdown_write returned Ok after the connection was destroyed (peer's next read: {fin:?})"
+    );
+}
+
+// ----- C. an inline read hangs when its own write-out closes the connection --------
+
+/// With autocork on, a read that waits for input writes the queued output
+/// (OPT-12); that write runs the drain hook, which destroys the
+/// connection. The read should fail with `Closed` (LC-1); it stays
+/// pending with no wake-up and only returns when something unrelated
+/// polls it again.
+#[tokio::test]
+async fn inline_read_whose_write_out_runs_a_destroying_drain_hook_does_not_hang() {
+    let (a, _b) = tokio::io::duplex(1 << 16);
+    let mut conn = QueuedFramed::builder().autocork(true).build(a);
+    conn.on_drain(|q| q.destroy());
+    conn.push_bytes(&b"hello\n"[..]).unwrap();
+    let mut dec = LineCodec::new();
+    let r = promptly(
+        "read_with",
+        Duration::from_secs(2),
+        conn.read_with(&mut dec),
+    )
+    .await;
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Closed);
+}
+
+/// The same through the `Stream`.
+#[tokio::test]
+async fn stream_whose_write_out_runs_a_destroying_drain_hook_does_not_hang() {
+    let (a, _b) = tokio::io::duplex(1 << 16);
+    let mut conn = QueuedFramed::builder()
+        .autocork(true)
+        .build_with_codec(a, LineCodec::new());
+    conn.on_drain(|q| q.destroy());
+    conn.push_bytes(&b"hello\n"[..]).unwrap();
+    let r = promptly("next", Duration::from_secs(2), conn.next()).await;
+    let e = r.expect("the stream ended without the error").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed);
+}
