@@ -493,7 +493,7 @@ pub type Client = Pipelined<Http>;
 /// # Ok(()) }
 /// ```
 pub async fn connect(addr: SocketAddr, max_in_flight: usize) -> Result<Client> {
-    let handle = crate::connect_tcp(addr).await?;
+    let handle = crate::connect_tcp(addr, MAX_BODY).await?;
     Ok(Pipelined::new(
         handle,
         Http::new(addr.to_string()),

@@ -24,14 +24,25 @@ pub mod redis;
 pub mod servers;
 pub mod workload;
 
-/// Connects over TCP (no Nagle delay) and spawns the connection's driver.
+/// Room in the read buffer beyond a protocol's largest frame: the line in
+/// front of it and the start of the next reply.
+const READ_HEADROOM: usize = 1024 * 1024;
+
+/// Connects over TCP (no Nagle delay) and spawns the connection's driver,
+/// with a read buffer cap (`rbuf_max`) that holds `largest_frame` bytes
+/// (the protocol's documented limit on one value or body) and
+/// [`READ_HEADROOM`] more: the engine's default cap (64 MiB) would refuse
+/// values the protocol accepts.
 ///
 /// # Errors
 ///
 /// The connect error.
-pub async fn connect_tcp(addr: SocketAddr) -> Result<Handle> {
+pub async fn connect_tcp(addr: SocketAddr, largest_frame: usize) -> Result<Handle> {
     let stream = TcpStream::connect(addr).await.map_err(Error::from)?;
     stream.set_nodelay(true).map_err(Error::from)?;
-    let (handle, _driver) = QueuedFramed::new(stream).spawn();
+    let (handle, _driver) = QueuedFramed::builder()
+        .rbuf_max(Some(largest_frame.saturating_add(READ_HEADROOM)))
+        .build(stream)
+        .spawn();
     Ok(handle)
 }

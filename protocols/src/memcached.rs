@@ -372,6 +372,6 @@ pub type Client = Pipelined<Memcached>;
 /// # Ok(()) }
 /// ```
 pub async fn connect(addr: SocketAddr, max_in_flight: usize) -> Result<Client> {
-    let handle = crate::connect_tcp(addr).await?;
+    let handle = crate::connect_tcp(addr, MAX_VALUE_LEN).await?;
     Ok(Pipelined::new(handle, Memcached, max_in_flight))
 }

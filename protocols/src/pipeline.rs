@@ -305,6 +305,9 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     type Error = Error;
     type Future = Reply<P::Reply>;
 
+    /// Ready when a reply slot is free and the connection's write queue is
+    /// below its high watermark (OPT-5): a burst of large requests waits
+    /// for the queue to drain instead of filling it past `wbuf_max`.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.permit.is_none() {
             match ready!(self.permits.poll_acquire(cx)) {
@@ -318,6 +321,7 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
                 }
             }
         }
+        ready!(self.shared.handle.poll_write_ready(cx))?;
         Poll::Ready(Ok(()))
     }
 

@@ -533,7 +533,7 @@ pub type Client = Pipelined<Resp>;
 /// # Ok(()) }
 /// ```
 pub async fn connect(addr: SocketAddr, max_in_flight: usize) -> Result<Client> {
-    let handle = crate::connect_tcp(addr).await?;
+    let handle = crate::connect_tcp(addr, MAX_BULK_LEN).await?;
     Ok(Pipelined::new(handle, Resp::new(), max_in_flight))
 }
 
@@ -549,7 +549,7 @@ pub async fn connect_with_pushes(
     max_in_flight: usize,
     pushes: mpsc::UnboundedSender<Value>,
 ) -> Result<Client> {
-    let handle = crate::connect_tcp(addr).await?;
+    let handle = crate::connect_tcp(addr, MAX_BULK_LEN).await?;
     Ok(Pipelined::new(
         handle,
         Resp::with_pushes(pushes),
@@ -652,7 +652,9 @@ fn closed(handle: &Handle) -> Error {
 ///
 /// The connect error.
 pub async fn subscriber(addr: SocketAddr) -> Result<Subscriber> {
-    Ok(Subscriber::new(crate::connect_tcp(addr).await?))
+    Ok(Subscriber::new(
+        crate::connect_tcp(addr, MAX_BULK_LEN).await?,
+    ))
 }
 
 /// Runs `cmd` on a connection driven inline, without the service (used to

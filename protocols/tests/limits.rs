@@ -1,0 +1,142 @@
+//! The protocol clients at their documented size limits: values and bodies
+//! larger than the engine's default read cap, and bursts of large
+//! requests held back by `poll_ready`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyframe_protocols::http::{self, Request};
+use anyframe_protocols::memcached::{self, Command, Response};
+use anyframe_protocols::servers::{Kind, Server};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A loopback peer: waits until it has read `marker` `count` times, then
+/// writes `script` and, if `close`, closes.
+async fn peer(count: usize, marker: &'static [u8], script: Vec<u8>, close: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while buf.windows(marker.len()).filter(|w| *w == marker).count() < count {
+            let mut tmp = [0u8; 4096];
+            let n = sock.read(&mut tmp).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        sock.write_all(&script).await.unwrap();
+        if close {
+            sock.shutdown().await.unwrap();
+            drop(sock);
+        } else {
+            let mut tmp = [0u8; 4096];
+            while sock.read(&mut tmp).await.is_ok_and(|n| n > 0) {}
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------- memcached
+
+/// MAX_VALUE_LEN says values up to 1 GiB are accepted; one just over the
+/// connection's default 64 MiB read-buffer cap is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_value_between_rbuf_max_and_max_value_len_is_read() {
+    let len = 64 * 1024 * 1024 + 1;
+    assert!(len <= memcached::MAX_VALUE_LEN);
+    let mut script = format!("VALUE k 0 {len}\r\n").into_bytes();
+    script.resize(script.len() + len, b'v');
+    script.extend_from_slice(b"\r\nEND\r\n");
+    let addr = peer(1, b"\r\n", script, false).await;
+    let c = memcached::connect(addr, 4).await.unwrap();
+    let got = tokio::time::timeout(LIMIT, c.send(Command::get("k")))
+        .await
+        .expect("no hang");
+    match got {
+        Ok(Response::Values(items)) => assert_eq!(items[0].data.len(), len),
+        other => panic!("a {len}-byte value (under MAX_VALUE_LEN) was refused: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// MAX_BODY says bodies up to 1 GiB are accepted; a Content-Length body
+/// just over the connection's default 64 MiB read-buffer cap is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_content_length_body_between_rbuf_max_and_max_body_is_read() {
+    let len = 64 * 1024 * 1024 + 1;
+    assert!(len <= http::MAX_BODY);
+    let mut script = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    script.resize(script.len() + len, b'b');
+    let addr = peer(1, b"\r\n\r\n", script, false).await;
+    let c = http::connect(addr, 4).await.unwrap();
+    let got = tokio::time::timeout(LIMIT, c.send(Request::get("/")))
+        .await
+        .expect("no hang");
+    match got {
+        Ok(r) => assert_eq!(r.body_len(), len),
+        Err(e) => panic!("a {len}-byte body (under MAX_BODY) was refused: {e}"),
+    }
+}
+
+/// Pipelined sets of 1 MiB values (memcached's test server takes 2 MiB
+/// items), 80 in flight under the default in-flight bound of 128, each
+/// admitted by `poll_ready`: every one should be stored.
+#[tokio::test]
+async fn memcached_pipelined_one_mib_sets_within_the_in_flight_bound_are_stored() {
+    use tower::{Service, ServiceExt};
+    let Some(server) = Server::start(Kind::Memcached) else {
+        return;
+    };
+    let mut c = memcached::connect(
+        server.addr(),
+        anyframe_protocols::pipeline::DEFAULT_MAX_IN_FLIGHT,
+    )
+    .await
+    .unwrap();
+    let value = Bytes::from(vec![b'v'; 1024 * 1024]);
+    let mut replies = Vec::new();
+    for i in 0..80 {
+        let r = tokio::time::timeout(LIMIT, c.ready())
+            .await
+            .expect("poll_ready does not hang")
+            .unwrap()
+            .call(Command::set(format!("k{i}"), value.clone()));
+        replies.push(r);
+    }
+    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
+        .await
+        .expect("no hang");
+    let failed: Vec<_> = got.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 80 sets failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+/// The same MAX_BODY bound against nginx: a 64 MiB + 1 file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_file_between_rbuf_max_and_max_body_is_read() {
+    let Some(server) = Server::start(Kind::Nginx) else {
+        return;
+    };
+    let len = 64 * 1024 * 1024 + 1;
+    let f = std::fs::File::create(server.docroot().join("big")).unwrap();
+    f.set_len(len as u64).unwrap();
+    let c = http::connect(server.addr(), 4).await.unwrap();
+    let got = tokio::time::timeout(LIMIT, c.send(Request::get("/big")))
+        .await
+        .expect("no hang");
+    match got {
+        Ok(r) => assert_eq!((r.status, r.body_len()), (200, len)),
+        Err(e) => panic!("a {len}-byte body (under MAX_BODY) was refused: {e}"),
+    }
+}
