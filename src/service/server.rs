@@ -397,10 +397,12 @@ where
     ///
     /// Requests are read in batches: every request already buffered is
     /// taken at once (one wake-up per read from the socket, not per
-    /// request), and answers are corked into few large writes. The loop
-    /// stops reading while its output is above the connection's high
-    /// watermark (a client that sends but does not read is not answered
-    /// into unbounded memory) and goes on at the low one. With a write or
+    /// request), and answers are corked into few large writes. While its
+    /// output is above the connection's high watermark the loop neither
+    /// reads requests nor takes answers from the service (a client that
+    /// sends but does not read is not answered into unbounded memory, and
+    /// a batch of large answers waits in the service instead of crossing
+    /// `wbuf_max`), and it goes on at the low one. With a write or
     /// idle timeout set, a client that takes none of the answers for that
     /// long ends the loop, and the unsent answers are dropped.
     ///
@@ -469,7 +471,35 @@ where
                 Some(r) => Event::Requests(r),
                 None => {
                     poll_fn(|cx| {
-                        if !in_flight.is_empty()
+                        // Answers are taken, and requests read, only while
+                        // the output is below the high watermark (OPT-5):
+                        // the rest wait in the service, and what is queued
+                        // never crosses `wbuf_max` on the loop's account.
+                        // Until it parks (`Pending`) or has room: an error
+                        // it ignores was only taken, so it looks again.
+                        let room = loop {
+                            match handle.poll_write_ready(cx) {
+                                Poll::Ready(Ok(())) => break true,
+                                // The peer took none of the answers for a
+                                // whole write (or idle) period, or the
+                                // connection failed.
+                                Poll::Ready(Err(e))
+                                    if e.is_fatal()
+                                        || matches!(
+                                            e.timeout(),
+                                            Some(Timeout::Write | Timeout::Idle)
+                                        ) =>
+                                {
+                                    return Poll::Ready(Event::Stalled(e));
+                                }
+                                // A read timeout heard here only says the loop
+                                // is not reading, which is its own doing.
+                                Poll::Ready(Err(_)) => continue,
+                                Poll::Pending => break false,
+                            }
+                        };
+                        if room
+                            && !in_flight.is_empty()
                             && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
                         {
                             return Poll::Ready(Event::Response(r));
@@ -500,42 +530,16 @@ where
                         }
                         // Read more only when the requests read so far are handed
                         // out and the answers are not piling up (backpressure).
-                        if next.is_none()
+                        if room
+                            && next.is_none()
                             && reading
                             && waiting.is_empty()
                             && in_flight.len() < max_in_flight
+                            && let Some(d) = reader.take()
                         {
-                            // Until it parks (`Pending`) or may read: an error
-                            // it ignores was only taken, so it looks again.
-                            loop {
-                                match handle.poll_write_ready(cx) {
-                                    Poll::Ready(Ok(())) => {
-                                        if let Some(d) = reader.take() {
-                                            next = Some(handle.push_read_many_deferring(
-                                                d,
-                                                max_in_flight - in_flight.len(),
-                                            ));
-                                        }
-                                    }
-                                    // The peer took none of the answers for a
-                                    // whole write (or idle) period, or the
-                                    // connection failed.
-                                    Poll::Ready(Err(e))
-                                        if e.is_fatal()
-                                            || matches!(
-                                                e.timeout(),
-                                                Some(Timeout::Write | Timeout::Idle)
-                                            ) =>
-                                    {
-                                        return Poll::Ready(Event::Stalled(e));
-                                    }
-                                    // A read timeout heard here only says the loop
-                                    // is not reading, which is its own doing.
-                                    Poll::Ready(Err(_)) => continue,
-                                    Poll::Pending => {}
-                                }
-                                break;
-                            }
+                            next = Some(
+                                handle.push_read_many_deferring(d, max_in_flight - in_flight.len()),
+                            );
                         }
                         if let Some(t) = next.as_mut()
                             && let Poll::Ready(r) = Pin::new(t).poll(cx)
