@@ -30,9 +30,9 @@ const READ_HEADROOM: usize = 1024 * 1024;
 
 /// Connects over TCP (no Nagle delay) and spawns the connection's driver,
 /// with a read buffer cap (`rbuf_max`) that holds `largest_frame` bytes
-/// (the protocol's documented limit on one value or body) and
-/// [`READ_HEADROOM`] more: the engine's default cap (64 MiB) would refuse
-/// values the protocol accepts.
+/// (the protocol's documented limit on one value or body) and 1 MiB more
+/// (the line in front and the next reply's start): the engine's default
+/// cap (64 MiB) would refuse values the protocol accepts.
 ///
 /// # Errors
 ///
