@@ -273,6 +273,34 @@ async fn http_chunk_size_with_leading_zeros_is_valid() {
     assert_eq!(body(&got[0]), Some("hello".into()), "{got:?}");
 }
 
+/// Chunk sizes at the edges: an empty size line is no size (fatal
+/// EBADMSG, not the last chunk); a chunk of exactly `MAX_BODY` bytes is
+/// accepted (the server then closes: EPIPE), one byte more, or a size of
+/// 17 hex digits, is refused before anything is buffered (ENOSPC).
+#[tokio::test]
+async fn http_chunk_sizes_at_the_edges() {
+    let cases: [(&'static [u8], ErrorKind); 4] = [
+        (b"\r\n", ErrorKind::BadMessage),
+        (b"40000000\r\n", ErrorKind::BrokenPipe),
+        (b"40000001\r\n", ErrorKind::NoSpace),
+        (b"10000000000000000\r\n", ErrorKind::NoSpace),
+    ];
+    assert_eq!(anyframe_protocols::http::MAX_BODY, 0x4000_0000);
+    for (size_line, kind) in cases {
+        let mut script = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        script.extend_from_slice(size_line);
+        let script: &'static [u8] = Box::leak(script.into_boxed_slice());
+        let got = http_exchange(vec![Request::get("/")], script, true).await;
+        let e = got[0].as_ref().unwrap_err();
+        assert_eq!(
+            (e.kind(), e.is_fatal()),
+            (kind, true),
+            "{:?}: {e}",
+            String::from_utf8_lossy(size_line)
+        );
+    }
+}
+
 /// A message the server began before the read timeout: the subscriber
 /// says the timeout, then delivers the whole message (its rest is read by
 /// response reads, so no part of it is left for the next read).

@@ -521,6 +521,17 @@ async fn integers_at_both_ends_of_i64() {
     assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::BadMessage, true));
 }
 
+/// RESP3 lets an integer carry a `+` sign; an integer with no digits is
+/// no integer (a fatal EBADMSG, not 0).
+#[tokio::test]
+async fn a_signed_integer_is_read_and_one_without_digits_is_refused() {
+    let c = scripted(b":+5\r\n:-\r\n", usize::MAX).await;
+    let got = pings(&c, 2).await;
+    assert_eq!(got[0].as_ref().unwrap(), &Value::Integer(5));
+    let e = got[1].as_ref().unwrap_err();
+    assert_eq!((e.kind(), e.is_fatal()), (ErrorKind::BadMessage, true));
+}
+
 /// A reply that is not RESP closes the connection with a fatal EBADMSG:
 /// the stream cannot be trusted after it, so every later request fails too.
 #[tokio::test]
