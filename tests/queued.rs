@@ -193,6 +193,20 @@ async fn stream_ending_inside_a_frame_yields_epipe_once_then_ends() {
     assert_eq!(conn.read_buffer(), b"unterminated");
 }
 
+/// A stream that ended at a clean end of input stays ended: polled again,
+/// and after the connection is destroyed, it still says `None` (it goes
+/// on only when the input reopens, TLS-5).
+#[tokio::test]
+async fn a_stream_ended_cleanly_stays_ended_after_destroy() {
+    let (io, _stats) = MockIo::new([data(b"a\n"), Step::Eof]);
+    let mut conn = QueuedFramed::with_codec(io, LineCodec::new());
+    assert_eq!(conn.next().await.unwrap().unwrap().line(), b"a");
+    assert!(conn.next().await.is_none());
+    assert!(conn.next().await.is_none());
+    conn.destroy();
+    assert!(conn.next().await.is_none(), "a Stream that ended yields nothing more");
+}
+
 /// RT-json-6: a newline after the last JSON text must not turn a clean EOF
 /// into EPIPE, nor become an empty line for the next reader.
 #[tokio::test]
