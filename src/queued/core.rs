@@ -882,14 +882,29 @@ impl Core {
 
     /// Puts `entry` first, except before a read that has already looked at
     /// input without finishing its frame: its decoder may keep a scan
-    /// position into those bytes, so the entry goes right after it.
+    /// position into those bytes, so the entry goes right after it. A read
+    /// also goes after the TLS switches at the front: a switch requested
+    /// before it runs before it (TLS-2), and no read is served while one
+    /// is pending (TLS-3), so the bytes behind a STARTTLS go to the TLS
+    /// engine, never to a read as plaintext.
     fn push_front(&mut self, entry: Entry) {
-        let started = matches!(self.queue.front(), Some(Entry::Read(r)) if r.has_started());
-        if started {
-            self.queue.insert(1, entry);
-        } else {
-            self.queue.push_front(entry);
-        }
+        let at = usize::from(matches!(
+            self.queue.front(),
+            Some(Entry::Read(r)) if r.has_started()
+        ));
+        #[cfg(any(feature = "tls", feature = "rustls"))]
+        let at = match entry {
+            Entry::Read(_) => {
+                at + self
+                    .queue
+                    .iter()
+                    .skip(at)
+                    .take_while(|e| matches!(e, Entry::Switch(_)))
+                    .count()
+            }
+            Entry::Switch(_) => at,
+        };
+        self.queue.insert(at, entry);
     }
 
     /// Drops every read request whose ticket was dropped (it consumed
