@@ -534,7 +534,12 @@ impl Core {
     /// closes with a fatal `ETIMEDOUT`, as a timeout with no handler does
     /// in AnyEvent. A write timeout nobody hears stays quiet.
     fn fail_timer(&mut self, err: Error, which: Option<Timeout>) {
-        if self.fail(err, which) || which == Some(Timeout::Write) || !self.head_is_read() {
+        // Told nobody: every read still queued is owed (an abandoned plain
+        // read was swept), whether it is first or waits behind a switch.
+        if self.fail(err, which)
+            || which == Some(Timeout::Write)
+            || !self.queue.iter().any(|e| matches!(e, Entry::Read(_)))
+        {
             return;
         }
         tracing::debug!(timeout = ?which, "timeout with every waiter gone and a read still owed");
