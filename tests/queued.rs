@@ -204,7 +204,10 @@ async fn a_stream_ended_cleanly_stays_ended_after_destroy() {
     assert!(conn.next().await.is_none());
     assert!(conn.next().await.is_none());
     conn.destroy();
-    assert!(conn.next().await.is_none(), "a Stream that ended yields nothing more");
+    assert!(
+        conn.next().await.is_none(),
+        "a Stream that ended yields nothing more"
+    );
 }
 
 /// RT-json-6: a newline after the last JSON text must not turn a clean EOF

@@ -919,6 +919,13 @@ impl Core {
             .retain(|e| !matches!(e, Entry::Read(r) if r.is_abandoned()));
     }
 
+    /// Whether output waits behind a TLS switch at the head of the queue:
+    /// it goes out only once the switch is done, so a linger that should
+    /// write it must let the switch finish first.
+    pub(crate) fn switch_holds_output(&self) -> bool {
+        self.head_is_switch() && self.wq.len() > self.wq.writable()
+    }
+
     /// Whether the head of the queue is a TLS switch.
     fn head_is_switch(&self) -> bool {
         !self.queue.is_empty() && !self.head_is_read()

@@ -554,6 +554,9 @@ where
 {
     tracing::debug!("driver started");
     let mut panicked = None;
+    // Once the last handle is gone, how long a pending TLS switch with
+    // output behind it may still take (the linger period, LC-3).
+    let mut finishing: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         shared.driver.register(cx.waker());
         let mut core = shared.lock_for_turn();
@@ -571,6 +574,18 @@ where
             }
         }
         if shared.users.load(Ordering::Acquire) == 0 {
+            // Output queued behind a pending TLS switch leaves once the
+            // switch is done: the driver goes on driving it, for up to the
+            // linger period, before the connection closes and lingers.
+            if core.switch_holds_output() && core.may_linger() && !core.linger().is_zero() {
+                let linger = core.linger();
+                let deadline =
+                    finishing.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
+                if deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                tracing::debug!(?linger, "linger expired with a TLS switch pending");
+            }
             // Nobody can queue reads any more; fail what is queued.
             core.close(Error::closed());
             return Poll::Ready(());
