@@ -193,6 +193,23 @@ async fn stream_ending_inside_a_frame_yields_epipe_once_then_ends() {
     assert_eq!(conn.read_buffer(), b"unterminated");
 }
 
+/// A flush reaches the user's IO: over an IO that buffers its writes (a
+/// `BufWriter`), the bytes are with the peer once `flush` returns.
+#[tokio::test]
+async fn flush_flushes_a_buffering_io() {
+    use tokio::io::AsyncReadExt;
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::new(tokio::io::BufWriter::new(ours));
+    conn.push_write(LineCodec::new(), "hi").unwrap();
+    conn.flush().await.unwrap();
+    let mut got = [0u8; 3];
+    tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
+        .await
+        .expect("the bytes stayed in the BufWriter")
+        .unwrap();
+    assert_eq!(&got, b"hi\n");
+}
+
 /// A stream that ended at a clean end of input stays ended: polled again,
 /// and after the connection is destroyed, it still says `None` (it goes
 /// on only when the input reopens, TLS-5).

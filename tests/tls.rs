@@ -2372,3 +2372,37 @@ async fn the_stream_reads_the_plaintext_after_both_stoptls() {
     }
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// TO-1 for writes: the idle timer counts writes too. A STARTTLS whose
+/// ClientHello leaves 64 bytes every 300 ms (the link takes no more; the
+/// server answers only once it has all of it) reads nothing for longer
+/// than the idle timeout, but keeps writing, so the 600 ms idle timeout
+/// never fires.
+#[tokio::test(start_paused = true)]
+async fn a_handshake_that_keeps_writing_is_not_told_an_idle_timeout() {
+    for &b in pki::BACKENDS {
+        let (client, proxy_c) = tokio::io::duplex(64);
+        let (server, proxy_s) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(proxy_c);
+        let (sr, sw) = tokio::io::split(proxy_s);
+        tokio::spawn(trickle(cr, sw, 64, Duration::from_millis(300)));
+        tokio::spawn(trickle(sr, cw, 1 << 16, Duration::ZERO));
+        let server = tokio::spawn(async move {
+            let mut server = QueuedFramed::new(server);
+            let _ = server.starttls(server_on(b)).await;
+            server
+        });
+        let mut client = QueuedFramed::builder()
+            .timeout(Duration::from_millis(600))
+            .build(client);
+        let started = tokio::time::Instant::now();
+        let r = within_long("client starttls", client.starttls(pki::client_on(b))).await;
+        let took = started.elapsed();
+        assert!(r.is_ok(), "{b:?}: told {:?} after {took:?}", r.err());
+        assert!(
+            took > Duration::from_millis(900),
+            "{b:?}: the link was slow ({took:?})"
+        );
+        drop(server);
+    }
+}
