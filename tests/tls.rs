@@ -2187,43 +2187,6 @@ async fn within_long<F: Future>(what: &str, f: F) -> F::Output {
     }
 }
 
-/// Copies `from` to `to`, `chunk` bytes at a time with `gap` between
-/// chunks: a slow link that keeps making progress.
-async fn trickle(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    chunk: usize,
-    gap: Duration,
-) {
-    let mut buf = vec![0u8; chunk];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(gap).await;
-    }
-    let _ = to.shutdown().await;
-}
-
-/// `client` <-> `server` through a proxy that passes the server's bytes
-/// `chunk` at a time every `gap`, and the client's bytes at once.
-fn slow_downlink(
-    chunk: usize,
-    gap: Duration,
-) -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
-    let (client, proxy_c) = tokio::io::duplex(1 << 16);
-    let (server, proxy_s) = tokio::io::duplex(1 << 16);
-    let (cr, cw) = tokio::io::split(proxy_c);
-    let (sr, sw) = tokio::io::split(proxy_s);
-    tokio::spawn(trickle(cr, sw, 1 << 16, Duration::ZERO));
-    tokio::spawn(trickle(sr, cw, chunk, gap));
-    (client, server)
-}
-
 /// TO-1: `rtimeout` fires after "no read of at least one byte". A
 /// STARTTLS whose handshake keeps receiving bytes (the server's flight
 /// arrives 64 bytes every 250 ms over a slow link) never goes a whole
@@ -2243,7 +2206,11 @@ async fn a_handshake_that_keeps_reading_is_not_told_a_read_timeout() {
 
 async fn slow_handshake_under(b: TlsBackend, rtimeout: Duration) -> Result<(), String> {
     {
-        let (c, s) = slow_downlink(64, Duration::from_millis(250));
+        let (c, s) = support::slow_link(
+            (1 << 16, Duration::ZERO),
+            (64, Duration::from_millis(250)),
+            1 << 16,
+        );
         let server = tokio::spawn(async move {
             let mut server = QueuedFramed::new(s);
             let _ = server.starttls(server_on(b)).await;
@@ -2381,12 +2348,11 @@ async fn the_stream_reads_the_plaintext_after_both_stoptls() {
 #[tokio::test(start_paused = true)]
 async fn a_handshake_that_keeps_writing_is_not_told_an_idle_timeout() {
     for &b in pki::BACKENDS {
-        let (client, proxy_c) = tokio::io::duplex(64);
-        let (server, proxy_s) = tokio::io::duplex(1 << 16);
-        let (cr, cw) = tokio::io::split(proxy_c);
-        let (sr, sw) = tokio::io::split(proxy_s);
-        tokio::spawn(trickle(cr, sw, 64, Duration::from_millis(300)));
-        tokio::spawn(trickle(sr, cw, 1 << 16, Duration::ZERO));
+        let (client, server) = support::slow_link(
+            (64, Duration::from_millis(300)),
+            (1 << 16, Duration::ZERO),
+            64,
+        );
         let server = tokio::spawn(async move {
             let mut server = QueuedFramed::new(server);
             let _ = server.starttls(server_on(b)).await;
@@ -2401,6 +2367,40 @@ async fn a_handshake_that_keeps_writing_is_not_told_an_idle_timeout() {
         assert!(r.is_ok(), "{b:?}: told {:?} after {took:?}", r.err());
         assert!(
             took > Duration::from_millis(900),
+            "{b:?}: the link was slow ({took:?})"
+        );
+        drop(server);
+    }
+}
+
+/// TO-1 over an established session: one TLS record of 15 KB arrives 512
+/// bytes every 250 ms (about 7.5 s, no plaintext until it is whole) under a
+/// 1 s `rtimeout`. The ciphertext is read all along, so the line arrives.
+#[tokio::test(start_paused = true)]
+async fn a_tls_record_that_keeps_arriving_is_not_told_a_read_timeout() {
+    for &b in pki::BACKENDS {
+        let (c, s) = support::slow_link(
+            (1 << 16, Duration::ZERO),
+            (512, Duration::from_millis(250)),
+            1 << 16,
+        );
+        let server = tokio::spawn(async move {
+            let mut server = QueuedFramed::builder().tls(server_on(b)).build(s);
+            server.flush().await.unwrap();
+            let line = "x".repeat(15_000);
+            server.write(LineCodec::new(), &line).await.unwrap();
+            server
+        });
+        let mut client = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
+        within_long("handshake", client.flush()).await.unwrap();
+        client.set_rtimeout(Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let got = within_long("line", client.read(LineCodec::new())).await;
+        let took = started.elapsed();
+        let line = got.unwrap_or_else(|e| panic!("{b:?}: after {took:?}: {e}"));
+        assert_eq!(line.line().len(), 15_000, "{b:?}");
+        assert!(
+            took > Duration::from_secs(2),
             "{b:?}: the link was slow ({took:?})"
         );
         drop(server);

@@ -209,41 +209,6 @@ async fn lc3_control_output_lingers_once_tls_is_up() {
 
 // ----- tls_autostart ---------------------------------------------------------------
 
-/// Copies `from` to `to`, `chunk` bytes at a time with `gap` between.
-async fn trickle(
-    mut from: impl tokio::io::AsyncRead + Unpin,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-    chunk: usize,
-    gap: Duration,
-) {
-    let mut buf = vec![0u8; chunk];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        if !gap.is_zero() {
-            tokio::time::sleep(gap).await;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-/// client <-> server, the client's bytes passed `chunk` at a time every
-/// `gap`, the server's at once.
-fn slow_uplink(chunk: usize, gap: Duration) -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
-    let (client, proxy_c) = tokio::io::duplex(1 << 16);
-    let (server, proxy_s) = tokio::io::duplex(1 << 16);
-    let (cr, cw) = tokio::io::split(proxy_c);
-    let (sr, sw) = tokio::io::split(proxy_s);
-    tokio::spawn(trickle(cr, sw, chunk, gap));
-    tokio::spawn(trickle(sr, cw, 1 << 16, Duration::ZERO));
-    (client, server)
-}
-
 /// RT-tlsauto + TO-1 ("over TLS, the bytes of a handshake [...] count"): a
 /// TLS client whose bytes arrive one at a time every 60 ms never leaves the
 /// server 100 ms without a read, so neither the detection nor the
@@ -253,7 +218,11 @@ async fn autostart_with_a_one_byte_at_a_time_client_under_rtimeout() {
     let mut failed = Vec::new();
     for &b in pki::BACKENDS {
         for spawned in [false, true] {
-            let (c, s) = slow_uplink(1, Duration::from_millis(60));
+            let (c, s) = support::slow_link(
+                (1, Duration::from_millis(60)),
+                (1 << 16, Duration::ZERO),
+                1 << 16,
+            );
             let client = tokio::spawn(async move {
                 let mut conn = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
                 conn.write(LineCodec::new(), "hello").await?;

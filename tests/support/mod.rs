@@ -323,3 +323,47 @@ where
     conn.push_bytes(&b"after\n"[..]).unwrap();
     (read, switch)
 }
+
+/// Copies `from` to `to`, `chunk` bytes at a time with `gap` after each
+/// (none when zero), then shuts `to` down: a slow link that keeps making
+/// progress.
+pub async fn trickle(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    chunk: usize,
+    gap: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A client and a server joined by a proxy that passes the client's bytes
+/// `up.0` at a time every `up.1` and the server's `down.0` at a time every
+/// `down.1`: `(client, server)`. The client's pipe holds `client_buffer`
+/// bytes; a small one makes the client's writes wait for the link.
+pub fn slow_link(
+    up: (usize, std::time::Duration),
+    down: (usize, std::time::Duration),
+    client_buffer: usize,
+) -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
+    let (client, proxy_c) = tokio::io::duplex(client_buffer);
+    let (server, proxy_s) = tokio::io::duplex(1 << 16);
+    let (cr, cw) = tokio::io::split(proxy_c);
+    let (sr, sw) = tokio::io::split(proxy_s);
+    tokio::spawn(trickle(cr, sw, up.0, up.1));
+    tokio::spawn(trickle(sr, cw, down.0, down.1));
+    (client, server)
+}
