@@ -611,9 +611,13 @@ where
         (core.linger(), core.may_linger())
     };
     if !detached && clean && !linger.is_zero() {
-        let flushed =
-            tokio::time::timeout(linger, poll_fn(|cx| shared.lock().poll_linger(&mut io, cx)))
-                .await;
+        let write_out = poll_fn(|cx| shared.lock().poll_linger(&mut io, cx));
+        // One period in all: one that began while a TLS switch was being
+        // finished goes on from there.
+        let flushed = match &finishing {
+            Some(started) => tokio::time::timeout_at(started.deadline(), write_out).await,
+            None => tokio::time::timeout(linger, write_out).await,
+        };
         if flushed.is_err() {
             tracing::debug!(?linger, "linger expired with output unsent");
         }
