@@ -116,51 +116,53 @@ async fn serve_never_reading(idle: bool) {
     drop(client_io);
 }
 
-/// TO-3/hooks + 74d92fc's sibling: an `on_timeout` hook that destroys the
-/// connection while an inline `flush` waits (the peer reads nothing). The
-/// flush must end with the close's error, not hang or return Ok.
+/// An inline connection whose `on_timeout` hook destroys it, with a read
+/// timeout or (`write`) a write timeout of 100 ms, and `queued` bytes of
+/// output for a peer that reads nothing.
+fn destroyed_by_its_timeout_hook(
+    write: bool,
+    queued: usize,
+) -> (
+    QueuedFramed<tokio::io::DuplexStream>,
+    tokio::io::DuplexStream,
+) {
+    let (io, peer) = tokio::io::duplex(1024);
+    let mut builder = QueuedFramed::builder();
+    match write {
+        true => builder.wtimeout(Duration::from_millis(100)),
+        false => builder.rtimeout(Duration::from_millis(100)),
+    };
+    let mut conn = builder.build(io);
+    conn.on_timeout(|_, q| q.destroy());
+    if queued > 0 {
+        conn.push_bytes(Bytes::from(vec![b'a'; queued])).unwrap();
+    }
+    (conn, peer)
+}
+
+/// TO-3 with a hook: an `on_timeout` hook that destroys the connection
+/// while an inline `flush` waits ends the flush with the close's error
+/// (no hang, no `Ok`).
 #[tokio::test]
 async fn inline_flush_ends_when_the_write_timeout_hook_destroys() {
-    let (io, _peer) = tokio::io::duplex(1024);
-    let mut conn = QueuedFramed::builder()
-        .wtimeout(Duration::from_millis(100))
-        .build(io);
-    conn.on_timeout(|_, q| q.destroy());
-    conn.push_bytes(Bytes::from(vec![b'a'; 64 * 1024])).unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(3), conn.flush())
-        .await
-        .expect("flush hung after the hook destroyed the connection");
+    let (mut conn, _peer) = destroyed_by_its_timeout_hook(true, 64 * 1024);
+    let r = within("flush", conn.flush()).await;
     assert!(r.is_err(), "flush returned Ok on a destroyed connection");
 }
 
 /// The same for an inline read under a read timeout.
 #[tokio::test]
 async fn inline_read_ends_when_the_read_timeout_hook_destroys() {
-    let (io, _peer) = tokio::io::duplex(1024);
-    let mut conn = QueuedFramed::builder()
-        .rtimeout(Duration::from_millis(100))
-        .build(io);
-    conn.on_timeout(|_, q| q.destroy());
-    let r = tokio::time::timeout(Duration::from_secs(3), conn.read(LineCodec::new()))
-        .await
-        .expect("read hung after the hook destroyed the connection");
-    assert!(r.is_err());
+    let (mut conn, _peer) = destroyed_by_its_timeout_hook(false, 0);
+    assert!(within("read", conn.read(LineCodec::new())).await.is_err());
 }
 
-/// The same for an inline read with autocork and output queued: the read's
-/// write-out meets a write timeout whose hook destroys.
+/// The same for an inline read with output queued: the read's write-out
+/// meets a write timeout whose hook destroys.
 #[tokio::test]
 async fn inline_read_with_output_ends_when_the_write_timeout_hook_destroys() {
-    let (io, _peer) = tokio::io::duplex(1024);
-    let mut conn = QueuedFramed::builder()
-        .wtimeout(Duration::from_millis(100))
-        .build(io);
-    conn.on_timeout(|_, q| q.destroy());
-    conn.push_bytes(Bytes::from(vec![b'a'; 64 * 1024])).unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(3), conn.read(LineCodec::new()))
-        .await
-        .expect("read hung after the hook destroyed the connection");
-    assert!(r.is_err());
+    let (mut conn, _peer) = destroyed_by_its_timeout_hook(true, 64 * 1024);
+    assert!(within("read", conn.read(LineCodec::new())).await.is_err());
 }
 
 /// `Serve::run` errors: "a service error from a call that `map_errors` did
