@@ -64,8 +64,8 @@ impl AsyncWrite for Stuck {
 
 /// OPT-5: "Above the high mark the Sink's poll_ready (and ready_to_write)
 /// waits." 200 KiB handed back through `Parts::write_buf` sit above the
-/// default 64 KiB high mark, the peer reads nothing, yet the producer is
-/// told to go on (`Core::restore` never tells the watermarks).
+/// default 64 KiB high mark and the peer reads nothing: the producer
+/// waits.
 #[tokio::test]
 async fn from_parts_restored_output_is_held_to_the_high_watermark() {
     let mut parts = anyframe::Parts::new(Stuck, LineCodec::new());
@@ -81,7 +81,7 @@ async fn from_parts_restored_output_is_held_to_the_high_watermark() {
 
 /// OPT-5: `on_drain` runs "when the queue falls to or below the low mark
 /// after having been above it". The restored output was above the low
-/// mark (0) and is written out, but the hook never runs.
+/// mark (0) and is written out: the hook runs once.
 #[tokio::test]
 async fn from_parts_restored_output_runs_the_drain_hook_when_written() {
     let (a, mut b) = tokio::io::duplex(1 << 20);
@@ -108,8 +108,8 @@ async fn from_parts_restored_output_runs_the_drain_hook_when_written() {
 
 /// LC-1: `destroy()` fails "every pending request and waiter ... with
 /// Closed". A drain hook destroys the connection in the middle of an
-/// inline `flush()`; the flush returns `Ok(())` (the spawned front end's
-/// flush returns `Closed` for the same hook).
+/// inline `flush()`: the flush fails with `Closed`, as the spawned front
+/// end's does for the same hook.
 #[tokio::test]
 async fn inline_flush_after_the_drain_hook_destroys_is_closed() {
     let (a, _b) = tokio::io::duplex(1 << 16);
@@ -124,7 +124,7 @@ async fn inline_flush_after_the_drain_hook_destroys_is_closed() {
 
 /// OPT-9 / ERR-2: crossing `wbuf_max` is `ENOSPC`, fatal, and every waiter
 /// fails with it. The drain hook's push crosses the cap during an inline
-/// `flush()`; the connection is closed with `ENOSPC`, the flush says Ok.
+/// `flush()`: the connection is closed with `ENOSPC`, and so is the flush.
 #[tokio::test]
 async fn inline_flush_after_the_drain_hook_crosses_wbuf_max_is_enospc() {
     let (a, _b) = tokio::io::duplex(1 << 16);
@@ -140,7 +140,7 @@ async fn inline_flush_after_the_drain_hook_crosses_wbuf_max_is_enospc() {
 }
 
 /// The same through the `Sink`: `send` (poll_ready, start_send,
-/// poll_flush) reports success on a connection destroyed inside it.
+/// poll_flush) fails on a connection destroyed inside it.
 #[tokio::test]
 async fn sink_send_after_the_drain_hook_destroys_is_closed() {
     let (a, _b) = tokio::io::duplex(1 << 16);
@@ -152,9 +152,8 @@ async fn sink_send_after_the_drain_hook_destroys_is_closed() {
     assert_eq!(e.kind(), ErrorKind::Closed);
 }
 
-/// And `shutdown_write`: it returns Ok, and the write side is half-closed
-/// (the peer sees a clean end of input) after the connection was
-/// destroyed.
+/// And `shutdown_write`: it fails, and does not half-close the write side
+/// of a connection destroyed inside it.
 #[tokio::test]
 async fn inline_shutdown_write_after_the_drain_hook_destroys_is_closed() {
     let (a, mut b) = tokio::io::duplex(1 << 16);
@@ -177,9 +176,8 @@ async fn inline_shutdown_write_after_the_drain_hook_destroys_is_closed() {
 
 /// With autocork on, a read that waits for input writes the queued output
 /// (OPT-12); that write runs the drain hook, which destroys the
-/// connection. The read should fail with `Closed` (LC-1); it stays
-/// pending with no wake-up and only returns when something unrelated
-/// polls it again.
+/// connection. The read fails with `Closed` at once (LC-1), rather than
+/// staying pending with nothing to wake it.
 #[tokio::test]
 async fn inline_read_whose_write_out_runs_a_destroying_drain_hook_does_not_hang() {
     let (a, _b) = tokio::io::duplex(1 << 16);

@@ -44,8 +44,9 @@ async fn peer(count: usize, marker: &'static [u8], script: Vec<u8>, close: bool)
 
 // ---------------------------------------------------------------- memcached
 
-/// MAX_VALUE_LEN says values up to 1 GiB are accepted; one just over the
-/// connection's default 64 MiB read-buffer cap is not.
+/// MAX_VALUE_LEN says values up to 1 GiB are accepted: one just over the
+/// engine's default 64 MiB read-buffer cap is read (`connect` sets the cap
+/// from the protocol's limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_value_between_rbuf_max_and_max_value_len_is_read() {
     let len = 64 * 1024 * 1024 + 1;
@@ -66,8 +67,8 @@ async fn memcached_value_between_rbuf_max_and_max_value_len_is_read() {
 
 // ---------------------------------------------------------------- HTTP
 
-/// MAX_BODY says bodies up to 1 GiB are accepted; a Content-Length body
-/// just over the connection's default 64 MiB read-buffer cap is not.
+/// MAX_BODY says bodies up to 1 GiB are accepted: a Content-Length body
+/// just over the engine's default 64 MiB read-buffer cap is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_content_length_body_between_rbuf_max_and_max_body_is_read() {
     let len = 64 * 1024 * 1024 + 1;
@@ -87,7 +88,8 @@ async fn http_content_length_body_between_rbuf_max_and_max_body_is_read() {
 
 /// Pipelined sets of 1 MiB values (memcached's test server takes 2 MiB
 /// items), 80 in flight under the default in-flight bound of 128, each
-/// admitted by `poll_ready`: every one should be stored.
+/// admitted by `poll_ready` (which waits for write room): every one is
+/// stored.
 #[tokio::test]
 async fn memcached_pipelined_one_mib_sets_within_the_in_flight_bound_are_stored() {
     use tower::{Service, ServiceExt};

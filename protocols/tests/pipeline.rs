@@ -145,9 +145,8 @@ async fn redis_empty_attribute_hands_its_value_to_the_next_request() {
 }
 
 /// A Subscriber on a connection with a read timeout: the timeout is
-/// non-fatal (TO-3), yet the subscriber's task stops at it; `next()` then
-/// says `None` ("after the connection failed") although the connection is
-/// open, and the next message the server sends is read and dropped.
+/// non-fatal (TO-3), so `next()` says it and the subscription goes on:
+/// the next message the server sends is delivered.
 #[tokio::test(start_paused = true)]
 async fn subscriber_survives_a_non_fatal_read_timeout() {
     let (io, mut peer) = tokio::io::duplex(1 << 16);
