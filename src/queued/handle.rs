@@ -534,13 +534,53 @@ where
     let closes = CloseOnDrop(shared.clone());
     let join = tokio::spawn(async move {
         let _closes = closes;
-        match setup.await {
-            Ok(io) => {
+        // The connection may end before it is up: detached, destroyed, or
+        // its last handle gone. Then the connect is dropped (no connection
+        // opens later), unless output is queued that a linger would still
+        // write (LC-3): that output waits for the connect.
+        let set_up = {
+            let mut setup = std::pin::pin!(setup);
+            poll_fn(|cx| {
+                task_shared.driver.register(cx.waker());
+                // The connect runs user code (a retry hook): a panic there
+                // fails the queued requests as `Panicked`, then goes on to
+                // whoever awaits the driver.
+                match catch_unwind(AssertUnwindSafe(|| setup.as_mut().poll(cx))) {
+                    Ok(Poll::Ready(r)) => return Poll::Ready(Some(r)),
+                    Ok(Poll::Pending) => {}
+                    Err(payload) => {
+                        let text = crate::queued::core::panic_text(&*payload);
+                        task_shared.lock().close(Error::panicked(text));
+                        resume_unwind(payload);
+                    }
+                }
+                let mut core = task_shared.lock();
+                // `destroy` wakes the engine's own driver waker.
+                core.register_driver(cx.waker());
+                let ended = core.is_closed() || task_shared.users.load(Ordering::Acquire) == 0;
+                let lingers =
+                    core.write_buffered() > 0 && !core.linger().is_zero() && core.may_linger();
+                if task_shared.detach.load(Ordering::Acquire) || (ended && !lingers) {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match set_up {
+            Some(Ok(io)) => {
                 task_shared.lock().start_timers();
                 Ok(drive(task_shared, io).await)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 task_shared.lock().close(e.clone());
+                Err(e)
+            }
+            None => {
+                tracing::debug!("connection ended while connecting");
+                let mut core = task_shared.lock();
+                let e = core.error().cloned().unwrap_or_else(Error::closed);
+                core.close(e.clone());
                 Err(e)
             }
         }

@@ -1,0 +1,177 @@
+//! Ending a connection while it is still connecting (OPT-2): the last
+//! handle dropped, `destroy`, `detach`, and a retry hook that panics.
+//! Loopback only; every await is bounded. The stalled listener relies on
+//! Linux dropping SYNs to a full accept queue.
+
+use std::net::SocketAddr;
+
+use std::time::Duration;
+
+use anyframe::codecs::LineCodec;
+use anyframe::{ErrorKind, QueuedFramed, RetryHook};
+
+async fn within<F: std::future::Future>(what: &str, secs: u64, f: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: still pending after {secs} s"),
+    }
+}
+
+/// A port nobody listens on.
+fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A loopback listener whose accept queue is full (backlog 0, one
+/// connection already queued and never accepted): Linux drops further
+/// SYNs, so a connect to it stays in progress for the OS's connect timeout
+/// (about two minutes).
+struct Stalled {
+    _listener: socket2::Socket,
+    _filler: std::net::TcpStream,
+    addr: SocketAddr,
+}
+
+fn stalled_listener() -> Stalled {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    // Check that a further connect really stalls.
+    let probe = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let r = probe.connect_timeout(&addr.into(), Duration::from_millis(300));
+    assert!(r.is_err(), "the listener's accept queue is not full: {r:?}");
+    Stalled {
+        _listener: s,
+        _filler: filler,
+        addr,
+    }
+}
+
+// ----- the connecting phase ignores destroy, detach and the last handle ------
+
+/// LC-3/drive: dropping the last handle fails what is queued with `Closed`
+/// ("Nobody can queue reads any more; fail what is queued"). While the
+/// connect is in progress nothing does.
+#[tokio::test]
+async fn dropping_every_handle_while_connecting_fails_the_queued_read() {
+    let st = stalled_listener();
+    let mut b = QueuedFramed::builder();
+    b.linger(Duration::ZERO);
+    let (h, d) = b.spawn_connect(st.addr);
+    let t = h.push_read(LineCodec::new());
+    drop(h);
+    let e = within("queued read after the last handle went", 3, t)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed);
+    within("driver", 3, d).await.ok();
+}
+
+/// LC-1: `destroy()` ends the connection; the `Driver` resolves "when the
+/// connection ends (fatal error, destroy, every handle dropped)".
+#[tokio::test]
+async fn destroy_while_connecting_ends_the_driver() {
+    let st = stalled_listener();
+    let (h, d) = QueuedFramed::builder().spawn_connect(st.addr);
+    let t = h.push_read(LineCodec::new());
+    h.destroy();
+    let e = within("ticket", 3, t).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed);
+    // Whatever it returns, it must return: the connection was destroyed.
+    let _ = within("driver after destroy while connecting", 3, d).await;
+}
+
+/// Dropping every handle while connecting, with nothing queued, ends the
+/// driver.
+#[tokio::test]
+async fn dropping_every_handle_while_connecting_ends_the_driver() {
+    let st = stalled_listener();
+    let (h, d) = QueuedFramed::builder().spawn_connect(st.addr);
+    drop(h);
+    let _ = within("driver after every handle dropped while connecting", 3, d).await;
+}
+
+/// `detach()`: "pending requests fail with Closed".
+#[tokio::test]
+async fn detach_while_connecting_fails_pending_requests() {
+    let st = stalled_listener();
+    let (h, _d) = QueuedFramed::builder().spawn_connect(st.addr);
+    let t = h.push_read(LineCodec::new());
+    h.detach();
+    let e = within("ticket after detach while connecting", 3, t)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed);
+}
+
+/// LC-1: after `destroy()` the connection is over; a connect still in
+/// progress must not go on to open a connection to the peer.
+#[tokio::test]
+async fn destroy_while_connecting_opens_no_connection_later() {
+    let st = stalled_listener();
+    let mut b = QueuedFramed::builder();
+    b.linger(Duration::ZERO);
+    let (h, _d) = b.spawn_connect(st.addr);
+    // Let the first SYN go out (and be dropped).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.destroy();
+    assert!(h.is_closed());
+    // Free the accept queue: the connect's SYN retransmit (about 1 s
+    // later) now gets through if the attempt was not abandoned.
+    let std_listener: std::net::TcpListener = st._listener.into();
+    std_listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+    let (filler, _) = within("accept the filler", 3, listener.accept())
+        .await
+        .unwrap();
+    drop(filler);
+    drop(st._filler);
+    let late = tokio::time::timeout(Duration::from_secs(4), listener.accept()).await;
+    assert!(
+        late.is_err(),
+        "a connection destroyed while connecting was opened anyway: {:?}",
+        late.map(|r| r.map(|(_, a)| a))
+    );
+}
+
+/// ERR-5: `Panicked` (`ECANCELED`) is the kind for "a user callback
+/// (completion, decoder, encoder, hook) panicked inside the engine". A
+/// retry hook that panics on a spawned connect leaves the queued requests
+/// with `Closed` instead.
+#[tokio::test]
+async fn a_panicking_retry_hook_fails_queued_requests_with_panicked() {
+    let mut b = QueuedFramed::builder();
+    b.retry_hook(RetryHook::new(|_, _| panic!("retry hook panics")));
+    let (h, d) = b.spawn_connect(refused_addr());
+    let t = h.push_read(LineCodec::new());
+    let e = within("queued read", 5, t).await.unwrap_err();
+    let driver = within("driver", 5, tokio::spawn(d)).await;
+    assert!(
+        driver.unwrap_err().is_panic(),
+        "the Driver resumes the panic"
+    );
+    assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+}
+
+/// LC-3 while connecting: output queued before the last handle went is
+/// still written once the connect succeeds (fire and forget), within the
+/// linger period.
+#[tokio::test]
+async fn output_queued_while_connecting_lingers_out_after_the_last_handle_goes() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (h, driver) = QueuedFramed::builder().spawn_connect(addr);
+    h.push_write(LineCodec::new(), "hello").unwrap();
+    drop(h);
+    let (mut peer, _) = within("accept", 5, listener.accept()).await.unwrap();
+    let mut got = Vec::new();
+    within("read", 5, peer.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"hello\n");
+    let _ = within("driver", 5, driver).await;
+}
