@@ -309,43 +309,40 @@ impl Timers {
     /// A read of more than 0 bytes happened. Recorded even while every
     /// timer is off, so a timer set later counts from the last activity.
     pub(crate) fn on_read(&mut self) {
-        let now = Instant::now();
-        self.stamp[Timeout::Idle.index()] = now;
-        self.stamp[Timeout::Read.index()] = now;
-        self.owed &= !(Timeout::Idle.bit() | Timeout::Read.bit());
+        self.on_transport_activity(true, false);
         // The read side got what it waited for (it parks again if it needs
         // more; if the flush read for it, the transport woke it too:
         // `io_waker`).
         self.parked[Side::Read.slot()] = false;
     }
 
-    /// Bytes moved under the engine without passing through its reads and
-    /// writes (a TLS handshake's flights, a close_notify, ciphertext of a
-    /// record not yet whole): the timers count them as reads and writes
-    /// (TO-1), and nothing else changes.
+    /// Bytes moved: a read and/or a write of the engine's own, or traffic
+    /// under it that did not pass through them (a TLS handshake's flights,
+    /// a close_notify, ciphertext of a record not yet whole), which the
+    /// timers count all the same (TO-1). Each moves the idle timer's stamp
+    /// and its own, and voids an expiry of those not yet taken.
+    #[inline]
     pub(crate) fn on_transport_activity(&mut self, read: bool, wrote: bool) {
         if !read && !wrote {
             return;
         }
         let now = Instant::now();
+        let mut moved = Timeout::Idle.bit();
         self.stamp[Timeout::Idle.index()] = now;
-        self.owed &= !Timeout::Idle.bit();
         if read {
             self.stamp[Timeout::Read.index()] = now;
-            self.owed &= !Timeout::Read.bit();
+            moved |= Timeout::Read.bit();
         }
         if wrote {
             self.stamp[Timeout::Write.index()] = now;
-            self.owed &= !Timeout::Write.bit();
+            moved |= Timeout::Write.bit();
         }
+        self.owed &= !moved;
     }
 
     /// A write happened (recorded as reads are).
     pub(crate) fn on_write(&mut self) {
-        let now = Instant::now();
-        self.stamp[Timeout::Idle.index()] = now;
-        self.stamp[Timeout::Write.index()] = now;
-        self.owed &= !(Timeout::Idle.bit() | Timeout::Write.bit());
+        self.on_transport_activity(false, true);
     }
 
     fn deadline(&self) -> Option<Instant> {
