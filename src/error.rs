@@ -457,16 +457,14 @@ impl From<io::Error> for Error {
     /// non-fatal bad message, `UnexpectedEof` is `EPIPE`, anything else a
     /// fatal I/O error.
     fn from(e: io::Error) -> Error {
-        if let Some(inner) = e.get_ref() {
-            if inner.is::<Error>() {
-                let inner = e.into_inner().expect("checked above");
-                return *inner.downcast::<Error>().expect("checked above");
-            }
-            if inner.is::<codecs::Error>() {
-                let inner = e.into_inner().expect("checked above");
-                return Error::from(*inner.downcast::<codecs::Error>().expect("checked above"));
-            }
-        }
+        let e = match e.downcast::<Error>() {
+            Ok(ours) => return ours,
+            Err(e) => e,
+        };
+        let e = match e.downcast::<codecs::Error>() {
+            Ok(codec) => return Error::from(codec),
+            Err(e) => e,
+        };
         match e.kind() {
             io::ErrorKind::InvalidData => {
                 Error::with(ErrorKind::BadMessage, false, "codec error", Source::Io(e))

@@ -369,11 +369,10 @@ impl From<io::Error> for Error {
     /// [`Error`] of this crate (made by the conversion the other way, in a
     /// codec whose error type is `io::Error`) is that error again.
     fn from(e: io::Error) -> Error {
-        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-            let inner = e.into_inner().expect("checked above");
-            return *inner.downcast::<Error>().expect("checked above");
+        match e.downcast::<Error>() {
+            Ok(ours) => ours,
+            Err(e) => Error::new(ErrorKind::Io, "io", "I/O error").with_source(e),
         }
-        Error::new(ErrorKind::Io, "io", "I/O error").with_source(e)
     }
 }
 
