@@ -7,7 +7,7 @@
 //!
 //! The user-facing documentation is on the types.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -19,6 +19,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::error::Error;
 use crate::scan::Scan;
 use crate::scan::cbor::{CborLimits, CborScanner};
+
+mod value;
 
 /// The codec name in errors.
 const CODEC: &str = "cbor";
@@ -54,9 +56,9 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// looking at them. It resumes where it stopped when more bytes arrive, so
 /// total work is linear however the input is split. When the item is
 /// complete it is split off and decoded once. (Into [`serde_cbor::Value`],
-/// whose decoding reserves nothing on a declared length and checks every
-/// rule the scanner does, an item that arrived whole is decoded at once,
-/// without the scan.)
+/// an item that arrived whole is read at once, without the scan, by a
+/// reader that builds the `Value` serde_cbor would build, checks what the
+/// scanner checks and reserves nothing on a declared length.)
 ///
 /// * Any data item may be at the top level; every one is delivered
 ///   (`0`, `false` and `null` included).
@@ -258,42 +260,40 @@ impl<T> fmt::Debug for CborCodec<T> {
     }
 }
 
-/// serde_cbor's own nesting limit: it refuses an item nested 128 deep.
-const BACKEND_MAX_DEPTH: usize = 127;
-
 impl<T: DeserializeOwned + 'static> CborCodec<T> {
     /// The fast path, for an item that starts at the front of `buf` and is
-    /// decoded into a [`serde_cbor::Value`]: the bytes the backend may
-    /// decode straight away (`decode` consumes the item if that worked), or
-    /// `None` when only the scanner may take it.
+    /// decoded into a [`serde_cbor::Value`]: the bytes the direct reader
+    /// ([`value::read_item`]) may read straight away (`decode` consumes the
+    /// item if that worked), or `None` when only the scanner may take it.
     ///
-    /// Only `Value` may see bytes the scanner has not checked: serde's
-    /// visitors for a `Vec`, a map and the like reserve room from the
-    /// length a sequence announces (up to 1 MiB a level, every level of a
-    /// nested item at once), and the scanner is what checks an announced
-    /// length against the bytes there are. `Value`'s visitors reserve
-    /// nothing ahead.
+    /// Only `Value` goes this way, and the reader reserves nothing ahead:
+    /// serde's visitors for a `Vec`, a map and the like reserve room from
+    /// the length a sequence announces (up to 1 MiB a level, every level of
+    /// a nested item at once), and the scanner is what checks an announced
+    /// length against the bytes there are.
     ///
-    /// Most small items arrive whole, and then one decode is all the work,
-    /// without a scan first. When the item is incomplete, over a limit, not
-    /// well-formed or rejected by `T`, the scanner takes over from the same
-    /// byte, so each item costs at most one wasted partial decode and the
+    /// Most small items arrive whole, and then one read is all the work,
+    /// without a scan first. When the item is incomplete, or anything the
+    /// reader leaves alone (a tag, an indefinite length, invalid UTF-8, an
+    /// item that is not well-formed), the scanner takes over from the same
+    /// byte, so each item costs at most one wasted partial read and the
     /// total stays linear.
     ///
     /// It must accept exactly what the scanner path would, or fragmentation
-    /// invariance breaks. An item the backend decodes is well-formed (it
-    /// checks every head, break and chunk the scanner checks, and reads
-    /// ignored values as strictly); CBOR is prefix-free, so the item ends
-    /// where the backend stopped; the backend sees at most `max_size` bytes,
-    /// so an item over the size limit never decodes here; and its nesting
-    /// limit is within ours unless ours is lower, when the fast path is off.
+    /// invariance breaks. An item the reader takes is well-formed (it takes
+    /// no reserved head, break or indefinite length); CBOR is prefix-free,
+    /// so the item ends where the reader stopped; the reader sees at most
+    /// `max_size` bytes, so an item over the size limit never decodes here;
+    /// it nests at most [`value::MAX_DEPTH`] levels, within the scanner's
+    /// limit unless that is lower, when the fast path is off; and it gives
+    /// the value serde_cbor would.
     #[inline]
     fn fast_window<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         if TypeId::of::<T>() != TypeId::of::<serde_cbor::Value>() {
             return None;
         }
         let limits = self.scanner.limits();
-        if buf.is_empty() || !self.scanner.is_at_start() || limits.max_depth < BACKEND_MAX_DEPTH {
+        if buf.is_empty() || !self.scanner.is_at_start() || limits.max_depth < value::MAX_DEPTH {
             return None;
         }
         Some(&buf[..buf.len().min(limits.max_size)])
@@ -317,9 +317,16 @@ impl<T: DeserializeOwned + 'static> Decoder for CborCodec<T> {
         // about 5% of the whole decode.
         if let Some(window) = self.fast_window(buf) {
             let mut n = 0;
-            if let Ok(item) = backend::decode_first(window, &mut n) {
-                buf.advance(n);
-                return Ok(Some(item));
+            if let Some(item) = value::read_item(window, &mut n) {
+                // `T` is `Value` (`fast_window` checked), so this is a move.
+                let mut slot = Some(item);
+                if let Some(item) = (&mut slot as &mut dyn Any)
+                    .downcast_mut::<Option<T>>()
+                    .and_then(Option::take)
+                {
+                    buf.advance(n);
+                    return Ok(Some(item));
+                }
             }
         }
         match frame(&mut self.scanner, buf)? {
@@ -543,19 +550,6 @@ mod backend {
     /// Decodes exactly one item that fills `item`.
     pub(super) fn decode<T: DeserializeOwned>(item: &[u8]) -> Result<T, Error> {
         serde_cbor::from_slice(item)
-    }
-
-    /// Decodes the item at the front of `bytes`, if it is complete and `T`
-    /// takes it, and sets `len` to its length.
-    #[inline]
-    pub(super) fn decode_first<T: DeserializeOwned>(
-        bytes: &[u8],
-        len: &mut usize,
-    ) -> Result<T, Error> {
-        let mut de = serde_cbor::Deserializer::from_slice(bytes);
-        let item = T::deserialize(&mut de)?;
-        *len = de.byte_offset();
-        Ok(item)
     }
 
     /// Appends one item to `dst`: plain serde_cbor defaults, no

@@ -114,9 +114,9 @@ fn an_announced_length_reserves_nothing_before_the_items_arrive() {
     assert!(peak < 64 * 1024, "{peak} bytes allocated for a 5-byte head");
 }
 
-/// Into `serde_cbor::Value` an item that arrived whole is decoded without
-/// a scan first: the same lying heads still allocate nothing on their word
-/// (`Value`'s visitors reserve nothing ahead) and are refused the same way.
+/// Into `serde_cbor::Value` an item that arrived whole is read without a
+/// scan first: the same lying heads still allocate next to nothing on their
+/// word (a few elements a level at most) and are refused the same way.
 #[test]
 fn lying_heads_into_value_allocate_nothing_on_their_word() {
     let mut wire = Vec::new();
