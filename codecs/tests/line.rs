@@ -391,6 +391,46 @@ fn literal_eol_limit_is_split_invariant() {
     assert_eq!(out.error, Some((1, ErrorKind::NoSpace, true)));
 }
 
+/// A line that cannot end within the limit is over it as soon as that is
+/// certain, whatever the end of line: with `max_length(6)` and a 2-byte
+/// literal EOL, seven bytes whose last cannot begin the EOL are over the
+/// limit (the verdict the default and regex EOLs give), not an unfinished
+/// line that end of input would make a fatal `EPIPE`, and a discarding
+/// reader drops them.
+#[test]
+fn literal_eol_overflow_is_decided_once_certain() {
+    // The error of `decode` (else of `decode_eof`), and the bytes left.
+    fn verdict(mut c: LineCodec, input: &[u8]) -> (ErrorKind, bool, usize) {
+        let mut buf = BytesMut::from(input);
+        let e = match c.decode(&mut buf) {
+            Err(e) => e,
+            Ok(Some(l)) => panic!("unexpected line {l:?}"),
+            Ok(None) => c.decode_eof(&mut buf).expect_err("an error at eof"),
+        };
+        (e.kind(), e.is_fatal(), buf.len())
+    }
+    for policy in [OverflowPolicy::Fatal, OverflowPolicy::Discard] {
+        let default = verdict(build(|b| b.max_length(6).overflow(policy)), b"xxxxxxx");
+        assert_eq!(default.0, ErrorKind::NoSpace);
+        let literal = |input: &[u8]| {
+            verdict(
+                build(|b| b.eol("\r\n").max_length(6).overflow(policy)),
+                input,
+            )
+        };
+        assert_eq!(literal(b"xxxxxxx"), default, "{policy:?}");
+        // The seventh byte may begin the EOL: an unfinished line.
+        assert_eq!(literal(b"xxxxxx\r").0, ErrorKind::BrokenPipe, "{policy:?}");
+    }
+    // Three-byte EOL: past the limit, the bytes left must be a start of it.
+    let eol3 = |input: &[u8]| verdict(build(|b| b.eol("abc").max_length(2)), input);
+    assert_eq!(eol3(b"xxa").0, ErrorKind::BrokenPipe);
+    assert_eq!(eol3(b"xxab").0, ErrorKind::BrokenPipe);
+    assert_eq!(eol3(b"xxb").0, ErrorKind::NoSpace);
+    assert_eq!(eol3(b"xxaa").0, ErrorKind::NoSpace);
+    assert_split_invariant(|| build(|b| b.eol("abc").max_length(2)), b"xxaab");
+}
+
 // ---------------------------------------------------------------------------
 // Regex EOL
 

@@ -307,9 +307,24 @@ fn scan_literal(
             line_len: from + i,
             eol_len,
         },
-        None if buf.len() >= reach => Scan::Overflow { seen: window },
+        None if buf.len() >= reach || !eol_may_start(finder.needle(), buf, max) => {
+            Scan::Overflow { seen: window }
+        }
         None => Scan::NeedMore { scanned: window },
     }
+}
+
+/// Whether a line of at most `max` bytes may still end in `buf`, whose
+/// whole occurrences of `eol` were looked for: past the limit, only an EOL
+/// that begins by `max` and is cut off by the end of `buf` could end it.
+/// (At most `eol.len() - 1` starts to try, and only once the buffer is
+/// past the limit, so the scan stays linear.)
+fn eol_may_start(eol: &[u8], buf: &[u8], max: usize) -> bool {
+    if buf.len() <= max {
+        return true;
+    }
+    let first = buf.len().saturating_sub(eol.len() - 1);
+    (first..=max).any(|at| eol.starts_with(&buf[at..]))
 }
 
 /// The regex EOL, searched again on each call that brings new bytes (as AE
