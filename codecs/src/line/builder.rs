@@ -82,8 +82,10 @@ impl LineCodecBuilder {
     /// A regex end of line (`regex::bytes::Regex`): the line is the shortest
     /// prefix of the buffered bytes followed by a non-empty match, the EOL is
     /// the matched text, as AE's `^(.*?)(EOL)` (RT-line-3). A regex that
-    /// matches the empty string is refused by [`build`](Self::build); empty
-    /// matches of other regexes (`\b`) are skipped.
+    /// can match empty text is refused by [`build`](Self::build): one that
+    /// matches the empty string (`x*`), and one that matches empty only
+    /// between certain bytes (`\b`, `;|\b`), whose empty match would hide
+    /// a non-empty one at the same place.
     ///
     /// **Split-dependent** (docs/semantics.md §2a): the regex only sees what has arrived.
     /// With `[;,]+`, `"a;"` then `";b"` gives the line `"a"` with EOL `";"`
@@ -167,8 +169,8 @@ impl LineCodecBuilder {
     ///
     /// # Errors
     ///
-    /// `EINVAL` when the EOL can match empty input (an empty literal, or a
-    /// regex matching `""`): as a stream decoder it would yield empty lines
+    /// `EINVAL` when the EOL can match empty text (an empty literal, or a
+    /// regex such as `x*` or `\b`): as a stream decoder it would yield empty lines
     /// forever ([`build_once`](Self::build_once) accepts it for one line). `EINVAL` when the write terminator is not read back as one
     /// whole end of line by this configuration.
     pub fn build(&self) -> Result<LineCodec, Error> {
@@ -225,17 +227,17 @@ impl LineCodecBuilder {
             }
             EolSpec::Literal(eol) => Eol::Literal(Box::new(LiteralEol::new(eol.clone()))),
             #[cfg(feature = "regex")]
-            EolSpec::Regex(search) if !once && search.regex().is_match(b"") => {
+            EolSpec::Regex(search) if !once && search.may_match_empty() => {
                 return Err(Error::invalid_input(
                     CODEC,
-                    "end-of-line regex matches the empty string",
+                    "end-of-line regex can match empty text",
                 ));
             }
             #[cfg(feature = "regex")]
             EolSpec::Regex(search) => Eol::Regex(Box::new(RegexEol {
                 search: search.clone(),
                 hold_open: self.hold_open,
-                empty_ok: once && search.regex().is_match(b""),
+                empty_ok: once && search.may_match_empty(),
             })),
         };
         let is_whole_eol = |t: &[u8]| {

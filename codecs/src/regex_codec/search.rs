@@ -48,6 +48,10 @@ pub(crate) struct Search {
     /// The bytes a match can hold; `None` when that is (nearly) any byte,
     /// or unknown, and the regex must always run.
     bytes: Option<ByteSet>,
+    /// Whether some text has an empty match: the pattern has a reading of
+    /// shortest match 0 (`\b`, `x*`, `;|\b`), or, read no way, it matches
+    /// the empty haystack.
+    may_match_empty: bool,
 }
 
 impl Search {
@@ -60,7 +64,25 @@ impl Search {
             .try_fold(None, |max: Option<usize>, len| Some(max.max(Some(len?))))
             .flatten();
         let bytes = ByteSet::of_matches(&readings);
-        Search { re, max_len, bytes }
+        let may_match_empty = if readings.is_empty() {
+            re.is_match(b"")
+        } else {
+            readings
+                .iter()
+                .any(|h| h.properties().minimum_len() == Some(0))
+        };
+        Search {
+            re,
+            max_len,
+            bytes,
+            may_match_empty,
+        }
+    }
+
+    /// Whether the regex has an empty match in some text (not only in the
+    /// empty haystack: `\b` matches empty between `a` and `;`).
+    pub(crate) fn may_match_empty(&self) -> bool {
+        self.may_match_empty
     }
 
     pub(crate) fn regex(&self) -> &Regex {
