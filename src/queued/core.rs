@@ -169,7 +169,7 @@ const DISPATCH_ROUND: usize = 32;
 
 /// Cancelled requests are swept out of the queue once it reaches twice
 /// its length after the last sweep, and never below this.
-const SWEEP_MIN: usize = 64;
+const SWEEP_MIN: u32 = 64;
 
 /// Why [`Core::poll_fill`] stopped without input.
 pub(crate) enum FillStop {
@@ -223,6 +223,19 @@ pub(crate) struct InputMark {
     len: usize,
 }
 
+/// What the `Stream` keeps between calls about its decoder, for
+/// [`Core::poll_decode_observed`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DecoderWatch {
+    /// The decoder has begun a frame: `Core::taken` then.
+    begun: Option<u32>,
+    /// Set with the decoder's own error: whether the failing call consumed
+    /// bytes.
+    pub(crate) took: Option<bool>,
+    /// Set when the decoder was refused as stale.
+    pub(crate) stale: bool,
+}
+
 pub(crate) struct Core {
     life: Life,
     input: Input,
@@ -231,6 +244,11 @@ pub(crate) struct Core {
     /// Counts the times input entered `rbuf` (a read, bytes put back): with
     /// its length, tells whether the buffer changed (`input_mark`).
     input_epoch: u32,
+    /// Counts the times bytes left the front of `rbuf` (a decoder took
+    /// them, TLS took them as its handshake, the caller had the buffer):
+    /// the `Stream`'s decoder, which may keep state about a frame it has
+    /// begun, is stale once this moved (`poll_decode_observed`).
+    taken: u32,
     queue: VecDeque<Entry>,
     wq: WriteQueue,
     cfg: Config,
@@ -275,8 +293,10 @@ pub(crate) struct Core {
     /// spawned connection's handles can read it.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     peer_cert: Option<Box<[u8]>>,
-    /// The queue length at which cancelled requests are swept out next.
-    sweep_at: usize,
+    /// The queue length at which cancelled requests are swept out next
+    /// (a `u32`, saturating: the room it saves keeps an idle connection
+    /// within its allocation size).
+    sweep_at: u32,
     /// A user callback panicked inside an inline call: the connection is
     /// already `Closed`; telling the waiters (which drops user code) waits
     /// for the next call into the core, outside the unwinding.
@@ -343,6 +363,7 @@ impl Core {
             output: Output::Open,
             rbuf: BytesMut::new(),
             input_epoch: 0,
+            taken: 0,
             queue: VecDeque::new(),
             wq: WriteQueue::default(),
             read_size: cfg.read_size,
@@ -399,7 +420,16 @@ impl Core {
     }
 
     pub(crate) fn read_buffer_mut(&mut self) -> &mut BytesMut {
+        // The caller may take anything.
+        self.taken = self.taken.wrapping_add(1);
         &mut self.rbuf
+    }
+
+    /// Notes that a decoder may have taken bytes: the buffer held `before`.
+    fn note_taken(&mut self, before: usize) {
+        if self.rbuf.len() < before {
+            self.taken = self.taken.wrapping_add(1);
+        }
     }
 
     pub(crate) fn write_buffered(&self) -> usize {
@@ -783,9 +813,10 @@ impl Core {
     /// they reach it: sweep them out when the queue has doubled since the
     /// last sweep, amortised O(1).
     fn sweep_if_due(&mut self) {
-        if self.queue.len() >= self.sweep_at {
+        if self.queue.len() >= self.sweep_at as usize {
             self.sweep_cancelled();
-            self.sweep_at = (self.queue.len() * 2).max(SWEEP_MIN);
+            let next = u32::try_from(self.queue.len().saturating_mul(2)).unwrap_or(u32::MAX);
+            self.sweep_at = next.max(SWEEP_MIN);
         }
     }
 
@@ -991,7 +1022,10 @@ impl Core {
                 }
                 tracing::debug!(error = %e, "a batch's error dropped: the next read is not a batch");
             }
-            match head.poll_decode(&mut self.rbuf, eof) {
+            let before = self.rbuf.len();
+            let step = head.poll_decode(&mut self.rbuf, eof);
+            self.note_taken(before);
+            match step {
                 Poll::Pending => break,
                 Poll::Ready(outcome) => {
                     let Some(Entry::Read(req)) = self.queue.pop_front() else {
@@ -1350,20 +1384,24 @@ impl Core {
         D: Decoder,
         D::Error: Into<Error>,
     {
-        self.poll_decode_observed(io, cx, decoder, at_eof_clean, &mut None)
+        self.poll_decode_observed(io, cx, decoder, at_eof_clean, &mut DecoderWatch::default())
     }
 
-    /// [`poll_decode_direct`](Self::poll_decode_direct), also telling, when
-    /// it returns `decoder`'s own error, whether the decode call that failed
-    /// consumed bytes (`took`; left `None` for any other error): a decoder
-    /// that did not would fail the same way on the same bytes.
+    /// [`poll_decode_direct`](Self::poll_decode_direct) for the `Stream`'s
+    /// decoder, kept across calls with what `watch` remembers of it: it is
+    /// refused as stale (`EINVAL`, non-fatal, `watch.stale`) when bytes left
+    /// the front of the buffer while it held part of a frame, since its
+    /// state (a scan position, a nesting depth) describes bytes that are
+    /// gone. `watch.took` tells, with its own error, whether the call that
+    /// failed consumed bytes: a decoder that did not would fail the same way
+    /// on the same bytes.
     pub(crate) fn poll_decode_observed<IO, D>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
         decoder: &mut D,
         at_eof_clean: bool,
-        took: &mut Option<bool>,
+        watch: &mut DecoderWatch,
     ) -> Poll<Result<Option<D::Item>>>
     where
         IO: Transport,
@@ -1379,23 +1417,42 @@ impl Core {
             // The error of the frame a cancelled read was consuming.
             return Poll::Ready(Err(e));
         }
+        if watch.begun.is_some_and(|mark| mark != self.taken) {
+            watch.begun = None;
+            watch.stale = true;
+            return Poll::Ready(Err(Error::invalid_input(
+                "another read took bytes of the frame the decoder had begun: its state no longer matches the buffer",
+            )));
+        }
         self.write_uncorked(io, cx)?;
         loop {
             self.check_open()?;
             let before = self.rbuf.len();
-            match decode_step(decoder, &mut self.rbuf, self.input == Input::Eof) {
-                Ok(Some(frame)) => return Poll::Ready(Ok(Some(frame))),
+            let step = decode_step(decoder, &mut self.rbuf, self.input == Input::Eof);
+            self.note_taken(before);
+            match step {
+                Ok(Some(frame)) => {
+                    watch.begun = None;
+                    return Poll::Ready(Ok(Some(frame)));
+                }
                 Ok(None) => {}
                 Err(e) if at_eof_clean && self.is_clean_eof(&e) => {
+                    watch.begun = None;
                     return Poll::Ready(Ok(None));
                 }
                 Err(e) => {
-                    *took = Some(self.rbuf.len() != before);
+                    watch.begun = None;
+                    watch.took = Some(self.rbuf.len() != before);
                     if e.is_fatal() {
                         self.close(e.clone());
                     }
                     return Poll::Ready(Err(e));
                 }
+            }
+            // The decoder has looked at bytes (or taken some) without a
+            // frame: it may keep state about them until its frame is done.
+            if watch.begun.is_some() || !self.rbuf.is_empty() || self.rbuf.len() < before {
+                watch.begun = Some(self.taken);
             }
             ready!(self.poll_fill(io, cx)).map_err(Error::from)?;
         }
@@ -1466,7 +1523,10 @@ impl Core {
         // Where a batch stops is `batch_step`'s rule, shared with the
         // spawned front end's batches.
         while n < limit {
-            match batch_step(decoder, &mut self.rbuf, eof) {
+            let before = self.rbuf.len();
+            let step = batch_step(decoder, &mut self.rbuf, eof);
+            self.note_taken(before);
+            match step {
                 BatchStep::Frame(frame) => {
                     out.push(frame);
                     n += 1;
@@ -1927,6 +1987,9 @@ impl Core {
                 SwitchKind::Start(mode) => {
                     // Everything already read is the peer's handshake.
                     let replay = self.rbuf.split().freeze();
+                    if !replay.is_empty() {
+                        self.taken = self.taken.wrapping_add(1);
+                    }
                     let mode = mode.take().expect("a STARTTLS starts once");
                     match io.start_tls(mode, replay.clone()) {
                         Ok(()) => {

@@ -819,6 +819,13 @@ impl Handle {
 
     /// Reads one frame with `decoder` after every queued request.
     ///
+    /// Dropped before its frame was decoded, the read consumes nothing. Once
+    /// the driver has decoded the frame, the frame is this future's: drop it
+    /// then (a `select!` branch that lost) and the frame is gone with it. To
+    /// race reads against something else without losing one, queue the read
+    /// once with [`push_read`](Self::push_read) and poll the same
+    /// [`Ticket`] (`&mut ticket`) in each round.
+    ///
     /// # Errors
     ///
     /// See [`Ticket`].
@@ -836,7 +843,11 @@ impl Handle {
     /// the frames already buffered without reading again (see
     /// [`QueuedFramed::read_many`](crate::QueuedFramed::read_many)). The
     /// decoder comes back with the frames, so its state carries over to the
-    /// next call. `Ok` with no frames: the input ended cleanly.
+    /// next call. That state describes the buffer as the batch left it (a
+    /// batch that ended on part of a frame has looked at it): if a read of
+    /// another kind comes between two batches, give the next batch a fresh
+    /// decoder (docs/semantics.md §4, *Decoders you keep*). `Ok` with no
+    /// frames: the input ended cleanly.
     ///
     /// # Errors
     ///

@@ -19,7 +19,7 @@ use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
-use self::core::Core;
+use self::core::{Core, DecoderWatch};
 use self::request::OnDrop;
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
@@ -85,6 +85,8 @@ pub struct QueuedFramed<IO, C = ()> {
     codec: C,
     /// Where the `Stream` stands.
     stream: StreamState,
+    /// What the `Stream` knows of its decoder between polls.
+    watch: DecoderWatch,
     /// The default codec was checked for completing on no input (a fresh
     /// codec, at the first poll of the `Stream`).
     codec_checked: bool,
@@ -147,6 +149,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
             io: transport::wrap(io),
             codec,
             stream: StreamState::Live,
+            watch: DecoderWatch::default(),
             codec_checked: false,
         }
     }
@@ -193,9 +196,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         &self.codec
     }
 
-    /// The default codec, mutably.
+    /// The default codec, mutably. A `Stream` that ended on a decoder made
+    /// stale (see the `Stream` implementation) goes on with the decoder as
+    /// left here: replace it with a fresh one.
     pub fn codec_mut(&mut self) -> &mut C {
         self.unstick_stream();
+        if self.stream == StreamState::Stale {
+            self.stream = StreamState::Live;
+        }
         &mut self.codec
     }
 
@@ -329,7 +337,10 @@ where
     }
 
     /// [`read`](Self::read) with a decoder you keep (its state survives
-    /// between calls).
+    /// between calls, a call given up half way included). The state
+    /// describes the buffer as the last call left it: if a read of another
+    /// kind takes bytes while the decoder holds part of a frame, go on with
+    /// a fresh decoder (docs/semantics.md §4, *Decoders you keep*).
     ///
     /// **A pipelined server should not answer one `read_with` at a time
     /// with autocork off**: every answer is then its own write system call.
@@ -372,6 +383,9 @@ where
     /// that consumed no input (a zero-length chunk) ends the batch, so a
     /// decoder that never consumes cannot spin up to `limit`. Cancel-safe
     /// like `read_with`: frames are appended only in the poll that returns.
+    /// A batch that ends on part of a frame leaves `decoder` holding it:
+    /// the next batch with the same decoder must come before any read of
+    /// another kind, or use a fresh decoder.
     ///
     /// # Examples
     ///
@@ -636,11 +650,18 @@ where
     /// [`read_buffer_mut`](QueuedFramed::read_buffer_mut) or
     /// [`codec_mut`](QueuedFramed::codec_mut), after a read took bytes or
     /// brought more, or with a read queued to take them.
+    ///
+    /// A read queued while the decoder holds part of a frame (a `next()`
+    /// given up half way) takes the bytes at the front (RQ-1). The
+    /// decoder's state then describes bytes that are gone: rather than
+    /// decode with it, the stream yields `EINVAL` (non-fatal) once and ends
+    /// until [`codec_mut`](QueuedFramed::codec_mut) gives it a fresh
+    /// decoder (docs/semantics.md §4, *Decoders you keep*).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         match this.stream {
             StreamState::Live => {}
-            StreamState::Done => return Poll::Ready(None),
+            StreamState::Done | StreamState::Stale => return Poll::Ready(None),
             // The input may go on after the end of TLS input (TLS-5).
             StreamState::Ended if this.core.is_eof() || this.core.is_closed() => {
                 return Poll::Ready(None);
@@ -677,11 +698,12 @@ where
                 ))));
             }
         }
-        let (io, codec) = (&mut this.io, &mut this.codec);
-        let mut took = None;
+        let (io, codec, watch) = (&mut this.io, &mut this.codec, &mut this.watch);
+        watch.took = None;
+        watch.stale = false;
         match ready!(
             this.core
-                .run(|core| core.poll_decode_observed(io, cx, codec, true, &mut took))
+                .run(|core| core.poll_decode_observed(io, cx, codec, true, watch))
         ) {
             Ok(Some(frame)) => Poll::Ready(Some(Ok(frame))),
             Ok(None) => {
@@ -691,7 +713,9 @@ where
             Err(e) => {
                 if e.is_fatal() {
                     this.stream = StreamState::Done;
-                } else if took == Some(false) {
+                } else if this.watch.stale {
+                    this.stream = StreamState::Stale;
+                } else if this.watch.took == Some(false) {
                     this.stream = StreamState::Stuck(this.core.input_mark());
                 }
                 Poll::Ready(Some(Err(e)))
@@ -719,6 +743,10 @@ enum StreamState {
     /// buffer, which stood here then: it ends while the buffer is unchanged
     /// and the decoder untouched.
     Stuck(crate::queued::core::InputMark),
+    /// Its decoder was refused as stale: it had begun a frame whose bytes
+    /// another read took. It ends until `codec_mut` gives the decoder a
+    /// fresh state.
+    Stale,
     /// Ended at a clean end of input: it stays ended while the input does
     /// (the end of TLS input is reopened by our stoptls, TLS-5).
     Ended,
