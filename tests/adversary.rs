@@ -1024,7 +1024,7 @@ async fn client_ready_does_not_hang_after_idle_timeouts() {
 /// `Handle::call_with`: once the timed-out call's caller has its
 /// `ETIMEDOUT`, the next timeout finds nobody to tell and the answer still
 /// owed: the connection closes with a fatal `ETIMEDOUT` instead of waiting
-/// for ever.
+/// for ever, which names the timer that expired (`Error::timeout`).
 #[tokio::test(start_paused = true)]
 async fn a_timeout_nobody_hears_with_a_response_owed_closes_the_connection() {
     let (ours, _peer) = tokio::io::duplex(4096);
@@ -1037,6 +1037,7 @@ async fn a_timeout_nobody_hears_with_a_response_owed_closes_the_connection() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let e = h.error().expect("the connection is closed");
     assert!(e.is_timeout() && e.is_fatal(), "{e:?}");
+    assert_eq!(e.timeout(), Some(anyframe::Timeout::Read), "{e:?}");
 }
 
 /// Inline: a read queued behind a discarding read that already timed out

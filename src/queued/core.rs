@@ -566,16 +566,16 @@ impl Core {
     fn fail_timer(&mut self, err: Error, which: Option<Timeout>) {
         // Told nobody: every read still queued is owed (an abandoned plain
         // read was swept), whether it is first or waits behind a switch.
-        if self.fail(err, which)
+        if self.fail(err.clone(), which)
             || which == Some(Timeout::Write)
             || !self.queue.iter().any(|e| matches!(e, Entry::Read(_)))
         {
             return;
         }
         tracing::debug!(timeout = ?which, "timeout with every waiter gone and a read still owed");
-        self.close(Error::new(
-            crate::ErrorKind::TimedOut,
-            true,
+        // Fatal now, and still naming the timer (`Error::timeout`).
+        self.close(Error::fatal_because(
+            err,
             "timed out with every waiter gone and a response still owed",
         ));
     }
