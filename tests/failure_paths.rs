@@ -954,6 +954,32 @@ async fn a_fatal_write_error_drops_queued_output_instead_of_lingering() {
     assert!(parts.write_buf.len() <= 1024 * 1024);
 }
 
+/// `linger(0)` discards queued output whichever way the connection closes
+/// cleanly: `destroy`, or the last handle dropped before the driver wrote
+/// it (it used to write it on its next turn, then notice nobody was left).
+#[tokio::test]
+async fn linger_zero_discards_queued_output_on_destroy_and_on_the_last_handle_dropped() {
+    async fn peer_reads(destroy: bool) -> Vec<u8> {
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let (h, driver) = QueuedFramed::builder()
+            .linger(Duration::ZERO)
+            .build(io)
+            .spawn();
+        h.push_bytes(&b"hello"[..]).unwrap();
+        assert_eq!(h.write_buffered(), 5, "queued, not written yet");
+        if destroy {
+            h.destroy();
+        }
+        drop(h);
+        let _ = within("driver", driver).await;
+        let mut got = Vec::new();
+        within("peer", peer.read_to_end(&mut got)).await.unwrap();
+        got
+    }
+    assert_eq!(peer_reads(true).await, b"", "destroy");
+    assert_eq!(peer_reads(false).await, b"", "last handle dropped");
+}
+
 #[test]
 fn the_default_linger_is_documented_and_short() {
     assert!(anyframe::DEFAULT_LINGER <= Duration::from_secs(60));

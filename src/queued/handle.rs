@@ -603,6 +603,12 @@ where
         if shared.detach.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
+        if shared.users.load(Ordering::Acquire) == 0 && core.linger().is_zero() {
+            // Closed cleanly with no linger: what is queued is dropped, as
+            // after `destroy`, not written first (LC-3).
+            core.close(Error::closed());
+            return Poll::Ready(());
+        }
         match core.guard(|core| core.poll_drive(&mut io, cx)) {
             Ok(Poll::Ready(())) => return Poll::Ready(()),
             Ok(Poll::Pending) => {}
