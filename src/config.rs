@@ -240,10 +240,11 @@ impl Builder {
         self
     }
 
-    /// Per-address connect timeout for [`connect`](Self::connect)
-    /// (default: the OS's).
+    /// Per-address connect timeout for [`connect`](Self::connect). Zero
+    /// (the default) turns it off, as for every other timeout: the OS's
+    /// own timeout applies.
     pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.cfg.connect_timeout = Some(timeout);
+        self.cfg.connect_timeout = (!timeout.is_zero()).then_some(timeout);
         self
     }
 

@@ -175,3 +175,25 @@ async fn output_queued_while_connecting_lingers_out_after_the_last_handle_goes()
     assert_eq!(got, b"hello\n");
     let _ = within("driver", 5, driver).await;
 }
+
+// ----- the connect timeout -------------------------------------------------
+
+/// `connect_timeout(0)` turns the timeout off, as zero does for every other
+/// timeout: a connect still in progress is not failed on its first poll
+/// (it was: a zero-length deadline, so the outcome hung on the latency).
+#[tokio::test]
+async fn a_zero_connect_timeout_is_off_not_an_instant_deadline() {
+    let stalled = stalled_listener();
+    let r = tokio::time::timeout(
+        Duration::from_millis(500),
+        QueuedFramed::builder()
+            .connect_timeout(Duration::ZERO)
+            .connect(stalled.addr),
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "the connect ended at once: {:?}",
+        r.map(|r| r.map(|_| ()))
+    );
+}
