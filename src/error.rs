@@ -15,7 +15,9 @@ pub enum ErrorKind {
     /// (the partial frame stays in the read buffer), or a write hit a
     /// closed connection.
     BrokenPipe,
-    /// `ETIMEDOUT`: an idle, read or write timeout expired. Usually
+    /// `ETIMEDOUT`: an idle, read or write timeout of this crate expired
+    /// ([`Error::timeout`] says which; a transport's own timeout is
+    /// [`Io`](ErrorKind::Io)). Usually
     /// non-fatal; fatal when the timer expires with nobody left to tell and
     /// a response still owed to a pipelined caller, or in the server loop
     /// when the peer stops taking answers. Check [`Error::is_fatal`].
@@ -209,11 +211,12 @@ impl Error {
         Error::new(ErrorKind::Closed, true, "the connection is closed")
     }
 
-    /// A failure of the IO underneath: always fatal.
+    /// A failure of the IO underneath: always fatal. The transport's own
+    /// `ETIMEDOUT` (a keepalive or retransmission timeout) is `Io` too:
+    /// `TimedOut` is for this crate's timers, which `Error::timeout` names.
     pub(crate) fn transport(e: io::Error) -> Error {
         let kind = match e.kind() {
             io::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
-            io::ErrorKind::TimedOut => ErrorKind::TimedOut,
             _ => ErrorKind::Io,
         };
         Error::with(kind, true, "transport error", Source::Io(e))
@@ -275,7 +278,9 @@ impl Error {
         self.inner.fatal
     }
 
-    /// True for `ETIMEDOUT`.
+    /// True for `ETIMEDOUT`: one of this crate's timers expired (a
+    /// transport that times out itself, as a TCP keepalive does, is an
+    /// [`Io`](ErrorKind::Io) error).
     pub fn is_timeout(&self) -> bool {
         self.inner.kind == ErrorKind::TimedOut
     }

@@ -279,6 +279,25 @@ async fn a_bad_message_fails_only_its_request() {
     assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"line");
 }
 
+/// The transport's own `ETIMEDOUT` (a TCP keepalive or retransmission
+/// timeout: the peer vanished) is a transport failure, `Io` with the OS
+/// error kept, not the `TimedOut` of one of this crate's timers.
+#[tokio::test]
+async fn a_transport_etimedout_is_an_io_error_not_a_timer_timeout() {
+    let (io, _stats) = MockIo::new([Step::Error(std::io::ErrorKind::TimedOut)]);
+    let mut conn = QueuedFramed::new(io);
+    let e = conn.read(LineCodec::new()).await.unwrap_err();
+    assert!(e.is_fatal());
+    assert_eq!(
+        (e.kind(), e.is_timeout(), e.timeout()),
+        (ErrorKind::Io, false, None)
+    );
+    assert_eq!(
+        e.io_error().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::TimedOut)
+    );
+}
+
 #[tokio::test]
 async fn a_fatal_error_fails_every_pending_ticket_with_the_same_kind() {
     let (io, _stats) = MockIo::new([
