@@ -131,6 +131,10 @@ async fn client(addr: std::net::SocketAddr, tls: TlsClient) -> anyframe::Result<
 
 #[tokio::main]
 async fn main() -> anyframe::Result<()> {
+    if std::env::args().len() > 1 {
+        eprintln!("the demo takes no arguments: it runs both sides in this process");
+        std::process::exit(2);
+    }
     // A CA and a `localhost` certificate made on the spot, so the demo needs
     // no files and the client still verifies the server.
     let pki = certs::DemoPki::new();

@@ -283,4 +283,17 @@ impl Builder {
     {
         crate::QueuedFramed::from_core(io, codec, self.new_core())
     }
+
+    /// Rebuilds a handle from [`Parts`](crate::Parts) with these options,
+    /// as [`QueuedFramed::from_parts`](crate::QueuedFramed::from_parts) does
+    /// with the defaults: unread bytes are read first, unwritten bytes are
+    /// written first. ([`Parts`](crate::Parts) carries no options: a handle
+    /// taken apart and put back with `from_parts` has the default caps and
+    /// timeouts.)
+    pub fn build_from_parts<IO, C>(&self, parts: crate::Parts<IO, C>) -> crate::QueuedFramed<IO, C>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        crate::QueuedFramed::from_parts_with(parts, self.new_core())
+    }
 }

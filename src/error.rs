@@ -264,7 +264,12 @@ impl Error {
         fatal: bool,
         source: impl Into<Box<dyn StdError + Send + Sync>>,
     ) -> Error {
-        Error::with(kind, fatal, "codec error", Source::Other(source.into()))
+        Error::with(
+            kind,
+            fatal,
+            "codec or service error",
+            Source::Other(source.into()),
+        )
     }
 
     /// The errno-like class of this error.

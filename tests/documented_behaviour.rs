@@ -441,6 +441,38 @@ async fn a_stuck_stream_does_not_repeat_its_error_after_a_read_given_up() {
 
 // ----- a restored codec, a timeout while stuck, a ticket dropped elsewhere -----
 
+/// `from_parts` gives a handle the default options (it has no builder);
+/// `Builder::build_from_parts` puts the parts back with the builder's.
+#[tokio::test]
+async fn build_from_parts_keeps_the_builders_options_from_parts_the_defaults() {
+    let mut b = QueuedFramed::builder();
+    b.rbuf_max(Some(4));
+    let long_line = |parts_of: fn(
+        &anyframe::Builder,
+        anyframe::Parts<tokio::io::DuplexStream>,
+    ) -> QueuedFramed<tokio::io::DuplexStream>| {
+        let b = b.clone();
+        async move {
+            let (ours, mut peer) = tokio::io::duplex(1024);
+            let conn = b.build(ours);
+            peer.write_all(b"0123456789\n").await.unwrap();
+            let mut conn = parts_of(&b, conn.into_parts());
+            within("line", conn.read(LineCodec::new()))
+                .await
+                .map(|l| l.line().len())
+        }
+    };
+    let e = long_line(|b, parts| b.build_from_parts(parts))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e:?}");
+    assert!(
+        long_line(|_, parts| QueuedFramed::from_parts(parts))
+            .await
+            .is_ok()
+    );
+}
+
 /// `into_parts` keeps the codec with its read buffer and `from_parts` puts
 /// them back: a codec in the middle of its input (state pointing into the
 /// buffer) is not probed with an empty buffer, and its Stream goes on.

@@ -155,9 +155,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     }
 
     /// Rebuilds a handle from [`Parts`]: unread bytes are read first, unwritten
-    /// bytes are written first.
+    /// bytes are written first. The handle has the default options, as from
+    /// [`with_codec`](Self::with_codec) ([`Parts`] carries none):
+    /// [`Builder::build_from_parts`](crate::Builder::build_from_parts) puts
+    /// the parts back with a builder's.
     pub fn from_parts(parts: Parts<IO, C>) -> QueuedFramed<IO, C> {
-        let mut this = QueuedFramed::with_codec(parts.io, parts.codec);
+        QueuedFramed::from_parts_with(parts, Core::new(Config::default()))
+    }
+
+    pub(crate) fn from_parts_with(parts: Parts<IO, C>, core: Core) -> QueuedFramed<IO, C> {
+        let mut this = QueuedFramed::from_core(parts.io, parts.codec, core);
         this.core.restore(parts.read_buf, parts.write_buf);
         // A codec handed back by `into_parts` (or taken from a `Framed`)
         // may be in the middle of a frame, with state that points into
