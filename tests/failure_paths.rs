@@ -601,6 +601,29 @@ async fn a_dead_tasks_write_waiter_does_not_keep_to6_from_closing() {
     );
 }
 
+/// A `Handle::flush` given up (its future dropped: a `select!` that went
+/// the other way) is nobody waiting: with a pipelined answer owed, the
+/// first read timeout closes the connection (TO-6). The dropped flush's
+/// waiter used to take that timeout, and the close came a period late.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_flush_does_not_hear_timeouts_for_nobody() {
+    let (handle, _driver, _peer) = blocked_with(|b| {
+        b.rtimeout(Duration::from_secs(1));
+    });
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_millis(10), handle.flush()).await;
+        assert!(r.is_err(), "the peer takes nothing");
+    }
+    drop(handle.call(LineCodec::new(), "q", LineCodec::new()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        handle.is_closed(),
+        "TO-6: still open one read-timeout period later ({:?})",
+        handle.error()
+    );
+}
+
 /// The same through the tower client: its slot is held by a dropped call;
 /// TO-6 promises `poll_ready` "reports the connection's error instead of
 /// waiting for ever". A task elsewhere once gave up on `ready_to_write`.

@@ -584,6 +584,8 @@ impl Core {
         // Woken to see the error (the backpressure itself stays); they look
         // once this turn lets go of the engine, after it is recorded below.
         let parked = self.marks.owe_waiters(err);
+        // A flush given up (its future dropped) hears nothing.
+        self.flush_waiters.retain(|w| !w.is_closed());
         if self.flush_waiters.is_empty() && !parked {
             return false;
         }
@@ -1806,6 +1808,13 @@ impl Core {
                 let _ = tx.send(Err(e.clone()));
             }
             Life::Open => {
+                // Flushes given up stay until the output drains; before the
+                // list grows, drop them, so that a `select!` loop around
+                // `flush` against a stalled peer keeps it at twice the live
+                // ones (amortised O(1) a push).
+                if self.flush_waiters.len() == self.flush_waiters.capacity() {
+                    self.flush_waiters.retain(|w| !w.is_closed());
+                }
                 self.flush_waiters.push(tx);
                 self.wake_driver();
             }
