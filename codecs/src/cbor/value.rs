@@ -198,6 +198,9 @@ mod tests {
             any::<i64>().prop_map(|n| Value::Integer(n.into())),
             any::<u64>().prop_map(|n| Value::Integer(n.into())),
             (any::<u64>()).prop_map(|n| Value::Integer(-1 - i128::from(n))),
+            // Heads with 1-, 2- and 4-byte arguments.
+            (-70_000i64..70_000).prop_map(|n| Value::Integer(n.into())),
+            (0u64..=u64::from(u32::MAX)).prop_map(|n| Value::Integer(n.into())),
             any::<f64>()
                 .prop_filter("NaN", move |f| tagged || !f.is_nan())
                 .prop_map(Value::Float),
@@ -207,6 +210,7 @@ mod tests {
             prop::sample::select(vec![0.0, -0.0, 0.5, -65504.0, 6.0e-8, f64::INFINITY])
                 .prop_map(Value::Float),
             prop::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+            prop::collection::vec(any::<u8>(), 250..300).prop_map(Value::Bytes),
             "\\PC{0,30}".prop_map(Value::Text),
         ];
         leaf.prop_recursive(5, 64, 6, move |inner| {
@@ -300,6 +304,23 @@ mod tests {
         // and nothing reserved for the announcement.
         let item = [0x9a, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02, 0x03];
         assert!(ours(&item).is_none());
+    }
+
+    #[test]
+    fn nesting_past_max_depth_is_left_to_the_scanner() {
+        let nested = |levels: usize| {
+            let mut item = vec![0x81; levels];
+            item.push(0x00);
+            item
+        };
+        assert!(ours(&nested(MAX_DEPTH)).is_some());
+        // serde_cbor takes 100 levels, refuses 200: neither is read here.
+        for levels in [MAX_DEPTH + 1, 100, 200] {
+            assert!(ours(&nested(levels)).is_none(), "{levels}");
+        }
+        let mut maps = vec![0xa1, 0x00].repeat(MAX_DEPTH + 1);
+        maps.push(0x00);
+        assert!(ours(&maps).is_none());
     }
 
     #[test]
