@@ -175,12 +175,11 @@ impl LineBatchCodec {
                     bounds.push((off + line_len, off + line_len + eol_len));
                     off += line_len + eol_len;
                 }
-                Scan::NeedMore { scanned } => {
-                    // Relative to `rest`, which becomes the front once the
-                    // batch is split off: nothing is scanned twice.
-                    self.lines.set_scanned(scanned);
-                    break;
-                }
+                // The partial line after the batch is left unscanned as far
+                // as the codec knows: returned with a frame, the codec holds
+                // nothing of the bytes left, so another reader may take them
+                // (its next call scans this line again, once: linear).
+                Scan::NeedMore { .. } => break,
                 // Reported at the front by the next call, after these lines
                 // (a rescan of at most `max_length` and an EOL, once, on the
                 // way to an error).

@@ -1314,6 +1314,24 @@ fn batch_takes_every_complete_line_and_leaves_the_partial_one() {
     assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
 }
 
+/// A batch holds nothing of the partial line after it: the codec's state
+/// describes no bytes left in the buffer, so a read of another kind may
+/// take them and the same codec goes on in step (docs/semantics.md §4,
+/// *Decoders you keep*).
+#[test]
+fn batch_codec_holds_nothing_of_the_line_after_its_batch() {
+    let mut codec = LineBatchCodec::new();
+    let mut buf = BytesMut::from(&b"one\nabc"[..]);
+    let batch = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(batch.len(), 1);
+    // Another reader takes 4 bytes: `abc` and the `d` that came next.
+    buf.extend_from_slice(b"d\nxy\nzz\n");
+    let _ = buf.split_to(4);
+    let batch = codec.decode(&mut buf).unwrap().unwrap();
+    let lines: Vec<&[u8]> = batch.iter().map(|l| l.line()).collect();
+    assert_eq!(lines, [&b""[..], b"xy", b"zz"]);
+}
+
 #[test]
 fn batch_accessors_agree() {
     let mut buf = BytesMut::from(&b"one\ntwo\r\nthree\n"[..]);

@@ -335,14 +335,6 @@ impl LineCodec {
         &self.eol
     }
 
-    /// Records that the line at the front of the buffer was scanned up to
-    /// `scanned` bytes without a verdict (stream decoders only).
-    #[inline(always)]
-    pub(crate) fn set_scanned(&mut self, scanned: usize) {
-        debug_assert!(!self.once, "batches are for stream decoders");
-        self.state = State::Reading { scanned };
-    }
-
     /// Splits the line found by `next_line` off the buffer.
     #[inline(always)]
     fn take(buf: &mut BytesMut, line_len: usize, eol_len: usize) -> Line {
