@@ -260,6 +260,14 @@ impl<T> fmt::Debug for CborCodec<T> {
     }
 }
 
+/// The most bytes the fast path reads: an item that does not end within
+/// them goes the scanner's way. A `Value` can take 256 times the bytes it
+/// is read from, and an item may turn out wrong only near its end (then
+/// on every retry, since nothing is consumed): this bounds what is built
+/// and thrown away to about 4 MiB, while every message of a typical size
+/// still arrives whole within it.
+const FAST_WINDOW: usize = 16 * 1024;
+
 impl<T: DeserializeOwned + 'static> CborCodec<T> {
     /// The fast path, for an item that starts at the front of `buf` and is
     /// decoded into a [`serde_cbor::Value`]: the bytes the direct reader
@@ -283,7 +291,9 @@ impl<T: DeserializeOwned + 'static> CborCodec<T> {
     /// invariance breaks. An item the reader takes is well-formed (it takes
     /// no reserved head, break or indefinite length); CBOR is prefix-free,
     /// so the item ends where the reader stopped; the reader sees at most
-    /// `max_size` bytes, so an item over the size limit never decodes here;
+    /// `max_size` bytes (and at most [`FAST_WINDOW`]), so an item over the
+    /// size limit never decodes here, and a declared length the window
+    /// cannot hold sends the item to the scanner before anything is read;
     /// it nests at most [`value::MAX_DEPTH`] levels, within the scanner's
     /// limit unless that is lower, when the fast path is off; and it gives
     /// the value serde_cbor would.
@@ -296,7 +306,7 @@ impl<T: DeserializeOwned + 'static> CborCodec<T> {
         if buf.is_empty() || !self.scanner.is_at_start() || limits.max_depth < value::MAX_DEPTH {
             return None;
         }
-        Some(&buf[..buf.len().min(limits.max_size)])
+        Some(&buf[..buf.len().min(limits.max_size).min(FAST_WINDOW)])
     }
 }
 

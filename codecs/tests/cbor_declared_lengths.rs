@@ -130,3 +130,50 @@ fn lying_heads_into_value_allocate_nothing_on_their_word() {
     assert_eq!(buf.len(), wire.len());
     assert!(peak < 64 * 1024, "{peak} bytes allocated");
 }
+
+/// An array head announcing 2^32 - 1 elements, over a 1 MiB limit, then
+/// 60 KB of one-entry maps: the scanner refuses it at its head. Into
+/// `Value` the whole item is never read first (it was: 15 MB of `Value`
+/// built, then thrown away, on every retry of the refused item).
+#[test]
+fn an_item_refused_at_its_head_is_not_read_into_a_value_first() {
+    let mut wire = vec![0x9a, 0xff, 0xff, 0xff, 0xff];
+    for _ in 0..20_000 {
+        wire.extend_from_slice(&[0xa1, 0x00, 0x00]);
+    }
+    let mut codec = CborCodec::<serde_cbor::Value>::with_limits(1 << 20, 128);
+    let mut buf = BytesMut::from(&wire[..]);
+    for _ in 0..3 {
+        let (r, peak) = alloc_probe::peak(|| codec.decode(&mut buf).map_err(|e| e.is_limit()));
+        assert!(r.unwrap_err(), "refused for its declared length");
+        assert_eq!(buf.len(), wire.len(), "nothing consumed");
+        assert!(peak < 64 * 1024, "{peak} bytes allocated to refuse it");
+    }
+}
+
+/// A well-formed head whose item goes wrong near its end (a reserved byte
+/// after 100,000 one-entry maps, 300 KB): what is read into `Value` before
+/// the error is found is bounded by a small window, not by the item (a
+/// `Value` can take 256 times its bytes: 77 MB here), on every retry.
+#[test]
+fn an_item_with_an_error_near_its_end_costs_a_bounded_partial_read() {
+    let n: u32 = 100_000;
+    let mut wire = vec![0x9a];
+    wire.extend_from_slice(&(n + 1).to_be_bytes());
+    for _ in 0..n {
+        wire.extend_from_slice(&[0xa1, 0x00, 0x00]);
+    }
+    wire.push(0x1c);
+    let mut codec = CborCodec::<serde_cbor::Value>::new();
+    let mut buf = BytesMut::from(&wire[..]);
+    for _ in 0..3 {
+        let (r, peak) = alloc_probe::peak(|| codec.decode(&mut buf).map(|v| v.is_some()));
+        assert!(r.is_err(), "reserved additional information");
+        assert_eq!(buf.len(), wire.len());
+        assert!(
+            peak < 8 << 20,
+            "{peak} bytes allocated for a {} byte item",
+            wire.len()
+        );
+    }
+}
