@@ -176,3 +176,18 @@ async fn a_ticket_raced_in_select_across_rounds_loses_no_frame() {
     assert_eq!(got, [&b"first"[..], b"second", b"third"]);
     drop(feeder.await.unwrap());
 }
+
+/// `consume(0)` takes nothing: the `Stream`'s decoder, holding part of a
+/// frame, is not stale after it.
+#[tokio::test]
+async fn consuming_nothing_leaves_a_begun_stream_frame_alone() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::with_codec(ours, LineCodec::new());
+    peer.write_all(b"abc").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(20), conn.next()).await;
+    assert!(r.is_err());
+    conn.consume(0);
+    peer.write_all(b"def\n").await.unwrap();
+    let line = within("line", conn.next()).await.unwrap().unwrap();
+    assert_eq!(line.line(), b"abcdef");
+}

@@ -56,7 +56,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Weak;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -423,6 +423,13 @@ impl Core {
         // The caller may take anything.
         self.taken = self.taken.wrapping_add(1);
         &mut self.rbuf
+    }
+
+    /// Drops the first `n` unread bytes (all if fewer are buffered).
+    pub(crate) fn consume(&mut self, n: usize) {
+        let before = self.rbuf.len();
+        self.rbuf.advance(n.min(before));
+        self.note_taken(before);
     }
 
     /// Notes that a decoder may have taken bytes: the buffer held `before`.

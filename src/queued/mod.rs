@@ -229,9 +229,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// Drops the first `n` unread bytes (all of them if fewer are buffered).
     pub fn consume(&mut self, n: usize) {
         self.unstick_stream();
-        let rbuf = self.core.read_buffer_mut();
-        let n = n.min(rbuf.len());
-        let _ = rbuf.split_to(n);
+        self.core.consume(n);
     }
 
     /// Bytes queued for writing and not yet accepted by the transport.
