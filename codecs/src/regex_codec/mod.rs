@@ -120,7 +120,8 @@ struct Scanned {
 ///   caller may skip or clear bytes and call again.
 /// * More than `max_length` bytes buffered without an accept match within
 ///   the first `max_length`: `ENOSPC`, fatal, nothing consumed.
-/// * End of input without an accept match (`decode_eof`): `EPIPE`, fatal;
+/// * End of input without an accept match (`decode_eof`, which searches
+///   once more a window that skip moved, RT-regex-5): `EPIPE`, fatal;
 ///   everything, skipped bytes included, is still in the buffer.
 ///
 /// # Examples
@@ -204,7 +205,21 @@ impl Decoder for RegexCodec {
     type Error = Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        let found = self.scan(buf);
+        self.decode_with(buf, false)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        match self.decode_with(buf, true)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(Error::incomplete_at_eof(CODEC, buf.len())),
+        }
+    }
+}
+
+impl RegexCodec {
+    fn decode_with(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Option<Bytes>, Error> {
+        let found = self.scan(buf, eof);
         if found.is_err() {
             // The caller may now skip bytes (RT-regex-3): nothing scanned
             // so far is known to be still in place.
@@ -214,19 +229,11 @@ impl Decoder for RegexCodec {
         found
     }
 
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-        match self.decode(buf)? {
-            Some(frame) => Ok(Some(frame)),
-            None if buf.is_empty() => Ok(None),
-            None => Err(Error::incomplete_at_eof(CODEC, buf.len())),
-        }
-    }
-}
-
-impl RegexCodec {
     /// One decode step: accept, then reject and skip, each resuming where
-    /// its last search over the same bytes left off.
-    fn scan(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+    /// its last search over the same bytes left off. At end of input
+    /// (`eof`), a window that skip moved since the last search is searched
+    /// once more, as AE runs the request once more on its buffer.
+    fn scan(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Option<Bytes>, Error> {
         if self.once == Some(true) {
             return Err(Error::invalid_input(
                 CODEC,
@@ -241,6 +248,7 @@ impl RegexCodec {
         }
         if let Some(last) = self.scanned
             && last.len == len
+            && !(eof && self.skipped != last.from)
         {
             // Nothing new since a search that found no record (a reject
             // is never cached: the state is dropped with the error).
@@ -365,15 +373,16 @@ impl RegexCodecBuilder {
     ///
     /// # Errors
     ///
-    /// `EINVAL` when accept matches the empty string: AE completes such a
-    /// request at once with an empty record (RT-regex-4), and as a stream
-    /// decoder it would do so forever; [`build_once`](Self::build_once)
-    /// accepts it for one record.
+    /// `EINVAL` when accept can match empty text (the empty string, as
+    /// `x*`, or only between certain bytes, as `\b`): AE completes such a
+    /// request with an empty record (RT-regex-4), and as a stream decoder it
+    /// would do so forever; [`build_once`](Self::build_once) accepts it for
+    /// one record.
     pub fn build(&self) -> Result<RegexCodec, Error> {
-        if self.accept.regex().is_match(b"") {
+        if self.accept.may_match_empty() {
             return Err(Error::invalid_input(
                 CODEC,
-                "accept regex matches the empty string",
+                "accept regex can match empty text",
             ));
         }
         Ok(self.build_with(None))
