@@ -20,7 +20,7 @@ use tokio_util::codec::Decoder;
 use crate::error::Error;
 
 mod search;
-pub(crate) use search::Search;
+pub(crate) use search::{Prior, Search};
 
 const CODEC: &str = "regex";
 
@@ -108,8 +108,10 @@ struct Scanned {
 /// each time, so a record arriving in `k` pieces costs `O(k × window)`;
 /// the window never exceeds `max_length`, whose default is lower for such
 /// regexes ([`DEFAULT_REGEX_UNBOUNDED_MAX_LENGTH`]). When skip moves the
-/// window's start, the next searches begin at the new start. A call
-/// without new bytes runs nothing.
+/// window's start, a regex with a longest match still resumes: only the
+/// first bytes after the new start, where an anchor or a word boundary
+/// now reads differently, are searched again. A call without new bytes
+/// runs nothing.
 ///
 /// # Errors and state
 ///
@@ -257,19 +259,22 @@ impl RegexCodec {
         let window_end = len.min(self.max_length);
         let from = self.skipped.min(window_end);
         let window = &buf[from..window_end];
-        // The last search over this same window, if any: each regex resumes
-        // where it can without changing its answer.
-        let last = self.scanned.filter(|last| last.from == from);
-        let resume = |search: &Search, found: Option<usize>| {
-            last.map_or(0, |last| {
-                search.resume_at(last.window_len, found.unwrap_or(last.window_len))
+        // The last search, over this window or one that started before it
+        // (skip moved it): each regex resumes where it can without changing
+        // its answer.
+        let last = self.scanned.filter(|last| last.from <= from);
+        let prior = |found: Option<usize>| {
+            last.map(|last| Prior {
+                moved: from - last.from,
+                len: last.window_len,
+                found: found.unwrap_or(last.window_len),
             })
         };
 
         // 1. accept. A match that would give an empty frame is passed over
         //    (it would consume nothing, forever); the last search found no
         //    other.
-        let accepted = match self.accept.first(window, resume(&self.accept, None)) {
+        let accepted = match self.accept.first_after(window, prior(None)) {
             // A single-use decoder takes it: AE completes such a request.
             Some((0, 0)) if from == 0 && self.once.is_none() => (!window.is_empty())
                 .then(|| self.accept.first(window, 1))
@@ -291,7 +296,7 @@ impl RegexCodec {
         if let Some((at, _)) = self
             .reject
             .as_ref()
-            .and_then(|r| r.first(window, resume(r, None)))
+            .and_then(|r| r.first_after(window, prior(None)))
         {
             return Err(RegexCodec::reject_error(buf, from + at));
         }
@@ -300,7 +305,7 @@ impl RegexCodec {
         if let Some((start, end)) = self
             .skip
             .as_ref()
-            .and_then(|s| s.first(window, resume(s, last.and_then(|l| l.skip_at))))
+            .and_then(|s| s.first_after(window, prior(last.and_then(|l| l.skip_at))))
         {
             self.skipped = from + end;
             skip_at = Some(start);

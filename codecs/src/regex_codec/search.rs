@@ -39,6 +39,19 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 /// decodes one character, up to 4 bytes, on each side.
 const LOOK_MARGIN: usize = 4;
 
+/// What an earlier search of a regex found, for the next one to resume
+/// ([`Search::first_after`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prior {
+    /// How far this window's start is past the earlier one's.
+    pub(crate) moved: usize,
+    /// The earlier window's length.
+    pub(crate) len: usize,
+    /// No match started before this point of the earlier window (its
+    /// length when there was none).
+    pub(crate) found: usize,
+}
+
 /// A regex and the length of its longest possible match, if it has one.
 #[derive(Debug, Clone)]
 pub(crate) struct Search {
@@ -85,10 +98,6 @@ impl Search {
         self.may_match_empty
     }
 
-    pub(crate) fn regex(&self) -> &Regex {
-        &self.re
-    }
-
     /// The longest match the pattern allows, or `None` when unbounded.
     pub(crate) fn max_len(&self) -> Option<usize> {
         self.max_len
@@ -102,6 +111,48 @@ impl Search {
             Some(max) => found.min(old_len.saturating_sub(max.saturating_add(LOOK_MARGIN))),
             None => 0,
         }
+    }
+
+    /// The leftmost match in `window`, empty or not, knowing what an
+    /// earlier search found (`prior`): the same result as
+    /// [`first`](Self::first) from 0, resuming where that is exact.
+    ///
+    /// The earlier window may have started before this one (skip moved its
+    /// start): a match starting at least [`LOOK_MARGIN`] bytes into this
+    /// window sees the same bytes and the same context as it did there, so
+    /// the resume point carries over; the first bytes see a new start (an
+    /// anchor, a word boundary) and are searched again, in a prefix long
+    /// enough for any match starting there and its look-ahead. So a record
+    /// that skip moves through in small steps is still searched once.
+    pub(crate) fn first_after(
+        &self,
+        window: &[u8],
+        prior: Option<Prior>,
+    ) -> Option<(usize, usize)> {
+        let Some(prior) = prior else {
+            return self.first(window, 0);
+        };
+        let resume = self.resume_at(prior.len, prior.found);
+        let Some(from) = resume.checked_sub(prior.moved) else {
+            return self.first(window, 0);
+        };
+        if prior.moved == 0 {
+            return self.first(window, from);
+        }
+        // Only a regex with a longest match resumes (`resume_at` is 0
+        // otherwise, and `from` with it).
+        let Some(max) = self.max_len.filter(|_| from > LOOK_MARGIN) else {
+            return self.first(window, 0);
+        };
+        let head = window
+            .len()
+            .min(LOOK_MARGIN + max.saturating_add(LOOK_MARGIN));
+        if let Some((start, end)) = self.first(&window[..head], 0)
+            && start < LOOK_MARGIN
+        {
+            return Some((start, end));
+        }
+        self.first(window, from)
     }
 
     /// What to keep of a haystack of `len` bytes in which no match starts,
