@@ -15,9 +15,9 @@ pub enum ErrorKind {
     /// (the partial frame stays in the read buffer), or a write hit a
     /// closed connection.
     BrokenPipe,
-    /// `ETIMEDOUT`: an idle, read or write timeout of this crate expired
-    /// ([`Error::timeout`] says which; a transport's own timeout is
-    /// [`Io`](ErrorKind::Io)). Usually
+    /// `ETIMEDOUT`: an idle, read or write timeout of a connection expired
+    /// ([`Error::timeout`] says which; a transport's own timeout, and a
+    /// connect that timed out, are [`Io`](ErrorKind::Io)). Usually
     /// non-fatal; fatal when the timer expires with nobody left to tell and
     /// a response still owed to a pipelined caller, or in the server loop
     /// when the peer stops taking answers. Check [`Error::is_fatal`].
@@ -283,9 +283,10 @@ impl Error {
         self.inner.fatal
     }
 
-    /// True for `ETIMEDOUT`: one of this crate's timers expired (a
-    /// transport that times out itself, as a TCP keepalive does, is an
-    /// [`Io`](ErrorKind::Io) error).
+    /// True for `ETIMEDOUT`: a connection's idle, read or write timer
+    /// expired (a transport that times out itself, as a TCP keepalive
+    /// does, and a connect that times out are [`Io`](ErrorKind::Io)
+    /// errors).
     pub fn is_timeout(&self) -> bool {
         self.inner.kind == ErrorKind::TimedOut
     }

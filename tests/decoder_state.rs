@@ -191,3 +191,97 @@ async fn consuming_nothing_leaves_a_begun_stream_frame_alone() {
     let line = within("line", conn.next()).await.unwrap().unwrap();
     assert_eq!(line.line(), b"abcdef");
 }
+
+/// Sets up a `Stream` whose line decoder has begun `abc` (its `next()`
+/// given up), with `d\nxy\n` arrived after.
+async fn begun_stream() -> (
+    QueuedFramed<tokio::io::DuplexStream, LineCodec>,
+    tokio::io::DuplexStream,
+) {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::with_codec(ours, LineCodec::new());
+    peer.write_all(b"abc").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(20), conn.next()).await;
+    assert!(r.is_err());
+    peer.write_all(b"d\nxy\n").await.unwrap();
+    (conn, peer)
+}
+
+/// Every way bytes leave the front under a begun frame makes the decoder
+/// stale: `consume`, `read_buffer_mut` (the caller may do anything with
+/// it), `read_many` and `read_with` with decoders of their own. A stale
+/// stream stays ended through `consume` until `codec_mut`.
+#[tokio::test]
+async fn every_way_of_taking_bytes_under_a_begun_frame_makes_it_stale() {
+    async fn stale_after(
+        what: &str,
+        take: impl AsyncFnOnce(&mut QueuedFramed<tokio::io::DuplexStream, LineCodec>),
+    ) {
+        let (mut conn, _peer) = begun_stream().await;
+        take(&mut conn).await;
+        let e = within(what, conn.next()).await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}");
+        conn.consume(1);
+        assert!(
+            within(what, conn.next()).await.is_none(),
+            "{what}: stays ended"
+        );
+        *conn.codec_mut() = LineCodec::new();
+        assert!(within(what, conn.next()).await.is_some(), "{what}: goes on");
+    }
+    stale_after("consume", async |c| c.consume(2)).await;
+    stale_after("read_buffer_mut", async |c| {
+        let _ = c.read_buffer_mut().len();
+    })
+    .await;
+    stale_after("read_many", async |c| {
+        let (mut d, mut out) = (ChunkCodec::new(2), Vec::new());
+        within("batch", c.read_many(&mut d, &mut out, 1))
+            .await
+            .unwrap();
+    })
+    .await;
+    stale_after("read_with", async |c| {
+        within("read_with", c.read_with(&mut ChunkCodec::new(2)))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// A read timeout the `Stream` yields while its decoder holds part of a
+/// frame takes nothing: polled again, the decoder finishes the frame.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_yielded_under_a_begun_frame_leaves_it_whole() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mut conn = QueuedFramed::builder()
+        .rtimeout(Duration::from_secs(1))
+        .build_with_codec(ours, LineCodec::new());
+    peer.write_all(b"abc").await.unwrap();
+    let e = within("timeout", conn.next()).await.unwrap().unwrap_err();
+    assert!(e.is_timeout() && !e.is_fatal(), "{e:?}");
+    peer.write_all(b"def\n").await.unwrap();
+    assert_eq!(
+        within("line", conn.next()).await.unwrap().unwrap().line(),
+        b"abcdef"
+    );
+}
+
+/// `codec_mut` before the next poll cannot tell a fresh decoder from the
+/// old one: the verdict stands (docs/semantics.md §4), once.
+#[tokio::test]
+async fn codec_mut_before_the_next_poll_does_not_clear_the_verdict() {
+    let (mut conn, _peer) = begun_stream().await;
+    let four = within("chunk", conn.read(ChunkCodec::new(4)))
+        .await
+        .unwrap();
+    assert_eq!(&four[..], b"abcd");
+    *conn.codec_mut() = LineCodec::new();
+    let e = within("stale", conn.next()).await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    *conn.codec_mut() = LineCodec::new();
+    assert_eq!(
+        within("line", conn.next()).await.unwrap().unwrap().line(),
+        b""
+    );
+}

@@ -564,3 +564,21 @@ proptest! {
         prop_assert_eq!(ours, theirs);
     }
 }
+
+/// A builder option a `Regex` does not reveal may make its pattern match
+/// empty text where the text read alone does not (free spacing turns
+/// `; *` into `;*`): still refused.
+#[test]
+fn accept_matching_empty_under_builder_options_is_refused() {
+    let accept = regex::bytes::RegexBuilder::new("; *")
+        .ignore_whitespace(true)
+        .build()
+        .unwrap();
+    let err = RegexCodec::new(accept.clone()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err = anyframe_codecs::LineCodec::builder()
+        .eol_regex(accept)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}

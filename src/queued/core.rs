@@ -1816,11 +1816,14 @@ impl Core {
             }
             Life::Open => {
                 // Flushes given up stay until the output drains; before the
-                // list grows, drop them, so that a `select!` loop around
-                // `flush` against a stalled peer keeps it at twice the live
-                // ones (amortised O(1) a push).
+                // list grows, drop them, and keep room for as many again as
+                // are left, so that the next sweep is that many pushes away
+                // (amortised O(1) a push) and a `select!` loop around
+                // `flush` against a stalled peer keeps the list at twice
+                // the live ones.
                 if self.flush_waiters.len() == self.flush_waiters.capacity() {
                     self.flush_waiters.retain(|w| !w.is_closed());
+                    self.flush_waiters.reserve(self.flush_waiters.len());
                 }
                 self.flush_waiters.push(tx);
                 self.wake_driver();
@@ -2003,12 +2006,13 @@ impl Core {
                 SwitchKind::Start(mode) => {
                     // Everything already read is the peer's handshake.
                     let replay = self.rbuf.split().freeze();
-                    if !replay.is_empty() {
-                        self.taken = self.taken.wrapping_add(1);
-                    }
                     let mode = mode.take().expect("a STARTTLS starts once");
                     match io.start_tls(mode, replay.clone()) {
                         Ok(()) => {
+                            // The bytes are the handshake's now.
+                            if !replay.is_empty() {
+                                self.taken = self.taken.wrapping_add(1);
+                            }
                             sw.kind = SwitchKind::Handshaking;
                             continue;
                         }

@@ -220,13 +220,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     }
 
     /// The unread input, mutably; remove only from the front if requests are
-    /// queued.
+    /// queued. The `Stream`'s decoder, if it holds part of a frame (a
+    /// `next()` given up), counts this as bytes taken from under it: its
+    /// next poll is `EINVAL` (see the `Stream` implementation). To look,
+    /// use [`read_buffer`](Self::read_buffer).
     pub fn read_buffer_mut(&mut self) -> &mut BytesMut {
         self.unstick_stream();
         self.core.read_buffer_mut()
     }
 
     /// Drops the first `n` unread bytes (all of them if fewer are buffered).
+    /// As for [`read_buffer_mut`](Self::read_buffer_mut), the `Stream`'s
+    /// decoder is stale after bytes were dropped from under a frame it had
+    /// begun.
     pub fn consume(&mut self, n: usize) {
         self.unstick_stream();
         self.core.consume(n);
@@ -657,7 +663,9 @@ where
     /// brought more, or with a read queued to take them.
     ///
     /// A read queued while the decoder holds part of a frame (a `next()`
-    /// given up half way) takes the bytes at the front (RQ-1). The
+    /// given up half way) takes the bytes at the front (RQ-1), as do
+    /// [`consume`](QueuedFramed::consume) and
+    /// [`read_buffer_mut`](QueuedFramed::read_buffer_mut). The
     /// decoder's state then describes bytes that are gone: rather than
     /// decode with it, the stream yields `EINVAL` (non-fatal) once and ends
     /// until [`codec_mut`](QueuedFramed::codec_mut) gives it a fresh

@@ -84,8 +84,9 @@ impl LineCodecBuilder {
     /// the matched text, as AE's `^(.*?)(EOL)` (RT-line-3). A regex that
     /// can match empty text is refused by [`build`](Self::build): one that
     /// matches the empty string (`x*`), and one that matches empty only
-    /// between certain bytes (`\b`, `;|\b`), whose empty match would hide
-    /// a non-empty one at the same place.
+    /// between certain bytes (`\b`, `\b|;`), whose empty match would hide
+    /// a non-empty one at the same place (`\b|;` on `ab;` matches the empty
+    /// text before `;`, never the `;`).
     ///
     /// **Split-dependent** (docs/semantics.md §2a): the regex only sees what has arrived.
     /// With `[;,]+`, `"a;"` then `";b"` gives the line `"a"` with EOL `";"`

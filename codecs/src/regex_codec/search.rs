@@ -61,9 +61,11 @@ pub(crate) struct Search {
     /// The bytes a match can hold; `None` when that is (nearly) any byte,
     /// or unknown, and the regex must always run.
     bytes: Option<ByteSet>,
-    /// Whether some text has an empty match: the pattern has a reading of
-    /// shortest match 0 (`\b`, `x*`, `;|\b`), or, read no way, it matches
-    /// the empty haystack.
+    /// Whether some text has an empty match: the regex matches the empty
+    /// haystack, or the pattern has a reading of shortest match 0 (`\b`,
+    /// `x*`, `\b|;`). (An empty match that needs context and comes from a
+    /// builder option the pattern does not show goes unseen; the searches
+    /// pass empty matches over, as `find_iter` does.)
     may_match_empty: bool,
 }
 
@@ -77,13 +79,13 @@ impl Search {
             .try_fold(None, |max: Option<usize>, len| Some(max.max(Some(len?))))
             .flatten();
         let bytes = ByteSet::of_matches(&readings);
-        let may_match_empty = if readings.is_empty() {
-            re.is_match(b"")
-        } else {
-            readings
+        // The readings find an empty match that needs context (`\b`); the
+        // regex itself one that a builder option made (free spacing turns
+        // `; *` into `;*`), which the readings cannot see.
+        let may_match_empty = re.is_match(b"")
+            || readings
                 .iter()
-                .any(|h| h.properties().minimum_len() == Some(0))
-        };
+                .any(|h| h.properties().minimum_len() == Some(0));
         Search {
             re,
             max_len,
