@@ -71,7 +71,7 @@ pub(crate) struct Search {
 
 impl Search {
     pub(crate) fn new(re: Regex) -> Search {
-        let readings = generous_readings(re.as_str());
+        let (readings, plain) = generous_readings(re.as_str());
         // The longest match of any reading; none when any is unbounded.
         let max_len = readings
             .iter()
@@ -81,11 +81,14 @@ impl Search {
         let bytes = ByteSet::of_matches(&readings);
         // The readings find an empty match that needs context (`\b`); the
         // regex itself one that a builder option made (free spacing turns
-        // `; *` into `;*`), which the readings cannot see.
+        // `; *` into `;*`). Free-spaced readings only count when no other
+        // parses: a pattern that is not free-spaced loses its literal
+        // spaces and line ends to them (`\r\n|\n|\r` written with real
+        // CR and LF would read as `||`), and its matches are never empty.
+        let empty = |h: &Hir| h.properties().minimum_len() == Some(0);
         let may_match_empty = re.is_match(b"")
-            || readings
-                .iter()
-                .any(|h| h.properties().minimum_len() == Some(0));
+            || readings[..plain].iter().any(empty)
+            || (plain == 0 && readings.iter().any(empty));
         Search {
             re,
             max_len,
@@ -218,34 +221,53 @@ impl Search {
     }
 }
 
-/// `pattern` read with the settings that give the longest matches and the
-/// most bytes in them, for [`Hir::properties`]'s longest match and for
-/// [`ByteSet::of_matches`]: every reading that parses, of two.
+/// `pattern` read every way that matters for its longest match, the bytes
+/// its matches hold and whether it can match empty text: every reading
+/// that parses, of eight.
 ///
-/// A `Regex` does not tell how it was built, so the pattern is read with
-/// case folding on (`k` may match the 3-byte Kelvin sign) and `.` matching
-/// every character, once with Unicode on (a class or `.` may match a 4-byte
-/// character where byte mode matches one byte) and once with it off (where
-/// `\xd7` is the byte D7, not the character U+00D7, bytes C3 97). Flags
-/// written in the pattern, such as `(?-u)`, still apply. A pattern built
-/// with other settings that make it read differently here (free spacing,
-/// octal escapes) either reads as a superset (free spacing only removes
-/// literal spaces) or fails to parse; with no reading it is treated as
-/// unbounded and able to hold any byte: slower, never wrong.
-fn generous_readings(pattern: &str) -> Vec<Hir> {
-    [true, false]
-        .into_iter()
-        .filter_map(|unicode| {
-            regex_syntax::ParserBuilder::new()
-                .utf8(false)
-                .unicode(unicode)
-                .case_insensitive(true)
-                .dot_matches_new_line(true)
-                .build()
-                .parse(pattern)
-                .ok()
-        })
-        .collect()
+/// A `Regex` does not tell which builder options made it, and no one
+/// reading is a superset of the others: case folding takes characters out
+/// of a class with a set difference (`[a\x{212A}--k]` folds the Kelvin
+/// sign into `k` and drops it) as surely as it adds `K` to `k`; free
+/// spacing joins a repetition to the group before it (`(?:xy) {10}`) or
+/// turns `#` into a comment; Unicode mode reads `\xd7` as a 2-byte
+/// character where byte mode reads one byte. So the pattern is read with
+/// case folding off and on, Unicode on and off, free spacing off and on,
+/// and the answers are combined on the large side: the longest of the
+/// longest matches, every byte any reading holds. (Whether it can match
+/// empty text is asked of the plain readings only, see `Search::new`.)
+/// One of the eight is how the regex was built, unless
+/// an option outside them changed it: `.` is read matching every byte
+/// (what `s` and `line_terminator` change only narrows it), and octal
+/// escapes are read as octal (without that option such a pattern does not
+/// build at all). With no reading, the pattern is treated as unbounded and
+/// able to hold any byte: slower, never wrong.
+///
+/// Returns the readings, those without free spacing (plain) first, and
+/// how many are plain.
+fn generous_readings(pattern: &str) -> (Vec<Hir>, usize) {
+    let mut readings = Vec::with_capacity(8);
+    let mut plain = 0;
+    for ignore_whitespace in [false, true] {
+        for case_insensitive in [false, true] {
+            for unicode in [true, false] {
+                let reading = regex_syntax::ParserBuilder::new()
+                    .utf8(false)
+                    .unicode(unicode)
+                    .case_insensitive(case_insensitive)
+                    .ignore_whitespace(ignore_whitespace)
+                    .dot_matches_new_line(true)
+                    .octal(true)
+                    .build()
+                    .parse(pattern);
+                readings.extend(reading.ok());
+            }
+        }
+        if !ignore_whitespace {
+            plain = readings.len();
+        }
+    }
+    (readings, plain)
 }
 
 /// A set of bytes, one bit each.
@@ -396,11 +418,13 @@ mod tests {
         assert_eq!(set("(?-s:.)"), None);
         assert_eq!(set(r"[^\n]x"), None);
         assert_eq!(set(r"\w"), None);
-        // Not parsed here (octal escapes are off): every byte.
-        let octal = regex::bytes::RegexBuilder::new(&format!("{}141", '\\'))
+        // Octal escapes are read as octal (without the option such a
+        // pattern does not build): `\141` is `a`.
+        let octal = regex::bytes::RegexBuilder::new(&format!("{}141;", '\\'))
             .octal(true)
             .build();
-        assert_eq!(Search::new(octal.unwrap()).bytes, None);
+        let octal = Search::new(octal.unwrap()).bytes.expect("a few bytes");
+        assert!(octal.contains(b'a') && octal.contains(b';') && !octal.contains(b'x'));
     }
 
     #[test]
