@@ -248,7 +248,9 @@ impl Search {
 fn generous_readings(pattern: &str) -> (Vec<Hir>, usize) {
     let mut readings = Vec::with_capacity(8);
     let mut plain = 0;
-    for ignore_whitespace in [false, true] {
+    // Free spacing changes nothing in a pattern without whitespace or `#`.
+    let spacing = pattern.chars().any(|c| c.is_whitespace() || c == '#');
+    for ignore_whitespace in [false, true].into_iter().filter(|&x| !x || spacing) {
         for case_insensitive in [false, true] {
             for unicode in [true, false] {
                 let reading = regex_syntax::ParserBuilder::new()
