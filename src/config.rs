@@ -292,7 +292,10 @@ impl Builder {
     /// with the defaults: unread bytes are read first, unwritten bytes are
     /// written first. ([`Parts`](crate::Parts) carries no options: a handle
     /// taken apart and put back with `from_parts` has the default caps and
-    /// timeouts.)
+    /// timeouts.) With [`tls`](Self::tls), the unwritten bytes go out
+    /// before the handshake, in plaintext (they were queued before it,
+    /// TLS-2), and the unread bytes are the start of the peer's handshake
+    /// (OPT-18).
     pub fn build_from_parts<IO, C>(&self, parts: crate::Parts<IO, C>) -> crate::QueuedFramed<IO, C>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

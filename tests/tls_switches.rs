@@ -494,3 +494,33 @@ async fn autostart_short_prefix_then_silence_times_out_non_fatally_and_retries()
     }
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// `Builder::build_from_parts` with `Builder::tls`: the restored output was
+/// queued on the plaintext connection, so it goes out first, in plaintext
+/// (TLS-2), and the restored input is the start of the handshake (OPT-18).
+/// The output used to wait behind the handshake, and a client waiting for
+/// that greeting before its ClientHello never got it.
+#[tokio::test]
+async fn parts_rebuilt_with_tls_write_their_output_first_in_plaintext() {
+    for &b in pki::BACKENDS {
+        let (c, s) = tokio::io::duplex(1 << 16);
+        let client = tokio::spawn(async move {
+            let mut conn = QueuedFramed::new(c);
+            let ready = conn.read(LineCodec::new()).await?;
+            assert_eq!(ready.line(), b"220 ready");
+            conn.starttls(pki::client_on(b)).await?;
+            conn.push_bytes(&b"hi\n"[..]).unwrap();
+            conn.flush().await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, anyframe::Error>(())
+        });
+        let mut parts = anyframe::Parts::new(s, ());
+        parts.write_buf.extend_from_slice(b"220 ready\n");
+        let mut conn = QueuedFramed::builder()
+            .tls(server_on(b))
+            .build_from_parts(parts);
+        let line = within("line over TLS", conn.read(LineCodec::new())).await;
+        assert_eq!(line.unwrap().line(), b"hi", "{b:?}");
+        within("client", client).await.unwrap().unwrap();
+    }
+}

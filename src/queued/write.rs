@@ -188,6 +188,11 @@ impl WriteQueue {
     /// Queues `bytes` in front of nothing: used by `from_parts`.
     pub(crate) fn restore(&mut self, bytes: BytesMut) {
         debug_assert!(self.is_empty());
+        // Output handed back was queued before any switch queued since (a
+        // builder's TLS): it goes out first, as it would have (TLS-2).
+        if let Some(marker) = &mut self.marker {
+            *marker += bytes.len();
+        }
         self.len = bytes.len();
         self.tail = bytes;
     }
