@@ -242,10 +242,13 @@ impl Builder {
 
     /// Per-address connect timeout for [`connect`](Self::connect). Zero
     /// (the default) turns it off, as for every other timeout: the OS's
-    /// own timeout applies. An attempt that times out is a failed connect:
-    /// [`ErrorKind::Io`](crate::ErrorKind::Io), with an `io::Error` of kind
-    /// `TimedOut` as [`io_error`](crate::Error::io_error), not the
-    /// `TimedOut` of the connection's own timers.
+    /// own timeout applies. An attempt that times out fails like any other
+    /// (the next address is tried, if the retry hook agrees). When every
+    /// address failed, `connect` returns
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) with the last attempt's
+    /// `io::Error` as [`io_error`](crate::Error::io_error), of kind
+    /// `TimedOut` if that attempt timed out: never the `TimedOut` kind of
+    /// the connection's own timers.
     pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.cfg.connect_timeout = (!timeout.is_zero()).then_some(timeout);
         self

@@ -209,17 +209,15 @@ fn assert_same(
 }
 
 // ---------------------------------------------------------------------
-// Case folding, forced on, takes characters out of a class with a set
-// difference or a negation, so it cannot be the only reading: the longest
-// match must not come out too small for
-// `[a\x{212A}--k]`, which matches the Kelvin sign
-// (3 bytes) without `(?i)`, but with it the Kelvin sign folds to `k` and
-// is taken out, leaving `[aA]` (1 byte).
+// Case folding can take characters out of a class with a set difference
+// or a negation, so readings with folding off and on are both needed:
+// `[a\x{212A}--k]` matches the Kelvin sign (3 bytes) without `(?i)`; with
+// it the Kelvin sign folds into `k` and is taken out, leaving `[aA]`.
 // ---------------------------------------------------------------------
 
 #[test]
 fn class_difference_kelvin_growth_only() {
-    // Longest match: 1 + 4*3 + 1 = 14; read generously: 1 + 4 + 1 = 6.
+    // Longest match: 1 + 4*3 + 1 = 14; read with folding only: 6.
     let accept = re(r"X[a\x{212A}--k]{4}Y");
     let k = "\u{212A}".repeat(4);
     let first = format!("X{k}");
@@ -239,7 +237,7 @@ fn negated_class_kelvin_growth_only() {
 
 #[test]
 fn class_difference_kelvin_minimal() {
-    // Longest match 9 bytes (three Kelvin signs); read generously, 3.
+    // Longest match 9 bytes (three Kelvin signs); read with folding only, 3.
     let accept = re(r"[a\x{212A}--k]{3}");
     let k3 = "\u{212A}".repeat(3);
     let k3 = k3.as_bytes();
@@ -270,8 +268,9 @@ fn class_difference_kelvin_with_skip_moving_the_window() {
 // ---------------------------------------------------------------------
 // `ignore_whitespace(true)` (a builder option): whitespace
 // between an atom and its repetition operator is dropped, so the operator
-// repeats the atom; the generous readings (free spacing off) read the
-// operator as repeating a space.
+// repeats the atom; a reading without free spacing reads the
+// operator as repeating a space, so the free-spaced reading is needed for
+// the true longest match.
 // ---------------------------------------------------------------------
 
 #[test]
@@ -304,8 +303,9 @@ fn free_spacing_with_skip_moving_the_window() {
 
 #[test]
 fn free_spacing_match_longer_than_the_head_prefix() {
-    // x: (?:xy){12}, 24 bytes; read without x: 14, so the head prefix is
-    // 4 + 14 + 4 = 22 bytes and cuts the match at the new start.
+    // x: (?:xy){12}, 24 bytes; read without x: 14. With the shorter
+    // length the prefix searched again after the window moved would be
+    // 4 + 14 + 4 = 22 bytes and cut the match at the new start.
     let accept = RegexBuilder::new("(?:xy) {12}")
         .ignore_whitespace(true)
         .build()
@@ -342,12 +342,21 @@ fn build_refuses_accepts_that_match_empty_text() {
                 .unwrap(),
         ),
     ];
-    // Empty only between certain bytes, and no generous reading parses
-    // (so the empty haystack decides, and `\b` has no match there).
+    // Empty only between certain bytes, in readings the plain ones do not
+    // give: only the free-spaced reading parses (`\b #(`), octal escapes
+    // are read as octal (`\141`), and a free-spaced pattern whose plain
+    // reading parses too but never matches empty (`\b |;` is `\b|;`).
     let context_only: Vec<(&str, Regex)> = vec![
         (
             "x: \\b #(",
             RegexBuilder::new(r"\b #(")
+                .ignore_whitespace(true)
+                .build()
+                .unwrap(),
+        ),
+        (
+            "x: \\b |;",
+            RegexBuilder::new(r"\b |;")
                 .ignore_whitespace(true)
                 .build()
                 .unwrap(),
@@ -371,7 +380,10 @@ fn build_refuses_accepts_that_match_empty_text() {
     let cases: Vec<(&str, Regex)> = cases.into_iter().chain(context_only).collect();
     let mut bad = Vec::new();
     for (name, r) in cases {
-        if RegexCodec::new(r).is_ok() {
+        if RegexCodec::new(r.clone()).is_ok() {
+            bad.push(name);
+        }
+        if LineCodecBuilder::new().eol_regex(r).build().is_ok() {
             bad.push(name);
         }
     }

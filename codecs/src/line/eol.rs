@@ -25,7 +25,7 @@ pub(crate) enum Eol {
     Empty,
     /// A literal byte string (never empty).
     Literal(Box<LiteralEol>),
-    /// A regex (matching the empty string only in a single-use decoder).
+    /// A regex (able to match empty text only in a single-use decoder).
     #[cfg(feature = "regex")]
     Regex(Box<RegexEol>),
 }

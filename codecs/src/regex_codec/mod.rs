@@ -113,6 +113,11 @@ struct Scanned {
 /// now reads differently, are searched again. A call without new bytes
 /// runs nothing.
 ///
+/// Building a codec reads its patterns up to eight times (to know their
+/// longest matches whatever builder options made them): tens to hundreds
+/// of microseconds for patterns with Unicode classes. Build one codec per
+/// pattern and clone it for each read.
+///
 /// # Errors and state
 ///
 /// * reject matched: `EBADMSG`, **non-fatal**, nothing consumed; the same

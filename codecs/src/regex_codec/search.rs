@@ -62,10 +62,9 @@ pub(crate) struct Search {
     /// or unknown, and the regex must always run.
     bytes: Option<ByteSet>,
     /// Whether some text has an empty match: the regex matches the empty
-    /// haystack, or the pattern has a reading of shortest match 0 (`\b`,
-    /// `x*`, `\b|;`). (An empty match that needs context and comes from a
-    /// builder option the pattern does not show goes unseen; the searches
-    /// pass empty matches over, as `find_iter` does.)
+    /// haystack, or a plain reading of the pattern has a shortest match of
+    /// 0 (`\b`, `x*`, `\b|;`), or a free-spaced one does and the regex
+    /// confirms it.
     may_match_empty: bool,
 }
 
@@ -79,16 +78,17 @@ impl Search {
             .try_fold(None, |max: Option<usize>, len| Some(max.max(Some(len?))))
             .flatten();
         let bytes = ByteSet::of_matches(&readings);
-        // The readings find an empty match that needs context (`\b`); the
-        // regex itself one that a builder option made (free spacing turns
-        // `; *` into `;*`). Free-spaced readings only count when no other
-        // parses: a pattern that is not free-spaced loses its literal
-        // spaces and line ends to them (`\r\n|\n|\r` written with real
-        // CR and LF would read as `||`), and its matches are never empty.
+        // The plain readings find an empty match that needs context
+        // (`\b`); the regex itself one that a builder option made (`; *`
+        // free-spaced is `;*`). A free-spaced reading that matches empty is
+        // checked against the regex, not taken as it is: a pattern that is
+        // not free-spaced would lose its literal spaces and line ends to it
+        // (`\r\n|\n|\r` written with real CR and LF reads as `||`).
         let empty = |h: &Hir| h.properties().minimum_len() == Some(0);
         let may_match_empty = re.is_match(b"")
             || readings[..plain].iter().any(empty)
-            || (plain == 0 && readings.iter().any(empty));
+            || (plain == 0 && readings.iter().any(empty))
+            || (readings[plain..].iter().any(empty) && empty_in_some_context(&re));
         Search {
             re,
             max_len,
@@ -270,6 +270,35 @@ fn generous_readings(pattern: &str) -> (Vec<Hir>, usize) {
         }
     }
     (readings, plain)
+}
+
+/// Whether `re` reports an empty match in some short text. An empty match
+/// depends on at most one character on each side of it (a look-around), so
+/// every text of up to three characters from a few of each kind (letter,
+/// digit, non-ASCII letter, non-ASCII symbol, punctuation, space, line
+/// ends, a byte that is not UTF-8), and the empty text, cover every
+/// context an assertion can ask about.
+fn empty_in_some_context(re: &Regex) -> bool {
+    const KINDS: [&[u8]; 9] = [
+        b"a",
+        b"0",
+        "\u{e9}".as_bytes(),
+        "\u{2014}".as_bytes(),
+        b";",
+        b" ",
+        b"\n",
+        b"\r",
+        b"\xff",
+    ];
+    let edge = || KINDS.iter().copied().chain([&b""[..]]);
+    let texts = edge().flat_map(|x| {
+        KINDS
+            .iter()
+            .flat_map(move |&y| edge().map(move |z| [x, y, z].concat()))
+    });
+    std::iter::once(Vec::new())
+        .chain(texts)
+        .any(|t| (0..=t.len()).any(|i| re.find_at(&t, i).is_some_and(|m| m.is_empty())))
 }
 
 /// A set of bytes, one bit each.
