@@ -3,10 +3,14 @@
 
 mod support;
 
+#[path = "support/rescan.rs"]
+mod rescan;
+
 use anyframe_codecs::{ErrorKind, RegexCodec};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use regex::bytes::Regex;
+use rescan::{RescanModel, Step};
 use support::{Eof, assert_sized_matches_whole, assert_split_invariant, run_chunks};
 use tokio_util::codec::Decoder;
 
@@ -415,66 +419,6 @@ proptest! {
     }
 }
 
-/// The codec as it was before searches resumed: every regex over the
-/// whole window on every call with new bytes (AE's order). Resuming must
-/// not change a single frame, error or error offset.
-struct RescanModel {
-    accept: Regex,
-    reject: Option<Regex>,
-    skip: Option<Regex>,
-    max_length: usize,
-    skipped: usize,
-    scanned: Option<(usize, Option<usize>)>,
-}
-
-/// What one `decode` call gave: a frame, nothing yet, or an error with its
-/// kind and offset.
-#[derive(Debug, Clone, PartialEq)]
-enum Step {
-    Frame(bytes::Bytes),
-    NeedMore,
-    Error(ErrorKind, Option<u64>),
-}
-
-impl RescanModel {
-    fn step(&mut self, buf: &mut BytesMut) -> Step {
-        let len = buf.len();
-        let rejected = |at: usize| Step::Error(ErrorKind::BadMessage, Some(at as u64));
-        if let Some((last, at)) = self.scanned
-            && last == len
-        {
-            return at.map_or(Step::NeedMore, rejected);
-        }
-        let end = len.min(self.max_length);
-        let from = self.skipped.min(end);
-        let window = &buf[from..end];
-        if let Some(end) = self
-            .accept
-            .find_iter(window)
-            .map(|m| from + m.end())
-            .find(|&e| e > 0)
-        {
-            self.skipped = 0;
-            self.scanned = None;
-            return Step::Frame(buf.split_to(end).freeze());
-        }
-        if len > self.max_length {
-            return Step::Error(ErrorKind::NoSpace, None);
-        }
-        if let Some(m) = self.reject.as_ref().and_then(|r| r.find(window)) {
-            // A reject keeps nothing of the scan.
-            self.skipped = 0;
-            self.scanned = None;
-            return rejected(from + m.start());
-        }
-        if let Some(m) = self.skip.as_ref().and_then(|s| s.find(window)) {
-            self.skipped = from + m.end();
-        }
-        self.scanned = Some((len, None));
-        Step::NeedMore
-    }
-}
-
 /// Feeds `chunks` to `step`, decoding after each until it asks for more or
 /// fails; a non-fatal error moves on to the next chunk, a fatal one (and
 /// only that: `NoSpace`) ends the run.
@@ -536,14 +480,12 @@ proptest! {
             builder.skip(re(s));
         }
         let mut codec = builder.build().unwrap();
-        let mut model = RescanModel {
-            accept,
-            reject: reject.as_deref().map(re),
-            skip: skip.as_deref().map(re),
+        let mut model = RescanModel::new(
+            &accept,
+            reject.as_deref().map(re).as_ref(),
+            skip.as_deref().map(re).as_ref(),
             max_length,
-            skipped: 0,
-            scanned: None,
-        };
+        );
         let mut chunks = Vec::new();
         let mut rest = &input[..];
         for &n in sizes.iter().cycle() {
@@ -560,7 +502,7 @@ proptest! {
             Err(e) if e.kind() == ErrorKind::NoSpace => Step::Error(e.kind(), None),
             Err(e) => Step::Error(e.kind(), e.offset()),
         });
-        let theirs = steps(&chunks, |buf| model.step(buf));
+        let theirs = steps(&chunks, |buf| model.step(buf, false));
         prop_assert_eq!(ours, theirs);
     }
 }

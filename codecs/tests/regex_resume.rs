@@ -11,6 +11,10 @@ use proptest::prelude::*;
 use regex::bytes::{Regex, RegexBuilder};
 use tokio_util::codec::Decoder;
 
+#[path = "support/rescan.rs"]
+mod rescan;
+use rescan::{RescanModel, Step};
+
 fn cases() -> u32 {
     std::env::var("ANYFRAME_REGEX_CASES")
         .ok()
@@ -45,77 +49,6 @@ fn build_re(p: &str, o: Opts) -> Option<Regex> {
         .swap_greed(o.swap)
         .build()
         .ok()
-}
-
-/// The codec as it was before searches resumed (copied from tests/regex.rs),
-/// plus end of input: there the window is searched once more.
-struct RescanModel {
-    accept: Regex,
-    reject: Option<Regex>,
-    skip: Option<Regex>,
-    max_length: usize,
-    skipped: usize,
-    scanned: Option<(usize, Option<usize>)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Step {
-    Frame(bytes::Bytes),
-    NeedMore,
-    Error(ErrorKind, Option<u64>),
-}
-
-impl RescanModel {
-    fn new(accept: &Regex, reject: Option<&Regex>, skip: Option<&Regex>, max: usize) -> Self {
-        RescanModel {
-            accept: accept.clone(),
-            reject: reject.cloned(),
-            skip: skip.cloned(),
-            max_length: max,
-            skipped: 0,
-            scanned: None,
-        }
-    }
-
-    fn step(&mut self, buf: &mut BytesMut, eof: bool) -> Step {
-        let len = buf.len();
-        let rejected = |at: usize| Step::Error(ErrorKind::BadMessage, Some(at as u64));
-        if !eof
-            && let Some((last, at)) = self.scanned
-            && last == len
-        {
-            return at.map_or(Step::NeedMore, rejected);
-        }
-        let end = len.min(self.max_length);
-        let from = self.skipped.min(end);
-        let window = &buf[from..end];
-        if let Some(end) = self
-            .accept
-            .find_iter(window)
-            .map(|m| from + m.end())
-            .find(|&e| e > 0)
-        {
-            self.skipped = 0;
-            self.scanned = None;
-            return Step::Frame(buf.split_to(end).freeze());
-        }
-        if len > self.max_length {
-            return Step::Error(ErrorKind::NoSpace, None);
-        }
-        if let Some(m) = self.reject.as_ref().and_then(|r| r.find(window)) {
-            self.skipped = 0;
-            self.scanned = None;
-            return rejected(from + m.start());
-        }
-        if let Some(m) = self.skip.as_ref().and_then(|s| s.find(window)) {
-            self.skipped = from + m.end();
-        }
-        self.scanned = Some((len, None));
-        if eof && len > 0 {
-            return Step::Error(ErrorKind::BrokenPipe, None);
-        }
-        Step::NeedMore
-    }
 }
 
 fn codec_step(codec: &mut RegexCodec, buf: &mut BytesMut, eof: bool) -> Step {
@@ -437,6 +370,54 @@ fn line_eol_byte_set_free_spacing_class() {
 // (no set operations, no spaces), so that it probes `first_after` itself.
 // ---------------------------------------------------------------------
 
+/// One generated case of the property tests.
+struct Case<'a> {
+    accept: &'a str,
+    o_accept: Opts,
+    reject: Option<String>,
+    skip: Option<String>,
+    o_other: Opts,
+    input: &'a [u8],
+    sizes: &'a [usize],
+    max_length: usize,
+    eof: bool,
+}
+
+/// The codec and the model agree on `case`; a case whose regexes do not
+/// build, or whose accept the codec refuses, does not count.
+fn agree(case: Case<'_>) -> Result<(), TestCaseError> {
+    let skipped = |why: &'static str| TestCaseError::reject(why);
+    let accept = build_re(case.accept, case.o_accept).ok_or_else(|| skipped("accept"))?;
+    let other = |p: Option<String>| -> Result<Option<Regex>, TestCaseError> {
+        p.map(|p| build_re(&p, case.o_other).ok_or_else(|| skipped("reject or skip")))
+            .transpose()
+    };
+    let (reject, skip) = (other(case.reject)?, other(case.skip)?);
+    let chunks = chunk(case.input, case.sizes);
+    let (ours, theirs) = compare(
+        &accept,
+        reject.as_ref(),
+        skip.as_ref(),
+        case.max_length,
+        &chunks,
+        case.eof,
+    )
+    .ok_or_else(|| skipped("accept refused"))?;
+    prop_assert_eq!(
+        ours,
+        theirs,
+        "accept {:?} {:?} reject {:?} skip {:?} opts {:?} max {} chunks {:?}",
+        accept,
+        case.o_accept,
+        reject,
+        skip,
+        case.o_other,
+        case.max_length,
+        chunks
+    );
+    Ok(())
+}
+
 fn atoms() -> Vec<&'static str> {
     vec![
         "a",
@@ -592,17 +573,7 @@ proptest! {
         max_length in prop::sample::select(vec![4usize, 8, 16, 24, 1 << 20]),
         eof in any::<bool>(),
     ) {
-        let accept = build_re(&accept, o_accept);
-        prop_assume!(accept.is_some());
-        let accept = accept.unwrap();
-        let reject = match reject { Some(r) => { let b = build_re(&r, o_other); prop_assume!(b.is_some()); b } None => None };
-        let skip = match skip { Some(s) => { let b = build_re(&s, o_other); prop_assume!(b.is_some()); b } None => None };
-        let chunks = chunk(&input, &sizes);
-        let r = compare(&accept, reject.as_ref(), skip.as_ref(), max_length, &chunks, eof);
-        prop_assume!(r.is_some());
-        let (ours, theirs) = r.unwrap();
-        prop_assert_eq!(ours, theirs, "accept {:?} {:?} reject {:?} skip {:?} opts {:?} max {} chunks {:?}",
-            accept, o_accept, reject, skip, o_other, max_length, chunks);
+        agree(Case { accept: &accept, o_accept, reject, skip, o_other, input: &input, sizes: &sizes, max_length, eof })?;
     }
 }
 
@@ -761,17 +732,7 @@ proptest! {
         max_length in prop::sample::select(vec![8usize, 16, 32, 64, 1 << 20]),
         eof in any::<bool>(),
     ) {
-        let accept = build_re(&accept, o_accept);
-        prop_assume!(accept.is_some());
-        let accept = accept.unwrap();
-        let reject = match reject { Some(r) => { let b = build_re(&r, o_other); prop_assume!(b.is_some()); b } None => None };
-        let skip = match skip { Some(s) => { let b = build_re(&s, o_other); prop_assume!(b.is_some()); b } None => None };
-        let chunks = chunk(&input, &sizes);
-        let r = compare(&accept, reject.as_ref(), skip.as_ref(), max_length, &chunks, eof);
-        prop_assume!(r.is_some());
-        let (ours, theirs) = r.unwrap();
-        prop_assert_eq!(ours, theirs, "accept {:?} {:?} reject {:?} skip {:?} opts {:?} max {} chunks {:?}",
-            accept, o_accept, reject, skip, o_other, max_length, chunks);
+        agree(Case { accept: &accept, o_accept, reject, skip, o_other, input: &input, sizes: &sizes, max_length, eof })?;
     }
 }
 
