@@ -758,6 +758,8 @@ impl Framer {
         let Stage::Lead { seen } = self.stage else {
             return Ok(None);
         };
+        // Bytes seen taken by the caller meanwhile: start over (see `find`).
+        let seen = if seen > buf.len() { 0 } else { seen };
         let start = seen + leading_whitespace(&buf[seen..]);
         let limit = self.scanner.limits().max_size;
         if start > limit {
@@ -843,6 +845,17 @@ impl Framer {
 
     /// The next frame, if it is complete in `buf`.
     fn find(&mut self, buf: &[u8]) -> Result<Option<Found>, Error> {
+        let seen = match self.stage {
+            Stage::Lead { seen } => seen,
+            Stage::Text { start } => start,
+            Stage::LineEnd { end, seen, .. } => end + seen,
+        };
+        if seen > buf.len() {
+            // The caller took bytes this decoder had seen (it should have
+            // used a fresh one): start over rather than index past them.
+            self.stage = Stage::Lead { seen: 0 };
+            self.scanner.reset();
+        }
         if matches!(self.stage, Stage::Lead { .. }) && self.text_start(buf)?.is_none() {
             return Ok(None);
         }

@@ -229,8 +229,8 @@ pub(crate) struct InputMark {
 pub(crate) struct DecoderWatch {
     /// The decoder has begun a frame: `Core::taken` then.
     begun: Option<u32>,
-    /// Set with the decoder's own error: whether the failing call consumed
-    /// bytes.
+    /// Set with a frame or the decoder's own error: whether the call that
+    /// gave it consumed bytes.
     pub(crate) took: Option<bool>,
     /// Set when the decoder was refused as stale.
     pub(crate) stale: bool,
@@ -1401,9 +1401,10 @@ impl Core {
     /// refused as stale (`EINVAL`, non-fatal, `watch.stale`) when bytes left
     /// the front of the buffer while it held part of a frame, since its
     /// state (a scan position, a nesting depth) describes bytes that are
-    /// gone. `watch.took` tells, with its own error, whether the call that
-    /// failed consumed bytes: a decoder that did not would fail the same way
-    /// on the same bytes.
+    /// gone. `watch.took` tells, with a frame or the decoder's own error,
+    /// whether the call that gave it consumed bytes: a decoder that failed
+    /// without would fail the same way on the same bytes, and a frame that
+    /// took nothing ends a batch.
     pub(crate) fn poll_decode_observed<IO, D>(
         &mut self,
         io: &mut IO,
@@ -1442,6 +1443,7 @@ impl Core {
             match step {
                 Ok(Some(frame)) => {
                     watch.begun = None;
+                    watch.took = Some(self.rbuf.len() != before);
                     return Poll::Ready(Ok(Some(frame)));
                 }
                 Ok(None) => {}
@@ -1508,9 +1510,14 @@ impl Core {
         if limit == 0 {
             return Poll::Ready(Ok(0));
         }
-        match ready!(self.poll_decode_direct(io, cx, decoder, true))? {
+        let mut watch = DecoderWatch::default();
+        match ready!(self.poll_decode_observed(io, cx, decoder, true, &mut watch))? {
             Some(frame) => out.push(frame),
             None => return Poll::Ready(Ok(0)),
+        }
+        if watch.took == Some(false) {
+            // A frame that consumed nothing ends the batch.
+            return Poll::Ready(Ok(1));
         }
         Poll::Ready(self.decode_buffered(decoder, out, limit))
     }

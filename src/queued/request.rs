@@ -796,7 +796,14 @@ impl<D> Batch<D> {
         let Some(decoder) = self.decoder.as_mut() else {
             return Err(Error::invalid_input("a batch is decoded once"));
         };
+        let before = src.len();
         let first = match decode_step(decoder, src, eof) {
+            // A frame that consumed nothing ends the batch (a zero-length
+            // chunk would repeat up to the limit).
+            Ok(Some(frame)) if src.len() == before => {
+                let d = self.decoder.take().expect("checked above");
+                return Ok(Some((d, vec![frame], None)));
+            }
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),
             Err(e) if eof && e.is_eof() && src.is_empty() => {

@@ -122,6 +122,10 @@ impl CborScanner {
     /// Scans the bytes of `item` not seen before. `item` must start at the
     /// same byte on every call until the scan completes or fails.
     pub(crate) fn scan(&mut self, item: &[u8]) -> Scan {
+        if self.pos > item.len() {
+            // The caller took bytes this scan had seen: start over.
+            self.reset();
+        }
         // The innermost frame lives in a local while scanning: it is read
         // and counted down for almost every byte.
         let mut top = self.frames.pop();

@@ -193,6 +193,10 @@ impl JsonScanner {
     /// Scans the bytes of `text` not seen before. `text` must start at the
     /// same byte on every call until the scan completes or fails.
     pub(crate) fn scan(&mut self, text: &[u8]) -> Scan {
+        if self.pos > text.len() {
+            // The caller took bytes this scan had seen: start over.
+            self.reset();
+        }
         let limit = self.limits.max_size;
         // One byte past the limit is looked at: it may be the delimiter that
         // ends a top-level number of exactly `limit` bytes.
