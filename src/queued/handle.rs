@@ -852,7 +852,9 @@ impl Handle {
     /// next call. That state describes the buffer as the batch left it (a
     /// batch that ended on part of a frame has looked at it): if a read of
     /// another kind comes between two batches, give the next batch a fresh
-    /// decoder (docs/semantics.md §4, *Decoders you keep*). `Ok` with no
+    /// decoder (docs/semantics.md §4, *Decoders you keep*; a plain
+    /// `JsonCodec` batch of newline-ended texts has always looked at the
+    /// last newline, which `JsonCodec::ndjson()` frames with its text). `Ok` with no
     /// frames: the input ended cleanly.
     ///
     /// # Errors

@@ -396,7 +396,10 @@ where
     /// like `read_with`: frames are appended only in the poll that returns.
     /// A batch that ends on part of a frame leaves `decoder` holding it:
     /// the next batch with the same decoder must come before any read of
-    /// another kind, or use a fresh decoder.
+    /// another kind, or use a fresh decoder. (Whitespace after a JSON text
+    /// is part of the next frame for a plain `JsonCodec`, so a batch of
+    /// newline-ended texts always ends on part of one;
+    /// `JsonCodec::ndjson()` frames each text with its newline.)
     ///
     /// # Examples
     ///
