@@ -180,7 +180,7 @@ async fn output_queued_while_connecting_lingers_out_after_the_last_handle_goes()
 
 /// `connect_timeout(0)` turns the timeout off, as zero does for every other
 /// timeout: a connect still in progress is not failed on its first poll
-/// (it was: a zero-length deadline, so the outcome hung on the latency).
+/// (a zero-length deadline would make the outcome hang on the latency).
 #[tokio::test]
 async fn a_zero_connect_timeout_is_off_not_an_instant_deadline() {
     let stalled = stalled_listener();

@@ -603,8 +603,8 @@ async fn a_dead_tasks_write_waiter_does_not_keep_to6_from_closing() {
 
 /// A `Handle::flush` given up (its future dropped: a `select!` that went
 /// the other way) is nobody waiting: with a pipelined answer owed, the
-/// first read timeout closes the connection (TO-6). The dropped flush's
-/// waiter used to take that timeout, and the close came a period late.
+/// first read timeout closes the connection (TO-6), not a period later
+/// after the dropped flush's waiter took that timeout.
 #[tokio::test(start_paused = true)]
 async fn a_dropped_flush_does_not_hear_timeouts_for_nobody() {
     let (handle, _driver, _peer) = blocked_with(|b| {
@@ -979,7 +979,7 @@ async fn a_fatal_write_error_drops_queued_output_instead_of_lingering() {
 
 /// `linger(0)` discards queued output whichever way the connection closes
 /// cleanly: `destroy`, or the last handle dropped before the driver wrote
-/// it (it used to write it on its next turn, then notice nobody was left).
+/// it (the driver's next turn must not write it first).
 #[tokio::test]
 async fn linger_zero_discards_queued_output_on_destroy_and_on_the_last_handle_dropped() {
     async fn peer_reads(destroy: bool) -> Vec<u8> {

@@ -498,8 +498,8 @@ async fn autostart_short_prefix_then_silence_times_out_non_fatally_and_retries()
 /// `Builder::build_from_parts` with `Builder::tls`: the restored output was
 /// queued on the plaintext connection, so it goes out first, in plaintext
 /// (TLS-2), and the restored input is the start of the handshake (OPT-18).
-/// The output used to wait behind the handshake, and a client waiting for
-/// that greeting before its ClientHello never got it.
+/// Held behind the handshake, a greeting the client waits for before its
+/// ClientHello would never come.
 #[tokio::test]
 async fn parts_rebuilt_with_tls_write_their_output_first_in_plaintext() {
     for &b in pki::BACKENDS {

@@ -133,8 +133,8 @@ fn lying_heads_into_value_allocate_nothing_on_their_word() {
 
 /// An array head announcing 2^32 - 1 elements, over a 1 MiB limit, then
 /// 60 KB of one-entry maps: the scanner refuses it at its head. Into
-/// `Value` the whole item is never read first (it was: 15 MB of `Value`
-/// built, then thrown away, on every retry of the refused item).
+/// `Value` the item is not read first (a `Value` can take 256 times its
+/// bytes, and a refused item is refused again on every retry).
 #[test]
 fn an_item_refused_at_its_head_is_not_read_into_a_value_first() {
     let mut wire = vec![0x9a, 0xff, 0xff, 0xff, 0xff];
