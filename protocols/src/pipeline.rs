@@ -151,6 +151,9 @@ impl Slot {
 /// still read and dropped (with no task, and on any thread).
 pub struct Reply<T: Send + 'static> {
     state: ReplyState<T>,
+    /// Keeps the connection open until the answer is in, when the client
+    /// is dropped first (tower's `oneshot` does that).
+    _connection: Option<Handle>,
 }
 
 enum ReplyState<T> {
@@ -164,6 +167,16 @@ impl<T: Send + 'static> Reply<T> {
     pub fn new(ticket: Ticket<Step<T>>) -> Reply<T> {
         Reply {
             state: ReplyState::Waiting(ticket),
+            _connection: None,
+        }
+    }
+
+    /// As [`new`](Self::new), holding `handle` (a connection's last handle
+    /// dropped closes it) until the reply is dropped.
+    pub fn keeping(ticket: Ticket<Step<T>>, handle: Handle) -> Reply<T> {
+        Reply {
+            state: ReplyState::Waiting(ticket),
+            _connection: Some(handle),
         }
     }
 
@@ -171,6 +184,7 @@ impl<T: Send + 'static> Reply<T> {
     pub fn failed(err: Error) -> Reply<T> {
         Reply {
             state: ReplyState::Failed(err),
+            _connection: None,
         }
     }
 }
@@ -286,7 +300,10 @@ impl<P: Protocol> Pipelined<P> {
         {
             return Reply::failed(e);
         }
-        Reply::new(shared.protocol.read_reply(&req, &shared.handle, slot))
+        Reply::keeping(
+            shared.protocol.read_reply(&req, &shared.handle, slot),
+            shared.handle.clone(),
+        )
     }
 }
 

@@ -330,3 +330,48 @@ async fn a_subscriber_message_begun_before_a_timeout_still_arrives_whole() {
         Value::Array(vec![Value::Integer(7)])
     );
 }
+
+/// A peer that answers every Redis command with `+OK`.
+fn answers_ok(mut peer: DuplexStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = peer.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            for _ in buf[..n].iter().filter(|&&b| b == b'*') {
+                if peer.write_all(b"+OK\r\n").await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// A reply keeps the connection open until it has its answer, also when
+/// the last `Pipelined` clone is dropped first: tower's `oneshot` drops
+/// the service before it awaits the response (the core `Client` does the
+/// same for its `ResponseFuture`).
+#[tokio::test]
+async fn a_reply_outlives_the_last_client_clone() {
+    use tower::ServiceExt;
+    let (io, peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    let _peer = answers_ok(peer);
+    let c = Pipelined::new(handle, Resp::new(), 16);
+    let got = tokio::time::timeout(Duration::from_secs(10), c.oneshot(Cmd::new("PING")))
+        .await
+        .expect("an answer");
+    assert_eq!(got.unwrap(), Value::Simple("OK".into()));
+
+    let (io, peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    let _peer = answers_ok(peer);
+    let c = Pipelined::new(handle, Resp::new(), 16);
+    let reply = c.send(Cmd::new("PING"));
+    drop(c);
+    let got = tokio::time::timeout(Duration::from_secs(10), reply)
+        .await
+        .expect("an answer");
+    assert_eq!(got.unwrap(), Value::Simple("OK".into()));
+}
