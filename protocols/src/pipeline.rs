@@ -324,7 +324,10 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
 
     /// Ready when a reply slot is free and the connection's write queue is
     /// below its high watermark (OPT-5): a burst of large requests waits
-    /// for the queue to drain instead of filling it past `wbuf_max`.
+    /// for the queue to drain instead of filling it past `wbuf_max`. As for
+    /// anyframe's `service::Client`, a read timeout no reply waits to hear
+    /// comes here, non-fatal, while it waits for room (TO-3); call again to
+    /// go on waiting.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.permit.is_none() {
             match ready!(self.permits.poll_acquire(cx)) {

@@ -80,7 +80,13 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 ///
 /// `poll_ready` is ready while fewer than `max_in_flight` calls are pending
 /// and the connection's write queue is below its high watermark. A fatal
-/// connection error fails every pending call with it. Dropping a response
+/// connection error fails every pending call with it. While `poll_ready`
+/// waits for room, it is a write-side waiter (TO-3): a read timeout that
+/// no call is waiting to hear comes to it as a non-fatal `ETIMEDOUT` (the
+/// peer neither took requests nor answered for a whole period). tower's
+/// middleware (`Buffer`, balancers) treats any error from `poll_ready` as
+/// the end of the service; to go on waiting instead, call `poll_ready`
+/// again. Dropping a response
 /// future does not desynchronise the stream: the response is still read, and
 /// discarded. Nor does dropping the `Client`: calls already made keep the
 /// connection open until their responses are read.
