@@ -146,8 +146,17 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 /// or payload (serde_cbor writes every NaN as the one plain NaN). serde has no
 /// way to express `undefined` (simple value 23): write
 /// [`RawCborCodec::UNDEFINED`] through [`RawCborCodec`]. Reading it gives
-/// `Value::Null` (serde_cbor's value type has no undefined), and simple
-/// values other than false, true, null and undefined are refused.
+/// `Value::Null` (serde_cbor's value type has no undefined; into an
+/// `Option`, serde_cbor takes only null as `None` and refuses undefined),
+/// and simple values other than false, true, null and undefined are
+/// refused.
+///
+/// The limits are for reading: an item over `max_size`, or nested 128
+/// deep (which serde_cbor refuses to read), is written, and the same
+/// codec's decoder then refuses it. As with JSON, `Some(None)` is written as
+/// null and read back as `None`, and a 128-bit integer outside the 64-bit
+/// range inside an untagged or internally tagged enum is written but not
+/// read back.
 ///
 /// # The backend
 ///

@@ -334,6 +334,14 @@ impl<T> JsonCodecBuilder<T> {
 /// every text (NDJSON). NaN and infinities are refused, never written as
 /// `null` (JSON::XS writes them as the non-JSON `nan` and `inf`).
 ///
+/// The limits are for reading: a text over `max_size`, or nested 128 deep
+/// (which serde_json refuses to read), is written, and the same codec's
+/// decoder then refuses it (`EBADMSG`). serde's own round trip has gaps
+/// too: `Some(None)` is written as `null` and read back as `None`, and a
+/// 128-bit integer outside the 64-bit range inside an untagged or
+/// internally tagged enum is written but not read back (serde buffers such
+/// enums in a form without 128-bit integers).
+///
 /// # Errors
 ///
 /// Decoding: `EBADMSG` for malformed JSON, invalid UTF-8 ([`Error::is_utf8`]),
