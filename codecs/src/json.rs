@@ -758,16 +758,30 @@ impl Framer {
         }
     }
 
+    /// The caller took bytes this decoder had seen (it should have used a
+    /// fresh one) when the buffer, now `len` bytes, is shorter than they
+    /// were: start over rather than index past them.
+    fn resync(&mut self, len: usize) {
+        let seen = match self.stage {
+            Stage::Lead { seen } => seen,
+            Stage::Text { start } => start,
+            Stage::LineEnd { end, seen, .. } => end + seen,
+        };
+        if seen > len {
+            self.stage = Stage::Lead { seen: 0 };
+            self.scanner.reset();
+        }
+    }
+
     /// Before a text: skips the whitespace not seen yet. `Some(start)` when
     /// the text's first byte is at `start` and nothing of it has been
     /// scanned (the stage is then `Text`), `None` otherwise.
     #[inline]
     fn text_start(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        self.resync(buf.len());
         let Stage::Lead { seen } = self.stage else {
             return Ok(None);
         };
-        // Bytes seen taken by the caller meanwhile: start over (see `find`).
-        let seen = if seen > buf.len() { 0 } else { seen };
         let start = seen + leading_whitespace(&buf[seen..]);
         let limit = self.scanner.limits().max_size;
         if start > limit {
@@ -853,17 +867,7 @@ impl Framer {
 
     /// The next frame, if it is complete in `buf`.
     fn find(&mut self, buf: &[u8]) -> Result<Option<Found>, Error> {
-        let seen = match self.stage {
-            Stage::Lead { seen } => seen,
-            Stage::Text { start } => start,
-            Stage::LineEnd { end, seen, .. } => end + seen,
-        };
-        if seen > buf.len() {
-            // The caller took bytes this decoder had seen (it should have
-            // used a fresh one): start over rather than index past them.
-            self.stage = Stage::Lead { seen: 0 };
-            self.scanner.reset();
-        }
+        self.resync(buf.len());
         if matches!(self.stage, Stage::Lead { .. }) && self.text_start(buf)?.is_none() {
             return Ok(None);
         }

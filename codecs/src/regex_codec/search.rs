@@ -87,7 +87,6 @@ impl Search {
         let empty = |h: &Hir| h.properties().minimum_len() == Some(0);
         let may_match_empty = re.is_match(b"")
             || readings[..plain].iter().any(empty)
-            || (plain == 0 && readings.iter().any(empty))
             || (readings[plain..].iter().any(empty) && empty_in_some_context(&re));
         Search {
             re,
