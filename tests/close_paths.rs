@@ -9,7 +9,6 @@ mod support;
 #[path = "support/pki.rs"]
 mod pki;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyframe::QueuedFramed;
@@ -18,14 +17,7 @@ use anyframe::service::serve;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-const LIMIT: Duration = Duration::from_secs(20);
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(LIMIT, f).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
-    }
-}
+use support::within;
 
 /// LC-3 (docs/semantics.md): "Output that waits behind a TLS switch still
 /// pending when the last `Handle` goes (a handshake under way) is written

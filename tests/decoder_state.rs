@@ -12,15 +12,8 @@ use std::time::Duration;
 use anyframe::codecs::{ChunkCodec, LineCodec, OverflowPolicy};
 use anyframe::{ErrorKind, QueuedFramed};
 use futures::StreamExt;
+use support::within;
 use tokio::io::AsyncWriteExt;
-
-/// Bounds an await, so that a hang fails the test.
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(10), f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: still pending after 10 s"),
-    }
-}
 
 /// `next()` given up while the line decoder has scanned `abc`; a queued
 /// 4-byte read then takes `abcd`. Resumed, the decoder would start past the

@@ -69,7 +69,7 @@ async fn mixed_pair(
         .build_tcp(c)
         .unwrap();
     let mut server = QueuedFramed::builder()
-        .tls(server_on(sb))
+        .tls(pki::localhost_on(sb))
         .build_tcp(s)
         .unwrap();
     // A flush drives the handshake (it runs before any write).
@@ -81,12 +81,6 @@ async fn mixed_pair(
     b.unwrap();
     assert!(client.is_tls() && server.is_tls());
     (client, server)
-}
-
-/// A server of backend `b` presenting the test PKI's `localhost`
-/// certificate.
-fn server_on(b: TlsBackend) -> TlsServer {
-    pki::server_on(b, &pki::pki().server)
 }
 
 // ----- TLS from the start ----------------------------------------------------
@@ -109,7 +103,7 @@ async fn tls_from_the_start_with_builder_tls_connect_and_accept_on(b: TlsBackend
             let (sock, _) = l.accept().await.unwrap();
             sessions.push(tokio::spawn(async move {
                 let mut conn = QueuedFramed::builder()
-                    .tls(server_on(b))
+                    .tls(pki::localhost_on(b))
                     .build_tcp(sock)
                     .unwrap();
                 let got = conn.read(LineCodec::new()).await.unwrap();
@@ -184,7 +178,7 @@ async fn starttls_after_a_plaintext_exchange_then_lines_over_tls_on(b: TlsBacken
             b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        conn.starttls(server_on(b)).await.unwrap();
+        conn.starttls(pki::localhost_on(b)).await.unwrap();
         assert!(conn.is_tls());
         let secret = conn.read(LineCodec::new()).await.unwrap();
         conn.write(LineCodec::new(), [&b"got "[..], secret.line()].concat())
@@ -339,7 +333,7 @@ async fn starttls_with_buffered_hello(cb: TlsBackend, sb: TlsBackend) {
             &buffered[..buffered.len().min(8)]
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        conn.starttls(server_on(sb)).await.unwrap();
+        conn.starttls(pki::localhost_on(sb)).await.unwrap();
         assert!(conn.is_tls());
         assert!(conn.read_buffer().is_empty(), "the hello was handed on");
         // The only line after the command is the one sent over TLS.
@@ -386,7 +380,7 @@ async fn plaintext_injected_behind_starttls_is_never_delivered_on(b: TlsBackend)
             b"STARTTLS"
         );
         conn.push_write(LineCodec::new(), "220 ready").unwrap();
-        let e = conn.starttls(server_on(b)).await.unwrap_err();
+        let e = conn.starttls(pki::localhost_on(b)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         assert!(e.is_fatal() && conn.is_closed(), "{e}");
         assert!(e.tls_error().is_some_and(|t| t.is_handshake()), "{e:?}");
@@ -437,7 +431,7 @@ async fn smtp_shape_starttls_from_inside_a_completion_on_a_handle_on(b: TlsBacke
         let (h, driver) = QueuedFramed::new(s).spawn();
         h.push_write(LineCodec::new(), "220 smtp.test ESMTP")
             .unwrap();
-        let tls = server_on(b);
+        let tls = pki::localhost_on(b);
         let upgrade = h.push_read_with(LineCodec::new(), move |cmd, q| {
             q.push_write(LineCodec::new(), "220 ready")?;
             Ok((cmd.into_line(), q.starttls(tls)))
@@ -473,7 +467,7 @@ async fn smtp_shape_starttls_from_inside_a_completion_inline_on(b: TlsBackend) {
         let mut conn = QueuedFramed::new(s);
         conn.push_write(LineCodec::new(), "220 smtp.test ESMTP")
             .unwrap();
-        let tls = server_on(b);
+        let tls = pki::localhost_on(b);
         let upgrade = conn.push_read_with(LineCodec::new(), move |cmd, q| {
             q.push_write(LineCodec::new(), "220 ready")?;
             Ok((cmd.into_line(), q.starttls(tls)))
@@ -515,7 +509,7 @@ async fn queued_plaintext_is_flushed_before_the_client_hello_on(b: TlsBackend) {
         // The next bytes on the wire are a TLS handshake record.
         let verdict = conn.read(TlsDetectCodec::new()).await.unwrap();
         assert!(verdict.is_tls(), "{verdict:?}");
-        conn.starttls(server_on(b)).await.unwrap();
+        conn.starttls(pki::localhost_on(b)).await.unwrap();
         assert_eq!(
             conn.read(LineCodec::new()).await.unwrap().line(),
             b"ENCRYPTED-AFTER"
@@ -560,7 +554,7 @@ async fn inline_shutdown_after_a_queued_starttls_closes_after_the_handshake_on(b
             b"STARTTLS"
         );
         conn.write(LineCodec::new(), "GO").await.unwrap();
-        conn.starttls(server_on(b)).await.unwrap();
+        conn.starttls(pki::localhost_on(b)).await.unwrap();
         // Then a clean end: close_notify and EOF, nothing else.
         let end = conn.read(LineCodec::new()).await.unwrap_err();
         assert!(end.is_eof() && end.tls_error().is_none(), "{end:?}");
@@ -613,7 +607,7 @@ async fn autostart_server(l: TcpListener, n: usize, spawned: bool, b: TlsBackend
         sessions.push(tokio::spawn(async move {
             if spawned {
                 let (h, driver) = QueuedFramed::new(sock).spawn();
-                let verdict = h.push_tls_autostart(server_on(b));
+                let verdict = h.push_tls_autostart(pki::localhost_on(b));
                 let hello = h.push_read(LineCodec::new());
                 let tls = verdict.await.unwrap().is_tls();
                 let hello = hello.await.unwrap();
@@ -629,7 +623,11 @@ async fn autostart_server(l: TcpListener, n: usize, spawned: bool, b: TlsBackend
                 driver.await.unwrap();
             } else {
                 let mut conn = QueuedFramed::new(sock);
-                let tls = conn.tls_autostart(server_on(b)).await.unwrap().is_tls();
+                let tls = conn
+                    .tls_autostart(pki::localhost_on(b))
+                    .await
+                    .unwrap()
+                    .is_tls();
                 assert_eq!(tls, conn.is_tls());
                 let hello = conn.read(LineCodec::new()).await.unwrap();
                 let kind = if tls { "tls" } else { "plain" };
@@ -840,7 +838,7 @@ async fn plaintext_behind_the_clients_finished_fails_the_first_read_on(b: TlsBac
     use anyframe::tls::rustls;
     let (c, s) = tcp_pair().await;
     let mut server = QueuedFramed::builder()
-        .tls(server_on(b))
+        .tls(pki::localhost_on(b))
         .build_tcp(s)
         .unwrap();
     let client = async move {
@@ -979,7 +977,7 @@ async fn a_starttls_refused_while_tls_is_up_fails_only_its_own_ticket() {
     for &b in pki::BACKENDS {
         let (mut client, mut server) = tls_pair_on(b).await;
         hello_read_world_buffered(&mut client, &mut server, b).await;
-        let start = server.push_starttls(server_on(b));
+        let start = server.push_starttls(pki::localhost_on(b));
         let read = server.push_read(LineCodec::new());
         let e = within("start", server.wait(start)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{b:?}: {e}");
@@ -1001,7 +999,7 @@ async fn a_starttls_refused_while_tls_winds_down_closes_the_connection() {
         within("stop", server.stoptls()).await.unwrap();
         // The client has not stopped: its lines go over TLS.
         hello_read_world_buffered(&mut client, &mut server, b).await;
-        let start = server.push_starttls(server_on(b));
+        let start = server.push_starttls(pki::localhost_on(b));
         let read = server.push_read(LineCodec::new());
         let e = within("start", server.wait(start)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{b:?}: {e}");
@@ -1033,7 +1031,7 @@ async fn tapped_server_pair(
         .build_tcp(c)
         .unwrap();
     let (tap, writes) = support::Tap::new(s);
-    let mut server = QueuedFramed::builder().tls(server_on(b)).build(tap);
+    let mut server = QueuedFramed::builder().tls(pki::localhost_on(b)).build(tap);
     let (a, z) = within("handshake", async {
         tokio::join!(client.flush(), server.flush())
     })
@@ -1056,7 +1054,7 @@ async fn output_behind_a_refused_starttls_never_leaves_in_plaintext() {
     for &b in pki::BACKENDS {
         let (_client, mut server, writes) = tapped_server_pair(b).await;
         within("stop", server.stoptls()).await.unwrap();
-        let start = server.push_starttls(server_on(b));
+        let start = server.push_starttls(pki::localhost_on(b));
         server.push_write(LineCodec::new(), "secret").unwrap();
         let e = within("start", server.wait(start)).await.unwrap_err();
         assert!(e.is_fatal(), "{b:?}: {e}");
@@ -1075,7 +1073,7 @@ async fn output_behind_a_refused_starttls_is_not_lingered_in_plaintext() {
         let (_client, server, writes) = tapped_server_pair(b).await;
         let (handle, driver) = server.spawn();
         within("stop", handle.stoptls()).await.unwrap();
-        let start = handle.starttls(server_on(b));
+        let start = handle.starttls(pki::localhost_on(b));
         handle.push_write(LineCodec::new(), "secret").unwrap();
         let e = within("start", start).await.unwrap_err();
         assert!(e.is_fatal(), "{b:?}: {e}");
@@ -1103,7 +1101,7 @@ async fn output_posted_behind_a_refused_starttls_never_leaves_in_plaintext() {
             let _ = release_rx.recv_timeout(Duration::from_secs(5));
             Ok(line)
         });
-        let start = handle.starttls(server_on(b));
+        let start = handle.starttls(pki::localhost_on(b));
         let h2 = handle.clone();
         let pusher = std::thread::spawn(move || {
             entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -1141,7 +1139,7 @@ async fn output_posted_behind_a_refused_starttls_never_leaves_in_plaintext() {
 async fn output_behind_a_starttls_queued_behind_a_stoptls_never_leaves_in_plaintext() {
     for &b in pki::BACKENDS {
         let (_client, server, writes) = tapped_server_pair(b).await;
-        starttls_behind_a_queued_stoptls(server, server_on(b), &writes, b).await;
+        starttls_behind_a_queued_stoptls(server, pki::localhost_on(b), &writes, b).await;
     }
 }
 
@@ -1190,7 +1188,7 @@ async fn output_behind_a_completions_starttls_ahead_of_a_stoptls_never_leaves_in
         let (mut client, mut server, writes) = tapped_server_pair(b).await;
         let (tx, rx) = std::sync::mpsc::channel();
         let read = server.push_read_with(LineCodec::new(), move |line, q| {
-            let _ = tx.send(q.starttls(server_on(b)));
+            let _ = tx.send(q.starttls(pki::localhost_on(b)));
             let _ = q.push_write(LineCodec::new(), "secret");
             Ok(line)
         });
@@ -1406,7 +1404,7 @@ async fn eof_with_a_queued_request_over_tls_is_epipe_on(b: TlsBackend) {
     let (c, s) = tcp_pair().await;
     let server = tokio::spawn(async move {
         let mut conn = QueuedFramed::builder()
-            .tls(server_on(b))
+            .tls(pki::localhost_on(b))
             .build_tcp(s)
             .unwrap();
         conn.push_bytes(&b"0123456789"[..]).unwrap();
@@ -1451,7 +1449,7 @@ async fn watermarks_hold_a_producer_back_over_tls_on(b: TlsBackend) {
     let (a, s) = tokio::io::duplex(8 * 1024);
     let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let mut conn = QueuedFramed::builder().tls(server_on(b)).build(s);
+        let mut conn = QueuedFramed::builder().tls(pki::localhost_on(b)).build(s);
         assert_eq!(conn.read(LineCodec::new()).await.unwrap().line(), b"start");
         go_rx.await.unwrap();
         conn.read(ChunkCodec::new(BULK)).await.unwrap()
@@ -1672,7 +1670,7 @@ async fn openssl_s_client_verifies_and_talks_to_our_server_on(b: TlsBackend) {
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
         let mut conn = QueuedFramed::builder()
-            .tls(server_on(b))
+            .tls(pki::localhost_on(b))
             .build_tcp(sock)
             .unwrap();
         let hello = conn.read(LineCodec::new()).await.unwrap();
@@ -1798,7 +1796,7 @@ async fn openssl_s_client_starttls_smtp_against_our_server_on(b: TlsBackend) {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let (sock, _) = l.accept().await.unwrap();
-        smtp_session(sock, server_on(b)).await
+        smtp_session(sock, pki::localhost_on(b)).await
     });
     let ca = pem_path("ca.pem");
     let addr = addr.to_string();
@@ -1857,7 +1855,7 @@ async fn a_timeout_fires_while_the_handshake_is_stalled() {
 async fn a_timeout_fires_while_the_handshake_is_stalled_on(b: TlsBackend) {
     let (_silent, s) = tcp_pair().await;
     let mut conn = QueuedFramed::builder()
-        .tls(server_on(b))
+        .tls(pki::localhost_on(b))
         .timeout(Duration::from_millis(150))
         .build_tcp(s)
         .unwrap();
@@ -1869,7 +1867,7 @@ async fn a_timeout_fires_while_the_handshake_is_stalled_on(b: TlsBackend) {
 
     let (_silent, s) = tcp_pair().await;
     let (h, _driver) = QueuedFramed::builder()
-        .tls(server_on(b))
+        .tls(pki::localhost_on(b))
         .timeout(Duration::from_millis(150))
         .build_tcp(s)
         .unwrap()
@@ -1897,7 +1895,7 @@ async fn stoptls_on_handles_from_a_completion_then_plaintext_on(b: TlsBackend) {
     let (tap, writes) = support::Tap::new(c);
     let client = QueuedFramed::builder().tls(pki::client_on(b)).build(tap);
     let server = QueuedFramed::builder()
-        .tls(server_on(b))
+        .tls(pki::localhost_on(b))
         .build_tcp(s)
         .unwrap();
     let (hc, client_driver) = client.spawn();
@@ -2052,7 +2050,7 @@ async fn handle_autostart_ticket_fails_when_the_handshake_fails() {
     for &b in pki::BACKENDS {
         let (io, mut peer) = tokio::io::duplex(4096);
         let (handle, _driver) = QueuedFramed::new(io).spawn();
-        let verdict = handle.push_tls_autostart(server_on(b));
+        let verdict = handle.push_tls_autostart(pki::localhost_on(b));
         peer.write_all(FAKE_HELLO).await.unwrap();
         let err = within("autostart", verdict).await.unwrap_err();
         assert!(err.is_fatal(), "{b:?}: {err}");
@@ -2061,7 +2059,7 @@ async fn handle_autostart_ticket_fails_when_the_handshake_fails() {
         let (io, mut peer) = tokio::io::duplex(4096);
         let mut conn = QueuedFramed::new(io);
         peer.write_all(FAKE_HELLO).await.unwrap();
-        let inline = within("inline", conn.tls_autostart(server_on(b)))
+        let inline = within("inline", conn.tls_autostart(pki::localhost_on(b)))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), inline.kind(), "{b:?}");
@@ -2119,7 +2117,7 @@ async fn split_stream_hears_input_after_the_sink_half_ran_a_starttls_on(b: TlsBa
         // Both halves wait before the peer says anything.
         tokio::time::sleep(Duration::from_millis(50)).await;
         server.write(LineCodec::new(), "GO").await.unwrap();
-        server.starttls(server_on(b)).await.unwrap();
+        server.starttls(pki::localhost_on(b)).await.unwrap();
         let after = server.read(LineCodec::new()).await.unwrap();
         assert_eq!(after.line(), b"after");
         server.write(LineCodec::new(), "hello").await.unwrap();
@@ -2213,7 +2211,7 @@ async fn slow_handshake_under(b: TlsBackend, rtimeout: Duration) -> Result<(), S
         );
         let server = tokio::spawn(async move {
             let mut server = QueuedFramed::new(s);
-            let _ = server.starttls(server_on(b)).await;
+            let _ = server.starttls(pki::localhost_on(b)).await;
             server
         });
         let mut client = QueuedFramed::builder().rtimeout(rtimeout).build(c);
@@ -2261,7 +2259,7 @@ async fn peer_stops_first(b: TlsBackend, through_stream: bool) -> Result<(), Str
     let (c, s) = tokio::io::duplex(1 << 16);
     let mut client = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
     let mut server = QueuedFramed::builder()
-        .tls(server_on(b))
+        .tls(pki::localhost_on(b))
         .build_with_codec(s, LineCodec::new());
     let (x, y) = within_long("handshake", async {
         tokio::join!(client.flush(), server.flush())
@@ -2355,7 +2353,7 @@ async fn a_handshake_that_keeps_writing_is_not_told_an_idle_timeout() {
         );
         let server = tokio::spawn(async move {
             let mut server = QueuedFramed::new(server);
-            let _ = server.starttls(server_on(b)).await;
+            let _ = server.starttls(pki::localhost_on(b)).await;
             server
         });
         let mut client = QueuedFramed::builder()
@@ -2385,7 +2383,7 @@ async fn a_tls_record_that_keeps_arriving_is_not_told_a_read_timeout() {
             1 << 16,
         );
         let server = tokio::spawn(async move {
-            let mut server = QueuedFramed::builder().tls(server_on(b)).build(s);
+            let mut server = QueuedFramed::builder().tls(pki::localhost_on(b)).build(s);
             server.flush().await.unwrap();
             let line = "x".repeat(15_000);
             server.write(LineCodec::new(), &line).await.unwrap();

@@ -10,7 +10,6 @@ mod support;
 #[path = "support/pki.rs"]
 mod pki;
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyframe::QueuedFramed;
@@ -18,18 +17,7 @@ use anyframe::codecs::LineCodec;
 use anyframe::tls::TlsBackend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LIMIT: Duration = Duration::from_secs(20);
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(LIMIT, f).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
-    }
-}
-
-fn server_on(b: TlsBackend) -> anyframe::tls::TlsServer {
-    pki::server_on(b, &pki::pki().server)
-}
+use support::within;
 
 // ----- TO-6 with a TLS switch at the head -------------------------------------
 
@@ -124,7 +112,7 @@ async fn a_read_unshifted_after_a_completions_starttls_never_gets_plaintext() {
             .await
             .unwrap();
         let mut conn = QueuedFramed::new(io);
-        let tls = server_on(b);
+        let tls = pki::localhost_on(b);
         let upgrade = conn.push_read_with(LineCodec::new(), move |cmd, q| {
             q.push_write(LineCodec::new(), "220 ready")?;
             let handshake = q.starttls(tls);
@@ -153,7 +141,7 @@ fn line_server(
     s: tokio::io::DuplexStream,
 ) -> tokio::task::JoinHandle<anyframe::Result<String>> {
     tokio::spawn(async move {
-        let mut conn = QueuedFramed::builder().tls(server_on(b)).build(s);
+        let mut conn = QueuedFramed::builder().tls(pki::localhost_on(b)).build(s);
         let l = conn.read(LineCodec::new()).await?;
         Ok(String::from_utf8_lossy(l.line()).into_owned())
     })
@@ -234,7 +222,7 @@ async fn autostart_with_a_one_byte_at_a_time_client_under_rtimeout() {
                         .rtimeout(Duration::from_millis(100))
                         .build(s)
                         .spawn();
-                    let v = h.push_tls_autostart(server_on(b));
+                    let v = h.push_tls_autostart(pki::localhost_on(b));
                     let line = h.push_read(LineCodec::new());
                     let v = v.await?;
                     let line = line.await?;
@@ -245,7 +233,7 @@ async fn autostart_with_a_one_byte_at_a_time_client_under_rtimeout() {
                     let mut conn = QueuedFramed::builder()
                         .rtimeout(Duration::from_millis(100))
                         .build(s);
-                    let v = conn.tls_autostart(server_on(b)).await?;
+                    let v = conn.tls_autostart(pki::localhost_on(b)).await?;
                     let line = conn.read(LineCodec::new()).await?;
                     conn.write(LineCodec::new(), line.line()).await?;
                     Ok(v.is_tls())
@@ -303,7 +291,7 @@ async fn autostart_eof_at_every_byte_of_the_client_hello_ends_with_a_fatal_error
                 peer.shutdown().await.unwrap();
                 let r = if spawned {
                     let (h, driver) = QueuedFramed::new(io).spawn();
-                    let v = h.push_tls_autostart(server_on(b));
+                    let v = h.push_tls_autostart(pki::localhost_on(b));
                     let r = tokio::time::timeout(Duration::from_secs(5), v).await;
                     let closed = h.is_closed();
                     drop(h);
@@ -318,7 +306,7 @@ async fn autostart_eof_at_every_byte_of_the_client_hello_ends_with_a_fatal_error
                     let mut conn = QueuedFramed::new(io);
                     let r = tokio::time::timeout(
                         Duration::from_secs(5),
-                        conn.tls_autostart(server_on(b)),
+                        conn.tls_autostart(pki::localhost_on(b)),
                     )
                     .await;
                     let closed = conn.is_closed();
@@ -360,7 +348,7 @@ async fn output_from_a_completion_behind_a_failing_starttls_never_leaves_in_plai
             for spawned in [false, true] {
                 let (io, mut peer) = tokio::io::duplex(1 << 16);
                 let (tap, writes) = support::Tap::new(io);
-                let tls = server_on(b);
+                let tls = pki::localhost_on(b);
                 let body = move |cmd: anyframe::codecs::Line, q: &mut anyframe::Requests<'_>| {
                     q.push_write(LineCodec::new(), "220 ready")?;
                     let hs = q.starttls(tls);
@@ -444,7 +432,7 @@ async fn autostart_short_prefix_then_silence_times_out_non_fatally_and_retries()
                         .rtimeout(Duration::from_millis(100))
                         .build(io)
                         .spawn();
-                    let e = within("first", h.push_tls_autostart(server_on(b)))
+                    let e = within("first", h.push_tls_autostart(pki::localhost_on(b)))
                         .await
                         .unwrap_err();
                     if !e.is_timeout() || e.is_fatal() {
@@ -459,7 +447,7 @@ async fn autostart_short_prefix_then_silence_times_out_non_fatally_and_retries()
                         return Err(format!("buffer {n}"));
                     }
                     peer.write_all(b"\x01\x00\x05hello").await.unwrap();
-                    let v = h.push_tls_autostart(server_on(b));
+                    let v = h.push_tls_autostart(pki::localhost_on(b));
                     // The rest is not a ClientHello: the handshake fails.
                     let r = within("second", v).await;
                     if !matches!(&r, Err(e) if e.is_fatal()) {
@@ -469,7 +457,7 @@ async fn autostart_short_prefix_then_silence_times_out_non_fatally_and_retries()
                     let mut conn = QueuedFramed::builder()
                         .rtimeout(Duration::from_millis(100))
                         .build(io);
-                    let e = within("first", conn.tls_autostart(server_on(b)))
+                    let e = within("first", conn.tls_autostart(pki::localhost_on(b)))
                         .await
                         .unwrap_err();
                     if !e.is_timeout() || e.is_fatal() {
@@ -479,7 +467,7 @@ async fn autostart_short_prefix_then_silence_times_out_non_fatally_and_retries()
                         return Err(format!("buffer {}", conn.read_buffer().len()));
                     }
                     peer.write_all(b"\x01\x00\x05hello").await.unwrap();
-                    let r = within("second", conn.tls_autostart(server_on(b))).await;
+                    let r = within("second", conn.tls_autostart(pki::localhost_on(b))).await;
                     if !matches!(&r, Err(e) if e.is_fatal()) {
                         return Err(format!("second: {r:?}"));
                     }
@@ -517,7 +505,7 @@ async fn parts_rebuilt_with_tls_write_their_output_first_in_plaintext() {
         let mut parts = anyframe::Parts::new(s, ());
         parts.write_buf.extend_from_slice(b"220 ready\n");
         let mut conn = QueuedFramed::builder()
-            .tls(server_on(b))
+            .tls(pki::localhost_on(b))
             .build_from_parts(parts);
         let line = within("line over TLS", conn.read(LineCodec::new())).await;
         assert_eq!(line.unwrap().line(), b"hi", "{b:?}");

@@ -10,7 +10,7 @@ use anyframe_codecs::{ErrorKind, RegexCodec};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use regex::bytes::Regex;
-use rescan::{RescanModel, Step};
+use rescan::{RescanModel, Step, chunk};
 use support::{Eof, assert_sized_matches_whole, assert_split_invariant, run_chunks};
 use tokio_util::codec::Decoder;
 
@@ -486,16 +486,7 @@ proptest! {
             skip.as_deref().map(re).as_ref(),
             max_length,
         );
-        let mut chunks = Vec::new();
-        let mut rest = &input[..];
-        for &n in sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (head, tail) = rest.split_at(n.min(rest.len()));
-            chunks.push(head);
-            rest = tail;
-        }
+        let chunks = chunk(&input, &sizes);
         let ours = steps(&chunks, |buf| match codec.decode(buf) {
             Ok(Some(frame)) => Step::Frame(frame),
             Ok(None) => Step::NeedMore,

@@ -13,13 +13,21 @@ use tokio_util::codec::Decoder;
 
 #[path = "support/rescan.rs"]
 mod rescan;
-use rescan::{RescanModel, Step};
+use rescan::{RescanModel, Step, chunk};
 
 fn cases() -> u32 {
     std::env::var("ANYFRAME_REGEX_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000)
+}
+
+/// `pattern` built with free spacing (`ignore_whitespace`).
+fn spaced(pattern: &str) -> Regex {
+    RegexBuilder::new(pattern)
+        .ignore_whitespace(true)
+        .build()
+        .expect("valid regex")
 }
 
 fn re(s: &str) -> Regex {
@@ -209,20 +217,14 @@ fn class_difference_kelvin_with_skip_moving_the_window() {
 #[test]
 fn free_spacing_repetition_growth_only() {
     // x: (?:xy){10}, 20 bytes; read without x: "xy" + 10 spaces, 12 bytes.
-    let accept = RegexBuilder::new("(?:xy) {10}")
-        .ignore_whitespace(true)
-        .build()
-        .unwrap();
+    let accept = spaced("(?:xy) {10}");
     let head = "xy".repeat(9);
     assert_same(&accept, None, None, 1 << 20, &[head.as_bytes(), b"xy"]);
 }
 
 #[test]
 fn free_spacing_with_skip_moving_the_window() {
-    let accept = RegexBuilder::new("(?:xy) {10}")
-        .ignore_whitespace(true)
-        .build()
-        .unwrap();
+    let accept = spaced("(?:xy) {10}");
     let skip = re("^_");
     let head = format!("_.....{}", "xy".repeat(9));
     assert_same(
@@ -239,10 +241,7 @@ fn free_spacing_match_longer_than_the_head_prefix() {
     // x: (?:xy){12}, 24 bytes; read without x: 14. With the shorter
     // length the prefix searched again after the window moved would be
     // 4 + 14 + 4 = 22 bytes and cut the match at the new start.
-    let accept = RegexBuilder::new("(?:xy) {12}")
-        .ignore_whitespace(true)
-        .build()
-        .unwrap();
+    let accept = spaced("(?:xy) {12}");
     let skip = re("^_+");
     let a = format!("______________{}", "xy".repeat(11));
     assert_same(
@@ -267,33 +266,15 @@ fn build_refuses_accepts_that_match_empty_text() {
     let cases: Vec<(&str, Regex)> = vec![
         ("[K--k]?", re("[K--k]?")),
         ("(?:[K--k]|)", re("(?:[K--k]|)")),
-        (
-            "x: a {0,3}",
-            RegexBuilder::new("a {0,3}")
-                .ignore_whitespace(true)
-                .build()
-                .unwrap(),
-        ),
+        ("x: a {0,3}", spaced("a {0,3}")),
     ];
     // Empty only between certain bytes, in readings the plain ones do not
     // give: only the free-spaced reading parses (`\b #(`), octal escapes
     // are read as octal (`\141`), and a free-spaced pattern whose plain
     // reading parses too but never matches empty (`\b |;` is `\b|;`).
     let context_only: Vec<(&str, Regex)> = vec![
-        (
-            "x: \\b #(",
-            RegexBuilder::new(r"\b #(")
-                .ignore_whitespace(true)
-                .build()
-                .unwrap(),
-        ),
-        (
-            "x: \\b |;",
-            RegexBuilder::new(r"\b |;")
-                .ignore_whitespace(true)
-                .build()
-                .unwrap(),
-        ),
+        ("x: \\b #(", spaced(r"\b #(")),
+        ("x: \\b |;", spaced(r"\b |;")),
         (
             "octal: (?:\\b|\\141)",
             RegexBuilder::new(r"(?:\b|\141)")
@@ -356,10 +337,7 @@ fn line_eol_byte_set_class_difference() {
 #[test]
 fn line_eol_byte_set_free_spacing_class() {
     // x: [!-~], every printable byte; without x: '!', ' ', '~'.
-    let eol = RegexBuilder::new("[! - ~]")
-        .ignore_whitespace(true)
-        .build()
-        .unwrap();
+    let eol = spaced("[! - ~]");
     assert!(eol.is_match(b"a"));
     let got = lines(eol, &[b"\x01\x02a\x03"]);
     assert_eq!(got, vec![b"\x01\x02".to_vec()]);
@@ -533,20 +511,6 @@ fn opts() -> impl Strategy<Value = Opts> {
             crlf,
             swap,
         })
-}
-
-fn chunk<'a>(input: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
-    let mut chunks = Vec::new();
-    let mut rest = input;
-    for &n in sizes.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (head, tail) = rest.split_at(n.min(rest.len()));
-        chunks.push(head);
-        rest = tail;
-    }
-    chunks
 }
 
 proptest! {

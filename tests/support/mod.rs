@@ -4,12 +4,26 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The bound on a wait through [`within`].
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// Awaits `f`, failing the test with `what` after [`LIMIT`] instead of
+/// hanging it.
+pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(LIMIT, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
+    }
+}
 
 /// One scripted read result.
 #[derive(Debug, Clone)]

@@ -185,6 +185,12 @@ pub fn client_on(b: TlsBackend) -> TlsMode {
     }
 }
 
+/// A server of backend `b` presenting the `localhost` certificate (the
+/// server side of [`client_on`]).
+pub fn localhost_on(b: TlsBackend) -> TlsServer {
+    server_on(b, &pki().server)
+}
+
 /// A server of backend `b` presenting `pem`.
 pub fn server_on(b: TlsBackend, pem: &Pem) -> TlsServer {
     match b {

@@ -1,5 +1,5 @@
-//! The regex codec's reference model, shared by `regex.rs` and
-//! `regex_resume.rs`.
+//! The regex codec's reference model and an input splitter, shared by
+//! `regex.rs` and `regex_resume.rs`.
 
 use anyframe_codecs::ErrorKind;
 use bytes::BytesMut;
@@ -76,4 +76,19 @@ impl RescanModel {
         }
         Step::NeedMore
     }
+}
+
+/// `input` cut into pieces of `sizes` bytes, the sizes used in turn.
+pub fn chunk<'a>(input: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    let mut chunks = Vec::new();
+    let mut rest = input;
+    for &n in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (head, tail) = rest.split_at(n.min(rest.len()));
+        chunks.push(head);
+        rest = tail;
+    }
+    chunks
 }
