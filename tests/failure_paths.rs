@@ -1461,3 +1461,71 @@ fn other_tasks_still_run<G: 'static>(start: impl FnOnce() -> G + Send + 'static)
         .recv_timeout(Duration::from_secs(10))
         .expect("the driver never yielded its thread");
 }
+
+/// TO-6 on a spawned connection: a read timeout that no read is waiting
+/// to hear, with an answer still owed, closes the connection even while a
+/// task waits on the write side (the peer neither takes output nor
+/// answers; the write side cannot make it answer). Every write-side
+/// waiter hears the fatal `ETIMEDOUT`, which still names the read timer.
+#[tokio::test(start_paused = true)]
+async fn a_read_timeout_only_the_write_side_hears_with_an_answer_owed_is_fatal() {
+    for waiter in ["flush", "ready_to_write", "drained"] {
+        let (handle, _driver, _peer) = blocked_with(|b| {
+            b.rtimeout(Duration::from_secs(1));
+        });
+        drop(handle.call(LineCodec::new(), "q", LineCodec::new()));
+        let e = match waiter {
+            "flush" => within(waiter, handle.flush()).await,
+            "ready_to_write" => within(waiter, handle.ready_to_write()).await,
+            _ => within(waiter, handle.drained()).await,
+        }
+        .unwrap_err();
+        assert!(e.is_fatal(), "{waiter}: {e:?}");
+        assert_eq!(e.timeout(), Some(Timeout::Read), "{waiter}: {e:?}");
+        assert!(handle.is_closed(), "{waiter}");
+    }
+}
+
+/// With nothing owed, the same read timeout stays non-fatal for the write
+/// side (TO-3): the connection is idle, not stuck.
+#[tokio::test(start_paused = true)]
+async fn a_read_timeout_the_write_side_hears_with_nothing_owed_stays_non_fatal() {
+    let (handle, _driver, _peer) = blocked_with(|b| {
+        b.rtimeout(Duration::from_secs(1));
+    });
+    let e = within("flush", handle.flush()).await.unwrap_err();
+    assert!(!e.is_fatal(), "{e:?}");
+    assert_eq!(e.timeout(), Some(Timeout::Read), "{e:?}");
+    assert!(!handle.is_closed());
+}
+
+/// tower's `Client` waiting for room in `poll_ready` while its calls were
+/// given up: a peer that neither reads nor answers for a read-timeout
+/// period is a dead service, and `poll_ready` says so with the fatal error
+/// that closed the connection, not a non-fatal one that tower's
+/// middleware would take for the end of a live connection.
+#[tokio::test(start_paused = true)]
+async fn client_poll_ready_waiting_for_room_hears_a_stuck_peer_as_a_closed_connection() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::builder()
+        .watermarks(1024, 0)
+        .rtimeout(Duration::from_secs(1))
+        .build(ours)
+        .spawn();
+    let mut client = anyframe::service::ClientBuilder::default()
+        .max_in_flight(2)
+        .build(handle.clone(), LineCodec::new(), |_: &String| {
+            LineCodec::new()
+        });
+    let call = within("ready", client.ready())
+        .await
+        .unwrap()
+        .call("x".repeat(8192));
+    drop(call);
+    let e = within("client ready", client.ready())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.is_fatal(), "{e:?}");
+    assert!(handle.is_closed());
+}

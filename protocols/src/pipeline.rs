@@ -325,9 +325,10 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     /// Ready when a reply slot is free and the connection's write queue is
     /// below its high watermark (OPT-5): a burst of large requests waits
     /// for the queue to drain instead of filling it past `wbuf_max`. As for
-    /// anyframe's `service::Client`, a read timeout no reply waits to hear
-    /// comes here, non-fatal, while it waits for room (TO-3); call again to
-    /// go on waiting.
+    /// anyframe's `service::Client`: a read timeout while it waits for
+    /// room, with replies owed that nobody waits for, closes the
+    /// connection (TO-6) and comes here as that fatal error; with no reply
+    /// owed, it comes non-fatal (TO-3), and a call again goes on waiting.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.permit.is_none() {
             match ready!(self.permits.poll_acquire(cx)) {

@@ -29,7 +29,7 @@
 //! | Open | switch done | pop it; reads and writes go on | Open | `poll_switch` |
 //! | Open | timer expired, hook set | run the hook | Open | `poll_timers` |
 //! | Open | timer expired, no hook | non-fatal `ETIMEDOUT` to the first waiter | Open | `fail` |
-//! | Open | idle or read timer expired, no hook, nobody waits, a read still owed (spawned) | fatal `ETIMEDOUT` | Closed | `fail_timer` → `close` |
+//! | Open | idle or read timer expired, no hook, no read waits, a read still owed (spawned) | fatal `ETIMEDOUT` (write-side waiters hear it) | Closed | `fail_timer` → `close` |
 //! | Open | non-fatal error (`EBADMSG`, `ETIMEDOUT`, …) | to the head read, else the switch's waiter, else the write waiters | Open | `fail` |
 //! | Open | fatal error, `destroy`, panic in a user callback on the driver | fail every entry and waiter with it | Closed | `fail` → `close`; `guard` |
 //! | Open | panic in a user callback on the inline front end (unwinding) | tell every waiter `Panicked`; drop the entries at the next call | Closed | `run` → `poison`, `settle_panic` |
@@ -564,26 +564,36 @@ impl Core {
     }
 
     /// A timer expired with no hook, on the spawned driver. As
-    /// [`fail`](Self::fail); but when nobody at all waits and a read the
-    /// peer still owes is queued (a pipelined response, or a frame already
-    /// begun, whose caller was told an earlier timeout or gave up), the
-    /// peer is stuck and nobody would ever hear of it: the connection
-    /// closes with a fatal `ETIMEDOUT`, as a timeout with no handler does
-    /// in AnyEvent. A write timeout nobody hears stays quiet.
+    /// [`fail`](Self::fail); but when an idle or read timeout finds no
+    /// read to tell and a read the peer still owes is queued (a pipelined
+    /// response, or a frame already begun, whose caller was told an
+    /// earlier timeout or gave up), the peer is stuck inside an answer
+    /// nobody reads: the connection closes with a fatal `ETIMEDOUT`, as a
+    /// timeout with no handler does in AnyEvent. Waiters on the write side
+    /// hear that fatal error; a non-fatal one would tell them of a read
+    /// they cannot mend (TO-6). A write timeout goes by [`fail`] alone.
     fn fail_timer(&mut self, err: Error, which: Option<Timeout>) {
-        // Told nobody: every read still queued is owed (an abandoned plain
-        // read was swept), whether it is first or waits behind a switch.
-        if self.fail(err.clone(), which)
-            || which == Some(Timeout::Write)
-            || !self.queue.iter().any(|e| matches!(e, Entry::Read(_)))
-        {
+        if which == Some(Timeout::Write) {
+            self.fail(err, which);
             return;
         }
-        tracing::debug!(timeout = ?which, "timeout with every waiter gone and a read still owed");
+        if self.fail_first_reader(&err) {
+            return;
+        }
+        // Told no reader: every read still queued is owed (an abandoned
+        // plain read was swept), whether it is first or waits behind a
+        // switch.
+        if !self.queue.iter().any(|e| matches!(e, Entry::Read(_))) {
+            if !self.fail_write_waiters(&err) {
+                tracing::debug!(error = %err, "non-fatal error with nobody waiting");
+            }
+            return;
+        }
+        tracing::debug!(timeout = ?which, "timeout with no reader waiting and a read still owed");
         // Fatal now, and still naming the timer (`Error::timeout`).
         self.close(Error::fatal_because(
             err,
-            "timed out with every waiter gone and a response still owed",
+            "timed out with no reader waiting and a response still owed",
         ));
     }
 

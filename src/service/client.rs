@@ -81,12 +81,15 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// `poll_ready` is ready while fewer than `max_in_flight` calls are pending
 /// and the connection's write queue is below its high watermark. A fatal
 /// connection error fails every pending call with it. While `poll_ready`
-/// waits for room, it is a write-side waiter (TO-3): a read timeout that
-/// no call is waiting to hear comes to it as a non-fatal `ETIMEDOUT` (the
-/// peer neither took requests nor answered for a whole period). tower's
-/// middleware (`Buffer`, balancers) treats any error from `poll_ready` as
-/// the end of the service; to go on waiting instead, call `poll_ready`
-/// again. Dropping a response
+/// waits for room, it is a write-side waiter: a read timeout that no call
+/// is waiting to hear, with answers still owed to calls given up, means
+/// the peer neither took requests nor answered for a whole period, and
+/// closes the connection (TO-6); `poll_ready` returns that fatal error.
+/// With no answer owed (the output above the watermark was queued through
+/// the handle), the read timeout comes as a non-fatal `ETIMEDOUT` (TO-3).
+/// tower's middleware (`Buffer`, balancers) treats any error from
+/// `poll_ready` as the end of the service; to go on waiting after a
+/// non-fatal one, call `poll_ready` again. Dropping a response
 /// future does not desynchronise the stream: the response is still read, and
 /// discarded. Nor does dropping the `Client`: calls already made keep the
 /// connection open until their responses are read.
