@@ -237,8 +237,22 @@ impl Error {
         Error::new(ErrorKind::TimedOut, false, message)
     }
 
-    /// The timer `which` expired: `ETIMEDOUT`, non-fatal (TO-3).
-    pub(crate) fn timer_expired(which: crate::Timeout) -> Error {
+    /// The error the engine gives when the timer `which` expires with no
+    /// hook: `ETIMEDOUT`, non-fatal (TO-3), naming the timer. An
+    /// `on_timeout` hook that passes timeouts on as errors makes them with
+    /// this.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe::{Error, ErrorKind, Timeout};
+    ///
+    /// let e = Error::timer_expired(Timeout::Read);
+    /// assert_eq!(e.kind(), ErrorKind::TimedOut);
+    /// assert_eq!(e.timeout(), Some(Timeout::Read));
+    /// assert!(!e.is_fatal());
+    /// ```
+    pub fn timer_expired(which: crate::Timeout) -> Error {
         let mut e = Error::timed_out(match which {
             crate::Timeout::Idle => "idle timeout",
             crate::Timeout::Read => "read timeout",

@@ -22,7 +22,7 @@ use anyframe::codecs::{Line, LineCodec};
 use anyframe::{Error, ErrorKind, Handle, QueuedFramed, Requests, Result, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Reply, Slot, Step, protocol_error};
@@ -336,10 +336,6 @@ struct ReplyRead {
     stack: Vec<Partial>,
     /// Where top-level push messages go (RESP3); `None`: a push is the reply.
     pushes: Option<mpsc::UnboundedSender<Value>>,
-    /// Where the whole value goes instead of the last ticket (a
-    /// [`Subscriber`]'s message, which must arrive even after a timeout
-    /// told a waiter of one of its reads); the ticket then gets `Nil`.
-    deliver: Option<oneshot::Sender<Value>>,
     /// Released when the reply is complete.
     _slot: Slot,
 }
@@ -402,11 +398,6 @@ impl ReplyRead {
                     }
                     return Ok(Step::More(self.next(q)));
                 }
-                if let Some(deliver) = self.deliver.take() {
-                    // The receiver is gone only with its subscriber.
-                    let _ = deliver.send(value);
-                    return Ok(Step::Done(Value::Nil));
-                }
                 return Ok(Step::Done(value));
             };
             top.items.push(value);
@@ -454,21 +445,19 @@ fn read_value_routing(
     let state = ReplyRead {
         stack: Vec::new(),
         pushes,
-        deliver: None,
         _slot: slot,
     };
     handle.push_response_with(TypeLine::new(), move |h, q| state.on_header(h, q))
 }
 
-/// Queues the reads of one pub/sub message; the message goes to
-/// `deliver`. Its first read is a plain one: a timeout told before the
-/// message begins removes it, and nothing is lost. Once the type line is
-/// read, the rest of the message is read whoever still listens.
-fn read_message(handle: &Handle, deliver: oneshot::Sender<Value>) -> Ticket<Step<Value>> {
+/// Queues the reads of one pub/sub message. Its first read is a plain
+/// one: dropped before the message begins (the subscriber gone), it is
+/// removed, and nothing is lost. Once the type line is read, the rest of
+/// the message is read whoever still listens.
+fn read_message(handle: &Handle) -> Ticket<Step<Value>> {
     let state = ReplyRead {
         stack: Vec::new(),
         pushes: None,
-        deliver: Some(deliver),
         _slot: Slot::none(),
     };
     handle.push_read_with(TypeLine::new(), move |h, q| state.on_header(h, q))
@@ -565,10 +554,14 @@ pub async fn connect_with_pushes(
 /// `on_read` callback is always armed; the channel to the caller is
 /// bounded, so a slow caller stops the reads and TCP pushes back.
 ///
-/// A non-fatal error (a read timeout set on the connection: the channel
-/// was quiet) comes out of `next` as it happens, and the subscription goes
-/// on; a message the server had begun is still read whole and comes after
-/// it. A fatal error is the last item.
+/// A timeout set on the connection (the channel was quiet) comes out of
+/// `next` as a non-fatal error each time its timer expires, and the
+/// subscription goes on; a message the server had begun is still read
+/// whole and comes after it. For that the subscriber sets the
+/// connection's `on_timeout` hook (a hook set before is replaced), so no
+/// read is ever told a timeout: a message stalled for several periods is
+/// not given up. A timeout that comes while 64 values wait unread is not
+/// said again. A fatal error is the last item.
 #[derive(Debug)]
 pub struct Subscriber {
     handle: Handle,
@@ -577,33 +570,22 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Takes over a connection (nothing else may read from it).
+    /// Takes over a connection (nothing else may read from it, and its
+    /// `on_timeout` hook is the subscriber's).
     pub fn new(handle: Handle) -> Subscriber {
         let (tx, messages) = mpsc::channel(64);
+        let said = tx.clone();
+        handle.on_timeout(move |which, _| {
+            if said.try_send(Err(Error::timer_expired(which))).is_err() {
+                tracing::debug!(timeout = ?which, "subscriber: timeout not said, values wait unread");
+            }
+        });
         let reader_handle = handle.clone();
         let reader = tokio::spawn(async move {
             loop {
-                let (deliver, message) = oneshot::channel();
-                let value = match Reply::new(read_message(&reader_handle, deliver)).await {
-                    Ok(_) => message.await.map_err(|_| closed(&reader_handle)),
-                    Err(e) if e.is_fatal() => Err(e),
-                    Err(e) => {
-                        // Non-fatal (a read timeout): said, and the
-                        // subscription goes on. A message begun before
-                        // it is still read and comes next; if none had
-                        // begun, its read was removed and `message` ends.
-                        if tx.send(Err(e)).await.is_err() {
-                            break;
-                        }
-                        match message.await {
-                            Ok(value) => Ok(value),
-                            Err(_) if reader_handle.is_closed() => Err(closed(&reader_handle)),
-                            Err(_) => continue,
-                        }
-                    }
-                };
-                let failed = value.is_err();
-                if tx.send(value).await.is_err() || failed {
+                let value = Reply::new(read_message(&reader_handle)).await;
+                let fatal = value.as_ref().is_err_and(Error::is_fatal);
+                if tx.send(value).await.is_err() || fatal {
                     break;
                 }
             }
@@ -637,13 +619,6 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         self.reader.abort();
     }
-}
-
-/// The error that closed `handle` (a message's reads were dropped with it).
-fn closed(handle: &Handle) -> Error {
-    handle
-        .error()
-        .unwrap_or_else(|| Error::custom(ErrorKind::Closed, true, "connection closed"))
 }
 
 /// Connects a [`Subscriber`].

@@ -331,6 +331,51 @@ async fn a_subscriber_message_begun_before_a_timeout_still_arrives_whole() {
     );
 }
 
+/// A message the server stalls in for several read-timeout periods: each
+/// period is said (non-fatal) and the connection stays open, then the whole
+/// message arrives, and the subscription goes on after it.
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_message_stalled_for_several_timeouts_still_arrives() {
+    let (io, mut peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::builder().rtimeout(MS(300)).build(io).spawn();
+    let mut sub = Subscriber::new(handle.clone());
+    peer.write_all(b"*3\r\n$7\r\nmessage\r\n").await.unwrap();
+    for period in 1..=3 {
+        let e = tokio::time::timeout(LIMIT, sub.next())
+            .await
+            .unwrap()
+            .expect("an item")
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.is_fatal()),
+            (ErrorKind::TimedOut, false),
+            "period {period}: {e}"
+        );
+        assert!(!handle.is_closed(), "period {period}: {:?}", handle.error());
+    }
+    peer.write_all(b"$2\r\nch\r\n$5\r\nhello\r\n")
+        .await
+        .unwrap();
+    let whole = tokio::time::timeout(LIMIT, sub.next()).await.unwrap();
+    let Some(Ok(Value::Array(parts))) = whole else {
+        panic!("{whole:?}")
+    };
+    assert_eq!(parts[2], Value::Bulk("hello".into()));
+    // Quiet again: said again, and the next message still comes.
+    let e = tokio::time::timeout(LIMIT, sub.next())
+        .await
+        .unwrap()
+        .expect("an item")
+        .unwrap_err();
+    assert!(!e.is_fatal(), "{e}");
+    peer.write_all(b"*1\r\n:7\r\n").await.unwrap();
+    let next = tokio::time::timeout(LIMIT, sub.next()).await.unwrap();
+    assert_eq!(
+        next.unwrap().unwrap(),
+        Value::Array(vec![Value::Integer(7)])
+    );
+}
+
 /// A peer that answers every Redis command with `+OK`.
 fn answers_ok(mut peer: DuplexStream) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
