@@ -619,6 +619,87 @@ async fn serve_stall_error_says_which_timer() {
     .expect("test hung");
 }
 
+/// The connection's timers bound the I/O, not the service: a service that
+/// takes two and a half periods of a read, idle or write timer to answer
+/// does not end the loop; the client gets its answer and the connection
+/// goes on for the next request, sent most of a period after the answer
+/// (the client's silence counts from the answer). Silence for a whole
+/// period after the last answer ends the loop.
+#[tokio::test(start_paused = true)]
+async fn serve_timers_do_not_count_the_services_own_work() {
+    for which in [Timeout::Read, Timeout::Idle, Timeout::Write] {
+        let (server_io, client_io) = tokio::io::duplex(4096);
+        let mut builder = QueuedFramed::builder();
+        let period = Duration::from_secs(1);
+        match which {
+            Timeout::Read => builder.rtimeout(period),
+            Timeout::Idle => builder.timeout(period),
+            _ => builder.wtimeout(period),
+        };
+        let slow = tower::service_fn(|line: Utf8Line| async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            Ok::<_, Infallible>(line.line().to_owned())
+        });
+        let server = tokio::spawn(
+            serve(server_io, Utf8LineCodec::new(), LineCodec::new(), slow)
+                .connection(builder)
+                .run(),
+        );
+        let mut client = QueuedFramed::new(client_io);
+        for req in ["a", "b"] {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            client.write(LineCodec::new(), req).await.unwrap();
+            let answer = within(req, client.read(Utf8LineCodec::new())).await;
+            assert_eq!(
+                answer.as_ref().map(|l| l.line()).ok(),
+                Some(req),
+                "{which:?}: {answer:?}"
+            );
+        }
+        // Quiet: now the timer ends the loop.
+        let e = within("server", server).await.unwrap().unwrap_err();
+        assert!(e.is_timeout(), "{which:?}: {e:?}");
+    }
+}
+
+/// The other side of the rule above: a write or idle timer that expires
+/// while answers already queued wait unwritten is the peer's doing (it
+/// takes nothing), and ends the loop even while the service works on.
+#[tokio::test(start_paused = true)]
+async fn serve_ends_on_a_stalled_peer_while_the_service_works() {
+    for which in [Timeout::Idle, Timeout::Write] {
+        let (server_io, client_io) = tokio::io::duplex(64);
+        let mut builder = QueuedFramed::builder();
+        builder.watermarks(1 << 20, 0);
+        match which {
+            Timeout::Idle => builder.timeout(Duration::from_secs(1)),
+            _ => builder.wtimeout(Duration::from_secs(1)),
+        };
+        let service = tower::service_fn(|line: Utf8Line| async move {
+            if line.line() != "fast" {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            Ok::<_, Infallible>("y".repeat(1000))
+        });
+        let t0 = tokio::time::Instant::now();
+        let server = tokio::spawn(
+            serve(server_io, Utf8LineCodec::new(), LineCodec::new(), service)
+                .connection(builder)
+                .run(),
+        );
+        // Two requests, and never a read of the answers.
+        let (_rd, mut wr) = tokio::io::split(client_io);
+        wr.write_all(b"fast\nslow\n").await.unwrap();
+        let e = within("server", server).await.unwrap().unwrap_err();
+        assert_eq!(e.timeout(), Some(which), "{e:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{which:?}: {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
 // ----- requests already read, and the ways a loop ends ------------------------
 
 /// A line decoder that allows 8 bytes: longer, with no end of line in

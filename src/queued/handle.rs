@@ -1088,6 +1088,12 @@ impl Handle {
         self.lock().write_buffered()
     }
 
+    /// Read requests (and TLS switches) waiting in the queue, those queued
+    /// by other handles included.
+    pub fn queued_reads(&self) -> usize {
+        self.lock().queued_reads()
+    }
+
     // ----- state --------------------------------------------------------------------
 
     /// Closes the connection with `err`, as a fatal error found by the

@@ -15,8 +15,8 @@ use tower_service::Service;
 
 use crate::config::Builder;
 use crate::error::{Error, ErrorKind, Result};
-use crate::queued::Ticket;
 use crate::queued::Timeout;
+use crate::queued::{Handle, Ticket};
 
 /// Default bound on requests being served at once per connection: enough to
 /// keep a pipelining client's window full, bounded so that one connection
@@ -358,6 +358,14 @@ where
     })
 }
 
+/// A write or idle timer that expired while answers wait unwritten: the
+/// peer takes none of them, whatever the service is doing.
+fn answers_stalled(handle: &Handle, e: &Error) -> bool {
+    !e.is_fatal()
+        && matches!(e.timeout(), Some(Timeout::Write | Timeout::Idle))
+        && handle.write_buffered() > 0
+}
+
 /// What woke the loop.
 enum Event<D, Req, Resp, SErr> {
     /// The next requests.
@@ -366,8 +374,8 @@ enum Event<D, Req, Resp, SErr> {
     Called,
     /// The service failed `poll_ready`.
     NotReady(SErr),
-    /// The answers stopped leaving: the connection's error, or a write
-    /// timeout while the output was above the high watermark.
+    /// The answers stopped leaving: the connection's error, or a write or
+    /// idle timeout while answers waited unwritten.
     Stalled(Error),
     Response(std::result::Result<Resp, SErr>),
     Shutdown,
@@ -408,7 +416,10 @@ where
     ///
     /// The loop waits for every request it has handed to the service, as
     /// hyper's connections do: the connection's timeouts bound the I/O, not
-    /// the service. Bound a service that may never answer with a timeout
+    /// the service. A timer that expires while the service still owes
+    /// answers, with none of them waiting unwritten, does not end the loop,
+    /// and the read timeout counts the client's silence from the last
+    /// answer (docs/semantics.md, LC-6). Bound a service that may never answer with a timeout
     /// layer (`tower::timeout::Timeout`), whose error
     /// [`map_errors`](Self::map_errors) can turn into an answer.
     ///
@@ -545,7 +556,10 @@ where
                             && let Poll::Ready(r) = Pin::new(t).poll(cx)
                         {
                             next = None;
-                            return Poll::Ready(Event::Requests(r));
+                            return Poll::Ready(match r {
+                                Err(e) if answers_stalled(&handle, &e) => Event::Stalled(e),
+                                r => Event::Requests(r),
+                            });
                         }
                         if reading
                             && let Some(s) = shutdown.as_mut()
@@ -561,6 +575,7 @@ where
             // An answer that could not be queued: the peer would take the
             // next one for it, so nothing more is answered.
             let mut refused = None;
+            let answered = matches!(event, Event::Response(_));
             match event {
                 Event::Response(Ok(resp)) => refused = answer(&handle, &encoder, resp).err(),
                 Event::Response(Err(e)) => {
@@ -677,8 +692,23 @@ where
                         reading = false;
                     }
                 }
+                Event::Requests(Err(e))
+                    if e.is_timeout()
+                        && !e.is_fatal()
+                        && (!waiting.is_empty() || !in_flight.is_empty())
+                        && handle.queued_reads() == 0 =>
+                {
+                    // A timer expired while the service still owes answers
+                    // (and no answer waits unwritten: `answers_stalled`):
+                    // the quiet is the service's, not the peer's (the
+                    // timers bound the I/O). The read was removed, having
+                    // taken nothing; it is queued again. The peer's silence
+                    // counts from the last answer (see `Event::Response`).
+                    tracing::trace!(error = %e, "server loop: timer expired while the service works");
+                }
                 Event::Requests(Err(e)) => {
-                    // A fatal error: the connection is closed.
+                    // A fatal error (the connection is closed), or a
+                    // timeout the peer is to blame for.
                     tracing::debug!(error = %e, "server loop: reading failed");
                     reading = false;
                     if outcome.is_ok() {
@@ -698,6 +728,11 @@ where
                             handle.with_read_buffer(|_| futures::FutureExt::now_or_never(read));
                     }
                 }
+            }
+            if answered && waiting.is_empty() && in_flight.is_empty() {
+                // The last answer owed is queued: from here the peer's
+                // silence is its own, and the read timeout counts it.
+                handle.timeout_reset(Timeout::Read);
             }
             if let Some(e) = refused {
                 // The answers queued before it still go out.
