@@ -15,8 +15,7 @@ use tower_service::Service;
 
 use crate::config::Builder;
 use crate::error::{Error, ErrorKind, Result};
-use crate::queued::Timeout;
-use crate::queued::{Handle, Ticket};
+use crate::queued::{Handle, Ticket, Timeout};
 
 /// Default bound on requests being served at once per connection: enough to
 /// keep a pipelining client's window full, bounded so that one connection
@@ -419,8 +418,8 @@ where
     /// the service. A timer that expires while the service still owes
     /// answers, with none of them waiting unwritten, does not end the loop,
     /// and the read timeout counts the client's silence from the last
-    /// answer (docs/semantics.md, LC-6). Bound a service that may never answer with a timeout
-    /// layer (`tower::timeout::Timeout`), whose error
+    /// answer (docs/semantics.md, LC-6). Bound a service that may never
+    /// answer with a timeout layer (`tower::timeout::Timeout`), whose error
     /// [`map_errors`](Self::map_errors) can turn into an answer.
     ///
     /// # Errors
