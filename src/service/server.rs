@@ -454,6 +454,8 @@ where
         // to rejected ones, in request order.
         let mut waiting: VecDeque<Waiting<Req, S::Response>> = VecDeque::new();
         let rbuf_max = builder.cfg.rbuf_max;
+        // The loop's handle is its own: no timer is set after this.
+        let read_timer = !builder.cfg.rtimeout.is_zero();
         let mut reader = Some(Framing::new(decoder.clone(), rbuf_max));
         let mut next: Option<Ticket<Found<D, Req>>> = None;
         // A read that completed as the shutdown signal came (see
@@ -728,7 +730,7 @@ where
                     }
                 }
             }
-            if answered && waiting.is_empty() && in_flight.is_empty() {
+            if read_timer && answered && waiting.is_empty() && in_flight.is_empty() {
                 // The last answer owed is queued: from here the peer's
                 // silence is its own, and the read timeout counts it.
                 handle.timeout_reset(Timeout::Read);
