@@ -343,7 +343,7 @@ enum Waiting<Req, Resp> {
 
 /// Queues `resp`. An encoder that refuses it leaves the peer one answer
 /// short, so its refusal is made fatal here.
-fn answer<E, Resp>(handle: &crate::Handle, encoder: &E, resp: Resp) -> Result<()>
+fn answer<E, Resp>(handle: &Handle, encoder: &E, resp: Resp) -> Result<()>
 where
     E: Encoder<Resp> + Clone,
     E::Error: Into<Error>,
