@@ -82,9 +82,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// and the connection's write queue is below its high watermark. A fatal
 /// connection error fails every pending call with it. While `poll_ready`
 /// waits for room, it is a write-side waiter: a read timeout that no call
-/// is waiting to hear, with answers still owed to calls given up, means
-/// the peer neither took requests nor answered for a whole period, and
-/// closes the connection (TO-6); `poll_ready` returns that fatal error.
+/// is waiting to hear, with answers still owed to calls given up (the
+/// peer sent nothing for a whole period, whether or not it was still
+/// taking requests), closes the connection (TO-6); `poll_ready` returns
+/// that fatal error.
 /// With no answer owed (the output above the watermark was queued through
 /// the handle), the read timeout comes as a non-fatal `ETIMEDOUT` (TO-3).
 /// tower's middleware (`Buffer`, balancers) treats any error from

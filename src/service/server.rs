@@ -5,10 +5,13 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, IntoFuture, poll_fn};
 use std::pin::Pin;
-use std::task::Poll;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 use tower_service::Service;
@@ -357,12 +360,71 @@ where
     })
 }
 
-/// A write or idle timer that expired while answers wait unwritten: the
-/// peer takes none of them, whatever the service is doing.
-fn answers_stalled(handle: &Handle, e: &Error) -> bool {
-    !e.is_fatal()
-        && matches!(e.timeout(), Some(Timeout::Write | Timeout::Idle))
-        && handle.write_buffered() > 0
+/// The connection's timers, as the loop sees them. The loop owns the
+/// connection's `on_timeout` hook, which decides inside the engine, at the
+/// expiry, whose doing it is: while the service owes answers a quiet peer
+/// is waiting for them, and nothing to write is no stall, so the expiry is
+/// dropped; any other is handed to the loop. No read or write waiter is
+/// ever told a timeout, so none is given up half way.
+#[derive(Default)]
+struct Timers {
+    /// The service owes answers (requests handed to it, or waiting for it).
+    owed: AtomicBool,
+    /// Expiries handed to the loop: a bit per timer, see [`Timers::bit`].
+    expired: AtomicU8,
+    /// The loop's task, woken for an expiry.
+    task: AtomicWaker,
+}
+
+impl Timers {
+    fn bit(which: Timeout) -> u8 {
+        match which {
+            Timeout::Write => 1,
+            Timeout::Idle => 2,
+            _ => 4,
+        }
+    }
+
+    /// Installs the hook on the loop's connection.
+    fn install(self: &Arc<Timers>, handle: &Handle) {
+        let timers = Arc::clone(self);
+        handle.on_timeout(move |which, q| {
+            if timers.owed.load(Ordering::Acquire)
+                && (which == Timeout::Read || q.write_buffered() == 0)
+            {
+                tracing::trace!(timeout = ?which, "server loop: timer expired while the service works");
+                return;
+            }
+            timers.expired.fetch_or(Timers::bit(which), Ordering::AcqRel);
+            timers.task.wake();
+        });
+    }
+
+    /// An expiry handed to the loop, if any: the write timer's first, then
+    /// the idle timer's (they say the peer takes nothing), then the read
+    /// timer's.
+    fn poll_expired(&self, cx: &Context<'_>) -> Option<Timeout> {
+        self.task.register(cx.waker());
+        let bits = self.expired.swap(0, Ordering::AcqRel);
+        [Timeout::Write, Timeout::Idle, Timeout::Read]
+            .into_iter()
+            .find(|&t| bits & Timers::bit(t) != 0)
+    }
+
+    /// Runs `f` until it completes or a timer expires (its `ETIMEDOUT`).
+    async fn bound<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
+        let mut f = std::pin::pin!(f);
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            match self.poll_expired(cx) {
+                Some(which) => Poll::Ready(Err(Error::timer_expired(which))),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 /// What woke the loop.
@@ -376,6 +438,8 @@ enum Event<D, Req, Resp, SErr> {
     /// The answers stopped leaving: the connection's error, or a write or
     /// idle timeout while answers waited unwritten.
     Stalled(Error),
+    /// A timer expired, and it is the peer's doing (see [`Timers`]).
+    Expired(Timeout),
     Response(std::result::Result<Resp, SErr>),
     Shutdown,
 }
@@ -418,7 +482,8 @@ where
     /// the service. A timer that expires while the service still owes
     /// answers, with none of them waiting unwritten, does not end the loop,
     /// and the read timeout counts the client's silence from the last
-    /// answer (docs/semantics.md, LC-6). Bound a service that may never
+    /// answer (docs/semantics.md, LC-6); the loop sets the connection's
+    /// `on_timeout` hook for that. Bound a service that may never
     /// answer with a timeout layer (`tower::timeout::Timeout`), whose error
     /// [`map_errors`](Self::map_errors) can turn into an answer.
     ///
@@ -449,6 +514,8 @@ where
             builder,
         } = self;
         let (handle, driver) = builder.build(io).spawn();
+        let timers = Arc::new(Timers::default());
+        timers.install(&handle);
         let mut in_flight: FuturesOrdered<Pending<S, Req>> = FuturesOrdered::new();
         // Requests read and not yet handed to the service, and the answers
         // to rejected ones, in request order.
@@ -483,6 +550,9 @@ where
                 Some(r) => Event::Requests(r),
                 None => {
                     poll_fn(|cx| {
+                        if let Some(which) = timers.poll_expired(cx) {
+                            return Poll::Ready(Event::Expired(which));
+                        }
                         // Answers are taken, and requests read, only while
                         // the output is below the high watermark (OPT-5):
                         // the rest wait in the service, and what is queued
@@ -492,20 +562,12 @@ where
                         let room = loop {
                             match handle.poll_write_ready(cx) {
                                 Poll::Ready(Ok(())) => break true,
-                                // The peer took none of the answers for a
-                                // whole write (or idle) period, or the
-                                // connection failed.
-                                Poll::Ready(Err(e))
-                                    if e.is_fatal()
-                                        || matches!(
-                                            e.timeout(),
-                                            Some(Timeout::Write | Timeout::Idle)
-                                        ) =>
-                                {
+                                // The connection failed.
+                                Poll::Ready(Err(e)) if e.is_fatal() => {
                                     return Poll::Ready(Event::Stalled(e));
                                 }
-                                // A read timeout heard here only says the loop
-                                // is not reading, which is its own doing.
+                                // Not the loop's (timeouts come to it
+                                // through `timers`): look again.
                                 Poll::Ready(Err(_)) => continue,
                                 Poll::Pending => break false,
                             }
@@ -557,10 +619,7 @@ where
                             && let Poll::Ready(r) = Pin::new(t).poll(cx)
                         {
                             next = None;
-                            return Poll::Ready(match r {
-                                Err(e) if answers_stalled(&handle, &e) => Event::Stalled(e),
-                                r => Event::Requests(r),
-                            });
+                            return Poll::Ready(Event::Requests(r));
                         }
                         if reading
                             && let Some(s) = shutdown.as_mut()
@@ -577,6 +636,16 @@ where
             // next one for it, so nothing more is answered.
             let mut refused = None;
             let answered = matches!(event, Event::Response(_));
+            let event = match event {
+                // Answers wait unwritten and the peer took none of them
+                // (or nothing at all) for a whole period.
+                Event::Expired(which @ (Timeout::Write | Timeout::Idle))
+                    if handle.write_buffered() > 0 =>
+                {
+                    Event::Stalled(Error::timer_expired(which))
+                }
+                event => event,
+            };
             match event {
                 Event::Response(Ok(resp)) => refused = answer(&handle, &encoder, resp).err(),
                 Event::Response(Err(e)) => {
@@ -693,25 +762,25 @@ where
                         reading = false;
                     }
                 }
-                Event::Requests(Err(e))
-                    if e.is_timeout()
-                        && !e.is_fatal()
-                        && (!waiting.is_empty() || !in_flight.is_empty())
-                        && handle.queued_reads() == 0 =>
-                {
-                    // A timer expired while the service still owes answers
-                    // (and no answer waits unwritten: `answers_stalled`):
-                    // the quiet is the service's, not the peer's (the
-                    // timers bound the I/O). The read was removed, having
-                    // taken nothing; it is queued again. The peer's silence
-                    // counts from the last answer (see `Event::Response`).
-                    tracing::trace!(error = %e, "server loop: timer expired while the service works");
-                }
                 Event::Requests(Err(e)) => {
-                    // A fatal error (the connection is closed), or a
-                    // timeout the peer is to blame for.
+                    // A fatal error: the connection is closed.
                     tracing::debug!(error = %e, "server loop: reading failed");
                     reading = false;
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
+                Event::Expired(which) => {
+                    // Nothing owed, and the peer quiet for a whole period:
+                    // reading ends as at a shutdown signal (below), and the
+                    // loop with the timeout once what was read is answered.
+                    let e = Error::timer_expired(which);
+                    tracing::debug!(error = %e, "server loop: timer expired");
+                    reading = false;
+                    if let Some(read) = next.take() {
+                        read_at_shutdown =
+                            handle.with_read_buffer(|_| futures::FutureExt::now_or_never(read));
+                    }
                     if outcome.is_ok() {
                         outcome = Err(e);
                     }
@@ -730,7 +799,9 @@ where
                     }
                 }
             }
-            if read_timer && answered && waiting.is_empty() && in_flight.is_empty() {
+            let owed = !waiting.is_empty() || !in_flight.is_empty() || read_at_shutdown.is_some();
+            timers.owed.store(owed, Ordering::Release);
+            if read_timer && answered && !owed {
                 // The last answer owed is queued: from here the peer's
                 // silence is its own, and the read timeout counts it.
                 handle.timeout_reset(Timeout::Read);
@@ -748,10 +819,12 @@ where
             }
         }
         drop(next);
-        let flushed = handle.flush().await;
+        // Nothing is owed now: the timers bound the last writes.
+        timers.owed.store(false, Ordering::Release);
+        let flushed = timers.bound(handle.flush()).await;
         if !handle.is_closed() {
             let _ = handle.push_shutdown();
-            let _ = handle.flush().await;
+            let _ = timers.bound(handle.flush()).await;
         }
         handle.detach();
         drop(handle);
