@@ -574,8 +574,11 @@ impl Subscriber {
     /// `on_timeout` hook is the subscriber's).
     pub fn new(handle: Handle) -> Subscriber {
         let (tx, messages) = mpsc::channel(64);
-        let said = tx.clone();
+        // Weak: the hook outlives the reader (a closed connection keeps
+        // its hook), and the channel must end with the reader.
+        let said = tx.downgrade();
         handle.on_timeout(move |which, _| {
+            let Some(said) = said.upgrade() else { return };
             if said.try_send(Err(Error::timer_expired(which))).is_err() {
                 tracing::debug!(timeout = ?which, "subscriber: timeout not said, values wait unread");
             }
