@@ -8,7 +8,10 @@
 //! * after a `VALUE` line, **exactly `bytes` bytes and `\r\n`**: one
 //!   [`ChunkCodec`](anyframe::codecs::ChunkCodec) read, split off the read
 //!   buffer without a copy; its completion queues the next line at the
-//!   front of the queue, until `END`.
+//!   front of the queue, until `END`. Each `VALUE` must be for a key the
+//!   request asked for, in the order asked, each at most once (as
+//!   memcached answers); any other is a fatal protocol error, so a reply
+//!   holds at most one value per key asked for.
 //!
 //! [`Memcached`] is the [`Protocol`]; [`Client`] is the pipelined tower
 //! `Service<Command, Response = Response>`.
@@ -102,7 +105,8 @@ pub enum Response {
     NotFound,
     /// `DELETED`.
     Deleted,
-    /// The values found, in the server's order (missing keys are absent).
+    /// The values found, in the order the keys were asked for (missing
+    /// keys are absent).
     Values(Vec<Item>),
     /// The new value after `incr`.
     Number(u64),
@@ -221,6 +225,11 @@ fn parse_value(line: &Bytes) -> Result<ReplyLine> {
 #[derive(Debug)]
 struct ReplyRead {
     items: Vec<Item>,
+    /// The keys a `get` or `gets` asked for (none for other commands);
+    /// the server answers each at most once, in this order.
+    keys: Vec<Bytes>,
+    /// Where in `keys` the next value's key is looked for.
+    next_key: usize,
     _slot: Slot,
 }
 
@@ -235,20 +244,30 @@ impl ReplyRead {
                 flags,
                 len,
                 cas,
-            } => Ok(Step::More(q.unshift_read_with(
-                CrlfChunk::new(len),
-                move |data, q| {
-                    self.items.push(Item {
-                        key,
-                        flags,
-                        cas,
-                        data,
-                    });
-                    Ok(Step::More(q.unshift_read_with(read_line(), move |l, q| {
-                        self.on_line(l, q)
-                    })))
-                },
-            ))),
+            } => {
+                // A value for a key not asked for, or out of order, is not
+                // this request's reply: the two sides are out of step.
+                let Some(at) = self.keys[self.next_key..].iter().position(|k| *k == key) else {
+                    return Err(protocol_error(
+                        "memcached VALUE for a key not asked for, or out of order",
+                    ));
+                };
+                self.next_key += at + 1;
+                Ok(Step::More(q.unshift_read_with(
+                    CrlfChunk::new(len),
+                    move |data, q| {
+                        self.items.push(Item {
+                            key,
+                            flags,
+                            cas,
+                            data,
+                        });
+                        Ok(Step::More(q.unshift_read_with(read_line(), move |l, q| {
+                            self.on_line(l, q)
+                        })))
+                    },
+                )))
+            }
         }
     }
 }
@@ -339,9 +358,15 @@ impl Protocol for Memcached {
         }
     }
 
-    fn read_reply(&self, _req: &Command, handle: &Handle, slot: Slot) -> Ticket<Step<Response>> {
+    fn read_reply(&self, req: &Command, handle: &Handle, slot: Slot) -> Ticket<Step<Response>> {
+        let keys = match req {
+            Command::Get(keys) | Command::Gets(keys) => keys.clone(),
+            _ => Vec::new(),
+        };
         let state = ReplyRead {
             items: Vec::new(),
+            keys,
+            next_key: 0,
             _slot: slot,
         };
         handle.push_response_with(read_line(), move |l, q| state.on_line(l, q))

@@ -265,7 +265,19 @@ async fn replies_from_a_byte_at_a_time_peer() {
         let _ = sock.read(&mut tmp).await;
     });
     let c = memcached::connect(addr, 32).await.unwrap();
-    let replies: Vec<_> = (0..8).map(|_| c.send(Command::get("k"))).collect();
+    // The commands whose replies the script gives (a VALUE answers a key
+    // asked for, in the order asked).
+    let commands = [
+        Command::get("k"),
+        Command::Gets(vec!["a".into(), "z".into(), "b".into()]),
+        Command::get("k"),
+        Command::get("k"),
+        Command::get("k"),
+        Command::get("k"),
+        Command::get("c"),
+        Command::get("k"),
+    ];
+    let replies: Vec<_> = commands.into_iter().map(|cmd| c.send(cmd)).collect();
     let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
         .await
         .unwrap();
