@@ -13,6 +13,12 @@
 //!   `0`, then **trailer lines** until the empty line;
 //! * no length and not chunked: everything until the server closes.
 //!
+//! A response that ends the connection (`Connection: close`, an HTTP/1.0
+//! response without `keep-alive` or with a `Transfer-Encoding`, a 2xx
+//! answer to `CONNECT`, whose tunnel this client does not offer) closes
+//! it once read: nothing after it is taken for a response, and requests
+//! pipelined behind it fail with `Closed`.
+//!
 //! Each step's completion queues the next at the front of the queue, so
 //! pipelined requests on a keep-alive connection each read exactly their
 //! own response. [`Http`] is the [`Protocol`]; [`Client`] is the
@@ -45,7 +51,9 @@ pub struct Request {
     pub method: Bytes,
     /// The request target, e.g. `/index.html`.
     pub target: Bytes,
-    /// Extra header fields (`Host` is added by the client).
+    /// Extra header fields. `Host`, `Content-Length` and
+    /// `Transfer-Encoding` are the client's own: a request that names one
+    /// is refused (`EINVAL`).
     pub headers: Vec<(Bytes, Bytes)>,
     /// The body; sent with a `Content-Length` unless empty.
     pub body: Bytes,
@@ -91,8 +99,11 @@ pub struct Response {
     pub reason: Bytes,
     /// The header fields in wire order (names as sent).
     pub headers: Vec<(Bytes, Bytes)>,
-    /// The body: one piece for a `Content-Length` body, one per chunk for
-    /// a chunked one (no copy either way).
+    /// The body: one piece for a `Content-Length` body, taken from the read
+    /// buffer without a copy. A chunked body's chunks of 64 KiB or more are
+    /// kept the same way, one piece each; the smaller chunks between them
+    /// are copied into one piece, so the body holds its own bytes rather
+    /// than the buffers they came in.
     pub body: Vec<Bytes>,
     /// Trailer fields of a chunked body.
     pub trailers: Vec<(Bytes, Bytes)>,
@@ -189,9 +200,22 @@ impl Decoder for UntilClose {
 #[derive(Debug)]
 struct ResponseRead {
     head: bool,
+    /// The request was `CONNECT`: a 2xx answer ends at its header.
+    connect: bool,
+    /// The response says `HTTP/1.0`.
+    http10: bool,
     resp: Response,
+    /// Chunks smaller than [`GATHER`] since the last piece of the body,
+    /// copied here so that a body of many small chunks holds its own
+    /// bytes, not every read buffer they came in (chunk extensions and
+    /// all).
+    gathered: BytesMut,
     _slot: Slot,
 }
+
+/// Chunks of a chunked body smaller than this are copied into one piece;
+/// larger ones are kept as they came, without a copy.
+const GATHER: usize = 64 * 1024;
 
 type Next = Result<Step<Response>>;
 
@@ -215,6 +239,7 @@ impl ResponseRead {
             return Err(bad());
         }
         self.resp.status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        self.http10 = line[7] == b'0';
         self.resp.reason = line.slice(line.len().min(13)..);
         self.resp.headers.clear();
         Ok(Step::More(self.header_line(q, false)))
@@ -227,7 +252,7 @@ impl ResponseRead {
     fn on_field(mut self, line: Bytes, q: &mut Requests<'_>, trailer: bool) -> Next {
         if line.is_empty() {
             return if trailer {
-                Ok(Step::Done(self.resp))
+                self.done(q)
             } else {
                 self.on_head_done(q)
             };
@@ -245,6 +270,10 @@ impl ResponseRead {
         }
         let value = line.slice(colon + 1..);
         let value = value.slice_ref(value.trim_ascii());
+        // RFC 9110 §5.5: a recipient rejects these or replaces them.
+        if value.iter().any(|&b| b == b'\r' || b == 0) {
+            return Err(protocol_error("CR or NUL in an HTTP field value"));
+        }
         let fields = if trailer {
             &mut self.resp.trailers
         } else {
@@ -270,8 +299,13 @@ impl ResponseRead {
             self.resp.informational.push(status);
             return Ok(Step::More(self.status_line(q)));
         }
+        // A 2xx answer to CONNECT is a tunnel from its empty line on
+        // (RFC 9112 §6.3): no body, and no more HTTP on this connection.
+        if self.connect && (200..300).contains(&status) {
+            return self.done(q);
+        }
         if self.head || status == 101 || status == 204 || status == 304 {
-            return Ok(Step::Done(self.resp));
+            return self.done(q);
         }
         if let Some(last) = self.final_coding() {
             if !last.eq_ignore_ascii_case(b"chunked") {
@@ -280,16 +314,58 @@ impl ResponseRead {
             return Ok(Step::More(self.chunk_size(q)));
         }
         match self.content_length()? {
-            Some(0) => Ok(Step::Done(self.resp)),
+            Some(0) => self.done(q),
             Some(n) => Ok(Step::More(q.unshift_read_with(
                 ChunkCodec::new(n),
-                move |body, _| {
+                move |body, q| {
                     self.resp.body.push(body);
-                    Ok(Step::Done(self.resp))
+                    self.done(q)
                 },
             ))),
             None => self.until_close(q),
         }
+    }
+
+    /// The response is complete. If it ends the connection (RFC 9112
+    /// §9.3, §9.6, §6.1), nothing after it is read as a response: the
+    /// connection closes, and the requests pipelined behind it fail.
+    fn done(mut self, q: &mut Requests<'_>) -> Next {
+        self.end_gathered();
+        if self.ends_connection() {
+            tracing::debug!(
+                status = self.resp.status,
+                "HTTP response ends the connection"
+            );
+            q.destroy();
+        }
+        Ok(Step::Done(self.resp))
+    }
+
+    /// The small chunks gathered so far become one piece of the body.
+    fn end_gathered(&mut self) {
+        if !self.gathered.is_empty() {
+            let piece = self.gathered.split().freeze();
+            self.resp.body.push(piece);
+        }
+    }
+
+    /// `Connection: close`; an HTTP/1.0 response without `keep-alive`, or
+    /// with a `Transfer-Encoding` (its framing is not to be trusted); a
+    /// tunnel after `CONNECT`.
+    fn ends_connection(&self) -> bool {
+        let options = || {
+            self.resp
+                .headers
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+                .flat_map(|(_, value)| value.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+        };
+        let has = |option: &[u8]| options().any(|o| o.eq_ignore_ascii_case(option));
+        let transfer_coded = self.resp.header("transfer-encoding").is_some();
+        has(b"close")
+            || (self.connect && (200..300).contains(&self.resp.status))
+            || (self.http10 && (transfer_coded || !has(b"keep-alive")))
     }
 
     /// The last transfer coding, if there is a `Transfer-Encoding`: its
@@ -340,9 +416,9 @@ impl ResponseRead {
     fn until_close(mut self, q: &mut Requests<'_>) -> Next {
         Ok(Step::More(q.unshift_read_with(
             UntilClose,
-            move |body, _| {
+            move |body, q| {
                 self.resp.body.push(body);
-                Ok(Step::Done(self.resp))
+                self.done(q)
             },
         )))
     }
@@ -381,7 +457,12 @@ impl ResponseRead {
         Ok(Step::More(q.unshift_read_with(
             CrlfChunk::new(n),
             move |chunk, q| {
-                self.resp.body.push(chunk);
+                if chunk.len() < GATHER {
+                    self.gathered.extend_from_slice(&chunk);
+                } else {
+                    self.end_gathered();
+                    self.resp.body.push(chunk);
+                }
                 Ok(Step::More(self.chunk_size(q)))
             },
         )))
@@ -417,6 +498,19 @@ impl Protocol for Http {
         check_token(&req.target, "bad HTTP request target")?;
         for (name, value) in &req.headers {
             check_token(name, "bad HTTP header name")?;
+            // The client frames the request and names the host: a second
+            // framing field or Host would let a server read the body as
+            // another request (RFC 9112 §6.2, §6.3; RFC 9110 §7.2).
+            if [&b"content-length"[..], b"transfer-encoding", b"host"]
+                .iter()
+                .any(|f| name.eq_ignore_ascii_case(f))
+            {
+                return Err(Error::custom(
+                    ErrorKind::InvalidInput,
+                    false,
+                    "Content-Length, Transfer-Encoding and Host are the client's own",
+                ));
+            }
             if name.contains(&b':') || value.iter().any(|&b| b == b'\r' || b == b'\n') {
                 return Err(Error::custom(
                     ErrorKind::InvalidInput,
@@ -453,6 +547,9 @@ impl Protocol for Http {
             // Methods are case-sensitive (RFC 9110 §9.1): `head` is not
             // `HEAD`, and its response has the body its headers announce.
             head: &req.method[..] == b"HEAD",
+            connect: &req.method[..] == b"CONNECT",
+            http10: false,
+            gathered: BytesMut::new(),
             resp: Response {
                 status: 0,
                 reason: Bytes::new(),
