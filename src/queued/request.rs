@@ -624,6 +624,14 @@ impl Requests<'_> {
     pub fn write_buffered(&self) -> usize {
         self.core.write_buffered()
     }
+
+    /// Marks activity now for `which` timer (AE's `*timeout_reset`), as
+    /// [`Handle::timeout_reset`](crate::Handle::timeout_reset) does: a
+    /// hook that knows the quiet is not the peer's gives it a whole period
+    /// from here.
+    pub fn timeout_reset(&mut self, which: crate::Timeout) {
+        self.core.timeout_reset(which);
+    }
 }
 
 impl fmt::Debug for Requests<'_> {

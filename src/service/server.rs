@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures::StreamExt;
@@ -362,18 +362,34 @@ where
 
 /// The connection's timers, as the loop sees them. The loop owns the
 /// connection's `on_timeout` hook, which decides inside the engine, at the
-/// expiry, whose doing it is: while the service owes answers a quiet peer
-/// is waiting for them, and nothing to write is no stall, so the expiry is
-/// dropped; any other is handed to the loop. No read or write waiter is
-/// ever told a timeout, so none is given up half way.
-#[derive(Default)]
+/// expiry, whose doing it is: a peer that sends nothing while the service
+/// owes it answers, or while it is taking the answers written to it, is
+/// waiting for the server; nothing to write while the service works is no
+/// stall. Those expiries are dropped; any other is handed to the loop. No
+/// read or write waiter is ever told a timeout, so none is given up half
+/// way. The loop's `on_drain` hook restarts the read timer once the answers
+/// are taken: the peer's silence counts from there.
 struct Timers {
     /// The service owes answers (requests handed to it, or waiting for it).
     owed: AtomicBool,
+    /// Output left unwritten at the last read expiry (`usize::MAX`: none
+    /// seen since output was last queued or drained).
+    unwritten: AtomicUsize,
     /// Expiries handed to the loop: a bit per timer, see [`Timers::bit`].
     expired: AtomicU8,
     /// The loop's task, woken for an expiry.
     task: AtomicWaker,
+}
+
+impl Default for Timers {
+    fn default() -> Timers {
+        Timers {
+            owed: AtomicBool::new(false),
+            unwritten: AtomicUsize::new(usize::MAX),
+            expired: AtomicU8::new(0),
+            task: AtomicWaker::new(),
+        }
+    }
 }
 
 impl Timers {
@@ -385,19 +401,40 @@ impl Timers {
         }
     }
 
-    /// Installs the hook on the loop's connection.
+    /// Installs the hooks on the loop's connection.
     fn install(self: &Arc<Timers>, handle: &Handle) {
         let timers = Arc::clone(self);
         handle.on_timeout(move |which, q| {
-            if timers.owed.load(Ordering::Acquire)
-                && (which == Timeout::Read || q.write_buffered() == 0)
-            {
-                tracing::trace!(timeout = ?which, "server loop: timer expired while the service works");
+            let owed = timers.owed.load(Ordering::Acquire);
+            let unwritten = q.write_buffered();
+            let servers_doing = match which {
+                Timeout::Read => owed || (unwritten > 0 && timers.output_moved(unwritten)),
+                _ => owed && unwritten == 0,
+            };
+            if servers_doing {
+                tracing::trace!(timeout = ?which, "server loop: timer expired while the server works");
                 return;
             }
             timers.expired.fetch_or(Timers::bit(which), Ordering::AcqRel);
             timers.task.wake();
         });
+        let timers = Arc::clone(self);
+        handle.on_drain(move |q| {
+            timers.output_queued();
+            q.timeout_reset(Timeout::Read);
+        });
+    }
+
+    /// At a read expiry with `unwritten` bytes of output left: whether the
+    /// peer took some since the last one (or the output is new since).
+    fn output_moved(&self, unwritten: usize) -> bool {
+        unwritten < self.unwritten.swap(unwritten, Ordering::AcqRel)
+    }
+
+    /// Output was queued or drained: the next read expiry starts counting
+    /// its progress afresh.
+    fn output_queued(&self) {
+        self.unwritten.store(usize::MAX, Ordering::Release);
     }
 
     /// An expiry handed to the loop, if any: the write timer's first, then
@@ -480,10 +517,11 @@ where
     /// The loop waits for every request it has handed to the service, as
     /// hyper's connections do: the connection's timeouts bound the I/O, not
     /// the service. A timer that expires while the service still owes
-    /// answers, with none of them waiting unwritten, does not end the loop,
-    /// and the read timeout counts the client's silence from the last
-    /// answer (docs/semantics.md, LC-6); the loop sets the connection's
-    /// `on_timeout` hook for that. Bound a service that may never
+    /// answers, with none of them waiting unwritten, does not end the loop;
+    /// nor does a read timeout while the client is taking its answers; the
+    /// read timeout counts the client's silence from when it has taken
+    /// them (docs/semantics.md, LC-6). The loop sets the connection's
+    /// `on_timeout` and `on_drain` hooks for that. Bound a service that may never
     /// answer with a timeout layer (`tower::timeout::Timeout`), whose error
     /// [`map_errors`](Self::map_errors) can turn into an answer.
     ///
@@ -801,10 +839,14 @@ where
             }
             let owed = !waiting.is_empty() || !in_flight.is_empty() || read_at_shutdown.is_some();
             timers.owed.store(owed, Ordering::Release);
-            if read_timer && answered && !owed {
-                // The last answer owed is queued: from here the peer's
-                // silence is its own, and the read timeout counts it.
-                handle.timeout_reset(Timeout::Read);
+            if answered {
+                timers.output_queued();
+                if read_timer && !owed {
+                    // The last answer owed is queued: from here the peer's
+                    // silence is its own (once it has taken the answers,
+                    // see `Timers`), and the read timeout counts it.
+                    handle.timeout_reset(Timeout::Read);
+                }
             }
             if let Some(e) = refused {
                 // The answers queued before it still go out.
