@@ -14,9 +14,9 @@
 //! * no length and not chunked: everything until the server closes.
 //!
 //! A response that ends the connection (`Connection: close`, an HTTP/1.0
-//! response without `keep-alive` or with a `Transfer-Encoding`, a 2xx
-//! answer to `CONNECT`, whose tunnel this client does not offer) closes
-//! it once read: nothing after it is taken for a response, and requests
+//! response without `keep-alive` or with a `Transfer-Encoding`, a `101
+//! Switching Protocols` or a 2xx answer to `CONNECT`, whose protocol or
+//! tunnel this client does not offer) closes it once read: nothing after it is taken for a response, and requests
 //! pipelined behind it fail with `Closed`.
 //!
 //! Each step's completion queues the next at the front of the queue, so
@@ -38,8 +38,9 @@ use crate::redis::put_decimal;
 pub const MAX_LINE: usize = 16 * 1024;
 /// The most header (or trailer) lines accepted per response.
 pub const MAX_HEADERS: usize = 128;
-/// The largest body accepted; a longer `Content-Length` or chunk is refused
-/// before any of it is buffered.
+/// The largest body accepted by default ([`Http::max_body`] sets another);
+/// a longer `Content-Length` or chunk is refused before any of it is
+/// buffered.
 pub const MAX_BODY: usize = 1024 * 1024 * 1024;
 /// The most `1xx` responses skipped before the final one.
 const MAX_INFORMATIONAL: usize = 16;
@@ -172,21 +173,18 @@ impl Decoder for HttpLine {
     }
 }
 
-/// Everything until the server closes (a body with no length).
-#[derive(Debug, Default)]
-struct UntilClose;
+/// Everything until the server closes (a body with no length), up to the
+/// body limit.
+#[derive(Debug)]
+struct UntilClose(usize);
 
 impl Decoder for UntilClose {
     type Item = Bytes;
     type Error = Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>> {
-        if buf.len() > MAX_BODY {
-            return Err(Error::custom(
-                ErrorKind::NoSpace,
-                true,
-                "body over MAX_BODY",
-            ));
+        if buf.len() > self.0 {
+            return Err(too_long());
         }
         Ok(None)
     }
@@ -199,6 +197,8 @@ impl Decoder for UntilClose {
 /// One response being read.
 #[derive(Debug)]
 struct ResponseRead {
+    /// The largest body accepted.
+    max_body: usize,
     head: bool,
     /// The request was `CONNECT`: a 2xx answer ends at its header.
     connect: bool,
@@ -220,7 +220,11 @@ const GATHER: usize = 64 * 1024;
 type Next = Result<Step<Response>>;
 
 fn too_long() -> Error {
-    Error::custom(ErrorKind::NoSpace, true, "HTTP body longer than MAX_BODY")
+    Error::custom(
+        ErrorKind::NoSpace,
+        true,
+        "HTTP body longer than the client's limit (MAX_BODY, or Http::max_body)",
+    )
 }
 
 impl ResponseRead {
@@ -351,7 +355,8 @@ impl ResponseRead {
 
     /// `Connection: close`; an HTTP/1.0 response without `keep-alive`, or
     /// with a `Transfer-Encoding` (its framing is not to be trusted); a
-    /// tunnel after `CONNECT`.
+    /// `101` (another protocol follows its empty line) or a tunnel after
+    /// `CONNECT`.
     fn ends_connection(&self) -> bool {
         let options = || {
             self.resp
@@ -364,6 +369,7 @@ impl ResponseRead {
         let has = |option: &[u8]| options().any(|o| o.eq_ignore_ascii_case(option));
         let transfer_coded = self.resp.header("transfer-encoding").is_some();
         has(b"close")
+            || self.resp.status == 101
             || (self.connect && (200..300).contains(&self.resp.status))
             || (self.http10 && (transfer_coded || !has(b"keep-alive")))
     }
@@ -402,7 +408,7 @@ impl ResponseRead {
                 let n: u64 = part.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
                 let n = usize::try_from(n)
                     .ok()
-                    .filter(|&n| n <= MAX_BODY)
+                    .filter(|&n| n <= self.max_body)
                     .ok_or_else(too_long)?;
                 if found.is_some_and(|f| f != n) {
                     return Err(protocol_error("conflicting Content-Length values"));
@@ -415,7 +421,7 @@ impl ResponseRead {
 
     fn until_close(mut self, q: &mut Requests<'_>) -> Next {
         Ok(Step::More(q.unshift_read_with(
-            UntilClose,
+            UntilClose(self.max_body),
             move |body, q| {
                 self.resp.body.push(body);
                 self.done(q)
@@ -451,7 +457,8 @@ impl ResponseRead {
         if n == 0 {
             return Ok(Step::More(self.header_line(q, true)));
         }
-        if self.resp.body_len().saturating_add(n) > MAX_BODY {
+        let so_far = self.resp.body_len() + self.gathered.len();
+        if so_far.saturating_add(n) > self.max_body {
             return Err(too_long());
         }
         Ok(Step::More(q.unshift_read_with(
@@ -473,12 +480,37 @@ impl ResponseRead {
 #[derive(Debug, Clone)]
 pub struct Http {
     host: Bytes,
+    max_body: usize,
 }
 
 impl Http {
-    /// Requests to `host` (the `Host` header's value, e.g. `127.0.0.1:8080`).
+    /// Requests to `host` (the `Host` header's value, e.g. `127.0.0.1:8080`),
+    /// bodies up to [`MAX_BODY`].
     pub fn new(host: impl Into<Bytes>) -> Http {
-        Http { host: host.into() }
+        Http {
+            host: host.into(),
+            max_body: MAX_BODY,
+        }
+    }
+
+    /// The largest response body accepted (at most [`MAX_BODY`]): a
+    /// longer `Content-Length`, chunked body or body until close is a
+    /// fatal `ENOSPC`, refused before the bytes over the limit are
+    /// buffered. The read buffer's own cap (`rbuf_max` of the connection)
+    /// should be at least this.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe_protocols::http::Http;
+    ///
+    /// let api = Http::new("127.0.0.1:8080").max_body(1 << 20);
+    /// # drop(api);
+    /// ```
+    #[must_use]
+    pub fn max_body(mut self, limit: usize) -> Http {
+        self.max_body = limit.min(MAX_BODY);
+        self
     }
 }
 
@@ -544,6 +576,7 @@ impl Protocol for Http {
 
     fn read_reply(&self, req: &Request, handle: &Handle, slot: Slot) -> Ticket<Step<Response>> {
         let state = ResponseRead {
+            max_body: self.max_body,
             // Methods are case-sensitive (RFC 9110 §9.1): `head` is not
             // `HEAD`, and its response has the body its headers announce.
             head: &req.method[..] == b"HEAD",

@@ -223,7 +223,14 @@ async fn http_exchange(
     let replies: Vec<_> = requests.into_iter().map(|r| c.send(r)).collect();
     take_commands(&mut peer).await;
     peer.write_all(script).await.unwrap();
-    let keep = if close { None } else { Some(peer) };
+    // Closed before the replies are awaited when asked (a conditional
+    // move alone would keep it open to the end of the function).
+    let keep = if close {
+        drop(peer);
+        None
+    } else {
+        Some(peer)
+    };
     let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
         .await
         .expect("a reply never resolved");
