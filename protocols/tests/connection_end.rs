@@ -2,41 +2,15 @@
 //! gathering and body limit, and memcached's key matching, against
 //! scripted peers that write whole or in small pieces.
 
-use std::time::Duration;
+mod support;
 
-use anyframe::{ErrorKind, Handle, QueuedFramed};
+use anyframe::ErrorKind;
 use anyframe_protocols::http::{Http, Request, Response};
-use anyframe_protocols::memcached::{Command, Memcached, Response as McResponse};
+use anyframe_protocols::memcached::{Command, Response as McResponse};
 use anyframe_protocols::pipeline::Pipelined;
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-const MS: fn(u64) -> Duration = Duration::from_millis;
-const LIMIT: Duration = Duration::from_secs(5);
-
-fn pipe() -> (Handle, DuplexStream) {
-    let (io, peer) = tokio::io::duplex(1 << 16);
-    let (handle, _driver) = QueuedFramed::new(io).spawn();
-    (handle, peer)
-}
-
-fn pipe_rtimeout(rtimeout: Duration) -> (Handle, DuplexStream) {
-    let (io, peer) = tokio::io::duplex(1 << 16);
-    let (handle, _driver) = QueuedFramed::builder().rtimeout(rtimeout).build(io).spawn();
-    (handle, peer)
-}
-
-async fn take_commands(peer: &mut DuplexStream) -> Vec<u8> {
-    let mut buf = vec![0u8; 1 << 16];
-    match tokio::time::timeout(MS(10), peer.read(&mut buf)).await {
-        Ok(Ok(n)) => buf[..n].to_vec(),
-        _ => Vec::new(),
-    }
-}
-
-fn body(r: &anyframe::Result<Response>) -> Option<Bytes> {
-    r.as_ref().ok().map(Response::body_bytes)
-}
+use support::{LIMIT, MS, body, mc, pipe, pipe_rtimeout, take_commands};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Pipelined requests; the peer answers `script` (at `cut`-byte pieces,
 /// 0 = all at once) and then closes if `close`.
@@ -276,11 +250,6 @@ async fn timeout_between_chunks_of_a_close_response() {
 }
 
 // ----- memcached -------------------------------------------------------------------
-
-fn mc() -> (Pipelined<Memcached>, DuplexStream) {
-    let (handle, peer) = pipe();
-    (Pipelined::new(handle, Memcached, 16), peer)
-}
 
 /// `gets` with a duplicate key answered twice, keys differing only
 /// in case (both asked, answered in order), and a `get` answered `END`

@@ -2,20 +2,20 @@
 //! in-memory peers: framing the RFCs require, replies that must not reach
 //! the wrong request, and memory bounded by what a reply holds.
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
-use anyframe::{ErrorKind, Handle, QueuedFramed};
-use anyframe_protocols::http::{Http, Request, Response};
+use anyframe::{ErrorKind, Handle};
+use anyframe_protocols::http::{Http, Request};
 use anyframe_protocols::memcached::{Command, Item, Memcached, Response as McResponse};
 use anyframe_protocols::pipeline::Pipelined;
 use anyframe_protocols::redis::{Cmd, Resp, Value};
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-const MS: fn(u64) -> Duration = Duration::from_millis;
-const LIMIT: Duration = Duration::from_secs(5);
+use support::{LIMIT, MS, body, http_exchange, mc, pipe, pipe_rtimeout, take_commands};
+use tokio::io::AsyncWriteExt;
 
 // ----- a per-thread count of live heap bytes ------------------------------------
 
@@ -67,33 +67,6 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 // ----- helpers ----------------------------------------------------------------------
-
-/// A spawned connection on one end of a pipe, and the pipe's other end.
-fn pipe() -> (Handle, DuplexStream) {
-    let (io, peer) = tokio::io::duplex(1 << 16);
-    let (handle, _driver) = QueuedFramed::new(io).spawn();
-    (handle, peer)
-}
-
-/// As `pipe`, with a read timeout on the driver.
-fn pipe_rtimeout(rtimeout: Duration) -> (Handle, DuplexStream) {
-    let (io, peer) = tokio::io::duplex(1 << 16);
-    let (handle, _driver) = QueuedFramed::builder().rtimeout(rtimeout).build(io).spawn();
-    (handle, peer)
-}
-
-/// Reads what the client wrote so far, so the pipe never fills.
-async fn take_commands(peer: &mut DuplexStream) -> Vec<u8> {
-    let mut buf = vec![0u8; 1 << 16];
-    match tokio::time::timeout(MS(10), peer.read(&mut buf)).await {
-        Ok(Ok(n)) => buf[..n].to_vec(),
-        _ => Vec::new(),
-    }
-}
-
-fn body(r: &anyframe::Result<Response>) -> Option<Bytes> {
-    r.as_ref().ok().map(Response::body_bytes)
-}
 
 // =====================================================================================
 // Redis
@@ -210,33 +183,6 @@ async fn redis_timeout_inside_a_map_keeps_step() {
 // =====================================================================================
 // HTTP
 // =====================================================================================
-
-/// Pipelined HTTP requests on a scripted peer that answers `script` once
-/// they are written (and then closes, if `close`): each request's outcome.
-async fn http_exchange(
-    requests: Vec<Request>,
-    script: &[u8],
-    close: bool,
-) -> Vec<anyframe::Result<Response>> {
-    let (handle, mut peer) = pipe();
-    let c = Pipelined::new(handle, Http::new("h"), 16);
-    let replies: Vec<_> = requests.into_iter().map(|r| c.send(r)).collect();
-    take_commands(&mut peer).await;
-    peer.write_all(script).await.unwrap();
-    // Closed before the replies are awaited when asked (a conditional
-    // move alone would keep it open to the end of the function).
-    let keep = if close {
-        drop(peer);
-        None
-    } else {
-        Some(peer)
-    };
-    let got = tokio::time::timeout(LIMIT, futures::future::join_all(replies))
-        .await
-        .expect("a reply never resolved");
-    drop(keep);
-    got
-}
 
 /// RFC 9112 §6.3 item 2: "Any 2xx (Successful) response to a CONNECT
 /// request implies that the connection will become a tunnel immediately
@@ -469,11 +415,6 @@ async fn http_timeout_between_chunks_keeps_step() {
 // =====================================================================================
 // memcached
 // =====================================================================================
-
-fn mc() -> (Pipelined<Memcached>, DuplexStream) {
-    let (handle, peer) = pipe();
-    (Pipelined::new(handle, Memcached, 16), peer)
-}
 
 fn item(key: &str, data: &[u8]) -> Item {
     Item {

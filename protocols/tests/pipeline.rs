@@ -2,24 +2,16 @@
 //! times out, or whose future is dropped where no runtime runs, must never
 //! let a later request read it) and wire forms a real server seldom sends.
 
+mod support;
+
 use std::time::Duration;
 
-use anyframe::{ErrorKind, Handle, QueuedFramed};
-use anyframe_protocols::http::{Http, Request, Response};
+use anyframe::{ErrorKind, QueuedFramed};
+use anyframe_protocols::http::Request;
 use anyframe_protocols::pipeline::Pipelined;
 use anyframe_protocols::redis::{Cmd, Resp, Subscriber, Value};
-use bytes::Bytes;
+use support::{LIMIT, MS, body, http_exchange, pipe, take_commands};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-const MS: fn(u64) -> Duration = Duration::from_millis;
-const LIMIT: Duration = Duration::from_secs(5);
-
-/// A spawned connection on one end of a pipe, and the pipe's other end.
-fn pipe() -> (Handle, DuplexStream) {
-    let (io, peer) = tokio::io::duplex(1 << 16);
-    let (handle, _driver) = QueuedFramed::new(io).spawn();
-    (handle, peer)
-}
 
 /// A Redis client on one end of a pipe whose driver has `rtimeout`, and
 /// the pipe's other end (the scripted server).
@@ -27,13 +19,6 @@ fn client(rtimeout: Duration) -> (Pipelined<Resp>, DuplexStream) {
     let (io, peer) = tokio::io::duplex(1 << 16);
     let (handle, _driver) = QueuedFramed::builder().rtimeout(rtimeout).build(io).spawn();
     (Pipelined::new(handle, Resp::new(), 16), peer)
-}
-
-/// Reads what the client wrote so far (the commands), so the pipe never
-/// fills.
-async fn take_commands(peer: &mut DuplexStream) {
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(MS(10), peer.read(&mut buf)).await;
 }
 
 /// One reply per read, the first one late: the first request times out,
@@ -174,30 +159,6 @@ async fn subscriber_survives_a_non_fatal_read_timeout() {
         matches!(msg, Some(Ok(Value::Array(_)))),
         "after a non-fatal timeout the subscriber gave {msg:?} on an open connection"
     );
-}
-
-/// Pipelined HTTP requests on a scripted peer that answers `script` once
-/// they are written (and then closes, if `close`): each request's outcome.
-async fn http_exchange(
-    requests: Vec<Request>,
-    script: &'static [u8],
-    close: bool,
-) -> Vec<anyframe::Result<Response>> {
-    let (handle, mut peer) = pipe();
-    let c = Pipelined::new(handle, Http::new("h"), 16);
-    let replies: Vec<_> = requests.into_iter().map(|r| c.send(r)).collect();
-    take_commands(&mut peer).await;
-    peer.write_all(script).await.unwrap();
-    if close {
-        drop(peer);
-    }
-    tokio::time::timeout(LIMIT, futures::future::join_all(replies))
-        .await
-        .expect("a reply never resolved")
-}
-
-fn body(r: &anyframe::Result<Response>) -> Option<Bytes> {
-    r.as_ref().ok().map(Response::body_bytes)
 }
 
 /// RFC 9112 §6.3 (and RFC 9110 §5.3: field lines of one name are one

@@ -1,14 +1,12 @@
 //! The Redis `Subscriber` on its failure paths: the end after a fatal
 //! error, and timeouts while values wait unread.
 
-use std::time::Duration;
+mod support;
 
 use anyframe::{ErrorKind, QueuedFramed};
 use anyframe_protocols::redis::{Subscriber, Value};
+use support::{LIMIT, MS};
 use tokio::io::AsyncWriteExt;
-
-const MS: fn(u64) -> Duration = Duration::from_millis;
-const LIMIT: Duration = Duration::from_secs(5);
 
 /// `next` promises `None` after the connection failed and its (fatal)
 /// error was returned. The peer closes the connection: the fatal error
