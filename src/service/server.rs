@@ -363,17 +363,18 @@ where
 /// The connection's timers, as the loop sees them. The loop owns the
 /// connection's `on_timeout` hook, which decides inside the engine, at the
 /// expiry, whose doing it is: a peer that sends nothing while the service
-/// owes it answers, or while it is taking the answers written to it, is
-/// waiting for the server; nothing to write while the service works is no
-/// stall. Those expiries are dropped; any other is handed to the loop. No
-/// read or write waiter is ever told a timeout, so none is given up half
-/// way. The loop's `on_drain` hook restarts the read timer once the answers
-/// are taken: the peer's silence counts from there.
+/// works on its requests, or while it takes the answers written to it
+/// (some output left since the last read expiry), is waiting for the
+/// server; nothing to write while the service works is no stall. Those
+/// expiries are dropped; any other is handed to the loop. No read or write
+/// waiter is ever told a timeout, so none is given up half way.
 struct Timers {
-    /// The service owes answers (requests handed to it, or waiting for it).
+    /// The service is at work: requests handed to it or waiting for it,
+    /// with room to take its answers (above the high watermark the wait is
+    /// the peer's).
     owed: AtomicBool,
-    /// Output left unwritten at the last read expiry (`usize::MAX`: none
-    /// seen since output was last queued or drained).
+    /// Output left unwritten at the last read expiry (`usize::MAX` once
+    /// answers were queued since).
     unwritten: AtomicUsize,
     /// Expiries handed to the loop: a bit per timer, see [`Timers::bit`].
     expired: AtomicU8,
@@ -408,7 +409,8 @@ impl Timers {
             let owed = timers.owed.load(Ordering::Acquire);
             let unwritten = q.write_buffered();
             let servers_doing = match which {
-                Timeout::Read => owed || (unwritten > 0 && timers.output_moved(unwritten)),
+                // The peer taking its answers, to the last byte, is busy.
+                Timeout::Read => timers.output_moved(unwritten) || owed,
                 _ => owed && unwritten == 0,
             };
             if servers_doing {
@@ -418,21 +420,16 @@ impl Timers {
             timers.expired.fetch_or(Timers::bit(which), Ordering::AcqRel);
             timers.task.wake();
         });
-        let timers = Arc::clone(self);
-        handle.on_drain(move |q| {
-            timers.output_queued();
-            q.timeout_reset(Timeout::Read);
-        });
     }
 
     /// At a read expiry with `unwritten` bytes of output left: whether the
-    /// peer took some since the last one (or the output is new since).
+    /// peer took some since the last one (or answers were queued since).
     fn output_moved(&self, unwritten: usize) -> bool {
         unwritten < self.unwritten.swap(unwritten, Ordering::AcqRel)
     }
 
-    /// Output was queued or drained: the next read expiry starts counting
-    /// its progress afresh.
+    /// Answers were queued: the next read expiry counts their progress
+    /// afresh.
     fn output_queued(&self) {
         self.unwritten.store(usize::MAX, Ordering::Release);
     }
@@ -448,20 +445,40 @@ impl Timers {
             .find(|&t| bits & Timers::bit(t) != 0)
     }
 
-    /// Runs `f` until it completes or a timer expires (its `ETIMEDOUT`).
-    async fn bound<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
+    /// Runs `f` until it completes or a timer expires: its `ETIMEDOUT`,
+    /// made fatal (the connection closed, the output dropped) when answers
+    /// wait unwritten, as in the loop.
+    async fn bound<T>(&self, handle: &Handle, f: impl Future<Output = Result<T>>) -> Result<T> {
         let mut f = std::pin::pin!(f);
         poll_fn(|cx| {
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
             match self.poll_expired(cx) {
+                Some(which) if handle.write_buffered() > 0 => {
+                    Poll::Ready(Err(stalled(handle, Error::timer_expired(which))))
+                }
                 Some(which) => Poll::Ready(Err(Error::timer_expired(which))),
                 None => Poll::Pending,
             }
         })
         .await
     }
+}
+
+/// The peer took none of the answers for a whole period (or the connection
+/// failed): the connection closes with a fatal error, and what is queued
+/// is dropped with it rather than lingered toward a peer that does not
+/// read. The error.
+fn stalled(handle: &Handle, e: Error) -> Error {
+    tracing::debug!(error = %e, "server loop: answers not taken");
+    let e = if e.is_fatal() {
+        e
+    } else {
+        Error::fatal_because(e, "the peer took none of the answers")
+    };
+    handle.close_with(e.clone());
+    e
 }
 
 /// What woke the loop.
@@ -521,7 +538,7 @@ where
     /// nor does a read timeout while the client is taking its answers; the
     /// read timeout counts the client's silence from when it has taken
     /// them (docs/semantics.md, LC-6). The loop sets the connection's
-    /// `on_timeout` and `on_drain` hooks for that. Bound a service that may never
+    /// `on_timeout` hook for that. Bound a service that may never
     /// answer with a timeout layer (`tower::timeout::Timeout`), whose error
     /// [`map_errors`](Self::map_errors) can turn into an answer.
     ///
@@ -610,6 +627,10 @@ where
                                 Poll::Pending => break false,
                             }
                         };
+                        // Above the high watermark the answers wait for the
+                        // peer, not for the service.
+                        let at_work = room && (!waiting.is_empty() || !in_flight.is_empty());
+                        timers.owed.store(at_work, Ordering::Release);
                         if room
                             && !in_flight.is_empty()
                             && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
@@ -676,10 +697,9 @@ where
             let answered = matches!(event, Event::Response(_));
             let event = match event {
                 // Answers wait unwritten and the peer took none of them
-                // (or nothing at all) for a whole period.
-                Event::Expired(which @ (Timeout::Write | Timeout::Idle))
-                    if handle.write_buffered() > 0 =>
-                {
+                // for a whole period (a read expiry comes here with output
+                // unwritten only then, see `Timers`).
+                Event::Expired(which) if handle.write_buffered() > 0 => {
                     Event::Stalled(Error::timer_expired(which))
                 }
                 event => event,
@@ -707,20 +727,12 @@ where
                 }
                 Event::Called => {}
                 Event::Stalled(e) => {
-                    // Nothing more is read, and what is queued is dropped
-                    // with the connection rather than lingered toward a
-                    // peer that does not read.
-                    tracing::debug!(error = %e, "server loop: answers not taken");
-                    let e = if e.is_fatal() {
-                        e
-                    } else {
-                        Error::fatal_because(e, "the peer took none of the answers")
-                    };
+                    // Nothing more is read or answered.
+                    let e = stalled(&handle, e);
                     reading = false;
                     next = None;
                     waiting.clear();
                     in_flight.clear();
-                    handle.close_with(e.clone());
                     if outcome.is_ok() {
                         outcome = Err(e);
                     }
@@ -837,8 +849,8 @@ where
                     }
                 }
             }
+            // (`timers.owed` is stored where the loop looks at its room.)
             let owed = !waiting.is_empty() || !in_flight.is_empty() || read_at_shutdown.is_some();
-            timers.owed.store(owed, Ordering::Release);
             if answered {
                 timers.output_queued();
                 if read_timer && !owed {
@@ -863,10 +875,10 @@ where
         drop(next);
         // Nothing is owed now: the timers bound the last writes.
         timers.owed.store(false, Ordering::Release);
-        let flushed = timers.bound(handle.flush()).await;
+        let flushed = timers.bound(&handle, handle.flush()).await;
         if !handle.is_closed() {
             let _ = handle.push_shutdown();
-            let _ = timers.bound(handle.flush()).await;
+            let _ = timers.bound(&handle, handle.flush()).await;
         }
         handle.detach();
         drop(handle);
