@@ -69,46 +69,55 @@ async fn state<T: std::fmt::Debug>(server: tokio::task::JoinHandle<T>) -> String
 }
 
 // ---------------------------------------------------------------------------
-// 1. A peer that never reads, with only a read timer, and more answers
-//    than the high watermark holds: the loop ends.
+// 1. A peer that never reads, and more answers than the high watermark
+//    holds.
 // ---------------------------------------------------------------------------
 
 /// Ten requests with 10 KB answers each (100 KB, over the default 64 KB
-/// high watermark), then the peer half-closes and never reads; only a read
-/// timer (1 s). Above the high watermark the answers wait for the peer,
-/// not the service: a period in which the peer sent nothing and took
-/// nothing is a stalled peer, and the loop ends.
+/// high watermark), then the peer half-closes and never reads. Above the
+/// high watermark the loop holds back its reads, so a read timer says
+/// nothing of the peer (its next requests may be waiting unread): with
+/// only a read timer the loop holds on; a write timer, which counts the
+/// answers not taken, ends it with a fatal `ETIMEDOUT`.
 #[tokio::test(start_paused = true)]
-async fn read_timer_ends_the_loop_for_a_peer_that_never_reads_over_the_high_watermark() {
-    let (server_io, client_io) = tokio::io::duplex(512);
-    let mut builder = QueuedFramed::builder();
-    builder.rtimeout(SEC);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(10_000),
-        )
-        .connection(builder)
-        .run(),
-    );
-    let (_rd, mut wr) = tokio::io::split(client_io);
-    for c in b'a'..b'k' {
-        wr.write_all(&[c, b'\n']).await.unwrap();
+async fn a_peer_that_never_reads_over_the_high_watermark_is_a_write_timers_to_end() {
+    for write_timer in [false, true] {
+        let (server_io, client_io) = tokio::io::duplex(512);
+        let mut builder = QueuedFramed::builder();
+        builder.rtimeout(SEC);
+        if write_timer {
+            builder.wtimeout(SEC);
+        }
+        let server = tokio::spawn(
+            serve(
+                server_io,
+                Utf8LineCodec::new(),
+                LineCodec::new(),
+                big_answers(10_000),
+            )
+            .connection(builder)
+            .run(),
+        );
+        let (_rd, mut wr) = tokio::io::split(client_io);
+        for c in b'a'..b'k' {
+            wr.write_all(&[c, b'\n']).await.unwrap();
+        }
+        wr.shutdown().await.unwrap();
+        // 60 read periods of a peer that takes nothing and sends nothing.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if write_timer {
+            let r = within("server", server).await.unwrap();
+            assert!(r.as_ref().is_err_and(|e| e.is_timeout() && e.is_fatal()), "{r:?}");
+        } else {
+            assert!(!server.is_finished(), "{}", state(server).await);
+            server.abort();
+        }
     }
-    wr.shutdown().await.unwrap();
-    // 60 read periods of a peer that takes nothing and sends nothing.
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    let s = state(server).await;
-    assert!(
-        s.contains("timed out") || s.contains("ETIMEDOUT") || s.contains("imeout"),
-        "60 read periods of a silent peer taking nothing; server: {s}"
-    );
 }
 
-/// The same with a shutdown signal fired after 2 s: the graceful shutdown
-/// toward a peer that never reads still ends.
+/// A peer as above, with only a read timer, and a shutdown signal after
+/// 2 s: once the loop has stopped reading for good, a read period in which
+/// the transport took nothing is a stall, and the graceful shutdown ends.
 #[tokio::test(start_paused = true)]
 async fn shutdown_completes_for_a_peer_that_never_reads_over_the_high_watermark() {
     let (server_io, client_io) = tokio::io::duplex(512);

@@ -1296,6 +1296,10 @@ impl Core {
         self.timers.reset(which);
     }
 
+    pub(crate) fn quiet_for(&self, which: Timeout) -> std::time::Duration {
+        self.timers.quiet_for(which)
+    }
+
     /// Whether the core runs on the spawned driver's own tokio task (the
     /// driver registers itself on its first turn, and only it writes).
     fn on_driver_task(&self) -> bool {

@@ -300,6 +300,12 @@ impl Timers {
         }
     }
 
+    /// How long since the last activity `which` counts (or its reset),
+    /// whether or not the timer is on.
+    pub(crate) fn quiet_for(&self, which: Timeout) -> Duration {
+        Instant::now().saturating_duration_since(self.stamp[which.index()])
+    }
+
     /// `*_timeout_reset`: marks activity for `which` now.
     pub(crate) fn reset(&mut self, which: Timeout) {
         self.stamp[which.index()] = Instant::now();

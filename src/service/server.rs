@@ -6,8 +6,9 @@ use std::fmt;
 use std::future::{Future, IntoFuture, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -363,37 +364,40 @@ where
 /// The connection's timers, as the loop sees them. The loop owns the
 /// connection's `on_timeout` hook, which decides inside the engine, at the
 /// expiry, whose doing it is: a peer that sends nothing while the service
-/// works on its requests, or while it takes the answers written to it
-/// (some output left since the last read expiry), is waiting for the
-/// server; nothing to write while the service works is no stall. Those
-/// expiries are dropped; any other is handed to the loop. No read or write
-/// waiter is ever told a timeout, so none is given up half way.
+/// works on its requests, while the loop holds back its reads (above the
+/// high watermark), or while the transport takes the answers written to
+/// it (a write within the read period), is waiting for the server;
+/// nothing to write while the service works is no stall. Those expiries
+/// are dropped; any other is handed to the loop. No read or write waiter
+/// is ever told a timeout, so none is given up half way.
 struct Timers {
     /// The service is at work: requests handed to it or waiting for it,
     /// with room to take its answers (above the high watermark the wait is
     /// the peer's).
     owed: AtomicBool,
-    /// Output left unwritten at the last read expiry (`usize::MAX` once
-    /// answers were queued since).
-    unwritten: AtomicUsize,
+    /// The loop would read but holds back: its output is above the high
+    /// watermark. (Once it has stopped reading for good, a peer that takes
+    /// nothing is a stalled one.)
+    held: AtomicBool,
+    /// The read timer's period (zero: off).
+    read_period: Duration,
     /// Expiries handed to the loop: a bit per timer, see [`Timers::bit`].
     expired: AtomicU8,
     /// The loop's task, woken for an expiry.
     task: AtomicWaker,
 }
 
-impl Default for Timers {
-    fn default() -> Timers {
+impl Timers {
+    fn new(read_period: Duration) -> Timers {
         Timers {
             owed: AtomicBool::new(false),
-            unwritten: AtomicUsize::new(usize::MAX),
+            held: AtomicBool::new(false),
+            read_period,
             expired: AtomicU8::new(0),
             task: AtomicWaker::new(),
         }
     }
-}
 
-impl Timers {
     fn bit(which: Timeout) -> u8 {
         match which {
             Timeout::Write => 1,
@@ -407,11 +411,13 @@ impl Timers {
         let timers = Arc::clone(self);
         handle.on_timeout(move |which, q| {
             let owed = timers.owed.load(Ordering::Acquire);
-            let unwritten = q.write_buffered();
             let servers_doing = match which {
                 // The peer taking its answers, to the last byte, is busy.
-                Timeout::Read => timers.output_moved(unwritten) || owed,
-                _ => owed && unwritten == 0,
+                Timeout::Read => {
+                    owed || timers.held.load(Ordering::Acquire)
+                        || q.quiet_for(Timeout::Write) < timers.read_period
+                }
+                _ => owed && q.write_buffered() == 0,
             };
             if servers_doing {
                 tracing::trace!(timeout = ?which, "server loop: timer expired while the server works");
@@ -420,18 +426,6 @@ impl Timers {
             timers.expired.fetch_or(Timers::bit(which), Ordering::AcqRel);
             timers.task.wake();
         });
-    }
-
-    /// At a read expiry with `unwritten` bytes of output left: whether the
-    /// peer took some since the last one (or answers were queued since).
-    fn output_moved(&self, unwritten: usize) -> bool {
-        unwritten < self.unwritten.swap(unwritten, Ordering::AcqRel)
-    }
-
-    /// Answers were queued: the next read expiry counts their progress
-    /// afresh.
-    fn output_queued(&self) {
-        self.unwritten.store(usize::MAX, Ordering::Release);
     }
 
     /// An expiry handed to the loop, if any: the write timer's first, then
@@ -569,7 +563,7 @@ where
             builder,
         } = self;
         let (handle, driver) = builder.build(io).spawn();
-        let timers = Arc::new(Timers::default());
+        let timers = Arc::new(Timers::new(builder.cfg.rtimeout));
         timers.install(&handle);
         let mut in_flight: FuturesOrdered<Pending<S, Req>> = FuturesOrdered::new();
         // Requests read and not yet handed to the service, and the answers
@@ -629,8 +623,9 @@ where
                         };
                         // Above the high watermark the answers wait for the
                         // peer, not for the service.
-                        let at_work = room && (!waiting.is_empty() || !in_flight.is_empty());
-                        timers.owed.store(at_work, Ordering::Release);
+                        let in_service = !waiting.is_empty() || !in_flight.is_empty();
+                        timers.owed.store(room && in_service, Ordering::Release);
+                        timers.held.store(!room && reading, Ordering::Release);
                         if room
                             && !in_flight.is_empty()
                             && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
@@ -849,16 +844,12 @@ where
                     }
                 }
             }
-            // (`timers.owed` is stored where the loop looks at its room.)
             let owed = !waiting.is_empty() || !in_flight.is_empty() || read_at_shutdown.is_some();
-            if answered {
-                timers.output_queued();
-                if read_timer && !owed {
-                    // The last answer owed is queued: from here the peer's
-                    // silence is its own (once it has taken the answers,
-                    // see `Timers`), and the read timeout counts it.
-                    handle.timeout_reset(Timeout::Read);
-                }
+            if answered && read_timer && !owed {
+                // The last answer owed is queued: from here the peer's
+                // silence is its own (once the transport has taken the
+                // answers, see `Timers`), and the read timeout counts it.
+                handle.timeout_reset(Timeout::Read);
             }
             if let Some(e) = refused {
                 // The answers queued before it still go out.
@@ -875,6 +866,7 @@ where
         drop(next);
         // Nothing is owed now: the timers bound the last writes.
         timers.owed.store(false, Ordering::Release);
+        timers.held.store(false, Ordering::Release);
         let flushed = timers.bound(&handle, handle.flush()).await;
         if !handle.is_closed() {
             let _ = handle.push_shutdown();
