@@ -107,7 +107,10 @@ async fn a_peer_that_never_reads_over_the_high_watermark_is_a_write_timers_to_en
         tokio::time::sleep(Duration::from_secs(60)).await;
         if write_timer {
             let r = within("server", server).await.unwrap();
-            assert!(r.as_ref().is_err_and(|e| e.is_timeout() && e.is_fatal()), "{r:?}");
+            assert!(
+                r.as_ref().is_err_and(|e| e.is_timeout() && e.is_fatal()),
+                "{r:?}"
+            );
         } else {
             assert!(!server.is_finished(), "{}", state(server).await);
             server.abort();

@@ -244,15 +244,19 @@ struct Framing<D> {
     /// that fails here, as a fatal rejection, before the engine's own cap
     /// closes the connection under the answers still owed.
     rbuf_max: Option<usize>,
+    /// Told of each request found, inside the engine: a timer that expires
+    /// before the loop has looked at it must not take the peer for silent.
+    timers: Arc<Timers>,
 }
 
 impl<D> Framing<D> {
-    fn new(inner: D, rbuf_max: Option<usize>) -> Framing<D> {
+    fn new(inner: D, rbuf_max: Option<usize>, timers: Arc<Timers>) -> Framing<D> {
         Framing {
             inner,
             consumed: false,
             failed: false,
             rbuf_max,
+            timers,
         }
     }
 
@@ -295,6 +299,8 @@ impl<D> Framing<D> {
             }
         };
         self.consumed = false;
+        // Work for the loop (it stores the exact state when it next looks).
+        self.timers.owed.store(true, Ordering::Release);
         Ok(Some(next))
     }
 
@@ -572,7 +578,7 @@ where
         let rbuf_max = builder.cfg.rbuf_max;
         // The loop's handle is its own: no timer is set after this.
         let read_timer = !builder.cfg.rtimeout.is_zero();
-        let mut reader = Some(Framing::new(decoder.clone(), rbuf_max));
+        let mut reader = Some(Framing::new(decoder.clone(), rbuf_max, Arc::clone(&timers)));
         let mut next: Option<Ticket<Found<D, Req>>> = None;
         // A read that completed as the shutdown signal came (see
         // `Event::Shutdown`): its requests are answered.
@@ -590,7 +596,7 @@ where
             }
             if reader.is_none() {
                 // The decoder was lost with a failed batch: a fresh one.
-                reader = Some(Framing::new(decoder.clone(), rbuf_max));
+                reader = Some(Framing::new(decoder.clone(), rbuf_max, Arc::clone(&timers)));
             }
             // Responses, readiness and requests are polled together, so a
             // service that is not ready (all its slots busy) still sees its
