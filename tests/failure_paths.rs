@@ -886,9 +886,11 @@ async fn a_read_timeout_while_serve_holds_back_does_not_end_it() {
 }
 
 /// More requests wait unread than serve may have in flight, and its read
-/// timer fires again and again while it holds back: once the client takes
-/// the answers, serve reads and answers the rest (it stays parked on the
-/// write side after ignoring each read timeout).
+/// timer fires again and again while it holds back and the client takes
+/// its answers slowly: the expiries are the server's doing (its answers
+/// still leave), and once the client takes them faster serve reads and
+/// answers the rest (it stays parked on the write side after ignoring
+/// each read timeout).
 #[tokio::test(start_paused = true)]
 async fn serve_resumes_after_ignoring_read_timeouts_while_holding_back() {
     const N: usize = 200;
@@ -902,10 +904,16 @@ async fn serve_resumes_after_ignoring_read_timeouts_while_holding_back() {
         wr.write_all(requests.as_bytes()).await.unwrap();
         wr
     });
-    // Several read-timeout periods while serve holds back.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Several read-timeout periods while serve holds back, the client
+    // taking a little of its answers twice a period.
     let mut lines = 0;
     let mut buf = [0u8; 4096];
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = within("answers", rd.read(&mut buf[..64])).await.unwrap();
+        assert!(n > 0, "serve ended while holding back");
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
     while lines < N {
         let n = within("answers", rd.read(&mut buf)).await.unwrap();
         assert!(n > 0, "serve ended after {lines} of {N} answers");

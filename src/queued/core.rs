@@ -571,7 +571,8 @@ impl Core {
     /// nobody reads: the connection closes with a fatal `ETIMEDOUT`, as a
     /// timeout with no handler does in AnyEvent. Waiters on the write side
     /// hear that fatal error; a non-fatal one would tell them of a read
-    /// they cannot mend (TO-6). A write timeout goes by [`fail`] alone.
+    /// they cannot mend (TO-6). A write timeout goes by [`fail`](Self::fail)
+    /// alone.
     fn fail_timer(&mut self, err: Error, which: Option<Timeout>) {
         if which == Some(Timeout::Write) {
             self.fail(err, which);
@@ -1296,8 +1297,9 @@ impl Core {
         self.timers.reset(which);
     }
 
-    pub(crate) fn quiet_for(&self, which: Timeout) -> std::time::Duration {
-        self.timers.quiet_for(which)
+    #[cfg(feature = "tower")]
+    pub(crate) fn since_write(&self) -> std::time::Duration {
+        self.timers.since_write()
     }
 
     /// Whether the core runs on the spawned driver's own tokio task (the

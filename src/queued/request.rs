@@ -633,37 +633,11 @@ impl Requests<'_> {
         self.core.timeout_reset(which);
     }
 
-    /// How long the connection has gone without the activity `which` timer
-    /// counts (a read of at least one byte for `Read`, a write for `Write`,
-    /// either for `Idle`; a `timeout_reset` counts too), whether or not
-    /// that timer is set. A hook can tell by it whose quiet an expiry is:
-    /// a read timeout while the output still moves, say.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use anyframe::{QueuedFramed, Timeout};
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let (io, _peer) = tokio::io::duplex(64);
-    /// let (handle, _driver) = QueuedFramed::builder()
-    ///     .rtimeout(Duration::from_secs(1))
-    ///     .build(io)
-    ///     .spawn();
-    /// handle.on_timeout(|which, q| {
-    ///     if which == Timeout::Read && q.quiet_for(Timeout::Write) < Duration::from_secs(1) {
-    ///         return; // still writing to the peer: not its silence
-    ///     }
-    ///     q.destroy();
-    /// });
-    /// tokio::time::sleep(Duration::from_millis(1500)).await;
-    /// assert!(handle.is_closed());
-    /// # }
-    /// ```
-    pub fn quiet_for(&self, which: crate::Timeout) -> std::time::Duration {
-        self.core.quiet_for(which)
+    /// How long since the transport last wrote (for the server loop's
+    /// timer hook: a peer whose answers still leave is not silent).
+    #[cfg(feature = "tower")]
+    pub(crate) fn since_write(&self) -> std::time::Duration {
+        self.core.since_write()
     }
 }
 

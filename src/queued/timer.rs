@@ -46,7 +46,7 @@ impl Timeout {
         }
     }
 
-    fn bit(self) -> u8 {
+    pub(crate) fn bit(self) -> u8 {
         1 << self.index()
     }
 }
@@ -158,6 +158,9 @@ pub(crate) struct Timers {
     /// The write side has waited: the transport is polled with the shared
     /// waker from now on ([`io_waker`](Self::io_waker)).
     io_fanned: bool,
+    /// The transport's last write. Unlike the write timer's stamp, neither
+    /// an expiry nor a reset moves it.
+    wrote_at: Instant,
 }
 
 impl fmt::Debug for Timers {
@@ -181,6 +184,7 @@ impl Timers {
             owed: 0,
             started: true,
             io_fanned: false,
+            wrote_at: now,
         }
     }
 
@@ -193,6 +197,7 @@ impl Timers {
     pub(crate) fn start(&mut self) {
         self.started = true;
         self.stamp = [Instant::now(); 3];
+        self.wrote_at = self.stamp[0];
         self.owed = 0;
     }
 
@@ -300,10 +305,11 @@ impl Timers {
         }
     }
 
-    /// How long since the last activity `which` counts (or its reset),
-    /// whether or not the timer is on.
-    pub(crate) fn quiet_for(&self, which: Timeout) -> Duration {
-        Instant::now().saturating_duration_since(self.stamp[which.index()])
+    /// How long since the transport last wrote (or the connection came
+    /// up), whether or not a timer is on.
+    #[cfg(feature = "tower")]
+    pub(crate) fn since_write(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.wrote_at)
     }
 
     /// `*_timeout_reset`: marks activity for `which` now.
@@ -341,6 +347,7 @@ impl Timers {
         }
         if wrote {
             self.stamp[Timeout::Write.index()] = now;
+            self.wrote_at = now;
             moved |= Timeout::Write.bit();
         }
         self.owed &= !moved;

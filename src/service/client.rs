@@ -84,10 +84,11 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// waits for room, it is a write-side waiter: a read timeout that no call
 /// is waiting to hear, with answers still owed to calls given up (the
 /// peer sent nothing for a whole period, whether or not it was still
-/// taking requests), closes the connection (TO-6); `poll_ready` returns
-/// that fatal error.
-/// With no answer owed (the output above the watermark was queued through
-/// the handle), the read timeout comes as a non-fatal `ETIMEDOUT` (TO-3).
+/// taking requests), closes the connection
+/// ([TO-6](crate::semantics#TO-6)); `poll_ready` returns that fatal error.
+/// With no answer owed (the output it waits on is not the client's: it
+/// was queued through the `Handle` directly), the read timeout comes as a
+/// non-fatal `ETIMEDOUT` ([TO-3](crate::semantics#TO-3)).
 /// tower's middleware (`Buffer`, balancers) treats any error from
 /// `poll_ready` as the end of the service; to go on waiting after a
 /// non-fatal one, call `poll_ready` again. Dropping a response

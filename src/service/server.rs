@@ -246,11 +246,11 @@ struct Framing<D> {
     rbuf_max: Option<usize>,
     /// Told of each request found, inside the engine: a timer that expires
     /// before the loop has looked at it must not take the peer for silent.
-    timers: Arc<Timers>,
+    timers: Arc<LoopTimers>,
 }
 
 impl<D> Framing<D> {
-    fn new(inner: D, rbuf_max: Option<usize>, timers: Arc<Timers>) -> Framing<D> {
+    fn new(inner: D, rbuf_max: Option<usize>, timers: Arc<LoopTimers>) -> Framing<D> {
         Framing {
             inner,
             consumed: false,
@@ -370,66 +370,50 @@ where
 /// The connection's timers, as the loop sees them. The loop owns the
 /// connection's `on_timeout` hook, which decides inside the engine, at the
 /// expiry, whose doing it is: a peer that sends nothing while the service
-/// works on its requests, while the loop holds back its reads (above the
-/// high watermark), or while the transport takes the answers written to
-/// it (a write within the read period), is waiting for the server;
+/// works on its requests, or while the transport takes the answers written
+/// to it (a write within the read period), is waiting for the server;
 /// nothing to write while the service works is no stall. Those expiries
-/// are dropped; any other is handed to the loop. No read or write waiter
-/// is ever told a timeout, so none is given up half way.
-struct Timers {
+/// are dropped; any other is handed to the loop ([`expiry`] says what it
+/// means). No read or write waiter is ever told a timeout, so none is
+/// given up half way.
+struct LoopTimers {
     /// The service is at work: requests handed to it or waiting for it,
     /// with room to take its answers (above the high watermark the wait is
     /// the peer's).
     owed: AtomicBool,
-    /// The loop would read but holds back: its output is above the high
-    /// watermark. (Once it has stopped reading for good, a peer that takes
-    /// nothing is a stalled one.)
-    held: AtomicBool,
     /// The read timer's period (zero: off).
     read_period: Duration,
-    /// Expiries handed to the loop: a bit per timer, see [`Timers::bit`].
+    /// Expiries handed to the loop, by `Timeout::bit`.
     expired: AtomicU8,
     /// The loop's task, woken for an expiry.
     task: AtomicWaker,
 }
 
-impl Timers {
-    fn new(read_period: Duration) -> Timers {
-        Timers {
+impl LoopTimers {
+    fn new(read_period: Duration) -> LoopTimers {
+        LoopTimers {
             owed: AtomicBool::new(false),
-            held: AtomicBool::new(false),
             read_period,
             expired: AtomicU8::new(0),
             task: AtomicWaker::new(),
         }
     }
 
-    fn bit(which: Timeout) -> u8 {
-        match which {
-            Timeout::Write => 1,
-            Timeout::Idle => 2,
-            _ => 4,
-        }
-    }
-
-    /// Installs the hooks on the loop's connection.
-    fn install(self: &Arc<Timers>, handle: &Handle) {
+    /// Installs the hook on the loop's connection.
+    fn install(self: &Arc<LoopTimers>, handle: &Handle) {
         let timers = Arc::clone(self);
         handle.on_timeout(move |which, q| {
             let owed = timers.owed.load(Ordering::Acquire);
             let servers_doing = match which {
                 // The peer taking its answers, to the last byte, is busy.
-                Timeout::Read => {
-                    owed || timers.held.load(Ordering::Acquire)
-                        || q.quiet_for(Timeout::Write) < timers.read_period
-                }
+                Timeout::Read => owed || q.since_write() < timers.read_period,
                 _ => owed && q.write_buffered() == 0,
             };
             if servers_doing {
                 tracing::trace!(timeout = ?which, "server loop: timer expired while the server works");
                 return;
             }
-            timers.expired.fetch_or(Timers::bit(which), Ordering::AcqRel);
+            timers.expired.fetch_or(which.bit(), Ordering::AcqRel);
             timers.task.wake();
         });
     }
@@ -442,27 +426,41 @@ impl Timers {
         let bits = self.expired.swap(0, Ordering::AcqRel);
         [Timeout::Write, Timeout::Idle, Timeout::Read]
             .into_iter()
-            .find(|&t| bits & Timers::bit(t) != 0)
+            .find(|&t| bits & t.bit() != 0)
     }
 
-    /// Runs `f` until it completes or a timer expires: its `ETIMEDOUT`,
-    /// made fatal (the connection closed, the output dropped) when answers
-    /// wait unwritten, as in the loop.
+    /// Runs `f` until it completes or a timer expires ([`expiry`]).
     async fn bound<T>(&self, handle: &Handle, f: impl Future<Output = Result<T>>) -> Result<T> {
         let mut f = std::pin::pin!(f);
         poll_fn(|cx| {
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            match self.poll_expired(cx) {
-                Some(which) if handle.write_buffered() > 0 => {
-                    Poll::Ready(Err(stalled(handle, Error::timer_expired(which))))
-                }
-                Some(which) => Poll::Ready(Err(Error::timer_expired(which))),
+            match self.poll_expired(cx).map(|which| expiry(handle, which)) {
+                Some(Expiry::Stalled(e)) => Poll::Ready(Err(stalled(handle, e))),
+                Some(Expiry::Quiet(e)) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             }
         })
         .await
+    }
+}
+
+/// What an expiry handed to the loop means.
+enum Expiry {
+    /// Answers wait unwritten and the transport took none of them for the
+    /// period: a stalled peer.
+    Stalled(Error),
+    /// The peer was silent with nothing owed to it.
+    Quiet(Error),
+}
+
+fn expiry(handle: &Handle, which: Timeout) -> Expiry {
+    let e = Error::timer_expired(which);
+    if handle.write_buffered() > 0 {
+        Expiry::Stalled(e)
+    } else {
+        Expiry::Quiet(e)
     }
 }
 
@@ -481,6 +479,14 @@ fn stalled(handle: &Handle, e: Error) -> Error {
     e
 }
 
+/// Gives up the loop's read: what it had taken, if it completed (under the
+/// engine's lock it has either taken its requests, which come back here,
+/// or taken nothing, and dropped it leaves the input where it was).
+fn stop_reading<T>(handle: &Handle, next: &mut Option<Ticket<T>>) -> Option<Result<T>> {
+    let read = next.take()?;
+    handle.with_read_buffer(|_| futures::FutureExt::now_or_never(read))
+}
+
 /// What woke the loop.
 enum Event<D, Req, Resp, SErr> {
     /// The next requests.
@@ -492,8 +498,9 @@ enum Event<D, Req, Resp, SErr> {
     /// The answers stopped leaving: the connection's error, or a write or
     /// idle timeout while answers waited unwritten.
     Stalled(Error),
-    /// A timer expired, and it is the peer's doing (see [`Timers`]).
-    Expired(Timeout),
+    /// A timer expired, the peer silent with nothing owed to it (see
+    /// [`LoopTimers`]).
+    Expired(Error),
     Response(std::result::Result<Resp, SErr>),
     Shutdown,
 }
@@ -527,25 +534,29 @@ where
     /// reads requests nor takes answers from the service (a client that
     /// sends but does not read is not answered into unbounded memory, and
     /// a batch of large answers waits in the service instead of crossing
-    /// `wbuf_max`), and it goes on at the low one. With a write or
-    /// idle timeout set, a client that takes none of the answers for that
-    /// long ends the loop, and the unsent answers are dropped.
+    /// `wbuf_max`), and it goes on at the low one. With any timer set, a
+    /// client that takes none of the answers for a period ends the loop,
+    /// and the unsent answers are dropped.
     ///
     /// The loop waits for every request it has handed to the service, as
     /// hyper's connections do: the connection's timeouts bound the I/O, not
     /// the service. A timer that expires while the service still owes
     /// answers, with none of them waiting unwritten, does not end the loop;
-    /// nor does a read timeout while the client is taking its answers; the
-    /// read timeout counts the client's silence from when it has taken
-    /// them (docs/semantics.md, LC-6). The loop sets the connection's
-    /// `on_timeout` hook for that. Bound a service that may never
-    /// answer with a timeout layer (`tower::timeout::Timeout`), whose error
+    /// nor does a read timeout while the client is taking its answers; a
+    /// client silent with nothing owed to it for a period ends it. The
+    /// loop sets the connection's `on_timeout` hook for that (the rules:
+    /// [LC-6](crate::semantics#LC-6)).
+    /// Bound a service that may never answer with a timeout layer
+    /// (`tower::timeout::Timeout`), whose error
     /// [`map_errors`](Self::map_errors) can turn into an answer.
     ///
     /// # Errors
     ///
-    /// A fatal connection error; a fatal `ETIMEDOUT` when the answers were
-    /// not taken for a write or idle timeout; a request the decoder rejects
+    /// A fatal connection error; a fatal `ETIMEDOUT` when the client took
+    /// none of the answers for a period of a timer; a non-fatal `ETIMEDOUT`
+    /// when the client was silent, with nothing owed to it, for a period
+    /// (after the requests already read are answered); a request the
+    /// decoder rejects
     /// (after the responses before it are written; a fatal rejection also
     /// waits for the answers to the requests still in service), unless
     /// [`on_bad_request`](Self::on_bad_request) answers it; a service error
@@ -569,7 +580,7 @@ where
             builder,
         } = self;
         let (handle, driver) = builder.build(io).spawn();
-        let timers = Arc::new(Timers::new(builder.cfg.rtimeout));
+        let timers = Arc::new(LoopTimers::new(builder.cfg.rtimeout));
         timers.install(&handle);
         let mut in_flight: FuturesOrdered<Pending<S, Req>> = FuturesOrdered::new();
         // Requests read and not yet handed to the service, and the answers
@@ -606,7 +617,10 @@ where
                 None => {
                     poll_fn(|cx| {
                         if let Some(which) = timers.poll_expired(cx) {
-                            return Poll::Ready(Event::Expired(which));
+                            return Poll::Ready(match expiry(&handle, which) {
+                                Expiry::Stalled(e) => Event::Stalled(e),
+                                Expiry::Quiet(e) => Event::Expired(e),
+                            });
                         }
                         // Answers are taken, and requests read, only while
                         // the output is below the high watermark (OPT-5):
@@ -631,7 +645,6 @@ where
                         // peer, not for the service.
                         let in_service = !waiting.is_empty() || !in_flight.is_empty();
                         timers.owed.store(room && in_service, Ordering::Release);
-                        timers.held.store(!room && reading, Ordering::Release);
                         if room
                             && !in_flight.is_empty()
                             && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
@@ -696,15 +709,6 @@ where
             // next one for it, so nothing more is answered.
             let mut refused = None;
             let answered = matches!(event, Event::Response(_));
-            let event = match event {
-                // Answers wait unwritten and the peer took none of them
-                // for a whole period (a read expiry comes here with output
-                // unwritten only then, see `Timers`).
-                Event::Expired(which) if handle.write_buffered() > 0 => {
-                    Event::Stalled(Error::timer_expired(which))
-                }
-                event => event,
-            };
             match event {
                 Event::Response(Ok(resp)) => refused = answer(&handle, &encoder, resp).err(),
                 Event::Response(Err(e)) => {
@@ -821,17 +825,13 @@ where
                         outcome = Err(e);
                     }
                 }
-                Event::Expired(which) => {
+                Event::Expired(e) => {
                     // Nothing owed, and the peer quiet for a whole period:
                     // reading ends as at a shutdown signal (below), and the
                     // loop with the timeout once what was read is answered.
-                    let e = Error::timer_expired(which);
                     tracing::debug!(error = %e, "server loop: timer expired");
                     reading = false;
-                    if let Some(read) = next.take() {
-                        read_at_shutdown =
-                            handle.with_read_buffer(|_| futures::FutureExt::now_or_never(read));
-                    }
+                    read_at_shutdown = stop_reading(&handle, &mut next);
                     if outcome.is_ok() {
                         outcome = Err(e);
                     }
@@ -844,17 +844,14 @@ where
                     // leaves the input where it was).
                     tracing::debug!("server loop shutting down");
                     reading = false;
-                    if let Some(read) = next.take() {
-                        read_at_shutdown =
-                            handle.with_read_buffer(|_| futures::FutureExt::now_or_never(read));
-                    }
+                    read_at_shutdown = stop_reading(&handle, &mut next);
                 }
             }
             let owed = !waiting.is_empty() || !in_flight.is_empty() || read_at_shutdown.is_some();
             if answered && read_timer && !owed {
                 // The last answer owed is queued: from here the peer's
                 // silence is its own (once the transport has taken the
-                // answers, see `Timers`), and the read timeout counts it.
+                // answers, see `LoopTimers`), and the read timeout counts it.
                 handle.timeout_reset(Timeout::Read);
             }
             if let Some(e) = refused {
@@ -872,7 +869,6 @@ where
         drop(next);
         // Nothing is owed now: the timers bound the last writes.
         timers.owed.store(false, Ordering::Release);
-        timers.held.store(false, Ordering::Release);
         let flushed = timers.bound(&handle, handle.flush()).await;
         if !handle.is_closed() {
             let _ = handle.push_shutdown();
