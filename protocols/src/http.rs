@@ -15,8 +15,8 @@
 //!
 //! A response that ends the connection (`Connection: close`, an HTTP/1.0
 //! response without `keep-alive` or with a `Transfer-Encoding`, a `101
-//! Switching Protocols` or a 2xx answer to `CONNECT`, whose protocol or
-//! tunnel this client does not offer) closes it once read: nothing after it is taken for a response, and requests
+//! Switching Protocols`, whose protocol this client does not speak)
+//! closes it once read: nothing after it is taken for a response, and requests
 //! pipelined behind it fail with `Closed`.
 //!
 //! Each step's completion queues the next at the front of the queue, so
@@ -52,11 +52,12 @@ pub struct Request {
     pub method: Bytes,
     /// The request target, e.g. `/index.html`.
     pub target: Bytes,
-    /// Extra header fields. `Host`, `Content-Length` and
-    /// `Transfer-Encoding` are the client's own: a request that names one
-    /// is refused (`EINVAL`).
+    /// Extra header fields. A `Host` here replaces the client's (two are
+    /// refused); `Content-Length` and `Transfer-Encoding` are the client's
+    /// own: a request that names one is refused (`EINVAL`).
     pub headers: Vec<(Bytes, Bytes)>,
-    /// The body; sent with a `Content-Length` unless empty.
+    /// The body; sent with its `Content-Length` (also `0` for `POST`, `PUT`
+    /// and `PATCH`).
     pub body: Bytes,
 }
 
@@ -101,10 +102,10 @@ pub struct Response {
     /// The header fields in wire order (names as sent).
     pub headers: Vec<(Bytes, Bytes)>,
     /// The body: one piece for a `Content-Length` body, taken from the read
-    /// buffer without a copy. A chunked body's chunks of 64 KiB or more are
+    /// buffer without a copy. A chunked body's chunks of 4 KiB or more are
     /// kept the same way, one piece each; the smaller chunks between them
     /// are copied into one piece, so the body holds its own bytes rather
-    /// than the buffers they came in.
+    /// than the buffers (and chunk extensions) they came in.
     pub body: Vec<Bytes>,
     /// Trailer fields of a chunked body.
     pub trailers: Vec<(Bytes, Bytes)>,
@@ -200,8 +201,6 @@ struct ResponseRead {
     /// The largest body accepted.
     max_body: usize,
     head: bool,
-    /// The request was `CONNECT`: a 2xx answer ends at its header.
-    connect: bool,
     /// The response says `HTTP/1.0`.
     http10: bool,
     resp: Response,
@@ -214,8 +213,10 @@ struct ResponseRead {
 }
 
 /// Chunks of a chunked body smaller than this are copied into one piece;
-/// larger ones are kept as they came, without a copy.
-const GATHER: usize = 64 * 1024;
+/// larger ones are kept as they came, without a copy. A kept chunk holds
+/// the read buffer it came in, with at most a size line (16 KiB with its
+/// extensions) more: a body holds at most about five times its size.
+const GATHER: usize = 4 * 1024;
 
 type Next = Result<Step<Response>>;
 
@@ -303,11 +304,6 @@ impl ResponseRead {
             self.resp.informational.push(status);
             return Ok(Step::More(self.status_line(q)));
         }
-        // A 2xx answer to CONNECT is a tunnel from its empty line on
-        // (RFC 9112 §6.3): no body, and no more HTTP on this connection.
-        if self.connect && (200..300).contains(&status) {
-            return self.done(q);
-        }
         if self.head || status == 101 || status == 204 || status == 304 {
             return self.done(q);
         }
@@ -355,8 +351,7 @@ impl ResponseRead {
 
     /// `Connection: close`; an HTTP/1.0 response without `keep-alive`, or
     /// with a `Transfer-Encoding` (its framing is not to be trusted); a
-    /// `101` (another protocol follows its empty line) or a tunnel after
-    /// `CONNECT`.
+    /// `101` (another protocol follows its empty line).
     fn ends_connection(&self) -> bool {
         let options = || {
             self.resp
@@ -370,7 +365,6 @@ impl ResponseRead {
         let transfer_coded = self.resp.header("transfer-encoding").is_some();
         has(b"close")
             || self.resp.status == 101
-            || (self.connect && (200..300).contains(&self.resp.status))
             || (self.http10 && (transfer_coded || !has(b"keep-alive")))
     }
 
@@ -494,10 +488,10 @@ impl Http {
     }
 
     /// The largest response body accepted (at most [`MAX_BODY`]): a
-    /// longer `Content-Length`, chunked body or body until close is a
-    /// fatal `ENOSPC`, refused before the bytes over the limit are
-    /// buffered. The read buffer's own cap (`rbuf_max` of the connection)
-    /// should be at least this.
+    /// longer `Content-Length` or chunk is a fatal `ENOSPC` before any of
+    /// it is buffered; a body until close, once it has passed the limit
+    /// (by at most one read). The read buffer's own cap (`rbuf_max` of
+    /// the connection) should be at least this.
     ///
     /// # Examples
     ///
@@ -505,7 +499,7 @@ impl Http {
     /// use anyframe_protocols::http::Http;
     ///
     /// let api = Http::new("127.0.0.1:8080").max_body(1 << 20);
-    /// # drop(api);
+    /// assert_eq!(format!("{api:?}"), r#"Http { host: b"127.0.0.1:8080", max_body: 1048576 }"#);
     /// ```
     #[must_use]
     pub fn max_body(mut self, limit: usize) -> Http {
@@ -526,45 +520,58 @@ impl Protocol for Http {
     type Reply = Response;
 
     fn encode(&self, req: &Request, dst: &mut BytesMut) -> Result<()> {
+        let refuse = |what| Err(Error::custom(ErrorKind::InvalidInput, false, what));
         check_token(&req.method, "bad HTTP method")?;
         check_token(&req.target, "bad HTTP request target")?;
+        // A tunnel is not offered: its 2xx answer would end HTTP here.
+        if &req.method[..] == b"CONNECT" {
+            return refuse("CONNECT: this client does not offer tunnels");
+        }
+        let mut host = &self.host[..];
+        let mut hosts = 0;
         for (name, value) in &req.headers {
             check_token(name, "bad HTTP header name")?;
-            // The client frames the request and names the host: a second
-            // framing field or Host would let a server read the body as
-            // another request (RFC 9112 §6.2, §6.3; RFC 9110 §7.2).
-            if [&b"content-length"[..], b"transfer-encoding", b"host"]
-                .iter()
-                .any(|f| name.eq_ignore_ascii_case(f))
-            {
-                return Err(Error::custom(
-                    ErrorKind::InvalidInput,
-                    false,
-                    "Content-Length, Transfer-Encoding and Host are the client's own",
-                ));
-            }
             if name.contains(&b':') || value.iter().any(|&b| b == b'\r' || b == b'\n') {
-                return Err(Error::custom(
-                    ErrorKind::InvalidInput,
-                    false,
-                    "bad HTTP header",
-                ));
+                return refuse("bad HTTP header");
             }
+            // The client frames every request: a second framing field would
+            // let a server read the body as another request (RFC 9112
+            // §6.2, §6.3).
+            if name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+            {
+                return refuse("Content-Length and Transfer-Encoding are the client's own");
+            }
+            // A request's own Host replaces the client's; two are refused
+            // (RFC 9112 §3.2).
+            if name.eq_ignore_ascii_case(b"host") {
+                hosts += 1;
+                host = value;
+            }
+        }
+        if hosts > 1 {
+            return refuse("more than one Host field");
         }
         dst.reserve(req.target.len() + req.body.len() + 64);
         dst.put_slice(&req.method);
         dst.put_u8(b' ');
         dst.put_slice(&req.target);
         dst.put_slice(b" HTTP/1.1\r\nHost: ");
-        dst.put_slice(&self.host);
+        dst.put_slice(host);
         dst.put_slice(b"\r\n");
         for (name, value) in &req.headers {
+            if name.eq_ignore_ascii_case(b"host") {
+                continue;
+            }
             dst.put_slice(name);
             dst.put_slice(b": ");
             dst.put_slice(value);
             dst.put_slice(b"\r\n");
         }
-        if !req.body.is_empty() {
+        // RFC 9110 §8.6: a body's length, and `0` for the methods that
+        // define a meaning for one (a server may refuse them without).
+        let body_method = [&b"POST"[..], b"PUT", b"PATCH"].contains(&&req.method[..]);
+        if !req.body.is_empty() || body_method {
             dst.put_slice(b"Content-Length: ");
             put_decimal(dst, req.body.len() as u64);
             dst.put_slice(b"\r\n");
@@ -580,7 +587,6 @@ impl Protocol for Http {
             // Methods are case-sensitive (RFC 9110 §9.1): `head` is not
             // `HEAD`, and its response has the body its headers announce.
             head: &req.method[..] == b"HEAD",
-            connect: &req.method[..] == b"CONNECT",
             http10: false,
             gathered: BytesMut::new(),
             resp: Response {

@@ -221,13 +221,30 @@ fn parse_value(line: &Bytes) -> Result<ReplyLine> {
     })
 }
 
+/// The keys a request asked for: one (the common `get`) without an
+/// allocation.
+#[derive(Debug)]
+enum Asked {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Asked {
+    fn as_slice(&self) -> &[Bytes] {
+        match self {
+            Asked::One(key) => std::slice::from_ref(key),
+            Asked::Many(keys) => keys,
+        }
+    }
+}
+
 /// One reply being read: the values so far.
 #[derive(Debug)]
 struct ReplyRead {
     items: Vec<Item>,
     /// The keys a `get` or `gets` asked for (none for other commands);
     /// the server answers each at most once, in this order.
-    keys: Vec<Bytes>,
+    keys: Asked,
     /// Where in `keys` the next value's key is looked for.
     next_key: usize,
     _slot: Slot,
@@ -247,7 +264,8 @@ impl ReplyRead {
             } => {
                 // A value for a key not asked for, or out of order, is not
                 // this request's reply: the two sides are out of step.
-                let Some(at) = self.keys[self.next_key..].iter().position(|k| *k == key) else {
+                let asked = self.keys.as_slice();
+                let Some(at) = asked[self.next_key..].iter().position(|k| *k == key) else {
                     return Err(protocol_error(
                         "memcached VALUE for a key not asked for, or out of order",
                     ));
@@ -360,8 +378,11 @@ impl Protocol for Memcached {
 
     fn read_reply(&self, req: &Command, handle: &Handle, slot: Slot) -> Ticket<Step<Response>> {
         let keys = match req {
-            Command::Get(keys) | Command::Gets(keys) => keys.clone(),
-            _ => Vec::new(),
+            Command::Get(keys) | Command::Gets(keys) => match keys.as_slice() {
+                [one] => Asked::One(one.clone()),
+                many => Asked::Many(many.to_vec()),
+            },
+            _ => Asked::Many(Vec::new()),
         };
         let state = ReplyRead {
             items: Vec::new(),
