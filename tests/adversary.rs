@@ -602,21 +602,6 @@ async fn client_ready_does_not_hang_when_every_slot_is_held_by_a_timed_out_call(
 
 // ----- cancelled requests behind a waiting head ---------------------------------------
 
-/// How many read requests the handle holds, from its `Debug` output.
-fn queued_reads(h: &anyframe::Handle) -> usize {
-    let text = format!("{h:?}");
-    let at = text
-        .find("queued_reads: ")
-        .expect("Debug shows queued_reads")
-        + 14;
-    text[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Bounded memory: a read cancelled behind a head that waits (a heartbeat
 /// loop of `timeout(…, handle.read(…))` while a long transfer is queued)
 /// stays queued until it reaches the head, so each cancelled read leaks
@@ -630,7 +615,7 @@ async fn cancelled_reads_behind_a_waiting_head_do_not_pile_up() {
         let _ = tokio::time::timeout(Duration::from_micros(1), h.read(LineCodec::new())).await;
     }
     tokio::task::yield_now().await;
-    let n = queued_reads(&h);
+    let n = h.queued_reads();
     assert!(n < 100, "{n} cancelled requests are still queued");
 }
 

@@ -554,14 +554,14 @@ pub async fn connect_with_pushes(
 /// `on_read` callback is always armed; the channel to the caller is
 /// bounded, so a slow caller stops the reads and TCP pushes back.
 ///
-/// A timeout set on the connection (the channel was quiet) comes out of
-/// `next` as a non-fatal error each time its timer expires, and the
-/// subscription goes on; a message the server had begun is still read
-/// whole and comes after it. For that the subscriber sets the
-/// connection's `on_timeout` hook (a hook set before is replaced), so no
-/// read is ever told a timeout: a message stalled for several periods is
-/// not given up. A timeout that comes while 64 values wait unread is not
-/// said again. A fatal error is the last item.
+/// Each time a timer set on the connection expires (an idle, read or
+/// write timeout: the channel was quiet), `next` returns a non-fatal
+/// `ETIMEDOUT`, and the subscription goes on; a message the server had
+/// begun is still read whole and comes after it. For that the subscriber
+/// sets the connection's `on_timeout` hook (a hook set before is
+/// replaced), so no read is ever told a timeout: a message stalled for
+/// several periods is not given up. A timeout that expires while 64
+/// values wait unread is dropped. A fatal error is the last item.
 #[derive(Debug)]
 pub struct Subscriber {
     handle: Handle,
@@ -580,7 +580,7 @@ impl Subscriber {
         handle.on_timeout(move |which, _| {
             let Some(said) = said.upgrade() else { return };
             if said.try_send(Err(Error::timer_expired(which))).is_err() {
-                tracing::debug!(timeout = ?which, "subscriber: timeout not said, values wait unread");
+                tracing::debug!(timeout = ?which, "subscriber: timeout dropped, values wait unread");
             }
         });
         let reader_handle = handle.clone();
@@ -610,9 +610,9 @@ impl Subscriber {
         self.handle.push_bytes(cmd.to_bytes())
     }
 
-    /// The next value from the server, or a non-fatal error (a read
-    /// timeout); `None` after the connection failed and its (fatal) error
-    /// was returned.
+    /// The next value from the server, or a non-fatal error (a timer of
+    /// the connection expired); `None` after the connection failed and
+    /// its (fatal) error was returned.
     pub async fn next(&mut self) -> Option<Result<Value>> {
         self.messages.recv().await
     }
