@@ -1,6 +1,8 @@
 //! The server loop's timers against a peer that takes its answers slowly
 //! (docs/semantics.md, LC-6): a peer taking output is not a silent one.
 
+#[path = "support/serving.rs"]
+mod serving;
 mod support;
 
 use std::convert::Infallible;
@@ -9,32 +11,9 @@ use std::time::Duration;
 use anyframe::QueuedFramed;
 use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::{BadRequest, serve};
+use serving::{MS, answer_of, big_answers, slow_read};
 use support::within;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const MS: fn(u64) -> Duration = Duration::from_millis;
-
-/// Reads `want` bytes from `rd` at `per_step` bytes every `pause` (a
-/// client that takes every answer, slowly but steadily); stops early at
-/// end of input. What it read.
-async fn slow_read(
-    rd: &mut (impl AsyncReadExt + Unpin),
-    want: usize,
-    per_step: usize,
-    pause: Duration,
-) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; per_step];
-    while got.len() < want {
-        tokio::time::sleep(pause).await;
-        let n = within("slow read", rd.read(&mut buf)).await.unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
-}
+use tokio::io::AsyncWriteExt;
 
 /// Reads `n` lines (or up to end of input) from `rd`.
 async fn read_lines(rd: impl tokio::io::AsyncRead + Unpin, n: usize) -> Vec<String> {
@@ -49,23 +28,6 @@ async fn read_lines(rd: impl tokio::io::AsyncRead + Unpin, n: usize) -> Vec<Stri
         got.push(line.trim_end().to_owned());
     }
     got
-}
-
-fn answer_of(line: &str, len: usize) -> String {
-    format!("{line}:{}", "y".repeat(len))
-}
-
-/// A service that answers `line` with `line:` and `len` bytes of `y`.
-fn big_answers(
-    len: usize,
-) -> impl tower::Service<
-    Utf8Line,
-    Response = String,
-    Error = Infallible,
-    Future = std::future::Ready<Result<String, Infallible>>,
-> + Send
-+ Clone {
-    tower::service_fn(move |line: Utf8Line| std::future::ready(Ok(answer_of(line.line(), len))))
 }
 
 /// One request, one 40 KB answer, only a read timeout (1 s) set; the

@@ -2,6 +2,8 @@
 //! (docs/semantics.md, LC-6, last paragraph), and `Requests::timeout_reset`
 //! from a user's own hook.
 
+#[path = "support/serving.rs"]
+mod serving;
 mod support;
 
 use std::convert::Infallible;
@@ -10,63 +12,9 @@ use std::time::Duration;
 use anyframe::QueuedFramed;
 use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::serve;
+use serving::{MS, SEC, answer_of, big_answers, slow_read, state};
 use support::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const MS: fn(u64) -> Duration = Duration::from_millis;
-const SEC: Duration = Duration::from_secs(1);
-
-fn answer_of(line: &str, len: usize) -> String {
-    format!("{line}:{}", "y".repeat(len))
-}
-
-/// A service that answers `line` with `line:` and `len` bytes of `y`.
-fn big_answers(
-    len: usize,
-) -> impl tower::Service<
-    Utf8Line,
-    Response = String,
-    Error = Infallible,
-    Future = std::future::Ready<Result<String, Infallible>>,
-> + Send
-+ Clone {
-    tower::service_fn(move |line: Utf8Line| std::future::ready(Ok(answer_of(line.line(), len))))
-}
-
-/// Reads `want` bytes at `per_step` bytes every `pause`; stops at end of
-/// input. What it read.
-async fn slow_read(
-    rd: &mut (impl AsyncReadExt + Unpin),
-    want: usize,
-    per_step: usize,
-    pause: Duration,
-) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; per_step];
-    while got.len() < want {
-        tokio::time::sleep(pause).await;
-        let n = within(
-            "slow read",
-            rd.read(&mut buf[..per_step.min(want - got.len())]),
-        )
-        .await
-        .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
-}
-
-async fn state<T: std::fmt::Debug>(server: tokio::task::JoinHandle<T>) -> String {
-    if server.is_finished() {
-        format!("{:?}", server.await)
-    } else {
-        server.abort();
-        "still running".to_owned()
-    }
-}
 
 // ---------------------------------------------------------------------------
 // 1. A peer that never reads, and more answers than the high watermark

@@ -3,6 +3,8 @@
 //! that lands on a timer's expiry is delivered, and a stalled peer still
 //! ends the loop.
 
+#[path = "support/serving.rs"]
+mod serving;
 mod support;
 
 use std::convert::Infallible;
@@ -12,18 +14,9 @@ use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::serve;
 use anyframe::{Error, QueuedFramed, Timeout};
 use bytes::BytesMut;
+use serving::builder_with;
 use support::within;
 use tokio_util::codec::Decoder;
-
-fn builder_with(which: Timeout, period: Duration) -> anyframe::Builder {
-    let mut builder = QueuedFramed::builder();
-    match which {
-        Timeout::Read => builder.rtimeout(period),
-        Timeout::Idle => builder.timeout(period),
-        _ => builder.wtimeout(period),
-    };
-    builder
-}
 
 /// A service that takes `delay` per request and echoes it.
 fn slow_echo(

@@ -2,6 +2,8 @@
 //! (LC-6), its cancellation and a small `rbuf_max` under timers, and TO-6
 //! with `read_many`, hooks and the inline front end.
 
+#[path = "support/serving.rs"]
+mod serving;
 mod support;
 
 use std::convert::Infallible;
@@ -14,19 +16,10 @@ use anyframe::service::serve;
 use anyframe::{Error, QueuedFramed, Timeout};
 use bytes::BytesMut;
 use futures::StreamExt;
+use serving::builder_with;
 use support::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
-
-fn builder_with(which: Timeout, period: Duration) -> anyframe::Builder {
-    let mut builder = QueuedFramed::builder();
-    match which {
-        Timeout::Read => builder.rtimeout(period),
-        Timeout::Idle => builder.timeout(period),
-        _ => builder.wtimeout(period),
-    };
-    builder
-}
 
 fn echo() -> impl tower::Service<
     Utf8Line,
