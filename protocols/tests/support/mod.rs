@@ -30,14 +30,18 @@ pub fn pipe_rtimeout(rtimeout: Duration) -> (Handle, DuplexStream) {
     (handle, peer)
 }
 
-/// Reads what the client wrote so far (its commands), so the pipe never
-/// fills; what it read.
+/// Reads what the client wrote (its commands), so the pipe never fills:
+/// waits up to 100 ms for the first bytes, then takes whatever follows
+/// until 10 ms pass with nothing more. What it read.
 pub async fn take_commands(peer: &mut DuplexStream) -> Vec<u8> {
+    let mut got = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
-    match tokio::time::timeout(MS(10), peer.read(&mut buf)).await {
-        Ok(Ok(n)) => buf[..n].to_vec(),
-        _ => Vec::new(),
+    let mut wait = MS(100);
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(wait, peer.read(&mut buf)).await {
+        got.extend_from_slice(&buf[..n]);
+        wait = MS(10);
     }
+    got
 }
 
 /// A response's whole body, if there is a response.
