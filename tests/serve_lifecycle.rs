@@ -150,12 +150,13 @@ async fn a_silent_client_gets_one_period_after_its_last_answer() {
 // 2. Half-close right after the requests, answers still being computed.
 // ---------------------------------------------------------------------------
 
-/// The client sends one request and half-closes at once; the service
-/// takes exactly one period, so its answer lands on the write or idle
-/// timer's expiry, in the last flush's neighbourhood (the loop ends right
-/// after queueing it). The answer is delivered and the loop ends `Ok`.
+/// The client sends two requests and half-closes at once; the service
+/// takes just under, exactly, or over one period (and two and three), so
+/// answers land on a timer's expiry near the last flush, under each timer
+/// and all three together. Both answers are delivered and the loop ends
+/// `Ok`.
 #[tokio::test(start_paused = true)]
-async fn half_close_answer_lands_on_a_write_or_idle_expiry() {
+async fn answers_to_a_half_closed_client_land_on_timer_expiries_and_arrive() {
     let mut outcomes = Vec::new();
     for which in ["idle", "write", "read", "all"] {
         for service_ms in [999u64, 1000, 1001, 2000, 3000] {

@@ -152,13 +152,8 @@ async fn serve_timer_during_service_work_after_a_skipped_separator_keeps_the_loo
 /// is told a timeout).
 #[tokio::test(start_paused = true)]
 async fn serve_answers_a_request_read_however_many_periods_the_service_takes() {
-    let (_, outcomes) = separator_then_slow_service(2500, &[Timeout::Read, Timeout::Idle]).await;
-    for o in &outcomes {
-        assert!(
-            o.contains(r#"answers [Ok("a")"#),
-            "the first answer was lost: {outcomes:#?}"
-        );
-    }
+    let (ok, outcomes) = separator_then_slow_service(2500, &[Timeout::Read, Timeout::Idle]).await;
+    assert!(ok, "{outcomes:#?}");
 }
 
 async fn separator_then_slow_service(service_ms: u64, timers: &[Timeout]) -> (bool, Vec<String>) {

@@ -691,7 +691,7 @@ async fn serve_ends_on_a_stalled_peer_while_the_service_works() {
         let (_rd, mut wr) = tokio::io::split(client_io);
         wr.write_all(b"fast\nslow\n").await.unwrap();
         let e = within("server", server).await.unwrap().unwrap_err();
-        assert_eq!(e.timeout(), Some(which), "{e:?}");
+        assert_eq!((e.timeout(), e.is_fatal()), (Some(which), true), "{e:?}");
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "{which:?}: {:?}",
