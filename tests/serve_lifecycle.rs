@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyframe::QueuedFramed;
 use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::{BadRequest, serve};
-use serving::{MS, SEC, answer_of, slow_read, state};
+use serving::{MS, SEC, answer_of, slow_read, spawn_line_server, state};
 use support::within;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -62,16 +62,7 @@ async fn a_fresh_silent_peer_is_ended_by_the_first_read_expiry() {
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(SEC);
     let t0 = Instant::now();
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            delayed_echo(0),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, delayed_echo(0));
     let r = within("server", server).await.unwrap();
     let took = t0.elapsed();
     assert!(
@@ -97,16 +88,7 @@ async fn fresh_silent_peer_idle_or_write_timer_ends_after_one_period() {
             builder.wtimeout(SEC);
         }
         let t0 = Instant::now();
-        let server = tokio::spawn(
-            serve(
-                server_io,
-                Utf8LineCodec::new(),
-                LineCodec::new(),
-                delayed_echo(0),
-            )
-            .connection(builder)
-            .run(),
-        );
+        let server = spawn_line_server(server_io, builder, delayed_echo(0));
         let r = within("server", server).await.unwrap();
         assert!(
             r.as_ref().is_err_and(|e| e.is_timeout() && !e.is_fatal()),
@@ -124,16 +106,7 @@ async fn a_silent_client_gets_one_period_after_its_last_answer() {
     let (server_io, client_io) = tokio::io::duplex(512);
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(SEC);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            delayed_echo(0),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, delayed_echo(0));
     let (rd, mut wr) = tokio::io::split(client_io);
     let mut rd = tokio::io::BufReader::new(rd);
     tokio::time::sleep(MS(300)).await;
@@ -168,16 +141,7 @@ async fn answers_to_a_half_closed_client_land_on_timer_expiries_and_arrive() {
                 "read" => builder.rtimeout(SEC),
                 _ => builder.timeout(MS(700)).rtimeout(SEC).wtimeout(MS(1300)),
             };
-            let server = tokio::spawn(
-                serve(
-                    server_io,
-                    Utf8LineCodec::new(),
-                    LineCodec::new(),
-                    delayed_echo(service_ms),
-                )
-                .connection(builder)
-                .run(),
-            );
+            let server = spawn_line_server(server_io, builder, delayed_echo(service_ms));
             let (rd, mut wr) = tokio::io::split(client_io);
             wr.write_all(b"a\nb\n").await.unwrap();
             wr.shutdown().await.unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyframe::QueuedFramed;
 use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::{BadRequest, serve};
-use serving::{MS, answer_of, big_answers, slow_read};
+use serving::{MS, answer_of, big_answers, slow_read, spawn_line_server};
 use support::within;
 use tokio::io::AsyncWriteExt;
 
@@ -40,16 +40,7 @@ async fn serve_read_timer_spares_a_peer_taking_its_answer() {
     let (server_io, client_io) = tokio::io::duplex(512);
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(Duration::from_secs(1));
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(LEN),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, big_answers(LEN));
     let (mut rd, mut wr) = tokio::io::split(client_io);
     wr.write_all(b"a\n").await.unwrap();
     let want = answer_of("a", LEN).len() + 1;
@@ -75,16 +66,7 @@ async fn serve_reads_a_request_sent_during_backpressure() {
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(Duration::from_secs(1));
     builder.watermarks(2048, 0);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(LEN),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, big_answers(LEN));
     let (mut rd, mut wr) = tokio::io::split(client_io);
     wr.write_all(b"a\n").await.unwrap();
     tokio::time::sleep(MS(100)).await;
@@ -116,16 +98,7 @@ async fn final_flush_to_a_peer_that_never_reads_is_bounded_by_the_read_timer() {
     let (server_io, client_io) = tokio::io::duplex(512);
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(Duration::from_secs(1));
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(10_000),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, big_answers(10_000));
     let (_rd, mut wr) = tokio::io::split(client_io);
     wr.write_all(b"a\nb\n").await.unwrap();
     wr.shutdown().await.unwrap();

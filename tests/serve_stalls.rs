@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyframe::QueuedFramed;
 use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::serve;
-use serving::{MS, SEC, answer_of, big_answers, slow_read, state};
+use serving::{MS, SEC, answer_of, big_answers, slow_read, spawn_line_server, state};
 use support::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,16 +31,7 @@ async fn read_timer_ends_the_loop_for_a_peer_that_never_reads_over_the_high_wate
     let (server_io, client_io) = tokio::io::duplex(512);
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(SEC);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(10_000),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, big_answers(10_000));
     let (_rd, mut wr) = tokio::io::split(client_io);
     for c in b'a'..b'k' {
         wr.write_all(&[c, b'\n']).await.unwrap();
@@ -92,16 +83,7 @@ async fn read_timer_ends_loop_for_nonreading_peer_under_high_watermark() {
     let (server_io, client_io) = tokio::io::duplex(512);
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(SEC);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(10_000),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, big_answers(10_000));
     let (_rd, mut wr) = tokio::io::split(client_io);
     wr.write_all(b"a\nb\n").await.unwrap();
     let r = within("server", server).await.unwrap();
@@ -131,16 +113,7 @@ async fn next_request_after_slow_take(high: usize, low: usize) -> Vec<String> {
         let mut builder = QueuedFramed::builder();
         builder.rtimeout(SEC);
         builder.watermarks(high, low);
-        let server = tokio::spawn(
-            serve(
-                server_io,
-                Utf8LineCodec::new(),
-                LineCodec::new(),
-                big_answers(LEN),
-            )
-            .connection(builder)
-            .run(),
-        );
+        let server = spawn_line_server(server_io, builder, big_answers(LEN));
         let (mut rd, mut wr) = tokio::io::split(client_io);
         wr.write_all(b"a\n").await.unwrap();
         tokio::time::sleep(MS(lead)).await;
@@ -210,16 +183,7 @@ async fn a_stall_at_the_last_flush_is_fatal_like_the_loops_own() {
         let (server_io, client_io) = tokio::io::duplex(512);
         let mut builder = QueuedFramed::builder();
         builder.wtimeout(SEC);
-        let server = tokio::spawn(
-            serve(
-                server_io,
-                Utf8LineCodec::new(),
-                LineCodec::new(),
-                big_answers(10_000),
-            )
-            .connection(builder)
-            .run(),
-        );
+        let server = spawn_line_server(server_io, builder, big_answers(10_000));
         let (_rd, mut wr) = tokio::io::split(client_io);
         wr.write_all(b"a\nb\n").await.unwrap();
         if half_close {
@@ -261,16 +225,7 @@ async fn one_byte_per_period_reader_keeps_the_loop_until_answer_taken() {
     let mut builder = QueuedFramed::builder();
     builder.rtimeout(SEC);
     builder.wtimeout(SEC);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(LEN),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, big_answers(LEN));
     let (mut rd, mut wr) = tokio::io::split(client_io);
     wr.write_all(b"a\n").await.unwrap();
     let want = answer_of("a", LEN).len() + 1;
@@ -307,16 +262,7 @@ async fn idle_timer_ends_loop_for_nonreading_peer_over_high_watermark() {
     let (server_io, client_io) = tokio::io::duplex(512);
     let mut builder = QueuedFramed::builder();
     builder.timeout(SEC);
-    let server = tokio::spawn(
-        serve(
-            server_io,
-            Utf8LineCodec::new(),
-            LineCodec::new(),
-            big_answers(10_000),
-        )
-        .connection(builder)
-        .run(),
-    );
+    let server = spawn_line_server(server_io, builder, big_answers(10_000));
     let (_rd, mut wr) = tokio::io::split(client_io);
     for c in b'a'..b'k' {
         wr.write_all(&[c, b'\n']).await.unwrap();
@@ -341,11 +287,7 @@ async fn panicking_service_closes_the_connection() {
         }
         Ok::<_, Infallible>(line.line().to_owned())
     });
-    let server = tokio::spawn(
-        serve(server_io, Utf8LineCodec::new(), LineCodec::new(), svc)
-            .connection(builder)
-            .run(),
-    );
+    let server = spawn_line_server(server_io, builder, svc);
     let (mut rd, mut wr) = tokio::io::split(client_io);
     wr.write_all(b"a\n").await.unwrap();
     let mut buf = [0u8; 2];

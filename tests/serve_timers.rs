@@ -14,7 +14,7 @@ use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::serve;
 use anyframe::{Error, QueuedFramed, Timeout};
 use bytes::BytesMut;
-use serving::builder_with;
+use serving::{builder_with, spawn_line_server};
 use support::within;
 use tokio_util::codec::Decoder;
 
@@ -324,11 +324,7 @@ async fn serve_backpressure_slow_reader_slow_service() {
             }
             Ok::<_, Infallible>(format!("{}:{}", line.line(), "y".repeat(3000)))
         });
-        let server = tokio::spawn(
-            serve(server_io, Utf8LineCodec::new(), LineCodec::new(), svc)
-                .connection(builder)
-                .run(),
-        );
+        let server = spawn_line_server(server_io, builder, svc);
         let (rd, mut wr) = tokio::io::split(client_io);
         wr.write_all(b"f1\nf2\ns3\nf4\ns5\n").await.unwrap();
         let mut rd = tokio::io::BufReader::with_capacity(128, rd);

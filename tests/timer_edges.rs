@@ -16,7 +16,7 @@ use anyframe::service::serve;
 use anyframe::{Error, QueuedFramed, Timeout};
 use bytes::BytesMut;
 use futures::StreamExt;
-use serving::builder_with;
+use serving::{builder_with, spawn_line_server};
 use support::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
@@ -161,11 +161,7 @@ async fn serve_dropped_mid_service_closes_the_connection() {
     });
     let mut b = QueuedFramed::builder();
     b.rtimeout(Duration::from_secs(1));
-    let server = tokio::spawn(
-        serve(server_io, Utf8LineCodec::new(), LineCodec::new(), svc)
-            .connection(b)
-            .run(),
-    );
+    let server = spawn_line_server(server_io, b, svc);
     client_io.write_all(b"a\nhang\n").await.unwrap();
     let mut got = vec![0u8; 2];
     within("a", client_io.read_exact(&mut got)).await.unwrap();

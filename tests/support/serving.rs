@@ -80,3 +80,24 @@ pub async fn state<T: std::fmt::Debug>(server: tokio::task::JoinHandle<T>) -> St
         "still running".to_owned()
     }
 }
+
+/// Runs the server loop on `io` in a task: `Utf8Line` requests to
+/// `service`, its answers written as lines, with `builder`'s options.
+pub fn spawn_line_server<S>(
+    io: tokio::io::DuplexStream,
+    builder: anyframe::Builder,
+    service: S,
+) -> tokio::task::JoinHandle<anyframe::Result<()>>
+where
+    S: tower::Service<Utf8Line> + Send + 'static,
+    S::Future: Send,
+    S::Response: AsRef<[u8]> + Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    use anyframe::codecs::{LineCodec, Utf8LineCodec};
+    tokio::spawn(
+        anyframe::service::serve(io, Utf8LineCodec::new(), LineCodec::new(), service)
+            .connection(builder)
+            .run(),
+    )
+}
