@@ -396,11 +396,12 @@ async fn a_thousand_idle_handles_cost_little_memory() {
 
 /// The target: 2 KiB per idle handle beyond its socket. A handle with a
 /// read pending also holds that request (its box, decoder, ticket and
-/// queue slot, about 450 bytes), but no read buffer while nothing arrives.
+/// queue slot: 616 bytes for a line read, in debug and release builds
+/// alike), but no read buffer while nothing arrives.
 fn check_idle(f: &IdleFigures) {
     assert!(f.inline <= 2048.0, "{f:?}");
     assert!(f.spawned <= 2048.0, "{f:?}");
-    assert!(f.waiting <= 2048.0 + 512.0, "{f:?}");
+    assert!(f.waiting - f.spawned <= 640.0, "{f:?}");
 }
 
 #[tokio::test]

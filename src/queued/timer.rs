@@ -158,9 +158,6 @@ pub(crate) struct Timers {
     /// The write side has waited: the transport is polled with the shared
     /// waker from now on ([`io_waker`](Self::io_waker)).
     io_fanned: bool,
-    /// The transport's last write. Unlike the write timer's stamp, neither
-    /// an expiry nor a reset moves it.
-    wrote_at: Instant,
 }
 
 impl fmt::Debug for Timers {
@@ -184,7 +181,6 @@ impl Timers {
             owed: 0,
             started: true,
             io_fanned: false,
-            wrote_at: now,
         }
     }
 
@@ -197,7 +193,6 @@ impl Timers {
     pub(crate) fn start(&mut self) {
         self.started = true;
         self.stamp = [Instant::now(); 3];
-        self.wrote_at = self.stamp[0];
         self.owed = 0;
     }
 
@@ -306,10 +301,14 @@ impl Timers {
     }
 
     /// How long since the transport last wrote (or the connection came
-    /// up), whether or not a timer is on.
+    /// up), whether or not a timer is on. The write timer's stamp: an
+    /// expiry of that timer or its reset moves it too (the server loop,
+    /// its one user, resets only the read timer, and drops write expiries
+    /// only while its service works, whose answers are then written later
+    /// still).
     #[cfg(feature = "tower")]
     pub(crate) fn since_write(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.wrote_at)
+        Instant::now().saturating_duration_since(self.stamp[Timeout::Write.index()])
     }
 
     /// `*_timeout_reset`: marks activity for `which` now.
@@ -347,7 +346,6 @@ impl Timers {
         }
         if wrote {
             self.stamp[Timeout::Write.index()] = now;
-            self.wrote_at = now;
             moved |= Timeout::Write.bit();
         }
         self.owed &= !moved;
