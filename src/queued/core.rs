@@ -1298,8 +1298,8 @@ impl Core {
     }
 
     #[cfg(feature = "tower")]
-    pub(crate) fn since_write(&self) -> std::time::Duration {
-        self.timers.since_write()
+    pub(crate) fn take_wrote(&mut self) -> Option<std::time::Duration> {
+        self.timers.take_wrote()
     }
 
     /// Whether the core runs on the spawned driver's own tokio task (the

@@ -633,11 +633,12 @@ impl Requests<'_> {
         self.core.timeout_reset(which);
     }
 
-    /// How long since the transport last wrote (for the server loop's
-    /// timer hook: a peer whose answers still leave is not silent).
+    /// How long ago the transport last wrote, if it wrote since the last
+    /// call (for the server loop's timer hook, its one caller: a peer whose
+    /// answers still leave is not silent).
     #[cfg(feature = "tower")]
-    pub(crate) fn since_write(&self) -> std::time::Duration {
-        self.core.since_write()
+    pub(crate) fn take_wrote(&mut self) -> Option<std::time::Duration> {
+        self.core.take_wrote()
     }
 }
 

@@ -158,6 +158,9 @@ pub(crate) struct Timers {
     /// The write side has waited: the transport is polled with the shared
     /// waker from now on ([`io_waker`](Self::io_waker)).
     io_fanned: bool,
+    /// The transport wrote since [`take_wrote`](Self::take_wrote) last
+    /// looked (neither an expiry nor a reset sets it).
+    wrote: bool,
 }
 
 impl fmt::Debug for Timers {
@@ -181,6 +184,7 @@ impl Timers {
             owed: 0,
             started: true,
             io_fanned: false,
+            wrote: false,
         }
     }
 
@@ -300,15 +304,14 @@ impl Timers {
         }
     }
 
-    /// How long since the transport last wrote (or the connection came
-    /// up), whether or not a timer is on. The write timer's stamp: an
-    /// expiry of that timer or its reset moves it too (the server loop,
-    /// its one user, resets only the read timer, and drops write expiries
-    /// only while its service works, whose answers are then written later
-    /// still).
+    /// How long ago the transport last wrote, if it wrote since the last
+    /// call (whether or not a timer is on). The time is the write timer's
+    /// stamp, which an expiry of that timer or its reset may have moved
+    /// later since.
     #[cfg(feature = "tower")]
-    pub(crate) fn since_write(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.stamp[Timeout::Write.index()])
+    pub(crate) fn take_wrote(&mut self) -> Option<Duration> {
+        std::mem::take(&mut self.wrote)
+            .then(|| Instant::now().saturating_duration_since(self.stamp[Timeout::Write.index()]))
     }
 
     /// `*_timeout_reset`: marks activity for `which` now.
@@ -346,6 +349,7 @@ impl Timers {
         }
         if wrote {
             self.stamp[Timeout::Write.index()] = now;
+            self.wrote = true;
             moved |= Timeout::Write.bit();
         }
         self.owed &= !moved;

@@ -371,7 +371,8 @@ where
 /// connection's `on_timeout` hook, which decides inside the engine, at the
 /// expiry, whose doing it is: a peer that sends nothing while the service
 /// works on its requests, or while the transport takes the answers written
-/// to it (a write within the read period), is waiting for the server;
+/// to it (a write since the previous read expiry, within the period), is
+/// waiting for the server;
 /// nothing to write while the service works is no stall. Those expiries
 /// are dropped; any other is handed to the loop ([`expiry`] says what it
 /// means). No read or write waiter is ever told a timeout, so none is
@@ -405,8 +406,12 @@ impl LoopTimers {
         handle.on_timeout(move |which, q| {
             let owed = timers.owed.load(Ordering::Acquire);
             let servers_doing = match which {
-                // The peer taking its answers, to the last byte, is busy.
-                Timeout::Read => owed || q.since_write() < timers.read_period,
+                // The peer taking its answers, to the last byte, is busy
+                // (asked first: each read expiry starts afresh).
+                Timeout::Read => {
+                    let wrote = q.take_wrote();
+                    owed || wrote.is_some_and(|ago| ago < timers.read_period)
+                }
                 _ => owed && q.write_buffered() == 0,
             };
             if servers_doing {
