@@ -25,6 +25,7 @@
 //! pipelined tower `Service<Request, Response = Response>`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyframe::codecs::{ChunkCodec, LineCodec};
 use anyframe::{Error, ErrorKind, Handle, Requests, Result, Ticket};
@@ -54,7 +55,10 @@ pub struct Request {
     pub target: Bytes,
     /// Extra header fields. A `Host` here replaces the client's (two are
     /// refused); `Content-Length` and `Transfer-Encoding` are the client's
-    /// own: a request that names one is refused (`EINVAL`).
+    /// own: a request that names one is refused (`EINVAL`). A request with
+    /// `Connection: close` is the connection's last: its response is read,
+    /// then the connection closes, and a request after it is refused
+    /// (`Closed`).
     pub headers: Vec<(Bytes, Bytes)>,
     /// The body; sent with its `Content-Length` (also `0` for `POST`, `PUT`
     /// and `PATCH`).
@@ -102,10 +106,11 @@ pub struct Response {
     /// The header fields in wire order (names as sent).
     pub headers: Vec<(Bytes, Bytes)>,
     /// The body: one piece for a `Content-Length` body, taken from the read
-    /// buffer without a copy. A chunked body's chunks of 4 KiB or more are
+    /// buffer without a copy. A chunked body's chunks of 64 KiB or more are
     /// kept the same way, one piece each; the smaller chunks between them
     /// are copied into one piece, so the body holds its own bytes rather
-    /// than the buffers (and chunk extensions) they came in.
+    /// than the buffers (and chunk extensions) they came in: at most about
+    /// three times its size.
     pub body: Vec<Bytes>,
     /// Trailer fields of a chunked body.
     pub trailers: Vec<(Bytes, Bytes)>,
@@ -203,6 +208,8 @@ struct ResponseRead {
     head: bool,
     /// The response says `HTTP/1.0`.
     http10: bool,
+    /// The request said `Connection: close`.
+    request_closes: bool,
     resp: Response,
     /// Chunks smaller than [`GATHER`] since the last piece of the body,
     /// copied here so that a body of many small chunks holds its own
@@ -214,9 +221,10 @@ struct ResponseRead {
 
 /// Chunks of a chunked body smaller than this are copied into one piece;
 /// larger ones are kept as they came, without a copy. A kept chunk holds
-/// the read buffer it came in, with at most a size line (16 KiB with its
-/// extensions) more: a body holds at most about five times its size.
-const GATHER: usize = 4 * 1024;
+/// the read buffer it came in, and a read buffer holds a chunk it was
+/// grown for plus at most one read (up to 128 KiB) more: a body holds at
+/// most about three times its size.
+const GATHER: usize = 64 * 1024;
 
 type Next = Result<Step<Response>>;
 
@@ -353,17 +361,10 @@ impl ResponseRead {
     /// with a `Transfer-Encoding` (its framing is not to be trusted); a
     /// `101` (another protocol follows its empty line).
     fn ends_connection(&self) -> bool {
-        let options = || {
-            self.resp
-                .headers
-                .iter()
-                .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
-                .flat_map(|(_, value)| value.split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-        };
-        let has = |option: &[u8]| options().any(|o| o.eq_ignore_ascii_case(option));
+        let has = |option: &[u8]| has_option(&self.resp.headers, option);
         let transfer_coded = self.resp.header("transfer-encoding").is_some();
-        has(b"close")
+        self.request_closes
+            || has(b"close")
             || self.resp.status == 101
             || (self.http10 && (transfer_coded || !has(b"keep-alive")))
     }
@@ -470,11 +471,34 @@ impl ResponseRead {
     }
 }
 
-/// The HTTP/1.1 [`Protocol`] for one host.
-#[derive(Debug, Clone)]
+/// Whether the `Connection` fields among `fields` name `option`.
+fn has_option(fields: &[(Bytes, Bytes)], option: &[u8]) -> bool {
+    fields
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, value)| value.split(|&b| b == b','))
+        .any(|o| o.trim_ascii().eq_ignore_ascii_case(option))
+}
+
+/// The HTTP/1.1 [`Protocol`] for one host, on one connection: a clone
+/// starts afresh, for another connection.
+#[derive(Debug)]
 pub struct Http {
     host: Bytes,
     max_body: usize,
+    /// A request said `Connection: close`: none may follow it (RFC 9112
+    /// §9.6).
+    closing: AtomicBool,
+}
+
+impl Clone for Http {
+    fn clone(&self) -> Http {
+        Http {
+            host: self.host.clone(),
+            max_body: self.max_body,
+            closing: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Http {
@@ -484,6 +508,7 @@ impl Http {
         Http {
             host: host.into(),
             max_body: MAX_BODY,
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -498,8 +523,16 @@ impl Http {
     /// ```
     /// use anyframe_protocols::http::Http;
     ///
-    /// let api = Http::new("127.0.0.1:8080").max_body(1 << 20);
-    /// assert_eq!(format!("{api:?}"), r#"Http { host: b"127.0.0.1:8080", max_body: 1048576 }"#);
+    /// use anyframe::QueuedFramed;
+    /// use anyframe_protocols::pipeline::Pipelined;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (io, _server) = tokio::io::duplex(1024);
+    /// let (handle, _driver) = QueuedFramed::new(io).spawn();
+    /// // Responses over 1 MiB fail with ENOSPC.
+    /// let client = Pipelined::new(handle, Http::new("127.0.0.1:8080").max_body(1 << 20), 16);
+    /// # drop(client);
+    /// # }
     /// ```
     #[must_use]
     pub fn max_body(mut self, limit: usize) -> Http {
@@ -523,6 +556,13 @@ impl Protocol for Http {
         let refuse = |what| Err(Error::custom(ErrorKind::InvalidInput, false, what));
         check_token(&req.method, "bad HTTP method")?;
         check_token(&req.target, "bad HTTP request target")?;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::custom(
+                ErrorKind::Closed,
+                false,
+                "an earlier request said Connection: close",
+            ));
+        }
         // A tunnel is not offered: its 2xx answer would end HTTP here.
         if &req.method[..] == b"CONNECT" {
             return refuse("CONNECT: this client does not offer tunnels");
@@ -531,7 +571,10 @@ impl Protocol for Http {
         let mut hosts = 0;
         for (name, value) in &req.headers {
             check_token(name, "bad HTTP header name")?;
-            if name.contains(&b':') || value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            // Field values are visible characters, spaces and tabs (RFC 9110
+            // §5.5): CR, LF, NUL and the other controls are refused.
+            if name.contains(&b':') || value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
+            {
                 return refuse("bad HTTP header");
             }
             // The client frames every request: a second framing field would
@@ -578,6 +621,9 @@ impl Protocol for Http {
         }
         dst.put_slice(b"\r\n");
         dst.put_slice(&req.body);
+        if has_option(&req.headers, b"close") {
+            self.closing.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -588,6 +634,7 @@ impl Protocol for Http {
             // `HEAD`, and its response has the body its headers announce.
             head: &req.method[..] == b"HEAD",
             http10: false,
+            request_closes: has_option(&req.headers, b"close"),
             gathered: BytesMut::new(),
             resp: Response {
                 status: 0,
