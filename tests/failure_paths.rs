@@ -1537,3 +1537,25 @@ async fn client_poll_ready_waiting_for_room_hears_a_stuck_peer_as_a_closed_conne
     assert!(e.is_fatal(), "{e:?}");
     assert!(handle.is_closed());
 }
+
+/// tower's `Client` with one slot, held by a clone that called `ready()`
+/// and not `call()` yet: when the connection closes, another clone's
+/// `poll_ready` returns the error that closed it instead of waiting for
+/// the slot for ever.
+#[tokio::test(start_paused = true)]
+async fn client_poll_ready_sees_the_close_while_a_clone_holds_the_slot() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut a = anyframe::service::ClientBuilder::default()
+        .max_in_flight(1)
+        .build(handle.clone(), LineCodec::new(), |_: &String| {
+            LineCodec::new()
+        });
+    let mut b = a.clone();
+    within("a ready", a.ready()).await.unwrap();
+    let waiting = tokio::spawn(async move { b.ready().await.map(|_| ()) });
+    tokio::task::yield_now().await;
+    handle.destroy();
+    let e = within("b ready", waiting).await.unwrap().unwrap_err();
+    assert!(e.is_fatal(), "{e:?}");
+}

@@ -556,12 +556,8 @@ impl Protocol for Http {
         let refuse = |what| Err(Error::custom(ErrorKind::InvalidInput, false, what));
         check_token(&req.method, "bad HTTP method")?;
         check_token(&req.target, "bad HTTP request target")?;
-        if self.closing.load(Ordering::Acquire) {
-            return Err(Error::custom(
-                ErrorKind::Closed,
-                false,
-                "an earlier request said Connection: close",
-            ));
+        if let Some(e) = self.refuses_requests() {
+            return Err(e);
         }
         // A tunnel is not offered: its 2xx answer would end HTTP here.
         if &req.method[..] == b"CONNECT" {
@@ -625,6 +621,19 @@ impl Protocol for Http {
             self.closing.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// After a request that said `Connection: close`: a non-fatal `Closed`
+    /// (the connection is still open for that request's response; it
+    /// closes after it).
+    fn refuses_requests(&self) -> Option<Error> {
+        self.closing.load(Ordering::Acquire).then(|| {
+            Error::custom(
+                ErrorKind::Closed,
+                false,
+                "an earlier request said Connection: close",
+            )
+        })
     }
 
     fn read_reply(&self, req: &Request, handle: &Handle, slot: Slot) -> Ticket<Step<Response>> {

@@ -128,6 +128,13 @@ pub trait Protocol: Send + Sync + 'static {
         handle: &Handle,
         slot: Slot,
     ) -> Ticket<Step<Self::Reply>>;
+
+    /// Why no more requests may be written on this connection, if so (an
+    /// HTTP request said `Connection: close`); `poll_ready` returns it.
+    /// `None` by default.
+    fn refuses_requests(&self) -> Option<Error> {
+        None
+    }
 }
 
 /// A [`Pipelined`] client's in-flight slot, held by a reply's read state:
@@ -331,18 +338,29 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     /// owed, it comes non-fatal (TO-3), and a call again goes on waiting.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.permit.is_none() {
-            match ready!(self.permits.poll_acquire(cx)) {
-                Some(p) => self.permit = Some(p),
-                None => {
+            match self.permits.poll_acquire(cx) {
+                Poll::Ready(Some(p)) => self.permit = Some(p),
+                Poll::Ready(None) => {
                     return Poll::Ready(Err(Error::custom(
                         ErrorKind::Closed,
                         true,
                         "client closed",
                     )));
                 }
+                // A closed connection gives no slot back to a clone that
+                // holds one without calling: its end wakes this wait too.
+                Poll::Pending => {
+                    return match self.shared.handle.poll_closed(cx) {
+                        Poll::Ready(e) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
         }
         ready!(self.shared.handle.poll_write_ready(cx))?;
+        if let Some(e) = self.shared.protocol.refuses_requests() {
+            return Poll::Ready(Err(e));
+        }
         Poll::Ready(Ok(()))
     }
 

@@ -646,6 +646,9 @@ impl Core {
         // A switch's marker stays: output queued after a STARTTLS that never
         // ran must not leave in plaintext (linger stops at the marker).
         self.life = Life::Closed(err.clone());
+        if let Some(shared) = self.handles.as_ref().and_then(Weak::upgrade) {
+            shared.wake_closed();
+        }
         // Dropping an entry runs user code (a completion's captures): one
         // that panics must not keep the others from being told.
         let mut panicked = None;

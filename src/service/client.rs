@@ -230,9 +230,12 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.permit.is_none() {
-            match ready!(self.permits.poll_acquire(cx)) {
-                Some(p) => self.permit = Some(p),
-                None => return Poll::Ready(Err(Error::closed())),
+            match self.permits.poll_acquire(cx) {
+                Poll::Ready(Some(p)) => self.permit = Some(p),
+                Poll::Ready(None) => return Poll::Ready(Err(Error::closed())),
+                // A closed connection gives no slot back to a clone that
+                // holds one without calling: its end wakes this wait too.
+                Poll::Pending => return self.handle.poll_closed(cx).map(Err),
             }
         }
         ready!(self.handle.poll_write_ready(cx))?;
