@@ -171,6 +171,10 @@ const DISPATCH_ROUND: usize = 32;
 /// its length after the last sweep, and never below this.
 const SWEEP_MIN: u32 = 64;
 
+/// How many close waiters are kept before all of them are woken to look
+/// again (see [`Core::poll_closed`]).
+const CLOSE_WAITERS_KEEP: usize = 32;
+
 /// Why [`Core::poll_fill`] stopped without input.
 pub(crate) enum FillStop {
     /// A timer expired and no hook took it: the non-fatal `ETIMEDOUT`, with
@@ -304,6 +308,8 @@ pub(crate) struct Core {
     /// Spawned: the handles, whose inbox holds writes queued while the
     /// engine was busy (see [`seal_inbox`](Self::seal_inbox)).
     handles: Option<Weak<Shared>>,
+    /// Tasks waiting for the close ([`poll_closed`](Self::poll_closed)).
+    close_waiters: Vec<Waker>,
 }
 
 impl std::fmt::Debug for Core {
@@ -387,6 +393,7 @@ impl Core {
             sweep_at: SWEEP_MIN,
             poisoned: false,
             handles: None,
+            close_waiters: Vec::new(),
             cfg,
         }
     }
@@ -646,8 +653,8 @@ impl Core {
         // A switch's marker stays: output queued after a STARTTLS that never
         // ran must not leave in plaintext (linger stops at the marker).
         self.life = Life::Closed(err.clone());
-        if let Some(shared) = self.handles.as_ref().and_then(Weak::upgrade) {
-            shared.wake_closed();
+        for w in std::mem::take(&mut self.close_waiters) {
+            w.wake();
         }
         // Dropping an entry runs user code (a completion's captures): one
         // that panics must not keep the others from being told.
@@ -1298,6 +1305,26 @@ impl Core {
 
     pub(crate) fn timeout_reset(&mut self, which: Timeout) {
         self.timers.reset(which);
+    }
+
+    #[cfg(feature = "tower")]
+    /// `Ready` with the error that closed the connection, else the task is
+    /// woken when it closes.
+    pub(crate) fn poll_closed(&mut self, cx: &Context<'_>) -> Poll<Error> {
+        if let Life::Closed(e) = &self.life {
+            return Poll::Ready(e.clone());
+        }
+        if !self.close_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            if self.close_waiters.len() >= CLOSE_WAITERS_KEEP {
+                // Spurious wake-ups are allowed: the live ones look again,
+                // and one gone for good is forgotten.
+                for w in self.close_waiters.drain(..) {
+                    w.wake();
+                }
+            }
+            self.close_waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     #[cfg(feature = "tower")]

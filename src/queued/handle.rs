@@ -8,7 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -45,9 +45,6 @@ pub(crate) struct Shared {
     engine_owner: AtomicUsize,
     /// The thread encoding into the inbox (0: none).
     inbox_owner: AtomicUsize,
-    /// Tasks waiting in [`Handle::poll_closed`], woken when the engine
-    /// closes (registered under the engine's lock, as the close happens).
-    close_waiters: Mutex<Vec<Waker>>,
     /// Tests: `try_lock` finds the engine busy, so work goes to the inbox.
     #[cfg(test)]
     busy: AtomicBool,
@@ -214,24 +211,7 @@ impl std::ops::DerefMut for Locked<'_> {
     }
 }
 
-/// How many close waiters are kept before all of them are woken to look
-/// again (a waiter gone for good is then forgotten).
-const CLOSE_WAITERS_KEEP: usize = 32;
-
 impl Shared {
-    /// For [`Core::close`]: wakes every task waiting for the close.
-    pub(crate) fn wake_closed(&self) {
-        let waiters = std::mem::take(
-            &mut *self
-                .close_waiters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for w in waiters {
-            w.wake();
-        }
-    }
-
     /// For [`Core::seal_inbox`], which holds the engine: closes the inbox
     /// to writes until the engine's lock is released (which publishes the
     /// state again), and returns how many bytes of output it holds. Handles
@@ -543,7 +523,6 @@ where
             detach: AtomicBool::new(false),
             engine_owner: AtomicUsize::new(0),
             inbox_owner: AtomicUsize::new(0),
-            close_waiters: Mutex::new(Vec::new()),
             #[cfg(test)]
             busy: AtomicBool::new(false),
         }
@@ -1146,27 +1125,7 @@ impl Handle {
     /// when it closes. For a `poll_ready` that waits on something else
     /// (an in-flight slot, say) and must not miss the connection's end.
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<Error> {
-        let core = self.lock();
-        if let Some(e) = core.error() {
-            return Poll::Ready(e.clone());
-        }
-        // Registered under the engine's lock: a close cannot come between
-        // the look above and this.
-        let mut waiters = self
-            .shared
-            .close_waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            if waiters.len() >= CLOSE_WAITERS_KEEP {
-                // Spurious wake-ups are allowed: the live ones look again.
-                for w in waiters.drain(..) {
-                    w.wake();
-                }
-            }
-            waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
+        self.lock().poll_closed(cx)
     }
 
     /// Resolves, with the error that closed it, when the connection closes.
