@@ -2,10 +2,10 @@
 //! in-memory peers: framing the RFCs require, replies that must not reach
 //! the wrong request, and memory bounded by what a reply holds.
 
+#[path = "support/counting.rs"]
+mod counting;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use anyframe::{ErrorKind, Handle};
@@ -14,57 +14,14 @@ use anyframe_protocols::memcached::{Command, Item, Memcached, Response as McResp
 use anyframe_protocols::pipeline::Pipelined;
 use anyframe_protocols::redis::{Cmd, Resp, Value};
 use bytes::Bytes;
+use counting::live;
 use support::{LIMIT, MS, body, http_exchange, mc, pipe, pipe_rtimeout, take_commands};
 use tokio::io::AsyncWriteExt;
 
 // ----- a per-thread count of live heap bytes ------------------------------------
 
-/// Counts the bytes allocated and not yet freed on the current thread (a
-/// current-thread runtime runs the test, the driver and the client there).
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-fn add_live(n: isize) {
-    let _ = LIVE.try_with(|c| c.set(c.get() + n));
-}
-
-fn live() -> isize {
-    LIVE.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add_live(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        add_live(-(layout.size() as isize));
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            add_live(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add_live(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 // ----- helpers ----------------------------------------------------------------------
 

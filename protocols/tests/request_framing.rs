@@ -3,10 +3,10 @@
 //! chunk gathering and its memory, `Http::max_body`; memcached's `VALUE`s
 //! only for the keys asked.
 
+#[path = "support/counting.rs"]
+mod counting;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use anyframe::ErrorKind;
@@ -14,55 +14,14 @@ use anyframe_protocols::http::{Http, Request, Response};
 use anyframe_protocols::memcached::{Command, Item, Response as McResponse};
 use anyframe_protocols::pipeline::Pipelined;
 use bytes::Bytes;
+use counting::live;
 use support::{LIMIT, http_exchange, mc, pipe, take_commands};
 use tokio::io::AsyncWriteExt;
 
-// ----- a per-thread count of live heap bytes ------------------------------------------
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-fn add_live(n: isize) {
-    let _ = LIVE.try_with(|c| c.set(c.get() + n));
-}
-
-fn live() -> isize {
-    LIVE.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add_live(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        add_live(-(layout.size() as isize));
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            add_live(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add_live(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
+// ----- a per-thread count of live heap bytes ------------------------------------
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 // ----- helpers ------------------------------------------------------------------------
 
