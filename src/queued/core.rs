@@ -1307,7 +1307,6 @@ impl Core {
         self.timers.reset(which);
     }
 
-    #[cfg(feature = "tower")]
     /// `Ready` with the error that closed the connection, else the task is
     /// woken when it closes.
     pub(crate) fn poll_closed(&mut self, cx: &Context<'_>) -> Poll<Error> {
