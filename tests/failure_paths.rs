@@ -1,6 +1,6 @@
-//! The engine's failure paths: every test here pins one way a timeout, a
-//! cap, a panicking callback or a misconfiguration used to hang, desynchronise
-//! or kill a connection that should have survived.
+//! The engine's failure paths: every test here pins how a timeout, a cap,
+//! a panicking callback or a misconfiguration is met without hanging,
+//! desynchronising, or killing a connection that should survive.
 
 mod support;
 

@@ -289,7 +289,7 @@ async fn responses_that_end_the_connection() {
 }
 
 // =====================================================================================
-// memcached: passing probes
+// memcached
 // =====================================================================================
 
 async fn mc_reply(cmd: Command, wire: &[u8]) -> anyframe::Result<McResponse> {
