@@ -372,11 +372,10 @@ where
 /// expiry, whose doing it is: a peer that sends nothing while the service
 /// works on its requests, or while the transport takes the answers written
 /// to it (a write since the previous read expiry, within the period), is
-/// waiting for the server;
-/// nothing to write while the service works is no stall. Those expiries
-/// are dropped; any other is handed to the loop ([`expiry`] says what it
-/// means). No read or write waiter is ever told a timeout, so none is
-/// given up half way.
+/// waiting for the server; nothing to write while the service works is no
+/// stall. Those expiries are dropped; any other is handed to the loop
+/// ([`expiry`] says what it means). No read or write waiter is ever told a
+/// timeout, so none is given up half way.
 struct LoopTimers {
     /// The service is at work: requests handed to it or waiting for it,
     /// with room to take its answers (above the high watermark the wait is
@@ -460,6 +459,7 @@ enum Expiry {
     Quiet(Error),
 }
 
+/// What an expiry of `which`, handed to the loop, means now.
 fn expiry(handle: &Handle, which: Timeout) -> Expiry {
     let e = Error::timer_expired(which);
     if handle.write_buffered() > 0 {
