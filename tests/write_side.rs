@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyframe::codecs::LineCodec;
 use anyframe::{ErrorKind, QueuedFramed};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -206,4 +206,177 @@ async fn stream_whose_write_out_runs_a_destroying_drain_hook_does_not_hang() {
     let r = promptly("next", Duration::from_secs(2), conn.next()).await;
     let e = r.expect("the stream ended without the error").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Closed);
+}
+
+// ----- D. replies queued before an input-side fatal error ---------------------------
+
+/// An echo loop over a peer that sent two lines and half-closed before the
+/// server read anything: the replies to both are queued (autocork holds
+/// them: no read waited), then the third read meets the end of input,
+/// `EPIPE`, fatal.
+async fn echo_until_the_end(conn: &mut QueuedFramed<tokio::io::DuplexStream>) -> anyframe::Error {
+    let mut dec = LineCodec::new();
+    loop {
+        match within("read_with", conn.read_with(&mut dec)).await {
+            Ok(line) => conn.push_write(LineCodec::new(), line.line()).unwrap(),
+            Err(e) => break e,
+        }
+    }
+}
+
+/// LC-5: "Replies queued before a fatal input-side error (end of input
+/// inside a request, ...) are still written, within `linger`". On the
+/// inline front end that is the caller's `flush()`: it writes them, then
+/// reports the error that closed the connection.
+#[tokio::test]
+async fn inline_flush_after_end_of_input_writes_the_replies_queued_before_it() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    b.write_all(b"one\ntwo\n").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut conn = QueuedFramed::builder().autocork(true).build(a);
+    let e = echo_until_the_end(&mut conn).await;
+    assert!(e.is_eof() && e.is_fatal(), "{e:?}");
+    let r = within("flush", conn.flush()).await;
+    assert!(r.as_ref().is_err_and(|f| f.is_eof()), "{r:?}");
+    drop(conn);
+    let mut got = Vec::new();
+    within("read_to_end", b.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"one\ntwo\n", "replies queued before the end of input");
+}
+
+/// The same through `shutdown_write()`: the replies go out, then the write
+/// side is closed.
+#[tokio::test]
+async fn inline_shutdown_write_after_end_of_input_writes_the_replies_then_closes() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    b.write_all(b"one\ntwo\n").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut conn = QueuedFramed::builder().autocork(true).build(a);
+    echo_until_the_end(&mut conn).await;
+    let r = within("shutdown_write", conn.shutdown_write()).await;
+    assert!(r.as_ref().is_err_and(|f| f.is_eof()), "{r:?}");
+    // The connection is still held: the end the peer sees is the half-close.
+    let mut got = Vec::new();
+    within("read_to_end", b.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"one\ntwo\n");
+    drop(conn);
+}
+
+/// And the `Sink`'s `poll_close`.
+#[tokio::test]
+async fn sink_close_after_end_of_input_writes_the_replies_then_closes() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    b.write_all(b"one\ntwo\n").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut conn = QueuedFramed::builder()
+        .autocork(true)
+        .build_with_codec(a, LineCodec::new());
+    let mut lines = Vec::new();
+    let end = loop {
+        match within("next", conn.next()).await {
+            Some(Ok(line)) => lines.push(line),
+            Some(Err(e)) => break Some(e),
+            None => break None,
+        }
+    };
+    assert_eq!(lines.len(), 2, "{end:?}");
+    for line in lines {
+        conn.feed(line.line()).await.unwrap();
+    }
+    let r = within("close", SinkExt::<&[u8]>::close(&mut conn)).await;
+    assert!(r.is_ok() || r.as_ref().is_err_and(|f| f.is_eof()), "{r:?}");
+    let mut got = Vec::new();
+    within("read_to_end", b.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"one\ntwo\n");
+    drop(conn);
+}
+
+/// LC-3's bound holds for it: a peer that takes nothing keeps that flush
+/// no longer than `linger`; the output stays for `into_parts`.
+#[tokio::test(start_paused = true)]
+async fn inline_flush_after_end_of_input_is_bounded_by_linger() {
+    let (a, mut b) = tokio::io::duplex(64);
+    b.write_all(b"one\n").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut conn = QueuedFramed::builder()
+        .autocork(true)
+        .linger(Duration::from_secs(2))
+        .build(a);
+    let mut dec = LineCodec::new();
+    conn.read_with(&mut dec).await.unwrap();
+    conn.push_bytes(vec![b'x'; 1 << 20]).unwrap();
+    let e = conn.read_with(&mut dec).await.unwrap_err();
+    assert!(e.is_eof(), "{e:?}");
+    let start = tokio::time::Instant::now();
+    let r = conn.flush().await;
+    let took = start.elapsed();
+    assert!(r.is_err_and(|f| f.is_eof()));
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        "flush after the end took {took:?}, linger 2 s"
+    );
+    assert!(conn.write_buffered() > (1 << 20) - 1000);
+    // A second flush does not wait another period.
+    let start = tokio::time::Instant::now();
+    let _ = conn.flush().await;
+    assert!(start.elapsed() < Duration::from_millis(10));
+}
+
+/// With `linger` zero the output is dropped, as LC-3 says: the flush fails
+/// at once and nothing goes out.
+#[tokio::test]
+async fn inline_flush_after_end_of_input_with_zero_linger_writes_nothing() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    b.write_all(b"one\ntwo\n").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut conn = QueuedFramed::builder()
+        .autocork(true)
+        .linger(Duration::ZERO)
+        .build(a);
+    echo_until_the_end(&mut conn).await;
+    let r = within("flush", conn.flush()).await;
+    assert!(r.is_err_and(|f| f.is_eof()));
+    drop(conn);
+    let mut got = Vec::new();
+    within("read_to_end", b.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "{got:?}");
+}
+
+/// The other input-side errors LC-5 names: a read over `rbuf_max`
+/// (`ENOSPC`, fatal) and a fatal bad message (a line over its limit). The
+/// reply queued before each is written by the flush that follows.
+#[tokio::test]
+async fn inline_flush_after_rbuf_max_or_a_fatal_bad_message_writes_the_replies() {
+    for (case, rbuf_max, limit) in [("rbuf_max", Some(64), None), ("line limit", None, Some(64))] {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        b.write_all(b"one\n").await.unwrap();
+        b.write_all(&[b'x'; 200]).await.unwrap();
+        let mut conn = QueuedFramed::builder()
+            .autocork(true)
+            .rbuf_max(rbuf_max)
+            .build(a);
+        let mut dec = match limit {
+            Some(n) => LineCodec::builder().max_length(n).build().unwrap(),
+            None => LineCodec::new(),
+        };
+        let one = within("read_with", conn.read_with(&mut dec)).await.unwrap();
+        conn.push_write(LineCodec::new(), one.line()).unwrap();
+        let e = within("read_with", conn.read_with(&mut dec))
+            .await
+            .unwrap_err();
+        assert!(e.is_fatal(), "{case}: {e:?}");
+        let r = within("flush", conn.flush()).await;
+        assert_eq!(r.unwrap_err().kind(), e.kind(), "{case}");
+        let mut got = [0u8; 4];
+        within("read_exact", b.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"one\n", "{case}");
+    }
 }

@@ -40,6 +40,7 @@
 //! | Open | push past half of `wbuf_max` (spawned) | seal the inbox, count its output against the cap | Open | `push_encoded`, `push_bytes` |
 //! | Open | STARTTLS while a stoptls is queued | fatal `EINVAL` (its output was meant for TLS) | Closed | `request_starttls` → `close` |
 //! | Closed | any call | fails fast with the stored error | Closed | `check_open` |
+//! | Closed by an input-side error, inline | `flush`, `shutdown_write`, `Sink` close | write the output queued before it, within `linger`, then the stored error | Closed | `poll_after_close` |
 //!
 //! A request whose ticket must still consume its response when it fails
 //! (`OnDrop::Consume`: `call`, `push_response_with`, and every read their
@@ -1903,6 +1904,47 @@ impl Core {
         flushed
     }
 
+    /// The inline front end's `flush`, `shutdown_write` and `Sink::poll_close`
+    /// (`shut`) on a closed connection: the output queued before an error
+    /// of the input side is written (LC-5), within `linger` of the first
+    /// wait (`deadline`, armed only if the transport pushes back), then the
+    /// error that closed the connection is returned. `None` while open.
+    pub(crate) fn poll_after_close<IO>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        shut: bool,
+    ) -> Option<Poll<Error>>
+    where
+        IO: Transport,
+    {
+        let Life::Closed(err) = &self.life else {
+            return None;
+        };
+        let err = err.clone();
+        // Not after `destroy` (the caller ended it) or a zero linger.
+        let writes = err.kind() != crate::ErrorKind::Closed
+            && self.may_linger()
+            && !self.cfg.linger.is_zero();
+        if writes {
+            let linger = self.cfg.linger;
+            let written = self.poll_linger_with(io, cx, shut);
+            if written.is_pending() {
+                let deadline = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
+                if deadline.as_mut().poll(cx).is_pending() {
+                    return Some(Poll::Pending);
+                }
+                tracing::debug!(
+                    ?linger,
+                    unwritten = self.wq.len(),
+                    "linger expired with output unsent"
+                );
+            }
+        }
+        Some(Poll::Ready(err))
+    }
+
     /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)
     /// left pending ends early (the queue came down to the low watermark).
     /// (Output written by the read side does not end it: the flush waits
@@ -2247,6 +2289,14 @@ impl Core {
     where
         IO: Transport,
     {
+        self.poll_linger_with(io, cx, true)
+    }
+
+    /// [`poll_linger`](Self::poll_linger), half-closing after it if `shut`.
+    fn poll_linger_with<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>, shut: bool) -> Poll<()>
+    where
+        IO: Transport,
+    {
         // Only up to a TLS switch's marker: what was queued for after the
         // switch never goes out in plaintext.
         while self.wq.writable() > 0 {
@@ -2256,7 +2306,9 @@ impl Core {
             }
         }
         let _ = ready!(io.poll_send_flush(cx));
-        let _ = ready!(io.poll_send_shutdown(cx));
+        if shut {
+            let _ = ready!(io.poll_send_shutdown(cx));
+        }
         Poll::Ready(())
     }
 

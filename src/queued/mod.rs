@@ -90,6 +90,9 @@ pub struct QueuedFramed<IO, C = ()> {
     /// The default codec was checked for completing on no input (a fresh
     /// codec, at the first poll of the `Stream`).
     codec_checked: bool,
+    /// Bounds the writing of output queued before an input-side error, once
+    /// the connection is closed (`linger`, LC-5).
+    after_close: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What [`QueuedFramed::into_parts`] gives back: nothing is lost.
@@ -151,6 +154,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
             stream: StreamState::Live,
             watch: DecoderWatch::default(),
             codec_checked: false,
+            after_close: None,
         }
     }
 
@@ -503,13 +507,29 @@ where
     ///
     /// A transport error (fatal), or the error that closed the connection;
     /// `ETIMEDOUT` (non-fatal) when a write or idle timeout expires while the
-    /// peer does not take the output (the output stays queued).
+    /// peer does not take the output (the output stays queued). When an
+    /// error of the input side closed the connection (end of input inside a
+    /// read, a fatal bad message, `rbuf_max`), the output queued before it
+    /// is written first, for up to `linger` (docs/semantics.md LC-3, LC-5).
     pub async fn flush(&mut self) -> Result<()> {
-        poll_fn(|cx| {
-            let io = &mut self.io;
-            self.core.run(|core| core.poll_flush_inline(io, cx))
+        poll_fn(|cx| self.poll_flush_or_close(cx, false)).await
+    }
+
+    /// `flush`, or with `shut` the half-close after it. On a connection an
+    /// error of its input side closed, the output queued before the error
+    /// is still written, for up to `linger` (LC-5), then that error is
+    /// returned.
+    fn poll_flush_or_close(&mut self, cx: &mut Context<'_>, shut: bool) -> Poll<Result<()>> {
+        let (io, deadline) = (&mut self.io, &mut self.after_close);
+        self.core.run(|core| {
+            if let Some(closed) = core.poll_after_close(io, cx, deadline, shut) {
+                return closed.map(Err);
+            }
+            if shut && core.output() == self::core::Output::Open {
+                core.push_shutdown()?;
+            }
+            core.poll_flush_inline(io, cx)
         })
-        .await
     }
 
     /// [`push_write`](Self::push_write) then [`flush`](Self::flush).
@@ -527,13 +547,14 @@ where
     }
 
     /// [`push_shutdown`](Self::push_shutdown) then [`flush`](Self::flush).
+    /// On a connection an error of its input side closed, the output queued
+    /// before it is written and the write side closed, as `flush` says.
     ///
     /// # Errors
     ///
     /// As [`flush`](Self::flush).
     pub async fn shutdown_write(&mut self) -> Result<()> {
-        self.push_shutdown()?;
-        self.flush().await
+        poll_fn(|cx| self.poll_flush_or_close(cx, true)).await
     }
 
     /// Moves the connection into a spawned driver task and returns a
@@ -791,18 +812,11 @@ where
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let this = self.get_mut();
-        let io = &mut this.io;
-        this.core.run(|core| core.poll_flush_inline(io, cx))
+        self.get_mut().poll_flush_or_close(cx, false)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let this = self.get_mut();
-        if this.core.output() == self::core::Output::Open {
-            this.core.push_shutdown()?;
-        }
-        let io = &mut this.io;
-        this.core.run(|core| core.poll_flush_inline(io, cx))
+        self.get_mut().poll_flush_or_close(cx, true)
     }
 }
 

@@ -236,6 +236,9 @@ pub struct Model {
     /// Output pushed, and how much the peer has agreed to read.
     pub pushed: Vec<u8>,
     pub budget: usize,
+    /// The connection has a linger period (it starts with none; a rebuild
+    /// from parts has the default).
+    pub lingers: bool,
 }
 
 fn json_value(b: &[u8], i: usize) -> Result<usize, bool> {
@@ -494,6 +497,17 @@ impl Model {
                 break;
             }
         }
+    }
+
+    /// An inline flush on the closed connection still writes: it died of
+    /// an error of its input side (end of input, a fatal bad message) and
+    /// has a linger period (LC-3, LC-5).
+    fn flush_writes_after_death(&self) -> bool {
+        !self.spawned
+            && self.lingers
+            && self.dead.as_ref().is_some_and(|d| {
+                !d.panicked && matches!(d.kind, ErrorKind::BrokenPipe | ErrorKind::BadMessage)
+            })
     }
 
     fn written_now(&self) -> usize {
@@ -952,6 +966,7 @@ impl Runner {
                     m.die(MErr::new(ErrorKind::Closed, true));
                     m.dead = None;
                     m.hook = None;
+                    m.lingers = true;
                     self.front = Front::Inline(Box::new(QueuedFramed::from_parts(parts)));
                 }
             }
@@ -1004,11 +1019,21 @@ impl Runner {
                 if hook_panicked {
                     return Ok(());
                 }
+                let writes = m.dead.is_none() || m.flush_writes_after_death();
                 match (&m.dead, got) {
-                    (None, None) => ensure!(
+                    (_, None) if writes => ensure!(
                         m.pushed.len() > m.budget,
                         "flush waits with everything written"
                     ),
+                    (Some(want), Some(Err(e))) if writes => {
+                        ensure!(want.matches(&e), "flush: {e}, model {want:?}");
+                        ensure!(
+                            m.pushed.len() <= m.budget,
+                            "flush after the input-side error {want:?} done with {} of {} bytes written",
+                            m.budget,
+                            m.pushed.len()
+                        );
+                    }
                     (None, Some(Ok(()))) => ensure!(
                         m.pushed.len() <= m.budget,
                         "flush done with {} of {} bytes written",
@@ -1022,7 +1047,7 @@ impl Runner {
                         return Err(format!("flush: {got:?}, model's fatal error {want:?}"));
                     }
                 }
-                if let (Front::Inline(_), None) = (&self.front, &m.dead) {
+                if matches!(self.front, Front::Inline(_)) && writes {
                     let written = self.peer.written().len();
                     ensure!(
                         written == m.written_now(),
