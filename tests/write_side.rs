@@ -210,6 +210,23 @@ async fn stream_whose_write_out_runs_a_destroying_drain_hook_does_not_hang() {
 
 // ----- D. replies queued before an input-side fatal error ---------------------------
 
+/// A connection whose peer sent `input` and half-closed, and the peer.
+async fn half_closed_peer(input: &[u8]) -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    b.write_all(input).await.unwrap();
+    b.shutdown().await.unwrap();
+    (a, b)
+}
+
+/// Everything the peer receives up to the end.
+async fn received(mut b: tokio::io::DuplexStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    within("read_to_end", b.read_to_end(&mut got))
+        .await
+        .unwrap();
+    got
+}
+
 /// An echo loop over a peer that sent two lines and half-closed before the
 /// server read anything: the replies to both are queued (autocork holds
 /// them: no read waited), then the third read meets the end of input,
@@ -230,48 +247,38 @@ async fn echo_until_the_end(conn: &mut QueuedFramed<tokio::io::DuplexStream>) ->
 /// reports the error that closed the connection.
 #[tokio::test]
 async fn inline_flush_after_end_of_input_writes_the_replies_queued_before_it() {
-    let (a, mut b) = tokio::io::duplex(1 << 16);
-    b.write_all(b"one\ntwo\n").await.unwrap();
-    b.shutdown().await.unwrap();
+    let (a, b) = half_closed_peer(b"one\ntwo\n").await;
     let mut conn = QueuedFramed::builder().autocork(true).build(a);
     let e = echo_until_the_end(&mut conn).await;
     assert!(e.is_eof() && e.is_fatal(), "{e:?}");
     let r = within("flush", conn.flush()).await;
     assert!(r.as_ref().is_err_and(|f| f.is_eof()), "{r:?}");
     drop(conn);
-    let mut got = Vec::new();
-    within("read_to_end", b.read_to_end(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, b"one\ntwo\n", "replies queued before the end of input");
+    assert_eq!(
+        received(b).await,
+        b"one\ntwo\n",
+        "replies queued before the end of input"
+    );
 }
 
 /// The same through `shutdown_write()`: the replies go out, then the write
 /// side is closed.
 #[tokio::test]
 async fn inline_shutdown_write_after_end_of_input_writes_the_replies_then_closes() {
-    let (a, mut b) = tokio::io::duplex(1 << 16);
-    b.write_all(b"one\ntwo\n").await.unwrap();
-    b.shutdown().await.unwrap();
+    let (a, b) = half_closed_peer(b"one\ntwo\n").await;
     let mut conn = QueuedFramed::builder().autocork(true).build(a);
     echo_until_the_end(&mut conn).await;
     let r = within("shutdown_write", conn.shutdown_write()).await;
     assert!(r.as_ref().is_err_and(|f| f.is_eof()), "{r:?}");
     // The connection is still held: the end the peer sees is the half-close.
-    let mut got = Vec::new();
-    within("read_to_end", b.read_to_end(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, b"one\ntwo\n");
+    assert_eq!(received(b).await, b"one\ntwo\n");
     drop(conn);
 }
 
 /// And the `Sink`'s `poll_close`.
 #[tokio::test]
 async fn sink_close_after_end_of_input_writes_the_replies_then_closes() {
-    let (a, mut b) = tokio::io::duplex(1 << 16);
-    b.write_all(b"one\ntwo\n").await.unwrap();
-    b.shutdown().await.unwrap();
+    let (a, b) = half_closed_peer(b"one\ntwo\n").await;
     let mut conn = QueuedFramed::builder()
         .autocork(true)
         .build_with_codec(a, LineCodec::new());
@@ -289,11 +296,7 @@ async fn sink_close_after_end_of_input_writes_the_replies_then_closes() {
     }
     let r = within("close", SinkExt::<&[u8]>::close(&mut conn)).await;
     assert!(r.is_ok() || r.as_ref().is_err_and(|f| f.is_eof()), "{r:?}");
-    let mut got = Vec::new();
-    within("read_to_end", b.read_to_end(&mut got))
-        .await
-        .unwrap();
-    assert_eq!(got, b"one\ntwo\n");
+    assert_eq!(received(b).await, b"one\ntwo\n");
     drop(conn);
 }
 
@@ -332,9 +335,7 @@ async fn inline_flush_after_end_of_input_is_bounded_by_linger() {
 /// at once and nothing goes out.
 #[tokio::test]
 async fn inline_flush_after_end_of_input_with_zero_linger_writes_nothing() {
-    let (a, mut b) = tokio::io::duplex(1 << 16);
-    b.write_all(b"one\ntwo\n").await.unwrap();
-    b.shutdown().await.unwrap();
+    let (a, b) = half_closed_peer(b"one\ntwo\n").await;
     let mut conn = QueuedFramed::builder()
         .autocork(true)
         .linger(Duration::ZERO)
@@ -343,10 +344,7 @@ async fn inline_flush_after_end_of_input_with_zero_linger_writes_nothing() {
     let r = within("flush", conn.flush()).await;
     assert!(r.is_err_and(|f| f.is_eof()));
     drop(conn);
-    let mut got = Vec::new();
-    within("read_to_end", b.read_to_end(&mut got))
-        .await
-        .unwrap();
+    let got = received(b).await;
     assert!(got.is_empty(), "{got:?}");
 }
 
