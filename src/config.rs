@@ -161,7 +161,13 @@ impl Builder {
     /// dropped, or `destroy`) keeps writing its queued output in the
     /// background (LC-3; default [`DEFAULT_LINGER`]; zero discards it at
     /// once). A connection closed by an error toward the peer does not
-    /// linger.
+    /// linger. It also bounds an inline connection's `flush` after an error
+    /// of its input side (LC-5).
+    ///
+    /// Like the timeouts, the period is a tokio timer: a runtime built
+    /// without its time driver (`enable_time`, which `enable_all` and
+    /// `#[tokio::main]` include) panics when the peer makes a lingering
+    /// write wait, as `tokio::time::sleep` does.
     pub fn linger(&mut self, linger: Duration) -> &mut Self {
         self.cfg.linger = linger;
         self

@@ -292,8 +292,10 @@ pub(crate) struct Core {
     /// the next plain read gets it, as a decoder kept across the
     /// cancellation would have returned it from its next call.
     carried: Option<Error>,
-    /// The output side failed (`wbuf_max`): no linger.
-    output_failed: bool,
+    /// The queued output is never written again (no linger): `wbuf_max`
+    /// was crossed, a write failed after the close, or an inline
+    /// connection was destroyed. It stays for `into_parts`.
+    output_dropped: bool,
     /// The peer's certificate (DER), kept when the handshake completes so a
     /// spawned connection's handles can read it.
     #[cfg(any(feature = "tls", feature = "rustls"))]
@@ -388,7 +390,7 @@ impl Core {
             tls_active: false,
             deferred: None,
             carried: None,
-            output_failed: false,
+            output_dropped: false,
             #[cfg(any(feature = "tls", feature = "rustls"))]
             peer_cert: None,
             sweep_at: SWEEP_MIN,
@@ -482,9 +484,9 @@ impl Core {
         use crate::ErrorKind as K;
         match &self.life {
             Life::Open => true,
+            Life::Closed(_) if self.output_dropped => false,
             Life::Closed(e) => match e.kind() {
-                K::Closed | K::BadMessage => true,
-                K::NoSpace => !self.output_failed,
+                K::Closed | K::BadMessage | K::NoSpace => true,
                 K::BrokenPipe => e.is_eof(),
                 _ => false,
             },
@@ -642,6 +644,15 @@ impl Core {
             WaitingSince::Parked => self.marks.take_owed(cx),
         };
         owed.map_or(Ok(()), Err)
+    }
+
+    /// `destroy()` (LC-1). An inline connection's queued output goes with
+    /// it (no later flush writes it); a spawned driver lingers on it (LC-3).
+    pub(crate) fn destroy(&mut self) {
+        if self.handles.is_none() {
+            self.output_dropped = true;
+        }
+        self.close(Error::closed());
     }
 
     /// Closes the connection: every queued request, switch and waiter fails
@@ -1656,7 +1667,7 @@ impl Core {
     /// `wbuf_max` crossed: fatal, and the queued output is not lingered on.
     fn output_full(&mut self) -> Error {
         let e = Error::no_space("queued output exceeds wbuf_max");
-        self.output_failed = true;
+        self.output_dropped = true;
         self.close(e.clone());
         e
     }
@@ -1923,12 +1934,10 @@ impl Core {
             return None;
         };
         let err = err.clone();
-        // Not after `destroy` (the caller ended it) or a zero linger.
-        let writes = err.kind() != crate::ErrorKind::Closed
-            && self.may_linger()
-            && !self.cfg.linger.is_zero();
-        if writes {
+        if self.may_linger() && !self.cfg.linger.is_zero() {
             let linger = self.cfg.linger;
+            // A half-close queued before the error goes out too.
+            let shut = shut || self.output == Output::ShutdownRequested;
             let written = self.poll_linger_with(io, cx, shut);
             if written.is_pending() {
                 let deadline = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
@@ -2302,12 +2311,18 @@ impl Core {
         while self.wq.writable() > 0 {
             match ready!(self.wq.poll_write(io, cx)) {
                 Ok(n) if n > 0 => {}
-                _ => return Poll::Ready(()),
+                _ => {
+                    // Toward the peer: nothing more is tried.
+                    self.output_dropped = true;
+                    return Poll::Ready(());
+                }
             }
         }
-        let _ = ready!(io.poll_send_flush(cx));
-        if shut {
+        if ready!(io.poll_send_flush(cx)).is_err() {
+            self.output_dropped = true;
+        } else if shut && self.output != Output::Shut {
             let _ = ready!(io.poll_send_shutdown(cx));
+            self.output = Output::Shut;
         }
         Poll::Ready(())
     }

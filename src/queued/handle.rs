@@ -1107,7 +1107,7 @@ impl Handle {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed); queued output is
     /// still written for up to `linger`.
     pub fn destroy(&self) {
-        self.lock().close(Error::closed());
+        self.lock().destroy();
     }
 
     /// Whether the connection is closed.

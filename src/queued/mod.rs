@@ -272,7 +272,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed), later calls fail
     /// fast. Buffers stay reachable through [`into_parts`](Self::into_parts).
     pub fn destroy(&mut self) {
-        self.core.close(Error::closed());
+        self.core.destroy();
     }
 
     // ----- queued reads -----------------------------------------------------
@@ -522,13 +522,20 @@ where
     fn poll_flush_or_close(&mut self, cx: &mut Context<'_>, shut: bool) -> Poll<Result<()>> {
         let (io, deadline) = (&mut self.io, &mut self.after_close);
         self.core.run(|core| {
-            if let Some(closed) = core.poll_after_close(io, cx, deadline, shut) {
-                return closed.map(Err);
+            if !core.is_closed() {
+                if shut && core.output() == self::core::Output::Open {
+                    core.push_shutdown()?;
+                }
+                match ready!(core.poll_flush_inline(io, cx)) {
+                    // The flush ran reads queued in front of a TLS switch,
+                    // and one of them closed the connection.
+                    Err(_) if core.is_closed() => {}
+                    done => return Poll::Ready(done),
+                }
             }
-            if shut && core.output() == self::core::Output::Open {
-                core.push_shutdown()?;
-            }
-            core.poll_flush_inline(io, cx)
+            // Closed here: `None` (open) cannot come back.
+            core.poll_after_close(io, cx, deadline, shut)
+                .map_or(Poll::Ready(Ok(())), |closed| closed.map(Err))
         })
     }
 

@@ -590,7 +590,7 @@ impl Requests<'_> {
     /// Closes the connection (as [`QueuedFramed::destroy`](crate::QueuedFramed::destroy)):
     /// an `on_timeout` hook can end an idle connection this way.
     pub fn destroy(&mut self) {
-        self.core.close(Error::closed());
+        self.core.destroy();
     }
 
     /// Starts TLS on this connection once the current completion returns

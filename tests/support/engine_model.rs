@@ -939,6 +939,9 @@ impl Runner {
                     Front::Spawned(h, _) => h.destroy(),
                 }
                 self.model.die(MErr::new(ErrorKind::Closed, true));
+                // An inline connection's output goes with it, even after
+                // an earlier error.
+                self.model.lingers = false;
             }
             Op::Rebuild => {
                 if let Front::Inline(_) = self.front {
