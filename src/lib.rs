@@ -112,4 +112,4 @@ pub use error::{Error, ErrorKind, Result};
 #[cfg(any(feature = "tls", feature = "rustls"))]
 pub use queued::AutostartTicket;
 pub use queued::Timeout;
-pub use queued::{Driver, FnDecoder, Handle, OrEof, Parts, QueuedFramed, Requests, Ticket};
+pub use queued::{Closed, Driver, FnDecoder, Handle, OrEof, Parts, QueuedFramed, Requests, Ticket};

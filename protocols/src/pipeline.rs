@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use anyframe::codecs::ChunkCodec;
-use anyframe::{Error, ErrorKind, Handle, Result, Ticket};
+use anyframe::{Closed, Error, ErrorKind, Handle, Result, Ticket};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
@@ -255,6 +255,9 @@ pub struct Pipelined<P> {
     shared: Arc<Shared<P>>,
     permits: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
+    /// While waiting for a slot: the connection's end, which gives no slot
+    /// back to a clone that holds one without calling.
+    closed: Option<Closed>,
 }
 
 struct Shared<P> {
@@ -277,6 +280,7 @@ impl<P: Protocol> Pipelined<P> {
             }),
             permits: PollSemaphore::new(Arc::new(Semaphore::new(max_in_flight.max(1)))),
             permit: None,
+            closed: None,
         }
     }
 
@@ -320,6 +324,7 @@ impl<P> Clone for Pipelined<P> {
             shared: self.shared.clone(),
             permits: self.permits.clone(),
             permit: None,
+            closed: None,
         }
     }
 }
@@ -339,7 +344,10 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.permit.is_none() {
             match self.permits.poll_acquire(cx) {
-                Poll::Ready(Some(p)) => self.permit = Some(p),
+                Poll::Ready(Some(p)) => {
+                    self.permit = Some(p);
+                    self.closed = None;
+                }
                 Poll::Ready(None) => {
                     return Poll::Ready(Err(Error::custom(
                         ErrorKind::Closed,
@@ -347,13 +355,10 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
                         "client closed",
                     )));
                 }
-                // A closed connection gives no slot back to a clone that
-                // holds one without calling: its end wakes this wait too.
                 Poll::Pending => {
-                    return match self.shared.handle.poll_closed(cx) {
-                        Poll::Ready(e) => Poll::Ready(Err(e)),
-                        Poll::Pending => Poll::Pending,
-                    };
+                    let handle = &self.shared.handle;
+                    let closed = self.closed.get_or_insert_with(|| handle.closed());
+                    return Pin::new(closed).poll(cx).map(Err);
                 }
             }
         }

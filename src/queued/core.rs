@@ -54,7 +54,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::Weak;
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -172,9 +172,30 @@ const DISPATCH_ROUND: usize = 32;
 /// its length after the last sweep, and never below this.
 const SWEEP_MIN: u32 = 64;
 
-/// How many close waiters are kept before all of them are woken to look
-/// again (see [`Core::poll_closed`]).
-const CLOSE_WAITERS_KEEP: usize = 32;
+/// The close of a spawned connection, for the futures that wait for it:
+/// the error is set once, then every waiter is woken. (A `Notify`, not a
+/// list of wakers: any number of waiters, each removed when dropped.)
+#[derive(Default)]
+pub(crate) struct CloseSignal {
+    error: OnceLock<Error>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl CloseSignal {
+    fn close(&self, err: &Error) {
+        let _ = self.error.set(err.clone());
+        self.notify.notify_waiters();
+    }
+
+    /// The error that closed the connection, once it has.
+    pub(crate) fn error(&self) -> Option<&Error> {
+        self.error.get()
+    }
+
+    pub(crate) fn notified(&self) -> tokio::sync::futures::OwnedNotified {
+        Arc::clone(&self.notify).notified_owned()
+    }
+}
 
 /// Why [`Core::poll_fill`] stopped without input.
 pub(crate) enum FillStop {
@@ -266,7 +287,12 @@ pub(crate) struct Core {
     /// so a second wake-up (one per push of a batch) is skipped.
     driver_woken: bool,
     /// Resolved when the write queue is empty and flushed.
-    flush_waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// Handles' flushes: each resolves once the bytes queued before it
+    /// (up to its mark in [`sent`](Self::sent)) have left and the
+    /// transport is flushed, whatever was queued after it. In mark order.
+    flush_waiters: Vec<(u64, oneshot::Sender<Result<()>>)>,
+    /// Bytes written to the transport so far (the flushes' marks).
+    sent: u64,
     /// Counts non-fatal errors handed to the write side's waiters
     /// (`drained`, `ready_to_write`), with the last one, so a waiter that
     /// registered before it can see it.
@@ -311,8 +337,9 @@ pub(crate) struct Core {
     /// Spawned: the handles, whose inbox holds writes queued while the
     /// engine was busy (see [`seal_inbox`](Self::seal_inbox)).
     handles: Option<Weak<Shared>>,
-    /// Tasks waiting for the close ([`poll_closed`](Self::poll_closed)).
-    close_waiters: Vec<Waker>,
+    /// Spawned: told the error when the connection closes
+    /// ([`Handle::closed`](crate::Handle::closed)).
+    close_signal: Option<Arc<CloseSignal>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -379,6 +406,7 @@ impl Core {
             driver: None,
             driver_woken: false,
             flush_waiters: Vec::new(),
+            sent: 0,
             write_errors: 0,
             last_write_error: None,
             unflushed: false,
@@ -396,7 +424,7 @@ impl Core {
             sweep_at: SWEEP_MIN,
             poisoned: false,
             handles: None,
-            close_waiters: Vec::new(),
+            close_signal: None,
             cfg,
         }
     }
@@ -613,11 +641,11 @@ impl Core {
         // once this turn lets go of the engine, after it is recorded below.
         let parked = self.marks.owe_waiters(err);
         // A flush given up (its future dropped) hears nothing.
-        self.flush_waiters.retain(|w| !w.is_closed());
+        self.flush_waiters.retain(|(_, w)| !w.is_closed());
         if self.flush_waiters.is_empty() && !parked {
             return false;
         }
-        for w in self.flush_waiters.drain(..) {
+        for (_, w) in self.flush_waiters.drain(..) {
             let _ = w.send(Err(err.clone()));
         }
         self.write_errors = self.write_errors.wrapping_add(1);
@@ -665,8 +693,8 @@ impl Core {
         // A switch's marker stays: output queued after a STARTTLS that never
         // ran must not leave in plaintext (linger stops at the marker).
         self.life = Life::Closed(err.clone());
-        for w in std::mem::take(&mut self.close_waiters) {
-            w.wake();
+        if let Some(signal) = &self.close_signal {
+            signal.close(&err);
         }
         // Dropping an entry runs user code (a completion's captures): one
         // that panics must not keep the others from being told.
@@ -685,7 +713,7 @@ impl Core {
                 panicked.get_or_insert(payload);
             }
         }
-        for w in self.flush_waiters.drain(..) {
+        for (_, w) in self.flush_waiters.drain(..) {
             let _ = w.send(Err(err.clone()));
         }
         self.marks.wake_all();
@@ -741,6 +769,9 @@ impl Core {
         }
         let err = Error::panicked("the panic went on to the caller");
         self.life = Life::Closed(err.clone());
+        if let Some(signal) = &self.close_signal {
+            signal.close(&err);
+        }
         self.poisoned = true;
         for entry in &mut self.queue {
             match entry {
@@ -755,7 +786,7 @@ impl Core {
                 }
             }
         }
-        for w in self.flush_waiters.drain(..) {
+        for (_, w) in self.flush_waiters.drain(..) {
             let _ = w.send(Err(err.clone()));
         }
         self.marks.wake_all();
@@ -1319,23 +1350,15 @@ impl Core {
         self.timers.reset(which);
     }
 
-    /// `Ready` with the error that closed the connection, else the task is
-    /// woken when it closes.
-    pub(crate) fn poll_closed(&mut self, cx: &Context<'_>) -> Poll<Error> {
-        if let Life::Closed(e) = &self.life {
-            return Poll::Ready(e.clone());
+    /// What tells [`Closed`](crate::queued::handle::Closed) futures of the
+    /// close (made once, by the first).
+    pub(crate) fn close_signal(&mut self) -> Arc<CloseSignal> {
+        let err = self.error().cloned();
+        let signal = self.close_signal.get_or_insert_with(Default::default);
+        if let Some(e) = err {
+            signal.close(&e);
         }
-        if !self.close_waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            if self.close_waiters.len() >= CLOSE_WAITERS_KEEP {
-                // Spurious wake-ups are allowed: the live ones look again,
-                // and one gone for good is forgotten.
-                for w in self.close_waiters.drain(..) {
-                    w.wake();
-                }
-            }
-            self.close_waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
+        signal.clone()
     }
 
     #[cfg(feature = "tower")]
@@ -1719,7 +1742,10 @@ impl Core {
     {
         loop {
             self.check_open()?;
-            ready!(self.poll_write_some(io, cx))?;
+            if self.poll_write_some(io, cx)?.is_pending() {
+                self.settle_flushes(io, cx)?;
+                return Poll::Pending;
+            }
             if self.head_is_switch() {
                 // A switch at the head runs before any later write.
                 let _ = ready!(self.poll_switch(io, cx));
@@ -1730,6 +1756,7 @@ impl Core {
             }
             // Stopped at the marker of a switch queued behind reads: those
             // reads must complete first.
+            self.settle_flushes(io, cx)?;
             return Poll::Pending;
         }
         if self.unflushed {
@@ -1755,10 +1782,37 @@ impl Core {
             tracing::debug!("write side shut down");
             self.output = Output::Shut;
         }
-        for w in self.flush_waiters.drain(..) {
+        for (_, w) in self.flush_waiters.drain(..) {
             let _ = w.send(Ok(()));
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// The transport pushes back, or output waits behind a switch's marker,
+    /// with flushes whose own bytes have all left: the transport is flushed
+    /// and they resolve, however much was queued after them.
+    fn settle_flushes<IO>(&mut self, io: &mut IO, cx: &mut Context<'_>) -> Result<()>
+    where
+        IO: Transport,
+    {
+        let sent = self.sent;
+        let done = self
+            .flush_waiters
+            .partition_point(|(mark, _)| *mark <= sent);
+        if done == 0 {
+            return Ok(());
+        }
+        if self.unflushed {
+            match poll_io!(self, cx, |c| io.poll_send_flush(c)) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Err(e)) => return Err(self.io_failed(e)),
+                Poll::Ready(Ok(())) => self.unflushed = false,
+            }
+        }
+        for (_, w) in self.flush_waiters.drain(..done) {
+            let _ = w.send(Ok(()));
+        }
+        Ok(())
     }
 
     /// Writes until the queue is empty or reaches a switch's marker.
@@ -1782,10 +1836,11 @@ impl Core {
                     let e = Error::transport(std::io::ErrorKind::WriteZero.into());
                     return Poll::Ready(Err(self.io_failed(e)));
                 }
-                Ok(_) => {
+                Ok(n) => {
                     if let Some(coop) = coop {
                         coop.made_progress();
                     }
+                    self.sent += n as u64;
                     self.unflushed = true;
                     self.timers.on_write();
                     if self.marks.written(self.wq.len()) {
@@ -1871,7 +1926,9 @@ impl Core {
         Poll::Ready(Ok(()))
     }
 
-    /// A flush for handles: resolved when the queue drains.
+    /// A flush for handles: resolved once what is queued now is written and
+    /// the transport flushed (and the half-close done, if one is queued and
+    /// the queue drains).
     pub(crate) fn flush_ticket(&mut self) -> oneshot::Receiver<Result<()>> {
         let (tx, rx) = oneshot::channel();
         match &self.life {
@@ -1886,10 +1943,11 @@ impl Core {
                 // `flush` against a stalled peer keeps the list at twice
                 // the live ones.
                 if self.flush_waiters.len() == self.flush_waiters.capacity() {
-                    self.flush_waiters.retain(|w| !w.is_closed());
+                    self.flush_waiters.retain(|(_, w)| !w.is_closed());
                     self.flush_waiters.reserve(self.flush_waiters.len());
                 }
-                self.flush_waiters.push(tx);
+                let mark = self.sent + self.wq.len() as u64;
+                self.flush_waiters.push((mark, tx));
                 self.wake_driver();
             }
         }

@@ -8,19 +8,20 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::futures::OwnedNotified;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{Error, Result};
 use crate::queued::Parts;
 use crate::queued::core::panic_text;
-use crate::queued::core::{Core, WaitingSince};
+use crate::queued::core::{CloseSignal, Core, WaitingSince};
 use crate::queued::request::{OnDrop, Request, Requests, Ticket, read_request};
 use crate::queued::timer::Timeout;
 use crate::queued::transport::TransportIo;
@@ -110,18 +111,22 @@ impl Published {
 
     /// Stores only what changed: these are read far more often than they
     /// change, and a store would pull the line away from other threads.
+    ///
+    /// The room goes first: a handle that sees `writes` opened again (after
+    /// a seal) then reads the room stored before it, never the larger room
+    /// from before the seal.
     fn publish(&self, core: &Core) {
-        let reads = !core.is_closed();
-        if self.reads.load(Ordering::Relaxed) != reads {
-            self.reads.store(reads, Ordering::Release);
+        let room = core.write_room();
+        if self.room.load(Ordering::Relaxed) != room {
+            self.room.store(room, Ordering::Release);
         }
         let writes = core.accepts_writes();
         if self.writes.load(Ordering::Relaxed) != writes {
             self.writes.store(writes, Ordering::Release);
         }
-        let room = core.write_room();
-        if self.room.load(Ordering::Relaxed) != room {
-            self.room.store(room, Ordering::Release);
+        let reads = !core.is_closed();
+        if self.reads.load(Ordering::Relaxed) != reads {
+            self.reads.store(reads, Ordering::Release);
         }
     }
 }
@@ -1120,15 +1125,12 @@ impl Handle {
         self.lock().error().cloned()
     }
 
-    /// The poll form of [`closed`](Self::closed): `Ready` with the error
-    /// that closed the connection, else `Pending`, and the task is woken
-    /// when it closes. For a `poll_ready` that waits on something else
-    /// (an in-flight slot, say) and must not miss the connection's end.
-    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<Error> {
-        self.lock().poll_closed(cx)
-    }
-
     /// Resolves, with the error that closed it, when the connection closes.
+    ///
+    /// The future is `Unpin`, `Send` and `'static` and does not keep the
+    /// connection open, so a `poll_ready` that waits for something else (an
+    /// in-flight slot) can keep one across polls and not miss the end. Any
+    /// number may wait; each is woken once, at the close.
     ///
     /// # Examples
     ///
@@ -1138,14 +1140,17 @@ impl Handle {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let (io, _peer) = tokio::io::duplex(64);
     /// let (handle, _driver) = QueuedFramed::new(io).spawn();
-    /// let watcher = handle.clone();
-    /// let closed = tokio::spawn(async move { watcher.closed().await });
+    /// let closed = tokio::spawn(handle.closed());
     /// handle.destroy();
     /// assert!(closed.await.unwrap().is_fatal());
     /// # }
     /// ```
-    pub async fn closed(&self) -> Error {
-        poll_fn(|cx| self.poll_closed(cx)).await
+    pub fn closed(&self) -> Closed {
+        let signal = self.lock().close_signal();
+        Closed {
+            notified: Box::pin(signal.notified()),
+            signal,
+        }
     }
 
     /// Whether end of input has been seen.
@@ -1374,6 +1379,39 @@ impl fmt::Debug for AutostartTicket {
         f.debug_struct("AutostartTicket")
             .field("handshaking", &self.handshake.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Handle::closed`]: the error that closed the connection,
+/// once it has closed.
+#[must_use = "futures do nothing unless polled"]
+pub struct Closed {
+    signal: Arc<CloseSignal>,
+    notified: Pin<Box<OwnedNotified>>,
+}
+
+impl Future for Closed {
+    type Output = Error;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Error> {
+        let this = &mut *self;
+        loop {
+            // Registered before looking, so a close in between wakes it.
+            this.notified.as_mut().enable();
+            if let Some(e) = this.signal.error() {
+                return Poll::Ready(e.clone());
+            }
+            ready!(this.notified.as_mut().poll(cx));
+            this.notified = Box::pin(this.signal.notified());
+        }
+    }
+}
+
+impl fmt::Debug for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Closed")
+            .field("error", &self.signal.error())
+            .finish()
     }
 }
 

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 #[cfg(any(feature = "tls", feature = "rustls"))]
 pub use self::handle::AutostartTicket;
 pub(crate) use self::handle::spawn_connecting;
-pub use self::handle::{Driver, Handle};
+pub use self::handle::{Closed, Driver, Handle};
 pub use self::request::{FnDecoder, OrEof, Requests, Ticket};
 pub use self::timer::Timeout;
 

@@ -12,7 +12,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::PollSemaphore;
 
 use crate::error::{Error, Result};
-use crate::queued::{Handle, Ticket, Timeout};
+use crate::queued::{Closed, Handle, Ticket, Timeout};
 
 /// Chooses the decoder for a request's response (`GET` answers a line,
 /// `FETCH` a length-prefixed blob, ...). Implemented for every
@@ -133,6 +133,9 @@ pub struct Client<E, R> {
     decoders: R,
     permits: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
+    /// While waiting for a slot: the connection's end, which gives no slot
+    /// back to a clone that holds one without calling.
+    closed: Option<Closed>,
     idle: Arc<Idle>,
 }
 
@@ -191,6 +194,7 @@ impl ClientBuilder {
             decoders,
             permits: PollSemaphore::new(Arc::new(Semaphore::new(self.max_in_flight))),
             permit: None,
+            closed: None,
             idle: Arc::default(),
         }
     }
@@ -231,11 +235,16 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.permit.is_none() {
             match self.permits.poll_acquire(cx) {
-                Poll::Ready(Some(p)) => self.permit = Some(p),
+                Poll::Ready(Some(p)) => {
+                    self.permit = Some(p);
+                    self.closed = None;
+                }
                 Poll::Ready(None) => return Poll::Ready(Err(Error::closed())),
-                // A closed connection gives no slot back to a clone that
-                // holds one without calling: its end wakes this wait too.
-                Poll::Pending => return self.handle.poll_closed(cx).map(Err),
+                Poll::Pending => {
+                    let handle = &self.handle;
+                    let closed = self.closed.get_or_insert_with(|| handle.closed());
+                    return Pin::new(closed).poll(cx).map(Err);
+                }
             }
         }
         ready!(self.handle.poll_write_ready(cx))?;
@@ -283,6 +292,7 @@ impl<E: Clone, R: Clone> Clone for Client<E, R> {
             decoders: self.decoders.clone(),
             permits: self.permits.clone(),
             permit: None,
+            closed: None,
             idle: self.idle.clone(),
         }
     }
