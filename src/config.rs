@@ -303,8 +303,8 @@ impl Builder {
     /// taken apart and put back with `from_parts` has the default caps and
     /// timeouts.) With [`tls`](Self::tls), the unwritten bytes go out
     /// before the handshake, in plaintext (they were queued before it,
-    /// TLS-2), and the unread bytes are the start of the peer's handshake
-    /// (OPT-18).
+    /// TLS-2), [`after_switch`](crate::Parts::after_switch) after it, and
+    /// the unread bytes are the start of the peer's handshake (OPT-18).
     pub fn build_from_parts<IO, C>(&self, parts: crate::Parts<IO, C>) -> crate::QueuedFramed<IO, C>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -477,6 +477,15 @@ impl Core {
         }
     }
 
+    /// The output a linger may still write: after the close only what was
+    /// queued before a pending switch (the switch failed with the rest).
+    pub(crate) fn lingering_output(&self) -> usize {
+        match self.life {
+            Life::Open => self.wq.len(),
+            Life::Closed(_) => self.wq.writable(),
+        }
+    }
+
     pub(crate) fn write_buffered(&self) -> usize {
         self.wq.len()
     }
@@ -531,10 +540,27 @@ impl Core {
     }
 
     /// Puts back the buffers of a handle taken apart earlier.
-    pub(crate) fn restore(&mut self, read_buf: BytesMut, write_buf: BytesMut) {
+    pub(crate) fn restore(
+        &mut self,
+        read_buf: BytesMut,
+        write_buf: BytesMut,
+        after_switch: BytesMut,
+    ) {
         self.rbuf = read_buf;
         self.input_epoch = self.input_epoch.wrapping_add(1);
         self.wq.restore(write_buf);
+        if !after_switch.is_empty() {
+            if self.wq.has_marker() {
+                // Behind the builder's own switch: encrypted, never in
+                // plaintext.
+                self.wq.push_bytes(after_switch.freeze());
+            } else {
+                tracing::warn!(
+                    bytes = after_switch.len(),
+                    "output that waited for a TLS switch is not restored on a connection without one"
+                );
+            }
+        }
         // Output handed back is output queued: above the high mark it
         // holds producers back, and its drain is an edge (OPT-5).
         self.marks.pushed(self.wq.len());
@@ -2231,7 +2257,6 @@ impl Core {
             let Some(Entry::Switch(sw)) = self.queue.pop_front() else {
                 unreachable!("the head was a switch");
             };
-            self.wq.clear_marker();
             // A switch that failed without changing anything (refused at
             // the start) is its own caller's error (ERR-3), unless it was a
             // STARTTLS on a connection not in TLS: whatever was queued
@@ -2241,8 +2266,6 @@ impl Core {
             let refused_start = matches!(sw.kind, SwitchKind::Start(_));
             let step = match step {
                 Err(e) if !e.is_fatal() && refused_start && !self.tls_active => {
-                    // Dropped here: a lingering close must not send it either.
-                    drop(self.wq.take_all());
                     Err(Error::fatal_because(
                         e,
                         "STARTTLS refused on a connection not in TLS: closed so that nothing meant for TLS leaves in plaintext",
@@ -2250,6 +2273,12 @@ impl Core {
                 }
                 step => step,
             };
+            // After a fatal failure the marker stays: what was queued
+            // behind the switch is neither lingered on nor handed back as
+            // plaintext (`Parts::after_switch`).
+            if !step.as_ref().is_err_and(Error::is_fatal) {
+                self.wq.clear_marker();
+            }
             if let Some(done) = sw.done {
                 let _ = done.send(step.clone());
             }
@@ -2385,10 +2414,12 @@ impl Core {
         Poll::Ready(())
     }
 
-    /// Everything not yet consumed or written, for `into_parts`; queued
-    /// requests fail with `Closed`.
-    pub(crate) fn take_buffers(&mut self) -> (BytesMut, BytesMut) {
+    /// Everything not yet consumed or written, for `into_parts`: the read
+    /// buffer, the output, and the output queued behind a TLS switch that
+    /// did not run. Queued requests fail with `Closed`.
+    pub(crate) fn take_buffers(&mut self) -> (BytesMut, BytesMut, BytesMut) {
         self.close(Error::closed());
-        (std::mem::take(&mut self.rbuf), self.wq.take_all())
+        let (out, after_switch) = self.wq.take_split();
+        (std::mem::take(&mut self.rbuf), out, after_switch)
     }
 }

@@ -564,7 +564,7 @@ where
                 core.register_driver(cx.waker());
                 let ended = core.is_closed() || task_shared.users.load(Ordering::Acquire) == 0;
                 let lingers =
-                    core.write_buffered() > 0 && !core.linger().is_zero() && core.may_linger();
+                    core.lingering_output() > 0 && !core.linger().is_zero() && core.may_linger();
                 if task_shared.detach.load(Ordering::Acquire) || (ended && !lingers) {
                     return Poll::Ready(None);
                 }
@@ -673,7 +673,7 @@ where
             tracing::debug!(?linger, "linger expired with output unsent");
         }
     }
-    let (mut read_buf, write_buf) = {
+    let (mut read_buf, write_buf, after_switch) = {
         let mut core = shared.lock();
         shared.close_inbox(&mut core);
         core.take_buffers()
@@ -691,6 +691,7 @@ where
         codec: (),
         read_buf,
         write_buf,
+        after_switch,
     }
 }
 

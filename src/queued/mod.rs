@@ -105,8 +105,18 @@ pub struct Parts<IO, C = ()> {
     pub codec: C,
     /// Bytes read but not consumed by any request.
     pub read_buf: BytesMut,
-    /// Bytes queued but not yet written, in order.
+    /// Bytes queued but not yet written, in order, up to a pending TLS
+    /// switch.
     pub write_buf: BytesMut,
+    /// Bytes queued behind a TLS switch (`push_starttls`, `push_stoptls`,
+    /// `Builder::tls`) that had not run: meant to go out only once it had,
+    /// encrypted after a STARTTLS, so never to be written as plaintext
+    /// in front of it (TLS-4). Empty unless a switch was pending.
+    /// [`Builder::build_from_parts`](crate::Builder::build_from_parts) with
+    /// [`tls`](crate::Builder::tls) queues them behind its handshake;
+    /// [`QueuedFramed::from_parts`] and a builder without TLS do not
+    /// restore them (take them out first to keep them).
+    pub after_switch: BytesMut,
 }
 
 impl<IO, C> Parts<IO, C> {
@@ -117,6 +127,7 @@ impl<IO, C> Parts<IO, C> {
             codec,
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
+            after_switch: BytesMut::new(),
         }
     }
 }
@@ -169,7 +180,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
 
     pub(crate) fn from_parts_with(parts: Parts<IO, C>, core: Core) -> QueuedFramed<IO, C> {
         let mut this = QueuedFramed::from_core(parts.io, parts.codec, core);
-        this.core.restore(parts.read_buf, parts.write_buf);
+        this.core
+            .restore(parts.read_buf, parts.write_buf, parts.after_switch);
         // A codec handed back by `into_parts` (or taken from a `Framed`)
         // may be in the middle of a frame, with state that points into
         // these bytes: it is not probed with an empty buffer.
@@ -185,7 +197,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// like AE's `resettls`): call [`stoptls`](Self::stoptls) first to hand
     /// over a clean plaintext stream.
     pub fn into_parts(mut self) -> Parts<IO, C> {
-        let (mut read_buf, write_buf) = self.core.take_buffers();
+        let (mut read_buf, write_buf, after_switch) = self.core.take_buffers();
         let (io, unread) = transport::unwrap(self.io);
         read_buf.extend_from_slice(&unread);
         Parts {
@@ -193,6 +205,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
             codec: self.codec,
             read_buf,
             write_buf,
+            after_switch,
         }
     }
 

@@ -172,7 +172,7 @@ impl WriteQueue {
         }
     }
 
-    /// Everything still queued, in order, as one buffer (for `into_parts`).
+    /// Everything still queued, in order, as one buffer.
     pub(crate) fn take_all(&mut self) -> BytesMut {
         let mut out = BytesMut::with_capacity(self.len);
         for b in self.chain.drain(..) {
@@ -183,6 +183,19 @@ impl WriteQueue {
         self.len = 0;
         self.marker = None;
         out
+    }
+
+    /// Everything still queued, for `into_parts`: what goes before a
+    /// pending switch's marker (or all of it), and what was queued behind
+    /// the marker.
+    pub(crate) fn take_split(&mut self) -> (BytesMut, BytesMut) {
+        let marker = self.marker;
+        let mut out = self.take_all();
+        let after = match marker {
+            Some(m) => out.split_off(m),
+            None => BytesMut::new(),
+        };
+        (out, after)
     }
 
     /// Queues `bytes` in front of nothing: used by `from_parts`.
