@@ -1562,10 +1562,9 @@ impl RescanEol {
                 Step::Line(frame[..s].to_vec(), frame[s..].to_vec())
             }
             // A line of `max` bytes may be followed by the start of its
-            // EOL: one byte less than the longest EOL the regex matches.
-            None if len > self.max + if eof { 0 } else { self.open_reach() } => {
-                Step::Error(ErrorKind::NoSpace)
-            }
+            // EOL: one byte less than the longest EOL the regex matches. At
+            // end of input the same bytes are an unfinished line.
+            None if len > self.max + self.open_reach() => Step::Error(ErrorKind::NoSpace),
             None => {
                 self.scanned = len;
                 Step::NeedMore

@@ -362,11 +362,11 @@ fn scan_regex(
             line_len: start,
             eol_len: end - start,
         },
-        // A line of `max` bytes may be followed by the start of its EOL,
-        // unless the input has ended.
-        None if len > max.saturating_add(if eof { 0 } else { search.open_reach() }) => {
-            Scan::Overflow { seen: len }
-        }
+        // A line of `max` bytes may be followed by the start of its EOL.
+        // At end of input the same bytes are judged the same way: within
+        // that reach they are an unfinished line (`EPIPE`), as for the
+        // literal and default EOLs (RT-line-5).
+        None if len > max.saturating_add(search.open_reach()) => Scan::Overflow { seen: len },
         None => Scan::NeedMore { scanned: len },
     }
 }
