@@ -1800,6 +1800,7 @@ impl Core {
             if self.wq.has_marker() {
                 // A TLS switch is still queued (behind reads): the write
                 // side closes after it, as output queued after it waits.
+                self.settle_flushes(io, cx)?;
                 return Poll::Pending;
             }
             if let Err(e) = ready!(poll_io!(self, cx, |c| io.poll_send_shutdown(c))) {
@@ -2185,6 +2186,8 @@ impl Core {
             }
             self.unflushed = false;
         }
+        // Flushes of that output are done, whatever the switch does.
+        self.settle_flushes(io, cx)?;
         loop {
             let Some(Entry::Switch(sw)) = self.queue.front_mut() else {
                 return Poll::Ready(Ok(()));

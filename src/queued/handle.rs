@@ -1147,10 +1147,9 @@ impl Handle {
     /// # }
     /// ```
     pub fn closed(&self) -> Closed {
-        let signal = self.lock().close_signal();
         Closed {
-            notified: Box::pin(signal.notified()),
-            signal,
+            shared: Arc::clone(&self.shared),
+            waiting: None,
         }
     }
 
@@ -1387,8 +1386,11 @@ impl fmt::Debug for AutostartTicket {
 /// once it has closed.
 #[must_use = "futures do nothing unless polled"]
 pub struct Closed {
-    signal: Arc<CloseSignal>,
-    notified: Pin<Box<OwnedNotified>>,
+    /// Not a user handle: it does not keep the connection open.
+    shared: Arc<Shared>,
+    /// From the first poll (so the future can be made anywhere, inside a
+    /// completion too, and polled elsewhere).
+    waiting: Option<(Arc<CloseSignal>, Pin<Box<OwnedNotified>>)>,
 }
 
 impl Future for Closed {
@@ -1396,14 +1398,19 @@ impl Future for Closed {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Error> {
         let this = &mut *self;
+        let (signal, notified) = this.waiting.get_or_insert_with(|| {
+            let signal = this.shared.lock().close_signal();
+            let notified = Box::pin(signal.notified());
+            (signal, notified)
+        });
         loop {
             // Registered before looking, so a close in between wakes it.
-            this.notified.as_mut().enable();
-            if let Some(e) = this.signal.error() {
+            notified.as_mut().enable();
+            if let Some(e) = signal.error() {
                 return Poll::Ready(e.clone());
             }
-            ready!(this.notified.as_mut().poll(cx));
-            this.notified = Box::pin(this.signal.notified());
+            ready!(notified.as_mut().poll(cx));
+            *notified = Box::pin(signal.notified());
         }
     }
 }
@@ -1411,8 +1418,8 @@ impl Future for Closed {
 impl fmt::Debug for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Closed")
-            .field("error", &self.signal.error())
-            .finish()
+            .field("error", &self.waiting.as_ref().and_then(|(s, _)| s.error()))
+            .finish_non_exhaustive()
     }
 }
 
