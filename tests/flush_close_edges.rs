@@ -76,6 +76,37 @@ async fn flush_taken_before_a_starttls_resolves_once_its_bytes_left() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// The other order: a flush taken while a STARTTLS is pending, with nothing
+/// queued, waits for that switch (it was queued before the flush) and
+/// resolves once the handshake is done.
+#[cfg(any(feature = "tls", feature = "rustls"))]
+#[tokio::test]
+async fn flush_taken_after_a_starttls_waits_for_the_handshake() {
+    for &b in pki::BACKENDS {
+        let (io, peer) = tokio::io::duplex(1 << 16);
+        let (h, _driver) = QueuedFramed::new(io).spawn();
+        let switch = h.starttls(pki::client_on(b));
+        let mut flush = Box::pin(h.flush());
+        assert!(poll_once(&mut flush).is_pending());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            poll_once(&mut flush).is_pending(),
+            "{b:?}: the flush resolved before the handshake queued ahead of it"
+        );
+        let server = tokio::spawn(async move {
+            let mut conn = QueuedFramed::builder()
+                .tls(pki::server_on(b, &pki::pki().server))
+                .build(peer);
+            let _ = conn.read(LineCodec::new()).await;
+        });
+        bounded(3000, flush).await.unwrap().unwrap();
+        assert!(h.is_tls(), "{b:?}");
+        bounded(3000, switch).await.unwrap().unwrap();
+        h.destroy();
+        server.abort();
+    }
+}
+
 /// The same, but the peer refuses the switch in plaintext (EPROTO, fatal):
 /// the flush taken before the STARTTLS had all its bytes written and read
 /// by the peer, yet it reports the handshake's failure.

@@ -197,6 +197,21 @@ impl CloseSignal {
     }
 }
 
+/// Where a handle's flush is done: this many bytes written and this many
+/// TLS switches run (one still pending when it was taken is part of what
+/// it waits for). Both only grow, so the waiters stay in order.
+#[derive(Clone, Copy, Debug)]
+struct FlushMark {
+    sent: u64,
+    switches: u64,
+}
+
+impl FlushMark {
+    fn reached(self, now: FlushMark) -> bool {
+        self.sent <= now.sent && self.switches <= now.switches
+    }
+}
+
 /// Why [`Core::poll_fill`] stopped without input.
 pub(crate) enum FillStop {
     /// A timer expired and no hook took it: the non-fatal `ETIMEDOUT`, with
@@ -287,12 +302,14 @@ pub(crate) struct Core {
     /// so a second wake-up (one per push of a batch) is skipped.
     driver_woken: bool,
     /// Resolved when the write queue is empty and flushed.
-    /// Handles' flushes: each resolves once the bytes queued before it
-    /// (up to its mark in [`sent`](Self::sent)) have left and the
-    /// transport is flushed, whatever was queued after it. In mark order.
-    flush_waiters: Vec<(u64, oneshot::Sender<Result<()>>)>,
+    /// Handles' flushes: each resolves once what was queued before it
+    /// (bytes, and a TLS switch) is done and the transport flushed,
+    /// whatever was queued after it. In mark order.
+    flush_waiters: Vec<(FlushMark, oneshot::Sender<Result<()>>)>,
     /// Bytes written to the transport so far (the flushes' marks).
     sent: u64,
+    /// TLS switches run so far, done or failed (the flushes' marks).
+    switches_run: u64,
     /// Counts non-fatal errors handed to the write side's waiters
     /// (`drained`, `ready_to_write`), with the last one, so a waiter that
     /// registered before it can see it.
@@ -407,6 +424,7 @@ impl Core {
             driver_woken: false,
             flush_waiters: Vec::new(),
             sent: 0,
+            switches_run: 0,
             write_errors: 0,
             last_write_error: None,
             unflushed: false,
@@ -584,11 +602,26 @@ impl Core {
         if self.fail_first_reader(&err) {
             return true;
         }
-        if !writes_first && self.fail_write_waiters(&err) {
+        if !writes_first && self.tell_write_side(&err, which) {
             return true;
         }
         tracing::debug!(error = %err, "non-fatal error with nobody waiting");
         false
+    }
+
+    /// The write side's waiters hear `err`; told of an idle timeout that
+    /// expired together with the write timeout, they get the write
+    /// timeout, which stands for both (TO-3).
+    fn tell_write_side(&mut self, err: &Error, which: Option<Timeout>) -> bool {
+        if which == Some(Timeout::Idle) && self.timers.write_due_with_idle() {
+            let write = Error::timer_expired(Timeout::Write);
+            if self.fail_write_waiters(&write) {
+                self.timers.write_taken_with_idle();
+                return true;
+            }
+            return false;
+        }
+        self.fail_write_waiters(err)
     }
 
     /// Tells the first queued entry that still has a waiter. A request that
@@ -649,7 +682,7 @@ impl Core {
         // plain read was swept), whether it is first or waits behind a
         // switch.
         if !self.queue.iter().any(|e| matches!(e, Entry::Read(_))) {
-            if !self.fail_write_waiters(&err) {
+            if !self.tell_write_side(&err, which) {
                 tracing::debug!(error = %err, "non-fatal error with nobody waiting");
             }
             return;
@@ -1236,6 +1269,7 @@ impl Core {
     where
         IO: Transport,
     {
+        let mut hook_ran = false;
         loop {
             self.check_open()?;
             if self.is_eof() {
@@ -1307,8 +1341,15 @@ impl Core {
                 Poll::Ready(Some((which, e))) => {
                     return Poll::Ready(Err(FillStop::Expired(which, e)));
                 }
-                // A hook handled it (and may have changed things): go again.
-                Poll::Ready(None) => continue,
+                // A hook handled it (and may have changed things): go again,
+                // once; a timer due again at once (a period shorter than the
+                // hook takes) runs its hook at the next poll, so a call
+                // never spins on it and other tasks run in between.
+                Poll::Ready(None) if !hook_ran => hook_ran = true,
+                Poll::Ready(None) => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -1359,6 +1400,13 @@ impl Core {
         // (an inline caller has no driver to wake).
         self.timers.wake_waiter();
         if self.is_closed() {
+            return;
+        }
+        if self.handles.is_some() {
+            // Spawned: the driver, woken at once, finds an expiry in its
+            // next turn and handles it as any other (the hook runs there,
+            // a panic reaches whoever awaits the driver, TO-6 applies).
+            self.wake_driver();
             return;
         }
         if let Some(t) = self.timers.expired()
@@ -1822,10 +1870,13 @@ impl Core {
     where
         IO: Transport,
     {
-        let sent = self.sent;
+        let now = FlushMark {
+            sent: self.sent,
+            switches: self.switches_run,
+        };
         let done = self
             .flush_waiters
-            .partition_point(|(mark, _)| *mark <= sent);
+            .partition_point(|(mark, _)| mark.reached(now));
         if done == 0 {
             return Ok(());
         }
@@ -1973,7 +2024,10 @@ impl Core {
                     self.flush_waiters.retain(|(_, w)| !w.is_closed());
                     self.flush_waiters.reserve(self.flush_waiters.len());
                 }
-                let mark = self.sent + self.wq.len() as u64;
+                let mark = FlushMark {
+                    sent: self.sent + self.wq.len() as u64,
+                    switches: self.switches_run + u64::from(self.wq.has_marker()),
+                };
                 self.flush_waiters.push((mark, tx));
                 self.wake_driver();
             }
@@ -2260,6 +2314,7 @@ impl Core {
             let Some(Entry::Switch(sw)) = self.queue.pop_front() else {
                 unreachable!("the head was a switch");
             };
+            self.switches_run += 1;
             // A switch that failed without changing anything (refused at
             // the start) is its own caller's error (ERR-3), unless it was a
             // STARTTLS on a connection not in TLS: whatever was queued

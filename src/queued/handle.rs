@@ -1029,7 +1029,10 @@ impl Handle {
         }
     }
 
-    /// Resolves once everything queued so far is written and flushed.
+    /// Resolves once everything queued so far is written and flushed: the
+    /// output, and a TLS switch queued before the call (so a flush right
+    /// after `starttls` resolves once the handshake is done). Output queued
+    /// after the call does not hold it back.
     ///
     /// # Errors
     ///

@@ -363,16 +363,38 @@ impl Timers {
     fn deadline(&self) -> Option<Instant> {
         Timeout::ALL
             .iter()
-            .filter(|t| !self.period[t.index()].is_zero())
-            .filter_map(|t| self.stamp[t.index()].checked_add(self.period[t.index()]))
+            .filter_map(|&t| self.deadline_of(t))
             .min()
+    }
+
+    /// When `which` expires: `None` while it is off, or when its deadline
+    /// lies too far for an `Instant` once tokio rounds it up to its timer's
+    /// tick (such a timer never expires).
+    fn deadline_of(&self, which: Timeout) -> Option<Instant> {
+        let p = self.period[which.index()];
+        if p.is_zero() {
+            return None;
+        }
+        let due = self.stamp[which.index()].checked_add(p)?;
+        due.checked_add(Duration::from_secs(1))?;
+        Some(due)
     }
 
     /// Whether `which` is on and its deadline has passed.
     fn due(&self, which: Timeout, now: Instant) -> bool {
-        let p = self.period[which.index()];
-        let due = self.stamp[which.index()].checked_add(p);
-        !p.is_zero() && due.is_some_and(|due| due <= now)
+        self.deadline_of(which).is_some_and(|due| due <= now)
+    }
+
+    /// The write timer was due when the idle timer last fired (`expired`
+    /// moved the idle stamp to that moment): the two expired together.
+    pub(crate) fn write_due_with_idle(&self) -> bool {
+        self.due(Timeout::Write, self.stamp[Timeout::Idle.index()])
+    }
+
+    /// The write expiry that came with an idle one was told (TO-3): it
+    /// counts as fired then.
+    pub(crate) fn write_taken_with_idle(&mut self) {
+        self.stamp[Timeout::Write.index()] = self.stamp[Timeout::Idle.index()];
     }
 
     /// The first timer that has expired by now, if any; its stamp moves to
@@ -437,15 +459,10 @@ impl Timers {
                 return Poll::Ready(t);
             }
             if let Some(mut t) = self.expired() {
-                if side == Side::Write
-                    && !all
-                    && t == Timeout::Idle
-                    // (`expired` just moved the idle stamp to now.)
-                    && self.due(Timeout::Write, self.stamp[Timeout::Idle.index()])
-                {
+                if side == Side::Write && !all && t == Timeout::Idle && self.write_due_with_idle() {
                     // TO-3: a flush told of timeouts that expired together
                     // gets the write timeout, which stands for both.
-                    self.stamp[Timeout::Write.index()] = self.stamp[Timeout::Idle.index()];
+                    self.write_taken_with_idle();
                     t = Timeout::Write;
                 }
                 let bit = t.bit();
