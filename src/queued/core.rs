@@ -212,6 +212,14 @@ impl FlushMark {
     }
 }
 
+/// A read buffer up to this size is kept while waiting, whatever it holds
+/// (see [`Core::shrink_read_buffer`]).
+const READ_KEEP: usize = 256 * 1024;
+
+/// Output a spawned connection's handles left in their inbox beyond this
+/// goes into the write queue by reference instead of being copied.
+const INBOX_HANDOVER: usize = 16 * 1024;
+
 /// Why [`Core::poll_fill`] stopped without input.
 pub(crate) enum FillStop {
     /// A timer expired and no hook took it: the non-fatal `ETIMEDOUT`, with
@@ -959,10 +967,14 @@ impl Core {
     /// before the close, so they linger or come back in the parts like any
     /// other. Reads fail with the error that closed it.
     pub(crate) fn accept_posted(&mut self, out: &mut BytesMut, reads: &mut Vec<Box<dyn Request>>) {
-        if !out.is_empty() {
+        if out.len() > INBOX_HANDOVER {
+            // A burst goes in by reference, not copied next to itself.
+            self.wq.push_bytes(out.split().freeze());
+            self.marks.pushed(self.wq.len());
+        } else if !out.is_empty() {
             // Copied, not traded: swapping buffers with an empty tail was
             // measured slower (each side then regrows the other's buffer).
-            let before = self.wq.tail_len();
+            let before = self.wq.begin_encode();
             self.wq.tail_mut().extend_from_slice(out);
             self.wq.commit(before);
             out.clear();
@@ -1246,6 +1258,20 @@ impl Core {
         self.rbuf = BytesMut::from(Bytes::from(v));
     }
 
+    /// A burst's read buffer behind a few bytes left over (the start of
+    /// the next frame): while waiting, only what is held and one read are
+    /// kept, so one large frame does not pin its memory for the life of
+    /// the connection. The bytes keep their places (decoders' scan
+    /// positions stay valid).
+    fn shrink_read_buffer(&mut self) {
+        let keep = self.rbuf.len() + self.read_size;
+        if self.rbuf.capacity() > READ_KEEP.max(2 * keep) {
+            let mut fresh = BytesMut::with_capacity(keep);
+            fresh.extend_from_slice(&self.rbuf);
+            self.rbuf = fresh;
+        }
+    }
+
     /// Tells the timers of the traffic the transport made out of the
     /// engine's sight since `before` (a TLS handshake, a close_notify, part
     /// of a record): bytes read or written count as reads and writes do
@@ -1326,6 +1352,8 @@ impl Core {
                     // then costs under 2 KiB beside its socket.
                     if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                         self.rbuf = BytesMut::new();
+                    } else {
+                        self.shrink_read_buffer();
                     }
                 }
             }
@@ -1732,7 +1760,7 @@ impl Core {
     {
         self.settle_panic();
         self.check_writable()?;
-        let before = self.wq.tail_len();
+        let before = self.wq.begin_encode();
         let armed = EncodeUnwind { core: self, before };
         let encoded = encoder.encode(item, armed.core.wq.tail_mut());
         std::mem::forget(armed);

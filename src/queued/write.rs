@@ -14,6 +14,19 @@ use bytes::{Buf, Bytes, BytesMut};
 /// than another iovec entry (the same trade-off as h2's `CHAIN_THRESHOLD`).
 pub(crate) const CHAIN_THRESHOLD: usize = 1024;
 
+/// A tail this long whose room is nearly used up goes into the chain as
+/// it is, and a fresh tail of [`TAIL_FRESH`] bytes takes its place: the
+/// tail's own doubling growth then never leaves more than a sliver of a
+/// buffer unused, however much is queued (peak near what is held).
+const TAIL_SEAL: usize = 32 * 1024;
+/// What counts as nearly used up (see [`TAIL_SEAL`]).
+const TAIL_ROOM: usize = 4 * 1024;
+/// The size of a tail started after a sealed one.
+const TAIL_FRESH: usize = 64 * 1024;
+/// A tail buffer larger than this is given back once the queue is empty
+/// (a burst's memory is not kept by an idle connection).
+const TAIL_KEEP: usize = 16 * 1024;
+
 /// At most this many buffers go into one vectored write. Linux takes up to
 /// 1024 (IOV_MAX); 64 already amortises the syscall and keeps the slice
 /// array on the stack.
@@ -42,10 +55,26 @@ impl WriteQueue {
         self.len == 0
     }
 
-    /// The buffer encoders write into. Call [`commit`](Self::commit) with the
-    /// previous tail length afterwards.
+    /// Before an encoder writes into the tail: seals a full one (see
+    /// [`TAIL_SEAL`]) and returns the tail's length, for
+    /// [`commit`](Self::commit) or [`rollback`](Self::rollback).
+    pub(crate) fn begin_encode(&mut self) -> usize {
+        self.seal_full_tail();
+        self.tail.len()
+    }
+
+    /// The buffer encoders write into, after [`begin_encode`](Self::begin_encode).
     pub(crate) fn tail_mut(&mut self) -> &mut BytesMut {
         &mut self.tail
+    }
+
+    /// See [`TAIL_SEAL`].
+    #[inline]
+    fn seal_full_tail(&mut self) {
+        if self.tail.len() >= TAIL_SEAL && self.tail.capacity() - self.tail.len() < TAIL_ROOM {
+            self.chain.push_back(self.tail.split().freeze());
+            self.tail = BytesMut::with_capacity(TAIL_FRESH);
+        }
     }
 
     pub(crate) fn tail_len(&self) -> usize {
@@ -69,6 +98,7 @@ impl WriteQueue {
         }
         self.len += bytes.len();
         if bytes.len() < CHAIN_THRESHOLD {
+            self.seal_full_tail();
             self.tail.extend_from_slice(&bytes);
             return;
         }
@@ -151,6 +181,15 @@ impl WriteQueue {
 
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
+        if self.len == 0 && self.tail.capacity() > TAIL_KEEP {
+            // Everything went: a burst's buffers are not kept.
+            self.chain.clear();
+            self.tail = BytesMut::new();
+            if let Some(m) = &mut self.marker {
+                *m = 0;
+            }
+            return;
+        }
         if let Some(m) = &mut self.marker {
             *m -= n.min(*m);
         }
@@ -172,17 +211,33 @@ impl WriteQueue {
         }
     }
 
-    /// Everything still queued, in order, as one buffer.
+    /// Everything still queued, in order, as one buffer: the queue's own
+    /// buffer when it holds one (no copy), else one copy of the pieces.
     pub(crate) fn take_all(&mut self) -> BytesMut {
-        let mut out = BytesMut::with_capacity(self.len);
-        for b in self.chain.drain(..) {
-            out.extend_from_slice(&b);
-        }
-        out.extend_from_slice(&self.tail);
-        self.tail.clear();
         self.len = 0;
         self.marker = None;
-        out
+        if self.chain.is_empty() {
+            return std::mem::take(&mut self.tail);
+        }
+        if self.chain.len() == 1 && self.tail.is_empty() {
+            // Without a copy when nothing else holds it.
+            return self
+                .chain
+                .pop_front()
+                .map(BytesMut::from)
+                .unwrap_or_default();
+        }
+        // Grown piece by piece, each freed once copied: what is allocated
+        // stays near what is held (a large buffer grows in place).
+        let mut out = Vec::new();
+        for b in self.chain.drain(..) {
+            out.reserve_exact(b.len());
+            out.extend_from_slice(&b);
+        }
+        out.reserve_exact(self.tail.len());
+        out.extend_from_slice(&self.tail);
+        self.tail = BytesMut::new();
+        BytesMut::from(Bytes::from(out))
     }
 
     /// Everything still queued, for `into_parts`: what goes before a
@@ -220,7 +275,7 @@ mod tests {
         let mut q = WriteQueue::default();
         q.push_bytes(Bytes::from_static(b"ab"));
         q.push_bytes(Bytes::from(vec![b'x'; CHAIN_THRESHOLD]));
-        let before = q.tail_len();
+        let before = q.begin_encode();
         q.tail_mut().extend_from_slice(b"cd");
         q.commit(before);
         assert_eq!(q.len(), 4 + CHAIN_THRESHOLD);
@@ -228,6 +283,37 @@ mod tests {
         assert_eq!(&all[..2], b"ab");
         assert_eq!(&all[all.len() - 2..], b"cd");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_full_tail_is_sealed_into_the_chain_in_order() {
+        let mut q = WriteQueue::default();
+        let mut want = Vec::new();
+        for i in 0..3000u32 {
+            let item = [(i % 251) as u8; 100];
+            let before = q.begin_encode();
+            q.tail_mut().extend_from_slice(&item);
+            q.commit(before);
+            want.extend_from_slice(&item);
+        }
+        assert!(q.chain.len() >= 4, "{} sealed buffers", q.chain.len());
+        assert!(q.tail.capacity() <= TAIL_FRESH, "{}", q.tail.capacity());
+        let held: usize = q.chain.iter().map(Bytes::len).sum::<usize>() + q.tail.len();
+        assert_eq!(held, q.len());
+        assert_eq!(&q.take_all()[..], &want[..]);
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_a_burst_back() {
+        let mut q = WriteQueue::default();
+        for _ in 0..1000 {
+            q.push_bytes(Bytes::from_static(&[1; 100]));
+        }
+        let n = q.len();
+        q.advance(n);
+        assert!(q.is_empty());
+        assert_eq!(q.tail.capacity(), 0);
+        assert!(q.chain.is_empty());
     }
 
     #[test]
