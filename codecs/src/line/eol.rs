@@ -349,6 +349,11 @@ fn scan_regex(
     }
     // The last search (over `scanned` bytes) found no end of line, or one
     // held open that ends at `scanned` and so starts after the resume point.
+    // A line of `max` bytes may be followed by the start of its EOL. At
+    // end of input the same bytes are judged the same way: within that
+    // reach they are an unfinished line (`EPIPE`), as for the literal and
+    // default EOLs (RT-line-5).
+    let limit = max.saturating_add(search.open_reach());
     let from = search.resume_at(scanned, scanned);
     let found = if empty_ok {
         search.first(buf, from)
@@ -362,11 +367,7 @@ fn scan_regex(
             line_len: start,
             eol_len: end - start,
         },
-        // A line of `max` bytes may be followed by the start of its EOL.
-        // At end of input the same bytes are judged the same way: within
-        // that reach they are an unfinished line (`EPIPE`), as for the
-        // literal and default EOLs (RT-line-5).
-        None if len > max.saturating_add(search.open_reach()) => Scan::Overflow { seen: len },
+        None if len > limit => Scan::Overflow { seen: len },
         None => Scan::NeedMore { scanned: len },
     }
 }
