@@ -28,6 +28,17 @@ async fn long_bounded<F: Future<Output = ()>>(body: F) {
         .expect("test hung");
 }
 
+/// Asserts that `r` is the timeout of timer `want`.
+#[track_caller]
+fn told<T: std::fmt::Debug>(r: &anyframe::Result<T>, want: Timeout) {
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.timeout()),
+        Some(want),
+        "{}",
+        which(r)
+    );
+}
+
 fn which<T: std::fmt::Debug>(r: &anyframe::Result<T>) -> String {
     match r {
         Ok(v) => format!("Ok({v:?})"),
@@ -103,12 +114,7 @@ async fn handle_flush_gets_write_timeout_when_idle_expires_with_it() {
             .spawn();
         h.push_bytes(&b"stuck"[..]).unwrap();
         let r = within(MS(150), h.flush()).await.expect("told by 100 ms");
-        assert_eq!(
-            r.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Write),
-            "{}",
-            which(&r)
-        );
+        told(&r, Timeout::Write);
     })
     .await;
 }
@@ -128,12 +134,7 @@ async fn handle_ready_to_write_gets_write_timeout_when_idle_expires_with_it() {
         let r = within(MS(150), h.ready_to_write())
             .await
             .expect("told by 100 ms");
-        assert_eq!(
-            r.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Write),
-            "{}",
-            which(&r)
-        );
+        told(&r, Timeout::Write);
     })
     .await;
 }
@@ -149,12 +150,7 @@ async fn control_inline_flush_gets_write_timeout_when_idle_expires_with_it() {
             .build(io);
         conn.push_bytes(&b"stuck"[..]).unwrap();
         let r = within(MS(150), conn.flush()).await.expect("told by 100 ms");
-        assert_eq!(
-            r.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Write),
-            "{}",
-            which(&r)
-        );
+        told(&r, Timeout::Write);
     })
     .await;
 }
@@ -598,12 +594,7 @@ async fn handle_period_changed_while_a_read_waits() {
             .await
             .expect("told in the first part")
             .unwrap();
-        assert_eq!(
-            res.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Read),
-            "{}",
-            which(&res)
-        );
+        told(&res, Timeout::Read);
         assert_eq!(at - t0, Duration::from_secs(3));
 
         // The expiry moved the stamp to 3 s. Short, then long again.
@@ -619,12 +610,7 @@ async fn handle_period_changed_while_a_read_waits() {
             .await
             .expect("told in the second part")
             .unwrap();
-        assert_eq!(
-            res.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Read),
-            "{}",
-            which(&res)
-        );
+        told(&res, Timeout::Read);
         assert_eq!(at - t0, Duration::from_secs(13));
     })
     .await;
@@ -801,12 +787,7 @@ async fn handle_read_many_told_a_timeout_mid_frame_leaves_the_next_frames() {
         tokio::time::sleep(MS(10)).await;
         peer.send(b"abc");
         let r = within(MS(200), first).await.expect("told").unwrap();
-        assert_eq!(
-            r.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Read),
-            "{}",
-            which(&r)
-        );
+        told(&r, Timeout::Read);
         peer.send(b"def\nghi\njkl\n");
         let next = within(MS(50), h.read_many(Hoarder::default(), 10))
             .await
@@ -862,19 +843,9 @@ async fn handle_ready_to_write_gets_the_first_of_idle_and_read() {
             .spawn();
         h.push_bytes(&b"stuck stuck"[..]).unwrap();
         let r = within(MS(150), h.ready_to_write()).await.expect("told");
-        assert_eq!(
-            r.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Idle),
-            "{}",
-            which(&r)
-        );
+        told(&r, Timeout::Idle);
         let f = within(MS(150), h.flush()).await.expect("told");
-        assert_eq!(
-            f.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Idle),
-            "{}",
-            which(&f)
-        );
+        told(&f, Timeout::Idle);
     })
     .await;
 }
@@ -1075,18 +1046,8 @@ async fn handle_idle_and_write_together_with_a_read_and_a_flush() {
         });
         let r = within(MS(150), read).await.expect("read told");
         let f = within(MS(150), flush).await.expect("flush told").unwrap();
-        assert_eq!(
-            r.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Idle),
-            "{}",
-            which(&r)
-        );
-        assert_eq!(
-            f.as_ref().err().and_then(|e| e.timeout()),
-            Some(Timeout::Write),
-            "{}",
-            which(&f)
-        );
+        told(&r, Timeout::Idle);
+        told(&f, Timeout::Write);
     })
     .await;
 }
