@@ -63,7 +63,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::queued::handle::Shared;
+use crate::queued::handle::{INBOX_KEEP, Shared};
 use crate::queued::request::{
     Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Rejected, Request, Requests, Ticket,
     batch_step, decode_step, read_request,
@@ -215,10 +215,6 @@ impl FlushMark {
 /// A read buffer up to this size is kept while waiting, whatever it holds
 /// (see [`Core::shrink_read_buffer`]).
 const READ_KEEP: usize = 256 * 1024;
-
-/// Output a spawned connection's handles left in their inbox beyond this
-/// goes into the write queue by reference instead of being copied.
-const INBOX_HANDOVER: usize = 16 * 1024;
 
 /// Why [`Core::poll_fill`] stopped without input.
 pub(crate) enum FillStop {
@@ -750,6 +746,18 @@ impl Core {
         self.close(Error::closed());
     }
 
+    /// The connection is closed with `err`, once: the `Closed` futures and
+    /// the handles' flushes hear it (both hold no user code).
+    fn mark_closed(&mut self, err: &Error) {
+        self.life = Life::Closed(err.clone());
+        if let Some(signal) = &self.close_signal {
+            signal.close(err);
+        }
+        for (_, w) in self.flush_waiters.drain(..) {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+
     /// Closes the connection: every queued request, switch and waiter fails
     /// with `err`; the buffers stay for `into_parts`. Idempotent.
     pub(crate) fn close(&mut self, err: Error) {
@@ -759,10 +767,7 @@ impl Core {
         tracing::debug!(error = %err, buffered = self.rbuf.len(), unwritten = self.wq.len(), "connection closed");
         // A switch's marker stays: output queued after a STARTTLS that never
         // ran must not leave in plaintext (linger stops at the marker).
-        self.life = Life::Closed(err.clone());
-        if let Some(signal) = &self.close_signal {
-            signal.close(&err);
-        }
+        self.mark_closed(&err);
         // Dropping an entry runs user code (a completion's captures): one
         // that panics must not keep the others from being told.
         let mut panicked = None;
@@ -779,9 +784,6 @@ impl Core {
             if let Err(payload) = told {
                 panicked.get_or_insert(payload);
             }
-        }
-        for (_, w) in self.flush_waiters.drain(..) {
-            let _ = w.send(Err(err.clone()));
         }
         self.marks.wake_all();
         self.wake_driver();
@@ -835,10 +837,7 @@ impl Core {
             return;
         }
         let err = Error::panicked("the panic went on to the caller");
-        self.life = Life::Closed(err.clone());
-        if let Some(signal) = &self.close_signal {
-            signal.close(&err);
-        }
+        self.mark_closed(&err);
         self.poisoned = true;
         for entry in &mut self.queue {
             match entry {
@@ -852,9 +851,6 @@ impl Core {
                     }
                 }
             }
-        }
-        for (_, w) in self.flush_waiters.drain(..) {
-            let _ = w.send(Err(err.clone()));
         }
         self.marks.wake_all();
         self.wake_driver();
@@ -967,8 +963,9 @@ impl Core {
     /// before the close, so they linger or come back in the parts like any
     /// other. Reads fail with the error that closed it.
     pub(crate) fn accept_posted(&mut self, out: &mut BytesMut, reads: &mut Vec<Box<dyn Request>>) {
-        if out.len() > INBOX_HANDOVER {
-            // A burst goes in by reference, not copied next to itself.
+        if out.len() > INBOX_KEEP {
+            // A burst (a buffer the inbox would not keep) goes in by
+            // reference, not copied next to itself.
             self.wq.push_bytes(out.split().freeze());
             self.marks.pushed(self.wq.len());
         } else if !out.is_empty() {

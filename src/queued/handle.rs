@@ -67,7 +67,7 @@ struct Inbox {
 
 /// What the inbox keeps of its buffers' capacity once emptied (bytes of
 /// output; an eighth as many read slots). A burst beyond it is freed.
-const INBOX_KEEP: usize = 16 * 1024;
+pub(crate) const INBOX_KEEP: usize = 16 * 1024;
 
 impl Inbox {
     fn is_empty(&self) -> bool {
