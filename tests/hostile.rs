@@ -18,11 +18,8 @@ mod support;
 #[path = "support/pki.rs"]
 mod pki;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyframe::codecs::{
@@ -37,75 +34,20 @@ use tokio::net::{TcpListener, TcpStream};
 
 // ----- the counting allocator -------------------------------------------------
 
-/// `System`, counting the bytes currently allocated and the peak since the
-/// last [`reset_peak`].
-struct Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to `System` unchanged; the counters are
-// plain atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc`, same layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc_zeroed`, same layout.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from this allocator with `layout`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                grew(new_size - layout.size());
-            } else {
-                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
-
-fn grew(n: usize) {
-    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
+use counting::{peak, reset_peak, serial};
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// Serialises the tests of this file (see the module docs).
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
+static ALLOC: counting::Counting = counting::Counting;
 
 /// Runs `f` and returns its output and the peak heap growth during it
 /// (printed, for `--nocapture` runs).
 async fn peak_during<F: Future>(what: &str, f: F) -> (F::Output, usize) {
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = reset_peak();
     let out = f.await;
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    let peak = peak().saturating_sub(base);
     println!("hostile: {what}: peak heap growth {} KiB", peak / KIB);
     (out, peak)
 }

@@ -15,11 +15,8 @@
 // purpose (each test has its own runtime and thread).
 #![allow(clippy::await_holding_lock)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyframe::QueuedFramed;
@@ -31,81 +28,13 @@ use tower::{Service, ServiceExt};
 
 // ----- the counting allocator -------------------------------------------------
 
-struct Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(by: usize) {
-    let now = CURRENT.fetch_add(by, Ordering::Relaxed) + by;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; the counter is a
-// plain atomic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc`, same layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc_zeroed`, same layout.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from this allocator with `layout`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as growth in place: large blocks grow by remapping
-            // (glibc's mremap), without a second copy alive at once.
-            if new_size >= layout.size() {
-                grew(new_size - layout.size());
-            } else {
-                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
+use counting::{heap, peak, reset_peak, serial};
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn heap() -> usize {
-    CURRENT.load(Ordering::Relaxed)
-}
-
-/// Starts a new peak measurement from the current heap.
-fn reset_peak() -> usize {
-    let now = heap();
-    PEAK.store(now, Ordering::Relaxed);
-    now
-}
-
-fn peak() -> usize {
-    PEAK.load(Ordering::Relaxed)
-}
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
+static ALLOC: counting::Counting = counting::Counting;
 
 /// Raises the open-file limit to at least `want` (root may raise the hard
 /// limit too). Returns why not, if it cannot.

@@ -6,9 +6,6 @@
 //! the read paths.
 #![allow(clippy::await_holding_lock)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyframe::QueuedFramed;
@@ -16,72 +13,13 @@ use anyframe::codecs::{ChunkCodec, LineCodec, NetstringCodec};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Counting;
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+#[path = "support/counting.rs"]
+mod counting;
 
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            if new_size >= layout.size() {
-                let now = CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
-                    - layout.size();
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            } else {
-                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
-
-fn grew(n: usize) {
-    ALLOCS.fetch_add(1, Ordering::Relaxed);
-    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
+use counting::{allocs, heap, peak, reset_peak, serial};
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn heap() -> usize {
-    CURRENT.load(Ordering::Relaxed)
-}
-/// Resets the peak to the current figure and returns it (the base).
-fn reset_peak() -> usize {
-    let now = heap();
-    PEAK.store(now, Ordering::Relaxed);
-    now
-}
-fn peak() -> usize {
-    PEAK.load(Ordering::Relaxed)
-}
+static ALLOC: counting::Counting = counting::Counting;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -384,10 +322,6 @@ async fn write_tail_gives_back_burst_capacity_when_idle() {
 }
 
 // ----- allocations per frame on the hot paths --------------------------------
-
-fn allocs() -> usize {
-    ALLOCS.load(Ordering::Relaxed)
-}
 
 const FRAMES: usize = 20_000;
 
