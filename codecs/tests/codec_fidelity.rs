@@ -4,6 +4,8 @@
 //! full-window model of AnyEvent's regex read; bounded memory for declared
 //! lengths; linear time fed a byte at a time.
 
+mod support;
+
 use std::fmt::Debug;
 
 use anyframe_codecs::{
@@ -14,6 +16,7 @@ use anyframe_codecs::{
 use bytes::BytesMut;
 use proptest::prelude::*;
 use regex::bytes::Regex;
+use support::split_at_sizes;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// One observable event of a run: a frame (its Debug form), or an error
@@ -81,24 +84,6 @@ where
             }
         }
     }
-}
-
-fn split_at_sizes<'a>(input: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut i = 0;
-    while !rest.is_empty() {
-        let n = sizes
-            .get(i % sizes.len().max(1))
-            .copied()
-            .unwrap_or(1)
-            .max(1);
-        let (a, b) = rest.split_at(n.min(rest.len()));
-        out.push(a);
-        rest = b;
-        i += 1;
-    }
-    out
 }
 
 /// Whole vs one byte at a time vs the given sizes.

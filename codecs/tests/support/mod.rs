@@ -100,6 +100,11 @@ pub fn run_sized<D>(decoder: D, input: &[u8], sizes: &[usize]) -> Outcome<D::Ite
 where
     D: Decoder<Error = Error>,
 {
+    run_chunks(decoder, &split_at_sizes(input, sizes))
+}
+
+/// `input` cut into pieces of the given sizes, cycled (0 counts as 1).
+pub fn split_at_sizes<'a>(input: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
     let mut chunks = Vec::new();
     let mut rest = input;
     let mut i = 0;
@@ -114,7 +119,7 @@ where
         rest = b;
         i += 1;
     }
-    run_chunks(decoder, &chunks)
+    chunks
 }
 
 /// Asserts that the whole input, every two-way split and one byte at a time
