@@ -32,7 +32,9 @@ use anyframe::{Error, ErrorKind, Handle, Requests, Result, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Slot, Step, protocol_error};
+use crate::pipeline::{
+    CrlfChunk, OWN_BELOW, Pipelined, Protocol, Slot, Step, own_small, protocol_error,
+};
 use crate::redis::put_decimal;
 
 /// The longest status, header or chunk-size line accepted.
@@ -211,20 +213,13 @@ struct ResponseRead {
     /// The request said `Connection: close`.
     request_closes: bool,
     resp: Response,
-    /// Chunks smaller than [`GATHER`] since the last piece of the body,
+    /// Chunks smaller than [`OWN_BELOW`] since the last piece of the body,
     /// copied here so that a body of many small chunks holds its own
     /// bytes, not every read buffer they came in (chunk extensions and
     /// all).
     gathered: BytesMut,
     _slot: Slot,
 }
-
-/// Chunks of a chunked body smaller than this are copied into one piece;
-/// larger ones are kept as they came, without a copy. A kept chunk holds
-/// the read buffer it came in, and a read buffer holds a chunk it was
-/// grown for plus at most one read (up to 128 KiB) more: a body holds at
-/// most about three times its size.
-const GATHER: usize = 64 * 1024;
 
 type Next = Result<Step<Response>>;
 
@@ -253,7 +248,7 @@ impl ResponseRead {
         }
         self.resp.status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
         self.http10 = line[7] == b'0';
-        self.resp.reason = line.slice(line.len().min(13)..);
+        self.resp.reason = own_small(line.slice(line.len().min(13)..));
         self.resp.headers.clear();
         Ok(Step::More(self.header_line(q, false)))
     }
@@ -277,12 +272,14 @@ impl ResponseRead {
             .iter()
             .position(|&b| b == b':')
             .ok_or_else(|| protocol_error("HTTP header line without a colon"))?;
-        let name = line.slice(..colon);
+        // Each line may have come in a read of its own: the fields hold
+        // their own bytes, not the read buffers.
+        let name = own_small(line.slice(..colon));
         if name.is_empty() || name.iter().any(|&b| b <= b' ') {
             return Err(protocol_error("bad HTTP header name"));
         }
         let value = line.slice(colon + 1..);
-        let value = value.slice_ref(value.trim_ascii());
+        let value = own_small(value.slice_ref(value.trim_ascii()));
         // RFC 9110 §5.5: a recipient rejects these or replaces them.
         if value.iter().any(|&b| b == b'\r' || b == 0) {
             return Err(protocol_error("CR or NUL in an HTTP field value"));
@@ -459,7 +456,7 @@ impl ResponseRead {
         Ok(Step::More(q.unshift_read_with(
             CrlfChunk::new(n),
             move |chunk, q| {
-                if chunk.len() < GATHER {
+                if chunk.len() < OWN_BELOW {
                     self.gathered.extend_from_slice(&chunk);
                 } else {
                     self.end_gathered();

@@ -7,7 +7,9 @@
 //!   `VALUE <key> <flags> <bytes> [<cas>]`;
 //! * after a `VALUE` line, **exactly `bytes` bytes and `\r\n`**: one
 //!   [`ChunkCodec`](anyframe::codecs::ChunkCodec) read, split off the read
-//!   buffer without a copy; its completion queues the next line at the
+//!   buffer without a copy (a value shorter than 64 KiB is then copied
+//!   out, so that a multi-get of small values does not keep a read buffer
+//!   per value alive); its completion queues the next line at the
 //!   front of the queue, until `END`. Each `VALUE` must be for a key the
 //!   request asked for, in the order asked, each at most once (as
 //!   memcached answers); any other is a fatal protocol error, so a reply
@@ -23,7 +25,7 @@ use anyframe::{Error, ErrorKind, Handle, Requests, Result, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Slot, Step, protocol_error};
+use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Slot, Step, own_small, protocol_error};
 use crate::redis::put_decimal;
 
 /// The longest key memcached accepts.
@@ -238,9 +240,52 @@ impl Asked {
     }
 }
 
+/// Which command a reply answers: each takes its own answer lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    /// `get`, `gets`: `VALUE`s, then `END`.
+    Values,
+    /// `set`, `cas`.
+    Store,
+    /// `delete`.
+    Delete,
+    /// `incr`.
+    Incr,
+}
+
+impl Answers {
+    fn of(cmd: &Command) -> Answers {
+        match cmd {
+            Command::Get(_) | Command::Gets(_) => Answers::Values,
+            Command::Set(_) | Command::Cas(..) => Answers::Store,
+            Command::Delete(_) => Answers::Delete,
+            Command::Incr(..) => Answers::Incr,
+        }
+    }
+
+    /// Whether `r` may answer this command. Any command may get `ERROR`,
+    /// `CLIENT_ERROR` or `SERVER_ERROR`; any other answer of another
+    /// command means the two sides are out of step.
+    fn take(self, r: &Response) -> bool {
+        use Response as R;
+        matches!(r, R::Error | R::ClientError(_) | R::ServerError(_))
+            || match self {
+                Answers::Values => false,
+                Answers::Store => matches!(r, R::Stored | R::NotStored | R::Exists | R::NotFound),
+                Answers::Delete => matches!(r, R::Deleted | R::NotFound),
+                Answers::Incr => matches!(r, R::Number(_) | R::NotFound),
+            }
+    }
+}
+
+fn out_of_step() -> Error {
+    protocol_error("memcached answer of another command: the two sides are out of step")
+}
+
 /// One reply being read: the values so far.
 #[derive(Debug)]
 struct ReplyRead {
+    answers: Answers,
     items: Vec<Item>,
     /// The keys a `get` or `gets` asked for (none for other commands);
     /// the server answers each at most once, in this order.
@@ -253,8 +298,10 @@ struct ReplyRead {
 impl ReplyRead {
     fn on_line(mut self, line: ReplyLine, q: &mut Requests<'_>) -> Result<Step<Response>> {
         match line {
+            ReplyLine::Final(r) if !self.answers.take(&r) => Err(out_of_step()),
             ReplyLine::Final(r) if self.items.is_empty() => Ok(Step::Done(r)),
             ReplyLine::Final(_) => Err(protocol_error("memcached reply line inside a value list")),
+            ReplyLine::End if self.answers != Answers::Values => Err(out_of_step()),
             ReplyLine::End => Ok(Step::Done(Response::Values(self.items))),
             ReplyLine::Value {
                 key,
@@ -271,14 +318,18 @@ impl ReplyRead {
                     ));
                 };
                 self.next_key += at + 1;
+                // The request's own key: the line's (a piece of the read
+                // buffer) is not kept.
+                let key = asked[self.next_key - 1].clone();
                 Ok(Step::More(q.unshift_read_with(
                     CrlfChunk::new(len),
                     move |data, q| {
+                        // Each value may have come in a read of its own.
                         self.items.push(Item {
                             key,
                             flags,
                             cas,
-                            data,
+                            data: own_small(data),
                         });
                         Ok(Step::More(q.unshift_read_with(read_line(), move |l, q| {
                             self.on_line(l, q)
@@ -385,6 +436,7 @@ impl Protocol for Memcached {
             _ => Asked::Many(Vec::new()),
         };
         let state = ReplyRead {
+            answers: Answers::of(req),
             items: Vec::new(),
             keys,
             next_key: 0,

@@ -270,7 +270,8 @@ struct Shared<P> {
 
 impl<P: Protocol> Pipelined<P> {
     /// A client speaking `protocol` on `handle`, with at most
-    /// `max_in_flight` replies outstanding.
+    /// `max_in_flight` replies outstanding (at least 1; `usize::MAX` is
+    /// taken as tokio's `Semaphore::MAX_PERMITS`, no bound in practice).
     pub fn new(handle: Handle, protocol: P, max_in_flight: usize) -> Pipelined<P> {
         Pipelined {
             shared: Arc::new(Shared {
@@ -278,7 +279,9 @@ impl<P: Protocol> Pipelined<P> {
                 protocol,
                 order: Mutex::new(()),
             }),
-            permits: PollSemaphore::new(Arc::new(Semaphore::new(max_in_flight.max(1)))),
+            permits: PollSemaphore::new(Arc::new(Semaphore::new(
+                max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+            ))),
             permit: None,
             closed: None,
         }
@@ -398,6 +401,27 @@ impl<P: Protocol> Encoder<&P::Request> for WireEncoder<'_, P> {
 
     fn encode(&mut self, req: &P::Request, dst: &mut BytesMut) -> Result<()> {
         self.0.encode(req, dst)
+    }
+}
+
+/// Pieces of a reply shorter than this are copied out of the read buffer
+/// they came in; longer ones are kept as they came, without a copy.
+///
+/// A piece split off the read buffer keeps that whole buffer alive, and a
+/// reply whose small pieces came in separate reads (a slow or hostile
+/// server writes them one at a time) would keep one read buffer, up to
+/// 128 KiB, per piece. A kept piece holds the read buffer it came in, and
+/// a read buffer holds a piece it was grown for plus at most one read
+/// more: a reply holds at most about three times its size.
+pub(crate) const OWN_BELOW: usize = 64 * 1024;
+
+/// `piece` in an allocation of its own if it is shorter than
+/// [`OWN_BELOW`], else as it is (see there).
+pub(crate) fn own_small(piece: Bytes) -> Bytes {
+    if piece.len() < OWN_BELOW {
+        Bytes::copy_from_slice(&piece)
+    } else {
+        piece
     }
 }
 

@@ -5,7 +5,9 @@
 //!   ...): a [`LineCodec`] read, parsed into a header;
 //! * a **bulk string** (`$`, and RESP3's `!` blob error and `=` verbatim
 //!   string) is then one [`ChunkCodec`](anyframe::codecs::ChunkCodec) read of its length plus the `\r\n`,
-//!   split off the read buffer without a copy;
+//!   split off the read buffer without a copy (one shorter than 64 KiB is
+//!   then copied out, so that a reply of many small strings does not keep
+//!   a read buffer per string alive);
 //! * an **aggregate** (`*` array, `%` map, `~` set, `>` push, `|`
 //!   attribute) of `n` elements queues the type line of its first element
 //!   at the front of the queue; each element's completion queues the next
@@ -25,7 +27,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
-use crate::pipeline::{CrlfChunk, Pipelined, Protocol, Reply, Slot, Step, protocol_error};
+use crate::pipeline::{
+    CrlfChunk, Pipelined, Protocol, Reply, Slot, Step, own_small, protocol_error,
+};
 
 /// The longest bulk string accepted (Redis's own `proto-max-bulk-len`
 /// default): a longer length is refused before any byte of it is buffered.
@@ -134,6 +138,54 @@ impl Cmd {
         let mut out = BytesMut::with_capacity(self.body.len() + 16);
         self.write_to(&mut out);
         out.freeze()
+    }
+
+    /// The arguments, the name first.
+    fn args(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = &self.body[..];
+        std::iter::from_fn(move || {
+            // `$<len>\r\n<arg>\r\n`, as `arg` wrote it.
+            let eol = rest.iter().position(|&b| b == b'\r')?;
+            let len = parse_i64(&rest[1..eol]).and_then(|n| usize::try_from(n).ok())?;
+            let arg = rest.get(eol + 2..eol + 2 + len)?;
+            rest = rest.get(eol + 4 + len..)?;
+            Some(arg)
+        })
+    }
+
+    /// Why the request/reply client cannot send this command, if so: the
+    /// pub/sub commands and `MONITOR` turn the connection into a stream of
+    /// messages that answer no command, and `CLIENT REPLY` turns replies
+    /// off; any of them would leave every later reply answering the wrong
+    /// command.
+    fn leaves_request_reply(&self) -> Option<&'static str> {
+        let mut args = self.args();
+        let name = args.next()?;
+        const STREAMS: [&str; 7] = [
+            "SUBSCRIBE",
+            "PSUBSCRIBE",
+            "SSUBSCRIBE",
+            "UNSUBSCRIBE",
+            "PUNSUBSCRIBE",
+            "SUNSUBSCRIBE",
+            "MONITOR",
+        ];
+        if STREAMS
+            .iter()
+            .any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+        {
+            return Some(
+                "pub/sub commands and MONITOR go through redis::subscriber, not the request/reply client",
+            );
+        }
+        if name.eq_ignore_ascii_case(b"CLIENT")
+            && args
+                .next()
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"REPLY"))
+        {
+            return Some("CLIENT REPLY would leave commands without their replies");
+        }
+        None
     }
 
     fn write_to(&self, dst: &mut BytesMut) {
@@ -248,7 +300,9 @@ fn parse_header(line: Line) -> Result<Header> {
     let Some(&kind) = raw.first() else {
         return Err(protocol_error("empty RESP type line"));
     };
-    let rest = raw.slice(1..);
+    // Each line may have come in a read of its own: a value holds its own
+    // bytes, not the read buffer.
+    let rest = own_small(raw.slice(1..));
     let len = |rest: &[u8]| -> Result<Option<usize>> {
         match parse_i64(rest) {
             Some(-1) => Ok(None),
@@ -329,13 +383,25 @@ impl Partial {
     }
 }
 
+/// Where a top-level RESP3 push message (`>`) goes.
+#[derive(Debug, Clone)]
+enum Pushes {
+    /// It is the value read: a subscriber's message.
+    Value,
+    /// Out of band, to this channel; the reply is read after it.
+    Send(mpsc::UnboundedSender<Value>),
+    /// Out of band, dropped (nobody asked for them); the reply is read
+    /// after it.
+    Drop,
+}
+
 /// The state of one reply being read; it moves from each read's completion
 /// into the next read's.
 #[derive(Debug)]
 struct ReplyRead {
     stack: Vec<Partial>,
-    /// Where top-level push messages go (RESP3); `None`: a push is the reply.
-    pushes: Option<mpsc::UnboundedSender<Value>>,
+    /// Where top-level push messages go (RESP3).
+    pushes: Pushes,
     /// Released when the reply is complete.
     _slot: Slot,
 }
@@ -391,14 +457,21 @@ impl ReplyRead {
     fn on_value(mut self, mut value: Value, q: &mut Requests<'_>) -> Result<Step<Value>> {
         loop {
             let Some(top) = self.stack.last_mut() else {
-                if let (Value::Push(_), Some(pushes)) = (&value, &self.pushes) {
-                    // Out of band: hand it over, and read the actual reply.
-                    if pushes.send(value).is_err() {
-                        tracing::debug!("push message dropped: nobody listens");
+                // A push is out of band, never a command's reply (which
+                // would shift every later reply by one): hand it over or
+                // drop it, and read the actual reply.
+                match (&value, &self.pushes) {
+                    (Value::Push(_), Pushes::Send(pushes)) => {
+                        if pushes.send(value).is_err() {
+                            tracing::debug!("push message dropped: nobody listens");
+                        }
                     }
-                    return Ok(Step::More(self.next(q)));
+                    (Value::Push(_), Pushes::Drop) => {
+                        tracing::debug!(push = ?value, "push message dropped: no push channel");
+                    }
+                    _ => return Ok(Step::Done(value)),
                 }
-                return Ok(Step::Done(value));
+                return Ok(Step::More(self.next(q)));
             };
             top.items.push(value);
             if top.items.len() < top.want {
@@ -417,6 +490,7 @@ impl ReplyRead {
 }
 
 fn blob_value(kind: BlobKind, data: Bytes) -> Result<Value> {
+    let data = own_small(data);
     Ok(match kind {
         BlobKind::Bulk => Value::Bulk(data),
         BlobKind::Error => Value::Error(data),
@@ -433,15 +507,13 @@ fn blob_value(kind: BlobKind, data: Bytes) -> Result<Value> {
 }
 
 /// Queues, at the back of `handle`'s queue, the reads of one whole reply.
+/// RESP3 push messages that come before it are dropped: they are no
+/// command's reply.
 pub fn read_value(handle: &Handle) -> Ticket<Step<Value>> {
-    read_value_routing(handle, None, Slot::none())
+    read_value_routing(handle, Pushes::Drop, Slot::none())
 }
 
-fn read_value_routing(
-    handle: &Handle,
-    pushes: Option<mpsc::UnboundedSender<Value>>,
-    slot: Slot,
-) -> Ticket<Step<Value>> {
+fn read_value_routing(handle: &Handle, pushes: Pushes, slot: Slot) -> Ticket<Step<Value>> {
     let state = ReplyRead {
         stack: Vec::new(),
         pushes,
@@ -457,20 +529,25 @@ fn read_value_routing(
 fn read_message(handle: &Handle) -> Ticket<Step<Value>> {
     let state = ReplyRead {
         stack: Vec::new(),
-        pushes: None,
+        pushes: Pushes::Value,
         _slot: Slot::none(),
     };
     handle.push_read_with(TypeLine::new(), move |h, q| state.on_header(h, q))
 }
 
 /// The RESP [`Protocol`]: commands out, one value back per command.
+///
+/// A command that would break "one value back per command" is refused
+/// before anything is written (a non-fatal `EINVAL`): the pub/sub commands
+/// and `MONITOR` (use [`subscriber`]), and `CLIENT REPLY`.
 #[derive(Debug, Default)]
 pub struct Resp {
     pushes: Option<mpsc::UnboundedSender<Value>>,
 }
 
 impl Resp {
-    /// RESP with push messages (RESP3 `>`) returned as replies.
+    /// RESP whose top-level push messages (RESP3, e.g. client-side caching
+    /// invalidations) are dropped: a push is never taken for a reply.
     pub fn new() -> Resp {
         Resp::default()
     }
@@ -489,12 +566,19 @@ impl Protocol for Resp {
     type Reply = Value;
 
     fn encode(&self, req: &Cmd, dst: &mut BytesMut) -> Result<()> {
+        if let Some(why) = req.leaves_request_reply() {
+            return Err(Error::custom(ErrorKind::InvalidInput, false, why));
+        }
         req.write_to(dst);
         Ok(())
     }
 
     fn read_reply(&self, _req: &Cmd, handle: &Handle, slot: Slot) -> Ticket<Step<Value>> {
-        read_value_routing(handle, self.pushes.clone(), slot)
+        let pushes = match &self.pushes {
+            Some(tx) => Pushes::Send(tx.clone()),
+            None => Pushes::Drop,
+        };
+        read_value_routing(handle, pushes, slot)
     }
 }
 

@@ -658,3 +658,310 @@ async fn hostile_lengths_reserve_little() {
         assert!(grown < 8 * 1024 * 1024, "{what}: {grown} bytes");
     }
 }
+
+// =====================================================================================
+// Memory: a reply holds its own bytes, not the read buffers they came in
+// =====================================================================================
+
+/// An array of 2 000 one-byte bulk strings, each arriving in its own read
+/// (the server writes them one at a time, as a slow or hostile server
+/// does): the 2 000-byte reply must not keep a read buffer per element
+/// alive (the HTTP client gathers small chunks for exactly this reason;
+/// the `redis` crate copies each bulk).
+#[tokio::test(flavor = "current_thread")]
+async fn redis_small_bulks_hold_their_bytes_not_the_read_buffers() {
+    const N: usize = 2000;
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Resp::new(), 16);
+    let reply = c.send(Cmd::new("LRANGE").arg("l").arg("0").arg("-1"));
+    take_commands(&mut peer).await;
+    let base = live();
+    peer.write_all(format!("*{N}\r\n").as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..N {
+        peer.write_all(b"$1\r\nx\r\n").await.unwrap();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let v = tokio::time::timeout(LIMIT, reply).await.unwrap().unwrap();
+    assert_eq!(v.as_slice().map(<[Value]>::len), Some(N));
+    let held = live() - base;
+    assert!(
+        held < 1024 * 1024,
+        "a reply of {N} one-byte bulk strings keeps {held} bytes alive"
+    );
+}
+
+/// RESP3 attributes are skipped, but the element read right after one
+/// shares its read buffer: an array of 200 one-byte bulks, each preceded
+/// by an attribute carrying 64 KiB, must not keep the 13 MB of skipped
+/// attribute bytes alive.
+#[tokio::test(flavor = "current_thread")]
+async fn redis_skipped_attributes_are_not_held_by_the_reply() {
+    const N: usize = 200;
+    const PAD: usize = 64 * 1024;
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Resp::new(), 16);
+    let reply = c.send(Cmd::new("X"));
+    take_commands(&mut peer).await;
+    let base = live();
+    let writer = tokio::spawn(async move {
+        peer.write_all(format!("*{N}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut element = format!("|1\r\n+a\r\n${PAD}\r\n").into_bytes();
+        element.resize(element.len() + PAD, b'p');
+        element.extend_from_slice(b"\r\n$1\r\nx\r\n");
+        for _ in 0..N {
+            peer.write_all(&element).await.unwrap();
+        }
+        peer
+    });
+    let v = tokio::time::timeout(LIMIT, reply).await.unwrap().unwrap();
+    let _peer = writer.await.unwrap();
+    assert_eq!(v.as_slice().map(<[Value]>::len), Some(N));
+    let held = live() - base;
+    assert!(
+        held < 1024 * 1024,
+        "a reply of {N} one-byte bulk strings (skipped attributes of {PAD} bytes each) keeps {held} bytes alive"
+    );
+}
+
+/// A multi-get of 1 000 keys whose one-byte values arrive one per read:
+/// the reply must not keep a read buffer per value alive.
+#[tokio::test(flavor = "current_thread")]
+async fn memcached_small_values_hold_their_bytes_not_the_read_buffers() {
+    const N: usize = 1000;
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Memcached, 16);
+    let keys: Vec<Bytes> = (0..N).map(|i| Bytes::from(format!("k{i}"))).collect();
+    let reply = c.send(Command::Get(keys));
+    take_commands(&mut peer).await;
+    let base = live();
+    for i in 0..N {
+        peer.write_all(format!("VALUE k{i} 0 1\r\nx\r\n").as_bytes())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+    peer.write_all(b"END\r\n").await.unwrap();
+    let McResponse::Values(items) = tokio::time::timeout(LIMIT, reply).await.unwrap().unwrap()
+    else {
+        panic!("not values")
+    };
+    assert_eq!(items.len(), N);
+    let held = live() - base;
+    assert!(
+        held < 1024 * 1024,
+        "a multi-get of {N} one-byte values keeps {held} bytes alive"
+    );
+}
+
+/// 120 header lines, each arriving in its own read: the response must not
+/// keep a read buffer per header line alive.
+#[tokio::test(flavor = "current_thread")]
+async fn http_headers_hold_their_bytes_not_the_read_buffers() {
+    const N: usize = 120;
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Http::new("h"), 16);
+    let reply = c.send(Request::get("/"));
+    take_commands(&mut peer).await;
+    let base = live();
+    peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+    for i in 0..N {
+        peer.write_all(format!("X-{i}: v\r\n").as_bytes())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+    peer.write_all(b"Content-Length: 0\r\n\r\n").await.unwrap();
+    let resp = tokio::time::timeout(LIMIT, reply).await.unwrap().unwrap();
+    assert_eq!(resp.headers.len(), N + 1);
+    let held = live() - base;
+    assert!(
+        held < 256 * 1024,
+        "a response with {N} short header lines keeps {held} bytes alive"
+    );
+}
+
+// =====================================================================================
+// Replies reach only their own request
+// =====================================================================================
+
+/// A RESP3 push (a client-side caching invalidation) ahead of a reply, on
+/// a client with no push channel: it is not that command's reply (which
+/// would shift every later reply by one); it is dropped, as the `redis`
+/// crate drops it.
+#[tokio::test]
+async fn redis_push_on_a_client_without_a_push_channel_is_not_a_reply() {
+    let (handle, mut peer) = pipe();
+    let c = Pipelined::new(handle, Resp::new(), 16);
+    let a = c.send(Cmd::new("GET").arg("k"));
+    let b = c.send(Cmd::new("GET").arg("j"));
+    take_commands(&mut peer).await;
+    peer.write_all(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$1\r\na\r\n$1\r\nb\r\n")
+        .await
+        .unwrap();
+    let (a, b) = tokio::time::timeout(LIMIT, futures::future::join(a, b))
+        .await
+        .unwrap();
+    assert_eq!(a.unwrap(), Value::Bulk("a".into()));
+    assert_eq!(b.unwrap(), Value::Bulk("b".into()));
+}
+
+/// Pub/sub commands and `MONITOR` turn a Redis connection into a stream of
+/// messages that answer no command: the request/reply client refuses them
+/// (non-fatal, nothing written) and the connection stays in step.
+#[tokio::test]
+async fn redis_client_refuses_commands_that_leave_request_reply() {
+    let (handle, mut peer) = pipe();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    for c in [
+        Pipelined::new(handle.clone(), Resp::new(), 16),
+        Pipelined::new(handle, Resp::with_pushes(tx), 16),
+    ] {
+        for name in [
+            "SUBSCRIBE",
+            "psubscribe",
+            "SSUBSCRIBE",
+            "UNSUBSCRIBE",
+            "PUNSUBSCRIBE",
+            "SUNSUBSCRIBE",
+            "MONITOR",
+        ] {
+            let sent = tokio::time::timeout(LIMIT, c.send(Cmd::new(name).arg("ch")));
+            let e = sent.await.expect("hung").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{name}: {e}");
+            assert!(!e.is_fatal(), "{name}: {e}");
+        }
+        let off = c.send(Cmd::new("client").arg("Reply").arg("OFF"));
+        let e = tokio::time::timeout(LIMIT, off).await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "CLIENT REPLY: {e}");
+        // Other CLIENT commands, and commands whose arguments look like
+        // those names, go out.
+        let fine = c.send(Cmd::new("CLIENT").arg("ID"));
+        let echo = c.send(Cmd::new("ECHO").arg("SUBSCRIBE"));
+        peer.write_all(b":7\r\n$9\r\nSUBSCRIBE\r\n").await.unwrap();
+        assert_eq!(
+            tokio::time::timeout(LIMIT, fine).await.unwrap().unwrap(),
+            Value::Integer(7)
+        );
+        assert_eq!(
+            tokio::time::timeout(LIMIT, echo).await.unwrap().unwrap(),
+            Value::Bulk("SUBSCRIBE".into())
+        );
+        take_commands(&mut peer).await;
+        let ping = c.send(Cmd::new("PING"));
+        assert_eq!(take_commands(&mut peer).await, b"*1\r\n$4\r\nPING\r\n");
+        peer.write_all(b"+PONG\r\n").await.unwrap();
+        let ping = tokio::time::timeout(LIMIT, ping).await.unwrap();
+        assert_eq!(ping.unwrap(), Value::Simple("PONG".into()));
+    }
+}
+
+/// Each memcached command has its own set of answers: an `END` (the end
+/// of a value list) in answer to `set`, or `STORED` in answer to `get`,
+/// means the two sides are out of step, a fatal protocol error, not a
+/// reply.
+#[tokio::test]
+async fn memcached_answer_of_another_command_kind_is_fatal() {
+    for (cmd, answer) in [
+        (Command::set("k", "v"), &b"END\r\n"[..]),
+        (Command::get("k"), b"STORED\r\n"),
+        (Command::get("k"), b"DELETED\r\n"),
+        (Command::Delete("k".into()), b"STORED\r\n"),
+        (Command::Delete("k".into()), b"END\r\n"),
+        (Command::Incr("k".into(), 1), b"DELETED\r\n"),
+        (Command::set("k", "v"), b"7\r\n"),
+        (Command::Delete("k".into()), b"VALUE k 0 1\r\nx\r\nEND\r\n"),
+    ] {
+        let (c, mut peer) = mc();
+        let got = c.send(cmd.clone());
+        let next = c.send(Command::get("j"));
+        take_commands(&mut peer).await;
+        peer.write_all(answer).await.unwrap();
+        peer.write_all(b"END\r\n").await.unwrap();
+        let got = tokio::time::timeout(LIMIT, got).await.unwrap();
+        let e = got.expect_err(&format!("{cmd:?} answered {answer:?}"));
+        assert_eq!(e.kind(), ErrorKind::BadMessage, "{cmd:?}: {e}");
+        assert!(e.is_fatal());
+        assert!(tokio::time::timeout(LIMIT, next).await.unwrap().is_err());
+    }
+}
+
+/// Every answer each command may get is still its reply.
+#[tokio::test]
+async fn memcached_each_command_takes_each_of_its_answers() {
+    for (cmd, answer, want) in [
+        (
+            Command::set("k", "v"),
+            &b"STORED\r\n"[..],
+            McResponse::Stored,
+        ),
+        (
+            Command::set("k", "v"),
+            b"NOT_STORED\r\n",
+            McResponse::NotStored,
+        ),
+        (Command::Cas(store(), 3), b"EXISTS\r\n", McResponse::Exists),
+        (
+            Command::Cas(store(), 3),
+            b"NOT_FOUND\r\n",
+            McResponse::NotFound,
+        ),
+        (Command::get("k"), b"END\r\n", McResponse::Values(vec![])),
+        (
+            Command::Delete("k".into()),
+            b"DELETED\r\n",
+            McResponse::Deleted,
+        ),
+        (
+            Command::Delete("k".into()),
+            b"NOT_FOUND\r\n",
+            McResponse::NotFound,
+        ),
+        (
+            Command::Incr("k".into(), 1),
+            b"8\r\n",
+            McResponse::Number(8),
+        ),
+        (
+            Command::Incr("k".into(), 1),
+            b"NOT_FOUND\r\n",
+            McResponse::NotFound,
+        ),
+        (Command::get("k"), b"ERROR\r\n", McResponse::Error),
+        (
+            Command::set("k", "v"),
+            b"SERVER_ERROR out of memory\r\n",
+            McResponse::ServerError("out of memory".into()),
+        ),
+        (
+            Command::Incr("k".into(), 1),
+            b"CLIENT_ERROR bad\r\n",
+            McResponse::ClientError("bad".into()),
+        ),
+    ] {
+        let (c, mut peer) = mc();
+        let got = c.send(cmd.clone());
+        take_commands(&mut peer).await;
+        peer.write_all(answer).await.unwrap();
+        let got = tokio::time::timeout(LIMIT, got).await.unwrap();
+        assert_eq!(got.unwrap(), want, "{cmd:?}");
+    }
+}
+
+fn store() -> anyframe_protocols::memcached::Store {
+    anyframe_protocols::memcached::Store {
+        key: "k".into(),
+        flags: 0,
+        exptime: 0,
+        data: "v".into(),
+    }
+}

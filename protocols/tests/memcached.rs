@@ -265,15 +265,16 @@ async fn replies_from_a_byte_at_a_time_peer() {
         let _ = sock.read(&mut tmp).await;
     });
     let c = memcached::connect(addr, 32).await.unwrap();
-    // The commands whose replies the script gives (a VALUE answers a key
-    // asked for, in the order asked).
+    // The commands whose replies the script gives (each answer one its
+    // command may get; a VALUE answers a key asked for, in the order
+    // asked).
     let commands = [
-        Command::get("k"),
+        Command::set("k", "v"),
         Command::Gets(vec!["a".into(), "z".into(), "b".into()]),
         Command::get("k"),
         Command::get("k"),
         Command::get("k"),
-        Command::get("k"),
+        Command::Incr("k".into(), 1),
         Command::get("c"),
         Command::get("k"),
     ];

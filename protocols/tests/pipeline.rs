@@ -381,3 +381,24 @@ async fn a_reply_outlives_the_last_client_clone() {
         .expect("an answer");
     assert_eq!(got.unwrap(), Value::Simple("OK".into()));
 }
+
+/// `max_in_flight` of `usize::MAX` means no bound (not a panic in tokio's
+/// semaphore), and once the connection's output is shut `poll_ready`
+/// fails instead of handing out a slot for a call that cannot be written.
+#[tokio::test]
+async fn pipelined_readiness_at_the_bounds() {
+    use tower::ServiceExt;
+    let (handle, _peer) = pipe();
+    let mut c = Pipelined::new(handle.clone(), Resp::new(), usize::MAX);
+    tokio::time::timeout(LIMIT, c.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    handle.push_shutdown().unwrap();
+    let mut c = c.clone();
+    let e = tokio::time::timeout(LIMIT, c.ready())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
