@@ -944,3 +944,52 @@ async fn serve_tells_an_end_inside_a_request_from_a_decoders_io_error() {
         assert_eq!(e.kind(), kind, "{input:?}: {e}");
     }
 }
+
+/// `max_in_flight(usize::MAX)` means no bound: it must not panic in
+/// tokio's semaphore (which holds at most `Semaphore::MAX_PERMITS`).
+#[tokio::test]
+async fn client_max_in_flight_of_usize_max_means_no_bound() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    echo_server(theirs, Duration::ZERO);
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut client =
+        Client::builder()
+            .max_in_flight(usize::MAX)
+            .build(handle, LineCodec::new(), |_: &&str| LineCodec::new());
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let ready = futures::FutureExt::now_or_never(client.ready()).expect("a slot is free");
+            ready.expect("open").call("x")
+        })
+        .collect();
+    for answer in within("answers", futures::future::join_all(calls)).await {
+        assert_eq!(answer.unwrap().line(), b"x");
+    }
+}
+
+/// Once the client's connection is half-closed (`push_shutdown`), no call
+/// can be written again: `poll_ready` says so with an error, so tower
+/// middleware drops the service instead of handing it calls that fail.
+/// The answers owed before the half-close still arrive.
+#[tokio::test]
+async fn client_poll_ready_fails_once_its_output_is_shut() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    echo_server(theirs, Duration::from_millis(10));
+    let (handle, _driver) = QueuedFramed::new(ours).spawn();
+    let mut client = Client::new(handle.clone(), LineCodec::new(), |_: &&str| {
+        LineCodec::new()
+    });
+    let first = client.ready().await.unwrap().call("one");
+    handle.push_shutdown().unwrap();
+    let e = within("ready", client.ready()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(within("first", first).await.unwrap().line(), b"one");
+    // As the handle's own readiness, inline and spawned.
+    let e = within("handle", handle.ready_to_write()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let (ours, _theirs) = tokio::io::duplex(4096);
+    let mut conn = QueuedFramed::new(ours);
+    conn.push_shutdown().unwrap();
+    let e = within("inline", conn.ready_to_write()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}

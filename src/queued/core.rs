@@ -1799,7 +1799,7 @@ impl Core {
         self.wake_driver();
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         self.check_open()?;
         if self.output != Output::Open {
             return Err(Error::invalid_input("write after push_shutdown"));
@@ -2005,10 +2005,12 @@ impl Core {
         cx: &mut Context<'_>,
         since: WaitingSince,
     ) -> Poll<Result<()>> {
-        self.check_open()?;
+        // After `push_shutdown` no write can be queued again: not ready,
+        // ever (as `push_write` then says, non-fatal).
+        self.check_writable()?;
         self.poll_write_error(cx, since)?;
         ready!(self.marks.poll_ready(cx));
-        Poll::Ready(self.check_open())
+        Poll::Ready(self.check_writable())
     }
 
     /// Whether the write queue is at or below the low watermark.

@@ -1058,8 +1058,10 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// The error that closed the connection, or a non-fatal `ETIMEDOUT`
-    /// when a write timeout expires while it waits (TO-3). A poll form
+    /// The error that closed the connection; a non-fatal `EINVAL` once
+    /// the output is shut ([`push_shutdown`](Self::push_shutdown)): no
+    /// write can be queued again; or a non-fatal `ETIMEDOUT` when a write
+    /// timeout expires while it waits (TO-3). A poll form
     /// keeps no state of its own, so the waiter is known by its waker: one
     /// that comes back with another waker, or a second poller sharing the
     /// first one's, hears of the next expiry instead. A waiter that has
@@ -1075,8 +1077,9 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// The error that closed the connection, or a non-fatal `ETIMEDOUT`
-    /// when a write timeout expires meanwhile.
+    /// The error that closed the connection, a non-fatal `EINVAL` once the
+    /// output is shut, or a non-fatal `ETIMEDOUT` when a write timeout
+    /// expires meanwhile.
     pub async fn ready_to_write(&self) -> Result<()> {
         let epoch = self.lock().write_error_epoch();
         poll_fn(|cx| self.lock().poll_write_ready(cx, epoch)).await

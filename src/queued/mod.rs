@@ -1040,7 +1040,7 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Ready(self.core.check_open())
+        Poll::Ready(self.core.check_writable())
     }
 
     /// Resolves when the write queue is below the high watermark (or, once
@@ -1048,9 +1048,10 @@ where
     ///
     /// # Errors
     ///
-    /// A transport error, the error that closed the connection, or a
-    /// non-fatal `ETIMEDOUT` when a timer expires while the peer takes
-    /// nothing.
+    /// A transport error, the error that closed the connection, a
+    /// non-fatal `EINVAL` once the output is shut
+    /// ([`push_shutdown`](Self::push_shutdown)), or a non-fatal
+    /// `ETIMEDOUT` when a timer expires while the peer takes nothing.
     pub async fn ready_to_write(&mut self) -> Result<()> {
         poll_fn(|cx| self.poll_write_ready(cx)).await
     }

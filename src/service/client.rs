@@ -79,7 +79,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// pause between calls does not use it up.
 ///
 /// `poll_ready` is ready while fewer than `max_in_flight` calls are pending
-/// and the connection's write queue is below its high watermark. A fatal
+/// and the connection's write queue is below its high watermark; once the
+/// connection's output is shut (`Handle::push_shutdown`) it returns a
+/// non-fatal `EINVAL` for good, as no call can be written any more. A fatal
 /// connection error fails every pending call with it. While `poll_ready`
 /// waits for room, it is a write-side waiter: a read timeout that no call
 /// is waiting to hear, with answers still owed to calls given up (the
@@ -180,9 +182,11 @@ impl Default for ClientBuilder {
 
 impl ClientBuilder {
     /// How many calls may wait for their response at once (default
-    /// [`DEFAULT_MAX_IN_FLIGHT`]).
+    /// [`DEFAULT_MAX_IN_FLIGHT`]; at least 1, and at most tokio's
+    /// `Semaphore::MAX_PERMITS`, so `usize::MAX` means no bound in
+    /// practice).
     pub fn max_in_flight(&mut self, n: usize) -> &mut Self {
-        self.max_in_flight = n.max(1);
+        self.max_in_flight = n.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 

@@ -636,8 +636,11 @@ where
                         let room = loop {
                             match handle.poll_write_ready(cx) {
                                 Poll::Ready(Ok(())) => break true,
-                                // The connection failed.
-                                Poll::Ready(Err(e)) if e.is_fatal() => {
+                                // The connection failed, or its output was
+                                // shut: no answer can be written.
+                                Poll::Ready(Err(e))
+                                    if e.is_fatal() || e.kind() == ErrorKind::InvalidInput =>
+                                {
                                     return Poll::Ready(Event::Stalled(e));
                                 }
                                 // Not the loop's (timeouts come to it
