@@ -368,10 +368,14 @@ impl Error {
         }
     }
 
-    /// The I/O error behind this error, if the transport failed.
+    /// The I/O error behind this error, if the transport failed (also
+    /// during a TLS handshake or `stoptls`).
     pub fn io_error(&self) -> Option<&io::Error> {
         match &self.inner.source {
             Some(Source::Io(e)) => Some(e),
+            // The IO failed under TLS (a handshake, a `stoptls`).
+            #[cfg(any(feature = "tls", feature = "rustls"))]
+            Some(Source::Tls(e)) => e.io_source(),
             Some(Source::Cause(e)) => e.io_error(),
             _ => None,
         }
@@ -467,6 +471,10 @@ impl From<crate::tls::TlsError> for Error {
             ),
             K::AlreadyTls => (ErrorKind::InvalidInput, false, "TLS switch refused"),
             K::Config => (ErrorKind::InvalidInput, false, "bad TLS configuration"),
+            // Classified as any transport error (`EPIPE` stays `EPIPE`).
+            K::Io if e.io_source().map(io::Error::kind) == Some(io::ErrorKind::BrokenPipe) => {
+                (ErrorKind::BrokenPipe, true, "transport error under TLS")
+            }
             K::Io => (ErrorKind::Io, true, "transport error under TLS"),
             _ => (ErrorKind::Protocol, true, "TLS protocol error"),
         };

@@ -162,7 +162,8 @@ impl TlsClient {
 
     /// Wraps a native-tls connector configured by the caller; whatever it
     /// verifies is what this client verifies. `domain` is the name to send
-    /// and check.
+    /// and check; an empty one is refused when the handshake would start
+    /// (a `Config` error), as OpenSSL would check no host name.
     pub fn from_connector(connector: TlsConnector, domain: impl Into<String>) -> TlsClient {
         TlsClient {
             backend: ClientBackend::Native(connector),
@@ -343,6 +344,15 @@ pub struct TlsClientBuilder {
     accept_invalid_hostnames: bool,
 }
 
+/// See [`TlsError::empty_domain`].
+#[cfg(feature = "tls")]
+pub(super) fn refuse_empty_domain(domain: &str) -> Result<(), TlsError> {
+    if domain.is_empty() {
+        return Err(TlsError::empty_domain());
+    }
+    Ok(())
+}
+
 #[cfg(feature = "tls")]
 impl TlsClientBuilder {
     /// Trusts `cert` as a root, in addition to the system's roots.
@@ -408,8 +418,10 @@ impl TlsClientBuilder {
     /// # Errors
     ///
     /// [`TlsErrorKind::Config`](super::TlsErrorKind::Config) when the TLS
-    /// library refuses the settings.
+    /// library refuses the settings, or the domain is empty (OpenSSL would
+    /// take an empty name as "check no host name").
     pub fn build(&self) -> Result<TlsClient, TlsError> {
+        refuse_empty_domain(&self.domain)?;
         let mut b = TlsConnector::builder();
         for root in &self.roots {
             b.add_root_certificate(root.clone());

@@ -89,7 +89,11 @@ impl TlsError {
     #[cfg(feature = "tls")]
     pub(crate) fn handshake(e: native_tls::Error, peer_eof: bool) -> TlsError {
         if let Some(io) = find_io_error(&e) {
-            let io = io::Error::new(io.kind(), io.to_string());
+            // native-tls keeps the error; a copy keeps the OS's code.
+            let io = match io.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(io.kind(), io.to_string()),
+            };
             return TlsError::handshake_io(io);
         }
         TlsError::handshake_failed(e, peer_eof)
@@ -116,6 +120,24 @@ impl TlsError {
             TlsErrorKind::Handshake,
             "TLS handshake failed: the peer closed the connection",
         )
+    }
+
+    /// An empty domain for a native-tls client: OpenSSL takes an empty
+    /// host name as "check none", so it is refused rather than passed on.
+    #[cfg(feature = "tls")]
+    pub(crate) fn empty_domain() -> TlsError {
+        TlsError::new(
+            TlsErrorKind::Config,
+            "an empty domain names no host to check the certificate against",
+        )
+    }
+
+    /// The `io::Error` under a failure of the IO ([`TlsErrorKind::Io`]).
+    pub(crate) fn io_source(&self) -> Option<&io::Error> {
+        if self.inner.kind != TlsErrorKind::Io {
+            return None;
+        }
+        self.inner.source.as_deref()?.downcast_ref::<io::Error>()
     }
 
     /// The IO failed during the handshake.

@@ -22,7 +22,8 @@
 //! would refuse: it would go to send a fatal alert after the close_notify,
 //! which its debug assertions forbid (a panic in debug builds; rustls
 //! issue 959). A peer that stopped TLS without answering and went on in
-//! plaintext does exactly that, so we judge those headers ourselves.
+//! plaintext does exactly that, so we judge those headers ourselves; a
+//! body rustls refuses then is caught the same way (see [`Conn::process`]).
 //!
 //! The buffer holds at most one record plus one read's worth
 //! ([`READ_CHUNK`]), so memory per connection is bounded.
@@ -262,8 +263,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             self.inbuf.advance(done);
         }
-        self.tls.process_new_packets()?;
+        self.process()?;
         Ok(fed > 0)
+    }
+
+    /// rustls's `process_new_packets`. Once our close_notify is out, a
+    /// record whose body rustls refuses (one that does not decrypt, say)
+    /// makes rustls go to send a fatal alert after the close_notify, which
+    /// its debug assertions forbid (rustls issue 959): a header can be
+    /// judged before rustls sees it ([`refused_header`]), a body cannot.
+    /// That panic is the peer's doing, not a bug of ours or the user's: it
+    /// becomes the protocol error a release build of rustls returns. The
+    /// assertion fires before rustls changes any state, and the error
+    /// ends the session.
+    fn process(&mut self) -> Result<(), ::rustls::Error> {
+        if !self.close_notify_sent {
+            return self.tls.process_new_packets().map(drop);
+        }
+        let tls = &mut self.tls;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tls.process_new_packets().map(drop)
+        })) {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::debug!("rustls refused a record after our close_notify");
+                Err(::rustls::Error::General(
+                    "the peer sent a record that failed after our close_notify".into(),
+                ))
+            }
+        }
     }
 
     /// [`feed`](Conn::feed) for as long as the handshake runs and records

@@ -101,10 +101,14 @@ impl Starter {
         Ok(match mode {
             TlsMode::Connect(c) => match c.backend_parts() {
                 #[cfg(feature = "tls")]
-                ClientBackend::Native(connector) => Starter::Native(native::Side::Connect(
-                    connector.clone(),
-                    c.domain().to_owned(),
-                )),
+                ClientBackend::Native(connector) => {
+                    // A client made with `from_connector` is checked here.
+                    super::config::refuse_empty_domain(c.domain())?;
+                    Starter::Native(native::Side::Connect(
+                        connector.clone(),
+                        c.domain().to_owned(),
+                    ))
+                }
                 #[cfg(feature = "rustls")]
                 ClientBackend::Rustls { config, name } => {
                     Starter::Rustls(with_rustls::client(config.clone(), name.clone())?)
