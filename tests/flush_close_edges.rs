@@ -391,8 +391,10 @@ async fn client_clones_dropped_while_waiting_for_a_slot() {
         LineCodec::new(),
         (|_: &String| LineCodec::new()) as fn(&String) -> LineCodec,
     );
-    let held = tokio::spawn(client.clone().oneshot("held".to_string()));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The one slot, taken before any waiter starts.
+    let mut first = client.clone();
+    first.ready().await.unwrap();
+    let held = tokio::spawn(first.call("held".to_string()));
     let mut waiters = Vec::new();
     for i in 0..20 {
         let mut c = client.clone();

@@ -383,9 +383,11 @@ async fn many_client_clones_waiting_for_a_slot_do_not_spin() {
         LineCodec::new(),
         (|_: &String| LineCodec::new()) as fn(&String) -> LineCodec,
     );
-    // The one slot: a call the silent peer never answers.
-    let held = client.clone().oneshot("held".to_string());
-    let held = tokio::spawn(held);
+    // The one slot, taken before any waiter starts: a call the silent
+    // peer never answers.
+    let mut first = client.clone();
+    first.ready().await.unwrap();
+    let held = tokio::spawn(tower::Service::call(&mut first, "held".to_string()));
     let polls = Arc::new(AtomicUsize::new(0));
     let mut waiters = Vec::new();
     for _ in 0..40 {

@@ -251,6 +251,15 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// the same order.
 ///
 /// `poll_ready` waits while `max_in_flight` replies are outstanding.
+///
+/// While no reply is owed, nothing is read from the connection (anyframe's
+/// backpressure rule, RQ-5 in its `docs/semantics.md`): a server's close is
+/// noticed by the next request, which fails with it, and bytes a server
+/// sends unasked (an HTTP server's `408 Request Timeout` just before it
+/// closes an idle connection) are read as the next request's reply. A
+/// client that idles on connections whose servers do that (hyper's client
+/// reads while idle to tell them apart) should retire a connection idle
+/// longer than the server's keep-alive timeout.
 pub struct Pipelined<P> {
     shared: Arc<Shared<P>>,
     permits: PollSemaphore,
