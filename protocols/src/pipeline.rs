@@ -354,6 +354,9 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     /// connection (TO-6) and comes here as that fatal error; with no reply
     /// owed, it comes non-fatal (TO-3), and a call again goes on waiting.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // Room (or the output shut, or the connection closed) first: a
+        // client whose output is shut says so even with every slot taken.
+        ready!(self.shared.handle.poll_write_ready(cx))?;
         if self.permit.is_none() {
             match self.permits.poll_acquire(cx) {
                 Poll::Ready(Some(p)) => {

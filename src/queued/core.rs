@@ -1823,6 +1823,8 @@ impl Core {
             } else {
                 Output::ShutdownRequested
             };
+            // Producers waiting for room hear that none will come.
+            self.marks.wake_all_waiters();
             self.wake_driver();
         }
         Ok(())

@@ -1026,6 +1026,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // Once the output is shut no room will do: said at once.
+        self.core.check_writable()?;
         // Backpressure: above the high watermark, write until the queue is
         // back at the low one before accepting more.
         while self.core.write_blocked() {

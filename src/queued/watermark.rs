@@ -179,7 +179,9 @@ impl Watermarks {
         self.wake_all_waiters();
     }
 
-    fn wake_all_waiters(&mut self) {
+    /// Wakes the parked waiters to look again (the output was shut: they
+    /// hear that no write can be queued); the state is unchanged.
+    pub(crate) fn wake_all_waiters(&mut self) {
         for w in self.waiters.drain(..) {
             w.waker.wake();
         }

@@ -237,6 +237,9 @@ where
     type Future = ResponseFuture<Self::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // Room (or the output shut, or the connection closed) first: a
+        // client whose output is shut says so even with every slot taken.
+        ready!(self.handle.poll_write_ready(cx))?;
         if self.permit.is_none() {
             match self.permits.poll_acquire(cx) {
                 Poll::Ready(Some(p)) => {
