@@ -6,7 +6,8 @@
 //!   the same way and skipped (its status is kept in
 //!   [`Response::informational`]);
 //! * a `Content-Length` body: **one** [`ChunkCodec`] read of that length,
-//!   split off the read buffer without a copy;
+//!   split off the read buffer without a copy (copied out when shorter
+//!   than 64 KiB);
 //! * a `Transfer-Encoding: chunked` body: a hex **size line** (chunk
 //!   extensions after `;` ignored), then the chunk and its `\r\n` as one
 //!   [`CrlfChunk`] read, and so on until size
@@ -108,7 +109,8 @@ pub struct Response {
     /// The header fields in wire order (names as sent).
     pub headers: Vec<(Bytes, Bytes)>,
     /// The body: one piece for a `Content-Length` body, taken from the read
-    /// buffer without a copy. A chunked body's chunks of 64 KiB or more are
+    /// buffer without a copy (copied out when shorter than 64 KiB, so a
+    /// small body does not keep a read buffer alive). A chunked body's chunks of 64 KiB or more are
     /// kept the same way, one piece each; the smaller chunks between them
     /// are copied into one piece, so the body holds its own bytes rather
     /// than the buffers (and chunk extensions) they came in: at most about
@@ -323,7 +325,7 @@ impl ResponseRead {
             Some(n) => Ok(Step::More(q.unshift_read_with(
                 ChunkCodec::new(n),
                 move |body, q| {
-                    self.resp.body.push(body);
+                    self.resp.body.push(own_small(body));
                     self.done(q)
                 },
             ))),
@@ -415,7 +417,7 @@ impl ResponseRead {
         Ok(Step::More(q.unshift_read_with(
             UntilClose(self.max_body),
             move |body, q| {
-                self.resp.body.push(body);
+                self.resp.body.push(own_small(body));
                 self.done(q)
             },
         )))

@@ -171,8 +171,8 @@ fn parse_line(line: Bytes) -> Result<ReplyLine> {
         b"NOT_FOUND" => ReplyLine::Final(Response::NotFound),
         b"DELETED" => ReplyLine::Final(Response::Deleted),
         b"ERROR" => ReplyLine::Final(Response::Error),
-        b"CLIENT_ERROR" => ReplyLine::Final(Response::ClientError(rest())),
-        b"SERVER_ERROR" => ReplyLine::Final(Response::ServerError(rest())),
+        b"CLIENT_ERROR" => ReplyLine::Final(Response::ClientError(own_small(rest()))),
+        b"SERVER_ERROR" => ReplyLine::Final(Response::ServerError(own_small(rest()))),
         digits => ReplyLine::Final(Response::Number(
             parse_u64(digits).ok_or_else(|| protocol_error("unknown memcached reply line"))?,
         )),

@@ -154,10 +154,10 @@ impl Cmd {
     }
 
     /// Why the request/reply client cannot send this command, if so: the
-    /// pub/sub commands and `MONITOR` turn the connection into a stream of
-    /// messages that answer no command, and `CLIENT REPLY` turns replies
-    /// off; any of them would leave every later reply answering the wrong
-    /// command.
+    /// pub/sub commands, `MONITOR`, `SYNC` and `PSYNC` turn the connection
+    /// into a stream that answers no command, and `CLIENT REPLY` turns
+    /// replies off; any of them would leave every later reply answering
+    /// the wrong command.
     fn leaves_request_reply(&self) -> Option<&'static str> {
         let mut args = self.args();
         let name = args.next()?;
@@ -177,6 +177,14 @@ impl Cmd {
             return Some(
                 "pub/sub commands and MONITOR go through redis::subscriber, not the request/reply client",
             );
+        }
+        // A replica's handshake: a snapshot without a type line, then the
+        // replication stream.
+        if [&b"SYNC"[..], b"PSYNC"]
+            .iter()
+            .any(|s| name.eq_ignore_ascii_case(s))
+        {
+            return Some("SYNC and PSYNC start a replication stream, not one reply");
         }
         if name.eq_ignore_ascii_case(b"CLIENT")
             && args
@@ -539,7 +547,7 @@ fn read_message(handle: &Handle) -> Ticket<Step<Value>> {
 ///
 /// A command that would break "one value back per command" is refused
 /// before anything is written (a non-fatal `EINVAL`): the pub/sub commands
-/// and `MONITOR` (use [`subscriber`]), and `CLIENT REPLY`.
+/// and `MONITOR` (use [`subscriber`]), `SYNC`, `PSYNC` and `CLIENT REPLY`.
 #[derive(Debug, Default)]
 pub struct Resp {
     pushes: Option<mpsc::UnboundedSender<Value>>,
