@@ -52,6 +52,12 @@ const MAX_BODY_LEN: usize = (1 << 14) + 2048;
 /// transfers take one read per two records.
 const READ_CHUNK: usize = 2 * (HEADER_LEN + MAX_BODY_LEN);
 
+/// What a record rustls refused after our close_notify is (see
+/// [`Conn::process`]).
+fn after_close_notify() -> ::rustls::Error {
+    ::rustls::Error::General("the peer sent a record that failed after our close_notify".into())
+}
+
 /// A rustls connection for one side, before any I/O. Boxed: it is about a
 /// kilobyte, and the transport moves its state around by value.
 pub(super) fn client(
@@ -197,6 +203,12 @@ pub(super) struct Conn<IO> {
     /// A TLS 1.3 server's session tickets wait in rustls for the first
     /// write or flush (see [`Conn::poll_handshake`]); a read leaves them.
     tickets_owed: bool,
+    /// rustls panicked in [`Conn::process`] and its state is not to be
+    /// trusted (it swaps its state out while it works): every later call
+    /// gets [`after_close_notify`] and rustls is not called again. (A flag,
+    /// not the error: the session is held by value in every idle
+    /// connection.)
+    failed: bool,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
@@ -213,6 +225,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             peer_eof: false,
             close_notify_sent: false,
             tickets_owed: false,
+            failed: false,
+        }
+    }
+
+    /// The error rustls's panic left (see [`Conn::failed`]), if any.
+    fn check_failed(&self) -> Result<(), TlsError> {
+        match self.failed {
+            true => Err(TlsError::protocol(after_close_notify())),
+            false => Ok(()),
         }
     }
 
@@ -228,6 +249,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// the record before it was the peer's close_notify (after which
     /// rustls drops what it holds), those bytes are still ours.
     fn feed(&mut self) -> Result<bool, ::rustls::Error> {
+        if self.failed {
+            return Err(after_close_notify());
+        }
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
@@ -273,9 +297,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// its debug assertions forbid (rustls issue 959): a header can be
     /// judged before rustls sees it ([`refused_header`]), a body cannot.
     /// That panic is the peer's doing, not a bug of ours or the user's: it
-    /// becomes the protocol error a release build of rustls returns. The
-    /// assertion fires before rustls changes any state, and the error
-    /// ends the session.
+    /// becomes the protocol error a release build of rustls returns, and
+    /// rustls, left mid-call, is not called again ([`Conn::failed`]).
     fn process(&mut self) -> Result<(), ::rustls::Error> {
         if !self.close_notify_sent {
             return self.tls.process_new_packets().map(drop);
@@ -287,9 +310,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             Ok(result) => result,
             Err(_) => {
                 tracing::debug!("rustls refused a record after our close_notify");
-                Err(::rustls::Error::General(
-                    "the peer sent a record that failed after our close_notify".into(),
-                ))
+                self.failed = true;
+                Err(after_close_notify())
             }
         }
     }
@@ -440,6 +462,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<Result<(), TlsError>> {
+        self.check_failed()?;
         // Records rustls still owes the peer (the end of the handshake, a
         // key update) go first, as far as the IO takes them now; the IO
         // then wakes us when it can take more.
@@ -499,6 +522,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         // Sealed first, so that records already waiting (a TLS 1.3 server's
         // session tickets, see `poll_handshake`) leave in the same write as
         // this data rather than in a small segment of their own.
+        self.check_failed()?;
         self.tickets_owed = false;
         let mut n = match self.tls.writer().write(buf) {
             Ok(n) => n,
@@ -533,11 +557,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Writes out everything sealed and flushes the IO.
     pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
+        self.check_failed()?;
         self.poll_flush_tls(cx).map_err(TlsError::io)
     }
 
     /// Sends our close_notify (once) and flushes it out.
     pub(super) fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
+        self.check_failed()?;
         if !self.close_notify_sent {
             self.tls.send_close_notify();
             self.close_notify_sent = true;
@@ -676,6 +702,39 @@ mod tests {
             e,
             ::rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType)
         );
+    }
+
+    /// After our close_notify, a record that does not decrypt: rustls goes
+    /// to send an alert after the close_notify (a panic in its debug
+    /// builds). That is a protocol error, and every later call gets the
+    /// same error without calling rustls again (its state was left
+    /// mid-call).
+    #[test]
+    fn a_record_that_fails_after_our_close_notify_fails_every_later_call() {
+        let (mut client, _server) = handshaken();
+        client.send_close_notify();
+        // Application data whose body is not what the keys sealed.
+        let mut wire = vec![0x17, 0x03, 0x03, 0x00, 0x28];
+        wire.extend_from_slice(&[0x5a; 0x28]);
+        let mut conn = conn(client, &wire);
+        conn.close_notify_sent = true;
+        let first = conn.feed().unwrap_err();
+        assert_eq!(conn.feed().unwrap_err(), first, "the same error again");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut buf = [0u8; 8];
+            let mut buf = tokio::io::ReadBuf::new(&mut buf);
+            let e = std::future::poll_fn(|cx| conn.poll_read(cx, &mut buf))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), crate::tls::TlsErrorKind::Protocol, "{e}");
+            let e = std::future::poll_fn(|cx| conn.poll_write(cx, b"x"))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), crate::tls::TlsErrorKind::Protocol, "{e}");
+        });
     }
 
     #[test]
