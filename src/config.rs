@@ -200,7 +200,8 @@ impl Builder {
     /// [`DEFAULT_HIGH_WATER`] and [`DEFAULT_LOW_WATER`]. With a
     /// [`wbuf_max`](Self::wbuf_max), `high` is at most half of it, so a
     /// producer that waits for readiness is held back before an item of up
-    /// to that size could cross the cap.
+    /// to that size could cross the cap. A `low` above `high` is taken as
+    /// `high`.
     pub fn watermarks(&mut self, high: usize, low: usize) -> &mut Self {
         self.cfg.high_water = high;
         self.cfg.low_water = low.min(high);
@@ -225,8 +226,9 @@ impl Builder {
     }
 
     /// `TCP_NODELAY` (OPT-13) for TCP transports built with
-    /// [`build_tcp`](Self::build_tcp) or [`connect`](Self::connect); no-op
-    /// for other transports. Unset by default: the socket keeps the OS's
+    /// [`build_tcp`](Self::build_tcp) or [`connect`](Self::connect); not
+    /// applied by the other `build` methods (nor by the server loop), which
+    /// take any transport and log a warning when it is set. Unset by default: the socket keeps the OS's
     /// setting (off for a new socket); set, it is switched on or off.
     pub fn no_delay(&mut self, on: bool) -> &mut Self {
         self.cfg.no_delay = Some(on);
@@ -281,19 +283,40 @@ impl Builder {
     }
 
     /// Builds a handle over `io` with no default codec.
+    ///
+    /// `io` is any transport, so the socket options
+    /// ([`no_delay`](Self::no_delay), [`keepalive`](Self::keepalive)) are
+    /// not applied here (a warning is logged if they were set): use
+    /// [`build_tcp`](Self::build_tcp), or set them on the socket first.
     pub fn build<IO>(&self, io: IO) -> crate::QueuedFramed<IO>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.warn_socket_options_unapplied();
         crate::QueuedFramed::from_core(io, (), self.new_core())
     }
 
-    /// Builds a handle over `io` whose `Stream`/`Sink` use `codec`.
+    /// Builds a handle over `io` whose `Stream`/`Sink` use `codec`
+    /// (socket options as for [`build`](Self::build)).
     pub fn build_with_codec<IO, C>(&self, io: IO, codec: C) -> crate::QueuedFramed<IO, C>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.warn_socket_options_unapplied();
         crate::QueuedFramed::from_core(io, codec, self.new_core())
+    }
+
+    /// Socket options set on a builder whose transport they cannot reach
+    /// are said, not dropped in silence.
+    fn warn_socket_options_unapplied(&self) {
+        if self.cfg.no_delay.is_some() || self.cfg.keepalive.is_some() {
+            tracing::warn!(
+                no_delay = ?self.cfg.no_delay,
+                keepalive = ?self.cfg.keepalive,
+                "socket options not applied: this transport is not built by \
+                 Builder::build_tcp or Builder::connect (set them on the socket)"
+            );
+        }
     }
 
     /// Rebuilds a handle from [`Parts`](crate::Parts) with these options,
@@ -309,6 +332,7 @@ impl Builder {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.warn_socket_options_unapplied();
         crate::QueuedFramed::from_parts_with(parts, self.new_core())
     }
 }

@@ -93,7 +93,7 @@ impl Builder {
     /// Setting a socket option failed.
     pub fn build_tcp(&self, stream: TcpStream) -> io::Result<QueuedFramed<TcpStream>> {
         apply_socket_options(&stream, &self.cfg)?;
-        Ok(self.build(stream))
+        Ok(crate::QueuedFramed::from_core(stream, (), self.new_core()))
     }
 
     /// Sets the hook asked after each failed connect attempt.
@@ -111,7 +111,7 @@ impl Builder {
     /// A connect error naming the last cause when every address failed.
     pub async fn connect<A: ToSocketAddrs>(&self, addr: A) -> Result<QueuedFramed<TcpStream>> {
         let stream = connect_any(addr, self.cfg.clone(), self.retry.clone()).await?;
-        Ok(self.build(stream))
+        Ok(crate::QueuedFramed::from_core(stream, (), self.new_core()))
     }
 
     /// Like [`connect`](Self::connect), but returns a [`Handle`] at once:

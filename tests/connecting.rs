@@ -197,3 +197,61 @@ async fn a_zero_connect_timeout_is_off_not_an_instant_deadline() {
         r.map(|r| r.map(|_| ()))
     );
 }
+
+/// Counts the warnings logged on this thread.
+struct CountWarnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for CountWarnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Socket options (`no_delay`, `keepalive`) are applied where the builder
+/// makes the socket's handle (`build_tcp`, `connect`); `build` takes any
+/// transport and cannot apply them, so it says so (a warning) instead of
+/// dropping them in silence. A builder without them warns about nothing.
+#[test]
+fn socket_options_the_transport_cannot_take_are_not_dropped_silently() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = || warnings.load(std::sync::atomic::Ordering::Relaxed);
+    let sub = CountWarnings(warnings.clone());
+    tracing::subscriber::with_default(sub, || {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut b = QueuedFramed::builder();
+            b.no_delay(true);
+
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let conn = b.build_tcp(stream).unwrap();
+            assert_eq!(counted(), 0, "build_tcp applies them");
+            assert!(conn.get_ref().nodelay().unwrap());
+
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let conn = b.build(stream);
+            assert!(!conn.get_ref().nodelay().unwrap(), "build cannot apply it");
+            assert_eq!(counted(), 1, "build says the option was not applied");
+
+            let (io, _peer) = tokio::io::duplex(64);
+            let _ = QueuedFramed::builder().build(io);
+            assert_eq!(counted(), 1, "no socket option, no warning");
+        });
+    });
+}

@@ -69,6 +69,10 @@ pub enum BadRequest<Resp> {
 
 /// Serves `service` on `io`: see [`Serve`].
 ///
+/// What it returns is a builder ([`Serve`]) that is `IntoFuture`, as
+/// hyper's connection builders are: `.await` it, or spawn
+/// `serve(..).into_future()` (`tokio::spawn` takes a `Future`).
+///
 /// A pipelined server written by hand should do what this loop does: take
 /// every request already buffered at once (`read_many`), and keep autocork
 /// on so the answers to one batch leave in one write. Reading one request
@@ -201,7 +205,9 @@ where
 
     /// Connection options (timeouts, caps, watermarks). Autocork is on by
     /// default for the server loop and stays on unless `builder` sets it
-    /// ([`Builder::autocork`]).
+    /// ([`Builder::autocork`]). Socket options (`no_delay`, `keepalive`)
+    /// are not applied to the transport the loop is given (it may be any
+    /// transport; a warning is logged): set them on the socket before.
     pub fn connection(mut self, mut builder: Builder) -> Self {
         if !builder.autocork_chosen() {
             builder.autocork(true);
