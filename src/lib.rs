@@ -54,6 +54,10 @@
 //!
 //! # The contract
 //!
+//! Rule ids such as RQ-6 or TO-6 name the rules of [`semantics`], the
+//! behaviour contract; "AE" there and in these docs is Perl's
+//! AnyEvent::Handle, whose behaviour this crate restates for tokio.
+//!
 //! * **In order, nothing lost.** Requests complete in queue order; a request
 //!   cancelled before it completes consumed nothing. A fatal error keeps the
 //!   buffers: [`QueuedFramed::into_parts`] (or the [`Driver`]) returns the
@@ -63,8 +67,9 @@
 //! * **Errors** are one type, [`Error`], with an errno-like [`ErrorKind`] and
 //!   [`Error::is_fatal`]. A bad message fails its request only.
 //! * **Bounded**: `rbuf_max`, `wbuf_max` and every codec limit have defaults.
-//! * **Timeouts** (idle, read, write) are AnyEvent's: non-fatal, repeating,
-//!   running while idle. **Autocork**, **watermarks** and **linger** too.
+//! * **Timeouts** (idle, read, write) are AnyEvent's: non-fatal (except
+//!   when a response is owed and no request is left to hear it, TO-6),
+//!   repeating, running while idle. **Autocork**, **watermarks** and **linger** too.
 //! * **TLS** (feature `tls`): [`QueuedFramed::starttls`] on a live connection,
 //!   `stoptls`, `tls_autostart`; verification on by default.
 //! * **Tower** (feature `tower`): [`service::Client`] and [`service::serve`].

@@ -143,7 +143,7 @@ impl Error {
         let mut e = Error::new(
             ErrorKind::NoSpace,
             codec,
-            "frame exceeds the configured limit",
+            "frame exceeds the configured limit (the codec's max_length)",
         );
         e.inner.detail = Detail::Limit;
         e.inner.limit = Some(limit as u64);
@@ -339,8 +339,11 @@ impl fmt::Display for Error {
         if let Some(l) = i.limit {
             write!(f, ", limit {l}")?;
         }
-        if let Some(s) = i.seen {
-            write!(f, ", seen {s}")?;
+        match (i.seen, i.detail) {
+            // A codec gives up as soon as it knows a frame is too long.
+            (Some(s), Detail::Limit) => write!(f, ", seen at least {s}")?,
+            (Some(s), _) => write!(f, ", seen {s}")?,
+            (None, _) => {}
         }
         if let Some(o) = i.offset {
             write!(f, ", at offset {o}")?;
@@ -407,7 +410,11 @@ mod tests {
         let e = Error::too_large("line", 8, 9).with_bytes(b"GET / HTTP/1.1\r\n extra");
         let s = e.to_string();
         assert!(s.starts_with("line: frame exceeds"), "{s}");
-        assert!(s.contains("limit 8") && s.contains("seen 9"), "{s}");
+        assert!(s.contains("max_length"), "says which setting: {s}");
+        assert!(
+            s.contains("limit 8") && s.contains("seen at least 9"),
+            "{s}"
+        );
         assert!(s.contains(r#"bytes "GET / HTTP/1.1\r\n""#), "{s}");
         assert!(e.is_fatal() && e.is_limit());
     }
