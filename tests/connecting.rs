@@ -3,12 +3,15 @@
 //! Loopback only; every await is bounded. The stalled listener relies on
 //! Linux dropping SYNs to a full accept queue.
 
-use std::net::SocketAddr;
+#[path = "support/net.rs"]
+mod net;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyframe::codecs::LineCodec;
 use anyframe::{ErrorKind, QueuedFramed, RetryHook};
+use net::stalled_listener;
 
 async fn within<F: std::future::Future>(what: &str, secs: u64, f: F) -> F::Output {
     match tokio::time::timeout(Duration::from_secs(secs), f).await {
@@ -21,35 +24,6 @@ async fn within<F: std::future::Future>(what: &str, secs: u64, f: F) -> F::Outpu
 fn refused_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
-}
-
-/// A loopback listener whose accept queue is full (backlog 0, one
-/// connection already queued and never accepted): Linux drops further
-/// SYNs, so a connect to it stays in progress for the OS's connect timeout
-/// (about two minutes).
-struct Stalled {
-    _listener: socket2::Socket,
-    _filler: std::net::TcpStream,
-    addr: SocketAddr,
-}
-
-fn stalled_listener() -> Stalled {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    let filler = std::net::TcpStream::connect(addr).unwrap();
-    // Check that a further connect really stalls.
-    let probe = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let r = probe.connect_timeout(&addr.into(), Duration::from_millis(300));
-    assert!(r.is_err(), "the listener's accept queue is not full: {r:?}");
-    Stalled {
-        _listener: s,
-        _filler: filler,
-        addr,
-    }
 }
 
 // ----- the connecting phase ignores destroy, detach and the last handle ------
@@ -123,14 +97,14 @@ async fn destroy_while_connecting_opens_no_connection_later() {
     assert!(h.is_closed());
     // Free the accept queue: the connect's SYN retransmit (about 1 s
     // later) now gets through if the attempt was not abandoned.
-    let std_listener: std::net::TcpListener = st._listener.into();
+    let std_listener: std::net::TcpListener = st.listener.into();
     std_listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
     let (filler, _) = within("accept the filler", 3, listener.accept())
         .await
         .unwrap();
     drop(filler);
-    drop(st._filler);
+    drop(st.filler);
     let late = tokio::time::timeout(Duration::from_secs(4), listener.accept()).await;
     assert!(
         late.is_err(),

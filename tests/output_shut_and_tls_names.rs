@@ -5,6 +5,8 @@
 
 mod support;
 
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -16,18 +18,12 @@ use anyframe::service::Client;
 use anyframe::tls::TlsBackend;
 use anyframe::tls::rustls;
 use anyframe::{ErrorKind, QueuedFramed};
+use net::tcp_pair;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower::{Service, ServiceExt};
 
 const SHORT: Duration = Duration::from_secs(2);
-
-async fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-    (c.unwrap(), s.unwrap().0)
-}
 
 // ----- readiness after push_shutdown -------------------------------------------------
 

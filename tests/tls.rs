@@ -8,6 +8,8 @@
 
 mod support;
 
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyframe::codecs::{ChunkCodec, LineCodec, TlsDetectCodec};
 use anyframe::tls::{TlsBackend, TlsServer};
 use anyframe::{Error, ErrorKind, OrEof, QueuedFramed, Timeout};
+use net::tcp_pair;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -36,13 +39,6 @@ async fn within<F: Future>(what: &str, f: F) -> F::Output {
         Ok(out) => out,
         Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
     }
-}
-
-async fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-    (c.unwrap(), s.unwrap().0)
 }
 
 async fn listener() -> (TcpListener, SocketAddr) {

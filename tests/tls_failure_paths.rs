@@ -5,6 +5,8 @@
 
 mod support;
 
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -16,6 +18,7 @@ use anyframe::codecs::{ChunkCodec, LineCodec};
 use anyframe::tls::TlsBackend;
 use anyframe::{ErrorKind, QueuedFramed};
 use futures::FutureExt;
+use net::stalled_listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn bounded<F: std::future::Future>(secs: u64, f: F) -> Option<F::Output> {
@@ -1124,37 +1127,6 @@ async fn peer_shutdown_then_our_stoptls_then_a_clean_end() {
 }
 
 // ----- Builder::tls while connecting ------------------------------------------------------------
-
-/// A loopback listener whose accept queue is full (as in tests/connecting.rs):
-/// a further connect stays in progress.
-struct Stalled {
-    listener: socket2::Socket,
-    filler: std::net::TcpStream,
-    addr: std::net::SocketAddr,
-}
-
-fn stalled_listener() -> Stalled {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    let filler = std::net::TcpStream::connect(addr).unwrap();
-    let probe = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let r = probe.connect_timeout(&addr.into(), Duration::from_millis(300));
-    assert!(r.is_err(), "the listener's accept queue is not full: {r:?}");
-    Stalled {
-        listener: s,
-        filler,
-        addr,
-    }
-}
 
 /// OPT-2 ("Ended while still connecting (destroy, ...), the connection
 /// ends at once: the connect is dropped, no connection opens later [...];

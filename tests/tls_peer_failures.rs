@@ -6,10 +6,11 @@
 
 mod support;
 
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/pki.rs"]
 mod pki;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use anyframe::codecs::{ChunkCodec, LineCodec, RawCodec};
 use anyframe::tls::TlsBackend;
 use anyframe::tls::rustls;
 use anyframe::{ErrorKind, OrEof, QueuedFramed};
+use net::{stalled_listener, tcp_pair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -27,13 +29,6 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         Ok(v) => v,
         Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
     }
-}
-
-async fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-    (c.unwrap(), s.unwrap().0)
 }
 
 fn rustls_server_config() -> Arc<rustls::ServerConfig> {
@@ -83,6 +78,32 @@ async fn send_sealed(raw: &mut TcpStream, conn: &mut rustls::ServerConnection, d
         conn.write_tls(&mut out).unwrap();
     }
     raw.write_all(&out).await.unwrap();
+}
+
+/// Our `stoptls`, then from the peer: a record of data ("late"), under
+/// new keys if `key_update` (a TLS 1.3 KeyUpdate first), its close_notify
+/// and a plaintext line ("plain"). The two lines as read.
+async fn late_data_then_plaintext(
+    client: &mut QueuedFramed<TcpStream>,
+    raw: &mut TcpStream,
+    conn: &mut rustls::ServerConnection,
+    key_update: bool,
+) -> anyframe::Result<(Vec<u8>, Vec<u8>)> {
+    client.stoptls().await?;
+    if key_update {
+        conn.refresh_traffic_keys().unwrap();
+    }
+    send_sealed(raw, conn, b"late\n").await;
+    conn.send_close_notify();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out.extend_from_slice(b"plain\n");
+    raw.write_all(&out).await.unwrap();
+    let a = client.read(LineCodec::new()).await?;
+    let p = client.read(LineCodec::new()).await?;
+    Ok((a.line().to_vec(), p.line().to_vec()))
 }
 
 // ----- truncation ------------------------------------------------------------------
@@ -379,31 +400,6 @@ async fn rbuf_max_counts_plaintext_over_tls() {
 
 // ----- connecting ------------------------------------------------------------------
 
-/// A loopback listener whose accept queue is full: a connect stalls.
-struct Stalled {
-    _listener: socket2::Socket,
-    _filler: std::net::TcpStream,
-    addr: SocketAddr,
-}
-
-fn stalled_listener() -> Stalled {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    let filler = std::net::TcpStream::connect(addr).unwrap();
-    let probe = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let r = probe.connect_timeout(&addr.into(), Duration::from_millis(300));
-    assert!(r.is_err(), "the listener's accept queue is not full: {r:?}");
-    Stalled {
-        _listener: s,
-        _filler: filler,
-        addr,
-    }
-}
-
 /// OPT-2: a connect timeout fails the connect with `Io` whose io_error is
 /// `TimedOut`, on both `connect` and `spawn_connect` (its queued read and
 /// its driver).
@@ -543,21 +539,7 @@ async fn data_after_a_peer_key_update_between_the_close_notifies_is_delivered() 
     for &b in pki::BACKENDS {
         let (mut client, mut raw, mut conn) = client_vs_raw_rustls_server(b).await;
         let v = conn.protocol_version();
-        let r = async {
-            client.stoptls().await?;
-            conn.refresh_traffic_keys().unwrap();
-            send_sealed(&mut raw, &mut conn, b"late\n").await;
-            conn.send_close_notify();
-            let mut out = Vec::new();
-            while conn.wants_write() {
-                conn.write_tls(&mut out).unwrap();
-            }
-            out.extend_from_slice(b"plain\n");
-            raw.write_all(&out).await.unwrap();
-            let a = client.read(LineCodec::new()).await?;
-            let p = client.read(LineCodec::new()).await?;
-            Ok::<_, anyframe::Error>((a.line().to_vec(), p.line().to_vec()))
-        };
+        let r = late_data_then_plaintext(&mut client, &mut raw, &mut conn, true);
         let r = tokio::time::timeout(
             Duration::from_secs(5),
             std::panic::AssertUnwindSafe(r).catch_unwind(),
@@ -580,20 +562,7 @@ async fn data_between_the_close_notifies_is_delivered() {
     let mut failed = Vec::new();
     for &b in pki::BACKENDS {
         let (mut client, mut raw, mut conn) = client_vs_raw_rustls_server(b).await;
-        let r = async {
-            client.stoptls().await?;
-            send_sealed(&mut raw, &mut conn, b"late\n").await;
-            conn.send_close_notify();
-            let mut out = Vec::new();
-            while conn.wants_write() {
-                conn.write_tls(&mut out).unwrap();
-            }
-            out.extend_from_slice(b"plain\n");
-            raw.write_all(&out).await.unwrap();
-            let a = client.read(LineCodec::new()).await?;
-            let p = client.read(LineCodec::new()).await?;
-            Ok::<_, anyframe::Error>((a.line().to_vec(), p.line().to_vec()))
-        };
+        let r = late_data_then_plaintext(&mut client, &mut raw, &mut conn, false);
         match tokio::time::timeout(Duration::from_secs(5), r).await {
             Ok(Ok((a, p))) if a == b"late" && p == b"plain" => {}
             other => failed.push(format!("{b:?}: {other:?}")),
@@ -1214,20 +1183,7 @@ async fn tls12_data_between_the_close_notifies_is_delivered() {
         within("client handshake", client.flush()).await.unwrap();
         let (mut raw, mut conn) = within("server handshake", server).await.unwrap();
         let v = conn.protocol_version();
-        let r = async {
-            client.stoptls().await?;
-            send_sealed(&mut raw, &mut conn, b"late\n").await;
-            conn.send_close_notify();
-            let mut out = Vec::new();
-            while conn.wants_write() {
-                conn.write_tls(&mut out).unwrap();
-            }
-            out.extend_from_slice(b"plain\n");
-            raw.write_all(&out).await.unwrap();
-            let a = client.read(LineCodec::new()).await?;
-            let p = client.read(LineCodec::new()).await?;
-            Ok::<_, anyframe::Error>((a.line().to_vec(), p.line().to_vec()))
-        };
+        let r = late_data_then_plaintext(&mut client, &mut raw, &mut conn, false);
         match tokio::time::timeout(Duration::from_secs(5), r).await {
             Ok(Ok((a, p))) if a == b"late" && p == b"plain" => {}
             other => failed.push(format!("{b:?} ({v:?}): {other:?}")),

@@ -815,9 +815,10 @@ async fn redis_push_on_a_client_without_a_push_channel_is_not_a_reply() {
     assert_eq!(b.unwrap(), Value::Bulk("b".into()));
 }
 
-/// Pub/sub commands and `MONITOR` turn a Redis connection into a stream of
-/// messages that answer no command: the request/reply client refuses them
-/// (non-fatal, nothing written) and the connection stays in step.
+/// Pub/sub commands, `MONITOR`, `SYNC` and `PSYNC` turn a Redis
+/// connection into a stream that answers no command: the request/reply
+/// client refuses them (non-fatal, nothing written) and the connection
+/// stays in step.
 #[tokio::test]
 async fn redis_client_refuses_commands_that_leave_request_reply() {
     let (handle, mut peer) = pipe();
@@ -834,6 +835,8 @@ async fn redis_client_refuses_commands_that_leave_request_reply() {
             "PUNSUBSCRIBE",
             "SUNSUBSCRIBE",
             "MONITOR",
+            "SYNC",
+            "psync",
         ] {
             let sent = tokio::time::timeout(LIMIT, c.send(Cmd::new(name).arg("ch")));
             let e = sent.await.expect("hung").unwrap_err();

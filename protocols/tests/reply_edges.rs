@@ -91,30 +91,6 @@ async fn http_small_sized_bodies_hold_their_bytes_not_the_read_buffers() {
 
 // ----- commands that leave request/reply ---------------------------------------------
 
-/// `SYNC` and `PSYNC` turn the connection into a replication stream (an
-/// RDB payload sent as a bulk string without its `\r\n`, then the
-/// master's command stream): like `MONITOR`, they break "one value back
-/// per command", so the request/reply client refuses them before writing
-/// anything (non-fatal `EINVAL`).
-#[tokio::test]
-async fn redis_client_refuses_sync_and_psync_before_writing() {
-    let (handle, mut peer) = pipe();
-    let c = Pipelined::new(handle, Resp::new(), 16);
-    let mut failed = Vec::new();
-    for cmd in [Cmd::new("SYNC"), Cmd::new("psync").arg("?").arg("-1")] {
-        let r = tokio::time::timeout(Duration::from_millis(500), c.send(cmd.clone())).await;
-        match r {
-            Ok(Err(e)) if e.kind() == ErrorKind::InvalidInput && !e.is_fatal() => {}
-            other => failed.push(format!("{cmd:?}: {other:?}")),
-        }
-    }
-    let written = take_commands(&mut peer).await;
-    if !written.is_empty() {
-        failed.push(format!("written: {:?}", String::from_utf8_lossy(&written)));
-    }
-    assert!(failed.is_empty(), "{failed:#?}");
-}
-
 /// The same against a real redis-server: after `SYNC`, the connection is
 /// still in step (`PING` answers `PONG`).
 #[tokio::test]
