@@ -92,6 +92,9 @@ pub struct Error {
     inner: Arc<Inner>,
 }
 
+/// The text of [`Error::eof_in_request`].
+const EOF_IN_REQUEST: &str = "end of input while a read request was waiting";
+
 struct Inner {
     kind: ErrorKind,
     fatal: bool,
@@ -163,12 +166,16 @@ impl Error {
 
     /// EOF while a read request was waiting: `EPIPE`, fatal (RQ-6).
     pub(crate) fn eof_in_request() -> Error {
-        Error::new(
-            ErrorKind::BrokenPipe,
-            true,
-            "end of input while a read request was waiting",
-        )
-        .at_eof()
+        Error::new(ErrorKind::BrokenPipe, true, EOF_IN_REQUEST).at_eof()
+    }
+
+    /// Whether this is [`eof_in_request`](Self::eof_in_request): the
+    /// engine's, made when a decoder had no frame at the end of input, not
+    /// an error a decoder returned.
+    pub(crate) fn is_eof_in_request(&self) -> bool {
+        self.inner.eof
+            && self.inner.source.is_none()
+            && self.inner.message == EOF_IN_REQUEST
     }
 
     /// A pipelined response that could not be decoded: the stream is out
@@ -514,7 +521,9 @@ impl From<tokio_util::codec::LinesCodecError> for Error {
     fn from(e: tokio_util::codec::LinesCodecError) -> Error {
         match e {
             tokio_util::codec::LinesCodecError::Io(io) => io.into(),
-            other => Error::custom(ErrorKind::NoSpace, true, other),
+            // tokio-util's codec discards the rest of the long line and
+            // goes on: a long line under a discard policy (ERR table).
+            other => Error::custom(ErrorKind::NoSpace, false, other),
         }
     }
 }
@@ -523,7 +532,8 @@ impl From<tokio_util::codec::AnyDelimiterCodecError> for Error {
     fn from(e: tokio_util::codec::AnyDelimiterCodecError) -> Error {
         match e {
             tokio_util::codec::AnyDelimiterCodecError::Io(io) => io.into(),
-            other => Error::custom(ErrorKind::NoSpace, true, other),
+            // As for `LinesCodecError`: the codec discards and goes on.
+            other => Error::custom(ErrorKind::NoSpace, false, other),
         }
     }
 }

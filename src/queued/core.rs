@@ -62,7 +62,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::queued::handle::{INBOX_KEEP, Shared};
 use crate::queued::request::{
     Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Rejected, Request, Requests, Ticket,
@@ -1626,7 +1626,15 @@ impl Core {
                     return Poll::Ready(Ok(Some(frame)));
                 }
                 Ok(None) => {}
-                Err(e) if at_eof_clean && self.is_clean_eof(&e) => {
+                // A decoder that had begun a frame (taken its header, say)
+                // and itself says the input ended is inside that frame; one
+                // that only had no frame (it took whitespace between them)
+                // ends cleanly.
+                Err(e)
+                    if at_eof_clean
+                        && (watch.begun.is_none() || e.is_eof_in_request())
+                        && self.is_clean_eof(&e) =>
+                {
                     watch.begun = None;
                     return Poll::Ready(Ok(None));
                 }
@@ -1765,7 +1773,20 @@ impl Core {
             self.wq.rollback(before);
             return Err(e.into());
         }
-        let added = self.wq.tail_len() - before;
+        // An encoder that removed bytes queued before its item (one that
+        // clears `dst`) has lost output that was accepted: the stream can
+        // no longer be what was queued, so the connection closes.
+        let Some(added) = self.wq.tail_len().checked_sub(before) else {
+            self.wq.forget_removed(before);
+            let e = Error::custom(
+                ErrorKind::InvalidInput,
+                true,
+                "the encoder removed output queued before its item",
+            );
+            self.output_dropped = true;
+            self.close(e.clone());
+            return Err(e);
+        };
         if self.over_wbuf_max(added + self.inbox_output(added)) {
             self.wq.rollback(before);
             return Err(self.output_full());

@@ -218,6 +218,16 @@ where
     }
 }
 
+/// Whether `e` is the error of tokio-util's default `Decoder::decode_eof`
+/// (bytes left, no frame), which has no type of its own: an
+/// `io::ErrorKind::Other` with that text.
+fn is_default_decode_eof_error(e: &Error) -> bool {
+    e.kind() == ErrorKind::Io
+        && e.io_error().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::Other && io.to_string() == "bytes remaining on stream"
+        })
+}
+
 /// `decode_step` once the input has ended.
 #[inline(never)]
 fn decode_at_eof<D>(decoder: &mut D, rbuf: &mut BytesMut) -> Result<Option<D::Item>>
@@ -230,9 +240,10 @@ where
         Ok(None) => Err(Error::eof_in_request()),
         Err(e) => {
             let e: Error = e.into();
-            // A decoder does no I/O: an "I/O" error at EOF is tokio-util's
-            // default `decode_eof` saying "bytes remaining on stream".
-            if e.kind() == ErrorKind::Io {
+            // tokio-util's default `decode_eof` says "bytes remaining on
+            // stream" as an I/O error: that is the end of input inside a
+            // frame. Any other error is the codec's own, and goes on.
+            if is_default_decode_eof_error(&e) {
                 Err(Error::eof_in_request())
             } else {
                 Err(e)

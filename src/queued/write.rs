@@ -86,6 +86,14 @@ impl WriteQueue {
         self.len += self.tail.len() - before;
     }
 
+    /// An encoder shrank the tail below `before`: what it removed is no
+    /// longer queued.
+    pub(crate) fn forget_removed(&mut self, before: usize) {
+        let removed = before - self.tail.len();
+        self.len -= removed;
+        self.marker = self.marker.map(|m| m.min(self.len));
+    }
+
     /// Drops what an encoder appended since the tail was `before` long.
     pub(crate) fn rollback(&mut self, before: usize) {
         self.tail.truncate(before);
