@@ -1505,6 +1505,9 @@ impl Core {
     where
         IO: Transport,
     {
+        // A timer handled in front of a switch (a hook ran, or a queued
+        // read was told): once per poll, as in `poll_fill`.
+        let mut timer_handled = false;
         loop {
             while self.dispatch() {}
             self.check_open()?;
@@ -1521,6 +1524,13 @@ impl Core {
                         // itself, as the write side (TO-3).
                         return Poll::Pending;
                     }
+                    if timer_handled {
+                        // Due again at once (a period shorter than its
+                        // hook takes): the next poll runs it, so the call
+                        // never spins and other tasks run in between.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     if let Some((t, e)) = ready!(self.poll_timers(cx, Side::Read))
                         && !self.fail(e.clone(), Some(t))
                     {
@@ -1528,6 +1538,7 @@ impl Core {
                         // read behind the switch) does.
                         return Poll::Ready(Err(e));
                     }
+                    timer_handled = true;
                 }
                 continue;
             }
@@ -2155,6 +2166,8 @@ impl Core {
     where
         IO: Transport,
     {
+        // As in `poll_fill`: one timer handled per poll, then a self-wake.
+        let mut timer_handled = false;
         loop {
             if self.poll_write_out(io, cx)?.is_ready() {
                 return Poll::Ready(Ok(()));
@@ -2167,6 +2180,11 @@ impl Core {
                     continue;
                 }
             }
+            if timer_handled {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            timer_handled = true;
             match ready!(self.poll_timers(cx, Side::Write)) {
                 // A read timeout is a read's: told to the first queued read
                 // with a waiter, else left for a read side that waits (a
@@ -2195,6 +2213,21 @@ impl Core {
     }
 
     // ----- TLS on a live connection -----------------------------------------------------
+
+    /// Why TLS auto-detection cannot run now, if so: with TLS on, or a
+    /// switch queued ahead of it (say the handshake of an earlier detection
+    /// that timed out), the detection would judge decrypted data, and call
+    /// a TLS client plaintext.
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    pub(crate) fn autostart_refused(&self) -> Option<Error> {
+        if self.is_tls() {
+            return Some(Error::invalid_input("TLS is already on: nothing to detect"));
+        }
+        self.queue
+            .iter()
+            .any(|e| matches!(e, Entry::Switch(_)))
+            .then(|| Error::invalid_input("a TLS switch is already in progress"))
+    }
 
     /// Queues a TLS switch. `front`: it runs before every queued read (a
     /// completion switching now); otherwise after them. The output queued so

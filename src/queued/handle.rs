@@ -1209,6 +1209,11 @@ impl Handle {
     pub fn push_tls_autostart(&self, server: crate::tls::TlsServer) -> AutostartTicket {
         let verdict =
             self.push_read_with(crate::codecs::TlsDetectCodec::new(), move |verdict, q| {
+                // Judged where the detection runs: a switch queued ahead
+                // of it (an earlier detection's) has run by then.
+                if let Some(e) = q.core.autostart_refused() {
+                    return Err(e);
+                }
                 let handshake = verdict.is_tls().then(|| q.starttls(server));
                 Ok((verdict, handshake))
             });

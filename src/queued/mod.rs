@@ -657,11 +657,17 @@ where
     /// # Errors
     ///
     /// `EPIPE` if the input ends before the first bytes decide; the
-    /// handshake's errors as [`starttls`](Self::starttls).
+    /// handshake's errors as [`starttls`](Self::starttls); a non-fatal
+    /// `EINVAL` with TLS already on or a switch still in progress (the
+    /// handshake of a detection that timed out goes on: wait for it with
+    /// [`flush`](Self::flush) or a read).
     pub async fn tls_autostart(
         &mut self,
         server: crate::tls::TlsServer,
     ) -> Result<crate::codecs::TlsDetect> {
+        if let Some(e) = self.core.autostart_refused() {
+            return Err(e);
+        }
         let verdict = self.read(crate::codecs::TlsDetectCodec::new()).await?;
         if verdict.is_tls() {
             self.starttls(server).await?;
