@@ -173,9 +173,7 @@ impl Error {
     /// engine's, made when a decoder had no frame at the end of input, not
     /// an error a decoder returned.
     pub(crate) fn is_eof_in_request(&self) -> bool {
-        self.inner.eof
-            && self.inner.source.is_none()
-            && self.inner.message == EOF_IN_REQUEST
+        self.inner.eof && self.inner.source.is_none() && self.inner.message == EOF_IN_REQUEST
     }
 
     /// A pipelined response that could not be decoded: the stream is out
