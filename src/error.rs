@@ -519,9 +519,11 @@ impl From<tokio_util::codec::LinesCodecError> for Error {
     fn from(e: tokio_util::codec::LinesCodecError) -> Error {
         match e {
             tokio_util::codec::LinesCodecError::Io(io) => io.into(),
-            // tokio-util's codec discards the rest of the long line and
-            // goes on: a long line under a discard policy (ERR table).
-            other => Error::custom(ErrorKind::NoSpace, false, other),
+            // Fatal: tokio-util's codec consumes nothing when it says so
+            // and skips the line only at its next call, with its state;
+            // a read that takes its decoder by value (`read`, a Handle's
+            // reads) would meet the same error again without end.
+            other => Error::custom(ErrorKind::NoSpace, true, other),
         }
     }
 }
@@ -530,8 +532,8 @@ impl From<tokio_util::codec::AnyDelimiterCodecError> for Error {
     fn from(e: tokio_util::codec::AnyDelimiterCodecError) -> Error {
         match e {
             tokio_util::codec::AnyDelimiterCodecError::Io(io) => io.into(),
-            // As for `LinesCodecError`: the codec discards and goes on.
-            other => Error::custom(ErrorKind::NoSpace, false, other),
+            // Fatal, as for `LinesCodecError`.
+            other => Error::custom(ErrorKind::NoSpace, true, other),
         }
     }
 }

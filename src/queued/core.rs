@@ -1637,15 +1637,11 @@ impl Core {
                     return Poll::Ready(Ok(Some(frame)));
                 }
                 Ok(None) => {}
-                // A decoder that had begun a frame (taken its header, say)
-                // and itself says the input ended is inside that frame; one
-                // that only had no frame (it took whitespace between them)
-                // ends cleanly.
-                Err(e)
-                    if at_eof_clean
-                        && (watch.begun.is_none() || e.is_eof_in_request())
-                        && self.is_clean_eof(&e) =>
-                {
+                // Clean only where the decoder had no frame and nothing is
+                // left (the engine's own end-of-input error): an error the
+                // decoder returns itself (a truncation it noticed, with its
+                // header taken) is the decoder's to tell, as with Framed.
+                Err(e) if at_eof_clean && e.is_eof_in_request() && self.is_clean_eof(&e) => {
                     watch.begun = None;
                     return Poll::Ready(Ok(None));
                 }

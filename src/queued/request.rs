@@ -212,7 +212,8 @@ where
         Ok(Some(frame)) if rbuf.len() == before => BatchStep::Last(frame),
         Ok(Some(frame)) => BatchStep::Frame(frame),
         Ok(None) => BatchStep::End,
-        Err(e) if eof && e.is_eof() && rbuf.is_empty() => BatchStep::End,
+        // The end of input between frames (see `Core::poll_decode_observed`).
+        Err(e) if eof && e.is_eof_in_request() && rbuf.is_empty() => BatchStep::End,
         Err(e) if e.kind() == ErrorKind::InvalidInput => BatchStep::End,
         Err(e) => BatchStep::Error(e),
     }
@@ -833,7 +834,7 @@ impl<D> Batch<D> {
             }
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),
-            Err(e) if eof && e.is_eof() && src.is_empty() => {
+            Err(e) if eof && e.is_eof_in_request() && src.is_empty() => {
                 let d = self.decoder.take().expect("checked above");
                 return Ok(Some((d, Vec::new(), None)));
             }
