@@ -406,7 +406,8 @@ struct EncodeUnwind<'a> {
 
 impl Drop for EncodeUnwind<'_> {
     fn drop(&mut self) {
-        self.core.wq.rollback(self.before);
+        // The connection closes either way (the panic).
+        let _ = self.core.wq.rollback(self.before);
         self.core.poison();
     }
 }
@@ -1777,25 +1778,22 @@ impl Core {
         let encoded = encoder.encode(item, armed.core.wq.tail_mut());
         std::mem::forget(armed);
         if let Err(e) = encoded {
-            self.wq.rollback(before);
+            if !self.wq.rollback(before) {
+                return Err(self.encoder_lost_output());
+            }
             return Err(e.into());
         }
         // An encoder that removed bytes queued before its item (one that
         // clears `dst`) has lost output that was accepted: the stream can
-        // no longer be what was queued, so the connection closes.
+        // no longer be what was queued, so the connection closes. (One
+        // that rewrites them cannot be told from one that appends: an
+        // encoder must only append, as tokio-util's `Framed` assumes.)
         let Some(added) = self.wq.tail_len().checked_sub(before) else {
             self.wq.forget_removed(before);
-            let e = Error::custom(
-                ErrorKind::InvalidInput,
-                true,
-                "the encoder removed output queued before its item",
-            );
-            self.output_dropped = true;
-            self.close(e.clone());
-            return Err(e);
+            return Err(self.encoder_lost_output());
         };
         if self.over_wbuf_max(added + self.inbox_output(added)) {
-            self.wq.rollback(before);
+            let _ = self.wq.rollback(before);
             return Err(self.output_full());
         }
         self.wq.commit(before);
@@ -1812,6 +1810,19 @@ impl Core {
         self.wq.push_bytes(bytes);
         self.pushed();
         Ok(())
+    }
+
+    /// An encoder removed output queued before its item: fatal (what is
+    /// queued is no longer what was accepted), and the output is dropped.
+    pub(crate) fn encoder_lost_output(&mut self) -> Error {
+        let e = Error::custom(
+            ErrorKind::InvalidInput,
+            true,
+            "the encoder removed output queued before its item",
+        );
+        self.output_dropped = true;
+        self.close(e.clone());
+        e
     }
 
     /// `wbuf_max` crossed: fatal, and the queued output is not lingered on.

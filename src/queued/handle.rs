@@ -346,6 +346,16 @@ impl Shared {
         let inside = Inside::enter(&self.inbox_owner);
         let encoded = catch_unwind(AssertUnwindSafe(|| encoder.encode(item, &mut inbox.out)));
         drop(inside);
+        if inbox.out.len() < before {
+            // The encoder removed output posted before its item (it
+            // cleared `dst`): as on the locked path, the connection closes.
+            drop(inbox);
+            if let Err(payload) = encoded {
+                self.lock().close(Error::panicked(panic_text(&*payload)));
+                resume_unwind(payload);
+            }
+            return Encoded::Failed(self.lock().encoder_lost_output());
+        }
         match encoded {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

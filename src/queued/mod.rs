@@ -301,6 +301,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// The encoder's error (nothing is queued); `ENOSPC`, fatal, if the
     /// queue would exceed `wbuf_max`; the handle's fatal error if it is
     /// closed; `EINVAL` after [`push_shutdown`](Self::push_shutdown).
+    /// An encoder must only append to `dst` (which may hold output queued
+    /// before): one that removes bytes closes the connection with a fatal
+    /// `EINVAL`.
     pub fn push_write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
     where
         E: Encoder<I>,

@@ -95,8 +95,15 @@ impl WriteQueue {
     }
 
     /// Drops what an encoder appended since the tail was `before` long.
-    pub(crate) fn rollback(&mut self, before: usize) {
+    /// False if the encoder removed bytes queued before its item (they are
+    /// forgotten: the output is no longer what was queued).
+    pub(crate) fn rollback(&mut self, before: usize) -> bool {
+        if self.tail.len() < before {
+            self.forget_removed(before);
+            return false;
+        }
         self.tail.truncate(before);
+        true
     }
 
     /// Queues `bytes` after everything already queued.
@@ -119,6 +126,12 @@ impl WriteQueue {
     /// Marks the switch boundary after everything queued now.
     #[cfg_attr(not(any(feature = "tls", feature = "rustls")), allow(dead_code))]
     pub(crate) fn set_marker(&mut self) {
+        // What was queued before the switch is frozen into the chain: an
+        // encoder given the tail later (which must only append, but may
+        // not) cannot move bytes queued after the switch in front of it.
+        if !self.tail.is_empty() {
+            self.chain.push_back(self.tail.split().freeze());
+        }
         self.marker = Some(self.len);
     }
 
