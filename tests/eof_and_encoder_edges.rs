@@ -5,6 +5,9 @@
 //! (Needs a TLS backend for the last part.)
 #![cfg(any(feature = "tls", feature = "rustls"))]
 
+#[path = "support/len1.rs"]
+mod len1;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -14,8 +17,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyframe::QueuedFramed;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use futures::StreamExt;
+use len1::Len1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::codec::{Decoder, Encoder};
@@ -24,41 +28,6 @@ async fn t<F: Future>(what: &str, f: F) -> F::Output {
     match timeout(Duration::from_secs(5), f).await {
         Ok(v) => v,
         Err(_) => panic!("timed out: {what}"),
-    }
-}
-
-/// One length byte (consumed first, kept as state), then that many bytes.
-/// At end of input inside a frame its own decode_eof says UnexpectedEof.
-#[derive(Default, Clone)]
-struct Len1 {
-    want: Option<usize>,
-}
-impl Decoder for Len1 {
-    type Item = BytesMut;
-    type Error = io::Error;
-    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-        if self.want.is_none() {
-            if src.is_empty() {
-                return Ok(None);
-            }
-            self.want = Some(src.get_u8() as usize);
-        }
-        let n = self.want.unwrap();
-        if src.len() < n {
-            return Ok(None);
-        }
-        self.want = None;
-        Ok(Some(src.split_to(n)))
-    }
-    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-        match self.decode(src)? {
-            Some(f) => Ok(Some(f)),
-            None if src.is_empty() && self.want.is_none() => Ok(None),
-            None => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated frame",
-            )),
-        }
     }
 }
 

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[path = "support/len1.rs"]
+mod len1;
+
 use anyframe::{ErrorKind, QueuedFramed};
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use futures::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -792,39 +795,7 @@ async fn into_parts_mid_frame_and_from_parts_resumes() {
 /// empty: `Framed` yields that error; it must not become a clean end.
 #[tokio::test]
 async fn truncated_frame_reported_by_decode_eof_is_an_error_not_a_clean_end() {
-    /// One length byte, then that many bytes; the header is consumed first.
-    #[derive(Default)]
-    struct Len1 {
-        want: Option<usize>,
-    }
-    impl Decoder for Len1 {
-        type Item = BytesMut;
-        type Error = io::Error;
-        fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-            if self.want.is_none() {
-                if src.is_empty() {
-                    return Ok(None);
-                }
-                self.want = Some(src.get_u8() as usize);
-            }
-            let n = self.want.unwrap();
-            if src.len() < n {
-                return Ok(None);
-            }
-            self.want = None;
-            Ok(Some(src.split_to(n)))
-        }
-        fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-            match self.decode(src)? {
-                Some(f) => Ok(Some(f)),
-                None if src.is_empty() && self.want.is_none() => Ok(None),
-                None => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "truncated frame",
-                )),
-            }
-        }
-    }
+    use len1::Len1;
     // Header says 5, nothing of the payload arrives.
     let input = [2u8, b'h', b'i', 5];
     let oracle = framed_collect(&input, Len1::default()).await;
