@@ -377,7 +377,7 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
                 }
             }
         }
-        ready!(self.shared.handle.poll_write_ready(cx))?;
+        // Room was checked above, in this same poll.
         if let Some(e) = self.shared.protocol.refuses_requests() {
             return Poll::Ready(Err(e));
         }

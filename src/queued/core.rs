@@ -2230,6 +2230,12 @@ impl Core {
         if self.is_tls() {
             return Some(Error::invalid_input("TLS is already on: nothing to detect"));
         }
+        self.switch_in_progress()
+    }
+
+    /// The refusal while a TLS switch is queued (one at a time), if so.
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    fn switch_in_progress(&self) -> Option<Error> {
         self.queue
             .iter()
             .any(|e| matches!(e, Entry::Switch(_)))
@@ -2247,10 +2253,8 @@ impl Core {
             let _ = done.send(Err(e.clone()));
             return ticket;
         }
-        if self.queue.iter().any(|e| matches!(e, Entry::Switch(_))) {
-            let _ = done.send(Err(Error::invalid_input(
-                "a TLS switch is already in progress",
-            )));
+        if let Some(e) = self.switch_in_progress() {
+            let _ = done.send(Err(e));
             return ticket;
         }
         tracing::debug!(

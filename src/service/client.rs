@@ -254,7 +254,7 @@ where
                 }
             }
         }
-        ready!(self.handle.poll_write_ready(cx))?;
+        // Room was checked above, in this same poll.
         Poll::Ready(Ok(()))
     }
 

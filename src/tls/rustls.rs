@@ -231,10 +231,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// The error rustls's panic left (see [`Conn::failed`]), if any.
     fn check_failed(&self) -> Result<(), TlsError> {
-        match self.failed {
-            true => Err(TlsError::protocol(after_close_notify())),
-            false => Ok(()),
+        if self.failed {
+            return Err(TlsError::protocol(after_close_notify()));
         }
+        Ok(())
     }
 
     /// Hands rustls what is buffered of the current record (see
