@@ -344,3 +344,33 @@ fn request_bytes_for_fetch_are_what_the_server_expects() {
     let mut c = Answer::Blob(PackstringCodec::new(PackFormat::U32Be));
     assert_eq!(&c.decode(&mut b).unwrap().unwrap()[..], b"zzz");
 }
+
+/// On a runtime with one thread, a caller that never has to wait would
+/// queue a whole window before the driver runs, and the peer would sit
+/// idle while the caller handles the whole window of answers. `poll_ready`
+/// yields to the driver every half window, so the first half is written
+/// while the caller queues the second.
+#[tokio::test(flavor = "current_thread")]
+async fn client_writes_its_window_in_halves_on_one_thread() {
+    let (io, _peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    let mut client =
+        Client::builder()
+            .max_in_flight(8)
+            .build(handle.clone(), LineCodec::new(), |_: &String| {
+                LineCodec::new()
+            });
+    let mut unwritten = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        client.ready().await.unwrap();
+        unwritten.push(handle.write_buffered());
+        calls.push(client.call(format!("request {i}")));
+    }
+    // Before the fifth call the driver has written the first four.
+    assert_eq!(unwritten[4], 0, "unwritten before each call: {unwritten:?}");
+    assert!(
+        unwritten[3] > 0,
+        "unwritten before each call: {unwritten:?}"
+    );
+}

@@ -250,7 +250,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// one lock, so clones used from many tasks keep requests and replies in
 /// the same order.
 ///
-/// `poll_ready` waits while `max_in_flight` replies are outstanding.
+/// `poll_ready` waits while `max_in_flight` replies are outstanding; every
+/// half `max_in_flight` calls made while the connection's driver had no
+/// turn, it yields once, so the first half of the window is written while
+/// the caller goes on with the second (`Handle::poll_yield_to_driver`).
 ///
 /// While no reply is owed, nothing is read from the connection (anyframe's
 /// backpressure rule, RQ-5 in its `docs/semantics.md`): a server's close is
@@ -275,6 +278,9 @@ struct Shared<P> {
     /// Held across "write the request, queue its reply's read" (two calls
     /// on the handle), so no other clone can slip in between.
     order: Mutex<()>,
+    /// Calls after which `poll_ready` yields to the driver once: half the
+    /// in-flight bound, so the window goes out in two halves.
+    batch: usize,
 }
 
 impl<P: Protocol> Pipelined<P> {
@@ -282,15 +288,15 @@ impl<P: Protocol> Pipelined<P> {
     /// `max_in_flight` replies outstanding (at least 1; `usize::MAX` is
     /// taken as tokio's `Semaphore::MAX_PERMITS`, no bound in practice).
     pub fn new(handle: Handle, protocol: P, max_in_flight: usize) -> Pipelined<P> {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Pipelined {
             shared: Arc::new(Shared {
                 handle,
                 protocol,
                 order: Mutex::new(()),
+                batch: (max_in_flight / 2).max(1),
             }),
-            permits: PollSemaphore::new(Arc::new(Semaphore::new(
-                max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
-            ))),
+            permits: PollSemaphore::new(Arc::new(Semaphore::new(max_in_flight))),
             permit: None,
             closed: None,
         }
@@ -354,6 +360,14 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     /// connection (TO-6) and comes here as that fatal error; with no reply
     /// owed, it comes non-fatal (TO-3), and a call again goes on waiting.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // Half a window queued since the driver last ran: let it write
+        // that half while the caller goes on (see
+        // `Handle::poll_yield_to_driver`).
+        ready!(
+            self.shared
+                .handle
+                .poll_yield_to_driver(cx, self.shared.batch)
+        );
         // Room (or the output shut, or the connection closed) first: a
         // client whose output is shut says so even with every slot taken.
         ready!(self.shared.handle.poll_write_ready(cx))?;

@@ -326,3 +326,25 @@ async fn http10_response_closes_and_poll_ready_says_so() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Closed);
 }
+
+/// As anyframe's `Client`: on a runtime with one thread the window goes
+/// out in two halves, the first written while the caller queues the
+/// second (the peer works on one half while the caller handles the
+/// other), instead of the whole window at the caller's first wait.
+#[tokio::test(flavor = "current_thread")]
+async fn pipelined_writes_its_window_in_halves_on_one_thread() {
+    let (handle, _peer) = pipe();
+    let mut client = Pipelined::new(handle.clone(), Resp::new(), 8);
+    let mut unwritten = Vec::new();
+    let mut replies = Vec::new();
+    for i in 0..8 {
+        client.ready().await.unwrap();
+        unwritten.push(handle.write_buffered());
+        replies.push(client.call(Cmd::new("GET").arg(format!("k{i}"))));
+    }
+    assert_eq!(unwritten[4], 0, "unwritten before each call: {unwritten:?}");
+    assert!(
+        unwritten[3] > 0,
+        "unwritten before each call: {unwritten:?}"
+    );
+}

@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     engine_owner: AtomicUsize,
     /// The thread encoding into the inbox (0: none).
     inbox_owner: AtomicUsize,
+    /// Writes handles queued since the driver's last turn began (see
+    /// [`Handle::poll_yield_to_driver`]).
+    unturned: AtomicUsize,
     /// Tests: `try_lock` finds the engine busy, so work goes to the inbox.
     #[cfg(test)]
     busy: AtomicBool,
@@ -538,6 +541,7 @@ where
             detach: AtomicBool::new(false),
             engine_owner: AtomicUsize::new(0),
             inbox_owner: AtomicUsize::new(0),
+            unturned: AtomicUsize::new(0),
             #[cfg(test)]
             busy: AtomicBool::new(false),
         }
@@ -615,6 +619,7 @@ where
     poll_fn(|cx| {
         shared.driver.register(cx.waker());
         let mut core = shared.lock_for_turn();
+        shared.unturned.store(0, Ordering::Relaxed);
         if shared.detach.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
@@ -1004,6 +1009,7 @@ impl Handle {
             },
             None => self.shared.post_call(encoder, item, read),
         }
+        self.queued_write();
         ticket
     }
 
@@ -1020,10 +1026,14 @@ impl Handle {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        match self.shared.try_lock() {
+        let queued = match self.shared.try_lock() {
             Some(mut core) => core.push_encoded(encoder, item),
             None => self.shared.post_write(encoder, item),
+        };
+        if queued.is_ok() {
+            self.queued_write();
         }
+        queued
     }
 
     /// Queues raw bytes.
@@ -1033,10 +1043,70 @@ impl Handle {
     /// As [`QueuedFramed::push_write`](crate::QueuedFramed::push_write).
     pub fn push_bytes(&self, bytes: impl Into<Bytes>) -> Result<()> {
         let bytes = bytes.into();
-        match self.shared.try_lock() {
+        let queued = match self.shared.try_lock() {
             Some(mut core) => core.push_bytes(bytes),
             None => self.shared.post_bytes(bytes),
+        };
+        if queued.is_ok() {
+            self.queued_write();
         }
+        queued
+    }
+
+    /// Counts a queued write for
+    /// [`poll_yield_to_driver`](Self::poll_yield_to_driver).
+    fn queued_write(&self) {
+        self.shared.unturned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A yield point for a caller that queues writes without waiting in
+    /// between (a pipelined client's `poll_ready`): `Pending`, with the
+    /// task woken at once, when `batch` or more writes were queued through
+    /// handles of this connection since the driver's last turn began;
+    /// else `Ready`.
+    ///
+    /// The driver writes in its own turns. On a runtime with one thread,
+    /// a caller that never has to wait queues a whole window of requests
+    /// before the driver runs, and the peer then sits idle while the
+    /// caller handles the whole window of replies: the two take turns. A
+    /// caller that yields every half window lets the driver write the
+    /// first half while it goes on with the second, so the peer works on
+    /// one half while the caller handles the other. Each yield resets the
+    /// count, so a caller whose driver is busy (on another thread) yields
+    /// once per `batch` writes, never in a loop. [`Client`] and the
+    /// protocol clients do this with half their in-flight bound.
+    ///
+    /// [`Client`]: crate::service::Client
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe::QueuedFramed;
+    /// use anyframe::codecs::LineCodec;
+    /// use std::future::poll_fn;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyframe::Result<()> {
+    /// let (io, _peer) = tokio::io::duplex(1 << 16);
+    /// let (handle, _driver) = QueuedFramed::new(io).spawn();
+    /// handle.push_write(LineCodec::new(), "a")?;
+    /// handle.push_write(LineCodec::new(), "b")?;
+    /// // Two writes queued and the driver has not run yet: yield once.
+    /// let mut polls = 0;
+    /// poll_fn(|cx| {
+    ///     polls += 1;
+    ///     handle.poll_yield_to_driver(cx, 2)
+    /// })
+    /// .await;
+    /// assert_eq!(polls, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn poll_yield_to_driver(&self, cx: &mut Context<'_>, batch: usize) -> Poll<()> {
+        let unturned = &self.shared.unturned;
+        if unturned.load(Ordering::Relaxed) < batch.max(1) {
+            return Poll::Ready(());
+        }
+        unturned.store(0, Ordering::Relaxed);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Resolves once everything queued so far is written and flushed: the

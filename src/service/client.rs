@@ -91,6 +91,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// With no answer owed (the output it waits on is not the client's: it
 /// was queued through the `Handle` directly), the read timeout comes as a
 /// non-fatal `ETIMEDOUT` ([TO-3](crate::semantics#TO-3)).
+/// Every half `max_in_flight` calls made while the connection's driver had
+/// no turn, `poll_ready` yields once (`Pending`, woken at once), so the
+/// driver writes that half while the caller goes on: the peer works on
+/// one half of the window while the caller handles the other, where on a
+/// runtime with one thread they would take turns
+/// ([`Handle::poll_yield_to_driver`]).
 /// tower's middleware (`Buffer`, balancers) treats any error from
 /// `poll_ready` as the end of the service; to go on waiting after a
 /// non-fatal one, call `poll_ready` again. Dropping a response
@@ -139,6 +145,9 @@ pub struct Client<E, R> {
     /// back to a clone that holds one without calling.
     closed: Option<Closed>,
     idle: Arc<Idle>,
+    /// Calls after which `poll_ready` yields to the driver once: half the
+    /// in-flight bound, so the window goes out in two halves.
+    batch: usize,
 }
 
 /// The calls of a client and its clones whose answer has not been read,
@@ -200,6 +209,7 @@ impl ClientBuilder {
             permit: None,
             closed: None,
             idle: Arc::default(),
+            batch: (self.max_in_flight / 2).max(1),
         }
     }
 }
@@ -237,6 +247,10 @@ where
     type Future = ResponseFuture<Self::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // Half a window queued since the driver last ran: let it write
+        // that half while the caller goes on (see
+        // `Handle::poll_yield_to_driver`).
+        ready!(self.handle.poll_yield_to_driver(cx, self.batch));
         // Room (or the output shut, or the connection closed) first: a
         // client whose output is shut says so even with every slot taken.
         ready!(self.handle.poll_write_ready(cx))?;
@@ -301,6 +315,7 @@ impl<E: Clone, R: Clone> Clone for Client<E, R> {
             permit: None,
             closed: None,
             idle: self.idle.clone(),
+            batch: self.batch,
         }
     }
 }
