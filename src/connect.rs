@@ -61,9 +61,11 @@ async fn connect_any<A: ToSocketAddrs>(
         tracing::debug!(addr = %sa, "connecting");
         let attempt = TcpStream::connect(sa);
         let res = match cfg.connect_timeout {
-            Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
-            }),
+            Some(t) => crate::queued::timer::within(t, attempt)
+                .await
+                .unwrap_or_else(|| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                }),
             None => attempt.await,
         };
         match res {

@@ -681,10 +681,12 @@ where
         // One period in all: one that began while a TLS switch was being
         // finished goes on from there.
         let flushed = match &finishing {
-            Some(started) => tokio::time::timeout_at(started.deadline(), write_out).await,
-            None => tokio::time::timeout(linger, write_out).await,
+            Some(started) => tokio::time::timeout_at(started.deadline(), write_out)
+                .await
+                .ok(),
+            None => crate::queued::timer::within(linger, write_out).await,
         };
-        if flushed.is_err() {
+        if flushed.is_none() {
             tracing::debug!(?linger, "linger expired with output unsent");
         }
     }

@@ -12,7 +12,7 @@
 //! TO-3).
 
 use std::fmt;
-use std::future::Future as _;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -21,6 +21,24 @@ use std::time::Duration;
 use futures::task::{ArcWake, AtomicWaker, WakerRef, waker_ref};
 
 use tokio::time::{Instant, Sleep};
+
+/// `period` after `from`, or `None` when that lies too far for an
+/// `Instant` once tokio rounds it up to its timer's tick (tokio would
+/// panic on it): such a deadline is never reached.
+pub(crate) fn deadline_after(from: Instant, period: Duration) -> Option<Instant> {
+    let due = from.checked_add(period)?;
+    due.checked_add(Duration::from_secs(1))?;
+    Some(due)
+}
+
+/// Runs `f` for up to `period`: `None` if the period ran out first. A
+/// period too long for an `Instant` never runs out.
+pub(crate) async fn within<F: Future>(period: Duration, f: F) -> Option<F::Output> {
+    match deadline_after(Instant::now(), period) {
+        Some(deadline) => tokio::time::timeout_at(deadline, f).await.ok(),
+        None => Some(f.await),
+    }
+}
 
 /// Which timer expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -368,16 +386,13 @@ impl Timers {
     }
 
     /// When `which` expires: `None` while it is off, or when its deadline
-    /// lies too far for an `Instant` once tokio rounds it up to its timer's
-    /// tick (such a timer never expires).
+    /// lies too far for an `Instant` (see [`deadline_after`]).
     fn deadline_of(&self, which: Timeout) -> Option<Instant> {
         let p = self.period[which.index()];
         if p.is_zero() {
             return None;
         }
-        let due = self.stamp[which.index()].checked_add(p)?;
-        due.checked_add(Duration::from_secs(1))?;
-        Some(due)
+        deadline_after(self.stamp[which.index()], p)
     }
 
     /// Whether `which` is on and its deadline has passed.
