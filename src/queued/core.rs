@@ -294,6 +294,10 @@ pub(crate) struct Core {
     /// the `Stream`'s decoder, which may keep state about a frame it has
     /// begun, is stale once this moved (`poll_decode_observed`).
     taken: u32,
+    /// A decoder took bytes of a frame it has not finished (since the last
+    /// frame or decoder error): an end of input now is inside that frame,
+    /// with the buffer empty or not.
+    partial: bool,
     queue: VecDeque<Entry>,
     wq: WriteQueue,
     cfg: Config,
@@ -422,6 +426,7 @@ impl Core {
             rbuf: BytesMut::new(),
             input_epoch: 0,
             taken: 0,
+            partial: false,
             queue: VecDeque::new(),
             wq: WriteQueue::default(),
             read_size: cfg.read_size,
@@ -498,6 +503,16 @@ impl Core {
         if self.rbuf.len() < before {
             self.taken = self.taken.wrapping_add(1);
         }
+    }
+
+    /// Notes a decode step that began with `before` bytes buffered and
+    /// ended a frame (a frame or an error) or not (see `partial`).
+    fn note_step(&mut self, before: usize, ended: bool) {
+        let took = self.rbuf.len() < before;
+        if took {
+            self.taken = self.taken.wrapping_add(1);
+        }
+        self.partial = (self.partial || took) && !ended;
     }
 
     /// The output a linger may still write: after the close only what was
@@ -1166,7 +1181,7 @@ impl Core {
             }
             let before = self.rbuf.len();
             let step = head.poll_decode(&mut self.rbuf, eof);
-            self.note_taken(before);
+            self.note_step(before, step.is_ready());
             match step {
                 Poll::Pending => break,
                 Poll::Ready(outcome) => {
@@ -1629,8 +1644,12 @@ impl Core {
         loop {
             self.check_open()?;
             let before = self.rbuf.len();
+            // What `decode_eof` takes is its own end-of-input handling
+            // (trailing whitespace, say); what earlier steps took without a
+            // frame is part of one.
+            let inside = self.partial;
             let step = decode_step(decoder, &mut self.rbuf, self.input == Input::Eof);
-            self.note_taken(before);
+            self.note_step(before, !matches!(step, Ok(None)));
             match step {
                 Ok(Some(frame)) => {
                     watch.begun = None;
@@ -1638,11 +1657,18 @@ impl Core {
                     return Poll::Ready(Ok(Some(frame)));
                 }
                 Ok(None) => {}
-                // Clean only where the decoder had no frame and nothing is
-                // left (the engine's own end-of-input error): an error the
-                // decoder returns itself (a truncation it noticed, with its
-                // header taken) is the decoder's to tell, as with Framed.
-                Err(e) if at_eof_clean && e.is_eof_in_request() && self.is_clean_eof(&e) => {
+                // Clean only where the decoder had no frame, nothing is
+                // left, and no decoder took part of a frame (the header of
+                // a length-prefixed one) since the last frame: the engine's
+                // own end-of-input error between frames. An error the
+                // decoder returns itself (a truncation it noticed) is the
+                // decoder's to tell, as with Framed.
+                Err(e)
+                    if at_eof_clean
+                        && !inside
+                        && e.is_eof_in_request()
+                        && self.is_clean_eof(&e) =>
+                {
                     watch.begun = None;
                     return Poll::Ready(Ok(None));
                 }
@@ -1736,7 +1762,7 @@ impl Core {
         while n < limit {
             let before = self.rbuf.len();
             let step = batch_step(decoder, &mut self.rbuf, eof);
-            self.note_taken(before);
+            self.note_step(before, !matches!(step, BatchStep::End));
             match step {
                 BatchStep::Frame(frame) => {
                     out.push(frame);

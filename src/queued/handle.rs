@@ -23,7 +23,7 @@ use crate::queued::Parts;
 use crate::queued::core::panic_text;
 use crate::queued::core::{CloseSignal, Core, WaitingSince};
 use crate::queued::request::{OnDrop, Request, Requests, Ticket, read_request};
-use crate::queued::timer::Timeout;
+use crate::queued::timer::{Timeout, deadline_after};
 use crate::queued::transport::TransportIo;
 use crate::queued::write::CHAIN_THRESHOLD;
 
@@ -679,12 +679,15 @@ where
     if !detached && clean && !linger.is_zero() {
         let write_out = poll_fn(|cx| shared.lock().poll_linger(&mut io, cx));
         // One period in all: one that began while a TLS switch was being
-        // finished goes on from there.
-        let flushed = match &finishing {
-            Some(started) => tokio::time::timeout_at(started.deadline(), write_out)
-                .await
-                .ok(),
-            None => crate::queued::timer::within(linger, write_out).await,
+        // finished goes on from there. A period too long for an `Instant`
+        // never runs out.
+        let deadline = match &finishing {
+            Some(started) => Some(started.deadline()),
+            None => deadline_after(tokio::time::Instant::now(), linger),
+        };
+        let flushed = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, write_out).await.ok(),
+            None => Some(write_out.await),
         };
         if flushed.is_none() {
             tracing::debug!(?linger, "linger expired with output unsent");

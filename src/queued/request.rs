@@ -734,7 +734,9 @@ where
 /// when a response is owed. A server waiting for the *next* request wants a
 /// clean end instead, and to keep its write side for the answers still
 /// queued: that is this adapter (AE's "queue the request from `on_read`"
-/// pattern). End of input inside a frame is still `EPIPE`.
+/// pattern). End of input inside a frame is still `EPIPE`: with part of
+/// one left in the buffer, or after the decoder took part of one (the
+/// header of a length-prefixed frame) with nothing left.
 ///
 /// # Examples
 ///
@@ -756,12 +758,18 @@ where
 #[derive(Debug, Clone, Default)]
 pub struct OrEof<D> {
     inner: D,
+    /// `inner` took bytes of a frame it has not finished: an end of input
+    /// now is inside that frame, even with nothing buffered.
+    inside: bool,
 }
 
 impl<D> OrEof<D> {
     /// Wraps `inner`.
     pub fn new(inner: D) -> OrEof<D> {
-        OrEof { inner }
+        OrEof {
+            inner,
+            inside: false,
+        }
     }
 
     /// The wrapped decoder.
@@ -775,18 +783,41 @@ impl<D: Decoder> Decoder for OrEof<D> {
     type Error = D::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> std::result::Result<Option<Self::Item>, D::Error> {
-        Ok(self.inner.decode(src)?.map(Some))
+        let before = src.len();
+        let decoded = self.inner.decode(src);
+        self.note(decoded.as_ref().map(Option::is_some), src.len() < before);
+        Ok(decoded?.map(Some))
     }
 
     fn decode_eof(
         &mut self,
         src: &mut BytesMut,
     ) -> std::result::Result<Option<Self::Item>, D::Error> {
-        match self.inner.decode_eof(src)? {
+        // What `decode_eof` itself takes is its own end-of-input handling
+        // (trailing whitespace after a JSON text, say); what `decode` took
+        // before without a frame is part of one.
+        let inside = self.inside;
+        let before = src.len();
+        let decoded = self.inner.decode_eof(src);
+        self.note(decoded.as_ref().map(Option::is_some), src.len() < before);
+        match decoded? {
             Some(frame) => Ok(Some(Some(frame))),
-            None if src.is_empty() => Ok(Some(None)),
+            // Between frames: nothing left, nothing of a frame taken.
+            None if src.is_empty() && !inside => Ok(Some(None)),
+            // Inside a frame: the engine's end of input (`EPIPE`).
             None => Ok(None),
         }
+    }
+}
+
+impl<D> OrEof<D> {
+    /// Notes a step of `inner`: whether it ended a frame (`Ok(true)`: a
+    /// frame; `Err`: an error) and whether it took bytes.
+    fn note<E>(&mut self, framed: std::result::Result<bool, &E>, took: bool) {
+        self.inside = match framed {
+            Ok(false) => self.inside || took,
+            Ok(true) | Err(_) => false,
+        };
     }
 }
 
@@ -801,6 +832,10 @@ pub(crate) type BatchOf<D> = (D, Vec<<D as Decoder>::Item>, Option<Error>);
 pub(crate) struct Batch<D> {
     decoder: Option<D>,
     limit: usize,
+    /// The decoder took bytes of its first frame without finishing it
+    /// (before the end of input, whose own handling is the decoder's): an
+    /// end of input now is inside that frame, even with nothing buffered.
+    inside: bool,
 }
 
 impl<D> Batch<D> {
@@ -808,6 +843,7 @@ impl<D> Batch<D> {
         Batch {
             decoder: Some(decoder),
             limit: limit.max(1),
+            inside: false,
         }
     }
 
@@ -833,8 +869,11 @@ impl<D> Batch<D> {
                 return Ok(Some((d, vec![frame], None)));
             }
             Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(None),
-            Err(e) if eof && e.is_eof_in_request() && src.is_empty() => {
+            Ok(None) => {
+                self.inside |= src.len() < before;
+                return Ok(None);
+            }
+            Err(e) if eof && e.is_eof_in_request() && src.is_empty() && !self.inside => {
                 let d = self.decoder.take().expect("checked above");
                 return Ok(Some((d, Vec::new(), None)));
             }

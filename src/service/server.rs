@@ -274,6 +274,9 @@ impl<D> Framing<D> {
         decoded: std::result::Result<Option<T>, DErr>,
         eof: bool,
     ) -> Result<Option<Next<T>>> {
+        // Taken by earlier calls without a request: part of one. What
+        // `decode_eof` itself takes is its own end-of-input handling.
+        let inside = self.consumed;
         self.consumed |= src.len() < before;
         let next = match decoded {
             Ok(Some(req)) => Next::Request(req),
@@ -284,13 +287,13 @@ impl<D> Framing<D> {
                 ))
             }
             Ok(None) if !eof => return Ok(None),
-            Ok(None) => Self::ended(src, Error::eof_in_request()),
+            Ok(None) => Self::ended(src, inside, Error::eof_in_request()),
             Err(e) => {
                 let e: Error = e.into();
                 if eof && (e.is_eof() || e.kind() == ErrorKind::Io) {
                     // tokio-util's default `decode_eof` says "bytes remaining
                     // on stream" with an I/O error.
-                    Self::ended(src, Error::eof_in_request())
+                    Self::ended(src, inside, Error::eof_in_request())
                 } else if e.is_fatal() {
                     // Not the engine's to act on: it would close the
                     // connection under the answers still owed.
@@ -310,8 +313,10 @@ impl<D> Framing<D> {
         Ok(Some(next))
     }
 
-    fn ended<T>(src: &bytes::BytesMut, e: Error) -> Next<T> {
-        if src.is_empty() {
+    /// The input's end: between requests if nothing is left and the
+    /// decoder took nothing of a request (a length prefix) before it.
+    fn ended<T>(src: &bytes::BytesMut, inside: bool, e: Error) -> Next<T> {
+        if src.is_empty() && !inside {
             Next::End
         } else {
             Next::Truncated(e)

@@ -1,0 +1,139 @@
+//! End of input after a decoder has taken part of a frame (tokio-util's
+//! `LengthDelimitedCodec` takes a frame's header first, then waits for
+//! its body): the buffer is empty, but the input ended inside a frame.
+//! That is `EPIPE` on every read path, never a clean end, whatever the
+//! codec's `decode_eof` says (RQ-6; `Framed` ends cleanly here and the
+//! truncated frame goes unreported).
+
+use std::time::Duration;
+
+use anyframe::{ErrorKind, OrEof, QueuedFramed};
+use futures::StreamExt;
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The header of a 10-byte frame.
+const HEADER: [u8; 4] = [0, 0, 0, 10];
+
+/// How long a peer waits after the header before it closes, so the
+/// decoder has taken the header by then.
+const PAUSE: Duration = Duration::from_millis(50);
+
+/// Sends the header, waits, closes.
+fn header_then_eof(mut peer: DuplexStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        peer.write_all(&HEADER).await.unwrap();
+        tokio::time::sleep(PAUSE).await;
+        peer.shutdown().await.unwrap();
+        // Keep the peer until the reader is done with it.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+}
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(5), f)
+        .await
+        .expect("resolves")
+}
+
+#[tokio::test]
+async fn or_eof_read_is_epipe_after_a_frame_header() {
+    let (io, peer) = tokio::io::duplex(64);
+    let _peer = header_then_eof(peer);
+    let mut conn = QueuedFramed::new(io);
+    let got = within(conn.read(OrEof::new(LengthDelimitedCodec::new()))).await;
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::BrokenPipe);
+}
+
+#[tokio::test]
+async fn or_eof_read_with_is_epipe_after_a_frame_header() {
+    let (io, peer) = tokio::io::duplex(64);
+    let _peer = header_then_eof(peer);
+    let mut conn = QueuedFramed::new(io);
+    let mut codec = OrEof::new(LengthDelimitedCodec::new());
+    let got = within(conn.read_with(&mut codec)).await;
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::BrokenPipe);
+}
+
+#[tokio::test]
+async fn or_eof_on_a_handle_is_epipe_after_a_frame_header() {
+    let (io, peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    let ticket = handle.push_read(OrEof::new(LengthDelimitedCodec::new()));
+    let _peer = header_then_eof(peer);
+    assert_eq!(
+        within(ticket).await.unwrap_err().kind(),
+        ErrorKind::BrokenPipe
+    );
+}
+
+#[tokio::test]
+async fn or_eof_still_ends_cleanly_between_frames() {
+    let (io, mut peer) = tokio::io::duplex(64);
+    peer.write_all(&[0, 0, 0, 2, b'h', b'i']).await.unwrap();
+    peer.shutdown().await.unwrap();
+    let mut conn = QueuedFramed::new(io);
+    let mut codec = OrEof::new(LengthDelimitedCodec::new());
+    let first = within(conn.read_with(&mut codec)).await.unwrap();
+    assert_eq!(&first.unwrap()[..], b"hi");
+    assert!(within(conn.read_with(&mut codec)).await.unwrap().is_none());
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn stream_ends_with_epipe_after_a_frame_header() {
+    let (io, peer) = tokio::io::duplex(64);
+    let _peer = header_then_eof(peer);
+    let mut conn = QueuedFramed::with_codec(io, LengthDelimitedCodec::new());
+    let end = within(conn.next()).await;
+    assert!(
+        matches!(&end, Some(Err(e)) if e.kind() == ErrorKind::BrokenPipe),
+        "{end:?}"
+    );
+}
+
+#[tokio::test]
+async fn read_many_is_epipe_after_a_frame_header() {
+    let (io, peer) = tokio::io::duplex(64);
+    let _peer = header_then_eof(peer);
+    let mut conn = QueuedFramed::new(io);
+    let mut codec = LengthDelimitedCodec::new();
+    let mut frames = Vec::new();
+    let got = within(conn.read_many(&mut codec, &mut frames, 8)).await;
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::BrokenPipe);
+}
+
+#[tokio::test]
+async fn handle_read_many_is_epipe_after_a_frame_header() {
+    let (io, peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    let batch = handle.read_many(LengthDelimitedCodec::new(), 8);
+    let _peer = header_then_eof(peer);
+    assert_eq!(
+        within(batch).await.map(|_| ()).unwrap_err().kind(),
+        ErrorKind::BrokenPipe
+    );
+}
+
+#[cfg(feature = "tower")]
+#[tokio::test]
+async fn the_server_loop_ends_with_epipe_after_a_request_header() {
+    use anyframe::service::serve;
+    use bytes::{Bytes, BytesMut};
+    let (io, peer) = tokio::io::duplex(1024);
+    let echo = tower::service_fn(|b: BytesMut| async move {
+        Ok::<_, std::convert::Infallible>(Bytes::from(b))
+    });
+    let server = tokio::spawn(
+        serve(
+            io,
+            LengthDelimitedCodec::new(),
+            LengthDelimitedCodec::new(),
+            echo,
+        )
+        .into_future(),
+    );
+    let _peer = header_then_eof(peer);
+    let ended = within(server).await.unwrap();
+    assert_eq!(ended.unwrap_err().kind(), ErrorKind::BrokenPipe);
+}
