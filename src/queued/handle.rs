@@ -686,10 +686,13 @@ where
             None => deadline_after(tokio::time::Instant::now(), linger),
         };
         let flushed = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, write_out).await.ok(),
-            None => Some(write_out.await),
+            Some(deadline) => tokio::time::timeout_at(deadline, write_out).await.is_ok(),
+            None => {
+                write_out.await;
+                true
+            }
         };
-        if flushed.is_none() {
+        if !flushed {
             tracing::debug!(?linger, "linger expired with output unsent");
         }
     }
