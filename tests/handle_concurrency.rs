@@ -1140,3 +1140,23 @@ async fn a_handle_captured_by_an_abandoned_read_does_not_keep_the_connection_ali
         "the driver never ended: the connection is unreachable but alive"
     );
 }
+
+/// `Handle::read_many` with a limit of 0 takes nothing, as the inline
+/// `read_many` (`Ok` with no frames at once).
+#[tokio::test]
+async fn handle_read_many_with_limit_zero_takes_no_frame() {
+    use tokio::io::AsyncWriteExt;
+    let (io, mut peer) = tokio::io::duplex(64);
+    let (handle, _driver) = anyframe::QueuedFramed::new(io).spawn();
+    peer.write_all(b"a\nb\n").await.unwrap();
+    let (_, none) = handle
+        .read_many(anyframe::codecs::LineCodec::new(), 0)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{} frames", none.len());
+    let first = handle
+        .read(anyframe::codecs::LineCodec::new())
+        .await
+        .unwrap();
+    assert_eq!(first.line(), b"a");
+}

@@ -884,7 +884,7 @@ impl Handle {
     /// decoder (docs/semantics.md §4, *Decoders you keep*; a plain
     /// `JsonCodec` batch of newline-ended texts has always looked at the
     /// last newline, which `JsonCodec::ndjson()` frames with its text). `Ok` with no
-    /// frames: the input ended cleanly.
+    /// frames: the input ended cleanly (or `limit` is 0: nothing is taken).
     ///
     /// # Errors
     ///
@@ -898,6 +898,10 @@ impl Handle {
         D::Item: Send + 'static,
         D::Error: Into<Error>,
     {
+        if limit == 0 {
+            // As the inline `read_many`: nothing asked, nothing taken.
+            return Ok((decoder, Vec::new()));
+        }
         self.push_read_many(decoder, limit).await
     }
 
