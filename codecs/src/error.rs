@@ -208,6 +208,14 @@ impl Error {
         self
     }
 
+    /// Records a configured limit the item crossed: [`is_limit`] is true.
+    ///
+    /// [`is_limit`]: Error::is_limit
+    pub(crate) fn over_limit(mut self, limit: usize) -> Error {
+        self.inner.detail = Detail::Limit;
+        self.with_limit(limit)
+    }
+
     /// Records how many bytes had been seen.
     pub(crate) fn with_seen(mut self, seen: u64) -> Error {
         self.inner.seen = Some(seen);
@@ -340,8 +348,11 @@ impl fmt::Display for Error {
             write!(f, ", limit {l}")?;
         }
         match (i.seen, i.detail) {
-            // A codec gives up as soon as it knows a frame is too long.
-            (Some(s), Detail::Limit) => write!(f, ", seen at least {s}")?,
+            // A decoder gives up as soon as it knows a frame is too long;
+            // an encoder refusing an item knows its whole length.
+            (Some(s), Detail::Limit) if i.kind != ErrorKind::InvalidInput => {
+                write!(f, ", seen at least {s}")?;
+            }
             (Some(s), _) => write!(f, ", seen {s}")?,
             (None, _) => {}
         }

@@ -228,7 +228,7 @@ impl<T: AsRef<[u8]>> Encoder<T> for NetstringCodec {
         if data.len() > self.max_length {
             return Err(
                 Error::invalid_input(CODEC, "payload longer than max_length")
-                    .with_limit(self.max_length)
+                    .over_limit(self.max_length)
                     .with_seen(data.len() as u64),
             );
         }

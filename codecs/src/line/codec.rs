@@ -368,7 +368,7 @@ impl LineCodec {
         {
             return Err(
                 Error::invalid_input(CODEC, "line longer than write_max_length")
-                    .with_limit(max)
+                    .over_limit(max)
                     .with_seen(line.len() as u64),
             );
         }
@@ -380,7 +380,7 @@ impl LineCodec {
                 CODEC,
                 "terminator longer than max_length allows an end of line",
             )
-            .with_limit(self.max_length)
+            .over_limit(self.max_length)
             .with_seen(term.len() as u64));
         }
         if matches!(self.eol, Eol::Default) && default_reads_back(line, term) {
