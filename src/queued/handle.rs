@@ -2,11 +2,12 @@
 //! AnyEvent model, where the handle lives in the event loop) and any number
 //! of cloneable [`Handle`]s queue reads and writes to it.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -43,7 +44,12 @@ pub(crate) struct Shared {
     /// `detach` was called: hand the parts back.
     detach: AtomicBool,
     /// The thread holding the engine (0: none), see [`Inside`].
-    engine_owner: AtomicUsize,
+    engine_owner: Arc<AtomicUsize>,
+    /// `destroy` or `push_shutdown` asked from inside another connection's
+    /// engine while this one was busy ([`REQUEST_DESTROY`],
+    /// [`REQUEST_SHUTDOWN`]): whoever takes the engine next applies it,
+    /// after the work posted before it.
+    requested: AtomicU8,
     /// The thread encoding into the inbox (0: none).
     inbox_owner: AtomicUsize,
     /// Writes handles queued since the driver's last turn began (see
@@ -118,16 +124,20 @@ impl Published {
     /// The room goes first: a handle that sees `writes` opened again (after
     /// a seal) then reads the room stored before it, never the larger room
     /// from before the seal.
-    fn publish(&self, core: &Core) {
+    ///
+    /// `requested` ([`Shared::requested`]) is a `destroy` or
+    /// `push_shutdown` not yet applied: the state is published as if it
+    /// were.
+    fn publish(&self, core: &Core, requested: u8) {
         let room = core.write_room();
         if self.room.load(Ordering::Relaxed) != room {
             self.room.store(room, Ordering::Release);
         }
-        let writes = core.accepts_writes();
+        let writes = core.accepts_writes() && requested == 0;
         if self.writes.load(Ordering::Relaxed) != writes {
             self.writes.store(writes, Ordering::Release);
         }
-        let reads = !core.is_closed();
+        let reads = !core.is_closed() && requested & REQUEST_DESTROY == 0;
         if self.reads.load(Ordering::Relaxed) != reads {
             self.reads.store(reads, Ordering::Release);
         }
@@ -137,6 +147,48 @@ impl Published {
 thread_local! {
     /// Its address identifies the current thread (for [`Inside`]).
     static THREAD: u8 = const { 0 };
+    /// How many engines (or inboxes) this thread holds while it runs user
+    /// code: a completion, a hook or an encoder may call the handle of
+    /// another connection, and must not then wait for that engine blindly.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// [`Shared::requested`]: destroy the connection.
+const REQUEST_DESTROY: u8 = 1;
+/// [`Shared::requested`]: shut the output after what is queued.
+const REQUEST_SHUTDOWN: u8 = 2;
+
+/// Threads waiting for an engine while they hold another: each thread's
+/// token and the owner cell of the engine it waits for. A thread about to
+/// wait follows the chain (the engine's holder, what that holder waits
+/// for, ...) and refuses to wait if it leads back to itself.
+static WAITING: Mutex<Vec<(usize, Arc<AtomicUsize>)>> = Mutex::new(Vec::new());
+
+/// Whether waiting for the engine whose owner cell is `owner` would wait,
+/// through the chain of holders waiting for other engines, for this thread.
+fn waits_for_itself(waiting: &[(usize, Arc<AtomicUsize>)], me: usize, owner: &AtomicUsize) -> bool {
+    let mut holder = owner.load(Ordering::Relaxed);
+    // Each step moves to another thread: a chain longer than the list
+    // has a cycle that does not pass through this thread.
+    for _ in 0..=waiting.len() {
+        if holder == 0 {
+            return false;
+        }
+        if holder == me {
+            return true;
+        }
+        match waiting.iter().find(|(thread, _)| *thread == holder) {
+            Some((_, next)) => holder = next.load(Ordering::Relaxed),
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Whether this thread holds an engine (it runs a completion, a hook or
+/// an encoder of some connection).
+fn holds_an_engine() -> bool {
+    HELD.with(Cell::get) > 0
 }
 
 /// This thread, as a nonzero token unique among live threads.
@@ -152,6 +204,7 @@ struct Inside<'a>(&'a AtomicUsize);
 impl Inside<'_> {
     fn enter(owner: &AtomicUsize) -> Inside<'_> {
         owner.store(this_thread(), Ordering::Relaxed);
+        HELD.with(|held| held.set(held.get() + 1));
         Inside(owner)
     }
 }
@@ -159,6 +212,7 @@ impl Inside<'_> {
 impl Drop for Inside<'_> {
     fn drop(&mut self) {
         self.0.store(0, Ordering::Relaxed);
+        HELD.with(|held| held.set(held.get() - 1));
     }
 }
 
@@ -195,14 +249,37 @@ impl Locked<'_> {
         inbox.release_burst();
         // The inbox is empty again: it may take only the room now left,
         // not again the room it was told of at the last release.
-        self.shared.published.publish(&self.guard);
+        let requested = self.shared.requested.load(Ordering::Acquire);
+        self.shared.published.publish(&self.guard, requested);
         true
+    }
+}
+
+impl Locked<'_> {
+    /// Applies a `destroy` or `push_shutdown` asked without the lock
+    /// ([`Shared::request_without_waiting`]), after the work posted
+    /// before it.
+    fn take_requested(&mut self) {
+        if self.shared.requested.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let requested = self.shared.requested.swap(0, Ordering::AcqRel);
+        if requested & REQUEST_DESTROY != 0 {
+            self.guard.destroy();
+        } else if requested & REQUEST_SHUTDOWN != 0 {
+            // An error here is the connection's own, reported to whoever
+            // uses it next.
+            let _ = self.guard.push_shutdown();
+        }
+        self.wake_driver();
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        self.shared.published.publish(&self.guard);
+        self.take_requested();
+        let requested = self.shared.requested.load(Ordering::Acquire);
+        self.shared.published.publish(&self.guard, requested);
     }
 }
 
@@ -244,6 +321,14 @@ impl Shared {
         self.published.writes.store(false, Ordering::Release);
     }
 
+    /// Whether this thread runs another connection's callback while this
+    /// engine is held: a call that needs the engine should then not wait.
+    fn busy_for_a_callback(&self) -> bool {
+        holds_an_engine()
+            && !self.reentered()
+            && matches!(self.core.try_lock(), Err(TryLockError::WouldBlock))
+    }
+
     /// Whether this thread is running this connection's engine now. Only
     /// a thread itself stores its token, and clears it before letting go,
     /// so a relaxed load that sees it is right.
@@ -275,6 +360,7 @@ impl Shared {
         if locked.take_posted() && !for_turn {
             locked.wake_driver();
         }
+        locked.take_requested();
         locked
     }
 
@@ -285,8 +371,77 @@ impl Shared {
         // A panic while the lock was held already closed the core (every
         // user callback runs under `Core::guard`), so the state is
         // consistent: ignore the poisoning.
-        let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = if holds_an_engine() {
+            self.lock_holding_another()
+        } else {
+            self.core.lock().unwrap_or_else(PoisonError::into_inner)
+        };
         self.locked(guard, false)
+    }
+
+    /// The engine's lock for a thread that holds another connection's
+    /// engine (it runs a completion, hook or encoder there). Waiting is
+    /// safe unless the holder of this engine waits, directly or through
+    /// others, for the engine this thread holds: then both would wait for
+    /// ever, and this call panics instead (RQ-7).
+    fn lock_holding_another(&self) -> MutexGuard<'_, Core> {
+        match self.core.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let me = this_thread();
+        {
+            let mut waiting = WAITING.lock().unwrap_or_else(PoisonError::into_inner);
+            if waits_for_itself(&waiting, me, &self.engine_owner) {
+                drop(waiting);
+                panic!(
+                    "anyframe: a callback of one connection (a completion, hook or encoder) \
+                     asked for the state of another connection whose own callback waits for \
+                     the first: the two would wait for each other for ever. Queue work \
+                     (writes, reads, push_shutdown, destroy) from callbacks; ask for state \
+                     outside them"
+                );
+            }
+            waiting.push((me, Arc::clone(&self.engine_owner)));
+        }
+        let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiting = WAITING.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = waiting.iter().position(|(thread, _)| *thread == me) {
+            waiting.swap_remove(at);
+        }
+        guard
+    }
+
+    /// Asks for `request` ([`REQUEST_DESTROY`], [`REQUEST_SHUTDOWN`])
+    /// without waiting for the engine, for a thread that holds another
+    /// connection's engine while this one is busy. False if the engine
+    /// was free after all (the caller then takes it) or the connection
+    /// is closed (the caller takes it for the error).
+    fn request_without_waiting(&self, request: u8) -> bool {
+        if !holds_an_engine() || !self.published.reads.load(Ordering::Acquire) {
+            return false;
+        }
+        {
+            // Under the inbox's lock, as handles check the published state
+            // before they post: writes posted from now on go to the locked
+            // path, which applies the request first.
+            let _inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            self.requested.fetch_or(request, Ordering::AcqRel);
+            self.published.writes.store(false, Ordering::Release);
+            if request == REQUEST_DESTROY {
+                self.published.reads.store(false, Ordering::Release);
+            }
+        }
+        match self.core.try_lock() {
+            // Free after all: apply it now (taking the lock applies it).
+            Ok(guard) => drop(self.locked(guard, false)),
+            Err(TryLockError::Poisoned(p)) => drop(self.locked(p.into_inner(), false)),
+            // The holder applies it when it lets go, or the driver does
+            // in its turn.
+            Err(TryLockError::WouldBlock) => self.driver.wake(),
+        }
+        true
     }
 
     /// [`lock`](Self::lock) for the driver's own turn, which goes on to
@@ -406,7 +561,10 @@ impl Shared {
     /// copied in, as the engine itself would; a large one goes by
     /// reference on the locked path, so it is never copied.
     fn post_bytes(&self, bytes: Bytes) -> Result<()> {
-        if bytes.len() >= CHAIN_THRESHOLD {
+        // Inside another connection's callback, waiting for this engine
+        // could wait for ever (its holder may wait for that connection):
+        // a large buffer is copied in like a small one.
+        if bytes.len() >= CHAIN_THRESHOLD && !holds_an_engine() {
             return self.lock().push_bytes(bytes);
         }
         let Some(mut inbox) = self.inbox(true) else {
@@ -539,7 +697,8 @@ where
             driver: AtomicWaker::new(),
             users: AtomicUsize::new(1),
             detach: AtomicBool::new(false),
-            engine_owner: AtomicUsize::new(0),
+            engine_owner: Arc::new(AtomicUsize::new(0)),
+            requested: AtomicU8::new(0),
             inbox_owner: AtomicUsize::new(0),
             unturned: AtomicUsize::new(0),
             #[cfg(test)]
@@ -1141,6 +1300,11 @@ impl Handle {
     ///
     /// The error that closed the connection.
     pub fn push_shutdown(&self) -> Result<()> {
+        if self.shared.busy_for_a_callback()
+            && self.shared.request_without_waiting(REQUEST_SHUTDOWN)
+        {
+            return Ok(());
+        }
         self.lock().push_shutdown()
     }
 
@@ -1211,6 +1375,10 @@ impl Handle {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed); queued output is
     /// still written for up to `linger`.
     pub fn destroy(&self) {
+        if self.shared.busy_for_a_callback() && self.shared.request_without_waiting(REQUEST_DESTROY)
+        {
+            return;
+        }
         self.lock().destroy();
     }
 
