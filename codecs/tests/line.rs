@@ -567,6 +567,90 @@ fn discarding_keeps_the_start_of_a_longer_eol_before_a_held_one() {
     );
 }
 
+/// `make()`'s events for `input`, the same whole, split anywhere in two or
+/// fed byte by byte, and the same again line by line from a batch codec.
+fn assert_regex_eol_events(make: impl Fn() -> LineCodec, input: &[u8], expected: &[Event<Line>]) {
+    let events = assert_continuing_invariant(&make, input);
+    assert_eq!(events, expected, "whole input");
+    for at in 0..=input.len() {
+        let (a, b) = input.split_at(at);
+        assert_batches_match_lines(&make, &[a, b], 2);
+    }
+}
+
+/// A regex EOL with look-ahead (`;\b`) is decided by the byte after the
+/// match: dropping a line, the `;` at the end of one read is kept until
+/// the next shows whether it ends the line, so the next line is not lost.
+#[test]
+fn discarding_keeps_an_eol_decided_by_the_next_byte() {
+    let eol = Regex::new(r";\b").unwrap();
+    for hold in [false, true] {
+        let make = || {
+            build(|b| {
+                b.eol_regex(eol.clone())
+                    .hold_open_match(hold)
+                    .max_length(3)
+                    .overflow(OverflowPolicy::Discard)
+            })
+        };
+        assert_regex_eol_events(
+            make,
+            b"aaaaaa;ok;x",
+            &[
+                Event::Error(ErrorKind::NoSpace, false),
+                Event::Frame(line("ok", ";")),
+                Event::End(Err((ErrorKind::BrokenPipe, 1))),
+            ],
+        );
+    }
+}
+
+/// A line of `max_length` bytes followed by an EOL that the next byte
+/// decides (`;\b`) is not over the limit before that byte arrives.
+#[test]
+fn a_full_line_before_a_look_ahead_eol_waits_for_the_next_byte() {
+    let eol = Regex::new(r";\b").unwrap();
+    for hold in [false, true] {
+        let make = || build(|b| b.eol_regex(eol.clone()).hold_open_match(hold).max_length(3));
+        assert_regex_eol_events(
+            make,
+            b"abc;x",
+            &[
+                Event::Frame(line("abc", ";")),
+                Event::End(Err((ErrorKind::BrokenPipe, 1))),
+            ],
+        );
+        // A word boundary before a character of several bytes (`é`)
+        // waits for all of them.
+        let events = assert_continuing_invariant(make, "abc;é;".as_bytes());
+        assert_eq!(events[0], Event::Frame(line("abc", ";")));
+    }
+}
+
+proptest! {
+    /// A look-ahead EOL gives the same lines, errors and end however the
+    /// input is split, dropping lines or not, held or not.
+    #[test]
+    fn look_ahead_eol_is_split_invariant(
+        input in proptest::collection::vec(
+            prop::sample::select(vec![&b"a"[..], b";", b" ", "é".as_bytes()]),
+            0..40,
+        ),
+        sizes in proptest::collection::vec(1usize..8, 1..8),
+        max in 1usize..8,
+        discard in any::<bool>(),
+        hold in any::<bool>(),
+    ) {
+        let input = input.concat();
+        let make = || build(|b| b.eol_regex(Regex::new(r";\b").unwrap())
+            .hold_open_match(hold).max_length(max).overflow(policy(discard)));
+        let chunks = chunked(&input, &sizes);
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        prop_assert_eq!(run_continuing(make(), &refs), run_continuing(make(), &[&input[..]]));
+        assert_batches_match_lines(make, &refs, 3);
+    }
+}
+
 /// With Unicode off, `\xd7` is the byte 0xD7, not the character U+00D7
 /// (bytes C3 97): the bytes that can end a line, taken from the pattern,
 /// must hold it, or a short read with the EOL in it is passed over.
@@ -1562,8 +1646,9 @@ impl RescanEol {
                 Step::Line(frame[..s].to_vec(), frame[s..].to_vec())
             }
             // A line of `max` bytes may be followed by the start of its
-            // EOL: one byte less than the longest EOL the regex matches. At
-            // end of input the same bytes are an unfinished line.
+            // EOL: one byte less than the longest EOL the regex matches,
+            // and the character after it that a look-ahead (`\b`) reads.
+            // At end of input the same bytes are an unfinished line.
             None if len > self.max + self.open_reach() => Step::Error(ErrorKind::NoSpace),
             None => {
                 self.scanned = len;
@@ -1578,9 +1663,53 @@ impl RescanEol {
             .build()
             .parse(self.re.as_str())
             .expect("the pattern parses");
+        use regex_syntax::hir::Look;
+        // Bytes a `\b` that may close a match reads after it: a byte in
+        // ASCII, a character (up to 4 bytes) in Unicode. `^`, `$` and the
+        // like never need a byte still to come to match.
+        fn at_end(hir: &regex_syntax::hir::Hir) -> Vec<Look> {
+            use regex_syntax::hir::HirKind;
+            match hir.kind() {
+                HirKind::Look(look) => vec![*look],
+                HirKind::Repetition(rep) => at_end(&rep.sub),
+                HirKind::Capture(cap) => at_end(&cap.sub),
+                HirKind::Alternation(subs) => subs.iter().flat_map(at_end).collect(),
+                HirKind::Concat(subs) => {
+                    let mut looks = Vec::new();
+                    for sub in subs.iter().rev() {
+                        looks.extend(at_end(sub));
+                        if sub.properties().minimum_len() != Some(0) {
+                            break;
+                        }
+                    }
+                    looks
+                }
+                _ => Vec::new(),
+            }
+        }
+        let look_ahead = at_end(&hir)
+            .into_iter()
+            .map(|look| match look {
+                Look::Start
+                | Look::End
+                | Look::StartLF
+                | Look::EndLF
+                | Look::StartCRLF
+                | Look::EndCRLF
+                | Look::WordStartHalfAscii
+                | Look::WordStartHalfUnicode => 0,
+                Look::WordAscii
+                | Look::WordAsciiNegate
+                | Look::WordStartAscii
+                | Look::WordEndAscii
+                | Look::WordEndHalfAscii => 1,
+                _ => 4,
+            })
+            .max()
+            .unwrap_or(0);
         hir.properties()
             .maximum_len()
-            .map_or(0, |max| max.saturating_sub(1))
+            .map_or(0, |max| (max + look_ahead).saturating_sub(1))
     }
 }
 

@@ -111,7 +111,12 @@ impl LineCodecBuilder {
     ///
     /// **Limit**: with a regex EOL, a line is over the limit when the line
     /// *or the matched EOL* is longer than `max_length` (regex matches have
-    /// no length of their own), decided on what has arrived.
+    /// no length of their own), decided on what has arrived. When the
+    /// regex's matches have a bounded length, a line of `max_length` bytes
+    /// followed by what may still become its EOL waits for the bytes that
+    /// decide: the rest of the longest match, and the character after it
+    /// that a look-ahead such as `\b` reads (`;\b` on `abc;` with a limit
+    /// of 3 waits for the next byte), however the input was split.
     #[cfg(feature = "regex")]
     pub fn eol_regex(&mut self, eol: Regex) -> &mut Self {
         self.eol = EolSpec::Regex(Search::new(eol));

@@ -33,7 +33,7 @@
 //! haystacks go straight to the regex, whose prefilters are faster there.
 
 use regex::bytes::Regex;
-use regex_syntax::hir::{Class, Hir, HirKind};
+use regex_syntax::hir::{Class, Hir, HirKind, Look};
 
 /// The widest look-around the regex crate has: a Unicode word boundary
 /// decodes one character, up to 4 bytes, on each side.
@@ -58,6 +58,10 @@ pub(crate) struct Search {
     re: Regex,
     /// `None`: matches of any length (or no match at all).
     max_len: Option<usize>,
+    /// How many bytes after a match its look-ahead may read (`\b`: the
+    /// next character), 0 without such an assertion: a match that ends at
+    /// the end of a haystack may still be made by bytes still to come.
+    look_ahead: usize,
     /// The bytes a match can hold; `None` when that is (nearly) any byte,
     /// or unknown, and the regex must always run.
     bytes: Option<ByteSet>,
@@ -77,6 +81,7 @@ impl Search {
             .map(|h| h.properties().maximum_len())
             .try_fold(None, |max: Option<usize>, len| Some(max.max(Some(len?))))
             .flatten();
+        let look_ahead = readings.iter().map(look_ahead_at_end).max().unwrap_or(0);
         let bytes = ByteSet::of_matches(&readings);
         // The plain readings find an empty match that needs context
         // (`\b`); the regex itself one that a builder option made (`; *`
@@ -91,6 +96,7 @@ impl Search {
         Search {
             re,
             max_len,
+            look_ahead,
             bytes,
             may_match_empty,
         }
@@ -182,10 +188,15 @@ impl Search {
     }
 
     /// How many bytes at the end of a haystack may be the start of a match
-    /// that has not ended yet: one less than the longest match (0 when the
-    /// length is unbounded, for which the caller's window is the bound).
+    /// that has not ended yet: one less than the longest match, and for a
+    /// regex that looks past its match (`;\b`), the bytes of the character
+    /// that decides (one for an ASCII word boundary, up to four for a
+    /// Unicode one). 0 when the length is unbounded, for which the caller's
+    /// window is the bound.
     pub(crate) fn open_reach(&self) -> usize {
-        self.max_len.map_or(0, |max| max.saturating_sub(1))
+        self.max_len.map_or(0, |max| {
+            max.saturating_add(self.look_ahead).saturating_sub(1)
+        })
     }
 
     /// The leftmost match starting at or after `from`, empty or not.
@@ -217,6 +228,53 @@ impl Search {
             from = m.end() + 1;
         }
         None
+    }
+}
+
+/// How many bytes after the end of a match of `hir` an assertion that may
+/// close it reads (`;\b`, `;\b(?:x)?`; not `\bx`, whose `\b` reads the `x`).
+fn look_ahead_at_end(hir: &Hir) -> usize {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) => 0,
+        HirKind::Look(look) => bytes_looked_ahead(*look),
+        HirKind::Repetition(rep) => look_ahead_at_end(&rep.sub),
+        HirKind::Capture(cap) => look_ahead_at_end(&cap.sub),
+        HirKind::Alternation(subs) => subs.iter().map(look_ahead_at_end).max().unwrap_or(0),
+        HirKind::Concat(subs) => {
+            // From the last part back, through the parts that may match
+            // empty text.
+            let mut most = 0;
+            for sub in subs.iter().rev() {
+                most = most.max(look_ahead_at_end(sub));
+                if sub.properties().minimum_len() != Some(0) {
+                    break;
+                }
+            }
+            most
+        }
+    }
+}
+
+/// How many bytes after its position the assertion `look` reads to decide
+/// in a way that more bytes can turn from no to yes. An assertion on the
+/// bytes before it, or one that holds at the end of the haystack (`$`), needs
+/// none; an ASCII word boundary reads one byte, a Unicode one a character.
+fn bytes_looked_ahead(look: Look) -> usize {
+    match look {
+        Look::Start
+        | Look::StartLF
+        | Look::StartCRLF
+        | Look::End
+        | Look::EndLF
+        | Look::EndCRLF
+        | Look::WordStartHalfAscii
+        | Look::WordStartHalfUnicode => 0,
+        Look::WordAscii
+        | Look::WordAsciiNegate
+        | Look::WordStartAscii
+        | Look::WordEndAscii
+        | Look::WordEndHalfAscii => 1,
+        _ => LOOK_MARGIN,
     }
 }
 
@@ -412,6 +470,21 @@ mod tests {
         assert_eq!(search(r"k").max_len(), Some(3));
         assert_eq!(search(r"[;,]+").max_len(), None);
         assert_eq!(search(r"\bEND\b").max_len(), Some(3));
+    }
+
+    #[test]
+    fn open_reach_counts_the_bytes_a_look_ahead_reads() {
+        assert_eq!(search(r"\r\n|\n|\r").open_reach(), 1);
+        assert_eq!(search(r";").open_reach(), 0);
+        assert_eq!(search(r";$").open_reach(), 0);
+        assert_eq!(search(r"(?m:^);").open_reach(), 0);
+        assert_eq!(search(r"(?-u:;\b)").open_reach(), 1);
+        assert_eq!(search(r";\b").open_reach(), 4);
+        assert_eq!(search(r";\B").open_reach(), 4);
+        assert_eq!(search(r";+\b").open_reach(), 0);
+        assert_eq!(search(r";\b(?:x)?").open_reach(), 5);
+        assert_eq!(search(r"\bx").open_reach(), 0);
+        assert_eq!(search(r"(?:;\b|,)").open_reach(), 4);
     }
 
     #[test]
