@@ -627,6 +627,70 @@ fn a_full_line_before_a_look_ahead_eol_waits_for_the_next_byte() {
     }
 }
 
+/// Dropping a line, a held EOL match longer than the limit that is whole
+/// (`\n    \n` of `\n[ \t]*\n`) still ends the line: the next line is not
+/// taken for the rest of it.
+#[test]
+fn discarding_ends_at_a_held_eol_longer_than_the_limit() {
+    let eol = Regex::new(r"\n[ \t]*\n").unwrap();
+    for hold in [false, true] {
+        let make = || {
+            build(|b| {
+                b.eol_regex(eol.clone())
+                    .hold_open_match(hold)
+                    .max_length(3)
+                    .overflow(OverflowPolicy::Discard)
+            })
+        };
+        let input = b"abcdef\n    \nok\n\n";
+        let expected = [
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("ok", "\n\n")),
+            Event::End(Ok(vec![])),
+        ];
+        assert_eq!(
+            run_continuing(make(), &[&input[..]]),
+            expected,
+            "hold {hold}"
+        );
+        // Split inside it, an EOL longer than the limit is past what a
+        // dropped line keeps; split anywhere after it, it ends the line.
+        for at in 12..=input.len() {
+            let (a, b) = input.split_at(at);
+            assert_eq!(
+                run_continuing(make(), &[a, b]),
+                expected,
+                "hold {hold}, split at {at}"
+            );
+            assert_batches_match_lines(make, &[a, b], 2);
+        }
+    }
+}
+
+/// Dropping a line, a held match of an unbounded EOL (`;` of `x;+y|;`)
+/// keeps the bytes before it that may begin a longer match still to end
+/// (`x;y`), as for an EOL with a longest match.
+#[test]
+fn discarding_keeps_the_start_of_a_longer_unbounded_eol_before_a_held_one() {
+    let make = || {
+        build(|b| {
+            b.eol_regex(Regex::new("x;+y|;").unwrap())
+                .hold_open_match(true)
+                .max_length(3)
+                .overflow(OverflowPolicy::Discard)
+        })
+    };
+    assert_regex_eol_events(
+        make,
+        b"aaaaax;ybb;c",
+        &[
+            Event::Error(ErrorKind::NoSpace, false),
+            Event::Frame(line("bb", ";")),
+            Event::End(Err((ErrorKind::BrokenPipe, 1))),
+        ],
+    );
+}
+
 proptest! {
     /// A look-ahead EOL gives the same lines, errors and end however the
     /// input is split, dropping lines or not, held or not.

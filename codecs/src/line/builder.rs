@@ -117,6 +117,19 @@ impl LineCodecBuilder {
     /// decide: the rest of the longest match, and the character after it
     /// that a look-ahead such as `\b` reads (`;\b` on `abc;` with a limit
     /// of 3 waits for the next byte), however the input was split.
+    ///
+    /// A line being dropped ([`OverflowPolicy::Discard`]) keeps between
+    /// reads only the bytes that may begin its EOL, so that memory stays
+    /// bounded: when the regex has a longest match, all those bytes (the
+    /// EOL it ends at is found however the input was split); otherwise at
+    /// most `max_length` of them. So with unbounded matches, an EOL longer
+    /// than `max_length` split across reads can go unseen, and the dropped
+    /// line then runs on to the next EOL (`\n[ \t]*\n` with a limit of 3 on
+    /// `\n    ` then `\nok\n\n` drops `ok` too). A held match
+    /// ([`hold_open_match`](Self::hold_open_match)) of such an EOL longer
+    /// than `max_length` ends the dropped line where it stands, unless its
+    /// first `max_length` bytes are a match of their own (a run of `[;,]+`),
+    /// which are kept to see the run go on.
     #[cfg(feature = "regex")]
     pub fn eol_regex(&mut self, eol: Regex) -> &mut Self {
         self.eol = EolSpec::Regex(Search::new(eol));

@@ -111,7 +111,9 @@ impl Eol {
 
     /// Drops the front of an over-long line: [`Discard::Ended`] when its
     /// EOL was found and dropped too; otherwise more input is needed, and
-    /// only the bytes that may start the EOL are kept (none at `eof`).
+    /// only the bytes that may start the EOL are kept (none at `eof`): for a
+    /// regex without a longest match, at most `max` of them, which bounds
+    /// memory and misses an EOL longer than `max` split across reads.
     ///
     /// `from`: how many bytes at the front were kept by the last call only
     /// as look-behind context for a regex end of line (0 the first time).
@@ -154,28 +156,42 @@ impl Eol {
             #[cfg(feature = "regex")]
             Eol::Regex(re) => match re.search.first_non_empty(buf, from.min(buf.len())) {
                 Some((start, end)) if re.hold_open && !eof && end == buf.len() => {
-                    // Keep the held match from its start, and the context
-                    // before it, so the regex sees the same match go on:
-                    // all of it when the regex's matches have a longest
-                    // length (exact, and bounded by it); else at most its
-                    // first `max` bytes (at least one), which decide for a
-                    // run of a repeated EOL (`;\n*`, `[;,]+`), the rest of
-                    // the run going with the line. Its last bytes alone
-                    // would not do: `\n\n` is no longer a match of `;\n*`.
-                    //
-                    // With a longest match, the bytes that may begin a
-                    // longer match still to end (one that starts before
-                    // this one: `abc` of `abc|b` at `ab` + `b`) stay too,
-                    // as the reading path keeps them.
-                    let len = end - start;
-                    let (from, keep) = match re.search.max_len() {
-                        Some(_) => (start.min(end.saturating_sub(re.search.open_reach())), len),
-                        None => (start, len.min(max.max(1))),
+                    // Keep the held match and the context before it, so the
+                    // regex sees the same match go on, and the bytes before
+                    // it that may begin a longer match still to end (`abc`
+                    // of `abc|b` at `ab` + `b`), as the reading path keeps
+                    // them: those within the longest match when the regex
+                    // has one, else within `max` bytes (at least one).
+                    let keep = |buf: &mut BytesMut, from: usize, to: usize| {
+                        let context = re.search.context_before(from);
+                        buf.truncate(to);
+                        buf.advance(from - context);
+                        Discard::NeedMore { from: context }
                     };
-                    let context = re.search.context_before(from);
-                    buf.truncate(start + keep);
-                    buf.advance(from - context);
-                    Discard::NeedMore { from: context }
+                    let window = match re.search.max_len() {
+                        Some(_) => re.search.open_reach(),
+                        None => max.max(1),
+                    };
+                    let from = start.min(end.saturating_sub(window));
+                    if re.search.max_len().is_some() || end - start <= window {
+                        return keep(buf, from, end);
+                    }
+                    // A match of an unbounded regex longer than `max`: its
+                    // first bytes are kept when they are a match of their
+                    // own, which decides as well for a run of a repeated
+                    // EOL (`;\n*`, `[;,]+`), the rest of the run going
+                    // with the line. Its last bytes alone would not do:
+                    // `\n\n` is no longer a match of `;\n*`. Any other
+                    // match (`\n    \n` of `\n[ \t]*\n`) ends the line
+                    // where it stands: cut short it would be no match, and
+                    // kept whole it could grow without bound.
+                    match re.search.first_non_empty(&buf[..start + window], start) {
+                        Some((at, to)) if at == start => keep(buf, start, to),
+                        _ => {
+                            buf.advance(end);
+                            Discard::Ended
+                        }
+                    }
                 }
                 Some((_, end)) => {
                     buf.advance(end);
@@ -188,7 +204,9 @@ impl Eol {
                 None => {
                     // An EOL may have begun in the last bytes: keep those
                     // (and the context before them), as the literal EOL
-                    // keeps all but one byte of itself.
+                    // keeps all but one byte of itself. Without a longest
+                    // match, the last `max` bytes: an EOL that began
+                    // before them is lost, the price of bounded memory.
                     let (keep, context) = re.search.open_tail(buf.len(), max);
                     buf.advance(buf.len() - keep);
                     Discard::NeedMore { from: context }

@@ -170,7 +170,8 @@ impl Search {
     /// bytes, of which the first `context` serve only as look-behind
     /// context (a later search starts after them). The rest can hold the
     /// start of a match that ends in bytes still to come; without a
-    /// longest match, up to `window` bytes of it are kept.
+    /// longest match, up to `window` bytes of it are kept (a match that
+    /// began before them is not found).
     pub(crate) fn open_tail(&self, len: usize, window: usize) -> (usize, usize) {
         let reach = match self.max_len {
             Some(_) => self.open_reach(),
