@@ -691,6 +691,48 @@ fn discarding_keeps_the_start_of_a_longer_unbounded_eol_before_a_held_one() {
     );
 }
 
+/// A match past the limit at the end of a read is no verdict yet when an
+/// EOL with a longest match may still begin by the limit (`abc` of
+/// `abc|b` before a held `b`) or the match may not stand (`END` of
+/// `\bEND\b` before `N`): the next read decides, as for the whole input.
+#[test]
+fn a_held_match_past_the_limit_waits_for_an_eol_that_may_still_end_the_line() {
+    let abc = Regex::new("abc|b").unwrap();
+    let end = Regex::new(r"\bEND\b").unwrap();
+    for discard in [false, true] {
+        let make = || {
+            build(|b| {
+                b.eol_regex(abc.clone())
+                    .hold_open_match(true)
+                    .max_length(4)
+                    .overflow(policy(discard))
+            })
+        };
+        assert_regex_eol_events(
+            make,
+            b"accxabcb",
+            &[
+                Event::Frame(line("accx", "abc")),
+                Event::Frame(line("", "b")),
+                Event::End(Ok(vec![])),
+            ],
+        );
+        let make = || {
+            build(|b| {
+                b.eol_regex(end.clone())
+                    .hold_open_match(true)
+                    .max_length(1)
+                    .overflow(policy(discard))
+            })
+        };
+        assert_regex_eol_events(
+            make,
+            b"ENDN Na",
+            &[Event::End(Err((ErrorKind::BrokenPipe, 7)))],
+        );
+    }
+}
+
 proptest! {
     /// A look-ahead EOL gives the same lines, errors and end however the
     /// input is split, dropping lines or not, held or not.
@@ -1699,7 +1741,19 @@ impl RescanEol {
             .find(|m| !m.is_empty())
             .map(|m| (m.start(), m.end()));
         match found {
-            Some((s, e)) if s > self.max || e - s > self.max => Step::Error(ErrorKind::NoSpace),
+            // Past the limit, but an EOL that begins before this one, by
+            // the limit, may still end (or a look-ahead undo this one):
+            // wait.
+            Some((s, e)) if s > self.max || e - s > self.max => {
+                let pending = len.saturating_sub(self.open_reach());
+                let undone = self.reach().1 > 0;
+                if !eof && pending <= self.max && (pending < s || (undone && pending <= s)) {
+                    self.scanned = len;
+                    Step::NeedMore
+                } else {
+                    Step::Error(ErrorKind::NoSpace)
+                }
+            }
             Some((_, e)) if self.hold_open && !eof && e == len => {
                 self.scanned = len;
                 Step::NeedMore
@@ -1722,6 +1776,13 @@ impl RescanEol {
     }
 
     fn open_reach(&self) -> usize {
+        let (max_len, look_ahead) = self.reach();
+        max_len.map_or(0, |max| (max + look_ahead).saturating_sub(1))
+    }
+
+    /// The longest match of the pattern, and how many bytes after a match
+    /// a closing look-ahead reads.
+    fn reach(&self) -> (Option<usize>, usize) {
         let hir = regex_syntax::ParserBuilder::new()
             .utf8(false)
             .build()
@@ -1771,9 +1832,7 @@ impl RescanEol {
             })
             .max()
             .unwrap_or(0);
-        hir.properties()
-            .maximum_len()
-            .map_or(0, |max| (max + look_ahead).saturating_sub(1))
+        (hir.properties().maximum_len(), look_ahead)
     }
 }
 

@@ -116,7 +116,12 @@ impl LineCodecBuilder {
     /// followed by what may still become its EOL waits for the bytes that
     /// decide: the rest of the longest match, and the character after it
     /// that a look-ahead such as `\b` reads (`;\b` on `abc;` with a limit
-    /// of 3 waits for the next byte), however the input was split.
+    /// of 3 waits for the next byte), however the input was split. A regex
+    /// without a longest match (`[;,]+\b`, `\n[ \t]*\n`) has no such
+    /// allowance: more than `max_length` bytes with no match in them are
+    /// over the limit, so a line of `max_length` bytes whose EOL is not yet
+    /// a match when a read ends can be refused, where the whole input would
+    /// give the line.
     ///
     /// A line being dropped ([`OverflowPolicy::Discard`]) keeps between
     /// reads only the bytes that may begin its EOL, so that memory stays

@@ -379,7 +379,20 @@ fn scan_regex(
         search.first_non_empty(buf, from)
     };
     match found {
-        Some((start, end)) if start > max || end - start > max => Scan::Overflow { seen: len },
+        // A match past the limit ends no line this long. But a match that
+        // begins before it, by the limit, may still end in bytes to come
+        // (`abc` of `abc|b` before `b`), and a look-ahead may undo this
+        // one (`END` of `\bEND\b` before `N`): then only more bytes, or
+        // the end of input, decide.
+        Some((start, end)) if start > max || end - start > max => {
+            let pending = len.saturating_sub(search.open_reach());
+            let undone = search.looks_past_match();
+            if !eof && pending <= max && (pending < start || (undone && pending <= start)) {
+                Scan::NeedMore { scanned: len }
+            } else {
+                Scan::Overflow { seen: len }
+            }
+        }
         Some((_, end)) if hold_open && end == len => Scan::NeedMore { scanned: len },
         Some((start, end)) => Scan::Found {
             line_len: start,

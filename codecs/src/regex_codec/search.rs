@@ -200,6 +200,12 @@ impl Search {
         })
     }
 
+    /// Whether a match may be undone by bytes after it (`;\b` before `;`
+    /// and before `a`).
+    pub(crate) fn looks_past_match(&self) -> bool {
+        self.look_ahead > 0
+    }
+
     /// The leftmost match starting at or after `from`, empty or not.
     pub(crate) fn first(&self, hay: &[u8], from: usize) -> Option<(usize, usize)> {
         self.re.find_at(hay, from).map(|m| (m.start(), m.end()))
