@@ -134,7 +134,10 @@ impl Builder {
         self
     }
 
-    /// The largest adaptive read size (default [`DEFAULT_MAX_READ_SIZE`]).
+    /// The largest adaptive read size (default [`DEFAULT_MAX_READ_SIZE`]):
+    /// the room each read makes at least. A read fills whatever spare
+    /// room the buffer already has (docs/semantics.md, OPT-10), so one
+    /// read may be larger.
     pub fn max_read_size(&mut self, n: usize) -> &mut Self {
         self.cfg.max_read_size = n.max(self.cfg.read_size);
         self

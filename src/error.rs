@@ -37,13 +37,15 @@ pub enum ErrorKind {
     /// OS's own error is [`Error::io_error`], the service's the
     /// [`source`](std::error::Error::source).
     Io,
-    /// The connection is closed (by `destroy`, by a fatal error elsewhere,
-    /// or because its driver task ended) and the operation cannot run.
-    /// Reported as `EBADF`, as for a closed file descriptor.
+    /// The connection is closed (by `destroy` or `detach`, or because its
+    /// last handle or its driver task is gone) and the operation cannot
+    /// run. After a fatal error, later calls get that error itself, not
+    /// this one. Reported as `EBADF`, as for a closed file descriptor.
     Closed,
     /// The caller asked for something that cannot be done (an encoder
     /// refused the item, STARTTLS while TLS is active, ...). Nothing was
-    /// queued.
+    /// queued. Fatal only where it says so: an encoder that removed output
+    /// queued before its item, a STARTTLS refused behind a `stoptls`.
     InvalidInput,
     /// A user callback (a completion, a decoder, an encoder or a hook)
     /// panicked while the engine ran it. Always fatal: the connection is

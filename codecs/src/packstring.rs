@@ -18,8 +18,8 @@ const CODEC: &str = "packstring";
 /// The default limit on one payload: 16 MiB.
 ///
 /// A prefix lets the peer declare up to 4 GiB (`N`) or 2⁶⁴ bytes (`w`).
-/// 16 MiB holds every message the format is commonly used for (DNS over TCP
-/// and EPP frames, serialised records) and bounds what one connection can
+/// 16 MiB holds every message the format is commonly used for (DNS over TCP,
+/// serialised records) and bounds what one connection can
 /// make us buffer.
 pub const DEFAULT_PACKSTRING_MAX_LENGTH: usize = 16 * 1024 * 1024;
 
@@ -49,7 +49,7 @@ pub enum PackFormat {
     U16Be,
     /// `v`: unsigned 16 bits, little-endian.
     U16Le,
-    /// `N`: unsigned 32 bits, big-endian (EPP).
+    /// `N`: unsigned 32 bits, big-endian.
     U32Be,
     /// `V`: unsigned 32 bits, little-endian.
     U32Le,

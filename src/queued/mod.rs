@@ -302,8 +302,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// queue would exceed `wbuf_max`; the handle's fatal error if it is
     /// closed; `EINVAL` after [`push_shutdown`](Self::push_shutdown).
     /// An encoder must only append to `dst` (which may hold output queued
-    /// before): one that removes bytes closes the connection with a fatal
-    /// `EINVAL`.
+    /// before): one that leaves it shorter than it found it closes the
+    /// connection with a fatal `EINVAL`. One that clears `dst` and then
+    /// writes at least as many bytes cannot be told from one that appends:
+    /// the output queued before it is lost without an error.
     pub fn push_write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
     where
         E: Encoder<I>,

@@ -572,7 +572,8 @@ impl Requests<'_> {
     ///
     /// # Errors
     ///
-    /// The encoder's error (nothing queued), or `ENOSPC` over `wbuf_max`.
+    /// The encoder's error (nothing queued), `ENOSPC` over `wbuf_max`, or
+    /// `EINVAL` once the output is shut (`push_shutdown`).
     pub fn push_write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
     where
         E: tokio_util::codec::Encoder<I>,
