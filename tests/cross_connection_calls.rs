@@ -12,7 +12,26 @@ use std::time::{Duration, Instant};
 
 use anyframe::codecs::LineCodec;
 use anyframe::{ErrorKind, Handle, QueuedFramed};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, DuplexStream};
+
+/// A runtime with two workers, so the two connections' completions can
+/// run at the same time.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Two connections, each spawned, with the peer of each.
+fn two_connections() -> ((Handle, DuplexStream), (Handle, DuplexStream)) {
+    let (a_io, a_peer) = tokio::io::duplex(1 << 16);
+    let (b_io, b_peer) = tokio::io::duplex(1 << 16);
+    let (a, _) = QueuedFramed::new(a_io).spawn();
+    let (b, _) = QueuedFramed::new(b_io).spawn();
+    ((a, a_peer), (b, b_peer))
+}
 
 /// Runs `act(other)` in a read completion of each of two connections, the
 /// two completions running at the same time on two threads. Returns how
@@ -23,16 +42,9 @@ fn both_at_once(act: fn(&Handle)) -> Option<[Result<(), ErrorKind>; 2]> {
     // deadlock both workers are stuck, and with them the runtime's timers.
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_workers();
         rt.block_on(async {
-            let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-            let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-            let (a, _a_driver) = QueuedFramed::new(a_io).spawn();
-            let (b, _b_driver) = QueuedFramed::new(b_io).spawn();
+            let ((a, mut a_peer), (b, mut b_peer)) = two_connections();
             let arrived = Arc::new(AtomicUsize::new(0));
             let read_then = |other: Handle, arrived: Arc<AtomicUsize>| {
                 move |_, _: &mut anyframe::Requests<'_>| {
@@ -116,17 +128,10 @@ fn completions_querying_each_other_panic_instead_of_hanging() {
 /// it is applied at once.
 #[test]
 fn a_shutdown_asked_from_another_connections_callback_keeps_its_place() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     rt.block_on(async {
         use tokio::io::AsyncReadExt;
-        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-        let (a, _a_driver) = QueuedFramed::new(a_io).spawn();
-        let (b, _b_driver) = QueuedFramed::new(b_io).spawn();
+        let ((a, mut a_peer), (b, mut b_peer)) = two_connections();
         // B's engine stays busy in a completion while A's completion
         // writes to B and shuts B's output.
         let busy = Arc::new(AtomicUsize::new(0));
