@@ -979,6 +979,17 @@ impl Core {
     /// before the close, so they linger or come back in the parts like any
     /// other. Reads fail with the error that closed it.
     pub(crate) fn accept_posted(&mut self, out: &mut BytesMut, reads: &mut Vec<Box<dyn Request>>) {
+        if !out.is_empty() && !self.is_closed() && self.over_wbuf_max(out.len()) {
+            // Posted over the room the inbox was given (a callback of
+            // another connection does not wait for the exact check): the
+            // cap holds as on the locked path.
+            out.clear();
+            let e = self.output_full();
+            for req in reads.drain(..) {
+                req.fail(e.clone());
+            }
+            return;
+        }
         if out.len() > INBOX_KEEP {
             // A burst (a buffer the inbox would not keep) goes in by
             // reference, not copied next to itself.

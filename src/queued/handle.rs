@@ -45,6 +45,10 @@ pub(crate) struct Shared {
     detach: AtomicBool,
     /// The thread holding the engine (0: none), see [`Inside`].
     engine_owner: Arc<AtomicUsize>,
+    /// The error that closed the connection, once it is closed: what a
+    /// callback of another connection is told without waiting for the
+    /// engine.
+    closed_with: std::sync::OnceLock<Error>,
     /// `destroy` or `push_shutdown` asked from inside another connection's
     /// engine while this one was busy ([`REQUEST_DESTROY`],
     /// [`REQUEST_SHUTDOWN`]): whoever takes the engine next applies it,
@@ -263,7 +267,7 @@ impl Locked<'_> {
         if self.shared.requested.load(Ordering::Acquire) == 0 {
             return;
         }
-        let requested = self.shared.requested.swap(0, Ordering::AcqRel);
+        let requested = self.shared.requested.load(Ordering::Acquire);
         if requested & REQUEST_DESTROY != 0 {
             self.guard.destroy();
         } else if requested & REQUEST_SHUTDOWN != 0 {
@@ -271,6 +275,19 @@ impl Locked<'_> {
             // uses it next.
             let _ = self.guard.push_shutdown();
         }
+        // The request is cleared only once its effect is published, both
+        // under the inbox's lock, where handles check them before they
+        // post: no post slips in between.
+        let inbox = self
+            .shared
+            .inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.shared.published.publish(&self.guard, 0);
+        self.shared
+            .requested
+            .fetch_and(!requested, Ordering::AcqRel);
+        drop(inbox);
         self.wake_driver();
     }
 }
@@ -280,6 +297,11 @@ impl Drop for Locked<'_> {
         self.take_requested();
         let requested = self.shared.requested.load(Ordering::Acquire);
         self.shared.published.publish(&self.guard, requested);
+        if let Some(e) = self.guard.error()
+            && self.shared.closed_with.get().is_none()
+        {
+            let _ = self.shared.closed_with.set(e.clone());
+        }
     }
 }
 
@@ -413,14 +435,45 @@ impl Shared {
         guard
     }
 
+    /// For a thread that holds another connection's engine, when this
+    /// engine is busy and its inbox refused: the error the engine would
+    /// give, if it is known without the engine (the connection closed, a
+    /// destroy or, for a write, a shutdown asked for); `None`: the call
+    /// must take the engine.
+    fn refusal_without_waiting(&self, write: bool) -> Option<Error> {
+        if !holds_an_engine() {
+            return None;
+        }
+        let requested = self.requested.load(Ordering::Acquire);
+        if requested & REQUEST_DESTROY != 0 {
+            return Some(Error::closed());
+        }
+        if let Some(e) = self.closed_with.get() {
+            return Some(e.clone());
+        }
+        if write && requested & REQUEST_SHUTDOWN != 0 {
+            return Some(Error::invalid_input("write after push_shutdown"));
+        }
+        None
+    }
+
     /// Asks for `request` ([`REQUEST_DESTROY`], [`REQUEST_SHUTDOWN`])
     /// without waiting for the engine, for a thread that holds another
     /// connection's engine while this one is busy. False if the engine
     /// was free after all (the caller then takes it) or the connection
     /// is closed (the caller takes it for the error).
-    fn request_without_waiting(&self, request: u8) -> bool {
-        if !holds_an_engine() || !self.published.reads.load(Ordering::Acquire) {
-            return false;
+    fn request_without_waiting(&self, request: u8) -> Option<Result<()>> {
+        if !holds_an_engine() {
+            return None;
+        }
+        if let Some(e) = self.refusal_without_waiting(true) {
+            // Closed, destroyed, or (for a shutdown) shut already: a
+            // destroy has nothing more to do; a shutdown says why not.
+            return Some(if request == REQUEST_DESTROY {
+                Ok(())
+            } else {
+                Err(e)
+            });
         }
         {
             // Under the inbox's lock, as handles check the published state
@@ -441,7 +494,7 @@ impl Shared {
             // in its turn.
             Err(TryLockError::WouldBlock) => self.driver.wake(),
         }
-        true
+        Some(Ok(()))
     }
 
     /// [`lock`](Self::lock) for the driver's own turn, which goes on to
@@ -471,8 +524,12 @@ impl Shared {
     fn inbox(&self, write: bool) -> Option<MutexGuard<'_, Inbox>> {
         let inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
         let published = &self.published;
+        // A requested destroy or shutdown is set under this lock: a post
+        // that comes after it sees it, whatever a release published since.
+        let requested = self.requested.load(Ordering::Acquire);
         let open = published.reads.load(Ordering::Acquire)
-            && (!write || published.writes.load(Ordering::Acquire));
+            && requested & REQUEST_DESTROY == 0
+            && (!write || (published.writes.load(Ordering::Acquire) && requested == 0));
         open.then_some(inbox)
     }
 
@@ -544,6 +601,9 @@ impl Shared {
         E::Error: Into<Error>,
     {
         let Some(inbox) = self.inbox(true) else {
+            if let Some(e) = self.refusal_without_waiting(true) {
+                return Err(e);
+            }
             return self.lock().push_encoded(encoder, item);
         };
         let was_empty = inbox.is_empty();
@@ -553,8 +613,41 @@ impl Shared {
                 Ok(())
             }
             Encoded::Failed(e) => Err(e),
-            Encoded::Check(bytes) => self.lock().push_bytes(bytes),
+            Encoded::Check(bytes) => self.post_checked(bytes, None),
         }
+    }
+
+    /// Output that may not fit under `wbuf_max` (over the room published
+    /// for the inbox), and the read of a call that goes with it: checked
+    /// by the engine. A thread that holds another connection's engine does
+    /// not wait for this one (its holder may wait for that connection):
+    /// it posts them all the same, and the engine checks them against the
+    /// cap when it takes them in.
+    fn post_checked(&self, bytes: Bytes, read: Option<Box<dyn Request>>) -> Result<()> {
+        if holds_an_engine() {
+            if let Some(mut inbox) = self.inbox(true) {
+                let was_empty = inbox.is_empty();
+                inbox.out.extend_from_slice(&bytes);
+                inbox.reads.extend(read);
+                self.posted(inbox, was_empty);
+                return Ok(());
+            }
+            if let Some(e) = self.refusal_without_waiting(true) {
+                if let Some(read) = read {
+                    read.fail(e.clone());
+                }
+                return Err(e);
+            }
+        }
+        let mut core = self.lock();
+        let pushed = core.push_bytes(bytes);
+        if let Some(read) = read {
+            match &pushed {
+                Ok(()) => core.enqueue_boxed(read, false),
+                Err(e) => read.fail(e.clone()),
+            }
+        }
+        pushed
     }
 
     /// [`Handle::push_bytes`] while the engine is busy. Small buffers are
@@ -568,11 +661,14 @@ impl Shared {
             return self.lock().push_bytes(bytes);
         }
         let Some(mut inbox) = self.inbox(true) else {
+            if let Some(e) = self.refusal_without_waiting(true) {
+                return Err(e);
+            }
             return self.lock().push_bytes(bytes);
         };
         if inbox.out.len() + bytes.len() > self.published.room.load(Ordering::Acquire) {
             drop(inbox);
-            return self.lock().push_bytes(bytes);
+            return self.post_checked(bytes, None);
         }
         let was_empty = inbox.is_empty();
         inbox.out.extend_from_slice(&bytes);
@@ -583,6 +679,9 @@ impl Shared {
     /// Queues a read at the back while the engine is busy.
     fn post_read(&self, read: Box<dyn Request>) {
         let Some(mut inbox) = self.inbox(false) else {
+            if let Some(e) = self.refusal_without_waiting(false) {
+                return read.fail(e);
+            }
             return self.lock().enqueue_boxed(read, false);
         };
         let was_empty = inbox.is_empty();
@@ -598,6 +697,9 @@ impl Shared {
         E::Error: Into<Error>,
     {
         let Some(inbox) = self.inbox(true) else {
+            if let Some(e) = self.refusal_without_waiting(true) {
+                return read.fail(e);
+            }
             let mut core = self.lock();
             return match core.push_encoded(encoder, item) {
                 Ok(()) => core.enqueue_boxed(read, false),
@@ -612,11 +714,8 @@ impl Shared {
             }
             Encoded::Failed(e) => read.fail(e),
             Encoded::Check(bytes) => {
-                let mut core = self.lock();
-                match core.push_bytes(bytes) {
-                    Ok(()) => core.enqueue_boxed(read, false),
-                    Err(e) => read.fail(e),
-                }
+                // The error, if any, is the read's.
+                let _ = self.post_checked(bytes, Some(read));
             }
         }
     }
@@ -699,6 +798,7 @@ where
             detach: AtomicBool::new(false),
             engine_owner: Arc::new(AtomicUsize::new(0)),
             requested: AtomicU8::new(0),
+            closed_with: std::sync::OnceLock::new(),
             inbox_owner: AtomicUsize::new(0),
             unturned: AtomicUsize::new(0),
             #[cfg(test)]
@@ -1301,9 +1401,9 @@ impl Handle {
     /// The error that closed the connection.
     pub fn push_shutdown(&self) -> Result<()> {
         if self.shared.busy_for_a_callback()
-            && self.shared.request_without_waiting(REQUEST_SHUTDOWN)
+            && let Some(done) = self.shared.request_without_waiting(REQUEST_SHUTDOWN)
         {
-            return Ok(());
+            return done;
         }
         self.lock().push_shutdown()
     }
@@ -1375,7 +1475,11 @@ impl Handle {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed); queued output is
     /// still written for up to `linger`.
     pub fn destroy(&self) {
-        if self.shared.busy_for_a_callback() && self.shared.request_without_waiting(REQUEST_DESTROY)
+        if self.shared.busy_for_a_callback()
+            && self
+                .shared
+                .request_without_waiting(REQUEST_DESTROY)
+                .is_some()
         {
             return;
         }
@@ -1581,8 +1685,10 @@ impl Drop for Handle {
     fn drop(&mut self) {
         // A handle dropped inside its own engine (captured by a completion)
         // must not lock again; the driver checks `users` after every turn.
-        if self.shared.users.fetch_sub(1, Ordering::AcqRel) == 1 && !self.shared.reentered() {
-            self.lock().wake_driver();
+        // Nor does it wait for the engine: the driver registers its waker
+        // at the start of every turn, so this wakes it whatever it does.
+        if self.shared.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.driver.wake();
         }
     }
 }
