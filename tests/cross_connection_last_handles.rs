@@ -13,6 +13,9 @@ use anyframe::codecs::LineCodec;
 use anyframe::{ErrorKind, Handle, QueuedFramed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How the two reads resolved, and whether each peer saw its end.
+type Outcome = Option<([Result<(), ErrorKind>; 2], bool, bool)>;
+
 #[test]
 fn completions_dropping_each_others_last_handle_do_not_panic() {
     let (done, finished) = std::sync::mpsc::channel();
@@ -66,7 +69,7 @@ fn completions_dropping_each_others_last_handle_do_not_panic() {
         rt.shutdown_background();
     });
     let got = finished.recv_timeout(Duration::from_secs(9)).ok();
-    let expected: Option<([Result<(), ErrorKind>; 2], bool, bool)> =
-        Some(([Ok(()), Ok(())], true, true));
+    // Both completions returned, and both peers saw their end.
+    let expected: Outcome = Some(([Ok(()), Ok(())], true, true));
     assert_eq!(got, expected);
 }
