@@ -137,3 +137,26 @@ async fn the_server_loop_ends_with_epipe_after_a_request_header() {
     let ended = within(server).await.unwrap();
     assert_eq!(ended.unwrap_err().kind(), ErrorKind::BrokenPipe);
 }
+
+/// A frame another read finishes without taking a byte (a zero-length
+/// chunk) does not end the frame the Stream's decoder has begun.
+#[tokio::test]
+async fn an_empty_frame_of_another_read_does_not_end_a_begun_frame() {
+    use anyframe::codecs::ChunkCodec;
+    let (io, mut peer) = tokio::io::duplex(64);
+    let mut conn = QueuedFramed::with_codec(io, LengthDelimitedCodec::new());
+    peer.write_all(&HEADER).await.unwrap();
+    // The Stream's decoder takes the header; its caller gives up.
+    assert!(
+        tokio::time::timeout(PAUSE, conn.next()).await.is_err(),
+        "no frame yet"
+    );
+    let empty = within(conn.read(ChunkCodec::new(0))).await.unwrap();
+    assert!(empty.is_empty());
+    peer.shutdown().await.unwrap();
+    let end = within(conn.next()).await;
+    assert!(
+        matches!(&end, Some(Err(e)) if e.kind() == ErrorKind::BrokenPipe),
+        "{end:?}"
+    );
+}

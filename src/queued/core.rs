@@ -506,13 +506,16 @@ impl Core {
     }
 
     /// Notes a decode step that began with `before` bytes buffered and
-    /// ended a frame (a frame or an error) or not (see `partial`).
+    /// ended a frame (a frame or an error) or not (see `partial`). Only a
+    /// step that took bytes ends the begun frame: one that took none (a
+    /// zero-length chunk of another read, an error on bytes left in
+    /// place) leaves it begun.
     fn note_step(&mut self, before: usize, ended: bool) {
         let took = self.rbuf.len() < before;
         if took {
             self.taken = self.taken.wrapping_add(1);
+            self.partial = !ended;
         }
-        self.partial = (self.partial || took) && !ended;
     }
 
     /// The output a linger may still write: after the close only what was
