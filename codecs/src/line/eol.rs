@@ -155,7 +155,11 @@ impl Eol {
             Eol::Empty => Discard::Ended,
             #[cfg(feature = "regex")]
             Eol::Regex(re) => match re.search.first_non_empty(buf, from.min(buf.len())) {
-                Some((start, end)) if re.hold_open && !eof && end == buf.len() => {
+                Some((start, end))
+                    if re.hold_open
+                        && !eof
+                        && (end == buf.len() || re.search.undecided_after(buf, end)) =>
+                {
                     // Keep the held match and the context before it, so the
                     // regex sees the same match go on, and the bytes before
                     // it that may begin a longer match still to end (`abc`
@@ -174,7 +178,9 @@ impl Eol {
                     };
                     let from = start.min(end.saturating_sub(window));
                     if re.search.max_len().is_some() || end - start <= window {
-                        return keep(buf, from, end);
+                        // With the start of the character after it, if the
+                        // match waits for that.
+                        return keep(buf, from, buf.len());
                     }
                     // A match of an unbounded regex longer than `max`: its
                     // first bytes are kept when they are a match of their
@@ -393,7 +399,11 @@ fn scan_regex(
                 Scan::Overflow { seen: len }
             }
         }
-        Some((_, end)) if hold_open && end == len => Scan::NeedMore { scanned: len },
+        // Held: the match ends where the input does, or before a character
+        // still arriving that its look-ahead reads.
+        Some((_, end)) if hold_open && (end == len || search.undecided_after(buf, end)) => {
+            Scan::NeedMore { scanned: len }
+        }
         Some((start, end)) => Scan::Found {
             line_len: start,
             eol_len: end - start,

@@ -206,6 +206,20 @@ impl Search {
         self.look_ahead > 0
     }
 
+    /// Whether the bytes after a match that ends at `end` are the start of
+    /// a character still arriving that the match's look-ahead reads (a
+    /// Unicode `\b` before the first byte of `é`): the match is not
+    /// decided yet.
+    pub(crate) fn undecided_after(&self, hay: &[u8], end: usize) -> bool {
+        self.look_ahead > 1
+            && end < hay.len()
+            && hay.len() - end < self.look_ahead
+            && matches!(
+                std::str::from_utf8(&hay[end..]),
+                Err(e) if e.valid_up_to() == 0 && e.error_len().is_none()
+            )
+    }
+
     /// The leftmost match starting at or after `from`, empty or not.
     pub(crate) fn first(&self, hay: &[u8], from: usize) -> Option<(usize, usize)> {
         self.re.find_at(hay, from).map(|m| (m.start(), m.end()))
