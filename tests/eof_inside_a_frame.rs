@@ -160,3 +160,27 @@ async fn an_empty_frame_of_another_read_does_not_end_a_begun_frame() {
         "{end:?}"
     );
 }
+
+/// A Handle's batch that ended having taken the next frame's header
+/// hands its decoder, holding that header, to the next batch: an end of
+/// input then is inside that frame, as on the inline front end.
+#[tokio::test]
+async fn a_handle_batch_after_one_that_took_a_header_is_epipe_at_the_end() {
+    let (io, mut peer) = tokio::io::duplex(64);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    peer.write_all(&[0, 0, 0, 2, b'h', b'i', 0, 0, 0, 10])
+        .await
+        .unwrap();
+    let (codec, frames) = within(handle.read_many(LengthDelimitedCodec::new(), 8))
+        .await
+        .unwrap();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(&frames[0][..], b"hi");
+    tokio::time::sleep(PAUSE).await;
+    peer.shutdown().await.unwrap();
+    let end = within(handle.read_many(codec, 8)).await;
+    assert_eq!(
+        end.map(|(_, f)| f.len()).unwrap_err().kind(),
+        ErrorKind::BrokenPipe
+    );
+}

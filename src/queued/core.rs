@@ -505,6 +505,18 @@ impl Core {
         }
     }
 
+    /// Whether a decoder has taken part of a frame it has not finished
+    /// (see `partial`).
+    pub(crate) fn inside_a_frame(&self) -> bool {
+        self.partial
+    }
+
+    /// A batch ended having taken part of the next frame, which its
+    /// decoder keeps for the next batch (see `partial`).
+    pub(crate) fn note_frame_begun(&mut self) {
+        self.partial = true;
+    }
+
     /// Notes a decode step that began with `before` bytes buffered and
     /// ended a frame (a frame or an error) or not (see `partial`). Only a
     /// step that took bytes ends the begun frame: one that took none (a

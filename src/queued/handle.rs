@@ -1205,7 +1205,17 @@ impl Handle {
     {
         let batch = crate::queued::request::Batch::new(decoder, limit);
         self.lock()
-            .enqueue_batch(batch, move |(decoder, frames, error), q| {
+            .enqueue_batch(batch, move |(decoder, frames, error, begun), q| {
+                // A clean end after the batch before took the header of a
+                // frame: the input ended inside that frame (RQ-6).
+                if frames.is_empty() && error.is_none() && q.core.inside_a_frame() {
+                    let e = Error::eof_in_request();
+                    q.core.close(e.clone());
+                    return Err(e);
+                }
+                if begun {
+                    q.core.note_frame_begun();
+                }
                 // Frames came before the error: they go now, and the error
                 // is the next call's, as the batch's own (non-fatal) or as
                 // the one that closed the connection (fatal, ERR-2).

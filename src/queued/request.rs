@@ -823,7 +823,10 @@ impl<D> OrEof<D> {
 }
 
 /// A batch's frame: the decoder, the frames, and an error after them.
-pub(crate) type BatchOf<D> = (D, Vec<<D as Decoder>::Item>, Option<Error>);
+///
+/// The last element: the batch ended having taken part of the next frame
+/// (its header), which the decoder keeps for the next batch.
+pub(crate) type BatchOf<D> = (D, Vec<<D as Decoder>::Item>, Option<Error>, bool);
 
 /// The decoder behind [`Handle::read_many`](crate::Handle::read_many): one
 /// frame, then every further frame already buffered (up to `limit`). Its
@@ -867,7 +870,7 @@ impl<D> Batch<D> {
             // chunk would repeat up to the limit).
             Ok(Some(frame)) if src.len() == before => {
                 let d = self.decoder.take().expect("checked above");
-                return Ok(Some((d, vec![frame], None)));
+                return Ok(Some((d, vec![frame], None, false)));
             }
             Ok(Some(frame)) => frame,
             Ok(None) => {
@@ -876,20 +879,25 @@ impl<D> Batch<D> {
             }
             Err(e) if eof && e.is_eof_in_request() && src.is_empty() && !self.inside => {
                 let d = self.decoder.take().expect("checked above");
-                return Ok(Some((d, Vec::new(), None)));
+                return Ok(Some((d, Vec::new(), None, false)));
             }
             Err(e) => return Err(e),
         };
         let mut frames = vec![first];
         let mut error = None;
+        let mut begun = false;
         while frames.len() < self.limit {
+            let step_before = src.len();
             match batch_step(decoder, src, eof) {
                 BatchStep::Frame(frame) => frames.push(frame),
                 BatchStep::Last(frame) => {
                     frames.push(frame);
                     break;
                 }
-                BatchStep::End => break,
+                BatchStep::End => {
+                    begun = src.len() < step_before;
+                    break;
+                }
                 BatchStep::Error(e) => {
                     error = Some(e);
                     break;
@@ -897,7 +905,7 @@ impl<D> Batch<D> {
             }
         }
         let d = self.decoder.take().expect("checked above");
-        Ok(Some((d, frames, error)))
+        Ok(Some((d, frames, error, begun)))
     }
 }
 
