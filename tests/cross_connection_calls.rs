@@ -12,68 +12,46 @@ use std::time::{Duration, Instant};
 
 use anyframe::codecs::LineCodec;
 use anyframe::{ErrorKind, Handle, QueuedFramed};
-use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::io::AsyncWriteExt;
 
-/// A runtime with two workers, so the two connections' completions can
-/// run at the same time.
-fn two_workers() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+#[path = "support/watched.rs"]
+mod watched;
+
+/// Runs `act(other)` in a read completion of each of two connections (with
+/// `wbuf_max` when given), the two completions running at the same time on
+/// two threads. Returns how both reads resolved (a completion that
+/// panicked resolves its read with the panic), or `None` if they did not
+/// within a few seconds.
+fn both_at_once_with<R: Send + 'static>(
+    wbuf_max: Option<usize>,
+    act: fn(&Handle) -> R,
+) -> Option<[Result<R, ErrorKind>; 2]> {
+    watched::on_two_workers(Duration::from_secs(10), move || async move {
+        let spawn = |io| {
+            let (handle, _) = QueuedFramed::builder().wbuf_max(wbuf_max).build(io).spawn();
+            handle
+        };
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, b) = (spawn(a_io), spawn(b_io));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let read_then = |other: Handle, arrived: Arc<AtomicUsize>| {
+            move |_, _: &mut anyframe::Requests<'_>| {
+                watched::meet(&arrived, 2);
+                Ok(act(&other))
+            }
+        };
+        let ta = a.push_read_with(LineCodec::new(), read_then(b.clone(), arrived.clone()));
+        let tb = b.push_read_with(LineCodec::new(), read_then(a.clone(), arrived.clone()));
+        a_peer.write_all(b"go\n").await.unwrap();
+        b_peer.write_all(b"go\n").await.unwrap();
+        [ta.await, tb.await].map(|r| r.map_err(|e| e.kind()))
+    })
 }
 
-/// Two connections, each spawned, with the peer of each.
-fn two_connections() -> ((Handle, DuplexStream), (Handle, DuplexStream)) {
-    let (a_io, a_peer) = tokio::io::duplex(1 << 16);
-    let (b_io, b_peer) = tokio::io::duplex(1 << 16);
-    let (a, _) = QueuedFramed::new(a_io).spawn();
-    let (b, _) = QueuedFramed::new(b_io).spawn();
-    ((a, a_peer), (b, b_peer))
-}
-
-/// Runs `act(other)` in a read completion of each of two connections, the
-/// two completions running at the same time on two threads. Returns how
-/// both reads resolved (a completion that panicked resolves its read with
-/// the panic), or `None` if they did not within a few seconds.
+/// [`both_at_once_with`] with the default `wbuf_max`.
 fn both_at_once(act: fn(&Handle)) -> Option<[Result<(), ErrorKind>; 2]> {
-    // The runtime runs on a thread of its own, watched from here: in a
-    // deadlock both workers are stuck, and with them the runtime's timers.
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = two_workers();
-        rt.block_on(async {
-            let ((a, mut a_peer), (b, mut b_peer)) = two_connections();
-            let arrived = Arc::new(AtomicUsize::new(0));
-            let read_then = |other: Handle, arrived: Arc<AtomicUsize>| {
-                move |_, _: &mut anyframe::Requests<'_>| {
-                    arrived.fetch_add(1, Ordering::SeqCst);
-                    // Both completions inside their engines at once
-                    // (bounded: on one thread they would run one after
-                    // the other).
-                    let start = Instant::now();
-                    while arrived.load(Ordering::SeqCst) < 2
-                        && start.elapsed() < Duration::from_secs(2)
-                    {
-                        std::hint::spin_loop();
-                    }
-                    act(&other);
-                    Ok(())
-                }
-            };
-            let ta = a.push_read_with(LineCodec::new(), read_then(b.clone(), arrived.clone()));
-            let tb = b.push_read_with(LineCodec::new(), read_then(a.clone(), arrived.clone()));
-            a_peer.write_all(b"go\n").await.unwrap();
-            b_peer.write_all(b"go\n").await.unwrap();
-            let outcome = [ta.await, tb.await].map(|r| r.map_err(|e| e.kind()));
-            let _ = done.send(outcome);
-        });
-        rt.shutdown_background();
-    });
-    // Threads stuck in a deadlock never finish: the watcher gives up on
-    // them (and the test process ends without them).
-    finished.recv_timeout(Duration::from_secs(10)).ok()
+    both_at_once_with(Some(anyframe::DEFAULT_WBUF_MAX), act)
 }
 
 #[test]
@@ -128,10 +106,12 @@ fn completions_querying_each_other_panic_instead_of_hanging() {
 /// it is applied at once.
 #[test]
 fn a_shutdown_asked_from_another_connections_callback_keeps_its_place() {
-    let rt = two_workers();
-    rt.block_on(async {
+    let checked = watched::on_two_workers(Duration::from_secs(10), || async {
         use tokio::io::AsyncReadExt;
-        let ((a, mut a_peer), (b, mut b_peer)) = two_connections();
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, _) = QueuedFramed::new(a_io).spawn();
+        let (b, _) = QueuedFramed::new(b_io).spawn();
         // B's engine stays busy in a completion while A's completion
         // writes to B and shuts B's output.
         let busy = Arc::new(AtomicUsize::new(0));
@@ -174,5 +154,108 @@ fn a_shutdown_asked_from_another_connections_callback_keeps_its_place() {
             .unwrap();
         assert_eq!(got, b"before\n");
     });
-    rt.shutdown_background();
+    assert!(checked.is_some(), "no hang");
+}
+
+// ----- refusals: what another connection refuses comes at once ------------
+
+/// A write after a requested `push_shutdown` is refused with EINVAL
+/// ("writes queued after it are refused as usual") and, being a queueing
+/// call, must not wait for the other engine.
+#[test]
+fn write_after_requested_shutdown_from_both_callbacks_is_refused_not_panicked() {
+    let outcome = both_at_once_with(None, |other| {
+        other.push_shutdown().unwrap();
+        other.push_bytes(&b"after\n"[..]).map_err(|e| e.kind())
+    });
+    assert_eq!(
+        outcome,
+        Some([
+            Ok(Err(ErrorKind::InvalidInput)),
+            Ok(Err(ErrorKind::InvalidInput))
+        ])
+    );
+}
+
+/// `destroy` twice from a callback: the second is a `destroy` too, asked
+/// for without waiting (RQ-7); it must not wait for the other engine.
+#[test]
+fn destroy_twice_from_both_callbacks_does_not_panic() {
+    let outcome = both_at_once_with(None, |other| {
+        other.destroy();
+        other.destroy();
+    });
+    assert_eq!(outcome, Some([Ok(()), Ok(())]));
+}
+
+/// `push_shutdown` after a requested `destroy`: asked without waiting,
+/// it returns Ok or the close error, but never panics.
+#[test]
+fn shutdown_after_requested_destroy_from_both_callbacks_does_not_panic() {
+    let outcome = both_at_once_with(None, |other| {
+        other.destroy();
+        let _ = other.push_shutdown();
+    });
+    assert_eq!(outcome, Some([Ok(()), Ok(())]));
+}
+
+/// A write after a requested `destroy` is refused with the close error.
+#[test]
+fn write_after_requested_destroy_from_both_callbacks_is_refused_not_panicked() {
+    let outcome = both_at_once_with(None, |other| {
+        other.destroy();
+        other
+            .push_write(LineCodec::new(), "after")
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(
+        outcome,
+        Some([Ok(Err(ErrorKind::Closed)), Ok(Err(ErrorKind::Closed))])
+    );
+}
+
+/// A read queued after a requested `destroy` fails with the close error
+/// (its ticket), and queueing it does not wait for the other engine.
+#[test]
+fn read_after_requested_destroy_from_both_callbacks_does_not_panic() {
+    let outcome = both_at_once_with(None, |other| {
+        other.destroy();
+        drop(other.push_read(LineCodec::new()));
+    });
+    assert_eq!(outcome, Some([Ok(()), Ok(())]));
+}
+
+/// "push_bytes of any size" never waits: a buffer larger than half of
+/// `wbuf_max` but within it.
+#[test]
+fn large_buffer_within_wbuf_max_from_both_callbacks_does_not_panic() {
+    let outcome = both_at_once_with(Some(256 * 1024), |other| {
+        other
+            .push_bytes(vec![b'x'; 200 * 1024])
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(outcome, Some([Ok(Ok(())), Ok(Ok(()))]));
+}
+
+/// Same through an encoder (push_write): the encoded item is over the
+/// inbox's room, under the cap.
+#[test]
+fn large_encoded_write_within_wbuf_max_from_both_callbacks_does_not_panic() {
+    let outcome = both_at_once_with(Some(256 * 1024), |other| {
+        let line = "y".repeat(200 * 1024);
+        other
+            .push_write(LineCodec::new(), line)
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(outcome, Some([Ok(Ok(())), Ok(Ok(()))]));
+}
+
+/// A call (write + response read) with a large request.
+#[test]
+fn large_call_within_wbuf_max_from_both_callbacks_does_not_panic() {
+    let outcome = both_at_once_with(Some(256 * 1024), |other| {
+        let line = "z".repeat(200 * 1024);
+        drop(other.call(LineCodec::new(), line, LineCodec::new()));
+    });
+    assert_eq!(outcome, Some([Ok(()), Ok(())]));
 }

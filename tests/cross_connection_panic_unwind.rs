@@ -17,6 +17,9 @@ use anyframe::codecs::LineCodec;
 use anyframe::{ErrorKind, QueuedFramed};
 use tokio::io::AsyncWriteExt;
 
+#[path = "support/watched.rs"]
+mod watched;
+
 const NAME: &str =
     "a_completion_panicking_with_the_last_handle_of_a_busy_connection_does_not_abort";
 
@@ -28,46 +31,35 @@ fn spin_until(flag: &AtomicUsize, v: usize) {
 }
 
 fn child() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-            let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-            let (a, _da) = QueuedFramed::new(a_io).spawn();
-            let (b, _db) = QueuedFramed::new(b_io).spawn();
-            let step = Arc::new(AtomicUsize::new(0));
-            let (s, a2) = (step.clone(), a.clone());
-            // B's completion asks A's state (a query: it may wait for A).
-            let tb = b.push_read_with(LineCodec::new(), move |_, _| {
-                s.store(1, Ordering::SeqCst);
-                Ok(a2.write_buffered())
-            });
-            let s = step.clone();
-            let b_last = b; // the only handle to B, owned by A's completion
-            let ta = a.push_read_with(LineCodec::new(), move |_, _| -> anyframe::Result<()> {
-                let _keep = &b_last;
-                spin_until(&s, 1);
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("a bug in a user completion");
-            });
-            a_peer.write_all(b"go\n").await.unwrap();
-            // A's completion is running (A's engine held) before B's starts.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            b_peer.write_all(b"go\n").await.unwrap();
-            let ra = ta.await.map_err(|e| e.kind());
-            let rb = tb.await.map(|_| ()).map_err(|e| e.kind());
-            let _ = done.send((ra, rb));
+    let got = watched::on_two_workers(Duration::from_secs(6), || async move {
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, _da) = QueuedFramed::new(a_io).spawn();
+        let (b, _db) = QueuedFramed::new(b_io).spawn();
+        let step = Arc::new(AtomicUsize::new(0));
+        let (s, a2) = (step.clone(), a.clone());
+        // B's completion asks A's state (a query: it may wait for A).
+        let tb = b.push_read_with(LineCodec::new(), move |_, _| {
+            s.store(1, Ordering::SeqCst);
+            Ok(a2.write_buffered())
         });
-        rt.shutdown_background();
-    });
-    let got = finished
-        .recv_timeout(Duration::from_secs(6))
-        .expect("no hang");
+        let s = step.clone();
+        let b_last = b; // the only handle to B, owned by A's completion
+        let ta = a.push_read_with(LineCodec::new(), move |_, _| -> anyframe::Result<()> {
+            let _keep = &b_last;
+            spin_until(&s, 1);
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("a bug in a user completion");
+        });
+        a_peer.write_all(b"go\n").await.unwrap();
+        // A's completion is running (A's engine held) before B's starts.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b_peer.write_all(b"go\n").await.unwrap();
+        let ra = ta.await.map_err(|e| e.kind());
+        let rb = tb.await.map(|_| ()).map_err(|e| e.kind());
+        (ra, rb)
+    })
+    .expect("no hang");
     // A fails with Panicked; B's query then gets its answer (or the error).
     assert_eq!(got.0, Err(ErrorKind::Panicked));
     println!("CHILD OK {got:?}");
