@@ -1754,7 +1754,10 @@ impl RescanEol {
                     Step::Error(ErrorKind::NoSpace)
                 }
             }
-            Some((_, e)) if self.hold_open && !eof && e == len => {
+            // Held: the match ends where the input does, or before a
+            // character still arriving that a look-ahead reads (the lead
+            // byte of `é` after `é\b`).
+            Some((_, e)) if self.hold_open && !eof && (e == len || self.cut_after(buf, e)) => {
                 self.scanned = len;
                 Step::NeedMore
             }
@@ -1773,6 +1776,18 @@ impl RescanEol {
                 Step::NeedMore
             }
         }
+    }
+
+    /// The bytes after a match ending at `end` begin a character cut
+    /// short, which a look-ahead of more than one byte reads.
+    fn cut_after(&self, buf: &[u8], end: usize) -> bool {
+        let look_ahead = self.reach().1;
+        look_ahead > 1
+            && buf.len() - end < look_ahead
+            && matches!(
+                std::str::from_utf8(&buf[end..]),
+                Err(e) if e.valid_up_to() == 0 && e.error_len().is_none()
+            )
     }
 
     fn open_reach(&self) -> usize {

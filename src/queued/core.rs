@@ -993,8 +993,13 @@ impl Core {
     /// if the connection closed meanwhile: those writes were accepted
     /// before the close, so they linger or come back in the parts like any
     /// other. Reads fail with the error that closed it.
-    pub(crate) fn accept_posted(&mut self, out: &mut BytesMut, reads: &mut Vec<Box<dyn Request>>) {
-        if !out.is_empty() && !self.is_closed() && self.over_wbuf_max(out.len()) {
+    pub(crate) fn accept_posted(
+        &mut self,
+        out: &mut BytesMut,
+        reads: &mut Vec<Box<dyn Request>>,
+        unchecked: bool,
+    ) {
+        if unchecked && !out.is_empty() && !self.is_closed() && self.over_wbuf_max(out.len()) {
             // Posted over the room the inbox was given (a callback of
             // another connection does not wait for the exact check): the
             // cap holds as on the locked path.
@@ -1069,6 +1074,12 @@ impl Core {
     }
 
     /// Whether a write may be queued now (what `push_encoded` checks).
+    /// The output is shut (`push_shutdown` asked for): no write can be
+    /// queued again.
+    pub(crate) fn output_shut(&self) -> bool {
+        self.output != Output::Open
+    }
+
     pub(crate) fn accepts_writes(&self) -> bool {
         !self.is_closed() && self.output == Output::Open
     }

@@ -76,6 +76,10 @@ struct Inbox {
     out: BytesMut,
     /// Read requests, in push order (always at the back of the queue).
     reads: Vec<Box<dyn Request>>,
+    /// A callback of another connection posted output without the room
+    /// check ([`Shared::post_checked`]): the engine checks it against
+    /// `wbuf_max` when it takes it in.
+    unchecked: bool,
 }
 
 /// What the inbox keeps of its buffers' capacity once emptied (bytes of
@@ -111,6 +115,9 @@ struct Published {
     writes: AtomicBool,
     /// Bytes that fit under `wbuf_max` (`usize::MAX` without a cap).
     room: AtomicUsize,
+    /// The output is shut (`push_shutdown`): writes are refused for good,
+    /// where `writes` may also be closed for a moment (a seal).
+    shut: AtomicBool,
 }
 
 impl Published {
@@ -119,6 +126,7 @@ impl Published {
             reads: AtomicBool::new(false),
             writes: AtomicBool::new(false),
             room: AtomicUsize::new(0),
+            shut: AtomicBool::new(false),
         }
     }
 
@@ -140,6 +148,10 @@ impl Published {
         let writes = core.accepts_writes() && requested == 0;
         if self.writes.load(Ordering::Relaxed) != writes {
             self.writes.store(writes, Ordering::Release);
+        }
+        let shut = core.output_shut();
+        if self.shut.load(Ordering::Relaxed) != shut {
+            self.shut.store(shut, Ordering::Release);
         }
         let reads = !core.is_closed() && requested & REQUEST_DESTROY == 0;
         if self.reads.load(Ordering::Relaxed) != reads {
@@ -248,8 +260,13 @@ impl Locked<'_> {
         if inbox.is_empty() {
             return false;
         }
-        let Inbox { out, reads } = &mut *inbox;
-        self.guard.accept_posted(out, reads);
+        let Inbox {
+            out,
+            reads,
+            unchecked,
+        } = &mut *inbox;
+        self.guard
+            .accept_posted(out, reads, std::mem::take(unchecked));
         inbox.release_burst();
         // The inbox is empty again: it may take only the room now left,
         // not again the room it was told of at the last release.
@@ -278,6 +295,7 @@ impl Locked<'_> {
         // The request is cleared only once its effect is published, both
         // under the inbox's lock, where handles check them before they
         // post: no post slips in between.
+        self.publish_close_error();
         let inbox = self
             .shared
             .inbox
@@ -292,16 +310,25 @@ impl Locked<'_> {
     }
 }
 
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        self.take_requested();
-        let requested = self.shared.requested.load(Ordering::Acquire);
-        self.shared.published.publish(&self.guard, requested);
+impl Locked<'_> {
+    /// The error that closed the connection, for callbacks of other
+    /// connections: set before the closed state is published, so a
+    /// handle that sees the connection closed finds it.
+    fn publish_close_error(&self) {
         if let Some(e) = self.guard.error()
             && self.shared.closed_with.get().is_none()
         {
             let _ = self.shared.closed_with.set(e.clone());
         }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.take_requested();
+        self.publish_close_error();
+        let requested = self.shared.requested.load(Ordering::Acquire);
+        self.shared.published.publish(&self.guard, requested);
     }
 }
 
@@ -337,8 +364,12 @@ impl Shared {
     fn close_inbox(&self, core: &mut Core) {
         let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
         self.posted.store(false, Ordering::Release);
-        let Inbox { out, reads } = &mut *inbox;
-        core.accept_posted(out, reads);
+        let Inbox {
+            out,
+            reads,
+            unchecked,
+        } = &mut *inbox;
+        core.accept_posted(out, reads, std::mem::take(unchecked));
         self.published.reads.store(false, Ordering::Release);
         self.published.writes.store(false, Ordering::Release);
     }
@@ -451,7 +482,9 @@ impl Shared {
         if let Some(e) = self.closed_with.get() {
             return Some(e.clone());
         }
-        if write && requested & REQUEST_SHUTDOWN != 0 {
+        if write
+            && (requested & REQUEST_SHUTDOWN != 0 || self.published.shut.load(Ordering::Acquire))
+        {
             return Some(Error::invalid_input("write after push_shutdown"));
         }
         None
@@ -601,8 +634,8 @@ impl Shared {
         E::Error: Into<Error>,
     {
         let Some(inbox) = self.inbox(true) else {
-            if let Some(e) = self.refusal_without_waiting(true) {
-                return Err(e);
+            if holds_an_engine() {
+                return self.post_checked(encode_apart(&mut encoder, item)?, None);
             }
             return self.lock().push_encoded(encoder, item);
         };
@@ -625,13 +658,27 @@ impl Shared {
     /// cap when it takes them in.
     fn post_checked(&self, bytes: Bytes, read: Option<Box<dyn Request>>) -> Result<()> {
         if holds_an_engine() {
-            if let Some(mut inbox) = self.inbox(true) {
+            if let Some(e) = self.refusal_without_waiting(true) {
+                if let Some(read) = read {
+                    read.fail(e.clone());
+                }
+                return Err(e);
+            }
+            // Open, not shut: whatever else closed the inbox to writes is
+            // a seal for a moment, and these bytes are checked when taken
+            // in, as over-room ones are.
+            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.requested.load(Ordering::Acquire) == 0
+                && self.published.reads.load(Ordering::Acquire)
+            {
                 let was_empty = inbox.is_empty();
                 inbox.out.extend_from_slice(&bytes);
                 inbox.reads.extend(read);
+                inbox.unchecked = true;
                 self.posted(inbox, was_empty);
                 return Ok(());
             }
+            drop(inbox);
             if let Some(e) = self.refusal_without_waiting(true) {
                 if let Some(read) = read {
                     read.fail(e.clone());
@@ -661,10 +708,7 @@ impl Shared {
             return self.lock().push_bytes(bytes);
         }
         let Some(mut inbox) = self.inbox(true) else {
-            if let Some(e) = self.refusal_without_waiting(true) {
-                return Err(e);
-            }
-            return self.lock().push_bytes(bytes);
+            return self.post_checked(bytes, None);
         };
         if inbox.out.len() + bytes.len() > self.published.room.load(Ordering::Acquire) {
             drop(inbox);
@@ -697,8 +741,15 @@ impl Shared {
         E::Error: Into<Error>,
     {
         let Some(inbox) = self.inbox(true) else {
-            if let Some(e) = self.refusal_without_waiting(true) {
-                return read.fail(e);
+            if holds_an_engine() {
+                match encode_apart(&mut encoder, item) {
+                    Ok(bytes) => {
+                        // The error, if any, is the read's.
+                        let _ = self.post_checked(bytes, Some(read));
+                    }
+                    Err(e) => read.fail(e),
+                }
+                return;
             }
             let mut core = self.lock();
             return match core.push_encoded(encoder, item) {
@@ -719,6 +770,18 @@ impl Shared {
             }
         }
     }
+}
+
+/// Encodes `item` on its own, for a callback of another connection that
+/// posts it past a closed inbox ([`Shared::post_checked`]).
+fn encode_apart<E, I>(encoder: &mut E, item: I) -> Result<Bytes>
+where
+    E: Encoder<I>,
+    E::Error: Into<Error>,
+{
+    let mut out = BytesMut::new();
+    encoder.encode(item, &mut out).map_err(Into::into)?;
+    Ok(out.freeze())
 }
 
 /// How [`Shared::encode_posted`] went.
