@@ -9,54 +9,46 @@ use anyframe::codecs::LineCodec;
 use anyframe::{ErrorKind, QueuedFramed};
 use tokio::io::AsyncWriteExt;
 
+#[path = "support/watched.rs"]
+mod watched;
+
 #[test]
 fn a_callback_writing_to_a_shut_busy_connection_is_refused_at_once() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
+    let got = watched::on_two_workers(Duration::from_secs(8), || async {
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, _da) = QueuedFramed::new(a_io).spawn();
+        let (b, _db) = QueuedFramed::new(b_io).spawn();
+        // B's output is shut (applied: nothing holds B's engine now).
+        b.push_shutdown().unwrap();
+        // B's own completion holds B's engine for a while.
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let _tb = b.push_read_with(
+            LineCodec::new(),
+            move |_, _: &mut anyframe::Requests<'_>| {
+                entered_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(())
+            },
+        );
+        b_peer.write_all(b"x\n").await.unwrap();
+        tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+            .await
             .unwrap();
-        rt.block_on(async {
-            let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-            let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-            let (a, _da) = QueuedFramed::new(a_io).spawn();
-            let (b, _db) = QueuedFramed::new(b_io).spawn();
-            // B's output is shut (applied: nothing holds B's engine now).
-            b.push_shutdown().unwrap();
-            // B's own completion holds B's engine for a while.
-            let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-            let _tb = b.push_read_with(
-                LineCodec::new(),
-                move |_, _: &mut anyframe::Requests<'_>| {
-                    entered_tx.send(()).unwrap();
-                    std::thread::sleep(Duration::from_millis(1500));
-                    Ok(())
-                },
-            );
-            b_peer.write_all(b"x\n").await.unwrap();
-            tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
-                .await
-                .unwrap();
-            // A's completion writes to B.
-            let b2 = b.clone();
-            let ta = a.push_read_with(
-                LineCodec::new(),
-                move |_, _: &mut anyframe::Requests<'_>| {
-                    let t = Instant::now();
-                    let r = b2.push_bytes(&b"z"[..]).map_err(|e| e.kind());
-                    Ok((r, t.elapsed()))
-                },
-            );
-            a_peer.write_all(b"y\n").await.unwrap();
-            let got = ta.await.unwrap();
-            done.send(got).unwrap();
-        });
+        // A's completion writes to B.
+        let b2 = b.clone();
+        let ta = a.push_read_with(
+            LineCodec::new(),
+            move |_, _: &mut anyframe::Requests<'_>| {
+                let t = Instant::now();
+                let r = b2.push_bytes(&b"z"[..]).map_err(|e| e.kind());
+                Ok((r, t.elapsed()))
+            },
+        );
+        a_peer.write_all(b"y\n").await.unwrap();
+        ta.await.unwrap()
     });
-    let (r, took) = finished
-        .recv_timeout(Duration::from_secs(8))
-        .expect("finished");
+    let (r, took) = got.expect("finished");
     assert_eq!(r, Err(ErrorKind::InvalidInput));
     assert!(
         took < Duration::from_millis(500),
@@ -71,56 +63,45 @@ fn a_callback_writing_to_a_shut_busy_connection_is_refused_at_once() {
 /// panics ("the two would wait for each other for ever").
 #[test]
 fn a_state_query_does_not_panic_because_a_refused_write_waited() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
+    let got = watched::on_two_workers(Duration::from_secs(8), || async {
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, _da) = QueuedFramed::new(a_io).spawn();
+        let (b, _db) = QueuedFramed::new(b_io).spawn();
+        b.push_shutdown().unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (a_in_tx, a_in_rx) = std::sync::mpsc::channel::<()>();
+        let a2 = a.clone();
+        let tb = b.push_read_with(
+            LineCodec::new(),
+            move |_, _: &mut anyframe::Requests<'_>| {
+                entered_tx.send(()).unwrap();
+                a_in_rx.recv_timeout(Duration::from_secs(3)).unwrap();
+                // A's callback is now in its write to B.
+                std::thread::sleep(Duration::from_millis(200));
+                let q =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a2.write_buffered()));
+                Ok(q.is_ok())
+            },
+        );
+        b_peer.write_all(b"x\n").await.unwrap();
+        tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+            .await
             .unwrap();
-        rt.block_on(async {
-            let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-            let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-            let (a, _da) = QueuedFramed::new(a_io).spawn();
-            let (b, _db) = QueuedFramed::new(b_io).spawn();
-            b.push_shutdown().unwrap();
-            let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
-            let (a_in_tx, a_in_rx) = std::sync::mpsc::channel::<()>();
-            let a2 = a.clone();
-            let tb = b.push_read_with(
-                LineCodec::new(),
-                move |_, _: &mut anyframe::Requests<'_>| {
-                    entered_tx.send(()).unwrap();
-                    a_in_rx.recv_timeout(Duration::from_secs(3)).unwrap();
-                    // A's callback is now in its write to B.
-                    std::thread::sleep(Duration::from_millis(200));
-                    let q = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        a2.write_buffered()
-                    }));
-                    Ok(q.is_ok())
-                },
-            );
-            b_peer.write_all(b"x\n").await.unwrap();
-            tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
-                .await
-                .unwrap();
-            let b2 = b.clone();
-            let ta = a.push_read_with(
-                LineCodec::new(),
-                move |_, _: &mut anyframe::Requests<'_>| {
-                    a_in_tx.send(()).unwrap();
-                    Ok(b2.push_bytes(&b"z"[..]).map_err(|e| e.kind()))
-                },
-            );
-            a_peer.write_all(b"y\n").await.unwrap();
-            let wrote = ta.await.unwrap();
-            let queried = tb.await.unwrap();
-            done.send((wrote, queried)).unwrap();
-        });
+        let b2 = b.clone();
+        let ta = a.push_read_with(
+            LineCodec::new(),
+            move |_, _: &mut anyframe::Requests<'_>| {
+                a_in_tx.send(()).unwrap();
+                Ok(b2.push_bytes(&b"z"[..]).map_err(|e| e.kind()))
+            },
+        );
+        a_peer.write_all(b"y\n").await.unwrap();
+        let wrote = ta.await.unwrap();
+        let queried = tb.await.unwrap();
+        (wrote, queried)
     });
-    let (wrote, queried_without_panic) = finished
-        .recv_timeout(Duration::from_secs(8))
-        .expect("finished");
+    let (wrote, queried_without_panic) = got.expect("finished");
     assert_eq!(wrote, Err(ErrorKind::InvalidInput));
     assert!(
         queried_without_panic,
@@ -134,52 +115,42 @@ fn a_state_query_does_not_panic_because_a_refused_write_waited() {
 /// callback of A writing a few bytes to B then waits for B's engine.
 #[test]
 fn a_callback_writing_to_a_busy_connection_with_a_sealed_inbox_does_not_wait() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
+    let got = watched::on_two_workers(Duration::from_secs(8), || async {
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, _da) = QueuedFramed::new(a_io).spawn();
+        let (b, _db) = QueuedFramed::builder()
+            .wbuf_max(Some(1000))
+            .build(b_io)
+            .spawn();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let _tb = b.push_read_with(
+            LineCodec::new(),
+            move |_, req: &mut anyframe::Requests<'_>| {
+                // Past half of wbuf_max: the inbox is sealed until release.
+                req.push_bytes(vec![b'b'; 600]).unwrap();
+                entered_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(())
+            },
+        );
+        b_peer.write_all(b"x\n").await.unwrap();
+        tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+            .await
             .unwrap();
-        rt.block_on(async {
-            let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-            let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-            let (a, _da) = QueuedFramed::new(a_io).spawn();
-            let (b, _db) = QueuedFramed::builder()
-                .wbuf_max(Some(1000))
-                .build(b_io)
-                .spawn();
-            let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-            let _tb = b.push_read_with(
-                LineCodec::new(),
-                move |_, req: &mut anyframe::Requests<'_>| {
-                    // Past half of wbuf_max: the inbox is sealed until release.
-                    req.push_bytes(vec![b'b'; 600]).unwrap();
-                    entered_tx.send(()).unwrap();
-                    std::thread::sleep(Duration::from_millis(1500));
-                    Ok(())
-                },
-            );
-            b_peer.write_all(b"x\n").await.unwrap();
-            tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
-                .await
-                .unwrap();
-            let b2 = b.clone();
-            let ta = a.push_read_with(
-                LineCodec::new(),
-                move |_, _: &mut anyframe::Requests<'_>| {
-                    let t = Instant::now();
-                    let r = b2.push_bytes(&b"z"[..]).map_err(|e| e.kind());
-                    Ok((r, t.elapsed()))
-                },
-            );
-            a_peer.write_all(b"y\n").await.unwrap();
-            done.send(ta.await.unwrap()).unwrap();
-        });
+        let b2 = b.clone();
+        let ta = a.push_read_with(
+            LineCodec::new(),
+            move |_, _: &mut anyframe::Requests<'_>| {
+                let t = Instant::now();
+                let r = b2.push_bytes(&b"z"[..]).map_err(|e| e.kind());
+                Ok((r, t.elapsed()))
+            },
+        );
+        a_peer.write_all(b"y\n").await.unwrap();
+        ta.await.unwrap()
     });
-    let (r, took) = finished
-        .recv_timeout(Duration::from_secs(8))
-        .expect("finished");
+    let (r, took) = got.expect("finished");
     assert_eq!(r, Ok(()));
     assert!(
         took < Duration::from_millis(500),
@@ -195,46 +166,35 @@ fn a_callback_writing_to_a_busy_connection_with_a_sealed_inbox_does_not_wait() {
 fn two_callbacks_with_sealed_inboxes_writing_to_each_other_neither_panics() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-            let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-            let cfg = QueuedFramed::builder().wbuf_max(Some(1000)).clone();
-            let (a, _da) = cfg.build(a_io).spawn();
-            let (b, _db) = cfg.build(b_io).spawn();
-            let arrived = Arc::new(AtomicUsize::new(0));
-            let cb = |other: anyframe::Handle, arrived: Arc<AtomicUsize>| {
-                move |_, req: &mut anyframe::Requests<'_>| {
-                    req.push_bytes(vec![b'b'; 600]).unwrap();
-                    arrived.fetch_add(1, Ordering::SeqCst);
-                    let t = Instant::now();
-                    while arrived.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(2)
-                    {
-                        std::hint::spin_loop();
-                    }
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        other.push_bytes(&b"z"[..]).map_err(|e| e.kind())
-                    }));
-                    Ok(r.map_err(|_| "panicked"))
+    let got = watched::on_two_workers(Duration::from_secs(8), || async {
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let cfg = QueuedFramed::builder().wbuf_max(Some(1000)).clone();
+        let (a, _da) = cfg.build(a_io).spawn();
+        let (b, _db) = cfg.build(b_io).spawn();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let cb = |other: anyframe::Handle, arrived: Arc<AtomicUsize>| {
+            move |_, req: &mut anyframe::Requests<'_>| {
+                req.push_bytes(vec![b'b'; 600]).unwrap();
+                arrived.fetch_add(1, Ordering::SeqCst);
+                let t = Instant::now();
+                while arrived.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(2) {
+                    std::hint::spin_loop();
                 }
-            };
-            let ta = a.push_read_with(LineCodec::new(), cb(b.clone(), arrived.clone()));
-            let tb = b.push_read_with(LineCodec::new(), cb(a.clone(), arrived.clone()));
-            a_peer.write_all(b"x\n").await.unwrap();
-            b_peer.write_all(b"x\n").await.unwrap();
-            let ra = ta.await.map_err(|e| e.kind());
-            let rb = tb.await.map_err(|e| e.kind());
-            done.send((ra, rb)).unwrap();
-        });
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    other.push_bytes(&b"z"[..]).map_err(|e| e.kind())
+                }));
+                Ok(r.map_err(|_| "panicked"))
+            }
+        };
+        let ta = a.push_read_with(LineCodec::new(), cb(b.clone(), arrived.clone()));
+        let tb = b.push_read_with(LineCodec::new(), cb(a.clone(), arrived.clone()));
+        a_peer.write_all(b"x\n").await.unwrap();
+        b_peer.write_all(b"x\n").await.unwrap();
+        let ra = ta.await.map_err(|e| e.kind());
+        let rb = tb.await.map_err(|e| e.kind());
+        (ra, rb)
     });
-    let (ra, rb) = finished
-        .recv_timeout(Duration::from_secs(8))
-        .expect("finished (no deadlock)");
+    let (ra, rb) = got.expect("finished (no deadlock)");
     assert_eq!((ra, rb), (Ok(Ok(Ok(()))), Ok(Ok(Ok(())))));
 }
