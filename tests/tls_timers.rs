@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyframe::codecs::LineCodec;
-use anyframe::tls::TlsBackend;
-use anyframe::{QueuedFramed, Timeout};
+use anyframe::codecs::{Line, LineCodec, TlsDetect};
+use anyframe::tls::{TlsBackend, TlsMode, TlsServer};
+use anyframe::{Builder, Driver, Handle, QueuedFramed, Requests, Ticket, Timeout};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -89,6 +89,161 @@ fn tls_echo_server(
     })
 }
 
+/// One connection on either front end, so a test runs the same steps on
+/// both: the inline `QueuedFramed`, driven by the awaiting task, or a
+/// spawned `Handle` whose driver runs on its own.
+enum Front<IO> {
+    Inline(Box<QueuedFramed<IO>>),
+    Spawned(Handle, Driver<IO>),
+}
+
+impl<IO> Front<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn build(builder: &Builder, io: IO, spawned: bool) -> Self {
+        let conn = builder.build(io);
+        if spawned {
+            let (h, d) = conn.spawn();
+            Front::Spawned(h, d)
+        } else {
+            Front::Inline(Box::new(conn))
+        }
+    }
+
+    async fn starttls(&mut self, mode: TlsMode) -> anyframe::Result<()> {
+        match self {
+            Front::Inline(c) => c.starttls(mode).await,
+            Front::Spawned(h, _) => h.starttls(mode).await,
+        }
+    }
+
+    fn push_starttls(&mut self, mode: TlsMode) -> Ticket<()> {
+        match self {
+            Front::Inline(c) => c.push_starttls(mode),
+            Front::Spawned(h, _) => h.starttls(mode),
+        }
+    }
+
+    fn push_read_line(&mut self) -> Ticket<Line> {
+        match self {
+            Front::Inline(c) => c.push_read(LineCodec::new()),
+            Front::Spawned(h, _) => h.push_read(LineCodec::new()),
+        }
+    }
+
+    /// A queued request's answer (the inline front end is driven until
+    /// it comes).
+    async fn wait<T>(&mut self, ticket: Ticket<T>) -> anyframe::Result<T> {
+        match self {
+            Front::Inline(c) => c.wait(ticket).await,
+            Front::Spawned(..) => ticket.await,
+        }
+    }
+
+    async fn stoptls(&mut self) -> anyframe::Result<()> {
+        match self {
+            Front::Inline(c) => c.stoptls().await,
+            Front::Spawned(h, _) => h.stoptls().await,
+        }
+    }
+
+    async fn tls_autostart(&mut self, server: TlsServer) -> anyframe::Result<TlsDetect> {
+        match self {
+            Front::Inline(c) => c.tls_autostart(server).await,
+            Front::Spawned(h, _) => h.push_tls_autostart(server).await,
+        }
+    }
+
+    async fn read_line(&mut self) -> anyframe::Result<Line> {
+        match self {
+            Front::Inline(c) => c.read(LineCodec::new()).await,
+            Front::Spawned(h, _) => h.push_read(LineCodec::new()).await,
+        }
+    }
+
+    fn push_line(&mut self, line: &str) -> Result<(), String> {
+        match self {
+            Front::Inline(c) => c.push_write(LineCodec::new(), line),
+            Front::Spawned(h, _) => h.push_write(LineCodec::new(), line),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    async fn flush(&mut self) -> anyframe::Result<()> {
+        match self {
+            Front::Inline(c) => c.flush().await,
+            Front::Spawned(h, _) => h.flush().await,
+        }
+    }
+
+    fn on_timeout(&mut self, hook: impl FnMut(Timeout, &mut Requests<'_>) + Send + 'static) {
+        match self {
+            Front::Inline(c) => c.on_timeout(hook),
+            Front::Spawned(h, _) => h.on_timeout(hook),
+        }
+    }
+
+    /// Lets the connection end once its output is out: the inline front
+    /// end flushes; a spawned one drops its handle and awaits the driver.
+    async fn finish(self) -> anyframe::Result<()> {
+        match self {
+            Front::Inline(mut c) => c.flush().await,
+            Front::Spawned(h, d) => {
+                drop(h);
+                d.await.map(drop)
+            }
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        match self {
+            Front::Inline(c) => c.is_tls(),
+            Front::Spawned(h, _) => h.is_tls(),
+        }
+    }
+}
+
+/// Reads lines until one that is not a non-fatal timeout (at most ten
+/// tries, each bounded): a retry after a period expired while the peer
+/// was still away.
+async fn read_past_timeouts<IO>(conn: &mut Front<IO>) -> Result<Line, String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    for _ in 0..10 {
+        match bounded(MS(5000), conn.read_line()).await {
+            Some(Ok(l)) => return Ok(l),
+            Some(Err(e)) if e.is_timeout() && !e.is_fatal() => continue,
+            other => return Err(format!("read: {other:?}")),
+        }
+    }
+    Err("no line after ten periods".into())
+}
+
+/// `tls_autostart` until its answer is not a non-fatal timeout (at most
+/// ten tries, each bounded).
+async fn autostart_past_timeouts<IO>(
+    conn: &mut Front<IO>,
+    b: TlsBackend,
+) -> Result<anyframe::Result<TlsDetect>, String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut verdict = None;
+    for _ in 0..10 {
+        let v = bounded(MS(5000), conn.tls_autostart(pki::localhost_on(b)))
+            .await
+            .ok_or("autostart hung")?;
+        let again = matches!(&v, Err(e) if e.is_timeout() && !e.is_fatal());
+        verdict = Some(v);
+        if !again {
+            break;
+        }
+    }
+    verdict.ok_or_else(|| "no try".into())
+}
+
 // ----- a peer that answers the ClientHello late ----------------------------------
 
 /// TO-3: a STARTTLS whose peer answers late gets a non-fatal ETIMEDOUT;
@@ -108,64 +263,21 @@ async fn a_starttls_timed_out_non_fatally_resumes_when_the_peer_answers() {
                     _ => builder.rtimeout(MS(300)),
                 };
                 let r: Result<(), String> = async {
-                    if spawned {
-                        let (h, _d) = builder.build(c).spawn();
-                        let e = bounded(MS(5000), h.starttls(pki::client_on(b)))
-                            .await
-                            .ok_or("first starttls hung")?;
-                        match &e {
-                            Err(e) if e.is_timeout() && !e.is_fatal() => {}
-                            other => return Err(format!("first: {other:?}")),
-                        }
-                        h.push_write(LineCodec::new(), "ping")
-                            .map_err(|e| e.to_string())?;
-                        // The next read may hear the next expiry while the
-                        // server still sleeps: retry until it answers.
-                        for _ in 0..10 {
-                            let l = bounded(MS(5000), h.push_read(LineCodec::new()))
-                                .await
-                                .ok_or("read hung")?;
-                            match l {
-                                Ok(l) if l.line() == b"ping" => {
-                                    return if h.is_tls() {
-                                        Ok(())
-                                    } else {
-                                        Err("not tls".into())
-                                    };
-                                }
-                                Err(e) if e.is_timeout() && !e.is_fatal() => continue,
-                                other => return Err(format!("read: {other:?}")),
-                            }
-                        }
-                        Err("no echo".into())
-                    } else {
-                        let mut conn = builder.build(c);
-                        let e = bounded(MS(5000), conn.starttls(pki::client_on(b)))
-                            .await
-                            .ok_or("first starttls hung")?;
-                        match &e {
-                            Err(e) if e.is_timeout() && !e.is_fatal() => {}
-                            other => return Err(format!("first: {other:?}")),
-                        }
-                        conn.push_write(LineCodec::new(), "ping")
-                            .map_err(|e| e.to_string())?;
-                        for _ in 0..10 {
-                            let l = bounded(MS(5000), conn.read(LineCodec::new()))
-                                .await
-                                .ok_or("read hung")?;
-                            match l {
-                                Ok(l) if l.line() == b"ping" => {
-                                    return if conn.is_tls() {
-                                        Ok(())
-                                    } else {
-                                        Err("not tls".into())
-                                    };
-                                }
-                                Err(e) if e.is_timeout() && !e.is_fatal() => continue,
-                                other => return Err(format!("read: {other:?}")),
-                            }
-                        }
-                        Err("no echo".into())
+                    let mut conn = Front::build(&builder, c, spawned);
+                    let e = bounded(MS(5000), conn.starttls(pki::client_on(b)))
+                        .await
+                        .ok_or("first starttls hung")?;
+                    match &e {
+                        Err(e) if e.is_timeout() && !e.is_fatal() => {}
+                        other => return Err(format!("first: {other:?}")),
+                    }
+                    conn.push_line("ping")?;
+                    // The next read may hear the next expiry while the
+                    // server still sleeps: it retries until it answers.
+                    let l = read_past_timeouts(&mut conn).await?;
+                    match (l.line(), conn.is_tls()) {
+                        (b"ping", true) => Ok(()),
+                        (_, tls) => Err(format!("read {:?}, tls {tls}", l.line())),
                     }
                 }
                 .await;
@@ -286,23 +398,15 @@ async fn a_timeout_reset_hook_during_a_stalled_handshake_fires_once_per_period()
                 f2.fetch_add(1, Ordering::SeqCst);
                 q.timeout_reset(t);
             };
-            let r = if spawned {
-                let (h, _d) = QueuedFramed::builder().rtimeout(MS(100)).build(c).spawn();
-                h.on_timeout(hook);
-                let tls = h.starttls(pki::client_on(b));
-                h.push_write(LineCodec::new(), "ping").unwrap();
-                let line = h.push_read(LineCodec::new());
-                let a = bounded(MS(5000), tls).await;
-                let l = bounded(MS(5000), line).await;
-                format!("{a:?} {:?}", l.map(|r| r.map(|l| l.line().to_vec())))
-            } else {
-                let mut conn = QueuedFramed::builder().rtimeout(MS(100)).build(c);
-                conn.on_timeout(hook);
-                let a = bounded(MS(5000), conn.starttls(pki::client_on(b))).await;
-                conn.push_write(LineCodec::new(), "ping").unwrap();
-                let l = bounded(MS(5000), conn.read(LineCodec::new())).await;
-                format!("{a:?} {:?}", l.map(|r| r.map(|l| l.line().to_vec())))
-            };
+            // The write and the read wait behind the switch.
+            let mut conn = Front::build(QueuedFramed::builder().rtimeout(MS(100)), c, spawned);
+            conn.on_timeout(hook);
+            let tls = conn.push_starttls(pki::client_on(b));
+            conn.push_line("ping").unwrap();
+            let line = conn.push_read_line();
+            let a = bounded(MS(5000), conn.wait(tls)).await;
+            let l = bounded(MS(5000), conn.wait(line)).await;
+            let r = format!("{a:?} {:?}", l.map(|r| r.map(|l| l.line().to_vec())));
             let n = fired.load(Ordering::SeqCst);
             let want = format!("Some(Ok(())) Some(Ok({:?}))", b"ping".to_vec());
             if r != want || !(5..=15).contains(&n) {
@@ -342,24 +446,13 @@ async fn a_push_shutdown_hook_during_a_handshake_closes_after_the_tls_output() {
                     let _ = q.push_shutdown();
                 }
             };
-            let ours = if spawned {
-                let (h, d) = QueuedFramed::builder().rtimeout(MS(100)).build(tap).spawn();
-                h.on_timeout(hook);
-                let tls = h.starttls(pki::client_on(b));
-                h.push_write(LineCodec::new(), "SECRET").unwrap();
-                let a = bounded(MS(5000), tls).await;
-                drop(h);
-                let _ = bounded(MS(5000), d).await;
-                format!("{a:?}")
-            } else {
-                let mut conn = QueuedFramed::builder().rtimeout(MS(100)).build(tap);
-                conn.on_timeout(hook);
-                let tls = conn.push_starttls(pki::client_on(b));
-                conn.push_write(LineCodec::new(), "SECRET").unwrap();
-                let a = bounded(MS(5000), conn.wait(tls)).await;
-                let f = bounded(MS(5000), conn.flush()).await;
-                format!("{a:?} flush={f:?}")
-            };
+            let mut conn = Front::build(QueuedFramed::builder().rtimeout(MS(100)), tap, spawned);
+            conn.on_timeout(hook);
+            let tls = conn.push_starttls(pki::client_on(b));
+            conn.push_line("SECRET").unwrap();
+            let a = bounded(MS(5000), conn.wait(tls)).await;
+            let end = bounded(MS(5000), conn.finish()).await;
+            let ours = format!("{a:?} end={end:?}");
             let got = bounded(MS(5000), server).await;
             let wire = support::written(&writes);
             let leaked = wire.windows(6).any(|w| w == b"SECRET");
@@ -399,44 +492,18 @@ async fn a_handshake_stalled_mid_way_times_out_then_resumes() {
                     down.send(true).unwrap();
                     up.send(true).unwrap();
                 };
-                if spawned {
-                    let (h, _d) = builder.build(c).spawn();
-                    let first = bounded(MS(900), h.starttls(pki::client_on(b)))
-                        .await
-                        .ok_or("switch not told within 900 ms")?;
-                    if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("first: {first:?}"));
-                    }
-                    reopen.await;
-                    h.push_write(LineCodec::new(), "ping")
-                        .map_err(|e| e.to_string())?;
-                    for _ in 0..10 {
-                        match bounded(MS(5000), h.push_read(LineCodec::new())).await {
-                            Some(Ok(l)) if l.line() == b"ping" => return Ok(()),
-                            Some(Err(e)) if e.is_timeout() && !e.is_fatal() => continue,
-                            other => return Err(format!("read: {other:?}")),
-                        }
-                    }
-                    Err("no echo".into())
-                } else {
-                    let mut conn = builder.build(c);
-                    let first = bounded(MS(900), conn.starttls(pki::client_on(b)))
-                        .await
-                        .ok_or("switch not told within 900 ms")?;
-                    if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("first: {first:?}"));
-                    }
-                    reopen.await;
-                    conn.push_write(LineCodec::new(), "ping")
-                        .map_err(|e| e.to_string())?;
-                    for _ in 0..10 {
-                        match bounded(MS(5000), conn.read(LineCodec::new())).await {
-                            Some(Ok(l)) if l.line() == b"ping" => return Ok(()),
-                            Some(Err(e)) if e.is_timeout() && !e.is_fatal() => continue,
-                            other => return Err(format!("read: {other:?}")),
-                        }
-                    }
-                    Err("no echo".into())
+                let mut conn = Front::build(&builder, c, spawned);
+                let first = bounded(MS(900), conn.starttls(pki::client_on(b)))
+                    .await
+                    .ok_or("switch not told within 900 ms")?;
+                if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
+                    return Err(format!("first: {first:?}"));
+                }
+                reopen.await;
+                conn.push_line("ping")?;
+                match read_past_timeouts(&mut conn).await?.line() {
+                    b"ping" => Ok(()),
+                    other => Err(format!("read {other:?}")),
                 }
             }
             .await;
@@ -471,49 +538,17 @@ async fn an_autostart_retried_after_a_handshake_timeout_never_reports_plaintext(
                 conn.read(LineCodec::new()).await
             });
             let r: Result<String, String> = async {
-                if spawned {
-                    let (h, _d) = QueuedFramed::builder().rtimeout(MS(200)).build(s).spawn();
-                    let first = bounded(MS(900), h.push_tls_autostart(pki::localhost_on(b)))
-                        .await
-                        .ok_or("first hung")?;
-                    if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("first: {first:?}"));
-                    }
-                    tokio::time::sleep(MS(1000)).await;
-                    down.send(true).unwrap();
-                    let mut second: anyframe::Result<anyframe::codecs::TlsDetect> =
-                        Ok(anyframe::codecs::TlsDetect::NotTls);
-                    for _ in 0..10 {
-                        second = bounded(MS(5000), h.push_tls_autostart(pki::localhost_on(b)))
-                            .await
-                            .ok_or("second hung")?;
-                        if !matches!(&second, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                            break;
-                        }
-                    }
-                    Ok(format!("second={second:?} is_tls={}", h.is_tls()))
-                } else {
-                    let mut conn = QueuedFramed::builder().rtimeout(MS(200)).build(s);
-                    let first = bounded(MS(900), conn.tls_autostart(pki::localhost_on(b)))
-                        .await
-                        .ok_or("first hung")?;
-                    if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("first: {first:?}"));
-                    }
-                    tokio::time::sleep(MS(1000)).await;
-                    down.send(true).unwrap();
-                    let mut second: anyframe::Result<anyframe::codecs::TlsDetect> =
-                        Ok(anyframe::codecs::TlsDetect::NotTls);
-                    for _ in 0..10 {
-                        second = bounded(MS(5000), conn.tls_autostart(pki::localhost_on(b)))
-                            .await
-                            .ok_or("second hung")?;
-                        if !matches!(&second, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                            break;
-                        }
-                    }
-                    Ok(format!("second={second:?} is_tls={}", conn.is_tls()))
+                let mut conn = Front::build(QueuedFramed::builder().rtimeout(MS(200)), s, spawned);
+                let first = bounded(MS(900), conn.tls_autostart(pki::localhost_on(b)))
+                    .await
+                    .ok_or("first hung")?;
+                if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
+                    return Err(format!("first: {first:?}"));
                 }
+                tokio::time::sleep(MS(1000)).await;
+                down.send(true).unwrap();
+                let second = autostart_past_timeouts(&mut conn, b).await?;
+                Ok(format!("second={second:?} is_tls={}", conn.is_tls()))
             }
             .await;
             match r {
@@ -558,53 +593,32 @@ async fn a_stoptls_whose_peer_does_not_read_times_out_then_finishes() {
             let r: Result<String, String> = async {
                 let mut builder = QueuedFramed::builder();
                 builder.wtimeout(MS(200)).tls(pki::client_on(b));
-                if spawned {
-                    let (h, _d) = builder.build(c).spawn();
-                    h.flush().await.map_err(|e| format!("hs: {e:?}"))?;
-                    let _ = bounded(MS(5000), ready_rx).await;
-                    up.send(false).unwrap();
-                    for i in 0..lines {
-                        h.push_write(LineCodec::new(), format!("line {i:04} padding padding"))
-                            .map_err(|e| e.to_string())?;
-                    }
-                    let stop = bounded(MS(900), h.stoptls()).await.ok_or("stoptls hung")?;
-                    if !matches!(&stop, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("stop: {stop:?}"));
-                    }
-                    up.send(true).unwrap();
-                    h.push_write(LineCodec::new(), "plain")
-                        .map_err(|e| e.to_string())?;
-                    let f = bounded(MS(5000), h.flush()).await;
-                    let got = bounded(MS(5000), server).await;
-                    Ok(format!("flush={f:?} tls={} server={got:?}", h.is_tls()))
-                } else {
-                    let mut conn = builder.build(c);
-                    conn.flush().await.map_err(|e| format!("hs: {e:?}"))?;
-                    let _ = bounded(MS(5000), ready_rx).await;
-                    up.send(false).unwrap();
-                    for i in 0..lines {
-                        conn.push_write(LineCodec::new(), format!("line {i:04} padding padding"))
-                            .map_err(|e| e.to_string())?;
-                    }
-                    let stop = bounded(MS(900), conn.stoptls())
-                        .await
-                        .ok_or("stoptls hung")?;
-                    if !matches!(&stop, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("stop: {stop:?}"));
-                    }
-                    up.send(true).unwrap();
-                    conn.push_write(LineCodec::new(), "plain")
-                        .map_err(|e| e.to_string())?;
-                    let mut f = None;
-                    for _ in 0..10 {
-                        f = bounded(MS(5000), conn.flush()).await;
-                        if !matches!(&f, Some(Err(e)) if e.is_timeout()) {
-                            break;
-                        }
-                    }
-                    let got = bounded(MS(5000), server).await;
-                    Ok(format!("flush={f:?} tls={} server={got:?}", conn.is_tls()))
+                let mut conn = Front::build(&builder, c, spawned);
+                conn.flush().await.map_err(|e| format!("hs: {e:?}"))?;
+                let _ = bounded(MS(5000), ready_rx).await;
+                up.send(false).unwrap();
+                for i in 0..lines {
+                    conn.push_line(&format!("line {i:04} padding padding"))?;
                 }
+                let stop = bounded(MS(900), conn.stoptls())
+                    .await
+                    .ok_or("stoptls hung")?;
+                if !matches!(&stop, Err(e) if e.is_timeout() && !e.is_fatal()) {
+                    return Err(format!("stop: {stop:?}"));
+                }
+                up.send(true).unwrap();
+                conn.push_line("plain")?;
+                // The flush drives the stop on (inline), and may hear a
+                // period expire before the peer has read everything.
+                let mut f = None;
+                for _ in 0..10 {
+                    f = bounded(MS(5000), conn.flush()).await;
+                    if !matches!(&f, Some(Err(e)) if e.is_timeout()) {
+                        break;
+                    }
+                }
+                let got = bounded(MS(5000), server).await;
+                Ok(format!("flush={f:?} tls={} server={got:?}", conn.is_tls()))
             }
             .await;
             let want = format!("server=Some(Ok(Ok((200, {:?}))))", b"plain".to_vec());
@@ -701,48 +715,18 @@ async fn autostart_one_byte_then_idle_times_out_and_a_retry_completes_tls() {
                 );
             });
             let r: Result<String, String> = async {
-                if spawned {
-                    let (h, _d) = QueuedFramed::builder().timeout(MS(200)).build(s).spawn();
-                    let first = bounded(MS(900), h.push_tls_autostart(pki::localhost_on(b)))
-                        .await
-                        .ok_or("first hung")?;
-                    if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("first: {first:?}"));
-                    }
-                    let mut second = Ok(anyframe::codecs::TlsDetect::NotTls);
-                    for _ in 0..10 {
-                        second = bounded(MS(5000), h.push_tls_autostart(pki::localhost_on(b)))
-                            .await
-                            .ok_or("second hung")?;
-                        if !matches!(&second, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                            break;
-                        }
-                    }
-                    let line = bounded(MS(5000), h.push_read(LineCodec::new())).await;
-                    h.push_write(LineCodec::new(), "back")
-                        .map_err(|e| e.to_string())?;
-                    Ok(format!("second={second:?} line={line:?}"))
-                } else {
-                    let mut conn = QueuedFramed::builder().timeout(MS(200)).build(s);
-                    let first = bounded(MS(900), conn.tls_autostart(pki::localhost_on(b)))
-                        .await
-                        .ok_or("first hung")?;
-                    if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                        return Err(format!("first: {first:?}"));
-                    }
-                    let mut second = Ok(anyframe::codecs::TlsDetect::NotTls);
-                    for _ in 0..10 {
-                        second = bounded(MS(5000), conn.tls_autostart(pki::localhost_on(b)))
-                            .await
-                            .ok_or("second hung")?;
-                        if !matches!(&second, Err(e) if e.is_timeout() && !e.is_fatal()) {
-                            break;
-                        }
-                    }
-                    let line = bounded(MS(5000), conn.read(LineCodec::new())).await;
-                    let _ = conn.write(LineCodec::new(), "back").await;
-                    Ok(format!("second={second:?} line={line:?}"))
+                let mut conn = Front::build(QueuedFramed::builder().timeout(MS(200)), s, spawned);
+                let first = bounded(MS(900), conn.tls_autostart(pki::localhost_on(b)))
+                    .await
+                    .ok_or("first hung")?;
+                if !matches!(&first, Err(e) if e.is_timeout() && !e.is_fatal()) {
+                    return Err(format!("first: {first:?}"));
                 }
+                let second = autostart_past_timeouts(&mut conn, b).await?;
+                let line = bounded(MS(5000), conn.read_line()).await;
+                conn.push_line("back")?;
+                let _ = bounded(MS(5000), conn.flush()).await;
+                Ok(format!("second={second:?} line={line:?}"))
             }
             .await;
             match r {
