@@ -259,3 +259,91 @@ fn large_call_within_wbuf_max_from_both_callbacks_does_not_panic() {
     });
     assert_eq!(outcome, Some([Ok(()), Ok(())]));
 }
+
+/// An encoder that, half-way, asks connection `other` for its state.
+struct AskingEncoder {
+    other: Handle,
+    encoding: Arc<AtomicUsize>,
+}
+
+impl tokio_util::codec::Encoder<&'static str> for AskingEncoder {
+    type Error = anyframe::Error;
+
+    fn encode(&mut self, item: &'static str, dst: &mut bytes::BytesMut) -> anyframe::Result<()> {
+        self.encoding.store(1, Ordering::SeqCst);
+        // Time for `other`'s completion to reach this connection.
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = self.other.is_eof();
+        dst.extend_from_slice(item.as_bytes());
+        Ok(())
+    }
+}
+
+/// A write to connection A while A's engine is busy runs its encoder
+/// while B's completion writes to A; the encoder asks B for its state. B's
+/// completion must not wait for A's encoder, which waits for B's engine:
+/// all three finish.
+#[test]
+fn an_encoder_asking_another_connection_while_its_callback_writes_here_does_not_deadlock() {
+    let outcome = watched::on_two_workers(Duration::from_secs(10), || async {
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, _) = QueuedFramed::new(a_io).spawn();
+        let (b, _) = QueuedFramed::new(b_io).spawn();
+        let a_busy = Arc::new(AtomicUsize::new(0));
+        let encoding = Arc::new(AtomicUsize::new(0));
+        let released = Arc::new(AtomicUsize::new(0));
+        // A's completion holds A's engine until the write below is done,
+        // so the write takes the way for a busy engine.
+        let (busy, done) = (a_busy.clone(), released.clone());
+        let ta = a.push_read_with(
+            LineCodec::new(),
+            move |_, _: &mut anyframe::Requests<'_>| {
+                busy.store(1, Ordering::SeqCst);
+                let start = Instant::now();
+                while done.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(3) {
+                    std::thread::yield_now();
+                }
+                Ok(())
+            },
+        );
+        // B's completion writes to A once A's encoder runs.
+        let (a2, enc) = (a.clone(), encoding.clone());
+        let tb = b.push_read_with(
+            LineCodec::new(),
+            move |_, _: &mut anyframe::Requests<'_>| {
+                let start = Instant::now();
+                while enc.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(3) {
+                    std::thread::yield_now();
+                }
+                a2.push_write(LineCodec::new(), "from b")
+            },
+        );
+        a_peer.write_all(b"go\n").await.unwrap();
+        while a_busy.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        b_peer.write_all(b"go\n").await.unwrap();
+        let (a3, b3) = (a.clone(), b.clone());
+        let writer = std::thread::spawn(move || {
+            let encoder = AskingEncoder {
+                other: b3,
+                encoding,
+            };
+            let r = a3.push_write(encoder, "from the writer");
+            released.store(1, Ordering::SeqCst);
+            r.map_err(|e| e.kind())
+        });
+        let (ra, rb) = (ta.await, tb.await);
+        let rw = tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        [ra, rb]
+            .map(|r| r.map_err(|e| e.kind()))
+            .to_vec()
+            .into_iter()
+            .chain([rw])
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(outcome, Some(vec![Ok(()), Ok(()), Ok(())]));
+}

@@ -54,8 +54,6 @@ pub(crate) struct Shared {
     /// [`REQUEST_SHUTDOWN`]): whoever takes the engine next applies it,
     /// after the work posted before it.
     requested: AtomicU8,
-    /// The thread encoding into the inbox (0: none).
-    inbox_owner: AtomicUsize,
     /// Writes handles queued since the driver's last turn began (see
     /// [`Handle::poll_yield_to_driver`]).
     unturned: AtomicUsize,
@@ -161,12 +159,28 @@ impl Published {
 }
 
 thread_local! {
+    /// The buffer a handle encodes into while its engine is busy
+    /// ([`Shared::encode_unlocked`]), kept for the next such write.
+    static SCRATCH: Cell<BytesMut> = Cell::new(BytesMut::new());
     /// Its address identifies the current thread (for [`Inside`]).
     static THREAD: u8 = const { 0 };
-    /// How many engines (or inboxes) this thread holds while it runs user
-    /// code: a completion, a hook or an encoder may call the handle of
-    /// another connection, and must not then wait for that engine blindly.
+    /// How many engines this thread holds while it runs user code: a
+    /// completion, a hook or an encoder may call the handle of another
+    /// connection, and must not then wait for that engine blindly.
     static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The largest scratch buffer kept for the next write (a larger one was
+/// for a rare large item: its memory goes back).
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// Keeps `buf`, emptied, as this thread's scratch buffer, unless it grew
+/// past [`SCRATCH_KEEP`].
+fn keep_scratch(mut buf: BytesMut) {
+    if buf.capacity() <= SCRATCH_KEEP {
+        buf.clear();
+        SCRATCH.with(|s| s.set(buf));
+    }
 }
 
 /// [`Shared::requested`]: destroy the connection.
@@ -213,8 +227,8 @@ fn this_thread() -> usize {
 }
 
 /// While alive, this thread counts as inside the engine of a connection
-/// (it holds the engine, or encodes into the inbox): user code it runs (a
-/// completion, a hook, an encoder) must not lock the engine again.
+/// (it holds the engine): user code it runs (a completion, a hook, an
+/// encoder) must not lock the engine again.
 struct Inside<'a>(&'a AtomicUsize);
 
 impl Inside<'_> {
@@ -388,7 +402,6 @@ impl Shared {
     fn reentered(&self) -> bool {
         let me = this_thread();
         self.engine_owner.load(Ordering::Relaxed) == me
-            || self.inbox_owner.load(Ordering::Relaxed) == me
     }
 
     /// Locking again from inside the engine would deadlock: the engine of
@@ -556,14 +569,9 @@ impl Shared {
     /// `write`, writes); `None`: take the locked path.
     fn inbox(&self, write: bool) -> Option<MutexGuard<'_, Inbox>> {
         let inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-        let published = &self.published;
         // A requested destroy or shutdown is set under this lock: a post
         // that comes after it sees it, whatever a release published since.
-        let requested = self.requested.load(Ordering::Acquire);
-        let open = published.reads.load(Ordering::Acquire)
-            && requested & REQUEST_DESTROY == 0
-            && (!write || (published.writes.load(Ordering::Acquire) && requested == 0));
-        open.then_some(inbox)
+        self.accepts_posts(write).then_some(inbox)
     }
 
     /// Releases the inbox after queueing into it, waking the driver if it
@@ -576,55 +584,60 @@ impl Shared {
         }
     }
 
-    /// Encodes `item` at the end of the inbox's output, within the room
-    /// published under `wbuf_max`.
-    fn encode_posted<'a, E, I>(
-        &'a self,
-        mut inbox: MutexGuard<'a, Inbox>,
-        encoder: &mut E,
-        item: I,
-    ) -> Encoded<'a>
+    /// Encodes `item` for the inbox into a buffer of this thread's, with
+    /// no lock held: the encoder is user code, and one that asks another
+    /// connection for its state, or writes to it, must not hold this
+    /// connection's inbox meanwhile (that connection's callbacks may be
+    /// waiting to post here, RQ-7). An encoder that panics closes the
+    /// connection and the panic goes on to the caller, as on the locked
+    /// path.
+    fn encode_unlocked<E, I>(&self, encoder: &mut E, item: I) -> Result<BytesMut>
     where
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        let before = inbox.out.len();
-        // The encoder is user code run under the inbox's lock: a handle
-        // used inside it must fail fast, as on the locked path.
-        let inside = Inside::enter(&self.inbox_owner);
-        let encoded = catch_unwind(AssertUnwindSafe(|| encoder.encode(item, &mut inbox.out)));
-        drop(inside);
-        if inbox.out.len() < before {
-            // The encoder removed output posted before its item (it
-            // cleared `dst`): as on the locked path, the connection closes.
-            drop(inbox);
-            if let Err(payload) = encoded {
-                self.lock().close(Error::panicked(panic_text(&*payload)));
-                resume_unwind(payload);
-            }
-            return Encoded::Failed(self.lock().encoder_lost_output());
-        }
-        match encoded {
-            Ok(Ok(())) => {}
+        let mut buf = SCRATCH.with(Cell::take);
+        match catch_unwind(AssertUnwindSafe(|| encoder.encode(item, &mut buf))) {
+            Ok(Ok(())) => Ok(buf),
             Ok(Err(e)) => {
-                inbox.out.truncate(before);
-                return Encoded::Failed(e.into());
+                keep_scratch(buf);
+                Err(e.into())
             }
             Err(payload) => {
-                inbox.out.truncate(before);
-                drop(inbox);
-                // As on the locked path: nothing half-written stays, the
-                // connection is closed and the panic goes on to the caller.
                 self.lock().close(Error::panicked(panic_text(&*payload)));
                 resume_unwind(payload);
             }
         }
-        if inbox.out.len() > self.published.room.load(Ordering::Acquire) {
-            // Maybe over the cap: the locked path checks against what is
-            // queued now.
-            return Encoded::Check(inbox.out.split_off(before).freeze());
+    }
+
+    /// Whether the inbox takes posts now (reads; with `write`, writes too):
+    /// the state published by the engine's last holder, and no destroy or
+    /// shutdown asked for since. Checked again under the inbox's lock.
+    fn accepts_posts(&self, write: bool) -> bool {
+        let published = &self.published;
+        let requested = self.requested.load(Ordering::Acquire);
+        published.reads.load(Ordering::Acquire)
+            && requested & REQUEST_DESTROY == 0
+            && (!write || (published.writes.load(Ordering::Acquire) && requested == 0))
+    }
+
+    /// Appends encoded output (and the read of a call with it) to the
+    /// inbox, within the room published under `wbuf_max`; output the inbox
+    /// does not take now goes to [`post_checked`](Self::post_checked).
+    fn post_encoded(&self, buf: BytesMut, read: Option<Box<dyn Request>>) -> Result<()> {
+        if let Some(mut inbox) = self.inbox(true)
+            && inbox.out.len() + buf.len() <= self.published.room.load(Ordering::Acquire)
+        {
+            let was_empty = inbox.is_empty();
+            inbox.out.extend_from_slice(&buf);
+            inbox.reads.extend(read);
+            self.posted(inbox, was_empty);
+            keep_scratch(buf);
+            return Ok(());
         }
-        Encoded::Queued(inbox)
+        // Closed, shut or sealed meanwhile, or maybe over the cap: the
+        // engine decides against what is queued now.
+        self.post_checked(buf.freeze(), read)
     }
 
     /// [`Handle::push_write`] while the engine is busy.
@@ -633,21 +646,16 @@ impl Shared {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        let Some(inbox) = self.inbox(true) else {
+        if !self.accepts_posts(true) {
+            // Refused by the inbox: the engine says why (or takes it, the
+            // state having changed), before the encoder runs.
             if holds_an_engine() {
                 return self.post_checked(encode_apart(&mut encoder, item)?, None);
             }
             return self.lock().push_encoded(encoder, item);
-        };
-        let was_empty = inbox.is_empty();
-        match self.encode_posted(inbox, &mut encoder, item) {
-            Encoded::Queued(inbox) => {
-                self.posted(inbox, was_empty);
-                Ok(())
-            }
-            Encoded::Failed(e) => Err(e),
-            Encoded::Check(bytes) => self.post_checked(bytes, None),
         }
+        let buf = self.encode_unlocked(&mut encoder, item)?;
+        self.post_encoded(buf, None)
     }
 
     /// Output that may not fit under `wbuf_max` (over the room published
@@ -740,7 +748,7 @@ impl Shared {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        let Some(inbox) = self.inbox(true) else {
+        if !self.accepts_posts(true) {
             if holds_an_engine() {
                 match encode_apart(&mut encoder, item) {
                     Ok(bytes) => {
@@ -756,18 +764,11 @@ impl Shared {
                 Ok(()) => core.enqueue_boxed(read, false),
                 Err(e) => read.fail(e),
             };
-        };
-        let was_empty = inbox.is_empty();
-        match self.encode_posted(inbox, &mut encoder, item) {
-            Encoded::Queued(mut inbox) => {
-                inbox.reads.push(read);
-                self.posted(inbox, was_empty);
-            }
-            Encoded::Failed(e) => read.fail(e),
-            Encoded::Check(bytes) => {
-                // The error, if any, is the read's.
-                let _ = self.post_checked(bytes, Some(read));
-            }
+        }
+        match self.encode_unlocked(&mut encoder, item) {
+            // The error, if any, is the read's.
+            Ok(buf) => drop(self.post_encoded(buf, Some(read))),
+            Err(e) => read.fail(e),
         }
     }
 }
@@ -782,17 +783,6 @@ where
     let mut out = BytesMut::new();
     encoder.encode(item, &mut out).map_err(Into::into)?;
     Ok(out.freeze())
-}
-
-/// How [`Shared::encode_posted`] went.
-enum Encoded<'a> {
-    /// In the inbox, which is still held.
-    Queued(MutexGuard<'a, Inbox>),
-    /// The encoder's error; nothing was queued.
-    Failed(Error),
-    /// Encoded, but it may not fit under `wbuf_max`: the bytes, for the
-    /// locked path's exact check.
-    Check(Bytes),
 }
 
 /// A cloneable, `Send` handle to a connection driven by a spawned task.
@@ -862,7 +852,6 @@ where
             engine_owner: Arc::new(AtomicUsize::new(0)),
             requested: AtomicU8::new(0),
             closed_with: std::sync::OnceLock::new(),
-            inbox_owner: AtomicUsize::new(0),
             unturned: AtomicUsize::new(0),
             #[cfg(test)]
             busy: AtomicBool::new(false),
@@ -2114,22 +2103,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_handle_used_inside_an_encoder_in_the_inbox_fails_fast() {
+    async fn a_handle_used_inside_an_encoder_for_the_inbox_queues_its_write_first() {
+        // The encoder of a write made while the engine is busy holds no
+        // lock: a write it makes through the same handle is queued, ahead
+        // of the item being encoded.
         struct Reenter(Handle);
         impl Encoder<&str> for Reenter {
             type Error = Error;
             fn encode(&mut self, item: &str, dst: &mut BytesMut) -> Result<()> {
-                self.0.push_write(LineCodec::new(), item)?;
+                self.0.push_write(LineCodec::new(), "inner")?;
                 dst.extend_from_slice(item.as_bytes());
                 Ok(())
             }
         }
-        let (handle, _peer) = spawned(&QueuedFramed::builder());
+        let (handle, mut peer) = spawned(&QueuedFramed::builder());
         busy(&handle, true);
         let inner = Reenter(handle.clone());
-        let r = catch_unwind(AssertUnwindSafe(|| handle.push_write(inner, "x")));
-        let payload = r.expect_err("panics instead of deadlocking");
-        assert!(panic_text(&*payload).contains("from inside"));
+        handle.push_write(inner, "outer\n").unwrap();
+        busy(&handle, false);
+        within(handle.flush()).await.unwrap();
+        let mut got = [0u8; 12];
+        within(peer.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"inner\nouter\n");
     }
 
     #[tokio::test]
