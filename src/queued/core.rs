@@ -163,10 +163,15 @@ pub(crate) type DrainHook = Box<dyn FnMut(&mut Requests<'_>) + Send>;
 const CORK_BOUNDARY: usize = 64 * 1024;
 
 /// Completions one [`Core::dispatch`] runs before it returns to its caller:
-/// the driver spends a unit of its task's budget per round, so a stream of
-/// small frames that keeps queueing the next read still lets the other
-/// tasks on its thread run.
+/// the driver spends a unit of its task's budget per round and the inline
+/// front end yields to its executor, so a stream of small frames that
+/// keeps queueing the next read still lets the other tasks on the thread
+/// run.
 const DISPATCH_ROUND: usize = 32;
+
+/// Writes one inline call makes before it yields to its executor (see
+/// [`Core::poll_write_some`]).
+const WRITE_ROUND: usize = 32;
 
 /// Cancelled requests are swept out of the queue once it reaches twice
 /// its length after the last sweep, and never below this.
@@ -1169,7 +1174,8 @@ impl Core {
     ///
     /// Returns true when it stopped after [`DISPATCH_ROUND`] completions
     /// with more to run: the caller runs it again before it reads (the
-    /// driver spends a unit of its task's budget in between).
+    /// driver spends a unit of its task's budget in between; the inline
+    /// front end yields to its executor).
     pub(crate) fn dispatch(&mut self) -> bool {
         let eof = self.is_eof();
         let mut completed = 0;
@@ -1562,7 +1568,14 @@ impl Core {
         // read was told): once per poll, as in `poll_fill`.
         let mut timer_handled = false;
         loop {
-            while self.dispatch() {}
+            if self.dispatch() {
+                // A round of completions, and more to run: completions
+                // that always queue another would never end this call, so
+                // it yields to the executor (inline, there is no task
+                // budget to rely on, see `poll_write_some`).
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             self.check_open()?;
             if self.queue.is_empty() {
                 return Poll::Ready(Ok(()));
@@ -2027,17 +2040,25 @@ impl Core {
     where
         IO: Transport,
     {
+        let mut writes = 0;
         while self.wq.writable() > 0 {
             self.check_open()?;
-            // On the driver's task, a unit of its budget per write: over a
-            // transport that takes everything at once, with a drain hook
-            // that always refills the queue, the other tasks on the thread
-            // still run. (Not inline: the caller's task may be polled by
-            // another executor, where tokio's budget never refills.)
+            // Over a transport that takes everything at once, with a drain
+            // hook that always refills the queue, this would never end:
+            // the other tasks on the thread must still run. On the
+            // driver's task a unit of its budget goes per write. Inline,
+            // the caller's task may be polled by another executor, where
+            // tokio's budget never refills: it yields after a round of
+            // writes instead.
             let coop = match self.on_driver_task() {
                 true => Some(ready!(tokio::task::coop::poll_proceed(cx))),
+                false if writes == WRITE_ROUND => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 false => None,
             };
+            writes += 1;
             match ready!(poll_io!(self, cx, |c| self.wq.poll_write(io, c))) {
                 Ok(0) => {
                     let e = Error::transport(std::io::ErrorKind::WriteZero.into());
