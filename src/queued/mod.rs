@@ -195,7 +195,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     ///
     /// Over TLS, the TLS session is dropped on the spot (no close_notify;
     /// like AE's `resettls`): call [`stoptls`](Self::stoptls) first to hand
-    /// over a clean plaintext stream.
+    /// over a clean plaintext stream. After `stoptls`, the peer's side of
+    /// TLS that has already arrived, up to its close_notify, is read
+    /// without waiting: its data is decrypted into `read_buf`, followed by
+    /// the plaintext behind the close_notify. A peer whose close_notify is
+    /// still on its way leaves the rest of its TLS stream in the
+    /// transport: read until then (a request) if that can happen.
     pub fn into_parts(mut self) -> Parts<IO, C> {
         let (mut read_buf, write_buf, after_switch) = self.core.take_buffers();
         let (io, unread) = transport::unwrap(self.io);

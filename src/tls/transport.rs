@@ -230,6 +230,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 }
 
+/// The most [`TlsTransport::into_inner`] reads of a peer's TLS stream
+/// after our stoptls while looking for its close_notify.
+const SETTLE_MAX: usize = 256 * 1024;
+
 /// How the TLS read direction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadEnd {
@@ -582,6 +586,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     /// [`is_tls`](TlsTransport::is_tls) is false) to hand over a clean
     /// plaintext stream.
     ///
+    /// After [`poll_stop_tls`](TlsTransport::poll_stop_tls) (our
+    /// close_notify out, the peer's not read yet), what the IO already
+    /// holds of the peer's TLS stream is read first, without waiting: its
+    /// application data comes back decrypted, and once its close_notify
+    /// has been read, the bytes behind it come back as they are. Only if
+    /// the peer's close_notify has not arrived yet (or more than
+    /// [`SETTLE_MAX`] bytes come before it) is the session dropped as
+    /// above, the rest of the peer's TLS stream still in the IO.
+    ///
     /// After a failed handshake it returns the IO too.
     ///
     /// # Panics
@@ -589,6 +602,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     /// Only if an earlier call panicked inside the TLS library and lost the
     /// IO; never because of anything the peer sent.
     pub(crate) fn into_inner(mut self) -> (IO, Bytes) {
+        let settled = self.settle_stop();
         let parts = match mem::replace(&mut self.state, State::Poisoned) {
             State::Plain { io, prefix } => Some((io, prefix)),
             State::Handshaking(hs) => hs.into_parts(),
@@ -597,9 +611,41 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
             State::Poisoned => None,
         };
         match parts {
+            Some((io, rest)) if !settled.is_empty() => {
+                let mut all = settled;
+                all.extend_from_slice(&rest);
+                (io, all.freeze())
+            }
             Some(parts) => parts,
             None => panic!("TlsTransport lost its IO after a panic inside the TLS library"),
         }
+    }
+
+    /// A stoptls whose read side still waits for the peer's close_notify:
+    /// reads, without waiting, what has arrived of the peer's TLS stream
+    /// and what follows its close_notify (see
+    /// [`into_inner`](TlsTransport::into_inner)). Returns the bytes read;
+    /// the transport is plaintext afterwards if the close_notify was among
+    /// them.
+    fn settle_stop(&mut self) -> BytesMut {
+        let mut got = BytesMut::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut chunk = [0u8; 4096];
+        while got.len() < SETTLE_MAX
+            && matches!(&self.state, State::ShuttingDown(s) if s.then_plain)
+        {
+            let mut buf = ReadBuf::new(&mut chunk);
+            match self.poll_recv(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    got.extend_from_slice(buf.filled());
+                }
+                // Plaintext now (the close_notify had nothing behind it),
+                // nothing more has arrived, or the session broke: what is
+                // left stays in the IO.
+                _ => break,
+            }
+        }
+        got
     }
 
     /// Tls → ShuttingDown.
