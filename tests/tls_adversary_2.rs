@@ -120,3 +120,194 @@ async fn detach_after_both_stoptls_keeps_the_peers_last_tls_data_and_no_cipherte
     }
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// A small encoder that panics, for output queued behind a switch.
+struct Panicking;
+
+impl tokio_util::codec::Encoder<&'static str> for Panicking {
+    type Error = std::io::Error;
+    fn encode(&mut self, _: &'static str, _: &mut bytes::BytesMut) -> std::io::Result<()> {
+        panic!("encoder panics on purpose");
+    }
+}
+
+/// WQ-7: "`push_shutdown()` writes everything queued, then half-closes
+/// the write side [...] A push after it is refused (WQ-3)". A STARTTLS
+/// or stoptls asked for after it would write (a ClientHello, a
+/// close_notify) after the half-close it promised: it is refused with a
+/// non-fatal `EINVAL`, and the peer reads what was queued, then the end.
+/// On a spawned handle and inline, both backends.
+#[tokio::test]
+async fn a_switch_after_push_shutdown_is_refused_and_the_shutdown_goes_ahead() {
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        for spawned in [true, false] {
+            let (ours, mut peer) = tokio::io::duplex(1 << 16);
+            let what = format!("{b:?} spawned={spawned}");
+            let (start, stop, keep) = if spawned {
+                let (h, driver) = QueuedFramed::new(ours).spawn();
+                h.push_bytes(&b"bye\n"[..]).unwrap();
+                h.push_shutdown().unwrap();
+                let start = h.starttls(pki::client_on(b));
+                let stop = h.stoptls();
+                (start, stop, Some((h, driver)))
+            } else {
+                let mut conn = QueuedFramed::new(ours);
+                conn.push_bytes(&b"bye\n"[..]).unwrap();
+                conn.push_shutdown().unwrap();
+                let start = conn.push_starttls(pki::client_on(b));
+                let stop = conn.push_stoptls();
+                let _ = bounded(500, conn.flush()).await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    drop(conn);
+                });
+                (start, stop, None)
+            };
+            for (name, t) in [("starttls", start), ("stoptls", stop)] {
+                match bounded(1000, t).await {
+                    Some(Err(e))
+                        if !e.is_fatal() && e.kind() == anyframe::ErrorKind::InvalidInput => {}
+                    other => failed.push(format!("{what}: {name} after push_shutdown: {other:?}")),
+                }
+            }
+            let mut got = Vec::new();
+            let ended = bounded(1000, peer.read_to_end(&mut got)).await;
+            if ended.is_none() || got != b"bye\n" {
+                failed.push(format!(
+                    "{what}: the peer got {:02x?}, end of input: {}",
+                    &got[..got.len().min(16)],
+                    ended.is_some()
+                ));
+            }
+            drop(keep);
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// A panicking encoder while a STARTTLS is pending on a spawned handle:
+/// the panic reaches the caller or closes the connection; the switch's
+/// ticket resolves, and nothing queued behind the switch leaves in
+/// plaintext.
+#[tokio::test]
+async fn a_panicking_encoder_behind_a_pending_starttls() {
+    for &b in pki::BACKENDS {
+        let (ours, mut peer) = tokio::io::duplex(1 << 16);
+        let (h, driver) = QueuedFramed::new(ours).spawn();
+        h.push_bytes(&b"before\n"[..]).unwrap();
+        let tls = h.starttls(pki::client_on(b));
+        h.push_bytes(&b"SECRET\n"[..]).unwrap();
+        let h2 = h.clone();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h2.push_write(Panicking, "x")
+        }));
+        eprintln!(
+            "{b:?}: push_write with a panicking encoder: {:?}",
+            r.as_ref().map(|_| ())
+        );
+        let t = bounded(2000, tls).await;
+        eprintln!(
+            "{b:?}: switch: {t:?}; closed={} err={:?}",
+            h.is_closed(),
+            h.error()
+        );
+        drop((h, h2));
+        let d = bounded(3000, driver).await;
+        assert!(d.is_some(), "{b:?}: the driver ends");
+        let mut got = Vec::new();
+        let _ = bounded(300, peer.read_to_end(&mut got)).await;
+        assert!(
+            !got.windows(6).any(|w| w == b"SECRET"),
+            "{b:?}: leaked {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
+/// TLS-1: two STARTTLS back to back on a handle: the second is refused
+/// harmlessly, the first runs, and output queued after both goes over TLS.
+#[tokio::test]
+async fn starttls_twice_on_a_handle_refuses_the_second_harmlessly() {
+    for &b in pki::BACKENDS {
+        let (c, s) = tokio::io::duplex(1 << 16);
+        let (h, _driver) = QueuedFramed::new(c).spawn();
+        let first = h.starttls(pki::client_on(b));
+        let second = h.starttls(pki::client_on(b));
+        h.push_bytes(&b"SECRET\n"[..]).unwrap();
+        let (tap, writes) = support::Tap::new(s);
+        let _ = writes;
+        let mut server = QueuedFramed::new(tap);
+        let srv = tokio::spawn(async move {
+            server.starttls(pki::localhost_on(b)).await?;
+            server.read(anyframe::codecs::LineCodec::new()).await
+        });
+        let e = bounded(2000, second).await.expect("second").unwrap_err();
+        assert!(!e.is_fatal(), "{b:?}: {e:?}");
+        bounded(3000, first).await.expect("first").unwrap();
+        let line = bounded(3000, srv).await.expect("server").unwrap().unwrap();
+        assert_eq!(line.line(), b"SECRET", "{b:?}");
+    }
+}
+
+/// TLS-5: "A `stoptls()` with no TLS on changes nothing", with data in
+/// flight both ways on a handle.
+#[tokio::test]
+async fn stoptls_without_tls_with_data_in_flight_changes_nothing() {
+    let (ours, mut peer) = tokio::io::duplex(1 << 16);
+    let (h, _driver) = QueuedFramed::new(ours).spawn();
+    peer.write_all(b"one\ntwo\n").await.unwrap();
+    let r1 = h.push_read(anyframe::codecs::LineCodec::new());
+    h.push_bytes(&b"a\n"[..]).unwrap();
+    let stop = h.stoptls();
+    h.push_bytes(&b"b\n"[..]).unwrap();
+    let r2 = h.push_read(anyframe::codecs::LineCodec::new());
+    bounded(2000, stop).await.expect("stop").unwrap();
+    assert_eq!(bounded(2000, r1).await.unwrap().unwrap().line(), b"one");
+    assert_eq!(bounded(2000, r2).await.unwrap().unwrap().line(), b"two");
+    let mut got = [0u8; 4];
+    bounded(2000, peer.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"a\nb\n");
+    assert!(!h.is_closed());
+}
+
+/// TLS-2/TLS-3 through the `Stream`: the peer's ClientHello arrives in the
+/// same write as the plaintext line before it; the server takes that line
+/// from its `Stream`, queues STARTTLS without awaiting it, and polls the
+/// `Stream` again: the handshake runs first and the next frame is the
+/// client's line over TLS, never the ClientHello's bytes as plaintext.
+#[tokio::test]
+async fn the_stream_behind_a_queued_starttls_yields_decrypted_frames_only() {
+    use futures::StreamExt;
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        let (c, s) = tokio::io::duplex(1 << 16);
+        let client = tokio::spawn(async move {
+            let mut conn = QueuedFramed::new(c);
+            conn.push_bytes(&b"STARTTLS\n"[..]).unwrap();
+            let t = conn.push_starttls(pki::client_on(b));
+            conn.push_bytes(&b"over tls\n"[..]).unwrap();
+            conn.wait(t).await?;
+            conn.flush().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<(), anyframe::Error>(())
+        });
+        let mut server = QueuedFramed::with_codec(s, anyframe::codecs::LineCodec::new());
+        let first = bounded(2000, server.next()).await;
+        let first = first.flatten().map(|r| r.map(|l| l.line().to_vec()));
+        let _t = server.push_starttls(pki::localhost_on(b));
+        let second = bounded(2000, server.next()).await;
+        let second = second.flatten().map(|r| r.map(|l| l.line().to_vec()));
+        let ok = matches!(&first, Some(Ok(l)) if l == b"STARTTLS")
+            && matches!(&second, Some(Ok(l)) if l == b"over tls")
+            && server.is_tls();
+        if !ok {
+            failed.push(format!("{b:?}: first {first:?}, second {second:?}"));
+        }
+        client.abort();
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}

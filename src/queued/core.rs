@@ -2317,6 +2317,16 @@ impl Core {
         self.switch_in_progress()
     }
 
+    /// The refusal of a switch asked for after `push_shutdown`, if so: a
+    /// STARTTLS or stoptls writes (a handshake, a close_notify) after the
+    /// half-close promised to come after the output already queued (WQ-7).
+    /// Harmless: nothing can be queued behind it.
+    #[cfg(any(feature = "tls", feature = "rustls"))]
+    fn switch_after_shutdown(&self) -> Option<Error> {
+        (self.output != Output::Open)
+            .then(|| Error::invalid_input("a TLS switch after push_shutdown"))
+    }
+
     /// The refusal while a TLS switch is queued (one at a time), if so.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     fn switch_in_progress(&self) -> Option<Error> {
@@ -2337,7 +2347,10 @@ impl Core {
             let _ = done.send(Err(e.clone()));
             return ticket;
         }
-        if let Some(e) = self.switch_in_progress() {
+        if let Some(e) = self
+            .switch_after_shutdown()
+            .or_else(|| self.switch_in_progress())
+        {
             let _ = done.send(Err(e));
             return ticket;
         }
@@ -2373,6 +2386,11 @@ impl Core {
         // the connection closes instead (TLS-1). A completion's STARTTLS
         // goes to the front, but its output still waits behind that
         // stoptls's marker: the same holds.
+        if !self.is_closed()
+            && let Some(e) = self.switch_after_shutdown()
+        {
+            return Ticket::ready(Err(e));
+        }
         let queued = self.queue.iter().find_map(|e| match e {
             Entry::Switch(sw) => Some(matches!(sw.kind, SwitchKind::Stop)),
             Entry::Read(_) => None,

@@ -330,7 +330,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     }
 
     /// Half-closes the write side once everything queued is written (AE's
-    /// `push_shutdown`, WQ-7). The read side stays open.
+    /// `push_shutdown`, WQ-7). The read side stays open. Writes after it
+    /// are refused, and so are `starttls` and `stoptls` (a non-fatal
+    /// `EINVAL`): they would write after the half-close.
     ///
     /// # Errors
     ///
