@@ -1,6 +1,6 @@
-//! Adversarial edge cases of the inline front end: exact caps, cancelled
-//! futures, transports that misbehave, hooks that push or panic. Every
-//! wait is bounded.
+//! Edge cases of the inline front end: exact caps, cancelled futures,
+//! transports that misbehave, hooks that push or panic. Every wait is
+//! bounded.
 
 #[path = "support/mock_io.rs"]
 mod mock_io;
