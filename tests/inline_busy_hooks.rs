@@ -104,3 +104,48 @@ fn completions_that_always_queue_another_let_a_wait_return() {
         "(wait returned, read behind timed out)"
     );
 }
+
+/// The same two callbacks on a spawned connection, on a current-thread
+/// runtime: its driver must leave the thread to the caller's tasks.
+#[test]
+fn on_a_spawned_connection_endless_callbacks_leave_the_thread_to_other_tasks() {
+    let outcome = watched(async {
+        let (rd, _silent) = tokio::io::duplex(64);
+        let mut conn = QueuedFramed::builder()
+            .watermarks(64, 0)
+            .build(tokio::io::join(rd, Swallow));
+        conn.on_drain(|q| {
+            let _ = q.push_bytes(vec![b'x'; 128]);
+        });
+        conn.push_bytes(vec![b'x'; 128]).unwrap();
+        let (refilling, _d1) = conn.spawn();
+        let flushed = tokio::time::timeout(Duration::from_millis(100), refilling.flush()).await;
+
+        let (io, _silent2) = tokio::io::duplex(64);
+        let (chained, _d2) = QueuedFramed::new(io).spawn();
+        let t = chained.push_read_with(
+            ChunkCodec::new(0),
+            |_, q: &mut Requests<'_>| -> anyframe::Result<()> {
+                forever(q);
+                Ok(())
+            },
+        );
+        let waited = tokio::time::timeout(Duration::from_secs(1), t).await;
+        let behind = tokio::time::timeout(
+            Duration::from_millis(100),
+            chained.push_read(LineCodec::new()),
+        )
+        .await;
+        // A handle's flush waits for what was queued when it was called.
+        (
+            matches!(flushed, Ok(Ok(()))),
+            matches!(waited, Ok(Ok(_))),
+            behind.is_err(),
+        )
+    });
+    assert_eq!(
+        outcome,
+        Some((true, true, true)),
+        "(flush returned, wait returned, read behind timed out)"
+    );
+}
