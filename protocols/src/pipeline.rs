@@ -21,6 +21,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
@@ -122,6 +123,11 @@ pub trait Protocol: Send + Sync + 'static {
     /// to `req` with `Handle::push_response_with`; its completion queues
     /// the rest with `Requests::unshift_read_with`. `slot` travels with the
     /// reply's state and is dropped when the last read completes (or fails).
+    ///
+    /// It runs after the request is written: if it panics, [`Pipelined`]
+    /// closes the connection (the request's answer would have no reader,
+    /// and the next request would take it), so every later request fails
+    /// with `Closed`, and the panic goes on to the caller.
     fn read_reply(
         &self,
         req: &Self::Request,
@@ -329,10 +335,17 @@ impl<P: Protocol> Pipelined<P> {
         {
             return Reply::failed(e);
         }
-        Reply::keeping(
-            shared.protocol.read_reply(&req, &shared.handle, slot),
-            shared.handle.clone(),
-        )
+        // The request is written: a `read_reply` that panics leaves its
+        // answer without a reader, and the next request would take it.
+        // The connection is closed before the panic goes on.
+        let ticket = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            shared.protocol.read_reply(&req, &shared.handle, slot)
+        }))
+        .unwrap_or_else(|panic| {
+            shared.handle.destroy();
+            std::panic::resume_unwind(panic)
+        });
+        Reply::keeping(ticket, shared.handle.clone())
     }
 }
 
