@@ -23,11 +23,12 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use anyframe::codecs::ChunkCodec;
-use anyframe::{Closed, Error, ErrorKind, Handle, Result, Ticket};
+use anyframe::{Closed, Error, ErrorKind, Handle, Result, Ticket, Timeout};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
@@ -148,12 +149,42 @@ pub trait Protocol: Send + Sync + 'static {
 /// connection, whether or not anyone polls the [`Reply`] (a caller may
 /// hold many unpolled replies while it waits for `poll_ready`).
 #[derive(Debug, Default)]
-pub struct Slot(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+pub struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Counts the reply as owed until it has been read (see [`Owed`]).
+    _owed: Option<OwedReply>,
+}
 
 impl Slot {
     /// No slot (a caller that bounds its own concurrency).
     pub fn none() -> Slot {
-        Slot(None)
+        Slot::default()
+    }
+}
+
+/// The replies of a [`Pipelined`] client and its clones not read yet,
+/// counted so that a request sent with none owed restarts the read
+/// timeout.
+#[derive(Debug, Default)]
+struct Owed {
+    replies: AtomicUsize,
+}
+
+/// One reply counted in [`Owed`] until its last read completes (or fails).
+#[derive(Debug)]
+struct OwedReply(Arc<Owed>);
+
+impl OwedReply {
+    /// Counts a reply; true if no other was owed.
+    fn new(owed: &Arc<Owed>) -> (OwedReply, bool) {
+        let first = owed.replies.fetch_add(1, Ordering::AcqRel) == 0;
+        (OwedReply(owed.clone()), first)
+    }
+}
+
+impl Drop for OwedReply {
+    fn drop(&mut self) {
+        self.0.replies.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -261,6 +292,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// turn, it yields once, so the first half of the window is written while
 /// the caller goes on with the second (`Handle::poll_yield_to_driver`).
 ///
+/// A read timeout set on the connection (`rtimeout`, which counts from
+/// the last input and runs while the client idles) restarts when a
+/// request is sent with no other reply owed, as for anyframe's
+/// `service::Client`: it bounds how long replies wait, and a pause
+/// between requests does not use it up.
+///
 /// While no reply is owed, nothing is read from the connection (anyframe's
 /// backpressure rule, RQ-5 in its `docs/semantics.md`): a server's close is
 /// noticed by the next request, which fails with it, and bytes a server
@@ -287,6 +324,8 @@ struct Shared<P> {
     /// Calls after which `poll_ready` yields to the driver once: half the
     /// in-flight bound, so the window goes out in two halves.
     batch: usize,
+    /// Replies not read yet.
+    owed: Arc<Owed>,
 }
 
 impl<P: Protocol> Pipelined<P> {
@@ -301,6 +340,7 @@ impl<P: Protocol> Pipelined<P> {
                 protocol,
                 order: Mutex::new(()),
                 batch: (max_in_flight / 2).max(1),
+                owed: Arc::default(),
             }),
             permits: PollSemaphore::new(Arc::new(Semaphore::new(max_in_flight))),
             permit: None,
@@ -321,12 +361,24 @@ impl<P: Protocol> Pipelined<P> {
     /// Writes `req` and queues its reply's reads, with no in-flight slot
     /// (for callers that bound their own concurrency).
     pub fn send(&self, req: P::Request) -> Reply<P::Reply> {
-        self.send_with(req, Slot::none())
+        self.send_with(req, None)
     }
 
-    fn send_with(&self, req: P::Request, slot: Slot) -> Reply<P::Reply> {
+    fn send_with(&self, req: P::Request, permit: Option<OwnedSemaphorePermit>) -> Reply<P::Reply> {
         let shared = &*self.shared;
         let _order = shared.order.lock().unwrap_or_else(PoisonError::into_inner);
+        let (owed, first) = OwedReply::new(&shared.owed);
+        if first {
+            // The read timeout counts from the last input, and runs while
+            // no reply is owed: after a pause it would be used up before
+            // this reply was waited for at all. It bounds the wait for a
+            // reply from here.
+            shared.handle.timeout_reset(Timeout::Read);
+        }
+        let slot = Slot {
+            _permit: permit,
+            _owed: Some(owed),
+        };
         // Encoded straight into the connection's write queue; a request the
         // protocol refuses leaves nothing behind.
         if let Err(e) = shared
@@ -413,7 +465,7 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
 
     fn call(&mut self, req: P::Request) -> Reply<P::Reply> {
         match self.permit.take() {
-            Some(permit) => self.send_with(req, Slot(Some(permit))),
+            Some(permit) => self.send_with(req, Some(permit)),
             None => Reply::failed(Error::custom(
                 ErrorKind::InvalidInput,
                 false,
