@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyframe::codecs::LineCodec;
 use anyframe::{Handle, QueuedFramed, Result, Ticket};
 use anyframe_protocols::pipeline::{Pipelined, Protocol, Slot, Step};
-use anyframe_protocols::redis::{Cmd, Resp};
+use anyframe_protocols::redis::{Cmd, Resp, Value};
 use bytes::{BufMut, Bytes, BytesMut};
 use support::{LIMIT, pipe, take_commands};
 use tokio::io::AsyncWriteExt;
@@ -142,4 +142,110 @@ async fn a_pause_between_requests_does_not_use_up_the_read_timeout() {
             anyframe_protocols::redis::Value::Simple("PONG".into())
         );
     }
+}
+
+/// A small deterministic generator for the randomised schedules below.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// A Redis-speaking peer: answers each `ECHO x` with the bulk string `x`,
+/// in order, written in pieces with pseudo-random pauses between them
+/// (now and then past the client's read timeout).
+fn slow_echo_redis(mut io: tokio::io::DuplexStream, seed: u64) {
+    use tokio::io::AsyncReadExt;
+    tokio::spawn(async move {
+        let mut rng = Lcg(seed);
+        let mut buf = BytesMut::new();
+        loop {
+            // `*2\r\n$4\r\nECHO\r\n$<n>\r\n<x>\r\n`: the argument is the
+            // fifth line.
+            let lines: Vec<&[u8]> = buf[..].split(|&b| b == b'\n').collect();
+            if lines.len() > 5 {
+                let arg = lines[4].strip_suffix(b"\r").unwrap().to_vec();
+                let used: usize = lines[..5].iter().map(|l| l.len() + 1).sum();
+                let _ = buf.split_to(used);
+                let mut answer = format!("${}\r\n", arg.len()).into_bytes();
+                answer.extend_from_slice(&arg);
+                answer.extend_from_slice(b"\r\n");
+                let mut rest = &answer[..];
+                while !rest.is_empty() {
+                    let n = (1 + rng.below(rest.len() as u64)) as usize;
+                    let pause = if rng.below(40) == 0 {
+                        1_500
+                    } else {
+                        rng.below(200)
+                    };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    if io.write_all(&rest[..n]).await.is_err() {
+                        return;
+                    }
+                    rest = &rest[n..];
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+}
+
+/// Requests from several tasks on clones of one Redis client with a read
+/// timeout, some given up early, replies cut into pieces with pauses:
+/// every reply a request gets is its own.
+#[tokio::test(start_paused = true)]
+async fn replies_reach_their_own_requests_through_timeouts_and_drops() {
+    let mut answered = 0;
+    for seed in 1..=8u64 {
+        let (io, peer) = tokio::io::duplex(1 << 12);
+        slow_echo_redis(peer, seed);
+        let (handle, _driver) = QueuedFramed::builder()
+            .rtimeout(Duration::from_secs(1))
+            .build(io)
+            .spawn();
+        let client = Pipelined::new(handle, Resp::new(), 4);
+        let mut tasks = Vec::new();
+        for t in 0..4u64 {
+            let mut c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = Lcg(seed * 31 + t);
+                let mut answered = 0;
+                for i in 0..30 {
+                    let arg = format!("s{seed}-t{t}-{i}");
+                    let Ok(c) = c.ready().await else { break };
+                    let reply = c.call(Cmd::new("ECHO").arg(&arg));
+                    let give_up = Duration::from_millis(rng.below(2_000));
+                    match tokio::time::timeout(give_up, reply).await {
+                        Ok(Ok(v)) => {
+                            assert_eq!(v, Value::Bulk(arg.into()));
+                            answered += 1;
+                        }
+                        Ok(Err(e)) if e.is_fatal() => break,
+                        Ok(Err(_)) | Err(_) => {}
+                    }
+                }
+                answered
+            }));
+        }
+        drop(client);
+        for t in tasks {
+            // Virtual time: an hour of it passes at once if nothing moves.
+            answered += tokio::time::timeout(Duration::from_secs(3_600), t)
+                .await
+                .expect("a caller hung")
+                .unwrap();
+        }
+    }
+    assert!(answered > 60, "only {answered} requests answered");
 }
