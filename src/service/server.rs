@@ -381,10 +381,10 @@ where
 /// The connection's timers, as the loop sees them. The loop owns the
 /// connection's `on_timeout` hook, which decides inside the engine, at the
 /// expiry, whose doing it is: a peer that sends nothing while the service
-/// works on its requests, or while the transport takes the answers written
-/// to it (a write since the previous read expiry, within the period), is
-/// waiting for the server; nothing to write while the service works is no
-/// stall. Those expiries are dropped; any other is handed to the loop
+/// works on its requests with none of their answers waiting unwritten, or
+/// while the transport takes the answers written to it (a write since the
+/// previous read expiry, within the period), is waiting for the server;
+/// nothing to write while the service works is no stall. Those expiries are dropped; any other is handed to the loop
 /// ([`expiry`] says what it means). No read or write waiter is ever told a
 /// timeout, so none is given up half way.
 struct LoopTimers {
@@ -417,10 +417,13 @@ impl LoopTimers {
             let owed = timers.owed.load(Ordering::Acquire);
             let servers_doing = match which {
                 // The peer taking its answers, to the last byte, is busy
-                // (asked first: each read expiry starts afresh).
+                // (asked first: each read expiry starts afresh). The
+                // service at work excuses its silence only while no answer
+                // waits unwritten: one that takes none of them stalls.
                 Timeout::Read => {
                     let wrote = q.take_wrote();
-                    owed || wrote.is_some_and(|ago| ago < timers.read_period)
+                    (owed && q.write_buffered() == 0)
+                        || wrote.is_some_and(|ago| ago < timers.read_period)
                 }
                 _ => owed && q.write_buffered() == 0,
             };
