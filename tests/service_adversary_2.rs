@@ -410,12 +410,15 @@ async fn serve_answers_in_order_under_random_service_times_and_a_slow_reader() {
     }
 }
 
+/// Sets a connection's timers to a period.
+type SetTimers = fn(&mut anyframe::Builder, Duration);
+
 /// Serves one request whose service takes `delay`, with `timers` set to
 /// `period`, for a client that reads at once: the client's answer, and
 /// the loop's outcome once the client closes.
 async fn answer_after(
     delay: Duration,
-    timers: fn(&mut anyframe::Builder, Duration),
+    timers: SetTimers,
     period: Duration,
 ) -> (String, anyframe::Result<()>) {
     let (server_io, mut client_io) = tokio::io::duplex(1 << 12);
@@ -451,7 +454,7 @@ async fn answer_after(
 #[tokio::test(start_paused = true)]
 async fn serve_answer_due_at_a_timer_expiry_is_written() {
     let period = Duration::from_secs(1);
-    let timers: [(&str, fn(&mut anyframe::Builder, Duration)); 4] = [
+    let timers: [(&str, SetTimers); 4] = [
         ("wtimeout", |b, p| {
             b.wtimeout(p);
         }),
@@ -485,7 +488,7 @@ async fn serve_answer_due_at_a_timer_expiry_is_written() {
 async fn serve_answer_due_at_a_timer_expiry_is_written_on_two_threads() {
     let period = Duration::from_millis(40);
     for round in 0..12 {
-        let set: fn(&mut anyframe::Builder, Duration) = match round % 3 {
+        let set: SetTimers = match round % 3 {
             0 => |b, p| {
                 b.wtimeout(p);
             },
