@@ -384,9 +384,10 @@ where
 /// works on its requests with none of their answers waiting unwritten, or
 /// while the transport takes the answers written to it (a write since the
 /// previous read expiry, within the period), is waiting for the server;
-/// nothing to write while the service works is no stall. Those expiries are dropped; any other is handed to the loop
-/// ([`expiry`] says what it means). No read or write waiter is ever told a
-/// timeout, so none is given up half way.
+/// nothing to write while the service works is no stall. Those expiries
+/// are dropped; any other is handed to the loop ([`expiry`] says what it
+/// means). No read or write waiter is ever told a timeout, so none is
+/// given up half way.
 struct LoopTimers {
     /// The service is at work: requests handed to it or waiting for it,
     /// with room to take its answers (above the high watermark the wait is
