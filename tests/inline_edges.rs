@@ -4,6 +4,7 @@
 
 #[path = "support/mock_io.rs"]
 mod mock_io;
+mod support;
 
 use std::io;
 use std::pin::Pin;
@@ -17,14 +18,7 @@ use anyframe::{Builder, ErrorKind, Parts, QueuedFramed};
 use bytes::BytesMut;
 use futures::{FutureExt, SinkExt, StreamExt};
 
-const WAIT: Duration = Duration::from_secs(5);
-
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(WAIT, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: hung for {WAIT:?}"),
-    }
-}
+use support::within;
 
 #[tokio::test]
 async fn rbuf_max_admits_a_frame_of_exactly_the_cap_and_refuses_one_more_byte() {

@@ -31,6 +31,26 @@ where
     finished.recv_timeout(limit).ok()
 }
 
+/// Runs `body` on a current-thread runtime on a thread of its own and
+/// waits up to `limit` for its result; `None`: the thread never gave
+/// control back (a call that never yields keeps even its own timeouts
+/// from firing).
+pub fn on_one_thread<T, Fut>(limit: Duration, body: Fut) -> Option<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = done.send(rt.block_on(body));
+    });
+    finished.recv_timeout(limit).ok()
+}
+
 /// Marks this caller arrived, then spins until `parties` have (at most
 /// 2 s: on one thread they would run one after the other), so callbacks
 /// of two connections run inside their engines at once.

@@ -1,13 +1,17 @@
-//! User hooks that never let the inline front end run out of work: the
-//! call that drives them must still give its thread back now and then, so
-//! the other tasks on it (and the caller's own timeouts) run.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+//! User callbacks that never let a connection run out of work (a drain
+//! hook that always refills the queue, completions that always queue
+//! another read): whatever runs them, an inline call or a spawned driver,
+//! must still give its thread back now and then, so the other tasks on it
+//! (and the caller's own timeouts) run.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+#[path = "support/watched.rs"]
+mod watched;
 
 use anyframe::codecs::{ChunkCodec, LineCodec};
 use anyframe::{QueuedFramed, Requests};
@@ -33,18 +37,9 @@ impl AsyncWrite for Swallow {
     }
 }
 
-/// Runs `body` on a current-thread runtime in a thread of its own and
-/// waits up to 10 s for it; `None`: the thread never gave control back.
+/// [`watched::on_one_thread`] with 10 s.
 fn watched<T: Send + 'static>(body: impl Future<Output = T> + Send + 'static) -> Option<T> {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _ = done.send(rt.block_on(body));
-    });
-    finished.recv_timeout(Duration::from_secs(10)).ok()
+    watched::on_one_thread(Duration::from_secs(10), body)
 }
 
 #[test]
