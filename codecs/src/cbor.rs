@@ -71,6 +71,7 @@ pub const DEFAULT_CBOR_MAX_DEPTH: usize = 128;
 ///   on the strength of a declared length.
 /// * Nesting of arrays, maps and tags is limited to
 ///   [`DEFAULT_CBOR_MAX_DEPTH`] (configurable), counted, never recursed.
+///   An empty array or map is a level too, whatever its length encoding.
 ///
 /// # Memory
 ///

@@ -666,3 +666,54 @@ proptest! {
         check(RawJsonCodec::new, &input, &sz)?;
     }
 }
+
+// ------------------------------------------------------------ CBOR depth
+
+fn cbor_first(max_depth: usize, item: &[u8]) -> Result<bool, (ErrorKind, bool, usize)> {
+    let mut buf = BytesMut::from(item);
+    RawCborCodec::with_limits(1024, max_depth)
+        .decode(&mut buf)
+        .map(|f| f.is_some())
+        .map_err(|e| (e.kind(), e.is_limit(), buf.len()))
+}
+
+/// An empty array or map is a level of nesting like any other: the limit
+/// does not depend on whether it has items or on its length encoding, as
+/// for JSON, where `[]` is one level.
+#[test]
+fn cbor_depth_limit_counts_empty_definite_containers() {
+    let too_deep = Err((ErrorKind::BadMessage, true, 0));
+    for empty in [&[0x80][..], &[0xa0], &[0x9f, 0xff], &[0xbf, 0xff]] {
+        assert_eq!(cbor_first(1, empty), Ok(true), "{empty:02x?}");
+        let mut nested = vec![0x81];
+        nested.extend_from_slice(empty);
+        assert_eq!(cbor_first(2, &nested), Ok(true), "{nested:02x?}");
+        assert_eq!(
+            cbor_first(1, &nested).map_err(|(k, l, _)| (k, l)),
+            Err((ErrorKind::BadMessage, true)),
+            "{nested:02x?}"
+        );
+        assert_eq!(
+            cbor_first(0, empty).map_err(|(k, l, n)| (k, l, n - empty.len())),
+            too_deep,
+            "{empty:02x?}"
+        );
+    }
+    // A tag over an empty array: two levels.
+    assert_eq!(cbor_first(2, &[0xc1, 0x80]), Ok(true));
+    assert!(cbor_first(1, &[0xc1, 0x80]).is_err());
+    // The typed decoder agrees, on the fast path and off it.
+    let mut buf = BytesMut::from(&[0x81, 0x80][..]);
+    let e = CborCodec::<CborValue>::with_limits(1024, 1)
+        .decode(&mut buf)
+        .unwrap_err();
+    assert!(e.is_limit() && buf.len() == 2, "{e:?}");
+    // The JSON codec counts the same way.
+    let mut buf = BytesMut::from(&b"[[]]"[..]);
+    let e = JsonCodec::<JsonValue>::builder()
+        .max_depth(1)
+        .build()
+        .decode(&mut buf)
+        .unwrap_err();
+    assert!(e.is_limit() && buf.len() == 4, "{e:?}");
+}

@@ -298,6 +298,9 @@ impl CborScanner {
                     arg
                 };
                 if items == 0 {
+                    // Empty, but a level of nesting all the same, as an
+                    // empty indefinite-length one is.
+                    self.check_depth(top, at)?;
                     return Ok(self.finish(top, end));
                 }
                 let stop = (end as u64).saturating_add(items);
@@ -362,6 +365,15 @@ impl CborScanner {
     /// Opens a container (or tag) whose head starts at `at`.
     #[inline(always)]
     fn push(&mut self, top: &mut Option<Frame>, frame: Frame, at: usize) -> Result<Next, Invalid> {
+        self.check_depth(top, at)?;
+        self.frames.extend(top.replace(frame));
+        Ok(Next::Step(Step::Initial))
+    }
+
+    /// Whether one more level of nesting (a container or tag whose head
+    /// starts at `at`) fits under the depth limit.
+    #[inline(always)]
+    fn check_depth(&self, top: &Option<Frame>, at: usize) -> Result<(), Invalid> {
         let limit = self.limits.max_depth;
         // An indefinite string never holds a container, so every frame here
         // is a level of nesting.
@@ -372,8 +384,7 @@ impl CborScanner {
                 problem: Problem::TooDeep { limit },
             });
         }
-        self.frames.extend(top.replace(frame));
-        Ok(Next::Step(Step::Initial))
+        Ok(())
     }
 
     /// An item ended at `end`: counts it against the open frames, closing
