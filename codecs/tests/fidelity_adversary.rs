@@ -6,9 +6,9 @@
 use std::fmt::Debug;
 
 use anyframe_codecs::{
-    CborCodec, CborValue, Error, ErrorKind, JsonCodec, JsonSeparator, JsonValue, LineBatchCodec,
-    LineCodec, NetstringCodec, OverflowPolicy, PackFormat, PackstringCodec, RawCborCodec,
-    RawJsonCodec, TlsDetect, TlsDetectCodec,
+    CborCodec, CborValue, Error, ErrorKind, JsonCodec, JsonSeparator, JsonValue, Line,
+    LineBatchCodec, LineCodec, NetstringCodec, OverflowPolicy, PackFormat, PackstringCodec,
+    RawCborCodec, RawJsonCodec, TlsDetect, TlsDetectCodec,
 };
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -254,24 +254,20 @@ proptest! {
 }
 
 /// A batch decoder that hands out its lines one at a time.
-struct Flat(
-    LineBatchCodec,
-    std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
-);
+struct Flat(LineBatchCodec, std::collections::VecDeque<Line>);
 
 impl Flat {
-    fn next(&mut self, got: Option<anyframe_codecs::LineBatch>) -> Option<(Vec<u8>, Vec<u8>)> {
+    fn next(&mut self, got: Option<anyframe_codecs::LineBatch>) -> Option<Line> {
         if let Some(batch) = got {
-            for l in batch.iter() {
-                self.1.push_back((l.line().to_vec(), l.eol().to_vec()));
-            }
+            self.1
+                .extend((0..batch.len()).filter_map(|i| batch.to_line(i)));
         }
         self.1.pop_front()
     }
 }
 
 impl Decoder for Flat {
-    type Item = (Vec<u8>, Vec<u8>);
+    type Item = Line;
     type Error = Error;
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Error> {
         if let Some(l) = self.1.pop_front() {
@@ -716,4 +712,187 @@ fn cbor_depth_limit_counts_empty_definite_containers() {
         .decode(&mut buf)
         .unwrap_err();
     assert!(e.is_limit() && buf.len() == 4, "{e:?}");
+}
+
+// ------------------------------------------------------------ line batches
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn line_batch_gives_line_codec_lines_for_every_eol(
+        input in from_alphabet(LINE_BYTES, 24),
+        max in 0usize..6,
+        discard in any::<bool>(),
+        eol in 0usize..7,
+        max_lines in 1usize..4,
+        sz in sizes(),
+    ) {
+        let build = || {
+            let mut b = LineCodec::builder();
+            b.max_length(max);
+            if discard {
+                b.overflow(OverflowPolicy::Discard);
+            }
+            match eol {
+                0 => {}
+                1 => { b.eol("\r\n"); }
+                2 => { b.eol("<END>"); }
+                3 => { b.eol("\n\n"); }
+                4 => { b.eol_regex(regex::bytes::Regex::new(r"\r\n|\n").unwrap()); }
+                5 => { b.eol_regex(regex::bytes::Regex::new(r"(?:<END>)+").unwrap()); }
+                _ => { b.eol_regex(regex::bytes::Regex::new(r"\n\b").unwrap()); }
+            }
+            b.build().unwrap()
+        };
+        let chunks = split_at_sizes(&input, &sz);
+        let one = run(build(), &chunks);
+        let batched = run(Flat(LineBatchCodec::from(build()).with_max_lines(max_lines), Default::default()), &chunks);
+        prop_assert_eq!(lines_of(&one), lines_of(&batched), "{:?}", input);
+    }
+}
+
+// ------------------------------------------------------------ CBOR values
+
+fn cbor_value() -> impl Strategy<Value = CborValue> {
+    let leaf = prop_oneof![
+        Just(CborValue::Null),
+        any::<bool>().prop_map(CborValue::Bool),
+        (-(1i128 << 64)..(1i128 << 64)).prop_map(CborValue::Integer),
+        any::<u64>().prop_map(|n| CborValue::Integer(n.into())),
+        any::<u64>().prop_map(|n| CborValue::Integer(-1 - i128::from(n))),
+        any::<f64>().prop_map(CborValue::Float),
+        prop::sample::select(vec![0.0, -0.0, f64::NAN, f64::INFINITY, 65504.0, 1e-7])
+            .prop_map(CborValue::Float),
+        prop::collection::vec(any::<u8>(), 0..30).prop_map(CborValue::Bytes),
+        "\\PC{0,10}".prop_map(CborValue::Text),
+    ];
+    leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(CborValue::Array),
+            prop::collection::btree_map(inner.clone(), inner.clone(), 0..4)
+                .prop_map(CborValue::Map),
+            (any::<u64>(), inner).prop_map(|(t, v)| CborValue::Tag(t, Box::new(v))),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cbor_values_encode_then_decode(
+        values in prop::collection::vec(cbor_value(), 0..4),
+        sz in sizes(),
+    ) {
+        let mut enc = CborCodec::<CborValue>::new();
+        let mut wire = BytesMut::new();
+        let mut sent = Vec::new();
+        for v in &values {
+            let before = wire.len();
+            match enc.encode(v, &mut wire) {
+                Ok(()) => sent.push(v.clone()),
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), ErrorKind::InvalidInput);
+                    prop_assert_eq!(wire.len(), before, "nothing written");
+                }
+            }
+        }
+        let got = round_trip(CborCodec::<CborValue>::new, &wire, &sz);
+        prop_assert_eq!(format!("{got:?}"), format!("{sent:?}"));
+        let raw = round_trip(RawCborCodec::new, &wire, &sz);
+        prop_assert_eq!(raw.concat(), wire.to_vec());
+    }
+}
+
+// ------------------------------------------------------------ after an error
+
+/// Feeds `chunks`; on an error that consumed nothing, drops `skip` bytes
+/// (at least one) as a caller resynchronising would, and goes on, with the
+/// same decoder or (`fresh`) a new one. The events must not differ: after
+/// such an error the codec keeps nothing of the bytes it looked at.
+fn run_skipping<D, F>(make: F, chunks: &[&[u8]], skip: usize, fresh: bool) -> Vec<String>
+where
+    D: Decoder<Error = Error>,
+    D::Item: Debug,
+    F: Fn() -> D,
+{
+    let mut dec = make();
+    let mut buf = BytesMut::new();
+    let mut evs = Vec::new();
+    for c in chunks {
+        buf.extend_from_slice(c);
+        for guard in 0.. {
+            assert!(guard < 10_000, "loops");
+            let before = buf.len();
+            match dec.decode(&mut buf) {
+                Ok(Some(f)) => evs.push(format!("{f:?}")),
+                Ok(None) => break,
+                Err(e) => {
+                    evs.push(format!("err {:?} {:?}", e.kind(), e.offset()));
+                    if e.is_fatal() {
+                        return evs;
+                    }
+                    if buf.len() == before {
+                        let n = skip.clamp(1, buf.len().max(1)).min(buf.len());
+                        let _ = buf.split_to(n);
+                        if buf.is_empty() {
+                            break;
+                        }
+                    }
+                    if fresh {
+                        dec = make();
+                    }
+                }
+            }
+        }
+    }
+    match dec.decode_eof(&mut buf) {
+        Ok(f) => evs.push(format!("eof {f:?}")),
+        Err(e) => evs.push(format!("eof err {:?}", e.kind())),
+    }
+    evs
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn after_an_error_a_codec_reads_like_a_fresh_one(
+        json in from_alphabet(JSON_HOSTILE, 12),
+        cbor in cbor_bytes(),
+        net in from_alphabet(NETSTRING_BYTES, 12),
+        ndjson in any::<bool>(),
+        skip in 1usize..4,
+        sz in sizes(),
+    ) {
+        let chunks = split_at_sizes(&json, &sz);
+        let mk = || {
+            let mut b = JsonCodec::<JsonValue>::builder();
+            b.max_size(8).max_depth(2).separate_every_text(ndjson);
+            b.build()
+        };
+        prop_assert_eq!(run_skipping(mk, &chunks, skip, false), run_skipping(mk, &chunks, skip, true));
+        let mk = || {
+            let mut b = JsonCodec::<JsonValue>::builder();
+            b.max_size(8).max_depth(2).separate_every_text(ndjson);
+            b.build_raw()
+        };
+        prop_assert_eq!(run_skipping(mk, &chunks, skip, false), run_skipping(mk, &chunks, skip, true));
+        let chunks = split_at_sizes(&cbor, &sz);
+        let mk = || CborCodec::<CborValue>::with_limits(8, 2);
+        prop_assert_eq!(run_skipping(mk, &chunks, skip, false), run_skipping(mk, &chunks, skip, true));
+        let mk = || RawCborCodec::with_limits(8, 2);
+        prop_assert_eq!(run_skipping(mk, &chunks, skip, false), run_skipping(mk, &chunks, skip, true));
+        let chunks = split_at_sizes(&net, &sz);
+        let mk = || NetstringCodec::with_max_length(20);
+        prop_assert_eq!(run_skipping(mk, &chunks, skip, false), run_skipping(mk, &chunks, skip, true));
+        let mk = || anyframe_codecs::RegexCodec::builder(regex::bytes::Regex::new(";|,,").unwrap())
+            .reject(regex::bytes::Regex::new("x").unwrap())
+            .skip(regex::bytes::Regex::new("^[0-9]+").unwrap())
+            .max_length(6)
+            .build()
+            .unwrap();
+        prop_assert_eq!(run_skipping(mk, &chunks, skip, false), run_skipping(mk, &chunks, skip, true));
+    }
 }
