@@ -679,7 +679,14 @@ fn cbor_first(max_depth: usize, item: &[u8]) -> Result<bool, (ErrorKind, bool, u
 #[test]
 fn cbor_depth_limit_counts_empty_definite_containers() {
     let too_deep = Err((ErrorKind::BadMessage, true, 0));
-    for empty in [&[0x80][..], &[0xa0], &[0x9f, 0xff], &[0xbf, 0xff]] {
+    for empty in [
+        &[0x80][..],
+        &[0xa0],
+        &[0x98, 0x00],
+        &[0xb9, 0x00, 0x00],
+        &[0x9f, 0xff],
+        &[0xbf, 0xff],
+    ] {
         assert_eq!(cbor_first(1, empty), Ok(true), "{empty:02x?}");
         let mut nested = vec![0x81];
         nested.extend_from_slice(empty);
