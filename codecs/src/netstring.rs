@@ -181,7 +181,6 @@ impl NetstringCodec {
     }
 }
 
-/// The number of decimal digits of `n`.
 /// The number of decimal digits in `n`.
 fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
