@@ -17,16 +17,25 @@ const CODEC: &str = "chunk";
 pub(crate) const RESERVE_CAP: usize = 64 * 1024;
 
 /// Reserves room for up to `needed` more bytes, never more than
-/// [`RESERVE_CAP`] at once.
+/// [`RESERVE_CAP`] at once, and only in a buffer smaller than that.
+///
+/// `BytesMut` grows as `Vec` does, to at least twice its capacity, so a
+/// reservation in a large full buffer would double it: a peer trickling a
+/// large frame would leave the buffer up to twice what it holds. A buffer
+/// of [`RESERVE_CAP`] or more grows as its reader grows it (the engine by
+/// an eighth of what it holds, `FramedRead` as `Vec` does).
 pub(crate) fn reserve_capped(buf: &mut BytesMut, needed: usize) {
-    buf.reserve(needed.min(RESERVE_CAP));
+    if buf.capacity() < RESERVE_CAP {
+        buf.reserve(needed.min(RESERVE_CAP));
+    }
 }
 
 /// A decoder for chunks of exactly `n` bytes, each a [`Bytes`] split off the
 /// buffer without copying.
 ///
 /// While a chunk is incomplete, the decoder reserves room for the rest, at
-/// most 64 KiB at a time.
+/// most 64 KiB, in a buffer smaller than that; a larger buffer grows as its
+/// reader grows it.
 ///
 /// # `n = 0`
 ///

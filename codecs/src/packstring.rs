@@ -240,7 +240,8 @@ enum State {
 /// The payload is a [`Bytes`] split off the buffer without copying. The
 /// declared length is checked against `max_length` as soon as the prefix is
 /// complete, before any payload is awaited, and the decoder reserves room
-/// for the rest at most 64 KiB at a time. The prefix stays in the buffer
+/// for the rest, at most 64 KiB, in a buffer smaller than that (a larger
+/// one grows as its reader grows it). The prefix stays in the buffer
 /// until the whole frame is there, so nothing is lost if the codec is
 /// dropped mid-frame.
 ///

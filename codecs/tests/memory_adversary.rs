@@ -1,0 +1,61 @@
+//! What the length-aware decoders reserve in a buffer that is already
+//! large and full: nothing (a reservation there would double it, as
+//! `BytesMut` grows as `Vec` does), so a peer trickling a long frame does
+//! not leave the buffer twice the size of what it holds.
+
+use anyframe_codecs::{ChunkCodec, NetstringCodec, PackFormat, PackstringCodec};
+use bytes::BytesMut;
+use tokio_util::codec::Decoder;
+
+const KIB: usize = 1024;
+
+/// A buffer holding exactly `head` and then filler up to `len` bytes, with
+/// no spare capacity.
+fn full(head: &[u8], len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(len);
+    buf.extend_from_slice(head);
+    buf.resize(len, b'x');
+    assert_eq!(buf.capacity(), len);
+    buf
+}
+
+fn assert_not_doubled<D: Decoder>(what: &str, mut codec: D, head: &[u8])
+where
+    D::Error: std::fmt::Debug,
+{
+    const HELD: usize = 1024 * KIB;
+    let mut buf = full(head, HELD);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(
+        buf.capacity() <= HELD + 64 * KIB,
+        "{what}: a full buffer of {HELD} B grew to {} B",
+        buf.capacity()
+    );
+}
+
+#[test]
+fn packstring_does_not_double_a_full_buffer_mid_frame() {
+    let codec = PackstringCodec::with_max_length(PackFormat::U32Be, 1 << 30);
+    assert_not_doubled("packstring", codec, &(1u32 << 30).to_be_bytes());
+}
+
+#[test]
+fn netstring_does_not_double_a_full_buffer_mid_frame() {
+    let codec = NetstringCodec::with_max_length(1 << 30);
+    assert_not_doubled("netstring", codec, format!("{}:", 1 << 30).as_bytes());
+}
+
+#[test]
+fn chunk_does_not_double_a_full_buffer_mid_frame() {
+    assert_not_doubled("chunk", ChunkCodec::new(1 << 30), b"");
+}
+
+/// A small buffer still gets room for the rest of the frame (up to 64
+/// KiB), so a reader that grows by the room it is given reads it in one go.
+#[test]
+fn a_small_buffer_still_gets_room_for_the_frame() {
+    let mut codec = PackstringCodec::new(PackFormat::U32Be);
+    let mut buf = BytesMut::from(&(40_000u32).to_be_bytes()[..]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(buf.capacity() >= 40_004, "{}", buf.capacity());
+}
