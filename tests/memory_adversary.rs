@@ -1,11 +1,12 @@
-//! Memory against a hostile peer, counted by a global allocator: declared
-//! lengths that are large (within the limit or over it) followed by a
-//! trickle, a peer that keeps the socket full so every read fills all the
-//! room the read buffer has, and what a connection keeps once it waits
-//! again. The peer is an in-memory source that makes its bytes as they are
-//! read (nothing of the frame exists before the engine reads it), so the
-//! heap counted is the engine's and the codec's. Each test polls by hand
-//! on the test thread, one at a time (`serial`): no timing is involved.
+//! Memory against a hostile peer, counted by a global allocator: large
+//! declared lengths (within the limit) followed by a trickle, a peer that
+//! keeps the socket full so every read fills all the room the read buffer
+//! has, nesting past the depth limits, lines without an end, and what the
+//! server loop holds per slow client and after a burst. The peer is an
+//! in-memory source that makes its bytes as they are read (nothing of the
+//! frame exists before the engine reads it), so the heap counted is the
+//! engine's and the codec's. The tests run one at a time (`serial`), each
+//! polling by hand or on a single-threaded runtime: no timing is involved.
 #![allow(clippy::await_holding_lock)]
 
 use std::future::Future;
@@ -40,7 +41,14 @@ struct Source {
     piece: usize,
     /// Bytes the reader may take before the source stalls.
     allowance: usize,
+    /// The body's bytes, repeated.
+    fill: &'static [u8],
+    /// Where in `fill` the body goes on.
+    fill_at: usize,
 }
+
+/// What [`Source`] sends as a body unless told otherwise.
+static FILL_X: [u8; 4096] = [b'x'; 4096];
 
 impl Source {
     fn new(head: Vec<u8>, body: usize, piece: usize) -> Source {
@@ -50,6 +58,8 @@ impl Source {
             body,
             piece,
             allowance: usize::MAX,
+            fill: &FILL_X,
+            fill_at: 0,
         }
     }
 }
@@ -71,10 +81,16 @@ impl AsyncRead for Source {
         self.sent_head += h;
         n -= h;
         let b = self.body.min(n);
-        buf.initialize_unfilled_to(b);
-        buf.advance(b);
         self.body -= b;
         n -= b;
+        let mut left = b;
+        while left > 0 {
+            let at = self.fill_at;
+            let k = left.min(self.fill.len() - at);
+            buf.put_slice(&self.fill[at..at + k]);
+            self.fill_at = (at + k) % self.fill.len();
+            left -= k;
+        }
         let took = start - n;
         self.allowance -= took;
         Poll::Ready(Ok(()))
@@ -178,8 +194,7 @@ fn netstring_from_a_full_socket_peaks_near_what_it_holds() {
     const LEN: usize = 8 * MIB;
     let codec = NetstringCodec::with_max_length(2 * LEN);
     let head = format!("{LEN}:").into_bytes();
-    // The trailing comma: a body one longer, its last byte a zero (the
-    // codec refuses it, so read the payload and stop before the comma).
+    // The payload only: the read waits for the comma that never comes.
     let src = Source::new(head, LEN, usize::MAX);
     let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
     let base = reset_peak();
@@ -311,4 +326,258 @@ fn chunk_size_allocates_only_what_arrives() {
     const SENT: usize = 200 * KIB;
     let (held, pk) = trickle(ChunkCodec::new(1 << 30), Vec::new(), SENT, 1000);
     check_trickle("chunk", held, pk, SENT);
+}
+
+// ----- JSON and CBOR: long texts trickled, deep nesting --------------------------
+
+#[test]
+fn json_long_string_trickled_holds_only_what_arrives() {
+    let _g = serial();
+    const SENT: usize = 200 * KIB;
+    let (held, pk) = trickle(
+        anyframe::codecs::JsonCodec::<serde_json::Value>::new(),
+        b"[\"".to_vec(),
+        SENT,
+        1000,
+    );
+    check_trickle("json string", held, pk, SENT);
+}
+
+#[test]
+fn json_deep_nesting_trickled_holds_only_what_arrives() {
+    let _g = serial();
+    const SENT: usize = 100;
+    // Within the depth limit: the reader waits for more.
+    let mut src = Source::new(Vec::new(), 100, 1);
+    src.fill = &[b'['; 4096];
+    let mut conn = QueuedFramed::new(src);
+    let base = reset_peak();
+    assert!(
+        poll_until_stall(conn.read(anyframe::codecs::JsonCodec::<serde_json::Value>::new()))
+            .is_none()
+    );
+    let held = heap() - base;
+    let pk = peak() - base;
+    check_trickle("json nesting", held, pk, SENT);
+}
+
+#[test]
+fn cbor_long_byte_string_trickled_holds_only_what_arrives() {
+    let _g = serial();
+    const SENT: usize = 200 * KIB;
+    // A byte string of 2^30 bytes, within a limit that allows it.
+    let mut head = vec![0x5a];
+    head.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    let codec = anyframe::codecs::CborCodec::<serde_cbor::Value>::with_limits(1 << 31, 128);
+    let (held, pk) = trickle(codec, head, SENT, 1000);
+    check_trickle("cbor bytes", held, pk, SENT);
+}
+
+#[test]
+fn cbor_huge_array_count_trickled_holds_only_what_arrives() {
+    let _g = serial();
+    const SENT: usize = 200 * KIB;
+    // An array announcing 2^30 items (within the size limit, at a byte
+    // each), then small integers (0x01) trickled.
+    let mut head = vec![0x9a];
+    head.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    let codec = anyframe::codecs::CborCodec::<serde_cbor::Value>::with_limits(1 << 31, 128);
+    let mut src = Source::new(head, usize::MAX, 1000);
+    src.fill = &[0x01; 4096];
+    src.allowance = 5 + SENT;
+    let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
+    let base = reset_peak();
+    let got = poll_until_stall(conn.read(codec));
+    assert!(got.is_none(), "{got:?}");
+    let held = heap() - base;
+    let pk = peak() - base;
+    check_trickle("cbor array", held, pk, SENT);
+}
+
+// ----- the server loop: many slow clients, a burst then quiet -----------------
+
+/// Runs the other tasks until they all wait (no timers are involved).
+async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+type EchoService = tower::util::ServiceFn<
+    fn(
+        anyframe::codecs::Line,
+    ) -> std::future::Ready<Result<bytes::Bytes, std::convert::Infallible>>,
+>;
+
+fn echo() -> EchoService {
+    fn call(
+        line: anyframe::codecs::Line,
+    ) -> std::future::Ready<Result<bytes::Bytes, std::convert::Infallible>> {
+        std::future::ready(Ok(line.into_frame()))
+    }
+    tower::service_fn(call as fn(_) -> _)
+}
+
+/// Heap per connection of `n` server loops, each of whose clients sent
+/// `partial` bytes of a line and then went quiet.
+async fn slow_clients(n: usize, partial: usize) -> f64 {
+    use tokio::io::AsyncWriteExt;
+    let mut clients = Vec::with_capacity(n);
+    let mut servers = Vec::with_capacity(n);
+    let mut ios = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (s, c) = tokio::io::duplex(4096);
+        ios.push(s);
+        clients.push(c);
+    }
+    settle().await;
+    let base = heap();
+    for s in ios {
+        let codec = anyframe::codecs::LineCodec::new();
+        servers.push(tokio::spawn(
+            anyframe::service::serve(s, codec.clone(), anyframe::codecs::RawCodec::new(), echo())
+                .into_future(),
+        ));
+    }
+    let line = vec![b'x'; partial];
+    for c in &mut clients {
+        c.write_all(&line).await.unwrap();
+    }
+    settle().await;
+    let per_conn = (heap() - base) as f64 / n as f64;
+    for c in &mut clients {
+        c.write_all(b"\n").await.unwrap();
+    }
+    drop(clients);
+    for s in servers {
+        // Each answers its line and ends at end of input.
+        let _ = s.await.unwrap();
+    }
+    per_conn
+}
+
+#[tokio::test]
+async fn serve_with_many_slow_clients_holds_little_per_connection() {
+    let _g = serial();
+    let idle = slow_clients(200, 0).await;
+    let partial = slow_clients(200, 100).await;
+    println!("serve: {idle:.0} B per idle connection, {partial:.0} B with 100 B of a line in");
+}
+
+/// A server loop after a burst of large pipelined requests, all answered
+/// (a peer that sends them as fast as they are read and takes every
+/// answer at once), the peer then quiet: what the connection keeps.
+#[tokio::test]
+async fn serve_after_a_burst_keeps_little() {
+    let _g = serial();
+    const LINES: usize = 100;
+    const LINE: usize = 64 * KIB;
+    let mut line = vec![b'y'; LINE];
+    line.push(b'\n');
+    let line: &'static [u8] = Box::leak(line.into_boxed_slice());
+    let quiet = Source::new(Vec::new(), 0, usize::MAX);
+    let mut burst = Source::new(Vec::new(), LINES * line.len(), usize::MAX);
+    burst.fill = line;
+    settle().await;
+    let mut kept = Vec::new();
+    for src in [quiet, burst] {
+        let base = heap();
+        let codec = anyframe::codecs::LineCodec::new();
+        let server = tokio::spawn(
+            anyframe::service::serve(
+                src,
+                codec.clone(),
+                anyframe::codecs::RawCodec::new(),
+                echo(),
+            )
+            .into_future(),
+        );
+        settle().await;
+        kept.push(heap() - base);
+        server.abort();
+        let _ = server.await;
+    }
+    let (idle, after) = (kept[0], kept[1]);
+    println!(
+        "serve after {LINES} x {} KiB: idle {idle} B, keeps {after} B",
+        LINE / KIB
+    );
+    assert!(
+        after <= idle + 16 * KIB,
+        "keeps {after} B after a burst (idle: {idle} B)"
+    );
+}
+
+#[test]
+fn json_nesting_past_the_depth_limit_fails_within_one_read() {
+    let _g = serial();
+    // A peer with a megabyte of `[` ready: refused at depth 129.
+    let mut src = Source::new(Vec::new(), MIB, usize::MAX);
+    src.fill = &[b'['; 4096];
+    let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
+    let base = reset_peak();
+    let got = poll_until_stall(conn.read(anyframe::codecs::JsonCodec::<serde_json::Value>::new()));
+    let pk = peak() - base;
+    let e = got.expect("refused at once").unwrap_err();
+    println!("json 1 MiB of '[': {e}; peak {} KiB", pk / KIB);
+    assert!(pk <= bound(0), "peak {pk} B");
+}
+
+#[test]
+fn cbor_nesting_past_the_depth_limit_fails_within_one_read() {
+    let _g = serial();
+    // A megabyte of one-element array heads: refused at depth 129.
+    let mut src = Source::new(Vec::new(), MIB, usize::MAX);
+    src.fill = &[0x81; 4096];
+    let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
+    let base = reset_peak();
+    let got = poll_until_stall(conn.read(anyframe::codecs::CborCodec::<serde_cbor::Value>::new()));
+    let pk = peak() - base;
+    let e = got.expect("refused at once").unwrap_err();
+    println!("cbor 1 MiB of 0x81: {e}; peak {} KiB", pk / KIB);
+    assert!(pk <= bound(0), "peak {pk} B");
+}
+
+// ----- lines without an end -----------------------------------------------------
+
+#[test]
+fn an_endless_line_under_the_discard_policy_holds_little() {
+    let _g = serial();
+    const SENT: usize = 4 * MIB;
+    let codec = anyframe::codecs::LineCodec::builder()
+        .max_length(64 * KIB)
+        .overflow(anyframe::codecs::OverflowPolicy::Discard)
+        .build()
+        .unwrap();
+    let (held, pk) = trickle(codec, Vec::new(), SENT, 16 * KIB);
+    println!(
+        "discarded line: {} KiB sent, held {} KiB, peak {} KiB",
+        SENT / KIB,
+        held / KIB,
+        pk / KIB
+    );
+    assert!(held <= bound(64 * KIB), "held {held} B");
+    assert!(pk <= bound(64 * KIB), "peak {pk} B");
+}
+
+#[test]
+fn an_endless_regex_frame_holds_at_most_its_limit() {
+    let _g = serial();
+    const SENT: usize = 4 * MIB;
+    let codec = anyframe::codecs::RegexCodec::builder(regex::bytes::Regex::new("x*y").unwrap())
+        .max_length(64 * KIB)
+        .build()
+        .unwrap();
+    let mut src = Source::new(Vec::new(), SENT, 16 * KIB);
+    src.allowance = SENT;
+    let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
+    let base = reset_peak();
+    let got = poll_until_stall(conn.read(codec));
+    let pk = peak() - base;
+    println!(
+        "endless regex frame: {:?}; peak {} KiB",
+        got.as_ref().map(|r| r.as_ref().map(|_| ())),
+        pk / KIB
+    );
+    assert!(pk <= bound(64 * KIB), "peak {pk} B");
 }
