@@ -581,3 +581,53 @@ fn an_endless_regex_frame_holds_at_most_its_limit() {
     );
     assert!(pk <= bound(64 * KIB), "peak {pk} B");
 }
+
+// ----- what stays once a large frame is taken ---------------------------------
+
+/// A large frame read, the buffer left empty and no read queued (the
+/// application busy with the frame, then done with it): the connection
+/// keeps nothing of the frame's buffer.
+#[test]
+fn an_emptied_read_buffer_does_not_pin_a_dropped_frame() {
+    let _g = serial();
+    const LEN: usize = 8 * MIB;
+    let src = Source::new(Vec::new(), LEN, usize::MAX);
+    let base = heap();
+    let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
+    let frame = poll_until_stall(conn.read(ChunkCodec::new(LEN)))
+        .expect("the whole frame is there")
+        .unwrap();
+    assert_eq!(frame.len(), LEN);
+    drop(frame);
+    let kept = heap() - base;
+    println!(
+        "after an 8 MiB frame, dropped: the connection keeps {} KiB",
+        kept / KIB
+    );
+    assert!(kept <= 64 * KIB, "keeps {kept} B");
+}
+
+/// The same on a spawned connection: the driver keeps nothing of a large
+/// frame's buffer once the frame is dropped, with no read queued.
+#[tokio::test]
+async fn a_spawned_connection_does_not_pin_a_dropped_frame() {
+    let _g = serial();
+    const LEN: usize = 8 * MIB;
+    let src = Source::new(Vec::new(), LEN, usize::MAX);
+    let base = heap();
+    let (handle, driver) = QueuedFramed::builder().rbuf_max(None).build(src).spawn();
+    let driver = tokio::spawn(driver);
+    let frame = handle.read(ChunkCodec::new(LEN)).await.unwrap();
+    assert_eq!(frame.len(), LEN);
+    drop(frame);
+    settle().await;
+    let kept = heap() - base;
+    println!(
+        "spawned, after an 8 MiB frame, dropped: keeps {} KiB",
+        kept / KIB
+    );
+    handle.destroy();
+    drop(handle);
+    let _ = driver.await;
+    assert!(kept <= 64 * KIB, "keeps {kept} B");
+}

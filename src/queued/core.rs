@@ -218,7 +218,8 @@ impl FlushMark {
 }
 
 /// A read buffer up to this size is kept while waiting, whatever it holds
-/// (see [`Core::shrink_read_buffer`]).
+/// (see [`Core::shrink_read_buffer`]), and once a frame has emptied it
+/// (see [`Core::note_step`]).
 const READ_KEEP: usize = 256 * 1024;
 
 /// Why [`Core::poll_fill`] stopped without input.
@@ -527,11 +528,20 @@ impl Core {
     /// step that took bytes ends the begun frame: one that took none (a
     /// zero-length chunk of another read, an error on bytes left in
     /// place) leaves it begun.
+    ///
+    /// A step that emptied a read buffer grown past [`READ_KEEP`] lets the
+    /// buffer go: its frames hold what they need of it, and a connection
+    /// that queues no further read (so never waits in a read, where an
+    /// empty buffer is let go as well) keeps nothing of a large frame once
+    /// the application drops it.
     fn note_step(&mut self, before: usize, ended: bool) {
         let took = self.rbuf.len() < before;
         if took {
             self.taken = self.taken.wrapping_add(1);
             self.partial = !ended;
+            if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEEP {
+                self.rbuf = BytesMut::new();
+            }
         }
     }
 
