@@ -631,3 +631,107 @@ async fn a_spawned_connection_does_not_pin_a_dropped_frame() {
     let _ = driver.await;
     assert!(kept <= 64 * KIB, "keeps {kept} B");
 }
+
+// ----- output: one large encoded item -----------------------------------------
+
+/// A transport whose peer reads nothing: every write waits.
+struct Stalled;
+
+impl AsyncRead for Stalled {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Stalled {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Pending
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+fn queued_item_cost<E, I>(what: &str, encoder: E, item: I) -> (usize, usize)
+where
+    E: tokio_util::codec::Encoder<I>,
+    E::Error: Into<anyframe::Error>,
+{
+    let mut conn = QueuedFramed::new(Stalled);
+    // A small item first: the tail is in use, as between answers.
+    conn.push_bytes(&b"hello\n"[..]).unwrap();
+    let base = reset_peak();
+    conn.push_write(encoder, item).unwrap();
+    let held = heap() - base;
+    let pk = peak() - base;
+    let queued = conn.write_buffered();
+    println!(
+        "{what}: {} KiB queued, heap {} KiB ({:.2}x), peak {} KiB ({:.2}x)",
+        queued / KIB,
+        held / KIB,
+        ratio(held, queued),
+        pk / KIB,
+        ratio(pk, queued)
+    );
+    (held, pk)
+}
+
+#[test]
+fn a_large_json_item_queued_holds_near_its_size() {
+    let _g = serial();
+    let value = serde_json::Value::String("z".repeat(6 * MIB));
+    let codec = anyframe::codecs::JsonCodec::<serde_json::Value>::new();
+    let (held, pk) = queued_item_cost("json 6 MiB", codec, &value);
+    let queued = 6 * MIB + 2;
+    assert!(
+        held as f64 <= 1.3 * queued as f64,
+        "holds {held} B for {queued} B"
+    );
+    assert!(
+        pk as f64 <= 1.3 * queued as f64,
+        "peak {pk} B for {queued} B"
+    );
+}
+
+#[test]
+fn a_large_cbor_item_queued_holds_near_its_size() {
+    let _g = serial();
+    let value = serde_cbor::Value::Bytes(vec![7; 6 * MIB]);
+    let codec = anyframe::codecs::CborCodec::<serde_cbor::Value>::new();
+    let (held, pk) = queued_item_cost("cbor 6 MiB", codec, &value);
+    let queued = 6 * MIB + 5;
+    assert!(
+        held as f64 <= 1.3 * queued as f64,
+        "holds {held} B for {queued} B"
+    );
+    assert!(
+        pk as f64 <= 1.3 * queued as f64,
+        "peak {pk} B for {queued} B"
+    );
+}
+
+#[test]
+fn a_large_cbor_array_queued_holds_near_its_size() {
+    let _g = serial();
+    // 360,000 small items (just over 1 MiB), written one at a time by the
+    // serializer.
+    let value = serde_cbor::Value::Array(vec![serde_cbor::Value::Integer(1000); 360_000]);
+    let codec = anyframe::codecs::CborCodec::<serde_cbor::Value>::new();
+    let (held, pk) = queued_item_cost("cbor array", codec, &value);
+    let queued = 5 + 3 * 360_000;
+    assert!(
+        held as f64 <= 1.3 * queued as f64,
+        "holds {held} B for {queued} B"
+    );
+    assert!(
+        pk as f64 <= 1.3 * queued as f64,
+        "peak {pk} B for {queued} B"
+    );
+}

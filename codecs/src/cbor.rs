@@ -561,9 +561,10 @@ fn write_item<S: Serialize + ?Sized>(value: &S, dst: &mut BytesMut) -> Result<()
 /// providing these two functions. The scanner already guarantees that
 /// `decode` sees exactly one well-formed item.
 mod backend {
-    use bytes::{BufMut, BytesMut};
+    use bytes::BytesMut;
 
     use crate::floats::{Floats, PlainNan};
+    use crate::grow::GrowWriter;
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
@@ -580,7 +581,7 @@ mod backend {
         value: &S,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
-        let mut ser = serde_cbor::Serializer::new(serde_cbor::ser::IoWrite::new(dst.writer()));
+        let mut ser = serde_cbor::Serializer::new(serde_cbor::ser::IoWrite::new(GrowWriter(dst)));
         value.serialize(Floats::<_, PlainNan>::new(&mut ser))
     }
 }

@@ -11,13 +11,14 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
 use crate::floats::{Finite, Floats};
+use crate::grow::GrowWriter;
 use crate::scan::Scan;
 use crate::scan::json::{JsonLimits, JsonScanner, is_whitespace, leading_whitespace};
 
@@ -299,6 +300,9 @@ impl<T> JsonCodecBuilder<T> {
 /// take divided by 100: 640 KiB keeps every `Value` under 64 MiB. Typed
 /// structs are bounded by their shape and usually far smaller;
 /// [`RawJsonCodec`] holds exactly the text.
+///
+/// Written, a large value grows the output buffer by an eighth of what it
+/// holds at a time, not by doubling it: it takes about 1.125 times its text.
 ///
 /// # Floats
 ///
@@ -1073,7 +1077,7 @@ fn write_text<S: Serialize + ?Sized>(
     dst: &mut BytesMut,
 ) -> Result<(), Error> {
     let start = dst.len();
-    let mut ser = serde_json::Serializer::new(BufMut::writer(&mut *dst));
+    let mut ser = serde_json::Serializer::new(GrowWriter(&mut *dst));
     if let Err(e) = value.serialize(Floats::<_, Finite>::new(&mut ser)) {
         dst.truncate(start);
         return Err(Error::invalid_input(CODEC, "value cannot be written as JSON").with_source(e));

@@ -127,6 +127,8 @@ pub use serde_cbor::Value as CborValue;
 pub use serde_json::Value as JsonValue;
 #[cfg(any(feature = "json", feature = "cbor"))]
 mod floats;
+#[cfg(any(feature = "json", feature = "cbor"))]
+mod grow;
 #[cfg(feature = "json")]
 mod json;
 #[cfg(any(feature = "json", feature = "cbor"))]
