@@ -735,3 +735,40 @@ fn a_large_cbor_array_queued_holds_near_its_size() {
         "peak {pk} B for {queued} B"
     );
 }
+
+/// Whitespace before a text stays in the buffer (nothing is consumed
+/// before a frame is complete) and counts against the size limit.
+#[test]
+fn json_endless_whitespace_is_bounded_by_the_size_limit() {
+    let _g = serial();
+    const MAX: usize = MIB;
+    let mut src = Source::new(Vec::new(), usize::MAX, 16 * KIB);
+    src.fill = &[b' '; 4096];
+    src.allowance = 2 * MAX;
+    let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
+    let codec = anyframe::codecs::JsonCodec::<serde_json::Value>::builder()
+        .max_size(MAX)
+        .build();
+    let base = reset_peak();
+    let got = poll_until_stall(conn.read(codec));
+    let pk = peak() - base;
+    println!("json whitespace: {got:?}; peak {} KiB", pk / KIB);
+    assert!(matches!(got, Some(Err(_))), "refused past the size limit");
+    assert!(pk <= bound(MAX), "peak {pk} B");
+}
+
+#[test]
+fn cbor_endless_tags_are_refused_early() {
+    let _g = serial();
+    // Tag heads nest like containers: a megabyte of them is refused at
+    // the depth limit, not kept.
+    let mut src = Source::new(Vec::new(), MIB, 16 * KIB);
+    src.fill = &[0xc1; 4096];
+    let mut conn = QueuedFramed::builder().rbuf_max(None).build(src);
+    let base = reset_peak();
+    let got = poll_until_stall(conn.read(anyframe::codecs::CborCodec::<serde_cbor::Value>::new()));
+    let pk = peak() - base;
+    println!("cbor tags: {got:?}; peak {} KiB", pk / KIB);
+    assert!(matches!(got, Some(Err(_))));
+    assert!(pk <= bound(0), "peak {pk} B");
+}
