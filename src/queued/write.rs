@@ -27,6 +27,11 @@ const TAIL_FRESH: usize = 64 * 1024;
 /// (a burst's memory is not kept by an idle connection).
 const TAIL_KEEP: usize = 16 * 1024;
 
+/// A chain that grew room for more buffers than this is given back once
+/// the queue is empty (its handles take 32 bytes each: a burst of small
+/// buffers would otherwise leave a large empty ring for good).
+const CHAIN_KEEP: usize = MAX_IOVS;
+
 /// At most this many buffers go into one vectored write. Linux takes up to
 /// 1024 (IOV_MAX); 64 already amortises the syscall and keeps the slice
 /// array on the stack.
@@ -202,10 +207,19 @@ impl WriteQueue {
 
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
-        if self.len == 0 && self.tail.capacity() > TAIL_KEEP {
-            // Everything went: a burst's buffers are not kept.
-            self.chain.clear();
-            self.tail = BytesMut::new();
+        if self.len == 0 {
+            // Everything went: a burst's buffers, and the room the chain
+            // grew to hold their handles, are not kept.
+            if self.chain.capacity() > CHAIN_KEEP {
+                self.chain = VecDeque::new();
+            } else {
+                self.chain.clear();
+            }
+            if self.tail.capacity() > TAIL_KEEP {
+                self.tail = BytesMut::new();
+            } else {
+                self.tail.clear();
+            }
             if let Some(m) = &mut self.marker {
                 *m = 0;
             }
