@@ -238,7 +238,7 @@ where
             Poll::Ready(Err(e)) => panic!("{e}"),
             Poll::Pending => {}
         }
-        heap() - base
+        heap().saturating_sub(base)
     };
     let pk = peak() - base;
     assert_eq!(conn.get_ref().allowance, 0, "everything sent was read");
@@ -356,7 +356,7 @@ fn json_deep_nesting_trickled_holds_only_what_arrives() {
         poll_until_stall(conn.read(anyframe::codecs::JsonCodec::<serde_json::Value>::new()))
             .is_none()
     );
-    let held = heap() - base;
+    let held = heap().saturating_sub(base);
     let pk = peak() - base;
     check_trickle("json nesting", held, pk, SENT);
 }
@@ -389,7 +389,7 @@ fn cbor_huge_array_count_trickled_holds_only_what_arrives() {
     let base = reset_peak();
     let got = poll_until_stall(conn.read(codec));
     assert!(got.is_none(), "{got:?}");
-    let held = heap() - base;
+    let held = heap().saturating_sub(base);
     let pk = peak() - base;
     check_trickle("cbor array", held, pk, SENT);
 }
@@ -456,7 +456,7 @@ async fn slow_clients(n: usize, partial: usize) -> f64 {
         c.write_all(&line).await.unwrap();
     }
     settle().await;
-    let per_conn = (heap() - base) as f64 / n as f64;
+    let per_conn = (heap().saturating_sub(base)) as f64 / n as f64;
     for c in &mut clients {
         c.write_all(b"\n").await.unwrap();
     }
@@ -508,7 +508,7 @@ fn serve_after_a_burst_keeps_little() {
                 .into_future(),
             );
             settle().await;
-            kept.push(heap() - base);
+            kept.push(heap().saturating_sub(base));
             server.abort();
             let _ = server.await;
         }
@@ -615,7 +615,7 @@ fn an_emptied_read_buffer_does_not_pin_a_dropped_frame() {
         .unwrap();
     assert_eq!(frame.len(), LEN);
     drop(frame);
-    let kept = heap() - base;
+    let kept = heap().saturating_sub(base);
     println!(
         "after an 8 MiB frame, dropped: the connection keeps {} KiB",
         kept / KIB
@@ -638,7 +638,7 @@ fn a_spawned_connection_does_not_pin_a_dropped_frame() {
         assert_eq!(frame.len(), LEN);
         drop(frame);
         settle().await;
-        let kept = heap() - base;
+        let kept = heap().saturating_sub(base);
         println!(
             "spawned, after an 8 MiB frame, dropped: keeps {} KiB",
             kept / KIB
@@ -687,7 +687,7 @@ where
     conn.push_bytes(&b"hello\n"[..]).unwrap();
     let base = reset_peak();
     conn.push_write(encoder, item).unwrap();
-    let held = heap() - base;
+    let held = heap().saturating_sub(base);
     let pk = peak() - base;
     let queued = conn.write_buffered();
     println!(
@@ -852,7 +852,7 @@ fn a_drained_burst_of_chained_buffers_leaves_nothing_behind() {
     let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let base = heap();
     let mut conn = QueuedFramed::new(Gate { open: open.clone() });
-    let idle = heap() - base;
+    let idle = heap().saturating_sub(base);
     for _ in 0..PIECES {
         // Each a buffer of its own, as answers split off reads are.
         conn.push_bytes(piece.slice(..)).unwrap();
@@ -872,7 +872,7 @@ fn a_drained_burst_of_chained_buffers_leaves_nothing_behind() {
         done.expect("written").unwrap();
     }
     assert_eq!(conn.write_buffered(), 0);
-    let kept = heap() - base;
+    let kept = heap().saturating_sub(base);
     drop(piece);
     println!("after {PIECES} chained buffers drained: idle {idle} B, keeps {kept} B");
     assert!(kept <= idle + 16 * KIB, "keeps {kept} B (idle: {idle} B)");
