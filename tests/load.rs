@@ -536,7 +536,7 @@ async fn connections_holding_a_60k_partial_frame_cost_little_more_than_it() {
         buffered_reaches(h, LEN).await;
     }
     settle().await;
-    let per_conn = (heap() - base) as f64 / N as f64;
+    let per_conn = (heap().saturating_sub(base)) as f64 / N as f64;
     // The largest read a 60 KiB frame grows the read size to.
     let read = 64.0 * 1024.0;
     let bound = 1.3 * (LEN as f64 + read);

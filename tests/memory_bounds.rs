@@ -62,7 +62,7 @@ where
     tokio::task::yield_now().await;
     let base = reset_peak();
     let frame = conn.read(decoder).await.unwrap();
-    let held = heap() - base;
+    let held = heap().saturating_sub(base);
     let pk = peak() - base;
     println!(
         "{what}: held {} KiB, peak {} KiB, ratio {:.2}",
@@ -160,7 +160,7 @@ async fn read_buffer_gives_back_burst_capacity_behind_a_partial_frame() {
     let pending = handle.push_read(ChunkCodec::new(10));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let buffered = handle.with_read_buffer(|b| b.len());
-    let retained = heap() - base;
+    let retained = heap().saturating_sub(base);
     let bound = (1.3 * (buffered + anyframe::DEFAULT_MAX_READ_SIZE) as f64) as usize + 64 * KIB;
     println!(
         "idle after 8 MiB frame: buffered {buffered} B, heap kept {} KiB (bound {} KiB)",
@@ -221,7 +221,7 @@ async fn into_parts_of_a_big_tail_output_stays_near_what_is_held() {
         conn.push_bytes(item.clone()).unwrap();
         queued += 1000;
     }
-    let held = heap() - base;
+    let held = heap().saturating_sub(base);
     let push_peak = peak() - base;
     let base2 = reset_peak();
     let parts = conn.into_parts();
@@ -258,7 +258,7 @@ async fn small_pushes_keep_the_tail_near_what_is_held() {
         conn.push_bytes(item.clone()).unwrap();
         queued += 100;
     }
-    let held = heap() - base;
+    let held = heap().saturating_sub(base);
     let pk = peak() - base;
     println!(
         "small pushes: queued {queued} B, heap {} KiB ({:.2}x), peak {:.2}x",
@@ -557,11 +557,11 @@ fn inbox_burst_goes_into_the_queue_without_a_copy() {
         handle.push_bytes(item.clone()).unwrap();
         queued += 100;
     }
-    let in_inbox = heap() - base;
+    let in_inbox = heap().saturating_sub(base);
     barrier.wait();
     holder.join().unwrap();
     let total = handle.write_buffered(); // locks: the inbox moves in
-    let after = heap() - base;
+    let after = heap().saturating_sub(base);
     let pk = peak() - base;
     println!(
         "inbox: queued {queued} B, heap with it in the inbox {} KiB ({:.2}x); after the move {} KiB ({:.2}x); peak {} KiB ({:.2}x)",
