@@ -130,6 +130,18 @@ fn bound(held: usize) -> usize {
     (1.3 * (held + anyframe::DEFAULT_MAX_READ_SIZE) as f64) as usize + 64 * KIB
 }
 
+/// Prints `what`'s peak for a frame of `len` bytes and checks it against
+/// the memory rule's [`bound`].
+fn check_peak(what: &str, pk: usize, len: usize) {
+    println!("{what}: peak {} KiB ({:.2}x)", pk / KIB, ratio(pk, len));
+    assert!(
+        pk <= bound(len),
+        "{what}: peak {pk} over {} ({:.2}x)",
+        bound(len),
+        ratio(pk, len)
+    );
+}
+
 /// Reads one frame of `len` payload bytes after `head` from a peer that
 /// keeps the socket full; returns the peak heap over the read.
 fn full_socket_peak<D>(decoder: D, head: Vec<u8>, len: usize) -> usize
@@ -155,17 +167,7 @@ fn chunk_from_a_full_socket_peaks_near_what_it_holds() {
     let _g = serial();
     const LEN: usize = 8 * MIB;
     let pk = full_socket_peak(ChunkCodec::new(LEN), Vec::new(), LEN);
-    println!(
-        "chunk 8 MiB, full socket: peak {} KiB ({:.2}x)",
-        pk / KIB,
-        ratio(pk, LEN)
-    );
-    assert!(
-        pk <= bound(LEN),
-        "peak {pk} over {} ({:.2}x)",
-        bound(LEN),
-        ratio(pk, LEN)
-    );
+    check_peak("chunk 8 MiB, full socket", pk, LEN);
 }
 
 #[test]
@@ -175,17 +177,7 @@ fn packstring_from_a_full_socket_peaks_near_what_it_holds() {
     let codec = PackstringCodec::new(PackFormat::U32Be);
     let head = (LEN as u32).to_be_bytes().to_vec();
     let pk = full_socket_peak(codec, head, LEN);
-    println!(
-        "packstring 8 MiB, full socket: peak {} KiB ({:.2}x)",
-        pk / KIB,
-        ratio(pk, LEN)
-    );
-    assert!(
-        pk <= bound(LEN),
-        "peak {pk} over {} ({:.2}x)",
-        bound(LEN),
-        ratio(pk, LEN)
-    );
+    check_peak("packstring 8 MiB, full socket", pk, LEN);
 }
 
 #[test]
@@ -201,17 +193,7 @@ fn netstring_from_a_full_socket_peaks_near_what_it_holds() {
     let got = poll_until_stall(conn.read(codec));
     assert!(got.is_none(), "the comma never comes");
     let pk = peak() - base;
-    println!(
-        "netstring 8 MiB, full socket: peak {} KiB ({:.2}x)",
-        pk / KIB,
-        ratio(pk, LEN)
-    );
-    assert!(
-        pk <= bound(LEN),
-        "peak {pk} over {} ({:.2}x)",
-        bound(LEN),
-        ratio(pk, LEN)
-    );
+    check_peak("netstring 8 MiB, full socket", pk, LEN);
 }
 
 // ----- a large declared length, then a trickle --------------------------------

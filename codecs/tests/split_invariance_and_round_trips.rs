@@ -3,6 +3,8 @@
 //! NDJSON framing, small limits), limits at exactly the bound and one past,
 //! and encode-then-decode round trips for every codec and format.
 
+mod support;
+
 use std::fmt::Debug;
 
 use anyframe_codecs::{
@@ -12,6 +14,7 @@ use anyframe_codecs::{
 };
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use support::split_at_sizes;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// One observable event: a frame (Debug form) and the bytes consumed so
@@ -28,7 +31,9 @@ enum Ev {
 /// Feeds `chunks`, decoding after each until the decoder waits. A
 /// non-fatal error that consumed bytes is recorded and decoding goes on; a
 /// fatal one, or one that consumed nothing, ends the run. Then
-/// `decode_eof` until it is done.
+/// `decode_eof` until it is done. (As `codec_fidelity.rs`'s runner, but
+/// recording each error's limit flag and offset too: here runs are only
+/// compared with each other, never with a model that cannot know them.)
 fn run<D>(mut dec: D, chunks: &[&[u8]]) -> Vec<Ev>
 where
     D: Decoder<Error = Error>,
@@ -86,19 +91,6 @@ where
         }
     }
     evs
-}
-
-fn split_at_sizes<'a>(input: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut i = 0;
-    while !rest.is_empty() {
-        let n = sizes[i % sizes.len()].min(rest.len()).max(1);
-        out.push(&rest[..n]);
-        rest = &rest[n..];
-        i += 1;
-    }
-    out
 }
 
 /// Whole vs a byte at a time vs the given sizes.
