@@ -659,7 +659,10 @@ impl AsyncWrite for Stalled {
     }
 }
 
-fn queued_item_cost<E, I>(what: &str, encoder: E, item: I) -> (usize, usize)
+/// Queues one large item behind a peer that reads nothing and checks that
+/// the heap it holds, and the peak while it was encoded, stay within 1.3
+/// times the `queued` bytes it encodes to.
+fn assert_queued_item_near_its_size<E, I>(what: &str, encoder: E, item: I, queued: usize)
 where
     E: tokio_util::codec::Encoder<I>,
     E::Error: Into<anyframe::Error>,
@@ -671,7 +674,7 @@ where
     conn.push_write(encoder, item).unwrap();
     let held = heap().saturating_sub(base);
     let pk = peak() - base;
-    let queued = conn.write_buffered();
+    assert_eq!(conn.write_buffered(), queued + 6, "{what}: bytes queued");
     println!(
         "{what}: {} KiB queued, heap {} KiB ({:.2}x), peak {} KiB ({:.2}x)",
         queued / KIB,
@@ -680,7 +683,14 @@ where
         pk / KIB,
         ratio(pk, queued)
     );
-    (held, pk)
+    assert!(
+        held as f64 <= 1.3 * queued as f64,
+        "{what}: holds {held} B for {queued} B"
+    );
+    assert!(
+        pk as f64 <= 1.3 * queued as f64,
+        "{what}: peak {pk} B for {queued} B"
+    );
 }
 
 #[test]
@@ -688,16 +698,7 @@ fn a_large_json_item_queued_holds_near_its_size() {
     let _g = serial();
     let value = serde_json::Value::String("z".repeat(6 * MIB));
     let codec = anyframe::codecs::JsonCodec::<serde_json::Value>::new();
-    let (held, pk) = queued_item_cost("json 6 MiB", codec, &value);
-    let queued = 6 * MIB + 2;
-    assert!(
-        held as f64 <= 1.3 * queued as f64,
-        "holds {held} B for {queued} B"
-    );
-    assert!(
-        pk as f64 <= 1.3 * queued as f64,
-        "peak {pk} B for {queued} B"
-    );
+    assert_queued_item_near_its_size("json 6 MiB", codec, &value, 6 * MIB + 2);
 }
 
 #[test]
@@ -705,16 +706,7 @@ fn a_large_cbor_item_queued_holds_near_its_size() {
     let _g = serial();
     let value = serde_cbor::Value::Bytes(vec![7; 6 * MIB]);
     let codec = anyframe::codecs::CborCodec::<serde_cbor::Value>::new();
-    let (held, pk) = queued_item_cost("cbor 6 MiB", codec, &value);
-    let queued = 6 * MIB + 5;
-    assert!(
-        held as f64 <= 1.3 * queued as f64,
-        "holds {held} B for {queued} B"
-    );
-    assert!(
-        pk as f64 <= 1.3 * queued as f64,
-        "peak {pk} B for {queued} B"
-    );
+    assert_queued_item_near_its_size("cbor 6 MiB", codec, &value, 6 * MIB + 5);
 }
 
 #[test]
@@ -724,16 +716,7 @@ fn a_large_cbor_array_queued_holds_near_its_size() {
     // serializer.
     let value = serde_cbor::Value::Array(vec![serde_cbor::Value::Integer(1000); 360_000]);
     let codec = anyframe::codecs::CborCodec::<serde_cbor::Value>::new();
-    let (held, pk) = queued_item_cost("cbor array", codec, &value);
-    let queued = 5 + 3 * 360_000;
-    assert!(
-        held as f64 <= 1.3 * queued as f64,
-        "holds {held} B for {queued} B"
-    );
-    assert!(
-        pk as f64 <= 1.3 * queued as f64,
-        "peak {pk} B for {queued} B"
-    );
+    assert_queued_item_near_its_size("cbor array", codec, &value, 5 + 3 * 360_000);
 }
 
 /// Whitespace before a text stays in the buffer (nothing is consumed
