@@ -9,8 +9,8 @@ use std::fmt::Debug;
 
 use anyframe_codecs::{
     CborCodec, CborValue, Error, ErrorKind, JsonCodec, JsonSeparator, JsonValue, Line,
-    LineBatchCodec, LineCodec, NetstringCodec, OverflowPolicy, PackFormat, PackstringCodec,
-    RawCborCodec, RawJsonCodec, TlsDetect, TlsDetectCodec,
+    LineBatchCodec, LineCodec, LineCodecBuilder, NetstringCodec, OverflowPolicy, PackFormat,
+    PackstringCodec, RawCborCodec, RawJsonCodec, TlsDetect, TlsDetectCodec,
 };
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -93,6 +93,22 @@ where
     evs
 }
 
+/// A line codec builder with `max` as its limit (none if `None`), the
+/// discard policy if `discard`, and `eol` as its end of line if given.
+fn line_builder(max: Option<usize>, discard: bool, eol: Option<&[u8]>) -> LineCodecBuilder {
+    let mut b = LineCodec::builder();
+    if let Some(max) = max {
+        b.max_length(max);
+    }
+    if discard {
+        b.overflow(OverflowPolicy::Discard);
+    }
+    if let Some(e) = eol {
+        b.eol(e);
+    }
+    b
+}
+
 /// Whole vs a byte at a time vs the given sizes.
 fn check<D, F>(make: F, input: &[u8], sizes: &[usize]) -> Result<(), TestCaseError>
 where
@@ -154,23 +170,9 @@ proptest! {
         eol in prop::sample::select(vec![None, Some(&b"\r\n"[..]), Some(&b"<END>"[..]), Some(&b"\n\n"[..])]),
         sz in sizes(),
     ) {
-        let make = || {
-            let mut b = LineCodec::builder();
-            b.max_length(max).overflow(OverflowPolicy::Discard);
-            if let Some(e) = eol {
-                b.eol(e);
-            }
-            b.build().unwrap()
-        };
+        let make = || line_builder(Some(max), true, eol).build().unwrap();
         check(make, &input, &sz)?;
-        let make_utf8 = || {
-            let mut b = LineCodec::builder();
-            b.max_length(max).overflow(OverflowPolicy::Discard);
-            if let Some(e) = eol {
-                b.eol(e);
-            }
-            b.build_utf8().unwrap()
-        };
+        let make_utf8 = || line_builder(Some(max), true, eol).build_utf8().unwrap();
         check(make_utf8, &input, &sz)?;
     }
 
@@ -181,14 +183,7 @@ proptest! {
         eol in prop::sample::select(vec![None, Some(&b"\r\n"[..]), Some(&b"<END>"[..]), Some(&b"\n\n"[..])]),
         sz in sizes(),
     ) {
-        let make = || {
-            let mut b = LineCodec::builder();
-            b.max_length(max);
-            if let Some(e) = eol {
-                b.eol(e);
-            }
-            b.build().unwrap()
-        };
+        let make = || line_builder(Some(max), false, eol).build().unwrap();
         check(make, &input, &sz)?;
     }
 
@@ -424,13 +419,7 @@ proptest! {
         eol in prop::sample::select(vec![None, Some(&b"\r\n"[..]), Some(&b"<END>"[..]), Some(&b"\n\n"[..]), Some(&b"\r"[..])]),
         sz in sizes(),
     ) {
-        let build = || {
-            let mut b = LineCodec::builder();
-            if let Some(e) = eol {
-                b.eol(e);
-            }
-            b.build().unwrap()
-        };
+        let build = || line_builder(None, false, eol).build().unwrap();
         let mut enc = build();
         let mut wire = BytesMut::new();
         let mut sent = Vec::new();
