@@ -78,6 +78,18 @@ struct Inbox {
     /// check ([`Shared::post_checked`]): the engine checks it against
     /// `wbuf_max` when it takes it in.
     unchecked: bool,
+    /// Timers marked active while the engine was busy
+    /// ([`Handle::timeout_reset`]), one bit each ([`reset_bit`]).
+    resets: u8,
+}
+
+/// A timer's bit in [`Inbox::resets`].
+fn reset_bit(which: Timeout) -> u8 {
+    match which {
+        Timeout::Idle => 1,
+        Timeout::Read => 2,
+        Timeout::Write => 4,
+    }
 }
 
 /// What the inbox keeps of its buffers' capacity once emptied (bytes of
@@ -86,7 +98,7 @@ pub(crate) const INBOX_KEEP: usize = 16 * 1024;
 
 impl Inbox {
     fn is_empty(&self) -> bool {
-        self.out.is_empty() && self.reads.is_empty()
+        self.out.is_empty() && self.reads.is_empty() && self.resets == 0
     }
 
     /// Once emptied: frees buffers a burst grew past [`INBOX_KEEP`], so an
@@ -278,7 +290,14 @@ impl Locked<'_> {
             out,
             reads,
             unchecked,
+            resets,
         } = &mut *inbox;
+        for which in [Timeout::Idle, Timeout::Read, Timeout::Write] {
+            if *resets & reset_bit(which) != 0 {
+                self.guard.timeout_reset(which);
+            }
+        }
+        *resets = 0;
         self.guard
             .accept_posted(out, reads, std::mem::take(unchecked));
         inbox.release_burst();
@@ -382,7 +401,10 @@ impl Shared {
             out,
             reads,
             unchecked,
+            resets,
         } = &mut *inbox;
+        // Timer marks are moot on a closing engine.
+        *resets = 0;
         core.accept_posted(out, reads, std::mem::take(unchecked));
         self.published.reads.store(false, Ordering::Release);
         self.published.writes.store(false, Ordering::Release);
@@ -726,6 +748,20 @@ impl Shared {
         inbox.out.extend_from_slice(&bytes);
         self.posted(inbox, was_empty);
         Ok(())
+    }
+
+    /// [`Handle::timeout_reset`] while the engine is busy.
+    fn post_timeout_reset(&self, which: Timeout) {
+        let Some(mut inbox) = self.inbox(false) else {
+            if self.refusal_without_waiting(false).is_some() {
+                // Closed: its timers no longer run.
+                return;
+            }
+            return self.lock().timeout_reset(which);
+        };
+        let was_empty = inbox.is_empty();
+        inbox.resets |= reset_bit(which);
+        self.posted(inbox, was_empty);
     }
 
     /// Queues a read at the back while the engine is busy.
@@ -1679,8 +1715,15 @@ impl Handle {
     }
 
     /// Marks activity now for `which` timer (AE's `*timeout_reset`).
+    ///
+    /// It never waits for a busy engine (RQ-7): the mark is then posted,
+    /// as a write would be, and made when the engine is next taken, a
+    /// moment later, before the work posted after it.
     pub fn timeout_reset(&self, which: Timeout) {
-        self.lock().timeout_reset(which);
+        match self.shared.try_lock() {
+            Some(mut core) => core.timeout_reset(which),
+            None => self.shared.post_timeout_reset(which),
+        }
     }
 
     /// Runs `hook` inside the engine whenever a timer expires, instead of
