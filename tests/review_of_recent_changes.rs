@@ -380,3 +380,126 @@ async fn timeout_reset_while_the_engine_is_busy_is_not_lost() {
         "the read timed out {took:?} after the input, despite the mark"
     );
 }
+
+#[cfg(any(feature = "tls", feature = "rustls"))]
+#[path = "support/pki.rs"]
+mod pki;
+
+/// `into_parts` after stoptls on both backends, with much of the peer's
+/// TLS stream arrived and unread.
+#[cfg(any(feature = "tls", feature = "rustls"))]
+mod after_stoptls {
+    use super::pki;
+    use std::time::Duration;
+
+    use anyframe::QueuedFramed;
+    use anyframe::tls::TlsBackend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    async fn bounded<F: std::future::Future>(ms: u64, f: F) -> Option<F::Output> {
+        tokio::time::timeout(Duration::from_millis(ms), f)
+            .await
+            .ok()
+    }
+
+    /// A client and a server of backend `b` over a roomy pipe, handshaken.
+    async fn pair(b: TlsBackend) -> (QueuedFramed<DuplexStream>, QueuedFramed<DuplexStream>) {
+        let (c, s) = tokio::io::duplex(4 << 20);
+        let mut client = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
+        let mut server = QueuedFramed::builder().tls(pki::localhost_on(b)).build(s);
+        let (x, y) = bounded(5000, async { tokio::join!(client.flush(), server.flush()) })
+            .await
+            .expect("handshake");
+        x.unwrap();
+        y.unwrap();
+        (client, server)
+    }
+
+    /// Many records of the peer's data (over many of `into_parts`' reads),
+    /// its close_notify and plaintext behind it, all arrived: the data
+    /// comes back decrypted, whole and in order, then the plaintext.
+    #[tokio::test]
+    async fn many_records_before_the_peers_close_notify_come_back_whole_and_in_order() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut failed = Vec::new();
+        for &b in pki::BACKENDS {
+            let (mut client, mut server) = pair(b).await;
+            for piece in data.chunks(10_000) {
+                server.push_bytes(piece.to_vec()).unwrap();
+            }
+            let ok = bounded(5000, async {
+                let (x, y) = tokio::join!(client.stoptls(), server.stoptls());
+                x.unwrap();
+                y.unwrap();
+            })
+            .await;
+            assert!(ok.is_some(), "{b:?}: stoptls");
+            let mut sraw = server.into_parts().io;
+            sraw.write_all(b"plain\n").await.unwrap();
+            let parts = client.into_parts();
+            let mut got = parts.read_buf.to_vec();
+            let mut craw = parts.io;
+            let _ = bounded(500, async {
+                while !got.ends_with(b"plain\n") {
+                    let mut buf = [0u8; 4096];
+                    let n = craw.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+            })
+            .await;
+            let mut want = data.clone();
+            want.extend_from_slice(b"plain\n");
+            if got != want {
+                let at = got.iter().zip(&want).position(|(x, y)| x != y);
+                failed.push(format!(
+                    "{b:?}: {} bytes for {}, first difference at {at:?}",
+                    got.len(),
+                    want.len()
+                ));
+            }
+        }
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    /// More of the peer's data than `into_parts` reads before giving up
+    /// on its close_notify: what it read comes back decrypted, and the
+    /// rest of the peer's TLS stream follows from a record boundary (in
+    /// `read_buf`, or else in the transport).
+    #[tokio::test]
+    async fn past_the_settle_cap_the_rest_of_the_tls_stream_starts_at_a_record() {
+        let data: Vec<u8> = (0..600_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut failed = Vec::new();
+        for &b in pki::BACKENDS {
+            let (mut client, mut server) = pair(b).await;
+            for piece in data.chunks(10_000) {
+                server.push_bytes(piece.to_vec()).unwrap();
+            }
+            let ok = bounded(5000, async {
+                let (x, y) = tokio::join!(client.stoptls(), server.stoptls());
+                x.unwrap();
+                y.unwrap();
+            })
+            .await;
+            assert!(ok.is_some(), "{b:?}: stoptls");
+            let parts = client.into_parts();
+            let mut got = parts.read_buf.to_vec();
+            let mut craw = parts.io;
+            let mut head = [0u8; 3];
+            if let Some(Ok(_)) = bounded(500, craw.read_exact(&mut head)).await {
+                got.extend_from_slice(&head);
+            }
+            let clear = got.iter().zip(&data).take_while(|(x, y)| x == y).count();
+            let rest = &got[clear..];
+            if !rest.is_empty() && !rest.starts_with(&[0x17, 0x03, 0x03]) {
+                failed.push(format!(
+                    "{b:?}: {clear} bytes decrypted, then {:02x?}",
+                    &rest[..rest.len().min(8)]
+                ));
+            }
+        }
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+}
