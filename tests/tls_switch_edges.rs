@@ -21,7 +21,15 @@ async fn bounded<F: std::future::Future>(ms: u64, f: F) -> Option<F::Output> {
 
 /// A client and a server of backend `b` over a duplex pipe, handshaken.
 async fn pair(b: TlsBackend) -> (QueuedFramed<DuplexStream>, QueuedFramed<DuplexStream>) {
-    let (c, s) = tokio::io::duplex(1 << 16);
+    pair_over(b, 1 << 16).await
+}
+
+/// [`pair`] over a pipe that holds `pipe` bytes each way.
+async fn pair_over(
+    b: TlsBackend,
+    pipe: usize,
+) -> (QueuedFramed<DuplexStream>, QueuedFramed<DuplexStream>) {
+    let (c, s) = tokio::io::duplex(pipe);
     let mut client = QueuedFramed::builder().tls(pki::client_on(b)).build(c);
     let mut server = QueuedFramed::builder().tls(pki::localhost_on(b)).build(s);
     let (x, y) = bounded(3000, async { tokio::join!(client.flush(), server.flush()) })
@@ -308,6 +316,96 @@ async fn the_stream_behind_a_queued_starttls_yields_decrypted_frames_only() {
             failed.push(format!("{b:?}: first {first:?}, second {second:?}"));
         }
         client.abort();
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+// ----- into_parts after stoptls, with much of the peer's stream unread -----
+
+/// Many records of the peer's data (over many of `into_parts`' reads),
+/// its close_notify and plaintext behind it, all arrived: the data
+/// comes back decrypted, whole and in order, then the plaintext.
+#[tokio::test]
+async fn many_records_before_the_peers_close_notify_come_back_whole_and_in_order() {
+    let data: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        let (mut client, mut server) = pair_over(b, 4 << 20).await;
+        for piece in data.chunks(10_000) {
+            server.push_bytes(piece.to_vec()).unwrap();
+        }
+        let ok = bounded(5000, async {
+            let (x, y) = tokio::join!(client.stoptls(), server.stoptls());
+            x.unwrap();
+            y.unwrap();
+        })
+        .await;
+        assert!(ok.is_some(), "{b:?}: stoptls");
+        let mut sraw = server.into_parts().io;
+        sraw.write_all(b"plain\n").await.unwrap();
+        let parts = client.into_parts();
+        let mut got = parts.read_buf.to_vec();
+        let mut craw = parts.io;
+        let _ = bounded(500, async {
+            while !got.ends_with(b"plain\n") {
+                let mut buf = [0u8; 4096];
+                let n = craw.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        let mut want = data.clone();
+        want.extend_from_slice(b"plain\n");
+        if got != want {
+            let at = got.iter().zip(&want).position(|(x, y)| x != y);
+            failed.push(format!(
+                "{b:?}: {} bytes for {}, first difference at {at:?}",
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// More of the peer's data than `into_parts` reads before giving up
+/// on its close_notify: what it read comes back decrypted, and the
+/// rest of the peer's TLS stream follows from a record boundary (in
+/// `read_buf`, or else in the transport).
+#[tokio::test]
+async fn past_the_settle_cap_the_rest_of_the_tls_stream_starts_at_a_record() {
+    let data: Vec<u8> = (0..600_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        let (mut client, mut server) = pair_over(b, 4 << 20).await;
+        for piece in data.chunks(10_000) {
+            server.push_bytes(piece.to_vec()).unwrap();
+        }
+        let ok = bounded(5000, async {
+            let (x, y) = tokio::join!(client.stoptls(), server.stoptls());
+            x.unwrap();
+            y.unwrap();
+        })
+        .await;
+        assert!(ok.is_some(), "{b:?}: stoptls");
+        let parts = client.into_parts();
+        let mut got = parts.read_buf.to_vec();
+        let mut craw = parts.io;
+        let mut head = [0u8; 3];
+        if let Some(Ok(_)) = bounded(500, craw.read_exact(&mut head)).await {
+            got.extend_from_slice(&head);
+        }
+        let clear = got.iter().zip(&data).take_while(|(x, y)| x == y).count();
+        let rest = &got[clear..];
+        if !rest.is_empty() && !rest.starts_with(&[0x17, 0x03, 0x03]) {
+            failed.push(format!(
+                "{b:?}: {clear} bytes decrypted, then {:02x?}",
+                &rest[..rest.len().min(8)]
+            ));
+        }
     }
     assert!(failed.is_empty(), "{failed:#?}");
 }
