@@ -322,6 +322,27 @@ async fn the_stream_behind_a_queued_starttls_yields_decrypted_frames_only() {
 
 // ----- into_parts after stoptls, with much of the peer's stream unread -----
 
+/// A handshaken pair of backend `b` over a roomy pipe whose server sent
+/// `data` in 10,000-byte writes, then both ran `stoptls`: the client has
+/// read none of it.
+async fn stopped_after_sending(
+    b: TlsBackend,
+    data: &[u8],
+) -> (QueuedFramed<DuplexStream>, QueuedFramed<DuplexStream>) {
+    let (mut client, mut server) = pair_over(b, 4 << 20).await;
+    for piece in data.chunks(10_000) {
+        server.push_bytes(piece.to_vec()).unwrap();
+    }
+    let ok = bounded(5000, async {
+        let (x, y) = tokio::join!(client.stoptls(), server.stoptls());
+        x.unwrap();
+        y.unwrap();
+    })
+    .await;
+    assert!(ok.is_some(), "{b:?}: stoptls");
+    (client, server)
+}
+
 /// Many records of the peer's data (over many of `into_parts`' reads),
 /// its close_notify and plaintext behind it, all arrived: the data
 /// comes back decrypted, whole and in order, then the plaintext.
@@ -330,17 +351,7 @@ async fn many_records_before_the_peers_close_notify_come_back_whole_and_in_order
     let data: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let mut failed = Vec::new();
     for &b in pki::BACKENDS {
-        let (mut client, mut server) = pair_over(b, 4 << 20).await;
-        for piece in data.chunks(10_000) {
-            server.push_bytes(piece.to_vec()).unwrap();
-        }
-        let ok = bounded(5000, async {
-            let (x, y) = tokio::join!(client.stoptls(), server.stoptls());
-            x.unwrap();
-            y.unwrap();
-        })
-        .await;
-        assert!(ok.is_some(), "{b:?}: stoptls");
+        let (client, server) = stopped_after_sending(b, &data).await;
         let mut sraw = server.into_parts().io;
         sraw.write_all(b"plain\n").await.unwrap();
         let parts = client.into_parts();
@@ -380,17 +391,7 @@ async fn past_the_settle_cap_the_rest_of_the_tls_stream_starts_at_a_record() {
     let data: Vec<u8> = (0..600_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let mut failed = Vec::new();
     for &b in pki::BACKENDS {
-        let (mut client, mut server) = pair_over(b, 4 << 20).await;
-        for piece in data.chunks(10_000) {
-            server.push_bytes(piece.to_vec()).unwrap();
-        }
-        let ok = bounded(5000, async {
-            let (x, y) = tokio::join!(client.stoptls(), server.stoptls());
-            x.unwrap();
-            y.unwrap();
-        })
-        .await;
-        assert!(ok.is_some(), "{b:?}: stoptls");
+        let (client, _server) = stopped_after_sending(b, &data).await;
         let parts = client.into_parts();
         let mut got = parts.read_buf.to_vec();
         let mut craw = parts.io;
