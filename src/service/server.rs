@@ -415,18 +415,18 @@ impl LoopTimers {
     fn install(self: &Arc<LoopTimers>, handle: &Handle) {
         let timers = Arc::clone(self);
         handle.on_timeout(move |which, q| {
-            let owed = timers.owed.load(Ordering::Acquire);
+            // The service at work excuses the peer's silence only while no
+            // answer waits unwritten: a peer that takes none of them stalls.
+            let working =
+                timers.owed.load(Ordering::Acquire) && q.write_buffered() == 0;
             let servers_doing = match which {
-                // The peer taking its answers, to the last byte, is busy
-                // (asked first: each read expiry starts afresh). The
-                // service at work excuses its silence only while no answer
-                // waits unwritten: one that takes none of them stalls.
+                // So does the peer taking its answers, to the last byte
+                // (asked at every read expiry: each starts afresh).
                 Timeout::Read => {
                     let wrote = q.take_wrote();
-                    (owed && q.write_buffered() == 0)
-                        || wrote.is_some_and(|ago| ago < timers.read_period)
+                    working || wrote.is_some_and(|ago| ago < timers.read_period)
                 }
-                _ => owed && q.write_buffered() == 0,
+                _ => working,
             };
             if servers_doing {
                 tracing::trace!(timeout = ?which, "server loop: timer expired while the server works");
