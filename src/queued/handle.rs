@@ -662,8 +662,15 @@ impl Shared {
         self.post_checked(buf.freeze(), read)
     }
 
-    /// [`Handle::push_write`] while the engine is busy.
-    fn post_write<E, I>(&self, mut encoder: E, item: I) -> Result<()>
+    /// [`Handle::push_write`] while the engine is busy, and the write of a
+    /// [`Handle::call_with`] with its `read` (they go in together, so no
+    /// other caller comes between them; the write's error is the read's).
+    fn post_write<E, I>(
+        &self,
+        mut encoder: E,
+        item: I,
+        read: Option<Box<dyn Request>>,
+    ) -> Result<()>
     where
         E: Encoder<I>,
         E::Error: Into<Error>,
@@ -672,12 +679,19 @@ impl Shared {
             // Refused by the inbox: the engine says why (or takes it, the
             // state having changed), before the encoder runs.
             if holds_an_engine() {
-                return self.post_checked(encode_apart(&mut encoder, item)?, None);
+                return match encode_apart(&mut encoder, item) {
+                    Ok(bytes) => self.post_checked(bytes, read),
+                    Err(e) => refused(read, e),
+                };
             }
-            return self.lock().push_encoded(encoder, item);
+            let mut core = self.lock();
+            let pushed = core.push_encoded(encoder, item);
+            return then_read(&mut core, pushed, read);
         }
-        let buf = self.encode_unlocked(&mut encoder, item)?;
-        self.post_encoded(buf, None)
+        match self.encode_unlocked(&mut encoder, item) {
+            Ok(buf) => self.post_encoded(buf, read),
+            Err(e) => refused(read, e),
+        }
     }
 
     /// Output that may not fit under `wbuf_max` (over the room published
@@ -689,10 +703,7 @@ impl Shared {
     fn post_checked(&self, bytes: Bytes, read: Option<Box<dyn Request>>) -> Result<()> {
         if holds_an_engine() {
             if let Some(e) = self.refusal_without_waiting(true) {
-                if let Some(read) = read {
-                    read.fail(e.clone());
-                }
-                return Err(e);
+                return refused(read, e);
             }
             // Open, not shut: whatever else closed the inbox to writes is
             // a seal for a moment, and these bytes are checked when taken
@@ -710,21 +721,12 @@ impl Shared {
             }
             drop(inbox);
             if let Some(e) = self.refusal_without_waiting(true) {
-                if let Some(read) = read {
-                    read.fail(e.clone());
-                }
-                return Err(e);
+                return refused(read, e);
             }
         }
         let mut core = self.lock();
         let pushed = core.push_bytes(bytes);
-        if let Some(read) = read {
-            match &pushed {
-                Ok(()) => core.enqueue_boxed(read, false),
-                Err(e) => read.fail(e.clone()),
-            }
-        }
-        pushed
+        then_read(&mut core, pushed, read)
     }
 
     /// [`Handle::push_bytes`] while the engine is busy. Small buffers are
@@ -776,36 +778,28 @@ impl Shared {
         inbox.reads.push(read);
         self.posted(inbox, was_empty);
     }
+}
 
-    /// [`Handle::call_with`] while the engine is busy: the write and the
-    /// read go in together, so no other caller comes between them.
-    fn post_call<E, I>(&self, mut encoder: E, item: I, read: Box<dyn Request>)
-    where
-        E: Encoder<I>,
-        E::Error: Into<Error>,
-    {
-        if !self.accepts_posts(true) {
-            if holds_an_engine() {
-                match encode_apart(&mut encoder, item) {
-                    Ok(bytes) => {
-                        // The error, if any, is the read's.
-                        let _ = self.post_checked(bytes, Some(read));
-                    }
-                    Err(e) => read.fail(e),
-                }
-                return;
+/// A write refused with `e`: the read of its call (if any) fails with it
+/// too.
+fn refused(read: Option<Box<dyn Request>>, e: Error) -> Result<()> {
+    if let Some(read) = read {
+        read.fail(e.clone());
+    }
+    Err(e)
+}
+
+/// After a write on the locked path: the read of its call (if any) is
+/// queued behind it, or fails with the write's error.
+fn then_read(core: &mut Core, pushed: Result<()>, read: Option<Box<dyn Request>>) -> Result<()> {
+    match pushed {
+        Ok(()) => {
+            if let Some(read) = read {
+                core.enqueue_boxed(read, false);
             }
-            let mut core = self.lock();
-            return match core.push_encoded(encoder, item) {
-                Ok(()) => core.enqueue_boxed(read, false),
-                Err(e) => read.fail(e),
-            };
+            Ok(())
         }
-        match self.encode_unlocked(&mut encoder, item) {
-            // The error, if any, is the read's.
-            Ok(buf) => drop(self.post_encoded(buf, Some(read))),
-            Err(e) => read.fail(e),
-        }
+        Err(e) => refused(read, e),
     }
 }
 
@@ -1371,13 +1365,14 @@ impl Handle {
         R: Send + 'static,
     {
         let (read, ticket) = read_request(decoder, then, OnDrop::Consume);
-        match self.shared.try_lock() {
-            Some(mut core) => match core.push_encoded(encoder, item) {
-                Ok(()) => core.enqueue_boxed(read, false),
-                Err(e) => read.fail(e),
-            },
-            None => self.shared.post_call(encoder, item, read),
-        }
+        // The write's error, if any, is the read's.
+        let _ = match self.shared.try_lock() {
+            Some(mut core) => {
+                let pushed = core.push_encoded(encoder, item);
+                then_read(&mut core, pushed, Some(read))
+            }
+            None => self.shared.post_write(encoder, item, Some(read)),
+        };
         self.queued_write();
         ticket
     }
@@ -1397,7 +1392,7 @@ impl Handle {
     {
         let queued = match self.shared.try_lock() {
             Some(mut core) => core.push_encoded(encoder, item),
-            None => self.shared.post_write(encoder, item),
+            None => self.shared.post_write(encoder, item, None),
         };
         if queued.is_ok() {
             self.queued_write();
