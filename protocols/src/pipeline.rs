@@ -25,7 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use anyframe::codecs::ChunkCodec;
 use anyframe::{Closed, Error, ErrorKind, Handle, Result, Ticket, Timeout};
@@ -35,6 +35,11 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::PollSemaphore;
 
 /// One link of a reply read as a chain of read requests.
+///
+/// Follow a chain with [`Reply`]: the reads run ahead of whoever awaits
+/// them, so a chain not followed grows by one ticket per piece read, and
+/// dropping a long one as a value drops it link by link on the stack.
+/// `Reply` takes it apart one link at a time.
 pub enum Step<T> {
     /// The reply is complete.
     Done(T),
@@ -267,6 +272,30 @@ impl<T: Send + 'static> Future for Reply<T> {
             };
             self.state = ReplyState::Finished;
             return Poll::Ready(result);
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Reply<T> {
+    /// Takes the chain of tickets apart one link at a time. A reply polled
+    /// rarely lets the chain grow by a ticket per element read (each read's
+    /// result holds the next read's ticket); dropped whole it would be
+    /// dropped by recursion, one stack frame per link, enough to overflow
+    /// a thread's stack for a large array.
+    fn drop(&mut self) {
+        let ReplyState::Waiting(mut ticket) =
+            std::mem::replace(&mut self.state, ReplyState::Finished)
+        else {
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        // Unconstrained: a task out of its cooperative budget would see
+        // every ticket as pending and drop the rest of the chain whole.
+        while let Poll::Ready(Ok(Step::More(next))) =
+            Pin::new(&mut tokio::task::unconstrained(&mut ticket)).poll(&mut cx)
+        {
+            // `ticket` is empty now: replacing it drops one link only.
+            ticket = next;
         }
     }
 }

@@ -402,3 +402,29 @@ async fn pipelined_readiness_at_the_bounds() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 }
+
+/// A reply of many elements is a chain of reads, each read's ticket
+/// holding the next one. A reply future polled rarely (or never) lets the
+/// chain grow with every element read; dropping it then must not drop the
+/// chain by recursion, which overflows the stack and aborts the process.
+/// The rest of the dropped reply is still read and dropped, so the next
+/// request gets its own answer.
+#[tokio::test]
+async fn dropping_a_reply_far_behind_its_reads_neither_overflows_nor_desyncs() {
+    let (c, mut peer) = client(Duration::ZERO);
+    let first = c.send(Cmd::new("LRANGE").arg("k").arg("0").arg("-1"));
+    take_commands(&mut peer).await;
+    let elements = 200_000;
+    peer.write_all(format!("*{}\r\n", elements + 1).as_bytes())
+        .await
+        .unwrap();
+    peer.write_all(&b":1\r\n".repeat(elements)).await.unwrap();
+    // The pipe holds 64 KiB: all but that much has been read, and the
+    // chain is nearly as long as the reply so far.
+    drop(first);
+    let second = c.send(Cmd::new("PING"));
+    take_commands(&mut peer).await;
+    peer.write_all(b":2\r\n+PONG\r\n").await.unwrap();
+    let got = tokio::time::timeout(LIMIT, second).await.expect("no hang");
+    assert_eq!(got.unwrap(), Value::Simple("PONG".into()));
+}
