@@ -34,6 +34,10 @@ use crate::pipeline::{
 /// The longest bulk string accepted (Redis's own `proto-max-bulk-len`
 /// default): a longer length is refused before any byte of it is buffered.
 pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
+/// The largest reply a [`Resp`] client reads unless told otherwise
+/// ([`Resp::max_reply_size`]): 1 GiB, counted as the bytes of the reply's
+/// strings plus `size_of::<Value>()` for each value it holds.
+pub const DEFAULT_MAX_REPLY_SIZE: usize = 1024 * 1024 * 1024;
 /// The deepest nesting of aggregates accepted.
 pub const MAX_DEPTH: usize = 64;
 /// Elements preallocated for an aggregate, whatever length it announces.
@@ -410,6 +414,10 @@ struct ReplyRead {
     stack: Vec<Partial>,
     /// Where top-level push messages go (RESP3).
     pushes: Pushes,
+    /// The reply's size so far, as [`Resp::max_reply_size`] counts it.
+    held: usize,
+    /// [`Resp::max_reply_size`].
+    max: usize,
     /// Released when the reply is complete.
     _slot: Slot,
 }
@@ -421,7 +429,27 @@ impl ReplyRead {
         q.unshift_response_with(TypeLine::new(), move |h, q| self.on_header(h, q))
     }
 
+    /// Counts `bytes` more against the reply's limit, before they are
+    /// read.
+    fn hold(&mut self, bytes: usize) -> Result<()> {
+        self.held = self.held.saturating_add(bytes);
+        if self.held > self.max {
+            return Err(Error::custom(
+                ErrorKind::NoSpace,
+                true,
+                "RESP reply larger than max_reply_size",
+            ));
+        }
+        Ok(())
+    }
+
     fn on_header(mut self, header: Header, q: &mut Requests<'_>) -> Result<Step<Value>> {
+        let strings = match &header {
+            Header::Value(Value::Simple(b) | Value::Error(b) | Value::BigNumber(b)) => b.len(),
+            Header::Blob(_, len) => *len,
+            _ => 0,
+        };
+        self.hold(size_of::<Value>().saturating_add(strings))?;
         match header {
             Header::Value(v) => self.on_value(v, q),
             Header::Blob(kind, len) => Ok(Step::More(
@@ -468,6 +496,10 @@ impl ReplyRead {
                 // A push is out of band, never a command's reply (which
                 // would shift every later reply by one): hand it over or
                 // drop it, and read the actual reply.
+                if matches!(value, Value::Push(_)) {
+                    // The push leaves this reply, and its size with it.
+                    self.held = 0;
+                }
                 match (&value, &self.pushes) {
                     (Value::Push(_), Pushes::Send(pushes)) => {
                         if pushes.send(value).is_err() {
@@ -516,15 +548,23 @@ fn blob_value(kind: BlobKind, data: Bytes) -> Result<Value> {
 
 /// Queues, at the back of `handle`'s queue, the reads of one whole reply.
 /// RESP3 push messages that come before it are dropped: they are no
-/// command's reply.
+/// command's reply. The reply is held to [`DEFAULT_MAX_REPLY_SIZE`];
+/// follow the ticket with [`Reply`](crate::pipeline::Reply).
 pub fn read_value(handle: &Handle) -> Ticket<Step<Value>> {
-    read_value_routing(handle, Pushes::Drop, Slot::none())
+    read_value_routing(handle, Pushes::Drop, DEFAULT_MAX_REPLY_SIZE, Slot::none())
 }
 
-fn read_value_routing(handle: &Handle, pushes: Pushes, slot: Slot) -> Ticket<Step<Value>> {
+fn read_value_routing(
+    handle: &Handle,
+    pushes: Pushes,
+    max: usize,
+    slot: Slot,
+) -> Ticket<Step<Value>> {
     let state = ReplyRead {
         stack: Vec::new(),
         pushes,
+        held: 0,
+        max,
         _slot: slot,
     };
     handle.push_response_with(TypeLine::new(), move |h, q| state.on_header(h, q))
@@ -538,6 +578,8 @@ fn read_message(handle: &Handle) -> Ticket<Step<Value>> {
     let state = ReplyRead {
         stack: Vec::new(),
         pushes: Pushes::Value,
+        held: 0,
+        max: DEFAULT_MAX_REPLY_SIZE,
         _slot: Slot::none(),
     };
     handle.push_read_with(TypeLine::new(), move |h, q| state.on_header(h, q))
@@ -548,9 +590,19 @@ fn read_message(handle: &Handle) -> Ticket<Step<Value>> {
 /// A command that would break "one value back per command" is refused
 /// before anything is written (a non-fatal `EINVAL`): the pub/sub commands
 /// and `MONITOR` (use [`subscriber`]), `SYNC`, `PSYNC` and `CLIENT REPLY`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Resp {
     pushes: Option<mpsc::UnboundedSender<Value>>,
+    max_reply: usize,
+}
+
+impl Default for Resp {
+    fn default() -> Resp {
+        Resp {
+            pushes: None,
+            max_reply: DEFAULT_MAX_REPLY_SIZE,
+        }
+    }
 }
 
 impl Resp {
@@ -565,7 +617,31 @@ impl Resp {
     pub fn with_pushes(pushes: mpsc::UnboundedSender<Value>) -> Resp {
         Resp {
             pushes: Some(pushes),
+            ..Resp::default()
         }
+    }
+
+    /// The largest reply read ([`DEFAULT_MAX_REPLY_SIZE`] unless set),
+    /// counted as the bytes of its strings plus `size_of::<Value>()` for
+    /// each value it holds (an element, a map key or value, a string). A
+    /// reply that grows past it, and a bulk string that would, fail with a
+    /// fatal `ENOSPC`: the connection closes, as a server that streams an
+    /// aggregate without end would otherwise hold the client's memory
+    /// without bound.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use anyframe_protocols::redis::Resp;
+    ///
+    /// // A client that expects no reply over 16 MiB.
+    /// let resp = Resp::new().max_reply_size(16 << 20);
+    /// # drop(resp);
+    /// ```
+    #[must_use]
+    pub fn max_reply_size(mut self, max: usize) -> Resp {
+        self.max_reply = max;
+        self
     }
 }
 
@@ -586,7 +662,7 @@ impl Protocol for Resp {
             Some(tx) => Pushes::Send(tx.clone()),
             None => Pushes::Drop,
         };
-        read_value_routing(handle, pushes, slot)
+        read_value_routing(handle, pushes, self.max_reply, slot)
     }
 }
 

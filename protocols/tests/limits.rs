@@ -1,12 +1,17 @@
 //! The protocol clients at their documented size limits: values and bodies
-//! larger than the engine's default read cap, and bursts of large
-//! requests held back by `poll_ready`.
+//! larger than the engine's default read cap, bursts of large requests held
+//! back by `poll_ready`, and replies that never end.
+
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyframe::ErrorKind;
 use anyframe_protocols::http::{self, Request};
 use anyframe_protocols::memcached::{self, Command, Response};
+use anyframe_protocols::pipeline::Pipelined;
+use anyframe_protocols::redis::{self, Cmd, Resp};
 use anyframe_protocols::servers::{Kind, Server};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -140,5 +145,61 @@ async fn nginx_file_between_rbuf_max_and_max_body_is_read() {
     match got {
         Ok(r) => assert_eq!((r.status, r.body_len()), (200, len)),
         Err(e) => panic!("a {len}-byte body (under MAX_BODY) was refused: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- Redis
+
+/// A hostile server announces an array of 2^32 - 1 elements and streams
+/// small ones without end: the reply stops at the client's
+/// `max_reply_size` with a fatal `ENOSPC`, instead of growing until the
+/// process runs out of memory.
+#[tokio::test]
+async fn redis_reply_that_never_ends_stops_at_max_reply_size() {
+    let (handle, mut peer) = support::pipe();
+    let c = Pipelined::new(handle, Resp::new().max_reply_size(64 * 1024), 4);
+    let reply = tokio::spawn(c.send(Cmd::new("LRANGE").arg("k").arg("0").arg("-1")));
+    support::take_commands(&mut peer).await;
+    let server = tokio::spawn(async move {
+        peer.write_all(b"*4294967295\r\n").await.unwrap();
+        let elements = b":1\r\n".repeat(1024);
+        // Until the client closes the connection.
+        while peer.write_all(&elements).await.is_ok() {}
+    });
+    let e = tokio::time::timeout(LIMIT, reply)
+        .await
+        .expect("the reply stops")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(e.is_fatal(), "{e}");
+    tokio::time::timeout(LIMIT, server)
+        .await
+        .expect("closed")
+        .unwrap();
+}
+
+/// A bulk string longer than what is left under `max_reply_size` is
+/// refused from its length line, before any byte of it is buffered; the
+/// same string fits a client whose limit is larger.
+#[tokio::test]
+async fn redis_bulk_over_max_reply_size_is_refused_from_its_length() {
+    for (max, fits) in [(1000, false), (1100, true)] {
+        let (handle, mut peer) = support::pipe();
+        let c = Pipelined::new(handle, Resp::new().max_reply_size(max), 4);
+        let reply = c.send(Cmd::new("GET").arg("k"));
+        support::take_commands(&mut peer).await;
+        // Only the length line: a client that waits for the bytes hangs.
+        peer.write_all(b"$1024\r\n").await.unwrap();
+        if fits {
+            peer.write_all(&[b'v'; 1024]).await.unwrap();
+            peer.write_all(b"\r\n").await.unwrap();
+        }
+        let got = tokio::time::timeout(LIMIT, reply).await.expect("no hang");
+        match got {
+            Ok(redis::Value::Bulk(b)) if fits => assert_eq!(b.len(), 1024),
+            Err(e) if !fits => assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}"),
+            other => panic!("max_reply_size {max}: {other:?}"),
+        }
     }
 }
