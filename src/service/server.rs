@@ -135,7 +135,10 @@ where
     }
 
     /// Stops reading new requests when `signal` resolves; requests already
-    /// read are still answered.
+    /// read are still answered. Those the service has not taken yet wait
+    /// for its `poll_ready`, as hyper's connections wait for their service:
+    /// for a hard deadline on the shutdown, wrap [`run`](Self::run) in
+    /// `tokio::time::timeout` after the signal.
     pub fn with_shutdown(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
         self.shutdown = Some(Box::pin(signal));
         self
