@@ -79,6 +79,37 @@ async fn from_parts_restored_output_is_held_to_the_high_watermark() {
     );
 }
 
+/// Output restored over the builder's `wbuf_max` is kept and written, and
+/// counts against the cap: a push while the queue is still over it fails
+/// with the fatal `ENOSPC` (as after `set_wbuf_max` lowers the cap); once
+/// written, the same push goes through on a handle whose cap holds it.
+#[tokio::test]
+async fn from_parts_output_over_wbuf_max_is_written_and_counted() {
+    let restored = vec![b'x'; 64];
+    for written_first in [false, true] {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut parts = anyframe::Parts::new(a, LineCodec::new());
+        parts.write_buf.extend_from_slice(&restored);
+        let mut conn = QueuedFramed::builder()
+            .wbuf_max(Some(32))
+            .build_from_parts(parts);
+        assert_eq!(conn.write_buffered(), 64, "kept whole");
+        if written_first {
+            within("flush", conn.flush()).await.unwrap();
+            conn.push_write(LineCodec::new(), "next").unwrap();
+            within("flush", conn.flush()).await.unwrap();
+            let mut got = vec![0u8; 69];
+            within("read", b.read_exact(&mut got)).await.unwrap();
+            assert_eq!(&got[..64], &restored[..]);
+            assert_eq!(&got[64..], b"next\n");
+        } else {
+            let e = conn.push_write(LineCodec::new(), "next").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+            assert!(e.is_fatal(), "{e}");
+        }
+    }
+}
+
 /// OPT-5: `on_drain` runs "when the queue falls to or below the low mark
 /// after having been above it". The restored output was above the low
 /// mark (0) and is written out: the hook runs once.

@@ -1756,7 +1756,9 @@ impl Handle {
         self.lock().set_rbuf_max(max);
     }
 
-    /// Changes the cap on queued output (`None` = unbounded).
+    /// Changes the cap on queued output (`None` = unbounded). Output
+    /// already queued over a lowered cap is kept and written; the next
+    /// push while the queue is still over it fails with the fatal `ENOSPC`.
     pub fn set_wbuf_max(&self, max: Option<usize>) {
         self.run(|core| core.set_wbuf_max(max));
     }

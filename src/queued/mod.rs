@@ -174,6 +174,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// [`with_codec`](Self::with_codec) ([`Parts`] carries none):
     /// [`Builder::build_from_parts`](crate::Builder::build_from_parts) puts
     /// the parts back with a builder's.
+    ///
+    /// Unwritten bytes over the handle's `wbuf_max` are kept and written,
+    /// but the cap counts them: a push made while they keep the queue over
+    /// it fails with the fatal `ENOSPC`, as after lowering the cap with
+    /// [`set_wbuf_max`](Self::set_wbuf_max). Put such parts back with a
+    /// builder whose cap holds them.
     pub fn from_parts(parts: Parts<IO, C>) -> QueuedFramed<IO, C> {
         QueuedFramed::from_parts_with(parts, Core::new(Config::default()))
     }
@@ -1033,7 +1039,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         self.core.set_rbuf_max(max);
     }
 
-    /// Changes the cap on queued output (`None` = unbounded).
+    /// Changes the cap on queued output (`None` = unbounded). Output
+    /// already queued over a lowered cap is kept and written; the next
+    /// push while the queue is still over it fails with the fatal `ENOSPC`.
     pub fn set_wbuf_max(&mut self, max: Option<usize>) {
         self.core.run(|core| core.set_wbuf_max(max));
     }
