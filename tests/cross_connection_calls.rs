@@ -347,3 +347,43 @@ fn an_encoder_asking_another_connection_while_its_callback_writes_here_does_not_
     });
     assert_eq!(outcome, Some(vec![Ok(()), Ok(()), Ok(())]));
 }
+
+/// An encoder that panics.
+struct PanickingEncoder;
+
+impl tokio_util::codec::Encoder<&'static str> for PanickingEncoder {
+    type Error = anyframe::Error;
+
+    fn encode(&mut self, _: &'static str, _: &mut bytes::BytesMut) -> anyframe::Result<()> {
+        panic!("encoder boom");
+    }
+}
+
+/// Each completion writes to the other connection through an encoder that
+/// panics, both engines busy. The panic closes the connection it wrote to
+/// without waiting for that engine (which waits for the caller's): both
+/// writes go on panicking with the encoder's own message, not a wait
+/// cycle's, and both connections close with it.
+#[test]
+fn encoders_panicking_in_writes_to_each_other_close_both_with_the_panic() {
+    let outcome = both_at_once_with(None, |other| {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            other.push_write(PanickingEncoder, "x")
+        }))
+        .expect_err("the encoder's panic goes on to the caller");
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        (text, other.clone())
+    })
+    .expect("no hang");
+    for got in outcome {
+        let (text, conn) = got.expect("the completion ran to its end");
+        assert_eq!(text, "encoder boom");
+        let e = conn.error().expect("closed by the panic");
+        assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+        assert!(e.to_string().contains("encoder boom"), "{e}");
+    }
+}

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     /// [`REQUEST_SHUTDOWN`]): whoever takes the engine next applies it,
     /// after the work posted before it.
     requested: AtomicU8,
+    /// The error a [`REQUEST_DESTROY`] closes the connection with, when it
+    /// is not a plain `destroy` (an encoder that panicked).
+    requested_error: Mutex<Option<Error>>,
     /// Writes handles queued since the driver's last turn began (see
     /// [`Handle::poll_yield_to_driver`]).
     unturned: AtomicUsize,
@@ -319,7 +322,16 @@ impl Locked<'_> {
         }
         let requested = self.shared.requested.load(Ordering::Acquire);
         if requested & REQUEST_DESTROY != 0 {
-            self.guard.destroy();
+            let error = self
+                .shared
+                .requested_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            match error {
+                Some(e) => self.guard.close(e),
+                None => self.guard.destroy(),
+            }
         } else if requested & REQUEST_SHUTDOWN != 0 {
             // An error here is the connection's own, reported to whoever
             // uses it next.
@@ -626,10 +638,30 @@ impl Shared {
                 Err(e.into())
             }
             Err(payload) => {
-                self.lock().close(Error::panicked(panic_text(&*payload)));
+                self.close_with(Error::panicked(panic_text(&*payload)));
                 resume_unwind(payload);
             }
         }
+    }
+
+    /// Closes the connection with `e`; from a callback of another
+    /// connection while this engine is busy, without waiting for it (its
+    /// holder may be waiting for the caller's engine), as `destroy` does.
+    fn close_with(&self, e: Error) {
+        if self.busy_for_a_callback() {
+            *self
+                .requested_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+            if self.request_without_waiting(REQUEST_DESTROY).is_some() {
+                return;
+            }
+            self.requested_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
+        self.lock().close(e);
     }
 
     /// Whether the inbox takes posts now (reads; with `write`, writes too):
@@ -881,6 +913,7 @@ where
             detach: AtomicBool::new(false),
             engine_owner: Arc::new(AtomicUsize::new(0)),
             requested: AtomicU8::new(0),
+            requested_error: Mutex::new(None),
             closed_with: std::sync::OnceLock::new(),
             unturned: AtomicUsize::new(0),
             #[cfg(test)]
