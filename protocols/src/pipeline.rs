@@ -448,7 +448,12 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
 
     /// Ready when a reply slot is free and the connection's write queue is
     /// below its high watermark (OPT-5): a burst of large requests waits
-    /// for the queue to drain instead of filling it past `wbuf_max`. As for
+    /// for the queue to drain instead of filling it past `wbuf_max`. The
+    /// cap is the connection's, shared by every clone: clones that pass
+    /// `poll_ready` at the same moment on several threads can together
+    /// queue past it, which closes the connection with a fatal `ENOSPC`.
+    /// Size `wbuf_max` for `max_in_flight` of the largest request, or send
+    /// large requests through one clone (behind tower's `Buffer`). As for
     /// anyframe's `service::Client`: a read timeout while it waits for
     /// room, with replies owed that nobody waits for, closes the
     /// connection (TO-6) and comes here as that fatal error; with no reply

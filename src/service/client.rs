@@ -97,6 +97,13 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// one half of the window while the caller handles the other, where on a
 /// runtime with one thread they would take turns
 /// ([`Handle::poll_yield_to_driver`]).
+/// The write queue's cap (`wbuf_max`) is the connection's, shared by every
+/// clone: waiting for room keeps one client under it while its requests
+/// are smaller than half the cap, but clones that pass `poll_ready` at
+/// the same moment on several threads can together queue past it, which
+/// closes the connection with a fatal `ENOSPC`. Size `wbuf_max` for
+/// `max_in_flight` of the largest request, or send large requests through
+/// one clone (behind tower's `Buffer`).
 /// tower's middleware (`Buffer`, balancers) treats any error from
 /// `poll_ready` as the end of the service; to go on waiting after a
 /// non-fatal one, call `poll_ready` again. Dropping a response
