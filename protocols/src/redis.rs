@@ -335,6 +335,12 @@ fn parse_header(line: Line) -> Result<Header> {
     };
     let agg = |k: AggKind| -> Result<Header> {
         Ok(match len(&rest)? {
+            // RESP2's null array (and, leniently, a null map or set). A
+            // null attribute or push is no value: taken as a `Nil` reply
+            // it would hand every later reply to the request after its own.
+            None if matches!(k, AggKind::Attribute | AggKind::Push) => {
+                return Err(protocol_error("RESP3 attribute or push of length -1"));
+            }
             None => Header::Value(Value::Nil),
             Some(n) => Header::Aggregate(k, n),
         })

@@ -266,6 +266,31 @@ async fn redis_push_after_an_attribute_is_not_a_reply() {
     assert_eq!(b.unwrap(), Value::Bulk("b".into()));
 }
 
+/// `|-1` and `>-1` are no RESP3 values (an attribute annotates the value
+/// after it; a push is out of band): taken as a `Nil` reply, each would
+/// hand every later reply to the request after its own. They are a fatal
+/// `EBADMSG`, which fails the requests behind too.
+#[tokio::test]
+async fn redis_null_attribute_or_push_is_refused_not_taken_for_a_reply() {
+    for wire in [&b"|-1\r\n+a\r\n+b\r\n"[..], b">-1\r\n+a\r\n+b\r\n"] {
+        let (handle, mut peer) = pipe();
+        let c = Pipelined::new(handle, Resp::new(), 16);
+        let a = c.send(Cmd::new("GET").arg("k"));
+        let b = c.send(Cmd::new("GET").arg("j"));
+        take_commands(&mut peer).await;
+        peer.write_all(wire).await.unwrap();
+        let (a, b) = tokio::time::timeout(LIMIT, futures::future::join(a, b))
+            .await
+            .unwrap();
+        let wire = String::from_utf8_lossy(wire);
+        for got in [a, b] {
+            let e = got.expect_err(&wire);
+            assert_eq!(e.kind(), ErrorKind::BadMessage, "{wire}: {e}");
+            assert!(e.is_fatal(), "{wire}: {e}");
+        }
+    }
+}
+
 /// memcached 1.6's own answers to every command the client sends, edge
 /// cases included, are taken (none is "out of step").
 #[tokio::test]
