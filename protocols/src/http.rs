@@ -16,7 +16,8 @@
 //!
 //! A response that ends the connection (`Connection: close`, an HTTP/1.0
 //! response without `keep-alive` or with a `Transfer-Encoding`, a `101
-//! Switching Protocols`, whose protocol this client does not speak)
+//! Switching Protocols`, whose protocol this client does not speak, a body
+//! that runs until the server closes)
 //! closes it once read: nothing after it is taken for a response, and requests
 //! pipelined behind it fail with `Closed`.
 //!
@@ -214,6 +215,8 @@ struct ResponseRead {
     http10: bool,
     /// The request said `Connection: close`.
     request_closes: bool,
+    /// The body ran until the server closed.
+    read_to_close: bool,
     resp: Response,
     /// Chunks smaller than [`OWN_BELOW`] since the last piece of the body,
     /// copied here so that a body of many small chunks holds its own
@@ -358,11 +361,13 @@ impl ResponseRead {
 
     /// `Connection: close`; an HTTP/1.0 response without `keep-alive`, or
     /// with a `Transfer-Encoding` (its framing is not to be trusted); a
-    /// `101` (another protocol follows its empty line).
+    /// `101` (another protocol follows its empty line); a body that ran
+    /// until the server closed (nothing can follow it).
     fn ends_connection(&self) -> bool {
         let has = |option: &[u8]| has_option(&self.resp.headers, option);
         let transfer_coded = self.resp.header("transfer-encoding").is_some();
-        self.request_closes
+        self.read_to_close
+            || self.request_closes
             || has(b"close")
             || self.resp.status == 101
             || (self.http10 && (transfer_coded || !has(b"keep-alive")))
@@ -418,6 +423,7 @@ impl ResponseRead {
             UntilClose(self.max_body),
             move |body, q| {
                 self.resp.body.push(own_small(body));
+                self.read_to_close = true;
                 self.done(q)
             },
         )))
@@ -643,6 +649,7 @@ impl Protocol for Http {
             head: &req.method[..] == b"HEAD",
             http10: false,
             request_closes: has_option(&req.headers, b"close"),
+            read_to_close: false,
             gathered: BytesMut::new(),
             resp: Response {
                 status: 0,

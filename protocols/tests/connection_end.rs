@@ -264,6 +264,48 @@ async fn timeout_between_chunks_of_a_close_response() {
 
 // ----- memcached -------------------------------------------------------------------
 
+/// A body delimited by the server's close (no `Content-Length` and not
+/// chunked: HTTP/1.1 without either, a final coding other than `chunked`,
+/// HTTP/1.0 with `keep-alive`) ends the connection once read, as
+/// `Connection: close` does: `poll_ready` says so, and no later request
+/// (a `POST` that must not be lost) is written onto it.
+#[tokio::test(start_paused = true)]
+async fn http_body_until_close_ends_the_connection() {
+    use tower::{Service, ServiceExt};
+    for head in [
+        &b"HTTP/1.1 200 OK\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n",
+    ] {
+        let what = String::from_utf8_lossy(head).into_owned();
+        let (handle, mut peer) = pipe();
+        let mut c = Pipelined::new(handle, Http::new("h"), 4);
+        let first = c.send(Request::get("/1"));
+        take_commands(&mut peer).await;
+        peer.write_all(head).await.unwrap();
+        peer.write_all(b"body").await.unwrap();
+        peer.shutdown().await.unwrap();
+        let got = tokio::time::timeout(LIMIT, first).await.expect("hung");
+        assert_eq!(body(&got).as_deref(), Some(&b"body"[..]), "{what}");
+        let ready = tokio::time::timeout(LIMIT, c.ready()).await.expect("hung");
+        let e = ready.map(|_| ()).expect_err(&what);
+        assert_eq!(e.kind(), ErrorKind::Closed, "{what}: {e}");
+        let late = c.send(Request::new("POST", "/pay").body("x"));
+        let e = tokio::time::timeout(LIMIT, late)
+            .await
+            .expect("hung")
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{what}: {e}");
+        let mut wrote = Vec::new();
+        let _ = tokio::time::timeout(MS(100), peer.read_to_end(&mut wrote)).await;
+        assert!(
+            wrote.is_empty(),
+            "{what}: wrote {:?}",
+            String::from_utf8_lossy(&wrote)
+        );
+    }
+}
+
 /// `gets` with a duplicate key answered twice, keys differing only
 /// in case (both asked, answered in order), and a `get` answered `END`
 /// only; a value for the other case of a key asked for is refused.
