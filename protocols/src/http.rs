@@ -45,7 +45,8 @@ pub const MAX_LINE: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 128;
 /// The largest body accepted by default ([`Http::max_body`] sets another);
 /// a longer `Content-Length` or chunk is refused before any of it is
-/// buffered.
+/// buffered. A request body longer than this is refused before anything
+/// is written (a non-fatal `EINVAL`).
 pub const MAX_BODY: usize = 1024 * 1024 * 1024;
 /// The most `1xx` responses skipped before the final one.
 const MAX_INFORMATIONAL: usize = 16;
@@ -567,6 +568,11 @@ impl Protocol for Http {
         // A tunnel is not offered: its 2xx answer would end HTTP here.
         if &req.method[..] == b"CONNECT" {
             return refuse("CONNECT: this client does not offer tunnels");
+        }
+        // Over the write cap `connect` sizes for it, queued, it would
+        // close the connection under every request in flight.
+        if req.body.len() > MAX_BODY {
+            return refuse("HTTP request body longer than MAX_BODY");
         }
         let mut host = &self.host[..];
         let mut hosts = 0;

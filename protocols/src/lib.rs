@@ -24,15 +24,19 @@ pub mod redis;
 pub mod servers;
 pub mod workload;
 
-/// Room in the read buffer beyond a protocol's largest frame: the line in
-/// front of it and the start of the next reply.
-const READ_HEADROOM: usize = 1024 * 1024;
+/// Room in either buffer beyond a protocol's largest frame: the line in
+/// front of it and the start of the next reply when reading; the requests
+/// queued before it (up to the high watermark) when writing.
+const HEADROOM: usize = 1024 * 1024;
 
 /// Connects over TCP (no Nagle delay) and spawns the connection's driver,
 /// with a read buffer cap (`rbuf_max`) that holds `largest_frame` bytes
 /// (the protocol's documented limit on one value or body) and 1 MiB more
-/// (the line in front and the next reply's start): the engine's default
-/// cap (64 MiB) would refuse values the protocol accepts.
+/// (the line in front and the next reply's start), and a write cap
+/// (`wbuf_max`) that holds a request of that size the same way, with the
+/// requests queued before it: the engine's default caps (64 MiB) would
+/// refuse values the protocol accepts, the write cap by closing the
+/// connection under every request in flight.
 ///
 /// # Errors
 ///
@@ -41,7 +45,12 @@ pub async fn connect_tcp(addr: SocketAddr, largest_frame: usize) -> Result<Handl
     let stream = TcpStream::connect(addr).await.map_err(Error::from)?;
     stream.set_nodelay(true).map_err(Error::from)?;
     let (handle, _driver) = QueuedFramed::builder()
-        .rbuf_max(Some(largest_frame.saturating_add(READ_HEADROOM)))
+        .rbuf_max(Some(largest_frame.saturating_add(HEADROOM)))
+        .wbuf_max(Some(
+            largest_frame
+                .saturating_add(HEADROOM)
+                .max(anyframe::DEFAULT_WBUF_MAX),
+        ))
         .build(stream)
         .spawn();
     Ok(handle)

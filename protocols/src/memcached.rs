@@ -30,8 +30,10 @@ use crate::redis::put_decimal;
 
 /// The longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
-/// The largest value accepted in a reply; a longer `VALUE` line is refused
-/// before any of its bytes is buffered.
+/// The largest value accepted in a reply, where a longer `VALUE` line is
+/// refused before any of its bytes is buffered, and in a request, where a
+/// longer value is refused before anything is written (a non-fatal
+/// `EINVAL`).
 pub const MAX_VALUE_LEN: usize = 1024 * 1024 * 1024;
 
 /// A request.
@@ -354,6 +356,15 @@ fn check_key(key: &[u8]) -> Result<()> {
 
 fn put_store(dst: &mut BytesMut, verb: &[u8], s: &Store, cas: Option<u64>) -> Result<()> {
     check_key(&s.key)?;
+    if s.data.len() > MAX_VALUE_LEN {
+        // Over the connection's write cap, sized for this limit: queued,
+        // it would close the connection under every request in flight.
+        return Err(Error::custom(
+            ErrorKind::InvalidInput,
+            false,
+            "memcached value longer than MAX_VALUE_LEN",
+        ));
+    }
     dst.reserve(s.key.len() + s.data.len() + 64);
     dst.put_slice(verb);
     dst.put_u8(b' ');

@@ -108,6 +108,8 @@ impl Value {
 #[derive(Debug, Clone)]
 pub struct Cmd {
     argc: usize,
+    /// The longest argument's length.
+    longest: usize,
     /// The arguments in wire form; the `*argc` header is written in front
     /// when the command is sent.
     body: BytesMut,
@@ -118,6 +120,7 @@ impl Cmd {
     pub fn new(name: impl AsRef<[u8]>) -> Cmd {
         Cmd {
             argc: 0,
+            longest: 0,
             body: BytesMut::new(),
         }
         .arg(name)
@@ -134,6 +137,7 @@ impl Cmd {
         self.body.put_slice(arg);
         self.body.put_slice(b"\r\n");
         self.argc += 1;
+        self.longest = self.longest.max(arg.len());
         self
     }
 
@@ -595,7 +599,9 @@ fn read_message(handle: &Handle) -> Ticket<Step<Value>> {
 ///
 /// A command that would break "one value back per command" is refused
 /// before anything is written (a non-fatal `EINVAL`): the pub/sub commands
-/// and `MONITOR` (use [`subscriber`]), `SYNC`, `PSYNC` and `CLIENT REPLY`.
+/// and `MONITOR` (use [`subscriber`]), `SYNC`, `PSYNC` and `CLIENT REPLY`;
+/// so is one with an argument longer than [`MAX_BULK_LEN`], which Redis
+/// refuses by closing the connection.
 #[derive(Debug)]
 pub struct Resp {
     pushes: Option<mpsc::UnboundedSender<Value>>,
@@ -620,6 +626,9 @@ impl Resp {
 
     /// RESP whose top-level push messages (RESP3, e.g. client-side caching
     /// invalidations) go to `pushes` instead of being taken for the reply.
+    /// They are sent as they arrive, and the channel is unbounded (a
+    /// reply's reads cannot wait for room in it): receive from it all the
+    /// time, or the pushes pile up in it.
     pub fn with_pushes(pushes: mpsc::UnboundedSender<Value>) -> Resp {
         Resp {
             pushes: Some(pushes),
@@ -658,6 +667,14 @@ impl Protocol for Resp {
     fn encode(&self, req: &Cmd, dst: &mut BytesMut) -> Result<()> {
         if let Some(why) = req.leaves_request_reply() {
             return Err(Error::custom(ErrorKind::InvalidInput, false, why));
+        }
+        if req.longest > MAX_BULK_LEN {
+            // Redis would refuse it and close the connection.
+            return Err(Error::custom(
+                ErrorKind::InvalidInput,
+                false,
+                "a command argument longer than MAX_BULK_LEN",
+            ));
         }
         req.write_to(dst);
         Ok(())
@@ -702,7 +719,8 @@ pub async fn connect(addr: SocketAddr, max_in_flight: usize) -> Result<Client> {
 
 /// Connects like [`connect`], with RESP3 push messages that arrive ahead
 /// of a reply (client-side caching invalidations, say) sent to `pushes`
-/// instead of being taken for the reply.
+/// instead of being taken for the reply (see [`Resp::with_pushes`]: drain
+/// the channel).
 ///
 /// # Errors
 ///

@@ -203,3 +203,115 @@ async fn redis_bulk_over_max_reply_size_is_refused_from_its_length() {
         }
     }
 }
+
+/// A Redis `SET` of a value between the engine's default `wbuf_max`
+/// (64 MiB) and `MAX_BULK_LEN` (512 MiB, which Redis takes), sent while a
+/// `GET` is in flight: `connect` sizes the write cap as it sizes the read
+/// cap, so the value is written and the `GET` gets its own reply (the
+/// default cap made the `SET` a fatal `ENOSPC` that failed the `GET` too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_request_between_wbuf_max_and_max_bulk_len_is_written() {
+    let len = 65 * 1024 * 1024;
+    assert!(len > anyframe::DEFAULT_WBUF_MAX && len <= redis::MAX_BULK_LEN);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut seen, mut answered) = (0, false);
+        while seen < len {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {seen} bytes");
+            seen += n;
+            if !answered {
+                answered = true;
+                sock.write_all(b"$1\r\nv\r\n").await.unwrap();
+            }
+        }
+        sock.write_all(b"+OK\r\n").await.unwrap();
+        seen
+    });
+    let c = redis::connect(addr, 16).await.unwrap();
+    let get = c.send(Cmd::new("GET").arg("k"));
+    let set = c.send(Cmd::new("SET").arg("big").arg(vec![b'x'; len]));
+    let (get, set) = tokio::time::timeout(LIMIT, futures::future::join(get, set))
+        .await
+        .expect("no hang");
+    assert_eq!(get.unwrap(), redis::Value::Bulk("v".into()));
+    assert_eq!(set.unwrap(), redis::Value::Simple("OK".into()));
+    assert!(server.await.unwrap() > len);
+}
+
+/// A command argument longer than `MAX_BULK_LEN`, which Redis refuses by
+/// closing the connection, is refused before anything is written (a
+/// non-fatal `EINVAL`); the connection goes on.
+#[tokio::test]
+async fn redis_argument_over_max_bulk_len_is_refused_before_it_is_written() {
+    let (handle, mut peer) = support::pipe();
+    let c = Pipelined::new(handle, Resp::new(), 4);
+    let huge = c.send(
+        Cmd::new("SET")
+            .arg("k")
+            .arg(vec![b'x'; redis::MAX_BULK_LEN + 1]),
+    );
+    let e = tokio::time::timeout(LIMIT, huge)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(!e.is_fatal(), "{e}");
+    let ping = c.send(Cmd::new("PING"));
+    assert_eq!(
+        support::take_commands(&mut peer).await,
+        b"*1\r\n$4\r\nPING\r\n"
+    );
+    peer.write_all(b"+PONG\r\n").await.unwrap();
+    let got = tokio::time::timeout(LIMIT, ping).await.expect("no hang");
+    assert_eq!(got.unwrap(), redis::Value::Simple("PONG".into()));
+}
+
+/// A memcached value longer than `MAX_VALUE_LEN` is refused before
+/// anything is written (a non-fatal `EINVAL`); the connection goes on.
+#[tokio::test]
+async fn memcached_value_over_max_value_len_is_refused_before_it_is_written() {
+    let (c, mut peer) = support::mc();
+    // Zeroed and never written to: the pages are not touched.
+    let huge = bytes::Bytes::from(vec![0u8; memcached::MAX_VALUE_LEN + 1]);
+    let set = c.send(Command::set("k", huge));
+    let e = tokio::time::timeout(LIMIT, set)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(!e.is_fatal(), "{e}");
+    let get = c.send(Command::get("k"));
+    assert_eq!(support::take_commands(&mut peer).await, b"get k\r\n");
+    peer.write_all(b"END\r\n").await.unwrap();
+    let got = tokio::time::timeout(LIMIT, get).await.expect("no hang");
+    assert_eq!(got.unwrap(), Response::Values(Vec::new()));
+}
+
+/// An HTTP request body longer than `MAX_BODY` is refused before anything
+/// is written (a non-fatal `EINVAL`); the connection goes on.
+#[tokio::test]
+async fn http_request_body_over_max_body_is_refused_before_it_is_written() {
+    let (handle, mut peer) = support::pipe();
+    let c = Pipelined::new(handle, http::Http::new("h"), 4);
+    // Zeroed and never written to: the pages are not touched.
+    let huge = Bytes::from(vec![0u8; http::MAX_BODY + 1]);
+    let post = c.send(Request::new("POST", "/").body(huge));
+    let e = tokio::time::timeout(LIMIT, post)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(!e.is_fatal(), "{e}");
+    let get = c.send(Request::get("/"));
+    let sent = support::take_commands(&mut peer).await;
+    assert!(sent.starts_with(b"GET / HTTP/1.1\r\n"), "{sent:?}");
+    peer.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LIMIT, get).await.expect("no hang");
+    assert_eq!(got.unwrap().status, 204);
+}
