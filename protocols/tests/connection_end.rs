@@ -271,7 +271,7 @@ async fn timeout_between_chunks_of_a_close_response() {
 /// (a `POST` that must not be lost) is written onto it.
 #[tokio::test(start_paused = true)]
 async fn http_body_until_close_ends_the_connection() {
-    use tower::{Service, ServiceExt};
+    use tower::ServiceExt;
     for head in [
         &b"HTTP/1.1 200 OK\r\n\r\n"[..],
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
