@@ -559,7 +559,7 @@ fn blob_value(kind: BlobKind, data: Bytes) -> Result<Value> {
 /// Queues, at the back of `handle`'s queue, the reads of one whole reply.
 /// RESP3 push messages that come before it are dropped: they are no
 /// command's reply. The reply is held to [`DEFAULT_MAX_REPLY_SIZE`];
-/// follow the ticket with [`Reply`](crate::pipeline::Reply).
+/// follow the ticket with [`Reply`].
 pub fn read_value(handle: &Handle) -> Ticket<Step<Value>> {
     read_value_routing(handle, Pushes::Drop, DEFAULT_MAX_REPLY_SIZE, Slot::none())
 }
