@@ -166,6 +166,28 @@ impl Error {
         self
     }
 
+    /// An encoder's error: it refused its item, nothing of which was
+    /// queued, so the connection goes on and the error is not fatal,
+    /// whatever the encoder said (tokio-util's encoders speak `io::Error`,
+    /// which converts to a fatal I/O error). Its kind and source stay.
+    pub(crate) fn refused_by_encoder(self) -> Error {
+        const REFUSED: &str = "the encoder refused the item";
+        if !self.is_fatal() {
+            return self;
+        }
+        let kind = self.kind();
+        match Arc::try_unwrap(self.inner) {
+            Ok(Inner {
+                source: Some(source),
+                ..
+            }) => Error::with(kind, false, REFUSED, source),
+            Ok(inner) => Error::new(kind, false, inner.message),
+            Err(shared) => {
+                Error::with(kind, false, REFUSED, Source::Cause(Error { inner: shared }))
+            }
+        }
+    }
+
     /// EOF while a read request was waiting: `EPIPE`, fatal (RQ-6).
     pub(crate) fn eof_in_request() -> Error {
         Error::new(ErrorKind::BrokenPipe, true, EOF_IN_REQUEST).at_eof()

@@ -363,7 +363,7 @@ impl tokio_util::codec::Encoder<&'static str> for PanickingEncoder {
 /// panics, both engines busy. The panic closes the connection it wrote to
 /// without waiting for that engine (which waits for the caller's): both
 /// writes go on panicking with the encoder's own message, not a wait
-/// cycle's, and both connections close with it.
+/// cycle's, and both connections close as a panic closes them.
 #[test]
 fn encoders_panicking_in_writes_to_each_other_close_both_with_the_panic() {
     let outcome = both_at_once_with(None, |other| {
@@ -382,8 +382,9 @@ fn encoders_panicking_in_writes_to_each_other_close_both_with_the_panic() {
     for got in outcome {
         let (text, conn) = got.expect("the completion ran to its end");
         assert_eq!(text, "encoder boom");
+        // (When the other engine was free by then, the write took it and
+        // closed it there, with a text that does not repeat the panic's.)
         let e = conn.error().expect("closed by the panic");
         assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
-        assert!(e.to_string().contains("encoder boom"), "{e}");
     }
 }

@@ -1848,7 +1848,7 @@ impl Core {
     // ----- writing --------------------------------------------------------------------
 
     /// Encodes `item` onto the write queue. On an encoder error nothing is
-    /// queued; over `wbuf_max` the item is not queued and the connection
+    /// queued and the error is not fatal (WQ-1); over `wbuf_max` the item is not queued and the connection
     /// closes with `ENOSPC` (what was queued before stays reachable). An
     /// encoder that panics leaves nothing half-written and closes the
     /// connection; the panic goes on to the caller.
@@ -1867,7 +1867,7 @@ impl Core {
             if !self.wq.rollback(before) {
                 return Err(self.encoder_lost_output());
             }
-            return Err(e.into());
+            return Err(e.into().refused_by_encoder());
         }
         // An encoder that removed bytes queued before its item (one that
         // clears `dst`) has lost output that was accepted: the stream can

@@ -635,7 +635,7 @@ impl Shared {
             Ok(Ok(())) => Ok(buf),
             Ok(Err(e)) => {
                 keep_scratch(buf);
-                Err(e.into())
+                Err(e.into().refused_by_encoder())
             }
             Err(payload) => {
                 self.close_with(Error::panicked(panic_text(&*payload)));
@@ -843,7 +843,9 @@ where
     E::Error: Into<Error>,
 {
     let mut out = BytesMut::new();
-    encoder.encode(item, &mut out).map_err(Into::into)?;
+    encoder
+        .encode(item, &mut out)
+        .map_err(|e| e.into().refused_by_encoder())?;
     Ok(out.freeze())
 }
 
