@@ -303,6 +303,15 @@ where
             }
             return;
         };
+        // A plain read given up after its decoder began the frame read on
+        // to its end for nobody: the frame is dropped, and no completion
+        // runs on it (its caller cancelled it, RQ-4). The rest of a
+        // response is another matter: its completions queue the reads of
+        // what follows, and run whoever still listens.
+        if this.on_drop == OnDrop::Cancel && this.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+            tracing::trace!("a cancelled read's frame dropped");
+            return;
+        }
         let then = this.then;
         // The completion is user code: if it panics, its own waiter learns
         // it too before the panic closes the connection.
