@@ -110,6 +110,67 @@ async fn from_parts_output_over_wbuf_max_is_written_and_counted() {
     }
 }
 
+/// A waker that does nothing; counted by its `Arc`.
+struct NoopWake;
+
+impl futures::task::ArcWake for NoopWake {
+    fn wake_by_ref(_: &Arc<Self>) {}
+}
+
+/// Polls `n` of `make()`'s futures once, each with a waker of its own (as
+/// many tasks would), and drops them; how many of those wakers the
+/// connection still holds.
+fn given_up_waits<F, Fut>(n: usize, mut make: F) -> usize
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+{
+    let mut wakers = Vec::new();
+    for _ in 0..n {
+        let w = Arc::new(NoopWake);
+        let waker = futures::task::waker(w.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = Box::pin(make());
+        assert!(fut.as_mut().poll(&mut cx).is_pending(), "must wait");
+        drop(fut);
+        drop(waker);
+        wakers.push(w);
+    }
+    wakers.iter().filter(|w| Arc::strong_count(w) > 1).count()
+}
+
+/// A `Handle::ready_to_write()` or `drained()` given up (a `select!` or a
+/// timeout around it) against a peer that stopped reading lets go of its
+/// task's waker: a connection with no timer set would otherwise keep every
+/// given-up task's waker (and the task's memory) until the queue drains.
+#[tokio::test(start_paused = true)]
+async fn given_up_ready_to_write_and_drained_waits_let_go_of_their_wakers() {
+    let (ours, _peer) = tokio::io::duplex(64);
+    let (h, _driver) = QueuedFramed::builder()
+        .watermarks(1024, 0)
+        .build(ours)
+        .spawn();
+    h.push_bytes(vec![b'x'; 8192]).unwrap();
+    // The driver writes what the peer takes, and stalls.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        given_up_waits(100, || h.ready_to_write()),
+        0,
+        "ready_to_write"
+    );
+    assert_eq!(given_up_waits(100, || h.drained()), 0, "drained");
+    // A wait that is not given up is still woken when the queue drains.
+    let waiting = tokio::spawn({
+        let h = h.clone();
+        async move { h.drained().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished());
+    h.destroy();
+    let r = within("drained after destroy", waiting).await.unwrap();
+    assert!(r.is_err());
+}
+
 /// OPT-5: `on_drain` runs "when the queue falls to or below the low mark
 /// after having been above it". The restored output was above the low
 /// mark (0) and is written out: the hook runs once.

@@ -2255,6 +2255,13 @@ impl Core {
         Some(Poll::Ready(err))
     }
 
+    /// A producer that parked with `waker` in
+    /// [`poll_write_ready`](Self::poll_write_ready) or
+    /// [`poll_drained`](Self::poll_drained) gave up.
+    pub(crate) fn unpark_producer(&mut self, waker: &Waker) {
+        self.marks.unpark(waker);
+    }
+
     /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)
     /// left pending ends early (the queue came down to the low watermark).
     /// (Output written by the read side does not end it: the flush waits

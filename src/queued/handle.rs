@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -849,6 +849,52 @@ where
     Ok(out.freeze())
 }
 
+/// A producer's wait in the engine's watermarks ([`Handle::ready_to_write`],
+/// [`Handle::drained`]): the waker it parked with is taken out when the
+/// wait is given up, so a task that gave up is not kept alive until the
+/// queue drains.
+struct Parked<'a> {
+    shared: &'a Shared,
+    waker: Option<Waker>,
+}
+
+impl<'a> Parked<'a> {
+    fn new(shared: &'a Shared) -> Parked<'a> {
+        Parked {
+            shared,
+            waker: None,
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        wait: impl FnOnce(&mut Core, &mut Context<'_>) -> Poll<Result<()>>,
+    ) -> Poll<Result<()>> {
+        let mut core = self.shared.lock();
+        if let Some(old) = self.waker.take_if(|w| !w.will_wake(cx.waker())) {
+            // Polled by another task now: the old one waits no more.
+            core.unpark_producer(&old);
+        }
+        let poll = wait(&mut core, cx);
+        self.waker = poll.is_pending().then(|| cx.waker().clone());
+        poll
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        // Never waits: from a callback, or with the engine busy, the entry
+        // stays until the queue drains, as it did before.
+        if let Some(waker) = self.waker.take()
+            && !self.shared.reentered()
+            && let Some(mut core) = self.shared.try_lock()
+        {
+            core.unpark_producer(&waker);
+        }
+    }
+}
+
 /// A cloneable, `Send` handle to a connection driven by a spawned task.
 ///
 /// Made by [`QueuedFramed::spawn`](crate::QueuedFramed::spawn). Every method
@@ -1566,7 +1612,8 @@ impl Handle {
     /// expires meanwhile.
     pub async fn ready_to_write(&self) -> Result<()> {
         let epoch = self.lock().write_error_epoch();
-        poll_fn(|cx| self.lock().poll_write_ready(cx, epoch)).await
+        let mut parked = Parked::new(&self.shared);
+        poll_fn(|cx| parked.poll(cx, |core, cx| core.poll_write_ready(cx, epoch))).await
     }
 
     /// Resolves when the write queue is at or below the low watermark.
@@ -1576,7 +1623,8 @@ impl Handle {
     /// As [`ready_to_write`](Self::ready_to_write).
     pub async fn drained(&self) -> Result<()> {
         let epoch = self.lock().write_error_epoch();
-        poll_fn(|cx| self.lock().poll_drained(cx, epoch)).await
+        let mut parked = Parked::new(&self.shared);
+        poll_fn(|cx| parked.poll(cx, |core, cx| core.poll_drained(cx, epoch))).await
     }
 
     /// Bytes queued for writing and not yet accepted by the transport.

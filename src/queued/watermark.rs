@@ -173,6 +173,12 @@ impl Watermarks {
         self.waiters.swap_remove(at).told.map(|(_, e)| e)
     }
 
+    /// The waiter that parked with `waker` stops waiting (its future was
+    /// dropped): its entry, and the task the waker keeps alive, go.
+    pub(crate) fn unpark(&mut self, waker: &Waker) {
+        self.waiters.retain(|w| !w.waker.will_wake(waker));
+    }
+
     /// Wakes everybody (the handle died).
     pub(crate) fn wake_all(&mut self) {
         self.blocked = false;
