@@ -150,6 +150,34 @@ async fn output_queued_while_connecting_lingers_out_after_the_last_handle_goes()
     let _ = within("driver", 5, driver).await;
 }
 
+/// LC-3 bounds the whole wait: output queued while connecting, the last
+/// handle dropped (or `destroy`), and a connect that stays in progress (a
+/// full accept queue, no connect timeout): the driver ends once the linger
+/// period is over, not when the system gives the connect up minutes later.
+#[tokio::test]
+async fn the_linger_period_bounds_the_wait_for_a_stalled_connect() {
+    for destroy in [false, true] {
+        let stalled = stalled_listener();
+        let mut b = QueuedFramed::builder();
+        b.linger(Duration::from_millis(300));
+        let (h, driver) = b.spawn_connect(stalled.addr);
+        h.push_write(LineCodec::new(), "hello").unwrap();
+        if destroy {
+            h.destroy();
+        } else {
+            drop(h);
+        }
+        let started = std::time::Instant::now();
+        let ended = within("the driver", 5, driver).await;
+        assert!(ended.is_err(), "nothing connected: {ended:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "the output was not given its linger period"
+        );
+        drop(stalled);
+    }
+}
+
 // ----- the connect timeout -------------------------------------------------
 
 /// `connect_timeout(0)` turns the timeout off, as zero does for every other

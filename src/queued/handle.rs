@@ -979,6 +979,10 @@ where
         // its last handle gone. Then the connect is dropped (no connection
         // opens later), unless output is queued that a linger would still
         // write (LC-3): that output waits for the connect.
+        // Once it has ended, the linger period runs from then, connect
+        // included (LC-3): a connect that stays in progress does not hold
+        // the task and its output for longer.
+        let mut lingering: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let set_up = {
             let mut setup = std::pin::pin!(setup);
             poll_fn(|cx| {
@@ -1004,6 +1008,15 @@ where
                 if task_shared.detach.load(Ordering::Acquire) || (ended && !lingers) {
                     return Poll::Ready(None);
                 }
+                if ended {
+                    let linger = core.linger();
+                    let period =
+                        lingering.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
+                    if period.as_mut().poll(cx).is_ready() {
+                        tracing::debug!(?linger, "linger expired while connecting");
+                        return Poll::Ready(None);
+                    }
+                }
                 Poll::Pending
             })
             .await
@@ -1011,7 +1024,7 @@ where
         match set_up {
             Some(Ok(io)) => {
                 task_shared.lock().start_timers();
-                Ok(drive(task_shared, io).await)
+                Ok(drive(task_shared, io, lingering).await)
             }
             Some(Err(e)) => {
                 task_shared.lock().close(e.clone());
@@ -1029,15 +1042,21 @@ where
     (Handle { shared }, Driver { join })
 }
 
-async fn drive<IO>(shared: Arc<Shared>, mut io: TransportIo<IO>) -> Parts<IO>
+/// Drives the connection to its end. `finishing`: the linger period, if it
+/// began while the connection was still being set up.
+async fn drive<IO>(
+    shared: Arc<Shared>,
+    mut io: TransportIo<IO>,
+    mut finishing: Option<Pin<Box<tokio::time::Sleep>>>,
+) -> Parts<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     tracing::debug!("driver started");
     let mut panicked = None;
-    // Once the last handle is gone, how long a pending TLS switch with
-    // output behind it may still take (the linger period, LC-3).
-    let mut finishing: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // `finishing`, once the last handle is gone: how long a pending TLS
+    // switch with output behind it may still take (the linger period,
+    // LC-3); the linger below goes on from it.
     poll_fn(|cx| {
         shared.driver.register(cx.waker());
         let mut core = shared.lock_for_turn();
