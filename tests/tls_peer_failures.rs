@@ -693,6 +693,25 @@ async fn an_empty_domain_never_skips_host_name_verification() {
     let _ = within("server", srv).await;
 }
 
+/// A domain with a NUL byte (a name taken from a user or from DNS can
+/// hold any byte) names no host: both backends refuse it when the client
+/// is built, as a `Config` error. (OpenSSL's host name call panicked on
+/// it in the handshake, inside the engine.)
+#[test]
+fn a_domain_with_a_nul_byte_is_refused_when_the_client_is_built() {
+    use anyframe::tls::{TlsClient, TlsErrorKind};
+    let native = TlsClient::new("local\0host").map(|_| ());
+    assert!(
+        matches!(&native, Err(e) if e.kind() == TlsErrorKind::Config),
+        "{native:?}"
+    );
+    let rustls = TlsClient::rustls_webpki_roots("local\0host").map(|_| ());
+    assert!(
+        matches!(&rustls, Err(e) if e.kind() == TlsErrorKind::Config),
+        "{rustls:?}"
+    );
+}
+
 // ----- half-close over TLS ---------------------------------------------------------
 
 /// TLS-8 half-close, as an HTTP/1.0-style client does: the client sends

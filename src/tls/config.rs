@@ -137,9 +137,10 @@ impl TlsClient {
     ///
     /// # Errors
     ///
-    /// [`TlsErrorKind::Config`](super::TlsErrorKind::Config) if the TLS
-    /// library cannot build a context (for example, it cannot load the
-    /// system's roots).
+    /// [`TlsErrorKind::Config`](super::TlsErrorKind::Config) if `domain` is
+    /// empty or holds a NUL byte (it names no host), or if the TLS library
+    /// cannot build a context (for example, it cannot load the system's
+    /// roots).
     pub fn new(domain: impl Into<String>) -> Result<TlsClient, TlsError> {
         TlsClient::builder(domain).build()
     }
@@ -344,11 +345,16 @@ pub struct TlsClientBuilder {
     accept_invalid_hostnames: bool,
 }
 
-/// See [`TlsError::empty_domain`].
+/// A domain that names no host: empty ([`TlsError::empty_domain`]), or
+/// with a NUL byte, which OpenSSL's host name call cannot take (it
+/// panics).
 #[cfg(feature = "tls")]
-pub(super) fn refuse_empty_domain(domain: &str) -> Result<(), TlsError> {
+pub(super) fn refuse_unnamed_host(domain: &str) -> Result<(), TlsError> {
     if domain.is_empty() {
         return Err(TlsError::empty_domain());
+    }
+    if domain.contains('\0') {
+        return Err(TlsError::nul_in_domain());
     }
     Ok(())
 }
@@ -421,7 +427,7 @@ impl TlsClientBuilder {
     /// library refuses the settings, or the domain is empty (OpenSSL would
     /// take an empty name as "check no host name").
     pub fn build(&self) -> Result<TlsClient, TlsError> {
-        refuse_empty_domain(&self.domain)?;
+        refuse_unnamed_host(&self.domain)?;
         let mut b = TlsConnector::builder();
         for root in &self.roots {
             b.add_root_certificate(root.clone());

@@ -132,6 +132,16 @@ impl TlsError {
         )
     }
 
+    /// A domain with a NUL byte for a native-tls client: it names no host,
+    /// and OpenSSL's host name call cannot take it.
+    #[cfg(feature = "tls")]
+    pub(crate) fn nul_in_domain() -> TlsError {
+        TlsError::new(
+            TlsErrorKind::Config,
+            "a domain with a NUL byte names no host",
+        )
+    }
+
     /// The `io::Error` under a failure of the IO ([`TlsErrorKind::Io`]).
     pub(crate) fn io_source(&self) -> Option<&io::Error> {
         if self.inner.kind != TlsErrorKind::Io {

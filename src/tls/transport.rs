@@ -103,7 +103,7 @@ impl Starter {
                 #[cfg(feature = "tls")]
                 ClientBackend::Native(connector) => {
                     // A client made with `from_connector` is checked here.
-                    super::config::refuse_empty_domain(c.domain())?;
+                    super::config::refuse_unnamed_host(c.domain())?;
                     Starter::Native(native::Side::Connect(
                         connector.clone(),
                         c.domain().to_owned(),
