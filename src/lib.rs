@@ -59,9 +59,13 @@
 //! AnyEvent::Handle, whose behaviour this crate restates for tokio.
 //!
 //! * **In order, nothing lost.** Requests complete in queue order; a request
-//!   cancelled before it completes consumed nothing. A fatal error keeps the
-//!   buffers: [`QueuedFramed::into_parts`] (or the [`Driver`]) returns the
-//!   transport, the unread and the unwritten bytes.
+//!   cancelled before its decoder took any input consumed nothing. A
+//!   response read ([`Handle::call`], `push_response_with` and the reads
+//!   their completions unshift) is still read and dropped when its ticket is
+//!   dropped, and a read whose decoder has begun its frame finishes that
+//!   frame for nobody ([`Ticket`], [§4](semantics#4-the-read-queue)). A
+//!   fatal error keeps the buffers: [`QueuedFramed::into_parts`] (or the
+//!   [`Driver`]) returns the transport, the unread and the unwritten bytes.
 //! * **EOF** (RQ-6): `EPIPE` (fatal) only when a waiting request cannot
 //!   complete; a clean end with nothing queued ends the `Stream`.
 //! * **Errors** are one type, [`Error`], with an errno-like [`ErrorKind`] and

@@ -393,8 +393,20 @@ where
 /// pass it to [`QueuedFramed::wait`](crate::QueuedFramed::wait), which runs
 /// the connection until the ticket is ready.
 ///
-/// Dropping a ticket before its request completes cancels the request and
-/// loses no bytes: the next request sees them.
+/// Dropping a ticket before its request has taken any input cancels the
+/// request: it consumes nothing, and the next request sees those bytes.
+/// Two kinds of request are not removed, so that the stream stays in step
+/// (the *Cancellation* and *A frame begun is finished* rules of
+/// [§4](crate::semantics#4-the-read-queue)):
+///
+/// * a *response read*, queued with [`Handle::call`](crate::Handle::call),
+///   `call_with` or `push_response_with` on either front end, and the reads
+///   its completion unshifts (the rest of that reply,
+///   [RQ-4](crate::semantics#RQ-4)): its response is still read when it
+///   arrives, and dropped;
+/// * a read whose decoder has already consumed part of its frame (a line
+///   over its limit being discarded): it reads on to the end of that frame,
+///   for nobody.
 ///
 /// # Errors
 ///
