@@ -1739,16 +1739,29 @@ impl Handle {
     // ----- TLS ------------------------------------------------------------------------
 
     /// Upgrades the connection to TLS (STARTTLS) after the reads already
-    /// queued; see [`QueuedFramed::starttls`](crate::QueuedFramed::starttls).
+    /// queued, as [`QueuedFramed::starttls`](crate::QueuedFramed::starttls)
+    /// does: those reads run first, on plaintext, then the handshake starts.
     /// Reads and writes queued after this call run over TLS. The ticket
     /// resolves when the handshake is done.
+    ///
+    /// # Errors
+    ///
+    /// As [`QueuedFramed::starttls`](crate::QueuedFramed::starttls).
     #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn starttls(&self, mode: impl Into<crate::tls::TlsMode>) -> Ticket<()> {
         self.lock().request_starttls(mode.into(), false)
     }
 
-    /// Ends TLS after the output queued so far; see
-    /// [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls).
+    /// Ends TLS after the reads already queued and the output queued so
+    /// far, as [`QueuedFramed::stoptls`](crate::QueuedFramed::stoptls)
+    /// does. Without TLS on, the ticket resolves with `Ok(())` and nothing
+    /// changes.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL`, non-fatal, if a TLS switch is already queued or after
+    /// [`push_shutdown`](Self::push_shutdown); a TLS or transport error
+    /// (fatal).
     #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn stoptls(&self) -> Ticket<()> {
         self.lock().request_stoptls(false)

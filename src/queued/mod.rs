@@ -619,20 +619,25 @@ impl<IO, C> QueuedFramed<IO, C>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    /// Upgrades the connection to TLS now (STARTTLS), as client or server.
+    /// Upgrades the connection to TLS (STARTTLS), as client or server, and
+    /// waits until the handshake is done.
     ///
-    /// Output queued before the call is written in plaintext first; every
-    /// byte already read is handed to the TLS engine as the start of the
-    /// ciphertext (so a ClientHello that arrived with `STARTTLS\r\n` is
-    /// used, never delivered as data). Reads and writes wait for the
-    /// handshake.
+    /// The switch is queued behind the reads already queued (as
+    /// [`push_starttls`](Self::push_starttls) does): those run first, on
+    /// plaintext, and the handshake starts once they have completed. Output
+    /// queued before the call is written in plaintext first; every byte
+    /// still buffered when the switch runs is handed to the TLS engine as
+    /// the start of the ciphertext (so a ClientHello that arrived with
+    /// `STARTTLS\r\n` is used, never delivered as data). Reads and writes
+    /// queued after the call wait for the handshake.
     ///
     /// # Errors
     ///
     /// `EPROTO`, fatal, if the handshake fails (certificate or host-name
     /// verification, no common version, a peer that does not speak TLS):
     /// the connection never goes on unencrypted. `EINVAL` if TLS is already
-    /// active or starting (nothing changes). `EINVAL`, fatal, if a stoptls
+    /// active or starting, or after [`push_shutdown`](Self::push_shutdown)
+    /// (nothing changes). `EINVAL`, fatal, if a stoptls
     /// is still queued: one switch is queued at a time, and what follows a
     /// refused STARTTLS was meant for TLS, so the connection closes rather
     /// than let it leave in plaintext.
@@ -655,13 +660,19 @@ where
         self.core.request_stoptls(false)
     }
 
-    /// Ends TLS (stoptls): writes what is queued, sends close_notify, and
-    /// goes on in plaintext; reads stay TLS until the peer's close_notify.
-    /// Both ends must agree to stop.
+    /// Ends TLS (stoptls) and waits until it is done: like
+    /// [`starttls`](Self::starttls), the switch waits behind the reads
+    /// already queued; then it writes what is queued, sends close_notify,
+    /// and goes on in plaintext; reads stay TLS until the peer's
+    /// close_notify. Both ends must agree to stop. Without TLS on, it
+    /// writes what is queued and returns `Ok(())`, changing nothing.
     ///
     /// # Errors
     ///
-    /// A TLS or transport error (fatal).
+    /// * `EINVAL`, non-fatal (nothing changes), if a TLS switch (STARTTLS,
+    ///   stoptls or the handshake of `tls_autostart`) is already queued, or
+    ///   after [`push_shutdown`](Self::push_shutdown).
+    /// * A TLS or transport error (fatal).
     pub async fn stoptls(&mut self) -> Result<()> {
         let ticket = self.push_stoptls();
         self.wait(ticket).await
