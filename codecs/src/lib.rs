@@ -43,7 +43,11 @@
 //!
 //! * **Fragmentation invariance**: the same frames, the same errors at the
 //!   same frame index and the same end-of-input outcome however the input is
-//!   split. The regex-decided codecs are the documented exception.
+//!   split. The exceptions: the regex-decided codecs ([`RegexCodec`], a
+//!   regex end of line), and the two whose frame is by design what is
+//!   buffered: [`LineBatchCodec`] (its lines are split-invariant, where its
+//!   batches end is not) and [`RawCodec`] (only the concatenation of its
+//!   frames is).
 //! * **Linear time**: a decoder remembers how far it has scanned and never
 //!   looks at a byte twice (JSON and CBOR find a value's end with an
 //!   incremental scanner, then parse once).
@@ -75,7 +79,7 @@
 //! | [`JsonCodec`], [`RawJsonCodec`] | one serde value / the raw bytes of one JSON text | `json` |
 //! | [`CborCodec`], [`RawCborCodec`] | one serde value / the raw bytes of one CBOR item | `cbor` |
 //! | [`TlsDetectCodec`] | [`TlsDetect`]: TLS (with its version) or not; consumes nothing | `tls_detect` |
-//! | [`RawCodec`] | whatever is buffered; writes bytes as they are | plain data |
+//! | [`RawCodec`] | everything buffered when it runs (at least one byte); writes bytes as they are | plain data |
 //!
 //! Errors are one type, [`Error`], with an errno-like [`ErrorKind`].
 //!
