@@ -23,8 +23,15 @@ pub enum ErrorKind {
     /// when the peer stops taking answers. Check [`Error::is_fatal`].
     TimedOut,
     /// `EBADMSG`: the peer sent bytes that are not a valid frame for the
-    /// request's decoder. Non-fatal unless the decoder says the stream is out
-    /// of step.
+    /// request's decoder. Non-fatal, failing that request only, unless the
+    /// decoder says the stream is out of step. One more exception: on a
+    /// pipelined response read ([`Handle::call`](crate::Handle::call),
+    /// `push_response_with`, the tower client `service::Client`), a
+    /// response rejected by a decoder that consumed nothing of it would be
+    /// read by the next caller's decoder, so the error is fatal and closes
+    /// the connection; the tower server loop `service::serve` likewise
+    /// closes the connection (after answering what came before) when its
+    /// decoder rejects a request without consuming it.
     BadMessage,
     /// `ENOSPC`: a buffer limit (`rbuf_max`, `wbuf_max`) or a frame limit of a
     /// decoder was crossed.

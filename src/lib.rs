@@ -69,7 +69,10 @@
 //! * **EOF** (RQ-6): `EPIPE` (fatal) only when a waiting request cannot
 //!   complete; a clean end with nothing queued ends the `Stream`.
 //! * **Errors** are one type, [`Error`], with an errno-like [`ErrorKind`] and
-//!   [`Error::is_fatal`]. A bad message fails its request only.
+//!   [`Error::is_fatal`]. A bad message (`EBADMSG`) fails its request only,
+//!   except on a pipelined response read or server loop, where a rejected
+//!   message the decoder consumed nothing of closes the connection (see
+//!   [`ErrorKind::BadMessage`]).
 //! * **Bounded**: `rbuf_max`, `wbuf_max` and every codec limit have defaults.
 //! * **Timeouts** (idle, read, write) are AnyEvent's: non-fatal (except
 //!   when a response is owed and no request is left to hear it, TO-6),
