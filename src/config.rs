@@ -8,7 +8,7 @@ pub use crate::queued::watermark::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
 /// pair, enough for a typical request, small for an idle connection.
 pub const DEFAULT_READ_SIZE: usize = 8 * 1024;
 
-/// Largest read size the adaptive sizing grows to (OPT-10; AnyEvent's
+/// Largest read size the adaptive sizing grows to ([OPT-10](crate::semantics#OPT-10); AnyEvent's
 /// default too). Large reads amortise syscalls on bulk transfers.
 pub const DEFAULT_MAX_READ_SIZE: usize = 128 * 1024;
 
@@ -20,7 +20,7 @@ pub const DEFAULT_RBUF_MAX: usize = 64 * 1024 * 1024;
 /// Default cap on queued output (`wbuf_max`), for the same reason.
 pub const DEFAULT_WBUF_MAX: usize = 64 * 1024 * 1024;
 
-/// Default `linger` (LC-3): how long a connection closed cleanly with
+/// Default `linger` ([LC-3](crate::semantics#LC-3)): how long a connection closed cleanly with
 /// output still queued keeps writing it in the background. AnyEvent waits
 /// an hour; a tokio program expects a dropped connection to be gone soon, and
 /// a peer that stops reading would otherwise hold the task and its buffers
@@ -125,7 +125,7 @@ impl Builder {
 
     /// The first read size (default [`DEFAULT_READ_SIZE`]). A read that fills
     /// it doubles it, up to [`max_read_size`](Self::max_read_size). A start
-    /// larger than the maximum raises the maximum (OPT-10).
+    /// larger than the maximum raises the maximum ([OPT-10](crate::semantics#OPT-10)).
     pub fn read_size(&mut self, n: usize) -> &mut Self {
         self.cfg.read_size = n.max(1);
         if self.cfg.read_size > self.cfg.max_read_size {
@@ -136,7 +136,7 @@ impl Builder {
 
     /// The largest adaptive read size (default [`DEFAULT_MAX_READ_SIZE`]):
     /// the room each read makes at least. A read fills whatever spare
-    /// room the buffer already has (docs/semantics.md, OPT-10), so one
+    /// room the buffer already has ([OPT-10](crate::semantics#OPT-10)), so one
     /// read may be larger.
     pub fn max_read_size(&mut self, n: usize) -> &mut Self {
         self.cfg.max_read_size = n.max(self.cfg.read_size);
@@ -162,10 +162,10 @@ impl Builder {
 
     /// How long a spawned connection closed cleanly (all its handles
     /// dropped, or `destroy`) keeps writing its queued output in the
-    /// background (LC-3; default [`DEFAULT_LINGER`]; zero discards it at
+    /// background ([LC-3](crate::semantics#LC-3); default [`DEFAULT_LINGER`]; zero discards it at
     /// once). A connection closed by an error toward the peer does not
     /// linger. It also bounds an inline connection's `flush` after an error
-    /// of its input side (LC-5).
+    /// of its input side ([LC-5](crate::semantics#LC-5)).
     ///
     /// Like the timeouts, the period is a tokio timer: a runtime built
     /// without its time driver (`enable_time`, which `enable_all` and
@@ -176,7 +176,7 @@ impl Builder {
         self
     }
 
-    /// Idle timeout (`timeout`, TO-1): no read and no write for this long
+    /// Idle timeout (`timeout`, [TO-1](crate::semantics#TO-1)): no read and no write for this long
     /// gives a non-fatal `ETIMEDOUT` (or runs the `on_timeout` hook), again
     /// every period while idle. Zero (the default) turns it off.
     pub fn timeout(&mut self, period: Duration) -> &mut Self {
@@ -197,7 +197,7 @@ impl Builder {
         self
     }
 
-    /// Write watermarks (OPT-5, OPT-11): above `high` queued bytes, producers
+    /// Write watermarks ([OPT-5](crate::semantics#OPT-5), [OPT-11](crate::semantics#OPT-11)): above `high` queued bytes, producers
     /// (`Sink::poll_ready`, `ready_to_write`) wait until the queue falls to
     /// `low`, which is also when the drain notification fires. Defaults
     /// [`DEFAULT_HIGH_WATER`] and [`DEFAULT_LOW_WATER`]. With a
@@ -211,7 +211,7 @@ impl Builder {
         self
     }
 
-    /// Autocork (OPT-12; default off). Off: queued output is written as soon
+    /// Autocork ([OPT-12](crate::semantics#OPT-12); default off). Off: queued output is written as soon
     /// as the handle runs. On: held until the handle would otherwise wait
     /// (or 64 KiB are queued), then written in one (vectored) write: fewer
     /// syscalls and packets for many small writes, a little more latency.
@@ -228,7 +228,7 @@ impl Builder {
         self.autocork_chosen
     }
 
-    /// `TCP_NODELAY` (OPT-13) for TCP transports built with
+    /// `TCP_NODELAY` ([OPT-13](crate::semantics#OPT-13)) for TCP transports built with
     /// [`build_tcp`](Self::build_tcp) or [`connect`](Self::connect); not
     /// applied by the other `build` methods (nor by the server loop), which
     /// take any transport and log a warning when it is set. Unset by default: the socket keeps the OS's
@@ -238,13 +238,13 @@ impl Builder {
         self
     }
 
-    /// `SO_KEEPALIVE` (OPT-14), as [`no_delay`](Self::no_delay).
+    /// `SO_KEEPALIVE` ([OPT-14](crate::semantics#OPT-14)), as [`no_delay`](Self::no_delay).
     pub fn keepalive(&mut self, on: bool) -> &mut Self {
         self.cfg.keepalive = Some(on);
         self
     }
 
-    /// `SO_OOBINLINE` (OPT-15): urgent data arrives in line. On by default,
+    /// `SO_OOBINLINE` ([OPT-15](crate::semantics#OPT-15)): urgent data arrives in line. On by default,
     /// as in AnyEvent.
     pub fn oobinline(&mut self, on: bool) -> &mut Self {
         self.cfg.oobinline = on;
@@ -266,7 +266,7 @@ impl Builder {
     }
 
     /// Starts TLS as soon as the handle runs (AE's `tls => "connect"` /
-    /// `"accept"`, OPT-18): for a connect, before any queued read or write.
+    /// `"accept"`, [OPT-18](crate::semantics#OPT-18)): for a connect, before any queued read or write.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     pub fn tls(&mut self, mode: impl Into<crate::tls::TlsMode>) -> &mut Self {
         self.tls = Some(mode.into());
@@ -329,8 +329,8 @@ impl Builder {
     /// taken apart and put back with `from_parts` has the default caps and
     /// timeouts.) With [`tls`](Self::tls), the unwritten bytes go out
     /// before the handshake, in plaintext (they were queued before it,
-    /// TLS-2), [`after_switch`](crate::Parts::after_switch) after it, and
-    /// the unread bytes are the start of the peer's handshake (OPT-18).
+    /// [TLS-2](crate::semantics#TLS-2)), [`after_switch`](crate::Parts::after_switch) after it, and
+    /// the unread bytes are the start of the peer's handshake ([OPT-18](crate::semantics#OPT-18)).
     pub fn build_from_parts<IO, C>(&self, parts: crate::Parts<IO, C>) -> crate::QueuedFramed<IO, C>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -1,4 +1,4 @@
-//! Connecting by address (OPT-2) and TCP socket options (OPT-13…OPT-15).
+//! Connecting by address ([OPT-2](crate::semantics#OPT-2)) and TCP socket options ([OPT-13](crate::semantics#OPT-13)…[OPT-15](crate::semantics#OPT-15)).
 
 use std::fmt;
 use std::io;
@@ -118,7 +118,7 @@ impl Builder {
 
     /// Like [`connect`](Self::connect), but returns a [`Handle`] at once:
     /// reads and writes queued before the connection is up run once it is
-    /// (OPT-2); the timers start then. If connecting fails, every queued
+    /// ([OPT-2](crate::semantics#OPT-2)); the timers start then. If connecting fails, every queued
     /// request and the [`Driver`] fail with the connect error.
     ///
     /// Must be called inside a tokio runtime.

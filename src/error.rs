@@ -195,7 +195,7 @@ impl Error {
         }
     }
 
-    /// EOF while a read request was waiting: `EPIPE`, fatal (RQ-6).
+    /// EOF while a read request was waiting: `EPIPE`, fatal ([RQ-6](crate::semantics#RQ-6)).
     pub(crate) fn eof_in_request() -> Error {
         Error::new(ErrorKind::BrokenPipe, true, EOF_IN_REQUEST).at_eof()
     }
@@ -268,13 +268,13 @@ impl Error {
         Error::new(ErrorKind::NoSpace, true, message)
     }
 
-    /// A timeout expired: `ETIMEDOUT`, non-fatal (TO-3).
+    /// A timeout expired: `ETIMEDOUT`, non-fatal ([TO-3](crate::semantics#TO-3)).
     pub(crate) fn timed_out(message: &'static str) -> Error {
         Error::new(ErrorKind::TimedOut, false, message)
     }
 
     /// The error the engine gives when the timer `which` expires with no
-    /// hook: `ETIMEDOUT`, non-fatal (TO-3), naming the timer. An
+    /// hook: `ETIMEDOUT`, non-fatal ([TO-3](crate::semantics#TO-3)), naming the timer. An
     /// `on_timeout` hook that passes timeouts on as errors makes them with
     /// this.
     ///
@@ -327,7 +327,7 @@ impl Error {
         self.inner.kind
     }
 
-    /// Whether this error closed the connection (ERR-2). A fatal error
+    /// Whether this error closed the connection ([ERR-2](crate::semantics#ERR-2)). A fatal error
     /// fails every pending request and every later call with the same error.
     pub fn is_fatal(&self) -> bool {
         self.inner.fatal

@@ -54,7 +54,7 @@
 //!
 //! # The contract
 //!
-//! Rule ids such as RQ-6 or TO-6 name the rules of [`semantics`], the
+//! Rule ids such as [RQ-6](crate::semantics#RQ-6) or [TO-6](crate::semantics#TO-6) name the rules of [`semantics`], the
 //! behaviour contract; "AE" there and in these docs is Perl's
 //! AnyEvent::Handle, whose behaviour this crate restates for tokio.
 //!
@@ -66,7 +66,7 @@
 //!   frame for nobody ([`Ticket`], [§4](semantics#4-the-read-queue)). A
 //!   fatal error keeps the buffers: [`QueuedFramed::into_parts`] (or the
 //!   [`Driver`]) returns the transport, the unread and the unwritten bytes.
-//! * **EOF** (RQ-6): `EPIPE` (fatal) only when a waiting request cannot
+//! * **EOF** ([RQ-6](crate::semantics#RQ-6)): `EPIPE` (fatal) only when a waiting request cannot
 //!   complete; a clean end with nothing queued ends the `Stream`.
 //! * **Errors** are one type, [`Error`], with an errno-like [`ErrorKind`] and
 //!   [`Error::is_fatal`]. A bad message (`EBADMSG`) fails its request only,
@@ -75,7 +75,7 @@
 //!   [`ErrorKind::BadMessage`]).
 //! * **Bounded**: `rbuf_max`, `wbuf_max` and every codec limit have defaults.
 //! * **Timeouts** (idle, read, write) are AnyEvent's: non-fatal (except
-//!   when a response is owed and no request is left to hear it, TO-6),
+//!   when a response is owed and no request is left to hear it, [TO-6](crate::semantics#TO-6)),
 //!   repeating, running while idle. **Autocork**, **watermarks** and **linger** too.
 //! * **TLS** (feature `tls`): [`QueuedFramed::starttls`] on a live connection,
 //!   `stoptls`, `tls_autostart`; verification on by default.

@@ -262,7 +262,7 @@ pub(crate) enum WaitingSince {
 /// The high watermark in force: the configured one, but at most half of
 /// `wbuf_max`, so a producer that waits for readiness (a `Sink`, `serve`,
 /// `ready_to_write`) is held back while an item of up to half the cap still
-/// fits, instead of crossing the cap, which is fatal (OPT-9).
+/// fits, instead of crossing the cap, which is fatal ([OPT-9](crate::semantics#OPT-9)).
 fn effective_high(high: usize, wbuf_max: Option<usize>) -> usize {
     wbuf_max.map_or(high, |max| high.min(max / 2))
 }
@@ -661,7 +661,7 @@ impl Core {
 
     /// The write side's waiters hear `err`; told of an idle timeout that
     /// expired together with the write timeout, they get the write
-    /// timeout, which stands for both (TO-3).
+    /// timeout, which stands for both ([TO-3](crate::semantics#TO-3)).
     fn tell_write_side(&mut self, err: &Error, which: Option<Timeout>) -> bool {
         if which == Some(Timeout::Idle) && self.timers.write_due_with_idle() {
             let write = Error::timer_expired(Timeout::Write);
@@ -718,7 +718,7 @@ impl Core {
     /// nobody reads: the connection closes with a fatal `ETIMEDOUT`, as a
     /// timeout with no handler does in AnyEvent. Waiters on the write side
     /// hear that fatal error; a non-fatal one would tell them of a read
-    /// they cannot mend (TO-6). A write timeout goes by [`fail`](Self::fail)
+    /// they cannot mend ([TO-6](crate::semantics#TO-6)). A write timeout goes by [`fail`](Self::fail)
     /// alone.
     fn fail_timer(&mut self, err: Error, which: Option<Timeout>) {
         if which == Some(Timeout::Write) {
@@ -783,8 +783,8 @@ impl Core {
         owed.map_or(Ok(()), Err)
     }
 
-    /// `destroy()` (LC-1). An inline connection's queued output goes with
-    /// it (no later flush writes it); a spawned driver lingers on it (LC-3).
+    /// `destroy()` ([LC-1](crate::semantics#LC-1)). An inline connection's queued output goes with
+    /// it (no later flush writes it); a spawned driver lingers on it ([LC-3](crate::semantics#LC-3)).
     pub(crate) fn destroy(&mut self) {
         if self.handles.is_none() {
             self.output_dropped = true;
@@ -1129,8 +1129,8 @@ impl Core {
     /// input without finishing its frame: its decoder may keep a scan
     /// position into those bytes, so the entry goes right after it. A read
     /// also goes after the TLS switches at the front: a switch requested
-    /// before it runs before it (TLS-2), and no read is served while one
-    /// is pending (TLS-3), so the bytes behind a STARTTLS go to the TLS
+    /// before it runs before it ([TLS-2](crate::semantics#TLS-2)), and no read is served while one
+    /// is pending ([TLS-3](crate::semantics#TLS-3)), so the bytes behind a STARTTLS go to the TLS
     /// engine, never to a read as plaintext.
     fn push_front(&mut self, entry: Entry) {
         let at = usize::from(matches!(
@@ -1341,7 +1341,7 @@ impl Core {
     /// Tells the timers of the traffic the transport made out of the
     /// engine's sight since `before` (a TLS handshake, a close_notify, part
     /// of a record): bytes read or written count as reads and writes do
-    /// (TO-1).
+    /// ([TO-1](crate::semantics#TO-1)).
     fn note_transport<IO: Transport>(&mut self, io: &IO, before: transport::Activity) {
         let now = io.activity();
         self.timers
@@ -2218,7 +2218,7 @@ impl Core {
 
     /// The inline front end's `flush`, `shutdown_write` and `Sink::poll_close`
     /// (`shut`) on a closed connection: the output queued before an error
-    /// of the input side is written (LC-5), within `linger` of the first
+    /// of the input side is written ([LC-5](crate::semantics#LC-5)), within `linger` of the first
     /// wait (`deadline`, armed only if the transport pushes back), then the
     /// error that closed the connection is returned. `None` while open.
     pub(crate) fn poll_after_close<IO>(
@@ -2336,7 +2336,7 @@ impl Core {
 
     /// The refusal of a switch asked for after `push_shutdown`, if so: a
     /// STARTTLS or stoptls writes (a handshake, a close_notify) after the
-    /// half-close promised to come after the output already queued (WQ-7).
+    /// half-close promised to come after the output already queued ([WQ-7](crate::semantics#WQ-7)).
     /// Harmless: nothing can be queued behind it.
     #[cfg(any(feature = "tls", feature = "rustls"))]
     fn switch_after_shutdown(&self) -> Option<Error> {

@@ -483,7 +483,7 @@ impl Shared {
     /// engine (it runs a completion, hook or encoder there). Waiting is
     /// safe unless the holder of this engine waits, directly or through
     /// others, for the engine this thread holds: then both would wait for
-    /// ever, and this call panics instead (RQ-7).
+    /// ever, and this call panics instead ([RQ-7](crate::semantics#RQ-7)).
     fn lock_holding_another(&self) -> MutexGuard<'_, Core> {
         match self.core.try_lock() {
             Ok(guard) => return guard,
@@ -622,7 +622,7 @@ impl Shared {
     /// no lock held: the encoder is user code, and one that asks another
     /// connection for its state, or writes to it, must not hold this
     /// connection's inbox meanwhile (that connection's callbacks may be
-    /// waiting to post here, RQ-7). An encoder that panics closes the
+    /// waiting to post here, [RQ-7](crate::semantics#RQ-7)). An encoder that panics closes the
     /// connection and the panic goes on to the caller, as on the locked
     /// path.
     fn encode_unlocked<E, I>(&self, encoder: &mut E, item: I) -> Result<BytesMut>
@@ -900,7 +900,7 @@ impl Drop for Parked<'_> {
 /// Made by [`QueuedFramed::spawn`](crate::QueuedFramed::spawn). Every method
 /// queues work and returns at once; tickets and futures resolve as the
 /// driver runs. Dropping the last handle closes the connection after the
-/// queued output is written (linger, LC-3).
+/// queued output is written (linger, [LC-3](crate::semantics#LC-3)).
 ///
 /// # Examples
 ///
@@ -940,8 +940,8 @@ where
 }
 
 /// Spawns the driver around a transport that is still being set up (a
-/// connect in progress, OPT-2): reads and writes queued meanwhile run once
-/// it is up; the timers start then (TO-2). If setup fails, every queued
+/// connect in progress, [OPT-2](crate::semantics#OPT-2)): reads and writes queued meanwhile run once
+/// it is up; the timers start then ([TO-2](crate::semantics#TO-2)). If setup fails, every queued
 /// request fails with its error.
 pub(crate) fn spawn_connecting<IO, F>(mut core: Core, setup: F) -> (Handle, Driver<IO>)
 where
@@ -1322,7 +1322,7 @@ impl Handle {
     /// next call. That state describes the buffer as the batch left it (a
     /// batch that ended on part of a frame has looked at it): if a read of
     /// another kind comes between two batches, give the next batch a fresh
-    /// decoder (docs/semantics.md §4, *Decoders you keep*; a plain
+    /// decoder ([§4](crate::semantics#4-the-read-queue), *Decoders you keep*; a plain
     /// `JsonCodec` batch of newline-ended texts has always looked at the
     /// last newline, which `JsonCodec::ndjson()` frames with its text). `Ok` with no
     /// frames: the input ended cleanly (or `limit` is 0: nothing is taken).
@@ -1359,7 +1359,7 @@ impl Handle {
     /// [`push_read_many`](Self::push_read_many) for the server loop, which
     /// answers the frames before it ends: a fatal error after them is the
     /// next batch's, as a non-fatal one is, and does not close the
-    /// connection under the answers (LC-5, LC-6). Nothing else reads.
+    /// connection under the answers ([LC-5](crate::semantics#LC-5), [LC-6](crate::semantics#LC-6)). Nothing else reads.
     #[cfg(feature = "tower")]
     pub(crate) fn push_read_many_deferring<D>(
         &self,
@@ -1587,7 +1587,7 @@ impl Handle {
         rx.await.unwrap_or_else(|_| Err(Error::closed()))
     }
 
-    /// Half-closes the write side after the queued output (WQ-7).
+    /// Half-closes the write side after the queued output ([WQ-7](crate::semantics#WQ-7)).
     ///
     /// # Errors
     ///
@@ -1610,7 +1610,7 @@ impl Handle {
     /// The error that closed the connection; a non-fatal `EINVAL` once
     /// the output is shut ([`push_shutdown`](Self::push_shutdown)): no
     /// write can be queued again; or a non-fatal `ETIMEDOUT` when a write
-    /// timeout expires while it waits (TO-3). A poll form
+    /// timeout expires while it waits ([TO-3](crate::semantics#TO-3)). A poll form
     /// keeps no state of its own, so the waiter is known by its waker: one
     /// that comes back with another waker, or a second poller sharing the
     /// first one's, hears of the next expiry instead. A waiter that has
@@ -1666,7 +1666,7 @@ impl Handle {
         self.lock().close(err);
     }
 
-    /// Closes the connection (LC-1): pending requests fail with
+    /// Closes the connection ([LC-1](crate::semantics#LC-1)): pending requests fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed); queued output is
     /// still written for up to `linger`.
     pub fn destroy(&self) {
@@ -1767,7 +1767,7 @@ impl Handle {
         self.lock().request_stoptls(false)
     }
 
-    /// Queues `tls_autostart` (RT-tlsauto): detect a TLS ClientHello and,
+    /// Queues `tls_autostart` ([RT-tlsauto](crate::semantics#RT-tlsauto)): detect a TLS ClientHello and,
     /// if there is one, accept TLS before any later request runs. The
     /// returned future resolves with the verdict once the handshake, if
     /// any, is done, as [`QueuedFramed::tls_autostart`](crate::QueuedFramed::tls_autostart) returns it; dropping
@@ -1826,7 +1826,7 @@ impl Handle {
 
     /// Marks activity now for `which` timer (AE's `*timeout_reset`).
     ///
-    /// It never waits for a busy engine (RQ-7): the mark is then posted,
+    /// It never waits for a busy engine ([RQ-7](crate::semantics#RQ-7)): the mark is then posted,
     /// as a write would be, and made when the engine is next taken, a
     /// moment later, before the work posted after it.
     pub fn timeout_reset(&self, which: Timeout) {
@@ -1855,7 +1855,7 @@ impl Handle {
         self.lock().set_on_drain(Box::new(hook));
     }
 
-    /// Turns autocork on or off from the next write on (OPT-12).
+    /// Turns autocork on or off from the next write on ([OPT-12](crate::semantics#OPT-12)).
     pub fn set_autocork(&self, on: bool) {
         self.lock().set_autocork(on);
     }

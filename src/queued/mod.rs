@@ -47,7 +47,7 @@ pub use self::timer::Timeout;
 ///    [`unshift_read`](Self::unshift_read) return [`Ticket`]s that resolve in
 ///    queue order; [`wait`](Self::wait) drives the connection until one is
 ///    ready. [`push_read_with`](Self::push_read_with) runs a completion
-///    inside the engine that may unshift follow-up requests (RQ-4).
+///    inside the engine that may unshift follow-up requests ([RQ-4](crate::semantics#RQ-4)).
 /// 3. **Shared**: [`spawn`](Self::spawn) moves the connection into a task
 ///    and returns a cloneable, `Send` [`Handle`] (the AnyEvent model).
 ///
@@ -91,7 +91,7 @@ pub struct QueuedFramed<IO, C = ()> {
     /// codec, at the first poll of the `Stream`).
     codec_checked: bool,
     /// Bounds the writing of output queued before an input-side error, once
-    /// the connection is closed (`linger`, LC-5).
+    /// the connection is closed (`linger`, [LC-5](crate::semantics#LC-5)).
     after_close: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -111,7 +111,7 @@ pub struct Parts<IO, C = ()> {
     /// Bytes queued behind a TLS switch (`push_starttls`, `push_stoptls`,
     /// `Builder::tls`) that had not run: meant to go out only once it had,
     /// encrypted after a STARTTLS, so never to be written as plaintext
-    /// in front of it (TLS-4). Empty unless a switch was pending.
+    /// in front of it ([TLS-4](crate::semantics#TLS-4)). Empty unless a switch was pending.
     /// [`Builder::build_from_parts`](crate::Builder::build_from_parts) with
     /// [`tls`](crate::Builder::tls) queues them behind its handshake;
     /// [`QueuedFramed::from_parts`] and a builder without TLS do not
@@ -292,7 +292,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         self.core.error()
     }
 
-    /// Closes the connection (LC-1): pending requests fail with
+    /// Closes the connection ([LC-1](crate::semantics#LC-1)): pending requests fail with
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed), later calls fail
     /// fast. Buffers stay reachable through [`into_parts`](Self::into_parts).
     pub fn destroy(&mut self) {
@@ -336,7 +336,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     }
 
     /// Half-closes the write side once everything queued is written (AE's
-    /// `push_shutdown`, WQ-7). The read side stays open. Writes after it
+    /// `push_shutdown`, [WQ-7](crate::semantics#WQ-7)). The read side stays open. Writes after it
     /// are refused, and so are `starttls` and `stoptls` (a non-fatal
     /// `EINVAL`): they would write after the half-close.
     ///
@@ -367,7 +367,7 @@ where
     ///
     /// # Errors
     ///
-    /// * `EPIPE` (fatal) if the input ends before a frame is complete (RQ-6);
+    /// * `EPIPE` (fatal) if the input ends before a frame is complete ([RQ-6](crate::semantics#RQ-6));
     ///   the partial frame stays in [`read_buffer`](Self::read_buffer).
     /// * The decoder's error: non-fatal ones (`EBADMSG`) leave the handle
     ///   usable; fatal ones destroy it.
@@ -386,7 +386,7 @@ where
     /// between calls, a call given up half way included). The state
     /// describes the buffer as the last call left it: if a read of another
     /// kind takes bytes while the decoder holds part of a frame, go on with
-    /// a fresh decoder (docs/semantics.md §4, *Decoders you keep*).
+    /// a fresh decoder ([§4](crate::semantics#4-the-read-queue), *Decoders you keep*).
     ///
     /// **A pipelined server should not answer one `read_with` at a time
     /// with autocork off**: every answer is then its own write system call.
@@ -541,14 +541,14 @@ where
     /// peer does not take the output (the output stays queued). When an
     /// error of the input side closed the connection (end of input inside a
     /// read, a fatal bad message, `rbuf_max`), the output queued before it
-    /// is written first, for up to `linger` (docs/semantics.md LC-3, LC-5).
+    /// is written first, for up to `linger` ([LC-3](crate::semantics#LC-3), [LC-5](crate::semantics#LC-5)).
     pub async fn flush(&mut self) -> Result<()> {
         poll_fn(|cx| self.poll_flush_or_close(cx, false)).await
     }
 
     /// `flush`, or with `shut` the half-close after it. On a connection an
     /// error of its input side closed, the output queued before the error
-    /// is still written, for up to `linger` (LC-5), then that error is
+    /// is still written, for up to `linger` ([LC-5](crate::semantics#LC-5)), then that error is
     /// returned.
     fn poll_flush_or_close(&mut self, cx: &mut Context<'_>, shut: bool) -> Poll<Result<()>> {
         let (io, deadline) = (&mut self.io, &mut self.after_close);
@@ -609,11 +609,11 @@ where
     }
 }
 
-/// TLS on a live connection (docs/semantics.md §7, TLS-1…TLS-11).
+/// TLS on a live connection ([§7](crate::semantics#7-tls), [TLS-1](crate::semantics#TLS-1)…[TLS-11](crate::semantics#TLS-11)).
 ///
-/// Over TLS the handle keeps AnyEvent's plaintext backpressure (RQ-5): it
+/// Over TLS the handle keeps AnyEvent's plaintext backpressure ([RQ-5](crate::semantics#RQ-5)): it
 /// reads only while a request waits, where AnyEvent reads all the time in
-/// TLS mode (TLS-9). Alerts and close_notify are seen with the next read.
+/// TLS mode ([TLS-9](crate::semantics#TLS-9)). Alerts and close_notify are seen with the next read.
 #[cfg(any(feature = "tls", feature = "rustls"))]
 impl<IO, C> QueuedFramed<IO, C>
 where
@@ -680,7 +680,7 @@ where
 
     /// Detects whether the peer starts with a TLS handshake and, if so,
     /// accepts TLS; otherwise the connection stays plaintext
-    /// (`tls_autostart`, RT-tlsauto). Consumes nothing in plaintext. One
+    /// (`tls_autostart`, [RT-tlsauto](crate::semantics#RT-tlsauto)). Consumes nothing in plaintext. One
     /// port can serve TLS and plaintext clients this way.
     ///
     /// # Errors
@@ -731,7 +731,7 @@ where
     /// After a non-fatal error the stream goes on: a timeout, or an error
     /// whose decoder consumed the bytes it rejected (a JSON text `T`
     /// refuses, a discarded over-long line). If the decoder left them in the
-    /// buffer, decoding again would only repeat the error (ERR-3), so the
+    /// buffer, decoding again would only repeat the error ([ERR-3](crate::semantics#ERR-3)), so the
     /// stream ends there (`None` then means "nothing more can be decoded",
     /// and [`is_eof`](QueuedFramed::is_eof) tells it from the end of
     /// input, as after an error from tokio-util's `Framed`). It goes on if
@@ -742,13 +742,13 @@ where
     /// brought more, or with a read queued to take them.
     ///
     /// A read queued while the decoder holds part of a frame (a `next()`
-    /// given up half way) takes the bytes at the front (RQ-1), as do
+    /// given up half way) takes the bytes at the front ([RQ-1](crate::semantics#RQ-1)), as do
     /// [`consume`](QueuedFramed::consume) and
     /// [`read_buffer_mut`](QueuedFramed::read_buffer_mut). The
     /// decoder's state then describes bytes that are gone: rather than
     /// decode with it, the stream yields `EINVAL` (non-fatal) once and ends
     /// until [`codec_mut`](QueuedFramed::codec_mut) gives it a fresh
-    /// decoder (docs/semantics.md §4, *Decoders you keep*).
+    /// decoder ([§4](crate::semantics#4-the-read-queue), *Decoders you keep*).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         match this.stream {
@@ -840,7 +840,7 @@ enum StreamState {
     /// fresh state.
     Stale,
     /// Ended at a clean end of input: it stays ended while the input does
-    /// (the end of TLS input is reopened by our stoptls, TLS-5).
+    /// (the end of TLS input is reopened by our stoptls, [TLS-5](crate::semantics#TLS-5)).
     Ended,
     /// Ended for good: a fatal error, or a default codec that would yield
     /// frames forever.
@@ -932,7 +932,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     /// Queues a read whose completion `then` runs inside the engine as soon
     /// as the frame is decoded, before the next request sees the buffer. It
     /// may queue follow-ups through [`Requests`] (unshift one more read when
-    /// the frame says so, RQ-4). The ticket resolves to what `then` returns.
+    /// the frame says so, [RQ-4](crate::semantics#RQ-4)). The ticket resolves to what `then` returns.
     pub fn push_read_with<D, F, R>(&mut self, decoder: D, then: F) -> Ticket<R>
     where
         D: Decoder + Send + 'static,
@@ -992,7 +992,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     // ----- runtime settings ------------------------------------------------------
 
     /// Sets the idle timeout (`timeout`; zero = off). The deadline is
-    /// checked at once (TO-4).
+    /// checked at once ([TO-4](crate::semantics#TO-4)).
     pub fn set_timeout(&mut self, period: std::time::Duration) {
         self.core.run(|core| core.set_timer(Timeout::Idle, period));
     }
@@ -1025,7 +1025,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
 
     /// Runs `hook` inside the engine each time the write queue falls to the
     /// low watermark after having been above it (AE's `on_drain`, as an
-    /// edge, OPT-5). Never re-entrant.
+    /// edge, [OPT-5](crate::semantics#OPT-5)). Never re-entrant.
     pub fn on_drain<F>(&mut self, hook: F)
     where
         F: FnMut(&mut Requests<'_>) + Send + 'static,
@@ -1033,7 +1033,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         self.core.set_on_drain(Box::new(hook));
     }
 
-    /// Turns autocork on or off from the next write on (OPT-12).
+    /// Turns autocork on or off from the next write on ([OPT-12](crate::semantics#OPT-12)).
     pub fn set_autocork(&mut self, on: bool) {
         self.core.set_autocork(on);
     }

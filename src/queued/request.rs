@@ -156,7 +156,7 @@ where
     (req, ticket)
 }
 
-/// Runs one decode step with AnyEvent's EOF rule (RQ-6): at end of input a
+/// Runs one decode step with AnyEvent's EOF rule ([RQ-6](crate::semantics#RQ-6)): at end of input a
 /// request that cannot complete is `EPIPE`, fatal, and its bytes stay put.
 ///
 /// Always inlined: this is the per-frame path, and a frame returned through
@@ -479,7 +479,7 @@ impl<T> fmt::Debug for Ticket<T> {
 }
 
 /// Access to the request queue from inside a completion function (AE's
-/// "unshift inside a callback", RQ-4).
+/// "unshift inside a callback", [RQ-4](crate::semantics#RQ-4)).
 ///
 /// A completion function passed to `push_read_with` runs inside the engine,
 /// right after its frame was decoded and *before* any later request looks at
@@ -491,7 +491,7 @@ impl<T> fmt::Debug for Ticket<T> {
 /// `push_response_with`) unshifts are the rest of that response: they too
 /// are read to the end of their frame when their ticket is dropped or told
 /// a timeout, so the next caller never gets a piece of this response
-/// (RQ-4).
+/// ([RQ-4](crate::semantics#RQ-4)).
 pub struct Requests<'a> {
     pub(crate) core: &'a mut Core,
     /// What happens to a read this completion unshifts when its ticket is
@@ -752,7 +752,7 @@ where
 /// A decoder adapter whose frame is `Some(frame)`, or `None` when the input
 /// ends cleanly *between* frames (nothing buffered).
 ///
-/// A plain request at end of input is `EPIPE`, fatal (RQ-6), which is right
+/// A plain request at end of input is `EPIPE`, fatal ([RQ-6](crate::semantics#RQ-6)), which is right
 /// when a response is owed. A server waiting for the *next* request wants a
 /// clean end instead, and to keep its write side for the answers still
 /// queued: that is this adapter (AE's "queue the request from `on_read`"

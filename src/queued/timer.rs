@@ -1,4 +1,4 @@
-//! AnyEvent's three activity timers (TO-1…TO-5) on tokio time.
+//! AnyEvent's three activity timers ([TO-1](crate::semantics#TO-1)…[TO-5](crate::semantics#TO-5)) on tokio time.
 //!
 //! One `Sleep` is armed for the earliest deadline of the enabled timers.
 //! Activity only moves a stamp (no timer reset per read); the sleep is
@@ -8,8 +8,8 @@
 //! A `QueuedFramed` split into `Sink` and `Stream` halves waits on the
 //! timers from two tasks. Each poll says which side it is ([`Side`]); the
 //! sleep then wakes both sides' wakers, and an expiry one side hears for
-//! the other is left for it while it waits ([`Claim`], docs/semantics.md
-//! TO-3).
+//! the other is left for it while it waits ([`Claim`],
+//! [TO-3](crate::semantics#TO-3)).
 
 use std::fmt;
 use std::future::Future;
@@ -102,7 +102,7 @@ impl Side {
     }
 }
 
-/// What a poll does with an expiry (TO-3: the first waiter it concerns).
+/// What a poll does with an expiry ([TO-3](crate::semantics#TO-3): the first waiter it concerns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Claim {
     /// Its own: it takes it.
@@ -171,7 +171,7 @@ pub(crate) struct Timers {
     /// fires again was never taken in a whole period: the side it was left
     /// for was not waiting after all (its poll was given up).
     owed: u8,
-    /// The timers only run once the connection is up (TO-2).
+    /// The timers only run once the connection is up ([TO-2](crate::semantics#TO-2)).
     started: bool,
     /// The write side has waited: the transport is polled with the shared
     /// waker from now on ([`io_waker`](Self::io_waker)).
@@ -211,14 +211,14 @@ impl Timers {
         self.started = false;
     }
 
-    /// Starts the timers with every stamp at "now" (TO-2).
+    /// Starts the timers with every stamp at "now" ([TO-2](crate::semantics#TO-2)).
     pub(crate) fn start(&mut self) {
         self.started = true;
         self.stamp = [Instant::now(); 3];
         self.owed = 0;
     }
 
-    /// Sets a period; it counts from the last activity (TO-4), which is
+    /// Sets a period; it counts from the last activity ([TO-4](crate::semantics#TO-4)), which is
     /// recorded whether or not a timer is on.
     pub(crate) fn set(&mut self, which: Timeout, period: Duration) {
         self.period[which.index()] = period;
@@ -351,7 +351,7 @@ impl Timers {
     /// Bytes moved: a read and/or a write of the engine's own, or traffic
     /// under it that did not pass through them (a TLS handshake's flights,
     /// a close_notify, ciphertext of a record not yet whole), which the
-    /// timers count all the same (TO-1). Each moves the idle timer's stamp
+    /// timers count all the same ([TO-1](crate::semantics#TO-1)). Each moves the idle timer's stamp
     /// and its own, and voids an expiry of those not yet taken.
     #[inline]
     pub(crate) fn on_transport_activity(&mut self, read: bool, wrote: bool) {
@@ -406,14 +406,14 @@ impl Timers {
         self.due(Timeout::Write, self.stamp[Timeout::Idle.index()])
     }
 
-    /// The write expiry that came with an idle one was told (TO-3): it
+    /// The write expiry that came with an idle one was told ([TO-3](crate::semantics#TO-3)): it
     /// counts as fired then.
     pub(crate) fn write_taken_with_idle(&mut self) {
         self.stamp[Timeout::Write.index()] = self.stamp[Timeout::Idle.index()];
     }
 
     /// The first timer that has expired by now, if any; its stamp moves to
-    /// now, so it fires again one full period later (TO-3).
+    /// now, so it fires again one full period later ([TO-3](crate::semantics#TO-3)).
     pub(crate) fn expired(&mut self) -> Option<Timeout> {
         if !self.started {
             return None;

@@ -66,7 +66,7 @@ pub(crate) struct Activity {
 /// The user's IO, counting its reads and writes that move bytes: the TLS
 /// library reads and writes it directly during a handshake or a
 /// close_notify, out of the engine's sight, and the timers must still see
-/// that traffic (TO-1).
+/// that traffic ([TO-1](crate::semantics#TO-1)).
 #[cfg(any(feature = "tls", feature = "rustls"))]
 #[derive(Debug)]
 pub(crate) struct Counted<IO> {

@@ -1,4 +1,4 @@
-//! Write watermarks (OPT-5, OPT-11): backpressure above the high mark,
+//! Write watermarks ([OPT-5](crate::semantics#OPT-5), [OPT-11](crate::semantics#OPT-11)): backpressure above the high mark,
 //! an edge-triggered drain notification when the queue falls to the low mark.
 
 use std::task::{Context, Poll, Waker};

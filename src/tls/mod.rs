@@ -15,7 +15,7 @@
 //! one program can use both. The contract below, and every error, is the
 //! same for both.
 //!
-//! The contract (docs/semantics.md §7, reference TLS-1…TLS-11):
+//! The contract ([§7](crate::semantics#7-tls), rules [TLS-1](crate::semantics#TLS-1)…[TLS-11](crate::semantics#TLS-11)):
 //!
 //! * **Verified by default.** A [`TlsClient`] checks the server's
 //!   certificate chain and host name; turning either off is spelled

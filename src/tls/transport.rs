@@ -803,7 +803,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
     /// Over TLS: sends close_notify (so the peer sees a clean TLS EOF, not a
     /// truncation), flushes, then shuts down the IO's write side. Reads go
     /// on until the peer's close_notify, which reads as EOF. (AnyEvent's
-    /// `push_shutdown` sends no close_notify, TLS-8; its peers then see a
+    /// `push_shutdown` sends no close_notify, [TLS-8](crate::semantics#TLS-8); its peers then see a
     /// truncated stream.) During a handshake, it shuts down the IO only.
     pub(crate) fn poll_send_shutdown(
         &mut self,
