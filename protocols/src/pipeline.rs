@@ -328,7 +328,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// between requests does not use it up.
 ///
 /// While no reply is owed, nothing is read from the connection (anyframe's
-/// backpressure rule, RQ-5 in its `docs/semantics.md`): a server's close is
+/// backpressure rule, [RQ-5](anyframe::semantics#RQ-5)): a server's close is
 /// noticed by the next request, which fails with it, and bytes a server
 /// sends unasked (an HTTP server's `408 Request Timeout` just before it
 /// closes an idle connection) are read as the next request's reply. A
@@ -447,7 +447,7 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     type Future = Reply<P::Reply>;
 
     /// Ready when a reply slot is free and the connection's write queue is
-    /// below its high watermark (OPT-5): a burst of large requests waits
+    /// below its high watermark ([OPT-5](anyframe::semantics#OPT-5)): a burst of large requests waits
     /// for the queue to drain instead of filling it past `wbuf_max`. The
     /// cap is the connection's, shared by every clone: clones that pass
     /// `poll_ready` at the same moment on several threads can together
@@ -456,8 +456,8 @@ impl<P: Protocol> tower_service::Service<P::Request> for Pipelined<P> {
     /// large requests through one clone (behind tower's `Buffer`). As for
     /// anyframe's `service::Client`: a read timeout while it waits for
     /// room, with replies owed that nobody waits for, closes the
-    /// connection (TO-6) and comes here as that fatal error; with no reply
-    /// owed, it comes non-fatal (TO-3), and a call again goes on waiting.
+    /// connection ([TO-6](anyframe::semantics#TO-6)) and comes here as that fatal error; with no reply
+    /// owed, it comes non-fatal ([TO-3](anyframe::semantics#TO-3)), and a call again goes on waiting.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         // Half a window queued since the driver last ran: let it write
         // that half while the caller goes on (see
