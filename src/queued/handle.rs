@@ -897,10 +897,25 @@ impl Drop for Parked<'_> {
 
 /// A cloneable, `Send` handle to a connection driven by a spawned task.
 ///
-/// Made by [`QueuedFramed::spawn`](crate::QueuedFramed::spawn). Every method
-/// queues work and returns at once; tickets and futures resolve as the
-/// driver runs. Dropping the last handle closes the connection after the
-/// queued output is written (linger, [LC-3](crate::semantics#LC-3)).
+/// Made by [`QueuedFramed::spawn`](crate::QueuedFramed::spawn). The plain
+/// methods (`push_read`, `push_write`, `call`, `starttls`, …) queue work and
+/// return at once, and the [`Ticket`]s they return resolve as the driver
+/// runs; the `async` ones ([`read`](Self::read),
+/// [`read_many`](Self::read_many), [`flush`](Self::flush),
+/// [`drained`](Self::drained), [`ready_to_write`](Self::ready_to_write))
+/// queue their work and then wait for it. Dropping the last handle closes
+/// the connection after the queued output is written (linger,
+/// [LC-3](crate::semantics#LC-3)).
+///
+/// # Panics
+///
+/// Calling a method of a `Handle` from inside a completion or hook that its
+/// own connection is running (a `push_read_with` completion, an
+/// `on_timeout` or `on_drain` hook) panics: the engine is busy running that
+/// callback, and waiting for it would deadlock. Use the
+/// [`Requests`](crate::Requests) the callback was given instead. A
+/// handle of *another* connection may be used there
+/// ([RQ-7](crate::semantics#RQ-7)).
 ///
 /// # Examples
 ///
@@ -1196,7 +1211,8 @@ impl Handle {
 
     /// Queues a read with `decoder` at the back of the queue. The [`Ticket`]
     /// resolves once every request before it has completed. Dropping the
-    /// ticket cancels the read (it consumes nothing).
+    /// ticket cancels the read: it consumes nothing, unless its decoder has
+    /// already begun its frame (see [`Ticket`]).
     pub fn push_read<D>(&self, decoder: D) -> Ticket<D::Item>
     where
         D: Decoder + Send + 'static,

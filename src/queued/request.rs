@@ -485,7 +485,9 @@ impl<T> fmt::Debug for Ticket<T> {
 /// right after its frame was decoded and *before* any later request looks at
 /// the buffer, so a request it unshifts runs next, on bytes already
 /// buffered. Use this, not the [`Handle`](crate::Handle), from inside a
-/// completion (the handle's lock is held there).
+/// completion: a `Handle` of the completion's own connection panics there
+/// (the engine is busy running the completion, so waiting for it would
+/// deadlock; see the `Handle`'s *Panics*).
 ///
 /// Reads that the completion of a response read (`Handle::call`,
 /// `push_response_with`) unshifts are the rest of that response: they too
