@@ -23,8 +23,18 @@ pub enum TlsErrorKind {
     /// The connection ended (TCP EOF) without the peer's close_notify, so
     /// an attacker could have cut the data short. Fatal.
     Truncated,
-    /// `start_tls` was called while TLS is active or still shutting down.
-    /// The caller's mistake; the connection is unchanged.
+    /// TLS could not start because the connection is not in plaintext: TLS
+    /// is active or its handshake is running, or TLS is still stopping
+    /// (after a stoptls our close_notify was sent, but the peer's has not
+    /// been read yet, so the old session still decrypts what the peer
+    /// sends). The TLS state is unchanged. Through
+    /// [`QueuedFramed::starttls`](crate::QueuedFramed::starttls) or
+    /// [`Handle::starttls`](crate::Handle::starttls) it is `EINVAL`
+    /// ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)): a
+    /// STARTTLS while TLS is active is refused when it is called,
+    /// non-fatal; one that finds TLS still stopping when its turn comes
+    /// closes the connection (fatal), since the output queued behind it was
+    /// meant for TLS and must not leave in plaintext.
     AlreadyTls,
     /// The underlying connection failed (reset, broken pipe, ...); the
     /// original [`io::Error`] is the [`source`](StdError::source).
