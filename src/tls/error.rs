@@ -27,14 +27,16 @@ pub enum TlsErrorKind {
     /// is active or its handshake is running, or TLS is still stopping
     /// (after a stoptls our close_notify was sent, but the peer's has not
     /// been read yet, so the old session still decrypts what the peer
-    /// sends). The TLS state is unchanged. Through
-    /// [`QueuedFramed::starttls`](crate::QueuedFramed::starttls) or
-    /// [`Handle::starttls`](crate::Handle::starttls) it is `EINVAL`
-    /// ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)): a
-    /// STARTTLS while TLS is active is refused when it is called,
-    /// non-fatal; one that finds TLS still stopping when its turn comes
-    /// closes the connection (fatal), since the output queued behind it was
-    /// meant for TLS and must not leave in plaintext.
+    /// sends). The TLS state is unchanged.
+    ///
+    /// [`QueuedFramed::starttls`](crate::QueuedFramed::starttls) and
+    /// [`Handle::starttls`](crate::Handle::starttls) refuse a STARTTLS while
+    /// TLS is active or a switch is queued before it gets here (a non-fatal
+    /// `EINVAL` of their own). This kind reaches them when a STARTTLS finds
+    /// TLS still stopping when its turn comes: that is a fatal `EINVAL`
+    /// ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)) that
+    /// closes the connection, since the output queued behind the STARTTLS
+    /// was meant for TLS and must not leave in plaintext.
     AlreadyTls,
     /// The underlying connection failed (reset, broken pipe, ...); the
     /// original [`io::Error`] is the [`source`](StdError::source).
