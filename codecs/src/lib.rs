@@ -85,14 +85,20 @@
 //!
 //! # Features
 //!
-//! All on by default. Without them the line, chunk, packstring, netstring,
-//! TLS-detection and raw codecs still build, with no serde or regex in the
-//! dependency tree.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `json` | on | [`JsonCodec`], [`RawJsonCodec`], [`JsonValue`] (serde, serde_json) |
+//! | `cbor` | on | [`CborCodec`], [`RawCborCodec`], [`CborValue`] (serde, serde_cbor) |
+//! | `regex` | on | [`RegexCodec`] and the regex end of line, [`LineCodecBuilder::eol_regex`] (regex, regex-syntax) |
+//! | `float-roundtrip` | off | correctly rounded float parsing in [`JsonCodec`] (serde_json's `float_roundtrip`), as JSON::XS reads; slower on float-heavy input; turns on `json` |
 //!
-//! * `json`: [`JsonCodec`] and [`RawJsonCodec`] (serde, serde_json).
-//! * `cbor`: [`CborCodec`] and [`RawCborCodec`] (serde, serde_cbor).
-//! * `regex`: [`RegexCodec`] and the regex end of line,
-//!   [`LineCodecBuilder::eol_regex`] (regex).
+//! Without `json`, `cbor` and `regex` the line, chunk, packstring,
+//! netstring, TLS-detection and raw codecs still build, with no serde or
+//! regex in the dependency tree.
+//!
+//! serde_cbor is unmaintained (advisory RUSTSEC-2021-0127), and it is a
+//! public dependency of the `cbor` feature: [`CborValue`] is
+//! `serde_cbor::Value`, and `CborCodec<T>` defaults to it.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -122,7 +128,11 @@ pub use tokio_util::codec::{Decoder, Encoder};
 #[cfg(feature = "regex")]
 pub use regex;
 /// The value type [`CborCodec`] decodes into when the shape of the data is
-/// not known in advance (`serde_cbor::Value`).
+/// not known in advance: `serde_cbor::Value` itself, re-exported.
+///
+/// This makes serde_cbor a public dependency of the `cbor` feature. Note
+/// that serde_cbor is unmaintained (advisory RUSTSEC-2021-0127); build
+/// without the `cbor` feature to leave it out of the dependency tree.
 #[cfg(feature = "cbor")]
 pub use serde_cbor::Value as CborValue;
 /// The value type [`JsonCodec`] decodes into when the shape of the data is
