@@ -519,12 +519,25 @@ impl From<crate::tls::TlsError> for Error {
 }
 
 impl From<io::Error> for Error {
-    /// An `io::Error` that comes out of a *codec* (tokio-util codecs use
-    /// `io::Error`): one that carries an error of this crate or of the
-    /// codecs crate (made by the conversion the other way) is that error
-    /// again, with its kind and fatality; otherwise `InvalidData` is a
-    /// non-fatal bad message, `UnexpectedEof` is `EPIPE`, anything else a
-    /// fatal I/O error.
+    /// Converts any `io::Error`: the error of a codec (tokio-util codecs use
+    /// `io::Error`), and also every `?` on an I/O call in code that returns
+    /// [`anyframe::Result`](crate::Result) (writing to a peer, binding a
+    /// listener, as in the examples). The mapping is the same whatever the
+    /// source, and written for codecs:
+    ///
+    /// * an `io::Error` that carries an error of this crate or of the codecs
+    ///   crate (made by the conversion the other way) is that error again,
+    ///   with its kind and fatality;
+    /// * [`io::ErrorKind::InvalidData`] is [`ErrorKind::BadMessage`]
+    ///   (`EBADMSG`), non-fatal;
+    /// * [`io::ErrorKind::UnexpectedEof`] is [`ErrorKind::BrokenPipe`]
+    ///   (`EPIPE`), fatal, marked as caused by the end of input;
+    /// * [`io::ErrorKind::BrokenPipe`] is `EPIPE`, fatal;
+    /// * anything else is [`ErrorKind::Io`] (`EIO`), fatal.
+    ///
+    /// In the last four cases the original error stays reachable through
+    /// [`io_error`](Error::io_error) and the
+    /// [`source`](std::error::Error::source).
     fn from(e: io::Error) -> Error {
         let e = match e.downcast::<Error>() {
             Ok(ours) => return ours,
