@@ -37,7 +37,9 @@ pub use self::timer::Timeout;
 /// FIFO of read requests, **each with its own decoder** — read a line, then
 /// 64 bytes, then one JSON value, on one connection. Bytes one request does
 /// not consume are the next request's input, whatever its decoder; switching
-/// costs nothing (no copy, no rebuild). Writes go through a write queue.
+/// copies none of the buffered bytes (a queued read allocates only its
+/// request and the channel its [`Ticket`] waits on). Writes go through a
+/// write queue.
 ///
 /// Three ways to use it:
 ///
@@ -111,7 +113,8 @@ pub struct Parts<IO, C = ()> {
     /// Bytes queued behind a TLS switch (`push_starttls`, `push_stoptls`,
     /// `Builder::tls`) that had not run: meant to go out only once it had,
     /// encrypted after a STARTTLS, so never to be written as plaintext
-    /// in front of it ([TLS-4](crate::semantics#TLS-4)). Empty unless a switch was pending.
+    /// in front of it ([TLS-2](crate::semantics#TLS-2): output queued after a
+    /// switch waits for it). Empty unless a switch was pending.
     /// [`Builder::build_from_parts`](crate::Builder::build_from_parts) with
     /// [`tls`](crate::Builder::tls) queues them behind its handshake;
     /// [`QueuedFramed::from_parts`] and a builder without TLS do not
