@@ -943,6 +943,30 @@ pub struct Handle {
 /// The driver task of a spawned connection. Await it to get the [`Parts`]
 /// back when the connection ends (fatal error, [`Handle::destroy`], every
 /// handle dropped) or is detached ([`Handle::detach`]).
+///
+/// # Errors
+///
+/// Once the transport is up, the output is always `Ok(parts)`, after a
+/// fatal connection error too: that error went to every pending ticket
+/// and waiter and stays readable with [`Handle::error`], and the parts
+/// hold the transport and the unread and unwritten bytes. The output is
+/// `Err` only when there are no parts to give back:
+///
+/// * connecting failed ([`Builder::spawn_connect`](crate::Builder::spawn_connect)
+///   found no address that answered): the connect error, which the queued
+///   requests got too;
+/// * the connection ended while it was still being set up (destroyed,
+///   detached, or its last handle dropped with no output to linger on):
+///   the connection's error, or [`ErrorKind::Closed`](crate::ErrorKind::Closed);
+/// * the task was cancelled (its runtime shut down, or it was aborted):
+///   [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+///
+/// # Panics
+///
+/// A panic in a user callback that the driver ran (a completion, hook,
+/// decoder, encoder or connect retry hook) goes on to whoever awaits the
+/// `Driver`, as with a `JoinHandle`, after every ticket was told
+/// [`ErrorKind::Panicked`](crate::ErrorKind::Panicked).
 pub struct Driver<IO> {
     join: JoinHandle<Result<Parts<IO>>>,
 }
