@@ -1807,8 +1807,17 @@ impl Handle {
         self.lock().request_stoptls(false)
     }
 
-    /// Queues `tls_autostart` ([RT-tlsauto](crate::semantics#RT-tlsauto)): detect a TLS ClientHello and,
-    /// if there is one, accept TLS before any later request runs. The
+    /// Queues `tls_autostart` ([RT-tlsauto](crate::semantics#RT-tlsauto)):
+    /// detect whether the peer starts with TLS and, if it does, accept TLS
+    /// before any later request runs. The detection is
+    /// [`TlsDetectCodec::new`](crate::codecs::TlsDetectCodec::new), AnyEvent's
+    /// rule: the first bytes look like the header of any TLS handshake
+    /// record ([RT-tlsdetect-2](crate::semantics#RT-tlsdetect-2)), or like an
+    /// SSLv2-compatible hello
+    /// ([RT-tlsdetect-3](crate::semantics#RT-tlsdetect-3)); it does not check
+    /// that the record is a ClientHello (that is
+    /// [`TlsDetectCodec::strict`](crate::codecs::TlsDetectCodec::strict),
+    /// which autostart does not use). The
     /// returned future resolves with the verdict once the handshake, if
     /// any, is done, as [`QueuedFramed::tls_autostart`](crate::QueuedFramed::tls_autostart) returns it; dropping
     /// it before the verdict cancels the detection.

@@ -683,8 +683,11 @@ where
 
     /// Detects whether the peer starts with a TLS handshake and, if so,
     /// accepts TLS; otherwise the connection stays plaintext
-    /// (`tls_autostart`, [RT-tlsauto](crate::semantics#RT-tlsauto)). Consumes nothing in plaintext. One
-    /// port can serve TLS and plaintext clients this way.
+    /// (`tls_autostart`, [RT-tlsauto](crate::semantics#RT-tlsauto)). The
+    /// detection is [`TlsDetectCodec::new`](crate::codecs::TlsDetectCodec::new),
+    /// AnyEvent's rule (any TLS handshake record header, or an
+    /// SSLv2-compatible hello; not only a ClientHello). Consumes nothing in
+    /// plaintext. One port can serve TLS and plaintext clients this way.
     ///
     /// # Errors
     ///
