@@ -40,8 +40,11 @@ pub enum ErrorKind {
     /// never continues unencrypted.
     Protocol,
     /// An I/O error from the transport (connection reset, refused, ...),
-    /// or the failure of a server loop's service. Reported as `EIO`; the
-    /// OS's own error is [`Error::io_error`], the service's the
+    /// or the failure of a server loop's service (`service::serve`: an
+    /// error from the service's `call` or `poll_ready`). Reported as `EIO`,
+    /// fatal. For a transport error the OS's own error is
+    /// [`Error::io_error`]. For a service failure there is no I/O error
+    /// ([`Error::io_error`] is `None`): the service's error is the
     /// [`source`](std::error::Error::source).
     Io,
     /// The connection is closed (by `destroy` or `detach`, or because its

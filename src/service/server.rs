@@ -78,6 +78,12 @@ pub enum BadRequest<Resp> {
 /// on so the answers to one batch leave in one write. Reading one request
 /// and flushing one answer at a time is several times slower.
 ///
+/// # Errors
+///
+/// Those of [`Serve::run`]. A failure of `service` comes as
+/// [`ErrorKind::Io`] with [`Error::io_error`] `None`; the service's error
+/// is the error's [`source`](std::error::Error::source).
+///
 /// # Examples
 ///
 /// ```
@@ -590,6 +596,12 @@ where
     /// `map_errors` is not consulted); an answer the encoder refuses, made
     /// fatal (the peer would take the next answer for it), after the
     /// answers before it.
+    ///
+    /// A service error (from a call or from `poll_ready`) is reported as
+    /// [`ErrorKind::Io`], fatal, although no I/O failed:
+    /// [`Error::io_error`] is `None`, and the service's own error is the
+    /// [`source`](std::error::Error::source) (downcast it to your error
+    /// type).
     pub async fn run(self) -> Result<()> {
         let Serve {
             io,
