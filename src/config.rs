@@ -245,7 +245,10 @@ impl Builder {
     }
 
     /// `SO_OOBINLINE` ([OPT-15](crate::semantics#OPT-15)): urgent data arrives in line. On by default,
-    /// as in AnyEvent.
+    /// as in AnyEvent. Like [`no_delay`](Self::no_delay), applied only to
+    /// TCP transports built with [`build_tcp`](Self::build_tcp) or
+    /// [`connect`](Self::connect) (and `spawn_connect`); the other `build`
+    /// methods leave the socket as it is, and log no warning for this one.
     pub fn oobinline(&mut self, on: bool) -> &mut Self {
         self.cfg.oobinline = on;
         self
@@ -288,8 +291,9 @@ impl Builder {
     /// Builds a handle over `io` with no default codec.
     ///
     /// `io` is any transport, so the socket options
-    /// ([`no_delay`](Self::no_delay), [`keepalive`](Self::keepalive)) are
-    /// not applied here (a warning is logged if they were set): use
+    /// ([`no_delay`](Self::no_delay), [`keepalive`](Self::keepalive),
+    /// [`oobinline`](Self::oobinline)) are not applied here (a warning is
+    /// logged if `no_delay` or `keepalive` was set): use
     /// [`build_tcp`](Self::build_tcp), or set them on the socket first.
     pub fn build<IO>(&self, io: IO) -> crate::QueuedFramed<IO>
     where
