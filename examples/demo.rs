@@ -69,7 +69,10 @@ async fn server(listener: TcpListener, tls: TlsServer) -> anyframe::Result<()> {
     // nothing, and let the handshake read them.
     match conn.read(TlsDetectCodec::new()).await? {
         TlsDetect::Tls { major, minor } => {
-            show("server", &format!("tls_detect TLS record {major}.{minor}"));
+            show(
+                "server",
+                &format!("tls_detect TLS, record-layer version {major}.{minor}"),
+            );
         }
         TlsDetect::NotTls => {
             return Err(std::io::Error::other("the client did not start TLS").into());
@@ -93,7 +96,7 @@ async fn client(addr: std::net::SocketAddr, tls: TlsClient) -> anyframe::Result<
     conn.push_write(LineCodec::new(), "HELLO anyframe")?;
     conn.push_bytes(&b"RAW8BYTE"[..])?;
     conn.push_write(PackstringCodec::new(PackFormat::U32Be), vec![0xAB; 1000])?;
-    conn.push_write(NetstringCodec::new(), "a:netstring,")?;
+    conn.push_write(NetstringCodec::new(), "payload of a netstring")?;
     conn.push_write(
         JsonCodec::<serde_json::Value>::new(),
         json!({"op": "add", "args": [1, 2, 3], "ok": true}),
