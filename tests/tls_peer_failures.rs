@@ -712,6 +712,51 @@ fn a_domain_with_a_nul_byte_is_refused_when_the_client_is_built() {
     );
 }
 
+/// The peer's last line and its close_notify are already in our receive
+/// pipe when the peer goes away without reading the output we still owe
+/// it. Inline, so the read drives the connection: the read gets the line
+/// on every backend (rustls first wrote the records it still held, and
+/// returned that write's `EPIPE` without looking at the input); the write
+/// failure is the flush's.
+#[tokio::test]
+async fn data_that_arrived_before_a_write_failure_is_read_first_on_both_backends() {
+    let mut failed = Vec::new();
+    for b in [None, Some(TlsBackend::NativeTls), Some(TlsBackend::Rustls)] {
+        let (c, s) = tokio::io::duplex(4 * 1024);
+        let mut cb = QueuedFramed::builder();
+        let mut sb = QueuedFramed::builder();
+        if let Some(b) = b {
+            cb.tls(pki::client_on(b));
+            sb.tls(pki::localhost_on(b));
+        }
+        let mut client = cb.build(c);
+        let mut server = sb.build(s);
+        let (x, y) = within("handshakes", async {
+            tokio::join!(client.flush(), server.flush())
+        })
+        .await;
+        x.unwrap();
+        y.unwrap();
+        // Our output fills the pipe: the peer never reads it.
+        client.push_bytes(vec![b'q'; 64 * 1024]).unwrap();
+        let stuck = tokio::time::timeout(Duration::from_millis(200), client.flush()).await;
+        assert!(stuck.is_err(), "the pipe is full");
+        server.push_bytes(&b"last words\n"[..]).unwrap();
+        within("shutdown", server.shutdown_write()).await.unwrap();
+        drop(server);
+        let line = within("read", client.read(LineCodec::new())).await;
+        match line {
+            Ok(l) if l.line() == b"last words" => {}
+            other => failed.push(format!("{b:?}: {:?}", other.map(|l| l.line().to_vec()))),
+        }
+        let flushed = within("flush", client.flush()).await;
+        if flushed.is_ok() {
+            failed.push(format!("{b:?}: the flush to a peer gone succeeded"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
 // ----- half-close over TLS ---------------------------------------------------------
 
 /// TLS-8 half-close, as an HTTP/1.0-style client does: the client sends

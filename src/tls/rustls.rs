@@ -465,11 +465,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         self.check_failed()?;
         // Records rustls still owes the peer (the end of the handshake, a
         // key update) go first, as far as the IO takes them now; the IO
-        // then wakes us when it can take more.
+        // then wakes us when it can take more. A write that fails is the
+        // write side's to report (its next write meets it again): what
+        // the peer sent before it went away is read first.
         while self.tls.wants_write() && !self.tickets_owed {
             match self.poll_write_tls(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(TlsError::io(e))),
+                Poll::Ready(Err(e)) => {
+                    tracing::trace!(error = %e, "TLS records not written; reading on");
+                    break;
+                }
                 Poll::Pending => break,
             }
         }
