@@ -721,7 +721,7 @@ fn a_domain_with_a_nul_byte_is_refused_when_the_client_is_built() {
 #[tokio::test]
 async fn data_that_arrived_before_a_write_failure_is_read_first_on_both_backends() {
     let mut failed = Vec::new();
-    for b in [None, Some(TlsBackend::NativeTls), Some(TlsBackend::Rustls)] {
+    for b in std::iter::once(None).chain(pki::BACKENDS.iter().copied().map(Some)) {
         let (c, s) = tokio::io::duplex(4 * 1024);
         let mut cb = QueuedFramed::builder();
         let mut sb = QueuedFramed::builder();

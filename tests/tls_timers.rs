@@ -875,3 +875,138 @@ async fn split_halves_behind_a_stalled_builder_tls_hear_their_own_timeouts() {
     }
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// TO-1: over TLS, the bytes of a record not yet whole count as writes.
+/// A peer that reads slowly but steadily (1 KiB every 300 ms) while 256
+/// KiB are flushed under a 1 s write (or idle) timeout keeps the flush
+/// going on both backends and both front ends, as in plaintext: the TLS
+/// library writes records it sealed earlier (or part of one) and answers
+/// `Pending`, and that traffic counted for nothing.
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_steady_reader_keeps_a_tls_flush_alive() {
+    let mut failed = Vec::new();
+    for b in std::iter::once(None).chain(pki::BACKENDS.iter().copied().map(Some)) {
+        for spawned in [false, true] {
+            for idle in [false, true] {
+                let (c, s) = tokio::io::duplex(64 * 1024);
+                let mut cb = QueuedFramed::builder();
+                let mut sb = QueuedFramed::builder();
+                if let Some(b) = b {
+                    cb.tls(pki::client_on(b));
+                    sb.tls(pki::localhost_on(b));
+                }
+                let mut client = cb.build(c);
+                let mut server = sb.build(s);
+                let (x, y) = bounded(MS(5000), async {
+                    tokio::join!(client.flush(), server.flush())
+                })
+                .await
+                .expect("handshakes");
+                x.unwrap();
+                y.unwrap();
+                // From now on the server end only takes bytes, slowly.
+                let mut raw = server.into_parts().io;
+                let reader = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1024];
+                    loop {
+                        tokio::time::sleep(MS(300)).await;
+                        match raw.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+                if idle {
+                    client.set_timeout(Duration::from_secs(1));
+                } else {
+                    client.set_wtimeout(Duration::from_secs(1));
+                }
+                let data = vec![b'x'; 256 * 1024];
+                let r = if spawned {
+                    let (h, d) = client.spawn();
+                    tokio::spawn(d);
+                    h.push_bytes(data).unwrap();
+                    let r = bounded(MS(600_000), h.flush()).await;
+                    h.destroy();
+                    r
+                } else {
+                    client.push_bytes(data).unwrap();
+                    bounded(MS(600_000), client.flush()).await
+                };
+                reader.abort();
+                if !matches!(r, Some(Ok(()))) {
+                    failed.push(format!(
+                        "{b:?} spawned={spawned} {}: {:?}",
+                        if idle { "timeout" } else { "wtimeout" },
+                        r.map(|r| r.map_err(|e| e.to_string()))
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// LC-6 over TLS: a client that keeps taking a little of a large answer in
+/// every period keeps its connection to the server loop (`wtimeout` 1 s,
+/// a 200 KiB answer, 1 KiB taken every 300 ms): the TLS library's partial
+/// writes count as the transport taking bytes.
+#[cfg(feature = "tower")]
+#[tokio::test(start_paused = true)]
+async fn the_server_loop_keeps_a_slow_but_steady_tls_reader() {
+    use anyframe::codecs::{ChunkCodec, Utf8Line, Utf8LineCodec};
+    const ANSWER: usize = 200 * 1024;
+    let mut failed = Vec::new();
+    for b in std::iter::once(None).chain(pki::BACKENDS.iter().copied().map(Some)) {
+        let (sio, relay_s) = tokio::io::duplex(16 * 1024);
+        let (relay_c, cio) = tokio::io::duplex(16 * 1024);
+        // Client to server freely; server to client 1 KiB every 300 ms.
+        let (mut cr, mut cw) = tokio::io::split(relay_c);
+        let (mut sr, mut sw) = tokio::io::split(relay_s);
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            let _ = sw.shutdown().await;
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            loop {
+                tokio::time::sleep(MS(300)).await;
+                match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if cw.write_all(&buf[..n]).await.is_err() => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = cw.shutdown().await;
+        });
+        let big = tower::service_fn(|line: Utf8Line| async move {
+            Ok::<_, std::convert::Infallible>(format!("{}:{}", line.line(), "y".repeat(ANSWER)))
+        });
+        let mut sb = QueuedFramed::builder();
+        sb.wtimeout(Duration::from_secs(1));
+        let mut cb = QueuedFramed::builder();
+        if let Some(b) = b {
+            sb.tls(pki::localhost_on(b));
+            cb.tls(pki::client_on(b));
+        }
+        let server = tokio::spawn(
+            anyframe::service::serve(sio, Utf8LineCodec::new(), LineCodec::new(), big)
+                .connection(sb)
+                .into_future(),
+        );
+        let mut client = cb.build(cio);
+        client.push_bytes(&b"hello\n"[..]).unwrap();
+        let answer = bounded(MS(600_000), client.read(ChunkCodec::new(ANSWER + 7))).await;
+        let _ = bounded(MS(600_000), client.shutdown_write()).await;
+        let served = bounded(MS(600_000), server).await.map(|j| j.unwrap());
+        let whole = matches!(&answer, Some(Ok(c)) if c.len() == ANSWER + 7);
+        if !whole || matches!(&served, Some(Err(e)) if e.is_fatal()) {
+            failed.push(format!(
+                "{b:?}: answer {:?}, serve {:?}",
+                answer.map(|r| r.map(|c| c.len()).map_err(|e| e.to_string())),
+                served.map(|r| r.map_err(|e| e.to_string()))
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}

@@ -87,6 +87,20 @@ macro_rules! poll_io {
         }
     };
 }
+/// [`poll_io!`] for the write side: while the call is pending, what the
+/// transport moved meanwhile (a TLS library writing records it sealed
+/// earlier, or part of one, without taking more plaintext) counts for the
+/// timers as writes do ([TO-1](crate::semantics#TO-1)).
+macro_rules! poll_out {
+    ($core:ident, $io:ident, $cx:ident, |$c:ident| $poll:expr) => {{
+        let before = $io.activity();
+        let polled = poll_io!($core, $cx, |$c| $poll);
+        if polled.is_pending() {
+            $core.note_transport($io, before);
+        }
+        polled
+    }};
+}
 use crate::queued::transport::{self, Transport};
 use crate::queued::watermark::Watermarks;
 use crate::queued::write::WriteQueue;
@@ -1986,7 +2000,7 @@ impl Core {
             return Poll::Pending;
         }
         if self.unflushed {
-            if let Err(e) = ready!(poll_io!(self, cx, |c| io.poll_send_flush(c))) {
+            if let Err(e) = ready!(poll_out!(self, io, cx, |c| io.poll_send_flush(c))) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             self.unflushed = false;
@@ -2003,7 +2017,7 @@ impl Core {
                 self.settle_flushes(io, cx)?;
                 return Poll::Pending;
             }
-            if let Err(e) = ready!(poll_io!(self, cx, |c| io.poll_send_shutdown(c))) {
+            if let Err(e) = ready!(poll_out!(self, io, cx, |c| io.poll_send_shutdown(c))) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             tracing::debug!("write side shut down");
@@ -2033,7 +2047,7 @@ impl Core {
             return Ok(());
         }
         if self.unflushed {
-            match poll_io!(self, cx, |c| io.poll_send_flush(c)) {
+            match poll_out!(self, io, cx, |c| io.poll_send_flush(c)) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Err(e)) => return Err(self.io_failed(e)),
                 Poll::Ready(Ok(())) => self.unflushed = false,
@@ -2069,7 +2083,7 @@ impl Core {
                 false => None,
             };
             writes += 1;
-            match ready!(poll_io!(self, cx, |c| self.wq.poll_write(io, c))) {
+            match ready!(poll_out!(self, io, cx, |c| self.wq.poll_write(io, c))) {
                 Ok(0) => {
                     let e = Error::transport(std::io::ErrorKind::WriteZero.into());
                     return Poll::Ready(Err(self.io_failed(e)));
@@ -2448,7 +2462,7 @@ impl Core {
         // The output queued before the switch leaves first.
         ready!(self.poll_write_some(io, cx))?;
         if self.unflushed {
-            if let Err(e) = ready!(poll_io!(self, cx, |c| io.poll_send_flush(c))) {
+            if let Err(e) = ready!(poll_out!(self, io, cx, |c| io.poll_send_flush(c))) {
                 return Poll::Ready(Err(self.io_failed(e)));
             }
             self.unflushed = false;
