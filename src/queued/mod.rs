@@ -204,7 +204,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     ///
     /// Over TLS, the TLS session is dropped on the spot (no close_notify;
     /// like AE's `resettls`): call [`stoptls`](Self::stoptls) first to hand
-    /// over a clean plaintext stream. After `stoptls`, the peer's side of
+    /// over a clean plaintext stream. Output the TLS library had already
+    /// taken goes with the session (rustls seals up to 64 KiB ahead of the
+    /// transport; [TLS-7](crate::semantics#TLS-7)): `write_buf` holds what
+    /// it had not taken. After `stoptls`, the peer's side of
     /// TLS that has already arrived, up to its close_notify, is read
     /// without waiting: its data is decrypted into `read_buf`, followed by
     /// the plaintext behind the close_notify. A peer whose close_notify is
