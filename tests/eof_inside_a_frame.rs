@@ -67,6 +67,54 @@ async fn or_eof_on_a_handle_is_epipe_after_a_frame_header() {
     );
 }
 
+/// RQ-6 keeps the record per connection: an `OrEof` read of another kind
+/// after a read that took a frame's header and was given up (a
+/// `read_with`, a `Stream::next`, a `Handle::read_many` that ended having
+/// taken the next header) sees the end of input inside that frame, not a
+/// clean end. Its own decoder took nothing, so only the engine knows.
+#[tokio::test(start_paused = true)]
+async fn or_eof_of_another_decoder_is_epipe_after_a_given_up_header() {
+    use anyframe::codecs::LineCodec;
+    let epipe = |r: &anyframe::Result<Option<anyframe::codecs::Line>>| matches!(r, Err(e) if e.kind() == ErrorKind::BrokenPipe && e.is_fatal());
+    for how in [
+        "read_with then read",
+        "read_with then read_with",
+        "next then read",
+    ] {
+        let (io, mut peer) = tokio::io::duplex(1024);
+        peer.write_all(&HEADER).await.unwrap();
+        let mut conn = QueuedFramed::with_codec(io, LengthDelimitedCodec::new());
+        let given_up = if how.starts_with("next") {
+            tokio::time::timeout(PAUSE, conn.next()).await.is_err()
+        } else {
+            let mut ld = LengthDelimitedCodec::new();
+            tokio::time::timeout(PAUSE, conn.read_with(&mut ld))
+                .await
+                .is_err()
+        };
+        assert!(given_up, "{how}: no frame yet");
+        peer.shutdown().await.unwrap();
+        let r = if how.ends_with("read_with") {
+            within(conn.read_with(&mut OrEof::new(LineCodec::new()))).await
+        } else {
+            within(conn.read(OrEof::new(LineCodec::new()))).await
+        };
+        assert!(epipe(&r), "{how}: {:?}", r.map(|f| f.is_some()));
+    }
+    // Spawned: a batch that ended having taken the next frame's header.
+    let (io, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::new(io).spawn();
+    peer.write_all(&[0, 0, 0, 2, b'h', b'i']).await.unwrap();
+    peer.write_all(&HEADER).await.unwrap();
+    let (_ld, frames) = within(handle.read_many(LengthDelimitedCodec::new(), 10))
+        .await
+        .unwrap();
+    assert_eq!(frames.len(), 1);
+    peer.shutdown().await.unwrap();
+    let r = within(handle.read(OrEof::new(LineCodec::new()))).await;
+    assert!(epipe(&r), "after a batch: {:?}", r.map(|f| f.is_some()));
+}
+
 #[tokio::test]
 async fn or_eof_still_ends_cleanly_between_frames() {
     let (io, mut peer) = tokio::io::duplex(64);

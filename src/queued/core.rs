@@ -65,8 +65,8 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::queued::handle::{INBOX_KEEP, Shared};
 use crate::queued::request::{
-    Batch, BatchOf, BatchStep, DecodeRequest, OnDrop, Rejected, Request, Requests, Ticket,
-    batch_step, decode_step, read_request,
+    Batch, BatchOf, BatchStep, DecodeRequest, InsideAFrame, OnDrop, Rejected, Request, Requests,
+    Ticket, batch_step, decode_step, read_request,
 };
 use crate::queued::timer::{Side, Timeout, Timers};
 
@@ -1247,7 +1247,9 @@ impl Core {
                 tracing::debug!(error = %e, "a batch's error dropped: the next read is not a batch");
             }
             let before = self.rbuf.len();
+            let inside = eof.then(|| InsideAFrame::mark(self.partial));
             let step = head.poll_decode(&mut self.rbuf, eof);
+            drop(inside);
             self.note_step(before, step.is_ready());
             match step {
                 Poll::Pending => break,
@@ -1722,7 +1724,10 @@ impl Core {
             // (trailing whitespace, say); what earlier steps took without a
             // frame is part of one.
             let inside = self.partial;
-            let step = decode_step(decoder, &mut self.rbuf, self.input == Input::Eof);
+            let at_eof = self.input == Input::Eof;
+            let marked = at_eof.then(|| InsideAFrame::mark(inside));
+            let step = decode_step(decoder, &mut self.rbuf, at_eof);
+            drop(marked);
             self.note_step(before, !matches!(step, Ok(None)));
             match step {
                 Ok(Some(frame)) => {

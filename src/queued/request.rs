@@ -1,6 +1,7 @@
 //! Read requests: a decoder plus what to do with its frame, type-erased so one
 //! queue can hold a line request, then a chunk request, then a JSON request.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -751,6 +752,30 @@ where
     }
 }
 
+thread_local! {
+    /// Set while the engine runs a decoder at the end of input after some
+    /// decoder took part of a frame nobody finished (RQ-6): the input ended
+    /// inside that frame, whichever decoder reads now, and [`OrEof`] has no
+    /// clean end to give even if its own decoder took nothing.
+    static INSIDE_A_FRAME: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Tells [`OrEof`] whether the input is inside a frame, for as long as it
+/// lives (the engine holds one around each decode at the end of input).
+pub(crate) struct InsideAFrame(bool);
+
+impl InsideAFrame {
+    pub(crate) fn mark(inside: bool) -> InsideAFrame {
+        InsideAFrame(INSIDE_A_FRAME.replace(inside))
+    }
+}
+
+impl Drop for InsideAFrame {
+    fn drop(&mut self) {
+        INSIDE_A_FRAME.set(self.0);
+    }
+}
+
 /// A decoder adapter whose frame is `Some(frame)`, or `None` when the input
 /// ends cleanly *between* frames (nothing buffered).
 ///
@@ -820,7 +845,7 @@ impl<D: Decoder> Decoder for OrEof<D> {
         // What `decode_eof` itself takes is its own end-of-input handling
         // (trailing whitespace after a JSON text, say); what `decode` took
         // before without a frame is part of one.
-        let inside = self.inside;
+        let inside = self.inside || INSIDE_A_FRAME.get();
         let before = src.len();
         let decoded = self.inner.decode_eof(src);
         self.note(decoded.as_ref().map(Option::is_some), src.len() < before);
