@@ -76,3 +76,46 @@ async fn a_cancelled_reads_completion_does_not_run_on_its_frame_inline() {
     within(conn.flush()).await.unwrap();
     assert_eq!(peer_hears(&mut peer).await, None);
 }
+
+/// `Handle::read_many` ended having taken the next frame's header, which
+/// its decoder keeps: passed to the next batch (as documented), that batch
+/// carries the begun frame even before it takes a byte. Given up (by its
+/// caller, or told the read timer's `ETIMEDOUT`), it finishes the frame
+/// for nobody; it was dropped with the decoder instead, and the next read
+/// took the frame's payload for a header (`EBADMSG`, on every retry).
+#[tokio::test(start_paused = true)]
+async fn a_batch_carrying_a_begun_frame_finishes_it_when_given_up() {
+    for timed_out in [false, true] {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut b = QueuedFramed::builder();
+        if timed_out {
+            b.rtimeout(Duration::from_secs(1));
+        }
+        let (h, _driver) = b.build(ours).spawn();
+        let mut bytes = ld_frame(b"one");
+        let two = ld_frame(b"two!");
+        bytes.extend_from_slice(&two[..4]);
+        peer.write_all(&bytes).await.unwrap();
+        let (dec, frames) = within(h.read_many(LengthDelimitedCodec::new(), 10))
+            .await
+            .unwrap();
+        assert_eq!(frames.len(), 1);
+        if timed_out {
+            let e = within(h.read_many(dec, 10)).await.map(|_| ()).unwrap_err();
+            assert!(e.is_timeout() && !e.is_fatal(), "{e}");
+        } else {
+            let second = tokio::time::timeout(Duration::from_millis(50), h.read_many(dec, 10));
+            assert!(second.await.is_err(), "no frame yet");
+        }
+        let next = h.push_read(LengthDelimitedCodec::new());
+        let mut rest = two[4..].to_vec();
+        rest.extend(ld_frame(b"three"));
+        peer.write_all(&rest).await.unwrap();
+        let got = within(next).await.map(|f| f.to_vec());
+        assert_eq!(
+            got.map_err(|e| e.to_string()),
+            Ok(b"three".to_vec()),
+            "timed out: {timed_out}"
+        );
+    }
+}

@@ -318,6 +318,10 @@ pub(crate) struct Core {
     /// frame or decoder error): an end of input now is inside that frame,
     /// with the buffer empty or not.
     partial: bool,
+    /// `partial` came from a batch that ended having taken the next
+    /// frame's start: the next batch queued is taken to carry that frame
+    /// in its decoder.
+    batch_carries_frame: bool,
     queue: VecDeque<Entry>,
     wq: WriteQueue,
     cfg: Config,
@@ -447,6 +451,7 @@ impl Core {
             input_epoch: 0,
             taken: 0,
             partial: false,
+            batch_carries_frame: false,
             queue: VecDeque::new(),
             wq: WriteQueue::default(),
             read_size: cfg.read_size,
@@ -535,6 +540,7 @@ impl Core {
     /// decoder keeps for the next batch (see `partial`).
     pub(crate) fn note_frame_begun(&mut self) {
         self.partial = true;
+        self.batch_carries_frame = true;
     }
 
     /// Notes a decode step that began with `before` bytes buffered and
@@ -553,6 +559,7 @@ impl Core {
         if took {
             self.taken = self.taken.wrapping_add(1);
             self.partial = !ended;
+            self.batch_carries_frame = false;
             if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEEP {
                 self.rbuf = BytesMut::new();
             }
@@ -984,7 +991,12 @@ impl Core {
         F: FnOnce(BatchOf<D>, &mut Requests<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (req, ticket) = DecodeRequest::new(batch, then, OnDrop::Cancel);
+        let (mut req, ticket) = DecodeRequest::new(batch, then, OnDrop::Cancel);
+        if std::mem::take(&mut self.batch_carries_frame) {
+            // Its decoder is the one the last batch handed back holding the
+            // start of a frame (as `Handle::read_many` says to pass it on).
+            req = req.continuing_a_frame();
+        }
         self.enqueue_boxed(req.into_batch(Batch::first_only), false);
         ticket
     }

@@ -112,6 +112,14 @@ impl<D, F, R> DecodeRequest<D, F, R>
 where
     D: Decoder,
 {
+    /// Marks this request as one whose decoder carries a frame it began in
+    /// an earlier request (a batch that ended having taken the next
+    /// header): given up, it still finishes that frame.
+    pub(crate) fn continuing_a_frame(mut self: Box<Self>) -> Box<Self> {
+        self.consumed = true;
+        self
+    }
+
     /// Marks this request as a `read_many` batch; `first_only` makes its
     /// decoder stop after the frame it has begun.
     pub(crate) fn into_batch(mut self: Box<Self>, first_only: fn(&mut D)) -> Box<Self> {
@@ -309,7 +317,12 @@ where
         // runs on it (its caller cancelled it, RQ-4). The rest of a
         // response is another matter: its completions queue the reads of
         // what follows, and run whoever still listens.
-        if this.on_drop == OnDrop::Cancel && this.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+        // (A batch's completion is the engine's own: it passes on the error
+        // after its frames, and runs in any case.)
+        if this.on_drop == OnDrop::Cancel
+            && this.batch.is_none()
+            && this.tx.as_ref().is_none_or(|tx| tx.is_closed())
+        {
             tracing::trace!("a cancelled read's frame dropped");
             return;
         }
