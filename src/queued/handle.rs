@@ -1362,7 +1362,11 @@ impl Handle {
     /// next call. That state describes the buffer as the batch left it (a
     /// batch that ended on part of a frame has looked at it): if a read of
     /// another kind comes between two batches, give the next batch a fresh
-    /// decoder ([§4](crate::semantics#4-the-read-queue), *Decoders you keep*; a plain
+    /// decoder. A batch whose decoder *took* the start of the next frame
+    /// (the header of a length-prefixed frame, the head of an over-long
+    /// line it drops) leaves the input inside that frame, which only that
+    /// decoder can finish: the next read must be a batch with it (given
+    /// up, that batch still finishes the frame), or it starts mid-frame ([§4](crate::semantics#4-the-read-queue), *Decoders you keep*; a plain
     /// `JsonCodec` batch of newline-ended texts has always looked at the
     /// last newline, which `JsonCodec::ndjson()` frames with its text). `Ok` with no
     /// frames: the input ended cleanly (or `limit` is 0: nothing is taken).

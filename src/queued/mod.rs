@@ -105,7 +105,12 @@ pub struct Parts<IO, C = ()> {
     pub io: IO,
     /// The default codec.
     pub codec: C,
-    /// Bytes read but not consumed by any request.
+    /// Bytes read but not consumed by any request. Bytes a decoder has
+    /// already taken into its own state without finishing its frame (the
+    /// header of a length-prefixed frame, say) are not here: they went
+    /// with that decoder, and `read_buf` begins inside the frame (a read
+    /// given up after it began its frame reads on to the frame's end only
+    /// while the connection lives).
     pub read_buf: BytesMut,
     /// Bytes queued but not yet written, in order, up to a pending TLS
     /// switch.
