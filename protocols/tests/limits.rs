@@ -315,3 +315,32 @@ async fn http_request_body_over_max_body_is_refused_before_it_is_written() {
     let got = tokio::time::timeout(LIMIT, get).await.expect("no hang");
     assert_eq!(got.unwrap().status, 204);
 }
+
+/// `max_reply_size` counts `size_of::<Value>()` per value and the bytes of
+/// its strings, exactly: `*2 +hello :1` is three values and five bytes,
+/// which a limit of that size takes and one byte less refuses. RESP2's
+/// null array stays a `Nil` reply.
+#[tokio::test]
+async fn redis_max_reply_size_counts_values_and_strings_exactly() {
+    let value = std::mem::size_of::<redis::Value>();
+    for (max, fits) in [(3 * value + 5, true), (3 * value + 4, false)] {
+        let (handle, mut peer) = support::pipe();
+        let c = Pipelined::new(handle, Resp::new().max_reply_size(max), 4);
+        let reply = c.send(Cmd::new("GET").arg("k"));
+        let null = c.send(Cmd::new("GET").arg("k"));
+        support::take_commands(&mut peer).await;
+        peer.write_all(b"*2\r\n+hello\r\n:1\r\n*-1\r\n")
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(LIMIT, reply).await.expect("no hang");
+        match got {
+            Ok(redis::Value::Array(items)) if fits => assert_eq!(items.len(), 2),
+            Err(e) if !fits => assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}"),
+            other => panic!("max_reply_size {max}: {other:?}"),
+        }
+        if fits {
+            let got = tokio::time::timeout(LIMIT, null).await.expect("no hang");
+            assert_eq!(got.unwrap(), redis::Value::Nil);
+        }
+    }
+}
