@@ -388,3 +388,104 @@ fn encoders_panicking_in_writes_to_each_other_close_both_with_the_panic() {
         assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
     }
 }
+
+/// B's engine is held by a completion of B (which first runs `own` on
+/// B's queue) while a completion of A, on the other worker, runs `act(B)`
+/// and reports whether the encoder's panic came out. Returns B.
+fn busy_b_while_a_acts(
+    wbuf_max: Option<usize>,
+    own: fn(&mut anyframe::Requests<'_>),
+    act: fn(&Handle) -> bool,
+) -> Option<(bool, Handle)> {
+    watched::on_two_workers(Duration::from_secs(15), move || async move {
+        let spawn = |io| {
+            let (handle, _) = QueuedFramed::builder().wbuf_max(wbuf_max).build(io).spawn();
+            handle
+        };
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, b) = (spawn(a_io), spawn(b_io));
+        let stage = Arc::new(AtomicUsize::new(0));
+        let s = stage.clone();
+        let tb = b.push_read_with(anyframe::codecs::LineCodec::new(), move |_, q| {
+            own(q);
+            s.store(1, Ordering::SeqCst);
+            let t = std::time::Instant::now();
+            while s.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(3) {
+                std::hint::spin_loop();
+            }
+            Ok(())
+        });
+        let s = stage.clone();
+        let other = b.clone();
+        let ta = a.push_read_with(anyframe::codecs::LineCodec::new(), move |_, _| {
+            let t = std::time::Instant::now();
+            while s.load(Ordering::SeqCst) < 1 && t.elapsed() < Duration::from_secs(3) {
+                std::hint::spin_loop();
+            }
+            let panicked = act(&other);
+            s.store(2, Ordering::SeqCst);
+            Ok(panicked)
+        });
+        b_peer.write_all(b"go\n").await.unwrap();
+        a_peer.write_all(b"go\n").await.unwrap();
+        let _ = tb.await;
+        let panicked = ta.await.expect("A's completion ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (panicked, b)
+    })
+}
+
+fn write_panicking(b: &Handle) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = b.push_write(PanickingEncoder, "x");
+    }))
+    .is_err()
+}
+
+/// An encoder that panics in a write to B made from A's callback while B's
+/// engine is busy and its inbox refuses posts (a `push_shutdown` asked
+/// without waiting, or its inbox sealed by B's own pushes past half of
+/// `wbuf_max`): the write encodes apart from the engine, and its panic
+/// must close B there too, as on the other paths.
+#[test]
+fn an_encoder_panic_past_a_refusing_inbox_closes_the_connection() {
+    fn shut_then_write(b: &Handle) -> bool {
+        let _ = b.push_shutdown();
+        write_panicking(b)
+    }
+    fn fill_own(q: &mut anyframe::Requests<'_>) {
+        q.push_bytes(vec![b'y'; 700]).unwrap();
+    }
+    fn nothing(_: &mut anyframe::Requests<'_>) {}
+    let cases: [(
+        Option<usize>,
+        fn(&mut anyframe::Requests<'_>),
+        fn(&Handle) -> bool,
+    ); 2] = [
+        (None, nothing, shut_then_write),
+        (Some(1024), fill_own, write_panicking),
+    ];
+    for (wbuf_max, own, act) in cases {
+        let (panicked, b) = busy_b_while_a_acts(wbuf_max, own, act).expect("no hang");
+        assert!(panicked, "the encoder's panic goes on to the caller");
+        let e = b.error().expect("B closed by the encoder's panic");
+        assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+    }
+}
+
+/// `destroy` from A's callback after a `push_shutdown` of B asked the same
+/// way, B's engine busy: the destroy is applied (the shutdown asked for
+/// first does not count as B being closed; it was dropped).
+#[test]
+fn destroy_after_a_requested_shutdown_from_a_callback_is_applied() {
+    fn shut_then_destroy(b: &Handle) -> bool {
+        let _ = b.push_shutdown();
+        b.destroy();
+        false
+    }
+    fn nothing(_: &mut anyframe::Requests<'_>) {}
+    let (_, b) = busy_b_while_a_acts(None, nothing, shut_then_destroy).expect("no hang");
+    let e = b.error().expect("B destroyed");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+}

@@ -546,7 +546,9 @@ impl Shared {
         if !holds_an_engine() {
             return None;
         }
-        if let Some(e) = self.refusal_without_waiting(true) {
+        // A destroy is refused only by a closed connection (a shutdown
+        // asked for before it does not stop it); a shutdown, by a shut one.
+        if let Some(e) = self.refusal_without_waiting(request != REQUEST_DESTROY) {
             // Closed, destroyed, or (for a shutdown) shut already: a
             // destroy has nothing more to do; a shutdown says why not.
             return Some(if request == REQUEST_DESTROY {
@@ -711,7 +713,14 @@ impl Shared {
             // Refused by the inbox: the engine says why (or takes it, the
             // state having changed), before the encoder runs.
             if holds_an_engine() {
-                return match encode_apart(&mut encoder, item) {
+                // The encoder is user code: a panic closes the connection
+                // (without waiting for its engine) and goes on.
+                let encoded = catch_unwind(AssertUnwindSafe(|| encode_apart(&mut encoder, item)))
+                    .unwrap_or_else(|payload| {
+                        self.close_with(Error::panicked(panic_text(&*payload)));
+                        resume_unwind(payload)
+                    });
+                return match encoded {
                     Ok(bytes) => self.post_checked(bytes, read),
                     Err(e) => refused(read, e),
                 };
