@@ -458,11 +458,9 @@ fn an_encoder_panic_past_a_refusing_inbox_closes_the_connection() {
         q.push_bytes(vec![b'y'; 700]).unwrap();
     }
     fn nothing(_: &mut anyframe::Requests<'_>) {}
-    let cases: [(
-        Option<usize>,
-        fn(&mut anyframe::Requests<'_>),
-        fn(&Handle) -> bool,
-    ); 2] = [
+    type Own = fn(&mut anyframe::Requests<'_>);
+    type Act = fn(&Handle) -> bool;
+    let cases: [(Option<usize>, Own, Act); 2] = [
         (None, nothing, shut_then_write),
         (Some(1024), fill_own, write_panicking),
     ];
