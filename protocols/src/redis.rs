@@ -385,6 +385,9 @@ struct Partial {
     kind: AggKind,
     want: usize,
     items: Vec<Value>,
+    /// The reply's size before this aggregate began: a skipped attribute
+    /// gives back what it held.
+    held_before: usize,
 }
 
 impl Partial {
@@ -459,6 +462,7 @@ impl ReplyRead {
             Header::Blob(_, len) => *len,
             _ => 0,
         };
+        let held_before = self.held;
         self.hold(size_of::<Value>().saturating_add(strings))?;
         match header {
             Header::Value(v) => self.on_value(v, q),
@@ -469,12 +473,16 @@ impl ReplyRead {
             )),
             // An empty attribute annotates the value after it with
             // nothing: that value takes its place.
-            Header::Aggregate(AggKind::Attribute, 0) => Ok(Step::More(self.next(q))),
+            Header::Aggregate(AggKind::Attribute, 0) => {
+                self.held = held_before;
+                Ok(Step::More(self.next(q)))
+            }
             Header::Aggregate(kind, 0) => self.on_value(
                 Partial {
                     kind,
                     want: 0,
                     items: Vec::new(),
+                    held_before,
                 }
                 .finish(),
                 q,
@@ -492,6 +500,7 @@ impl ReplyRead {
                     kind,
                     want,
                     items: Vec::with_capacity(want.min(PREALLOCATE)),
+                    held_before,
                 });
                 Ok(Step::More(self.next(q)))
             }
@@ -530,7 +539,8 @@ impl ReplyRead {
             let done = self.stack.pop().expect("top exists");
             if done.kind == AggKind::Attribute {
                 // Attributes describe the value that follows; it takes
-                // the attribute's place.
+                // the attribute's place, and the reply no longer holds it.
+                self.held = done.held_before;
                 tracing::debug!(attribute = ?done.items, "RESP3 attribute skipped");
                 return Ok(Step::More(self.next(q)));
             }

@@ -344,3 +344,22 @@ async fn redis_max_reply_size_counts_values_and_strings_exactly() {
         }
     }
 }
+
+/// An attribute (RESP3 metadata in front of a value) counts while it is
+/// read, and its size goes when it is skipped: behind attributes that each
+/// fit the limit, but not together, the reply is read whole.
+#[tokio::test]
+async fn redis_skipped_attributes_give_their_size_back() {
+    // One attribute: itself, `+key-popularity` (14 bytes) and `:1`.
+    let max = 3 * std::mem::size_of::<redis::Value>() + 14;
+    let (handle, mut peer) = support::pipe();
+    let c = Pipelined::new(handle, Resp::new().max_reply_size(max), 4);
+    let reply = c.send(Cmd::new("GET").arg("k"));
+    support::take_commands(&mut peer).await;
+    let attribute = b"|1\r\n+key-popularity\r\n:1\r\n";
+    peer.write_all(&[&b"|0\r\n"[..], attribute, attribute, b"+OK\r\n"].concat())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LIMIT, reply).await.expect("no hang");
+    assert_eq!(got.unwrap(), redis::Value::Simple("OK".into()));
+}
