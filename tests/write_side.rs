@@ -171,6 +171,42 @@ async fn given_up_ready_to_write_and_drained_waits_let_go_of_their_wakers() {
     assert!(r.is_err());
 }
 
+/// A task waiting in `drained()` and `ready_to_write()` at once gives up
+/// the second (a `select!` branch that lost): its `drained()` still hears
+/// the queue drain (the given-up wait takes out its own entry, not every
+/// wait of the task).
+#[tokio::test]
+async fn a_given_up_wait_leaves_the_same_tasks_other_wait_parked() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let (handle, _driver) = QueuedFramed::builder()
+        .watermarks(4096, 1024)
+        .build(ours)
+        .spawn();
+    handle.push_bytes(vec![b'x'; 64 * 1024]).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(handle.write_buffered() > 4096, "queue above the high mark");
+    let h = handle.clone();
+    let waiter = tokio::spawn(async move {
+        let mut drained = Box::pin(h.drained());
+        let mut ready = Some(Box::pin(h.ready_to_write()));
+        std::future::poll_fn(|cx| {
+            let d = drained.as_mut().poll(cx);
+            if let Some(mut r) = ready.take() {
+                assert!(r.as_mut().poll(cx).is_pending());
+            }
+            d
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut got = 0;
+    while got < 64 * 1024 {
+        got += within("peer read", peer.read(&mut buf)).await.unwrap();
+    }
+    within("drained", waiter).await.unwrap().unwrap();
+}
+
 /// OPT-5: `on_drain` runs "when the queue falls to or below the low mark
 /// after having been above it". The restored output was above the low
 /// mark (0) and is written out: the hook runs once.

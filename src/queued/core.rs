@@ -2170,12 +2170,13 @@ impl Core {
         &mut self,
         cx: &mut Context<'_>,
         since: WaitingSince,
+        token: Option<u64>,
     ) -> Poll<Result<()>> {
         // After `push_shutdown` no write can be queued again: not ready,
         // ever (as `push_write` then says, non-fatal).
         self.check_writable()?;
         self.poll_write_error(cx, since)?;
-        ready!(self.marks.poll_ready(cx));
+        ready!(self.marks.poll_ready(cx, token));
         Poll::Ready(self.check_writable())
     }
 
@@ -2189,11 +2190,12 @@ impl Core {
         &mut self,
         cx: &mut Context<'_>,
         since: WaitingSince,
+        token: Option<u64>,
     ) -> Poll<Result<()>> {
         self.check_open()?;
         self.poll_write_error(cx, since)?;
         let len = self.wq.len();
-        ready!(self.marks.poll_drained(len, cx));
+        ready!(self.marks.poll_drained(len, cx, token));
         Poll::Ready(Ok(()))
     }
 
@@ -2286,11 +2288,11 @@ impl Core {
         Some(Poll::Ready(err))
     }
 
-    /// A producer that parked with `waker` in
+    /// The producer's wait named `token` in
     /// [`poll_write_ready`](Self::poll_write_ready) or
-    /// [`poll_drained`](Self::poll_drained) gave up.
-    pub(crate) fn unpark_producer(&mut self, waker: &Waker) {
-        self.marks.unpark(waker);
+    /// [`poll_drained`](Self::poll_drained) was given up.
+    pub(crate) fn unpark_producer(&mut self, token: u64) {
+        self.marks.unpark(token);
     }
 
     /// A write-side wait that [`poll_flush_inline`](Self::poll_flush_inline)

@@ -7,9 +7,9 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -859,34 +859,35 @@ where
 }
 
 /// A producer's wait in the engine's watermarks ([`Handle::ready_to_write`],
-/// [`Handle::drained`]): the waker it parked with is taken out when the
-/// wait is given up, so a task that gave up is not kept alive until the
-/// queue drains.
+/// [`Handle::drained`]), under a name of its own: the wait is taken out
+/// when given up, so a task that gave up is not kept alive until the queue
+/// drains, and the task's other waits stay.
 struct Parked<'a> {
     shared: &'a Shared,
-    waker: Option<Waker>,
+    token: u64,
+    parked: bool,
 }
+
+/// Names for [`Parked`] waits.
+static PARKED_WAITS: AtomicU64 = AtomicU64::new(0);
 
 impl<'a> Parked<'a> {
     fn new(shared: &'a Shared) -> Parked<'a> {
         Parked {
             shared,
-            waker: None,
+            token: PARKED_WAITS.fetch_add(1, Ordering::Relaxed),
+            parked: false,
         }
     }
 
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        wait: impl FnOnce(&mut Core, &mut Context<'_>) -> Poll<Result<()>>,
+        wait: impl FnOnce(&mut Core, &mut Context<'_>, Option<u64>) -> Poll<Result<()>>,
     ) -> Poll<Result<()>> {
-        let mut core = self.shared.lock();
-        if let Some(old) = self.waker.take_if(|w| !w.will_wake(cx.waker())) {
-            // Polled by another task now: the old one waits no more.
-            core.unpark_producer(&old);
-        }
-        let poll = wait(&mut core, cx);
-        self.waker = poll.is_pending().then(|| cx.waker().clone());
+        let poll = wait(&mut self.shared.lock(), cx, Some(self.token));
+        // Once parked, the entry may outlive a `Ready` (it goes when woken).
+        self.parked |= poll.is_pending();
         poll
     }
 }
@@ -894,12 +895,12 @@ impl<'a> Parked<'a> {
 impl Drop for Parked<'_> {
     fn drop(&mut self) {
         // Never waits: from a callback, or with the engine busy, the entry
-        // stays until the queue drains, as it did before.
-        if let Some(waker) = self.waker.take()
+        // stays until the queue drains, as a wait that is not given up.
+        if self.parked
             && !self.shared.reentered()
             && let Some(mut core) = self.shared.try_lock()
         {
-            core.unpark_producer(&waker);
+            core.unpark_producer(self.token);
         }
     }
 }
@@ -1670,7 +1671,7 @@ impl Handle {
     /// not come back 100 ms after being woken is taken for gone and
     /// forgotten at the next expiry.
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.lock().poll_write_ready(cx, WaitingSince::Parked)
+        self.lock().poll_write_ready(cx, WaitingSince::Parked, None)
     }
 
     /// Resolves when the write queue is below the high watermark (or, once
@@ -1685,7 +1686,12 @@ impl Handle {
     pub async fn ready_to_write(&self) -> Result<()> {
         let epoch = self.lock().write_error_epoch();
         let mut parked = Parked::new(&self.shared);
-        poll_fn(|cx| parked.poll(cx, |core, cx| core.poll_write_ready(cx, epoch))).await
+        poll_fn(|cx| {
+            parked.poll(cx, |core, cx, token| {
+                core.poll_write_ready(cx, epoch, token)
+            })
+        })
+        .await
     }
 
     /// Resolves when the write queue is at or below the low watermark.
@@ -1696,7 +1702,7 @@ impl Handle {
     pub async fn drained(&self) -> Result<()> {
         let epoch = self.lock().write_error_epoch();
         let mut parked = Parked::new(&self.shared);
-        poll_fn(|cx| parked.poll(cx, |core, cx| core.poll_drained(cx, epoch))).await
+        poll_fn(|cx| parked.poll(cx, |core, cx, token| core.poll_drained(cx, epoch, token))).await
     }
 
     /// Bytes queued for writing and not yet accepted by the transport.

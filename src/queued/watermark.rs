@@ -37,6 +37,10 @@ const COME_BACK: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 struct Waiter {
     waker: Waker,
+    /// The wait's own name, for a wait that takes itself out when given up
+    /// ([`unpark`](Watermarks::unpark)); `None`: known by its waker (one
+    /// entry per task), taken out when woken.
+    token: Option<u64>,
     /// The write-side error it was told of and has not looked for since,
     /// and when: its next poll returns it.
     told: Option<(Instant, Error)>,
@@ -89,12 +93,13 @@ impl Watermarks {
         self.blocked
     }
 
-    /// `Ready` when producers may push; otherwise registers the waker.
-    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// `Ready` when producers may push; otherwise registers the waker, as
+    /// the wait named `token` if it has one.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>, token: Option<u64>) -> Poll<()> {
         if !self.blocked {
             return Poll::Ready(());
         }
-        self.park(cx);
+        self.park(cx, token);
         Poll::Pending
     }
 
@@ -104,20 +109,36 @@ impl Watermarks {
     }
 
     /// `Ready` when the queue (of length `len`) is at or below the low mark.
-    pub(crate) fn poll_drained(&mut self, len: usize, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_drained(
+        &mut self,
+        len: usize,
+        cx: &mut Context<'_>,
+        token: Option<u64>,
+    ) -> Poll<()> {
         if self.is_drained(len) {
             return Poll::Ready(());
         }
-        self.park(cx);
+        self.park(cx, token);
         Poll::Pending
     }
 
-    fn park(&mut self, cx: &mut Context<'_>) {
-        if !self.waiters.iter().any(|w| w.waker.will_wake(cx.waker())) {
-            self.waiters.push(Waiter {
+    fn park(&mut self, cx: &mut Context<'_>, token: Option<u64>) {
+        let parked = self.waiters.iter_mut().find(|w| match token {
+            Some(_) => w.token == token,
+            None => w.token.is_none() && w.waker.will_wake(cx.waker()),
+        });
+        match parked {
+            Some(w) => {
+                if !w.waker.will_wake(cx.waker()) {
+                    // The same wait, polled by another task now.
+                    w.waker = cx.waker().clone();
+                }
+            }
+            None => self.waiters.push(Waiter {
                 waker: cx.waker().clone(),
+                token,
                 told: None,
-            });
+            }),
         }
     }
 
@@ -173,10 +194,13 @@ impl Watermarks {
         self.waiters.swap_remove(at).told.map(|(_, e)| e)
     }
 
-    /// The waiter that parked with `waker` stops waiting (its future was
-    /// dropped): its entry, and the task the waker keeps alive, go.
-    pub(crate) fn unpark(&mut self, waker: &Waker) {
-        self.waiters.retain(|w| !w.waker.will_wake(waker));
+    /// The wait named `token` stops waiting (its future was dropped): its
+    /// entry, and the task its waker keeps alive, go. Other waits of the
+    /// same task stay.
+    pub(crate) fn unpark(&mut self, token: u64) {
+        if let Some(at) = self.waiters.iter().position(|w| w.token == Some(token)) {
+            self.waiters.swap_remove(at);
+        }
     }
 
     /// Wakes everybody (the handle died).
