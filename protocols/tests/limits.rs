@@ -363,3 +363,39 @@ async fn redis_skipped_attributes_give_their_size_back() {
     let got = tokio::time::timeout(LIMIT, reply).await.expect("no hang");
     assert_eq!(got.unwrap(), redis::Value::Simple("OK".into()));
 }
+
+/// A request longer than the connection's whole write cap can never be
+/// queued: `Pipelined` refuses it before anything is written (a non-fatal
+/// `EINVAL`), where queueing it closed the connection under the request in
+/// flight. (The protocols' own limits leave room for one largest value, not
+/// for a command of several: an `MSET` of two values near Redis's 512 MiB.)
+#[tokio::test]
+async fn a_request_longer_than_wbuf_max_is_refused_before_it_is_written() {
+    let (io, mut peer) = tokio::io::duplex(1 << 16);
+    let (handle, _driver) = anyframe::QueuedFramed::builder()
+        .wbuf_max(Some(4096))
+        .build(io)
+        .spawn();
+    let c = Pipelined::new(handle, Resp::new(), 4);
+    let get = c.send(Cmd::new("GET").arg("k"));
+    let mset = c.send(
+        Cmd::new("MSET")
+            .arg("a")
+            .arg([0u8; 3000])
+            .arg("b")
+            .arg([0u8; 3000]),
+    );
+    let e = tokio::time::timeout(LIMIT, mset)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(!e.is_fatal(), "{e}");
+    assert_eq!(
+        support::take_commands(&mut peer).await,
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    );
+    peer.write_all(b"$1\r\nv\r\n").await.unwrap();
+    let got = tokio::time::timeout(LIMIT, get).await.expect("no hang");
+    assert_eq!(got.unwrap(), redis::Value::Bulk("v".into()));
+}

@@ -1592,6 +1592,10 @@ impl Core {
         self.cfg.rbuf_max = max;
     }
 
+    pub(crate) fn wbuf_max(&self) -> Option<usize> {
+        self.cfg.wbuf_max
+    }
+
     pub(crate) fn set_wbuf_max(&mut self, max: Option<usize>) {
         self.cfg.wbuf_max = max;
         self.set_watermarks(self.cfg.high_water, self.cfg.low_water);

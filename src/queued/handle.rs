@@ -1939,6 +1939,11 @@ impl Handle {
         self.lock().set_rbuf_max(max);
     }
 
+    /// The cap on queued output (`None` = unbounded).
+    pub fn wbuf_max(&self) -> Option<usize> {
+        self.lock().wbuf_max()
+    }
+
     /// Changes the cap on queued output (`None` = unbounded). Output
     /// already queued over a lowered cap is kept and written; the next
     /// push while the queue is still over it fails with the fatal `ENOSPC`.

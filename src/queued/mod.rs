@@ -1064,6 +1064,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
         self.core.set_rbuf_max(max);
     }
 
+    /// The cap on queued output (`None` = unbounded).
+    pub fn wbuf_max(&self) -> Option<usize> {
+        self.core.wbuf_max()
+    }
+
     /// Changes the cap on queued output (`None` = unbounded). Output
     /// already queued over a lowered cap is kept and written; the next
     /// push while the queue is still over it fails with the fatal `ENOSPC`.
