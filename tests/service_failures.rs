@@ -188,6 +188,28 @@ async fn client_oneshot_gets_its_answer() {
     );
 }
 
+/// A request longer than the connection's whole `wbuf_max` can never be
+/// queued: the call fails alone, non-fatally, before anything is written;
+/// the call in flight gets its answer (queued, the request closed the
+/// connection under it with a fatal `ENOSPC`).
+#[tokio::test]
+async fn client_request_longer_than_wbuf_max_fails_alone() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    echo_server(theirs, Duration::from_millis(10));
+    let (handle, _driver) = QueuedFramed::builder()
+        .wbuf_max(Some(4096))
+        .build(ours)
+        .spawn();
+    let mut client = Client::new(handle, LineCodec::new(), |_: &String| LineCodec::new());
+    let first = client.ready().await.unwrap().call("ping".to_string());
+    let long = client.ready().await.unwrap().call("x".repeat(5000));
+    let e = within("long", long).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(!e.is_fatal(), "{e}");
+    let answer = within("first", first).await.unwrap();
+    assert_eq!(answer.line(), b"ping");
+}
+
 /// Same thing without `oneshot`: call, drop the client, await the response.
 #[tokio::test]
 async fn client_dropped_after_call_still_delivers_the_answer() {
