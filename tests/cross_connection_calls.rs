@@ -17,6 +17,21 @@ use tokio::io::AsyncWriteExt;
 #[path = "support/watched.rs"]
 mod watched;
 
+/// Two spawned connections with `wbuf_max`, each with its peer's end.
+fn two_connections(
+    wbuf_max: Option<usize>,
+) -> (
+    (Handle, tokio::io::DuplexStream),
+    (Handle, tokio::io::DuplexStream),
+) {
+    let spawn = || {
+        let (io, peer) = tokio::io::duplex(1 << 16);
+        let (handle, _) = QueuedFramed::builder().wbuf_max(wbuf_max).build(io).spawn();
+        (handle, peer)
+    };
+    (spawn(), spawn())
+}
+
 /// Runs `act(other)` in a read completion of each of two connections (with
 /// `wbuf_max` when given), the two completions running at the same time on
 /// two threads. Returns how both reads resolved (a completion that
@@ -27,13 +42,7 @@ fn both_at_once_with<R: Send + 'static>(
     act: fn(&Handle) -> R,
 ) -> Option<[Result<R, ErrorKind>; 2]> {
     watched::on_two_workers(Duration::from_secs(10), move || async move {
-        let spawn = |io| {
-            let (handle, _) = QueuedFramed::builder().wbuf_max(wbuf_max).build(io).spawn();
-            handle
-        };
-        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-        let (a, b) = (spawn(a_io), spawn(b_io));
+        let ((a, mut a_peer), (b, mut b_peer)) = two_connections(wbuf_max);
         let arrived = Arc::new(AtomicUsize::new(0));
         let read_then = |other: Handle, arrived: Arc<AtomicUsize>| {
             move |_, _: &mut anyframe::Requests<'_>| {
@@ -398,13 +407,7 @@ fn busy_b_while_a_acts(
     act: fn(&Handle) -> bool,
 ) -> Option<(bool, Handle)> {
     watched::on_two_workers(Duration::from_secs(15), move || async move {
-        let spawn = |io| {
-            let (handle, _) = QueuedFramed::builder().wbuf_max(wbuf_max).build(io).spawn();
-            handle
-        };
-        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-        let (a, b) = (spawn(a_io), spawn(b_io));
+        let ((a, mut a_peer), (b, mut b_peer)) = two_connections(wbuf_max);
         let stage = Arc::new(AtomicUsize::new(0));
         let s = stage.clone();
         let tb = b.push_read_with(anyframe::codecs::LineCodec::new(), move |_, q| {

@@ -885,25 +885,10 @@ async fn split_halves_behind_a_stalled_builder_tls_hear_their_own_timeouts() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_but_steady_reader_keeps_a_tls_flush_alive() {
     let mut failed = Vec::new();
-    for b in std::iter::once(None).chain(pki::BACKENDS.iter().copied().map(Some)) {
+    for b in pki::plain_and_backends() {
         for spawned in [false, true] {
             for idle in [false, true] {
-                let (c, s) = tokio::io::duplex(64 * 1024);
-                let mut cb = QueuedFramed::builder();
-                let mut sb = QueuedFramed::builder();
-                if let Some(b) = b {
-                    cb.tls(pki::client_on(b));
-                    sb.tls(pki::localhost_on(b));
-                }
-                let mut client = cb.build(c);
-                let mut server = sb.build(s);
-                let (x, y) = bounded(MS(5000), async {
-                    tokio::join!(client.flush(), server.flush())
-                })
-                .await
-                .expect("handshakes");
-                x.unwrap();
-                y.unwrap();
+                let (mut client, server) = pki::connected_pair(b, 64 * 1024).await;
                 // From now on the server end only takes bytes, slowly.
                 let mut raw = server.into_parts().io;
                 let reader = tokio::spawn(async move {
@@ -957,7 +942,7 @@ async fn the_server_loop_keeps_a_slow_but_steady_tls_reader() {
     use anyframe::codecs::{ChunkCodec, Utf8Line, Utf8LineCodec};
     const ANSWER: usize = 200 * 1024;
     let mut failed = Vec::new();
-    for b in std::iter::once(None).chain(pki::BACKENDS.iter().copied().map(Some)) {
+    for b in pki::plain_and_backends() {
         let (sio, relay_s) = tokio::io::duplex(16 * 1024);
         let (relay_c, cio) = tokio::io::duplex(16 * 1024);
         // Client to server freely; server to client 1 KiB every 300 ms.

@@ -168,6 +168,39 @@ pub const BACKENDS: &[TlsBackend] = &[
     TlsBackend::Rustls,
 ];
 
+/// Plaintext (`None`), then every TLS backend compiled in.
+pub fn plain_and_backends() -> impl Iterator<Item = Option<TlsBackend>> {
+    std::iter::once(None).chain(BACKENDS.iter().copied().map(Some))
+}
+
+/// A client and a server over a pipe of `pipe` bytes, in plaintext or
+/// over TLS with backend `b` (the client trusting the test CA), once
+/// both flushes (the handshakes) are done.
+pub async fn connected_pair(
+    b: Option<TlsBackend>,
+    pipe: usize,
+) -> (
+    anyframe::QueuedFramed<tokio::io::DuplexStream>,
+    anyframe::QueuedFramed<tokio::io::DuplexStream>,
+) {
+    let (c, s) = tokio::io::duplex(pipe);
+    let mut cb = anyframe::QueuedFramed::builder();
+    let mut sb = anyframe::QueuedFramed::builder();
+    if let Some(b) = b {
+        cb.tls(client_on(b));
+        sb.tls(localhost_on(b));
+    }
+    let mut client = cb.build(c);
+    let mut server = sb.build(s);
+    let handshakes = async { tokio::join!(client.flush(), server.flush()) };
+    let (x, y) = tokio::time::timeout(std::time::Duration::from_secs(5), handshakes)
+        .await
+        .expect("handshakes");
+    x.expect("client handshake");
+    y.expect("server handshake");
+    (client, server)
+}
+
 /// A client of backend `b` for `localhost` that trusts only the test CA.
 pub fn client_on(b: TlsBackend) -> TlsMode {
     match b {
