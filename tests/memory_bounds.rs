@@ -509,6 +509,67 @@ async fn tls_burst_peak_and_what_stays_after_it() {
     assert!(kept <= 128 * KIB, "kept {kept} after the burst");
 }
 
+/// After `stoptls` on both ends, back in plaintext, a connection keeps
+/// what a plaintext connection keeps: the TLS session's buffers go with
+/// it, including the ciphertext buffer whose unread tail (here none)
+/// becomes the first plaintext.
+#[cfg(feature = "rustls")]
+#[tokio::test]
+async fn what_a_connection_keeps_after_stoptls() {
+    let _g = serial();
+    let _ = pki::pki();
+    async fn exchange<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        a: &mut QueuedFramed<IO>,
+        b: &mut QueuedFramed<IO>,
+    ) {
+        let (r1, r2) = tokio::join!(
+            async {
+                a.write(LineCodec::new(), "hi").await.unwrap();
+                a.read(LineCodec::new()).await.unwrap()
+            },
+            async {
+                let l = b.read(LineCodec::new()).await.unwrap();
+                b.write(LineCodec::new(), "ok").await.unwrap();
+                l
+            }
+        );
+        drop((r1, r2));
+    }
+    let base = heap();
+    let (a, b) = tokio::io::duplex(64 * KIB);
+    let (mut server, mut client) = (QueuedFramed::new(a), QueuedFramed::new(b));
+    exchange(&mut server, &mut client).await;
+    let plain = heap().saturating_sub(base);
+    drop((server, client));
+
+    for &backend in pki::BACKENDS {
+        let base = heap();
+        let (a, b) = tokio::io::duplex(64 * KIB);
+        let mut server = QueuedFramed::builder()
+            .tls(pki::server_on(backend, &pki::pki().server))
+            .build(a);
+        let mut client = QueuedFramed::builder()
+            .tls(pki::client_on(backend))
+            .build(b);
+        exchange(&mut server, &mut client).await;
+        let (x, y) = tokio::join!(server.stoptls(), client.stoptls());
+        x.unwrap();
+        y.unwrap();
+        exchange(&mut server, &mut client).await;
+        assert!(!server.is_tls() && !client.is_tls());
+        let after = heap().saturating_sub(base);
+        println!(
+            "{backend:?} after stoptls: {} KiB for the pair (plaintext pair: {} KiB)",
+            after / KIB,
+            plain / KIB
+        );
+        assert!(
+            after <= plain + 16 * KIB,
+            "{backend:?}: after stoptls the pair keeps {after} bytes, a plaintext pair {plain}"
+        );
+    }
+}
+
 // ----- spawned handle inbox ---------------------------------------------------
 
 /// An encoder that holds the engine (it runs under its lock) until told to

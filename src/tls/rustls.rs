@@ -595,7 +595,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// The IO and the ciphertext rustls was never handed (after the peer's
     /// close_notify: the plaintext that follows it).
     pub(super) fn into_parts(self) -> (IO, Bytes) {
-        (self.io, self.inbuf.freeze())
+        // The ciphertext buffer was sized for records; what is left of it
+        // (plaintext behind the peer's close_notify, if any) is kept
+        // without the rest of its allocation.
+        let rest = if self.inbuf.len() * 2 < self.inbuf.capacity() {
+            Bytes::copy_from_slice(&self.inbuf)
+        } else {
+            self.inbuf.freeze()
+        };
+        (self.io, rest)
     }
 }
 

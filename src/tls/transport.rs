@@ -698,6 +698,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsTransport<IO> {
                     let n = buf.remaining().min(prefix.len());
                     buf.put_slice(&prefix[..n]);
                     prefix.advance(n);
+                    if prefix.is_empty() {
+                        // Read: its allocation goes now, not with the IO.
+                        *prefix = Bytes::new();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 State::Handshaking(_) => ready!(self.poll_handshake(cx))?,
