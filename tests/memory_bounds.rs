@@ -434,6 +434,26 @@ async fn allocations_per_small_push() {
 #[path = "support/pki.rs"]
 mod pki;
 
+/// One line each way: `a` writes and reads, `b` reads and answers.
+#[cfg(feature = "rustls")]
+async fn exchange<IO>(a: &mut QueuedFramed<IO>, b: &mut QueuedFramed<IO>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (r1, r2) = tokio::join!(
+        async {
+            a.write(LineCodec::new(), "hi").await.unwrap();
+            a.read(LineCodec::new()).await.unwrap()
+        },
+        async {
+            let l = b.read(LineCodec::new()).await.unwrap();
+            b.write(LineCodec::new(), "ok").await.unwrap();
+            l
+        }
+    );
+    drop((r1, r2));
+}
+
 /// rustls both ends over a duplex: the server sends 8 MiB in 64 KiB
 /// `Bytes` (waiting for readiness), the client reads 64 KiB chunks and drops
 /// them. Peak during the burst and heap kept afterwards, while the client
@@ -456,18 +476,7 @@ async fn tls_burst_peak_and_what_stays_after_it() {
         .tls(pki::client_on(TlsBackend::Rustls))
         .build(b);
     // Handshake + one exchange.
-    let (r1, r2) = tokio::join!(
-        async {
-            server.write(LineCodec::new(), "hi").await.unwrap();
-            server.read(LineCodec::new()).await.unwrap()
-        },
-        async {
-            let l = client.read(LineCodec::new()).await.unwrap();
-            client.write(LineCodec::new(), "ok").await.unwrap();
-            l
-        }
-    );
-    drop((r1, r2));
+    exchange(&mut server, &mut client).await;
     let base = reset_peak();
     let ((), ()) = tokio::join!(
         async {
@@ -518,23 +527,6 @@ async fn tls_burst_peak_and_what_stays_after_it() {
 async fn what_a_connection_keeps_after_stoptls() {
     let _g = serial();
     let _ = pki::pki();
-    async fn exchange<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-        a: &mut QueuedFramed<IO>,
-        b: &mut QueuedFramed<IO>,
-    ) {
-        let (r1, r2) = tokio::join!(
-            async {
-                a.write(LineCodec::new(), "hi").await.unwrap();
-                a.read(LineCodec::new()).await.unwrap()
-            },
-            async {
-                let l = b.read(LineCodec::new()).await.unwrap();
-                b.write(LineCodec::new(), "ok").await.unwrap();
-                l
-            }
-        );
-        drop((r1, r2));
-    }
     let base = heap();
     let (a, b) = tokio::io::duplex(64 * KIB);
     let (mut server, mut client) = (QueuedFramed::new(a), QueuedFramed::new(b));
