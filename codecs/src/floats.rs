@@ -1,5 +1,5 @@
-//! A serializer adapter that refuses the floats (and tags) a format cannot
-//! write exactly.
+//! A serializer adapter that refuses the floats (and tags, and integers)
+//! a format cannot write exactly.
 //!
 //! serde_json writes NaN and the infinities as `null`, and serde_cbor writes
 //! every NaN as the one canonical NaN, dropping its sign and payload: both
@@ -41,6 +41,19 @@ pub(crate) trait FloatRule {
     const KEEPS_TAGS: bool;
     fn keeps_f32(x: f32) -> bool;
     fn keeps_f64(x: f64) -> bool;
+    /// Why a refused 128-bit integer is refused.
+    const REFUSED_INT: &'static str = "";
+    /// Whether the format writes this 128-bit integer exactly (and reads
+    /// it back as the integer it was).
+    #[inline]
+    fn keeps_i128(_: i128) -> bool {
+        true
+    }
+    /// As [`keeps_i128`](Self::keeps_i128), unsigned.
+    #[inline]
+    fn keeps_u128(_: u128) -> bool {
+        true
+    }
 }
 
 /// JSON: finite numbers only.
@@ -51,6 +64,18 @@ pub(crate) struct Finite;
 impl FloatRule for Finite {
     const REFUSED: &'static str = "NaN and infinities have no JSON form";
     const KEEPS_TAGS: bool = false;
+    const REFUSED_INT: &'static str =
+        "an integer beyond 64 bits has no exact JSON form (it reads back as a float)";
+
+    #[inline]
+    fn keeps_i128(x: i128) -> bool {
+        (i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&x)
+    }
+
+    #[inline]
+    fn keeps_u128(x: u128) -> bool {
+        x <= u128::from(u64::MAX)
+    }
     #[inline]
     fn keeps_f32(x: f32) -> bool {
         x.is_finite()
@@ -134,16 +159,30 @@ impl<S: Serializer, R: FloatRule> Serializer for Floats<S, R> {
         serialize_i16(i16);
         serialize_i32(i32);
         serialize_i64(i64);
-        serialize_i128(i128);
         serialize_u8(u8);
         serialize_u16(u16);
         serialize_u32(u32);
         serialize_u64(u64);
-        serialize_u128(u128);
         serialize_char(char);
         serialize_str(&str);
         serialize_bytes(&[u8]);
         serialize_unit_struct(&'static str);
+    }
+
+    #[inline]
+    fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
+        if !R::keeps_i128(v) {
+            return Err(ser::Error::custom(R::REFUSED_INT));
+        }
+        self.0.serialize_i128(v)
+    }
+
+    #[inline]
+    fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
+        if !R::keeps_u128(v) {
+            return Err(ser::Error::custom(R::REFUSED_INT));
+        }
+        self.0.serialize_u128(v)
     }
 
     #[inline]

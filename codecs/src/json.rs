@@ -341,10 +341,9 @@ impl<T> JsonCodecBuilder<T> {
 /// The limits are for reading: a text over `max_size`, or nested 128 deep
 /// (which serde_json refuses to read), is written, and the same codec's
 /// decoder then refuses it (`EBADMSG`). serde's own round trip has gaps
-/// too: `Some(None)` is written as `null` and read back as `None`, and a
-/// 128-bit integer outside the 64-bit range inside an untagged or
-/// internally tagged enum is written but not read back (serde buffers such
-/// enums in a form without 128-bit integers).
+/// too: `Some(None)` is written as `null` and read back as `None`. A
+/// 128-bit integer outside the 64-bit range is refused: serde_json writes
+/// its digits but reads them back as a float.
 ///
 /// # Errors
 ///
@@ -352,7 +351,8 @@ impl<T> JsonCodecBuilder<T> {
 /// a text over a limit ([`Error::is_limit`]), or a text that `T` rejects;
 /// `EPIPE` from `decode_eof` when the input ends inside a text. Encoding:
 /// `EINVAL` when the value has no exact JSON form: a NaN or infinite float
-/// anywhere in it (serde_json alone would write `null`), or what serde_json
+/// anywhere in it (serde_json alone would write `null`), an integer beyond
+/// 64 bits (read back as a float), or what serde_json
 /// cannot write (a map with non-string keys, say); nothing is written then.
 ///
 /// # Examples
@@ -563,9 +563,9 @@ impl<T: Serialize> Encoder<T> for JsonCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` for a NaN or infinite float or a CBOR tag anywhere in the
-    /// value (JSON has no form for them), or if serde_json cannot write
-    /// it; `dst` is unchanged.
+    /// `EINVAL` for a NaN or infinite float, an integer beyond 64 bits or a
+    /// CBOR tag anywhere in the value (JSON has no exact form for them), or
+    /// if serde_json cannot write it; `dst` is unchanged.
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), Error> {
         write_text(self.write, &item, dst)
     }
@@ -578,9 +578,9 @@ impl<T: Serialize> Encoder<&T> for JsonCodec<T> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` for a NaN or infinite float or a CBOR tag anywhere in the
-    /// value (JSON has no form for them), or if serde_json cannot write
-    /// it; `dst` is unchanged.
+    /// `EINVAL` for a NaN or infinite float, an integer beyond 64 bits or a
+    /// CBOR tag anywhere in the value (JSON has no exact form for them), or
+    /// if serde_json cannot write it; `dst` is unchanged.
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), Error> {
         write_text(self.write, item, dst)
     }

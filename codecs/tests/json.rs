@@ -918,6 +918,29 @@ proptest! {
     }
 }
 
+/// An integer beyond 64 bits (an `i128`, a CBOR value's `Integer`) has no
+/// exact JSON form here: serde_json writes its digits but reads them back
+/// as a float, another value. The encoder refuses it (EINVAL, nothing
+/// written); the 64-bit extremes are written and read back exactly.
+#[test]
+fn integers_beyond_64_bits_are_refused_not_read_back_as_floats() {
+    let mut codec = JsonCodec::<i128>::new();
+    for n in [1i128 << 64, -(1i128 << 64) - 1, 1i128 << 100, i128::MIN] {
+        let mut wire = BytesMut::from(&b"before"[..]);
+        let err = codec.encode(n, &mut wire).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{n}");
+        assert_eq!(&wire[..], b"before", "nothing written for {n}");
+    }
+    let mut codec = JsonCodec::<u128>::new();
+    assert!(codec.encode(1u128 << 64, &mut BytesMut::new()).is_err());
+    for n in [i128::from(i64::MIN), i128::from(u64::MAX)] {
+        let mut codec = JsonCodec::<i128>::new();
+        let mut wire = BytesMut::new();
+        codec.encode(n, &mut wire).unwrap();
+        assert_eq!(codec.decode_eof(&mut wire).unwrap(), Some(n));
+    }
+}
+
 /// NaN and the infinities have no JSON form. serde_json writes them as
 /// `null`; the encoder refuses them instead (EINVAL, nothing written),
 /// wherever they sit in the value.
