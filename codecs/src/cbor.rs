@@ -462,6 +462,11 @@ impl RawCborCodec {
     }
 
     /// A codec with the given largest item (bytes) and deepest nesting.
+    ///
+    /// The scan keeps 16 bytes per open level of nesting, so a partial item
+    /// costs up to `16 × max_depth` bytes beside the buffer: a `max_depth`
+    /// raised to millions lets a peer make the scan hold many times what it
+    /// sent (16 times, for an item of nothing but nested array heads).
     pub fn with_limits(max_size: usize, max_depth: usize) -> RawCborCodec {
         RawCborCodec {
             scanner: CborScanner::new(CborLimits {

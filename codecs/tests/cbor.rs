@@ -593,3 +593,38 @@ fn a_nan_that_would_lose_its_sign_or_payload_is_refused() {
         f32::NAN.to_bits()
     );
 }
+
+/// A declared length is checked together with what the enclosing
+/// containers still need: under a 10-byte limit, an array of two whose
+/// first element announces 8 more bytes (`82 88`, `82 48`), a map whose key
+/// does (`a1 48`), and an indefinite array or string whose first element or
+/// chunk does (`9f 48`, `5f 48`) all need 11 bytes at least, and fail
+/// (`EBADMSG`, a limit) once the two heads are read, before any byte of the
+/// body is awaited. One byte more of limit, and they wait for the body.
+#[test]
+fn nested_declared_lengths_count_what_the_enclosing_items_still_need() {
+    use anyframe_codecs::RawCborCodec;
+    for item in [
+        &[0x82u8, 0x88][..],
+        &[0x82, 0x48],
+        &[0xa1, 0x48],
+        &[0x9f, 0x48],
+        &[0x5f, 0x48],
+    ] {
+        for max in [10, 11] {
+            let raw = RawCborCodec::with_limits(max, 128).decode(&mut BytesMut::from(item));
+            let value =
+                CborCodec::<Value>::with_limits(max, 128).decode(&mut BytesMut::from(item));
+            for (what, r) in [
+                ("raw", raw.map(|f| f.is_some())),
+                ("value", value.map(|f| f.is_some())),
+            ] {
+                match (max, r) {
+                    (10, Err(e)) => assert!(e.is_limit(), "{what} {item:02x?}: {e}"),
+                    (11, Ok(false)) => {}
+                    (max, other) => panic!("{what} {item:02x?} under {max}: {other:?}"),
+                }
+            }
+        }
+    }
+}

@@ -82,7 +82,23 @@ pub(crate) struct CborScanner {
     pos: usize,
     /// Open frames, innermost last.
     frames: Vec<Frame>,
+    /// The fewest bytes the frames under the innermost one still need once
+    /// the items they are in the middle of end ([`owes`]): a declared length
+    /// is checked against the limit together with them.
+    owed_below: u64,
     limits: CborLimits,
+}
+
+/// The fewest bytes `frame` still needs after the item it is in the middle
+/// of: one per item still to come, a break for an indefinite-length one
+/// (and a value before it, after a map key).
+#[inline(always)]
+fn owes(frame: &Frame) -> u64 {
+    match *frame {
+        Frame::Items(n) => n - 1,
+        Frame::IndefArray | Frame::IndefString { .. } | Frame::IndefMap { key_pending: true } => 1,
+        Frame::IndefMap { key_pending: false } => 2,
+    }
 }
 
 /// What a finished head means for the scan.
@@ -99,6 +115,7 @@ impl CborScanner {
             step: Step::Initial,
             pos: 0,
             frames: Vec::new(),
+            owed_below: 0,
             limits,
         }
     }
@@ -117,6 +134,32 @@ impl CborScanner {
         self.step = Step::Initial;
         self.pos = 0;
         self.frames.clear();
+        self.owed_below = 0;
+    }
+
+    /// The fewest bytes the open frames still need once the item being
+    /// scanned (inside `top`) ends.
+    #[inline(always)]
+    fn owed(&self, top: &Option<Frame>) -> u64 {
+        self.owed_below + top.as_ref().map_or(0, owes)
+    }
+
+    /// `top` becomes a frame under `frame`, the new innermost one.
+    #[inline(always)]
+    fn open(&mut self, top: &mut Option<Frame>, frame: Frame) {
+        if let Some(under) = top.replace(frame) {
+            self.owed_below += owes(&under);
+            self.frames.push(under);
+        }
+    }
+
+    /// The innermost frame closed: the one under it is innermost again.
+    #[inline(always)]
+    fn close(&mut self, top: &mut Option<Frame>) {
+        *top = self.frames.pop();
+        if let Some(frame) = top {
+            self.owed_below -= owes(frame);
+        }
     }
 
     /// Scans the bytes of `item` not seen before. `item` must start at the
@@ -284,7 +327,9 @@ impl CborScanner {
                 if arg == 0 {
                     return Ok(self.finish(top, end));
                 }
-                let stop = (end as u64).saturating_add(arg);
+                let stop = (end as u64)
+                    .saturating_add(arg)
+                    .saturating_add(self.owed(top));
                 if stop > limit as u64 {
                     return Err(too_large_at(at, limit, stop));
                 }
@@ -303,7 +348,9 @@ impl CborScanner {
                     self.check_depth(top, at)?;
                     return Ok(self.finish(top, end));
                 }
-                let stop = (end as u64).saturating_add(items);
+                let stop = (end as u64)
+                    .saturating_add(items)
+                    .saturating_add(self.owed(top));
                 if stop > limit as u64 {
                     return Err(too_large_at(at, limit, stop));
                 }
@@ -332,8 +379,7 @@ impl CborScanner {
         match initial >> 5 {
             major @ (2 | 3) => {
                 // Cannot nest (a chunk is definite), so not a level of depth.
-                self.frames
-                    .extend(top.replace(Frame::IndefString { major }));
+                self.open(top, Frame::IndefString { major });
                 Ok(Next::Step(Step::Initial))
             }
             4 => self.push(top, Frame::IndefArray, at),
@@ -341,7 +387,7 @@ impl CborScanner {
             7 => match *top {
                 Some(Frame::IndefArray | Frame::IndefString { .. })
                 | Some(Frame::IndefMap { key_pending: false }) => {
-                    *top = self.frames.pop();
+                    self.close(top);
                     Ok(self.finish(top, end))
                 }
                 Some(Frame::IndefMap { key_pending: true }) => {
@@ -366,7 +412,7 @@ impl CborScanner {
     #[inline(always)]
     fn push(&mut self, top: &mut Option<Frame>, frame: Frame, at: usize) -> Result<Next, Invalid> {
         self.check_depth(top, at)?;
-        self.frames.extend(top.replace(frame));
+        self.open(top, frame);
         Ok(Next::Step(Step::Initial))
     }
 
@@ -399,7 +445,7 @@ impl CborScanner {
                     if *n > 0 {
                         return Next::Step(Step::Initial);
                     }
-                    *top = self.frames.pop();
+                    self.close(top);
                 }
                 Some(Frame::IndefMap { key_pending }) => {
                     *key_pending = !*key_pending;
