@@ -613,8 +613,7 @@ fn nested_declared_lengths_count_what_the_enclosing_items_still_need() {
     ] {
         for max in [10, 11] {
             let raw = RawCborCodec::with_limits(max, 128).decode(&mut BytesMut::from(item));
-            let value =
-                CborCodec::<Value>::with_limits(max, 128).decode(&mut BytesMut::from(item));
+            let value = CborCodec::<Value>::with_limits(max, 128).decode(&mut BytesMut::from(item));
             for (what, r) in [
                 ("raw", raw.map(|f| f.is_some())),
                 ("value", value.map(|f| f.is_some())),

@@ -1716,24 +1716,32 @@ impl Core {
         D: Decoder,
         D::Error: Into<Error>,
     {
-        if !self.queue.is_empty() {
-            ready!(self.poll_queue(io, cx))?;
-        }
-        if self.carried.is_some()
-            && let Some(e) = self.carried.take()
-        {
-            // The error of the frame a cancelled read was consuming.
-            return Poll::Ready(Err(e));
-        }
-        if watch.begun.is_some_and(|mark| mark != self.taken) {
-            watch.begun = None;
-            watch.stale = true;
-            return Poll::Ready(Err(Error::invalid_input(
-                "another read took bytes of the frame the decoder had begun: its state no longer matches the buffer",
-            )));
-        }
-        self.write_uncorked(io, cx)?;
+        let mut uncorked = false;
         loop {
+            // Queued requests go first (RQ-1), also those a hook queued
+            // while this call wrote (a drain hook) or waited (a timeout
+            // hook): the queue is looked at before every decode step.
+            if !self.queue.is_empty() {
+                ready!(self.poll_queue(io, cx))?;
+            }
+            if self.carried.is_some()
+                && let Some(e) = self.carried.take()
+            {
+                // The error of the frame a cancelled read was consuming.
+                return Poll::Ready(Err(e));
+            }
+            if watch.begun.is_some_and(|mark| mark != self.taken) {
+                watch.begun = None;
+                watch.stale = true;
+                return Poll::Ready(Err(Error::invalid_input(
+                    "another read took bytes of the frame the decoder had begun: its state no longer matches the buffer",
+                )));
+            }
+            if !uncorked {
+                uncorked = true;
+                self.write_uncorked(io, cx)?;
+                continue;
+            }
             self.check_open()?;
             let before = self.rbuf.len();
             // What `decode_eof` takes is its own end-of-input handling
@@ -1853,8 +1861,9 @@ impl Core {
         let mut n = 1;
         let eof = self.is_eof();
         // Where a batch stops is `batch_step`'s rule, shared with the
-        // spawned front end's batches.
-        while n < limit {
+        // spawned front end's batches; a read queued meanwhile (by a hook)
+        // ends it too, and goes first.
+        while n < limit && self.queue.is_empty() {
             let before = self.rbuf.len();
             let step = batch_step(decoder, &mut self.rbuf, eof);
             self.note_step(before, !matches!(step, BatchStep::End));
