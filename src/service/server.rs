@@ -372,19 +372,47 @@ enum Waiting<Req, Resp> {
 }
 
 /// Queues `resp`. An encoder that refuses it leaves the peer one answer
-/// short, so its refusal is made fatal here.
-fn answer<E, Resp>(handle: &Handle, encoder: &E, resp: Resp) -> Result<()>
+/// short, so its refusal is made fatal here; so is an answer longer than
+/// `wbuf_max`, which can never be queued (refused before it is, so the
+/// answers before it still go out). One that does not fit under the cap
+/// yet waits until what is queued is written (bounded by the connection's
+/// timers), rather than cross the cap and close the connection under the
+/// answers queued before it.
+async fn answer<E, Resp>(
+    handle: &Handle,
+    mut encoder: E,
+    resp: Resp,
+    wbuf_max: Option<usize>,
+    timers: &LoopTimers,
+) -> Result<()>
 where
-    E: Encoder<Resp> + Clone,
+    E: Encoder<Resp>,
     E::Error: Into<Error>,
 {
-    handle.push_write(encoder.clone(), resp).map_err(|e| {
+    let refused = |e: Error| {
         if e.is_fatal() {
             e
         } else {
             Error::fatal_because(e, "an answer could not be encoded")
         }
-    })
+    };
+    let Some(max) = wbuf_max else {
+        return handle.push_write(encoder, resp).map_err(refused);
+    };
+    let mut out = bytes::BytesMut::new();
+    encoder
+        .encode(resp, &mut out)
+        .map_err(|e| refused(e.into()))?;
+    if out.len() > max {
+        return Err(Error::fatal_because(
+            Error::no_space("an answer longer than wbuf_max"),
+            "an answer could not be queued",
+        ));
+    }
+    if handle.write_buffered() + out.len() > max {
+        timers.bound(handle, handle.flush()).await?;
+    }
+    handle.push_bytes(out.freeze()).map_err(refused)
 }
 
 /// The connection's timers, as the loop sees them. The loop owns the
@@ -622,6 +650,7 @@ where
         // to rejected ones, in request order.
         let mut waiting: VecDeque<Waiting<Req, S::Response>> = VecDeque::new();
         let rbuf_max = builder.cfg.rbuf_max;
+        let wbuf_max = builder.cfg.wbuf_max;
         // The loop's handle is its own: no timer is set after this.
         let read_timer = !builder.cfg.rtimeout.is_zero();
         let mut reader = Some(Framing::new(decoder.clone(), rbuf_max, Arc::clone(&timers)));
@@ -748,14 +777,22 @@ where
             let mut refused = None;
             let answered = matches!(event, Event::Response(_));
             match event {
-                Event::Response(Ok(resp)) => refused = answer(&handle, &encoder, resp).err(),
+                Event::Response(Ok(resp)) => {
+                    refused = answer(&handle, encoder.clone(), resp, wbuf_max, &timers)
+                        .await
+                        .err();
+                }
                 Event::Response(Err(e)) => {
                     let resp = match on_error.as_mut() {
                         Some(map) => map(e),
                         None => Err(e),
                     };
                     match resp {
-                        Ok(resp) => refused = answer(&handle, &encoder, resp).err(),
+                        Ok(resp) => {
+                            refused = answer(&handle, encoder.clone(), resp, wbuf_max, &timers)
+                                .await
+                                .err();
+                        }
                         Err(e) => {
                             // Close after the responses before this one.
                             reading = false;
