@@ -1,7 +1,8 @@
-//! The server loop's answers against the connection's `wbuf_max`: an
+//! The server loop's answers against the connection's `wbuf_max` (an
 //! answer that does not fit yet waits for room, and one that can never fit
 //! ends the loop after the answers before it, never closing the connection
-//! under them. Paused time; every wait is bounded.
+//! under them), and a write timer with nothing to write. Paused time;
+//! every wait is bounded.
 
 use std::convert::Infallible;
 use std::future::IntoFuture;
@@ -88,4 +89,40 @@ async fn an_answer_over_wbuf_max_ends_the_loop_after_the_answers_before_it() {
     let r = within("server", server).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&got), "A\nB\n", "loop: {r:?}");
     assert!(r.is_err());
+}
+
+/// A server with only a write timer (1 s). The peer sends one request,
+/// `hello\n`, a byte every 300 ms (1.8 s in all: never silent for more
+/// than 300 ms), then half-closes.
+///
+/// A write timer says nothing of the peer while nothing waits to be
+/// written: the request is read and answered, `HELLO\n`, and the loop
+/// ends `Ok` at the end of input, as with an idle or read timer (LC-6).
+#[tokio::test(start_paused = true)]
+async fn a_write_timer_does_not_end_a_peer_still_sending_its_request() {
+    let (sio, cio) = tokio::io::duplex(1024);
+    let mut b = QueuedFramed::builder();
+    b.wtimeout(Duration::from_secs(1));
+    let server = tokio::spawn(
+        serve(
+            sio,
+            Utf8LineCodec::new(),
+            LineCodec::new(),
+            tower::service_fn(|l: Utf8Line| {
+                std::future::ready(Ok::<_, Infallible>(l.line().to_uppercase()))
+            }),
+        )
+        .connection(b)
+        .into_future(),
+    );
+    let (rd, mut wr) = tokio::io::split(cio);
+    for &c in b"hello\n" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = wr.write_all(&[c]).await;
+    }
+    let _ = wr.shutdown().await;
+    let got = within("peer reads to the end", read_all(rd)).await;
+    let r = within("server", server).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), "HELLO\n", "loop: {r:?}");
+    assert!(r.is_ok(), "{r:?}");
 }

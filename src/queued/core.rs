@@ -1562,6 +1562,11 @@ impl Core {
         self.timers.take_wrote()
     }
 
+    #[cfg(feature = "tower")]
+    pub(crate) fn since_read(&self) -> std::time::Duration {
+        self.timers.since_read()
+    }
+
     /// Whether the core runs on the spawned driver's own tokio task (the
     /// driver registers itself on its first turn, and only it writes).
     fn on_driver_task(&self) -> bool {

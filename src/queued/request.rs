@@ -690,6 +690,13 @@ impl Requests<'_> {
     pub(crate) fn take_wrote(&mut self) -> Option<std::time::Duration> {
         self.core.take_wrote()
     }
+
+    /// How long ago the transport last read (or the read timer was reset),
+    /// for the server loop's timer hook: a peer still sending is not silent.
+    #[cfg(feature = "tower")]
+    pub(crate) fn since_read(&self) -> std::time::Duration {
+        self.core.since_read()
+    }
 }
 
 impl fmt::Debug for Requests<'_> {

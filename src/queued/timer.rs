@@ -332,6 +332,13 @@ impl Timers {
             .then(|| Instant::now().saturating_duration_since(self.stamp[Timeout::Write.index()]))
     }
 
+    /// How long ago the transport last read (or the read timer was reset
+    /// or expired, which moves its stamp too).
+    #[cfg(feature = "tower")]
+    pub(crate) fn since_read(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.stamp[Timeout::Read.index()])
+    }
+
     /// `*_timeout_reset`: marks activity for `which` now.
     pub(crate) fn reset(&mut self, which: Timeout) {
         self.stamp[which.index()] = Instant::now();

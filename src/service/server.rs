@@ -432,6 +432,8 @@ struct LoopTimers {
     owed: AtomicBool,
     /// The read timer's period (zero: off).
     read_period: Duration,
+    /// The write timer's period (zero: off).
+    write_period: Duration,
     /// Expiries handed to the loop, by `Timeout::bit`.
     expired: AtomicU8,
     /// The loop's task, woken for an expiry.
@@ -439,10 +441,11 @@ struct LoopTimers {
 }
 
 impl LoopTimers {
-    fn new(read_period: Duration) -> LoopTimers {
+    fn new(read_period: Duration, write_period: Duration) -> LoopTimers {
         LoopTimers {
             owed: AtomicBool::new(false),
             read_period,
+            write_period,
             expired: AtomicU8::new(0),
             task: AtomicWaker::new(),
         }
@@ -462,6 +465,14 @@ impl LoopTimers {
                 Timeout::Read => {
                     let wrote = q.take_wrote();
                     working || wrote.is_some_and(|ago| ago < timers.read_period)
+                }
+                // With nothing waiting to be written, a write timer says
+                // only that no answer went out: a peer that sent bytes
+                // within the period (a request still arriving) is not
+                // silent.
+                Timeout::Write => {
+                    working
+                        || (q.write_buffered() == 0 && q.since_read() < timers.write_period)
                 }
                 _ => working,
             };
@@ -643,7 +654,7 @@ where
             builder,
         } = self;
         let (handle, driver) = builder.build(io).spawn();
-        let timers = Arc::new(LoopTimers::new(builder.cfg.rtimeout));
+        let timers = Arc::new(LoopTimers::new(builder.cfg.rtimeout, builder.cfg.wtimeout));
         timers.install(&handle);
         let mut in_flight: FuturesOrdered<Pending<S, Req>> = FuturesOrdered::new();
         // Requests read and not yet handed to the service, and the answers
