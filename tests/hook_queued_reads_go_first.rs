@@ -43,7 +43,7 @@ fn queue_a_read_on_drain(slot: &Slot) -> impl FnMut(&mut anyframe::Requests<'_>)
 /// bytes already buffered ("pong\nreal\n") go to that queued read first
 /// (RQ-1): the hook's read gets "pong" and `read_with` gets "real".
 #[tokio::test]
-async fn read_with_takes_bytes_from_a_read_the_drain_hook_queued() {
+async fn a_read_the_drain_hook_queues_during_read_with_goes_first() {
     let (io, peer) = mock_io::pair();
     peer.accept(1 << 20);
     let mut conn = Builder::new().build(io);
@@ -75,7 +75,7 @@ async fn read_with_takes_bytes_from_a_read_the_drain_hook_queued() {
 /// `next()` "real" (RQ-1; the default codec's frames come "once no
 /// request is queued").
 #[tokio::test]
-async fn stream_takes_bytes_from_a_read_the_drain_hook_queued() {
+async fn a_read_the_drain_hook_queues_during_stream_next_goes_first() {
     let (io, peer) = mock_io::pair();
     peer.accept(1 << 20);
     let mut conn = Builder::new().build_with_codec(io, LineCodec::new());
@@ -104,7 +104,7 @@ async fn stream_takes_bytes_from_a_read_the_drain_hook_queued() {
 /// peer on another thread can). The queued read gets "pong", `read_with`
 /// gets "real" (RQ-1, TO-3: the hook "can queue reads").
 #[tokio::test(start_paused = true)]
-async fn read_with_takes_bytes_from_a_read_the_timeout_hook_queued() {
+async fn a_read_the_timeout_hook_queues_during_read_with_goes_first() {
     let (io, peer) = mock_io::pair();
     peer.accept(1 << 20);
     let mut conn = Builder::new().rtimeout(MS(100)).build(io);
@@ -138,7 +138,7 @@ async fn read_with_takes_bytes_from_a_read_the_timeout_hook_queued() {
 /// hook queues a read, and the batch then takes every buffered frame.
 /// The queued read gets "pong", the batch gets ["real"] (RQ-1).
 #[tokio::test]
-async fn read_many_takes_bytes_from_a_read_the_drain_hook_queued() {
+async fn a_read_the_drain_hook_queues_during_read_many_goes_first() {
     let (io, peer) = mock_io::pair();
     peer.accept(1 << 20);
     let mut conn = Builder::new().build(io);
