@@ -52,6 +52,24 @@ fn hold_engine(
     (entered_rx, held)
 }
 
+/// A spawned connection whose driver runs on a runtime on a thread of its
+/// own (it ends when the connection does).
+fn on_its_own_thread(io: tokio::io::DuplexStream) -> Handle {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (handle, driver) = QueuedFramed::new(io).spawn();
+            tx.send(handle).unwrap();
+            let _ = driver.await;
+        });
+    });
+    rx.recv_timeout(WAIT).unwrap()
+}
+
 /// A line encoder that takes its time (so the engine's holder changes
 /// while it runs) and writes some lines in many small pieces.
 struct SlowLine(u64);
@@ -193,8 +211,10 @@ impl Encoder<&'static str> for PanicsHalfWay {
 async fn an_encoder_panicking_for_a_busy_engine_leaves_no_bytes_behind() {
     let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
     let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-    let (a, _a_driver) = QueuedFramed::builder().build(a_io).spawn();
-    let (b, _b_driver) = QueuedFramed::builder().build(b_io).spawn();
+    // Each driver on a thread of its own: both hold their engine (block
+    // their thread) at once, which two workers of one runtime do not
+    // guarantee (a task woken into a busy worker's next slot waits for it).
+    let (a, b) = (on_its_own_thread(a_io), on_its_own_thread(b_io));
     let (a_release_tx, a_release_rx) = mpsc::channel();
     let (b_release_tx, b_release_rx) = mpsc::channel();
     let (a_entered, a_held) = hold_engine(&a, a_release_rx);
