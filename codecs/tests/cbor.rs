@@ -627,3 +627,29 @@ fn nested_declared_lengths_count_what_the_enclosing_items_still_need() {
         }
     }
 }
+
+/// The same verdict however the bytes arrive, for a short string that the
+/// whole-buffer path takes in one step: an indefinite map whose first key
+/// (`62 c3 a9`, 3 bytes) fits, but not with the value and break it still
+/// owes, under a 5-byte limit.
+#[test]
+fn a_short_string_at_hand_is_checked_with_what_its_containers_owe() {
+    use anyframe_codecs::RawCborCodec;
+    let item = [0xbf, 0x62, 0xc3, 0xa9];
+    let whole = RawCborCodec::with_limits(5, 1).decode(&mut BytesMut::from(&item[..]));
+    assert!(whole.as_ref().is_err_and(|e| e.is_limit()), "{whole:?}");
+    let mut codec = RawCborCodec::with_limits(5, 1);
+    let mut buf = BytesMut::new();
+    let mut bytewise = Ok(None);
+    for &b in &item {
+        buf.extend_from_slice(&[b]);
+        bytewise = codec.decode(&mut buf);
+        if bytewise.is_err() {
+            break;
+        }
+    }
+    assert!(
+        bytewise.as_ref().is_err_and(|e| e.is_limit()),
+        "{bytewise:?}"
+    );
+}

@@ -203,9 +203,13 @@ impl CborScanner {
                     // value, short string) already at hand, outside an
                     // indefinite string: skip it in one step.
                     let leaf = usize::from(LEAF_LEN[usize::from(initial)]);
+                    // (Not when the leaf and what the open frames still
+                    // need cross the limit: the head's own check says so,
+                    // however the bytes arrived.)
                     if leaf != 0
                         && leaf <= end - i
                         && !matches!(top, Some(Frame::IndefString { .. }))
+                        && ((i + leaf) as u64).saturating_add(self.owed(top)) <= limit as u64
                     {
                         i += leaf;
                         match self.finish(top, i) {
