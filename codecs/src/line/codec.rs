@@ -239,6 +239,14 @@ impl LineCodec {
                 Scan::Overflow { .. } => {}
             }
         }
+        #[cfg(feature = "regex")]
+        if let (State::Reading { scanned }, Eol::Regex(re)) = (self.state, &self.eol)
+            && !eof
+            && let Some(scanned) = re.quick_need_more(buf, scanned, self.max_length)
+        {
+            self.state = State::Reading { scanned };
+            return Ok(None);
+        }
         self.next_line_slow(buf, eof)
     }
 

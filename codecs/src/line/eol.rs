@@ -57,6 +57,32 @@ pub(crate) struct RegexEol {
     pub(crate) empty_ok: bool,
 }
 
+#[cfg(feature = "regex")]
+impl RegexEol {
+    /// What [`Eol::scan`] says of a buffer of which `scanned` bytes were
+    /// searched before, when that is certainly "more input is needed"
+    /// (before the end of input): `Some(scanned)` for the new verdict, with
+    /// no regex search. That is when nothing has arrived since the last
+    /// search, or when none of the few bytes the search would look at can
+    /// occur in an end of line and the line is still within the limit. A
+    /// long line fed a byte at a time then costs a few table lookups per
+    /// byte. `None`: only `scan` can tell.
+    #[inline(always)]
+    pub(crate) fn quick_need_more(&self, buf: &[u8], scanned: usize, max: usize) -> Option<usize> {
+        let len = buf.len();
+        if self.empty_ok {
+            return None;
+        }
+        if len == scanned {
+            return Some(scanned);
+        }
+        let search = &self.search;
+        (len <= max.saturating_add(search.open_reach())
+            && search.rules_out_non_empty(buf, search.resume_at(scanned, scanned)))
+        .then_some(len)
+    }
+}
+
 /// The outcome of dropping part of an over-long line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Discard {
@@ -507,6 +533,125 @@ mod tests {
         buf.extend_from_slice(b"\nnext");
         assert_eq!(eol.discard(&mut buf, 10, false, 0), Discard::Ended);
         assert_eq!(buf, "next");
+    }
+
+    /// Ends of line with and without look-around, bounded and not, for
+    /// the check that the quick verdict agrees with the search.
+    #[cfg(feature = "regex")]
+    const QUICK_PATTERNS: &[&str] = &[
+        r"\r\n|\n|\r",
+        r"\r\n",
+        "ab|b",
+        "abc|b",
+        "a;b|;",
+        "(?:ab|abcd)",
+        "[;,]+",
+        "x;+y|;",
+        r";\b",
+        r"\bEND\b",
+        ";$",
+        "(?m:^);",
+        r"(?-u:;\b)",
+    ];
+
+    /// What the lines are made of: mostly bytes that no end of line holds.
+    #[cfg(feature = "regex")]
+    const QUICK_PIECES: &[&[u8]] = &[
+        b"x",
+        b"x",
+        b"x",
+        b"xxxxxxx",
+        b"a",
+        b"b",
+        b";",
+        b",",
+        b"\r",
+        b"\n",
+        b"END",
+        b" ",
+        "\u{e9}".as_bytes(),
+    ];
+
+    #[cfg(feature = "regex")]
+    proptest::proptest! {
+        /// Wherever `quick_need_more` gives a verdict, it is the one the
+        /// regex search gives, along every sequence of reads.
+        #[test]
+        fn quick_need_more_agrees_with_the_search(
+            pattern in proptest::sample::select(QUICK_PATTERNS),
+            hold_open in proptest::prelude::any::<bool>(),
+            max in proptest::prelude::prop_oneof![1usize..12, proptest::strategy::Just(1 << 20)],
+            input in proptest::collection::vec(
+                proptest::sample::select(QUICK_PIECES),
+                0..60,
+            ),
+            sizes in proptest::collection::vec(1usize..5, 1..8),
+        ) {
+            let re = RegexEol {
+                search: Search::new(regex::bytes::Regex::new(pattern).unwrap()),
+                hold_open,
+                empty_ok: false,
+            };
+            let eol = Eol::Regex(Box::new(re.clone()));
+            let input = input.concat();
+            let mut buf = BytesMut::new();
+            let mut scanned = 0;
+            let mut rest = &input[..];
+            for size in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, after) = rest.split_at((*size).min(rest.len()));
+                rest = after;
+                buf.extend_from_slice(piece);
+                loop {
+                    let slow = eol.scan(&buf, scanned, max, false);
+                    if let Some(quick) = re.quick_need_more(&buf, scanned, max) {
+                        proptest::prop_assert_eq!(slow, Scan::NeedMore { scanned: quick });
+                    }
+                    match slow {
+                        Scan::Found { line_len, eol_len } => {
+                            let _ = buf.split_to(line_len + eol_len);
+                            scanned = 0;
+                        }
+                        Scan::NeedMore { scanned: now } => {
+                            scanned = now;
+                            break;
+                        }
+                        Scan::Overflow { .. } => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The quick verdict does answer for a long line fed a byte at a time,
+    /// and leaves an end of line to the search.
+    #[cfg(feature = "regex")]
+    #[test]
+    fn quick_need_more_answers_for_bytes_outside_every_match() {
+        let re = RegexEol {
+            search: Search::new(regex::bytes::Regex::new(r"\r\n|\n|\r").unwrap()),
+            hold_open: true,
+            empty_ok: false,
+        };
+        let mut buf = b"xxxxxxxxxx".to_vec();
+        assert_eq!(re.quick_need_more(&buf, 9, 100), Some(10));
+        assert_eq!(re.quick_need_more(&buf, 10, 100), Some(10));
+        // Past the limit (and what may still start an end of line there):
+        // the search decides on the overflow.
+        assert_eq!(re.quick_need_more(&buf, 9, 8), None);
+        buf.push(b'\r');
+        assert_eq!(re.quick_need_more(&buf, 10, 100), None);
+        // A held `\r` two bytes back is still looked at.
+        buf.push(b'x');
+        assert_eq!(re.quick_need_more(&buf, 11, 100), None);
+        // An empty match that may end the line is the search's to find.
+        let empty = RegexEol {
+            empty_ok: true,
+            ..re.clone()
+        };
+        assert_eq!(empty.quick_need_more(b"xx", 1, 100), None);
     }
 
     #[cfg(feature = "regex")]

@@ -11,11 +11,12 @@
 //! leftmost match starts at `t`. Every candidate match at `t` ends by
 //! `t + L`, where `L` is the longest text the regex can match, and whether a
 //! candidate matches depends only on its bytes and on look-around context
-//! of at most one character (4 bytes) on each side. So `P(t)` is the same in
-//! a buffer of `n` bytes and in the same buffer grown to `n' > n` whenever
-//! `t + L + 4 <= n`. A search over `n` bytes that found no match starting
+//! of `C` bytes on each side: at most one character (`C = 4`), none for a
+//! pattern without assertions (`C = 0`). So `P(t)` is the same in a buffer
+//! of `n` bytes and in the same buffer grown to `n' > n` whenever
+//! `t + L + C <= n`. A search over `n` bytes that found no match starting
 //! before `f` (no match at all: `f = n`) therefore lets the search over `n'`
-//! start at `min(f, n - L - 4)` and report what a full rescan reports.
+//! start at `min(f, n - L - C)` and report what a full rescan reports.
 //! Earlier bytes still serve as look-behind context ([`Regex::find_at`]), so
 //! anchors and word boundaries keep their meaning.
 //!
@@ -65,6 +66,10 @@ pub(crate) struct Search {
     /// The bytes a match can hold; `None` when that is (nearly) any byte,
     /// or unknown, and the regex must always run.
     bytes: Option<ByteSet>,
+    /// How many bytes on each side of a match its assertions may read:
+    /// [`LOOK_MARGIN`], or 0 for a pattern without look-around, whose
+    /// matches depend on their own bytes only.
+    context: usize,
     /// Whether some text has an empty match: the regex matches the empty
     /// haystack, or a plain reading of the pattern has a shortest match of
     /// 0 (`\b`, `x*`, `\b|;`), or a free-spaced one does and the regex
@@ -82,6 +87,12 @@ impl Search {
             .try_fold(None, |max: Option<usize>, len| Some(max.max(Some(len?))))
             .flatten();
         let look_ahead = readings.iter().map(look_ahead_at_end).max().unwrap_or(0);
+        // No reading at all: the pattern is not understood, so assume the
+        // widest context.
+        let looks = readings.is_empty()
+            || readings
+                .iter()
+                .any(|h| !h.properties().look_set().is_empty());
         let bytes = ByteSet::of_matches(&readings);
         // The plain readings find an empty match that needs context
         // (`\b`); the regex itself one that a builder option made (`; *`
@@ -97,6 +108,7 @@ impl Search {
             re,
             max_len,
             look_ahead,
+            context: if looks { LOOK_MARGIN } else { 0 },
             bytes,
             may_match_empty,
         }
@@ -118,7 +130,7 @@ impl Search {
     /// starting before `found` (`old_len` when it found none).
     pub(crate) fn resume_at(&self, old_len: usize, found: usize) -> usize {
         match self.max_len {
-            Some(max) => found.min(old_len.saturating_sub(max.saturating_add(LOOK_MARGIN))),
+            Some(max) => found.min(old_len.saturating_sub(max.saturating_add(self.context))),
             None => 0,
         }
     }
@@ -229,14 +241,21 @@ impl Search {
     /// `find_iter` would: an empty match is passed over and the search goes
     /// on one byte later.
     pub(crate) fn first_non_empty(&self, hay: &[u8], from: usize) -> Option<(usize, usize)> {
-        if let Some(bytes) = &self.bytes
-            && let Some(rest) = hay.get(from..)
-            && rest.len() <= ByteSet::SHORT
-            && !bytes.any_in(rest)
-        {
+        if self.rules_out_non_empty(hay, from) {
             return None;
         }
         Self::regex_non_empty(&self.re, hay, from)
+    }
+
+    /// Whether `hay[from..]` holds no non-empty match, known without
+    /// running the regex: it is short and none of its bytes can occur in a
+    /// match. `false` only means that the regex must decide.
+    #[inline(always)]
+    pub(crate) fn rules_out_non_empty(&self, hay: &[u8], from: usize) -> bool {
+        match (&self.bytes, hay.get(from..)) {
+            (Some(bytes), Some(rest)) => rest.len() <= ByteSet::SHORT && !bytes.any_in(rest),
+            _ => false,
+        }
     }
 
     /// [`first_non_empty`](Self::first_non_empty) by the regex alone.
@@ -510,7 +529,13 @@ mod tests {
 
     #[test]
     fn resume_point_keeps_the_longest_match_and_its_context() {
+        // No look-around: a match depends on its own bytes only.
         let s = search(r"\r\n");
+        assert_eq!(s.resume_at(100, 100), 98);
+        assert_eq!(s.resume_at(100, 50), 50);
+        assert_eq!(s.resume_at(3, 3), 1);
+        // A word boundary reads a character on either side.
+        let s = search(r"\r\n\b");
         assert_eq!(s.resume_at(100, 100), 94);
         assert_eq!(s.resume_at(100, 50), 50);
         assert_eq!(s.resume_at(3, 3), 0);
