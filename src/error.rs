@@ -303,6 +303,13 @@ impl Error {
         e
     }
 
+    /// An item longer than the whole of `wbuf_max`: it can never be
+    /// queued, so it is refused with nothing queued, non-fatal
+    /// ([OPT-9](crate::semantics#OPT-9)).
+    pub(crate) fn longer_than_wbuf_max() -> Error {
+        Error::invalid_input("an item longer than wbuf_max can never be queued")
+    }
+
     /// The caller misused the API; nothing was done.
     pub(crate) fn invalid_input(message: &'static str) -> Error {
         Error::new(ErrorKind::InvalidInput, false, message)

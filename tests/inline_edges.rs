@@ -557,7 +557,9 @@ async fn a_completion_pushing_over_wbuf_max_closes_with_enospc() {
     let (io, peer) = mock_io::pair();
     let mut conn = Builder::new().wbuf_max(Some(4)).build(io);
     let t = conn.push_read_with(ChunkCodec::new(1), |f, q| {
-        q.push_bytes(&b"12345"[..])?;
+        // Each fits alone; the second crosses the cap behind the first.
+        q.push_bytes(&b"123"[..])?;
+        q.push_bytes(&b"45"[..])?;
         Ok(f)
     });
     let behind = conn.push_read(ChunkCodec::new(1));

@@ -663,7 +663,7 @@ async fn wbuf_max_crossed_behind_a_pending_switch() {
                     .spawn();
                 let t = h.starttls(pki::client_on(b));
                 h.push_bytes(&b"SECRET-1\n"[..]).unwrap();
-                let e = h.push_bytes(vec![b'S'; 100]);
+                let e = h.push_bytes(vec![b'S'; 60]);
                 let t = bounded(2, t).await;
                 let d = bounded(2, d).await;
                 format!("push={e:?} switch={t:?} driver_done={}", d.is_some())
@@ -671,7 +671,7 @@ async fn wbuf_max_crossed_behind_a_pending_switch() {
                 let mut conn = QueuedFramed::builder().wbuf_max(Some(64)).build(tap);
                 let t = conn.push_starttls(pki::client_on(b));
                 conn.push_bytes(&b"SECRET-1\n"[..]).unwrap();
-                let e = conn.push_bytes(vec![b'S'; 100]);
+                let e = conn.push_bytes(vec![b'S'; 60]);
                 let t = bounded(2, conn.wait(t)).await;
                 let f = bounded(2, conn.flush()).await;
                 format!("push={e:?} switch={t:?} flush={f:?}")
@@ -683,6 +683,48 @@ async fn wbuf_max_crossed_behind_a_pending_switch() {
             {
                 failed.push(format!(
                     "{b:?} spawned={spawned}: {r} leaked={}",
+                    contains(&wire, b"SECRET")
+                ));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// OPT-9: an item longer than the whole of `wbuf_max`, pushed behind a
+/// pending switch, is refused (non-fatal `EINVAL`, nothing queued): the
+/// connection and its switch go on, and nothing behind the switch leaves
+/// in plaintext.
+#[tokio::test]
+async fn an_item_longer_than_wbuf_max_behind_a_pending_switch_is_refused() {
+    let mut failed = Vec::new();
+    for &b in pki::BACKENDS {
+        for spawned in [false, true] {
+            let (io, _silent) = tokio::io::duplex(1 << 16);
+            let (tap, writes) = support::Tap::new(io);
+            let (e, closed) = if spawned {
+                let (h, _d) = QueuedFramed::builder()
+                    .wbuf_max(Some(64))
+                    .build(tap)
+                    .spawn();
+                let _t = h.starttls(pki::client_on(b));
+                h.push_bytes(&b"SECRET-1\n"[..]).unwrap();
+                let e = h.push_bytes(vec![b'S'; 100]);
+                (e, h.is_closed())
+            } else {
+                let mut conn = QueuedFramed::builder().wbuf_max(Some(64)).build(tap);
+                let _t = conn.push_starttls(pki::client_on(b));
+                conn.push_bytes(&b"SECRET-1\n"[..]).unwrap();
+                let e = conn.push_bytes(vec![b'S'; 100]);
+                let _ = bounded(1, conn.flush()).await;
+                (e, conn.is_closed())
+            };
+            let wire = support::written(&writes);
+            let refused =
+                matches!(&e, Err(e) if e.kind() == ErrorKind::InvalidInput && !e.is_fatal());
+            if !refused || closed || contains(&wire, b"SECRET") {
+                failed.push(format!(
+                    "{b:?} spawned={spawned}: push={e:?} closed={closed} leaked={}",
                     contains(&wire, b"SECRET")
                 ));
             }

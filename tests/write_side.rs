@@ -258,7 +258,9 @@ async fn inline_flush_after_the_drain_hook_crosses_wbuf_max_is_enospc() {
     let (a, _b) = tokio::io::duplex(1 << 16);
     let mut conn = QueuedFramed::builder().wbuf_max(Some(100)).build(a);
     conn.on_drain(|q| {
-        let _ = q.push_bytes(vec![0u8; 101]);
+        // Each fits alone; the second crosses the cap behind the first.
+        let _ = q.push_bytes(vec![0u8; 60]);
+        let _ = q.push_bytes(vec![0u8; 60]);
     });
     conn.push_bytes(&b"hello\n"[..]).unwrap();
     let r = within("flush", conn.flush()).await;

@@ -35,8 +35,7 @@ const HEADROOM: usize = 1024 * 1024;
 /// (the line in front and the next reply's start), and a write cap
 /// (`wbuf_max`) that holds a request of that size the same way, with the
 /// requests queued before it: the engine's default caps (64 MiB) would
-/// refuse values the protocol accepts, the write cap by closing the
-/// connection under every request in flight.
+/// refuse values the protocol accepts.
 ///
 /// # Errors
 ///

@@ -350,9 +350,6 @@ struct Shared<P> {
     /// Held across "write the request, queue its reply's read" (two calls
     /// on the handle), so no other clone can slip in between.
     order: Mutex<()>,
-    /// The longest request sent: the connection's `wbuf_max` when the
-    /// client was made (a longer one is refused unwritten).
-    max_request: usize,
     /// Calls after which `poll_ready` yields to the driver once: half the
     /// in-flight bound, so the window goes out in two halves.
     batch: usize,
@@ -365,18 +362,16 @@ impl<P: Protocol> Pipelined<P> {
     /// `max_in_flight` replies outstanding (at least 1; `usize::MAX` is
     /// taken as tokio's `Semaphore::MAX_PERMITS`, no bound in practice).
     ///
-    /// A request longer than the connection's `wbuf_max` (as it is now)
-    /// can never be queued: it is refused before anything is written, with
+    /// A request longer than the connection's `wbuf_max` can never be
+    /// queued: the connection refuses it before anything is written, with
     /// a non-fatal `EINVAL`.
     pub fn new(handle: Handle, protocol: P, max_in_flight: usize) -> Pipelined<P> {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
-        let handle_wbuf_max = handle.wbuf_max().unwrap_or(usize::MAX);
         Pipelined {
             shared: Arc::new(Shared {
                 handle,
                 protocol,
                 order: Mutex::new(()),
-                max_request: handle_wbuf_max,
                 batch: (max_in_flight / 2).max(1),
                 owed: Arc::default(),
             }),
@@ -422,7 +417,6 @@ impl<P: Protocol> Pipelined<P> {
         if let Err(e) = shared.handle.push_write(
             WireEncoder {
                 protocol: &shared.protocol,
-                max: shared.max_request,
             },
             &req,
         ) {
@@ -530,29 +524,16 @@ impl<P> fmt::Debug for Pipelined<P> {
     }
 }
 
-/// A [`Protocol`]'s request writer as a tokio-util `Encoder`, refusing a
-/// request longer than the connection's whole write cap: queued, it could
-/// only close the connection (`ENOSPC`) under every request in flight.
+/// A [`Protocol`]'s request writer as a tokio-util `Encoder`.
 struct WireEncoder<'a, P> {
     protocol: &'a P,
-    max: usize,
 }
 
 impl<P: Protocol> Encoder<&P::Request> for WireEncoder<'_, P> {
     type Error = Error;
 
     fn encode(&mut self, req: &P::Request, dst: &mut BytesMut) -> Result<()> {
-        let before = dst.len();
-        self.protocol.encode(req, dst)?;
-        if dst.len() - before > self.max {
-            // The engine takes back what an encoder that fails appended.
-            return Err(Error::custom(
-                ErrorKind::InvalidInput,
-                false,
-                "a request longer than the connection's wbuf_max",
-            ));
-        }
-        Ok(())
+        self.protocol.encode(req, dst)
     }
 }
 

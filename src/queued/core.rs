@@ -1897,10 +1897,13 @@ impl Core {
     // ----- writing --------------------------------------------------------------------
 
     /// Encodes `item` onto the write queue. On an encoder error nothing is
-    /// queued and the error is not fatal (WQ-1); over `wbuf_max` the item is not queued and the connection
-    /// closes with `ENOSPC` (what was queued before stays reachable). An
-    /// encoder that panics leaves nothing half-written and closes the
-    /// connection; the panic goes on to the caller.
+    /// queued and the error is not fatal (WQ-1). An item longer than the
+    /// whole of `wbuf_max` is refused the same way; one that crosses it
+    /// with the output already queued is not queued and the connection
+    /// closes with `ENOSPC`, what was queued before staying reachable
+    /// ([OPT-9](crate::semantics#OPT-9)). An encoder that panics leaves
+    /// nothing half-written and closes the connection; the panic goes on
+    /// to the caller.
     pub(crate) fn push_encoded<E, I>(&mut self, mut encoder: E, item: I) -> Result<()>
     where
         E: Encoder<I>,
@@ -1927,6 +1930,10 @@ impl Core {
             self.wq.forget_removed(before);
             return Err(self.encoder_lost_output());
         };
+        if let Err(e) = self.fits_wbuf_max(added) {
+            let _ = self.wq.rollback(before);
+            return Err(e);
+        }
         if self.over_wbuf_max(added + self.inbox_output(added)) {
             let _ = self.wq.rollback(before);
             return Err(self.output_full());
@@ -1936,9 +1943,11 @@ impl Core {
         Ok(())
     }
 
-    /// Queues raw bytes (zero-copy for large ones).
+    /// Queues raw bytes (zero-copy for large ones), under the same rules
+    /// as [`push_encoded`](Self::push_encoded).
     pub(crate) fn push_bytes(&mut self, bytes: Bytes) -> Result<()> {
         self.check_writable()?;
+        self.fits_wbuf_max(bytes.len())?;
         if self.over_wbuf_max(bytes.len() + self.inbox_output(bytes.len())) {
             return Err(self.output_full());
         }
@@ -1979,6 +1988,17 @@ impl Core {
             return Err(Error::invalid_input("write after push_shutdown"));
         }
         Ok(())
+    }
+
+    /// An item of `len` bytes can be queued at all: it is no longer than
+    /// `wbuf_max`. One that is could never be queued, whatever the peer
+    /// reads, so it is refused (non-fatal, nothing queued) rather than
+    /// closing the connection under everything else in flight.
+    pub(crate) fn fits_wbuf_max(&self, len: usize) -> Result<()> {
+        match self.cfg.wbuf_max {
+            Some(max) if len > max => Err(Error::longer_than_wbuf_max()),
+            _ => Ok(()),
+        }
     }
 
     /// Every byte queued counts, including output waiting for a TLS switch.

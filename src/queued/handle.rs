@@ -128,6 +128,9 @@ struct Published {
     writes: AtomicBool,
     /// Bytes that fit under `wbuf_max` (`usize::MAX` without a cap).
     room: AtomicUsize,
+    /// `wbuf_max` itself (`usize::MAX` without a cap): no write longer
+    /// than this can ever be queued.
+    cap: AtomicUsize,
     /// The output is shut (`push_shutdown`): writes are refused for good,
     /// where `writes` may also be closed for a moment (a seal).
     shut: AtomicBool,
@@ -139,6 +142,7 @@ impl Published {
             reads: AtomicBool::new(false),
             writes: AtomicBool::new(false),
             room: AtomicUsize::new(0),
+            cap: AtomicUsize::new(usize::MAX),
             shut: AtomicBool::new(false),
         }
     }
@@ -157,6 +161,10 @@ impl Published {
         let room = core.write_room();
         if self.room.load(Ordering::Relaxed) != room {
             self.room.store(room, Ordering::Release);
+        }
+        let cap = core.wbuf_max().unwrap_or(usize::MAX);
+        if self.cap.load(Ordering::Relaxed) != cap {
+            self.cap.store(cap, Ordering::Release);
         }
         let writes = core.accepts_writes() && requested == 0;
         if self.writes.load(Ordering::Relaxed) != writes {
@@ -742,6 +750,11 @@ impl Shared {
     /// it posts them all the same, and the engine checks them against the
     /// cap when it takes them in.
     fn post_checked(&self, bytes: Bytes, read: Option<Box<dyn Request>>) -> Result<()> {
+        if bytes.len() > self.published.cap.load(Ordering::Acquire) {
+            // Refused at the call, as the engine refuses it: posted, it
+            // could only close the connection when taken in.
+            return refused(read, Error::longer_than_wbuf_max());
+        }
         if holds_an_engine() {
             if let Some(e) = self.refusal_without_waiting(true) {
                 return refused(read, e);
@@ -2244,9 +2257,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_over_wbuf_max_in_the_inbox_fails_its_ticket_and_queues_no_read() {
-        let (handle, _peer) = spawned(QueuedFramed::builder().wbuf_max(Some(4)));
+        let (handle, _peer) = spawned(QueuedFramed::builder().wbuf_max(Some(8)));
         busy(&handle, true);
-        let t = handle.call(LineCodec::new(), "too long", LineCodec::new());
+        // Longer than the cap on its own: refused, the connection goes on.
+        let t = handle.call(LineCodec::new(), "much too long", LineCodec::new());
+        let e = within(t).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(!e.is_fatal());
+        // Within the cap alone, but not behind what is queued: `ENOSPC`.
+        handle.push_write(LineCodec::new(), "1234").unwrap();
+        let t = handle.call(LineCodec::new(), "5678", LineCodec::new());
         assert_eq!(within(t).await.unwrap_err().kind(), ErrorKind::NoSpace);
         busy(&handle, false);
         assert_eq!(handle.lock().queued_reads(), 0);

@@ -97,9 +97,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// one half of the window while the caller handles the other, where on a
 /// runtime with one thread they would take turns
 /// ([`Handle::poll_yield_to_driver`]).
-/// A request longer than the connection's whole `wbuf_max` (as it was
-/// when the client was made) can never be queued: its call fails with a
-/// non-fatal `EINVAL` before anything is written.
+/// A request longer than the connection's whole `wbuf_max` can never be
+/// queued: its call fails with a non-fatal `EINVAL` before anything is
+/// written ([OPT-9](crate::semantics#OPT-9)).
 /// The write queue's cap (`wbuf_max`) is the connection's, shared by every
 /// clone: waiting for room keeps one client under it while its requests
 /// are smaller than half the cap, but clones that pass `poll_ready` at
@@ -158,37 +158,6 @@ pub struct Client<E, R> {
     /// Calls after which `poll_ready` yields to the driver once: half the
     /// in-flight bound, so the window goes out in two halves.
     batch: usize,
-    /// The longest request sent: the connection's `wbuf_max` when the
-    /// client was made (a longer one is refused unwritten).
-    max_request: usize,
-}
-
-/// The client's encoder, refusing a request longer than the connection's
-/// whole write cap: queued, it could only close the connection (`ENOSPC`)
-/// under every call in flight.
-struct Capped<E> {
-    encoder: E,
-    max: usize,
-}
-
-impl<E, Req> Encoder<Req> for Capped<E>
-where
-    E: Encoder<Req>,
-    E::Error: Into<Error>,
-{
-    type Error = Error;
-
-    fn encode(&mut self, req: Req, dst: &mut bytes::BytesMut) -> Result<()> {
-        let before = dst.len();
-        self.encoder.encode(req, dst).map_err(Into::into)?;
-        if dst.len() - before > self.max {
-            // The engine takes back what an encoder that fails appended.
-            return Err(Error::invalid_input(
-                "a request longer than the connection's wbuf_max",
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// The calls of a client and its clones whose answer has not been read,
@@ -243,7 +212,6 @@ impl ClientBuilder {
     /// Builds the client over a spawned connection.
     pub fn build<E, R>(&self, handle: Handle, encoder: E, decoders: R) -> Client<E, R> {
         Client {
-            max_request: handle.wbuf_max().unwrap_or(usize::MAX),
             handle,
             encoder,
             decoders,
@@ -331,13 +299,9 @@ where
             // bounds the wait for an answer from here.
             self.handle.timeout_reset(Timeout::Read);
         }
-        let encoder = Capped {
-            encoder: self.encoder.clone(),
-            max: self.max_request,
-        };
         let ticket = self
             .handle
-            .call_with(encoder, req, decoder, move |item, _| {
+            .call_with(self.encoder.clone(), req, decoder, move |item, _| {
                 drop((permit, pending));
                 Ok(item)
             });
@@ -362,7 +326,6 @@ impl<E: Clone, R: Clone> Clone for Client<E, R> {
             closed: None,
             idle: self.idle.clone(),
             batch: self.batch,
-            max_request: self.max_request,
         }
     }
 }
