@@ -646,6 +646,53 @@ async fn autostart_under_a_tight_rbuf_max() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// What a push of `len` bytes behind a pending STARTTLS (which a silent
+/// peer never answers) and 9 bytes queued before it did, under a
+/// `wbuf_max` of 64, spawned or inline.
+struct BehindASwitch {
+    push: anyframe::Result<()>,
+    /// How the switch's ticket resolved within `wait` seconds (`None`:
+    /// still pending), as text.
+    switch: Option<String>,
+    closed: bool,
+    /// Bytes queued behind the switch left in plaintext.
+    leaked: bool,
+}
+
+async fn push_behind_a_pending_switch(
+    b: TlsBackend,
+    spawned: bool,
+    len: usize,
+    wait: u64,
+) -> BehindASwitch {
+    let (io, _silent) = tokio::io::duplex(1 << 16);
+    let (tap, writes) = support::Tap::new(io);
+    let builder = QueuedFramed::builder().wbuf_max(Some(64)).clone();
+    let (push, switch, closed) = if spawned {
+        let (h, _driver) = builder.build(tap).spawn();
+        let t = h.starttls(pki::client_on(b));
+        h.push_bytes(&b"SECRET-1\n"[..]).unwrap();
+        let push = h.push_bytes(vec![b'S'; len]);
+        let switch = bounded(wait, t).await.map(|r| format!("{r:?}"));
+        (push, switch, h.is_closed())
+    } else {
+        let mut conn = builder.build(tap);
+        let t = conn.push_starttls(pki::client_on(b));
+        conn.push_bytes(&b"SECRET-1\n"[..]).unwrap();
+        let push = conn.push_bytes(vec![b'S'; len]);
+        let switch = bounded(wait, conn.wait(t)).await.map(|r| format!("{r:?}"));
+        let _ = bounded(1, conn.flush()).await;
+        (push, switch, conn.is_closed())
+    };
+    let leaked = contains(&support::written(&writes), b"SECRET");
+    BehindASwitch {
+        push,
+        switch,
+        closed,
+        leaked,
+    }
+}
+
 /// OPT-9/WQ-6: a push behind a pending switch that crosses `wbuf_max` is
 /// ENOSPC, fatal; nothing behind the switch leaves in plaintext, and the
 /// switch's ticket resolves.
@@ -654,36 +701,14 @@ async fn wbuf_max_crossed_behind_a_pending_switch() {
     let mut failed = Vec::new();
     for &b in pki::BACKENDS {
         for spawned in [false, true] {
-            let (io, _silent) = tokio::io::duplex(1 << 16);
-            let (tap, writes) = support::Tap::new(io);
-            let r = if spawned {
-                let (h, d) = QueuedFramed::builder()
-                    .wbuf_max(Some(64))
-                    .build(tap)
-                    .spawn();
-                let t = h.starttls(pki::client_on(b));
-                h.push_bytes(&b"SECRET-1\n"[..]).unwrap();
-                let e = h.push_bytes(vec![b'S'; 60]);
-                let t = bounded(2, t).await;
-                let d = bounded(2, d).await;
-                format!("push={e:?} switch={t:?} driver_done={}", d.is_some())
-            } else {
-                let mut conn = QueuedFramed::builder().wbuf_max(Some(64)).build(tap);
-                let t = conn.push_starttls(pki::client_on(b));
-                conn.push_bytes(&b"SECRET-1\n"[..]).unwrap();
-                let e = conn.push_bytes(vec![b'S'; 60]);
-                let t = bounded(2, conn.wait(t)).await;
-                let f = bounded(2, conn.flush()).await;
-                format!("push={e:?} switch={t:?} flush={f:?}")
-            };
-            let wire = support::written(&writes);
-            if !r.starts_with("push=Err")
-                || !r.contains("switch=Some(Err")
-                || contains(&wire, b"SECRET")
-            {
+            let r = push_behind_a_pending_switch(b, spawned, 60, 2).await;
+            let enospc =
+                matches!(&r.push, Err(e) if e.kind() == ErrorKind::NoSpace && e.is_fatal());
+            let failed_switch = r.switch.as_deref().is_some_and(|s| s.starts_with("Err"));
+            if !enospc || !failed_switch || !r.closed || r.leaked {
                 failed.push(format!(
-                    "{b:?} spawned={spawned}: {r} leaked={}",
-                    contains(&wire, b"SECRET")
+                    "{b:?} spawned={spawned}: push={:?} switch={:?} closed={} leaked={}",
+                    r.push, r.switch, r.closed, r.leaked
                 ));
             }
         }
@@ -700,32 +725,13 @@ async fn an_item_longer_than_wbuf_max_behind_a_pending_switch_is_refused() {
     let mut failed = Vec::new();
     for &b in pki::BACKENDS {
         for spawned in [false, true] {
-            let (io, _silent) = tokio::io::duplex(1 << 16);
-            let (tap, writes) = support::Tap::new(io);
-            let (e, closed) = if spawned {
-                let (h, _d) = QueuedFramed::builder()
-                    .wbuf_max(Some(64))
-                    .build(tap)
-                    .spawn();
-                let _t = h.starttls(pki::client_on(b));
-                h.push_bytes(&b"SECRET-1\n"[..]).unwrap();
-                let e = h.push_bytes(vec![b'S'; 100]);
-                (e, h.is_closed())
-            } else {
-                let mut conn = QueuedFramed::builder().wbuf_max(Some(64)).build(tap);
-                let _t = conn.push_starttls(pki::client_on(b));
-                conn.push_bytes(&b"SECRET-1\n"[..]).unwrap();
-                let e = conn.push_bytes(vec![b'S'; 100]);
-                let _ = bounded(1, conn.flush()).await;
-                (e, conn.is_closed())
-            };
-            let wire = support::written(&writes);
+            let r = push_behind_a_pending_switch(b, spawned, 100, 1).await;
             let refused =
-                matches!(&e, Err(e) if e.kind() == ErrorKind::InvalidInput && !e.is_fatal());
-            if !refused || closed || contains(&wire, b"SECRET") {
+                matches!(&r.push, Err(e) if e.kind() == ErrorKind::InvalidInput && !e.is_fatal());
+            if !refused || r.switch.is_some() || r.closed || r.leaked {
                 failed.push(format!(
-                    "{b:?} spawned={spawned}: push={e:?} closed={closed} leaked={}",
-                    contains(&wire, b"SECRET")
+                    "{b:?} spawned={spawned}: push={:?} switch={:?} closed={} leaked={}",
+                    r.push, r.switch, r.closed, r.leaked
                 ));
             }
         }
