@@ -3,6 +3,8 @@
 //! desynchronising, or killing a connection that should survive.
 
 mod support;
+#[path = "support/watched.rs"]
+mod watched;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -1409,27 +1411,17 @@ fn a_reader_over_endless_input_does_not_starve_the_thread() {
 /// lets its writes go on, as it never refills there.
 #[test]
 fn an_inline_flush_under_another_executor_on_a_tokio_thread_finishes() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::spawn(async {
-                // One byte per write: 4096 writes for this flush.
-                let mut conn = QueuedFramed::new(support::FixedWrites(|_| Ok(1)));
-                conn.push_bytes(vec![b'x'; 4096]).unwrap();
-                park_on(conn.flush()).unwrap();
-            })
-            .await
-            .unwrap();
-        });
-        let _ = done.send(());
-    });
-    finished
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the flush never finished");
+    watched::on_one_thread(Duration::from_secs(10), async {
+        tokio::spawn(async {
+            // One byte per write: 4096 writes for this flush.
+            let mut conn = QueuedFramed::new(support::FixedWrites(|_| Ok(1)));
+            conn.push_bytes(vec![b'x'; 4096]).unwrap();
+            park_on(conn.flush()).unwrap();
+        })
+        .await
+        .unwrap();
+    })
+    .expect("the flush never finished");
 }
 
 /// A drain hook that always queues more (AnyEvent's way to stream a file),
@@ -1452,22 +1444,12 @@ fn a_drain_hook_that_never_stops_refilling_does_not_starve_the_thread() {
 /// its own thread, then another task there: fails unless that task runs
 /// within 10 s, that is unless the driver yields its thread.
 fn other_tasks_still_run<G: 'static>(start: impl FnOnce() -> G + Send + 'static) {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let _driver = start();
-            tokio::task::yield_now().await;
-            tokio::spawn(async {}).await.unwrap();
-            let _ = done.send(());
-        });
-    });
-    finished
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the driver never yielded its thread");
+    watched::on_one_thread_with(Duration::from_secs(10), || async move {
+        let _driver = start();
+        tokio::task::yield_now().await;
+        tokio::spawn(async {}).await.unwrap();
+    })
+    .expect("the driver never yielded its thread");
 }
 
 /// TO-6 on a spawned connection: a read timeout that no read is waiting

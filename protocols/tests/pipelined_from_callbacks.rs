@@ -4,8 +4,8 @@
 //! is bounded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use anyframe::QueuedFramed;
 use anyframe::codecs::LineCodec;
@@ -13,15 +13,9 @@ use anyframe_protocols::pipeline::Pipelined;
 use anyframe_protocols::redis::{Cmd, Resp};
 use tokio::io::AsyncWriteExt;
 
-/// Marks this caller arrived, then spins until `parties` have (at most
-/// 2 s), so callbacks of two connections run inside their engines at once.
-fn meet(arrived: &AtomicUsize, parties: usize) {
-    arrived.fetch_add(1, Ordering::SeqCst);
-    let start = Instant::now();
-    while arrived.load(Ordering::SeqCst) < parties && start.elapsed() < Duration::from_secs(2) {
-        std::hint::spin_loop();
-    }
-}
+#[path = "../../tests/support/watched.rs"]
+mod watched;
+use watched::meet;
 
 /// A's read completion sends a request through a pipelined client on B
 /// (its first: no reply owed) while B's own callback asks A for its state
@@ -30,51 +24,39 @@ fn meet(arrived: &AtomicUsize, parties: usize) {
 /// both callbacks complete.
 #[test]
 fn a_first_send_from_another_connections_callback_does_not_wait_for_the_client_engine() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let out = rt.block_on(async {
-            let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
-            let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
-            let (a, _a_driver) = QueuedFramed::builder().build(a_io).spawn();
-            let (b, _b_driver) = QueuedFramed::builder()
-                .rtimeout(Duration::from_secs(30))
-                .build(b_io)
-                .spawn();
-            let client = Pipelined::new(b.clone(), Resp::new(), 8);
-            let arrived = Arc::new(AtomicUsize::new(0));
-            let arrived_a = arrived.clone();
-            let a_read = a.push_read_with(LineCodec::new(), move |_, _| {
-                meet(&arrived_a, 2);
-                drop(client.send(Cmd::new("PING")));
-                Ok(())
-            });
-            let a2 = a.clone();
-            let b_read = b.push_read_with(LineCodec::new(), move |_, _| {
-                meet(&arrived, 2);
-                let _ = a2.write_buffered();
-                Ok(())
-            });
-            a_peer.write_all(b"go\n").await.unwrap();
-            b_peer.write_all(b"go\n").await.unwrap();
-            let a_out = tokio::time::timeout(Duration::from_secs(5), a_read).await;
-            let b_out = tokio::time::timeout(Duration::from_secs(5), b_read).await;
-            let kind = |r: Result<anyframe::Result<_>, _>| match r {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("{:?}: {e}", e.kind())),
-                Err(_) => Err("timed out".to_owned()),
-            };
-            (kind(a_out), kind(b_out))
+    let out = watched::on_two_workers(Duration::from_secs(20), || async {
+        let (a_io, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b_io, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (a, _a_driver) = QueuedFramed::builder().build(a_io).spawn();
+        let (b, _b_driver) = QueuedFramed::builder()
+            .rtimeout(Duration::from_secs(30))
+            .build(b_io)
+            .spawn();
+        let client = Pipelined::new(b.clone(), Resp::new(), 8);
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let arrived_a = arrived.clone();
+        let a_read = a.push_read_with(LineCodec::new(), move |_, _| {
+            meet(&arrived_a, 2);
+            drop(client.send(Cmd::new("PING")));
+            Ok(())
         });
-        let _ = done.send(out);
-        rt.shutdown_background();
-    });
-    let out = finished
-        .recv_timeout(Duration::from_secs(20))
-        .expect("both callbacks finish (a deadlock leaves the runtime stuck)");
+        let a2 = a.clone();
+        let b_read = b.push_read_with(LineCodec::new(), move |_, _| {
+            meet(&arrived, 2);
+            let _ = a2.write_buffered();
+            Ok(())
+        });
+        a_peer.write_all(b"go\n").await.unwrap();
+        b_peer.write_all(b"go\n").await.unwrap();
+        let a_out = tokio::time::timeout(Duration::from_secs(5), a_read).await;
+        let b_out = tokio::time::timeout(Duration::from_secs(5), b_read).await;
+        let kind = |r: Result<anyframe::Result<_>, _>| match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("{:?}: {e}", e.kind())),
+            Err(_) => Err("timed out".to_owned()),
+        };
+        (kind(a_out), kind(b_out))
+    })
+    .expect("both callbacks finish (a deadlock leaves the runtime stuck)");
     assert_eq!(out, (Ok(()), Ok(())), "(A's completion, B's completion)");
 }

@@ -40,13 +40,24 @@ where
     T: Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
 {
+    on_one_thread_with(limit, move || body)
+}
+
+/// [`on_one_thread`] for a body made by `make` on that thread, which may
+/// hold what cannot be sent between threads.
+pub fn on_one_thread_with<T, F, Fut>(limit: Duration, make: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let _ = done.send(rt.block_on(body));
+        let _ = done.send(rt.block_on(make()));
     });
     finished.recv_timeout(limit).ok()
 }
