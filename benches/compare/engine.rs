@@ -2,8 +2,8 @@
 //! `queued-lines-loopback`, `switching-loopback`, `pipelined-rtt` (with
 //! `pipelined-rtt-handle` and, clients on the workers,
 //! `pipelined-rtt-handle-on-workers` and `pipelined-rtt-on-workers`),
-//! `autocork-small-writes`, plus the
-//! physical limit `limit-read`.
+//! `serve-echo`, `autocork-small-writes`, plus the physical limit
+//! `limit-read`.
 //!
 //! The bulk scenarios follow the baseline's method: each receive gets a
 //! fresh connection, set up before the clock starts; a plain blocking
@@ -195,6 +195,9 @@ pub fn run(h: &Harness) {
     }
     if h.wants("pipelined-rtt") {
         pipelined(h);
+    }
+    if h.wants("serve-echo") {
+        serve_echo(h);
     }
     if h.wants("autocork-small-writes") {
         autocork(h);
@@ -460,6 +463,8 @@ const IN_FLIGHT: usize = 100;
 #[derive(Clone, Copy)]
 enum Server {
     Queued,
+    /// `service::serve` with an echo service.
+    Serve,
     FramedForward,
     FramedSendEach,
 }
@@ -499,6 +504,14 @@ fn pipelined_once(
                         conn.push_write(LineCodec::new(), line.line()).unwrap();
                     }
                     let _ = conn.flush().await;
+                }
+                Server::Serve => {
+                    let echo = tower::service_fn(|line: anyframe::codecs::Line| async move {
+                        Ok::<_, std::convert::Infallible>(line.into_line())
+                    });
+                    anyframe::service::serve(s, LineCodec::new(), LineCodec::new(), echo)
+                        .await
+                        .unwrap();
                 }
                 Server::FramedForward => {
                     let (sink, stream) = Framed::new(s, LinesCodec::new()).split();
@@ -647,6 +660,35 @@ fn pipelined(h: &Harness) {
         &t[5],
         items,
         "context: both clients in spawned tasks",
+    );
+}
+
+/// `serve-echo`: the tower server loop (`service::serve`, an echo
+/// service) against the cheapest `Framed` echo (`forward`, no service),
+/// the same `Framed` client against both in spawned tasks, 100 requests
+/// in flight. Context, no target: the loop's cost per request over a
+/// server that does nothing but echo.
+fn serve_echo(h: &Harness) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sides = [Server::Serve, Server::FramedForward];
+    let mut t = vec![Vec::with_capacity(h.reps()); sides.len()];
+    for _ in 0..h.reps() {
+        for (&server, times) in sides.iter().zip(&mut t) {
+            let start = Instant::now();
+            pipelined_once(&rt, server, ClientKind::Framed, true);
+            times.push(start.elapsed());
+        }
+    }
+    h.report_rounds(
+        "serve-echo",
+        &t[0],
+        &t[1],
+        RT_REQUESTS as u64,
+        "context: service::serve vs a Framed forward echo",
     );
 }
 

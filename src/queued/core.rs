@@ -425,6 +425,18 @@ impl Drop for ClosedOnUnwind<'_> {
     }
 }
 
+/// What [`Core::push_encoded`] and its kin do with an item that does not
+/// fit under `wbuf_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OverCap {
+    /// Refuse it: non-fatal if it is longer than the whole cap, else the
+    /// fatal `ENOSPC` of OPT-9.
+    Refuse,
+    /// Hand it back encoded, unqueued, for the caller to queue once there
+    /// is room.
+    HandBack,
+}
+
 /// Rolls back an encoder's partial output and marks the core closed, when
 /// dropped while unwinding out of the encoder (forgotten otherwise).
 struct EncodeUnwind<'a> {
@@ -1904,7 +1916,37 @@ impl Core {
     /// ([OPT-9](crate::semantics#OPT-9)). An encoder that panics leaves
     /// nothing half-written and closes the connection; the panic goes on
     /// to the caller.
-    pub(crate) fn push_encoded<E, I>(&mut self, mut encoder: E, item: I) -> Result<()>
+    pub(crate) fn push_encoded<E, I>(&mut self, encoder: E, item: I) -> Result<()>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        self.encode_queued(encoder, item, OverCap::Refuse).map(drop)
+    }
+
+    /// [`push_encoded`](Self::push_encoded) for a caller that waits for
+    /// room rather than close the connection: an item that does not fit
+    /// under `wbuf_max` behind the output queued (or not at all) comes
+    /// back encoded, unqueued (`Ok(Some(bytes))`). One that fits is
+    /// encoded straight into the queue, with no copy.
+    pub(crate) fn push_encoded_or_hand_back<E, I>(
+        &mut self,
+        encoder: E,
+        item: I,
+    ) -> Result<Option<Bytes>>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        self.encode_queued(encoder, item, OverCap::HandBack)
+    }
+
+    fn encode_queued<E, I>(
+        &mut self,
+        mut encoder: E,
+        item: I,
+        over: OverCap,
+    ) -> Result<Option<Bytes>>
     where
         E: Encoder<I>,
         E::Error: Into<Error>,
@@ -1930,17 +1972,20 @@ impl Core {
             self.wq.forget_removed(before);
             return Err(self.encoder_lost_output());
         };
-        if let Err(e) = self.fits_wbuf_max(added) {
-            let _ = self.wq.rollback(before);
-            return Err(e);
+        let refusal = match self.fits_wbuf_max(added) {
+            Err(e) => Some(e),
+            Ok(()) if self.over_wbuf_max(added + self.inbox_output(added)) => None,
+            Ok(()) => {
+                self.wq.commit(before);
+                self.pushed();
+                return Ok(None);
+            }
+        };
+        if over == OverCap::HandBack {
+            return Ok(Some(self.wq.take_back(before)));
         }
-        if self.over_wbuf_max(added + self.inbox_output(added)) {
-            let _ = self.wq.rollback(before);
-            return Err(self.output_full());
-        }
-        self.wq.commit(before);
-        self.pushed();
-        Ok(())
+        let _ = self.wq.rollback(before);
+        Err(refusal.unwrap_or_else(|| self.output_full()))
     }
 
     /// Queues raw bytes (zero-copy for large ones), under the same rules

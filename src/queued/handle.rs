@@ -1567,6 +1567,35 @@ impl Handle {
         queued
     }
 
+    /// [`push_write`](Self::push_write) for a caller that waits for room
+    /// under `wbuf_max` rather than close the connection (the server
+    /// loop): an item that fits is encoded straight into the queue
+    /// (`Ok(None)`); one that does not fit behind the output queued, or
+    /// at all, comes back encoded and unqueued, and so does every item
+    /// while the engine is busy (encoded apart, as a write to a busy engine
+    /// is), for the caller to queue with [`push_bytes`](Self::push_bytes).
+    pub(crate) fn push_write_or_hand_back<E, I>(
+        &self,
+        mut encoder: E,
+        item: I,
+    ) -> Result<Option<Bytes>>
+    where
+        E: Encoder<I>,
+        E::Error: Into<Error>,
+    {
+        let pushed = match self.shared.try_lock() {
+            Some(mut core) => core.push_encoded_or_hand_back(encoder, item),
+            None => self
+                .shared
+                .encode_unlocked(&mut encoder, item)
+                .map(|buf| Some(buf.freeze())),
+        };
+        if matches!(pushed, Ok(None)) {
+            self.queued_write();
+        }
+        pushed
+    }
+
     /// Queues raw bytes.
     ///
     /// # Errors
@@ -2137,6 +2166,36 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), f)
             .await
             .expect("resolves")
+    }
+
+    #[tokio::test]
+    async fn an_item_that_does_not_fit_comes_back_encoded_and_the_queue_is_as_it_was() {
+        use tokio::io::AsyncReadExt;
+        let (handle, mut peer) = spawned(QueuedFramed::builder().wbuf_max(Some(12)));
+        let hand = |item: &str| {
+            handle
+                .push_write_or_hand_back(LineCodec::new(), item)
+                .unwrap()
+        };
+        assert_eq!(hand("1234"), None);
+        // Fits alone, not behind the 5 bytes queued; then longer than the
+        // cap: both come back encoded, and the connection goes on.
+        assert_eq!(hand("abcdefg").as_deref(), Some(&b"abcdefg\n"[..]));
+        assert_eq!(
+            hand("0123456789ab").as_deref(),
+            Some(&b"0123456789ab\n"[..])
+        );
+        assert_eq!(handle.write_buffered(), 5);
+        assert!(!handle.is_closed());
+        // While the engine is busy, whatever its size.
+        busy(&handle, true);
+        assert_eq!(hand("z").as_deref(), Some(&b"z\n"[..]));
+        busy(&handle, false);
+        // Nothing of what came back was left in the queue.
+        handle.push_write(LineCodec::new(), "xy").unwrap();
+        let mut got = [0u8; 8];
+        within(peer.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"1234\nxy\n");
     }
 
     #[tokio::test]

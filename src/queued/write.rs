@@ -111,6 +111,15 @@ impl WriteQueue {
         true
     }
 
+    /// Takes back, uncommitted, what an encoder appended since the tail
+    /// was `before` long (it had not removed anything before it): a copy,
+    /// so that the tail keeps its room.
+    pub(crate) fn take_back(&mut self, before: usize) -> Bytes {
+        let taken = Bytes::copy_from_slice(&self.tail[before..]);
+        self.tail.truncate(before);
+        taken
+    }
+
     /// Queues `bytes` after everything already queued.
     pub(crate) fn push_bytes(&mut self, bytes: Bytes) {
         if bytes.is_empty() {

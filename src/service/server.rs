@@ -380,7 +380,7 @@ enum Waiting<Req, Resp> {
 /// answers queued before it.
 async fn answer<E, Resp>(
     handle: &Handle,
-    mut encoder: E,
+    encoder: E,
     resp: Resp,
     wbuf_max: Option<usize>,
     timers: &LoopTimers,
@@ -399,10 +399,13 @@ where
     let Some(max) = wbuf_max else {
         return handle.push_write(encoder, resp).map_err(refused);
     };
-    let mut out = bytes::BytesMut::new();
-    encoder
-        .encode(resp, &mut out)
-        .map_err(|e| refused(e.into()))?;
+    // Straight into the queue when it fits; else it comes back encoded.
+    let Some(out) = handle
+        .push_write_or_hand_back(encoder, resp)
+        .map_err(refused)?
+    else {
+        return Ok(());
+    };
     if out.len() > max {
         return Err(Error::fatal_because(
             Error::no_space("an answer longer than wbuf_max"),
@@ -412,7 +415,7 @@ where
     if handle.write_buffered() + out.len() > max {
         timers.bound(handle, handle.flush()).await?;
     }
-    handle.push_bytes(out.freeze()).map_err(refused)
+    handle.push_bytes(out).map_err(refused)
 }
 
 /// The connection's timers, as the loop sees them. The loop owns the
