@@ -689,19 +689,36 @@ impl Shared {
     /// inbox, within the room published under `wbuf_max`; output the inbox
     /// does not take now goes to [`post_checked`](Self::post_checked).
     fn post_encoded(&self, buf: BytesMut, read: Option<Box<dyn Request>>) -> Result<()> {
-        if let Some(mut inbox) = self.inbox(true)
-            && inbox.out.len() + buf.len() <= self.published.room.load(Ordering::Acquire)
-        {
-            let was_empty = inbox.is_empty();
-            inbox.out.extend_from_slice(&buf);
-            inbox.reads.extend(read);
-            self.posted(inbox, was_empty);
-            keep_scratch(buf);
-            return Ok(());
+        match self.post_within_room(buf, read) {
+            Ok(()) => Ok(()),
+            // Closed, shut or sealed meanwhile, or maybe over the cap: the
+            // engine decides against what is queued now.
+            Err((buf, read)) => self.post_checked(buf.freeze(), read),
         }
-        // Closed, shut or sealed meanwhile, or maybe over the cap: the
-        // engine decides against what is queued now.
-        self.post_checked(buf.freeze(), read)
+    }
+
+    /// Appends encoded output (and the read of a call with it) to the
+    /// inbox if it accepts writes and the output fits the room published
+    /// under `wbuf_max`; else hands both back.
+    #[allow(clippy::type_complexity)]
+    fn post_within_room(
+        &self,
+        buf: BytesMut,
+        read: Option<Box<dyn Request>>,
+    ) -> std::result::Result<(), (BytesMut, Option<Box<dyn Request>>)> {
+        match self.inbox(true) {
+            Some(mut inbox)
+                if inbox.out.len() + buf.len() <= self.published.room.load(Ordering::Acquire) =>
+            {
+                let was_empty = inbox.is_empty();
+                inbox.out.extend_from_slice(&buf);
+                inbox.reads.extend(read);
+                self.posted(inbox, was_empty);
+                keep_scratch(buf);
+                Ok(())
+            }
+            _ => Err((buf, read)),
+        }
     }
 
     /// [`Handle::push_write`] while the engine is busy, and the write of a
@@ -1569,11 +1586,11 @@ impl Handle {
 
     /// [`push_write`](Self::push_write) for a caller that waits for room
     /// under `wbuf_max` rather than close the connection (the server
-    /// loop): an item that fits is encoded straight into the queue
-    /// (`Ok(None)`); one that does not fit behind the output queued, or
-    /// at all, comes back encoded and unqueued, and so does every item
-    /// while the engine is busy (encoded apart, as a write to a busy engine
-    /// is), for the caller to queue with [`push_bytes`](Self::push_bytes).
+    /// loop): an item that fits is queued (`Ok(None)`), encoded straight
+    /// into the queue, or into the inbox while the engine is busy, as any
+    /// write is; one that does not fit behind the output queued, or at
+    /// all, comes back encoded and unqueued, for the caller to queue with
+    /// [`push_bytes`](Self::push_bytes) once there is room.
     pub(crate) fn push_write_or_hand_back<E, I>(
         &self,
         mut encoder: E,
@@ -1585,10 +1602,14 @@ impl Handle {
     {
         let pushed = match self.shared.try_lock() {
             Some(mut core) => core.push_encoded_or_hand_back(encoder, item),
-            None => self
-                .shared
-                .encode_unlocked(&mut encoder, item)
-                .map(|buf| Some(buf.freeze())),
+            None => {
+                let buf = self.shared.encode_unlocked(&mut encoder, item)?;
+                Ok(self
+                    .shared
+                    .post_within_room(buf, None)
+                    .err()
+                    .map(|(buf, _)| buf.freeze()))
+            }
         };
         if matches!(pushed, Ok(None)) {
             self.queued_write();
@@ -2187,15 +2208,19 @@ mod tests {
         );
         assert_eq!(handle.write_buffered(), 5);
         assert!(!handle.is_closed());
-        // While the engine is busy, whatever its size.
+        // While the engine is busy: into the inbox within the room
+        // published for it (half the cap), else back.
         busy(&handle, true);
-        assert_eq!(hand("z").as_deref(), Some(&b"z\n"[..]));
+        assert_eq!(hand("z"), None);
+        assert_eq!(posted(&handle), (2, 0));
+        assert_eq!(hand("abcde").as_deref(), Some(&b"abcde\n"[..]));
+        assert_eq!(posted(&handle), (2, 0));
         busy(&handle, false);
         // Nothing of what came back was left in the queue.
         handle.push_write(LineCodec::new(), "xy").unwrap();
-        let mut got = [0u8; 8];
+        let mut got = [0u8; 10];
         within(peer.read_exact(&mut got)).await.unwrap();
-        assert_eq!(&got, b"1234\nxy\n");
+        assert_eq!(&got, b"1234\nz\nxy\n");
     }
 
     #[tokio::test]

@@ -562,8 +562,6 @@ fn stop_reading<T>(handle: &Handle, next: &mut Option<Ticket<T>>) -> Option<Resu
 enum Event<D, Req, Resp, SErr> {
     /// The next requests.
     Requests(Result<Found<D, Req>>),
-    /// A request was handed to the service.
-    Called,
     /// The service failed `poll_ready`.
     NotReady(SErr),
     /// The answers stopped leaving: the connection's error, or a write or
@@ -726,35 +724,44 @@ where
                         // peer, not for the service.
                         let in_service = !waiting.is_empty() || !in_flight.is_empty();
                         timers.owed.store(room && in_service, Ordering::Release);
-                        if room
-                            && !in_flight.is_empty()
-                            && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
-                        {
-                            return Poll::Ready(Event::Response(r));
-                        }
-                        // An answer known already (a rejected request's) takes its
-                        // place without the service; a request waits for it.
-                        if let Some(Waiting::Reply(_)) = waiting.front()
-                            && let Some(Waiting::Reply(resp)) = waiting.pop_front()
-                        {
-                            in_flight.push_back(futures::future::Either::Right(
-                                futures::future::ready(Ok(resp)),
-                            ));
-                            return Poll::Ready(Event::Called);
-                        }
-                        if !waiting.is_empty() && in_flight.len() < max_in_flight {
-                            match service.poll_ready(cx) {
-                                Poll::Ready(Ok(())) => {
-                                    if let Some(Waiting::Request(req)) = waiting.pop_front() {
-                                        in_flight.push_back(futures::future::Either::Left(
-                                            service.call(req),
-                                        ));
-                                    }
-                                    return Poll::Ready(Event::Called);
-                                }
-                                Poll::Ready(Err(e)) => return Poll::Ready(Event::NotReady(e)),
-                                Poll::Pending => {}
+                        // Requests go to the service, and answers come back,
+                        // within this one poll: a request handed over may be
+                        // answered at once, with no turn of the loop between.
+                        loop {
+                            if room
+                                && !in_flight.is_empty()
+                                && let Poll::Ready(Some(r)) = in_flight.poll_next_unpin(cx)
+                            {
+                                return Poll::Ready(Event::Response(r));
                             }
+                            // An answer known already (a rejected request's)
+                            // takes its place without the service; a request
+                            // waits for it.
+                            if let Some(Waiting::Reply(_)) = waiting.front()
+                                && let Some(Waiting::Reply(resp)) = waiting.pop_front()
+                            {
+                                in_flight.push_back(futures::future::Either::Right(
+                                    futures::future::ready(Ok(resp)),
+                                ));
+                                continue;
+                            }
+                            if !waiting.is_empty() && in_flight.len() < max_in_flight {
+                                match service.poll_ready(cx) {
+                                    Poll::Ready(Ok(())) => {
+                                        if let Some(Waiting::Request(req)) = waiting.pop_front() {
+                                            in_flight.push_back(futures::future::Either::Left(
+                                                service.call(req),
+                                            ));
+                                        }
+                                        continue;
+                                    }
+                                    Poll::Ready(Err(e)) => {
+                                        return Poll::Ready(Event::NotReady(e));
+                                    }
+                                    Poll::Pending => {}
+                                }
+                            }
+                            break;
                         }
                         // Read more only when the requests read so far are handed
                         // out and the answers are not piling up (backpressure).
@@ -819,7 +826,6 @@ where
                         }
                     }
                 }
-                Event::Called => {}
                 Event::Stalled(e) => {
                     // Nothing more is read or answered.
                     let e = stalled(&handle, e);
