@@ -5,17 +5,14 @@
 
 mod support;
 
-use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::mpsc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyframe::codecs::LineCodec;
 use anyframe::{Error, Handle, QueuedFramed, Result};
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::codec::Encoder;
 
 #[path = "support/watched.rs"]
@@ -266,45 +263,19 @@ async fn an_encoder_panicking_for_a_busy_engine_leaves_no_bytes_behind() {
     );
 }
 
-/// A transport that takes one byte per write, at once.
-struct OneByte {
-    out: Vec<u8>,
-}
-
-impl AsyncRead for OneByte {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        _: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Poll::Pending
-    }
-}
-
-impl AsyncWrite for OneByte {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.out.extend_from_slice(&buf[..1]);
-        Poll::Ready(Ok(1))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// Inline, a flush yields after a round of writes and is woken again:
 /// over a transport that takes a byte at a time it still writes all, in
 /// order, and so does `shutdown_write`.
 #[test]
 fn an_inline_flush_and_shutdown_over_a_byte_at_a_time_transport_write_everything() {
     let out = watched::on_one_thread(Duration::from_secs(30), async {
-        let mut conn = QueuedFramed::new(OneByte { out: Vec::new() });
+        // Takes one byte per write, at once.
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let taken = out.clone();
+        let mut conn = QueuedFramed::new(support::FixedWrites::new(move |buf: &[u8]| {
+            taken.lock().unwrap().push(buf[0]);
+            Ok(1)
+        }));
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         for piece in data.chunks(1000) {
             conn.push_bytes(piece.to_vec()).unwrap();
@@ -316,7 +287,8 @@ fn an_inline_flush_and_shutdown_over_a_byte_at_a_time_transport_write_everything
             .unwrap();
         let mut want = data;
         want.extend_from_slice(b"tail");
-        conn.into_parts().io.out == want
+        drop(conn);
+        *out.lock().unwrap() == want
     });
     assert_eq!(out, Some(true));
 }

@@ -1414,7 +1414,7 @@ fn an_inline_flush_under_another_executor_on_a_tokio_thread_finishes() {
     watched::on_one_thread(Duration::from_secs(10), async {
         tokio::spawn(async {
             // One byte per write: 4096 writes for this flush.
-            let mut conn = QueuedFramed::new(support::FixedWrites(|_| Ok(1)));
+            let mut conn = QueuedFramed::new(support::FixedWrites::new(|_| Ok(1)));
             conn.push_bytes(vec![b'x'; 4096]).unwrap();
             park_on(conn.flush()).unwrap();
         })
@@ -1431,7 +1431,7 @@ fn an_inline_flush_under_another_executor_on_a_tokio_thread_finishes() {
 fn a_drain_hook_that_never_stops_refilling_does_not_starve_the_thread() {
     other_tasks_still_run(|| {
         // Takes every write at once.
-        let mut conn = QueuedFramed::new(support::FixedWrites(|buf| Ok(buf.len())));
+        let mut conn = QueuedFramed::new(support::FixedWrites::new(|buf| Ok(buf.len())));
         conn.on_drain(|q| {
             let _ = q.push_write(LineCodec::new(), "more");
         });

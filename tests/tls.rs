@@ -1998,7 +1998,7 @@ async fn plaintext_queued_before_a_failed_starttls_stays_reachable() {
 }
 
 async fn plaintext_queued_before_a_failed_starttls_stays_reachable_on(b: TlsBackend) {
-    let broken = support::FixedWrites(|_| Err(std::io::ErrorKind::BrokenPipe.into()));
+    let broken = support::FixedWrites::new(|_| Err(std::io::ErrorKind::BrokenPipe.into()));
     let mut conn = QueuedFramed::new(broken);
     conn.push_write(LineCodec::new(), "EHLO before tls")
         .unwrap();

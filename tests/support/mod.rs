@@ -253,12 +253,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
     }
 }
 
-/// An IO whose reads never complete and whose every write gets `answer`'s
-/// result at once, without taking part in tokio's task budget (as a user's
-/// own transport may not).
-pub struct FixedWrites(pub fn(&[u8]) -> io::Result<usize>);
+/// An IO whose reads never complete and whose every write gets the
+/// closure's result at once (it may keep what it was given), without
+/// taking part in tokio's task budget (as a user's own transport may not).
+pub struct FixedWrites<F>(F);
 
-impl AsyncRead for FixedWrites {
+impl<F: FnMut(&[u8]) -> io::Result<usize> + Unpin> FixedWrites<F> {
+    /// Each write gets `answer(buf)`.
+    pub fn new(answer: F) -> FixedWrites<F> {
+        FixedWrites(answer)
+    }
+}
+
+impl<F: Unpin> AsyncRead for FixedWrites<F> {
     fn poll_read(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
@@ -268,9 +275,9 @@ impl AsyncRead for FixedWrites {
     }
 }
 
-impl AsyncWrite for FixedWrites {
+impl<F: FnMut(&[u8]) -> io::Result<usize> + Unpin> AsyncWrite for FixedWrites<F> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
