@@ -4,6 +4,8 @@
 //! under them), and a write timer with nothing to write. Paused time;
 //! every wait is bounded.
 
+mod support;
+
 use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -11,20 +13,9 @@ use std::time::Duration;
 use anyframe::QueuedFramed;
 use anyframe::codecs::{LineCodec, Utf8Line, Utf8LineCodec};
 use anyframe::service::serve;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(20), f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: still pending after 20 s"),
-    }
-}
-
-async fn read_all(mut io: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
-    let mut got = Vec::new();
-    let _ = io.read_to_end(&mut got).await;
-    got
-}
+use support::{read_all, within};
 
 /// `wbuf_max` = 1000 (so the high watermark is at most 500); the service
 /// answers `s` with 400 bytes and `l` with 700 bytes, both well under the

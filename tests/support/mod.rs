@@ -25,6 +25,14 @@ pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
     }
 }
 
+/// Everything `io` yields until its end (or an error).
+pub async fn read_all(mut io: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let _ = io.read_to_end(&mut got).await;
+    got
+}
+
 /// One scripted read result.
 #[derive(Debug, Clone)]
 pub enum Step {
