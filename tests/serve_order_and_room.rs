@@ -27,6 +27,20 @@ mod watched;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
+/// Writes the requests `0` to `n - 1`, a line each, then shuts the
+/// write side.
+fn numbered_requests(
+    mut wr: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    n: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..n {
+            wr.write_all(format!("{i}\n").as_bytes()).await.unwrap();
+        }
+        wr.shutdown().await.unwrap();
+    })
+}
+
 fn lines_of(b: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(b)
         .split_terminator('\n')
@@ -113,13 +127,8 @@ async fn max_in_flight_is_never_exceeded_with_slow_peer_and_out_of_order_futures
             .connection(b)
             .into_future(),
     );
-    let (rd, mut wr) = tokio::io::split(cio);
-    let writer = tokio::spawn(async move {
-        for i in 0..300 {
-            wr.write_all(format!("{i}\n").as_bytes()).await.unwrap();
-        }
-        wr.shutdown().await.unwrap();
-    });
+    let (rd, wr) = tokio::io::split(cio);
+    let writer = numbered_requests(wr, 300);
     let mut lines = BufReader::new(rd).lines();
     for i in 0..300usize {
         let l = within("answer", lines.next_line()).await.unwrap().unwrap();
@@ -143,19 +152,7 @@ async fn max_in_flight_is_never_exceeded_with_slow_peer_and_out_of_order_futures
 /// the loop ends `Ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_of_exactly_wbuf_max_and_half_go_out_in_order() {
-    let (sio, cio) = tokio::io::duplex(16);
-    let mut b = QueuedFramed::builder();
-    b.wbuf_max(Some(1000));
-    let svc = tower::service_fn(|l: Utf8Line| {
-        let n: usize = l.line().parse().unwrap();
-        // encoded: n - 1 bytes + '\n'
-        std::future::ready(Ok::<_, Infallible>("x".repeat(n - 1)))
-    });
-    let server = tokio::spawn(
-        serve(sio, Utf8LineCodec::new(), LineCodec::new(), svc)
-            .connection(b)
-            .into_future(),
-    );
+    let (server, cio) = small_pipe_server(None, n_bytes);
     let sizes = [
         1000usize, 999, 501, 500, 499, 1000, 1, 1000, 500, 500, 501, 499, 1000,
     ];
@@ -181,18 +178,7 @@ async fn answers_of_exactly_wbuf_max_and_half_go_out_in_order() {
 /// before it, exactly those.
 #[tokio::test(start_paused = true)]
 async fn an_answer_one_over_wbuf_max_ends_the_loop_after_the_answers_before_it() {
-    let (sio, cio) = tokio::io::duplex(16);
-    let mut b = QueuedFramed::builder();
-    b.wbuf_max(Some(1000));
-    let svc = tower::service_fn(|l: Utf8Line| {
-        let n: usize = l.line().parse().unwrap();
-        std::future::ready(Ok::<_, Infallible>("x".repeat(n - 1)))
-    });
-    let server = tokio::spawn(
-        serve(sio, Utf8LineCodec::new(), LineCodec::new(), svc)
-            .connection(b)
-            .into_future(),
-    );
+    let (server, cio) = small_pipe_server(None, n_bytes);
     let (rd, mut wr) = tokio::io::split(cio);
     wr.write_all(b"600\n1000\n500\n1001\n5\n").await.unwrap();
     tokio::time::sleep(MS(50)).await;
@@ -228,13 +214,8 @@ async fn a_peer_that_stops_reading_bounds_the_calls_and_gets_everything_later() 
             .connection(b)
             .into_future(),
     );
-    let (rd, mut wr) = tokio::io::split(cio);
-    let writer = tokio::spawn(async move {
-        for i in 0..200 {
-            wr.write_all(format!("{i}\n").as_bytes()).await.unwrap();
-        }
-        wr.shutdown().await.unwrap();
-    });
+    let (rd, wr) = tokio::io::split(cio);
+    let writer = numbered_requests(wr, 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stalled_calls = calls.load(Ordering::SeqCst);
     assert!(
@@ -285,11 +266,11 @@ async fn shutdown_while_an_answer_waits_for_room_still_answers_what_was_read() {
     assert!(r.is_ok(), "{r:?}");
 }
 
-/// A server loop over a 16-byte pipe with `wbuf_max` 1000 and one timer
-/// of 1 s (`which`: 0 write, 1 read, else idle), answering request `i`
-/// with `answer(i)`; and the peer's end.
-fn timed_server(
-    which: usize,
+/// A server loop over a 16-byte pipe with `wbuf_max` 1000 and, if
+/// `timer` is given, one timer of 1 s (0 write, 1 read, else idle),
+/// answering request `i` (a number) with `answer(i)`; and the peer's end.
+fn small_pipe_server(
+    timer: Option<usize>,
     answer: fn(usize) -> String,
 ) -> (
     tokio::task::JoinHandle<anyframe::Result<()>>,
@@ -298,10 +279,11 @@ fn timed_server(
     let (sio, cio) = tokio::io::duplex(16);
     let mut b = QueuedFramed::builder();
     b.wbuf_max(Some(1000));
-    match which {
-        0 => b.wtimeout(Duration::from_secs(1)),
-        1 => b.rtimeout(Duration::from_secs(1)),
-        _ => b.timeout(Duration::from_secs(1)),
+    match timer {
+        None => &mut b,
+        Some(0) => b.wtimeout(Duration::from_secs(1)),
+        Some(1) => b.rtimeout(Duration::from_secs(1)),
+        Some(_) => b.timeout(Duration::from_secs(1)),
     };
     let svc = tower::service_fn(move |l: Utf8Line| {
         let i: usize = l.line().parse().unwrap();
@@ -315,13 +297,19 @@ fn timed_server(
     (server, cio)
 }
 
+/// Answers request `n` with a line whose encoding is `n` bytes long.
+fn n_bytes(n: usize) -> String {
+    "x".repeat(n - 1)
+}
+
 /// `wtimeout` 1 s; the peer takes 16 bytes every 100 ms (never silent for
 /// a period): answers that wait for room are bounded by the timer but the
 /// peer is reading, so every answer arrives and the loop ends Ok.
 #[tokio::test(start_paused = true)]
 async fn timers_do_not_end_the_loop_while_a_slow_peer_keeps_reading_answers_waiting_for_room() {
     for which in 0..3 {
-        let (server, cio) = timed_server(which, |i| format!("{i}:{}", "w".repeat(600 + i)));
+        let (server, cio) =
+            small_pipe_server(Some(which), |i| format!("{i}:{}", "w".repeat(600 + i)));
         let (mut rd, mut wr) = tokio::io::split(cio);
         wr.write_all(b"0\n1\n2\n3\n4\n").await.unwrap();
         wr.shutdown().await.unwrap();
@@ -346,7 +334,7 @@ async fn timers_do_not_end_the_loop_while_a_slow_peer_keeps_reading_answers_wait
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_never_reads_ends_the_loop_while_an_answer_waits_for_room() {
     for which in 0..3 {
-        let (server, cio) = timed_server(which, |i| format!("{i}:{}", "w".repeat(600)));
+        let (server, cio) = small_pipe_server(Some(which), |i| format!("{i}:{}", "w".repeat(600)));
         let (_rd, mut wr) = tokio::io::split(cio);
         wr.write_all(b"0\n1\n2\n3\n").await.unwrap();
         let r = within("server", server).await.unwrap();
@@ -514,13 +502,8 @@ fn busy_engine_answers_near_half_and_whole_wbuf_max_keep_order_and_never_fail() 
                 .connection(b)
                 .into_future(),
         );
-        let (rd, mut wr) = tokio::io::split(cio);
-        let writer = tokio::spawn(async move {
-            for i in 0..800 {
-                wr.write_all(format!("{i}\n").as_bytes()).await.unwrap();
-            }
-            wr.shutdown().await.unwrap();
-        });
+        let (rd, wr) = tokio::io::split(cio);
+        let writer = numbered_requests(wr, 800);
         let got = within("peer", read_all(rd)).await;
         within("writer", writer).await.unwrap();
         let r = within("server", server).await.unwrap();
