@@ -2009,7 +2009,8 @@ impl Handle {
 
     /// Changes the cap on queued output (`None` = unbounded). Output
     /// already queued over a lowered cap is kept and written; the next
-    /// push while the queue is still over it fails with the fatal `ENOSPC`.
+    /// push while the queue is still over it fails with the fatal `ENOSPC`
+    /// (an item longer than the new cap on its own is refused, not fatal).
     pub fn set_wbuf_max(&self, max: Option<usize>) {
         self.run(|core| core.set_wbuf_max(max));
     }

@@ -320,9 +320,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
     ///
     /// # Errors
     ///
-    /// The encoder's error (nothing is queued); `ENOSPC`, fatal, if the
-    /// queue would exceed `wbuf_max`; the handle's fatal error if it is
-    /// closed; `EINVAL` after [`push_shutdown`](Self::push_shutdown).
+    /// The encoder's error (nothing is queued); `EINVAL`, not fatal and
+    /// nothing queued, if the item alone is longer than `wbuf_max` (it
+    /// could never be queued); `ENOSPC`, fatal, if it fits alone but the
+    /// queue would exceed `wbuf_max` ([OPT-9](crate::semantics#OPT-9)); the
+    /// handle's fatal error if it is closed; `EINVAL` after
+    /// [`push_shutdown`](Self::push_shutdown).
     /// An encoder must only append to `dst` (which may hold output queued
     /// before): one that leaves it shorter than it found it closes the
     /// connection with a fatal `EINVAL`. One that clears `dst` and then
@@ -1071,7 +1074,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C> QueuedFramed<IO, C> {
 
     /// Changes the cap on queued output (`None` = unbounded). Output
     /// already queued over a lowered cap is kept and written; the next
-    /// push while the queue is still over it fails with the fatal `ENOSPC`.
+    /// push while the queue is still over it fails with the fatal `ENOSPC`
+    /// (an item longer than the new cap on its own is refused, not fatal).
     pub fn set_wbuf_max(&mut self, max: Option<usize>) {
         self.core.run(|core| core.set_wbuf_max(max));
     }

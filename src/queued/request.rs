@@ -609,8 +609,10 @@ impl Requests<'_> {
     ///
     /// # Errors
     ///
-    /// The encoder's error (nothing queued), `ENOSPC` over `wbuf_max`, or
-    /// `EINVAL` once the output is shut (`push_shutdown`).
+    /// The encoder's error (nothing queued), `EINVAL` for an item longer
+    /// than `wbuf_max` on its own (not fatal, nothing queued), `ENOSPC`
+    /// over `wbuf_max` otherwise, or `EINVAL` once the output is shut
+    /// (`push_shutdown`).
     pub fn push_write<E, I>(&mut self, encoder: E, item: I) -> Result<()>
     where
         E: tokio_util::codec::Encoder<I>,
