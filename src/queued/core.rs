@@ -2039,7 +2039,7 @@ impl Core {
     /// `wbuf_max`. One that is could never be queued, whatever the peer
     /// reads, so it is refused (non-fatal, nothing queued) rather than
     /// closing the connection under everything else in flight.
-    pub(crate) fn fits_wbuf_max(&self, len: usize) -> Result<()> {
+    fn fits_wbuf_max(&self, len: usize) -> Result<()> {
         match self.cfg.wbuf_max {
             Some(max) if len > max => Err(Error::longer_than_wbuf_max()),
             _ => Ok(()),

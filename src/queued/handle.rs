@@ -734,26 +734,16 @@ impl Shared {
         E: Encoder<I>,
         E::Error: Into<Error>,
     {
-        if !self.accepts_posts(true) {
+        if !self.accepts_posts(true) && !holds_an_engine() {
             // Refused by the inbox: the engine says why (or takes it, the
             // state having changed), before the encoder runs.
-            if holds_an_engine() {
-                // The encoder is user code: a panic closes the connection
-                // (without waiting for its engine) and goes on.
-                let encoded = catch_unwind(AssertUnwindSafe(|| encode_apart(&mut encoder, item)))
-                    .unwrap_or_else(|payload| {
-                        self.close_with(Error::panicked(panic_text(&*payload)));
-                        resume_unwind(payload)
-                    });
-                return match encoded {
-                    Ok(bytes) => self.post_checked(bytes, read),
-                    Err(e) => refused(read, e),
-                };
-            }
             let mut core = self.lock();
             let pushed = core.push_encoded(encoder, item);
             return then_read(&mut core, pushed, read);
         }
+        // Inside another connection's callback this engine is not waited
+        // for, even when the inbox refuses: the output is encoded apart and
+        // posted past it (`post_encoded` falls back to `post_checked`).
         match self.encode_unlocked(&mut encoder, item) {
             Ok(buf) => self.post_encoded(buf, read),
             Err(e) => refused(read, e),
@@ -872,20 +862,6 @@ fn then_read(core: &mut Core, pushed: Result<()>, read: Option<Box<dyn Request>>
         }
         Err(e) => refused(read, e),
     }
-}
-
-/// Encodes `item` on its own, for a callback of another connection that
-/// posts it past a closed inbox ([`Shared::post_checked`]).
-fn encode_apart<E, I>(encoder: &mut E, item: I) -> Result<Bytes>
-where
-    E: Encoder<I>,
-    E::Error: Into<Error>,
-{
-    let mut out = BytesMut::new();
-    encoder
-        .encode(item, &mut out)
-        .map_err(|e| e.into().refused_by_encoder())?;
-    Ok(out.freeze())
 }
 
 /// A producer's wait in the engine's watermarks ([`Handle::ready_to_write`],
