@@ -378,13 +378,7 @@ enum Waiting<Req, Resp> {
 /// yet waits until what is queued is written (bounded by the connection's
 /// timers), rather than cross the cap and close the connection under the
 /// answers queued before it.
-async fn answer<E, Resp>(
-    handle: &Handle,
-    encoder: E,
-    resp: Resp,
-    wbuf_max: Option<usize>,
-    timers: &LoopTimers,
-) -> Result<()>
+async fn answer<E, Resp>(handle: &Handle, encoder: E, resp: Resp, timers: &LoopTimers) -> Result<()>
 where
     E: Encoder<Resp>,
     E::Error: Into<Error>,
@@ -396,16 +390,15 @@ where
             Error::fatal_because(e, "an answer could not be encoded")
         }
     };
-    let Some(max) = wbuf_max else {
-        return handle.push_write(encoder, resp).map_err(refused);
-    };
-    // Straight into the queue when it fits; else it comes back encoded.
+    // Straight into the queue when it fits; else it comes back encoded
+    // (only under a cap, or past an inbox closed for a moment).
     let Some(out) = handle
         .push_write_or_hand_back(encoder, resp)
         .map_err(refused)?
     else {
         return Ok(());
     };
+    let max = handle.wbuf_max().unwrap_or(usize::MAX);
     if out.len() > max {
         return Err(Error::fatal_because(
             Error::no_space("an answer longer than wbuf_max"),
@@ -662,7 +655,6 @@ where
         // to rejected ones, in request order.
         let mut waiting: VecDeque<Waiting<Req, S::Response>> = VecDeque::new();
         let rbuf_max = builder.cfg.rbuf_max;
-        let wbuf_max = builder.cfg.wbuf_max;
         // The loop's handle is its own: no timer is set after this.
         let read_timer = !builder.cfg.rtimeout.is_zero();
         let mut reader = Some(Framing::new(decoder.clone(), rbuf_max, Arc::clone(&timers)));
@@ -799,9 +791,7 @@ where
             let answered = matches!(event, Event::Response(_));
             match event {
                 Event::Response(Ok(resp)) => {
-                    refused = answer(&handle, encoder.clone(), resp, wbuf_max, &timers)
-                        .await
-                        .err();
+                    refused = answer(&handle, encoder.clone(), resp, &timers).await.err();
                 }
                 Event::Response(Err(e)) => {
                     let resp = match on_error.as_mut() {
@@ -810,9 +800,7 @@ where
                     };
                     match resp {
                         Ok(resp) => {
-                            refused = answer(&handle, encoder.clone(), resp, wbuf_max, &timers)
-                                .await
-                                .err();
+                            refused = answer(&handle, encoder.clone(), resp, &timers).await.err();
                         }
                         Err(e) => {
                             // Close after the responses before this one.
