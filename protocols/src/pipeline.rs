@@ -414,12 +414,10 @@ impl<P: Protocol> Pipelined<P> {
         };
         // Encoded straight into the connection's write queue; a request the
         // protocol refuses leaves nothing behind.
-        if let Err(e) = shared.handle.push_write(
-            WireEncoder {
-                protocol: &shared.protocol,
-            },
-            &req,
-        ) {
+        if let Err(e) = shared
+            .handle
+            .push_write(WireEncoder(&shared.protocol), &req)
+        {
             return Reply::failed(e);
         }
         // The request is written: a `read_reply` that panics leaves its
@@ -525,15 +523,13 @@ impl<P> fmt::Debug for Pipelined<P> {
 }
 
 /// A [`Protocol`]'s request writer as a tokio-util `Encoder`.
-struct WireEncoder<'a, P> {
-    protocol: &'a P,
-}
+struct WireEncoder<'a, P>(&'a P);
 
 impl<P: Protocol> Encoder<&P::Request> for WireEncoder<'_, P> {
     type Error = Error;
 
     fn encode(&mut self, req: &P::Request, dst: &mut BytesMut) -> Result<()> {
-        self.protocol.encode(req, dst)
+        self.0.encode(req, dst)
     }
 }
 
