@@ -1316,6 +1316,32 @@ fn utf8_lines_carry_their_eol() {
     );
 }
 
+/// The accessors report the configuration the codec was built with, and
+/// the discarding state follows an over-long line until its end of line.
+#[test]
+fn utf8_codec_reports_its_configuration_and_discarding_state() {
+    let default = Utf8LineCodec::new();
+    assert_eq!(
+        default.max_length(),
+        anyframe_codecs::DEFAULT_LINE_MAX_LENGTH
+    );
+    assert_eq!(default.overflow_policy(), OverflowPolicy::Fatal);
+    let mut codec = Utf8LineCodec::builder()
+        .max_length(3)
+        .overflow(OverflowPolicy::Discard)
+        .build_utf8()
+        .expect("valid configuration");
+    assert_eq!(codec.max_length(), 3);
+    assert_eq!(codec.overflow_policy(), OverflowPolicy::Discard);
+    let mut buf = BytesMut::from("abcdef");
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    assert!(codec.is_discarding());
+    buf.extend_from_slice(b"g\nok\n");
+    assert!(codec.decode(&mut buf).unwrap_err().is_limit());
+    assert!(!codec.is_discarding());
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap().line(), "ok");
+}
+
 #[test]
 fn bad_utf8_is_a_non_fatal_error_and_the_line_is_consumed() {
     let mut codec = Utf8LineCodec::new();
