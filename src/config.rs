@@ -143,16 +143,22 @@ impl Builder {
         self
     }
 
-    /// Cap on unconsumed input; over it the handle fails with fatal `ENOSPC`
-    /// (default [`DEFAULT_RBUF_MAX`]; `None` = unbounded, which a hostile
-    /// peer can exploit).
+    /// Cap on unconsumed input (default [`DEFAULT_RBUF_MAX`]; `None` =
+    /// unbounded, which a hostile peer can exploit). A read takes at most
+    /// the room left under it, so frames nobody has asked for yet never
+    /// push a peer over it; when the request at the head of the queue has
+    /// seen this many bytes and still needs more, the handle fails with
+    /// fatal `ENOSPC` ([OPT-8](crate::semantics#OPT-8)).
     pub fn rbuf_max(&mut self, max: Option<usize>) -> &mut Self {
         self.cfg.rbuf_max = max;
         self
     }
 
-    /// Cap on queued output, checked on every push; over it the push fails
-    /// and the handle dies with fatal `ENOSPC` (default [`DEFAULT_WBUF_MAX`]).
+    /// Cap on queued output, checked on every push; a push that would take
+    /// the queue over it fails and the handle dies with fatal `ENOSPC`
+    /// (default [`DEFAULT_WBUF_MAX`]). An item longer than the whole cap is
+    /// refused instead, with a non-fatal `EINVAL` and nothing queued
+    /// ([OPT-9](crate::semantics#OPT-9)).
     /// The high watermark is held at most at half the cap (see
     /// [`watermarks`](Self::watermarks)).
     pub fn wbuf_max(&mut self, max: Option<usize>) -> &mut Self {

@@ -634,6 +634,30 @@ mod tests {
         tokio_util::codec::Decoder::decode(&mut codec, &mut buf).unwrap_err()
     }
 
+    /// Each kind becomes the `io::ErrorKind` that §8 of the semantics names;
+    /// a transport error keeps its own.
+    #[test]
+    fn each_kind_maps_to_the_io_kind_the_semantics_names() {
+        let io_kind = |e: Error| io::Error::from(e).kind();
+        for (kind, want) in [
+            (ErrorKind::BrokenPipe, io::ErrorKind::UnexpectedEof),
+            (ErrorKind::TimedOut, io::ErrorKind::TimedOut),
+            (ErrorKind::BadMessage, io::ErrorKind::InvalidData),
+            (ErrorKind::NoSpace, io::ErrorKind::InvalidData),
+            (ErrorKind::Protocol, io::ErrorKind::InvalidData),
+            (ErrorKind::Io, io::ErrorKind::Other),
+            (ErrorKind::Closed, io::ErrorKind::NotConnected),
+            (ErrorKind::InvalidInput, io::ErrorKind::InvalidInput),
+            (ErrorKind::Panicked, io::ErrorKind::Other),
+        ] {
+            assert_eq!(io_kind(Error::new(kind, true, "test")), want, "{kind:?}");
+        }
+        for transport in [io::ErrorKind::ConnectionReset, io::ErrorKind::BrokenPipe] {
+            let e = Error::from(io::Error::from(transport));
+            assert_eq!(io_kind(e), transport);
+        }
+    }
+
     #[test]
     fn typed_errors_through_io_and_back_are_themselves() {
         let ours = Error::from(line_too_long());

@@ -84,7 +84,9 @@ pub struct LineBatchCodec {
 
 impl LineBatchCodec {
     /// Batches of `\r?\n` lines as [`LineCodec::new`] frames them, at most
-    /// [`DEFAULT_BATCH_LINES`] per batch.
+    /// [`DEFAULT_BATCH_LINES`] per batch. For any other end of line, limit
+    /// or overflow policy, build the [`LineCodec`] and convert it
+    /// (`LineBatchCodec::from(codec)`).
     pub fn new() -> LineBatchCodec {
         LineBatchCodec::from(LineCodec::new())
     }

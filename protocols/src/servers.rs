@@ -5,7 +5,8 @@
 //!
 //! A missing binary is a skip with a printed reason ([`Server::start`]
 //! returns `None`), unless `ANYFRAME_REQUIRE_PEERS=1`, which makes it a
-//! panic (CI installs the servers and must not skip silently).
+//! panic: set it where the servers are installed and a skip would hide a
+//! missing test.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1351,8 +1351,10 @@ impl Handle {
 
     /// Reads one frame with `decoder` after every queued request.
     ///
-    /// Dropped before its frame was decoded, the read consumes nothing. Once
-    /// the driver has decoded the frame, the frame is this future's: drop it
+    /// Dropped before its frame was decoded, the read consumes nothing
+    /// (unless its decoder had already consumed part of the frame, as a
+    /// line over its limit being discarded: see [`Ticket`]). Once the
+    /// driver has decoded the frame, the frame is this future's: drop it
     /// then (a `select!` branch that lost) and the frame is gone with it. To
     /// race reads against something else without losing one, queue the read
     /// once with [`push_read`](Self::push_read) and poll the same

@@ -88,7 +88,7 @@ impl LineCodecBuilder {
     /// a non-empty one at the same place (`\b|;` on `ab;` matches the empty
     /// text before `;`, never the `;`).
     ///
-    /// **Split-dependent** (docs/semantics.md §2a): the regex only sees what has arrived.
+    /// **Split-dependent** ([§2a](https://docs.rs/anyframe/latest/anyframe/semantics/index.html#2a-which-decoders-are-split-invariant)): the regex only sees what has arrived.
     /// With `[;,]+`, `"a;"` then `";b"` gives the line `"a"` with EOL `";"`
     /// and then an empty line with EOL `";"`, while `"a;;b"` in one read
     /// gives `"a"` with `";;"`. [`hold_open_match`](Self::hold_open_match)

@@ -67,9 +67,9 @@ struct Scanned {
 /// complete; the codec only remembers how many there are, so dropping the
 /// codec mid-record (a cancelled read) loses nothing.
 ///
-/// # Split-dependence (docs/semantics.md §2a)
+/// # Split-dependence
 ///
-/// As in AE, the regexes only see what has arrived, so frames can depend on
+/// ([§2a](https://docs.rs/anyframe/latest/anyframe/semantics/index.html#2a-which-decoders-are-split-invariant).) As in AE, the regexes only see what has arrived, so frames can depend on
 /// how the input was split:
 ///
 /// * an accept match found in a short buffer can differ from the leftmost
