@@ -93,6 +93,27 @@ async fn stream_goes_on_after_an_error_whose_bytes_were_consumed() {
     assert_eq!(p, Point { a: 2 });
 }
 
+/// `Handle::drained` is a level, not an edge: on a handle whose output was
+/// never above the low watermark it resolves at once, and above it waits.
+#[tokio::test]
+async fn handle_drained_resolves_at_once_when_never_above_the_low_watermark() {
+    let (io, _peer) = tokio::io::duplex(16); // never read
+    let (handle, _driver) = QueuedFramed::builder()
+        .watermarks(1000, 500)
+        .build(io)
+        .spawn();
+    within("drained on a fresh handle", handle.drained())
+        .await
+        .unwrap();
+    handle.push_bytes(vec![b'x'; 100]).unwrap();
+    within("drained at 100 of low 500", handle.drained())
+        .await
+        .unwrap();
+    handle.push_bytes(vec![b'x'; 1000]).unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(200), handle.drained()).await;
+    assert!(waited.is_err(), "drained above the low watermark");
+}
+
 /// `QueuedFramed::drained` resolves at or below the low watermark, as
 /// `Handle::drained` does, without waiting for the queue to empty.
 #[tokio::test]
