@@ -598,3 +598,80 @@ async fn shutdown_ends_the_loop_under_an_endless_pipelining_peer() {
 async fn shutdown_ends_the_loop_under_an_endless_pipelining_peer_current_thread() {
     shutdown_under_an_endless_pipelining_peer().await;
 }
+
+/// A request decoder that counts the requests it decodes.
+#[derive(Clone)]
+struct Counting {
+    inner: Utf8LineCodec,
+    decoded: Arc<AtomicUsize>,
+}
+
+impl tokio_util::codec::Decoder for Counting {
+    type Item = Utf8Line;
+    type Error = anyframe::codecs::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Utf8Line>, Self::Error> {
+        let line = self.inner.decode(buf)?;
+        if line.is_some() {
+            self.decoded.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(line)
+    }
+}
+
+/// The loop reads a request only when it can hand it to the service:
+/// with every call held and ten requests buffered, it has read and called
+/// exactly `max_in_flight` (3); each answer lets exactly one more in, not a
+/// batch of them to wait unread by the service in the loop's memory.
+#[tokio::test(start_paused = true)]
+async fn the_loop_reads_no_more_requests_than_max_in_flight_lets_it_call() {
+    let (sio, cio) = tokio::io::duplex(1 << 16);
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    let svc = tower::service_fn(move |l: Utf8Line| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        h2.lock().unwrap().push(tx);
+        async move {
+            let _ = rx.await;
+            Ok::<_, Infallible>(l.into_line())
+        }
+    });
+    let decoded = Arc::new(AtomicUsize::new(0));
+    let decoder = Counting {
+        inner: Utf8LineCodec::new(),
+        decoded: decoded.clone(),
+    };
+    let server = tokio::spawn(
+        serve(sio, decoder, LineCodec::new(), svc)
+            .max_in_flight(3)
+            .into_future(),
+    );
+    let (rd, wr) = tokio::io::split(cio);
+    let writer = numbered_requests(wr, 10);
+    let mut lines = BufReader::new(rd).lines();
+    // Paused time moves on only when every task is idle: the loop has
+    // done all it would do with what it has.
+    tokio::time::sleep(MS(10)).await;
+    let counts = || (held.lock().unwrap().len(), decoded.load(Ordering::SeqCst));
+    assert_eq!(counts(), (3, 3), "(called, decoded) with every call held");
+    for i in 0..10usize {
+        let first = held.lock().unwrap().remove(0);
+        first.send(()).unwrap();
+        // The front answer is released: it goes out, and one more
+        // request comes in (while any is left).
+        let line = within("answer", lines.next_line()).await.unwrap().unwrap();
+        assert_eq!(line, i.to_string());
+        tokio::time::sleep(MS(10)).await;
+        // Called so far: the answered ones and those still held.
+        let (held_now, read) = counts();
+        let want = (i + 1 + 3).min(10);
+        assert_eq!(
+            (i + 1 + held_now, read),
+            (want, want),
+            "(called, decoded) after answer {i}"
+        );
+    }
+    within("writer", writer).await.unwrap();
+    let r = within("server", server).await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}
