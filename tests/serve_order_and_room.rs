@@ -41,6 +41,28 @@ fn numbered_requests(
     })
 }
 
+/// A line server over `io` (UTF-8 requests, `String` answers) with
+/// `max_in_flight` and `wbuf_max` set, spawned.
+fn capped_line_server<S>(
+    io: tokio::io::DuplexStream,
+    svc: S,
+    max_in_flight: usize,
+    wbuf_max: usize,
+) -> tokio::task::JoinHandle<anyframe::Result<()>>
+where
+    S: tower::Service<Utf8Line, Response = String, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+{
+    let mut b = QueuedFramed::builder();
+    b.wbuf_max(Some(wbuf_max));
+    tokio::spawn(
+        serve(io, Utf8LineCodec::new(), LineCodec::new(), svc)
+            .max_in_flight(max_in_flight)
+            .connection(b)
+            .into_future(),
+    )
+}
+
 fn lines_of(b: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(b)
         .split_terminator('\n')
@@ -119,14 +141,7 @@ async fn max_in_flight_is_never_exceeded_with_slow_peer_and_out_of_order_futures
             Ok::<_, Infallible>(format!("{i}:{}", "z".repeat((i as usize * 31) % 200)))
         }
     });
-    let mut b = QueuedFramed::builder();
-    b.wbuf_max(Some(600));
-    let server = tokio::spawn(
-        serve(sio, Utf8LineCodec::new(), LineCodec::new(), svc)
-            .max_in_flight(3)
-            .connection(b)
-            .into_future(),
-    );
+    let server = capped_line_server(sio, svc, 3, 600);
     let (rd, wr) = tokio::io::split(cio);
     let writer = numbered_requests(wr, 300);
     let mut lines = BufReader::new(rd).lines();
@@ -206,14 +221,7 @@ async fn a_peer_that_stops_reading_bounds_the_calls_and_gets_everything_later() 
             "q".repeat(150 + i % 200)
         )))
     });
-    let mut b = QueuedFramed::builder();
-    b.wbuf_max(Some(1000));
-    let server = tokio::spawn(
-        serve(sio, Utf8LineCodec::new(), LineCodec::new(), svc)
-            .max_in_flight(4)
-            .connection(b)
-            .into_future(),
-    );
+    let server = capped_line_server(sio, svc, 4, 1000);
     let (rd, wr) = tokio::io::split(cio);
     let writer = numbered_requests(wr, 200);
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -398,6 +398,9 @@ impl std::ops::DerefMut for Locked<'_> {
     }
 }
 
+/// Encoded output the inbox did not take, and the read posted with it.
+type Unposted = (BytesMut, Option<Box<dyn Request>>);
+
 impl Shared {
     /// For [`Core::seal_inbox`], which holds the engine: closes the inbox
     /// to writes until the engine's lock is released (which publishes the
@@ -700,12 +703,11 @@ impl Shared {
     /// Appends encoded output (and the read of a call with it) to the
     /// inbox if it accepts writes and the output fits the room published
     /// under `wbuf_max`; else hands both back.
-    #[allow(clippy::type_complexity)]
     fn post_within_room(
         &self,
         buf: BytesMut,
         read: Option<Box<dyn Request>>,
-    ) -> std::result::Result<(), (BytesMut, Option<Box<dyn Request>>)> {
+    ) -> std::result::Result<(), Unposted> {
         match self.inbox(true) {
             Some(mut inbox)
                 if inbox.out.len() + buf.len() <= self.published.room.load(Ordering::Acquire) =>

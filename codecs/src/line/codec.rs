@@ -252,7 +252,7 @@ impl LineCodec {
         // A long line arriving in small pieces: most calls bring bytes
         // that cannot end it, told from a table without a regex search.
         // (Here rather than in `next_line`: in that inlined path the check
-        // cost the default end of line about 5% in `line-40B-string`.)
+        // costs the default end of line about 5% in `line-40B`.)
         #[cfg(feature = "regex")]
         if let (State::Reading { scanned }, Eol::Regex(re)) = (self.state, &self.eol)
             && !eof
