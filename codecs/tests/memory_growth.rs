@@ -59,3 +59,44 @@ fn a_small_buffer_still_gets_room_for_the_frame() {
     assert!(codec.decode(&mut buf).unwrap().is_none());
     assert!(buf.capacity() >= 40_004, "{}", buf.capacity());
 }
+
+/// A chunk decoder gives a small buffer room for the rest of its chunk
+/// and no more: the chunk's bytes less what is buffered, not the whole
+/// chunk again on top of them.
+#[test]
+fn a_small_buffer_gets_room_for_the_rest_of_a_chunk() {
+    let mut codec = ChunkCodec::new(40_000);
+    let mut buf = BytesMut::from(&[b'x'; 1_000][..]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(
+        (40_000..40_000 + KIB).contains(&buf.capacity()),
+        "room for a 40,000-byte chunk with 1,000 bytes held: {}",
+        buf.capacity()
+    );
+}
+
+/// The room reserved ahead of data is capped at 64 KiB, however long the
+/// frame: a larger frame's buffer grows as its bytes arrive.
+#[test]
+fn a_chunk_decoder_reserves_at_most_64_kib_ahead() {
+    let mut codec = ChunkCodec::new(1 << 30);
+    let mut buf = BytesMut::new();
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(
+        (64 * KIB..65 * KIB).contains(&buf.capacity()),
+        "room ahead of a 1 GiB chunk: {}",
+        buf.capacity()
+    );
+}
+
+/// Only a buffer smaller than 64 KiB is grown by a decoder: one of exactly
+/// 64 KiB with room to spare is left for its reader to grow.
+#[test]
+fn a_buffer_of_64_kib_is_left_to_its_reader() {
+    let mut codec = ChunkCodec::new(1 << 20);
+    let mut buf = BytesMut::with_capacity(64 * KIB);
+    buf.extend_from_slice(&[b'x'; KIB]);
+    assert_eq!(buf.capacity(), 64 * KIB);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert_eq!(buf.capacity(), 64 * KIB);
+}
