@@ -3,9 +3,9 @@
 //! `BytesMut` grows as `Vec` does), so a peer trickling a long frame does
 //! not leave the buffer twice the size of what it holds.
 
-use anyframe_codecs::{ChunkCodec, NetstringCodec, PackFormat, PackstringCodec};
+use anyframe_codecs::{ChunkCodec, LineCodec, NetstringCodec, PackFormat, PackstringCodec};
 use bytes::BytesMut;
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, Encoder};
 
 const KIB: usize = 1024;
 
@@ -51,13 +51,19 @@ fn chunk_does_not_double_a_full_buffer_mid_frame() {
 }
 
 /// A small buffer still gets room for the rest of the frame (up to 64
-/// KiB), so a reader that grows by the room it is given reads it in one go.
+/// KiB), so a reader that grows by the room it is given reads it in one go;
+/// room for the rest, not for the whole frame again on top of what is held.
 #[test]
 fn a_small_buffer_still_gets_room_for_the_frame() {
     let mut codec = PackstringCodec::new(PackFormat::U32Be);
     let mut buf = BytesMut::from(&(40_000u32).to_be_bytes()[..]);
+    buf.extend_from_slice(&[b'x'; 1_000]);
     assert!(codec.decode(&mut buf).unwrap().is_none());
-    assert!(buf.capacity() >= 40_004, "{}", buf.capacity());
+    assert!(
+        (40_004..40_004 + KIB).contains(&buf.capacity()),
+        "room for a 40,004-byte frame with 1,004 bytes held: {}",
+        buf.capacity()
+    );
 }
 
 /// A chunk decoder gives a small buffer room for the rest of its chunk
@@ -99,4 +105,37 @@ fn a_buffer_of_64_kib_is_left_to_its_reader() {
     assert_eq!(buf.capacity(), 64 * KIB);
     assert!(codec.decode(&mut buf).unwrap().is_none());
     assert_eq!(buf.capacity(), 64 * KIB);
+}
+
+/// An encoder reserves what it writes: one 100 KiB payload into an empty
+/// buffer leaves it at most a little over the frame, whatever the format.
+#[test]
+fn encoders_reserve_what_they_write() {
+    fn frame_room<E: Encoder<Vec<u8>>>(mut codec: E) -> (usize, usize)
+    where
+        E::Error: std::fmt::Debug,
+    {
+        let mut out = BytesMut::new();
+        codec.encode(vec![b'x'; 100 * KIB], &mut out).unwrap();
+        (out.len(), out.capacity())
+    }
+    for (what, (len, capacity)) in [
+        (
+            "packstring",
+            frame_room(PackstringCodec::new(PackFormat::U32Be)),
+        ),
+        (
+            "packstring w",
+            frame_room(PackstringCodec::new(PackFormat::Ber)),
+        ),
+        ("netstring", frame_room(NetstringCodec::new())),
+        ("chunk", frame_room(ChunkCodec::new(100 * KIB))),
+        ("line", frame_room(LineCodec::new())),
+    ] {
+        assert!(len >= 100 * KIB, "{what}: {len}");
+        assert!(
+            capacity <= len + len / 8,
+            "{what}: {len} bytes written into {capacity} bytes of room"
+        );
+    }
 }

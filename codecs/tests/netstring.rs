@@ -3,7 +3,7 @@
 
 mod support;
 
-use anyframe_codecs::{ErrorKind, NetstringCodec};
+use anyframe_codecs::{DEFAULT_NETSTRING_MAX_LENGTH, ErrorKind, NetstringCodec};
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use support::{
@@ -21,18 +21,19 @@ fn netstrings_decode_however_split() {
 
 #[test]
 fn bad_headers_are_non_fatal_and_consume_nothing_as_in_ae() {
-    for (input, offset) in [
-        (&b"01:x,"[..], 1),
-        (b"x", 0),
-        (b"-1:", 0),
-        (b":x,", 0),
-        (b"12x", 2),
-        (b" 1:x,", 0),
+    for (input, offset, says) in [
+        (&b"01:x,"[..], 1, "leading zero"),
+        (b"x", 0, "not `<digits>:`"),
+        (b"-1:", 0, "not `<digits>:`"),
+        (b":x,", 0, "empty netstring length"),
+        (b"12x", 2, "not `<digits>:`"),
+        (b" 1:x,", 0, "not `<digits>:`"),
     ] {
         let mut codec = NetstringCodec::new();
         let mut buf = BytesMut::from(input);
         let err = codec.decode(&mut buf).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BadMessage, "{input:?}");
+        assert!(err.to_string().contains(says), "{input:?}: {err}");
         assert!(!err.is_fatal());
         assert_eq!(err.offset(), Some(offset), "{input:?}");
         assert_eq!(&buf[..], input, "nothing consumed");
@@ -160,6 +161,17 @@ fn encoder_refuses_payloads_over_the_limit() {
     let err = codec.encode("abcd", &mut out).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(out.is_empty());
+    codec.encode("abc", &mut out).unwrap();
+    assert_eq!(out, "3:abc,");
+}
+
+#[test]
+fn codec_reports_its_limit() {
+    assert_eq!(
+        NetstringCodec::new().max_length(),
+        DEFAULT_NETSTRING_MAX_LENGTH
+    );
+    assert_eq!(NetstringCodec::with_max_length(1234).max_length(), 1234);
 }
 
 proptest! {

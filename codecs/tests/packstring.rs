@@ -3,7 +3,7 @@
 
 mod support;
 
-use anyframe_codecs::{ErrorKind, PackFormat, PackstringCodec};
+use anyframe_codecs::{DEFAULT_PACKSTRING_MAX_LENGTH, ErrorKind, PackFormat, PackstringCodec};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use support::{Eof, assert_sized_matches_whole, assert_split_invariant};
@@ -209,11 +209,22 @@ fn encoder_refuses_payloads_that_do_not_fit_the_field() {
 #[test]
 fn encoder_refuses_payloads_over_max_length() {
     let mut out = BytesMut::new();
-    let err = PackstringCodec::with_max_length(PackFormat::U32Be, 4)
-        .encode("hello", &mut out)
-        .unwrap_err();
+    let mut codec = PackstringCodec::with_max_length(PackFormat::U32Be, 4);
+    let err = codec.encode("hello", &mut out).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(out.is_empty());
+    codec.encode("hell", &mut out).unwrap();
+    assert_eq!(out, &b"\0\0\0\x04hell"[..]);
+}
+
+#[test]
+fn codec_reports_its_format_and_limit() {
+    let codec = PackstringCodec::new(PackFormat::U16Le);
+    assert_eq!(codec.format(), PackFormat::U16Le);
+    assert_eq!(codec.max_length(), DEFAULT_PACKSTRING_MAX_LENGTH);
+    let codec = PackstringCodec::with_max_length(PackFormat::Ber, 1234);
+    assert_eq!(codec.format(), PackFormat::Ber);
+    assert_eq!(codec.max_length(), 1234);
 }
 
 #[test]
