@@ -149,6 +149,22 @@ fn check(codec: TlsDetectCodec, input: &[u8], expected: TlsDetect, what: &str) {
 }
 
 #[test]
+fn verdicts_and_codecs_report_what_they_are() {
+    let tls = TlsDetect::Tls { major: 3, minor: 3 };
+    assert!(tls.is_tls());
+    assert_eq!(tls.version(), Some((3, 3)));
+    assert!(!TlsDetect::NotTls.is_tls());
+    assert_eq!(TlsDetect::NotTls.version(), None);
+
+    let ae = TlsDetectCodec::new();
+    assert!(!ae.is_strict() && ae.detects_sslv2());
+    let strict = TlsDetectCodec::strict();
+    assert!(strict.is_strict() && strict.detects_sslv2());
+    assert!(!ae.sslv2(false).detects_sslv2());
+    assert!(strict.sslv2(false).is_strict());
+}
+
+#[test]
 fn every_corpus_sample_gives_the_manifest_verdict_under_both_rules() {
     for s in corpus() {
         check(
