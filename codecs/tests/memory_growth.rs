@@ -50,35 +50,39 @@ fn chunk_does_not_double_a_full_buffer_mid_frame() {
     assert_not_doubled("chunk", ChunkCodec::new(1 << 30), b"");
 }
 
-/// A small buffer still gets room for the rest of the frame (up to 64
-/// KiB), so a reader that grows by the room it is given reads it in one go;
-/// room for the rest, not for the whole frame again on top of what is held.
-#[test]
-fn a_small_buffer_still_gets_room_for_the_frame() {
-    let mut codec = PackstringCodec::new(PackFormat::U32Be);
-    let mut buf = BytesMut::from(&(40_000u32).to_be_bytes()[..]);
-    buf.extend_from_slice(&[b'x'; 1_000]);
+/// Decodes the first `held` bytes of a `frame`-byte frame (`head`, then
+/// filler) and checks that the buffer then has room for the whole frame
+/// and not much more: the rest of the frame is reserved, not the whole
+/// frame again on top of what is held.
+fn assert_room_for_the_rest<D: Decoder>(
+    what: &str,
+    mut codec: D,
+    head: &[u8],
+    held: usize,
+    frame: usize,
+) where
+    D::Error: std::fmt::Debug,
+{
+    let mut buf = BytesMut::from(head);
+    buf.resize(held, b'x');
     assert!(codec.decode(&mut buf).unwrap().is_none());
     assert!(
-        (40_004..40_004 + KIB).contains(&buf.capacity()),
-        "room for a 40,004-byte frame with 1,004 bytes held: {}",
+        (frame..frame + KIB).contains(&buf.capacity()),
+        "{what}: room for a {frame}-byte frame with {held} bytes held: {}",
         buf.capacity()
     );
 }
 
-/// A chunk decoder gives a small buffer room for the rest of its chunk
-/// and no more: the chunk's bytes less what is buffered, not the whole
-/// chunk again on top of them.
+/// A small buffer still gets room for the rest of the frame (up to 64
+/// KiB), so a reader that grows by the room it is given reads it in one go.
 #[test]
-fn a_small_buffer_gets_room_for_the_rest_of_a_chunk() {
-    let mut codec = ChunkCodec::new(40_000);
-    let mut buf = BytesMut::from(&[b'x'; 1_000][..]);
-    assert!(codec.decode(&mut buf).unwrap().is_none());
-    assert!(
-        (40_000..40_000 + KIB).contains(&buf.capacity()),
-        "room for a 40,000-byte chunk with 1,000 bytes held: {}",
-        buf.capacity()
-    );
+fn a_small_buffer_still_gets_room_for_the_frame() {
+    let codec = PackstringCodec::new(PackFormat::U32Be);
+    let prefix = 40_000u32.to_be_bytes();
+    assert_room_for_the_rest("packstring", codec, &prefix, 1_004, 40_004);
+    assert_room_for_the_rest("chunk", ChunkCodec::new(40_000), b"", 1_000, 40_000);
+    let codec = NetstringCodec::new();
+    assert_room_for_the_rest("netstring", codec, b"40000:", 1_006, 40_007);
 }
 
 /// The room reserved ahead of data is capped at 64 KiB, however long the
