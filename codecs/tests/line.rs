@@ -1070,6 +1070,17 @@ fn once_decoder_frames_a_normal_line_as_the_stream_decoder_does() {
 }
 
 #[test]
+fn default_eol_undoes_an_earlier_end_of_line_choice_only() {
+    let mut codec = build(|b| b.max_length(3).eol(";").default_eol());
+    let mut buf = BytesMut::from("a;b\r\nc\nlong\n");
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("a;b", "\r\n")));
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(line("c", "\n")));
+    // The rest of the configuration stands.
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace);
+}
+
+#[test]
 fn write_terminator_must_be_an_eol_of_the_codec() {
     assert!(LineCodec::builder().write_terminator("\r").build().is_err());
     assert!(LineCodec::builder().write_terminator("").build().is_err());
@@ -1184,6 +1195,8 @@ fn regex_encoder_needs_a_terminator_the_regex_accepts() {
         .encode("a", &mut out)
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    // Said as such: the fix is a `write_terminator`, not a different line.
+    assert!(err.to_string().contains("no write terminator"), "{err}");
     let mut codec = build(|b| {
         b.eol_regex(Regex::new("[;,]+").unwrap())
             .write_terminator(";")
