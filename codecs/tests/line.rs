@@ -1676,14 +1676,36 @@ fn input_ending_inside_a_line_fails_after_the_complete_ones() {
 
 #[test]
 fn batch_codec_hands_back_its_line_codec_mid_line() {
-    let mut codec = LineBatchCodec::new();
-    let mut buf = BytesMut::from(&b"a\nhal"[..]);
+    let mut codec = LineBatchCodec::from(build(|b| b.eol(";").max_length(64)));
+    let mut buf = BytesMut::from(&b"a;hal"[..]);
     assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), 1);
     assert!(codec.decode(&mut buf).unwrap().is_none());
-    assert_eq!(codec.line_codec().max_length(), 1024 * 1024);
+    assert_eq!(codec.line_codec().max_length(), 64);
     let mut lines = codec.into_line_codec();
-    buf.extend_from_slice(b"f\n");
-    assert_eq!(lines.decode(&mut buf).unwrap(), Some(line("half", "\n")));
+    assert_eq!(lines.max_length(), 64);
+    buf.extend_from_slice(b"f;");
+    assert_eq!(lines.decode(&mut buf).unwrap(), Some(line("half", ";")));
+}
+
+#[test]
+fn a_default_batch_is_empty_and_a_batch_counts_and_shows_its_lines() {
+    let empty = LineBatch::default();
+    assert!(empty.is_empty());
+    assert_eq!((empty.len(), empty.get(0).is_none()), (0, true));
+    let mut buf = BytesMut::from("a\n");
+    let batch = LineBatchCodec::new().decode(&mut buf).unwrap().unwrap();
+    assert!(!batch.is_empty());
+    // Both iterators know their length.
+    assert_eq!(
+        (batch.iter().len(), batch.clone().into_iter().len()),
+        (1, 1)
+    );
+    // Shown as its lines, each as `Line` shows one.
+    assert_eq!(
+        format!("{batch:?}"),
+        r#"[LineRef { line: b"a", eol: b"\n" }]"#
+    );
+    assert_eq!(format!("{empty:?}"), "[]");
 }
 
 #[test]
