@@ -1692,18 +1692,18 @@ fn a_default_batch_is_empty_and_a_batch_counts_and_shows_its_lines() {
     let empty = LineBatch::default();
     assert!(empty.is_empty());
     assert_eq!((empty.len(), empty.get(0).is_none()), (0, true));
-    let mut buf = BytesMut::from("a\n");
+    let mut buf = BytesMut::from("a\nb\r\n");
     let batch = LineBatchCodec::new().decode(&mut buf).unwrap().unwrap();
     assert!(!batch.is_empty());
     // Both iterators know their length.
     assert_eq!(
         (batch.iter().len(), batch.clone().into_iter().len()),
-        (1, 1)
+        (2, 2)
     );
     // Shown as its lines, each as `Line` shows one.
     assert_eq!(
         format!("{batch:?}"),
-        r#"[LineRef { line: b"a", eol: b"\n" }]"#
+        r#"[LineRef { line: b"a", eol: b"\n" }, LineRef { line: b"b", eol: b"\r\n" }]"#
     );
     assert_eq!(format!("{empty:?}"), "[]");
 }
