@@ -2243,6 +2243,40 @@ mod tests {
         busy(&handle, false);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_posted_during_the_drivers_turn_goes_out_without_another_call() {
+        // The completion runs in the driver's turn and waits there for
+        // another thread, which finds the engine busy and posts a write and
+        // a read. Nothing else wakes the driver afterwards (the peer sends
+        // only once the write arrives, and a read not yet taken in is not
+        // waited for): the posts themselves must get the driver to them.
+        let (handle, peer) = spawned(&QueuedFramed::builder());
+        let (rd, mut wr) = tokio::io::split(peer);
+        let poster = handle.clone();
+        let first = handle.push_read_with(LineCodec::new(), move |line, _| {
+            let posted = std::thread::spawn(move || {
+                poster.push_write(LineCodec::new(), "posted").unwrap();
+                let read = poster.push_read(LineCodec::new());
+                let inbox = poster.shared.inbox.lock().unwrap();
+                assert_eq!(
+                    (inbox.out.len(), inbox.reads.len()),
+                    (7, 1),
+                    "posted, the engine being busy"
+                );
+                read
+            });
+            Ok((line, posted.join().unwrap()))
+        });
+        wr.write_all(b"go\n").await.unwrap();
+        let (line, second) = within(first).await.unwrap();
+        assert_eq!(line.line(), b"go");
+        let mut lines = BufReader::new(rd).lines();
+        let got = within(lines.next_line()).await.unwrap().unwrap();
+        assert_eq!(got, "posted");
+        wr.write_all(b"answer\n").await.unwrap();
+        assert_eq!(within(second).await.unwrap().line(), b"answer");
+    }
+
     #[tokio::test]
     async fn small_raw_bytes_go_through_the_inbox_and_large_ones_by_reference() {
         let (handle, peer) = spawned(&QueuedFramed::builder());
