@@ -341,10 +341,36 @@ mod tests {
             want.extend_from_slice(&item);
         }
         assert!(q.chain.len() >= 4, "{} sealed buffers", q.chain.len());
+        // Sealed only once long: the chain holds a few large buffers (one
+        // vectored write's worth), not many small ones.
+        assert!(
+            q.chain.iter().all(|b| b.len() >= 32 * 1024),
+            "{:?}",
+            q.chain.iter().map(Bytes::len).collect::<Vec<_>>()
+        );
         assert!(q.tail.capacity() <= TAIL_FRESH, "{}", q.tail.capacity());
         let held: usize = q.chain.iter().map(Bytes::len).sum::<usize>() + q.tail.len();
         assert_eq!(held, q.len());
         assert_eq!(&q.take_all()[..], &want[..]);
+    }
+
+    #[test]
+    fn an_encoded_item_of_up_to_4_kib_never_grows_the_tail_past_a_fresh_one() {
+        // The tail is sealed while it still has room for such an item, so
+        // the item never makes it reallocate (which would double it).
+        let mut q = WriteQueue::default();
+        for i in 0..200u32 {
+            let item = [(i % 251) as u8; 3000];
+            let before = q.begin_encode();
+            q.tail_mut().extend_from_slice(&item);
+            q.commit(before);
+            assert!(
+                q.tail.capacity() <= 64 * 1024,
+                "item {i}: {} bytes",
+                q.tail.capacity()
+            );
+        }
+        assert_eq!(q.len(), 200 * 3000);
     }
 
     #[test]
