@@ -374,6 +374,22 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_queue_keeps_a_small_tail_for_the_next_writes() {
+        // Up to 16 KiB of tail stays allocated: a connection that writes a
+        // few KiB at a time does not allocate for every burst.
+        let mut q = WriteQueue::default();
+        for _ in 0..80 {
+            q.push_bytes(Bytes::from_static(&[1; 100]));
+        }
+        let kept = q.tail.capacity();
+        assert!(kept >= 8000, "{kept}");
+        let n = q.len();
+        q.advance(n);
+        assert!(q.is_empty());
+        assert_eq!(q.tail.capacity(), kept);
+    }
+
+    #[test]
     fn an_emptied_queue_gives_a_burst_back() {
         let mut q = WriteQueue::default();
         for _ in 0..1000 {
