@@ -202,6 +202,21 @@ async fn encoder_clearing_dst_then_failing_keeps_queue_consistent() {
     );
 }
 
+/// An encoder that removed output queued before its item closes the
+/// connection; what it still counts as queued is what it still holds.
+#[tokio::test]
+async fn after_an_encoder_removed_queued_output_the_count_is_what_is_held() {
+    let (ours, _peer) = tokio::io::duplex(4);
+    let mut conn = QueuedFramed::new(ours);
+    conn.push_bytes(&b"abcdefgh"[..]).unwrap();
+    let r = conn.push_write(ClearEnc, &b"xy"[..]);
+    assert!(matches!(&r, Err(e) if e.is_fatal()), "{r:?}");
+    let counted = conn.write_buffered();
+    let parts = conn.into_parts();
+    assert_eq!(&parts.write_buf[..], b"xy");
+    assert_eq!(counted, 2, "a count of bytes the queue no longer holds");
+}
+
 /// Counts polls of the inner future.
 struct Counted<F> {
     f: Pin<Box<F>>,

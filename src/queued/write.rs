@@ -390,6 +390,111 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_queue_keeps_its_buffers_up_to_their_limits_exactly() {
+        // A 16 KiB tail and a chain with room for 64 buffers are kept.
+        let mut q = WriteQueue {
+            tail: BytesMut::with_capacity(16 * 1024),
+            ..WriteQueue::default()
+        };
+        q.chain.reserve_exact(64);
+        let (tail, chain) = (q.tail.capacity(), q.chain.capacity());
+        assert_eq!((tail, chain), (16 * 1024, 64), "the allocator's sizes");
+        q.push_bytes(Bytes::from(vec![1; CHAIN_THRESHOLD]));
+        q.push_bytes(Bytes::from_static(b"small"));
+        let n = q.len();
+        q.advance(n);
+        assert_eq!((q.tail.capacity(), q.chain.capacity()), (tail, chain));
+        // A chain that grew past 64 slots is given back.
+        for _ in 0..65 {
+            q.push_bytes(Bytes::from(vec![1; CHAIN_THRESHOLD]));
+        }
+        let n = q.len();
+        q.advance(n);
+        assert_eq!(q.chain.capacity(), 0);
+    }
+
+    /// Takes whatever it is given, vectored, and keeps it.
+    #[derive(Default)]
+    struct Keep(Vec<u8>);
+
+    impl tokio::io::AsyncRead for Keep {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Keep {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let before = self.0.len();
+            for b in bufs {
+                self.0.extend_from_slice(b);
+            }
+            Poll::Ready(Ok(self.0.len() - before))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_vectored_write_puts_the_tail_after_every_chained_buffer() {
+        // More chained buffers than one write takes, then a small item in
+        // the tail: the tail goes with the write that takes the last of
+        // them, never ahead of one.
+        let mut q = WriteQueue::default();
+        let mut want = Vec::new();
+        for i in 0..MAX_IOVS + 6 {
+            let b = vec![i as u8; CHAIN_THRESHOLD];
+            want.extend_from_slice(&b);
+            q.push_bytes(Bytes::from(b));
+        }
+        q.push_bytes(Bytes::from_static(b"tail"));
+        want.extend_from_slice(b"tail");
+        assert!(q.chain.len() > MAX_IOVS && !q.tail.is_empty());
+        let mut io = crate::queued::transport::wrap(Keep::default());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut writes = 0;
+        while !q.is_empty() {
+            match q.poll_write(&mut io, &mut cx) {
+                Poll::Ready(Ok(n)) => assert!(n > 0),
+                other => panic!("{other:?}"),
+            }
+            writes += 1;
+        }
+        assert_eq!(writes, 2, "one write for each {} buffers", MAX_IOVS - 1);
+        let (keep, _) = crate::queued::transport::unwrap(io);
+        assert!(keep.0 == want, "written out of order");
+    }
+
+    #[test]
     fn an_emptied_queue_gives_a_burst_back() {
         let mut q = WriteQueue::default();
         for _ in 0..1000 {
