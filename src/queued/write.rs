@@ -314,14 +314,19 @@ impl WriteQueue {
 mod tests {
     use super::*;
 
+    /// Appends `item` as an encoder does.
+    fn encode(q: &mut WriteQueue, item: &[u8]) {
+        let before = q.begin_encode();
+        q.tail_mut().extend_from_slice(item);
+        q.commit(before);
+    }
+
     #[test]
     fn order_is_push_order_across_copy_and_chain() {
         let mut q = WriteQueue::default();
         q.push_bytes(Bytes::from_static(b"ab"));
         q.push_bytes(Bytes::from(vec![b'x'; CHAIN_THRESHOLD]));
-        let before = q.begin_encode();
-        q.tail_mut().extend_from_slice(b"cd");
-        q.commit(before);
+        encode(&mut q, b"cd");
         assert_eq!(q.len(), 4 + CHAIN_THRESHOLD);
         let all = q.take_all();
         assert_eq!(&all[..2], b"ab");
@@ -335,9 +340,7 @@ mod tests {
         let mut want = Vec::new();
         for i in 0..3000u32 {
             let item = [(i % 251) as u8; 100];
-            let before = q.begin_encode();
-            q.tail_mut().extend_from_slice(&item);
-            q.commit(before);
+            encode(&mut q, &item);
             want.extend_from_slice(&item);
         }
         assert!(q.chain.len() >= 4, "{} sealed buffers", q.chain.len());
@@ -361,9 +364,7 @@ mod tests {
         let mut q = WriteQueue::default();
         for i in 0..200u32 {
             let item = [(i % 251) as u8; 3000];
-            let before = q.begin_encode();
-            q.tail_mut().extend_from_slice(&item);
-            q.commit(before);
+            encode(&mut q, &item);
             assert!(
                 q.tail.capacity() <= 64 * 1024,
                 "item {i}: {} bytes",
