@@ -292,11 +292,7 @@ impl Error {
     /// assert!(!e.is_fatal());
     /// ```
     pub fn timer_expired(which: crate::Timeout) -> Error {
-        let mut e = Error::timed_out(match which {
-            crate::Timeout::Idle => "idle timeout",
-            crate::Timeout::Read => "read timeout",
-            crate::Timeout::Write => "write timeout",
-        });
+        let mut e = Error::timed_out(which.name());
         if let Some(inner) = Arc::get_mut(&mut e.inner) {
             inner.timer = Some(which);
         }

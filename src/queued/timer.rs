@@ -69,13 +69,20 @@ impl Timeout {
     }
 }
 
-impl fmt::Display for Timeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Timeout {
+    /// What errors and logs call it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
             Timeout::Idle => "idle timeout",
             Timeout::Read => "read timeout",
             Timeout::Write => "write timeout",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -643,6 +650,43 @@ mod tests {
         assert!(!timers.leave_for_read(Timeout::Read));
         assert!(flush(&mut timers).is_pending(), "no read waits: dropped");
         assert!(poll(&mut timers, Side::Read).is_pending(), "dropped");
+    }
+
+    /// A read timeout that a flush without queued reads left for a waiting
+    /// read is taken by a flush that has reads queued once that read no
+    /// longer waits (the flush tells them), not dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_timeout_left_for_a_read_that_stopped_waiting_goes_to_a_flush_with_reads() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        let flush = |timers: &mut Timers, reads| {
+            timers.poll_expired(
+                &mut Context::from_waker(noop_waker_ref()),
+                Side::Write,
+                false,
+                reads,
+            )
+        };
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        assert!(flush(&mut timers, false).is_pending());
+        tokio::time::advance(period).await;
+        assert!(flush(&mut timers, false).is_pending(), "left for the read");
+        timers.unpark(Side::Read);
+        assert_eq!(flush(&mut timers, true), Poll::Ready(Timeout::Read));
+        assert!(poll(&mut timers, Side::Read).is_pending(), "taken once");
+    }
+
+    #[test]
+    fn a_timeout_shows_as_the_error_it_raises_names_it() {
+        for (which, name) in [
+            (Timeout::Idle, "idle timeout"),
+            (Timeout::Read, "read timeout"),
+            (Timeout::Write, "write timeout"),
+        ] {
+            assert_eq!(which.to_string(), name);
+            let e = crate::Error::timer_expired(which);
+            assert!(e.to_string().contains(name), "{e}");
+        }
     }
 
     /// A flush given up leaves the write side marked waiting: the write
