@@ -618,6 +618,51 @@ mod tests {
         assert!(poll(&mut timers, Side::Read).is_pending(), "timer off");
     }
 
+    /// A left expiry is dropped by a reset of its timer (`timeout_reset`),
+    /// and a write timeout left for a flush by a write.
+    #[tokio::test(start_paused = true)]
+    async fn a_left_expiry_is_dropped_by_a_reset_or_by_a_write() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        tokio::time::advance(period).await;
+        assert!(poll(&mut timers, Side::Write).is_pending(), "left");
+        timers.reset(Timeout::Read);
+        assert!(poll(&mut timers, Side::Read).is_pending(), "reset since");
+        tokio::time::advance(period / 2).await;
+        assert!(
+            poll(&mut timers, Side::Read).is_pending(),
+            "counts from the reset"
+        );
+        tokio::time::advance(period / 2).await;
+        assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
+
+        let mut timers = Timers::new(Duration::ZERO, Duration::ZERO, period);
+        assert!(poll(&mut timers, Side::Write).is_pending());
+        tokio::time::advance(period).await;
+        assert!(poll(&mut timers, Side::Read).is_pending(), "left");
+        timers.on_write();
+        assert!(poll(&mut timers, Side::Write).is_pending(), "written since");
+    }
+
+    /// A read timeout that a flush without queued reads left for a waiting
+    /// read is dropped by such a flush once the read no longer waits: no
+    /// read hears it later.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_timeout_left_by_a_flush_without_reads_is_dropped_once_no_read_waits() {
+        let period = Duration::from_secs(1);
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        tokio::time::advance(period).await;
+        assert!(poll(&mut timers, Side::Write).is_pending(), "left");
+        timers.unpark(Side::Read);
+        assert!(poll(&mut timers, Side::Write).is_pending(), "dropped");
+        assert!(
+            poll(&mut timers, Side::Read).is_pending(),
+            "not heard later"
+        );
+    }
+
     /// A flush with reads queued hears a read timeout as it expires (to
     /// tell them); one it leaves for a waiting read is not taken back
     /// while that read waits, and is taken once it does not.
