@@ -564,6 +564,27 @@ mod tests {
         )
     }
 
+    /// A flush's poll, with or without reads queued in front of it.
+    fn flush(timers: &mut Timers, reads: bool) -> Poll<Timeout> {
+        timers.poll_expired(
+            &mut Context::from_waker(noop_waker_ref()),
+            Side::Write,
+            false,
+            reads,
+        )
+    }
+
+    /// Timers with a read timeout of `period`, whose expiry a flush
+    /// without reads queued has left for the waiting read.
+    async fn read_expiry_left_for_the_read(period: Duration) -> Timers {
+        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
+        assert!(poll(&mut timers, Side::Read).is_pending());
+        assert!(flush(&mut timers, false).is_pending());
+        tokio::time::advance(period).await;
+        assert!(flush(&mut timers, false).is_pending(), "left for the read");
+        timers
+    }
+
     /// Both expire together while both sides wait: each takes its own, and
     /// leaves the other's for it (a poll taking its own does not drop the
     /// other's, however soon it polls again).
@@ -603,10 +624,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_left_expiry_is_dropped_by_activity_or_by_setting_the_timer() {
         let period = Duration::from_secs(1);
-        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
-        assert!(poll(&mut timers, Side::Read).is_pending());
-        tokio::time::advance(period).await;
-        assert!(poll(&mut timers, Side::Write).is_pending(), "left");
+        let mut timers = read_expiry_left_for_the_read(period).await;
         timers.on_read();
         assert!(
             poll(&mut timers, Side::Read).is_pending(),
@@ -623,10 +641,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_left_expiry_is_dropped_by_a_reset_or_by_a_write() {
         let period = Duration::from_secs(1);
-        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
-        assert!(poll(&mut timers, Side::Read).is_pending());
-        tokio::time::advance(period).await;
-        assert!(poll(&mut timers, Side::Write).is_pending(), "left");
+        let mut timers = read_expiry_left_for_the_read(period).await;
         timers.reset(Timeout::Read);
         assert!(poll(&mut timers, Side::Read).is_pending(), "reset since");
         tokio::time::advance(period / 2).await;
@@ -651,10 +666,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_read_timeout_left_by_a_flush_without_reads_is_dropped_once_no_read_waits() {
         let period = Duration::from_secs(1);
-        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
-        assert!(poll(&mut timers, Side::Read).is_pending());
-        tokio::time::advance(period).await;
-        assert!(poll(&mut timers, Side::Write).is_pending(), "left");
+        let mut timers = read_expiry_left_for_the_read(period).await;
         timers.unpark(Side::Read);
         assert!(poll(&mut timers, Side::Write).is_pending(), "dropped");
         assert!(
@@ -670,30 +682,25 @@ mod tests {
     async fn a_read_timeout_left_by_a_flush_stays_for_the_waiting_read() {
         let period = Duration::from_secs(1);
         let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
-        let flush = |timers: &mut Timers| {
-            timers.poll_expired(
-                &mut Context::from_waker(noop_waker_ref()),
-                Side::Write,
-                false,
-                true,
-            )
-        };
         assert!(poll(&mut timers, Side::Read).is_pending());
-        assert!(flush(&mut timers).is_pending());
+        assert!(flush(&mut timers, true).is_pending());
         tokio::time::advance(period).await;
         assert_eq!(
-            flush(&mut timers),
+            flush(&mut timers, true),
             Poll::Ready(Timeout::Read),
             "heard, for the queued reads"
         );
         assert!(timers.leave_for_read(Timeout::Read)); // none of them took it
-        assert!(flush(&mut timers).is_pending(), "left for the read");
+        assert!(flush(&mut timers, true).is_pending(), "left for the read");
         assert_eq!(poll(&mut timers, Side::Read), Poll::Ready(Timeout::Read));
         tokio::time::advance(period).await;
-        assert_eq!(flush(&mut timers), Poll::Ready(Timeout::Read));
+        assert_eq!(flush(&mut timers, true), Poll::Ready(Timeout::Read));
         timers.unpark(Side::Read);
         assert!(!timers.leave_for_read(Timeout::Read));
-        assert!(flush(&mut timers).is_pending(), "no read waits: dropped");
+        assert!(
+            flush(&mut timers, true).is_pending(),
+            "no read waits: dropped"
+        );
         assert!(poll(&mut timers, Side::Read).is_pending(), "dropped");
     }
 
@@ -703,19 +710,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_read_timeout_left_for_a_read_that_stopped_waiting_goes_to_a_flush_with_reads() {
         let period = Duration::from_secs(1);
-        let mut timers = Timers::new(Duration::ZERO, period, Duration::ZERO);
-        let flush = |timers: &mut Timers, reads| {
-            timers.poll_expired(
-                &mut Context::from_waker(noop_waker_ref()),
-                Side::Write,
-                false,
-                reads,
-            )
-        };
-        assert!(poll(&mut timers, Side::Read).is_pending());
-        assert!(flush(&mut timers, false).is_pending());
-        tokio::time::advance(period).await;
-        assert!(flush(&mut timers, false).is_pending(), "left for the read");
+        let mut timers = read_expiry_left_for_the_read(period).await;
         timers.unpark(Side::Read);
         assert_eq!(flush(&mut timers, true), Poll::Ready(Timeout::Read));
         assert!(poll(&mut timers, Side::Read).is_pending(), "taken once");
