@@ -102,6 +102,8 @@ mod error;
 mod queued;
 #[cfg(feature = "tower")]
 pub mod service;
+#[cfg(test)]
+mod test_io;
 #[cfg(any(feature = "tls", feature = "rustls"))]
 pub mod tls;
 

@@ -67,9 +67,7 @@ impl Timeout {
     pub(crate) fn bit(self) -> u8 {
         1 << self.index()
     }
-}
 
-impl Timeout {
     /// What errors and logs call it.
     pub(crate) fn name(self) -> &'static str {
         match self {
